@@ -1,0 +1,25 @@
+"""blindrelay wire protocol, sans I/O.
+
+This package is the single source of truth for what crosses the wire: frame
+classes (:mod:`.frames`), their strict msgpack encoding (:mod:`.codec`), the
+error tree with wire codes (:mod:`.errors`), every numeric limit
+(:mod:`.limits`), the per-connection state machine (:mod:`.connection`), and the
+cryptographic constructions (:mod:`.crypto`). The normative text is ``SPEC.md``
+beside this file.
+
+It imports only the standard library, msgpack and PyNaCl: no asyncio, sockets,
+databases or websockets. Time and randomness are always parameters.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("blindrelay")
+except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+    __version__ = "0.0.0"
+
+PROTOCOL_VERSION = 1
+"""Wire protocol major version (SPEC §12)."""
+
+SUBPROTOCOL = "blindrelay.v1"
+"""WebSocket subprotocol token negotiated at the handshake (SPEC §1.1)."""
