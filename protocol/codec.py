@@ -1,0 +1,229 @@
+"""msgpack encoding of frames, strict enough for untrusted input (SPEC §2.3).
+
+The codec owns msgpack and the tag ↔ class table and nothing else. Decoding
+any byte string either returns a frame or raises :class:`MalformedFrame`,
+:class:`FrameTooLarge` or :class:`UnknownFrameType`; nothing else escapes.
+
+What "strict" means here, each rule a MUST of SPEC §2.3:
+
+- the message is at most ``MAX_FRAME_BYTES`` and holds exactly one msgpack
+  object, a map, with no trailing bytes;
+- map keys are strings, no key appears twice, and every key is a field of the
+  frame (or of the nested record) — unknown keys are refused, not ignored;
+- every value has exactly the annotated type: ``bytes`` is msgpack bin, ``str``
+  is msgpack str (valid UTF-8), ``int`` is never a bool, no floats, no nil
+  except where a field is optional, no extension types at all;
+- nesting is at most ``MAX_NESTING_DEPTH``.
+
+Encoding is canonical: fields in declaration order, ``t`` first, optional
+fields whose value is ``None`` omitted. Decoding then re-encoding a canonical
+message gives the same bytes, which is what the vectors check.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any
+
+import msgpack
+
+from . import limits
+from .errors import FrameTooLarge, MalformedFrame, ProtocolError, UnknownFrameType
+from .frames import (
+    FRAME_CLASSES,
+    MAX_REQUEST_ID,
+    RECORD_TYPES,
+    REQUEST_FRAMES,
+    Frame,
+    FrameType,
+    Record,
+    required_field_names,
+)
+
+Converter = Callable[[object, str], object]
+
+TYPE_KEY = "t"
+MAX_MAP_KEYS = 16
+"""No frame or record has more fields than this; bounds map decoding work."""
+
+
+def encode(frame: Frame) -> bytes:
+    """Canonical bytes of ``frame``."""
+    return msgpack.packb(_to_wire(frame, top=True), use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _to_wire(obj: Frame | Record, *, top: bool = False) -> dict[str, object]:
+    out: dict[str, object] = {TYPE_KEY: int(obj.TYPE)} if top else {}  # type: ignore[union-attr]
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if value is None:
+            continue
+        if isinstance(value, RECORD_TYPES):
+            value = _to_wire(value)
+        elif isinstance(value, tuple) and value and isinstance(value[0], RECORD_TYPES):
+            value = [_to_wire(item) for item in value]
+        out[f.name] = value
+    return out
+
+
+def decode(data: bytes) -> Frame:
+    """Parse one WebSocket message into a frame, or raise the documented error."""
+    if len(data) > limits.MAX_FRAME_BYTES:
+        raise FrameTooLarge(f"frame: at most {limits.MAX_FRAME_BYTES} bytes")
+    try:
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=False,
+            strict_map_key=True,
+            object_pairs_hook=_map_without_duplicates,
+            ext_hook=_refuse_ext,
+            timestamp=0,
+            max_str_len=limits.MAX_FRAME_BYTES,
+            max_bin_len=limits.MAX_FRAME_BYTES,
+            max_array_len=limits.MAX_FRAME_BYTES,
+            max_map_len=MAX_MAP_KEYS,
+            max_ext_len=limits.MAX_FRAME_BYTES,
+        )
+    except ProtocolError:
+        raise
+    except msgpack.ExtraData:
+        raise MalformedFrame("trailing bytes after the frame") from None
+    except Exception as exc:  # any msgpack or UTF-8 failure is a malformed frame
+        raise MalformedFrame(f"not a msgpack object: {type(exc).__name__}") from None
+    _check_depth(obj)
+    if not isinstance(obj, dict):
+        raise MalformedFrame("frame: must be a map")
+    tag = obj.get(TYPE_KEY)
+    if type(tag) is not int:
+        raise MalformedFrame("t: must be an integer frame type")
+    try:
+        cls = FRAME_CLASSES[FrameType(tag)]
+    except ValueError:
+        raise UnknownFrameType(f"t: {tag} is not a frame type of this version") from None
+    body = {k: v for k, v in obj.items() if k != TYPE_KEY}
+    try:
+        return typing.cast(Frame, _build(cls, body, "frame"))
+    except ProtocolError as exc:
+        exc.request_id = _request_id_of(cls, body)
+        raise
+    except Exception as exc:  # a validator bug must not escape as anything else
+        error = MalformedFrame(f"invalid frame: {type(exc).__name__}")
+        error.request_id = _request_id_of(cls, body)
+        raise error from None
+
+
+def _request_id_of(cls: type[Frame], body: dict[str, object]) -> int | None:
+    """The ``id`` of a refused request, when it is itself valid (SPEC §2.2)."""
+    value = body.get("id")
+    if cls.TYPE in REQUEST_FRAMES and type(value) is int and 1 <= value <= MAX_REQUEST_ID:
+        return value
+    return None
+
+
+def _map_without_duplicates(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise MalformedFrame("map: duplicate key")
+    return result
+
+
+def _refuse_ext(code: int, data: bytes) -> object:
+    raise MalformedFrame(f"extension type {code} is not allowed")
+
+
+def _check_depth(obj: object) -> None:
+    stack: list[tuple[object, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: typing.Iterable[object] = value.values()
+        elif isinstance(value, tuple):
+            children = value
+        else:
+            continue
+        if depth > limits.MAX_NESTING_DEPTH:
+            raise MalformedFrame(f"nesting deeper than {limits.MAX_NESTING_DEPTH}")
+        stack.extend((child, depth + 1) for child in children)
+
+
+# --- annotation-driven conversion -------------------------------------------
+
+
+def _build(cls: type[Frame] | type[Record], body: dict[str, object], where: str) -> object:
+    spec = _SPECS[cls]
+    unknown = body.keys() - spec.converters.keys()
+    if unknown:
+        raise MalformedFrame(f"{where}: unknown key {sorted(unknown)[0]!r}")
+    missing = spec.required - body.keys()
+    if missing:
+        raise MalformedFrame(f"{where}: missing key {sorted(missing)[0]!r}")
+    kwargs = {name: spec.converters[name](value, name) for name, value in body.items()}
+    return cls(**kwargs)
+
+
+class _Spec:
+    __slots__ = ("converters", "required")
+
+    def __init__(self, cls: type[Frame] | type[Record]) -> None:
+        hints = typing.get_type_hints(cls)
+        self.converters: dict[str, Converter] = {
+            f.name: _converter(hints[f.name]) for f in fields(cls)
+        }
+        self.required = required_field_names(cls)
+
+
+def _exact(expected: type) -> Converter:
+    def convert(value: object, name: str) -> object:
+        if type(value) is not expected:
+            raise MalformedFrame(f"{name}: must be {_WIRE_NAMES[expected]}")
+        return value
+
+    return convert
+
+
+_WIRE_NAMES: dict[type, str] = {int: "an integer", bool: "a boolean", str: "a string", bytes: "bin"}
+
+
+def _converter(hint: object) -> Converter:
+    if hint in _WIRE_NAMES:
+        return _exact(typing.cast(type, hint))
+    if isinstance(hint, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        (inner,) = args  # only `X | None` unions exist in frames
+        convert_inner = _converter(inner)
+
+        def optional(value: object, name: str) -> object:
+            if value is None:
+                raise MalformedFrame(f"{name}: nil is not allowed; omit the key instead")
+            return convert_inner(value, name)
+
+        return optional
+    if typing.get_origin(hint) is tuple:
+        item_hint, _ellipsis = typing.get_args(hint)
+        convert_item = _converter(item_hint)
+
+        def sequence(value: object, name: str) -> object:
+            if type(value) is not tuple:
+                raise MalformedFrame(f"{name}: must be an array")
+            return tuple(convert_item(item, name) for item in value)
+
+        return sequence
+    if hint in RECORD_TYPES:
+        record_cls = typing.cast(type[Record], hint)
+
+        def record(value: object, name: str) -> object:
+            if type(value) is not dict:
+                raise MalformedFrame(f"{name}: must be a map")
+            return _build(record_cls, value, name)
+
+        return record
+    raise TypeError(f"frame field type {hint!r} has no wire form")  # pragma: no cover
+
+
+_SPECS: dict[type[Frame] | type[Record], _Spec] = {
+    cls: _Spec(cls) for cls in (*FRAME_CLASSES.values(), *RECORD_TYPES)
+}

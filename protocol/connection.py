@@ -1,0 +1,355 @@
+"""The per-connection state machine both ends drive (SPEC §4), sans I/O.
+
+Theory of operation. One WebSocket message carries one frame. The I/O layer
+feeds each received message to :meth:`receive_data`, takes the frames to act
+on from :meth:`events_received`, hands frames to :meth:`send`, and writes out
+whatever :meth:`data_to_send` returns; when :attr:`state` is ``CLOSED`` it
+closes the socket. Time is passed in (``now_ms``); randomness is a callable.
+
+The rules, as data (h11 style). ``RECEIVABLE[role][state]`` is the set of
+frame types a side accepts in a state; anything else is an
+:class:`UnexpectedFrame`. ``TRANSITIONS[role][state][type]`` moves the state
+when a frame of that type is sent or received. A missing entry *is* the rule::
+
+    relay:  AWAITING_AUTH --send WELCOME--> AUTHENTICATED
+    client: AWAITING_HELLO --recv HELLO--> AWAITING_AUTH --recv WELCOME--> AUTHENTICATED
+    either: any --send/recv ERROR with a closing code--> CLOSED
+
+The relay side also holds the authentication challenge: it verifies the
+registration or login proof itself (SPEC §4.2–4.3) and refuses to send a
+WELCOME for any handle other than the one just proven, so a connection can
+only ever act as the account whose key signed its challenge.
+
+Not here: what a frame *does* (server and client), encoding (codec).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from . import PROTOCOL_VERSION, limits
+from .codec import decode, encode
+from .errors import (
+    AuthenticationFailed,
+    ErrorCode,
+    ProtocolError,
+    TooManyErrors,
+    UnexpectedFrame,
+    UnsupportedVersion,
+)
+from .frames import (
+    CLIENT_FRAMES,
+    FRAME_CLASSES,
+    MAX_REASON_LEN,
+    REQUEST_FRAMES,
+    AccountKind,
+    Error,
+    Frame,
+    FrameType,
+    Hello,
+    Login,
+    Register,
+    Welcome,
+)
+
+Rng = Callable[[int], bytes]
+Signer = Callable[[bytes], bytes]
+
+
+class Role(Enum):
+    RELAY = "relay"
+    CLIENT = "client"
+
+
+class State(Enum):
+    AWAITING_HELLO = "awaiting_hello"
+    AWAITING_AUTH = "awaiting_auth"
+    AUTHENTICATED = "authenticated"
+    CLOSED = "closed"
+
+
+_RELAY_FRAMES = frozenset(FRAME_CLASSES) - CLIENT_FRAMES
+_AUTH_FRAMES = frozenset({FrameType.REGISTER, FrameType.LOGIN})
+
+RECEIVABLE: dict[Role, dict[State, frozenset[FrameType]]] = {
+    Role.RELAY: {
+        State.AWAITING_AUTH: _AUTH_FRAMES,
+        State.AUTHENTICATED: CLIENT_FRAMES - _AUTH_FRAMES,
+    },
+    Role.CLIENT: {
+        State.AWAITING_HELLO: frozenset({FrameType.HELLO}),
+        State.AWAITING_AUTH: frozenset({FrameType.WELCOME, FrameType.ERROR}),
+        State.AUTHENTICATED: _RELAY_FRAMES - {FrameType.HELLO, FrameType.WELCOME},
+    },
+}
+"""SPEC §4.5: which frames a side accepts in each state."""
+
+TRANSITIONS: dict[Role, dict[State, dict[FrameType, State]]] = {
+    Role.RELAY: {State.AWAITING_AUTH: {FrameType.WELCOME: State.AUTHENTICATED}},
+    Role.CLIENT: {
+        State.AWAITING_HELLO: {FrameType.HELLO: State.AWAITING_AUTH},
+        State.AWAITING_AUTH: {FrameType.WELCOME: State.AUTHENTICATED},
+    },
+}
+"""SPEC §4.5: state changes on a sent or received frame (ERROR handled apart)."""
+
+# --- SPEC §4.2: the signed authentication transcript --------------------------
+
+AUTH_CONTEXT = b"blindrelay/v1/auth\x00"
+PURPOSE_REGISTER = 0x01
+PURPOSE_LOGIN = 0x02
+KIND_BYTES = {AccountKind.USER: 0x01, AccountKind.BUSINESS: 0x02}
+
+
+def register_transcript(
+    relay_key: bytes, challenge: bytes, handle: str, kind: str, identity_key: bytes
+) -> bytes:
+    """Bytes a new account signs: binds handle, kind and key to this relay and challenge."""
+    return (
+        _transcript_prefix(PURPOSE_REGISTER, relay_key, challenge, handle)
+        + bytes([KIND_BYTES[AccountKind(kind)]])
+        + identity_key
+    )
+
+
+def login_transcript(relay_key: bytes, challenge: bytes, handle: str) -> bytes:
+    """Bytes an existing account signs to log in."""
+    return _transcript_prefix(PURPOSE_LOGIN, relay_key, challenge, handle)
+
+
+def _transcript_prefix(purpose: int, relay_key: bytes, challenge: bytes, handle: str) -> bytes:
+    encoded = handle.encode("ascii")
+    return AUTH_CONTEXT + bytes([purpose]) + relay_key + challenge + bytes([len(encoded)]) + encoded
+
+
+def verify_ed25519(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    try:
+        VerifyKey(public_key).verify(message, signature)
+    except (BadSignatureError, ValueError, TypeError):
+        return False
+    return True
+
+
+# --- the machine --------------------------------------------------------------
+
+
+class _Connection:
+    role: Role
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self._events: list[Frame] = []
+        self._outgoing: list[bytes] = []
+        self.errors_received = 0
+        self.handle: str | None = None
+        self.kind: AccountKind | None = None
+
+    def events_received(self) -> list[Frame]:
+        events, self._events = self._events, []
+        return events
+
+    def data_to_send(self) -> list[bytes]:
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def send(self, frame: Frame) -> None:
+        """Queue ``frame``; raises if this side may not send it now (a local bug)."""
+        if self.state is State.CLOSED:
+            raise RuntimeError("connection is closed")
+        self._before_send(frame)
+        self._outgoing.append(encode(frame))
+        self._move(frame)
+
+    def _before_send(self, frame: Frame) -> None:
+        pass
+
+    def _move(self, frame: Frame) -> None:
+        if isinstance(frame, Error):
+            if _closes(frame.code):
+                self.state = State.CLOSED
+            return
+        new_state = TRANSITIONS[self.role].get(self.state, {}).get(frame.TYPE)
+        if new_state is not None:
+            self.state = new_state
+
+    def _check_receivable(self, frame: Frame) -> None:
+        allowed = RECEIVABLE[self.role].get(self.state, frozenset())
+        if frame.TYPE not in allowed:
+            raise UnexpectedFrame(f"{frame.TYPE.name} not allowed in state {self.state.value}")
+
+
+def _closes(code: int) -> bool:
+    try:
+        return ErrorCode(code).closes_connection
+    except ValueError:
+        return False
+
+
+class RelayConnection(_Connection):
+    """The relay's end: issues the challenge, checks proofs, turns errors into frames."""
+
+    role = Role.RELAY
+
+    def __init__(self, relay_key: bytes, now_ms: int, rng: Rng) -> None:
+        super().__init__(State.AWAITING_AUTH)
+        self.relay_key = relay_key
+        self.challenge = rng(limits.CHALLENGE_BYTES)
+        self.challenge_expires_at = now_ms + limits.CHALLENGE_TTL_MS
+        self._challenge_used = False
+        self._proven: tuple[str, AccountKind | None] | None = None
+        self.protocol_errors = 0
+        self.send(
+            Hello(
+                version=PROTOCOL_VERSION,
+                relay_key=relay_key,
+                challenge=self.challenge,
+                expires_at=self.challenge_expires_at,
+                now=now_ms,
+            )
+        )
+
+    def receive_data(self, data: bytes) -> None:
+        """Decode one message; a bad one queues its ERROR instead of an event."""
+        if self.state is State.CLOSED:
+            return
+        try:
+            frame = decode(data)
+        except ProtocolError as exc:
+            self.send_error(exc, re=exc.request_id)
+            return
+        try:
+            self._check_receivable(frame)
+        except ProtocolError as exc:
+            self.send_error(exc, re=getattr(frame, "id", None))
+            return
+        self._events.append(frame)
+
+    def send_error(self, exc: ProtocolError, re: int | None = None) -> None:
+        """The one place an exception becomes an ERROR frame (SPEC §9).
+
+        Frame-level (1xx) errors carry their reason; every other code goes bare,
+        so a refusal tells the peer nothing about relay state beyond the code.
+        """
+        if self.state is State.CLOSED:
+            return
+        if exc.code < 200 or isinstance(exc, AuthenticationFailed):
+            self.protocol_errors += 1
+        if self.protocol_errors > limits.MAX_PROTOCOL_ERRORS:
+            exc, re = TooManyErrors(), None
+        reason = (exc.detail[:MAX_REASON_LEN] or None) if 100 <= exc.code < 200 else None
+        retry_after = getattr(exc, "retry_after_ms", None)
+        self.send(Error(code=int(exc.code), re=re, retry_after=retry_after, reason=reason))
+
+    def verify_registration(self, frame: Register, now_ms: int) -> None:
+        """SPEC §4.2: the new key signed this connection's fresh challenge."""
+        self._consume_challenge(now_ms)
+        transcript = register_transcript(
+            self.relay_key, self.challenge, frame.handle, frame.kind, frame.identity_key
+        )
+        if not verify_ed25519(frame.identity_key, transcript, frame.signature):
+            raise AuthenticationFailed("registration signature")
+        self._proven = (frame.handle, AccountKind(frame.kind))
+
+    def verify_login(self, frame: Login, identity_key: bytes | None, now_ms: int) -> None:
+        """SPEC §4.3: the account's current key signed this connection's challenge.
+
+        An unknown handle (``identity_key is None``) fails exactly like a bad
+        signature, so login is no account-existence oracle.
+        """
+        self._consume_challenge(now_ms)
+        transcript = login_transcript(self.relay_key, self.challenge, frame.handle)
+        if identity_key is None or not verify_ed25519(identity_key, transcript, frame.signature):
+            raise AuthenticationFailed("login signature")
+        self._proven = (frame.handle, None)
+
+    def _consume_challenge(self, now_ms: int) -> None:
+        # "A challenge MUST be accepted at most once and only before it expires."
+        if self._challenge_used:
+            raise AuthenticationFailed("challenge already used")
+        self._challenge_used = True
+        if now_ms > self.challenge_expires_at:
+            raise AuthenticationFailed("challenge expired")
+
+    def _before_send(self, frame: Frame) -> None:
+        if isinstance(frame, Welcome):
+            if self._proven is None or self._proven[0] != frame.handle:
+                raise RuntimeError("WELCOME for a handle that did not prove its key")
+            self.handle = frame.handle
+            self.kind = AccountKind(frame.kind)
+
+
+class ClientConnection(_Connection):
+    """The client's end: answers the challenge, numbers requests, matches responses."""
+
+    role = Role.CLIENT
+
+    def __init__(self) -> None:
+        super().__init__(State.AWAITING_HELLO)
+        self.hello: Hello | None = None
+        self._next_id = 1
+        self.pending: dict[int, FrameType] = {}
+
+    def next_request_id(self) -> int:
+        request_id = self._next_id
+        self._next_id = self._next_id % (2**32 - 1) + 1
+        return request_id
+
+    def receive_data(self, data: bytes) -> None:
+        """Decode one relay message; a misbehaving relay raises the protocol error."""
+        if self.state is State.CLOSED:
+            raise UnexpectedFrame("connection is closed")
+        frame = decode(data)
+        self._check_receivable(frame)
+        if isinstance(frame, Hello) and frame.version != PROTOCOL_VERSION:
+            raise UnsupportedVersion(f"relay speaks v{frame.version}")
+        re = getattr(frame, "re", None)
+        if re is not None:
+            if re not in self.pending:
+                raise UnexpectedFrame(f"response to unknown request {re}")
+            del self.pending[re]
+        if isinstance(frame, Hello):
+            self.hello = frame
+        if isinstance(frame, Welcome):
+            self.handle = frame.handle
+            self.kind = AccountKind(frame.kind)
+        self._move(frame)
+        self._events.append(frame)
+
+    def _before_send(self, frame: Frame) -> None:
+        if frame.TYPE in REQUEST_FRAMES:
+            self.pending[frame.id] = frame.TYPE  # type: ignore[union-attr]
+
+    def register(self, handle: str, kind: str, identity_key: bytes, sign: Signer) -> int:
+        """Queue a REGISTER answering the relay's challenge; returns its request id."""
+        hello = self._require_hello()
+        transcript = register_transcript(
+            hello.relay_key, hello.challenge, handle, kind, identity_key
+        )
+        request_id = self.next_request_id()
+        self.send(
+            Register(
+                id=request_id,
+                handle=handle,
+                kind=kind,
+                identity_key=identity_key,
+                signature=sign(transcript),
+            )
+        )
+        return request_id
+
+    def login(self, handle: str, sign: Signer) -> int:
+        """Queue a LOGIN answering the relay's challenge; returns its request id."""
+        hello = self._require_hello()
+        transcript = login_transcript(hello.relay_key, hello.challenge, handle)
+        request_id = self.next_request_id()
+        self.send(Login(id=request_id, handle=handle, signature=sign(transcript)))
+        return request_id
+
+    def _require_hello(self) -> Hello:
+        if self.hello is None or self.state is not State.AWAITING_AUTH:
+            raise RuntimeError("no challenge to answer in state " + self.state.value)
+        return self.hello

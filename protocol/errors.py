@@ -1,0 +1,238 @@
+"""Every failure blindrelay can name, and the numeric codes that cross the wire.
+
+The tree::
+
+    BlindrelayError
+    ├── ProtocolError                 carries an ErrorCode; becomes an ERROR frame
+    │   ├── MalformedFrame            100  bytes are not a well-formed frame
+    │   ├── FrameTooLarge             101  frame or field over its limit
+    │   ├── UnknownFrameType          102  type tag not defined in this version
+    │   ├── UnexpectedFrame           103  valid frame, wrong state or direction
+    │   ├── UnsupportedVersion        104  peer speaks another major version
+    │   ├── TooManyErrors             105  error budget of the connection spent
+    │   ├── AuthenticationFailed      200  bad, expired, replayed or unbound proof
+    │   ├── HandleTaken               201  registration of an existing handle
+    │   ├── Forbidden                 202  action not allowed for this account kind
+    │   ├── InvalidPrekeys            300  prekey upload fails its checks
+    │   ├── RecipientUnavailable      400  deliberately generic refusal
+    │   ├── QueueFull                 401  recipient's offline queue is at its cap
+    │   ├── RateLimited               402  a token bucket is empty
+    │   ├── MessageIdReused           403  same client message id, other content
+    │   ├── InvalidStatement          500  consent/block statement fails checks
+    │   ├── StaleStatement            501  statement replayed or outside clock skew
+    │   ├── InvalidProfile            600  business profile/badge fails checks
+    │   ├── NotFound                  601  no such public record (profile, usage)
+    │   ├── InternalError             900  relay fault; never carries detail
+    │   └── ShuttingDown              901  relay is stopping; reconnect later
+    └── CryptoError                   local to a client; never sent on the wire
+        ├── InvalidSignature          a signature does not verify
+        ├── InvalidKey                malformed or low-order public key
+        ├── UntrustedIdentity         a contact's identity key changed
+        ├── DuplicatedMessage         message key already used (replay)
+        ├── TooManySkippedMessages    header would skip past the cap
+        └── DecryptionFailed          AEAD authentication failed
+
+``ErrorCode`` mirrors the table in SPEC §9 and a test keeps the two equal.
+``RecipientUnavailable`` is one code for "no such account", "no consent" and
+"blocked" on purpose: telling them apart would be an existence and block oracle.
+Exceptions become ERROR frames in exactly one place (the relay's dispatcher);
+``InternalError`` is sent with no detail because detail may be sensitive.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ErrorCode(IntEnum):
+    """Wire error codes (SPEC §9). Ranges group the spec sections."""
+
+    MALFORMED_FRAME = 100
+    FRAME_TOO_LARGE = 101
+    UNKNOWN_FRAME_TYPE = 102
+    UNEXPECTED_FRAME = 103
+    UNSUPPORTED_VERSION = 104
+    TOO_MANY_ERRORS = 105
+    AUTH_FAILED = 200
+    HANDLE_TAKEN = 201
+    FORBIDDEN = 202
+    INVALID_PREKEYS = 300
+    RECIPIENT_UNAVAILABLE = 400
+    QUEUE_FULL = 401
+    RATE_LIMITED = 402
+    MESSAGE_ID_REUSED = 403
+    INVALID_STATEMENT = 500
+    STALE_STATEMENT = 501
+    INVALID_PROFILE = 600
+    NOT_FOUND = 601
+    INTERNAL_ERROR = 900
+    SHUTTING_DOWN = 901
+
+    @property
+    def closes_connection(self) -> bool:
+        """Whether the relay closes the connection after sending this code."""
+        return self in _CLOSING_CODES
+
+
+_CLOSING_CODES = frozenset(
+    {
+        ErrorCode.UNSUPPORTED_VERSION,
+        ErrorCode.TOO_MANY_ERRORS,
+        ErrorCode.AUTH_FAILED,
+        ErrorCode.SHUTTING_DOWN,
+    }
+)
+
+
+class BlindrelayError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class ProtocolError(BlindrelayError):
+    """A failure the relay reports to its peer as an ERROR frame."""
+
+    code: ErrorCode = ErrorCode.INTERNAL_ERROR
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail or self.code.name)
+        self.detail = detail
+        self.request_id: int | None = None
+        """Set by the codec when a refused frame still showed a usable request ``id``."""
+
+
+class MalformedFrame(ProtocolError):
+    code = ErrorCode.MALFORMED_FRAME
+
+
+class FrameTooLarge(ProtocolError):
+    code = ErrorCode.FRAME_TOO_LARGE
+
+
+class UnknownFrameType(ProtocolError):
+    code = ErrorCode.UNKNOWN_FRAME_TYPE
+
+
+class UnexpectedFrame(ProtocolError):
+    code = ErrorCode.UNEXPECTED_FRAME
+
+
+class UnsupportedVersion(ProtocolError):
+    code = ErrorCode.UNSUPPORTED_VERSION
+
+
+class TooManyErrors(ProtocolError):
+    code = ErrorCode.TOO_MANY_ERRORS
+
+
+class AuthenticationFailed(ProtocolError):
+    code = ErrorCode.AUTH_FAILED
+
+
+class HandleTaken(ProtocolError):
+    code = ErrorCode.HANDLE_TAKEN
+
+
+class Forbidden(ProtocolError):
+    code = ErrorCode.FORBIDDEN
+
+
+class InvalidPrekeys(ProtocolError):
+    code = ErrorCode.INVALID_PREKEYS
+
+
+class RecipientUnavailable(ProtocolError):
+    code = ErrorCode.RECIPIENT_UNAVAILABLE
+
+
+class QueueFull(ProtocolError):
+    code = ErrorCode.QUEUE_FULL
+
+
+class RateLimited(ProtocolError):
+    code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, detail: str = "", retry_after_ms: int = 0) -> None:
+        super().__init__(detail)
+        self.retry_after_ms = retry_after_ms
+
+
+class MessageIdReused(ProtocolError):
+    code = ErrorCode.MESSAGE_ID_REUSED
+
+
+class InvalidStatement(ProtocolError):
+    code = ErrorCode.INVALID_STATEMENT
+
+
+class StaleStatement(ProtocolError):
+    code = ErrorCode.STALE_STATEMENT
+
+
+class InvalidProfile(ProtocolError):
+    code = ErrorCode.INVALID_PROFILE
+
+
+class NotFound(ProtocolError):
+    code = ErrorCode.NOT_FOUND
+
+
+class InternalError(ProtocolError):
+    code = ErrorCode.INTERNAL_ERROR
+
+
+class ShuttingDown(ProtocolError):
+    code = ErrorCode.SHUTTING_DOWN
+
+
+ERRORS_BY_CODE: dict[ErrorCode, type[ProtocolError]] = {
+    cls.code: cls
+    for cls in (
+        MalformedFrame, FrameTooLarge, UnknownFrameType, UnexpectedFrame,
+        UnsupportedVersion, TooManyErrors, AuthenticationFailed, HandleTaken,
+        Forbidden, InvalidPrekeys, RecipientUnavailable, QueueFull, RateLimited,
+        MessageIdReused, InvalidStatement, StaleStatement, InvalidProfile,
+        NotFound, InternalError, ShuttingDown,
+    )
+}  # fmt: skip
+"""Code → exception class, so a client can raise the named error it received."""
+
+
+def error_for_code(code: int, detail: str = "") -> ProtocolError:
+    """Build the named exception for a received wire code (unknown → internal)."""
+    try:
+        cls = ERRORS_BY_CODE[ErrorCode(code)]
+    except ValueError:
+        return InternalError(f"unknown error code {code}")
+    return cls(detail)
+
+
+class CryptoError(BlindrelayError):
+    """A failure inside a client's end-to-end layer; never crosses the wire."""
+
+
+class InvalidSignature(CryptoError):
+    pass
+
+
+class InvalidKey(CryptoError):
+    pass
+
+
+class UntrustedIdentity(CryptoError):
+    """A contact presented an identity key other than the one trusted before."""
+
+    def __init__(self, handle: str, detail: str = "") -> None:
+        super().__init__(detail or f"identity key of {handle!r} changed")
+        self.handle = handle
+
+
+class DuplicatedMessage(CryptoError):
+    pass
+
+
+class TooManySkippedMessages(CryptoError):
+    pass
+
+
+class DecryptionFailed(CryptoError):
+    pass

@@ -1,0 +1,655 @@
+"""Frame classes of protocol v1: one frozen dataclass per frame type (SPEC §2).
+
+A frame is validated when it is constructed, whether by application code or by
+the codec from untrusted bytes, so an instance that exists is a well-formed
+frame. Field names are the wire keys; the wire tag is :class:`FrameType`.
+
+Value types are deliberately few — ``int``, ``bool``, ``str``, ``bytes``,
+optional values, tuples, and a few nested records — so the codec can check
+every decoded value against the annotations exactly (SPEC §2.3).
+
+Not here: encoding (:mod:`.codec`), which side may send a frame in which
+state (:mod:`.connection`), and what the relay does with it (``server``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import MISSING, dataclass, fields
+from enum import IntEnum, StrEnum
+from typing import ClassVar
+
+from . import limits
+from .errors import FrameTooLarge, MalformedFrame
+
+
+class FrameType(IntEnum):
+    """Wire tag of every frame (SPEC §2.1). Gaps leave room per section."""
+
+    HELLO = 1
+    REGISTER = 2
+    LOGIN = 3
+    WELCOME = 4
+    ROTATE_IDENTITY = 5
+    OK = 8
+    ERROR = 9
+    PREKEYS_UPLOAD = 10
+    BUNDLE_FETCH = 11
+    BUNDLE = 12
+    PREKEYS_LOW = 13
+    SEND = 20
+    SENT = 21
+    DELIVER = 22
+    ACK = 23
+    STATEMENT = 30
+    STATEMENTS_LIST = 31
+    STATEMENTS = 32
+    PROFILE_PUT = 40
+    PROFILE_FETCH = 41
+    PROFILE = 42
+    USAGE_FETCH = 43
+    USAGE = 44
+
+
+class AccountKind(StrEnum):
+    """SPEC §3.1."""
+
+    USER = "user"
+    BUSINESS = "business"
+
+
+class Intent(StrEnum):
+    """What a sender declares an envelope to be; drives consent and metering (SPEC §6.2)."""
+
+    CHAT = "chat"
+    NOTIFICATION = "notification"
+    CONSENT_REQUEST = "consent_request"
+    STATEMENT = "statement"
+    """Relay-originated only: a signed statement forwarded to its target (SPEC §7.5)."""
+
+
+MAX_REQUEST_ID = 2**32 - 1
+MAX_DELIVERY_ID = 2**63 - 1
+MAX_TIME_MS = 2**53
+"""Times are Unix milliseconds, kept within 2**53 so every JSON consumer of a
+vector reads them exactly."""
+
+_HANDLE_RE = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
+_MONTH_RE = re.compile(r"\d{4}-(0[1-9]|1[0-2])\Z")
+MAX_REASON_LEN = 200
+
+
+# --- validators -------------------------------------------------------------
+# Each raises MalformedFrame (wrong shape) or FrameTooLarge (over a limit), the
+# two errors the codec promises for untrusted input.
+
+
+def check_handle(value: str, name: str = "handle") -> None:
+    """SPEC §3.2: 3–32 characters of ``[a-z0-9._-]``, first a letter or digit."""
+    if not limits.HANDLE_MIN_LEN <= len(value) <= limits.HANDLE_MAX_LEN:
+        lo, hi = limits.HANDLE_MIN_LEN, limits.HANDLE_MAX_LEN
+        raise MalformedFrame(f"{name}: length must be {lo}–{hi}")
+    if not _HANDLE_RE.match(value):
+        raise MalformedFrame(f"{name}: must match [a-z0-9][a-z0-9._-]*")
+
+
+def _check_uint(value: int, name: str, maximum: int, minimum: int = 0) -> None:
+    if not minimum <= value <= maximum:
+        raise MalformedFrame(f"{name}: must be in {minimum}..{maximum}")
+
+
+def _check_len(value: bytes, name: str, size: int) -> None:
+    if len(value) != size:
+        raise MalformedFrame(f"{name}: must be exactly {size} bytes")
+
+
+def _check_max(value: bytes | str | tuple[object, ...], name: str, maximum: int) -> None:
+    if len(value) > maximum:
+        raise FrameTooLarge(f"{name}: at most {maximum}")
+
+
+def _check_nonempty(value: bytes | str | tuple[object, ...], name: str) -> None:
+    if not value:
+        raise MalformedFrame(f"{name}: must not be empty")
+
+
+def _check_enum(value: str, name: str, allowed: type[StrEnum] | tuple[str, ...]) -> None:
+    choices = tuple(allowed) if isinstance(allowed, tuple) else tuple(m.value for m in allowed)
+    if value not in choices:
+        raise MalformedFrame(f"{name}: must be one of {', '.join(choices)}")
+
+
+def _check_categories(value: tuple[str, ...], name: str = "categories") -> None:
+    _check_nonempty(value, name)
+    _check_max(value, name, limits.MAX_CATEGORIES)
+    for item in value:
+        _check_enum(item, name, limits.CATEGORIES)
+    if len(set(value)) != len(value):
+        raise MalformedFrame(f"{name}: duplicates")
+
+
+# --- nested records ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SignedPreKeyRecord:
+    """A signed prekey as published (SPEC §5.1)."""
+
+    key_id: int
+    public: bytes
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        _check_uint(self.key_id, "key_id", MAX_REQUEST_ID)
+        _check_len(self.public, "public", 32)
+        _check_len(self.signature, "signature", 64)
+
+
+@dataclass(frozen=True, slots=True)
+class OneTimePreKeyRecord:
+    """A one-time prekey as published (SPEC §5.1)."""
+
+    key_id: int
+    public: bytes
+
+    def __post_init__(self) -> None:
+        _check_uint(self.key_id, "key_id", MAX_REQUEST_ID)
+        _check_len(self.public, "public", 32)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageCount:
+    """Business-initiated notifications accepted in one category (SPEC §8.4)."""
+
+    category: str
+    count: int
+
+    def __post_init__(self) -> None:
+        _check_enum(self.category, "category", limits.CATEGORIES)
+        _check_uint(self.count, "count", MAX_DELIVERY_ID)
+
+
+Record = SignedPreKeyRecord | OneTimePreKeyRecord | UsageCount
+RECORD_TYPES: tuple[type[Record], ...] = (SignedPreKeyRecord, OneTimePreKeyRecord, UsageCount)
+
+
+# --- frames -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Frame:
+    """Base: every frame knows its tag. Not a frame itself."""
+
+    TYPE: ClassVar[FrameType]
+
+
+@dataclass(frozen=True, slots=True)
+class _Request(_Frame):
+    """Client→relay frame answered by exactly one response or ERROR carrying ``re = id``."""
+
+    id: int
+
+    def __post_init__(self) -> None:
+        _check_uint(self.id, "id", MAX_REQUEST_ID, minimum=1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Response(_Frame):
+    """Relay→client answer to the request whose ``id`` it echoes in ``re``."""
+
+    re: int
+
+    def __post_init__(self) -> None:
+        _check_uint(self.re, "re", MAX_REQUEST_ID, minimum=1)
+
+
+# §4 Connection and authentication
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(_Frame):
+    """Relay's first frame: who it is and the challenge to sign (SPEC §4.1)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.HELLO
+    version: int
+    relay_key: bytes
+    challenge: bytes
+    expires_at: int
+    now: int
+
+    def __post_init__(self) -> None:
+        _check_uint(self.version, "version", 255, minimum=1)
+        _check_len(self.relay_key, "relay_key", 32)
+        _check_len(self.challenge, "challenge", limits.CHALLENGE_BYTES)
+        _check_uint(self.expires_at, "expires_at", MAX_TIME_MS)
+        _check_uint(self.now, "now", MAX_TIME_MS)
+
+
+@dataclass(frozen=True, slots=True)
+class Register(_Request):
+    """Create an account bound to an identity key, proving possession (SPEC §4.2)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.REGISTER
+    handle: str
+    kind: str
+    identity_key: bytes
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        _Request.__post_init__(self)
+        check_handle(self.handle)
+        _check_enum(self.kind, "kind", AccountKind)
+        _check_len(self.identity_key, "identity_key", 32)
+        _check_len(self.signature, "signature", 64)
+
+
+@dataclass(frozen=True, slots=True)
+class Login(_Request):
+    """Authenticate as an existing account (SPEC §4.3)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.LOGIN
+    handle: str
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        _Request.__post_init__(self)
+        check_handle(self.handle)
+        _check_len(self.signature, "signature", 64)
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome(_Response):
+    """Authentication succeeded; the connection now acts as ``handle`` (SPEC §4.4)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.WELCOME
+    handle: str
+    kind: str
+    queued: int
+    one_time_prekeys: int
+    has_signed_prekey: bool
+
+    def __post_init__(self) -> None:
+        _Response.__post_init__(self)
+        check_handle(self.handle)
+        _check_enum(self.kind, "kind", AccountKind)
+        _check_uint(self.queued, "queued", MAX_DELIVERY_ID)
+        _check_uint(self.one_time_prekeys, "one_time_prekeys", MAX_DELIVERY_ID)
+
+
+@dataclass(frozen=True, slots=True)
+class RotateIdentity(_Request):
+    """Replace the account's identity key, signed by the old and the new key (SPEC §3.4)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.ROTATE_IDENTITY
+    new_identity_key: bytes
+    issued_at: int
+    old_signature: bytes
+    new_signature: bytes
+
+    def __post_init__(self) -> None:
+        _Request.__post_init__(self)
+        _check_len(self.new_identity_key, "new_identity_key", 32)
+        _check_uint(self.issued_at, "issued_at", MAX_TIME_MS)
+        _check_len(self.old_signature, "old_signature", 64)
+        _check_len(self.new_signature, "new_signature", 64)
+
+
+# §2.2 Generic responses
+
+
+@dataclass(frozen=True, slots=True)
+class Ok(_Response):
+    """Success of a request that returns nothing else."""
+
+    TYPE: ClassVar[FrameType] = FrameType.OK
+
+
+@dataclass(frozen=True, slots=True)
+class Error(_Frame):
+    """A refusal (SPEC §9). ``re`` is absent when no request caused it.
+
+    ``reason`` is a short developer hint, sent only with 1xx (frame) codes; every
+    other code is sent bare so that refusals cannot leak relay state.
+    """
+
+    TYPE: ClassVar[FrameType] = FrameType.ERROR
+    code: int
+    re: int | None = None
+    retry_after: int | None = None
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_uint(self.code, "code", 999, minimum=100)
+        if self.re is not None:
+            _check_uint(self.re, "re", MAX_REQUEST_ID, minimum=1)
+        if self.retry_after is not None:
+            _check_uint(self.retry_after, "retry_after", MAX_TIME_MS)
+        if self.reason is not None:
+            _check_max(self.reason, "reason", MAX_REASON_LEN)
+            if not 100 <= self.code < 200:
+                raise MalformedFrame("reason: only allowed with 1xx codes")
+
+
+# §5 Prekeys
+
+
+@dataclass(frozen=True, slots=True)
+class PrekeysUpload(_Request):
+    """Publish a signed prekey and/or a batch of one-time prekeys (SPEC §5.2)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.PREKEYS_UPLOAD
+    signed_prekey: SignedPreKeyRecord | None = None
+    one_time: tuple[OneTimePreKeyRecord, ...] = ()
+
+    def __post_init__(self) -> None:
+        _Request.__post_init__(self)
+        _check_max(self.one_time, "one_time", limits.MAX_PREKEYS_PER_UPLOAD)
+        if self.signed_prekey is None and not self.one_time:
+            raise MalformedFrame("prekeys_upload: carries no key")
+        ids = [k.key_id for k in self.one_time]
+        if len(set(ids)) != len(ids):
+            raise MalformedFrame("one_time: duplicate key_id")
+
+
+@dataclass(frozen=True, slots=True)
+class BundleFetch(_Request):
+    """Ask for an account's prekey bundle to start a session (SPEC §5.3)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.BUNDLE_FETCH
+    handle: str
+
+    def __post_init__(self) -> None:
+        _Request.__post_init__(self)
+        check_handle(self.handle)
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle(_Response):
+    """A prekey bundle; ``one_time`` was removed from the directory when served (SPEC §5.3)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.BUNDLE
+    handle: str
+    kind: str
+    identity_key: bytes
+    signed_prekey: SignedPreKeyRecord
+    one_time: OneTimePreKeyRecord | None = None
+
+    def __post_init__(self) -> None:
+        _Response.__post_init__(self)
+        check_handle(self.handle)
+        _check_enum(self.kind, "kind", AccountKind)
+        _check_len(self.identity_key, "identity_key", 32)
+
+
+@dataclass(frozen=True, slots=True)
+class PrekeysLow(_Frame):
+    """Push: the owner's one-time prekeys fell below the low-water mark (SPEC §5.4)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.PREKEYS_LOW
+    remaining: int
+
+    def __post_init__(self) -> None:
+        _check_uint(self.remaining, "remaining", MAX_DELIVERY_ID)
+
+
+# §6 Messaging
+
+
+def _check_intent_fields(
+    intent: str, category: str | None, categories: tuple[str, ...] | None, *, relay: bool
+) -> None:
+    allowed = tuple(Intent) if relay else tuple(i for i in Intent if i is not Intent.STATEMENT)
+    _check_enum(intent, "intent", tuple(i.value for i in allowed))
+    if intent == Intent.NOTIFICATION:
+        if category is None:
+            raise MalformedFrame("category: required for a notification")
+        _check_enum(category, "category", limits.CATEGORIES)
+    elif category is not None:
+        raise MalformedFrame("category: only for a notification")
+    if intent == Intent.CONSENT_REQUEST:
+        if categories is None:
+            raise MalformedFrame("categories: required for a consent request")
+        _check_categories(categories)
+    elif categories is not None:
+        raise MalformedFrame("categories: only for a consent request")
+
+
+@dataclass(frozen=True, slots=True)
+class Send(_Request):
+    """Hand an opaque envelope to the relay for ``to`` (SPEC §6.1)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.SEND
+    to: str
+    msg_id: bytes
+    intent: str
+    body: bytes
+    category: str | None = None
+    categories: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _Request.__post_init__(self)
+        check_handle(self.to, "to")
+        _check_len(self.msg_id, "msg_id", limits.MESSAGE_ID_BYTES)
+        _check_nonempty(self.body, "body")
+        _check_max(self.body, "body", limits.MAX_CIPHERTEXT_BYTES)
+        _check_intent_fields(self.intent, self.category, self.categories, relay=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Sent(_Response):
+    """Durable acknowledgement: the envelope is committed (SPEC §6.3)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.SENT
+    msg_id: bytes
+    at: int
+
+    def __post_init__(self) -> None:
+        _Response.__post_init__(self)
+        _check_len(self.msg_id, "msg_id", limits.MESSAGE_ID_BYTES)
+        _check_uint(self.at, "at", MAX_TIME_MS)
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver(_Frame):
+    """Push: an envelope for the connected account (SPEC §6.4)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.DELIVER
+    delivery_id: int
+    sender: str
+    sender_kind: str
+    msg_id: bytes
+    intent: str
+    sent_at: int
+    body: bytes
+    category: str | None = None
+    categories: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _check_uint(self.delivery_id, "delivery_id", MAX_DELIVERY_ID, minimum=1)
+        check_handle(self.sender, "sender")
+        _check_enum(self.sender_kind, "sender_kind", AccountKind)
+        _check_len(self.msg_id, "msg_id", limits.MESSAGE_ID_BYTES)
+        _check_uint(self.sent_at, "sent_at", MAX_TIME_MS)
+        _check_nonempty(self.body, "body")
+        _check_max(self.body, "body", limits.MAX_CIPHERTEXT_BYTES)
+        _check_intent_fields(self.intent, self.category, self.categories, relay=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Ack(_Frame):
+    """Recipient has durably processed these deliveries; relay deletes them (SPEC §6.5).
+
+    Not a request: no response on success, so acknowledging costs no round trip.
+    """
+
+    TYPE: ClassVar[FrameType] = FrameType.ACK
+    delivery_ids: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        _check_nonempty(self.delivery_ids, "delivery_ids")
+        _check_max(self.delivery_ids, "delivery_ids", limits.MAX_ACK_IDS)
+        for value in self.delivery_ids:
+            _check_uint(value, "delivery_ids", MAX_DELIVERY_ID, minimum=1)
+
+
+# §7 Consent and blocking
+
+
+@dataclass(frozen=True, slots=True)
+class Statement(_Request):
+    """A signed consent or block statement for the relay to record and forward (SPEC §7.4)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.STATEMENT
+    statement: bytes
+
+    def __post_init__(self) -> None:
+        _Request.__post_init__(self)
+        _check_nonempty(self.statement, "statement")
+        _check_max(self.statement, "statement", limits.MAX_STATEMENT_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class StatementsList(_Request):
+    """List the statements the account signed or is the target of (SPEC §7.6)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.STATEMENTS_LIST
+    after: int = 0
+
+    def __post_init__(self) -> None:
+        _Request.__post_init__(self)
+        _check_uint(self.after, "after", MAX_DELIVERY_ID)
+
+
+@dataclass(frozen=True, slots=True)
+class Statements(_Response):
+    """One page of statements; ``next`` is the cursor for the following page."""
+
+    TYPE: ClassVar[FrameType] = FrameType.STATEMENTS
+    statements: tuple[bytes, ...]
+    next: int | None = None
+
+    def __post_init__(self) -> None:
+        _Response.__post_init__(self)
+        _check_max(self.statements, "statements", limits.MAX_LISTED_STATEMENTS)
+        for item in self.statements:
+            _check_max(item, "statements", limits.MAX_STATEMENT_BYTES)
+        if self.next is not None:
+            _check_uint(self.next, "next", MAX_DELIVERY_ID, minimum=1)
+
+
+# §8 Business accounts
+
+
+@dataclass(frozen=True, slots=True)
+class ProfilePut(_Request):
+    """Publish the business's signed profile (SPEC §8.2)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.PROFILE_PUT
+    profile: bytes
+
+    def __post_init__(self) -> None:
+        _Request.__post_init__(self)
+        _check_nonempty(self.profile, "profile")
+        _check_max(self.profile, "profile", limits.MAX_PROFILE_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileFetch(_Request):
+    """Ask for a business's signed profile and badge (SPEC §8.2)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.PROFILE_FETCH
+    handle: str
+
+    def __post_init__(self) -> None:
+        _Request.__post_init__(self)
+        check_handle(self.handle)
+
+
+@dataclass(frozen=True, slots=True)
+class Profile(_Response):
+    """A business's public record: key, signed profile, operator-signed badge (SPEC §8.1–8.2)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.PROFILE
+    handle: str
+    identity_key: bytes
+    profile: bytes | None = None
+    badge: bytes | None = None
+
+    def __post_init__(self) -> None:
+        _Response.__post_init__(self)
+        check_handle(self.handle)
+        _check_len(self.identity_key, "identity_key", 32)
+        if self.profile is not None:
+            _check_max(self.profile, "profile", limits.MAX_PROFILE_BYTES)
+        if self.badge is not None:
+            _check_max(self.badge, "badge", limits.MAX_BADGE_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageFetch(_Request):
+    """A business asks for its own metered usage in a UTC month (SPEC §8.4)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.USAGE_FETCH
+    month: str
+
+    def __post_init__(self) -> None:
+        _Request.__post_init__(self)
+        if not _MONTH_RE.match(self.month):
+            raise MalformedFrame("month: must be YYYY-MM")
+
+
+@dataclass(frozen=True, slots=True)
+class Usage(_Response):
+    """Metered counts for one month: billable notifications and free traffic."""
+
+    TYPE: ClassVar[FrameType] = FrameType.USAGE
+    month: str
+    notifications: tuple[UsageCount, ...]
+    service_replies: int
+    user_initiated: int
+
+    def __post_init__(self) -> None:
+        _Response.__post_init__(self)
+        if not _MONTH_RE.match(self.month):
+            raise MalformedFrame("month: must be YYYY-MM")
+        _check_max(self.notifications, "notifications", limits.MAX_CATEGORIES)
+        _check_uint(self.service_replies, "service_replies", MAX_DELIVERY_ID)
+        _check_uint(self.user_initiated, "user_initiated", MAX_DELIVERY_ID)
+
+
+Frame = (
+    Hello | Register | Login | Welcome | RotateIdentity | Ok | Error
+    | PrekeysUpload | BundleFetch | Bundle | PrekeysLow
+    | Send | Sent | Deliver | Ack
+    | Statement | StatementsList | Statements
+    | ProfilePut | ProfileFetch | Profile | UsageFetch | Usage
+)  # fmt: skip
+
+FRAME_CLASSES: dict[FrameType, type[Frame]] = {
+    cls.TYPE: cls
+    for cls in (
+        Hello, Register, Login, Welcome, RotateIdentity, Ok, Error,
+        PrekeysUpload, BundleFetch, Bundle, PrekeysLow,
+        Send, Sent, Deliver, Ack,
+        Statement, StatementsList, Statements,
+        ProfilePut, ProfileFetch, Profile, UsageFetch, Usage,
+    )
+}  # fmt: skip
+"""Tag → class; the codec's only table."""
+
+CLIENT_FRAMES = frozenset(
+    t for t, cls in FRAME_CLASSES.items() if issubclass(cls, _Request) or cls is Ack
+)
+"""Tags a client may send; every other tag is relay-only (SPEC §2.1)."""
+
+REQUEST_FRAMES = frozenset(t for t, cls in FRAME_CLASSES.items() if issubclass(cls, _Request))
+
+
+def field_names(cls: type[Frame] | type[Record]) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def required_field_names(cls: type[Frame] | type[Record]) -> frozenset[str]:
+    return frozenset(
+        f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+    )
