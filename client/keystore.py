@@ -1,0 +1,997 @@
+"""Client key custody: every secret and every piece of durable state a client holds.
+
+A :class:`KeyStore` holds our identity (Ed25519 seed) and profile settings, our
+signed and one-time prekeys, the opaque session state per contact, the contacts'
+identity keys we trust (TOFU), the ids of envelopes already processed, the inbox
+of decrypted messages the app has not consumed yet, and small SDK state.
+:class:`MemoryKeyStore` serves tests and throwaway clients; :class:`SqliteKeyStore`
+is the durable one, encrypted at rest.
+
+What it is not: it performs no cryptographic construction (that is
+:mod:`blindrelay.protocol.crypto`) and understands no session — sessions are
+opaque bytes. It does no networking and decides nothing about delivery.
+
+Invariants both implementations keep:
+
+- A contact's identity key is never replaced silently: a different key reads as
+  ``CHANGED`` and only :meth:`KeyStore.approve_identity` (an explicit user
+  action) replaces it.
+- A one-time prekey is gone once taken (X3DH forward secrecy needs its private
+  key destroyed after first use); the SQLite store also zeroes the freed pages.
+- :meth:`KeyStore.commit_incoming` writes the new session state, the processed
+  message id and the decrypted message in one transaction, so the SDK can ack a
+  delivery as soon as it returns: a crash before it means the relay redelivers,
+  a crash after it means nothing is lost, and a redelivery of an already
+  committed envelope is recognised by id instead of failing to decrypt.
+
+At rest (:class:`SqliteKeyStore`)::
+
+    passphrase ──Argon2id(salt, opslimit, memlimit)──▶ KEK (32 B)
+    master key (32 random B), stored as XChaCha20-Poly1305(KEK, AD = header fields)
+    record key = BLAKE2b(key=master, person="br.ks.record")
+    lookup key = BLAKE2b(key=master, person="br.ks.lookup")
+    row key  k = BLAKE2b-256(key=lookup key, table ‖ 0x00 ‖ natural key)
+    row AD     = "blindrelay.keystore.v1" ‖ 0x00 ‖ table ‖ 0x00 ‖ k
+    row value  = nonce(24) ‖ XChaCha20-Poly1305(record key, nonce, msgpack(fields), row AD)
+
+Unwrapping the master key is the passphrase verifier (a wrong passphrase fails
+its tag → :class:`WrongPassphrase`), and changing the passphrase rewraps that one
+key instead of every record. Handles, message ids and state keys appear on disk
+only as keyed hashes; the AD binds each sealed value to its table and row, so
+rows cannot be swapped or moved between tables undetected. What the file still
+shows: the number and size of rows per table (how many contacts, prekeys and
+pending messages) and, in the WAL, when they were written.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal, Protocol, Self, runtime_checkable
+
+import msgpack
+import nacl.bindings
+import nacl.encoding
+import nacl.exceptions
+import nacl.hash
+import nacl.pwhash.argon2id as argon2id
+import nacl.utils
+import sqlite_utils
+from blindrelay.protocol.errors import BlindrelayError, UntrustedIdentity
+
+# --- Limits and costs ------------------------------------------------------
+
+MAX_PROCESSED_IDS = 20_000
+"""Processed envelope ids remembered for dedup; the oldest are pruned beyond it.
+The relay only redelivers unacknowledged envelopes, of which it holds at most
+its queue cap (10,000 by default), so twice that covers a full redelivered
+queue at ~50 bytes a row (~1 MB)."""
+
+DEFAULT_OPSLIMIT = argon2id.OPSLIMIT_MODERATE
+DEFAULT_MEMLIMIT = argon2id.MEMLIMIT_MODERATE
+"""Argon2id cost for new stores: libsodium's MODERATE (3 passes, 256 MiB,
+~0.6 s here). The file guards long-term identity keys against offline guessing
+once a device or backup is stolen, and it is unlocked once per start, where
+half a second is acceptable; INTERACTIVE (64 MiB, ~0.07 s) makes each guess 8×
+cheaper and is meant for online logins. Memory-poor devices pass lower costs;
+the costs used are stored in the header, so any store opens anywhere."""
+
+MAX_ACCEPTED_MEMLIMIT = argon2id.MEMLIMIT_SENSITIVE
+"""Largest Argon2 memory cost an existing header may ask for (1 GiB); a planted
+header must not make opening the file exhaust memory."""
+
+MAX_PREKEY_ID = 2**32 - 1
+"""Prekey ids fit an unsigned 32-bit field; ids are never reused."""
+
+IDENTITY_KEY_BYTES = 32
+IDENTITY_SEED_BYTES = 32
+FORMAT_VERSION = 1
+
+AccountKind = Literal["user", "business"]
+_ACCOUNT_KINDS: frozenset[str] = frozenset({"user", "business"})
+
+
+# --- Errors ----------------------------------------------------------------
+
+
+class KeyStoreError(BlindrelayError):
+    """A key store cannot be opened or read as it should."""
+
+
+class WrongPassphrase(KeyStoreError):
+    """The passphrase does not unlock this store (or its header was altered)."""
+
+
+class KeyStoreCorrupted(KeyStoreError):
+    """A record or the header fails authentication or is not a key store."""
+
+
+# --- Records ---------------------------------------------------------------
+
+
+def _require_bytes(name: str, value: object, length: int | None = None) -> None:
+    if not isinstance(value, bytes) or not value:
+        raise TypeError(f"{name} must be non-empty bytes")
+    if length is not None and len(value) != length:
+        raise ValueError(f"{name} must be {length} bytes")
+
+
+def _require_handle(handle: object) -> None:
+    if not isinstance(handle, str) or not handle:
+        raise TypeError("handle must be a non-empty str")
+
+
+def _require_state_key(key: object) -> None:
+    if not isinstance(key, str) or not key:
+        raise TypeError("state key must be a non-empty str")
+
+
+def _require_key_id(key_id: object) -> None:
+    if not isinstance(key_id, int) or isinstance(key_id, bool) or not 0 < key_id <= MAX_PREKEY_ID:
+        raise ValueError(f"key id must be an int in 1..{MAX_PREKEY_ID}")
+
+
+@dataclass(frozen=True, slots=True)
+class OurIdentity:
+    """Our account: who we are, where our relay is, and our identity key pair."""
+
+    handle: str
+    account_kind: AccountKind
+    relay_url: str
+    identity_seed: bytes = field(repr=False)
+    """Ed25519 private seed (RFC 8032), 32 bytes; hidden from repr so logs never show it."""
+    identity_public: bytes
+
+    def __post_init__(self) -> None:
+        _require_handle(self.handle)
+        if self.account_kind not in _ACCOUNT_KINDS:
+            raise ValueError("account_kind must be 'user' or 'business'")
+        if not isinstance(self.relay_url, str):
+            raise TypeError("relay_url must be a str")
+        _require_bytes("identity_seed", self.identity_seed, IDENTITY_SEED_BYTES)
+        _require_bytes("identity_public", self.identity_public, IDENTITY_KEY_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedPreKeyRecord:
+    """One of our signed prekeys, kept until it has been rotated out."""
+
+    key_id: int
+    private_key: bytes = field(repr=False)
+    public_key: bytes
+    signature: bytes
+    created_at_ms: int
+
+    def __post_init__(self) -> None:
+        _require_key_id(self.key_id)
+        _require_bytes("private_key", self.private_key)
+        _require_bytes("public_key", self.public_key)
+        _require_bytes("signature", self.signature)
+        if not isinstance(self.created_at_ms, int) or self.created_at_ms < 0:
+            raise ValueError("created_at_ms must be a non-negative int")
+
+
+@dataclass(frozen=True, slots=True)
+class OneTimePreKeyRecord:
+    """One of our one-time prekeys; its private key is destroyed on first use."""
+
+    key_id: int
+    private_key: bytes = field(repr=False)
+    public_key: bytes
+
+    def __post_init__(self) -> None:
+        _require_key_id(self.key_id)
+        _require_bytes("private_key", self.private_key)
+        _require_bytes("public_key", self.public_key)
+
+
+class IdentityStatus(Enum):
+    """How a presented identity key relates to what we trust for that handle."""
+
+    NEW = "new"  # no key recorded for the handle yet
+    TRUSTED = "trusted"  # the recorded key
+    CHANGED = "changed"  # another key than the recorded one: never accept silently
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedIdentity:
+    """A contact's identity key as we trust it."""
+
+    handle: str
+    identity_key: bytes
+    first_seen_ms: int
+    verified: bool
+    """True once the user compared safety numbers for this very key."""
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    """A decrypted message waiting for the app; ``body`` is the SDK's encoding."""
+
+    msg_id: bytes
+    sender: str
+    received_at_ms: int
+    body: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _require_bytes("msg_id", self.msg_id)
+        _require_handle(self.sender)
+        if not isinstance(self.body, bytes):
+            raise TypeError("body must be bytes")
+
+
+def classify_identity(stored: TrustedIdentity | None, identity_key: bytes) -> IdentityStatus:
+    """The TOFU decision, shared by every implementation."""
+    if stored is None:
+        return IdentityStatus.NEW
+    if stored.identity_key == identity_key:
+        return IdentityStatus.TRUSTED
+    return IdentityStatus.CHANGED
+
+
+# --- The interface ---------------------------------------------------------
+
+
+@runtime_checkable
+class KeyStore(Protocol):
+    """Everything the SDK persists. Implementations behave identically."""
+
+    # Our account
+    def get_identity(self) -> OurIdentity | None: ...
+    def set_identity(self, identity: OurIdentity) -> None: ...
+
+    # Signed prekeys
+    def store_signed_prekey(self, record: SignedPreKeyRecord) -> None: ...
+    def load_signed_prekey(self, key_id: int) -> SignedPreKeyRecord | None: ...
+    def signed_prekeys(self) -> list[SignedPreKeyRecord]: ...
+    def remove_signed_prekey(self, key_id: int) -> None: ...
+    def set_current_signed_prekey(self, key_id: int) -> None: ...
+    def current_signed_prekey(self) -> SignedPreKeyRecord | None: ...
+
+    # One-time prekeys
+    def allocate_prekey_ids(self, count: int) -> range: ...
+    def store_one_time_prekeys(self, records: Iterable[OneTimePreKeyRecord]) -> None: ...
+    def take_one_time_prekey(self, key_id: int) -> OneTimePreKeyRecord | None: ...
+    def one_time_prekey_ids(self) -> list[int]: ...
+
+    # Sessions
+    def load_session(self, handle: str) -> bytes | None: ...
+    def store_session(self, handle: str, blob: bytes) -> None: ...
+    def delete_session(self, handle: str) -> None: ...
+
+    # Trusted identities (TOFU)
+    def get_trusted_identity(self, handle: str) -> TrustedIdentity | None: ...
+    def check_identity(self, handle: str, identity_key: bytes) -> IdentityStatus: ...
+    def trust_identity(self, handle: str, identity_key: bytes, now_ms: int) -> IdentityStatus: ...
+    def require_trusted(self, handle: str, identity_key: bytes) -> None: ...
+    def approve_identity(
+        self, handle: str, identity_key: bytes, now_ms: int, *, verified: bool = False
+    ) -> None: ...
+
+    # Incoming messages
+    def is_processed(self, msg_id: bytes) -> bool: ...
+    def mark_processed(self, msg_id: bytes) -> None: ...
+    def commit_incoming(self, message: IncomingMessage, session_blob: bytes) -> bool: ...
+    def pending_messages(self) -> list[IncomingMessage]: ...
+    def consume(self, msg_id: bytes) -> bool: ...
+
+    # SDK state
+    def get_state(self, key: str) -> bytes | None: ...
+    def set_state(self, key: str, value: bytes) -> None: ...
+    def delete_state(self, key: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# --- Behaviour shared by both implementations --------------------------------
+
+
+class _KeyStoreBase:
+    """Decisions (TOFU, id allocation, commit order) written once over storage primitives.
+
+    Subclasses provide the primitives and ``_transaction``; this class never
+    touches storage directly, so both implementations decide identically.
+    """
+
+    def _transaction(self) -> AbstractContextManager[object]:
+        raise NotImplementedError
+
+    def _load_trust(self, handle: str) -> TrustedIdentity | None:
+        raise NotImplementedError
+
+    def _store_trust(self, record: TrustedIdentity) -> None:
+        raise NotImplementedError
+
+    def _get_counter(self, name: str) -> int | None:
+        raise NotImplementedError
+
+    def _set_counter(self, name: str, value: int) -> None:
+        raise NotImplementedError
+
+    def _add_processed(self, msg_id: bytes) -> None:
+        raise NotImplementedError
+
+    def _add_pending(self, message: IncomingMessage) -> None:
+        raise NotImplementedError
+
+    def is_processed(self, msg_id: bytes) -> bool:
+        raise NotImplementedError
+
+    def store_session(self, handle: str, blob: bytes) -> None:
+        raise NotImplementedError
+
+    def load_signed_prekey(self, key_id: int) -> SignedPreKeyRecord | None:
+        raise NotImplementedError
+
+    # Trust
+
+    def get_trusted_identity(self, handle: str) -> TrustedIdentity | None:
+        """The key we trust for ``handle``, with when and how we came to trust it."""
+        _require_handle(handle)
+        return self._load_trust(handle)
+
+    def check_identity(self, handle: str, identity_key: bytes) -> IdentityStatus:
+        """Classify a presented key without changing anything."""
+        _require_handle(handle)
+        _require_bytes("identity_key", identity_key, IDENTITY_KEY_BYTES)
+        return classify_identity(self._load_trust(handle), identity_key)
+
+    def trust_identity(self, handle: str, identity_key: bytes, now_ms: int) -> IdentityStatus:
+        """Trust on first use; returns the status found (``NEW`` = just recorded).
+
+        Raises :class:`UntrustedIdentity` on a changed key rather than overwrite it.
+        """
+        _require_bytes("identity_key", identity_key, IDENTITY_KEY_BYTES)
+        with self._transaction():
+            status = self.check_identity(handle, identity_key)
+            if status is IdentityStatus.CHANGED:
+                raise UntrustedIdentity(handle)
+            if status is IdentityStatus.NEW:
+                self._store_trust(TrustedIdentity(handle, identity_key, now_ms, verified=False))
+            return status
+
+    def require_trusted(self, handle: str, identity_key: bytes) -> None:
+        """Gate before every send and on every decrypt: the key must be the trusted one."""
+        status = self.check_identity(handle, identity_key)
+        if status is IdentityStatus.NEW:
+            raise UntrustedIdentity(handle, f"identity key of {handle!r} not yet trusted")
+        if status is IdentityStatus.CHANGED:
+            raise UntrustedIdentity(handle)
+
+    def approve_identity(
+        self, handle: str, identity_key: bytes, now_ms: int, *, verified: bool = False
+    ) -> None:
+        """The user's explicit decision to trust ``identity_key`` for ``handle``.
+
+        Replaces a changed key (first-seen restarts at ``now_ms`` and verification
+        must be redone); on the trusted key it keeps first-seen and only ever
+        raises ``verified`` (the user compared safety numbers).
+        """
+        _require_bytes("identity_key", identity_key, IDENTITY_KEY_BYTES)
+        with self._transaction():
+            stored = self.get_trusted_identity(handle)
+            if stored is not None and stored.identity_key == identity_key:
+                record = TrustedIdentity(
+                    handle, identity_key, stored.first_seen_ms, stored.verified or verified
+                )
+            else:
+                record = TrustedIdentity(handle, identity_key, now_ms, verified)
+            self._store_trust(record)
+
+    # Prekey bookkeeping
+
+    def allocate_prekey_ids(self, count: int) -> range:
+        """Reserve ``count`` fresh prekey ids; ids are never handed out twice."""
+        if not isinstance(count, int) or count < 1:
+            raise ValueError("count must be a positive int")
+        with self._transaction():
+            first = self._get_counter("next_prekey_id") or 1
+            if first + count - 1 > MAX_PREKEY_ID:
+                raise OverflowError("prekey id space exhausted")
+            self._set_counter("next_prekey_id", first + count)
+        return range(first, first + count)
+
+    def set_current_signed_prekey(self, key_id: int) -> None:
+        """Mark which stored signed prekey the relay is advertising."""
+        with self._transaction():
+            if self.load_signed_prekey(key_id) is None:
+                raise KeyError(f"no signed prekey {key_id}")
+            self._set_counter("current_signed_prekey", key_id)
+
+    def current_signed_prekey(self) -> SignedPreKeyRecord | None:
+        """The advertised signed prekey, if one is set and still stored."""
+        key_id = self._get_counter("current_signed_prekey")
+        return None if key_id is None else self.load_signed_prekey(key_id)
+
+    # Incoming
+
+    def mark_processed(self, msg_id: bytes) -> None:
+        """Remember an envelope id (idempotent); the oldest beyond the cap are forgotten."""
+        _require_bytes("msg_id", msg_id)
+        with self._transaction():
+            if not self.is_processed(msg_id):
+                self._add_processed(msg_id)
+
+    def commit_incoming(self, message: IncomingMessage, session_blob: bytes) -> bool:
+        """Persist a decrypted message, its sender's new session and its id, atomically.
+
+        Returns False, changing nothing, if the id was already processed (a
+        redelivery); the SDK acks the delivery in both cases.
+        """
+        _require_bytes("session_blob", session_blob)
+        with self._transaction():
+            if self.is_processed(message.msg_id):
+                return False
+            self.store_session(message.sender, session_blob)
+            self._add_processed(message.msg_id)
+            self._add_pending(message)
+        return True
+
+
+# --- In memory ---------------------------------------------------------------
+
+
+class MemoryKeyStore(_KeyStoreBase):
+    """Key store in process memory: for tests and clients that keep nothing."""
+
+    def __init__(self, *, max_processed_ids: int = MAX_PROCESSED_IDS) -> None:
+        self._identity: OurIdentity | None = None
+        self._signed: dict[int, SignedPreKeyRecord] = {}
+        self._one_time: dict[int, OneTimePreKeyRecord] = {}
+        self._sessions: dict[str, bytes] = {}
+        self._trust: dict[str, TrustedIdentity] = {}
+        self._counters: dict[str, int] = {}
+        self._processed: OrderedDict[bytes, None] = OrderedDict()
+        self._pending: OrderedDict[bytes, IncomingMessage] = OrderedDict()
+        self._state: dict[str, bytes] = {}
+        self._max_processed = max_processed_ids
+
+    def _transaction(self) -> AbstractContextManager[object]:
+        # Every primitive validates before it mutates, so nothing fails halfway.
+        return nullcontext()
+
+    def _load_trust(self, handle: str) -> TrustedIdentity | None:
+        return self._trust.get(handle)
+
+    def _store_trust(self, record: TrustedIdentity) -> None:
+        self._trust[record.handle] = record
+
+    def _get_counter(self, name: str) -> int | None:
+        return self._counters.get(name)
+
+    def _set_counter(self, name: str, value: int) -> None:
+        self._counters[name] = value
+
+    def _add_processed(self, msg_id: bytes) -> None:
+        self._processed[msg_id] = None
+        while len(self._processed) > self._max_processed:
+            self._processed.popitem(last=False)
+
+    def _add_pending(self, message: IncomingMessage) -> None:
+        self._pending[message.msg_id] = message
+
+    def get_identity(self) -> OurIdentity | None:
+        return self._identity
+
+    def set_identity(self, identity: OurIdentity) -> None:
+        self._identity = identity
+
+    def store_signed_prekey(self, record: SignedPreKeyRecord) -> None:
+        self._signed[record.key_id] = record
+
+    def load_signed_prekey(self, key_id: int) -> SignedPreKeyRecord | None:
+        _require_key_id(key_id)
+        return self._signed.get(key_id)
+
+    def signed_prekeys(self) -> list[SignedPreKeyRecord]:
+        return [self._signed[key_id] for key_id in sorted(self._signed)]
+
+    def remove_signed_prekey(self, key_id: int) -> None:
+        _require_key_id(key_id)
+        self._signed.pop(key_id, None)
+
+    def store_one_time_prekeys(self, records: Iterable[OneTimePreKeyRecord]) -> None:
+        for record in list(records):
+            self._one_time[record.key_id] = record
+
+    def take_one_time_prekey(self, key_id: int) -> OneTimePreKeyRecord | None:
+        _require_key_id(key_id)
+        return self._one_time.pop(key_id, None)
+
+    def one_time_prekey_ids(self) -> list[int]:
+        return sorted(self._one_time)
+
+    def load_session(self, handle: str) -> bytes | None:
+        _require_handle(handle)
+        return self._sessions.get(handle)
+
+    def store_session(self, handle: str, blob: bytes) -> None:
+        _require_handle(handle)
+        _require_bytes("blob", blob)
+        self._sessions[handle] = blob
+
+    def delete_session(self, handle: str) -> None:
+        _require_handle(handle)
+        self._sessions.pop(handle, None)
+
+    def is_processed(self, msg_id: bytes) -> bool:
+        _require_bytes("msg_id", msg_id)
+        return msg_id in self._processed
+
+    def pending_messages(self) -> list[IncomingMessage]:
+        return list(self._pending.values())
+
+    def consume(self, msg_id: bytes) -> bool:
+        _require_bytes("msg_id", msg_id)
+        return self._pending.pop(msg_id, None) is not None
+
+    def get_state(self, key: str) -> bytes | None:
+        _require_state_key(key)
+        return self._state.get(key)
+
+    def set_state(self, key: str, value: bytes) -> None:
+        _require_state_key(key)
+        if not isinstance(value, bytes):
+            raise TypeError("state value must be bytes")
+        self._state[key] = value
+
+    def delete_state(self, key: str) -> None:
+        _require_state_key(key)
+        self._state.pop(key, None)
+
+    def close(self) -> None:
+        """Nothing to release; present so both stores share one lifecycle."""
+
+
+# --- SQLite, encrypted at rest ---------------------------------------------
+
+_AD_PREFIX = b"blindrelay.keystore.v1\x00"
+_MASTER_AD_PREFIX = b"blindrelay.keystore.v1.master\x00"
+_KEY_BYTES = 32
+_NONCE_BYTES = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+
+_KV_TABLES = ("settings", "signed_prekeys", "one_time_prekeys", "sessions", "identities", "state")
+_ORDERED_TABLES = ("processed", "inbox")
+_TABLES = frozenset(_KV_TABLES + _ORDERED_TABLES)
+"""Every table name interpolated into SQL comes from here, never from a caller."""
+
+
+def _passphrase_bytes(passphrase: str) -> bytes:
+    """NFC first, so the same passphrase typed on two keyboards derives one key."""
+    if not isinstance(passphrase, str) or not passphrase:
+        raise ValueError("passphrase must be a non-empty str")
+    return unicodedata.normalize("NFC", passphrase).encode("utf-8")
+
+
+def _derive_kek(passphrase: str, salt: bytes, opslimit: int, memlimit: int) -> bytes:
+    return argon2id.kdf(
+        _KEY_BYTES, _passphrase_bytes(passphrase), salt, opslimit=opslimit, memlimit=memlimit
+    )
+
+
+def _master_ad(salt: bytes, opslimit: int, memlimit: int) -> bytes:
+    return (
+        _MASTER_AD_PREFIX
+        + FORMAT_VERSION.to_bytes(2, "big")
+        + salt
+        + opslimit.to_bytes(8, "big")
+        + memlimit.to_bytes(8, "big")
+    )
+
+
+def _subkey(master: bytes, person: bytes) -> bytes:
+    return nacl.hash.blake2b(
+        b"", digest_size=_KEY_BYTES, key=master, person=person, encoder=nacl.encoding.RawEncoder
+    )
+
+
+def _check_costs(opslimit: int, memlimit: int, *, max_memlimit: int) -> None:
+    if not argon2id.OPSLIMIT_MIN <= opslimit <= argon2id.OPSLIMIT_MAX:
+        raise ValueError("opslimit out of Argon2id range")
+    if not argon2id.MEMLIMIT_MIN <= memlimit <= max_memlimit:
+        raise ValueError("memlimit out of accepted range")
+
+
+class SqliteKeyStore(_KeyStoreBase):
+    """Key store in one SQLite file, every record sealed (see the module docstring).
+
+    One process and one thread own a store: the connection refuses use from
+    another thread. Writes are ``synchronous=FULL`` — the SDK acks deliveries
+    on the strength of a commit, so a commit must survive power loss, and a
+    client writes a few times per message, far below the ~1.5k commits/s FULL
+    allows. ``secure_delete`` zeroes freed pages so a taken one-time prekey
+    does not linger in the file.
+    """
+
+    def __init__(
+        self,
+        db: sqlite_utils.Database,
+        master_key: bytes,
+        header: dict[str, Any],
+        *,
+        max_processed_ids: int,
+    ) -> None:
+        """Use :meth:`open`; this wires an already unlocked database."""
+        self._db = db
+        self._header = header
+        self._record_key = _subkey(master_key, b"br.ks.record")
+        self._lookup_key = _subkey(master_key, b"br.ks.lookup")
+        self._max_processed = max_processed_ids
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        passphrase: str,
+        *,
+        create: bool = False,
+        opslimit: int = DEFAULT_OPSLIMIT,
+        memlimit: int = DEFAULT_MEMLIMIT,
+        max_processed_ids: int = MAX_PROCESSED_IDS,
+    ) -> Self:
+        """Unlock the store at ``path``; with ``create``, make it if absent.
+
+        The Argon2 costs apply only when creating; an existing store uses the
+        costs in its header. Raises :class:`WrongPassphrase`,
+        :class:`KeyStoreCorrupted`, or ``FileNotFoundError`` without ``create``.
+        """
+        path = Path(path)
+        _passphrase_bytes(passphrase)
+        existed = path.exists()
+        if not existed and not create:
+            raise FileNotFoundError(f"no key store at {path}")
+        conn = sqlite3.connect(path, isolation_level=None)  # explicit BEGIN/COMMIT only
+        try:
+            db = sqlite_utils.Database(conn, execute_plugins=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA secure_delete=ON")
+            conn.execute("PRAGMA temp_store=MEMORY")
+            if "header" not in db.table_names():
+                if existed and db.table_names():
+                    raise KeyStoreCorrupted(f"{path} is not a blindrelay key store")
+                _check_costs(opslimit, memlimit, max_memlimit=argon2id.MEMLIMIT_MAX)
+                master, header = cls._initialise(db, passphrase, opslimit, memlimit)
+            else:
+                header = cls._read_header(db)
+                master = cls._unwrap(header, passphrase)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise KeyStoreCorrupted(f"{path} is not a blindrelay key store") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return cls(db, master, header, max_processed_ids=max_processed_ids)
+
+    @staticmethod
+    def _initialise(
+        db: sqlite_utils.Database, passphrase: str, opslimit: int, memlimit: int
+    ) -> tuple[bytes, dict[str, Any]]:
+        salt = nacl.utils.random(argon2id.SALTBYTES)
+        master = nacl.utils.random(_KEY_BYTES)
+        header = {
+            "id": 1,
+            "format": FORMAT_VERSION,
+            "salt": salt,
+            "opslimit": opslimit,
+            "memlimit": memlimit,
+            "wrapped_master": SqliteKeyStore._wrap(master, passphrase, salt, opslimit, memlimit),
+        }
+        with db.atomic():
+            for table in _KV_TABLES:
+                db[table].create({"k": bytes, "v": bytes}, pk="k", not_null={"v"})
+            db["processed"].create({"seq": int, "k": bytes}, pk="seq", not_null={"k"})
+            db["inbox"].create({"seq": int, "k": bytes, "v": bytes}, pk="seq", not_null={"k", "v"})
+            for table in _ORDERED_TABLES:
+                db[table].create_index(["k"], unique=True)
+            db["header"].create(
+                {
+                    "id": int,
+                    "format": int,
+                    "salt": bytes,
+                    "opslimit": int,
+                    "memlimit": int,
+                    "wrapped_master": bytes,
+                },
+                pk="id",
+                not_null=set(header) - {"id"},
+            )
+            columns = ", ".join(header)
+            placeholders = ", ".join("?" for _ in header)
+            db.execute(
+                f"INSERT INTO header ({columns}) VALUES ({placeholders})",  # noqa: S608
+                list(header.values()),
+            )
+        return master, header
+
+    @staticmethod
+    def _read_header(db: sqlite_utils.Database) -> dict[str, Any]:
+        rows = list(db["header"].rows)
+        if len(rows) != 1 or rows[0].get("format") != FORMAT_VERSION:
+            raise KeyStoreCorrupted("key store header missing or of another format")
+        header = rows[0]
+        try:
+            _check_costs(header["opslimit"], header["memlimit"], max_memlimit=MAX_ACCEPTED_MEMLIMIT)
+        except (TypeError, ValueError) as exc:
+            raise KeyStoreCorrupted("key store header has unacceptable Argon2 costs") from exc
+        return header
+
+    @staticmethod
+    def _wrap(master: bytes, passphrase: str, salt: bytes, opslimit: int, memlimit: int) -> bytes:
+        kek = _derive_kek(passphrase, salt, opslimit, memlimit)
+        nonce = nacl.utils.random(_NONCE_BYTES)
+        ad = _master_ad(salt, opslimit, memlimit)
+        return nonce + nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+            master, ad, nonce, kek
+        )
+
+    @staticmethod
+    def _unwrap(header: dict[str, Any], passphrase: str) -> bytes:
+        salt, ops, mem = header["salt"], header["opslimit"], header["memlimit"]
+        kek = _derive_kek(passphrase, salt, ops, mem)
+        wrapped = header["wrapped_master"]
+        try:
+            return nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                wrapped[_NONCE_BYTES:], _master_ad(salt, ops, mem), wrapped[:_NONCE_BYTES], kek
+            )
+        except nacl.exceptions.CryptoError:
+            raise WrongPassphrase("wrong passphrase for this key store") from None
+
+    def change_passphrase(
+        self,
+        old_passphrase: str,
+        new_passphrase: str,
+        *,
+        opslimit: int = DEFAULT_OPSLIMIT,
+        memlimit: int = DEFAULT_MEMLIMIT,
+    ) -> None:
+        """Rewrap the master key under a new passphrase (and costs).
+
+        Records are untouched, so a copy of the file taken earlier still opens
+        with the old passphrase: this protects the file from now on, not copies.
+        """
+        _check_costs(opslimit, memlimit, max_memlimit=argon2id.MEMLIMIT_MAX)
+        master = self._unwrap(self._header, old_passphrase)
+        salt = nacl.utils.random(argon2id.SALTBYTES)
+        update = {
+            "salt": salt,
+            "opslimit": opslimit,
+            "memlimit": memlimit,
+            "wrapped_master": self._wrap(master, new_passphrase, salt, opslimit, memlimit),
+        }
+        with self._transaction():
+            self._db.execute(
+                "UPDATE header SET salt = ?, opslimit = ?, memlimit = ?, wrapped_master = ?"
+                " WHERE id = 1",
+                [salt, opslimit, memlimit, update["wrapped_master"]],
+            )
+        self._header = {**self._header, **update}
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the file and release the connection (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._db.conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # Sealing
+
+    def _lookup(self, table: str, natural_key: bytes) -> bytes:
+        return nacl.hash.blake2b(
+            table.encode() + b"\x00" + natural_key,
+            digest_size=32,
+            key=self._lookup_key,
+            encoder=nacl.encoding.RawEncoder,
+        )
+
+    def _seal(self, table: str, k: bytes, fields: list[Any]) -> bytes:
+        nonce = nacl.utils.random(_NONCE_BYTES)
+        plaintext = msgpack.packb(fields, use_bin_type=True)
+        ad = _AD_PREFIX + table.encode() + b"\x00" + k
+        return nonce + nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+            plaintext, ad, nonce, self._record_key
+        )
+
+    def _open_sealed(self, table: str, k: bytes, sealed: bytes) -> list[Any]:
+        ad = _AD_PREFIX + table.encode() + b"\x00" + k
+        try:
+            plaintext = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                sealed[_NONCE_BYTES:], ad, sealed[:_NONCE_BYTES], self._record_key
+            )
+        except nacl.exceptions.CryptoError:
+            raise KeyStoreCorrupted(f"a record in {table!r} fails authentication") from None
+        fields = msgpack.unpackb(plaintext, raw=False, strict_map_key=True)
+        if not isinstance(fields, list):
+            raise KeyStoreCorrupted(f"a record in {table!r} is malformed")
+        return fields
+
+    # Storage primitives
+
+    @contextmanager
+    def _transaction(self) -> Iterator[object]:
+        with self._db.atomic():
+            yield self
+
+    def _put(self, table: str, natural_key: bytes, fields: list[Any]) -> None:
+        assert table in _KV_TABLES
+        k = self._lookup(table, natural_key)
+        sql = (
+            f"INSERT INTO {table} (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v"  # noqa: S608
+        )
+        self._db.execute(sql, [k, self._seal(table, k, fields)])
+
+    def _get(self, table: str, natural_key: bytes) -> list[Any] | None:
+        assert table in _KV_TABLES
+        k = self._lookup(table, natural_key)
+        row = self._db.execute(f"SELECT v FROM {table} WHERE k = ?", [k]).fetchone()  # noqa: S608
+        return None if row is None else self._open_sealed(table, k, row[0])
+
+    def _delete(self, table: str, natural_key: bytes) -> bool:
+        assert table in _KV_TABLES
+        k = self._lookup(table, natural_key)
+        cursor = self._db.execute(f"DELETE FROM {table} WHERE k = ?", [k])  # noqa: S608
+        return cursor.rowcount > 0
+
+    def _all(self, table: str) -> list[list[Any]]:
+        assert table in _TABLES
+        rows = self._db.execute(f"SELECT k, v FROM {table} ORDER BY rowid").fetchall()  # noqa: S608
+        return [self._open_sealed(table, k, v) for k, v in rows]
+
+    def _load_trust(self, handle: str) -> TrustedIdentity | None:
+        fields = self._get("identities", handle.encode())
+        if fields is None:
+            return None
+        stored_handle, key, first_seen_ms, verified = fields
+        return TrustedIdentity(stored_handle, key, first_seen_ms, verified)
+
+    def _store_trust(self, record: TrustedIdentity) -> None:
+        self._put(
+            "identities",
+            record.handle.encode(),
+            [record.handle, record.identity_key, record.first_seen_ms, record.verified],
+        )
+
+    def _get_counter(self, name: str) -> int | None:
+        fields = self._get("settings", name.encode())
+        return None if fields is None else int(fields[0])
+
+    def _set_counter(self, name: str, value: int) -> None:
+        self._put("settings", name.encode(), [value])
+
+    def _add_processed(self, msg_id: bytes) -> None:
+        k = self._lookup("processed", msg_id)
+        self._db.execute("INSERT INTO processed (k) VALUES (?)", [k])
+        self._db.execute(
+            "DELETE FROM processed WHERE seq <= (SELECT max(seq) FROM processed) - ?",
+            [self._max_processed],
+        )
+
+    def _add_pending(self, message: IncomingMessage) -> None:
+        k = self._lookup("inbox", message.msg_id)
+        fields = [message.msg_id, message.sender, message.received_at_ms, message.body]
+        self._db.execute(
+            "INSERT INTO inbox (k, v) VALUES (?, ?)", [k, self._seal("inbox", k, fields)]
+        )
+
+    # Public API (documented on KeyStore)
+
+    def get_identity(self) -> OurIdentity | None:
+        fields = self._get("settings", b"identity")
+        return None if fields is None else OurIdentity(*fields)
+
+    def set_identity(self, identity: OurIdentity) -> None:
+        fields = [
+            identity.handle,
+            identity.account_kind,
+            identity.relay_url,
+            identity.identity_seed,
+            identity.identity_public,
+        ]
+        with self._transaction():
+            self._put("settings", b"identity", fields)
+
+    def store_signed_prekey(self, record: SignedPreKeyRecord) -> None:
+        fields = [
+            record.key_id,
+            record.private_key,
+            record.public_key,
+            record.signature,
+            record.created_at_ms,
+        ]
+        with self._transaction():
+            self._put("signed_prekeys", record.key_id.to_bytes(8, "big"), fields)
+
+    def load_signed_prekey(self, key_id: int) -> SignedPreKeyRecord | None:
+        _require_key_id(key_id)
+        fields = self._get("signed_prekeys", key_id.to_bytes(8, "big"))
+        return None if fields is None else SignedPreKeyRecord(*fields)
+
+    def signed_prekeys(self) -> list[SignedPreKeyRecord]:
+        records = [SignedPreKeyRecord(*fields) for fields in self._all("signed_prekeys")]
+        return sorted(records, key=lambda record: record.key_id)
+
+    def remove_signed_prekey(self, key_id: int) -> None:
+        _require_key_id(key_id)
+        with self._transaction():
+            self._delete("signed_prekeys", key_id.to_bytes(8, "big"))
+
+    def store_one_time_prekeys(self, records: Iterable[OneTimePreKeyRecord]) -> None:
+        with self._transaction():
+            for record in records:
+                fields = [record.key_id, record.private_key, record.public_key]
+                self._put("one_time_prekeys", record.key_id.to_bytes(8, "big"), fields)
+
+    def take_one_time_prekey(self, key_id: int) -> OneTimePreKeyRecord | None:
+        _require_key_id(key_id)
+        natural_key = key_id.to_bytes(8, "big")
+        with self._transaction():
+            fields = self._get("one_time_prekeys", natural_key)
+            if fields is None:
+                return None
+            self._delete("one_time_prekeys", natural_key)
+        return OneTimePreKeyRecord(*fields)
+
+    def one_time_prekey_ids(self) -> list[int]:
+        return sorted(int(fields[0]) for fields in self._all("one_time_prekeys"))
+
+    def load_session(self, handle: str) -> bytes | None:
+        _require_handle(handle)
+        fields = self._get("sessions", handle.encode())
+        return None if fields is None else bytes(fields[1])
+
+    def store_session(self, handle: str, blob: bytes) -> None:
+        _require_handle(handle)
+        _require_bytes("blob", blob)
+        with self._transaction():
+            self._put("sessions", handle.encode(), [handle, blob])
+
+    def delete_session(self, handle: str) -> None:
+        _require_handle(handle)
+        with self._transaction():
+            self._delete("sessions", handle.encode())
+
+    def is_processed(self, msg_id: bytes) -> bool:
+        _require_bytes("msg_id", msg_id)
+        k = self._lookup("processed", msg_id)
+        return self._db.execute("SELECT 1 FROM processed WHERE k = ?", [k]).fetchone() is not None
+
+    def pending_messages(self) -> list[IncomingMessage]:
+        return [IncomingMessage(*fields) for fields in self._all("inbox")]
+
+    def consume(self, msg_id: bytes) -> bool:
+        _require_bytes("msg_id", msg_id)
+        k = self._lookup("inbox", msg_id)
+        with self._transaction():
+            cursor = self._db.execute("DELETE FROM inbox WHERE k = ?", [k])
+        return cursor.rowcount > 0
+
+    def get_state(self, key: str) -> bytes | None:
+        _require_state_key(key)
+        fields = self._get("state", key.encode())
+        return None if fields is None else bytes(fields[1])
+
+    def set_state(self, key: str, value: bytes) -> None:
+        _require_state_key(key)
+        if not isinstance(value, bytes):
+            raise TypeError("state value must be bytes")
+        with self._transaction():
+            self._put("state", key.encode(), [key, value])
+
+    def delete_state(self, key: str) -> None:
+        _require_state_key(key)
+        with self._transaction():
+            self._delete("state", key.encode())
