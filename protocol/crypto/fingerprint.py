@@ -1,4 +1,4 @@
-"""Safety numbers and fingerprints: what two people compare to rule out a MITM.
+"""Safety numbers and fingerprints (SPEC §13.9): what two people compare to rule out a MITM.
 
 Trust on first use (the client keystore) catches a key that *changes*; it cannot
 catch a relay that substituted a key *before* first use. Comparing a safety
@@ -87,11 +87,17 @@ def format_safety_number(digits: str) -> str:
     return " ".join(digits[i : i + 5] for i in range(0, len(digits), 5))
 
 
-def fingerprint(identity_key: bytes) -> str:
-    """Short form for logs and CLIs: hex of the first 16 bytes of SHA-256(key).
-
-    128 bits resist second preimages; not a substitute for the safety number,
-    which also binds the handle and is what users should compare.
-    """
+def key_fingerprint(identity_key: bytes) -> bytes:
+    """BLAKE2b-256 of the identity key: the ``key_fingerprint`` a badge carries (SPEC §8.1)."""
     _check_key(identity_key)
-    return hashlib.sha256(identity_key).digest()[:16].hex()
+    return hashlib.blake2b(identity_key, digest_size=32).digest()
+
+
+def fingerprint(identity_key: bytes) -> str:
+    """Short form for logs and CLIs: the first 16 bytes of :func:`key_fingerprint`, hex.
+
+    A prefix of the badge's value, so the two can be eyeballed against each other.
+    128 bits resist second preimages, but it is not a substitute for the safety
+    number, which also binds the handle and is what people should compare.
+    """
+    return key_fingerprint(identity_key)[:16].hex()

@@ -36,6 +36,8 @@ def test_known_answer_vectors_still_hold(case: dict[str, str]) -> None:
     )
     assert fp.fingerprint(ours) == case["our_fingerprint"]
     assert fp.fingerprint(theirs) == case["their_fingerprint"]
+    assert fp.key_fingerprint(ours).hex() == case["our_key_fingerprint"]
+    assert fp.key_fingerprint(theirs).hex() == case["their_key_fingerprint"]
 
 
 def test_vector_file_records_the_current_constants() -> None:
@@ -96,12 +98,22 @@ def test_fingerprint_is_short_hex_and_key_specific() -> None:
     assert short != fp.fingerprint(AIRLINE_KEY)
 
 
+def test_short_fingerprint_is_a_prefix_of_the_badge_key_fingerprint() -> None:
+    import hashlib
+
+    badge_value = hashlib.blake2b(ALICE_KEY, digest_size=32).digest()  # SPEC §8.1
+    assert fp.key_fingerprint(ALICE_KEY) == badge_value
+    assert badge_value.hex().startswith(fp.fingerprint(ALICE_KEY))
+
+
 @pytest.mark.parametrize("bad_key", [b"", b"\x01" * 31, b"\x01" * 33])
 def test_malformed_identity_key_is_refused(bad_key: bytes) -> None:
     with pytest.raises(InvalidKey):
         fp.identity_digits("alice", bad_key)
     with pytest.raises(InvalidKey):
         fp.fingerprint(bad_key)
+    with pytest.raises(InvalidKey):
+        fp.key_fingerprint(bad_key)
 
 
 def test_empty_handle_is_refused() -> None:
