@@ -13,9 +13,9 @@ opaque bytes. It does no networking and decides nothing about delivery.
 
 Invariants both implementations keep:
 
-- A contact's identity key is never replaced silently: a different key reads as
-  ``CHANGED`` and only :meth:`KeyStore.approve_identity` (an explicit user
-  action) replaces it.
+- A contact's identity key is never replaced silently (SPEC §3.3, §13.8): a
+  different key reads as ``CHANGED`` and only :meth:`KeyStore.approve_identity`
+  (an explicit user action) replaces it.
 - A one-time prekey is gone once taken (X3DH forward secrecy needs its private
   key destroyed after first use); the SQLite store also zeroes the freed pages.
 - :meth:`KeyStore.commit_incoming` writes the new session state, the processed
@@ -87,7 +87,7 @@ MAX_ACCEPTED_MEMLIMIT = argon2id.MEMLIMIT_SENSITIVE
 header must not make opening the file exhaust memory."""
 
 MAX_PREKEY_ID = 2**32 - 1
-"""Prekey ids fit an unsigned 32-bit field; ids are never reused."""
+"""Key ids are u32 on the wire (SPEC §5.1); the store never hands one out twice."""
 
 IDENTITY_KEY_BYTES = 32
 IDENTITY_SEED_BYTES = 32
@@ -207,7 +207,13 @@ class TrustedIdentity:
     identity_key: bytes
     first_seen_ms: int
     verified: bool
-    """True once the user compared safety numbers for this very key."""
+    """True once the user compared safety numbers (SPEC §13.9) for this very key."""
+
+    def __post_init__(self) -> None:
+        _require_handle(self.handle)
+        _require_bytes("identity_key", self.identity_key, IDENTITY_KEY_BYTES)
+        if not isinstance(self.first_seen_ms, int) or self.first_seen_ms < 0:
+            raise ValueError("first_seen_ms must be a non-negative int")
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +228,8 @@ class IncomingMessage:
     def __post_init__(self) -> None:
         _require_bytes("msg_id", self.msg_id)
         _require_handle(self.sender)
+        if not isinstance(self.received_at_ms, int) or self.received_at_ms < 0:
+            raise ValueError("received_at_ms must be a non-negative int")
         if not isinstance(self.body, bytes):
             raise TypeError("body must be bytes")
 
@@ -357,7 +365,12 @@ class _KeyStoreBase:
             return status
 
     def require_trusted(self, handle: str, identity_key: bytes) -> None:
-        """Gate before every send and on every decrypt: the key must be the trusted one."""
+        """Gate before every send and on every decrypt: the key must be the trusted one.
+
+        SPEC §3.3: "they pin the key on first use (trust on first use) and MUST
+        surface a change of a contact's identity key to the person before the next
+        message is sent to that contact". Raising here is how it surfaces.
+        """
         status = self.check_identity(handle, identity_key)
         if status is IdentityStatus.NEW:
             raise UntrustedIdentity(handle, f"identity key of {handle!r} not yet trusted")
@@ -647,6 +660,8 @@ class SqliteKeyStore(_KeyStoreBase):
         existed = path.exists()
         if not existed and not create:
             raise FileNotFoundError(f"no key store at {path}")
+        if create:  # before connecting: a refused cost must not leave an empty file
+            _check_costs(opslimit, memlimit, max_memlimit=argon2id.MEMLIMIT_MAX)
         conn = sqlite3.connect(path, isolation_level=None)  # explicit BEGIN/COMMIT only
         try:
             db = sqlite_utils.Database(conn, execute_plugins=False)
@@ -657,7 +672,6 @@ class SqliteKeyStore(_KeyStoreBase):
             if "header" not in db.table_names():
                 if existed and db.table_names():
                     raise KeyStoreCorrupted(f"{path} is not a blindrelay key store")
-                _check_costs(opslimit, memlimit, max_memlimit=argon2id.MEMLIMIT_MAX)
                 master, header = cls._initialise(db, passphrase, opslimit, memlimit)
             else:
                 header = cls._read_header(db)

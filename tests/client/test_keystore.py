@@ -262,6 +262,12 @@ def test_missing_store_is_not_created_unless_asked(tmp_path: Path) -> None:
     assert not (tmp_path / "absent.db").exists()
 
 
+def test_out_of_range_argon2_cost_is_refused_before_any_file_is_made(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="opslimit"):
+        SqliteKeyStore.open(tmp_path / "k.db", PASSPHRASE, create=True, opslimit=0)
+    assert not (tmp_path / "k.db").exists()
+
+
 def test_a_file_that_is_not_a_key_store_is_refused(tmp_path: Path) -> None:
     other = tmp_path / "other.db"
     sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
