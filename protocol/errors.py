@@ -30,7 +30,9 @@ The tree::
         ├── UntrustedIdentity         a contact's identity key changed
         ├── DuplicatedMessage         message key already used (replay)
         ├── TooManySkippedMessages    header would skip past the cap
+        ├── PlaintextTooLarge         over the largest padding bucket
         └── DecryptionFailed          AEAD authentication failed
+            └── MalformedEnvelope     envelope bytes do not parse
 
 ``ErrorCode`` mirrors the table in SPEC §9 and a test keeps the two equal.
 ``RecipientUnavailable`` is one code for "no such account", "no consent" and
@@ -236,3 +238,11 @@ class TooManySkippedMessages(CryptoError):
 
 class DecryptionFailed(CryptoError):
     pass
+
+
+class PlaintextTooLarge(CryptoError):
+    """A plaintext does not fit the largest padding bucket (SPEC §13.5)."""
+
+
+class MalformedEnvelope(DecryptionFailed):
+    """Envelope bytes do not parse (SPEC §13.6); a kind of failed decryption."""
