@@ -63,6 +63,7 @@ import nacl.hash
 import nacl.pwhash.argon2id as argon2id
 import nacl.utils
 import sqlite_utils
+
 from blindrelay.protocol.errors import BlindrelayError, UntrustedIdentity
 
 # --- Limits and costs ------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 
 import nacl.pwhash.argon2id as argon2id
 import pytest
+
 from blindrelay.client.keystore import (
     IdentityStatus,
     IncomingMessage,

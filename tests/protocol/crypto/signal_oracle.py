@@ -23,9 +23,6 @@ from collections.abc import Callable
 import nacl.bindings
 import x3dh
 import x3dh.base_state
-from blindrelay.protocol.crypto import session as ours
-from blindrelay.protocol.crypto.padding import pad, unpad
-from blindrelay.protocol.crypto.ratchet import Header
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from doubleratchet import AEAD, AuthenticationFailedException, DoubleRatchet, EncryptedMessage
@@ -36,6 +33,10 @@ from doubleratchet.recommended import (
     kdf_hkdf,
     kdf_separate_hmacs,
 )
+
+from blindrelay.protocol.crypto import session as ours
+from blindrelay.protocol.crypto.padding import pad, unpad
+from blindrelay.protocol.crypto.ratchet import Header
 
 Rng = Callable[[int], bytes]
 

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from nacl.signing import SigningKey
+
 from blindrelay.protocol.crypto import fingerprint as fp
 from blindrelay.protocol.errors import InvalidKey
-from nacl.signing import SigningKey
 
 VECTORS = json.loads(
     (

@@ -31,6 +31,7 @@ import hashlib
 
 import pytest
 import x3dh as their_x3dh
+
 from blindrelay.protocol.crypto import session as ours
 from blindrelay.protocol.crypto import x3dh as our_x3dh
 from blindrelay.protocol.crypto.keys import (
@@ -39,7 +40,6 @@ from blindrelay.protocol.crypto.keys import (
     PreKeyBundle,
     SignedPreKey,
 )
-
 from tests.protocol.crypto import signal_oracle as theirs
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from blindrelay.protocol.crypto.kdf import (
     INFO_STRINGS,
     hkdf,

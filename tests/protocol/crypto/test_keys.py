@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import nacl.bindings
 import pytest
+
 from blindrelay.protocol.crypto.keys import (
     IdentityKeyPair,
     OneTimePreKey,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+
 from blindrelay.protocol.crypto import x3dh
 from blindrelay.protocol.crypto.kdf import hkdf
 from blindrelay.protocol.crypto.keys import (

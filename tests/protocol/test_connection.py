@@ -1,0 +1,239 @@
+"""SPEC §4: the connection state machines, driven together in memory (no sockets)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from nacl.signing import SigningKey
+
+from blindrelay.protocol import codec, limits
+from blindrelay.protocol import frames as f
+from blindrelay.protocol.connection import (
+    RECEIVABLE,
+    ClientConnection,
+    RelayConnection,
+    Role,
+    State,
+    login_transcript,
+    register_transcript,
+)
+from blindrelay.protocol.errors import (
+    AuthenticationFailed,
+    ErrorCode,
+    UnexpectedFrame,
+    UnsupportedVersion,
+)
+
+T0 = 1_790_000_000_000
+
+
+def counter_rng() -> callable:
+    counter = itertools.count()
+    return lambda n: bytes([next(counter) % 256]) * n
+
+
+class Pair:
+    """A client and a relay connection wired back to back (h11's ConnectionPair)."""
+
+    def __init__(self) -> None:
+        self.relay_key = SigningKey(b"\x01" * 32)
+        self.relay = RelayConnection(self.relay_key.verify_key.encode(), T0, counter_rng())
+        self.client = ClientConnection()
+        self.flush()
+
+    def flush(self) -> tuple[list[f.Frame], list[f.Frame]]:
+        """Move bytes both ways; return (frames the relay got, frames the client got)."""
+        for data in self.client.data_to_send():
+            self.relay.receive_data(data)
+        for data in self.relay.data_to_send():
+            self.client.receive_data(data)
+        return self.relay.events_received(), self.client.events_received()
+
+    def relay_errors(self) -> list[f.Error]:
+        return [codec.decode(d) for d in self.relay.data_to_send()]  # type: ignore[misc]
+
+
+def signer(key: SigningKey):
+    return lambda message: key.sign(message).signature
+
+
+ALICE = SigningKey(b"\x02" * 32)
+
+
+def register(pair: Pair, handle: str = "alice", key: SigningKey = ALICE) -> f.Register:
+    pair.client.register(handle, "user", key.verify_key.encode(), signer(key))
+    (frame,), _ = pair.flush()
+    assert isinstance(frame, f.Register)
+    return frame
+
+
+def welcome(pair: Pair, frame: f.Register | f.Login, kind: str = "user") -> None:
+    pair.relay.send(f.Welcome(re=frame.id, handle=frame.handle, kind=kind, queued=0, one_time_prekeys=0, has_signed_prekey=False))
+    pair.flush()
+
+
+def test_relay_opens_with_hello_and_client_moves_to_awaiting_auth() -> None:
+    pair = Pair()
+    assert pair.client.state is State.AWAITING_AUTH
+    assert pair.client.hello is not None
+    assert pair.client.hello.expires_at == T0 + limits.CHALLENGE_TTL_MS
+    assert pair.client.hello.challenge == pair.relay.challenge
+
+
+def test_registration_proof_verifies_and_welcome_authenticates_both_sides() -> None:
+    pair = Pair()
+    frame = register(pair)
+    pair.relay.verify_registration(frame, T0 + 1)
+    welcome(pair, frame)
+    assert pair.relay.state is State.AUTHENTICATED and pair.client.state is State.AUTHENTICATED
+    assert pair.relay.handle == pair.client.handle == "alice"
+
+
+def test_login_proof_verifies_against_the_stored_key() -> None:
+    pair = Pair()
+    pair.client.login("alice", signer(ALICE))
+    (frame,), _ = pair.flush()
+    pair.relay.verify_login(frame, ALICE.verify_key.encode(), T0 + 1)
+    welcome(pair, frame)
+    assert pair.relay.handle == "alice"
+
+
+@pytest.mark.parametrize("stored_key", [None, SigningKey(b"\x03" * 32).verify_key.encode()])
+def test_login_with_unknown_handle_fails_like_a_wrong_key(stored_key: bytes | None) -> None:
+    pair = Pair()
+    pair.client.login("alice", signer(ALICE))
+    (frame,), _ = pair.flush()
+    with pytest.raises(AuthenticationFailed):
+        pair.relay.verify_login(frame, stored_key, T0 + 1)
+
+
+def test_expired_challenge_is_refused() -> None:
+    pair = Pair()
+    frame = register(pair)
+    with pytest.raises(AuthenticationFailed):
+        pair.relay.verify_registration(frame, T0 + limits.CHALLENGE_TTL_MS + 1)
+
+
+def test_challenge_is_single_use_even_after_a_failure() -> None:
+    pair = Pair()
+    frame = register(pair)
+    bad = f.Register(id=frame.id, handle=frame.handle, kind=frame.kind, identity_key=frame.identity_key, signature=bytes(64))
+    with pytest.raises(AuthenticationFailed):
+        pair.relay.verify_registration(bad, T0 + 1)
+    with pytest.raises(AuthenticationFailed):
+        pair.relay.verify_registration(frame, T0 + 1)
+
+
+def test_signature_for_another_relay_is_refused() -> None:
+    pair = Pair()
+    hello = pair.client.hello
+    other_relay = SigningKey(b"\x09" * 32).verify_key.encode()
+    transcript = register_transcript(other_relay, hello.challenge, "alice", "user", ALICE.verify_key.encode())
+    frame = f.Register(id=1, handle="alice", kind="user", identity_key=ALICE.verify_key.encode(), signature=ALICE.sign(transcript).signature)
+    with pytest.raises(AuthenticationFailed):
+        pair.relay.verify_registration(frame, T0 + 1)
+
+
+def test_login_signature_cannot_be_used_to_register() -> None:
+    pair = Pair()
+    hello = pair.client.hello
+    transcript = login_transcript(hello.relay_key, hello.challenge, "alice")
+    frame = f.Register(id=1, handle="alice", kind="user", identity_key=ALICE.verify_key.encode(), signature=ALICE.sign(transcript).signature)
+    with pytest.raises(AuthenticationFailed):
+        pair.relay.verify_registration(frame, T0 + 1)
+
+
+def test_relay_will_not_welcome_a_handle_that_did_not_prove_its_key() -> None:
+    pair = Pair()
+    frame = register(pair)
+    pair.relay.verify_registration(frame, T0 + 1)
+    with pytest.raises(RuntimeError):
+        pair.relay.send(f.Welcome(re=frame.id, handle="mallory", kind="user", queued=0, one_time_prekeys=0, has_signed_prekey=False))
+    assert pair.relay.state is State.AWAITING_AUTH
+
+
+def test_requests_before_authentication_get_unexpected_frame_and_connection_stays_open() -> None:
+    pair = Pair()
+    pair.relay.receive_data(codec.encode(f.BundleFetch(id=4, handle="bob")))
+    assert pair.relay.events_received() == []
+    (error,) = pair.relay_errors()
+    assert error == f.Error(code=ErrorCode.UNEXPECTED_FRAME, re=4, reason="BUNDLE_FETCH not allowed in state awaiting_auth")
+    assert pair.relay.state is State.AWAITING_AUTH
+
+
+def test_relay_refuses_frames_only_the_relay_sends() -> None:
+    pair = Pair()
+    frame = register(pair)
+    pair.relay.verify_registration(frame, T0 + 1)
+    welcome(pair, frame)
+    pair.relay.receive_data(codec.encode(f.Ok(re=1)))
+    (error,) = pair.relay_errors()
+    assert error.code == ErrorCode.UNEXPECTED_FRAME and error.re is None
+
+
+def test_closing_error_closes_the_relay_side() -> None:
+    pair = Pair()
+    pair.relay.send_error(AuthenticationFailed("x"), re=1)
+    assert pair.relay.state is State.CLOSED
+    (error,) = pair.relay_errors()
+    assert error == f.Error(code=ErrorCode.AUTH_FAILED, re=1)
+
+
+def test_non_frame_errors_never_carry_a_reason() -> None:
+    from blindrelay.protocol.errors import RecipientUnavailable
+
+    pair = Pair()
+    pair.relay.send_error(RecipientUnavailable("blocked by bob"), re=3)
+    (error,) = pair.relay_errors()
+    assert error == f.Error(code=ErrorCode.RECIPIENT_UNAVAILABLE, re=3)
+
+
+def test_too_many_protocol_errors_close_the_connection() -> None:
+    pair = Pair()
+    for _ in range(limits.MAX_PROTOCOL_ERRORS):
+        pair.relay.receive_data(b"\xc1")
+    assert pair.relay.state is State.AWAITING_AUTH
+    pair.relay.receive_data(b"\xc1")
+    errors = pair.relay_errors()
+    assert errors[-1].code == ErrorCode.TOO_MANY_ERRORS
+    assert pair.relay.state is State.CLOSED
+    pair.relay.receive_data(b"\xc1")
+    assert pair.relay.data_to_send() == []
+
+
+def test_client_matches_responses_to_pending_requests() -> None:
+    pair = Pair()
+    frame = register(pair)
+    assert pair.client.pending == {frame.id: f.FrameType.REGISTER}
+    pair.relay.verify_registration(frame, T0 + 1)
+    welcome(pair, frame)
+    assert pair.client.pending == {}
+
+
+def test_client_refuses_a_response_to_no_request() -> None:
+    pair = Pair()
+    with pytest.raises(UnexpectedFrame):
+        pair.client.receive_data(codec.encode(f.Welcome(re=99, handle="alice", kind="user", queued=0, one_time_prekeys=0, has_signed_prekey=False)))
+
+
+def test_client_refuses_another_protocol_version() -> None:
+    client = ClientConnection()
+    hello = f.Hello(version=2, relay_key=bytes(32), challenge=bytes(32), expires_at=T0, now=T0)
+    with pytest.raises(UnsupportedVersion):
+        client.receive_data(codec.encode(hello))
+
+
+def test_client_auth_failure_closes_the_client_side() -> None:
+    pair = Pair()
+    frame = register(pair)
+    pair.relay.send_error(AuthenticationFailed(), re=frame.id)
+    pair.flush()
+    assert pair.client.state is State.CLOSED
+
+
+def test_every_frame_type_is_receivable_by_exactly_one_side_once_authenticated() -> None:
+    relay = RECEIVABLE[Role.RELAY][State.AUTHENTICATED] | RECEIVABLE[Role.RELAY][State.AWAITING_AUTH]
+    client = RECEIVABLE[Role.CLIENT][State.AUTHENTICATED] | {f.FrameType.HELLO, f.FrameType.WELCOME}
+    assert relay.isdisjoint(client)
+    assert relay | client == set(f.FrameType)
