@@ -1,0 +1,203 @@
+"""Sessions and envelopes: the flows the client SDK drives (SPEC §13.6)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from blindrelay.protocol.crypto import session as s
+from blindrelay.protocol.crypto.keys import (
+    IdentityKeyPair,
+    OneTimePreKey,
+    PreKeyBundle,
+    SignedPreKey,
+)
+from blindrelay.protocol.crypto.padding import MAX_PLAINTEXT_BYTES
+from blindrelay.protocol.errors import (
+    CryptoError,
+    DecryptionFailed,
+    DuplicatedMessage,
+    InvalidKey,
+    MalformedEnvelope,
+    PlaintextTooLarge,
+)
+from blindrelay.protocol.limits import MAX_CIPHERTEXT_BYTES
+
+
+def stream(label: bytes):
+    counter = [0]
+
+    def rng(size: int) -> bytes:
+        counter[0] += 1
+        return hashlib.shake_256(label + counter[0].to_bytes(8, "big")).digest(size)
+
+    return rng
+
+
+RNG = stream(b"session-tests")
+ALICE = IdentityKeyPair.from_seed(b"\x0a" * 32)
+BOB = IdentityKeyPair.from_seed(b"\x0b" * 32)
+SPK = SignedPreKey.generate(BOB, 1, RNG)
+OTPK = OneTimePreKey.generate(2, RNG)
+
+
+def bundle(with_one_time: bool = True) -> PreKeyBundle:
+    return PreKeyBundle(
+        BOB.public, 1, SPK.public, SPK.signature,
+        2 if with_one_time else None, OTPK.public if with_one_time else None,
+    )  # fmt: skip
+
+
+def accept(envelope: bytes, one_time: dict | None = None):
+    return s.accept_session(
+        BOB, envelope, {1: SPK}.get, (one_time if one_time is not None else {2: OTPK}).get, RNG
+    )
+
+
+@pytest.fixture
+def established():
+    alice = s.initiate_session(ALICE, bundle(), RNG)
+    alice, first = s.encrypt(alice, b"hello", RNG)
+    bob, plaintext, used = accept(first)
+    assert (plaintext, used) == (b"hello", 2)
+    bob, reply = s.encrypt(bob, b"hi", RNG)
+    alice, plaintext = s.decrypt(alice, reply, RNG)
+    assert plaintext == b"hi"
+    return alice, bob
+
+
+def test_initiator_sends_prekey_messages_until_it_hears_back():
+    alice = s.initiate_session(ALICE, bundle(), RNG)
+    alice, m1 = s.encrypt(alice, b"one", RNG)
+    alice, m2 = s.encrypt(alice, b"two", RNG)
+    for envelope in (m1, m2):
+        info = s.peek_envelope(envelope)
+        assert info.message_type is s.MessageType.PREKEY
+        assert info.sender_identity_key == ALICE.public
+        assert (info.signed_prekey_id, info.one_time_prekey_id) == (1, 2)
+    bob, plaintext, _ = accept(m2)  # the first message was delayed
+    assert plaintext == b"two"
+    bob, plaintext = s.decrypt(bob, m1, RNG)
+    assert plaintext == b"one"
+    bob, reply = s.encrypt(bob, b"ack", RNG)
+    assert s.peek_envelope(reply).message_type is s.MessageType.MESSAGE
+    alice, _ = s.decrypt(alice, reply, RNG)
+    assert alice.pending_prekey is None
+    alice, m3 = s.encrypt(alice, b"three", RNG)
+    assert s.peek_envelope(m3).message_type is s.MessageType.MESSAGE
+    assert s.decrypt(bob, m3, RNG)[1] == b"three"
+
+
+def test_session_without_a_one_time_prekey_works_and_reports_none():
+    alice = s.initiate_session(ALICE, bundle(with_one_time=False), RNG)
+    alice, first = s.encrypt(alice, b"x", RNG)
+    assert s.peek_envelope(first).one_time_prekey_id is None
+    _, plaintext, used = accept(first, one_time={})
+    assert (plaintext, used) == (b"x", None)
+
+
+def test_replayed_first_message_is_refused_once_the_one_time_prekey_is_deleted():
+    alice = s.initiate_session(ALICE, bundle(), RNG)
+    _, first = s.encrypt(alice, b"x", RNG)
+    accept(first)
+    with pytest.raises(InvalidKey, match="one-time prekey"):
+        accept(first, one_time={})
+
+
+def test_unknown_signed_prekey_is_an_invalid_key():
+    alice = s.initiate_session(ALICE, bundle(), RNG)
+    _, first = s.encrypt(alice, b"x", RNG)
+    with pytest.raises(InvalidKey, match="signed prekey"):
+        s.accept_session(BOB, first, {}.get, {2: OTPK}.get, RNG)
+
+
+def test_normal_message_cannot_start_a_session(established):
+    alice, _ = established
+    _, envelope = s.encrypt(alice, b"x", RNG)
+    with pytest.raises(DecryptionFailed, match="not a prekey"):
+        accept(envelope)
+
+
+def test_prekey_message_of_a_new_session_is_not_decrypted_by_the_old_one(established):
+    _, bob = established
+    fresh = s.initiate_session(ALICE, bundle(), RNG)
+    _, envelope = s.encrypt(fresh, b"x", RNG)
+    assert not s.belongs_to(bob, s.peek_envelope(envelope))
+    with pytest.raises(DecryptionFailed, match="accept_session"):
+        s.decrypt(bob, envelope, RNG)
+
+
+def test_replayed_message_is_a_duplicate_and_state_is_kept(established):
+    alice, bob = established
+    alice, envelope = s.encrypt(alice, b"once", RNG)
+    bob, _ = s.decrypt(bob, envelope, RNG)
+    before = bob.to_bytes()
+    with pytest.raises(DuplicatedMessage):
+        s.decrypt(bob, envelope, RNG)
+    assert bob.to_bytes() == before
+
+
+def test_session_round_trips_through_bytes(established):
+    alice, bob = established
+    for session in (alice, bob, s.initiate_session(ALICE, bundle(), RNG)):
+        assert s.Session.from_bytes(session.to_bytes()) == session
+    with pytest.raises(ValueError, match="malformed session"):
+        s.Session.from_bytes(b"\x93\x01\x02\x03")
+
+
+def test_envelope_length_reveals_only_the_bucket(established):
+    alice, _ = established
+    sizes = {len(s.encrypt(alice, b"x" * n, RNG)[1]) for n in (0, 1, 100, 255)}
+    assert len(sizes) == 1
+
+
+def test_largest_prekey_envelope_fits_the_relay_cap():
+    alice = s.initiate_session(ALICE, bundle(), RNG)
+    _, envelope = s.encrypt(alice, bytes(MAX_PLAINTEXT_BYTES), RNG)
+    assert len(envelope) == 32768 + s.ENVELOPE_OVERHEAD_MAX <= MAX_CIPHERTEXT_BYTES
+    with pytest.raises(PlaintextTooLarge):
+        s.encrypt(alice, bytes(MAX_PLAINTEXT_BYTES + 1), RNG)
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [b"", b"\x01", b"\x02\x02" + bytes(40 + 272), b"\x01\x03" + bytes(40 + 272),
+     b"\x01\x02" + bytes(40 + 271), b"\x01\x01" + bytes(69) + b"\x02" + bytes(40 + 272)],
+    ids=["empty", "version-only", "bad-version", "bad-type", "odd-ciphertext", "bad-flag"],
+)  # fmt: skip
+def test_malformed_envelopes_are_named(envelope):
+    with pytest.raises(MalformedEnvelope):
+        s.peek_envelope(envelope)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_any_single_byte_change_is_rejected_and_the_session_still_works(established, data):
+    alice, bob = established
+    alice, envelope = s.encrypt(alice, b"integrity", RNG)
+    index = data.draw(st.integers(0, len(envelope) - 1), label="index")
+    flip = data.draw(st.integers(1, 255), label="xor")
+    tampered = bytearray(envelope)
+    tampered[index] ^= flip
+    before = bob.to_bytes()
+    with pytest.raises(CryptoError):
+        s.decrypt(bob, bytes(tampered), RNG)
+    assert bob.to_bytes() == before
+    assert s.decrypt(bob, envelope, RNG)[1] == b"integrity"
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_any_single_byte_change_of_a_first_message_is_rejected(data):
+    alice = s.initiate_session(ALICE, bundle(), RNG)
+    _, envelope = s.encrypt(alice, b"first", RNG)
+    index = data.draw(st.integers(0, len(envelope) - 1), label="index")
+    tampered = bytearray(envelope)
+    tampered[index] ^= data.draw(st.integers(1, 255), label="xor")
+    with pytest.raises(CryptoError):
+        accept(bytes(tampered))
