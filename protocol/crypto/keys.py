@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import nacl.bindings
 import nacl.exceptions
 import nacl.signing
+
 from blindrelay.protocol.errors import InvalidKey, InvalidSignature
 
 Rng = Callable[[int], bytes]

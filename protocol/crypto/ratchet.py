@@ -31,6 +31,7 @@ from typing import Any
 import msgpack
 import nacl.bindings
 import nacl.exceptions
+
 from blindrelay.protocol.crypto.kdf import (
     HASH_LEN,
     INFO_MESSAGE_KEYS,
@@ -75,6 +76,8 @@ HEADER_LEN = KEY_LEN + _HEADER_TAIL.size
 
 _MAX_U32 = 2**32 - 1
 _STATE_VERSION = 1
+_INFO_BLOCK_1 = INFO_MESSAGE_KEYS + b"\x01"
+_INFO_BLOCK_2 = INFO_MESSAGE_KEYS + b"\x02"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,14 +114,15 @@ def kdf_ck(chain_key: bytes) -> tuple[bytes, bytes]:
 
 
 def message_aead_key(message_key: bytes) -> tuple[bytes, bytes]:
-    """(XChaCha20-Poly1305 key, nonce) from a message key; each key encrypts once."""
-    out = hkdf(
-        message_key,
-        salt=MESSAGE_KEY_SALT,
-        info=INFO_MESSAGE_KEYS,
-        length=AEAD_KEY_LEN + AEAD_NONCE_LEN,
-    )
-    return out[:AEAD_KEY_LEN], out[AEAD_KEY_LEN:]
+    """(XChaCha20-Poly1305 key, nonce) from a message key; each key encrypts once.
+
+    Exactly ``hkdf(mk, salt=32×0x00, info=INFO_MESSAGE_KEYS, length=56)``, unrolled
+    into its three HMACs because it runs twice per message (a test checks equality).
+    """
+    prk = hmac_sha256(MESSAGE_KEY_SALT, message_key)
+    t1 = hmac_sha256(prk, _INFO_BLOCK_1)
+    t2 = hmac_sha256(prk, t1 + _INFO_BLOCK_2)
+    return t1, t2[:AEAD_NONCE_LEN]
 
 
 def aead_encrypt(message_key: bytes, plaintext: bytes, associated_data: bytes) -> bytes:
@@ -252,7 +256,18 @@ def encrypt(
     header = Header(state.our_ratchet.public, state.previous_sending_count, state.sending_count)
     chain_key, message_key = kdf_ck(state.sending_chain_key)
     ciphertext = aead_encrypt(message_key, plaintext, associated_data + header.encode())
-    new_state = replace(state, sending_chain_key=chain_key, sending_count=state.sending_count + 1)
+    new_state = RatchetState(  # built directly: dataclasses.replace is the hot path's cost
+        state.root_key,
+        state.our_ratchet,
+        state.their_ratchet_key,
+        chain_key,
+        state.receiving_chain_key,
+        state.sending_count + 1,
+        state.receiving_count,
+        state.previous_sending_count,
+        state.skipped,
+        state.retired_ratchet_keys,
+    )
     return new_state, header, ciphertext
 
 

@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
 import msgpack
+
 from blindrelay.protocol.crypto import ratchet as dr
 from blindrelay.protocol.crypto import x3dh
 from blindrelay.protocol.crypto.keys import (
@@ -233,7 +234,15 @@ def encrypt(session: Session, plaintext: bytes, rng: Rng) -> tuple[Session, byte
     prekey = None
     if session.pending_prekey is not None:
         prekey = (session.our_identity_key, session.base_key, session.pending_prekey)
-    return replace(session, ratchet=state), encode_envelope(header, ciphertext, prekey)
+    new_session = Session(
+        session.our_identity_key,
+        session.their_identity_key,
+        session.associated_data,
+        session.base_key,
+        state,
+        session.pending_prekey,
+    )
+    return new_session, encode_envelope(header, ciphertext, prekey)
 
 
 def belongs_to(session: Session, info: EnvelopeInfo) -> bool:
@@ -264,7 +273,14 @@ def decrypt(session: Session, envelope: bytes, rng: Rng) -> tuple[Session, bytes
         session.ratchet, info.header, info.ciphertext, session.associated_data, rng
     )
     plaintext = unpad(padded)
-    return replace(session, ratchet=state, pending_prekey=None), plaintext
+    new_session = Session(
+        session.our_identity_key,
+        session.their_identity_key,
+        session.associated_data,
+        session.base_key,
+        state,
+    )
+    return new_session, plaintext
 
 
 def accept_session(

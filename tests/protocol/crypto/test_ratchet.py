@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from blindrelay.protocol.crypto import ratchet as dr
-from blindrelay.protocol.crypto.kdf import hmac_sha256
+from blindrelay.protocol.crypto.kdf import hkdf, hmac_sha256
 from blindrelay.protocol.crypto.keys import X25519KeyPair
 from blindrelay.protocol.errors import (
     DecryptionFailed,
@@ -42,6 +42,12 @@ def pair():
 def test_chain_kdf_uses_0x01_for_message_keys_and_0x02_for_chain_keys():
     ck = b"\x22" * 32
     assert dr.kdf_ck(ck) == (hmac_sha256(ck, b"\x02"), hmac_sha256(ck, b"\x01"))
+
+
+def test_message_key_expansion_is_hkdf_with_its_own_info_string():
+    mk = b"\x33" * 32
+    out = hkdf(mk, salt=bytes(32), info=b"blindrelay/v1/message-keys", length=56)
+    assert dr.message_aead_key(mk) == (out[:32], out[32:])
 
 
 def test_header_encodes_to_40_bytes_and_back():
