@@ -75,8 +75,12 @@ def encode_ed25519_public(public: bytes) -> bytes:
 
 
 def signed_prekey_message(public: bytes) -> bytes:
-    """The exact bytes the identity key signs: ``context || 0x05 || spk_public``."""
-    return SIGNED_PREKEY_CONTEXT + encode_x25519_public(public)
+    """The exact bytes the identity key signs: ``context || 0x00 || 0x05 || spk_public``.
+
+    Same shape as every signed object of the protocol (SPEC §14: context, a zero
+    byte, body), with Encode(SPK) as the body.
+    """
+    return SIGNED_PREKEY_CONTEXT + b"\x00" + encode_x25519_public(public)
 
 
 def x25519(private: bytes, public: bytes) -> bytes:

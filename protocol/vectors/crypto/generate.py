@@ -1,4 +1,4 @@
-"""Regenerate the frozen crypto known-answer vectors (SPEC §13.8).
+"""Regenerate the frozen crypto known-answer vectors (SPEC §13.10).
 
 Run from the repository root:  .venv/bin/python protocol/vectors/crypto/generate.py
 (``--check`` compares instead of writing). Fixed identity seeds and a

@@ -69,7 +69,7 @@ class State(x3dh.BaseState):
     def _encode_public_key(key_format: x3dh.IdentityKeyFormat, pub: bytes) -> bytes:
         if key_format is x3dh.IdentityKeyFormat.CURVE_25519:
             # Only used for the signed-prekey signature (SPEC §13.2).
-            return b"blindrelay/v1/signed-prekey\x05" + pub
+            return b"blindrelay/v1/signed-prekey\x00\x05" + pub
         return b"\xed" + pub
 
 

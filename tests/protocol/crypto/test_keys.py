@@ -174,7 +174,7 @@ def test_encodings_carry_a_type_byte():
     key = b"\x07" * 32
     assert encode_x25519_public(key) == b"\x05" + key
     assert encode_ed25519_public(key) == b"\xed" + key
-    assert signed_prekey_message(key) == b"blindrelay/v1/signed-prekey\x05" + key
+    assert signed_prekey_message(key) == b"blindrelay/v1/signed-prekey\x00\x05" + key
 
 
 def make_bundle(with_one_time: bool = True):

@@ -1,4 +1,4 @@
-"""Frozen crypto known-answer vectors still hold byte for byte (SPEC §13.8)."""
+"""Frozen crypto known-answer vectors still hold byte for byte (SPEC §13.10)."""
 
 from __future__ import annotations
 
