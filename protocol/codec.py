@@ -22,11 +22,12 @@ message gives the same bytes, which is what the vectors check.
 
 from __future__ import annotations
 
+import functools
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import fields
-from typing import Any
+from dataclasses import fields, is_dataclass
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -39,11 +40,11 @@ from .frames import (
     REQUEST_FRAMES,
     Frame,
     FrameType,
-    Record,
     required_field_names,
 )
 
 Converter = Callable[[object, str], object]
+T = TypeVar("T")
 
 TYPE_KEY = "t"
 MAX_MAP_KEYS = 16
@@ -52,18 +53,42 @@ MAX_MAP_KEYS = 16
 
 def encode(frame: Frame) -> bytes:
     """Canonical bytes of ``frame``."""
-    return msgpack.packb(_to_wire(frame, top=True), use_bin_type=True)  # type: ignore[no-any-return]
+    return _pack(_to_wire(frame, top=True))
 
 
-def _to_wire(obj: Frame | Record, *, top: bool = False) -> dict[str, object]:
-    out: dict[str, object] = {TYPE_KEY: int(obj.TYPE)} if top else {}  # type: ignore[union-attr]
+def encode_object(obj: object) -> bytes:
+    """Canonical bytes of a plain record (a signed object's body, SPEC §14)."""
+    return _pack(_to_wire(obj))
+
+
+def decode_object(cls: type[T], data: bytes, *, max_bytes: int) -> T:
+    """Strictly decode a plain record of type ``cls`` (same rules as frames, SPEC §2.3)."""
+    if len(data) > max_bytes:
+        raise FrameTooLarge(f"{cls.__name__}: at most {max_bytes} bytes")
+    obj = _unpack(data)
+    if not isinstance(obj, dict):
+        raise MalformedFrame(f"{cls.__name__}: must be a map")
+    try:
+        return typing.cast(T, _build(cls, obj, cls.__name__))
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise MalformedFrame(f"invalid {cls.__name__}: {type(exc).__name__}") from None
+
+
+def _pack(obj: dict[str, object]) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _to_wire(obj: Any, *, top: bool = False) -> dict[str, object]:
+    out: dict[str, object] = {TYPE_KEY: int(obj.TYPE)} if top else {}
     for f in fields(obj):
         value = getattr(obj, f.name)
         if value is None:
             continue
-        if isinstance(value, RECORD_TYPES):
+        if is_dataclass(value):
             value = _to_wire(value)
-        elif isinstance(value, tuple) and value and isinstance(value[0], RECORD_TYPES):
+        elif isinstance(value, tuple) and value and is_dataclass(value[0]):
             value = [_to_wire(item) for item in value]
         out[f.name] = value
     return out
@@ -73,28 +98,7 @@ def decode(data: bytes) -> Frame:
     """Parse one WebSocket message into a frame, or raise the documented error."""
     if len(data) > limits.MAX_FRAME_BYTES:
         raise FrameTooLarge(f"frame: at most {limits.MAX_FRAME_BYTES} bytes")
-    try:
-        obj = msgpack.unpackb(
-            data,
-            raw=False,
-            use_list=False,
-            strict_map_key=True,
-            object_pairs_hook=_map_without_duplicates,
-            ext_hook=_refuse_ext,
-            timestamp=0,
-            max_str_len=limits.MAX_FRAME_BYTES,
-            max_bin_len=limits.MAX_FRAME_BYTES,
-            max_array_len=limits.MAX_FRAME_BYTES,
-            max_map_len=MAX_MAP_KEYS,
-            max_ext_len=limits.MAX_FRAME_BYTES,
-        )
-    except ProtocolError:
-        raise
-    except msgpack.ExtraData:
-        raise MalformedFrame("trailing bytes after the frame") from None
-    except Exception as exc:  # any msgpack or UTF-8 failure is a malformed frame
-        raise MalformedFrame(f"not a msgpack object: {type(exc).__name__}") from None
-    _check_depth(obj)
+    obj = _unpack(data)
     if not isinstance(obj, dict):
         raise MalformedFrame("frame: must be a map")
     tag = obj.get(TYPE_KEY)
@@ -122,6 +126,32 @@ def _request_id_of(cls: type[Frame], body: dict[str, object]) -> int | None:
     if cls.TYPE in REQUEST_FRAMES and type(value) is int and 1 <= value <= MAX_REQUEST_ID:
         return value
     return None
+
+
+def _unpack(data: bytes) -> object:
+    try:
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=False,
+            strict_map_key=True,
+            object_pairs_hook=_map_without_duplicates,
+            ext_hook=_refuse_ext,
+            timestamp=0,
+            max_str_len=limits.MAX_FRAME_BYTES,
+            max_bin_len=limits.MAX_FRAME_BYTES,
+            max_array_len=limits.MAX_FRAME_BYTES,
+            max_map_len=MAX_MAP_KEYS,
+            max_ext_len=limits.MAX_FRAME_BYTES,
+        )
+    except ProtocolError:
+        raise
+    except msgpack.ExtraData:
+        raise MalformedFrame("trailing bytes after the object") from None
+    except Exception as exc:  # any msgpack or UTF-8 failure is a malformed frame
+        raise MalformedFrame(f"not a msgpack object: {type(exc).__name__}") from None
+    _check_depth(obj)
+    return obj
 
 
 def _map_without_duplicates(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
@@ -153,8 +183,8 @@ def _check_depth(obj: object) -> None:
 # --- annotation-driven conversion -------------------------------------------
 
 
-def _build(cls: type[Frame] | type[Record], body: dict[str, object], where: str) -> object:
-    spec = _SPECS[cls]
+def _build(cls: type, body: dict[str, object], where: str) -> object:
+    spec = _spec(cls)
     unknown = body.keys() - spec.converters.keys()
     if unknown:
         raise MalformedFrame(f"{where}: unknown key {sorted(unknown)[0]!r}")
@@ -165,10 +195,15 @@ def _build(cls: type[Frame] | type[Record], body: dict[str, object], where: str)
     return cls(**kwargs)
 
 
+@functools.cache
+def _spec(cls: type) -> _Spec:
+    return _Spec(cls)
+
+
 class _Spec:
     __slots__ = ("converters", "required")
 
-    def __init__(self, cls: type[Frame] | type[Record]) -> None:
+    def __init__(self, cls: type) -> None:
         hints = typing.get_type_hints(cls)
         self.converters: dict[str, Converter] = {
             f.name: _converter(hints[f.name]) for f in fields(cls)
@@ -212,8 +247,8 @@ def _converter(hint: object) -> Converter:
             return tuple(convert_item(item, name) for item in value)
 
         return sequence
-    if hint in RECORD_TYPES:
-        record_cls = typing.cast(type[Record], hint)
+    if isinstance(hint, type) and is_dataclass(hint):
+        record_cls: type = hint
 
         def record(value: object, name: str) -> object:
             if type(value) is not dict:
@@ -224,6 +259,5 @@ def _converter(hint: object) -> Converter:
     raise TypeError(f"frame field type {hint!r} has no wire form")  # pragma: no cover
 
 
-_SPECS: dict[type[Frame] | type[Record], _Spec] = {
-    cls: _Spec(cls) for cls in (*FRAME_CLASSES.values(), *RECORD_TYPES)
-}
+for _cls in (*FRAME_CLASSES.values(), *RECORD_TYPES):  # fail at import, not on first use
+    _spec(_cls)

@@ -1,0 +1,324 @@
+"""Consent, blocking and the customer-service window as data (SPEC §7).
+
+The rules this module obeys, quoted from SPEC §7.3: whether an envelope or a
+bundle fetch is allowed "is one pure function of the pair's state and the
+relay's clock". That function is :func:`may_deliver`. The relay calls it to
+enforce, the conformance tests call it to predict, and a test re-derives the
+spec's table from it — one source for all three.
+
+Theory of operation. A *pair* is two accounts. For a business–user pair the
+relay keeps, per category, a :class:`CategoryState` with a cooldown end; at
+most one pending request; the window end; and who blocks whom. Statements
+(signed by the acting account, :mod:`.signed`) move that state through
+:data:`CONSENT_TRANSITIONS` and :data:`BLOCK_TRANSITIONS`; a missing entry is
+a refused statement (h11 style). :func:`apply_statement` returns the new state
+and what must be purged from the queue at once.
+
+Not here: signatures and encodings (:mod:`.signed`), storage (server), or the
+relay's clock — ``now`` is always a parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import Enum, StrEnum
+
+from . import limits
+from .errors import InvalidStatement
+from .frames import AccountKind, Intent
+from .signed import Action
+
+
+class CategoryState(StrEnum):
+    NONE = "none"
+    GRANTED = "granted"
+    DENIED = "denied"
+    REVOKED = "revoked"
+
+
+CONSENT_TRANSITIONS: dict[CategoryState, dict[Action, CategoryState]] = {
+    CategoryState.NONE: {Action.GRANT: CategoryState.GRANTED, Action.DENY: CategoryState.DENIED},
+    CategoryState.GRANTED: {
+        Action.GRANT: CategoryState.GRANTED,
+        Action.REVOKE: CategoryState.REVOKED,
+    },
+    CategoryState.DENIED: {Action.GRANT: CategoryState.GRANTED, Action.DENY: CategoryState.DENIED},
+    CategoryState.REVOKED: {
+        Action.GRANT: CategoryState.GRANTED,
+        Action.DENY: CategoryState.DENIED,
+    },
+}
+"""SPEC §7.4: a category's next state per statement. Revoking what was never
+granted, or denying what is granted (that is a revoke), has no entry: refused."""
+
+BLOCK_TRANSITIONS: dict[bool, dict[Action, bool]] = {
+    False: {Action.BLOCK: True},
+    True: {Action.UNBLOCK: False},
+}
+"""SPEC §7.4: whether the signer blocks the target. Blocking twice or
+unblocking what is not blocked has no entry: refused."""
+
+COOLDOWN_STATES = frozenset({CategoryState.DENIED, CategoryState.REVOKED})
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryConsent:
+    state: CategoryState = CategoryState.NONE
+    until: int = 0
+    """End of the cooldown for DENIED and REVOKED; 0 otherwise."""
+
+    def in_cooldown(self, now: int) -> bool:
+        return self.state in COOLDOWN_STATES and now < self.until
+
+
+NO_CONSENT = CategoryConsent()
+
+
+@dataclass(frozen=True, slots=True)
+class PairState:
+    """What the relay knows about one pair of accounts (SPEC §7.2).
+
+    ``consent``, ``pending`` and ``window_until`` are only meaningful for a
+    business–user pair; ``blockers`` holds the handles in the pair that block
+    the other one.
+    """
+
+    consent: Mapping[str, CategoryConsent] = field(default_factory=dict)
+    pending: frozenset[str] = frozenset()
+    window_until: int = 0
+    blockers: frozenset[str] = frozenset()
+
+    def category(self, name: str) -> CategoryConsent:
+        return self.consent.get(name, NO_CONSENT)
+
+    @property
+    def blocked(self) -> bool:
+        return bool(self.blockers)
+
+    def window_open(self, now: int) -> bool:
+        return now < self.window_until
+
+    def granted(self) -> frozenset[str]:
+        return frozenset(c for c, v in self.consent.items() if v.state is CategoryState.GRANTED)
+
+    def asking_allowed(self, categories: frozenset[str], now: int) -> bool:
+        """SPEC §7.3: no pending request; none asked for is granted or cooling down."""
+        if self.pending or not categories:
+            return False
+        return all(
+            self.category(c).state is not CategoryState.GRANTED
+            and not self.category(c).in_cooldown(now)
+            for c in categories
+        )
+
+
+INITIAL = PairState()
+
+
+class Request(StrEnum):
+    """What a sender asks the relay to do towards a recipient."""
+
+    CHAT = Intent.CHAT.value
+    NOTIFICATION = Intent.NOTIFICATION.value
+    CONSENT_REQUEST = Intent.CONSENT_REQUEST.value
+    BUNDLE_FETCH = "bundle_fetch"
+
+
+class Verdict(Enum):
+    ALLOW = "allow"
+    REFUSE = "refuse"
+    """ERROR 400, identical for every reason (SPEC §7.7)."""
+    FORBIDDEN = "forbidden"
+    """ERROR 202: the sender's kind may never do this; says nothing about the pair."""
+
+
+class Meter(StrEnum):
+    """How an accepted envelope is counted (SPEC §8.4)."""
+
+    NOTIFICATION = "notification"
+    SERVICE_REPLY = "service_reply"
+    USER_INITIATED = "user_initiated"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict
+    meter: Meter | None = None
+    opens_window: bool = False
+    """A user's chat to a business (re)opens the customer-service window."""
+    sets_pending: frozenset[str] | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict is Verdict.ALLOW
+
+
+ALLOW = Decision(Verdict.ALLOW)
+REFUSE = Decision(Verdict.REFUSE)
+FORBIDDEN = Decision(Verdict.FORBIDDEN)
+
+
+def may_deliver(
+    *,
+    sender_kind: str,
+    recipient_kind: str,
+    request: Request | str,
+    state: PairState,
+    now: int,
+    category: str | None = None,
+    categories: frozenset[str] = frozenset(),
+) -> Decision:
+    """SPEC §7.3: may ``sender`` do ``request`` towards ``recipient`` right now?"""
+    request = Request(request)
+    business_only = request in (Request.NOTIFICATION, Request.CONSENT_REQUEST)
+    if sender_kind == AccountKind.USER:
+        if business_only:
+            return FORBIDDEN
+        if state.blocked:
+            return REFUSE
+        if request is Request.CHAT and recipient_kind == AccountKind.BUSINESS:
+            return Decision(Verdict.ALLOW, meter=Meter.USER_INITIATED, opens_window=True)
+        return ALLOW
+    if recipient_kind == AccountKind.BUSINESS:
+        return FORBIDDEN  # business → business is not part of v1
+    if state.blocked:
+        return REFUSE
+    if request is Request.CHAT:
+        if state.window_open(now):
+            return Decision(Verdict.ALLOW, meter=Meter.SERVICE_REPLY)
+        return REFUSE
+    if request is Request.NOTIFICATION:
+        if category is not None and state.category(category).state is CategoryState.GRANTED:
+            return Decision(Verdict.ALLOW, meter=Meter.NOTIFICATION)
+        return REFUSE
+    if request is Request.CONSENT_REQUEST:
+        if state.asking_allowed(categories, now):
+            return Decision(Verdict.ALLOW, sets_pending=categories)
+        return REFUSE
+    # Bundle fetch: only when there is something the business may go on to send.
+    may_ask_something = any(
+        state.asking_allowed(frozenset({c}), now) for c in limits.CATEGORIES
+    )
+    if state.granted() or state.window_open(now) or state.pending or may_ask_something:
+        return ALLOW
+    return REFUSE
+
+
+def after_accept(state: PairState, decision: Decision, now: int, window_ms: int) -> PairState:
+    """The pair's state once an allowed envelope is committed."""
+    if decision.opens_window:
+        state = replace(state, window_until=now + window_ms)
+    if decision.sets_pending is not None:
+        state = replace(state, pending=decision.sets_pending)
+    return state
+
+
+@dataclass(frozen=True, slots=True)
+class Purge:
+    """Undelivered envelopes to delete when a statement takes effect (SPEC §7.4)."""
+
+    everything_from_target: bool = False
+    notification_categories: frozenset[str] = frozenset()
+
+
+NO_PURGE = Purge()
+
+
+def apply_statement(
+    state: PairState,
+    *,
+    action: Action | str,
+    signer: str,
+    categories: frozenset[str],
+    signer_is_user_blocking_business: bool,
+    now: int,
+    cooldown_ms: int,
+) -> tuple[PairState, Purge]:
+    """New pair state and purge after an accepted statement; refuses by table."""
+    action = Action(action)
+    if action in (Action.BLOCK, Action.UNBLOCK):
+        blocking = signer in state.blockers
+        if action not in BLOCK_TRANSITIONS[blocking]:
+            raise InvalidStatement(f"{action.value}: not allowed when blocking={blocking}")
+        if action is Action.UNBLOCK:
+            return replace(state, blockers=state.blockers - {signer}), NO_PURGE
+        state = replace(state, blockers=state.blockers | {signer})
+        if signer_is_user_blocking_business:
+            revoked = CategoryConsent(CategoryState.REVOKED, now + cooldown_ms)
+            state = replace(
+                state, consent={c: revoked for c in limits.CATEGORIES}, pending=frozenset()
+            )
+        return state, Purge(everything_from_target=True)
+    consent = dict(state.consent)
+    for c in sorted(categories):
+        current = state.category(c).state
+        new = CONSENT_TRANSITIONS[current].get(action)
+        if new is None:
+            raise InvalidStatement(f"{action.value} {c}: not allowed when {current.value}")
+        until = now + cooldown_ms if new in COOLDOWN_STATES else 0
+        consent[c] = CategoryConsent(new, until)
+    pending = state.pending if action is Action.REVOKE else frozenset()
+    purge = (
+        Purge(notification_categories=frozenset(categories)) if action is Action.REVOKE
+        else NO_PURGE
+    )  # fmt: skip
+    return replace(state, consent=consent, pending=pending), purge
+
+
+# --- the spec's table, derived ----------------------------------------------
+
+T_REF = 1_000_000_000_000
+"""A fixed 'now' for the canonical states below."""
+
+CANONICAL_STATES: dict[str, PairState] = {
+    "none": INITIAL,
+    "requested (pending)": PairState(pending=frozenset({"utility"})),
+    "granted utility": PairState(consent={"utility": CategoryConsent(CategoryState.GRANTED)}),
+    "denied, in cooldown": PairState(
+        consent={c: CategoryConsent(CategoryState.DENIED, T_REF + 1) for c in limits.CATEGORIES}
+    ),
+    "revoked, in cooldown": PairState(
+        consent={c: CategoryConsent(CategoryState.REVOKED, T_REF + 1) for c in limits.CATEGORIES}
+    ),
+    "window open (else none)": PairState(window_until=T_REF + 1),
+    "window expired (else none)": PairState(window_until=T_REF),
+    "blocked by the user": PairState(blockers=frozenset({"user"})),
+}
+"""The pair states of SPEC §7.3's table, as the business sees them at ``T_REF``."""
+
+BUSINESS_REQUESTS: dict[str, tuple[Request, str | None, frozenset[str]]] = {
+    "consent_request": (Request.CONSENT_REQUEST, None, frozenset(limits.CATEGORIES)),
+    "notification utility": (Request.NOTIFICATION, "utility", frozenset()),
+    "notification marketing": (Request.NOTIFICATION, "marketing", frozenset()),
+    "service reply": (Request.CHAT, None, frozenset()),
+    "bundle fetch": (Request.BUNDLE_FETCH, None, frozenset()),
+}
+
+
+def business_decision_table() -> dict[str, dict[str, bool]]:
+    """State → business request → allowed, as SPEC §7.3 prints it.
+
+    A consent request counts as allowed when asking for *some* category is
+    (the spec marks that "✓ (marketing only)" for a partly granted pair).
+    """
+    table: dict[str, dict[str, bool]] = {}
+    for name, state in CANONICAL_STATES.items():
+        row: dict[str, bool] = {}
+        for column, (request, category, cats) in BUSINESS_REQUESTS.items():
+            if request is Request.CONSENT_REQUEST:
+                allowed = any(
+                    may_deliver(
+                        sender_kind="business", recipient_kind="user", request=request,
+                        state=state, now=T_REF, categories=frozenset({c}),
+                    ).allowed
+                    for c in cats
+                )  # fmt: skip
+            else:
+                allowed = may_deliver(
+                    sender_kind="business", recipient_kind="user", request=request,
+                    state=state, now=T_REF, category=category,
+                ).allowed  # fmt: skip
+            row[column] = allowed
+        table[name] = row
+    return table

@@ -1,0 +1,162 @@
+"""SPEC §7: the consent tables and may_deliver, and the spec's table derived from them."""
+
+from __future__ import annotations
+
+import pytest
+
+from blindrelay.protocol import limits
+from blindrelay.protocol.consent import (
+    CONSENT_TRANSITIONS,
+    INITIAL,
+    CategoryConsent,
+    CategoryState,
+    Meter,
+    PairState,
+    Request,
+    Verdict,
+    after_accept,
+    apply_statement,
+    business_decision_table,
+    may_deliver,
+)
+from blindrelay.protocol.errors import InvalidStatement
+from blindrelay.protocol.signed import Action
+
+from .test_spec import section, table_rows
+
+NOW = 1_800_000_000_000
+DAY = 24 * 3600 * 1000
+
+
+def decide(request: str, state: PairState = INITIAL, *, sender: str = "business", recipient: str = "user", now: int = NOW, category: str | None = None, categories: frozenset[str] = frozenset()):
+    return may_deliver(sender_kind=sender, recipient_kind=recipient, request=request, state=state, now=now, category=category, categories=categories)
+
+
+def apply(state: PairState, action: str, categories: tuple[str, ...] = (), *, signer: str = "alice", user_blocks_business: bool = False, now: int = NOW):
+    return apply_statement(state, action=action, signer=signer, categories=frozenset(categories), signer_is_user_blocking_business=user_blocks_business, now=now, cooldown_ms=limits.CONSENT_COOLDOWN_MS)
+
+
+def test_spec_table_is_derived_from_may_deliver() -> None:
+    rows = table_rows(section(7), "pair state")
+    header = ["consent_request", "notification utility", "notification marketing", "service reply", "bundle fetch"]
+    documented = {r[0]: {h: cell.startswith("✓") for h, cell in zip(header, r[1:], strict=True)} for r in rows}
+    assert documented == business_decision_table()
+
+
+def test_user_to_user_chat_is_free_of_consent_but_obeys_blocks() -> None:
+    assert decide("chat", sender="user", recipient="user").verdict is Verdict.ALLOW
+    blocked = PairState(blockers=frozenset({"bob"}))
+    assert decide("chat", blocked, sender="user", recipient="user").verdict is Verdict.REFUSE
+
+
+def test_user_writing_to_business_opens_the_service_window() -> None:
+    decision = decide("chat", sender="user", recipient="business")
+    assert decision.opens_window and decision.meter is Meter.USER_INITIATED
+    state = after_accept(INITIAL, decision, NOW, limits.SERVICE_WINDOW_MS)
+    assert decide("chat", state, now=NOW + limits.SERVICE_WINDOW_MS - 1).meter is Meter.SERVICE_REPLY
+    assert decide("chat", state, now=NOW + limits.SERVICE_WINDOW_MS).verdict is Verdict.REFUSE
+
+
+def test_a_later_user_message_refreshes_the_window() -> None:
+    decision = decide("chat", sender="user", recipient="business")
+    state = after_accept(INITIAL, decision, NOW, limits.SERVICE_WINDOW_MS)
+    state = after_accept(state, decision, NOW + DAY - 1, limits.SERVICE_WINDOW_MS)
+    assert state.window_until == NOW + DAY - 1 + limits.SERVICE_WINDOW_MS
+
+
+@pytest.mark.parametrize("request_", ["notification", "consent_request"])
+@pytest.mark.parametrize("recipient", ["user", "business"])
+def test_users_may_never_send_business_intents(request_: str, recipient: str) -> None:
+    assert decide(request_, sender="user", recipient=recipient, category="utility", categories=frozenset({"utility"})).verdict is Verdict.FORBIDDEN
+
+
+@pytest.mark.parametrize("request_", list(Request))
+def test_business_to_business_is_forbidden(request_: Request) -> None:
+    assert decide(request_, recipient="business", category="utility").verdict is Verdict.FORBIDDEN
+
+
+def test_notification_needs_that_categorys_grant_and_is_billable() -> None:
+    granted = PairState(consent={"utility": CategoryConsent(CategoryState.GRANTED)})
+    assert decide("notification", granted, category="utility").meter is Meter.NOTIFICATION
+    assert decide("notification", granted, category="marketing").verdict is Verdict.REFUSE
+
+
+def test_consent_request_sets_pending_and_blocks_a_second_request() -> None:
+    decision = decide("consent_request", categories=frozenset({"utility"}))
+    assert decision.sets_pending == frozenset({"utility"})
+    state = after_accept(INITIAL, decision, NOW, limits.SERVICE_WINDOW_MS)
+    assert decide("consent_request", state, categories=frozenset({"marketing"})).verdict is Verdict.REFUSE
+
+
+def test_grant_needs_no_request_and_clears_pending() -> None:
+    state, _ = apply(PairState(pending=frozenset({"utility"})), "grant", ("utility",))
+    assert state.category("utility").state is CategoryState.GRANTED and not state.pending
+
+
+def test_denial_starts_a_cooldown_after_which_the_business_may_ask_again() -> None:
+    state, _ = apply(PairState(pending=frozenset({"marketing"})), "deny", ("marketing",))
+    cats = frozenset({"marketing"})
+    assert decide("consent_request", state, categories=cats).verdict is Verdict.REFUSE
+    later = NOW + limits.CONSENT_COOLDOWN_MS
+    assert decide("consent_request", state, categories=cats, now=later).verdict is Verdict.ALLOW
+
+
+def test_revoke_purges_queued_notifications_of_those_categories() -> None:
+    granted, _ = apply(INITIAL, "grant", ("utility", "marketing"))
+    state, purge = apply(granted, "revoke", ("marketing",))
+    assert purge.notification_categories == frozenset({"marketing"}) and not purge.everything_from_target
+    assert decide("notification", state, category="marketing").verdict is Verdict.REFUSE
+    assert decide("notification", state, category="utility").verdict is Verdict.ALLOW
+
+
+def test_user_blocking_a_business_revokes_everything_and_purges_its_queue() -> None:
+    granted, _ = apply(PairState(window_until=NOW + DAY), "grant", ("utility",))
+    state, purge = apply(granted, "block", signer="alice", user_blocks_business=True)
+    assert purge.everything_from_target
+    assert all(state.category(c).state is CategoryState.REVOKED for c in limits.CATEGORIES)
+    for request_ in Request:
+        assert decide(request_, state, category="utility", categories=frozenset({"utility"})).verdict is Verdict.REFUSE
+
+
+def test_unblock_does_not_restore_consent() -> None:
+    granted, _ = apply(INITIAL, "grant", ("utility",))
+    blocked, _ = apply(granted, "block", user_blocks_business=True)
+    unblocked, purge = apply(blocked, "unblock")
+    assert not unblocked.blocked and purge.everything_from_target is False
+    assert decide("notification", unblocked, category="utility").verdict is Verdict.REFUSE
+
+
+def test_one_accounts_unblock_does_not_lift_the_others_block() -> None:
+    state, _ = apply(INITIAL, "block", signer="alice")
+    state, _ = apply(state, "block", signer="bob")
+    state, _ = apply(state, "unblock", signer="alice")
+    assert state.blocked
+
+
+@pytest.mark.parametrize(("start", "action"), [(CategoryState.NONE, Action.REVOKE), (CategoryState.GRANTED, Action.DENY)])
+def test_missing_transition_is_a_refused_statement(start: CategoryState, action: Action) -> None:
+    assert action not in CONSENT_TRANSITIONS[start]
+    with pytest.raises(InvalidStatement):
+        apply(PairState(consent={"utility": CategoryConsent(start)}), action, ("utility",))
+
+
+@pytest.mark.parametrize(("first", "second"), [("block", "block"), ("unblock", None)])
+def test_blocking_twice_or_unblocking_nothing_is_refused(first: str, second: str | None) -> None:
+    with pytest.raises(InvalidStatement):
+        state, _ = apply(INITIAL, first)
+        apply(state, second or first)
+
+
+def test_bundle_fetch_is_refused_when_the_business_could_send_nothing() -> None:
+    denied = PairState(consent={c: CategoryConsent(CategoryState.DENIED, NOW + 1) for c in limits.CATEGORIES})
+    assert decide("bundle_fetch", denied).verdict is Verdict.REFUSE
+    assert decide("bundle_fetch", denied, now=NOW + 1).verdict is Verdict.ALLOW
+
+
+def test_spec_transition_table_is_the_codes() -> None:
+    rows = table_rows(section(7), "category state")
+    documented = {
+        CategoryState(r[0]): {Action(a): CategoryState(cell) for a, cell in zip(["grant", "deny", "revoke"], r[1:], strict=True) if cell != "—"}
+        for r in rows
+    }
+    assert documented == CONSENT_TRANSITIONS
