@@ -121,6 +121,30 @@ def login_transcript(relay_key: bytes, challenge: bytes, handle: str) -> bytes:
     return _transcript_prefix(PURPOSE_LOGIN, relay_key, challenge, handle)
 
 
+ROTATE_CONTEXT = b"blindrelay/v1/rotate\x00"
+
+
+def rotate_transcript(
+    relay_key: bytes, handle: str, old_key: bytes, new_key: bytes, issued_at: int
+) -> bytes:
+    """Bytes both the old and the new identity key sign to rotate (SPEC §3.4).
+
+    ``context || relay_key || u8 len(handle) || handle || old_key || new_key ||
+    issued_at (u64 BE)``: bound to this relay and this account, and fresh only
+    within STATEMENT_SKEW_MS of the relay clock.
+    """
+    encoded = handle.encode("ascii")
+    return (
+        ROTATE_CONTEXT
+        + relay_key
+        + bytes([len(encoded)])
+        + encoded
+        + old_key
+        + new_key
+        + issued_at.to_bytes(8, "big")
+    )
+
+
 def _transcript_prefix(purpose: int, relay_key: bytes, challenge: bytes, handle: str) -> bytes:
     encoded = handle.encode("ascii")
     return AUTH_CONTEXT + bytes([purpose]) + relay_key + challenge + bytes([len(encoded)]) + encoded

@@ -10,13 +10,22 @@ the command and returns an exit status.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import fields
 from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
 
 from blindrelay.protocol import PROTOCOL_VERSION, __version__
 
+from .config import DEFAULT_DB, SYNCHRONOUS_MODES, RelayConfig
+
 COMMAND_GROUP = "blindrelay.commands"
+ENV_PREFIX = "BLINDRELAY_"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +56,123 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     status: int = func(args)
     return status
+
+
+# --- serve ----------------------------------------------------------------------
+
+_FLAG_NAMES = {"db_path": "db", "auth_timeout_s": "auth_timeout"}
+"""Config fields whose flag (and environment variable) is spelled shorter."""
+
+
+def _flag(field_name: str) -> str:
+    return _FLAG_NAMES.get(field_name, field_name)
+
+
+def _env_default(field_name: str, default: object, convert: Callable[[str], Any]) -> Any:
+    raw = os.environ.get(ENV_PREFIX + _flag(field_name).upper())
+    return default if raw is None else convert(raw)
+
+
+def register_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``blindrelay serve``: run a relay; every flag has a BLINDRELAY_* variable."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="run a relay",
+        description=(
+            "Run a blindrelay relay. It prints 'listening ws://HOST:PORT' on stdout once "
+            "it accepts connections, logs JSON lines on stderr, and stops cleanly on "
+            "SIGINT/SIGTERM. Every flag can also be set as BLINDRELAY_<FLAG> "
+            "(e.g. BLINDRELAY_PORT, BLINDRELAY_QUEUE_CAP)."
+        ),
+    )
+    defaults = RelayConfig()
+    for field in fields(RelayConfig):
+        default = getattr(defaults, field.name)
+        convert: Callable[[str], Any] = {
+            "int": int, "float": float, "str": str, "Path": Path,
+        }[field.type if isinstance(field.type, str) else field.type.__name__]  # fmt: skip
+        kwargs: dict[str, Any] = {}
+        if field.name == "synchronous":
+            kwargs["choices"] = SYNCHRONOUS_MODES
+            convert = str.upper
+        parser.add_argument(
+            "--" + _flag(field.name).replace("_", "-"),
+            dest=field.name,
+            type=convert,
+            default=_env_default(field.name, default, convert),
+            metavar=_flag(field.name).upper(),
+            help=f"(default: {default})",
+            **kwargs,
+        )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get(ENV_PREFIX + "LOG_LEVEL", "INFO"),
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        type=str.upper,
+        help="(default: INFO)",
+    )
+    parser.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .logs import configure_logging
+
+    config = RelayConfig(**{f.name: getattr(args, f.name) for f in fields(RelayConfig)})
+    configure_logging(args.log_level)
+    try:
+        return asyncio.run(_run_until_signalled(config))
+    except OSError as exc:
+        print(f"blindrelay serve: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+async def _run_until_signalled(config: RelayConfig) -> int:
+    from .relay import serve
+
+    relay = await serve(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"listening {relay.url}", flush=True)
+    await stop.wait()
+    await relay.close()
+    return 0
+
+
+# --- inspect --------------------------------------------------------------------
+
+
+def register_inspect(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``blindrelay inspect``: print what a relay database holds (no plaintext to see)."""
+    parser = subparsers.add_parser(
+        "inspect",
+        help="show what a relay database holds",
+        description=(
+            "Print every table of a relay database with its row count, the accounts, "
+            "and queued envelopes as metadata plus a short hex prefix of their "
+            "ciphertext."
+        ),
+    )
+    parser.add_argument(
+        "--db",
+        type=Path,
+        default=Path(os.environ.get(ENV_PREFIX + "DB", str(DEFAULT_DB))),
+        help=f"relay database (default: {DEFAULT_DB})",
+    )
+    parser.add_argument("--limit", type=int, default=50, help="rows listed per table")
+    parser.set_defaults(func=_inspect)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .inspection import inspect_database
+
+    if not args.db.exists():
+        print(f"blindrelay inspect: no database at {args.db}", file=sys.stderr)
+        return 1
+    for line in inspect_database(args.db, args.limit):
+        print(line)
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

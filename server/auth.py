@@ -1,0 +1,133 @@
+"""Registration, login and identity rotation: who a connection is (SPEC §3.4, §4).
+
+The proofs themselves are checked by the sans-I/O ``RelayConnection``
+(challenge freshness, single use, relay binding, signature); this module looks
+up and stores accounts, sends WELCOME, and makes the new session the account's
+only live one. A connection acts only as the handle its WELCOME named: every
+later handler takes the handle from the connection, never from a frame.
+
+Not here: prekeys (``directory``), messages (``delivery``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from blindrelay.protocol import limits
+from blindrelay.protocol.connection import rotate_transcript, verify_ed25519
+from blindrelay.protocol.errors import (
+    AuthenticationFailed,
+    HandleTaken,
+    MalformedFrame,
+    StaleStatement,
+)
+from blindrelay.protocol.frames import Login, Ok, Register, RotateIdentity, Welcome
+
+from .context import RelayContext, Session
+from .delivery import Outbox
+from .logs import log_event
+from .storage import Account, Store
+
+
+def register(ctx: RelayContext, session: Session, frame: Register) -> None:
+    """SPEC §4.2: create the account the fresh challenge was signed for."""
+    now = ctx.clock()
+    session.conn.verify_registration(frame, now)
+    account = Account(frame.handle, frame.kind, frame.identity_key)
+
+    def create(store: Store) -> None:
+        # "Handles are unique: a REGISTER for an existing handle MUST be refused."
+        if not store.accounts.create(account, now):
+            raise HandleTaken()
+
+    def created(_: None) -> None:
+        log_event(logging.INFO, "registered", handle=account.handle, kind=account.kind)
+        _welcome(ctx, session, frame.id, account, queued=0, one_time=0, has_signed=False)
+
+    ctx.complete(session, frame, ctx.writer.submit(create), created)
+
+
+def login(ctx: RelayContext, session: Session, frame: Login) -> None:
+    """SPEC §4.3: log in with the account's current identity key."""
+    now = ctx.clock()
+    account = ctx.accounts.get(frame.handle)
+    session.conn.verify_login(frame, account.identity_key if account else None, now)
+    assert account is not None  # verify_login refuses unknown handles
+    not_before = now - ctx.config.queue_ttl_ms
+
+    def counts(store: Store) -> tuple[int, int, bool]:
+        one_time, has_signed = store.prekeys.counts(account.handle)
+        return store.queue.count(account.handle, not_before), one_time, has_signed
+
+    def counted(result: tuple[int, int, bool]) -> None:
+        queued, one_time, has_signed = result
+        log_event(logging.INFO, "logged_in", handle=account.handle, queued=queued)
+        _welcome(ctx, session, frame.id, account, queued, one_time, has_signed)
+
+    # Through the writer, so the counts include every earlier frame's writes.
+    ctx.complete(session, frame, ctx.writer.submit(counts), counted)
+
+
+def _welcome(
+    ctx: RelayContext,
+    session: Session,
+    re: int,
+    account: Account,
+    queued: int,
+    one_time: int,
+    has_signed: bool,
+) -> None:
+    if not session.open:
+        return
+    session.send(
+        Welcome(
+            re=re,
+            handle=account.handle,
+            kind=account.kind,
+            queued=queued,
+            one_time_prekeys=one_time,
+            has_signed_prekey=has_signed,
+        )
+    )
+    ctx.sessions.attach(session)
+    session.outbox = Outbox(ctx, session)
+    session.outbox.start()
+
+
+def rotate_identity(ctx: RelayContext, session: Session, frame: RotateIdentity) -> None:
+    """SPEC §3.4: replace the identity key; both keys sign the rotation.
+
+    "issued_at MUST be within STATEMENT_SKEW_MS of the relay clock." A bad
+    signature is AUTH_FAILED (a failed proof of key possession, like a bad
+    login), which closes the connection; a stale one is STALE_STATEMENT.
+    """
+    handle = session.handle
+    assert handle is not None
+    now = ctx.clock()
+    if abs(now - frame.issued_at) > limits.STATEMENT_SKEW_MS:
+        raise StaleStatement()
+    account = ctx.accounts.get(handle)
+    if account is None:  # pragma: no cover - accounts are never deleted
+        raise AuthenticationFailed("account vanished")
+    old_key, new_key = account.identity_key, frame.new_identity_key
+    if new_key == old_key:
+        raise MalformedFrame("new_identity_key: equals the current key")
+    transcript = rotate_transcript(ctx.relay_key, handle, old_key, new_key, frame.issued_at)
+    if not (
+        verify_ed25519(old_key, transcript, frame.old_signature)
+        and verify_ed25519(new_key, transcript, frame.new_signature)
+    ):
+        raise AuthenticationFailed("rotation signature")
+
+    def replace(store: Store) -> None:
+        # Compare-and-swap: a concurrent rotation makes this proof stale.
+        if not store.accounts.replace_identity_key(handle, old_key, new_key):
+            raise AuthenticationFailed("identity key changed meanwhile")
+        # The prekeys were signed by the old key; a bundle must never mix keys.
+        store.prekeys.delete_all(handle)
+
+    def replaced(_: None) -> None:
+        log_event(logging.INFO, "identity_rotated", handle=handle)
+        session.send(Ok(re=frame.id))
+
+    ctx.complete(session, frame, ctx.writer.submit(replace), replaced)

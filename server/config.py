@@ -1,0 +1,80 @@
+"""Relay configuration: every knob an operator may turn (SPEC §10 *default* limits).
+
+The defaults are the protocol's limits table (:mod:`blindrelay.protocol.limits`);
+fixed protocol limits (frame size, handle length …) are not configurable and
+are read from there directly. Not here: parsing flags and environment
+variables (``cli``), and what the values do (``ratelimit``, ``delivery``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from blindrelay.protocol import limits
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+DEFAULT_DB = Path("blindrelay.db")
+
+SYNCHRONOUS_MODES = ("FULL", "NORMAL")
+"""SQLite ``synchronous`` settings the relay accepts (WAL journal in both).
+
+FULL (the default) fsyncs the WAL on every commit, so a SENT survives power
+loss and OS crashes, which is what SPEC §6.3's "committed to disk" promises.
+NORMAL fsyncs only at checkpoints: it survives a killed relay process but may
+lose the last commits on power loss. Group commit (one fsync per batch, see
+``storage.Writer``) is what keeps FULL fast; NORMAL is for operators who accept
+that trade for throughput on slow disks."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    """Everything ``serve`` needs; immutable once the relay runs."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    db_path: Path = DEFAULT_DB
+    synchronous: str = "FULL"
+    queue_cap: int = limits.QUEUE_CAP_PER_RECIPIENT
+    queue_ttl_ms: int = limits.QUEUE_TTL_MS
+    delivery_window: int = limits.DELIVERY_WINDOW
+    send_rate_user: float = limits.SEND_RATE_PER_S_USER
+    send_burst_user: int = limits.SEND_BURST_USER
+    send_rate_business: float = limits.SEND_RATE_PER_S_BUSINESS
+    send_burst_business: int = limits.SEND_BURST_BUSINESS
+    send_rate_pair: float = limits.SEND_RATE_PER_S_PAIR
+    send_burst_pair: int = limits.SEND_BURST_PAIR
+    bundle_rate_per_min: float = limits.BUNDLE_FETCH_RATE_PER_MIN
+    bundle_burst: int = limits.BUNDLE_FETCH_BURST
+    max_stored_one_time_prekeys: int = limits.MAX_STORED_ONE_TIME_PREKEYS
+    auth_timeout_s: float = limits.AUTH_TIMEOUT_S
+    ping_interval_s: float = limits.PING_INTERVAL_S
+    ping_timeout_s: float = limits.PING_TIMEOUT_S
+    purge_interval_s: float = 60.0
+    """How often expired envelopes and remembered message ids are purged."""
+
+    def __post_init__(self) -> None:
+        if self.synchronous not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}")
+        positive = {
+            "queue_cap": self.queue_cap,
+            "queue_ttl_ms": self.queue_ttl_ms,
+            "delivery_window": self.delivery_window,
+            "send_rate_user": self.send_rate_user,
+            "send_burst_user": self.send_burst_user,
+            "send_rate_business": self.send_rate_business,
+            "send_burst_business": self.send_burst_business,
+            "send_rate_pair": self.send_rate_pair,
+            "send_burst_pair": self.send_burst_pair,
+            "bundle_rate_per_min": self.bundle_rate_per_min,
+            "bundle_burst": self.bundle_burst,
+            "max_stored_one_time_prekeys": self.max_stored_one_time_prekeys,
+            "auth_timeout_s": self.auth_timeout_s,
+            "purge_interval_s": self.purge_interval_s,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"{name} must be positive")
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be in 0..65535")

@@ -1,0 +1,204 @@
+"""What every handler works with: the session it serves and the relay around it.
+
+A :class:`Session` is one WebSocket connection seen from the handlers: the
+sans-I/O :class:`RelayConnection` plus a :class:`Transport` that the I/O layer
+implements (flush queued frames, close with a code). Handlers never await:
+they either answer at once or submit a job to the storage writer and answer
+in :meth:`RelayContext.complete`'s callback. Because nothing awaits between
+receiving a frame and submitting its job, jobs reach the writer in frame
+order, which is what keeps per-pair order (SPEC §6.4).
+
+Exceptions become ERROR frames only in :meth:`RelayContext.refuse`, via
+``RelayConnection.send_error`` (SPEC §9): a :class:`ProtocolError` with its
+code, anything else as INTERNAL_ERROR with no detail and logged by type only.
+
+Not here: what a frame does (``auth``, ``directory``, ``delivery``) and which
+handler runs (``dispatch``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from blindrelay.protocol.connection import RelayConnection, State
+from blindrelay.protocol.errors import InternalError, ProtocolError
+from blindrelay.protocol.frames import Frame
+
+from .config import RelayConfig
+from .logs import log_event
+from .ratelimit import Clock, TokenBuckets
+from .storage import Accounts, Writer
+
+if TYPE_CHECKING:
+    from .delivery import Outbox
+
+T = TypeVar("T")
+
+CLOSE_REPLACED = 4000
+"""WebSocket close code when a newer login of the same account takes over (SPEC §4.4)."""
+
+
+class Transport(Protocol):
+    """What the I/O layer provides to a session."""
+
+    def flush(self) -> None:
+        """Write out ``conn.data_to_send()`` soon; close the socket if the state is CLOSED."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the socket with ``code`` after flushing what is queued."""
+
+
+class Session:
+    """One connection: the protocol machine, its transport, and its delivery outbox."""
+
+    def __init__(self, conn: RelayConnection, transport: Transport, peer: str) -> None:
+        self.conn = conn
+        self.transport = transport
+        self.peer = peer
+        self.outbox: Outbox | None = None
+        self.ended = False
+
+    @property
+    def handle(self) -> str | None:
+        return self.conn.handle
+
+    @property
+    def open(self) -> bool:
+        return not self.ended and self.conn.state is not State.CLOSED
+
+    def send(self, frame: Frame) -> None:
+        """Queue ``frame`` if the connection is still open (callbacks may arrive late)."""
+        if self.open:
+            self.conn.send(frame)
+            self.transport.flush()
+
+
+class Sessions:
+    """Live authenticated sessions by handle: one per account (SPEC §4.4)."""
+
+    def __init__(self) -> None:
+        self._live: dict[str, Session] = {}
+
+    def get(self, handle: str) -> Session | None:
+        return self._live.get(handle)
+
+    def attach(self, session: Session) -> None:
+        """Make ``session`` its account's live session, closing the previous one.
+
+        "A new login MUST close the account's previous connection (4000 replaced)."
+        """
+        handle = session.handle
+        assert handle is not None
+        previous = self._live.get(handle)
+        self._live[handle] = session
+        if previous is not None and previous is not session:
+            previous.outbox = None
+            previous.ended = True
+            previous.transport.close(CLOSE_REPLACED, "replaced")
+            log_event(logging.INFO, "session_replaced", handle=handle, peer=previous.peer)
+
+    def detach(self, session: Session) -> None:
+        handle = session.handle
+        if handle is not None and self._live.get(handle) is session:
+            del self._live[handle]
+
+    def all(self) -> list[Session]:
+        return list(self._live.values())
+
+
+@dataclass
+class Limiters:
+    """The token buckets of SPEC §10, keyed by handle or (sender, recipient)."""
+
+    send_user: TokenBuckets
+    send_business: TokenBuckets
+    send_pair: TokenBuckets
+    bundle_fetch: TokenBuckets
+
+    @classmethod
+    def from_config(cls, config: RelayConfig, clock: Clock) -> Limiters:
+        return cls(
+            send_user=TokenBuckets(config.send_rate_user, config.send_burst_user, clock),
+            send_business=TokenBuckets(
+                config.send_rate_business, config.send_burst_business, clock
+            ),
+            send_pair=TokenBuckets(config.send_rate_pair, config.send_burst_pair, clock),
+            bundle_fetch=TokenBuckets(
+                config.bundle_rate_per_min / 60.0, config.bundle_burst, clock
+            ),
+        )
+
+
+@dataclass
+class RelayContext:
+    """The relay's shared state, as handlers see it."""
+
+    config: RelayConfig
+    clock: Clock
+    relay_key: bytes
+    writer: Writer
+    accounts: Accounts
+    """Reads on the event-loop thread (its own WAL reader connection)."""
+    limiters: Limiters
+    sessions: Sessions = field(default_factory=Sessions)
+    stopping: bool = False
+    """Set by shutdown: frames that arrive now are refused with SHUTTING_DOWN."""
+
+    def refuse(self, session: Session, frame: Frame | None, exc: BaseException) -> None:
+        """The one place a handler's exception becomes an ERROR frame (SPEC §9)."""
+        re = getattr(frame, "id", None)
+        frame_type = frame.TYPE.name if frame is not None else None
+        if isinstance(exc, ProtocolError):
+            log_event(
+                logging.INFO, "refused", type=frame_type, handle=session.handle,
+                code=int(exc.code), error=exc.code.name,
+            )  # fmt: skip
+        else:
+            # "Internal errors MUST NOT carry detail": the peer gets the bare code;
+            # the log gets the exception type and place, never its message.
+            log_event(
+                logging.ERROR, "internal_error", type=frame_type, handle=session.handle,
+                exc_type=type(exc).__name__, exc_at=_where(exc),
+            )  # fmt: skip
+            exc = InternalError()
+        if session.open:
+            session.conn.send_error(exc, re=re)
+            session.transport.flush()
+
+    def guard(self, session: Session, frame: Frame | None, action: Callable[[], None]) -> None:
+        """Run ``action``; any exception is refused on ``session``."""
+        try:
+            action()
+        except Exception as exc:
+            self.refuse(session, frame, exc)
+
+    def complete(
+        self,
+        session: Session,
+        frame: Frame | None,
+        future: asyncio.Future[T],
+        on_result: Callable[[T], None],
+    ) -> None:
+        """When ``future`` (a writer job) is done, run ``on_result`` or refuse its error."""
+
+        def done(fut: asyncio.Future[T]) -> None:
+            if fut.cancelled():
+                return
+            exc = fut.exception()
+            if exc is not None:
+                self.refuse(session, frame, exc)
+                return
+            self.guard(session, frame, lambda: on_result(fut.result()))
+
+        future.add_done_callback(done)
+
+
+def _where(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"

@@ -1,0 +1,90 @@
+"""Frame type → handler, and the life of a session around it (SPEC §2.2, §4.5).
+
+The connection machine has already refused frames that are malformed or not
+allowed in the current state; what reaches a handler is well-formed and
+permitted. A frame type the protocol defines but this relay does not serve
+yet is refused with UNEXPECTED_FRAME, never dropped.
+
+Not here: sockets (``relay``), what each frame does (``auth``, ``directory``,
+``delivery``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from blindrelay.protocol.connection import State
+from blindrelay.protocol.errors import (
+    AuthenticationFailed,
+    MalformedFrame,
+    ShuttingDown,
+    UnexpectedFrame,
+)
+from blindrelay.protocol.frames import Frame, FrameType
+
+from . import auth, delivery, directory
+from .context import RelayContext, Session
+from .logs import log_event
+
+Handler = Callable[[RelayContext, Session, Any], None]
+
+HANDLERS: dict[FrameType, Handler] = {
+    FrameType.REGISTER: auth.register,
+    FrameType.LOGIN: auth.login,
+    FrameType.ROTATE_IDENTITY: auth.rotate_identity,
+    FrameType.PREKEYS_UPLOAD: directory.upload,
+    FrameType.BUNDLE_FETCH: directory.fetch,
+    FrameType.SEND: delivery.send,
+    FrameType.ACK: delivery.acknowledge,
+}
+"""Client frames this relay serves (the rest arrive with consent and business issues)."""
+
+
+class Dispatcher:
+    """Feeds a session's messages to its machine and its frames to handlers."""
+
+    def __init__(self, ctx: RelayContext) -> None:
+        self.ctx = ctx
+
+    def data_received(self, session: Session, data: bytes | str) -> None:
+        """One WebSocket message. "Frames MUST be sent as binary messages."""
+        if not session.open:
+            return
+        if self.ctx.stopping:
+            self.ctx.refuse(session, None, ShuttingDown())
+            return
+        if isinstance(data, str):
+            self.ctx.refuse(session, None, MalformedFrame("text message: frames are binary"))
+            return
+        conn = session.conn
+        errors_before = conn.protocol_errors
+        conn.receive_data(data)
+        if conn.protocol_errors != errors_before:
+            log_event(
+                logging.INFO, "refused", handle=session.handle, size=len(data),
+                peer=session.peer, closed=conn.state is State.CLOSED,
+            )  # fmt: skip
+        for frame in conn.events_received():
+            self.frame_received(session, frame, len(data))
+        session.transport.flush()
+
+    def frame_received(self, session: Session, frame: Frame, size: int) -> None:
+        log_event(logging.DEBUG, "frame", type=frame.TYPE.name, handle=session.handle, size=size)
+        handler = HANDLERS.get(frame.TYPE)
+        if handler is None:
+            self.ctx.refuse(session, frame, UnexpectedFrame(f"{frame.TYPE.name} not served"))
+            return
+        self.ctx.guard(session, frame, lambda: handler(self.ctx, session, frame))
+
+    def auth_expired(self, session: Session) -> None:
+        """SPEC §4.1: close a connection that did not authenticate within AUTH_TIMEOUT_S."""
+        if session.open and session.conn.state is State.AWAITING_AUTH:
+            self.ctx.refuse(session, None, AuthenticationFailed("authentication timeout"))
+
+    def session_ended(self, session: Session) -> None:
+        session.ended = True
+        session.outbox = None
+        self.ctx.sessions.detach(session)
+        log_event(logging.INFO, "disconnected", handle=session.handle, peer=session.peer)

@@ -1,0 +1,55 @@
+"""Token buckets keyed by account or account pair, on an injected clock (SPEC §10).
+
+A bucket holds up to ``burst`` tokens and refills at ``rate_per_s``; an action
+takes one token or is refused with the time until one is back, which becomes
+the ERROR's ``retry_after``. A full bucket is indistinguishable from an absent
+one, so full buckets are dropped to bound memory.
+
+Not here: which actions are limited and with which rates (``delivery``,
+``directory``, ``config``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable
+
+from blindrelay.protocol.errors import RateLimited
+
+Clock = Callable[[], int]
+"""Milliseconds since the epoch; tests pass a fake."""
+
+_PRUNE_AT = 10_000
+
+
+class TokenBuckets:
+    """One token bucket per key, all with the same rate and burst."""
+
+    def __init__(self, rate_per_s: float, burst: int, clock: Clock) -> None:
+        if rate_per_s <= 0 or burst < 1:
+            raise ValueError("rate and burst must be positive")
+        self.rate_per_ms = rate_per_s / 1000.0
+        self.burst = float(burst)
+        self._clock = clock
+        self._buckets: dict[Hashable, tuple[float, int]] = {}
+        """key → (tokens, time they were counted at, ms)."""
+
+    def take(self, key: Hashable) -> None:
+        """Spend one token for ``key`` or raise :class:`RateLimited` with ``retry_after``."""
+        now = self._clock()
+        tokens = self._tokens(key, now)
+        if tokens < 1.0:
+            retry_after = math.ceil((1.0 - tokens) / self.rate_per_ms)
+            raise RateLimited("token bucket empty", retry_after_ms=max(1, retry_after))
+        self._buckets[key] = (tokens - 1.0, now)
+        if len(self._buckets) > _PRUNE_AT:
+            self._prune(now)
+
+    def _tokens(self, key: Hashable, now: int) -> float:
+        tokens, at = self._buckets.get(key, (self.burst, now))
+        return min(self.burst, tokens + max(0, now - at) * self.rate_per_ms)
+
+    def _prune(self, now: int) -> None:
+        full = [key for key in self._buckets if self._tokens(key, now) >= self.burst]
+        for key in full:
+            del self._buckets[key]

@@ -1,0 +1,540 @@
+"""What the relay holds, in one SQLite file, and the one thread that writes it.
+
+Tables (SPEC §11 lists them; ``blindrelay inspect`` prints them):
+
+- ``relay_identity`` — the relay's Ed25519 seed, made on first start (SPEC §4.1);
+- ``accounts`` — handle, kind, current identity key (SPEC §3);
+- ``signed_prekeys`` / ``one_time_prekeys`` — the prekey directory (SPEC §5);
+- ``queue`` — envelopes not yet acknowledged; the row id is the delivery id,
+  ``AUTOINCREMENT`` so ids only grow and are never reused (SPEC §6.4);
+- ``sent`` — (sender, msg_id) → digest and time, for idempotent resends,
+  kept for the queue TTL even after delivery (SPEC §6.3).
+
+Bodies are opaque ciphertext: nothing here decodes them.
+
+Concurrency: SQLite in WAL mode with exactly one writing connection, owned by
+:class:`Writer`'s thread. Every job (reads that must see earlier writes too)
+runs there in submission order; all jobs handed over in one event-loop turn or
+while the previous commit ran share one transaction, so N envelopes cost one
+fsync. Each job runs in its own savepoint, so one refused job never undoes
+another. Results come back to the event loop in the same order, which is what
+keeps deliveries in delivery-id order.
+
+Schema is plain DDL (sqlite-utils has no ``AUTOINCREMENT``); hot paths use
+prepared ``execute``; sqlite-utils supplies the transaction/savepoint helper
+and the inspection API.
+
+Not here: protocol rules (``auth``, ``directory``, ``delivery``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from blindrelay.protocol.errors import (
+    InternalError,
+    InvalidPrekeys,
+    MessageIdReused,
+    QueueFull,
+)
+from blindrelay.protocol.frames import OneTimePreKeyRecord, SignedPreKeyRecord
+
+from .logs import log_event
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS relay_identity (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seed BLOB NOT NULL,
+    public_key BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS accounts (
+    handle TEXT PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('user', 'business')),
+    identity_key BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS signed_prekeys (
+    handle TEXT PRIMARY KEY REFERENCES accounts(handle),
+    key_id INTEGER NOT NULL,
+    public_key BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    uploaded_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS one_time_prekeys (
+    seq INTEGER PRIMARY KEY,
+    handle TEXT NOT NULL REFERENCES accounts(handle),
+    key_id INTEGER NOT NULL,
+    public_key BLOB NOT NULL,
+    UNIQUE (handle, key_id)
+);
+CREATE TABLE IF NOT EXISTS queue (
+    delivery_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    recipient TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    sender_kind TEXT NOT NULL,
+    msg_id BLOB NOT NULL,
+    intent TEXT NOT NULL,
+    category TEXT,
+    categories TEXT,
+    sent_at INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queue_by_recipient ON queue (recipient, delivery_id);
+CREATE INDEX IF NOT EXISTS queue_by_age ON queue (sent_at);
+CREATE TABLE IF NOT EXISTS sent (
+    sender TEXT NOT NULL,
+    msg_id BLOB NOT NULL,
+    digest BLOB NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (sender, msg_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sent_by_age ON sent (at);
+"""
+
+
+def connect(path: Path, synchronous: str = "FULL") -> sqlite_utils.Database:
+    """Open (creating if needed) the relay database in WAL mode.
+
+    ``isolation_level=None``: the connection never opens transactions behind
+    our back; :meth:`sqlite_utils.Database.atomic` opens them explicitly.
+    """
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=True)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # Checked against config.SYNCHRONOUS_MODES before we get here.
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute("PRAGMA foreign_keys=ON")
+    db = sqlite_utils.Database(conn)
+    if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+        with db.atomic():
+            # Statement by statement: executescript() would COMMIT first.
+            for statement in _statements():
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    return db
+
+
+def connect_reader(path: Path) -> sqlite_utils.Database:
+    """A read-only connection for the event-loop thread (WAL readers never block)."""
+    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
+    return sqlite_utils.Database(conn)
+
+
+def _statements() -> list[str]:
+    return [s.strip() for s in SCHEMA.split(";") if s.strip()]
+
+
+# --- records ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    handle: str
+    kind: str
+    identity_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedEnvelope:
+    """One row of ``queue``: an opaque envelope and the metadata to route it."""
+
+    delivery_id: int
+    recipient: str
+    sender: str
+    sender_kind: str
+    msg_id: bytes
+    intent: str
+    category: str | None
+    categories: tuple[str, ...] | None
+    sent_at: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """Outcome of an enqueue: ``envelope`` is None for an idempotent resend."""
+
+    at: int
+    envelope: QueuedEnvelope | None
+
+
+@dataclass(frozen=True, slots=True)
+class PreKeyBundleRow:
+    identity_key: bytes
+    kind: str
+    signed_prekey: SignedPreKeyRecord
+    one_time: OneTimePreKeyRecord | None
+    remaining: int
+    """One-time prekeys left after this fetch."""
+
+
+# --- tables -------------------------------------------------------------------
+
+
+class RelayIdentity:
+    """The relay's own signing key seed (SPEC §4.1)."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def load_or_create(self, make_seed: Callable[[], tuple[bytes, bytes]], now: int) -> bytes:
+        """Return the stored seed, storing ``make_seed()`` = (seed, public) on first start."""
+        row = self.db.execute("SELECT seed FROM relay_identity WHERE id = 1").fetchone()
+        if row is not None:
+            return bytes(row[0])
+        seed, public = make_seed()
+        self.db.execute(
+            "INSERT INTO relay_identity (id, seed, public_key, created_at) VALUES (1, ?, ?, ?)",
+            (seed, public, now),
+        )
+        return seed
+
+
+class Accounts:
+    """Handles, kinds and current identity keys (SPEC §3)."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def get(self, handle: str) -> Account | None:
+        row = self.db.execute(
+            "SELECT handle, kind, identity_key FROM accounts WHERE handle = ?", (handle,)
+        ).fetchone()
+        return None if row is None else Account(row[0], row[1], bytes(row[2]))
+
+    def create(self, account: Account, now: int) -> bool:
+        """Insert ``account``; False when the handle is taken (the caller refuses)."""
+        cursor = self.db.execute(
+            "INSERT OR IGNORE INTO accounts (handle, kind, identity_key, created_at)"
+            " VALUES (?, ?, ?, ?)",
+            (account.handle, account.kind, account.identity_key, now),
+        )
+        return cursor.rowcount == 1
+
+    def replace_identity_key(self, handle: str, old_key: bytes, new_key: bytes) -> bool:
+        """Compare-and-swap the identity key; False if it is no longer ``old_key``."""
+        cursor = self.db.execute(
+            "UPDATE accounts SET identity_key = ? WHERE handle = ? AND identity_key = ?",
+            (new_key, handle, old_key),
+        )
+        return cursor.rowcount == 1
+
+
+class PreKeyStore:
+    """The prekey directory: one signed prekey and a pool of one-time prekeys per account."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def counts(self, handle: str) -> tuple[int, bool]:
+        """(one-time prekeys stored, whether a signed prekey is stored)."""
+        one_time = self.db.execute(
+            "SELECT COUNT(*) FROM one_time_prekeys WHERE handle = ?", (handle,)
+        ).fetchone()[0]
+        signed = self.db.execute(
+            "SELECT 1 FROM signed_prekeys WHERE handle = ?", (handle,)
+        ).fetchone()
+        return int(one_time), signed is not None
+
+    def upload(
+        self,
+        handle: str,
+        signed_prekey: SignedPreKeyRecord | None,
+        one_time: Iterable[OneTimePreKeyRecord],
+        max_stored: int,
+        now: int,
+    ) -> None:
+        """Replace the signed prekey and add one-time prekeys, all or nothing.
+
+        A re-sent one-time ``key_id`` replaces the stored key (the owner is the
+        authority on its ids). More than ``max_stored`` afterwards refuses the
+        whole upload with INVALID_PREKEYS; the job's savepoint undoes it.
+        """
+        if signed_prekey is not None:
+            self.db.execute(
+                "INSERT OR REPLACE INTO signed_prekeys"
+                " (handle, key_id, public_key, signature, uploaded_at) VALUES (?, ?, ?, ?, ?)",
+                (handle, signed_prekey.key_id, signed_prekey.public, signed_prekey.signature, now),
+            )
+        self.db.conn.executemany(
+            "INSERT OR REPLACE INTO one_time_prekeys (handle, key_id, public_key) VALUES (?, ?, ?)",
+            [(handle, key.key_id, key.public) for key in one_time],
+        )
+        stored, _ = self.counts(handle)
+        if stored > max_stored:
+            raise InvalidPrekeys(f"more than {max_stored} one-time prekeys stored")
+
+    def take_bundle(self, handle: str) -> PreKeyBundleRow | None:
+        """The account's bundle, consuming its oldest one-time prekey (SPEC §5.3).
+
+        Atomic because it runs inside one writer job: no two fetches can be
+        served the same one-time key. None if there is no signed prekey.
+        """
+        row = self.db.execute(
+            "SELECT a.identity_key, a.kind, s.key_id, s.public_key, s.signature"
+            " FROM accounts a JOIN signed_prekeys s ON s.handle = a.handle WHERE a.handle = ?",
+            (handle,),
+        ).fetchone()
+        if row is None:
+            return None
+        signed = SignedPreKeyRecord(key_id=row[2], public=bytes(row[3]), signature=bytes(row[4]))
+        one = self.db.execute(
+            "SELECT seq, key_id, public_key FROM one_time_prekeys WHERE handle = ?"
+            " ORDER BY seq LIMIT 1",
+            (handle,),
+        ).fetchone()
+        one_time = None
+        if one is not None:
+            self.db.execute("DELETE FROM one_time_prekeys WHERE seq = ?", (one[0],))
+            one_time = OneTimePreKeyRecord(key_id=one[1], public=bytes(one[2]))
+        remaining, _ = self.counts(handle)
+        return PreKeyBundleRow(bytes(row[0]), row[1], signed, one_time, remaining)
+
+    def delete_all(self, handle: str) -> None:
+        """After an identity rotation: the old key signed them (SPEC §3.4)."""
+        self.db.execute("DELETE FROM signed_prekeys WHERE handle = ?", (handle,))
+        self.db.execute("DELETE FROM one_time_prekeys WHERE handle = ?", (handle,))
+
+
+_QUEUE_COLUMNS = (
+    "delivery_id, recipient, sender, sender_kind, msg_id, intent, category, categories,"
+    " sent_at, body"
+)
+
+
+class MessageQueue:
+    """Envelopes awaiting acknowledgement, and the message ids already accepted (SPEC §6)."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def enqueue(
+        self,
+        recipient: str,
+        sender: Account,
+        msg_id: bytes,
+        intent: str,
+        category: str | None,
+        categories: tuple[str, ...] | None,
+        body: bytes,
+        digest: bytes,
+        now: int,
+        cap: int,
+    ) -> Accepted:
+        """Store one envelope, or recognise a resend (SPEC §6.3).
+
+        Order of checks: a known (sender, msg_id) is answered from ``sent``
+        before the cap, so a resend of a stored envelope always succeeds.
+        """
+        known = self.db.execute(
+            "SELECT digest, at FROM sent WHERE sender = ? AND msg_id = ?", (sender.handle, msg_id)
+        ).fetchone()
+        if known is not None:
+            if bytes(known[0]) != digest:
+                raise MessageIdReused()
+            return Accepted(at=int(known[1]), envelope=None)
+        queued = self.db.execute(
+            "SELECT COUNT(*) FROM queue WHERE recipient = ?", (recipient,)
+        ).fetchone()[0]
+        if queued >= cap:
+            raise QueueFull()
+        joined = ",".join(categories) if categories is not None else None
+        cursor = self.db.execute(
+            "INSERT INTO queue (recipient, sender, sender_kind, msg_id, intent, category,"
+            " categories, sent_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (recipient, sender.handle, sender.kind, msg_id, intent, category, joined, now, body),
+        )
+        self.db.execute(
+            "INSERT INTO sent (sender, msg_id, digest, at) VALUES (?, ?, ?, ?)",
+            (sender.handle, msg_id, digest, now),
+        )
+        delivery_id = cursor.lastrowid
+        assert delivery_id is not None
+        envelope = QueuedEnvelope(
+            delivery_id, recipient, sender.handle, sender.kind, msg_id, intent, category,
+            categories, now, body,
+        )  # fmt: skip
+        return Accepted(at=now, envelope=envelope)
+
+    def count(self, recipient: str, not_before: int) -> int:
+        return int(
+            self.db.execute(
+                "SELECT COUNT(*) FROM queue WHERE recipient = ? AND sent_at >= ?",
+                (recipient, not_before),
+            ).fetchone()[0]
+        )
+
+    def page(self, recipient: str, after: int, limit: int, not_before: int) -> list[QueuedEnvelope]:
+        """Up to ``limit`` unexpired envelopes with delivery id > ``after``, in id order."""
+        rows = self.db.execute(
+            f"SELECT {_QUEUE_COLUMNS} FROM queue"  # noqa: S608 - constant column list
+            " WHERE recipient = ? AND delivery_id > ? AND sent_at >= ?"
+            " ORDER BY delivery_id LIMIT ?",
+            (recipient, after, not_before, limit),
+        ).fetchall()
+        return [_envelope(row) for row in rows]
+
+    def acknowledge(self, recipient: str, delivery_ids: Iterable[int]) -> int:
+        """Delete acknowledged rows addressed to ``recipient``; others are ignored."""
+        cursor = self.db.conn.executemany(
+            "DELETE FROM queue WHERE delivery_id = ? AND recipient = ?",
+            [(delivery_id, recipient) for delivery_id in delivery_ids],
+        )
+        return cursor.rowcount
+
+    def purge(self, before: int) -> tuple[int, int]:
+        """Drop envelopes and remembered message ids older than ``before`` (SPEC §6.6)."""
+        envelopes = self.db.execute("DELETE FROM queue WHERE sent_at < ?", (before,)).rowcount
+        ids = self.db.execute("DELETE FROM sent WHERE at < ?", (before,)).rowcount
+        return envelopes, ids
+
+
+def _envelope(row: tuple[Any, ...]) -> QueuedEnvelope:
+    categories = tuple(row[7].split(",")) if row[7] is not None else None
+    return QueuedEnvelope(
+        int(row[0]), row[1], row[2], row[3], bytes(row[4]), row[5], row[6], categories,
+        int(row[8]), bytes(row[9]),
+    )  # fmt: skip
+
+
+class Store:
+    """The tables over one connection; what a writer job receives."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+        self.relay_identity = RelayIdentity(db)
+        self.accounts = Accounts(db)
+        self.prekeys = PreKeyStore(db)
+        self.queue = MessageQueue(db)
+
+
+# --- the writer thread -------------------------------------------------------
+
+T = TypeVar("T")
+Job = Callable[[Store], Any]
+_Batch = list[tuple[Job, "asyncio.Future[Any]"]]
+
+MAX_JOBS_PER_COMMIT = 1024
+"""Upper bound on one group commit; bounds the latency of the batch's first job."""
+
+
+class Writer:
+    """The one thread that owns the writing connection (SQLite allows one writer).
+
+    ``submit(job)`` returns an asyncio future resolved after the transaction
+    holding the job has committed (and, with ``synchronous=FULL``, is on disk).
+    """
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self._jobs: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        self._pending: _Batch = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.commits = 0
+        """Transactions committed; with ``jobs`` it shows how well commits group."""
+        self.jobs = 0
+
+    async def start(self) -> None:
+        """Open the database on the writer thread; raises if it cannot be opened."""
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="blindrelay-writer", daemon=True)
+        self._thread.start()
+        await asyncio.wrap_future(self._ready)
+
+    def submit(self, job: Callable[[Store], T]) -> asyncio.Future[T]:
+        """Queue ``job``; everything submitted in this loop turn shares one commit."""
+        if self._loop is None or self._thread is None or not self._thread.is_alive():
+            raise InternalError("writer is not running")
+        future: asyncio.Future[T] = self._loop.create_future()
+        if not self._pending:
+            self._loop.call_soon(self._hand_over)
+        self._pending.append((job, future))
+        return future
+
+    def _hand_over(self) -> None:
+        batch, self._pending = self._pending, []
+        if batch:
+            self._jobs.put(batch)
+
+    async def close(self) -> None:
+        """Finish every submitted job, commit, and stop the thread."""
+        if self._thread is None:
+            return
+        self._hand_over()
+        self._jobs.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+
+    def _run(self) -> None:
+        try:
+            store = Store(connect(self.path, self.synchronous))
+        except BaseException as exc:
+            self._ready.set_exception(exc)
+            return
+        self._ready.set_result(None)
+        try:
+            stopping = False
+            while not stopping:
+                first = self._jobs.get()
+                if first is None:
+                    break
+                batch = list(first)
+                while len(batch) < MAX_JOBS_PER_COMMIT:
+                    try:
+                        more = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stopping = True
+                        break
+                    batch.extend(more)
+                outcomes = self._commit(store, batch)
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(_resolve, outcomes)
+        finally:
+            store.db.conn.close()
+
+    def _commit(self, store: Store, batch: _Batch) -> list[tuple[asyncio.Future[Any], bool, Any]]:
+        outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        try:
+            with store.db.atomic():
+                for job, future in batch:
+                    try:
+                        with store.db.atomic():  # a savepoint: a refused job undoes only itself
+                            outcomes.append((future, True, job(store)))
+                    except Exception as exc:
+                        outcomes.append((future, False, exc))
+        except Exception as exc:
+            # The commit itself failed (disk full, I/O error): nothing in the
+            # batch is durable, so every job fails and no SENT goes out.
+            log_event(40, "commit_failed", exc_type=type(exc).__name__, jobs=len(batch))
+            return [(future, False, InternalError()) for _job, future in batch]
+        self.commits += 1
+        self.jobs += len(batch)
+        return outcomes
+
+
+def _resolve(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in outcomes:
+        if future.cancelled():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)

@@ -1,0 +1,313 @@
+"""Real-socket harness for relay tests: a relay on 127.0.0.1 port 0 and a raw client.
+
+Async tests run under ``asyncio.run`` via the hook below (no plugin needed);
+fixtures that must live in the test's event loop are :class:`AsyncFixture`
+instances, entered by the hook before the test body runs. Nothing waits on
+wall-clock time: every wait is for a frame, a close, or a writer commit,
+bounded by ``TEST_TIMEOUT_S`` so a bug fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import os
+import sqlite3
+from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from nacl.signing import SigningKey
+from websockets.asyncio.client import ClientConnection as WebSocket
+from websockets.asyncio.client import connect
+
+from blindrelay.protocol import SUBPROTOCOL
+from blindrelay.protocol.codec import decode, encode
+from blindrelay.protocol.connection import ClientConnection
+from blindrelay.protocol.crypto.keys import signed_prekey_message
+from blindrelay.protocol.frames import (
+    Deliver,
+    Error,
+    Frame,
+    OneTimePreKeyRecord,
+    PrekeysUpload,
+    Send,
+    SignedPreKeyRecord,
+    Welcome,
+)
+from blindrelay.server.config import RelayConfig
+from blindrelay.server.relay import RunningRelay, serve
+
+TEST_TIMEOUT_S = 10.0
+F = TypeVar("F", bound=Frame)
+
+
+# --- running async tests --------------------------------------------------------
+
+
+class AsyncFixture:
+    """A fixture value entered (``async with``) inside the test's event loop."""
+
+    async def __aenter__(self) -> Any:
+        raise NotImplementedError
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    funcargs = {name: pyfuncitem.funcargs[name] for name in names}
+
+    async def run() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            kwargs = {}
+            for name, value in funcargs.items():
+                if isinstance(value, AsyncFixture):
+                    value = await stack.enter_async_context(value)
+                kwargs[name] = value
+            await asyncio.wait_for(pyfuncitem.obj(**kwargs), TEST_TIMEOUT_S)
+
+    asyncio.run(run())
+    return True
+
+
+# --- the relay ------------------------------------------------------------------
+
+
+class FakeClock:
+    """Milliseconds that move only when a test says so."""
+
+    def __init__(self, now: int = 1_800_000_000_000) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, ms: int) -> None:
+        self.now += ms
+
+
+class RelayFixture(AsyncFixture):
+    def __init__(self, config: RelayConfig, clock: FakeClock) -> None:
+        self.config = config
+        self.clock = clock
+        self.relay: RunningRelay | None = None
+
+    async def __aenter__(self) -> RunningRelay:
+        self.relay = await serve(self.config, clock=self.clock)
+        return self.relay
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.relay is not None:
+            await self.relay.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> RelayConfig:
+    return RelayConfig(host="127.0.0.1", port=0, db_path=tmp_path / "relay.db")
+
+
+@pytest.fixture
+def relay(config: RelayConfig, clock: FakeClock) -> RelayFixture:
+    return RelayFixture(config, clock)
+
+
+def relay_with(relay: RelayFixture, **changes: Any) -> RelayFixture:
+    """The same fixture with other config values (call before the test body runs)."""
+    return RelayFixture(replace(relay.config, **changes), relay.clock)
+
+
+def db_rows(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+    """Read the relay's database from outside, as an auditor would."""
+    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+# --- the raw client -------------------------------------------------------------
+
+
+class RawClient:
+    """Speaks frames directly: ClientConnection for the handshake, the codec after.
+
+    Frames not yet asked for (pushes, other responses) wait in ``inbox``.
+    """
+
+    def __init__(self, ws: WebSocket, conn: ClientConnection) -> None:
+        self.ws = ws
+        self.conn = conn
+        self.inbox: deque[Frame] = deque()
+        self._next_id = 1000
+        self.key = SigningKey.generate()
+        self.handle = ""
+
+    @classmethod
+    async def open(cls, url: str) -> RawClient:
+        ws = await connect(url, subprotocols=[SUBPROTOCOL], compression=None, max_size=None)
+        conn = ClientConnection()
+        client = cls(ws, conn)
+        conn.receive_data(await client._recv_bytes())
+        assert conn.hello is not None
+        return client
+
+    @property
+    def relay_key(self) -> bytes:
+        assert self.conn.hello is not None
+        return self.conn.hello.relay_key
+
+    def request_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    async def _recv_bytes(self) -> bytes:
+        data = await asyncio.wait_for(self.ws.recv(), TEST_TIMEOUT_S)
+        assert isinstance(data, bytes)
+        return data
+
+    async def recv(self) -> Frame:
+        """The next frame from the relay, in arrival order."""
+        if self.inbox:
+            return self.inbox.popleft()
+        return decode(await self._recv_bytes())
+
+    async def response(self, request_id: int) -> Frame:
+        """The response (or ERROR) to ``request_id``; other frames stay in the inbox."""
+        for index, frame in enumerate(self.inbox):
+            if getattr(frame, "re", None) == request_id:
+                del self.inbox[index]
+                return frame
+        while True:
+            frame = decode(await self._recv_bytes())
+            if getattr(frame, "re", None) == request_id:
+                return frame
+            self.inbox.append(frame)
+
+    async def push(self, cls: type[F]) -> F:
+        """The next pushed frame of type ``cls`` (others stay queued)."""
+        for index, frame in enumerate(self.inbox):
+            if isinstance(frame, cls):
+                del self.inbox[index]
+                return frame
+        while True:
+            frame = decode(await self._recv_bytes())
+            if isinstance(frame, cls):
+                return frame
+            self.inbox.append(frame)
+
+    async def send(self, frame: Frame) -> None:
+        await self.ws.send(encode(frame))
+
+    async def request(self, make: Callable[[int], Frame]) -> Frame:
+        request_id = self.request_id()
+        await self.send(make(request_id))
+        return await self.response(request_id)
+
+    async def register(self, handle: str, kind: str = "user") -> Welcome:
+        self.handle = handle
+        request_id = self.conn.register(
+            handle, kind, bytes(self.key.verify_key), lambda m: self.key.sign(m).signature
+        )
+        return await self._welcome(request_id)
+
+    async def login(self, handle: str, key: SigningKey) -> Welcome:
+        self.handle, self.key = handle, key
+        request_id = self.conn.login(handle, lambda m: key.sign(m).signature)
+        return await self._welcome(request_id)
+
+    async def _welcome(self, request_id: int) -> Welcome:
+        for data in self.conn.data_to_send():
+            await self.ws.send(data)
+        frame = await self.response(request_id)
+        assert isinstance(frame, Welcome), frame
+        return frame
+
+    async def send_message(
+        self, to: str, body: bytes, msg_id: bytes | None = None, **fields: Any
+    ) -> Frame:
+        msg_id = msg_id or os.urandom(16)
+        fields.setdefault("intent", "chat")
+        return await self.request(lambda i: Send(id=i, to=to, msg_id=msg_id, body=body, **fields))
+
+    async def upload_prekeys(self, one_time: int = 0, first_id: int = 1) -> Frame:
+        public = os.urandom(32)
+        signed = SignedPreKeyRecord(
+            key_id=1,
+            public=public,
+            signature=self.key.sign(signed_prekey_message(public)).signature,
+        )
+        keys = tuple(
+            OneTimePreKeyRecord(key_id=first_id + n, public=os.urandom(32)) for n in range(one_time)
+        )
+        return await self.request(
+            lambda i: PrekeysUpload(id=i, signed_prekey=signed, one_time=keys)
+        )
+
+    async def deliveries(self, count: int) -> list[Deliver]:
+        return [await self.push(Deliver) for _ in range(count)]
+
+    async def closed(self) -> int | None:
+        """Wait for the relay to close the socket; its close code."""
+        with contextlib.suppress(Exception):
+            while True:
+                frame = decode(await self._recv_bytes())
+                self.inbox.append(frame)
+        await self.ws.wait_closed()
+        return self.ws.close_code
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+def error_code(frame: Frame) -> int:
+    assert isinstance(frame, Error), f"expected ERROR, got {frame!r}"
+    return frame.code
+
+
+class Clients(AsyncFixture):
+    """Opens raw clients against a relay URL and closes them all at the end."""
+
+    def __init__(self) -> None:
+        self.opened: list[RawClient] = []
+
+    async def __aenter__(self) -> Clients:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for client in self.opened:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+    async def open(self, url: str) -> RawClient:
+        client = await RawClient.open(url)
+        self.opened.append(client)
+        return client
+
+    async def registered(self, url: str, handle: str, kind: str = "user") -> RawClient:
+        client = await self.open(url)
+        await client.register(handle, kind)
+        return client
+
+    async def logged_in(self, url: str, handle: str, key: SigningKey) -> tuple[RawClient, Welcome]:
+        client = await self.open(url)
+        welcome = await client.login(handle, key)
+        return client, welcome
+
+
+@pytest.fixture
+def clients() -> Clients:
+    return Clients()
