@@ -1,0 +1,116 @@
+"""Servers under test as subprocesses: start, wait for the URL, read /proc, stop.
+
+Why subprocesses: the server must not share a process (or a GIL) with the load
+generator, and its memory must be read from its own /proc entry. A server is
+ready when it prints ``listening ws://HOST:PORT`` on stdout; nothing waits on a
+timer. Linux only (/proc).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+LISTENING = re.compile(r"listening (ws://127\.0\.0\.1:\d+)")
+START_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 10.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class ServerError(RuntimeError):
+    """The server did not start, or exited with an error."""
+
+
+class ServerProcess:
+    """One running server; use as a context manager so it is always stopped."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        log: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        timeout_s: float = START_TIMEOUT_S,
+    ) -> None:
+        self.argv = list(argv)
+        self.log = log
+        self._log_file = log.open("wb")
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._log_file,
+            env=env,
+            cwd=cwd,
+        )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        assert self.proc.stdout is not None
+        threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
+        self.url = self._wait_for_url(timeout_s)
+
+    def _pump(self, stream: IO[bytes]) -> None:
+        # Keeps reading so that a chatty server never blocks on a full pipe.
+        for raw in stream:
+            self._lines.put(raw.decode(errors="replace"))
+        self._lines.put(None)
+
+    def _wait_for_url(self, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = self._lines.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if line is None:
+                self.stop()
+                raise ServerError(f"{self.argv[:4]} exited before listening; see {self.log}")
+            if match := LISTENING.search(line):
+                return match.group(1)
+        self.stop()
+        raise ServerError(f"{self.argv[:4]} did not print its URL within {timeout_s} s")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def memory_kib(self) -> tuple[int, int]:
+        """(VmRSS, VmHWM) in KiB: resident now, and its peak so far."""
+        fields: dict[str, int] = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                fields[name] = int(value.split()[0])
+        return fields["VmRSS"], fields["VmHWM"]
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds the server has used so far."""
+        stat = Path(f"/proc/{self.pid}/stat").read_text()
+        after_name = stat[stat.rindex(")") + 2 :].split()
+        return (int(after_name[11]) + int(after_name[12])) / CLOCK_TICKS
+
+    def stop(self) -> int:
+        """SIGTERM, then SIGKILL if it has not exited in STOP_TIMEOUT_S; returns the status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=STOP_TIMEOUT_S)
+        self._log_file.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
