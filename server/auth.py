@@ -16,8 +16,8 @@ import logging
 from blindrelay.protocol import limits
 from blindrelay.protocol.connection import rotate_transcript, verify_ed25519
 from blindrelay.protocol.errors import (
-    AuthenticationFailed,
     HandleTaken,
+    InvalidStatement,
     MalformedFrame,
     StaleStatement,
 )
@@ -97,9 +97,9 @@ def _welcome(
 def rotate_identity(ctx: RelayContext, session: Session, frame: RotateIdentity) -> None:
     """SPEC §3.4: replace the identity key; both keys sign the rotation.
 
-    "issued_at MUST be within STATEMENT_SKEW_MS of the relay clock." A bad
-    signature is AUTH_FAILED (a failed proof of key possession, like a bad
-    login), which closes the connection; a stale one is STALE_STATEMENT.
+    "The relay MUST check both signatures (ERROR 500 INVALID_STATEMENT
+    otherwise) and that issued_at is within STATEMENT_SKEW_MS of its clock
+    (ERROR 501 STALE_STATEMENT otherwise)."
     """
     handle = session.handle
     assert handle is not None
@@ -107,8 +107,7 @@ def rotate_identity(ctx: RelayContext, session: Session, frame: RotateIdentity) 
     if abs(now - frame.issued_at) > limits.STATEMENT_SKEW_MS:
         raise StaleStatement()
     account = ctx.accounts.get(handle)
-    if account is None:  # pragma: no cover - accounts are never deleted
-        raise AuthenticationFailed("account vanished")
+    assert account is not None  # accounts are never deleted
     old_key, new_key = account.identity_key, frame.new_identity_key
     if new_key == old_key:
         raise MalformedFrame("new_identity_key: equals the current key")
@@ -117,12 +116,12 @@ def rotate_identity(ctx: RelayContext, session: Session, frame: RotateIdentity) 
         verify_ed25519(old_key, transcript, frame.old_signature)
         and verify_ed25519(new_key, transcript, frame.new_signature)
     ):
-        raise AuthenticationFailed("rotation signature")
+        raise InvalidStatement()
 
     def replace(store: Store) -> None:
         # Compare-and-swap: a concurrent rotation makes this proof stale.
         if not store.accounts.replace_identity_key(handle, old_key, new_key):
-            raise AuthenticationFailed("identity key changed meanwhile")
+            raise StaleStatement()
         # The prekeys were signed by the old key; a bundle must never mix keys.
         store.prekeys.delete_all(handle)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from blindrelay.protocol.connection import RelayConnection, State
-from blindrelay.protocol.errors import InternalError, ProtocolError
+from blindrelay.protocol.errors import InternalError, ProtocolError, ShuttingDown
 from blindrelay.protocol.frames import Frame
 
 from .config import RelayConfig
@@ -40,6 +40,10 @@ T = TypeVar("T")
 
 CLOSE_REPLACED = 4000
 """WebSocket close code when a newer login of the same account takes over (SPEC §4.4)."""
+
+
+CLOSE_GOING_AWAY = 1001
+"""WebSocket close code after SHUTTING_DOWN."""
 
 
 class Transport(Protocol):
@@ -75,6 +79,12 @@ class Session:
         if self.open:
             self.conn.send(frame)
             self.transport.flush()
+
+    def shut_down(self) -> None:
+        """SPEC §9: ERROR 901 SHUTTING_DOWN, then close with 1001."""
+        if self.open:
+            self.conn.send_error(ShuttingDown())
+            self.transport.close(CLOSE_GOING_AWAY, "shutting down")
 
 
 class Sessions:

@@ -19,7 +19,6 @@ from blindrelay.protocol.connection import State
 from blindrelay.protocol.errors import (
     AuthenticationFailed,
     MalformedFrame,
-    ShuttingDown,
     UnexpectedFrame,
 )
 from blindrelay.protocol.frames import Frame, FrameType
@@ -53,7 +52,7 @@ class Dispatcher:
         if not session.open:
             return
         if self.ctx.stopping:
-            self.ctx.refuse(session, None, ShuttingDown())
+            session.shut_down()
             return
         if isinstance(data, str):
             self.ctx.refuse(session, None, MalformedFrame("text message: frames are binary"))

@@ -31,7 +31,6 @@ from websockets.exceptions import ConnectionClosed
 
 from blindrelay.protocol import SUBPROTOCOL, limits
 from blindrelay.protocol.connection import RelayConnection, State
-from blindrelay.protocol.errors import ShuttingDown
 
 from .config import RelayConfig
 from .context import Limiters, RelayContext, Session
@@ -43,7 +42,6 @@ from .storage import Accounts, Writer, connect_reader
 Rng = Callable[[int], bytes]
 
 CLOSE_POLICY = 1008
-CLOSE_GOING_AWAY = 1001
 
 
 def wall_clock_ms() -> int:
@@ -174,9 +172,7 @@ class RunningRelay:
             self._server.close(close_connections=False)
         await self.ctx.writer.submit(lambda store: None)  # every earlier job committed
         for session in list(self._sessions):
-            if session.open:
-                session.conn.send_error(ShuttingDown())
-                session.transport.close(CLOSE_GOING_AWAY, "shutting down")
+            session.shut_down()
         if self._server is not None:
             await self._server.wait_closed()
         await self.ctx.writer.close()

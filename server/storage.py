@@ -259,9 +259,9 @@ class PreKeyStore:
     ) -> None:
         """Replace the signed prekey and add one-time prekeys, all or nothing.
 
-        A re-sent one-time ``key_id`` replaces the stored key (the owner is the
-        authority on its ids). More than ``max_stored`` afterwards refuses the
-        whole upload with INVALID_PREKEYS; the job's savepoint undoes it.
+        "A one-time prekey whose id is already stored replaces nothing: the
+        upload is refused with ERROR 300." So is one that would take the supply
+        over ``max_stored``; the job's savepoint undoes the partial upload.
         """
         if signed_prekey is not None:
             self.db.execute(
@@ -269,10 +269,13 @@ class PreKeyStore:
                 " (handle, key_id, public_key, signature, uploaded_at) VALUES (?, ?, ?, ?, ?)",
                 (handle, signed_prekey.key_id, signed_prekey.public, signed_prekey.signature, now),
             )
-        self.db.conn.executemany(
-            "INSERT OR REPLACE INTO one_time_prekeys (handle, key_id, public_key) VALUES (?, ?, ?)",
-            [(handle, key.key_id, key.public) for key in one_time],
-        )
+        try:
+            self.db.conn.executemany(
+                "INSERT INTO one_time_prekeys (handle, key_id, public_key) VALUES (?, ?, ?)",
+                [(handle, key.key_id, key.public) for key in one_time],
+            )
+        except sqlite3.IntegrityError:
+            raise InvalidPrekeys("one-time prekey id already stored") from None
         stored, _ = self.counts(handle)
         if stored > max_stored:
             raise InvalidPrekeys(f"more than {max_stored} one-time prekeys stored")

@@ -125,9 +125,9 @@ def relay(config: RelayConfig, clock: FakeClock) -> RelayFixture:
     return RelayFixture(config, clock)
 
 
-def relay_with(relay: RelayFixture, **changes: Any) -> RelayFixture:
-    """The same fixture with other config values (call before the test body runs)."""
-    return RelayFixture(replace(relay.config, **changes), relay.clock)
+def relay_with(config: RelayConfig, clock: FakeClock, **changes: Any) -> RelayFixture:
+    """A relay with other config values, for ``async with`` inside a test."""
+    return RelayFixture(replace(config, **changes), clock)
 
 
 def db_rows(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:

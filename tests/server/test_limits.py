@@ -1,0 +1,143 @@
+"""Queue cap, TTL, delivery window, rate limits and intents (SPEC §6.2–6.4, §10)."""
+
+from __future__ import annotations
+
+import os
+
+from blindrelay.protocol.errors import ErrorCode
+from blindrelay.protocol.frames import Ack, Deliver, Error, Sent
+from blindrelay.server.config import RelayConfig
+from blindrelay.server.relay import RunningRelay
+
+from .conftest import Clients, FakeClock, db_rows, error_code, relay_with
+
+
+async def test_the_queue_cap_refuses_more_but_resends_still_succeed(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    async with relay_with(config, clock, queue_cap=2) as relay:
+        alice = await clients.registered(relay.url, "alice")
+        bob = await clients.registered(relay.url, "bob")
+        await bob.close()
+        first_id = os.urandom(16)
+        assert isinstance(await alice.send_message("bob", b"1", msg_id=first_id), Sent)
+        assert isinstance(await alice.send_message("bob", b"2"), Sent)
+        assert error_code(await alice.send_message("bob", b"3")) == ErrorCode.QUEUE_FULL
+        assert isinstance(await alice.send_message("bob", b"1", msg_id=first_id), Sent)
+        assert db_rows(config.db_path, "SELECT COUNT(*) FROM queue") == [(2,)]
+
+
+async def test_envelopes_older_than_the_ttl_are_purged(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    alice = await clients.registered(relay.url, "alice")
+    bob = await clients.registered(relay.url, "bob")
+    await bob.close()
+    msg_id = os.urandom(16)
+    await alice.send_message("bob", b"old", msg_id=msg_id)
+    clock.advance(relay.config.queue_ttl_ms - 1)
+    await alice.send_message("bob", b"young")
+    assert await relay.purge_expired() == (0, 0)
+    clock.advance(2)
+    assert await relay.purge_expired() == (1, 1)
+    bob2, welcome = await clients.logged_in(relay.url, "bob", bob.key)
+    assert welcome.queued == 1
+    assert (await bob2.push(Deliver)).body == b"young"
+    # The msg_id is forgotten with it: the same id is now a new message.
+    assert isinstance(await alice.send_message("bob", b"reborn", msg_id=msg_id), Sent)
+
+
+async def test_expired_envelopes_are_not_delivered_even_before_the_purge(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    alice = await clients.registered(relay.url, "alice")
+    bob = await clients.registered(relay.url, "bob")
+    await bob.close()
+    await alice.send_message("bob", b"stale")
+    clock.advance(relay.config.queue_ttl_ms + 1)
+    await alice.send_message("bob", b"fresh")
+    bob2, welcome = await clients.logged_in(relay.url, "bob", bob.key)
+    assert welcome.queued == 1
+    assert (await bob2.push(Deliver)).body == b"fresh"
+
+
+async def test_no_more_than_the_window_is_in_flight_until_acked(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    async with relay_with(config, clock, delivery_window=2) as relay:
+        alice = await clients.registered(relay.url, "alice")
+        bob = await clients.registered(relay.url, "bob")
+        for n in range(5):
+            assert isinstance(await alice.send_message("bob", b"%d" % n), Sent)
+        first, second = await bob.deliveries(2)
+        # A round trip after all five commits: a third DELIVER would be ahead of it.
+        assert isinstance(await bob.send_message("alice", b"sync"), Sent)
+        assert not any(isinstance(frame, Deliver) for frame in bob.inbox)
+        await bob.send(Ack(delivery_ids=(first.delivery_id,)))
+        third = await bob.push(Deliver)
+        await bob.send(Ack(delivery_ids=(second.delivery_id, third.delivery_id)))
+        rest = await bob.deliveries(2)
+        assert [d.body for d in (first, second, third, *rest)] == [b"0", b"1", b"2", b"3", b"4"]
+
+
+async def test_a_user_account_is_rate_limited(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    async with relay_with(config, clock, send_burst_user=3, send_rate_user=2.0) as relay:
+        alice = await clients.registered(relay.url, "alice")
+        await clients.registered(relay.url, "bob")
+        await clients.registered(relay.url, "carol")
+        for to in ("bob", "carol", "bob"):
+            assert isinstance(await alice.send_message(to, b"x"), Sent)
+        limited = await alice.send_message("carol", b"x")
+        assert isinstance(limited, Error) and limited.code == ErrorCode.RATE_LIMITED
+        assert limited.retry_after == 500
+        clock.advance(500)
+        assert isinstance(await alice.send_message("carol", b"x"), Sent)
+
+
+async def test_a_business_account_has_its_own_budget(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    async with relay_with(
+        config, clock, send_burst_user=1, send_burst_business=3, send_burst_pair=100
+    ) as relay:
+        airline = await clients.registered(relay.url, "airline", "business")
+        await clients.registered(relay.url, "bob")
+        for _ in range(3):
+            assert isinstance(await airline.send_message("bob", b"x"), Sent)
+        assert error_code(await airline.send_message("bob", b"x")) == ErrorCode.RATE_LIMITED
+
+
+async def test_one_sender_recipient_pair_is_rate_limited(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    async with relay_with(config, clock, send_burst_pair=2) as relay:
+        alice = await clients.registered(relay.url, "alice")
+        await clients.registered(relay.url, "bob")
+        await clients.registered(relay.url, "carol")
+        assert isinstance(await alice.send_message("bob", b"x"), Sent)
+        assert isinstance(await alice.send_message("bob", b"x"), Sent)
+        assert error_code(await alice.send_message("bob", b"x")) == ErrorCode.RATE_LIMITED
+        assert isinstance(await alice.send_message("carol", b"x"), Sent)
+
+
+async def test_business_only_intents_are_forbidden_to_users(
+    relay: RunningRelay, clients: Clients
+) -> None:
+    alice = await clients.registered(relay.url, "alice")
+    airline = await clients.registered(relay.url, "airline", "business")
+    bob = await clients.registered(relay.url, "bob")
+    notification = {"intent": "notification", "category": "utility"}
+    request = {"intent": "consent_request", "categories": ("utility", "marketing")}
+    assert error_code(await alice.send_message("bob", b"x", **notification)) == ErrorCode.FORBIDDEN
+    assert error_code(await alice.send_message("bob", b"x", **request)) == ErrorCode.FORBIDDEN
+    assert isinstance(await airline.send_message("bob", b"n", **notification), Sent)
+    assert isinstance(await airline.send_message("bob", b"r", **request), Sent)
+    first, second = await bob.deliveries(2)
+    assert (first.sender_kind, first.intent, first.category) == (
+        "business",
+        "notification",
+        "utility",
+    )
+    assert (second.intent, second.categories) == ("consent_request", ("utility", "marketing"))
