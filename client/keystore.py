@@ -267,6 +267,7 @@ class KeyStore(Protocol):
     def allocate_prekey_ids(self, count: int) -> range: ...
     def store_one_time_prekeys(self, records: Iterable[OneTimePreKeyRecord]) -> None: ...
     def take_one_time_prekey(self, key_id: int) -> OneTimePreKeyRecord | None: ...
+    def load_one_time_prekey(self, key_id: int) -> OneTimePreKeyRecord | None: ...
     def one_time_prekey_ids(self) -> list[int]: ...
 
     # Sessions
@@ -286,7 +287,13 @@ class KeyStore(Protocol):
     # Incoming messages
     def is_processed(self, msg_id: bytes) -> bool: ...
     def mark_processed(self, msg_id: bytes) -> None: ...
-    def commit_incoming(self, message: IncomingMessage, session_blob: bytes) -> bool: ...
+    def commit_incoming(
+        self,
+        message: IncomingMessage,
+        session_blob: bytes,
+        *,
+        used_one_time_prekey: int | None = None,
+    ) -> bool: ...
     def pending_messages(self) -> list[IncomingMessage]: ...
     def consume(self, msg_id: bytes) -> bool: ...
 
@@ -336,6 +343,9 @@ class _KeyStoreBase:
         raise NotImplementedError
 
     def load_signed_prekey(self, key_id: int) -> SignedPreKeyRecord | None:
+        raise NotImplementedError
+
+    def take_one_time_prekey(self, key_id: int) -> OneTimePreKeyRecord | None:
         raise NotImplementedError
 
     # Trust
@@ -432,16 +442,27 @@ class _KeyStoreBase:
             if not self.is_processed(msg_id):
                 self._add_processed(msg_id)
 
-    def commit_incoming(self, message: IncomingMessage, session_blob: bytes) -> bool:
+    def commit_incoming(
+        self,
+        message: IncomingMessage,
+        session_blob: bytes,
+        *,
+        used_one_time_prekey: int | None = None,
+    ) -> bool:
         """Persist a decrypted message, its sender's new session and its id, atomically.
 
         Returns False, changing nothing, if the id was already processed (a
-        redelivery); the SDK acks the delivery in both cases.
+        redelivery); the SDK acks the delivery in both cases. A prekey message
+        names the one-time prekey it used: it is deleted in the same
+        transaction, so a crash before the commit leaves it for the
+        redelivery, and none after it leaves it for a replay.
         """
         _require_bytes("session_blob", session_blob)
         with self._transaction():
             if self.is_processed(message.msg_id):
                 return False
+            if used_one_time_prekey is not None:
+                self.take_one_time_prekey(used_one_time_prekey)
             self.store_session(message.sender, session_blob)
             self._add_processed(message.msg_id)
             self._add_pending(message)
@@ -517,6 +538,10 @@ class MemoryKeyStore(_KeyStoreBase):
     def take_one_time_prekey(self, key_id: int) -> OneTimePreKeyRecord | None:
         _require_key_id(key_id)
         return self._one_time.pop(key_id, None)
+
+    def load_one_time_prekey(self, key_id: int) -> OneTimePreKeyRecord | None:
+        _require_key_id(key_id)
+        return self._one_time.get(key_id)
 
     def one_time_prekey_ids(self) -> list[int]:
         return sorted(self._one_time)
@@ -959,6 +984,12 @@ class SqliteKeyStore(_KeyStoreBase):
                 return None
             self._delete("one_time_prekeys", natural_key)
         return OneTimePreKeyRecord(*fields)
+
+    def load_one_time_prekey(self, key_id: int) -> OneTimePreKeyRecord | None:
+        """Read without deleting: decryption first, deletion with the commit."""
+        _require_key_id(key_id)
+        fields = self._get("one_time_prekeys", key_id.to_bytes(8, "big"))
+        return None if fields is None else OneTimePreKeyRecord(*fields)
 
     def one_time_prekey_ids(self) -> list[int]:
         return sorted(int(fields[0]) for fields in self._all("one_time_prekeys"))

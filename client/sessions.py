@@ -1,0 +1,428 @@
+"""Key custody meets crypto: sessions, prekeys and trust for one account, without I/O.
+
+:class:`SessionManager` turns frames into keystore writes and back: it makes
+our identity and prekeys (SPEC §5), starts sessions from BUNDLE frames (SPEC
+§5.3, §13.3), encrypts content to a contact and decrypts a DELIVER (SPEC §6.4,
+§13.6). Its rules:
+
+- **Trust on first use, never silently changed** (SPEC §3.3). The first key
+  seen for a handle is pinned. A different key — in a bundle or in an incoming
+  prekey message — is recorded as a *pending change* and raises
+  :class:`UntrustedIdentity`; from then on :meth:`SessionManager.encrypt`
+  refuses that contact until :meth:`SessionManager.approve_identity`, so the
+  change is surfaced before the next send.
+- **Persist before acknowledging** (SPEC §6.5). :meth:`SessionManager.receive`
+  returns only after :meth:`KeyStore.commit_incoming` stored the message, the
+  new session and the message id in one transaction — which also deletes the
+  one-time prekey a prekey message used, so a crash on either side of the
+  commit loses nothing. The caller acks after it returns.
+- **Dedup by message id** (SPEC §6.4.3). A processed ``msg_id`` is dropped
+  before any decryption (a replayed envelope would fail the ratchet anyway).
+  Ids are random 128-bit values, so deduplicating by ``msg_id`` alone drops
+  another sender's message only if it reuses a known id — which only the
+  relay could do, and the relay can drop messages anyway.
+- **Encrypt-then-store before the envelope leaves**: the advanced sending
+  chain is stored before :meth:`SessionManager.encrypt` returns, so no message
+  key is ever used twice, even across a crash.
+
+Not here: sockets, retries and the outbox (``sdk``), storage (``keystore``),
+the maths (``blindrelay.protocol.crypto``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+import msgpack
+
+from blindrelay.protocol import frames, limits
+from blindrelay.protocol.content import Content, MalformedContent, decode_content
+from blindrelay.protocol.crypto.fingerprint import safety_number
+from blindrelay.protocol.crypto.keys import (
+    IdentityKeyPair,
+    OneTimePreKey,
+    PreKeyBundle,
+    SignedPreKey,
+    X25519KeyPair,
+)
+from blindrelay.protocol.crypto.session import (
+    MessageType,
+    Session,
+    accept_session,
+    belongs_to,
+    decrypt,
+    encrypt,
+    initiate_session,
+    peek_envelope,
+)
+from blindrelay.protocol.errors import DecryptionFailed, UntrustedIdentity
+
+from .keystore import (
+    AccountKind,
+    IdentityStatus,
+    IncomingMessage,
+    KeyStore,
+    OneTimePreKeyRecord,
+    OurIdentity,
+    SignedPreKeyRecord,
+)
+
+Rng = Callable[[int], bytes]
+Clock = Callable[[], int]
+"""Wall clock in Unix milliseconds."""
+
+ONE_TIME_PREKEY_TARGET = limits.MAX_PREKEYS_PER_UPLOAD
+"""One-time prekeys we keep published: one upload frame's worth, five times the
+relay's low-water mark, so a burst of first contacts between two top-ups
+rarely falls back to X3DH without DH4 (SPEC §5.4, §13.3)."""
+
+TOP_UP_BELOW = ONE_TIME_PREKEY_TARGET // 2
+"""Top up when the relay holds fewer than this; above it, an upload would cost
+a round trip for little gain. PREKEYS_LOW (below 20) always triggers one."""
+
+_CHANGE_PREFIX = "identity-change/"
+_INBOX_VERSION = 1
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class NoSession(LookupError):
+    """No session with this contact yet: fetch a bundle and :meth:`start_session`."""
+
+
+class IdentityState(StrEnum):
+    """How far a contact's identity key is trusted when a message arrives (SPEC §3.3)."""
+
+    NEW = "new"
+    """First contact: this message pinned the key (trust on first use)."""
+    TRUSTED = "trusted"
+    """The pinned key, not compared out of band."""
+    VERIFIED = "verified"
+    """The pinned key, and the user compared safety numbers (SPEC §13.9)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A decrypted, persisted message as the inbox holds it."""
+
+    msg_id: bytes
+    sender: str
+    sender_kind: str
+    intent: str
+    sent_at: int
+    identity: IdentityState
+    content: Content
+
+    @classmethod
+    def from_record(cls, record: IncomingMessage) -> Incoming:
+        """Read an inbox row back; MalformedContent if it is not one we wrote."""
+        try:
+            version, sender_kind, intent, sent_at, identity, plaintext = msgpack.unpackb(
+                record.body, raw=False
+            )
+            if version != _INBOX_VERSION:
+                raise ValueError(f"inbox record version {version!r}")
+            return cls(
+                record.msg_id,
+                record.sender,
+                sender_kind,
+                intent,
+                sent_at,
+                IdentityState(identity),
+                decode_content(plaintext),
+            )
+        except (TypeError, ValueError, msgpack.UnpackException) as exc:
+            raise MalformedContent(f"unreadable inbox record: {exc}") from None
+
+
+def inbox_record(
+    deliver: frames.Deliver, identity: IdentityState, received_at_ms: int, plaintext: bytes
+) -> IncomingMessage:
+    """The keystore row for a decrypted delivery: its metadata and the content bytes."""
+    body = msgpack.packb(
+        [
+            _INBOX_VERSION,
+            deliver.sender_kind,
+            deliver.intent,
+            deliver.sent_at,
+            str(identity),
+            plaintext,
+        ],
+        use_bin_type=True,
+    )
+    return IncomingMessage(deliver.msg_id, deliver.sender, received_at_ms, body)
+
+
+class SessionManager:
+    """One account's end-to-end state over a :class:`KeyStore` (see the module docstring)."""
+
+    def __init__(
+        self, store: KeyStore, *, rng: Rng = os.urandom, clock: Clock = wall_clock_ms
+    ) -> None:
+        self.store = store
+        self._rng = rng
+        self._clock = clock
+        self._keypair: IdentityKeyPair | None = None
+
+    # --- Our identity and prekeys (SPEC §3.1, §5) ----------------------------
+
+    def create_identity(self, handle: str, kind: AccountKind, relay_url: str = "") -> OurIdentity:
+        """Generate and store our Ed25519 identity; refuses to replace an existing one."""
+        if self.store.get_identity() is not None:
+            raise RuntimeError("this profile already has an identity")
+        keypair = IdentityKeyPair.generate(self._rng)
+        identity = OurIdentity(handle, kind, relay_url, keypair.seed, keypair.public)
+        self.store.set_identity(identity)
+        self._keypair = keypair
+        return identity
+
+    @property
+    def identity(self) -> OurIdentity:
+        identity = self.store.get_identity()
+        if identity is None:
+            raise RuntimeError("this profile has no identity yet; register first")
+        return identity
+
+    @property
+    def keypair(self) -> IdentityKeyPair:
+        if self._keypair is None:
+            self._keypair = IdentityKeyPair.from_seed(self.identity.identity_seed)
+        return self._keypair
+
+    def sign(self, message: bytes) -> bytes:
+        """Sign with our identity key (the authentication transcript, SPEC §4.2–4.3)."""
+        return self.keypair.sign(message)
+
+    def prekeys_upload(
+        self, request_id: int, *, relay_one_time: int, relay_has_signed: bool
+    ) -> frames.PrekeysUpload | None:
+        """The PREKEYS_UPLOAD that tops the relay up, or None if it holds enough.
+
+        ``relay_one_time`` and ``relay_has_signed`` come from WELCOME or
+        PREKEYS_LOW (SPEC §5.4). New private keys are stored before the frame
+        exists, so the relay never publishes a key we cannot use.
+        """
+        signed: frames.SignedPreKeyRecord | None = None
+        if not relay_has_signed:
+            record = self.store.current_signed_prekey() or self._new_signed_prekey()
+            signed = frames.SignedPreKeyRecord(record.key_id, record.public_key, record.signature)
+        one_time: tuple[frames.OneTimePreKeyRecord, ...] = ()
+        if relay_one_time < TOP_UP_BELOW:
+            count = min(ONE_TIME_PREKEY_TARGET - relay_one_time, limits.MAX_PREKEYS_PER_UPLOAD)
+            one_time = tuple(
+                frames.OneTimePreKeyRecord(r.key_id, r.public_key)
+                for r in self._new_one_time_prekeys(count)
+            )
+        if signed is None and not one_time:
+            return None
+        return frames.PrekeysUpload(id=request_id, signed_prekey=signed, one_time=one_time)
+
+    def _new_signed_prekey(self) -> SignedPreKeyRecord:
+        (key_id,) = self.store.allocate_prekey_ids(1)
+        prekey = SignedPreKey.generate(self.keypair, key_id, self._rng)
+        record = SignedPreKeyRecord(
+            key_id, prekey.keypair.private, prekey.public, prekey.signature, self._clock()
+        )
+        self.store.store_signed_prekey(record)
+        self.store.set_current_signed_prekey(key_id)
+        return record
+
+    def _new_one_time_prekeys(self, count: int) -> list[OneTimePreKeyRecord]:
+        records = []
+        for key_id in self.store.allocate_prekey_ids(count):
+            pair = X25519KeyPair.generate(self._rng)
+            records.append(OneTimePreKeyRecord(key_id, pair.private, pair.public))
+        self.store.store_one_time_prekeys(records)
+        return records
+
+    # --- Trust (SPEC §3.3, §13.9) --------------------------------------------
+
+    def pending_identity_change(self, handle: str) -> bytes | None:
+        """The new identity key a contact presented and the user has not approved yet."""
+        return self.store.get_state(_CHANGE_PREFIX + handle)
+
+    def _record_change(self, handle: str, identity_key: bytes) -> UntrustedIdentity:
+        self.store.set_state(_CHANGE_PREFIX + handle, identity_key)
+        return UntrustedIdentity(handle)
+
+    def approve_identity(self, handle: str, *, verified: bool = False) -> None:
+        """The user's decision: trust the pending new key (or mark the pinned one verified).
+
+        Approving a change drops the session built on the old key; the next
+        send fetches a fresh bundle, and the contact's next prekey message
+        starts a session under the new key.
+        """
+        new_key = self.pending_identity_change(handle)
+        if new_key is not None:
+            self.store.approve_identity(handle, new_key, self._clock(), verified=verified)
+            self.store.delete_session(handle)
+            self.store.delete_state(_CHANGE_PREFIX + handle)
+            return
+        trusted = self.store.get_trusted_identity(handle)
+        if trusted is None:
+            raise KeyError(f"no identity key known for {handle!r}")
+        self.store.approve_identity(handle, trusted.identity_key, self._clock(), verified=verified)
+
+    def identity_state(self, handle: str) -> IdentityState | None:
+        """TRUSTED or VERIFIED for a pinned key, None for a stranger."""
+        trusted = self.store.get_trusted_identity(handle)
+        if trusted is None:
+            return None
+        return IdentityState.VERIFIED if trusted.verified else IdentityState.TRUSTED
+
+    def safety_number(self, handle: str) -> str:
+        """The 60 digits to compare with ``handle`` (SPEC §13.9).
+
+        While a change is pending it is the number of the *new* key: the one
+        the user should compare before approving it.
+        """
+        key = self.pending_identity_change(handle)
+        if key is None:
+            trusted = self.store.get_trusted_identity(handle)
+            if trusted is None:
+                raise KeyError(f"no identity key known for {handle!r}")
+            key = trusted.identity_key
+        ours = self.identity
+        return safety_number(ours.handle, ours.identity_public, handle, key)
+
+    # --- Sessions (SPEC §13.3, §13.6) ----------------------------------------
+
+    def has_session(self, handle: str) -> bool:
+        return self.store.load_session(handle) is not None
+
+    def start_session(self, bundle: frames.Bundle) -> IdentityStatus:
+        """Start a session from a fetched BUNDLE; returns NEW or TRUSTED.
+
+        SPEC §13.3: the signed prekey's signature is verified first (a bad
+        bundle raises InvalidSignature and pins nothing); a key other than the
+        pinned one raises UntrustedIdentity and is remembered as pending.
+        """
+        handle = bundle.handle
+        one_time = bundle.one_time
+        prekey_bundle = PreKeyBundle(
+            identity_key=bundle.identity_key,
+            signed_prekey_id=bundle.signed_prekey.key_id,
+            signed_prekey_public=bundle.signed_prekey.public,
+            signed_prekey_signature=bundle.signed_prekey.signature,
+            one_time_prekey_id=one_time.key_id if one_time is not None else None,
+            one_time_prekey_public=one_time.public if one_time is not None else None,
+        )
+        prekey_bundle.verify()
+        if self.pending_identity_change(handle) is not None:
+            raise UntrustedIdentity(handle)
+        if self.store.check_identity(handle, bundle.identity_key) is IdentityStatus.CHANGED:
+            raise self._record_change(handle, bundle.identity_key)
+        session = initiate_session(self.keypair, prekey_bundle, self._rng)
+        status = self.store.trust_identity(handle, bundle.identity_key, self._clock())
+        self.store.store_session(handle, session.to_bytes())
+        return status
+
+    def encrypt(self, handle: str, plaintext: bytes) -> bytes:
+        """Encrypt ``plaintext`` to ``handle`` → envelope; the new session is stored first.
+
+        Raises UntrustedIdentity while a key change is pending (SPEC §3.3:
+        surfaced "before the next message is sent"), NoSession without one.
+        """
+        if self.pending_identity_change(handle) is not None:
+            raise UntrustedIdentity(handle)
+        blob = self.store.load_session(handle)
+        if blob is None:
+            raise NoSession(handle)
+        session = Session.from_bytes(blob)
+        self.store.require_trusted(handle, session.their_identity_key)
+        session, envelope = encrypt(session, plaintext, self._rng)
+        self.store.store_session(handle, session.to_bytes())
+        return envelope
+
+    def receive(self, deliver: frames.Deliver) -> Incoming | None:
+        """Decrypt and persist one DELIVER; None for an already processed one.
+
+        When it returns, the delivery may be acknowledged (SPEC §6.5). Raises
+        UntrustedIdentity (pending change recorded; do not ack — the message
+        waits for the user's decision), MalformedContent (session advanced and
+        id recorded, nothing to show; ack), or a DecryptionFailed /
+        DuplicatedMessage / TooManySkippedMessages / InvalidKey for an envelope
+        that can never be decrypted (nothing changed; ack and drop).
+        """
+        if self.store.is_processed(deliver.msg_id):
+            return None
+        sender = deliver.sender
+        info = peek_envelope(deliver.body)
+        blob = self.store.load_session(sender)
+        session = Session.from_bytes(blob) if blob is not None else None
+        used_one_time: int | None = None
+        if info.message_type is MessageType.PREKEY and (
+            session is None or not belongs_to(session, info)
+        ):
+            their_key = info.sender_identity_key
+            assert their_key is not None  # peek_envelope guarantees it for prekey messages
+            if self.pending_identity_change(sender) is not None:
+                raise UntrustedIdentity(sender)
+            if self.store.check_identity(sender, their_key) is IdentityStatus.CHANGED:
+                raise self._record_change(sender, their_key)
+            session, plaintext, used_one_time = accept_session(
+                self.keypair,
+                deliver.body,
+                self._signed_prekey,
+                self._one_time_prekey,
+                self._rng,
+            )
+            status = self.store.trust_identity(sender, their_key, self._clock())
+        else:
+            if session is None:
+                raise DecryptionFailed(f"no session with {sender!r}")
+            if self.pending_identity_change(sender) is not None:
+                raise UntrustedIdentity(sender)
+            session, plaintext = decrypt(session, deliver.body, self._rng)
+            status = IdentityStatus.TRUSTED
+        trusted = self.store.get_trusted_identity(sender)
+        if trusted is not None and trusted.verified:
+            identity = IdentityState.VERIFIED
+        elif status is IdentityStatus.NEW:
+            identity = IdentityState.NEW
+        else:
+            identity = IdentityState.TRUSTED
+        record = inbox_record(deliver, identity, self._clock(), plaintext)
+        try:
+            content = decode_content(plaintext)
+            if content.msg_id != deliver.msg_id:
+                raise MalformedContent("content id differs from the frame's msg_id")
+        except MalformedContent:
+            # The ratchet advanced and must stay advanced; there is nothing to show.
+            self.store.commit_incoming(
+                record, session.to_bytes(), used_one_time_prekey=used_one_time
+            )
+            self.store.consume(deliver.msg_id)
+            raise
+        if not self.store.commit_incoming(
+            record, session.to_bytes(), used_one_time_prekey=used_one_time
+        ):
+            return None
+        return Incoming(
+            deliver.msg_id,
+            sender,
+            deliver.sender_kind,
+            deliver.intent,
+            deliver.sent_at,
+            identity,
+            content,
+        )
+
+    def _signed_prekey(self, key_id: int) -> SignedPreKey | None:
+        record = self.store.load_signed_prekey(key_id) if key_id > 0 else None
+        if record is None:
+            return None
+        pair = X25519KeyPair.from_private(record.private_key)
+        return SignedPreKey(record.key_id, pair, record.signature)
+
+    def _one_time_prekey(self, key_id: int) -> OneTimePreKey | None:
+        record = self.store.load_one_time_prekey(key_id) if key_id > 0 else None
+        if record is None:
+            return None
+        return OneTimePreKey(record.key_id, X25519KeyPair.from_private(record.private_key))

@@ -1,0 +1,372 @@
+"""Key custody + crypto orchestration (client/sessions.py), in memory, no relay.
+
+A tiny directory stands in for the relay's prekey directory: it serves what a
+PREKEYS_UPLOAD published as BUNDLE frames, one one-time prekey per fetch.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+
+from blindrelay.client.keystore import IdentityStatus, IncomingMessage, MemoryKeyStore
+from blindrelay.client.sessions import (
+    ONE_TIME_PREKEY_TARGET,
+    IdentityState,
+    Incoming,
+    NoSession,
+    SessionManager,
+)
+from blindrelay.protocol import frames
+from blindrelay.protocol.content import (
+    Content,
+    Data,
+    MalformedContent,
+    Receipt,
+    ReceiptType,
+    Text,
+    encode_content,
+)
+from blindrelay.protocol.errors import (
+    DecryptionFailed,
+    DuplicatedMessage,
+    InvalidSignature,
+    UntrustedIdentity,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000_000
+
+    def __call__(self) -> int:
+        self.now += 1
+        return self.now
+
+
+class Directory:
+    """The relay's prekey directory, reduced to what sessions need (SPEC §5.2–5.3)."""
+
+    def __init__(self) -> None:
+        self.accounts: dict[str, tuple[str, bytes, frames.SignedPreKeyRecord | None, list]] = {}
+
+    def publish(self, manager: SessionManager, *, relay_one_time: int = 0) -> frames.PrekeysUpload:
+        ours = manager.identity
+        default = (ours.account_kind, ours.identity_public, None, [])
+        kind, _key, signed, one_time = self.accounts.get(ours.handle, default)
+        upload = manager.prekeys_upload(
+            1, relay_one_time=relay_one_time, relay_has_signed=signed is not None
+        )
+        assert upload is not None
+        self.accounts[ours.handle] = (
+            kind,
+            ours.identity_public,
+            upload.signed_prekey or signed,
+            one_time + list(upload.one_time),
+        )
+        return upload
+
+    def bundle(self, handle: str) -> frames.Bundle:
+        kind, key, signed, one_time = self.accounts[handle]
+        assert signed is not None
+        return frames.Bundle(
+            re=1, handle=handle, kind=kind, identity_key=key, signed_prekey=signed,
+            one_time=one_time.pop(0) if one_time else None,
+        )
+
+
+def make_manager(handle: str, seed: int, clock: Clock | None = None) -> SessionManager:
+    rng = random.Random(seed)
+    manager = SessionManager(MemoryKeyStore(), rng=rng.randbytes, clock=clock or Clock())
+    manager.create_identity(handle, "user")
+    return manager
+
+
+class Pair:
+    def __init__(self) -> None:
+        self.directory = Directory()
+        self.alice = make_manager("alice", 1)
+        self.bob = make_manager("bob", 2)
+        self.directory.publish(self.alice)
+        self.directory.publish(self.bob)
+        self.msg_ids = random.Random(3)
+        self.delivery_id = 0
+
+    def envelope(self, sender: SessionManager, to: str, body: Text | Data | Receipt) -> frames.Deliver:
+        """Encrypt ``body`` as the SDK does and wrap it as the DELIVER the relay would push."""
+        msg_id = self.msg_ids.randbytes(16)
+        envelope = sender.encrypt(to, encode_content(Content(msg_id, body)))
+        self.delivery_id += 1
+        return frames.Deliver(
+            delivery_id=self.delivery_id, sender=sender.identity.handle, sender_kind="user",
+            msg_id=msg_id, intent="chat", sent_at=1_700_000_000_000 + self.delivery_id,
+            body=envelope,
+        )
+
+
+@pytest.fixture
+def pair() -> Pair:
+    return Pair()
+
+
+def test_first_upload_publishes_a_signed_prekey_and_a_full_batch() -> None:
+    manager = make_manager("alice", 1)
+    upload = manager.prekeys_upload(7, relay_one_time=0, relay_has_signed=False)
+    assert upload is not None and upload.id == 7
+    assert upload.signed_prekey is not None
+    assert len(upload.one_time) == ONE_TIME_PREKEY_TARGET
+    store = manager.store
+    assert store.one_time_prekey_ids() == sorted(k.key_id for k in upload.one_time)
+    current = store.current_signed_prekey()
+    assert current is not None and current.public_key == upload.signed_prekey.public
+    ids = [upload.signed_prekey.key_id, *(k.key_id for k in upload.one_time)]
+    assert len(set(ids)) == len(ids)
+
+
+def test_upload_tops_up_only_what_is_missing_and_reuses_the_signed_prekey() -> None:
+    manager = make_manager("alice", 1)
+    first = manager.prekeys_upload(1, relay_one_time=0, relay_has_signed=False)
+    assert manager.prekeys_upload(2, relay_one_time=ONE_TIME_PREKEY_TARGET, relay_has_signed=True) is None
+    top_up = manager.prekeys_upload(3, relay_one_time=15, relay_has_signed=True)
+    assert top_up is not None and top_up.signed_prekey is None
+    assert len(top_up.one_time) == ONE_TIME_PREKEY_TARGET - 15
+    assert first is not None
+    assert not {k.key_id for k in top_up.one_time} & {k.key_id for k in first.one_time}
+    again = manager.prekeys_upload(4, relay_one_time=ONE_TIME_PREKEY_TARGET, relay_has_signed=False)
+    assert again is not None and again.signed_prekey == first.signed_prekey and not again.one_time
+
+
+def test_messages_flow_both_ways_with_tofu_states(pair: Pair) -> None:
+    assert pair.alice.start_session(pair.directory.bundle("bob")) is IdentityStatus.NEW
+    deliver = pair.envelope(pair.alice, "bob", Text("hi bob"))
+    one_time_before = len(pair.bob.store.one_time_prekey_ids())
+
+    incoming = pair.bob.receive(deliver)
+
+    assert incoming is not None
+    assert incoming.content.body == Text("hi bob") and incoming.sender == "alice"
+    assert incoming.identity is IdentityState.NEW
+    assert len(pair.bob.store.one_time_prekey_ids()) == one_time_before - 1
+    [stored] = pair.bob.store.pending_messages()
+    assert Incoming.from_record(stored) == incoming
+
+    answer = pair.alice.receive(pair.envelope(pair.bob, "alice", Data(b"\x00hi alice")))
+    assert answer is not None and answer.content.body == Data(b"\x00hi alice")
+    assert answer.identity is IdentityState.TRUSTED
+    second = pair.bob.receive(pair.envelope(pair.alice, "bob", Text("again")))
+    assert second is not None and second.identity is IdentityState.TRUSTED
+
+
+def test_a_bundle_with_a_bad_signature_pins_nothing(pair: Pair) -> None:
+    bundle = pair.directory.bundle("bob")
+    forged = replace(
+        bundle,
+        signed_prekey=frames.SignedPreKeyRecord(
+            bundle.signed_prekey.key_id, bytes(31) + b"\x09", bundle.signed_prekey.signature
+        ),
+    )
+    with pytest.raises(InvalidSignature):
+        pair.alice.start_session(forged)
+    assert pair.alice.store.get_trusted_identity("bob") is None
+    assert not pair.alice.has_session("bob")
+
+
+def test_a_changed_key_in_a_bundle_blocks_sending_until_approved(pair: Pair) -> None:
+    pair.alice.start_session(pair.directory.bundle("bob"))
+    pair.envelope(pair.alice, "bob", Text("before"))
+    number_before = pair.alice.safety_number("bob")
+    impostor = make_manager("bob", 99)
+    pair.directory.accounts.pop("bob")
+    pair.directory.publish(impostor)
+
+    with pytest.raises(UntrustedIdentity):
+        pair.alice.start_session(pair.directory.bundle("bob"))
+    # Surfaced before the next send, even on the old, still valid session.
+    with pytest.raises(UntrustedIdentity):
+        pair.alice.encrypt("bob", b"x")
+    assert pair.alice.safety_number("bob") != number_before  # the new key's number
+
+    pair.alice.approve_identity("bob")
+    with pytest.raises(NoSession):
+        pair.alice.encrypt("bob", b"x")
+    assert pair.alice.start_session(pair.directory.bundle("bob")) is IdentityStatus.TRUSTED
+    incoming = impostor.receive(pair.envelope(pair.alice, "bob", Text("to the new key")))
+    assert incoming is not None and incoming.content.body == Text("to the new key")
+
+
+def test_a_changed_key_in_a_prekey_message_is_held_until_approved(pair: Pair) -> None:
+    pair.alice.start_session(pair.directory.bundle("bob"))
+    assert pair.bob.receive(pair.envelope(pair.alice, "bob", Text("hello"))) is not None
+    reinstalled = make_manager("alice", 42)
+    reinstalled.start_session(pair.directory.bundle("bob"))
+    deliver = pair.envelope(reinstalled, "bob", Text("new phone"))
+
+    with pytest.raises(UntrustedIdentity):
+        pair.bob.receive(deliver)
+    assert not pair.bob.store.is_processed(deliver.msg_id)
+    with pytest.raises(UntrustedIdentity):
+        pair.bob.encrypt("alice", b"reply")
+
+    pair.bob.approve_identity("alice")
+    incoming = pair.bob.receive(deliver)
+    assert incoming is not None and incoming.content.body == Text("new phone")
+    assert incoming.identity is IdentityState.TRUSTED
+    assert pair.bob.encrypt("alice", b"reply")
+
+
+def test_a_duplicate_delivery_is_dropped_without_decrypting(pair: Pair) -> None:
+    pair.alice.start_session(pair.directory.bundle("bob"))
+    deliver = pair.envelope(pair.alice, "bob", Text("once"))
+    assert pair.bob.receive(deliver) is not None
+    assert pair.bob.receive(deliver) is None
+    assert pair.bob.receive(replace(deliver, delivery_id=999)) is None
+    assert len(pair.bob.store.pending_messages()) == 1
+
+
+def test_a_replay_under_a_fresh_msg_id_fails_to_decrypt(pair: Pair) -> None:
+    pair.alice.start_session(pair.directory.bundle("bob"))
+    pair.bob.receive(pair.envelope(pair.alice, "bob", Text("first")))
+    pair.alice.receive(pair.envelope(pair.bob, "alice", Text("reply")))
+    deliver = pair.envelope(pair.alice, "bob", Text("second"))
+    assert pair.bob.receive(deliver) is not None
+    with pytest.raises(DuplicatedMessage):
+        pair.bob.receive(replace(deliver, msg_id=bytes(16)))
+
+
+def test_out_of_order_deliveries_all_decrypt(pair: Pair) -> None:
+    pair.alice.start_session(pair.directory.bundle("bob"))
+    delivers = [pair.envelope(pair.alice, "bob", Text(f"m{i}")) for i in range(8)]
+    pair.bob.receive(delivers.pop(0))
+    pair.alice.receive(pair.envelope(pair.bob, "alice", Text("ack")))
+    delivers += [pair.envelope(pair.alice, "bob", Text(f"n{i}")) for i in range(8)]
+    random.Random(7).shuffle(delivers)
+
+    texts = []
+    for deliver in delivers:
+        incoming = pair.bob.receive(deliver)
+        assert incoming is not None
+        assert isinstance(incoming.content.body, Text)
+        texts.append(incoming.content.body.text)
+    assert sorted(texts) == sorted([f"m{i}" for i in range(1, 8)] + [f"n{i}" for i in range(8)])
+    assert texts != sorted(texts)
+
+
+class CrashingStore(MemoryKeyStore):
+    """Dies at commit time: the process ends between decrypt and persistence."""
+
+    crash = True
+
+    def commit_incoming(self, message: IncomingMessage, session_blob: bytes, **kw: object) -> bool:
+        if self.crash:
+            raise KeyboardInterrupt
+        return super().commit_incoming(message, session_blob, **kw)  # type: ignore[arg-type]
+
+
+def test_a_crash_before_the_commit_keeps_the_one_time_prekey_for_the_redelivery() -> None:
+    directory = Directory()
+    store = CrashingStore()
+    bob = SessionManager(store, rng=random.Random(2).randbytes, clock=Clock())
+    bob.create_identity("bob", "user")
+    alice = make_manager("alice", 1)
+    directory.publish(bob)
+    directory.publish(alice)
+    alice.start_session(directory.bundle("bob"))
+    pair = Pair.__new__(Pair)
+    pair.msg_ids, pair.delivery_id = random.Random(5), 0
+    deliver = pair.envelope(alice, "bob", Text("survives"))
+    before = store.one_time_prekey_ids()
+
+    with pytest.raises(KeyboardInterrupt):
+        bob.receive(deliver)
+    assert store.one_time_prekey_ids() == before
+    assert store.load_session("alice") is None
+
+    store.crash = False
+    restarted = SessionManager(store, rng=random.Random(9).randbytes, clock=Clock())
+    incoming = restarted.receive(deliver)
+    assert incoming is not None and incoming.content.body == Text("survives")
+    assert len(store.one_time_prekey_ids()) == len(before) - 1
+    assert restarted.receive(deliver) is None
+
+
+def test_content_that_does_not_parse_advances_the_session_and_shows_nothing(pair: Pair) -> None:
+    pair.alice.start_session(pair.directory.bundle("bob"))
+    garbage = pair.alice.encrypt("bob", b"not msgpack content")
+    deliver = frames.Deliver(
+        delivery_id=1, sender="alice", sender_kind="user", msg_id=bytes(16), intent="chat",
+        sent_at=1, body=garbage,
+    )
+    with pytest.raises(MalformedContent):
+        pair.bob.receive(deliver)
+    assert pair.bob.store.is_processed(bytes(16))
+    assert pair.bob.store.pending_messages() == []
+    later = pair.bob.receive(pair.envelope(pair.alice, "bob", Text("fine")))
+    assert later is not None and later.content.body == Text("fine")
+
+
+def test_content_relabelled_by_the_relay_is_refused(pair: Pair) -> None:
+    pair.alice.start_session(pair.directory.bundle("bob"))
+    deliver = pair.envelope(pair.alice, "bob", Text("mine"))
+    with pytest.raises(MalformedContent):
+        pair.bob.receive(replace(deliver, msg_id=b"\x01" * 16))
+
+
+def test_a_message_without_a_session_cannot_decrypt(pair: Pair) -> None:
+    pair.alice.start_session(pair.directory.bundle("bob"))
+    pair.bob.receive(pair.envelope(pair.alice, "bob", Text("first")))
+    reply = pair.envelope(pair.bob, "alice", Text("reply"))
+    pair.alice.store.delete_session("bob")
+    with pytest.raises(DecryptionFailed):
+        pair.alice.receive(reply)
+
+
+def test_safety_numbers_match_and_verification_shows_on_messages(pair: Pair) -> None:
+    pair.alice.start_session(pair.directory.bundle("bob"))
+    pair.bob.receive(pair.envelope(pair.alice, "bob", Text("hi")))
+    assert pair.alice.safety_number("bob") == pair.bob.safety_number("alice")
+    assert len(pair.alice.safety_number("bob")) == 60
+    with pytest.raises(KeyError):
+        pair.alice.safety_number("carol")
+
+    pair.bob.approve_identity("alice", verified=True)
+    assert pair.bob.identity_state("alice") is IdentityState.VERIFIED
+    incoming = pair.bob.receive(pair.envelope(pair.alice, "bob", Text("verified?")))
+    assert incoming is not None and incoming.identity is IdentityState.VERIFIED
+
+
+def test_receipts_are_content_like_any_other(pair: Pair) -> None:
+    pair.alice.start_session(pair.directory.bundle("bob"))
+    first = pair.envelope(pair.alice, "bob", Text("read me"))
+    pair.bob.receive(first)
+    receipt = pair.alice.receive(
+        pair.envelope(pair.bob, "alice", Receipt(ReceiptType.READ, (first.msg_id,)))
+    )
+    assert receipt is not None
+    assert receipt.content.body == Receipt(ReceiptType.READ, (first.msg_id,))
+    assert receipt.intent == "chat"
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_commit_incoming_deletes_the_used_one_time_prekey_with_the_commit(kind: str, tmp_path) -> None:
+    import nacl.pwhash.argon2id as argon2id
+
+    from blindrelay.client.keystore import OneTimePreKeyRecord, SqliteKeyStore
+
+    store = (
+        MemoryKeyStore()
+        if kind == "memory"
+        else SqliteKeyStore.open(
+            tmp_path / "ks.db", "pw", create=True,
+            opslimit=argon2id.OPSLIMIT_MIN, memlimit=argon2id.MEMLIMIT_MIN,
+        )
+    )
+    store.store_one_time_prekeys([OneTimePreKeyRecord(5, b"\x01" * 32, b"\x02" * 32)])
+    assert store.load_one_time_prekey(5) is not None
+    assert store.load_one_time_prekey(5) is not None  # reading does not consume
+    message = IncomingMessage(b"\x03" * 16, "alice", 1, b"body")
+    assert store.commit_incoming(message, b"session", used_one_time_prekey=5)
+    assert store.load_one_time_prekey(5) is None
+    assert store.load_session("alice") == b"session"
+    store.close()

@@ -1,0 +1,125 @@
+"""The end-to-end content format (protocol/content.py): canonical encoding, strict decoding."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from blindrelay.protocol.content import (
+    MAX_CONTENT_BYTES,
+    MAX_RECEIPT_REFS,
+    Content,
+    Data,
+    Kind,
+    MalformedContent,
+    Receipt,
+    ReceiptType,
+    Text,
+    decode_content,
+    encode_content,
+)
+from blindrelay.protocol.crypto.padding import MAX_PLAINTEXT_BYTES
+
+MSG_ID = bytes(range(16))
+REF = bytes(range(16, 32))
+
+
+def pack(obj: object) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        (Text("hello, world ✈"), Kind.TEXT),
+        (Text(""), Kind.TEXT),
+        (Data(b"\x00\xff" * 10), Kind.BYTES),
+        (Receipt(ReceiptType.DELIVERED, (REF,)), Kind.RECEIPT),
+        (Receipt(ReceiptType.READ, (REF, MSG_ID)), Kind.RECEIPT),
+    ],
+)
+def test_every_kind_round_trips_canonically(body: Text | Data | Receipt, kind: Kind) -> None:
+    content = Content(MSG_ID, body)
+    data = encode_content(content)
+    decoded = decode_content(data)
+    assert decoded == content
+    assert decoded.kind is kind
+    assert encode_content(decoded) == data
+
+
+def test_encoding_puts_keys_in_spec_order() -> None:
+    data = encode_content(Content(MSG_ID, Receipt(ReceiptType.READ, (REF,))))
+    assert list(msgpack.unpackb(data, raw=False)) == ["v", "id", "kind", "receipt", "refs"]
+    text = encode_content(Content(MSG_ID, Text("hi")))
+    assert text == pack({"v": 1, "id": MSG_ID, "kind": "text", "text": "hi"})
+
+
+def test_largest_content_fits_the_largest_padding_bucket() -> None:
+    assert MAX_CONTENT_BYTES == MAX_PLAINTEXT_BYTES
+    overhead = len(encode_content(Content(MSG_ID, Data(b""))))
+    fits = Content(MSG_ID, Data(b"x" * (MAX_CONTENT_BYTES - overhead - 2)))
+    assert len(encode_content(fits)) <= MAX_CONTENT_BYTES
+    with pytest.raises(MalformedContent):
+        encode_content(Content(MSG_ID, Data(b"x" * MAX_CONTENT_BYTES)))
+
+
+VALID_TEXT = {"v": 1, "id": MSG_ID, "kind": "text", "text": "hi"}
+VALID_RECEIPT = {"v": 1, "id": MSG_ID, "kind": "receipt", "receipt": "read", "refs": [REF]}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(pack(VALID_TEXT)[:-1], id="truncated"),
+        pytest.param(pack(VALID_TEXT) + b"\x00", id="trailing-bytes"),
+        pytest.param(pack([1, MSG_ID, "text", "hi"]), id="array-not-map"),
+        pytest.param(pack({**VALID_TEXT, "extra": 1}), id="unknown-key"),
+        pytest.param(pack({k: v for k, v in VALID_TEXT.items() if k != "text"}), id="missing-key"),
+        pytest.param(pack({**VALID_TEXT, "data": b"x"}), id="key-of-another-kind"),
+        pytest.param(pack({**VALID_TEXT, "v": 2}), id="unknown-version"),
+        pytest.param(pack({**VALID_TEXT, "v": True}), id="bool-for-int"),
+        pytest.param(pack({**VALID_TEXT, "v": 1.0}), id="float-for-int"),
+        pytest.param(pack({**VALID_TEXT, "kind": "sticker"}), id="unknown-kind"),
+        pytest.param(pack({**VALID_TEXT, "text": b"hi"}), id="bin-for-str"),
+        pytest.param(pack({**VALID_TEXT, "text": None}), id="nil"),
+        pytest.param(pack({**VALID_TEXT, "id": MSG_ID[:15]}), id="short-id"),
+        pytest.param(pack({**VALID_TEXT, "id": "0" * 16}), id="str-for-bin-id"),
+        pytest.param(pack({"v": 1, "id": MSG_ID, "kind": "bytes", "data": "x"}), id="str-for-bin"),
+        pytest.param(pack({**VALID_RECEIPT, "receipt": "seen"}), id="unknown-receipt-type"),
+        pytest.param(pack({**VALID_RECEIPT, "refs": []}), id="no-refs"),
+        pytest.param(pack({**VALID_RECEIPT, "refs": [REF, REF]}), id="duplicate-refs"),
+        pytest.param(pack({**VALID_RECEIPT, "refs": [REF[:8]]}), id="short-ref"),
+        pytest.param(pack({**VALID_RECEIPT, "refs": [[REF]]}), id="nested-ref"),
+        pytest.param(pack({**VALID_RECEIPT, "refs": REF}), id="refs-not-array"),
+        pytest.param(
+            pack({**VALID_RECEIPT, "refs": [i.to_bytes(16, "big") for i in range(MAX_RECEIPT_REFS + 1)]}),
+            id="too-many-refs",
+        ),
+        pytest.param(
+            b"\x84\xa1v\x01\xa1v\x01\xa2id\xc4\x10" + MSG_ID + b"\xa4kind\xa4text",
+            id="duplicate-key",
+        ),
+        pytest.param(pack({1: 1}), id="int-key"),
+        pytest.param(
+            pack({**VALID_TEXT, "text": msgpack.ExtType(5, b"x")}), id="extension-type"
+        ),
+        pytest.param(b"\x91" * 2000, id="deep-nesting"),
+        pytest.param(pack({**VALID_TEXT, "text": "x" * MAX_CONTENT_BYTES}), id="too-large"),
+        pytest.param(b"\x84\xa1v\x01\xa2id\xc4\x10" + MSG_ID + b"\xa4kind\xa4text\xa4text\xa2\xff\xfe",
+                     id="invalid-utf8"),
+    ],
+)
+def test_decoder_refuses_malformed_content(data: bytes) -> None:
+    with pytest.raises(MalformedContent):
+        decode_content(data)
+
+
+def test_receipt_limits_are_checked_at_construction_too() -> None:
+    with pytest.raises(MalformedContent):
+        Receipt(ReceiptType.READ, ())
+    with pytest.raises(MalformedContent):
+        Receipt("read", (REF,))  # type: ignore[arg-type]
+    assert len(Receipt(ReceiptType.READ, tuple(bytes([i]) * 16 for i in range(256))).refs) == 256
+    with pytest.raises(MalformedContent):
+        Content(b"short", Text("x"))
