@@ -1,0 +1,112 @@
+"""``blindrelay serve`` as a subprocess and ``blindrelay inspect`` (SPEC §11)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from blindrelay.protocol.frames import Sent
+from blindrelay.server.cli import main
+from blindrelay.server.config import RelayConfig
+from blindrelay.server.relay import serve
+
+from .conftest import TEST_TIMEOUT_S, Clients, RawClient
+
+BLINDRELAY = Path(sys.executable).with_name("blindrelay")
+CANARY = b"CANARY-" + os.urandom(12).hex().encode() + b"-END-OF-CANARY"
+
+
+async def _start(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[asyncio.subprocess.Process, str]:
+    process = await asyncio.create_subprocess_exec(
+        str(BLINDRELAY), "serve", *args,
+        cwd=tmp_path, env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    line = (await asyncio.wait_for(process.stdout.readline(), TEST_TIMEOUT_S)).decode()
+    assert line.startswith("listening ws://127.0.0.1:"), line
+    return process, line.split()[1]
+
+
+@pytest.mark.slow
+async def test_serve_prints_its_url_serves_and_stops_on_sigterm(
+    tmp_path: Path, clients: Clients
+) -> None:
+    started = time.monotonic()
+    process, url = await _start(
+        tmp_path, "--port", "0", "--log-level", "debug", env={"BLINDRELAY_DB": "env.db"}
+    )
+    startup_s = time.monotonic() - started
+    alice = await clients.registered(url, "alice")
+    await clients.registered(url, "bob")
+    assert isinstance(await alice.send_message("bob", CANARY), Sent)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = await asyncio.wait_for(process.communicate(), TEST_TIMEOUT_S)
+    assert process.returncode == 0
+    assert (tmp_path / "env.db").exists()  # BLINDRELAY_DB was honoured
+    lines = [json.loads(line) for line in stderr.decode().splitlines()]
+    assert {"listening", "registered", "stopped"} <= {line["event"] for line in lines}
+    assert CANARY.decode() not in stderr.decode() and CANARY.hex() not in stderr.decode()
+    assert startup_s < 3.0  # generous for CI; locally ~0.3 s
+
+
+async def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
+    process, url = await _start(tmp_path, "--port", "0")
+    port = url.rsplit(":", 1)[1]
+    second = await asyncio.create_subprocess_exec(
+        str(BLINDRELAY), "serve", "--port", port, "--db", "other.db",
+        cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, _ = await asyncio.wait_for(second.communicate(), TEST_TIMEOUT_S)
+    process.send_signal(signal.SIGINT)
+    await asyncio.wait_for(process.communicate(), TEST_TIMEOUT_S)
+    assert second.returncode == 1 and stdout == b""
+    assert process.returncode == 0
+
+
+@pytest.fixture
+def canary_db(tmp_path: Path) -> Path:
+    """A relay database holding one queued envelope whose body is the canary."""
+    db = tmp_path / "inspect.db"
+
+    async def scenario() -> None:
+        relay = await serve(RelayConfig(port=0, db_path=db))
+        alice = await RawClient.open(relay.url)
+        await alice.register("alice")
+        bob = await RawClient.open(relay.url)
+        await bob.register("bob")
+        await bob.close()
+        assert isinstance(await alice.send_message("bob", CANARY), Sent)
+        await alice.close()
+        await relay.close()
+
+    asyncio.run(scenario())
+    return db
+
+
+def test_inspect_shows_metadata_and_only_a_ciphertext_prefix(
+    canary_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["inspect", "--db", str(canary_db)]) == 0
+    out = capsys.readouterr().out
+    counts = dict(re.findall(r"^  (\w+) +(\d+) rows$", out, re.MULTILINE))
+    assert counts["queue"] == "1" and counts["accounts"] == "2" and counts["sent"] == "1"
+    assert {"relay_identity", "signed_prekeys", "one_time_prekeys"} <= counts.keys()
+    assert "alice → bob chat" in out
+    assert CANARY[:8].hex() in out
+    assert CANARY[8:16].hex() not in out and CANARY[:8].decode() not in out
+    assert "private seed stored, not shown" in out
+
+
+def test_inspect_without_a_database_fails(tmp_path: Path) -> None:
+    assert main(["inspect", "--db", str(tmp_path / "missing.db")]) == 1
