@@ -1,0 +1,290 @@
+"""Relay benchmark: durable relay vs the in-memory forwarder, same load, same run.
+
+Why side by side: absolute figures depend on the machine; the ratio to the stack's
+ceiling (``bench/forwarder.py``: websockets + msgpack, no auth, no storage) does not,
+much. Issue 4's targets are ratios: relay throughput ≥ 0.5× the forwarder's, and
+p99 delivery latency within 3× the forwarder's at that load.
+
+Each server runs in its own process, started fresh with an empty database; the load
+(``bench/loadgen.py``) runs in separate worker processes. Everything binds
+127.0.0.1; counts are bounded and every run has a timeout after which the servers
+and workers are stopped and the script exits with status 2.
+
+The relay runs with its default durability (``synchronous=FULL``, group commit) and
+default log level, but with the send rate limits raised out of reach: the defaults
+(50 messages/s per user) would measure the token bucket, not the relay.
+
+    .venv/bin/python bench/relay.py [--pairs 50] [--messages 1000] [--window 10]
+        [--size 1024] [--workers 2] [--also relay-normal forwarder-strict]
+        [--profile DIR] [--json PATH] [--check]
+
+Workloads 2-6 of the suite (issue 8) add functions like :func:`throughput` that
+return rows for the same table and JSON record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.loadgen import LoadError, LoadSpec, run_load
+from bench.procs import ServerError, ServerProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+
+THROUGHPUT_RATIO_MIN = 0.5
+"""Issue 4: relay msg/s ≥ this × forwarder msg/s (issue 8 raises it to 0.6)."""
+P99_RATIO_MAX = 3.0
+"""Issue 4: relay p99 delivery latency ≤ this × the forwarder's at the same load."""
+
+UNLIMITED_RATE = "1000000000"
+"""Send rate and burst given to the relay under test, far above anything reached."""
+
+PROFILE_RATE_HZ = 250
+"""py-spy sampling rate: enough samples in a ~10 s run, little overhead."""
+
+ServerArgv = Callable[[Path], list[str]]
+
+
+def relay_argv(synchronous: str) -> ServerArgv:
+    def argv(workdir: Path) -> list[str]:
+        limits = [
+            f"--{name}={UNLIMITED_RATE}"
+            for name in ("send-rate-user", "send-burst-user", "send-rate-pair", "send-burst-pair")
+        ]
+        return [
+            sys.executable, "-m", "blindrelay.server.cli", "serve",
+            "--host", "127.0.0.1", "--port", "0", "--db", str(workdir / "relay.db"),
+            "--synchronous", synchronous, *limits,
+        ]  # fmt: skip
+
+    return argv
+
+
+def forwarder_argv(*extra: str) -> ServerArgv:
+    def argv(workdir: Path) -> list[str]:
+        return [sys.executable, str(ROOT / "bench" / "forwarder.py"), "--port", "0", *extra]
+
+    return argv
+
+
+BASELINE = "forwarder"
+SUBJECT = "relay"
+SERVERS: dict[str, tuple[str, ServerArgv]] = {
+    "forwarder": ("in-memory forwarder (baseline)", forwarder_argv()),
+    "relay": ("relay, synchronous=FULL (default)", relay_argv("FULL")),
+    "relay-normal": ("relay, synchronous=NORMAL", relay_argv("NORMAL")),
+    "forwarder-strict": ("forwarder with the strict codec", forwarder_argv("--strict")),
+}
+"""Every server the script can measure; ``forwarder`` and ``relay`` always run."""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One server under one workload: the figures the table and the JSON carry."""
+
+    server: str
+    messages: int
+    elapsed_s: float
+    msgs_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    sent_p50_ms: float
+    sent_p99_ms: float
+    rss_idle_kib: int
+    rss_kib: int
+    peak_rss_kib: int
+    server_cpu_us_per_msg: float
+    client_cpu_us_per_msg: float
+
+
+def throughput(name: str, spec: LoadSpec, workdir: Path, profile: Path | None) -> Row:
+    """Workload 1: start ``name`` fresh, run the load against it, read its /proc entry."""
+    argv = SERVERS[name][1](workdir)
+    with ServerProcess(argv, log=workdir / f"{name}.log", cwd=ROOT) as server:
+        idle_rss, _ = server.memory_kib()
+        spy = _start_profiler(server.pid, profile / f"{name}.txt") if profile else None
+        cpu0 = server.cpu_s()
+        result = run_load(LoadSpec(**{**asdict(spec), "url": server.url}))
+        cpu = server.cpu_s() - cpu0
+        rss, peak = server.memory_kib()
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=30)
+    n = result.messages
+    return Row(
+        server=name,
+        messages=n,
+        elapsed_s=round(result.elapsed_s, 3),
+        msgs_per_s=round(result.rate, 1),
+        p50_ms=round(result.delivery_ms(50), 2),
+        p95_ms=round(result.delivery_ms(95), 2),
+        p99_ms=round(result.delivery_ms(99), 2),
+        sent_p50_ms=round(result.sent_ms(50), 2),
+        sent_p99_ms=round(result.sent_ms(99), 2),
+        rss_idle_kib=idle_rss,
+        rss_kib=rss,
+        peak_rss_kib=peak,
+        server_cpu_us_per_msg=round(cpu / n * 1e6, 1),
+        client_cpu_us_per_msg=round(result.client_cpu_s / n * 1e6, 1),
+    )
+
+
+def _start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy in raw (collapsed stacks) format, all threads, GIL-idle samples dropped."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [py_spy, "record", "--pid", str(pid), "--rate", str(PROFILE_RATE_HZ), "--format",
+         "raw", "--output", str(out), "--threads", "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def ratios(subject: Row, baseline: Row) -> dict[str, float]:
+    return {
+        "throughput": round(subject.msgs_per_s / baseline.msgs_per_s, 3),
+        "p50": round(subject.p50_ms / baseline.p50_ms, 3),
+        "p99": round(subject.p99_ms / baseline.p99_ms, 3),
+        "peak_rss": round(subject.peak_rss_kib / baseline.peak_rss_kib, 3),
+        "server_cpu_per_msg": round(
+            subject.server_cpu_us_per_msg / baseline.server_cpu_us_per_msg, 3
+        ),
+    }
+
+
+def targets(r: dict[str, float]) -> dict[str, bool]:
+    return {
+        f"throughput >= {THROUGHPUT_RATIO_MIN}x": r["throughput"] >= THROUGHPUT_RATIO_MIN,
+        f"p99 <= {P99_RATIO_MAX}x": r["p99"] <= P99_RATIO_MAX,
+    }
+
+
+def render(spec: LoadSpec, rows: list[Row], r: dict[str, float], met: dict[str, bool]) -> str:
+    head = (
+        f"{spec.pairs} pairs x {spec.messages} messages x {spec.size} B, window {spec.window}, "
+        f"{spec.workers} load processes, {_cpus()} CPUs"
+    )
+    cols = (
+        f"{'server':<18}{'msg/s':>9}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}"
+        f"{'SENT p50':>9}{'RSS MiB':>9}{'peak MiB':>9}{'srv us/msg':>11}"
+    )
+    lines = [head, cols, "-" * len(cols)]
+    for row in rows:
+        lines.append(
+            f"{row.server:<18}{row.msgs_per_s:>9,.0f}{row.p50_ms:>8.1f}{row.p95_ms:>8.1f}"
+            f"{row.p99_ms:>8.1f}{row.sent_p50_ms:>9.1f}{row.rss_kib / 1024:>9.1f}"
+            f"{row.peak_rss_kib / 1024:>9.1f}{row.server_cpu_us_per_msg:>11.0f}"
+        )
+    lines.append(
+        f"{'relay/forwarder':<18}{r['throughput']:>8.2f}x{r['p50']:>7.2f}x{'':>8}{r['p99']:>7.2f}x"
+        f"{'':>9}{'':>9}{r['peak_rss']:>8.2f}x{r['server_cpu_per_msg']:>10.2f}x"
+    )
+    verdict = "; ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in met.items())
+    lines.append(f"targets (issue 4): {verdict}")
+    return "\n".join(lines)
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def environment() -> dict[str, object]:
+    """What a reader needs to compare a record with their own run."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {
+        "machine": platform.machine(),
+        "system": f"{platform.system()} {platform.release()}",
+        "cpus": _cpus(),
+        "python": platform.python_version(),
+        "versions": {pkg: version(pkg) for pkg in ("blindrelay", "websockets", "msgpack", "pynacl")}
+        | {"sqlite": sqlite3.sqlite_version},
+        "commit": commit,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=50)
+    parser.add_argument("--messages", type=int, default=1000, help="per pair")
+    parser.add_argument("--window", type=int, default=10, help="SENDs in flight per sender")
+    parser.add_argument("--size", type=int, default=1024, help="body bytes")
+    parser.add_argument("--workers", type=int, default=2, help="load generator processes")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per server")
+    extras = [name for name in SERVERS if name not in (BASELINE, SUBJECT)]
+    parser.add_argument(
+        "--also", nargs="*", default=[], choices=extras, help="extra servers, for diagnosis"
+    )
+    parser.add_argument("--profile", type=Path, help="py-spy raw profiles of each server here")
+    parser.add_argument("--json", type=Path, help="write the run's record here")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    args = parser.parse_args(argv)
+    spec = LoadSpec(
+        url="",
+        pairs=args.pairs,
+        messages=args.messages,
+        window=args.window,
+        size=args.size,
+        workers=args.workers,
+        timeout_s=args.timeout,
+    )
+    names = [BASELINE, SUBJECT, *args.also]
+    rows: list[Row] = []
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="blindrelay-bench-") as tmp:
+        for name in names:
+            workdir = Path(tmp) / name
+            workdir.mkdir()
+            try:
+                rows.append(throughput(name, spec, workdir, args.profile))
+            except (LoadError, ServerError) as exc:
+                print(f"{name}: aborted: {exc}", file=sys.stderr)
+                _print_tail(workdir / f"{name}.log")
+                return 2
+    by_name = {row.server: row for row in rows}
+    r = ratios(by_name[SUBJECT], by_name[BASELINE])
+    met = targets(r)
+    print(render(spec, rows, r, met))
+    if args.json:
+        record = {
+            "suite": "relay",
+            "started": started,
+            "environment": environment(),
+            "parameters": {k: v for k, v in asdict(spec).items() if k != "url"},
+            "rows": [asdict(row) for row in rows],
+            "ratios": r,
+            "targets": met,
+        }
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+    return 1 if args.check and not all(met.values()) else 0
+
+
+def _print_tail(log: Path, lines: int = 20) -> None:
+    if log.exists():
+        for line in log.read_text(errors="replace").splitlines()[-lines:]:
+            print(f"  | {line}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
