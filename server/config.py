@@ -25,7 +25,12 @@ loss and OS crashes, which is what SPEC §6.3's "committed to disk" promises.
 NORMAL fsyncs only at checkpoints: it survives a killed relay process but may
 lose the last commits on power loss. Group commit (one fsync per batch, see
 ``storage.Writer``) is what keeps FULL fast; NORMAL is for operators who accept
-that trade for throughput on slow disks."""
+that trade for throughput on slow disks.
+
+Measured here (20 pairs × 300 × 1 KiB, window 10, clients in the same process,
+2-core VM): FULL 1.4–1.5k msg/s, NORMAL 1.5–1.6k msg/s, ~170 envelopes per
+commit in both — the event loop, not fsync, is the bottleneck, so FULL costs
+under 10 % and stays the default."""
 
 
 @dataclass(frozen=True, slots=True)
