@@ -15,7 +15,7 @@ default log level, but with the send rate limits raised out of reach: the defaul
 (50 messages/s per user) would measure the token bucket, not the relay.
 
     .venv/bin/python bench/relay.py [--pairs 50] [--messages 1000] [--window 10]
-        [--size 1024] [--workers 2] [--also relay-normal forwarder-strict]
+        [--size 1024] [--workers 2] [--repeat 1] [--also relay-normal forwarder-strict]
         [--profile DIR] [--json PATH] [--check]
 
 Workloads 2-6 of the suite (issue 8) add functions like :func:`throughput` that
@@ -157,6 +157,11 @@ def _start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
+def median_run(rows: list[Row]) -> Row:
+    """The run with the median throughput: one whole run, so its figures belong together."""
+    return sorted(rows, key=lambda row: row.msgs_per_s)[(len(rows) - 1) // 2]
+
+
 def ratios(subject: Row, baseline: Row) -> dict[str, float]:
     return {
         "throughput": round(subject.msgs_per_s / baseline.msgs_per_s, 3),
@@ -176,10 +181,12 @@ def targets(r: dict[str, float]) -> dict[str, bool]:
     }
 
 
-def render(spec: LoadSpec, rows: list[Row], r: dict[str, float], met: dict[str, bool]) -> str:
+def render(
+    spec: LoadSpec, rows: list[Row], r: dict[str, float], met: dict[str, bool], repeat: int
+) -> str:
     head = (
         f"{spec.pairs} pairs x {spec.messages} messages x {spec.size} B, window {spec.window}, "
-        f"{spec.workers} load processes, {_cpus()} CPUs"
+        f"{spec.workers} load processes, {_cpus()} CPUs, median of {repeat} run(s)"
     )
     cols = (
         f"{'server':<18}{'msg/s':>9}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}"
@@ -238,8 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile", type=Path, help="py-spy raw profiles of each server here")
     parser.add_argument("--json", type=Path, help="write the run's record here")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per server; the median by msg/s is shown"
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     spec = LoadSpec(
         url="",
         pairs=args.pairs,
@@ -250,22 +262,25 @@ def main(argv: list[str] | None = None) -> int:
         timeout_s=args.timeout,
     )
     names = [BASELINE, SUBJECT, *args.also]
-    rows: list[Row] = []
+    runs: list[Row] = []
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="blindrelay-bench-") as tmp:
-        for name in names:
-            workdir = Path(tmp) / name
-            workdir.mkdir()
-            try:
-                rows.append(throughput(name, spec, workdir, args.profile))
-            except (LoadError, ServerError) as exc:
-                print(f"{name}: aborted: {exc}", file=sys.stderr)
-                _print_tail(workdir / f"{name}.log")
-                return 2
+        for attempt in range(args.repeat):  # interleaved, so drifting load hits all alike
+            for name in names:
+                workdir = Path(tmp) / f"{name}-{attempt}"
+                workdir.mkdir()
+                profile = args.profile / f"run{attempt}" if args.profile else None
+                try:
+                    runs.append(throughput(name, spec, workdir, profile))
+                except (LoadError, ServerError) as exc:
+                    print(f"{name}: aborted: {exc}", file=sys.stderr)
+                    _print_tail(workdir / f"{name}.log")
+                    return 2
+    rows = [median_run([row for row in runs if row.server == name]) for name in names]
     by_name = {row.server: row for row in rows}
     r = ratios(by_name[SUBJECT], by_name[BASELINE])
     met = targets(r)
-    print(render(spec, rows, r, met))
+    print(render(spec, rows, r, met, args.repeat))
     if args.json:
         record = {
             "suite": "relay",
@@ -273,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             "environment": environment(),
             "parameters": {k: v for k, v in asdict(spec).items() if k != "url"},
             "rows": [asdict(row) for row in rows],
+            "runs": [asdict(row) for row in runs],
             "ratios": r,
             "targets": met,
         }
