@@ -223,6 +223,23 @@ class SessionManager:
             return None
         return frames.PrekeysUpload(id=request_id, signed_prekey=signed, one_time=one_time)
 
+    def replace_identity(self, keypair: IdentityKeyPair) -> None:
+        """Adopt a rotated identity key (SPEC §3.4) and sign a new prekey with it.
+
+        The relay deleted our prekeys when it accepted the rotation; the next
+        :meth:`prekeys_upload` with ``relay_has_signed=False`` publishes the
+        new signed prekey.
+        """
+        current = self.identity
+        self.store.set_identity(
+            OurIdentity(
+                current.handle, current.account_kind, current.relay_url,
+                keypair.seed, keypair.public,
+            )
+        )  # fmt: skip
+        self._keypair = keypair
+        self._new_signed_prekey()
+
     def _new_signed_prekey(self) -> SignedPreKeyRecord:
         (key_id,) = self.store.allocate_prekey_ids(1)
         prekey = SignedPreKey.generate(self.keypair, key_id, self._rng)
@@ -294,7 +311,19 @@ class SessionManager:
     # --- Sessions (SPEC §13.3, §13.6) ----------------------------------------
 
     def has_session(self, handle: str) -> bool:
-        return self.store.load_session(handle) is not None
+        """Whether a session with ``handle`` exists under our current identity key."""
+        return self._load_own_session(handle) is not None
+
+    def _load_own_session(self, handle: str) -> Session | None:
+        # A session made under an identity key we rotated away (SPEC §3.4) is
+        # not used to send: the peer must learn our new key from a prekey message.
+        blob = self.store.load_session(handle)
+        if blob is None:
+            return None
+        session = Session.from_bytes(blob)
+        if session.our_identity_key != self.identity.identity_public:
+            return None
+        return session
 
     def start_session(self, bundle: frames.Bundle) -> IdentityStatus:
         """Start a session from a fetched BUNDLE; returns NEW or TRUSTED.
@@ -331,10 +360,9 @@ class SessionManager:
         """
         if self.pending_identity_change(handle) is not None:
             raise UntrustedIdentity(handle)
-        blob = self.store.load_session(handle)
-        if blob is None:
+        session = self._load_own_session(handle)
+        if session is None:
             raise NoSession(handle)
-        session = Session.from_bytes(blob)
         self.store.require_trusted(handle, session.their_identity_key)
         session, envelope = encrypt(session, plaintext, self._rng)
         self.store.store_session(handle, session.to_bytes())

@@ -1,0 +1,800 @@
+"""The asyncio client an application uses: connect, send, receive, all end-to-end encrypted.
+
+A dozen lines::
+
+    client = Client.open("alice.db", passphrase)      # or Client.open(None) in memory
+    await client.connect("ws://127.0.0.1:8765")
+    await client.register("alice")                   # later runs: await client.login()
+    await client.send("bob", "hello")                # returns after the relay's SENT
+    async for message in client.messages():
+        print(message.sender, message.body, message.identity)
+
+Theory of operation. One background task owns the connection: it opens the
+WebSocket, feeds every message to the sans-I/O :class:`ClientConnection`,
+and dispatches the frames; one pump task writes what the machine queued, in
+order. After a drop it reconnects with capped, jittered exponential backoff
+and, once this client has authenticated, logs in again by itself.
+
+Guarantees, each from the spec:
+
+- **A send is done at SENT** (SPEC §6.3). ``send`` puts the envelope in an
+  outbox persisted in the keystore, transmits it, and returns the ``msg_id``
+  when SENT arrives — on this connection or a later one: after a reconnect
+  (or a restart) every unacknowledged envelope is resent with the same
+  ``msg_id``, which the relay stores once.
+- **Ack after persistence** (SPEC §6.5). A DELIVER is decrypted and committed
+  to the keystore (message, session, msg_id in one transaction) before its ACK
+  is written; duplicates are dropped by ``msg_id`` and acked again.
+  :meth:`Client.messages` reads from the persisted inbox, so a message
+  survives a crash between arrival and display; it is removed once the
+  application asks for the next one.
+- **Key changes stop sends** (SPEC §3.3). A contact's new identity key raises
+  :class:`UntrustedIdentity` from ``send`` until :meth:`Client.approve_identity`;
+  their messages under the new key wait (unacknowledged) for that decision.
+- **Relay errors are named** (SPEC §9): an ERROR answering a request raises
+  the exception of :mod:`blindrelay.protocol.errors` from the awaiting call.
+- **Receipts are messages** (SPEC §6.2): delivered/read receipts are encrypted
+  content of kind ``receipt`` sent with intent ``chat``.
+
+Not here: cryptography and key custody (``sessions``, ``keystore``), the
+socket itself (``transport``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from blindrelay.protocol import frames, limits
+from blindrelay.protocol.connection import ClientConnection, State, rotate_transcript
+from blindrelay.protocol.content import (
+    Content,
+    Data,
+    MalformedContent,
+    Receipt,
+    ReceiptType,
+    Text,
+    encode_content,
+)
+from blindrelay.protocol.crypto.keys import IdentityKeyPair
+from blindrelay.protocol.errors import (
+    BlindrelayError,
+    CryptoError,
+    InternalError,
+    ProtocolError,
+    RateLimited,
+    ShuttingDown,
+    UnexpectedFrame,
+    UnsupportedVersion,
+    UntrustedIdentity,
+    error_for_code,
+)
+
+from .keystore import (
+    DEFAULT_MEMLIMIT,
+    DEFAULT_OPSLIMIT,
+    AccountKind,
+    KeyStore,
+    MemoryKeyStore,
+    SqliteKeyStore,
+)
+from .sessions import Clock, IdentityState, Incoming, Rng, SessionManager, wall_clock_ms
+from .transport import ConnectionLost, WebSocketTransport
+
+log = logging.getLogger("blindrelay.client")
+
+_OUTBOX_KEY = "sdk/outbox"
+_REGISTERED_KEY = "sdk/registered"
+_ROTATING_KEY = "sdk/rotating-identity-seed"
+DRAIN_TIMEOUT_S = 5.0
+"""How long ``close`` waits to write out queued frames (acks, sends) before closing."""
+_RETRYABLE_SEND_ERRORS = (ShuttingDown, InternalError)
+"""Relay faults after which a SEND stays in the outbox and is resent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Reconnect delays: exponential, capped, with jitter so clients do not reconnect in step.
+
+    Attempt n waits between half and all of ``min(cap, initial * factor**n)``
+    seconds ("equal jitter"): never zero, never more than the cap.
+    """
+
+    initial: float = 0.5
+    factor: float = 2.0
+    cap: float = 30.0
+
+    def delay(self, attempt: int, jitter: Callable[[], float]) -> float:
+        ceiling = min(self.cap, self.initial * self.factor ** min(attempt, 64))
+        return ceiling / 2 + jitter() * ceiling / 2
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A decrypted incoming message as the application sees it.
+
+    ``body`` is a str (kind text) or bytes (kind bytes); for a receipt it is
+    None and ``receipt`` names the confirmed msg_ids. ``sent_at`` is the relay's
+    acceptance time (SPEC §6.3); ``identity`` how far the sender's key is trusted.
+    """
+
+    msg_id: bytes
+    sender: str
+    sender_kind: str
+    sent_at: int
+    identity: IdentityState
+    body: str | bytes | None
+    receipt: Receipt | None = None
+    intent: str = "chat"
+
+
+def _to_message(incoming: Incoming) -> Message:
+    body = incoming.content.body
+    return Message(
+        msg_id=incoming.msg_id,
+        sender=incoming.sender,
+        sender_kind=incoming.sender_kind,
+        sent_at=incoming.sent_at,
+        identity=incoming.identity,
+        body=body.text if isinstance(body, Text) else body.data if isinstance(body, Data) else None,
+        receipt=body if isinstance(body, Receipt) else None,
+        intent=incoming.intent,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    msg_id: bytes
+    to: str
+    envelope: bytes
+
+
+class _Link:
+    """One WebSocket connection: the protocol machine, its writer, its waiting requests."""
+
+    def __init__(self, transport: WebSocketTransport) -> None:
+        self.transport = transport
+        self.conn = ClientConnection()
+        self.hello = asyncio.get_running_loop().create_future()
+        self.waiters: dict[int, asyncio.Future[frames.Frame]] = {}
+        self.sending: dict[int, bytes] = {}
+        """SEND request id → msg_id, for SENTs and ERRORs answering a send."""
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._pump = asyncio.create_task(self._write())
+        self.lost = False
+
+    def send(self, frame: frames.Frame) -> None:
+        self.conn.send(frame)
+        self._wake.set()
+
+    def request(self, frame: frames.Frame) -> asyncio.Future[frames.Frame]:
+        """Send a request; the future gets its response, or the named error."""
+        future = asyncio.get_running_loop().create_future()
+        self.waiters[frame.id] = future  # type: ignore[union-attr]
+        self.send(frame)
+        return future
+
+    def flush(self) -> None:
+        self._wake.set()
+
+    async def _write(self) -> None:
+        with contextlib.suppress(ConnectionLost):
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                self._idle.clear()
+                for data in self.conn.data_to_send():
+                    await self.transport.send(data)
+                if not self._wake.is_set():
+                    self._idle.set()
+
+    async def drain(self) -> None:
+        """Wait until every queued frame is written (or the writer has stopped)."""
+        self._idle.clear()
+        self._wake.set()
+        idle = asyncio.create_task(self._idle.wait())
+        await asyncio.wait(
+            [idle, self._pump], timeout=DRAIN_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+        )
+        idle.cancel()
+
+    def fail(self, exc: BaseException) -> None:
+        """The link is gone: every waiting request fails with ``exc``."""
+        self.lost = True
+        self._pump.cancel()
+        for future in [self.hello, *self.waiters.values()]:
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # retrieved: nobody may be waiting any more
+        self.waiters.clear()
+
+
+class Client:
+    """An end-to-end encrypted messaging client for one account (module docstring)."""
+
+    def __init__(
+        self,
+        store: KeyStore,
+        *,
+        rng: Rng = os.urandom,
+        clock: Clock = wall_clock_ms,
+        backoff: Backoff = Backoff(),
+        jitter: Callable[[], float] = random.random,
+        auto_delivered_receipts: bool = True,
+        on_connected: Callable[[frames.Welcome], None] | None = None,
+        on_identity_change: Callable[[str], None] | None = None,
+        owns_store: bool = False,
+    ) -> None:
+        self.store = store
+        self.sessions = SessionManager(store, rng=rng, clock=clock)
+        self.auto_delivered_receipts = auto_delivered_receipts
+        self.on_connected = on_connected
+        """Called with each WELCOME: the account is online (again)."""
+        self.on_identity_change = on_identity_change
+        """Called with a contact's handle when it presents a new identity key (SPEC §3.3)."""
+        self.welcome: frames.Welcome | None = None
+        """The relay's WELCOME on the current or last connection (queued, prekey counts)."""
+        self.connection_count = 0
+        """Authenticated connections so far (reconnects included)."""
+        self._clock = clock
+        self._rng = rng
+        self._backoff = backoff
+        self._jitter = jitter
+        self._owns_store = owns_store
+        self._url: str | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._link: _Link | None = None
+        self._link_ready = asyncio.Event()
+        self._online: _Link | None = None
+        self._online_event = asyncio.Event()
+        self._auto_login = False
+        self._closing = False
+        self._fatal: BaseException | None = None
+        self._inbox_changed = asyncio.Event()
+        self._outbox: dict[bytes, _Outgoing] = self._load_outbox()
+        self._sent: dict[bytes, asyncio.Future[int]] = {}
+        self._held: dict[str, list[frames.Deliver]] = {}
+        self._session_locks: dict[str, asyncio.Lock] = {}
+        self._topping_up = False
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # --- Profile --------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path | None,
+        passphrase: str | None = None,
+        *,
+        opslimit: int = DEFAULT_OPSLIMIT,
+        memlimit: int = DEFAULT_MEMLIMIT,
+        **options: Any,
+    ) -> Client:
+        """Open (or create) the profile at ``path``; ``None`` keeps everything in memory.
+
+        Must be called inside a running event loop. Argon2 costs apply when the
+        file is created (see ``keystore``).
+        """
+        store: KeyStore
+        if path is None:
+            store = MemoryKeyStore()
+        else:
+            if passphrase is None:
+                raise ValueError("an on-disk profile needs a passphrase")
+            store = SqliteKeyStore.open(
+                path, passphrase, create=True, opslimit=opslimit, memlimit=memlimit
+            )
+        return cls(store, owns_store=True, **options)
+
+    @property
+    def handle(self) -> str | None:
+        identity = self.store.get_identity()
+        return identity.handle if identity is not None else None
+
+    # --- Connection and authentication (SPEC §1, §4) ---------------------------
+
+    async def connect(self, url: str) -> None:
+        """Open a connection to the relay at ``url`` and wait for its HELLO.
+
+        The first connection must succeed (ConnectionLost otherwise); later
+        drops are retried in the background.
+        """
+        if self._runner is not None:
+            raise RuntimeError("already connected")
+        self._url = url
+        transport = await WebSocketTransport.open(url)
+        self._runner = asyncio.create_task(self._run(transport))
+        await self._wait_link_ready()
+
+    async def register(self, handle: str, kind: AccountKind = "user") -> None:
+        """Create the account ``handle`` on the relay and publish prekeys (SPEC §4.2, §5.2).
+
+        Raises HandleTaken (and the connection is renewed, so another handle
+        can be tried), or the named error of another refusal.
+        """
+        if self.store.get_state(_REGISTERED_KEY) is not None:
+            raise RuntimeError("this profile is registered already; use login()")
+        identity = self.store.get_identity()
+        if identity is None:
+            identity = self.sessions.create_identity(handle, kind, self._url or "")
+        elif (identity.handle, identity.account_kind) != (handle, kind):
+            identity = dataclasses.replace(identity, handle=handle, account_kind=kind)
+            self.store.set_identity(identity)
+        link = await self._wait_link_ready()
+        request_id = link.conn.register(handle, kind, identity.identity_public, self.sessions.sign)
+        await self._authenticate(link, request_id)
+        self.store.set_state(_REGISTERED_KEY, b"1")
+
+    async def login(self) -> None:
+        """Log in as this profile's account (SPEC §4.3); reconnects log in by themselves."""
+        identity = self.sessions.identity
+        link = await self._wait_link_ready()
+        await self._authenticate(link, link.conn.login(identity.handle, self.sessions.sign))
+
+    async def _authenticate(self, link: _Link, request_id: int) -> None:
+        """Wait for the WELCOME answering the REGISTER or LOGIN queued as ``request_id``."""
+        future = link.waiters[request_id] = asyncio.get_running_loop().create_future()
+        link.flush()
+        try:
+            welcome = await future
+        except ProtocolError:
+            # The challenge is spent: drop this link so that a retry gets a fresh one.
+            link.transport.abort()
+            raise
+        assert isinstance(welcome, frames.Welcome)
+        await self._welcomed(link, welcome)
+
+    async def _welcomed(self, link: _Link, welcome: frames.Welcome) -> None:
+        """SPEC §4.4: top up prekeys (SPEC §5.4), then resend the outbox (SPEC §6.3)."""
+        self._auto_login = True
+        upload = self.sessions.prekeys_upload(
+            link.conn.next_request_id(),
+            relay_one_time=welcome.one_time_prekeys,
+            relay_has_signed=welcome.has_signed_prekey,
+        )
+        if upload is not None:
+            await link.request(upload)
+        if link.lost:
+            raise ConnectionLost("connection lost during login")
+        for outgoing in list(self._outbox.values()):
+            self._transmit(link, outgoing)
+        self._online = link
+        self._online_event.set()
+        self.welcome = welcome
+        self.connection_count += 1
+        if self.on_connected is not None:
+            self.on_connected(welcome)
+
+    async def rotate_identity(self) -> None:
+        """Replace our identity key (SPEC §3.4); contacts will see an identity change.
+
+        The new seed is kept in the keystore before the request leaves, so a
+        crash while waiting for OK cannot lose the key the relay may now hold.
+        """
+        link = await self._wait_online()
+        hello = link.conn.hello
+        assert hello is not None
+        old = self.sessions.keypair
+        new = IdentityKeyPair.generate(self._rng)
+        self.store.set_state(_ROTATING_KEY, new.seed)
+        issued_at = self._clock()
+        transcript = rotate_transcript(
+            hello.relay_key, self.sessions.identity.handle, old.public, new.public, issued_at
+        )
+        await link.request(
+            frames.RotateIdentity(
+                id=link.conn.next_request_id(),
+                new_identity_key=new.public,
+                issued_at=issued_at,
+                old_signature=old.sign(transcript),
+                new_signature=new.sign(transcript),
+            )
+        )
+        self.sessions.replace_identity(new)
+        self.store.delete_state(_ROTATING_KEY)
+        upload = self.sessions.prekeys_upload(
+            link.conn.next_request_id(), relay_one_time=0, relay_has_signed=False
+        )
+        assert upload is not None
+        await link.request(upload)
+
+    async def wait_online(self) -> None:
+        """Return once the client is authenticated on a live connection."""
+        await self._wait_online()
+
+    async def close(self) -> None:
+        """Flush and close the connection, fail waiting sends, close a store we opened."""
+        self._closing = True
+        link = self._link
+        if link is not None and not link.lost:
+            await link.drain()
+            with contextlib.suppress(ConnectionLost):
+                await link.transport.close()
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._runner
+        for task in list(self._background):
+            task.cancel()
+        self._fail_waiters(ConnectionLost("client closed"))
+        self._inbox_changed.set()
+        if self._owns_store:
+            self.store.close()
+
+    async def _run(self, transport: WebSocketTransport | None) -> None:
+        """Own the connection: serve it, and after a drop reconnect with backoff."""
+        attempt = 0
+        try:
+            while not self._closing:
+                if transport is None:
+                    assert self._url is not None
+                    try:
+                        transport = await WebSocketTransport.open(self._url)
+                    except ConnectionLost as exc:
+                        log.info("reconnect failed: %s", exc)
+                        await asyncio.sleep(self._backoff.delay(attempt, self._jitter))
+                        attempt += 1
+                        continue
+                link = _Link(transport)
+                transport = None
+                try:
+                    await self._serve(link)
+                except ConnectionLost as exc:
+                    log.info("connection lost: %s", exc)
+                finally:
+                    if self._online is link:
+                        attempt = 0
+                    self._drop(link)
+                await asyncio.sleep(self._backoff.delay(attempt, self._jitter))
+                attempt += 1
+        except asyncio.CancelledError:
+            if self._link is not None:
+                self._drop(self._link)
+            raise
+        except BaseException as exc:
+            # Not a network problem: a bug, a broken store, a relay on another
+            # version. Stop without acknowledging anything more.
+            self._fatal = exc
+            if self._link is not None:
+                self._drop(self._link)
+            self._fail_waiters(exc)
+            self._inbox_changed.set()
+            self._link_ready.set()
+            self._online_event.set()
+            raise
+
+    async def _serve(self, link: _Link) -> None:
+        self._link = link
+        reader = asyncio.create_task(self._read(link))
+        try:
+            await asyncio.wait([reader, link.hello], return_when=asyncio.FIRST_COMPLETED)
+            if not link.hello.done():
+                await reader  # raises why the connection ended before HELLO
+            self._link_ready.set()
+            if self._auto_login:
+                identity = self.sessions.identity
+                request_id = link.conn.login(identity.handle, self.sessions.sign)
+                login = asyncio.create_task(self._authenticate(link, request_id))
+                await asyncio.wait([reader, login], return_when=asyncio.FIRST_COMPLETED)
+                if login.done():
+                    login.result()  # an AUTH_FAILED here is fatal: the relay refuses our key
+                else:
+                    login.cancel()
+            await reader
+        finally:
+            reader.cancel()
+
+    def _drop(self, link: _Link) -> None:
+        link.fail(ConnectionLost("connection ended"))
+        link.transport.abort()
+        if self._link is link:
+            self._link = None
+            self._link_ready.clear()
+        if self._online is link:
+            self._online = None
+            self._online_event.clear()
+        self._held.clear()  # unacknowledged: the relay delivers them again
+
+    async def _wait_link_ready(self) -> _Link:
+        """The current connection, once it has its HELLO and is not yet authenticated."""
+        while True:
+            self._raise_if_fatal()
+            link = self._link
+            if self._link_ready.is_set() and link is not None:
+                if link.conn.state is not State.AWAITING_AUTH:
+                    raise RuntimeError("this connection is authenticated already")
+                return link
+            await self._link_ready.wait()
+
+    async def _wait_online(self) -> _Link:
+        while True:
+            self._raise_if_fatal()
+            if self._online is not None and not self._online.lost:
+                return self._online
+            if self._runner is None:
+                raise RuntimeError("not connected; call connect() first")
+            await self._online_event.wait()
+
+    def _raise_if_fatal(self) -> None:
+        if self._fatal is not None:
+            raise ConnectionLost("client stopped after an error") from self._fatal
+        if self._closing:
+            raise ConnectionLost("client closed")
+
+    def _fail_waiters(self, exc: BaseException) -> None:
+        for future in self._sent.values():
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()
+        self._sent.clear()
+
+    # --- Receiving (SPEC §6.4, §6.5) ------------------------------------------
+
+    async def _read(self, link: _Link) -> None:
+        while True:
+            data = await link.transport.recv()
+            try:
+                link.conn.receive_data(data)
+            except UnsupportedVersion:
+                raise
+            except ProtocolError as exc:
+                raise ConnectionLost(f"relay sent an invalid frame: {exc}") from exc
+            for frame in link.conn.events_received():
+                self._frame_received(link, frame)
+
+    def _frame_received(self, link: _Link, frame: frames.Frame) -> None:
+        if isinstance(frame, frames.Hello):
+            link.hello.set_result(frame)
+        elif isinstance(frame, frames.Deliver):
+            self._deliver_received(link, frame)
+        elif isinstance(frame, frames.PrekeysLow):
+            self._top_up(link, frame.remaining)
+        elif isinstance(frame, frames.Error) and frame.re is None:
+            log.warning("relay error %d", frame.code)
+        else:
+            self._response_received(link, frame)
+
+    def _response_received(self, link: _Link, frame: frames.Frame) -> None:
+        re: int = frame.re  # type: ignore[union-attr]
+        error = _error_from(frame) if isinstance(frame, frames.Error) else None
+        msg_id = link.sending.pop(re, None)
+        if msg_id is not None:
+            self._send_answered(msg_id, frame, error)
+            return
+        future = link.waiters.pop(re, None)
+        if future is None or future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(frame)
+
+    def _deliver_received(self, link: _Link, deliver: frames.Deliver) -> None:
+        """Decrypt, persist, then ack (SPEC §6.5); hold what waits for a trust decision."""
+        if deliver.intent == frames.Intent.STATEMENT:
+            # Signed statements for businesses (SPEC §7.5) are not handled by this SDK.
+            self._ack(link, deliver)
+            return
+        held = self._held.get(deliver.sender)
+        if held is not None:
+            held.append(deliver)  # keep the sender's order behind the held one
+            return
+        try:
+            incoming = self.sessions.receive(deliver)
+        except UntrustedIdentity:
+            self._held[deliver.sender] = [deliver]
+            if self.on_identity_change is not None:
+                self.on_identity_change(deliver.sender)
+            return
+        except CryptoError as exc:
+            # Can never be decrypted (or shown): acknowledging is the only way on.
+            log.warning("dropped undecryptable message from %s: %s", deliver.sender, exc)
+            self._ack(link, deliver)
+            return
+        self._ack(link, deliver)
+        if incoming is None:
+            return
+        self._inbox_changed.set()
+        if self.auto_delivered_receipts and not isinstance(incoming.content.body, Receipt):
+            receipt = Receipt(ReceiptType.DELIVERED, (deliver.msg_id,))
+            try:
+                _, sent = self._queue_content(deliver.sender, receipt)
+            except (BlindrelayError, LookupError) as exc:
+                log.info("no delivered receipt to %s: %r", deliver.sender, exc)
+            else:
+                sent.add_done_callback(_ignore_outcome)
+
+    def _ack(self, link: _Link, deliver: frames.Deliver) -> None:
+        if not link.lost:
+            link.send(frames.Ack(delivery_ids=(deliver.delivery_id,)))
+
+    async def messages(self) -> AsyncIterator[Message]:
+        """Every incoming message, oldest first, including those stored before a restart.
+
+        A message is removed from the keystore when the application asks for
+        the next one or closes the iterator, so one it had not finished with
+        when the process died comes back after the restart. Use one consumer.
+        """
+        while True:
+            self._raise_if_fatal()
+            pending = self.store.pending_messages()
+            if not pending:
+                self._inbox_changed.clear()
+                await self._inbox_changed.wait()
+                continue
+            record = pending[0]
+            try:
+                message = _to_message(Incoming.from_record(record))
+            except MalformedContent:
+                self.store.consume(record.msg_id)
+                continue
+            try:
+                yield message
+            finally:  # the application asked for the next one, or stopped reading
+                self.store.consume(record.msg_id)
+
+    # --- Sending (SPEC §6.1–6.3) ----------------------------------------------
+
+    async def send(self, handle: str, body: str | bytes) -> bytes:
+        """Encrypt ``body`` for ``handle`` and return its msg_id once the relay holds it.
+
+        Waits for a connection if there is none. Raises UntrustedIdentity while
+        the contact's key change is unapproved, and the relay's named errors
+        (RecipientUnavailable, RateLimited…).
+        """
+        content = Text(body) if isinstance(body, str) else Data(bytes(body))
+        return await self._send_content(handle, content)
+
+    async def send_read_receipt(self, handle: str, msg_ids: list[bytes]) -> bytes:
+        """Tell ``handle`` its messages were read (an encrypted receipt, SPEC §6.2)."""
+        return await self._send_content(handle, Receipt(ReceiptType.READ, tuple(msg_ids)))
+
+    async def _send_content(self, handle: str, body: Text | Data | Receipt) -> bytes:
+        async with self._session_locks.setdefault(handle, asyncio.Lock()):
+            if self.sessions.pending_identity_change(handle) is not None:
+                raise UntrustedIdentity(handle)
+            if not self.sessions.has_session(handle):
+                bundle = await self._request(lambda rid: frames.BundleFetch(id=rid, handle=handle))
+                if not isinstance(bundle, frames.Bundle) or bundle.handle != handle:
+                    raise UnexpectedFrame("relay answered a bundle fetch with another bundle")
+                try:
+                    self.sessions.start_session(bundle)
+                except UntrustedIdentity:
+                    if self.on_identity_change is not None:
+                        self.on_identity_change(handle)
+                    raise
+            msg_id, sent = self._queue_content(handle, body)
+        await sent
+        return msg_id
+
+    def _queue_content(
+        self, handle: str, body: Text | Data | Receipt
+    ) -> tuple[bytes, asyncio.Future[int]]:
+        """Encrypt, persist in the outbox, transmit if online; the future resolves at SENT."""
+        msg_id = self._rng(limits.MESSAGE_ID_BYTES)
+        envelope = self.sessions.encrypt(handle, encode_content(Content(msg_id, body)))
+        outgoing = _Outgoing(msg_id, handle, envelope)
+        self._outbox[msg_id] = outgoing
+        self._save_outbox()
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._sent[msg_id] = future
+        if self._online is not None and not self._online.lost:
+            self._transmit(self._online, outgoing)
+        return msg_id, future
+
+    def _transmit(self, link: _Link, outgoing: _Outgoing) -> None:
+        request_id = link.conn.next_request_id()
+        link.sending[request_id] = outgoing.msg_id
+        link.send(
+            frames.Send(
+                id=request_id,
+                to=outgoing.to,
+                msg_id=outgoing.msg_id,
+                intent=frames.Intent.CHAT,
+                body=outgoing.envelope,
+            )
+        )
+
+    def _send_answered(
+        self, msg_id: bytes, frame: frames.Frame, error: ProtocolError | None
+    ) -> None:
+        if error is not None and isinstance(error, _RETRYABLE_SEND_ERRORS):
+            return  # stays in the outbox; resent after the reconnect
+        self._outbox.pop(msg_id, None)
+        self._save_outbox()
+        future = self._sent.pop(msg_id, None)
+        if future is None or future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            assert isinstance(frame, frames.Sent)
+            future.set_result(frame.at)
+
+    async def _request(self, make: Callable[[int], frames.Frame]) -> frames.Frame:
+        """A request answered on some connection; retried on the next one after a drop."""
+        while True:
+            link = await self._wait_online()
+            try:
+                return await link.request(make(link.conn.next_request_id()))
+            except ConnectionLost:
+                continue
+
+    def _load_outbox(self) -> dict[bytes, _Outgoing]:
+        blob = self.store.get_state(_OUTBOX_KEY)
+        if blob is None:
+            return {}
+        entries = msgpack.unpackb(blob, raw=False)
+        return {msg_id: _Outgoing(msg_id, to, envelope) for msg_id, to, envelope in entries}
+
+    def _save_outbox(self) -> None:
+        entries = [[o.msg_id, o.to, o.envelope] for o in self._outbox.values()]
+        self.store.set_state(_OUTBOX_KEY, msgpack.packb(entries, use_bin_type=True))
+
+    # --- Prekeys (SPEC §5.4) ----------------------------------------------------
+
+    def _top_up(self, link: _Link, remaining: int) -> None:
+        if self._topping_up:
+            return
+        upload = self.sessions.prekeys_upload(
+            link.conn.next_request_id(), relay_one_time=remaining, relay_has_signed=True
+        )
+        if upload is None:
+            return
+        self._topping_up = True
+
+        def done(future: asyncio.Future[frames.Frame]) -> None:
+            self._topping_up = False
+            if not future.cancelled() and future.exception() is not None:
+                log.warning("prekey top-up failed: %r", future.exception())
+
+        link.request(upload).add_done_callback(done)
+
+    # --- Trust (SPEC §3.3, §13.9) -----------------------------------------------
+
+    def safety_number(self, handle: str) -> str:
+        """The 60 digits to compare with ``handle`` out of band (SPEC §13.9)."""
+        return self.sessions.safety_number(handle)
+
+    def identity_change_pending(self, handle: str) -> bool:
+        """Whether ``handle`` presented a new identity key that awaits approval."""
+        return self.sessions.pending_identity_change(handle) is not None
+
+    def approve_identity(self, handle: str, *, verified: bool = False) -> None:
+        """Accept ``handle``'s new key (or mark the current one verified); held messages follow."""
+        self.sessions.approve_identity(handle, verified=verified)
+        held = self._held.pop(handle, [])
+        link = self._online
+        if link is None or link.lost:
+            return  # the relay redelivers them on the next connection
+        for deliver in held:
+            self._deliver_received(link, deliver)
+
+
+def _ignore_outcome(future: asyncio.Future[int]) -> None:
+    """Background sends (auto receipts) have nobody awaiting them; retrieve the outcome."""
+    if not future.cancelled() and future.exception() is not None:
+        log.info("background send failed: %r", future.exception())
+
+
+def _error_from(frame: frames.Error) -> ProtocolError:
+    """The named exception for a relay ERROR (SPEC §9; unknown codes are 900, §12.3)."""
+    error = error_for_code(frame.code, frame.reason or "")
+    if isinstance(error, RateLimited) and frame.retry_after is not None:
+        error.retry_after_ms = frame.retry_after
+    return error
+
+
+__all__ = ["Backoff", "Client", "ConnectionLost", "IdentityState", "Message", "Receipt"]
+

@@ -1,0 +1,425 @@
+"""The SDK end to end: real relays on 127.0.0.1 port 0, real sockets, no sleeps.
+
+Every wait is on a future or an event with a timeout (``within``). Each test
+runs its own event loop through ``run`` (the project has no asyncio pytest
+plugin), starts its own relay in ``tmp_path`` and closes everything it opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Coroutine
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import nacl.pwhash.argon2id as argon2id
+import pytest
+
+from blindrelay.client.keystore import IncomingMessage, KeyStore, MemoryKeyStore, SqliteKeyStore
+from blindrelay.client.sdk import Backoff, Client, ConnectionLost, Message
+from blindrelay.client.sessions import IdentityState
+from blindrelay.protocol.content import Receipt, ReceiptType
+from blindrelay.protocol.errors import (
+    HandleTaken,
+    RateLimited,
+    RecipientUnavailable,
+    UntrustedIdentity,
+)
+from blindrelay.server.config import RelayConfig
+from blindrelay.server.relay import RunningRelay, serve
+
+T = TypeVar("T")
+TIMEOUT = 10.0
+FAST = Backoff(initial=0.01, factor=2.0, cap=0.05)
+LOW_COST = {"opslimit": argon2id.OPSLIMIT_MIN, "memlimit": argon2id.MEMLIMIT_MIN}
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def within(awaitable: Awaitable[T], timeout: float = TIMEOUT) -> T:
+    return await asyncio.wait_for(awaitable, timeout)
+
+
+@asynccontextmanager
+async def relay_at(tmp_path: Path, **config: Any) -> AsyncIterator[RunningRelay]:
+    relay = await serve(RelayConfig(host="127.0.0.1", port=0, db_path=tmp_path / "relay.db", **config))
+    try:
+        yield relay
+    finally:
+        await relay.close()
+
+
+class Inbox:
+    """One consumer of ``client.messages()``, read a message at a time."""
+
+    def __init__(self, client: Client) -> None:
+        self.iterator = client.messages()
+
+    async def next(self) -> Message:
+        return await within(anext(self.iterator))
+
+    async def next_text(self) -> Message:
+        """The next message that is not a receipt."""
+        while True:
+            message = await self.next()
+            if message.receipt is None:
+                return message
+
+    async def close(self) -> None:
+        await self.iterator.aclose()
+
+
+def make_client(store: KeyStore | None = None, **options: Any) -> Client:
+    return Client(store or MemoryKeyStore(), backoff=FAST, jitter=lambda: 0.5, **options)
+
+
+async def online(url: str, handle: str, store: KeyStore | None = None, **options: Any) -> Client:
+    client = make_client(store, **options)
+    await within(client.connect(url))
+    await within(client.register(handle))
+    return client
+
+
+async def back_online(url: str, store: KeyStore, **options: Any) -> Client:
+    client = make_client(store, **options)
+    await within(client.connect(url))
+    await within(client.login())
+    return client
+
+
+def test_two_clients_exchange_messages_through_a_relay(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            alice = await online(relay.url, "alice")
+            bob = await online(relay.url, "bob")
+            alice_inbox, bob_inbox = Inbox(alice), Inbox(bob)
+
+            msg_id = await within(alice.send("bob", "hello bob"))
+            got = await bob_inbox.next()
+            assert (got.sender, got.body, got.msg_id) == ("alice", "hello bob", msg_id)
+            assert got.identity is IdentityState.NEW and got.sent_at > 0
+
+            await within(bob.send("alice", b"\x00binary reply"))
+            receipt = await alice_inbox.next()  # bob's automatic delivered receipt comes first
+            assert receipt.receipt == Receipt(ReceiptType.DELIVERED, (msg_id,))
+            reply = await alice_inbox.next()
+            # Alice pinned bob's key when she fetched his bundle: trusted, not new.
+            assert (reply.sender, reply.body, reply.identity) == (
+                "bob", b"\x00binary reply", IdentityState.TRUSTED,
+            )
+            for i in range(5):
+                await within(alice.send("bob", f"more {i}"))
+            assert [(await bob_inbox.next_text()).body for _ in range(5)] == [
+                f"more {i}" for i in range(5)
+            ]
+            assert alice.safety_number("bob") == bob.safety_number("alice")
+            await alice_inbox.close()
+            await bob_inbox.close()
+            await alice.close()
+            await bob.close()
+
+    run(scenario())
+
+
+def test_a_message_to_an_offline_recipient_arrives_at_its_next_login(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            bob_store = MemoryKeyStore()
+            bob = await online(relay.url, "bob", bob_store)
+            await bob.close()
+            alice = await online(relay.url, "alice")
+
+            await within(alice.send("bob", "while you were away"))
+
+            bob = await back_online(relay.url, bob_store)
+            assert bob.welcome is not None and bob.welcome.queued == 1
+            inbox = Inbox(bob)
+            assert (await inbox.next()).body == "while you were away"
+            await inbox.close()
+            await alice.close()
+            await bob.close()
+
+    run(scenario())
+
+
+def test_a_client_restarts_mid_conversation_from_its_keystore_file(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        path = tmp_path / "bob.keys"
+        async with relay_at(tmp_path) as relay:
+            alice = await online(relay.url, "alice")
+            bob = Client.open(path, "correct horse", backoff=FAST, **LOW_COST)
+            await within(bob.connect(relay.url))
+            await within(bob.register("bob"))
+            inbox = Inbox(bob)
+            await within(alice.send("bob", "one"))
+            assert (await inbox.next()).body == "one"
+            await within(bob.send("alice", "two"))
+            await inbox.close()
+            await bob.close()
+
+            await within(alice.send("bob", "three"))
+            await within(alice.send("bob", "four"))
+
+            bob = Client.open(path, "correct horse", backoff=FAST)
+            await within(bob.connect(relay.url))
+            await within(bob.login())
+            inbox = Inbox(bob)
+            assert [(await inbox.next_text()).body for _ in range(2)] == ["three", "four"]
+            await within(bob.send("alice", "five"))
+            alice_inbox = Inbox(alice)
+            assert [(await alice_inbox.next_text()).body for _ in range(2)] == ["two", "five"]
+            for closing in (inbox, alice_inbox, bob, alice):
+                await closing.close()
+
+    run(scenario())
+
+
+class Crash(Exception):
+    """Stands in for the process dying at a chosen point."""
+
+
+class CrashingStore(SqliteKeyStore):
+    """Dies in ``commit_incoming``: before it persists (``after=False``) or after."""
+
+    after = True
+
+    def commit_incoming(self, message: IncomingMessage, session_blob: bytes, **kw: Any) -> bool:
+        if not self.after:
+            raise Crash("before commit")
+        super().commit_incoming(message, session_blob, **kw)
+        raise Crash("after commit, before ack")
+
+
+@pytest.mark.parametrize("after_commit", [False, True], ids=["before-commit", "after-commit"])
+def test_a_crash_before_the_ack_redelivers_and_the_message_shows_once(
+    tmp_path: Path, after_commit: bool
+) -> None:
+    async def scenario() -> None:
+        path = tmp_path / "bob.keys"
+        async with relay_at(tmp_path) as relay:
+            alice = await online(relay.url, "alice")
+            bob = Client(SqliteKeyStore.open(path, "pw", create=True, **LOW_COST), owns_store=True)
+            await within(bob.connect(relay.url))
+            await within(bob.register("bob"))
+            await bob.close()
+
+            crashing = CrashingStore.open(path, "pw")
+            crashing.after = after_commit
+            bob = Client(crashing, owns_store=True, backoff=FAST)
+            await within(bob.connect(relay.url))
+            await within(bob.login())
+            await within(alice.send("bob", "do not lose me"))
+            with pytest.raises(ConnectionLost) as stopped:
+                await within(anext(bob.messages()))
+            assert isinstance(stopped.value.__cause__, Crash)
+            await bob.close()
+
+            bob = Client(SqliteKeyStore.open(path, "pw"), owns_store=True, backoff=FAST)
+            await within(bob.connect(relay.url))
+            await within(bob.login())
+            assert bob.welcome is not None and bob.welcome.queued == 1  # never acknowledged
+            await within(alice.send("bob", "after the crash"))
+            inbox = Inbox(bob)
+            assert [(await inbox.next()).body for _ in range(2)] == [
+                "do not lose me", "after the crash",
+            ]
+            await inbox.close()
+            await bob.close()
+
+            # Both were acknowledged once persisted: nothing is left queued.
+            bob = Client(SqliteKeyStore.open(path, "pw"), owns_store=True)
+            await within(bob.connect(relay.url))
+            await within(bob.login())
+            assert bob.welcome is not None and bob.welcome.queued == 0
+            await bob.close()
+            await alice.close()
+
+    run(scenario())
+
+
+def test_a_redelivered_envelope_is_dropped_and_acknowledged(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            bob_store = MemoryKeyStore()
+            bob = await online(relay.url, "bob", bob_store)
+            await bob.close()
+            alice = await online(relay.url, "alice")
+            await within(alice.send("bob", "once"))
+            # Bob's store already holds the message as processed, as after a
+            # crash between commit and ack: the relay still has it queued.
+            helper = make_client(bob_store)
+            await within(helper.connect(relay.url))
+            await within(helper.login())
+            inbox = Inbox(helper)
+            assert (await inbox.next()).body == "once"
+            await inbox.close()
+            await helper.close()
+            bob_store.delete_state("sdk/outbox")  # forget the delivered receipt, keep it simple
+
+            bob = await back_online(relay.url, bob_store)
+            assert bob.welcome is not None and bob.welcome.queued == 0
+            await bob.close()
+            await alice.close()
+
+    run(scenario())
+
+
+def test_the_server_dropping_the_connection_is_survived_by_reconnecting(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            alice = await online(relay.url, "alice")
+            reconnected = asyncio.Event()
+            bob = await online(
+                relay.url, "bob", on_connected=lambda welcome: reconnected.set()
+            )
+            reconnected.clear()
+            await within(alice.send("bob", "before the drop"))
+            inbox = Inbox(bob)
+            assert (await inbox.next()).body == "before the drop"
+
+            session = relay.ctx.sessions.get("bob")
+            assert session is not None
+            session.transport.close(1011, "test drop")
+            await within(reconnected.wait())
+            assert bob.connection_count == 2
+
+            await within(alice.send("bob", "after the drop"))
+            assert (await inbox.next()).body == "after the drop"
+            await within(bob.send("alice", "still here"))
+            assert (await Inbox(alice).next_text()).body == "still here"
+            await inbox.close()
+            await bob.close()
+            await alice.close()
+
+    run(scenario())
+
+
+def test_a_send_made_while_disconnected_completes_after_the_reconnect(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            bob = await online(relay.url, "bob")
+            reconnected = asyncio.Event()
+            alice = await online(relay.url, "alice", on_connected=lambda w: reconnected.set())
+            reconnected.clear()
+            await within(alice.send("bob", "first"))  # session exists: no bundle needed below
+
+            session = relay.ctx.sessions.get("alice")
+            assert session is not None
+            session.transport.close(1011, "test drop")
+            sending = asyncio.create_task(alice.send("bob", "queued in the outbox"))
+            await within(reconnected.wait())
+            msg_id = await within(sending)
+
+            inbox = Inbox(bob)
+            assert (await inbox.next()).body == "first"
+            got = await inbox.next()
+            assert (got.body, got.msg_id) == ("queued in the outbox", msg_id)
+            await inbox.close()
+            await bob.close()
+            await alice.close()
+
+    run(scenario())
+
+
+def test_an_identity_key_change_is_surfaced_before_the_next_send(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            changed: asyncio.Queue[str] = asyncio.Queue()
+            alice = await online(relay.url, "alice", on_identity_change=changed.put_nowait)
+            bob = await online(relay.url, "bob")
+            alice_inbox, bob_inbox = Inbox(alice), Inbox(bob)
+            await within(alice.send("bob", "hi"))
+            assert (await bob_inbox.next()).body == "hi"
+            await within(bob.send("alice", "hi alice"))
+            assert (await alice_inbox.next_text()).body == "hi alice"
+            number_before = alice.safety_number("bob")
+
+            await within(bob.rotate_identity())
+            await within(bob.send("alice", "new key, who dis"))
+
+            assert await within(changed.get()) == "bob"
+            assert alice.identity_change_pending("bob")
+            with pytest.raises(UntrustedIdentity):
+                await within(alice.send("bob", "must not leave"))
+            assert alice.safety_number("bob") != number_before
+
+            alice.approve_identity("bob")
+            got = await alice_inbox.next_text()
+            assert (got.body, got.identity) == ("new key, who dis", IdentityState.TRUSTED)
+            await within(alice.send("bob", "ok, approved"))
+            assert (await bob_inbox.next_text()).body == "ok, approved"
+            assert alice.safety_number("bob") == bob.safety_number("alice")
+            for closing in (alice_inbox, bob_inbox, alice, bob):
+                await closing.close()
+
+    run(scenario())
+
+
+def test_receipts_round_trip_as_chat_envelopes_the_relay_cannot_tell_apart(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            alice_store = MemoryKeyStore()
+            alice = await online(relay.url, "alice", alice_store)
+            bob = await online(relay.url, "bob")
+            msg_id = await within(alice.send("bob", "read me"))
+            inbox = Inbox(bob)
+            assert (await inbox.next()).msg_id == msg_id
+            alice_inbox = Inbox(alice)
+            delivered = await alice_inbox.next()
+            assert delivered.receipt == Receipt(ReceiptType.DELIVERED, (msg_id,))
+            await alice_inbox.close()
+            await alice.close()
+
+            read_id = await within(bob.send_read_receipt("alice", [msg_id]))
+            text_id = await within(bob.send("alice", "hi"))
+            with sqlite3.connect(tmp_path / "relay.db") as db:
+                rows = {
+                    bytes(row[0]): (row[1], len(row[2]))
+                    for row in db.execute(
+                        "SELECT msg_id, intent, body FROM queue WHERE recipient = 'alice'"
+                    )
+                }
+            assert rows[read_id][0] == rows[text_id][0] == "chat"
+            assert rows[read_id][1] == rows[text_id][1]  # same padding bucket, same size
+
+            alice = await back_online(relay.url, alice_store)
+            alice_inbox = Inbox(alice)
+            read = await alice_inbox.next()
+            assert (read.sender, read.receipt) == ("bob", Receipt(ReceiptType.READ, (msg_id,)))
+            assert read.body is None
+            for closing in (inbox, alice_inbox, alice, bob):
+                await closing.close()
+
+    run(scenario())
+
+
+def test_relay_errors_raise_their_named_exceptions(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with relay_at(tmp_path, bundle_burst=2, bundle_rate_per_min=1.0) as relay:
+            alice = await online(relay.url, "alice")
+            bob = await online(relay.url, "bob")
+            carol = await online(relay.url, "carol")
+
+            with pytest.raises(RecipientUnavailable):
+                await within(alice.send("nobody", "hello?"))
+            await within(alice.send("bob", "hi"))  # second bundle fetch of the burst
+            with pytest.raises(RateLimited) as limited:
+                await within(alice.send("carol", "hi"))
+            assert limited.value.retry_after_ms > 0
+
+            taken = make_client()
+            await within(taken.connect(relay.url))
+            with pytest.raises(HandleTaken):
+                await within(taken.register("alice"))
+            await within(taken.register("dave"))  # a fresh challenge after the refusal
+            await within(taken.send("bob", "hello from dave"))
+            for client in (taken, alice, bob, carol):
+                await client.close()
+
+    run(scenario())
