@@ -82,16 +82,35 @@ def _pack(obj: dict[str, object]) -> bytes:
 
 def _to_wire(obj: Any, *, top: bool = False) -> dict[str, object]:
     out: dict[str, object] = {TYPE_KEY: int(obj.TYPE)} if top else {}
-    for f in fields(obj):
-        value = getattr(obj, f.name)
+    for name, shape in _wire_plan(type(obj)):
+        value = getattr(obj, name)
         if value is None:
             continue
-        if is_dataclass(value):
+        if shape is _RECORD:
             value = _to_wire(value)
-        elif isinstance(value, tuple) and value and is_dataclass(value[0]):
+        elif shape is _RECORDS:
             value = [_to_wire(item) for item in value]
-        out[f.name] = value
+        out[name] = value
     return out
+
+
+_SCALAR, _RECORD, _RECORDS = "scalar", "record", "records"
+
+
+@functools.cache
+def _wire_plan(cls: type) -> tuple[tuple[str, str], ...]:
+    """Per class, once: each field and whether it holds records (encoding hot path)."""
+    hints = typing.get_type_hints(cls)
+    plan = []
+    for f in fields(cls):
+        hint = hints[f.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None) and a is not Ellipsis]
+        if is_dataclass(hint) or any(is_dataclass(a) for a in args if typing.get_origin(a) is None):
+            inner_tuple = typing.get_origin(hint) is tuple
+            plan.append((f.name, _RECORDS if inner_tuple else _RECORD))
+        else:
+            plan.append((f.name, _SCALAR))
+    return tuple(plan)
 
 
 def decode(data: bytes) -> Frame:
@@ -165,19 +184,19 @@ def _refuse_ext(code: int, data: bytes) -> object:
     raise MalformedFrame(f"extension type {code} is not allowed")
 
 
-def _check_depth(obj: object) -> None:
-    stack: list[tuple[object, int]] = [(obj, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict):
-            children: typing.Iterable[object] = value.values()
-        elif isinstance(value, tuple):
-            children = value
-        else:
-            continue
-        if depth > limits.MAX_NESTING_DEPTH:
-            raise MalformedFrame(f"nesting deeper than {limits.MAX_NESTING_DEPTH}")
-        stack.extend((child, depth + 1) for child in children)
+def _check_depth(value: object, depth: int = 1) -> None:
+    """Refuse containers nested deeper than the limit; scalars cost one isinstance."""
+    if isinstance(value, dict):
+        children: typing.Iterable[object] = value.values()
+    elif isinstance(value, tuple):
+        children = value
+    else:
+        return
+    if depth > limits.MAX_NESTING_DEPTH:
+        raise MalformedFrame(f"nesting deeper than {limits.MAX_NESTING_DEPTH}")
+    for child in children:
+        if isinstance(child, dict | tuple):
+            _check_depth(child, depth + 1)
 
 
 # --- annotation-driven conversion -------------------------------------------
@@ -185,13 +204,16 @@ def _check_depth(obj: object) -> None:
 
 def _build(cls: type, body: dict[str, object], where: str) -> object:
     spec = _spec(cls)
-    unknown = body.keys() - spec.converters.keys()
-    if unknown:
-        raise MalformedFrame(f"{where}: unknown key {sorted(unknown)[0]!r}")
-    missing = spec.required - body.keys()
-    if missing:
-        raise MalformedFrame(f"{where}: missing key {sorted(missing)[0]!r}")
-    kwargs = {name: spec.converters[name](value, name) for name, value in body.items()}
+    converters = spec.converters
+    kwargs = {}
+    for name, value in body.items():
+        convert = converters.get(name)
+        if convert is None:
+            raise MalformedFrame(f"{where}: unknown key {name!r}")
+        kwargs[name] = convert(value, name)
+    if not spec.required <= kwargs.keys():
+        missing = sorted(spec.required - kwargs.keys())[0]
+        raise MalformedFrame(f"{where}: missing key {missing!r}")
     return cls(**kwargs)
 
 
@@ -240,10 +262,16 @@ def _converter(hint: object) -> Converter:
     if typing.get_origin(hint) is tuple:
         item_hint, _ellipsis = typing.get_args(hint)
         convert_item = _converter(item_hint)
+        scalar = item_hint if item_hint in _WIRE_NAMES else None
 
         def sequence(value: object, name: str) -> object:
             if type(value) is not tuple:
                 raise MalformedFrame(f"{name}: must be an array")
+            if scalar is not None:  # arrays of scalars (ACK ids) are hot: no per-item call
+                for item in value:
+                    if type(item) is not scalar:
+                        raise MalformedFrame(f"{name}: must be {_WIRE_NAMES[scalar]}")
+                return value
             return tuple(convert_item(item, name) for item in value)
 
         return sequence
