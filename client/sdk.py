@@ -267,7 +267,6 @@ class Client:
         self._held: dict[str, list[frames.Deliver]] = {}
         self._session_locks: dict[str, asyncio.Lock] = {}
         self._topping_up = False
-        self._background: set[asyncio.Task[Any]] = set()
 
     # --- Profile --------------------------------------------------------------
 
@@ -283,8 +282,7 @@ class Client:
     ) -> Client:
         """Open (or create) the profile at ``path``; ``None`` keeps everything in memory.
 
-        Must be called inside a running event loop. Argon2 costs apply when the
-        file is created (see ``keystore``).
+        Argon2 costs apply when the file is created (see ``keystore``).
         """
         store: KeyStore
         if path is None:
@@ -425,8 +423,6 @@ class Client:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._runner
-        for task in list(self._background):
-            task.cancel()
         self._fail_waiters(ConnectionLost("client closed"))
         self._inbox_changed.set()
         if self._owns_store:

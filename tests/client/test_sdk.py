@@ -423,3 +423,42 @@ def test_relay_errors_raise_their_named_exceptions(tmp_path: Path) -> None:
                 await client.close()
 
     run(scenario())
+
+
+def test_an_unacknowledged_send_survives_a_restart_of_both_sides(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        path = tmp_path / "alice.keys"
+        async with relay_at(tmp_path) as relay:
+            bob_store = MemoryKeyStore()
+            bob = await online(relay.url, "bob", bob_store)
+            await bob.close()
+            alice = Client.open(path, "pw", backoff=FAST, **LOW_COST)
+            await within(alice.connect(relay.url))
+            await within(alice.register("alice"))
+            await within(alice.send("bob", "first"))
+        # The relay is gone: the next send can only reach alice's outbox.
+        sending = asyncio.create_task(alice.send("bob", "kept in the outbox"))
+        await asyncio.sleep(0)  # one scheduling step: encrypt and persist, then await SENT
+        await alice.close()
+        with pytest.raises(ConnectionLost):
+            await within(sending)
+
+        async with relay_at(tmp_path) as relay:  # same database, new port
+            alice = Client.open(path, "pw", backoff=FAST)
+            await within(alice.connect(relay.url))
+            await within(alice.login())
+            bob = await back_online(relay.url, bob_store)
+            inbox = Inbox(bob)
+            assert [(await inbox.next()).body for _ in range(2)] == ["first", "kept in the outbox"]
+            await inbox.close()
+            await bob.close()
+            await alice.close()
+
+    run(scenario())
+
+
+def test_backoff_grows_exponentially_with_jitter_up_to_its_cap() -> None:
+    backoff = Backoff(initial=1.0, factor=2.0, cap=10.0)
+    assert [backoff.delay(n, lambda: 1.0) for n in range(6)] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert [backoff.delay(n, lambda: 0.0) for n in range(3)] == [0.5, 1.0, 2.0]
+    assert backoff.delay(10_000, lambda: 1.0) == 10.0
