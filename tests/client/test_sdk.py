@@ -19,7 +19,8 @@ import pytest
 
 from blindrelay.client.keystore import IncomingMessage, KeyStore, MemoryKeyStore, SqliteKeyStore
 from blindrelay.client.sdk import Backoff, Client, ConnectionLost, Message
-from blindrelay.client.sessions import IdentityState
+from blindrelay.client.sessions import ONE_TIME_PREKEY_TARGET, IdentityState
+from blindrelay.protocol import limits
 from blindrelay.protocol.content import Receipt, ReceiptType
 from blindrelay.protocol.errors import (
     HandleTaken,
@@ -462,3 +463,29 @@ def test_backoff_grows_exponentially_with_jitter_up_to_its_cap() -> None:
     assert [backoff.delay(n, lambda: 1.0) for n in range(6)] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
     assert [backoff.delay(n, lambda: 0.0) for n in range(3)] == [0.5, 1.0, 2.0]
     assert backoff.delay(10_000, lambda: 1.0) == 10.0
+
+
+def test_prekeys_are_topped_up_when_the_relay_says_they_run_low(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with relay_at(tmp_path, bundle_burst=200) as relay:
+            bob_store = MemoryKeyStore()
+            bob = await online(relay.url, "bob", bob_store)
+            assert bob.welcome is not None and bob.welcome.one_time_prekeys == 0
+            alice = await online(relay.url, "alice")
+            fetches = ONE_TIME_PREKEY_TARGET - limits.PREKEY_LOW_WATER + 1
+            for i in range(fetches):  # each send without a session fetches one bundle
+                alice.store.delete_session("bob")
+                await within(alice.send("bob", f"m{i}"))
+            inbox = Inbox(bob)
+            for _ in range(fetches):
+                await inbox.next()
+            await inbox.close()
+            await bob.close()  # flushes the top-up bob sent on PREKEYS_LOW
+
+            bob = await back_online(relay.url, bob_store)
+            assert bob.welcome is not None
+            assert bob.welcome.one_time_prekeys == ONE_TIME_PREKEY_TARGET
+            await bob.close()
+            await alice.close()
+
+    run(scenario())
