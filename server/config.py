@@ -53,6 +53,10 @@ class RelayConfig:
     bundle_rate_per_min: float = limits.BUNDLE_FETCH_RATE_PER_MIN
     bundle_burst: int = limits.BUNDLE_FETCH_BURST
     max_stored_one_time_prekeys: int = limits.MAX_STORED_ONE_TIME_PREKEYS
+    service_window_ms: int = limits.SERVICE_WINDOW_MS
+    consent_cooldown_ms: int = limits.CONSENT_COOLDOWN_MS
+    consent_request_rate_per_h: float = limits.CONSENT_REQUEST_RATE_PER_H
+    consent_request_burst: int = limits.CONSENT_REQUEST_BURST
     auth_timeout_s: float = limits.AUTH_TIMEOUT_S
     ping_interval_s: float = limits.PING_INTERVAL_S
     ping_timeout_s: float = limits.PING_TIMEOUT_S
@@ -75,6 +79,10 @@ class RelayConfig:
             "bundle_rate_per_min": self.bundle_rate_per_min,
             "bundle_burst": self.bundle_burst,
             "max_stored_one_time_prekeys": self.max_stored_one_time_prekeys,
+            "service_window_ms": self.service_window_ms,
+            "consent_cooldown_ms": self.consent_cooldown_ms,
+            "consent_request_rate_per_h": self.consent_request_rate_per_h,
+            "consent_request_burst": self.consent_request_burst,
             "auth_timeout_s": self.auth_timeout_s,
             "purge_interval_s": self.purge_interval_s,
         }

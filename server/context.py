@@ -128,6 +128,8 @@ class Limiters:
     send_business: TokenBuckets
     send_pair: TokenBuckets
     bundle_fetch: TokenBuckets
+    consent_request: TokenBuckets
+    """Per business (SPEC §7.3 "requests are rate-limited per business")."""
 
     @classmethod
     def from_config(cls, config: RelayConfig, clock: Clock) -> Limiters:
@@ -139,6 +141,9 @@ class Limiters:
             send_pair=TokenBuckets(config.send_rate_pair, config.send_burst_pair, clock),
             bundle_fetch=TokenBuckets(
                 config.bundle_rate_per_min / 60.0, config.bundle_burst, clock
+            ),
+            consent_request=TokenBuckets(
+                config.consent_request_rate_per_h / 3600.0, config.consent_request_burst, clock
             ),
         )
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 import logging
 
 from blindrelay.protocol import limits
+from blindrelay.protocol.consent import Request
 from blindrelay.protocol.crypto.keys import signed_prekey_message, verify_signature
 from blindrelay.protocol.errors import InvalidPrekeys, InvalidSignature, RecipientUnavailable
 from blindrelay.protocol.frames import Bundle, BundleFetch, Ok, PrekeysLow, PrekeysUpload
 
 from .context import RelayContext, Session
+from .delivery import decide, refuse_unless_allowed
 from .logs import log_event
 from .storage import PreKeyBundleRow, Store
 
@@ -57,18 +59,26 @@ def upload(ctx: RelayContext, session: Session, frame: PrekeysUpload) -> None:
 
 
 def fetch(ctx: RelayContext, session: Session, frame: BundleFetch) -> None:
-    """SPEC §5.3: serve a bundle, consuming one one-time prekey atomically.
+    """SPEC §5.3, §7.3: serve a bundle, consuming one one-time prekey atomically.
 
-    An unknown handle and an account without a signed prekey get the same
-    RECIPIENT_UNAVAILABLE: the directory reveals existence only by serving a
-    bundle. With no one-time prekey left the bundle goes out without one.
+    Whether the requester may fetch is ``may_deliver`` on the pair's state,
+    decided in the same writer job that consumes the key. An unknown handle,
+    a refusal by consent or block, and an account without a signed prekey get
+    the same RECIPIENT_UNAVAILABLE (SPEC §7.7): the directory reveals
+    existence only by serving a bundle. With no one-time prekey left the
+    bundle goes out without one.
     """
     requester = session.handle
     assert requester is not None
     ctx.limiters.bundle_fetch.take(requester)
+    account = ctx.accounts.get(requester)
+    assert account is not None
     owner = frame.handle
+    now = ctx.clock()
 
     def take(store: Store) -> PreKeyBundleRow:
+        _, _, decision = decide(store, account, owner, Request.BUNDLE_FETCH, now)
+        refuse_unless_allowed(decision)
         row = store.prekeys.take_bundle(owner)
         if row is None:
             raise RecipientUnavailable()

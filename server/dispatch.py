@@ -6,7 +6,7 @@ permitted. A frame type the protocol defines but this relay does not serve
 yet is refused with UNEXPECTED_FRAME, never dropped.
 
 Not here: sockets (``relay``), what each frame does (``auth``, ``directory``,
-``delivery``).
+``delivery``, ``statements``, ``business``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from blindrelay.protocol.errors import (
 )
 from blindrelay.protocol.frames import Frame, FrameType
 
-from . import auth, delivery, directory
+from . import auth, business, delivery, directory, statements
 from .context import RelayContext, Session
 from .logs import log_event
 
@@ -37,8 +37,13 @@ HANDLERS: dict[FrameType, Handler] = {
     FrameType.BUNDLE_FETCH: directory.fetch,
     FrameType.SEND: delivery.send,
     FrameType.ACK: delivery.acknowledge,
+    FrameType.STATEMENT: statements.receive_statement,
+    FrameType.STATEMENTS_LIST: statements.list_statements,
+    FrameType.PROFILE_PUT: business.put_profile,
+    FrameType.PROFILE_FETCH: business.fetch_profile,
+    FrameType.USAGE_FETCH: business.fetch_usage,
 }
-"""Client frames this relay serves (the rest arrive with consent and business issues)."""
+"""Client frames this relay serves: every request of protocol v1."""
 
 
 class Dispatcher:

@@ -8,7 +8,13 @@ Tables (SPEC §11 lists them; ``blindrelay inspect`` prints them):
 - ``queue`` — envelopes not yet acknowledged; the row id is the delivery id,
   ``AUTOINCREMENT`` so ids only grow and are never reused (SPEC §6.4);
 - ``sent`` — (sender, msg_id) → digest and time, for idempotent resends,
-  kept for the queue TTL even after delivery (SPEC §6.3).
+  kept for the queue TTL even after delivery (SPEC §6.3);
+- ``pairs``, ``statements``, ``statements_in_force`` — consent, blocks and the
+  signed statements behind them (SPEC §7; :mod:`.ledger`);
+- ``usage`` — metering counts per business, month, meter, category (SPEC §8.4;
+  :mod:`.metering`);
+- ``profiles``, ``badges`` — signed business profiles and operator badges
+  (SPEC §8.1–8.2; :mod:`.profiles`).
 
 Bodies are opaque ciphertext: nothing here decodes them.
 
@@ -49,9 +55,12 @@ from blindrelay.protocol.errors import (
 )
 from blindrelay.protocol.frames import OneTimePreKeyRecord, SignedPreKeyRecord
 
+from .ledger import ConsentLedger
 from .logs import log_event
+from .metering import UsageMeter
+from .profiles import BadgeStore, ProfileStore
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS relay_identity (
@@ -102,6 +111,59 @@ CREATE TABLE IF NOT EXISTS sent (
     PRIMARY KEY (sender, msg_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sent_by_age ON sent (at);
+CREATE TABLE IF NOT EXISTS pairs (
+    low TEXT NOT NULL,
+    high TEXT NOT NULL,
+    consent TEXT NOT NULL,
+    pending TEXT NOT NULL,
+    window_until INTEGER NOT NULL,
+    blockers TEXT NOT NULL,
+    PRIMARY KEY (low, high)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS statements (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    signer TEXT NOT NULL,
+    target TEXT NOT NULL,
+    action TEXT NOT NULL,
+    categories TEXT,
+    issued_at INTEGER NOT NULL,
+    accepted_at INTEGER NOT NULL,
+    nonce BLOB NOT NULL,
+    signed BLOB NOT NULL,
+    UNIQUE (signer, nonce)
+);
+CREATE TABLE IF NOT EXISTS statements_in_force (
+    signer TEXT NOT NULL,
+    target TEXT NOT NULL,
+    family TEXT NOT NULL,
+    seq INTEGER NOT NULL REFERENCES statements(seq),
+    PRIMARY KEY (signer, target, family)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS statements_in_force_by_target ON statements_in_force (target);
+CREATE TABLE IF NOT EXISTS usage (
+    business TEXT NOT NULL,
+    month TEXT NOT NULL,
+    meter TEXT NOT NULL,
+    category TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (business, month, meter, category)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS profiles (
+    handle TEXT PRIMARY KEY REFERENCES accounts(handle),
+    signed BLOB NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS badges (
+    serial INTEGER PRIMARY KEY,
+    handle TEXT NOT NULL REFERENCES accounts(handle),
+    key_fingerprint BLOB NOT NULL,
+    display_name TEXT NOT NULL,
+    issued_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    revoked_at INTEGER,
+    signed BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS badges_by_handle ON badges (handle, issued_at);
 """
 
 
@@ -342,13 +404,9 @@ class MessageQueue:
         Order of checks: a known (sender, msg_id) is answered from ``sent``
         before the cap, so a resend of a stored envelope always succeeds.
         """
-        known = self.db.execute(
-            "SELECT digest, at FROM sent WHERE sender = ? AND msg_id = ?", (sender.handle, msg_id)
-        ).fetchone()
+        known = self.remembered(sender.handle, msg_id, digest)
         if known is not None:
-            if bytes(known[0]) != digest:
-                raise MessageIdReused()
-            return Accepted(at=int(known[1]), envelope=None)
+            return known
         queued = self.db.execute(
             "SELECT COUNT(*) FROM queue WHERE recipient = ?", (recipient,)
         ).fetchone()[0]
@@ -371,6 +429,60 @@ class MessageQueue:
             categories, now, body,
         )  # fmt: skip
         return Accepted(at=now, envelope=envelope)
+
+    def remembered(self, sender: str, msg_id: bytes, digest: bytes) -> Accepted | None:
+        """The original acceptance of a resend, or None for a new ``msg_id`` (SPEC §6.3)."""
+        known = self.db.execute(
+            "SELECT digest, at FROM sent WHERE sender = ? AND msg_id = ?", (sender, msg_id)
+        ).fetchone()
+        if known is None:
+            return None
+        if bytes(known[0]) != digest:
+            raise MessageIdReused()
+        return Accepted(at=int(known[1]), envelope=None)
+
+    def enqueue_statement(
+        self, recipient: str, sender: Account, nonce: bytes, signed: bytes, now: int
+    ) -> QueuedEnvelope:
+        """Queue a forwarded statement (SPEC §7.5): intent ``statement``, msg_id = nonce.
+
+        Not subject to the queue cap and not remembered in ``sent``: a receipt
+        is proof of opt-in and must not be lost, and its (signer, nonce) is
+        already unique in ``statements``.
+        """
+        cursor = self.db.execute(
+            "INSERT INTO queue (recipient, sender, sender_kind, msg_id, intent, category,"
+            " categories, sent_at, body) VALUES (?, ?, ?, ?, 'statement', NULL, NULL, ?, ?)",
+            (recipient, sender.handle, sender.kind, nonce, now, signed),
+        )
+        delivery_id = cursor.lastrowid
+        assert delivery_id is not None
+        return QueuedEnvelope(
+            delivery_id, recipient, sender.handle, sender.kind, nonce, "statement", None, None,
+            now, signed,
+        )  # fmt: skip
+
+    def withdraw(
+        self, recipient: str, sender: str, notification_categories: frozenset[str] | None
+    ) -> list[int]:
+        """Delete undelivered envelopes from ``sender`` to ``recipient`` (SPEC §7.4).
+
+        All of them with ``notification_categories`` None (a block), else only
+        notifications of those categories (a revoke). Returns the delivery ids.
+        """
+        if notification_categories is None:
+            rows = self.db.execute(
+                "DELETE FROM queue WHERE recipient = ? AND sender = ? RETURNING delivery_id",
+                (recipient, sender),
+            ).fetchall()
+        else:
+            marks = ",".join("?" * len(notification_categories))
+            rows = self.db.execute(
+                "DELETE FROM queue WHERE recipient = ? AND sender = ?"  # noqa: S608 - marks only
+                f" AND intent = 'notification' AND category IN ({marks}) RETURNING delivery_id",
+                (recipient, sender, *sorted(notification_categories)),
+            ).fetchall()
+        return sorted(int(row[0]) for row in rows)
 
     def count(self, recipient: str, not_before: int) -> int:
         return int(
@@ -422,6 +534,10 @@ class Store:
         self.accounts = Accounts(db)
         self.prekeys = PreKeyStore(db)
         self.queue = MessageQueue(db)
+        self.ledger = ConsentLedger(db)
+        self.usage = UsageMeter(db)
+        self.profiles = ProfileStore(db)
+        self.badges = BadgeStore(db)
 
 
 # --- the writer thread -------------------------------------------------------

@@ -10,6 +10,7 @@ from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
 
 from .conftest import Clients, FakeClock, db_rows, error_code, relay_with
+from .consent_helpers import stated
 
 
 async def test_the_queue_cap_refuses_more_but_resends_still_succeed(
@@ -103,7 +104,9 @@ async def test_a_business_account_has_its_own_budget(
         config, clock, send_burst_user=1, send_burst_business=3, send_burst_pair=100
     ) as relay:
         airline = await clients.registered(relay.url, "airline", "business")
-        await clients.registered(relay.url, "bob")
+        bob = await clients.registered(relay.url, "bob")
+        # Bob writes first: the service window lets the airline reply (SPEC §7.3).
+        assert isinstance(await bob.send_message("airline", b"hello"), Sent)
         for _ in range(3):
             assert isinstance(await airline.send_message("bob", b"x"), Sent)
         assert error_code(await airline.send_message("bob", b"x")) == ErrorCode.RATE_LIMITED
@@ -123,7 +126,7 @@ async def test_one_sender_recipient_pair_is_rate_limited(
 
 
 async def test_business_only_intents_are_forbidden_to_users(
-    relay: RunningRelay, clients: Clients
+    relay: RunningRelay, clients: Clients, clock: FakeClock
 ) -> None:
     alice = await clients.registered(relay.url, "alice")
     airline = await clients.registered(relay.url, "airline", "business")
@@ -132,12 +135,13 @@ async def test_business_only_intents_are_forbidden_to_users(
     request = {"intent": "consent_request", "categories": ("utility", "marketing")}
     assert error_code(await alice.send_message("bob", b"x", **notification)) == ErrorCode.FORBIDDEN
     assert error_code(await alice.send_message("bob", b"x", **request)) == ErrorCode.FORBIDDEN
-    assert isinstance(await airline.send_message("bob", b"n", **notification), Sent)
     assert isinstance(await airline.send_message("bob", b"r", **request), Sent)
+    await stated(bob, "grant", "airline", clock.now, ("utility",))  # SPEC §7.3: consent first
+    assert isinstance(await airline.send_message("bob", b"n", **notification), Sent)
     first, second = await bob.deliveries(2)
-    assert (first.sender_kind, first.intent, first.category) == (
+    assert (first.intent, first.categories) == ("consent_request", ("utility", "marketing"))
+    assert (second.sender_kind, second.intent, second.category) == (
         "business",
         "notification",
         "utility",
     )
-    assert (second.intent, second.categories) == ("consent_request", ("utility", "marketing"))

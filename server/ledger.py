@@ -1,0 +1,133 @@
+"""The consent ledger: pair state and the signed statements behind it (SPEC §7.2, §7.4–7.6).
+
+- ``pairs`` holds one :class:`~blindrelay.protocol.consent.PairState` per
+  unordered pair of handles (consent per category, pending request, window
+  end, who blocks whom). A pair without a row is in the initial state.
+- ``statements`` keeps every accepted statement byte for byte, with its
+  ``(signer, nonce)`` unique: that is the replay check of SPEC §7.4.
+- ``statements_in_force`` points, per (signer, target, action family), at the
+  latest statement — the family is ``consent:<category>`` or ``block`` — which
+  is what STATEMENTS_LIST returns (SPEC §7.6).
+
+Every method runs inside a writer job, so reading a pair's state and acting
+on it is one transaction with whatever the job writes next.
+
+Not here: the rules (``blindrelay.protocol.consent``), signature checks
+(``blindrelay.protocol.signed``), or who calls what (``statements``,
+``delivery``, ``directory``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import sqlite_utils
+
+from blindrelay.protocol.consent import INITIAL, CategoryConsent, CategoryState, PairState
+from blindrelay.protocol.signed import ConsentStatement
+
+
+def _key(a: str, b: str) -> tuple[str, str]:
+    return (a, b) if a < b else (b, a)
+
+
+def _split(joined: str) -> frozenset[str]:
+    return frozenset(joined.split(",")) if joined else frozenset()
+
+
+def _join(values: frozenset[str]) -> str:
+    return ",".join(sorted(values))
+
+
+def families(statement: ConsentStatement) -> list[str]:
+    """The action families a statement is the latest word on (SPEC §7.6)."""
+    if statement.is_consent:
+        return [f"consent:{c}" for c in statement.categories or ()]
+    return ["block"]
+
+
+class ConsentLedger:
+    """Pair states and statements, one connection's view (the writer's)."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def pair_state(self, a: str, b: str) -> PairState:
+        """The state of the pair {a, b}; the initial state when nothing is stored.
+
+        Called for every SEND and BUNDLE_FETCH, also when ``b`` does not exist
+        (SPEC §7.7: "the same work … including for an unknown account").
+        """
+        row = self.db.execute(
+            "SELECT consent, pending, window_until, blockers FROM pairs WHERE low = ? AND high = ?",
+            _key(a, b),
+        ).fetchone()
+        if row is None:
+            return INITIAL
+        consent = {
+            name: CategoryConsent(CategoryState(state), int(until))
+            for name, (state, until) in json.loads(row[0]).items()
+        }
+        return PairState(
+            consent=consent,
+            pending=_split(row[1]),
+            window_until=int(row[2]),
+            blockers=_split(row[3]),
+        )
+
+    def store_pair(self, a: str, b: str, state: PairState) -> None:
+        consent = json.dumps(
+            {name: [c.state.value, c.until] for name, c in sorted(state.consent.items())}
+        )
+        self.db.execute(
+            "INSERT INTO pairs (low, high, consent, pending, window_until, blockers)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (low, high) DO UPDATE SET"
+            " consent = excluded.consent, pending = excluded.pending,"
+            " window_until = excluded.window_until, blockers = excluded.blockers",
+            (*_key(a, b), consent, _join(state.pending), state.window_until,
+             _join(state.blockers)),
+        )  # fmt: skip
+
+    def seen(self, signer: str, nonce: bytes) -> bool:
+        """Whether ``(signer, nonce)`` was accepted before (SPEC §7.4 replay check)."""
+        row = self.db.execute(
+            "SELECT 1 FROM statements WHERE signer = ? AND nonce = ?", (signer, nonce)
+        ).fetchone()
+        return row is not None
+
+    def record(self, statement: ConsentStatement, signed: bytes, now: int) -> int:
+        """Store an accepted statement and make it the one in force for its families."""
+        cursor = self.db.execute(
+            "INSERT INTO statements (signer, target, action, categories, issued_at,"
+            " accepted_at, nonce, signed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                statement.signer, statement.target, statement.action,
+                ",".join(statement.categories) if statement.categories else None,
+                statement.issued_at, now, statement.nonce, signed,
+            ),
+        )  # fmt: skip
+        seq = cursor.lastrowid
+        assert seq is not None
+        self.db.conn.executemany(
+            "INSERT OR REPLACE INTO statements_in_force (signer, target, family, seq)"
+            " VALUES (?, ?, ?, ?)",
+            [(statement.signer, statement.target, family, seq) for family in families(statement)],
+        )
+        return seq
+
+    def in_force(self, handle: str, after: int, limit: int) -> tuple[list[bytes], int | None]:
+        """SPEC §7.6: statements in force that ``handle`` signed or is the target of.
+
+        Oldest first, with sequence numbers above ``after``; the second value is
+        the cursor for the next page, or None when nothing more remains.
+        """
+        rows = self.db.execute(
+            "SELECT seq, signed FROM statements WHERE seq > ? AND seq IN ("
+            " SELECT seq FROM statements_in_force WHERE signer = ?"
+            " UNION SELECT seq FROM statements_in_force WHERE target = ?)"
+            " ORDER BY seq LIMIT ?",
+            (after, handle, handle, limit + 1),
+        ).fetchall()
+        page = rows[:limit]
+        more = len(rows) > limit
+        return [bytes(row[1]) for row in page], (int(page[-1][0]) if more else None)

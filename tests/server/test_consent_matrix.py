@@ -1,0 +1,175 @@
+"""SPEC §7.3 over real sockets: every pair state × every business frame.
+
+Each cell gets a fresh user, drives the pair into its state with real frames
+(statements, sends, clock moves), then probes one business frame. The
+expected outcome comes from ``may_deliver`` on a model state that the test
+moves with the protocol's own ``apply_statement``/``after_accept`` along the
+same steps; the observed one is what the relay answers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from blindrelay.protocol import limits
+from blindrelay.protocol.consent import (
+    INITIAL,
+    PairState,
+    Request,
+    after_accept,
+    apply_statement,
+    may_deliver,
+)
+from blindrelay.protocol.errors import ErrorCode
+from blindrelay.protocol.frames import Bundle, BundleFetch, Deliver, Error, Frame, Sent
+from blindrelay.server.relay import RunningRelay
+
+from .conftest import Clients, FakeClock, RawClient
+from .consent_helpers import stated
+
+BUSINESS = "airline"
+
+Step = tuple[str, ...]
+"""("user", action, *categories) · ("business", action) · ("chat",) · ("request", *categories)
+· ("advance", "cooldown" | "window")."""
+
+STATES: dict[str, list[Step]] = {
+    "none": [],
+    "requested": [("request", "utility")],
+    "granted utility": [("user", "grant", "utility")],
+    "granted both": [("user", "grant", "utility", "marketing")],
+    "denied in cooldown": [("request", "utility", "marketing"), ("user", "deny", "utility", "marketing")],
+    "denied after cooldown": [
+        ("request", "utility", "marketing"), ("user", "deny", "utility", "marketing"),
+        ("advance", "cooldown"),
+    ],
+    "revoked": [("user", "grant", "utility", "marketing"), ("user", "revoke", "utility", "marketing")],
+    "blocked by user": [("user", "block")],
+    "business blocked user": [("business", "block")],
+    "window open": [("chat",)],
+    "window expired": [("chat",), ("advance", "window")],
+}  # fmt: skip
+
+FRAMES: dict[str, tuple[Request, str | None, tuple[str, ...]]] = {
+    "consent_request both": (Request.CONSENT_REQUEST, None, ("utility", "marketing")),
+    "consent_request marketing": (Request.CONSENT_REQUEST, None, ("marketing",)),
+    "notification utility": (Request.NOTIFICATION, "utility", ()),
+    "notification marketing": (Request.NOTIFICATION, "marketing", ()),
+    "service reply": (Request.CHAT, None, ()),
+    "bundle fetch": (Request.BUNDLE_FETCH, None, ()),
+}
+
+
+@dataclass
+class Model:
+    """The pair state as the protocol functions say it should be."""
+
+    state: PairState = INITIAL
+
+    def statement(self, signer: str, action: str, categories: tuple[str, ...], now: int) -> None:
+        self.state, _ = apply_statement(
+            self.state, action=action, signer=signer, categories=frozenset(categories),
+            signer_is_user_blocking_business=action == "block" and signer != BUSINESS,
+            now=now, cooldown_ms=limits.CONSENT_COOLDOWN_MS,
+        )  # fmt: skip
+
+    def send(self, sender_kind: str, request: Request, now: int, **kwargs: object) -> bool:
+        decision = may_deliver(
+            sender_kind=sender_kind,
+            recipient_kind="user" if sender_kind == "business" else "business",
+            request=request, state=self.state, now=now, **kwargs,  # type: ignore[arg-type]
+        )  # fmt: skip
+        if decision.allowed:
+            self.state = after_accept(self.state, decision, now, limits.SERVICE_WINDOW_MS)
+        return decision.allowed
+
+
+async def _send(
+    client: RawClient, to: str, request: Request, category: str | None, cats: tuple[str, ...]
+) -> Frame:
+    fields: dict[str, object] = {"intent": request.value}
+    if category is not None:
+        fields["category"] = category
+    if cats:
+        fields["categories"] = cats
+    return await client.send_message(to, os.urandom(40), **fields)
+
+
+async def _reach(
+    steps: list[Step], user: RawClient, business: RawClient, clock: FakeClock, model: Model
+) -> None:
+    for step in steps:
+        kind, rest = step[0], step[1:]
+        if kind == "user":
+            cats = rest[1:] or None
+            await stated(user, rest[0], BUSINESS, clock.now, cats)
+            model.statement(user.handle, rest[0], rest[1:], clock.now)
+        elif kind == "business":
+            await stated(business, rest[0], user.handle, clock.now)
+            model.statement(BUSINESS, rest[0], (), clock.now)
+        elif kind == "chat":
+            assert isinstance(await _send(user, BUSINESS, Request.CHAT, None, ()), Sent)
+            assert model.send("user", Request.CHAT, clock.now)
+        elif kind == "request":
+            answer = await _send(business, user.handle, Request.CONSENT_REQUEST, None, rest)
+            assert isinstance(answer, Sent), answer
+            assert model.send("business", Request.CONSENT_REQUEST, clock.now,
+                              categories=frozenset(rest))  # fmt: skip
+        elif kind == "advance":
+            clock.advance(
+                (limits.CONSENT_COOLDOWN_MS if rest[0] == "cooldown" else limits.SERVICE_WINDOW_MS)
+                + 1
+            )
+
+
+async def _delivered(user: RawClient, msg_id: bytes) -> Deliver:
+    while True:
+        deliver = await user.push(Deliver)
+        if deliver.msg_id == msg_id:
+            return deliver
+
+
+async def test_every_pair_state_against_every_business_frame(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    business = await clients.registered(relay.url, BUSINESS, "business")
+    mismatches: list[str] = []
+    outcomes: dict[str, set[bool]] = {name: set() for name in FRAMES}
+    cells = 0
+    for s_index, (state_name, steps) in enumerate(STATES.items()):
+        for f_index, (frame_name, (request, category, cats)) in enumerate(FRAMES.items()):
+            user = await clients.registered(relay.url, f"user-{s_index}-{f_index}")
+            await user.upload_prekeys(one_time=1)
+            model = Model()
+            await _reach(steps, user, business, clock, model)
+            expected = model.send(
+                "business", request, clock.now, category=category, categories=frozenset(cats)
+            )
+            if request is Request.BUNDLE_FETCH:
+                request_id = business.request_id()
+                await business.send(BundleFetch(id=request_id, handle=user.handle))
+                answer = await business.response(request_id)
+                observed = isinstance(answer, Bundle)
+            else:
+                answer = await _send(business, user.handle, request, category, cats)
+                observed = isinstance(answer, Sent)
+                if observed:
+                    assert isinstance(answer, Sent)
+                    deliver = await _delivered(user, answer.msg_id)
+                    assert (deliver.sender, deliver.intent) == (BUSINESS, request.value)
+            if not observed:
+                assert isinstance(answer, Error) and answer.code == ErrorCode.RECIPIENT_UNAVAILABLE
+                assert answer.reason is None
+            if observed != expected:
+                mismatches.append(
+                    f"{state_name} × {frame_name}: relay {observed}, table {expected}"
+                )
+            outcomes[frame_name].add(observed)
+            cells += 1
+            await user.close()
+    print(f"consent matrix: {cells} cells")
+    assert cells == len(STATES) * len(FRAMES) == 66
+    assert mismatches == []
+    # Not a degenerate matrix: every frame is both allowed and refused somewhere.
+    assert all(seen == {True, False} for seen in outcomes.values()), outcomes

@@ -1,0 +1,226 @@
+"""STATEMENT and STATEMENTS_LIST over real sockets (SPEC §7.4–7.6)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from nacl.signing import SigningKey
+
+from blindrelay.protocol import limits
+from blindrelay.protocol.codec import encode_object
+from blindrelay.protocol.errors import ErrorCode
+from blindrelay.protocol.frames import Deliver, Ok, Sent, Statement, Statements, StatementsList
+from blindrelay.protocol.signed import (
+    ConsentStatement,
+    SignedObject,
+    peek_signed,
+    unverified_body,
+    verify_statement,
+)
+from blindrelay.server.relay import RunningRelay
+
+from .conftest import Clients, FakeClock, RawClient, db_rows, error_code
+from .consent_helpers import state, stated, statement_bytes
+
+UTILITY = ("utility",)
+
+
+async def _pair(relay: RunningRelay, clients: Clients) -> tuple[RawClient, RawClient]:
+    bob = await clients.registered(relay.url, "bob")
+    airline = await clients.registered(relay.url, "airline", "business")
+    return bob, airline
+
+
+async def _code(client: RawClient, data: bytes) -> int:
+    return error_code(await client.request(lambda i: Statement(id=i, statement=data)))
+
+
+async def test_forged_altered_and_misaddressed_statements_are_invalid(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    bob, _ = await _pair(relay, clients)
+    now = clock.now
+    forged_key = SigningKey.generate()
+    genuine = statement_bytes(bob, "grant", "airline", now, UTILITY)
+    forged = statement_bytes(bob, "grant", "airline", now, UTILITY)
+    outer = peek_signed(ConsentStatement, forged)
+    forged = encode_object(SignedObject(body=outer.body, sig=forged_key.sign(b"x").signature))
+    assert await _code(bob, forged) == ErrorCode.INVALID_STATEMENT
+    outer = peek_signed(ConsentStatement, genuine)
+    altered_body = outer.body.replace(b"utility", b"marketi")
+    assert altered_body != outer.body
+    altered = encode_object(SignedObject(body=altered_body, sig=outer.sig))
+    assert await _code(bob, altered) == ErrorCode.INVALID_STATEMENT
+    wrong_relay = statement_bytes(bob, "grant", "airline", now, UTILITY, relay_key=os.urandom(32))
+    assert await _code(bob, wrong_relay) == ErrorCode.INVALID_STATEMENT
+    # Signed by bob but claiming another signer, or another signer key.
+    other_signer = statement_bytes(bob, "block", "airline", now, signer="carol")
+    assert await _code(bob, other_signer) == ErrorCode.INVALID_STATEMENT
+    other_key = statement_bytes(
+        bob, "grant", "airline", now, UTILITY, signer_key=bytes(forged_key.verify_key)
+    )
+    assert await _code(bob, other_key) == ErrorCode.INVALID_STATEMENT
+    assert await _code(bob, b"\x82\xa4body\xc4\x00\xa3sig\xc4\x00") == ErrorCode.INVALID_STATEMENT
+    # None of them changed anything: the genuine one is still a first grant.
+    assert await _code_or_ok(bob, genuine) == "ok"
+    assert db_rows(relay.config.db_path, "SELECT COUNT(*) FROM statements") == [(1,)]
+
+
+async def _code_or_ok(client: RawClient, data: bytes) -> int | str:
+    answer = await client.request(lambda i: Statement(id=i, statement=data))
+    return "ok" if isinstance(answer, Ok) else error_code(answer)
+
+
+async def test_replayed_and_stale_statements_are_stale(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    bob, _ = await _pair(relay, clients)
+    grant = statement_bytes(bob, "grant", "airline", clock.now, UTILITY)
+    assert await _code_or_ok(bob, grant) == "ok"
+    assert await _code(bob, grant) == ErrorCode.STALE_STATEMENT  # same nonce
+    skew = limits.STATEMENT_SKEW_MS
+    late = statement_bytes(bob, "grant", "airline", clock.now - skew - 1, ("marketing",))
+    early = statement_bytes(bob, "grant", "airline", clock.now + skew + 1, ("marketing",))
+    assert await _code(bob, late) == ErrorCode.STALE_STATEMENT
+    assert await _code(bob, early) == ErrorCode.STALE_STATEMENT
+    edge = statement_bytes(bob, "grant", "airline", clock.now - skew, ("marketing",))
+    assert await _code_or_ok(bob, edge) == "ok"
+
+
+async def test_kinds_unknown_targets_and_table_refusals(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    bob, airline = await _pair(relay, clients)
+    await clients.registered(relay.url, "carol")
+    now = clock.now
+    invalid, unavailable = ErrorCode.INVALID_STATEMENT, ErrorCode.RECIPIENT_UNAVAILABLE
+    assert error_code(await state(bob, "grant", "carol", now, UTILITY)) == invalid  # user → user
+    assert error_code(await state(airline, "grant", "bob", now, UTILITY)) == invalid  # by business
+    assert error_code(await state(bob, "grant", "nobody", now, UTILITY)) == unavailable
+    # Revoking what was never granted; denying what is granted (that is a revoke).
+    assert error_code(await state(bob, "revoke", "airline", now, UTILITY)) == invalid
+    await stated(bob, "grant", "airline", now, UTILITY)
+    assert error_code(await state(bob, "deny", "airline", now, UTILITY)) == invalid
+    # A two-category statement with one refused transition is refused whole.
+    both = ("utility", "marketing")
+    assert error_code(await state(bob, "revoke", "airline", now, both)) == invalid
+    assert error_code(await state(bob, "unblock", "carol", now)) == invalid
+    await stated(bob, "block", "carol", now)
+    assert error_code(await state(bob, "block", "carol", now)) == invalid
+    assert db_rows(relay.config.db_path, "SELECT action, target FROM statements ORDER BY seq") == [
+        ("grant", "airline"),
+        ("block", "carol"),
+    ]
+
+
+async def test_receipts_are_forwarded_to_the_business_and_verify_offline(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    bob, airline = await _pair(relay, clients)
+    carol = await clients.registered(relay.url, "carol")
+    statements = [
+        statement_bytes(bob, "grant", "airline", clock.now, ("utility", "marketing")),
+        statement_bytes(bob, "revoke", "airline", clock.now, ("marketing",)),
+        statement_bytes(bob, "block", "airline", clock.now),
+        statement_bytes(bob, "unblock", "airline", clock.now),
+    ]
+    for data in statements:
+        assert await _code_or_ok(bob, data) == "ok"
+    await stated(airline, "block", "carol", clock.now)  # a user is never told who blocks them
+    await stated(bob, "block", "carol", clock.now)
+    delivered = await airline.deliveries(4)
+    assert [d.body for d in delivered] == statements  # byte for byte, in order
+    for deliver, data in zip(delivered, statements, strict=True):
+        assert (deliver.sender, deliver.sender_kind, deliver.intent) == ("bob", "user", "statement")
+        receipt = verify_statement(
+            deliver.body, expected_key=bytes(bob.key.verify_key), relay_key=airline.relay_key
+        )
+        assert deliver.msg_id == receipt.nonce
+        with pytest.raises(Exception):  # noqa: B017 - any refusal: wrong pinned key
+            verify_statement(data, expected_key=bytes(carol.key.verify_key),
+                             relay_key=airline.relay_key)  # fmt: skip
+    # Durable like envelopes: nothing for carol, the receipts wait in airline's queue until ACK.
+    assert db_rows(
+        relay.config.db_path, "SELECT COUNT(*) FROM queue WHERE recipient = 'carol'"
+    ) == [(0,)]
+    await airline.close()
+    airline2, welcome = await clients.logged_in(relay.url, "airline", airline.key)
+    assert welcome.queued == 4
+    assert [d.body for d in await airline2.deliveries(4)] == statements
+
+
+async def test_user_to_user_chat_needs_no_consent_but_obeys_blocks(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    alice = await clients.registered(relay.url, "alice")
+    bob = await clients.registered(relay.url, "bob")
+    assert isinstance(await alice.send_message("bob", b"hi"), Sent)
+    await stated(bob, "block", "alice", clock.now)
+    unavailable = ErrorCode.RECIPIENT_UNAVAILABLE
+    assert error_code(await alice.send_message("bob", b"again")) == unavailable
+    assert error_code(await bob.send_message("alice", b"sorry")) == unavailable  # either way
+    await stated(alice, "block", "bob", clock.now)
+    await stated(bob, "unblock", "alice", clock.now)
+    # Alice's own block stands: one account's unblock never lifts the other's.
+    assert error_code(await alice.send_message("bob", b"x")) == unavailable
+    await stated(alice, "unblock", "bob", clock.now)
+    assert isinstance(await alice.send_message("bob", b"back"), Sent)
+    assert isinstance(await bob.send_message("alice", b"ok"), Sent)
+    bodies = [d.body for d in await bob.deliveries(2)]
+    assert bodies == [b"hi", b"back"]
+
+
+async def test_listing_returns_statements_in_force_page_by_page(
+    relay: RunningRelay, clients: Clients, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "MAX_LISTED_STATEMENTS", 2)
+    bob = await clients.registered(relay.url, "bob")
+    shops = [await clients.registered(relay.url, f"shop{n}", "business") for n in range(3)]
+    await clients.registered(relay.url, "carol")
+    now = clock.now
+    grant_both = statement_bytes(bob, "grant", "shop0", now, ("utility", "marketing"))
+    assert await _code_or_ok(bob, grant_both) == "ok"
+    revoke = statement_bytes(bob, "revoke", "shop0", now, ("marketing",))
+    assert await _code_or_ok(bob, revoke) == "ok"
+    grant1 = statement_bytes(bob, "grant", "shop1", now, UTILITY)
+    assert await _code_or_ok(bob, grant1) == "ok"
+    block = statement_bytes(bob, "block", "carol", now)
+    assert await _code_or_ok(bob, block) == "ok"
+    unblock = statement_bytes(bob, "unblock", "carol", now)
+    assert await _code_or_ok(bob, unblock) == "ok"
+    shop_block = statement_bytes(shops[2], "block", "bob", now)
+    assert await _code_or_ok(shops[2], shop_block) == "ok"
+
+    async def listing(client: RawClient) -> list[bytes]:
+        items: list[bytes] = []
+        after = 0
+        while True:
+            request_id = client.request_id()
+            await client.send(StatementsList(id=request_id, after=after))
+            page = await client.response(request_id)
+            assert isinstance(page, Statements)
+            assert len(page.statements) <= 2
+            items.extend(page.statements)
+            if page.next is None:
+                return items
+            after = page.next
+
+    # grant_both is still in force for utility; the block was superseded by the unblock.
+    assert await listing(bob) == [grant_both, revoke, grant1, unblock, shop_block]
+    shop0 = shops[0]
+    assert await listing(shop0) == [grant_both, revoke]
+    assert await listing(shops[2]) == [shop_block]
+    keys = {"bob": bytes(bob.key.verify_key), "shop2": bytes(shops[2].key.verify_key)}
+    for item in await listing(bob):
+        signer = unverified_body(ConsentStatement, item).signer
+        verify_statement(item, expected_key=keys[signer], relay_key=bob.relay_key)
+
+
+async def test_forwarded_receipts_are_delivered_to_an_online_business_at_once(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    bob, airline = await _pair(relay, clients)
+    await stated(bob, "grant", "airline", clock.now, UTILITY)
+    deliver = await airline.push(Deliver)
+    assert deliver.intent == "statement" and deliver.sender == "bob"
