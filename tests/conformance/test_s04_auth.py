@@ -1,0 +1,257 @@
+"""SPEC §4 Connection and authentication: HELLO, REGISTER, LOGIN, proofs, states."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from blindrelay.protocol import PROTOCOL_VERSION, limits
+from blindrelay.protocol.connection import login_transcript, register_transcript
+from blindrelay.protocol.crypto.keys import IdentityKeyPair
+from blindrelay.protocol.frames import (
+    Ack,
+    BundleFetch,
+    Deliver,
+    Error,
+    Login,
+    Register,
+    Send,
+    Sent,
+    Welcome,
+)
+
+from .wire import Account, new_handle, new_msg_id, rng
+
+
+def _register_frame(peer, account: Account, *, relay_key=None, challenge=None, key=None):
+    transcript = register_transcript(
+        relay_key or peer.hello.relay_key, challenge or peer.hello.challenge,
+        account.handle, account.kind, account.public,
+    )  # fmt: skip
+    signature = (key or account.key).sign(transcript)
+    return Register(id=peer.next_id(), handle=account.handle, kind=account.kind,
+                    identity_key=account.public, signature=signature)  # fmt: skip
+
+
+def _login_frame(
+    peer, account: Account, *, relay_key=None, challenge=None, key=None, request_id=None
+):
+    transcript = login_transcript(
+        relay_key or peer.hello.relay_key, challenge or peer.hello.challenge, account.handle
+    )
+    return Login(id=request_id or peer.next_id(), handle=account.handle,
+                 signature=(key or account.key).sign(transcript))  # fmt: skip
+
+
+async def _refused_and_closed(peer, frame) -> None:
+    """SPEC §4.4.1: ERROR 200 answering the proof, then the relay closes."""
+    await peer.send(frame)
+    error = await peer.response(frame.id)
+    assert isinstance(error, Error) and error.code == 200, error
+    assert await peer.closed() is not None
+
+
+@pytest.mark.spec("4.1")
+async def test_hello_carries_version_relay_key_fresh_challenge_and_clock(relay):
+    """HELLO: version 1, a 32-byte relay key, a challenge "unique to this connection",
+    `expires_at` CHALLENGE_TTL_MS after HELLO and the relay clock `now`."""
+    before = time.time_ns() // 1_000_000
+    first = await relay.connect()
+    second = await relay.connect()
+    for hello in (first.hello, second.hello):
+        assert hello.version == PROTOCOL_VERSION == 1
+        assert len(hello.relay_key) == 32 and len(hello.challenge) == limits.CHALLENGE_BYTES
+        assert hello.expires_at - hello.now == limits.CHALLENGE_TTL_MS
+        assert abs(hello.now - before) < limits.STATEMENT_SKEW_MS
+    assert first.hello.relay_key == second.hello.relay_key
+    assert first.hello.challenge != second.hello.challenge
+
+
+@pytest.mark.spec("4.2")
+@pytest.mark.parametrize("kind", ["user", "business"])
+async def test_register_answers_welcome_for_the_new_account(relay, kind):
+    """SPEC: "on success it creates the account and answers WELCOME, which authenticates the
+    connection" (§4.4.4 fields: nothing queued, no prekeys yet)."""
+    peer = await relay.connect()
+    account = Account(new_handle("reg"), kind)
+    welcome = await peer.register(account)
+    assert isinstance(welcome, Welcome)
+    assert (welcome.handle, welcome.kind) == (account.handle, kind)
+    assert (welcome.queued, welcome.one_time_prekeys, welcome.has_signed_prekey) == (0, 0, False)
+
+
+@pytest.mark.spec("4.2")
+async def test_register_with_a_signature_by_another_key_fails_and_closes(relay):
+    """SPEC: "The relay MUST verify the signature against identity_key (proof of possession)"."""
+    peer = await relay.connect()
+    frame = _register_frame(peer, Account(new_handle(), "user"), key=IdentityKeyPair.generate(rng))
+    await _refused_and_closed(peer, frame)
+
+
+@pytest.mark.spec("4.2")
+async def test_register_of_a_taken_handle_gets_201_and_spends_the_challenge(relay):
+    """SPEC: "refuse a taken handle with ERROR 201 HANDLE_TAKEN"; "HANDLE_TAKEN leaves the
+    connection open but the challenge is spent" (a second proof gets 200, §4.4.1)."""
+    owner = await relay.user()
+    peer = await relay.connect()
+    taken = await peer.register(Account(owner.handle, "user"))
+    assert isinstance(taken, Error) and taken.code == 201
+    await _refused_and_closed(peer, _register_frame(peer, Account(new_handle(), "user")))
+
+
+@pytest.mark.spec("4.2")
+async def test_registration_is_not_possible_with_another_relays_key(relay):
+    """The transcript binds the relay key (§4.4.2): signed for another relay, it fails."""
+    peer = await relay.connect()
+    frame = _register_frame(peer, Account(new_handle(), "user"), relay_key=bytes(32))
+    await _refused_and_closed(peer, frame)
+
+
+@pytest.mark.spec("4.3")
+async def test_login_with_the_current_key_answers_welcome(relay):
+    """LOGIN signed by "the account's current identity key over the login transcript"."""
+    alice = await relay.business()
+    again = await relay.connect()
+    welcome = await again.login(alice.account)
+    assert isinstance(welcome, Welcome)
+    assert (welcome.handle, welcome.kind) == (alice.handle, "business")
+
+
+@pytest.mark.spec("4.3")
+async def test_unknown_handle_fails_exactly_like_a_wrong_signature(relay):
+    """SPEC: "An unknown handle MUST fail exactly like a wrong signature (ERROR 200, same
+    frame)": byte-identical answers for the same request id, and both close."""
+    known = await relay.user()
+    wrong_key = await relay.connect()
+    unknown = await relay.connect()
+    forged = Account(known.handle, "user", IdentityKeyPair.generate(rng))
+    nobody = Account(new_handle("nobody"), "user")
+    answers = []
+    for peer, account in ((wrong_key, forged), (unknown, nobody)):
+        frame = _login_frame(peer, account, request_id=41)
+        await peer.send(frame)
+        answer = await peer.response_raw(41)
+        assert isinstance(answer.frame, Error) and (answer.frame.code, answer.frame.re) == (200, 41)
+        answers.append(answer.raw)
+        assert await peer.closed() is not None
+    assert answers[0] == answers[1]
+
+
+@pytest.mark.spec("4.4.1")
+async def test_login_replayed_from_another_connection_fails_and_closes(relay):
+    """SPEC: "a captured transcript is worthless on any other connection": a login signed over
+    another connection's challenge gets 200 and the connection closes."""
+    alice = await relay.user()
+    other = await relay.connect()
+    victim = await relay.connect()
+    frame = _login_frame(victim, alice.account, challenge=other.hello.challenge)
+    await _refused_and_closed(victim, frame)
+
+
+@pytest.mark.spec("4.4.1")
+async def test_login_signed_for_another_relay_fails_and_closes(relay):
+    """SPEC: "The relay key in the transcript binds it to one relay"."""
+    alice = await relay.user()
+    peer = await relay.connect()
+    await _refused_and_closed(peer, _login_frame(peer, alice.account, relay_key=bytes(range(32))))
+
+
+@pytest.mark.spec("4.4.1")
+async def test_a_failed_proof_spends_the_challenge(relay):
+    """SPEC: "A challenge MUST be accepted at most once": after a failed proof the relay closes,
+    so a correct proof can no longer follow on that connection."""
+    alice = await relay.user()
+    peer = await relay.connect()
+    bad = _login_frame(peer, alice.account, key=IdentityKeyPair.generate(rng))
+    good = _login_frame(peer, alice.account)
+    await peer.send(bad)
+    await peer.send(good)
+    error = await peer.response(bad.id)
+    assert isinstance(error, Error) and error.code == 200
+    await peer.closed()
+    assert not any(isinstance(f, Welcome) for f in peer.pending())
+
+
+@pytest.mark.spec("4.4.1")
+async def test_a_second_proof_after_welcome_is_refused(relay):
+    """SPEC: "A challenge MUST be accepted at most once": a second REGISTER or LOGIN after
+    WELCOME never authenticates anything. (§4.4.1 says ERROR 200 and close; §4.5 says a
+    frame not allowed in the state gets 103 and the connection stays open — either is
+    accepted here; the connection, if open, still acts as the first account.)"""
+    alice = await relay.user()
+    bob = await relay.user()
+    frame = _login_frame(alice, bob.account)
+    await alice.send(frame)
+    error = await alice.response(frame.id)
+    assert isinstance(error, Error) and error.code in (103, 200), error
+    if error.code == 103:
+        carol = await relay.user()
+        await alice.request(lambda i: Send(id=i, to=carol.handle, msg_id=new_msg_id(),
+                                           intent="chat", body=b"who"))  # fmt: skip
+        assert (await carol.push(Deliver)).sender == alice.handle
+    else:
+        assert await alice.closed() is not None
+
+
+@pytest.mark.spec("4.4.4")
+async def test_welcome_reports_queue_and_prekeys(relay):
+    """WELCOME: `queued` envelopes waiting, `one_time_prekeys` left, `has_signed_prekey`."""
+    alice = await relay.user()
+    bob = await relay.user(one_time=3)
+    await bob.close()
+    for n in range(2):
+        sent = await alice.request(lambda i, n=n: Send(id=i, to=bob.handle, msg_id=new_msg_id(),
+                                                       intent="chat", body=b"%d" % n))  # fmt: skip
+        assert isinstance(sent, Sent)
+    again = await relay.login(bob)
+    assert again.welcome is not None
+    assert (again.welcome.queued, again.welcome.one_time_prekeys) == (2, 3)
+    assert again.welcome.has_signed_prekey is True
+
+
+@pytest.mark.spec("4.4.5")
+async def test_a_connection_acts_only_as_its_own_account(relay):
+    """SPEC: "From WELCOME on, every request acts as that handle and only that handle"."""
+    alice = await relay.user()
+    bob = await relay.user()
+    await alice.request(lambda i: Send(id=i, to=bob.handle, msg_id=new_msg_id(), intent="chat",
+                                       body=b"me"))  # fmt: skip
+    delivery = await bob.push(Deliver)
+    assert (delivery.sender, delivery.sender_kind) == (alice.handle, "user")
+    # Acknowledging someone else's delivery does not act on their queue (§6.5).
+    await alice.send(Ack(delivery_ids=(delivery.delivery_id,)))
+    assert await alice.round_trip() == []
+    bob_again = await relay.login(bob)
+    assert (await bob_again.push(Deliver)).msg_id == delivery.msg_id
+
+
+@pytest.mark.spec("4.5")
+async def test_frames_before_welcome_get_103_and_the_connection_stays_open(relay):
+    """SPEC: "A frame outside the set allowed in the current state is answered with ERROR 103
+    UNEXPECTED_FRAME and the connection stays open"."""
+    peer = await relay.connect()
+    fetch = BundleFetch(id=peer.next_id(), handle=new_handle())
+    await peer.send(fetch)
+    error = await peer.response(fetch.id)
+    assert isinstance(error, Error) and (error.code, error.re) == (103, fetch.id)
+    await peer.send(Ack(delivery_ids=(1,)))
+    error = await peer.recv()
+    assert isinstance(error, Error) and (error.code, error.re) == (103, None)
+    assert isinstance(await peer.register(Account(new_handle(), "user")), Welcome)
+
+
+@pytest.mark.spec("4.5")
+async def test_too_many_protocol_errors_close_with_105(relay):
+    """SPEC: "A relay closes a connection that has caused more than MAX_PROTOCOL_ERRORS (16)
+    frame or authentication errors, with ERROR 105 TOO_MANY_ERRORS"."""
+    peer = await relay.user()
+    for _ in range(limits.MAX_PROTOCOL_ERRORS + 1):
+        await peer.send_raw(b"\xc1")
+    codes = []
+    for _ in range(limits.MAX_PROTOCOL_ERRORS + 1):
+        error = await peer.recv()
+        assert isinstance(error, Error)
+        codes.append(error.code)
+    assert codes == [100] * limits.MAX_PROTOCOL_ERRORS + [105]
+    assert await peer.closed() is not None
