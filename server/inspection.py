@@ -3,8 +3,9 @@
 Every table with its row count, then the rows an operator might worry about:
 accounts (handle, kind, key fingerprint prefix), prekey counts, and queued
 envelopes as metadata plus the first bytes of the ciphertext in hex, so
-anyone can see with their own eyes that no plaintext is stored. The relay's
-private seed is never printed.
+anyone can see with their own eyes that no plaintext is stored; pair states,
+statements, profiles, badges and usage counts as metadata (SPEC §7–§8), never
+a signature or signed body. The relay's private seed is never printed.
 
 Reads through sqlite-utils' inspection API on a read-only connection; safe
 to run next to a live relay (WAL readers do not block the writer).
@@ -37,6 +38,9 @@ def inspect_database(path: Path, limit: int = 50) -> Iterator[str]:
         yield from _relay_identity(db)
         yield from _accounts(db, limit)
         yield from _queue(db, limit)
+        yield from _pairs(db, limit)
+        yield from _statements(db, limit)
+        yield from _business(db, limit)
     finally:
         db.conn.close()
 
@@ -85,3 +89,58 @@ def _queue(db: sqlite_utils.Database, limit: int) -> Iterator[str]:
         )
     if total > len(rows):
         yield f"  … {total - len(rows)} more"
+
+
+def _when(ms: int) -> str:
+    return f"{datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC):%Y-%m-%dT%H:%M:%SZ}"
+
+
+def _pairs(db: sqlite_utils.Database, limit: int) -> Iterator[str]:
+    yield f"pairs ({db['pairs'].count}; consent, pending request, window end, blockers):"
+    rows = db.execute(
+        "SELECT low, high, consent, pending, window_until, blockers FROM pairs"
+        " ORDER BY low, high LIMIT ?",
+        (limit,),
+    ).fetchall()
+    for low, high, consent, pending, window_until, blockers in rows:
+        window = _when(window_until) if window_until else "-"
+        yield (
+            f"  {low} ↔ {high} consent={consent} pending={pending or '-'}"
+            f" window_until={window} blockers={blockers or '-'}"
+        )
+
+
+def _statements(db: sqlite_utils.Database, limit: int) -> Iterator[str]:
+    yield f"statements ({db['statements'].count}; metadata, * = in force):"
+    rows = db.execute(
+        "SELECT s.seq, s.signer, s.target, s.action, s.categories, s.issued_at,"
+        " EXISTS (SELECT 1 FROM statements_in_force f WHERE f.seq = s.seq)"
+        " FROM statements s ORDER BY s.seq LIMIT ?",
+        (limit,),
+    ).fetchall()
+    for seq, signer, target, action, categories, issued_at, in_force in rows:
+        label = action + (f"/{categories}" if categories else "")
+        yield f"  {'*' if in_force else ' '}#{seq} {signer} → {target} {label} {_when(issued_at)}"
+
+
+def _business(db: sqlite_utils.Database, limit: int) -> Iterator[str]:
+    yield "profiles (handle, signed size, updated):"
+    for handle, size, updated_at in db.execute(
+        "SELECT handle, length(signed), updated_at FROM profiles ORDER BY handle LIMIT ?", (limit,)
+    ).fetchall():
+        yield f"  {handle} {size} bytes {_when(updated_at)}"
+    yield "badges (serial, handle, display name, expires, revoked):"
+    for serial, handle, name, expires_at, revoked_at in db.execute(
+        "SELECT serial, handle, display_name, expires_at, revoked_at FROM badges"
+        " ORDER BY issued_at LIMIT ?",
+        (limit,),
+    ).fetchall():
+        revoked = _when(revoked_at) if revoked_at is not None else "no"
+        yield f"  {serial} {handle} {name!r} expires={_when(expires_at)} revoked={revoked}"
+    yield "usage (business, month, meter, category, count):"
+    for business, month, meter, category, count in db.execute(
+        "SELECT business, month, meter, category, count FROM usage"
+        " ORDER BY business, month, meter, category LIMIT ?",
+        (limit,),
+    ).fetchall():
+        yield f"  {business} {month} {meter}{'/' + category if category else ''} {count}"

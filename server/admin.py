@@ -1,0 +1,293 @@
+"""``blindrelay admin``: the operator's commands — badges and billing (SPEC §8.1, §8.4).
+
+- ``keygen --out PATH``: a new operator Ed25519 key, written as the hex seed to a
+  file only its owner can read (mode 0600), never over an existing file; prints
+  the public key that clients pin.
+- ``verify-business HANDLE --name NAME --operator-key PATH [--days N]``: issues a
+  badge for the business's *current* identity key with a fresh serial and
+  stores it; the relay serves it with PROFILE from then on.
+- ``revoke-badge HANDLE``: withdraws the handle's badges; a running relay
+  reading the same database stops serving them at the next PROFILE_FETCH.
+- ``usage``: metering counts per business and UTC month, with amounts computed
+  in :class:`~decimal.Decimal` from ``--price CATEGORY=AMOUNT``.
+
+The operator key never enters the relay database (SPEC §11); these commands
+are the only writers of the ``badges`` table.
+
+Not here: the badge format (``blindrelay.protocol.business``), serving
+(``business``), counting (``metering``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import secrets
+import sys
+import time
+from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from nacl.signing import SigningKey
+
+from blindrelay.protocol import limits
+from blindrelay.protocol.business import issue_badge
+from blindrelay.protocol.crypto.fingerprint import key_fingerprint
+from blindrelay.protocol.errors import ProtocolError
+from blindrelay.protocol.frames import AccountKind
+
+from .cli import ENV_PREFIX
+from .config import DEFAULT_DB
+from .metering import MonthUsage
+from .storage import Store, connect
+
+DAY_MS = 24 * 3600 * 1000
+DEFAULT_BADGE_DAYS = 365
+"""Well inside MAX_BADGE_VALIDITY_MS (400 days): yearly re-verification."""
+
+
+class AdminError(Exception):
+    """A refusal shown to the operator as one line, exit status 1."""
+
+
+def register_admin(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "admin",
+        help="operator commands: badge keys, verified businesses, usage",
+        description="Operator commands. The operator key is kept apart from the relay.",
+    )
+    commands = parser.add_subparsers(title="admin commands", metavar="ADMIN_COMMAND")
+    parser.set_defaults(func=lambda _args: parser.print_help() or 2)
+
+    keygen = commands.add_parser("keygen", help="make an operator key pair (SPEC §8.1)")
+    keygen.add_argument("--out", type=Path, required=True, help="key file to create (0600)")
+    keygen.set_defaults(func=_guarded(_keygen))
+
+    verify = commands.add_parser("verify-business", help="issue a badge for a business")
+    verify.add_argument("handle")
+    verify.add_argument("--name", required=True, help="display name on the badge")
+    verify.add_argument("--operator-key", type=Path, required=True, help="from admin keygen")
+    verify.add_argument("--days", type=int, default=DEFAULT_BADGE_DAYS, help="validity")
+    _db_argument(verify)
+    verify.set_defaults(func=_guarded(_verify_business))
+
+    revoke = commands.add_parser("revoke-badge", help="withdraw a business's badges")
+    revoke.add_argument("handle")
+    _db_argument(revoke)
+    revoke.set_defaults(func=_guarded(_revoke_badge))
+
+    usage = commands.add_parser("usage", help="metered counts and amounts (SPEC §8.4)")
+    _db_argument(usage)
+    usage.add_argument("--business", help="one business handle")
+    usage.add_argument("--month", help="YYYY-MM (UTC)")
+    usage.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    usage.add_argument(
+        "--price",
+        action="append",
+        default=[],
+        metavar="CATEGORY=AMOUNT",
+        help="price per notification, e.g. utility=0.005 (repeatable; default 0)",
+    )
+    usage.set_defaults(func=_guarded(_usage))
+
+
+def _db_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        type=Path,
+        default=Path(os.environ.get(ENV_PREFIX + "DB", str(DEFAULT_DB))),
+        help=f"relay database (default: {DEFAULT_DB})",
+    )
+
+
+def _guarded(command: object) -> object:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            status: int = command(args)  # type: ignore[operator]
+            return status
+        except AdminError as exc:
+            print(f"blindrelay admin: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def _open_store(path: Path) -> Store:
+    if not path.exists():
+        raise AdminError(f"no database at {path}")
+    return Store(connect(path))
+
+
+# --- keys and badges ----------------------------------------------------------
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    key = SigningKey.generate()
+    try:
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise AdminError(f"{args.out} exists; not overwriting a key") from None
+    with os.fdopen(fd, "w") as out:
+        out.write(bytes(key).hex() + "\n")
+    print(bytes(key.verify_key).hex())
+    return 0
+
+
+def load_operator_key(path: Path) -> SigningKey:
+    try:
+        text = path.read_text().strip()
+        seed = bytes.fromhex(text)
+    except (OSError, ValueError) as exc:
+        raise AdminError(f"cannot read operator key {path}: {exc}") from None
+    if len(seed) != 32:
+        raise AdminError(f"{path}: not an operator key (expected 32 bytes of hex)")
+    if path.stat().st_mode & 0o077:
+        raise AdminError(f"{path}: readable by others; chmod 600 it")
+    return SigningKey(seed)
+
+
+def _verify_business(args: argparse.Namespace) -> int:
+    operator = load_operator_key(args.operator_key)
+    validity_ms = args.days * DAY_MS
+    if not 0 < validity_ms <= limits.MAX_BADGE_VALIDITY_MS:
+        raise AdminError(f"--days must be 1…{limits.MAX_BADGE_VALIDITY_MS // DAY_MS}")
+    store = _open_store(args.db)
+    try:
+        with store.db.atomic():
+            account = store.accounts.get(args.handle)
+            if account is None or account.kind != AccountKind.BUSINESS:
+                raise AdminError(f"{args.handle}: no such business account")
+            serial = secrets.randbelow(2**63)
+            while store.badges.serial_taken(serial):
+                serial = secrets.randbelow(2**63)
+            now = time.time_ns() // 1_000_000
+            try:
+                signed = issue_badge(
+                    lambda message: operator.sign(message).signature,
+                    handle=account.handle,
+                    identity_key=account.identity_key,
+                    display_name=args.name,
+                    serial=serial,
+                    now_ms=now,
+                    validity_ms=validity_ms,
+                )
+            except ProtocolError as exc:  # e.g. a display name too long
+                raise AdminError(f"cannot issue badge: {exc}") from None
+            fingerprint = key_fingerprint(account.identity_key)
+            store.badges.add(
+                serial=serial, handle=account.handle, key_fingerprint=fingerprint,
+                display_name=args.name, issued_at=now, expires_at=now + validity_ms,
+                signed=signed,
+            )  # fmt: skip
+    finally:
+        store.db.conn.close()
+    print(
+        f"badge {serial} for {args.handle} ({args.name!r}, key {fingerprint.hex()[:16]}…)"
+        f" valid for {args.days} days"
+    )
+    return 0
+
+
+def _revoke_badge(args: argparse.Namespace) -> int:
+    store = _open_store(args.db)
+    try:
+        with store.db.atomic():
+            revoked = store.badges.revoke(args.handle, time.time_ns() // 1_000_000)
+    finally:
+        store.db.conn.close()
+    if not revoked:
+        raise AdminError(f"{args.handle}: no badge in force")
+    print(f"revoked {revoked} badge(s) of {args.handle}")
+    return 0
+
+
+# --- usage ----------------------------------------------------------------------
+
+
+def parse_prices(items: Sequence[str]) -> dict[str, Decimal]:
+    prices = {category: Decimal(0) for category in limits.CATEGORIES}
+    for item in items:
+        category, _, amount = item.partition("=")
+        if category not in limits.CATEGORIES:
+            raise AdminError(f"--price {item}: category must be one of {limits.CATEGORIES}")
+        try:
+            price = Decimal(amount)
+        except InvalidOperation:
+            raise AdminError(f"--price {item}: not a decimal amount") from None
+        if not price.is_finite() or price < 0:
+            raise AdminError(f"--price {item}: must be a non-negative amount")
+        prices[category] = price
+    return prices
+
+
+def usage_rows(months: list[MonthUsage], prices: dict[str, Decimal]) -> list[dict[str, object]]:
+    """One row per business and month: counts, amount per category, total (Decimal)."""
+    rows: list[dict[str, object]] = []
+    for usage in months:
+        counts = {c: usage.notifications.get(c, 0) for c in limits.CATEGORIES}
+        amounts = {c: counts[c] * prices[c] for c in limits.CATEGORIES}
+        rows.append(
+            {
+                "business": usage.business,
+                "month": usage.month,
+                "notifications": counts,
+                "service_replies": usage.service_replies,
+                "user_initiated": usage.user_initiated,
+                "amounts": amounts,
+                "total": sum(amounts.values(), Decimal(0)),
+            }
+        )
+    return rows
+
+
+def _flat(row: dict[str, object]) -> list[str]:
+    counts = row["notifications"]
+    amounts = row["amounts"]
+    assert isinstance(counts, dict) and isinstance(amounts, dict)
+    return [
+        str(row["business"]), str(row["month"]),
+        *(str(counts[c]) for c in limits.CATEGORIES),
+        str(row["service_replies"]), str(row["user_initiated"]),
+        *(str(amounts[c]) for c in limits.CATEGORIES), str(row["total"]),
+    ]  # fmt: skip
+
+
+HEADER = [
+    "business", "month", *limits.CATEGORIES, "service_replies", "user_initiated",
+    *(f"{c}_amount" for c in limits.CATEGORIES), "total",
+]  # fmt: skip
+
+
+def _usage(args: argparse.Namespace) -> int:
+    prices = parse_prices(args.price)
+    if args.month is not None and not _is_month(args.month):
+        raise AdminError("--month must be YYYY-MM")
+    store = _open_store(args.db)
+    try:
+        rows = usage_rows(store.usage.months(args.business, args.month), prices)
+    finally:
+        store.db.conn.close()
+    if args.format == "json":
+        print(json.dumps(rows, default=str, indent=2))
+    elif args.format == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(HEADER)
+        writer.writerows(_flat(row) for row in rows)
+        print(out.getvalue(), end="")
+    else:
+        table = [HEADER, *(_flat(row) for row in rows)]
+        widths = [max(len(line[i]) for line in table) for i in range(len(HEADER))]
+        for line in table:
+            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+    return 0
+
+
+def _is_month(value: str) -> bool:
+    year, _, month = value.partition("-")
+    return len(year) == 4 and year.isdigit() and month.isdigit() and len(month) == 2 \
+        and 1 <= int(month) <= 12  # fmt: skip

@@ -1,0 +1,223 @@
+"""Business accounts over real sockets: profiles, badges via ``blindrelay admin``, metering (SPEC §8)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from blindrelay.protocol.business import (
+    BusinessProfile,
+    OpeningHours,
+    check_badge,
+    open_profile,
+)
+from blindrelay.protocol.codec import encode_object
+from blindrelay.protocol.errors import ErrorCode
+from blindrelay.protocol.frames import (
+    Ok,
+    Profile,
+    ProfileFetch,
+    ProfilePut,
+    Sent,
+    Usage,
+    UsageCount,
+    UsageFetch,
+)
+from blindrelay.protocol.signed import SignedObject, peek_signed
+from blindrelay.server import cli
+from blindrelay.server.config import RelayConfig
+from blindrelay.server.metering import month_of
+from blindrelay.server.relay import RunningRelay
+
+from .conftest import Clients, FakeClock, RawClient, db_rows, error_code
+from .consent_helpers import stated
+
+
+def _profile(client: RawClient, now: int, handle: str | None = None, name: str = "Air") -> bytes:
+    profile = BusinessProfile(
+        v=1, handle=handle or client.handle, display_name=name, description="We fly.",
+        timezone="Europe/Berlin", hours=(OpeningHours(day=0, open=540, close=1020),),
+        exceptions=(), issued_at=now,
+    )  # fmt: skip
+    return profile.sign(lambda m: client.key.sign(m).signature)
+
+
+async def _fetch(client: RawClient, handle: str) -> Profile:
+    answer = await client.request(lambda i: ProfileFetch(id=i, handle=handle))
+    assert isinstance(answer, Profile), answer
+    return answer
+
+
+async def test_a_business_publishes_a_signed_profile_the_relay_cannot_alter(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    airline = await clients.registered(relay.url, "airline", "business")
+    bob = await clients.registered(relay.url, "bob")
+    signed = _profile(airline, clock.now)
+    assert isinstance(await airline.request(lambda i: ProfilePut(id=i, profile=signed)), Ok)
+    fetched = await _fetch(bob, "airline")
+    assert (fetched.profile, fetched.badge) == (signed, None)
+    assert fetched.identity_key == bytes(airline.key.verify_key)
+    assert open_profile(fetched.profile, fetched.identity_key, "airline").display_name == "Air"
+    # Without a profile: PROFILE without one. Unknown handle: 601.
+    assert (await _fetch(airline, "bob")).profile is None
+    unknown = await bob.request(lambda i: ProfileFetch(id=i, handle="nobody"))
+    assert error_code(unknown) == ErrorCode.NOT_FOUND
+
+
+async def test_bad_profiles_are_refused(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    airline = await clients.registered(relay.url, "airline", "business")
+    bob = await clients.registered(relay.url, "bob")
+
+    async def put(client: RawClient, data: bytes) -> int:
+        return error_code(await client.request(lambda i: ProfilePut(id=i, profile=data)))
+
+    assert await put(bob, _profile(bob, clock.now)) == ErrorCode.FORBIDDEN  # users have none
+    outer = peek_signed(BusinessProfile, _profile(airline, clock.now))
+    tampered = encode_object(SignedObject(body=outer.body.replace(b"Air", b"Evil"), sig=outer.sig))
+    assert await put(airline, tampered) == ErrorCode.INVALID_PROFILE
+    assert (
+        await put(airline, _profile(bob, clock.now, handle="airline")) == ErrorCode.INVALID_PROFILE
+    )
+    assert (
+        await put(airline, _profile(airline, clock.now, handle="shop")) == ErrorCode.INVALID_PROFILE
+    )
+    assert await put(airline, b"\x80") == ErrorCode.INVALID_PROFILE
+    assert (await _fetch(bob, "airline")).profile is None
+
+
+def _admin(*argv: str) -> int:
+    return cli.main(["admin", *argv])
+
+
+async def test_badges_are_issued_served_and_revoked_through_the_cli(
+    config: RelayConfig, clients: Clients, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from .conftest import RelayFixture
+
+    wall = FakeClock(time.time_ns() // 1_000_000)  # the CLI stamps badges with the wall clock
+    async with RelayFixture(config, wall) as relay:
+        airline = await clients.registered(relay.url, "airline", "business")
+        await clients.registered(relay.url, "bob")
+        key_file = tmp_path / "operator.key"
+        assert _admin("keygen", "--out", str(key_file)) == 0
+        operator_public = bytes.fromhex(capsys.readouterr().out.strip())
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert _admin("keygen", "--out", str(key_file)) == 1  # never overwrites a key
+        db = str(relay.config.db_path)
+        verify = ["verify-business", "--db", db, "--operator-key", str(key_file)]
+        # A user cannot be verified, and nobody can be verified by the protocol itself.
+        assert await asyncio.to_thread(_admin, *verify, "bob", "--name", "Bob") == 1
+        assert await asyncio.to_thread(_admin, *verify, "airline", "--name", "Air Example") == 0
+        fetched = await _fetch(airline, "airline")
+        wall.now = time.time_ns() // 1_000_000
+        check = check_badge(
+            fetched.badge, operator_key=operator_public, handle="airline",
+            identity_key=fetched.identity_key, now_ms=wall.now,
+        )  # fmt: skip
+        assert check.verified and check.display_name == "Air Example"
+        other_operator = os.urandom(32)
+        assert not check_badge(
+            fetched.badge, operator_key=other_operator, handle="airline",
+            identity_key=fetched.identity_key, now_ms=wall.now,
+        ).verified  # fmt: skip
+        # Revoked while the relay runs: the very next fetch has no badge.
+        assert await asyncio.to_thread(_admin, "revoke-badge", "--db", db, "airline") == 0
+        assert (await _fetch(airline, "airline")).badge is None
+        assert await asyncio.to_thread(_admin, "revoke-badge", "--db", db, "airline") == 1
+        rows = db_rows(relay.config.db_path, "SELECT revoked_at IS NOT NULL FROM badges")
+        assert rows == [(1,)]
+
+
+async def _business_with_customers(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> tuple[RawClient, RawClient, RawClient]:
+    airline = await clients.registered(relay.url, "airline", "business")
+    bob = await clients.registered(relay.url, "bob")
+    eve = await clients.registered(relay.url, "eve")
+    await stated(bob, "grant", "airline", clock.now, ("utility", "marketing"))
+    return airline, bob, eve
+
+
+async def test_usage_counts_are_exact_per_category_and_month(
+    relay: RunningRelay, clients: Clients, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    airline, bob, eve = await _business_with_customers(relay, clients, clock)
+    month = month_of(clock.now)
+    notify = {"intent": "notification"}
+    for _ in range(3):
+        assert isinstance(
+            await airline.send_message("bob", b"u", category="utility", **notify), Sent
+        )
+    msg_id = os.urandom(16)
+    for _ in range(3):  # one notification, resent twice: counted once
+        sent = await airline.send_message("bob", b"m", msg_id, category="marketing", **notify)
+        assert isinstance(sent, Sent)
+    refused = await airline.send_message("eve", b"u", category="utility", **notify)
+    assert error_code(refused) == ErrorCode.RECIPIENT_UNAVAILABLE  # refused: not counted
+    ask = await airline.send_message("eve", b"?", intent="consent_request", categories=("utility",))
+    assert isinstance(ask, Sent)  # consent requests are not counted
+    assert isinstance(await eve.send_message("airline", b"help"), Sent)  # user-initiated
+    assert isinstance(await bob.send_message("airline", b"hi"), Sent)
+    assert isinstance(await airline.send_message("eve", b"reply 1"), Sent)  # service replies
+    assert isinstance(await airline.send_message("eve", b"reply 2"), Sent)
+    assert isinstance(await eve.send_message("bob", b"x"), Sent)  # user↔user: nobody's usage
+    usage = await airline.request(lambda i: UsageFetch(id=i, month=month))
+    assert usage == Usage(
+        re=usage.re, month=month,  # type: ignore[union-attr]
+        notifications=(UsageCount("marketing", 1), UsageCount("utility", 3)),
+        service_replies=2, user_initiated=2,
+    )  # fmt: skip
+    other = await airline.request(lambda i: UsageFetch(id=i, month="2001-01"))
+    assert isinstance(other, Usage) and other.notifications == () and other.service_replies == 0
+    assert error_code(await bob.request(lambda i: UsageFetch(id=i, month=month))) == 202
+    # Next month starts from zero.
+    clock.advance(32 * 24 * 3600 * 1000)
+    assert isinstance(await airline.send_message("bob", b"u", category="utility", **notify), Sent)
+    later = await airline.request(lambda i: UsageFetch(id=i, month=month_of(clock.now)))
+    assert isinstance(later, Usage) and later.notifications == (UsageCount("utility", 1),)
+
+    db = str(relay.config.db_path)
+    prices = ["--price", "utility=0.005", "--price", "marketing=0.02"]
+    args = ["usage", "--db", db, "--business", "airline", "--month", month]
+    assert await asyncio.to_thread(_admin, *args, "--format", "json", *prices) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["notifications"] == {"utility": 3, "marketing": 1}
+    assert Decimal(row["total"]) == Decimal("0.035")  # exact: 3 × 0.005 + 0.02
+    assert (row["service_replies"], row["user_initiated"]) == (2, 2)
+    assert await asyncio.to_thread(_admin, "usage", "--db", db, "--format", "csv", *prices) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("business,month,utility,marketing")
+    assert lines[1:] == [
+        f"airline,{month},3,1,2,2,0.015,0.02,0.035",
+        f"airline,{month_of(clock.now)},1,0,0,0,0.005,0.00,0.005",
+    ]
+    assert await asyncio.to_thread(_admin, "usage", "--db", db) == 0
+    assert "airline" in capsys.readouterr().out
+    assert await asyncio.to_thread(_admin, *args, "--price", "gold=1") == 1
+
+
+async def test_inspect_shows_consent_and_business_tables_as_metadata(
+    relay: RunningRelay, clients: Clients, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    airline, _, _ = await _business_with_customers(relay, clients, clock)
+    signed = _profile(airline, clock.now)
+    assert isinstance(await airline.request(lambda i: ProfilePut(id=i, profile=signed)), Ok)
+    notify = {"intent": "notification", "category": "utility"}
+    assert isinstance(await airline.send_message("bob", b"u", **notify), Sent)
+    assert await asyncio.to_thread(cli.main, ["inspect", "--db", str(relay.config.db_path)]) == 0
+    out = capsys.readouterr().out
+    assert "airline ↔ bob consent=" in out and '"utility": ["granted", 0]' in out
+    assert "*#1 bob → airline grant/utility,marketing" in out
+    assert f"airline {month_of(clock.now)} notification/utility 1" in out
+    assert f"airline {len(signed)} bytes" in out
+    assert signed.hex()[:32] not in out  # metadata only: no signed bodies
