@@ -18,7 +18,20 @@ Accounts are registered with real Ed25519 signatures through
 unpacks plain msgpack maps in canonical field order (SPEC §2.3) rather than going
 through the strict codec: it is the client side, and its cost must stay small.
 
-Not here: starting servers and printing results (``bench/relay.py``).
+Paced mode (``LoadSpec.rate`` > 0) is open loop: message k of pair i is due at
+``start + (i + k * pairs) / rate`` whatever the server does, so the whole load is one
+evenly spaced stream of ``rate`` messages/s. The body carries the *due* time, not the
+time it actually left, so a stalled server is charged for every message it delayed
+(no coordinated omission); the window still caps what is in flight, and waiting for
+it counts as latency.
+
+Besides pairs, two connection-shaped workloads for ``bench/run.py``:
+:func:`run_idle` (many authenticated idle connections) and :func:`run_drain`
+(envelopes queued for offline recipients, then drained by their login). Workers of
+every workload move through named phases; the parent measures the server between
+phases (:func:`run_phases`).
+
+Not here: starting servers and printing results (``bench/relay.py``, ``bench/run.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +43,7 @@ import secrets
 import struct
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -40,6 +53,7 @@ from nacl.signing import SigningKey
 from websockets.asyncio.client import ClientConnection as WebSocket
 from websockets.asyncio.client import connect
 
+from bench.procs import raise_nofile_limit
 from blindrelay.protocol import SUBPROTOCOL, limits
 from blindrelay.protocol.connection import ClientConnection
 from blindrelay.protocol.frames import Error, Welcome
@@ -47,8 +61,9 @@ from blindrelay.protocol.frames import Error, Welcome
 T_SEND, T_SENT, T_DELIVER, T_ACK, T_ERROR = 20, 21, 22, 23, 9
 STAMP = struct.Struct(">d")
 
-READY_TIMEOUT_S = 60.0
-"""Registering all accounts must finish within this (100 signatures take well under 1 s)."""
+CONNECT_CONCURRENCY = 64
+"""Handshakes in flight per worker process when opening thousands of connections: enough
+to keep the server busy, few enough that none waits past the relay's auth timeout."""
 
 
 class LoadError(RuntimeError):
@@ -67,12 +82,16 @@ class LoadSpec:
     workers: int = 2
     timeout_s: float = 300.0
     """Upper bound for the whole run; exceeded → LoadError, workers terminated."""
+    rate: float = 0.0
+    """Messages/s over all pairs, paced open loop; 0 = as fast as the window allows."""
 
     def __post_init__(self) -> None:
         if self.size < STAMP.size or self.size > limits.MAX_CIPHERTEXT_BYTES:
             raise ValueError(f"size must be {STAMP.size}..{limits.MAX_CIPHERTEXT_BYTES}")
         if min(self.pairs, self.messages, self.window, self.workers) < 1:
             raise ValueError("pairs, messages, window and workers must be positive")
+        if self.rate < 0:
+            raise ValueError("rate must be >= 0")
 
 
 @dataclass(slots=True)
@@ -104,41 +123,78 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
+def due_time(start: float, rate: float, pairs: int, pair: int, k: int) -> float:
+    """When message ``k`` of pair ``pair`` is due in paced mode: one evenly spaced stream."""
+    return start + (pair + k * pairs) / rate
+
+
+PhaseHook = Callable[[str, list[dict[str, Any]]], None]
+
+
+def run_phases(
+    target: Callable[..., None],
+    worker_args: Sequence[tuple[Any, ...]],
+    phases: Sequence[str],
+    timeout_s: float,
+    on_phase: PhaseHook | None = None,
+) -> list[dict[str, Any]]:
+    """Run ``target(*args, pipe, events)`` once per ``worker_args`` in spawned processes.
+
+    Every worker reports each phase in order (:func:`_phase`); once all have, the
+    parent calls ``on_phase(name, reports)`` (to measure the server in between) and
+    sets that phase's event, releasing the workers into the next one. Returns the
+    reports of the last phase. Bounded by ``timeout_s``; workers are always reaped.
+    """
+    ctx = mp.get_context("spawn")
+    events = [ctx.Event() for _ in phases]
+    pipes: list[Connection] = []
+    procs = []
+    try:
+        for args in worker_args:
+            parent_end, child_end = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=target, args=(*args, child_end, events), daemon=True)
+            proc.start()
+            child_end.close()
+            pipes.append(parent_end)
+            procs.append(proc)
+        deadline = time.monotonic() + timeout_s
+        reports: list[dict[str, Any]] = []
+        for phase, event in zip(phases, events, strict=True):
+            reports = [_expect(pipe, phase, deadline - time.monotonic()) for pipe in pipes]
+            if on_phase is not None:
+                on_phase(phase, reports)
+            event.set()
+        return reports
+    finally:
+        for event in events:  # a worker blocked on a barrier must not outlive an error
+            event.set()
+        for proc in procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+
+
+async def _phase(
+    pipe: Connection, events: Sequence[Any], index: int, report: dict[str, Any], deadline: float
+) -> None:
+    """Report phase ``index`` to the parent, then wait until every worker has."""
+    pipe.send(report)
+    loop = asyncio.get_running_loop()
+    if not await loop.run_in_executor(None, events[index].wait, deadline - time.monotonic()):
+        raise LoadError(f"never released from phase {report['kind']}")
+
+
 def run_load(spec: LoadSpec) -> LoadResult:
     """Run the workload in ``spec.workers`` processes; raises LoadError on any failure.
 
     Phases: every worker registers its accounts and reports ready; then one shared
     event starts all senders at once, so the clock starts with everyone connected.
     """
-    ctx = mp.get_context("spawn")
-    go = ctx.Event()
     tag = secrets.token_hex(3)
     slices = [range(w, spec.pairs, spec.workers) for w in range(min(spec.workers, spec.pairs))]
-    pipes: list[Connection] = []
-    procs = []
-    for index, pair_ids in enumerate(slices):
-        parent_end, child_end = ctx.Pipe(duplex=False)
-        proc = ctx.Process(
-            target=_worker_main,
-            args=(spec, f"{tag}w{index}", list(pair_ids), child_end, go),
-            daemon=True,
-        )
-        proc.start()
-        child_end.close()
-        pipes.append(parent_end)
-        procs.append(proc)
-    deadline = time.monotonic() + spec.timeout_s
-    try:
-        for pipe in pipes:
-            _expect(pipe, "ready", min(READY_TIMEOUT_S, deadline - time.monotonic()))
-        go.set()
-        reports = [_expect(pipe, "done", deadline - time.monotonic()) for pipe in pipes]
-    finally:
-        for proc in procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=5)
+    args = [(spec, f"{tag}w{index}", list(ids)) for index, ids in enumerate(slices)]
+    reports = run_phases(_worker_main, args, ("ready", "done"), spec.timeout_s)
     delivery: list[float] = []
     sent: list[float] = []
     for report in reports:
@@ -173,28 +229,32 @@ def _expect(pipe: Connection, kind: str, timeout: float) -> dict[str, Any]:
 # --- inside a worker process --------------------------------------------------
 
 
-def _worker_main(
-    spec: LoadSpec, prefix: str, pair_ids: list[int], pipe: Connection, go: Any
-) -> None:
+def _run_worker(coro_fn: Callable[..., Any], *args: Any) -> None:
+    """Body of every worker process: run the coroutine, report any failure, exit."""
+    pipe: Connection = args[-2]
     try:
-        asyncio.run(_worker(spec, prefix, pair_ids, pipe, go))
+        raise_nofile_limit()
+        asyncio.run(coro_fn(*args))
     except BaseException as exc:  # report every failure to the parent, then exit
         pipe.send({"kind": "error", "error": f"{type(exc).__name__}: {exc}"})
     finally:
         pipe.close()
 
 
+def _worker_main(
+    spec: LoadSpec, prefix: str, pair_ids: list[int], pipe: Connection, events: list[Any]
+) -> None:
+    _run_worker(_worker, spec, prefix, pair_ids, pipe, events)
+
+
 async def _worker(
-    spec: LoadSpec, prefix: str, pair_ids: list[int], pipe: Connection, go: Any
+    spec: LoadSpec, prefix: str, pair_ids: list[int], pipe: Connection, events: list[Any]
 ) -> None:
     deadline = time.monotonic() + spec.timeout_s
     async with asyncio.timeout_at(asyncio.get_running_loop().time() + spec.timeout_s):
         recipients = [await open_account(spec.url, f"r{prefix}p{i}") for i in pair_ids]
         senders = [await open_account(spec.url, f"s{prefix}p{i}") for i in pair_ids]
-        pipe.send({"kind": "ready"})
-        loop = asyncio.get_running_loop()
-        if not await loop.run_in_executor(None, go.wait, deadline - time.monotonic()):
-            raise LoadError("never started")
+        await _phase(pipe, events, 0, {"kind": "ready"}, deadline)
         start = time.monotonic()
         cpu0 = time.process_time()
         delivery = array("d")
@@ -202,13 +262,23 @@ async def _worker(
         receivers = [
             asyncio.create_task(receive_all(ws, spec.messages, delivery)) for ws, _ in recipients
         ]
-        await asyncio.gather(
-            *(
+        if spec.rate > 0:
+            senders_done = [
+                send_paced(
+                    ws,
+                    to,
+                    spec,
+                    sent,
+                    [due_time(start, spec.rate, spec.pairs, i, k) for k in range(spec.messages)],
+                )
+                for i, (ws, _), (_, to) in zip(pair_ids, senders, recipients, strict=True)
+            ]
+        else:
+            senders_done = [
                 send_all(ws, to, spec.messages, spec.window, spec.size, sent)
                 for (ws, _), (_, to) in zip(senders, recipients, strict=True)
-            ),
-            *receivers,
-        )
+            ]
+        await asyncio.gather(*senders_done, *receivers)
         end = time.monotonic()
         cpu = time.process_time() - cpu0
         for ws, _ in (*senders, *recipients):
@@ -226,29 +296,72 @@ async def _worker(
     )
 
 
-async def open_account(url: str, handle: str) -> tuple[WebSocket, str]:
-    """Connect and REGISTER ``handle`` with a fresh Ed25519 identity key (SPEC §4.2)."""
+async def open_account(
+    url: str, handle: str, key: SigningKey | None = None, *, login: bool = False
+) -> tuple[WebSocket, str]:
+    """Connect and authenticate ``handle`` (SPEC §4.2) with Ed25519 identity ``key`` (fresh
+    if None): REGISTER a new account, or LOGIN to an existing one."""
     ws = await connect(
         url,
         subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
         compression=None,
         max_size=limits.MAX_FRAME_BYTES,
-        open_timeout=10,
+        open_timeout=30,
     )
-    key = SigningKey.generate()
-    conn = ClientConnection()
-    conn.receive_data(await _recv_bytes(ws))
-    conn.register(handle, "user", bytes(key.verify_key), lambda m: key.sign(m).signature)
-    for data in conn.data_to_send():
-        await ws.send(data)
-    conn.receive_data(await _recv_bytes(ws))
-    events = conn.events_received()
-    answer = events[-1] if events else None
-    if isinstance(answer, Error):
-        raise LoadError(f"REGISTER {handle} refused with ERROR {answer.code}")
-    if not isinstance(answer, Welcome):
-        raise LoadError(f"REGISTER {handle}: unexpected {answer!r}")
+    try:
+        conn = ClientConnection()
+        conn.receive_data(await _recv_bytes(ws))
+        sk = key or SigningKey.generate()
+        if login:
+            conn.login(handle, lambda m: sk.sign(m).signature)
+            verb = "LOGIN"
+        else:
+            conn.register(handle, "user", bytes(sk.verify_key), lambda m: sk.sign(m).signature)
+            verb = "REGISTER"
+        for data in conn.data_to_send():
+            await ws.send(data)
+        conn.receive_data(await _recv_bytes(ws))
+        events = conn.events_received()
+        answer = events[-1] if events else None
+        if isinstance(answer, Error):
+            raise LoadError(f"{verb} {handle} refused with ERROR {answer.code}")
+        if not isinstance(answer, Welcome):
+            raise LoadError(f"{verb} {handle}: unexpected {answer!r}")
+    except BaseException:
+        await ws.close()
+        raise
     return ws, handle
+
+
+async def open_many(
+    url: str,
+    handles: Sequence[str],
+    keys: Sequence[SigningKey | None] | None = None,
+    *,
+    login: bool = False,
+    keep: bool = True,
+) -> list[WebSocket]:
+    """Authenticate many accounts, CONNECT_CONCURRENCY at a time; ``keep=False`` closes
+    each as soon as it is authenticated (so registering never holds them all open)."""
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    key_list = list(keys) if keys is not None else [None] * len(handles)
+
+    async def one(handle: str, key: SigningKey | None) -> WebSocket | None:
+        async with gate:
+            ws, _ = await open_account(url, handle, key, login=login)
+            if keep:
+                return ws
+            await ws.close()
+            return None
+
+    opened = await asyncio.gather(
+        *(one(h, k) for h, k in zip(handles, key_list, strict=True)), return_exceptions=True
+    )
+    failures = [r for r in opened if isinstance(r, BaseException)]
+    if failures:
+        await asyncio.gather(*(r.close() for r in opened if isinstance(r, WebSocket)))
+        raise failures[0]
+    return [r for r in opened if isinstance(r, WebSocket)]
 
 
 async def _recv_bytes(ws: WebSocket) -> bytes:
@@ -297,6 +410,45 @@ async def send_all(
             raise LoadError(f"SEND refused: ERROR {frame['code']} (re={frame.get('re')})")
 
 
+async def send_paced(
+    ws: WebSocket, to: str, spec: LoadSpec, sent_latency: array, due: Sequence[float]
+) -> None:
+    """Send one envelope at each ``due`` time (open loop), at most ``spec.window`` in flight.
+
+    The body is stamped with the due time, and SENT latency is measured from it too.
+    """
+    packb, unpackb, monotonic, urandom = msgpack.packb, msgpack.unpackb, time.monotonic, os.urandom
+    in_flight: dict[int, float] = {}
+    slots = asyncio.Semaphore(spec.window)
+    count = len(due)
+
+    async def read() -> None:
+        answered = 0
+        while answered < count:
+            frame = unpackb(await ws.recv())
+            if frame["t"] == T_SENT:
+                sent_latency.append(monotonic() - in_flight.pop(frame["re"]))
+                answered += 1
+                slots.release()
+            elif frame["t"] == T_ERROR:
+                raise LoadError(f"SEND refused: ERROR {frame['code']} (re={frame.get('re')})")
+
+    async def write() -> None:
+        for request_id, at in enumerate(due, start=1):
+            if (delay := at - monotonic()) > 0:
+                await asyncio.sleep(delay)
+            await slots.acquire()
+            body = STAMP.pack(at) + urandom(spec.size - STAMP.size)
+            frame = {"t": T_SEND, "id": request_id, "to": to, "msg_id": urandom(16),
+                     "intent": "chat", "body": body}  # fmt: skip
+            in_flight[request_id] = at
+            await ws.send(packb(frame))
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(read())
+        group.create_task(write())
+
+
 async def receive_all(ws: WebSocket, count: int, latency: array) -> None:
     """Take DELIVERs until ``count`` distinct msg_ids arrived; ACK once per loop turn."""
     unpackb, monotonic, unpack_from = msgpack.unpackb, time.monotonic, STAMP.unpack_from
@@ -337,3 +489,154 @@ async def receive_all(ws: WebSocket, count: int, latency: array) -> None:
         await acker
     finally:
         acker.cancel()
+
+
+# --- connection-shaped workloads (bench/run.py) --------------------------------
+
+
+def _spread(total: int, workers: int) -> list[range]:
+    """Indices 0..total-1 dealt round-robin to at most ``workers`` workers."""
+    return [range(w, total, workers) for w in range(min(workers, total))]
+
+
+def run_idle(
+    url: str, connections: int, workers: int, timeout_s: float, on_phase: PhaseHook
+) -> None:
+    """Hold ``connections`` authenticated idle connections, spread over ``workers`` processes.
+
+    Phases reported to ``on_phase``: ``registered`` (every account registered, and each
+    connection closed again right away, so the server never held many at once),
+    ``connected`` (every account logged in and idle: measure the server now), ``done``.
+    Logging in existing accounts, rather than registering on the measured connections,
+    keeps account creation out of the per-connection figure.
+    """
+    tag = secrets.token_hex(3)
+    args = [(url, f"i{tag}w{index}", len(ids), timeout_s)
+            for index, ids in enumerate(_spread(connections, workers))]  # fmt: skip
+    run_phases(_idle_main, args, ("registered", "connected", "done"), timeout_s, on_phase)
+
+
+def _idle_main(*args: Any) -> None:
+    _run_worker(_idle_worker, *args)
+
+
+async def _idle_worker(
+    url: str, prefix: str, count: int, timeout_s: float, pipe: Connection, events: list[Any]
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with asyncio.timeout_at(asyncio.get_running_loop().time() + timeout_s):
+        handles = [f"{prefix}n{i}" for i in range(count)]
+        keys = [SigningKey.generate() for _ in handles]
+        started = time.monotonic()
+        await open_many(url, handles, keys, keep=False)
+        await _phase(pipe, events, 0, {"kind": "registered", "s": time.monotonic() - started},
+                     deadline)  # fmt: skip
+        started = time.monotonic()
+        sockets = await open_many(url, handles, keys, login=True)
+        try:
+            await _phase(pipe, events, 1, {"kind": "connected", "open": len(sockets),
+                                           "s": time.monotonic() - started}, deadline)  # fmt: skip
+        finally:
+            await asyncio.gather(*(ws.close() for ws in sockets))
+    pipe.send({"kind": "done"})
+
+
+@dataclass(frozen=True, slots=True)
+class DrainResult:
+    """Queueing and draining times; the drain clock runs from the first LOGIN to the
+    last ACK sent, over all recipients."""
+
+    queued: int
+    queue_s: float
+    delivered: int
+    drain_s: float
+
+    @property
+    def drain_rate(self) -> float:
+        return self.delivered / self.drain_s
+
+    @property
+    def queue_rate(self) -> float:
+        return self.queued / self.queue_s
+
+
+def run_drain(
+    url: str,
+    recipients: int,
+    per_recipient: int,
+    *,
+    window: int,
+    size: int,
+    workers: int,
+    timeout_s: float,
+    on_phase: PhaseHook,
+) -> DrainResult:
+    """Queue ``per_recipient`` envelopes for each of ``recipients`` offline accounts (one
+    sender each, ``window`` SENDs in flight), then log them all in and take everything.
+
+    Phases: ``ready`` (accounts registered, recipients offline), ``queued`` (every SEND
+    acknowledged, i.e. committed: measure the database now), ``done``.
+    """
+    tag = secrets.token_hex(3)
+    args = [(url, f"d{tag}w{index}", len(ids), per_recipient, window, size, timeout_s)
+            for index, ids in enumerate(_spread(recipients, workers))]  # fmt: skip
+    phases: dict[str, list[dict[str, Any]]] = {}
+
+    def hook(phase: str, reports: list[dict[str, Any]]) -> None:
+        phases[phase] = reports
+        on_phase(phase, reports)
+
+    done = run_phases(_drain_main, args, ("ready", "queued", "done"), timeout_s, hook)
+    queued = phases["queued"]
+    return DrainResult(
+        queued=sum(r["queued"] for r in queued),
+        queue_s=max(r["end"] for r in queued) - min(r["start"] for r in queued),
+        delivered=sum(r["delivered"] for r in done),
+        drain_s=max(r["end"] for r in done) - min(r["start"] for r in done),
+    )
+
+
+def _drain_main(*args: Any) -> None:
+    _run_worker(_drain_worker, *args)
+
+
+async def _drain_worker(
+    url: str,
+    prefix: str,
+    count: int,
+    per_recipient: int,
+    window: int,
+    size: int,
+    timeout_s: float,
+    pipe: Connection,
+    events: list[Any],
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with asyncio.timeout_at(asyncio.get_running_loop().time() + timeout_s):
+        handles = [f"r{prefix}n{i}" for i in range(count)]
+        keys = [SigningKey.generate() for _ in handles]
+        await open_many(url, handles, keys, keep=False)
+        senders = await open_many(url, [f"s{prefix}n{i}" for i in range(count)])
+        await _phase(pipe, events, 0, {"kind": "ready"}, deadline)
+        start = time.monotonic()
+        sent = array("d")
+        await asyncio.gather(*(send_all(ws, to, per_recipient, window, size, sent)
+                               for ws, to in zip(senders, handles, strict=True)))  # fmt: skip
+        end = time.monotonic()
+        await asyncio.gather(*(ws.close() for ws in senders))
+        await _phase(pipe, events, 1, {"kind": "queued", "queued": len(sent), "start": start,
+                                       "end": end}, deadline)  # fmt: skip
+        start = time.monotonic()
+        delivery = array("d")
+        finished: list[float] = []
+
+        async def drain(handle: str, key: SigningKey) -> None:
+            ws, _ = await open_account(url, handle, key, login=True)
+            try:
+                await receive_all(ws, per_recipient, delivery)
+                finished.append(time.monotonic())  # the last ACK has been sent
+            finally:
+                await ws.close()
+
+        await asyncio.gather(*(drain(h, k) for h, k in zip(handles, keys, strict=True)))
+    pipe.send({"kind": "done", "delivered": len(delivery), "start": start, "end": max(finished)})

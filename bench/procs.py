@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import resource
 import signal
 import subprocess
 import threading
@@ -23,6 +24,18 @@ LISTENING = re.compile(r"listening (ws://127\.0\.0\.1:\d+)")
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def raise_nofile_limit() -> int:
+    """Raise this process's open-file soft limit to its hard limit; returns the new limit.
+
+    Only the calling process (and what it starts later) is affected, never the system:
+    10,000 idle connections need more descriptors than the usual soft limit of 1024.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 class ServerError(RuntimeError):
@@ -51,6 +64,7 @@ class ServerProcess:
             stderr=self._log_file,
             env=env,
             cwd=cwd,
+            preexec_fn=raise_nofile_limit,  # the server holds one descriptor per connection
         )
         self._lines: queue.Queue[str | None] = queue.Queue()
         assert self.proc.stdout is not None
