@@ -197,3 +197,27 @@ async def test_a_users_message_opens_the_window_for_replies_until_it_expires(
     assert error_code(await airline.send_message("bob", b"anything else?")) == unavailable
     assert isinstance(await bob.send_message("airline", b"thanks"), Sent)  # refreshes it
     assert isinstance(await airline.send_message("bob", b"welcome"), Sent)
+
+
+async def test_an_outbox_never_pushes_rows_withdrawn_after_it_paged_them(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    """SPEC §7.4: a page read before a revoke committed is filtered when it is pushed."""
+    bob = await clients.registered(relay.url, "bob")
+    airline = await clients.registered(relay.url, "airline", "business")
+    await stated(bob, "grant", "airline", clock.now, BOTH)
+    session = relay.ctx.sessions.get("bob")
+    assert session is not None and session.outbox is not None
+    outbox = session.outbox
+    await bob.close()
+    await _notify(airline, "bob", "marketing", 2)
+    rows = await relay.ctx.writer.submit(lambda store: store.queue.page("bob", 0, 10, 0))
+    assert len(rows) == 2
+    pushed: list[int] = []
+    outbox.session = type("Recorder", (), {
+        "handle": "bob", "open": True, "outbox": outbox,
+        "send": lambda _self, frame: pushed.append(frame.delivery_id),
+    })()  # fmt: skip
+    outbox.withdraw([rows[0].delivery_id])  # the revoke committed after the page was read
+    outbox._push_page(rows, limit=10)
+    assert pushed == [rows[1].delivery_id]
