@@ -28,7 +28,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -104,11 +104,15 @@ def _db_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _guarded(command: object) -> object:
+Command = Callable[[argparse.Namespace], int]
+
+
+def _guarded(command: Command) -> Command:
+    """Run ``command``; an :class:`AdminError` becomes one line on stderr and status 1."""
+
     def run(args: argparse.Namespace) -> int:
         try:
-            status: int = command(args)  # type: ignore[operator]
-            return status
+            return command(args)
         except AdminError as exc:
             print(f"blindrelay admin: {exc}", file=sys.stderr)
             return 1
