@@ -60,6 +60,9 @@ PROFILE_RATE_HZ = 250
 
 ServerArgv = Callable[[Path], list[str]]
 
+VERSIONED = ("blindrelay", "websockets", "msgpack", "pynacl", "sqlite-utils")
+"""Distributions whose versions go into every JSON record."""
+
 
 def relay_argv(synchronous: str) -> ServerArgv:
     def argv(workdir: Path) -> list[str]:
@@ -212,22 +215,42 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def _proc_field(path: str, name: str) -> str | None:
+    """The first ``name: value`` line of a /proc file (Linux), or None."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == name:
+                return value.strip()
+    except OSError:
+        pass
+    return None
+
+
 def environment() -> dict[str, object]:
     """What a reader needs to compare a record with their own run."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=ROOT, capture_output=True, text=True, check=True,
+            ).stdout.strip()
+        )  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
-        commit = None
+        commit, dirty = None, None
     return {
         "machine": platform.machine(),
+        "cpu_model": _proc_field("/proc/cpuinfo", "model name"),
         "system": f"{platform.system()} {platform.release()}",
         "cpus": _cpus(),
+        "ram": _proc_field("/proc/meminfo", "MemTotal"),
         "python": platform.python_version(),
-        "versions": {pkg: version(pkg) for pkg in ("blindrelay", "websockets", "msgpack", "pynacl")}
-        | {"sqlite": sqlite3.sqlite_version},
+        "versions": {pkg: version(pkg) for pkg in VERSIONED} | {"sqlite": sqlite3.sqlite_version},
         "commit": commit,
+        "uncommitted_changes": dirty,
     }
 
 
