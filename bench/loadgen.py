@@ -37,6 +37,7 @@ Not here: starting servers and printing results (``bench/relay.py``, ``bench/run
 from __future__ import annotations
 
 import asyncio
+import math
 import multiprocessing as mp
 import os
 import secrets
@@ -119,7 +120,8 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of an already sorted sequence (q in 0..100)."""
     if not sorted_values:
         return float("nan")
-    rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))
+    # ceil, not round(x + 0.5): round() goes to even, so p99 of 100 values was the max.
+    rank = max(1, min(len(sorted_values), math.ceil(q / 100 * len(sorted_values))))
     return sorted_values[rank - 1]
 
 

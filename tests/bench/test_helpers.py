@@ -1,0 +1,59 @@
+"""Pure helpers of the benchmark suite (no timing here: speed is measured in bench/)."""
+
+import itertools
+
+from bench.loadgen import _spread, due_time, percentile
+from bench.profile import function_key, summarize
+from bench.run import Figure
+
+
+def test_percentile_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([float(v) for v in range(1, 1001)], 99) == 990.0
+    assert percentile([], 50) != percentile([], 50)  # NaN
+
+
+def test_pacing_is_one_evenly_spaced_stream():
+    rate, pairs, messages = 200.0, 4, 5
+    times = sorted(
+        due_time(10.0, rate, pairs, pair, k) for pair in range(pairs) for k in range(messages)
+    )
+    gaps = {round(b - a, 9) for a, b in itertools.pairwise(times)}
+    assert gaps == {round(1 / rate, 9)}
+    assert times[0] == 10.0
+    assert due_time(10.0, rate, pairs, 1, 2) == 10.0 + (1 + 2 * pairs) / rate
+
+
+def test_spread_deals_every_index_once():
+    slices = _spread(10, 3)
+    assert sorted(i for s in slices for i in s) == list(range(10))
+    assert len(_spread(2, 4)) == 2
+
+
+def test_profile_self_and_inclusive():
+    lines = [
+        "thread (1): MainThread;main (server/cli.py:1);f (server/a.py:3);g (server/b.py:9) 3",
+        "thread (1): MainThread;main (server/cli.py:1);f (server/a.py:4) 1",
+        "thread (2): writer;w (server/storage.py:5) 4",
+        "garbage",
+    ]
+    s = summarize(lines)
+    assert s.total == 8
+    assert s.threads == {"MainThread": 4, "writer": 4}
+    assert s.self_samples["g (server/b.py)"] == 3
+    assert s.self_samples["f (server/a.py)"] == 1
+    assert s.inclusive["f (server/a.py)"] == 4
+    assert s.top(s.self_samples, 1) == [("w (server/storage.py)", 50.0)]
+    assert function_key("f (x.py:12)") == "f (x.py)"
+
+
+def test_figure_targets():
+    assert Figure.compare("w", "m", 6.0, 10.0, "b", (">=", 0.6)).met is True
+    assert Figure.compare("w", "m", 5.0, 10.0, "b", (">=", 0.6)).met is False
+    assert Figure.compare("w", "m", 30.0, 10.0, "b", ("<=", 2.0)).met is False
+    fig = Figure.compare("w", "m", 1.0, 0.0, "b", ("<=", 2.0))
+    assert fig.ratio is None and fig.met is None
