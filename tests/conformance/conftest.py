@@ -143,8 +143,10 @@ class Relay(AsyncFixture):
 
     async def __aexit__(self, *exc: object) -> None:
         for peer in self._peers:
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(peer.close(), 2)
+            except Exception:
+                peer.ws.transport.abort()  # never leak a socket, even from a stuck relay
 
     async def connect(self) -> Peer:
         """A new connection, HELLO read, not authenticated."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -112,6 +113,7 @@ class Peer:
         assert isinstance(hello.frame, Hello)
         self.ws = ws
         self.hello: Hello = hello.frame
+        self._hello_at = time.monotonic()
         self.account: Account | None = None
         self.welcome: Welcome | None = None
         self._next_id = 1
@@ -119,6 +121,10 @@ class Peer:
         self._inbox: list[Received] = []
         self.close_code: int | None = None
         self.close_reason: str = ""
+
+    def relay_now(self) -> int:
+        """The relay's clock as HELLO reported it, moved on by our elapsed time (ms)."""
+        return self.hello.now + int((time.monotonic() - self._hello_at) * 1000)
 
     # --- sending ---------------------------------------------------------------
 
@@ -287,6 +293,7 @@ async def open_peer(url: str, subprotocols: Sequence[str] = (SUBPROTOCOL,)) -> P
         proxy=None,
         open_timeout=FRAME_TIMEOUT_S,
         max_size=None,
+        max_queue=None,  # unread pushes (PREKEYS_LOW…) must never stall the close handshake
     )
     data = await asyncio.wait_for(ws.recv(), FRAME_TIMEOUT_S)
     if not isinstance(data, bytes):

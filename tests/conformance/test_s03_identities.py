@@ -1,0 +1,144 @@
+"""SPEC §3 Identities: handle format and identity-key rotation."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from blindrelay.protocol import limits
+from blindrelay.protocol.connection import register_transcript, rotate_transcript
+from blindrelay.protocol.crypto.keys import IdentityKeyPair
+from blindrelay.protocol.frames import Error, Ok, RotateIdentity, Welcome
+
+from .wire import Account, new_handle, rng
+
+
+@pytest.mark.spec("3.2")
+@pytest.mark.parametrize(
+    "handle",
+    ["ab", "a" * 33, "Alice", "\u0430irline", ".alice", "-alice", "al ice", "al@ice", "alice\u00e9"],
+    ids=["too-short", "too-long", "uppercase", "cyrillic-a", "leading-dot", "leading-dash",
+         "space", "at-sign", "non-ascii"],
+)  # fmt: skip
+async def test_register_refuses_a_handle_outside_the_pattern(relay, handle):
+    """SPEC: "A handle MUST be 3 to 32 characters from [a-z0-9._-], the first being a
+    letter or a digit": anything else is a malformed REGISTER (100, naming its id)."""
+    peer = await relay.connect()
+    key = IdentityKeyPair.generate(rng)
+    request_id = peer.next_id()
+    signature = key.sign(
+        register_transcript(peer.hello.relay_key, peer.hello.challenge, "abc", "user", key.public)
+    )
+    data = msgpack.packb(
+        {
+            "t": 2,
+            "id": request_id,
+            "handle": handle,
+            "kind": "user",
+            "identity_key": key.public,
+            "signature": signature,
+        }
+    )
+    await peer.send_raw(data, expect_re=request_id)
+    error = await peer.response(request_id)
+    assert isinstance(error, Error) and (error.code, error.re) == (100, request_id)
+
+
+@pytest.mark.spec("3.2")
+@pytest.mark.parametrize("handle_form", ["0.a_b-c", "x" * 32, "a1-"])
+async def test_register_accepts_every_handle_of_the_pattern(relay, handle_form):
+    """SPEC: handles match ``^[a-z0-9][a-z0-9._-]{2,31}$`` — the edges of the pattern
+    register (made unique with a random tail of the same alphabet)."""
+    tail = new_handle("").replace("-", "")
+    handle = (handle_form + tail)[: limits.HANDLE_MAX_LEN]
+    if len(handle_form) == limits.HANDLE_MAX_LEN:
+        handle = tail[:16] + "x" * 16
+    peer = await relay.connect()
+    welcome = await peer.register(Account(handle, "user"))
+    assert isinstance(welcome, Welcome) and welcome.handle == handle
+
+
+def _rotation(peer, new_key, *, issued_at=None, old_key=None, sign_new=None, request_id=None):
+    account = peer.account
+    issued_at = peer.relay_now() if issued_at is None else issued_at
+    transcript = rotate_transcript(
+        peer.hello.relay_key, account.handle, account.public, new_key.public, issued_at
+    )
+    return RotateIdentity(
+        id=request_id or peer.next_id(),
+        new_identity_key=new_key.public,
+        issued_at=issued_at,
+        old_signature=(old_key or account.key).sign(transcript),
+        new_signature=(sign_new or new_key).sign(transcript),
+    )
+
+
+@pytest.mark.spec("3.4")
+async def test_rotation_replaces_the_key_and_deletes_the_prekeys(relay):
+    """SPEC: the relay MUST check both signatures and issued_at, "then replace the key,
+    delete the account's signed and one-time prekeys …, and answer OK"."""
+    alice = await relay.user(one_time=2)
+    old = alice.account
+    new_key = IdentityKeyPair.generate(rng)
+    assert isinstance(await alice.request(lambda i: _rotation(alice, new_key, request_id=i)), Ok)
+    stale = await relay.connect()
+    refused = await stale.login(old)
+    assert isinstance(refused, Error) and refused.code == 200
+    again = await relay.login(Account(old.handle, old.kind, new_key))
+    assert again.welcome is not None
+    assert (again.welcome.has_signed_prekey, again.welcome.one_time_prekeys) == (False, 0)
+
+
+@pytest.mark.spec("3.4")
+@pytest.mark.parametrize("forged", ["old_signature", "new_signature"])
+async def test_rotation_with_a_bad_signature_gets_500(relay, forged):
+    """SPEC: "The relay MUST check both signatures (ERROR 500 INVALID_STATEMENT otherwise)"."""
+    alice = await relay.user()
+    new_key, stranger = IdentityKeyPair.generate(rng), IdentityKeyPair.generate(rng)
+    kwargs = {"old_key": stranger} if forged == "old_signature" else {"sign_new": stranger}
+    error = await alice.request(lambda i: _rotation(alice, new_key, request_id=i, **kwargs))
+    assert isinstance(error, Error) and error.code == 500
+    await relay.login(alice)  # the old key is still the account's key
+
+
+@pytest.mark.spec("3.4")
+@pytest.mark.parametrize("offset", [-1, 1])
+async def test_rotation_outside_the_clock_skew_gets_501(relay, offset):
+    """SPEC: "and that issued_at is within STATEMENT_SKEW_MS of its clock (ERROR 501
+    STALE_STATEMENT otherwise)"."""
+    alice = await relay.user()
+    issued_at = alice.relay_now() + offset * (limits.STATEMENT_SKEW_MS + 60_000)
+    new_key = IdentityKeyPair.generate(rng)
+    error = await alice.request(
+        lambda i: _rotation(alice, new_key, issued_at=issued_at, request_id=i)
+    )
+    assert isinstance(error, Error) and error.code == 501
+
+
+@pytest.mark.spec("3.4")
+async def test_rotating_to_the_current_key_gets_100(relay):
+    """SPEC: "Rotating to the current key is refused with ERROR 100"."""
+    alice = await relay.user()
+    error = await alice.request(lambda i: _rotation(alice, alice.account.key, request_id=i))
+    assert isinstance(error, Error) and error.code == 100
+
+
+@pytest.mark.spec("3.4")
+async def test_of_two_concurrent_rotations_the_second_gets_501(relay):
+    """SPEC: "of two concurrent rotations from the same key, the second gets ERROR 501";
+    replaying the first afterwards is refused too."""
+    alice = await relay.user()
+    first = _rotation(alice, IdentityKeyPair.generate(rng))
+    second = _rotation(alice, IdentityKeyPair.generate(rng))
+    await alice.send(first)
+    await alice.send(second)  # before the first is answered
+    answers = [await alice.response(first.id), await alice.response(second.id)]
+    assert isinstance(answers[0], Ok)
+    assert isinstance(answers[1], Error) and answers[1].code == 501
+    replay = RotateIdentity(
+        id=alice.next_id(), new_identity_key=first.new_identity_key, issued_at=first.issued_at,
+        old_signature=first.old_signature, new_signature=first.new_signature,
+    )  # fmt: skip
+    await alice.send(replay)
+    error = await alice.response(replay.id)
+    assert isinstance(error, Error) and error.code in (100, 500, 501)
