@@ -28,6 +28,7 @@ import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
+from blindrelay.protocol.crypto import libsodium
 from blindrelay.protocol.errors import InvalidKey, InvalidSignature
 
 Rng = Callable[[int], bytes]
@@ -86,16 +87,17 @@ def signed_prekey_message(public: bytes) -> bytes:
 def x25519(private: bytes, public: bytes) -> bytes:
     """X25519 (RFC 7748) via libsodium, rejecting low-order points (SPEC §13.2).
 
-    libsodium refuses a low-order peer key (all-zero output) with a bare
-    ``RuntimeError``; we re-check the output anyway, in constant time, because
-    the X3DH and ratchet security arguments assume a contributory DH.
+    libsodium refuses a low-order peer key (all-zero output); we re-check the
+    output anyway, in constant time, because the X3DH and ratchet security
+    arguments assume a contributory DH. Wrong types or lengths are InvalidKey
+    (checked once, in :mod:`.libsodium`).
     """
-    _check_len("X25519 private key", private, KEY_LEN)
-    _check_len("X25519 public key", public, KEY_LEN)
     try:
-        shared = nacl.bindings.crypto_scalarmult(private, public)
-    except (nacl.exceptions.RuntimeError, RuntimeError) as exc:
+        shared = libsodium.scalarmult(private, public)
+    except libsodium.SodiumError as exc:
         raise InvalidKey("low-order X25519 public key") from exc
+    except TypeError as exc:
+        raise InvalidKey(str(exc)) from None
     if hmac.compare_digest(shared, _ZERO_KEY):
         raise InvalidKey("X25519 output is all zero")
     return shared
@@ -192,8 +194,10 @@ class X25519KeyPair:
 
     @classmethod
     def from_private(cls, private: bytes) -> X25519KeyPair:
-        _check_len("X25519 private key", private, KEY_LEN)
-        return cls(private, nacl.bindings.crypto_scalarmult_base(private))
+        try:
+            return cls(private, libsodium.scalarmult_base(private))
+        except TypeError as exc:
+            raise InvalidKey(str(exc)) from None
 
     @classmethod
     def generate(cls, rng: Rng) -> X25519KeyPair:

@@ -29,15 +29,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
-import nacl.bindings
-import nacl.exceptions
 
+from blindrelay.protocol.crypto import libsodium
 from blindrelay.protocol.crypto.kdf import (
     HASH_LEN,
     INFO_MESSAGE_KEYS,
     INFO_RATCHET,
     hkdf,
-    hmac_sha256,
+    hmac_sha256_keyed,
+    hmac_sha256_pair,
 )
 from blindrelay.protocol.crypto.keys import KEY_LEN, Rng, X25519KeyPair
 from blindrelay.protocol.errors import (
@@ -107,40 +107,43 @@ def kdf_rk(root_key: bytes, dh_out: bytes) -> tuple[bytes, bytes]:
 
 def kdf_ck(chain_key: bytes) -> tuple[bytes, bytes]:
     """KDF_CK: → (next chain key = HMAC(ck, 0x02), message key = HMAC(ck, 0x01))."""
-    return (
-        hmac_sha256(chain_key, CHAIN_NEXT_KEY_CONSTANT),
-        hmac_sha256(chain_key, CHAIN_MESSAGE_KEY_CONSTANT),
-    )
+    return hmac_sha256_pair(chain_key, CHAIN_NEXT_KEY_CONSTANT, CHAIN_MESSAGE_KEY_CONSTANT)
+
+
+_MESSAGE_KEY_EXTRACT = hmac_sha256_keyed(MESSAGE_KEY_SALT)
+"""HKDF-Extract's HMAC under the constant all-zero salt, key schedule done once."""
 
 
 def message_aead_key(message_key: bytes) -> tuple[bytes, bytes]:
     """(XChaCha20-Poly1305 key, nonce) from a message key; each key encrypts once.
 
     Exactly ``hkdf(mk, salt=32×0x00, info=INFO_MESSAGE_KEYS, length=56)``, unrolled
-    into its three HMACs because it runs twice per message (a test checks equality).
+    into its three HMACs because it runs twice per message (a test checks equality):
+    the constant salt's key schedule is precomputed, the PRK's is done once for
+    both expand blocks.
     """
-    prk = hmac_sha256(MESSAGE_KEY_SALT, message_key)
-    t1 = hmac_sha256(prk, _INFO_BLOCK_1)
-    t2 = hmac_sha256(prk, t1 + _INFO_BLOCK_2)
-    return t1, t2[:AEAD_NONCE_LEN]
+    extract = _MESSAGE_KEY_EXTRACT.copy()
+    extract.update(message_key)
+    first = hmac_sha256_keyed(extract.digest())
+    second = first.copy()
+    first.update(_INFO_BLOCK_1)
+    t1 = first.digest()
+    second.update(t1 + _INFO_BLOCK_2)
+    return t1, second.digest()[:AEAD_NONCE_LEN]
 
 
 def aead_encrypt(message_key: bytes, plaintext: bytes, associated_data: bytes) -> bytes:
     """ENCRYPT: XChaCha20-Poly1305 (libsodium IETF variant); ciphertext || 16-byte tag."""
     key, nonce = message_aead_key(message_key)
-    return nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
-        plaintext, associated_data, nonce, key
-    )
+    return libsodium.xchacha20poly1305_encrypt(key, nonce, plaintext, associated_data)
 
 
 def aead_decrypt(message_key: bytes, ciphertext: bytes, associated_data: bytes) -> bytes:
     """DECRYPT; any authentication failure is DecryptionFailed."""
     key, nonce = message_aead_key(message_key)
     try:
-        return nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
-            ciphertext, associated_data, nonce, key
-        )
-    except (nacl.exceptions.CryptoError, ValueError, TypeError) as exc:
+        return libsodium.xchacha20poly1305_decrypt(key, nonce, ciphertext, associated_data)
+    except (libsodium.SodiumError, ValueError, TypeError) as exc:
         raise DecryptionFailed("message authentication failed") from exc
 
 
