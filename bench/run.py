@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -465,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     if needs_rate and "throughput" not in selected:
         selected.insert(0, "throughput")  # their rate or baseline comes from workload 1
     suite = Suite(QUICK if args.quick else Params())
+    # SIGTERM unwinds like Ctrl-C, so every server and worker is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     raise_nofile_limit()
     env = relay.environment()
     started = time.time()
