@@ -18,8 +18,9 @@ default log level, but with the send rate limits raised out of reach: the defaul
         [--size 1024] [--workers 2] [--repeat 1] [--also relay-normal forwarder-strict]
         [--profile DIR] [--json PATH] [--check]
 
-Workloads 2-6 of the suite (issue 8) add functions like :func:`throughput` that
-return rows for the same table and JSON record.
+The whole suite (issue 8: this workload plus paced latency, idle connections,
+offline drain, fan-out and client crypto) is ``bench/run.py``, which calls
+:func:`throughput` for workloads 1 and 2.
 """
 
 from __future__ import annotations
