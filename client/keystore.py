@@ -22,7 +22,11 @@ Invariants both implementations keep:
   message id and the decrypted message in one transaction, so the SDK can ack a
   delivery as soon as it returns: a crash before it means the relay redelivers,
   a crash after it means nothing is lost, and a redelivery of an already
-  committed envelope is recognised by id instead of failing to decrypt.
+  committed envelope is recognised by ``(sender, msg_id)`` instead of failing
+  to decrypt (SPEC §6.4.3: ids are chosen by senders, so only the pair is unique).
+- :meth:`KeyStore.atomic` groups several writes into one all-or-nothing unit
+  (the SDK stores an advanced sending chain and the outbox entry holding its
+  envelope together, so a crash cannot keep one without the other).
 
 At rest (:class:`SqliteKeyStore`)::
 
@@ -96,6 +100,8 @@ FORMAT_VERSION = 1
 
 AccountKind = Literal["user", "business"]
 _ACCOUNT_KINDS: frozenset[str] = frozenset({"user", "business"})
+_ABSENT = object()
+"""Undo-journal marker: the key had no value before the write."""
 
 
 # --- Errors ----------------------------------------------------------------
@@ -284,9 +290,9 @@ class KeyStore(Protocol):
         self, handle: str, identity_key: bytes, now_ms: int, *, verified: bool = False
     ) -> None: ...
 
-    # Incoming messages
-    def is_processed(self, msg_id: bytes) -> bool: ...
-    def mark_processed(self, msg_id: bytes) -> None: ...
+    # Incoming messages, identified by (sender, msg_id) (SPEC §6.4.3)
+    def is_processed(self, sender: str, msg_id: bytes) -> bool: ...
+    def mark_processed(self, sender: str, msg_id: bytes) -> None: ...
     def commit_incoming(
         self,
         message: IncomingMessage,
@@ -295,12 +301,16 @@ class KeyStore(Protocol):
         used_one_time_prekey: int | None = None,
     ) -> bool: ...
     def pending_messages(self) -> list[IncomingMessage]: ...
-    def consume(self, msg_id: bytes) -> bool: ...
+    def consume(self, sender: str, msg_id: bytes) -> bool: ...
 
     # SDK state
     def get_state(self, key: str) -> bytes | None: ...
     def set_state(self, key: str, value: bytes) -> None: ...
     def delete_state(self, key: str) -> None: ...
+    def state_items(self, prefix: str) -> list[tuple[str, bytes]]: ...
+
+    # Grouping: every write inside the block lands, or none does (nests)
+    def atomic(self) -> AbstractContextManager[object]: ...
 
     def close(self) -> None: ...
 
@@ -330,13 +340,13 @@ class _KeyStoreBase:
     def _set_counter(self, name: str, value: int) -> None:
         raise NotImplementedError
 
-    def _add_processed(self, msg_id: bytes) -> None:
+    def _add_processed(self, sender: str, msg_id: bytes) -> None:
         raise NotImplementedError
 
     def _add_pending(self, message: IncomingMessage) -> None:
         raise NotImplementedError
 
-    def is_processed(self, msg_id: bytes) -> bool:
+    def is_processed(self, sender: str, msg_id: bytes) -> bool:
         raise NotImplementedError
 
     def store_session(self, handle: str, blob: bytes) -> None:
@@ -435,12 +445,13 @@ class _KeyStoreBase:
 
     # Incoming
 
-    def mark_processed(self, msg_id: bytes) -> None:
-        """Remember an envelope id (idempotent); the oldest beyond the cap are forgotten."""
+    def mark_processed(self, sender: str, msg_id: bytes) -> None:
+        """Remember a sender's envelope id (idempotent); the oldest beyond the cap are forgotten."""
+        _require_handle(sender)
         _require_bytes("msg_id", msg_id)
         with self._transaction():
-            if not self.is_processed(msg_id):
-                self._add_processed(msg_id)
+            if not self.is_processed(sender, msg_id):
+                self._add_processed(sender, msg_id)
 
     def commit_incoming(
         self,
@@ -459,12 +470,12 @@ class _KeyStoreBase:
         """
         _require_bytes("session_blob", session_blob)
         with self._transaction():
-            if self.is_processed(message.msg_id):
+            if self.is_processed(message.sender, message.msg_id):
                 return False
             if used_one_time_prekey is not None:
                 self.take_one_time_prekey(used_one_time_prekey)
             self.store_session(message.sender, session_blob)
-            self._add_processed(message.msg_id)
+            self._add_processed(message.sender, message.msg_id)
             self._add_pending(message)
         return True
 
@@ -473,52 +484,107 @@ class _KeyStoreBase:
 
 
 class MemoryKeyStore(_KeyStoreBase):
-    """Key store in process memory: for tests and clients that keep nothing."""
+    """Key store in process memory: for tests and clients that keep nothing.
+
+    Single writes need no undo: every primitive validates before it mutates.
+    Inside :meth:`atomic` each write first notes the value it replaces (an undo
+    journal), so a failing block is rolled back key by key; the two ordered
+    tables (processed ids, inbox) are copied whole on their first write instead,
+    which keeps their order exact. Blocks nest like SQLite savepoints.
+    """
 
     def __init__(self, *, max_processed_ids: int = MAX_PROCESSED_IDS) -> None:
-        self._identity: OurIdentity | None = None
+        self._identity: dict[str, OurIdentity] = {}
         self._signed: dict[int, SignedPreKeyRecord] = {}
         self._one_time: dict[int, OneTimePreKeyRecord] = {}
         self._sessions: dict[str, bytes] = {}
         self._trust: dict[str, TrustedIdentity] = {}
         self._counters: dict[str, int] = {}
-        self._processed: OrderedDict[bytes, None] = OrderedDict()
-        self._pending: OrderedDict[bytes, IncomingMessage] = OrderedDict()
+        self._processed: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        self._pending: OrderedDict[tuple[str, bytes], IncomingMessage] = OrderedDict()
         self._state: dict[str, bytes] = {}
         self._max_processed = max_processed_ids
+        self._journal: list[tuple[dict[Any, Any], Any, Any]] = []
+        self._savepoints: list[tuple[int, dict[str, OrderedDict[Any, Any]]]] = []
 
     def _transaction(self) -> AbstractContextManager[object]:
-        # Every primitive validates before it mutates, so nothing fails halfway.
         return nullcontext()
+
+    @contextmanager
+    def atomic(self) -> Iterator[object]:
+        """All writes in the block, or none of them (an exception undoes them)."""
+        self._savepoints.append((len(self._journal), {}))
+        try:
+            yield self
+        except BaseException:
+            mark, copies = self._savepoints.pop()
+            while len(self._journal) > mark:
+                table, key, old = self._journal.pop()
+                if old is _ABSENT:
+                    table.pop(key, None)
+                else:
+                    table[key] = old
+            for name, copy in copies.items():
+                setattr(self, name, copy)
+            raise
+        else:
+            self._savepoints.pop()
+            if not self._savepoints:
+                self._journal.clear()
+
+    def _touch(self, table: dict[Any, Any], key: object) -> None:
+        """Note ``table[key]`` before it changes, if a block may need to undo it."""
+        if self._savepoints:
+            self._journal.append((table, key, table.get(key, _ABSENT)))
+
+    def _touch_ordered(self, name: str) -> None:
+        if not self._savepoints:
+            return
+        copy: OrderedDict[Any, Any] | None = None
+        for _, copies in self._savepoints:
+            if name not in copies:
+                copy = copy if copy is not None else OrderedDict(getattr(self, name))
+                copies[name] = copy
+
+    def _put(self, table: dict[Any, Any], key: object, value: object) -> None:
+        self._touch(table, key)
+        table[key] = value
+
+    def _pop(self, table: dict[Any, Any], key: object) -> Any:
+        if key in table:
+            self._touch(table, key)
+        return table.pop(key, None)
 
     def _load_trust(self, handle: str) -> TrustedIdentity | None:
         return self._trust.get(handle)
 
     def _store_trust(self, record: TrustedIdentity) -> None:
-        self._trust[record.handle] = record
+        self._put(self._trust, record.handle, record)
 
     def _get_counter(self, name: str) -> int | None:
         return self._counters.get(name)
 
     def _set_counter(self, name: str, value: int) -> None:
-        self._counters[name] = value
+        self._put(self._counters, name, value)
 
-    def _add_processed(self, msg_id: bytes) -> None:
-        self._processed[msg_id] = None
+    def _add_processed(self, sender: str, msg_id: bytes) -> None:
+        self._touch_ordered("_processed")
+        self._processed[(sender, msg_id)] = None
         while len(self._processed) > self._max_processed:
             self._processed.popitem(last=False)
 
     def _add_pending(self, message: IncomingMessage) -> None:
-        self._pending[message.msg_id] = message
+        self._touch_ordered("_pending")
+        self._pending[(message.sender, message.msg_id)] = message
 
     def get_identity(self) -> OurIdentity | None:
-        return self._identity
+        return self._identity.get("")
 
     def set_identity(self, identity: OurIdentity) -> None:
-        self._identity = identity
+        self._put(self._identity, "", identity)
 
     def store_signed_prekey(self, record: SignedPreKeyRecord) -> None:
-        self._signed[record.key_id] = record
+        self._put(self._signed, record.key_id, record)
 
     def load_signed_prekey(self, key_id: int) -> SignedPreKeyRecord | None:
         _require_key_id(key_id)
@@ -529,15 +595,15 @@ class MemoryKeyStore(_KeyStoreBase):
 
     def remove_signed_prekey(self, key_id: int) -> None:
         _require_key_id(key_id)
-        self._signed.pop(key_id, None)
+        self._pop(self._signed, key_id)
 
     def store_one_time_prekeys(self, records: Iterable[OneTimePreKeyRecord]) -> None:
         for record in list(records):
-            self._one_time[record.key_id] = record
+            self._put(self._one_time, record.key_id, record)
 
     def take_one_time_prekey(self, key_id: int) -> OneTimePreKeyRecord | None:
         _require_key_id(key_id)
-        return self._one_time.pop(key_id, None)
+        return self._pop(self._one_time, key_id)  # type: ignore[no-any-return]
 
     def load_one_time_prekey(self, key_id: int) -> OneTimePreKeyRecord | None:
         _require_key_id(key_id)
@@ -553,22 +619,28 @@ class MemoryKeyStore(_KeyStoreBase):
     def store_session(self, handle: str, blob: bytes) -> None:
         _require_handle(handle)
         _require_bytes("blob", blob)
-        self._sessions[handle] = blob
+        self._put(self._sessions, handle, blob)
 
     def delete_session(self, handle: str) -> None:
         _require_handle(handle)
-        self._sessions.pop(handle, None)
+        self._pop(self._sessions, handle)
 
-    def is_processed(self, msg_id: bytes) -> bool:
+    def is_processed(self, sender: str, msg_id: bytes) -> bool:
+        _require_handle(sender)
         _require_bytes("msg_id", msg_id)
-        return msg_id in self._processed
+        return (sender, msg_id) in self._processed
 
     def pending_messages(self) -> list[IncomingMessage]:
         return list(self._pending.values())
 
-    def consume(self, msg_id: bytes) -> bool:
+    def consume(self, sender: str, msg_id: bytes) -> bool:
+        _require_handle(sender)
         _require_bytes("msg_id", msg_id)
-        return self._pending.pop(msg_id, None) is not None
+        if (sender, msg_id) not in self._pending:
+            return False
+        self._touch_ordered("_pending")
+        del self._pending[(sender, msg_id)]
+        return True
 
     def get_state(self, key: str) -> bytes | None:
         _require_state_key(key)
@@ -578,11 +650,15 @@ class MemoryKeyStore(_KeyStoreBase):
         _require_state_key(key)
         if not isinstance(value, bytes):
             raise TypeError("state value must be bytes")
-        self._state[key] = value
+        self._put(self._state, key, value)
 
     def delete_state(self, key: str) -> None:
         _require_state_key(key)
-        self._state.pop(key, None)
+        self._pop(self._state, key)
+
+    def state_items(self, prefix: str) -> list[tuple[str, bytes]]:
+        """Every state entry whose key starts with ``prefix``, sorted by key."""
+        return sorted((k, v) for k, v in self._state.items() if k.startswith(prefix))
 
     def close(self) -> None:
         """Nothing to release; present so both stores share one lifecycle."""
@@ -599,6 +675,11 @@ _KV_TABLES = ("settings", "signed_prekeys", "one_time_prekeys", "sessions", "ide
 _ORDERED_TABLES = ("processed", "inbox")
 _TABLES = frozenset(_KV_TABLES + _ORDERED_TABLES)
 """Every table name interpolated into SQL comes from here, never from a caller."""
+
+
+def _message_key(sender: str, msg_id: bytes) -> bytes:
+    """Natural key of a received envelope: the sender's handle, then its msg_id."""
+    return sender.encode() + b"\x00" + msg_id
 
 
 def _passphrase_bytes(passphrase: str) -> bytes:
@@ -866,6 +947,10 @@ class SqliteKeyStore(_KeyStoreBase):
         with self._db.atomic():
             yield self
 
+    def atomic(self) -> AbstractContextManager[object]:
+        """All writes in the block, or none: one transaction (a savepoint when nested)."""
+        return self._transaction()
+
     def _put(self, table: str, natural_key: bytes, fields: list[Any]) -> None:
         assert table in _KV_TABLES
         k = self._lookup(table, natural_key)
@@ -912,8 +997,8 @@ class SqliteKeyStore(_KeyStoreBase):
     def _set_counter(self, name: str, value: int) -> None:
         self._put("settings", name.encode(), [value])
 
-    def _add_processed(self, msg_id: bytes) -> None:
-        k = self._lookup("processed", msg_id)
+    def _add_processed(self, sender: str, msg_id: bytes) -> None:
+        k = self._lookup("processed", _message_key(sender, msg_id))
         self._db.execute("INSERT INTO processed (k) VALUES (?)", [k])
         self._db.execute(
             "DELETE FROM processed WHERE seq <= (SELECT max(seq) FROM processed) - ?",
@@ -921,7 +1006,7 @@ class SqliteKeyStore(_KeyStoreBase):
         )
 
     def _add_pending(self, message: IncomingMessage) -> None:
-        k = self._lookup("inbox", message.msg_id)
+        k = self._lookup("inbox", _message_key(message.sender, message.msg_id))
         fields = [message.msg_id, message.sender, message.received_at_ms, message.body]
         self._db.execute(
             "INSERT INTO inbox (k, v) VALUES (?, ?)", [k, self._seal("inbox", k, fields)]
@@ -1010,17 +1095,19 @@ class SqliteKeyStore(_KeyStoreBase):
         with self._transaction():
             self._delete("sessions", handle.encode())
 
-    def is_processed(self, msg_id: bytes) -> bool:
+    def is_processed(self, sender: str, msg_id: bytes) -> bool:
+        _require_handle(sender)
         _require_bytes("msg_id", msg_id)
-        k = self._lookup("processed", msg_id)
+        k = self._lookup("processed", _message_key(sender, msg_id))
         return self._db.execute("SELECT 1 FROM processed WHERE k = ?", [k]).fetchone() is not None
 
     def pending_messages(self) -> list[IncomingMessage]:
         return [IncomingMessage(*fields) for fields in self._all("inbox")]
 
-    def consume(self, msg_id: bytes) -> bool:
+    def consume(self, sender: str, msg_id: bytes) -> bool:
+        _require_handle(sender)
         _require_bytes("msg_id", msg_id)
-        k = self._lookup("inbox", msg_id)
+        k = self._lookup("inbox", _message_key(sender, msg_id))
         with self._transaction():
             cursor = self._db.execute("DELETE FROM inbox WHERE k = ?", [k])
         return cursor.rowcount > 0
@@ -1041,3 +1128,12 @@ class SqliteKeyStore(_KeyStoreBase):
         _require_state_key(key)
         with self._transaction():
             self._delete("state", key.encode())
+
+    def state_items(self, prefix: str) -> list[tuple[str, bytes]]:
+        """Every state entry whose key starts with ``prefix``, sorted by key.
+
+        Keys are stored as keyed hashes, so this opens every state row: meant
+        for loading at start and for listings, not for hot paths.
+        """
+        items = ((str(key), bytes(value)) for key, value in self._all("state"))
+        return sorted(item for item in items if item[0].startswith(prefix))

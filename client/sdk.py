@@ -24,7 +24,10 @@ Guarantees, each from the spec:
   ``msg_id``, which the relay stores once.
 - **Ack after persistence** (SPEC §6.5). A DELIVER is decrypted and committed
   to the keystore (message, session, msg_id in one transaction) before its ACK
-  is written; duplicates are dropped by ``msg_id`` and acked again.
+  is written; duplicates are dropped by ``(sender, msg_id)`` and acked again.
+- **Encrypt and enqueue together**: the advanced sending chain and the outbox
+  entry holding the envelope are one keystore transaction, so a crash keeps
+  both (the envelope is resent) or neither (the chain never moved).
   :meth:`Client.messages` reads from the persisted inbox, so a message
   survives a crash between arrival and display; it is removed once the
   application asks for the next one.
@@ -34,7 +37,19 @@ Guarantees, each from the spec:
 - **Relay errors are named** (SPEC §9): an ERROR answering a request raises
   the exception of :mod:`blindrelay.protocol.errors` from the awaiting call.
 - **Receipts are messages** (SPEC §6.2): delivered/read receipts are encrypted
-  content of kind ``receipt`` sent with intent ``chat``.
+  content of kind ``receipt`` sent with intent ``chat``. None are sent
+  automatically to or from a business: a receipt is a chat, and a user's chat
+  opens the business's service window (SPEC §7.3).
+- **Consent is the user's signature** (SPEC §7.4). :meth:`Client.grant`,
+  ``deny``, ``revoke``, ``block`` and ``unblock`` sign a statement with our
+  identity key, bound to the relay key of HELLO and dated by the relay's clock
+  as estimated from HELLO ``now``; we keep a copy of each accepted one.
+  Statements forwarded to us (SPEC §7.5) are verified against the signer's
+  pinned key before they are kept and acknowledged; :attr:`Client.on_statement`
+  hears of each.
+- **Businesses are checked offline** (SPEC §8.1–8.2): :meth:`Client.business_info`
+  verifies the profile's signature and the badge against the operator key
+  pinned in the configuration.
 
 Not here: cryptography and key custody (``sessions``, ``keystore``), the
 socket itself (``transport``).
@@ -48,6 +63,7 @@ import dataclasses
 import logging
 import os
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +72,13 @@ from typing import Any
 import msgpack
 
 from blindrelay.protocol import frames, limits
+from blindrelay.protocol.business import (
+    BadgeCheck,
+    BadgeStatus,
+    BusinessProfile,
+    check_badge,
+    open_profile,
+)
 from blindrelay.protocol.connection import ClientConnection, State, rotate_transcript
 from blindrelay.protocol.content import (
     Content,
@@ -71,6 +94,7 @@ from blindrelay.protocol.errors import (
     BlindrelayError,
     CryptoError,
     InternalError,
+    InvalidStatement,
     ProtocolError,
     RateLimited,
     ShuttingDown,
@@ -78,6 +102,13 @@ from blindrelay.protocol.errors import (
     UnsupportedVersion,
     UntrustedIdentity,
     error_for_code,
+)
+from blindrelay.protocol.signed import (
+    Action,
+    ConsentStatement,
+    make_statement,
+    unverified_body,
+    verify_statement,
 )
 
 from .keystore import (
@@ -93,7 +124,9 @@ from .transport import ConnectionLost, WebSocketTransport
 
 log = logging.getLogger("blindrelay.client")
 
-_OUTBOX_KEY = "sdk/outbox"
+_OUTBOX_PREFIX = "sdk/outbox/"
+_STATEMENTS_PREFIX = "sdk/statements/"
+_RELAY_KEY = "sdk/relay-key"
 _REGISTERED_KEY = "sdk/registered"
 _ROTATING_KEY = "sdk/rotating-identity-seed"
 DRAIN_TIMEOUT_S = 5.0
@@ -136,6 +169,50 @@ class Message:
     body: str | bytes | None
     receipt: Receipt | None = None
     intent: str = "chat"
+    category: str | None = None
+    """A notification's category (SPEC §7.1)."""
+    categories: tuple[str, ...] | None = None
+    """What a consent request asks for; answer with :meth:`Client.grant` or ``deny``."""
+
+    @property
+    def from_business(self) -> bool:
+        """Sent by a business account (check its badge with :meth:`Client.business_info`)."""
+        return self.sender_kind == frames.AccountKind.BUSINESS
+
+    @property
+    def is_consent_request(self) -> bool:
+        """A business asks for consent to ``categories``; ``body`` is its explanation."""
+        return self.intent == frames.Intent.CONSENT_REQUEST
+
+
+@dataclass(frozen=True, slots=True)
+class HeldStatement:
+    """A signed statement we keep (ours, or forwarded to us) and whether it verified."""
+
+    statement: ConsentStatement
+    signed: bytes
+    verified: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BusinessInfo:
+    """A business as a client may show it (SPEC §8.1–8.2).
+
+    ``profile`` verified against ``identity_key``; ``badge.verified`` only
+    if the operator key pinned in our configuration signed it for this very
+    handle and key and it is valid now.
+    """
+
+    handle: str
+    identity_key: bytes
+    profile: BusinessProfile | None
+    badge: BadgeCheck
+    key_changed: bool
+    """The relay serves another key than the one we pinned: show as unverified."""
+
+    @property
+    def verified(self) -> bool:
+        return self.badge.verified and not self.key_changed
 
 
 def _to_message(incoming: Incoming) -> Message:
@@ -149,6 +226,8 @@ def _to_message(incoming: Incoming) -> Message:
         body=body.text if isinstance(body, Text) else body.data if isinstance(body, Data) else None,
         receipt=body if isinstance(body, Receipt) else None,
         intent=incoming.intent,
+        category=incoming.category,
+        categories=incoming.categories,
     )
 
 
@@ -157,6 +236,25 @@ class _Outgoing:
     msg_id: bytes
     to: str
     envelope: bytes
+    intent: str = frames.Intent.CHAT
+    category: str | None = None
+    categories: tuple[str, ...] | None = None
+    key: str = ""
+    """Its keystore entry: ``sdk/outbox/<queued at, ns>.<msg_id hex>``, so that
+    a restart resends in the order the envelopes were made."""
+
+    def pack(self) -> bytes:
+        fields = [self.to, self.envelope, self.intent, self.category, self.categories]
+        return msgpack.packb(fields, use_bin_type=True)
+
+    @classmethod
+    def unpack(cls, key: str, blob: bytes) -> _Outgoing:
+        to, envelope, intent, category, categories = msgpack.unpackb(blob, raw=False)
+        msg_id = bytes.fromhex(key.rpartition(".")[2])
+        return cls(
+            msg_id, to, envelope, intent, category,
+            tuple(categories) if categories else None, key,
+        )  # fmt: skip
 
 
 class _Link:
@@ -165,7 +263,9 @@ class _Link:
     def __init__(self, transport: WebSocketTransport) -> None:
         self.transport = transport
         self.conn = ClientConnection()
-        self.hello = asyncio.get_running_loop().create_future()
+        self.hello: asyncio.Future[frames.Hello] = asyncio.get_running_loop().create_future()
+        self.clock_offset = 0
+        """Relay clock minus ours at HELLO (SPEC §4.1), for dating statements."""
         self.waiters: dict[int, asyncio.Future[frames.Frame]] = {}
         self.sending: dict[int, bytes] = {}
         """SEND request id → msg_id, for SENTs and ERRORs answering a send."""
@@ -234,6 +334,8 @@ class Client:
         auto_delivered_receipts: bool = True,
         on_connected: Callable[[frames.Welcome], None] | None = None,
         on_identity_change: Callable[[str], None] | None = None,
+        on_statement: Callable[[ConsentStatement], None] | None = None,
+        operator_key: bytes | None = None,
         owns_store: bool = False,
     ) -> None:
         self.store = store
@@ -243,6 +345,12 @@ class Client:
         """Called with each WELCOME: the account is online (again)."""
         self.on_identity_change = on_identity_change
         """Called with a contact's handle when it presents a new identity key (SPEC §3.3)."""
+        self.on_statement = on_statement
+        """Called with each verified statement forwarded to us (SPEC §7.5), once kept."""
+        self.operator_key = operator_key
+        """The relay operator's Ed25519 key, pinned from configuration (SPEC §8.1)."""
+        self.encrypt_seconds = 0.0
+        """Time spent encrypting and enqueueing outgoing messages (for benchmarks)."""
         self.welcome: frames.Welcome | None = None
         """The relay's WELCOME on the current or last connection (queued, prekey counts)."""
         self.connection_count = 0
@@ -264,6 +372,7 @@ class Client:
         self._inbox_changed = asyncio.Event()
         self._outbox: dict[bytes, _Outgoing] = self._load_outbox()
         self._sent: dict[bytes, asyncio.Future[int]] = {}
+        self._rate_limit_retries: dict[bytes, int] = {}
         self._held: dict[str, list[frames.Deliver]] = {}
         self._session_locks: dict[str, asyncio.Lock] = {}
         self._topping_up = False
@@ -367,6 +476,12 @@ class Client:
             raise ConnectionLost("connection lost during login")
         for outgoing in list(self._outbox.values()):
             self._transmit(link, outgoing)
+        hello = link.conn.hello
+        assert hello is not None
+        if self.store.get_state(_RELAY_KEY) is None:
+            self.store.set_state(_RELAY_KEY, hello.relay_key)
+        elif self.store.get_state(_RELAY_KEY) != hello.relay_key:
+            log.warning("the relay presents another key than the one pinned at registration")
         self._online = link
         self._online_event.set()
         self.welcome = welcome
@@ -551,6 +666,7 @@ class Client:
 
     def _frame_received(self, link: _Link, frame: frames.Frame) -> None:
         if isinstance(frame, frames.Hello):
+            link.clock_offset = frame.now - self._clock()
             link.hello.set_result(frame)
         elif isinstance(frame, frames.Deliver):
             self._deliver_received(link, frame)
@@ -578,15 +694,14 @@ class Client:
 
     def _deliver_received(self, link: _Link, deliver: frames.Deliver) -> None:
         """Decrypt, persist, then ack (SPEC §6.5); hold what waits for a trust decision."""
-        if deliver.intent == frames.Intent.STATEMENT:
-            # Signed statements for businesses (SPEC §7.5) are not handled by this SDK.
-            self._ack(link, deliver)
-            return
         held = self._held.get(deliver.sender)
         if held is not None:
             held.append(deliver)  # keep the sender's order behind the held one
             return
         try:
+            if deliver.intent == frames.Intent.STATEMENT:
+                self._statement_received(link, deliver)
+                return
             incoming = self.sessions.receive(deliver)
         except UntrustedIdentity:
             self._held[deliver.sender] = [deliver]
@@ -602,7 +717,12 @@ class Client:
         if incoming is None:
             return
         self._inbox_changed.set()
-        if self.auto_delivered_receipts and not isinstance(incoming.content.body, Receipt):
+        if (
+            self.auto_delivered_receipts
+            and not isinstance(incoming.content.body, Receipt)
+            and deliver.sender_kind == frames.AccountKind.USER
+            and self.sessions.identity.account_kind == frames.AccountKind.USER
+        ):
             receipt = Receipt(ReceiptType.DELIVERED, (deliver.msg_id,))
             try:
                 _, sent = self._queue_content(deliver.sender, receipt)
@@ -610,6 +730,46 @@ class Client:
                 log.info("no delivered receipt to %s: %r", deliver.sender, exc)
             else:
                 sent.add_done_callback(_ignore_outcome)
+
+    def _statement_received(self, link: _Link, deliver: frames.Deliver) -> None:
+        """SPEC §7.5: verify a forwarded statement, keep it, then ack.
+
+        The signer's key is the one we pinned (trust on first use: a business
+        may hear of a user first through their opt-in); a different key is an
+        identity change and holds the statement like a message. One that fails
+        verification is dropped (acked): the relay checked it, so it is forged.
+        """
+        if self.store.is_processed(deliver.sender, deliver.msg_id):
+            self._ack(link, deliver)
+            return
+        hello = link.conn.hello
+        assert hello is not None
+        try:
+            claimed = unverified_body(ConsentStatement, deliver.body)
+            if claimed.signer != deliver.sender or claimed.nonce != deliver.msg_id:
+                raise InvalidStatement("statement does not match its delivery")
+            if claimed.target != self.sessions.identity.handle:
+                raise InvalidStatement("statement made for another account")
+            statement = verify_statement(
+                deliver.body, expected_key=claimed.signer_key, relay_key=hello.relay_key
+            )
+        except ProtocolError as exc:
+            log.warning("dropped invalid statement from %s: %s", deliver.sender, exc)
+            self._ack(link, deliver)
+            return
+        with self.store.atomic():
+            self.sessions.pin_identity(deliver.sender, statement.signer_key)  # or raise
+            self._keep_statement(deliver.sender, deliver.body)
+            self.store.mark_processed(deliver.sender, deliver.msg_id)
+        self._ack(link, deliver)
+        if self.on_statement is not None:
+            self.on_statement(statement)
+
+    def _keep_statement(self, counterpart: str, signed: bytes) -> None:
+        key = _STATEMENTS_PREFIX + counterpart
+        blob = self.store.get_state(key)
+        kept = msgpack.unpackb(blob, raw=False) if blob is not None else []
+        self.store.set_state(key, msgpack.packb([*kept, signed], use_bin_type=True))
 
     def _ack(self, link: _Link, deliver: frames.Deliver) -> None:
         if not link.lost:
@@ -633,30 +793,53 @@ class Client:
             try:
                 message = _to_message(Incoming.from_record(record))
             except MalformedContent:
-                self.store.consume(record.msg_id)
+                self.store.consume(record.sender, record.msg_id)
                 continue
             try:
                 yield message
             finally:  # the application asked for the next one, or stopped reading
-                self.store.consume(record.msg_id)
+                self.store.consume(record.sender, record.msg_id)
 
     # --- Sending (SPEC §6.1–6.3) ----------------------------------------------
 
-    async def send(self, handle: str, body: str | bytes) -> bytes:
+    async def send(
+        self,
+        handle: str,
+        body: str | bytes,
+        *,
+        intent: str = frames.Intent.CHAT,
+        category: str | None = None,
+        categories: tuple[str, ...] | None = None,
+        rate_limit_retries: int = 0,
+    ) -> bytes:
         """Encrypt ``body`` for ``handle`` and return its msg_id once the relay holds it.
 
-        Waits for a connection if there is none. Raises UntrustedIdentity while
-        the contact's key change is unapproved, and the relay's named errors
+        ``intent`` is ``chat``, or for a business ``notification`` (with a
+        ``category``) or ``consent_request`` (with ``categories``; the body
+        is the explanation) (SPEC §6.2). Waits for a connection if there is
+        none. A RATE_LIMITED refusal is retried after its ``retry_after`` up
+        to ``rate_limit_retries`` times. Raises UntrustedIdentity while the
+        contact's key change is unapproved, and the relay's named errors
         (RecipientUnavailable, RateLimited…).
         """
         content = Text(body) if isinstance(body, str) else Data(bytes(body))
-        return await self._send_content(handle, content)
+        return await self._send_content(
+            handle, content, intent, category, categories, rate_limit_retries
+        )
 
     async def send_read_receipt(self, handle: str, msg_ids: list[bytes]) -> bytes:
         """Tell ``handle`` its messages were read (an encrypted receipt, SPEC §6.2)."""
         return await self._send_content(handle, Receipt(ReceiptType.READ, tuple(msg_ids)))
 
-    async def _send_content(self, handle: str, body: Text | Data | Receipt) -> bytes:
+    async def _send_content(
+        self,
+        handle: str,
+        body: Text | Data | Receipt,
+        intent: str = frames.Intent.CHAT,
+        category: str | None = None,
+        categories: tuple[str, ...] | None = None,
+        rate_limit_retries: int = 0,
+    ) -> bytes:
         async with self._session_locks.setdefault(handle, asyncio.Lock()):
             if self.sessions.pending_identity_change(handle) is not None:
                 raise UntrustedIdentity(handle)
@@ -670,19 +853,35 @@ class Client:
                     if self.on_identity_change is not None:
                         self.on_identity_change(handle)
                     raise
-            msg_id, sent = self._queue_content(handle, body)
+            msg_id, sent = self._queue_content(handle, body, intent, category, categories)
+        if rate_limit_retries:
+            self._rate_limit_retries[msg_id] = rate_limit_retries
         await sent
         return msg_id
 
     def _queue_content(
-        self, handle: str, body: Text | Data | Receipt
+        self,
+        handle: str,
+        body: Text | Data | Receipt,
+        intent: str = frames.Intent.CHAT,
+        category: str | None = None,
+        categories: tuple[str, ...] | None = None,
     ) -> tuple[bytes, asyncio.Future[int]]:
-        """Encrypt, persist in the outbox, transmit if online; the future resolves at SENT."""
+        """Encrypt, persist in the outbox, transmit if online; the future resolves at SENT.
+
+        The advanced session and the outbox entry are one keystore write: a
+        crash between them would otherwise lose an envelope whose message key
+        is already spent.
+        """
+        started = time.perf_counter()
         msg_id = self._rng(limits.MESSAGE_ID_BYTES)
-        envelope = self.sessions.encrypt(handle, encode_content(Content(msg_id, body)))
-        outgoing = _Outgoing(msg_id, handle, envelope)
+        with self.store.atomic():
+            envelope = self.sessions.encrypt(handle, encode_content(Content(msg_id, body)))
+            key = f"{_OUTBOX_PREFIX}{time.time_ns():020d}.{msg_id.hex()}"
+            outgoing = _Outgoing(msg_id, handle, envelope, intent, category, categories, key)
+            self.store.set_state(key, outgoing.pack())
         self._outbox[msg_id] = outgoing
-        self._save_outbox()
+        self.encrypt_seconds += time.perf_counter() - started
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._sent[msg_id] = future
         if self._online is not None and not self._online.lost:
@@ -697,8 +896,10 @@ class Client:
                 id=request_id,
                 to=outgoing.to,
                 msg_id=outgoing.msg_id,
-                intent=frames.Intent.CHAT,
+                intent=outgoing.intent,
                 body=outgoing.envelope,
+                category=outgoing.category,
+                categories=outgoing.categories,
             )
         )
 
@@ -707,8 +908,15 @@ class Client:
     ) -> None:
         if error is not None and isinstance(error, _RETRYABLE_SEND_ERRORS):
             return  # stays in the outbox; resent after the reconnect
-        self._outbox.pop(msg_id, None)
-        self._save_outbox()
+        if isinstance(error, RateLimited) and self._rate_limit_retries.get(msg_id, 0) > 0:
+            self._rate_limit_retries[msg_id] -= 1
+            delay = max(error.retry_after_ms, 1) / 1000
+            asyncio.get_running_loop().call_later(delay, self._retransmit, msg_id)
+            return  # stays in the outbox: nothing was stored, the same envelope goes again
+        self._rate_limit_retries.pop(msg_id, None)
+        done = self._outbox.pop(msg_id, None)
+        if done is not None:
+            self.store.delete_state(done.key)
         future = self._sent.pop(msg_id, None)
         if future is None or future.done():
             return
@@ -727,16 +935,18 @@ class Client:
             except ConnectionLost:
                 continue
 
-    def _load_outbox(self) -> dict[bytes, _Outgoing]:
-        blob = self.store.get_state(_OUTBOX_KEY)
-        if blob is None:
-            return {}
-        entries = msgpack.unpackb(blob, raw=False)
-        return {msg_id: _Outgoing(msg_id, to, envelope) for msg_id, to, envelope in entries}
+    def _retransmit(self, msg_id: bytes) -> None:
+        outgoing = self._outbox.get(msg_id)
+        link = self._online
+        if outgoing is not None and link is not None and not link.lost:
+            self._transmit(link, outgoing)  # else the next WELCOME resends the outbox
 
-    def _save_outbox(self) -> None:
-        entries = [[o.msg_id, o.to, o.envelope] for o in self._outbox.values()]
-        self.store.set_state(_OUTBOX_KEY, msgpack.packb(entries, use_bin_type=True))
+    def _load_outbox(self) -> dict[bytes, _Outgoing]:
+        """One keystore entry per envelope awaiting SENT, in the order they were queued."""
+        entries = [
+            _Outgoing.unpack(key, blob) for key, blob in self.store.state_items(_OUTBOX_PREFIX)
+        ]
+        return {outgoing.msg_id: outgoing for outgoing in entries}
 
     # --- Prekeys (SPEC §5.4) ----------------------------------------------------
 
@@ -777,6 +987,173 @@ class Client:
         for deliver in held:
             self._deliver_received(link, deliver)
 
+    # --- Consent and blocking (SPEC §7.4–7.6) -----------------------------------
+
+    def relay_now(self) -> int:
+        """The relay's clock as estimated from the last HELLO's ``now`` (SPEC §4.1).
+
+        Statements are dated with it, so a device whose own clock is off by
+        more than ``STATEMENT_SKEW_MS`` still makes statements the relay takes.
+        """
+        link = self._online or self._link
+        return self._clock() + (link.clock_offset if link is not None else 0)
+
+    async def grant(
+        self, business: str, categories: tuple[str, ...] | list[str]
+    ) -> ConsentStatement:
+        """Consent to ``business``'s notifications in ``categories`` (no request needed)."""
+        return await self._make_statement(Action.GRANT, business, tuple(categories))
+
+    async def deny(
+        self, business: str, categories: tuple[str, ...] | list[str]
+    ) -> ConsentStatement:
+        """Refuse a consent request; the business may not ask again during the cooldown."""
+        return await self._make_statement(Action.DENY, business, tuple(categories))
+
+    async def revoke(
+        self, business: str, categories: tuple[str, ...] | list[str]
+    ) -> ConsentStatement:
+        """Withdraw consent; from the OK on nothing in those categories is delivered."""
+        return await self._make_statement(Action.REVOKE, business, tuple(categories))
+
+    async def block(self, handle: str) -> ConsentStatement:
+        """Block any account: from the OK on nothing of theirs reaches us (SPEC §7.4)."""
+        return await self._make_statement(Action.BLOCK, handle, None)
+
+    async def unblock(self, handle: str) -> ConsentStatement:
+        """Lift our block; a revoked business's consent stays revoked."""
+        return await self._make_statement(Action.UNBLOCK, handle, None)
+
+    async def _make_statement(
+        self, action: Action, target: str, categories: tuple[str, ...] | None
+    ) -> ConsentStatement:
+        """Sign, send as STATEMENT, keep our copy once the relay said OK.
+
+        Not retried after a dropped connection: the relay may have taken it,
+        and the same nonce again would be refused as a replay (SPEC §7.4).
+        Call again (a fresh statement) or check :meth:`statements`.
+        """
+        link = await self._wait_online()
+        hello = link.conn.hello
+        assert hello is not None
+        identity = self.sessions.identity
+        statement = make_statement(
+            action,
+            signer=identity.handle,
+            signer_key=identity.identity_public,
+            target=target,
+            relay_key=hello.relay_key,
+            now_ms=self._clock() + link.clock_offset,
+            rng=self._rng,
+            categories=categories,
+        )
+        signed = statement.sign(self.sessions.sign)
+        await link.request(frames.Statement(id=link.conn.next_request_id(), statement=signed))
+        self._keep_statement(target, signed)
+        return statement
+
+    def held_statements(self, counterpart: str) -> list[bytes]:
+        """Signed statements kept with ``counterpart`` (ours or theirs to us), oldest first."""
+        blob = self.store.get_state(_STATEMENTS_PREFIX + counterpart)
+        return [bytes(item) for item in msgpack.unpackb(blob, raw=False)] if blob else []
+
+    def statement_counterparts(self) -> list[str]:
+        """Every account we keep statements with."""
+        return [
+            key.removeprefix(_STATEMENTS_PREFIX)
+            for key, _ in self.store.state_items(_STATEMENTS_PREFIX)
+        ]
+
+    @property
+    def relay_key(self) -> bytes | None:
+        """The relay key pinned at our first login: statements must be bound to it."""
+        return self.store.get_state(_RELAY_KEY)
+
+    def check_statement(self, signed: bytes) -> HeldStatement:
+        """Verify a statement offline (SPEC §7.5): signature, signer's pinned key, relay key.
+
+        Our own statements verify against our identity key, others' against
+        the key pinned for their signer. No clock check: an archived receipt
+        stays valid evidence after the skew has passed. Bytes that are not a
+        statement at all raise InvalidStatement.
+        """
+        try:
+            statement = unverified_body(ConsentStatement, signed)
+        except ProtocolError as exc:
+            raise InvalidStatement(f"not a statement: {exc.detail}") from None
+        identity = self.sessions.identity
+        if statement.signer == identity.handle:
+            expected: bytes | None = identity.identity_public
+        else:
+            trusted = self.store.get_trusted_identity(statement.signer)
+            expected = trusted.identity_key if trusted is not None else None
+        relay_key = self.relay_key
+        try:
+            if expected is None or relay_key is None:
+                raise InvalidStatement("no pinned key to verify against")
+            verify_statement(signed, expected_key=expected, relay_key=relay_key)
+        except ProtocolError:
+            return HeldStatement(statement, signed, verified=False)
+        return HeldStatement(statement, signed, verified=True)
+
+    async def statements(self) -> list[HeldStatement]:
+        """The statements in force that we signed or that name us, from the relay (SPEC §7.6).
+
+        Pages through STATEMENTS_LIST; each is verified as :meth:`check_statement`
+        does, so a relay that altered or invented one shows as ``verified=False``.
+        """
+        listed: list[HeldStatement] = []
+        after = 0
+        while True:
+            page = await self._request(
+                lambda rid, cursor=after: frames.StatementsList(id=rid, after=cursor)
+            )
+            if not isinstance(page, frames.Statements):
+                raise UnexpectedFrame("relay answered STATEMENTS_LIST with another frame")
+            for signed in page.statements:
+                try:
+                    listed.append(self.check_statement(signed))
+                except ProtocolError as exc:
+                    log.warning("relay listed a malformed statement: %s", exc)
+            if page.next is None:
+                return listed
+            after = page.next
+
+    # --- Businesses (SPEC §8.1–8.2) ---------------------------------------------
+
+    async def business_info(self, handle: str) -> BusinessInfo:
+        """Fetch a business's profile and badge and check both offline.
+
+        The key must be the one we pinned for ``handle`` (or is pinned now,
+        on first use); the profile must verify under it (InvalidProfile
+        otherwise); the badge is checked with our configured operator key
+        and our clock — without an operator key nothing shows as verified.
+        """
+        frame = await self._request(lambda rid: frames.ProfileFetch(id=rid, handle=handle))
+        if not isinstance(frame, frames.Profile) or frame.handle != handle:
+            raise UnexpectedFrame("relay answered PROFILE_FETCH with another record")
+        try:
+            self.sessions.pin_identity(handle, frame.identity_key)
+            key_changed = False
+        except UntrustedIdentity:
+            key_changed = True
+        profile = (
+            open_profile(frame.profile, frame.identity_key, handle)
+            if frame.profile is not None
+            else None
+        )
+        if self.operator_key is None:
+            badge = BadgeCheck(BadgeStatus.ABSENT)
+        else:
+            badge = check_badge(
+                frame.badge,
+                operator_key=self.operator_key,
+                handle=handle,
+                identity_key=frame.identity_key,
+                now_ms=self._clock(),
+            )
+        return BusinessInfo(handle, frame.identity_key, profile, badge, key_changed)
+
 
 def _ignore_outcome(future: asyncio.Future[int]) -> None:
     """Background sends (auto receipts) have nobody awaiting them; retrieve the outcome."""
@@ -792,5 +1169,13 @@ def _error_from(frame: frames.Error) -> ProtocolError:
     return error
 
 
-__all__ = ["Backoff", "Client", "ConnectionLost", "IdentityState", "Message", "Receipt"]
-
+__all__ = [
+    "Backoff",
+    "BusinessInfo",
+    "Client",
+    "ConnectionLost",
+    "HeldStatement",
+    "IdentityState",
+    "Message",
+    "Receipt",
+]

@@ -16,11 +16,11 @@ our identity and prekeys (SPEC §5), starts sessions from BUNDLE frames (SPEC
   new session and the message id in one transaction — which also deletes the
   one-time prekey a prekey message used, so a crash on either side of the
   commit loses nothing. The caller acks after it returns.
-- **Dedup by message id** (SPEC §6.4.3). A processed ``msg_id`` is dropped
-  before any decryption (a replayed envelope would fail the ratchet anyway).
-  Ids are random 128-bit values, so deduplicating by ``msg_id`` alone drops
-  another sender's message only if it reuses a known id — which only the
-  relay could do, and the relay can drop messages anyway.
+- **Dedup by (sender, msg_id)** (SPEC §6.4.3: "Clients MUST therefore
+  deduplicate by ``(sender, msg_id)``"). A processed pair is dropped before
+  any decryption (a replayed envelope would fail the ratchet anyway). Senders
+  choose their ids, so one sender reusing another's id must not make us drop
+  the other's message.
 - **Encrypt-then-store before the envelope leaves**: the advanced sending
   chain is stored before :meth:`SessionManager.encrypt` returns, so no message
   key is ever used twice, even across a crash.
@@ -85,7 +85,8 @@ TOP_UP_BELOW = ONE_TIME_PREKEY_TARGET // 2
 a round trip for little gain. PREKEYS_LOW (below 20) always triggers one."""
 
 _CHANGE_PREFIX = "identity-change/"
-_INBOX_VERSION = 1
+_INBOX_VERSION = 2
+"""2 added the frame's category and categories (notifications, consent requests)."""
 
 
 def wall_clock_ms() -> int:
@@ -118,16 +119,20 @@ class Incoming:
     sent_at: int
     identity: IdentityState
     content: Content
+    category: str | None = None
+    categories: tuple[str, ...] | None = None
 
     @classmethod
     def from_record(cls, record: IncomingMessage) -> Incoming:
         """Read an inbox row back; MalformedContent if it is not one we wrote."""
         try:
-            version, sender_kind, intent, sent_at, identity, plaintext = msgpack.unpackb(
-                record.body, raw=False
-            )
-            if version != _INBOX_VERSION:
+            fields = msgpack.unpackb(record.body, raw=False)
+            version = fields[0]
+            if version == 1:  # written before categories were kept
+                fields = [*fields, None, None]
+            elif version != _INBOX_VERSION:
                 raise ValueError(f"inbox record version {version!r}")
+            _, sender_kind, intent, sent_at, identity, plaintext, category, categories = fields
             return cls(
                 record.msg_id,
                 record.sender,
@@ -136,6 +141,8 @@ class Incoming:
                 sent_at,
                 IdentityState(identity),
                 decode_content(plaintext),
+                category,
+                tuple(categories) if categories is not None else None,
             )
         except (TypeError, ValueError, msgpack.UnpackException) as exc:
             raise MalformedContent(f"unreadable inbox record: {exc}") from None
@@ -153,6 +160,8 @@ def inbox_record(
             deliver.sent_at,
             str(identity),
             plaintext,
+            deliver.category,
+            list(deliver.categories) if deliver.categories is not None else None,
         ],
         use_bin_type=True,
     )
@@ -268,6 +277,18 @@ class SessionManager:
         self.store.set_state(_CHANGE_PREFIX + handle, identity_key)
         return UntrustedIdentity(handle)
 
+    def pin_identity(self, handle: str, identity_key: bytes) -> IdentityStatus:
+        """Trust ``identity_key`` for ``handle`` on first use; NEW or TRUSTED.
+
+        A key other than the pinned one is recorded as a pending change and
+        raises UntrustedIdentity, as for a bundle (SPEC §3.3).
+        """
+        if self.pending_identity_change(handle) is not None:
+            raise UntrustedIdentity(handle)
+        if self.store.check_identity(handle, identity_key) is IdentityStatus.CHANGED:
+            raise self._record_change(handle, identity_key)
+        return self.store.trust_identity(handle, identity_key, self._clock())
+
     def approve_identity(self, handle: str, *, verified: bool = False) -> None:
         """The user's decision: trust the pending new key (or mark the pinned one verified).
 
@@ -378,7 +399,7 @@ class SessionManager:
         DuplicatedMessage / TooManySkippedMessages / InvalidKey for an envelope
         that can never be decrypted (nothing changed; ack and drop).
         """
-        if self.store.is_processed(deliver.msg_id):
+        if self.store.is_processed(deliver.sender, deliver.msg_id):
             return None
         sender = deliver.sender
         info = peek_envelope(deliver.body)
@@ -426,7 +447,7 @@ class SessionManager:
             self.store.commit_incoming(
                 record, session.to_bytes(), used_one_time_prekey=used_one_time
             )
-            self.store.consume(deliver.msg_id)
+            self.store.consume(sender, deliver.msg_id)
             raise
         if not self.store.commit_incoming(
             record, session.to_bytes(), used_one_time_prekey=used_one_time
@@ -440,6 +461,8 @@ class SessionManager:
             deliver.sent_at,
             identity,
             content,
+            deliver.category,
+            deliver.categories,
         )
 
     def _signed_prekey(self, key_id: int) -> SignedPreKey | None:

@@ -176,22 +176,22 @@ def test_identity_keys_must_be_32_bytes(store: KeyStore) -> None:
 def test_processed_ids_are_remembered_and_the_oldest_pruned(store: KeyStore) -> None:
     ids = [bytes([i]) * 16 for i in range(8)]
     for msg_id in ids:
-        store.mark_processed(msg_id)
-    store.mark_processed(ids[-1])  # idempotent
+        store.mark_processed("airline", msg_id)
+    store.mark_processed("airline", ids[-1])  # idempotent
     # The fixture caps memory at 5 ids.
-    assert [store.is_processed(msg_id) for msg_id in ids] == [False] * 3 + [True] * 5
+    assert [store.is_processed("airline", msg_id) for msg_id in ids] == [False] * 3 + [True] * 5
 
 
 def test_commit_incoming_stores_session_id_and_message_together(store: KeyStore) -> None:
     assert store.commit_incoming(message(b"m1" * 8), b"session-after-m1") is True
     assert store.load_session("airline") == b"session-after-m1"
-    assert store.is_processed(b"m1" * 8)
+    assert store.is_processed("airline", b"m1" * 8)
     assert store.pending_messages() == [message(b"m1" * 8)]
 
 
 def test_redelivered_message_changes_nothing(store: KeyStore) -> None:
     store.commit_incoming(message(b"m1" * 8), b"session-after-m1")
-    store.consume(b"m1" * 8)
+    store.consume("airline", b"m1" * 8)
     assert store.commit_incoming(message(b"m1" * 8, body=b"again"), b"other") is False
     assert store.load_session("airline") == b"session-after-m1"
     assert store.pending_messages() == []
@@ -201,8 +201,8 @@ def test_inbox_keeps_arrival_order_until_consumed(store: KeyStore) -> None:
     for i in (3, 1, 2):
         store.commit_incoming(message(bytes([i]) * 16, body=bytes([i])), bytes([i]))
     assert [m.body for m in store.pending_messages()] == [b"\x03", b"\x01", b"\x02"]
-    assert store.consume(b"\x01" * 16) is True
-    assert store.consume(b"\x01" * 16) is False
+    assert store.consume("airline", b"\x01" * 16) is True
+    assert store.consume("airline", b"\x01" * 16) is False
     assert [m.body for m in store.pending_messages()] == [b"\x03", b"\x02"]
 
 
@@ -216,6 +216,57 @@ def test_state_is_small_key_value_bytes(store: KeyStore) -> None:
     assert store.get_state("consent:airline") is None
     with pytest.raises(TypeError):
         store.set_state("", b"x")
+
+
+def test_processed_ids_are_per_sender(store: KeyStore) -> None:
+    """SPEC §6.4.3: deduplicate by (sender, msg_id) — another sender may pick the same id."""
+    assert store.commit_incoming(message(b"m" * 16, sender="airline"), b"s1") is True
+    assert store.commit_incoming(message(b"m" * 16, sender="shop"), b"s2") is True
+    assert store.is_processed("airline", b"m" * 16) and store.is_processed("shop", b"m" * 16)
+    assert not store.is_processed("bank", b"m" * 16)
+    assert [m.sender for m in store.pending_messages()] == ["airline", "shop"]
+    assert store.consume("shop", b"m" * 16) is True
+    assert [m.sender for m in store.pending_messages()] == ["airline"]
+
+
+def test_state_items_lists_one_prefix_sorted(store: KeyStore) -> None:
+    for key in ("receipts/b", "receipts/a", "outbox/x"):
+        store.set_state(key, key.encode())
+    assert store.state_items("receipts/") == [
+        ("receipts/a", b"receipts/a"),
+        ("receipts/b", b"receipts/b"),
+    ]
+    assert store.state_items("none/") == []
+
+
+def test_atomic_block_rolls_back_every_write_on_error(store: KeyStore) -> None:
+    store.store_session("airline", b"before")
+    store.set_state("outbox/1", b"kept")
+    store.commit_incoming(message(b"a" * 16), b"before")
+    with pytest.raises(RuntimeError, match="crash"), store.atomic():
+        store.store_session("airline", b"after")
+        store.store_session("shop", b"new")
+        store.set_state("outbox/2", b"envelope")
+        store.delete_state("outbox/1")
+        store.consume("airline", b"a" * 16)
+        store.commit_incoming(message(b"b" * 16, sender="bank"), b"bank-session")
+        raise RuntimeError("crash")
+    assert store.load_session("airline") == b"before"
+    assert store.load_session("shop") is None and store.load_session("bank") is None
+    assert store.state_items("outbox/") == [("outbox/1", b"kept")]
+    assert store.pending_messages() == [message(b"a" * 16)]
+    assert not store.is_processed("bank", b"b" * 16)
+
+
+def test_atomic_blocks_nest_like_savepoints(store: KeyStore) -> None:
+    with store.atomic():
+        store.set_state("outer", b"1")
+        with pytest.raises(RuntimeError), store.atomic():
+            store.set_state("inner", b"2")
+            store.set_state("outer", b"changed")
+            raise RuntimeError
+        store.set_state("after", b"3")
+    assert store.state_items("") == [("after", b"3"), ("outer", b"1")]
 
 
 # --- SQLite only -------------------------------------------------------------
@@ -239,7 +290,7 @@ def test_everything_persists_across_close_and_reopen(tmp_path: Path) -> None:
         assert again.allocate_prekey_ids(1) == range(11, 12)
         assert again.check_identity("airline", KEY_A) is IdentityStatus.TRUSTED
         assert again.load_session("airline") == b"session"
-        assert again.is_processed(b"m" * 16)
+        assert again.is_processed("airline", b"m" * 16)
         assert again.pending_messages() == [message(b"m" * 16)]
         assert again.get_state("k") == b"v"
 
@@ -387,14 +438,14 @@ def test_failed_commit_incoming_rolls_back_everything(
         store.commit_incoming(message(b"m" * 16), b"session-after")
     # The session write and the processed id happened before the failure: both undone.
     assert store.load_session("airline") == b"session-before"
-    assert not store.is_processed(b"m" * 16)
+    assert not store.is_processed("airline", b"m" * 16)
     assert store.pending_messages() == []
     assert not store._db.conn.in_transaction
     monkeypatch.undo()
     store.close()
     with SqliteKeyStore.open(path, PASSPHRASE) as again:
         assert again.load_session("airline") == b"session-before"
-        assert not again.is_processed(b"m" * 16)
+        assert not again.is_processed("airline", b"m" * 16)
         assert again.commit_incoming(message(b"m" * 16), b"session-after") is True
 
 

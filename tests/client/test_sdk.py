@@ -489,3 +489,44 @@ def test_prekeys_are_topped_up_when_the_relay_says_they_run_low(tmp_path: Path) 
             await alice.close()
 
     run(scenario())
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_crash_between_encrypting_and_enqueueing_keeps_neither(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The advanced sending chain and the outbox entry are one keystore write."""
+
+    async def scenario() -> None:
+        store: KeyStore = (
+            MemoryKeyStore()
+            if kind == "memory"
+            else SqliteKeyStore.open(tmp_path / "alice.keys", "pw", create=True, **LOW_COST)
+        )
+        async with relay_at(tmp_path) as relay:
+            alice = await online(relay.url, "alice", store)
+            bob = await online(relay.url, "bob")
+            inbox = Inbox(bob)
+            await within(alice.send("bob", "one"))
+            before = store.load_session("bob")
+            real_set_state = store.set_state
+
+            def dies_on_the_outbox(key: str, value: bytes) -> None:
+                if key.startswith("sdk/outbox/"):
+                    raise Crash("after encrypt, before the outbox entry")
+                real_set_state(key, value)
+
+            monkeypatch.setattr(store, "set_state", dies_on_the_outbox)
+            with pytest.raises(Crash):
+                await within(alice.send("bob", "two"))
+            monkeypatch.undo()
+            assert store.load_session("bob") == before
+            assert store.state_items("sdk/outbox/") == []
+            await within(alice.send("bob", "three"))
+            assert [(await inbox.next_text()).body for _ in range(2)] == ["one", "three"]
+            await inbox.close()
+            await alice.close()
+            await bob.close()
+        store.close()
+
+    run(scenario())

@@ -205,7 +205,7 @@ def test_a_changed_key_in_a_prekey_message_is_held_until_approved(pair: Pair) ->
 
     with pytest.raises(UntrustedIdentity):
         pair.bob.receive(deliver)
-    assert not pair.bob.store.is_processed(deliver.msg_id)
+    assert not pair.bob.store.is_processed(deliver.sender, deliver.msg_id)
     with pytest.raises(UntrustedIdentity):
         pair.bob.encrypt("alice", b"reply")
 
@@ -300,7 +300,7 @@ def test_content_that_does_not_parse_advances_the_session_and_shows_nothing(pair
     )
     with pytest.raises(MalformedContent):
         pair.bob.receive(deliver)
-    assert pair.bob.store.is_processed(bytes(16))
+    assert pair.bob.store.is_processed("alice", bytes(16))
     assert pair.bob.store.pending_messages() == []
     later = pair.bob.receive(pair.envelope(pair.alice, "bob", Text("fine")))
     assert later is not None and later.content.body == Text("fine")
