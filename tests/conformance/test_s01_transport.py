@@ -16,9 +16,12 @@ from .wire import FRAME_TIMEOUT_S, Account, new_handle, new_msg_id
 async def _handshake_status(url: str, subprotocols: list[str] | None) -> int:
     with pytest.raises(InvalidStatus) as refused:
         ws = await connect(
-            url, subprotocols=subprotocols, compression=None, proxy=None,
+            url,
+            subprotocols=subprotocols,
+            compression=None,
+            proxy=None,
             open_timeout=FRAME_TIMEOUT_S,
-        )  # fmt: skip
+        )
         await ws.close()
     return refused.value.response.status_code
 
@@ -59,9 +62,12 @@ async def test_text_message_gets_error_100_and_the_connection_stays_open(relay):
 async def test_per_message_compression_is_never_negotiated(relay):
     """SPEC: "Per-message compression MUST NOT be negotiated"."""
     ws = await connect(
-        relay.url, subprotocols=[SUBPROTOCOL], compression="deflate", proxy=None,
+        relay.url,
+        subprotocols=[SUBPROTOCOL],
+        compression="deflate",
+        proxy=None,
         open_timeout=FRAME_TIMEOUT_S,
-    )  # fmt: skip
+    )
     try:
         assert ws.response is not None
         assert "Sec-WebSocket-Extensions" not in ws.response.headers
@@ -84,8 +90,14 @@ async def test_message_of_exactly_max_frame_bytes_is_read_not_closed(relay):
     reaches the decoder, whose over-long body gets ERROR 101 naming the request."""
     peer = await relay.user()
     request_id = peer.next_id()
-    fields = {"t": 20, "id": request_id, "to": new_handle("x"), "msg_id": new_msg_id(),
-              "intent": "chat", "body": b""}  # fmt: skip
+    fields = {
+        "t": 20,
+        "id": request_id,
+        "to": new_handle("x"),
+        "msg_id": new_msg_id(),
+        "intent": "chat",
+        "body": b"",
+    }
     size = limits.MAX_FRAME_BYTES - len(msgpack.packb(fields)) - 3
     while True:
         fields["body"] = bytes(size)

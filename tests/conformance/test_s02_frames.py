@@ -52,8 +52,9 @@ def expected_re(data: bytes) -> int | None:
     bytes are one msgpack map with unique keys whose ``t`` is a request type and whose
     ``id`` is itself valid (an int, not a bool, in 1 … 2^32−1); otherwise it is a push."""
     try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=False,
-                              object_pairs_hook=_unique_pairs)  # fmt: skip
+        obj = msgpack.unpackb(
+            data, raw=False, strict_map_key=False, object_pairs_hook=_unique_pairs
+        )
     except Exception:
         return None
     if not isinstance(obj, dict):
@@ -150,13 +151,23 @@ async def test_every_pipelined_request_gets_exactly_one_answer(relay):
         request_id = 1000 + 7 * n
         match n % 3:
             case 0:
-                frame = Send(id=request_id, to=bob.handle, msg_id=new_msg_id(), intent="chat",
-                             body=b"m%d" % n)  # fmt: skip
+                frame = Send(
+                    id=request_id,
+                    to=bob.handle,
+                    msg_id=new_msg_id(),
+                    intent="chat",
+                    body=b"m%d" % n,
+                )
             case 1:
                 frame = BundleFetch(id=request_id, handle=new_handle("nobody"))
             case _:
-                frame = Send(id=request_id, to=new_handle("nobody"), msg_id=new_msg_id(),
-                             intent="chat", body=b"x")  # fmt: skip
+                frame = Send(
+                    id=request_id,
+                    to=new_handle("nobody"),
+                    msg_id=new_msg_id(),
+                    intent="chat",
+                    body=b"x",
+                )
         requests.append(frame)
         await alice.send(frame)
     answers = {r.id: await alice.response(r.id) for r in requests}
@@ -173,8 +184,9 @@ async def test_ack_is_a_notification_with_no_answer(relay):
     """ACK "is a notification: the relay sends nothing back on success"."""
     alice = await relay.user()
     bob = await relay.user()
-    await alice.request(lambda i: Send(id=i, to=bob.handle, msg_id=new_msg_id(), intent="chat",
-                                       body=b"x"))  # fmt: skip
+    await alice.request(
+        lambda i: Send(id=i, to=bob.handle, msg_id=new_msg_id(), intent="chat", body=b"x")
+    )
     delivery = await bob.push(Deliver)
     await bob.send(Ack(delivery_ids=(delivery.delivery_id,)))
     assert await bob.round_trip() == []
@@ -186,8 +198,16 @@ async def test_fields_in_any_order_are_accepted(relay):
     alice = await relay.user()
     bob = await relay.user()
     request_id, msg_id = alice.next_id(), new_msg_id()
-    data = msgpack.packb({"body": b"reordered", "intent": "chat", "msg_id": msg_id,
-                          "to": bob.handle, "id": request_id, "t": 20})  # fmt: skip
+    data = msgpack.packb(
+        {
+            "body": b"reordered",
+            "intent": "chat",
+            "msg_id": msg_id,
+            "to": bob.handle,
+            "id": request_id,
+            "t": 20,
+        }
+    )
     await alice.send_raw(data, expect_re=request_id)
     assert isinstance(await alice.response(request_id), Sent)
     assert (await bob.push(Deliver)).body == b"reordered"

@@ -16,10 +16,29 @@ from .wire import Account, new_handle, rng
 @pytest.mark.spec("3.2")
 @pytest.mark.parametrize(
     "handle",
-    ["ab", "a" * 33, "Alice", "\u0430irline", ".alice", "-alice", "al ice", "al@ice", "alice\u00e9"],
-    ids=["too-short", "too-long", "uppercase", "cyrillic-a", "leading-dot", "leading-dash",
-         "space", "at-sign", "non-ascii"],
-)  # fmt: skip
+    [
+        "ab",
+        "a" * 33,
+        "Alice",
+        "\u0430irline",
+        ".alice",
+        "-alice",
+        "al ice",
+        "al@ice",
+        "alice\u00e9",
+    ],
+    ids=[
+        "too-short",
+        "too-long",
+        "uppercase",
+        "cyrillic-a",
+        "leading-dot",
+        "leading-dash",
+        "space",
+        "at-sign",
+        "non-ascii",
+    ],
+)
 async def test_register_refuses_a_handle_outside_the_pattern(relay, handle):
     """SPEC: "A handle MUST be 3 to 32 characters from [a-z0-9._-], the first being a
     letter or a digit": anything else is a malformed REGISTER (100, naming its id)."""
@@ -136,9 +155,12 @@ async def test_of_two_concurrent_rotations_the_second_gets_501(relay):
     assert isinstance(answers[0], Ok)
     assert isinstance(answers[1], Error) and answers[1].code == 501
     replay = RotateIdentity(
-        id=alice.next_id(), new_identity_key=first.new_identity_key, issued_at=first.issued_at,
-        old_signature=first.old_signature, new_signature=first.new_signature,
-    )  # fmt: skip
+        id=alice.next_id(),
+        new_identity_key=first.new_identity_key,
+        issued_at=first.issued_at,
+        old_signature=first.old_signature,
+        new_signature=first.new_signature,
+    )
     await alice.send(replay)
     error = await alice.response(replay.id)
     assert isinstance(error, Error) and error.code in (100, 500, 501)

@@ -26,12 +26,20 @@ from .wire import Account, new_handle, new_msg_id, rng
 
 def _register_frame(peer, account: Account, *, relay_key=None, challenge=None, key=None):
     transcript = register_transcript(
-        relay_key or peer.hello.relay_key, challenge or peer.hello.challenge,
-        account.handle, account.kind, account.public,
-    )  # fmt: skip
+        relay_key or peer.hello.relay_key,
+        challenge or peer.hello.challenge,
+        account.handle,
+        account.kind,
+        account.public,
+    )
     signature = (key or account.key).sign(transcript)
-    return Register(id=peer.next_id(), handle=account.handle, kind=account.kind,
-                    identity_key=account.public, signature=signature)  # fmt: skip
+    return Register(
+        id=peer.next_id(),
+        handle=account.handle,
+        kind=account.kind,
+        identity_key=account.public,
+        signature=signature,
+    )
 
 
 def _login_frame(
@@ -40,8 +48,11 @@ def _login_frame(
     transcript = login_transcript(
         relay_key or peer.hello.relay_key, challenge or peer.hello.challenge, account.handle
     )
-    return Login(id=request_id or peer.next_id(), handle=account.handle,
-                 signature=(key or account.key).sign(transcript))  # fmt: skip
+    return Login(
+        id=request_id or peer.next_id(),
+        handle=account.handle,
+        signature=(key or account.key).sign(transcript),
+    )
 
 
 async def _refused_and_closed(peer, frame) -> None:
@@ -187,8 +198,9 @@ async def test_a_second_proof_after_welcome_is_refused(relay):
     assert isinstance(error, Error) and error.code in (103, 200), error
     if error.code == 103:
         carol = await relay.user()
-        await alice.request(lambda i: Send(id=i, to=carol.handle, msg_id=new_msg_id(),
-                                           intent="chat", body=b"who"))  # fmt: skip
+        await alice.request(
+            lambda i: Send(id=i, to=carol.handle, msg_id=new_msg_id(), intent="chat", body=b"who")
+        )
         assert (await carol.push(Deliver)).sender == alice.handle
     else:
         assert await alice.closed() is not None
@@ -201,8 +213,11 @@ async def test_welcome_reports_queue_and_prekeys(relay):
     bob = await relay.user(one_time=3)
     await bob.close()
     for n in range(2):
-        sent = await alice.request(lambda i, n=n: Send(id=i, to=bob.handle, msg_id=new_msg_id(),
-                                                       intent="chat", body=b"%d" % n))  # fmt: skip
+        sent = await alice.request(
+            lambda i, n=n: Send(
+                id=i, to=bob.handle, msg_id=new_msg_id(), intent="chat", body=b"%d" % n
+            )
+        )
         assert isinstance(sent, Sent)
     again = await relay.login(bob)
     assert again.welcome is not None
@@ -215,8 +230,9 @@ async def test_a_connection_acts_only_as_its_own_account(relay):
     """SPEC: "From WELCOME on, every request acts as that handle and only that handle"."""
     alice = await relay.user()
     bob = await relay.user()
-    await alice.request(lambda i: Send(id=i, to=bob.handle, msg_id=new_msg_id(), intent="chat",
-                                       body=b"me"))  # fmt: skip
+    await alice.request(
+        lambda i: Send(id=i, to=bob.handle, msg_id=new_msg_id(), intent="chat", body=b"me")
+    )
     delivery = await bob.push(Deliver)
     assert (delivery.sender, delivery.sender_kind) == (alice.handle, "user")
     # Acknowledging someone else's delivery does not act on their queue (§6.5).

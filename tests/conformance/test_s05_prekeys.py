@@ -76,10 +76,13 @@ async def test_upload_without_keys_or_with_duplicate_ids_gets_100(relay):
     keys = one_time_prekeys(1, 1)
     for one_time in ([], [keys[0], keys[0]]):
         request_id = alice.next_id()
-        data = msgpack.packb({
-            "t": 10, "id": request_id,
-            "one_time": [{"key_id": k.key_id, "public": k.public} for k in one_time],
-        })  # fmt: skip
+        data = msgpack.packb(
+            {
+                "t": 10,
+                "id": request_id,
+                "one_time": [{"key_id": k.key_id, "public": k.public} for k in one_time],
+            }
+        )
         await alice.send_raw(data, expect_re=request_id)
         assert _code(await alice.response(request_id)) == 100
 
@@ -104,8 +107,10 @@ async def test_bundle_carries_kind_identity_signed_prekey_and_one_one_time_key(r
     bundle = await alice.request(lambda i: BundleFetch(id=i, handle=bob.handle))
     assert isinstance(bundle, Bundle)
     assert (bundle.handle, bundle.kind, bundle.identity_key) == (
-        bob.handle, "business", bob.account.public,
-    )  # fmt: skip
+        bob.handle,
+        "business",
+        bob.account.public,
+    )
     verify_signature(
         bundle.identity_key,
         signed_prekey_message(bundle.signed_prekey.public),

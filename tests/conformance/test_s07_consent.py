@@ -1,0 +1,448 @@
+"""SPEC §7 Consent and blocking: what may be delivered, statements, receipts, no oracles."""
+
+from __future__ import annotations
+
+import pytest
+
+from blindrelay.protocol import limits
+from blindrelay.protocol.codec import decode
+from blindrelay.protocol.crypto.keys import IdentityKeyPair
+from blindrelay.protocol.frames import (
+    Bundle,
+    BundleFetch,
+    Deliver,
+    Error,
+    Ok,
+    Send,
+    Sent,
+    Statement,
+    Statements,
+    StatementsList,
+)
+from blindrelay.protocol.signed import make_statement, verify_statement
+
+from .wire import Peer, new_handle, new_msg_id, rng
+
+
+def _code(frame) -> int | None:
+    return frame.code if isinstance(frame, Error) else None
+
+
+def statement(
+    peer: Peer,
+    action: str,
+    target: str,
+    categories=None,
+    *,
+    issued_at=None,
+    signer=None,
+    signer_key=None,
+    key=None,
+    relay_key=None,
+) -> bytes:
+    """A statement signed by ``peer``'s account unless a field says otherwise."""
+    account = peer.account
+    body = make_statement(
+        action,
+        signer=signer or account.handle,
+        signer_key=signer_key or account.public,
+        target=target,
+        relay_key=relay_key or peer.hello.relay_key,
+        now_ms=peer.relay_now() if issued_at is None else issued_at,
+        rng=rng,
+        categories=tuple(categories) if categories else None,
+    )
+    return body.sign((key or account.key).sign)
+
+
+async def submit(peer: Peer, data: bytes):
+    return await peer.request(lambda i: Statement(id=i, statement=data))
+
+
+async def state(peer: Peer, action: str, target: Peer, categories=None) -> bytes:
+    data = statement(peer, action, target.handle, categories)
+    answer = await submit(peer, data)
+    assert isinstance(answer, Ok), f"{action} refused: {answer}"
+    return data
+
+
+def notification(to: str, category: str = "utility", body: bytes = b"note"):
+    return lambda i: Send(
+        id=i, to=to, msg_id=new_msg_id(), intent="notification", body=body, category=category
+    )
+
+
+def consent_request(to: str, *categories: str):
+    return lambda i: Send(
+        id=i,
+        to=to,
+        msg_id=new_msg_id(),
+        intent="consent_request",
+        body=b"why",
+        categories=categories or ("utility",),
+    )
+
+
+def chat(to: str, body: bytes = b"hi"):
+    return lambda i: Send(id=i, to=to, msg_id=new_msg_id(), intent="chat", body=body)
+
+
+# --- §7.3 what may be delivered -------------------------------------------------
+
+
+@pytest.mark.spec("7.3")
+async def test_business_cannot_notify_without_a_grant(relay):
+    """SPEC §7.3: business → user notification(c) is allowed only when "c is granted"."""
+    shop = await relay.business()
+    user = await relay.user()
+    for category in limits.CATEGORIES:
+        assert _code(await shop.request(notification(user.handle, category))) == 400
+
+
+@pytest.mark.spec("7.3")
+async def test_consent_request_grant_then_notification_is_delivered(relay):
+    """SPEC §7.3/§7.4: consent_request is delivered; "grant(cs): each c in cs becomes
+    granted"; then a notification in c is delivered with its category."""
+    shop = await relay.business()
+    user = await relay.user()
+    assert isinstance(await shop.request(consent_request(user.handle, "utility")), Sent)
+    ask = await user.push(Deliver)
+    assert (ask.sender, ask.sender_kind, ask.intent, ask.categories) == (
+        shop.handle,
+        "business",
+        "consent_request",
+        ("utility",),
+    )
+    await state(user, "grant", shop, ["utility"])
+    assert isinstance(await shop.request(notification(user.handle, "utility", b"gate B7")), Sent)
+    note = await user.push(Deliver)
+    assert (note.intent, note.category, note.body) == ("notification", "utility", b"gate B7")
+    assert _code(await shop.request(notification(user.handle, "marketing"))) == 400
+
+
+@pytest.mark.spec("7.3")
+async def test_a_pending_request_refuses_another_and_a_grant_allows_asking_the_rest(relay):
+    """SPEC §7.3 table: "requested (pending)": consent_request ✗; "granted utility":
+    consent_request ✓ (marketing only)."""
+    shop = await relay.business()
+    user = await relay.user()
+    assert isinstance(await shop.request(consent_request(user.handle, "utility")), Sent)
+    assert _code(await shop.request(consent_request(user.handle, "marketing"))) == 400
+    await state(user, "grant", shop, ["utility"])
+    assert _code(await shop.request(consent_request(user.handle, "utility"))) == 400
+    assert isinstance(await shop.request(consent_request(user.handle, "marketing")), Sent)
+
+
+@pytest.mark.spec("7.3")
+async def test_service_replies_need_the_window_the_user_opens(relay):
+    """SPEC §7.3: business → user chat is allowed when "not blocked and window"; a
+    user's chat to the business opens the window."""
+    shop = await relay.business()
+    user = await relay.user()
+    assert _code(await shop.request(chat(user.handle, b"hello?"))) == 400
+    assert isinstance(await user.request(chat(shop.handle, b"my bag is lost")), Sent)
+    assert (await shop.push(Deliver)).body == b"my bag is lost"
+    assert isinstance(await shop.request(chat(user.handle, b"on it")), Sent)
+    assert (await user.push(Deliver)).body == b"on it"
+
+
+@pytest.mark.spec("7.3")
+@pytest.mark.parametrize("intent", ["chat", "notification", "consent_request"])
+async def test_business_to_business_is_forbidden(relay, intent):
+    """SPEC §7.3: "business → business | any | never (ERROR 202 FORBIDDEN)"."""
+    shop = await relay.business()
+    other = await relay.business()
+    build = {"chat": chat, "notification": notification, "consent_request": consent_request}
+    assert _code(await shop.request(build[intent](other.handle))) == 202
+
+
+@pytest.mark.spec("7.3")
+async def test_denied_categories_refuse_asking_and_bundle_fetches(relay):
+    """SPEC §7.3 table: "denied, in cooldown": consent_request ✗ … bundle fetch ✗."""
+    shop = await relay.business()
+    user = await relay.user(signed=True)
+    assert isinstance(await shop.request(lambda i: BundleFetch(id=i, handle=user.handle)), Bundle)
+    await state(user, "deny", shop, ["utility", "marketing"])
+    assert _code(await shop.request(consent_request(user.handle, "utility"))) == 400
+    assert _code(await shop.request(lambda i: BundleFetch(id=i, handle=user.handle))) == 400
+
+
+# --- §7.4 statements and their effects ------------------------------------------
+
+
+@pytest.mark.spec("7.4")
+async def test_revoke_stops_notifications_and_drops_undelivered_ones(relay):
+    """SPEC §7.4: revoke makes the category revoked and "from the OK on, the relay MUST NOT
+    deliver anything the new state refuses, including envelopes that were queued before"."""
+    shop = await relay.business()
+    user = await relay.user()
+    await state(user, "grant", shop, ["utility"])
+    assert isinstance(await shop.request(notification(user.handle, "utility", b"queued")), Sent)
+    unacked = await user.push(Deliver)
+    assert unacked.body == b"queued"
+    await state(user, "revoke", shop, ["utility"])
+    assert _code(await shop.request(notification(user.handle, "utility"))) == 400
+    again = await relay.login(user)
+    assert again.welcome.queued == 0
+    assert not [f for f in await again.round_trip() if isinstance(f, Deliver)]
+
+
+@pytest.mark.spec("7.4")
+async def test_a_user_block_stops_everything_from_the_business(relay):
+    """SPEC §7.4: block — "the pair is blocked; every undelivered envelope from the target
+    to the signer is deleted; … every category becomes revoked"; unblock keeps consent."""
+    shop = await relay.business()
+    user = await relay.user(signed=True)
+    await state(user, "grant", shop, ["utility"])
+    await user.request(chat(shop.handle, b"open the window"))
+    await shop.push(Deliver)
+    await state(user, "block", shop)
+    for build in (
+        notification(user.handle),
+        chat(user.handle),
+        consent_request(user.handle, "marketing"),
+    ):
+        assert _code(await shop.request(build)) == 400
+    assert _code(await shop.request(lambda i: BundleFetch(id=i, handle=user.handle))) == 400
+    assert _code(await user.request(chat(shop.handle))) == 400
+    await state(user, "unblock", shop)
+    assert _code(await shop.request(notification(user.handle))) == 400  # still revoked
+
+
+@pytest.mark.spec("7.4")
+async def test_blocks_between_users_work_both_ways_and_are_not_forwarded(relay):
+    """SPEC §7.3: "blocked be true if either account blocks the other"; §7.5 "Blocks of a
+    user by anyone are not forwarded"."""
+    carol = await relay.user()
+    dave = await relay.user()
+    eve = await relay.user()
+    await state(carol, "block", dave)
+    assert _code(await dave.request(chat(carol.handle))) == 400
+    assert _code(await carol.request(chat(dave.handle))) == 400
+    await eve.request(chat(dave.handle, b"sentinel"))
+    first = await dave.push(Deliver)
+    assert (first.sender, first.intent) == (eve.handle, "chat")
+    await state(carol, "unblock", dave)
+    assert isinstance(await dave.request(chat(carol.handle, b"back")), Sent)
+
+
+@pytest.mark.spec("7.4")
+@pytest.mark.parametrize(
+    "case",
+    [
+        "bad_signature",
+        "tampered_body",
+        "signer_not_connection",
+        "signer_key_not_current",
+        "other_relay",
+        "garbage",
+        "business_grants",
+        "grant_to_a_user",
+        "revoke_never_granted",
+        "deny_when_granted",
+        "block_twice",
+        "unblock_not_blocked",
+    ],
+)
+async def test_invalid_statements_get_500(relay, case):
+    """SPEC §7.4: "The relay MUST refuse with ERROR 500 INVALID_STATEMENT a statement whose
+    signature does not verify, whose signer is not the connection's account, whose
+    signer_key is not that account's current key, whose relay_key is not its own, whose
+    fields are malformed, or whose action does not fit the kinds"; missing transitions
+    are refused whole with 500."""
+    shop = await relay.business()
+    user = await relay.user()
+    other_user = await relay.user()
+    stranger = IdentityKeyPair.generate(rng)
+    if case in ("deny_when_granted",):
+        await state(user, "grant", shop, ["utility"])
+    if case == "block_twice":
+        await state(user, "block", shop)
+    submitter, data = user, None
+    match case:
+        case "bad_signature":
+            good = statement(user, "grant", shop.handle, ["utility"])
+            data = good[:-1] + bytes([good[-1] ^ 1])
+        case "tampered_body":
+            good = statement(user, "grant", shop.handle, ["utility"])
+            index = good.index(b"utility")
+            data = good[:index] + b"Utility" + good[index + 7 :]
+        case "signer_not_connection":
+            data = statement(other_user, "grant", shop.handle, ["utility"])
+        case "signer_key_not_current":
+            data = statement(
+                user, "grant", shop.handle, ["utility"], signer_key=stranger.public, key=stranger
+            )
+        case "other_relay":
+            data = statement(user, "grant", shop.handle, ["utility"], relay_key=bytes(32))
+        case "garbage":
+            data = b"\x82\xa4body\xc4\x01x\xa3sig\xc4\x40" + bytes(64)
+        case "business_grants":
+            submitter, data = shop, statement(shop, "grant", user.handle, ["utility"])
+        case "grant_to_a_user":
+            data = statement(user, "grant", other_user.handle, ["utility"])
+        case "revoke_never_granted":
+            data = statement(user, "revoke", shop.handle, ["utility"])
+        case "deny_when_granted":
+            data = statement(user, "deny", shop.handle, ["utility"])
+        case "block_twice":
+            data = statement(user, "block", shop.handle)
+        case "unblock_not_blocked":
+            data = statement(user, "unblock", shop.handle)
+    assert _code(await submit(submitter, data)) == 500
+
+
+@pytest.mark.spec("7.4")
+@pytest.mark.parametrize("offset", [-1, 1])
+async def test_statements_outside_the_clock_skew_get_501(relay, offset):
+    """SPEC §7.4: "It MUST refuse with ERROR 501 STALE_STATEMENT one whose issued_at is
+    further than STATEMENT_SKEW_MS from its clock"."""
+    shop = await relay.business()
+    user = await relay.user()
+    issued_at = user.relay_now() + offset * (limits.STATEMENT_SKEW_MS + 60_000)
+    data = statement(user, "grant", shop.handle, ["utility"], issued_at=issued_at)
+    assert _code(await submit(user, data)) == 501
+
+
+@pytest.mark.spec("7.4")
+async def test_statement_within_the_clock_skew_is_accepted(relay):
+    """SPEC §7.4: the skew bound is a tolerance: a statement a few minutes off is fine."""
+    shop = await relay.business()
+    user = await relay.user()
+    issued_at = user.relay_now() - limits.STATEMENT_SKEW_MS + 60_000
+    data = statement(user, "grant", shop.handle, ["utility"], issued_at=issued_at)
+    assert isinstance(await submit(user, data), Ok)
+
+
+@pytest.mark.spec("7.4")
+async def test_a_replayed_statement_gets_501(relay):
+    """SPEC §7.4: 501 for a statement "whose (signer, nonce) it has seen before"."""
+    shop = await relay.business()
+    user = await relay.user()
+    data = await state(user, "grant", shop, ["utility"])
+    assert _code(await submit(user, data)) == 501
+
+
+@pytest.mark.spec("7.4")
+async def test_a_statement_about_an_unknown_target_gets_400(relay):
+    """SPEC §7.4: "An unknown target gets ERROR 400"."""
+    user = await relay.user()
+    data = statement(user, "block", new_handle("nobody"))
+    assert _code(await submit(user, data)) == 400
+
+
+# --- §7.5 forwarding ------------------------------------------------------------
+
+
+@pytest.mark.spec("7.5")
+async def test_consent_statements_and_business_blocks_are_forwarded_byte_for_byte(relay):
+    """SPEC §7.5: "The relay forwards every accepted grant, deny and revoke, and every
+    block or unblock whose target is a business, to the target as a DELIVER with intent
+    statement, sender = the signer, and body = the statement's signed object, byte for
+    byte"; the business verifies it offline."""
+    shop = await relay.business()
+    user = await relay.user()
+    sent = [
+        await state(user, "grant", shop, ["utility", "marketing"]),
+        await state(user, "revoke", shop, ["marketing"]),
+        await state(user, "deny", shop, ["marketing"]),
+        await state(user, "block", shop),
+        await state(user, "unblock", shop),
+    ]
+    received = await shop.deliveries(len(sent))
+    assert [(d.intent, d.sender, d.sender_kind) for d in received] == [
+        ("statement", user.handle, "user")
+    ] * len(sent)
+    assert [d.body for d in received] == sent
+    receipt = verify_statement(
+        received[0].body, expected_key=user.account.public, relay_key=shop.hello.relay_key
+    )
+    assert (receipt.action, receipt.target, receipt.categories) == (
+        "grant",
+        shop.handle,
+        ("utility", "marketing"),
+    )
+
+
+# --- §7.6 listing -----------------------------------------------------------------
+
+
+@pytest.mark.spec("7.6")
+async def test_listing_returns_the_statements_in_force_oldest_first(relay):
+    """SPEC §7.6: STATEMENTS lists the statements "in force (the latest per signer, target
+    and action family — consent per category, block), oldest first", to signer and target."""
+    shop = await relay.business()
+    user = await relay.user()
+    bystander = await relay.user()
+    grant_both = await state(user, "grant", shop, ["utility", "marketing"])
+    revoke_marketing = await state(user, "revoke", shop, ["marketing"])
+
+    async def listing(peer):
+        page = await peer.request(lambda i: StatementsList(id=i, after=0))
+        assert isinstance(page, Statements) and page.next is None
+        return list(page.statements)
+
+    assert await listing(user) == [grant_both, revoke_marketing]
+    assert await listing(shop) == [grant_both, revoke_marketing]
+    grant_utility = await state(user, "grant", shop, ["utility"])
+    assert await listing(user) == [revoke_marketing, grant_utility]
+    assert await listing(bystander) == []
+
+
+# --- §7.7 no oracles --------------------------------------------------------------
+
+
+@pytest.mark.spec("7.7")
+async def test_refused_notifications_are_byte_identical_whatever_the_reason(relay):
+    """SPEC §7.7: a SEND refused because the recipient "does not exist, never consented,
+    denied or revoked, or blocked the sender (or was blocked by it) MUST get the same
+    ERROR 400 frame — the same bytes for the same request id"."""
+    shop = await relay.business()
+    never, denied, revoked, blocker, blocked = [await relay.user() for _ in range(5)]
+    await state(denied, "deny", shop, ["utility"])
+    await state(revoked, "grant", shop, ["utility"])
+    await state(revoked, "revoke", shop, ["utility"])
+    await state(blocker, "block", shop)
+    await state(shop, "block", blocked)
+    answers = []
+    for handle in (
+        new_handle("nobody"),
+        never.handle,
+        denied.handle,
+        revoked.handle,
+        blocker.handle,
+        blocked.handle,
+    ):
+        frame = notification(handle)(4242)
+        await shop.send(frame)
+        answers.append((await shop.response_raw(4242)).raw)
+    assert len(set(answers)) == 1
+    assert decode(answers[0]) == Error(code=400, re=4242)
+    assert answers[0] == await _error_400_bytes(shop, 4242)
+
+
+async def _error_400_bytes(peer: Peer, request_id: int) -> bytes:
+    """The reference refusal: a chat to an account that does not exist."""
+    await peer.send(chat(new_handle("nobody"))(request_id))
+    return (await peer.response_raw(request_id)).raw
+
+
+@pytest.mark.spec("7.7")
+async def test_refused_bundle_fetches_and_chats_are_byte_identical(relay):
+    """SPEC §7.7: the same holds for BUNDLE_FETCH, and between users (unknown account vs
+    blocked in either direction)."""
+    shop = await relay.business()
+    denied, blocker = await relay.user(signed=True), await relay.user(signed=True)
+    await state(denied, "deny", shop, ["utility", "marketing"])
+    await state(blocker, "block", shop)
+    answers = []
+    for handle in (new_handle("nobody"), denied.handle, blocker.handle):
+        await shop.send(BundleFetch(id=9, handle=handle))
+        answers.append((await shop.response_raw(9)).raw)
+    carol, dave = await relay.user(), await relay.user()
+    await state(carol, "block", dave)
+    for sender, handle in ((dave, carol.handle), (carol, dave.handle), (dave, new_handle("x"))):
+        await sender.send(chat(handle)(9))
+        answers.append((await sender.response_raw(9)).raw)
+    assert len(set(answers)) == 1
+    assert decode(answers[0]) == Error(code=400, re=9)
