@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac as stdlib_hmac
+
 import pytest
 
+from blindrelay.protocol.crypto import kdf
 from blindrelay.protocol.crypto.kdf import (
     INFO_STRINGS,
     hkdf,
     hkdf_expand,
     hkdf_extract,
     hmac_sha256,
+    hmac_sha256_keyed,
+    hmac_sha256_pair,
 )
 
 # RFC 5869 Appendix A, test cases 1-3 (SHA-256).
@@ -67,3 +73,37 @@ def test_hkdf_refuses_output_lengths_outside_the_rfc_range(length):
 def test_info_strings_are_distinct_and_versioned():
     assert len(set(INFO_STRINGS)) == len(INFO_STRINGS)
     assert all(info.startswith(b"blindrelay/v1/") for info in INFO_STRINGS)
+
+
+KEYS = [b"", b"\x01", bytes(32), bytes(range(64)), bytes(range(65)), b"k" * 200]
+DATA = [b"", b"\x01", b"\x02", bytes(range(256)) * 3]
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_every_hmac_path_equals_the_standard_library(key):
+    """The C fast path, the public fallback, the reusable key schedule and the pair
+    are all exactly ``hmac.digest(key, data, hashlib.sha256)``."""
+    for data in DATA:
+        expected = stdlib_hmac.digest(key, data, hashlib.sha256)
+        assert hmac_sha256(key, data) == expected
+        assert kdf._hmac_new_public(key, data, "sha256").digest() == expected
+        keyed = hmac_sha256_keyed(key)
+        first, second = keyed.copy(), keyed.copy()
+        first.update(data)
+        second.update(data)
+        assert first.digest() == second.digest() == expected
+        assert hmac_sha256_pair(key, data, b"x" + data) == (
+            expected,
+            stdlib_hmac.digest(key, b"x" + data, hashlib.sha256),
+        )
+
+
+@pytest.mark.parametrize("length", [1, 31, 32, 33, 56, 64, 65, 255 * 32])
+def test_hkdf_expand_equals_the_rfc_loop_written_out(length):
+    prk, info = bytes(range(32)), b"blindrelay/test"
+    output, block, counter = b"", b"", 1
+    while len(output) < length:
+        block = stdlib_hmac.digest(prk, block + info + bytes((counter,)), hashlib.sha256)
+        output += block
+        counter += 1
+    assert hkdf_expand(prk, info, length) == output[:length]
