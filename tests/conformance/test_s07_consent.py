@@ -227,6 +227,7 @@ async def test_blocks_between_users_work_both_ways_and_are_not_forwarded(relay):
 
 
 @pytest.mark.spec("7.4")
+@pytest.mark.spec("14")
 @pytest.mark.parametrize(
     "case",
     [
