@@ -180,6 +180,10 @@ class Message:
         return self.sender_kind == frames.AccountKind.BUSINESS
 
     @property
+    def from_user(self) -> bool:
+        return self.sender_kind == frames.AccountKind.USER
+
+    @property
     def is_consent_request(self) -> bool:
         """A business asks for consent to ``categories``; ``body`` is its explanation."""
         return self.intent == frames.Intent.CONSENT_REQUEST
@@ -189,7 +193,8 @@ class Message:
 class HeldStatement:
     """A signed statement we keep (ours, or forwarded to us) and whether it verified."""
 
-    statement: ConsentStatement
+    statement: ConsentStatement | None
+    """None when the bytes do not even decode as a statement."""
     signed: bytes
     verified: bool
 
@@ -403,6 +408,11 @@ class Client:
                 path, passphrase, create=True, opslimit=opslimit, memlimit=memlimit
             )
         return cls(store, owns_store=True, **options)
+
+    @property
+    def clock(self) -> Clock:
+        """Our injected wall clock (Unix ms); :meth:`relay_now` is the relay's."""
+        return self._clock
 
     @property
     def handle(self) -> str | None:
@@ -1074,13 +1084,12 @@ class Client:
 
         Our own statements verify against our identity key, others' against
         the key pinned for their signer. No clock check: an archived receipt
-        stays valid evidence after the skew has passed. Bytes that are not a
-        statement at all raise InvalidStatement.
+        stays valid evidence after the skew has passed.
         """
         try:
             statement = unverified_body(ConsentStatement, signed)
-        except ProtocolError as exc:
-            raise InvalidStatement(f"not a statement: {exc.detail}") from None
+        except ProtocolError:
+            return HeldStatement(None, signed, verified=False)
         identity = self.sessions.identity
         if statement.signer == identity.handle:
             expected: bytes | None = identity.identity_public
@@ -1110,11 +1119,7 @@ class Client:
             )
             if not isinstance(page, frames.Statements):
                 raise UnexpectedFrame("relay answered STATEMENTS_LIST with another frame")
-            for signed in page.statements:
-                try:
-                    listed.append(self.check_statement(signed))
-                except ProtocolError as exc:
-                    log.warning("relay listed a malformed statement: %s", exc)
+            listed += [self.check_statement(signed) for signed in page.statements]
             if page.next is None:
                 return listed
             after = page.next

@@ -1,0 +1,360 @@
+"""The business side of the SDK: profile, consent requests, bulk notifications, away replies.
+
+A :class:`Business` wraps a logged-in :class:`~blindrelay.client.sdk.Client`
+of kind ``business``::
+
+    business = Business(client, away_message="We are closed; we answer from 9:00.")
+    await business.publish_profile(display_name="Example Air", timezone="Europe/Berlin",
+                                   hours=[OpeningHours(day, 540, 1020) for day in range(5)])
+    await business.request_consent("alice", ["utility"], "Gate changes for your flights?")
+    business.start()                                   # dispatches messages and statements
+    result = await business.notify("utility", "BA123 now boards at B7")
+    print(result.sent, result.refused)
+
+What it does, from the spec:
+
+- **Consent is the user's signed word** (SPEC §7.4–7.5). Every grant, deny,
+  revoke and block forwarded by the relay was verified by the client against
+  the user's pinned key before it was kept; :meth:`Business.consenting` folds
+  the kept receipts into who may be notified, :meth:`Business.receipts` and
+  :meth:`Business.verify_receipts` re-verify them offline, and the callbacks
+  ``on_consent_change`` / ``on_block`` hear of each as it arrives.
+- **Bulk notifications** (SPEC §8.3) are one SEND per recipient, each end-to-end
+  encrypted for that recipient. :meth:`Business.notify` keeps a window of sends
+  in flight with a fixed pool of workers (no task per customer); a recipient the
+  relay refuses (ERROR 400: no consent, blocked, gone — SPEC §7.7) is reported,
+  never retried; a RATE_LIMITED refusal is retried after ``retry_after``.
+- **Away replies** (SPEC §8.2): when a customer writes while the business is
+  closed by its own profile and clock, the away message — kept only here —
+  goes back end-to-end encrypted as a service reply, at most once per
+  customer per closed period (``away_period``), remembered before it is sent.
+- **Replies** travel as ``chat`` inside the customer-service window; the relay
+  refuses them outside it (SPEC §7.3).
+
+Not here: the relay's enforcement (``server``), the rules themselves
+(``protocol.consent``), the socket and key custody (``sdk``, ``keystore``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+from blindrelay.protocol import frames, limits
+from blindrelay.protocol.business import (
+    BusinessProfile,
+    OpeningHours,
+    SpecialDay,
+    away_period,
+    open_profile,
+)
+from blindrelay.protocol.errors import (
+    BlindrelayError,
+    RecipientUnavailable,
+    UnexpectedFrame,
+)
+from blindrelay.protocol.signed import CONSENT_ACTIONS, Action, ConsentStatement
+
+from .sdk import Client, HeldStatement, Message
+
+log = logging.getLogger("blindrelay.client.business")
+
+NOTIFY_WINDOW = 256
+"""Notification SENDs in flight at once: the relay's delivery window. Enough to
+hide the round trip to the relay behind encryption; more only queues frames in
+our socket buffer and grows the outbox."""
+
+RATE_LIMIT_RETRIES = 20
+"""How often one notification is retried after RATE_LIMITED before it is
+reported as failed: with the business bucket's refill this covers tens of
+seconds of overload, and a bulk send still ends."""
+
+_PROFILE_KEY = "business/profile"
+_AWAY_PREFIX = "business/away/"
+
+MessageHandler = Callable[[Message], Awaitable[None] | None]
+StatementHandler = Callable[[ConsentStatement], Awaitable[None] | None]
+
+
+@dataclass(slots=True)
+class NotifyResult:
+    """What became of one bulk notification (SPEC §8.3)."""
+
+    category: str
+    sent: list[str] = field(default_factory=list)
+    """Recipients whose envelope the relay committed (SENT): delivered or queued."""
+    refused: list[str] = field(default_factory=list)
+    """Refused by the relay with ERROR 400 — no consent, blocked or no such account."""
+    failed: dict[str, BlindrelayError] = field(default_factory=dict)
+    """Other failures: queue full, rate limit beyond the retries, untrusted key…"""
+    seconds: float = 0.0
+    encrypt_seconds: float = 0.0
+    """Of ``seconds``, the time spent encrypting and enqueueing; the rest is waiting."""
+
+    @property
+    def skipped(self) -> list[str]:
+        return [*self.refused, *self.failed]
+
+
+class Business:
+    """A business account's client (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        away_message: str | None = None,
+        on_message: MessageHandler | None = None,
+        on_consent_change: StatementHandler | None = None,
+        on_block: StatementHandler | None = None,
+        notify_window: int = NOTIFY_WINDOW,
+    ) -> None:
+        self.client = client
+        self.away_message = away_message
+        """Sent as a service reply to a customer writing while we are closed; never
+        leaves this client except end-to-end encrypted."""
+        self.on_message = on_message
+        self.on_consent_change = on_consent_change
+        """Called with each verified grant, deny or revoke forwarded to us (SPEC §7.5)."""
+        self.on_block = on_block
+        """Called with each verified block or unblock of us by a customer."""
+        self.notify_window = notify_window
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._pending_callbacks: set[asyncio.Task[None]] = set()
+        self._verified: dict[bytes, ConsentStatement | None] = {}
+        client.on_statement = self._statement_received
+
+    @property
+    def handle(self) -> str:
+        return self.client.sessions.identity.handle
+
+    # --- Running -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start dispatching incoming messages (away replies, ``on_message``)."""
+        if self._dispatcher is None:
+            self._dispatcher = asyncio.create_task(self._dispatch())
+
+    async def close(self) -> None:
+        """Stop dispatching and close the client."""
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+        await self.client.close()
+
+    async def _dispatch(self) -> None:
+        async for message in self.client.messages():
+            try:
+                await self._away_reply(message)
+            except BlindrelayError as exc:
+                log.warning("away reply to %s failed: %r", message.sender, exc)
+            if self.on_message is not None:
+                await _call(self.on_message, message)
+
+    def _statement_received(self, statement: ConsentStatement) -> None:
+        handler = self.on_consent_change if statement.is_consent else self.on_block
+        if handler is None:
+            return
+        outcome = handler(statement)
+        if inspect.isawaitable(outcome):
+            task = asyncio.ensure_future(outcome)
+            self._pending_callbacks.add(task)
+            task.add_done_callback(self._pending_callbacks.discard)
+
+    # --- Profile (SPEC §8.2) ----------------------------------------------------
+
+    async def publish_profile(
+        self,
+        *,
+        display_name: str,
+        timezone: str,
+        hours: Iterable[OpeningHours],
+        exceptions: Iterable[SpecialDay] = (),
+        description: str = "",
+    ) -> BusinessProfile:
+        """Sign our profile with the identity key and PROFILE_PUT it; kept for away replies."""
+        profile = BusinessProfile(
+            v=1,
+            handle=self.handle,
+            display_name=display_name,
+            description=description,
+            timezone=timezone,
+            hours=tuple(hours),
+            exceptions=tuple(exceptions),
+            issued_at=self.client.relay_now(),
+        )
+        signed = profile.sign(self.client.sessions.sign)
+        answer = await self.client._request(lambda rid: frames.ProfilePut(id=rid, profile=signed))
+        if not isinstance(answer, frames.Ok):
+            raise UnexpectedFrame("relay answered PROFILE_PUT with another frame")
+        self.client.store.set_state(_PROFILE_KEY, signed)
+        return profile
+
+    @property
+    def profile(self) -> BusinessProfile | None:
+        """The profile we last published (verified under our own key)."""
+        signed = self.client.store.get_state(_PROFILE_KEY)
+        if signed is None:
+            return None
+        return open_profile(signed, self.client.sessions.identity.identity_public, self.handle)
+
+    # --- Consent (SPEC §7) -------------------------------------------------------
+
+    async def request_consent(
+        self, user: str, categories: Iterable[str], explanation: str
+    ) -> bytes:
+        """Ask ``user`` for consent; ``explanation`` reaches them end-to-end encrypted."""
+        return await self.client.send(
+            user, explanation, intent=frames.Intent.CONSENT_REQUEST, categories=tuple(categories)
+        )
+
+    def receipts(self, user: str) -> list[HeldStatement]:
+        """The statements ``user`` made to us that we hold, each verified again offline."""
+        return [self.client.check_statement(s) for s in self.client.held_statements(user)]
+
+    def verify_receipts(self) -> list[HeldStatement]:
+        """Every held statement, re-verified offline against the pinned user keys and relay.
+
+        What a business shows an auditor as proof of opt-in: anything forged,
+        altered or made for another relay comes back with ``verified=False``.
+        """
+        return [
+            held for user in self.client.statement_counterparts() for held in self.receipts(user)
+        ]
+
+    def consents(self) -> dict[str, frozenset[str]]:
+        """Per customer, the categories granted to us now, from the receipts we hold.
+
+        A prediction for choosing recipients: the relay decides (SPEC §7.3).
+        Folds each customer's statements in the order the relay forwarded them;
+        a block by either side counts as no consent. Only statements that
+        verify (signature, pinned key, relay) and name us count; each is
+        verified once per process.
+        """
+        ours = self.handle
+        granted: dict[str, frozenset[str]] = {}
+        for user in self.client.statement_counterparts():
+            categories: set[str] = set()
+            blocked = {ours: False, user: False}
+            for signed in self.client.held_statements(user):
+                statement = self._verified_statement(signed)
+                if statement is None or ours not in (statement.signer, statement.target):
+                    continue
+                action = Action(statement.action)
+                if action is Action.GRANT:
+                    categories |= set(statement.categories or ())
+                elif action in CONSENT_ACTIONS:
+                    categories -= set(statement.categories or ())
+                elif action is Action.BLOCK:
+                    blocked[statement.signer] = True
+                    if statement.signer == user:
+                        categories.clear()
+                else:
+                    blocked[statement.signer] = False
+            if categories and not any(blocked.values()):
+                granted[user] = frozenset(categories)
+        return granted
+
+    def _verified_statement(self, signed: bytes) -> ConsentStatement | None:
+        statement = self._verified.get(signed)
+        if statement is None:
+            held = self.client.check_statement(signed)
+            if not held.verified:
+                return None
+            statement = self._verified[signed] = held.statement
+        return statement
+
+    def consenting(self, category: str) -> list[str]:
+        """Customers who granted ``category`` and have not withdrawn it, sorted."""
+        return sorted(user for user, cats in self.consents().items() if category in cats)
+
+    # --- Sending ---------------------------------------------------------------
+
+    async def notify(
+        self, category: str, text: str, to: Iterable[str] | None = None
+    ) -> NotifyResult:
+        """Send ``text`` as a ``category`` notification to each consenting customer (or ``to``).
+
+        Each recipient gets their own end-to-end encrypted envelope; up to
+        ``notify_window`` SENDs are in flight. Refused recipients are reported
+        in the result, not retried; rate-limit refusals are retried after
+        ``retry_after`` up to ``RATE_LIMIT_RETRIES`` times.
+        """
+        if category not in limits.CATEGORIES:
+            raise ValueError(f"unknown category {category!r}")
+        recipients = list(to) if to is not None else self.consenting(category)
+        result = NotifyResult(category)
+        started, encrypt_before = time.perf_counter(), self.client.encrypt_seconds
+        pending = iter(recipients)
+
+        async def worker() -> None:
+            for user in pending:  # workers share one iterator: each takes the next customer
+                try:
+                    await self.client.send(
+                        user,
+                        text,
+                        intent=frames.Intent.NOTIFICATION,
+                        category=category,
+                        rate_limit_retries=RATE_LIMIT_RETRIES,
+                    )
+                except RecipientUnavailable:
+                    result.refused.append(user)
+                except BlindrelayError as exc:
+                    result.failed[user] = exc
+                else:
+                    result.sent.append(user)
+
+        await asyncio.gather(*(worker() for _ in range(min(self.notify_window, len(recipients)))))
+        result.seconds = time.perf_counter() - started
+        result.encrypt_seconds = self.client.encrypt_seconds - encrypt_before
+        return result
+
+    async def reply(self, user: str, text: str) -> bytes:
+        """A service reply (SPEC §7.3): free, and refused (RecipientUnavailable) outside
+        the customer-service window the customer's last message opened."""
+        return await self.client.send(user, text)
+
+    async def _away_reply(self, message: Message) -> None:
+        """SPEC §8.2: one away reply per customer per closed period, remembered first."""
+        if (
+            self.away_message is None
+            or not message.from_user
+            or message.intent != frames.Intent.CHAT
+            or message.receipt is not None
+        ):
+            return
+        profile = self.profile
+        if profile is None:
+            return
+        period = away_period(profile, self.client.clock())
+        if period is None:
+            return
+        key = _AWAY_PREFIX + message.sender
+        if self.client.store.get_state(key) == period.to_bytes(8, "big"):
+            return
+        self.client.store.set_state(key, period.to_bytes(8, "big"))
+        await self.client.send(message.sender, self.away_message)
+
+    # --- Billing (SPEC §8.4) -----------------------------------------------------
+
+    async def usage(self, month: str) -> frames.Usage:
+        """Our metered counts for ``month`` (``YYYY-MM``, UTC) as the relay keeps them."""
+        answer = await self.client._request(lambda rid: frames.UsageFetch(id=rid, month=month))
+        if not isinstance(answer, frames.Usage):
+            raise UnexpectedFrame("relay answered USAGE_FETCH with another frame")
+        return answer
+
+
+async def _call(handler: Callable[..., Awaitable[None] | None], *args: object) -> None:
+    outcome = handler(*args)
+    if inspect.isawaitable(outcome):
+        await outcome
+
+
+__all__ = ["Business", "NotifyResult"]

@@ -1,0 +1,349 @@
+"""The business SDK (client/business.py) against a real relay: SPEC §7.3–7.5, §8.
+
+Real sockets to an in-process relay on a fake clock; no sleeps. The bulk test
+sets its 1,000 customers up cheaply — raw protocol connections that register
+and sign statements, and sessions started in-process from bundles built
+locally — and checks every count against the relay's own database and meters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from blindrelay.client.business import Business
+from blindrelay.client.keystore import MemoryKeyStore
+from blindrelay.client.sdk import Client, Message
+from blindrelay.protocol import frames, limits
+from blindrelay.protocol.business import BadgeStatus, BusinessProfile, OpeningHours, SpecialDay
+from blindrelay.protocol.crypto.keys import IdentityKeyPair, SignedPreKey
+from blindrelay.protocol.errors import InvalidProfile, RecipientUnavailable
+from blindrelay.protocol.signed import make_statement
+from blindrelay.server.cli import main as relay_cli
+
+from ..server.conftest import RawClient
+from ..server.consent_helpers import stated
+from .test_consent import FakeClock, Statements, online, relay_at, skewed_relay_clock
+from .test_sdk import FAST, Inbox, run, within
+
+DAY_MS = 24 * 3600 * 1000
+
+
+async def business_online(url: str, handle: str, **options: Any) -> Business:
+    received = Statements()
+    client_options = {k: options.pop(k) for k in ("clock", "operator_key") if k in options}
+    client = await online(url, handle, "business", on_statement=received, **client_options)
+    business = Business(client, on_consent_change=received, on_block=received, **options)
+    business.received = received  # type: ignore[attr-defined]
+    return business
+
+
+# --- bulk notifications (SPEC §8.3) ------------------------------------------------
+
+MIX = ("granted utility", "granted marketing", "denied", "revoked", "blocked", "never asked")
+"""Customer i is in state MIX[i % 6]; the statements each state takes, in order:"""
+STATEMENTS: dict[str, list[tuple[str, tuple[str, ...] | None]]] = {
+    "granted utility": [("grant", ("utility",))],
+    "granted marketing": [("grant", ("marketing",))],
+    "denied": [("deny", ("utility",))],
+    "revoked": [("grant", ("utility",)), ("revoke", ("utility",))],
+    "blocked": [("grant", ("utility",)), ("block", None)],
+    "never asked": [],
+}
+
+
+async def customer(url: str, handle: str, business: Business, state: str) -> RawClient:
+    """A registered customer in ``state``, with the business holding a session to it."""
+    raw = await RawClient.open(url)
+    await raw.register(handle)
+    ours = IdentityKeyPair.from_seed(bytes(raw.key))
+    prekey = SignedPreKey.generate(ours, 1, os.urandom)
+    business.client.sessions.start_session(
+        frames.Bundle(
+            re=1, handle=handle, kind="user", identity_key=ours.public,
+            signed_prekey=frames.SignedPreKeyRecord(1, prekey.public, prekey.signature),
+        )
+    )  # fmt: skip
+    hello = raw.conn.hello
+    assert hello is not None
+    for action, categories in STATEMENTS[state]:
+        await stated(raw, action, business.handle, hello.now, categories)
+    return raw
+
+
+def test_bulk_notification_to_1000_customers_in_every_consent_state(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        clock = skewed_relay_clock()
+        async with relay_at(tmp_path, clock) as relay:
+            airline = await business_online(relay.url, "airline")
+            handles = [f"customer{i:04d}" for i in range(1000)]
+            states = {h: MIX[i % len(MIX)] for i, h in enumerate(handles)}
+            raws: list[RawClient] = []
+            for start in range(0, len(handles), 100):
+                batch = handles[start : start + 100]
+                raws += await within(
+                    asyncio.gather(*(customer(relay.url, h, airline, states[h]) for h in batch)),
+                    60,
+                )
+            forwarded = sum(len(STATEMENTS[s]) for s in states.values())
+            await airline.received.wait_for(forwarded)  # type: ignore[attr-defined]
+            granted = sorted(h for h, s in states.items() if s == "granted utility")
+            assert airline.consenting("utility") == granted
+            assert airline.consenting("marketing") == sorted(
+                h for h, s in states.items() if s == "granted marketing"
+            )
+
+            to_consenting = await within(airline.notify("utility", "BA123 now boards at B7"), 60)
+            assert sorted(to_consenting.sent) == granted and to_consenting.skipped == []
+
+            to_everyone = await within(airline.notify("utility", "Gate closes", to=handles), 60)
+            assert sorted(to_everyone.sent) == granted  # 167
+            assert sorted(to_everyone.refused) == sorted(set(handles) - set(granted))  # 833
+            assert to_everyone.failed == {}
+            assert 0 < to_everyone.encrypt_seconds < to_everyone.seconds
+
+            queued = dict(
+                sqlite3.connect(relay.config.db_path).execute(
+                    "SELECT recipient, count(*) FROM queue WHERE sender = 'airline'"
+                    " AND intent = 'notification' GROUP BY recipient"
+                )
+            )
+            assert queued == dict.fromkeys(granted, 2)
+            month = datetime.fromtimestamp(clock() / 1000, ZoneInfo("UTC")).strftime("%Y-%m")
+            usage = await within(airline.usage(month))
+            assert [(c.category, c.count) for c in usage.notifications] == [
+                ("utility", 2 * len(granted))
+            ]
+            for raw in raws:
+                await raw.close()
+            await airline.close()
+
+    run(scenario())
+
+
+# --- receipts (SPEC §7.5) ------------------------------------------------------------
+
+
+def test_held_receipts_verify_and_forged_altered_or_wrong_relay_ones_fail(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with relay_at(tmp_path, skewed_relay_clock()) as relay:
+            shop = await business_online(relay.url, "shop")
+            alice = await online(relay.url, "alice")
+            await within(alice.grant("shop", ["utility", "marketing"]))
+            await within(alice.revoke("shop", ["marketing"]))
+            await shop.received.wait_for(2)  # type: ignore[attr-defined]
+            held = shop.receipts("alice")
+            assert [(h.statement.action, h.verified) for h in held] == [
+                ("grant", True), ("revoke", True),
+            ]  # fmt: skip
+            assert shop.consents() == {"alice": frozenset({"utility"})}
+
+            genuine = held[0].signed
+
+            def by_alice(sign_with: IdentityKeyPair | None = None, **changes: Any) -> bytes:
+                fields: dict[str, Any] = {
+                    "signer": "alice",
+                    "signer_key": alice.sessions.identity.identity_public,
+                    "target": "shop",
+                    "relay_key": relay.relay_key,
+                    "now_ms": held[0].statement.issued_at,
+                    "rng": os.urandom,
+                    "categories": ("utility",),
+                }
+                fields.update(changes)
+                statement = make_statement("grant", **fields)
+                return statement.sign(sign_with.sign if sign_with else alice.sessions.sign)
+
+            forged = by_alice(sign_with=IdentityKeyPair.generate(os.urandom))
+            altered = genuine.replace(b"\xa4shop", b"\xa4shoq")  # moved to another business
+            wrong_relay = by_alice(relay_key=os.urandom(32))
+            garbage = genuine[:-10]
+            for bad in (forged, altered, wrong_relay, garbage):
+                shop.client._keep_statement("alice", bad)  # a tampered archive
+            audit = shop.verify_receipts()
+            assert [h.verified for h in audit] == [True, True, False, False, False, False]
+            assert audit[3].statement is not None and audit[3].statement.target == "shoq"
+            assert audit[5].statement is None
+            assert shop.consents() == {"alice": frozenset({"utility"})}
+            assert by_alice() != genuine and shop.client.check_statement(by_alice()).verified
+            await alice.close()
+            await shop.close()
+
+    run(scenario())
+
+
+# --- service window and away replies (SPEC §7.3, §8.2) -------------------------------
+
+
+def test_replies_pass_inside_the_service_window_and_not_outside(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        clock = skewed_relay_clock()
+        async with relay_at(tmp_path, clock) as relay:
+            shop = await business_online(relay.url, "shop")
+            incoming: asyncio.Queue[Message] = asyncio.Queue()
+            shop.on_message = incoming.put
+            shop.start()
+            alice = await online(relay.url, "alice")
+            inbox = Inbox(alice)
+            with pytest.raises(RecipientUnavailable):  # no window before the customer writes
+                await within(shop.reply("alice", "unsolicited"))
+            await within(alice.send("shop", "is my order on its way?"))
+            assert (await within(incoming.get())).body == "is my order on its way?"
+            await within(shop.reply("alice", "yes, it left today"))
+            assert (await inbox.next()).body == "yes, it left today"
+            clock.advance(limits.SERVICE_WINDOW_MS - 1)
+            await within(shop.reply("alice", "delivered tomorrow"))
+            assert (await inbox.next()).body == "delivered tomorrow"
+            clock.advance(1)
+            with pytest.raises(RecipientUnavailable):
+                await within(shop.reply("alice", "too late"))
+            await inbox.close()
+            await alice.close()
+            await shop.close()
+
+    run(scenario())
+
+
+def local_ms(zone: str, text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=ZoneInfo(zone)).timestamp() * 1000)
+
+
+@pytest.mark.parametrize("zone", ["Asia/Tokyo", "America/Los_Angeles"])
+def test_away_reply_once_per_closed_period_across_midnight(tmp_path: Path, zone: str) -> None:
+    """Closed Friday 18:00 → Monday 09:00 local (Saturday is a special day, closed).
+
+    The business's clock and the relay's are one injected clock; the customer's
+    is the wall clock (its statements follow the relay's clock anyway).
+    """
+
+    async def scenario() -> None:
+        clock = FakeClock(local_ms(zone, "2027-01-08T23:30"))  # Friday night, local
+        async with relay_at(tmp_path, clock) as relay:
+            shop = await business_online(
+                relay.url, "shop", clock=clock, away_message="Closed — back Monday 9:00."
+            )
+            weekdays = [OpeningHours(day, 9 * 60, 18 * 60) for day in range(5)]
+            await within(
+                shop.publish_profile(
+                    display_name="Corner Shop",
+                    timezone=zone,
+                    hours=[*weekdays, OpeningHours(5, 10 * 60, 12 * 60)],
+                    exceptions=[SpecialDay("2027-01-09", 0, 0)],
+                )
+            )
+            incoming: asyncio.Queue[Message] = asyncio.Queue()
+            shop.on_message = incoming.put
+            shop.start()
+            alice = await online(relay.url, "alice")
+            inbox = Inbox(alice)
+
+            async def writes(text: str, at: str) -> None:
+                clock.now = local_ms(zone, at)
+                await within(alice.send("shop", text))
+                assert (await within(incoming.get())).body == text  # away decision made
+
+            async def next_from_shop() -> str:
+                body = (await inbox.next()).body
+                assert isinstance(body, str)
+                return body
+
+            await writes("anyone there?", "2027-01-08T23:30")
+            assert await next_from_shop() == "Closed — back Monday 9:00."
+            await writes("hello?", "2027-01-09T00:30")  # local midnight passed, same period
+            await writes("still closed?", "2027-01-10T20:00")
+            await within(shop.reply("alice", "marker 1"))
+            assert await next_from_shop() == "marker 1"  # no second away reply came first
+
+            await writes("open now?", "2027-01-11T10:00")  # Monday, open
+            await within(shop.reply("alice", "marker 2"))
+            assert await next_from_shop() == "marker 2"
+
+            await writes("after hours", "2027-01-11T19:00")  # a new closed period
+            assert await next_from_shop() == "Closed — back Monday 9:00."
+            await inbox.close()
+            await alice.close()
+            await shop.close()
+
+    run(scenario())
+
+
+# --- viewing a business (SPEC §8.1–8.2) ---------------------------------------------
+
+
+def operator_key(tmp_path: Path, name: str) -> tuple[Path, bytes]:
+    path = tmp_path / f"{name}.key"
+    assert relay_cli(["admin", "keygen", "--out", str(path)]) == 0
+    seed = bytes.fromhex(path.read_text().strip())
+    return path, IdentityKeyPair.from_seed(seed).public
+
+
+@pytest.mark.parametrize("case", ["valid", "forged", "expired", "absent"])
+def test_business_info_checks_the_badge_with_the_pinned_operator_key(
+    tmp_path: Path, case: str
+) -> None:
+    async def scenario() -> None:
+        pinned_path, pinned = operator_key(tmp_path, "operator")
+        other_path, _ = operator_key(tmp_path, "impostor")
+        async with relay_at(tmp_path, skewed_relay_clock()) as relay:
+            airline = await business_online(relay.url, "airline")
+            await within(
+                airline.publish_profile(
+                    display_name="Example Air", timezone="Europe/Berlin", hours=[]
+                )
+            )
+            issuer = {"valid": pinned_path, "expired": pinned_path, "forged": other_path}
+            if case in issuer:
+                argv = ["admin", "verify-business", "airline", "--name", "Example Air"]
+                argv += ["--operator-key", str(issuer[case]), "--db", str(relay.config.db_path)]
+                assert relay_cli(argv) == 0
+            clock = FakeClock(airline.client.clock())
+            if case == "expired":
+                clock.advance(366 * DAY_MS)
+            alice = Client(MemoryKeyStore(), backoff=FAST, operator_key=pinned, clock=clock)
+            await within(alice.connect(relay.url))
+            await within(alice.register("alice"))
+            info = await within(alice.business_info("airline"))
+            assert info.profile is not None and info.profile.display_name == "Example Air"
+            expected = {
+                "valid": BadgeStatus.VERIFIED,
+                "forged": BadgeStatus.BAD_SIGNATURE,
+                "expired": BadgeStatus.EXPIRED,
+                "absent": BadgeStatus.ABSENT,
+            }[case]
+            assert info.badge.status is expected and info.verified is (case == "valid")
+            assert info.identity_key == airline.client.sessions.identity.identity_public
+            await alice.close()
+            await airline.close()
+
+    run(scenario())
+
+
+def test_business_info_refuses_a_profile_the_relay_altered(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with relay_at(tmp_path, skewed_relay_clock()) as relay:
+            airline = await business_online(relay.url, "airline")
+            profile = await within(
+                airline.publish_profile(display_name="Example Air", timezone="UTC", hours=[])
+            )
+            impostor = IdentityKeyPair.generate(os.urandom)
+            fake = BusinessProfile(
+                v=1, handle="airline", display_name="Example Air (new bank details!)",
+                description="", timezone="UTC", hours=(), exceptions=(),
+                issued_at=profile.issued_at,
+            ).sign(impostor.sign)  # fmt: skip
+            with sqlite3.connect(relay.config.db_path) as db:
+                db.execute("UPDATE profiles SET signed = ? WHERE handle = 'airline'", (fake,))
+            alice = await online(relay.url, "alice")
+            with pytest.raises(InvalidProfile):
+                await within(alice.business_info("airline"))
+            await alice.close()
+            await airline.close()
+
+    run(scenario())
