@@ -155,9 +155,13 @@ class Relay(AsyncFixture):
         return peer
 
     async def account(
-        self, kind: str = "user", *, prefix: str | None = None, one_time: int = 0,
+        self,
+        kind: str = "user",
+        *,
+        prefix: str | None = None,
+        one_time: int = 0,
         signed: bool = False,
-    ) -> Peer:  # fmt: skip
+    ) -> Peer:
         """A freshly registered account, connected; optionally with prekeys published."""
         account = Account(new_handle(prefix or kind[:3]), kind)
         peer = await self.connect()
