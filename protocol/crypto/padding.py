@@ -24,7 +24,8 @@ BUCKETS: tuple[int, ...] = tuple(256 << i for i in range(8))
 MAX_PLAINTEXT_BYTES = BUCKETS[-1] - 1
 """Largest plaintext: the largest bucket minus the mandatory 0x80 byte."""
 
-_MARKER = 0x80
+_BUCKET_SET = frozenset(BUCKETS)
+_ZEROS = bytes(BUCKETS[-1])
 
 
 def padded_size(length: int) -> int:
@@ -45,11 +46,14 @@ def unpad(padded: bytes) -> bytes:
     """Remove padding; a malformed pad (a peer bug or forgery) is DecryptionFailed.
 
     Only bucket sizes are accepted, so a peer cannot smuggle length information
-    past the buckets either.
+    past the buckets either. Same rule as "strip trailing zeros, then exactly one
+    0x80 must remain at the end", found from the right with ``rfind`` (memrchr)
+    and one comparison instead of a byte-by-byte strip.
     """
-    if len(padded) not in BUCKETS:
-        raise DecryptionFailed(f"padded plaintext of {len(padded)} bytes is not a bucket size")
-    stripped = padded.rstrip(b"\x00")
-    if not stripped or stripped[-1] != _MARKER:
+    size = len(padded)
+    if size not in _BUCKET_SET:
+        raise DecryptionFailed(f"padded plaintext of {size} bytes is not a bucket size")
+    marker = padded.rfind(b"\x80")
+    if marker < 0 or padded[marker + 1 :] != _ZEROS[: size - marker - 1]:
         raise DecryptionFailed("padding marker missing")
-    return stripped[:-1]
+    return padded[:marker]

@@ -35,7 +35,7 @@ from blindrelay.protocol.crypto.kdf import (
     HASH_LEN,
     INFO_MESSAGE_KEYS,
     INFO_RATCHET,
-    hkdf,
+    hmac_sha256,
     hmac_sha256_keyed,
     hmac_sha256_pair,
 )
@@ -78,6 +78,8 @@ _MAX_U32 = 2**32 - 1
 _STATE_VERSION = 1
 _INFO_BLOCK_1 = INFO_MESSAGE_KEYS + b"\x01"
 _INFO_BLOCK_2 = INFO_MESSAGE_KEYS + b"\x02"
+_RK_INFO_BLOCK_1 = INFO_RATCHET + b"\x01"
+_RK_INFO_BLOCK_2 = INFO_RATCHET + b"\x02"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,11 +100,25 @@ class Header:
         pn, n = _HEADER_TAIL.unpack_from(data, KEY_LEN)
         return cls(bytes(data[:KEY_LEN]), pn, n)
 
+    @classmethod
+    def decode_at(cls, data: bytes, offset: int) -> Header:
+        """:meth:`decode` of ``data[offset : offset + 40]`` without the slice."""
+        if len(data) < offset + HEADER_LEN:
+            raise MalformedEnvelope("ratchet header must be 40 bytes")
+        pn, n = _HEADER_TAIL.unpack_from(data, offset + KEY_LEN)
+        return cls(bytes(data[offset : offset + KEY_LEN]), pn, n)
+
 
 def kdf_rk(root_key: bytes, dh_out: bytes) -> tuple[bytes, bytes]:
-    """KDF_RK: HKDF with the root key as salt → (new root key, chain key)."""
-    out = hkdf(dh_out, salt=root_key, info=INFO_RATCHET, length=2 * HASH_LEN)
-    return out[:HASH_LEN], out[HASH_LEN:]
+    """KDF_RK: HKDF with the root key as salt → (new root key, chain key).
+
+    Exactly ``hkdf(dh_out, salt=root_key, info=INFO_RATCHET, length=64)`` split in
+    halves, unrolled: the 64 bytes are precisely HKDF-Expand's blocks T(1) and T(2)
+    (a test checks equality).
+    """
+    prk = hmac_sha256(root_key, dh_out)
+    new_root = hmac_sha256(prk, _RK_INFO_BLOCK_1)
+    return new_root, hmac_sha256(prk, new_root + _RK_INFO_BLOCK_2)
 
 
 def kdf_ck(chain_key: bytes) -> tuple[bytes, bytes]:

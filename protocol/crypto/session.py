@@ -144,20 +144,30 @@ class Session:
             raise ValueError(f"malformed session record: {exc}") from exc
 
 
+_MESSAGE_TYPES = {int(t): t for t in MessageType}
+_MESSAGE_PREFIX = bytes((ENVELOPE_VERSION, MessageType.MESSAGE))
+_MESSAGE_HEADER_END = 2 + dr.HEADER_LEN
+
+
 def peek_envelope(envelope: bytes) -> EnvelopeInfo:
     """Parse an envelope without keys; MalformedEnvelope if it is not one.
 
     Strict: known version and type, exact prefix, ciphertext length of a
     padding bucket plus the tag.
     """
+    if envelope.startswith(_MESSAGE_PREFIX) and len(envelope) >= _MESSAGE_HEADER_END:
+        # The common case, a normal message: fixed offsets, no prekey fields.
+        ciphertext = envelope[_MESSAGE_HEADER_END:]
+        if len(ciphertext) not in _CIPHERTEXT_SIZES:
+            raise MalformedEnvelope(f"ciphertext of {len(ciphertext)} bytes is not a padded size")
+        return EnvelopeInfo(MessageType.MESSAGE, dr.Header.decode_at(envelope, 2), ciphertext)
     if len(envelope) < 2:
         raise MalformedEnvelope("envelope too short")
     if envelope[0] != ENVELOPE_VERSION:
         raise MalformedEnvelope(f"unsupported envelope version {envelope[0]}")
-    try:
-        message_type = MessageType(envelope[1])
-    except ValueError:
-        raise MalformedEnvelope(f"unknown envelope type {envelope[1]}") from None
+    message_type = _MESSAGE_TYPES.get(envelope[1])
+    if message_type is None:
+        raise MalformedEnvelope(f"unknown envelope type {envelope[1]}")
     offset = 2
     fields: dict[str, Any] = {}
     if message_type is MessageType.PREKEY:

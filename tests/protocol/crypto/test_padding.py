@@ -46,3 +46,29 @@ def test_plaintext_over_the_largest_bucket_is_refused():
 def test_malformed_padding_is_a_decryption_failure(padded):
     with pytest.raises(DecryptionFailed):
         unpad(padded)
+
+
+def reference_unpad(padded: bytes) -> bytes | None:
+    """The rule as SPEC §13.5 states it: strip trailing zeros, one 0x80 must remain."""
+    if len(padded) not in BUCKETS:
+        return None
+    stripped = padded.rstrip(b"\x00")
+    if not stripped or stripped[-1] != 0x80:
+        return None
+    return stripped[:-1]
+
+
+@given(
+    st.binary(max_size=600),
+    st.sampled_from([b"", b"\x80", b"\x81", b"\x00\x80", b"\x80\x80", b"\x80\x01"]),
+    st.sampled_from([256, 512, 1024]),
+)
+def test_unpad_agrees_with_the_spec_rule_on_any_bucket_sized_input(body, tail, size):
+    padded = (body + tail)[:size]
+    padded += bytes(size - len(padded))
+    expected = reference_unpad(padded)
+    if expected is None:
+        with pytest.raises(DecryptionFailed):
+            unpad(padded)
+    else:
+        assert unpad(padded) == expected

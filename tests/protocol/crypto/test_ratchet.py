@@ -50,6 +50,13 @@ def test_message_key_expansion_is_hkdf_with_its_own_info_string():
     assert dr.message_aead_key(mk) == (out[:32], out[32:])
 
 
+def test_root_kdf_is_hkdf_with_the_root_key_as_salt():
+    for i in range(5):
+        root, dh_out = bytes([i]) * 32, bytes([0x40 + i]) * 32
+        out = hkdf(dh_out, salt=root, info=b"blindrelay/v1/ratchet", length=64)
+        assert dr.kdf_rk(root, dh_out) == (out[:32], out[32:])
+
+
 def test_header_encodes_to_40_bytes_and_back():
     header = dr.Header(b"\x09" * 32, 3, 2**32 - 1)
     assert len(header.encode()) == 40

@@ -201,3 +201,14 @@ def test_any_single_byte_change_of_a_first_message_is_rejected(data):
     tampered[index] ^= data.draw(st.integers(1, 255), label="xor")
     with pytest.raises(CryptoError):
         accept(bytes(tampered))
+
+
+def test_peek_fast_path_reads_a_normal_message_like_the_general_parser():
+    header = s.dr.Header(b"\x07" * 32, 5, 9)
+    body = b"\x01\x02" + header.encode() + bytes(256 + s.dr.AEAD_TAG_LEN)
+    info = s.peek_envelope(body)
+    assert info == s.EnvelopeInfo(s.MessageType.MESSAGE, header, bytes(256 + s.dr.AEAD_TAG_LEN))
+    assert s.peek_envelope(bytearray(body)).header == header
+    for bad in (body[:41], body[:-1], b"\x01\x02", b"\x01\x03" + body[2:], b"\x02" + body[1:]):
+        with pytest.raises(MalformedEnvelope):
+            s.peek_envelope(bad)
