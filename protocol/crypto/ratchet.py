@@ -31,6 +31,7 @@ from typing import Any
 import msgpack
 
 from blindrelay.protocol.crypto import libsodium
+from blindrelay.protocol.crypto.fastinit import positional_constructor
 from blindrelay.protocol.crypto.kdf import (
     HASH_LEN,
     INFO_MESSAGE_KEYS,
@@ -106,7 +107,10 @@ class Header:
         if len(data) < offset + HEADER_LEN:
             raise MalformedEnvelope("ratchet header must be 40 bytes")
         pn, n = _HEADER_TAIL.unpack_from(data, offset + KEY_LEN)
-        return cls(bytes(data[offset : offset + KEY_LEN]), pn, n)
+        return _make_header(bytes(data[offset : offset + KEY_LEN]), pn, n)
+
+
+_make_header = positional_constructor(Header)
 
 
 def kdf_rk(root_key: bytes, dh_out: bytes) -> tuple[bytes, bytes]:
@@ -240,6 +244,9 @@ class RatchetState:
         return cls.from_list(msgpack.unpackb(data, raw=False, strict_map_key=True))
 
 
+_make_state = positional_constructor(RatchetState)
+
+
 def _key(value: Any) -> bytes:
     if not isinstance(value, bytes) or len(value) != KEY_LEN:
         raise ValueError("expected 32 bytes")
@@ -272,10 +279,12 @@ def encrypt(
         raise ValueError("no sending chain yet: the recipient must receive first")
     if state.sending_count >= _MAX_U32:
         raise TooManySkippedMessages("sending chain exhausted; start a new session")
-    header = Header(state.our_ratchet.public, state.previous_sending_count, state.sending_count)
+    header = _make_header(
+        state.our_ratchet.public, state.previous_sending_count, state.sending_count
+    )
     chain_key, message_key = kdf_ck(state.sending_chain_key)
     ciphertext = aead_encrypt(message_key, plaintext, associated_data + header.encode())
-    new_state = RatchetState(  # built directly: dataclasses.replace is the hot path's cost
+    new_state = _make_state(  # all fields, positionally: the hot path's cheapest copy
         state.root_key,
         state.our_ratchet,
         state.their_ratchet_key,
@@ -371,16 +380,5 @@ def decrypt(
             for old in list(merged)[:excess]:
                 del merged[old]
         skipped = merged
-    new_state = RatchetState(
-        root_key=root,
-        our_ratchet=our,
-        their_ratchet_key=their,
-        sending_chain_key=sending,
-        receiving_chain_key=receiving,
-        sending_count=ns,
-        receiving_count=nr + 1,
-        previous_sending_count=pn,
-        skipped=skipped,
-        retired_ratchet_keys=retired,
-    )
+    new_state = _make_state(root, our, their, sending, receiving, ns, nr + 1, pn, skipped, retired)
     return new_state, plaintext

@@ -39,6 +39,7 @@ import msgpack
 
 from blindrelay.protocol.crypto import ratchet as dr
 from blindrelay.protocol.crypto import x3dh
+from blindrelay.protocol.crypto.fastinit import positional_constructor
 from blindrelay.protocol.crypto.keys import (
     KEY_LEN,
     IdentityKeyPair,
@@ -149,6 +150,10 @@ _MESSAGE_PREFIX = bytes((ENVELOPE_VERSION, MessageType.MESSAGE))
 _MESSAGE_HEADER_END = 2 + dr.HEADER_LEN
 
 
+_make_info = positional_constructor(EnvelopeInfo)
+_make_session = positional_constructor(Session)
+
+
 def peek_envelope(envelope: bytes) -> EnvelopeInfo:
     """Parse an envelope without keys; MalformedEnvelope if it is not one.
 
@@ -160,7 +165,8 @@ def peek_envelope(envelope: bytes) -> EnvelopeInfo:
         ciphertext = envelope[_MESSAGE_HEADER_END:]
         if len(ciphertext) not in _CIPHERTEXT_SIZES:
             raise MalformedEnvelope(f"ciphertext of {len(ciphertext)} bytes is not a padded size")
-        return EnvelopeInfo(MessageType.MESSAGE, dr.Header.decode_at(envelope, 2), ciphertext)
+        header = dr.Header.decode_at(envelope, 2)
+        return _make_info(MessageType.MESSAGE, header, ciphertext, None, None, None, None)
     if len(envelope) < 2:
         raise MalformedEnvelope("envelope too short")
     if envelope[0] != ENVELOPE_VERSION:
@@ -244,7 +250,7 @@ def encrypt(session: Session, plaintext: bytes, rng: Rng) -> tuple[Session, byte
     prekey = None
     if session.pending_prekey is not None:
         prekey = (session.our_identity_key, session.base_key, session.pending_prekey)
-    new_session = Session(
+    new_session = _make_session(
         session.our_identity_key,
         session.their_identity_key,
         session.associated_data,
@@ -283,12 +289,13 @@ def decrypt(session: Session, envelope: bytes, rng: Rng) -> tuple[Session, bytes
         session.ratchet, info.header, info.ciphertext, session.associated_data, rng
     )
     plaintext = unpad(padded)
-    new_session = Session(
+    new_session = _make_session(
         session.our_identity_key,
         session.their_identity_key,
         session.associated_data,
         session.base_key,
         state,
+        None,
     )
     return new_session, plaintext
 
