@@ -206,7 +206,7 @@ def encode_envelope(
 ) -> bytes:
     """Lay out an envelope; ``prekey`` is (identity key, base key, prekey ids)."""
     if prekey is None:
-        return bytes((ENVELOPE_VERSION, MessageType.MESSAGE)) + header.encode() + ciphertext
+        return _MESSAGE_PREFIX + header.encode() + ciphertext
     identity_key, base_key, ids = prekey
     prefix = bytes((ENVELOPE_VERSION, MessageType.PREKEY)) + identity_key + base_key
     prefix += _U32.pack(ids.signed_prekey_id)
