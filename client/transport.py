@@ -11,6 +11,9 @@ Not here: frames and their meaning (``protocol.connection``, ``sdk``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextvars import ContextVar
+
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
@@ -20,6 +23,20 @@ OPEN_TIMEOUT_S = 10.0
 """Handshake deadline; an unreachable relay is retried with backoff instead."""
 
 
+WireTap = Callable[[str, bytes], None]
+"""Called with ``("out", message)`` before a send and ``("in", message)`` after a receive."""
+
+wire_tap: ContextVar[WireTap | None] = ContextVar("blindrelay_wire_tap", default=None)
+"""Observes every message of the connections opened while it is set.
+
+A connection takes the tap in force in the context that opens it, and a
+client opens its reconnections from the task it started in ``connect``, so
+setting this around ``Client.connect`` taps that client only. The demo shows
+and the canary tests scan exactly the bytes the relay received and sent; the
+SDK never sets it.
+"""
+
+
 class ConnectionLost(ConnectionError):
     """The connection to the relay could not be opened or has ended."""
 
@@ -27,8 +44,9 @@ class ConnectionLost(ConnectionError):
 class WebSocketTransport:
     """One open WebSocket to a relay, moving binary messages."""
 
-    def __init__(self, ws: ClientConnection) -> None:
+    def __init__(self, ws: ClientConnection, tap: WireTap | None = None) -> None:
         self._ws = ws
+        self._tap = tap
 
     @classmethod
     async def open(cls, url: str) -> WebSocketTransport:
@@ -45,9 +63,11 @@ class WebSocketTransport:
             )
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
             raise ConnectionLost(f"cannot connect to {url}: {exc}") from exc
-        return cls(ws)
+        return cls(ws, wire_tap.get())
 
     async def send(self, data: bytes) -> None:
+        if self._tap is not None:
+            self._tap("out", data)
         try:
             await self._ws.send(data)
         except ConnectionClosed as exc:
@@ -62,6 +82,8 @@ class WebSocketTransport:
         if not isinstance(message, bytes):
             await self.close()
             raise ConnectionLost("relay sent a text message")
+        if self._tap is not None:
+            self._tap("in", message)
         return message
 
     async def close(self) -> None:
