@@ -90,6 +90,7 @@ def _welcome(
         )
     )
     ctx.sessions.attach(session)
+    session.account = account
     session.outbox = Outbox(ctx, session)
     session.outbox.start()
 
@@ -127,6 +128,7 @@ def rotate_identity(ctx: RelayContext, session: Session, frame: RotateIdentity) 
 
     def replaced(_: None) -> None:
         log_event(logging.INFO, "identity_rotated", handle=handle)
+        session.account = Account(handle, account.kind, new_key)
         session.send(Ok(re=frame.id))
 
     ctx.complete(session, frame, ctx.writer.submit(replace), replaced)

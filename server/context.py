@@ -31,7 +31,7 @@ from blindrelay.protocol.frames import Frame
 from .config import RelayConfig
 from .logs import log_event
 from .ratelimit import Clock, TokenBuckets
-from .storage import Accounts, Writer
+from .storage import Account, Accounts, Writer
 
 if TYPE_CHECKING:
     from .delivery import Outbox
@@ -64,6 +64,10 @@ class Session:
         self.transport = transport
         self.peer = peer
         self.outbox: Outbox | None = None
+        self.account: Account | None = None
+        """The authenticated account, set at WELCOME. Its handle and kind never
+        change, so SEND reads them here instead of the database; where the
+        identity key matters, handlers read the account from the database."""
         self.ended = False
 
     @property

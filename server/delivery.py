@@ -122,10 +122,9 @@ def envelope_digest(frame: Send) -> bytes:
 
 def send(ctx: RelayContext, session: Session, frame: Send) -> None:
     """SPEC §6.1–6.3, §7.3, §8.4: check, decide and commit, then SENT; then DELIVER."""
-    handle = session.handle
-    assert handle is not None
-    sender = ctx.accounts.get(handle)
+    sender = session.account
     assert sender is not None
+    handle = sender.handle
     check_send(sender, frame, ctx.limiters)
     now = ctx.clock()
     digest = envelope_digest(frame)
@@ -145,7 +144,7 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
         )
         refuse_unless_allowed(decision)
         assert recipient is not None
-        accepted = store.queue.enqueue(
+        accepted = store.queue.add(
             frame.to, sender, frame.msg_id, frame.intent, frame.category, frame.categories,
             frame.body, digest, now, cap,
         )  # fmt: skip

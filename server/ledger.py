@@ -10,7 +10,9 @@
   is what STATEMENTS_LIST returns (SPEC §7.6).
 
 Every method runs inside a writer job, so reading a pair's state and acting
-on it is one transaction with whatever the job writes next.
+on it is one transaction with whatever the job writes next. Pair states are
+cached write-through in the writer's :class:`~.cache.WriterCache` (every SEND
+reads one), which the writer undoes with a failed job.
 
 Not here: the rules (``blindrelay.protocol.consent``), signature checks
 (``blindrelay.protocol.signed``), or who calls what (``statements``,
@@ -25,6 +27,8 @@ import sqlite_utils
 
 from blindrelay.protocol.consent import INITIAL, CategoryConsent, CategoryState, PairState
 from blindrelay.protocol.signed import ConsentStatement
+
+from .cache import WriterCache
 
 
 def _key(a: str, b: str) -> tuple[str, str]:
@@ -49,18 +53,29 @@ def families(statement: ConsentStatement) -> list[str]:
 class ConsentLedger:
     """Pair states and statements, one connection's view (the writer's)."""
 
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: sqlite_utils.Database, cache: WriterCache | None = None) -> None:
         self.db = db
+        self.cache = cache or WriterCache()
 
     def pair_state(self, a: str, b: str) -> PairState:
         """The state of the pair {a, b}; the initial state when nothing is stored.
 
         Called for every SEND and BUNDLE_FETCH, also when ``b`` does not exist
-        (SPEC §7.7: "the same work … including for an unknown account").
+        (SPEC §7.7: "the same work … including for an unknown account"): one
+        lookup, in the cache or else in the table.
         """
-        row = self.db.execute(
+        key = _key(a, b)
+        pairs = self.cache.pairs
+        state: PairState | None = pairs.get(key)
+        if state is None:
+            state = self._read(key)
+            self.cache.put(pairs, key, state)
+        return state
+
+    def _read(self, key: tuple[str, str]) -> PairState:
+        row = self.db.conn.execute(
             "SELECT consent, pending, window_until, blockers FROM pairs WHERE low = ? AND high = ?",
-            _key(a, b),
+            key,
         ).fetchone()
         if row is None:
             return INITIAL
@@ -87,6 +102,7 @@ class ConsentLedger:
             (*_key(a, b), consent, _join(state.pending), state.window_until,
              _join(state.blockers)),
         )  # fmt: skip
+        self.cache.put(self.cache.pairs, _key(a, b), state)
 
     def seen(self, signer: str, nonce: bytes) -> bool:
         """Whether ``(signer, nonce)`` was accepted before (SPEC §7.4 replay check)."""
