@@ -767,8 +767,9 @@ class Client:
             log.warning("dropped invalid statement from %s: %s", deliver.sender, exc)
             self._ack(link, deliver)
             return
+        # Outside the transaction: a changed key must stay recorded as pending.
+        self.sessions.pin_identity(deliver.sender, statement.signer_key)  # or raise
         with self.store.atomic():
-            self.sessions.pin_identity(deliver.sender, statement.signer_key)  # or raise
             self._keep_statement(deliver.sender, deliver.body)
             self.store.mark_processed(deliver.sender, deliver.msg_id)
         self._ack(link, deliver)
