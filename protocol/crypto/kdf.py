@@ -1,8 +1,10 @@
 """HKDF-SHA256 and HMAC-SHA256, the only key derivations blindrelay uses (SPEC §13.1).
 
-PyNaCl has no HMAC or HKDF, so both come from the standard library: HMAC from
-:mod:`hmac` (OpenSSL underneath), HKDF (RFC 5869) as the few lines of
-extract-then-expand over it, checked against the RFC's test cases 1–3.
+PyNaCl has no HMAC or HKDF, so both come from the standard library: HMAC is
+OpenSSL's, reached through the C object behind :func:`hmac.new` (see
+:func:`_c_hmac_new`; ``hmac.new`` itself where that is missing), HKDF (RFC 5869)
+as the few lines of extract-then-expand over it, checked against the RFC's test
+cases 1–3. Nothing here hashes by hand.
 
 This module does not own any info string's meaning; each construction passes
 its own (they are all listed in SPEC §13.1 and in :data:`INFO_STRINGS`).
