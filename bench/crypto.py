@@ -31,6 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import nacl.bindings
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from blindrelay.protocol.crypto import session as ours
@@ -141,6 +143,29 @@ def run_scenario(messages: int, ping_pong: bool, repeat: int) -> dict[str, Any]:
     }
 
 
+def x25519_floor(calls: int = 300, repeat: int = 5) -> dict[str, float]:
+    """Median µs of libsodium's X25519 calls (via nacl.bindings): what a DH step costs
+    at least. A ping-pong message does one step: DH, key generation, DH."""
+    private, public = os.urandom(32), nacl.bindings.crypto_scalarmult_base(os.urandom(32))
+
+    def per_call(fn: Callable[[], bytes]) -> float:
+        runs = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            runs.append((time.perf_counter() - start) / calls * 1e6)
+        return statistics.median(runs)
+
+    scalarmult = per_call(lambda: nacl.bindings.crypto_scalarmult(private, public))
+    base = per_call(lambda: nacl.bindings.crypto_scalarmult_base(private))
+    return {
+        "scalarmult_us": round(scalarmult, 1),
+        "scalarmult_base_us": round(base, 1),
+        "dh_step_us": round(2 * scalarmult + base, 1),
+    }
+
+
 def render(rows: list[dict[str, Any]], repeat: int) -> str:
     lines = [
         f"{'scenario':<10} {'messages':>8} {'ours msg/s':>11} {'theirs msg/s':>13} "
@@ -174,9 +199,27 @@ def main(argv: list[str] | None = None) -> int:
     repeat = max(1, min(args.repeat, 20))
     scenarios = [s for s in ("steady", "ping-pong") if args.scenario in (s, "both")]
     rows = [run_scenario(messages, name == "ping-pong", repeat) for name in scenarios]
+    floor = x25519_floor()
     print(render(rows, repeat))
+    print(
+        f"X25519 (libsodium): scalarmult {floor['scalarmult_us']} µs, scalarmult_base "
+        f"{floor['scalarmult_base_us']} µs; a DH step (2 DH + 1 key generation) "
+        f"{floor['dh_step_us']} µs"
+    )
+    for row in rows:
+        if row["scenario"] == "ping-pong":
+            ceiling = row["theirs_us_per_msg"] / floor["dh_step_us"]
+            print(
+                f"ping-pong ceiling if everything but X25519 were free: "
+                f"{row['theirs_us_per_msg']} / {floor['dh_step_us']} = {ceiling:.2f}x"
+            )
     if args.json:
-        record = {"payload_bytes": len(PAYLOAD), "repeat": repeat, "results": rows}
+        record = {
+            "payload_bytes": len(PAYLOAD),
+            "repeat": repeat,
+            "results": rows,
+            "x25519": floor,
+        }
         args.json.write_text(json.dumps(record, indent=2) + "\n")
     return 0
 
