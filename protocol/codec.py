@@ -22,7 +22,6 @@ message gives the same bytes, which is what the vectors check.
 
 from __future__ import annotations
 
-import functools
 import types
 import typing
 from collections.abc import Callable
@@ -97,9 +96,18 @@ def _to_wire(obj: Any, *, top: bool = False) -> dict[str, object]:
 _SCALAR, _RECORD, _RECORDS = "scalar", "record", "records"
 
 
-@functools.cache
 def _wire_plan(cls: type) -> tuple[tuple[str, str], ...]:
     """Per class, once: each field and whether it holds records (encoding hot path)."""
+    plan = _WIRE_PLANS.get(cls)
+    if plan is None:
+        plan = _WIRE_PLANS[cls] = _make_wire_plan(cls)
+    return plan
+
+
+_WIRE_PLANS: dict[type, tuple[tuple[str, str], ...]] = {}
+
+
+def _make_wire_plan(cls: type) -> tuple[tuple[str, str], ...]:
     hints = typing.get_type_hints(cls)
     plan = []
     for f in fields(cls):
@@ -217,9 +225,14 @@ def _build(cls: type, body: dict[str, object], where: str) -> object:
     return cls(**kwargs)
 
 
-@functools.cache
 def _spec(cls: type) -> _Spec:
-    return _Spec(cls)
+    spec = _SPECS.get(cls)
+    if spec is None:
+        spec = _SPECS[cls] = _Spec(cls)
+    return spec
+
+
+_SPECS: dict[type, _Spec] = {}
 
 
 class _Spec:
@@ -246,8 +259,8 @@ _WIRE_NAMES: dict[type, str] = {int: "an integer", bool: "a boolean", str: "a st
 
 
 def _converter(hint: object) -> Converter:
-    if hint in _WIRE_NAMES:
-        return _exact(typing.cast(type, hint))
+    if isinstance(hint, type) and hint in _WIRE_NAMES:
+        return _exact(hint)
     if isinstance(hint, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         (inner,) = args  # only `X | None` unions exist in frames

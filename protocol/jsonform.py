@@ -46,7 +46,8 @@ def from_json(obj: dict[str, JsonValue]) -> Frame:
 
 def _build(cls: type[Frame] | type[Record], data: dict[str, JsonValue]) -> object:
     hints = typing.get_type_hints(cls)
-    return cls(**{name: _value_from_json(hints[name], value) for name, value in data.items()})
+    kwargs: dict[str, Any] = {name: _value_from_json(hints[name], v) for name, v in data.items()}
+    return cls(**kwargs)
 
 
 def _value_from_json(hint: object, value: JsonValue) -> object:

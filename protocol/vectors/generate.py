@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import msgpack
@@ -158,7 +159,7 @@ def main() -> None:
         _write(HERE / "invalid" / f"{name}.json", record)
 
 
-def _write(path: Path, record: dict[str, object]) -> None:
+def _write(path: Path, record: Mapping[str, object]) -> None:
     path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
 
 
