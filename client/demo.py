@@ -596,6 +596,7 @@ async def play(screen: Screen, workdir: Path) -> None:
             screen.views(
                 [
                     (USER, f"blocks {BUSINESS} (one action, signed)"),
+                    (BUSINESS, f"notifies {USER}: {_quote(LAST_NOTIFICATION)}"),
                     (BUSINESS, f"notification to {USER} refused: RecipientUnavailable"),
                     (USER, "(receives nothing)"),
                 ],
