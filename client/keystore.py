@@ -807,12 +807,14 @@ class SqliteKeyStore(_KeyStoreBase):
         }
         with db.atomic():
             for table in _KV_TABLES:
-                db[table].create({"k": bytes, "v": bytes}, pk="k", not_null={"v"})
-            db["processed"].create({"seq": int, "k": bytes}, pk="seq", not_null={"k"})
-            db["inbox"].create({"seq": int, "k": bytes, "v": bytes}, pk="seq", not_null={"k", "v"})
+                db.table(table).create({"k": bytes, "v": bytes}, pk="k", not_null={"v"})
+            db.table("processed").create({"seq": int, "k": bytes}, pk="seq", not_null={"k"})
+            db.table("inbox").create(
+                {"seq": int, "k": bytes, "v": bytes}, pk="seq", not_null={"k", "v"}
+            )
             for table in _ORDERED_TABLES:
-                db[table].create_index(["k"], unique=True)
-            db["header"].create(
+                db.table(table).create_index(["k"], unique=True)
+            db.table("header").create(
                 {
                     "id": int,
                     "format": int,

@@ -250,7 +250,8 @@ class _Outgoing:
 
     def pack(self) -> bytes:
         fields = [self.to, self.envelope, self.intent, self.category, self.categories]
-        return msgpack.packb(fields, use_bin_type=True)
+        packed: bytes = msgpack.packb(fields, use_bin_type=True)
+        return packed
 
     @classmethod
     def unpack(cls, key: str, blob: bytes) -> _Outgoing:
@@ -318,7 +319,8 @@ class _Link:
         """The link is gone: every waiting request fails with ``exc``."""
         self.lost = True
         self._pump.cancel()
-        for future in [self.hello, *self.waiters.values()]:
+        futures: list[asyncio.Future[Any]] = [self.hello, *self.waiters.values()]
+        for future in futures:
             if not future.done():
                 future.set_exception(exc)
                 future.exception()  # retrieved: nobody may be waiting any more
@@ -599,7 +601,8 @@ class Client:
         self._link = link
         reader = asyncio.create_task(self._read(link))
         try:
-            await asyncio.wait([reader, link.hello], return_when=asyncio.FIRST_COMPLETED)
+            first: list[asyncio.Future[Any]] = [reader, link.hello]
+            await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
             if not link.hello.done():
                 await reader  # raises why the connection ended before HELLO
             self._link_ready.set()
@@ -688,7 +691,7 @@ class Client:
             self._response_received(link, frame)
 
     def _response_received(self, link: _Link, frame: frames.Frame) -> None:
-        re: int = frame.re  # type: ignore[union-attr]
+        re: int = frame.re  # type: ignore[union-attr, assignment]
         error = _error_from(frame) if isinstance(frame, frames.Error) else None
         msg_id = link.sending.pop(re, None)
         if msg_id is not None:
@@ -731,7 +734,7 @@ class Client:
             self.auto_delivered_receipts
             and not isinstance(incoming.content.body, Receipt)
             and deliver.sender_kind == frames.AccountKind.USER
-            and self.sessions.identity.account_kind == frames.AccountKind.USER
+            and self.sessions.identity.account_kind == "user"
         ):
             receipt = Receipt(ReceiptType.DELIVERED, (deliver.msg_id,))
             try:
@@ -1115,9 +1118,10 @@ class Client:
         listed: list[HeldStatement] = []
         after = 0
         while True:
-            page = await self._request(
-                lambda rid, cursor=after: frames.StatementsList(id=rid, after=cursor)
-            )
+            def page_request(rid: int, cursor: int = after) -> frames.Frame:
+                return frames.StatementsList(id=rid, after=cursor)
+
+            page = await self._request(page_request)
             if not isinstance(page, frames.Statements):
                 raise UnexpectedFrame("relay answered STATEMENTS_LIST with another frame")
             listed += [self.check_statement(signed) for signed in page.statements]

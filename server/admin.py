@@ -61,7 +61,11 @@ def register_admin(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         description="Operator commands. The operator key is kept apart from the relay.",
     )
     commands = parser.add_subparsers(title="admin commands", metavar="ADMIN_COMMAND")
-    parser.set_defaults(func=lambda _args: parser.print_help() or 2)
+    def show_help(_args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(func=show_help)
 
     keygen = commands.add_parser("keygen", help="make an operator key pair (SPEC §8.1)")
     keygen.add_argument("--out", type=Path, required=True, help="key file to create (0600)")
