@@ -101,8 +101,8 @@ class Header:
         pn, n = _HEADER_TAIL.unpack_from(data, KEY_LEN)
         return cls(bytes(data[:KEY_LEN]), pn, n)
 
-    @classmethod
-    def decode_at(cls, data: bytes, offset: int) -> Header:
+    @staticmethod
+    def decode_at(data: bytes, offset: int) -> Header:
         """:meth:`decode` of ``data[offset : offset + 40]`` without the slice."""
         if len(data) < offset + HEADER_LEN:
             raise MalformedEnvelope("ratchet header must be 40 bytes")
