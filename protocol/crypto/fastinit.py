@@ -9,8 +9,8 @@ steady-chain message went to field stores alone.
 
 :func:`positional_constructor` returns a function that builds the same object,
 with the same class, the same frozen guarantee and equal fields, by calling each
-slot's descriptor directly. Like ``dataclasses`` builds ``__init__``, it is
-generated source (field names only, from the class itself). It runs no
+slot's descriptor directly (no generated source: a loop over the descriptors'
+setters, fixed when the constructor is made). It runs no
 ``__post_init__`` and applies no defaults: callers pass every field, in order, and
 only where the values are already known to be valid. Tests compare it with the
 real constructor for every class that uses it.
@@ -19,7 +19,6 @@ real constructor for every class that uses it.
 from __future__ import annotations
 
 import dataclasses
-import keyword
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -33,16 +32,18 @@ def positional_constructor(cls: type[T]) -> Callable[..., T]:
         raise TypeError(f"{cls.__name__} is not a slots dataclass")
     if hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__name__} has __post_init__; use its constructor")
-    names = [field.name for field in dataclasses.fields(cls)]
-    if not all(name.isidentifier() and not keyword.iskeyword(name) for name in names):
-        raise TypeError(f"{cls.__name__} has a field name that is not an identifier")
-    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
-    lines = [f"def make({', '.join(names)}):", "    obj = _new(_cls)"]
-    for name in names:
-        namespace[f"_set_{name}"] = cls.__dict__[name].__set__
-        lines.append(f"    _set_{name}(obj, {name})")
-    lines.append("    return obj")
-    exec("\n".join(lines), namespace)  # noqa: S102 - source made of the class's own field names
-    make: Callable[..., T] = namespace["make"]
+    setters = tuple(cls.__dict__[field.name].__set__ for field in dataclasses.fields(cls))
+    new = object.__new__
+
+    count = len(setters)
+
+    def make(*values: Any) -> T:
+        if len(values) != count:
+            raise TypeError(f"{cls.__name__} takes {count} fields, got {len(values)}")
+        obj: T = new(cls)
+        for store, value in zip(setters, values, strict=True):
+            store(obj, value)
+        return obj
+
     make.__qualname__ = f"positional_constructor({cls.__name__})"
     return make
