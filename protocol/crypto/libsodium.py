@@ -19,6 +19,8 @@ Not owned here: error naming (callers map failures to protocol errors).
 
 from __future__ import annotations
 
+from typing import Any
+
 from nacl._sodium import ffi, lib  # type: ignore[import-not-found]
 
 KEY_BYTES = 32
@@ -56,7 +58,7 @@ def xchacha20poly1305_encrypt(key: bytes, nonce: bytes, plaintext: bytes, ad: by
     length = len(plaintext)
     out = _new("unsigned char[]", length + TAG_BYTES)
     _encrypt(out, _NULL, plaintext, length, ad, len(ad), _NULL, nonce, key)
-    return _buffer(out)[:]
+    return _copy_out(out)
 
 
 def xchacha20poly1305_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, ad: bytes) -> bytes:
@@ -69,7 +71,7 @@ def xchacha20poly1305_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, ad: b
     out = _new("unsigned char[]", length - TAG_BYTES)
     if _decrypt(out, _NULL, _NULL, ciphertext, length, ad, len(ad), nonce, key) != 0:
         raise SodiumError("message authentication failed")
-    return _buffer(out)[:]
+    return _copy_out(out)
 
 
 def scalarmult(private: bytes, public: bytes) -> bytes:
@@ -80,7 +82,7 @@ def scalarmult(private: bytes, public: bytes) -> bytes:
     out = _new("unsigned char[]", X25519_BYTES)
     if _scalarmult(out, private, public) != 0:
         raise SodiumError("low-order X25519 public key")
-    return _buffer(out)[:]
+    return _copy_out(out)
 
 
 def scalarmult_base(private: bytes) -> bytes:
@@ -89,4 +91,10 @@ def scalarmult_base(private: bytes) -> bytes:
     out = _new("unsigned char[]", X25519_BYTES)
     if _scalarmult_base(out, private) != 0:  # pragma: no cover - only for a zero result
         raise SodiumError("X25519 base multiplication failed")
-    return _buffer(out)[:]
+    return _copy_out(out)
+
+
+def _copy_out(out: Any) -> bytes:
+    """The cffi buffer as bytes (one copy, as PyNaCl makes)."""
+    data: bytes = _buffer(out)[:]
+    return data

@@ -237,7 +237,8 @@ class RatchetState:
             raise ValueError(f"malformed ratchet state: {exc}") from exc
 
     def to_bytes(self) -> bytes:
-        return msgpack.packb(self.to_list(), use_bin_type=True)
+        packed: bytes = msgpack.packb(self.to_list(), use_bin_type=True)
+        return packed
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RatchetState:

@@ -108,7 +108,7 @@ class Session:
         pending: list[Any] | None = None
         if self.pending_prekey is not None:
             pending = [self.pending_prekey.signed_prekey_id, self.pending_prekey.one_time_prekey_id]
-        return msgpack.packb(
+        packed: bytes = msgpack.packb(
             [
                 _SESSION_VERSION,
                 self.our_identity_key,
@@ -120,6 +120,7 @@ class Session:
             ],
             use_bin_type=True,
         )
+        return packed
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Session:
