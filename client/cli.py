@@ -10,6 +10,8 @@ Not here: what the commands do (``demo``, ``chat``).
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -36,3 +38,51 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run
 
     return run(step=args.step)
+
+
+def register_chat(subparsers: SubParsers) -> None:
+    """``blindrelay chat``: an interactive end-to-end encrypted client."""
+    parser = subparsers.add_parser(
+        "chat",
+        help="an interactive terminal client",
+        description=(
+            "Chat through any relay. The profile file holds your keys, sealed with a "
+            "passphrase; the first run registers --handle, later runs log in. "
+            "Type /help once connected."
+        ),
+    )
+    parser.add_argument("--relay", required=True, help="relay URL, ws://HOST:PORT")
+    parser.add_argument("--profile", type=Path, required=True, help="profile file (created)")
+    parser.add_argument("--handle", help="handle to register (first run only)")
+    parser.add_argument("--business", action="store_true", help="register a business account")
+    parser.add_argument(
+        "--passphrase-env", metavar="VAR", help="read the passphrase from $VAR (for scripts)"
+    )
+    parser.add_argument(
+        "--operator-key",
+        default=os.environ.get("BLINDRELAY_OPERATOR_KEY"),
+        metavar="HEX",
+        help="the operator's badge key (blindrelay admin keygen prints it); without it "
+        "no business shows as verified (default: $BLINDRELAY_OPERATOR_KEY)",
+    )
+    parser.set_defaults(func=_chat)
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from .chat import Options, read_passphrase, run
+
+    try:
+        operator_key = bytes.fromhex(args.operator_key) if args.operator_key else None
+    except ValueError:
+        print("blindrelay chat: --operator-key must be hex")
+        return 2
+    return run(
+        Options(
+            relay=args.relay,
+            profile=args.profile,
+            handle=args.handle,
+            kind="business" if args.business else "user",
+            passphrase=read_passphrase(args.passphrase_env),
+            operator_key=operator_key,
+        )
+    )

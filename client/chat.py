@@ -1,0 +1,375 @@
+"""``blindrelay chat``: a line-based terminal client a person can use against any relay.
+
+One profile file holds the account (keystore sealed with a passphrase, asked
+with getpass or read from ``--passphrase-env``). The first run registers the
+handle; later runs log in. Incoming messages are printed as they arrive while
+the person types; commands start with ``/`` (``/help`` lists them).
+
+Trust is shown, never assumed (SPEC §3.3, §13.9): a contact's first key is
+pinned, ``/safety`` prints the number to compare and ``/verify`` records the
+comparison; a changed key is announced in capitals and ``/msg`` refuses to
+send until ``/approve``. Businesses show their badge only when it verifies
+against the operator key given with ``--operator-key`` (SPEC §8.1).
+
+Not here: the protocol and key custody (``sdk``, ``sessions``, ``keystore``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import json
+import os
+import shlex
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from blindrelay.protocol import limits
+from blindrelay.protocol.errors import BlindrelayError, UntrustedIdentity
+
+from .keystore import KeyStoreError
+from .sdk import BusinessInfo, Client, ConnectionLost, Message
+
+_CONTACTS_KEY = "chat/contacts"
+"""JSON object handle → kind ("user", "business" or "" when not known yet)."""
+_REQUESTS_KEY = "chat/requests"
+"""JSON object business → categories it asked for and we have not answered."""
+
+HELP = """\
+commands:
+  /msg HANDLE TEXT          send an end-to-end encrypted message
+  /contacts                 contacts, their trust state and businesses' badges
+  /safety HANDLE            the safety number to compare with HANDLE
+  /verify HANDLE            mark HANDLE verified (after comparing safety numbers)
+  /approve HANDLE           accept HANDLE's new identity key (after comparing)
+  /requests                 consent requests from businesses awaiting an answer
+  /grant BUSINESS CATS      consent to notifications (CATS: utility,marketing)
+  /deny BUSINESS [CATS]     refuse a consent request
+  /revoke BUSINESS CATS     withdraw consent
+  /block HANDLE             nothing of HANDLE's reaches you any more
+  /unblock HANDLE           lift a block
+  /help, /quit"""
+
+
+class Usage(Exception):
+    """A command typed wrongly: its one-line explanation is shown."""
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    relay: str
+    profile: Path
+    handle: str | None
+    kind: str
+    passphrase: str
+    operator_key: bytes | None
+
+
+class Chat:
+    """One person's session: commands in, messages and warnings out."""
+
+    def __init__(self, client: Client, out: IO[str]) -> None:
+        self.client = client
+        self.out = out
+        self._badges: dict[str, BusinessInfo] = {}
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def warn_identity_change(self, handle: str) -> None:
+        """SPEC §3.3: surfaced before anything more is sent to ``handle``."""
+        self.say(
+            f"!!! WARNING: {handle.upper()}'S IDENTITY KEY CHANGED. This can mean a new "
+            f"device or an attack. Compare /safety {handle} with them, then /approve {handle}. "
+            f"Until then nothing is sent to {handle} and their new messages wait."
+        )
+
+    # --- Stored lists --------------------------------------------------------------
+
+    def _load(self, key: str) -> dict[str, object]:
+        blob = self.client.store.get_state(key)
+        loaded = json.loads(blob) if blob else {}
+        return loaded if isinstance(loaded, dict) else {}
+
+    def _save(self, key: str, value: dict[str, object]) -> None:
+        self.client.store.set_state(key, json.dumps(value, sort_keys=True).encode())
+
+    def remember(self, handle: str, kind: str = "") -> None:
+        contacts = self._load(_CONTACTS_KEY)
+        if handle not in contacts or (kind and contacts[handle] != kind):
+            contacts[handle] = kind or contacts.get(handle, "")
+            self._save(_CONTACTS_KEY, contacts)
+
+    # --- Incoming ---------------------------------------------------------------------
+
+    async def receive(self) -> None:
+        async for message in self.client.messages():
+            self.remember(message.sender, message.sender_kind)
+            await self.show(message)
+
+    async def show(self, message: Message) -> None:
+        sender = message.sender
+        if message.receipt is not None:
+            self.say(f"  ({sender}: {message.receipt.type} {len(message.receipt.refs)} message(s))")
+            return
+        name = sender
+        if message.from_business:
+            name = f"{sender} {await self.badge(sender)}"
+        if message.is_consent_request:
+            categories = list(message.categories or ())
+            requests = self._load(_REQUESTS_KEY)
+            requests[sender] = categories
+            self._save(_REQUESTS_KEY, requests)
+            self.say(f"[consent request] {name} asks for {','.join(categories)}: {message.body}")
+            self.say("  a business is not a private person: it keeps what you send it")
+            self.say(f"  answer with /grant {sender} {','.join(categories)} or /deny {sender}")
+            return
+        prefix = f"[{message.category}] " if message.category else ""
+        self.say(f"{prefix}{name}: {message.body}")
+        if message.identity == "new":
+            self.say(f"  (first message from {sender}; compare /safety {sender} to verify)")
+
+    async def badge(self, handle: str) -> str:
+        info = self._badges.get(handle)
+        if info is None:
+            try:
+                info = self._badges[handle] = await self.client.business_info(handle)
+            except BlindrelayError as exc:
+                return f"[business, profile unreadable: {type(exc).__name__}]"
+        if info.verified:
+            name = info.profile.display_name if info.profile is not None else handle
+            return f"[✔ verified: {name}]"
+        if info.key_changed:
+            return "[business, KEY CHANGED: not verified]"
+        return f"[business, not verified: {info.badge.status}]"
+
+    # --- Commands -----------------------------------------------------------------------
+
+    async def command(self, line: str) -> bool:
+        """Run one input line; False once the person quits."""
+        line = line.strip()
+        if not line:
+            return True
+        if not line.startswith("/"):
+            self.say("type /msg HANDLE TEXT to send, /help for commands")
+            return True
+        name, _, rest = line[1:].partition(" ")
+        if name in ("quit", "exit"):
+            return False
+        handler = self._commands().get(name)
+        if handler is None:
+            self.say(f"unknown command /{name}; /help lists them")
+            return True
+        try:
+            await handler(rest.strip())
+        except Usage as exc:
+            self.say(f"usage: {exc}")
+        except UntrustedIdentity as exc:
+            self.warn_identity_change(str(exc.args[0]) if exc.args else rest.split()[0])
+        except (BlindrelayError, KeyError) as exc:
+            self.say(f"refused: {type(exc).__name__} {exc}".rstrip())
+        return True
+
+    def _commands(self) -> dict[str, Callable[[str], Awaitable[None]]]:
+        return {
+            "help": self.help, "msg": self.msg, "contacts": self.contacts,
+            "safety": self.safety, "verify": self.verify, "approve": self.approve,
+            "requests": self.requests, "grant": self.grant, "deny": self.deny,
+            "revoke": self.revoke, "block": self.block, "unblock": self.unblock,
+        }  # fmt: skip
+
+    async def help(self, _rest: str) -> None:
+        self.say(HELP)
+
+    async def msg(self, rest: str) -> None:
+        handle, _, text = rest.partition(" ")
+        if not handle or not text:
+            raise Usage("/msg HANDLE TEXT")
+        if self.client.identity_change_pending(handle):
+            self.warn_identity_change(handle)
+            return
+        await self.client.send(handle, text)
+        self.remember(handle)
+        self.say(f"-> {handle}: sent")
+
+    async def contacts(self, _rest: str) -> None:
+        contacts = self._load(_CONTACTS_KEY)
+        if not contacts:
+            self.say("no contacts yet")
+        for handle, kind in sorted(contacts.items()):
+            state = self.client.sessions.identity_state(handle)
+            trust = "not yet met" if state is None else str(state)
+            if self.client.identity_change_pending(handle):
+                trust = "KEY CHANGED, /approve after comparing"
+            badge = f" {await self.badge(handle)}" if kind == "business" else ""
+            self.say(f"  {handle} ({kind or '?'}) {trust}{badge}")
+
+    async def safety(self, rest: str) -> None:
+        handle = _one_handle(rest, "/safety HANDLE")
+        digits = self.client.safety_number(handle)
+        groups = " ".join(digits[i : i + 5] for i in range(0, len(digits), 5))
+        self.say(f"safety number with {handle}: {groups}")
+
+    async def verify(self, rest: str) -> None:
+        handle = _one_handle(rest, "/verify HANDLE")
+        if self.client.identity_change_pending(handle):
+            self.say(f"{handle}'s key changed: compare /safety {handle}, then /approve {handle}")
+            return
+        self.client.approve_identity(handle, verified=True)
+        self.say(f"{handle} marked verified")
+
+    async def approve(self, rest: str) -> None:
+        handle = _one_handle(rest, "/approve HANDLE")
+        if not self.client.identity_change_pending(handle):
+            self.say(f"no key change pending for {handle}")
+            return
+        self.client.approve_identity(handle)
+        self._badges.pop(handle, None)
+        self.say(f"accepted {handle}'s new key; messages to {handle} allowed again")
+
+    async def requests(self, _rest: str) -> None:
+        requests = self._load(_REQUESTS_KEY)
+        if not requests:
+            self.say("no consent requests waiting")
+        for business, categories in sorted(requests.items()):
+            cats = ",".join(categories) if isinstance(categories, list) else "?"
+            self.say(f"  {business} {await self.badge(business)} asks for {cats}")
+
+    def _answered(self, business: str) -> None:
+        requests = self._load(_REQUESTS_KEY)
+        if requests.pop(business, None) is not None:
+            self._save(_REQUESTS_KEY, requests)
+
+    def _business_and_categories(
+        self, rest: str, usage: str, *, default: bool
+    ) -> tuple[str, list[str]]:
+        words = rest.replace(",", " ").split()
+        if not words:
+            raise Usage(usage)
+        business, categories = words[0], words[1:]
+        if not categories and default:
+            asked = self._load(_REQUESTS_KEY).get(business)
+            categories = list(asked) if isinstance(asked, list) else []
+        unknown = [c for c in categories if c not in limits.CATEGORIES]
+        if not categories or unknown:
+            raise Usage(f"{usage} (categories: {', '.join(limits.CATEGORIES)})")
+        return business, categories
+
+    async def grant(self, rest: str) -> None:
+        business, categories = self._business_and_categories(
+            rest, "/grant BUSINESS CATS", default=True
+        )
+        await self.client.grant(business, categories)
+        self._answered(business)
+        self.remember(business, "business")
+        self.say(f"granted {business}: {','.join(categories)}")
+
+    async def deny(self, rest: str) -> None:
+        business, categories = self._business_and_categories(
+            rest, "/deny BUSINESS [CATS]", default=True
+        )
+        await self.client.deny(business, categories)
+        self._answered(business)
+        self.say(f"denied {business}: {','.join(categories)}")
+
+    async def revoke(self, rest: str) -> None:
+        business, categories = self._business_and_categories(
+            rest, "/revoke BUSINESS CATS", default=False
+        )
+        await self.client.revoke(business, categories)
+        self.say(f"revoked {business}: {','.join(categories)}")
+
+    async def block(self, rest: str) -> None:
+        handle = _one_handle(rest, "/block HANDLE")
+        await self.client.block(handle)
+        self._answered(handle)
+        self.say(f"blocked {handle}: nothing of theirs reaches you")
+
+    async def unblock(self, rest: str) -> None:
+        handle = _one_handle(rest, "/unblock HANDLE")
+        await self.client.unblock(handle)
+        self.say(f"unblocked {handle}")
+
+
+def _one_handle(rest: str, usage: str) -> str:
+    words = shlex.split(rest)
+    if len(words) != 1:
+        raise Usage(usage)
+    return words[0]
+
+
+async def _stdin_lines() -> asyncio.StreamReader:
+    """stdin as a stream, so reading a line never blocks incoming messages."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+async def session(options: Options, out: IO[str]) -> int:
+    """Open the profile, connect, register or log in, then read commands until /quit."""
+    chat: Chat | None = None
+
+    def changed(handle: str) -> None:
+        if chat is not None:
+            chat.warn_identity_change(handle)
+
+    try:
+        client = Client.open(
+            options.profile, options.passphrase,
+            operator_key=options.operator_key, on_identity_change=changed,
+        )  # fmt: skip
+    except KeyStoreError as exc:
+        print(f"blindrelay chat: {options.profile}: {exc}", file=out, flush=True)
+        return 1
+    chat = Chat(client, out)
+    receiver: asyncio.Task[None] | None = None
+    try:
+        await client.connect(options.relay)
+        if client.handle is None:
+            if options.handle is None:
+                chat.say("a new profile needs --handle to register")
+                return 2
+            await client.register(options.handle, options.kind)  # type: ignore[arg-type]
+            chat.say(f"registered {options.handle} on {options.relay}")
+        else:
+            await client.login()
+            chat.say(f"logged in as {client.handle} on {options.relay}")
+        chat.say("/help lists the commands")
+        receiver = asyncio.create_task(chat.receive())
+        lines = await _stdin_lines()
+        while True:
+            raw = await lines.readline()
+            if not raw:
+                break
+            if not await chat.command(raw.decode(errors="replace")):
+                break
+        return 0
+    except (ConnectionLost, BlindrelayError) as exc:
+        chat.say(f"blindrelay chat: {type(exc).__name__} {exc}".rstrip())
+        return 1
+    finally:
+        if receiver is not None:
+            receiver.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await receiver
+        await client.close()
+
+
+def read_passphrase(env: str | None) -> str:
+    if env is not None:
+        value = os.environ.get(env)
+        if value is None:
+            raise SystemExit(f"blindrelay chat: ${env} is not set")
+        return value
+    return getpass.getpass("profile passphrase: ")
+
+
+def run(options: Options) -> int:
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(session(options, sys.stdout))
+    return 130
