@@ -7,6 +7,9 @@ the expected line appears (with a timeout) — no sleeps.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import os
 import re
 import select
@@ -18,6 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from blindrelay.client.business import Business
+from blindrelay.client.sdk import Client
+from blindrelay.protocol.signed import ConsentStatement
+from blindrelay.server.cli import main as relay_cli
 
 TIMEOUT_S = 15.0
 PASSPHRASE_ENV = "CHAT_TEST_PASSPHRASE"
@@ -166,3 +174,64 @@ def test_a_profile_logs_in_again_and_refuses_a_wrong_passphrase(
     )  # fmt: skip
     wrong.expect("wrong passphrase")
     assert wrong.close() == 1
+
+
+@pytest.mark.slow
+def test_a_consent_request_is_shown_with_the_badge_and_granted_then_blocked(
+    relay_url: str, tmp_path: Path
+) -> None:
+    """A verified business (SDK) asks a chat user; the person answers with /grant, /block."""
+    key_file = tmp_path / "operator.key"
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert relay_cli(["admin", "keygen", "--out", str(key_file)]) == 0
+    operator_key = out.getvalue().strip()
+    env = {**os.environ, PASSPHRASE_ENV: "dave's passphrase", "BLINDRELAY_OPERATOR_KEY": operator_key}
+    dave = Terminal(
+        [sys.executable, "-m", "blindrelay.server.cli", "chat", "--relay", relay_url,
+         "--profile", str(tmp_path / "dave.profile"), "--handle", "dave",
+         "--passphrase-env", PASSPHRASE_ENV],
+        env,
+    )  # fmt: skip
+
+    async def business_side() -> None:
+        loop = asyncio.get_running_loop()
+
+        async def expect(pattern: str) -> re.Match[str]:
+            return await loop.run_in_executor(None, dave.expect, pattern)
+
+        statements: asyncio.Queue[ConsentStatement] = asyncio.Queue()
+        client = Client.open(None)
+        airline = Business(client, on_consent_change=statements.put)
+        await client.connect(relay_url)
+        await client.register("airline", "business")
+        await airline.publish_profile(display_name="Example Air", timezone="UTC", hours=[])
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert relay_cli(["admin", "verify-business", "airline", "--name", "Example Air",
+                              "--operator-key", str(key_file),
+                              "--db", str(tmp_path / "relay.db")]) == 0  # fmt: skip
+        await expect("registered dave")
+        try:
+            await airline.request_consent("dave", ["utility"], "Gate changes for your flights?")
+            await expect(r"\[consent request\] airline \[✔ verified: Example Air\] asks for "
+                         r"utility: Gate changes for your flights\?")  # fmt: skip
+            dave.type("/requests")
+            await expect(r"  airline \[✔ verified: Example Air\] asks for utility")
+            dave.type("/grant airline")
+            await expect("granted airline: utility")
+            assert (await asyncio.wait_for(statements.get(), TIMEOUT_S)).action == "grant"
+            await airline.notify("utility", "Gate B7", to=["dave"])
+            await expect(r"\[utility\] airline \[✔ verified: Example Air\]: Gate B7")
+            dave.type("/block airline")
+            await expect("blocked airline")
+            refused = await airline.notify("utility", "Gate B9", to=["dave"])
+            assert refused.refused == ["dave"], refused
+            dave.type("/contacts")
+            await expect(r"  airline \(business\) trusted \[✔ verified: Example Air\]")
+        finally:
+            await airline.close()
+
+    try:
+        asyncio.run(business_side())
+    finally:
+        assert dave.close() == 0
+    assert "Gate B9" not in dave.seen
