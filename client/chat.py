@@ -119,17 +119,20 @@ class Chat:
         name = sender
         if message.from_business:
             name = f"{sender} {await self.badge(sender)}"
+        body = message.body
+        if not isinstance(body, str):
+            body = f"<{len(body or b'')} bytes>"
         if message.is_consent_request:
             categories = list(message.categories or ())
             requests = self._load(_REQUESTS_KEY)
             requests[sender] = categories
             self._save(_REQUESTS_KEY, requests)
-            self.say(f"[consent request] {name} asks for {','.join(categories)}: {message.body}")
+            self.say(f"[consent request] {name} asks for {','.join(categories)}: {body}")
             self.say("  a business is not a private person: it keeps what you send it")
             self.say(f"  answer with /grant {sender} {','.join(categories)} or /deny {sender}")
             return
         prefix = f"[{message.category}] " if message.category else ""
-        self.say(f"{prefix}{name}: {message.body}")
+        self.say(f"{prefix}{name}: {body}")
         if message.identity == "new":
             self.say(f"  (first message from {sender}; compare /safety {sender} to verify)")
 
