@@ -175,7 +175,13 @@ class Screen:
 
 
 async def _line_from_stdin() -> str:
-    """One line of input without blocking the event loop (the clients keep running)."""
+    """One line of input without blocking the event loop (the clients keep running).
+
+    Input that is not a terminal (a file, /dev/null) is read at once: epoll
+    cannot wait on regular files, and they never block.
+    """
+    if not sys.stdin.isatty():
+        return sys.stdin.readline()
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
     fd = sys.stdin.fileno()
