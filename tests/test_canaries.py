@@ -43,7 +43,6 @@ from blindrelay.client.keystore import (
 )
 from blindrelay.client.sdk import Client, Message
 from blindrelay.client.transport import wire_tap
-from blindrelay.protocol.business import OpeningHours
 from blindrelay.protocol.content import Content, Receipt, ReceiptType, encode_content
 from blindrelay.protocol.crypto.session import Session
 from blindrelay.server.cli import main as relay_cli
@@ -168,7 +167,7 @@ async def play(url: str, db: Path, operator_key: bytes, wire: Wire, story: Scena
                        on_message=airline_messages.put)  # fmt: skip
     # No opening hours: the desk is always closed, so every customer chat gets the away reply.
     await within(airline.publish_profile(display_name="Canary Air", timezone="Europe/Berlin",
-                                         hours=[OpeningHours(0, 0, 1)]))  # fmt: skip
+                                         hours=[]))  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()):
         assert relay_cli(["admin", "verify-business", "airline", "--name", "Canary Air",
                           "--operator-key", str(db.parent / "operator.key"),
