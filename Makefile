@@ -21,6 +21,7 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	PYTHON=$(BIN)/python .ci/typecheck
 	$(BIN)/pytest
 
 bench: $(STAMP)
