@@ -156,6 +156,23 @@ def _request_id_of(cls: type[Frame], body: dict[str, object]) -> int | None:
 
 
 def _unpack(data: bytes) -> object:
+    return strict_unpack(data)
+
+
+def strict_unpack(
+    data: bytes,
+    *,
+    max_len: int = limits.MAX_FRAME_BYTES,
+    max_array_len: int = limits.MAX_FRAME_BYTES,
+    max_map_len: int = MAX_MAP_KEYS,
+) -> object:
+    """One msgpack object under the rules of SPEC §2.3, before any schema.
+
+    Exactly one object, no trailing bytes, str keys only, no duplicate keys, no
+    extension types, valid UTF-8, nesting within the limit. Shared by every
+    strict decoder (frames, signed objects, end-to-end content) so the rules
+    live once. Raises :class:`MalformedFrame`.
+    """
     try:
         obj = msgpack.unpackb(
             data,
@@ -165,11 +182,11 @@ def _unpack(data: bytes) -> object:
             object_pairs_hook=_map_without_duplicates,
             ext_hook=_refuse_ext,
             timestamp=0,
-            max_str_len=limits.MAX_FRAME_BYTES,
-            max_bin_len=limits.MAX_FRAME_BYTES,
-            max_array_len=limits.MAX_FRAME_BYTES,
-            max_map_len=MAX_MAP_KEYS,
-            max_ext_len=limits.MAX_FRAME_BYTES,
+            max_str_len=max_len,
+            max_bin_len=max_len,
+            max_array_len=max_array_len,
+            max_map_len=max_map_len,
+            max_ext_len=max_len,
         )
     except ProtocolError:
         raise

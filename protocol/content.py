@@ -34,8 +34,9 @@ from typing import Any
 import msgpack
 
 from . import limits
+from .codec import strict_unpack
 from .crypto.padding import MAX_PLAINTEXT_BYTES
-from .errors import CryptoError
+from .errors import CryptoError, ProtocolError
 
 CONTENT_VERSION = 1
 """Bumped for any change an existing client would mis-read (SPEC §12.4)."""
@@ -193,34 +194,11 @@ def decode_content(data: bytes) -> Content:
 
 def _unpack(data: bytes) -> object:
     try:
-        return msgpack.unpackb(
+        return strict_unpack(
             data,
-            raw=False,
-            use_list=False,
-            strict_map_key=True,
-            object_pairs_hook=_map_without_duplicates,
-            ext_hook=_refuse_ext,
-            timestamp=0,
-            max_str_len=MAX_CONTENT_BYTES,
-            max_bin_len=MAX_CONTENT_BYTES,
+            max_len=MAX_CONTENT_BYTES,
             max_array_len=MAX_RECEIPT_REFS,
             max_map_len=_MAX_MAP_KEYS,
-            max_ext_len=0,
         )
-    except MalformedContent:
-        raise
-    except msgpack.ExtraData:
-        raise MalformedContent("trailing bytes after the content") from None
-    except Exception as exc:  # any msgpack or UTF-8 failure
-        raise MalformedContent(f"not a msgpack object: {type(exc).__name__}") from None
-
-
-def _map_without_duplicates(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise MalformedContent("map: duplicate key")
-    return result
-
-
-def _refuse_ext(code: int, data: bytes) -> object:
-    raise MalformedContent(f"extension type {code} is not allowed")
+    except ProtocolError as exc:  # the codec's frame error, renamed for the E2E layer
+        raise MalformedContent(exc.detail) from None
