@@ -274,6 +274,59 @@ def test_away_reply_once_per_closed_period_across_midnight(tmp_path: Path, zone:
     run(scenario())
 
 
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("2027-01-11T17:59", "2027-01-11T18:30"),  # written while open, read after closing
+        ("2027-01-11T22:00", "2027-01-12T09:30"),  # written at night, read after opening
+    ],
+)
+def test_away_reply_follows_when_the_customer_wrote(tmp_path: Path, written: str, read: str) -> None:
+    """SPEC §8.2 / issue 6: the away reply answers a customer who *writes* outside the
+    hours (the relay's ``sent_at``), and only while that closed period lasts — not a
+    message written during opening hours that the business reads later, and not a
+    night message read after opening."""
+
+    async def scenario() -> None:
+        zone = "Europe/Berlin"
+        clock = FakeClock(local_ms(zone, written))
+        async with relay_at(tmp_path, clock) as relay:
+            shop = await business_online(relay.url, "shop", clock=clock, away_message="Closed.")
+            await within(
+                shop.publish_profile(
+                    display_name="Corner Shop",
+                    timezone=zone,
+                    hours=[OpeningHours(day, 9 * 60, 18 * 60) for day in range(5)],
+                )
+            )
+            store = shop.client.store
+            await shop.client.close()  # the shop's device is off for a while
+            alice = await online(relay.url, "alice")
+            inbox = Inbox(alice)
+            await within(alice.send("shop", "hello"))
+
+            clock.now = local_ms(zone, read)
+            client = Client(store, backoff=FAST, jitter=lambda: 0.5, clock=clock)
+            await within(client.connect(relay.url))
+            await within(client.login())
+            shop = Business(client, away_message="Closed.")
+            assert shop.profile is not None  # kept in the keystore across the restart
+            incoming: asyncio.Queue[Message] = asyncio.Queue()
+            shop.on_message = incoming.put
+            shop.start()
+            message = await within(incoming.get())
+            assert message.body == "hello"
+            assert message.sent_at == local_ms(zone, written)
+            await within(shop.reply("alice", "good morning"))
+            body = (await inbox.next()).body
+            assert body == "good morning"  # no away reply came first
+            await inbox.close()
+            await alice.close()
+            await shop.close()
+
+    run(scenario())
+
+
 # --- viewing a business (SPEC §8.1–8.2) ---------------------------------------------
 
 
