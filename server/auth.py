@@ -12,21 +12,17 @@ Not here: prekeys (``directory``), messages (``delivery``).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from blindrelay.protocol import limits
 from blindrelay.protocol.connection import rotate_transcript, verify_ed25519
-from blindrelay.protocol.errors import (
-    HandleTaken,
-    InvalidStatement,
-    MalformedFrame,
-    StaleStatement,
-)
+from blindrelay.protocol.errors import InvalidStatement, MalformedFrame, StaleStatement
 from blindrelay.protocol.frames import Login, Ok, Register, RotateIdentity, Welcome
 
 from .context import RelayContext, Session
 from .delivery import Outbox
 from .logs import log_event
-from .storage import Account, Store
+from .storage import Account
 
 
 def register(ctx: RelayContext, session: Session, frame: Register) -> None:
@@ -35,16 +31,15 @@ def register(ctx: RelayContext, session: Session, frame: Register) -> None:
     session.conn.verify_registration(frame, now)
     account = Account(frame.handle, frame.kind, frame.identity_key)
 
-    def create(store: Store) -> None:
-        # "Handles are unique: a REGISTER for an existing handle MUST be refused."
-        if not store.accounts.create(account, now):
-            raise HandleTaken()
-
     def created(_: None) -> None:
         log_event(logging.INFO, "registered", handle=account.handle, kind=account.kind)
         _welcome(ctx, session, frame.id, account, queued=0, one_time=0, has_signed=False)
 
-    ctx.complete(session, frame, ctx.writer.submit(create), created)
+    # "Handles are unique": refused with HandleTaken in :func:`.jobs.create_account`.
+    ctx.run_job(
+        session, frame, "create_account",
+        (account.handle, account.kind, account.identity_key, now), created,
+    )  # fmt: skip
 
 
 def login(ctx: RelayContext, session: Session, frame: Login) -> None:
@@ -55,17 +50,13 @@ def login(ctx: RelayContext, session: Session, frame: Login) -> None:
     assert account is not None  # verify_login refuses unknown handles
     not_before = now - ctx.config.queue_ttl_ms
 
-    def counts(store: Store) -> tuple[int, int, bool]:
-        one_time, has_signed = store.prekeys.counts(account.handle)
-        return store.queue.count(account.handle, not_before), one_time, has_signed
-
-    def counted(result: tuple[int, int, bool]) -> None:
+    def counted(result: list[Any]) -> None:
         queued, one_time, has_signed = result
         log_event(logging.INFO, "logged_in", handle=account.handle, queued=queued)
         _welcome(ctx, session, frame.id, account, queued, one_time, has_signed)
 
     # Through the writer, so the counts include every earlier frame's writes.
-    ctx.complete(session, frame, ctx.writer.submit(counts), counted)
+    ctx.run_job(session, frame, "login_counts", (account.handle, not_before), counted)
 
 
 def _welcome(
@@ -119,16 +110,10 @@ def rotate_identity(ctx: RelayContext, session: Session, frame: RotateIdentity) 
     ):
         raise InvalidStatement()
 
-    def replace(store: Store) -> None:
-        # Compare-and-swap: a concurrent rotation makes this proof stale.
-        if not store.accounts.replace_identity_key(handle, old_key, new_key):
-            raise StaleStatement()
-        # The prekeys were signed by the old key; a bundle must never mix keys.
-        store.prekeys.delete_all(handle)
-
     def replaced(_: None) -> None:
         log_event(logging.INFO, "identity_rotated", handle=handle)
         session.account = Account(handle, account.kind, new_key)
         session.send(Ok(re=frame.id))
 
-    ctx.complete(session, frame, ctx.writer.submit(replace), replaced)
+    # Compare-and-swap, prekeys of the old key deleted: :func:`.jobs.rotate_identity`.
+    ctx.run_job(session, frame, "rotate_identity", (handle, old_key, new_key), replaced)

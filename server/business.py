@@ -13,10 +13,10 @@ Not here: verification rules (``blindrelay.protocol.business``), tables
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from blindrelay.protocol.business import open_profile
-from blindrelay.protocol.crypto.fingerprint import key_fingerprint
-from blindrelay.protocol.errors import Forbidden, InvalidProfile, NotFound
+from blindrelay.protocol.errors import Forbidden
 from blindrelay.protocol.frames import (
     AccountKind,
     Ok,
@@ -30,8 +30,6 @@ from blindrelay.protocol.frames import (
 
 from .context import RelayContext, Session
 from .logs import log_event
-from .metering import MonthUsage
-from .storage import Store
 
 
 def put_profile(ctx: RelayContext, session: Session, frame: ProfilePut) -> None:
@@ -44,20 +42,15 @@ def put_profile(ctx: RelayContext, session: Session, frame: ProfilePut) -> None:
     if account.kind != AccountKind.BUSINESS:
         raise Forbidden()
     open_profile(frame.profile, account.identity_key, handle)
-    now = ctx.clock()
-    key = account.identity_key
-
-    def store_profile(store: Store) -> None:
-        current = store.accounts.get(handle)
-        if current is None or current.identity_key != key:
-            raise InvalidProfile("identity key rotated")
-        store.profiles.put(handle, frame.profile, now)
 
     def stored(_: None) -> None:
         log_event(logging.INFO, "profile_stored", handle=handle, size=len(frame.profile))
         session.send(Ok(re=frame.id))
 
-    ctx.complete(session, frame, ctx.writer.submit(store_profile), stored)
+    ctx.run_job(
+        session, frame, "put_profile",
+        (handle, account.identity_key, frame.profile, ctx.clock()), stored,
+    )  # fmt: skip
 
 
 def fetch_profile(ctx: RelayContext, session: Session, frame: ProfileFetch) -> None:
@@ -66,22 +59,16 @@ def fetch_profile(ctx: RelayContext, session: Session, frame: ProfileFetch) -> N
     "An unknown handle gets ERROR 601 NOT_FOUND (business profiles are public)."
     """
     owner = frame.handle
-    now = ctx.clock()
 
-    def read(store: Store) -> Profile:
-        account = store.accounts.get(owner)
-        if account is None:
-            raise NotFound()
-        badge = store.badges.current(owner, key_fingerprint(account.identity_key), now)
-        return Profile(
-            re=frame.id,
-            handle=owner,
-            identity_key=account.identity_key,
-            profile=store.profiles.get(owner),
-            badge=badge,
+    def read(result: list[Any]) -> None:
+        identity_key, profile, badge = result
+        session.send(
+            Profile(
+                re=frame.id, handle=owner, identity_key=identity_key, profile=profile, badge=badge
+            )
         )
 
-    ctx.complete(session, frame, ctx.writer.submit(read), session.send)
+    ctx.run_job(session, frame, "fetch_profile", (owner, ctx.clock()), read)
 
 
 def fetch_usage(ctx: RelayContext, session: Session, frame: UsageFetch) -> None:
@@ -94,19 +81,18 @@ def fetch_usage(ctx: RelayContext, session: Session, frame: UsageFetch) -> None:
         raise Forbidden()
     month = frame.month
 
-    def answer(usage: MonthUsage) -> None:
+    def answer(usage: list[Any]) -> None:
+        notifications, service_replies, user_initiated = usage
         session.send(
             Usage(
                 re=frame.id,
                 month=month,
                 notifications=tuple(
-                    UsageCount(category=c, count=n)
-                    for c, n in sorted(usage.notifications.items())
-                    if n
+                    UsageCount(category=c, count=n) for c, n in sorted(notifications.items()) if n
                 ),
-                service_replies=usage.service_replies,
-                user_initiated=usage.user_initiated,
+                service_replies=service_replies,
+                user_initiated=user_initiated,
             )
         )
 
-    ctx.complete(session, frame, ctx.writer.submit(lambda s: s.usage.month(handle, month)), answer)
+    ctx.run_job(session, frame, "usage_month", (handle, month), answer)

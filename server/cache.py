@@ -1,10 +1,10 @@
-"""Write-through caches owned by the storage writer thread, undone with their job.
+"""Write-through caches owned by the writer process, undone with their job.
 
 Why: the writer is the only connection that writes accounts, pairs and the
 queue, so it can answer "who is this account", "what is this pair's state" and
 "how long is this recipient's queue" from memory instead of three SQL
 statements per SEND (they were a third of its CPU). Correctness rests on three
-rules, all enforced by ``storage.Writer``:
+rules, all enforced by ``storage.GroupCommitter``:
 
 - every write to those tables goes through a method that also updates the
   cache (:meth:`WriterCache.put` / :meth:`WriterCache.drop`), so within the
@@ -14,7 +14,7 @@ rules, all enforced by ``storage.Writer``:
 - a failed commit (or a rollback of the whole batch) empties the cache, which
   is always safe: every entry is re-read from the database on demand.
 
-Nothing here is shared with the event loop: only the writer thread touches it.
+Nothing here is shared with the event loop: it lives in the writer process.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 A :class:`Session` is one WebSocket connection seen from the handlers: the
 sans-I/O :class:`RelayConnection` plus a :class:`Transport` that the I/O layer
 implements (flush queued frames, close with a code). Handlers never await:
-they either answer at once or submit a job to the storage writer and answer
-in :meth:`RelayContext.complete`'s callback. Because nothing awaits between
+they either answer at once or submit a job to the writer process and answer
+in :meth:`RelayContext.run_job`'s callback. Because nothing awaits between
 receiving a frame and submitting its job, jobs reach the writer in frame
 order, which is what keeps per-pair order (SPEC §6.4).
 
@@ -18,11 +18,10 @@ handler runs (``dispatch``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 from blindrelay.protocol.connection import RelayConnection, State
 from blindrelay.protocol.errors import InternalError, ProtocolError, ShuttingDown
@@ -31,12 +30,11 @@ from blindrelay.protocol.frames import Frame
 from .config import RelayConfig
 from .logs import log_event
 from .ratelimit import Clock, TokenBuckets
-from .storage import Account, Accounts, Writer
+from .storage import Account, Accounts
+from .writer import Writer, WriterJobError
 
 if TYPE_CHECKING:
     from .delivery import Outbox
-
-T = TypeVar("T")
 
 CLOSE_REPLACED = 4000
 """WebSocket close code when a newer login of the same account takes over (SPEC §4.4)."""
@@ -179,9 +177,13 @@ class RelayContext:
         else:
             # "Internal errors MUST NOT carry detail": the peer gets the bare code;
             # the log gets the exception type and place, never its message.
+            if isinstance(exc, WriterJobError):  # raised in the writer process
+                exc_type, exc_at = exc.exc_type, exc.exc_at
+            else:
+                exc_type, exc_at = type(exc).__name__, _where(exc)
             log_event(
                 logging.ERROR, "internal_error", type=frame_type, handle=session.handle,
-                exc_type=type(exc).__name__, exc_at=_where(exc),
+                exc_type=exc_type, exc_at=exc_at,
             )  # fmt: skip
             exc = InternalError()
         if session.open:
@@ -195,25 +197,27 @@ class RelayContext:
         except Exception as exc:
             self.refuse(session, frame, exc)
 
-    def complete(
+    def run_job(
         self,
         session: Session,
         frame: Frame | None,
-        future: asyncio.Future[T],
-        on_result: Callable[[T], None],
+        operation: str,
+        args: tuple[Any, ...],
+        on_result: Callable[[Any], None],
     ) -> None:
-        """When ``future`` (a writer job) is done, run ``on_result`` or refuse its error."""
+        """Run writer ``operation`` (:data:`.jobs.OPERATIONS`); after its commit run
+        ``on_result`` with its value, or refuse its error."""
 
-        def done(fut: asyncio.Future[T]) -> None:
-            if fut.cancelled():
+        def done(ok: bool, value: Any) -> None:
+            if not ok:
+                self.refuse(session, frame, value)
                 return
-            exc = fut.exception()
-            if exc is not None:
+            try:
+                on_result(value)
+            except Exception as exc:
                 self.refuse(session, frame, exc)
-                return
-            self.guard(session, frame, lambda: on_result(fut.result()))
 
-        future.add_done_callback(done)
+        self.writer.call(operation, args, done)
 
 
 def _where(exc: BaseException) -> str:

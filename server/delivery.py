@@ -3,7 +3,7 @@
 - Refusals that need no stored state (kind, rate limits) are in
   :func:`check_send`, before storage. Everything that depends on the pair —
   consent, blocks, the customer-service window (SPEC §7.3) — is decided by
-  ``may_deliver`` *inside the writer job* that enqueues (:func:`decide`), so
+  ``may_deliver`` *inside the writer job* that enqueues (:func:`.jobs.send`), so
   a statement acknowledged before a SEND is always seen by it, and the
   window, pending request and metering counts it changes are committed with
   the envelope. Idempotence and the queue cap are enforced in the same job.
@@ -19,25 +19,16 @@ Not here: the rules themselves (``blindrelay.protocol.consent``), statements
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import logging
+from typing import Any
 
-from blindrelay.protocol.consent import (
-    REFUSE,
-    Decision,
-    PairState,
-    Request,
-    Verdict,
-    after_accept,
-    may_deliver,
-)
-from blindrelay.protocol.errors import Forbidden, RecipientUnavailable
+from blindrelay.protocol.errors import Forbidden
 from blindrelay.protocol.frames import AccountKind, Ack, Deliver, Intent, Send, Sent
 
 from .context import Limiters, RelayContext, Session
+from .jobs import envelope_from_row
 from .logs import log_event
-from .storage import Accepted, Account, QueuedEnvelope, Store
+from .storage import Account, QueuedEnvelope
 
 BUSINESS_ONLY_INTENTS = frozenset({Intent.NOTIFICATION, Intent.CONSENT_REQUEST})
 """SPEC §6.2: intents only a business account may declare."""
@@ -55,7 +46,7 @@ def check_send(sender: Account, frame: Send, limiters: Limiters) -> None:
        ``to`` exists: a bucket kept only for real recipients would run dry
        only for them, an existence oracle (SPEC §7.7).
 
-    Consent, blocks and existence are decided in the writer job (:func:`decide`).
+    Consent, blocks and existence are decided in the writer job (:func:`.jobs.decide`).
     """
     if sender.kind == AccountKind.USER and frame.intent in BUSINESS_ONLY_INTENTS:
         raise Forbidden()
@@ -68,106 +59,42 @@ def check_send(sender: Account, frame: Send, limiters: Limiters) -> None:
     limiters.send_pair.take((sender.handle, frame.to))
 
 
-def decide(
-    store: Store,
-    sender: Account,
-    to: str,
-    request: Request,
-    now: int,
-    *,
-    category: str | None = None,
-    categories: frozenset[str] = frozenset(),
-) -> tuple[Account | None, PairState, Decision]:
-    """SPEC §7.3 inside a writer job: the recipient, the pair's state, the verdict.
-
-    "The relay MUST do the same work (one lookup of the pair state, including
-    for an unknown account) before answering": the pair state is read before
-    the recipient's existence is looked at.
-    """
-    state = store.ledger.pair_state(sender.handle, to)
-    recipient = store.accounts.get(to)
-    if recipient is None:
-        return None, state, REFUSE
-    decision = may_deliver(
-        sender_kind=sender.kind, recipient_kind=recipient.kind, request=request, state=state,
-        now=now, category=category, categories=categories,
-    )  # fmt: skip
-    return recipient, state, decision
-
-
-def refuse_unless_allowed(decision: Decision) -> None:
-    """SPEC §7.7: every pair-dependent refusal is the one bare ERROR 400."""
-    if decision.verdict is Verdict.FORBIDDEN:
-        raise Forbidden()
-    if decision.verdict is not Verdict.ALLOW:
-        raise RecipientUnavailable()
-
-
-def envelope_digest(frame: Send) -> bytes:
-    """What makes two SENDs with one msg_id "the same" (SPEC §6.3): to, intent,
-    category(ies) and body, length-prefixed so no two field lists collide."""
-    digest = hashlib.sha256(b"blindrelay/v1/envelope\x00")
-    categories = ",".join(frame.categories) if frame.categories is not None else ""
-    for part in (
-        frame.to.encode(),
-        frame.intent.encode(),
-        (frame.category or "").encode(),
-        categories.encode(),
-        frame.body,
-    ):
-        digest.update(len(part).to_bytes(4, "big"))
-        digest.update(part)
-    return digest.digest()
-
-
 def send(ctx: RelayContext, session: Session, frame: Send) -> None:
-    """SPEC §6.1–6.3, §7.3, §8.4: check, decide and commit, then SENT; then DELIVER."""
+    """SPEC §6.1–6.3, §7.3, §8.4: check here, decide and commit in the writer
+    (:func:`.jobs.send`), then SENT; then DELIVER."""
     sender = session.account
     assert sender is not None
     handle = sender.handle
     check_send(sender, frame, ctx.limiters)
-    now = ctx.clock()
-    digest = envelope_digest(frame)
-    cap = ctx.config.queue_cap
-    window_ms = ctx.config.service_window_ms
-    request = Request(frame.intent)
-    asked = frozenset(frame.categories or ())
 
-    def enqueue(store: Store) -> Accepted:
-        # A resend is answered from memory: it was decided, enqueued and
-        # counted once already ("an idempotent resend counts once").
-        resend = store.queue.remembered(handle, frame.msg_id, digest)
-        if resend is not None:
-            return resend
-        recipient, state, decision = decide(
-            store, sender, frame.to, request, now, category=frame.category, categories=asked
-        )
-        refuse_unless_allowed(decision)
-        assert recipient is not None
-        accepted = store.queue.add(
-            frame.to, sender, frame.msg_id, frame.intent, frame.category, frame.categories,
-            frame.body, digest, now, cap,
-        )  # fmt: skip
-        new_state = after_accept(state, decision, now, window_ms)
-        if new_state != state:
-            store.ledger.store_pair(handle, frame.to, new_state)
-        if decision.meter is not None:
-            # "Counts MUST be committed in the same transaction as the envelope they count."
-            business = sender if sender.kind == AccountKind.BUSINESS else recipient
-            store.usage.count(business.handle, now, decision.meter, frame.category)
-        return accepted
-
-    def committed(accepted: Accepted) -> None:
+    def committed(result: int | list[int]) -> None:
         # "The relay MUST NOT send SENT before the envelope is committed to disk."
-        session.send(Sent(re=frame.id, msg_id=frame.msg_id, at=accepted.at))
+        if type(result) is int:  # an idempotent resend: its original time
+            session.send(Sent(re=frame.id, msg_id=frame.msg_id, at=result))
+            log_event(
+                logging.DEBUG, "sent", handle=handle, to=frame.to, size=len(frame.body),
+                intent=frame.intent, resend=True,
+            )  # fmt: skip
+            return
+        assert isinstance(result, list)
+        delivery_id, at = result
+        session.send(Sent(re=frame.id, msg_id=frame.msg_id, at=at))
         log_event(
             logging.DEBUG, "sent", handle=handle, to=frame.to, size=len(frame.body),
-            intent=frame.intent, resend=accepted.envelope is None,
+            intent=frame.intent, resend=False,
         )  # fmt: skip
-        if accepted.envelope is not None:
-            push_committed(ctx, accepted.envelope)
+        push_committed(ctx, QueuedEnvelope(
+            delivery_id, frame.to, handle, sender.kind, frame.msg_id, frame.intent,
+            frame.category, frame.categories, at, frame.body,
+        ))  # fmt: skip
 
-    ctx.complete(session, frame, ctx.writer.submit(enqueue), committed)
+    ctx.run_job(
+        session, frame, "send",
+        (handle, sender.kind, frame.to, frame.msg_id, frame.intent, frame.category,
+         frame.categories, frame.body, ctx.clock(), ctx.config.queue_cap,
+         ctx.config.service_window_ms),
+        committed,
+    )  # fmt: skip
 
 
 def push_committed(ctx: RelayContext, envelope: QueuedEnvelope) -> None:
@@ -185,15 +112,12 @@ def acknowledge(ctx: RelayContext, session: Session, frame: Ack) -> None:
     handle = session.handle
     assert handle is not None
     ids = frame.delivery_ids
-    future = ctx.writer.submit(lambda store: store.queue.acknowledge(handle, ids))
-    ctx.complete(
-        session,
-        frame,
-        future,
+    ctx.run_job(
+        session, frame, "acknowledge", (handle, ids),
         lambda deleted: log_event(
             logging.DEBUG, "acked", handle=handle, ids=len(ids), deleted=deleted
         ),
-    )
+    )  # fmt: skip
     if session.outbox is not None:
         session.outbox.acknowledged(ids)
 
@@ -287,24 +211,23 @@ class Outbox:
         assert handle is not None
         after = self.cursor
         not_before = self.ctx.clock() - self.ctx.config.queue_ttl_ms
-        future = self.ctx.writer.submit(
-            lambda store: store.queue.page(handle, after, room, not_before)
+        self.ctx.writer.call(
+            "page",
+            (handle, after, room, not_before),
+            lambda ok, value: self._paged(ok, value, room),
         )
-        future.add_done_callback(lambda fut: self._paged(fut, room))
 
-    def _paged(self, future: asyncio.Future[list[QueuedEnvelope]], limit: int) -> None:
+    def _paged(self, ok: bool, value: Any, limit: int) -> None:
         self.paging = False
-        if future.cancelled():
+        if not ok:
+            self.ctx.refuse(self.session, None, value)
             return
-        if future.exception() is not None:
-            self.ctx.refuse(self.session, None, future.exception() or Exception())
-            return
-        self.ctx.guard(self.session, None, lambda: self._push_page(future.result(), limit))
+        self.ctx.guard(self.session, None, lambda: self._push_page(value, limit))
 
-    def _push_page(self, envelopes: list[QueuedEnvelope], limit: int) -> None:
+    def _push_page(self, rows: list[list[Any]], limit: int) -> None:
         if self.session.outbox is not self or not self.session.open:
             return
-        for envelope in envelopes:
-            self._push(envelope)
-        self.behind = len(envelopes) >= limit
+        for row in rows:
+            self._push(envelope_from_row(row))
+        self.behind = len(rows) >= limit
         self._page_in()

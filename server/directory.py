@@ -12,17 +12,23 @@ Not here: key generation and custody (clients), storage (``storage.PreKeyStore``
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from blindrelay.protocol import limits
-from blindrelay.protocol.consent import Request
 from blindrelay.protocol.crypto.keys import signed_prekey_message, verify_signature
-from blindrelay.protocol.errors import InvalidPrekeys, InvalidSignature, RecipientUnavailable
-from blindrelay.protocol.frames import Bundle, BundleFetch, Ok, PrekeysLow, PrekeysUpload
+from blindrelay.protocol.errors import InvalidPrekeys, InvalidSignature
+from blindrelay.protocol.frames import (
+    Bundle,
+    BundleFetch,
+    Ok,
+    OneTimePreKeyRecord,
+    PrekeysLow,
+    PrekeysUpload,
+    SignedPreKeyRecord,
+)
 
 from .context import RelayContext, Session
-from .delivery import decide, refuse_unless_allowed
 from .logs import log_event
-from .storage import PreKeyBundleRow, Store
 
 
 def upload(ctx: RelayContext, session: Session, frame: PrekeysUpload) -> None:
@@ -39,14 +45,6 @@ def upload(ctx: RelayContext, session: Session, frame: PrekeysUpload) -> None:
             verify_signature(identity_key, signed_prekey_message(signed.public), signed.signature)
         except InvalidSignature:
             raise InvalidPrekeys("signed prekey signature") from None
-    now = ctx.clock()
-    cap = ctx.config.max_stored_one_time_prekeys
-
-    def store_keys(store: Store) -> None:
-        current = store.accounts.get(handle)
-        if current is None or current.identity_key != identity_key:
-            raise InvalidPrekeys("identity key rotated during upload")
-        store.prekeys.upload(handle, signed, frame.one_time, cap, now)
 
     def stored(_: None) -> None:
         log_event(
@@ -55,14 +53,22 @@ def upload(ctx: RelayContext, session: Session, frame: PrekeysUpload) -> None:
         )  # fmt: skip
         session.send(Ok(re=frame.id))
 
-    ctx.complete(session, frame, ctx.writer.submit(store_keys), stored)
+    ctx.run_job(
+        session, frame, "upload_prekeys",
+        (handle, identity_key,
+         [signed.key_id, signed.public, signed.signature] if signed is not None else None,
+         [[key.key_id, key.public] for key in frame.one_time],
+         ctx.config.max_stored_one_time_prekeys, ctx.clock()),
+        stored,
+    )  # fmt: skip
 
 
 def fetch(ctx: RelayContext, session: Session, frame: BundleFetch) -> None:
     """SPEC §5.3, §7.3: serve a bundle, consuming one one-time prekey atomically.
 
     Whether the requester may fetch is ``may_deliver`` on the pair's state,
-    decided in the same writer job that consumes the key. An unknown handle,
+    decided in the same writer job that consumes the key (:func:`.jobs.take_bundle`).
+    An unknown handle,
     a refusal by consent or block, and an account without a signed prekey get
     the same RECIPIENT_UNAVAILABLE (SPEC §7.7): the directory reveals
     existence only by serving a bundle. With no one-time prekey left the
@@ -74,35 +80,27 @@ def fetch(ctx: RelayContext, session: Session, frame: BundleFetch) -> None:
     account = ctx.accounts.get(requester)
     assert account is not None
     owner = frame.handle
-    now = ctx.clock()
 
-    def take(store: Store) -> PreKeyBundleRow:
-        _, _, decision = decide(store, account, owner, Request.BUNDLE_FETCH, now)
-        refuse_unless_allowed(decision)
-        row = store.prekeys.take_bundle(owner)
-        if row is None:
-            raise RecipientUnavailable()
-        return row
-
-    def taken(row: PreKeyBundleRow) -> None:
+    def taken(row: list[Any]) -> None:
+        identity_key, kind, signed, one_time, remaining = row
         session.send(
             Bundle(
                 re=frame.id,
                 handle=owner,
-                kind=row.kind,
-                identity_key=row.identity_key,
-                signed_prekey=row.signed_prekey,
-                one_time=row.one_time,
+                kind=kind,
+                identity_key=identity_key,
+                signed_prekey=SignedPreKeyRecord(*signed),
+                one_time=OneTimePreKeyRecord(*one_time) if one_time is not None else None,
             )
         )
         log_event(
             logging.DEBUG, "bundle_served", handle=requester, owner=owner,
-            one_time=row.one_time is not None, remaining=row.remaining,
+            one_time=one_time is not None, remaining=remaining,
         )  # fmt: skip
         # SPEC §5.4: tell an online owner when its pool runs low (also when it is empty).
-        if row.remaining < limits.PREKEY_LOW_WATER:
+        if remaining < limits.PREKEY_LOW_WATER:
             owner_session = ctx.sessions.get(owner)
             if owner_session is not None and owner_session.outbox is not None:
-                owner_session.send(PrekeysLow(remaining=row.remaining))
+                owner_session.send(PrekeysLow(remaining=remaining))
 
-    ctx.complete(session, frame, ctx.writer.submit(take), taken)
+    ctx.run_job(session, frame, "take_bundle", (requester, account.kind, owner, ctx.clock()), taken)

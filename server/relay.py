@@ -37,7 +37,8 @@ from .context import Limiters, RelayContext, Session
 from .dispatch import Dispatcher
 from .logs import log_event
 from .ratelimit import Clock
-from .storage import Accounts, Writer, connect_reader
+from .storage import Accounts, connect_reader
+from .writer import Writer
 
 Rng = Callable[[int], bytes]
 
@@ -147,7 +148,7 @@ class RunningRelay:
     async def purge_expired(self) -> tuple[int, int]:
         """SPEC §6.6: drop envelopes and remembered msg_ids older than the queue TTL."""
         before = self.ctx.clock() - self.config.queue_ttl_ms
-        envelopes, ids = await self.ctx.writer.submit(lambda store: store.queue.purge(before))
+        envelopes, ids = await self.ctx.writer.submit("purge", before)
         if envelopes or ids:
             log_event(logging.INFO, "purged", envelopes=envelopes, msg_ids=ids)
         return envelopes, ids
@@ -170,7 +171,7 @@ class RunningRelay:
                 await self._purger
         if self._server is not None:
             self._server.close(close_connections=False)
-        await self.ctx.writer.submit(lambda store: None)  # every earlier job committed
+        await self.ctx.writer.submit("noop")  # every earlier job committed
         for session in list(self._sessions):
             session.shut_down()
         if self._server is not None:
@@ -194,11 +195,15 @@ async def serve(
     await writer.start()
     now = clock()
 
-    def make_key() -> tuple[bytes, bytes]:
-        seed = rng(32)
-        return seed, bytes(SigningKey(seed).verify_key)
-
-    seed = await writer.submit(lambda store: store.relay_identity.load_or_create(make_key, now))
+    try:
+        seed = await writer.submit("relay_seed")
+        if seed is None:
+            new_seed = rng(32)
+            public = bytes(SigningKey(new_seed).verify_key)
+            seed = await writer.submit("create_relay_seed", new_seed, public, now)
+    except BaseException:
+        await writer.close()
+        raise
     reader = connect_reader(config.db_path)
     ctx = RelayContext(
         config=config,

@@ -1,4 +1,4 @@
-"""What the relay holds, in one SQLite file, and the one thread that writes it.
+"""What the relay holds, in one SQLite file, and how its one writer commits.
 
 Tables (SPEC §11 lists them; ``blindrelay inspect`` prints them):
 
@@ -19,12 +19,19 @@ Tables (SPEC §11 lists them; ``blindrelay inspect`` prints them):
 Bodies are opaque ciphertext: nothing here decodes them.
 
 Concurrency: SQLite in WAL mode with exactly one writing connection, owned by
-:class:`Writer`'s thread. Every job (reads that must see earlier writes too)
-runs there in submission order; all jobs handed over in one event-loop turn or
-while the previous commit ran share one transaction, so N envelopes cost one
-fsync. Each job runs in its own savepoint, so one refused job never undoes
-another. Results come back to the event loop in the same order, which is what
-keeps deliveries in delivery-id order.
+a separate writer process (:mod:`.writer_process`; the relay's side is
+:mod:`.writer`). A process, not a thread: a writer thread shared the GIL with
+the event loop, and every SQLite call gives the GIL up and must win it back,
+so each slowed the other. The two talk over a socketpair in msgpack — job
+descriptors ``[id, operation name, args]`` naming the functions of
+:mod:`.jobs`, outcomes and ``(error code name, detail)`` back — never pickle,
+which the package forbids. Jobs run in submission order; all jobs that
+arrived while the previous commit ran share one transaction
+(:class:`GroupCommitter`), so N envelopes cost one fsync, and outcomes are
+reported only after that commit. A job that fails undoes only itself (see
+:meth:`GroupCommitter.commit`). Outcomes come back in the same order, which
+is what keeps deliveries in delivery-id order. The event loop keeps a
+read-only WAL connection for account lookups (:func:`connect_reader`).
 
 The writer is the only writer of accounts, pairs and the queue, so it keeps
 write-through caches of them (:class:`WriterCache`): account rows, pair states
@@ -43,16 +50,12 @@ Not here: protocol rules (``auth``, ``directory``, ``delivery``).
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlite_utils
 
@@ -626,96 +629,30 @@ class Store:
         self.badges = BadgeStore(db)
 
 
-# --- the writer thread -------------------------------------------------------
+# --- group commit ------------------------------------------------------------
 
-T = TypeVar("T")
 Job = Callable[[Store], Any]
-_Batch = list[tuple[Job, "asyncio.Future[Any]"]]
+Outcome = tuple[bool, Any]
+"""(True, result) or (False, exception), one per job, in job order."""
 
 MAX_JOBS_PER_COMMIT = 1024
 """Upper bound on one group commit; bounds the latency of the batch's first job."""
 
 
-class Writer:
-    """The one thread that owns the writing connection (SQLite allows one writer).
+class GroupCommitter:
+    """Runs batches of jobs on the one writing connection, one transaction per batch.
 
-    ``submit(job)`` returns an asyncio future resolved after the transaction
-    holding the job has committed (and, with ``synchronous=FULL``, is on disk).
+    Used by the writer process (:mod:`.writer_process`); plain callables so
+    tests can drive it directly.
     """
 
-    def __init__(self, path: Path, synchronous: str) -> None:
-        self.path = path
-        self.synchronous = synchronous
-        self._jobs: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
-        self._pending: _Batch = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+    def __init__(self, store: Store) -> None:
+        self.store = store
         self.commits = 0
         """Transactions committed; with ``jobs`` it shows how well commits group."""
         self.jobs = 0
 
-    async def start(self) -> None:
-        """Open the database on the writer thread; raises if it cannot be opened."""
-        self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name="blindrelay-writer", daemon=True)
-        self._thread.start()
-        await asyncio.wrap_future(self._ready)
-
-    def submit(self, job: Callable[[Store], T]) -> asyncio.Future[T]:
-        """Queue ``job``; everything submitted in this loop turn shares one commit."""
-        if self._loop is None or self._thread is None or not self._thread.is_alive():
-            raise InternalError("writer is not running")
-        future: asyncio.Future[T] = self._loop.create_future()
-        if not self._pending:
-            self._loop.call_soon(self._hand_over)
-        self._pending.append((job, future))
-        return future
-
-    def _hand_over(self) -> None:
-        batch, self._pending = self._pending, []
-        if batch:
-            self._jobs.put(batch)
-
-    async def close(self) -> None:
-        """Finish every submitted job, commit, and stop the thread."""
-        if self._thread is None:
-            return
-        self._hand_over()
-        self._jobs.put(None)
-        await asyncio.to_thread(self._thread.join)
-        self._thread = None
-
-    def _run(self) -> None:
-        try:
-            store = Store(connect(self.path, self.synchronous))
-        except BaseException as exc:
-            self._ready.set_exception(exc)
-            return
-        self._ready.set_result(None)
-        try:
-            stopping = False
-            while not stopping:
-                first = self._jobs.get()
-                if first is None:
-                    break
-                batch = list(first)
-                while len(batch) < MAX_JOBS_PER_COMMIT:
-                    try:
-                        more = self._jobs.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        stopping = True
-                        break
-                    batch.extend(more)
-                outcomes = self._commit(store, batch)
-                assert self._loop is not None
-                self._loop.call_soon_threadsafe(_resolve, outcomes)
-        finally:
-            store.db.conn.close()
-
-    def _commit(self, store: Store, batch: _Batch) -> list[tuple[asyncio.Future[Any], bool, Any]]:
+    def commit(self, batch: list[Job]) -> list[Outcome]:
         """Run ``batch`` in one transaction; a failed job undoes only itself.
 
         Jobs run without a savepoint first: most refusals (consent, resend
@@ -725,10 +662,11 @@ class Writer:
         and the batch is run again with one savepoint per job — the jobs only
         touch the database and the writer cache, so running them again is safe.
         """
+        store = self.store
         try:
-            outcomes = self._run_batch(store, batch, savepoints=False)
+            outcomes = _run_batch(store, batch, savepoints=False)
             if outcomes is None:
-                outcomes = self._run_batch(store, batch, savepoints=True)
+                outcomes = _run_batch(store, batch, savepoints=True)
             assert outcomes is not None
             store.db.conn.execute("COMMIT")
         except Exception as exc:
@@ -740,55 +678,43 @@ class Writer:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             log_event(40, "commit_failed", exc_type=type(exc).__name__, jobs=len(batch))
-            return [(future, False, InternalError()) for _job, future in batch]
+            return [(False, InternalError()) for _job in batch]
         self.commits += 1
         self.jobs += len(batch)
         return outcomes
 
-    @staticmethod
-    def _run_batch(
-        store: Store, batch: _Batch, *, savepoints: bool
-    ) -> list[tuple[asyncio.Future[Any], bool, Any]] | None:
-        """Outcomes of every job inside an open transaction, or None when a job
-        without a savepoint failed after writing (the transaction is rolled back)."""
-        conn = store.db.conn
-        cache = store.cache
-        execute = conn.execute
-        outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
-        append = outcomes.append
-        execute("BEGIN IMMEDIATE")
-        for job, future in batch:
+
+def _run_batch(store: Store, batch: list[Job], *, savepoints: bool) -> list[Outcome] | None:
+    """Outcomes of every job inside an open transaction, or None when a job
+    without a savepoint failed after writing (the transaction is rolled back)."""
+    conn = store.db.conn
+    cache = store.cache
+    execute = conn.execute
+    outcomes: list[Outcome] = []
+    append = outcomes.append
+    execute("BEGIN IMMEDIATE")
+    for job in batch:
+        if savepoints:
+            execute("SAVEPOINT job")
+        before = conn.total_changes
+        cache.begin_job()
+        try:
+            result = job(store)
+        except Exception as exc:
+            if not conn.in_transaction:
+                raise  # SQLite rolled back everything (e.g. disk full)
             if savepoints:
-                execute("SAVEPOINT job")
-            before = conn.total_changes
-            cache.begin_job()
-            try:
-                result = job(store)
-            except Exception as exc:
-                if not conn.in_transaction:
-                    raise  # SQLite rolled back everything (e.g. disk full)
-                if savepoints:
-                    execute("ROLLBACK TO job")
-                    execute("RELEASE job")
-                elif conn.total_changes != before:
-                    cache.clear()
-                    execute("ROLLBACK")
-                    return None
-                cache.undo_job()
-                append((future, False, exc))
-                continue
-            cache.end_job()
-            if savepoints:
+                execute("ROLLBACK TO job")
                 execute("RELEASE job")
-            append((future, True, result))
-        return outcomes
-
-
-def _resolve(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for future, ok, value in outcomes:
-        if future.cancelled():
+            elif conn.total_changes != before:
+                cache.clear()
+                execute("ROLLBACK")
+                return None
+            cache.undo_job()
+            append((False, exc))
             continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+        cache.end_job()
+        if savepoints:
+            execute("RELEASE job")
+        append((True, result))
+    return outcomes

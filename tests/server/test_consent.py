@@ -211,13 +211,13 @@ async def test_an_outbox_never_pushes_rows_withdrawn_after_it_paged_them(
     outbox = session.outbox
     await bob.close()
     await _notify(airline, "bob", "marketing", 2)
-    rows = await relay.ctx.writer.submit(lambda store: store.queue.page("bob", 0, 10, 0))
+    rows = await relay.ctx.writer.submit("page", "bob", 0, 10, 0)
     assert len(rows) == 2
     pushed: list[int] = []
     outbox.session = type("Recorder", (), {
         "handle": "bob", "open": True, "outbox": outbox,
         "send": lambda _self, frame: pushed.append(frame.delivery_id),
     })()  # fmt: skip
-    outbox.withdraw([rows[0].delivery_id])  # the revoke committed after the page was read
+    outbox.withdraw([rows[0][0]])  # the revoke committed after the page was read
     outbox._push_page(rows, limit=10)
-    assert pushed == [rows[1].delivery_id]
+    assert pushed == [rows[1][0]]

@@ -1,42 +1,135 @@
-"""The writer thread and the tables (server/storage.py)."""
+"""Group commit, the tables (server/storage.py) and the writer process (server/writer*.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from blindrelay.protocol.errors import QueueFull
-from blindrelay.server.storage import Account, Store, Writer
+from blindrelay.protocol.errors import HandleTaken, QueueFull
+from blindrelay.server.storage import Account, GroupCommitter, Store, connect
+from blindrelay.server.writer import Writer, WriterJobError
+
+ALICE = Account("alice", "user", b"k" * 32)
 
 
-async def test_jobs_of_one_loop_turn_share_one_commit(tmp_path: Path) -> None:
+def committer(path: Path, synchronous: str = "FULL") -> GroupCommitter:
+    return GroupCommitter(Store(connect(path, synchronous)))
+
+
+def one(store: Store, n: int, *, cap: int = 10, at: int = 0) -> int:
+    accepted = store.queue.enqueue(
+        "bob", ALICE, n.to_bytes(16, "big"), "chat", None, None, b"x", b"d%d" % n, at, cap=cap
+    )
+    assert accepted.envelope is not None
+    return accepted.envelope.delivery_id
+
+
+def enqueue(n: int, cap: int = 10) -> Callable[[Store], int]:
+    return lambda store: one(store, n, cap=cap)
+
+
+def test_a_batch_is_one_commit_and_a_refused_job_is_refused_alone(tmp_path: Path) -> None:
+    writer = committer(tmp_path / "r.db")
+    writer.commit([lambda store: store.accounts.create(ALICE, 0)])
+    outcomes = writer.commit([enqueue(n, cap=50) for n in range(60)])
+    assert writer.commits == 2
+    ids = [value for ok, value in outcomes[:50] if ok]
+    assert ids == sorted(ids) and len(set(ids)) == 50
+    assert all(not ok and isinstance(value, QueueFull) for ok, value in outcomes[50:])
+
+
+def test_delivery_ids_are_never_reused_after_the_queue_empties(tmp_path: Path) -> None:
+    writer = committer(tmp_path / "r.db", "NORMAL")
+    [(_, first)] = writer.commit([enqueue(1)])
+    writer.commit([lambda store: store.queue.acknowledge("bob", [first])])
+    [(_, second)] = writer.commit([enqueue(2)])
+    assert second > first
+
+
+def test_a_job_that_fails_after_writing_undoes_only_itself(tmp_path: Path) -> None:
+    """The batch is replayed with savepoints: the failed job's rows and cache
+    entries are gone, its neighbours' are committed."""
+    writer = committer(tmp_path / "r.db")
+    writer.commit([lambda store: store.accounts.create(ALICE, 0)])
+
+    def enqueue_then_fail(store: Store) -> None:
+        one(store, 9)
+        store.accounts.create(Account("carol", "user", b"c" * 32), 0)
+        raise QueueFull()
+
+    outcomes = writer.commit([enqueue(1), enqueue_then_fail, enqueue(2)])
+    assert writer.commits == 2
+    assert [ok for ok, _ in outcomes] == [True, False, True]
+    assert isinstance(outcomes[1][1], QueueFull)
+
+    def state(store: Store) -> tuple[int, int, int, bool]:
+        rows = store.db.execute("SELECT COUNT(*) FROM queue WHERE recipient = 'bob'").fetchone()[0]
+        sent = store.db.execute("SELECT COUNT(*) FROM sent").fetchone()[0]
+        return store.queue.queued("bob"), rows, sent, store.accounts.get("carol") is None
+
+    assert writer.commit([state]) == [(True, (2, 2, 2, True))]
+
+
+def test_cached_queue_lengths_follow_acks_withdrawals_and_purges(tmp_path: Path) -> None:
+    """The cap counts rows from memory; every delete path keeps that count exact."""
+    writer = committer(tmp_path / "r.db", "NORMAL")
+
+    def run(job: Callable[[Store], object]) -> object:
+        [(ok, value)] = writer.commit([job])
+        if not ok:
+            raise value  # type: ignore[misc]
+        return value
+
+    def fill(first: int, n: int, at: int) -> Callable[[Store], list[int]]:
+        return lambda store: [one(store, i, cap=5, at=at) for i in range(first, first + n)]
+
+    def recount(store: Store) -> tuple[int, int]:
+        rows = store.db.execute("SELECT COUNT(*) FROM queue WHERE recipient = 'bob'").fetchone()[0]
+        return store.queue.queued("bob"), int(rows)
+
+    ids = run(fill(0, 5, at=10))
+    assert isinstance(ids, list)
+    with pytest.raises(QueueFull):
+        run(fill(5, 1, at=10))
+    run(lambda store: store.queue.acknowledge("bob", ids[:2]))
+    assert run(recount) == (3, 3)
+    run(lambda store: store.queue.withdraw("bob", "alice", None))
+    assert run(recount) == (0, 0)
+    run(fill(10, 3, at=10))
+    run(fill(20, 2, at=1000))
+    run(lambda store: store.queue.purge(before=500))
+    assert run(recount) == (2, 2)
+
+
+# --- the writer process ---------------------------------------------------------
+
+
+async def test_jobs_of_one_loop_turn_go_out_together_and_answer_in_order(tmp_path: Path) -> None:
     writer = Writer(tmp_path / "r.db", "FULL")
     await writer.start()
-    alice = Account("alice", "user", b"k" * 32)
-    await writer.submit(lambda store: store.accounts.create(alice, 0))
-    commits_before = writer.commits
-
-    def enqueue(n: int) -> Callable[[Store], int]:
-        def job(store: Store) -> int:
-            accepted = store.queue.enqueue(
-                "bob", alice, n.to_bytes(16, "big"), "chat", None, None, b"x", b"d%d" % n, 0,
-                cap=50,
-            )  # fmt: skip
-            assert accepted.envelope is not None
-            return accepted.envelope.delivery_id
-
-        return job
-
-    futures = [writer.submit(enqueue(n)) for n in range(60)]
-    results = await asyncio.gather(*futures, return_exceptions=True)
-    await writer.close()
-    assert writer.commits == commits_before + 1
-    ids = results[:50]
-    assert ids == sorted(ids) and len(set(ids)) == 50  # type: ignore[type-var]
-    assert all(isinstance(r, QueueFull) for r in results[50:])  # refused alone, others kept
+    try:
+        futures = [
+            writer.submit("create_account", f"u{n}", "user", bytes([n]) * 32, 0) for n in range(20)
+        ]
+        futures.append(writer.submit("create_account", "u3", "user", b"x" * 32, 0))
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        assert results[:20] == [None] * 20
+        assert isinstance(results[20], HandleTaken)  # mapped back to its class
+        with pytest.raises(WriterJobError) as failed:
+            await writer.submit("no_such_operation")
+        assert failed.value.exc_type == "LookupError"  # type and place only, no message
+        assert await writer.submit("login_counts", "u1", 0) == [0, 0, False]
+    finally:
+        await writer.close()
+    assert not writer.running
 
 
 async def test_a_writer_that_cannot_open_its_database_fails_to_start(tmp_path: Path) -> None:
@@ -45,94 +138,63 @@ async def test_a_writer_that_cannot_open_its_database_fails_to_start(tmp_path: P
         await writer.start()
 
 
-async def test_delivery_ids_are_never_reused_after_the_queue_empties(tmp_path: Path) -> None:
-    writer = Writer(tmp_path / "r.db", "NORMAL")
-    await writer.start()
-    alice = Account("alice", "user", b"k" * 32)
-
-    def one(store: Store, n: int) -> int:
-        accepted = store.queue.enqueue(
-            "bob", alice, bytes([n]) * 16, "chat", None, None, b"x", b"d", 0, cap=10
-        )
-        assert accepted.envelope is not None
-        return accepted.envelope.delivery_id
-
-    first = await writer.submit(lambda store: one(store, 1))
-    await writer.submit(lambda store: store.queue.acknowledge("bob", [first]))
-    second = await writer.submit(lambda store: one(store, 2))
-    await writer.close()
-    assert second > first
-
-
-async def test_a_job_that_fails_after_writing_undoes_only_itself(tmp_path: Path) -> None:
-    """The batch is replayed with savepoints: the failed job's rows and cache
-    entries are gone, its neighbours' are committed."""
+async def test_close_commits_and_answers_every_job_submitted_before_it(tmp_path: Path) -> None:
     writer = Writer(tmp_path / "r.db", "FULL")
     await writer.start()
-    alice = Account("alice", "user", b"k" * 32)
-    await writer.submit(lambda store: store.accounts.create(alice, 0))
-
-    def enqueue(n: int) -> Callable[[Store], int]:
-        def job(store: Store) -> int:
-            accepted = store.queue.enqueue(
-                "bob", alice, bytes([n]) * 16, "chat", None, None, b"x", b"d", 0, cap=10
-            )
-            assert accepted.envelope is not None
-            return accepted.envelope.delivery_id
-
-        return job
-
-    def enqueue_then_fail(store: Store) -> None:
-        enqueue(9)(store)
-        store.accounts.create(Account("carol", "user", b"c" * 32), 0)
-        raise QueueFull()
-
-    commits_before = writer.commits
-    futures = [writer.submit(enqueue(1)), writer.submit(enqueue_then_fail),
-               writer.submit(enqueue(2))]  # fmt: skip
-    results = await asyncio.gather(*futures, return_exceptions=True)
-    assert writer.commits == commits_before + 1
-    assert isinstance(results[1], QueueFull)
-    assert isinstance(results[0], int) and isinstance(results[2], int)
-
-    def state(store: Store) -> tuple[int, int, int, bool]:
-        rows = store.db.execute("SELECT COUNT(*) FROM queue WHERE recipient = 'bob'").fetchone()[0]
-        sent = store.db.execute("SELECT COUNT(*) FROM sent").fetchone()[0]
-        return store.queue.queued("bob"), rows, sent, store.accounts.get("carol") is None
-
-    assert await writer.submit(state) == (2, 2, 2, True)
+    futures = [
+        writer.submit("create_account", f"u{n}", "user", bytes([n]) * 32, 0) for n in range(50)
+    ]
     await writer.close()
+    assert [f.result() for f in futures] == [None] * 50
+    again = Writer(tmp_path / "r.db", "FULL")
+    await again.start()
+    try:
+        assert await again.submit("login_counts", "u49", 0) == [0, 0, False]
+        with pytest.raises(HandleTaken):
+            await again.submit("create_account", "u49", "user", b"z" * 32, 0)
+    finally:
+        await again.close()
 
 
-async def test_cached_queue_lengths_follow_acks_withdrawals_and_purges(tmp_path: Path) -> None:
-    """The cap counts rows from memory; every delete path keeps that count exact."""
-    writer = Writer(tmp_path / "r.db", "NORMAL")
+_HOST = """
+import asyncio, sys
+from pathlib import Path
+from blindrelay.server.writer import Writer
+async def main():
+    writer = Writer(Path(sys.argv[1]), "FULL")
     await writer.start()
-    alice = Account("alice", "user", b"k" * 32)
+    print(writer.pid, flush=True)
+    await asyncio.sleep(60)
+asyncio.run(main())
+"""
 
-    def fill(store: Store, first: int, n: int, at: int) -> list[int]:
-        ids = []
-        for i in range(first, first + n):
-            accepted = store.queue.enqueue(
-                "bob", alice, i.to_bytes(16, "big"), "chat", None, None, b"x", b"d", at, cap=5
-            )
-            assert accepted.envelope is not None
-            ids.append(accepted.envelope.delivery_id)
-        return ids
 
-    def recount(store: Store) -> tuple[int, int]:
-        rows = store.db.execute("SELECT COUNT(*) FROM queue WHERE recipient = 'bob'").fetchone()[0]
-        return store.queue.queued("bob"), int(rows)
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[1].startswith("Z")  # exited, not yet reaped
+    except FileNotFoundError:
+        return True
 
-    ids = await writer.submit(lambda store: fill(store, 0, 5, at=10))
-    with pytest.raises(QueueFull):
-        await writer.submit(lambda store: fill(store, 5, 1, at=10))
-    await writer.submit(lambda store: store.queue.acknowledge("bob", ids[:2]))
-    assert await writer.submit(recount) == (3, 3)
-    await writer.submit(lambda store: store.queue.withdraw("bob", "alice", None))
-    assert await writer.submit(recount) == (0, 0)
-    await writer.submit(lambda store: fill(store, 10, 3, at=10))
-    await writer.submit(lambda store: fill(store, 20, 2, at=1000))
-    await writer.submit(lambda store: store.queue.purge(before=500))
-    assert await writer.submit(recount) == (2, 2)
-    await writer.close()
+
+@pytest.mark.slow
+def test_the_writer_process_dies_with_a_sigkilled_relay(tmp_path: Path) -> None:
+    host = subprocess.Popen(
+        [sys.executable, "-c", _HOST, str(tmp_path / "r.db")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert host.stdout is not None
+        writer_pid = int(host.stdout.readline())
+        assert not _gone(writer_pid)
+        os.kill(host.pid, signal.SIGKILL)
+        host.wait()
+        deadline = time.monotonic() + 5
+        while not _gone(writer_pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _gone(writer_pid)
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.wait()
+        if host.stdout is not None:
+            host.stdout.close()

@@ -1,0 +1,258 @@
+"""The relay's side of the writer process: submit jobs by name, get outcomes in order.
+
+Why: SQLite allows one writer, and commits must not run on the event loop.
+A writer thread shared the GIL with the loop (each SQLite call gives it up and
+must win it back); the writer now is a separate process
+(:mod:`.writer_process`) on its own core.
+
+IPC, with no pickle anywhere (the package forbids it): a Unix socketpair
+carrying msgpack. The loop sends one message per loop turn, the list of jobs
+submitted in that turn, each ``[job id, operation name, args]`` (operations
+are the functions of :data:`.jobs.OPERATIONS`). The writer commits whatever has
+arrived as one transaction and answers with one message per committed batch:
+``[[job id, ok, value or (error code name, detail)], …], log lines]``. A
+``ProtocolError`` comes back as its code name and is raised again as the same
+class; anything else comes back as INTERNAL_ERROR with its type and place
+(:class:`WriterJobError`). Outcomes arrive in submission order — which keeps
+deliveries in delivery-id order and per-pair order — and all outcomes of a
+batch are handled in one loop callback (``data_received``), so the loop does
+no per-job future bookkeeping unless a caller asks for a future.
+
+Guarantees (unchanged from the thread): a job's outcome is reported only after
+the transaction holding it committed (with ``synchronous=FULL``, on disk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from blindrelay.protocol.errors import ERRORS_BY_CODE, ErrorCode, InternalError
+
+from .logs import LOGGER, log_event
+
+Done = Callable[[bool, Any], None]
+"""Called with (True, result) or (False, exception) after the job's commit."""
+
+SOCKET_BUFFER_BYTES = 4 << 20
+"""Room for many batches in flight, so neither side waits on the other's reads."""
+
+
+class WriterJobError(Exception):
+    """A job failed in the writer process with something that is not a ProtocolError."""
+
+    def __init__(self, exc_type: str, exc_at: str) -> None:
+        super().__init__(exc_type)
+        self.exc_type = exc_type
+        self.exc_at = exc_at
+
+
+class WriterStartError(RuntimeError):
+    """The writer process could not open the database."""
+
+
+def _exception(error: list[Any]) -> BaseException:
+    code = error[0]
+    if code == "INTERNAL_ERROR" and len(error) > 2:
+        return WriterJobError(error[2], error[3])
+    cls = ERRORS_BY_CODE.get(ErrorCode[code], InternalError)
+    return cls(error[1])
+
+
+class _Channel(asyncio.Protocol):
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+        self.unpacker = msgpack.Unpacker(raw=False)
+
+    def data_received(self, data: bytes) -> None:
+        self.unpacker.feed(data)
+        for message in self.unpacker:
+            self.writer._received(message)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.writer._lost()
+
+
+class Writer:
+    """Handle on the writer process; one per relay, used only on its event loop."""
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._started: asyncio.Future[None] | None = None
+        self._closed: asyncio.Future[None] | None = None
+        self._pending: list[list[Any]] = []
+        self._waiting: deque[tuple[int, Done]] = deque()
+        self._next_id = 0
+        self._running = False
+        self.pid: int | None = None
+
+    async def start(self) -> None:
+        """Start the process and wait until it has opened the database (or failed to)."""
+        loop = self._loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for sock in (ours, theirs):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
+        try:
+            self._process = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
+                [
+                    sys.executable,
+                    "-m",
+                    "blindrelay.server.writer_process",
+                    str(theirs.fileno()),
+                    str(os.getpid()),
+                    str(self.path),
+                    self.synchronous,
+                    str(LOGGER.getEffectiveLevel()),
+                ],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.pid = self._process.pid
+        self._started = loop.create_future()
+        self._closed = loop.create_future()
+        try:
+            self._transport, _ = await loop.create_unix_connection(
+                lambda: _Channel(self), sock=ours
+            )
+            await self._started
+        except BaseException:
+            await self._reap(kill=True)
+            raise
+        self._running = True
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def call(self, operation: str, args: list[Any] | tuple[Any, ...], done: Done) -> None:
+        """Queue ``operation(store, *args)``; ``done`` runs after its commit.
+
+        Everything called in this loop turn goes out in one message and, if the
+        writer is idle, shares one commit.
+        """
+        if not self._running:
+            raise InternalError("writer is not running")
+        job_id = self._next_id
+        self._next_id = job_id + 1
+        if not self._pending:
+            assert self._loop is not None
+            self._loop.call_soon(self._hand_over)
+        self._pending.append([job_id, operation, args])
+        self._waiting.append((job_id, done))
+
+    def submit(self, operation: str, *args: Any) -> asyncio.Future[Any]:
+        """:meth:`call` with a future, for callers that await."""
+        assert self._loop is not None
+        future: asyncio.Future[Any] = self._loop.create_future()
+
+        def done(ok: bool, value: Any) -> None:
+            if future.cancelled():
+                return
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+        self.call(operation, args, done)
+        return future
+
+    def _hand_over(self) -> None:
+        batch, self._pending = self._pending, []
+        if batch and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(msgpack.packb(batch, use_bin_type=True))
+
+    def _received(self, message: list[Any]) -> None:
+        if self._started is not None and not self._started.done():
+            if message[0] == "ready":
+                self._started.set_result(None)
+            else:
+                self._started.set_exception(WriterStartError(f"{message[1]}: {message[2]}"))
+            return
+        answers, logs = message
+        for level, event, fields in logs:
+            log_event(level, event, **fields)
+        waiting = self._waiting
+        for job_id, ok, value in answers:
+            expected, done = waiting.popleft()
+            assert expected == job_id, "writer answers out of order"
+            try:
+                done(ok, value if ok else _exception(value))
+            except Exception as exc:  # a callback's bug must not lose the others' outcomes
+                log_event(
+                    logging.ERROR, "internal_error", exc_type=type(exc).__name__,
+                    exc_at=_where(exc),
+                )  # fmt: skip
+
+    def _lost(self) -> None:
+        """The socket closed: after our EOF at close, or because the process died."""
+        self._running = False
+        if self._started is not None and not self._started.done():
+            self._started.set_exception(WriterStartError("writer process exited"))
+        waiting, self._waiting = self._waiting, deque()
+        if waiting:
+            log_event(logging.ERROR, "writer_lost", jobs=len(waiting))
+        for _job_id, done in waiting:
+            try:
+                done(False, InternalError())
+            except Exception as exc:
+                log_event(
+                    logging.ERROR, "internal_error", exc_type=type(exc).__name__,
+                    exc_at=_where(exc),
+                )  # fmt: skip
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+
+    async def close(self) -> None:
+        """Send what is queued, let the writer commit and answer it all, then stop it."""
+        if self._transport is None:
+            return
+        self._hand_over()
+        self._running = False
+        if self._transport.can_write_eof():
+            self._transport.write_eof()
+        else:
+            self._transport.close()
+        assert self._closed is not None
+        await self._closed
+        await self._reap(kill=False)
+
+    async def _reap(self, *, kill: bool) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if kill:
+            process.kill()
+        await asyncio.to_thread(process.wait)
+
+
+def _where(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"

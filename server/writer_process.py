@@ -1,0 +1,167 @@
+"""The writer process: owns the one writing SQLite connection, runs jobs by name.
+
+Why a process: a writer *thread* shared the GIL with the event loop, and every
+SQLite call releases and re-acquires it, so the loop and the writer slowed
+each other down. Here the writer has its own interpreter; the relay talks to
+it over a socketpair (see :mod:`.writer` for the protocol).
+
+Loop: block for the next batch, drain whatever else already arrived (up to
+``MAX_JOBS_PER_COMMIT``), run it as one transaction
+(:class:`~.storage.GroupCommitter`), answer with one msgpack message holding
+every job's outcome and any log lines. Jobs are ``[id, operation, args]``
+looked up in :data:`.jobs.OPERATIONS` — nothing else can be run.
+
+Lifetime: the process dies with the relay. ``PR_SET_PDEATHSIG`` makes the
+kernel SIGKILL it when the relay dies, even by SIGKILL (an uncommitted
+transaction is then rolled back by SQLite on the next open); EOF on the socket
+(the relay closed it, or exited) means finish the jobs received, commit, answer
+and exit. SIGINT and SIGTERM are ignored: a Ctrl-C reaches the whole process
+group, and the relay, not the signal, decides when the last commit has happened.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from blindrelay.protocol.errors import ProtocolError
+
+from .jobs import OPERATIONS
+from .logs import _FIELDS, LOGGER
+from .storage import MAX_JOBS_PER_COMMIT, GroupCommitter, Job, Store, connect
+
+PR_SET_PDEATHSIG = 1
+RECV_BYTES = 1 << 20
+
+
+class _Collect(logging.Handler):
+    """Keeps log records as (level, event, fields) for the relay to log."""
+
+    def __init__(self, out: list[list[Any]]) -> None:
+        super().__init__()
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.out.append([record.levelno, record.getMessage(), getattr(record, _FIELDS, {})])
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the relay died before prctl took effect
+        os._exit(1)
+
+
+def _error(exc: BaseException) -> list[Any]:
+    """(error code name, detail); a non-protocol failure by type and place only."""
+    if isinstance(exc, ProtocolError):
+        return [exc.code.name, exc.detail]
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
+    return ["INTERNAL_ERROR", "", type(exc).__name__, where]
+
+
+def _job(operation: str, args: list[Any]) -> Job:
+    function = OPERATIONS[operation]  # KeyError: refused as an internal error
+    return lambda store: function(store, *args)
+
+
+def _unknown(operation: str) -> Job:
+    def job(store: Store) -> None:
+        raise LookupError(f"unknown operation {operation!r}")
+
+    return job
+
+
+def serve(sock: socket.socket, committer: GroupCommitter, logs: list[list[Any]]) -> None:
+    """Answer batches until EOF; every job received before EOF is committed and answered."""
+    unpacker = msgpack.Unpacker(raw=False)
+    packer = msgpack.Packer(use_bin_type=True)
+    recv = sock.recv
+    queued: list[list[Any]] = []
+    eof = False
+    while True:
+        if not queued:
+            if eof:
+                return
+            data = recv(RECV_BYTES)
+            if not data:
+                eof = True
+                continue
+            unpacker.feed(data)
+            for batch in unpacker:
+                queued.extend(batch)
+        while not eof and len(queued) < MAX_JOBS_PER_COMMIT:
+            try:
+                data = recv(RECV_BYTES, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            if not data:
+                eof = True
+                break
+            unpacker.feed(data)
+            for batch in unpacker:
+                queued.extend(batch)
+        batch, queued = queued[:MAX_JOBS_PER_COMMIT], queued[MAX_JOBS_PER_COMMIT:]
+        jobs = [_job(op, args) if op in OPERATIONS else _unknown(op) for _id, op, args in batch]
+        outcomes = committer.commit(jobs)
+        answers = [
+            [job[0], True, value] if ok else [job[0], False, _error(value)]
+            for job, (ok, value) in zip(batch, outcomes, strict=True)
+        ]
+        try:
+            message = packer.pack([answers, logs])
+        except (TypeError, ValueError) as exc:  # an operation returned a non-msgpack value
+            message = packer.pack([[_packable(packer, answer, exc) for answer in answers], logs])
+        logs.clear()
+        sock.sendall(message)
+
+
+def _packable(packer: msgpack.Packer, answer: list[Any], exc: Exception) -> list[Any]:
+    try:
+        packer.pack(answer)
+    except (TypeError, ValueError):
+        return [answer[0], False, _error(exc)]
+    return answer
+
+
+def main(argv: list[str]) -> int:
+    """``writer_process FD PARENT_PID DB_PATH SYNCHRONOUS LOG_LEVEL``."""
+    fd, parent_pid, path, synchronous, level = argv
+    _die_with_parent(int(parent_pid))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sock = socket.socket(fileno=int(fd))
+    sock.setblocking(True)
+    logs: list[list[Any]] = []
+    LOGGER.setLevel(int(level))
+    LOGGER.addHandler(_Collect(logs))
+    LOGGER.propagate = False
+    try:
+        store = Store(connect(Path(path), synchronous))
+    except Exception as exc:
+        sock.sendall(msgpack.packb(["error", type(exc).__name__, str(exc)]))
+        return 1
+    sock.sendall(msgpack.packb(["ready", os.getpid()]))
+    try:
+        serve(sock, GroupCommitter(store), logs)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the relay is gone; nothing left to answer
+    finally:
+        store.db.conn.close()
+        sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
