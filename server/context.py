@@ -50,6 +50,9 @@ class Transport(Protocol):
     def flush(self) -> None:
         """Write out ``conn.data_to_send()`` soon; close the socket if the state is CLOSED."""
 
+    def write(self, data: bytes) -> None:
+        """Queue one already encoded frame after what the machine queued, and flush."""
+
     def close(self, code: int, reason: str) -> None:
         """Close the socket with ``code`` after flushing what is queued."""
 
@@ -81,6 +84,15 @@ class Session:
         if self.open:
             self.conn.send(frame)
             self.transport.flush()
+
+    def send_encoded(self, data: bytes) -> None:
+        """Queue a SENT or DELIVER the relay encoded itself (:mod:`.fastframes`).
+
+        Only for frames that change no connection state and are valid by
+        construction; everything else goes through :meth:`send`.
+        """
+        if self.open:
+            self.transport.write(data)
 
     def shut_down(self) -> None:
         """SPEC §9: ERROR 901 SHUTTING_DOWN, then close with 1001."""

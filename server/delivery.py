@@ -23,8 +23,9 @@ import logging
 from typing import Any
 
 from blindrelay.protocol.errors import Forbidden
-from blindrelay.protocol.frames import AccountKind, Ack, Deliver, Intent, Send, Sent
+from blindrelay.protocol.frames import AccountKind, Ack, Intent, Send
 
+from . import fastframes
 from .context import Limiters, RelayContext, Session
 from .jobs import envelope_from_row
 from .logs import log_event
@@ -70,7 +71,7 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
     def committed(result: int | list[int]) -> None:
         # "The relay MUST NOT send SENT before the envelope is committed to disk."
         if type(result) is int:  # an idempotent resend: its original time
-            session.send(Sent(re=frame.id, msg_id=frame.msg_id, at=result))
+            session.send_encoded(fastframes.sent(frame.id, frame.msg_id, result))
             log_event(
                 logging.DEBUG, "sent", handle=handle, to=frame.to, size=len(frame.body),
                 intent=frame.intent, resend=True,
@@ -78,7 +79,7 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
             return
         assert isinstance(result, list)
         delivery_id, at = result
-        session.send(Sent(re=frame.id, msg_id=frame.msg_id, at=at))
+        session.send_encoded(fastframes.sent(frame.id, frame.msg_id, at))
         log_event(
             logging.DEBUG, "sent", handle=handle, to=frame.to, size=len(frame.body),
             intent=frame.intent, resend=False,
@@ -120,20 +121,6 @@ def acknowledge(ctx: RelayContext, session: Session, frame: Ack) -> None:
     )  # fmt: skip
     if session.outbox is not None:
         session.outbox.acknowledged(ids)
-
-
-def to_deliver(envelope: QueuedEnvelope) -> Deliver:
-    return Deliver(
-        delivery_id=envelope.delivery_id,
-        sender=envelope.sender,
-        sender_kind=envelope.sender_kind,
-        msg_id=envelope.msg_id,
-        intent=envelope.intent,
-        sent_at=envelope.sent_at,
-        body=envelope.body,
-        category=envelope.category,
-        categories=envelope.categories,
-    )
 
 
 class Outbox:
@@ -200,7 +187,7 @@ class Outbox:
                 self.withdrawn.discard(envelope.delivery_id)
                 return
         self.in_flight.add(envelope.delivery_id)
-        self.session.send(to_deliver(envelope))
+        self.session.send_encoded(fastframes.deliver(envelope))
 
     def _page_in(self) -> None:
         room = self.window - len(self.in_flight)

@@ -3,11 +3,11 @@
 It accepts WebSocket connections speaking the ``blindrelay.v1`` subprotocol
 (anything else is refused at the handshake), feeds each binary message to the
 session's sans-I/O machine through the :class:`Dispatcher`, and writes out
-what the machine queued. One pump task per connection does all writing, so
-handlers and writer callbacks never await. Compression is off (ciphertext
-does not compress; see /work/shared/notes.md), ``max_size`` is the frame cap
-(websockets closes bigger messages with 1009), keep-alive comes from the
-limits table.
+what the machine queued — synchronously, once per loop turn and connection
+(:class:`_WebSocketTransport`), so handlers and writer callbacks never await.
+Compression is off (ciphertext does not compress; see
+/work/shared/notes.md), ``max_size`` is the frame cap (websockets closes
+bigger messages with 1009), keep-alive comes from the limits table.
 
 :func:`serve` runs a relay in the current event loop and returns a
 :class:`RunningRelay` with its URL, so tests and the CLI start it the same way.
@@ -28,6 +28,7 @@ from nacl.signing import SigningKey
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as websockets_serve
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State as WsState
 
 from blindrelay.protocol import SUBPROTOCOL, limits
 from blindrelay.protocol.connection import RelayConnection, State
@@ -49,37 +50,133 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class _WebSocketTransport:
-    """A session's writing side: one task sends queued frames in order, then closes."""
+class _Flusher:
+    """Writes out every transport that has frames queued, once per loop turn.
 
-    def __init__(self, ws: ServerConnection, conn: RelayConnection) -> None:
+    Frames queued during one turn (a writer batch answers many SENDs at once)
+    leave in one socket write per connection instead of one per frame.
+    """
+
+    def __init__(self) -> None:
+        self._due: list[_WebSocketTransport] = []
+
+    def add(self, transport: _WebSocketTransport) -> None:
+        if not self._due:
+            asyncio.get_running_loop().call_soon(self._run)
+        self._due.append(transport)
+
+    def _run(self) -> None:
+        due, self._due = self._due, []
+        for transport in due:
+            transport.write_now()
+
+
+class _WebSocketTransport:
+    """A session's writing side: frames go out in order, then the close.
+
+    The fast path writes synchronously at the end of the loop turn
+    (:class:`_Flusher`): the frames go through websockets' sans-I/O protocol
+    and leave in one ``transport.write``. A pump task exists only while it is
+    needed — the peer reads slowly (websockets paused writing: the pump awaits
+    ``send``, i.e. drain) or the connection is closing — so an idle
+    connection holds no task.
+    """
+
+    def __init__(self, ws: ServerConnection, conn: RelayConnection, flusher: _Flusher) -> None:
         self._ws = ws
         self._conn = conn
-        self._wake = asyncio.Event()
+        self._flusher = flusher
+        self._out: list[bytes] = []
+        self._due = False
+        self._pump: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
         self.closing: tuple[int, str] | None = None
 
     def flush(self) -> None:
-        self._wake.set()
+        if not self._due:
+            self._due = True
+            self._flusher.add(self)
+
+    def write(self, data: bytes) -> None:
+        pending = self._conn.data_to_send()
+        if pending:
+            self._out.extend(pending)
+        self._out.append(data)
+        self.flush()
 
     def close(self, code: int, reason: str) -> None:
         if self.closing is None:
             self.closing = (code, reason)
-        self._wake.set()
+        self.flush()
 
-    async def pump(self) -> None:
+    def _take(self) -> list[bytes]:
+        out, self._out = self._out, []
+        pending = self._conn.data_to_send()
+        if pending:
+            out.extend(pending)
+        if self.closing is None and self._conn.state is State.CLOSED:
+            self.closing = (CLOSE_POLICY, "protocol error")
+        return out
+
+    def write_now(self) -> None:
+        self._due = False
+        if self._pump is not None:
+            assert self._wake is not None
+            self._wake.set()
+            return
+        ws = self._ws
+        if self.closing is not None or ws.paused or ws.protocol.state is not WsState.OPEN:
+            self.start_pump()
+            return
+        frames = self._take()
+        if self.closing is not None:
+            self._out = frames
+            self.start_pump()
+            return
+        if not frames:
+            return
+        protocol = ws.protocol
+        for data in frames:
+            protocol.send_binary(data)
+        chunks = protocol.data_to_send()
+        if all(chunks):
+            ws.transport.write(b"".join(chunks))
+        else:  # a half-close is queued (never after send_binary alone); let websockets do it
+            for chunk in chunks:
+                if chunk:
+                    ws.transport.write(chunk)
+            ws.send_data()
+
+    def start_pump(self) -> asyncio.Task[None]:
+        """The task that awaits: for flow control, and to close with our code."""
+        if self._pump is None:
+            self._wake = asyncio.Event()
+            self._pump = asyncio.create_task(self._run_pump())
+        return self._pump
+
+    async def _run_pump(self) -> None:
+        assert self._wake is not None
         try:
             while True:
-                await self._wake.wait()
-                self._wake.clear()
-                for data in self._conn.data_to_send():
+                frames = self._take()
+                for data in frames:
                     await self._ws.send(data)
-                if self.closing is None and self._conn.state is State.CLOSED:
-                    self.closing = (CLOSE_POLICY, "protocol error")
                 if self.closing is not None:
                     await self._ws.close(*self.closing)
                     return
+                if not frames and not self._ws.paused:
+                    return  # back to the fast path
+                if not frames:
+                    await self._wake.wait()
+                    self._wake.clear()
         except ConnectionClosed:
             return
+        finally:
+            self._pump = None
+
+    def cancel(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
 
 
 class RunningRelay:
@@ -97,6 +194,7 @@ class RunningRelay:
         self._server: Server | None = None
         self._sessions: set[Session] = set()
         self._purger: asyncio.Task[None] | None = None
+        self._flusher = _Flusher()
         self.url = ""
 
     async def _listen(self) -> None:
@@ -119,11 +217,10 @@ class RunningRelay:
         # "The relay MUST refuse a handshake without the blindrelay.v1 subprotocol":
         # websockets answers 400 when no offered subprotocol matches ours.
         conn = RelayConnection(self.relay_key, self.ctx.clock(), self._rng)
-        transport = _WebSocketTransport(ws, conn)
+        transport = _WebSocketTransport(ws, conn, self._flusher)
         peer = ws.remote_address
         session = Session(conn, transport, peer=f"{peer[0]}:{peer[1]}" if peer else "?")
         self._sessions.add(session)
-        pump = asyncio.create_task(transport.pump())
         timer = asyncio.get_running_loop().call_later(
             self.config.auth_timeout_s, self.dispatcher.auth_expired, session
         )
@@ -141,9 +238,9 @@ class RunningRelay:
             self.dispatcher.session_ended(session)
             self._sessions.discard(session)
             if transport.closing is not None or conn.state is State.CLOSED:
-                await pump  # flush the last frames and close with our code
+                await transport.start_pump()  # flush the last frames and close with our code
             else:
-                pump.cancel()
+                transport.cancel()
 
     async def purge_expired(self) -> tuple[int, int]:
         """SPEC §6.6: drop envelopes and remembered msg_ids older than the queue TTL."""

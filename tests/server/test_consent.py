@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from blindrelay.protocol.codec import encode
+from blindrelay.protocol.codec import decode, encode
 from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import (
     Ack,
@@ -216,7 +216,7 @@ async def test_an_outbox_never_pushes_rows_withdrawn_after_it_paged_them(
     pushed: list[int] = []
     outbox.session = type("Recorder", (), {
         "handle": "bob", "open": True, "outbox": outbox,
-        "send": lambda _self, frame: pushed.append(frame.delivery_id),
+        "send_encoded": lambda _self, data: pushed.append(decode(data).delivery_id),
     })()  # fmt: skip
     outbox.withdraw([rows[0][0]])  # the revoke committed after the page was read
     outbox._push_page(rows, limit=10)
