@@ -323,11 +323,10 @@ class Business:
     async def _away_reply(self, message: Message) -> None:
         """SPEC §8.2: one away reply per customer per closed period, remembered first.
 
-        The customer wrote when the relay accepted the message (``sent_at``), which
-        can be long before this client reads it: the reply goes out only if the
-        business was closed then *and* that closed period has not ended yet — a
-        message written at night and read after opening gets a human answer, not
-        "we are closed".
+        Decided by this client's own (injected) clock when it handles the message,
+        never by the relay's ``sent_at``: the relay is not trusted with our
+        behaviour, and a message written at night but read after opening should
+        get a human answer, not "we are closed".
         """
         if (
             self.away_message is None
@@ -339,8 +338,8 @@ class Business:
         profile = self.profile
         if profile is None:
             return
-        period = away_period(profile, message.sent_at)
-        if period is None or self.client.clock() >= period:
+        period = away_period(profile, self.client.clock())
+        if period is None:
             return
         key = _AWAY_PREFIX + message.sender
         if self.client.store.get_state(key) == period.to_bytes(8, "big"):
