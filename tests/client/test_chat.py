@@ -17,13 +17,15 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from blindrelay.client.business import Business
-from blindrelay.client.sdk import Client
+from blindrelay.client.sdk import Client, Message
+from blindrelay.protocol.errors import RecipientUnavailable
 from blindrelay.protocol.signed import ConsentStatement
 from blindrelay.server.cli import main as relay_cli
 
@@ -59,7 +61,7 @@ class Terminal:
                 return match
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"no {pattern!r} in:\n{self.seen[self.read_to:]}")
+                raise AssertionError(f"no {pattern!r} in:\n{self.seen[self.read_to :]}")
             ready, _, _ = select.select([self.master], [], [], remaining)
             if ready:
                 try:
@@ -176,39 +178,61 @@ def test_a_profile_logs_in_again_and_refuses_a_wrong_passphrase(
     assert wrong.close() == 1
 
 
+def customer(relay_url: str, tmp_path: Path, handle: str) -> tuple[Terminal, Path]:
+    """A chat user who pins a fresh operator key (so badges verify), and that key's file."""
+    key_file = tmp_path / "operator.key"
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert relay_cli(["admin", "keygen", "--out", str(key_file)]) == 0
+    operator_key = out.getvalue().strip()
+    env = {**os.environ, PASSPHRASE_ENV: f"{handle}'s passphrase",
+           "BLINDRELAY_OPERATOR_KEY": operator_key}  # fmt: skip
+    terminal = Terminal(
+        [sys.executable, "-m", "blindrelay.server.cli", "chat", "--relay", relay_url,
+         "--profile", str(tmp_path / f"{handle}.profile"), "--handle", handle,
+         "--passphrase-env", PASSPHRASE_ENV],
+        env,
+    )  # fmt: skip
+    return terminal, key_file
+
+
+async def verified_airline(
+    relay_url: str, tmp_path: Path, key_file: Path, **options: Any
+) -> Business:
+    """The business "airline" (in-process SDK), its badge signed by the operator key."""
+    client = Client.open(None)
+    airline = Business(client, **options)
+    await client.connect(relay_url)
+    await client.register("airline", "business")
+    await airline.publish_profile(display_name="Example Air", timezone="UTC", hours=[])
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert relay_cli(["admin", "verify-business", "airline", "--name", "Example Air",
+                          "--operator-key", str(key_file),
+                          "--db", str(tmp_path / "relay.db")]) == 0  # fmt: skip
+    return airline
+
+
+def reader(terminal: Terminal) -> Callable[[str], Awaitable[re.Match[str]]]:
+    """``terminal.expect`` for a coroutine: waits in a thread, the event loop runs on."""
+
+    async def expect(pattern: str) -> re.Match[str]:
+        return await asyncio.get_running_loop().run_in_executor(None, terminal.expect, pattern)
+
+    return expect
+
+
 @pytest.mark.slow
 def test_a_consent_request_is_shown_with_the_badge_and_granted_then_blocked(
     relay_url: str, tmp_path: Path
 ) -> None:
     """A verified business (SDK) asks a chat user; the person answers with /grant, /block."""
-    key_file = tmp_path / "operator.key"
-    with contextlib.redirect_stdout(io.StringIO()) as out:
-        assert relay_cli(["admin", "keygen", "--out", str(key_file)]) == 0
-    operator_key = out.getvalue().strip()
-    env = {**os.environ, PASSPHRASE_ENV: "dave's passphrase", "BLINDRELAY_OPERATOR_KEY": operator_key}
-    dave = Terminal(
-        [sys.executable, "-m", "blindrelay.server.cli", "chat", "--relay", relay_url,
-         "--profile", str(tmp_path / "dave.profile"), "--handle", "dave",
-         "--passphrase-env", PASSPHRASE_ENV],
-        env,
-    )  # fmt: skip
+    dave, key_file = customer(relay_url, tmp_path, "dave")
+    expect = reader(dave)
 
     async def business_side() -> None:
-        loop = asyncio.get_running_loop()
-
-        async def expect(pattern: str) -> re.Match[str]:
-            return await loop.run_in_executor(None, dave.expect, pattern)
-
         statements: asyncio.Queue[ConsentStatement] = asyncio.Queue()
-        client = Client.open(None)
-        airline = Business(client, on_consent_change=statements.put)
-        await client.connect(relay_url)
-        await client.register("airline", "business")
-        await airline.publish_profile(display_name="Example Air", timezone="UTC", hours=[])
-        with contextlib.redirect_stdout(io.StringIO()):
-            assert relay_cli(["admin", "verify-business", "airline", "--name", "Example Air",
-                              "--operator-key", str(key_file),
-                              "--db", str(tmp_path / "relay.db")]) == 0  # fmt: skip
+        airline = await verified_airline(
+            relay_url, tmp_path, key_file, on_consent_change=statements.put
+        )
         await expect("registered dave")
         try:
             await airline.request_consent("dave", ["utility"], "Gate changes for your flights?")
@@ -235,3 +259,161 @@ def test_a_consent_request_is_shown_with_the_badge_and_granted_then_blocked(
     finally:
         assert dave.close() == 0
     assert "Gate B9" not in dave.seen
+
+
+async def rotate_identity(relay_url: str, profile: Path, passphrase: str) -> None:
+    """The profile's owner replaces its identity key (SPEC §3.4), as a new device would."""
+    client = Client.open(profile, passphrase)
+    try:
+        await client.connect(relay_url)
+        await client.login()
+        await client.rotate_identity()
+    finally:
+        await client.close()
+
+
+@pytest.mark.slow
+def test_a_changed_identity_key_is_announced_and_blocks_sending_until_approved(
+    relay_url: str, tmp_path: Path
+) -> None:
+    """Bob verified alice; her key changes; his chat warns, holds her message, refuses /msg."""
+    alice_profile = tmp_path / "alice.profile"
+    alice = chat(relay_url, alice_profile, "alice")
+    bob = chat(relay_url, tmp_path / "bob.profile", "bob")
+    try:
+        alice.expect("registered alice")
+        bob.expect("registered bob")
+        alice.type("/msg bob hello bob")
+        bob.expect(r"\nalice: hello bob\n")
+        bob.type("/verify alice")
+        bob.expect("alice marked verified")
+        assert alice.close() == 0
+
+        asyncio.run(rotate_identity(relay_url, alice_profile, "passphrase of alice"))
+        alice = chat(relay_url, alice_profile, "alice")
+        alice.expect("logged in as alice")
+        alice.type("/msg bob it is me, on a new phone")
+        alice.expect("-> bob: sent")
+
+        bob.expect(r"!!! WARNING: ALICE'S IDENTITY KEY CHANGED\. .*Compare /safety alice "
+                   r"with them, then /approve alice\.")  # fmt: skip
+        bob.type("/msg alice is that really you?")
+        bob.expect(r"!!! WARNING: ALICE'S IDENTITY KEY CHANGED")
+        bob.type("/contacts")
+        bob.expect(r"  alice \(user\) KEY CHANGED, /approve after comparing\n")
+        bob.type("/verify alice")
+        bob.expect(r"alice's key changed: compare /safety alice, then /approve alice")
+        assert "on a new phone" not in bob.seen  # held until bob decides
+
+        alice.type("/safety bob")
+        bob.type("/safety alice")
+        number = alice.expect(r"safety number with bob: ((?:\d{5} ){11}\d{5})").group(1)
+        assert bob.expect(r"safety number with alice: ([\d ]+)\n").group(1) == number
+        bob.type("/approve alice")
+        bob.expect("accepted alice's new key; messages to alice allowed again")
+        bob.expect(r"\nalice: it is me, on a new phone\n")  # the held message follows
+        bob.type("/msg alice welcome back")
+        bob.expect("-> alice: sent")
+        alice.expect(r"\nbob: welcome back\n")
+        assert "is that really you" not in alice.seen  # refused before approval: never sent
+        bob.type("/contacts")
+        bob.expect(r"  alice \(user\) trusted\n")  # approved, no longer verified
+        bob.type("/approve alice")
+        bob.expect("no key change pending for alice")
+    finally:
+        assert alice.close() == 0
+        assert bob.close() == 0
+
+
+@pytest.mark.slow
+def test_a_denied_business_cannot_ask_again_and_a_revoked_one_cannot_notify(
+    relay_url: str, tmp_path: Path
+) -> None:
+    erin, key_file = customer(relay_url, tmp_path, "erin")
+    expect = reader(erin)
+
+    async def business_side() -> None:
+        statements: asyncio.Queue[ConsentStatement] = asyncio.Queue()
+        airline = await verified_airline(
+            relay_url, tmp_path, key_file, on_consent_change=statements.put
+        )
+        await expect("registered erin")
+        try:
+            await airline.request_consent("erin", ["utility"], "Gate changes?")
+            await expect(r"\[consent request\] airline .* asks for utility: Gate changes\?")
+            erin.type("/deny airline")
+            await expect("denied airline: utility")
+            assert (await asyncio.wait_for(statements.get(), TIMEOUT_S)).action == "deny"
+            with pytest.raises(RecipientUnavailable):
+                await airline.request_consent("erin", ["utility"], "Pretty please?")
+            erin.type("/requests")
+            await expect("no consent requests waiting")
+
+            erin.type("/grant airline utility")  # she changed her mind (no request needed)
+            await expect("granted airline: utility")
+            assert (await asyncio.wait_for(statements.get(), TIMEOUT_S)).action == "grant"
+            assert (await airline.notify("utility", "Gate B7", to=["erin"])).sent == ["erin"]
+            await expect(r"\[utility\] airline \[✔ verified: Example Air\]: Gate B7\n")
+            erin.type("/revoke airline utility")
+            await expect("revoked airline: utility")
+            assert (await asyncio.wait_for(statements.get(), TIMEOUT_S)).action == "revoke"
+            refused = await airline.notify("utility", "Gate C1", to=["erin"])
+            assert refused.refused == ["erin"], refused
+            erin.type("/revoke airline utility")  # nothing granted any more
+            await expect("refused: ")
+        finally:
+            await airline.close()
+
+    try:
+        asyncio.run(business_side())
+    finally:
+        assert erin.close() == 0
+    assert "Pretty please" not in erin.seen
+    assert "Gate C1" not in erin.seen
+
+
+@pytest.mark.slow
+def test_unblocking_a_business_lets_the_user_write_but_keeps_consent_revoked(
+    relay_url: str, tmp_path: Path
+) -> None:
+    fay, key_file = customer(relay_url, tmp_path, "fay")
+    expect = reader(fay)
+
+    async def business_side() -> None:
+        inbox: asyncio.Queue[Message] = asyncio.Queue()
+        blocks: asyncio.Queue[ConsentStatement] = asyncio.Queue()
+        airline = await verified_airline(
+            relay_url, tmp_path, key_file, on_message=inbox.put, on_block=blocks.put
+        )
+        airline.start()
+        await expect("registered fay")
+        try:
+            fay.type("/grant airline utility")
+            await expect("granted airline: utility")
+            assert (await airline.notify("utility", "Gate B7", to=["fay"])).sent == ["fay"]
+            await expect(r"\[utility\] airline \[✔ verified: Example Air\]: Gate B7\n")
+            fay.type("/block airline")
+            await expect("blocked airline")
+            assert (await asyncio.wait_for(blocks.get(), TIMEOUT_S)).action == "block"
+            fay.type("/msg airline while blocked")
+            await expect("refused: RecipientUnavailable")
+
+            fay.type("/unblock airline")
+            await expect("unblocked airline")
+            assert (await asyncio.wait_for(blocks.get(), TIMEOUT_S)).action == "unblock"
+            refused = await airline.notify("utility", "Gate C1", to=["fay"])
+            assert refused.refused == ["fay"], refused  # the block revoked consent for good
+            fay.type("/msg airline is my booking still on?")
+            await expect("-> airline: sent")
+            message = await asyncio.wait_for(inbox.get(), TIMEOUT_S)
+            assert (message.sender, message.body) == ("fay", "is my booking still on?")
+            await airline.reply("fay", "Yes, see you on board")
+            await expect(r"\nairline \[✔ verified: Example Air\]: Yes, see you on board\n")
+        finally:
+            await airline.close()
+
+    try:
+        asyncio.run(business_side())
+    finally:
+        assert fay.close() == 0
+    assert "Gate C1" not in fay.seen
