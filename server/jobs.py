@@ -41,6 +41,7 @@ from blindrelay.protocol.errors import (
     InvalidProfile,
     InvalidStatement,
     NotFound,
+    QueueFull,
     RecipientUnavailable,
     StaleStatement,
 )
@@ -102,12 +103,12 @@ def envelope_digest(
 ) -> bytes:
     """What makes two SENDs with one msg_id "the same" (SPEC §6.3): to, intent,
     category(ies) and body, length-prefixed so no two field lists collide."""
-    digest = hashlib.sha256(b"blindrelay/v1/envelope\x00")
     joined = ",".join(categories) if categories is not None else ""
+    parts = [b"blindrelay/v1/envelope\x00"]
     for part in (to.encode(), intent.encode(), (category or "").encode(), joined.encode(), body):
-        digest.update(len(part).to_bytes(4, "big"))
-        digest.update(part)
-    return digest.digest()
+        parts.append(len(part).to_bytes(4, "big"))
+        parts.append(part)
+    return hashlib.sha256(b"".join(parts)).digest()
 
 
 def envelope_row(envelope: QueuedEnvelope) -> list[Any]:
@@ -223,22 +224,28 @@ def send(
     Returns the original time (an int) for a resend, else [delivery_id, at].
     """
     digest = envelope_digest(to, intent, category, categories, body)
-    # A resend is answered from ``sent``: it was decided, enqueued and counted
-    # once already ("an idempotent resend counts once").
-    resend = store.queue.remembered(handle, msg_id, digest)
-    if resend is not None:
-        return resend.at
     sender = Account(handle, kind, b"")
+    queue = store.queue
     asked = frozenset(categories or ())
     recipient, state, decision = decide(
         store, sender, to, Request(intent), now, category=category, categories=asked
     )
-    refuse_unless_allowed(decision)
+    if decision.verdict is not Verdict.ALLOW or queue.queued(to) >= cap:
+        # A resend is answered from ``sent`` before any refusal: it was decided,
+        # enqueued and counted once already ("an idempotent resend counts once").
+        resend = queue.remembered(handle, msg_id, digest)
+        if resend is not None:
+            return resend.at
+        refuse_unless_allowed(decision)
+        raise QueueFull()
     assert recipient is not None
-    accepted = store.queue.add(
-        to, sender, msg_id, intent, category,
-        tuple(categories) if categories is not None else None, body, digest, now, cap,
-    )  # fmt: skip
+    delivery_id = queue.add_if_new(
+        to, sender, msg_id, intent, category, categories, body, digest, now
+    )
+    if delivery_id is None:  # a resend (or MessageIdReused); nothing was written
+        known = queue.remembered(handle, msg_id, digest)
+        assert known is not None
+        return known.at
     new_state = after_accept(state, decision, now, window_ms)
     if new_state != state:
         store.ledger.store_pair(handle, to, new_state)
@@ -246,8 +253,7 @@ def send(
         # "Counts MUST be committed in the same transaction as the envelope they count."
         business = handle if kind == AccountKind.BUSINESS else recipient.handle
         store.usage.count(business, now, decision.meter, category)
-    assert accepted.envelope is not None
-    return [accepted.envelope.delivery_id, accepted.at]
+    return [delivery_id, now]
 
 
 def acknowledge(store: Store, handle: str, delivery_ids: list[int]) -> int:

@@ -511,6 +511,43 @@ class MessageQueue:
         )  # fmt: skip
         return Accepted(at=now, envelope=envelope)
 
+    def add_if_new(
+        self,
+        recipient: str,
+        sender: Account,
+        msg_id: bytes,
+        intent: str,
+        category: str | None,
+        categories: list[str] | None,
+        body: bytes,
+        digest: bytes,
+        now: int,
+    ) -> int | None:
+        """The new envelope's delivery id, or None (nothing written) when
+        (sender, msg_id) is already in ``sent`` — a resend, for :meth:`remembered`.
+
+        For SEND's hot path: one ``INSERT OR IGNORE`` tells new from resend
+        instead of a SELECT before the INSERT. The caller has checked consent
+        and the cap, answering resends first on those refusals.
+        """
+        execute = self._conn.execute
+        if (
+            execute(
+                "INSERT OR IGNORE INTO sent (sender, msg_id, digest, at) VALUES (?, ?, ?, ?)",
+                (sender.handle, msg_id, digest, now),
+            ).rowcount
+            == 0
+        ):
+            return None
+        joined = ",".join(categories) if categories is not None else None
+        cursor = execute(
+            "INSERT INTO queue (recipient, sender, sender_kind, msg_id, intent, category,"
+            " categories, sent_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (recipient, sender.handle, sender.kind, msg_id, intent, category, joined, now, body),
+        )
+        self._added(recipient, 1)
+        return cursor.lastrowid
+
     def remembered(self, sender: str, msg_id: bytes, digest: bytes) -> Accepted | None:
         """The original acceptance of a resend, or None for a new ``msg_id`` (SPEC §6.3)."""
         known = self._conn.execute(

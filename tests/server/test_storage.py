@@ -198,3 +198,44 @@ def test_the_writer_process_dies_with_a_sigkilled_relay(tmp_path: Path) -> None:
             host.wait()
         if host.stdout is not None:
             host.stdout.close()
+
+
+# --- jobs.send: decide first, one INSERT OR IGNORE tells new from resend ---------
+
+
+def test_send_answers_resends_before_every_refusal_and_writes_nothing_for_them(
+    tmp_path: Path,
+) -> None:
+    """SPEC §6.3: a resend gets the original time even after a block or with the
+    queue at its cap; other content under the same msg_id is MESSAGE_ID_REUSED."""
+    from blindrelay.protocol.consent import PairState
+    from blindrelay.protocol.errors import MessageIdReused, RecipientUnavailable
+    from blindrelay.server import jobs
+
+    writer = committer(tmp_path / "r.db")
+    bob = Account("bob", "user", b"b" * 32)
+    writer.commit([lambda s: s.accounts.create(ALICE, 0), lambda s: s.accounts.create(bob, 0)])
+
+    def send(n: int, body: bytes = b"x", cap: int = 10, at: int = 5) -> Callable[[Store], object]:
+        msg_id = bytes([n]) * 16
+        return lambda s: jobs.send(s, "alice", "user", "bob", msg_id, "chat", None, None, body,
+                                   at, cap, 0)  # fmt: skip
+
+    def counts(store: Store) -> tuple[int, int]:
+        queued = store.db.execute("SELECT COUNT(*) FROM queue").fetchone()[0]
+        sent = store.db.execute("SELECT COUNT(*) FROM sent").fetchone()[0]
+        return int(queued), int(sent)
+
+    [(ok, first)] = writer.commit([send(1)])
+    assert ok and isinstance(first, list) and first[1] == 5
+    outcomes = writer.commit([send(1, at=9), send(1, body=b"other"), send(2, cap=1), counts])
+    assert outcomes[0] == (True, 5)  # the original time, nothing stored
+    assert isinstance(outcomes[1][1], MessageIdReused)
+    assert isinstance(outcomes[2][1], QueueFull)
+    assert outcomes[3] == (True, (1, 1))
+    block = PairState(blockers=frozenset({"bob"}))
+    writer.commit([lambda s: s.ledger.store_pair("alice", "bob", block)])
+    outcomes = writer.commit([send(1, at=9), send(3), counts])
+    assert outcomes[0] == (True, 5)
+    assert isinstance(outcomes[1][1], RecipientUnavailable)
+    assert outcomes[2] == (True, (1, 1))
