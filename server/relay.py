@@ -23,11 +23,14 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 from nacl.signing import SigningKey
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as websockets_serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import DATA_OPCODES, Frame, Opcode
+from websockets.protocol import Event
 from websockets.protocol import State as WsState
 
 from blindrelay.protocol import SUBPROTOCOL, limits
@@ -48,6 +51,42 @@ CLOSE_POLICY = 1008
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class _RelayWebSocket(ServerConnection):
+    """A websockets connection that hands each whole binary message straight to
+    the session, inside ``data_received``.
+
+    Why: websockets otherwise queues every message in its assembler and wakes
+    the connection's handler task to ``recv`` it — a future and a task switch
+    per frame, for a handler that never awaits. Whatever websockets does not
+    deliver whole (text, fragments, anything before :meth:`direct`) goes to the
+    assembler as usual, and from then on everything does, so order is kept.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_message: Callable[[bytes], None] | None = None
+        self._assembled = 0
+
+    def direct(self, on_message: Callable[[bytes], None]) -> bool:
+        """Route messages to ``on_message`` unless some already went to the assembler."""
+        if self._assembled:
+            return False
+        self.on_message = on_message
+        return True
+
+    def process_event(self, event: Event) -> None:
+        if isinstance(event, Frame):
+            on_message = self.on_message
+            if on_message is not None and event.fin and event.opcode is Opcode.BINARY:
+                data = event.data
+                on_message(data if type(data) is bytes else bytes(data))
+                return
+            if event.opcode in DATA_OPCODES:
+                self.on_message = None
+                self._assembled += 1
+        super().process_event(event)
 
 
 class _Flusher:
@@ -208,6 +247,7 @@ class RunningRelay:
             ping_interval=self.config.ping_interval_s,
             ping_timeout=self.config.ping_timeout_s,
             server_header=None,
+            create_connection=_RelayWebSocket,
         )
         host, port = next(iter(self._server.sockets)).getsockname()[:2]
         self.url = f"ws://[{host}]:{port}" if ":" in host else f"ws://{host}:{port}"
@@ -226,8 +266,10 @@ class RunningRelay:
         )
         log_event(logging.INFO, "connected", peer=session.peer)
         transport.flush()
+        if isinstance(ws, _RelayWebSocket):
+            ws.direct(lambda message: self._received(session, message))
         try:
-            async for message in ws:
+            async for message in ws:  # only what websockets' assembler got
                 self.dispatcher.data_received(session, message)
                 if not session.open:
                     break
@@ -241,6 +283,12 @@ class RunningRelay:
                 await transport.start_pump()  # flush the last frames and close with our code
             else:
                 transport.cancel()
+
+    def _received(self, session: Session, message: bytes) -> None:
+        try:
+            self.dispatcher.data_received(session, message)
+        except Exception as exc:  # inside websockets' data_received: never let it escape
+            self.ctx.refuse(session, None, exc)
 
     async def purge_expired(self) -> tuple[int, int]:
         """SPEC §6.6: drop envelopes and remembered msg_ids older than the queue TTL."""

@@ -9,7 +9,7 @@ from websockets.exceptions import InvalidStatus
 from blindrelay.protocol import limits
 from blindrelay.protocol.codec import encode
 from blindrelay.protocol.errors import ErrorCode
-from blindrelay.protocol.frames import BundleFetch, Error, FrameType, Hello, Ok, Send, Sent
+from blindrelay.protocol.frames import BundleFetch, Deliver, Error, FrameType, Hello, Ok, Send, Sent
 from blindrelay.server import dispatch
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay, serve
@@ -129,3 +129,25 @@ async def test_shutdown_finishes_commits_then_says_shutting_down(
     stored = db_rows(config.db_path, "SELECT COUNT(*) FROM queue WHERE msg_id = ?", (b"m" * 16,))
     # Whichever way the race went: SENT was sent exactly when the envelope is stored.
     assert stored == [(1 if got_sent else 0,)]
+
+
+async def test_messages_keep_their_order_across_the_switch_to_websockets_assembler(
+    relay: RunningRelay, clients: Clients
+) -> None:
+    """Binary messages are dispatched inside data_received; a text message sends
+    this connection's later messages through websockets' assembler. Per-pair order
+    (SPEC §6.4) holds across the switch."""
+    alice = await clients.registered(relay.url, "alice")
+    bob = await clients.registered(relay.url, "bob")
+    assert relay._server is not None
+    assert all(ws.on_message is not None for ws in relay._server.connections)  # type: ignore[attr-defined]
+    bodies = [b"first", b"second", b"third"]
+    for index, body in enumerate(bodies):
+        if index == 1:
+            await alice.ws.send("not a frame")
+        await alice.send(Send(id=100 + index, to="bob", msg_id=bytes([index]) * 16,
+                              intent="chat", body=body))  # fmt: skip
+    received = [await bob.push(Deliver) for _ in bodies]
+    assert [d.body for d in received] == bodies
+    assert [d.delivery_id for d in received] == sorted(d.delivery_id for d in received)
+    assert error_code(await alice.push(Error)) == ErrorCode.MALFORMED_FRAME
