@@ -8,6 +8,7 @@ timer. Linux only (/proc).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -96,20 +97,50 @@ class ServerProcess:
     def pid(self) -> int:
         return self.proc.pid
 
+    def tree(self) -> list[int]:
+        """The server and every process it started (the relay has a writer process).
+
+        A server's cost is its whole tree: leaving a helper process out would make
+        it look cheaper than it is.
+        """
+        pids, queue = [], [self.pid]
+        while queue:
+            pid = queue.pop()
+            pids.append(pid)
+            for task in Path(f"/proc/{pid}/task").glob("*/children"):
+                with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+                    queue.extend(int(child) for child in task.read_text().split())
+        return pids
+
     def memory_kib(self) -> tuple[int, int]:
-        """(VmRSS, VmHWM) in KiB: resident now, and its peak so far."""
-        fields: dict[str, int] = {}
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                fields[name] = int(value.split()[0])
-        return fields["VmRSS"], fields["VmHWM"]
+        """(VmRSS, VmHWM) in KiB over the process tree: resident now, and peak so far
+        (the sum of each process's own peak, an upper bound of the tree's peak)."""
+        rss = hwm = 0
+        for pid in self.tree():
+            fields: dict[str, int] = {}
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except FileNotFoundError:  # exited since the tree was listed
+                continue
+            for line in status.splitlines():
+                name, _, value = line.partition(":")
+                if name in ("VmRSS", "VmHWM"):
+                    fields[name] = int(value.split()[0])
+            rss += fields.get("VmRSS", 0)
+            hwm += fields.get("VmHWM", 0)
+        return rss, hwm
 
     def cpu_s(self) -> float:
-        """User + system CPU seconds the server has used so far."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        after_name = stat[stat.rindex(")") + 2 :].split()
-        return (int(after_name[11]) + int(after_name[12])) / CLOCK_TICKS
+        """User + system CPU seconds the server's process tree has used so far."""
+        total = 0.0
+        for pid in self.tree():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except FileNotFoundError:
+                continue
+            after_name = stat[stat.rindex(")") + 2 :].split()
+            total += (int(after_name[11]) + int(after_name[12])) / CLOCK_TICKS
+        return total
 
     def stop(self) -> int:
         """SIGTERM, then SIGKILL if it has not exited in STOP_TIMEOUT_S; returns the status."""
