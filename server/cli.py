@@ -135,8 +135,15 @@ async def _run_until_signalled(config: RelayConfig) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     print(f"listening {relay.url}", flush=True)
-    await stop.wait()
+    stopped = asyncio.create_task(stop.wait())
+    failed = asyncio.create_task(relay.failed.wait())
+    await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    failed.cancel()
     await relay.close()
+    if relay.failed.is_set():
+        print("blindrelay serve: the writer process exited; stopping", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -234,6 +234,9 @@ class RunningRelay:
         self._sessions: set[Session] = set()
         self._purger: asyncio.Task[None] | None = None
         self._flusher = _Flusher()
+        self.failed = asyncio.Event()
+        """Set when the writer process died under the relay: nothing can be stored any
+        more, so the CLI stops (a supervisor restarts it; the database is intact)."""
         self.url = ""
 
     async def _listen(self) -> None:
@@ -300,7 +303,10 @@ class RunningRelay:
 
     async def _purge_periodically(self) -> None:
         while True:
-            await self.purge_expired()
+            try:
+                await self.purge_expired()
+            except Exception as exc:  # e.g. the writer is gone; the relay is stopping anyway
+                log_event(logging.ERROR, "purge_failed", exc_type=type(exc).__name__)
             await asyncio.sleep(self.config.purge_interval_s)
 
     async def close(self) -> None:
@@ -316,7 +322,8 @@ class RunningRelay:
                 await self._purger
         if self._server is not None:
             self._server.close(close_connections=False)
-        await self.ctx.writer.submit("noop")  # every earlier job committed
+        if self.ctx.writer.running:
+            await self.ctx.writer.submit("noop")  # every earlier job committed
         for session in list(self._sessions):
             session.shut_down()
         if self._server is not None:
@@ -359,6 +366,7 @@ async def serve(
         limiters=Limiters.from_config(config, clock),
     )
     relay = RunningRelay(config, ctx, rng, reader.conn.close)
+    writer.on_lost = relay.failed.set
     try:
         await relay._listen()
     except BaseException:

@@ -101,7 +101,10 @@ class Writer:
         self._waiting: deque[tuple[int, Done]] = deque()
         self._next_id = 0
         self._running = False
+        self._closing = False
         self.pid: int | None = None
+        self.on_lost: Callable[[], None] | None = None
+        """Called if the process goes away while the relay still needs it."""
 
     async def start(self) -> None:
         """Start the process and wait until it has opened the database (or failed to)."""
@@ -212,7 +215,8 @@ class Writer:
         if self._started is not None and not self._started.done():
             self._started.set_exception(WriterStartError("writer process exited"))
         waiting, self._waiting = self._waiting, deque()
-        if waiting:
+        unexpected = not self._closing and self._started is not None and self._started.done()
+        if unexpected or waiting:
             log_event(logging.ERROR, "writer_lost", jobs=len(waiting))
         for _job_id, done in waiting:
             try:
@@ -224,19 +228,23 @@ class Writer:
                 )  # fmt: skip
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
+        if unexpected and self.on_lost is not None:
+            self.on_lost()
 
     async def close(self) -> None:
         """Send what is queued, let the writer commit and answer it all, then stop it."""
         if self._transport is None:
             return
-        self._hand_over()
-        self._running = False
-        if self._transport.can_write_eof():
-            self._transport.write_eof()
-        else:
-            self._transport.close()
+        self._closing = True
         assert self._closed is not None
-        await self._closed
+        if not self._closed.done():
+            self._hand_over()
+            self._running = False
+            if self._transport.can_write_eof():
+                self._transport.write_eof()
+            else:
+                self._transport.close()
+            await self._closed
         await self._reap(kill=False)
 
     async def _reap(self, *, kill: bool) -> None:

@@ -110,3 +110,21 @@ def test_inspect_shows_metadata_and_only_a_ciphertext_prefix(
 
 def test_inspect_without_a_database_fails(tmp_path: Path) -> None:
     assert main(["inspect", "--db", str(tmp_path / "missing.db")]) == 1
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+@pytest.mark.slow
+async def test_serve_exits_1_when_its_writer_process_dies(tmp_path: Path) -> None:
+    """A relay that can no longer store anything stops, so a supervisor restarts it."""
+    process, _url = await _start(tmp_path, "--port", "0")
+    [writer] = _children(process.pid)
+    os.kill(writer, signal.SIGKILL)
+    _, stderr = await asyncio.wait_for(process.communicate(), TEST_TIMEOUT_S)
+    assert process.returncode == 1
+    assert b"writer process exited" in stderr

@@ -239,3 +239,23 @@ def test_send_answers_resends_before_every_refusal_and_writes_nothing_for_them(
     assert outcomes[0] == (True, 5)
     assert isinstance(outcomes[1][1], RecipientUnavailable)
     assert outcomes[2] == (True, (1, 1))
+
+
+async def test_a_relay_whose_writer_dies_refuses_writes_and_reports_failure(
+    tmp_path: Path,
+) -> None:
+    """Nothing can be stored without the writer: jobs fail with INTERNAL_ERROR, the
+    relay's ``failed`` event is set (the CLI then exits 1), and close() still works."""
+    from blindrelay.protocol.errors import InternalError
+    from blindrelay.server.config import RelayConfig
+    from blindrelay.server.relay import serve
+
+    relay = await serve(RelayConfig(port=0, db_path=tmp_path / "r.db"))
+    writer = relay.ctx.writer
+    assert writer.pid is not None
+    os.kill(writer.pid, signal.SIGKILL)
+    await asyncio.wait_for(relay.failed.wait(), 10)
+    assert not writer.running
+    with pytest.raises(InternalError):
+        writer.submit("noop")
+    await asyncio.wait_for(relay.close(), 10)
