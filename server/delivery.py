@@ -20,6 +20,8 @@ Not here: the rules themselves (``blindrelay.protocol.consent``), statements
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from blindrelay.protocol.errors import Forbidden
@@ -27,9 +29,8 @@ from blindrelay.protocol.frames import AccountKind, Ack, Intent, Send
 
 from . import fastframes
 from .context import Limiters, RelayContext, Session
-from .jobs import envelope_from_row
-from .logs import log_event
-from .storage import Account, QueuedEnvelope
+from .logs import LOGGER, log_event
+from .storage import Account
 
 BUSINESS_ONLY_INTENTS = frozenset({Intent.NOTIFICATION, Intent.CONSENT_REQUEST})
 """SPEC §6.2: intents only a business account may declare."""
@@ -68,26 +69,27 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
     handle = sender.handle
     check_send(sender, frame, ctx.limiters)
 
-    def committed(result: int | list[int]) -> None:
+    def committed(result: Any) -> None:
         # "The relay MUST NOT send SENT before the envelope is committed to disk."
-        if type(result) is int:  # an idempotent resend: its original time
-            session.send_encoded(fastframes.sent(frame.id, frame.msg_id, result))
+        resend = type(result) is int  # an idempotent resend: its original time
+        at: int = result if resend else result[1]
+        session.send_encoded(fastframes.sent(frame.id, frame.msg_id, at))
+        if LOGGER.isEnabledFor(logging.DEBUG):
             log_event(
                 logging.DEBUG, "sent", handle=handle, to=frame.to, size=len(frame.body),
-                intent=frame.intent, resend=True,
+                intent=frame.intent, resend=resend,
             )  # fmt: skip
+        if resend:
             return
-        assert isinstance(result, list)
-        delivery_id, at = result
-        session.send_encoded(fastframes.sent(frame.id, frame.msg_id, at))
-        log_event(
-            logging.DEBUG, "sent", handle=handle, to=frame.to, size=len(frame.body),
-            intent=frame.intent, resend=False,
-        )  # fmt: skip
-        push_committed(ctx, QueuedEnvelope(
-            delivery_id, frame.to, handle, sender.kind, frame.msg_id, frame.intent,
-            frame.category, frame.categories, at, frame.body,
-        ))  # fmt: skip
+        delivery_id: int = result[0]
+
+        def encode() -> bytes:
+            return fastframes.deliver_fields(
+                delivery_id, handle, sender.kind, frame.msg_id, frame.intent, at, frame.body,
+                frame.category, frame.categories,
+            )  # fmt: skip
+
+        push_committed(ctx, frame.to, delivery_id, encode)
 
     ctx.run_job(
         session, frame, "send",
@@ -98,11 +100,15 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
     )  # fmt: skip
 
 
-def push_committed(ctx: RelayContext, envelope: QueuedEnvelope) -> None:
-    """Hand a freshly committed envelope to its recipient's outbox, if online."""
-    target = ctx.sessions.get(envelope.recipient)
+def push_committed(
+    ctx: RelayContext, recipient: str, delivery_id: int, encode: Callable[[], bytes]
+) -> None:
+    """Hand a freshly committed envelope to its recipient's outbox, if online.
+
+    ``encode`` makes its DELIVER bytes, only if it is pushed now."""
+    target = ctx.sessions.get(recipient)
     if target is not None and target.outbox is not None:
-        target.outbox.committed(envelope)
+        target.outbox.committed(delivery_id, encode)
 
 
 def acknowledge(ctx: RelayContext, session: Session, frame: Ack) -> None:
@@ -113,12 +119,12 @@ def acknowledge(ctx: RelayContext, session: Session, frame: Ack) -> None:
     handle = session.handle
     assert handle is not None
     ids = frame.delivery_ids
-    ctx.run_job(
-        session, frame, "acknowledge", (handle, ids),
-        lambda deleted: log_event(
-            logging.DEBUG, "acked", handle=handle, ids=len(ids), deleted=deleted
-        ),
-    )  # fmt: skip
+
+    def acked(deleted: int) -> None:
+        if LOGGER.isEnabledFor(logging.DEBUG):
+            log_event(logging.DEBUG, "acked", handle=handle, ids=len(ids), deleted=deleted)
+
+    ctx.run_job(session, frame, "acknowledge", (handle, ids), acked)
     if session.outbox is not None:
         session.outbox.acknowledged(ids)
 
@@ -152,14 +158,14 @@ class Outbox:
         """A new connection: everything queued is due, unacknowledged ones again."""
         self._page_in()
 
-    def committed(self, envelope: QueuedEnvelope) -> None:
+    def committed(self, delivery_id: int, encode: Callable[[], bytes]) -> None:
         """A new envelope for this account was committed."""
         if self.paging or self.behind:
             return
         if len(self.in_flight) >= self.window:
             self.behind = True
             return
-        self._push(envelope)
+        self._push(delivery_id, encode)
 
     def acknowledged(self, delivery_ids: tuple[int, ...]) -> None:
         self.in_flight.difference_update(delivery_ids)
@@ -177,17 +183,17 @@ class Outbox:
         self.withdrawn.update(i for i in delivery_ids if i > self.cursor)
         self._page_in()
 
-    def _push(self, envelope: QueuedEnvelope) -> None:
-        if envelope.delivery_id <= self.cursor:
+    def _push(self, delivery_id: int, encode: Callable[[], bytes]) -> None:
+        if delivery_id <= self.cursor:
             return
-        self.cursor = envelope.delivery_id
+        self.cursor = delivery_id
         if self.withdrawn:
             self.withdrawn = {i for i in self.withdrawn if i >= self.cursor}
-            if envelope.delivery_id in self.withdrawn:
-                self.withdrawn.discard(envelope.delivery_id)
+            if delivery_id in self.withdrawn:
+                self.withdrawn.discard(delivery_id)
                 return
-        self.in_flight.add(envelope.delivery_id)
-        self.session.send_encoded(fastframes.deliver(envelope))
+        self.in_flight.add(delivery_id)
+        self.session.send_encoded(encode())
 
     def _page_in(self) -> None:
         room = self.window - len(self.in_flight)
@@ -215,6 +221,6 @@ class Outbox:
         if self.session.outbox is not self or not self.session.open:
             return
         for row in rows:
-            self._push(envelope_from_row(row))
+            self._push(row[0], partial(fastframes.deliver_row, row))
         self.behind = len(rows) >= limit
         self._page_in()

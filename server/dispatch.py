@@ -25,7 +25,7 @@ from blindrelay.protocol.frames import Frame, FrameType
 
 from . import auth, business, delivery, directory, statements
 from .context import RelayContext, Session
-from .logs import log_event
+from .logs import LOGGER, log_event
 
 Handler = Callable[[RelayContext, Session, Any], None]
 
@@ -75,7 +75,10 @@ class Dispatcher:
         session.transport.flush()
 
     def frame_received(self, session: Session, frame: Frame, size: int) -> None:
-        log_event(logging.DEBUG, "frame", type=frame.TYPE.name, handle=session.handle, size=size)
+        if LOGGER.isEnabledFor(logging.DEBUG):
+            log_event(
+                logging.DEBUG, "frame", type=frame.TYPE.name, handle=session.handle, size=size
+            )
         handler = HANDLERS.get(frame.TYPE)
         if handler is None:
             self.ctx.refuse(session, frame, UnexpectedFrame(f"{frame.TYPE.name} not served"))

@@ -12,6 +12,9 @@ Neither frame changes the connection's state, so they may bypass the machine.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import msgpack
 
 from blindrelay.protocol.frames import FrameType
@@ -28,18 +31,40 @@ def sent(re: int, msg_id: bytes, at: int) -> bytes:
 
 
 def deliver(envelope: QueuedEnvelope) -> bytes:
+    return deliver_fields(
+        envelope.delivery_id, envelope.sender, envelope.sender_kind, envelope.msg_id,
+        envelope.intent, envelope.sent_at, envelope.body, envelope.category, envelope.categories,
+    )  # fmt: skip
+
+
+def deliver_row(row: list[Any]) -> bytes:
+    """From a queue row as the writer sends it (:func:`.jobs.envelope_row`)."""
+    return deliver_fields(row[0], row[2], row[3], row[4], row[5], row[8], row[9], row[6], row[7])
+
+
+def deliver_fields(
+    delivery_id: int,
+    sender: str,
+    sender_kind: str,
+    msg_id: bytes,
+    intent: str,
+    sent_at: int,
+    body: bytes,
+    category: str | None,
+    categories: Sequence[str] | None,
+) -> bytes:
     frame = {
         "t": _DELIVER,
-        "delivery_id": envelope.delivery_id,
-        "sender": envelope.sender,
-        "sender_kind": envelope.sender_kind,
-        "msg_id": envelope.msg_id,
-        "intent": envelope.intent,
-        "sent_at": envelope.sent_at,
-        "body": envelope.body,
+        "delivery_id": delivery_id,
+        "sender": sender,
+        "sender_kind": sender_kind,
+        "msg_id": msg_id,
+        "intent": intent,
+        "sent_at": sent_at,
+        "body": body,
     }
-    if envelope.category is not None:
-        frame["category"] = envelope.category
-    if envelope.categories is not None:
-        frame["categories"] = list(envelope.categories)
+    if category is not None:
+        frame["category"] = category
+    if categories is not None:
+        frame["categories"] = list(categories)
     return _pack(frame)  # type: ignore[no-any-return]

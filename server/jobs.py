@@ -112,20 +112,14 @@ def envelope_digest(
 
 
 def envelope_row(envelope: QueuedEnvelope) -> list[Any]:
-    """A queue row as msgpack values; :func:`envelope_from_row` on the loop's side."""
+    """A queue row as msgpack values (the loop encodes DELIVER straight from it:
+    :func:`.fastframes.deliver_row`)."""
     return [
         envelope.delivery_id, envelope.recipient, envelope.sender, envelope.sender_kind,
         envelope.msg_id, envelope.intent, envelope.category,
         list(envelope.categories) if envelope.categories is not None else None,
         envelope.sent_at, envelope.body,
     ]  # fmt: skip
-
-
-def envelope_from_row(row: list[Any]) -> QueuedEnvelope:
-    categories = tuple(row[7]) if row[7] is not None else None
-    return QueuedEnvelope(
-        row[0], row[1], row[2], row[3], row[4], row[5], row[6], categories, row[8], row[9]
-    )
 
 
 # --- operations ----------------------------------------------------------------

@@ -19,6 +19,7 @@ Not here: the rules (``blindrelay.protocol.consent``, ``.signed``), storage
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 from blindrelay.protocol import limits
@@ -31,9 +32,9 @@ from blindrelay.protocol.signed import (
     verify_statement,
 )
 
+from . import fastframes
 from .context import RelayContext, Session
 from .delivery import push_committed
-from .jobs import envelope_from_row
 from .logs import log_event
 
 
@@ -77,7 +78,9 @@ def receive_statement(ctx: RelayContext, session: Session, frame: Statement) -> 
             target=statement.target, purged=len(purged), forwarded=forwarded is not None,
         )  # fmt: skip
         if forwarded is not None:
-            push_committed(ctx, envelope_from_row(forwarded))
+            push_committed(
+                ctx, forwarded[1], forwarded[0], partial(fastframes.deliver_row, forwarded)
+            )
 
     ctx.run_job(
         session, frame, "apply_statement",

@@ -9,6 +9,7 @@ from blindrelay.protocol import limits
 from blindrelay.protocol.codec import decode, encode
 from blindrelay.protocol.frames import Deliver, Sent
 from blindrelay.server import fastframes
+from blindrelay.server.jobs import envelope_row
 from blindrelay.server.storage import QueuedEnvelope
 
 uints = st.integers(min_value=1, max_value=2**53 - 1)
@@ -58,4 +59,5 @@ def test_deliver_is_the_codecs_encoding(envelope: QueuedEnvelope) -> None:
     )  # fmt: skip
     data = fastframes.deliver(envelope)
     assert data == encode(frame)
+    assert fastframes.deliver_row(envelope_row(envelope)) == data  # the writer's row form
     assert decode(data) == frame
