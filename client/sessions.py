@@ -84,6 +84,8 @@ TOP_UP_BELOW = ONE_TIME_PREKEY_TARGET // 2
 """Top up when the relay holds fewer than this; above it, an upload would cost
 a round trip for little gain. PREKEYS_LOW (below 20) always triggers one."""
 
+SESSION_CACHE_SIZE = 16_384
+"""Decoded sessions kept in memory (a business serves many customers from one device)."""
 _CHANGE_PREFIX = "identity-change/"
 _INBOX_VERSION = 2
 """2 added the frame's category and categories (notifications, consent requests)."""
@@ -178,6 +180,10 @@ class SessionManager:
         self._rng = rng
         self._clock = clock
         self._keypair: IdentityKeyPair | None = None
+        self._parsed: dict[str, tuple[bytes, Session]] = {}
+        """handle → (stored blob, the Session it decodes to): a decoding cache only.
+        The keystore stays the truth — every load reads the blob and uses the cached
+        object only when the blob is the one it was made from (sessions are immutable)."""
 
     # --- Our identity and prekeys (SPEC §3.1, §5) ----------------------------
 
@@ -341,10 +347,24 @@ class SessionManager:
         blob = self.store.load_session(handle)
         if blob is None:
             return None
-        session = Session.from_bytes(blob)
+        session = self._decode(handle, blob)
         if session.our_identity_key != self.identity.identity_public:
             return None
         return session
+
+    def _decode(self, handle: str, blob: bytes) -> Session:
+        cached = self._parsed.get(handle)
+        if cached is not None and cached[0] == blob:
+            return cached[1]
+        session = Session.from_bytes(blob)
+        self._remember(handle, blob, session)
+        return session
+
+    def _remember(self, handle: str, blob: bytes, session: Session) -> None:
+        parsed = self._parsed
+        if handle not in parsed and len(parsed) >= SESSION_CACHE_SIZE:
+            del parsed[next(iter(parsed))]  # oldest entry first
+        parsed[handle] = (blob, session)
 
     def start_session(self, bundle: frames.Bundle) -> IdentityStatus:
         """Start a session from a fetched BUNDLE; returns NEW or TRUSTED.
@@ -370,7 +390,9 @@ class SessionManager:
             raise self._record_change(handle, bundle.identity_key)
         session = initiate_session(self.keypair, prekey_bundle, self._rng)
         status = self.store.trust_identity(handle, bundle.identity_key, self._clock())
-        self.store.store_session(handle, session.to_bytes())
+        blob = session.to_bytes()
+        self.store.store_session(handle, blob)
+        self._remember(handle, blob, session)
         return status
 
     def encrypt(self, handle: str, plaintext: bytes) -> bytes:
@@ -386,7 +408,9 @@ class SessionManager:
             raise NoSession(handle)
         self.store.require_trusted(handle, session.their_identity_key)
         session, envelope = encrypt(session, plaintext, self._rng)
-        self.store.store_session(handle, session.to_bytes())
+        blob = session.to_bytes()
+        self.store.store_session(handle, blob)
+        self._remember(handle, blob, session)
         return envelope
 
     def receive(self, deliver: frames.Deliver) -> Incoming | None:

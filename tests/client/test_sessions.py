@@ -370,3 +370,28 @@ def test_commit_incoming_deletes_the_used_one_time_prekey_with_the_commit(kind: 
     assert store.load_one_time_prekey(5) is None
     assert store.load_session("alice") == b"session"
     store.close()
+
+
+def test_sessions_kept_in_memory_always_follow_the_keystore(pair: Pair) -> None:
+    """The decoded-session cache is only a cache: a rolled-back or replaced blob wins."""
+    pair.alice.start_session(pair.directory.bundle("bob"))
+    pair.bob.receive(pair.envelope(pair.alice, "bob", Text("one")))
+    store = pair.alice.store
+    before = store.load_session("bob")
+    with pytest.raises(RuntimeError), store.atomic():
+        pair.alice.encrypt("bob", encode_content(Content(b"\x01" * 16, Text("undone"))))
+        assert store.load_session("bob") != before
+        raise RuntimeError("crash before the commit")
+    assert store.load_session("bob") == before
+    # The chain did not move: the next message reuses the undone one's key, as a restart would.
+    again = pair.envelope(pair.alice, "bob", Text("two"))
+    incoming = pair.bob.receive(again)
+    assert incoming is not None and incoming.content.body == Text("two")
+
+    older = store.load_session("bob")
+    assert older is not None
+    assert pair.bob.receive(pair.envelope(pair.alice, "bob", Text("three"))) is not None
+    store.store_session("bob", older)  # replaced behind the manager's back
+    reused = pair.envelope(pair.alice, "bob", Text("four"))  # from "three"'s chain position
+    with pytest.raises(DuplicatedMessage):
+        pair.bob.receive(reused)
