@@ -15,8 +15,6 @@ every connection a test opens through the ``relay`` fixture is closed after it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
 import re
 import select
 import shutil
@@ -32,6 +30,7 @@ import pytest
 
 from blindrelay.protocol.frames import PrekeysUpload, Welcome
 
+from ..asyncrun import AsyncFixture, async_test_runner
 from .wire import Account, Peer, new_handle, one_time_prekeys, open_peer, signed_prekey
 
 TEST_TIMEOUT_S = 30.0
@@ -101,34 +100,7 @@ def _wait_for_url(proc: subprocess.Popen[bytes], log: Path) -> str:
 # --- running async tests --------------------------------------------------------
 
 
-class AsyncFixture:
-    """A fixture value entered (``async with``) inside the test's event loop."""
-
-    async def __aenter__(self) -> Any:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    if not inspect.iscoroutinefunction(pyfuncitem.obj):
-        return None
-    names = pyfuncitem._fixtureinfo.argnames
-    funcargs = {name: pyfuncitem.funcargs[name] for name in names}
-
-    async def run() -> None:
-        async with contextlib.AsyncExitStack() as stack:
-            kwargs = {}
-            for name, value in funcargs.items():
-                if isinstance(value, AsyncFixture):
-                    value = await stack.enter_async_context(value)
-                kwargs[name] = value
-            await asyncio.wait_for(pyfuncitem.obj(**kwargs), TEST_TIMEOUT_S)
-
-    asyncio.run(run())
-    return True
+pytest_pyfunc_call = async_test_runner(TEST_TIMEOUT_S)
 
 
 # --- accounts and connections ---------------------------------------------------

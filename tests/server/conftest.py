@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import os
 import sqlite3
 from collections import deque
@@ -42,6 +41,8 @@ from blindrelay.protocol.frames import (
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay, serve
 
+from ..asyncrun import AsyncFixture, async_test_runner
+
 TEST_TIMEOUT_S = 10.0
 F = TypeVar("F", bound=Frame)
 
@@ -49,34 +50,7 @@ F = TypeVar("F", bound=Frame)
 # --- running async tests --------------------------------------------------------
 
 
-class AsyncFixture:
-    """A fixture value entered (``async with``) inside the test's event loop."""
-
-    async def __aenter__(self) -> Any:
-        raise NotImplementedError
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    if not inspect.iscoroutinefunction(pyfuncitem.obj):
-        return None
-    names = pyfuncitem._fixtureinfo.argnames
-    funcargs = {name: pyfuncitem.funcargs[name] for name in names}
-
-    async def run() -> None:
-        async with contextlib.AsyncExitStack() as stack:
-            kwargs = {}
-            for name, value in funcargs.items():
-                if isinstance(value, AsyncFixture):
-                    value = await stack.enter_async_context(value)
-                kwargs[name] = value
-            await asyncio.wait_for(pyfuncitem.obj(**kwargs), TEST_TIMEOUT_S)
-
-    asyncio.run(run())
-    return True
+pytest_pyfunc_call = async_test_runner(TEST_TIMEOUT_S)
 
 
 # --- the relay ------------------------------------------------------------------
