@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import sqlite3
 import unicodedata
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -318,45 +319,45 @@ class KeyStore(Protocol):
 # --- Behaviour shared by both implementations --------------------------------
 
 
-class _KeyStoreBase:
+class _KeyStoreBase(ABC):
     """Decisions (TOFU, id allocation, commit order) written once over storage primitives.
 
     Subclasses provide the primitives and ``_transaction``; this class never
     touches storage directly, so both implementations decide identically.
     """
 
-    def _transaction(self) -> AbstractContextManager[object]:
-        raise NotImplementedError
+    @abstractmethod
+    def _transaction(self) -> AbstractContextManager[object]: ...
 
-    def _load_trust(self, handle: str) -> TrustedIdentity | None:
-        raise NotImplementedError
+    @abstractmethod
+    def _load_trust(self, handle: str) -> TrustedIdentity | None: ...
 
-    def _store_trust(self, record: TrustedIdentity) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _store_trust(self, record: TrustedIdentity) -> None: ...
 
-    def _get_counter(self, name: str) -> int | None:
-        raise NotImplementedError
+    @abstractmethod
+    def _get_counter(self, name: str) -> int | None: ...
 
-    def _set_counter(self, name: str, value: int) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _set_counter(self, name: str, value: int) -> None: ...
 
-    def _add_processed(self, sender: str, msg_id: bytes) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _add_processed(self, sender: str, msg_id: bytes) -> None: ...
 
-    def _add_pending(self, message: IncomingMessage) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _add_pending(self, message: IncomingMessage) -> None: ...
 
-    def is_processed(self, sender: str, msg_id: bytes) -> bool:
-        raise NotImplementedError
+    @abstractmethod
+    def is_processed(self, sender: str, msg_id: bytes) -> bool: ...
 
-    def store_session(self, handle: str, blob: bytes) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def store_session(self, handle: str, blob: bytes) -> None: ...
 
-    def load_signed_prekey(self, key_id: int) -> SignedPreKeyRecord | None:
-        raise NotImplementedError
+    @abstractmethod
+    def load_signed_prekey(self, key_id: int) -> SignedPreKeyRecord | None: ...
 
-    def take_one_time_prekey(self, key_id: int) -> OneTimePreKeyRecord | None:
-        raise NotImplementedError
+    @abstractmethod
+    def take_one_time_prekey(self, key_id: int) -> OneTimePreKeyRecord | None: ...
 
     # Trust
 
