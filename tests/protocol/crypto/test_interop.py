@@ -27,7 +27,6 @@ Knobs that differ and are not exercised (documented, not faked):
 from __future__ import annotations
 
 import asyncio
-import hashlib
 
 import pytest
 import x3dh as their_x3dh
@@ -41,17 +40,7 @@ from blindrelay.protocol.crypto.keys import (
     SignedPreKey,
 )
 from tests.protocol.crypto import signal_oracle as theirs
-
-
-def stream(label: bytes):
-    counter = [0]
-
-    def rng(size: int) -> bytes:
-        counter[0] += 1
-        return hashlib.shake_256(label + counter[0].to_bytes(8, "big")).digest(size)
-
-    return rng
-
+from tests.protocol.crypto.rng import stream
 
 INITIATOR_SEED = bytes(range(32))
 RECIPIENT_SEED = bytes(range(100, 132))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 
 from blindrelay.protocol.crypto import ratchet as dr
@@ -16,18 +14,11 @@ from blindrelay.protocol.errors import (
     MalformedEnvelope,
     TooManySkippedMessages,
 )
+from tests.protocol.crypto.rng import stream
 
 AD = b"associated"
 
 
-def stream(label: bytes):
-    counter = [0]
-
-    def rng(size: int) -> bytes:
-        counter[0] += 1
-        return hashlib.shake_256(label + counter[0].to_bytes(8, "big")).digest(size)
-
-    return rng
 
 
 def pair():

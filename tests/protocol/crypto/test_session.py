@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,17 +23,7 @@ from blindrelay.protocol.errors import (
     PlaintextTooLarge,
 )
 from blindrelay.protocol.limits import MAX_CIPHERTEXT_BYTES
-
-
-def stream(label: bytes):
-    counter = [0]
-
-    def rng(size: int) -> bytes:
-        counter[0] += 1
-        return hashlib.shake_256(label + counter[0].to_bytes(8, "big")).digest(size)
-
-    return rng
-
+from tests.protocol.crypto.rng import stream
 
 RNG = stream(b"session-tests")
 ALICE = IdentityKeyPair.from_seed(b"\x0a" * 32)

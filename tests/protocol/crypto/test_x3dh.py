@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 
 from blindrelay.protocol.crypto import x3dh
@@ -16,16 +14,7 @@ from blindrelay.protocol.crypto.keys import (
     X25519KeyPair,
 )
 from blindrelay.protocol.errors import InvalidKey, InvalidSignature
-
-
-def seeded_rng(label: bytes):
-    counter = [0]
-
-    def rng(size: int) -> bytes:
-        counter[0] += 1
-        return hashlib.shake_256(label + counter[0].to_bytes(8, "big")).digest(size)
-
-    return rng
+from tests.protocol.crypto.rng import stream as seeded_rng
 
 
 @pytest.fixture
