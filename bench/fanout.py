@@ -50,7 +50,7 @@ from websockets.asyncio.client import ClientConnection as WebSocket
 from websockets.asyncio.client import connect
 
 from bench.loadgen import LoadError, LoadSpec
-from bench.procs import ServerProcess, raise_nofile_limit
+from bench.procs import ServerProcess, process_cpu_s, raise_nofile_limit
 from bench.relay import ROOT, UNLIMITED_RATE, relay_argv, throughput
 from blindrelay.client.business import Business
 from blindrelay.client.keystore import MemoryKeyStore
@@ -163,7 +163,21 @@ def _expect(pipes: list[Connection], kind: str, deadline: float) -> list[dict[st
 # --- the business ------------------------------------------------------------------
 
 
-async def fanout(url: str, customers: int, workers: int, timeout_s: float) -> dict[str, Any]:
+def _cpu_by_role(server: ServerProcess, customers: list[int]) -> dict[str, float]:
+    """CPU seconds used so far by each role: where the 2 cores go during the fan-out."""
+    relay = server.tree()
+    return {
+        "relay_main": process_cpu_s(relay[0]),
+        "relay_writer": sum(process_cpu_s(pid) for pid in relay[1:]),
+        "business": process_cpu_s(os.getpid()),
+        "customers": sum(process_cpu_s(pid) for pid in customers),
+    }
+
+
+async def fanout(
+    server: ServerProcess, customers: int, workers: int, timeout_s: float
+) -> dict[str, Any]:
+    url = server.url
     deadline = time.monotonic() + timeout_s
     received = 0
     all_granted = asyncio.Event()
@@ -207,10 +221,13 @@ async def fanout(url: str, customers: int, workers: int, timeout_s: float) -> di
         if len(business.consenting("utility")) != customers:
             raise LoadError("the business does not hold every customer's grant")
 
+        customer_pids = [proc.pid for proc in procs if proc.pid is not None]
+        cpu_before = _cpu_by_role(server, customer_pids)
         t0 = time.monotonic()
         result = await business.notify("utility", TEXT)
         sent_s = time.monotonic() - t0
         done = await asyncio.to_thread(_expect, pipes, "done", deadline)
+        cpu_after = _cpu_by_role(server, customer_pids)
     finally:
         for pipe in pipes:
             with contextlib.suppress(OSError):
@@ -234,6 +251,7 @@ async def fanout(url: str, customers: int, workers: int, timeout_s: float) -> di
         "notifications_per_s": round(customers / total_s, 1),
         "encrypt_s": round(result.encrypt_seconds, 3),
         "waiting_s": round(result.seconds - result.encrypt_seconds, 3),
+        "cpu_s": {role: round(cpu_after[role] - cpu_before[role], 2) for role in cpu_before},
     }
 
 
@@ -277,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         (workdir / "fanout").mkdir()
         with ServerProcess(relay_command(workdir / "fanout"), log=workdir / "fanout.log",
                            cwd=ROOT) as server:  # fmt: skip
-            figures = asyncio.run(fanout(server.url, args.customers, args.workers, args.timeout))
+            figures = asyncio.run(fanout(server, args.customers, args.workers, args.timeout))
     ratio = figures["notifications_per_s"] / pair.msgs_per_s
     figures |= {
         "pair_msgs_per_s": pair.msgs_per_s,
@@ -297,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         ("notifications/s", f"{figures['notifications_per_s']:,}"),
         ("business: encrypt + enqueue", f"{figures['encrypt_s']} s"),
         ("business: waiting on the relay", f"{figures['waiting_s']} s"),
+        ("CPU s while fanning out (2 cores)",
+         ", ".join(f"{role} {cpu}" for role, cpu in figures["cpu_s"].items())),
         (f"relay pair-to-pair msg/s ({size}-byte envelopes)", f"{pair.msgs_per_s:,}"),
         (f"fan-out / pair (target ≥ {TARGET_RATIO})",
          f"{ratio:.2f} {'met' if ratio >= TARGET_RATIO else 'NOT met'}"),

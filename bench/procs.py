@@ -27,6 +27,16 @@ STOP_TIMEOUT_S = 10.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used so far (0 once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return 0.0
+    after_name = stat[stat.rindex(")") + 2 :].split()
+    return (int(after_name[11]) + int(after_name[12])) / CLOCK_TICKS
+
+
 def raise_nofile_limit() -> int:
     """Raise this process's open-file soft limit to its hard limit; returns the new limit.
 
@@ -132,15 +142,7 @@ class ServerProcess:
 
     def cpu_s(self) -> float:
         """User + system CPU seconds the server's process tree has used so far."""
-        total = 0.0
-        for pid in self.tree():
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-            except FileNotFoundError:
-                continue
-            after_name = stat[stat.rindex(")") + 2 :].split()
-            total += (int(after_name[11]) + int(after_name[12])) / CLOCK_TICKS
-        return total
+        return sum(process_cpu_s(pid) for pid in self.tree())
 
     def stop(self) -> int:
         """SIGTERM, then SIGKILL if it has not exited in STOP_TIMEOUT_S; returns the status."""
