@@ -20,10 +20,12 @@ What it does, from the spec:
   :meth:`Business.verify_receipts` re-verify them offline, and the callbacks
   ``on_consent_change`` / ``on_block`` hear of each as it arrives.
 - **Bulk notifications** (SPEC §8.3) are one SEND per recipient, each end-to-end
-  encrypted for that recipient. :meth:`Business.notify` keeps a window of sends
-  in flight with a fixed pool of workers (no task per customer); a recipient the
-  relay refuses (ERROR 400: no consent, blocked, gone — SPEC §7.7) is reported,
-  never retried; a RATE_LIMITED refusal is retried after ``retry_after``.
+  encrypted for that recipient. :meth:`Business.notify` hands them to
+  :meth:`Client.send_many`, which keeps a window of sends in flight and
+  encrypts and enqueues a chunk of customers at a time (no task, lock or
+  future per customer); a recipient the relay refuses (ERROR 400: no consent,
+  blocked, gone — SPEC §7.7) is reported, never retried; a RATE_LIMITED
+  refusal is retried after ``retry_after``.
 - **Away replies** (SPEC §8.2): when a customer writes while the business is
   closed by its own profile and clock, the away message — kept only here —
   goes back end-to-end encrypted as a service reply, at most once per
@@ -291,26 +293,21 @@ class Business:
         recipients = list(to) if to is not None else self.consenting(category)
         result = NotifyResult(category)
         started, encrypt_before = time.perf_counter(), self.client.encrypt_seconds
-        pending = iter(recipients)
-
-        async def worker() -> None:
-            for user in pending:  # workers share one iterator: each takes the next customer
-                try:
-                    await self.client.send(
-                        user,
-                        text,
-                        intent=frames.Intent.NOTIFICATION,
-                        category=category,
-                        rate_limit_retries=RATE_LIMIT_RETRIES,
-                    )
-                except RecipientUnavailable:
-                    result.refused.append(user)
-                except BlindrelayError as exc:
-                    result.failed[user] = exc
-                else:
-                    result.sent.append(user)
-
-        await asyncio.gather(*(worker() for _ in range(min(self.notify_window, len(recipients)))))
+        outcomes = await self.client.send_many(
+            recipients,
+            text,
+            intent=frames.Intent.NOTIFICATION,
+            category=category,
+            rate_limit_retries=RATE_LIMIT_RETRIES,
+            window=self.notify_window,
+        )
+        for user, outcome in outcomes:
+            if isinstance(outcome, RecipientUnavailable):
+                result.refused.append(user)
+            elif isinstance(outcome, BlindrelayError):
+                result.failed[user] = outcome
+            else:
+                result.sent.append(user)
         result.seconds = time.perf_counter() - started
         result.encrypt_seconds = self.client.encrypt_seconds - encrypt_before
         return result

@@ -1,0 +1,450 @@
+"""Bulk sending (``Client.send_many``, SPEC §8.3) and the shortcuts it takes.
+
+The shortcuts — SEND laid out directly, SENT read on a fast path, content
+encoded once per body — are checked byte for byte against the codec; the
+bulk path against a real relay for what it must keep from ``send``: each
+recipient's outcome, refusals not retried, rate limits retried, no send to an
+unapproved key, resends from the outbox after a reconnect, and the session
+advance persisted only together with its outbox entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from blindrelay.client.business import Business
+from blindrelay.client.keystore import KeyStore, MemoryKeyStore, SqliteKeyStore
+from blindrelay.client.sdk import (
+    Client,
+    ConnectionLost,
+    _Outgoing,
+    content_encoder,
+    encode_send,
+    parse_sent,
+)
+from blindrelay.client.transport import wire_tap
+from blindrelay.protocol import frames, limits
+from blindrelay.protocol.codec import decode, encode
+from blindrelay.protocol.content import (
+    MAX_CONTENT_BYTES,
+    Content,
+    Data,
+    MalformedContent,
+    Receipt,
+    ReceiptType,
+    Text,
+    encode_content,
+)
+from blindrelay.protocol.crypto.keys import IdentityKeyPair, SignedPreKey
+from blindrelay.protocol.errors import (
+    MalformedFrame,
+    ProtocolError,
+    RateLimited,
+    RecipientUnavailable,
+    UntrustedIdentity,
+)
+
+from .test_business import business_online, customer
+from .test_consent import online
+from .test_sdk import LOW_COST, Crash, Inbox, make_client, relay_at, run, within
+
+# --- the shortcuts, against the codec ------------------------------------------------
+
+SHAPES: list[tuple[str, str | None, tuple[str, ...] | None]] = [
+    (frames.Intent.CHAT, None, None),
+    ("chat", None, None),
+    (frames.Intent.NOTIFICATION, "utility", None),
+    ("consent_request", None, ("utility", "marketing")),
+]
+
+
+@pytest.mark.parametrize(("intent", "category", "categories"), SHAPES)
+def test_encode_send_lays_out_exactly_what_the_codec_encodes(
+    intent: str, category: str | None, categories: tuple[str, ...] | None
+) -> None:
+    packer = msgpack.Packer(use_bin_type=True)
+    for request_id in (1, 127, 128, 65_536, frames.MAX_REQUEST_ID):
+        for size in (1, 255, 256, 4_000, limits.MAX_CIPHERTEXT_BYTES):
+            to = random.choice(["abc", "c00001", "a.b-c_d" + "x" * 25])
+            outgoing = _Outgoing(
+                os.urandom(16), to, os.urandom(size), intent, category, categories, "key"
+            )
+            frame = frames.Send(
+                id=request_id, to=to, msg_id=outgoing.msg_id, intent=intent,
+                body=outgoing.envelope, category=category, categories=categories,
+            )  # fmt: skip
+            assert encode_send(packer, request_id, outgoing) == encode(frame)
+
+
+def raw_map(*pairs: tuple[str, object]) -> bytes:
+    """A msgpack map written pair by pair: duplicate keys and any order allowed."""
+    packed = b"".join(msgpack.packb(k) + msgpack.packb(v, use_bin_type=True) for k, v in pairs)
+    return bytes([0x80 | len(pairs)]) + packed
+
+
+def test_parse_sent_takes_only_the_canonical_encoding_of_a_valid_sent() -> None:
+    for re, at in [(1, 0), (127, 1), (65_536, 2**40), (frames.MAX_REQUEST_ID, frames.MAX_TIME_MS)]:
+        sent = frames.Sent(re=re, msg_id=os.urandom(16), at=at)
+        assert parse_sent(encode(sent)) == (re, sent.msg_id, at)
+
+    tag = int(frames.FrameType.SENT)
+    msg_id = bytes(range(16))
+    valid = encode(frames.Sent(re=5, msg_id=msg_id, at=1234))
+    assert valid == raw_map(("t", tag), ("re", 5), ("msg_id", msg_id), ("at", 1234))
+    declined = {
+        "duplicate key": raw_map(("t", tag), ("re", 5), ("msg_id", msg_id), ("at", 1), ("at", 2)),
+        "unknown key": raw_map(("t", tag), ("re", 5), ("msg_id", msg_id), ("at", 1), ("x", 1)),
+        "missing key": raw_map(("t", tag), ("re", 5), ("msg_id", msg_id)),
+        "other order": raw_map(("t", tag), ("msg_id", msg_id), ("re", 5), ("at", 1)),
+        "renamed key": raw_map(("t", tag), ("re", 5), ("msg_id", msg_id), ("ta", 1)),
+        "bool re": raw_map(("t", tag), ("re", True), ("msg_id", msg_id), ("at", 1)),
+        "re 0": raw_map(("t", tag), ("re", 0), ("msg_id", msg_id), ("at", 1)),
+        "re too big": raw_map(("t", tag), ("re", 2**32), ("msg_id", msg_id), ("at", 1)),
+        "short msg_id": raw_map(("t", tag), ("re", 5), ("msg_id", msg_id[:15]), ("at", 1)),
+        "str msg_id": raw_map(("t", tag), ("re", 5), ("msg_id", "x" * 16), ("at", 1)),
+        "negative at": raw_map(("t", tag), ("re", 5), ("msg_id", msg_id), ("at", -1)),
+        "at too late": raw_map(
+            ("t", tag), ("re", 5), ("msg_id", msg_id), ("at", frames.MAX_TIME_MS + 1)
+        ),
+        "float at": raw_map(("t", tag), ("re", 5), ("msg_id", msg_id), ("at", 1.0)),
+        "wide int": valid.replace(b"\xa2re\x05", b"\xa2re\xce\x00\x00\x00\x05"),
+        "trailing byte": valid + b"\x00",
+        "truncated": valid[:-1],
+        "an ERROR": encode(frames.Error(code=400, re=5)),
+        "a SENDs tag": raw_map(
+            ("t", int(frames.FrameType.SEND)), ("re", 5), ("msg_id", msg_id), ("at", 1)
+        ),
+    }
+    for name, data in declined.items():
+        assert parse_sent(data) is None, name
+
+    # Whatever the fast path takes, the strict decoder reads as the same SENT.
+    rng = random.Random(20261104)
+    accepted = 0
+    for _ in range(20_000):
+        data = bytearray(valid)
+        for _ in range(rng.randint(1, 3)):
+            where = rng.randrange(len(data))
+            if rng.random() < 0.8:
+                data[where] = rng.randrange(256)
+            elif rng.random() < 0.5:
+                del data[where]
+            else:
+                data.insert(where, rng.randrange(256))
+        got = parse_sent(bytes(data))
+        if got is not None:
+            accepted += 1
+            frame = decode(bytes(data))
+            assert isinstance(frame, frames.Sent)
+            assert (frame.re, frame.msg_id, frame.at) == got
+    assert accepted > 100  # mutations of re, msg_id and at still make valid SENTs
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        Text("BA123 now boards at B7"),
+        Text("é" * 3000),
+        Data(b""),
+        Data(bytes(5000)),
+        Receipt(ReceiptType.READ, (bytes(16), b"\xff" * 16)),
+    ],
+    ids=["text", "long-text", "empty-bytes", "zero-bytes", "receipt"],
+)
+def test_content_encoder_gives_encode_contents_bytes_for_every_id(
+    body: Text | Data | Receipt,
+) -> None:
+    encode_for = content_encoder(body)
+    for msg_id in [bytes(16), b"\xff" * 16, b"\xc4\x10" * 8, *(os.urandom(16) for _ in range(50))]:
+        assert encode_for(msg_id) == encode_content(Content(msg_id, body))
+    with pytest.raises(MalformedContent):
+        encode_for(bytes(15))
+
+
+def test_content_encoder_refuses_a_body_too_large_as_encode_content_does() -> None:
+    with pytest.raises(MalformedContent):
+        content_encoder(Text("x" * MAX_CONTENT_BYTES))
+
+
+# --- the bulk path against a relay ---------------------------------------------------
+
+
+def start_local_session(client: Client, handle: str) -> None:
+    """A session to ``handle`` from a bundle made here (no relay needed to encrypt)."""
+    identity = IdentityKeyPair.generate(os.urandom)
+    prekey = SignedPreKey.generate(identity, 1, os.urandom)
+    client.sessions.start_session(
+        frames.Bundle(
+            re=1, handle=handle, kind="user", identity_key=identity.public,
+            signed_prekey=frames.SignedPreKeyRecord(1, prekey.public, prekey.signature),
+        )
+    )  # fmt: skip
+
+
+def sends_tapped() -> tuple[list[frames.Send], Any]:
+    """Collect every SEND a client opened after this call writes; reset with the token."""
+    sends: list[frames.Send] = []
+
+    def tap(direction: str, data: bytes) -> None:
+        if direction == "out":
+            frame = decode(data)
+            if isinstance(frame, frames.Send):
+                sends.append(frame)
+
+    return sends, wire_tap.set(tap)
+
+
+def test_send_many_reports_each_recipient_and_each_customer_decrypts_theirs(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            sends, token = sends_tapped()
+            shop = await online(relay.url, "shop", "business")
+            wire_tap.reset(token)
+            changed = asyncio.Event()
+            shop.on_identity_change = lambda handle: changed.set()
+            people = {h: await online(relay.url, h) for h in ("ann", "bob", "gus", "eve", "fay")}
+            for client in people.values():
+                await within(client.grant("shop", ["utility"]))
+            # No sessions yet: each recipient takes the path of send (bundle fetch).
+            welcome = await within(
+                shop.send_many(["ann", "bob", "eve"], "welcome", intent="notification",
+                               category="utility")
+            )  # fmt: skip
+            assert [(h, isinstance(o, bytes)) for h, o in welcome] == [
+                ("ann", True), ("bob", True), ("eve", True),
+            ]  # fmt: skip
+            await within(people["eve"].revoke("shop", ["utility"]))  # a session, no consent
+            # fay: the shop pinned her key from her grant; then she presents a new one.
+            await within(people["fay"].send("shop", "hello"))
+            await within(people["fay"].rotate_identity())
+            await within(people["fay"].send("shop", "my new phone"))
+            await within(changed.wait())
+            assert shop.identity_change_pending("fay")
+            # ann twice, gus with no session yet (bundle fetch), window of 2
+            handles = ["ann", "bob", "eve", "fay", "gus", "ann"]
+            sends.clear()
+
+            outcomes = await within(
+                shop.send_many(handles, "BA123 boards at B7", intent="notification",
+                               category="utility", window=2)
+            )  # fmt: skip
+
+            assert [h for h, _ in outcomes] == handles
+            got = dict(zip(range(len(handles)), (o for _, o in outcomes), strict=True))
+            assert isinstance(got[2], RecipientUnavailable)
+            assert isinstance(got[3], UntrustedIdentity)
+            sent = {i: o for i, o in got.items() if isinstance(o, bytes)}
+            assert sorted(sent) == [0, 1, 4, 5] and len(set(sent.values())) == 4
+            assert not any(s.to == "fay" for s in sends)  # nothing left for an unapproved key
+            assert sorted(s.to for s in sends) == ["ann", "ann", "bob", "eve", "gus"]
+            assert all((s.intent, s.category) == ("notification", "utility") for s in sends)
+
+            for handle, positions in (("ann", [0, 5]), ("bob", [1]), ("gus", [4])):
+                inbox = Inbox(people[handle])
+                if handle != "gus":
+                    assert (await inbox.next()).body == "welcome"
+                for position in positions:
+                    message = await inbox.next()
+                    assert (message.sender, message.body, message.msg_id) == (
+                        "shop", "BA123 boards at B7", sent[position],
+                    )  # fmt: skip
+                    assert (message.intent, message.category) == ("notification", "utility")
+                await inbox.close()
+
+            await asyncio.sleep(0)  # answered outbox entries go at the end of the loop turn
+            assert shop.store.state_items("sdk/outbox/") == []
+            assert len(shop._locks) == 0 and shop._bulk_sends == {} and shop._outbox == {}
+            for client in (*people.values(), shop):
+                await client.close()
+
+    run(scenario())
+
+
+def test_send_many_refuses_fields_no_send_may_carry_before_encrypting(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        shop = make_client()
+        shop.sessions.create_identity("shop", "business")
+        start_local_session(shop, "ann")
+        before = shop.store.load_session("ann")
+        with pytest.raises(MalformedFrame):
+            await within(shop.send_many(["ann"], "hi", intent="notification"))  # no category
+        with pytest.raises(MalformedContent):
+            await within(shop.send_many(["ann"], "x" * MAX_CONTENT_BYTES))
+        with pytest.raises(ValueError, match="window"):
+            await within(shop.send_many(["ann"], "hi", window=0))
+        assert shop.store.load_session("ann") == before
+        assert shop.store.state_items("sdk/outbox/") == []
+        assert await within(shop.send_many([], "nobody")) == []
+
+    run(scenario())
+
+
+def test_send_many_retries_rate_limited_recipients_and_reports_the_rest(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with relay_at(tmp_path, send_rate_business=100.0, send_burst_business=3) as relay:
+            shop = await business_online(relay.url, "shop")
+            handles = [f"user{i:02d}" for i in range(12)]
+            raws = [await customer(relay.url, h, shop, "granted utility") for h in handles]
+
+            once = await within(
+                shop.client.send_many(handles, "a", intent="notification", category="utility")
+            )
+            limited = [h for h, o in once if isinstance(o, RateLimited)]
+            assert limited and len(limited) < len(handles)
+            assert all(isinstance(o, bytes) for h, o in once if h not in limited)
+
+            result = await within(shop.notify("utility", "b", to=handles))  # retries
+            assert sorted(result.sent) == handles and result.skipped == []
+            await asyncio.sleep(0)
+            assert shop.client.store.state_items("sdk/outbox/") == []
+            for raw in raws:
+                await raw.close()
+            await shop.close()
+
+    run(scenario())
+
+
+def test_a_reconnect_during_send_many_resends_from_the_outbox(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            shop = await business_online(relay.url, "shop", notify_window=4)
+            handles = [f"user{i:02d}" for i in range(40)]
+            raws = [await customer(relay.url, h, shop, "granted utility") for h in handles]
+            client = shop.client
+            answered = 0
+            real_answered = client._send_answered
+
+            def drop_after_ten(msg_id: bytes, at: int | None, error: ProtocolError | None) -> None:
+                nonlocal answered
+                real_answered(msg_id, at, error)
+                answered += 1
+                if answered == 10:
+                    session = relay.ctx.sessions.get("shop")
+                    assert session is not None
+                    session.transport.close(1011, "test drop")
+
+            client._send_answered = drop_after_ten  # type: ignore[method-assign]
+            result = await within(shop.notify("utility", "gate change", to=handles), 30)
+
+            assert sorted(result.sent) == handles and result.skipped == []
+            assert client.connection_count == 2  # the drop happened mid-way
+            rows = sqlite3.connect(relay.config.db_path).execute(
+                "SELECT count(*), count(DISTINCT recipient) FROM queue WHERE sender = 'shop'"
+            )
+            assert rows.fetchone() == (40, 40)  # each stored once, resends included
+            for raw in raws:
+                (deliver,) = await raw.deliveries(1)
+                assert deliver.sender == "shop" and deliver.intent == "notification"
+                await raw.close()
+            await shop.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_chunk_is_persisted_whole_or_not_at_all_and_before_it_is_transmitted(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One keystore transaction per chunk: sessions advance only with their outbox entries."""
+
+    def open_store() -> KeyStore:
+        if kind == "memory":
+            return memory
+        return SqliteKeyStore.open(tmp_path / "shop.keys", "pw", create=True, **LOW_COST)
+
+    memory = MemoryKeyStore()
+
+    async def scenario() -> None:
+        store = open_store()
+        shop = make_client(store)
+        shop.sessions.create_identity("shop", "business")
+        handles = [f"user{i}" for i in range(5)]
+        for handle in handles:
+            start_local_session(shop, handle)
+        before = {h: store.load_session(h) for h in handles}
+        real_set_state = store.set_state
+        entries = 0
+
+        def dies_on_the_third_entry(key: str, value: bytes) -> None:
+            nonlocal entries
+            if key.startswith("sdk/outbox/"):
+                entries += 1
+                if entries == 3:
+                    raise Crash("in the middle of a chunk")
+            real_set_state(key, value)
+
+        monkeypatch.setattr(store, "set_state", dies_on_the_third_entry)
+        with pytest.raises(Crash):
+            await within(shop.send_many(handles, "x", intent="notification", category="utility"))
+        monkeypatch.undo()
+        assert {h: store.load_session(h) for h in handles} == before
+        assert store.state_items("sdk/outbox/") == [] and shop._outbox == {}
+
+        # Offline: the chunk is persisted, then waits for a connection to transmit it.
+        sending = asyncio.create_task(shop.send_many(handles, "y", window=5))
+        await asyncio.sleep(0)
+        assert all(store.load_session(h) != before[h] for h in handles)
+        queued = store.state_items("sdk/outbox/")
+        assert len(queued) == 5
+        await shop.close()
+        with pytest.raises(ConnectionLost):
+            await within(sending)
+        if kind == "sqlite":
+            store.close()
+        restarted = make_client(open_store())
+        assert [o.to for o in restarted._outbox.values()] == handles  # resent in this order
+        assert [o.key for o in restarted._outbox.values()] == [key for key, _ in queued]
+        restarted.store.close()
+
+    run(scenario())
+
+
+def test_sends_to_a_new_contact_take_one_lock_that_is_gone_afterwards(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            alice = await online(relay.url, "alice")
+            bob = await online(relay.url, "bob")
+            first = [asyncio.create_task(alice.send("bob", f"m{i}")) for i in range(3)]
+            await asyncio.sleep(0)
+            assert len(alice._locks) == 1  # the bundle fetch holds it, the others wait
+            await within(asyncio.gather(*first))
+            assert len(alice._locks) == 0
+            inbox = Inbox(bob)
+            assert [(await inbox.next_text()).body for _ in range(3)] == ["m0", "m1", "m2"]
+            await inbox.close()
+            await alice.close()
+            await bob.close()
+
+    run(scenario())
+
+
+def test_notify_from_a_sqlite_keystore_leaves_an_empty_outbox(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            store = SqliteKeyStore.open(tmp_path / "shop.keys", "pw", create=True, **LOW_COST)
+            client = make_client(store)
+            await within(client.connect(relay.url))
+            await within(client.register("shop", "business"))
+            shop = Business(client)
+            handles = [f"user{i:02d}" for i in range(30)]
+            raws = [await customer(relay.url, h, shop, "granted utility") for h in handles]
+            result = await within(shop.notify("utility", "hello", to=handles))
+            assert sorted(result.sent) == handles
+            await asyncio.sleep(0)
+            assert store.state_items("sdk/outbox/") == []
+            for raw in raws:
+                await raw.close()
+            await shop.close()
+            store.close()
+
+    run(scenario())
