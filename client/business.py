@@ -62,7 +62,7 @@ from blindrelay.protocol.errors import (
 )
 from blindrelay.protocol.signed import CONSENT_ACTIONS, Action, ConsentStatement
 
-from .sdk import Client, HeldStatement, Message
+from .sdk import Client, HeldStatement, Message, _unpack_statements
 
 log = logging.getLogger("blindrelay.client.business")
 
@@ -129,6 +129,9 @@ class Business:
         self._dispatcher: asyncio.Task[None] | None = None
         self._pending_callbacks: set[asyncio.Task[None]] = set()
         self._verified: dict[bytes, ConsentStatement | None] = {}
+        self._folded: dict[str, tuple[bytes, frozenset[str]]] = {}
+        """Per customer, the record of statements last folded and what it granted."""
+        self._folded_for = ""
         client.on_statement = self._statement_received
 
     @property
@@ -237,31 +240,56 @@ class Business:
         Folds each customer's statements in the order the relay forwarded them;
         a block by either side counts as no consent. Only statements that
         verify (signature, pinned key, relay) and name us count; each is
-        verified once per process.
+        verified once per process. A customer's fold is kept while their
+        record of statements is unchanged and every statement in it verified
+        (one that failed may verify once its signer's key is pinned).
         """
         ours = self.handle
+        if self._folded_for != ours:
+            self._folded, self._folded_for = {}, ours
         granted: dict[str, frozenset[str]] = {}
-        for user in self.client.statement_counterparts():
-            categories: set[str] = set()
-            blocked = {ours: False, user: False}
-            for signed in self.client.held_statements(user):
-                statement = self._verified_statement(signed)
-                if statement is None or ours not in (statement.signer, statement.target):
-                    continue
-                action = Action(statement.action)
-                if action is Action.GRANT:
-                    categories |= set(statement.categories or ())
-                elif action in CONSENT_ACTIONS:
-                    categories -= set(statement.categories or ())
-                elif action is Action.BLOCK:
-                    blocked[statement.signer] = True
-                    if statement.signer == user:
-                        categories.clear()
-                else:
-                    blocked[statement.signer] = False
-            if categories and not any(blocked.values()):
-                granted[user] = frozenset(categories)
+        folded: dict[str, tuple[bytes, frozenset[str]]] = {}
+        for user, record in self.client._statement_records():
+            kept = self._folded.get(user)
+            if kept is not None and kept[0] == record:
+                folded[user] = kept
+                categories = kept[1]
+            else:
+                categories, settled = self._fold(ours, user, _unpack_statements(record))
+                if settled:
+                    folded[user] = (record, categories)
+            if categories:
+                granted[user] = categories
+        self._folded = folded
         return granted
+
+    def _fold(self, ours: str, user: str, statements: list[bytes]) -> tuple[frozenset[str], bool]:
+        """The categories ``user``'s statements leave granted to us (none while a block
+        stands), and whether every statement verified, so that the result may be kept."""
+        categories: set[str] = set()
+        blocked = {ours: False, user: False}
+        settled = True
+        for signed in statements:
+            statement = self._verified_statement(signed)
+            if statement is None:
+                settled = False
+                continue
+            if ours not in (statement.signer, statement.target):
+                continue
+            action = Action(statement.action)
+            if action is Action.GRANT:
+                categories |= set(statement.categories or ())
+            elif action in CONSENT_ACTIONS:
+                categories -= set(statement.categories or ())
+            elif action is Action.BLOCK:
+                blocked[statement.signer] = True
+                if statement.signer == user:
+                    categories.clear()
+            else:
+                blocked[statement.signer] = False
+        if any(blocked.values()):
+            return frozenset(), settled
+        return frozenset(categories), settled
 
     def _verified_statement(self, signed: bytes) -> ConsentStatement | None:
         statement = self._verified.get(signed)

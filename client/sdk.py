@@ -1568,15 +1568,21 @@ class Client:
 
     def held_statements(self, counterpart: str) -> list[bytes]:
         """Signed statements kept with ``counterpart`` (ours or theirs to us), oldest first."""
-        blob = self.store.get_state(_STATEMENTS_PREFIX + counterpart)
-        return [bytes(item) for item in msgpack.unpackb(blob, raw=False)] if blob else []
+        return _unpack_statements(self.store.get_state(_STATEMENTS_PREFIX + counterpart))
 
     def statement_counterparts(self) -> list[str]:
         """Every account we keep statements with."""
-        return [
-            key.removeprefix(_STATEMENTS_PREFIX)
-            for key, _ in self.store.state_items(_STATEMENTS_PREFIX)
-        ]
+        return [counterpart for counterpart, _ in self._statement_records()]
+
+    def _statement_records(self) -> list[tuple[str, bytes]]:
+        """Per counterpart, the packed record of its statements (:func:`_unpack_statements`).
+
+        A record changes whenever a statement is added, so a caller that
+        derives something from each counterpart's statements can tell which
+        ones to derive again without unpacking the others.
+        """
+        prefix = _STATEMENTS_PREFIX
+        return [(key.removeprefix(prefix), blob) for key, blob in self.store.state_items(prefix)]
 
     @property
     def relay_key(self) -> bytes | None:
@@ -1664,6 +1670,11 @@ class Client:
                 now_ms=self._clock(),
             )
         return BusinessInfo(handle, frame.identity_key, profile, badge, key_changed)
+
+
+def _unpack_statements(record: bytes | None) -> list[bytes]:
+    """The signed statements in a record kept by :meth:`Client._keep_statement`."""
+    return [bytes(item) for item in msgpack.unpackb(record, raw=False)] if record else []
 
 
 def _ignore_outcome(future: asyncio.Future[int]) -> None:

@@ -393,3 +393,47 @@ def test_business_info_refuses_a_profile_the_relay_altered(tmp_path: Path) -> No
             await airline.close()
 
     run(scenario())
+
+
+def test_consents_follow_every_new_statement_and_keep_unchanged_folds(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with relay_at(tmp_path, skewed_relay_clock()) as relay:
+            shop = await business_online(relay.url, "shop")
+            alice = await online(relay.url, "alice")
+            bob = await online(relay.url, "bob")
+            seen = 0
+
+            async def step(statement: Any) -> dict[str, frozenset[str]]:
+                nonlocal seen
+                await within(statement)
+                seen += 1
+                await shop.received.wait_for(seen)  # type: ignore[attr-defined]
+                return shop.consents()
+
+            assert await step(bob.grant("shop", ["marketing"])) == {"bob": {"marketing"}}
+            bob_fold = shop._folded["bob"]
+            assert await step(alice.grant("shop", ["utility", "marketing"])) == {
+                "alice": {"utility", "marketing"}, "bob": {"marketing"},
+            }  # fmt: skip
+            assert shop._folded["bob"] is bob_fold  # unchanged record: not folded again
+            assert await step(alice.revoke("shop", ["marketing"])) == {
+                "alice": {"utility"}, "bob": {"marketing"},
+            }  # fmt: skip
+            assert await step(alice.block("shop")) == {"bob": {"marketing"}}
+            assert await step(alice.unblock("shop")) == {"bob": {"marketing"}}
+            assert await step(alice.grant("shop", ["utility"])) == {
+                "alice": {"utility"}, "bob": {"marketing"},
+            }  # fmt: skip
+            # A held statement that does not verify is not kept folded: checked every time.
+            forged = make_statement(
+                "grant", signer="carol", signer_key=IdentityKeyPair.generate(os.urandom).public,
+                target="shop", relay_key=relay.relay_key, now_ms=shop.client.relay_now(),
+                rng=os.urandom, categories=("utility",),
+            ).sign(IdentityKeyPair.generate(os.urandom).sign)  # fmt: skip
+            shop.client._keep_statement("carol", forged)
+            assert "carol" not in shop.consents() and "carol" not in shop._folded
+            for client in (alice, bob):
+                await client.close()
+            await shop.close()
+
+    run(scenario())
