@@ -348,7 +348,7 @@ class SessionManager:
         if blob is None:
             return None
         session = self._decode(handle, blob)
-        if session.our_identity_key != self.identity.identity_public:
+        if session.our_identity_key != self.keypair.public:  # the key we sign with
             return None
         return session
 
