@@ -479,3 +479,102 @@ def test_store_refuses_use_from_another_thread(tmp_path: Path) -> None:
         worker.join()
     assert len(errors) == 1
     assert isinstance(errors[0], sqlite3.ProgrammingError)
+
+
+def test_rows_are_keyed_and_sealed_as_the_format_says(tmp_path: Path) -> None:
+    """Checked with PyNaCl's own calls, so files written before and after agree."""
+    import msgpack
+    import nacl.bindings
+    import nacl.encoding
+    import nacl.hash
+
+    path = tmp_path / "keys.db"
+    store = open_sqlite(path)
+    store.set_state("sdk/outbox/1", b"envelope")
+    k = nacl.hash.blake2b(
+        b"state\x00sdk/outbox/1", digest_size=32, key=store._lookup_key,
+        encoder=nacl.encoding.RawEncoder,
+    )  # fmt: skip
+    ad = b"blindrelay.keystore.v1\x00state\x00" + k
+    ((sealed,),) = sqlite3.connect(path).execute("SELECT v FROM state WHERE k = ?", [k])
+    plaintext = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+        sealed[24:], ad, sealed[:24], store._record_key
+    )
+    assert msgpack.unpackb(plaintext) == ["sdk/outbox/1", b"envelope"]
+
+    nonce = b"\x07" * 24  # a row sealed by PyNaCl reads back
+    resealed = nonce + nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        msgpack.packb(["sdk/outbox/1", b"other"]), ad, nonce, store._record_key
+    )
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE state SET v = ? WHERE k = ?", [resealed, k])
+    reopened = open_sqlite(path)
+    assert reopened.get_state("sdk/outbox/1") == b"other"
+    reopened.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE state SET v = ? WHERE k = ?", [resealed[:20], k])
+    reopened = open_sqlite(path)
+    with pytest.raises(KeyStoreCorrupted):
+        reopened.get_state("sdk/outbox/1")
+    reopened.close()
+
+
+def test_rows_read_back_from_memory_are_what_the_file_holds(tmp_path: Path) -> None:
+    """The decrypted-row cache is written through and forgets whatever a rollback undid."""
+    path = tmp_path / "keys.db"
+    store = open_sqlite(path)
+    store.store_session("bob", b"s1")
+    store.set_state("k", b"v1")
+    assert store.load_session("bob") == b"s1" and store.get_state("absent") is None
+    with pytest.raises(RuntimeError), store.atomic():
+        store.store_session("bob", b"s2")
+        store.set_state("absent", b"now here")
+        store.delete_state("k")
+        with store.atomic():
+            store.set_state("k", b"v2")
+        assert store.load_session("bob") == b"s2" and store.get_state("k") == b"v2"
+        raise RuntimeError("roll back")
+    expected = {"bob": b"s1", "k": b"v1", "absent": None}
+    assert (store.load_session("bob"), store.get_state("k"), store.get_state("absent")) == (
+        expected["bob"], expected["k"], expected["absent"],
+    )  # fmt: skip
+    with store.atomic():  # an inner block undone, the outer one kept
+        store.set_state("k", b"v3")
+        with pytest.raises(RuntimeError), store.atomic():
+            store.store_session("bob", b"s3")
+            raise RuntimeError("roll back the savepoint")
+    assert (store.load_session("bob"), store.get_state("k")) == (b"s1", b"v3")
+    store.delete_session("bob")
+    assert store.load_session("bob") is None
+    store.close()
+    reopened = open_sqlite(path)  # and the file agrees
+    assert (reopened.load_session("bob"), reopened.get_state("k")) == (None, b"v3")
+    assert reopened.get_state("absent") is None
+    reopened.close()
+
+
+def test_a_store_file_is_owned_by_one_open_store_at_a_time(tmp_path: Path) -> None:
+    """Rows are kept decrypted in memory: nothing else may write the file meanwhile."""
+    import subprocess
+    import sys
+
+    from blindrelay.client.keystore import KeyStoreInUse
+
+    path = tmp_path / "keys.db"
+    store = open_sqlite(path)
+    store.store_session("bob", b"s1")
+    with pytest.raises(KeyStoreInUse):
+        open_sqlite(path)
+    other = subprocess.run(
+        [sys.executable, "-c", "import sys\n"
+         "from blindrelay.client.keystore import KeyStoreInUse, SqliteKeyStore\n"
+         "try:\n    SqliteKeyStore.open(sys.argv[1], 'x')\n"
+         "except KeyStoreInUse:\n    sys.exit(3)\n", str(path)],
+        check=False,
+    )  # fmt: skip
+    assert other.returncode == 3
+    assert store.load_session("bob") == b"s1"  # the refused opens changed nothing
+    store.close()
+    with open_sqlite(path) as again:
+        assert again.load_session("bob") == b"s1"
