@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -127,9 +128,15 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 async def _run_until_signalled(config: RelayConfig) -> int:
+    from . import gcpolicy
+    from .logs import log_event
     from .relay import serve
 
     relay = await serve(config)
+    # Everything imported and the relay listening: what is alive now lives as long
+    # as the process (gcpolicy). The writer process applies the same policy itself.
+    frozen = gcpolicy.apply(config.gc_threshold)
+    log_event(logging.INFO, "gc_policy", role="relay", threshold=config.gc_threshold, frozen=frozen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -36,6 +36,7 @@ from websockets.protocol import State as WsState
 from blindrelay.protocol import SUBPROTOCOL, limits
 from blindrelay.protocol.connection import RelayConnection, State
 
+from . import gcpolicy
 from .config import RelayConfig
 from .context import Limiters, RelayContext, Session
 from .dispatch import Dispatcher
@@ -234,6 +235,8 @@ class RunningRelay:
         self._sessions: set[Session] = set()
         self._purger: asyncio.Task[None] | None = None
         self._flusher = _Flusher()
+        self._closed = gcpolicy.ClosedConnections()
+        self._collection: asyncio.TimerHandle | None = None
         self.failed = asyncio.Event()
         """Set when the writer process died under the relay: nothing can be stored any
         more, so the CLI stops (a supervisor restarts it; the database is intact)."""
@@ -282,10 +285,23 @@ class RunningRelay:
             timer.cancel()
             self.dispatcher.session_ended(session)
             self._sessions.discard(session)
+            if self._closed.closed(still_open=len(self._sessions)):
+                self._collect_soon()
             if transport.closing is not None or conn.state is State.CLOSED:
                 await transport.start_pump()  # flush the last frames and close with our code
             else:
                 transport.cancel()
+
+    def _collect_soon(self) -> None:
+        """Closed connections are cyclic garbage only a full collection frees (gcpolicy)."""
+        if self._collection is None and not self.ctx.stopping:
+            self._collection = asyncio.get_running_loop().call_later(
+                gcpolicy.COLLECT_DELAY_S, self._collect
+            )
+
+    def _collect(self) -> None:
+        self._collection = None
+        gcpolicy.collect_closed()
 
     def _received(self, session: Session, message: bytes) -> None:
         try:
@@ -316,6 +332,8 @@ class RunningRelay:
         SEND either got its SENT or must be resent by the client.
         """
         self.ctx.stopping = True
+        if self._collection is not None:
+            self._collection.cancel()
         if self._purger is not None:
             self._purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -343,7 +361,7 @@ async def serve(
     """Open the database, load or create the relay key, and start listening."""
     clock = clock or wall_clock_ms
     rng = rng or os.urandom
-    writer = Writer(config.db_path, config.synchronous)
+    writer = Writer(config.db_path, config.synchronous, config.gc_threshold)
     await writer.start()
     now = clock()
 

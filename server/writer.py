@@ -39,6 +39,7 @@ import msgpack
 
 from blindrelay.protocol.errors import ERRORS_BY_CODE, ErrorCode, InternalError
 
+from . import gcpolicy
 from .logs import LOGGER, log_event
 
 Done = Callable[[bool, Any], None]
@@ -89,9 +90,12 @@ class _Channel(asyncio.Protocol):
 class Writer:
     """Handle on the writer process; one per relay, used only on its event loop."""
 
-    def __init__(self, path: Path, synchronous: str) -> None:
+    def __init__(
+        self, path: Path, synchronous: str, gc_threshold: int = gcpolicy.DEFAULT_THRESHOLD
+    ) -> None:
         self.path = path
         self.synchronous = synchronous
+        self.gc_threshold = gc_threshold
         self._loop: asyncio.AbstractEventLoop | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._transport: asyncio.Transport | None = None
@@ -124,6 +128,7 @@ class Writer:
                     str(self.path),
                     self.synchronous,
                     str(LOGGER.getEffectiveLevel()),
+                    str(self.gc_threshold),
                 ],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,

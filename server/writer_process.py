@@ -34,8 +34,9 @@ import msgpack
 
 from blindrelay.protocol.errors import ProtocolError
 
+from . import gcpolicy
 from .jobs import OPERATIONS
-from .logs import _FIELDS, LOGGER
+from .logs import _FIELDS, LOGGER, log_event
 from .storage import MAX_JOBS_PER_COMMIT, GroupCommitter, Job, Store, connect
 
 PR_SET_PDEATHSIG = 1
@@ -136,8 +137,8 @@ def _packable(packer: msgpack.Packer, answer: list[Any], exc: Exception) -> list
 
 
 def main(argv: list[str]) -> int:
-    """``writer_process FD PARENT_PID DB_PATH SYNCHRONOUS LOG_LEVEL``."""
-    fd, parent_pid, path, synchronous, level = argv
+    """``writer_process FD PARENT_PID DB_PATH SYNCHRONOUS LOG_LEVEL GC_THRESHOLD``."""
+    fd, parent_pid, path, synchronous, level, gc_threshold = argv
     _die_with_parent(int(parent_pid))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -152,6 +153,10 @@ def main(argv: list[str]) -> int:
     except Exception as exc:
         sock.sendall(msgpack.packb(["error", type(exc).__name__, str(exc)]))
         return 1
+    # Started and the store open: freeze what lives as long as the process (gcpolicy);
+    # the log line goes out with the first answer.
+    frozen = gcpolicy.apply(int(gc_threshold))
+    log_event(logging.INFO, "gc_policy", role="writer", threshold=int(gc_threshold), frozen=frozen)
     sock.sendall(msgpack.packb(["ready", os.getpid()]))
     try:
         serve(sock, GroupCommitter(store), logs)

@@ -74,6 +74,23 @@ async def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
     assert process.returncode == 0
 
 
+async def test_serve_applies_the_configured_gc_policy_in_the_relay_and_its_writer(
+    tmp_path: Path,
+) -> None:
+    """server/gcpolicy.py: both processes freeze their start-up objects and use the
+    threshold given (here by environment variable, like every flag)."""
+    process, _url = await _start(tmp_path, "--port", "0", env={"BLINDRELAY_GC_THRESHOLD": "12345"})
+    process.send_signal(signal.SIGTERM)
+    _, stderr = await asyncio.wait_for(process.communicate(), TEST_TIMEOUT_S)
+    assert process.returncode == 0
+    lines = [json.loads(line) for line in stderr.decode().splitlines()]
+    policies = {line["role"]: line for line in lines if line["event"] == "gc_policy"}
+    assert policies.keys() == {"relay", "writer"}
+    for policy in policies.values():
+        assert policy["threshold"] == 12345
+        assert policy["frozen"] > 10_000  # at least the imported modules' objects
+
+
 @pytest.fixture
 def canary_db(tmp_path: Path) -> Path:
     """A relay database holding one queued envelope whose body is the canary."""
