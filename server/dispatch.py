@@ -23,7 +23,7 @@ from blindrelay.protocol.errors import (
 )
 from blindrelay.protocol.frames import Frame, FrameType
 
-from . import auth, business, delivery, directory, statements
+from . import auth, business, delivery, directory, fastframes, statements
 from .context import RelayContext, Session
 from .logs import LOGGER, log_event
 
@@ -63,6 +63,15 @@ class Dispatcher:
             self.ctx.refuse(session, None, MalformedFrame("text message: frames are binary"))
             return
         conn = session.conn
+        if conn.state is State.AUTHENTICATED:
+            # A SEND and an ACK per message: their canonical forms skip the generic
+            # decode (fastframes). Both are receivable here and change no state, so
+            # this is exactly what conn.receive_data would yield.
+            fast = fastframes.ack(data) or fastframes.send(data)
+            if fast is not None:
+                self.frame_received(session, fast, len(data))
+                session.transport.flush()
+                return
         errors_before = conn.protocol_errors
         conn.receive_data(data)
         if conn.protocol_errors != errors_before:
@@ -83,7 +92,10 @@ class Dispatcher:
         if handler is None:
             self.ctx.refuse(session, frame, UnexpectedFrame(f"{frame.TYPE.name} not served"))
             return
-        self.ctx.guard(session, frame, lambda: handler(self.ctx, session, frame))
+        try:
+            handler(self.ctx, session, frame)
+        except Exception as exc:
+            self.ctx.refuse(session, frame, exc)
 
     def auth_expired(self, session: Session) -> None:
         """SPEC §4.1: close a connection that did not authenticate within AUTH_TIMEOUT_S."""
