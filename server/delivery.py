@@ -120,11 +120,14 @@ def acknowledge(ctx: RelayContext, session: Session, frame: Ack) -> None:
     assert handle is not None
     ids = frame.delivery_ids
 
-    def acked(deleted: int) -> None:
-        if LOGGER.isEnabledFor(logging.DEBUG):
+    def acked(ok: bool, deleted: Any) -> None:
+        if not ok:
+            ctx.refuse(session, frame, deleted)
+        elif LOGGER.isEnabledFor(logging.DEBUG):
             log_event(logging.DEBUG, "acked", handle=handle, ids=len(ids), deleted=deleted)
 
-    ctx.run_job(session, frame, "acknowledge", (handle, ids), acked)
+    # One writer job for consecutive ACKs (a fan-out's recipients acknowledge together).
+    ctx.writer.call_many("acknowledge", [handle, ids], acked)
     if session.outbox is not None:
         session.outbox.acknowledged(ids)
 

@@ -241,7 +241,7 @@ def send(
         assert known is not None
         return known.at
     new_state = after_accept(state, decision, now, window_ms)
-    if new_state != state:
+    if new_state is not state and new_state != state:  # a notification changes nothing
         store.ledger.store_pair(handle, to, new_state)
     if decision.meter is not None:
         # "Counts MUST be committed in the same transaction as the envelope they count."
@@ -250,8 +250,15 @@ def send(
     return [delivery_id, now]
 
 
-def acknowledge(store: Store, handle: str, delivery_ids: list[int]) -> int:
-    return store.queue.acknowledge(handle, delivery_ids)
+def acknowledge(store: Store, acks: list[list[Any]]) -> list[int]:
+    """[[handle, delivery ids], …] → rows deleted per ACK.
+
+    ACKs come merged (:meth:`.writer.Writer.call_many`): a fan-out brings one
+    per recipient, each a few rows, and one job for a loop turn's worth of
+    them costs the writer one job instead of hundreds.
+    """
+    acknowledge_ids = store.queue.acknowledge
+    return [acknowledge_ids(handle, delivery_ids) for handle, delivery_ids in acks]
 
 
 def page(store: Store, handle: str, after: int, limit: int, not_before: int) -> list[list[Any]]:

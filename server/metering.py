@@ -26,6 +26,18 @@ def month_of(ms: int) -> str:
     return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m")
 
 
+def month_span(ms: int) -> tuple[int, int, str]:
+    """(first ms of the UTC month of ``ms``, first ms of the next one, ``YYYY-MM``)."""
+    day = datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC)
+    start = day.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
+    )
+    return int(start.timestamp()) * 1000, int(end.timestamp()) * 1000, start.strftime("%Y-%m")
+
+
 @dataclass
 class MonthUsage:
     """One business's counts for one month."""
@@ -42,13 +54,20 @@ class UsageMeter:
 
     def __init__(self, db: sqlite_utils.Database) -> None:
         self.db = db
+        self._conn = db.conn
+        self._month = (0, 0, "")
+        """The month of the last count, as :func:`month_span`: every notification of a
+        fan-out falls in it, so its name is not formatted again for each one."""
 
     def count(self, business: str, at: int, meter: Meter, category: str | None) -> None:
         """Add one to the business's counter for ``meter`` in the month of ``at``."""
-        self.db.execute(
+        start, end, month = self._month
+        if not start <= at < end:
+            self._month = start, end, month = month_span(at)
+        self._conn.execute(
             "INSERT INTO usage (business, month, meter, category, count) VALUES (?, ?, ?, ?, 1)"
             " ON CONFLICT (business, month, meter, category) DO UPDATE SET count = count + 1",
-            (business, month_of(at), meter.value, category or ""),
+            (business, month, meter.value, category or ""),
         )
 
     def months(self, business: str | None = None, month: str | None = None) -> list[MonthUsage]:

@@ -318,6 +318,9 @@ class Accounts:
         created = cursor.rowcount == 1
         if created and self.cache is not None:
             self.cache.put(self.cache.accounts, account.handle, account)
+            # Rows are only ever queued for existing accounts, and accounts are never
+            # deleted: a new one has none (the cap check then needs no COUNT).
+            self.cache.put(self.cache.queued, account.handle, 0)
         return created
 
     def replace_identity_key(self, handle: str, old_key: bytes, new_key: bytes) -> bool:

@@ -20,6 +20,12 @@ no per-job future bookkeeping unless a caller asks for a future.
 
 Guarantees (unchanged from the thread): a job's outcome is reported only after
 the transaction holding it committed (with ``synchronous=FULL``, on disk).
+
+Small jobs that arrive in bursts (an ACK per delivered notification) can be
+merged: :meth:`Writer.call_many` appends to the previous job when that job is
+the same operation and still the last one queued, so merging never reorders
+anything. The operation takes the list of items and returns one result per
+item; one job then costs one IPC entry and one callback instead of one each.
 """
 
 from __future__ import annotations
@@ -102,6 +108,8 @@ class Writer:
         self._started: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] | None = None
         self._pending: list[list[Any]] = []
+        self._merging: tuple[str, list[Any], list[Done]] | None = None
+        """The last queued job when it came from :meth:`call_many`: operation, items, callbacks."""
         self._waiting: deque[tuple[int, Done]] = deque()
         self._next_id = 0
         self._running = False
@@ -163,6 +171,7 @@ class Writer:
         """
         if not self._running:
             raise InternalError("writer is not running")
+        self._merging = None
         job_id = self._next_id
         self._next_id = job_id + 1
         if not self._pending:
@@ -170,6 +179,23 @@ class Writer:
             self._loop.call_soon(self._hand_over)
         self._pending.append([job_id, operation, args])
         self._waiting.append((job_id, done))
+
+    def call_many(self, operation: str, item: Any, done: Done) -> None:
+        """Queue ``item`` for ``operation(store, items)``, which returns one result per item.
+
+        If the last job queued in this loop turn is the same operation, ``item``
+        joins it: nothing submitted in between, so order is as if each item
+        were its own job. ``done`` gets this item's result, or the job's error
+        (the merged job commits or fails as a whole).
+        """
+        merging = self._merging
+        if merging is not None and merging[0] == operation and self._running:
+            merging[1].append(item)
+            merging[2].append(done)
+            return
+        items, dones = [item], [done]
+        self.call(operation, (items,), lambda ok, value: _each(dones, ok, value))
+        self._merging = (operation, items, dones)
 
     def submit(self, operation: str, *args: Any) -> asyncio.Future[Any]:
         """:meth:`call` with a future, for callers that await."""
@@ -189,6 +215,7 @@ class Writer:
 
     def _hand_over(self) -> None:
         batch, self._pending = self._pending, []
+        self._merging = None
         if batch and self._transport is not None and not self._transport.is_closing():
             self._transport.write(msgpack.packb(batch, use_bin_type=True))
 
@@ -217,6 +244,7 @@ class Writer:
     def _lost(self) -> None:
         """The socket closed: after our EOF at close, or because the process died."""
         self._running = False
+        self._merging = None
         if self._started is not None and not self._started.done():
             self._started.set_exception(WriterStartError("writer process exited"))
         waiting, self._waiting = self._waiting, deque()
@@ -262,6 +290,17 @@ class Writer:
         if kill:
             process.kill()
         await asyncio.to_thread(process.wait)
+
+
+def _each(dones: list[Done], ok: bool, value: Any) -> None:
+    """A merged job's outcome, item by item: its result, or everyone its error."""
+    results = value if ok else [value] * len(dones)
+    for done, result in zip(dones, results, strict=True):
+        try:
+            done(ok, result)
+        except Exception as exc:  # one callback's bug must not lose the others' outcomes
+            log_event(logging.ERROR, "internal_error", exc_type=type(exc).__name__,
+                      exc_at=_where(exc))  # fmt: skip
 
 
 def _where(exc: BaseException) -> str:

@@ -109,6 +109,30 @@ def test_cached_queue_lengths_follow_acks_withdrawals_and_purges(tmp_path: Path)
     assert run(recount) == (2, 2)
 
 
+def test_a_new_accounts_queue_is_known_to_be_empty_without_counting(tmp_path: Path) -> None:
+    """A fan-out reaches many recipients once each: a COUNT apiece was measurable."""
+    writer = committer(tmp_path / "r.db")
+    statements: list[str] = []
+    writer.store.db.conn.set_trace_callback(statements.append)
+    dave = Account("dave", "user", b"d" * 32)
+
+    def create_then_check(store: Store) -> int:
+        store.accounts.create(dave, 0)
+        return store.queue.queued("dave")
+
+    def enqueue_then_check(store: Store) -> int:
+        store.queue.enqueue("dave", ALICE, b"m" * 16, "chat", None, None, b"x", b"d", 0, cap=1)
+        with pytest.raises(QueueFull):  # the cap sees the seeded count
+            store.queue.add("dave", ALICE, b"n" * 16, "chat", None, None, b"x", b"e", 0, cap=1)
+        return store.queue.queued("dave")
+
+    assert writer.commit([create_then_check, enqueue_then_check]) == [(True, 0), (True, 1)]
+    assert not [sql for sql in statements if "COUNT" in sql]
+    store = writer.store
+    store.cache.clear()  # what a failed commit does: the count is read again, and agrees
+    assert store.queue.queued("dave") == 1
+
+
 # --- the writer process ---------------------------------------------------------
 
 
@@ -130,6 +154,46 @@ async def test_jobs_of_one_loop_turn_go_out_together_and_answer_in_order(tmp_pat
     finally:
         await writer.close()
     assert not writer.running
+
+
+async def test_consecutive_merged_calls_share_one_job_and_each_gets_its_own_result(
+    tmp_path: Path,
+) -> None:
+    writer = Writer(tmp_path / "r.db", "FULL")
+    await writer.start()
+    try:
+        for handle in ("alice", "bob", "carol"):
+            await writer.submit("create_account", handle, "user", handle.encode() * 4, 0)
+        chat = ("chat", None, None, b"x", 0, 10, 1000)  # intent … body, now, cap, window
+        sends = [
+            writer.submit("send", "alice", "user", to, bytes([n]) * 16, *chat)
+            for n, to in enumerate(("bob", "bob", "carol"))
+        ]
+        (bob_1, _), (bob_2, _), (carol_1, _) = await asyncio.gather(*sends)
+        outcomes: list[tuple[str, bool, object]] = []
+
+        def done(name: str) -> Callable[[bool, object], None]:
+            return lambda ok, value: outcomes.append((name, ok, value))
+
+        jobs_before = writer._next_id
+        writer.call_many("acknowledge", ["bob", (bob_1, carol_1)], done("bob"))
+        writer.call_many("acknowledge", ["carol", (carol_1,)], done("carol"))
+        # Another job in between ends the merge: the next ACK runs after it, as submitted.
+        counted = writer.submit("login_counts", "bob", 0)
+        writer.call_many("acknowledge", ["bob", (bob_2,)], done("bob again"))
+        assert writer._next_id - jobs_before == 3  # two merged ACKs were one job
+        assert (await counted)[0] == 1  # bob's first ACK was applied before the count
+        await writer.submit("noop")
+        assert outcomes == [("bob", True, 1), ("carol", True, 1), ("bob again", True, 1)]
+
+        outcomes.clear()
+        writer.call_many("acknowledge", ["bob", (1,)], done("fine"))
+        writer.call_many("acknowledge", ["bob", 7], done("not a list"))  # fails the job
+        await writer.submit("noop")
+        assert [(name, ok) for name, ok, _ in outcomes] == [("fine", False), ("not a list", False)]
+        assert all(isinstance(error, WriterJobError) for _, _, error in outcomes)
+    finally:
+        await writer.close()
 
 
 async def test_a_writer_that_cannot_open_its_database_fails_to_start(tmp_path: Path) -> None:
