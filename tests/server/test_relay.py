@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
+from websockets.frames import Frame as WsFrame
+from websockets.frames import Opcode
 
 from blindrelay.protocol import limits
 from blindrelay.protocol.codec import encode
@@ -12,7 +16,7 @@ from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import BundleFetch, Deliver, Error, FrameType, Hello, Ok, Send, Sent
 from blindrelay.server import dispatch
 from blindrelay.server.config import RelayConfig
-from blindrelay.server.relay import RunningRelay, serve
+from blindrelay.server.relay import RunningRelay, _head, serve
 
 from .conftest import Clients, FakeClock, db_rows, error_code
 
@@ -151,3 +155,20 @@ async def test_messages_keep_their_order_across_the_switch_to_websockets_assembl
     assert [d.body for d in received] == bodies
     assert [d.delivery_id for d in received] == sorted(d.delivery_id for d in received)
     assert error_code(await alice.push(Error)) == ErrorCode.MALFORMED_FRAME
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_frames_are_headed_as_websockets_would_head_them(size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    assert _head(data) + data == WsFrame(Opcode.BINARY, data).serialize(mask=False)
+
+
+async def test_a_deliver_of_the_largest_body_arrives_whole(
+    relay: RunningRelay, clients: Clients
+) -> None:
+    """Frames over 125 bytes take the 16-bit length form of the frame head."""
+    alice = await clients.registered(relay.url, "alice")
+    bob = await clients.registered(relay.url, "bob")
+    body = os.urandom(limits.MAX_CIPHERTEXT_BYTES)
+    assert isinstance(await alice.send_message("bob", body), Sent)
+    assert (await bob.push(Deliver)).body == body
