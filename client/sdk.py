@@ -273,9 +273,10 @@ class _Outgoing(NamedTuple):
     """Its keystore entry: ``sdk/outbox/<queued at, ns>.<msg_id hex>``, so that
     a restart resends in the order the envelopes were made."""
 
-    def pack(self) -> bytes:
+    def pack(self, packer: msgpack.Packer) -> bytes:
+        """The outbox entry (the msg_id is in its key); ``packer`` uses bin types."""
         fields = [self.to, self.envelope, self.intent, self.category, self.categories]
-        packed: bytes = msgpack.packb(fields, use_bin_type=True)
+        packed: bytes = packer.pack(fields)
         return packed
 
     @classmethod
@@ -314,7 +315,7 @@ def encode_send(packer: msgpack.Packer, request_id: int, outgoing: _Outgoing) ->
     return data
 
 
-def parse_sent(data: bytes) -> tuple[int, bytes, int] | None:
+def parse_sent(data: bytes, packer: msgpack.Packer) -> tuple[int, bytes, int] | None:
     """``(re, msg_id, at)`` if ``data`` is exactly the codec's encoding of a valid SENT.
 
     The fast path for the one frame a bulk sender receives per message: the
@@ -331,7 +332,7 @@ def parse_sent(data: bytes) -> tuple[int, bytes, int] | None:
         fields = msgpack.unpackb(data)
     except Exception:  # any malformation: the strict decoder names it
         return None
-    if type(fields) is not dict or len(fields) != 4:
+    if type(fields) is not dict:
         return None
     re, msg_id, at = fields.get("re"), fields.get("msg_id"), fields.get("at")
     if type(re) is not int or type(msg_id) is not bytes or type(at) is not int:
@@ -342,9 +343,8 @@ def parse_sent(data: bytes) -> tuple[int, bytes, int] | None:
         or not 0 <= at <= frames.MAX_TIME_MS
     ):
         return None
-    canonical = {"t": _SENT_TAG, "re": re, "msg_id": msg_id, "at": at}
-    if msgpack.packb(canonical, use_bin_type=True) != data:
-        return None
+    if packer.pack({"t": _SENT_TAG, "re": re, "msg_id": msg_id, "at": at}) != data:
+        return None  # not canonical: another key, a duplicate, another order or width
     return re, msg_id, at
 
 
@@ -989,7 +989,7 @@ class Client:
         same frame: the request stops pending and the send is answered. False
         (nothing done) for anything else, which the strict path then decodes.
         """
-        sent = parse_sent(data)
+        sent = parse_sent(data, self._packer)
         if sent is None:
             return False
         re, _, at = sent
@@ -1254,7 +1254,7 @@ class Client:
                     continue
                 key = self._outbox_key(msg_id)
                 outgoing = _Outgoing(msg_id, handle, envelope, intent, category, categories, key)
-                self.store.set_state(key, outgoing.pack())
+                self.store.set_state(key, outgoing.pack(self._packer))
                 queued.append((first + offset, outgoing))
         self.encrypt_seconds += time.perf_counter() - started
         link = self._online
@@ -1328,7 +1328,7 @@ class Client:
             envelope = self.sessions.encrypt(handle, encode_content(Content(msg_id, body)))
             key = self._outbox_key(msg_id)
             outgoing = _Outgoing(msg_id, handle, envelope, intent, category, categories, key)
-            self.store.set_state(key, outgoing.pack())
+            self.store.set_state(key, outgoing.pack(self._packer))
         self._outbox[msg_id] = outgoing
         self.encrypt_seconds += time.perf_counter() - started
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
