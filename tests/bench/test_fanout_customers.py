@@ -1,9 +1,10 @@
 """The fan-out benchmark's customers (bench/fanout.py): what they check and what they send.
 
-They bypass the codec and websockets' frame writer for speed, so these tests hold
-the shortcuts to the real thing: acks equal the codec's bytes, frames parse in
-websockets' server, refused DELIVERs fail the run, and against a real relay every
-notification is acknowledged (nothing is left to redeliver).
+They bypass the codec and websockets' frame reader and writer for speed, so these
+tests hold the shortcuts to the real thing: acks equal the codec's bytes, frames
+written by websockets' server are read in any pieces and ours parse in it, anything
+unexpected fails the run, and against a real relay every notification is
+acknowledged (nothing is left to redeliver).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from bench.loadgen import LoadError
 from blindrelay.client.business import Business
 from blindrelay.client.keystore import MemoryKeyStore
 from blindrelay.client.sdk import Client
-from blindrelay.protocol import SUBPROTOCOL, frames
+from blindrelay.protocol import SUBPROTOCOL, frames, limits
 from blindrelay.protocol.codec import encode
 from blindrelay.protocol.crypto.keys import IdentityKeyPair, SignedPreKey
 from blindrelay.server.config import RelayConfig
@@ -162,64 +163,80 @@ class Wire(asyncio.Transport):
     def received(self) -> list[tuple[Opcode, bytes]]:
         return [(e.opcode, e.data) for e in self.server.events_received() if isinstance(e, Frame)]
 
-    def to_customer(self, customer: Customer) -> None:
-        customer.data_received(b"".join(self.server.data_to_send()))
+    def to_customer(self, customer: Customer, chunk: int | None = None) -> None:
+        """What the server wrote since last time, in ``chunk``-byte reads (default: one)."""
+        data = b"".join(self.server.data_to_send())
+        step = chunk or max(len(data), 1)
+        for at in range(0, len(data), step):
+            customer.data_received(data[at : at + step])
 
 
 async def ready_customer(tally: Tally) -> tuple[Customer, Wire]:
-    """A customer past the handshake and setup, as after :meth:`Customer.connect`."""
+    """A customer past setup, as after :meth:`Customer.connect`; the server's handshake
+    response is written but not yet read, so a test decides how it arrives."""
     customer = Customer("c00001", parse_uri("ws://127.0.0.1:1/"), tally, Masks())
     wire = Wire()
     customer.connection_made(wire)
     (request,) = wire.server.events_received()
     wire.server.send_response(wire.server.accept(request))  # type: ignore[arg-type]
     customer.inbox = None  # setup (REGISTER, grant) is what the relay test below covers
-    wire.to_customer(customer)
     return customer, wire
 
 
-def test_each_notification_is_acknowledged_with_its_delivery_id():
+@pytest.mark.parametrize("chunk", [None, 1, 3, 200])
+def test_each_notification_is_acknowledged_with_its_delivery_id(chunk):
     async def run() -> None:
         tally = Tally(1)
         customer, wire = await ready_customer(tally)
         wire.server.send_ping(b"p")
-        wire.server.send_binary(encode(deliver(delivery_id=7_000_001)))
-        wire.to_customer(customer)
+        wire.server.send_binary(encode(deliver(delivery_id=7_000_001)))  # a 2-byte length
+        wire.to_customer(customer, chunk)  # with the handshake response, in any pieces
         assert tally.done.done() and tally.done.exception() is None
         assert tally.remaining == 0 and 0 < tally.first == tally.last
         assert wire.received() == [(Opcode.PONG, b"p"), (Opcode.BINARY, ack_payload(7_000_001))]
+        assert customer.buffer == b"" and not wire.closed
 
     asyncio.run(run())
 
 
+def send_fragmented(server: ServerProtocol) -> None:
+    server.send_binary(encode(deliver())[:10], fin=False)
+    server.send_continuation(encode(deliver())[10:], fin=True)
+
+
 @pytest.mark.parametrize(
-    "messages",
+    ("send", "error"),
     [
-        [encode(deliver(intent="chat", category=None))],
-        [encode(deliver(delivery_id=1)), encode(deliver(delivery_id=2))],
+        (lambda s: s.send_binary(encode(deliver(intent="chat", category=None))), "notification"),
+        (lambda s: [s.send_binary(encode(deliver(delivery_id=i))) for i in (1, 2)], "second"),
+        (lambda s: s.send_text(b"hello"), "0x81"),
+        (send_fragmented, "0x02"),
+        (lambda s: s.send_binary(bytes(limits.MAX_FRAME_BYTES)), "msgpack"),  # 8-byte size
+        (lambda s: s.send_binary(bytes(limits.MAX_FRAME_BYTES + 1)), "65537-byte frame"),
     ],
-    ids=["a chat", "a second notification"],
+    ids=["a chat", "a second notification", "text", "fragments", "64 KiB", "over 64 KiB"],
 )
-def test_an_unexpected_delivery_fails_the_run(messages):
+def test_anything_unexpected_fails_the_run(send, error):
     async def run() -> None:
         tally = Tally(2)
         customer, wire = await ready_customer(tally)
-        for message in messages:
-            wire.server.send_binary(message)
+        send(wire.server)
         wire.to_customer(customer)
-        with pytest.raises(LoadError):
+        with pytest.raises(LoadError, match=error):
             tally.done.result()
 
     asyncio.run(run())
 
 
-def test_a_text_frame_fails_the_run():
+def test_a_close_from_the_relay_is_answered_and_fails_the_run():
     async def run() -> None:
         tally = Tally(1)
         customer, wire = await ready_customer(tally)
-        wire.server.send_text(b"hello")
+        wire.server.send_close(1001)
         wire.to_customer(customer)
-        with pytest.raises(LoadError, match="TEXT"):
+        assert wire.received() == [(Opcode.CLOSE, b"\x03\xe9")]  # websockets' close reply
+        customer.connection_lost(None)
+        with pytest.raises(LoadError, match="connection lost"):
             tally.done.result()
 
     asyncio.run(run())
