@@ -173,12 +173,14 @@ def test_a_canonical_send_is_read_without_the_codec(frame: Send) -> None:
     assert fastframes.send(data) == decode(data) == frame
 
 
+wire_ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)
+"""Every integer msgpack can carry."""
 wire_values = st.one_of(
-    st.integers(min_value=-(2**63), max_value=2**64 - 1), st.booleans(), st.none(),
+    wire_ints, st.booleans(), st.none(),
     st.binary(max_size=17), st.text(max_size=5), handles, msg_ids, categories,
     st.sampled_from(["chat", "notification", "consent_request", "receipt", "statement"]),
-    st.lists(st.one_of(categories, st.integers()), max_size=3),
-    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+    st.lists(st.one_of(categories, wire_ints), max_size=3),
+    st.dictionaries(st.text(max_size=2), wire_ints, max_size=1),
 )  # fmt: skip
 send_keys = st.sampled_from(["id", "to", "msg_id", "intent", "body", "category", "categories", "x"])
 
