@@ -262,6 +262,15 @@ def test_send_many_reports_each_recipient_and_each_customer_decrypts_theirs(
                     assert (message.intent, message.category) == ("notification", "utility")
                 await inbox.close()
 
+            twice = await within(
+                shop.send_many(["bob", "bob"], "twice", intent="notification", category="utility")
+            )  # one chunk, one transaction: the second envelope uses the advanced session
+            inbox = Inbox(people["bob"])
+            assert [(m.body, m.msg_id) for m in [await inbox.next(), await inbox.next()]] == [
+                ("twice", outcome) for _, outcome in twice
+            ]
+            await inbox.close()
+
             await asyncio.sleep(0)  # answered outbox entries go at the end of the loop turn
             assert shop.store.state_items("sdk/outbox/") == []
             assert len(shop._locks) == 0 and shop._bulk_sends == {} and shop._outbox == {}
