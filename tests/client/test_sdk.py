@@ -47,7 +47,9 @@ async def within(awaitable: Awaitable[T], timeout: float = TIMEOUT) -> T:
 
 @asynccontextmanager
 async def relay_at(tmp_path: Path, **config: Any) -> AsyncIterator[RunningRelay]:
-    relay = await serve(RelayConfig(host="127.0.0.1", port=0, db_path=tmp_path / "relay.db", **config))
+    relay = await serve(
+        RelayConfig(host="127.0.0.1", port=0, db_path=tmp_path / "relay.db", **config)
+    )
     try:
         yield relay
     finally:
@@ -110,7 +112,9 @@ def test_two_clients_exchange_messages_through_a_relay(tmp_path: Path) -> None:
             reply = await alice_inbox.next()
             # Alice pinned bob's key when she fetched his bundle: trusted, not new.
             assert (reply.sender, reply.body, reply.identity) == (
-                "bob", b"\x00binary reply", IdentityState.TRUSTED,
+                "bob",
+                b"\x00binary reply",
+                IdentityState.TRUSTED,
             )
             for i in range(5):
                 await within(alice.send("bob", f"more {i}"))
@@ -226,7 +230,8 @@ def test_a_crash_before_the_ack_redelivers_and_the_message_shows_once(
             await within(alice.send("bob", "after the crash"))
             inbox = Inbox(bob)
             assert [(await inbox.next()).body for _ in range(2)] == [
-                "do not lose me", "after the crash",
+                "do not lose me",
+                "after the crash",
             ]
             await inbox.close()
             await bob.close()
@@ -274,9 +279,7 @@ def test_the_server_dropping_the_connection_is_survived_by_reconnecting(tmp_path
         async with relay_at(tmp_path) as relay:
             alice = await online(relay.url, "alice")
             reconnected = asyncio.Event()
-            bob = await online(
-                relay.url, "bob", on_connected=lambda welcome: reconnected.set()
-            )
+            bob = await online(relay.url, "bob", on_connected=lambda welcome: reconnected.set())
             reconnected.clear()
             await within(alice.send("bob", "before the drop"))
             inbox = Inbox(bob)

@@ -72,7 +72,11 @@ class Directory:
         kind, key, signed, one_time = self.accounts[handle]
         assert signed is not None
         return frames.Bundle(
-            re=1, handle=handle, kind=kind, identity_key=key, signed_prekey=signed,
+            re=1,
+            handle=handle,
+            kind=kind,
+            identity_key=key,
+            signed_prekey=signed,
             one_time=one_time.pop(0) if one_time else None,
         )
 
@@ -94,14 +98,20 @@ class Pair:
         self.msg_ids = random.Random(3)
         self.delivery_id = 0
 
-    def envelope(self, sender: SessionManager, to: str, body: Text | Data | Receipt) -> frames.Deliver:
+    def envelope(
+        self, sender: SessionManager, to: str, body: Text | Data | Receipt
+    ) -> frames.Deliver:
         """Encrypt ``body`` as the SDK does and wrap it as the DELIVER the relay would push."""
         msg_id = self.msg_ids.randbytes(16)
         envelope = sender.encrypt(to, encode_content(Content(msg_id, body)))
         self.delivery_id += 1
         return frames.Deliver(
-            delivery_id=self.delivery_id, sender=sender.identity.handle, sender_kind="user",
-            msg_id=msg_id, intent="chat", sent_at=1_700_000_000_000 + self.delivery_id,
+            delivery_id=self.delivery_id,
+            sender=sender.identity.handle,
+            sender_kind="user",
+            msg_id=msg_id,
+            intent="chat",
+            sent_at=1_700_000_000_000 + self.delivery_id,
             body=envelope,
         )
 
@@ -128,7 +138,10 @@ def test_first_upload_publishes_a_signed_prekey_and_a_full_batch() -> None:
 def test_upload_tops_up_only_what_is_missing_and_reuses_the_signed_prekey() -> None:
     manager = make_manager("alice", 1)
     first = manager.prekeys_upload(1, relay_one_time=0, relay_has_signed=False)
-    assert manager.prekeys_upload(2, relay_one_time=ONE_TIME_PREKEY_TARGET, relay_has_signed=True) is None
+    assert (
+        manager.prekeys_upload(2, relay_one_time=ONE_TIME_PREKEY_TARGET, relay_has_signed=True)
+        is None
+    )
     top_up = manager.prekeys_upload(3, relay_one_time=15, relay_has_signed=True)
     assert top_up is not None and top_up.signed_prekey is None
     assert len(top_up.one_time) == ONE_TIME_PREKEY_TARGET - 15
@@ -295,8 +308,13 @@ def test_content_that_does_not_parse_advances_the_session_and_shows_nothing(pair
     pair.alice.start_session(pair.directory.bundle("bob"))
     garbage = pair.alice.encrypt("bob", b"not msgpack content")
     deliver = frames.Deliver(
-        delivery_id=1, sender="alice", sender_kind="user", msg_id=bytes(16), intent="chat",
-        sent_at=1, body=garbage,
+        delivery_id=1,
+        sender="alice",
+        sender_kind="user",
+        msg_id=bytes(16),
+        intent="chat",
+        sent_at=1,
+        body=garbage,
     )
     with pytest.raises(MalformedContent):
         pair.bob.receive(deliver)
@@ -349,7 +367,9 @@ def test_receipts_are_content_like_any_other(pair: Pair) -> None:
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
-def test_commit_incoming_deletes_the_used_one_time_prekey_with_the_commit(kind: str, tmp_path) -> None:
+def test_commit_incoming_deletes_the_used_one_time_prekey_with_the_commit(
+    kind: str, tmp_path
+) -> None:
     import nacl.pwhash.argon2id as argon2id
 
     from blindrelay.client.keystore import OneTimePreKeyRecord, SqliteKeyStore
@@ -358,8 +378,11 @@ def test_commit_incoming_deletes_the_used_one_time_prekey_with_the_commit(kind: 
         MemoryKeyStore()
         if kind == "memory"
         else SqliteKeyStore.open(
-            tmp_path / "ks.db", "pw", create=True,
-            opslimit=argon2id.OPSLIMIT_MIN, memlimit=argon2id.MEMLIMIT_MIN,
+            tmp_path / "ks.db",
+            "pw",
+            create=True,
+            opslimit=argon2id.OPSLIMIT_MIN,
+            memlimit=argon2id.MEMLIMIT_MIN,
         )
     )
     store.store_one_time_prekeys([OneTimePreKeyRecord(5, b"\x01" * 32, b"\x02" * 32)])
