@@ -30,12 +30,14 @@ _MISSING: Any = object()
 
 
 class WriterCache:
-    """Accounts by handle, pair states by sorted pair, queue lengths by recipient."""
+    """Accounts by handle, pair states by sorted pair, queue lengths by recipient,
+    and metering counts not yet written (``usage``, see :mod:`.metering`)."""
 
     def __init__(self) -> None:
         self.accounts: dict[str, Any] = {}
         self.pairs: dict[tuple[str, str], Any] = {}
         self.queued: dict[str, int] = {}
+        self.usage: dict[tuple[str, str, str, str], int] = {}
         self._undo: list[tuple[dict[Any, Any], Hashable, Any]] | None = None
 
     def put(self, table: dict[Any, Any], key: Hashable, value: Any) -> None:
@@ -45,6 +47,17 @@ class WriterCache:
         if len(table) >= MAX_ENTRIES and key not in table:
             table.clear()
         table[key] = value
+
+    def add(self, table: dict[Any, int], key: Hashable, delta: int) -> None:
+        """Add ``delta`` to ``table[key]`` (from 0), remembering the old value while a job runs.
+
+        Never evicts: for tables that are not a cache of the database but
+        writes still to be made (``usage``), emptied by their owner.
+        """
+        old = table.get(key, _MISSING)
+        if self._undo is not None:
+            self._undo.append((table, key, old))
+        table[key] = delta if old is _MISSING else old + delta
 
     def drop(self, table: dict[Any, Any], key: Hashable) -> None:
         """Forget ``key`` (the next read goes to the database)."""
@@ -73,4 +86,5 @@ class WriterCache:
         self.accounts.clear()
         self.pairs.clear()
         self.queued.clear()
+        self.usage.clear()  # rolled back with the envelopes they counted
         self._undo = None

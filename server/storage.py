@@ -664,7 +664,7 @@ class Store:
         self.prekeys = PreKeyStore(db)
         self.queue = MessageQueue(db, self.cache)
         self.ledger = ConsentLedger(db, self.cache)
-        self.usage = UsageMeter(db)
+        self.usage = UsageMeter(db, self.cache)
         self.profiles = ProfileStore(db)
         self.badges = BadgeStore(db)
 
@@ -708,6 +708,7 @@ class GroupCommitter:
             if outcomes is None:
                 outcomes = _run_batch(store, batch, savepoints=True)
             assert outcomes is not None
+            store.usage.flush()  # the batch's metering counts, in its transaction
             store.db.conn.execute("COMMIT")
         except Exception as exc:
             # The commit itself failed (disk full, I/O error): nothing in the

@@ -1,11 +1,18 @@
-"""server/metering.py: the month a count goes to (SPEC §8.4: UTC calendar months)."""
+"""server/metering.py: the month a count goes to (SPEC §8.4: UTC calendar months), and
+counts written once per commit, in the transaction of what they count."""
 
 from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from blindrelay.protocol.consent import Meter
+from blindrelay.protocol.errors import QueueFull
 from blindrelay.server.metering import month_of, month_span
+from blindrelay.server.storage import Account, GroupCommitter, Store, connect
 
 times = st.integers(min_value=0, max_value=2**47)  # to the year 6429
 
@@ -22,3 +29,76 @@ def test_month_spans_across_the_year_end() -> None:
     new_year_2024 = 1_704_067_200_000
     assert month_span(new_year_2024 - 1) == (1_701_388_800_000, new_year_2024, "2023-12")
     assert month_span(new_year_2024)[2] == "2024-01"
+
+
+# --- counts are written once per commit -------------------------------------------
+
+NOW = 1_800_000_000_000
+MONTH = month_of(NOW)
+
+
+def _count(store: Store, business: str = "airline", category: str = "utility") -> None:
+    store.usage.count(business, NOW, Meter.NOTIFICATION, category)
+
+
+def _committed(path: Path) -> dict[tuple[str, str], int]:
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute("SELECT business, category, count FROM usage").fetchall()
+    finally:
+        conn.close()
+    return {(business, category): count for business, category, count in rows}
+
+
+def test_a_batch_writes_its_counts_once_in_its_transaction(tmp_path: Path) -> None:
+    writer = GroupCommitter(Store(connect(tmp_path / "r.db")))
+    statements: list[str] = []
+    writer.store.db.conn.set_trace_callback(statements.append)
+    outcomes = writer.commit([_count] * 5 + [lambda store: _count(store, category="marketing")])
+    assert all(ok for ok, _ in outcomes)
+    assert _committed(tmp_path / "r.db") == {("airline", "utility"): 5, ("airline", "marketing"): 1}
+    upserts = [sql for sql in statements if sql.startswith("INSERT INTO usage")]
+    assert len(upserts) == 2  # one row each, in one executemany before COMMIT
+    assert statements.index(upserts[-1]) < statements.index("COMMIT")
+    writer.commit([_count])
+    assert _committed(tmp_path / "r.db")[("airline", "utility")] == 6
+
+
+def test_a_failed_job_takes_its_count_back(tmp_path: Path) -> None:
+    writer = GroupCommitter(Store(connect(tmp_path / "r.db")))
+
+    def count_then_refuse(store: Store) -> None:
+        _count(store)
+        raise QueueFull()
+
+    def count_write_then_fail(store: Store) -> None:
+        _count(store)
+        store.accounts.create(Account("carol", "user", b"c" * 32), NOW)
+        raise QueueFull()
+
+    outcomes = writer.commit([_count, count_then_refuse, count_write_then_fail, _count])
+    assert [ok for ok, _ in outcomes] == [True, False, False, True]
+    assert _committed(tmp_path / "r.db") == {("airline", "utility"): 2}
+
+
+def test_a_read_sees_the_batchs_counts_and_a_failed_reader_loses_none(tmp_path: Path) -> None:
+    """A USAGE_FETCH in the same batch as the notifications it counts sees them; a
+    job that flushed and then failed is undone without dropping or doubling counts."""
+    writer = GroupCommitter(Store(connect(tmp_path / "r.db")))
+
+    def read(store: Store) -> dict[str, int]:
+        return store.usage.month("airline", MONTH).notifications
+
+    def read_then_fail(store: Store) -> None:
+        read(store)
+        raise QueueFull()
+
+    outcomes = writer.commit([_count, read, _count, read_then_fail, _count, read])
+    assert [value for ok, value in outcomes if ok] == [
+        None,
+        {"utility": 1},
+        None,
+        None,
+        {"utility": 3},
+    ]
+    assert _committed(tmp_path / "r.db") == {("airline", "utility"): 3}
