@@ -24,15 +24,22 @@ import os
 import struct
 import time
 from collections.abc import Callable
-from typing import Any
+from types import GeneratorType
+from typing import Any, cast
 
 from nacl.signing import SigningKey
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as websockets_serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import DATA_OPCODES, Frame, Opcode
-from websockets.protocol import Event
+from websockets.protocol import Event, Protocol
 from websockets.protocol import State as WsState
+from websockets.streams import StreamReader
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # websockets built without its C extension (what websockets.frames does)
+    from websockets.utils import apply_mask
 
 from blindrelay.protocol import SUBPROTOCOL, limits
 from blindrelay.protocol.connection import RelayConnection, State
@@ -53,6 +60,67 @@ CLOSE_POLICY = 1008
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+_PARSE_CODE = Protocol.parse.__code__
+_AT_EOF_CODE = StreamReader.at_eof.__code__
+
+
+def at_frame_boundary(protocol: Protocol) -> bool:
+    """Whether websockets' parser waits for the first byte of a frame, with nothing
+    buffered, on an open connection, outside a fragmented message, with no
+    extension: then bytes may be read as frames without it (:func:`read_frames`)
+    and it is still where it would have been. An empty buffer alone does not
+    say so (the parser may wait for the payload of a frame whose head it read),
+    hence the look at what the parser generator is suspended in."""
+    if (
+        protocol.state is not WsState.OPEN
+        or protocol.current_size is not None
+        or protocol.extensions
+        or protocol.reader.buffer
+    ):
+        return False
+    # A server's parser is ServerProtocol.parse, delegating to Protocol.parse after
+    # the handshake: follow the chain of generators down to where it is suspended.
+    caller, waiting = None, cast("GeneratorType[None, None, None]", protocol.parser)
+    while isinstance(waiting.gi_yieldfrom, GeneratorType):
+        caller, waiting = waiting, waiting.gi_yieldfrom
+    return waiting.gi_code is _AT_EOF_CODE and caller is not None and caller.gi_code is _PARSE_CODE
+
+
+def read_frames(protocol: Protocol, data: bytes, on_message: Callable[[bytes], None]) -> int:
+    """Hand the whole frames at the start of ``data`` to ``on_message``; bytes taken.
+
+    Only frames websockets would deliver unchanged as a whole binary message
+    are read here: FIN + BINARY with no RSV bit, masked (a client's), a 7- or
+    16-bit length within the size limit, all of it in ``data``. It stops at
+    the first other byte and leaves the rest, including every error, to
+    websockets. Call only when :func:`at_frame_boundary` holds.
+    """
+    limit = protocol.max_message_size
+    if protocol.max_fragment_size is not None:
+        fragment = protocol.max_fragment_size
+        limit = fragment if limit is None else min(limit, fragment)
+    end = len(data)
+    at = 0
+    while end - at >= 6 and protocol.state is WsState.OPEN:
+        if data[at] != 0x82:  # FIN, no RSV bit, BINARY
+            break
+        size = data[at + 1] ^ 0x80  # the mask bit must be set
+        if size < 126:
+            start = at + 6
+        elif size == 126:
+            size = int.from_bytes(data[at + 2 : at + 4], "big")
+            start = at + 8
+        else:  # unmasked, or a 64-bit length: websockets decides
+            break
+        stop = start + size
+        if stop > end or (limit is not None and size > limit):
+            break
+        payload = apply_mask(data[start:stop], data[start - 4 : start])
+        at = stop
+        on_message(payload)
+    return at
 
 
 class _RelayWebSocket(ServerConnection):
@@ -77,6 +145,22 @@ class _RelayWebSocket(ServerConnection):
             return False
         self.on_message = on_message
         return True
+
+    def data_received(self, data: bytes) -> None:
+        """Whole binary frames at the start of ``data`` go straight to ``on_message``
+        (:func:`read_frames`); the rest goes to websockets.
+
+        Why: a fan-out brings one small ACK frame per customer, and websockets'
+        generator-based parser (buffer, three ``read_exact`` steps, a ``Frame``,
+        an event) cost ~12 % of the relay's CPU.
+        """
+        on_message = self.on_message
+        if on_message is not None and at_frame_boundary(self.protocol):
+            taken = read_frames(self.protocol, data, on_message)
+            if taken == len(data):
+                return
+            data = data[taken:]
+        super().data_received(data)
 
     def process_event(self, event: Event) -> None:
         if isinstance(event, Frame):

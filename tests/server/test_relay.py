@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import struct
+from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.asyncio.client import connect
+from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidStatus
 from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode
+from websockets.protocol import Protocol, Side
+from websockets.protocol import State as WsState
+from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
+from websockets.utils import apply_mask
 
 from blindrelay.protocol import limits
 from blindrelay.protocol.codec import encode
 from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import BundleFetch, Deliver, Error, FrameType, Hello, Ok, Send, Sent
 from blindrelay.server import dispatch
+from blindrelay.server import relay as relay_module
 from blindrelay.server.config import RelayConfig
-from blindrelay.server.relay import RunningRelay, _head, serve
+from blindrelay.server.relay import RunningRelay, _head, at_frame_boundary, read_frames, serve
 
-from .conftest import Clients, FakeClock, db_rows, error_code
+from .conftest import TEST_TIMEOUT_S, Clients, FakeClock, RawClient, db_rows, error_code
 
 
 async def test_a_handshake_without_the_subprotocol_is_refused_with_400(
@@ -172,3 +184,188 @@ async def test_a_deliver_of_the_largest_body_arrives_whole(
     body = os.urandom(limits.MAX_CIPHERTEXT_BYTES)
     assert isinstance(await alice.send_message("bob", body), Sent)
     assert (await bob.push(Deliver)).body == body
+
+
+# --- frames read by the relay itself (_RelayWebSocket.data_received) ---------------
+
+
+def _client_frame(payload: bytes, *, first: int = 0x82, masked: bool = True) -> bytes:
+    """One client frame laid out by hand (RFC 6455 §5.2), so it may break the rules."""
+    size, mask_bit = len(payload), 0x80 if masked else 0
+    if size < 126:
+        head = bytes((first, mask_bit | size))
+    elif size < 65536:
+        head = struct.pack("!BBH", first, mask_bit | 126, size)
+    else:
+        head = struct.pack("!BBQ", first, mask_bit | 127, size)
+    if not masked:
+        return head + payload
+    mask = os.urandom(4)
+    return head + mask + apply_mask(payload, mask)
+
+
+def _sends(client: RawClient, to: str, count: int) -> tuple[list[bytes], list[int]]:
+    ids = [client.request_id() for _ in range(count)]
+    frames = [
+        _client_frame(encode(Send(id=i, to=to, msg_id=os.urandom(16), intent="chat", body=b"x")))
+        for i in ids
+    ]
+    return frames, ids
+
+
+async def test_frames_in_one_segment_split_across_segments_or_mixed_with_a_ping_all_arrive(
+    relay: RunningRelay, clients: Clients
+) -> None:
+    """Whole frames, frames cut in two, and a ping among them: each SEND is
+    answered once and in order, and the connection stays in step (a ping after)."""
+    alice = await clients.registered(relay.url, "alice")
+    await clients.registered(relay.url, "bob")
+    frames, ids = _sends(alice, "bob", 6)
+    write = alice.ws.transport.write
+    write(frames[0] + frames[1] + frames[2][:5])  # two whole, then a cut header
+    await asyncio.sleep(0.05)  # let the relay read the partial frame on its own
+    write(frames[2][5:] + frames[3][:-1])
+    await asyncio.sleep(0.05)
+    write(frames[3][-1:] + _client_frame(b"p", first=0x89) + frames[4] + frames[5])
+    await asyncio.wait_for(await alice.ws.ping(b"after"), TEST_TIMEOUT_S)  # still in step
+    answers = [await alice.response(i) for i in ids]
+    assert all(isinstance(a, Sent) for a in answers)
+    assert [a.re for a in answers] == ids  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (_client_frame(b"\x80", masked=False), 1002),  # a client frame must be masked
+        (_client_frame(b"\x80", first=0xC2), 1002),  # RSV1 without an extension
+        (_client_frame(b"\x00" * (limits.MAX_FRAME_BYTES + 1)), 1009),
+    ],
+)
+async def test_frames_websockets_refuses_are_still_refused_by_websockets(
+    relay: RunningRelay, clients: Clients, frame: bytes, code: int
+) -> None:
+    alice = await clients.registered(relay.url, "alice")
+    frames, _ = _sends(alice, "alice", 1)
+    alice.ws.transport.write(frames[0] + frame)
+    assert await alice.closed() == code
+
+
+async def test_a_fragmented_message_goes_through_websockets_and_stays_in_order(
+    relay: RunningRelay, clients: Clients
+) -> None:
+    alice = await clients.registered(relay.url, "alice")
+    await clients.registered(relay.url, "bob")
+    frames, ids = _sends(alice, "bob", 2)
+    data = encode(Send(id=alice.request_id(), to="bob", msg_id=os.urandom(16),
+                       intent="chat", body=b"in two parts"))  # fmt: skip
+    first = WsFrame(Opcode.BINARY, data[:7], fin=False).serialize(mask=True)
+    rest = WsFrame(Opcode.CONT, data[7:]).serialize(mask=True)
+    alice.ws.transport.write(frames[0] + first + rest + frames[1])
+    answers = [await alice.response(i) for i in (ids[0], alice._next_id, ids[1])]
+    assert all(isinstance(a, Sent) for a in answers), answers
+
+
+# The property behind the tests above: reading frames ahead of websockets changes nothing.
+
+SMALL_MAX = 300
+"""A size limit small enough for 16-bit frames to cross it."""
+
+
+@st.composite
+def client_frames(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["binary", "binary", "long", "ping", "text", "fragments",
+                                 "unmasked", "rsv", "huge", "junk"]))  # fmt: skip
+    payload = draw(st.binary(max_size=40))
+    if kind == "binary":
+        return _client_frame(payload)
+    if kind == "long":  # 16-bit length, over or under SMALL_MAX
+        return _client_frame(draw(st.binary(min_size=126, max_size=SMALL_MAX + 50)))
+    if kind == "ping":
+        return _client_frame(payload, first=0x89)
+    if kind == "text":
+        return _client_frame(b"text", first=0x81)
+    if kind == "fragments":
+        return _client_frame(payload, first=0x02) + _client_frame(b"end", first=0x80)
+    if kind == "unmasked":
+        return _client_frame(payload, masked=False)
+    if kind == "rsv":
+        return _client_frame(payload, first=0xC2)
+    if kind == "huge":  # a 64-bit length
+        return _client_frame(b"\x00" * 70_000)[:20]
+    return draw(st.binary(min_size=1, max_size=8))
+
+
+def _feed(chunks: list[bytes], *, ahead: bool) -> tuple[list[object], object, list[bytes]]:
+    """What a server protocol delivers for ``chunks``: messages and events in order,
+    its final state, and what it sends back (pongs, its close frame)."""
+    protocol = Protocol(Side.SERVER, max_size=SMALL_MAX)
+    seen: list[object] = []
+    sent: list[bytes] = []
+    for chunk in chunks:
+        if ahead and at_frame_boundary(protocol):
+            taken = read_frames(protocol, chunk, lambda m: seen.append(("binary", True, m)))
+            chunk = chunk[taken:]
+            if not chunk:
+                continue
+        if protocol.state is WsState.CLOSED:
+            break
+        protocol.receive_data(chunk)
+        for event in protocol.events_received():
+            seen.append((event.opcode.name.lower(), event.fin, bytes(event.data)))
+        sent += protocol.data_to_send()
+    return seen, protocol.state, sent
+
+
+@settings(max_examples=300)
+@given(st.lists(client_frames(), max_size=8), st.lists(st.integers(min_value=0), max_size=6))
+def test_reading_frames_ahead_of_websockets_delivers_exactly_what_websockets_would(
+    frames: list[bytes], cuts: list[int]
+) -> None:
+    stream = b"".join(frames)
+    points = sorted({cut % (len(stream) + 1) for cut in cuts})
+    chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    assert _feed(chunks, ahead=True) == _feed(chunks, ahead=False)
+
+
+def _opened_server() -> ServerProtocol:
+    """A server protocol past the opening handshake, as the relay's connections are."""
+    protocol = ServerProtocol()
+    client = ClientProtocol(parse_uri("ws://relay/"))
+    client.send_request(client.connect())
+    protocol.receive_data(b"".join(client.data_to_send()))
+    [request] = protocol.events_received()
+    protocol.send_response(protocol.accept(request))  # type: ignore[arg-type]
+    assert protocol.state is WsState.OPEN
+    return protocol
+
+
+def test_a_parser_waiting_for_a_payload_is_not_at_a_frame_boundary() -> None:
+    protocol = _opened_server()
+    assert at_frame_boundary(protocol)
+    frame = _client_frame(b"abc")
+    protocol.receive_data(frame[:6])  # head and mask read, the buffer empty again
+    assert not protocol.reader.buffer and not at_frame_boundary(protocol)
+    protocol.receive_data(frame[6:])
+    assert at_frame_boundary(protocol)
+    protocol.receive_data(_client_frame(b"", first=0x02))  # a fragmented message begins
+    assert not at_frame_boundary(protocol)
+    assert not at_frame_boundary(ServerProtocol())  # still in the handshake
+    closing = _opened_server()
+    closing.receive_data(_client_frame(b"\x03\xe8", first=0x88))  # the client's close
+    assert not at_frame_boundary(closing)
+
+
+async def test_the_relay_reads_whole_binary_frames_itself(
+    relay: RunningRelay, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+
+    def counted(protocol: Protocol, data: bytes, on_message: Callable[[bytes], None]) -> int:
+        taken = read_frames(protocol, data, on_message)
+        calls.append(taken)
+        return taken
+
+    monkeypatch.setattr(relay_module, "read_frames", counted)
+    alice = await clients.registered(relay.url, "alice")
+    assert isinstance(await alice.send_message("alice", b"to myself"), Sent)
+    assert calls and all(calls)  # LOGIN, SEND: each read here, whole
