@@ -472,8 +472,9 @@ async def _customers(url: str, entries: list[tuple[str, bytes]], pipe: Connectio
     await asyncio.gather(*(c.close() for c in customers), return_exceptions=True)
 
 
-def _customers_main(url: str, entries: list[tuple[str, bytes]], pipe: Connection) -> None:
+def _customers_main(url: str, pipe: Connection) -> None:
     try:
+        entries: list[tuple[str, bytes]] = pipe.recv()
         raise_nofile_limit()
         asyncio.run(_customers(url, entries, pipe))
     except BaseException as exc:  # report to the parent, then exit
@@ -541,14 +542,20 @@ async def fanout(
     sessions_s = time.monotonic() - started
 
     ctx = multiprocessing.get_context("spawn")
-    pipes, procs = [], []
-    for w in range(workers):
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_customers_main, args=(url, seeds[w::workers], child))
-        proc.start()
-        pipes.append(parent)
-        procs.append(proc)
+    pipes: list[Connection] = []
+    procs: list[multiprocessing.context.SpawnProcess] = []
     try:
+        for w in range(workers):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_customers_main, args=(url, child))
+            proc.start()
+            procs.append(proc)
+            pipes.append(parent)
+            child.close()
+            # Through the pipe, not the start arguments: start() blocks forever writing
+            # arguments larger than a pipe buffer to a child that died before reading
+            # them; this send fails (BrokenPipeError) once the child's end is closed.
+            parent.send(seeds[w::workers])
         ready = await asyncio.to_thread(_expect, pipes, "ready", deadline)
         await asyncio.wait_for(all_granted.wait(), max(deadline - time.monotonic(), 0.1))
         setup_s = time.monotonic() - started
