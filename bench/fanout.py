@@ -49,7 +49,12 @@ Everything binds 127.0.0.1; every wait is bounded by ``--timeout``. RLIMIT_NOFIL
 is raised inside this script's processes only.
 
     .venv/bin/python bench/fanout.py [--customers 10000] [--customer-procs N]
-        [--pairs 50] [--messages 400] [--workers 2] [--json PATH]
+        [--notify-window N] [--pairs 50] [--messages 400] [--workers 2]
+        [--json PATH] [--profile DIR]
+
+``--profile DIR`` writes py-spy profiles (raw collapsed stacks; ``bench/profile.py``
+summarises them) of the relay's processes and of the business, taken during the
+fan-out only.
 """
 
 from __future__ import annotations
@@ -60,7 +65,10 @@ import contextlib
 import json
 import multiprocessing
 import os
+import shutil
+import signal
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -81,7 +89,7 @@ from websockets.uri import WebSocketURI, parse_uri
 from bench.loadgen import LoadError, LoadSpec
 from bench.procs import ServerProcess, process_cpu_s, raise_nofile_limit
 from bench.relay import ROOT, UNLIMITED_RATE, relay_argv, throughput
-from blindrelay.client.business import Business
+from blindrelay.client.business import NOTIFY_WINDOW, Business
 from blindrelay.client.keystore import MemoryKeyStore
 from blindrelay.client.sdk import Client
 from blindrelay.protocol import SUBPROTOCOL, frames, limits
@@ -509,8 +517,42 @@ def _cpu_by_role(server: ServerProcess, customers: list[int]) -> dict[str, float
     }
 
 
+PROFILE_RATE_HZ = 1000
+"""py-spy samples/s while fanning out: the phase lasts about a second."""
+PROFILER_START_S = 1.0
+"""py-spy needs a moment to attach before its first sample."""
+
+
+def _start_profilers(server: ServerProcess, out: Path) -> list[subprocess.Popen[bytes]]:
+    """py-spy on the relay's processes and on this one (the business), fan-out only."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    out.mkdir(parents=True, exist_ok=True)
+    tree = server.tree()
+    targets = {"relay_main": tree[0], "business": os.getpid()}
+    targets |= {f"relay_writer{i}": pid for i, pid in enumerate(tree[1:])}
+    spies = []
+    for role, pid in targets.items():
+        output = str(out / f"{role}.txt")
+        argv = [py_spy, "record", "--pid", str(pid), "--rate", str(PROFILE_RATE_HZ),
+                "--format", "raw", "--output", output, "--nonblocking"]  # fmt: skip
+        spies.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return spies
+
+
+def _stop_profilers(spies: list[subprocess.Popen[bytes]]) -> None:
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)
+    for spy in spies:
+        spy.wait(timeout=60)
+
+
 async def fanout(
-    server: ServerProcess, customers: int, workers: int, timeout_s: float
+    server: ServerProcess,
+    customers: int,
+    workers: int,
+    timeout_s: float,
+    window: int = NOTIFY_WINDOW,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     url = server.url
     deadline = time.monotonic() + timeout_s
@@ -526,7 +568,7 @@ async def fanout(
     client = Client(MemoryKeyStore())
     await client.connect(url)
     await client.register(BUSINESS, "business")
-    business = Business(client, on_consent_change=on_statement)
+    business = Business(client, on_consent_change=on_statement, notify_window=window)
 
     started = time.monotonic()
     seeds = [(f"c{i:05d}", os.urandom(32)) for i in range(customers)]
@@ -563,12 +605,16 @@ async def fanout(
             raise LoadError("the business does not hold every customer's grant")
 
         customer_pids = [proc.pid for proc in procs if proc.pid is not None]
+        spies = _start_profilers(server, profile) if profile else []
+        if spies:
+            await asyncio.sleep(PROFILER_START_S)
         cpu_before = _cpu_by_role(server, customer_pids)
         t0 = time.monotonic()
         result = await business.notify("utility", TEXT)
         sent_s = time.monotonic() - t0
         done = await asyncio.to_thread(_expect, pipes, "done", deadline)
         cpu_after = _cpu_by_role(server, customer_pids)
+        _stop_profilers(spies)
     finally:
         for pipe in pipes:
             with contextlib.suppress(OSError):
@@ -584,6 +630,7 @@ async def fanout(
     return {
         "customers": customers,
         "customer_procs": workers,
+        "notify_window": window,
         "setup_s": round(setup_s, 2),
         "setup_ms_per_customer": round(setup_s / customers * 1000, 3),
         "business_sessions_s": round(sessions_s, 2),
@@ -622,6 +669,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--customer-procs", type=int, default=CUSTOMER_PROCS, help="customer load processes"
     )
+    parser.add_argument(
+        "--notify-window", type=int, default=NOTIFY_WINDOW, help="the business's SENDs in flight"
+    )
     parser.add_argument("--workers", type=int, default=2, help="pair benchmark: load processes")
     parser.add_argument(
         "--pairs", type=int, default=50, help="pair benchmark: sender→recipient pairs"
@@ -629,6 +679,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=400, help="pair benchmark: per pair")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds for each phase")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy profiles of the relay and business while fanning out"
+    )
     args = parser.parse_args(argv)
     raise_nofile_limit()
     size = envelope_size()
@@ -640,7 +693,9 @@ def main(argv: list[str] | None = None) -> int:
         (workdir / "fanout").mkdir()
         with ServerProcess(relay_command(workdir / "fanout"), log=workdir / "fanout.log",
                            cwd=ROOT) as server:  # fmt: skip
-            figures = asyncio.run(fanout(server, args.customers, args.customer_procs, args.timeout))
+            run = fanout(server, args.customers, args.customer_procs, args.timeout,
+                         args.notify_window, args.profile)  # fmt: skip
+            figures = asyncio.run(run)
     ratio = figures["notifications_per_s"] / pair.msgs_per_s
     figures |= {
         "pair_msgs_per_s": pair.msgs_per_s,
