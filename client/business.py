@@ -66,10 +66,14 @@ from .sdk import Client, HeldStatement, Message, _unpack_statements
 
 log = logging.getLogger("blindrelay.client.business")
 
-NOTIFY_WINDOW = 256
-"""Notification SENDs in flight at once: the relay's delivery window. Enough to
-hide the round trip to the relay behind encryption; more only queues frames in
-our socket buffer and grows the outbox."""
+NOTIFY_WINDOW = 1024
+"""Notification SENDs in flight at once. The relay answers SENT only after a
+durable commit and commits what reaches it together, so the window sets how many
+envelopes share each commit. bench/fanout.py (10,000 customers, 2 cores, same
+machine and hour): 256 → 12.9k notifications/s, 512 → 13.9k, 1024 → 15.7–16.2k,
+2048 → 14.5k, 4096 → 12.5k; past about one relay commit's worth of jobs (1,024)
+envelopes only wait longer. The cost is memory: up to this many envelopes in the
+outbox and in our socket buffer (~0.4 MB of 383-byte notifications)."""
 
 RATE_LIMIT_RETRIES = 20
 """How often one notification is retried after RATE_LIMITED before it is
