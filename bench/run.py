@@ -338,7 +338,7 @@ def w_fanout(suite: Suite, tmp: Path) -> None:
     if isinstance(pair, int | float):  # the stricter baseline: envelopes of the same size
         suite.figures.append(
             Figure.compare(w, f"notifications/s ({record.get('envelope_bytes')} B)",
-                           float(rate), float(pair), "relay pair msg/s, same size",
+                           float(rate), float(pair), "relay pair, same size",
                            (">=", FANOUT_MIN))
         )  # fmt: skip
 
