@@ -65,7 +65,6 @@ import contextlib
 import json
 import multiprocessing
 import os
-import shutil
 import signal
 import struct
 import subprocess
@@ -88,7 +87,7 @@ from websockets.uri import WebSocketURI, parse_uri
 
 from bench.loadgen import LoadError, LoadSpec
 from bench.procs import ServerProcess, process_cpu_s, raise_nofile_limit
-from bench.relay import ROOT, UNLIMITED_RATE, relay_argv, throughput
+from bench.relay import ROOT, UNLIMITED_RATE, relay_argv, start_profiler, throughput
 from blindrelay.client.business import NOTIFY_WINDOW, Business
 from blindrelay.client.keystore import MemoryKeyStore
 from blindrelay.client.sdk import Client
@@ -525,18 +524,11 @@ PROFILER_START_S = 1.0
 
 def _start_profilers(server: ServerProcess, out: Path) -> list[subprocess.Popen[bytes]]:
     """py-spy on the relay's processes and on this one (the business), fan-out only."""
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    out.mkdir(parents=True, exist_ok=True)
     tree = server.tree()
     targets = {"relay_main": tree[0], "business": os.getpid()}
     targets |= {f"relay_writer{i}": pid for i, pid in enumerate(tree[1:])}
-    spies = []
-    for role, pid in targets.items():
-        output = str(out / f"{role}.txt")
-        argv = [py_spy, "record", "--pid", str(pid), "--rate", str(PROFILE_RATE_HZ),
-                "--format", "raw", "--output", output, "--nonblocking"]  # fmt: skip
-        spies.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    return spies
+    return [start_profiler(pid, out / f"{role}.txt", PROFILE_RATE_HZ)
+            for role, pid in targets.items()]  # fmt: skip
 
 
 def _stop_profilers(spies: list[subprocess.Popen[bytes]]) -> None:
@@ -586,6 +578,7 @@ async def fanout(
     ctx = multiprocessing.get_context("spawn")
     pipes: list[Connection] = []
     procs: list[multiprocessing.context.SpawnProcess] = []
+    spies: list[subprocess.Popen[bytes]] = []
     try:
         for w in range(workers):
             parent, child = ctx.Pipe()
@@ -614,8 +607,8 @@ async def fanout(
         sent_s = time.monotonic() - t0
         done = await asyncio.to_thread(_expect, pipes, "done", deadline)
         cpu_after = _cpu_by_role(server, customer_pids)
-        _stop_profilers(spies)
     finally:
+        _stop_profilers(spies)
         for pipe in pipes:
             with contextlib.suppress(OSError):
                 pipe.send({"kind": "close"})

@@ -123,7 +123,7 @@ def throughput(name: str, spec: LoadSpec, workdir: Path, profile: Path | None) -
     argv = SERVERS[name][1](workdir)
     with ServerProcess(argv, log=workdir / f"{name}.log", cwd=ROOT) as server:
         idle_rss, _ = server.memory_kib()
-        spy = _start_profiler(server.pid, profile / f"{name}.txt") if profile else None
+        spy = start_profiler(server.pid, profile / f"{name}.txt") if profile else None
         cpu0 = server.cpu_s()
         result = run_load(LoadSpec(**{**asdict(spec), "url": server.url}))
         cpu = server.cpu_s() - cpu0
@@ -150,12 +150,12 @@ def throughput(name: str, spec: LoadSpec, workdir: Path, profile: Path | None) -
     )
 
 
-def _start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
+def start_profiler(pid: int, out: Path, rate_hz: int = PROFILE_RATE_HZ) -> subprocess.Popen[bytes]:
     """py-spy in raw (collapsed stacks) format, all threads, GIL-idle samples dropped."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     out.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [py_spy, "record", "--pid", str(pid), "--rate", str(PROFILE_RATE_HZ), "--format",
+        [py_spy, "record", "--pid", str(pid), "--rate", str(rate_hz), "--format",
          "raw", "--output", str(out), "--threads", "--nonblocking"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
