@@ -130,7 +130,8 @@ class Verdict(Enum):
     REFUSE = "refuse"
     """ERROR 400, identical for every reason (SPEC §7.7)."""
     FORBIDDEN = "forbidden"
-    """ERROR 202: the sender's kind may never do this; says nothing about the pair."""
+    """ERROR 202: the sender's kind may never do this, whoever the recipient is; says
+    nothing about the pair or the recipient."""
 
 
 class Meter(StrEnum):
@@ -181,7 +182,10 @@ def may_deliver(
             return Decision(Verdict.ALLOW, meter=Meter.USER_INITIATED, opens_window=True)
         return ALLOW
     if recipient_kind == AccountKind.BUSINESS:
-        return FORBIDDEN  # business → business is not part of v1
+        # Business → business is not part of v1. A refusal that depends on the
+        # recipient's kind is the one 400, never 202: it must not tell a
+        # business from an unknown handle (SPEC §7.7).
+        return REFUSE
     if state.blocked:
         return REFUSE
     if request is Request.CHAT:

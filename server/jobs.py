@@ -49,16 +49,10 @@ from blindrelay.protocol.frames import AccountKind, OneTimePreKeyRecord, SignedP
 from blindrelay.protocol.signed import (
     Action,
     ConsentStatement,
-    check_statement_kinds,
     unverified_body,
 )
 
 from .storage import Account, QueuedEnvelope, Store
-
-FORWARDED_ACTIONS = frozenset({Action.GRANT, Action.DENY, Action.REVOKE})
-"""SPEC §7.5: always forwarded to the target (a business); blocks and unblocks
-only when the target is a business."""
-
 
 # --- shared rules ------------------------------------------------------------
 
@@ -278,15 +272,21 @@ def apply_statement(
     current = store.accounts.get(handle)
     if current is None or current.identity_key != statement.signer_key:
         raise InvalidStatement("signer_key: identity key rotated")
+    # "…whose action does not fit the signer's kind" → 500: it depends on the signer only.
+    if statement.is_consent and current.kind != AccountKind.USER:
+        raise InvalidStatement("grant, deny and revoke are made by users")
     target = store.accounts.get(statement.target)
-    if target is None:
-        raise RecipientUnavailable()  # "An unknown target gets ERROR 400."
-    check_statement_kinds(statement, current.kind, target.kind)
+    # "A grant, deny or revoke whose target is not a business — a user or a handle that
+    # does not exist — gets ERROR 400": one refusal, so it tells neither kind nor existence.
+    if statement.is_consent and (target is None or target.kind != AccountKind.BUSINESS):
+        raise RecipientUnavailable()
+    # A block or unblock of a handle nobody holds is kept like any other (SPEC §7.4).
+    target_kind = target.kind if target is not None else None
     # "…or whose (signer, nonce) it has seen before" → 501.
     if store.ledger.seen(handle, statement.nonce):
         raise StaleStatement("nonce: statement seen before")
     action = Action(statement.action)
-    state = store.ledger.pair_state(handle, target.handle)
+    state = store.ledger.pair_state(handle, statement.target)
     new_state, purge = transition(
         state,
         action=action,
@@ -295,32 +295,35 @@ def apply_statement(
         signer_is_user_blocking_business=(
             action is Action.BLOCK
             and current.kind == AccountKind.USER
-            and target.kind == AccountKind.BUSINESS
+            and target_kind == AccountKind.BUSINESS
         ),
         now=now,
         cooldown_ms=cooldown_ms,
     )  # raises InvalidStatement (500) where the transition table has no entry
-    store.ledger.store_pair(handle, target.handle, new_state)
+    store.ledger.store_pair(handle, statement.target, new_state)
     store.ledger.record(statement, signed, now)
     purged: list[int] = []
     if purge.everything_from_target:
-        purged = store.queue.withdraw(handle, target.handle, None)
+        purged = store.queue.withdraw(handle, statement.target, None)
     elif purge.notification_categories:
-        purged = store.queue.withdraw(handle, target.handle, purge.notification_categories)
+        purged = store.queue.withdraw(handle, statement.target, purge.notification_categories)
     forwarded = None
-    # SPEC §7.5; never while the target blocks the signer ("nothing from the
-    # blocked account reaches the blocker").
-    if (
-        action in FORWARDED_ACTIONS or target.kind == AccountKind.BUSINESS
-    ) and target.handle not in new_state.blockers:
+    # SPEC §7.5: to a business target only (every consent statement has one); never
+    # while the target blocks the signer ("nothing from the blocked account reaches
+    # the blocker").
+    if target_kind == AccountKind.BUSINESS and statement.target not in new_state.blockers:
         forwarded = envelope_row(
-            store.queue.enqueue_statement(target.handle, current, statement.nonce, signed, now)
+            store.queue.enqueue_statement(statement.target, current, statement.nonce, signed, now)
         )
     return [purged, forwarded]
 
 
 def statements_in_force(store: Store, handle: str, after: int, limit: int) -> list[Any]:
-    items, cursor = store.ledger.in_force(handle, after, limit)
+    """SPEC §7.6: a statement is listed to its target only if it was forwarded to it —
+    a business; a user is never listed who blocked them (SPEC §7.5)."""
+    account = store.accounts.get(handle)
+    targeted = account is not None and account.kind == AccountKind.BUSINESS
+    items, cursor = store.ledger.in_force(handle, after, limit, targeted=targeted)
     return [items, cursor]
 
 

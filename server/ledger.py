@@ -131,18 +131,21 @@ class ConsentLedger:
         )
         return seq
 
-    def in_force(self, handle: str, after: int, limit: int) -> tuple[list[bytes], int | None]:
-        """SPEC §7.6: statements in force that ``handle`` signed or is the target of.
+    def in_force(
+        self, handle: str, after: int, limit: int, *, targeted: bool
+    ) -> tuple[list[bytes], int | None]:
+        """SPEC §7.6: statements in force that ``handle`` signed or, with ``targeted``
+        (a business: statements about it are forwarded to it), is the target of.
 
         Oldest first, with sequence numbers above ``after``; the second value is
         the cursor for the next page, or None when nothing more remains.
         """
+        signed_by = "SELECT seq FROM statements_in_force WHERE signer = ?"
+        about = " UNION SELECT seq FROM statements_in_force WHERE target = ?"
         rows = self.db.execute(
-            "SELECT seq, signed FROM statements WHERE seq > ? AND seq IN ("
-            " SELECT seq FROM statements_in_force WHERE signer = ?"
-            " UNION SELECT seq FROM statements_in_force WHERE target = ?)"
-            " ORDER BY seq LIMIT ?",
-            (after, handle, handle, limit + 1),
+            "SELECT seq, signed FROM statements WHERE seq > ? AND seq IN ("  # noqa: S608
+            + signed_by + (about if targeted else "") + ") ORDER BY seq LIMIT ?",
+            (after, handle, *((handle,) if targeted else ()), limit + 1),
         ).fetchall()
         page = rows[:limit]
         more = len(rows) > limit

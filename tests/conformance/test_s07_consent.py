@@ -148,12 +148,18 @@ async def test_service_replies_need_the_window_the_user_opens(relay):
 
 @pytest.mark.spec("7.3")
 @pytest.mark.parametrize("intent", ["chat", "notification", "consent_request"])
-async def test_business_to_business_is_forbidden(relay, intent):
-    """SPEC §7.3: "business → business | any | never (ERROR 202 FORBIDDEN)"."""
+async def test_business_to_business_is_refused_like_an_unknown_recipient(relay, intent):
+    """SPEC §7.3: "business → business | any | never (ERROR 400)"; §7.7: the same bytes
+    as for a handle that does not exist."""
     shop = await relay.business()
     other = await relay.business()
     build = {"chat": chat, "notification": notification, "consent_request": consent_request}
-    assert _code(await shop.request(build[intent](other.handle))) == 202
+    answers = []
+    for handle in (other.handle, new_handle("nobody")):
+        await shop.send(build[intent](handle)(4343))
+        answers.append((await shop.response_raw(4343)).raw)
+    assert answers[0] == answers[1]
+    assert decode(answers[0]) == Error(code=400, re=4343)
 
 
 @pytest.mark.spec("7.3")
@@ -238,7 +244,6 @@ async def test_blocks_between_users_work_both_ways_and_are_not_forwarded(relay):
         "other_relay",
         "garbage",
         "business_grants",
-        "grant_to_a_user",
         "revoke_never_granted",
         "deny_when_granted",
         "block_twice",
@@ -280,8 +285,6 @@ async def test_invalid_statements_get_500(relay, case):
             data = b"\x82\xa4body\xc4\x01x\xa3sig\xc4\x40" + bytes(64)
         case "business_grants":
             submitter, data = shop, statement(shop, "grant", user.handle, ["utility"])
-        case "grant_to_a_user":
-            data = statement(user, "grant", other_user.handle, ["utility"])
         case "revoke_never_granted":
             data = statement(user, "revoke", shop.handle, ["utility"])
         case "deny_when_granted":
@@ -325,11 +328,28 @@ async def test_a_replayed_statement_gets_501(relay):
 
 
 @pytest.mark.spec("7.4")
-async def test_a_statement_about_an_unknown_target_gets_400(relay):
-    """SPEC §7.4: "An unknown target gets ERROR 400"."""
+@pytest.mark.parametrize("action", ["grant", "deny", "revoke"])
+async def test_a_consent_statement_to_a_user_or_nobody_gets_the_same_400(relay, action):
+    """SPEC §7.4: "A grant, deny or revoke whose target is not a business — a user or a
+    handle that does not exist — gets ERROR 400", the same bytes in both cases (§7.7)."""
     user = await relay.user()
-    data = statement(user, "block", new_handle("nobody"))
-    assert _code(await submit(user, data)) == 400
+    other_user = await relay.user()
+    answers = []
+    for target in (other_user.handle, new_handle("nobody")):
+        await user.send(Statement(id=4444, statement=statement(user, action, target, ["utility"])))
+        answers.append((await user.response_raw(4444)).raw)
+    assert answers[0] == answers[1]
+    assert decode(answers[0]) == Error(code=400, re=4444)
+
+
+@pytest.mark.spec("7.4")
+async def test_a_block_of_a_handle_nobody_holds_is_accepted_like_any_other(relay):
+    """SPEC §7.4: "A block or unblock whose target does not exist is accepted and kept
+    like any other", so a block tells nothing about existence."""
+    user = await relay.user()
+    other_user = await relay.user()
+    for target in (other_user.handle, new_handle("nobody")):
+        assert isinstance(await submit(user, statement(user, "block", target)), Ok)
 
 
 # --- §7.5 forwarding ------------------------------------------------------------
@@ -388,6 +408,28 @@ async def test_listing_returns_the_statements_in_force_oldest_first(relay):
     grant_utility = await state(user, "grant", shop, ["utility"])
     assert await listing(user) == [revoke_marketing, grant_utility]
     assert await listing(bystander) == []
+
+
+@pytest.mark.spec("7.6")
+async def test_a_block_is_listed_to_its_target_only_if_the_target_is_a_business(relay):
+    """SPEC §7.6: "a block or unblock is listed to its target only if it is forwarded to
+    it (§7.5), i.e. when the target is a business": a private person learns nothing about
+    who blocked them."""
+    shop = await relay.business()
+    user = await relay.user()
+    other = await relay.user()
+    by_other = await state(other, "block", user)
+    by_shop = await state(shop, "block", user)
+    by_user = await state(user, "block", shop)
+
+    async def listing(peer):
+        page = await peer.request(lambda i: StatementsList(id=i, after=0))
+        assert isinstance(page, Statements) and page.next is None
+        return list(page.statements)
+
+    assert await listing(user) == [by_user]
+    assert await listing(other) == [by_other]
+    assert await listing(shop) == [by_shop, by_user]
 
 
 # --- §7.7 no oracles --------------------------------------------------------------

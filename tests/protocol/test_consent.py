@@ -71,8 +71,9 @@ def test_users_may_never_send_business_intents(request_: str, recipient: str) ->
 
 
 @pytest.mark.parametrize("request_", list(Request))
-def test_business_to_business_is_forbidden(request_: Request) -> None:
-    assert decide(request_, recipient="business", category="utility").verdict is Verdict.FORBIDDEN
+def test_business_to_business_is_refused_like_an_unknown_recipient(request_: Request) -> None:
+    """SPEC §7.7: the refusal depends on the recipient's kind, so it is the one 400."""
+    assert decide(request_, recipient="business", category="utility").verdict is Verdict.REFUSE
 
 
 def test_notification_needs_that_categorys_grant_and_is_billable() -> None:

@@ -221,3 +221,29 @@ async def test_an_outbox_never_pushes_rows_withdrawn_after_it_paged_them(
     outbox.withdraw([rows[0][0]])  # the revoke committed after the page was read
     outbox._push_page(rows, limit=10)
     assert pushed == [rows[1][0]]
+
+
+async def test_a_business_is_refused_another_business_like_an_unknown_recipient(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    """SPEC §7.3, §7.7: business → business is refused with the one ERROR 400, not 202:
+    a refusal that depends on the recipient's kind must not tell its kind (or existence)."""
+    airline = await clients.registered(relay.url, "airline", "business")
+    hotel = await clients.registered(relay.url, "hotel", "business")
+    await hotel.upload_prekeys(one_time=1)
+    body = os.urandom(64)
+    for intent, fields in (
+        ("chat", {}),
+        ("notification", {"category": "utility"}),
+        ("consent_request", {"categories": ("utility",)}),
+    ):
+        answers = {
+            to: await _raw_answer(airline, Send(id=78, to=to, msg_id=os.urandom(16), body=body,
+                                                intent=intent, **fields))
+            for to in ("hotel", "nohotel")
+        }  # fmt: skip
+        assert answers["hotel"] == answers["nohotel"], (intent, answers)
+        assert error_code(decode(answers["hotel"])) == ErrorCode.RECIPIENT_UNAVAILABLE
+    fetches = {to: await _raw_answer(airline, BundleFetch(id=79, handle=to))
+               for to in ("hotel", "nohotel")}  # fmt: skip
+    assert fetches["hotel"] == fetches["nohotel"]

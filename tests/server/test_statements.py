@@ -8,7 +8,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from blindrelay.protocol import limits
-from blindrelay.protocol.codec import encode_object
+from blindrelay.protocol.codec import decode, encode, encode_object
 from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import Deliver, Ok, Sent, Statement, Statements, StatementsList
 from blindrelay.protocol.signed import (
@@ -95,8 +95,9 @@ async def test_kinds_unknown_targets_and_table_refusals(
     await clients.registered(relay.url, "carol")
     now = clock.now
     invalid, unavailable = ErrorCode.INVALID_STATEMENT, ErrorCode.RECIPIENT_UNAVAILABLE
-    assert error_code(await state(bob, "grant", "carol", now, UTILITY)) == invalid  # user → user
-    assert error_code(await state(airline, "grant", "bob", now, UTILITY)) == invalid  # by business
+    # To a user as to nobody (SPEC §7.7); by a business it is the signer's own kind.
+    assert error_code(await state(bob, "grant", "carol", now, UTILITY)) == unavailable
+    assert error_code(await state(airline, "grant", "bob", now, UTILITY)) == invalid
     assert error_code(await state(bob, "grant", "nobody", now, UTILITY)) == unavailable
     # Revoking what was never granted; denying what is granted (that is a revoke).
     assert error_code(await state(bob, "revoke", "airline", now, UTILITY)) == invalid
@@ -206,13 +207,14 @@ async def test_listing_returns_statements_in_force_page_by_page(
                 return items
             after = page.next
 
-    # grant_both is still in force for utility; the block was superseded by the unblock.
-    assert await listing(bob) == [grant_both, revoke, grant1, unblock, shop_block]
+    # grant_both is still in force for utility; the block was superseded by the unblock;
+    # shop2's block of bob is not listed to bob (SPEC §7.5: a user is not told).
+    assert await listing(bob) == [grant_both, revoke, grant1, unblock]
     shop0 = shops[0]
     assert await listing(shop0) == [grant_both, revoke]
     assert await listing(shops[2]) == [shop_block]
     keys = {"bob": bytes(bob.key.verify_key), "shop2": bytes(shops[2].key.verify_key)}
-    for item in await listing(bob):
+    for item in await listing(bob) + await listing(shops[2]):
         signer = unverified_body(ConsentStatement, item).signer
         verify_statement(item, expected_key=keys[signer], relay_key=bob.relay_key)
 
@@ -224,3 +226,74 @@ async def test_forwarded_receipts_are_delivered_to_an_online_business_at_once(
     await stated(bob, "grant", "airline", clock.now, UTILITY)
     deliver = await airline.push(Deliver)
     assert deliver.intent == "statement" and deliver.sender == "bob"
+
+
+async def _raw_statement_answer(client: RawClient, data: bytes, request_id: int) -> bytes:
+    await client.ws.send(encode(Statement(id=request_id, statement=data)))
+    return await client._recv_bytes()
+
+
+async def test_a_consent_statement_to_a_user_is_refused_like_one_to_nobody(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    """SPEC §7.4, §7.7: a grant, deny or revoke whose target is not a business gets the one
+    ERROR 400, byte for byte the same whether the target is a user or does not exist."""
+    bob = await clients.registered(relay.url, "bob")
+    await clients.registered(relay.url, "carol")
+    for action in ("grant", "deny", "revoke"):
+        answers = {
+            target: await _raw_statement_answer(
+                bob, statement_bytes(bob, action, target, clock.now, UTILITY), 55
+            )
+            for target in ("carol", "nobody")
+        }
+        assert answers["carol"] == answers["nobody"], (action, answers)
+        assert error_code(decode(answers["carol"])) == ErrorCode.RECIPIENT_UNAVAILABLE
+    assert db_rows(relay.config.db_path, "SELECT COUNT(*) FROM statements") == [(0,)]
+
+
+async def test_a_block_of_an_unknown_handle_is_accepted_and_binds_whoever_registers_it(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    """SPEC §7.4: blocking answers OK whether the target exists or not, so a block
+    reveals nothing; the block is stored and holds once the handle is registered."""
+    bob = await clients.registered(relay.url, "bob")
+    await clients.registered(relay.url, "carol")
+    answers = {
+        target: await _raw_statement_answer(
+            bob, statement_bytes(bob, "block", target, clock.now), 56
+        )
+        for target in ("carol", "later")
+    }
+    assert answers["carol"] == answers["later"]
+    assert isinstance(decode(answers["later"]), Ok)
+    later = await clients.registered(relay.url, "later")
+    unavailable = ErrorCode.RECIPIENT_UNAVAILABLE
+    assert error_code(await later.send_message("bob", b"hi")) == unavailable
+    assert error_code(await state(bob, "block", "later", clock.now)) == ErrorCode.INVALID_STATEMENT
+    await stated(bob, "unblock", "later", clock.now)
+    assert isinstance(await later.send_message("bob", b"hi"), Sent)
+
+
+async def test_a_blocked_user_is_never_listed_the_block_against_them(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    """SPEC §7.5–7.6: "a private person learns nothing about who blocked them": a block or
+    unblock is listed to its target only when it is forwarded to it (a business)."""
+    bob = await clients.registered(relay.url, "bob")
+    carol = await clients.registered(relay.url, "carol")
+    airline = await clients.registered(relay.url, "airline", "business")
+    by_carol = statement_bytes(carol, "block", "bob", clock.now)
+    by_airline = statement_bytes(airline, "block", "bob", clock.now)
+    by_bob = statement_bytes(bob, "block", "airline", clock.now)
+    for client, data in ((carol, by_carol), (airline, by_airline), (bob, by_bob)):
+        assert await _code_or_ok(client, data) == "ok"
+
+    async def listing(client: RawClient) -> list[bytes]:
+        page = await client.request(lambda i: StatementsList(id=i, after=0))
+        assert isinstance(page, Statements)
+        return list(page.statements)
+
+    assert await listing(bob) == [by_bob]
+    assert await listing(carol) == [by_carol]
+    assert await listing(airline) == [by_airline, by_bob]  # forwarded to it, so listed
