@@ -39,18 +39,16 @@ class CategoryState(StrEnum):
 
 CONSENT_TRANSITIONS: dict[CategoryState, dict[Action, CategoryState]] = {
     CategoryState.NONE: {Action.GRANT: CategoryState.GRANTED, Action.DENY: CategoryState.DENIED},
-    CategoryState.GRANTED: {
-        Action.GRANT: CategoryState.GRANTED,
-        Action.REVOKE: CategoryState.REVOKED,
-    },
-    CategoryState.DENIED: {Action.GRANT: CategoryState.GRANTED, Action.DENY: CategoryState.DENIED},
-    CategoryState.REVOKED: {
-        Action.GRANT: CategoryState.GRANTED,
-        Action.DENY: CategoryState.DENIED,
-    },
+    CategoryState.GRANTED: {Action.REVOKE: CategoryState.REVOKED},
+    CategoryState.DENIED: {Action.GRANT: CategoryState.GRANTED},
+    CategoryState.REVOKED: {Action.GRANT: CategoryState.GRANTED},
 }
-"""SPEC §7.4: a category's next state per statement. Revoking what was never
-granted, or denying what is granted (that is a revoke), has no entry: refused."""
+"""SPEC §7.4: a category's next state per statement, keyed by its *effective*
+state (:meth:`CategoryConsent.effective`: a cooldown that has ended counts as
+none). Every entry changes the state; a statement that would change nothing
+(granting what is granted, denying what is still cooling down) has no entry,
+nor have revoking what was never granted or denying what is granted (that is a
+revoke): refused."""
 
 BLOCK_TRANSITIONS: dict[bool, dict[Action, bool]] = {
     False: {Action.BLOCK: True},
@@ -70,6 +68,13 @@ class CategoryConsent:
 
     def in_cooldown(self, now: int) -> bool:
         return self.state in COOLDOWN_STATES and now < self.until
+
+    def effective(self, now: int) -> CategoryState:
+        """The state statements move from: a denial or revocation whose cooldown has
+        ended is as if nothing had been said (SPEC §7.4)."""
+        if self.state in COOLDOWN_STATES and not self.in_cooldown(now):
+            return CategoryState.NONE
+        return self.state
 
 
 NO_CONSENT = CategoryConsent()
@@ -255,8 +260,11 @@ def apply_statement(
             )
         return state, Purge(everything_from_target=True)
     consent = dict(state.consent)
+    # "A statement that needs a missing entry is refused whole": a partly
+    # effective one too, so a statement in force means what it says for each
+    # category it names.
     for c in sorted(categories):
-        current = state.category(c).state
+        current = state.category(c).effective(now)
         new = CONSENT_TRANSITIONS[current].get(action)
         if new is None:
             raise InvalidStatement(f"{action.value} {c}: not allowed when {current.value}")

@@ -252,7 +252,14 @@ def acknowledge(store: Store, acks: list[list[Any]]) -> list[int]:
     them costs the writer one job instead of hundreds.
     """
     acknowledge_ids = store.queue.acknowledge
-    return [acknowledge_ids(handle, delivery_ids) for handle, delivery_ids in acks]
+    get = store.accounts.get
+    results = []
+    for handle, delivery_ids in acks:
+        account = get(handle)
+        # Only a business's queue holds forwarded statements (SPEC §7.5).
+        itemized = account is not None and account.kind == AccountKind.BUSINESS
+        results.append(acknowledge_ids(handle, delivery_ids, itemized=itemized))
+    return results
 
 
 def page(store: Store, handle: str, after: int, limit: int, not_before: int) -> list[list[Any]]:
@@ -266,7 +273,8 @@ def apply_statement(
 
     ``signed`` was verified there; decoding it again here (without the
     signature check) is cheaper than shipping each field. Returns
-    [purged delivery ids, forwarded envelope row | None].
+    [purged delivery ids (the signer's queue), forwarded envelope row | None,
+    superseded delivery ids (the target's queue)].
     """
     statement = unverified_body(ConsentStatement, signed)
     current = store.accounts.get(handle)
@@ -301,21 +309,28 @@ def apply_statement(
         cooldown_ms=cooldown_ms,
     )  # raises InvalidStatement (500) where the transition table has no entry
     store.ledger.store_pair(handle, statement.target, new_state)
-    store.ledger.record(statement, signed, now)
+    superseded_nonces = store.ledger.record(statement, signed, now)
     purged: list[int] = []
     if purge.everything_from_target:
         purged = store.queue.withdraw(handle, statement.target, None)
     elif purge.notification_categories:
         purged = store.queue.withdraw(handle, statement.target, purge.notification_categories)
     forwarded = None
-    # SPEC §7.5: to a business target only (every consent statement has one); never
-    # while the target blocks the signer ("nothing from the blocked account reaches
-    # the blocker").
-    if target_kind == AccountKind.BUSINESS and statement.target not in new_state.blockers:
-        forwarded = envelope_row(
-            store.queue.enqueue_statement(statement.target, current, statement.nonce, signed, now)
-        )
-    return [purged, forwarded]
+    superseded: list[int] = []
+    if target_kind == AccountKind.BUSINESS:
+        # "A newer forwarded statement of the same signer, target and family replaces
+        # the older one not yet delivered."
+        superseded = store.queue.withdraw_statements(statement.target, handle, superseded_nonces)
+        # SPEC §7.5: to a business target only (every consent statement has one); never
+        # while the target blocks the signer ("nothing from the blocked account reaches
+        # the blocker").
+        if statement.target not in new_state.blockers:
+            forwarded = envelope_row(
+                store.queue.enqueue_statement(
+                    statement.target, current, statement.nonce, signed, now
+                )
+            )
+    return [purged, forwarded, superseded]
 
 
 def statements_in_force(store: Store, handle: str, after: int, limit: int) -> list[Any]:
@@ -349,9 +364,11 @@ def usage_month(store: Store, handle: str, month: str) -> list[Any]:
     return [usage.notifications, usage.service_replies, usage.user_initiated]
 
 
-def purge(store: Store, before: int) -> list[int]:
-    """SPEC §6.6: drop envelopes and remembered msg_ids older than ``before``."""
+def purge(store: Store, before: int, now: int) -> list[int]:
+    """SPEC §6.6: drop envelopes and remembered msg_ids older than ``before``; and
+    statement nonces that can no longer be replayed fresh (SPEC §7.4)."""
     envelopes, ids = store.queue.purge(before)
+    store.ledger.purge_nonces(now)
     return [envelopes, ids]
 
 

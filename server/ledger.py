@@ -3,11 +3,16 @@
 - ``pairs`` holds one :class:`~blindrelay.protocol.consent.PairState` per
   unordered pair of handles (consent per category, pending request, window
   end, who blocks whom). A pair without a row is in the initial state.
-- ``statements`` keeps every accepted statement byte for byte, with its
-  ``(signer, nonce)`` unique: that is the replay check of SPEC §7.4.
-- ``statements_in_force`` points, per (signer, target, action family), at the
-  latest statement — the family is ``consent:<category>`` or ``block`` — which
-  is what STATEMENTS_LIST returns (SPEC §7.6).
+- ``statements`` keeps the accepted statements still in force byte for byte;
+  ``statements_in_force`` points, per (signer, target, action family), at the
+  latest one — the family is ``consent:<category>`` or ``block`` — which is
+  what STATEMENTS_LIST returns (SPEC §7.6). A statement no family points at
+  any more is superseded and deleted (SPEC §11), so storage grows with the
+  pairs, not with how often someone changes their mind.
+- ``statement_nonces`` is the replay check of SPEC §7.4: every accepted
+  ``(signer, nonce)``, kept while a statement carrying it could still be fresh
+  (``STATEMENT_NONCE_KEEP_MS`` after acceptance; older ones are stale by
+  their ``issued_at`` anyway), then purged with the queue (:meth:`purge_nonces`).
 
 Every method runs inside a writer job, so reading a pair's state and acting
 on it is one transaction with whatever the job writes next. Pair states are
@@ -25,10 +30,16 @@ import json
 
 import sqlite_utils
 
+from blindrelay.protocol import limits
 from blindrelay.protocol.consent import INITIAL, CategoryConsent, CategoryState, PairState
 from blindrelay.protocol.signed import ConsentStatement
 
 from .cache import WriterCache
+
+STATEMENT_NONCE_KEEP_MS = 2 * limits.STATEMENT_SKEW_MS
+"""How long an accepted nonce is remembered. A statement is accepted only within
+``STATEMENT_SKEW_MS`` of the relay's clock, so one accepted at t was issued after
+t − skew and is stale from t + 2 × skew on: a replay after that fails on time alone."""
 
 
 def _key(a: str, b: str) -> tuple[str, str]:
@@ -107,13 +118,30 @@ class ConsentLedger:
     def seen(self, signer: str, nonce: bytes) -> bool:
         """Whether ``(signer, nonce)`` was accepted before (SPEC §7.4 replay check)."""
         row = self.db.execute(
-            "SELECT 1 FROM statements WHERE signer = ? AND nonce = ?", (signer, nonce)
+            "SELECT 1 FROM statement_nonces WHERE signer = ? AND nonce = ?", (signer, nonce)
         ).fetchone()
         return row is not None
 
-    def record(self, statement: ConsentStatement, signed: bytes, now: int) -> int:
-        """Store an accepted statement and make it the one in force for its families."""
-        cursor = self.db.execute(
+    def record(self, statement: ConsentStatement, signed: bytes, now: int) -> list[bytes]:
+        """Store an accepted statement, make it the one in force for its families and
+        delete the statements it supersedes; returns their nonces (SPEC §7.5–7.6)."""
+        db = self.db
+        signer, target = statement.signer, statement.target
+        db.execute(
+            "INSERT INTO statement_nonces (signer, nonce, kept_until) VALUES (?, ?, ?)",
+            (signer, statement.nonce, now + STATEMENT_NONCE_KEEP_MS),
+        )
+        own = families(statement)
+        marks = ",".join("?" * len(own))
+        before = {
+            int(row[0])
+            for row in db.execute(
+                "SELECT seq FROM statements_in_force"  # noqa: S608 - marks only
+                f" WHERE signer = ? AND target = ? AND family IN ({marks})",
+                (signer, target, *own),
+            ).fetchall()
+        }
+        cursor = db.execute(
             "INSERT INTO statements (signer, target, action, categories, issued_at,"
             " accepted_at, nonce, signed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -124,12 +152,30 @@ class ConsentLedger:
         )  # fmt: skip
         seq = cursor.lastrowid
         assert seq is not None
-        self.db.conn.executemany(
+        db.conn.executemany(
             "INSERT OR REPLACE INTO statements_in_force (signer, target, family, seq)"
             " VALUES (?, ?, ?, ?)",
-            [(statement.signer, statement.target, family, seq) for family in families(statement)],
+            [(signer, target, family, seq) for family in own],
         )
-        return seq
+        superseded: list[bytes] = []
+        for old in sorted(before):
+            # In force still for a family this statement does not name (a grant of both
+            # categories outlives a revoke of one): kept.
+            if db.execute(
+                "SELECT 1 FROM statements_in_force WHERE signer = ? AND target = ? AND seq = ?",
+                (signer, target, old),
+            ).fetchone() is None:
+                row = db.execute(
+                    "DELETE FROM statements WHERE seq = ? RETURNING nonce", (old,)
+                ).fetchone()
+                superseded.append(bytes(row[0]))
+        return superseded
+
+    def purge_nonces(self, now: int) -> int:
+        """Forget nonces no statement can carry any more without being stale (SPEC §7.4)."""
+        return int(
+            self.db.execute("DELETE FROM statement_nonces WHERE kept_until < ?", (now,)).rowcount
+        )
 
     def in_force(
         self, handle: str, after: int, limit: int, *, targeted: bool

@@ -421,7 +421,7 @@ class RunningRelay:
     async def purge_expired(self) -> tuple[int, int]:
         """SPEC §6.6: drop envelopes and remembered msg_ids older than the queue TTL."""
         before = self.ctx.clock() - self.config.queue_ttl_ms
-        envelopes, ids = await self.ctx.writer.submit("purge", before)
+        envelopes, ids = await self.ctx.writer.submit("purge", before, self.ctx.clock())
         if envelopes or ids:
             log_event(logging.INFO, "purged", envelopes=envelopes, msg_ids=ids)
         return envelopes, ids

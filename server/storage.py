@@ -9,8 +9,9 @@ Tables (SPEC §11 lists them; ``blindrelay inspect`` prints them):
   ``AUTOINCREMENT`` so ids only grow and are never reused (SPEC §6.4);
 - ``sent`` — (sender, msg_id) → digest and time, for idempotent resends,
   kept for the queue TTL even after delivery (SPEC §6.3);
-- ``pairs``, ``statements``, ``statements_in_force`` — consent, blocks and the
-  signed statements behind them (SPEC §7; :mod:`.ledger`);
+- ``pairs``, ``statements``, ``statements_in_force``, ``statement_nonces`` —
+  consent, blocks, the signed statements in force behind them and the nonces
+  that keep them unreplayable (SPEC §7; :mod:`.ledger`);
 - ``usage`` — metering counts per business, month, meter, category (SPEC §8.4;
   :mod:`.metering`);
 - ``profiles``, ``badges`` — signed business profiles and operator badges
@@ -59,6 +60,7 @@ from typing import Any
 
 import sqlite_utils
 
+from blindrelay.protocol import limits
 from blindrelay.protocol.errors import (
     InternalError,
     InvalidPrekeys,
@@ -73,7 +75,7 @@ from .logs import log_event
 from .metering import UsageMeter
 from .profiles import BadgeStore, ProfileStore
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS relay_identity (
@@ -116,6 +118,8 @@ CREATE TABLE IF NOT EXISTS queue (
 );
 CREATE INDEX IF NOT EXISTS queue_by_recipient ON queue (recipient, delivery_id);
 CREATE INDEX IF NOT EXISTS queue_by_age ON queue (sent_at);
+CREATE INDEX IF NOT EXISTS queue_statements ON queue (recipient, sender)
+    WHERE intent = 'statement';
 CREATE TABLE IF NOT EXISTS sent (
     sender TEXT NOT NULL,
     msg_id BLOB NOT NULL,
@@ -153,6 +157,12 @@ CREATE TABLE IF NOT EXISTS statements_in_force (
     PRIMARY KEY (signer, target, family)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS statements_in_force_by_target ON statements_in_force (target);
+CREATE TABLE IF NOT EXISTS statement_nonces (
+    signer TEXT NOT NULL,
+    nonce BLOB NOT NULL,
+    kept_until INTEGER NOT NULL,
+    PRIMARY KEY (signer, nonce)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS usage (
     business TEXT NOT NULL,
     month TEXT NOT NULL,
@@ -193,13 +203,39 @@ def connect(path: Path, synchronous: str = "FULL") -> sqlite_utils.Database:
     conn.execute("PRAGMA busy_timeout=5000")
     conn.execute("PRAGMA foreign_keys=ON")
     db = sqlite_utils.Database(conn)
-    if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version < SCHEMA_VERSION:
         with db.atomic():
             # Statement by statement: executescript() would COMMIT first.
             for statement in _statements():
                 conn.execute(statement)
+            if version:  # an existing database, made by an older relay
+                _upgrade(conn, version)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     return db
+
+
+def _upgrade(conn: sqlite3.Connection, version: int) -> None:
+    """Bring the rows of a database of schema ``version`` up to this one; idempotent.
+
+    3: replay protection moves to ``statement_nonces`` (seeded with every stored
+    statement's nonce, kept ``2 × STATEMENT_SKEW_MS`` past its acceptance);
+    statements no longer in force, and forwarded statements still queued for
+    them, are pruned (SPEC §7.5–7.6, §11).
+    """
+    if version < 3:
+        conn.execute(
+            "INSERT OR IGNORE INTO statement_nonces (signer, nonce, kept_until)"
+            " SELECT signer, nonce, accepted_at + ? FROM statements",
+            (2 * limits.STATEMENT_SKEW_MS,),
+        )
+        conn.execute(
+            "DELETE FROM statements WHERE seq NOT IN (SELECT seq FROM statements_in_force)"
+        )
+        conn.execute(
+            "DELETE FROM queue WHERE intent = 'statement' AND NOT EXISTS (SELECT 1 FROM"
+            " statements s WHERE s.signer = queue.sender AND s.nonce = queue.msg_id)"
+        )
 
 
 def connect_reader(path: Path) -> sqlite_utils.Database:
@@ -424,6 +460,10 @@ class MessageQueue:
 
     Queue lengths per recipient (for the cap) live in the writer's cache,
     seeded by one ``COUNT(*)`` and then kept by every insert and delete here.
+    They count envelopes only: forwarded statements (intent ``statement``) are
+    outside the cap (SPEC §7.5) and bounded by superseding instead. Statements
+    are only ever queued for businesses, so a user's acknowledgement deletes
+    envelopes only; a business's is itemized (:meth:`acknowledge`).
     """
 
     def __init__(self, db: sqlite_utils.Database, cache: WriterCache | None = None) -> None:
@@ -432,13 +472,15 @@ class MessageQueue:
         self._conn = db.conn
 
     def queued(self, recipient: str) -> int:
-        """Rows queued for ``recipient``, expired or not (what the cap counts)."""
+        """Envelopes queued for ``recipient``, expired or not, statements not (what the
+        cap counts)."""
         cache = self.cache
         count = cache.queued.get(recipient)
         if count is None:
             count = int(
                 self._conn.execute(
-                    "SELECT COUNT(*) FROM queue WHERE recipient = ?", (recipient,)
+                    "SELECT COUNT(*) FROM queue WHERE recipient = ? AND intent != 'statement'",
+                    (recipient,),
                 ).fetchone()[0]
             )
             cache.put(cache.queued, recipient, count)
@@ -567,16 +609,15 @@ class MessageQueue:
     ) -> QueuedEnvelope:
         """Queue a forwarded statement (SPEC §7.5): intent ``statement``, msg_id = nonce.
 
-        Not subject to the queue cap and not remembered in ``sent``: a receipt
-        is proof of opt-in and must not be lost, and its (signer, nonce) is
-        already unique in ``statements``.
+        Neither subject to nor counted by the queue cap, and not remembered in
+        ``sent``: a receipt is never refused, and its (signer, nonce) is unique
+        already. What bounds them is :meth:`withdraw_statements`.
         """
         cursor = self.db.execute(
             "INSERT INTO queue (recipient, sender, sender_kind, msg_id, intent, category,"
             " categories, sent_at, body) VALUES (?, ?, ?, ?, 'statement', NULL, NULL, ?, ?)",
             (recipient, sender.handle, sender.kind, nonce, now, signed),
         )
-        self._added(recipient, 1)
         delivery_id = cursor.lastrowid
         assert delivery_id is not None
         return QueuedEnvelope(
@@ -594,17 +635,32 @@ class MessageQueue:
         """
         if notification_categories is None:
             rows = self.db.execute(
-                "DELETE FROM queue WHERE recipient = ? AND sender = ? RETURNING delivery_id",
+                "DELETE FROM queue WHERE recipient = ? AND sender = ?"
+                " RETURNING delivery_id, intent",
                 (recipient, sender),
             ).fetchall()
         else:
             marks = ",".join("?" * len(notification_categories))
             rows = self.db.execute(
                 "DELETE FROM queue WHERE recipient = ? AND sender = ?"  # noqa: S608 - marks only
-                f" AND intent = 'notification' AND category IN ({marks}) RETURNING delivery_id",
+                f" AND intent = 'notification' AND category IN ({marks})"
+                " RETURNING delivery_id, intent",
                 (recipient, sender, *sorted(notification_categories)),
             ).fetchall()
-        self._added(recipient, -len(rows))
+        self._added(recipient, -sum(1 for row in rows if row[1] != "statement"))
+        return sorted(int(row[0]) for row in rows)
+
+    def withdraw_statements(self, recipient: str, signer: str, nonces: list[bytes]) -> list[int]:
+        """Delete the undelivered forwarded statements with these nonces (SPEC §7.5:
+        superseded by a newer one of the same signer, target and family)."""
+        if not nonces:
+            return []
+        marks = ",".join("?" * len(nonces))
+        rows = self.db.execute(
+            "DELETE FROM queue WHERE recipient = ? AND sender = ?"  # noqa: S608 - marks only
+            f" AND intent = 'statement' AND msg_id IN ({marks}) RETURNING delivery_id",
+            (recipient, signer, *nonces),
+        ).fetchall()
         return sorted(int(row[0]) for row in rows)
 
     def count(self, recipient: str, not_before: int) -> int:
@@ -625,14 +681,34 @@ class MessageQueue:
         ).fetchall()
         return [_envelope(row) for row in rows]
 
-    def acknowledge(self, recipient: str, delivery_ids: Iterable[int]) -> int:
-        """Delete acknowledged rows addressed to ``recipient``; others are ignored."""
-        cursor = self._conn.executemany(
-            "DELETE FROM queue WHERE delivery_id = ? AND recipient = ?",
-            [(delivery_id, recipient) for delivery_id in delivery_ids],
-        )
-        self._added(recipient, -cursor.rowcount)
-        return cursor.rowcount
+    def acknowledge(
+        self, recipient: str, delivery_ids: Iterable[int], *, itemized: bool = False
+    ) -> int:
+        """Delete acknowledged rows addressed to ``recipient``; others are ignored.
+
+        ``itemized`` (a business, whose queue may hold statements) deletes row by
+        row to learn what each was; otherwise every row deleted is an envelope
+        and one ``executemany`` does (the fan-out's hot path).
+        """
+        if not itemized:
+            cursor = self._conn.executemany(
+                "DELETE FROM queue WHERE delivery_id = ? AND recipient = ?",
+                [(delivery_id, recipient) for delivery_id in delivery_ids],
+            )
+            self._added(recipient, -cursor.rowcount)
+            return cursor.rowcount
+        execute = self._conn.execute
+        deleted = envelopes = 0
+        for delivery_id in delivery_ids:
+            row = execute(
+                "DELETE FROM queue WHERE delivery_id = ? AND recipient = ? RETURNING intent",
+                (delivery_id, recipient),
+            ).fetchone()
+            if row is not None:
+                deleted += 1
+                envelopes += row[0] != "statement"
+        self._added(recipient, -envelopes)
+        return deleted
 
     def purge(self, before: int) -> tuple[int, int]:
         """Drop envelopes and remembered message ids older than ``before`` (SPEC §6.6)."""

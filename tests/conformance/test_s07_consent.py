@@ -245,6 +245,8 @@ async def test_blocks_between_users_work_both_ways_and_are_not_forwarded(relay):
         "garbage",
         "business_grants",
         "revoke_never_granted",
+        "grant_when_granted",
+        "deny_while_denied",
         "deny_when_granted",
         "block_twice",
         "unblock_not_blocked",
@@ -254,14 +256,17 @@ async def test_invalid_statements_get_500(relay, case):
     """SPEC §7.4: "The relay MUST refuse with ERROR 500 INVALID_STATEMENT a statement whose
     signature does not verify, whose signer is not the connection's account, whose
     signer_key is not that account's current key, whose relay_key is not its own, whose
-    fields are malformed, or whose action does not fit the kinds"; missing transitions
-    are refused whole with 500."""
+    fields are malformed, or whose action does not fit the signer's kind"; missing
+    transitions — including every statement that would change nothing — are refused whole
+    with 500."""
     shop = await relay.business()
     user = await relay.user()
     other_user = await relay.user()
     stranger = IdentityKeyPair.generate(rng)
-    if case in ("deny_when_granted",):
+    if case in ("deny_when_granted", "grant_when_granted"):
         await state(user, "grant", shop, ["utility"])
+    if case == "deny_while_denied":
+        await state(user, "deny", shop, ["utility"])
     if case == "block_twice":
         await state(user, "block", shop)
     submitter, data = user, None
@@ -288,6 +293,10 @@ async def test_invalid_statements_get_500(relay, case):
         case "revoke_never_granted":
             data = statement(user, "revoke", shop.handle, ["utility"])
         case "deny_when_granted":
+            data = statement(user, "deny", shop.handle, ["utility"])
+        case "grant_when_granted":  # changes nothing
+            data = statement(user, "grant", shop.handle, ["utility"])
+        case "deny_while_denied":  # changes nothing while the cooldown runs
             data = statement(user, "deny", shop.handle, ["utility"])
         case "block_twice":
             data = statement(user, "block", shop.handle)
@@ -364,9 +373,9 @@ async def test_consent_statements_and_business_blocks_are_forwarded_byte_for_byt
     shop = await relay.business()
     user = await relay.user()
     sent = [
-        await state(user, "grant", shop, ["utility", "marketing"]),
-        await state(user, "revoke", shop, ["marketing"]),
+        await state(user, "grant", shop, ["utility"]),
         await state(user, "deny", shop, ["marketing"]),
+        await state(user, "revoke", shop, ["utility"]),
         await state(user, "block", shop),
         await state(user, "unblock", shop),
     ]
@@ -381,8 +390,28 @@ async def test_consent_statements_and_business_blocks_are_forwarded_byte_for_byt
     assert (receipt.action, receipt.target, receipt.categories) == (
         "grant",
         shop.handle,
-        ("utility", "marketing"),
+        ("utility",),
     )
+
+
+@pytest.mark.spec("7.5")
+async def test_a_receipt_superseded_before_delivery_is_not_delivered(relay):
+    """SPEC §7.5: a queued forwarded statement "that is no longer in force for any family
+    … is deleted from the queue in the same transaction, and from then on is not
+    delivered"; forwarded statements are outside the queue cap."""
+    shop = await relay.business()
+    user = await relay.user()
+    await shop.close()
+    grant_both = await state(user, "grant", shop, ["utility", "marketing"])
+    await state(user, "revoke", shop, ["utility"])
+    regrant = await state(user, "grant", shop, ["utility"])
+    block = await state(user, "block", shop)
+    unblock = await state(user, "unblock", shop)
+    again = await relay.login(shop)
+    assert again.welcome.queued == 3
+    received = await again.deliveries(3)
+    assert [d.body for d in received] == [grant_both, regrant, unblock]
+    assert block not in [d.body for d in received]
 
 
 # --- §7.6 listing -----------------------------------------------------------------
@@ -405,8 +434,9 @@ async def test_listing_returns_the_statements_in_force_oldest_first(relay):
 
     assert await listing(user) == [grant_both, revoke_marketing]
     assert await listing(shop) == [grant_both, revoke_marketing]
-    grant_utility = await state(user, "grant", shop, ["utility"])
-    assert await listing(user) == [revoke_marketing, grant_utility]
+    grant_marketing = await state(user, "grant", shop, ["marketing"])
+    # grant_both is still in force for utility, so it is listed; the revoke is not.
+    assert await listing(user) == [grant_both, grant_marketing]
     assert await listing(bystander) == []
 
 

@@ -161,3 +161,32 @@ def test_spec_transition_table_is_the_codes() -> None:
         for r in rows
     }
     assert documented == CONSENT_TRANSITIONS
+
+
+@pytest.mark.parametrize(
+    ("start", "action"),
+    [
+        (CategoryConsent(CategoryState.GRANTED), Action.GRANT),
+        (CategoryConsent(CategoryState.DENIED, NOW + 1), Action.DENY),
+        (CategoryConsent(CategoryState.REVOKED, NOW + 1), Action.DENY),
+        (CategoryConsent(CategoryState.REVOKED, NOW + 1), Action.REVOKE),
+    ],
+)
+def test_a_statement_that_changes_nothing_has_no_entry(start: CategoryConsent, action: Action) -> None:
+    """SPEC §7.4: every entry changes the category; no-ops (issue 13 item 5) are refused."""
+    with pytest.raises(InvalidStatement):
+        apply(PairState(consent={"utility": start}), action, ("utility",))
+
+
+def test_a_cooldown_that_has_ended_counts_as_none() -> None:
+    denied = PairState(consent={"utility": CategoryConsent(CategoryState.DENIED, NOW)})
+    state, _ = apply(denied, "deny", ("utility",), now=NOW)
+    assert state.category("utility") == CategoryConsent(CategoryState.DENIED, NOW + limits.CONSENT_COOLDOWN_MS)
+    with pytest.raises(InvalidStatement):  # and revoking it is revoking what was never granted
+        apply(denied, "revoke", ("utility",), now=NOW)
+
+
+def test_a_partly_effective_statement_is_refused_whole() -> None:
+    granted, _ = apply(INITIAL, "grant", ("utility",))
+    with pytest.raises(InvalidStatement):
+        apply(granted, "grant", ("utility", "marketing"))

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from blindrelay.protocol import limits
 from blindrelay.protocol.errors import HandleTaken, QueueFull
-from blindrelay.server.storage import Account, GroupCommitter, Store, connect
+from blindrelay.server import jobs
+from blindrelay.server.storage import SCHEMA_VERSION, Account, GroupCommitter, Store, connect
 from blindrelay.server.writer import Writer, WriterJobError
 
 ALICE = Account("alice", "user", b"k" * 32)
@@ -323,3 +325,65 @@ async def test_a_relay_whose_writer_dies_refuses_writes_and_reports_failure(
     with pytest.raises(InternalError):
         writer.submit("noop")
     await asyncio.wait_for(relay.close(), 10)
+
+
+def test_forwarded_statements_are_outside_the_cap_even_when_acknowledged(tmp_path: Path) -> None:
+    """SPEC §7.5: a business's queue counts envelopes only; acknowledging a receipt frees
+    no room for envelopes, and acknowledging an envelope does."""
+    writer = committer(tmp_path / "r.db")
+    airline = Account("airline", "business", b"a" * 32)
+    writer.commit([lambda s: s.accounts.create(ALICE, 0), lambda s: s.accounts.create(airline, 0)])
+
+    def chat(n: int) -> Callable[[Store], object]:
+        return lambda s: s.queue.enqueue("airline", ALICE, n.to_bytes(16, "big"), "chat", None,
+                                         None, b"x", b"d%d" % n, 0, cap=2)  # fmt: skip
+
+    [(_, receipt)] = writer.commit([lambda s: s.queue.enqueue_statement(
+        "airline", ALICE, b"n" * 16, b"signed", 0).delivery_id])  # fmt: skip
+    first, second = writer.commit([chat(1), chat(2)])
+    assert first[0] and second[0]
+    [(ok, refused)] = writer.commit([chat(3)])
+    assert not ok and isinstance(refused, QueueFull)
+    acked = writer.commit([lambda s: jobs.acknowledge(s, [["airline", [receipt]]])])
+    assert acked == [(True, [1])]
+    assert not writer.commit([chat(3)])[0][0]  # a receipt took no envelope's room
+    writer.commit([lambda s: jobs.acknowledge(s, [["airline", [first[1].envelope.delivery_id]]])])
+    assert writer.commit([chat(3)])[0][0]
+
+
+def test_a_schema_2_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    """Version 3 keeps nonces in their own table and only the statements in force."""
+    path = tmp_path / "r.db"
+    db = connect(path)
+    conn = db.conn
+    conn.execute("DROP TABLE statement_nonces")
+    conn.execute("DROP INDEX queue_statements")
+    for seq, nonce in ((1, b"1" * 16), (2, b"2" * 16)):
+        conn.execute(
+            "INSERT INTO statements (seq, signer, target, action, categories, issued_at,"
+            " accepted_at, nonce, signed) VALUES (?, 'bob', 'airline', 'grant', 'utility',"
+            " 5, 7, ?, x'00')",
+            (seq, nonce),
+        )
+        conn.execute(
+            "INSERT INTO queue (recipient, sender, sender_kind, msg_id, intent, sent_at, body)"
+            " VALUES ('airline', 'bob', 'user', ?, 'statement', 7, x'00')",
+            (nonce,),
+        )
+    conn.execute(
+        "INSERT INTO statements_in_force (signer, target, family, seq)"
+        " VALUES ('bob', 'airline', 'consent:utility', 2)"
+    )
+    conn.execute("PRAGMA user_version=2")
+    conn.close()
+    db = connect(path)
+    rows = db.execute
+    assert rows("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert rows("SELECT seq FROM statements").fetchall() == [(2,)]
+    assert rows("SELECT msg_id FROM queue").fetchall() == [(b"2" * 16,)]
+    keep = 7 + 2 * limits.STATEMENT_SKEW_MS
+    assert rows("SELECT nonce, kept_until FROM statement_nonces ORDER BY nonce").fetchall() == [
+        (b"1" * 16, keep), (b"2" * 16, keep),
+    ]  # fmt: skip
+    db.conn.close()
+    connect(path).conn.close()  # and again: nothing left to do
