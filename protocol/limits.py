@@ -67,6 +67,16 @@ while covering many first contacts between two top-ups."""
 PREKEY_LOW_WATER = 20
 """The relay notifies an owner whose one-time prekeys fall below this count."""
 
+ONE_TIME_PREKEY_RATE_PER_H = 10.0
+ONE_TIME_PREKEY_BURST = 20
+"""*Default.* One-time prekeys the relay hands out per owner (token bucket); past it a
+bundle goes out without one, the last-resort X3DH of SPEC §13.3. A limit per requester
+alone let six throwaway accounts drain an offline user's 100 keys. A person rarely has
+more than 20 first contacts at once or 10 an hour; a sybil flood drains the pool by at
+most 10 an hour (an offline owner's 100 keys last 8 hours, 1,000 four days), and first
+contact keeps working. Higher serves more first messages replay-proof; lower keeps the
+pool longer under attack (a busy business's operator may raise it)."""
+
 BUNDLE_FETCH_RATE_PER_MIN = 60.0
 BUNDLE_FETCH_BURST = 20
 """*Default.* Bundle fetches per requester; stops one account from draining
@@ -90,6 +100,18 @@ QUEUE_TTL_MS = 30 * 24 * 3600 * 1000
 """*Default.* Envelopes undelivered for 30 days are purged; the sender's
 ratchet tolerates the gap (skipped keys) and nothing lives forever."""
 
+QUEUE_SHARE_PER_SENDER = 1000
+"""*Default.* Undelivered envelopes one sender may have in one recipient's queue (a tenth
+of the cap): no single account — contact, business or stranger — can take the queue;
+1,000 is still weeks of a busy conversation for an offline friend."""
+
+QUEUE_SHARE_STRANGERS = 2000
+"""*Default.* Undelivered envelopes a *user's* queue holds from strangers — senders it has
+not written to and that hold none of its consent (SPEC §6.3). Fifty sybils filled a user's
+whole queue in a second; now strangers together get a fifth of it and the rest stays for
+contacts and consented businesses. Not applied to a business's queue, whose customers
+are strangers by nature."""
+
 DELIVERY_WINDOW = 256
 """Deliveries the relay has in flight (sent, not acknowledged) per connection.
 Bounds relay memory per slow reader while keeping the pipe full."""
@@ -112,6 +134,19 @@ SEND_BURST_PAIR = 500
 flooding one recipient even within its account budget."""
 
 # --- Consent and blocking (SPEC §7) ----------------------------------------
+
+MESSAGE_REQUEST_MAX = 20
+"""*Default.* Chats a user may send another user who has never written to them, until
+they write back (a *message request*, SPEC §7.3). The sender's SDK sends prekey messages
+until a reply and a person introduces themselves in a few lines; 20 covers that with
+room, while a spammer gets 20 envelopes per victim instead of the whole queue."""
+
+FIRST_CONTACTS_PER_H = 10.0
+FIRST_CONTACTS_BURST = 20
+"""*Default.* New strangers a user may open message requests to (token bucket per
+sender). People start a handful of conversations with strangers a day; a spammer's
+reach per account becomes 20 at once and 10 an hour, so a flood needs accounts, which
+the registration policy prices."""
 
 CATEGORIES = ("utility", "marketing")
 """Categories of business-initiated notifications (SPEC §7.1)."""

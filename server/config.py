@@ -52,6 +52,13 @@ class RelayConfig:
     send_burst_business: int = limits.SEND_BURST_BUSINESS
     send_rate_pair: float = limits.SEND_RATE_PER_S_PAIR
     send_burst_pair: int = limits.SEND_BURST_PAIR
+    one_time_prekey_rate_per_h: float = limits.ONE_TIME_PREKEY_RATE_PER_H
+    one_time_prekey_burst: int = limits.ONE_TIME_PREKEY_BURST
+    queue_share_per_sender: int = limits.QUEUE_SHARE_PER_SENDER
+    queue_share_strangers: int = limits.QUEUE_SHARE_STRANGERS
+    message_request_max: int = limits.MESSAGE_REQUEST_MAX
+    first_contacts_per_h: float = limits.FIRST_CONTACTS_PER_H
+    first_contacts_burst: int = limits.FIRST_CONTACTS_BURST
     bundle_rate_per_min: float = limits.BUNDLE_FETCH_RATE_PER_MIN
     bundle_burst: int = limits.BUNDLE_FETCH_BURST
     max_stored_one_time_prekeys: int = limits.MAX_STORED_ONE_TIME_PREKEYS
@@ -82,6 +89,13 @@ class RelayConfig:
             "send_burst_business": self.send_burst_business,
             "send_rate_pair": self.send_rate_pair,
             "send_burst_pair": self.send_burst_pair,
+            "one_time_prekey_rate_per_h": self.one_time_prekey_rate_per_h,
+            "one_time_prekey_burst": self.one_time_prekey_burst,
+            "queue_share_per_sender": self.queue_share_per_sender,
+            "queue_share_strangers": self.queue_share_strangers,
+            "message_request_max": self.message_request_max,
+            "first_contacts_per_h": self.first_contacts_per_h,
+            "first_contacts_burst": self.first_contacts_burst,
             "bundle_rate_per_min": self.bundle_rate_per_min,
             "bundle_burst": self.bundle_burst,
             "max_stored_one_time_prekeys": self.max_stored_one_time_prekeys,

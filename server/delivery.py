@@ -19,6 +19,7 @@ Not here: the rules themselves (``blindrelay.protocol.consent``), statements
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from functools import partial
@@ -28,7 +29,9 @@ from blindrelay.protocol.errors import Forbidden
 from blindrelay.protocol.frames import AccountKind, Ack, Intent, Send
 
 from . import fastframes
+from .config import RelayConfig
 from .context import Limiters, RelayContext, Session
+from .jobs import SendRules
 from .logs import LOGGER, log_event
 from .storage import Account
 
@@ -94,10 +97,21 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
     ctx.run_job(
         session, frame, "send",
         (handle, sender.kind, frame.to, frame.msg_id, frame.intent, frame.category,
-         frame.categories, frame.body, ctx.clock(), ctx.config.queue_cap,
-         ctx.config.service_window_ms),
+         frame.categories, frame.body, ctx.clock(), send_rules(ctx.config)),
         committed,
     )  # fmt: skip
+
+
+@functools.cache
+def send_rules(config: RelayConfig) -> SendRules:
+    """The limits every SEND job applies, made once per configuration (SPEC §10)."""
+    return SendRules(
+        queue_cap=config.queue_cap,
+        service_window_ms=config.service_window_ms,
+        message_request_max=config.message_request_max,
+        first_contacts_per_h=config.first_contacts_per_h,
+        first_contacts_burst=config.first_contacts_burst,
+    )
 
 
 def push_committed(

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
+from blindrelay.protocol import limits
 from blindrelay.protocol.consent import (
     REFUSE,
     Decision,
@@ -66,6 +67,7 @@ def decide(
     *,
     category: str | None = None,
     categories: frozenset[str] = frozenset(),
+    message_request_max: int = limits.MESSAGE_REQUEST_MAX,
 ) -> tuple[Account | None, PairState, Decision]:
     """SPEC §7.3 inside a writer job: the recipient, the pair's state, the verdict.
 
@@ -74,14 +76,38 @@ def decide(
     the recipient's existence is looked at.
     """
     state = store.ledger.pair_state(sender.handle, to)
+    verified = (
+        sender.kind == AccountKind.BUSINESS
+        and request in BADGE_DEPENDENT
+        and business_verified(store, sender.handle, now)
+    )
     recipient = store.accounts.get(to)
     if recipient is None:
         return None, state, REFUSE
     decision = may_deliver(
-        sender_kind=sender.kind, recipient_kind=recipient.kind, request=request, state=state,
-        now=now, category=category, categories=categories,
+        sender=sender.handle, recipient=to, sender_kind=sender.kind,
+        recipient_kind=recipient.kind, request=request, state=state, now=now,
+        category=category, categories=categories, sender_verified=verified,
+        message_request_max=message_request_max,
     )  # fmt: skip
     return recipient, state, decision
+
+
+BADGE_DEPENDENT = frozenset({Request.CONSENT_REQUEST, Request.BUNDLE_FETCH})
+"""What a business may do to a stranger only with a badge (SPEC §7.3); nothing else
+reads the badge store, so notifications and replies cost no lookup."""
+
+
+def business_verified(store: Store, handle: str, now: int) -> bool:
+    """SPEC §7.3, §8.1: a badge in force for the business's current identity key.
+
+    Read from the badge store on every call, never cached: "when the operator
+    revokes a badge the relay stops serving it at once", and stops counting it.
+    """
+    account = store.accounts.get(handle)
+    if account is None:
+        return False
+    return store.badges.current(handle, key_fingerprint(account.identity_key), now) is not None
 
 
 def refuse_unless_allowed(decision: Decision) -> None:
@@ -193,6 +219,30 @@ def take_bundle(
     ]  # fmt: skip
 
 
+class SendRules(NamedTuple):
+    """The relay's *default* limits a SEND job applies (SPEC §6.3, §7.3, §10); one list
+    on the wire, made once per configuration (:func:`.delivery.send_rules`)."""
+
+    queue_cap: int
+    service_window_ms: int
+    message_request_max: int
+    first_contacts_per_h: float
+    first_contacts_burst: int
+
+
+DEFAULT_SEND_RULES = SendRules(
+    queue_cap=limits.QUEUE_CAP_PER_RECIPIENT,
+    service_window_ms=limits.SERVICE_WINDOW_MS,
+    message_request_max=limits.MESSAGE_REQUEST_MAX,
+    first_contacts_per_h=limits.FIRST_CONTACTS_PER_H,
+    first_contacts_burst=limits.FIRST_CONTACTS_BURST,
+)
+"""What a relay with the default configuration passes (tests change one field)."""
+
+FIRST_CONTACTS = "first_contacts"
+"""The :class:`~.storage.Budgets` bucket of new strangers per sender (SPEC §7.3)."""
+
+
 def send(
     store: Store,
     handle: str,
@@ -204,21 +254,35 @@ def send(
     categories: list[str] | None,
     body: bytes,
     now: int,
-    cap: int,
-    window_ms: int,
+    rules: list[Any],
 ) -> Any:
     """SPEC §6.1–6.3, §7.3, §8.4: decide, enqueue, update the pair, meter — one job.
 
     Returns the original time (an int) for a resend, else [delivery_id, at].
     """
+    cap, window_ms, request_max, contacts_per_h, contacts_burst = rules
     digest = envelope_digest(to, intent, category, categories, body)
     sender = Account(handle, kind, b"")
     queue = store.queue
     asked = frozenset(categories or ())
     recipient, state, decision = decide(
-        store, sender, to, Request(intent), now, category=category, categories=asked
-    )
-    if decision.verdict is not Verdict.ALLOW or queue.queued(to) >= cap:
+        store, sender, to, Request(intent), now, category=category, categories=asked,
+        message_request_max=request_max,
+    )  # fmt: skip
+    full = False
+    if decision.verdict is Verdict.ALLOW:
+        full = queue.queued(to) >= cap
+        # "A user may open at most FIRST_CONTACTS_BURST conversations with new strangers
+        # at once": refused like any pair-dependent refusal. Taken last, so a refusal
+        # above spends nothing, and an empty bucket writes nothing.
+        take = store.budgets.take
+        if (
+            not full
+            and decision.first_contact
+            and not take(FIRST_CONTACTS, handle, contacts_per_h, contacts_burst, now)
+        ):
+            decision = REFUSE
+    if decision.verdict is not Verdict.ALLOW or full:
         # A resend is answered from ``sent`` before any refusal: it was decided,
         # enqueued and counted once already ("an idempotent resend counts once").
         resend = queue.remembered(handle, msg_id, digest)

@@ -2,7 +2,8 @@
 
 - ``pairs`` holds one :class:`~blindrelay.protocol.consent.PairState` per
   unordered pair of handles (consent per category, pending request, window
-  end, who blocks whom). A pair without a row is in the initial state.
+  end, who blocks whom, who has written to whom and the message requests
+  sent). A pair without a row is in the initial state.
 - ``statements`` keeps the accepted statements still in force byte for byte;
   ``statements_in_force`` points, per (signer, target, action family), at the
   latest one — the family is ``consent:<category>`` or ``block`` — which is
@@ -85,7 +86,8 @@ class ConsentLedger:
 
     def _read(self, key: tuple[str, str]) -> PairState:
         row = self.db.conn.execute(
-            "SELECT consent, pending, window_until, blockers FROM pairs WHERE low = ? AND high = ?",
+            "SELECT consent, pending, window_until, blockers, wrote, requests FROM pairs"
+            " WHERE low = ? AND high = ?",
             key,
         ).fetchone()
         if row is None:
@@ -99,6 +101,8 @@ class ConsentLedger:
             pending=_split(row[1]),
             window_until=int(row[2]),
             blockers=_split(row[3]),
+            wrote=_split(row[4]),
+            requests=int(row[5]),
         )
 
     def store_pair(self, a: str, b: str, state: PairState) -> None:
@@ -106,12 +110,13 @@ class ConsentLedger:
             {name: [c.state.value, c.until] for name, c in sorted(state.consent.items())}
         )
         self.db.execute(
-            "INSERT INTO pairs (low, high, consent, pending, window_until, blockers)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (low, high) DO UPDATE SET"
+            "INSERT INTO pairs (low, high, consent, pending, window_until, blockers, wrote,"
+            " requests) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (low, high) DO UPDATE SET"
             " consent = excluded.consent, pending = excluded.pending,"
-            " window_until = excluded.window_until, blockers = excluded.blockers",
+            " window_until = excluded.window_until, blockers = excluded.blockers,"
+            " wrote = excluded.wrote, requests = excluded.requests",
             (*_key(a, b), consent, _join(state.pending), state.window_until,
-             _join(state.blockers)),
+             _join(state.blockers), _join(state.wrote), state.requests),
         )  # fmt: skip
         self.cache.put(self.cache.pairs, _key(a, b), state)
 

@@ -12,6 +12,9 @@ Tables (SPEC §11 lists them; ``blindrelay inspect`` prints them):
 - ``pairs``, ``statements``, ``statements_in_force``, ``statement_nonces`` —
   consent, blocks, the signed statements in force behind them and the nonces
   that keep them unreplayable (SPEC §7; :mod:`.ledger`);
+- ``budgets`` — token buckets that must hold across restarts and outside any
+  one connection: first contacts per sender, one-time prekeys per owner (SPEC
+  §5.3, §7.3; :class:`Budgets`);
 - ``usage`` — metering counts per business, month, meter, category (SPEC §8.4;
   :mod:`.metering`);
 - ``profiles``, ``badges`` — signed business profiles and operator badges
@@ -52,6 +55,7 @@ Not here: protocol rules (``auth``, ``directory``, ``delivery``).
 from __future__ import annotations
 
 import contextlib
+import math
 import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -135,6 +139,8 @@ CREATE TABLE IF NOT EXISTS pairs (
     pending TEXT NOT NULL,
     window_until INTEGER NOT NULL,
     blockers TEXT NOT NULL,
+    wrote TEXT NOT NULL DEFAULT '',
+    requests INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (low, high)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS statements (
@@ -162,6 +168,14 @@ CREATE TABLE IF NOT EXISTS statement_nonces (
     nonce BLOB NOT NULL,
     kept_until INTEGER NOT NULL,
     PRIMARY KEY (signer, nonce)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS budgets (
+    name TEXT NOT NULL,
+    key TEXT NOT NULL,
+    tokens REAL NOT NULL,
+    at INTEGER NOT NULL,
+    full_at INTEGER NOT NULL,
+    PRIMARY KEY (name, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS usage (
     business TEXT NOT NULL,
@@ -206,13 +220,38 @@ def connect(path: Path, synchronous: str = "FULL") -> sqlite_utils.Database:
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version < SCHEMA_VERSION:
         with db.atomic():
+            if version:  # an existing database, made by an older relay
+                _add_columns(conn)
             # Statement by statement: executescript() would COMMIT first.
             for statement in _statements():
                 conn.execute(statement)
-            if version:  # an existing database, made by an older relay
+            if version:
                 _upgrade(conn, version)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     return db
+
+
+_ADDED_COLUMNS = {
+    "pairs": {
+        "wrote": "TEXT NOT NULL DEFAULT ''",
+        "requests": "INTEGER NOT NULL DEFAULT 0",
+    },
+}
+"""Columns added to existing tables since schema 2 (CREATE TABLE IF NOT EXISTS does not
+add them). Schema 3: who has written to whom, per pair (SPEC §7.2). An upgraded relay
+starts with nobody having written: an existing conversation's next chat counts as a
+message request (or opens one) until the other side writes again."""
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """ALTER TABLE for every column an older database lacks; idempotent."""
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if not have:
+            continue  # the table is new: the schema creates it whole
+        for name, declaration in columns.items():
+            if name not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
 
 
 def _upgrade(conn: sqlite3.Connection, version: int) -> None:
@@ -447,6 +486,49 @@ class PreKeyStore:
         """After an identity rotation: the old key signed them (SPEC §3.4)."""
         self.db.execute("DELETE FROM signed_prekeys WHERE handle = ?", (handle,))
         self.db.execute("DELETE FROM one_time_prekeys WHERE handle = ?", (handle,))
+
+
+HOUR_MS = 3_600_000
+
+
+class Budgets:
+    """Token buckets kept in the database, per (name, key) (SPEC §5.3, §7.3).
+
+    Why not in memory like the per-connection limits (:mod:`.ratelimit`): these
+    are taken inside writer jobs, so they commit or roll back with what they
+    pay for, survive a restart (waiting for one must not refill them), and
+    are never reset by the writer cache being emptied. Taken rarely — a first
+    contact, a served one-time prekey — so a row read and write is cheap
+    enough. A full bucket is the same as no row; :meth:`purge` drops them.
+    """
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def take(self, name: str, key: str, rate_per_h: float, burst: int, now: int) -> bool:
+        """Spend one token of ``key``'s bucket ``name``; False (and nothing written)
+        when it is empty."""
+        row = self.db.conn.execute(
+            "SELECT tokens, at FROM budgets WHERE name = ? AND key = ?", (name, key)
+        ).fetchone()
+        tokens = float(burst)
+        if row is not None:
+            refill = max(0, now - int(row[1])) * rate_per_h / HOUR_MS
+            tokens = min(tokens, float(row[0]) + refill)
+        if tokens < 1.0:
+            return False
+        tokens -= 1.0
+        full_at = now + math.ceil((burst - tokens) * HOUR_MS / rate_per_h)
+        self.db.conn.execute(
+            "INSERT OR REPLACE INTO budgets (name, key, tokens, at, full_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (name, key, tokens, now, full_at),
+        )
+        return True
+
+    def purge(self, now: int) -> int:
+        """Drop buckets that have refilled: they are the same as absent ones."""
+        return int(self.db.execute("DELETE FROM budgets WHERE full_at <= ?", (now,)).rowcount)
 
 
 _QUEUE_COLUMNS = (
@@ -738,6 +820,7 @@ class Store:
         self.relay_identity = RelayIdentity(db)
         self.accounts = Accounts(db, self.cache)
         self.prekeys = PreKeyStore(db)
+        self.budgets = Budgets(db)
         self.queue = MessageQueue(db, self.cache)
         self.ledger = ConsentLedger(db, self.cache)
         self.usage = UsageMeter(db, self.cache)

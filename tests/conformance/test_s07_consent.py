@@ -87,6 +87,13 @@ def chat(to: str, body: bytes = b"hi"):
     return lambda i: Send(id=i, to=to, msg_id=new_msg_id(), intent="chat", body=body)
 
 
+async def user_writes_first(user: Peer, business: Peer) -> None:
+    """The user chats to the business, which takes it: a black box has no operator to
+    verify a business, and an unverified one may only ask users who wrote to it (§7.3)."""
+    assert isinstance(await user.request(chat(business.handle, b"hello")), Sent)
+    assert (await business.push(Deliver)).sender == user.handle
+
+
 # --- §7.3 what may be delivered -------------------------------------------------
 
 
@@ -105,6 +112,7 @@ async def test_consent_request_grant_then_notification_is_delivered(relay):
     granted"; then a notification in c is delivered with its category."""
     shop = await relay.business()
     user = await relay.user()
+    await user_writes_first(user, shop)
     assert isinstance(await shop.request(consent_request(user.handle, "utility")), Sent)
     ask = await user.push(Deliver)
     assert (ask.sender, ask.sender_kind, ask.intent, ask.categories) == (
@@ -126,6 +134,7 @@ async def test_a_pending_request_refuses_another_and_a_grant_allows_asking_the_r
     consent_request ✓ (marketing only)."""
     shop = await relay.business()
     user = await relay.user()
+    await user_writes_first(user, shop)
     assert isinstance(await shop.request(consent_request(user.handle, "utility")), Sent)
     assert _code(await shop.request(consent_request(user.handle, "marketing"))) == 400
     await state(user, "grant", shop, ["utility"])
@@ -147,6 +156,42 @@ async def test_service_replies_need_the_window_the_user_opens(relay):
 
 
 @pytest.mark.spec("7.3")
+async def test_an_unverified_business_cannot_ask_a_stranger(relay):
+    """SPEC §7.3: consent_request needs "may ask": "the business is verified, or the user
+    has written to it, or the user has granted it some category"; a new business has no
+    badge, so a cold request — and a bundle fetch of that user — get the 400 of §7.7."""
+    shop = await relay.business()
+    user = await relay.user(signed=True)
+    answers = []
+    for build in (consent_request(user.handle), chat(new_handle("nobody"))):
+        await shop.send(build(4545))
+        answers.append((await shop.response_raw(4545)).raw)
+    await shop.send(BundleFetch(id=4545, handle=user.handle))
+    answers.append((await shop.response_raw(4545)).raw)
+    assert len(set(answers)) == 1
+    assert decode(answers[0]) == Error(code=400, re=4545)
+
+
+@pytest.mark.spec("7.3")
+async def test_message_requests_stop_at_the_limit_until_the_recipient_writes_back(relay):
+    """SPEC §7.3: "The relay accepts at most MESSAGE_REQUEST_MAX of them per pair until the
+    recipient writes back, and then any number"; the refusal is the 400 of §7.7. (With the
+    relay's default MESSAGE_REQUEST_MAX.)"""
+    sender = await relay.user()
+    recipient = await relay.user()
+    for n in range(limits.MESSAGE_REQUEST_MAX):
+        assert isinstance(await sender.request(chat(recipient.handle, b"%d" % n)), Sent)
+    await sender.send(chat(recipient.handle)(4646))
+    refused = (await sender.response_raw(4646)).raw
+    await sender.send(chat(new_handle("nobody"))(4646))
+    assert refused == (await sender.response_raw(4646)).raw
+    assert decode(refused) == Error(code=400, re=4646)
+    assert isinstance(await recipient.request(chat(sender.handle, b"hi, who's this?")), Sent)
+    for n in range(3):
+        assert isinstance(await sender.request(chat(recipient.handle, b"more %d" % n)), Sent)
+
+
+@pytest.mark.spec("7.3")
 @pytest.mark.parametrize("intent", ["chat", "notification", "consent_request"])
 async def test_business_to_business_is_refused_like_an_unknown_recipient(relay, intent):
     """SPEC §7.3: "business → business | any | never (ERROR 400)"; §7.7: the same bytes
@@ -163,12 +208,14 @@ async def test_business_to_business_is_refused_like_an_unknown_recipient(relay, 
 
 
 @pytest.mark.spec("7.3")
-async def test_denied_categories_refuse_asking_and_bundle_fetches(relay):
-    """SPEC §7.3 table: "denied, in cooldown": consent_request ✗ … bundle fetch ✗."""
+async def test_categories_cooling_down_refuse_asking_and_bundle_fetches(relay):
+    """SPEC §7.3 table: "revoked, in cooldown": consent_request ✗ … bundle fetch ✗ (and
+    "granted utility": bundle fetch ✓ before)."""
     shop = await relay.business()
     user = await relay.user(signed=True)
+    await state(user, "grant", shop, ["utility", "marketing"])
     assert isinstance(await shop.request(lambda i: BundleFetch(id=i, handle=user.handle)), Bundle)
-    await state(user, "deny", shop, ["utility", "marketing"])
+    await state(user, "revoke", shop, ["utility", "marketing"])
     assert _code(await shop.request(consent_request(user.handle, "utility"))) == 400
     assert _code(await shop.request(lambda i: BundleFetch(id=i, handle=user.handle))) == 400
 

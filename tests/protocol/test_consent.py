@@ -6,6 +6,7 @@ import pytest
 
 from blindrelay.protocol import limits
 from blindrelay.protocol.consent import (
+    BUSINESS_REQUESTS,
     CONSENT_TRANSITIONS,
     INITIAL,
     CategoryConsent,
@@ -18,6 +19,7 @@ from blindrelay.protocol.consent import (
     apply_statement,
     business_decision_table,
     may_deliver,
+    user_decision_table,
 )
 from blindrelay.protocol.errors import InvalidStatement
 from blindrelay.protocol.signed import Action
@@ -28,8 +30,10 @@ NOW = 1_800_000_000_000
 DAY = 24 * 3600 * 1000
 
 
-def decide(request: str, state: PairState = INITIAL, *, sender: str = "business", recipient: str = "user", now: int = NOW, category: str | None = None, categories: frozenset[str] = frozenset()):
-    return may_deliver(sender_kind=sender, recipient_kind=recipient, request=request, state=state, now=now, category=category, categories=categories)
+def decide(request: str, state: PairState = INITIAL, *, sender: str = "business", recipient: str = "user", now: int = NOW, category: str | None = None, categories: frozenset[str] = frozenset(), verified: bool = True):
+    """``sender``/``recipient`` are the kinds, and the handles are named after them."""
+    handles = {"user": "user", "business": "business"} if sender != recipient else {}
+    return may_deliver(sender=handles.get(sender, "sender"), recipient=handles.get(recipient, "recipient"), sender_kind=sender, recipient_kind=recipient, request=request, state=state, now=now, category=category, categories=categories, sender_verified=verified)
 
 
 def apply(state: PairState, action: str, categories: tuple[str, ...] = (), *, signer: str = "alice", user_blocks_business: bool = False, now: int = NOW):
@@ -38,9 +42,15 @@ def apply(state: PairState, action: str, categories: tuple[str, ...] = (), *, si
 
 def test_spec_table_is_derived_from_may_deliver() -> None:
     rows = table_rows(section(7), "pair state")
-    header = ["consent_request", "notification utility", "notification marketing", "service reply", "bundle fetch"]
+    header = list(BUSINESS_REQUESTS)
     documented = {r[0]: {h: cell.startswith("✓") for h, cell in zip(header, r[1:], strict=True)} for r in rows}
     assert documented == business_decision_table()
+    assert "| pair state | " + " | ".join(header) + " |" in section(7)
+
+
+def test_spec_user_table_is_derived_from_may_deliver() -> None:
+    rows = table_rows(section(7), "user pair state")
+    assert {r[0]: r[1] for r in rows} == user_decision_table()
 
 
 def test_user_to_user_chat_is_free_of_consent_but_obeys_blocks() -> None:
@@ -190,3 +200,43 @@ def test_a_partly_effective_statement_is_refused_whole() -> None:
     granted, _ = apply(INITIAL, "grant", ("utility",))
     with pytest.raises(InvalidStatement):
         apply(granted, "grant", ("utility", "marketing"))
+
+
+def user_chat(state: PairState, *, maximum: int = limits.MESSAGE_REQUEST_MAX):
+    return may_deliver(sender="alice", recipient="bob", sender_kind="user", recipient_kind="user", request="chat", state=state, now=NOW, message_request_max=maximum)
+
+
+def test_a_chat_to_a_user_who_never_wrote_back_is_a_message_request() -> None:
+    first = user_chat(INITIAL)
+    assert first.allowed and first.first_contact and first.message_request and first.writer == "alice"
+    state = after_accept(INITIAL, first, NOW, limits.SERVICE_WINDOW_MS)
+    assert state.wrote == {"alice"} and state.requests == 1
+    second = user_chat(state)
+    assert second.allowed and second.message_request and not second.first_contact and second.writer is None
+    full = PairState(wrote=frozenset({"alice"}), requests=3)
+    assert user_chat(full, maximum=3).verdict is Verdict.REFUSE
+    assert user_chat(full, maximum=4).allowed
+
+
+def test_once_the_recipient_wrote_chats_are_unlimited_and_change_nothing() -> None:
+    answered = PairState(wrote=frozenset({"alice", "bob"}), requests=limits.MESSAGE_REQUEST_MAX)
+    decision = user_chat(answered)
+    assert decision.allowed and not decision.message_request
+    assert after_accept(answered, decision, NOW, limits.SERVICE_WINDOW_MS) is answered
+    # Bob wrote first: Alice's answer is no request, and makes her a writer.
+    answer = user_chat(PairState(wrote=frozenset({"bob"})))
+    assert answer.allowed and not answer.message_request and answer.writer == "alice"
+
+
+def test_an_unverified_business_may_ask_only_users_who_wrote_or_granted() -> None:
+    cats = frozenset({"utility"})
+    assert decide("consent_request", categories=cats, verified=False).verdict is Verdict.REFUSE
+    assert decide("bundle_fetch", verified=False).verdict is Verdict.REFUSE
+    assert decide("consent_request", categories=cats, verified=True).allowed
+    wrote = PairState(wrote=frozenset({"user"}))
+    assert decide("consent_request", wrote, categories=cats, verified=False).allowed
+    granted = PairState(consent={"marketing": CategoryConsent(CategoryState.GRANTED)})
+    assert decide("consent_request", granted, categories=cats, verified=False).allowed
+    # The business having written (a service reply) is no invitation.
+    replied = PairState(wrote=frozenset({"business"}))
+    assert decide("consent_request", replied, categories=cats, verified=False).verdict is Verdict.REFUSE

@@ -164,9 +164,9 @@ async def test_usage_counts_are_exact_per_category_and_month(
         assert isinstance(sent, Sent)
     refused = await airline.send_message("eve", b"u", category="utility", **notify)
     assert error_code(refused) == ErrorCode.RECIPIENT_UNAVAILABLE  # refused: not counted
+    assert isinstance(await eve.send_message("airline", b"help"), Sent)  # user-initiated
     ask = await airline.send_message("eve", b"?", intent="consent_request", categories=("utility",))
     assert isinstance(ask, Sent)  # consent requests are not counted
-    assert isinstance(await eve.send_message("airline", b"help"), Sent)  # user-initiated
     assert isinstance(await bob.send_message("airline", b"hi"), Sent)
     assert isinstance(await airline.send_message("eve", b"reply 1"), Sent)  # service replies
     assert isinstance(await airline.send_message("eve", b"reply 2"), Sent)

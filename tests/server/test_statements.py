@@ -424,7 +424,7 @@ def test_eleven_thousand_grants_and_revokes_leave_the_relay_bounded(tmp_path: Pa
     now = start + total * step
     [(ok, value)] = committer.commit([lambda s: jobs.send(
         s, "bob", "user", "airline", os.urandom(16), "chat", None, None, b"hi", now,
-        limits.QUEUE_CAP_PER_RECIPIENT, limits.SERVICE_WINDOW_MS,
+        jobs.DEFAULT_SEND_RULES,
     )])  # fmt: skip
     assert ok, value  # not QUEUE_FULL
     [(_, rows)] = committer.commit([lambda s: [

@@ -166,7 +166,8 @@ async def test_consecutive_merged_calls_share_one_job_and_each_gets_its_own_resu
     try:
         for handle in ("alice", "bob", "carol"):
             await writer.submit("create_account", handle, "user", handle.encode() * 4, 0)
-        chat = ("chat", None, None, b"x", 0, 10, 1000)  # intent … body, now, cap, window
+        rules = jobs.DEFAULT_SEND_RULES._replace(queue_cap=10)
+        chat = ("chat", None, None, b"x", 0, rules)  # intent … body, now, rules
         sends = [
             writer.submit("send", "alice", "user", to, bytes([n]) * 16, *chat)
             for n, to in enumerate(("bob", "bob", "carol"))
@@ -284,8 +285,9 @@ def test_send_answers_resends_before_every_refusal_and_writes_nothing_for_them(
 
     def send(n: int, body: bytes = b"x", cap: int = 10, at: int = 5) -> Callable[[Store], object]:
         msg_id = bytes([n]) * 16
+        rules = jobs.DEFAULT_SEND_RULES._replace(queue_cap=cap)
         return lambda s: jobs.send(s, "alice", "user", "bob", msg_id, "chat", None, None, body,
-                                   at, cap, 0)  # fmt: skip
+                                   at, rules)  # fmt: skip
 
     def counts(store: Store) -> tuple[int, int]:
         queued = store.db.execute("SELECT COUNT(*) FROM queue").fetchone()[0]
