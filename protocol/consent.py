@@ -259,6 +259,14 @@ def may_deliver(
     return REFUSE
 
 
+def is_stranger(state: PairState, sender: str, recipient: str) -> bool:
+    """SPEC §6.3: whether ``sender`` is a stranger to ``recipient`` — the recipient has
+    not written to it and holds none of its consent. A business allowed to notify has a
+    grant and one allowed to reply has the window, which the user opened by writing: a
+    business that may send at all, other than asking, is no stranger."""
+    return recipient not in state.wrote and not state.granted()
+
+
 def after_accept(state: PairState, decision: Decision, now: int, window_ms: int) -> PairState:
     """The pair's state once an allowed envelope is committed (``state`` itself when
     nothing changes: the relay then writes nothing)."""

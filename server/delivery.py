@@ -108,6 +108,8 @@ def send_rules(config: RelayConfig) -> SendRules:
     return SendRules(
         queue_cap=config.queue_cap,
         service_window_ms=config.service_window_ms,
+        queue_share_per_sender=config.queue_share_per_sender,
+        queue_share_strangers=config.queue_share_strangers,
         message_request_max=config.message_request_max,
         first_contacts_per_h=config.first_contacts_per_h,
         first_contacts_burst=config.first_contacts_burst,

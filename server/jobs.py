@@ -29,6 +29,7 @@ from blindrelay.protocol.consent import (
     Request,
     Verdict,
     after_accept,
+    is_stranger,
     may_deliver,
 )
 from blindrelay.protocol.consent import (
@@ -199,17 +200,32 @@ def upload_prekeys(
     store.prekeys.upload(handle, signed_record, records, cap, now)
 
 
+ONE_TIME_PREKEYS = "one_time_prekeys"
+"""The :class:`~.storage.Budgets` bucket of one-time prekeys handed out per owner."""
+
+
 def take_bundle(
-    store: Store, requester: str, requester_kind: str, owner: str, now: int
+    store: Store,
+    requester: str,
+    requester_kind: str,
+    owner: str,
+    now: int,
+    rate_per_h: float = limits.ONE_TIME_PREKEY_RATE_PER_H,
+    burst: int = limits.ONE_TIME_PREKEY_BURST,
 ) -> list[Any]:
     """SPEC §5.3, §7.3: consent decided and one one-time prekey consumed in one job.
 
-    Returns [identity_key, kind, [key_id, public, signature], [key_id, public] | None, remaining].
+    "The relay hands out at most ONE_TIME_PREKEY_BURST one-time prekeys per owner,
+    refilled at ONE_TIME_PREKEY_RATE_PER_H, whoever asks; past that the bundle goes
+    out without one." Returns [identity_key, kind, [key_id, public, signature],
+    [key_id, public] | None, remaining].
     """
     sender = Account(requester, requester_kind, b"")
     _, _, decision = decide(store, sender, owner, Request.BUNDLE_FETCH, now)
     refuse_unless_allowed(decision)
-    row = store.prekeys.take_bundle(owner)
+    row = store.prekeys.take_bundle(
+        owner, lambda: store.budgets.take(ONE_TIME_PREKEYS, owner, rate_per_h, burst, now)
+    )
     if row is None:
         raise RecipientUnavailable()
     spk, otk = row.signed_prekey, row.one_time
@@ -225,6 +241,8 @@ class SendRules(NamedTuple):
 
     queue_cap: int
     service_window_ms: int
+    queue_share_per_sender: int
+    queue_share_strangers: int
     message_request_max: int
     first_contacts_per_h: float
     first_contacts_burst: int
@@ -233,6 +251,8 @@ class SendRules(NamedTuple):
 DEFAULT_SEND_RULES = SendRules(
     queue_cap=limits.QUEUE_CAP_PER_RECIPIENT,
     service_window_ms=limits.SERVICE_WINDOW_MS,
+    queue_share_per_sender=limits.QUEUE_SHARE_PER_SENDER,
+    queue_share_strangers=limits.QUEUE_SHARE_STRANGERS,
     message_request_max=limits.MESSAGE_REQUEST_MAX,
     first_contacts_per_h=limits.FIRST_CONTACTS_PER_H,
     first_contacts_burst=limits.FIRST_CONTACTS_BURST,
@@ -260,7 +280,7 @@ def send(
 
     Returns the original time (an int) for a resend, else [delivery_id, at].
     """
-    cap, window_ms, request_max, contacts_per_h, contacts_burst = rules
+    cap, window_ms, per_sender, strangers, request_max, contacts_per_h, contacts_burst = rules
     digest = envelope_digest(to, intent, category, categories, body)
     sender = Account(handle, kind, b"")
     queue = store.queue
@@ -269,9 +289,20 @@ def send(
         store, sender, to, Request(intent), now, category=category, categories=asked,
         message_request_max=request_max,
     )  # fmt: skip
-    full = False
+    full = stranger = False
     if decision.verdict is Verdict.ALLOW:
-        full = queue.queued(to) >= cap
+        assert recipient is not None
+        # SPEC §6.3: the strangers' pool is a user's; a business's customers are all
+        # strangers to it, and the pool would shut every one of them out alike.
+        stranger = recipient.kind == AccountKind.USER and is_stranger(state, handle, to)
+        queued = queue.queued(to)
+        full = queued >= cap
+        floor = min(per_sender, strangers)
+        if not full and queued >= floor:  # below it no share can be reached: no count
+            shares = queue.shares(to, floor)
+            full = shares.senders.get(handle, 0) >= per_sender or (
+                stranger and shares.strangers >= strangers
+            )
         # "A user may open at most FIRST_CONTACTS_BURST conversations with new strangers
         # at once": refused like any pair-dependent refusal. Taken last, so a refusal
         # above spends nothing, and an empty bucket writes nothing.
@@ -292,7 +323,7 @@ def send(
         raise QueueFull()
     assert recipient is not None
     delivery_id = queue.add_if_new(
-        to, sender, msg_id, intent, category, categories, body, digest, now
+        to, sender, msg_id, intent, category, categories, body, digest, now, stranger
     )
     if delivery_id is None:  # a resend (or MessageIdReused); nothing was written
         known = queue.remembered(handle, msg_id, digest)
@@ -430,9 +461,11 @@ def usage_month(store: Store, handle: str, month: str) -> list[Any]:
 
 def purge(store: Store, before: int, now: int) -> list[int]:
     """SPEC §6.6: drop envelopes and remembered msg_ids older than ``before``; and
-    statement nonces that can no longer be replayed fresh (SPEC §7.4)."""
+    statement nonces that can no longer be replayed fresh (SPEC §7.6), and budgets
+    that have refilled (SPEC §11)."""
     envelopes, ids = store.queue.purge(before)
     store.ledger.purge_nonces(now)
+    store.budgets.purge(now)
     return [envelopes, ids]
 
 

@@ -118,7 +118,8 @@ CREATE TABLE IF NOT EXISTS queue (
     category TEXT,
     categories TEXT,
     sent_at INTEGER NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    stranger INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS queue_by_recipient ON queue (recipient, delivery_id);
 CREATE INDEX IF NOT EXISTS queue_by_age ON queue (sent_at);
@@ -232,15 +233,17 @@ def connect(path: Path, synchronous: str = "FULL") -> sqlite_utils.Database:
 
 
 _ADDED_COLUMNS = {
+    "queue": {"stranger": "INTEGER NOT NULL DEFAULT 0"},
     "pairs": {
         "wrote": "TEXT NOT NULL DEFAULT ''",
         "requests": "INTEGER NOT NULL DEFAULT 0",
     },
 }
 """Columns added to existing tables since schema 2 (CREATE TABLE IF NOT EXISTS does not
-add them). Schema 3: who has written to whom, per pair (SPEC §7.2). An upgraded relay
-starts with nobody having written: an existing conversation's next chat counts as a
-message request (or opens one) until the other side writes again."""
+add them). Schema 3: who has written to whom, per pair (SPEC §7.2), and whether a queued
+envelope came from a stranger (SPEC §6.3). An upgraded relay starts with nobody having
+written: an existing conversation's next chat counts as a message request (or opens one)
+until the other side writes again; envelopes queued before count as no stranger's."""
 
 
 def _add_columns(conn: sqlite3.Connection) -> None:
@@ -456,8 +459,12 @@ class PreKeyStore:
         if stored > max_stored:
             raise InvalidPrekeys(f"more than {max_stored} one-time prekeys stored")
 
-    def take_bundle(self, handle: str) -> PreKeyBundleRow | None:
-        """The account's bundle, consuming its oldest one-time prekey (SPEC §5.3).
+    def take_bundle(
+        self, handle: str, may_hand_out: Callable[[], bool] = lambda: True
+    ) -> PreKeyBundleRow | None:
+        """The account's bundle, consuming its oldest one-time prekey (SPEC §5.3) if
+        there is one and ``may_hand_out()`` says so (the owner's budget, which is
+        spent only when a key is handed out).
 
         Atomic because it runs inside one writer job: no two fetches can be
         served the same one-time key. None if there is no signed prekey.
@@ -476,7 +483,7 @@ class PreKeyStore:
             (handle,),
         ).fetchone()
         one_time = None
-        if one is not None:
+        if one is not None and may_hand_out():
             self.db.execute("DELETE FROM one_time_prekeys WHERE seq = ?", (one[0],))
             one_time = OneTimePreKeyRecord(key_id=one[1], public=bytes(one[2]))
         remaining, _ = self.counts(handle)
@@ -531,6 +538,22 @@ class Budgets:
         return int(self.db.execute("DELETE FROM budgets WHERE full_at <= ?", (now,)).rowcount)
 
 
+@dataclass(slots=True)
+class QueueShares:
+    """Who holds how much of one recipient's queue: envelopes per sender, and those
+    from strangers (SPEC §6.3). Kept only for queues at least ``floor`` long, the
+    length below which no share can be reached: most queues never need one."""
+
+    floor: int
+    strangers: int
+    senders: dict[str, int]
+
+    def change(self, sender: str, stranger: bool, delta: int) -> None:
+        self.senders[sender] = self.senders.get(sender, 0) + delta
+        if stranger:
+            self.strangers += delta
+
+
 _QUEUE_COLUMNS = (
     "delivery_id, recipient, sender, sender_kind, msg_id, intent, category, categories,"
     " sent_at, body"
@@ -573,6 +596,39 @@ class MessageQueue:
         count = cache.queued.get(recipient)
         if count is not None and delta:
             cache.put(cache.queued, recipient, count + delta)
+
+    def shares(self, recipient: str, floor: int) -> QueueShares:
+        """Envelopes of ``recipient``'s queue per sender and from strangers.
+
+        Called only once the queue is ``floor`` long: one scan of the recipient's
+        rows, then kept up to date by every insert and acknowledgement (which is
+        itemized while an entry exists) until the queue is shorter than ``floor``
+        again; a purge or withdrawal just forgets it.
+        """
+        cache = self.cache
+        shares: QueueShares | None = cache.shares.get(recipient)
+        if shares is None:
+            shares = QueueShares(floor, 0, {})
+            for sender, stranger, count in self._conn.execute(
+                "SELECT sender, stranger, COUNT(*) FROM queue"
+                " WHERE recipient = ? AND intent != 'statement' GROUP BY sender, stranger",
+                (recipient,),
+            ):
+                shares.change(sender, bool(stranger), int(count))
+            cache.touch_shares()
+            cache.shares[recipient] = shares
+        return shares
+
+    def _shared(self, recipient: str, sender: str, stranger: bool, delta: int) -> None:
+        shares: QueueShares | None = self.cache.shares.get(recipient)
+        if shares is not None:
+            self.cache.touch_shares()
+            shares.change(sender, stranger, delta)
+
+    def _forget_shares(self, recipient: str) -> None:
+        if recipient in self.cache.shares:
+            self.cache.touch_shares()
+            del self.cache.shares[recipient]
 
     def enqueue(
         self,
@@ -631,6 +687,7 @@ class MessageQueue:
             (sender.handle, msg_id, digest, now),
         )
         self._added(recipient, 1)
+        self._shared(recipient, sender.handle, False, 1)
         assert delivery_id is not None
         envelope = QueuedEnvelope(
             delivery_id, recipient, sender.handle, sender.kind, msg_id, intent, category,
@@ -649,13 +706,15 @@ class MessageQueue:
         body: bytes,
         digest: bytes,
         now: int,
+        stranger: bool = False,
     ) -> int | None:
         """The new envelope's delivery id, or None (nothing written) when
         (sender, msg_id) is already in ``sent`` — a resend, for :meth:`remembered`.
 
         For SEND's hot path: one ``INSERT OR IGNORE`` tells new from resend
-        instead of a SELECT before the INSERT. The caller has checked consent
-        and the cap, answering resends first on those refusals.
+        instead of a SELECT before the INSERT. The caller has checked consent,
+        the cap and the shares, answering resends first on those refusals.
+        ``stranger``: the envelope counts towards the strangers' pool (SPEC §6.3).
         """
         execute = self._conn.execute
         if (
@@ -669,10 +728,13 @@ class MessageQueue:
         joined = ",".join(categories) if categories is not None else None
         cursor = execute(
             "INSERT INTO queue (recipient, sender, sender_kind, msg_id, intent, category,"
-            " categories, sent_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (recipient, sender.handle, sender.kind, msg_id, intent, category, joined, now, body),
-        )
+            " categories, sent_at, body, stranger) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (recipient, sender.handle, sender.kind, msg_id, intent, category, joined, now, body,
+             stranger),
+        )  # fmt: skip
         self._added(recipient, 1)
+        if recipient in self.cache.shares:
+            self._shared(recipient, sender.handle, stranger, 1)
         return cursor.lastrowid
 
     def remembered(self, sender: str, msg_id: bytes, digest: bytes) -> Accepted | None:
@@ -730,6 +792,7 @@ class MessageQueue:
                 (recipient, sender, *sorted(notification_categories)),
             ).fetchall()
         self._added(recipient, -sum(1 for row in rows if row[1] != "statement"))
+        self._forget_shares(recipient)
         return sorted(int(row[0]) for row in rows)
 
     def withdraw_statements(self, recipient: str, signer: str, nonces: list[bytes]) -> list[int]:
@@ -769,10 +832,12 @@ class MessageQueue:
         """Delete acknowledged rows addressed to ``recipient``; others are ignored.
 
         ``itemized`` (a business, whose queue may hold statements) deletes row by
-        row to learn what each was; otherwise every row deleted is an envelope
-        and one ``executemany`` does (the fan-out's hot path).
+        row to learn what each was, and so does a queue whose shares are kept;
+        otherwise every row deleted is an envelope and one ``executemany`` does
+        (the fan-out's hot path).
         """
-        if not itemized:
+        shares: QueueShares | None = self.cache.shares.get(recipient)
+        if not itemized and shares is None:
             cursor = self._conn.executemany(
                 "DELETE FROM queue WHERE delivery_id = ? AND recipient = ?",
                 [(delivery_id, recipient) for delivery_id in delivery_ids],
@@ -781,15 +846,22 @@ class MessageQueue:
             return cursor.rowcount
         execute = self._conn.execute
         deleted = envelopes = 0
+        if shares is not None:
+            self.cache.touch_shares()
         for delivery_id in delivery_ids:
             row = execute(
-                "DELETE FROM queue WHERE delivery_id = ? AND recipient = ? RETURNING intent",
+                "DELETE FROM queue WHERE delivery_id = ? AND recipient = ?"
+                " RETURNING intent, sender, stranger",
                 (delivery_id, recipient),
             ).fetchone()
-            if row is not None:
-                deleted += 1
-                envelopes += row[0] != "statement"
+            if row is not None and row[0] != "statement":
+                envelopes += 1
+                if shares is not None:
+                    shares.change(row[1], bool(row[2]), -1)
+            deleted += row is not None
         self._added(recipient, -envelopes)
+        if shares is not None and self.queued(recipient) < shares.floor:
+            self._forget_shares(recipient)  # back to the one-statement acknowledgement
         return deleted
 
     def purge(self, before: int) -> tuple[int, int]:
@@ -800,6 +872,8 @@ class MessageQueue:
             # Any recipient may have lost rows: re-count on demand (rare, bounded work).
             for recipient in list(self.cache.queued):
                 self.cache.drop(self.cache.queued, recipient)
+            self.cache.touch_shares()
+            self.cache.shares.clear()
         return envelopes, ids
 
 

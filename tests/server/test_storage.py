@@ -389,3 +389,34 @@ def test_a_schema_2_database_is_upgraded_in_place(tmp_path: Path) -> None:
     ]  # fmt: skip
     db.conn.close()
     connect(path).conn.close()  # and again: nothing left to do
+
+
+def test_queue_shares_are_kept_exact_and_a_failed_job_forgets_them(tmp_path: Path) -> None:
+    """SPEC §6.3: shares of a long queue are counted once, then kept by inserts and
+    acknowledgements; a job that fails after changing them in place empties them."""
+    writer = committer(tmp_path / "r.db")
+    carol = Account("carol", "user", b"c" * 32)
+    writer.commit([lambda s: s.accounts.create(ALICE, 0), lambda s: s.accounts.create(carol, 0)])
+
+    def add(sender: Account, n: int, stranger: bool) -> Callable[[Store], object]:
+        return lambda s: s.queue.add_if_new("bob", sender, n.to_bytes(16, "big"), "chat", None,
+                                            None, b"x", b"d", 0, stranger)  # fmt: skip
+
+    ids = [value for _, value in writer.commit([add(ALICE, n, False) for n in range(3)])]
+    writer.commit([add(carol, n, True) for n in range(10, 12)])
+
+    def shares(s: Store) -> tuple[int, dict[str, int]]:
+        counted = s.queue.shares("bob", floor=1)
+        return counted.strangers, dict(counted.senders)
+
+    assert writer.commit([shares]) == [(True, (2, {"alice": 3, "carol": 2}))]
+    writer.commit([add(carol, 12, True), lambda s: s.queue.acknowledge("bob", ids[:2])])
+    assert writer.commit([shares]) == [(True, (3, {"alice": 1, "carol": 3}))]
+
+    def add_then_fail(s: Store) -> None:
+        add(carol, 13, True)(s)
+        raise QueueFull()
+
+    writer.commit([add_then_fail])
+    assert "bob" not in writer.store.cache.shares
+    assert writer.commit([shares]) == [(True, (3, {"alice": 1, "carol": 3}))]
