@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from blindrelay.protocol import limits
+from blindrelay.protocol.consent import PairState
 from blindrelay.protocol.errors import HandleTaken, QueueFull
 from blindrelay.server import jobs
 from blindrelay.server.storage import SCHEMA_VERSION, Account, GroupCommitter, Store, connect
@@ -354,12 +355,20 @@ def test_forwarded_statements_are_outside_the_cap_even_when_acknowledged(tmp_pat
 
 
 def test_a_schema_2_database_is_upgraded_in_place(tmp_path: Path) -> None:
-    """Version 3 keeps nonces in their own table and only the statements in force."""
+    """Version 3: nonces in their own table, only the statements in force, who wrote to
+    whom per pair, the stranger flag per queued envelope, and budgets."""
     path = tmp_path / "r.db"
     db = connect(path)
     conn = db.conn
     conn.execute("DROP TABLE statement_nonces")
+    conn.execute("DROP TABLE budgets")
     conn.execute("DROP INDEX queue_statements")
+    for table, column in (("pairs", "wrote"), ("pairs", "requests"), ("queue", "stranger")):
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    conn.execute(
+        "INSERT INTO pairs (low, high, consent, pending, window_until, blockers)"
+        " VALUES ('alice', 'bob', '{}', '', 0, 'bob')"
+    )
     for seq, nonce in ((1, b"1" * 16), (2, b"2" * 16)):
         conn.execute(
             "INSERT INTO statements (seq, signer, target, action, categories, issued_at,"
@@ -387,6 +396,8 @@ def test_a_schema_2_database_is_upgraded_in_place(tmp_path: Path) -> None:
     assert rows("SELECT nonce, kept_until FROM statement_nonces ORDER BY nonce").fetchall() == [
         (b"1" * 16, keep), (b"2" * 16, keep),
     ]  # fmt: skip
+    assert rows("SELECT stranger FROM queue").fetchall() == [(0,)]
+    assert Store(db).ledger.pair_state("alice", "bob") == PairState(blockers=frozenset({"bob"}))
     db.conn.close()
     connect(path).conn.close()  # and again: nothing left to do
 
