@@ -19,7 +19,6 @@ Not here: the rules themselves (``blindrelay.protocol.consent``), statements
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from functools import partial
@@ -102,10 +101,20 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
     )  # fmt: skip
 
 
-@functools.cache
+_made: tuple[RelayConfig, SendRules] | None = None
+
+
 def send_rules(config: RelayConfig) -> SendRules:
-    """The limits every SEND job applies, made once per configuration (SPEC §10)."""
-    return SendRules(
+    """The limits every SEND job applies, made once per configuration (SPEC §10).
+
+    Remembered by identity: hashing the configuration (as ``functools.cache``
+    would) cost a microsecond of the event loop per SEND.
+    """
+    global _made
+    made = _made
+    if made is not None and made[0] is config:
+        return made[1]
+    rules = SendRules(
         queue_cap=config.queue_cap,
         service_window_ms=config.service_window_ms,
         queue_share_per_sender=config.queue_share_per_sender,
@@ -114,6 +123,8 @@ def send_rules(config: RelayConfig) -> SendRules:
         first_contacts_per_h=config.first_contacts_per_h,
         first_contacts_burst=config.first_contacts_burst,
     )
+    _made = (config, rules)
+    return rules
 
 
 def push_committed(

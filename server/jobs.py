@@ -294,10 +294,14 @@ def send(
         assert recipient is not None
         # SPEC §6.3: the strangers' pool is a user's; a business's customers are all
         # strangers to it, and the pool would shut every one of them out alike.
-        stranger = recipient.kind == AccountKind.USER and is_stranger(state, handle, to)
+        stranger = (
+            recipient.kind == AccountKind.USER
+            and to not in state.wrote  # a contact: the common case, decided here
+            and is_stranger(state, handle, to)
+        )
         queued = queue.queued(to)
         full = queued >= cap
-        floor = min(per_sender, strangers)
+        floor = per_sender if per_sender < strangers else strangers
         if not full and queued >= floor:  # below it no share can be reached: no count
             shares = queue.shares(to, floor)
             full = shares.senders.get(handle, 0) >= per_sender or (
