@@ -470,7 +470,11 @@ def test_backoff_grows_exponentially_with_jitter_up_to_its_cap() -> None:
 
 def test_prekeys_are_topped_up_when_the_relay_says_they_run_low(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with relay_at(tmp_path, bundle_burst=200) as relay:
+        # Alice alone drains bob's keys here: the per-requester, per-owner (SPEC §5.3) and
+        # message-request (§7.3) limits are raised so one account can.
+        limits_raised = {"bundle_burst": 200, "one_time_prekey_burst": 200,
+                         "message_request_max": 200}  # fmt: skip
+        async with relay_at(tmp_path, **limits_raised) as relay:
             bob_store = MemoryKeyStore()
             bob = await online(relay.url, "bob", bob_store)
             assert bob.welcome is not None and bob.welcome.one_time_prekeys == 0
