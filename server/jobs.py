@@ -290,6 +290,11 @@ def send(
         message_request_max=request_max,
     )  # fmt: skip
     full = stranger = False
+    if recipient is None and kind == AccountKind.USER and intent == "chat" and not state.wrote:
+        # SPEC §7.7, "the same work … including for an unknown account": a chat to an
+        # unknown handle reads the first-contact budget as a new stranger's would, so
+        # a sender whose budget is spent cannot tell the two refusals apart by time.
+        store.budgets.tokens(FIRST_CONTACTS, handle, contacts_per_h, contacts_burst, now)
     if decision.verdict is Verdict.ALLOW:
         assert recipient is not None
         # SPEC §6.3: the strangers' pool is a user's; a business's customers are all

@@ -512,9 +512,8 @@ class Budgets:
     def __init__(self, db: sqlite_utils.Database) -> None:
         self.db = db
 
-    def take(self, name: str, key: str, rate_per_h: float, burst: int, now: int) -> bool:
-        """Spend one token of ``key``'s bucket ``name``; False (and nothing written)
-        when it is empty."""
+    def tokens(self, name: str, key: str, rate_per_h: float, burst: int, now: int) -> float:
+        """What ``key``'s bucket ``name`` holds now (one indexed read, nothing written)."""
         row = self.db.conn.execute(
             "SELECT tokens, at FROM budgets WHERE name = ? AND key = ?", (name, key)
         ).fetchone()
@@ -522,6 +521,12 @@ class Budgets:
         if row is not None:
             refill = max(0, now - int(row[1])) * rate_per_h / HOUR_MS
             tokens = min(tokens, float(row[0]) + refill)
+        return tokens
+
+    def take(self, name: str, key: str, rate_per_h: float, burst: int, now: int) -> bool:
+        """Spend one token of ``key``'s bucket ``name``; False (and nothing written)
+        when it is empty."""
+        tokens = self.tokens(name, key, rate_per_h, burst, now)
         if tokens < 1.0:
             return False
         tokens -= 1.0
