@@ -264,7 +264,9 @@ def is_stranger(state: PairState, sender: str, recipient: str) -> bool:
     not written to it and holds none of its consent. A business allowed to notify has a
     grant and one allowed to reply has the window, which the user opened by writing: a
     business that may send at all, other than asking, is no stranger."""
-    return recipient not in state.wrote and not state.granted()
+    if recipient in state.wrote:
+        return False
+    return not any(c.state is CategoryState.GRANTED for c in state.consent.values())
 
 
 def after_accept(state: PairState, decision: Decision, now: int, window_ms: int) -> PairState:

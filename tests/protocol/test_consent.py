@@ -18,6 +18,7 @@ from blindrelay.protocol.consent import (
     after_accept,
     apply_statement,
     business_decision_table,
+    is_stranger,
     may_deliver,
     user_decision_table,
 )
@@ -240,3 +241,14 @@ def test_an_unverified_business_may_ask_only_users_who_wrote_or_granted() -> Non
     # The business having written (a service reply) is no invitation.
     replied = PairState(wrote=frozenset({"business"}))
     assert decide("consent_request", replied, categories=cats, verified=False).verdict is Verdict.REFUSE
+
+
+def test_a_stranger_is_whom_the_recipient_never_wrote_to_and_gave_nothing() -> None:
+    """SPEC §6.3: contacts and consented businesses are no strangers."""
+    assert is_stranger(INITIAL, "spammer", "bob")
+    assert not is_stranger(PairState(wrote=frozenset({"bob"})), "alice", "bob")
+    assert is_stranger(PairState(wrote=frozenset({"alice"})), "alice", "bob")  # she wrote, he not
+    granted = PairState(consent={"utility": CategoryConsent(CategoryState.GRANTED)})
+    assert not is_stranger(granted, "airline", "bob")
+    revoked = PairState(consent={"utility": CategoryConsent(CategoryState.REVOKED, NOW + 1)})
+    assert is_stranger(revoked, "airline", "bob")
