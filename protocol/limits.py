@@ -173,6 +173,11 @@ STATEMENT_NONCE_BYTES = 16
 MAX_STATEMENT_BYTES = 1024
 """Encoded signed statement; a statement is a few fixed-size fields."""
 
+MAX_BLOCK_TARGETS = 10_000
+"""Accounts one account may have a block or unblock on record for. A block of a handle
+nobody holds is kept (so that blocking tells nothing about who exists, SPEC §7.4); this
+bounds what blocking random handles can store. Nobody blocks ten thousand accounts."""
+
 MAX_LISTED_STATEMENTS = 500
 """Statements returned by one listing frame."""
 

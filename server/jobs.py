@@ -371,7 +371,12 @@ def page(store: Store, handle: str, after: int, limit: int, not_before: int) -> 
 
 
 def apply_statement(
-    store: Store, handle: str, signed: bytes, now: int, cooldown_ms: int
+    store: Store,
+    handle: str,
+    signed: bytes,
+    now: int,
+    cooldown_ms: int,
+    max_block_targets: int = limits.MAX_BLOCK_TARGETS,
 ) -> list[Any]:
     """SPEC §7.4–7.5 after the stateless checks passed on the loop.
 
@@ -398,6 +403,12 @@ def apply_statement(
     if store.ledger.seen(handle, statement.nonce):
         raise StaleStatement("nonce: statement seen before")
     action = Action(statement.action)
+    if action is Action.BLOCK:
+        # "…once the signer has them on record for MAX_BLOCK_TARGETS accounts, existing
+        # or not" → 500.
+        on_record = store.ledger.block_targets(handle, statement.target)
+        if on_record is not None and on_record >= max_block_targets:
+            raise InvalidStatement(f"blocks on record for {on_record} accounts already")
     state = store.ledger.pair_state(handle, statement.target)
     new_state, purge = transition(
         state,

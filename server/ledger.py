@@ -176,6 +176,22 @@ class ConsentLedger:
                 superseded.append(bytes(row[0]))
         return superseded
 
+    def block_targets(self, signer: str, target: str) -> int | None:
+        """How many accounts ``signer`` has a block or unblock in force for; None when
+        ``target`` is one of them (SPEC §7.4, ``MAX_BLOCK_TARGETS``)."""
+        known = self.db.execute(
+            "SELECT 1 FROM statements_in_force WHERE signer = ? AND target = ? AND family = ?",
+            (signer, target, "block"),
+        ).fetchone()
+        if known is not None:
+            return None
+        return int(
+            self.db.execute(
+                "SELECT COUNT(*) FROM statements_in_force WHERE signer = ? AND family = ?",
+                (signer, "block"),
+            ).fetchone()[0]
+        )
+
     def purge_nonces(self, now: int) -> int:
         """Forget nonces no statement can carry any more without being stale (SPEC §7.4)."""
         return int(

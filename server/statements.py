@@ -88,7 +88,8 @@ def receive_statement(ctx: RelayContext, session: Session, frame: Statement) -> 
 
     ctx.run_job(
         session, frame, "apply_statement",
-        (handle, frame.statement, now, ctx.config.consent_cooldown_ms), applied,
+        (handle, frame.statement, now, ctx.config.consent_cooldown_ms, limits.MAX_BLOCK_TARGETS),
+        applied,
     )  # fmt: skip
 
 

@@ -443,3 +443,25 @@ def test_eleven_thousand_grants_and_revokes_leave_the_relay_bounded(tmp_path: Pa
         [lambda s: s.db.execute("SELECT COUNT(*) FROM statement_nonces").fetchone()[0]]
     )
     assert nonces <= 2 * limits.STATEMENT_SKEW_MS // step + 1
+
+
+async def test_blocks_are_kept_for_at_most_max_block_targets_accounts(
+    relay: RunningRelay, clients: Clients, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §7.4: a block of a handle nobody holds is kept, so blocks must be bounded per
+    signer, or one account could fill the relay's storage by blocking random handles. The
+    bound counts existing and unknown targets alike: it tells nothing about existence."""
+    monkeypatch.setattr(limits, "MAX_BLOCK_TARGETS", 3)
+    bob = await clients.registered(relay.url, "bob")
+    await clients.registered(relay.url, "carol")
+    await clients.registered(relay.url, "dave")
+    for target in ("carol", "ghost1", "ghost2"):
+        await stated(bob, "block", target, clock.now)
+    invalid = ErrorCode.INVALID_STATEMENT
+    assert error_code(await state(bob, "block", "dave", clock.now)) == invalid
+    assert error_code(await state(bob, "block", "ghost3", clock.now)) == invalid
+    await stated(bob, "unblock", "ghost1", clock.now)  # kept on record: still three
+    assert error_code(await state(bob, "block", "dave", clock.now)) == invalid
+    await stated(bob, "block", "ghost1", clock.now)  # not a new target
+    rows = "SELECT COUNT(*) FROM statements_in_force WHERE signer = 'bob'"
+    assert db_rows(relay.config.db_path, rows) == [(3,)]
