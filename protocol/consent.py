@@ -243,8 +243,8 @@ def may_deliver(
         if category is not None and state.category(category).state is CategoryState.GRANTED:
             return Decision(Verdict.ALLOW, meter=Meter.NOTIFICATION)
         return REFUSE
-    # "A business without a badge in force may ask only users who have written to it
-    # (or granted it a category)": no cold requests from unverified businesses.
+    # SPEC §7.3 "may ask": "the business is verified, or the user has written to it, or
+    # the user has granted it some category" — no cold requests from unverified ones.
     may_ask = sender_verified or recipient in state.wrote or bool(state.granted())
     if request is Request.CONSENT_REQUEST:
         if may_ask and state.asking_allowed(categories, now):

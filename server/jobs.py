@@ -215,10 +215,12 @@ def take_bundle(
 ) -> list[Any]:
     """SPEC §5.3, §7.3: consent decided and one one-time prekey consumed in one job.
 
-    "The relay hands out at most ONE_TIME_PREKEY_BURST one-time prekeys per owner,
-    refilled at ONE_TIME_PREKEY_RATE_PER_H, whoever asks; past that the bundle goes
-    out without one." Returns [identity_key, kind, [key_id, public, signature],
-    [key_id, public] | None, remaining].
+    "The relay … hands out at most ONE_TIME_PREKEY_BURST one-time prekeys of one owner,
+    refilled at ONE_TIME_PREKEY_RATE_PER_H …, whoever asks. When the owner's budget is
+    spent the relay MUST still serve the bundle, without one_time."
+
+    Returns [identity_key, kind, [key_id, public, signature], [key_id, public] | None,
+    remaining].
     """
     sender = Account(requester, requester_kind, b"")
     _, _, decision = decide(store, sender, owner, Request.BUNDLE_FETCH, now)
@@ -304,6 +306,10 @@ def send(
             and to not in state.wrote  # a contact: the common case, decided here
             and is_stranger(state, handle, to)
         )
+        # "The relay MUST refuse with 401 QUEUE_FULL an envelope that would take a
+        # recipient's undelivered envelopes past QUEUE_CAP_PER_RECIPIENT, the sender's own
+        # … past QUEUE_SHARE_PER_SENDER, or — for a user recipient and a sender that is a
+        # stranger to it — the strangers' … past QUEUE_SHARE_STRANGERS."
         queued = queue.queued(to)
         full = queued >= cap
         floor = per_sender if per_sender < strangers else strangers
@@ -312,9 +318,9 @@ def send(
             full = shares.senders.get(handle, 0) >= per_sender or (
                 stranger and shares.strangers >= strangers
             )
-        # "A user may open at most FIRST_CONTACTS_BURST conversations with new strangers
-        # at once": refused like any pair-dependent refusal. Taken last, so a refusal
-        # above spends nothing, and an empty bucket writes nothing.
+        # SPEC §7.3: "a user may open at most FIRST_CONTACTS_BURST of those at once,
+        # refilled at FIRST_CONTACTS_PER_H"; refused like any pair-dependent refusal.
+        # Taken last, so a refusal above spends nothing, and an empty bucket writes nothing.
         take = store.budgets.take
         if (
             not full
