@@ -9,7 +9,9 @@ Trust is shown, never assumed (SPEC §3.3, §13.9): a contact's first key is
 pinned, ``/safety`` prints the number to compare and ``/verify`` records the
 comparison; a changed key is announced in capitals and ``/msg`` refuses to
 send until ``/approve``. Businesses show their badge only when it verifies
-against the operator key given with ``--operator-key`` (SPEC §8.1).
+against the operator key given with ``--operator-key`` (SPEC §8.1), and then
+under the badge's name; the name in a business's own profile is shown only
+as its unverified claim, flagged when it differs from the badge's.
 
 Not here: the protocol and key custody (``sdk``, ``sessions``, ``keystore``).
 """
@@ -143,12 +145,18 @@ class Chat:
                 info = self._badges[handle] = await self.client.business_info(handle)
             except BlindrelayError as exc:
                 return f"[business, profile unreadable: {type(exc).__name__}]"
-        if info.verified:
-            name = info.profile.display_name if info.profile is not None else handle
-            return f"[✔ verified: {name}]"
+        # SPEC §8.1: only the badge's name is shown as verified; the profile's name is
+        # the business's own claim, shown only marked as unverified.
+        claimed = info.claimed_name
+        if info.verified_name is not None:
+            mark = f"[✔ verified: {_printable(info.verified_name)}]"
+            if info.name_mismatch and claimed is not None:
+                mark += f' [!! its profile says "{_printable(claimed)}": NOT verified]'
+            return mark
+        calls_itself = f', its profile says "{_printable(claimed)}"' if claimed else ""
         if info.key_changed:
-            return "[business, KEY CHANGED: not verified]"
-        return f"[business, not verified: {info.badge.status}]"
+            return f"[business, KEY CHANGED: not verified{calls_itself}]"
+        return f"[business, not verified: {info.badge.status.value}{calls_itself}]"
 
     # --- Commands -----------------------------------------------------------------------
 
@@ -296,6 +304,11 @@ class Chat:
         handle = _one_handle(rest, "/unblock HANDLE")
         await self.client.unblock(handle)
         self.say(f"unblocked {handle}")
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped: a name must not rewrite the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _one_handle(rest: str, usage: str) -> str:

@@ -529,12 +529,12 @@ async def play(screen: Screen, workdir: Path) -> None:
             await within(airline.request_consent(USER, ["utility"], EXPLANATION), "the request")
             request = await next_message(user_inbox, "the consent request")
             info = await within(user.business_info(BUSINESS), "the business profile")
-            name = info.profile.display_name if info.profile is not None else BUSINESS
-            mark = style.badge(" ✔ ") + f" {name} (verified by the operator)"
-            if not info.verified:
-                mark = style.warn(f"✘ {name} NOT verified: {info.badge.status}")
-            if not info.verified:
-                raise DemoError("the airline's badge did not verify")
+            if info.verified_name is None:
+                raise DemoError(f"the airline's badge did not verify: {info.badge.status.value}")
+            # SPEC §8.1: the badge's name is the verified one; the profile's is a claim.
+            mark = style.badge(" ✔ ") + f" {info.verified_name} (verified by the operator)"
+            if info.name_mismatch:
+                mark += style.warn(f' but its profile says "{info.claimed_name}": NOT verified')
             await within(user.grant(BUSINESS, ["utility"]), "the grant")
             receipt = await within(consent_seen.get(), "the consent receipt")
             screen.views(

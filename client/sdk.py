@@ -65,6 +65,7 @@ import logging
 import os
 import random
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,6 +227,11 @@ class BusinessInfo:
     ``profile`` verified against ``identity_key``; ``badge.verified`` only
     if the operator key pinned in our configuration signed it for this very
     handle and key and it is valid now.
+
+    Show :attr:`verified_name` as the business's name. The profile is signed
+    by the business itself, so its ``display_name`` (:attr:`claimed_name`) is
+    what the business says it is called — anyone can say "British Airways"
+    there. SPEC §8.1: only the badge's name may be shown as verified.
     """
 
     handle: str
@@ -238,6 +244,42 @@ class BusinessInfo:
     @property
     def verified(self) -> bool:
         return self.badge.verified and not self.key_changed
+
+    @property
+    def verified_name(self) -> str | None:
+        """The operator-signed name (the badge's ``display_name``); None unless :attr:`verified`."""
+        return self.badge.display_name if self.verified else None
+
+    @property
+    def claimed_name(self) -> str | None:
+        """The profile's ``display_name``: the business's own, unverified claim."""
+        return self.profile.display_name if self.profile is not None else None
+
+    @property
+    def name_mismatch(self) -> bool:
+        """Verified, and the profile claims a name other than the badge's (:func:`same_name`).
+
+        Flag it where the business is shown: a business verified as one name
+        and calling itself another is impersonating, or its badge is stale.
+        """
+        verified, claimed = self.verified_name, self.claimed_name
+        return verified is not None and claimed is not None and not same_name(verified, claimed)
+
+
+def same_name(a: str, b: str) -> bool:
+    """Whether two display names are the same name as a person reads it (SPEC §8.2).
+
+    Compared after Unicode NFKC normalisation, case folding and collapsing
+    runs of whitespace: "Bob's  BAKERY" is "Bob's Bakery", while anything a
+    reader could tell apart — another word, another letter, punctuation —
+    differs. Deliberately no confusable folding: "Bank" and "Βank" (Greek
+    capital beta) differ and are flagged, which errs on the side of warning.
+    """
+
+    def key(name: str) -> str:
+        return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+
+    return key(a) == key(b)
 
 
 def _to_message(incoming: Incoming) -> Message:
@@ -1700,4 +1742,5 @@ __all__ = [
     "IdentityState",
     "Message",
     "Receipt",
+    "same_name",
 ]

@@ -437,3 +437,51 @@ def test_consents_follow_every_new_statement_and_keep_unchanged_folds(tmp_path: 
             await shop.close()
 
     run(scenario())
+
+
+def test_a_badge_for_one_name_never_shows_the_profile_s_other_name_as_verified(
+    tmp_path: Path,
+) -> None:
+    """Issue 13 item 1 (SPEC §8.1–8.2): the badge names "Bob's Bakery", the business's own
+    profile says "British Airways". Only the badge's name is the verified one; the profile
+    name is an unverified claim, and the difference is flagged."""
+
+    async def scenario() -> None:
+        key_path, pinned = operator_key(tmp_path, "operator")
+        async with relay_at(tmp_path, skewed_relay_clock()) as relay:
+            bakery = await business_online(relay.url, "bakery")
+            await within(
+                bakery.publish_profile(display_name="British Airways", timezone="UTC", hours=[])
+            )
+            argv = ["admin", "verify-business", "bakery", "--name", "Bob's Bakery"]
+            argv += ["--operator-key", str(key_path), "--db", str(relay.config.db_path)]
+            assert relay_cli(argv) == 0
+            clock = FakeClock(bakery.client.clock())
+            alice = Client(MemoryKeyStore(), backoff=FAST, operator_key=pinned, clock=clock)
+            await within(alice.connect(relay.url))
+            await within(alice.register("alice"))
+
+            info = await within(alice.business_info("bakery"))
+            assert info.verified
+            assert info.verified_name == "Bob's Bakery"
+            assert info.claimed_name == "British Airways"
+            assert info.name_mismatch
+
+            await within(
+                bakery.publish_profile(display_name="bob's  BAKERY", timezone="UTC", hours=[])
+            )
+            same = await within(alice.business_info("bakery"))
+            assert same.verified_name == "Bob's Bakery" and not same.name_mismatch
+
+            clock.advance(366 * DAY_MS)  # the badge expired: nothing is verified any more
+            expired = await within(alice.business_info("bakery"))
+            assert not expired.verified and expired.verified_name is None
+            assert expired.claimed_name == "bob's  BAKERY" and not expired.name_mismatch
+
+            unpinned = await online(relay.url, "bob")  # no operator key: nothing verifies
+            assert (await within(unpinned.business_info("bakery"))).verified_name is None
+            for client in (alice, unpinned):
+                await client.close()
+            await bakery.close()
+
+    run(scenario())

@@ -417,3 +417,40 @@ def test_unblocking_a_business_lets_the_user_write_but_keeps_consent_revoked(
     finally:
         assert fay.close() == 0
     assert "Gate C1" not in fay.seen
+
+
+@pytest.mark.slow
+def test_a_profile_name_other_than_the_badge_s_is_never_shown_as_verified(
+    relay_url: str, tmp_path: Path
+) -> None:
+    """Issue 13 item 1: verified as "Bob's Bakery", the profile says "British Airways"."""
+    gus, key_file = customer(relay_url, tmp_path, "gus")
+    expect = reader(gus)
+
+    async def business_side() -> None:
+        client = Client.open(None)
+        bakery = Business(client)
+        await client.connect(relay_url)
+        await client.register("bakery", "business")
+        await bakery.publish_profile(display_name="British Airways", timezone="UTC", hours=[])
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert relay_cli(["admin", "verify-business", "bakery", "--name", "Bob's Bakery",
+                              "--operator-key", str(key_file),
+                              "--db", str(tmp_path / "relay.db")]) == 0  # fmt: skip
+        await expect("registered gus")
+        try:
+            await bakery.request_consent("gus", ["marketing"], "Your boarding pass?")
+            await expect(r"\[consent request\] bakery \[✔ verified: Bob's Bakery\] "
+                         r"\[!! its profile says \"British Airways\": NOT verified\] "
+                         r"asks for marketing")  # fmt: skip
+            gus.type("/contacts")
+            await expect(r"  bakery \(business\) .*\[✔ verified: Bob's Bakery\] "
+                         r"\[!! its profile says \"British Airways\": NOT verified\]")  # fmt: skip
+        finally:
+            await bakery.close()
+
+    try:
+        asyncio.run(business_side())
+    finally:
+        assert gus.close() == 0
+    assert "verified: British Airways" not in gus.seen
