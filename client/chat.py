@@ -34,7 +34,7 @@ from blindrelay.protocol import limits
 from blindrelay.protocol.errors import BlindrelayError, UntrustedIdentity
 
 from .keystore import KeyStoreError
-from .sdk import BusinessInfo, Client, ConnectionLost, Message
+from .sdk import BusinessInfo, Client, ConnectionLost, Message, RelayKeyChanged
 
 _CONTACTS_KEY = "chat/contacts"
 """JSON object handle → kind ("user", "business" or "" when not known yet)."""
@@ -69,6 +69,8 @@ class Options:
     kind: str
     passphrase: str
     operator_key: bytes | None
+    accept_relay_key: bytes | None = None
+    """Pin this relay key first (after the relay's operator confirmed a new one)."""
 
 
 class Chat:
@@ -345,6 +347,8 @@ async def session(options: Options, out: IO[str]) -> int:
     chat = Chat(client, out)
     receiver: asyncio.Task[None] | None = None
     try:
+        if options.accept_relay_key is not None:
+            client.accept_relay_key(options.accept_relay_key)
         await client.connect(options.relay)
         if client.handle is None:
             if options.handle is None:
@@ -365,6 +369,14 @@ async def session(options: Options, out: IO[str]) -> int:
             if not await chat.command(raw.decode(errors="replace")):
                 break
         return 0
+    except RelayKeyChanged as exc:
+        chat.say(
+            f"blindrelay chat: {options.relay} presents relay key {exc.presented.hex()}, not "
+            f"{exc.pinned.hex()} pinned in this profile; nothing was sent. If the relay's "
+            f"operator confirms the new key, run again with --accept-relay-key "
+            f"{exc.presented.hex()}"
+        )
+        return 1
     except (ConnectionLost, BlindrelayError) as exc:
         chat.say(f"blindrelay chat: {type(exc).__name__} {exc}".rstrip())
         return 1

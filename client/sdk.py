@@ -34,6 +34,9 @@ Guarantees, each from the spec:
 - **Key changes stop sends** (SPEC §3.3). A contact's new identity key raises
   :class:`UntrustedIdentity` from ``send`` until :meth:`Client.approve_identity`;
   their messages under the new key wait (unacknowledged) for that decision.
+- **The relay key is pinned** (SPEC §4.1): at the first login; a relay
+  presenting another key is :class:`RelayKeyChanged` before anything is sent
+  on that connection, until :meth:`Client.accept_relay_key`.
 - **Relay errors are named** (SPEC §9): an ERROR answering a request raises
   the exception of :mod:`blindrelay.protocol.errors` from the awaiting call.
 - **Receipts are messages** (SPEC §6.2): delivered/read receipts are encrypted
@@ -154,6 +157,28 @@ _SENT_PREFIX: bytes = b"\x84" + msgpack.packb("t") + msgpack.packb(_SENT_TAG)
 test that keeps every other frame off the SENT fast path."""
 _SENT_MAX_BYTES = 64
 """A canonical SENT is at most 47 bytes; anything longer takes the strict decoder."""
+
+
+class RelayKeyChanged(BlindrelayError):
+    """The relay presents another key than the one pinned for this profile.
+
+    Raised from :meth:`Client.connect` (and by every waiting call once a
+    reconnect meets it) as soon as HELLO shows the key, before anything is
+    sent or acknowledged on that connection. The relay key is what our
+    statements are bound to (SPEC §7.4) and what the relay signs nothing
+    without: a new key means a new operator key pair, or someone else
+    answering at the relay's address. Only a person who learnt the new key
+    out of band should accept it, with :meth:`Client.accept_relay_key`.
+    A client-side error: no wire code.
+    """
+
+    def __init__(self, pinned: bytes, presented: bytes) -> None:
+        super().__init__(
+            f"the relay presents key {presented.hex()}, not the key {pinned.hex()} pinned "
+            "for this profile"
+        )
+        self.pinned = pinned
+        self.presented = presented
 
 
 @dataclass(frozen=True, slots=True)
@@ -732,14 +757,39 @@ class Client:
         """Open a connection to the relay at ``url`` and wait for its HELLO.
 
         The first connection must succeed (ConnectionLost otherwise); later
-        drops are retried in the background.
+        drops are retried in the background. Raises :class:`RelayKeyChanged`
+        when the relay's key is not the pinned one (then nothing was sent); a
+        client stopped by it may connect again once the application called
+        :meth:`accept_relay_key` (one that was logged in logs in by itself).
         """
-        if self._runner is not None:
-            raise RuntimeError("already connected")
+        runner = self._runner
+        if runner is not None:
+            if not runner.done() or not isinstance(self._fatal, RelayKeyChanged):
+                raise RuntimeError("already connected")
+            self._runner, self._fatal = None, None
+            self._link_ready.clear()
+            self._online_event.clear()
         self._url = url
         transport = await WebSocketTransport.open(url)
         self._runner = asyncio.create_task(self._run(transport))
-        await self._wait_link_ready()
+        try:
+            await self._wait_link_ready()
+        except RelayKeyChanged:
+            with contextlib.suppress(RelayKeyChanged):
+                await self._runner  # ended with it; retrieved here
+            raise
+
+    def accept_relay_key(self, relay_key: bytes) -> None:
+        """Pin ``relay_key`` as this profile's relay key: the user's deliberate decision.
+
+        For after :class:`RelayKeyChanged`, once the person learnt the new
+        key from the operator out of band. Statements are bound to the relay
+        key (SPEC §7.4): the ones we hold stay verifiable only against the key
+        they name, and new ones are made for the new key.
+        """
+        if not isinstance(relay_key, bytes) or len(relay_key) != 32:
+            raise ValueError("a relay key is 32 bytes")
+        self.store.set_state(_RELAY_KEY, relay_key)
 
     async def register(self, handle: str, kind: AccountKind = "user") -> None:
         """Create the account ``handle`` on the relay and publish prekeys (SPEC §4.2, §5.2).
@@ -781,6 +831,10 @@ class Client:
 
     async def _welcomed(self, link: _Link, welcome: frames.Welcome) -> None:
         """SPEC §4.4: top up prekeys (SPEC §5.4), then resend the outbox (SPEC §6.3)."""
+        hello = link.conn.hello
+        assert hello is not None
+        if self.store.get_state(_RELAY_KEY) is None:  # the first login pins it (SPEC §4.1)
+            self.store.set_state(_RELAY_KEY, hello.relay_key)
         self._auto_login = True
         upload = self.sessions.prekeys_upload(
             link.conn.next_request_id(),
@@ -793,12 +847,6 @@ class Client:
             raise ConnectionLost("connection lost during login")
         for outgoing in list(self._outbox.values()):
             self._transmit(link, outgoing)
-        hello = link.conn.hello
-        assert hello is not None
-        if self.store.get_state(_RELAY_KEY) is None:
-            self.store.set_state(_RELAY_KEY, hello.relay_key)
-        elif self.store.get_state(_RELAY_KEY) != hello.relay_key:
-            log.warning("the relay presents another key than the one pinned at registration")
         self._online = link
         self._online_event.set()
         self.welcome = welcome
@@ -917,6 +965,7 @@ class Client:
             await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
             if not link.hello.done():
                 await reader  # raises why the connection ended before HELLO
+            self._check_relay_key(link.hello.result())
             self._link_ready.set()
             if self._auto_login:
                 identity = self.sessions.identity
@@ -930,6 +979,13 @@ class Client:
             await reader
         finally:
             reader.cancel()
+
+    def _check_relay_key(self, hello: frames.Hello) -> None:
+        """SPEC §4.1: "a client MUST NOT send anything on a connection whose HELLO presents
+        another relay key than the one it pinned, until its user accepts the new key"."""
+        pinned = self.store.get_state(_RELAY_KEY)
+        if pinned is not None and pinned != hello.relay_key:
+            raise RelayKeyChanged(pinned, hello.relay_key)
 
     def _drop(self, link: _Link) -> None:
         link.fail(ConnectionLost("connection ended"))
@@ -963,8 +1019,11 @@ class Client:
             await self._online_event.wait()
 
     def _raise_if_fatal(self) -> None:
-        if self._fatal is not None:
-            raise ConnectionLost("client stopped after an error") from self._fatal
+        fatal = self._fatal
+        if isinstance(fatal, RelayKeyChanged):
+            raise RelayKeyChanged(fatal.pinned, fatal.presented)
+        if fatal is not None:
+            raise ConnectionLost("client stopped after an error") from fatal
         if self._closing:
             raise ConnectionLost("client closed")
 
@@ -1628,7 +1687,8 @@ class Client:
 
     @property
     def relay_key(self) -> bytes | None:
-        """The relay key pinned at our first login: statements must be bound to it."""
+        """The relay key pinned at our first login (or accepted since): statements are bound
+        to it, and a relay presenting another one is :class:`RelayKeyChanged`."""
         return self.store.get_state(_RELAY_KEY)
 
     def check_statement(self, signed: bytes) -> HeldStatement:
@@ -1742,5 +1802,6 @@ __all__ = [
     "IdentityState",
     "Message",
     "Receipt",
+    "RelayKeyChanged",
     "same_name",
 ]

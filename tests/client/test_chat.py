@@ -29,6 +29,8 @@ from blindrelay.protocol.errors import RecipientUnavailable
 from blindrelay.protocol.signed import ConsentStatement
 from blindrelay.server.cli import main as relay_cli
 
+from .test_sdk import replace_relay_key
+
 TIMEOUT_S = 15.0
 PASSPHRASE_ENV = "CHAT_TEST_PASSPHRASE"
 
@@ -85,11 +87,12 @@ class Terminal:
         return status
 
 
-@pytest.fixture
-def relay_url(tmp_path: Path) -> Iterator[str]:
+@contextlib.contextmanager
+def relay_process(db: Path) -> Iterator[str]:
+    """``blindrelay serve`` on ``db`` as a subprocess; yields its URL."""
     relay = subprocess.Popen(
         [sys.executable, "-m", "blindrelay.server.cli", "serve", "--port", "0",
-         "--db", str(tmp_path / "relay.db")],
+         "--db", str(db)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert relay.stdout is not None
@@ -103,11 +106,18 @@ def relay_url(tmp_path: Path) -> Iterator[str]:
         relay.stdout.close()
 
 
-def chat(url: str, profile: Path, handle: str) -> Terminal:
+@pytest.fixture
+def relay_url(tmp_path: Path) -> Iterator[str]:
+    with relay_process(tmp_path / "relay.db") as url:
+        yield url
+
+
+def chat(url: str, profile: Path, handle: str, *options: str) -> Terminal:
     env = {**os.environ, PASSPHRASE_ENV: f"passphrase of {handle}"}
     return Terminal(
         [sys.executable, "-m", "blindrelay.server.cli", "chat", "--relay", url,
-         "--profile", str(profile), "--handle", handle, "--passphrase-env", PASSPHRASE_ENV],
+         "--profile", str(profile), "--handle", handle, "--passphrase-env", PASSPHRASE_ENV,
+         *options],
         env,
     )  # fmt: skip
 
@@ -454,3 +464,34 @@ def test_a_profile_name_other_than_the_badge_s_is_never_shown_as_verified(
     finally:
         assert gus.close() == 0
     assert "verified: British Airways" not in gus.seen
+
+
+@pytest.mark.slow
+def test_a_relay_with_another_key_is_one_line_until_the_person_accepts_it(
+    tmp_path: Path,
+) -> None:
+    """Issue 13 item 11: no traceback, nothing sent, and a deliberate way on."""
+    db, profile = tmp_path / "relay.db", tmp_path / "hal.profile"
+    with relay_process(db) as url:
+        hal = chat(url, profile, "hal")
+        hal.expect("registered hal")
+        assert hal.close() == 0
+    replace_relay_key(db)
+    with relay_process(db) as url:
+        hal = chat(url, profile, "hal")
+        line = hal.expect(
+            r"blindrelay chat: \S+ presents relay key ([0-9a-f]{64}), not [0-9a-f]{64} pinned "
+            r"in this profile; nothing was sent\. If the relay's operator confirms the new "
+            r"key, run again with --accept-relay-key ([0-9a-f]{64})\n"
+        )
+        assert hal.close() == 1
+        assert "Traceback" not in hal.seen and "logged in" not in hal.seen
+        new_key = line.group(1)
+        assert line.group(2) == new_key
+
+        hal = chat(url, profile, "hal", "--accept-relay-key", new_key)
+        hal.expect("logged in as hal")
+        assert hal.close() == 0
+        hal = chat(url, profile, "hal")  # pinned from now on
+        hal.expect("logged in as hal")
+        assert hal.close() == 0
