@@ -3,7 +3,9 @@
 A :class:`KeyStore` holds our identity (Ed25519 seed) and profile settings, our
 signed and one-time prekeys, the opaque session state per contact, the contacts'
 identity keys we trust (TOFU), the ids of envelopes already processed, the inbox
-of decrypted messages the app has not consumed yet, and small SDK state.
+of decrypted messages the app has not consumed yet, small SDK state, and SDK
+logs (ordered, append-only lists of records per group: kept statements, held
+messages), where adding a record costs the same however many the group holds.
 :class:`MemoryKeyStore` serves tests and throwaway clients; :class:`SqliteKeyStore`
 is the durable one, encrypted at rest.
 
@@ -37,6 +39,8 @@ At rest (:class:`SqliteKeyStore`)::
     row key  k = BLAKE2b-256(key=lookup key, table ‖ 0x00 ‖ natural key)
     row AD     = "blindrelay.keystore.v1" ‖ 0x00 ‖ table ‖ 0x00 ‖ k
     row value  = nonce(24) ‖ XChaCha20-Poly1305(record key, nonce, msgpack(fields), row AD)
+    log row    g = BLAKE2b-256(key=lookup key, "logs" ‖ 0x00 ‖ group), seq = u64 position,
+               AD = "blindrelay.keystore.v1" ‖ 0x00 ‖ "logs" ‖ 0x00 ‖ g ‖ seq (big-endian)
 
 Unwrapping the master key is the passphrase verifier (a wrong passphrase fails
 its tag → :class:`WrongPassphrase`), and changing the passphrase rewraps that one
@@ -44,7 +48,8 @@ key instead of every record. Handles, message ids and state keys appear on disk
 only as keyed hashes; the AD binds each sealed value to its table and row, so
 rows cannot be swapped or moved between tables undetected. What the file still
 shows: the number and size of rows per table (how many contacts, prekeys and
-pending messages) and, in the WAL, when they were written.
+pending messages), which log rows belong to one group (not whose) and, in the
+WAL, when they were written.
 """
 
 from __future__ import annotations
@@ -329,6 +334,11 @@ class KeyStore(Protocol):
     def delete_state(self, key: str) -> None: ...
     def state_items(self, prefix: str) -> list[tuple[str, bytes]]: ...
 
+    # SDK logs: per group, records in the order they were appended
+    def append_log(self, group: str, value: bytes) -> None: ...
+    def read_log(self, group: str, start: int = 0) -> list[bytes]: ...
+    def delete_log(self, group: str, count: int | None = None) -> None: ...
+
     # Grouping: every write inside the block lands, or none does (nests)
     def atomic(self) -> AbstractContextManager[object]: ...
 
@@ -523,6 +533,9 @@ class MemoryKeyStore(_KeyStoreBase):
         self._processed: OrderedDict[tuple[str, bytes], None] = OrderedDict()
         self._pending: OrderedDict[tuple[str, bytes], IncomingMessage] = OrderedDict()
         self._state: dict[str, bytes] = {}
+        self._logs: dict[str, dict[int, bytes]] = {}
+        """group → {sequence number: record}; numbers only grow, so they give the order."""
+        self._log_seq = 0
         self._max_processed = max_processed_ids
         self._journal: list[tuple[dict[Any, Any], Any, Any]] = []
         self._savepoints: list[tuple[int, dict[str, OrderedDict[Any, Any]]]] = []
@@ -680,6 +693,34 @@ class MemoryKeyStore(_KeyStoreBase):
         """Every state entry whose key starts with ``prefix``, sorted by key."""
         return sorted((k, v) for k, v in self._state.items() if k.startswith(prefix))
 
+    def append_log(self, group: str, value: bytes) -> None:
+        _require_state_key(group)
+        if not isinstance(value, bytes):
+            raise TypeError("log record must be bytes")
+        entries = self._logs.get(group)
+        if entries is None:
+            entries = {}
+            self._put(self._logs, group, entries)
+        self._log_seq += 1  # not undone by a rollback: a gap keeps the order
+        self._put(entries, self._log_seq, value)
+
+    def read_log(self, group: str, start: int = 0) -> list[bytes]:
+        _require_state_key(group)
+        entries = self._logs.get(group, {})
+        # Sorted: an undone deletion puts an entry back at the dict's end.
+        return [entries[seq] for seq in sorted(entries)][start:]
+
+    def delete_log(self, group: str, count: int | None = None) -> None:
+        _require_state_key(group)
+        entries = self._logs.get(group)
+        if entries is None:
+            return
+        if count is None or count >= len(entries):
+            self._pop(self._logs, group)
+            return
+        for seq in sorted(entries)[:count]:
+            self._pop(entries, seq)
+
     def close(self) -> None:
         """Nothing to release; present so both stores share one lifecycle."""
 
@@ -694,6 +735,12 @@ _NONCE_BYTES = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
 _KV_TABLES = ("settings", "signed_prekeys", "one_time_prekeys", "sessions", "identities", "state")
 _ORDERED_TABLES = ("processed", "inbox")
 _TABLES = frozenset(_KV_TABLES + _ORDERED_TABLES)
+_LOGS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS logs (seq INTEGER PRIMARY KEY, g BLOB NOT NULL, v BLOB NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS logs_by_group ON logs (g, seq)",
+)
+"""Added after the first files were written: created when a store opens, so that
+files made before it open unchanged (the SDK then moves its old records in)."""
 _CACHED_TABLES = frozenset({"sessions", "identities", "state"})
 """Read on every send (session, trusted key, pending key change, SPEC §3.3); prekeys
 and our identity are not kept decrypted here."""
@@ -854,6 +901,8 @@ class SqliteKeyStore(_KeyStoreBase):
             else:
                 header = cls._read_header(db)
                 master = cls._unwrap(header, passphrase)
+            for statement in _LOGS_SCHEMA:
+                conn.execute(statement)
         except sqlite3.DatabaseError as exc:
             conn.close()
             _disown_file(owner)
@@ -1246,3 +1295,38 @@ class SqliteKeyStore(_KeyStoreBase):
         """
         items = ((str(key), bytes(value)) for key, value in self._all("state"))
         return sorted(item for item in items if item[0].startswith(prefix))
+
+    def _log_ad_key(self, g: bytes, seq: int) -> bytes:
+        return g + seq.to_bytes(8, "big")
+
+    def append_log(self, group: str, value: bytes) -> None:
+        """One row: the next sequence number, sealed to its group and position."""
+        _require_state_key(group)
+        if not isinstance(value, bytes):
+            raise TypeError("log record must be bytes")
+        g = self._lookup("logs", group.encode())
+        ((seq,),) = self._db.execute("SELECT coalesce(max(seq), 0) + 1 FROM logs").fetchall()
+        sealed = self._seal("logs", self._log_ad_key(g, seq), [group, value])
+        self._db.execute("INSERT INTO logs (seq, g, v) VALUES (?, ?, ?)", [seq, g, sealed])
+
+    def read_log(self, group: str, start: int = 0) -> list[bytes]:
+        _require_state_key(group)
+        g = self._lookup("logs", group.encode())
+        rows = self._db.execute(
+            "SELECT seq, v FROM logs WHERE g = ? ORDER BY seq LIMIT -1 OFFSET ?", [g, start]
+        ).fetchall()
+        records = []
+        for seq, sealed in rows:
+            stored_group, value = self._open_sealed("logs", self._log_ad_key(g, seq), sealed)
+            if stored_group != group:
+                raise KeyStoreCorrupted("a log row is filed under another group")
+            records.append(bytes(value))
+        return records
+
+    def delete_log(self, group: str, count: int | None = None) -> None:
+        _require_state_key(group)
+        g = self._lookup("logs", group.encode())
+        self._db.execute(
+            "DELETE FROM logs WHERE seq IN (SELECT seq FROM logs WHERE g = ? ORDER BY seq LIMIT ?)",
+            [g, -1 if count is None else count],
+        )

@@ -139,6 +139,12 @@ log = logging.getLogger("blindrelay.client")
 
 _OUTBOX_PREFIX = "sdk/outbox/"
 _STATEMENTS_PREFIX = "sdk/statements/"
+"""Before statements were kept one per log row: one packed list per counterpart,
+rewritten whole on each statement. Moved into the log when a profile opens."""
+_STATEMENT_COUNT_PREFIX = "sdk/statement-count/"
+"""Per counterpart, how many statements its log holds (u64 big-endian)."""
+_STATEMENT_LOG = "statements/"
+"""Keystore log group prefix: one row per kept statement, in the order kept."""
 _RELAY_KEY = "sdk/relay-key"
 _REGISTERED_KEY = "sdk/registered"
 _ROTATING_KEY = "sdk/rotating-identity-seed"
@@ -699,7 +705,9 @@ class Client:
         self._closing = False
         self._fatal: BaseException | None = None
         self._inbox_changed = asyncio.Event()
-        self._outbox: dict[bytes, _Outgoing] = self._load_outbox()
+        state = self.store.state_items("sdk/")  # opens every state row: once, at start
+        self._outbox: dict[bytes, _Outgoing] = self._load_outbox(state)
+        self._migrate_statements(state)
         self._outbox_clock = 0
         """The last outbox key's time: keys increase even within one nanosecond."""
         self._retiring: list[str] = []
@@ -1179,10 +1187,24 @@ class Client:
             self.on_statement(statement)
 
     def _keep_statement(self, counterpart: str, signed: bytes) -> None:
-        key = _STATEMENTS_PREFIX + counterpart
-        blob = self.store.get_state(key)
-        kept = msgpack.unpackb(blob, raw=False) if blob is not None else []
-        self.store.set_state(key, msgpack.packb([*kept, signed], use_bin_type=True))
+        """Append one statement to ``counterpart``'s log: two small rows, however many
+        are kept (the statement, and the counterpart's new count)."""
+        key = _STATEMENT_COUNT_PREFIX + counterpart
+        count = int.from_bytes(self.store.get_state(key) or b"", "big") + 1
+        with self.store.atomic():
+            self.store.append_log(_STATEMENT_LOG + counterpart, signed)
+            self.store.set_state(key, count.to_bytes(8, "big"))
+
+    def _migrate_statements(self, state: list[tuple[str, bytes]]) -> None:
+        """Move statements kept in the old format (one list per counterpart) into the log."""
+        for key, record in state:
+            if not key.startswith(_STATEMENTS_PREFIX):
+                continue
+            counterpart = key.removeprefix(_STATEMENTS_PREFIX)
+            with self.store.atomic():
+                for signed in _unpack_statements(record):
+                    self._keep_statement(counterpart, signed)
+                self.store.delete_state(key)
 
     def _ack(self, link: _Link, deliver: frames.Deliver) -> None:
         if not link.lost:
@@ -1556,10 +1578,10 @@ class Client:
         if outgoing is not None and link is not None and not link.lost:
             self._transmit(link, outgoing)  # else the next WELCOME resends the outbox
 
-    def _load_outbox(self) -> dict[bytes, _Outgoing]:
+    def _load_outbox(self, state: list[tuple[str, bytes]]) -> dict[bytes, _Outgoing]:
         """One keystore entry per envelope awaiting SENT, in the order they were queued."""
         entries = [
-            _Outgoing.unpack(key, blob) for key, blob in self.store.state_items(_OUTBOX_PREFIX)
+            _Outgoing.unpack(key, blob) for key, blob in state if key.startswith(_OUTBOX_PREFIX)
         ]
         return {outgoing.msg_id: outgoing for outgoing in entries}
 
@@ -1667,23 +1689,27 @@ class Client:
         self._keep_statement(target, signed)
         return statement
 
-    def held_statements(self, counterpart: str) -> list[bytes]:
-        """Signed statements kept with ``counterpart`` (ours or theirs to us), oldest first."""
-        return _unpack_statements(self.store.get_state(_STATEMENTS_PREFIX + counterpart))
+    def held_statements(self, counterpart: str, start: int = 0) -> list[bytes]:
+        """Signed statements kept with ``counterpart`` (ours or theirs to us), oldest first,
+        from the ``start``-th on."""
+        return self.store.read_log(_STATEMENT_LOG + counterpart, start)
 
     def statement_counterparts(self) -> list[str]:
         """Every account we keep statements with."""
-        return [counterpart for counterpart, _ in self._statement_records()]
+        return sorted(self.statement_counts())
 
-    def _statement_records(self) -> list[tuple[str, bytes]]:
-        """Per counterpart, the packed record of its statements (:func:`_unpack_statements`).
+    def statement_counts(self) -> dict[str, int]:
+        """Per counterpart, how many statements we keep with it.
 
-        A record changes whenever a statement is added, so a caller that
-        derives something from each counterpart's statements can tell which
-        ones to derive again without unpacking the others.
+        Statements are only ever added, so a count tells a caller that derives
+        something from a counterpart's statements whether there are new ones,
+        and ``held_statements(counterpart, start=old count)`` reads just those.
         """
-        prefix = _STATEMENTS_PREFIX
-        return [(key.removeprefix(prefix), blob) for key, blob in self.store.state_items(prefix)]
+        prefix = _STATEMENT_COUNT_PREFIX
+        return {
+            key.removeprefix(prefix): int.from_bytes(blob, "big")
+            for key, blob in self.store.state_items(prefix)
+        }
 
     @property
     def relay_key(self) -> bytes | None:
@@ -1775,7 +1801,7 @@ class Client:
 
 
 def _unpack_statements(record: bytes | None) -> list[bytes]:
-    """The signed statements in a record kept by :meth:`Client._keep_statement`."""
+    """The signed statements in a record of the old format (:data:`_STATEMENTS_PREFIX`)."""
     return [bytes(item) for item in msgpack.unpackb(record, raw=False)] if record else []
 
 
