@@ -34,7 +34,14 @@ from blindrelay.protocol import limits
 from blindrelay.protocol.errors import BlindrelayError, UntrustedIdentity
 
 from .keystore import KeyStoreError
-from .sdk import BusinessInfo, Client, ConnectionLost, Message, RelayKeyChanged
+from .sdk import (
+    MAX_HELD_PER_SENDER,
+    BusinessInfo,
+    Client,
+    ConnectionLost,
+    Message,
+    RelayKeyChanged,
+)
 
 _CONTACTS_KEY = "chat/contacts"
 """JSON object handle → kind ("user", "business" or "" when not known yet)."""
@@ -240,9 +247,15 @@ class Chat:
         if not self.client.identity_change_pending(handle):
             self.say(f"no key change pending for {handle}")
             return
+        dropped = self.client.held_messages(handle).dropped
         self.client.approve_identity(handle)
         self._badges.pop(handle, None)
         self.say(f"accepted {handle}'s new key; messages to {handle} allowed again")
+        if dropped:
+            self.say(
+                f"  {dropped} message(s) from {handle} were dropped while the change waited "
+                f"(at most {MAX_HELD_PER_SENDER} are kept): ask {handle} to resend them"
+            )
 
     async def requests(self, _rest: str) -> None:
         requests = self._load(_REQUESTS_KEY)

@@ -33,7 +33,10 @@ Guarantees, each from the spec:
   application asks for the next one.
 - **Key changes stop sends** (SPEC §3.3). A contact's new identity key raises
   :class:`UntrustedIdentity` from ``send`` until :meth:`Client.approve_identity`;
-  their messages under the new key wait (unacknowledged) for that decision.
+  their messages from then on wait for that decision, kept in the keystore
+  and acknowledged (so one sender can never stall delivery from others, SPEC
+  §6.4), up to ``MAX_HELD_PER_SENDER`` per sender; approving decrypts them in
+  order, blocking the sender discards them.
 - **The relay key is pinned** (SPEC §4.1): at the first login; a relay
   presenting another key is :class:`RelayKeyChanged` before anything is sent
   on that connection, until :meth:`Client.accept_relay_key`.
@@ -76,7 +79,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from blindrelay.protocol import frames, limits
+from blindrelay.protocol import codec, frames, limits
 from blindrelay.protocol.business import (
     BadgeCheck,
     BadgeStatus,
@@ -100,6 +103,7 @@ from blindrelay.protocol.errors import (
     CryptoError,
     InternalError,
     InvalidStatement,
+    MalformedFrame,
     ProtocolError,
     RateLimited,
     ShuttingDown,
@@ -145,6 +149,18 @@ _STATEMENT_COUNT_PREFIX = "sdk/statement-count/"
 """Per counterpart, how many statements its log holds (u64 big-endian)."""
 _STATEMENT_LOG = "statements/"
 """Keystore log group prefix: one row per kept statement, in the order kept."""
+_HELD_LOG = "held/"
+"""Keystore log group prefix: per sender, the DELIVERs held for a trust decision."""
+_HELD_PREFIX = "sdk/held/"
+"""Per sender with held messages: how many are held and how many were dropped."""
+MAX_HELD_PER_SENDER = 100
+"""Messages kept per sender while its identity key change awaits the user (SPEC
+§3.3). Held messages are acknowledged, so they never occupy the relay's delivery
+window; this bounds what one sender can make us store (up to 100 envelopes of at
+most 64 KiB). A contact on a new phone rarely sends more before the user decides;
+beyond it messages are dropped, acknowledged and counted
+(:meth:`Client.held_messages`), so the application can ask them to resend.
+Larger keeps more of a real backlog and gives a forger more disk."""
 _RELAY_KEY = "sdk/relay-key"
 _REGISTERED_KEY = "sdk/registered"
 _ROTATING_KEY = "sdk/rotating-identity-seed"
@@ -239,6 +255,16 @@ class Message:
     def is_consent_request(self) -> bool:
         """A business asks for consent to ``categories``; ``body`` is its explanation."""
         return self.intent == frames.Intent.CONSENT_REQUEST
+
+
+@dataclass(frozen=True, slots=True)
+class HeldMessages:
+    """A sender's messages waiting for the user's decision on its new identity key."""
+
+    held: int
+    """Kept, acknowledged, decrypted in order once the key is approved."""
+    dropped: int
+    """Refused beyond ``MAX_HELD_PER_SENDER``: gone; the sender must resend them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -708,6 +734,15 @@ class Client:
         state = self.store.state_items("sdk/")  # opens every state row: once, at start
         self._outbox: dict[bytes, _Outgoing] = self._load_outbox(state)
         self._migrate_statements(state)
+        self._held: dict[str, HeldMessages] = {
+            key.removeprefix(_HELD_PREFIX): _unpack_held(blob)
+            for key, blob in state
+            if key.startswith(_HELD_PREFIX)
+        }
+        """Mirror of the keystore's held counts: every DELIVER asks whether its sender
+        has messages held (then it is held behind them, in order)."""
+        self._announced: set[str] = set()
+        """Senders whose key change ``on_identity_change`` heard of in this run."""
         self._outbox_clock = 0
         """The last outbox key's time: keys increase even within one nanosecond."""
         self._retiring: list[str] = []
@@ -716,7 +751,6 @@ class Client:
         self._bulk_sends: dict[bytes, _Bulk] = {}
         """msg_id → the :meth:`send_many` it belongs to (instead of a future each)."""
         self._rate_limit_retries: dict[bytes, int] = {}
-        self._held: dict[str, list[frames.Deliver]] = {}
         self._locks = _HandleLocks()
         self._checked_shapes: set[tuple[str, str | None, tuple[str, ...] | None]] = set()
         self._packer = msgpack.Packer(use_bin_type=True)
@@ -855,6 +889,9 @@ class Client:
             raise ConnectionLost("connection lost during login")
         for outgoing in list(self._outbox.values()):
             self._transmit(link, outgoing)
+        for handle in list(self._held):  # approved, then a crash before they were released
+            if self.sessions.pending_identity_change(handle) is None:
+                self._release_held(handle)
         self._online = link
         self._online_event.set()
         self.welcome = welcome
@@ -1004,7 +1041,6 @@ class Client:
         if self._online is link:
             self._online = None
             self._online_event.clear()
-        self._held.clear()  # unacknowledged: the relay delivers them again
 
     async def _wait_link_ready(self) -> _Link:
         """The current connection, once it has its HELLO and is not yet authenticated."""
@@ -1113,27 +1149,41 @@ class Client:
         return True
 
     def _deliver_received(self, link: _Link, deliver: frames.Deliver) -> None:
-        """Decrypt, persist, then ack (SPEC §6.5); hold what waits for a trust decision."""
-        held = self._held.get(deliver.sender)
-        if held is not None:
-            held.append(deliver)  # keep the sender's order behind the held one
-            return
+        """Decrypt and persist, or hold; then ack (SPEC §6.5).
+
+        A message held for a trust decision is persisted in the keystore and
+        acknowledged too: left unacknowledged it would keep a slot of the
+        relay's delivery window (SPEC §6.4), and a sender naming another key
+        in enough envelopes would stop delivery from everyone.
+        """
+        hello = link.conn.hello
+        assert hello is not None
+        if deliver.sender in self._held:
+            self._hold(deliver)  # keep the sender's order behind the held ones
+        else:
+            try:
+                self._receive(deliver, hello.relay_key)
+            except UntrustedIdentity:
+                self._hold(deliver)
+        self._ack(link, deliver)
+
+    def _receive(self, deliver: frames.Deliver, relay_key: bytes) -> None:
+        """Decrypt and persist one DELIVER (or a statement); once it returns, ack.
+
+        Raises UntrustedIdentity for a sender whose key change awaits the user
+        (nothing kept), or what the keystore raises (nothing may be acked).
+        """
         try:
             if deliver.intent == frames.Intent.STATEMENT:
-                self._statement_received(link, deliver)
+                self._statement_received(deliver, relay_key)
                 return
             incoming = self.sessions.receive(deliver)
-        except UntrustedIdentity:
-            self._held[deliver.sender] = [deliver]
-            if self.on_identity_change is not None:
-                self.on_identity_change(deliver.sender)
-            return
         except CryptoError as exc:
+            if isinstance(exc, UntrustedIdentity):
+                raise
             # Can never be decrypted (or shown): acknowledging is the only way on.
             log.warning("dropped undecryptable message from %s: %s", deliver.sender, exc)
-            self._ack(link, deliver)
             return
-        self._ack(link, deliver)
         if incoming is None:
             return
         self._inbox_changed.set()
@@ -1151,8 +1201,88 @@ class Client:
             else:
                 sent.add_done_callback(_ignore_outcome)
 
-    def _statement_received(self, link: _Link, deliver: frames.Deliver) -> None:
-        """SPEC §7.5: verify a forwarded statement, keep it, then ack.
+    def _hold(self, deliver: frames.Deliver) -> None:
+        """Keep ``deliver`` for the user's decision on its sender's key, or count it dropped."""
+        sender = deliver.sender
+        counts = self._held.get(sender, HeldMessages(0, 0))
+        key = _HELD_PREFIX + sender
+        if counts.held >= MAX_HELD_PER_SENDER:
+            counts = HeldMessages(counts.held, counts.dropped + 1)
+            log.warning(
+                "dropped a message from %s: %d already held awaiting approval of its new key",
+                sender, counts.held,
+            )  # fmt: skip
+            self.store.set_state(key, _pack_held(counts))
+        else:
+            counts = HeldMessages(counts.held + 1, counts.dropped)
+            with self.store.atomic():
+                self.store.append_log(_HELD_LOG + sender, codec.encode(deliver))
+                self.store.set_state(key, _pack_held(counts))
+        self._held[sender] = counts
+        if sender not in self._announced:
+            self._announced.add(sender)
+            if self.on_identity_change is not None:
+                self.on_identity_change(sender)
+
+    def held_messages(self, handle: str) -> HeldMessages:
+        """How many of ``handle``'s messages wait for :meth:`approve_identity` (or were
+        dropped beyond ``MAX_HELD_PER_SENDER``) since its key changed."""
+        return self._held.get(handle, HeldMessages(0, 0))
+
+    def _release_held(self, handle: str) -> None:
+        """Decrypt ``handle``'s held messages in order, now that the user trusts its key.
+
+        Stops at one that names yet another key: it and the rest stay held for
+        the next decision. Works offline: they were acknowledged when held. A
+        crash midway is safe, as each message is deduplicated by its id and
+        what remains is released again at the next login.
+        """
+        if handle not in self._held:
+            return
+        relay_key = self.relay_key
+        assert relay_key is not None  # pinned at the login that received them
+        group = _HELD_LOG + handle
+        records = self.store.read_log(group)
+        released = 0
+        for record in records:
+            try:
+                deliver = codec.decode(record)
+                if not isinstance(deliver, frames.Deliver):
+                    raise MalformedFrame("not a DELIVER")
+            except ProtocolError as exc:  # not what we wrote: nothing to show
+                log.warning("dropped an unreadable held message from %s: %s", handle, exc)
+            else:
+                try:
+                    self._receive(deliver, relay_key)
+                except UntrustedIdentity:
+                    break
+            released += 1
+        with self.store.atomic():
+            if released == len(records):
+                self.store.delete_log(group)
+                self.store.delete_state(_HELD_PREFIX + handle)
+            else:
+                self.store.delete_log(group, released)
+                counts = HeldMessages(len(records) - released, self._held[handle].dropped)
+                self.store.set_state(_HELD_PREFIX + handle, _pack_held(counts))
+        if released == len(records):
+            del self._held[handle]
+            self._announced.discard(handle)
+        else:
+            self._held[handle] = counts
+
+    def _discard_held(self, handle: str) -> None:
+        counts = self._held.pop(handle, None)
+        if counts is None:
+            return
+        with self.store.atomic():
+            self.store.delete_log(_HELD_LOG + handle)
+            self.store.delete_state(_HELD_PREFIX + handle)
+        self._announced.discard(handle)
+        log.info("discarded %d held message(s) of blocked %s", counts.held, handle)
+
+    def _statement_received(self, deliver: frames.Deliver, relay_key: bytes) -> None:
+        """SPEC §7.5: verify a forwarded statement and keep it; the caller acks.
 
         The signer's key is the one we pinned (trust on first use: a business
         may hear of a user first through their opt-in); a different key is an
@@ -1160,10 +1290,7 @@ class Client:
         verification is dropped (acked): the relay checked it, so it is forged.
         """
         if self.store.is_processed(deliver.sender, deliver.msg_id):
-            self._ack(link, deliver)
             return
-        hello = link.conn.hello
-        assert hello is not None
         try:
             claimed = unverified_body(ConsentStatement, deliver.body)
             if claimed.signer != deliver.sender or claimed.nonce != deliver.msg_id:
@@ -1171,18 +1298,16 @@ class Client:
             if claimed.target != self.sessions.identity.handle:
                 raise InvalidStatement("statement made for another account")
             statement = verify_statement(
-                deliver.body, expected_key=claimed.signer_key, relay_key=hello.relay_key
+                deliver.body, expected_key=claimed.signer_key, relay_key=relay_key
             )
         except ProtocolError as exc:
             log.warning("dropped invalid statement from %s: %s", deliver.sender, exc)
-            self._ack(link, deliver)
             return
         # Outside the transaction: a changed key must stay recorded as pending.
         self.sessions.pin_identity(deliver.sender, statement.signer_key)  # or raise
         with self.store.atomic():
             self._keep_statement(deliver.sender, deliver.body)
             self.store.mark_processed(deliver.sender, deliver.msg_id)
-        self._ack(link, deliver)
         if self.on_statement is not None:
             self.on_statement(statement)
 
@@ -1615,14 +1740,13 @@ class Client:
         return self.sessions.pending_identity_change(handle) is not None
 
     def approve_identity(self, handle: str, *, verified: bool = False) -> None:
-        """Accept ``handle``'s new key (or mark the current one verified); held messages follow."""
+        """Accept ``handle``'s new key (or mark the current one verified).
+
+        Its held messages (:meth:`held_messages`) are then decrypted in order
+        into the inbox, online or not; call it from the event loop's thread.
+        """
         self.sessions.approve_identity(handle, verified=verified)
-        held = self._held.pop(handle, [])
-        link = self._online
-        if link is None or link.lost:
-            return  # the relay redelivers them on the next connection
-        for deliver in held:
-            self._deliver_received(link, deliver)
+        self._release_held(handle)
 
     # --- Consent and blocking (SPEC §7.4–7.6) -----------------------------------
 
@@ -1687,6 +1811,8 @@ class Client:
         signed = statement.sign(self.sessions.sign)
         await link.request(frames.Statement(id=link.conn.next_request_id(), statement=signed))
         self._keep_statement(target, signed)
+        if action is Action.BLOCK:
+            self._discard_held(target)
         return statement
 
     def held_statements(self, counterpart: str, start: int = 0) -> list[bytes]:
@@ -1805,6 +1931,14 @@ def _unpack_statements(record: bytes | None) -> list[bytes]:
     return [bytes(item) for item in msgpack.unpackb(record, raw=False)] if record else []
 
 
+def _pack_held(counts: HeldMessages) -> bytes:
+    return counts.held.to_bytes(8, "big") + counts.dropped.to_bytes(8, "big")
+
+
+def _unpack_held(blob: bytes) -> HeldMessages:
+    return HeldMessages(int.from_bytes(blob[:8], "big"), int.from_bytes(blob[8:16], "big"))
+
+
 def _ignore_outcome(future: asyncio.Future[int]) -> None:
     """Background sends (auto receipts) have nobody awaiting them; retrieve the outcome."""
     if not future.cancelled() and future.exception() is not None:
@@ -1820,10 +1954,12 @@ def _error_from(frame: frames.Error) -> ProtocolError:
 
 
 __all__ = [
+    "MAX_HELD_PER_SENDER",
     "Backoff",
     "BusinessInfo",
     "Client",
     "ConnectionLost",
+    "HeldMessages",
     "HeldStatement",
     "IdentityState",
     "Message",
