@@ -51,6 +51,7 @@ _REQUESTS_KEY = "chat/requests"
 HELP = """\
 commands:
   /msg HANDLE TEXT          send an end-to-end encrypted message
+  /accept HANDLE            accept HANDLE's message request (replying accepts too)
   /contacts                 contacts, their trust state and businesses' badges
   /safety HANDLE            the safety number to compare with HANDLE
   /verify HANDLE            mark HANDLE verified (after comparing safety numbers)
@@ -87,6 +88,8 @@ class Chat:
         self.client = client
         self.out = out
         self._badges: dict[str, BusinessInfo] = {}
+        self._requesters: set[str] = set()
+        """Strangers whose message request was explained in this session."""
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -142,8 +145,18 @@ class Chat:
             self.say("  a business is not a private person: it keeps what you send it")
             self.say(f"  answer with /grant {sender} {','.join(categories)} or /deny {sender}")
             return
-        prefix = f"[{message.category}] " if message.category else ""
-        self.say(f"{prefix}{name}: {body}")
+        if message.is_request:  # SPEC §7.3: a stranger; no receipt has been sent
+            self.say(f"[message request] {name}: {body}")
+            if sender not in self._requesters:
+                self._requesters.add(sender)
+                self.say(
+                    f"  {sender} is not one of your contacts: /accept {sender} (or a reply) "
+                    f"accepts, /block {sender} blocks; until then {sender} does not learn "
+                    "that it arrived"
+                )
+        else:
+            prefix = f"[{message.category}] " if message.category else ""
+            self.say(f"{prefix}{name}: {body}")
         if message.identity == "new":
             self.say(f"  (first message from {sender}; compare /safety {sender} to verify)")
 
@@ -196,7 +209,7 @@ class Chat:
 
     def _commands(self) -> dict[str, Callable[[str], Awaitable[None]]]:
         return {
-            "help": self.help, "msg": self.msg, "contacts": self.contacts,
+            "help": self.help, "msg": self.msg, "accept": self.accept, "contacts": self.contacts,
             "safety": self.safety, "verify": self.verify, "approve": self.approve,
             "requests": self.requests, "grant": self.grant, "deny": self.deny,
             "revoke": self.revoke, "block": self.block, "unblock": self.unblock,
@@ -215,6 +228,13 @@ class Chat:
         await self.client.send(handle, text)
         self.remember(handle)
         self.say(f"-> {handle}: sent")
+
+    async def accept(self, rest: str) -> None:
+        handle = _one_handle(rest, "/accept HANDLE")
+        await self.client.accept_request(handle)
+        self._requesters.discard(handle)
+        self.remember(handle)
+        self.say(f"accepted {handle}'s message request")
 
     async def contacts(self, _rest: str) -> None:
         contacts = self._load(_CONTACTS_KEY)

@@ -46,6 +46,12 @@ Guarantees, each from the spec:
   content of kind ``receipt`` sent with intent ``chat``. None are sent
   automatically to or from a business: a receipt is a chat, and a user's chat
   opens the business's service window (SPEC §7.3).
+- **Message requests** (SPEC §7.3): a user accepts another user by sending
+  them any chat. Until we have, their messages are requests
+  (``Message.is_request``) and get no automatic delivered receipt (that would
+  accept them silently); :meth:`Client.accept_request` accepts explicitly.
+  Whom we have written to is kept in the keystore, recorded when a chat to
+  them is queued (with its outbox entry), not when the relay commits it.
 - **Consent is the user's signature** (SPEC §7.4). :meth:`Client.grant`,
   ``deny``, ``revoke``, ``block`` and ``unblock`` sign a statement with our
   identity key, bound to the relay key of HELLO and dated by the relay's clock
@@ -89,6 +95,7 @@ from blindrelay.protocol.business import (
 )
 from blindrelay.protocol.connection import ClientConnection, State, rotate_transcript
 from blindrelay.protocol.content import (
+    MAX_RECEIPT_REFS,
     Content,
     Data,
     MalformedContent,
@@ -149,6 +156,12 @@ _STATEMENT_COUNT_PREFIX = "sdk/statement-count/"
 """Per counterpart, how many statements its log holds (u64 big-endian)."""
 _STATEMENT_LOG = "statements/"
 """Keystore log group prefix: one row per kept statement, in the order kept."""
+_WROTE_TO_PREFIX = "sdk/wrote-to/"
+"""One entry per account we have queued a chat to (a message or a receipt): the
+users whose messages are no longer requests (SPEC §7.3)."""
+_OWED_PREFIX = "sdk/owed-receipts/"
+"""Per requester, the msg_ids of its requests not receipted (packed list, at most
+``MAX_RECEIPT_REFS``): the delivered receipt :meth:`Client.accept_request` sends."""
 _HELD_LOG = "held/"
 """Keystore log group prefix: per sender, the DELIVERs held for a trust decision."""
 _HELD_PREFIX = "sdk/held/"
@@ -241,6 +254,9 @@ class Message:
     """A notification's category (SPEC §7.1)."""
     categories: tuple[str, ...] | None = None
     """What a consent request asks for; answer with :meth:`Client.grant` or ``deny``."""
+    is_request: bool = False
+    """A message request (SPEC §7.3): from a user we (a user) have never written to.
+    Show it apart; :meth:`Client.accept_request` (or any reply) accepts, ``block`` refuses."""
 
     @property
     def from_business(self) -> bool:
@@ -339,7 +355,7 @@ def same_name(a: str, b: str) -> bool:
     return key(a) == key(b)
 
 
-def _to_message(incoming: Incoming) -> Message:
+def _to_message(incoming: Incoming, *, is_request: bool = False) -> Message:
     body = incoming.content.body
     return Message(
         msg_id=incoming.msg_id,
@@ -352,6 +368,7 @@ def _to_message(incoming: Incoming) -> Message:
         intent=incoming.intent,
         category=incoming.category,
         categories=incoming.categories,
+        is_request=is_request,
     )
 
 
@@ -743,6 +760,13 @@ class Client:
         has messages held (then it is held behind them, in order)."""
         self._announced: set[str] = set()
         """Senders whose key change ``on_identity_change`` heard of in this run."""
+        self._wrote_to: set[str] = {
+            key.removeprefix(_WROTE_TO_PREFIX)
+            for key, _ in state
+            if key.startswith(_WROTE_TO_PREFIX)
+        }
+        """Mirror of the keystore's accounts we have written to (see _WROTE_TO_PREFIX)."""
+        self._account_kind: str | None = None
         self._outbox_clock = 0
         """The last outbox key's time: keys increase even within one nanosecond."""
         self._retiring: list[str] = []
@@ -847,6 +871,7 @@ class Client:
         elif (identity.handle, identity.account_kind) != (handle, kind):
             identity = dataclasses.replace(identity, handle=handle, account_kind=kind)
             self.store.set_identity(identity)
+        self._account_kind = None
         link = await self._wait_link_ready()
         request_id = link.conn.register(handle, kind, identity.identity_public, self.sessions.sign)
         await self._authenticate(link, request_id)
@@ -1188,11 +1213,15 @@ class Client:
             return
         self._inbox_changed.set()
         if (
-            self.auto_delivered_receipts
-            and not isinstance(incoming.content.body, Receipt)
-            and deliver.sender_kind == frames.AccountKind.USER
-            and self.sessions.identity.account_kind == "user"
+            isinstance(incoming.content.body, Receipt)
+            or deliver.sender_kind != frames.AccountKind.USER
+            or not self._we_are_user()
         ):
+            return
+        if deliver.sender not in self._wrote_to:
+            # A message request: a receipt is a chat and would accept it (SPEC §7.3).
+            self._owe_receipt(deliver.sender, deliver.msg_id)
+        elif self.auto_delivered_receipts:
             receipt = Receipt(ReceiptType.DELIVERED, (deliver.msg_id,))
             try:
                 _, sent = self._queue_content(deliver.sender, receipt)
@@ -1200,6 +1229,60 @@ class Client:
                 log.info("no delivered receipt to %s: %r", deliver.sender, exc)
             else:
                 sent.add_done_callback(_ignore_outcome)
+
+    def _we_are_user(self) -> bool:
+        if self._account_kind is None:
+            identity = self.store.get_identity()
+            if identity is None:
+                return False
+            self._account_kind = identity.account_kind
+        return self._account_kind == "user"
+
+    def _is_request(self, sender: str, sender_kind: str) -> bool:
+        return (
+            sender_kind == frames.AccountKind.USER
+            and sender not in self._wrote_to
+            and self._we_are_user()
+        )
+
+    def _owe_receipt(self, sender: str, msg_id: bytes) -> None:
+        owed = self._owed_receipts(sender)
+        if len(owed) < MAX_RECEIPT_REFS and msg_id not in owed:
+            owed.append(msg_id)
+            self.store.set_state(_OWED_PREFIX + sender, msgpack.packb(owed, use_bin_type=True))
+
+    def _owed_receipts(self, sender: str) -> list[bytes]:
+        blob = self.store.get_state(_OWED_PREFIX + sender)
+        return [bytes(item) for item in msgpack.unpackb(blob, raw=False)] if blob else []
+
+    def _wrote(self, handle: str) -> bool:
+        """Record, inside the caller's transaction, that we queue a chat to ``handle``.
+
+        True if it was new: the caller adds it to ``_wrote_to`` once committed.
+        Only a user account keeps the list (a business has no message requests).
+        """
+        if handle in self._wrote_to or not self._we_are_user():
+            return False
+        self.store.set_state(_WROTE_TO_PREFIX + handle, b"")
+        return True
+
+    async def accept_request(self, handle: str) -> bytes | None:
+        """Accept ``handle``'s message request (SPEC §7.3): it becomes a contact.
+
+        Sends the delivered receipt its requests were not given (one receipt
+        naming them, a chat, which is how the relay learns we accepted) and
+        returns its msg_id once the relay holds it; None when no receipt was
+        owed: then nothing is sent, and the relay learns it from our next chat.
+        Replying with any chat accepts too.
+        """
+        owed = self._owed_receipts(handle)
+        if not owed:
+            if self._wrote(handle):
+                self._wrote_to.add(handle)
+            return None
+        msg_id = await self._send_content(handle, Receipt(ReceiptType.DELIVERED, tuple(owed)))
+        self.store.delete_state(_OWED_PREFIX + handle)
+        return msg_id
 
     def _hold(self, deliver: frames.Deliver) -> None:
         """Keep ``deliver`` for the user's decision on its sender's key, or count it dropped."""
@@ -1351,7 +1434,10 @@ class Client:
                 continue
             record = pending[0]
             try:
-                message = _to_message(Incoming.from_record(record))
+                incoming = Incoming.from_record(record)
+                message = _to_message(
+                    incoming, is_request=self._is_request(incoming.sender, incoming.sender_kind)
+                )
             except MalformedContent:
                 self.store.consume(record.sender, record.msg_id)
                 continue
@@ -1485,6 +1571,8 @@ class Client:
         self._check_send(intent, category, categories)
         queued: list[tuple[int, _Outgoing]] = []
         deferred: list[tuple[int, str]] = []
+        wrote: list[str] = []
+        chat = intent == frames.Intent.CHAT
         with self.store.atomic():
             for offset, handle in enumerate(chunk):
                 if self._locks.busy(handle):
@@ -1504,6 +1592,9 @@ class Client:
                 outgoing = _Outgoing(msg_id, handle, envelope, intent, category, categories, key)
                 self.store.set_state(key, outgoing.pack(self._packer))
                 queued.append((first + offset, outgoing))
+                if chat and self._wrote(handle):
+                    wrote.append(handle)
+        self._wrote_to.update(wrote)
         self.encrypt_seconds += time.perf_counter() - started
         link = self._online
         if link is not None and link.lost:
@@ -1577,6 +1668,9 @@ class Client:
             key = self._outbox_key(msg_id)
             outgoing = _Outgoing(msg_id, handle, envelope, intent, category, categories, key)
             self.store.set_state(key, outgoing.pack(self._packer))
+            wrote = intent == frames.Intent.CHAT and self._wrote(handle)
+        if wrote:
+            self._wrote_to.add(handle)
         self._outbox[msg_id] = outgoing
         self.encrypt_seconds += time.perf_counter() - started
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -1813,6 +1907,7 @@ class Client:
         self._keep_statement(target, signed)
         if action is Action.BLOCK:
             self._discard_held(target)
+            self.store.delete_state(_OWED_PREFIX + target)
         return statement
 
     def held_statements(self, counterpart: str, start: int = 0) -> list[bytes]:

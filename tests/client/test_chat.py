@@ -134,8 +134,13 @@ def test_two_people_chat_compare_safety_numbers_and_one_blocks_the_other(
 
         alice.type("/msg bob hello bob, it is alice")
         alice.expect("-> bob: sent")
-        bob.expect(r"\nalice: hello bob, it is alice\n")
+        bob.expect(r"\n\[message request\] alice: hello bob, it is alice\n")
+        bob.expect(r"alice is not one of your contacts: /accept alice \(or a reply\) accepts, "
+                   r"/block alice blocks")  # fmt: skip
         bob.expect(r"first message from alice; compare /safety alice")
+        bob.type("/accept alice")
+        bob.expect("accepted alice's message request")
+        alice.expect(r"\(bob: delivered 1 message\(s\)\)")  # the receipt it was owed
         bob.type("/msg alice hi alice")
         alice.expect(r"\nbob: hi alice\n")
 
@@ -294,7 +299,7 @@ def test_a_changed_identity_key_is_announced_and_blocks_sending_until_approved(
         alice.expect("registered alice")
         bob.expect("registered bob")
         alice.type("/msg bob hello bob")
-        bob.expect(r"\nalice: hello bob\n")
+        bob.expect(r"\n\[message request\] alice: hello bob\n")
         bob.type("/verify alice")
         bob.expect("alice marked verified")
         assert alice.close() == 0
@@ -321,7 +326,7 @@ def test_a_changed_identity_key_is_announced_and_blocks_sending_until_approved(
         assert bob.expect(r"safety number with alice: ([\d ]+)\n").group(1) == number
         bob.type("/approve alice")
         bob.expect("accepted alice's new key; messages to alice allowed again")
-        bob.expect(r"\nalice: it is me, on a new phone\n")  # the held message follows
+        bob.expect(r"\] alice: it is me, on a new phone\n")  # the held message follows
         bob.type("/msg alice welcome back")
         bob.expect("-> alice: sent")
         alice.expect(r"\nbob: welcome back\n")

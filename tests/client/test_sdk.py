@@ -108,10 +108,9 @@ def test_two_clients_exchange_messages_through_a_relay(tmp_path: Path) -> None:
             got = await bob_inbox.next()
             assert (got.sender, got.body, got.msg_id) == ("alice", "hello bob", msg_id)
             assert got.identity is IdentityState.NEW and got.sent_at > 0
+            assert got.is_request  # bob never wrote to alice: no automatic receipt
 
             await within(bob.send("alice", b"\x00binary reply"))
-            receipt = await alice_inbox.next()  # bob's automatic delivered receipt comes first
-            assert receipt.receipt == Receipt(ReceiptType.DELIVERED, (msg_id,))
             reply = await alice_inbox.next()
             # Alice pinned bob's key when she fetched his bundle: trusted, not new.
             assert (reply.sender, reply.body, reply.identity) == (
@@ -124,6 +123,8 @@ def test_two_clients_exchange_messages_through_a_relay(tmp_path: Path) -> None:
             assert [(await bob_inbox.next_text()).body for _ in range(5)] == [
                 f"more {i}" for i in range(5)
             ]
+            receipt = await alice_inbox.next()  # bob wrote back: automatic receipts now
+            assert receipt.receipt is not None and receipt.receipt.type is ReceiptType.DELIVERED
             assert alice.safety_number("bob") == bob.safety_number("alice")
             await alice_inbox.close()
             await bob_inbox.close()
@@ -377,6 +378,7 @@ def test_receipts_round_trip_as_chat_envelopes_the_relay_cannot_tell_apart(
             msg_id = await within(alice.send("bob", "read me"))
             inbox = Inbox(bob)
             assert (await inbox.next()).msg_id == msg_id
+            await within(bob.accept_request("alice"))  # the delivered receipt it was owed
             alice_inbox = Inbox(alice)
             delivered = await alice_inbox.next()
             assert delivered.receipt == Receipt(ReceiptType.DELIVERED, (msg_id,))
