@@ -914,11 +914,11 @@ class Client:
             raise ConnectionLost("connection lost during login")
         for outgoing in list(self._outbox.values()):
             self._transmit(link, outgoing)
+        self._online = link
+        self._online_event.set()
         for handle in list(self._held):  # approved, then a crash before they were released
             if self.sessions.pending_identity_change(handle) is None:
                 self._release_held(handle)
-        self._online = link
-        self._online_event.set()
         self.welcome = welcome
         self.connection_count += 1
         if self.on_connected is not None:
@@ -1837,7 +1837,8 @@ class Client:
         """Accept ``handle``'s new key (or mark the current one verified).
 
         Its held messages (:meth:`held_messages`) are then decrypted in order
-        into the inbox, online or not; call it from the event loop's thread.
+        into the inbox, online or not; call it while the client's event loop
+        runs (a released message may queue a delivered receipt).
         """
         self.sessions.approve_identity(handle, verified=verified)
         self._release_held(handle)

@@ -169,3 +169,33 @@ def test_a_held_sender_s_messages_keep_their_order_behind_the_held_one(tmp_path:
 
     run(scenario())
 
+
+
+def test_held_messages_left_by_a_crash_after_approval_are_released_at_the_next_login(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            bob_store = MemoryKeyStore()
+            bob = await online(relay.url, "bob", bob_store)
+            inbox = Inbox(bob)
+            mallory = await Attacker.registered(relay.url, "bob")
+            await mallory.send(mallory.genuine, "bob", "hello")
+            assert (await inbox.next()).body == "hello"
+            await mallory.send(mallory.forger, "bob", "held one")
+            carol = await online(relay.url, "carol")
+            await within(carol.send("bob", "barrier"))
+            assert (await inbox.next_text()).body == "barrier"
+            await inbox.close()
+            await bob.close()
+            # The approval was stored, then the process died before releasing them.
+            bob.sessions.approve_identity("mallory")
+
+            bob = await back_online(relay.url, bob_store)
+            inbox = Inbox(bob)
+            assert (await inbox.next()).body == "held one"
+            assert bob.held_messages("mallory") == HeldMessages(0, 0)
+            for closing in (inbox, bob, carol, mallory.raw):
+                await closing.close()
+
+    run(scenario())
