@@ -36,7 +36,6 @@ from .frames import (
     FRAME_CLASSES,
     MAX_REQUEST_ID,
     RECORD_TYPES,
-    REQUEST_FRAMES,
     Frame,
     FrameType,
     required_field_names,
@@ -122,7 +121,21 @@ def _make_wire_plan(cls: type) -> tuple[tuple[str, str], ...]:
 
 
 def decode(data: bytes) -> Frame:
-    """Parse one WebSocket message into a frame, or raise the documented error."""
+    """Parse one WebSocket message into a frame, or raise the documented error.
+
+    The error's ``request_id`` is set by the one rule of SPEC §2.2.5
+    (:func:`request_id_of`), whatever the error, so an ERROR's ``re`` depends on
+    the message's bytes only, never on which check failed first.
+    """
+    try:
+        return _decode(data)
+    except ProtocolError as exc:
+        exc.request_id = request_id_of(data)
+        raise
+
+
+def _decode(data: bytes) -> Frame:
+    # SPEC §2.3: the message layer first (size, then msgpack), then `t`, then the fields.
     if len(data) > limits.MAX_FRAME_BYTES:
         raise FrameTooLarge(f"frame: at most {limits.MAX_FRAME_BYTES} bytes")
     obj = _unpack(data)
@@ -138,21 +151,117 @@ def decode(data: bytes) -> Frame:
     body = {k: v for k, v in obj.items() if k != TYPE_KEY}
     try:
         return typing.cast(Frame, _build(cls, body, "frame"))
-    except ProtocolError as exc:
-        exc.request_id = _request_id_of(cls, body)
+    except ProtocolError:
         raise
     except Exception as exc:  # a validator bug must not escape as anything else
-        error = MalformedFrame(f"invalid frame: {type(exc).__name__}")
-        error.request_id = _request_id_of(cls, body)
-        raise error from None
+        raise MalformedFrame(f"invalid frame: {type(exc).__name__}") from None
 
 
-def _request_id_of(cls: type[Frame], body: dict[str, object]) -> int | None:
-    """The ``id`` of a refused request, when it is itself valid (SPEC §2.2)."""
-    value = body.get("id")
-    if cls.TYPE in REQUEST_FRAMES and type(value) is int and 1 <= value <= MAX_REQUEST_ID:
+# --- the id an ERROR echoes (SPEC §2.2.5) -------------------------------------
+#
+# "An ERROR answering a message carries `re` if and only if the message begins
+# with one complete msgpack map in which exactly one key is the str `id` and
+# its value is an int from 1 to 2^32−1" — whatever else is wrong with it. So
+# this reader is deliberately lenient where the decoder is strict: it skips
+# every value without building it (any type, extension types, invalid UTF-8,
+# any depth, duplicate keys other than `id`) and ignores bytes after the map.
+# It walks the bytes once with a counter instead of recursing, so hostile
+# nesting costs no stack, and every step consumes at least one byte.
+
+_ID_KEYS = frozenset(
+    {b"\xa2id", b"\xd9\x02id", b"\xda\x00\x02id", b"\xdb\x00\x00\x00\x02id"}
+)
+"""The str ``id`` in each msgpack str encoding (a bin ``id`` is another key)."""
+
+_FIXED_SIZE = {
+    0xC0: 0, 0xC2: 0, 0xC3: 0,  # nil, false, true
+    0xCA: 4, 0xCB: 8,  # float 32, 64
+    0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8,  # ints
+    0xD4: 2, 0xD5: 3, 0xD6: 5, 0xD7: 9, 0xD8: 17,  # fixext: type byte + data
+}  # fmt: skip
+_SIZED = {
+    0xC4: (1, 0), 0xC5: (2, 0), 0xC6: (4, 0),  # bin: length bytes
+    0xC7: (1, 1), 0xC8: (2, 1), 0xC9: (4, 1),  # ext: length bytes, then a type byte
+    0xD9: (1, 0), 0xDA: (2, 0), 0xDB: (4, 0),  # str
+}  # fmt: skip
+_COUNTED = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}
+"""Array and map headers: (length bytes, objects per element)."""
+_ID_VALUE_MAX_BYTES = 9
+"""The longest msgpack int (0xcf or 0xd3 and eight bytes)."""
+
+
+def request_id_of(data: bytes) -> int | None:
+    """The ``re`` an ERROR answering ``data`` carries, or None (SPEC §2.2.5)."""
+    try:
+        count, at = _map_header(data)
+        id_value: bytes | None = None
+        seen = 0
+        for _ in range(count):  # a lying count ends at the end of the data (IndexError)
+            key_end = _skip(data, at)
+            value_end = _skip(data, key_end)
+            if data[at:key_end] in _ID_KEYS:
+                seen += 1
+                id_value = data[key_end:value_end]
+            at = value_end
+    except (IndexError, ValueError):
+        return None
+    if seen != 1 or id_value is None or len(id_value) > _ID_VALUE_MAX_BYTES:
+        return None
+    value = msgpack.unpackb(id_value)
+    if type(value) is int and 1 <= value <= MAX_REQUEST_ID:
         return value
     return None
+
+
+def _map_header(data: bytes) -> tuple[int, int]:
+    """(entries, offset of the first key) of the map ``data`` starts with."""
+    head = data[0]
+    if 0x80 <= head <= 0x8F:
+        return head & 0x0F, 1
+    if head in (0xDE, 0xDF):
+        size = 2 if head == 0xDE else 4
+        if len(data) < 1 + size:
+            raise IndexError("truncated map header")
+        return int.from_bytes(data[1 : 1 + size], "big"), 1 + size
+    raise ValueError("not a map")
+
+
+def _skip(data: bytes, at: int) -> int:
+    """The offset just after the one complete msgpack object starting at ``at``."""
+    pending = 1
+    while pending:
+        pending -= 1
+        head = data[at]
+        at += 1
+        if head <= 0x7F or head >= 0xE0:  # positive and negative fixint
+            continue
+        if head <= 0x8F:  # fixmap
+            pending += 2 * (head & 0x0F)
+            continue
+        if head <= 0x9F:  # fixarray
+            pending += head & 0x0F
+            continue
+        if head <= 0xBF:  # fixstr
+            at += head & 0x1F
+            continue
+        size = _FIXED_SIZE.get(head)
+        if size is not None:
+            at += size
+            continue
+        if head in _SIZED:
+            length_bytes, extra = _SIZED[head]
+            at += length_bytes + extra + int.from_bytes(data[at : at + length_bytes], "big")
+        elif head in _COUNTED:
+            length_bytes, per_element = _COUNTED[head]
+            pending += per_element * int.from_bytes(data[at : at + length_bytes], "big")
+            at += length_bytes
+        else:  # 0xc1, never used by msgpack
+            raise ValueError("not a msgpack object")
+        if at > len(data):
+            raise IndexError("object runs past the end of the message")
+    if at > len(data):
+        raise IndexError("object runs past the end of the message")
+    return at
 
 
 def _unpack(data: bytes) -> object:

@@ -99,7 +99,7 @@ class ProtocolError(BlindrelayError):
         super().__init__(detail or self.code.name)
         self.detail = detail
         self.request_id: int | None = None
-        """Set by the codec when a refused frame still showed a usable request ``id``."""
+        """The ``re`` of the ERROR this becomes (SPEC §2.2.5); the codec sets it from the bytes."""
 
 
 class MalformedFrame(ProtocolError):

@@ -84,66 +84,87 @@ def _send(**overrides: object) -> dict[str, object]:
 _DROP = object()
 
 
-def invalid_vectors() -> dict[str, tuple[bytes, str, str]]:
-    """name → (bytes, expected error code name, what is wrong)."""
+def invalid_vectors() -> dict[str, tuple[bytes, str, int | None, str]]:
+    """name → (bytes, expected error code name, expected ``re`` or None, what is wrong).
+
+    The ``re`` follows SPEC §2.2.5 and is written out by hand here, not computed
+    by the codec, so that the vectors check the codec rather than echo it.
+    """
     good = encode(valid_frames()["send_chat"])
     deep: object = 1
     for _ in range(5):
         deep = [deep]
     return {
-        "empty": (b"", "MALFORMED_FRAME", "no bytes at all"),
-        "truncated": (good[:-1], "MALFORMED_FRAME", "valid SEND with its last byte cut"),
-        "trailing_bytes": (good + b"\x00", "MALFORMED_FRAME", "a second object after the frame"),
-        "reserved_byte": (b"\xc1", "MALFORMED_FRAME", "0xc1 is never valid msgpack"),
-        "top_level_array": (_pack([20, 5]), "MALFORMED_FRAME", "frame is an array, not a map"),
-        "top_level_int": (_pack(20), "MALFORMED_FRAME", "frame is an integer"),
-        "int_map_key": (bytes.fromhex("82a17408") + bytes.fromhex("0101"), "MALFORMED_FRAME", "map key 1 is not a string"),
-        "duplicate_type_key": (bytes.fromhex("83a17408a2726501a17408"), "MALFORMED_FRAME", "key t appears twice in OK"),
-        "duplicate_field_key": (bytes.fromhex("83a17408a2726501a2726502"), "MALFORMED_FRAME", "key re appears twice in OK"),
-        "unknown_field": (_pack({"t": 8, "re": 1, "extra": 1}), "MALFORMED_FRAME", "OK with a key the spec does not define"),
-        "missing_field": (_pack(_send(body=_DROP)), "MALFORMED_FRAME", "SEND without body"),
-        "missing_type": (_pack({"re": 1}), "MALFORMED_FRAME", "no t key"),
-        "unknown_type": (_pack({"t": 99, "id": 1}), "UNKNOWN_FRAME_TYPE", "t = 99 is not defined"),
-        "type_as_string": (_pack({"t": "8", "re": 1}), "MALFORMED_FRAME", "t is a string"),
-        "type_as_bool": (_pack({"t": True, "re": 1}), "MALFORMED_FRAME", "t is a boolean"),
-        "str_for_bin": (_pack(_send(msg_id="0123456789abcdef")), "MALFORMED_FRAME", "msg_id sent as str instead of bin"),
-        "bin_for_str": (_pack(_send(to=b"bob")), "MALFORMED_FRAME", "to sent as bin instead of str"),
-        "bool_for_int": (_pack({"t": 8, "re": True}), "MALFORMED_FRAME", "re is a boolean"),
-        "float_for_int": (_pack({"t": 8, "re": 1.0}), "MALFORMED_FRAME", "re is a float"),
-        "nil_optional": (_pack(_send(category=None)), "MALFORMED_FRAME", "optional field present as nil"),
-        "ext_type": (_pack({"t": 8, "re": msgpack.ExtType(5, b"x")}), "MALFORMED_FRAME", "extension type 5"),
-        "timestamp_ext": (bytes.fromhex("82a17408a27265d6ff00000001"), "MALFORMED_FRAME", "timestamp extension (-1) as re"),
-        "too_deep": (_pack({"t": 23, "delivery_ids": deep}), "MALFORMED_FRAME", "arrays nested 6 deep"),
-        "request_id_zero": (_pack({"t": 11, "id": 0, "handle": "bob"}), "MALFORMED_FRAME", "id 0 is reserved"),
-        "request_id_over_u32": (_pack({"t": 11, "id": 2**32, "handle": "bob"}), "MALFORMED_FRAME", "id above 2^32-1"),
-        "request_id_negative": (_pack({"t": 11, "id": -1, "handle": "bob"}), "MALFORMED_FRAME", "negative id"),
-        "handle_uppercase": (_pack({"t": 11, "id": 1, "handle": "Bob"}), "MALFORMED_FRAME", "upper-case handle"),
-        "handle_too_short": (_pack({"t": 11, "id": 1, "handle": "bo"}), "MALFORMED_FRAME", "two-character handle"),
-        "handle_too_long": (_pack({"t": 11, "id": 1, "handle": "b" * 33}), "MALFORMED_FRAME", "33-character handle"),
-        "handle_homoglyph": (_pack({"t": 11, "id": 1, "handle": "\u0430irline"}), "MALFORMED_FRAME", "Cyrillic a in a handle"),
-        "handle_leading_dot": (_pack({"t": 11, "id": 1, "handle": ".bob"}), "MALFORMED_FRAME", "handle starts with a dot"),
-        "invalid_utf8": (bytes.fromhex("83a1740ba26964 01a6 68616e646c65 a3 62ff62".replace(" ", "")), "MALFORMED_FRAME", "handle is not valid UTF-8"),
-        "msg_id_short": (_pack(_send(msg_id=MID[:15])), "MALFORMED_FRAME", "15-byte msg_id"),
-        "body_empty": (_pack(_send(body=b"")), "MALFORMED_FRAME", "empty body"),
-        "body_too_large": (_pack(_send(body=b"\x00" * (limits.MAX_CIPHERTEXT_BYTES + 1))), "FRAME_TOO_LARGE", "body one byte over MAX_CIPHERTEXT_BYTES"),
-        "frame_too_large": (_pack(_send(body=b"\x00" * limits.MAX_FRAME_BYTES)), "FRAME_TOO_LARGE", "message over MAX_FRAME_BYTES"),
-        "intent_unknown": (_pack(_send(intent="spam")), "MALFORMED_FRAME", "intent not defined"),
-        "intent_statement_from_client": (_pack(_send(intent="statement")), "MALFORMED_FRAME", "clients may not send intent statement"),
-        "notification_without_category": (_pack(_send(intent="notification")), "MALFORMED_FRAME", "notification needs a category"),
-        "chat_with_category": (_pack(_send(category="utility")), "MALFORMED_FRAME", "category only with notification"),
-        "category_unknown": (_pack(_send(intent="notification", category="spam")), "MALFORMED_FRAME", "category not defined"),
-        "categories_duplicate": (_pack(_send(intent="consent_request", categories=["utility", "utility"])), "MALFORMED_FRAME", "the same category twice"),
-        "categories_empty": (_pack(_send(intent="consent_request", categories=[])), "MALFORMED_FRAME", "a consent request for nothing"),
-        "ack_empty": (_pack({"t": 23, "delivery_ids": []}), "MALFORMED_FRAME", "ACK with no ids"),
-        "ack_too_many": (_pack({"t": 23, "delivery_ids": list(range(1, limits.MAX_ACK_IDS + 2))}), "FRAME_TOO_LARGE", "ACK over MAX_ACK_IDS"),
-        "prekeys_upload_empty": (_pack({"t": 10, "id": 1, "one_time": []}), "MALFORMED_FRAME", "upload carrying no key"),
-        "prekeys_duplicate_ids": (_pack({"t": 10, "id": 1, "one_time": [{"key_id": 1, "public": K32}, {"key_id": 1, "public": K32B}]}), "MALFORMED_FRAME", "two one-time prekeys with one id"),
-        "record_unknown_key": (_pack({"t": 10, "id": 1, "one_time": [{"key_id": 1, "public": K32, "private": K32}]}), "MALFORMED_FRAME", "a private key field inside a record"),
-        "record_as_array": (_pack({"t": 10, "id": 1, "signed_prekey": [7, K32, SIG]}), "MALFORMED_FRAME", "record sent as an array"),
-        "public_key_short": (_pack({"t": 10, "id": 1, "one_time": [{"key_id": 1, "public": K32[:31]}]}), "MALFORMED_FRAME", "31-byte public key"),
-        "reason_on_refusal": (_pack({"t": 9, "code": 400, "reason": "blocked"}), "MALFORMED_FRAME", "reason only allowed with 1xx codes"),
-        "month_invalid": (_pack({"t": 43, "id": 1, "month": "2026-13"}), "MALFORMED_FRAME", "month 13"),
-        "kind_unknown": (_pack({"t": 2, "id": 1, "handle": "alice", "kind": "admin", "identity_key": K32, "signature": SIG}), "MALFORMED_FRAME", "account kind not defined"),
+        "empty": (b"", "MALFORMED_FRAME", None, "no bytes at all"),
+        "truncated": (good[:-1], "MALFORMED_FRAME", None, "valid SEND with its last byte cut"),
+        "trailing_bytes": (good + b"\x00", "MALFORMED_FRAME", 5, "a second object after the frame"),
+        "reserved_byte": (b"\xc1", "MALFORMED_FRAME", None, "0xc1 is never valid msgpack"),
+        "top_level_array": (_pack([20, 5]), "MALFORMED_FRAME", None, "frame is an array, not a map"),
+        "top_level_int": (_pack(20), "MALFORMED_FRAME", None, "frame is an integer"),
+        "int_map_key": (bytes.fromhex("82a17408") + bytes.fromhex("0101"), "MALFORMED_FRAME", None, "map key 1 is not a string"),
+        "duplicate_type_key": (bytes.fromhex("83a17408a2726501a17408"), "MALFORMED_FRAME", None, "key t appears twice in OK"),
+        "duplicate_field_key": (bytes.fromhex("83a17408a2726501a2726502"), "MALFORMED_FRAME", None, "key re appears twice in OK"),
+        "unknown_field": (_pack({"t": 8, "re": 1, "extra": 1}), "MALFORMED_FRAME", None, "OK with a key the spec does not define"),
+        "missing_field": (_pack(_send(body=_DROP)), "MALFORMED_FRAME", 5, "SEND without body"),
+        "missing_type": (_pack({"re": 1}), "MALFORMED_FRAME", None, "no t key"),
+        "unknown_type": (_pack({"t": 99, "id": 1}), "UNKNOWN_FRAME_TYPE", 1, "t = 99 is not defined"),
+        "type_as_string": (_pack({"t": "8", "re": 1}), "MALFORMED_FRAME", None, "t is a string"),
+        "type_as_bool": (_pack({"t": True, "re": 1}), "MALFORMED_FRAME", None, "t is a boolean"),
+        "str_for_bin": (_pack(_send(msg_id="0123456789abcdef")), "MALFORMED_FRAME", 5, "msg_id sent as str instead of bin"),
+        "bin_for_str": (_pack(_send(to=b"bob")), "MALFORMED_FRAME", 5, "to sent as bin instead of str"),
+        "bool_for_int": (_pack({"t": 8, "re": True}), "MALFORMED_FRAME", None, "re is a boolean"),
+        "float_for_int": (_pack({"t": 8, "re": 1.0}), "MALFORMED_FRAME", None, "re is a float"),
+        "nil_optional": (_pack(_send(category=None)), "MALFORMED_FRAME", 5, "optional field present as nil"),
+        "ext_type": (_pack({"t": 8, "re": msgpack.ExtType(5, b"x")}), "MALFORMED_FRAME", None, "extension type 5"),
+        "timestamp_ext": (bytes.fromhex("82a17408a27265d6ff00000001"), "MALFORMED_FRAME", None, "timestamp extension (-1) as re"),
+        "too_deep": (_pack({"t": 23, "delivery_ids": deep}), "MALFORMED_FRAME", None, "arrays nested 6 deep"),
+        "request_id_zero": (_pack({"t": 11, "id": 0, "handle": "bob"}), "MALFORMED_FRAME", None, "id 0 is reserved"),
+        "request_id_over_u32": (_pack({"t": 11, "id": 2**32, "handle": "bob"}), "MALFORMED_FRAME", None, "id above 2^32-1"),
+        "request_id_negative": (_pack({"t": 11, "id": -1, "handle": "bob"}), "MALFORMED_FRAME", None, "negative id"),
+        "handle_uppercase": (_pack({"t": 11, "id": 1, "handle": "Bob"}), "MALFORMED_FRAME", 1, "upper-case handle"),
+        "handle_too_short": (_pack({"t": 11, "id": 1, "handle": "bo"}), "MALFORMED_FRAME", 1, "two-character handle"),
+        "handle_too_long": (_pack({"t": 11, "id": 1, "handle": "b" * 33}), "MALFORMED_FRAME", 1, "33-character handle"),
+        "handle_homoglyph": (_pack({"t": 11, "id": 1, "handle": "\u0430irline"}), "MALFORMED_FRAME", 1, "Cyrillic a in a handle"),
+        "handle_leading_dot": (_pack({"t": 11, "id": 1, "handle": ".bob"}), "MALFORMED_FRAME", 1, "handle starts with a dot"),
+        "invalid_utf8": (bytes.fromhex("83a1740ba26964 01a6 68616e646c65 a3 62ff62".replace(" ", "")), "MALFORMED_FRAME", 1, "handle is not valid UTF-8"),
+        "msg_id_short": (_pack(_send(msg_id=MID[:15])), "MALFORMED_FRAME", 5, "15-byte msg_id"),
+        "body_empty": (_pack(_send(body=b"")), "MALFORMED_FRAME", 5, "empty body"),
+        "body_too_large": (_pack(_send(body=b"\x00" * (limits.MAX_CIPHERTEXT_BYTES + 1))), "FRAME_TOO_LARGE", 5, "body one byte over MAX_CIPHERTEXT_BYTES"),
+        "frame_too_large": (_pack(_send(body=b"\x00" * limits.MAX_FRAME_BYTES)), "FRAME_TOO_LARGE", 5, "message over MAX_FRAME_BYTES"),
+        "intent_unknown": (_pack(_send(intent="spam")), "MALFORMED_FRAME", 5, "intent not defined"),
+        "intent_statement_from_client": (_pack(_send(intent="statement")), "MALFORMED_FRAME", 5, "clients may not send intent statement"),
+        "notification_without_category": (_pack(_send(intent="notification")), "MALFORMED_FRAME", 5, "notification needs a category"),
+        "chat_with_category": (_pack(_send(category="utility")), "MALFORMED_FRAME", 5, "category only with notification"),
+        "category_unknown": (_pack(_send(intent="notification", category="spam")), "MALFORMED_FRAME", 5, "category not defined"),
+        "categories_duplicate": (_pack(_send(intent="consent_request", categories=["utility", "utility"])), "MALFORMED_FRAME", 5, "the same category twice"),
+        "categories_empty": (_pack(_send(intent="consent_request", categories=[])), "MALFORMED_FRAME", 5, "a consent request for nothing"),
+        "ack_empty": (_pack({"t": 23, "delivery_ids": []}), "MALFORMED_FRAME", None, "ACK with no ids"),
+        "ack_too_many": (_pack({"t": 23, "delivery_ids": list(range(1, limits.MAX_ACK_IDS + 2))}), "FRAME_TOO_LARGE", None, "ACK over MAX_ACK_IDS"),
+        "prekeys_upload_empty": (_pack({"t": 10, "id": 1, "one_time": []}), "MALFORMED_FRAME", 1, "upload carrying no key"),
+        "prekeys_duplicate_ids": (_pack({"t": 10, "id": 1, "one_time": [{"key_id": 1, "public": K32}, {"key_id": 1, "public": K32B}]}), "MALFORMED_FRAME", 1, "two one-time prekeys with one id"),
+        "record_unknown_key": (_pack({"t": 10, "id": 1, "one_time": [{"key_id": 1, "public": K32, "private": K32}]}), "MALFORMED_FRAME", 1, "a private key field inside a record"),
+        "record_as_array": (_pack({"t": 10, "id": 1, "signed_prekey": [7, K32, SIG]}), "MALFORMED_FRAME", 1, "record sent as an array"),
+        "public_key_short": (_pack({"t": 10, "id": 1, "one_time": [{"key_id": 1, "public": K32[:31]}]}), "MALFORMED_FRAME", 1, "31-byte public key"),
+        "reason_on_refusal": (_pack({"t": 9, "code": 400, "reason": "blocked"}), "MALFORMED_FRAME", None, "reason only allowed with 1xx codes"),
+        "month_invalid": (_pack({"t": 43, "id": 1, "month": "2026-13"}), "MALFORMED_FRAME", 1, "month 13"),
+        # SPEC §2.2.5: `re` echoes a readable top-level `id` whatever else is wrong.
+        "id_with_ext_type": (_pack({"t": 11, "id": 3, "handle": msgpack.ExtType(5, b"x")}), "MALFORMED_FRAME", 3, "extension type 5 in a request with a readable id"),
+        "id_with_timestamp_ext": (bytes.fromhex("83a1740ba2696403a668616e646c65d6ff00000001"), "MALFORMED_FRAME", 3, "timestamp extension (-1) in a request with a readable id"),
+        "id_with_bad_timestamp": (bytes.fromhex("83a1740ba2696403a668616e646c65d4ff00"), "MALFORMED_FRAME", 3, "a timestamp extension of a length it does not define: skipped by its length"),
+        "id_with_duplicate_key": (bytes.fromhex("84a1740ba2696403a668616e646c65a3626f62a668616e646c65a3626f62"), "MALFORMED_FRAME", 3, "key handle twice in a request with a readable id"),
+        "id_with_int_map_key": (bytes.fromhex("84a1740ba2696403a668616e646c65a3626f620101"), "MALFORMED_FRAME", 3, "map key 1 in a request with a readable id"),
+        "id_with_too_deep": (_pack({"t": 11, "id": 3, "handle": deep}), "MALFORMED_FRAME", 3, "nesting too deep in a request with a readable id"),
+        "id_with_unknown_type": (_pack({"t": 50, "id": 3, "future": b"field"}), "UNKNOWN_FRAME_TYPE", 3, "unknown t in a message with a readable id"),
+        "id_on_a_notification": (_pack({"t": 23, "id": 3, "delivery_ids": [1]}), "MALFORMED_FRAME", 3, "an ACK with an id key: the id is echoed whatever t is"),
+        "id_largest": (_pack({"t": 11, "id": 2**32 - 1, "handle": "B"}), "MALFORMED_FRAME", 2**32 - 1, "the largest id, echoed"),
+        "id_key_non_canonical": (bytes.fromhex("83a1740bd9026964" "03a668616e646c65a142"), "MALFORMED_FRAME", 3, "id key as str8: still the str key id"),
+        "id_twice": (bytes.fromhex("84a1740ba2696403a2696404a668616e646c65a3626f62"), "MALFORMED_FRAME", None, "key id twice: no re"),
+        "id_as_bin_key": (bytes.fromhex("83a1740bc4026964" "03a668616e646c65a3626f62"), "MALFORMED_FRAME", None, "id key sent as bin: not the str key id, no re"),
+        "id_as_float": (_pack({"t": 11, "id": 3.0, "handle": "bob"}), "MALFORMED_FRAME", None, "id is a float: no re"),
+        "id_as_bool": (_pack({"t": 11, "id": True, "handle": "bob"}), "MALFORMED_FRAME", None, "id is a boolean: no re"),
+        "id_only_nested": (_pack({"t": 10, "one_time": [{"key_id": 1, "public": K32, "id": 3}]}), "MALFORMED_FRAME", None, "id only inside a nested map: no re"),
+        "id_after_truncation": (_pack({"t": 11, "id": 3, "handle": "bob"})[:-1], "MALFORMED_FRAME", None, "the map is not complete: no re"),
+        "kind_unknown": (_pack({"t": 2, "id": 1, "handle": "alice", "kind": "admin", "identity_key": K32, "signature": SIG}), "MALFORMED_FRAME", 1, "account kind not defined"),
     }  # fmt: skip
 
 
@@ -154,9 +175,11 @@ def main() -> None:
     for name, frame in valid_frames().items():
         record = {"hex": encode(frame).hex(), "frame": to_json(frame)}
         _write(HERE / "valid" / f"{name}.json", record)
-    for name, (data, code, description) in invalid_vectors().items():
-        record = {"hex": data.hex(), "error": code, "description": description}
-        _write(HERE / "invalid" / f"{name}.json", record)
+    for name, (data, code, re, description) in invalid_vectors().items():
+        invalid: dict[str, object] = {
+            "hex": data.hex(), "error": code, "re": re, "description": description,
+        }  # fmt: skip
+        _write(HERE / "invalid" / f"{name}.json", invalid)
 
 
 def _write(path: Path, record: Mapping[str, object]) -> None:

@@ -31,11 +31,15 @@ def test_valid_vector_decodes_to_its_frame_and_encodes_back(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
-def test_invalid_vector_raises_its_error_code(path: Path) -> None:
+def test_invalid_vector_raises_its_error_code_with_its_re(path: Path) -> None:
+    """SPEC §2.3 picks the code, SPEC §2.2.5 whether the ERROR echoes an ``id`` as ``re``."""
     vector = load(path)
+    data = bytes.fromhex(vector["hex"])
     with pytest.raises(ProtocolError) as info:
-        codec.decode(bytes.fromhex(vector["hex"]))
+        codec.decode(data)
     assert info.value.code is ErrorCode[vector["error"]]
+    assert info.value.request_id == vector["re"]
+    assert codec.request_id_of(data) == vector["re"]
 
 
 def test_every_frame_type_has_a_valid_vector() -> None:
@@ -57,5 +61,10 @@ def test_vectors_are_what_the_generator_produces(tmp_path: Path) -> None:
     spec.loader.exec_module(module)
     valid = {name: codec.encode(frame).hex() for name, frame in module.valid_frames().items()}
     assert valid == {p.stem: load(p)["hex"] for p in VALID}
-    invalid = {name: data.hex() for name, (data, _, _) in module.invalid_vectors().items()}
-    assert invalid == {p.stem: load(p)["hex"] for p in INVALID}
+    invalid = {
+        name: {"hex": data.hex(), "error": code, "re": re}
+        for name, (data, code, re, _) in module.invalid_vectors().items()
+    }
+    assert invalid == {
+        p.stem: {key: load(p)[key] for key in ("hex", "error", "re")} for p in INVALID
+    }
