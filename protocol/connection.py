@@ -260,13 +260,17 @@ class RelayConnection(_Connection):
         """
         if self.state is State.CLOSED:
             return
-        if exc.code < 200 or isinstance(exc, AuthenticationFailed):
-            self.protocol_errors += 1
-        if self.protocol_errors > limits.MAX_PROTOCOL_ERRORS:
-            exc, re = TooManyErrors(), None
         reason = (exc.detail[:MAX_REASON_LEN] or None) if 100 <= exc.code < 200 else None
         retry_after = getattr(exc, "retry_after_ms", None)
         self.send(Error(code=int(exc.code), re=re, retry_after=retry_after, reason=reason))
+        # SPEC §4.5: "Every ERROR with a code from 100 to 199 and every 200 counts
+        # [...] The ERROR that takes the count over MAX_PROTOCOL_ERRORS is sent as
+        # usual and followed by ERROR 105 TOO_MANY_ERRORS, a push; if that error
+        # itself closes the connection (200), no 105 follows."
+        if exc.code < 200 or isinstance(exc, AuthenticationFailed):
+            self.protocol_errors += 1
+            if self.protocol_errors > limits.MAX_PROTOCOL_ERRORS and self.state is not State.CLOSED:
+                self.send(Error(code=int(TooManyErrors.code)))
 
     def verify_registration(self, frame: Register, now_ms: int) -> None:
         """SPEC §4.2: the new key signed this connection's fresh challenge."""

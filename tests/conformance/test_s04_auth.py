@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import msgpack
 import pytest
 
 from blindrelay.protocol import PROTOCOL_VERSION, limits
@@ -21,7 +22,7 @@ from blindrelay.protocol.frames import (
     Welcome,
 )
 
-from .wire import Account, new_handle, new_msg_id, rng
+from .wire import Account, error_code, new_handle, new_msg_id, rng
 
 
 def _register_frame(peer, account: Account, *, relay_key=None, challenge=None, key=None):
@@ -56,11 +57,13 @@ def _login_frame(
 
 
 async def _refused_and_closed(peer, frame) -> None:
-    """SPEC §4.4.1: ERROR 200 answering the proof, then the relay closes."""
+    """SPEC §4.4.1: ERROR 200 answering the proof, then the relay closes — §9: "with 1008
+    (policy violation) after every other closing code (104, 105, 200)"."""
     await peer.send(frame)
     error = await peer.response(frame.id)
     assert isinstance(error, Error) and error.code == 200, error
-    assert await peer.closed() is not None
+    assert await peer.closed() == 1008
+    assert peer.pending() == []
 
 
 @pytest.mark.spec("4.1")
@@ -255,15 +258,45 @@ async def test_frames_before_welcome_get_103_and_the_connection_stays_open(relay
 
 @pytest.mark.spec("4.5")
 async def test_too_many_protocol_errors_close_with_105(relay):
-    """SPEC: "A relay closes a connection that has caused more than MAX_PROTOCOL_ERRORS (16)
-    frame or authentication errors, with ERROR 105 TOO_MANY_ERRORS"."""
+    """SPEC §4.5: "The ERROR that takes the count over MAX_PROTOCOL_ERRORS is sent as usual
+    and followed by ERROR 105 TOO_MANY_ERRORS, a push", then the relay closes with 1008."""
     peer = await relay.user()
-    for _ in range(limits.MAX_PROTOCOL_ERRORS + 1):
+    for _ in range(limits.MAX_PROTOCOL_ERRORS):
         await peer.send_raw(b"\xc1")
-    codes = []
-    for _ in range(limits.MAX_PROTOCOL_ERRORS + 1):
+    request_id = peer.next_id()
+    await peer.send_raw(msgpack.packb({"t": 11, "id": request_id, "handle": "B"}), expect_re=request_id)
+    errors = []
+    for _ in range(limits.MAX_PROTOCOL_ERRORS + 2):
         error = await peer.recv()
         assert isinstance(error, Error)
-        codes.append(error.code)
-    assert codes == [100] * limits.MAX_PROTOCOL_ERRORS + [105]
-    assert await peer.closed() is not None
+        errors.append((error.code, error.re))
+    assert errors == [(100, None)] * limits.MAX_PROTOCOL_ERRORS + [(100, request_id), (105, None)]
+    assert await peer.closed() == 1008
+
+
+@pytest.mark.spec("4.5")
+async def test_an_auth_failure_over_the_budget_closes_without_105(relay):
+    """SPEC §4.5: 200 counts, and "if that error itself closes the connection (200), no 105
+    follows"."""
+    peer = await relay.connect()
+    for _ in range(limits.MAX_PROTOCOL_ERRORS):
+        await peer.send_raw(b"\xc1")
+    for _ in range(limits.MAX_PROTOCOL_ERRORS):
+        assert error_code(await peer.recv()) == 100
+    forged = await peer.login(Account(new_handle(), "user"))
+    assert isinstance(forged, Error) and forged.code == 200
+    assert await peer.closed() == 1008
+    assert peer.pending() == []
+
+
+@pytest.mark.spec("4.5")
+async def test_refusals_of_well_formed_requests_do_not_count_towards_the_budget(relay):
+    """SPEC §4.5: "no other code counts" — 400 refusals past MAX_PROTOCOL_ERRORS leave the
+    connection open."""
+    alice = await relay.user()
+    for _ in range(limits.MAX_PROTOCOL_ERRORS + 4):
+        refused = await alice.request(
+            lambda i: Send(id=i, to=new_handle("nobody"), msg_id=new_msg_id(), intent="chat", body=b"x")
+        )
+        assert error_code(refused) == 400
+    assert await alice.round_trip() == []
