@@ -319,18 +319,28 @@ def _refuse_ext(code: int, data: bytes) -> object:
 
 
 def _check_depth(value: object, depth: int = 1) -> None:
-    """Refuse containers nested deeper than the limit; scalars cost one isinstance."""
+    """Refuse containers nested deeper than the limit, and timestamps.
+
+    msgpack turns the timestamp extension (−1) into a ``Timestamp`` instead of
+    calling ``ext_hook``; refusing it here keeps it in the msgpack layer with
+    every other extension (SPEC §2.3: that layer is checked before ``t``).
+    Scalars cost one isinstance and one type comparison.
+    """
     if isinstance(value, dict):
         children: typing.Iterable[object] = value.values()
     elif isinstance(value, tuple):
         children = value
     else:
+        if type(value) is msgpack.Timestamp:
+            raise MalformedFrame("extension type -1 is not allowed")
         return
     if depth > limits.MAX_NESTING_DEPTH:
         raise MalformedFrame(f"nesting deeper than {limits.MAX_NESTING_DEPTH}")
     for child in children:
         if isinstance(child, dict | tuple):
             _check_depth(child, depth + 1)
+        elif type(child) is msgpack.Timestamp:
+            raise MalformedFrame("extension type -1 is not allowed")
 
 
 # --- annotation-driven conversion -------------------------------------------

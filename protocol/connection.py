@@ -269,7 +269,7 @@ class RelayConnection(_Connection):
         # itself closes the connection (200), no 105 follows."
         if exc.code < 200 or isinstance(exc, AuthenticationFailed):
             self.protocol_errors += 1
-            if self.protocol_errors > limits.MAX_PROTOCOL_ERRORS and self.state is not State.CLOSED:
+            if self.protocol_errors > limits.MAX_PROTOCOL_ERRORS and not exc.code.closes_connection:
                 self.send(Error(code=int(TooManyErrors.code)))
 
     def verify_registration(self, frame: Register, now_ms: int) -> None:

@@ -85,15 +85,16 @@ MAX_REASON_LEN = 200
 
 
 # --- validators -------------------------------------------------------------
-# Each raises MalformedFrame (wrong shape) or FrameTooLarge (over a limit), the
-# two errors the codec promises for untrusted input.
+# Each raises FrameTooLarge when a str, bin or array is longer than its type's
+# maximum and MalformedFrame for everything else (SPEC §2.3), the two errors the
+# codec promises for untrusted input.
 
 
 def check_handle(value: str, name: str = "handle") -> None:
     """SPEC §3.2: 3–32 characters of ``[a-z0-9._-]``, first a letter or digit."""
-    if not limits.HANDLE_MIN_LEN <= len(value) <= limits.HANDLE_MAX_LEN:
-        lo, hi = limits.HANDLE_MIN_LEN, limits.HANDLE_MAX_LEN
-        raise MalformedFrame(f"{name}: length must be {lo}–{hi}")
+    _check_max(value, name, limits.HANDLE_MAX_LEN)
+    if len(value) < limits.HANDLE_MIN_LEN:
+        raise MalformedFrame(f"{name}: at least {limits.HANDLE_MIN_LEN} characters")
     if not _HANDLE_RE.match(value):
         raise MalformedFrame(f"{name}: must match [a-z0-9][a-z0-9._-]*")
 
@@ -105,7 +106,9 @@ def _check_uint(value: int, name: str, maximum: int, minimum: int = 0) -> None:
 
 def _check_len(value: bytes, name: str, size: int) -> None:
     if len(value) != size:
-        raise MalformedFrame(f"{name}: must be exactly {size} bytes")
+        # SPEC §2.3: longer than the type's maximum is 101, shorter is 100.
+        error = FrameTooLarge if len(value) > size else MalformedFrame
+        raise error(f"{name}: must be exactly {size} bytes")
 
 
 def _check_max(value: bytes | str | tuple[object, ...], name: str, maximum: int) -> None:
