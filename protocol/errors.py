@@ -151,11 +151,13 @@ class QueueFull(ProtocolError):
 
 
 class RateLimited(ProtocolError):
+    """Sent with ``retry_after``, which SPEC §9 requires with 402 (1 ms at least)."""
+
     code = ErrorCode.RATE_LIMITED
 
-    def __init__(self, detail: str = "", retry_after_ms: int = 0) -> None:
+    def __init__(self, detail: str = "", retry_after_ms: int = 1) -> None:
         super().__init__(detail)
-        self.retry_after_ms = retry_after_ms
+        self.retry_after_ms = max(1, retry_after_ms)
 
 
 class MessageIdReused(ProtocolError):

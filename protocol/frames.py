@@ -15,12 +15,13 @@ state (:mod:`.connection`), and what the relay does with it (``server``).
 from __future__ import annotations
 
 import re
-from dataclasses import MISSING, dataclass, fields
+import typing
+from dataclasses import dataclass, fields
 from enum import IntEnum, StrEnum
 from typing import ClassVar
 
 from . import limits
-from .errors import FrameTooLarge, MalformedFrame
+from .errors import ErrorCode, FrameTooLarge, MalformedFrame
 
 
 class FrameType(IntEnum):
@@ -75,12 +76,12 @@ _CATEGORIES = frozenset(limits.CATEGORIES)
 
 MAX_REQUEST_ID = 2**32 - 1
 MAX_DELIVERY_ID = 2**63 - 1
-MAX_TIME_MS = 2**53
-"""Times are Unix milliseconds, kept within 2**53 so every JSON consumer of a
-vector reads them exactly."""
+MAX_TIME_MS = 2**53 - 1
+"""Times are Unix milliseconds from 0 to 2**53 − 1 inclusive (SPEC conventions):
+the largest integer every JSON consumer of a vector reads exactly."""
 
 _HANDLE_RE = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
-_MONTH_RE = re.compile(r"\d{4}-(0[1-9]|1[0-2])\Z")
+_MONTH_RE = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])\Z")  # ASCII digits: \d matches any script's
 MAX_REASON_LEN = 200
 
 
@@ -330,9 +331,13 @@ class Error(_Frame):
         _check_uint(self.code, "code", 999, minimum=100)
         if self.re is not None:
             _check_uint(self.re, "re", MAX_REQUEST_ID, minimum=1)
+        # SPEC §9: "retry_after MUST be present with 402 and only with 402".
+        if (self.retry_after is not None) != (self.code == ErrorCode.RATE_LIMITED):
+            raise MalformedFrame("retry_after: required with 402 and only with 402")
         if self.retry_after is not None:
-            _check_uint(self.retry_after, "retry_after", MAX_TIME_MS)
+            _check_uint(self.retry_after, "retry_after", MAX_TIME_MS, minimum=1)
         if self.reason is not None:
+            _check_nonempty(self.reason, "reason")
             _check_max(self.reason, "reason", MAX_REASON_LEN)
             if not 100 <= self.code < 200:
                 raise MalformedFrame("reason: only allowed with 1xx codes")
@@ -539,6 +544,7 @@ class Statements(_Response):
         _Response.__post_init__(self)
         _check_max(self.statements, "statements", limits.MAX_LISTED_STATEMENTS)
         for item in self.statements:
+            _check_nonempty(item, "statements")
             _check_max(item, "statements", limits.MAX_STATEMENT_BYTES)
         if self.next is not None:
             _check_uint(self.next, "next", MAX_DELIVERY_ID, minimum=1)
@@ -587,8 +593,10 @@ class Profile(_Response):
         check_handle(self.handle)
         _check_len(self.identity_key, "identity_key", 32)
         if self.profile is not None:
+            _check_nonempty(self.profile, "profile")
             _check_max(self.profile, "profile", limits.MAX_PROFILE_BYTES)
         if self.badge is not None:
+            _check_nonempty(self.badge, "badge")
             _check_max(self.badge, "badge", limits.MAX_BADGE_BYTES)
 
 
@@ -657,6 +665,12 @@ def field_names(cls: type[Frame] | type[Record]) -> tuple[str, ...]:
 
 
 def required_field_names(cls: type[Frame] | type[Record]) -> frozenset[str]:
+    """Fields a message must carry: all but those typed ``X | None`` (SPEC §2.3 rule 5).
+
+    A default such as ``after = 0`` or ``one_time = ()`` is for building frames
+    in code; on the wire such a field is still required.
+    """
+    hints = typing.get_type_hints(cls)
     return frozenset(
-        f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+        f.name for f in fields(cls) if type(None) not in typing.get_args(hints[f.name])
     )
