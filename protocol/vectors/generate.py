@@ -59,6 +59,8 @@ def valid_frames() -> dict[str, f.Frame]:
         "send_consent_request": f.Send(id=7, to="alice", msg_id=MID, intent="consent_request", body=b"\x03" * 48, categories=("utility", "marketing")),
         "sent": f.Sent(re=5, msg_id=MID, at=T0 + 1),
         "deliver_chat": f.Deliver(delivery_id=77, sender="alice", sender_kind="user", msg_id=MID, intent="chat", sent_at=T0 + 1, body=b"\x01" * 48),
+        "deliver_notification": f.Deliver(delivery_id=79, sender="skyways.air", sender_kind="business", msg_id=MID, intent="notification", sent_at=T0 + 3, body=b"\x02" * 48, category="utility"),
+        "deliver_consent_request": f.Deliver(delivery_id=80, sender="skyways.air", sender_kind="business", msg_id=MID, intent="consent_request", sent_at=T0 + 4, body=b"\x03" * 48, categories=("utility", "marketing")),
         "deliver_statement": f.Deliver(delivery_id=78, sender="alice", sender_kind="user", msg_id=MID, intent="statement", sent_at=T0 + 2, body=b"\x04" * 40),
         "ack": f.Ack(delivery_ids=(77, 78)),
         "statement": f.Statement(id=8, statement=b"\x05" * 200),

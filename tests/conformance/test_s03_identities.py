@@ -41,7 +41,8 @@ from .wire import Account, new_handle, rng
 )
 async def test_register_refuses_a_handle_outside_the_pattern(relay, handle):
     """SPEC: "A handle MUST be 3 to 32 characters from [a-z0-9._-], the first being a
-    letter or a digit": anything else is a malformed REGISTER (100, naming its id)."""
+    letter or a digit": anything else is a malformed REGISTER (100, naming its id), or
+    101 when it is longer than its maximum (§2.3)."""
     peer = await relay.connect()
     key = IdentityKeyPair.generate(rng)
     request_id = peer.next_id()
@@ -60,7 +61,8 @@ async def test_register_refuses_a_handle_outside_the_pattern(relay, handle):
     )
     await peer.send_raw(data, expect_re=request_id)
     error = await peer.response(request_id)
-    assert isinstance(error, Error) and (error.code, error.re) == (100, request_id)
+    code = 101 if len(handle) > limits.HANDLE_MAX_LEN else 100
+    assert isinstance(error, Error) and (error.code, error.re) == (code, request_id)
 
 
 @pytest.mark.spec("3.2")
