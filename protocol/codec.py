@@ -147,6 +147,7 @@ def _decode(data: bytes) -> Frame:
     try:
         cls = FRAME_CLASSES[FrameType(tag)]
     except ValueError:
+        _refuse_timestamps(obj)
         raise UnknownFrameType(f"t: {tag} is not a frame type of this version") from None
     body = {k: v for k, v in obj.items() if k != TYPE_KEY}
     try:
@@ -159,51 +160,50 @@ def _decode(data: bytes) -> Frame:
 
 # --- the id an ERROR echoes (SPEC §2.2.5) -------------------------------------
 #
-# "An ERROR answering a message carries `re` if and only if the message begins
-# with one complete msgpack map in which exactly one key is the str `id` and
-# its value is an int from 1 to 2^32−1" — whatever else is wrong with it. So
-# this reader is deliberately lenient where the decoder is strict: it skips
-# every value without building it (any type, extension types, invalid UTF-8,
-# any depth, duplicate keys other than `id`) and ignores bytes after the map.
-# It walks the bytes once with a counter instead of recursing, so hostile
-# nesting costs no stack, and every step consumes at least one byte.
+# "An ERROR answering a binary message MUST carry `re` if and only if the
+# message begins with one complete msgpack map of at most 16 entries, each key
+# and value nesting at most 1024 containers, in which exactly one key is the
+# str `id` and that key's value is an int from 1 to 2^32−1" — whatever else is
+# wrong with it. So this reader is lenient where the decoder is strict: it
+# skips every key and value without building it (any type, any extension,
+# invalid UTF-8, duplicate keys other than `id`) and ignores bytes after the
+# map. msgpack's C ``skip`` does the walking, so a hostile message costs about
+# what decoding it costs; its stack of 1024 containers is the depth bound, and
+# the entry bound keeps the Python loop to at most 16 turns.
+
+ID_MAP_MAX_ENTRIES = MAX_MAP_KEYS
+"""Largest map an ``id`` is read from: no frame has more fields (SPEC §2.2.5)."""
+ID_MAX_NESTING = 1024
+"""Containers a key or value may nest for its map's ``id`` to be read: msgpack's
+own stack, far beyond the 4 levels a frame may have (SPEC §2.2.5)."""
 
 _ID_KEYS = frozenset(
     {b"\xa2id", b"\xd9\x02id", b"\xda\x00\x02id", b"\xdb\x00\x00\x00\x02id"}
 )
 """The str ``id`` in each msgpack str encoding (a bin ``id`` is another key)."""
-
-_FIXED_SIZE = {
-    0xC0: 0, 0xC2: 0, 0xC3: 0,  # nil, false, true
-    0xCA: 4, 0xCB: 8,  # float 32, 64
-    0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8,  # ints
-    0xD4: 2, 0xD5: 3, 0xD6: 5, 0xD7: 9, 0xD8: 17,  # fixext: type byte + data
-}  # fmt: skip
-_SIZED = {
-    0xC4: (1, 0), 0xC5: (2, 0), 0xC6: (4, 0),  # bin: length bytes
-    0xC7: (1, 1), 0xC8: (2, 1), 0xC9: (4, 1),  # ext: length bytes, then a type byte
-    0xD9: (1, 0), 0xDA: (2, 0), 0xDB: (4, 0),  # str
-}  # fmt: skip
-_COUNTED = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}
-"""Array and map headers: (length bytes, objects per element)."""
 _ID_VALUE_MAX_BYTES = 9
 """The longest msgpack int (0xcf or 0xd3 and eight bytes)."""
 
 
 def request_id_of(data: bytes) -> int | None:
     """The ``re`` an ERROR answering ``data`` carries, or None (SPEC §2.2.5)."""
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(data), 1))
+    unpacker.feed(data)
+    id_value: bytes | None = None
+    seen = 0
     try:
-        count, at = _map_header(data)
-        id_value: bytes | None = None
-        seen = 0
-        for _ in range(count):  # a lying count ends at the end of the data (IndexError)
-            key_end = _skip(data, at)
-            value_end = _skip(data, key_end)
-            if data[at:key_end] in _ID_KEYS:
+        count = unpacker.read_map_header()
+        if count > ID_MAP_MAX_ENTRIES:
+            return None
+        for _ in range(count):
+            start = unpacker.tell()
+            unpacker.skip()
+            key_end = unpacker.tell()
+            unpacker.skip()  # StackError past ID_MAX_NESTING containers
+            if data[start:key_end] in _ID_KEYS:
                 seen += 1
-                id_value = data[key_end:value_end]
-            at = value_end
-    except (IndexError, ValueError):
+                id_value = data[key_end : unpacker.tell()]
+    except Exception:  # not a map, incomplete, 0xc1, too deep: no complete map to read
         return None
     if seen != 1 or id_value is None or len(id_value) > _ID_VALUE_MAX_BYTES:
         return None
@@ -211,57 +211,6 @@ def request_id_of(data: bytes) -> int | None:
     if type(value) is int and 1 <= value <= MAX_REQUEST_ID:
         return value
     return None
-
-
-def _map_header(data: bytes) -> tuple[int, int]:
-    """(entries, offset of the first key) of the map ``data`` starts with."""
-    head = data[0]
-    if 0x80 <= head <= 0x8F:
-        return head & 0x0F, 1
-    if head in (0xDE, 0xDF):
-        size = 2 if head == 0xDE else 4
-        if len(data) < 1 + size:
-            raise IndexError("truncated map header")
-        return int.from_bytes(data[1 : 1 + size], "big"), 1 + size
-    raise ValueError("not a map")
-
-
-def _skip(data: bytes, at: int) -> int:
-    """The offset just after the one complete msgpack object starting at ``at``."""
-    pending = 1
-    while pending:
-        pending -= 1
-        head = data[at]
-        at += 1
-        if head <= 0x7F or head >= 0xE0:  # positive and negative fixint
-            continue
-        if head <= 0x8F:  # fixmap
-            pending += 2 * (head & 0x0F)
-            continue
-        if head <= 0x9F:  # fixarray
-            pending += head & 0x0F
-            continue
-        if head <= 0xBF:  # fixstr
-            at += head & 0x1F
-            continue
-        size = _FIXED_SIZE.get(head)
-        if size is not None:
-            at += size
-            continue
-        if head in _SIZED:
-            length_bytes, extra = _SIZED[head]
-            at += length_bytes + extra + int.from_bytes(data[at : at + length_bytes], "big")
-        elif head in _COUNTED:
-            length_bytes, per_element = _COUNTED[head]
-            pending += per_element * int.from_bytes(data[at : at + length_bytes], "big")
-            at += length_bytes
-        else:  # 0xc1, never used by msgpack
-            raise ValueError("not a msgpack object")
-        if at > len(data):
-            raise IndexError("object runs past the end of the message")
-    if at > len(data):
-        raise IndexError("object runs past the end of the message")
-    return at
 
 
 def _unpack(data: bytes) -> object:
@@ -319,28 +268,36 @@ def _refuse_ext(code: int, data: bytes) -> object:
 
 
 def _check_depth(value: object, depth: int = 1) -> None:
-    """Refuse containers nested deeper than the limit, and timestamps.
-
-    msgpack turns the timestamp extension (−1) into a ``Timestamp`` instead of
-    calling ``ext_hook``; refusing it here keeps it in the msgpack layer with
-    every other extension (SPEC §2.3: that layer is checked before ``t``).
-    Scalars cost one isinstance and one type comparison.
-    """
+    """Refuse containers nested deeper than the limit; scalars cost one isinstance."""
     if isinstance(value, dict):
         children: typing.Iterable[object] = value.values()
     elif isinstance(value, tuple):
         children = value
     else:
-        if type(value) is msgpack.Timestamp:
-            raise MalformedFrame("extension type -1 is not allowed")
         return
     if depth > limits.MAX_NESTING_DEPTH:
         raise MalformedFrame(f"nesting deeper than {limits.MAX_NESTING_DEPTH}")
     for child in children:
         if isinstance(child, dict | tuple):
             _check_depth(child, depth + 1)
-        elif type(child) is msgpack.Timestamp:
-            raise MalformedFrame("extension type -1 is not allowed")
+
+
+def _refuse_timestamps(value: object) -> None:
+    """The timestamp extension (−1) is an extension like any other (SPEC §2.3 rule 7).
+
+    msgpack decodes it to a ``Timestamp`` instead of calling ``ext_hook``. The
+    field checks refuse it wherever it appears; this walk is only needed where
+    no field check follows — before an unknown ``t`` gets 102, since the msgpack
+    layer comes first — and so costs the hot path nothing.
+    """
+    if type(value) is msgpack.Timestamp:
+        raise MalformedFrame("extension type -1 is not allowed")
+    if isinstance(value, dict):
+        for child in value.values():
+            _refuse_timestamps(child)
+    elif isinstance(value, tuple):
+        for child in value:
+            _refuse_timestamps(child)
 
 
 # --- annotation-driven conversion -------------------------------------------

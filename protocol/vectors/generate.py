@@ -170,6 +170,7 @@ def invalid_vectors() -> dict[str, tuple[bytes, str, int | None, str]]:
         "id_on_a_notification": (_pack({"t": 23, "id": 3, "delivery_ids": [1]}), "MALFORMED_FRAME", 3, "an ACK with an id key: the id is echoed whatever t is"),
         "id_largest": (_pack({"t": 11, "id": 2**32 - 1, "handle": "B"}), "MALFORMED_FRAME", 2**32 - 1, "the largest id, echoed"),
         "id_key_non_canonical": (bytes.fromhex("83a1740bd9026964" "03a668616e646c65a142"), "MALFORMED_FRAME", 3, "id key as str8: still the str key id"),
+        "id_in_a_map_of_17_entries": (_pack({"t": 11, "id": 3, "handle": "bob", **{f"x{i}": i for i in range(14)}}), "MALFORMED_FRAME", None, "a map of 17 entries: larger than any frame, no re"),
         "id_twice": (bytes.fromhex("84a1740ba2696403a2696404a668616e646c65a3626f62"), "MALFORMED_FRAME", None, "key id twice: no re"),
         "id_as_bin_key": (bytes.fromhex("83a1740bc4026964" "03a668616e646c65a3626f62"), "MALFORMED_FRAME", None, "id key sent as bin: not the str key id, no re"),
         "id_as_float": (_pack({"t": 11, "id": 3.0, "handle": "bob"}), "MALFORMED_FRAME", None, "id is a float: no re"),

@@ -226,3 +226,16 @@ async def test_relay_frames_are_canonical(relay):
         assert isinstance(item, Received)
         assert encode(item.frame) == item.raw
         assert next(iter(msgpack.unpackb(item.raw))) == "t"
+
+
+@pytest.mark.spec("2.2.5")
+async def test_the_id_is_read_past_1024_levels_of_nesting_but_not_1025(relay):
+    """SPEC: `re` is carried if the map's keys and values each nest "at most 1024
+    containers"; one more and the ERROR is a push."""
+    peer = await relay.user()
+    for depth, request_id in ((1024, 51), (1025, None)):
+        value = b"\x91" * (depth - 1) + b"\x90"
+        data = b"\x83\xa1t\x0b\xa1x" + value + b"\xa2id" + msgpack.packb(51)
+        await peer.send_raw(data, expect_re=request_id)
+        error = await peer.recv()
+        assert isinstance(error, Error) and (error.code, error.re) == (100, request_id), depth

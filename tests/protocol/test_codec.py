@@ -109,8 +109,9 @@ _UNDECIDED = object()
 
 
 def _reference_request_id(data: bytes) -> object:
-    """SPEC §2.2.5 read with msgpack itself: the first object, if a map, with exactly one
-    str key `id` whose value is an int (not a bool) in 1 … 2^32−1.
+    """SPEC §2.2.5 read with msgpack itself: the first object, if a map of at most 16
+    entries, with exactly one str key `id` whose value is an int (not a bool) in
+    1 … 2^32−1. (Generated values nest far less than the 1024 containers allowed.)
 
     msgpack refuses a timestamp extension (−1) of a length the timestamp format does not
     define, which the rule skips like any extension: those inputs are undecided here
@@ -125,7 +126,7 @@ def _reference_request_id(data: bytes) -> object:
         obj = unpacker.unpack()
     except Exception as exc:
         return _UNDECIDED if "timestamp" in str(exc) else None
-    if type(obj) is not _Pairs:
+    if type(obj) is not _Pairs or len(obj) > 16:
         return None
     ids = [value for key, value in obj if type(key) is str and key == "id"]
     if len(ids) == 1 and type(ids[0]) is int and 1 <= ids[0] <= f.MAX_REQUEST_ID:
@@ -170,13 +171,22 @@ def test_a_mutated_frame_refused_by_the_decoder_echoes_the_id_the_rule_reads(
         assert exc.request_id == expected
 
 
-def test_an_id_behind_nesting_deeper_than_msgpack_recursion_is_still_read() -> None:
-    """The rule ignores depth; the reader walks without recursing (no stack limit)."""
-    deep = b"\x91" * 50_000 + b"\x01"
-    data = b"\x83\xa1t\x0b\xa1x" + deep + b"\xa2id\x07"
-    with pytest.raises(MalformedFrame) as info:
-        codec.decode(data)
-    assert info.value.request_id == 7
+@pytest.mark.parametrize("container", [b"\x91", b"\x81\xa1k"], ids=["arrays", "maps"])
+def test_an_id_is_read_past_values_nesting_up_to_the_bound_and_not_beyond(container: bytes) -> None:
+    """SPEC §2.2.5: "each key and value nesting at most 1024 containers"."""
+    for depth, expected in ((codec.ID_MAX_NESTING, 7), (codec.ID_MAX_NESTING + 1, None)):
+        value = container * (depth - 1) + b"\x90"  # the innermost container is empty
+        data = b"\x83\xa1t\x0b\xa1x" + value + b"\xa2id\x07"
+        with pytest.raises(MalformedFrame) as info:
+            codec.decode(data)
+        assert info.value.request_id == expected, depth
+
+
+def test_an_id_is_read_from_maps_of_up_to_sixteen_entries() -> None:
+    """SPEC §2.2.5: "one complete msgpack map of at most 16 entries"."""
+    for entries, expected in ((codec.ID_MAP_MAX_ENTRIES, 7), (codec.ID_MAP_MAX_ENTRIES + 1, None)):
+        pairs = {"id": 7, **{f"k{i}": i for i in range(entries - 1)}}
+        assert codec.request_id_of(msgpack.packb(pairs)) == expected, entries
 
 
 def test_a_map_claiming_more_entries_than_its_bytes_hold_has_no_id() -> None:
