@@ -181,8 +181,8 @@ _ID_KEYS = frozenset(
     {b"\xa2id", b"\xd9\x02id", b"\xda\x00\x02id", b"\xdb\x00\x00\x00\x02id"}
 )
 """The str ``id`` in each msgpack str encoding (a bin ``id`` is another key)."""
-_ID_VALUE_MAX_BYTES = 9
-"""The longest msgpack int (0xcf or 0xd3 and eight bytes)."""
+_INT_SIZES = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
+"""Bytes after the head of msgpack's uint 8 … 64 and int 8 … 64."""
 
 
 def request_id_of(data: bytes) -> int | None:
@@ -205,12 +205,22 @@ def request_id_of(data: bytes) -> int | None:
                 id_value = data[key_end : unpacker.tell()]
     except Exception:  # not a map, incomplete, 0xc1, too deep: no complete map to read
         return None
-    if seen != 1 or id_value is None or len(id_value) > _ID_VALUE_MAX_BYTES:
+    if seen != 1 or id_value is None or not _is_msgpack_int(id_value):
         return None
-    value = msgpack.unpackb(id_value)
-    if type(value) is int and 1 <= value <= MAX_REQUEST_ID:
-        return value
+    value = msgpack.unpackb(id_value)  # an int: decoding it cannot fail
+    if 1 <= value <= MAX_REQUEST_ID:
+        return typing.cast(int, value)
     return None
+
+
+def _is_msgpack_int(encoded: bytes) -> bool:
+    """Whether ``encoded`` is one msgpack int (checked on the head byte before decoding,
+    so that a str that is not UTF-8, say, never reaches a decoder that would raise)."""
+    head = encoded[0]
+    if head <= 0x7F or head >= 0xE0:  # positive and negative fixint
+        return len(encoded) == 1
+    size = _INT_SIZES.get(head)
+    return size is not None and len(encoded) == 1 + size
 
 
 def _unpack(data: bytes) -> object:

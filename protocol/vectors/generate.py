@@ -174,6 +174,7 @@ def invalid_vectors() -> dict[str, tuple[bytes, str, int | None, str]]:
         "id_twice": (bytes.fromhex("84a1740ba2696403a2696404a668616e646c65a3626f62"), "MALFORMED_FRAME", None, "key id twice: no re"),
         "id_as_bin_key": (bytes.fromhex("83a1740bc4026964" "03a668616e646c65a3626f62"), "MALFORMED_FRAME", None, "id key sent as bin: not the str key id, no re"),
         "id_as_float": (_pack({"t": 11, "id": 3.0, "handle": "bob"}), "MALFORMED_FRAME", None, "id is a float: no re"),
+        "id_as_bad_utf8_str": (bytes.fromhex("83a1740ba26964a1b0a668616e646c65a3626f62"), "MALFORMED_FRAME", None, "id is a str that is not UTF-8: no re"),
         "id_as_bool": (_pack({"t": 11, "id": True, "handle": "bob"}), "MALFORMED_FRAME", None, "id is a boolean: no re"),
         "id_only_nested": (_pack({"t": 10, "one_time": [{"key_id": 1, "public": K32, "id": 3}]}), "MALFORMED_FRAME", None, "id only inside a nested map: no re"),
         "id_after_truncation": (_pack({"t": 11, "id": 3, "handle": "bob"})[:-1], "MALFORMED_FRAME", None, "the map is not complete: no re"),

@@ -156,6 +156,15 @@ def test_request_id_of_agrees_with_a_reference_reading(data: bytes) -> None:
     assert codec.request_id_of(data) == _reference_request_id(data)
 
 
+@settings(max_examples=500)
+@given(st.binary(max_size=32).map(lambda tail: b"\x82\xa2id" + tail))
+def test_request_id_of_never_raises_whatever_follows_an_id_key(data: bytes) -> None:
+    """Found by the mutation test below: an id whose value was a str that is not UTF-8
+    made the reader raise instead of answering None."""
+    result = codec.request_id_of(data)
+    assert result is None or 1 <= result <= f.MAX_REQUEST_ID
+
+
 @settings(max_examples=300)
 @given(all_frames, st.data())
 def test_a_mutated_frame_refused_by_the_decoder_echoes_the_id_the_rule_reads(
