@@ -79,7 +79,8 @@ MAX_TIME_MS = 2**53
 """Times are Unix milliseconds, kept within 2**53 so every JSON consumer of a
 vector reads them exactly."""
 
-_HANDLE_RE = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
+_HANDLE_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*\Z")
+"""SPEC §3.2: labels of letters and digits joined by single punctuation characters."""
 _MONTH_RE = re.compile(r"\d{4}-(0[1-9]|1[0-2])\Z")
 MAX_REASON_LEN = 200
 
@@ -90,12 +91,14 @@ MAX_REASON_LEN = 200
 
 
 def check_handle(value: str, name: str = "handle") -> None:
-    """SPEC §3.2: 3–32 characters of ``[a-z0-9._-]``, first a letter or digit."""
+    """SPEC §3.2: 3–32 characters of ``[a-z0-9._-]``; "it starts and ends with a letter
+    or digit and never has two punctuation characters in a row" (``airline.``,
+    ``air..line`` are lookalikes of ``airline``, not handles)."""
     if not limits.HANDLE_MIN_LEN <= len(value) <= limits.HANDLE_MAX_LEN:
         lo, hi = limits.HANDLE_MIN_LEN, limits.HANDLE_MAX_LEN
         raise MalformedFrame(f"{name}: length must be {lo}–{hi}")
     if not _HANDLE_RE.match(value):
-        raise MalformedFrame(f"{name}: must match [a-z0-9][a-z0-9._-]*")
+        raise MalformedFrame(f"{name}: must match [a-z0-9]+([._-][a-z0-9]+)*")
 
 
 def _check_uint(value: int, name: str, maximum: int, minimum: int = 0) -> None:

@@ -38,9 +38,9 @@ fuzzer cannot keep a connection busy forever."""
 
 HANDLE_MIN_LEN = 3
 HANDLE_MAX_LEN = 32
-"""Handles are 3–32 characters from ``[a-z0-9._-]``, starting with a letter or
-digit. ASCII-only on purpose: no homoglyph impostors ("аirline" with a
-Cyrillic a), and a handle is a key in every relay table."""
+"""Handles are 3–32 characters from ``[a-z0-9._-]``: letters and digits joined by
+single punctuation characters (SPEC §3.2). ASCII-only on purpose: no homoglyph
+impostors ("аirline" with a Cyrillic a), and a handle is a key in every relay table."""
 
 DISPLAY_NAME_MAX_LEN = 64
 """Longest display name in a badge or profile, in characters."""

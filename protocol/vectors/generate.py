@@ -23,6 +23,7 @@ from blindrelay.protocol import frames as f
 from blindrelay.protocol import limits
 from blindrelay.protocol.codec import encode
 from blindrelay.protocol.jsonform import to_json
+from blindrelay.protocol.skeleton import leading_skeletons, skeleton
 
 HERE = Path(__file__).resolve().parent
 
@@ -122,6 +123,10 @@ def invalid_vectors() -> dict[str, tuple[bytes, str, str]]:
         "handle_too_long": (_pack({"t": 11, "id": 1, "handle": "b" * 33}), "MALFORMED_FRAME", "33-character handle"),
         "handle_homoglyph": (_pack({"t": 11, "id": 1, "handle": "\u0430irline"}), "MALFORMED_FRAME", "Cyrillic a in a handle"),
         "handle_leading_dot": (_pack({"t": 11, "id": 1, "handle": ".bob"}), "MALFORMED_FRAME", "handle starts with a dot"),
+        "handle_trailing_dot": (_pack({"t": 11, "id": 1, "handle": "airline."}), "MALFORMED_FRAME", "handle ends with a dot (a lookalike of airline)"),
+        "handle_trailing_hyphen": (_pack({"t": 11, "id": 1, "handle": "airline-"}), "MALFORMED_FRAME", "handle ends with a hyphen"),
+        "handle_double_punctuation": (_pack({"t": 11, "id": 1, "handle": "air..line"}), "MALFORMED_FRAME", "two punctuation characters in a row"),
+        "handle_mixed_double_punctuation": (_pack({"t": 11, "id": 1, "handle": "air_-line"}), "MALFORMED_FRAME", "two different punctuation characters in a row"),
         "invalid_utf8": (bytes.fromhex("83a1740ba26964 01a6 68616e646c65 a3 62ff62".replace(" ", "")), "MALFORMED_FRAME", "handle is not valid UTF-8"),
         "msg_id_short": (_pack(_send(msg_id=MID[:15])), "MALFORMED_FRAME", "15-byte msg_id"),
         "body_empty": (_pack(_send(body=b"")), "MALFORMED_FRAME", "empty body"),
@@ -147,6 +152,20 @@ def invalid_vectors() -> dict[str, tuple[bytes, str, str]]:
     }  # fmt: skip
 
 
+SKELETON_HANDLES = (
+    "airline", "air1ine", "airiine", "ai.rline", "air-line", "airline.com", "airline-support",
+    "air.france-help", "g00gle", "rnicrosoft", "vvalmart", "clisney", "wvw", "vvvvv", "skyways.air",
+)  # fmt: skip
+
+
+def skeleton_vectors() -> list[dict[str, object]]:
+    """SPEC §3.2: each handle's skeleton and the skeletons of its leading label runs."""
+    return [
+        {"handle": h, "skeleton": skeleton(h), "leading": list(leading_skeletons(h))}
+        for h in SKELETON_HANDLES
+    ]
+
+
 def main() -> None:
     for folder in ("valid", "invalid"):
         shutil.rmtree(HERE / folder, ignore_errors=True)
@@ -157,6 +176,7 @@ def main() -> None:
     for name, (data, code, description) in invalid_vectors().items():
         record = {"hex": data.hex(), "error": code, "description": description}
         _write(HERE / "invalid" / f"{name}.json", record)
+    _write(HERE / "skeletons.json", {"skeletons": skeleton_vectors()})
 
 
 def _write(path: Path, record: Mapping[str, object]) -> None:

@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from blindrelay.protocol import frames as f
 from blindrelay.protocol import limits
 
-handles = st.from_regex(r"[a-z0-9][a-z0-9._-]{2,31}", fullmatch=True)
+handles = st.from_regex(r"[a-z0-9]{1,10}(?:[._-][a-z0-9]{1,6}){0,3}", fullmatch=True).filter(
+    lambda h: len(h) >= 3
+)
 u32_ids = st.integers(1, 2**32 - 1)
 times = st.integers(0, f.MAX_TIME_MS)
 counts = st.integers(0, f.MAX_DELIVERY_ID)

@@ -11,6 +11,7 @@ from blindrelay.protocol import codec
 from blindrelay.protocol import frames as f
 from blindrelay.protocol.errors import ErrorCode, ProtocolError
 from blindrelay.protocol.jsonform import from_json, to_json
+from blindrelay.protocol.skeleton import leading_skeletons, skeleton
 
 VECTORS = Path(__file__).resolve().parents[2] / "protocol" / "vectors"
 VALID = sorted((VECTORS / "valid").glob("*.json"))
@@ -47,6 +48,19 @@ def test_there_are_at_least_thirty_invalid_vectors() -> None:
     assert len(INVALID) >= 30
 
 
+SKELETONS = load(VECTORS / "skeletons.json")["skeletons"]
+
+
+@pytest.mark.parametrize("vector", SKELETONS, ids=lambda v: v["handle"])
+def test_skeleton_vector_holds(vector: dict[str, object]) -> None:
+    """SPEC §3.2: the skeleton and the leading-label skeletons of each handle."""
+    handle = vector["handle"]
+    assert isinstance(handle, str)
+    f.check_handle(handle)
+    assert skeleton(handle) == vector["skeleton"]
+    assert list(leading_skeletons(handle)) == vector["leading"]
+
+
 def test_vectors_are_what_the_generator_produces(tmp_path: Path) -> None:
     """Committed vectors are current: regenerate in memory and compare."""
     import importlib.util
@@ -59,3 +73,4 @@ def test_vectors_are_what_the_generator_produces(tmp_path: Path) -> None:
     assert valid == {p.stem: load(p)["hex"] for p in VALID}
     invalid = {name: data.hex() for name, (data, _, _) in module.invalid_vectors().items()}
     assert invalid == {p.stem: load(p)["hex"] for p in INVALID}
+    assert module.skeleton_vectors() == SKELETONS
