@@ -140,9 +140,16 @@ def create_relay_seed(store: Store, seed: bytes, public: bytes, now: int) -> byt
 
 
 def create_account(store: Store, handle: str, kind: str, identity_key: bytes, now: int) -> None:
+    """SPEC §3.2, §4.2: one job, so no two registrations can both pass a check."""
+    # "The relay MUST refuse [...] a handle with a leading skeleton equal to the
+    # skeleton of an existing business, with ERROR 201 HANDLE_TAKEN."
+    if store.lookalikes.collides(handle):
+        raise HandleTaken()
     # "Handles are unique: a REGISTER for an existing handle MUST be refused."
     if not store.accounts.create(Account(handle, kind, identity_key), now):
         raise HandleTaken()
+    if kind == AccountKind.BUSINESS:
+        store.lookalikes.add(handle)
 
 
 def login_counts(store: Store, handle: str, not_before: int) -> list[Any]:
