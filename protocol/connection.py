@@ -270,7 +270,22 @@ class RelayConnection(_Connection):
 
     def verify_registration(self, frame: Register, now_ms: int) -> None:
         """SPEC §4.2: the new key signed this connection's fresh challenge."""
+        self.spend_challenge(now_ms)
+        self.verify_registration_signature(frame)
+
+    def spend_challenge(self, now_ms: int) -> None:
+        """SPEC §4.4.1: take this connection's one attempt at the challenge.
+
+        The relay's registration policy (SPEC §4.6) runs between this and
+        :meth:`verify_registration_signature`, so that its cheap refusals come
+        before the signature check and still spend the challenge.
+        """
         self._consume_challenge(now_ms)
+
+    def verify_registration_signature(self, frame: Register) -> None:
+        """SPEC §4.2: the signature part of :meth:`verify_registration`."""
+        if not self._challenge_used:
+            raise RuntimeError("spend the challenge before checking a proof")
         transcript = register_transcript(
             self.relay_key, self.challenge, frame.handle, frame.kind, frame.identity_key
         )

@@ -55,6 +55,14 @@ CHALLENGE_TTL_MS = 30_000
 """A challenge must be answered within this. Long enough for a slow phone,
 short enough that a captured challenge is useless soon after."""
 
+REGISTER_RATE_PER_H_ADDRESS = 20.0
+REGISTER_BURST_ADDRESS = 20
+"""*Default.* Registrations per source address (IPv4 address, IPv6 /64; SPEC §4.6).
+A person registers once per device, so a household, an office or a small NAT never
+notices; fifty throwaway accounts from one address no longer come for free. An
+address shared by many people (a large carrier-grade NAT) may need more, and an
+attacker with many addresses is slowed only by proof of work or invites."""
+
 # --- Prekeys (SPEC §5) -----------------------------------------------------
 
 MAX_PREKEYS_PER_UPLOAD = 100

@@ -26,9 +26,18 @@ from .storage import Account
 
 
 def register(ctx: RelayContext, session: Session, frame: Register) -> None:
-    """SPEC §4.2: create the account the fresh challenge was signed for."""
+    """SPEC §4.2, §4.6: create the account the fresh challenge was signed for.
+
+    The checks run in the order of SPEC §4.6.4, cheapest first; each refusal
+    leaves the challenge spent.
+    """
     now = ctx.clock()
-    session.conn.verify_registration(frame, now)
+    conn = session.conn
+    conn.spend_challenge(now)
+    # "Every REGISTER that reaches the policy spends a token of its source
+    # address's bucket, before any other check of the REGISTER."
+    ctx.registration.admit(session.source)
+    conn.verify_registration_signature(frame)
     account = Account(frame.handle, frame.kind, frame.identity_key)
 
     def created(_: None) -> None:

@@ -54,6 +54,10 @@ class RelayConfig:
     send_burst_pair: int = limits.SEND_BURST_PAIR
     bundle_rate_per_min: float = limits.BUNDLE_FETCH_RATE_PER_MIN
     bundle_burst: int = limits.BUNDLE_FETCH_BURST
+    register_rate_per_h: float = limits.REGISTER_RATE_PER_H_ADDRESS
+    register_burst: int = limits.REGISTER_BURST_ADDRESS
+    """Registrations per source address (SPEC §4.6.1); tests and benchmarks that
+    register many accounts from 127.0.0.1 raise them explicitly."""
     max_stored_one_time_prekeys: int = limits.MAX_STORED_ONE_TIME_PREKEYS
     service_window_ms: int = limits.SERVICE_WINDOW_MS
     consent_cooldown_ms: int = limits.CONSENT_COOLDOWN_MS
@@ -84,6 +88,8 @@ class RelayConfig:
             "send_burst_pair": self.send_burst_pair,
             "bundle_rate_per_min": self.bundle_rate_per_min,
             "bundle_burst": self.bundle_burst,
+            "register_rate_per_h": self.register_rate_per_h,
+            "register_burst": self.register_burst,
             "max_stored_one_time_prekeys": self.max_stored_one_time_prekeys,
             "service_window_ms": self.service_window_ms,
             "consent_cooldown_ms": self.consent_cooldown_ms,

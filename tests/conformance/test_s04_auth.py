@@ -267,3 +267,13 @@ async def test_too_many_protocol_errors_close_with_105(relay):
         codes.append(error.code)
     assert codes == [100] * limits.MAX_PROTOCOL_ERRORS + [105]
     assert await peer.closed() is not None
+
+
+@pytest.mark.spec("4.6.2")
+async def test_a_bad_signature_is_answered_before_a_taken_handle(relay):
+    """SPEC §4.6.2: "The relay MUST check a REGISTER in this order and answer the first
+    failure only": the signature (200, closes) before the handle (201)."""
+    owner = await relay.user()
+    peer = await relay.connect()
+    frame = _register_frame(peer, Account(owner.handle, "user"), key=IdentityKeyPair.generate(rng))
+    await _refused_and_closed(peer, frame)

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.server import ServerConnection
 
+from blindrelay.protocol import limits
+from blindrelay.protocol.connection import login_transcript
 from blindrelay.protocol.errors import ErrorCode
-from blindrelay.protocol.frames import Error, Frame, Welcome
-from blindrelay.server.relay import RunningRelay
+from blindrelay.protocol.frames import Error, Frame, Login, Welcome
+from blindrelay.server.config import RelayConfig
+from blindrelay.server.registration import source_key
+from blindrelay.server.relay import RunningRelay, serve
 from blindrelay.server.storage import SCHEMA_VERSION, Account, Store, connect
 
-from .conftest import Clients, RawClient
+from .conftest import Clients, FakeClock, RawClient, RelayFixture, error_code
 
 
 async def register(client: RawClient, handle: str, kind: str = "user") -> Frame:
@@ -105,3 +113,160 @@ def test_upgrading_a_database_indexes_the_businesses_it_holds(tmp_path: Path) ->
     again = sqlite3.connect(path)  # a second start changes nothing
     assert again.execute("SELECT COUNT(*) FROM business_skeletons").fetchone()[0] == 1
     again.close()
+
+
+# --- SPEC §4.6: registrations per source address -----------------------------------
+
+
+async def test_fifty_registrations_from_one_address_are_cut_off_by_default(
+    tmp_path: Path, clock: FakeClock, clients: Clients
+) -> None:
+    """Issue 13 item 2: accounts were free and unlimited — fifty throwaway accounts
+    filled a queue, six drained a user's prekeys. A relay with the default
+    configuration lets one address register REGISTER_BURST_ADDRESS accounts, then
+    answers 402 RATE_LIMITED with retry_after (SPEC §4.6.1)."""
+    config = RelayConfig(host="127.0.0.1", port=0, db_path=tmp_path / "relay.db")
+    async with RelayFixture(config, clock) as running:
+        answers = [await attempt(running, clients, f"sybil{n}") for n in range(55)]
+    welcomed = [a for a in answers if isinstance(a, Welcome)]
+    refused = [a for a in answers if not isinstance(a, Welcome)]
+    assert len(welcomed) == limits.REGISTER_BURST_ADDRESS
+    assert answers[: len(welcomed)] == welcomed
+    assert refused and all(
+        isinstance(a, Error) and a.code == ErrorCode.RATE_LIMITED and a.retry_after
+        for a in refused
+    )
+
+
+SOURCE_HEADER = "X-Test-Source"
+
+
+def source_from_header(ws: ServerConnection) -> str:
+    """The relay's source address for a connection, injected by the test (real sockets
+    all come from 127.0.0.1): the header's address, through the relay's own mapping."""
+    assert ws.request is not None
+    return source_key(ws.request.headers[SOURCE_HEADER])
+
+
+@contextlib.asynccontextmanager
+async def relay_by_source(
+    config: RelayConfig, clock: FakeClock, **changes: object
+) -> AsyncIterator[RunningRelay]:
+    """A relay with the default registration limits that reads each connection's
+    source address from SOURCE_HEADER."""
+    changes.setdefault("register_burst", limits.REGISTER_BURST_ADDRESS)
+    changes.setdefault("register_rate_per_h", limits.REGISTER_RATE_PER_H_ADDRESS)
+    running = await serve(replace(config, **changes), clock=clock, source_of=source_from_header)
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
+async def from_address(
+    relay: RunningRelay, clients: Clients, address: str, handle: str, kind: str = "user"
+) -> Frame:
+    client = await clients.open(relay.url, headers={SOURCE_HEADER: address})
+    return await register(client, handle, kind)
+
+
+@pytest.mark.parametrize(
+    ("address", "neighbour", "stranger"),
+    [
+        ("203.0.113.7", "203.0.113.7", "203.0.113.8"),
+        ("2001:db8:1:2::1", "2001:db8:1:2:ffff::9", "2001:db8:1:3::1"),
+        ("::ffff:203.0.113.7", "203.0.113.7", "::ffff:203.0.113.8"),
+    ],
+    ids=["ipv4", "ipv6-/64", "ipv4-mapped"],
+)
+async def test_one_source_is_cut_off_at_the_limit_while_another_is_unaffected(
+    config: RelayConfig, clock: FakeClock, clients: Clients,
+    address: str, neighbour: str, stranger: str,
+) -> None:  # fmt: skip
+    """SPEC §4.6.1: one bucket per IPv4 address and per IPv6 /64; 50+ attempts from one
+    source get 402 after the burst, another source registers as if nothing happened."""
+    burst = limits.REGISTER_BURST_ADDRESS
+    async with relay_by_source(config, clock) as running:
+        answers = [
+            await from_address(running, clients, (address, neighbour)[n % 2], f"sybil{n}")
+            for n in range(52)
+        ]
+        assert all(isinstance(a, Welcome) for a in answers[:burst])
+        late = answers[burst:]
+        assert all(isinstance(a, Error) and a.code == ErrorCode.RATE_LIMITED for a in late)
+        assert isinstance(await from_address(running, clients, stranger, "honest"), Welcome)
+
+
+async def test_the_bucket_refills_at_the_configured_rate(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    async with relay_by_source(config, clock, register_burst=2, register_rate_per_h=6) as running:
+        for n in range(2):
+            assert isinstance(await from_address(running, clients, "192.0.2.1", f"a{n}xx"), Welcome)
+        refused = await from_address(running, clients, "192.0.2.1", "a2xx")
+        assert isinstance(refused, Error) and refused.code == ErrorCode.RATE_LIMITED
+        assert refused.retry_after == 600_000  # one token per 10 minutes
+        clock.advance(600_000)
+        assert isinstance(await from_address(running, clients, "192.0.2.1", "a3xx"), Welcome)
+
+
+async def test_a_rate_limited_register_spends_the_challenge_and_leaves_the_connection_open(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    """SPEC §4.6.1: "the challenge is spent and the connection stays open"; the client
+    reconnects after retry_after."""
+    async with relay_by_source(config, clock, register_burst=1) as running:
+        first = await clients.open(running.url, headers={SOURCE_HEADER: "192.0.2.1"})
+        assert isinstance(await register(first, "alice"), Welcome)
+        client = await clients.open(running.url, headers={SOURCE_HEADER: "192.0.2.1"})
+        refused = await register(client, "bob")
+        assert isinstance(refused, Error) and refused.code == ErrorCode.RATE_LIMITED
+        signature = first.key.sign(
+            login_transcript(client.relay_key, client.conn.hello.challenge, "alice")  # type: ignore[union-attr]
+        ).signature
+        frame = await client.request(lambda i: Login(id=i, handle="alice", signature=signature))
+        assert error_code(frame) == ErrorCode.AUTH_FAILED  # open until then, challenge spent
+
+
+async def test_the_limit_is_spent_before_the_signature_is_checked(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    """SPEC §4.6.1: the token is spent "before any other check of the REGISTER": bad
+    proofs cost the attacker tokens and the relay no signature verification."""
+    async with relay_by_source(config, clock, register_burst=3) as running:
+        for n in range(3):
+            client = await clients.open(running.url, headers={SOURCE_HEADER: "192.0.2.1"})
+            forged = client.conn.register(
+                f"bad{n}", "user", bytes(client.key.verify_key), lambda m: bytes(64)
+            )
+            for data in client.conn.data_to_send():
+                await client.ws.send(data)
+            assert error_code(await client.response(forged)) == ErrorCode.AUTH_FAILED
+        refused = await from_address(running, clients, "192.0.2.1", "good")
+        assert isinstance(refused, Error) and refused.code == ErrorCode.RATE_LIMITED
+
+
+async def test_logins_do_not_spend_the_registration_limit(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    async with relay_by_source(config, clock, register_burst=1) as running:
+        first = await clients.open(running.url, headers={SOURCE_HEADER: "192.0.2.1"})
+        assert isinstance(await register(first, "alice"), Welcome)
+        for _ in range(3):
+            again = await clients.open(running.url, headers={SOURCE_HEADER: "192.0.2.1"})
+            await again.login("alice", first.key)
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("2001:DB8:1:2::", "2001:db8:1:2::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("not an address", "not an address"),
+    ],
+)
+def test_source_keys_are_ipv4_addresses_and_ipv6_slash_64_prefixes(address: str, key: str) -> None:
+    assert source_key(address) == key
