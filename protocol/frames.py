@@ -21,6 +21,7 @@ from typing import ClassVar
 
 from . import limits
 from .errors import FrameTooLarge, MalformedFrame
+from .pow import expected_solve_ms
 
 
 class FrameType(IntEnum):
@@ -177,8 +178,39 @@ class UsageCount:
         _check_uint(self.count, "count", MAX_DELIVERY_ID)
 
 
-Record = SignedPreKeyRecord | OneTimePreKeyRecord | UsageCount
-RECORD_TYPES: tuple[type[Record], ...] = (SignedPreKeyRecord, OneTimePreKeyRecord, UsageCount)
+@dataclass(frozen=True, slots=True)
+class ProofOfWork:
+    """The cost of the registration puzzle a relay sets in HELLO (SPEC §4.6.3).
+
+    Bounded so that no relay can ask a client for more than
+    ``POW_MAX_EXPECTED_SOLVE_MS`` of work on the reference device: a client
+    refuses such a HELLO like any malformed frame.
+    """
+
+    bits: int
+    opslimit: int
+    memlimit: int
+
+    def __post_init__(self) -> None:
+        _check_uint(self.bits, "bits", limits.POW_MAX_BITS, minimum=1)
+        _check_uint(self.opslimit, "opslimit", limits.POW_MAX_OPSLIMIT, minimum=1)
+        _check_uint(
+            self.memlimit, "memlimit", limits.POW_MAX_MEMLIMIT_BYTES,
+            minimum=limits.POW_MIN_MEMLIMIT_BYTES,
+        )  # fmt: skip
+        if self.memlimit % 1024:
+            raise MalformedFrame("memlimit: must be a multiple of 1024")
+        if (
+            expected_solve_ms(self.bits, self.opslimit, self.memlimit)
+            > limits.POW_MAX_EXPECTED_SOLVE_MS
+        ):
+            raise MalformedFrame("pow: costs more than POW_MAX_EXPECTED_SOLVE_MS to solve")
+
+
+Record = SignedPreKeyRecord | OneTimePreKeyRecord | UsageCount | ProofOfWork
+RECORD_TYPES: tuple[type[Record], ...] = (
+    SignedPreKeyRecord, OneTimePreKeyRecord, UsageCount, ProofOfWork,
+)  # fmt: skip
 
 
 # --- frames -----------------------------------------------------------------
@@ -224,6 +256,8 @@ class Hello(_Frame):
     challenge: bytes
     expires_at: int
     now: int
+    pow: ProofOfWork | None = None
+    """Present when REGISTER must carry a proof of work (SPEC §4.6.3)."""
 
     def __post_init__(self) -> None:
         _check_uint(self.version, "version", 255, minimum=1)
@@ -242,6 +276,10 @@ class Register(_Request):
     kind: str
     identity_key: bytes
     signature: bytes
+    pow_nonce: bytes | None = None
+    """Solves HELLO's proof of work (SPEC §4.6.3)."""
+    invite: bytes | None = None
+    """An operator-issued invite token (SPEC §4.6.4)."""
 
     def __post_init__(self) -> None:
         _Request.__post_init__(self)
@@ -249,6 +287,10 @@ class Register(_Request):
         _check_enum(self.kind, "kind", _KINDS)
         _check_len(self.identity_key, "identity_key", 32)
         _check_len(self.signature, "signature", 64)
+        if self.pow_nonce is not None:
+            _check_len(self.pow_nonce, "pow_nonce", limits.POW_NONCE_BYTES)
+        if self.invite is not None:
+            _check_len(self.invite, "invite", limits.INVITE_BYTES)
 
 
 @dataclass(frozen=True, slots=True)

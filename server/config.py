@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blindrelay.protocol import limits
+from blindrelay.protocol.errors import ProtocolError
+from blindrelay.protocol.frames import ProofOfWork
 
 from . import gcpolicy
 
@@ -58,6 +60,11 @@ class RelayConfig:
     register_burst: int = limits.REGISTER_BURST_ADDRESS
     """Registrations per source address (SPEC §4.6.1); tests and benchmarks that
     register many accounts from 127.0.0.1 raise them explicitly."""
+    pow_bits: int = limits.POW_BITS
+    """Registration proof-of-work difficulty (SPEC §4.6.3); 0 is off."""
+    pow_opslimit: int = limits.POW_OPSLIMIT
+    pow_memlimit: int = limits.POW_MEMLIMIT_BYTES
+    """Argon2id cost of one evaluation, in passes and bytes, when ``pow_bits`` > 0."""
     max_stored_one_time_prekeys: int = limits.MAX_STORED_ONE_TIME_PREKEYS
     service_window_ms: int = limits.SERVICE_WINDOW_MS
     consent_cooldown_ms: int = limits.CONSENT_COOLDOWN_MS
@@ -104,3 +111,16 @@ class RelayConfig:
                 raise ValueError(f"{name} must be positive")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be in 0..65535")
+        if self.pow_bits < 0:
+            raise ValueError("pow_bits must be 0 (off) or positive")
+        self.proof_of_work  # noqa: B018 - validates the cost against SPEC §4.6.3's bound
+
+    @property
+    def proof_of_work(self) -> ProofOfWork | None:
+        """The cost HELLO announces, or None when proof of work is off."""
+        if self.pow_bits == 0:
+            return None
+        try:
+            return ProofOfWork(self.pow_bits, self.pow_opslimit, self.pow_memlimit)
+        except ProtocolError as exc:
+            raise ValueError(f"proof of work: {exc.detail}") from None

@@ -6,6 +6,11 @@ one-time prekeys, fifty filled a queue). The operator chooses the price:
 
 - a token bucket per **source address**, on by default: cheap, and invisible to
   honest people, who register once per device;
+- a **proof of work** (Argon2id, cost in HELLO), off by default: every honest
+  registration pays it, so it is for a relay under attack from many addresses.
+  Checking one costs one Argon2id evaluation — milliseconds and ``memlimit``
+  bytes — so it runs on a small pool of worker threads, never on the event loop
+  (libsodium releases the GIL), and only after the cheap checks passed;
 
 Not here: the order of the checks and the answers (``auth``), the account
 row and the lookalike rule (``jobs.create_account``).
@@ -13,7 +18,12 @@ row and the lookalike rule (``jobs.create_account``).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from blindrelay.protocol import limits
 
 from .config import RelayConfig
 from .ratelimit import Clock, TokenBuckets
@@ -25,6 +35,12 @@ from its 2^64 at will (SLAAC privacy addresses), so a per-address bucket would n
 limit anyone. Larger blocks (/56, /48) are what one customer of many ISPs gets, so
 an attacker may still hold hundreds of /64s; proof of work and invites are the
 answer to address-rich attackers, this limit is for everyone else."""
+
+
+PROOF_CHECK_THREADS = 2
+"""Proofs of work checked at once: one per core of a small relay. Each holds
+``memlimit`` bytes (at most 256 MiB) while it runs; more would buy no throughput on
+two cores and multiply that memory. Later proofs wait their turn."""
 
 
 def source_key(host: str) -> str:
@@ -53,8 +69,30 @@ class RegistrationPolicy:
         self._by_source = TokenBuckets(
             config.register_rate_per_h / 3600.0, config.register_burst, clock
         )
+        self.proof_of_work = config.proof_of_work
+        """The cost every HELLO announces, or None (SPEC §4.6.3)."""
+        self.auth_timeout_s = config.auth_timeout_s
+        """How long a connection may stay unauthenticated (SPEC §1.2.2): longer when
+        a slow device must first solve a proof of work."""
+        if self.proof_of_work is not None:
+            self.auth_timeout_s = max(self.auth_timeout_s, limits.POW_CHALLENGE_TTL_MS / 1000)
+        self._checks: ThreadPoolExecutor | None = None
 
     def admit(self, source: str) -> None:
         """SPEC §4.6.1: spend a token of the source's bucket or raise RateLimited."""
         self._by_source.take(source)
+
+    def check_off_loop(
+        self, check: Callable[[], bool], done: Callable[[asyncio.Future[bool]], None]
+    ) -> None:
+        """Run a proof check on a worker thread; ``done`` gets its future on the loop."""
+        if self._checks is None:
+            self._checks = ThreadPoolExecutor(PROOF_CHECK_THREADS, thread_name_prefix="pow")
+        future = asyncio.get_running_loop().run_in_executor(self._checks, check)
+        future.add_done_callback(done)
+
+    def close(self) -> None:
+        """Drop the checks not started; one running finishes on its own."""
+        if self._checks is not None:
+            self._checks.shutdown(wait=False, cancel_futures=True)
 

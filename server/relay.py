@@ -380,14 +380,17 @@ class RunningRelay:
     async def _connection(self, ws: ServerConnection) -> None:
         # "The relay MUST refuse a handshake without the blindrelay.v1 subprotocol":
         # websockets answers 400 when no offered subprotocol matches ours.
-        conn = RelayConnection(self.relay_key, self.ctx.clock(), self._rng)
+        registration = self.ctx.registration
+        conn = RelayConnection(
+            self.relay_key, self.ctx.clock(), self._rng, registration.proof_of_work
+        )
         transport = _WebSocketTransport(ws, conn, self._flusher)
         peer = ws.remote_address
         name = f"{peer[0]}:{peer[1]}" if peer else "?"
         session = Session(conn, transport, peer=name, source=self._source_of(ws))
         self._sessions.add(session)
         timer = asyncio.get_running_loop().call_later(
-            self.config.auth_timeout_s, self.dispatcher.auth_expired, session
+            registration.auth_timeout_s, self.dispatcher.auth_expired, session
         )
         log_event(logging.INFO, "connected", peer=session.peer)
         transport.flush()
@@ -466,6 +469,7 @@ class RunningRelay:
         if self._server is not None:
             await self._server.wait_closed()
         await self.ctx.writer.close()
+        self.ctx.registration.close()
         self._reader_close()
         log_event(logging.INFO, "stopped")
 

@@ -54,6 +54,14 @@ BY_NAME: dict[str, st.SearchStrategy[object]] = {
     "after": counts,
     "retry_after": times,
     "has_signed_prekey": st.booleans(),
+    "pow_nonce": st.binary(min_size=limits.POW_NONCE_BYTES, max_size=limits.POW_NONCE_BYTES),
+    "invite": st.binary(min_size=limits.INVITE_BYTES, max_size=limits.INVITE_BYTES),
+    "pow": st.builds(
+        f.ProofOfWork,
+        bits=st.integers(1, 6),
+        opslimit=st.integers(1, 2),
+        memlimit=st.integers(1024, 4096).map(lambda kib: kib * 1024),
+    ),
 }
 
 SIGNED = st.builds(f.SignedPreKeyRecord, key_id=BY_NAME["key_id"], public=BY_NAME["public"], signature=BY_NAME["signature"])

@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+from nacl.pwhash import argon2id
 from websockets.asyncio.server import ServerConnection
 
 from blindrelay.protocol import limits
-from blindrelay.protocol.connection import login_transcript
+from blindrelay.protocol import pow as puzzle
+from blindrelay.protocol.connection import login_transcript, register_transcript
 from blindrelay.protocol.errors import ErrorCode
-from blindrelay.protocol.frames import Error, Frame, Login, Welcome
+from blindrelay.protocol.frames import Error, Frame, Login, ProofOfWork, Register, Welcome
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.registration import source_key
 from blindrelay.server.relay import RunningRelay, serve
@@ -270,3 +274,146 @@ async def test_logins_do_not_spend_the_registration_limit(
 )
 def test_source_keys_are_ipv4_addresses_and_ipv6_slash_64_prefixes(address: str, key: str) -> None:
     assert source_key(address) == key
+
+
+# --- SPEC §4.6.3: proof of work ------------------------------------------------------
+
+TINY = ProofOfWork(bits=3, opslimit=1, memlimit=1024 * 1024)
+"""About eight 1 MiB evaluations: a real puzzle at a test's price."""
+
+
+def with_pow(config: RelayConfig, cost: ProofOfWork = TINY) -> RelayConfig:
+    return replace(config, pow_bits=cost.bits, pow_opslimit=cost.opslimit, pow_memlimit=cost.memlimit)
+
+
+def signed_register(client: RawClient, handle: str, request_id: int, **extra: object) -> Register:
+    """A REGISTER with a valid signature and whatever proof fields the test wants."""
+    hello = client.conn.hello
+    assert hello is not None
+    identity_key = bytes(client.key.verify_key)
+    transcript = register_transcript(hello.relay_key, hello.challenge, handle, "user", identity_key)
+    return Register(
+        id=request_id, handle=handle, kind="user", identity_key=identity_key,
+        signature=client.key.sign(transcript).signature, **extra,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def wrong_nonce(client: RawClient, handle: str, cost: ProofOfWork = TINY) -> bytes:
+    hello = client.conn.hello
+    assert hello is not None
+    transcript = register_transcript(
+        hello.relay_key, hello.challenge, handle, "user", bytes(client.key.verify_key)
+    )
+    args = (cost.bits, cost.opslimit, cost.memlimit)
+    for n in range(1000):
+        nonce = n.to_bytes(16, "big")
+        if not puzzle.verify(transcript, hello.challenge, nonce, *args):
+            return nonce
+    raise AssertionError("every nonce solves this puzzle")
+
+
+class Evaluations:
+    """Every Argon2id evaluation in this process from now on, and the thread it ran on."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.threads: list[int] = []
+        real = argon2id.kdf
+
+        def counted(*args: Any, **kwargs: Any) -> bytes:
+            self.threads.append(threading.get_ident())
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(argon2id, "kdf", counted)
+
+
+async def test_with_proof_of_work_on_hello_announces_its_cost_and_longer_lifetime(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    async with RelayFixture(with_pow(config), clock) as running:
+        client = await clients.open(running.url)
+        hello = client.conn.hello
+        assert hello is not None and hello.pow == TINY
+        assert hello.expires_at == clock.now + limits.POW_CHALLENGE_TTL_MS
+        assert running.ctx.registration.auth_timeout_s == limits.POW_CHALLENGE_TTL_MS / 1000
+
+
+async def test_a_register_without_a_proof_is_refused_and_spends_the_challenge(
+    config: RelayConfig, clock: FakeClock, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §4.6.3: "A missing or wrong pow_nonce gets ERROR 203 REGISTRATION_REFUSED;
+    the challenge is spent and the connection stays open" — and costs no evaluation."""
+    async with RelayFixture(with_pow(config), clock) as running:
+        client = await clients.open(running.url)
+        evaluations = Evaluations(monkeypatch)
+        frame = await client.request(lambda i: signed_register(client, "alice", i))
+        assert error_code(frame) == ErrorCode.REGISTRATION_REFUSED
+        assert evaluations.threads == []
+        again = await client.request(lambda i: signed_register(client, "alice", i))
+        assert error_code(again) == ErrorCode.AUTH_FAILED
+
+
+async def test_a_register_with_a_wrong_proof_is_refused_after_one_evaluation_off_the_loop(
+    config: RelayConfig, clock: FakeClock, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with RelayFixture(with_pow(config), clock) as running:
+        client = await clients.open(running.url)
+        nonce = wrong_nonce(client, "alice")
+        evaluations = Evaluations(monkeypatch)
+        frame = await client.request(lambda i: signed_register(client, "alice", i, pow_nonce=nonce))
+        assert error_code(frame) == ErrorCode.REGISTRATION_REFUSED
+        assert len(evaluations.threads) == 1
+        assert evaluations.threads[0] != threading.get_ident()  # not the event loop's thread
+
+
+async def test_a_register_with_a_solved_proof_is_welcomed_after_one_evaluation_off_the_loop(
+    config: RelayConfig, clock: FakeClock, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with RelayFixture(with_pow(config), clock) as running:
+        client = await clients.open(running.url)
+        request_id = client.conn.register(  # solves TINY here, before we count
+            "alice", "user", bytes(client.key.verify_key), lambda m: client.key.sign(m).signature
+        )
+        evaluations = Evaluations(monkeypatch)
+        for data in client.conn.data_to_send():
+            await client.ws.send(data)
+        assert isinstance(await client.response(request_id), Welcome)
+        assert len(evaluations.threads) == 1
+        assert evaluations.threads[0] != threading.get_ident()
+
+
+async def test_bogus_proofs_from_a_limited_address_cost_the_relay_no_evaluation(
+    config: RelayConfig, clock: FakeClock, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §4.6.2: the proof is checked only after the source's bucket and the signature."""
+    async with relay_by_source(with_pow(config), clock, register_burst=1) as running:
+        first = await clients.open(running.url, headers={SOURCE_HEADER: "192.0.2.1"})
+        assert isinstance(await register(first, "alice"), Welcome)
+        evaluations = Evaluations(monkeypatch)
+        for n in range(5):
+            client = await clients.open(running.url, headers={SOURCE_HEADER: "192.0.2.1"})
+            frame = await client.request(
+                lambda i, c=client, n=n: signed_register(c, f"sybil{n}", i, pow_nonce=bytes(16))
+            )
+            assert error_code(frame) == ErrorCode.RATE_LIMITED
+        forger = await clients.open(running.url, headers={SOURCE_HEADER: "192.0.2.2"})
+        forged = replace(
+            signed_register(forger, "mallory", 7, pow_nonce=bytes(16)), signature=bytes(64)
+        )
+        await forger.send(forged)
+        assert error_code(await forger.response(7)) == ErrorCode.AUTH_FAILED
+        assert evaluations.threads == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"pow_bits": 7}, "POW_MAX_EXPECTED_SOLVE_MS"),
+        ({"pow_bits": 2, "pow_memlimit": 1000}, "memlimit"),
+        ({"pow_bits": -1}, "pow_bits"),
+    ],
+)
+def test_a_relay_cannot_be_configured_to_ask_more_than_the_bound(
+    changes: dict[str, int], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        RelayConfig(**changes)  # type: ignore[arg-type]
