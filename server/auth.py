@@ -44,6 +44,7 @@ def register(ctx: RelayContext, session: Session, frame: Register) -> None:
     # address's bucket, before any other check of the REGISTER."
     ctx.registration.admit(session.source)
     conn.verify_registration_signature(frame)
+    invite = ctx.registration.invite_to_consume(frame.invite)  # 203 without one
     check = conn.registration_proof_check(frame)  # 203 without a nonce
     account = Account(frame.handle, frame.kind, frame.identity_key)
 
@@ -52,10 +53,10 @@ def register(ctx: RelayContext, session: Session, frame: Register) -> None:
         _welcome(ctx, session, frame.id, account, queued=0, one_time=0, has_signed=False)
 
     def create() -> None:
-        # "Handles are unique": refused with HandleTaken in :func:`.jobs.create_account`.
+        # The invite, the handle and its lookalikes: :func:`.jobs.create_account`.
         ctx.run_job(
             session, frame, "create_account",
-            (account.handle, account.kind, account.identity_key, now), created,
+            (account.handle, account.kind, account.identity_key, now, invite), created,
         )  # fmt: skip
 
     if check is None:

@@ -65,6 +65,8 @@ class RelayConfig:
     pow_opslimit: int = limits.POW_OPSLIMIT
     pow_memlimit: int = limits.POW_MEMLIMIT_BYTES
     """Argon2id cost of one evaluation, in passes and bytes, when ``pow_bits`` > 0."""
+    require_invites: bool = False
+    """Only REGISTERs with an invite from ``blindrelay admin invite`` (SPEC §4.6.4)."""
     max_stored_one_time_prekeys: int = limits.MAX_STORED_ONE_TIME_PREKEYS
     service_window_ms: int = limits.SERVICE_WINDOW_MS
     consent_cooldown_ms: int = limits.CONSENT_COOLDOWN_MS

@@ -11,6 +11,9 @@ one-time prekeys, fifty filled a queue). The operator chooses the price:
   Checking one costs one Argon2id evaluation — milliseconds and ``memlimit``
   bytes — so it runs on a small pool of worker threads, never on the event loop
   (libsodium releases the GIL), and only after the cheap checks passed;
+- **invites** issued by the operator (``blindrelay admin invite``), off by
+  default: for a closed deployment. The relay keeps a hash of each unused one and
+  consumes it in the transaction that creates the account (``jobs``).
 
 Not here: the order of the checks and the answers (``auth``), the account
 row and the lookalike rule (``jobs.create_account``).
@@ -19,11 +22,13 @@ row and the lookalike rule (``jobs.create_account``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from blindrelay.protocol import limits
+from blindrelay.protocol.errors import RegistrationRefused
 
 from .config import RelayConfig
 from .ratelimit import Clock, TokenBuckets
@@ -41,6 +46,14 @@ PROOF_CHECK_THREADS = 2
 """Proofs of work checked at once: one per core of a small relay. Each holds
 ``memlimit`` bytes (at most 256 MiB) while it runs; more would buy no throughput on
 two cores and multiply that memory. Later proofs wait their turn."""
+
+
+INVITE_CONTEXT = b"blindrelay/v1/invite\x00"
+
+
+def invite_digest(token: bytes) -> bytes:
+    """What the relay stores of an invite (SPEC §4.6.4): SHA-256 of context || token."""
+    return hashlib.sha256(INVITE_CONTEXT + token).digest()
 
 
 def source_key(host: str) -> str:
@@ -76,11 +89,22 @@ class RegistrationPolicy:
         a slow device must first solve a proof of work."""
         if self.proof_of_work is not None:
             self.auth_timeout_s = max(self.auth_timeout_s, limits.POW_CHALLENGE_TTL_MS / 1000)
+        self.require_invites = config.require_invites
         self._checks: ThreadPoolExecutor | None = None
 
     def admit(self, source: str) -> None:
         """SPEC §4.6.1: spend a token of the source's bucket or raise RateLimited."""
         self._by_source.take(source)
+
+    def invite_to_consume(self, invite: bytes | None) -> bytes | None:
+        """SPEC §4.6.4: the hash the writer job must consume, or None when invites
+        are not required (an invite sent anyway is ignored). A missing invite is
+        refused here, before the proof of work is checked."""
+        if not self.require_invites:
+            return None
+        if invite is None:
+            raise RegistrationRefused("invite required")
+        return invite_digest(invite)
 
     def check_off_loop(
         self, check: Callable[[], bool], done: Callable[[asyncio.Future[bool]], None]

@@ -16,7 +16,9 @@ Tables (SPEC §11 lists them; ``blindrelay inspect`` prints them):
 - ``profiles``, ``badges`` — signed business profiles and operator badges
   (SPEC §8.1–8.2; :mod:`.profiles`).
 - ``business_skeletons`` — the confusable skeleton of every business handle,
-  for the lookalike rule (SPEC §3.2; :class:`BusinessSkeletons`).
+  for the lookalike rule (SPEC §3.2; :class:`BusinessSkeletons`);
+- ``invites`` — hashes of the operator's unused invite tokens (SPEC §4.6.4;
+  :class:`Invites`).
 
 Bodies are opaque ciphertext: nothing here decodes them.
 
@@ -77,7 +79,8 @@ from .metering import UsageMeter
 from .profiles import BadgeStore, ProfileStore
 
 SCHEMA_VERSION = 3
-"""3: ``business_skeletons`` (SPEC §3.2), filled from existing businesses on upgrade."""
+"""3: ``business_skeletons`` (SPEC §3.2), filled from existing businesses on upgrade,
+and ``invites`` (SPEC §4.6.4)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS relay_identity (
@@ -184,6 +187,10 @@ CREATE INDEX IF NOT EXISTS badges_by_handle ON badges (handle, issued_at);
 CREATE TABLE IF NOT EXISTS business_skeletons (
     skeleton TEXT PRIMARY KEY,
     handle TEXT NOT NULL REFERENCES accounts(handle)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS invites (
+    digest BLOB PRIMARY KEY,
+    created_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -383,6 +390,33 @@ class BusinessSkeletons:
             "INSERT INTO business_skeletons (skeleton, handle) VALUES (?, ?)",
             (skeleton(handle), handle),
         )
+
+
+class Invites:
+    """Hashes of the operator's invite tokens not used yet (SPEC §4.6.4).
+
+    Only a hash is kept: the tokens are 128 random bits, so a plain hash is as
+    good as a slow one, and a copy of the database lets no one register. A used
+    invite's row is deleted with the registration that used it, so the table
+    never says who was invited by whom.
+    """
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self._conn = db.conn
+
+    def add(self, digests: Iterable[bytes], now: int) -> None:
+        self._conn.executemany(
+            "INSERT INTO invites (digest, created_at) VALUES (?, ?)",
+            [(digest, now) for digest in digests],
+        )
+
+    def consume(self, digest: bytes) -> bool:
+        """Delete the invite; False when there was none (unknown or used)."""
+        cursor = self._conn.execute("DELETE FROM invites WHERE digest = ?", (digest,))
+        return cursor.rowcount == 1
+
+    def count(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM invites").fetchone()[0])
 
 
 class PreKeyStore:
@@ -713,6 +747,7 @@ class Store:
         self.relay_identity = RelayIdentity(db)
         self.accounts = Accounts(db, self.cache)
         self.lookalikes = BusinessSkeletons(db)
+        self.invites = Invites(db)
         self.prekeys = PreKeyStore(db)
         self.queue = MessageQueue(db, self.cache)
         self.ledger = ConsentLedger(db, self.cache)

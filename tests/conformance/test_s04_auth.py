@@ -283,15 +283,19 @@ async def test_a_bad_signature_is_answered_before_a_taken_handle(relay):
 
 
 @pytest.mark.spec("4.6.3")
+@pytest.mark.spec("4.6.4")
 async def test_the_proof_of_work_rule_holds_for_the_policy_the_relay_announces(relay):
     """SPEC §4.6.3: with `pow` in HELLO, "a missing or wrong pow_nonce gets ERROR 203
     REGISTRATION_REFUSED; the challenge is spent and the connection stays open";
-    without it, "a pow_nonce in a REGISTER answering a HELLO without pow is ignored"."""
+    without it, "a pow_nonce in a REGISTER answering a HELLO without pow is ignored" —
+    and on a relay that does not require invites (§4.6.4), so is an `invite`."""
     peer = await relay.connect()
     account = Account(new_handle("pow"), "user")
     frame = _register_frame(peer, account)
     if peer.hello.pow is None:
-        answer = await peer.request(lambda i: replace(frame, id=i, pow_nonce=bytes(16)))
+        answer = await peer.request(
+            lambda i: replace(frame, id=i, pow_nonce=bytes(16), invite=bytes(16))
+        )
         assert isinstance(answer, Welcome), answer
         return
     refused = await peer.request(lambda i: replace(frame, id=i))

@@ -159,3 +159,15 @@ def test_serve_refuses_a_bad_configuration_in_one_line(
     err = capsys.readouterr().err
     assert err.startswith("blindrelay serve: ") and err.count("\n") == 1
     assert not (tmp_path / "r.db").exists()
+
+
+def test_require_invites_is_an_on_off_flag_with_an_environment_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from blindrelay.server.cli import build_parser
+
+    assert build_parser().parse_args(["serve"]).require_invites is False
+    assert build_parser().parse_args(["serve", "--require-invites"]).require_invites is True
+    monkeypatch.setenv("BLINDRELAY_REQUIRE_INVITES", "yes")
+    assert build_parser().parse_args(["serve"]).require_invites is True
+    assert build_parser().parse_args(["serve", "--no-require-invites"]).require_invites is False

@@ -20,12 +20,13 @@ from blindrelay.protocol import pow as puzzle
 from blindrelay.protocol.connection import login_transcript, register_transcript
 from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import Error, Frame, Login, ProofOfWork, Register, Welcome
+from blindrelay.server.cli import main as cli_main
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.registration import source_key
 from blindrelay.server.relay import RunningRelay, serve
 from blindrelay.server.storage import SCHEMA_VERSION, Account, Store, connect
 
-from .conftest import Clients, FakeClock, RawClient, RelayFixture, error_code
+from .conftest import Clients, FakeClock, RawClient, RelayFixture, db_rows, error_code
 
 
 async def register(client: RawClient, handle: str, kind: str = "user") -> Frame:
@@ -417,3 +418,107 @@ def test_a_relay_cannot_be_configured_to_ask_more_than_the_bound(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         RelayConfig(**changes)  # type: ignore[arg-type]
+
+
+# --- SPEC §4.6.4: invites ----------------------------------------------------------------
+
+
+def issue_invites(db: Path, count: int, capsys: pytest.CaptureFixture[str]) -> list[bytes]:
+    """``blindrelay admin invite --count N``, as an operator runs it next to the relay."""
+    capsys.readouterr()
+    assert cli_main(["admin", "invite", "--count", str(count), "--db", str(db)]) == 0
+    lines = capsys.readouterr().out.split()
+    assert len(lines) == count
+    return [bytes.fromhex(line) for line in lines]
+
+
+async def register_with(
+    relay: RunningRelay, clients: Clients, handle: str, invite: bytes | None
+) -> Frame:
+    client = await clients.open(relay.url)
+    request_id = client.conn.register(
+        handle, "user", bytes(client.key.verify_key), lambda m: client.key.sign(m).signature,
+        invite=invite,
+    )  # fmt: skip
+    for data in client.conn.data_to_send():
+        await client.ws.send(data)
+    return await client.response(request_id)
+
+
+async def test_with_invites_required_only_an_issued_invite_registers_and_only_once(
+    config: RelayConfig, clock: FakeClock, clients: Clients, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SPEC §4.6.4: "a REGISTER without invite, or with one the relay did not issue or
+    that was used, gets ERROR 203"; an invite is consumed with the account it created."""
+    async with RelayFixture(replace(config, require_invites=True), clock) as running:
+        first, second = issue_invites(config.db_path, 2, capsys)
+        assert error_code(await register_with(running, clients, "nobody", None)) == 203
+        assert error_code(await register_with(running, clients, "guesser", bytes(16))) == 203
+        assert isinstance(await register_with(running, clients, "alice", first), Welcome)
+        assert error_code(await register_with(running, clients, "mallory", first)) == 203
+        assert isinstance(await register_with(running, clients, "bob", second), Welcome)
+
+
+async def test_an_invite_is_not_spent_by_a_registration_that_fails(
+    config: RelayConfig, clock: FakeClock, clients: Clients, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """"consumed in the same transaction that creates the account": a taken handle or a
+    lookalike leaves the invite usable."""
+    async with RelayFixture(replace(config, require_invites=True), clock) as running:
+        first, second = issue_invites(config.db_path, 2, capsys)
+        assert isinstance(await register_with(running, clients, "airline", first), Welcome)
+        taken = await register_with(running, clients, "airline", second)
+        assert error_code(taken) == ErrorCode.HANDLE_TAKEN
+        assert isinstance(await register_with(running, clients, "alice", second), Welcome)
+
+
+async def test_of_two_concurrent_registrations_with_one_invite_one_wins(
+    config: RelayConfig, clock: FakeClock, clients: Clients, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with RelayFixture(replace(config, require_invites=True), clock) as running:
+        (invite,) = issue_invites(config.db_path, 1, capsys)
+        answers = await asyncio.gather(
+            *(register_with(running, clients, f"racer{n}", invite) for n in range(6))
+        )
+        assert sorted(type(a).__name__ for a in answers) == ["Error"] * 5 + ["Welcome"]
+        assert {a.code for a in answers if isinstance(a, Error)} == {203}
+
+
+async def test_the_relay_stores_only_a_hash_of_each_invite(
+    config: RelayConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Store(connect(config.db_path)).db.conn.close()
+    tokens = issue_invites(config.db_path, 3, capsys)
+    rows = [bytes(row[0]) for row in db_rows(config.db_path, "SELECT digest FROM invites")]
+    assert len(rows) == 3 and not set(rows) & set(tokens)
+    for path in config.db_path.parent.iterdir():
+        data = path.read_bytes()
+        assert not any(token in data or token.hex().encode() in data for token in tokens)
+
+
+async def test_without_invites_required_an_invite_is_ignored_and_kept(
+    config: RelayConfig, clock: FakeClock, clients: Clients, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with RelayFixture(config, clock) as running:
+        (invite,) = issue_invites(config.db_path, 1, capsys)
+        assert isinstance(await register_with(running, clients, "alice", invite), Welcome)
+        assert isinstance(await register_with(running, clients, "bob", bytes(16)), Welcome)
+    assert db_rows(config.db_path, "SELECT COUNT(*) FROM invites") == [(1,)]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--count", "0"], "--count"),
+        (["--count", "100001"], "--count"),
+        (["--db", "/nonexistent/relay.db"], "no database"),
+    ],
+)
+def test_admin_invite_refuses_bad_input_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    db = tmp_path / "relay.db"
+    Store(connect(db)).db.conn.close()
+    assert cli_main(["admin", "invite", "--db", str(db), *args]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and message in captured.err and captured.err.count("\n") == 1
