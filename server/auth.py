@@ -40,8 +40,8 @@ def register(ctx: RelayContext, session: Session, frame: Register) -> None:
     now = ctx.clock()
     conn = session.conn
     conn.spend_challenge(now)
-    # "Every REGISTER that reaches the policy spends a token of its source
-    # address's bucket, before any other check of the REGISTER."
+    # "Every REGISTER that passes the challenge check spends a token of its
+    # source's bucket before any other check."
     ctx.registration.admit(session.source)
     conn.verify_registration_signature(frame)
     invite = ctx.registration.invite_to_consume(frame.invite)  # 203 without one
