@@ -34,7 +34,7 @@ from .storage import Account
 def register(ctx: RelayContext, session: Session, frame: Register) -> None:
     """SPEC §4.2, §4.6: create the account the fresh challenge was signed for.
 
-    The checks run in the order of SPEC §4.6.4, cheapest first; each refusal
+    The checks run in the order of SPEC §4.6.2, cheapest first; each refusal
     leaves the challenge spent.
     """
     now = ctx.clock()

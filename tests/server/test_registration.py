@@ -108,11 +108,13 @@ def test_upgrading_a_database_indexes_the_businesses_it_holds(tmp_path: Path) ->
     store.accounts.create(Account("airline", "business", b"k" * 32), 0)
     store.accounts.create(Account("alice", "user", b"u" * 32), 0)
     store.db.conn.execute("DROP TABLE business_skeletons")
+    store.db.conn.execute("DROP TABLE invites")
     store.db.conn.execute("PRAGMA user_version = 2")
     store.db.conn.close()
     upgraded = Store(connect(path))
     assert upgraded.lookalikes.collides("air1ine.com")
     assert not upgraded.lookalikes.collides("a1ice")
+    assert upgraded.invites.count() == 0
     assert upgraded.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     upgraded.db.conn.close()
     again = sqlite3.connect(path)  # a second start changes nothing
