@@ -56,6 +56,9 @@ def register_chat(subparsers: SubParsers) -> None:
     parser.add_argument("--handle", help="handle to register (first run only)")
     parser.add_argument("--business", action="store_true", help="register a business account")
     parser.add_argument(
+        "--invite", metavar="HEX", help="the operator's invite, if the relay requires one"
+    )
+    parser.add_argument(
         "--passphrase-env", metavar="VAR", help="read the passphrase from $VAR (for scripts)"
     )
     parser.add_argument(
@@ -76,6 +79,11 @@ def _chat(args: argparse.Namespace) -> int:
     except ValueError:
         print("blindrelay chat: --operator-key must be hex")
         return 2
+    try:
+        invite = bytes.fromhex(args.invite) if args.invite else None
+    except ValueError:
+        print("blindrelay chat: --invite must be the hex token the operator gave you")
+        return 2
     return run(
         Options(
             relay=args.relay,
@@ -84,5 +92,6 @@ def _chat(args: argparse.Namespace) -> int:
             kind="business" if args.business else "user",
             passphrase=read_passphrase(args.passphrase_env),
             operator_key=operator_key,
+            invite=invite,
         )
     )

@@ -13,6 +13,7 @@ The tree::
     │   ├── AuthenticationFailed      200  bad, expired, replayed or unbound proof
     │   ├── HandleTaken               201  registration of an existing handle
     │   ├── Forbidden                 202  action not allowed for this account kind
+    │   ├── RegistrationRefused       203  proof of work or invite missing or wrong
     │   ├── InvalidPrekeys            300  prekey upload fails its checks
     │   ├── RecipientUnavailable      400  deliberately generic refusal
     │   ├── QueueFull                 401  recipient's offline queue is at its cap
@@ -58,6 +59,7 @@ class ErrorCode(IntEnum):
     AUTH_FAILED = 200
     HANDLE_TAKEN = 201
     FORBIDDEN = 202
+    REGISTRATION_REFUSED = 203
     INVALID_PREKEYS = 300
     RECIPIENT_UNAVAILABLE = 400
     QUEUE_FULL = 401
@@ -138,6 +140,13 @@ class Forbidden(ProtocolError):
     code = ErrorCode.FORBIDDEN
 
 
+class RegistrationRefused(ProtocolError):
+    """The relay's registration policy wants a proof of work or an invite that the
+    REGISTER lacks or got wrong (SPEC §4.6); not about the key, which 200 is."""
+
+    code = ErrorCode.REGISTRATION_REFUSED
+
+
 class InvalidPrekeys(ProtocolError):
     code = ErrorCode.INVALID_PREKEYS
 
@@ -193,8 +202,8 @@ ERRORS_BY_CODE: dict[ErrorCode, type[ProtocolError]] = {
     for cls in (
         MalformedFrame, FrameTooLarge, UnknownFrameType, UnexpectedFrame,
         UnsupportedVersion, TooManyErrors, AuthenticationFailed, HandleTaken,
-        Forbidden, InvalidPrekeys, RecipientUnavailable, QueueFull, RateLimited,
-        MessageIdReused, InvalidStatement, StaleStatement, InvalidProfile,
+        Forbidden, RegistrationRefused, InvalidPrekeys, RecipientUnavailable, QueueFull,
+        RateLimited, MessageIdReused, InvalidStatement, StaleStatement, InvalidProfile,
         NotFound, InternalError, ShuttingDown,
     )
 }  # fmt: skip

@@ -22,6 +22,7 @@ from typing import ClassVar
 
 from . import limits
 from .errors import ErrorCode, FrameTooLarge, MalformedFrame
+from .pow import expected_solve_ms
 
 
 class FrameType(IntEnum):
@@ -80,7 +81,8 @@ MAX_TIME_MS = 2**53 - 1
 """Times are Unix milliseconds from 0 to 2**53 − 1 inclusive (SPEC conventions):
 the largest integer every JSON consumer of a vector reads exactly."""
 
-_HANDLE_RE = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
+_HANDLE_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*\Z")
+"""SPEC §3.2: labels of letters and digits joined by single punctuation characters."""
 _MONTH_RE = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])\Z")  # ASCII digits: \d matches any script's
 MAX_REASON_LEN = 200
 
@@ -92,12 +94,14 @@ MAX_REASON_LEN = 200
 
 
 def check_handle(value: str, name: str = "handle") -> None:
-    """SPEC §3.2: 3–32 characters of ``[a-z0-9._-]``, first a letter or digit."""
+    """SPEC §3.2: 3–32 characters of ``[a-z0-9._-]``; "it starts and ends with a letter
+    or digit and never has two punctuation characters in a row" (``airline.``,
+    ``air..line`` are lookalikes of ``airline``, not handles)."""
     _check_max(value, name, limits.HANDLE_MAX_LEN)
     if len(value) < limits.HANDLE_MIN_LEN:
         raise MalformedFrame(f"{name}: at least {limits.HANDLE_MIN_LEN} characters")
     if not _HANDLE_RE.match(value):
-        raise MalformedFrame(f"{name}: must match [a-z0-9][a-z0-9._-]*")
+        raise MalformedFrame(f"{name}: must match [a-z0-9]+([._-][a-z0-9]+)*")
 
 
 def _check_uint(value: int, name: str, maximum: int, minimum: int = 0) -> None:
@@ -178,8 +182,39 @@ class UsageCount:
         _check_uint(self.count, "count", MAX_DELIVERY_ID)
 
 
-Record = SignedPreKeyRecord | OneTimePreKeyRecord | UsageCount
-RECORD_TYPES: tuple[type[Record], ...] = (SignedPreKeyRecord, OneTimePreKeyRecord, UsageCount)
+@dataclass(frozen=True, slots=True)
+class ProofOfWork:
+    """The cost of the registration puzzle a relay sets in HELLO (SPEC §4.6.3).
+
+    Bounded so that no relay can ask a client for more than
+    ``POW_MAX_EXPECTED_SOLVE_MS`` of work on the reference device: a client
+    refuses such a HELLO like any malformed frame.
+    """
+
+    bits: int
+    opslimit: int
+    memlimit: int
+
+    def __post_init__(self) -> None:
+        _check_uint(self.bits, "bits", limits.POW_MAX_BITS, minimum=1)
+        _check_uint(self.opslimit, "opslimit", limits.POW_MAX_OPSLIMIT, minimum=1)
+        _check_uint(
+            self.memlimit, "memlimit", limits.POW_MAX_MEMLIMIT_BYTES,
+            minimum=limits.POW_MIN_MEMLIMIT_BYTES,
+        )  # fmt: skip
+        if self.memlimit % 1024:
+            raise MalformedFrame("memlimit: must be a multiple of 1024")
+        if (
+            expected_solve_ms(self.bits, self.opslimit, self.memlimit)
+            > limits.POW_MAX_EXPECTED_SOLVE_MS
+        ):
+            raise MalformedFrame("pow: costs more than POW_MAX_EXPECTED_SOLVE_MS to solve")
+
+
+Record = SignedPreKeyRecord | OneTimePreKeyRecord | UsageCount | ProofOfWork
+RECORD_TYPES: tuple[type[Record], ...] = (
+    SignedPreKeyRecord, OneTimePreKeyRecord, UsageCount, ProofOfWork,
+)  # fmt: skip
 
 
 # --- frames -----------------------------------------------------------------
@@ -225,6 +260,8 @@ class Hello(_Frame):
     challenge: bytes
     expires_at: int
     now: int
+    pow: ProofOfWork | None = None
+    """Present when REGISTER must carry a proof of work (SPEC §4.6.3)."""
 
     def __post_init__(self) -> None:
         _check_uint(self.version, "version", 255, minimum=1)
@@ -243,6 +280,10 @@ class Register(_Request):
     kind: str
     identity_key: bytes
     signature: bytes
+    pow_nonce: bytes | None = None
+    """Solves HELLO's proof of work (SPEC §4.6.3)."""
+    invite: bytes | None = None
+    """An operator-issued invite token (SPEC §4.6.4)."""
 
     def __post_init__(self) -> None:
         _Request.__post_init__(self)
@@ -250,6 +291,10 @@ class Register(_Request):
         _check_enum(self.kind, "kind", _KINDS)
         _check_len(self.identity_key, "identity_key", 32)
         _check_len(self.signature, "signature", 64)
+        if self.pow_nonce is not None:
+            _check_len(self.pow_nonce, "pow_nonce", limits.POW_NONCE_BYTES)
+        if self.invite is not None:
+            _check_len(self.invite, "invite", limits.INVITE_BYTES)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,8 +21,11 @@ import msgpack
 
 from blindrelay.protocol import frames as f
 from blindrelay.protocol import limits
+from blindrelay.protocol import pow as puzzle
 from blindrelay.protocol.codec import encode
+from blindrelay.protocol.connection import register_transcript
 from blindrelay.protocol.jsonform import to_json
+from blindrelay.protocol.skeleton import leading_skeletons, skeleton
 
 HERE = Path(__file__).resolve().parent
 
@@ -30,7 +33,9 @@ K32 = bytes(range(32))
 K32B = bytes(range(32, 64))
 SIG = bytes(range(64))
 MID = bytes.fromhex("00112233445566778899aabbccddeeff")
+N16 = bytes(range(16))
 T0 = 1_790_000_000_000
+POW = f.ProofOfWork(bits=4, opslimit=2, memlimit=16 * 1024 * 1024)
 
 
 def valid_frames() -> dict[str, f.Frame]:
@@ -40,6 +45,8 @@ def valid_frames() -> dict[str, f.Frame]:
         "hello": f.Hello(version=1, relay_key=K32, challenge=K32B, expires_at=T0 + 30_000, now=T0),
         "register_user": f.Register(id=1, handle="alice", kind="user", identity_key=K32, signature=SIG),
         "register_business": f.Register(id=1, handle="skyways.air", kind="business", identity_key=K32, signature=SIG),
+        "hello_with_pow": f.Hello(version=1, relay_key=K32, challenge=K32B, expires_at=T0 + 120_000, now=T0, pow=POW),
+        "register_with_pow_and_invite": f.Register(id=1, handle="alice", kind="user", identity_key=K32, signature=SIG, pow_nonce=N16, invite=N16[::-1]),
         "login": f.Login(id=1, handle="alice", signature=SIG),
         "welcome": f.Welcome(re=1, handle="alice", kind="user", queued=3, one_time_prekeys=100, has_signed_prekey=True),
         "rotate_identity": f.RotateIdentity(id=9, new_identity_key=K32B, issued_at=T0, old_signature=SIG, new_signature=SIG[::-1]),
@@ -85,6 +92,10 @@ def _send(**overrides: object) -> dict[str, object]:
 
 
 _DROP = object()
+
+
+def _hello(**extra: object) -> dict[str, object]:
+    return {"t": 1, "version": 1, "relay_key": K32, "challenge": K32B, "expires_at": T0, "now": T0, **extra}
 
 
 def invalid_vectors() -> dict[str, tuple[bytes, str, int | None, str]]:
@@ -193,8 +204,54 @@ def invalid_vectors() -> dict[str, tuple[bytes, str, int | None, str]]:
         "statements_list_without_after": (_pack({"t": 31, "id": 1}), "MALFORMED_FRAME", 1, "after is required (0 for the start)"),
         "prekeys_upload_without_one_time": (_pack({"t": 10, "id": 1, "signed_prekey": {"key_id": 7, "public": K32B, "signature": SIG}}), "MALFORMED_FRAME", 1, "one_time is required (may be empty)"),
         "month_non_ascii_digits": (_pack({"t": 43, "id": 1, "month": "\u0662\u0660\u0662\u0666-11"}), "MALFORMED_FRAME", 1, "Arabic-Indic digits in a month"),
+        "handle_trailing_dot": (_pack({"t": 11, "id": 1, "handle": "airline."}), "MALFORMED_FRAME", 1, "handle ends with a dot (a lookalike of airline)"),
+        "handle_trailing_hyphen": (_pack({"t": 11, "id": 1, "handle": "airline-"}), "MALFORMED_FRAME", 1, "handle ends with a hyphen"),
+        "handle_double_punctuation": (_pack({"t": 11, "id": 1, "handle": "air..line"}), "MALFORMED_FRAME", 1, "two punctuation characters in a row"),
+        "handle_mixed_double_punctuation": (_pack({"t": 11, "id": 1, "handle": "air_-line"}), "MALFORMED_FRAME", 1, "two different punctuation characters in a row"),
+        "pow_over_the_cost_bound": (_pack(_hello(pow={"bits": 7, "opslimit": 2, "memlimit": 16 * 1024 * 1024})), "MALFORMED_FRAME", None, "proof of work expected to take over POW_MAX_EXPECTED_SOLVE_MS"),
+        "pow_memlimit_not_kib": (_pack(_hello(pow={"bits": 1, "opslimit": 1, "memlimit": 1024 * 1024 + 1})), "MALFORMED_FRAME", None, "memlimit not a multiple of 1024"),
+        "pow_no_bits": (_pack(_hello(pow={"bits": 0, "opslimit": 1, "memlimit": 1024 * 1024})), "MALFORMED_FRAME", None, "difficulty 0: omit pow instead"),
+        "pow_nonce_short": (_pack({"t": 2, "id": 1, "handle": "alice", "kind": "user", "identity_key": K32, "signature": SIG, "pow_nonce": N16[:15]}), "MALFORMED_FRAME", 1, "15-byte proof-of-work nonce"),
+        "invite_long": (_pack({"t": 2, "id": 1, "handle": "alice", "kind": "user", "identity_key": K32, "signature": SIG, "invite": N16 + b"\x00"}), "FRAME_TOO_LARGE", 1, "17-byte invite: longer than bin 16"),
         "kind_unknown": (_pack({"t": 2, "id": 1, "handle": "alice", "kind": "admin", "identity_key": K32, "signature": SIG}), "MALFORMED_FRAME", 1, "account kind not defined"),
     }  # fmt: skip
+
+
+SKELETON_HANDLES = (
+    "airline", "air1ine", "airiine", "ai.rline", "air-line", "airline.com", "airline-support",
+    "air.france-help", "g00gle", "rnicrosoft", "vvalmart", "clisney", "wvw", "vvvvv", "skyways.air",
+)  # fmt: skip
+
+
+def skeleton_vectors() -> list[dict[str, object]]:
+    """SPEC §3.2: each handle's skeleton and the skeletons of its leading label runs."""
+    return [
+        {"handle": h, "skeleton": skeleton(h), "leading": list(leading_skeletons(h))}
+        for h in SKELETON_HANDLES
+    ]
+
+
+def pow_vectors() -> list[dict[str, object]]:
+    """SPEC §4.6.3: the Argon2id digest of a registration's proof of work, and whether
+    the nonce solves it (a solution found by counting from 0, and the nonce before it)."""
+    out: list[dict[str, object]] = []
+    cost = f.ProofOfWork(bits=3, opslimit=1, memlimit=1024 * 1024)
+    transcript = register_transcript(K32, K32B, "alice", "user", K32)
+    solved = puzzle.solve(transcript, K32B, cost.bits, cost.opslimit, cost.memlimit)
+    before = (int.from_bytes(solved, "big") - 1).to_bytes(16, "big")
+    for nonce in (solved, before) if solved != bytes(16) else (solved,):
+        digest = puzzle.proof_digest(transcript, K32B, nonce, cost.opslimit, cost.memlimit)
+        out.append(
+            {
+                "relay_key": K32.hex(), "challenge": K32B.hex(), "handle": "alice", "kind": "user",
+                "identity_key": K32.hex(), "bits": cost.bits, "opslimit": cost.opslimit,
+                "memlimit": cost.memlimit, "registration_transcript": transcript.hex(),
+                "pow_nonce": nonce.hex(), "digest": digest.hex(),
+                "leading_zero_bits": puzzle.leading_zero_bits(digest),
+                "solves": puzzle.verify(transcript, K32B, nonce, cost.bits, cost.opslimit, cost.memlimit),
+            }
+        )  # fmt: skip
+    return out
 
 
 def main() -> None:
@@ -209,6 +266,8 @@ def main() -> None:
             "hex": data.hex(), "error": code, "re": re, "description": description,
         }  # fmt: skip
         _write(HERE / "invalid" / f"{name}.json", invalid)
+    _write(HERE / "skeletons.json", {"skeletons": skeleton_vectors()})
+    _write(HERE / "pow.json", {"pow": pow_vectors()})
 
 
 def _write(path: Path, record: Mapping[str, object]) -> None:

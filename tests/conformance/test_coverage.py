@@ -41,6 +41,9 @@ CLOCK = "needs clock control; covered by tests/server"
 NOT_TESTED_CLAUSES: dict[str, str] = {
     "1.2.2": "close after AUTH_TIMEOUT_S (10 s) without authentication: " + CLOCK,
     "4.4.1": "a proof after the challenge's expires_at (30 s): " + CLOCK,
+    "4.6.1": "registrations per source address: every test connects from one address, so "
+    "the local relay runs with the limit raised (an external relay must too); covered by "
+    "tests/server/test_registration.py",
     "6.3.1": "SENT only after the commit survives a crash: needs crash injection; covered by "
     "tests/server/test_crash.py",
     "6.3.2": "msg_id remembered for QUEUE_TTL_MS (30 days): " + CLOCK,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import msgpack
 import pytest
@@ -69,14 +70,16 @@ async def _refused_and_closed(peer, frame) -> None:
 @pytest.mark.spec("4.1")
 async def test_hello_carries_version_relay_key_fresh_challenge_and_clock(relay):
     """HELLO: version 1, a 32-byte relay key, a challenge "unique to this connection",
-    `expires_at` CHALLENGE_TTL_MS after HELLO and the relay clock `now`."""
+    `expires_at` CHALLENGE_TTL_MS after HELLO (POW_CHALLENGE_TTL_MS with `pow`, §4.4.1)
+    and the relay clock `now`."""
     before = time.time_ns() // 1_000_000
     first = await relay.connect()
     second = await relay.connect()
     for hello in (first.hello, second.hello):
         assert hello.version == PROTOCOL_VERSION == 1
         assert len(hello.relay_key) == 32 and len(hello.challenge) == limits.CHALLENGE_BYTES
-        assert hello.expires_at - hello.now == limits.CHALLENGE_TTL_MS
+        ttl = limits.CHALLENGE_TTL_MS if hello.pow is None else limits.POW_CHALLENGE_TTL_MS
+        assert hello.expires_at - hello.now == ttl
         assert abs(hello.now - before) < limits.STATEMENT_SKEW_MS
     assert first.hello.relay_key == second.hello.relay_key
     assert first.hello.challenge != second.hello.challenge
@@ -300,3 +303,34 @@ async def test_refusals_of_well_formed_requests_do_not_count_towards_the_budget(
         )
         assert error_code(refused) == 400
     assert await alice.round_trip() == []
+
+
+@pytest.mark.spec("4.6.2")
+async def test_a_bad_signature_is_answered_before_a_taken_handle(relay):
+    """SPEC §4.6.2: "The relay MUST check a REGISTER in this order and answer the first
+    failure only": the signature (200, closes) before the handle (201)."""
+    owner = await relay.user()
+    peer = await relay.connect()
+    frame = _register_frame(peer, Account(owner.handle, "user"), key=IdentityKeyPair.generate(rng))
+    await _refused_and_closed(peer, frame)
+
+
+@pytest.mark.spec("4.6.3")
+@pytest.mark.spec("4.6.4")
+async def test_the_proof_of_work_rule_holds_for_the_policy_the_relay_announces(relay):
+    """SPEC §4.6.3: with `pow` in HELLO, "a missing or wrong pow_nonce gets ERROR 203
+    REGISTRATION_REFUSED; the challenge is spent and the connection stays open";
+    without it, "a pow_nonce in a REGISTER answering a HELLO without pow is ignored" —
+    and on a relay that does not require invites (§4.6.4), so is an `invite`."""
+    peer = await relay.connect()
+    account = Account(new_handle("pow"), "user")
+    frame = _register_frame(peer, account)
+    if peer.hello.pow is None:
+        answer = await peer.request(
+            lambda i: replace(frame, id=i, pow_nonce=bytes(16), invite=bytes(16))
+        )
+        assert isinstance(answer, Welcome), answer
+        return
+    refused = await peer.request(lambda i: replace(frame, id=i))
+    assert isinstance(refused, Error) and refused.code == 203, refused
+    await _refused_and_closed(peer, _register_frame(peer, account))

@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from blindrelay.protocol import frames as f
 from blindrelay.protocol import limits
 
-handles = st.from_regex(r"[a-z0-9][a-z0-9._-]{2,31}", fullmatch=True)
+handles = st.from_regex(r"[a-z0-9]{1,10}(?:[._-][a-z0-9]{1,6}){0,3}", fullmatch=True).filter(
+    lambda h: len(h) >= 3
+)
 u32_ids = st.integers(1, 2**32 - 1)
 times = st.integers(0, f.MAX_TIME_MS)
 counts = st.integers(0, f.MAX_DELIVERY_ID)
@@ -52,6 +54,14 @@ BY_NAME: dict[str, st.SearchStrategy[object]] = {
     "after": counts,
     "retry_after": st.integers(1, f.MAX_TIME_MS),
     "has_signed_prekey": st.booleans(),
+    "pow_nonce": st.binary(min_size=limits.POW_NONCE_BYTES, max_size=limits.POW_NONCE_BYTES),
+    "invite": st.binary(min_size=limits.INVITE_BYTES, max_size=limits.INVITE_BYTES),
+    "pow": st.builds(
+        f.ProofOfWork,
+        bits=st.integers(1, 6),
+        opslimit=st.integers(1, 2),
+        memlimit=st.integers(1024, 4096).map(lambda kib: kib * 1024),
+    ),
 }
 
 SIGNED = st.builds(f.SignedPreKeyRecord, key_id=BY_NAME["key_id"], public=BY_NAME["public"], signature=BY_NAME["signature"])

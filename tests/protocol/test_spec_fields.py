@@ -35,6 +35,7 @@ RECORDS: dict[str, type] = {
     "SignedPreKey": f.SignedPreKeyRecord,
     "OneTimePreKey": f.OneTimePreKeyRecord,
     "UsageCount": f.UsageCount,
+    "ProofOfWork": f.ProofOfWork,
 }
 SIGNED: dict[str, type] = {
     "statement": ConsentStatement,
@@ -249,6 +250,14 @@ def _cases(base: Any, path: Path_, wire: WireType) -> list[tuple[str, object, Er
     return cases
 
 
+FRAME_HIGHS_OUT_OF_REACH = {
+    ("HELLO", "pow", "bits"), ("HELLO", "pow", "opslimit"), ("HELLO", "pow", "memlimit"),
+}  # fmt: skip
+"""Field maxima a joint rule keeps out of reach: the three proof-of-work parameters
+together cost at most POW_MAX_EXPECTED_SOLVE_MS (SPEC §2.4, §4.6.3; tested in
+test_pow). Their other bounds are probed."""
+
+
 def _frame_probes() -> list[tuple[str, str, Path_, str, object, ErrorCode | None]]:
     probes = []
     for name in FRAMES:
@@ -256,6 +265,8 @@ def _frame_probes() -> list[tuple[str, str, Path_, str, object, ErrorCode | None
             base = next((ex for n, ex in EXAMPLES if n == name and _has(ex, path)), None)
             assert base is not None, f"no valid vector of {name} has {path}: add one"
             for what, value, expected in _cases(base, path, wire):
+                if what == "high" and (name, *path) in FRAME_HIGHS_OUT_OF_REACH:
+                    continue
                 probes.append((name, base, path, what, value, expected))
     return probes
 
