@@ -77,6 +77,8 @@ class Options:
     kind: str
     passphrase: str
     operator_key: bytes | None
+    invite: bytes | None = None
+    """For a relay that requires invites (SPEC §4.6.4); used at registration only."""
     accept_relay_key: bytes | None = None
     """Pin this relay key first (after the relay's operator confirmed a new one)."""
 
@@ -387,7 +389,7 @@ async def session(options: Options, out: IO[str]) -> int:
             if options.handle is None:
                 chat.say("a new profile needs --handle to register")
                 return 2
-            await client.register(options.handle, options.kind)  # type: ignore[arg-type]
+            await client.register(options.handle, options.kind, invite=options.invite)  # type: ignore[arg-type]
             chat.say(f"registered {options.handle} on {options.relay}")
         else:
             await client.login()

@@ -56,6 +56,9 @@ def register_chat(subparsers: SubParsers) -> None:
     parser.add_argument("--handle", help="handle to register (first run only)")
     parser.add_argument("--business", action="store_true", help="register a business account")
     parser.add_argument(
+        "--invite", metavar="HEX", help="the operator's invite, if the relay requires one"
+    )
+    parser.add_argument(
         "--passphrase-env", metavar="VAR", help="read the passphrase from $VAR (for scripts)"
     )
     parser.add_argument(
@@ -83,6 +86,11 @@ def _chat(args: argparse.Namespace) -> int:
         print("blindrelay chat: --operator-key must be hex")
         return 2
     try:
+        invite = bytes.fromhex(args.invite) if args.invite else None
+    except ValueError:
+        print("blindrelay chat: --invite must be the hex token the operator gave you")
+        return 2
+    try:
         relay_key = bytes.fromhex(args.accept_relay_key) if args.accept_relay_key else None
     except ValueError:
         relay_key = b""
@@ -97,6 +105,7 @@ def _chat(args: argparse.Namespace) -> int:
             kind="business" if args.business else "user",
             passphrase=read_passphrase(args.passphrase_env),
             operator_key=operator_key,
+            invite=invite,
             accept_relay_key=relay_key,
         )
     )

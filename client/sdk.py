@@ -857,11 +857,15 @@ class Client:
             raise ValueError("a relay key is 32 bytes")
         self.store.set_state(_RELAY_KEY, relay_key)
 
-    async def register(self, handle: str, kind: AccountKind = "user") -> None:
+    async def register(
+        self, handle: str, kind: AccountKind = "user", *, invite: bytes | None = None
+    ) -> None:
         """Create the account ``handle`` on the relay and publish prekeys (SPEC §4.2, §5.2).
 
+        Solves the relay's proof of work if its HELLO asks for one, off the event
+        loop, and sends ``invite`` (the operator's token) if given (SPEC §4.6).
         Raises HandleTaken (and the connection is renewed, so another handle
-        can be tried), or the named error of another refusal.
+        can be tried), RegistrationRefused, or the named error of another refusal.
         """
         if self.store.get_state(_REGISTERED_KEY) is not None:
             raise RuntimeError("this profile is registered already; use login()")
@@ -873,7 +877,11 @@ class Client:
             self.store.set_identity(identity)
         self._account_kind = None
         link = await self._wait_link_ready()
-        request_id = link.conn.register(handle, kind, identity.identity_public, self.sessions.sign)
+        public = identity.identity_public
+        nonce = await asyncio.to_thread(link.conn.registration_proof, handle, kind, public)
+        request_id = link.conn.register(
+            handle, kind, public, self.sessions.sign, pow_nonce=nonce, invite=invite
+        )
         await self._authenticate(link, request_id)
         self.store.set_state(_REGISTERED_KEY, b"1")
 

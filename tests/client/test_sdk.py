@@ -34,6 +34,8 @@ from blindrelay.protocol.errors import (
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay, serve
 
+from ..server.conftest import MANY_REGISTRATIONS
+
 T = TypeVar("T")
 TIMEOUT = 10.0
 FAST = Backoff(initial=0.01, factor=2.0, cap=0.05)
@@ -50,6 +52,7 @@ async def within(awaitable: Awaitable[T], timeout: float = TIMEOUT) -> T:
 
 @asynccontextmanager
 async def relay_at(tmp_path: Path, **config: Any) -> AsyncIterator[RunningRelay]:
+    config = {**MANY_REGISTRATIONS, **config}  # every client comes from 127.0.0.1
     relay = await serve(
         RelayConfig(host="127.0.0.1", port=0, db_path=tmp_path / "relay.db", **config)
     )
