@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
+import msgpack
 import pytest
 
 from blindrelay.client.keystore import IdentityStatus, IncomingMessage, MemoryKeyStore, OurIdentity
@@ -506,3 +507,21 @@ def test_one_identity_key_is_never_pinned_for_two_handles(pair: Pair) -> None:
     with pytest.raises(IdentityKeyReused):
         pair.bob.pin_identity("alice2", ours.identity_public)
     assert nothing_known_of(pair.bob, "alice2")
+
+
+def test_a_session_stored_before_envelope_version_2_is_replaced(pair: Pair) -> None:
+    """SPEC §13.7: a version-1 session record counts as no session on either side."""
+    pair.alice.start_session(pair.directory.bundle("bob"))
+    assert pair.bob.receive(pair.envelope(pair.alice, "bob", Text("before"))) is not None
+    for manager, peer in ((pair.alice, "bob"), (pair.bob, "alice")):
+        record = msgpack.unpackb(manager.store.load_session(peer))
+        record[0] = 1  # as an earlier version stored it
+        manager.store.store_session(peer, msgpack.packb(record, use_bin_type=True))
+
+    assert not pair.alice.has_session("bob")
+    with pytest.raises(NoSession):
+        pair.alice.encrypt("bob", b"x")
+    assert pair.alice.start_session(pair.directory.bundle("bob")) is IdentityStatus.TRUSTED
+    incoming = pair.bob.receive(pair.envelope(pair.alice, "bob", Text("after the upgrade")))
+    assert incoming is not None and incoming.content.body == Text("after the upgrade")
+    assert incoming.identity is IdentityState.TRUSTED
