@@ -29,6 +29,7 @@ The tree::
         ├── InvalidSignature          a signature does not verify
         ├── InvalidKey                malformed or low-order public key
         ├── UntrustedIdentity         a contact's identity key changed
+        ├── IdentityKeyReused         a key already pinned for another handle
         ├── DuplicatedMessage         message key already used (replay)
         ├── TooManySkippedMessages    header would skip past the cap
         ├── PlaintextTooLarge         over the largest padding bucket
@@ -237,6 +238,20 @@ class UntrustedIdentity(CryptoError):
     def __init__(self, handle: str, detail: str = "") -> None:
         super().__init__(detail or f"identity key of {handle!r} changed")
         self.handle = handle
+
+
+class IdentityKeyReused(CryptoError):
+    """An identity key already pinned for another handle (SPEC §13.8).
+
+    Trust on first use pins one key to one handle: a key that stands for two
+    handles would let one account's messages be shown as another's. Not an
+    :class:`UntrustedIdentity`: there is nothing for the person to approve.
+    """
+
+    def __init__(self, handle: str, owner: str) -> None:
+        super().__init__(f"identity key presented for {handle!r} is pinned for {owner!r}")
+        self.handle = handle
+        self.owner = owner
 
 
 class DuplicatedMessage(CryptoError):

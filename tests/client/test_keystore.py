@@ -20,9 +20,10 @@ from blindrelay.client.keystore import (
     OurIdentity,
     SignedPreKeyRecord,
     SqliteKeyStore,
+    TrustedIdentity,
     WrongPassphrase,
 )
-from blindrelay.protocol.errors import UntrustedIdentity
+from blindrelay.protocol.errors import IdentityKeyReused, UntrustedIdentity
 
 FAST = {"opslimit": argon2id.OPSLIMIT_MIN, "memlimit": argon2id.MEMLIMIT_MIN}
 PASSPHRASE = "correct horse battery staple"
@@ -166,6 +167,37 @@ def test_user_approval_replaces_a_changed_key(store: KeyStore) -> None:
     assert replaced is not None
     # A new key restarts first-seen and must be verified again.
     assert (replaced.first_seen_ms, replaced.verified) == (NOW + 2, False)
+
+
+def test_one_identity_key_is_pinned_for_one_handle_only(store: KeyStore) -> None:
+    """SPEC §13.8: trust on first use never lets one key stand for two handles."""
+    assert store.identity_owner(KEY_A) is None
+    store.trust_identity("airline", KEY_A, NOW)
+    assert store.identity_owner(KEY_A) == "airline"
+
+    with pytest.raises(IdentityKeyReused) as raised:
+        store.trust_identity("impostor", KEY_A, NOW + 1)
+    assert (raised.value.handle, raised.value.owner) == ("impostor", "airline")
+    with pytest.raises(IdentityKeyReused):
+        store.approve_identity("impostor", KEY_A, NOW + 1)
+    assert store.get_trusted_identity("impostor") is None
+    assert store.identity_owner(KEY_A) == "airline"
+
+    store.approve_identity("airline", KEY_A, NOW + 2, verified=True)
+    assert store.identity_owner(KEY_A) == "airline"
+    store.approve_identity("airline", KEY_B, NOW + 3)  # a key change the user approved
+    assert (store.identity_owner(KEY_A), store.identity_owner(KEY_B)) == (None, "airline")
+    assert store.trust_identity("successor", KEY_A, NOW + 4) is IdentityStatus.NEW  # freed
+    assert store.identity_owner(KEY_A) == "successor"
+
+
+def test_a_rolled_back_pin_leaves_the_key_unowned(store: KeyStore) -> None:
+    with pytest.raises(RuntimeError), store.atomic():
+        store.trust_identity("airline", KEY_A, NOW)
+        assert store.identity_owner(KEY_A) == "airline"
+        raise RuntimeError("crash before the commit")
+    assert store.identity_owner(KEY_A) is None
+    assert store.trust_identity("other", KEY_A, NOW) is IdentityStatus.NEW
 
 
 def test_identity_keys_must_be_32_bytes(store: KeyStore) -> None:
@@ -370,6 +402,28 @@ def test_everything_persists_across_close_and_reopen(tmp_path: Path) -> None:
         assert again.get_state("k") == b"v"
 
 
+def test_the_key_index_persists_and_is_built_for_a_store_made_before_it(tmp_path: Path) -> None:
+    path = tmp_path / "keys.db"
+    with open_sqlite(path) as first:
+        first.trust_identity("airline", KEY_A, NOW)
+        first.trust_identity("bob", KEY_B, NOW)
+    with SqliteKeyStore.open(path, PASSPHRASE) as again:
+        assert (again.identity_owner(KEY_A), again.identity_owner(KEY_B)) == ("airline", "bob")
+        # What a store of an earlier version could hold: one key pinned under two handles.
+        again._store_trust(TrustedIdentity("twin", KEY_A, NOW + 1, verified=False))
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE key_owners")
+
+    for _ in range(2):  # the upgrade runs once and is idempotent
+        with SqliteKeyStore.open(path, PASSPHRASE) as upgraded:
+            assert (upgraded.identity_owner(KEY_A), upgraded.identity_owner(KEY_B)) == (
+                "airline",
+                "bob",
+            )
+            with pytest.raises(IdentityKeyReused):  # the first pinned keeps the key
+                upgraded.trust_identity("twin", KEY_A, NOW + 2)
+
+
 def test_wrong_passphrase_is_a_named_error(tmp_path: Path) -> None:
     path = tmp_path / "keys.db"
     open_sqlite(path).close()
@@ -476,6 +530,7 @@ def test_no_secret_or_contact_handle_reaches_the_disk_in_clear(tmp_path: Path) -
         for handle in handles:
             assert handle.encode() not in raw, f"handle {handle} found on disk"
         assert b"alice" not in raw  # even our own handle is sealed
+        assert KEY_A not in raw  # a contact's key, even in the key index
 
     assert path.with_name(path.name + "-wal").exists()  # WAL mode, still open
     assert_clean()
