@@ -24,6 +24,7 @@ from blindrelay.protocol.signed import Action, ConsentStatement
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay, serve
 
+from ..server.conftest import MANY_REGISTRATIONS
 from ..server.consent_helpers import issue_badge_for
 from .test_sdk import FAST, Inbox, run, within
 
@@ -45,6 +46,7 @@ class FakeClock:
 
 @asynccontextmanager
 async def relay_at(tmp_path: Path, clock: FakeClock, **config: Any) -> AsyncIterator[RunningRelay]:
+    config = {**MANY_REGISTRATIONS, **config}  # every client comes from 127.0.0.1
     relay = await serve(
         RelayConfig(host="127.0.0.1", port=0, db_path=tmp_path / "relay.db", **config),
         clock=clock,
