@@ -38,9 +38,9 @@ fuzzer cannot keep a connection busy forever."""
 
 HANDLE_MIN_LEN = 3
 HANDLE_MAX_LEN = 32
-"""Handles are 3–32 characters from ``[a-z0-9._-]``, starting with a letter or
-digit. ASCII-only on purpose: no homoglyph impostors ("аirline" with a
-Cyrillic a), and a handle is a key in every relay table."""
+"""Handles are 3–32 characters from ``[a-z0-9._-]``: letters and digits joined by
+single punctuation characters (SPEC §3.2). ASCII-only on purpose: no homoglyph
+impostors ("аirline" with a Cyrillic a), and a handle is a key in every relay table."""
 
 DISPLAY_NAME_MAX_LEN = 64
 """Longest display name in a badge or profile, in characters."""
@@ -54,6 +54,56 @@ ever made negligible."""
 CHALLENGE_TTL_MS = 30_000
 """A challenge must be answered within this. Long enough for a slow phone,
 short enough that a captured challenge is useless soon after."""
+
+REGISTER_RATE_PER_H_ADDRESS = 20.0
+REGISTER_BURST_ADDRESS = 20
+"""*Default.* Registrations per source address (IPv4 address, IPv6 /64; SPEC §4.6).
+A person registers once per device, so a household, an office or a small NAT never
+notices; fifty throwaway accounts from one address no longer come for free. An
+address shared by many people (a large carrier-grade NAT) may need more, and an
+attacker with many addresses is slowed only by proof of work or invites."""
+
+POW_BITS = 0
+"""*Default.* Difficulty of the registration proof of work (SPEC §4.6.3); 0 is off.
+Every honest registration pays it in time and battery, so it is for a relay under
+attack from many addresses; 4 with the default Argon2id cost takes ~2 s on the
+reference device and ~0.1 s on a laptop."""
+
+POW_OPSLIMIT = 2
+POW_MEMLIMIT_BYTES = 16 * 1024 * 1024
+"""*Default.* Argon2id cost of one evaluation when proof of work is on: 16 MiB twice
+over makes memory, not arithmetic, the price (what GPUs cannot cheapen), while the
+relay's one evaluation to check a proof stays ~10 ms."""
+
+POW_MAX_BITS = 32
+POW_MAX_OPSLIMIT = 16
+POW_MIN_MEMLIMIT_BYTES = 1024 * 1024
+POW_MAX_MEMLIMIT_BYTES = 256 * 1024 * 1024
+"""Bounds of an announced proof-of-work cost. Below 1 MiB Argon2id is not memory-hard
+in any useful sense and per-call overhead would dominate the cost model; above 256 MiB
+a phone may fail to allocate, and the relay spends that much per check."""
+
+POW_REFERENCE_BYTES_PER_MS = 250_000
+"""Argon2id speed of the reference slow device: 250 MB/s of memory passed, one core
+(a low-end phone; a 2-core server VM does ~4 GB/s). Only for the bound below."""
+
+POW_MAX_EXPECTED_SOLVE_MS = 10_000
+"""Largest expected solve time on the reference device a relay may ask for; clients
+refuse a HELLO asking more. Higher buys more cost per throwaway account and costs
+every honest registration as much."""
+
+POW_CHALLENGE_TTL_MS = 120_000
+"""Challenge lifetime (and time before an unauthenticated connection is closed) when
+proof of work is on: 12 times the largest expected solve time, so a slow device
+misses it with probability e^-12; the price is unauthenticated connections held
+longer, only while the operator has proof of work on."""
+
+POW_NONCE_BYTES = 16
+"""Proof-of-work nonce; 128 bits are never exhausted and can be drawn at random."""
+
+INVITE_BYTES = 16
+"""Operator-issued invite token (SPEC §4.6.4): 128 random bits cannot be guessed,
+so the relay can store a plain hash of each."""
 
 # --- Prekeys (SPEC §5) -----------------------------------------------------
 

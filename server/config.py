@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blindrelay.protocol import limits
+from blindrelay.protocol.errors import ProtocolError
+from blindrelay.protocol.frames import ProofOfWork
 
 from . import gcpolicy
 
@@ -54,6 +56,17 @@ class RelayConfig:
     send_burst_pair: int = limits.SEND_BURST_PAIR
     bundle_rate_per_min: float = limits.BUNDLE_FETCH_RATE_PER_MIN
     bundle_burst: int = limits.BUNDLE_FETCH_BURST
+    register_rate_per_h: float = limits.REGISTER_RATE_PER_H_ADDRESS
+    register_burst: int = limits.REGISTER_BURST_ADDRESS
+    """Registrations per source address (SPEC §4.6.1); tests and benchmarks that
+    register many accounts from 127.0.0.1 raise them explicitly."""
+    pow_bits: int = limits.POW_BITS
+    """Registration proof-of-work difficulty (SPEC §4.6.3); 0 is off."""
+    pow_opslimit: int = limits.POW_OPSLIMIT
+    pow_memlimit: int = limits.POW_MEMLIMIT_BYTES
+    """Argon2id cost of one evaluation, in passes and bytes, when ``pow_bits`` > 0."""
+    require_invites: bool = False
+    """Only REGISTERs with an invite from ``blindrelay admin invite`` (SPEC §4.6.4)."""
     max_stored_one_time_prekeys: int = limits.MAX_STORED_ONE_TIME_PREKEYS
     service_window_ms: int = limits.SERVICE_WINDOW_MS
     consent_cooldown_ms: int = limits.CONSENT_COOLDOWN_MS
@@ -84,6 +97,8 @@ class RelayConfig:
             "send_burst_pair": self.send_burst_pair,
             "bundle_rate_per_min": self.bundle_rate_per_min,
             "bundle_burst": self.bundle_burst,
+            "register_rate_per_h": self.register_rate_per_h,
+            "register_burst": self.register_burst,
             "max_stored_one_time_prekeys": self.max_stored_one_time_prekeys,
             "service_window_ms": self.service_window_ms,
             "consent_cooldown_ms": self.consent_cooldown_ms,
@@ -98,3 +113,16 @@ class RelayConfig:
                 raise ValueError(f"{name} must be positive")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be in 0..65535")
+        if self.pow_bits < 0:
+            raise ValueError("pow_bits must be 0 (off) or positive")
+        self.proof_of_work  # noqa: B018 - validates the cost against SPEC §4.6.3's bound
+
+    @property
+    def proof_of_work(self) -> ProofOfWork | None:
+        """The cost HELLO announces, or None when proof of work is off."""
+        if self.pow_bits == 0:
+            return None
+        try:
+            return ProofOfWork(self.pow_bits, self.pow_opslimit, self.pow_memlimit)
+        except ProtocolError as exc:
+            raise ValueError(f"proof of work: {exc.detail}") from None

@@ -43,6 +43,7 @@ from blindrelay.protocol.errors import (
     NotFound,
     QueueFull,
     RecipientUnavailable,
+    RegistrationRefused,
     StaleStatement,
 )
 from blindrelay.protocol.frames import AccountKind, OneTimePreKeyRecord, SignedPreKeyRecord
@@ -139,10 +140,31 @@ def create_relay_seed(store: Store, seed: bytes, public: bytes, now: int) -> byt
     return store.relay_identity.load_or_create(lambda: (seed, public), now)
 
 
-def create_account(store: Store, handle: str, kind: str, identity_key: bytes, now: int) -> None:
+def create_account(
+    store: Store,
+    handle: str,
+    kind: str,
+    identity_key: bytes,
+    now: int,
+    invite: bytes | None = None,
+) -> None:
+    """SPEC §3.2, §4.2, §4.6.4: one job, so no two registrations can both pass a check.
+
+    ``invite`` is the hash of the REGISTER's invite when the relay requires one.
+    It is consumed first; a later refusal rolls the job back, invite included.
+    """
+    # "An invite MUST be consumed in the same transaction that creates the account."
+    if invite is not None and not store.invites.consume(invite):
+        raise RegistrationRefused("invite unknown or used")
+    # "The relay MUST refuse [...] a handle with a leading skeleton equal to the
+    # skeleton of an existing business, with ERROR 201 HANDLE_TAKEN."
+    if store.lookalikes.collides(handle):
+        raise HandleTaken()
     # "Handles are unique: a REGISTER for an existing handle MUST be refused."
     if not store.accounts.create(Account(handle, kind, identity_key), now):
         raise HandleTaken()
+    if kind == AccountKind.BUSINESS:
+        store.lookalikes.add(handle)
 
 
 def login_counts(store: Store, handle: str, not_before: int) -> list[Any]:

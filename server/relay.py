@@ -50,10 +50,13 @@ from .context import Limiters, RelayContext, Session
 from .dispatch import Dispatcher
 from .logs import log_event
 from .ratelimit import Clock
+from .registration import RegistrationPolicy, source_key
 from .storage import Accounts, connect_reader
 from .writer import Writer
 
 Rng = Callable[[int], bytes]
+SourceOf = Callable[[ServerConnection], str]
+"""A connection → the key of its registration bucket (SPEC §4.6.1)."""
 
 CLOSE_POLICY = 1008
 
@@ -332,13 +335,19 @@ class RunningRelay:
     """A relay serving in this event loop; ``await close()`` stops it cleanly."""
 
     def __init__(
-        self, config: RelayConfig, ctx: RelayContext, rng: Rng, reader_close: Callable[[], None]
+        self,
+        config: RelayConfig,
+        ctx: RelayContext,
+        rng: Rng,
+        reader_close: Callable[[], None],
+        source_of: SourceOf,
     ) -> None:
         self.config = config
         self.ctx = ctx
         self.relay_key = ctx.relay_key
         self.dispatcher = Dispatcher(ctx)
         self._rng = rng
+        self._source_of = source_of
         self._reader_close = reader_close
         self._server: Server | None = None
         self._sessions: set[Session] = set()
@@ -371,13 +380,17 @@ class RunningRelay:
     async def _connection(self, ws: ServerConnection) -> None:
         # "The relay MUST refuse a handshake without the blindrelay.v1 subprotocol":
         # websockets answers 400 when no offered subprotocol matches ours.
-        conn = RelayConnection(self.relay_key, self.ctx.clock(), self._rng)
+        registration = self.ctx.registration
+        conn = RelayConnection(
+            self.relay_key, self.ctx.clock(), self._rng, registration.proof_of_work
+        )
         transport = _WebSocketTransport(ws, conn, self._flusher)
         peer = ws.remote_address
-        session = Session(conn, transport, peer=f"{peer[0]}:{peer[1]}" if peer else "?")
+        name = f"{peer[0]}:{peer[1]}" if peer else "?"
+        session = Session(conn, transport, peer=name, source=self._source_of(ws))
         self._sessions.add(session)
         timer = asyncio.get_running_loop().call_later(
-            self.config.auth_timeout_s, self.dispatcher.auth_expired, session
+            registration.auth_timeout_s, self.dispatcher.auth_expired, session
         )
         log_event(logging.INFO, "connected", peer=session.peer)
         transport.flush()
@@ -456,6 +469,7 @@ class RunningRelay:
         if self._server is not None:
             await self._server.wait_closed()
         await self.ctx.writer.close()
+        self.ctx.registration.close()
         self._reader_close()
         log_event(logging.INFO, "stopped")
 
@@ -464,10 +478,28 @@ def _code(exc: ConnectionClosed) -> int | None:
     return exc.rcvd.code if exc.rcvd is not None else None
 
 
+def peer_source(ws: ServerConnection) -> str:
+    """The registration bucket of a connection: its peer's address (SPEC §4.6.1).
+
+    Behind a reverse proxy every peer is the proxy, and the limit then counts all
+    registrations together: raise it, or let the relay see the clients' addresses.
+    """
+    peer = ws.remote_address
+    return source_key(str(peer[0])) if peer else "?"
+
+
 async def serve(
-    config: RelayConfig, *, clock: Clock | None = None, rng: Rng | None = None
+    config: RelayConfig,
+    *,
+    clock: Clock | None = None,
+    rng: Rng | None = None,
+    source_of: SourceOf = peer_source,
 ) -> RunningRelay:
-    """Open the database, load or create the relay key, and start listening."""
+    """Open the database, load or create the relay key, and start listening.
+
+    ``clock``, ``rng`` and ``source_of`` are injected by tests; ``source_of``
+    lets a test give connections from 127.0.0.1 other source addresses.
+    """
     clock = clock or wall_clock_ms
     rng = rng or os.urandom
     writer = Writer(config.db_path, config.synchronous, config.gc_threshold)
@@ -491,8 +523,9 @@ async def serve(
         writer=writer,
         accounts=Accounts(reader),
         limiters=Limiters.from_config(config, clock),
+        registration=RegistrationPolicy(config, clock),
     )
-    relay = RunningRelay(config, ctx, rng, reader.conn.close)
+    relay = RunningRelay(config, ctx, rng, reader.conn.close, source_of)
     writer.on_lost = relay.failed.set
     try:
         await relay._listen()

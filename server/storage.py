@@ -15,6 +15,10 @@ Tables (SPEC §11 lists them; ``blindrelay inspect`` prints them):
   :mod:`.metering`);
 - ``profiles``, ``badges`` — signed business profiles and operator badges
   (SPEC §8.1–8.2; :mod:`.profiles`).
+- ``business_skeletons`` — the confusable skeleton of every business handle,
+  for the lookalike rule (SPEC §3.2; :class:`BusinessSkeletons`);
+- ``invites`` — hashes of the operator's unused invite tokens (SPEC §4.6.4;
+  :class:`Invites`).
 
 Bodies are opaque ciphertext: nothing here decodes them.
 
@@ -66,7 +70,8 @@ from blindrelay.protocol.errors import (
     MessageIdReused,
     QueueFull,
 )
-from blindrelay.protocol.frames import OneTimePreKeyRecord, SignedPreKeyRecord
+from blindrelay.protocol.frames import AccountKind, OneTimePreKeyRecord, SignedPreKeyRecord
+from blindrelay.protocol.skeleton import leading_skeletons, skeleton
 
 from .cache import WriterCache
 from .ledger import ConsentLedger
@@ -74,7 +79,9 @@ from .logs import log_event
 from .metering import UsageMeter
 from .profiles import BadgeStore, ProfileStore
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+"""3: ``business_skeletons`` (SPEC §3.2), filled from existing businesses on upgrade,
+and ``invites`` (SPEC §4.6.4)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS relay_identity (
@@ -178,6 +185,14 @@ CREATE TABLE IF NOT EXISTS badges (
     signed BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS badges_by_handle ON badges (handle, issued_at);
+CREATE TABLE IF NOT EXISTS business_skeletons (
+    skeleton TEXT PRIMARY KEY,
+    handle TEXT NOT NULL REFERENCES accounts(handle)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS invites (
+    digest BLOB PRIMARY KEY,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -194,13 +209,28 @@ def connect(path: Path, synchronous: str = "FULL") -> sqlite_utils.Database:
     conn.execute("PRAGMA busy_timeout=5000")
     conn.execute("PRAGMA foreign_keys=ON")
     db = sqlite_utils.Database(conn)
-    if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version < SCHEMA_VERSION:
         with db.atomic():
             # Statement by statement: executescript() would COMMIT first.
             for statement in _statements():
                 conn.execute(statement)
+            _migrate(conn, version)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     return db
+
+
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Fill what the new tables need from the data of an older schema (idempotent)."""
+    if version < 3:
+        businesses = conn.execute(
+            "SELECT handle FROM accounts WHERE kind = ? ORDER BY created_at, handle",
+            (AccountKind.BUSINESS.value,),
+        ).fetchall()
+        conn.executemany(
+            "INSERT OR IGNORE INTO business_skeletons (skeleton, handle) VALUES (?, ?)",
+            [(skeleton(handle), handle) for (handle,) in businesses],
+        )
 
 
 def connect_reader(path: Path) -> sqlite_utils.Database:
@@ -365,6 +395,61 @@ class Accounts:
         if self.cache is not None:
             self.cache.drop(self.cache.accounts, handle)
         return cursor.rowcount == 1
+
+
+class BusinessSkeletons:
+    """The confusable skeleton of every business handle (SPEC §3.2).
+
+    One row per business, keyed by skeleton: two businesses never share one,
+    because the second is refused before it is stored. Users have no row —
+    the relay protects businesses from lookalikes, not people from each other.
+    """
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self._conn = db.conn
+
+    def collides(self, handle: str) -> bool:
+        """Whether a leading run of ``handle``'s labels looks like a business."""
+        runs = leading_skeletons(handle)
+        marks = ",".join("?" * len(runs))
+        row = self._conn.execute(
+            f"SELECT 1 FROM business_skeletons WHERE skeleton IN ({marks}) LIMIT 1",  # noqa: S608 - marks only
+            runs,
+        ).fetchone()
+        return row is not None
+
+    def add(self, handle: str) -> None:
+        self._conn.execute(
+            "INSERT INTO business_skeletons (skeleton, handle) VALUES (?, ?)",
+            (skeleton(handle), handle),
+        )
+
+
+class Invites:
+    """Hashes of the operator's invite tokens not used yet (SPEC §4.6.4).
+
+    Only a hash is kept: the tokens are 128 random bits, so a plain hash is as
+    good as a slow one, and a copy of the database lets no one register. A used
+    invite's row is deleted with the registration that used it, so the table
+    never says who was invited by whom.
+    """
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self._conn = db.conn
+
+    def add(self, digests: Iterable[bytes], now: int) -> None:
+        self._conn.executemany(
+            "INSERT INTO invites (digest, created_at) VALUES (?, ?)",
+            [(digest, now) for digest in digests],
+        )
+
+    def consume(self, digest: bytes) -> bool:
+        """Delete the invite; False when there was none (unknown or used)."""
+        cursor = self._conn.execute("DELETE FROM invites WHERE digest = ?", (digest,))
+        return cursor.rowcount == 1
+
+    def count(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM invites").fetchone()[0])
 
 
 class PreKeyStore:
@@ -694,6 +779,8 @@ class Store:
         self.cache = WriterCache()
         self.relay_identity = RelayIdentity(db)
         self.accounts = Accounts(db, self.cache)
+        self.lookalikes = BusinessSkeletons(db)
+        self.invites = Invites(db)
         self.prekeys = PreKeyStore(db)
         self.queue = MessageQueue(db, self.cache)
         self.ledger = ConsentLedger(db, self.cache)

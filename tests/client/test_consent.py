@@ -24,6 +24,7 @@ from blindrelay.protocol.signed import Action, ConsentStatement
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay, serve
 
+from ..server.conftest import MANY_REGISTRATIONS
 from .test_sdk import FAST, Inbox, run, within
 
 HOUR_MS = 3600 * 1000
@@ -44,6 +45,7 @@ class FakeClock:
 
 @asynccontextmanager
 async def relay_at(tmp_path: Path, clock: FakeClock, **config: Any) -> AsyncIterator[RunningRelay]:
+    config = {**MANY_REGISTRATIONS, **config}  # every client comes from 127.0.0.1
     relay = await serve(
         RelayConfig(host="127.0.0.1", port=0, db_path=tmp_path / "relay.db", **config),
         clock=clock,

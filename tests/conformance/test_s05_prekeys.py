@@ -184,3 +184,27 @@ async def test_owner_is_told_when_one_time_keys_run_low(relay):
     assert isinstance(await alice.request(lambda i: BundleFetch(id=i, handle=bob.handle)), Bundle)
     low = await bob.push(PrekeysLow)
     assert low.remaining == 2
+
+
+@pytest.mark.spec("5.1")
+async def test_a_one_time_prekey_may_share_the_signed_prekeys_id(relay):
+    """SPEC §5.1: "a one-time prekey MAY have the id of the signed prekey … and the relay
+    MUST accept and serve both"."""
+    bob = await relay.user()
+    spk = signed_prekey(bob.account.key, key_id=7)
+    (otk,) = one_time_prekeys(7, 1)
+    ok = await bob.request(lambda i: PrekeysUpload(id=i, signed_prekey=spk, one_time=(otk,)))
+    assert isinstance(ok, Ok), ok
+    alice = await relay.user()
+    bundle = await alice.request(lambda i: BundleFetch(id=i, handle=bob.handle))
+    assert isinstance(bundle, Bundle)
+    assert (bundle.signed_prekey, bundle.one_time) == (spk, otk)
+
+
+@pytest.mark.spec("5.1")
+async def test_a_one_time_prekey_id_already_stored_is_refused_with_300(relay):
+    """SPEC §5.1: "A one-time prekey's id MUST differ from those of the owner's other one-time
+    prekeys stored at the relay"."""
+    bob = await relay.user(one_time=3)
+    error = await bob.request(lambda i: PrekeysUpload(id=i, one_time=one_time_prekeys(2, 1)))
+    assert _code(error) == 300

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import msgpack
 import pytest
 
-from blindrelay.protocol import limits
+from blindrelay.protocol import codec, limits
 from blindrelay.protocol.codec import decode
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.frames import (
@@ -19,9 +20,14 @@ from blindrelay.protocol.frames import (
     Statements,
     StatementsList,
 )
-from blindrelay.protocol.signed import make_statement, verify_statement
+from blindrelay.protocol.signed import (
+    ConsentStatement,
+    SignedObject,
+    make_statement,
+    verify_statement,
+)
 
-from .wire import Peer, new_handle, new_msg_id, rng
+from .wire import Peer, new_handle, new_msg_id, non_canonical, rng
 
 
 def _code(frame) -> int | None:
@@ -447,3 +453,42 @@ async def test_refused_bundle_fetches_and_chats_are_byte_identical(relay):
         answers.append((await sender.response_raw(9)).raw)
     assert len(set(answers)) == 1
     assert decode(answers[0]) == Error(code=400, re=9)
+
+
+# --- §14 signed objects are kept byte for byte ------------------------------------
+
+
+def non_canonical_statement(peer: Peer, action: str, target: str, categories=None) -> bytes:
+    """A valid statement of ``peer``'s whose body and outer map are not canonical."""
+    body = msgpack.unpackb(
+        codec.encode_object(
+            make_statement(
+                action, signer=peer.handle, signer_key=peer.account.public, target=target,
+                relay_key=peer.hello.relay_key, now_ms=peer.relay_now(), rng=rng,
+                categories=tuple(categories) if categories else None,
+            )
+        )
+    )  # fmt: skip
+    body_bytes = non_canonical(body)
+    sig = peer.account.key.sign(ConsentStatement.CONTEXT + b"\x00" + body_bytes)
+    data = non_canonical({"body": body_bytes, "sig": sig})
+    assert codec.encode_object(SignedObject(body=body_bytes, sig=sig)) != data
+    return data
+
+
+@pytest.mark.spec("14")
+async def test_a_non_canonical_statement_is_forwarded_and_listed_byte_for_byte(relay):
+    """SPEC §14: "The relay MUST NOT re-encode a signed object: it forwards (§7.5), lists
+    (§7.6) and serves … exactly the bytes it accepted, byte for byte — the outer map and
+    body alike, canonical or not"."""
+    shop = await relay.business()
+    user = await relay.user()
+    data = non_canonical_statement(user, "grant", shop.handle, ["utility"])
+    assert isinstance(await submit(user, data), Ok)
+    delivered = await shop.push(Deliver)
+    assert (delivered.intent, delivered.body) == ("statement", data)
+    for peer in (user, shop):
+        page = await peer.request(lambda i: StatementsList(id=i, after=0))
+        assert isinstance(page, Statements) and list(page.statements) == [data]
+    receipt = verify_statement(data, expected_key=user.account.public, relay_key=shop.hello.relay_key)
+    assert (receipt.action, receipt.categories) == ("grant", ("utility",))

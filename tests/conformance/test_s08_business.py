@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import msgpack
 import pytest
 
+from blindrelay.protocol import codec
 from blindrelay.protocol.business import BusinessProfile, OpeningHours, open_profile
 from blindrelay.protocol.codec import decode
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
@@ -24,7 +26,7 @@ from blindrelay.protocol.frames import (
 )
 from blindrelay.protocol.signed import make_statement
 
-from .wire import Peer, new_handle, new_msg_id, rng
+from .wire import Peer, new_handle, new_msg_id, non_canonical, rng
 
 
 def _code(frame) -> int | None:
@@ -208,3 +210,69 @@ async def test_usage_is_for_businesses_only(relay):
     """SPEC §8.4: "A business reads its own counts with USAGE_FETCH …; a user gets ERROR 202"."""
     user = await relay.user()
     assert _code(await usage(user)) == 202
+
+
+@pytest.mark.spec("14")
+@pytest.mark.spec("8.2")
+async def test_a_non_canonical_profile_is_served_byte_for_byte(relay):
+    """SPEC §14: the relay "serves (§8.1, §8.2) exactly the bytes it accepted, byte for
+    byte — the outer map and body alike, canonical or not"."""
+    shop = await relay.business()
+    user = await relay.user()
+    body = non_canonical(msgpack.unpackb(codec.encode_object(open_profile(
+        profile(shop), shop.account.public, shop.handle
+    ))))  # fmt: skip
+    sig = shop.account.key.sign(BusinessProfile.CONTEXT + b"\x00" + body)
+    data = non_canonical({"body": body, "sig": sig})
+    assert isinstance(await put(shop, data), Ok)
+    served = await fetch(user, shop.handle)
+    assert isinstance(served, Profile) and served.profile == data
+    assert open_profile(served.profile, shop.account.public, shop.handle).display_name == (
+        "Conformance Air"
+    )
+
+
+@pytest.mark.spec("8.2")
+@pytest.mark.parametrize(
+    ("case", "change"),
+    [
+        ("without_hours", {"hours": None}),
+        ("without_description", {"description": None}),
+        ("display_name_too_long", {"display_name": "N" * 65}),
+        ("display_name_blank", {"display_name": "   "}),
+        ("description_too_long", {"description": "d" * 513}),
+    ],
+)
+async def test_a_profile_breaking_its_table_gets_600(relay, case, change):
+    """SPEC §8.2: "Every profile field is required …; a profile that breaks a rule of this
+    table … is refused with 600" (display_name 1 … 64 characters, not only white space;
+    description 0 … 512)."""
+    shop = await relay.business()
+    fields = msgpack.unpackb(codec.encode_object(open_profile(
+        profile(shop), shop.account.public, shop.handle
+    )))  # fmt: skip
+    for key, value in change.items():
+        if value is None:
+            del fields[key]
+        else:
+            fields[key] = value
+    body = msgpack.packb(fields, use_bin_type=True)
+    sig = shop.account.key.sign(BusinessProfile.CONTEXT + b"\x00" + body)
+    data = msgpack.packb({"body": body, "sig": sig}, use_bin_type=True)
+    assert _code(await put(shop, data)) == 600
+
+
+@pytest.mark.spec("8.2")
+async def test_a_profile_with_the_longest_fields_is_accepted(relay):
+    """SPEC §8.2: display_name up to DISPLAY_NAME_MAX_LEN (64) characters, description up to
+    512, may be empty."""
+    shop = await relay.business()
+    for name, description in (("N" * 64, "d" * 512), ("N", "")):
+        fields = msgpack.unpackb(codec.encode_object(open_profile(
+            profile(shop), shop.account.public, shop.handle
+        )))  # fmt: skip
+        fields.update(display_name=name, description=description)
+        body = msgpack.packb(fields, use_bin_type=True)
+        sig = shop.account.key.sign(BusinessProfile.CONTEXT + b"\x00" + body)
+        data = msgpack.packb({"body": body, "sig": sig}, use_bin_type=True)
+        assert isinstance(await put(shop, data), Ok)

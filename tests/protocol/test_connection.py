@@ -214,16 +214,43 @@ def test_non_frame_errors_never_carry_a_reason() -> None:
 
 
 def test_too_many_protocol_errors_close_the_connection() -> None:
+    """SPEC §4.5: the error that exceeds the budget is sent as usual, then 105 (no re)."""
     pair = Pair()
     for _ in range(limits.MAX_PROTOCOL_ERRORS):
         pair.relay.receive_data(b"\xc1")
     assert pair.relay.state is State.AWAITING_AUTH
-    pair.relay.receive_data(b"\xc1")
-    errors = pair.relay_errors()
-    assert errors[-1].code == ErrorCode.TOO_MANY_ERRORS
+    assert [e.code for e in pair.relay_errors()] == [ErrorCode.MALFORMED_FRAME] * limits.MAX_PROTOCOL_ERRORS
+    pair.relay.receive_data(codec.encode(f.BundleFetch(id=9, handle="bob")))  # 103, re 9
+    assert pair.relay_errors() == [
+        f.Error(code=ErrorCode.UNEXPECTED_FRAME, re=9, reason="BUNDLE_FETCH not allowed in state awaiting_auth"),
+        f.Error(code=ErrorCode.TOO_MANY_ERRORS),
+    ]
     assert pair.relay.state is State.CLOSED
     pair.relay.receive_data(b"\xc1")
     assert pair.relay.data_to_send() == []
+
+
+def test_refusals_of_well_formed_requests_do_not_count_towards_the_budget() -> None:
+    """SPEC §4.5: only 1xx errors and 200 count."""
+    from blindrelay.protocol.errors import RateLimited, RecipientUnavailable
+
+    pair = Pair()
+    for n in range(1, 3 * limits.MAX_PROTOCOL_ERRORS):
+        pair.relay.send_error(RecipientUnavailable(), re=n)
+        pair.relay.send_error(RateLimited(retry_after_ms=5), re=n)
+    assert pair.relay.state is State.AWAITING_AUTH
+    assert ErrorCode.TOO_MANY_ERRORS not in {e.code for e in pair.relay_errors()}
+
+
+def test_a_closing_error_that_exceeds_the_budget_is_not_followed_by_105() -> None:
+    """SPEC §4.5: "If that error itself closes the connection (200), no 105 follows"."""
+    pair = Pair()
+    for _ in range(limits.MAX_PROTOCOL_ERRORS):
+        pair.relay.receive_data(b"\xc1")
+    pair.relay_errors()
+    pair.relay.send_error(AuthenticationFailed("login signature"), re=4)
+    assert pair.relay_errors() == [f.Error(code=ErrorCode.AUTH_FAILED, re=4)]
+    assert pair.relay.state is State.CLOSED
 
 
 def test_client_matches_responses_to_pending_requests() -> None:

@@ -145,3 +145,29 @@ async def test_serve_exits_1_when_its_writer_process_dies(tmp_path: Path) -> Non
     _, stderr = await asyncio.wait_for(process.communicate(), TEST_TIMEOUT_S)
     assert process.returncode == 1
     assert b"writer process exited" in stderr
+
+
+@pytest.mark.parametrize(
+    "flags", [["--pow-bits", "7"], ["--pow-bits", "2", "--pow-memlimit", "1000"], ["--queue-cap", "0"]]
+)
+def test_serve_refuses_a_bad_configuration_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str]
+) -> None:
+    """A proof of work over SPEC §4.6.3's bound (or any invalid value) is one line, no
+    traceback, and no relay."""
+    assert main(["serve", "--db", str(tmp_path / "r.db"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("blindrelay serve: ") and err.count("\n") == 1
+    assert not (tmp_path / "r.db").exists()
+
+
+def test_require_invites_is_an_on_off_flag_with_an_environment_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from blindrelay.server.cli import build_parser
+
+    assert build_parser().parse_args(["serve"]).require_invites is False
+    assert build_parser().parse_args(["serve", "--require-invites"]).require_invites is True
+    monkeypatch.setenv("BLINDRELAY_REQUIRE_INVITES", "yes")
+    assert build_parser().parse_args(["serve"]).require_invites is True
+    assert build_parser().parse_args(["serve", "--no-require-invites"]).require_invites is False
