@@ -38,6 +38,7 @@ from blindrelay.protocol.frames import Login
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.context import Limiters, RelayContext, Session
 from blindrelay.server.dispatch import Dispatcher
+from blindrelay.server.registration import RegistrationPolicy
 from blindrelay.server.storage import Account, Accounts, Store, connect, connect_reader
 
 from .conftest import FakeClock
@@ -95,6 +96,7 @@ def _login_relay(tmp_path: Path, existing: list[str]) -> tuple[Dispatcher, FakeC
         writer=_NoWriter(),  # type: ignore[arg-type]
         accounts=Accounts(connect_reader(db)),
         limiters=Limiters.from_config(config, clock),
+        registration=RegistrationPolicy(config, clock),  # REGISTER only; LOGIN never uses it
     )
     return Dispatcher(ctx), clock, ctx.relay_key
 
