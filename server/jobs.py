@@ -383,12 +383,19 @@ def purge(store: Store, before: int) -> list[int]:
     return [envelopes, ids]
 
 
+def checkpoint(store: Store) -> None:
+    """SPEC §11.2: truncate the WAL once this batch has committed (a checkpoint
+    cannot run inside the batch's transaction; :class:`~.storage.GroupCommitter`
+    runs it before answering)."""
+    store.checkpoint_requested = True
+
+
 OPERATIONS: dict[str, Callable[..., Any]] = {
     f.__name__: f
     for f in (
         noop, relay_seed, create_relay_seed, create_account, login_counts, rotate_identity,
         upload_prekeys, take_bundle, send, acknowledge, page, apply_statement,
-        statements_in_force, put_profile, fetch_profile, usage_month, purge,
+        statements_in_force, put_profile, fetch_profile, usage_month, purge, checkpoint,
     )
 }  # fmt: skip
 """Operation name → function; the only code the writer process will run for a job."""

@@ -55,7 +55,9 @@ Not here: protocol rules (``auth``, ``directory``, ``delivery``).
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
+import stat
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -196,17 +198,42 @@ CREATE TABLE IF NOT EXISTS invites (
 """
 
 
+FILE_MODE = 0o600
+"""SPEC §11.2: the database, its WAL and its shared memory are readable by the
+relay's user only — the database holds the relay's private seed."""
+
+WAL_SIZE_LIMIT_BYTES = 4 << 20
+"""``journal_size_limit``: what SQLite cuts the WAL back to when it restarts it
+after a checkpoint, so a burst does not leave a large file behind. 4 MiB is
+where SQLite's own automatic checkpoint fires (1000 pages of 4 KiB): smaller
+would truncate and regrow the file at every restart; the periodic truncating
+checkpoint (:func:`checkpoint`) empties it entirely anyway."""
+
+BUSY_TIMEOUT_MS = 5000
+CHECKPOINT_BUSY_TIMEOUT_MS = 200
+"""How long a checkpoint waits for readers of an older snapshot (an operator's
+``inspect``) before it gives up until the next one; the writer, and so every
+SEND, waits meanwhile."""
+
+
 def connect(path: Path, synchronous: str = "FULL") -> sqlite_utils.Database:
     """Open (creating if needed) the relay database in WAL mode.
 
     ``isolation_level=None``: the connection never opens transactions behind
     our back; :meth:`sqlite_utils.Database.atomic` opens them explicitly.
+    Files are private (:func:`_make_private`) and deleted rows are overwritten
+    (``secure_delete``, SPEC §11.2).
     """
+    _make_private(path)
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=True)
     conn.execute("PRAGMA journal_mode=WAL")
     # Checked against config.SYNCHRONOUS_MODES before we get here.
     conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("PRAGMA busy_timeout=5000")
+    # "Deleted rows MUST be overwritten": SQLite zeroes deleted cells and freed
+    # pages only with this on, and builds differ in the default (Debian's is on).
+    conn.execute("PRAGMA secure_delete=ON")
+    conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys=ON")
     db = sqlite_utils.Database(conn)
     version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -231,6 +258,44 @@ def _migrate(conn: sqlite3.Connection, version: int) -> None:
             "INSERT OR IGNORE INTO business_skeletons (skeleton, handle) VALUES (?, ?)",
             [(skeleton(handle), handle) for (handle,) in businesses],
         )
+
+
+def _make_private(path: Path) -> None:
+    """SPEC §11.2: the database and its -wal and -shm are 0600 whatever the umask.
+
+    SQLite creates a new database 0644 (forcing the mode past the umask) and its
+    -wal and -shm with the database's mode, so the database is created here
+    first; files an older relay left wider are narrowed.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != FILE_MODE:
+            os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            companion = Path(f"{path}{suffix}")
+            if stat.S_IMODE(companion.stat().st_mode) != FILE_MODE:
+                companion.chmod(FILE_MODE)
+
+
+def checkpoint(db: sqlite_utils.Database) -> bool:
+    """SPEC §11.2: fold the WAL into the database file and truncate it to zero bytes.
+
+    What acknowledged and purged envelopes left in the WAL is gone after this;
+    in the database file ``secure_delete`` zeroed them. Must run outside a
+    transaction. False when a reader of an older snapshot kept it from
+    completing (within :data:`CHECKPOINT_BUSY_TIMEOUT_MS`): the next one retries.
+    """
+    conn = db.conn
+    conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_BUSY_TIMEOUT_MS}")
+    try:
+        busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    log_event(20 if not busy else 30, "wal_checkpoint", complete=not busy, frames=frames)
+    return not busy
 
 
 def connect_reader(path: Path) -> sqlite_utils.Database:
@@ -787,6 +852,8 @@ class Store:
         self.usage = UsageMeter(db, self.cache)
         self.profiles = ProfileStore(db)
         self.badges = BadgeStore(db)
+        self.checkpoint_requested = False
+        """Set by a job; :class:`GroupCommitter` checkpoints after the batch commits."""
 
 
 # --- group commit ------------------------------------------------------------
@@ -842,6 +909,9 @@ class GroupCommitter:
             return [(False, InternalError()) for _job in batch]
         self.commits += 1
         self.jobs += len(batch)
+        if store.checkpoint_requested:  # outside the transaction, before any answer
+            store.checkpoint_requested = False
+            checkpoint(store.db)
         return outcomes
 
 

@@ -119,6 +119,7 @@ async def test_fetching_without_profile_or_unknown_handle(relay):
 
 
 @pytest.mark.spec("8.2")
+@pytest.mark.spec("11.1")
 async def test_a_user_has_no_profile_and_is_refused_like_an_unknown_handle(relay):
     """SPEC §8.2: "A PROFILE_FETCH naming a user account or an unknown handle MUST get
     the same ERROR 601 NOT_FOUND — the same bytes for the same request id": profiles
