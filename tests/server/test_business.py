@@ -192,6 +192,16 @@ async def test_badges_are_issued_served_and_revoked_through_the_cli(
         assert rows == [(1,)]
 
 
+def test_admin_commands_on_an_unusable_database_print_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    not_a_database = tmp_path / "a-directory"
+    not_a_database.mkdir()
+    assert _admin("usage", "--db", str(not_a_database)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("blindrelay admin: cannot open the database") and err.count("\n") == 1
+
+
 async def _business_with_customers(
     relay: RunningRelay, clients: Clients, clock: FakeClock
 ) -> tuple[RawClient, RawClient, RawClient]:
