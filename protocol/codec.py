@@ -231,7 +231,7 @@ def strict_unpack(
     data: bytes,
     *,
     max_len: int = limits.MAX_FRAME_BYTES,
-    max_array_len: int = limits.MAX_FRAME_BYTES,
+    max_array_len: int = limits.MAX_ARRAY_ITEMS,
     max_map_len: int = MAX_MAP_KEYS,
 ) -> object:
     """One msgpack object under the rules of SPEC §2.3, before any schema.
@@ -239,7 +239,8 @@ def strict_unpack(
     Exactly one object, no trailing bytes, str keys only, no duplicate keys, no
     extension types, valid UTF-8, nesting within the limit. Shared by every
     strict decoder (frames, signed objects, end-to-end content) so the rules
-    live once. Raises :class:`MalformedFrame`.
+    live once. Raises :class:`MalformedFrame`, or :class:`FrameTooLarge` for an
+    array over ``max_array_len`` (SPEC §2.3).
     """
     try:
         obj = msgpack.unpackb(
@@ -260,6 +261,13 @@ def strict_unpack(
         raise
     except msgpack.ExtraData:
         raise MalformedFrame("trailing bytes after the object") from None
+    except ValueError as exc:
+        # msgpack names the bound it hit; an array over every type's maximum is
+        # "longer than its type allows" (SPEC §2.3: 101), any other bound is 100.
+        # tests/protocol/test_codec.py pins this message of msgpack's.
+        if "max_array_len" in str(exc):
+            raise FrameTooLarge(f"array: at most {max_array_len} values") from None
+        raise MalformedFrame(f"not a msgpack object: {type(exc).__name__}") from None
     except Exception as exc:  # any msgpack or UTF-8 failure is a malformed frame
         raise MalformedFrame(f"not a msgpack object: {type(exc).__name__}") from None
     _check_depth(obj)

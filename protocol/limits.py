@@ -18,6 +18,13 @@ MAX_NESTING_DEPTH = 4
 """Deepest container nesting a frame may have (frame → list → map is 3).
 Shallow nesting bounds decoder recursion on hostile input."""
 
+MAX_ARRAY_ITEMS = 500
+"""Most values an array of any type may hold (the largest is STATEMENTS'
+``statements``, ``MAX_LISTED_STATEMENTS``). The msgpack layer refuses a longer
+array from its length header, before Python touches its items: a 64 KiB message
+of 65,000 one-byte ints cost ~6.5 ms to refuse when the nesting check walked
+them, a thousand times a valid frame's decoding."""
+
 PING_INTERVAL_S = 20.0
 """Keep-alive ping period. Short enough to keep NAT bindings open, long enough
 to cost nothing on idle connections."""

@@ -156,6 +156,7 @@ def invalid_vectors() -> dict[str, tuple[bytes, str, int | None, str]]:
         "categories_empty": (_pack(_send(intent="consent_request", categories=[])), "MALFORMED_FRAME", 5, "a consent request for nothing"),
         "ack_empty": (_pack({"t": 23, "delivery_ids": []}), "MALFORMED_FRAME", None, "ACK with no ids"),
         "ack_too_many": (_pack({"t": 23, "delivery_ids": list(range(1, limits.MAX_ACK_IDS + 2))}), "FRAME_TOO_LARGE", None, "ACK over MAX_ACK_IDS"),
+        "array_over_max_items": (_pack({"t": 20, "id": 9, "junk": [0] * (limits.MAX_ARRAY_ITEMS + 1)}), "FRAME_TOO_LARGE", 9, "an array longer than any type allows, under an unknown key: refused by the msgpack layer (101)"),
         "prekeys_upload_empty": (_pack({"t": 10, "id": 1, "one_time": []}), "MALFORMED_FRAME", 1, "upload carrying no key"),
         "prekeys_duplicate_ids": (_pack({"t": 10, "id": 1, "one_time": [{"key_id": 1, "public": K32}, {"key_id": 1, "public": K32B}]}), "MALFORMED_FRAME", 1, "two one-time prekeys with one id"),
         "record_unknown_key": (_pack({"t": 10, "id": 1, "one_time": [{"key_id": 1, "public": K32, "private": K32}]}), "MALFORMED_FRAME", 1, "a private key field inside a record"),

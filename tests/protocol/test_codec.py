@@ -201,3 +201,44 @@ def test_an_id_is_read_from_maps_of_up_to_sixteen_entries() -> None:
 def test_a_map_claiming_more_entries_than_its_bytes_hold_has_no_id() -> None:
     data = b"\xdf\xff\xff\xff\xff\xa2id\x07"
     assert codec.request_id_of(data) is None
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"t": 23, "junk": [0] * (limits.MAX_ARRAY_ITEMS + 1)},  # an unknown key
+        {"t": 23, "delivery_ids": [[0] * (limits.MAX_ARRAY_ITEMS + 1)]},  # nested in a field
+        {"t": 99, "id": 7, "x": [0] * 30_000},  # before `t` is looked at
+    ],
+    ids=["unknown-key", "nested", "unknown-type"],
+)
+def test_an_array_longer_than_any_type_allows_is_refused_by_the_msgpack_layer(message: dict) -> None:
+    """SPEC §2.3: no array of any type holds more than MAX_ARRAY_ITEMS values, so the
+    msgpack layer refuses a longer one with 101 before any Python walks its items
+    (a 64 KiB message of 65,000 one-byte ints cost ~6.5 ms to refuse when the depth
+    check walked them; now msgpack stops at the length header)."""
+    with pytest.raises(FrameTooLarge) as raised:
+        codec.decode(msgpack.packb(message))
+    assert raised.value.request_id == message.get("id")
+
+
+def test_a_map_over_the_entry_bound_is_still_malformed_not_too_large() -> None:
+    """Only arrays have a length maximum in their types; a map with too many keys is a
+    fault of the msgpack layer like any other (SPEC §2.3: 100)."""
+    message = {"t": 23, **{f"k{i}": 0 for i in range(codec.MAX_MAP_KEYS)}}
+    with pytest.raises(MalformedFrame):
+        codec.decode(msgpack.packb(message))
+
+
+def test_no_array_field_of_any_frame_allows_more_than_max_array_items() -> None:
+    """The bound above refuses nothing a frame may carry (largest: STATEMENTS)."""
+    maxima = {
+        "delivery_ids": limits.MAX_ACK_IDS,
+        "one_time": limits.MAX_PREKEYS_PER_UPLOAD,
+        "statements": limits.MAX_LISTED_STATEMENTS,
+        "categories": limits.MAX_CATEGORIES,
+        "notifications": limits.MAX_CATEGORIES,
+    }
+    assert max(maxima.values()) == limits.MAX_ARRAY_ITEMS
+    frame = f.Statements(re=1, statements=(b"x",) * limits.MAX_LISTED_STATEMENTS)
+    assert codec.decode(codec.encode(frame)) == frame
