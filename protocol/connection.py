@@ -29,7 +29,7 @@ from collections.abc import Callable
 from enum import Enum
 
 from nacl.exceptions import BadSignatureError
-from nacl.signing import VerifyKey
+from nacl.signing import SigningKey, VerifyKey
 
 from . import PROTOCOL_VERSION, limits
 from . import pow as puzzle
@@ -151,6 +151,16 @@ def rotate_transcript(
 def _transcript_prefix(purpose: int, relay_key: bytes, challenge: bytes, handle: str) -> bytes:
     encoded = handle.encode("ascii")
     return AUTH_CONTEXT + bytes([purpose]) + relay_key + challenge + bytes([len(encoded)]) + encoded
+
+
+UNKNOWN_ACCOUNT_KEY = bytes(
+    SigningKey(b"blindrelay/v1/unknown-account".ljust(32, b"\x00")).verify_key
+)
+"""What a LOGIN for an unknown handle is verified against (SPEC §4.3, §11.1).
+
+A valid public key of ordinary order, so libsodium does the full verification
+(a malformed or small-order key would be refused early). Its private half is
+public knowledge on purpose: the verification's result is never used."""
 
 
 def verify_ed25519(public_key: bytes, message: bytes, signature: bytes) -> bool:
@@ -330,12 +340,16 @@ class RelayConnection(_Connection):
     def verify_login(self, frame: Login, identity_key: bytes | None, now_ms: int) -> None:
         """SPEC §4.3: the account's current key signed this connection's challenge.
 
-        An unknown handle (``identity_key is None``) fails exactly like a bad
-        signature, so login is no account-existence oracle.
+        "An unknown handle MUST fail exactly like a wrong signature": for an
+        unknown handle (``identity_key is None``) the signature is verified all
+        the same, against :data:`UNKNOWN_ACCOUNT_KEY`, and the result thrown
+        away — skipping it answered tens of µs sooner, which told who exists.
         """
         self._consume_challenge(now_ms)
         transcript = login_transcript(self.relay_key, self.challenge, frame.handle)
-        if identity_key is None or not verify_ed25519(identity_key, transcript, frame.signature):
+        key = UNKNOWN_ACCOUNT_KEY if identity_key is None else identity_key
+        verified = verify_ed25519(key, transcript, frame.signature)
+        if not verified or identity_key is None:
             raise AuthenticationFailed("login signature")
         self._proven = (frame.handle, None)
 

@@ -29,6 +29,7 @@ import io
 import json
 import os
 import secrets
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -139,7 +140,10 @@ def _guarded(command: Command) -> Command:
 def _open_store(path: Path) -> Store:
     if not path.exists():
         raise AdminError(f"no database at {path}")
-    return Store(connect(path))
+    try:
+        return Store(connect(path))
+    except (OSError, sqlite3.Error) as exc:  # a directory, no permission, not a database
+        raise AdminError(f"cannot open the database {path}: {exc}") from None
 
 
 # --- keys and badges ----------------------------------------------------------

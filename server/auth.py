@@ -79,7 +79,8 @@ def _refuse_proof() -> None:
 def login(ctx: RelayContext, session: Session, frame: Login) -> None:
     """SPEC §4.3: log in with the account's current identity key."""
     now = ctx.clock()
-    account = ctx.accounts.get(frame.handle)
+    # The same work for an unknown handle as for an existing one (SPEC §11.1).
+    account = ctx.accounts.get_evenly(frame.handle)
     session.conn.verify_login(frame, account.identity_key if account else None, now)
     assert account is not None  # verify_login refuses unknown handles
     not_before = now - ctx.config.queue_ttl_ms

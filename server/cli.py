@@ -126,6 +126,7 @@ def register_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
 
 def _serve(args: argparse.Namespace) -> int:
     from .logs import configure_logging
+    from .writer import WriterStartError
 
     try:
         config = RelayConfig(**{f.name: getattr(args, f.name) for f in fields(RelayConfig)})
@@ -137,6 +138,9 @@ def _serve(args: argparse.Namespace) -> int:
         return asyncio.run(_run_until_signalled(config))
     except OSError as exc:
         print(f"blindrelay serve: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except WriterStartError as exc:
+        print(f"blindrelay serve: cannot open the database: {exc}", file=sys.stderr)
         return 1
 
 

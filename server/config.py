@@ -84,6 +84,10 @@ class RelayConfig:
     ping_timeout_s: float = limits.PING_TIMEOUT_S
     purge_interval_s: float = 60.0
     """How often expired envelopes and remembered message ids are purged."""
+    checkpoint_interval_s: float = 60.0
+    """How often the writer folds the WAL into the database and truncates it: the
+    longest a deleted envelope stays readable in the WAL (SPEC §11.2). Each one
+    stalls the writer for the copy (milliseconds for a WAL of a few MiB)."""
     gc_threshold: int = gcpolicy.DEFAULT_THRESHOLD
     """Young-generation threshold of the relay's and the writer's garbage collector
     (:mod:`.gcpolicy`): higher costs less CPU and fewer pauses, lower frees cyclic
@@ -120,6 +124,7 @@ class RelayConfig:
             "consent_request_burst": self.consent_request_burst,
             "auth_timeout_s": self.auth_timeout_s,
             "purge_interval_s": self.purge_interval_s,
+            "checkpoint_interval_s": self.checkpoint_interval_s,
             "gc_threshold": self.gc_threshold,
         }
         for name, value in positive.items():

@@ -493,12 +493,21 @@ def put_profile(store: Store, handle: str, identity_key: bytes, profile: bytes, 
 
 
 def fetch_profile(store: Store, owner: str, now: int) -> list[Any]:
-    """[identity_key, signed profile | None, badge in force | None]."""
-    account = store.accounts.get(owner)
-    if account is None:
+    """SPEC §8.2: [identity_key, signed profile | None, badge in force | None] of a business.
+
+    "A PROFILE_FETCH naming a user account or an unknown handle MUST get the
+    same ERROR 601 NOT_FOUND … after the same work": every lookup runs before
+    the kind is looked at (a user has neither profile nor badge rows), and the
+    account is read with :meth:`~.storage.Accounts.get_evenly`, because the
+    cached :meth:`~.storage.Accounts.get` answers a known handle faster.
+    """
+    account = store.accounts.get_evenly(owner)
+    identity_key = account.identity_key if account is not None else bytes(32)
+    badge = store.badges.current(owner, key_fingerprint(identity_key), now)
+    profile = store.profiles.get(owner)
+    if account is None or account.kind != AccountKind.BUSINESS:
         raise NotFound()
-    badge = store.badges.current(owner, key_fingerprint(account.identity_key), now)
-    return [account.identity_key, store.profiles.get(owner), badge]
+    return [identity_key, profile, badge]
 
 
 def usage_month(store: Store, handle: str, month: str) -> list[Any]:
@@ -517,12 +526,19 @@ def purge(store: Store, before: int, now: int) -> list[int]:
     return [envelopes, ids]
 
 
+def checkpoint(store: Store) -> None:
+    """SPEC §11.2: truncate the WAL once this batch has committed (a checkpoint
+    cannot run inside the batch's transaction; :class:`~.storage.GroupCommitter`
+    runs it before answering)."""
+    store.checkpoint_requested = True
+
+
 OPERATIONS: dict[str, Callable[..., Any]] = {
     f.__name__: f
     for f in (
         noop, relay_seed, create_relay_seed, create_account, login_counts, rotate_identity,
         upload_prekeys, take_bundle, send, acknowledge, page, apply_statement,
-        statements_in_force, put_profile, fetch_profile, usage_month, purge,
+        statements_in_force, put_profile, fetch_profile, usage_month, purge, checkpoint,
     )
 }  # fmt: skip
 """Operation name → function; the only code the writer process will run for a job."""

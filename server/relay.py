@@ -352,6 +352,7 @@ class RunningRelay:
         self._server: Server | None = None
         self._sessions: set[Session] = set()
         self._purger: asyncio.Task[None] | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
         self._flusher = _Flusher()
         self._closed = gcpolicy.ClosedConnections()
         self._collection: asyncio.TimerHandle | None = None
@@ -376,6 +377,7 @@ class RunningRelay:
         host, port = next(iter(self._server.sockets)).getsockname()[:2]
         self.url = f"ws://[{host}]:{port}" if ":" in host else f"ws://{host}:{port}"
         self._purger = asyncio.create_task(self._purge_periodically())
+        self._checkpointer = asyncio.create_task(self._checkpoint_periodically())
 
     async def _connection(self, ws: ServerConnection) -> None:
         # "The relay MUST refuse a handshake without the blindrelay.v1 subprotocol":
@@ -447,6 +449,19 @@ class RunningRelay:
                 log_event(logging.ERROR, "purge_failed", exc_type=type(exc).__name__)
             await asyncio.sleep(self.config.purge_interval_s)
 
+    async def checkpoint(self) -> None:
+        """SPEC §11.2: the WAL folded into the database and truncated, once every
+        job submitted before has committed (deleted envelopes leave the WAL)."""
+        await self.ctx.writer.submit("checkpoint")
+
+    async def _checkpoint_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.checkpoint_interval_s)
+            try:
+                await self.checkpoint()
+            except Exception as exc:  # e.g. the writer is gone; the relay is stopping anyway
+                log_event(logging.ERROR, "checkpoint_failed", exc_type=type(exc).__name__)
+
     async def close(self) -> None:
         """Stop accepting, finish in-flight commits (their SENTs go out), then close.
 
@@ -456,10 +471,11 @@ class RunningRelay:
         self.ctx.stopping = True
         if self._collection is not None:
             self._collection.cancel()
-        if self._purger is not None:
-            self._purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._purger
+        for task in (self._purger, self._checkpointer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._server is not None:
             self._server.close(close_connections=False)
         if self.ctx.writer.running:

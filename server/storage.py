@@ -60,7 +60,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sqlite3
+import stat
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,17 +225,42 @@ CREATE TABLE IF NOT EXISTS invites (
 """
 
 
+FILE_MODE = 0o600
+"""SPEC §11.2: the database, its WAL and its shared memory are readable by the
+relay's user only — the database holds the relay's private seed."""
+
+WAL_SIZE_LIMIT_BYTES = 4 << 20
+"""``journal_size_limit``: what SQLite cuts the WAL back to when it restarts it
+after a checkpoint, so a burst does not leave a large file behind. 4 MiB is
+where SQLite's own automatic checkpoint fires (1000 pages of 4 KiB): smaller
+would truncate and regrow the file at every restart; the periodic truncating
+checkpoint (:func:`checkpoint`) empties it entirely anyway."""
+
+BUSY_TIMEOUT_MS = 5000
+CHECKPOINT_BUSY_TIMEOUT_MS = 200
+"""How long a checkpoint waits for readers of an older snapshot (an operator's
+``inspect``) before it gives up until the next one; the writer, and so every
+SEND, waits meanwhile."""
+
+
 def connect(path: Path, synchronous: str = "FULL") -> sqlite_utils.Database:
     """Open (creating if needed) the relay database in WAL mode.
 
     ``isolation_level=None``: the connection never opens transactions behind
     our back; :meth:`sqlite_utils.Database.atomic` opens them explicitly.
+    Files are private (:func:`_make_private`) and deleted rows are overwritten
+    (``secure_delete``, SPEC §11.2).
     """
+    _make_private(path)
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=True)
     conn.execute("PRAGMA journal_mode=WAL")
     # Checked against config.SYNCHRONOUS_MODES before we get here.
     conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("PRAGMA busy_timeout=5000")
+    # "Deleted rows MUST be overwritten": SQLite zeroes deleted cells and freed
+    # pages only with this on, and builds differ in the default (Debian's is on).
+    conn.execute("PRAGMA secure_delete=ON")
+    conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys=ON")
     db = sqlite_utils.Database(conn)
     version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -303,6 +331,44 @@ def _migrate(conn: sqlite3.Connection, version: int) -> None:
             "DELETE FROM queue WHERE intent = 'statement' AND NOT EXISTS (SELECT 1 FROM"
             " statements s WHERE s.signer = queue.sender AND s.nonce = queue.msg_id)"
         )
+
+
+def _make_private(path: Path) -> None:
+    """SPEC §11.2: the database and its -wal and -shm are 0600 whatever the umask.
+
+    SQLite creates a new database 0644 (forcing the mode past the umask) and its
+    -wal and -shm with the database's mode, so the database is created here
+    first; files an older relay left wider are narrowed.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != FILE_MODE:
+            os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            companion = Path(f"{path}{suffix}")
+            if stat.S_IMODE(companion.stat().st_mode) != FILE_MODE:
+                companion.chmod(FILE_MODE)
+
+
+def checkpoint(db: sqlite_utils.Database) -> bool:
+    """SPEC §11.2: fold the WAL into the database file and truncate it to zero bytes.
+
+    What acknowledged and purged envelopes left in the WAL is gone after this;
+    in the database file ``secure_delete`` zeroed them. Must run outside a
+    transaction. False when a reader of an older snapshot kept it from
+    completing (within :data:`CHECKPOINT_BUSY_TIMEOUT_MS`): the next one retries.
+    """
+    conn = db.conn
+    conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_BUSY_TIMEOUT_MS}")
+    try:
+        busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    log_event(20 if not busy else 30, "wal_checkpoint", complete=not busy, frames=frames)
+    return not busy
 
 
 def connect_reader(path: Path) -> sqlite_utils.Database:
@@ -381,6 +447,18 @@ class RelayIdentity:
         return seed
 
 
+_ACCOUNT_OR_DECOY = (
+    # The row of handle ?1 if it exists, else row ?2 % max(rowid) + 1. Written so
+    # that both cases run the same three searches (handle index, largest row id,
+    # one row by id): coalesce() would skip the largest row id on a hit.
+    "SELECT handle, kind, identity_key FROM accounts WHERE rowid = (SELECT max("
+    " ifnull((SELECT rowid FROM accounts WHERE handle = ?1), 0),"
+    " (?2 % max(rowid) + 1) * ((SELECT rowid FROM accounts WHERE handle = ?1) IS NULL)"
+    ") FROM accounts)"
+)
+"""SPEC §11.1: the account lookup of a LOGIN (:meth:`Accounts.get_evenly`)."""
+
+
 class Accounts:
     """Handles, kinds and current identity keys (SPEC §3).
 
@@ -410,6 +488,26 @@ class Accounts:
         if cache is not None:
             cache.put(cache.accounts, handle, account)
         return account
+
+    def get_evenly(self, handle: str) -> Account | None:
+        """:meth:`get` with the same work whether ``handle`` exists or not (SPEC §11.1).
+
+        For LOGIN, whose answer must not tell who exists. A plain lookup
+        stops in the handle index on a miss but reads the row on a hit, and
+        builds an :class:`Account` only then: together ~1.5 µs, enough to sort
+        handles by timing. Here a miss reads a decoy row instead — one chosen
+        by the handle, so it is as likely to be out of cache as a real one
+        (accounts are never deleted, so row ids 1…max all exist) — and both
+        build the record; only the final comparison differs. The writer's
+        cache is not used: a cached hit would be faster still.
+        """
+        row = self._conn.execute(
+            _ACCOUNT_OR_DECOY, (handle, zlib.crc32(handle.encode()))
+        ).fetchone()
+        if row is None:  # no account at all: nothing to tell apart
+            return None
+        account = Account(handle, row[1], bytes(row[2]))
+        return account if row[0] == handle else None
 
     def create(self, account: Account, now: int) -> bool:
         """Insert ``account``; False when the handle is taken (the caller refuses)."""
@@ -987,6 +1085,8 @@ class Store:
         self.usage = UsageMeter(db, self.cache)
         self.profiles = ProfileStore(db)
         self.badges = BadgeStore(db)
+        self.checkpoint_requested = False
+        """Set by a job; :class:`GroupCommitter` checkpoints after the batch commits."""
 
 
 # --- group commit ------------------------------------------------------------
@@ -1042,6 +1142,9 @@ class GroupCommitter:
             return [(False, InternalError()) for _job in batch]
         self.commits += 1
         self.jobs += len(batch)
+        if store.checkpoint_requested:  # outside the transaction, before any answer
+            store.checkpoint_requested = False
+            checkpoint(store.db)
         return outcomes
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from blindrelay.protocol import codec
 from blindrelay.protocol.business import BusinessProfile, OpeningHours, open_profile
+from blindrelay.protocol.codec import decode
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.frames import (
     Error,
@@ -107,14 +108,30 @@ async def test_only_businesses_may_put_a_profile(relay):
 
 @pytest.mark.spec("8.2")
 async def test_fetching_without_profile_or_unknown_handle(relay):
-    """SPEC §8.2: "fetching an account without a profile returns PROFILE without profile;
-    an unknown handle gets ERROR 601 NOT_FOUND"."""
+    """SPEC §8.2: "fetching a business without a profile returns PROFILE without
+    profile"; an unknown handle gets ERROR 601 NOT_FOUND."""
     shop = await relay.business()
     user = await relay.user()
     bare = await fetch(user, shop.handle)
     assert isinstance(bare, Profile) and bare.profile is None
     assert bare.identity_key == shop.account.public
     assert _code(await fetch(user, new_handle("nobody"))) == 601
+
+
+@pytest.mark.spec("8.2")
+@pytest.mark.spec("11.1")
+async def test_a_user_has_no_profile_and_is_refused_like_an_unknown_handle(relay):
+    """SPEC §8.2: "A PROFILE_FETCH naming a user account or an unknown handle MUST get
+    the same ERROR 601 NOT_FOUND — the same bytes for the same request id": profiles
+    are public for businesses only; a user's existence and identity key are not."""
+    asker = await relay.user()
+    users = [await relay.user(), await relay.user(signed=True), asker]
+    answers = []
+    for handle in (new_handle("nobody"), *(u.handle for u in users)):
+        await asker.send(ProfileFetch(id=601, handle=handle))
+        answers.append((await asker.response_raw(601)).raw)
+    assert len(set(answers)) == 1
+    assert decode(answers[0]) == Error(code=601, re=601)
 
 
 def _month(peer: Peer) -> str:

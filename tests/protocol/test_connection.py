@@ -7,7 +7,7 @@ import itertools
 import pytest
 from nacl.signing import SigningKey
 
-from blindrelay.protocol import codec, limits
+from blindrelay.protocol import codec, connection, limits
 from blindrelay.protocol import frames as f
 from blindrelay.protocol.connection import (
     RECEIVABLE,
@@ -106,6 +106,30 @@ def test_login_with_unknown_handle_fails_like_a_wrong_key(stored_key: bytes | No
     (frame,), _ = pair.flush()
     with pytest.raises(AuthenticationFailed):
         pair.relay.verify_login(frame, stored_key, T0 + 1)
+
+
+def test_an_unknown_handle_is_refused_even_with_a_signature_by_the_decoy_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SPEC §4.3, §11.1: an unknown handle's login is verified against a decoy key,
+    for the same work; the decoy's private half is public, so a valid signature by
+    it must still fail — and the verification must actually run."""
+    decoy = SigningKey(b"blindrelay/v1/unknown-account".ljust(32, b"\x00"))
+    assert decoy.verify_key.encode() == connection.UNKNOWN_ACCOUNT_KEY
+    verified: list[bytes] = []
+    real_verify = connection.verify_ed25519
+
+    def counting(public_key: bytes, message: bytes, signature: bytes) -> bool:
+        verified.append(public_key)
+        return real_verify(public_key, message, signature)
+
+    monkeypatch.setattr(connection, "verify_ed25519", counting)
+    pair = Pair()
+    pair.client.login("nobody", signer(decoy))
+    (frame,), _ = pair.flush()
+    with pytest.raises(AuthenticationFailed):
+        pair.relay.verify_login(frame, None, T0 + 1)
+    assert verified == [connection.UNKNOWN_ACCOUNT_KEY]
 
 
 def test_expired_challenge_is_refused() -> None:

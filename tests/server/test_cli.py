@@ -74,6 +74,17 @@ async def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
     assert process.returncode == 0
 
 
+async def test_serve_with_an_unusable_database_path_prints_one_line(tmp_path: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        str(BLINDRELAY), "serve", "--port", "0", "--db", "missing-dir/relay.db",
+        cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, stderr = await asyncio.wait_for(process.communicate(), TEST_TIMEOUT_S)
+    last = stderr.decode().splitlines()[-1]
+    assert process.returncode == 1 and b"Traceback" not in stderr
+    assert last.startswith("blindrelay serve: cannot open the database") and "relay.db" in last
+
+
 async def test_serve_applies_the_configured_gc_policy_in_the_relay_and_its_writer(
     tmp_path: Path,
 ) -> None:
