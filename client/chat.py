@@ -311,10 +311,10 @@ class Chat:
         business, categories = self._business_and_categories(
             rest, "/grant BUSINESS CATS", default=True
         )
-        await self.client.grant(business, categories)
+        granted = await self.client.grant(business, categories)
         self._answered(business)
         self.remember(business, "business")
-        self.say(f"granted {business}: {','.join(categories)}")
+        self.say(f"granted {business}: {','.join(granted.categories or ())}")
 
     async def deny(self, rest: str) -> None:
         business, categories = self._business_and_categories(
@@ -328,8 +328,8 @@ class Chat:
         business, categories = self._business_and_categories(
             rest, "/revoke BUSINESS CATS", default=False
         )
-        await self.client.revoke(business, categories)
-        self.say(f"revoked {business}: {','.join(categories)}")
+        revoked = await self.client.revoke(business, categories)
+        self.say(f"revoked {business}: {','.join(revoked.categories or ())}")
 
     async def block(self, rest: str) -> None:
         handle = _one_handle(rest, "/block HANDLE")
