@@ -31,6 +31,7 @@ from blindrelay.protocol.signed import (
 )
 from blindrelay.server import jobs
 from blindrelay.server.config import RelayConfig
+from blindrelay.server.delivery import send_rules
 from blindrelay.server.relay import RunningRelay
 from blindrelay.server.storage import Account, GroupCommitter, Store, connect
 
@@ -424,7 +425,7 @@ def test_eleven_thousand_grants_and_revokes_leave_the_relay_bounded(tmp_path: Pa
     now = start + total * step
     [(ok, value)] = committer.commit([lambda s: jobs.send(
         s, "bob", "user", "airline", os.urandom(16), "chat", None, None, b"hi", now,
-        jobs.DEFAULT_SEND_RULES,
+        send_rules(RelayConfig()),
     )])  # fmt: skip
     assert ok, value  # not QUEUE_FULL
     [(_, rows)] = committer.commit([lambda s: [
