@@ -11,6 +11,10 @@ of kind ``business``::
     result = await business.notify("utility", "BA123 now boards at B7")
     print(result.sent, result.refused)
 
+(The request reaches a stranger only if the operator verified the business; an
+unverified one may ask only customers who wrote to it or granted it something, and is
+otherwise refused with ERROR 400 like an unknown handle, SPEC §7.3.)
+
 What it does, from the spec:
 
 - **Consent is the user's signed word** (SPEC §7.4–7.5). Every grant, deny,
@@ -218,7 +222,11 @@ class Business:
     async def request_consent(
         self, user: str, categories: Iterable[str], explanation: str
     ) -> bytes:
-        """Ask ``user`` for consent; ``explanation`` reaches them end-to-end encrypted."""
+        """Ask ``user`` for consent; ``explanation`` reaches them end-to-end encrypted.
+
+        Raises RecipientUnavailable where the relay refuses (SPEC §7.3): a pending
+        request, a category granted or cooling down, or — for a business without a
+        badge — a user who has neither written to it nor granted it anything."""
         return await self.client.send(
             user, explanation, intent=frames.Intent.CONSENT_REQUEST, categories=tuple(categories)
         )
