@@ -45,6 +45,12 @@ Cyrillic a), and a handle is a key in every relay table."""
 DISPLAY_NAME_MAX_LEN = 64
 """Longest display name in a badge or profile, in characters."""
 
+ROTATE_IDENTITY_RATE_PER_H = 6.0
+ROTATE_IDENTITY_BURST = 3
+"""*Default.* Identity rotations per account. A rotation is rare (a new device, a
+key thought compromised); each costs two signature checks and deletes the
+account's prekeys, and every contact sees a key change."""
+
 # --- Authentication (SPEC §4) ----------------------------------------------
 
 CHALLENGE_BYTES = 32
@@ -71,6 +77,13 @@ BUNDLE_FETCH_RATE_PER_MIN = 60.0
 BUNDLE_FETCH_BURST = 20
 """*Default.* Bundle fetches per requester; stops one account from draining
 another's one-time prekeys (which would force X3DH without one, see SPEC §13.2)."""
+
+PREKEYS_UPLOAD_RATE_PER_MIN = 6.0
+PREKEYS_UPLOAD_BURST = 20
+"""*Default.* Prekey uploads per account. A client uploads at registration, when
+told its supply is low and after a rotation — a few a day; the burst fills a whole
+supply (``MAX_STORED_ONE_TIME_PREKEYS`` / ``MAX_PREKEYS_PER_UPLOAD`` = 10 uploads)
+twice over. Each upload costs a signature check and up to 100 row writes."""
 
 # --- Messaging (SPEC §6) ---------------------------------------------------
 
@@ -141,6 +154,14 @@ MAX_STATEMENT_BYTES = 1024
 MAX_LISTED_STATEMENTS = 500
 """Statements returned by one listing frame."""
 
+STATEMENTS_LIST_RATE_PER_MIN = 600.0
+STATEMENTS_LIST_BURST = 20
+"""*Default.* Statement listings per account. A page of up to
+``MAX_LISTED_STATEMENTS`` statements answers a 20-byte request with thousands of
+times its size: a device restoring a large business's statements still pages at
+10 a second, while one connection cannot make the relay read more than 20 pages
+for it at once."""
+
 # --- Business accounts (SPEC §8) -------------------------------------------
 
 MAX_PROFILE_BYTES = 8 * 1024
@@ -151,3 +172,19 @@ MAX_BADGE_BYTES = 1024
 
 MAX_BADGE_VALIDITY_MS = 400 * 24 * 3600 * 1000
 """Longest badge lifetime; forces periodic re-verification of a business."""
+
+PROFILE_PUT_RATE_PER_MIN = 6.0
+PROFILE_PUT_BURST = 10
+"""*Default.* Profile updates per business: opening hours and away messages change
+a few times a day; each update costs a signature check and an 8 KiB write."""
+
+PROFILE_FETCH_RATE_PER_MIN = 60.0
+PROFILE_FETCH_BURST = 20
+"""*Default.* Profile fetches per account. A client fetches a profile when it meets
+a business and to refresh it, far below this; without a limit one account could
+ask ~2,000 handles a second which of them are businesses (SPEC §7.7)."""
+
+USAGE_FETCH_RATE_PER_MIN = 60.0
+USAGE_FETCH_BURST = 20
+"""*Default.* Usage reads per account: a billing dashboard reads a few months at a
+time; each read sums a month of metering rows in the writer."""

@@ -54,6 +54,18 @@ class RelayConfig:
     send_burst_pair: int = limits.SEND_BURST_PAIR
     bundle_rate_per_min: float = limits.BUNDLE_FETCH_RATE_PER_MIN
     bundle_burst: int = limits.BUNDLE_FETCH_BURST
+    prekeys_upload_rate_per_min: float = limits.PREKEYS_UPLOAD_RATE_PER_MIN
+    prekeys_upload_burst: int = limits.PREKEYS_UPLOAD_BURST
+    rotate_identity_rate_per_h: float = limits.ROTATE_IDENTITY_RATE_PER_H
+    rotate_identity_burst: int = limits.ROTATE_IDENTITY_BURST
+    statements_list_rate_per_min: float = limits.STATEMENTS_LIST_RATE_PER_MIN
+    statements_list_burst: int = limits.STATEMENTS_LIST_BURST
+    profile_put_rate_per_min: float = limits.PROFILE_PUT_RATE_PER_MIN
+    profile_put_burst: int = limits.PROFILE_PUT_BURST
+    profile_fetch_rate_per_min: float = limits.PROFILE_FETCH_RATE_PER_MIN
+    profile_fetch_burst: int = limits.PROFILE_FETCH_BURST
+    usage_fetch_rate_per_min: float = limits.USAGE_FETCH_RATE_PER_MIN
+    usage_fetch_burst: int = limits.USAGE_FETCH_BURST
     max_stored_one_time_prekeys: int = limits.MAX_STORED_ONE_TIME_PREKEYS
     service_window_ms: int = limits.SERVICE_WINDOW_MS
     consent_cooldown_ms: int = limits.CONSENT_COOLDOWN_MS
@@ -84,6 +96,18 @@ class RelayConfig:
             "send_burst_pair": self.send_burst_pair,
             "bundle_rate_per_min": self.bundle_rate_per_min,
             "bundle_burst": self.bundle_burst,
+            "prekeys_upload_rate_per_min": self.prekeys_upload_rate_per_min,
+            "prekeys_upload_burst": self.prekeys_upload_burst,
+            "rotate_identity_rate_per_h": self.rotate_identity_rate_per_h,
+            "rotate_identity_burst": self.rotate_identity_burst,
+            "statements_list_rate_per_min": self.statements_list_rate_per_min,
+            "statements_list_burst": self.statements_list_burst,
+            "profile_put_rate_per_min": self.profile_put_rate_per_min,
+            "profile_put_burst": self.profile_put_burst,
+            "profile_fetch_rate_per_min": self.profile_fetch_rate_per_min,
+            "profile_fetch_burst": self.profile_fetch_burst,
+            "usage_fetch_rate_per_min": self.usage_fetch_rate_per_min,
+            "usage_fetch_burst": self.usage_fetch_burst,
             "max_stored_one_time_prekeys": self.max_stored_one_time_prekeys,
             "service_window_ms": self.service_window_ms,
             "consent_cooldown_ms": self.consent_cooldown_ms,

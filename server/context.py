@@ -144,6 +144,13 @@ class Limiters:
     bundle_fetch: TokenBuckets
     consent_request: TokenBuckets
     """Per business (SPEC §7.3 "requests are rate-limited per business")."""
+    prekeys_upload: TokenBuckets
+    rotate_identity: TokenBuckets
+    statements_list: TokenBuckets
+    profile_put: TokenBuckets
+    profile_fetch: TokenBuckets
+    usage_fetch: TokenBuckets
+    """Per account, taken before any other work for the request (SPEC §10)."""
 
     @classmethod
     def from_config(cls, config: RelayConfig, clock: Clock) -> Limiters:
@@ -158,6 +165,24 @@ class Limiters:
             ),
             consent_request=TokenBuckets(
                 config.consent_request_rate_per_h / 3600.0, config.consent_request_burst, clock
+            ),
+            prekeys_upload=TokenBuckets(
+                config.prekeys_upload_rate_per_min / 60.0, config.prekeys_upload_burst, clock
+            ),
+            rotate_identity=TokenBuckets(
+                config.rotate_identity_rate_per_h / 3600.0, config.rotate_identity_burst, clock
+            ),
+            statements_list=TokenBuckets(
+                config.statements_list_rate_per_min / 60.0, config.statements_list_burst, clock
+            ),
+            profile_put=TokenBuckets(
+                config.profile_put_rate_per_min / 60.0, config.profile_put_burst, clock
+            ),
+            profile_fetch=TokenBuckets(
+                config.profile_fetch_rate_per_min / 60.0, config.profile_fetch_burst, clock
+            ),
+            usage_fetch=TokenBuckets(
+                config.usage_fetch_rate_per_min / 60.0, config.usage_fetch_burst, clock
             ),
         )
 

@@ -35,6 +35,7 @@ def upload(ctx: RelayContext, session: Session, frame: PrekeysUpload) -> None:
     """SPEC §5.2: store a signed prekey (replacing) and add one-time prekeys."""
     handle = session.handle
     assert handle is not None
+    ctx.limiters.prekeys_upload.take(handle)  # SPEC §10, before any work
     account = ctx.accounts.get(handle)
     assert account is not None
     identity_key = account.identity_key
