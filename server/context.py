@@ -30,7 +30,7 @@ from blindrelay.protocol.frames import Frame
 from .config import RelayConfig
 from .logs import log_event
 from .ratelimit import Clock, TokenBuckets
-from .storage import Account, Accounts
+from .storage import Account, Accounts, PreKeyStore
 from .writer import Writer, WriterJobError
 
 if TYPE_CHECKING:
@@ -198,6 +198,9 @@ class RelayContext:
     accounts: Accounts
     """Reads on the event-loop thread (its own WAL reader connection)."""
     limiters: Limiters
+    prekeys: PreKeyStore
+    """Read-only, on the same reader: prekey uploads are checked here before the
+    writer is involved (SPEC §5.2)."""
     sessions: Sessions = field(default_factory=Sessions)
     stopping: bool = False
     """Set by shutdown: frames that arrive now are refused with SHUTTING_DOWN."""

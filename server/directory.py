@@ -46,6 +46,11 @@ def upload(ctx: RelayContext, session: Session, frame: PrekeysUpload) -> None:
             verify_signature(identity_key, signed_prekey_message(signed.public), signed.signature)
         except InvalidSignature:
             raise InvalidPrekeys("signed prekey signature") from None
+    # Refused here when the reader already shows why; the writer job checks again
+    # (uploads in flight are not visible yet), before it writes anything.
+    ctx.prekeys.check_upload(
+        handle, [key.key_id for key in frame.one_time], ctx.config.max_stored_one_time_prekeys
+    )
 
     def stored(_: None) -> None:
         log_event(

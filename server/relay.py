@@ -50,7 +50,7 @@ from .context import Limiters, RelayContext, Session
 from .dispatch import Dispatcher
 from .logs import log_event
 from .ratelimit import Clock
-from .storage import Accounts, connect_reader
+from .storage import Accounts, PreKeyStore, connect_reader
 from .writer import Writer
 
 Rng = Callable[[int], bytes]
@@ -491,6 +491,7 @@ async def serve(
         writer=writer,
         accounts=Accounts(reader),
         limiters=Limiters.from_config(config, clock),
+        prekeys=PreKeyStore(reader),
     )
     relay = RunningRelay(config, ctx, rng, reader.conn.close)
     writer.on_lost = relay.failed.set
