@@ -224,3 +224,31 @@ async def test_every_request_type_is_rate_limited_per_account_before_any_work(
 
 def _rate_limited(frame: Frame) -> bool:
     return isinstance(frame, Error) and frame.code == ErrorCode.RATE_LIMITED
+
+
+async def test_an_ack_costs_work_only_for_deliveries_in_flight_on_its_connection(
+    relay: RunningRelay, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §6.5, §10: ACK needs no rate limit because ids this connection does not
+    have in flight are ignored without work — a flood of made-up ids reaches no
+    writer job."""
+    alice = await clients.registered(relay.url, "alice")
+    bob = await clients.registered(relay.url, "bob")
+    assert isinstance(await alice.send_message("bob", b"x"), Sent)
+    delivered = await bob.push(Deliver)
+    jobs: list[object] = []
+    call_many = relay.ctx.writer.call_many
+
+    def counted(operation: str, item: object, done: Callable[[bool, object], None]) -> None:
+        jobs.append(item)
+        call_many(operation, item, done)
+
+    monkeypatch.setattr(relay.ctx.writer, "call_many", counted)
+    for first in range(10_000, 30_000, 256):
+        await bob.send(Ack(delivery_ids=tuple(range(first, first + 256))))
+    await bob.send(Ack(delivery_ids=(delivered.delivery_id, 99_999)))
+    assert isinstance(await bob.send_message("alice", b"sync"), Sent)  # after all the ACKs
+    assert jobs == [["bob", (delivered.delivery_id,)]]
+    assert db_rows(relay.config.db_path, "SELECT COUNT(*) FROM queue WHERE recipient = 'bob'") == [
+        (0,)
+    ]
