@@ -25,6 +25,20 @@ to cost nothing on idle connections."""
 PING_TIMEOUT_S = 20.0
 """A peer that does not answer a ping within this is considered gone."""
 
+MAX_OUTGOING_BUFFER_BYTES = 1024 * 1024
+"""*Default.* Outgoing data the relay holds for one connection before it stops
+handling that connection's frames (it resumes at a quarter of this). Larger keeps
+the pipe full through bursts (a page of deliveries, a listing) without pausing;
+smaller bounds what a client that never reads makes the relay hold: 1 MiB is
+sixteen maximal frames, and a thousand stuck connections hold about 1 GiB until
+the write timeout closes them."""
+
+WRITE_TIMEOUT_S = 20.0
+"""*Default.* A connection whose peer takes (almost) no data for this long while
+data waits for it is closed — aborted, as no close frame can pass a full buffer.
+Its keep-alive ping would wait behind that data, so the ping timeout never fires;
+as long as a ping timeout, since such a peer is as gone as a silent one."""
+
 AUTH_TIMEOUT_S = 10.0
 """An unauthenticated connection is closed after this; bounds the cost of
 half-open connections that never log in."""

@@ -35,6 +35,18 @@ commit in both — the event loop, not fsync, is the bottleneck, so FULL costs
 under 10 % and stays the default."""
 
 
+TRANSPORT_WRITE_LIMIT_BYTES = 32 * 1024
+"""Bytes asyncio's transport buffers for a connection before the relay stops
+writing into it and queues frames itself (websockets' ``write_limit``, its
+default): the relay then learns of the peer's progress each time the transport
+drains to a quarter of this."""
+
+MIN_OUTGOING_BUFFER_BYTES = 4 * TRANSPORT_WRITE_LIMIT_BYTES
+"""Smallest ``max_outgoing_buffer_bytes``: reading resumes at a quarter of the
+bound, which must not be below what the transport holds without telling the
+relay, or a paused connection could wait for a notice that never comes."""
+
+
 @dataclass(frozen=True, slots=True)
 class RelayConfig:
     """Everything ``serve`` needs; immutable once the relay runs."""
@@ -74,6 +86,8 @@ class RelayConfig:
     auth_timeout_s: float = limits.AUTH_TIMEOUT_S
     ping_interval_s: float = limits.PING_INTERVAL_S
     ping_timeout_s: float = limits.PING_TIMEOUT_S
+    max_outgoing_buffer_bytes: int = limits.MAX_OUTGOING_BUFFER_BYTES
+    write_timeout_s: float = limits.WRITE_TIMEOUT_S
     purge_interval_s: float = 60.0
     """How often expired envelopes and remembered message ids are purged."""
     gc_threshold: int = gcpolicy.DEFAULT_THRESHOLD
@@ -114,11 +128,16 @@ class RelayConfig:
             "consent_request_rate_per_h": self.consent_request_rate_per_h,
             "consent_request_burst": self.consent_request_burst,
             "auth_timeout_s": self.auth_timeout_s,
+            "write_timeout_s": self.write_timeout_s,
             "purge_interval_s": self.purge_interval_s,
             "gc_threshold": self.gc_threshold,
         }
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.max_outgoing_buffer_bytes < MIN_OUTGOING_BUFFER_BYTES:
+            raise ValueError(
+                f"max_outgoing_buffer_bytes must be at least {MIN_OUTGOING_BUFFER_BYTES}"
+            )
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be in 0..65535")

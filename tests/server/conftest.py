@@ -131,8 +131,11 @@ class RawClient:
         self.handle = ""
 
     @classmethod
-    async def open(cls, url: str) -> RawClient:
-        ws = await connect(url, subprotocols=[SUBPROTOCOL], compression=None, max_size=None)
+    async def open(cls, url: str, **connect_kwargs: Any) -> RawClient:
+        """Connect and read HELLO; ``connect_kwargs`` go to websockets' ``connect``."""
+        ws = await connect(
+            url, subprotocols=[SUBPROTOCOL], compression=None, max_size=None, **connect_kwargs
+        )
         conn = ClientConnection()
         client = cls(ws, conn)
         conn.receive_data(await client._recv_bytes())
@@ -266,13 +269,15 @@ class Clients(AsyncFixture):
             with contextlib.suppress(Exception):
                 await client.close()
 
-    async def open(self, url: str) -> RawClient:
-        client = await RawClient.open(url)
+    async def open(self, url: str, **connect_kwargs: Any) -> RawClient:
+        client = await RawClient.open(url, **connect_kwargs)
         self.opened.append(client)
         return client
 
-    async def registered(self, url: str, handle: str, kind: str = "user") -> RawClient:
-        client = await self.open(url)
+    async def registered(
+        self, url: str, handle: str, kind: str = "user", **connect_kwargs: Any
+    ) -> RawClient:
+        client = await self.open(url, **connect_kwargs)
         await client.register(handle, kind)
         return client
 
