@@ -118,7 +118,11 @@ def register_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
 def _serve(args: argparse.Namespace) -> int:
     from .logs import configure_logging
 
-    config = RelayConfig(**{f.name: getattr(args, f.name) for f in fields(RelayConfig)})
+    try:
+        config = RelayConfig(**{f.name: getattr(args, f.name) for f in fields(RelayConfig)})
+    except ValueError as exc:  # a limit out of range: one line, not a traceback
+        print(f"blindrelay serve: {exc}", file=sys.stderr)
+        return 2
     configure_logging(args.log_level)
     try:
         return asyncio.run(_run_until_signalled(config))
