@@ -595,8 +595,8 @@ class _WebSocketTransport:
         So what the peer has not acknowledged is measured too; down by
         :data:`MIN_PROGRESS_BYTES` since the timer started counts as progress.
         """
-        # "The relay MUST close a connection whose peer, while data waits for it, has
-        # taken less than 8 KiB of it in WRITE_TIMEOUT_S."
+        # "So the relay MUST close a connection whose peer, while such data waits,
+        # takes less than 8 KiB of it in WRITE_TIMEOUT_S."
         self._stalled = None
         if unacknowledged - _unacknowledged(self._ws.transport) >= MIN_PROGRESS_BYTES:
             self._arm()
