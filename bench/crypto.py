@@ -53,9 +53,12 @@ def our_pair() -> tuple[ours.Session, ours.Session]:
     alice, bob = IdentityKeyPair.generate(rng), IdentityKeyPair.generate(rng)
     spk, otpk = SignedPreKey.generate(bob, SPK_ID, rng), OneTimePreKey.generate(OTPK_ID, rng)
     bundle = PreKeyBundle(bob.public, SPK_ID, spk.public, spk.signature, OTPK_ID, otpk.public)
-    a = ours.initiate_session(alice, bundle, rng)
+    a = ours.initiate_session(alice, bundle, rng, our_handle="alice", their_handle="bob")
     a, env = ours.encrypt(a, b"hi", rng)
-    b, _, _ = ours.accept_session(bob, env, {SPK_ID: spk}.get, {OTPK_ID: otpk}.get, rng)
+    b, _, _ = ours.accept_session(
+        bob, env, {SPK_ID: spk}.get, {OTPK_ID: otpk}.get, rng,
+        our_handle="bob", their_handle="alice",
+    )  # fmt: skip
     b, env = ours.encrypt(b, b"hi", rng)
     a, _ = ours.decrypt(a, env, rng)
     return a, b
@@ -82,8 +85,12 @@ def bench_ours(messages: int, ping_pong: bool) -> float:
 async def their_pair() -> tuple[theirs.TheirParty, theirs.TheirParty]:
     recipient = theirs.create_state(os.urandom(32), os.urandom)
     initiator = theirs.create_state(os.urandom(32), os.urandom, num_pre_keys=0)
-    a = theirs.TheirParty(initiator.bundle.identity_key, os.urandom, initiator)
-    b = theirs.TheirParty(recipient.bundle.identity_key, os.urandom, recipient)
+    a = theirs.TheirParty(
+        initiator.bundle.identity_key, os.urandom, initiator, our_handle="alice", their_handle="bob"
+    )
+    b = theirs.TheirParty(
+        recipient.bundle.identity_key, os.urandom, recipient, our_handle="bob", their_handle="alice"
+    )
     (otpk,) = recipient.bundle.pre_keys
     b.spk_ids, b.otpk_ids = {SPK_ID: recipient.bundle.signed_pre_key}, {OTPK_ID: otpk}
     env = await a.initiate(recipient.bundle, SPK_ID, OTPK_ID, b"hi")

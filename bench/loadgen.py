@@ -6,8 +6,9 @@ encode ACK), so it becomes the bottleneck and the server looks slower than it is
 Each worker process owns a slice of the pairs (sender and recipient of a pair in the
 same process) and its own event loop; the parent only coordinates and aggregates.
 
-Per pair: the sender keeps ``window`` SENDs in flight (a new one goes out when a SENT
-arrives), the recipient acknowledges deliveries with batched ACKs (one ACK per
+Per pair, after a warm-up in which the recipient writes first (:func:`introduce`: the
+two are contacts, SPEC §7.3): the sender keeps ``window`` SENDs in flight (a new one goes
+out when a SENT arrives), the recipient acknowledges deliveries with batched ACKs (one ACK per
 event-loop turn, at most MAX_ACK_IDS ids). Bodies are ``size`` random bytes whose
 first 8 bytes carry the send time (``time.monotonic``, which is system-wide on Linux),
 so delivery latency is measured where DELIVER arrives without shared state. The
@@ -256,6 +257,8 @@ async def _worker(
     async with asyncio.timeout_at(asyncio.get_running_loop().time() + spec.timeout_s):
         recipients = [await open_account(spec.url, f"r{prefix}p{i}") for i in pair_ids]
         senders = [await open_account(spec.url, f"s{prefix}p{i}") for i in pair_ids]
+        for (recipient, _), (sender, handle) in zip(recipients, senders, strict=True):
+            await introduce(recipient, sender, handle)
         await _phase(pipe, events, 0, {"kind": "ready"}, deadline)
         start = time.monotonic()
         cpu0 = time.process_time()
@@ -364,6 +367,23 @@ async def open_many(
         await asyncio.gather(*(r.close() for r in opened if isinstance(r, WebSocket)))
         raise failures[0]
     return [r for r in opened if isinstance(r, WebSocket)]
+
+
+async def introduce(recipient: WebSocket, sender: WebSocket, sender_handle: str) -> None:
+    """Warm-up: the recipient writes to the sender first and the sender takes it, so the
+    pair are contacts (SPEC §7.3) and the load that follows is a conversation, not
+    message requests to a stranger — the same work the relay always did per message."""
+    await recipient.send(msgpack.packb({
+        "t": T_SEND, "id": 1, "to": sender_handle, "msg_id": os.urandom(16),
+        "intent": "chat", "body": os.urandom(STAMP.size),
+    }))  # fmt: skip
+    answer = msgpack.unpackb(await _recv_bytes(recipient))
+    if answer["t"] != T_SENT:
+        raise LoadError(f"warm-up SEND to {sender_handle} refused: {answer!r}")
+    deliver = msgpack.unpackb(await _recv_bytes(sender))
+    if deliver["t"] != T_DELIVER:
+        raise LoadError(f"warm-up: {sender_handle} got {deliver!r}")
+    await sender.send(msgpack.packb({"t": T_ACK, "delivery_ids": [deliver["delivery_id"]]}))
 
 
 async def _recv_bytes(ws: WebSocket) -> bytes:
@@ -617,8 +637,12 @@ async def _drain_worker(
     async with asyncio.timeout_at(asyncio.get_running_loop().time() + timeout_s):
         handles = [f"r{prefix}n{i}" for i in range(count)]
         keys = [SigningKey.generate() for _ in handles]
-        await open_many(url, handles, keys, keep=False)
-        senders = await open_many(url, [f"s{prefix}n{i}" for i in range(count)])
+        recipients = await open_many(url, handles, keys)
+        sender_handles = [f"s{prefix}n{i}" for i in range(count)]
+        senders = await open_many(url, sender_handles)
+        for recipient, sender, handle in zip(recipients, senders, sender_handles, strict=True):
+            await introduce(recipient, sender, handle)  # then the recipients go offline
+        await asyncio.gather(*(ws.close() for ws in recipients))
         await _phase(pipe, events, 0, {"kind": "ready"}, deadline)
         start = time.monotonic()
         sent = array("d")

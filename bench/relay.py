@@ -67,10 +67,14 @@ VERSIONED = ("blindrelay", "websockets", "msgpack", "pynacl", "sqlite-utils")
 
 def relay_argv(synchronous: str) -> ServerArgv:
     def argv(workdir: Path) -> list[str]:
+        # Every benchmark account registers from 127.0.0.1 (SPEC §4.6.1).
         limits = [
             f"--{name}={UNLIMITED_RATE}"
-            for name in ("send-rate-user", "send-burst-user", "send-rate-pair", "send-burst-pair")
-        ]
+            for name in (
+                "send-rate-user", "send-burst-user", "send-rate-pair", "send-burst-pair",
+                "register-rate-per-h", "register-burst",
+            )
+        ]  # fmt: skip
         return [
             sys.executable, "-m", "blindrelay.server.cli", "serve",
             "--host", "127.0.0.1", "--port", "0", "--db", str(workdir / "relay.db"),

@@ -62,7 +62,7 @@ from blindrelay.protocol.errors import (
 )
 from blindrelay.protocol.signed import CONSENT_ACTIONS, Action, ConsentStatement
 
-from .sdk import Client, HeldStatement, Message, _unpack_statements
+from .sdk import Client, HeldStatement, Message
 
 log = logging.getLogger("blindrelay.client.business")
 
@@ -85,6 +85,34 @@ _AWAY_PREFIX = "business/away/"
 
 MessageHandler = Callable[[Message], Awaitable[None] | None]
 StatementHandler = Callable[[ConsentStatement], Awaitable[None] | None]
+
+
+@dataclass(slots=True)
+class _Fold:
+    """What one customer's statements, folded in the order they were kept, leave granted."""
+
+    count: int = 0
+    """How many of the customer's kept statements are folded in."""
+    categories: set[str] = field(default_factory=set)
+    blocked_by: set[str] = field(default_factory=set)
+    """Signers (the customer, or we) whose block stands: no consent while any does."""
+
+    def apply(self, statement: ConsentStatement, user: str) -> None:
+        action = Action(statement.action)
+        if action is Action.GRANT:
+            self.categories |= set(statement.categories or ())
+        elif action in CONSENT_ACTIONS:
+            self.categories -= set(statement.categories or ())
+        elif action is Action.BLOCK:
+            self.blocked_by.add(statement.signer)
+            if statement.signer == user:
+                self.categories.clear()
+        else:
+            self.blocked_by.discard(statement.signer)
+
+    @property
+    def granted(self) -> frozenset[str]:
+        return frozenset() if self.blocked_by else frozenset(self.categories)
 
 
 @dataclass(slots=True)
@@ -133,8 +161,8 @@ class Business:
         self._dispatcher: asyncio.Task[None] | None = None
         self._pending_callbacks: set[asyncio.Task[None]] = set()
         self._verified: dict[bytes, ConsentStatement | None] = {}
-        self._folded: dict[str, tuple[bytes, frozenset[str]]] = {}
-        """Per customer, the record of statements last folded and what it granted."""
+        self._folded: dict[str, _Fold] = {}
+        """Per customer, the fold of the statements kept so far (all of them verified)."""
         self._folded_for = ""
         client.on_statement = self._statement_received
 
@@ -244,56 +272,41 @@ class Business:
         Folds each customer's statements in the order the relay forwarded them;
         a block by either side counts as no consent. Only statements that
         verify (signature, pinned key, relay) and name us count; each is
-        verified once per process. A customer's fold is kept while their
-        record of statements is unchanged and every statement in it verified
-        (one that failed may verify once its signer's key is pinned).
+        verified once per process. A customer's fold is kept while every
+        statement in it verified, and only statements kept since are folded
+        into it (one that failed may verify once its signer's key is pinned,
+        so a customer with one is folded again from the start each time).
         """
         ours = self.handle
         if self._folded_for != ours:
             self._folded, self._folded_for = {}, ours
         granted: dict[str, frozenset[str]] = {}
-        folded: dict[str, tuple[bytes, frozenset[str]]] = {}
-        for user, record in self.client._statement_records():
-            kept = self._folded.get(user)
-            if kept is not None and kept[0] == record:
-                folded[user] = kept
-                categories = kept[1]
-            else:
-                categories, settled = self._fold(ours, user, _unpack_statements(record))
+        for user, count in self.client.statement_counts().items():
+            fold = self._folded.get(user)
+            if fold is None or fold.count > count:
+                fold = _Fold()
+            if fold.count < count:
+                settled = self._fold_new(ours, user, fold)
                 if settled:
-                    folded[user] = (record, categories)
-            if categories:
-                granted[user] = categories
-        self._folded = folded
+                    self._folded[user] = fold
+                else:
+                    self._folded.pop(user, None)
+            if fold.granted:
+                granted[user] = fold.granted
         return granted
 
-    def _fold(self, ours: str, user: str, statements: list[bytes]) -> tuple[frozenset[str], bool]:
-        """The categories ``user``'s statements leave granted to us (none while a block
-        stands), and whether every statement verified, so that the result may be kept."""
-        categories: set[str] = set()
-        blocked = {ours: False, user: False}
+    def _fold_new(self, ours: str, user: str, fold: _Fold) -> bool:
+        """Fold ``user``'s statements kept since ``fold.count`` into it; whether all verified."""
         settled = True
-        for signed in statements:
+        new = self.client.held_statements(user, start=fold.count)
+        for signed in new:
             statement = self._verified_statement(signed)
             if statement is None:
                 settled = False
-                continue
-            if ours not in (statement.signer, statement.target):
-                continue
-            action = Action(statement.action)
-            if action is Action.GRANT:
-                categories |= set(statement.categories or ())
-            elif action in CONSENT_ACTIONS:
-                categories -= set(statement.categories or ())
-            elif action is Action.BLOCK:
-                blocked[statement.signer] = True
-                if statement.signer == user:
-                    categories.clear()
-            else:
-                blocked[statement.signer] = False
-        if any(blocked.values()):
-            return frozenset(), settled
-        return frozenset(categories), settled
+            elif ours in (statement.signer, statement.target):
+                fold.apply(statement, user)
+        fold.count += len(new)
+        return settled
 
     def _verified_statement(self, signed: bytes) -> ConsentStatement | None:
         statement = self._verified.get(signed)

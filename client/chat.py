@@ -9,7 +9,9 @@ Trust is shown, never assumed (SPEC §3.3, §13.9): a contact's first key is
 pinned, ``/safety`` prints the number to compare and ``/verify`` records the
 comparison; a changed key is announced in capitals and ``/msg`` refuses to
 send until ``/approve``. Businesses show their badge only when it verifies
-against the operator key given with ``--operator-key`` (SPEC §8.1).
+against the operator key given with ``--operator-key`` (SPEC §8.1), and then
+under the badge's name; the name in a business's own profile is shown only
+as its unverified claim, flagged when it differs from the badge's.
 
 Not here: the protocol and key custody (``sdk``, ``sessions``, ``keystore``).
 """
@@ -32,7 +34,14 @@ from blindrelay.protocol import limits
 from blindrelay.protocol.errors import BlindrelayError, UntrustedIdentity
 
 from .keystore import KeyStoreError
-from .sdk import BusinessInfo, Client, ConnectionLost, Message
+from .sdk import (
+    MAX_HELD_PER_SENDER,
+    BusinessInfo,
+    Client,
+    ConnectionLost,
+    Message,
+    RelayKeyChanged,
+)
 
 _CONTACTS_KEY = "chat/contacts"
 """JSON object handle → kind ("user", "business" or "" when not known yet)."""
@@ -42,6 +51,7 @@ _REQUESTS_KEY = "chat/requests"
 HELP = """\
 commands:
   /msg HANDLE TEXT          send an end-to-end encrypted message
+  /accept HANDLE            accept HANDLE's message request (replying accepts too)
   /contacts                 contacts, their trust state and businesses' badges
   /safety HANDLE            the safety number to compare with HANDLE
   /verify HANDLE            mark HANDLE verified (after comparing safety numbers)
@@ -67,6 +77,10 @@ class Options:
     kind: str
     passphrase: str
     operator_key: bytes | None
+    invite: bytes | None = None
+    """For a relay that requires invites (SPEC §4.6.4); used at registration only."""
+    accept_relay_key: bytes | None = None
+    """Pin this relay key first (after the relay's operator confirmed a new one)."""
 
 
 class Chat:
@@ -76,6 +90,8 @@ class Chat:
         self.client = client
         self.out = out
         self._badges: dict[str, BusinessInfo] = {}
+        self._requesters: set[str] = set()
+        """Strangers whose message request was explained in this session."""
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -131,8 +147,18 @@ class Chat:
             self.say("  a business is not a private person: it keeps what you send it")
             self.say(f"  answer with /grant {sender} {','.join(categories)} or /deny {sender}")
             return
-        prefix = f"[{message.category}] " if message.category else ""
-        self.say(f"{prefix}{name}: {body}")
+        if message.is_request:  # SPEC §7.3: a stranger; no receipt has been sent
+            self.say(f"[message request] {name}: {body}")
+            if sender not in self._requesters:
+                self._requesters.add(sender)
+                self.say(
+                    f"  {sender} is not one of your contacts: /accept {sender} (or a reply) "
+                    f"accepts, /block {sender} blocks; until then {sender} does not learn "
+                    "that it arrived"
+                )
+        else:
+            prefix = f"[{message.category}] " if message.category else ""
+            self.say(f"{prefix}{name}: {body}")
         if message.identity == "new":
             self.say(f"  (first message from {sender}; compare /safety {sender} to verify)")
 
@@ -143,12 +169,18 @@ class Chat:
                 info = self._badges[handle] = await self.client.business_info(handle)
             except BlindrelayError as exc:
                 return f"[business, profile unreadable: {type(exc).__name__}]"
-        if info.verified:
-            name = info.profile.display_name if info.profile is not None else handle
-            return f"[✔ verified: {name}]"
+        # SPEC §8.1: only the badge's name is shown as verified; the profile's name is
+        # the business's own claim, shown only marked as unverified.
+        claimed = info.claimed_name
+        if info.verified_name is not None:
+            mark = f"[✔ verified: {_printable(info.verified_name)}]"
+            if info.name_mismatch and claimed is not None:
+                mark += f' [!! its profile says "{_printable(claimed)}": NOT verified]'
+            return mark
+        calls_itself = f', its profile says "{_printable(claimed)}"' if claimed else ""
         if info.key_changed:
-            return "[business, KEY CHANGED: not verified]"
-        return f"[business, not verified: {info.badge.status}]"
+            return f"[business, KEY CHANGED: not verified{calls_itself}]"
+        return f"[business, not verified: {info.badge.status.value}{calls_itself}]"
 
     # --- Commands -----------------------------------------------------------------------
 
@@ -179,7 +211,7 @@ class Chat:
 
     def _commands(self) -> dict[str, Callable[[str], Awaitable[None]]]:
         return {
-            "help": self.help, "msg": self.msg, "contacts": self.contacts,
+            "help": self.help, "msg": self.msg, "accept": self.accept, "contacts": self.contacts,
             "safety": self.safety, "verify": self.verify, "approve": self.approve,
             "requests": self.requests, "grant": self.grant, "deny": self.deny,
             "revoke": self.revoke, "block": self.block, "unblock": self.unblock,
@@ -198,6 +230,13 @@ class Chat:
         await self.client.send(handle, text)
         self.remember(handle)
         self.say(f"-> {handle}: sent")
+
+    async def accept(self, rest: str) -> None:
+        handle = _one_handle(rest, "/accept HANDLE")
+        await self.client.accept_request(handle)
+        self._requesters.discard(handle)
+        self.remember(handle)
+        self.say(f"accepted {handle}'s message request")
 
     async def contacts(self, _rest: str) -> None:
         contacts = self._load(_CONTACTS_KEY)
@@ -230,9 +269,15 @@ class Chat:
         if not self.client.identity_change_pending(handle):
             self.say(f"no key change pending for {handle}")
             return
+        dropped = self.client.held_messages(handle).dropped
         self.client.approve_identity(handle)
         self._badges.pop(handle, None)
         self.say(f"accepted {handle}'s new key; messages to {handle} allowed again")
+        if dropped:
+            self.say(
+                f"  {dropped} message(s) from {handle} were dropped while the change waited "
+                f"(at most {MAX_HELD_PER_SENDER} are kept): ask {handle} to resend them"
+            )
 
     async def requests(self, _rest: str) -> None:
         requests = self._load(_REQUESTS_KEY)
@@ -298,6 +343,11 @@ class Chat:
         self.say(f"unblocked {handle}")
 
 
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped: a name must not rewrite the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _one_handle(rest: str, usage: str) -> str:
     words = shlex.split(rest)
     if len(words) != 1:
@@ -332,12 +382,14 @@ async def session(options: Options, out: IO[str]) -> int:
     chat = Chat(client, out)
     receiver: asyncio.Task[None] | None = None
     try:
+        if options.accept_relay_key is not None:
+            client.accept_relay_key(options.accept_relay_key)
         await client.connect(options.relay)
         if client.handle is None:
             if options.handle is None:
                 chat.say("a new profile needs --handle to register")
                 return 2
-            await client.register(options.handle, options.kind)  # type: ignore[arg-type]
+            await client.register(options.handle, options.kind, invite=options.invite)  # type: ignore[arg-type]
             chat.say(f"registered {options.handle} on {options.relay}")
         else:
             await client.login()
@@ -352,6 +404,14 @@ async def session(options: Options, out: IO[str]) -> int:
             if not await chat.command(raw.decode(errors="replace")):
                 break
         return 0
+    except RelayKeyChanged as exc:
+        chat.say(
+            f"blindrelay chat: {options.relay} presents relay key {exc.presented.hex()}, not "
+            f"{exc.pinned.hex()} pinned in this profile; nothing was sent. If the relay's "
+            f"operator confirms the new key, run again with --accept-relay-key "
+            f"{exc.presented.hex()}"
+        )
+        return 1
     except (ConnectionLost, BlindrelayError) as exc:
         chat.say(f"blindrelay chat: {type(exc).__name__} {exc}".rstrip())
         return 1

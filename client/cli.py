@@ -56,6 +56,9 @@ def register_chat(subparsers: SubParsers) -> None:
     parser.add_argument("--handle", help="handle to register (first run only)")
     parser.add_argument("--business", action="store_true", help="register a business account")
     parser.add_argument(
+        "--invite", metavar="HEX", help="the operator's invite, if the relay requires one"
+    )
+    parser.add_argument(
         "--passphrase-env", metavar="VAR", help="read the passphrase from $VAR (for scripts)"
     )
     parser.add_argument(
@@ -64,6 +67,12 @@ def register_chat(subparsers: SubParsers) -> None:
         metavar="HEX",
         help="the operator's badge key (blindrelay admin keygen prints it); without it "
         "no business shows as verified (default: $BLINDRELAY_OPERATOR_KEY)",
+    )
+    parser.add_argument(
+        "--accept-relay-key",
+        metavar="HEX",
+        help="pin this new relay key, after its operator confirmed it out of band (the "
+        "profile refuses a relay presenting another key than the one it pinned)",
     )
     parser.set_defaults(func=_chat)
 
@@ -76,6 +85,18 @@ def _chat(args: argparse.Namespace) -> int:
     except ValueError:
         print("blindrelay chat: --operator-key must be hex")
         return 2
+    try:
+        invite = bytes.fromhex(args.invite) if args.invite else None
+    except ValueError:
+        print("blindrelay chat: --invite must be the hex token the operator gave you")
+        return 2
+    try:
+        relay_key = bytes.fromhex(args.accept_relay_key) if args.accept_relay_key else None
+    except ValueError:
+        relay_key = b""
+    if relay_key is not None and len(relay_key) != 32:
+        print("blindrelay chat: --accept-relay-key must be 64 hex digits (a 32-byte key)")
+        return 2
     return run(
         Options(
             relay=args.relay,
@@ -84,5 +105,7 @@ def _chat(args: argparse.Namespace) -> int:
             kind="business" if args.business else "user",
             passphrase=read_passphrase(args.passphrase_env),
             operator_key=operator_key,
+            invite=invite,
+            accept_relay_key=relay_key,
         )
     )

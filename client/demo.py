@@ -38,6 +38,7 @@ from zoneinfo import ZoneInfo
 
 from blindrelay.protocol import codec, frames
 from blindrelay.protocol.business import OpeningHours, is_open
+from blindrelay.protocol.crypto.session import ENVELOPE_VERSION, MessageType
 from blindrelay.protocol.errors import ErrorCode, ProtocolError
 from blindrelay.protocol.signed import ConsentStatement, unverified_body
 
@@ -209,14 +210,16 @@ _MESSAGE_HEADER_BYTES = 2 + 40
 """Version, type and the ratchet header of a normal message (SPEC §13.6)."""
 _PREKEY_HEADER_BYTES = 2 + 32 + 32 + 4 + 1 + 40
 """The same for a prekey message, without the optional one-time prekey id."""
+_PREKEY_PREFIX = bytes((ENVELOPE_VERSION, MessageType.PREKEY))
+_MESSAGE_PREFIX = bytes((ENVELOPE_VERSION, MessageType.MESSAGE))
 
 
 def describe_envelope(body: bytes) -> str:
     """An envelope as the relay can parse it (SPEC §13.6): its kind and its ciphertext."""
-    if len(body) > _PREKEY_HEADER_BYTES + 4 and body[:2] == b"\x01\x01":
+    if len(body) > _PREKEY_HEADER_BYTES + 4 and body[:2] == _PREKEY_PREFIX:
         header = _PREKEY_HEADER_BYTES + (4 if body[70] == 1 else 0)
         kind = f"prekey message from key {body[2:8].hex()}…"
-    elif len(body) > _MESSAGE_HEADER_BYTES and body[:2] == b"\x01\x02":
+    elif len(body) > _MESSAGE_HEADER_BYTES and body[:2] == _MESSAGE_PREFIX:
         header, kind = _MESSAGE_HEADER_BYTES, "message"
     else:
         return f"{len(body)} B, not an envelope"
@@ -529,12 +532,12 @@ async def play(screen: Screen, workdir: Path) -> None:
             await within(airline.request_consent(USER, ["utility"], EXPLANATION), "the request")
             request = await next_message(user_inbox, "the consent request")
             info = await within(user.business_info(BUSINESS), "the business profile")
-            name = info.profile.display_name if info.profile is not None else BUSINESS
-            mark = style.badge(" ✔ ") + f" {name} (verified by the operator)"
-            if not info.verified:
-                mark = style.warn(f"✘ {name} NOT verified: {info.badge.status}")
-            if not info.verified:
-                raise DemoError("the airline's badge did not verify")
+            if info.verified_name is None:
+                raise DemoError(f"the airline's badge did not verify: {info.badge.status.value}")
+            # SPEC §8.1: the badge's name is the verified one; the profile's is a claim.
+            mark = style.badge(" ✔ ") + f" {info.verified_name} (verified by the operator)"
+            if info.name_mismatch:
+                mark += style.warn(f' but its profile says "{info.claimed_name}": NOT verified')
             await within(user.grant(BUSINESS, ["utility"]), "the grant")
             receipt = await within(consent_seen.get(), "the consent receipt")
             screen.views(

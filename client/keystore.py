@@ -3,7 +3,9 @@
 A :class:`KeyStore` holds our identity (Ed25519 seed) and profile settings, our
 signed and one-time prekeys, the opaque session state per contact, the contacts'
 identity keys we trust (TOFU), the ids of envelopes already processed, the inbox
-of decrypted messages the app has not consumed yet, and small SDK state.
+of decrypted messages the app has not consumed yet, small SDK state, and SDK
+logs (ordered, append-only lists of records per group: kept statements, held
+messages), where adding a record costs the same however many the group holds.
 :class:`MemoryKeyStore` serves tests and throwaway clients; :class:`SqliteKeyStore`
 is the durable one, encrypted at rest.
 
@@ -16,6 +18,10 @@ Invariants both implementations keep:
 - A contact's identity key is never replaced silently (SPEC §3.3, §13.8): a
   different key reads as ``CHANGED`` and only :meth:`KeyStore.approve_identity`
   (an explicit user action) replaces it.
+- An identity key is pinned for at most one handle (SPEC §13.8): pinning or
+  approving a key that another handle holds raises :class:`IdentityKeyReused`.
+  :meth:`KeyStore.identity_owner` answers from an index by key, written with
+  the trust record it mirrors; the trust record stays the truth.
 - A one-time prekey is gone once taken (X3DH forward secrecy needs its private
   key destroyed after first use); the SQLite store also zeroes the freed pages.
 - :meth:`KeyStore.commit_incoming` writes the new session state, the processed
@@ -37,14 +43,18 @@ At rest (:class:`SqliteKeyStore`)::
     row key  k = BLAKE2b-256(key=lookup key, table ‖ 0x00 ‖ natural key)
     row AD     = "blindrelay.keystore.v1" ‖ 0x00 ‖ table ‖ 0x00 ‖ k
     row value  = nonce(24) ‖ XChaCha20-Poly1305(record key, nonce, msgpack(fields), row AD)
+    log row    g = BLAKE2b-256(key=lookup key, "logs" ‖ 0x00 ‖ group), seq = u64 position,
+               AD = "blindrelay.keystore.v1" ‖ 0x00 ‖ "logs" ‖ 0x00 ‖ g ‖ seq (big-endian)
 
 Unwrapping the master key is the passphrase verifier (a wrong passphrase fails
 its tag → :class:`WrongPassphrase`), and changing the passphrase rewraps that one
-key instead of every record. Handles, message ids and state keys appear on disk
-only as keyed hashes; the AD binds each sealed value to its table and row, so
+key instead of every record. Handles, message ids, state keys and contacts'
+identity keys (the ``key_owners`` index) appear on disk only as keyed
+hashes; the AD binds each sealed value to its table and row, so
 rows cannot be swapped or moved between tables undetected. What the file still
 shows: the number and size of rows per table (how many contacts, prekeys and
-pending messages) and, in the WAL, when they were written.
+pending messages), which log rows belong to one group (not whose) and, in the
+WAL, when they were written.
 """
 
 from __future__ import annotations
@@ -77,7 +87,7 @@ from blindrelay.protocol.crypto.libsodium import (
     xchacha20poly1305_decrypt,
     xchacha20poly1305_encrypt,
 )
-from blindrelay.protocol.errors import BlindrelayError, UntrustedIdentity
+from blindrelay.protocol.errors import BlindrelayError, IdentityKeyReused, UntrustedIdentity
 
 # --- Limits and costs ------------------------------------------------------
 
@@ -305,6 +315,7 @@ class KeyStore(Protocol):
     def get_trusted_identity(self, handle: str) -> TrustedIdentity | None: ...
     def check_identity(self, handle: str, identity_key: bytes) -> IdentityStatus: ...
     def trust_identity(self, handle: str, identity_key: bytes, now_ms: int) -> IdentityStatus: ...
+    def identity_owner(self, identity_key: bytes) -> str | None: ...
     def require_trusted(self, handle: str, identity_key: bytes) -> None: ...
     def approve_identity(
         self, handle: str, identity_key: bytes, now_ms: int, *, verified: bool = False
@@ -328,6 +339,11 @@ class KeyStore(Protocol):
     def set_state(self, key: str, value: bytes) -> None: ...
     def delete_state(self, key: str) -> None: ...
     def state_items(self, prefix: str) -> list[tuple[str, bytes]]: ...
+
+    # SDK logs: per group, records in the order they were appended
+    def append_log(self, group: str, value: bytes) -> None: ...
+    def read_log(self, group: str, start: int = 0) -> list[bytes]: ...
+    def delete_log(self, group: str, count: int | None = None) -> None: ...
 
     # Grouping: every write inside the block lands, or none does (nests)
     def atomic(self) -> AbstractContextManager[object]: ...
@@ -353,6 +369,15 @@ class _KeyStoreBase(ABC):
 
     @abstractmethod
     def _store_trust(self, record: TrustedIdentity) -> None: ...
+
+    @abstractmethod
+    def _load_owner(self, identity_key: bytes) -> str | None: ...
+
+    @abstractmethod
+    def _store_owner(self, identity_key: bytes, handle: str) -> None: ...
+
+    @abstractmethod
+    def _delete_owner(self, identity_key: bytes) -> None: ...
 
     @abstractmethod
     def _get_counter(self, name: str) -> int | None: ...
@@ -391,18 +416,50 @@ class _KeyStoreBase(ABC):
         _require_bytes("identity_key", identity_key, IDENTITY_KEY_BYTES)
         return classify_identity(self._load_trust(handle), identity_key)
 
+    def identity_owner(self, identity_key: bytes) -> str | None:
+        """The handle ``identity_key`` is pinned for, or None (SPEC §13.8: at most one).
+
+        The index is a lookup aid: an entry counts only while that handle's
+        trust record still holds this key.
+        """
+        _require_bytes("identity_key", identity_key, IDENTITY_KEY_BYTES)
+        handle = self._load_owner(identity_key)
+        if handle is None:
+            return None
+        trusted = self._load_trust(handle)
+        return handle if trusted is not None and trusted.identity_key == identity_key else None
+
+    def _pin(self, record: TrustedIdentity) -> None:
+        """Store a trust record and its index entry; refuse a key another handle holds.
+
+        SPEC §13.8: "a key already pinned for another handle MUST be refused".
+        """
+        owner = self.identity_owner(record.identity_key)
+        if owner is not None and owner != record.handle:
+            raise IdentityKeyReused(record.handle, owner)
+        previous = self._load_trust(record.handle)
+        if previous is not None and previous.identity_key != record.identity_key:
+            self._delete_owner(previous.identity_key)  # replaced: the old key is free
+        self._store_trust(record)
+        if owner is None:
+            self._store_owner(record.identity_key, record.handle)
+
     def trust_identity(self, handle: str, identity_key: bytes, now_ms: int) -> IdentityStatus:
         """Trust on first use; returns the status found (``NEW`` = just recorded).
 
-        Raises :class:`UntrustedIdentity` on a changed key rather than overwrite it.
+        Raises :class:`IdentityKeyReused` for a key pinned for another handle and
+        :class:`UntrustedIdentity` on a changed key rather than overwrite it.
         """
         _require_bytes("identity_key", identity_key, IDENTITY_KEY_BYTES)
         with self._transaction():
+            owner = self.identity_owner(identity_key)
+            if owner is not None and owner != handle:
+                raise IdentityKeyReused(handle, owner)
             status = self.check_identity(handle, identity_key)
             if status is IdentityStatus.CHANGED:
                 raise UntrustedIdentity(handle)
             if status is IdentityStatus.NEW:
-                self._store_trust(TrustedIdentity(handle, identity_key, now_ms, verified=False))
+                self._pin(TrustedIdentity(handle, identity_key, now_ms, verified=False))
             return status
 
     def require_trusted(self, handle: str, identity_key: bytes) -> None:
@@ -425,7 +482,8 @@ class _KeyStoreBase(ABC):
 
         Replaces a changed key (first-seen restarts at ``now_ms`` and verification
         must be redone); on the trusted key it keeps first-seen and only ever
-        raises ``verified`` (the user compared safety numbers).
+        raises ``verified`` (the user compared safety numbers). A key pinned for
+        another handle raises :class:`IdentityKeyReused` (SPEC §13.8).
         """
         _require_bytes("identity_key", identity_key, IDENTITY_KEY_BYTES)
         with self._transaction():
@@ -436,7 +494,7 @@ class _KeyStoreBase(ABC):
                 )
             else:
                 record = TrustedIdentity(handle, identity_key, now_ms, verified)
-            self._store_trust(record)
+            self._pin(record)
 
     # Prekey bookkeeping
 
@@ -519,10 +577,14 @@ class MemoryKeyStore(_KeyStoreBase):
         self._one_time: dict[int, OneTimePreKeyRecord] = {}
         self._sessions: dict[str, bytes] = {}
         self._trust: dict[str, TrustedIdentity] = {}
+        self._owners: dict[bytes, str] = {}
         self._counters: dict[str, int] = {}
         self._processed: OrderedDict[tuple[str, bytes], None] = OrderedDict()
         self._pending: OrderedDict[tuple[str, bytes], IncomingMessage] = OrderedDict()
         self._state: dict[str, bytes] = {}
+        self._logs: dict[str, dict[int, bytes]] = {}
+        """group → {sequence number: record}; numbers only grow, so they give the order."""
+        self._log_seq = 0
         self._max_processed = max_processed_ids
         self._journal: list[tuple[dict[Any, Any], Any, Any]] = []
         self._savepoints: list[tuple[int, dict[str, OrderedDict[Any, Any]]]] = []
@@ -580,6 +642,15 @@ class MemoryKeyStore(_KeyStoreBase):
 
     def _store_trust(self, record: TrustedIdentity) -> None:
         self._put(self._trust, record.handle, record)
+
+    def _load_owner(self, identity_key: bytes) -> str | None:
+        return self._owners.get(identity_key)
+
+    def _store_owner(self, identity_key: bytes, handle: str) -> None:
+        self._put(self._owners, identity_key, handle)
+
+    def _delete_owner(self, identity_key: bytes) -> None:
+        self._pop(self._owners, identity_key)
 
     def _get_counter(self, name: str) -> int | None:
         return self._counters.get(name)
@@ -680,6 +751,34 @@ class MemoryKeyStore(_KeyStoreBase):
         """Every state entry whose key starts with ``prefix``, sorted by key."""
         return sorted((k, v) for k, v in self._state.items() if k.startswith(prefix))
 
+    def append_log(self, group: str, value: bytes) -> None:
+        _require_state_key(group)
+        if not isinstance(value, bytes):
+            raise TypeError("log record must be bytes")
+        entries = self._logs.get(group)
+        if entries is None:
+            entries = {}
+            self._put(self._logs, group, entries)
+        self._log_seq += 1  # not undone by a rollback: a gap keeps the order
+        self._put(entries, self._log_seq, value)
+
+    def read_log(self, group: str, start: int = 0) -> list[bytes]:
+        _require_state_key(group)
+        entries = self._logs.get(group, {})
+        # Sorted: an undone deletion puts an entry back at the dict's end.
+        return [entries[seq] for seq in sorted(entries)][start:]
+
+    def delete_log(self, group: str, count: int | None = None) -> None:
+        _require_state_key(group)
+        entries = self._logs.get(group)
+        if entries is None:
+            return
+        if count is None or count >= len(entries):
+            self._pop(self._logs, group)
+            return
+        for seq in sorted(entries)[:count]:
+            self._pop(entries, seq)
+
     def close(self) -> None:
         """Nothing to release; present so both stores share one lifecycle."""
 
@@ -691,9 +790,20 @@ _MASTER_AD_PREFIX = b"blindrelay.keystore.v1.master\x00"
 _KEY_BYTES = 32
 _NONCE_BYTES = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
 
-_KV_TABLES = ("settings", "signed_prekeys", "one_time_prekeys", "sessions", "identities", "state")
+_KV_TABLES = (
+    "settings", "signed_prekeys", "one_time_prekeys", "sessions", "identities", "state",
+    "key_owners",
+)  # fmt: skip
+"""``key_owners``: identity key → the handle it is pinned for (SPEC §13.8), keyed
+like every row by a keyed hash of the key, so neither key nor handle shows."""
 _ORDERED_TABLES = ("processed", "inbox")
 _TABLES = frozenset(_KV_TABLES + _ORDERED_TABLES)
+_LOGS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS logs (seq INTEGER PRIMARY KEY, g BLOB NOT NULL, v BLOB NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS logs_by_group ON logs (g, seq)",
+)
+"""Added after the first files were written: created when a store opens, so that
+files made before it open unchanged (the SDK then moves its old records in)."""
 _CACHED_TABLES = frozenset({"sessions", "identities", "state"})
 """Read on every send (session, trusted key, pending key change, SPEC §3.3); prekeys
 and our identity are not kept decrypted here."""
@@ -854,6 +964,8 @@ class SqliteKeyStore(_KeyStoreBase):
             else:
                 header = cls._read_header(db)
                 master = cls._unwrap(header, passphrase)
+            for statement in _LOGS_SCHEMA:
+                conn.execute(statement)
         except sqlite3.DatabaseError as exc:
             conn.close()
             _disown_file(owner)
@@ -862,7 +974,13 @@ class SqliteKeyStore(_KeyStoreBase):
             conn.close()
             _disown_file(owner)
             raise
-        return cls(db, master, header, max_processed_ids=max_processed_ids, owner=owner)
+        store = cls(db, master, header, max_processed_ids=max_processed_ids, owner=owner)
+        try:
+            store._upgrade()
+        except BaseException:
+            store.close()
+            raise
+        return store
 
     @staticmethod
     def _initialise(
@@ -1102,6 +1220,32 @@ class SqliteKeyStore(_KeyStoreBase):
             [record.handle, record.identity_key, record.first_seen_ms, record.verified],
         )
 
+    def _load_owner(self, identity_key: bytes) -> str | None:
+        fields = self._get("key_owners", identity_key)
+        return None if fields is None else str(fields[0])
+
+    def _store_owner(self, identity_key: bytes, handle: str) -> None:
+        self._put("key_owners", identity_key, [handle])
+
+    def _delete_owner(self, identity_key: bytes) -> None:
+        self._delete("key_owners", identity_key)
+
+    def _upgrade(self) -> None:
+        """Bring a store made by an earlier version up to date (idempotent).
+
+        Stores made before the key index get the ``key_owners`` table, filled
+        from the trust records; where two handles already hold one key (pinned
+        before SPEC §13.8 forbade it) the first pinned keeps it, so messages
+        under the other handle are refused from now on.
+        """
+        if "key_owners" in self._db.table_names():
+            return
+        with self._transaction():
+            self._db.table("key_owners").create({"k": bytes, "v": bytes}, pk="k", not_null={"v"})
+            for handle, key, *_ in self._all("identities"):
+                if self._load_owner(key) is None:
+                    self._store_owner(key, handle)
+
     def _get_counter(self, name: str) -> int | None:
         fields = self._get("settings", name.encode())
         return None if fields is None else int(fields[0])
@@ -1246,3 +1390,38 @@ class SqliteKeyStore(_KeyStoreBase):
         """
         items = ((str(key), bytes(value)) for key, value in self._all("state"))
         return sorted(item for item in items if item[0].startswith(prefix))
+
+    def _log_ad_key(self, g: bytes, seq: int) -> bytes:
+        return g + seq.to_bytes(8, "big")
+
+    def append_log(self, group: str, value: bytes) -> None:
+        """One row: the next sequence number, sealed to its group and position."""
+        _require_state_key(group)
+        if not isinstance(value, bytes):
+            raise TypeError("log record must be bytes")
+        g = self._lookup("logs", group.encode())
+        ((seq,),) = self._db.execute("SELECT coalesce(max(seq), 0) + 1 FROM logs").fetchall()
+        sealed = self._seal("logs", self._log_ad_key(g, seq), [group, value])
+        self._db.execute("INSERT INTO logs (seq, g, v) VALUES (?, ?, ?)", [seq, g, sealed])
+
+    def read_log(self, group: str, start: int = 0) -> list[bytes]:
+        _require_state_key(group)
+        g = self._lookup("logs", group.encode())
+        rows = self._db.execute(
+            "SELECT seq, v FROM logs WHERE g = ? ORDER BY seq LIMIT -1 OFFSET ?", [g, start]
+        ).fetchall()
+        records = []
+        for seq, sealed in rows:
+            stored_group, value = self._open_sealed("logs", self._log_ad_key(g, seq), sealed)
+            if stored_group != group:
+                raise KeyStoreCorrupted("a log row is filed under another group")
+            records.append(bytes(value))
+        return records
+
+    def delete_log(self, group: str, count: int | None = None) -> None:
+        _require_state_key(group)
+        g = self._lookup("logs", group.encode())
+        self._db.execute(
+            "DELETE FROM logs WHERE seq IN (SELECT seq FROM logs WHERE g = ? ORDER BY seq LIMIT ?)",
+            [g, -1 if count is None else count],
+        )

@@ -33,13 +33,25 @@ Guarantees, each from the spec:
   application asks for the next one.
 - **Key changes stop sends** (SPEC §3.3). A contact's new identity key raises
   :class:`UntrustedIdentity` from ``send`` until :meth:`Client.approve_identity`;
-  their messages under the new key wait (unacknowledged) for that decision.
+  their messages from then on wait for that decision, kept in the keystore
+  and acknowledged (so one sender can never stall delivery from others, SPEC
+  §6.4), up to ``MAX_HELD_PER_SENDER`` per sender; approving decrypts them in
+  order, blocking the sender discards them.
+- **The relay key is pinned** (SPEC §4.1): at the first login; a relay
+  presenting another key is :class:`RelayKeyChanged` before anything is sent
+  on that connection, until :meth:`Client.accept_relay_key`.
 - **Relay errors are named** (SPEC §9): an ERROR answering a request raises
   the exception of :mod:`blindrelay.protocol.errors` from the awaiting call.
 - **Receipts are messages** (SPEC §6.2): delivered/read receipts are encrypted
   content of kind ``receipt`` sent with intent ``chat``. None are sent
   automatically to or from a business: a receipt is a chat, and a user's chat
   opens the business's service window (SPEC §7.3).
+- **Message requests** (SPEC §7.3): a user accepts another user by sending
+  them any chat. Until we have, their messages are requests
+  (``Message.is_request``) and get no automatic delivered receipt (that would
+  accept them silently); :meth:`Client.accept_request` accepts explicitly.
+  Whom we have written to is kept in the keystore, recorded when a chat to
+  them is queued (with its outbox entry), not when the relay commits it.
 - **Consent is the user's signature** (SPEC §7.4). :meth:`Client.grant`,
   ``deny``, ``revoke``, ``block`` and ``unblock`` sign a statement with our
   identity key, bound to the relay key of HELLO and dated by the relay's clock
@@ -65,6 +77,7 @@ import logging
 import os
 import random
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +85,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from blindrelay.protocol import frames, limits
+from blindrelay.protocol import codec, frames, limits
 from blindrelay.protocol.business import (
     BadgeCheck,
     BadgeStatus,
@@ -82,6 +95,7 @@ from blindrelay.protocol.business import (
 )
 from blindrelay.protocol.connection import ClientConnection, State, rotate_transcript
 from blindrelay.protocol.content import (
+    MAX_RECEIPT_REFS,
     Content,
     Data,
     MalformedContent,
@@ -96,6 +110,7 @@ from blindrelay.protocol.errors import (
     CryptoError,
     InternalError,
     InvalidStatement,
+    MalformedFrame,
     ProtocolError,
     RateLimited,
     ShuttingDown,
@@ -135,6 +150,30 @@ log = logging.getLogger("blindrelay.client")
 
 _OUTBOX_PREFIX = "sdk/outbox/"
 _STATEMENTS_PREFIX = "sdk/statements/"
+"""Before statements were kept one per log row: one packed list per counterpart,
+rewritten whole on each statement. Moved into the log when a profile opens."""
+_STATEMENT_COUNT_PREFIX = "sdk/statement-count/"
+"""Per counterpart, how many statements its log holds (u64 big-endian)."""
+_STATEMENT_LOG = "statements/"
+"""Keystore log group prefix: one row per kept statement, in the order kept."""
+_WROTE_TO_PREFIX = "sdk/wrote-to/"
+"""One entry per account we have queued a chat to (a message or a receipt): the
+users whose messages are no longer requests (SPEC §7.3)."""
+_OWED_PREFIX = "sdk/owed-receipts/"
+"""Per requester, the msg_ids of its requests not receipted (packed list, at most
+``MAX_RECEIPT_REFS``): the delivered receipt :meth:`Client.accept_request` sends."""
+_HELD_LOG = "held/"
+"""Keystore log group prefix: per sender, the DELIVERs held for a trust decision."""
+_HELD_PREFIX = "sdk/held/"
+"""Per sender with held messages: how many are held and how many were dropped."""
+MAX_HELD_PER_SENDER = 100
+"""Messages kept per sender while its identity key change awaits the user (SPEC
+§3.3). Held messages are acknowledged, so they never occupy the relay's delivery
+window; this bounds what one sender can make us store (up to 100 envelopes of at
+most 64 KiB). A contact on a new phone rarely sends more before the user decides;
+beyond it messages are dropped, acknowledged and counted
+(:meth:`Client.held_messages`), so the application can ask them to resend.
+Larger keeps more of a real backlog and gives a forger more disk."""
 _RELAY_KEY = "sdk/relay-key"
 _REGISTERED_KEY = "sdk/registered"
 _ROTATING_KEY = "sdk/rotating-identity-seed"
@@ -153,6 +192,28 @@ _SENT_PREFIX: bytes = b"\x84" + msgpack.packb("t") + msgpack.packb(_SENT_TAG)
 test that keeps every other frame off the SENT fast path."""
 _SENT_MAX_BYTES = 64
 """A canonical SENT is at most 47 bytes; anything longer takes the strict decoder."""
+
+
+class RelayKeyChanged(BlindrelayError):
+    """The relay presents another key than the one pinned for this profile.
+
+    Raised from :meth:`Client.connect` (and by every waiting call once a
+    reconnect meets it) as soon as HELLO shows the key, before anything is
+    sent or acknowledged on that connection. The relay key is what our
+    statements are bound to (SPEC §7.4) and what the relay signs nothing
+    without: a new key means a new operator key pair, or someone else
+    answering at the relay's address. Only a person who learnt the new key
+    out of band should accept it, with :meth:`Client.accept_relay_key`.
+    A client-side error: no wire code.
+    """
+
+    def __init__(self, pinned: bytes, presented: bytes) -> None:
+        super().__init__(
+            f"the relay presents key {presented.hex()}, not the key {pinned.hex()} pinned "
+            "for this profile"
+        )
+        self.pinned = pinned
+        self.presented = presented
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +254,9 @@ class Message:
     """A notification's category (SPEC §7.1)."""
     categories: tuple[str, ...] | None = None
     """What a consent request asks for; answer with :meth:`Client.grant` or ``deny``."""
+    is_request: bool = False
+    """A message request (SPEC §7.3): from a user we (a user) have never written to.
+    Show it apart; :meth:`Client.accept_request` (or any reply) accepts, ``block`` refuses."""
 
     @property
     def from_business(self) -> bool:
@@ -207,6 +271,16 @@ class Message:
     def is_consent_request(self) -> bool:
         """A business asks for consent to ``categories``; ``body`` is its explanation."""
         return self.intent == frames.Intent.CONSENT_REQUEST
+
+
+@dataclass(frozen=True, slots=True)
+class HeldMessages:
+    """A sender's messages waiting for the user's decision on its new identity key."""
+
+    held: int
+    """Kept, acknowledged, decrypted in order once the key is approved."""
+    dropped: int
+    """Refused beyond ``MAX_HELD_PER_SENDER``: gone; the sender must resend them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +300,11 @@ class BusinessInfo:
     ``profile`` verified against ``identity_key``; ``badge.verified`` only
     if the operator key pinned in our configuration signed it for this very
     handle and key and it is valid now.
+
+    Show :attr:`verified_name` as the business's name. The profile is signed
+    by the business itself, so its ``display_name`` (:attr:`claimed_name`) is
+    what the business says it is called — anyone can say "British Airways"
+    there. SPEC §8.1: only the badge's name may be shown as verified.
     """
 
     handle: str
@@ -239,8 +318,44 @@ class BusinessInfo:
     def verified(self) -> bool:
         return self.badge.verified and not self.key_changed
 
+    @property
+    def verified_name(self) -> str | None:
+        """The operator-signed name (the badge's ``display_name``); None unless :attr:`verified`."""
+        return self.badge.display_name if self.verified else None
 
-def _to_message(incoming: Incoming) -> Message:
+    @property
+    def claimed_name(self) -> str | None:
+        """The profile's ``display_name``: the business's own, unverified claim."""
+        return self.profile.display_name if self.profile is not None else None
+
+    @property
+    def name_mismatch(self) -> bool:
+        """Verified, and the profile claims a name other than the badge's (:func:`same_name`).
+
+        Flag it where the business is shown: a business verified as one name
+        and calling itself another is impersonating, or its badge is stale.
+        """
+        verified, claimed = self.verified_name, self.claimed_name
+        return verified is not None and claimed is not None and not same_name(verified, claimed)
+
+
+def same_name(a: str, b: str) -> bool:
+    """Whether two display names are the same name as a person reads it (SPEC §8.2).
+
+    Compared after Unicode NFKC normalisation, case folding and collapsing
+    runs of whitespace: "Bob's  BAKERY" is "Bob's Bakery", while anything a
+    reader could tell apart — another word, another letter, punctuation —
+    differs. Deliberately no confusable folding: "Bank" and "Βank" (Greek
+    capital beta) differ and are flagged, which errs on the side of warning.
+    """
+
+    def key(name: str) -> str:
+        return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+
+    return key(a) == key(b)
+
+
+def _to_message(incoming: Incoming, *, is_request: bool = False) -> Message:
     body = incoming.content.body
     return Message(
         msg_id=incoming.msg_id,
@@ -253,6 +368,7 @@ def _to_message(incoming: Incoming) -> Message:
         intent=incoming.intent,
         category=incoming.category,
         categories=incoming.categories,
+        is_request=is_request,
     )
 
 
@@ -632,7 +748,25 @@ class Client:
         self._closing = False
         self._fatal: BaseException | None = None
         self._inbox_changed = asyncio.Event()
-        self._outbox: dict[bytes, _Outgoing] = self._load_outbox()
+        state = self.store.state_items("sdk/")  # opens every state row: once, at start
+        self._outbox: dict[bytes, _Outgoing] = self._load_outbox(state)
+        self._migrate_statements(state)
+        self._held: dict[str, HeldMessages] = {
+            key.removeprefix(_HELD_PREFIX): _unpack_held(blob)
+            for key, blob in state
+            if key.startswith(_HELD_PREFIX)
+        }
+        """Mirror of the keystore's held counts: every DELIVER asks whether its sender
+        has messages held (then it is held behind them, in order)."""
+        self._announced: set[str] = set()
+        """Senders whose key change ``on_identity_change`` heard of in this run."""
+        self._wrote_to: set[str] = {
+            key.removeprefix(_WROTE_TO_PREFIX)
+            for key, _ in state
+            if key.startswith(_WROTE_TO_PREFIX)
+        }
+        """Mirror of the keystore's accounts we have written to (see _WROTE_TO_PREFIX)."""
+        self._account_kind: str | None = None
         self._outbox_clock = 0
         """The last outbox key's time: keys increase even within one nanosecond."""
         self._retiring: list[str] = []
@@ -641,7 +775,6 @@ class Client:
         self._bulk_sends: dict[bytes, _Bulk] = {}
         """msg_id → the :meth:`send_many` it belongs to (instead of a future each)."""
         self._rate_limit_retries: dict[bytes, int] = {}
-        self._held: dict[str, list[frames.Deliver]] = {}
         self._locks = _HandleLocks()
         self._checked_shapes: set[tuple[str, str | None, tuple[str, ...] | None]] = set()
         self._packer = msgpack.Packer(use_bin_type=True)
@@ -690,20 +823,49 @@ class Client:
         """Open a connection to the relay at ``url`` and wait for its HELLO.
 
         The first connection must succeed (ConnectionLost otherwise); later
-        drops are retried in the background.
+        drops are retried in the background. Raises :class:`RelayKeyChanged`
+        when the relay's key is not the pinned one (then nothing was sent); a
+        client stopped by it may connect again once the application called
+        :meth:`accept_relay_key` (one that was logged in logs in by itself).
         """
-        if self._runner is not None:
-            raise RuntimeError("already connected")
+        runner = self._runner
+        if runner is not None:
+            if not runner.done() or not isinstance(self._fatal, RelayKeyChanged):
+                raise RuntimeError("already connected")
+            self._runner, self._fatal = None, None
+            self._link_ready.clear()
+            self._online_event.clear()
         self._url = url
         transport = await WebSocketTransport.open(url)
         self._runner = asyncio.create_task(self._run(transport))
-        await self._wait_link_ready()
+        try:
+            await self._wait_link_ready()
+        except RelayKeyChanged:
+            with contextlib.suppress(RelayKeyChanged):
+                await self._runner  # ended with it; retrieved here
+            raise
 
-    async def register(self, handle: str, kind: AccountKind = "user") -> None:
+    def accept_relay_key(self, relay_key: bytes) -> None:
+        """Pin ``relay_key`` as this profile's relay key: the user's deliberate decision.
+
+        For after :class:`RelayKeyChanged`, once the person learnt the new
+        key from the operator out of band. Statements are bound to the relay
+        key (SPEC §7.4): the ones we hold stay verifiable only against the key
+        they name, and new ones are made for the new key.
+        """
+        if not isinstance(relay_key, bytes) or len(relay_key) != 32:
+            raise ValueError("a relay key is 32 bytes")
+        self.store.set_state(_RELAY_KEY, relay_key)
+
+    async def register(
+        self, handle: str, kind: AccountKind = "user", *, invite: bytes | None = None
+    ) -> None:
         """Create the account ``handle`` on the relay and publish prekeys (SPEC §4.2, §5.2).
 
+        Solves the relay's proof of work if its HELLO asks for one, off the event
+        loop, and sends ``invite`` (the operator's token) if given (SPEC §4.6).
         Raises HandleTaken (and the connection is renewed, so another handle
-        can be tried), or the named error of another refusal.
+        can be tried), RegistrationRefused, or the named error of another refusal.
         """
         if self.store.get_state(_REGISTERED_KEY) is not None:
             raise RuntimeError("this profile is registered already; use login()")
@@ -713,8 +875,13 @@ class Client:
         elif (identity.handle, identity.account_kind) != (handle, kind):
             identity = dataclasses.replace(identity, handle=handle, account_kind=kind)
             self.store.set_identity(identity)
+        self._account_kind = None
         link = await self._wait_link_ready()
-        request_id = link.conn.register(handle, kind, identity.identity_public, self.sessions.sign)
+        public = identity.identity_public
+        nonce = await asyncio.to_thread(link.conn.registration_proof, handle, kind, public)
+        request_id = link.conn.register(
+            handle, kind, public, self.sessions.sign, pow_nonce=nonce, invite=invite
+        )
         await self._authenticate(link, request_id)
         self.store.set_state(_REGISTERED_KEY, b"1")
 
@@ -739,6 +906,10 @@ class Client:
 
     async def _welcomed(self, link: _Link, welcome: frames.Welcome) -> None:
         """SPEC §4.4: top up prekeys (SPEC §5.4), then resend the outbox (SPEC §6.3)."""
+        hello = link.conn.hello
+        assert hello is not None
+        if self.store.get_state(_RELAY_KEY) is None:  # the first login pins it (SPEC §4.1)
+            self.store.set_state(_RELAY_KEY, hello.relay_key)
         self._auto_login = True
         upload = self.sessions.prekeys_upload(
             link.conn.next_request_id(),
@@ -751,14 +922,11 @@ class Client:
             raise ConnectionLost("connection lost during login")
         for outgoing in list(self._outbox.values()):
             self._transmit(link, outgoing)
-        hello = link.conn.hello
-        assert hello is not None
-        if self.store.get_state(_RELAY_KEY) is None:
-            self.store.set_state(_RELAY_KEY, hello.relay_key)
-        elif self.store.get_state(_RELAY_KEY) != hello.relay_key:
-            log.warning("the relay presents another key than the one pinned at registration")
         self._online = link
         self._online_event.set()
+        for handle in list(self._held):  # approved, then a crash before they were released
+            if self.sessions.pending_identity_change(handle) is None:
+                self._release_held(handle)
         self.welcome = welcome
         self.connection_count += 1
         if self.on_connected is not None:
@@ -875,6 +1043,7 @@ class Client:
             await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
             if not link.hello.done():
                 await reader  # raises why the connection ended before HELLO
+            self._check_relay_key(link.hello.result())
             self._link_ready.set()
             if self._auto_login:
                 identity = self.sessions.identity
@@ -889,6 +1058,13 @@ class Client:
         finally:
             reader.cancel()
 
+    def _check_relay_key(self, hello: frames.Hello) -> None:
+        """SPEC §4.1: "a client MUST NOT send anything on a connection whose HELLO presents
+        another relay key than the one it pinned, until its user accepts the new key"."""
+        pinned = self.store.get_state(_RELAY_KEY)
+        if pinned is not None and pinned != hello.relay_key:
+            raise RelayKeyChanged(pinned, hello.relay_key)
+
     def _drop(self, link: _Link) -> None:
         link.fail(ConnectionLost("connection ended"))
         link.transport.abort()
@@ -898,7 +1074,6 @@ class Client:
         if self._online is link:
             self._online = None
             self._online_event.clear()
-        self._held.clear()  # unacknowledged: the relay delivers them again
 
     async def _wait_link_ready(self) -> _Link:
         """The current connection, once it has its HELLO and is not yet authenticated."""
@@ -921,8 +1096,11 @@ class Client:
             await self._online_event.wait()
 
     def _raise_if_fatal(self) -> None:
-        if self._fatal is not None:
-            raise ConnectionLost("client stopped after an error") from self._fatal
+        fatal = self._fatal
+        if isinstance(fatal, RelayKeyChanged):
+            raise RelayKeyChanged(fatal.pinned, fatal.presented)
+        if fatal is not None:
+            raise ConnectionLost("client stopped after an error") from fatal
         if self._closing:
             raise ConnectionLost("client closed")
 
@@ -1004,36 +1182,54 @@ class Client:
         return True
 
     def _deliver_received(self, link: _Link, deliver: frames.Deliver) -> None:
-        """Decrypt, persist, then ack (SPEC §6.5); hold what waits for a trust decision."""
-        held = self._held.get(deliver.sender)
-        if held is not None:
-            held.append(deliver)  # keep the sender's order behind the held one
-            return
+        """Decrypt and persist, or hold; then ack (SPEC §6.5).
+
+        A message held for a trust decision is persisted in the keystore and
+        acknowledged too: left unacknowledged it would keep a slot of the
+        relay's delivery window (SPEC §6.4), and a sender naming another key
+        in enough envelopes would stop delivery from everyone.
+        """
+        hello = link.conn.hello
+        assert hello is not None
+        if deliver.sender in self._held:
+            self._hold(deliver)  # keep the sender's order behind the held ones
+        else:
+            try:
+                self._receive(deliver, hello.relay_key)
+            except UntrustedIdentity:
+                self._hold(deliver)
+        self._ack(link, deliver)
+
+    def _receive(self, deliver: frames.Deliver, relay_key: bytes) -> None:
+        """Decrypt and persist one DELIVER (or a statement); once it returns, ack.
+
+        Raises UntrustedIdentity for a sender whose key change awaits the user
+        (nothing kept), or what the keystore raises (nothing may be acked).
+        """
         try:
             if deliver.intent == frames.Intent.STATEMENT:
-                self._statement_received(link, deliver)
+                self._statement_received(deliver, relay_key)
                 return
             incoming = self.sessions.receive(deliver)
-        except UntrustedIdentity:
-            self._held[deliver.sender] = [deliver]
-            if self.on_identity_change is not None:
-                self.on_identity_change(deliver.sender)
-            return
         except CryptoError as exc:
+            if isinstance(exc, UntrustedIdentity):
+                raise
             # Can never be decrypted (or shown): acknowledging is the only way on.
             log.warning("dropped undecryptable message from %s: %s", deliver.sender, exc)
-            self._ack(link, deliver)
             return
-        self._ack(link, deliver)
         if incoming is None:
             return
         self._inbox_changed.set()
         if (
-            self.auto_delivered_receipts
-            and not isinstance(incoming.content.body, Receipt)
-            and deliver.sender_kind == frames.AccountKind.USER
-            and self.sessions.identity.account_kind == "user"
+            isinstance(incoming.content.body, Receipt)
+            or deliver.sender_kind != frames.AccountKind.USER
+            or not self._we_are_user()
         ):
+            return
+        if deliver.sender not in self._wrote_to:
+            # A message request: a receipt is a chat and would accept it (SPEC §7.3).
+            self._owe_receipt(deliver.sender, deliver.msg_id)
+        elif self.auto_delivered_receipts:
             receipt = Receipt(ReceiptType.DELIVERED, (deliver.msg_id,))
             try:
                 _, sent = self._queue_content(deliver.sender, receipt)
@@ -1042,8 +1238,142 @@ class Client:
             else:
                 sent.add_done_callback(_ignore_outcome)
 
-    def _statement_received(self, link: _Link, deliver: frames.Deliver) -> None:
-        """SPEC §7.5: verify a forwarded statement, keep it, then ack.
+    def _we_are_user(self) -> bool:
+        if self._account_kind is None:
+            identity = self.store.get_identity()
+            if identity is None:
+                return False
+            self._account_kind = identity.account_kind
+        return self._account_kind == "user"
+
+    def _is_request(self, sender: str, sender_kind: str) -> bool:
+        return (
+            sender_kind == frames.AccountKind.USER
+            and sender not in self._wrote_to
+            and self._we_are_user()
+        )
+
+    def _owe_receipt(self, sender: str, msg_id: bytes) -> None:
+        owed = self._owed_receipts(sender)
+        if len(owed) < MAX_RECEIPT_REFS and msg_id not in owed:
+            owed.append(msg_id)
+            self.store.set_state(_OWED_PREFIX + sender, msgpack.packb(owed, use_bin_type=True))
+
+    def _owed_receipts(self, sender: str) -> list[bytes]:
+        blob = self.store.get_state(_OWED_PREFIX + sender)
+        return [bytes(item) for item in msgpack.unpackb(blob, raw=False)] if blob else []
+
+    def _wrote(self, handle: str) -> bool:
+        """Record, inside the caller's transaction, that we queue a chat to ``handle``.
+
+        True if it was new: the caller adds it to ``_wrote_to`` once committed.
+        Only a user account keeps the list (a business has no message requests).
+        """
+        if handle in self._wrote_to or not self._we_are_user():
+            return False
+        self.store.set_state(_WROTE_TO_PREFIX + handle, b"")
+        return True
+
+    async def accept_request(self, handle: str) -> bytes | None:
+        """Accept ``handle``'s message request (SPEC §7.3): it becomes a contact.
+
+        Sends the delivered receipt its requests were not given (one receipt
+        naming them, a chat, which is how the relay learns we accepted) and
+        returns its msg_id once the relay holds it; None when no receipt was
+        owed: then nothing is sent, and the relay learns it from our next chat.
+        Replying with any chat accepts too.
+        """
+        owed = self._owed_receipts(handle)
+        if not owed:
+            if self._wrote(handle):
+                self._wrote_to.add(handle)
+            return None
+        msg_id = await self._send_content(handle, Receipt(ReceiptType.DELIVERED, tuple(owed)))
+        self.store.delete_state(_OWED_PREFIX + handle)
+        return msg_id
+
+    def _hold(self, deliver: frames.Deliver) -> None:
+        """Keep ``deliver`` for the user's decision on its sender's key, or count it dropped."""
+        sender = deliver.sender
+        counts = self._held.get(sender, HeldMessages(0, 0))
+        key = _HELD_PREFIX + sender
+        if counts.held >= MAX_HELD_PER_SENDER:
+            counts = HeldMessages(counts.held, counts.dropped + 1)
+            log.warning(
+                "dropped a message from %s: %d already held awaiting approval of its new key",
+                sender, counts.held,
+            )  # fmt: skip
+            self.store.set_state(key, _pack_held(counts))
+        else:
+            counts = HeldMessages(counts.held + 1, counts.dropped)
+            with self.store.atomic():
+                self.store.append_log(_HELD_LOG + sender, codec.encode(deliver))
+                self.store.set_state(key, _pack_held(counts))
+        self._held[sender] = counts
+        if sender not in self._announced:
+            self._announced.add(sender)
+            if self.on_identity_change is not None:
+                self.on_identity_change(sender)
+
+    def held_messages(self, handle: str) -> HeldMessages:
+        """How many of ``handle``'s messages wait for :meth:`approve_identity` (or were
+        dropped beyond ``MAX_HELD_PER_SENDER``) since its key changed."""
+        return self._held.get(handle, HeldMessages(0, 0))
+
+    def _release_held(self, handle: str) -> None:
+        """Decrypt ``handle``'s held messages in order, now that the user trusts its key.
+
+        Stops at one that names yet another key: it and the rest stay held for
+        the next decision. Works offline: they were acknowledged when held. A
+        crash midway is safe, as each message is deduplicated by its id and
+        what remains is released again at the next login.
+        """
+        if handle not in self._held:
+            return
+        relay_key = self.relay_key
+        assert relay_key is not None  # pinned at the login that received them
+        group = _HELD_LOG + handle
+        records = self.store.read_log(group)
+        released = 0
+        for record in records:
+            try:
+                deliver = codec.decode(record)
+                if not isinstance(deliver, frames.Deliver):
+                    raise MalformedFrame("not a DELIVER")
+            except ProtocolError as exc:  # not what we wrote: nothing to show
+                log.warning("dropped an unreadable held message from %s: %s", handle, exc)
+            else:
+                try:
+                    self._receive(deliver, relay_key)
+                except UntrustedIdentity:
+                    break
+            released += 1
+        with self.store.atomic():
+            if released == len(records):
+                self.store.delete_log(group)
+                self.store.delete_state(_HELD_PREFIX + handle)
+            else:
+                self.store.delete_log(group, released)
+                counts = HeldMessages(len(records) - released, self._held[handle].dropped)
+                self.store.set_state(_HELD_PREFIX + handle, _pack_held(counts))
+        if released == len(records):
+            del self._held[handle]
+            self._announced.discard(handle)
+        else:
+            self._held[handle] = counts
+
+    def _discard_held(self, handle: str) -> None:
+        counts = self._held.pop(handle, None)
+        if counts is None:
+            return
+        with self.store.atomic():
+            self.store.delete_log(_HELD_LOG + handle)
+            self.store.delete_state(_HELD_PREFIX + handle)
+        self._announced.discard(handle)
+        log.info("discarded %d held message(s) of blocked %s", counts.held, handle)
+
+    def _statement_received(self, deliver: frames.Deliver, relay_key: bytes) -> None:
+        """SPEC §7.5: verify a forwarded statement and keep it; the caller acks.
 
         The signer's key is the one we pinned (trust on first use: a business
         may hear of a user first through their opt-in); a different key is an
@@ -1051,10 +1381,7 @@ class Client:
         verification is dropped (acked): the relay checked it, so it is forged.
         """
         if self.store.is_processed(deliver.sender, deliver.msg_id):
-            self._ack(link, deliver)
             return
-        hello = link.conn.hello
-        assert hello is not None
         try:
             claimed = unverified_body(ConsentStatement, deliver.body)
             if claimed.signer != deliver.sender or claimed.nonce != deliver.msg_id:
@@ -1062,26 +1389,38 @@ class Client:
             if claimed.target != self.sessions.identity.handle:
                 raise InvalidStatement("statement made for another account")
             statement = verify_statement(
-                deliver.body, expected_key=claimed.signer_key, relay_key=hello.relay_key
+                deliver.body, expected_key=claimed.signer_key, relay_key=relay_key
             )
         except ProtocolError as exc:
             log.warning("dropped invalid statement from %s: %s", deliver.sender, exc)
-            self._ack(link, deliver)
             return
         # Outside the transaction: a changed key must stay recorded as pending.
         self.sessions.pin_identity(deliver.sender, statement.signer_key)  # or raise
         with self.store.atomic():
             self._keep_statement(deliver.sender, deliver.body)
             self.store.mark_processed(deliver.sender, deliver.msg_id)
-        self._ack(link, deliver)
         if self.on_statement is not None:
             self.on_statement(statement)
 
     def _keep_statement(self, counterpart: str, signed: bytes) -> None:
-        key = _STATEMENTS_PREFIX + counterpart
-        blob = self.store.get_state(key)
-        kept = msgpack.unpackb(blob, raw=False) if blob is not None else []
-        self.store.set_state(key, msgpack.packb([*kept, signed], use_bin_type=True))
+        """Append one statement to ``counterpart``'s log: two small rows, however many
+        are kept (the statement, and the counterpart's new count)."""
+        key = _STATEMENT_COUNT_PREFIX + counterpart
+        count = int.from_bytes(self.store.get_state(key) or b"", "big") + 1
+        with self.store.atomic():
+            self.store.append_log(_STATEMENT_LOG + counterpart, signed)
+            self.store.set_state(key, count.to_bytes(8, "big"))
+
+    def _migrate_statements(self, state: list[tuple[str, bytes]]) -> None:
+        """Move statements kept in the old format (one list per counterpart) into the log."""
+        for key, record in state:
+            if not key.startswith(_STATEMENTS_PREFIX):
+                continue
+            counterpart = key.removeprefix(_STATEMENTS_PREFIX)
+            with self.store.atomic():
+                for signed in _unpack_statements(record):
+                    self._keep_statement(counterpart, signed)
+                self.store.delete_state(key)
 
     def _ack(self, link: _Link, deliver: frames.Deliver) -> None:
         if not link.lost:
@@ -1103,7 +1442,10 @@ class Client:
                 continue
             record = pending[0]
             try:
-                message = _to_message(Incoming.from_record(record))
+                incoming = Incoming.from_record(record)
+                message = _to_message(
+                    incoming, is_request=self._is_request(incoming.sender, incoming.sender_kind)
+                )
             except MalformedContent:
                 self.store.consume(record.sender, record.msg_id)
                 continue
@@ -1237,6 +1579,8 @@ class Client:
         self._check_send(intent, category, categories)
         queued: list[tuple[int, _Outgoing]] = []
         deferred: list[tuple[int, str]] = []
+        wrote: list[str] = []
+        chat = intent == frames.Intent.CHAT
         with self.store.atomic():
             for offset, handle in enumerate(chunk):
                 if self._locks.busy(handle):
@@ -1256,6 +1600,9 @@ class Client:
                 outgoing = _Outgoing(msg_id, handle, envelope, intent, category, categories, key)
                 self.store.set_state(key, outgoing.pack(self._packer))
                 queued.append((first + offset, outgoing))
+                if chat and self._wrote(handle):
+                    wrote.append(handle)
+        self._wrote_to.update(wrote)
         self.encrypt_seconds += time.perf_counter() - started
         link = self._online
         if link is not None and link.lost:
@@ -1329,6 +1676,9 @@ class Client:
             key = self._outbox_key(msg_id)
             outgoing = _Outgoing(msg_id, handle, envelope, intent, category, categories, key)
             self.store.set_state(key, outgoing.pack(self._packer))
+            wrote = intent == frames.Intent.CHAT and self._wrote(handle)
+        if wrote:
+            self._wrote_to.add(handle)
         self._outbox[msg_id] = outgoing
         self.encrypt_seconds += time.perf_counter() - started
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -1455,10 +1805,10 @@ class Client:
         if outgoing is not None and link is not None and not link.lost:
             self._transmit(link, outgoing)  # else the next WELCOME resends the outbox
 
-    def _load_outbox(self) -> dict[bytes, _Outgoing]:
+    def _load_outbox(self, state: list[tuple[str, bytes]]) -> dict[bytes, _Outgoing]:
         """One keystore entry per envelope awaiting SENT, in the order they were queued."""
         entries = [
-            _Outgoing.unpack(key, blob) for key, blob in self.store.state_items(_OUTBOX_PREFIX)
+            _Outgoing.unpack(key, blob) for key, blob in state if key.startswith(_OUTBOX_PREFIX)
         ]
         return {outgoing.msg_id: outgoing for outgoing in entries}
 
@@ -1492,14 +1842,14 @@ class Client:
         return self.sessions.pending_identity_change(handle) is not None
 
     def approve_identity(self, handle: str, *, verified: bool = False) -> None:
-        """Accept ``handle``'s new key (or mark the current one verified); held messages follow."""
+        """Accept ``handle``'s new key (or mark the current one verified).
+
+        Its held messages (:meth:`held_messages`) are then decrypted in order
+        into the inbox, online or not; call it while the client's event loop
+        runs (a released message may queue a delivered receipt).
+        """
         self.sessions.approve_identity(handle, verified=verified)
-        held = self._held.pop(handle, [])
-        link = self._online
-        if link is None or link.lost:
-            return  # the relay redelivers them on the next connection
-        for deliver in held:
-            self._deliver_received(link, deliver)
+        self._release_held(handle)
 
     # --- Consent and blocking (SPEC §7.4–7.6) -----------------------------------
 
@@ -1564,29 +1914,37 @@ class Client:
         signed = statement.sign(self.sessions.sign)
         await link.request(frames.Statement(id=link.conn.next_request_id(), statement=signed))
         self._keep_statement(target, signed)
+        if action is Action.BLOCK:
+            self._discard_held(target)
+            self.store.delete_state(_OWED_PREFIX + target)
         return statement
 
-    def held_statements(self, counterpart: str) -> list[bytes]:
-        """Signed statements kept with ``counterpart`` (ours or theirs to us), oldest first."""
-        return _unpack_statements(self.store.get_state(_STATEMENTS_PREFIX + counterpart))
+    def held_statements(self, counterpart: str, start: int = 0) -> list[bytes]:
+        """Signed statements kept with ``counterpart`` (ours or theirs to us), oldest first,
+        from the ``start``-th on."""
+        return self.store.read_log(_STATEMENT_LOG + counterpart, start)
 
     def statement_counterparts(self) -> list[str]:
         """Every account we keep statements with."""
-        return [counterpart for counterpart, _ in self._statement_records()]
+        return sorted(self.statement_counts())
 
-    def _statement_records(self) -> list[tuple[str, bytes]]:
-        """Per counterpart, the packed record of its statements (:func:`_unpack_statements`).
+    def statement_counts(self) -> dict[str, int]:
+        """Per counterpart, how many statements we keep with it.
 
-        A record changes whenever a statement is added, so a caller that
-        derives something from each counterpart's statements can tell which
-        ones to derive again without unpacking the others.
+        Statements are only ever added, so a count tells a caller that derives
+        something from a counterpart's statements whether there are new ones,
+        and ``held_statements(counterpart, start=old count)`` reads just those.
         """
-        prefix = _STATEMENTS_PREFIX
-        return [(key.removeprefix(prefix), blob) for key, blob in self.store.state_items(prefix)]
+        prefix = _STATEMENT_COUNT_PREFIX
+        return {
+            key.removeprefix(prefix): int.from_bytes(blob, "big")
+            for key, blob in self.store.state_items(prefix)
+        }
 
     @property
     def relay_key(self) -> bytes | None:
-        """The relay key pinned at our first login: statements must be bound to it."""
+        """The relay key pinned at our first login (or accepted since): statements are bound
+        to it, and a relay presenting another one is :class:`RelayKeyChanged`."""
         return self.store.get_state(_RELAY_KEY)
 
     def check_statement(self, signed: bytes) -> HeldStatement:
@@ -1673,8 +2031,16 @@ class Client:
 
 
 def _unpack_statements(record: bytes | None) -> list[bytes]:
-    """The signed statements in a record kept by :meth:`Client._keep_statement`."""
+    """The signed statements in a record of the old format (:data:`_STATEMENTS_PREFIX`)."""
     return [bytes(item) for item in msgpack.unpackb(record, raw=False)] if record else []
+
+
+def _pack_held(counts: HeldMessages) -> bytes:
+    return counts.held.to_bytes(8, "big") + counts.dropped.to_bytes(8, "big")
+
+
+def _unpack_held(blob: bytes) -> HeldMessages:
+    return HeldMessages(int.from_bytes(blob[:8], "big"), int.from_bytes(blob[8:16], "big"))
 
 
 def _ignore_outcome(future: asyncio.Future[int]) -> None:
@@ -1692,12 +2058,16 @@ def _error_from(frame: frames.Error) -> ProtocolError:
 
 
 __all__ = [
+    "MAX_HELD_PER_SENDER",
     "Backoff",
     "BusinessInfo",
     "Client",
     "ConnectionLost",
+    "HeldMessages",
     "HeldStatement",
     "IdentityState",
     "Message",
     "Receipt",
+    "RelayKeyChanged",
+    "same_name",
 ]

@@ -11,6 +11,11 @@ our identity and prekeys (SPEC §5), starts sessions from BUNDLE frames (SPEC
   :class:`UntrustedIdentity`; from then on :meth:`SessionManager.encrypt`
   refuses that contact until :meth:`SessionManager.approve_identity`, so the
   change is surfaced before the next send.
+- **One key, one handle** (SPEC §13.8). A key already pinned for another
+  handle — in a bundle, a prekey message or a statement — raises
+  :class:`IdentityKeyReused` before any cryptography and pins nothing; the
+  handles of both ends are also in every message's associated data (SPEC
+  §13.3), so an envelope re-sent by another account does not decrypt.
 - **Persist before acknowledging** (SPEC §6.5). :meth:`SessionManager.receive`
   returns only after :meth:`KeyStore.commit_incoming` stored the message, the
   new session and the message id in one transaction — which also deletes the
@@ -51,6 +56,7 @@ from blindrelay.protocol.crypto.keys import (
 )
 from blindrelay.protocol.crypto.session import (
     MessageType,
+    OutdatedSession,
     Session,
     accept_session,
     belongs_to,
@@ -59,7 +65,7 @@ from blindrelay.protocol.crypto.session import (
     initiate_session,
     peek_envelope,
 )
-from blindrelay.protocol.errors import DecryptionFailed, UntrustedIdentity
+from blindrelay.protocol.errors import DecryptionFailed, IdentityKeyReused, UntrustedIdentity
 
 from .keystore import (
     AccountKind,
@@ -283,12 +289,20 @@ class SessionManager:
         self.store.set_state(_CHANGE_PREFIX + handle, identity_key)
         return UntrustedIdentity(handle)
 
+    def _refuse_reused(self, handle: str, identity_key: bytes) -> None:
+        """SPEC §13.8: a key pinned for another handle never stands for ``handle``."""
+        owner = self.store.identity_owner(identity_key)
+        if owner is not None and owner != handle:
+            raise IdentityKeyReused(handle, owner)
+
     def pin_identity(self, handle: str, identity_key: bytes) -> IdentityStatus:
         """Trust ``identity_key`` for ``handle`` on first use; NEW or TRUSTED.
 
         A key other than the pinned one is recorded as a pending change and
-        raises UntrustedIdentity, as for a bundle (SPEC §3.3).
+        raises UntrustedIdentity, as for a bundle (SPEC §3.3); a key pinned for
+        another handle raises IdentityKeyReused (SPEC §13.8).
         """
+        self._refuse_reused(handle, identity_key)
         if self.pending_identity_change(handle) is not None:
             raise UntrustedIdentity(handle)
         if self.store.check_identity(handle, identity_key) is IdentityStatus.CHANGED:
@@ -344,19 +358,24 @@ class SessionManager:
     def _load_own_session(self, handle: str) -> Session | None:
         # A session made under an identity key we rotated away (SPEC §3.4) is
         # not used to send: the peer must learn our new key from a prekey message.
-        blob = self.store.load_session(handle)
-        if blob is None:
-            return None
-        session = self._decode(handle, blob)
-        if session.our_identity_key != self.keypair.public:  # the key we sign with
+        session = self._load_session(handle)
+        if session is None or session.our_identity_key != self.keypair.public:  # we sign with it
             return None
         return session
 
-    def _decode(self, handle: str, blob: bytes) -> Session:
+    def _load_session(self, handle: str) -> Session | None:
+        """The stored session with ``handle``; None also for one of an earlier envelope
+        version, which the next bundle or prekey message replaces (SPEC §13.7)."""
+        blob = self.store.load_session(handle)
+        if blob is None:
+            return None
         cached = self._parsed.get(handle)
         if cached is not None and cached[0] == blob:
             return cached[1]
-        session = Session.from_bytes(blob)
+        try:
+            session = Session.from_bytes(blob)
+        except OutdatedSession:
+            return None
         self._remember(handle, blob, session)
         return session
 
@@ -370,8 +389,9 @@ class SessionManager:
         """Start a session from a fetched BUNDLE; returns NEW or TRUSTED.
 
         SPEC §13.3: the signed prekey's signature is verified first (a bad
-        bundle raises InvalidSignature and pins nothing); a key other than the
-        pinned one raises UntrustedIdentity and is remembered as pending.
+        bundle raises InvalidSignature and pins nothing); a key pinned for
+        another handle raises IdentityKeyReused (SPEC §13.8); a key other than
+        the pinned one raises UntrustedIdentity and is remembered as pending.
         """
         handle = bundle.handle
         one_time = bundle.one_time
@@ -384,11 +404,18 @@ class SessionManager:
             one_time_prekey_public=one_time.public if one_time is not None else None,
         )
         prekey_bundle.verify()
+        self._refuse_reused(handle, bundle.identity_key)
         if self.pending_identity_change(handle) is not None:
             raise UntrustedIdentity(handle)
         if self.store.check_identity(handle, bundle.identity_key) is IdentityStatus.CHANGED:
             raise self._record_change(handle, bundle.identity_key)
-        session = initiate_session(self.keypair, prekey_bundle, self._rng)
+        session = initiate_session(
+            self.keypair,
+            prekey_bundle,
+            self._rng,
+            our_handle=self.identity.handle,
+            their_handle=handle,
+        )
         status = self.store.trust_identity(handle, bundle.identity_key, self._clock())
         blob = session.to_bytes()
         self.store.store_session(handle, blob)
@@ -420,21 +447,22 @@ class SessionManager:
         UntrustedIdentity (pending change recorded; do not ack — the message
         waits for the user's decision), MalformedContent (session advanced and
         id recorded, nothing to show; ack), or a DecryptionFailed /
-        DuplicatedMessage / TooManySkippedMessages / InvalidKey for an envelope
-        that can never be decrypted (nothing changed; ack and drop).
+        DuplicatedMessage / TooManySkippedMessages / InvalidKey /
+        IdentityKeyReused for an envelope that can never be decrypted or shown
+        (nothing changed; ack and drop).
         """
         if self.store.is_processed(deliver.sender, deliver.msg_id):
             return None
         sender = deliver.sender
         info = peek_envelope(deliver.body)
-        blob = self.store.load_session(sender)
-        session = Session.from_bytes(blob) if blob is not None else None
+        session = self._load_session(sender)
         used_one_time: int | None = None
         if info.message_type is MessageType.PREKEY and (
             session is None or not belongs_to(session, info)
         ):
             their_key = info.sender_identity_key
             assert their_key is not None  # peek_envelope guarantees it for prekey messages
+            self._refuse_reused(sender, their_key)
             if self.pending_identity_change(sender) is not None:
                 raise UntrustedIdentity(sender)
             if self.store.check_identity(sender, their_key) is IdentityStatus.CHANGED:
@@ -445,6 +473,8 @@ class SessionManager:
                 self._signed_prekey,
                 self._one_time_prekey,
                 self._rng,
+                our_handle=self.identity.handle,
+                their_handle=sender,
             )
             status = self.store.trust_identity(sender, their_key, self._clock())
         else:

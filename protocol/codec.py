@@ -36,7 +36,6 @@ from .frames import (
     FRAME_CLASSES,
     MAX_REQUEST_ID,
     RECORD_TYPES,
-    REQUEST_FRAMES,
     Frame,
     FrameType,
     required_field_names,
@@ -122,7 +121,21 @@ def _make_wire_plan(cls: type) -> tuple[tuple[str, str], ...]:
 
 
 def decode(data: bytes) -> Frame:
-    """Parse one WebSocket message into a frame, or raise the documented error."""
+    """Parse one WebSocket message into a frame, or raise the documented error.
+
+    The error's ``request_id`` is set by the one rule of SPEC §2.2.5
+    (:func:`request_id_of`), whatever the error, so an ERROR's ``re`` depends on
+    the message's bytes only, never on which check failed first.
+    """
+    try:
+        return _decode(data)
+    except ProtocolError as exc:
+        exc.request_id = request_id_of(data)
+        raise
+
+
+def _decode(data: bytes) -> Frame:
+    # SPEC §2.3: the message layer first (size, then msgpack), then `t`, then the fields.
     if len(data) > limits.MAX_FRAME_BYTES:
         raise FrameTooLarge(f"frame: at most {limits.MAX_FRAME_BYTES} bytes")
     obj = _unpack(data)
@@ -134,25 +147,80 @@ def decode(data: bytes) -> Frame:
     try:
         cls = FRAME_CLASSES[FrameType(tag)]
     except ValueError:
+        _refuse_timestamps(obj)
         raise UnknownFrameType(f"t: {tag} is not a frame type of this version") from None
     body = {k: v for k, v in obj.items() if k != TYPE_KEY}
     try:
         return typing.cast(Frame, _build(cls, body, "frame"))
-    except ProtocolError as exc:
-        exc.request_id = _request_id_of(cls, body)
+    except ProtocolError:
         raise
     except Exception as exc:  # a validator bug must not escape as anything else
-        error = MalformedFrame(f"invalid frame: {type(exc).__name__}")
-        error.request_id = _request_id_of(cls, body)
-        raise error from None
+        raise MalformedFrame(f"invalid frame: {type(exc).__name__}") from None
 
 
-def _request_id_of(cls: type[Frame], body: dict[str, object]) -> int | None:
-    """The ``id`` of a refused request, when it is itself valid (SPEC §2.2)."""
-    value = body.get("id")
-    if cls.TYPE in REQUEST_FRAMES and type(value) is int and 1 <= value <= MAX_REQUEST_ID:
-        return value
+# --- the id an ERROR echoes (SPEC §2.2.5) -------------------------------------
+#
+# "An ERROR answering a binary message MUST carry `re` if and only if the
+# message begins with one complete msgpack map of at most 16 entries, each key
+# and value nesting at most 1024 containers, in which exactly one key is the
+# str `id` and that key's value is an int from 1 to 2^32−1" — whatever else is
+# wrong with it. So this reader is lenient where the decoder is strict: it
+# skips every key and value without building it (any type, any extension,
+# invalid UTF-8, duplicate keys other than `id`) and ignores bytes after the
+# map. msgpack's C ``skip`` does the walking, so a hostile message costs about
+# what decoding it costs; its stack of 1024 containers is the depth bound, and
+# the entry bound keeps the Python loop to at most 16 turns.
+
+ID_MAP_MAX_ENTRIES = MAX_MAP_KEYS
+"""Largest map an ``id`` is read from: no frame has more fields (SPEC §2.2.5)."""
+ID_MAX_NESTING = 1024
+"""Containers a key or value may nest for its map's ``id`` to be read: msgpack's
+own stack, far beyond the 4 levels a frame may have (SPEC §2.2.5)."""
+
+_ID_KEYS = frozenset(
+    {b"\xa2id", b"\xd9\x02id", b"\xda\x00\x02id", b"\xdb\x00\x00\x00\x02id"}
+)
+"""The str ``id`` in each msgpack str encoding (a bin ``id`` is another key)."""
+_INT_SIZES = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
+"""Bytes after the head of msgpack's uint 8 … 64 and int 8 … 64."""
+
+
+def request_id_of(data: bytes) -> int | None:
+    """The ``re`` an ERROR answering ``data`` carries, or None (SPEC §2.2.5)."""
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(data), 1))
+    unpacker.feed(data)
+    id_value: bytes | None = None
+    seen = 0
+    try:
+        count = unpacker.read_map_header()
+        if count > ID_MAP_MAX_ENTRIES:
+            return None
+        for _ in range(count):
+            start = unpacker.tell()
+            unpacker.skip()
+            key_end = unpacker.tell()
+            unpacker.skip()  # StackError past ID_MAX_NESTING containers
+            if data[start:key_end] in _ID_KEYS:
+                seen += 1
+                id_value = data[key_end : unpacker.tell()]
+    except Exception:  # not a map, incomplete, 0xc1, too deep: no complete map to read
+        return None
+    if seen != 1 or id_value is None or not _is_msgpack_int(id_value):
+        return None
+    value = msgpack.unpackb(id_value)  # an int: decoding it cannot fail
+    if 1 <= value <= MAX_REQUEST_ID:
+        return typing.cast(int, value)
     return None
+
+
+def _is_msgpack_int(encoded: bytes) -> bool:
+    """Whether ``encoded`` is one msgpack int (checked on the head byte before decoding,
+    so that a str that is not UTF-8, say, never reaches a decoder that would raise)."""
+    head = encoded[0]
+    if head <= 0x7F or head >= 0xE0:  # positive and negative fixint
+        return len(encoded) == 1
+    size = _INT_SIZES.get(head)
+    return size is not None and len(encoded) == 1 + size
 
 
 def _unpack(data: bytes) -> object:
@@ -163,7 +231,7 @@ def strict_unpack(
     data: bytes,
     *,
     max_len: int = limits.MAX_FRAME_BYTES,
-    max_array_len: int = limits.MAX_FRAME_BYTES,
+    max_array_len: int = limits.MAX_ARRAY_ITEMS,
     max_map_len: int = MAX_MAP_KEYS,
 ) -> object:
     """One msgpack object under the rules of SPEC §2.3, before any schema.
@@ -171,7 +239,8 @@ def strict_unpack(
     Exactly one object, no trailing bytes, str keys only, no duplicate keys, no
     extension types, valid UTF-8, nesting within the limit. Shared by every
     strict decoder (frames, signed objects, end-to-end content) so the rules
-    live once. Raises :class:`MalformedFrame`.
+    live once. Raises :class:`MalformedFrame`, or :class:`FrameTooLarge` for an
+    array over ``max_array_len`` (SPEC §2.3).
     """
     try:
         obj = msgpack.unpackb(
@@ -192,6 +261,13 @@ def strict_unpack(
         raise
     except msgpack.ExtraData:
         raise MalformedFrame("trailing bytes after the object") from None
+    except ValueError as exc:
+        # msgpack names the bound it hit; an array over every type's maximum is
+        # "longer than its type allows" (SPEC §2.3: 101), any other bound is 100.
+        # tests/protocol/test_codec.py pins this message of msgpack's.
+        if "max_array_len" in str(exc):
+            raise FrameTooLarge(f"array: at most {max_array_len} values") from None
+        raise MalformedFrame(f"not a msgpack object: {type(exc).__name__}") from None
     except Exception as exc:  # any msgpack or UTF-8 failure is a malformed frame
         raise MalformedFrame(f"not a msgpack object: {type(exc).__name__}") from None
     _check_depth(obj)
@@ -222,6 +298,24 @@ def _check_depth(value: object, depth: int = 1) -> None:
     for child in children:
         if isinstance(child, dict | tuple):
             _check_depth(child, depth + 1)
+
+
+def _refuse_timestamps(value: object) -> None:
+    """The timestamp extension (−1) is an extension like any other (SPEC §2.3 rule 7).
+
+    msgpack decodes it to a ``Timestamp`` instead of calling ``ext_hook``. The
+    field checks refuse it wherever it appears; this walk is only needed where
+    no field check follows — before an unknown ``t`` gets 102, since the msgpack
+    layer comes first — and so costs the hot path nothing.
+    """
+    if type(value) is msgpack.Timestamp:
+        raise MalformedFrame("extension type -1 is not allowed")
+    if isinstance(value, dict):
+        for child in value.values():
+            _refuse_timestamps(child)
+    elif isinstance(value, tuple):
+        for child in value:
+            _refuse_timestamps(child)
 
 
 # --- annotation-driven conversion -------------------------------------------

@@ -29,14 +29,16 @@ from collections.abc import Callable
 from enum import Enum
 
 from nacl.exceptions import BadSignatureError
-from nacl.signing import VerifyKey
+from nacl.signing import SigningKey, VerifyKey
 
 from . import PROTOCOL_VERSION, limits
+from . import pow as puzzle
 from .codec import decode, encode
 from .errors import (
     AuthenticationFailed,
     ErrorCode,
     ProtocolError,
+    RegistrationRefused,
     TooManyErrors,
     UnexpectedFrame,
     UnsupportedVersion,
@@ -52,6 +54,7 @@ from .frames import (
     FrameType,
     Hello,
     Login,
+    ProofOfWork,
     Register,
     Welcome,
 )
@@ -150,6 +153,16 @@ def _transcript_prefix(purpose: int, relay_key: bytes, challenge: bytes, handle:
     return AUTH_CONTEXT + bytes([purpose]) + relay_key + challenge + bytes([len(encoded)]) + encoded
 
 
+UNKNOWN_ACCOUNT_KEY = bytes(
+    SigningKey(b"blindrelay/v1/unknown-account".ljust(32, b"\x00")).verify_key
+)
+"""What a LOGIN for an unknown handle is verified against (SPEC §4.3, §11.1).
+
+A valid public key of ordinary order, so libsodium does the full verification
+(a malformed or small-order key would be refused early). Its private half is
+public knowledge on purpose: the verification's result is never used."""
+
+
 def verify_ed25519(public_key: bytes, message: bytes, signature: bytes) -> bool:
     try:
         VerifyKey(public_key).verify(message, signature)
@@ -218,11 +231,16 @@ class RelayConnection(_Connection):
 
     role = Role.RELAY
 
-    def __init__(self, relay_key: bytes, now_ms: int, rng: Rng) -> None:
+    def __init__(
+        self, relay_key: bytes, now_ms: int, rng: Rng, proof_of_work: ProofOfWork | None = None
+    ) -> None:
         super().__init__(State.AWAITING_AUTH)
         self.relay_key = relay_key
         self.challenge = rng(limits.CHALLENGE_BYTES)
-        self.challenge_expires_at = now_ms + limits.CHALLENGE_TTL_MS
+        self.proof_of_work = proof_of_work
+        # "When HELLO carries pow, the challenge expires POW_CHALLENGE_TTL_MS after HELLO."
+        ttl = limits.CHALLENGE_TTL_MS if proof_of_work is None else limits.POW_CHALLENGE_TTL_MS
+        self.challenge_expires_at = now_ms + ttl
         self._challenge_used = False
         self._proven: tuple[str, AccountKind | None] | None = None
         self.protocol_errors = 0
@@ -233,6 +251,7 @@ class RelayConnection(_Connection):
                 challenge=self.challenge,
                 expires_at=self.challenge_expires_at,
                 now=now_ms,
+                pow=proof_of_work,
             )
         )
 
@@ -260,17 +279,36 @@ class RelayConnection(_Connection):
         """
         if self.state is State.CLOSED:
             return
-        if exc.code < 200 or isinstance(exc, AuthenticationFailed):
-            self.protocol_errors += 1
-        if self.protocol_errors > limits.MAX_PROTOCOL_ERRORS:
-            exc, re = TooManyErrors(), None
         reason = (exc.detail[:MAX_REASON_LEN] or None) if 100 <= exc.code < 200 else None
         retry_after = getattr(exc, "retry_after_ms", None)
         self.send(Error(code=int(exc.code), re=re, retry_after=retry_after, reason=reason))
+        # SPEC §4.5: "Every ERROR with a code from 100 to 199 and every 200 counts
+        # [...] The ERROR that takes the count over MAX_PROTOCOL_ERRORS is sent as
+        # usual and followed by ERROR 105 TOO_MANY_ERRORS, a push; if that error
+        # itself closes the connection (200), no 105 follows."
+        if exc.code < 200 or isinstance(exc, AuthenticationFailed):
+            self.protocol_errors += 1
+            if self.protocol_errors > limits.MAX_PROTOCOL_ERRORS and not exc.code.closes_connection:
+                self.send(Error(code=int(TooManyErrors.code)))
 
     def verify_registration(self, frame: Register, now_ms: int) -> None:
         """SPEC §4.2: the new key signed this connection's fresh challenge."""
+        self.spend_challenge(now_ms)
+        self.verify_registration_signature(frame)
+
+    def spend_challenge(self, now_ms: int) -> None:
+        """SPEC §4.4.1: take this connection's one attempt at the challenge.
+
+        The relay's registration policy (SPEC §4.6) runs between this and
+        :meth:`verify_registration_signature`, so that its cheap refusals come
+        before the signature check and still spend the challenge.
+        """
         self._consume_challenge(now_ms)
+
+    def verify_registration_signature(self, frame: Register) -> None:
+        """SPEC §4.2: the signature part of :meth:`verify_registration`."""
+        if not self._challenge_used:
+            raise RuntimeError("spend the challenge before checking a proof")
         transcript = register_transcript(
             self.relay_key, self.challenge, frame.handle, frame.kind, frame.identity_key
         )
@@ -278,15 +316,40 @@ class RelayConnection(_Connection):
             raise AuthenticationFailed("registration signature")
         self._proven = (frame.handle, AccountKind(frame.kind))
 
+    def registration_proof_check(self, frame: Register) -> Callable[[], bool] | None:
+        """SPEC §4.6.3: the check of a REGISTER's proof of work, or None if HELLO set none.
+
+        A missing nonce is refused here (RegistrationRefused). The returned
+        function runs the one Argon2id evaluation: CPU-bound and memory-hungry,
+        so the I/O layer runs it off its event loop, after its cheaper checks.
+        """
+        cost = self.proof_of_work
+        if cost is None:
+            return None
+        nonce = frame.pow_nonce
+        if nonce is None:
+            raise RegistrationRefused("proof of work required")
+        transcript = register_transcript(
+            self.relay_key, self.challenge, frame.handle, frame.kind, frame.identity_key
+        )
+        challenge = self.challenge
+        return lambda: puzzle.verify(
+            transcript, challenge, nonce, cost.bits, cost.opslimit, cost.memlimit
+        )
+
     def verify_login(self, frame: Login, identity_key: bytes | None, now_ms: int) -> None:
         """SPEC §4.3: the account's current key signed this connection's challenge.
 
-        An unknown handle (``identity_key is None``) fails exactly like a bad
-        signature, so login is no account-existence oracle.
+        "An unknown handle MUST fail exactly like a wrong signature": for an
+        unknown handle (``identity_key is None``) the signature is verified all
+        the same, against :data:`UNKNOWN_ACCOUNT_KEY`, and the result thrown
+        away — skipping it answered tens of µs sooner, which told who exists.
         """
         self._consume_challenge(now_ms)
         transcript = login_transcript(self.relay_key, self.challenge, frame.handle)
-        if identity_key is None or not verify_ed25519(identity_key, transcript, frame.signature):
+        key = UNKNOWN_ACCOUNT_KEY if identity_key is None else identity_key
+        verified = verify_ed25519(key, transcript, frame.signature)
+        if not verified or identity_key is None:
             raise AuthenticationFailed("login signature")
         self._proven = (frame.handle, None)
 
@@ -347,12 +410,29 @@ class ClientConnection(_Connection):
         if frame.TYPE in REQUEST_FRAMES:
             self.pending[frame.id] = frame.TYPE  # type: ignore[union-attr]
 
-    def register(self, handle: str, kind: str, identity_key: bytes, sign: Signer) -> int:
-        """Queue a REGISTER answering the relay's challenge; returns its request id."""
+    def register(
+        self,
+        handle: str,
+        kind: str,
+        identity_key: bytes,
+        sign: Signer,
+        *,
+        pow_nonce: bytes | None = None,
+        invite: bytes | None = None,
+    ) -> int:
+        """Queue a REGISTER answering the relay's challenge; returns its request id.
+
+        When HELLO asks for a proof of work and no ``pow_nonce`` is given, it is
+        solved here, blocking (SPEC §4.6.3); an application with an event loop
+        calls :meth:`registration_proof` off the loop first. ``invite`` is the
+        operator's token, for a relay that requires one (SPEC §4.6.4).
+        """
         hello = self._require_hello()
         transcript = register_transcript(
             hello.relay_key, hello.challenge, handle, kind, identity_key
         )
+        if pow_nonce is None:
+            pow_nonce = self.registration_proof(handle, kind, identity_key)
         request_id = self.next_request_id()
         self.send(
             Register(
@@ -361,9 +441,25 @@ class ClientConnection(_Connection):
                 kind=kind,
                 identity_key=identity_key,
                 signature=sign(transcript),
+                pow_nonce=pow_nonce,
+                invite=invite,
             )
         )
         return request_id
+
+    def registration_proof(self, handle: str, kind: str, identity_key: bytes) -> bytes | None:
+        """A nonce solving HELLO's proof of work for this registration, or None when
+        HELLO asks for none (SPEC §4.6.3). CPU-bound: seconds on a slow device."""
+        hello = self._require_hello()
+        cost = hello.pow
+        if cost is None:
+            return None
+        transcript = register_transcript(
+            hello.relay_key, hello.challenge, handle, kind, identity_key
+        )
+        return puzzle.solve(
+            transcript, hello.challenge, cost.bits, cost.opslimit, cost.memlimit
+        )
 
     def login(self, handle: str, sign: Signer) -> int:
         """Queue a LOGIN answering the relay's challenge; returns its request id."""

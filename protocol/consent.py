@@ -6,9 +6,11 @@ relay's clock". That function is :func:`may_deliver`. The relay calls it to
 enforce, the conformance tests call it to predict, and a test re-derives the
 spec's table from it — one source for all three.
 
-Theory of operation. A *pair* is two accounts. For a business–user pair the
-relay keeps, per category, a :class:`CategoryState` with a cooldown end; at
-most one pending request; the window end; and who blocks whom. Statements
+Theory of operation. A *pair* is two accounts. For every pair the relay keeps
+who blocks whom and who has written to whom (a chat from one to the other was
+accepted), with the number of *message requests* sent while only one side had
+written; for a business–user pair also, per category, a :class:`CategoryState`
+with a cooldown end, at most one pending request and the window end. Statements
 (signed by the acting account, :mod:`.signed`) move that state through
 :data:`CONSENT_TRANSITIONS` and :data:`BLOCK_TRANSITIONS`; a missing entry is
 a refused statement (h11 style). :func:`apply_statement` returns the new state
@@ -39,18 +41,16 @@ class CategoryState(StrEnum):
 
 CONSENT_TRANSITIONS: dict[CategoryState, dict[Action, CategoryState]] = {
     CategoryState.NONE: {Action.GRANT: CategoryState.GRANTED, Action.DENY: CategoryState.DENIED},
-    CategoryState.GRANTED: {
-        Action.GRANT: CategoryState.GRANTED,
-        Action.REVOKE: CategoryState.REVOKED,
-    },
-    CategoryState.DENIED: {Action.GRANT: CategoryState.GRANTED, Action.DENY: CategoryState.DENIED},
-    CategoryState.REVOKED: {
-        Action.GRANT: CategoryState.GRANTED,
-        Action.DENY: CategoryState.DENIED,
-    },
+    CategoryState.GRANTED: {Action.REVOKE: CategoryState.REVOKED},
+    CategoryState.DENIED: {Action.GRANT: CategoryState.GRANTED},
+    CategoryState.REVOKED: {Action.GRANT: CategoryState.GRANTED},
 }
-"""SPEC §7.4: a category's next state per statement. Revoking what was never
-granted, or denying what is granted (that is a revoke), has no entry: refused."""
+"""SPEC §7.4: a category's next state per statement, keyed by its *effective*
+state (:meth:`CategoryConsent.effective`: a cooldown that has ended counts as
+none). Every entry changes the state; a statement that would change nothing
+(granting what is granted, denying what is still cooling down) has no entry,
+nor have revoking what was never granted or denying what is granted (that is a
+revoke): refused."""
 
 BLOCK_TRANSITIONS: dict[bool, dict[Action, bool]] = {
     False: {Action.BLOCK: True},
@@ -71,6 +71,13 @@ class CategoryConsent:
     def in_cooldown(self, now: int) -> bool:
         return self.state in COOLDOWN_STATES and now < self.until
 
+    def effective(self, now: int) -> CategoryState:
+        """The state statements move from: a denial or revocation whose cooldown has
+        ended is as if nothing had been said (SPEC §7.4)."""
+        if self.state in COOLDOWN_STATES and not self.in_cooldown(now):
+            return CategoryState.NONE
+        return self.state
+
 
 NO_CONSENT = CategoryConsent()
 
@@ -88,9 +95,19 @@ class PairState:
     pending: frozenset[str] = frozenset()
     window_until: int = 0
     blockers: frozenset[str] = frozenset()
+    wrote: frozenset[str] = frozenset()
+    """Handles in the pair that have written to the other: the relay accepted a chat
+    from it to the other one (SPEC §7.2)."""
+    requests: int = 0
+    """Chats accepted from the one handle in ``wrote`` while the other had not written
+    back: its message requests (SPEC §7.3). Meaningless once both have written."""
 
     def category(self, name: str) -> CategoryConsent:
         return self.consent.get(name, NO_CONSENT)
+
+    def has_written(self, handle: str) -> bool:
+        """Whether ``handle`` has written to the other account of the pair."""
+        return handle in self.wrote
 
     @property
     def blocked(self) -> bool:
@@ -130,7 +147,8 @@ class Verdict(Enum):
     REFUSE = "refuse"
     """ERROR 400, identical for every reason (SPEC §7.7)."""
     FORBIDDEN = "forbidden"
-    """ERROR 202: the sender's kind may never do this; says nothing about the pair."""
+    """ERROR 202: the sender's kind may never do this, whoever the recipient is; says
+    nothing about the pair or the recipient."""
 
 
 class Meter(StrEnum):
@@ -148,6 +166,14 @@ class Decision:
     opens_window: bool = False
     """A user's chat to a business (re)opens the customer-service window."""
     sets_pending: frozenset[str] | None = None
+    writer: str | None = None
+    """A chat from a handle that had not written to the other yet: it now has."""
+    message_request: bool = False
+    """A user's chat to a user who has not written to it: counted in ``requests``."""
+    first_contact: bool = False
+    """The first of those: it opens a conversation with a new stranger, which costs a
+    token of the sender's first-contact budget (``FIRST_CONTACTS_PER_H``); the relay
+    refuses it with the same 400 when that budget is spent (SPEC §7.3)."""
 
     @property
     def allowed(self) -> bool:
@@ -161,6 +187,8 @@ FORBIDDEN = Decision(Verdict.FORBIDDEN)
 
 def may_deliver(
     *,
+    sender: str,
+    recipient: str,
     sender_kind: str,
     recipient_kind: str,
     request: Request | str,
@@ -168,8 +196,15 @@ def may_deliver(
     now: int,
     category: str | None = None,
     categories: frozenset[str] = frozenset(),
+    sender_verified: bool = False,
+    message_request_max: int = limits.MESSAGE_REQUEST_MAX,
 ) -> Decision:
-    """SPEC §7.3: may ``sender`` do ``request`` towards ``recipient`` right now?"""
+    """SPEC §7.3: may ``sender`` do ``request`` towards ``recipient`` right now?
+
+    ``sender_verified``: a business with a badge in force for its current key
+    (SPEC §8.1); only consent requests and a business's bundle fetches read it.
+    ``message_request_max`` is the relay's *default* ``MESSAGE_REQUEST_MAX``.
+    """
     request = Request(request)
     business_only = request in (Request.NOTIFICATION, Request.CONSENT_REQUEST)
     if sender_kind == AccountKind.USER:
@@ -177,27 +212,46 @@ def may_deliver(
             return FORBIDDEN
         if state.blocked:
             return REFUSE
-        if request is Request.CHAT and recipient_kind == AccountKind.BUSINESS:
-            return Decision(Verdict.ALLOW, meter=Meter.USER_INITIATED, opens_window=True)
-        return ALLOW
+        if request is not Request.CHAT:
+            return ALLOW  # a bundle fetch
+        writer = None if sender in state.wrote else sender
+        if recipient_kind == AccountKind.BUSINESS:
+            return Decision(
+                Verdict.ALLOW, meter=Meter.USER_INITIATED, opens_window=True, writer=writer
+            )
+        if recipient in state.wrote:
+            return ALLOW if writer is None else Decision(Verdict.ALLOW, writer=writer)
+        # A message request: the recipient has never written to the sender.
+        if writer is None and state.requests >= message_request_max:
+            return REFUSE
+        return Decision(
+            Verdict.ALLOW, writer=writer, message_request=True, first_contact=writer is not None
+        )
     if recipient_kind == AccountKind.BUSINESS:
-        return FORBIDDEN  # business → business is not part of v1
+        # Business → business is not part of v1. A refusal that depends on the
+        # recipient's kind is the one 400, never 202: it must not tell a
+        # business from an unknown handle (SPEC §7.7).
+        return REFUSE
     if state.blocked:
         return REFUSE
     if request is Request.CHAT:
         if state.window_open(now):
-            return Decision(Verdict.ALLOW, meter=Meter.SERVICE_REPLY)
+            writer = None if sender in state.wrote else sender
+            return Decision(Verdict.ALLOW, meter=Meter.SERVICE_REPLY, writer=writer)
         return REFUSE
     if request is Request.NOTIFICATION:
         if category is not None and state.category(category).state is CategoryState.GRANTED:
             return Decision(Verdict.ALLOW, meter=Meter.NOTIFICATION)
         return REFUSE
+    # SPEC §7.3 "may ask": "the business is verified, or the user has written to it, or
+    # the user has granted it some category" — no cold requests from unverified ones.
+    may_ask = sender_verified or recipient in state.wrote or bool(state.granted())
     if request is Request.CONSENT_REQUEST:
-        if state.asking_allowed(categories, now):
+        if may_ask and state.asking_allowed(categories, now):
             return Decision(Verdict.ALLOW, sets_pending=categories)
         return REFUSE
     # Bundle fetch: only when there is something the business may go on to send.
-    may_ask_something = any(
+    may_ask_something = may_ask and any(
         state.asking_allowed(frozenset({c}), now) for c in limits.CATEGORIES
     )
     if state.granted() or state.window_open(now) or state.pending or may_ask_something:
@@ -205,12 +259,27 @@ def may_deliver(
     return REFUSE
 
 
+def is_stranger(state: PairState, sender: str, recipient: str) -> bool:
+    """SPEC §6.3: whether ``sender`` is a stranger to ``recipient`` — the recipient has
+    not written to it and holds none of its consent. A business allowed to notify has a
+    grant and one allowed to reply has the window, which the user opened by writing: a
+    business that may send at all, other than asking, is no stranger."""
+    if recipient in state.wrote:
+        return False
+    return not any(c.state is CategoryState.GRANTED for c in state.consent.values())
+
+
 def after_accept(state: PairState, decision: Decision, now: int, window_ms: int) -> PairState:
-    """The pair's state once an allowed envelope is committed."""
+    """The pair's state once an allowed envelope is committed (``state`` itself when
+    nothing changes: the relay then writes nothing)."""
     if decision.opens_window:
         state = replace(state, window_until=now + window_ms)
     if decision.sets_pending is not None:
         state = replace(state, pending=decision.sets_pending)
+    if decision.writer is not None:
+        state = replace(state, wrote=state.wrote | {decision.writer})
+    if decision.message_request:
+        state = replace(state, requests=state.requests + 1)
     return state
 
 
@@ -251,8 +320,11 @@ def apply_statement(
             )
         return state, Purge(everything_from_target=True)
     consent = dict(state.consent)
+    # "A statement that needs a missing entry is refused whole": a partly
+    # effective one too, so a statement in force means what it says for each
+    # category it names.
     for c in sorted(categories):
-        current = state.category(c).state
+        current = state.category(c).effective(now)
         new = CONSENT_TRANSITIONS[current].get(action)
         if new is None:
             raise InvalidStatement(f"{action.value} {c}: not allowed when {current.value}")
@@ -266,10 +338,13 @@ def apply_statement(
     return replace(state, consent=consent, pending=pending), purge
 
 
-# --- the spec's table, derived ----------------------------------------------
+# --- the spec's tables, derived ---------------------------------------------
 
 T_REF = 1_000_000_000_000
 """A fixed 'now' for the canonical states below."""
+
+USER, BUSINESS = "user", "business"
+"""The handles of the canonical pairs."""
 
 CANONICAL_STATES: dict[str, PairState] = {
     "none": INITIAL,
@@ -281,19 +356,27 @@ CANONICAL_STATES: dict[str, PairState] = {
     "revoked, in cooldown": PairState(
         consent={c: CategoryConsent(CategoryState.REVOKED, T_REF + 1) for c in limits.CATEGORIES}
     ),
-    "window open (else none)": PairState(window_until=T_REF + 1),
-    "window expired (else none)": PairState(window_until=T_REF),
-    "blocked by the user": PairState(blockers=frozenset({"user"})),
+    "window open (else none)": PairState(window_until=T_REF + 1, wrote=frozenset({USER})),
+    "window expired (else none)": PairState(window_until=T_REF, wrote=frozenset({USER})),
+    "blocked by the user": PairState(blockers=frozenset({USER})),
 }
-"""The pair states of SPEC §7.3's table, as the business sees them at ``T_REF``."""
+"""The pair states of SPEC §7.3's table, as the business sees them at ``T_REF``. A
+window exists only because the user wrote, so those states have the user in ``wrote``."""
 
-BUSINESS_REQUESTS: dict[str, tuple[Request, str | None, frozenset[str]]] = {
-    "consent_request": (Request.CONSENT_REQUEST, None, frozenset(limits.CATEGORIES)),
-    "notification utility": (Request.NOTIFICATION, "utility", frozenset()),
-    "notification marketing": (Request.NOTIFICATION, "marketing", frozenset()),
-    "service reply": (Request.CHAT, None, frozenset()),
-    "bundle fetch": (Request.BUNDLE_FETCH, None, frozenset()),
-}
+BUSINESS_REQUESTS: dict[str, tuple[Request, str | None, frozenset[str], bool]] = {
+    "consent_request, verified": (
+        Request.CONSENT_REQUEST, None, frozenset(limits.CATEGORIES), True
+    ),
+    "consent_request, unverified": (
+        Request.CONSENT_REQUEST, None, frozenset(limits.CATEGORIES), False
+    ),
+    "notification utility": (Request.NOTIFICATION, "utility", frozenset(), False),
+    "notification marketing": (Request.NOTIFICATION, "marketing", frozenset(), False),
+    "service reply": (Request.CHAT, None, frozenset(), False),
+    "bundle fetch, verified": (Request.BUNDLE_FETCH, None, frozenset(), True),
+    "bundle fetch, unverified": (Request.BUNDLE_FETCH, None, frozenset(), False),
+}  # fmt: skip
+"""The columns: a notification or a service reply does not depend on the badge."""
 
 
 def business_decision_table() -> dict[str, dict[str, bool]]:
@@ -305,20 +388,54 @@ def business_decision_table() -> dict[str, dict[str, bool]]:
     table: dict[str, dict[str, bool]] = {}
     for name, state in CANONICAL_STATES.items():
         row: dict[str, bool] = {}
-        for column, (request, category, cats) in BUSINESS_REQUESTS.items():
-            if request is Request.CONSENT_REQUEST:
-                allowed = any(
-                    may_deliver(
-                        sender_kind="business", recipient_kind="user", request=request,
-                        state=state, now=T_REF, categories=frozenset({c}),
-                    ).allowed
-                    for c in cats
-                )  # fmt: skip
-            else:
-                allowed = may_deliver(
-                    sender_kind="business", recipient_kind="user", request=request,
-                    state=state, now=T_REF, category=category,
-                ).allowed  # fmt: skip
-            row[column] = allowed
+        for column, (request, category, cats, verified) in BUSINESS_REQUESTS.items():
+            asked = [frozenset({c}) for c in cats] or [frozenset()]
+            row[column] = any(
+                may_deliver(
+                    sender=BUSINESS, recipient=USER, sender_kind="business",
+                    recipient_kind="user", request=request, state=state, now=T_REF,
+                    category=category, categories=one, sender_verified=verified,
+                ).allowed
+                for one in asked
+            )  # fmt: skip
         table[name] = row
+    return table
+
+
+SENDER, RECIPIENT = "sender", "recipient"
+"""The handles of the canonical user–user pairs."""
+
+USER_STATES: dict[str, PairState] = {
+    "neither has written": INITIAL,
+    "the sender wrote, fewer than MESSAGE_REQUEST_MAX": PairState(
+        wrote=frozenset({SENDER}), requests=limits.MESSAGE_REQUEST_MAX - 1
+    ),
+    "the sender wrote MESSAGE_REQUEST_MAX, no answer": PairState(
+        wrote=frozenset({SENDER}), requests=limits.MESSAGE_REQUEST_MAX
+    ),
+    "the recipient has written to the sender": PairState(wrote=frozenset({RECIPIENT})),
+    "both have written": PairState(wrote=frozenset({SENDER, RECIPIENT})),
+    "either blocks the other": PairState(blockers=frozenset({RECIPIENT})),
+}
+"""The pair states of SPEC §7.3's user → user table, at ``T_REF``."""
+
+
+def user_decision_table() -> dict[str, str]:
+    """State → what a user's chat to another user is, as SPEC §7.3 prints it: ``✗``
+    (refused), ``✓`` (allowed), ``✓ request`` (a message request) or ``✓ request, new``
+    (one that opens a conversation with a new stranger)."""
+    table: dict[str, str] = {}
+    for name, state in USER_STATES.items():
+        decision = may_deliver(
+            sender=SENDER, recipient=RECIPIENT, sender_kind="user", recipient_kind="user",
+            request=Request.CHAT, state=state, now=T_REF,
+        )  # fmt: skip
+        if not decision.allowed:
+            table[name] = "✗"
+        elif decision.first_contact:
+            table[name] = "✓ request, new"
+        elif decision.message_request:
+            table[name] = "✓ request"
+        else:
+            table[name] = "✓"
     return table

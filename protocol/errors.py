@@ -13,6 +13,7 @@ The tree::
     │   ├── AuthenticationFailed      200  bad, expired, replayed or unbound proof
     │   ├── HandleTaken               201  registration of an existing handle
     │   ├── Forbidden                 202  action not allowed for this account kind
+    │   ├── RegistrationRefused       203  proof of work or invite missing or wrong
     │   ├── InvalidPrekeys            300  prekey upload fails its checks
     │   ├── RecipientUnavailable      400  deliberately generic refusal
     │   ├── QueueFull                 401  recipient's offline queue is at its cap
@@ -28,6 +29,7 @@ The tree::
         ├── InvalidSignature          a signature does not verify
         ├── InvalidKey                malformed or low-order public key
         ├── UntrustedIdentity         a contact's identity key changed
+        ├── IdentityKeyReused         a key already pinned for another handle
         ├── DuplicatedMessage         message key already used (replay)
         ├── TooManySkippedMessages    header would skip past the cap
         ├── PlaintextTooLarge         over the largest padding bucket
@@ -58,6 +60,7 @@ class ErrorCode(IntEnum):
     AUTH_FAILED = 200
     HANDLE_TAKEN = 201
     FORBIDDEN = 202
+    REGISTRATION_REFUSED = 203
     INVALID_PREKEYS = 300
     RECIPIENT_UNAVAILABLE = 400
     QUEUE_FULL = 401
@@ -99,7 +102,7 @@ class ProtocolError(BlindrelayError):
         super().__init__(detail or self.code.name)
         self.detail = detail
         self.request_id: int | None = None
-        """Set by the codec when a refused frame still showed a usable request ``id``."""
+        """The ``re`` of the ERROR this becomes (SPEC §2.2.5); the codec sets it from the bytes."""
 
 
 class MalformedFrame(ProtocolError):
@@ -138,6 +141,13 @@ class Forbidden(ProtocolError):
     code = ErrorCode.FORBIDDEN
 
 
+class RegistrationRefused(ProtocolError):
+    """The relay's registration policy wants a proof of work or an invite that the
+    REGISTER lacks or got wrong (SPEC §4.6); not about the key, which 200 is."""
+
+    code = ErrorCode.REGISTRATION_REFUSED
+
+
 class InvalidPrekeys(ProtocolError):
     code = ErrorCode.INVALID_PREKEYS
 
@@ -151,11 +161,13 @@ class QueueFull(ProtocolError):
 
 
 class RateLimited(ProtocolError):
+    """Sent with ``retry_after``, which SPEC §9 requires with 402 (1 ms at least)."""
+
     code = ErrorCode.RATE_LIMITED
 
-    def __init__(self, detail: str = "", retry_after_ms: int = 0) -> None:
+    def __init__(self, detail: str = "", retry_after_ms: int = 1) -> None:
         super().__init__(detail)
-        self.retry_after_ms = retry_after_ms
+        self.retry_after_ms = max(1, retry_after_ms)
 
 
 class MessageIdReused(ProtocolError):
@@ -191,8 +203,8 @@ ERRORS_BY_CODE: dict[ErrorCode, type[ProtocolError]] = {
     for cls in (
         MalformedFrame, FrameTooLarge, UnknownFrameType, UnexpectedFrame,
         UnsupportedVersion, TooManyErrors, AuthenticationFailed, HandleTaken,
-        Forbidden, InvalidPrekeys, RecipientUnavailable, QueueFull, RateLimited,
-        MessageIdReused, InvalidStatement, StaleStatement, InvalidProfile,
+        Forbidden, RegistrationRefused, InvalidPrekeys, RecipientUnavailable, QueueFull,
+        RateLimited, MessageIdReused, InvalidStatement, StaleStatement, InvalidProfile,
         NotFound, InternalError, ShuttingDown,
     )
 }  # fmt: skip
@@ -226,6 +238,20 @@ class UntrustedIdentity(CryptoError):
     def __init__(self, handle: str, detail: str = "") -> None:
         super().__init__(detail or f"identity key of {handle!r} changed")
         self.handle = handle
+
+
+class IdentityKeyReused(CryptoError):
+    """An identity key already pinned for another handle (SPEC §13.8).
+
+    Trust on first use pins one key to one handle: a key that stands for two
+    handles would let one account's messages be shown as another's. Not an
+    :class:`UntrustedIdentity`: there is nothing for the person to approve.
+    """
+
+    def __init__(self, handle: str, owner: str) -> None:
+        super().__init__(f"identity key presented for {handle!r} is pinned for {owner!r}")
+        self.handle = handle
+        self.owner = owner
 
 
 class DuplicatedMessage(CryptoError):

@@ -15,12 +15,14 @@ state (:mod:`.connection`), and what the relay does with it (``server``).
 from __future__ import annotations
 
 import re
-from dataclasses import MISSING, dataclass, fields
+import typing
+from dataclasses import dataclass, fields
 from enum import IntEnum, StrEnum
 from typing import ClassVar
 
 from . import limits
-from .errors import FrameTooLarge, MalformedFrame
+from .errors import ErrorCode, FrameTooLarge, MalformedFrame
+from .pow import expected_solve_ms
 
 
 class FrameType(IntEnum):
@@ -75,27 +77,31 @@ _CATEGORIES = frozenset(limits.CATEGORIES)
 
 MAX_REQUEST_ID = 2**32 - 1
 MAX_DELIVERY_ID = 2**63 - 1
-MAX_TIME_MS = 2**53
-"""Times are Unix milliseconds, kept within 2**53 so every JSON consumer of a
-vector reads them exactly."""
+MAX_TIME_MS = 2**53 - 1
+"""Times are Unix milliseconds from 0 to 2**53 − 1 inclusive (SPEC conventions):
+the largest integer every JSON consumer of a vector reads exactly."""
 
-_HANDLE_RE = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
-_MONTH_RE = re.compile(r"\d{4}-(0[1-9]|1[0-2])\Z")
+_HANDLE_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*\Z")
+"""SPEC §3.2: labels of letters and digits joined by single punctuation characters."""
+_MONTH_RE = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])\Z")  # ASCII digits: \d matches any script's
 MAX_REASON_LEN = 200
 
 
 # --- validators -------------------------------------------------------------
-# Each raises MalformedFrame (wrong shape) or FrameTooLarge (over a limit), the
-# two errors the codec promises for untrusted input.
+# Each raises FrameTooLarge when a str, bin or array is longer than its type's
+# maximum and MalformedFrame for everything else (SPEC §2.3), the two errors the
+# codec promises for untrusted input.
 
 
 def check_handle(value: str, name: str = "handle") -> None:
-    """SPEC §3.2: 3–32 characters of ``[a-z0-9._-]``, first a letter or digit."""
-    if not limits.HANDLE_MIN_LEN <= len(value) <= limits.HANDLE_MAX_LEN:
-        lo, hi = limits.HANDLE_MIN_LEN, limits.HANDLE_MAX_LEN
-        raise MalformedFrame(f"{name}: length must be {lo}–{hi}")
+    """SPEC §3.2: 3–32 characters of ``[a-z0-9._-]``; "it starts and ends with a letter
+    or digit and never has two punctuation characters in a row" (``airline.``,
+    ``air..line`` are lookalikes of ``airline``, not handles)."""
+    _check_max(value, name, limits.HANDLE_MAX_LEN)
+    if len(value) < limits.HANDLE_MIN_LEN:
+        raise MalformedFrame(f"{name}: at least {limits.HANDLE_MIN_LEN} characters")
     if not _HANDLE_RE.match(value):
-        raise MalformedFrame(f"{name}: must match [a-z0-9][a-z0-9._-]*")
+        raise MalformedFrame(f"{name}: must match [a-z0-9]+([._-][a-z0-9]+)*")
 
 
 def _check_uint(value: int, name: str, maximum: int, minimum: int = 0) -> None:
@@ -105,7 +111,9 @@ def _check_uint(value: int, name: str, maximum: int, minimum: int = 0) -> None:
 
 def _check_len(value: bytes, name: str, size: int) -> None:
     if len(value) != size:
-        raise MalformedFrame(f"{name}: must be exactly {size} bytes")
+        # SPEC §2.3: longer than the type's maximum is 101, shorter is 100.
+        error = FrameTooLarge if len(value) > size else MalformedFrame
+        raise error(f"{name}: must be exactly {size} bytes")
 
 
 def _check_max(value: bytes | str | tuple[object, ...], name: str, maximum: int) -> None:
@@ -174,8 +182,39 @@ class UsageCount:
         _check_uint(self.count, "count", MAX_DELIVERY_ID)
 
 
-Record = SignedPreKeyRecord | OneTimePreKeyRecord | UsageCount
-RECORD_TYPES: tuple[type[Record], ...] = (SignedPreKeyRecord, OneTimePreKeyRecord, UsageCount)
+@dataclass(frozen=True, slots=True)
+class ProofOfWork:
+    """The cost of the registration puzzle a relay sets in HELLO (SPEC §4.6.3).
+
+    Bounded so that no relay can ask a client for more than
+    ``POW_MAX_EXPECTED_SOLVE_MS`` of work on the reference device: a client
+    refuses such a HELLO like any malformed frame.
+    """
+
+    bits: int
+    opslimit: int
+    memlimit: int
+
+    def __post_init__(self) -> None:
+        _check_uint(self.bits, "bits", limits.POW_MAX_BITS, minimum=1)
+        _check_uint(self.opslimit, "opslimit", limits.POW_MAX_OPSLIMIT, minimum=1)
+        _check_uint(
+            self.memlimit, "memlimit", limits.POW_MAX_MEMLIMIT_BYTES,
+            minimum=limits.POW_MIN_MEMLIMIT_BYTES,
+        )  # fmt: skip
+        if self.memlimit % 1024:
+            raise MalformedFrame("memlimit: must be a multiple of 1024")
+        if (
+            expected_solve_ms(self.bits, self.opslimit, self.memlimit)
+            > limits.POW_MAX_EXPECTED_SOLVE_MS
+        ):
+            raise MalformedFrame("pow: costs more than POW_MAX_EXPECTED_SOLVE_MS to solve")
+
+
+Record = SignedPreKeyRecord | OneTimePreKeyRecord | UsageCount | ProofOfWork
+RECORD_TYPES: tuple[type[Record], ...] = (
+    SignedPreKeyRecord, OneTimePreKeyRecord, UsageCount, ProofOfWork,
+)  # fmt: skip
 
 
 # --- frames -----------------------------------------------------------------
@@ -221,6 +260,8 @@ class Hello(_Frame):
     challenge: bytes
     expires_at: int
     now: int
+    pow: ProofOfWork | None = None
+    """Present when REGISTER must carry a proof of work (SPEC §4.6.3)."""
 
     def __post_init__(self) -> None:
         _check_uint(self.version, "version", 255, minimum=1)
@@ -239,6 +280,10 @@ class Register(_Request):
     kind: str
     identity_key: bytes
     signature: bytes
+    pow_nonce: bytes | None = None
+    """Solves HELLO's proof of work (SPEC §4.6.3)."""
+    invite: bytes | None = None
+    """An operator-issued invite token (SPEC §4.6.4)."""
 
     def __post_init__(self) -> None:
         _Request.__post_init__(self)
@@ -246,6 +291,10 @@ class Register(_Request):
         _check_enum(self.kind, "kind", _KINDS)
         _check_len(self.identity_key, "identity_key", 32)
         _check_len(self.signature, "signature", 64)
+        if self.pow_nonce is not None:
+            _check_len(self.pow_nonce, "pow_nonce", limits.POW_NONCE_BYTES)
+        if self.invite is not None:
+            _check_len(self.invite, "invite", limits.INVITE_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,9 +376,13 @@ class Error(_Frame):
         _check_uint(self.code, "code", 999, minimum=100)
         if self.re is not None:
             _check_uint(self.re, "re", MAX_REQUEST_ID, minimum=1)
+        # SPEC §9: "retry_after MUST be present with 402 and only with 402".
+        if (self.retry_after is not None) != (self.code == ErrorCode.RATE_LIMITED):
+            raise MalformedFrame("retry_after: required with 402 and only with 402")
         if self.retry_after is not None:
-            _check_uint(self.retry_after, "retry_after", MAX_TIME_MS)
+            _check_uint(self.retry_after, "retry_after", MAX_TIME_MS, minimum=1)
         if self.reason is not None:
+            _check_nonempty(self.reason, "reason")
             _check_max(self.reason, "reason", MAX_REASON_LEN)
             if not 100 <= self.code < 200:
                 raise MalformedFrame("reason: only allowed with 1xx codes")
@@ -536,6 +589,7 @@ class Statements(_Response):
         _Response.__post_init__(self)
         _check_max(self.statements, "statements", limits.MAX_LISTED_STATEMENTS)
         for item in self.statements:
+            _check_nonempty(item, "statements")
             _check_max(item, "statements", limits.MAX_STATEMENT_BYTES)
         if self.next is not None:
             _check_uint(self.next, "next", MAX_DELIVERY_ID, minimum=1)
@@ -584,8 +638,10 @@ class Profile(_Response):
         check_handle(self.handle)
         _check_len(self.identity_key, "identity_key", 32)
         if self.profile is not None:
+            _check_nonempty(self.profile, "profile")
             _check_max(self.profile, "profile", limits.MAX_PROFILE_BYTES)
         if self.badge is not None:
+            _check_nonempty(self.badge, "badge")
             _check_max(self.badge, "badge", limits.MAX_BADGE_BYTES)
 
 
@@ -654,6 +710,12 @@ def field_names(cls: type[Frame] | type[Record]) -> tuple[str, ...]:
 
 
 def required_field_names(cls: type[Frame] | type[Record]) -> frozenset[str]:
+    """Fields a message must carry: all but those typed ``X | None`` (SPEC §2.3 rule 5).
+
+    A default such as ``after = 0`` or ``one_time = ()`` is for building frames
+    in code; on the wire such a field is still required.
+    """
+    hints = typing.get_type_hints(cls)
     return frozenset(
-        f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+        f.name for f in fields(cls) if type(None) not in typing.get_args(hints[f.name])
     )

@@ -18,6 +18,13 @@ MAX_NESTING_DEPTH = 4
 """Deepest container nesting a frame may have (frame → list → map is 3).
 Shallow nesting bounds decoder recursion on hostile input."""
 
+MAX_ARRAY_ITEMS = 500
+"""Most values an array of any type may hold (the largest is STATEMENTS'
+``statements``, ``MAX_LISTED_STATEMENTS``). The msgpack layer refuses a longer
+array from its length header, before Python touches its items: a 64 KiB message
+of 65,000 one-byte ints cost ~6.5 ms to refuse when the nesting check walked
+them, a thousand times a valid frame's decoding."""
+
 PING_INTERVAL_S = 20.0
 """Keep-alive ping period. Short enough to keep NAT bindings open, long enough
 to cost nothing on idle connections."""
@@ -52,9 +59,9 @@ fuzzer cannot keep a connection busy forever."""
 
 HANDLE_MIN_LEN = 3
 HANDLE_MAX_LEN = 32
-"""Handles are 3–32 characters from ``[a-z0-9._-]``, starting with a letter or
-digit. ASCII-only on purpose: no homoglyph impostors ("аirline" with a
-Cyrillic a), and a handle is a key in every relay table."""
+"""Handles are 3–32 characters from ``[a-z0-9._-]``: letters and digits joined by
+single punctuation characters (SPEC §3.2). ASCII-only on purpose: no homoglyph
+impostors ("аirline" with a Cyrillic a), and a handle is a key in every relay table."""
 
 DISPLAY_NAME_MAX_LEN = 64
 """Longest display name in a badge or profile, in characters."""
@@ -75,6 +82,56 @@ CHALLENGE_TTL_MS = 30_000
 """A challenge must be answered within this. Long enough for a slow phone,
 short enough that a captured challenge is useless soon after."""
 
+REGISTER_RATE_PER_H_ADDRESS = 20.0
+REGISTER_BURST_ADDRESS = 20
+"""*Default.* Registrations per source address (IPv4 address, IPv6 /64; SPEC §4.6).
+A person registers once per device, so a household, an office or a small NAT never
+notices; fifty throwaway accounts from one address no longer come for free. An
+address shared by many people (a large carrier-grade NAT) may need more, and an
+attacker with many addresses is slowed only by proof of work or invites."""
+
+POW_BITS = 0
+"""*Default.* Difficulty of the registration proof of work (SPEC §4.6.3); 0 is off.
+Every honest registration pays it in time and battery, so it is for a relay under
+attack from many addresses; 4 with the default Argon2id cost takes ~2 s on the
+reference device and ~0.1 s on a laptop."""
+
+POW_OPSLIMIT = 2
+POW_MEMLIMIT_BYTES = 16 * 1024 * 1024
+"""*Default.* Argon2id cost of one evaluation when proof of work is on: 16 MiB twice
+over makes memory, not arithmetic, the price (what GPUs cannot cheapen), while the
+relay's one evaluation to check a proof stays ~10 ms."""
+
+POW_MAX_BITS = 32
+POW_MAX_OPSLIMIT = 16
+POW_MIN_MEMLIMIT_BYTES = 1024 * 1024
+POW_MAX_MEMLIMIT_BYTES = 256 * 1024 * 1024
+"""Bounds of an announced proof-of-work cost. Below 1 MiB Argon2id is not memory-hard
+in any useful sense and per-call overhead would dominate the cost model; above 256 MiB
+a phone may fail to allocate, and the relay spends that much per check."""
+
+POW_REFERENCE_BYTES_PER_MS = 250_000
+"""Argon2id speed of the reference slow device: 250 MB/s of memory passed, one core
+(a low-end phone; a 2-core server VM does ~4 GB/s). Only for the bound below."""
+
+POW_MAX_EXPECTED_SOLVE_MS = 10_000
+"""Largest expected solve time on the reference device a relay may ask for; clients
+refuse a HELLO asking more. Higher buys more cost per throwaway account and costs
+every honest registration as much."""
+
+POW_CHALLENGE_TTL_MS = 120_000
+"""Challenge lifetime (and time before an unauthenticated connection is closed) when
+proof of work is on: 12 times the largest expected solve time, so a slow device
+misses it with probability e^-12; the price is unauthenticated connections held
+longer, only while the operator has proof of work on."""
+
+POW_NONCE_BYTES = 16
+"""Proof-of-work nonce; 128 bits are never exhausted and can be drawn at random."""
+
+INVITE_BYTES = 16
+"""Operator-issued invite token (SPEC §4.6.4): 128 random bits cannot be guessed,
+so the relay can store a plain hash of each."""
+
 # --- Prekeys (SPEC §5) -----------------------------------------------------
 
 MAX_PREKEYS_PER_UPLOAD = 100
@@ -86,6 +143,16 @@ while covering many first contacts between two top-ups."""
 
 PREKEY_LOW_WATER = 20
 """The relay notifies an owner whose one-time prekeys fall below this count."""
+
+ONE_TIME_PREKEY_RATE_PER_H = 10.0
+ONE_TIME_PREKEY_BURST = 20
+"""*Default.* One-time prekeys the relay hands out per owner (token bucket); past it a
+bundle goes out without one, the last-resort X3DH of SPEC §13.3. A limit per requester
+alone let six throwaway accounts drain an offline user's 100 keys. A person rarely has
+more than 20 first contacts at once or 10 an hour; a sybil flood drains the pool by at
+most 10 an hour (an offline owner's 100 keys last 8 hours, 1,000 four days), and first
+contact keeps working. Higher serves more first messages replay-proof; lower keeps the
+pool longer under attack (a busy business's operator may raise it)."""
 
 BUNDLE_FETCH_RATE_PER_MIN = 60.0
 BUNDLE_FETCH_BURST = 20
@@ -117,6 +184,18 @@ QUEUE_TTL_MS = 30 * 24 * 3600 * 1000
 """*Default.* Envelopes undelivered for 30 days are purged; the sender's
 ratchet tolerates the gap (skipped keys) and nothing lives forever."""
 
+QUEUE_SHARE_PER_SENDER = 1000
+"""*Default.* Undelivered envelopes one sender may have in one recipient's queue (a tenth
+of the cap): no single account — contact, business or stranger — can take the queue;
+1,000 is still weeks of a busy conversation for an offline friend."""
+
+QUEUE_SHARE_STRANGERS = 2000
+"""*Default.* Undelivered envelopes a *user's* queue holds from strangers — senders it has
+not written to and that hold none of its consent (SPEC §6.3). Fifty sybils filled a user's
+whole queue in a second; now strangers together get a fifth of it and the rest stays for
+contacts and consented businesses. Not applied to a business's queue, whose customers
+are strangers by nature."""
+
 DELIVERY_WINDOW = 256
 """Deliveries the relay has in flight (sent, not acknowledged) per connection.
 Bounds relay memory per slow reader while keeping the pipe full."""
@@ -139,6 +218,19 @@ SEND_BURST_PAIR = 500
 flooding one recipient even within its account budget."""
 
 # --- Consent and blocking (SPEC §7) ----------------------------------------
+
+MESSAGE_REQUEST_MAX = 20
+"""*Default.* Chats a user may send another user who has never written to them, until
+they write back (a *message request*, SPEC §7.3). The sender's SDK sends prekey messages
+until a reply and a person introduces themselves in a few lines; 20 covers that with
+room, while a spammer gets 20 envelopes per victim instead of the whole queue."""
+
+FIRST_CONTACTS_PER_H = 10.0
+FIRST_CONTACTS_BURST = 20
+"""*Default.* New strangers a user may open message requests to (token bucket per
+sender). People start a handful of conversations with strangers a day; a spammer's
+reach per account becomes 20 at once and 10 an hour, so a flood needs accounts, which
+the registration policy prices."""
 
 CATEGORIES = ("utility", "marketing")
 """Categories of business-initiated notifications (SPEC §7.1)."""
@@ -164,6 +256,11 @@ STATEMENT_NONCE_BYTES = 16
 
 MAX_STATEMENT_BYTES = 1024
 """Encoded signed statement; a statement is a few fixed-size fields."""
+
+MAX_BLOCK_TARGETS = 10_000
+"""Accounts one account may have a block or unblock on record for. A block of a handle
+nobody holds is kept (so that blocking tells nothing about who exists, SPEC §7.4); this
+bounds what blocking random handles can store. Nobody blocks ten thousand accounts."""
 
 MAX_LISTED_STATEMENTS = 500
 """Statements returned by one listing frame."""

@@ -1,4 +1,4 @@
-"""``blindrelay admin``: the operator's commands — badges and billing (SPEC §8.1, §8.4).
+"""``blindrelay admin``: the operator's commands — badges, billing, invites (SPEC §8, §4.6.4).
 
 - ``keygen --out PATH``: a new operator Ed25519 key, written as the hex seed to a
   file only its owner can read (mode 0600), never over an existing file; prints
@@ -10,6 +10,9 @@
   reading the same database stops serving them at the next PROFILE_FETCH.
 - ``usage``: metering counts per business and UTC month, with amounts computed
   in :class:`~decimal.Decimal` from ``--price CATEGORY=AMOUNT``.
+- ``invite --count N``: N fresh invite tokens, printed one per line in hex for the
+  operator to hand out; the database keeps only their hashes. A relay started
+  with ``--require-invites`` accepts each once (SPEC §4.6.4).
 
 The operator key never enters the relay database (SPEC §11); these commands
 are the only writers of the ``badges`` table.
@@ -26,6 +29,7 @@ import io
 import json
 import os
 import secrets
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -43,11 +47,15 @@ from blindrelay.protocol.frames import AccountKind
 from .cli import ENV_PREFIX
 from .config import DEFAULT_DB
 from .metering import MonthUsage
+from .registration import invite_digest
 from .storage import Store, connect
 
 DAY_MS = 24 * 3600 * 1000
 DEFAULT_BADGE_DAYS = 365
 """Well inside MAX_BADGE_VALIDITY_MS (400 days): yearly re-verification."""
+
+MAX_INVITES_PER_COMMAND = 100_000
+"""Invites one command prints: a mailing's worth, in one transaction of ~2 MB."""
 
 
 class AdminError(Exception):
@@ -98,6 +106,11 @@ def register_admin(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     )
     usage.set_defaults(func=_guarded(_usage))
 
+    invite = commands.add_parser("invite", help="issue invite tokens (SPEC §4.6.4)")
+    invite.add_argument("--count", type=int, default=1, help="how many (default 1)")
+    _db_argument(invite)
+    invite.set_defaults(func=_guarded(_invite))
+
 
 def _db_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -127,7 +140,10 @@ def _guarded(command: Command) -> Command:
 def _open_store(path: Path) -> Store:
     if not path.exists():
         raise AdminError(f"no database at {path}")
-    return Store(connect(path))
+    try:
+        return Store(connect(path))
+    except (OSError, sqlite3.Error) as exc:  # a directory, no permission, not a database
+        raise AdminError(f"cannot open the database {path}: {exc}") from None
 
 
 # --- keys and badges ----------------------------------------------------------
@@ -210,6 +226,25 @@ def _revoke_badge(args: argparse.Namespace) -> int:
     if not revoked:
         raise AdminError(f"{args.handle}: no badge in force")
     print(f"revoked {revoked} badge(s) of {args.handle}")
+    return 0
+
+
+# --- invites --------------------------------------------------------------------
+
+
+def _invite(args: argparse.Namespace) -> int:
+    if not 1 <= args.count <= MAX_INVITES_PER_COMMAND:
+        raise AdminError(f"--count must be 1…{MAX_INVITES_PER_COMMAND}")
+    tokens = [secrets.token_bytes(limits.INVITE_BYTES) for _ in range(args.count)]
+    store = _open_store(args.db)
+    try:
+        with store.db.atomic():
+            now = time.time_ns() // 1_000_000
+            store.invites.add((invite_digest(token) for token in tokens), now)
+    finally:
+        store.db.conn.close()
+    for token in tokens:  # printed only once they are stored
+        print(token.hex())
     return 0
 
 

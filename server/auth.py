@@ -11,12 +11,18 @@ Not here: prekeys (``directory``), messages (``delivery``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 from blindrelay.protocol import limits
 from blindrelay.protocol.connection import rotate_transcript, verify_ed25519
-from blindrelay.protocol.errors import InvalidStatement, MalformedFrame, StaleStatement
+from blindrelay.protocol.errors import (
+    InvalidStatement,
+    MalformedFrame,
+    RegistrationRefused,
+    StaleStatement,
+)
 from blindrelay.protocol.frames import Login, Ok, Register, RotateIdentity, Welcome
 
 from .context import RelayContext, Session
@@ -26,26 +32,55 @@ from .storage import Account
 
 
 def register(ctx: RelayContext, session: Session, frame: Register) -> None:
-    """SPEC §4.2: create the account the fresh challenge was signed for."""
+    """SPEC §4.2, §4.6: create the account the fresh challenge was signed for.
+
+    The checks run in the order of SPEC §4.6.2, cheapest first; each refusal
+    leaves the challenge spent.
+    """
     now = ctx.clock()
-    session.conn.verify_registration(frame, now)
+    conn = session.conn
+    conn.spend_challenge(now)
+    # "Every REGISTER that passes the challenge check spends a token of its
+    # source's bucket before any other check."
+    ctx.registration.admit(session.source)
+    conn.verify_registration_signature(frame)
+    invite = ctx.registration.invite_to_consume(frame.invite)  # 203 without one
+    check = conn.registration_proof_check(frame)  # 203 without a nonce
     account = Account(frame.handle, frame.kind, frame.identity_key)
 
     def created(_: None) -> None:
         log_event(logging.INFO, "registered", handle=account.handle, kind=account.kind)
         _welcome(ctx, session, frame.id, account, queued=0, one_time=0, has_signed=False)
 
-    # "Handles are unique": refused with HandleTaken in :func:`.jobs.create_account`.
-    ctx.run_job(
-        session, frame, "create_account",
-        (account.handle, account.kind, account.identity_key, now), created,
-    )  # fmt: skip
+    def create() -> None:
+        # The invite, the handle and its lookalikes: :func:`.jobs.create_account`.
+        ctx.run_job(
+            session, frame, "create_account",
+            (account.handle, account.kind, account.identity_key, now, invite), created,
+        )  # fmt: skip
+
+    if check is None:
+        create()
+        return
+
+    def proven(future: asyncio.Future[bool]) -> None:
+        if future.cancelled() or not session.open:
+            return
+        ctx.guard(session, frame, lambda: create() if future.result() else _refuse_proof())
+
+    # "The relay MUST check with exactly one [evaluation] [...] off its event loop."
+    ctx.registration.check_off_loop(lambda: session.open and check(), proven)
+
+
+def _refuse_proof() -> None:
+    raise RegistrationRefused("proof of work does not solve the puzzle")
 
 
 def login(ctx: RelayContext, session: Session, frame: Login) -> None:
     """SPEC §4.3: log in with the account's current identity key."""
     now = ctx.clock()
-    account = ctx.accounts.get(frame.handle)
+    # The same work for an unknown handle as for an existing one (SPEC §11.1).
+    account = ctx.accounts.get_evenly(frame.handle)
     session.conn.verify_login(frame, account.identity_key if account else None, now)
     assert account is not None  # verify_login refuses unknown handles
     not_before = now - ctx.config.queue_ttl_ms

@@ -57,7 +57,8 @@ def put_profile(ctx: RelayContext, session: Session, frame: ProfilePut) -> None:
 def fetch_profile(ctx: RelayContext, session: Session, frame: ProfileFetch) -> None:
     """SPEC §8.1–8.2: PROFILE with the signed profile and the badge in force, if any.
 
-    "An unknown handle gets ERROR 601 NOT_FOUND (business profiles are public)."
+    Profiles are public for businesses only: a user and an unknown handle get
+    the same ERROR 601 (decided in :func:`.jobs.fetch_profile`).
     """
     assert session.handle is not None
     ctx.limiters.profile_fetch.take(session.handle)  # SPEC §10, before any work

@@ -31,14 +31,21 @@ _MISSING: Any = object()
 
 class WriterCache:
     """Accounts by handle, pair states by sorted pair, queue lengths by recipient,
-    and metering counts not yet written (``usage``, see :mod:`.metering`)."""
+    metering counts not yet written (``usage``, see :mod:`.metering`), and the
+    per-sender counts of the few queues long enough for shares to matter
+    (``shares``, see ``storage.MessageQueue``)."""
 
     def __init__(self) -> None:
         self.accounts: dict[str, Any] = {}
         self.pairs: dict[tuple[str, str], Any] = {}
         self.queued: dict[str, int] = {}
         self.usage: dict[tuple[str, str, str, str], int] = {}
+        self.shares: dict[str, Any] = {}
+        """Mutable entries, changed in place: no undo log. A job that touched them and
+        fails empties the table instead (:meth:`touch_shares`); every entry is
+        recomputed from the queue on demand."""
         self._undo: list[tuple[dict[Any, Any], Hashable, Any]] | None = None
+        self._shares_touched = False
 
     def put(self, table: dict[Any, Any], key: Hashable, value: Any) -> None:
         """Set ``table[key]``, remembering the old value while a job runs."""
@@ -66,8 +73,15 @@ class WriterCache:
                 self._undo.append((table, key, table[key]))
             del table[key]
 
+    def touch_shares(self) -> None:
+        """Called before a job changes an entry of ``shares`` in place."""
+        self._shares_touched = True
+        if len(self.shares) >= MAX_ENTRIES:
+            self.shares.clear()
+
     def begin_job(self) -> None:
         self._undo = []
+        self._shares_touched = False
 
     def end_job(self) -> None:
         self._undo = None
@@ -80,6 +94,8 @@ class WriterCache:
                 table.pop(key, None)
             else:
                 table[key] = old
+        if self._shares_touched:
+            self.shares.clear()
 
     def clear(self) -> None:
         """After a rollback of the whole transaction: nothing cached can be trusted."""
@@ -87,4 +103,5 @@ class WriterCache:
         self.pairs.clear()
         self.queued.clear()
         self.usage.clear()  # rolled back with the envelopes they counted
+        self.shares.clear()
         self._undo = None

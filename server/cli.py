@@ -74,6 +74,14 @@ def _env_default(field_name: str, default: object, convert: Callable[[str], Any]
     return default if raw is None else convert(raw)
 
 
+def _parse_bool(raw: str) -> bool:
+    """A BLINDRELAY_* variable for an on/off flag."""
+    value = raw.strip().lower()
+    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+        raise SystemExit(f"blindrelay serve: not an on/off value: {raw!r}")
+    return value in ("1", "true", "yes", "on")
+
+
 def register_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``blindrelay serve``: run a relay; every flag has a BLINDRELAY_* variable."""
     parser = subparsers.add_parser(
@@ -90,18 +98,19 @@ def register_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     for field in fields(RelayConfig):
         default = getattr(defaults, field.name)
         convert: Callable[[str], Any] = {
-            "int": int, "float": float, "str": str, "Path": Path,
+            "int": int, "float": float, "str": str, "Path": Path, "bool": bool,
         }[field.type if isinstance(field.type, str) else field.type.__name__]  # fmt: skip
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"type": convert, "metavar": _flag(field.name).upper()}
         if field.name == "synchronous":
             kwargs["choices"] = SYNCHRONOUS_MODES
-            convert = str.upper
+            kwargs["type"] = convert = str.upper
+        if convert is bool:  # --require-invites / --no-require-invites
+            kwargs = {"action": argparse.BooleanOptionalAction}
+            convert = _parse_bool
         parser.add_argument(
             "--" + _flag(field.name).replace("_", "-"),
             dest=field.name,
-            type=convert,
             default=_env_default(field.name, default, convert),
-            metavar=_flag(field.name).upper(),
             help=f"(default: {default})",
             **kwargs,
         )
@@ -117,10 +126,11 @@ def register_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
 
 def _serve(args: argparse.Namespace) -> int:
     from .logs import configure_logging
+    from .writer import WriterStartError
 
     try:
         config = RelayConfig(**{f.name: getattr(args, f.name) for f in fields(RelayConfig)})
-    except ValueError as exc:  # a limit out of range: one line, not a traceback
+    except ValueError as exc:
         print(f"blindrelay serve: {exc}", file=sys.stderr)
         return 2
     configure_logging(args.log_level)
@@ -128,6 +138,9 @@ def _serve(args: argparse.Namespace) -> int:
         return asyncio.run(_run_until_signalled(config))
     except OSError as exc:
         print(f"blindrelay serve: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except WriterStartError as exc:
+        print(f"blindrelay serve: cannot open the database: {exc}", file=sys.stderr)
         return 1
 
 

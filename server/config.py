@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blindrelay.protocol import limits
+from blindrelay.protocol.errors import ProtocolError
+from blindrelay.protocol.frames import ProofOfWork
 
 from . import gcpolicy
 
@@ -64,6 +66,13 @@ class RelayConfig:
     send_burst_business: int = limits.SEND_BURST_BUSINESS
     send_rate_pair: float = limits.SEND_RATE_PER_S_PAIR
     send_burst_pair: int = limits.SEND_BURST_PAIR
+    one_time_prekey_rate_per_h: float = limits.ONE_TIME_PREKEY_RATE_PER_H
+    one_time_prekey_burst: int = limits.ONE_TIME_PREKEY_BURST
+    queue_share_per_sender: int = limits.QUEUE_SHARE_PER_SENDER
+    queue_share_strangers: int = limits.QUEUE_SHARE_STRANGERS
+    message_request_max: int = limits.MESSAGE_REQUEST_MAX
+    first_contacts_per_h: float = limits.FIRST_CONTACTS_PER_H
+    first_contacts_burst: int = limits.FIRST_CONTACTS_BURST
     bundle_rate_per_min: float = limits.BUNDLE_FETCH_RATE_PER_MIN
     bundle_burst: int = limits.BUNDLE_FETCH_BURST
     prekeys_upload_rate_per_min: float = limits.PREKEYS_UPLOAD_RATE_PER_MIN
@@ -78,6 +87,17 @@ class RelayConfig:
     profile_fetch_burst: int = limits.PROFILE_FETCH_BURST
     usage_fetch_rate_per_min: float = limits.USAGE_FETCH_RATE_PER_MIN
     usage_fetch_burst: int = limits.USAGE_FETCH_BURST
+    register_rate_per_h: float = limits.REGISTER_RATE_PER_H_ADDRESS
+    register_burst: int = limits.REGISTER_BURST_ADDRESS
+    """Registrations per source address (SPEC §4.6.1); tests and benchmarks that
+    register many accounts from 127.0.0.1 raise them explicitly."""
+    pow_bits: int = limits.POW_BITS
+    """Registration proof-of-work difficulty (SPEC §4.6.3); 0 is off."""
+    pow_opslimit: int = limits.POW_OPSLIMIT
+    pow_memlimit: int = limits.POW_MEMLIMIT_BYTES
+    """Argon2id cost of one evaluation, in passes and bytes, when ``pow_bits`` > 0."""
+    require_invites: bool = False
+    """Only REGISTERs with an invite from ``blindrelay admin invite`` (SPEC §4.6.4)."""
     max_stored_one_time_prekeys: int = limits.MAX_STORED_ONE_TIME_PREKEYS
     service_window_ms: int = limits.SERVICE_WINDOW_MS
     consent_cooldown_ms: int = limits.CONSENT_COOLDOWN_MS
@@ -90,6 +110,10 @@ class RelayConfig:
     write_timeout_s: float = limits.WRITE_TIMEOUT_S
     purge_interval_s: float = 60.0
     """How often expired envelopes and remembered message ids are purged."""
+    checkpoint_interval_s: float = 60.0
+    """How often the writer folds the WAL into the database and truncates it: the
+    longest a deleted envelope stays readable in the WAL (SPEC §11.2). Each one
+    stalls the writer for the copy (milliseconds for a WAL of a few MiB)."""
     gc_threshold: int = gcpolicy.DEFAULT_THRESHOLD
     """Young-generation threshold of the relay's and the writer's garbage collector
     (:mod:`.gcpolicy`): higher costs less CPU and fewer pauses, lower frees cyclic
@@ -108,6 +132,13 @@ class RelayConfig:
             "send_burst_business": self.send_burst_business,
             "send_rate_pair": self.send_rate_pair,
             "send_burst_pair": self.send_burst_pair,
+            "one_time_prekey_rate_per_h": self.one_time_prekey_rate_per_h,
+            "one_time_prekey_burst": self.one_time_prekey_burst,
+            "queue_share_per_sender": self.queue_share_per_sender,
+            "queue_share_strangers": self.queue_share_strangers,
+            "message_request_max": self.message_request_max,
+            "first_contacts_per_h": self.first_contacts_per_h,
+            "first_contacts_burst": self.first_contacts_burst,
             "bundle_rate_per_min": self.bundle_rate_per_min,
             "bundle_burst": self.bundle_burst,
             "prekeys_upload_rate_per_min": self.prekeys_upload_rate_per_min,
@@ -122,6 +153,8 @@ class RelayConfig:
             "profile_fetch_burst": self.profile_fetch_burst,
             "usage_fetch_rate_per_min": self.usage_fetch_rate_per_min,
             "usage_fetch_burst": self.usage_fetch_burst,
+            "register_rate_per_h": self.register_rate_per_h,
+            "register_burst": self.register_burst,
             "max_stored_one_time_prekeys": self.max_stored_one_time_prekeys,
             "service_window_ms": self.service_window_ms,
             "consent_cooldown_ms": self.consent_cooldown_ms,
@@ -130,6 +163,7 @@ class RelayConfig:
             "auth_timeout_s": self.auth_timeout_s,
             "write_timeout_s": self.write_timeout_s,
             "purge_interval_s": self.purge_interval_s,
+            "checkpoint_interval_s": self.checkpoint_interval_s,
             "gc_threshold": self.gc_threshold,
         }
         for name, value in positive.items():
@@ -141,3 +175,16 @@ class RelayConfig:
             )
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be in 0..65535")
+        if self.pow_bits < 0:
+            raise ValueError("pow_bits must be 0 (off) or positive")
+        self.proof_of_work  # noqa: B018 - validates the cost against SPEC §4.6.3's bound
+
+    @property
+    def proof_of_work(self) -> ProofOfWork | None:
+        """The cost HELLO announces, or None when proof of work is off."""
+        if self.pow_bits == 0:
+            return None
+        try:
+            return ProofOfWork(self.pow_bits, self.pow_opslimit, self.pow_memlimit)
+        except ProtocolError as exc:
+            raise ValueError(f"proof of work: {exc.detail}") from None

@@ -30,6 +30,7 @@ from blindrelay.protocol.frames import Frame
 from .config import RelayConfig
 from .logs import log_event
 from .ratelimit import Clock, TokenBuckets
+from .registration import RegistrationPolicy
 from .storage import Account, Accounts, PreKeyStore
 from .writer import Writer, WriterJobError
 
@@ -60,10 +61,16 @@ class Transport(Protocol):
 class Session:
     """One connection: the protocol machine, its transport, and its delivery outbox."""
 
-    def __init__(self, conn: RelayConnection, transport: Transport, peer: str) -> None:
+    def __init__(
+        self, conn: RelayConnection, transport: Transport, peer: str, source: str = ""
+    ) -> None:
         self.conn = conn
         self.transport = transport
         self.peer = peer
+        """``host:port`` of the other end, for logs."""
+        self.source = source
+        """The source address the registration limit counts (SPEC §4.6.1):
+        :func:`.registration.source_key` of the peer's address."""
         self.outbox: Outbox | None = None
         self.account: Account | None = None
         """The authenticated account, set at WELCOME. Its handle and kind never
@@ -198,12 +205,17 @@ class RelayContext:
     accounts: Accounts
     """Reads on the event-loop thread (its own WAL reader connection)."""
     limiters: Limiters
-    prekeys: PreKeyStore
-    """Read-only, on the same reader: prekey uploads are checked here before the
-    writer is involved (SPEC §5.2)."""
+    registration: RegistrationPolicy
+    """SPEC §4.6: what a REGISTER must pass besides its proof."""
     sessions: Sessions = field(default_factory=Sessions)
     stopping: bool = False
     """Set by shutdown: frames that arrive now are refused with SHUTTING_DOWN."""
+    prekeys: PreKeyStore = field(init=False)
+    """Read-only, on the accounts' reader: prekey uploads are checked here before the
+    writer is involved (SPEC §5.2)."""
+
+    def __post_init__(self) -> None:
+        self.prekeys = PreKeyStore(self.accounts.db)
 
     def refuse(self, session: Session, frame: Frame | None, exc: BaseException) -> None:
         """The one place a handler's exception becomes an ERROR frame (SPEC §9)."""

@@ -28,7 +28,9 @@ from blindrelay.protocol.errors import Forbidden
 from blindrelay.protocol.frames import AccountKind, Ack, Intent, Send
 
 from . import fastframes
+from .config import RelayConfig
 from .context import Limiters, RelayContext, Session
+from .jobs import SendRules
 from .logs import LOGGER, log_event
 from .storage import Account
 
@@ -94,10 +96,35 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
     ctx.run_job(
         session, frame, "send",
         (handle, sender.kind, frame.to, frame.msg_id, frame.intent, frame.category,
-         frame.categories, frame.body, ctx.clock(), ctx.config.queue_cap,
-         ctx.config.service_window_ms),
+         frame.categories, frame.body, ctx.clock(), send_rules(ctx.config)),
         committed,
     )  # fmt: skip
+
+
+_made: tuple[RelayConfig, SendRules] | None = None
+
+
+def send_rules(config: RelayConfig) -> SendRules:
+    """The limits every SEND job applies, made once per configuration (SPEC §10).
+
+    Remembered by identity: hashing the configuration (as ``functools.cache``
+    would) cost a microsecond of the event loop per SEND.
+    """
+    global _made
+    made = _made
+    if made is not None and made[0] is config:
+        return made[1]
+    rules = SendRules(
+        queue_cap=config.queue_cap,
+        service_window_ms=config.service_window_ms,
+        queue_share_per_sender=config.queue_share_per_sender,
+        queue_share_strangers=config.queue_share_strangers,
+        message_request_max=config.message_request_max,
+        first_contacts_per_h=config.first_contacts_per_h,
+        first_contacts_burst=config.first_contacts_burst,
+    )
+    _made = (config, rules)
+    return rules
 
 
 def push_committed(

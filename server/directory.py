@@ -77,8 +77,9 @@ def fetch(ctx: RelayContext, session: Session, frame: BundleFetch) -> None:
     An unknown handle,
     a refusal by consent or block, and an account without a signed prekey get
     the same RECIPIENT_UNAVAILABLE (SPEC §7.7): the directory reveals
-    existence only by serving a bundle. With no one-time prekey left the
-    bundle goes out without one.
+    existence only by serving a bundle. With no one-time prekey left, or the
+    owner's budget of them spent (SPEC §5.3: per target, so sybils cannot drain
+    it), the bundle goes out without one.
     """
     requester = session.handle
     assert requester is not None
@@ -109,4 +110,10 @@ def fetch(ctx: RelayContext, session: Session, frame: BundleFetch) -> None:
             if owner_session is not None and owner_session.outbox is not None:
                 owner_session.send(PrekeysLow(remaining=remaining))
 
-    ctx.run_job(session, frame, "take_bundle", (requester, account.kind, owner, ctx.clock()), taken)
+    config = ctx.config
+    ctx.run_job(
+        session, frame, "take_bundle",
+        (requester, account.kind, owner, ctx.clock(), config.one_time_prekey_rate_per_h,
+         config.one_time_prekey_burst),
+        taken,
+    )  # fmt: skip

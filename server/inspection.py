@@ -96,17 +96,21 @@ def _when(ms: int) -> str:
 
 
 def _pairs(db: sqlite_utils.Database, limit: int) -> Iterator[str]:
-    yield f"pairs ({db['pairs'].count}; consent, pending request, window end, blockers):"
+    yield (
+        f"pairs ({db['pairs'].count}; consent, pending request, window end, blockers,"
+        " who wrote, message requests):"
+    )
     rows = db.execute(
-        "SELECT low, high, consent, pending, window_until, blockers FROM pairs"
+        "SELECT low, high, consent, pending, window_until, blockers, wrote, requests FROM pairs"
         " ORDER BY low, high LIMIT ?",
         (limit,),
     ).fetchall()
-    for low, high, consent, pending, window_until, blockers in rows:
+    for low, high, consent, pending, window_until, blockers, wrote, requests in rows:
         window = _when(window_until) if window_until else "-"
         yield (
             f"  {low} ↔ {high} consent={consent} pending={pending or '-'}"
-            f" window_until={window} blockers={blockers or '-'}"
+            f" window_until={window} blockers={blockers or '-'} wrote={wrote or '-'}"
+            f" requests={requests}"
         )
 
 

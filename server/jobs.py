@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
+from blindrelay.protocol import limits
 from blindrelay.protocol.consent import (
     REFUSE,
     Decision,
@@ -28,6 +29,7 @@ from blindrelay.protocol.consent import (
     Request,
     Verdict,
     after_accept,
+    is_stranger,
     may_deliver,
 )
 from blindrelay.protocol.consent import (
@@ -43,22 +45,17 @@ from blindrelay.protocol.errors import (
     NotFound,
     QueueFull,
     RecipientUnavailable,
+    RegistrationRefused,
     StaleStatement,
 )
 from blindrelay.protocol.frames import AccountKind, OneTimePreKeyRecord, SignedPreKeyRecord
 from blindrelay.protocol.signed import (
     Action,
     ConsentStatement,
-    check_statement_kinds,
     unverified_body,
 )
 
 from .storage import Account, QueuedEnvelope, Store
-
-FORWARDED_ACTIONS = frozenset({Action.GRANT, Action.DENY, Action.REVOKE})
-"""SPEC §7.5: always forwarded to the target (a business); blocks and unblocks
-only when the target is a business."""
-
 
 # --- shared rules ------------------------------------------------------------
 
@@ -72,6 +69,7 @@ def decide(
     *,
     category: str | None = None,
     categories: frozenset[str] = frozenset(),
+    message_request_max: int = limits.MESSAGE_REQUEST_MAX,
 ) -> tuple[Account | None, PairState, Decision]:
     """SPEC §7.3 inside a writer job: the recipient, the pair's state, the verdict.
 
@@ -80,14 +78,38 @@ def decide(
     the recipient's existence is looked at.
     """
     state = store.ledger.pair_state(sender.handle, to)
+    verified = (
+        sender.kind == AccountKind.BUSINESS
+        and request in BADGE_DEPENDENT
+        and business_verified(store, sender.handle, now)
+    )
     recipient = store.accounts.get(to)
     if recipient is None:
         return None, state, REFUSE
     decision = may_deliver(
-        sender_kind=sender.kind, recipient_kind=recipient.kind, request=request, state=state,
-        now=now, category=category, categories=categories,
+        sender=sender.handle, recipient=to, sender_kind=sender.kind,
+        recipient_kind=recipient.kind, request=request, state=state, now=now,
+        category=category, categories=categories, sender_verified=verified,
+        message_request_max=message_request_max,
     )  # fmt: skip
     return recipient, state, decision
+
+
+BADGE_DEPENDENT = frozenset({Request.CONSENT_REQUEST, Request.BUNDLE_FETCH})
+"""What a business may do to a stranger only with a badge (SPEC §7.3); nothing else
+reads the badge store, so notifications and replies cost no lookup."""
+
+
+def business_verified(store: Store, handle: str, now: int) -> bool:
+    """SPEC §7.3, §8.1: a badge in force for the business's current identity key.
+
+    Read from the badge store on every call, never cached: "when the operator
+    revokes a badge the relay stops serving it at once", and stops counting it.
+    """
+    account = store.accounts.get(handle)
+    if account is None:
+        return False
+    return store.badges.current(handle, key_fingerprint(account.identity_key), now) is not None
 
 
 def refuse_unless_allowed(decision: Decision) -> None:
@@ -139,10 +161,31 @@ def create_relay_seed(store: Store, seed: bytes, public: bytes, now: int) -> byt
     return store.relay_identity.load_or_create(lambda: (seed, public), now)
 
 
-def create_account(store: Store, handle: str, kind: str, identity_key: bytes, now: int) -> None:
+def create_account(
+    store: Store,
+    handle: str,
+    kind: str,
+    identity_key: bytes,
+    now: int,
+    invite: bytes | None = None,
+) -> None:
+    """SPEC §3.2, §4.2, §4.6.4: one job, so no two registrations can both pass a check.
+
+    ``invite`` is the hash of the REGISTER's invite when the relay requires one.
+    It is consumed first; a later refusal rolls the job back, invite included.
+    """
+    # "An invite MUST be consumed in the same transaction that creates the account."
+    if invite is not None and not store.invites.consume(invite):
+        raise RegistrationRefused("invite unknown or used")
+    # "The relay MUST refuse [...] a handle with a leading skeleton equal to the
+    # skeleton of an existing business, with ERROR 201 HANDLE_TAKEN."
+    if store.lookalikes.collides(handle):
+        raise HandleTaken()
     # "Handles are unique: a REGISTER for an existing handle MUST be refused."
     if not store.accounts.create(Account(handle, kind, identity_key), now):
         raise HandleTaken()
+    if kind == AccountKind.BUSINESS:
+        store.lookalikes.add(handle)
 
 
 def login_counts(store: Store, handle: str, not_before: int) -> list[Any]:
@@ -179,17 +222,34 @@ def upload_prekeys(
     store.prekeys.upload(handle, signed_record, records, cap, now)
 
 
+ONE_TIME_PREKEYS = "one_time_prekeys"
+"""The :class:`~.storage.Budgets` bucket of one-time prekeys handed out per owner."""
+
+
 def take_bundle(
-    store: Store, requester: str, requester_kind: str, owner: str, now: int
+    store: Store,
+    requester: str,
+    requester_kind: str,
+    owner: str,
+    now: int,
+    rate_per_h: float = limits.ONE_TIME_PREKEY_RATE_PER_H,
+    burst: int = limits.ONE_TIME_PREKEY_BURST,
 ) -> list[Any]:
     """SPEC §5.3, §7.3: consent decided and one one-time prekey consumed in one job.
 
-    Returns [identity_key, kind, [key_id, public, signature], [key_id, public] | None, remaining].
+    "The relay … hands out at most ONE_TIME_PREKEY_BURST one-time prekeys of one owner,
+    refilled at ONE_TIME_PREKEY_RATE_PER_H …, whoever asks. When the owner's budget is
+    spent the relay MUST still serve the bundle, without one_time."
+
+    Returns [identity_key, kind, [key_id, public, signature], [key_id, public] | None,
+    remaining].
     """
     sender = Account(requester, requester_kind, b"")
     _, _, decision = decide(store, sender, owner, Request.BUNDLE_FETCH, now)
     refuse_unless_allowed(decision)
-    row = store.prekeys.take_bundle(owner)
+    row = store.prekeys.take_bundle(
+        owner, lambda: store.budgets.take(ONE_TIME_PREKEYS, owner, rate_per_h, burst, now)
+    )
     if row is None:
         raise RecipientUnavailable()
     spk, otk = row.signed_prekey, row.one_time
@@ -197,6 +257,34 @@ def take_bundle(
         row.identity_key, row.kind, [spk.key_id, spk.public, spk.signature],
         [otk.key_id, otk.public] if otk is not None else None, row.remaining,
     ]  # fmt: skip
+
+
+class SendRules(NamedTuple):
+    """The relay's *default* limits a SEND job applies (SPEC §6.3, §7.3, §10); one list
+    on the wire, made once per configuration (:func:`.delivery.send_rules`)."""
+
+    queue_cap: int
+    service_window_ms: int
+    queue_share_per_sender: int
+    queue_share_strangers: int
+    message_request_max: int
+    first_contacts_per_h: float
+    first_contacts_burst: int
+
+
+DEFAULT_SEND_RULES = SendRules(
+    queue_cap=limits.QUEUE_CAP_PER_RECIPIENT,
+    service_window_ms=limits.SERVICE_WINDOW_MS,
+    queue_share_per_sender=limits.QUEUE_SHARE_PER_SENDER,
+    queue_share_strangers=limits.QUEUE_SHARE_STRANGERS,
+    message_request_max=limits.MESSAGE_REQUEST_MAX,
+    first_contacts_per_h=limits.FIRST_CONTACTS_PER_H,
+    first_contacts_burst=limits.FIRST_CONTACTS_BURST,
+)
+"""What a relay with the default configuration passes (tests change one field)."""
+
+FIRST_CONTACTS = "first_contacts"
+"""The :class:`~.storage.Budgets` bucket of new strangers per sender (SPEC §7.3)."""
 
 
 def send(
@@ -210,21 +298,59 @@ def send(
     categories: list[str] | None,
     body: bytes,
     now: int,
-    cap: int,
-    window_ms: int,
+    rules: list[Any],
 ) -> Any:
     """SPEC §6.1–6.3, §7.3, §8.4: decide, enqueue, update the pair, meter — one job.
 
     Returns the original time (an int) for a resend, else [delivery_id, at].
     """
+    cap, window_ms, per_sender, strangers, request_max, contacts_per_h, contacts_burst = rules
     digest = envelope_digest(to, intent, category, categories, body)
     sender = Account(handle, kind, b"")
     queue = store.queue
     asked = frozenset(categories or ())
     recipient, state, decision = decide(
-        store, sender, to, Request(intent), now, category=category, categories=asked
-    )
-    if decision.verdict is not Verdict.ALLOW or queue.queued(to) >= cap:
+        store, sender, to, Request(intent), now, category=category, categories=asked,
+        message_request_max=request_max,
+    )  # fmt: skip
+    full = stranger = False
+    if recipient is None and kind == AccountKind.USER and intent == "chat" and not state.wrote:
+        # SPEC §7.7, "the same work … including for an unknown account": a chat to an
+        # unknown handle reads the first-contact budget as a new stranger's would, so
+        # a sender whose budget is spent cannot tell the two refusals apart by time.
+        store.budgets.tokens(FIRST_CONTACTS, handle, contacts_per_h, contacts_burst, now)
+    if decision.verdict is Verdict.ALLOW:
+        assert recipient is not None
+        # SPEC §6.3: the strangers' pool is a user's; a business's customers are all
+        # strangers to it, and the pool would shut every one of them out alike.
+        stranger = (
+            recipient.kind == AccountKind.USER
+            and to not in state.wrote  # a contact: the common case, decided here
+            and is_stranger(state, handle, to)
+        )
+        # "The relay MUST refuse with 401 QUEUE_FULL an envelope that would take a
+        # recipient's undelivered envelopes past QUEUE_CAP_PER_RECIPIENT, the sender's own
+        # … past QUEUE_SHARE_PER_SENDER, or — for a user recipient and a sender that is a
+        # stranger to it — the strangers' … past QUEUE_SHARE_STRANGERS."
+        queued = queue.queued(to)
+        full = queued >= cap
+        floor = per_sender if per_sender < strangers else strangers
+        if not full and queued >= floor:  # below it no share can be reached: no count
+            shares = queue.shares(to, floor)
+            full = shares.senders.get(handle, 0) >= per_sender or (
+                stranger and shares.strangers >= strangers
+            )
+        # SPEC §7.3: "a user may open at most FIRST_CONTACTS_BURST of those at once,
+        # refilled at FIRST_CONTACTS_PER_H"; refused like any pair-dependent refusal.
+        # Taken last, so a refusal above spends nothing, and an empty bucket writes nothing.
+        take = store.budgets.take
+        if (
+            not full
+            and decision.first_contact
+            and not take(FIRST_CONTACTS, handle, contacts_per_h, contacts_burst, now)
+        ):
+            decision = REFUSE
+    if decision.verdict is not Verdict.ALLOW or full:
         # A resend is answered from ``sent`` before any refusal: it was decided,
         # enqueued and counted once already ("an idempotent resend counts once").
         resend = queue.remembered(handle, msg_id, digest)
@@ -234,7 +360,7 @@ def send(
         raise QueueFull()
     assert recipient is not None
     delivery_id = queue.add_if_new(
-        to, sender, msg_id, intent, category, categories, body, digest, now
+        to, sender, msg_id, intent, category, categories, body, digest, now, stranger
     )
     if delivery_id is None:  # a resend (or MessageIdReused); nothing was written
         known = queue.remembered(handle, msg_id, digest)
@@ -258,7 +384,14 @@ def acknowledge(store: Store, acks: list[list[Any]]) -> list[int]:
     them costs the writer one job instead of hundreds.
     """
     acknowledge_ids = store.queue.acknowledge
-    return [acknowledge_ids(handle, delivery_ids) for handle, delivery_ids in acks]
+    get = store.accounts.get
+    results = []
+    for handle, delivery_ids in acks:
+        account = get(handle)
+        # Only a business's queue holds forwarded statements (SPEC §7.5).
+        itemized = account is not None and account.kind == AccountKind.BUSINESS
+        results.append(acknowledge_ids(handle, delivery_ids, itemized=itemized))
+    return results
 
 
 def page(store: Store, handle: str, after: int, limit: int, not_before: int) -> list[list[Any]]:
@@ -266,27 +399,45 @@ def page(store: Store, handle: str, after: int, limit: int, not_before: int) -> 
 
 
 def apply_statement(
-    store: Store, handle: str, signed: bytes, now: int, cooldown_ms: int
+    store: Store,
+    handle: str,
+    signed: bytes,
+    now: int,
+    cooldown_ms: int,
+    max_block_targets: int = limits.MAX_BLOCK_TARGETS,
 ) -> list[Any]:
     """SPEC §7.4–7.5 after the stateless checks passed on the loop.
 
     ``signed`` was verified there; decoding it again here (without the
     signature check) is cheaper than shipping each field. Returns
-    [purged delivery ids, forwarded envelope row | None].
+    [purged delivery ids (the signer's queue), forwarded envelope row | None,
+    superseded delivery ids (the target's queue)].
     """
     statement = unverified_body(ConsentStatement, signed)
     current = store.accounts.get(handle)
     if current is None or current.identity_key != statement.signer_key:
         raise InvalidStatement("signer_key: identity key rotated")
+    # "…whose action does not fit the signer's kind" → 500: it depends on the signer only.
+    if statement.is_consent and current.kind != AccountKind.USER:
+        raise InvalidStatement("grant, deny and revoke are made by users")
     target = store.accounts.get(statement.target)
-    if target is None:
-        raise RecipientUnavailable()  # "An unknown target gets ERROR 400."
-    check_statement_kinds(statement, current.kind, target.kind)
+    # "A grant, deny or revoke whose target is not a business — a user or a handle that
+    # does not exist — gets ERROR 400": one refusal, so it tells neither kind nor existence.
+    if statement.is_consent and (target is None or target.kind != AccountKind.BUSINESS):
+        raise RecipientUnavailable()
+    # A block or unblock of a handle nobody holds is kept like any other (SPEC §7.4).
+    target_kind = target.kind if target is not None else None
     # "…or whose (signer, nonce) it has seen before" → 501.
     if store.ledger.seen(handle, statement.nonce):
         raise StaleStatement("nonce: statement seen before")
     action = Action(statement.action)
-    state = store.ledger.pair_state(handle, target.handle)
+    if action is Action.BLOCK:
+        # "…once the signer has them on record for MAX_BLOCK_TARGETS accounts, existing
+        # or not" → 500.
+        on_record = store.ledger.block_targets(handle, statement.target)
+        if on_record is not None and on_record >= max_block_targets:
+            raise InvalidStatement(f"blocks on record for {on_record} accounts already")
+    state = store.ledger.pair_state(handle, statement.target)
     new_state, purge = transition(
         state,
         action=action,
@@ -295,32 +446,42 @@ def apply_statement(
         signer_is_user_blocking_business=(
             action is Action.BLOCK
             and current.kind == AccountKind.USER
-            and target.kind == AccountKind.BUSINESS
+            and target_kind == AccountKind.BUSINESS
         ),
         now=now,
         cooldown_ms=cooldown_ms,
     )  # raises InvalidStatement (500) where the transition table has no entry
-    store.ledger.store_pair(handle, target.handle, new_state)
-    store.ledger.record(statement, signed, now)
+    store.ledger.store_pair(handle, statement.target, new_state)
+    superseded_nonces = store.ledger.record(statement, signed, now)
     purged: list[int] = []
     if purge.everything_from_target:
-        purged = store.queue.withdraw(handle, target.handle, None)
+        purged = store.queue.withdraw(handle, statement.target, None)
     elif purge.notification_categories:
-        purged = store.queue.withdraw(handle, target.handle, purge.notification_categories)
+        purged = store.queue.withdraw(handle, statement.target, purge.notification_categories)
     forwarded = None
-    # SPEC §7.5; never while the target blocks the signer ("nothing from the
-    # blocked account reaches the blocker").
-    if (
-        action in FORWARDED_ACTIONS or target.kind == AccountKind.BUSINESS
-    ) and target.handle not in new_state.blockers:
-        forwarded = envelope_row(
-            store.queue.enqueue_statement(target.handle, current, statement.nonce, signed, now)
-        )
-    return [purged, forwarded]
+    superseded: list[int] = []
+    if target_kind == AccountKind.BUSINESS:
+        # "A newer forwarded statement of the same signer, target and family replaces
+        # the older one not yet delivered."
+        superseded = store.queue.withdraw_statements(statement.target, handle, superseded_nonces)
+        # SPEC §7.5: to a business target only (every consent statement has one); never
+        # while the target blocks the signer ("nothing from the blocked account reaches
+        # the blocker").
+        if statement.target not in new_state.blockers:
+            forwarded = envelope_row(
+                store.queue.enqueue_statement(
+                    statement.target, current, statement.nonce, signed, now
+                )
+            )
+    return [purged, forwarded, superseded]
 
 
 def statements_in_force(store: Store, handle: str, after: int, limit: int) -> list[Any]:
-    items, cursor = store.ledger.in_force(handle, after, limit)
+    """SPEC §7.6: a statement is listed to its target only if it was forwarded to it —
+    a business; a user is never listed who blocked them (SPEC §7.5)."""
+    account = store.accounts.get(handle)
+    targeted = account is not None and account.kind == AccountKind.BUSINESS
+    items, cursor = store.ledger.in_force(handle, after, limit, targeted=targeted)
     return [items, cursor]
 
 
@@ -332,12 +493,21 @@ def put_profile(store: Store, handle: str, identity_key: bytes, profile: bytes, 
 
 
 def fetch_profile(store: Store, owner: str, now: int) -> list[Any]:
-    """[identity_key, signed profile | None, badge in force | None]."""
-    account = store.accounts.get(owner)
-    if account is None:
+    """SPEC §8.2: [identity_key, signed profile | None, badge in force | None] of a business.
+
+    "A PROFILE_FETCH naming a user account or an unknown handle MUST get the
+    same ERROR 601 NOT_FOUND … after the same work": every lookup runs before
+    the kind is looked at (a user has neither profile nor badge rows), and the
+    account is read with :meth:`~.storage.Accounts.get_evenly`, because the
+    cached :meth:`~.storage.Accounts.get` answers a known handle faster.
+    """
+    account = store.accounts.get_evenly(owner)
+    identity_key = account.identity_key if account is not None else bytes(32)
+    badge = store.badges.current(owner, key_fingerprint(identity_key), now)
+    profile = store.profiles.get(owner)
+    if account is None or account.kind != AccountKind.BUSINESS:
         raise NotFound()
-    badge = store.badges.current(owner, key_fingerprint(account.identity_key), now)
-    return [account.identity_key, store.profiles.get(owner), badge]
+    return [identity_key, profile, badge]
 
 
 def usage_month(store: Store, handle: str, month: str) -> list[Any]:
@@ -346,10 +516,21 @@ def usage_month(store: Store, handle: str, month: str) -> list[Any]:
     return [usage.notifications, usage.service_replies, usage.user_initiated]
 
 
-def purge(store: Store, before: int) -> list[int]:
-    """SPEC §6.6: drop envelopes and remembered msg_ids older than ``before``."""
+def purge(store: Store, before: int, now: int) -> list[int]:
+    """SPEC §6.6: drop envelopes and remembered msg_ids older than ``before``; and
+    statement nonces that can no longer be replayed fresh (SPEC §7.6), and budgets
+    that have refilled (SPEC §11)."""
     envelopes, ids = store.queue.purge(before)
+    store.ledger.purge_nonces(now)
+    store.budgets.purge(now)
     return [envelopes, ids]
+
+
+def checkpoint(store: Store) -> None:
+    """SPEC §11.2: truncate the WAL once this batch has committed (a checkpoint
+    cannot run inside the batch's transaction; :class:`~.storage.GroupCommitter`
+    runs it before answering)."""
+    store.checkpoint_requested = True
 
 
 OPERATIONS: dict[str, Callable[..., Any]] = {
@@ -357,7 +538,7 @@ OPERATIONS: dict[str, Callable[..., Any]] = {
     for f in (
         noop, relay_seed, create_relay_seed, create_account, login_counts, rotate_identity,
         upload_prekeys, take_bundle, send, acknowledge, page, apply_statement,
-        statements_in_force, put_profile, fetch_profile, usage_month, purge,
+        statements_in_force, put_profile, fetch_profile, usage_month, purge, checkpoint,
     )
 }  # fmt: skip
 """Operation name → function; the only code the writer process will run for a job."""

@@ -2,12 +2,18 @@
 
 - ``pairs`` holds one :class:`~blindrelay.protocol.consent.PairState` per
   unordered pair of handles (consent per category, pending request, window
-  end, who blocks whom). A pair without a row is in the initial state.
-- ``statements`` keeps every accepted statement byte for byte, with its
-  ``(signer, nonce)`` unique: that is the replay check of SPEC §7.4.
-- ``statements_in_force`` points, per (signer, target, action family), at the
-  latest statement — the family is ``consent:<category>`` or ``block`` — which
-  is what STATEMENTS_LIST returns (SPEC §7.6).
+  end, who blocks whom, who has written to whom and the message requests
+  sent). A pair without a row is in the initial state.
+- ``statements`` keeps the accepted statements still in force byte for byte;
+  ``statements_in_force`` points, per (signer, target, action family), at the
+  latest one — the family is ``consent:<category>`` or ``block`` — which is
+  what STATEMENTS_LIST returns (SPEC §7.6). A statement no family points at
+  any more is superseded and deleted (SPEC §11), so storage grows with the
+  pairs, not with how often someone changes their mind.
+- ``statement_nonces`` is the replay check of SPEC §7.4: every accepted
+  ``(signer, nonce)``, kept while a statement carrying it could still be fresh
+  (``STATEMENT_NONCE_KEEP_MS`` after acceptance; older ones are stale by
+  their ``issued_at`` anyway), then purged with the queue (:meth:`purge_nonces`).
 
 Every method runs inside a writer job, so reading a pair's state and acting
 on it is one transaction with whatever the job writes next. Pair states are
@@ -25,10 +31,16 @@ import json
 
 import sqlite_utils
 
+from blindrelay.protocol import limits
 from blindrelay.protocol.consent import INITIAL, CategoryConsent, CategoryState, PairState
 from blindrelay.protocol.signed import ConsentStatement
 
 from .cache import WriterCache
+
+STATEMENT_NONCE_KEEP_MS = 2 * limits.STATEMENT_SKEW_MS
+"""How long an accepted nonce is remembered. A statement is accepted only within
+``STATEMENT_SKEW_MS`` of the relay's clock, so one accepted at t was issued after
+t − skew and is stale from t + 2 × skew on: a replay after that fails on time alone."""
 
 
 def _key(a: str, b: str) -> tuple[str, str]:
@@ -74,7 +86,8 @@ class ConsentLedger:
 
     def _read(self, key: tuple[str, str]) -> PairState:
         row = self.db.conn.execute(
-            "SELECT consent, pending, window_until, blockers FROM pairs WHERE low = ? AND high = ?",
+            "SELECT consent, pending, window_until, blockers, wrote, requests FROM pairs"
+            " WHERE low = ? AND high = ?",
             key,
         ).fetchone()
         if row is None:
@@ -88,6 +101,8 @@ class ConsentLedger:
             pending=_split(row[1]),
             window_until=int(row[2]),
             blockers=_split(row[3]),
+            wrote=_split(row[4]),
+            requests=int(row[5]),
         )
 
     def store_pair(self, a: str, b: str, state: PairState) -> None:
@@ -95,25 +110,43 @@ class ConsentLedger:
             {name: [c.state.value, c.until] for name, c in sorted(state.consent.items())}
         )
         self.db.execute(
-            "INSERT INTO pairs (low, high, consent, pending, window_until, blockers)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (low, high) DO UPDATE SET"
+            "INSERT INTO pairs (low, high, consent, pending, window_until, blockers, wrote,"
+            " requests) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (low, high) DO UPDATE SET"
             " consent = excluded.consent, pending = excluded.pending,"
-            " window_until = excluded.window_until, blockers = excluded.blockers",
+            " window_until = excluded.window_until, blockers = excluded.blockers,"
+            " wrote = excluded.wrote, requests = excluded.requests",
             (*_key(a, b), consent, _join(state.pending), state.window_until,
-             _join(state.blockers)),
+             _join(state.blockers), _join(state.wrote), state.requests),
         )  # fmt: skip
         self.cache.put(self.cache.pairs, _key(a, b), state)
 
     def seen(self, signer: str, nonce: bytes) -> bool:
         """Whether ``(signer, nonce)`` was accepted before (SPEC §7.4 replay check)."""
         row = self.db.execute(
-            "SELECT 1 FROM statements WHERE signer = ? AND nonce = ?", (signer, nonce)
+            "SELECT 1 FROM statement_nonces WHERE signer = ? AND nonce = ?", (signer, nonce)
         ).fetchone()
         return row is not None
 
-    def record(self, statement: ConsentStatement, signed: bytes, now: int) -> int:
-        """Store an accepted statement and make it the one in force for its families."""
-        cursor = self.db.execute(
+    def record(self, statement: ConsentStatement, signed: bytes, now: int) -> list[bytes]:
+        """Store an accepted statement, make it the one in force for its families and
+        delete the statements it supersedes; returns their nonces (SPEC §7.5–7.6)."""
+        db = self.db
+        signer, target = statement.signer, statement.target
+        db.execute(
+            "INSERT INTO statement_nonces (signer, nonce, kept_until) VALUES (?, ?, ?)",
+            (signer, statement.nonce, now + STATEMENT_NONCE_KEEP_MS),
+        )
+        own = families(statement)
+        marks = ",".join("?" * len(own))
+        before = {
+            int(row[0])
+            for row in db.execute(
+                "SELECT seq FROM statements_in_force"  # noqa: S608 - marks only
+                f" WHERE signer = ? AND target = ? AND family IN ({marks})",
+                (signer, target, *own),
+            ).fetchall()
+        }
+        cursor = db.execute(
             "INSERT INTO statements (signer, target, action, categories, issued_at,"
             " accepted_at, nonce, signed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -124,25 +157,62 @@ class ConsentLedger:
         )  # fmt: skip
         seq = cursor.lastrowid
         assert seq is not None
-        self.db.conn.executemany(
+        db.conn.executemany(
             "INSERT OR REPLACE INTO statements_in_force (signer, target, family, seq)"
             " VALUES (?, ?, ?, ?)",
-            [(statement.signer, statement.target, family, seq) for family in families(statement)],
+            [(signer, target, family, seq) for family in own],
         )
-        return seq
+        superseded: list[bytes] = []
+        for old in sorted(before):
+            # In force still for a family this statement does not name (a grant of both
+            # categories outlives a revoke of one): kept.
+            if db.execute(
+                "SELECT 1 FROM statements_in_force WHERE signer = ? AND target = ? AND seq = ?",
+                (signer, target, old),
+            ).fetchone() is None:
+                row = db.execute(
+                    "DELETE FROM statements WHERE seq = ? RETURNING nonce", (old,)
+                ).fetchone()
+                superseded.append(bytes(row[0]))
+        return superseded
 
-    def in_force(self, handle: str, after: int, limit: int) -> tuple[list[bytes], int | None]:
-        """SPEC §7.6: statements in force that ``handle`` signed or is the target of.
+    def block_targets(self, signer: str, target: str) -> int | None:
+        """How many accounts ``signer`` has a block or unblock in force for; None when
+        ``target`` is one of them (SPEC §7.4, ``MAX_BLOCK_TARGETS``)."""
+        known = self.db.execute(
+            "SELECT 1 FROM statements_in_force WHERE signer = ? AND target = ? AND family = ?",
+            (signer, target, "block"),
+        ).fetchone()
+        if known is not None:
+            return None
+        return int(
+            self.db.execute(
+                "SELECT COUNT(*) FROM statements_in_force WHERE signer = ? AND family = ?",
+                (signer, "block"),
+            ).fetchone()[0]
+        )
+
+    def purge_nonces(self, now: int) -> int:
+        """Forget nonces no statement can carry any more without being stale (SPEC §7.4)."""
+        return int(
+            self.db.execute("DELETE FROM statement_nonces WHERE kept_until < ?", (now,)).rowcount
+        )
+
+    def in_force(
+        self, handle: str, after: int, limit: int, *, targeted: bool
+    ) -> tuple[list[bytes], int | None]:
+        """SPEC §7.6: statements in force that ``handle`` signed or, with ``targeted``
+        (a business: statements about it are forwarded to it), is the target of.
 
         Oldest first, with sequence numbers above ``after``; the second value is
         the cursor for the next page, or None when nothing more remains.
         """
+        signed_by = "SELECT seq FROM statements_in_force WHERE signer = ?"
+        about = " UNION SELECT seq FROM statements_in_force WHERE target = ?"
         rows = self.db.execute(
-            "SELECT seq, signed FROM statements WHERE seq > ? AND seq IN ("
-            " SELECT seq FROM statements_in_force WHERE signer = ?"
-            " UNION SELECT seq FROM statements_in_force WHERE target = ?)"
-            " ORDER BY seq LIMIT ?",
-            (after, handle, handle, limit + 1),
+            "SELECT seq, signed FROM statements WHERE seq > ? AND seq IN ("  # noqa: S608
+            + signed_by + (about if targeted else "") + ") ORDER BY seq LIMIT ?",
+            (after, handle, *((handle,) if targeted else ()), limit + 1),
         ).fetchall()
         page = rows[:limit]
         more = len(rows) > limit

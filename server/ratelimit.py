@@ -3,7 +3,9 @@
 A bucket holds up to ``burst`` tokens and refills at ``rate_per_s``; an action
 takes one token or is refused with the time until one is back, which becomes
 the ERROR's ``retry_after``. A full bucket is indistinguishable from an absent
-one, so full buckets are dropped to bound memory.
+one, so full buckets are dropped to bound memory — in amortised constant time:
+after a prune the next one waits until the table has doubled, so keys an
+attacker chooses (source addresses) cannot make every take rescan them all.
 
 Not here: which actions are limited and with which rates (``delivery``,
 ``directory``, ``config``).
@@ -33,6 +35,7 @@ class TokenBuckets:
         self._clock = clock
         self._buckets: dict[Hashable, tuple[float, int]] = {}
         """key → (tokens, time they were counted at, ms)."""
+        self._prune_at = _PRUNE_AT
 
     def take(self, key: Hashable) -> None:
         """Spend one token for ``key`` or raise :class:`RateLimited` with ``retry_after``."""
@@ -42,8 +45,9 @@ class TokenBuckets:
             retry_after = math.ceil((1.0 - tokens) / self.rate_per_ms)
             raise RateLimited("token bucket empty", retry_after_ms=max(1, retry_after))
         self._buckets[key] = (tokens - 1.0, now)
-        if len(self._buckets) > _PRUNE_AT:
+        if len(self._buckets) > self._prune_at:
             self._prune(now)
+            self._prune_at = max(_PRUNE_AT, 2 * len(self._buckets))
 
     def _tokens(self, key: Hashable, now: int) -> float:
         tokens, at = self._buckets.get(key, (self.burst, now))

@@ -62,10 +62,13 @@ from .context import Limiters, RelayContext, Session
 from .dispatch import Dispatcher
 from .logs import log_event
 from .ratelimit import Clock
-from .storage import Accounts, PreKeyStore, connect_reader
+from .registration import RegistrationPolicy, source_key
+from .storage import Accounts, connect_reader
 from .writer import Writer
 
 Rng = Callable[[int], bytes]
+SourceOf = Callable[[ServerConnection], str]
+"""A connection → the key of its registration bucket (SPEC §4.6.1)."""
 
 CLOSE_POLICY = 1008
 
@@ -619,17 +622,24 @@ class RunningRelay:
     """A relay serving in this event loop; ``await close()`` stops it cleanly."""
 
     def __init__(
-        self, config: RelayConfig, ctx: RelayContext, rng: Rng, reader_close: Callable[[], None]
+        self,
+        config: RelayConfig,
+        ctx: RelayContext,
+        rng: Rng,
+        reader_close: Callable[[], None],
+        source_of: SourceOf,
     ) -> None:
         self.config = config
         self.ctx = ctx
         self.relay_key = ctx.relay_key
         self.dispatcher = Dispatcher(ctx)
         self._rng = rng
+        self._source_of = source_of
         self._reader_close = reader_close
         self._server: Server | None = None
         self._sessions: set[Session] = set()
         self._purger: asyncio.Task[None] | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
         self._flusher = _Flusher()
         self.outgoing = OutgoingStats()
         self._closed = gcpolicy.ClosedConnections()
@@ -656,13 +666,18 @@ class RunningRelay:
         host, port = next(iter(self._server.sockets)).getsockname()[:2]
         self.url = f"ws://[{host}]:{port}" if ":" in host else f"ws://{host}:{port}"
         self._purger = asyncio.create_task(self._purge_periodically())
+        self._checkpointer = asyncio.create_task(self._checkpoint_periodically())
 
     async def _connection(self, ws: ServerConnection) -> None:
         # "The relay MUST refuse a handshake without the blindrelay.v1 subprotocol":
         # websockets answers 400 when no offered subprotocol matches ours.
         assert isinstance(ws, _RelayWebSocket)  # create_connection
-        conn = RelayConnection(self.relay_key, self.ctx.clock(), self._rng)
+        registration = self.ctx.registration
+        conn = RelayConnection(
+            self.relay_key, self.ctx.clock(), self._rng, registration.proof_of_work
+        )
         peer = ws.remote_address
+        name = f"{peer[0]}:{peer[1]}" if peer else "?"
         session: Session
         intake = _Intake(ws, lambda message: self._received(session, message))
         transport = _WebSocketTransport(
@@ -670,11 +685,11 @@ class RunningRelay:
             write_timeout_s=self.config.write_timeout_s, stats=self.outgoing,
         )  # fmt: skip
         ws.flow = transport
-        session = Session(conn, transport, peer=f"{peer[0]}:{peer[1]}" if peer else "?")
+        session = Session(conn, transport, peer=name, source=self._source_of(ws))
         transport.session = session
         self._sessions.add(session)
         timer = asyncio.get_running_loop().call_later(
-            self.config.auth_timeout_s, self.dispatcher.auth_expired, session
+            registration.auth_timeout_s, self.dispatcher.auth_expired, session
         )
         log_event(logging.INFO, "connected", peer=session.peer)
         transport.flush()
@@ -717,7 +732,7 @@ class RunningRelay:
     async def purge_expired(self) -> tuple[int, int]:
         """SPEC §6.6: drop envelopes and remembered msg_ids older than the queue TTL."""
         before = self.ctx.clock() - self.config.queue_ttl_ms
-        envelopes, ids = await self.ctx.writer.submit("purge", before)
+        envelopes, ids = await self.ctx.writer.submit("purge", before, self.ctx.clock())
         if envelopes or ids:
             log_event(logging.INFO, "purged", envelopes=envelopes, msg_ids=ids)
         return envelopes, ids
@@ -730,6 +745,19 @@ class RunningRelay:
                 log_event(logging.ERROR, "purge_failed", exc_type=type(exc).__name__)
             await asyncio.sleep(self.config.purge_interval_s)
 
+    async def checkpoint(self) -> None:
+        """SPEC §11.2: the WAL folded into the database and truncated, once every
+        job submitted before has committed (deleted envelopes leave the WAL)."""
+        await self.ctx.writer.submit("checkpoint")
+
+    async def _checkpoint_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.checkpoint_interval_s)
+            try:
+                await self.checkpoint()
+            except Exception as exc:  # e.g. the writer is gone; the relay is stopping anyway
+                log_event(logging.ERROR, "checkpoint_failed", exc_type=type(exc).__name__)
+
     async def close(self) -> None:
         """Stop accepting, finish in-flight commits (their SENTs go out), then close.
 
@@ -739,10 +767,11 @@ class RunningRelay:
         self.ctx.stopping = True
         if self._collection is not None:
             self._collection.cancel()
-        if self._purger is not None:
-            self._purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._purger
+        for task in (self._purger, self._checkpointer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._server is not None:
             self._server.close(close_connections=False)
         if self.ctx.writer.running:
@@ -752,6 +781,7 @@ class RunningRelay:
         if self._server is not None:
             await self._server.wait_closed()
         await self.ctx.writer.close()
+        self.ctx.registration.close()
         self._reader_close()
         log_event(logging.INFO, "stopped")
 
@@ -760,10 +790,28 @@ def _code(exc: ConnectionClosed) -> int | None:
     return exc.rcvd.code if exc.rcvd is not None else None
 
 
+def peer_source(ws: ServerConnection) -> str:
+    """The registration bucket of a connection: its peer's address (SPEC §4.6.1).
+
+    Behind a reverse proxy every peer is the proxy, and the limit then counts all
+    registrations together: raise it, or let the relay see the clients' addresses.
+    """
+    peer = ws.remote_address
+    return source_key(str(peer[0])) if peer else "?"
+
+
 async def serve(
-    config: RelayConfig, *, clock: Clock | None = None, rng: Rng | None = None
+    config: RelayConfig,
+    *,
+    clock: Clock | None = None,
+    rng: Rng | None = None,
+    source_of: SourceOf = peer_source,
 ) -> RunningRelay:
-    """Open the database, load or create the relay key, and start listening."""
+    """Open the database, load or create the relay key, and start listening.
+
+    ``clock``, ``rng`` and ``source_of`` are injected by tests; ``source_of``
+    lets a test give connections from 127.0.0.1 other source addresses.
+    """
     clock = clock or wall_clock_ms
     rng = rng or os.urandom
     writer = Writer(config.db_path, config.synchronous, config.gc_threshold)
@@ -787,9 +835,9 @@ async def serve(
         writer=writer,
         accounts=Accounts(reader),
         limiters=Limiters.from_config(config, clock),
-        prekeys=PreKeyStore(reader),
+        registration=RegistrationPolicy(config, clock),
     )
-    relay = RunningRelay(config, ctx, rng, reader.conn.close)
+    relay = RunningRelay(config, ctx, rng, reader.conn.close, source_of)
     writer.on_lost = relay.failed.set
     try:
         await relay._listen()

@@ -69,9 +69,13 @@ def receive_statement(ctx: RelayContext, session: Session, frame: Statement) -> 
     statement = _opened(ctx, handle, frame.statement, now)
 
     def applied(result: list[Any]) -> None:
-        purged, forwarded = result
+        purged, forwarded, superseded = result
         if session.outbox is not None and purged:
             session.outbox.withdraw(purged)
+        if superseded:
+            target = ctx.sessions.get(statement.target)
+            if target is not None and target.outbox is not None:
+                target.outbox.withdraw(superseded)
         session.send(Ok(re=frame.id))
         log_event(
             logging.INFO, "statement", handle=handle, action=statement.action,
@@ -84,7 +88,8 @@ def receive_statement(ctx: RelayContext, session: Session, frame: Statement) -> 
 
     ctx.run_job(
         session, frame, "apply_statement",
-        (handle, frame.statement, now, ctx.config.consent_cooldown_ms), applied,
+        (handle, frame.statement, now, ctx.config.consent_cooldown_ms, limits.MAX_BLOCK_TARGETS),
+        applied,
     )  # fmt: skip
 
 

@@ -9,12 +9,20 @@ Tables (SPEC §11 lists them; ``blindrelay inspect`` prints them):
   ``AUTOINCREMENT`` so ids only grow and are never reused (SPEC §6.4);
 - ``sent`` — (sender, msg_id) → digest and time, for idempotent resends,
   kept for the queue TTL even after delivery (SPEC §6.3);
-- ``pairs``, ``statements``, ``statements_in_force`` — consent, blocks and the
-  signed statements behind them (SPEC §7; :mod:`.ledger`);
+- ``pairs``, ``statements``, ``statements_in_force``, ``statement_nonces`` —
+  consent, blocks, the signed statements in force behind them and the nonces
+  that keep them unreplayable (SPEC §7; :mod:`.ledger`);
+- ``budgets`` — token buckets that must hold across restarts and outside any
+  one connection: first contacts per sender, one-time prekeys per owner (SPEC
+  §5.3, §7.3; :class:`Budgets`);
 - ``usage`` — metering counts per business, month, meter, category (SPEC §8.4;
   :mod:`.metering`);
 - ``profiles``, ``badges`` — signed business profiles and operator badges
   (SPEC §8.1–8.2; :mod:`.profiles`).
+- ``business_skeletons`` — the confusable skeleton of every business handle,
+  for the lookalike rule (SPEC §3.2; :class:`BusinessSkeletons`);
+- ``invites`` — hashes of the operator's unused invite tokens (SPEC §4.6.4;
+  :class:`Invites`).
 
 Bodies are opaque ciphertext: nothing here decodes them.
 
@@ -51,7 +59,11 @@ Not here: protocol rules (``auth``, ``directory``, ``delivery``).
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 import sqlite3
+import stat
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,13 +71,15 @@ from typing import Any
 
 import sqlite_utils
 
+from blindrelay.protocol import limits
 from blindrelay.protocol.errors import (
     InternalError,
     InvalidPrekeys,
     MessageIdReused,
     QueueFull,
 )
-from blindrelay.protocol.frames import OneTimePreKeyRecord, SignedPreKeyRecord
+from blindrelay.protocol.frames import AccountKind, OneTimePreKeyRecord, SignedPreKeyRecord
+from blindrelay.protocol.skeleton import leading_skeletons, skeleton
 
 from .cache import WriterCache
 from .ledger import ConsentLedger
@@ -73,7 +87,11 @@ from .logs import log_event
 from .metering import UsageMeter
 from .profiles import BadgeStore, ProfileStore
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
+"""3: ``business_skeletons`` (SPEC §3.2), filled from existing businesses on upgrade,
+and ``invites`` (SPEC §4.6.4). 4: ``statement_nonces`` and the pruning of superseded
+statements (SPEC §7.5–7.6), ``budgets`` (SPEC §5.3, §7.3), ``pairs.wrote``/``requests``
+(SPEC §7.2) and ``queue.stranger`` (SPEC §6.3)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS relay_identity (
@@ -112,10 +130,13 @@ CREATE TABLE IF NOT EXISTS queue (
     category TEXT,
     categories TEXT,
     sent_at INTEGER NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    stranger INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS queue_by_recipient ON queue (recipient, delivery_id);
 CREATE INDEX IF NOT EXISTS queue_by_age ON queue (sent_at);
+CREATE INDEX IF NOT EXISTS queue_statements ON queue (recipient, sender)
+    WHERE intent = 'statement';
 CREATE TABLE IF NOT EXISTS sent (
     sender TEXT NOT NULL,
     msg_id BLOB NOT NULL,
@@ -131,6 +152,8 @@ CREATE TABLE IF NOT EXISTS pairs (
     pending TEXT NOT NULL,
     window_until INTEGER NOT NULL,
     blockers TEXT NOT NULL,
+    wrote TEXT NOT NULL DEFAULT '',
+    requests INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (low, high)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS statements (
@@ -153,6 +176,20 @@ CREATE TABLE IF NOT EXISTS statements_in_force (
     PRIMARY KEY (signer, target, family)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS statements_in_force_by_target ON statements_in_force (target);
+CREATE TABLE IF NOT EXISTS statement_nonces (
+    signer TEXT NOT NULL,
+    nonce BLOB NOT NULL,
+    kept_until INTEGER NOT NULL,
+    PRIMARY KEY (signer, nonce)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS budgets (
+    name TEXT NOT NULL,
+    key TEXT NOT NULL,
+    tokens REAL NOT NULL,
+    at INTEGER NOT NULL,
+    full_at INTEGER NOT NULL,
+    PRIMARY KEY (name, key)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS usage (
     business TEXT NOT NULL,
     month TEXT NOT NULL,
@@ -177,7 +214,33 @@ CREATE TABLE IF NOT EXISTS badges (
     signed BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS badges_by_handle ON badges (handle, issued_at);
+CREATE TABLE IF NOT EXISTS business_skeletons (
+    skeleton TEXT PRIMARY KEY,
+    handle TEXT NOT NULL REFERENCES accounts(handle)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS invites (
+    digest BLOB PRIMARY KEY,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
 """
+
+
+FILE_MODE = 0o600
+"""SPEC §11.2: the database, its WAL and its shared memory are readable by the
+relay's user only — the database holds the relay's private seed."""
+
+WAL_SIZE_LIMIT_BYTES = 4 << 20
+"""``journal_size_limit``: what SQLite cuts the WAL back to when it restarts it
+after a checkpoint, so a burst does not leave a large file behind. 4 MiB is
+where SQLite's own automatic checkpoint fires (1000 pages of 4 KiB): smaller
+would truncate and regrow the file at every restart; the periodic truncating
+checkpoint (:func:`checkpoint`) empties it entirely anyway."""
+
+BUSY_TIMEOUT_MS = 5000
+CHECKPOINT_BUSY_TIMEOUT_MS = 200
+"""How long a checkpoint waits for readers of an older snapshot (an operator's
+``inspect``) before it gives up until the next one; the writer, and so every
+SEND, waits meanwhile."""
 
 
 def connect(path: Path, synchronous: str = "FULL") -> sqlite_utils.Database:
@@ -185,21 +248,127 @@ def connect(path: Path, synchronous: str = "FULL") -> sqlite_utils.Database:
 
     ``isolation_level=None``: the connection never opens transactions behind
     our back; :meth:`sqlite_utils.Database.atomic` opens them explicitly.
+    Files are private (:func:`_make_private`) and deleted rows are overwritten
+    (``secure_delete``, SPEC §11.2).
     """
+    _make_private(path)
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=True)
     conn.execute("PRAGMA journal_mode=WAL")
     # Checked against config.SYNCHRONOUS_MODES before we get here.
     conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("PRAGMA busy_timeout=5000")
+    # "Deleted rows MUST be overwritten": SQLite zeroes deleted cells and freed
+    # pages only with this on, and builds differ in the default (Debian's is on).
+    conn.execute("PRAGMA secure_delete=ON")
+    conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys=ON")
     db = sqlite_utils.Database(conn)
-    if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version < SCHEMA_VERSION:
         with db.atomic():
+            if version:  # an existing database, made by an older relay
+                _add_columns(conn)
             # Statement by statement: executescript() would COMMIT first.
             for statement in _statements():
                 conn.execute(statement)
+            _migrate(conn, version)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     return db
+
+
+_ADDED_COLUMNS = {
+    "queue": {"stranger": "INTEGER NOT NULL DEFAULT 0"},
+    "pairs": {
+        "wrote": "TEXT NOT NULL DEFAULT ''",
+        "requests": "INTEGER NOT NULL DEFAULT 0",
+    },
+}
+"""Columns added to existing tables (CREATE TABLE IF NOT EXISTS does not add them).
+Schema 4: who has written to whom, per pair (SPEC §7.2), and whether a queued
+envelope came from a stranger (SPEC §6.3). An upgraded relay starts with nobody having
+written: an existing conversation's next chat counts as a message request (or opens one)
+until the other side writes again; envelopes queued before count as no stranger's."""
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """ALTER TABLE for every column an older database lacks; idempotent."""
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if not have:
+            continue  # the table is new: the schema creates it whole
+        for name, declaration in columns.items():
+            if name not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+
+
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Fill what the new tables need from the data of an older schema (idempotent).
+
+    3: the skeletons of existing businesses (SPEC §3.2). 4: replay protection moves
+    to ``statement_nonces`` (seeded with every stored statement's nonce, kept
+    ``2 × STATEMENT_SKEW_MS`` past its acceptance); statements no longer in force,
+    and forwarded statements still queued for them, are pruned (SPEC §7.5–7.6, §11).
+    """
+    if version < 3:
+        businesses = conn.execute(
+            "SELECT handle FROM accounts WHERE kind = ? ORDER BY created_at, handle",
+            (AccountKind.BUSINESS.value,),
+        ).fetchall()
+        conn.executemany(
+            "INSERT OR IGNORE INTO business_skeletons (skeleton, handle) VALUES (?, ?)",
+            [(skeleton(handle), handle) for (handle,) in businesses],
+        )
+    if 0 < version < 4:
+        conn.execute(
+            "INSERT OR IGNORE INTO statement_nonces (signer, nonce, kept_until)"
+            " SELECT signer, nonce, accepted_at + ? FROM statements",
+            (2 * limits.STATEMENT_SKEW_MS,),
+        )
+        conn.execute(
+            "DELETE FROM statements WHERE seq NOT IN (SELECT seq FROM statements_in_force)"
+        )
+        conn.execute(
+            "DELETE FROM queue WHERE intent = 'statement' AND NOT EXISTS (SELECT 1 FROM"
+            " statements s WHERE s.signer = queue.sender AND s.nonce = queue.msg_id)"
+        )
+
+
+def _make_private(path: Path) -> None:
+    """SPEC §11.2: the database and its -wal and -shm are 0600 whatever the umask.
+
+    SQLite creates a new database 0644 (forcing the mode past the umask) and its
+    -wal and -shm with the database's mode, so the database is created here
+    first; files an older relay left wider are narrowed.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != FILE_MODE:
+            os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            companion = Path(f"{path}{suffix}")
+            if stat.S_IMODE(companion.stat().st_mode) != FILE_MODE:
+                companion.chmod(FILE_MODE)
+
+
+def checkpoint(db: sqlite_utils.Database) -> bool:
+    """SPEC §11.2: fold the WAL into the database file and truncate it to zero bytes.
+
+    What acknowledged and purged envelopes left in the WAL is gone after this;
+    in the database file ``secure_delete`` zeroed them. Must run outside a
+    transaction. False when a reader of an older snapshot kept it from
+    completing (within :data:`CHECKPOINT_BUSY_TIMEOUT_MS`): the next one retries.
+    """
+    conn = db.conn
+    conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_BUSY_TIMEOUT_MS}")
+    try:
+        busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    log_event(20 if not busy else 30, "wal_checkpoint", complete=not busy, frames=frames)
+    return not busy
 
 
 def connect_reader(path: Path) -> sqlite_utils.Database:
@@ -278,6 +447,18 @@ class RelayIdentity:
         return seed
 
 
+_ACCOUNT_OR_DECOY = (
+    # The row of handle ?1 if it exists, else row ?2 % max(rowid) + 1. Written so
+    # that both cases run the same three searches (handle index, largest row id,
+    # one row by id): coalesce() would skip the largest row id on a hit.
+    "SELECT handle, kind, identity_key FROM accounts WHERE rowid = (SELECT max("
+    " ifnull((SELECT rowid FROM accounts WHERE handle = ?1), 0),"
+    " (?2 % max(rowid) + 1) * ((SELECT rowid FROM accounts WHERE handle = ?1) IS NULL)"
+    ") FROM accounts)"
+)
+"""SPEC §11.1: the account lookup of a LOGIN (:meth:`Accounts.get_evenly`)."""
+
+
 class Accounts:
     """Handles, kinds and current identity keys (SPEC §3).
 
@@ -308,6 +489,26 @@ class Accounts:
             cache.put(cache.accounts, handle, account)
         return account
 
+    def get_evenly(self, handle: str) -> Account | None:
+        """:meth:`get` with the same work whether ``handle`` exists or not (SPEC §11.1).
+
+        For LOGIN, whose answer must not tell who exists. A plain lookup
+        stops in the handle index on a miss but reads the row on a hit, and
+        builds an :class:`Account` only then: together ~1.5 µs, enough to sort
+        handles by timing. Here a miss reads a decoy row instead — one chosen
+        by the handle, so it is as likely to be out of cache as a real one
+        (accounts are never deleted, so row ids 1…max all exist) — and both
+        build the record; only the final comparison differs. The writer's
+        cache is not used: a cached hit would be faster still.
+        """
+        row = self._conn.execute(
+            _ACCOUNT_OR_DECOY, (handle, zlib.crc32(handle.encode()))
+        ).fetchone()
+        if row is None:  # no account at all: nothing to tell apart
+            return None
+        account = Account(handle, row[1], bytes(row[2]))
+        return account if row[0] == handle else None
+
     def create(self, account: Account, now: int) -> bool:
         """Insert ``account``; False when the handle is taken (the caller refuses)."""
         cursor = self._conn.execute(
@@ -332,6 +533,61 @@ class Accounts:
         if self.cache is not None:
             self.cache.drop(self.cache.accounts, handle)
         return cursor.rowcount == 1
+
+
+class BusinessSkeletons:
+    """The confusable skeleton of every business handle (SPEC §3.2).
+
+    One row per business, keyed by skeleton: two businesses never share one,
+    because the second is refused before it is stored. Users have no row —
+    the relay protects businesses from lookalikes, not people from each other.
+    """
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self._conn = db.conn
+
+    def collides(self, handle: str) -> bool:
+        """Whether a leading run of ``handle``'s labels looks like a business."""
+        runs = leading_skeletons(handle)
+        marks = ",".join("?" * len(runs))
+        row = self._conn.execute(
+            f"SELECT 1 FROM business_skeletons WHERE skeleton IN ({marks}) LIMIT 1",  # noqa: S608 - marks only
+            runs,
+        ).fetchone()
+        return row is not None
+
+    def add(self, handle: str) -> None:
+        self._conn.execute(
+            "INSERT INTO business_skeletons (skeleton, handle) VALUES (?, ?)",
+            (skeleton(handle), handle),
+        )
+
+
+class Invites:
+    """Hashes of the operator's invite tokens not used yet (SPEC §4.6.4).
+
+    Only a hash is kept: the tokens are 128 random bits, so a plain hash is as
+    good as a slow one, and a copy of the database lets no one register. A used
+    invite's row is deleted with the registration that used it, so the table
+    never says who was invited by whom.
+    """
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self._conn = db.conn
+
+    def add(self, digests: Iterable[bytes], now: int) -> None:
+        self._conn.executemany(
+            "INSERT INTO invites (digest, created_at) VALUES (?, ?)",
+            [(digest, now) for digest in digests],
+        )
+
+    def consume(self, digest: bytes) -> bool:
+        """Delete the invite; False when there was none (unknown or used)."""
+        cursor = self._conn.execute("DELETE FROM invites WHERE digest = ?", (digest,))
+        return cursor.rowcount == 1
+
+    def count(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM invites").fetchone()[0])
 
 
 class PreKeyStore:
@@ -393,8 +649,12 @@ class PreKeyStore:
             [(handle, key.key_id, key.public) for key in one_time],
         )
 
-    def take_bundle(self, handle: str) -> PreKeyBundleRow | None:
-        """The account's bundle, consuming its oldest one-time prekey (SPEC §5.3).
+    def take_bundle(
+        self, handle: str, may_hand_out: Callable[[], bool] = lambda: True
+    ) -> PreKeyBundleRow | None:
+        """The account's bundle, consuming its oldest one-time prekey (SPEC §5.3) if
+        there is one and ``may_hand_out()`` says so (the owner's budget, which is
+        spent only when a key is handed out).
 
         Atomic because it runs inside one writer job: no two fetches can be
         served the same one-time key. None if there is no signed prekey.
@@ -413,7 +673,7 @@ class PreKeyStore:
             (handle,),
         ).fetchone()
         one_time = None
-        if one is not None:
+        if one is not None and may_hand_out():
             self.db.execute("DELETE FROM one_time_prekeys WHERE seq = ?", (one[0],))
             one_time = OneTimePreKeyRecord(key_id=one[1], public=bytes(one[2]))
         remaining, _ = self.counts(handle)
@@ -423,6 +683,70 @@ class PreKeyStore:
         """After an identity rotation: the old key signed them (SPEC §3.4)."""
         self.db.execute("DELETE FROM signed_prekeys WHERE handle = ?", (handle,))
         self.db.execute("DELETE FROM one_time_prekeys WHERE handle = ?", (handle,))
+
+
+HOUR_MS = 3_600_000
+
+
+class Budgets:
+    """Token buckets kept in the database, per (name, key) (SPEC §5.3, §7.3).
+
+    Why not in memory like the per-connection limits (:mod:`.ratelimit`): these
+    are taken inside writer jobs, so they commit or roll back with what they
+    pay for, survive a restart (waiting for one must not refill them), and
+    are never reset by the writer cache being emptied. Taken rarely — a first
+    contact, a served one-time prekey — so a row read and write is cheap
+    enough. A full bucket is the same as no row; :meth:`purge` drops them.
+    """
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def tokens(self, name: str, key: str, rate_per_h: float, burst: int, now: int) -> float:
+        """What ``key``'s bucket ``name`` holds now (one indexed read, nothing written)."""
+        row = self.db.conn.execute(
+            "SELECT tokens, at FROM budgets WHERE name = ? AND key = ?", (name, key)
+        ).fetchone()
+        tokens = float(burst)
+        if row is not None:
+            refill = max(0, now - int(row[1])) * rate_per_h / HOUR_MS
+            tokens = min(tokens, float(row[0]) + refill)
+        return tokens
+
+    def take(self, name: str, key: str, rate_per_h: float, burst: int, now: int) -> bool:
+        """Spend one token of ``key``'s bucket ``name``; False (and nothing written)
+        when it is empty."""
+        tokens = self.tokens(name, key, rate_per_h, burst, now)
+        if tokens < 1.0:
+            return False
+        tokens -= 1.0
+        full_at = now + math.ceil((burst - tokens) * HOUR_MS / rate_per_h)
+        self.db.conn.execute(
+            "INSERT OR REPLACE INTO budgets (name, key, tokens, at, full_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (name, key, tokens, now, full_at),
+        )
+        return True
+
+    def purge(self, now: int) -> int:
+        """Drop buckets that have refilled: they are the same as absent ones."""
+        return int(self.db.execute("DELETE FROM budgets WHERE full_at <= ?", (now,)).rowcount)
+
+
+@dataclass(slots=True)
+class QueueShares:
+    """Who holds how much of one recipient's queue: envelopes per sender, and those
+    from strangers (SPEC §6.3). Kept only for queues at least ``floor`` long, the
+    length below which no share can be reached: most queues never need one."""
+
+    floor: int
+    strangers: int
+    senders: dict[str, int]
+
+    def change(self, sender: str, stranger: bool, delta: int) -> None:
+        self.senders[sender] = self.senders.get(sender, 0) + delta
+        if stranger:
+            self.strangers += delta
 
 
 _QUEUE_COLUMNS = (
@@ -436,6 +760,10 @@ class MessageQueue:
 
     Queue lengths per recipient (for the cap) live in the writer's cache,
     seeded by one ``COUNT(*)`` and then kept by every insert and delete here.
+    They count envelopes only: forwarded statements (intent ``statement``) are
+    outside the cap (SPEC §7.5) and bounded by superseding instead. Statements
+    are only ever queued for businesses, so a user's acknowledgement deletes
+    envelopes only; a business's is itemized (:meth:`acknowledge`).
     """
 
     def __init__(self, db: sqlite_utils.Database, cache: WriterCache | None = None) -> None:
@@ -444,13 +772,15 @@ class MessageQueue:
         self._conn = db.conn
 
     def queued(self, recipient: str) -> int:
-        """Rows queued for ``recipient``, expired or not (what the cap counts)."""
+        """Envelopes queued for ``recipient``, expired or not, statements not (what the
+        cap counts)."""
         cache = self.cache
         count = cache.queued.get(recipient)
         if count is None:
             count = int(
                 self._conn.execute(
-                    "SELECT COUNT(*) FROM queue WHERE recipient = ?", (recipient,)
+                    "SELECT COUNT(*) FROM queue WHERE recipient = ? AND intent != 'statement'",
+                    (recipient,),
                 ).fetchone()[0]
             )
             cache.put(cache.queued, recipient, count)
@@ -461,6 +791,39 @@ class MessageQueue:
         count = cache.queued.get(recipient)
         if count is not None and delta:
             cache.put(cache.queued, recipient, count + delta)
+
+    def shares(self, recipient: str, floor: int) -> QueueShares:
+        """Envelopes of ``recipient``'s queue per sender and from strangers.
+
+        Called only once the queue is ``floor`` long: one scan of the recipient's
+        rows, then kept up to date by every insert and acknowledgement (which is
+        itemized while an entry exists) until the queue is shorter than ``floor``
+        again; a purge or withdrawal just forgets it.
+        """
+        cache = self.cache
+        shares: QueueShares | None = cache.shares.get(recipient)
+        if shares is None:
+            shares = QueueShares(floor, 0, {})
+            for sender, stranger, count in self._conn.execute(
+                "SELECT sender, stranger, COUNT(*) FROM queue"
+                " WHERE recipient = ? AND intent != 'statement' GROUP BY sender, stranger",
+                (recipient,),
+            ):
+                shares.change(sender, bool(stranger), int(count))
+            cache.touch_shares()
+            cache.shares[recipient] = shares
+        return shares
+
+    def _shared(self, recipient: str, sender: str, stranger: bool, delta: int) -> None:
+        shares: QueueShares | None = self.cache.shares.get(recipient)
+        if shares is not None:
+            self.cache.touch_shares()
+            shares.change(sender, stranger, delta)
+
+    def _forget_shares(self, recipient: str) -> None:
+        if recipient in self.cache.shares:
+            self.cache.touch_shares()
+            del self.cache.shares[recipient]
 
     def enqueue(
         self,
@@ -519,6 +882,7 @@ class MessageQueue:
             (sender.handle, msg_id, digest, now),
         )
         self._added(recipient, 1)
+        self._shared(recipient, sender.handle, False, 1)
         assert delivery_id is not None
         envelope = QueuedEnvelope(
             delivery_id, recipient, sender.handle, sender.kind, msg_id, intent, category,
@@ -537,13 +901,15 @@ class MessageQueue:
         body: bytes,
         digest: bytes,
         now: int,
+        stranger: bool = False,
     ) -> int | None:
         """The new envelope's delivery id, or None (nothing written) when
         (sender, msg_id) is already in ``sent`` — a resend, for :meth:`remembered`.
 
         For SEND's hot path: one ``INSERT OR IGNORE`` tells new from resend
-        instead of a SELECT before the INSERT. The caller has checked consent
-        and the cap, answering resends first on those refusals.
+        instead of a SELECT before the INSERT. The caller has checked consent,
+        the cap and the shares, answering resends first on those refusals.
+        ``stranger``: the envelope counts towards the strangers' pool (SPEC §6.3).
         """
         execute = self._conn.execute
         if (
@@ -557,10 +923,13 @@ class MessageQueue:
         joined = ",".join(categories) if categories is not None else None
         cursor = execute(
             "INSERT INTO queue (recipient, sender, sender_kind, msg_id, intent, category,"
-            " categories, sent_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (recipient, sender.handle, sender.kind, msg_id, intent, category, joined, now, body),
-        )
+            " categories, sent_at, body, stranger) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (recipient, sender.handle, sender.kind, msg_id, intent, category, joined, now, body,
+             stranger),
+        )  # fmt: skip
         self._added(recipient, 1)
+        if recipient in self.cache.shares:
+            self._shared(recipient, sender.handle, stranger, 1)
         return cursor.lastrowid
 
     def remembered(self, sender: str, msg_id: bytes, digest: bytes) -> Accepted | None:
@@ -579,16 +948,15 @@ class MessageQueue:
     ) -> QueuedEnvelope:
         """Queue a forwarded statement (SPEC §7.5): intent ``statement``, msg_id = nonce.
 
-        Not subject to the queue cap and not remembered in ``sent``: a receipt
-        is proof of opt-in and must not be lost, and its (signer, nonce) is
-        already unique in ``statements``.
+        Neither subject to nor counted by the queue cap, and not remembered in
+        ``sent``: a receipt is never refused, and its (signer, nonce) is unique
+        already. What bounds them is :meth:`withdraw_statements`.
         """
         cursor = self.db.execute(
             "INSERT INTO queue (recipient, sender, sender_kind, msg_id, intent, category,"
             " categories, sent_at, body) VALUES (?, ?, ?, ?, 'statement', NULL, NULL, ?, ?)",
             (recipient, sender.handle, sender.kind, nonce, now, signed),
         )
-        self._added(recipient, 1)
         delivery_id = cursor.lastrowid
         assert delivery_id is not None
         return QueuedEnvelope(
@@ -606,17 +974,33 @@ class MessageQueue:
         """
         if notification_categories is None:
             rows = self.db.execute(
-                "DELETE FROM queue WHERE recipient = ? AND sender = ? RETURNING delivery_id",
+                "DELETE FROM queue WHERE recipient = ? AND sender = ?"
+                " RETURNING delivery_id, intent",
                 (recipient, sender),
             ).fetchall()
         else:
             marks = ",".join("?" * len(notification_categories))
             rows = self.db.execute(
                 "DELETE FROM queue WHERE recipient = ? AND sender = ?"  # noqa: S608 - marks only
-                f" AND intent = 'notification' AND category IN ({marks}) RETURNING delivery_id",
+                f" AND intent = 'notification' AND category IN ({marks})"
+                " RETURNING delivery_id, intent",
                 (recipient, sender, *sorted(notification_categories)),
             ).fetchall()
-        self._added(recipient, -len(rows))
+        self._added(recipient, -sum(1 for row in rows if row[1] != "statement"))
+        self._forget_shares(recipient)
+        return sorted(int(row[0]) for row in rows)
+
+    def withdraw_statements(self, recipient: str, signer: str, nonces: list[bytes]) -> list[int]:
+        """Delete the undelivered forwarded statements with these nonces (SPEC §7.5:
+        superseded by a newer one of the same signer, target and family)."""
+        if not nonces:
+            return []
+        marks = ",".join("?" * len(nonces))
+        rows = self.db.execute(
+            "DELETE FROM queue WHERE recipient = ? AND sender = ?"  # noqa: S608 - marks only
+            f" AND intent = 'statement' AND msg_id IN ({marks}) RETURNING delivery_id",
+            (recipient, signer, *nonces),
+        ).fetchall()
         return sorted(int(row[0]) for row in rows)
 
     def count(self, recipient: str, not_before: int) -> int:
@@ -637,14 +1021,43 @@ class MessageQueue:
         ).fetchall()
         return [_envelope(row) for row in rows]
 
-    def acknowledge(self, recipient: str, delivery_ids: Iterable[int]) -> int:
-        """Delete acknowledged rows addressed to ``recipient``; others are ignored."""
-        cursor = self._conn.executemany(
-            "DELETE FROM queue WHERE delivery_id = ? AND recipient = ?",
-            [(delivery_id, recipient) for delivery_id in delivery_ids],
-        )
-        self._added(recipient, -cursor.rowcount)
-        return cursor.rowcount
+    def acknowledge(
+        self, recipient: str, delivery_ids: Iterable[int], *, itemized: bool = False
+    ) -> int:
+        """Delete acknowledged rows addressed to ``recipient``; others are ignored.
+
+        ``itemized`` (a business, whose queue may hold statements) deletes row by
+        row to learn what each was, and so does a queue whose shares are kept;
+        otherwise every row deleted is an envelope and one ``executemany`` does
+        (the fan-out's hot path).
+        """
+        shares: QueueShares | None = self.cache.shares.get(recipient)
+        if not itemized and shares is None:
+            cursor = self._conn.executemany(
+                "DELETE FROM queue WHERE delivery_id = ? AND recipient = ?",
+                [(delivery_id, recipient) for delivery_id in delivery_ids],
+            )
+            self._added(recipient, -cursor.rowcount)
+            return cursor.rowcount
+        execute = self._conn.execute
+        deleted = envelopes = 0
+        if shares is not None:
+            self.cache.touch_shares()
+        for delivery_id in delivery_ids:
+            row = execute(
+                "DELETE FROM queue WHERE delivery_id = ? AND recipient = ?"
+                " RETURNING intent, sender, stranger",
+                (delivery_id, recipient),
+            ).fetchone()
+            if row is not None and row[0] != "statement":
+                envelopes += 1
+                if shares is not None:
+                    shares.change(row[1], bool(row[2]), -1)
+            deleted += row is not None
+        self._added(recipient, -envelopes)
+        if shares is not None and self.queued(recipient) < shares.floor:
+            self._forget_shares(recipient)  # back to the one-statement acknowledgement
+        return deleted
 
     def purge(self, before: int) -> tuple[int, int]:
         """Drop envelopes and remembered message ids older than ``before`` (SPEC §6.6)."""
@@ -654,6 +1067,8 @@ class MessageQueue:
             # Any recipient may have lost rows: re-count on demand (rare, bounded work).
             for recipient in list(self.cache.queued):
                 self.cache.drop(self.cache.queued, recipient)
+            self.cache.touch_shares()
+            self.cache.shares.clear()
         return envelopes, ids
 
 
@@ -673,12 +1088,17 @@ class Store:
         self.cache = WriterCache()
         self.relay_identity = RelayIdentity(db)
         self.accounts = Accounts(db, self.cache)
+        self.lookalikes = BusinessSkeletons(db)
+        self.invites = Invites(db)
         self.prekeys = PreKeyStore(db)
+        self.budgets = Budgets(db)
         self.queue = MessageQueue(db, self.cache)
         self.ledger = ConsentLedger(db, self.cache)
         self.usage = UsageMeter(db, self.cache)
         self.profiles = ProfileStore(db)
         self.badges = BadgeStore(db)
+        self.checkpoint_requested = False
+        """Set by a job; :class:`GroupCommitter` checkpoints after the batch commits."""
 
 
 # --- group commit ------------------------------------------------------------
@@ -738,6 +1158,9 @@ class GroupCommitter:
             return [(False, InternalError()) for _job in batch]
         self.commits += 1
         self.jobs += len(batch)
+        if store.checkpoint_requested:  # outside the transaction, before any answer
+            store.checkpoint_requested = False
+            checkpoint(store.db)
         return outcomes
 
 

@@ -37,7 +37,7 @@ from blindrelay.protocol.errors import ProtocolError
 from . import gcpolicy
 from .jobs import OPERATIONS
 from .logs import _FIELDS, LOGGER, log_event
-from .storage import MAX_JOBS_PER_COMMIT, GroupCommitter, Job, Store, connect
+from .storage import MAX_JOBS_PER_COMMIT, GroupCommitter, Job, Store, checkpoint, connect
 
 PR_SET_PDEATHSIG = 1
 RECV_BYTES = 1 << 20
@@ -160,6 +160,7 @@ def main(argv: list[str]) -> int:
     sock.sendall(msgpack.packb(["ready", os.getpid()]))
     try:
         serve(sock, GroupCommitter(store), logs)
+        checkpoint(store.db)  # a stopped relay leaves nothing in its WAL (SPEC §11.2)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the relay is gone; nothing left to answer
     finally:

@@ -10,8 +10,9 @@ three clients ever held: identity seeds, signed and one-time prekey privates,
 session records and the root, chain, ratchet and skipped message keys inside
 them.
 
-Afterwards the relay's database file, WAL and SHM (raw bytes, while it runs and
-after it stopped), its complete log output (DEBUG) and every frame each client
+The relay runs with umask 0, and its database, WAL and SHM must still be 0600
+(SPEC §11.2), as must the operator key. Afterwards the relay's database file,
+WAL and SHM (raw bytes, while it runs and after it stopped), its complete log output (DEBUG) and every frame each client
 sent and received are searched for every canary, raw and as hex, base64 and
 base64url. There must be no hit. Positive controls show that the search finds
 what the relay legitimately holds (handles, public identity keys) and a canary
@@ -26,6 +27,7 @@ import contextlib
 import io
 import secrets
 import sqlite3
+import stat
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -131,6 +133,7 @@ class Scenario:
     handles: list[str] = field(default_factory=list)
     identity_keys: list[bytes] = field(default_factory=list)
     live_files: dict[str, bytes] = field(default_factory=dict)
+    live_modes: dict[str, int] = field(default_factory=dict)
 
     def text(self, label: str) -> str:
         value = canary(label)
@@ -219,6 +222,7 @@ async def play(url: str, db: Path, operator_key: bytes, wire: Wire, story: Scena
             path = Path(f"{db}{suffix}")
             if path.exists():
                 story.live_files["db" + (suffix or "")] = path.read_bytes()
+                story.live_modes["db" + (suffix or "")] = stat.S_IMODE(path.stat().st_mode)
     finally:
         for inbox in (user_inbox, friend_inbox):
             inbox.task.cancel()
@@ -264,6 +268,7 @@ def test_no_canary_reaches_the_relay_database_logs_or_wire(
             [sys.executable, "-m", "blindrelay.server.cli", "serve", "--port", "0",
              "--db", str(db), "--log-level", "DEBUG"],
             stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+            umask=0,  # the most permissive an operator could run it with
         )  # fmt: skip
         try:
             assert relay.stdout is not None
@@ -276,6 +281,9 @@ def test_no_canary_reaches_the_relay_database_logs_or_wire(
             if relay.stdout is not None:
                 relay.stdout.close()
     assert relay.returncode == 0
+    # SPEC §11.2: every file the relay and ``blindrelay admin`` write is the owner's only.
+    assert story.live_modes == {"db": 0o600, "db-wal": 0o600, "db-shm": 0o600}
+    assert stat.S_IMODE((tmp_path / "operator.key").stat().st_mode) == 0o600
 
     sources = {f"{name} (live)": data for name, data in story.live_files.items()}
     for suffix in ("", "-wal", "-shm"):

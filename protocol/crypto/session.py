@@ -3,7 +3,7 @@
 The envelope is the opaque ciphertext body of a SEND frame. Byte layout
 (integers big-endian)::
 
-    version            1   0x01
+    version            1   0x02 (0x01, before the handles were bound, is refused)
     type               1   0x01 prekey message | 0x02 message
     -- prekey messages only --
     identity_key      32   sender's Ed25519 identity public key (IK_A)
@@ -21,6 +21,10 @@ any of them can start the session on the recipient's side.
 
 Every function is pure: it returns a new :class:`Session` and leaves the one
 passed in untouched, so a caller keeps the old state when an error is raised.
+
+Sessions are made for a pair of handles (``our_handle``, ``their_handle``):
+X3DH puts both in the associated data of every message (SPEC §13.3), so a
+session only decrypts what was encrypted for that very pair.
 
 Not owned here: storing sessions or prekeys and trusting identity keys
 (``client/``); this module reports the sender's identity key
@@ -51,7 +55,9 @@ from blindrelay.protocol.crypto.keys import (
 from blindrelay.protocol.crypto.padding import BUCKETS, pad, unpad
 from blindrelay.protocol.errors import DecryptionFailed, InvalidKey, MalformedEnvelope
 
-ENVELOPE_VERSION = 1
+ENVELOPE_VERSION = 2
+"""SPEC §13.6. Version 1 had no handles in AD: a first message of it re-sent by
+another account decrypted as that account's, so it is refused, not accepted."""
 
 
 class MessageType(IntEnum):
@@ -67,7 +73,13 @@ ENVELOPE_OVERHEAD_MAX = 2 + PREKEY_PREFIX_MAX + dr.HEADER_LEN + dr.AEAD_TAG_LEN
 """131 bytes: the most an envelope adds to its padded plaintext."""
 
 _CIPHERTEXT_SIZES = frozenset(b + dr.AEAD_TAG_LEN for b in BUCKETS)
-_SESSION_VERSION = 1
+_SESSION_VERSION = 2
+"""2: sessions of envelope version 2 (handles in AD). A version-1 record is
+:class:`OutdatedSession`: its peer refuses what it would encrypt."""
+
+
+class OutdatedSession(ValueError):
+    """A stored session of an earlier envelope version: drop it and start anew (SPEC §13.7)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +140,8 @@ class Session:
             version, ours, theirs, ad, base, ratchet_list, pending = msgpack.unpackb(
                 data, raw=False, strict_map_key=True
             )
+            if isinstance(version, int) and 0 < version < _SESSION_VERSION:
+                raise OutdatedSession(f"session record of version {version}")
             if version != _SESSION_VERSION:
                 raise ValueError(f"unknown session version {version!r}")
             for key in (ours, theirs, base):
@@ -142,6 +156,8 @@ class Session:
             return cls(
                 ours, theirs, ad, base, dr.RatchetState.from_list(ratchet_list), pending_prekey
             )
+        except OutdatedSession:
+            raise
         except (TypeError, ValueError, msgpack.UnpackException) as exc:
             raise ValueError(f"malformed session record: {exc}") from exc
 
@@ -219,14 +235,21 @@ def encode_envelope(
 
 
 def initiate_session(
-    our_identity: IdentityKeyPair, their_bundle: PreKeyBundle, rng: Rng
+    our_identity: IdentityKeyPair,
+    their_bundle: PreKeyBundle,
+    rng: Rng,
+    *,
+    our_handle: str,
+    their_handle: str,
 ) -> Session:
-    """Start a session from a fetched bundle (X3DH as initiator, SPEC §13.3).
+    """Start a session with ``their_handle`` from its bundle (X3DH as initiator, SPEC §13.3).
 
     Draws the X3DH ephemeral key, then the first ratchet key, from ``rng``.
     Raises InvalidSignature / InvalidKey for a bad bundle.
     """
-    agreement = x3dh.initiate(our_identity, their_bundle, rng)
+    agreement = x3dh.initiate(
+        our_identity, their_bundle, rng, our_handle=our_handle, their_handle=their_handle
+    )
     state = dr.initialize_initiator(
         agreement.shared_secret, agreement.their_signed_prekey_public, rng
     )
@@ -307,9 +330,14 @@ def accept_session(
     lookup_signed_prekey: Callable[[int], SignedPreKey | None],
     lookup_one_time_prekey: Callable[[int], OneTimePreKey | None],
     rng: Rng,
+    *,
+    our_handle: str,
+    their_handle: str,
 ) -> tuple[Session, bytes, int | None]:
     """Create a session from a prekey message (X3DH as recipient, SPEC §13.3).
 
+    ``their_handle`` is the sender the relay named (the DELIVER's ``sender``):
+    a message made for another pair of handles fails as DecryptionFailed.
     Returns (session, plaintext, id of the one-time prekey used or None); the
     caller MUST delete that one-time prekey once it has stored the session, so
     a replay of the envelope fails with InvalidKey (unknown prekey). Without a
@@ -339,6 +367,8 @@ def accept_session(
         one_time.keypair if one_time is not None else None,
         their_identity,
         base_key,
+        our_handle=our_handle,
+        their_handle=their_handle,
     )
     state = dr.initialize_recipient(secret, signed_prekey.keypair)
     state, padded = dr.decrypt(state, info.header, info.ciphertext, associated_data, rng)

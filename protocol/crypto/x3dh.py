@@ -6,8 +6,14 @@ https://signal.org/docs/specifications/x3dh/ with these parameters:
 - hash SHA-256; info ``b"blindrelay/v1/x3dh"``;
 - ``SK = HKDF(salt=32×0x00, ikm=F || DH1 || DH2 || DH3 [|| DH4], info, 32)``
   with ``F = 32×0xFF``;
-- ``AD = Encode(IK_A) || Encode(IK_B) || b"blindrelay/v1"`` where Encode of an
-  Ed25519 identity key is ``0xED || key``.
+- ``AD = Encode(IK_A) || Encode(IK_B) || appendix`` where Encode of an Ed25519
+  identity key is ``0xED || key`` and the appendix binds both handles:
+  ``b"blindrelay/v2" || u8 len(handle_A) || handle_A || u8 len(handle_B) || handle_B``.
+
+The handles are those the relay routes by: the initiator uses its own and the
+bundle's, the recipient the DELIVER's ``sender`` and its own. Every message of
+the session carries AD in its AEAD data, so an envelope re-sent by another
+account, or delivered under another sender, fails to decrypt (SPEC §13.3).
 
 Without a one-time prekey (DH4 absent) the initial message can be replayed to
 the recipient, who cannot tell: SPEC §13.3 states the consequence.
@@ -40,8 +46,13 @@ starts like an X25519 output (domain separation from XEdDSA, kept as specified).
 SALT = bytes(HASH_LEN)
 """HKDF salt: a zero-filled byte sequence of the hash output length."""
 
-AD_APPENDIX = b"blindrelay/v1"
-"""Protocol appendix of AD; binds the session to this protocol and version."""
+AD_LABEL = b"blindrelay/v2"
+"""Start of AD's appendix; binds the session to this protocol and envelope version
+(v2: the first with the handles in AD, SPEC §13.6)."""
+
+MAX_HANDLE_BYTES = 255
+"""A handle in AD is length-prefixed by one byte. Handles are at most 32 ASCII
+characters (SPEC §3.2); the prefix only has to make the encoding unambiguous."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +69,35 @@ class InitiatorAgreement:
     one_time_prekey_id: int | None
 
 
-def associated_data(initiator_identity: bytes, recipient_identity: bytes) -> bytes:
-    """``AD = Encode(IK_A) || Encode(IK_B) || AD_APPENDIX`` (79 bytes)."""
+def _encode_handle(handle: str) -> bytes:
+    encoded = handle.encode("utf-8")
+    if not 0 < len(encoded) <= MAX_HANDLE_BYTES:
+        raise ValueError(f"a handle in AD is 1..{MAX_HANDLE_BYTES} bytes")
+    return bytes((len(encoded),)) + encoded
+
+
+def ad_appendix(initiator_handle: str, recipient_handle: str) -> bytes:
+    """``AD_LABEL || u8 len || initiator handle || u8 len || recipient handle``.
+
+    The length prefixes keep the pair unambiguous (("ab", "c") ≠ ("a", "bc")).
+    """
+    return AD_LABEL + _encode_handle(initiator_handle) + _encode_handle(recipient_handle)
+
+
+def associated_data(
+    initiator_identity: bytes,
+    recipient_identity: bytes,
+    initiator_handle: str,
+    recipient_handle: str,
+) -> bytes:
+    """``AD = Encode(IK_A) || Encode(IK_B) || ad_appendix(handle_A, handle_B)``.
+
+    81 bytes plus the two handles' lengths (SPEC §13.3).
+    """
     return (
         encode_ed25519_public(initiator_identity)
         + encode_ed25519_public(recipient_identity)
-        + AD_APPENDIX
+        + ad_appendix(initiator_handle, recipient_handle)
     )
 
 
@@ -72,9 +106,14 @@ def _derive(dh_outputs: list[bytes]) -> bytes:
 
 
 def initiate(
-    our_identity: IdentityKeyPair, their_bundle: PreKeyBundle, rng: Rng
+    our_identity: IdentityKeyPair,
+    their_bundle: PreKeyBundle,
+    rng: Rng,
+    *,
+    our_handle: str,
+    their_handle: str,
 ) -> InitiatorAgreement:
-    """Run X3DH as initiator (Alice) against a fetched bundle.
+    """Run X3DH as initiator (Alice) against the bundle fetched for ``their_handle``.
 
     Verifies the bundle first (InvalidKey / InvalidSignature), then draws one
     ephemeral key from ``rng``. Uses the one-time prekey if the bundle has one.
@@ -92,7 +131,9 @@ def initiate(
         dh.append(ephemeral.dh(their_bundle.one_time_prekey_public))  # DH4 = DH(EK_A, OPK_B)
     return InitiatorAgreement(
         shared_secret=_derive(dh),
-        associated_data=associated_data(our_identity.public, their_bundle.identity_key),
+        associated_data=associated_data(
+            our_identity.public, their_bundle.identity_key, our_handle, their_handle
+        ),
         ephemeral_public=ephemeral.public,
         their_signed_prekey_public=spk,
         signed_prekey_id=their_bundle.signed_prekey_id,
@@ -106,11 +147,15 @@ def respond(
     our_one_time_prekey: X25519KeyPair | None,
     their_identity_key: bytes,
     their_ephemeral_public: bytes,
+    *,
+    our_handle: str,
+    their_handle: str,
 ) -> tuple[bytes, bytes]:
     """Run X3DH as recipient (Bob); returns ``(shared_secret, associated_data)``.
 
-    A malformed or low-order key of the initiator raises InvalidKey; a wrong key
-    simply yields another secret, which the first AEAD check then rejects.
+    ``their_handle`` is the sender the relay named. A malformed or low-order key
+    of the initiator raises InvalidKey; a wrong key or handle simply yields
+    another secret or AD, which the first AEAD check then rejects.
     """
     their_identity_x = ed25519_public_to_x25519(their_identity_key)
     dh = [
@@ -120,4 +165,5 @@ def respond(
     ]
     if our_one_time_prekey is not None:
         dh.append(our_one_time_prekey.dh(their_ephemeral_public))  # DH4
-    return _derive(dh), associated_data(their_identity_key, our_identity.public)
+    ad = associated_data(their_identity_key, our_identity.public, their_handle, our_handle)
+    return _derive(dh), ad

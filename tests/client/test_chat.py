@@ -29,6 +29,8 @@ from blindrelay.protocol.errors import RecipientUnavailable
 from blindrelay.protocol.signed import ConsentStatement
 from blindrelay.server.cli import main as relay_cli
 
+from .test_sdk import replace_relay_key
+
 TIMEOUT_S = 15.0
 PASSPHRASE_ENV = "CHAT_TEST_PASSPHRASE"
 
@@ -85,11 +87,12 @@ class Terminal:
         return status
 
 
-@pytest.fixture
-def relay_url(tmp_path: Path) -> Iterator[str]:
+@contextlib.contextmanager
+def relay_process(db: Path) -> Iterator[str]:
+    """``blindrelay serve`` on ``db`` as a subprocess; yields its URL."""
     relay = subprocess.Popen(
         [sys.executable, "-m", "blindrelay.server.cli", "serve", "--port", "0",
-         "--db", str(tmp_path / "relay.db")],
+         "--db", str(db)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert relay.stdout is not None
@@ -103,11 +106,18 @@ def relay_url(tmp_path: Path) -> Iterator[str]:
         relay.stdout.close()
 
 
-def chat(url: str, profile: Path, handle: str) -> Terminal:
+@pytest.fixture
+def relay_url(tmp_path: Path) -> Iterator[str]:
+    with relay_process(tmp_path / "relay.db") as url:
+        yield url
+
+
+def chat(url: str, profile: Path, handle: str, *options: str) -> Terminal:
     env = {**os.environ, PASSPHRASE_ENV: f"passphrase of {handle}"}
     return Terminal(
         [sys.executable, "-m", "blindrelay.server.cli", "chat", "--relay", url,
-         "--profile", str(profile), "--handle", handle, "--passphrase-env", PASSPHRASE_ENV],
+         "--profile", str(profile), "--handle", handle, "--passphrase-env", PASSPHRASE_ENV,
+         *options],
         env,
     )  # fmt: skip
 
@@ -124,8 +134,13 @@ def test_two_people_chat_compare_safety_numbers_and_one_blocks_the_other(
 
         alice.type("/msg bob hello bob, it is alice")
         alice.expect("-> bob: sent")
-        bob.expect(r"\nalice: hello bob, it is alice\n")
+        bob.expect(r"\n\[message request\] alice: hello bob, it is alice\n")
+        bob.expect(r"alice is not one of your contacts: /accept alice \(or a reply\) accepts, "
+                   r"/block alice blocks")  # fmt: skip
         bob.expect(r"first message from alice; compare /safety alice")
+        bob.type("/accept alice")
+        bob.expect("accepted alice's message request")
+        alice.expect(r"\(bob: delivered 1 message\(s\)\)")  # the receipt it was owed
         bob.type("/msg alice hi alice")
         alice.expect(r"\nbob: hi alice\n")
 
@@ -284,7 +299,7 @@ def test_a_changed_identity_key_is_announced_and_blocks_sending_until_approved(
         alice.expect("registered alice")
         bob.expect("registered bob")
         alice.type("/msg bob hello bob")
-        bob.expect(r"\nalice: hello bob\n")
+        bob.expect(r"\n\[message request\] alice: hello bob\n")
         bob.type("/verify alice")
         bob.expect("alice marked verified")
         assert alice.close() == 0
@@ -311,7 +326,7 @@ def test_a_changed_identity_key_is_announced_and_blocks_sending_until_approved(
         assert bob.expect(r"safety number with alice: ([\d ]+)\n").group(1) == number
         bob.type("/approve alice")
         bob.expect("accepted alice's new key; messages to alice allowed again")
-        bob.expect(r"\nalice: it is me, on a new phone\n")  # the held message follows
+        bob.expect(r"\] alice: it is me, on a new phone\n")  # the held message follows
         bob.type("/msg alice welcome back")
         bob.expect("-> alice: sent")
         alice.expect(r"\nbob: welcome back\n")
@@ -417,3 +432,71 @@ def test_unblocking_a_business_lets_the_user_write_but_keeps_consent_revoked(
     finally:
         assert fay.close() == 0
     assert "Gate C1" not in fay.seen
+
+
+@pytest.mark.slow
+def test_a_profile_name_other_than_the_badge_s_is_never_shown_as_verified(
+    relay_url: str, tmp_path: Path
+) -> None:
+    """Issue 13 item 1: verified as "Bob's Bakery", the profile says "British Airways"."""
+    gus, key_file = customer(relay_url, tmp_path, "gus")
+    expect = reader(gus)
+
+    async def business_side() -> None:
+        client = Client.open(None)
+        bakery = Business(client)
+        await client.connect(relay_url)
+        await client.register("bakery", "business")
+        await bakery.publish_profile(display_name="British Airways", timezone="UTC", hours=[])
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert relay_cli(["admin", "verify-business", "bakery", "--name", "Bob's Bakery",
+                              "--operator-key", str(key_file),
+                              "--db", str(tmp_path / "relay.db")]) == 0  # fmt: skip
+        await expect("registered gus")
+        try:
+            await bakery.request_consent("gus", ["marketing"], "Your boarding pass?")
+            await expect(r"\[consent request\] bakery \[✔ verified: Bob's Bakery\] "
+                         r"\[!! its profile says \"British Airways\": NOT verified\] "
+                         r"asks for marketing")  # fmt: skip
+            gus.type("/contacts")
+            await expect(r"  bakery \(business\) .*\[✔ verified: Bob's Bakery\] "
+                         r"\[!! its profile says \"British Airways\": NOT verified\]")  # fmt: skip
+        finally:
+            await bakery.close()
+
+    try:
+        asyncio.run(business_side())
+    finally:
+        assert gus.close() == 0
+    assert "verified: British Airways" not in gus.seen
+
+
+@pytest.mark.slow
+def test_a_relay_with_another_key_is_one_line_until_the_person_accepts_it(
+    tmp_path: Path,
+) -> None:
+    """Issue 13 item 11: no traceback, nothing sent, and a deliberate way on."""
+    db, profile = tmp_path / "relay.db", tmp_path / "hal.profile"
+    with relay_process(db) as url:
+        hal = chat(url, profile, "hal")
+        hal.expect("registered hal")
+        assert hal.close() == 0
+    replace_relay_key(db)
+    with relay_process(db) as url:
+        hal = chat(url, profile, "hal")
+        line = hal.expect(
+            r"blindrelay chat: \S+ presents relay key ([0-9a-f]{64}), not [0-9a-f]{64} pinned "
+            r"in this profile; nothing was sent\. If the relay's operator confirms the new "
+            r"key, run again with --accept-relay-key ([0-9a-f]{64})\n"
+        )
+        assert hal.close() == 1
+        assert "Traceback" not in hal.seen and "logged in" not in hal.seen
+        new_key = line.group(1)
+        assert line.group(2) == new_key
+
+        hal = chat(url, profile, "hal", "--accept-relay-key", new_key)
+        hal.expect("logged in as hal")
+        assert hal.close() == 0
+        hal = chat(url, profile, "hal")  # pinned from now on
+        hal.expect("logged in as hal")
+        assert hal.close() == 0

@@ -24,6 +24,8 @@ from blindrelay.protocol.signed import Action, ConsentStatement
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay, serve
 
+from ..server.conftest import MANY_REGISTRATIONS
+from ..server.consent_helpers import issue_badge_for
 from .test_sdk import FAST, Inbox, run, within
 
 HOUR_MS = 3600 * 1000
@@ -44,6 +46,7 @@ class FakeClock:
 
 @asynccontextmanager
 async def relay_at(tmp_path: Path, clock: FakeClock, **config: Any) -> AsyncIterator[RunningRelay]:
+    config = {**MANY_REGISTRATIONS, **config}  # every client comes from 127.0.0.1
     relay = await serve(
         RelayConfig(host="127.0.0.1", port=0, db_path=tmp_path / "relay.db", **config),
         clock=clock,
@@ -97,6 +100,7 @@ def test_consent_request_grant_then_a_notification_arrives_decrypted(tmp_path: P
         async with relay_at(tmp_path, clock) as relay:
             received = Statements()
             airline = await online(relay.url, "airline", "business", on_statement=received)
+            issue_badge_for(relay.config.db_path, "airline", clock())  # may ask strangers
             alice = await online(relay.url, "alice")
             inbox = Inbox(alice)
 
@@ -142,6 +146,8 @@ def test_deny_revoke_and_block_from_the_sdk_stop_delivery(tmp_path: Path, action
             alice = await online(relay.url, "alice")
             inbox = Inbox(alice)
             if action == "deny":
+                # A verified business may ask a stranger (SPEC §7.3).
+                issue_badge_for(relay.config.db_path, "shop", relay.ctx.clock())
                 await within(
                     shop.send(
                         "alice", "Offers?", intent="consent_request", categories=("marketing",)

@@ -94,6 +94,6 @@ def test_colour_only_on_a_terminal_and_never_with_no_color(
 
 
 def test_an_envelope_is_shown_as_its_kind_and_ciphertext_not_its_header() -> None:
-    header = b"\x01\x02" + bytes(40)
+    header = b"\x02\x02" + bytes(40)  # envelope version 2, a normal message (SPEC §13.6)
     assert describe_envelope(header + b"\xab" * 32) == (f"74 B message, ciphertext {'ab' * 12}…")
     assert describe_envelope(b"plain") == "5 B, not an envelope"

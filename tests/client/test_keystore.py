@@ -20,9 +20,10 @@ from blindrelay.client.keystore import (
     OurIdentity,
     SignedPreKeyRecord,
     SqliteKeyStore,
+    TrustedIdentity,
     WrongPassphrase,
 )
-from blindrelay.protocol.errors import UntrustedIdentity
+from blindrelay.protocol.errors import IdentityKeyReused, UntrustedIdentity
 
 FAST = {"opslimit": argon2id.OPSLIMIT_MIN, "memlimit": argon2id.MEMLIMIT_MIN}
 PASSPHRASE = "correct horse battery staple"
@@ -168,6 +169,37 @@ def test_user_approval_replaces_a_changed_key(store: KeyStore) -> None:
     assert (replaced.first_seen_ms, replaced.verified) == (NOW + 2, False)
 
 
+def test_one_identity_key_is_pinned_for_one_handle_only(store: KeyStore) -> None:
+    """SPEC §13.8: trust on first use never lets one key stand for two handles."""
+    assert store.identity_owner(KEY_A) is None
+    store.trust_identity("airline", KEY_A, NOW)
+    assert store.identity_owner(KEY_A) == "airline"
+
+    with pytest.raises(IdentityKeyReused) as raised:
+        store.trust_identity("impostor", KEY_A, NOW + 1)
+    assert (raised.value.handle, raised.value.owner) == ("impostor", "airline")
+    with pytest.raises(IdentityKeyReused):
+        store.approve_identity("impostor", KEY_A, NOW + 1)
+    assert store.get_trusted_identity("impostor") is None
+    assert store.identity_owner(KEY_A) == "airline"
+
+    store.approve_identity("airline", KEY_A, NOW + 2, verified=True)
+    assert store.identity_owner(KEY_A) == "airline"
+    store.approve_identity("airline", KEY_B, NOW + 3)  # a key change the user approved
+    assert (store.identity_owner(KEY_A), store.identity_owner(KEY_B)) == (None, "airline")
+    assert store.trust_identity("successor", KEY_A, NOW + 4) is IdentityStatus.NEW  # freed
+    assert store.identity_owner(KEY_A) == "successor"
+
+
+def test_a_rolled_back_pin_leaves_the_key_unowned(store: KeyStore) -> None:
+    with pytest.raises(RuntimeError), store.atomic():
+        store.trust_identity("airline", KEY_A, NOW)
+        assert store.identity_owner(KEY_A) == "airline"
+        raise RuntimeError("crash before the commit")
+    assert store.identity_owner(KEY_A) is None
+    assert store.trust_identity("other", KEY_A, NOW) is IdentityStatus.NEW
+
+
 def test_identity_keys_must_be_32_bytes(store: KeyStore) -> None:
     with pytest.raises(ValueError):
         store.check_identity("airline", b"\x01" * 31)
@@ -269,7 +301,82 @@ def test_atomic_blocks_nest_like_savepoints(store: KeyStore) -> None:
     assert store.state_items("") == [("after", b"3"), ("outer", b"1")]
 
 
+def test_logs_keep_each_group_in_append_order(store: KeyStore) -> None:
+    for i in range(5):
+        store.append_log("statements/alice", b"a%d" % i)
+        store.append_log("statements/bob", b"b%d" % i)
+    assert store.read_log("statements/alice") == [b"a0", b"a1", b"a2", b"a3", b"a4"]
+    assert store.read_log("statements/alice", start=3) == [b"a3", b"a4"]
+    assert store.read_log("statements/alice", start=9) == []
+    assert store.read_log("statements/carol") == []
+    store.delete_log("statements/alice", count=2)
+    assert store.read_log("statements/alice") == [b"a2", b"a3", b"a4"]
+    store.append_log("statements/alice", b"a5")
+    assert store.read_log("statements/alice", start=2) == [b"a4", b"a5"]
+    store.delete_log("statements/alice")
+    store.delete_log("statements/nobody")
+    assert store.read_log("statements/alice") == []
+    assert store.read_log("statements/bob") == [b"b0", b"b1", b"b2", b"b3", b"b4"]
+
+
+def test_atomic_block_rolls_back_log_writes_in_order(store: KeyStore) -> None:
+    for i in range(3):
+        store.append_log("held/mallory", b"%d" % i)
+    with pytest.raises(RuntimeError), store.atomic():
+        store.delete_log("held/mallory", count=2)
+        store.append_log("held/mallory", b"3")
+        store.append_log("held/eve", b"x")
+        raise RuntimeError
+    assert store.read_log("held/mallory") == [b"0", b"1", b"2"]
+    assert store.read_log("held/eve") == []
+    with pytest.raises(RuntimeError), store.atomic():
+        store.delete_log("held/mallory")
+        raise RuntimeError
+    store.append_log("held/mallory", b"3")
+    assert store.read_log("held/mallory") == [b"0", b"1", b"2", b"3"]
+
+
 # --- SQLite only -------------------------------------------------------------
+
+
+def test_logs_persist_and_a_file_made_before_them_opens(tmp_path: Path) -> None:
+    path = tmp_path / "keys.db"
+    with open_sqlite(path) as first:
+        first.append_log("statements/alice", b"one")
+        first.set_state("k", b"v")
+    with SqliteKeyStore.open(path, PASSPHRASE) as again:
+        again.append_log("statements/alice", b"two")
+        assert again.read_log("statements/alice") == [b"one", b"two"]
+    with sqlite3.connect(path) as db:  # as a file written before logs existed
+        db.execute("DROP TABLE logs")
+    db.close()
+    with SqliteKeyStore.open(path, PASSPHRASE) as older:
+        assert older.get_state("k") == b"v" and older.read_log("statements/alice") == []
+        older.append_log("statements/alice", b"three")
+        assert older.read_log("statements/alice") == [b"three"]
+
+
+def test_log_rows_cannot_move_between_groups_or_positions(tmp_path: Path) -> None:
+    path = tmp_path / "keys.db"
+    with open_sqlite(path) as store:
+        store.append_log("statements/alice", b"first")
+        store.append_log("statements/alice", b"second")
+        store.append_log("statements/bob", b"bob's")
+    with sqlite3.connect(path) as conn:
+        (s1, v1), (s2, v2), (s3, _) = conn.execute("SELECT seq, v FROM logs ORDER BY seq")
+        conn.execute("UPDATE logs SET v = ? WHERE seq = ?", [v2, s1])
+        conn.execute("UPDATE logs SET v = ? WHERE seq = ?", [v1, s2])
+    conn.close()
+    with SqliteKeyStore.open(path, PASSPHRASE) as store, pytest.raises(KeyStoreCorrupted):
+        store.read_log("statements/alice")
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE logs SET v = ? WHERE seq = ?", [v1, s1])
+        conn.execute("UPDATE logs SET v = ? WHERE seq = ?", [v2, s2])
+        g = conn.execute("SELECT g FROM logs WHERE seq = ?", [s1]).fetchone()[0]
+        conn.execute("UPDATE logs SET g = ? WHERE seq = ?", [g, s3])  # bob's row under alice
+    conn.close()
+    with SqliteKeyStore.open(path, PASSPHRASE) as store, pytest.raises(KeyStoreCorrupted):
+        store.read_log("statements/alice")
 
 
 def test_everything_persists_across_close_and_reopen(tmp_path: Path) -> None:
@@ -293,6 +400,28 @@ def test_everything_persists_across_close_and_reopen(tmp_path: Path) -> None:
         assert again.is_processed("airline", b"m" * 16)
         assert again.pending_messages() == [message(b"m" * 16)]
         assert again.get_state("k") == b"v"
+
+
+def test_the_key_index_persists_and_is_built_for_a_store_made_before_it(tmp_path: Path) -> None:
+    path = tmp_path / "keys.db"
+    with open_sqlite(path) as first:
+        first.trust_identity("airline", KEY_A, NOW)
+        first.trust_identity("bob", KEY_B, NOW)
+    with SqliteKeyStore.open(path, PASSPHRASE) as again:
+        assert (again.identity_owner(KEY_A), again.identity_owner(KEY_B)) == ("airline", "bob")
+        # What a store of an earlier version could hold: one key pinned under two handles.
+        again._store_trust(TrustedIdentity("twin", KEY_A, NOW + 1, verified=False))
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE key_owners")
+
+    for _ in range(2):  # the upgrade runs once and is idempotent
+        with SqliteKeyStore.open(path, PASSPHRASE) as upgraded:
+            assert (upgraded.identity_owner(KEY_A), upgraded.identity_owner(KEY_B)) == (
+                "airline",
+                "bob",
+            )
+            with pytest.raises(IdentityKeyReused):  # the first pinned keeps the key
+                upgraded.trust_identity("twin", KEY_A, NOW + 2)
 
 
 def test_wrong_passphrase_is_a_named_error(tmp_path: Path) -> None:
@@ -391,6 +520,8 @@ def test_no_secret_or_contact_handle_reaches_the_disk_in_clear(tmp_path: Path) -
     store.trust_identity(handles[0], KEY_A, NOW)
     store.commit_incoming(message(b"i" * 16, sender=handles[1], body=canaries["body"]), b"s")
     store.set_state(f"consent:{handles[1]}", canaries["state"])
+    canaries["log"] = b"CANARY-log-record"
+    store.append_log(f"statements/{handles[1]}", canaries["log"])
 
     def assert_clean() -> None:
         raw = disk_bytes(path)
@@ -399,6 +530,7 @@ def test_no_secret_or_contact_handle_reaches_the_disk_in_clear(tmp_path: Path) -
         for handle in handles:
             assert handle.encode() not in raw, f"handle {handle} found on disk"
         assert b"alice" not in raw  # even our own handle is sealed
+        assert KEY_A not in raw  # a contact's key, even in the key index
 
     assert path.with_name(path.name + "-wal").exists()  # WAL mode, still open
     assert_clean()

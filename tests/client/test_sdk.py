@@ -8,6 +8,7 @@ plugin), starts its own relay in ``tmp_path`` and closes everything it opened.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Coroutine
 from contextlib import asynccontextmanager
@@ -18,10 +19,12 @@ import nacl.pwhash.argon2id as argon2id
 import pytest
 
 from blindrelay.client.keystore import IncomingMessage, KeyStore, MemoryKeyStore, SqliteKeyStore
-from blindrelay.client.sdk import Backoff, Client, ConnectionLost, Message
+from blindrelay.client.sdk import Backoff, Client, ConnectionLost, Message, RelayKeyChanged
 from blindrelay.client.sessions import ONE_TIME_PREKEY_TARGET, IdentityState
+from blindrelay.client.transport import wire_tap
 from blindrelay.protocol import limits
 from blindrelay.protocol.content import Receipt, ReceiptType
+from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import (
     HandleTaken,
     RateLimited,
@@ -30,6 +33,8 @@ from blindrelay.protocol.errors import (
 )
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay, serve
+
+from ..server.conftest import MANY_REGISTRATIONS
 
 T = TypeVar("T")
 TIMEOUT = 10.0
@@ -47,6 +52,7 @@ async def within(awaitable: Awaitable[T], timeout: float = TIMEOUT) -> T:
 
 @asynccontextmanager
 async def relay_at(tmp_path: Path, **config: Any) -> AsyncIterator[RunningRelay]:
+    config = {**MANY_REGISTRATIONS, **config}  # every client comes from 127.0.0.1
     relay = await serve(
         RelayConfig(host="127.0.0.1", port=0, db_path=tmp_path / "relay.db", **config)
     )
@@ -105,10 +111,9 @@ def test_two_clients_exchange_messages_through_a_relay(tmp_path: Path) -> None:
             got = await bob_inbox.next()
             assert (got.sender, got.body, got.msg_id) == ("alice", "hello bob", msg_id)
             assert got.identity is IdentityState.NEW and got.sent_at > 0
+            assert got.is_request  # bob never wrote to alice: no automatic receipt
 
             await within(bob.send("alice", b"\x00binary reply"))
-            receipt = await alice_inbox.next()  # bob's automatic delivered receipt comes first
-            assert receipt.receipt == Receipt(ReceiptType.DELIVERED, (msg_id,))
             reply = await alice_inbox.next()
             # Alice pinned bob's key when she fetched his bundle: trusted, not new.
             assert (reply.sender, reply.body, reply.identity) == (
@@ -121,6 +126,8 @@ def test_two_clients_exchange_messages_through_a_relay(tmp_path: Path) -> None:
             assert [(await bob_inbox.next_text()).body for _ in range(5)] == [
                 f"more {i}" for i in range(5)
             ]
+            receipt = await alice_inbox.next()  # bob wrote back: automatic receipts now
+            assert receipt.receipt is not None and receipt.receipt.type is ReceiptType.DELIVERED
             assert alice.safety_number("bob") == bob.safety_number("alice")
             await alice_inbox.close()
             await bob_inbox.close()
@@ -374,6 +381,7 @@ def test_receipts_round_trip_as_chat_envelopes_the_relay_cannot_tell_apart(
             msg_id = await within(alice.send("bob", "read me"))
             inbox = Inbox(bob)
             assert (await inbox.next()).msg_id == msg_id
+            await within(bob.accept_request("alice"))  # the delivered receipt it was owed
             alice_inbox = Inbox(alice)
             delivered = await alice_inbox.next()
             assert delivered.receipt == Receipt(ReceiptType.DELIVERED, (msg_id,))
@@ -470,7 +478,11 @@ def test_backoff_grows_exponentially_with_jitter_up_to_its_cap() -> None:
 
 def test_prekeys_are_topped_up_when_the_relay_says_they_run_low(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with relay_at(tmp_path, bundle_burst=200) as relay:
+        # Alice alone drains bob's keys here: the per-requester, per-owner (SPEC §5.3) and
+        # message-request (§7.3) limits are raised so one account can.
+        limits_raised = {"bundle_burst": 200, "one_time_prekey_burst": 200,
+                         "message_request_max": 200}  # fmt: skip
+        async with relay_at(tmp_path, **limits_raised) as relay:
             bob_store = MemoryKeyStore()
             bob = await online(relay.url, "bob", bob_store)
             assert bob.welcome is not None and bob.welcome.one_time_prekeys == 0
@@ -531,5 +543,86 @@ def test_a_crash_between_encrypting_and_enqueueing_keeps_neither(
             await alice.close()
             await bob.close()
         store.close()
+
+    run(scenario())
+
+
+def replace_relay_key(db_path: Path) -> None:
+    """What a new operator (or another server answering at the relay's address) looks like."""
+    seed = os.urandom(32)
+    with sqlite3.connect(db_path) as db:
+        public = IdentityKeyPair.from_seed(seed).public
+        db.execute("UPDATE relay_identity SET seed = ?, public_key = ?", (seed, public))
+    db.close()
+
+
+def test_a_relay_presenting_another_key_is_an_error_before_anything_is_sent(
+    tmp_path: Path,
+) -> None:
+    """Issue 13 item 11: the pinned relay key binds our statements (SPEC §7.4); another key
+    is RelayKeyChanged from connect, before any frame of ours is written on that link,
+    until the application deliberately accepts the new key."""
+
+    async def scenario() -> None:
+        alice_store = MemoryKeyStore()
+        async with relay_at(tmp_path) as relay:
+            old_key = relay.relay_key
+            alice = await online(relay.url, "alice", alice_store)
+            await alice.close()
+            bob = await online(relay.url, "bob")
+            await within(bob.send("alice", "queued while the key changes"))
+            await bob.close()
+        replace_relay_key(tmp_path / "relay.db")
+        async with relay_at(tmp_path) as relay:
+            assert relay.relay_key != old_key
+            written: list[bytes] = []
+            token = wire_tap.set(lambda way, data: written.append(data) if way == "out" else None)
+            try:
+                alice = make_client(alice_store)
+                with pytest.raises(RelayKeyChanged) as changed:
+                    await within(alice.connect(relay.url))
+            finally:
+                wire_tap.reset(token)
+            assert (changed.value.pinned, changed.value.presented) == (old_key, relay.relay_key)
+            assert written == []  # no LOGIN, no ACK, no resend on that link
+            assert alice.relay_key == old_key  # nothing changed by itself
+
+            alice.accept_relay_key(relay.relay_key)
+            await within(alice.connect(relay.url))
+            await within(alice.login())
+            assert alice.relay_key == relay.relay_key
+            assert alice.welcome is not None and alice.welcome.queued == 1  # never acked
+            inbox = Inbox(alice)
+            assert (await inbox.next()).body == "queued while the key changes"
+            await inbox.close()
+            await alice.close()
+
+    run(scenario())
+
+
+def test_a_reconnect_to_a_relay_with_another_key_stops_the_client_with_the_error(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        relay = await serve(RelayConfig(host="127.0.0.1", port=0, db_path=tmp_path / "relay.db"))
+        port = int(relay.url.rsplit(":", 1)[1])  # the reconnect finds the new relay there
+        alice = await online(relay.url, "alice")
+        await relay.close()
+        replace_relay_key(tmp_path / "relay.db")
+        relay = await serve(
+            RelayConfig(host="127.0.0.1", port=port, db_path=tmp_path / "relay.db")
+        )
+        try:
+            with pytest.raises(RelayKeyChanged):
+                await within(alice.wait_online())
+            with pytest.raises(RelayKeyChanged):
+                await within(alice.send("alice", "to myself"))
+            alice.accept_relay_key(relay.relay_key)
+            await within(alice.connect(relay.url))  # logs in again by itself
+            await within(alice.wait_online())
+            assert alice.connection_count == 2
+            await alice.close()
+        finally:
+            await relay.close()
 
     run(scenario())

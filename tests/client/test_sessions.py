@@ -9,9 +9,10 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
+import msgpack
 import pytest
 
-from blindrelay.client.keystore import IdentityStatus, IncomingMessage, MemoryKeyStore
+from blindrelay.client.keystore import IdentityStatus, IncomingMessage, MemoryKeyStore, OurIdentity
 from blindrelay.client.sessions import (
     ONE_TIME_PREKEY_TARGET,
     IdentityState,
@@ -32,6 +33,7 @@ from blindrelay.protocol.content import (
 from blindrelay.protocol.errors import (
     DecryptionFailed,
     DuplicatedMessage,
+    IdentityKeyReused,
     InvalidSignature,
     UntrustedIdentity,
 )
@@ -418,3 +420,108 @@ def test_sessions_kept_in_memory_always_follow_the_keystore(pair: Pair) -> None:
     reused = pair.envelope(pair.alice, "bob", Text("four"))  # from "three"'s chain position
     with pytest.raises(DuplicatedMessage):
         pair.bob.receive(reused)
+
+
+# --- The sender's handle is bound end to end (SPEC §13.3, §13.8) -------------
+#
+# mallory captured alice's first (prekey) message to bob and sends the same
+# envelope, with the same msg_id, as his own SEND to bob: the relay delivers it
+# with sender "mallory". It must never be shown as mallory's, and alice's key
+# must never be pinned under "mallory".
+
+
+def resent_by(deliver: frames.Deliver, sender: str) -> frames.Deliver:
+    """The DELIVER the relay makes of another account's SEND of the same envelope."""
+    return replace(deliver, delivery_id=deliver.delivery_id + 1000, sender=sender)
+
+
+def nothing_known_of(manager: SessionManager, handle: str) -> bool:
+    store = manager.store
+    return (
+        store.get_trusted_identity(handle) is None
+        and manager.pending_identity_change(handle) is None
+        and store.load_session(handle) is None
+        and all(m.sender != handle for m in store.pending_messages())
+    )
+
+
+def test_a_first_message_resent_by_another_account_before_the_original_does_not_decrypt(
+    pair: Pair,
+) -> None:
+    pair.alice.start_session(pair.directory.bundle("bob"))
+    original = pair.envelope(pair.alice, "bob", Text("from alice"))
+    one_time_before = pair.bob.store.one_time_prekey_ids()
+
+    with pytest.raises(DecryptionFailed):  # the AD names alice and bob, not mallory and bob
+        pair.bob.receive(resent_by(original, "mallory"))
+    assert nothing_known_of(pair.bob, "mallory")
+    assert pair.bob.store.get_trusted_identity("alice") is None
+    assert pair.bob.store.one_time_prekey_ids() == one_time_before  # nothing used up
+
+    incoming = pair.bob.receive(original)  # alice's own copy still starts the session
+    assert incoming is not None and incoming.sender == "alice"
+    assert incoming.content.body == Text("from alice") and incoming.identity is IdentityState.NEW
+
+
+@pytest.mark.parametrize("one_time", [True, False], ids=["one-time-prekey", "drained"])
+def test_a_first_message_resent_by_another_account_after_the_original_is_refused(
+    pair: Pair, one_time: bool
+) -> None:
+    bundle = pair.directory.bundle("bob")
+    if not one_time:  # the relay ran out of bob's one-time prekeys (SPEC §13.3)
+        bundle = replace(bundle, one_time=None)
+    pair.alice.start_session(bundle)
+    original = pair.envelope(pair.alice, "bob", Text("from alice"))
+    first = pair.bob.receive(original)
+    assert first is not None and first.sender == "alice"
+
+    with pytest.raises(IdentityKeyReused):  # alice's key is pinned for "alice"
+        pair.bob.receive(resent_by(original, "mallory"))
+    assert nothing_known_of(pair.bob, "mallory")
+    assert [m.sender for m in pair.bob.store.pending_messages()] == ["alice"]
+    assert pair.bob.store.identity_owner(pair.alice.identity.identity_public) == "alice"
+
+
+def test_one_identity_key_is_never_pinned_for_two_handles(pair: Pair) -> None:
+    """Even a prekey message that decrypts (made by the key's holder under a second
+    handle) is refused, before any cryptography, and a bundle likewise."""
+    pair.alice.start_session(pair.directory.bundle("bob"))
+    assert pair.bob.receive(pair.envelope(pair.alice, "bob", Text("hi"))) is not None
+    ours = pair.alice.identity
+    twin = SessionManager(MemoryKeyStore(), rng=random.Random(8).randbytes, clock=Clock())
+    twin.store.set_identity(
+        OurIdentity("alice2", "user", "", ours.identity_seed, ours.identity_public)
+    )
+    pair.directory.publish(twin)
+    twin.start_session(pair.directory.bundle("bob"))
+    one_time_before = pair.bob.store.one_time_prekey_ids()
+
+    with pytest.raises(IdentityKeyReused):
+        pair.bob.receive(pair.envelope(twin, "bob", Text("same key, second handle")))
+    assert nothing_known_of(pair.bob, "alice2")
+    assert pair.bob.store.one_time_prekey_ids() == one_time_before
+
+    with pytest.raises(IdentityKeyReused):
+        pair.bob.start_session(pair.directory.bundle("alice2"))
+    assert nothing_known_of(pair.bob, "alice2")
+    with pytest.raises(IdentityKeyReused):
+        pair.bob.pin_identity("alice2", ours.identity_public)
+    assert nothing_known_of(pair.bob, "alice2")
+
+
+def test_a_session_stored_before_envelope_version_2_is_replaced(pair: Pair) -> None:
+    """SPEC §13.7: a version-1 session record counts as no session on either side."""
+    pair.alice.start_session(pair.directory.bundle("bob"))
+    assert pair.bob.receive(pair.envelope(pair.alice, "bob", Text("before"))) is not None
+    for manager, peer in ((pair.alice, "bob"), (pair.bob, "alice")):
+        record = msgpack.unpackb(manager.store.load_session(peer))
+        record[0] = 1  # as an earlier version stored it
+        manager.store.store_session(peer, msgpack.packb(record, use_bin_type=True))
+
+    assert not pair.alice.has_session("bob")
+    with pytest.raises(NoSession):
+        pair.alice.encrypt("bob", b"x")
+    assert pair.alice.start_session(pair.directory.bundle("bob")) is IdentityStatus.TRUSTED
+    incoming = pair.bob.receive(pair.envelope(pair.alice, "bob", Text("after the upgrade")))
+    assert incoming is not None and incoming.content.body == Text("after the upgrade")
+    assert incoming.identity is IdentityState.TRUSTED

@@ -13,7 +13,6 @@ from blindrelay.protocol import limits
 from blindrelay.protocol.codec import encode
 from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import (
-    REQUEST_FRAMES,
     Ack,
     BundleFetch,
     Deliver,
@@ -26,56 +25,31 @@ from blindrelay.protocol.frames import (
 from .wire import Received, new_handle, new_msg_id
 
 VECTORS = Path(blindrelay.protocol.__file__).parent / "vectors" / "invalid"
-REQUEST_TAGS = frozenset(int(t) for t in REQUEST_FRAMES)
 
 
-def _invalid_vectors() -> list[tuple[str, bytes, int]]:
+def _invalid_vectors() -> list[tuple[str, bytes, int, int | None]]:
     out = []
     for path in sorted(VECTORS.glob("*.json")):
         vector = json.loads(path.read_text())
         data = bytes.fromhex(vector["hex"])
         if len(data) > limits.MAX_FRAME_BYTES:
             continue  # the transport closes first (SPEC §1.1.5), tested in test_s01
-        out.append((path.stem, data, int(ErrorCode[vector["error"]])))
+        out.append((path.stem, data, int(ErrorCode[vector["error"]]), vector["re"]))
     return out
-
-
-def _unique_pairs(pairs: list[tuple[object, object]]) -> dict[object, object]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("duplicate key")
-    return result
-
-
-def expected_re(data: bytes) -> int | None:
-    """SPEC §2.2.3/§2.2.5, independently of any codec: the ERROR names the request if the
-    bytes are one msgpack map with unique keys whose ``t`` is a request type and whose
-    ``id`` is itself valid (an int, not a bool, in 1 … 2^32−1); otherwise it is a push."""
-    try:
-        obj = msgpack.unpackb(
-            data, raw=False, strict_map_key=False, object_pairs_hook=_unique_pairs
-        )
-    except Exception:
-        return None
-    if not isinstance(obj, dict):
-        return None
-    tag, request_id = obj.get("t"), obj.get("id")
-    if type(tag) is int and tag in REQUEST_TAGS and type(request_id) is int:
-        return request_id if 1 <= request_id <= 2**32 - 1 else None
-    return None
 
 
 @pytest.mark.spec("2.3")
 @pytest.mark.parametrize(
-    ("data", "code"),
-    [(d, c) for _, d, c in _invalid_vectors()],
-    ids=[n for n, _, _ in _invalid_vectors()],
+    ("data", "code", "re"),
+    [(d, c, r) for _, d, c, r in _invalid_vectors()],
+    ids=[n for n, _, _, _ in _invalid_vectors()],
 )
-async def test_invalid_vector_is_refused_with_its_code(relay, data, code):
-    """SPEC: "A receiver MUST refuse, with ERROR 100 MALFORMED_FRAME" each §2.3 case (101 for a
-    field over its limit, 102 for an unknown `t`), and keep the connection open."""
+async def test_invalid_vector_is_refused_with_its_code_and_re(relay, data, code, re):
+    """SPEC §2.3: "A receiver MUST refuse, with ERROR 100 MALFORMED_FRAME" each case (101 for
+    a value over its maximum length, 102 for an unknown `t`) and keep the connection open;
+    §2.2.5: the ERROR "carries `re` if and only if" the bytes hold a readable `id` — the
+    vector states which."""
     peer = await relay.user()
-    re = expected_re(data)
     await peer.send_raw(data, expect_re=re)
     error = await peer.recv()
     assert isinstance(error, Error), error
@@ -85,8 +59,9 @@ async def test_invalid_vector_is_refused_with_its_code(relay, data, code):
 
 @pytest.mark.spec("2.2.5")
 async def test_refused_request_names_its_valid_id(relay):
-    """SPEC: "When a request is refused because of a field, the relay MUST put the request's id
-    in the ERROR's re if the id field itself was present and valid"."""
+    """SPEC: "An ERROR answering a binary message MUST carry `re` if and only if the message
+    begins with one complete msgpack map in which exactly one key is the str `id` and that
+    key's value is an int from 1 to 2^32−1"."""
     peer = await relay.user()
     request_id = 2**32 - 1  # the largest valid id, to catch truncation
     data = msgpack.packb({"t": 11, "id": request_id, "handle": "Not-A-Handle"})
@@ -97,12 +72,35 @@ async def test_refused_request_names_its_valid_id(relay):
 
 @pytest.mark.spec("2.2.3")
 async def test_error_without_a_usable_id_is_a_push(relay):
-    """ERROR "is a push (no re) when it answers … a frame so malformed that no valid id
-    could be read from it"."""
+    """SPEC: "An ERROR is a push exactly when rule 5 gives it no `re`": an id of 0, or an
+    id that is not the map's only `id` key."""
     peer = await relay.user()
     await peer.send_raw(msgpack.packb({"t": 11, "id": 0, "handle": "bad"}))
     error = await peer.recv()
     assert isinstance(error, Error) and (error.code, error.re) == (100, None)
+    await peer.send_raw(bytes.fromhex("84a1740ba2696403a2696404a668616e646c65a3626f62"))
+    error = await peer.recv()
+    assert isinstance(error, Error) and (error.code, error.re) == (100, None)
+
+
+@pytest.mark.spec("2.2.5")
+async def test_a_readable_id_is_echoed_whatever_else_is_wrong(relay):
+    """SPEC: the rule "holds whatever else is wrong with the message and whatever its `t`",
+    the id "is read leniently" and "bytes after the map are ignored" — here for trailing
+    bytes, an extension type, a duplicate key, an unknown `t` and a frame the state refuses."""
+    peer = await relay.connect()
+    cases = [
+        (31, msgpack.packb({"t": 11, "id": 31, "handle": "bob"}) + b"\xc1", 100),
+        (32, msgpack.packb({"t": 11, "id": 32, "handle": msgpack.ExtType(9, b"")}), 100),
+        (33, bytes.fromhex("84a1740ba2696421a668616e646c65a3626f62a668616e646c65a3626f62"), 100),
+        (34, msgpack.packb({"t": 77, "id": 34, "x": [[[[[[1]]]]]]}), 100),
+        (35, msgpack.packb({"t": 77, "id": 35}), 102),
+        (36, msgpack.packb({"t": 11, "id": 36, "handle": "bob"}), 103),  # before WELCOME
+    ]
+    for request_id, data, code in cases:
+        await peer.send_raw(data, expect_re=request_id)
+        error = await peer.response(request_id)
+        assert isinstance(error, Error) and (error.code, error.re) == (code, request_id)
 
 
 @pytest.mark.spec("2.1")
@@ -228,3 +226,16 @@ async def test_relay_frames_are_canonical(relay):
         assert isinstance(item, Received)
         assert encode(item.frame) == item.raw
         assert next(iter(msgpack.unpackb(item.raw))) == "t"
+
+
+@pytest.mark.spec("2.2.5")
+async def test_the_id_is_read_past_1024_levels_of_nesting_but_not_1025(relay):
+    """SPEC: `re` is carried if the map's keys and values each nest "at most 1024
+    containers"; one more and the ERROR is a push."""
+    peer = await relay.user()
+    for depth, request_id in ((1024, 51), (1025, None)):
+        value = b"\x91" * (depth - 1) + b"\x90"
+        data = b"\x83\xa1t\x0b\xa1x" + value + b"\xa2id" + msgpack.packb(51)
+        await peer.send_raw(data, expect_re=request_id)
+        error = await peer.recv()
+        assert isinstance(error, Error) and (error.code, error.re) == (100, request_id), depth

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
+import msgpack
 import pytest
 
 from blindrelay.protocol import PROTOCOL_VERSION, limits
@@ -21,7 +23,7 @@ from blindrelay.protocol.frames import (
     Welcome,
 )
 
-from .wire import Account, new_handle, new_msg_id, rng
+from .wire import Account, error_code, new_handle, new_msg_id, rng
 
 
 def _register_frame(peer, account: Account, *, relay_key=None, challenge=None, key=None):
@@ -56,24 +58,28 @@ def _login_frame(
 
 
 async def _refused_and_closed(peer, frame) -> None:
-    """SPEC §4.4.1: ERROR 200 answering the proof, then the relay closes."""
+    """SPEC §4.4.1: ERROR 200 answering the proof, then the relay closes — §9: "with 1008
+    (policy violation) after every other closing code (104, 105, 200)"."""
     await peer.send(frame)
     error = await peer.response(frame.id)
     assert isinstance(error, Error) and error.code == 200, error
-    assert await peer.closed() is not None
+    assert await peer.closed() == 1008
+    assert peer.pending() == []
 
 
 @pytest.mark.spec("4.1")
 async def test_hello_carries_version_relay_key_fresh_challenge_and_clock(relay):
     """HELLO: version 1, a 32-byte relay key, a challenge "unique to this connection",
-    `expires_at` CHALLENGE_TTL_MS after HELLO and the relay clock `now`."""
+    `expires_at` CHALLENGE_TTL_MS after HELLO (POW_CHALLENGE_TTL_MS with `pow`, §4.4.1)
+    and the relay clock `now`."""
     before = time.time_ns() // 1_000_000
     first = await relay.connect()
     second = await relay.connect()
     for hello in (first.hello, second.hello):
         assert hello.version == PROTOCOL_VERSION == 1
         assert len(hello.relay_key) == 32 and len(hello.challenge) == limits.CHALLENGE_BYTES
-        assert hello.expires_at - hello.now == limits.CHALLENGE_TTL_MS
+        ttl = limits.CHALLENGE_TTL_MS if hello.pow is None else limits.POW_CHALLENGE_TTL_MS
+        assert hello.expires_at - hello.now == ttl
         assert abs(hello.now - before) < limits.STATEMENT_SKEW_MS
     assert first.hello.relay_key == second.hello.relay_key
     assert first.hello.challenge != second.hello.challenge
@@ -255,15 +261,76 @@ async def test_frames_before_welcome_get_103_and_the_connection_stays_open(relay
 
 @pytest.mark.spec("4.5")
 async def test_too_many_protocol_errors_close_with_105(relay):
-    """SPEC: "A relay closes a connection that has caused more than MAX_PROTOCOL_ERRORS (16)
-    frame or authentication errors, with ERROR 105 TOO_MANY_ERRORS"."""
+    """SPEC §4.5: "The ERROR that takes the count over MAX_PROTOCOL_ERRORS is sent as usual
+    and followed by ERROR 105 TOO_MANY_ERRORS, a push", then the relay closes with 1008."""
     peer = await relay.user()
-    for _ in range(limits.MAX_PROTOCOL_ERRORS + 1):
+    for _ in range(limits.MAX_PROTOCOL_ERRORS):
         await peer.send_raw(b"\xc1")
-    codes = []
-    for _ in range(limits.MAX_PROTOCOL_ERRORS + 1):
+    request_id = peer.next_id()
+    await peer.send_raw(msgpack.packb({"t": 11, "id": request_id, "handle": "B"}), expect_re=request_id)
+    errors = []
+    for _ in range(limits.MAX_PROTOCOL_ERRORS + 2):
         error = await peer.recv()
         assert isinstance(error, Error)
-        codes.append(error.code)
-    assert codes == [100] * limits.MAX_PROTOCOL_ERRORS + [105]
-    assert await peer.closed() is not None
+        errors.append((error.code, error.re))
+    assert errors == [(100, None)] * limits.MAX_PROTOCOL_ERRORS + [(100, request_id), (105, None)]
+    assert await peer.closed() == 1008
+
+
+@pytest.mark.spec("4.5")
+async def test_an_auth_failure_over_the_budget_closes_without_105(relay):
+    """SPEC §4.5: 200 counts, and "if that error itself closes the connection (200), no 105
+    follows"."""
+    peer = await relay.connect()
+    for _ in range(limits.MAX_PROTOCOL_ERRORS):
+        await peer.send_raw(b"\xc1")
+    for _ in range(limits.MAX_PROTOCOL_ERRORS):
+        assert error_code(await peer.recv()) == 100
+    forged = await peer.login(Account(new_handle(), "user"))
+    assert isinstance(forged, Error) and forged.code == 200
+    assert await peer.closed() == 1008
+    assert peer.pending() == []
+
+
+@pytest.mark.spec("4.5")
+async def test_refusals_of_well_formed_requests_do_not_count_towards_the_budget(relay):
+    """SPEC §4.5: "no other code counts" — 400 refusals past MAX_PROTOCOL_ERRORS leave the
+    connection open."""
+    alice = await relay.user()
+    for _ in range(limits.MAX_PROTOCOL_ERRORS + 4):
+        refused = await alice.request(
+            lambda i: Send(id=i, to=new_handle("nobody"), msg_id=new_msg_id(), intent="chat", body=b"x")
+        )
+        assert error_code(refused) == 400
+    assert await alice.round_trip() == []
+
+
+@pytest.mark.spec("4.6.2")
+async def test_a_bad_signature_is_answered_before_a_taken_handle(relay):
+    """SPEC §4.6.2: "The relay MUST check a REGISTER in this order and answer the first
+    failure only": the signature (200, closes) before the handle (201)."""
+    owner = await relay.user()
+    peer = await relay.connect()
+    frame = _register_frame(peer, Account(owner.handle, "user"), key=IdentityKeyPair.generate(rng))
+    await _refused_and_closed(peer, frame)
+
+
+@pytest.mark.spec("4.6.3")
+@pytest.mark.spec("4.6.4")
+async def test_the_proof_of_work_rule_holds_for_the_policy_the_relay_announces(relay):
+    """SPEC §4.6.3: with `pow` in HELLO, "a missing or wrong pow_nonce gets ERROR 203
+    REGISTRATION_REFUSED; the challenge is spent and the connection stays open";
+    without it, "a pow_nonce in a REGISTER answering a HELLO without pow is ignored" —
+    and on a relay that does not require invites (§4.6.4), so is an `invite`."""
+    peer = await relay.connect()
+    account = Account(new_handle("pow"), "user")
+    frame = _register_frame(peer, account)
+    if peer.hello.pow is None:
+        answer = await peer.request(
+            lambda i: replace(frame, id=i, pow_nonce=bytes(16), invite=bytes(16))
+        )
+        assert isinstance(answer, Welcome), answer
+        return
+    refused = await peer.request(lambda i: replace(frame, id=i))
+    assert isinstance(refused, Error) and refused.code == 203, refused
+    await _refused_and_closed(peer, _register_frame(peer, account))

@@ -143,6 +143,28 @@ async def test_each_fetch_consumes_exactly_one_one_time_key_until_none_is_left(r
 
 
 @pytest.mark.spec("5.3")
+async def test_an_owners_one_time_keys_are_handed_out_within_its_budget_whoever_asks(relay):
+    """SPEC §5.3: "the relay hands out at most ONE_TIME_PREKEY_BURST one-time prekeys of one
+    owner … whoever asks. When the owner's budget is spent the relay MUST still serve the
+    bundle, without one_time" (with the relay's default ONE_TIME_PREKEY_BURST)."""
+    burst = limits.ONE_TIME_PREKEY_BURST
+    bob = await relay.user(one_time=burst + 10)
+    bundles = []
+    for _ in range(burst // 2 + 3):  # many requesters, each within its own rate limit
+        fetcher = await relay.user()
+        for _ in range(2):
+            bundle = await fetcher.request(lambda i: BundleFetch(id=i, handle=bob.handle))
+            assert isinstance(bundle, Bundle), bundle
+            bundles.append(bundle)
+        await fetcher.close()
+    with_key = [b for b in bundles if b.one_time is not None]
+    assert len(with_key) == burst
+    assert len(bundles) - len(with_key) == 6
+    again = await relay.login(bob)
+    assert again.welcome.one_time_prekeys == 10
+
+
+@pytest.mark.spec("5.3")
 async def test_unknown_account_and_account_without_signed_prekey_get_the_same_400(relay):
     """SPEC: "an unknown account, an account without a signed prekey, and a fetch the
     consent rules refuse (§7.3) all get the same ERROR 400 RECIPIENT_UNAVAILABLE"."""
@@ -184,3 +206,27 @@ async def test_owner_is_told_when_one_time_keys_run_low(relay):
     assert isinstance(await alice.request(lambda i: BundleFetch(id=i, handle=bob.handle)), Bundle)
     low = await bob.push(PrekeysLow)
     assert low.remaining == 2
+
+
+@pytest.mark.spec("5.1")
+async def test_a_one_time_prekey_may_share_the_signed_prekeys_id(relay):
+    """SPEC §5.1: "a one-time prekey MAY have the id of the signed prekey … and the relay
+    MUST accept and serve both"."""
+    bob = await relay.user()
+    spk = signed_prekey(bob.account.key, key_id=7)
+    (otk,) = one_time_prekeys(7, 1)
+    ok = await bob.request(lambda i: PrekeysUpload(id=i, signed_prekey=spk, one_time=(otk,)))
+    assert isinstance(ok, Ok), ok
+    alice = await relay.user()
+    bundle = await alice.request(lambda i: BundleFetch(id=i, handle=bob.handle))
+    assert isinstance(bundle, Bundle)
+    assert (bundle.signed_prekey, bundle.one_time) == (spk, otk)
+
+
+@pytest.mark.spec("5.1")
+async def test_a_one_time_prekey_id_already_stored_is_refused_with_300(relay):
+    """SPEC §5.1: "A one-time prekey's id MUST differ from those of the owner's other one-time
+    prekeys stored at the relay"."""
+    bob = await relay.user(one_time=3)
+    error = await bob.request(lambda i: PrekeysUpload(id=i, one_time=one_time_prekeys(2, 1)))
+    assert _code(error) == 300

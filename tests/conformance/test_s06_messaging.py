@@ -113,6 +113,8 @@ async def test_envelopes_of_one_pair_arrive_in_acceptance_order(relay):
     SENT, so acceptance order is sending order; pipelined ones keep delivery_id order."""
     alice = await relay.user()
     bob = await relay.user()
+    # Bob wrote first: alice answers, so her chats are no message requests (§7.3).
+    assert isinstance(await bob.request(chat(alice.handle, b"hello")), Sent)
     for n in range(10):
         assert isinstance(await alice.request(chat(bob.handle, b"s%d" % n)), Sent)
     pipelined = [chat(bob.handle, b"p%d" % n)(alice.next_id()) for n in range(40)]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import msgpack
 import pytest
 
-from blindrelay.protocol import limits
+from blindrelay.protocol import codec, limits
 from blindrelay.protocol.codec import decode
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.frames import (
@@ -19,9 +20,14 @@ from blindrelay.protocol.frames import (
     Statements,
     StatementsList,
 )
-from blindrelay.protocol.signed import make_statement, verify_statement
+from blindrelay.protocol.signed import (
+    ConsentStatement,
+    SignedObject,
+    make_statement,
+    verify_statement,
+)
 
-from .wire import Peer, new_handle, new_msg_id, rng
+from .wire import Peer, new_handle, new_msg_id, non_canonical, rng
 
 
 def _code(frame) -> int | None:
@@ -87,6 +93,13 @@ def chat(to: str, body: bytes = b"hi"):
     return lambda i: Send(id=i, to=to, msg_id=new_msg_id(), intent="chat", body=body)
 
 
+async def user_writes_first(user: Peer, business: Peer) -> None:
+    """The user chats to the business, which takes it: a black box has no operator to
+    verify a business, and an unverified one may only ask users who wrote to it (§7.3)."""
+    assert isinstance(await user.request(chat(business.handle, b"hello")), Sent)
+    assert (await business.push(Deliver)).sender == user.handle
+
+
 # --- §7.3 what may be delivered -------------------------------------------------
 
 
@@ -105,6 +118,7 @@ async def test_consent_request_grant_then_notification_is_delivered(relay):
     granted"; then a notification in c is delivered with its category."""
     shop = await relay.business()
     user = await relay.user()
+    await user_writes_first(user, shop)
     assert isinstance(await shop.request(consent_request(user.handle, "utility")), Sent)
     ask = await user.push(Deliver)
     assert (ask.sender, ask.sender_kind, ask.intent, ask.categories) == (
@@ -126,6 +140,7 @@ async def test_a_pending_request_refuses_another_and_a_grant_allows_asking_the_r
     consent_request ✓ (marketing only)."""
     shop = await relay.business()
     user = await relay.user()
+    await user_writes_first(user, shop)
     assert isinstance(await shop.request(consent_request(user.handle, "utility")), Sent)
     assert _code(await shop.request(consent_request(user.handle, "marketing"))) == 400
     await state(user, "grant", shop, ["utility"])
@@ -147,22 +162,66 @@ async def test_service_replies_need_the_window_the_user_opens(relay):
 
 
 @pytest.mark.spec("7.3")
-@pytest.mark.parametrize("intent", ["chat", "notification", "consent_request"])
-async def test_business_to_business_is_forbidden(relay, intent):
-    """SPEC §7.3: "business → business | any | never (ERROR 202 FORBIDDEN)"."""
+async def test_an_unverified_business_cannot_ask_a_stranger(relay):
+    """SPEC §7.3: consent_request needs "may ask": "the business is verified, or the user
+    has written to it, or the user has granted it some category"; a new business has no
+    badge, so a cold request — and a bundle fetch of that user — get the 400 of §7.7."""
     shop = await relay.business()
-    other = await relay.business()
-    build = {"chat": chat, "notification": notification, "consent_request": consent_request}
-    assert _code(await shop.request(build[intent](other.handle))) == 202
+    user = await relay.user(signed=True)
+    answers = []
+    for build in (consent_request(user.handle), chat(new_handle("nobody"))):
+        await shop.send(build(4545))
+        answers.append((await shop.response_raw(4545)).raw)
+    await shop.send(BundleFetch(id=4545, handle=user.handle))
+    answers.append((await shop.response_raw(4545)).raw)
+    assert len(set(answers)) == 1
+    assert decode(answers[0]) == Error(code=400, re=4545)
 
 
 @pytest.mark.spec("7.3")
-async def test_denied_categories_refuse_asking_and_bundle_fetches(relay):
-    """SPEC §7.3 table: "denied, in cooldown": consent_request ✗ … bundle fetch ✗."""
+async def test_message_requests_stop_at_the_limit_until_the_recipient_writes_back(relay):
+    """SPEC §7.3: "The relay accepts at most MESSAGE_REQUEST_MAX of them per pair until the
+    recipient writes back, and then any number"; the refusal is the 400 of §7.7. (With the
+    relay's default MESSAGE_REQUEST_MAX.)"""
+    sender = await relay.user()
+    recipient = await relay.user()
+    for n in range(limits.MESSAGE_REQUEST_MAX):
+        assert isinstance(await sender.request(chat(recipient.handle, b"%d" % n)), Sent)
+    await sender.send(chat(recipient.handle)(4646))
+    refused = (await sender.response_raw(4646)).raw
+    await sender.send(chat(new_handle("nobody"))(4646))
+    assert refused == (await sender.response_raw(4646)).raw
+    assert decode(refused) == Error(code=400, re=4646)
+    assert isinstance(await recipient.request(chat(sender.handle, b"hi, who's this?")), Sent)
+    for n in range(3):
+        assert isinstance(await sender.request(chat(recipient.handle, b"more %d" % n)), Sent)
+
+
+@pytest.mark.spec("7.3")
+@pytest.mark.parametrize("intent", ["chat", "notification", "consent_request"])
+async def test_business_to_business_is_refused_like_an_unknown_recipient(relay, intent):
+    """SPEC §7.3: "business → business | any | never (ERROR 400)"; §7.7: the same bytes
+    as for a handle that does not exist."""
+    shop = await relay.business()
+    other = await relay.business()
+    build = {"chat": chat, "notification": notification, "consent_request": consent_request}
+    answers = []
+    for handle in (other.handle, new_handle("nobody")):
+        await shop.send(build[intent](handle)(4343))
+        answers.append((await shop.response_raw(4343)).raw)
+    assert answers[0] == answers[1]
+    assert decode(answers[0]) == Error(code=400, re=4343)
+
+
+@pytest.mark.spec("7.3")
+async def test_categories_cooling_down_refuse_asking_and_bundle_fetches(relay):
+    """SPEC §7.3 table: "revoked, in cooldown": consent_request ✗ … bundle fetch ✗ (and
+    "granted utility": bundle fetch ✓ before)."""
     shop = await relay.business()
     user = await relay.user(signed=True)
+    await state(user, "grant", shop, ["utility", "marketing"])
     assert isinstance(await shop.request(lambda i: BundleFetch(id=i, handle=user.handle)), Bundle)
-    await state(user, "deny", shop, ["utility", "marketing"])
+    await state(user, "revoke", shop, ["utility", "marketing"])
     assert _code(await shop.request(consent_request(user.handle, "utility"))) == 400
     assert _code(await shop.request(lambda i: BundleFetch(id=i, handle=user.handle))) == 400
 
@@ -238,8 +297,9 @@ async def test_blocks_between_users_work_both_ways_and_are_not_forwarded(relay):
         "other_relay",
         "garbage",
         "business_grants",
-        "grant_to_a_user",
         "revoke_never_granted",
+        "grant_when_granted",
+        "deny_while_denied",
         "deny_when_granted",
         "block_twice",
         "unblock_not_blocked",
@@ -249,14 +309,17 @@ async def test_invalid_statements_get_500(relay, case):
     """SPEC §7.4: "The relay MUST refuse with ERROR 500 INVALID_STATEMENT a statement whose
     signature does not verify, whose signer is not the connection's account, whose
     signer_key is not that account's current key, whose relay_key is not its own, whose
-    fields are malformed, or whose action does not fit the kinds"; missing transitions
-    are refused whole with 500."""
+    fields are malformed, or whose action does not fit the signer's kind"; missing
+    transitions — including every statement that would change nothing — are refused whole
+    with 500."""
     shop = await relay.business()
     user = await relay.user()
     other_user = await relay.user()
     stranger = IdentityKeyPair.generate(rng)
-    if case in ("deny_when_granted",):
+    if case in ("deny_when_granted", "grant_when_granted"):
         await state(user, "grant", shop, ["utility"])
+    if case == "deny_while_denied":
+        await state(user, "deny", shop, ["utility"])
     if case == "block_twice":
         await state(user, "block", shop)
     submitter, data = user, None
@@ -280,11 +343,13 @@ async def test_invalid_statements_get_500(relay, case):
             data = b"\x82\xa4body\xc4\x01x\xa3sig\xc4\x40" + bytes(64)
         case "business_grants":
             submitter, data = shop, statement(shop, "grant", user.handle, ["utility"])
-        case "grant_to_a_user":
-            data = statement(user, "grant", other_user.handle, ["utility"])
         case "revoke_never_granted":
             data = statement(user, "revoke", shop.handle, ["utility"])
         case "deny_when_granted":
+            data = statement(user, "deny", shop.handle, ["utility"])
+        case "grant_when_granted":  # changes nothing
+            data = statement(user, "grant", shop.handle, ["utility"])
+        case "deny_while_denied":  # changes nothing while the cooldown runs
             data = statement(user, "deny", shop.handle, ["utility"])
         case "block_twice":
             data = statement(user, "block", shop.handle)
@@ -325,11 +390,28 @@ async def test_a_replayed_statement_gets_501(relay):
 
 
 @pytest.mark.spec("7.4")
-async def test_a_statement_about_an_unknown_target_gets_400(relay):
-    """SPEC §7.4: "An unknown target gets ERROR 400"."""
+@pytest.mark.parametrize("action", ["grant", "deny", "revoke"])
+async def test_a_consent_statement_to_a_user_or_nobody_gets_the_same_400(relay, action):
+    """SPEC §7.4: "A grant, deny or revoke whose target is not a business — a user or a
+    handle that does not exist — gets ERROR 400", the same bytes in both cases (§7.7)."""
     user = await relay.user()
-    data = statement(user, "block", new_handle("nobody"))
-    assert _code(await submit(user, data)) == 400
+    other_user = await relay.user()
+    answers = []
+    for target in (other_user.handle, new_handle("nobody")):
+        await user.send(Statement(id=4444, statement=statement(user, action, target, ["utility"])))
+        answers.append((await user.response_raw(4444)).raw)
+    assert answers[0] == answers[1]
+    assert decode(answers[0]) == Error(code=400, re=4444)
+
+
+@pytest.mark.spec("7.4")
+async def test_a_block_of_a_handle_nobody_holds_is_accepted_like_any_other(relay):
+    """SPEC §7.4: "A block or unblock whose target does not exist is accepted and kept
+    like any other", so a block tells nothing about existence."""
+    user = await relay.user()
+    other_user = await relay.user()
+    for target in (other_user.handle, new_handle("nobody")):
+        assert isinstance(await submit(user, statement(user, "block", target)), Ok)
 
 
 # --- §7.5 forwarding ------------------------------------------------------------
@@ -344,9 +426,9 @@ async def test_consent_statements_and_business_blocks_are_forwarded_byte_for_byt
     shop = await relay.business()
     user = await relay.user()
     sent = [
-        await state(user, "grant", shop, ["utility", "marketing"]),
-        await state(user, "revoke", shop, ["marketing"]),
+        await state(user, "grant", shop, ["utility"]),
         await state(user, "deny", shop, ["marketing"]),
+        await state(user, "revoke", shop, ["utility"]),
         await state(user, "block", shop),
         await state(user, "unblock", shop),
     ]
@@ -361,8 +443,28 @@ async def test_consent_statements_and_business_blocks_are_forwarded_byte_for_byt
     assert (receipt.action, receipt.target, receipt.categories) == (
         "grant",
         shop.handle,
-        ("utility", "marketing"),
+        ("utility",),
     )
+
+
+@pytest.mark.spec("7.5")
+async def test_a_receipt_superseded_before_delivery_is_not_delivered(relay):
+    """SPEC §7.5: a queued forwarded statement "that is no longer in force for any family
+    … is deleted from the queue in the same transaction, and from then on is not
+    delivered"; forwarded statements are outside the queue cap."""
+    shop = await relay.business()
+    user = await relay.user()
+    await shop.close()
+    grant_both = await state(user, "grant", shop, ["utility", "marketing"])
+    await state(user, "revoke", shop, ["utility"])
+    regrant = await state(user, "grant", shop, ["utility"])
+    block = await state(user, "block", shop)
+    unblock = await state(user, "unblock", shop)
+    again = await relay.login(shop)
+    assert again.welcome.queued == 3
+    received = await again.deliveries(3)
+    assert [d.body for d in received] == [grant_both, regrant, unblock]
+    assert block not in [d.body for d in received]
 
 
 # --- §7.6 listing -----------------------------------------------------------------
@@ -385,9 +487,32 @@ async def test_listing_returns_the_statements_in_force_oldest_first(relay):
 
     assert await listing(user) == [grant_both, revoke_marketing]
     assert await listing(shop) == [grant_both, revoke_marketing]
-    grant_utility = await state(user, "grant", shop, ["utility"])
-    assert await listing(user) == [revoke_marketing, grant_utility]
+    grant_marketing = await state(user, "grant", shop, ["marketing"])
+    # grant_both is still in force for utility, so it is listed; the revoke is not.
+    assert await listing(user) == [grant_both, grant_marketing]
     assert await listing(bystander) == []
+
+
+@pytest.mark.spec("7.6")
+async def test_a_block_is_listed_to_its_target_only_if_the_target_is_a_business(relay):
+    """SPEC §7.6: "a block or unblock is listed to its target only if it is forwarded to
+    it (§7.5), i.e. when the target is a business": a private person learns nothing about
+    who blocked them."""
+    shop = await relay.business()
+    user = await relay.user()
+    other = await relay.user()
+    by_other = await state(other, "block", user)
+    by_shop = await state(shop, "block", user)
+    by_user = await state(user, "block", shop)
+
+    async def listing(peer):
+        page = await peer.request(lambda i: StatementsList(id=i, after=0))
+        assert isinstance(page, Statements) and page.next is None
+        return list(page.statements)
+
+    assert await listing(user) == [by_user]
+    assert await listing(other) == [by_other]
+    assert await listing(shop) == [by_shop, by_user]
 
 
 # --- §7.7 no oracles --------------------------------------------------------------
@@ -447,3 +572,42 @@ async def test_refused_bundle_fetches_and_chats_are_byte_identical(relay):
         answers.append((await sender.response_raw(9)).raw)
     assert len(set(answers)) == 1
     assert decode(answers[0]) == Error(code=400, re=9)
+
+
+# --- §14 signed objects are kept byte for byte ------------------------------------
+
+
+def non_canonical_statement(peer: Peer, action: str, target: str, categories=None) -> bytes:
+    """A valid statement of ``peer``'s whose body and outer map are not canonical."""
+    body = msgpack.unpackb(
+        codec.encode_object(
+            make_statement(
+                action, signer=peer.handle, signer_key=peer.account.public, target=target,
+                relay_key=peer.hello.relay_key, now_ms=peer.relay_now(), rng=rng,
+                categories=tuple(categories) if categories else None,
+            )
+        )
+    )  # fmt: skip
+    body_bytes = non_canonical(body)
+    sig = peer.account.key.sign(ConsentStatement.CONTEXT + b"\x00" + body_bytes)
+    data = non_canonical({"body": body_bytes, "sig": sig})
+    assert codec.encode_object(SignedObject(body=body_bytes, sig=sig)) != data
+    return data
+
+
+@pytest.mark.spec("14")
+async def test_a_non_canonical_statement_is_forwarded_and_listed_byte_for_byte(relay):
+    """SPEC §14: "The relay MUST NOT re-encode a signed object: it forwards (§7.5), lists
+    (§7.6) and serves … exactly the bytes it accepted, byte for byte — the outer map and
+    body alike, canonical or not"."""
+    shop = await relay.business()
+    user = await relay.user()
+    data = non_canonical_statement(user, "grant", shop.handle, ["utility"])
+    assert isinstance(await submit(user, data), Ok)
+    delivered = await shop.push(Deliver)
+    assert (delivered.intent, delivered.body) == ("statement", data)
+    for peer in (user, shop):
+        page = await peer.request(lambda i: StatementsList(id=i, after=0))
+        assert isinstance(page, Statements) and list(page.statements) == [data]
+    receipt = verify_statement(data, expected_key=user.account.public, relay_key=shop.hello.relay_key)
+    assert (receipt.action, receipt.categories) == ("grant", ("utility",))

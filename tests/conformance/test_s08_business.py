@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import msgpack
 import pytest
 
+from blindrelay.protocol import codec
 from blindrelay.protocol.business import BusinessProfile, OpeningHours, open_profile
+from blindrelay.protocol.codec import decode
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.frames import (
     Error,
@@ -23,7 +26,7 @@ from blindrelay.protocol.frames import (
 )
 from blindrelay.protocol.signed import make_statement
 
-from .wire import Peer, new_handle, new_msg_id, rng
+from .wire import Peer, new_handle, new_msg_id, non_canonical, rng
 
 
 def _code(frame) -> int | None:
@@ -105,14 +108,30 @@ async def test_only_businesses_may_put_a_profile(relay):
 
 @pytest.mark.spec("8.2")
 async def test_fetching_without_profile_or_unknown_handle(relay):
-    """SPEC §8.2: "fetching an account without a profile returns PROFILE without profile;
-    an unknown handle gets ERROR 601 NOT_FOUND"."""
+    """SPEC §8.2: "fetching a business without a profile returns PROFILE without
+    profile"; an unknown handle gets ERROR 601 NOT_FOUND."""
     shop = await relay.business()
     user = await relay.user()
     bare = await fetch(user, shop.handle)
     assert isinstance(bare, Profile) and bare.profile is None
     assert bare.identity_key == shop.account.public
     assert _code(await fetch(user, new_handle("nobody"))) == 601
+
+
+@pytest.mark.spec("8.2")
+@pytest.mark.spec("11.1")
+async def test_a_user_has_no_profile_and_is_refused_like_an_unknown_handle(relay):
+    """SPEC §8.2: "A PROFILE_FETCH naming a user account or an unknown handle MUST get
+    the same ERROR 601 NOT_FOUND — the same bytes for the same request id": profiles
+    are public for businesses only; a user's existence and identity key are not."""
+    asker = await relay.user()
+    users = [await relay.user(), await relay.user(signed=True), asker]
+    answers = []
+    for handle in (new_handle("nobody"), *(u.handle for u in users)):
+        await asker.send(ProfileFetch(id=601, handle=handle))
+        answers.append((await asker.response_raw(601)).raw)
+    assert len(set(answers)) == 1
+    assert decode(answers[0]) == Error(code=601, re=601)
 
 
 def _month(peer: Peer) -> str:
@@ -192,3 +211,69 @@ async def test_usage_is_for_businesses_only(relay):
     """SPEC §8.4: "A business reads its own counts with USAGE_FETCH …; a user gets ERROR 202"."""
     user = await relay.user()
     assert _code(await usage(user)) == 202
+
+
+@pytest.mark.spec("14")
+@pytest.mark.spec("8.2")
+async def test_a_non_canonical_profile_is_served_byte_for_byte(relay):
+    """SPEC §14: the relay "serves (§8.1, §8.2) exactly the bytes it accepted, byte for
+    byte — the outer map and body alike, canonical or not"."""
+    shop = await relay.business()
+    user = await relay.user()
+    body = non_canonical(msgpack.unpackb(codec.encode_object(open_profile(
+        profile(shop), shop.account.public, shop.handle
+    ))))  # fmt: skip
+    sig = shop.account.key.sign(BusinessProfile.CONTEXT + b"\x00" + body)
+    data = non_canonical({"body": body, "sig": sig})
+    assert isinstance(await put(shop, data), Ok)
+    served = await fetch(user, shop.handle)
+    assert isinstance(served, Profile) and served.profile == data
+    assert open_profile(served.profile, shop.account.public, shop.handle).display_name == (
+        "Conformance Air"
+    )
+
+
+@pytest.mark.spec("8.2")
+@pytest.mark.parametrize(
+    ("case", "change"),
+    [
+        ("without_hours", {"hours": None}),
+        ("without_description", {"description": None}),
+        ("display_name_too_long", {"display_name": "N" * 65}),
+        ("display_name_blank", {"display_name": "   "}),
+        ("description_too_long", {"description": "d" * 513}),
+    ],
+)
+async def test_a_profile_breaking_its_table_gets_600(relay, case, change):
+    """SPEC §8.2: "Every profile field is required …; a profile that breaks a rule of this
+    table … is refused with 600" (display_name 1 … 64 characters, not only white space;
+    description 0 … 512)."""
+    shop = await relay.business()
+    fields = msgpack.unpackb(codec.encode_object(open_profile(
+        profile(shop), shop.account.public, shop.handle
+    )))  # fmt: skip
+    for key, value in change.items():
+        if value is None:
+            del fields[key]
+        else:
+            fields[key] = value
+    body = msgpack.packb(fields, use_bin_type=True)
+    sig = shop.account.key.sign(BusinessProfile.CONTEXT + b"\x00" + body)
+    data = msgpack.packb({"body": body, "sig": sig}, use_bin_type=True)
+    assert _code(await put(shop, data)) == 600
+
+
+@pytest.mark.spec("8.2")
+async def test_a_profile_with_the_longest_fields_is_accepted(relay):
+    """SPEC §8.2: display_name up to DISPLAY_NAME_MAX_LEN (64) characters, description up to
+    512, may be empty."""
+    shop = await relay.business()
+    for name, description in (("N" * 64, "d" * 512), ("N", "")):
+        fields = msgpack.unpackb(codec.encode_object(open_profile(
+            profile(shop), shop.account.public, shop.handle
+        )))  # fmt: skip
+        fields.update(display_name=name, description=description)
+        body = msgpack.packb(fields, use_bin_type=True)
+        sig = shop.account.key.sign(BusinessProfile.CONTEXT + b"\x00" + body)
+        data = msgpack.packb({"body": body, "sig": sig}, use_bin_type=True)
+        assert isinstance(await put(shop, data), Ok)

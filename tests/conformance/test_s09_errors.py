@@ -94,9 +94,11 @@ async def test_only_1xx_errors_carry_a_reason_and_only_402_a_retry_after(relay):
 
 @pytest.mark.spec("9")
 async def test_only_closing_codes_close_the_connection(relay):
-    """SPEC §9: "all other errors leave it open and usable"; 200 closes."""
+    """SPEC §9: "all other errors leave it open and usable"; after 200 the relay "MUST send
+    no further frame and MUST close the WebSocket connection with … 1008"."""
     for peer, error in await _errors_of_every_kind(relay):
         if ErrorCode(error.code).closes_connection:
-            assert await peer.closed() is not None, error
+            assert await peer.closed() == 1008, error
+            assert peer.pending() == [], error
         elif peer.account is not None:
             assert [f for f in await peer.round_trip() if isinstance(f, Error)] == [], error

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import msgpack
 from websockets.asyncio.client import ClientConnection as WebSocket
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -304,6 +305,31 @@ async def open_peer(url: str, subprotocols: Sequence[str] = (SUBPROTOCOL,)) -> P
     return Peer(ws, Received(frame, data))
 
 
+def non_canonical(value: object) -> bytes:
+    """msgpack in the longest forms and reversed key order: valid, but not canonical.
+
+    Ints as 64-bit, str as str32, bin as bin32, arrays and maps with 32-bit headers,
+    map keys last to first. Used to check that the relay keeps signed objects byte for
+    byte instead of re-encoding them (SPEC §14).
+    """
+    if value is None or isinstance(value, bool):
+        return msgpack.packb(value)  # type: ignore[no-any-return]
+    if isinstance(value, int):
+        return b"\xd3" + value.to_bytes(8, "big", signed=True)
+    if isinstance(value, str):
+        value = value.encode()
+        return b"\xdb" + len(value).to_bytes(4, "big") + value
+    if isinstance(value, bytes):
+        return b"\xc6" + len(value).to_bytes(4, "big") + value
+    if isinstance(value, list | tuple):
+        return b"\xdd" + len(value).to_bytes(4, "big") + b"".join(map(non_canonical, value))
+    if isinstance(value, dict):
+        pairs = list(value.items())[::-1]
+        body = b"".join(non_canonical(k) + non_canonical(v) for k, v in pairs)
+        return b"\xdf" + len(pairs).to_bytes(4, "big") + body
+    raise TypeError(type(value).__name__)
+
+
 def error_code(frame: Frame) -> int | None:
     """The code of an ERROR frame, or None for any other frame (readable in asserts)."""
     return frame.code if isinstance(frame, Error) else None
@@ -319,6 +345,7 @@ __all__ = [
     "error_code",
     "new_handle",
     "new_msg_id",
+    "non_canonical",
     "one_time_prekeys",
     "open_peer",
     "signed_prekey",

@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from blindrelay.protocol import frames as f
 from blindrelay.protocol import limits
 
-handles = st.from_regex(r"[a-z0-9][a-z0-9._-]{2,31}", fullmatch=True)
+handles = st.from_regex(r"[a-z0-9]{1,10}(?:[._-][a-z0-9]{1,6}){0,3}", fullmatch=True).filter(
+    lambda h: len(h) >= 3
+)
 u32_ids = st.integers(1, 2**32 - 1)
 times = st.integers(0, f.MAX_TIME_MS)
 counts = st.integers(0, f.MAX_DELIVERY_ID)
@@ -38,20 +40,28 @@ BY_NAME: dict[str, st.SearchStrategy[object]] = {
     "msg_id": st.binary(min_size=16, max_size=16),
     "body": bodies,
     "statement": st.binary(min_size=1, max_size=limits.MAX_STATEMENT_BYTES),
-    "statements": st.lists(st.binary(max_size=64), max_size=5).map(tuple),
+    "statements": st.lists(st.binary(min_size=1, max_size=64), max_size=5).map(tuple),
     "profile": st.binary(min_size=1, max_size=512),
     "badge": st.binary(min_size=1, max_size=256),
     "delivery_id": st.integers(1, f.MAX_DELIVERY_ID),
     "delivery_ids": st.lists(st.integers(1, f.MAX_DELIVERY_ID), min_size=1, max_size=20).map(tuple),
-    "month": st.from_regex(r"\d{4}-(0[1-9]|1[0-2])", fullmatch=True),
+    "month": st.from_regex(r"[0-9]{4}-(0[1-9]|1[0-2])", fullmatch=True),
     "category": categories,
     "count": counts,
     "code": st.sampled_from([100, 101, 103, 400, 402, 900]),
-    "reason": st.text(max_size=50),
+    "reason": st.text(min_size=1, max_size=50),
     "next": st.integers(1, f.MAX_DELIVERY_ID),
     "after": counts,
-    "retry_after": times,
+    "retry_after": st.integers(1, f.MAX_TIME_MS),
     "has_signed_prekey": st.booleans(),
+    "pow_nonce": st.binary(min_size=limits.POW_NONCE_BYTES, max_size=limits.POW_NONCE_BYTES),
+    "invite": st.binary(min_size=limits.INVITE_BYTES, max_size=limits.INVITE_BYTES),
+    "pow": st.builds(
+        f.ProofOfWork,
+        bits=st.integers(1, 6),
+        opslimit=st.integers(1, 2),
+        memlimit=st.integers(1024, 4096).map(lambda kib: kib * 1024),
+    ),
 }
 
 SIGNED = st.builds(f.SignedPreKeyRecord, key_id=BY_NAME["key_id"], public=BY_NAME["public"], signature=BY_NAME["signature"])
@@ -99,9 +109,14 @@ def frame_strategy(cls: type[f.Frame]) -> st.SearchStrategy[f.Frame]:
         kwargs[fld.name] = st.none() | strategy if optional else strategy
     if cls is f.Error:
         kwargs["reason"] = st.none()
+        kwargs["retry_after"] = st.none()  # only with 402, set below
     base = st.fixed_dictionaries(kwargs)
     if cls in (f.Send, f.Deliver):
         base = st.tuples(base, _intent_fields(relay=cls is f.Deliver)).map(lambda p: {**p[0], **p[1]})
+    if cls is f.Error:
+        base = st.tuples(base, BY_NAME["retry_after"]).map(
+            lambda p: {**p[0], "retry_after": p[1]} if p[0]["code"] == 402 else p[0]
+        )
     if cls is f.PrekeysUpload:
         base = base.filter(lambda kw: kw["signed_prekey"] is not None or kw["one_time"])
     return base.map(lambda kw: cls(**kw))

@@ -7,7 +7,7 @@ import itertools
 import pytest
 from nacl.signing import SigningKey
 
-from blindrelay.protocol import codec, limits
+from blindrelay.protocol import codec, connection, limits
 from blindrelay.protocol import frames as f
 from blindrelay.protocol.connection import (
     RECEIVABLE,
@@ -108,6 +108,30 @@ def test_login_with_unknown_handle_fails_like_a_wrong_key(stored_key: bytes | No
         pair.relay.verify_login(frame, stored_key, T0 + 1)
 
 
+def test_an_unknown_handle_is_refused_even_with_a_signature_by_the_decoy_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SPEC §4.3, §11.1: an unknown handle's login is verified against a decoy key,
+    for the same work; the decoy's private half is public, so a valid signature by
+    it must still fail — and the verification must actually run."""
+    decoy = SigningKey(b"blindrelay/v1/unknown-account".ljust(32, b"\x00"))
+    assert decoy.verify_key.encode() == connection.UNKNOWN_ACCOUNT_KEY
+    verified: list[bytes] = []
+    real_verify = connection.verify_ed25519
+
+    def counting(public_key: bytes, message: bytes, signature: bytes) -> bool:
+        verified.append(public_key)
+        return real_verify(public_key, message, signature)
+
+    monkeypatch.setattr(connection, "verify_ed25519", counting)
+    pair = Pair()
+    pair.client.login("nobody", signer(decoy))
+    (frame,), _ = pair.flush()
+    with pytest.raises(AuthenticationFailed):
+        pair.relay.verify_login(frame, None, T0 + 1)
+    assert verified == [connection.UNKNOWN_ACCOUNT_KEY]
+
+
 def test_expired_challenge_is_refused() -> None:
     pair = Pair()
     frame = register(pair)
@@ -190,16 +214,43 @@ def test_non_frame_errors_never_carry_a_reason() -> None:
 
 
 def test_too_many_protocol_errors_close_the_connection() -> None:
+    """SPEC §4.5: the error that exceeds the budget is sent as usual, then 105 (no re)."""
     pair = Pair()
     for _ in range(limits.MAX_PROTOCOL_ERRORS):
         pair.relay.receive_data(b"\xc1")
     assert pair.relay.state is State.AWAITING_AUTH
-    pair.relay.receive_data(b"\xc1")
-    errors = pair.relay_errors()
-    assert errors[-1].code == ErrorCode.TOO_MANY_ERRORS
+    assert [e.code for e in pair.relay_errors()] == [ErrorCode.MALFORMED_FRAME] * limits.MAX_PROTOCOL_ERRORS
+    pair.relay.receive_data(codec.encode(f.BundleFetch(id=9, handle="bob")))  # 103, re 9
+    assert pair.relay_errors() == [
+        f.Error(code=ErrorCode.UNEXPECTED_FRAME, re=9, reason="BUNDLE_FETCH not allowed in state awaiting_auth"),
+        f.Error(code=ErrorCode.TOO_MANY_ERRORS),
+    ]
     assert pair.relay.state is State.CLOSED
     pair.relay.receive_data(b"\xc1")
     assert pair.relay.data_to_send() == []
+
+
+def test_refusals_of_well_formed_requests_do_not_count_towards_the_budget() -> None:
+    """SPEC §4.5: only 1xx errors and 200 count."""
+    from blindrelay.protocol.errors import RateLimited, RecipientUnavailable
+
+    pair = Pair()
+    for n in range(1, 3 * limits.MAX_PROTOCOL_ERRORS):
+        pair.relay.send_error(RecipientUnavailable(), re=n)
+        pair.relay.send_error(RateLimited(retry_after_ms=5), re=n)
+    assert pair.relay.state is State.AWAITING_AUTH
+    assert ErrorCode.TOO_MANY_ERRORS not in {e.code for e in pair.relay_errors()}
+
+
+def test_a_closing_error_that_exceeds_the_budget_is_not_followed_by_105() -> None:
+    """SPEC §4.5: "If that error itself closes the connection (200), no 105 follows"."""
+    pair = Pair()
+    for _ in range(limits.MAX_PROTOCOL_ERRORS):
+        pair.relay.receive_data(b"\xc1")
+    pair.relay_errors()
+    pair.relay.send_error(AuthenticationFailed("login signature"), re=4)
+    assert pair.relay_errors() == [f.Error(code=ErrorCode.AUTH_FAILED, re=4)]
+    assert pair.relay.state is State.CLOSED
 
 
 def test_client_matches_responses_to_pending_requests() -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from blindrelay.protocol import limits
 from blindrelay.protocol.consent import (
+    BUSINESS_REQUESTS,
     CONSENT_TRANSITIONS,
     INITIAL,
     CategoryConsent,
@@ -17,7 +18,9 @@ from blindrelay.protocol.consent import (
     after_accept,
     apply_statement,
     business_decision_table,
+    is_stranger,
     may_deliver,
+    user_decision_table,
 )
 from blindrelay.protocol.errors import InvalidStatement
 from blindrelay.protocol.signed import Action
@@ -28,8 +31,10 @@ NOW = 1_800_000_000_000
 DAY = 24 * 3600 * 1000
 
 
-def decide(request: str, state: PairState = INITIAL, *, sender: str = "business", recipient: str = "user", now: int = NOW, category: str | None = None, categories: frozenset[str] = frozenset()):
-    return may_deliver(sender_kind=sender, recipient_kind=recipient, request=request, state=state, now=now, category=category, categories=categories)
+def decide(request: str, state: PairState = INITIAL, *, sender: str = "business", recipient: str = "user", now: int = NOW, category: str | None = None, categories: frozenset[str] = frozenset(), verified: bool = True):
+    """``sender``/``recipient`` are the kinds, and the handles are named after them."""
+    handles = {"user": "user", "business": "business"} if sender != recipient else {}
+    return may_deliver(sender=handles.get(sender, "sender"), recipient=handles.get(recipient, "recipient"), sender_kind=sender, recipient_kind=recipient, request=request, state=state, now=now, category=category, categories=categories, sender_verified=verified)
 
 
 def apply(state: PairState, action: str, categories: tuple[str, ...] = (), *, signer: str = "alice", user_blocks_business: bool = False, now: int = NOW):
@@ -38,9 +43,15 @@ def apply(state: PairState, action: str, categories: tuple[str, ...] = (), *, si
 
 def test_spec_table_is_derived_from_may_deliver() -> None:
     rows = table_rows(section(7), "pair state")
-    header = ["consent_request", "notification utility", "notification marketing", "service reply", "bundle fetch"]
+    header = list(BUSINESS_REQUESTS)
     documented = {r[0]: {h: cell.startswith("✓") for h, cell in zip(header, r[1:], strict=True)} for r in rows}
     assert documented == business_decision_table()
+    assert "| pair state | " + " | ".join(header) + " |" in section(7)
+
+
+def test_spec_user_table_is_derived_from_may_deliver() -> None:
+    rows = table_rows(section(7), "user pair state")
+    assert {r[0]: r[1] for r in rows} == user_decision_table()
 
 
 def test_user_to_user_chat_is_free_of_consent_but_obeys_blocks() -> None:
@@ -71,8 +82,9 @@ def test_users_may_never_send_business_intents(request_: str, recipient: str) ->
 
 
 @pytest.mark.parametrize("request_", list(Request))
-def test_business_to_business_is_forbidden(request_: Request) -> None:
-    assert decide(request_, recipient="business", category="utility").verdict is Verdict.FORBIDDEN
+def test_business_to_business_is_refused_like_an_unknown_recipient(request_: Request) -> None:
+    """SPEC §7.7: the refusal depends on the recipient's kind, so it is the one 400."""
+    assert decide(request_, recipient="business", category="utility").verdict is Verdict.REFUSE
 
 
 def test_notification_needs_that_categorys_grant_and_is_billable() -> None:
@@ -160,3 +172,83 @@ def test_spec_transition_table_is_the_codes() -> None:
         for r in rows
     }
     assert documented == CONSENT_TRANSITIONS
+
+
+@pytest.mark.parametrize(
+    ("start", "action"),
+    [
+        (CategoryConsent(CategoryState.GRANTED), Action.GRANT),
+        (CategoryConsent(CategoryState.DENIED, NOW + 1), Action.DENY),
+        (CategoryConsent(CategoryState.REVOKED, NOW + 1), Action.DENY),
+        (CategoryConsent(CategoryState.REVOKED, NOW + 1), Action.REVOKE),
+    ],
+)
+def test_a_statement_that_changes_nothing_has_no_entry(start: CategoryConsent, action: Action) -> None:
+    """SPEC §7.4: every entry changes the category; no-ops (issue 13 item 5) are refused."""
+    with pytest.raises(InvalidStatement):
+        apply(PairState(consent={"utility": start}), action, ("utility",))
+
+
+def test_a_cooldown_that_has_ended_counts_as_none() -> None:
+    denied = PairState(consent={"utility": CategoryConsent(CategoryState.DENIED, NOW)})
+    state, _ = apply(denied, "deny", ("utility",), now=NOW)
+    assert state.category("utility") == CategoryConsent(CategoryState.DENIED, NOW + limits.CONSENT_COOLDOWN_MS)
+    with pytest.raises(InvalidStatement):  # and revoking it is revoking what was never granted
+        apply(denied, "revoke", ("utility",), now=NOW)
+
+
+def test_a_partly_effective_statement_is_refused_whole() -> None:
+    granted, _ = apply(INITIAL, "grant", ("utility",))
+    with pytest.raises(InvalidStatement):
+        apply(granted, "grant", ("utility", "marketing"))
+
+
+def user_chat(state: PairState, *, maximum: int = limits.MESSAGE_REQUEST_MAX):
+    return may_deliver(sender="alice", recipient="bob", sender_kind="user", recipient_kind="user", request="chat", state=state, now=NOW, message_request_max=maximum)
+
+
+def test_a_chat_to_a_user_who_never_wrote_back_is_a_message_request() -> None:
+    first = user_chat(INITIAL)
+    assert first.allowed and first.first_contact and first.message_request and first.writer == "alice"
+    state = after_accept(INITIAL, first, NOW, limits.SERVICE_WINDOW_MS)
+    assert state.wrote == {"alice"} and state.requests == 1
+    second = user_chat(state)
+    assert second.allowed and second.message_request and not second.first_contact and second.writer is None
+    full = PairState(wrote=frozenset({"alice"}), requests=3)
+    assert user_chat(full, maximum=3).verdict is Verdict.REFUSE
+    assert user_chat(full, maximum=4).allowed
+
+
+def test_once_the_recipient_wrote_chats_are_unlimited_and_change_nothing() -> None:
+    answered = PairState(wrote=frozenset({"alice", "bob"}), requests=limits.MESSAGE_REQUEST_MAX)
+    decision = user_chat(answered)
+    assert decision.allowed and not decision.message_request
+    assert after_accept(answered, decision, NOW, limits.SERVICE_WINDOW_MS) is answered
+    # Bob wrote first: Alice's answer is no request, and makes her a writer.
+    answer = user_chat(PairState(wrote=frozenset({"bob"})))
+    assert answer.allowed and not answer.message_request and answer.writer == "alice"
+
+
+def test_an_unverified_business_may_ask_only_users_who_wrote_or_granted() -> None:
+    cats = frozenset({"utility"})
+    assert decide("consent_request", categories=cats, verified=False).verdict is Verdict.REFUSE
+    assert decide("bundle_fetch", verified=False).verdict is Verdict.REFUSE
+    assert decide("consent_request", categories=cats, verified=True).allowed
+    wrote = PairState(wrote=frozenset({"user"}))
+    assert decide("consent_request", wrote, categories=cats, verified=False).allowed
+    granted = PairState(consent={"marketing": CategoryConsent(CategoryState.GRANTED)})
+    assert decide("consent_request", granted, categories=cats, verified=False).allowed
+    # The business having written (a service reply) is no invitation.
+    replied = PairState(wrote=frozenset({"business"}))
+    assert decide("consent_request", replied, categories=cats, verified=False).verdict is Verdict.REFUSE
+
+
+def test_a_stranger_is_whom_the_recipient_never_wrote_to_and_gave_nothing() -> None:
+    """SPEC §6.3: contacts and consented businesses are no strangers."""
+    assert is_stranger(INITIAL, "spammer", "bob")
+    assert not is_stranger(PairState(wrote=frozenset({"bob"})), "alice", "bob")
+    assert is_stranger(PairState(wrote=frozenset({"alice"})), "alice", "bob")  # she wrote, he not
+    granted = PairState(consent={"utility": CategoryConsent(CategoryState.GRANTED)})
+    assert not is_stranger(granted, "airline", "bob")
+    revoked = PairState(consent={"utility": CategoryConsent(CategoryState.REVOKED, NOW + 1)})
+    assert is_stranger(revoked, "airline", "bob")

@@ -22,9 +22,11 @@ def table_rows(text: str, first_column: str) -> list[list[str]]:
     """Rows of the markdown table whose header starts with ``first_column``."""
     rows: list[list[str]] = []
     in_table = False
-    for line in text.splitlines():
+    lines = text.splitlines()
+    for n, line in enumerate(lines):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells[0] == first_column:
+        header = n + 1 < len(lines) and lines[n + 1].startswith("|--")
+        if line.startswith("|") and cells[0] == first_column and header and not in_table:
             in_table = True
             continue
         if in_table and line.startswith("|"):

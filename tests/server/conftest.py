@@ -89,9 +89,17 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+MANY_REGISTRATIONS: dict[str, Any] = {"register_burst": 100_000, "register_rate_per_h": 100_000.0}
+"""Registrations per source address (SPEC §4.6.1) for tests: every test client comes
+from 127.0.0.1, so the default limit would cut the suite off; the tests of the limit
+itself set it back (tests/server/test_registration.py)."""
+
+
 @pytest.fixture
 def config(tmp_path: Path) -> RelayConfig:
-    return RelayConfig(host="127.0.0.1", port=0, db_path=tmp_path / "relay.db")
+    return RelayConfig(
+        host="127.0.0.1", port=0, db_path=tmp_path / "relay.db", **MANY_REGISTRATIONS
+    )
 
 
 @pytest.fixture
@@ -131,11 +139,14 @@ class RawClient:
         self.handle = ""
 
     @classmethod
-    async def open(cls, url: str, **connect_kwargs: Any) -> RawClient:
+    async def open(
+        cls, url: str, headers: dict[str, str] | None = None, **connect_kwargs: Any
+    ) -> RawClient:
         """Connect and read HELLO; ``connect_kwargs`` go to websockets' ``connect``."""
         ws = await connect(
-            url, subprotocols=[SUBPROTOCOL], compression=None, max_size=None, **connect_kwargs
-        )
+            url, subprotocols=[SUBPROTOCOL], compression=None, max_size=None,
+            additional_headers=headers, **connect_kwargs,
+        )  # fmt: skip
         conn = ClientConnection()
         client = cls(ws, conn)
         conn.receive_data(await client._recv_bytes())
@@ -269,8 +280,10 @@ class Clients(AsyncFixture):
             with contextlib.suppress(Exception):
                 await client.close()
 
-    async def open(self, url: str, **connect_kwargs: Any) -> RawClient:
-        client = await RawClient.open(url, **connect_kwargs)
+    async def open(
+        self, url: str, headers: dict[str, str] | None = None, **connect_kwargs: Any
+    ) -> RawClient:
+        client = await RawClient.open(url, headers, **connect_kwargs)
         self.opened.append(client)
         return client
 

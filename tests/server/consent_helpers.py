@@ -1,14 +1,23 @@
-"""Signed statements for relay tests (SPEC §7.4): made with the client's own key."""
+"""Signed statements and operator badges for relay tests (SPEC §7.4, §8.1)."""
 
 from __future__ import annotations
 
 import os
+import secrets
+from pathlib import Path
 from typing import Any
 
+from nacl.signing import SigningKey
+
+from blindrelay.protocol.business import issue_badge
+from blindrelay.protocol.crypto.fingerprint import key_fingerprint
 from blindrelay.protocol.frames import Frame, Ok, Statement
 from blindrelay.protocol.signed import make_statement
+from blindrelay.server.storage import Store, connect
 
 from .conftest import RawClient
+
+DAY_MS = 24 * 3600 * 1000
 
 
 def statement_bytes(
@@ -53,3 +62,35 @@ async def stated(
     """Send a STATEMENT that must be accepted."""
     answer = await state(client, action, target, now, categories)
     assert isinstance(answer, Ok), answer
+
+
+def issue_badge_for(db_path: Path, handle: str, now: int, *, validity_ms: int = DAY_MS) -> None:
+    """What ``blindrelay admin verify-business`` does: a badge for ``handle``'s current key,
+    in force from ``now``, stored where the relay reads it (SPEC §8.1)."""
+    operator = SigningKey.generate()
+    store = Store(connect(db_path))
+    try:
+        account = store.accounts.get(handle)
+        assert account is not None
+        serial = secrets.randbelow(2**63)
+        signed = issue_badge(
+            lambda message: operator.sign(message).signature, handle=handle,
+            identity_key=account.identity_key, display_name=handle.title(), serial=serial,
+            now_ms=now, validity_ms=validity_ms,
+        )  # fmt: skip
+        store.badges.add(
+            serial=serial, handle=handle, key_fingerprint=key_fingerprint(account.identity_key),
+            display_name=handle.title(), issued_at=now, expires_at=now + validity_ms,
+            signed=signed,
+        )  # fmt: skip
+    finally:
+        store.db.conn.close()
+
+
+def revoke_badges_of(db_path: Path, handle: str, now: int) -> None:
+    """``blindrelay admin revoke-badge``: the relay must stop counting it at once."""
+    store = Store(connect(db_path))
+    try:
+        assert store.badges.revoke(handle, now) >= 1
+    finally:
+        store.db.conn.close()

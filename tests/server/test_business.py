@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
 import stat
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
@@ -18,8 +21,8 @@ from blindrelay.protocol.business import (
     check_badge,
     open_profile,
 )
-from blindrelay.protocol.codec import encode_object
-from blindrelay.protocol.errors import ErrorCode
+from blindrelay.protocol.codec import decode, encode_object
+from blindrelay.protocol.errors import ErrorCode, NotFound
 from blindrelay.protocol.frames import (
     Ok,
     Profile,
@@ -31,12 +34,13 @@ from blindrelay.protocol.frames import (
     UsageFetch,
 )
 from blindrelay.protocol.signed import SignedObject, peek_signed
-from blindrelay.server import cli
+from blindrelay.server import cli, jobs
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.metering import month_of
 from blindrelay.server.relay import RunningRelay
+from blindrelay.server.storage import Account, Store, connect
 
-from .conftest import Clients, FakeClock, RawClient, db_rows, error_code
+from .conftest import TEST_TIMEOUT_S, Clients, FakeClock, RawClient, db_rows, error_code
 from .consent_helpers import stated
 
 
@@ -55,6 +59,17 @@ async def _fetch(client: RawClient, handle: str) -> Profile:
     return answer
 
 
+async def _raw_response(client: RawClient, request_id: int) -> bytes:
+    """The answer to ``request_id`` as the bytes the relay sent (others stay queued)."""
+    while True:
+        data = await asyncio.wait_for(client.ws.recv(), TEST_TIMEOUT_S)
+        assert isinstance(data, bytes)
+        frame = decode(data)
+        if getattr(frame, "re", None) == request_id:
+            return data
+        client.inbox.append(frame)
+
+
 async def test_a_business_publishes_a_signed_profile_the_relay_cannot_alter(
     relay: RunningRelay, clients: Clients, clock: FakeClock
 ) -> None:
@@ -66,10 +81,49 @@ async def test_a_business_publishes_a_signed_profile_the_relay_cannot_alter(
     assert (fetched.profile, fetched.badge) == (signed, None)
     assert fetched.identity_key == bytes(airline.key.verify_key)
     assert open_profile(fetched.profile, fetched.identity_key, "airline").display_name == "Air"
-    # Without a profile: PROFILE without one. Unknown handle: 601.
-    assert (await _fetch(airline, "bob")).profile is None
-    unknown = await bob.request(lambda i: ProfileFetch(id=i, handle="nobody"))
-    assert error_code(unknown) == ErrorCode.NOT_FOUND
+    # A business without a profile: PROFILE without one. A user and an unknown
+    # handle: the same ERROR 601, byte for byte (SPEC §8.2, §11.1).
+    shop = await clients.registered(relay.url, "shop", "business")
+    assert (await _fetch(bob, "shop")).profile is None
+    refusals = []
+    for handle in ("bob", "nobody", "airline-not"):
+        await shop.send(ProfileFetch(id=41, handle=handle))
+        refusals.append(await _raw_response(shop, 41))
+    assert len(set(refusals)) == 1
+    assert error_code(decode(refusals[0])) == ErrorCode.NOT_FOUND
+
+
+def _statements_run(store: Store, run: Callable[[], object]) -> list[str]:
+    """The SQL ``run`` executes, with every literal (handle, key, number) as ``?``."""
+    statements: list[str] = []
+    store.db.conn.set_trace_callback(statements.append)
+    try:
+        with contextlib.suppress(NotFound):
+            run()
+    finally:
+        store.db.conn.set_trace_callback(None)
+    return [re.sub(r"x?'[^']*'|\b\d+\b", "?", sql) for sql in statements]
+
+
+def test_a_user_and_an_unknown_handle_cost_a_profile_fetch_the_same_work(tmp_path: Path) -> None:
+    """SPEC §8.2: the same ERROR 601 "after the same work": the relay runs the same
+    lookups for a user as for an unknown handle and decides only afterwards."""
+    store = Store(connect(tmp_path / "relay.db"))
+    with store.db.atomic():
+        store.accounts.create(Account("alice", "user", b"a" * 32), 0)
+        store.accounts.create(Account("airline", "business", b"b" * 32), 0)
+    assert store.accounts.get("alice") is not None  # now in the writer's cache
+
+    def fetch(handle: str) -> Callable[[], object]:
+        return lambda: jobs.fetch_profile(store, handle, 1)
+
+    with pytest.raises(NotFound):
+        fetch("alice")()
+    with pytest.raises(NotFound):
+        fetch("nobody")()
+    user, unknown = _statements_run(store, fetch("alice")), _statements_run(store, fetch("nobody"))
+    assert user == unknown and len(user) == 3
+    assert _statements_run(store, fetch("airline")) == user  # a business: the same lookups
 
 
 async def test_bad_profiles_are_refused(
@@ -138,6 +192,16 @@ async def test_badges_are_issued_served_and_revoked_through_the_cli(
         assert rows == [(1,)]
 
 
+def test_admin_commands_on_an_unusable_database_print_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    not_a_database = tmp_path / "a-directory"
+    not_a_database.mkdir()
+    assert _admin("usage", "--db", str(not_a_database)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("blindrelay admin: cannot open the database") and err.count("\n") == 1
+
+
 async def _business_with_customers(
     relay: RunningRelay, clients: Clients, clock: FakeClock
 ) -> tuple[RawClient, RawClient, RawClient]:
@@ -164,9 +228,9 @@ async def test_usage_counts_are_exact_per_category_and_month(
         assert isinstance(sent, Sent)
     refused = await airline.send_message("eve", b"u", category="utility", **notify)
     assert error_code(refused) == ErrorCode.RECIPIENT_UNAVAILABLE  # refused: not counted
+    assert isinstance(await eve.send_message("airline", b"help"), Sent)  # user-initiated
     ask = await airline.send_message("eve", b"?", intent="consent_request", categories=("utility",))
     assert isinstance(ask, Sent)  # consent requests are not counted
-    assert isinstance(await eve.send_message("airline", b"help"), Sent)  # user-initiated
     assert isinstance(await bob.send_message("airline", b"hi"), Sent)
     assert isinstance(await airline.send_message("eve", b"reply 1"), Sent)  # service replies
     assert isinstance(await airline.send_message("eve", b"reply 2"), Sent)

@@ -74,6 +74,17 @@ async def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
     assert process.returncode == 0
 
 
+async def test_serve_with_an_unusable_database_path_prints_one_line(tmp_path: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        str(BLINDRELAY), "serve", "--port", "0", "--db", "missing-dir/relay.db",
+        cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, stderr = await asyncio.wait_for(process.communicate(), TEST_TIMEOUT_S)
+    last = stderr.decode().splitlines()[-1]
+    assert process.returncode == 1 and b"Traceback" not in stderr
+    assert last.startswith("blindrelay serve: cannot open the database") and "relay.db" in last
+
+
 async def test_serve_applies_the_configured_gc_policy_in_the_relay_and_its_writer(
     tmp_path: Path,
 ) -> None:
@@ -157,3 +168,29 @@ async def test_serve_exits_1_when_its_writer_process_dies(tmp_path: Path) -> Non
     _, stderr = await asyncio.wait_for(process.communicate(), TEST_TIMEOUT_S)
     assert process.returncode == 1
     assert b"writer process exited" in stderr
+
+
+@pytest.mark.parametrize(
+    "flags", [["--pow-bits", "7"], ["--pow-bits", "2", "--pow-memlimit", "1000"], ["--queue-cap", "0"]]
+)
+def test_serve_refuses_a_bad_configuration_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str]
+) -> None:
+    """A proof of work over SPEC §4.6.3's bound (or any invalid value) is one line, no
+    traceback, and no relay."""
+    assert main(["serve", "--db", str(tmp_path / "r.db"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("blindrelay serve: ") and err.count("\n") == 1
+    assert not (tmp_path / "r.db").exists()
+
+
+def test_require_invites_is_an_on_off_flag_with_an_environment_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from blindrelay.server.cli import build_parser
+
+    assert build_parser().parse_args(["serve"]).require_invites is False
+    assert build_parser().parse_args(["serve", "--require-invites"]).require_invites is True
+    monkeypatch.setenv("BLINDRELAY_REQUIRE_INVITES", "yes")
+    assert build_parser().parse_args(["serve"]).require_invites is True
+    assert build_parser().parse_args(["serve", "--no-require-invites"]).require_invites is False

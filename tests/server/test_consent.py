@@ -8,6 +8,7 @@ from blindrelay.protocol.codec import decode, encode
 from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import (
     Ack,
+    Bundle,
     BundleFetch,
     Deliver,
     Ok,
@@ -20,7 +21,7 @@ from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
 
 from .conftest import Clients, FakeClock, RawClient, db_rows, error_code, relay_with
-from .consent_helpers import stated, statement_bytes
+from .consent_helpers import issue_badge_for, revoke_badges_of, stated, statement_bytes
 
 BOTH = ("utility", "marketing")
 
@@ -171,6 +172,8 @@ async def test_consent_requests_are_rate_limited_per_business(
     async with relay_with(config, clock, consent_request_burst=2) as relay:
         airline = await clients.registered(relay.url, "airline", "business")
         shop = await clients.registered(relay.url, "shop", "business")
+        for business in ("airline", "shop"):  # verified: they may ask strangers (SPEC §7.3)
+            issue_badge_for(relay.config.db_path, business, clock.now)
         for n in range(3):
             await clients.registered(relay.url, f"user{n}")
         ask = {"intent": "consent_request", "categories": ("utility",)}
@@ -221,3 +224,56 @@ async def test_an_outbox_never_pushes_rows_withdrawn_after_it_paged_them(
     outbox.withdraw([rows[0][0]])  # the revoke committed after the page was read
     outbox._push_page(rows, limit=10)
     assert pushed == [rows[1][0]]
+
+
+async def test_a_business_is_refused_another_business_like_an_unknown_recipient(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    """SPEC §7.3, §7.7: business → business is refused with the one ERROR 400, not 202:
+    a refusal that depends on the recipient's kind must not tell its kind (or existence)."""
+    airline = await clients.registered(relay.url, "airline", "business")
+    hotel = await clients.registered(relay.url, "hotel", "business")
+    await hotel.upload_prekeys(one_time=1)
+    body = os.urandom(64)
+    for intent, fields in (
+        ("chat", {}),
+        ("notification", {"category": "utility"}),
+        ("consent_request", {"categories": ("utility",)}),
+    ):
+        answers = {
+            to: await _raw_answer(airline, Send(id=78, to=to, msg_id=os.urandom(16), body=body,
+                                                intent=intent, **fields))
+            for to in ("hotel", "nohotel")
+        }  # fmt: skip
+        assert answers["hotel"] == answers["nohotel"], (intent, answers)
+        assert error_code(decode(answers["hotel"])) == ErrorCode.RECIPIENT_UNAVAILABLE
+    fetches = {to: await _raw_answer(airline, BundleFetch(id=79, handle=to))
+               for to in ("hotel", "nohotel")}  # fmt: skip
+    assert fetches["hotel"] == fetches["nohotel"]
+
+
+async def test_an_unverified_business_cannot_cold_request_consent(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    """Issue 13 item 10: any unbadged business got one free consent request per user. Now
+    it may ask only users who wrote to it; a badge in force for its current key lifts that,
+    read at every request (a revoked badge stops counting at once)."""
+    shop = await clients.registered(relay.url, "shop", "business")
+    bob = await clients.registered(relay.url, "bob")
+    await bob.upload_prekeys(one_time=2)
+    carol = await clients.registered(relay.url, "carol")
+    dave = await clients.registered(relay.url, "dave")
+    ask = {"intent": "consent_request", "categories": ("utility",)}
+    reference = await _raw_answer(shop, Send(id=80, to="nobody", msg_id=os.urandom(16),
+                                             body=b"x", intent="chat"))  # fmt: skip
+    cold = await _raw_answer(shop, Send(id=80, to="bob", msg_id=os.urandom(16), body=b"x", **ask))
+    assert cold == reference
+    assert await _raw_answer(shop, BundleFetch(id=80, handle="bob")) == reference
+    assert isinstance(await carol.send_message("shop", b"hello"), Sent)
+    assert isinstance(await shop.send_message("carol", b"may we?", **ask), Sent)
+    issue_badge_for(relay.config.db_path, "shop", clock.now)
+    assert isinstance(await shop.send_message("bob", b"may we?", **ask), Sent)
+    assert isinstance(await shop.request(lambda i: BundleFetch(id=i, handle="bob")), Bundle)
+    revoke_badges_of(relay.config.db_path, "shop", clock.now)
+    assert error_code(await shop.send_message("dave", b"may we?", **ask)) == 400
+    await dave.close()

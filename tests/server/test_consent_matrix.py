@@ -1,4 +1,4 @@
-"""SPEC §7.3 over real sockets: every pair state × every business frame.
+"""SPEC §7.3 over real sockets: every pair state × every business frame, verified or not.
 
 Each cell gets a fresh user, drives the pair into its state with real frames
 (statements, sends, clock moves), then probes one business frame. The
@@ -26,23 +26,32 @@ from blindrelay.protocol.frames import Bundle, BundleFetch, Deliver, Error, Fram
 from blindrelay.server.relay import RunningRelay
 
 from .conftest import Clients, FakeClock, RawClient
-from .consent_helpers import stated
+from .consent_helpers import issue_badge_for, stated
 
-BUSINESS = "airline"
+VERIFIED, UNVERIFIED = "airline", "shop"
+"""Two businesses: one with a badge in force (SPEC §8.1), one without (SPEC §7.3)."""
 
 Step = tuple[str, ...]
 """("user", action, *categories) · ("business", action) · ("chat",) · ("request", *categories)
 · ("advance", "cooldown" | "window")."""
 
+WROTE: list[Step] = [("chat",), ("advance", "window")]
+"""The user wrote once, long ago: so an unverified business may ask too (SPEC §7.3)."""
+
 STATES: dict[str, list[Step]] = {
     "none": [],
-    "requested": [("request", "utility")],
+    "requested": [*WROTE, ("request", "utility")],
     "granted utility": [("user", "grant", "utility")],
     "granted both": [("user", "grant", "utility", "marketing")],
-    "denied in cooldown": [("request", "utility", "marketing"), ("user", "deny", "utility", "marketing")],
+    "denied in cooldown": [
+        *WROTE, ("request", "utility", "marketing"), ("user", "deny", "utility", "marketing"),
+    ],
     "denied after cooldown": [
-        ("request", "utility", "marketing"), ("user", "deny", "utility", "marketing"),
+        *WROTE, ("request", "utility", "marketing"), ("user", "deny", "utility", "marketing"),
         ("advance", "cooldown"),
+    ],
+    "denied unasked, after cooldown": [
+        ("user", "deny", "utility", "marketing"), ("advance", "cooldown"),
     ],
     "revoked": [("user", "grant", "utility", "marketing"), ("user", "revoke", "utility", "marketing")],
     "blocked by user": [("user", "block")],
@@ -51,34 +60,52 @@ STATES: dict[str, list[Step]] = {
     "window expired": [("chat",), ("advance", "window")],
 }  # fmt: skip
 
-FRAMES: dict[str, tuple[Request, str | None, tuple[str, ...]]] = {
-    "consent_request both": (Request.CONSENT_REQUEST, None, ("utility", "marketing")),
-    "consent_request marketing": (Request.CONSENT_REQUEST, None, ("marketing",)),
-    "notification utility": (Request.NOTIFICATION, "utility", ()),
-    "notification marketing": (Request.NOTIFICATION, "marketing", ()),
-    "service reply": (Request.CHAT, None, ()),
-    "bundle fetch": (Request.BUNDLE_FETCH, None, ()),
-}
+FRAMES: dict[str, tuple[str, Request, str | None, tuple[str, ...]]] = {
+    "consent_request both, verified": (
+        VERIFIED, Request.CONSENT_REQUEST, None, ("utility", "marketing")
+    ),
+    "consent_request both, unverified": (
+        UNVERIFIED, Request.CONSENT_REQUEST, None, ("utility", "marketing")
+    ),
+    "consent_request marketing, verified": (
+        VERIFIED, Request.CONSENT_REQUEST, None, ("marketing",)
+    ),
+    "consent_request marketing, unverified": (
+        UNVERIFIED, Request.CONSENT_REQUEST, None, ("marketing",)
+    ),
+    "notification utility": (UNVERIFIED, Request.NOTIFICATION, "utility", ()),
+    "notification marketing": (UNVERIFIED, Request.NOTIFICATION, "marketing", ()),
+    "service reply": (UNVERIFIED, Request.CHAT, None, ()),
+    "bundle fetch, verified": (VERIFIED, Request.BUNDLE_FETCH, None, ()),
+    "bundle fetch, unverified": (UNVERIFIED, Request.BUNDLE_FETCH, None, ()),
+}  # fmt: skip
+"""The business that sends each frame; the others do not read the badge."""
 
 
 @dataclass
 class Model:
     """The pair state as the protocol functions say it should be."""
 
+    user: str
+    business: str
     state: PairState = INITIAL
 
     def statement(self, signer: str, action: str, categories: tuple[str, ...], now: int) -> None:
         self.state, _ = apply_statement(
             self.state, action=action, signer=signer, categories=frozenset(categories),
-            signer_is_user_blocking_business=action == "block" and signer != BUSINESS,
+            signer_is_user_blocking_business=action == "block" and signer == self.user,
             now=now, cooldown_ms=limits.CONSENT_COOLDOWN_MS,
         )  # fmt: skip
 
     def send(self, sender_kind: str, request: Request, now: int, **kwargs: object) -> bool:
+        user_sends = sender_kind == "user"
         decision = may_deliver(
-            sender_kind=sender_kind,
-            recipient_kind="user" if sender_kind == "business" else "business",
-            request=request, state=self.state, now=now, **kwargs,  # type: ignore[arg-type]
+            sender=self.user if user_sends else self.business,
+            recipient=self.business if user_sends else self.user,
+            sender_kind=sender_kind, recipient_kind="business" if user_sends else "user",
+            request=request, state=self.state, now=now,
+            sender_verified=self.business == VERIFIED and not user_sends,
+            **kwargs,  # type: ignore[arg-type]
         )  # fmt: skip
         if decision.allowed:
             self.state = after_accept(self.state, decision, now, limits.SERVICE_WINDOW_MS)
@@ -103,13 +130,13 @@ async def _reach(
         kind, rest = step[0], step[1:]
         if kind == "user":
             cats = rest[1:] or None
-            await stated(user, rest[0], BUSINESS, clock.now, cats)
+            await stated(user, rest[0], business.handle, clock.now, cats)
             model.statement(user.handle, rest[0], rest[1:], clock.now)
         elif kind == "business":
             await stated(business, rest[0], user.handle, clock.now)
-            model.statement(BUSINESS, rest[0], (), clock.now)
+            model.statement(business.handle, rest[0], (), clock.now)
         elif kind == "chat":
-            assert isinstance(await _send(user, BUSINESS, Request.CHAT, None, ()), Sent)
+            assert isinstance(await _send(user, business.handle, Request.CHAT, None, ()), Sent)
             assert model.send("user", Request.CHAT, clock.now)
         elif kind == "request":
             answer = await _send(business, user.handle, Request.CONSENT_REQUEST, None, rest)
@@ -133,16 +160,22 @@ async def _delivered(user: RawClient, msg_id: bytes) -> Deliver:
 async def test_every_pair_state_against_every_business_frame(
     relay: RunningRelay, clients: Clients, clock: FakeClock
 ) -> None:
-    business = await clients.registered(relay.url, BUSINESS, "business")
+    businesses = {
+        handle: await clients.registered(relay.url, handle, "business")
+        for handle in (VERIFIED, UNVERIFIED)
+    }
     mismatches: list[str] = []
     outcomes: dict[str, set[bool]] = {name: set() for name in FRAMES}
     cells = 0
     for s_index, (state_name, steps) in enumerate(STATES.items()):
-        for f_index, (frame_name, (request, category, cats)) in enumerate(FRAMES.items()):
+        for f_index, (frame_name, (sender, request, category, cats)) in enumerate(FRAMES.items()):
+            business = businesses[sender]
             user = await clients.registered(relay.url, f"user-{s_index}-{f_index}")
             await user.upload_prekeys(one_time=1)
-            model = Model()
+            model = Model(user.handle, sender)
             await _reach(steps, user, business, clock, model)
+            if sender == VERIFIED:  # in force now, whatever the steps did to the clock
+                issue_badge_for(relay.config.db_path, VERIFIED, clock.now)
             expected = model.send(
                 "business", request, clock.now, category=category, categories=frozenset(cats)
             )
@@ -157,7 +190,7 @@ async def test_every_pair_state_against_every_business_frame(
                 if observed:
                     assert isinstance(answer, Sent)
                     deliver = await _delivered(user, answer.msg_id)
-                    assert (deliver.sender, deliver.intent) == (BUSINESS, request.value)
+                    assert (deliver.sender, deliver.intent) == (sender, request.value)
             if not observed:
                 assert isinstance(answer, Error) and answer.code == ErrorCode.RECIPIENT_UNAVAILABLE
                 assert answer.reason is None
@@ -169,7 +202,7 @@ async def test_every_pair_state_against_every_business_frame(
             cells += 1
             await user.close()
     print(f"consent matrix: {cells} cells")
-    assert cells == len(STATES) * len(FRAMES) == 66
+    assert cells == len(STATES) * len(FRAMES) == 108
     assert mismatches == []
     # Not a degenerate matrix: every frame is both allowed and refused somewhere.
     assert all(seen == {True, False} for seen in outcomes.values()), outcomes

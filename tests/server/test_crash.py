@@ -278,6 +278,32 @@ class Recipient:
                 generation = relay.next_generation(generation)
 
 
+async def make_contacts(url: str, recipients: list[Account], senders: list[Account]) -> None:
+    """Each recipient writes to each sender first, so the load is conversations between
+    contacts, not message requests to strangers (SPEC §7.3); the senders take it."""
+    for recipient in recipients:
+        ws, conn, _ = await open_session(url, recipient, register=False)
+        async with ws:
+            for sender in senders:
+                conn.send(Send(id=conn.next_request_id(), to=sender.handle,
+                               msg_id=os.urandom(16), intent="chat", body=b"hello"))  # fmt: skip
+            await _flush(ws, conn)
+            answered = 0
+            while answered < len(senders):
+                conn.receive_data(await _recv(ws))
+                for frame in conn.events_received():
+                    assert isinstance(frame, Sent), frame
+                    answered += 1
+    for sender in senders:
+        ws, conn, welcome = await open_session(url, sender, register=False)
+        async with ws:
+            ids: list[int] = []
+            while len(ids) < welcome.queued:
+                conn.receive_data(await _recv(ws))
+                ids.extend(f.delivery_id for f in conn.events_received() if isinstance(f, Deliver))
+            await ws.send(encode(Ack(delivery_ids=tuple(ids))))
+
+
 async def crash_scenario(tmp_path: Path) -> dict[str, int]:
     rng = random.Random(SEED)
     relay = Relay(tmp_path / "relay.db", tmp_path / "relay.log")
@@ -311,6 +337,8 @@ async def crash_scenario(tmp_path: Path) -> dict[str, int]:
         for account in [online.account, offline.account, *(s.account for s in senders)]:
             ws, _, _ = await open_session(relay.url, account, register=True)
             await ws.close()
+        await make_contacts(relay.url, [online.account, offline.account],
+                            [s.account for s in senders])  # fmt: skip
         await asyncio.gather(
             *(s.run(relay, on_sent) for s in senders),
             online.run_online(relay, per_recipient[online.account.handle]),

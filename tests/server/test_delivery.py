@@ -156,6 +156,7 @@ async def test_per_pair_order_is_kept_under_pipelining(
 ) -> None:
     alice = await clients.registered(relay.url, "alice")
     bob = await clients.registered(relay.url, "bob")
+    assert isinstance(await bob.send_message("alice", b"hi"), Sent)  # contacts (SPEC §7.3)
     bodies = [b"msg-%03d" % n for n in range(100)]
     ids = []
     for body in bodies:  # all in flight at once

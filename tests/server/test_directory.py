@@ -177,3 +177,34 @@ async def test_bundle_fetches_are_rate_limited_per_requester(
         assert isinstance(await fetch(carol, "bob"), Bundle)  # per requester
         clock.advance(1000)
         assert isinstance(await fetch(alice, "bob"), Bundle)
+
+
+async def test_sixty_accounts_cannot_drain_an_offline_users_one_time_prekeys(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    """Issue 13 item 2: six throwaway accounts took all 100 one-time prekeys of an offline
+    user. The relay now hands out at most ONE_TIME_PREKEY_BURST per owner (refilling at
+    ONE_TIME_PREKEY_RATE_PER_H); everyone else still gets a bundle, without one (SPEC §5.3),
+    and the owner sees at login what is left."""
+    bob = await clients.registered(relay.url, "bob")
+    for first_id in (1, 101):
+        assert isinstance(await bob.upload_prekeys(one_time=100, first_id=first_id), Ok)
+    await bob.close()
+    served: list[Bundle] = []
+    for n in range(60):
+        sybil = await clients.registered(relay.url, f"sybil{n}")
+        for _ in range(3):  # within the per-requester limit
+            bundle = await fetch(sybil, "bob")
+            assert isinstance(bundle, Bundle)
+            served.append(bundle)
+        await sybil.close()
+    with_key = [b for b in served if b.one_time is not None]
+    assert len(with_key) == limits.ONE_TIME_PREKEY_BURST
+    assert len({b.one_time.key_id for b in with_key if b.one_time}) == len(with_key)
+    assert all(b.signed_prekey.key_id == 1 for b in served)  # the last-resort path
+    _, welcome = await clients.logged_in(relay.url, "bob", bob.key)
+    assert welcome.one_time_prekeys == 200 - limits.ONE_TIME_PREKEY_BURST
+    clock.advance(3600 * 1000)  # the owner's budget refills, whoever asks
+    late = await clients.registered(relay.url, "late")
+    refilled = [await fetch(late, "bob") for _ in range(11)]
+    assert sum(isinstance(b, Bundle) and b.one_time is not None for b in refilled) == 10

@@ -29,7 +29,7 @@ from blindrelay.server.storage import QueuedEnvelope
 uints = st.integers(min_value=1, max_value=2**53 - 1)
 times = st.integers(min_value=0, max_value=2**47)
 msg_ids = st.binary(min_size=limits.MESSAGE_ID_BYTES, max_size=limits.MESSAGE_ID_BYTES)
-handles = st.from_regex(r"[a-z][a-z0-9_]{2,15}", fullmatch=True)
+handles = st.from_regex(r"[a-z][a-z0-9]{2,7}(?:_[a-z0-9]{1,7})?", fullmatch=True)
 categories = st.sampled_from(sorted(limits.CATEGORIES))
 
 

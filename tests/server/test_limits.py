@@ -151,6 +151,7 @@ async def test_business_only_intents_are_forbidden_to_users(
     request = {"intent": "consent_request", "categories": ("utility", "marketing")}
     assert error_code(await alice.send_message("bob", b"x", **notification)) == ErrorCode.FORBIDDEN
     assert error_code(await alice.send_message("bob", b"x", **request)) == ErrorCode.FORBIDDEN
+    assert isinstance(await bob.send_message("airline", b"hello"), Sent)  # SPEC §7.3: may ask
     assert isinstance(await airline.send_message("bob", b"r", **request), Sent)
     await stated(bob, "grant", "airline", clock.now, ("utility",))  # SPEC §7.3: consent first
     assert isinstance(await airline.send_message("bob", b"n", **notification), Sent)

@@ -33,3 +33,32 @@ def test_a_bucket_refills_only_up_to_its_burst() -> None:
     buckets.take("alice")
     with pytest.raises(RateLimited):
         buckets.take("alice")
+
+
+class CountedKey:
+    """A bucket key that counts how often the buckets look it up."""
+
+    lookups = 0
+
+    def __init__(self, name: int) -> None:
+        self.name = name
+
+    def __hash__(self) -> int:
+        CountedKey.lookups += 1
+        return hash(self.name)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CountedKey) and other.name == self.name
+
+
+def test_many_keys_that_never_refill_cost_amortised_constant_work() -> None:
+    """Registration buckets are keyed by source address, which an attacker with many
+    IPv6 /64s chooses: pruning must not rescan every bucket on every take when none
+    of them is full again (that was quadratic)."""
+    clock = FakeClock()
+    buckets = TokenBuckets(rate_per_s=20 / 3600, burst=20, clock=clock)
+    keys = [CountedKey(n) for n in range(12_000)]
+    CountedKey.lookups = 0
+    for key in keys:
+        buckets.take(key)
+    assert CountedKey.lookups < 10 * len(keys)

@@ -108,7 +108,7 @@ async def test_too_many_errors_close_the_connection(relay: RunningRelay, clients
     bob = await clients.registered(relay.url, "bob")
     for _ in range(limits.MAX_PROTOCOL_ERRORS + 1):
         await alice.ws.send(b"\xc1")
-    codes = [error_code(await alice.recv()) for _ in range(limits.MAX_PROTOCOL_ERRORS + 1)]
+    codes = [error_code(await alice.recv()) for _ in range(limits.MAX_PROTOCOL_ERRORS + 2)]
     assert codes[-1] == ErrorCode.TOO_MANY_ERRORS
     assert set(codes[:-1]) == {ErrorCode.MALFORMED_FRAME}
     assert await alice.closed() == 1008

@@ -87,6 +87,17 @@ def _flood(client: RawClient, frames: list[Frame]) -> None:
     client.ws.send_data()
 
 
+async def _contacts(relay: RunningRelay, clients: Clients) -> tuple[RawClient, RawClient]:
+    """alice and bob, who have written to each other (no message-request limit, SPEC §7.3)."""
+    alice = await clients.registered(relay.url, "alice")
+    bob = await clients.registered(relay.url, "bob")
+    for sender, recipient in ((alice, bob), (bob, alice)):
+        assert isinstance(await sender.send_message(recipient.handle, b"hi"), Sent)
+        delivered = await recipient.push(Deliver)
+        await recipient.send(Ack(delivery_ids=(delivered.delivery_id,)))
+    return alice, bob
+
+
 async def _round_trip(alice: RawClient, bob: RawClient) -> float:
     """Seconds from alice's SEND to her SENT; bob reads and acknowledges it."""
     started = time.monotonic()
@@ -123,8 +134,7 @@ async def test_clients_that_never_read_cannot_make_the_relay_hold_more_than_the_
         profile_fetch_burst=burst, profile_fetch_rate_per_min=60.0,
     ) as relay:  # fmt: skip
         shop = await _shop_with_a_big_profile(relay, clients, clock.now)
-        alice = await clients.registered(relay.url, "alice")
-        bob = await clients.registered(relay.url, "bob")
+        alice, bob = await _contacts(relay, clients)
         answer = await alice.request(lambda i: ProfileFetch(id=i, handle="shop"))
         assert isinstance(answer, Profile)
         round_bytes = burst * len(encode(answer))
@@ -159,8 +169,7 @@ async def test_an_honest_pair_is_served_while_others_flood_without_reading(
     turn, so an honest SEND keeps its round trip (~0.1 s here; 0.8–1.5 s before
     the fix, and issue 13 saw 0.5–1.5 s)."""
     shop = await _shop_with_a_big_profile(relay, clients, clock.now)
-    alice = await clients.registered(relay.url, "alice")
-    bob = await clients.registered(relay.url, "bob")
+    alice, bob = await _contacts(relay, clients)
     attackers = [
         await clients.registered(relay.url, f"mallory{n}", sock=_small_window(relay.url))
         for n in range(ATTACKERS)

@@ -3,24 +3,38 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from nacl.signing import SigningKey
 
 from blindrelay.protocol import limits
-from blindrelay.protocol.codec import encode_object
-from blindrelay.protocol.errors import ErrorCode
-from blindrelay.protocol.frames import Deliver, Ok, Sent, Statement, Statements, StatementsList
+from blindrelay.protocol.codec import decode, encode, encode_object
+from blindrelay.protocol.errors import ErrorCode, StaleStatement
+from blindrelay.protocol.frames import (
+    Ack,
+    Deliver,
+    Ok,
+    Sent,
+    Statement,
+    Statements,
+    StatementsList,
+)
 from blindrelay.protocol.signed import (
     ConsentStatement,
     SignedObject,
+    make_statement,
     peek_signed,
     unverified_body,
     verify_statement,
 )
+from blindrelay.server import jobs
+from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
+from blindrelay.server.storage import Account, GroupCommitter, Store, connect
 
-from .conftest import Clients, FakeClock, RawClient, db_rows, error_code
+from .conftest import Clients, FakeClock, RawClient, db_rows, error_code, relay_with
 from .consent_helpers import state, stated, statement_bytes
 
 UTILITY = ("utility",)
@@ -95,8 +109,9 @@ async def test_kinds_unknown_targets_and_table_refusals(
     await clients.registered(relay.url, "carol")
     now = clock.now
     invalid, unavailable = ErrorCode.INVALID_STATEMENT, ErrorCode.RECIPIENT_UNAVAILABLE
-    assert error_code(await state(bob, "grant", "carol", now, UTILITY)) == invalid  # user → user
-    assert error_code(await state(airline, "grant", "bob", now, UTILITY)) == invalid  # by business
+    # To a user as to nobody (SPEC §7.7); by a business it is the signer's own kind.
+    assert error_code(await state(bob, "grant", "carol", now, UTILITY)) == unavailable
+    assert error_code(await state(airline, "grant", "bob", now, UTILITY)) == invalid
     assert error_code(await state(bob, "grant", "nobody", now, UTILITY)) == unavailable
     # Revoking what was never granted; denying what is granted (that is a revoke).
     assert error_code(await state(bob, "revoke", "airline", now, UTILITY)) == invalid
@@ -140,14 +155,16 @@ async def test_receipts_are_forwarded_to_the_business_and_verify_offline(
         with pytest.raises(Exception):  # noqa: B017 - any refusal: wrong pinned key
             verify_statement(data, expected_key=bytes(carol.key.verify_key),
                              relay_key=airline.relay_key)  # fmt: skip
-    # Durable like envelopes: nothing for carol, the receipts wait in airline's queue until ACK.
+    # Durable like envelopes: nothing for carol, the receipts wait in airline's queue until
+    # ACK — those still in force: the unblock replaced the block (SPEC §7.5).
     assert db_rows(
         relay.config.db_path, "SELECT COUNT(*) FROM queue WHERE recipient = 'carol'"
     ) == [(0,)]
     await airline.close()
     airline2, welcome = await clients.logged_in(relay.url, "airline", airline.key)
-    assert welcome.queued == 4
-    assert [d.body for d in await airline2.deliveries(4)] == statements
+    assert welcome.queued == 3
+    in_force = [statements[0], statements[1], statements[3]]
+    assert [d.body for d in await airline2.deliveries(3)] == in_force
 
 
 async def test_user_to_user_chat_needs_no_consent_but_obeys_blocks(
@@ -206,13 +223,14 @@ async def test_listing_returns_statements_in_force_page_by_page(
                 return items
             after = page.next
 
-    # grant_both is still in force for utility; the block was superseded by the unblock.
-    assert await listing(bob) == [grant_both, revoke, grant1, unblock, shop_block]
+    # grant_both is still in force for utility; the block was superseded by the unblock;
+    # shop2's block of bob is not listed to bob (SPEC §7.5: a user is not told).
+    assert await listing(bob) == [grant_both, revoke, grant1, unblock]
     shop0 = shops[0]
     assert await listing(shop0) == [grant_both, revoke]
     assert await listing(shops[2]) == [shop_block]
     keys = {"bob": bytes(bob.key.verify_key), "shop2": bytes(shops[2].key.verify_key)}
-    for item in await listing(bob):
+    for item in await listing(bob) + await listing(shops[2]):
         signer = unverified_body(ConsentStatement, item).signer
         verify_statement(item, expected_key=keys[signer], relay_key=bob.relay_key)
 
@@ -224,3 +242,226 @@ async def test_forwarded_receipts_are_delivered_to_an_online_business_at_once(
     await stated(bob, "grant", "airline", clock.now, UTILITY)
     deliver = await airline.push(Deliver)
     assert deliver.intent == "statement" and deliver.sender == "bob"
+
+
+async def _raw_statement_answer(client: RawClient, data: bytes, request_id: int) -> bytes:
+    await client.ws.send(encode(Statement(id=request_id, statement=data)))
+    return await client._recv_bytes()
+
+
+async def test_a_consent_statement_to_a_user_is_refused_like_one_to_nobody(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    """SPEC §7.4, §7.7: a grant, deny or revoke whose target is not a business gets the one
+    ERROR 400, byte for byte the same whether the target is a user or does not exist."""
+    bob = await clients.registered(relay.url, "bob")
+    await clients.registered(relay.url, "carol")
+    for action in ("grant", "deny", "revoke"):
+        answers = {
+            target: await _raw_statement_answer(
+                bob, statement_bytes(bob, action, target, clock.now, UTILITY), 55
+            )
+            for target in ("carol", "nobody")
+        }
+        assert answers["carol"] == answers["nobody"], (action, answers)
+        assert error_code(decode(answers["carol"])) == ErrorCode.RECIPIENT_UNAVAILABLE
+    assert db_rows(relay.config.db_path, "SELECT COUNT(*) FROM statements") == [(0,)]
+
+
+async def test_a_block_of_an_unknown_handle_is_accepted_and_binds_whoever_registers_it(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    """SPEC §7.4: blocking answers OK whether the target exists or not, so a block
+    reveals nothing; the block is stored and holds once the handle is registered."""
+    bob = await clients.registered(relay.url, "bob")
+    await clients.registered(relay.url, "carol")
+    answers = {
+        target: await _raw_statement_answer(
+            bob, statement_bytes(bob, "block", target, clock.now), 56
+        )
+        for target in ("carol", "later")
+    }
+    assert answers["carol"] == answers["later"]
+    assert isinstance(decode(answers["later"]), Ok)
+    later = await clients.registered(relay.url, "later")
+    unavailable = ErrorCode.RECIPIENT_UNAVAILABLE
+    assert error_code(await later.send_message("bob", b"hi")) == unavailable
+    assert error_code(await state(bob, "block", "later", clock.now)) == ErrorCode.INVALID_STATEMENT
+    await stated(bob, "unblock", "later", clock.now)
+    assert isinstance(await later.send_message("bob", b"hi"), Sent)
+
+
+async def test_a_blocked_user_is_never_listed_the_block_against_them(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    """SPEC §7.5–7.6: "a private person learns nothing about who blocked them": a block or
+    unblock is listed to its target only when it is forwarded to it (a business)."""
+    bob = await clients.registered(relay.url, "bob")
+    carol = await clients.registered(relay.url, "carol")
+    airline = await clients.registered(relay.url, "airline", "business")
+    by_carol = statement_bytes(carol, "block", "bob", clock.now)
+    by_airline = statement_bytes(airline, "block", "bob", clock.now)
+    by_bob = statement_bytes(bob, "block", "airline", clock.now)
+    for client, data in ((carol, by_carol), (airline, by_airline), (bob, by_bob)):
+        assert await _code_or_ok(client, data) == "ok"
+
+    async def listing(client: RawClient) -> list[bytes]:
+        page = await client.request(lambda i: StatementsList(id=i, after=0))
+        assert isinstance(page, Statements)
+        return list(page.statements)
+
+    assert await listing(bob) == [by_bob]
+    assert await listing(carol) == [by_carol]
+    assert await listing(airline) == [by_airline, by_bob]  # forwarded to it, so listed
+
+
+async def test_a_statement_that_changes_nothing_is_refused(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    """SPEC §7.4: every entry of the transition table changes the category; re-granting a
+    granted category, denying one still cooling down, or a statement only partly
+    effective, is refused whole with 500 and stores nothing."""
+    bob, _ = await _pair(relay, clients)
+    invalid = ErrorCode.INVALID_STATEMENT
+    await stated(bob, "grant", "airline", clock.now, UTILITY)
+    assert error_code(await state(bob, "grant", "airline", clock.now, UTILITY)) == invalid
+    both = ("utility", "marketing")
+    assert error_code(await state(bob, "grant", "airline", clock.now, both)) == invalid
+    await stated(bob, "deny", "airline", clock.now, ("marketing",))
+    assert error_code(await state(bob, "deny", "airline", clock.now, ("marketing",))) == invalid
+    clock.advance(relay.config.consent_cooldown_ms)  # the cooldown is over: counts as none
+    await stated(bob, "deny", "airline", clock.now, ("marketing",))
+    assert db_rows(relay.config.db_path, "SELECT action FROM statements ORDER BY seq") == [
+        ("grant",), ("deny",),
+    ]  # fmt: skip
+
+
+async def test_grant_revoke_churn_neither_locks_the_customer_out_nor_piles_up(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    """Issue 13 item 5: forwarded statements do not count towards the queue cap, a newer one
+    of the same (signer, target, family) replaces the undelivered older one, superseded
+    statements are pruned from storage, and a replay is still refused with 501."""
+    async with relay_with(config, clock, queue_cap=20, send_burst_user=1000) as relay:
+        bob, airline = await _pair(relay, clients)
+        await stated(bob, "grant", "airline", clock.now, ("marketing",))
+        await airline.close()
+        first = statement_bytes(bob, "grant", "airline", clock.now, UTILITY)
+        assert await _code_or_ok(bob, first) == "ok"
+        latest = first
+        for n in range(60):
+            latest = statement_bytes(
+                bob, "revoke" if n % 2 == 0 else "grant", "airline", clock.now, UTILITY
+            )
+            assert await _code_or_ok(bob, latest) == "ok"
+        assert isinstance(await bob.send_message("airline", b"still here"), Sent)
+        path = relay.config.db_path
+        queued = "SELECT intent, COUNT(*) FROM queue WHERE recipient = 'airline' GROUP BY intent"
+        assert sorted(db_rows(path, queued)) == [("chat", 1), ("statement", 2)]
+        assert db_rows(path, "SELECT COUNT(*) FROM statements") == [(2,)]
+        assert await _code(bob, first) == ErrorCode.STALE_STATEMENT  # pruned, still no replay
+        airline2, welcome = await clients.logged_in(relay.url, "airline", airline.key)
+        assert welcome.queued == 3
+        delivered = await airline2.deliveries(3)
+        assert [d.intent for d in delivered] == ["statement", "statement", "chat"]
+        assert delivered[1].body == latest
+
+
+async def test_a_superseded_statement_is_withdrawn_from_an_online_outbox(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    """SPEC §7.5: the undelivered receipt a newer one replaces is never pushed."""
+    async with relay_with(config, clock, delivery_window=1) as relay:
+        bob, airline = await _pair(relay, clients)
+        await stated(bob, "grant", "airline", clock.now, ("marketing",))
+        in_flight = await airline.push(Deliver)  # not acknowledged: the window is full
+        grant = statement_bytes(bob, "grant", "airline", clock.now, UTILITY)
+        revoke = statement_bytes(bob, "revoke", "airline", clock.now, UTILITY)
+        regrant = statement_bytes(bob, "grant", "airline", clock.now, UTILITY)
+        for data in (grant, revoke, regrant):
+            assert await _code_or_ok(bob, data) == "ok"
+        await airline.send(Ack(delivery_ids=(in_flight.delivery_id,)))
+        nxt = await airline.push(Deliver)
+        assert nxt.body == regrant
+        await airline.send(Ack(delivery_ids=(nxt.delivery_id,)))
+        request_id = airline.request_id()
+        await airline.send(StatementsList(id=request_id, after=0))
+        await airline.response(request_id)
+        assert not [f for f in airline.inbox if isinstance(f, Deliver)]
+
+
+def test_eleven_thousand_grants_and_revokes_leave_the_relay_bounded(tmp_path: Path) -> None:
+    """Issue 13 item 5, at the writer (where the rules live): 11,000 grant/revoke
+    statements from one customer to an offline business. Before the fix they stayed in
+    its queue, counted towards QUEUE_CAP_PER_RECIPIENT (the customer got QUEUE_FULL) and
+    in ``statements`` for ever."""
+    committer = GroupCommitter(Store(connect(tmp_path / "relay.db", "NORMAL")))
+    bob_key = SigningKey.generate()
+    bob = Account("bob", "user", bytes(bob_key.verify_key))
+    airline = Account("airline", "business", os.urandom(32))
+    committer.commit([lambda s: s.accounts.create(bob, 0), lambda s: s.accounts.create(airline, 0)])
+    relay_key, start, step = os.urandom(32), 1_800_000_000_000, 100
+    cooldown = limits.CONSENT_COOLDOWN_MS
+
+    def signed(n: int) -> bytes:
+        statement = make_statement(
+            "grant" if n % 2 == 0 else "revoke", signer="bob", signer_key=bob.identity_key,
+            target="airline", relay_key=relay_key, now_ms=start + n * step, rng=os.urandom,
+            categories=UTILITY,
+        )  # fmt: skip
+        return statement.sign(lambda m: bob_key.sign(m).signature)
+
+    total = 11_000
+    batch: list[Callable[[Store], object]] = []
+    data = b""
+    for n in range(total):
+        data = signed(n)
+        batch.append(lambda s, d=data, n=n: jobs.apply_statement(s, "bob", d, start + n * step,
+                                                                 cooldown))  # fmt: skip
+        if len(batch) == 1000 or n == total - 1:
+            assert all(ok for ok, _ in committer.commit(batch))
+            batch = []
+    now = start + total * step
+    [(ok, value)] = committer.commit([lambda s: jobs.send(
+        s, "bob", "user", "airline", os.urandom(16), "chat", None, None, b"hi", now,
+        jobs.DEFAULT_SEND_RULES,
+    )])  # fmt: skip
+    assert ok, value  # not QUEUE_FULL
+    [(_, rows)] = committer.commit([lambda s: [
+        s.db.execute(sql).fetchone()[0] for sql in (
+            "SELECT COUNT(*) FROM queue WHERE intent = 'statement'",
+            "SELECT COUNT(*) FROM statements",
+        )
+    ]])  # fmt: skip
+    assert rows == [1, 1]
+    # Replay protection outlives the pruned rows: a statement still fresh is refused…
+    replay = committer.commit([lambda s: jobs.apply_statement(s, "bob", data, now, cooldown)])
+    assert isinstance(replay[0][1], StaleStatement)
+    # …and the nonces themselves are kept only while a statement could still be fresh.
+    committer.commit([lambda s: jobs.purge(s, 0, now)])
+    [(_, nonces)] = committer.commit(
+        [lambda s: s.db.execute("SELECT COUNT(*) FROM statement_nonces").fetchone()[0]]
+    )
+    assert nonces <= 2 * limits.STATEMENT_SKEW_MS // step + 1
+
+
+async def test_blocks_are_kept_for_at_most_max_block_targets_accounts(
+    relay: RunningRelay, clients: Clients, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §7.4: a block of a handle nobody holds is kept, so blocks must be bounded per
+    signer, or one account could fill the relay's storage by blocking random handles. The
+    bound counts existing and unknown targets alike: it tells nothing about existence."""
+    monkeypatch.setattr(limits, "MAX_BLOCK_TARGETS", 3)
+    bob = await clients.registered(relay.url, "bob")
+    await clients.registered(relay.url, "carol")
+    await clients.registered(relay.url, "dave")
+    for target in ("carol", "ghost1", "ghost2"):
+        await stated(bob, "block", target, clock.now)
+    invalid = ErrorCode.INVALID_STATEMENT
+    assert error_code(await state(bob, "block", "dave", clock.now)) == invalid
+    assert error_code(await state(bob, "block", "ghost3", clock.now)) == invalid
+    await stated(bob, "unblock", "ghost1", clock.now)  # kept on record: still three
+    assert error_code(await state(bob, "block", "dave", clock.now)) == invalid
+    await stated(bob, "block", "ghost1", clock.now)  # not a new target
+    rows = "SELECT COUNT(*) FROM statements_in_force WHERE signer = 'bob'"
+    assert db_rows(relay.config.db_path, rows) == [(3,)]

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from blindrelay.protocol import limits
+from blindrelay.protocol.consent import PairState
 from blindrelay.protocol.errors import ErrorCode, HandleTaken, InvalidPrekeys, QueueFull
 from blindrelay.server import jobs
-from blindrelay.server.storage import Account, GroupCommitter, Store, connect
+from blindrelay.server.storage import SCHEMA_VERSION, Account, GroupCommitter, Store, connect
 from blindrelay.server.writer import Writer, WriterJobError
 
 ALICE = Account("alice", "user", b"k" * 32)
@@ -162,6 +164,19 @@ def test_a_new_accounts_queue_is_known_to_be_empty_without_counting(tmp_path: Pa
 # --- the writer process ---------------------------------------------------------
 
 
+def test_the_even_account_lookup_finds_what_get_finds(tmp_path: Path) -> None:
+    """SPEC §11.1: ``get_evenly`` reads a decoy row for an unknown handle but
+    answers exactly like ``get``, including with no account at all."""
+    store = Store(connect(tmp_path / "r.db"))
+    assert store.accounts.get_evenly("alice") is None
+    handles = [f"user{n}" for n in range(7)]
+    with store.db.atomic():
+        for n, handle in enumerate(handles):
+            store.accounts.create(Account(handle, "user", bytes([n]) * 32), 0)
+    for handle in [*handles, "alice", "user", "user70", "zz"]:
+        assert store.accounts.get_evenly(handle) == store.accounts.get(handle)
+
+
 async def test_jobs_of_one_loop_turn_go_out_together_and_answer_in_order(tmp_path: Path) -> None:
     writer = Writer(tmp_path / "r.db", "FULL")
     await writer.start()
@@ -190,7 +205,8 @@ async def test_consecutive_merged_calls_share_one_job_and_each_gets_its_own_resu
     try:
         for handle in ("alice", "bob", "carol"):
             await writer.submit("create_account", handle, "user", handle.encode() * 4, 0)
-        chat = ("chat", None, None, b"x", 0, 10, 1000)  # intent … body, now, cap, window
+        rules = jobs.DEFAULT_SEND_RULES._replace(queue_cap=10)
+        chat = ("chat", None, None, b"x", 0, rules)  # intent … body, now, rules
         sends = [
             writer.submit("send", "alice", "user", to, bytes([n]) * 16, *chat)
             for n, to in enumerate(("bob", "bob", "carol"))
@@ -224,7 +240,7 @@ async def test_consecutive_merged_calls_share_one_job_and_each_gets_its_own_resu
 
 async def test_a_writer_that_cannot_open_its_database_fails_to_start(tmp_path: Path) -> None:
     writer = Writer(tmp_path / "missing-dir" / "r.db", "FULL")
-    with pytest.raises(Exception, match="unable to open"):
+    with pytest.raises(Exception, match="No such file or directory"):
         await writer.start()
 
 
@@ -308,8 +324,9 @@ def test_send_answers_resends_before_every_refusal_and_writes_nothing_for_them(
 
     def send(n: int, body: bytes = b"x", cap: int = 10, at: int = 5) -> Callable[[Store], object]:
         msg_id = bytes([n]) * 16
+        rules = jobs.DEFAULT_SEND_RULES._replace(queue_cap=cap)
         return lambda s: jobs.send(s, "alice", "user", "bob", msg_id, "chat", None, None, body,
-                                   at, cap, 0)  # fmt: skip
+                                   at, rules)  # fmt: skip
 
     def counts(store: Store) -> tuple[int, int]:
         queued = store.db.execute("SELECT COUNT(*) FROM queue").fetchone()[0]
@@ -349,3 +366,106 @@ async def test_a_relay_whose_writer_dies_refuses_writes_and_reports_failure(
     with pytest.raises(InternalError):
         writer.submit("noop")
     await asyncio.wait_for(relay.close(), 10)
+
+
+def test_forwarded_statements_are_outside_the_cap_even_when_acknowledged(tmp_path: Path) -> None:
+    """SPEC §7.5: a business's queue counts envelopes only; acknowledging a receipt frees
+    no room for envelopes, and acknowledging an envelope does."""
+    writer = committer(tmp_path / "r.db")
+    airline = Account("airline", "business", b"a" * 32)
+    writer.commit([lambda s: s.accounts.create(ALICE, 0), lambda s: s.accounts.create(airline, 0)])
+
+    def chat(n: int) -> Callable[[Store], object]:
+        return lambda s: s.queue.enqueue("airline", ALICE, n.to_bytes(16, "big"), "chat", None,
+                                         None, b"x", b"d%d" % n, 0, cap=2)  # fmt: skip
+
+    [(_, receipt)] = writer.commit([lambda s: s.queue.enqueue_statement(
+        "airline", ALICE, b"n" * 16, b"signed", 0).delivery_id])  # fmt: skip
+    first, second = writer.commit([chat(1), chat(2)])
+    assert first[0] and second[0]
+    [(ok, refused)] = writer.commit([chat(3)])
+    assert not ok and isinstance(refused, QueueFull)
+    acked = writer.commit([lambda s: jobs.acknowledge(s, [["airline", [receipt]]])])
+    assert acked == [(True, [1])]
+    assert not writer.commit([chat(3)])[0][0]  # a receipt took no envelope's room
+    writer.commit([lambda s: jobs.acknowledge(s, [["airline", [first[1].envelope.delivery_id]]])])
+    assert writer.commit([chat(3)])[0][0]
+
+
+def test_a_schema_2_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    """Version 3: nonces in their own table, only the statements in force, who wrote to
+    whom per pair, the stranger flag per queued envelope, and budgets."""
+    path = tmp_path / "r.db"
+    db = connect(path)
+    conn = db.conn
+    conn.execute("DROP TABLE statement_nonces")
+    conn.execute("DROP TABLE budgets")
+    conn.execute("DROP INDEX queue_statements")
+    for table, column in (("pairs", "wrote"), ("pairs", "requests"), ("queue", "stranger")):
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    conn.execute(
+        "INSERT INTO pairs (low, high, consent, pending, window_until, blockers)"
+        " VALUES ('alice', 'bob', '{}', '', 0, 'bob')"
+    )
+    for seq, nonce in ((1, b"1" * 16), (2, b"2" * 16)):
+        conn.execute(
+            "INSERT INTO statements (seq, signer, target, action, categories, issued_at,"
+            " accepted_at, nonce, signed) VALUES (?, 'bob', 'airline', 'grant', 'utility',"
+            " 5, 7, ?, x'00')",
+            (seq, nonce),
+        )
+        conn.execute(
+            "INSERT INTO queue (recipient, sender, sender_kind, msg_id, intent, sent_at, body)"
+            " VALUES ('airline', 'bob', 'user', ?, 'statement', 7, x'00')",
+            (nonce,),
+        )
+    conn.execute(
+        "INSERT INTO statements_in_force (signer, target, family, seq)"
+        " VALUES ('bob', 'airline', 'consent:utility', 2)"
+    )
+    conn.execute("PRAGMA user_version=2")
+    conn.close()
+    db = connect(path)
+    rows = db.execute
+    assert rows("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert rows("SELECT seq FROM statements").fetchall() == [(2,)]
+    assert rows("SELECT msg_id FROM queue").fetchall() == [(b"2" * 16,)]
+    keep = 7 + 2 * limits.STATEMENT_SKEW_MS
+    assert rows("SELECT nonce, kept_until FROM statement_nonces ORDER BY nonce").fetchall() == [
+        (b"1" * 16, keep), (b"2" * 16, keep),
+    ]  # fmt: skip
+    assert rows("SELECT stranger FROM queue").fetchall() == [(0,)]
+    assert Store(db).ledger.pair_state("alice", "bob") == PairState(blockers=frozenset({"bob"}))
+    db.conn.close()
+    connect(path).conn.close()  # and again: nothing left to do
+
+
+def test_queue_shares_are_kept_exact_and_a_failed_job_forgets_them(tmp_path: Path) -> None:
+    """SPEC §6.3: shares of a long queue are counted once, then kept by inserts and
+    acknowledgements; a job that fails after changing them in place empties them."""
+    writer = committer(tmp_path / "r.db")
+    carol = Account("carol", "user", b"c" * 32)
+    writer.commit([lambda s: s.accounts.create(ALICE, 0), lambda s: s.accounts.create(carol, 0)])
+
+    def add(sender: Account, n: int, stranger: bool) -> Callable[[Store], object]:
+        return lambda s: s.queue.add_if_new("bob", sender, n.to_bytes(16, "big"), "chat", None,
+                                            None, b"x", b"d", 0, stranger)  # fmt: skip
+
+    ids = [value for _, value in writer.commit([add(ALICE, n, False) for n in range(3)])]
+    writer.commit([add(carol, n, True) for n in range(10, 12)])
+
+    def shares(s: Store) -> tuple[int, dict[str, int]]:
+        counted = s.queue.shares("bob", floor=1)
+        return counted.strangers, dict(counted.senders)
+
+    assert writer.commit([shares]) == [(True, (2, {"alice": 3, "carol": 2}))]
+    writer.commit([add(carol, 12, True), lambda s: s.queue.acknowledge("bob", ids[:2])])
+    assert writer.commit([shares]) == [(True, (3, {"alice": 1, "carol": 3}))]
+
+    def add_then_fail(s: Store) -> None:
+        add(carol, 13, True)(s)
+        raise QueueFull()
+
+    writer.commit([add_then_fail])
+    assert "bob" not in writer.store.cache.shares
+    assert writer.commit([shares]) == [(True, (3, {"alice": 1, "carol": 3}))]

@@ -43,6 +43,11 @@ def stream(label: bytes) -> Callable[[int], bytes]:
 
 INITIATOR_SEED = bytes.fromhex("a0" * 32)
 RECIPIENT_SEED = bytes.fromhex("b0" * 32)
+INITIATOR_HANDLE = "alice"
+RECIPIENT_HANDLE = "bob"
+"""Both handles are in AD (SPEC §13.3): the transcript decrypts only for this pair."""
+INITIATOR = {"our_handle": INITIATOR_HANDLE, "their_handle": RECIPIENT_HANDLE}
+RECIPIENT = {"our_handle": RECIPIENT_HANDLE, "their_handle": INITIATOR_HANDLE}
 
 # (actor, action, label). "send" encrypts plaintext(label); "recv" delivers it.
 SCRIPT = [
@@ -71,10 +76,10 @@ def transcript(with_one_time: bool) -> dict[str, Any]:
     )  # fmt: skip
     initiator_label = b"blindrelay-vectors/initiator/" + name
     recipient_label = b"blindrelay-vectors/recipient/" + name
-    agreement = x3dh.initiate(initiator, bundle, stream(initiator_label))  # same first draw
+    agreement = x3dh.initiate(initiator, bundle, stream(initiator_label), **INITIATOR)  # same draw
     rngs = {"initiator": stream(initiator_label), "recipient": stream(recipient_label)}
     sessions: dict[str, session.Session | None] = {
-        "initiator": session.initiate_session(initiator, bundle, rngs["initiator"]),
+        "initiator": session.initiate_session(initiator, bundle, rngs["initiator"], **INITIATOR),
         "recipient": None,
     }
     in_flight: dict[str, bytes] = {}
@@ -99,7 +104,7 @@ def transcript(with_one_time: bool) -> dict[str, Any]:
         if current is None:
             otpks = {otpk.key_id: otpk} if with_one_time else {}
             current, got, _ = session.accept_session(
-                recipient, envelope, {spk.key_id: spk}.get, otpks.get, rngs[actor]
+                recipient, envelope, {spk.key_id: spk}.get, otpks.get, rngs[actor], **RECIPIENT
             )
         else:
             current, got = session.decrypt(current, envelope, rngs[actor])
@@ -110,12 +115,15 @@ def transcript(with_one_time: bool) -> dict[str, Any]:
         + ("with" if with_one_time else "without")
         + " a one-time prekey",
         "rng": "SHAKE-256(label || u64 BE counter from 1)[:n], one stream per label",
+        "envelope_version": session.ENVELOPE_VERSION,
         "initiator": {
+            "handle": INITIATOR_HANDLE,
             "identity_seed": INITIATOR_SEED.hex(),
             "identity_public": initiator.public.hex(),
             "rng_label": initiator_label.decode(),
         },
         "recipient": {
+            "handle": RECIPIENT_HANDLE,
             "identity_seed": RECIPIENT_SEED.hex(),
             "identity_public": recipient.public.hex(),
             "rng_label": recipient_label.decode(),
@@ -127,6 +135,7 @@ def transcript(with_one_time: bool) -> dict[str, Any]:
         "x3dh": {
             "ephemeral_public": agreement.ephemeral_public.hex(),
             "shared_secret": agreement.shared_secret.hex(),
+            "ad_appendix": x3dh.ad_appendix(INITIATOR_HANDLE, RECIPIENT_HANDLE).hex(),
             "associated_data": agreement.associated_data.hex(),
         },
         "steps": steps,

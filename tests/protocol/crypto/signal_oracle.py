@@ -8,7 +8,12 @@ DoS threshold, X25519 via ``cryptography``). What we supply, because the package
 leave it to the application: the key encodings (written out literally here),
 the info strings and chain constants, the AEAD class (XChaCha20-Poly1305 from
 PyNaCl; its key and nonce derived with ``cryptography``'s HKDF, not our kdf.py),
-the header encoding into the associated data, and deterministic randomness.
+the header encoding into the associated data, the AD appendix (the package
+builds ``Encode(IK_A) || Encode(IK_B) || appendix`` itself and takes the
+appendix from the application — "usernames, certificates or other identifying
+information", its docs say; ours is the label and the two length-prefixed
+handles, written out below from SPEC §13.3, not imported), and deterministic
+randomness.
 
 The envelope layout and padding are framing, not cryptography, and the packages
 have neither: the adapter uses our ``encode_envelope``/``peek_envelope`` and
@@ -43,12 +48,21 @@ Rng = Callable[[int], bytes]
 INFO_X3DH = b"blindrelay/v1/x3dh"
 INFO_RATCHET = b"blindrelay/v1/ratchet"
 INFO_MESSAGE_KEYS = b"blindrelay/v1/message-keys"
-AD_APPENDIX = b"blindrelay/v1"
+AD_LABEL = b"blindrelay/v2"
 CHAIN_CONSTANT = b"\x02\x01"  # HMAC(ck, 0x02) = next chain key first, then HMAC(ck, 0x01) = mk
 MAX_SKIPPED_KEYS = 1000
 MAX_FORWARD_JUMP = 1000
 
 _CURRENT_RNG: list[Rng] = []
+
+
+def ad_appendix(initiator_handle: str, recipient_handle: str) -> bytes:
+    """SPEC §13.3: ``"blindrelay/v2" || u8 len || handle_A || u8 len || handle_B``."""
+    parts = [AD_LABEL]
+    for handle in (initiator_handle, recipient_handle):
+        raw = handle.encode("utf-8")
+        parts.append(struct.pack("B", len(raw)) + raw)
+    return b"".join(parts)
 
 
 class FakeSecrets:
@@ -177,10 +191,24 @@ def from_their_header(header: TheirHeader) -> Header:
 
 
 class TheirParty:
-    """One party on the independent stack, speaking our envelope format."""
+    """One party on the independent stack, speaking our envelope format.
 
-    def __init__(self, identity_public: bytes, rng: Rng, x3dh_state: State | None = None) -> None:
+    ``our_handle`` and ``their_handle`` name the pair the session is for, as
+    the relay routes it (the recipient takes ``their_handle`` from DELIVER).
+    """
+
+    def __init__(
+        self,
+        identity_public: bytes,
+        rng: Rng,
+        x3dh_state: State | None = None,
+        *,
+        our_handle: str,
+        their_handle: str,
+    ) -> None:
         self.identity_public = identity_public
+        self.our_handle = our_handle
+        self.their_handle = their_handle
         self.rng = rng
         self.x3dh_state = x3dh_state
         self.ratchet: Ratchet | None = None
@@ -197,7 +225,7 @@ class TheirParty:
         assert self.x3dh_state is not None
         with using_rng(self.rng):
             secret, self.ad, header = await self.x3dh_state.get_shared_secret_active(
-                bundle, AD_APPENDIX, require_pre_key=False
+                bundle, ad_appendix(self.our_handle, self.their_handle), require_pre_key=False
             )
             self.ratchet, message = await Ratchet.encrypt_initial_message(
                 **RATCHET_CONFIG,
@@ -241,7 +269,7 @@ class TheirParty:
                         signed_pre_key=self.spk_ids[info.signed_prekey_id],
                         pre_key=otpk,
                     ),
-                    AD_APPENDIX,
+                    ad_appendix(self.their_handle, self.our_handle),
                     require_pre_key=False,
                 )
                 self.base_key = info.base_key

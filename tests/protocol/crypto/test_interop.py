@@ -9,7 +9,8 @@ every transcript is reproducible and comparable byte for byte.
 Shown here:
 - the X3DH shared secret and associated data agree in both roles, with and
   without a one-time prekey, and each side accepts the other's signed-prekey
-  signature (Ed25519 from PyNaCl vs ``xeddsa``);
+  signature (Ed25519 from PyNaCl vs ``xeddsa``); the AD carries both handles
+  (SPEC §13.3) through the package's own ``associated_data_appendix``;
 - a scripted 30-step conversation (reordering, first message delivered second,
   repeated DH turns, skipped messages on old and current chains) produces
   identical envelopes in all four pairings: ours↔ours, ours↔theirs,
@@ -30,6 +31,7 @@ import asyncio
 
 import pytest
 import x3dh as their_x3dh
+from doubleratchet import AuthenticationFailedException
 
 from blindrelay.protocol.crypto import session as ours
 from blindrelay.protocol.crypto import x3dh as our_x3dh
@@ -45,6 +47,10 @@ from tests.protocol.crypto.rng import stream
 INITIATOR_SEED = bytes(range(32))
 RECIPIENT_SEED = bytes(range(100, 132))
 SPK_ID, OTPK_ID = 7, 42
+INITIATOR_HANDLE, RECIPIENT_HANDLE = "alice", "bob"
+INITIATOR = {"our_handle": INITIATOR_HANDLE, "their_handle": RECIPIENT_HANDLE}
+RECIPIENT = {"our_handle": RECIPIENT_HANDLE, "their_handle": INITIATOR_HANDLE}
+APPENDIX = theirs.ad_appendix(INITIATOR_HANDLE, RECIPIENT_HANDLE)
 
 
 def our_recipient_keys():
@@ -101,7 +107,9 @@ def test_x3dh_agrees_when_we_initiate_and_they_respond(with_one_time):
     state = their_recipient_state()
     alice = IdentityKeyPair.from_seed(INITIATOR_SEED)
     # Our initiator verifies their (xeddsa) signature on the signed prekey.
-    agreement = our_x3dh.initiate(alice, their_bundle_as_ours(state, with_one_time), stream(b"a"))
+    agreement = our_x3dh.initiate(
+        alice, their_bundle_as_ours(state, with_one_time), stream(b"a"), **INITIATOR
+    )
     (otpk,) = state.bundle.pre_keys
     header = their_x3dh.Header(
         identity_key=alice.public,
@@ -110,10 +118,11 @@ def test_x3dh_agrees_when_we_initiate_and_they_respond(with_one_time):
         pre_key=otpk if with_one_time else None,
     )
     secret, ad, _ = asyncio.run(
-        state.get_shared_secret_passive(header, theirs.AD_APPENDIX, require_pre_key=False)
+        state.get_shared_secret_passive(header, APPENDIX, require_pre_key=False)
     )
     assert secret == agreement.shared_secret
     assert ad == agreement.associated_data
+    assert ad.endswith(b"blindrelay/v2\x05alice\x03bob")
 
 
 @pytest.mark.parametrize("with_one_time", [True, False])
@@ -124,30 +133,37 @@ def test_x3dh_agrees_when_they_initiate_and_we_respond(with_one_time):
     with theirs.using_rng(stream(b"a")):
         secret, ad, header = asyncio.run(
             alice_state.get_shared_secret_active(
-                our_bundle_as_theirs(our_bundle(with_one_time)), theirs.AD_APPENDIX,
+                our_bundle_as_theirs(our_bundle(with_one_time)), APPENDIX,
                 require_pre_key=False,
             )
         )  # fmt: skip
     assert header.pre_key == (otpk.public if with_one_time else None)
     our_secret, our_ad = our_x3dh.respond(
         bob, spk.keypair, otpk.keypair if with_one_time else None,
-        header.identity_key, header.ephemeral_key,
+        header.identity_key, header.ephemeral_key, **RECIPIENT,
     )  # fmt: skip
     assert our_secret == secret
     assert our_ad == ad
+    _, relabelled = our_x3dh.respond(
+        bob, spk.keypair, otpk.keypair if with_one_time else None,
+        header.identity_key, header.ephemeral_key, our_handle="bob", their_handle="mallory",
+    )  # fmt: skip
+    assert relabelled != ad  # another sender handle: another AD on both stacks alike
+    assert relabelled == ad[:66] + theirs.ad_appendix("mallory", "bob")
 
 
 class OurParty:
     """Our session API behind the same async interface as theirs.TheirParty."""
 
-    def __init__(self, identity: IdentityKeyPair, rng) -> None:
+    def __init__(self, identity: IdentityKeyPair, rng, *, our_handle: str, their_handle: str):
         self.identity = identity
         self.rng = rng
+        self.handles = {"our_handle": our_handle, "their_handle": their_handle}
         self.session: ours.Session | None = None
         self.prekeys: tuple[SignedPreKey, OneTimePreKey] | None = None
 
     async def initiate(self, bundle: PreKeyBundle, first: bytes) -> bytes:
-        self.session = ours.initiate_session(self.identity, bundle, self.rng)
+        self.session = ours.initiate_session(self.identity, bundle, self.rng, **self.handles)
         return await self.encrypt(first)
 
     async def encrypt(self, plaintext: bytes) -> bytes:
@@ -160,8 +176,9 @@ class OurParty:
             assert self.prekeys is not None
             spk, otpk = self.prekeys
             self.session, plaintext, used = ours.accept_session(
-                self.identity, envelope, {spk.key_id: spk}.get, {otpk.key_id: otpk}.get, self.rng
-            )
+                self.identity, envelope, {spk.key_id: spk}.get, {otpk.key_id: otpk}.get, self.rng,
+                **self.handles,
+            )  # fmt: skip
             assert used in (None, otpk.key_id)
             return plaintext
         self.session, plaintext = ours.decrypt(self.session, envelope, self.rng)
@@ -172,22 +189,22 @@ def make_initiator(kind: str):
     identity = IdentityKeyPair.from_seed(INITIATOR_SEED)
     rng = stream(b"initiator")
     if kind == "ours":
-        return OurParty(identity, rng)
+        return OurParty(identity, rng, **INITIATOR)
     # The package needs a full state to act as initiator; its own SPK draws
     # come from a separate stream so the initiator's draws stay aligned.
     state = theirs.create_state(INITIATOR_SEED, stream(b"initiator-own-keys"), num_pre_keys=0)
-    return theirs.TheirParty(identity.public, rng, state)
+    return theirs.TheirParty(identity.public, rng, state, **INITIATOR)
 
 
 def make_recipient(kind: str):
     rng = stream(b"recipient")
     if kind == "ours":
         identity, spk, otpk = our_recipient_keys()
-        party = OurParty(identity, rng)
+        party = OurParty(identity, rng, **RECIPIENT)
         party.prekeys = (spk, otpk)
         return party
     state = their_recipient_state()
-    party = theirs.TheirParty(state.bundle.identity_key, rng, state)
+    party = theirs.TheirParty(state.bundle.identity_key, rng, state, **RECIPIENT)
     (otpk,) = state.bundle.pre_keys
     party.spk_ids = {SPK_ID: state.bundle.signed_pre_key}
     party.otpk_ids = {OTPK_ID: otpk}
@@ -274,3 +291,23 @@ def test_transcript_uses_prekey_messages_until_the_first_reply(transcripts):
 def test_transcript_has_several_dh_turns(transcripts):
     keys = {ours.peek_envelope(e).header.ratchet_key for e in transcripts[("ours", "ours")]}
     assert len(keys) >= 6
+
+
+@pytest.mark.parametrize("initiator_kind", ["ours", "theirs"])
+def test_their_recipient_refuses_a_first_message_relabelled_to_another_sender(initiator_kind):
+    """The package, configured independently, binds the handles the same way (SPEC §13.3)."""
+
+    async def scenario() -> None:
+        alice = make_initiator(initiator_kind)
+        if initiator_kind == "ours":
+            envelope = await alice.initiate(our_bundle(), b"for bob")
+        else:
+            bundle = make_recipient("theirs").x3dh_state.bundle
+            envelope = await alice.initiate(bundle, SPK_ID, OTPK_ID, b"for bob")
+        relabelled = make_recipient("theirs")
+        relabelled.their_handle = "mallory"  # the relay delivers it as mallory's
+        with pytest.raises(AuthenticationFailedException):
+            await relabelled.decrypt(envelope)
+        assert await make_recipient("theirs").decrypt(envelope) == b"for bob"
+
+    asyncio.run(scenario())

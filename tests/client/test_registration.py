@@ -1,0 +1,80 @@
+"""The SDK registers under the relay's registration policy (SPEC §4.6)."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nacl.pwhash import argon2id
+
+from blindrelay.protocol import limits
+from blindrelay.protocol.errors import RegistrationRefused
+from blindrelay.server.cli import main
+from blindrelay.server.registration import invite_digest
+from blindrelay.server.storage import Store, connect
+
+from .test_sdk import make_client, relay_at, run, within
+
+TINY_POW = {"pow_bits": 3, "pow_opslimit": 1, "pow_memlimit": 1024 * 1024}
+
+
+def test_the_sdk_solves_the_relays_proof_of_work_off_its_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §4.6.3: the SDK finds the nonce HELLO asks for — seconds of work on a slow
+    device, so never on the thread that runs the application's event loop."""
+    solver_threads: set[int] = set()
+    real = argon2id.kdf
+
+    def counted(*args: Any, **kwargs: Any) -> bytes:
+        solver_threads.add(threading.get_ident())
+        return real(*args, **kwargs)
+
+    async def scenario() -> None:
+        async with relay_at(tmp_path, **TINY_POW) as relay:
+            client = make_client()
+            await within(client.connect(relay.url))
+            monkeypatch.setattr(argon2id, "kdf", counted)
+            await within(client.register("alice"))
+            await within(client.send("alice", "note to self"))
+            await client.close()
+
+    run(scenario())
+    assert solver_threads and threading.get_ident() not in solver_threads
+
+
+
+def test_the_sdk_registers_with_the_operators_invite(tmp_path: Path) -> None:
+    """SPEC §4.6.4: on a relay that requires invites, register(invite=...) is how."""
+
+    async def scenario() -> None:
+        async with relay_at(tmp_path, require_invites=True) as relay:
+            invite = secrets.token_bytes(limits.INVITE_BYTES)
+            store = Store(connect(tmp_path / "relay.db"))
+            store.invites.add([invite_digest(invite)], 0)
+            store.db.conn.close()
+            uninvited = make_client()
+            await within(uninvited.connect(relay.url))
+            with pytest.raises(RegistrationRefused):
+                await within(uninvited.register("mallory"))
+            await uninvited.close()
+            invited = make_client()
+            await within(invited.connect(relay.url))
+            await within(invited.register("alice", invite=invite))
+            await within(invited.send("alice", "note to self"))
+            await invited.close()
+
+    run(scenario())
+
+
+def test_chat_refuses_an_invite_that_is_not_hex_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["chat", "--relay", "ws://127.0.0.1:9", "--profile", str(tmp_path / "p"),
+                 "--invite", "not-hex"])  # fmt: skip
+    assert code == 2
+    out = capsys.readouterr().out
+    assert out.startswith("blindrelay chat: --invite") and out.count("\n") == 1

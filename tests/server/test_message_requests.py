@@ -1,0 +1,96 @@
+"""Who has written to whom: message requests and first contacts between users (SPEC §7.3).
+
+A user who has never been written to by another may send them at most
+``MESSAGE_REQUEST_MAX`` chats until they write back, and opens such conversations
+with at most ``FIRST_CONTACTS_BURST`` (refilling at ``FIRST_CONTACTS_PER_H``) new
+strangers. Every refusal is the one ERROR 400 of SPEC §7.7.
+"""
+
+from __future__ import annotations
+
+import os
+
+from blindrelay.protocol.codec import decode, encode
+from blindrelay.protocol.errors import ErrorCode
+from blindrelay.protocol.frames import Send, Sent
+from blindrelay.server.config import RelayConfig
+
+from .conftest import Clients, FakeClock, RawClient, error_code, relay_with
+from .consent_helpers import stated
+
+HOUR_MS = 3600 * 1000
+
+
+async def _chat(client: RawClient, to: str, request_id: int = 91) -> bytes:
+    """The raw answer to a chat, for byte comparisons."""
+    await client.ws.send(
+        encode(Send(id=request_id, to=to, msg_id=os.urandom(16), body=b"hello", intent="chat"))
+    )
+    while True:  # pushes (a DELIVER) wait in the inbox
+        data = await client._recv_bytes()
+        frame = decode(data)
+        if getattr(frame, "re", None) == request_id:
+            return data
+        client.inbox.append(frame)
+
+
+async def _refusal(client: RawClient, request_id: int = 91) -> bytes:
+    """The reference refusal: a chat to a handle nobody holds."""
+    return await _chat(client, "nobody-at-all", request_id)
+
+
+async def test_a_stranger_sends_at_most_the_message_request_limit_until_answered(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    """Issue 13 item 10: a spammer registered as a user chatted anyone without limit."""
+    async with relay_with(config, clock, message_request_max=3) as relay:
+        spammer = await clients.registered(relay.url, "spammer")
+        bob = await clients.registered(relay.url, "bob")
+        for _ in range(3):
+            assert isinstance(decode(await _chat(spammer, "bob")), Sent)
+        assert await _chat(spammer, "bob") == await _refusal(spammer)
+        # Once bob writes back the conversation is his too: no limit either way.
+        assert isinstance(await bob.send_message("spammer", b"who is this?"), Sent)
+        for _ in range(5):
+            assert isinstance(decode(await _chat(spammer, "bob")), Sent)
+        for _ in range(5):
+            assert isinstance(await bob.send_message("spammer", b"ok"), Sent)
+
+
+async def test_a_user_opens_conversations_with_few_new_strangers_per_hour(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    async with relay_with(config, clock, first_contacts_burst=3, first_contacts_per_h=1.0) as relay:
+        spammer = await clients.registered(relay.url, "spammer")
+        strangers = [await clients.registered(relay.url, f"victim{n}") for n in range(5)]
+        friend = await clients.registered(relay.url, "friend")
+        assert isinstance(await friend.send_message("spammer", b"hi!"), Sent)
+        for victim in strangers[:3]:
+            assert isinstance(decode(await _chat(spammer, victim.handle)), Sent)
+        refused = await _chat(spammer, strangers[3].handle)
+        assert refused == await _refusal(spammer)
+        assert error_code(decode(refused)) == ErrorCode.RECIPIENT_UNAVAILABLE
+        # Neither a conversation already opened nor one the other side opened is a new one.
+        assert isinstance(decode(await _chat(spammer, strangers[0].handle)), Sent)
+        assert isinstance(decode(await _chat(spammer, "friend")), Sent)
+        clock.advance(HOUR_MS)
+        assert isinstance(decode(await _chat(spammer, strangers[3].handle)), Sent)
+        assert await _chat(spammer, strangers[4].handle) == await _refusal(spammer)
+
+
+async def test_message_requests_survive_a_restart_and_a_block_stays_a_block(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    """The pair state records who wrote; it is stored, not kept in memory."""
+    async with relay_with(config, clock, message_request_max=2) as relay:
+        alice = await clients.registered(relay.url, "alice")
+        bob = await clients.registered(relay.url, "bob")
+        assert isinstance(await alice.send_message("bob", b"1"), Sent)
+        await stated(bob, "block", "alice", clock.now)
+    async with relay_with(config, clock, message_request_max=2) as relay:
+        alice, _ = await clients.logged_in(relay.url, "alice", alice.key)
+        bob, _ = await clients.logged_in(relay.url, "bob", bob.key)
+        assert error_code(await alice.send_message("bob", b"2")) == ErrorCode.RECIPIENT_UNAVAILABLE
+        await stated(bob, "unblock", "alice", clock.now)
+        assert isinstance(await alice.send_message("bob", b"2"), Sent)
+        assert error_code(await alice.send_message("bob", b"3")) == ErrorCode.RECIPIENT_UNAVAILABLE
