@@ -18,12 +18,12 @@ MAX_NESTING_DEPTH = 4
 """Deepest container nesting a frame may have (frame → list → map is 3).
 Shallow nesting bounds decoder recursion on hostile input."""
 
-MAX_ARRAY_ITEMS = 500
-"""Most values an array of any type may hold (the largest is STATEMENTS'
-``statements``, ``MAX_LISTED_STATEMENTS``). The msgpack layer refuses a longer
-array from its length header, before Python touches its items: a 64 KiB message
-of 65,000 one-byte ints cost ~6.5 ms to refuse when the nesting check walked
-them, a thousand times a valid frame's decoding."""
+MAX_ARRAY_ITEMS = 256
+"""Most values an array of any type may hold (the largest are ACK's ``delivery_ids``,
+``MAX_ACK_IDS``, and a receipt's refs). The msgpack layer refuses a longer array from
+its length header, before Python touches its items: a 64 KiB message of 65,000
+one-byte ints cost ~6.5 ms to refuse when the nesting check walked them, a thousand
+times a valid frame's decoding."""
 
 PING_INTERVAL_S = 20.0
 """Keep-alive ping period. Short enough to keep NAT bindings open, long enough
@@ -262,8 +262,12 @@ MAX_BLOCK_TARGETS = 10_000
 nobody holds is kept (so that blocking tells nothing about who exists, SPEC §7.4); this
 bounds what blocking random handles can store. Nobody blocks ten thousand accounts."""
 
-MAX_LISTED_STATEMENTS = 500
-"""Statements returned by one listing frame."""
+MAX_LISTED_STATEMENTS = 60
+"""Statements returned by one listing frame: 60 of the largest (``MAX_STATEMENT_BYTES``)
+fit one frame (``MAX_FRAME_BYTES``) with room for the frame's own fields, so a page is
+never too large to send. Ordinary statements are about a third of the maximum, so
+pages could hold more, but a bound that depends on sizes would be one more rule for
+every implementation; a long listing takes more pages instead."""
 
 STATEMENTS_LIST_RATE_PER_MIN = 600.0
 STATEMENTS_LIST_BURST = 20
