@@ -18,12 +18,12 @@ MAX_NESTING_DEPTH = 4
 """Deepest container nesting a frame may have (frame → list → map is 3).
 Shallow nesting bounds decoder recursion on hostile input."""
 
-MAX_ARRAY_ITEMS = 500
-"""Most values an array of any type may hold (the largest is STATEMENTS'
-``statements``, ``MAX_LISTED_STATEMENTS``). The msgpack layer refuses a longer
-array from its length header, before Python touches its items: a 64 KiB message
-of 65,000 one-byte ints cost ~6.5 ms to refuse when the nesting check walked
-them, a thousand times a valid frame's decoding."""
+MAX_ARRAY_ITEMS = 256
+"""Most values an array of any type may hold (the largest are ACK's ``delivery_ids``,
+``MAX_ACK_IDS``, and a receipt's refs). The msgpack layer refuses a longer array from
+its length header, before Python touches its items: a 64 KiB message of 65,000
+one-byte ints cost ~6.5 ms to refuse when the nesting check walked them, a thousand
+times a valid frame's decoding."""
 
 PING_INTERVAL_S = 20.0
 """Keep-alive ping period. Short enough to keep NAT bindings open, long enough
@@ -31,6 +31,20 @@ to cost nothing on idle connections."""
 
 PING_TIMEOUT_S = 20.0
 """A peer that does not answer a ping within this is considered gone."""
+
+MAX_OUTGOING_BUFFER_BYTES = 1024 * 1024
+"""*Default.* Outgoing data the relay holds for one connection before it stops
+handling that connection's frames (it resumes at a quarter of this). Larger keeps
+the pipe full through bursts (a page of deliveries, a listing) without pausing;
+smaller bounds what a client that never reads makes the relay hold: 1 MiB is
+sixteen maximal frames, and a thousand stuck connections hold about 1 GiB until
+the write timeout closes them."""
+
+WRITE_TIMEOUT_S = 20.0
+"""*Default.* A connection whose peer takes (almost) no data for this long while
+data waits for it is closed — aborted, as no close frame can pass a full buffer.
+Its keep-alive ping would wait behind that data, so the ping timeout never fires;
+as long as a ping timeout, since such a peer is as gone as a silent one."""
 
 AUTH_TIMEOUT_S = 10.0
 """An unauthenticated connection is closed after this; bounds the cost of
@@ -51,6 +65,12 @@ impostors ("аirline" with a Cyrillic a), and a handle is a key in every relay t
 
 DISPLAY_NAME_MAX_LEN = 64
 """Longest display name in a badge or profile, in characters."""
+
+ROTATE_IDENTITY_RATE_PER_H = 6.0
+ROTATE_IDENTITY_BURST = 3
+"""*Default.* Identity rotations per account. A rotation is rare (a new device, a
+key thought compromised); each costs two signature checks and deletes the
+account's prekeys, and every contact sees a key change."""
 
 # --- Authentication (SPEC §4) ----------------------------------------------
 
@@ -138,6 +158,13 @@ BUNDLE_FETCH_RATE_PER_MIN = 60.0
 BUNDLE_FETCH_BURST = 20
 """*Default.* Bundle fetches per requester; stops one account from draining
 another's one-time prekeys (which would force X3DH without one, see SPEC §13.2)."""
+
+PREKEYS_UPLOAD_RATE_PER_MIN = 6.0
+PREKEYS_UPLOAD_BURST = 20
+"""*Default.* Prekey uploads per account. A client uploads at registration, when
+told its supply is low and after a rotation — a few a day; the burst fills a whole
+supply (``MAX_STORED_ONE_TIME_PREKEYS`` / ``MAX_PREKEYS_PER_UPLOAD`` = 10 uploads)
+twice over. Each upload costs a signature check and up to 100 row writes."""
 
 # --- Messaging (SPEC §6) ---------------------------------------------------
 
@@ -235,8 +262,20 @@ MAX_BLOCK_TARGETS = 10_000
 nobody holds is kept (so that blocking tells nothing about who exists, SPEC §7.4); this
 bounds what blocking random handles can store. Nobody blocks ten thousand accounts."""
 
-MAX_LISTED_STATEMENTS = 500
-"""Statements returned by one listing frame."""
+MAX_LISTED_STATEMENTS = 60
+"""Statements returned by one listing frame: 60 of the largest (``MAX_STATEMENT_BYTES``)
+fit one frame (``MAX_FRAME_BYTES``) with room for the frame's own fields, so a page is
+never too large to send. Ordinary statements are about a third of the maximum, so
+pages could hold more, but a bound that depends on sizes would be one more rule for
+every implementation; a long listing takes more pages instead."""
+
+STATEMENTS_LIST_RATE_PER_MIN = 600.0
+STATEMENTS_LIST_BURST = 20
+"""*Default.* Statement listings per account. A page of up to
+``MAX_LISTED_STATEMENTS`` statements answers a 20-byte request with thousands of
+times its size: a device restoring a large business's statements still pages at
+10 a second, while one connection cannot make the relay read more than 20 pages
+for it at once."""
 
 # --- Business accounts (SPEC §8) -------------------------------------------
 
@@ -248,3 +287,19 @@ MAX_BADGE_BYTES = 1024
 
 MAX_BADGE_VALIDITY_MS = 400 * 24 * 3600 * 1000
 """Longest badge lifetime; forces periodic re-verification of a business."""
+
+PROFILE_PUT_RATE_PER_MIN = 6.0
+PROFILE_PUT_BURST = 10
+"""*Default.* Profile updates per business: opening hours and away messages change
+a few times a day; each update costs a signature check and an 8 KiB write."""
+
+PROFILE_FETCH_RATE_PER_MIN = 60.0
+PROFILE_FETCH_BURST = 20
+"""*Default.* Profile fetches per account. A client fetches a profile when it meets
+a business and to refresh it, far below this; without a limit one account could
+ask ~2,000 handles a second which of them are businesses (SPEC §7.7)."""
+
+USAGE_FETCH_RATE_PER_MIN = 60.0
+USAGE_FETCH_BURST = 20
+"""*Default.* Usage reads per account: a billing dashboard reads a few months at a
+time; each read sums a month of metering rows in the writer."""

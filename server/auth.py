@@ -130,6 +130,7 @@ def rotate_identity(ctx: RelayContext, session: Session, frame: RotateIdentity) 
     """
     handle = session.handle
     assert handle is not None
+    ctx.limiters.rotate_identity.take(handle)  # SPEC §10, before any work
     now = ctx.clock()
     if abs(now - frame.issued_at) > limits.STATEMENT_SKEW_MS:
         raise StaleStatement()

@@ -37,6 +37,7 @@ def put_profile(ctx: RelayContext, session: Session, frame: ProfilePut) -> None:
     malformed or wrongly signed profile gets ERROR 600 INVALID_PROFILE"."""
     handle = session.handle
     assert handle is not None
+    ctx.limiters.profile_put.take(handle)  # SPEC §10, before any work
     account = ctx.accounts.get(handle)
     assert account is not None
     if account.kind != AccountKind.BUSINESS:
@@ -59,6 +60,8 @@ def fetch_profile(ctx: RelayContext, session: Session, frame: ProfileFetch) -> N
     Profiles are public for businesses only: a user and an unknown handle get
     the same ERROR 601 (decided in :func:`.jobs.fetch_profile`).
     """
+    assert session.handle is not None
+    ctx.limiters.profile_fetch.take(session.handle)  # SPEC §10, before any work
     owner = frame.handle
 
     def read(result: list[Any]) -> None:
@@ -76,6 +79,7 @@ def fetch_usage(ctx: RelayContext, session: Session, frame: UsageFetch) -> None:
     """SPEC §8.4: a business reads its own counts for one UTC month; a user gets 202."""
     handle = session.handle
     assert handle is not None
+    ctx.limiters.usage_fetch.take(handle)  # SPEC §10, before any work
     account = ctx.accounts.get(handle)
     assert account is not None
     if account.kind != AccountKind.BUSINESS:

@@ -37,6 +37,18 @@ commit in both — the event loop, not fsync, is the bottleneck, so FULL costs
 under 10 % and stays the default."""
 
 
+TRANSPORT_WRITE_LIMIT_BYTES = 32 * 1024
+"""Bytes asyncio's transport buffers for a connection before the relay stops
+writing into it and queues frames itself (websockets' ``write_limit``, its
+default): the relay then learns of the peer's progress each time the transport
+drains to a quarter of this."""
+
+MIN_OUTGOING_BUFFER_BYTES = 4 * TRANSPORT_WRITE_LIMIT_BYTES
+"""Smallest ``max_outgoing_buffer_bytes``: reading resumes at a quarter of the
+bound, which must not be below what the transport holds without telling the
+relay, or a paused connection could wait for a notice that never comes."""
+
+
 @dataclass(frozen=True, slots=True)
 class RelayConfig:
     """Everything ``serve`` needs; immutable once the relay runs."""
@@ -63,6 +75,18 @@ class RelayConfig:
     first_contacts_burst: int = limits.FIRST_CONTACTS_BURST
     bundle_rate_per_min: float = limits.BUNDLE_FETCH_RATE_PER_MIN
     bundle_burst: int = limits.BUNDLE_FETCH_BURST
+    prekeys_upload_rate_per_min: float = limits.PREKEYS_UPLOAD_RATE_PER_MIN
+    prekeys_upload_burst: int = limits.PREKEYS_UPLOAD_BURST
+    rotate_identity_rate_per_h: float = limits.ROTATE_IDENTITY_RATE_PER_H
+    rotate_identity_burst: int = limits.ROTATE_IDENTITY_BURST
+    statements_list_rate_per_min: float = limits.STATEMENTS_LIST_RATE_PER_MIN
+    statements_list_burst: int = limits.STATEMENTS_LIST_BURST
+    profile_put_rate_per_min: float = limits.PROFILE_PUT_RATE_PER_MIN
+    profile_put_burst: int = limits.PROFILE_PUT_BURST
+    profile_fetch_rate_per_min: float = limits.PROFILE_FETCH_RATE_PER_MIN
+    profile_fetch_burst: int = limits.PROFILE_FETCH_BURST
+    usage_fetch_rate_per_min: float = limits.USAGE_FETCH_RATE_PER_MIN
+    usage_fetch_burst: int = limits.USAGE_FETCH_BURST
     register_rate_per_h: float = limits.REGISTER_RATE_PER_H_ADDRESS
     register_burst: int = limits.REGISTER_BURST_ADDRESS
     """Registrations per source address (SPEC §4.6.1); tests and benchmarks that
@@ -82,6 +106,8 @@ class RelayConfig:
     auth_timeout_s: float = limits.AUTH_TIMEOUT_S
     ping_interval_s: float = limits.PING_INTERVAL_S
     ping_timeout_s: float = limits.PING_TIMEOUT_S
+    max_outgoing_buffer_bytes: int = limits.MAX_OUTGOING_BUFFER_BYTES
+    write_timeout_s: float = limits.WRITE_TIMEOUT_S
     purge_interval_s: float = 60.0
     """How often expired envelopes and remembered message ids are purged."""
     checkpoint_interval_s: float = 60.0
@@ -115,6 +141,18 @@ class RelayConfig:
             "first_contacts_burst": self.first_contacts_burst,
             "bundle_rate_per_min": self.bundle_rate_per_min,
             "bundle_burst": self.bundle_burst,
+            "prekeys_upload_rate_per_min": self.prekeys_upload_rate_per_min,
+            "prekeys_upload_burst": self.prekeys_upload_burst,
+            "rotate_identity_rate_per_h": self.rotate_identity_rate_per_h,
+            "rotate_identity_burst": self.rotate_identity_burst,
+            "statements_list_rate_per_min": self.statements_list_rate_per_min,
+            "statements_list_burst": self.statements_list_burst,
+            "profile_put_rate_per_min": self.profile_put_rate_per_min,
+            "profile_put_burst": self.profile_put_burst,
+            "profile_fetch_rate_per_min": self.profile_fetch_rate_per_min,
+            "profile_fetch_burst": self.profile_fetch_burst,
+            "usage_fetch_rate_per_min": self.usage_fetch_rate_per_min,
+            "usage_fetch_burst": self.usage_fetch_burst,
             "register_rate_per_h": self.register_rate_per_h,
             "register_burst": self.register_burst,
             "max_stored_one_time_prekeys": self.max_stored_one_time_prekeys,
@@ -123,6 +161,7 @@ class RelayConfig:
             "consent_request_rate_per_h": self.consent_request_rate_per_h,
             "consent_request_burst": self.consent_request_burst,
             "auth_timeout_s": self.auth_timeout_s,
+            "write_timeout_s": self.write_timeout_s,
             "purge_interval_s": self.purge_interval_s,
             "checkpoint_interval_s": self.checkpoint_interval_s,
             "gc_threshold": self.gc_threshold,
@@ -130,6 +169,10 @@ class RelayConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.max_outgoing_buffer_bytes < MIN_OUTGOING_BUFFER_BYTES:
+            raise ValueError(
+                f"max_outgoing_buffer_bytes must be at least {MIN_OUTGOING_BUFFER_BYTES}"
+            )
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be in 0..65535")
         if self.pow_bits < 0:

@@ -31,7 +31,7 @@ from .config import RelayConfig
 from .logs import log_event
 from .ratelimit import Clock, TokenBuckets
 from .registration import RegistrationPolicy
-from .storage import Account, Accounts
+from .storage import Account, Accounts, PreKeyStore
 from .writer import Writer, WriterJobError
 
 if TYPE_CHECKING:
@@ -151,6 +151,13 @@ class Limiters:
     bundle_fetch: TokenBuckets
     consent_request: TokenBuckets
     """Per business (SPEC §7.3 "requests are rate-limited per business")."""
+    prekeys_upload: TokenBuckets
+    rotate_identity: TokenBuckets
+    statements_list: TokenBuckets
+    profile_put: TokenBuckets
+    profile_fetch: TokenBuckets
+    usage_fetch: TokenBuckets
+    """Per account, taken before any other work for the request (SPEC §10)."""
 
     @classmethod
     def from_config(cls, config: RelayConfig, clock: Clock) -> Limiters:
@@ -165,6 +172,24 @@ class Limiters:
             ),
             consent_request=TokenBuckets(
                 config.consent_request_rate_per_h / 3600.0, config.consent_request_burst, clock
+            ),
+            prekeys_upload=TokenBuckets(
+                config.prekeys_upload_rate_per_min / 60.0, config.prekeys_upload_burst, clock
+            ),
+            rotate_identity=TokenBuckets(
+                config.rotate_identity_rate_per_h / 3600.0, config.rotate_identity_burst, clock
+            ),
+            statements_list=TokenBuckets(
+                config.statements_list_rate_per_min / 60.0, config.statements_list_burst, clock
+            ),
+            profile_put=TokenBuckets(
+                config.profile_put_rate_per_min / 60.0, config.profile_put_burst, clock
+            ),
+            profile_fetch=TokenBuckets(
+                config.profile_fetch_rate_per_min / 60.0, config.profile_fetch_burst, clock
+            ),
+            usage_fetch=TokenBuckets(
+                config.usage_fetch_rate_per_min / 60.0, config.usage_fetch_burst, clock
             ),
         )
 
@@ -185,6 +210,12 @@ class RelayContext:
     sessions: Sessions = field(default_factory=Sessions)
     stopping: bool = False
     """Set by shutdown: frames that arrive now are refused with SHUTTING_DOWN."""
+    prekeys: PreKeyStore = field(init=False)
+    """Read-only, on the accounts' reader: prekey uploads are checked here before the
+    writer is involved (SPEC §5.2)."""
+
+    def __post_init__(self) -> None:
+        self.prekeys = PreKeyStore(self.accounts.db)
 
     def refuse(self, session: Session, frame: Frame | None, exc: BaseException) -> None:
         """The one place a handler's exception becomes an ERROR frame (SPEC §9)."""

@@ -141,11 +141,19 @@ def push_committed(
 def acknowledge(ctx: RelayContext, session: Session, frame: Ack) -> None:
     """SPEC §6.5: delete acknowledged rows of this account; no response on success.
 
-    Ids of other accounts' rows, or already deleted ones, are ignored silently.
+    Only ids this connection has in flight are acted on; any other id (another
+    account's, already deleted, or delivered on an earlier connection, which
+    delivers it again) is ignored without work — so ACKs cost the writer at most
+    one deletion per delivery, and need no rate limit (SPEC §10).
     """
     handle = session.handle
     assert handle is not None
-    ids = frame.delivery_ids
+    outbox = session.outbox
+    if outbox is None:
+        return
+    ids = outbox.in_flight_of(frame.delivery_ids)
+    if not ids:
+        return
 
     def acked(ok: bool, deleted: Any) -> None:
         if not ok:
@@ -155,8 +163,7 @@ def acknowledge(ctx: RelayContext, session: Session, frame: Ack) -> None:
 
     # One writer job for consecutive ACKs (a fan-out's recipients acknowledge together).
     ctx.writer.call_many("acknowledge", [handle, ids], acked)
-    if session.outbox is not None:
-        session.outbox.acknowledged(ids)
+    outbox.acknowledged(ids)
 
 
 class Outbox:
@@ -196,6 +203,11 @@ class Outbox:
             self.behind = True
             return
         self._push(delivery_id, encode)
+
+    def in_flight_of(self, delivery_ids: tuple[int, ...]) -> tuple[int, ...]:
+        """Those of ``delivery_ids`` pushed on this connection and not acknowledged yet."""
+        in_flight = self.in_flight
+        return tuple(i for i in delivery_ids if i in in_flight)
 
     def acknowledged(self, delivery_ids: tuple[int, ...]) -> None:
         self.in_flight.difference_update(delivery_ids)

@@ -35,6 +35,7 @@ def upload(ctx: RelayContext, session: Session, frame: PrekeysUpload) -> None:
     """SPEC §5.2: store a signed prekey (replacing) and add one-time prekeys."""
     handle = session.handle
     assert handle is not None
+    ctx.limiters.prekeys_upload.take(handle)  # SPEC §10, before any work
     account = ctx.accounts.get(handle)
     assert account is not None
     identity_key = account.identity_key
@@ -45,6 +46,11 @@ def upload(ctx: RelayContext, session: Session, frame: PrekeysUpload) -> None:
             verify_signature(identity_key, signed_prekey_message(signed.public), signed.signature)
         except InvalidSignature:
             raise InvalidPrekeys("signed prekey signature") from None
+    # Refused here when the reader already shows why; the writer job checks again
+    # (uploads in flight are not visible yet), before it writes anything.
+    ctx.prekeys.check_upload(
+        handle, [key.key_id for key in frame.one_time], ctx.config.max_stored_one_time_prekeys
+    )
 
     def stored(_: None) -> None:
         log_event(

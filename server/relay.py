@@ -9,6 +9,11 @@ Compression is off (ciphertext does not compress; see
 /work/shared/notes.md), ``max_size`` is the frame cap (websockets closes
 bigger messages with 1009), keep-alive comes from the limits table.
 
+Flow control (SPEC §1.2.4–6): each connection's frames are handled a bounded
+number at a time (:class:`_Intake`), none while the data waiting for it is over
+its bound, and a peer that takes no data for the write timeout is aborted
+(:class:`_WebSocketTransport`); :attr:`RunningRelay.outgoing` is the accounting.
+
 :func:`serve` runs a relay in the current event loop and returns a
 :class:`RunningRelay` with its URL, so tests and the CLI start it the same way.
 
@@ -19,13 +24,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import struct
+import sys
+import termios
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from types import GeneratorType
 from typing import Any, cast
+from typing import Protocol as Interface
 
 from nacl.signing import SigningKey
 from websockets.asyncio.server import Server, ServerConnection
@@ -45,7 +57,7 @@ from blindrelay.protocol import SUBPROTOCOL, limits
 from blindrelay.protocol.connection import RelayConnection, State
 
 from . import gcpolicy
-from .config import RelayConfig
+from .config import TRANSPORT_WRITE_LIMIT_BYTES, RelayConfig
 from .context import Limiters, RelayContext, Session
 from .dispatch import Dispatcher
 from .logs import log_event
@@ -135,12 +147,53 @@ class _RelayWebSocket(ServerConnection):
     per frame, for a handler that never awaits. Whatever websockets does not
     deliver whole (text, fragments, anything before :meth:`direct`) goes to the
     assembler as usual, and from then on everything does, so order is kept.
+
+    It also tells its :attr:`flow` when asyncio pauses and resumes writing, and
+    pauses reading while anyone holds it (:meth:`hold_reading`): websockets'
+    assembler when full, the relay's :class:`_Intake` when held.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.on_message: Callable[[bytes], None] | None = None
         self._assembled = 0
+        self.flow: _FlowListener | None = None
+        """Told when asyncio's transport pauses and resumes writing, and when the
+        connection is lost (:class:`_WebSocketTransport`)."""
+        self._read_holds: set[str] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # websockets' assembler pauses reading when its queue is full; the relay also
+        # pauses it for its outgoing data (hold_reading): reading resumes when neither holds.
+        self.recv_messages.pause = partial(self.hold_reading, "assembler")
+        self.recv_messages.resume = partial(self.release_reading, "assembler")
+
+    def hold_reading(self, reason: str) -> None:
+        """Stop reading from the socket until every ``reason`` is released."""
+        if not self._read_holds:
+            self.transport.pause_reading()
+        self._read_holds.add(reason)
+
+    def release_reading(self, reason: str) -> None:
+        self._read_holds.discard(reason)
+        if not self._read_holds:
+            self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.flow is not None:
+            self.flow.writing_paused()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.flow is not None:
+            self.flow.writing_resumed()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.flow is not None:
+            self.flow.connection_lost()
 
     def direct(self, on_message: Callable[[bytes], None]) -> bool:
         """Route messages to ``on_message`` unless some already went to the assembler."""
@@ -176,6 +229,109 @@ class _RelayWebSocket(ServerConnection):
                 self.on_message = None
                 self._assembled += 1
         super().process_event(event)
+
+
+FRAMES_PER_TURN = 256
+"""Frames one connection has handled before the relay turns to the others for a
+loop turn: a socket read brings up to 256 KiB, thousands of small frames, and a
+client that floods (even with requests refused at once, ~25 µs each) would stall
+everyone else for a read's worth. Lower is fairer, and costs a pause and a resume
+of reading per that many frames."""
+
+
+class _Intake:
+    """A connection's reading side: messages to the dispatcher, in order, at most
+    :data:`FRAMES_PER_TURN` in a row, and none while held.
+
+    Held (for a turn, SPEC §1.2.6, or while the outgoing data is over its
+    bound, §1.2.4): the socket is not read, and what was already read waits
+    here — at most the rest of one read — so nothing more is asked of the relay
+    meanwhile. On the read fast path this costs a check and a count per frame.
+    """
+
+    def __init__(self, ws: _RelayWebSocket, dispatch: Callable[[bytes | str], None]) -> None:
+        self._ws = ws
+        self._dispatch = dispatch
+        self._held: deque[bytes | str] = deque()
+        self._holds: set[str] = set()
+        self._count = 0
+        self._draining = False
+
+    def received(self, message: bytes | str) -> None:
+        if self._holds or self._held:
+            self._held.append(message)
+            return
+        self._dispatch(message)
+        self._count += 1
+        if self._count >= FRAMES_PER_TURN:
+            self._end_turn()
+
+    def hold(self, reason: str) -> None:
+        if not self._holds:
+            self._ws.hold_reading("intake")
+        self._holds.add(reason)
+
+    def release(self, reason: str) -> None:
+        self._holds.discard(reason)
+        if not self._holds and not self._draining:
+            # In a loop callback of its own: releases come from inside asyncio's
+            # write callbacks, where handling frames (which write) does not belong.
+            self._draining = True
+            asyncio.get_running_loop().call_soon(self._drain)
+
+    def _end_turn(self) -> None:
+        self.hold("turn")
+        asyncio.get_running_loop().call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._count = 0
+        self._holds.discard("turn")
+        if not self._holds:
+            self._drain()
+
+    def _drain(self) -> None:
+        self._draining = False
+        held = self._held
+        while held and not self._holds:
+            self._dispatch(held.popleft())
+            self._count += 1
+            if self._count >= FRAMES_PER_TURN:
+                self._end_turn()
+        if not self._holds and not held:
+            self._ws.release_reading("intake")
+
+
+MIN_PROGRESS_BYTES = TRANSPORT_WRITE_LIMIT_BYTES // 4
+"""What a peer must take from the relay within ``write_timeout_s`` to count as
+reading (8 KiB per 20 s by default): one trickling a byte at a time is as stuck
+as one that reads nothing, and holds its buffers as long."""
+
+
+def _unacknowledged(transport: asyncio.WriteTransport) -> int:
+    """Bytes written to ``transport`` that its peer has not acknowledged yet:
+    asyncio's buffer plus the kernel's send queue (Linux ``SIOCOUTQ``; elsewhere
+    asyncio's buffer alone)."""
+    buffered = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is None or _OUTQ is None:
+        return buffered
+    try:
+        queued = fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0")
+    except OSError:
+        return buffered
+    return buffered + int.from_bytes(queued, sys.byteorder, signed=True)
+
+
+_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)
+"""``ioctl`` request for a socket's unacknowledged send queue (SIOCOUTQ on Linux)."""
+
+
+class _FlowListener(Interface):
+    """What :class:`_RelayWebSocket` tells about its transport's writing side."""
+
+    def writing_paused(self) -> None: ...
+    def writing_resumed(self) -> None: ...
+    def connection_lost(self) -> None: ...
 
 
 _SHORT_HEADS = [bytes((0x82, size)) for size in range(126)]
@@ -217,6 +373,20 @@ class _Flusher:
             transport.write_now()
 
 
+@dataclass
+class OutgoingStats:
+    """The relay's own accounting of outgoing data, over all connections (SPEC §1.2)."""
+
+    peak_bytes: int = 0
+    """The most one connection held, as :attr:`_WebSocketTransport.outgoing_bytes`
+    counts it whenever it can have grown past asyncio's write limit."""
+    reading_paused: int = 0
+    """Times a connection's reading was paused because it passed the bound."""
+    write_timeouts: int = 0
+    """Connections aborted because their peer took less than :data:`MIN_PROGRESS_BYTES`
+    in ``write_timeout_s``."""
+
+
 class _WebSocketTransport:
     """A session's writing side: frames go out in order, then the close.
 
@@ -227,10 +397,32 @@ class _WebSocketTransport:
     needed — the peer reads slowly (websockets paused writing: the pump awaits
     ``send``, i.e. drain) or the connection is closing — so an idle
     connection holds no task.
+
+    What waits is bounded (SPEC §1.2.4–5): :attr:`outgoing_bytes` is asyncio's
+    write buffer plus the pump's backlog. Past ``bound`` the connection's
+    :class:`_Intake` is held — no new requests handled, so no new answers;
+    deliveries are windowed — until it is down to a quarter of it. While
+    asyncio has paused writing a timer runs, started again when the transport
+    drains; when it fires without the peer having taken
+    :data:`MIN_PROGRESS_BYTES`, the connection is aborted: a close frame could
+    not pass the full buffer, and websockets' keep-alive ping waits behind it,
+    so the ping timeout never starts. The write fast path is untouched:
+    asyncio's pause and resume callbacks drive all of this.
     """
 
-    def __init__(self, ws: ServerConnection, conn: RelayConnection, flusher: _Flusher) -> None:
+    def __init__(
+        self,
+        ws: _RelayWebSocket,
+        conn: RelayConnection,
+        flusher: _Flusher,
+        *,
+        intake: _Intake,
+        bound: int,
+        write_timeout_s: float,
+        stats: OutgoingStats,
+    ) -> None:
         self._ws = ws
+        self._intake = intake
         self._conn = conn
         self._flusher = flusher
         self._out: list[bytes] = []
@@ -238,6 +430,22 @@ class _WebSocketTransport:
         self._pump: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self.closing: tuple[int, str] | None = None
+        self._backlog: deque[bytes] = deque()
+        self._held = 0
+        """Bytes in ``_backlog``."""
+        self._bound = bound
+        self._resume_at = bound // 4
+        self._write_timeout_s = write_timeout_s
+        self._stats = stats
+        self._stalled: asyncio.TimerHandle | None = None
+        self.reading_paused = False
+        self.session: Session | None = None
+        """For the log line of a write timeout."""
+
+    @property
+    def outgoing_bytes(self) -> int:
+        """What the relay holds for this connection, not yet handed to the kernel."""
+        return self._ws.transport.get_write_buffer_size() + self._held
 
     def flush(self) -> None:
         if not self._due:
@@ -265,19 +473,28 @@ class _WebSocketTransport:
             self.closing = (CLOSE_POLICY, "protocol error")
         return out
 
+    def _hold(self, frames: list[bytes]) -> None:
+        """Queue ``frames`` for the pump, counted."""
+        if frames:
+            self._backlog.extend(frames)
+            self._held += sum(map(len, frames))
+        self._check()
+
     def write_now(self) -> None:
         self._due = False
         if self._pump is not None:
             assert self._wake is not None
+            self._hold(self._take())
             self._wake.set()
             return
         ws = self._ws
         if self.closing is not None or ws.paused or ws.protocol.state is not WsState.OPEN:
+            self._hold(self._take())
             self.start_pump()
             return
         frames = self._take()
         if self.closing is not None:
-            self._out = frames
+            self._hold(frames)
             self.start_pump()
             return
         if not frames:
@@ -308,25 +525,95 @@ class _WebSocketTransport:
 
     async def _run_pump(self) -> None:
         assert self._wake is not None
+        backlog = self._backlog
         try:
             while True:
-                frames = self._take()
-                for data in frames:
+                self._hold(self._take())
+                while backlog:
+                    data = backlog.popleft()
+                    self._held -= len(data)
                     await self._ws.send(data)
                 if self.closing is not None:
                     await self._ws.close(*self.closing)
                     return
-                if not frames and not self._ws.paused:
+                if not self._ws.paused:
                     return  # back to the fast path
-                if not frames:
-                    await self._wake.wait()
-                    self._wake.clear()
+                await self._wake.wait()
+                self._wake.clear()
         except ConnectionClosed:
             return
         finally:
             self._pump = None
 
+    # --- flow control (asyncio's callbacks, through _RelayWebSocket) ----------------
+
+    def _check(self) -> None:
+        """Pause or resume reading by the outgoing data (SPEC §1.2.4)."""
+        # "When what the relay holds for a connection and has not yet handed to the
+        # network exceeds MAX_OUTGOING_BUFFER_BYTES …, the relay MUST stop handling that
+        # connection's frames — those already received included — and stop reading its
+        # socket, until that data is down to a quarter of the bound."
+        size = self.outgoing_bytes
+        stats = self._stats
+        if size > stats.peak_bytes:
+            stats.peak_bytes = size
+        if self.reading_paused:
+            if size <= self._resume_at:
+                self.reading_paused = False
+                self._intake.release("outgoing")
+        elif size > self._bound:
+            self.reading_paused = True
+            stats.reading_paused += 1
+            self._intake.hold("outgoing")
+
+    def writing_paused(self) -> None:
+        self._check()
+        if self._stalled is None:
+            self._arm()
+
+    def _arm(self) -> None:
+        self._stalled = asyncio.get_running_loop().call_later(
+            self._write_timeout_s, self._write_timed_out, _unacknowledged(self._ws.transport)
+        )
+
+    def writing_resumed(self) -> None:
+        """The peer took data: the write timeout starts again at the next pause."""
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+        self._check()
+
+    def connection_lost(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+
+    def _write_timed_out(self, unacknowledged: int) -> None:
+        """Abort the connection unless the peer took data since the timer started
+        (SPEC §1.2.5).
+
+        asyncio tells of progress only when its buffer is down to a quarter of
+        its write limit, and the kernel's send buffer (megabytes) drains first:
+        an honest slow reader can take far longer than the timeout to get there.
+        So what the peer has not acknowledged is measured too; down by
+        :data:`MIN_PROGRESS_BYTES` since the timer started counts as progress.
+        """
+        # "So the relay MUST close a connection whose peer, while such data waits,
+        # takes less than 8 KiB of it in WRITE_TIMEOUT_S."
+        self._stalled = None
+        if unacknowledged - _unacknowledged(self._ws.transport) >= MIN_PROGRESS_BYTES:
+            self._arm()
+            return
+        self._stats.write_timeouts += 1
+        session = self.session
+        log_event(
+            logging.WARNING, "write_timeout", handle=session.handle if session else None,
+            peer=session.peer if session else None, outgoing=self.outgoing_bytes,
+        )  # fmt: skip
+        self._ws.transport.abort()
+
     def cancel(self) -> None:
+        self.connection_lost()
         if self._pump is not None:
             self._pump.cancel()
 
@@ -354,6 +641,7 @@ class RunningRelay:
         self._purger: asyncio.Task[None] | None = None
         self._checkpointer: asyncio.Task[None] | None = None
         self._flusher = _Flusher()
+        self.outgoing = OutgoingStats()
         self._closed = gcpolicy.ClosedConnections()
         self._collection: asyncio.TimerHandle | None = None
         self.failed = asyncio.Event()
@@ -373,6 +661,7 @@ class RunningRelay:
             ping_timeout=self.config.ping_timeout_s,
             server_header=None,
             create_connection=_RelayWebSocket,
+            write_limit=TRANSPORT_WRITE_LIMIT_BYTES,
         )
         host, port = next(iter(self._server.sockets)).getsockname()[:2]
         self.url = f"ws://[{host}]:{port}" if ":" in host else f"ws://{host}:{port}"
@@ -382,25 +671,32 @@ class RunningRelay:
     async def _connection(self, ws: ServerConnection) -> None:
         # "The relay MUST refuse a handshake without the blindrelay.v1 subprotocol":
         # websockets answers 400 when no offered subprotocol matches ours.
+        assert isinstance(ws, _RelayWebSocket)  # create_connection
         registration = self.ctx.registration
         conn = RelayConnection(
             self.relay_key, self.ctx.clock(), self._rng, registration.proof_of_work
         )
-        transport = _WebSocketTransport(ws, conn, self._flusher)
         peer = ws.remote_address
         name = f"{peer[0]}:{peer[1]}" if peer else "?"
+        session: Session
+        intake = _Intake(ws, lambda message: self._received(session, message))
+        transport = _WebSocketTransport(
+            ws, conn, self._flusher, intake=intake, bound=self.config.max_outgoing_buffer_bytes,
+            write_timeout_s=self.config.write_timeout_s, stats=self.outgoing,
+        )  # fmt: skip
+        ws.flow = transport
         session = Session(conn, transport, peer=name, source=self._source_of(ws))
+        transport.session = session
         self._sessions.add(session)
         timer = asyncio.get_running_loop().call_later(
             registration.auth_timeout_s, self.dispatcher.auth_expired, session
         )
         log_event(logging.INFO, "connected", peer=session.peer)
         transport.flush()
-        if isinstance(ws, _RelayWebSocket):
-            ws.direct(lambda message: self._received(session, message))
+        ws.direct(intake.received)
         try:
             async for message in ws:  # only what websockets' assembler got
-                self.dispatcher.data_received(session, message)
+                intake.received(message)
                 if not session.open:
                     break
         except ConnectionClosed as exc:
@@ -427,7 +723,7 @@ class RunningRelay:
         self._collection = None
         gcpolicy.collect_closed()
 
-    def _received(self, session: Session, message: bytes) -> None:
+    def _received(self, session: Session, message: bytes | str) -> None:
         try:
             self.dispatcher.data_received(session, message)
         except Exception as exc:  # inside websockets' data_received: never let it escape

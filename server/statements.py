@@ -97,6 +97,7 @@ def list_statements(ctx: RelayContext, session: Session, frame: StatementsList) 
     """SPEC §7.6: the statements in force this account signed or is the target of."""
     handle = session.handle
     assert handle is not None
+    ctx.limiters.statements_list.take(handle)  # SPEC §10, before any work
     after = frame.after
     limit = limits.MAX_LISTED_STATEMENTS
 

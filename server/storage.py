@@ -64,7 +64,7 @@ import os
 import sqlite3
 import stat
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -606,36 +606,48 @@ class PreKeyStore:
         ).fetchone()
         return int(one_time), signed is not None
 
+    def check_upload(self, handle: str, key_ids: Sequence[int], max_stored: int) -> None:
+        """Raise InvalidPrekeys if adding one-time prekeys ``key_ids`` is refused (SPEC §5.2).
+
+        "A one-time prekey whose id is already stored replaces nothing: the
+        upload is refused with ERROR 300", and so is one that would take the
+        supply over ``max_stored``. Read-only: the event loop asks it on its
+        reader before the writer is involved, and :meth:`upload` again before
+        it writes — a job that fails after writing makes its whole batch run
+        again (:class:`GroupCommitter`).
+        """
+        stored = {
+            row[0]
+            for row in self.db.execute(
+                "SELECT key_id FROM one_time_prekeys WHERE handle = ?", (handle,)
+            )
+        }  # at most max_stored ids
+        if len(stored) + len(key_ids) > max_stored:
+            raise InvalidPrekeys(f"more than {max_stored} one-time prekeys stored")
+        if not stored.isdisjoint(key_ids):
+            raise InvalidPrekeys("one-time prekey id already stored")
+
     def upload(
         self,
         handle: str,
         signed_prekey: SignedPreKeyRecord | None,
-        one_time: Iterable[OneTimePreKeyRecord],
+        one_time: Sequence[OneTimePreKeyRecord],
         max_stored: int,
         now: int,
     ) -> None:
-        """Replace the signed prekey and add one-time prekeys, all or nothing.
-
-        "A one-time prekey whose id is already stored replaces nothing: the
-        upload is refused with ERROR 300." So is one that would take the supply
-        over ``max_stored``; the job's savepoint undoes the partial upload.
-        """
+        """Replace the signed prekey and add one-time prekeys, all or nothing:
+        every refusal is raised before anything is written (:meth:`check_upload`)."""
+        self.check_upload(handle, [key.key_id for key in one_time], max_stored)
         if signed_prekey is not None:
             self.db.execute(
                 "INSERT OR REPLACE INTO signed_prekeys"
                 " (handle, key_id, public_key, signature, uploaded_at) VALUES (?, ?, ?, ?, ?)",
                 (handle, signed_prekey.key_id, signed_prekey.public, signed_prekey.signature, now),
             )
-        try:
-            self.db.conn.executemany(
-                "INSERT INTO one_time_prekeys (handle, key_id, public_key) VALUES (?, ?, ?)",
-                [(handle, key.key_id, key.public) for key in one_time],
-            )
-        except sqlite3.IntegrityError:
-            raise InvalidPrekeys("one-time prekey id already stored") from None
-        stored, _ = self.counts(handle)
-        if stored > max_stored:
-            raise InvalidPrekeys(f"more than {max_stored} one-time prekeys stored")
+        self.db.conn.executemany(
+            "INSERT INTO one_time_prekeys (handle, key_id, public_key) VALUES (?, ?, ?)",
+            [(handle, key.key_id, key.public) for key in one_time],
+        )
 
     def take_bundle(
         self, handle: str, may_hand_out: Callable[[], bool] = lambda: True
@@ -1111,6 +1123,9 @@ class GroupCommitter:
         self.commits = 0
         """Transactions committed; with ``jobs`` it shows how well commits group."""
         self.jobs = 0
+        self.replays = 0
+        """Batches run a second time, with savepoints, because a job failed after it
+        wrote: each costs its whole batch twice, so jobs refuse before writing."""
 
     def commit(self, batch: list[Job]) -> list[Outcome]:
         """Run ``batch`` in one transaction; a failed job undoes only itself.
@@ -1126,6 +1141,7 @@ class GroupCommitter:
         try:
             outcomes = _run_batch(store, batch, savepoints=False)
             if outcomes is None:
+                self.replays += 1
                 outcomes = _run_batch(store, batch, savepoints=True)
             assert outcomes is not None
             store.usage.flush()  # the batch's metering counts, in its transaction

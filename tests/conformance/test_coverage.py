@@ -42,6 +42,9 @@ ALLOW_LIST: dict[str, str] = {
 CLOCK = "needs clock control; covered by tests/server"
 NOT_TESTED_CLAUSES: dict[str, str] = {
     "1.2.2": "close after AUTH_TIMEOUT_S (10 s) without authentication: " + CLOCK,
+    "1.2.4": "the bound is on the relay's own memory, which the wire does not show; "
+    "covered by tests/server/test_slow_readers.py (the relay's accounting)",
+    "1.2.5": "abort after WRITE_TIMEOUT_S (20 s) without progress: " + CLOCK,
     "4.3": "an unknown handle's LOGIN costs the same work (timing): not measurable reliably "
     "over a network; measured in process by tests/server/test_auth_timing.py",
     "4.4.1": "a proof after the challenge's expires_at (30 s): " + CLOCK,

@@ -231,7 +231,7 @@ def test_a_map_over_the_entry_bound_is_still_malformed_not_too_large() -> None:
 
 
 def test_no_array_field_of_any_frame_allows_more_than_max_array_items() -> None:
-    """The bound above refuses nothing a frame may carry (largest: STATEMENTS)."""
+    """The bound above refuses nothing a frame may carry (largest: ACK's ids)."""
     maxima = {
         "delivery_ids": limits.MAX_ACK_IDS,
         "one_time": limits.MAX_PREKEYS_PER_UPLOAD,
@@ -240,5 +240,20 @@ def test_no_array_field_of_any_frame_allows_more_than_max_array_items() -> None:
         "notifications": limits.MAX_CATEGORIES,
     }
     assert max(maxima.values()) == limits.MAX_ARRAY_ITEMS
-    frame = f.Statements(re=1, statements=(b"x",) * limits.MAX_LISTED_STATEMENTS)
+    frame = f.Ack(delivery_ids=tuple(range(1, limits.MAX_ACK_IDS + 1)))
     assert codec.decode(codec.encode(frame)) == frame
+
+
+def test_a_full_statements_page_of_the_largest_statements_fits_one_frame() -> None:
+    """SPEC §7.6, §1.1.5: a STATEMENTS answer can never be over MAX_FRAME_BYTES, which
+    the client would have to close with 1009 (with 500 per page, a page of ordinary
+    ~340-byte statements was ~170 KB)."""
+    page = f.Statements(
+        re=2**32 - 1,
+        statements=tuple(
+            bytes([i % 256]) * limits.MAX_STATEMENT_BYTES
+            for i in range(limits.MAX_LISTED_STATEMENTS)
+        ),
+        next=2**53 - 1,
+    )
+    assert len(codec.encode(page)) <= limits.MAX_FRAME_BYTES

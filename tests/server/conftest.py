@@ -139,10 +139,13 @@ class RawClient:
         self.handle = ""
 
     @classmethod
-    async def open(cls, url: str, headers: dict[str, str] | None = None) -> RawClient:
+    async def open(
+        cls, url: str, headers: dict[str, str] | None = None, **connect_kwargs: Any
+    ) -> RawClient:
+        """Connect and read HELLO; ``connect_kwargs`` go to websockets' ``connect``."""
         ws = await connect(
             url, subprotocols=[SUBPROTOCOL], compression=None, max_size=None,
-            additional_headers=headers,
+            additional_headers=headers, **connect_kwargs,
         )  # fmt: skip
         conn = ClientConnection()
         client = cls(ws, conn)
@@ -277,13 +280,17 @@ class Clients(AsyncFixture):
             with contextlib.suppress(Exception):
                 await client.close()
 
-    async def open(self, url: str, headers: dict[str, str] | None = None) -> RawClient:
-        client = await RawClient.open(url, headers)
+    async def open(
+        self, url: str, headers: dict[str, str] | None = None, **connect_kwargs: Any
+    ) -> RawClient:
+        client = await RawClient.open(url, headers, **connect_kwargs)
         self.opened.append(client)
         return client
 
-    async def registered(self, url: str, handle: str, kind: str = "user") -> RawClient:
-        client = await self.open(url)
+    async def registered(
+        self, url: str, handle: str, kind: str = "user", **connect_kwargs: Any
+    ) -> RawClient:
+        client = await self.open(url, **connect_kwargs)
         await client.register(handle, kind)
         return client
 

@@ -136,6 +136,18 @@ def test_inspect_shows_metadata_and_only_a_ciphertext_prefix(
     assert "private seed stored, not shown" in out
 
 
+@pytest.mark.parametrize(
+    "flags", [["--max-outgoing-buffer-bytes", "1000"], ["--write-timeout-s", "0"]]
+)
+def test_serve_refuses_a_bad_limit_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str]
+) -> None:
+    assert main(["serve", "--db", str(tmp_path / "r.db"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("blindrelay serve: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "r.db").exists()
+
+
 def test_inspect_without_a_database_fails(tmp_path: Path) -> None:
     assert main(["inspect", "--db", str(tmp_path / "missing.db")]) == 1
 

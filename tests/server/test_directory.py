@@ -75,6 +75,32 @@ async def test_a_one_time_prekey_id_already_stored_refuses_the_upload(
     ]
 
 
+async def test_a_clash_with_an_upload_still_in_flight_is_refused_too(
+    relay: RunningRelay, clients: Clients
+) -> None:
+    """SPEC §5.2: the event loop refuses what its reader shows; an upload whose clash
+    is not committed yet is refused by the writer job, with the same ERROR 300."""
+    bob = await clients.registered(relay.url, "bob")
+    first, second = (
+        PrekeysUpload(
+            id=bob.request_id(),
+            one_time=tuple(OneTimePreKeyRecord(key_id=n, public=os.urandom(32)) for n in ids),
+        )
+        for ids in ((1, 2), (2, 3))
+    )
+    await bob.send(first)
+    await bob.send(second)
+    assert isinstance(await bob.response(first.id), Ok)
+    assert error_code(await bob.response(second.id)) == ErrorCode.INVALID_PREKEYS
+    again = (OneTimePreKeyRecord(key_id=1, public=os.urandom(32)),)
+    late = await bob.request(lambda i: PrekeysUpload(id=i, one_time=again))
+    assert error_code(late) == ErrorCode.INVALID_PREKEYS
+    assert db_rows(relay.config.db_path, "SELECT key_id FROM one_time_prekeys ORDER BY key_id") == [
+        (1,),
+        (2,),
+    ]
+
+
 async def test_an_upload_over_the_stored_cap_is_refused_whole(
     config: RelayConfig, clock: FakeClock, clients: Clients
 ) -> None:

@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+
+import pytest
 
 from blindrelay.protocol.errors import ErrorCode
-from blindrelay.protocol.frames import Ack, Deliver, Error, Sent
+from blindrelay.protocol.frames import (
+    Ack,
+    Deliver,
+    Error,
+    Frame,
+    PrekeysUpload,
+    ProfileFetch,
+    ProfilePut,
+    RotateIdentity,
+    Sent,
+    SignedPreKeyRecord,
+    StatementsList,
+    UsageFetch,
+)
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
 
@@ -146,3 +162,94 @@ async def test_business_only_intents_are_forbidden_to_users(
         "notification",
         "utility",
     )
+
+
+# --- every request type has a per-account bucket (SPEC §10) -----------------------
+
+_BAD_SIGNATURE = b"\x00" * 64
+
+
+def _refused_request(kind: str, clock: FakeClock) -> Callable[[int], Frame]:
+    """A request of ``kind`` whose handling would refuse it for another reason than
+    the rate limit: a 402 in its place shows the bucket is taken before any work."""
+    if kind == "profile_fetch":
+        return lambda i: ProfileFetch(id=i, handle="nobody")  # 601 after a lookup
+    if kind == "statements_list":
+        return lambda i: StatementsList(id=i)  # a writer job
+    if kind == "profile_put":
+        return lambda i: ProfilePut(id=i, profile=b"\x80")  # 202 after reading the kind
+    if kind == "usage_fetch":
+        return lambda i: UsageFetch(id=i, month="2027-01")  # 202 after reading the kind
+    if kind == "prekeys_upload":
+        spk = SignedPreKeyRecord(key_id=1, public=os.urandom(32), signature=_BAD_SIGNATURE)
+        return lambda i: PrekeysUpload(id=i, signed_prekey=spk)  # 300 after a verification
+    assert kind == "rotate_identity"
+    return lambda i: RotateIdentity(
+        id=i, new_identity_key=os.urandom(32), issued_at=clock.now,
+        old_signature=_BAD_SIGNATURE, new_signature=_BAD_SIGNATURE,
+    )  # 500 after two verifications  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "period"),
+    [
+        ("profile_fetch", "min"),
+        ("statements_list", "min"),
+        ("profile_put", "min"),
+        ("usage_fetch", "min"),
+        ("prekeys_upload", "min"),
+        ("rotate_identity", "h"),
+    ],
+)
+async def test_every_request_type_is_rate_limited_per_account_before_any_work(
+    config: RelayConfig, clock: FakeClock, clients: Clients, kind: str, period: str
+) -> None:
+    """SPEC §10: a request over its account's bucket gets 402 with retry_after, and
+    nothing else is done for it; another account has its own bucket."""
+    period_ms = 60_000 if period == "min" else 3_600_000
+    changes = {f"{kind}_rate_per_{period}": 2.0, f"{kind}_burst": 2}
+    async with relay_with(config, clock, **changes) as relay:
+        alice = await clients.registered(relay.url, "alice")
+        bob = await clients.registered(relay.url, "bob")
+        request = _refused_request(kind, clock)
+        first, second = await alice.request(request), await alice.request(request)
+        assert not _rate_limited(first) and type(second) is type(first)
+        limited = await alice.request(request)
+        assert isinstance(limited, Error) and limited.code == ErrorCode.RATE_LIMITED
+        assert limited.retry_after is not None
+        assert abs(limited.retry_after - period_ms // 2) <= 1  # two tokens per period
+        assert type(await bob.request(request)) is type(first)  # bob's own bucket
+        clock.advance(limited.retry_after)
+        assert not _rate_limited(await alice.request(request))
+
+
+def _rate_limited(frame: Frame) -> bool:
+    return isinstance(frame, Error) and frame.code == ErrorCode.RATE_LIMITED
+
+
+async def test_an_ack_costs_work_only_for_deliveries_in_flight_on_its_connection(
+    relay: RunningRelay, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §6.5, §10: ACK needs no rate limit because ids this connection does not
+    have in flight are ignored without work — a flood of made-up ids reaches no
+    writer job."""
+    alice = await clients.registered(relay.url, "alice")
+    bob = await clients.registered(relay.url, "bob")
+    assert isinstance(await alice.send_message("bob", b"x"), Sent)
+    delivered = await bob.push(Deliver)
+    jobs: list[object] = []
+    call_many = relay.ctx.writer.call_many
+
+    def counted(operation: str, item: object, done: Callable[[bool, object], None]) -> None:
+        jobs.append(item)
+        call_many(operation, item, done)
+
+    monkeypatch.setattr(relay.ctx.writer, "call_many", counted)
+    for first in range(10_000, 30_000, 256):
+        await bob.send(Ack(delivery_ids=tuple(range(first, first + 256))))
+    await bob.send(Ack(delivery_ids=(delivered.delivery_id, 99_999)))
+    assert isinstance(await bob.send_message("alice", b"sync"), Sent)  # after all the ACKs
+    assert jobs == [["bob", (delivered.delivery_id,)]]
+    assert db_rows(relay.config.db_path, "SELECT COUNT(*) FROM queue WHERE recipient = 'bob'") == [
+        (0,)
+    ]

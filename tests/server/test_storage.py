@@ -15,7 +15,7 @@ import pytest
 
 from blindrelay.protocol import limits
 from blindrelay.protocol.consent import PairState
-from blindrelay.protocol.errors import HandleTaken, QueueFull
+from blindrelay.protocol.errors import ErrorCode, HandleTaken, InvalidPrekeys, QueueFull
 from blindrelay.server import jobs
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.delivery import send_rules
@@ -82,6 +82,31 @@ def test_a_job_that_fails_after_writing_undoes_only_itself(tmp_path: Path) -> No
         return store.queue.queued("bob"), rows, sent, store.accounts.get("carol") is None
 
     assert writer.commit([state]) == [(True, (2, 2, 2, True))]
+
+
+def test_a_refused_prekey_upload_never_makes_its_batch_run_again(tmp_path: Path) -> None:
+    """SPEC §5.2 refusals (an id already stored, the stored cap) are found before the
+    job writes anything, so the batch is not replayed with savepoints."""
+    writer = committer(tmp_path / "r.db")
+    key = ALICE.identity_key
+    signed = [1, b"s" * 32, b"g" * 64]
+
+    def upload(ids: range | list[int], cap: int = 10) -> Callable[[Store], None]:
+        keys = [[key_id, key_id.to_bytes(32, "big")] for key_id in ids]
+        return lambda store: jobs.upload_prekeys(store, "alice", key, signed, keys, cap, 0)
+
+    writer.commit([lambda store: store.accounts.create(ALICE, 0), upload(range(1, 4))])
+    outcomes = writer.commit(
+        [enqueue(1), upload([9, 2]), enqueue(2), upload(range(20, 28)), upload([4])]
+    )
+    assert [ok for ok, _ in outcomes] == [True, False, True, False, True]
+    for _, refusal in (outcomes[1], outcomes[3]):
+        assert isinstance(refusal, InvalidPrekeys) and refusal.code == ErrorCode.INVALID_PREKEYS
+    assert writer.replays == 0
+    stored = writer.commit(
+        [lambda store: store.db.execute("SELECT key_id FROM one_time_prekeys").fetchall()]
+    )
+    assert sorted(row[0] for row in stored[0][1]) == [1, 2, 3, 4]
 
 
 def test_cached_queue_lengths_follow_acks_withdrawals_and_purges(tmp_path: Path) -> None:

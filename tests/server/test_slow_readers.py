@@ -1,0 +1,234 @@
+"""Clients that stop reading: the outgoing bound and the write timeout (SPEC §1.2, relay.py).
+
+An attacker logs in, stops reading its socket, and keeps sending requests whose
+answers are large (PROFILE_FETCH of a business with a big profile). The relay
+must neither hold more than ``max_outgoing_buffer_bytes`` (plus the answers to
+requests it had already read) for it, nor keep it forever, nor make honest
+connections wait. What the relay holds is read from its own accounting
+(``RunningRelay.outgoing``), not from process memory, so the bounds are exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable
+from urllib.parse import urlparse
+
+from blindrelay.protocol.business import BusinessProfile, OpeningHours, SpecialDay
+from blindrelay.protocol.codec import encode
+from blindrelay.protocol.frames import (
+    Ack,
+    Deliver,
+    Frame,
+    Ok,
+    Profile,
+    ProfileFetch,
+    ProfilePut,
+    Sent,
+)
+from blindrelay.server.config import RelayConfig
+from blindrelay.server.relay import RunningRelay
+
+from .conftest import Clients, FakeClock, RawClient, relay_with
+
+BOUND = 256 * 1024
+WRITE_TIMEOUT_S = 0.5
+ATTACKERS = 3
+
+
+def _big_profile(client: RawClient, now: int) -> bytes:
+    """A valid profile near its size limit: every answer to fetching it is ~5 KiB."""
+    profile = BusinessProfile(
+        v=1, handle=client.handle, display_name="Ä" * 64, description="✈" * 512,
+        timezone="Europe/Berlin",
+        hours=tuple(OpeningHours(day=d % 7, open=d, close=1440) for d in range(28)),
+        exceptions=tuple(
+            SpecialDay(date=f"2027-{m:02d}-{d:02d}", open=60, close=1380)
+            for m in range(1, 13) for d in range(1, 6)
+        ),
+        issued_at=now,
+    )  # fmt: skip
+    return profile.sign(lambda m: client.key.sign(m).signature)
+
+
+async def _shop_with_a_big_profile(relay: RunningRelay, clients: Clients, now: int) -> RawClient:
+    shop = await clients.registered(relay.url, "shop", "business")
+    assert isinstance(
+        await shop.request(lambda i: ProfilePut(id=i, profile=_big_profile(shop, now))), Ok
+    )
+    return shop
+
+
+def _small_window(url: str) -> socket.socket:
+    """A socket connected to the relay with a small receive buffer from the start:
+    what its client does not read piles up on the relay's side soon, and what it
+    reads the relay sees acknowledged at once."""
+    address = urlparse(url)
+    assert address.hostname is not None and address.port is not None
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as asyncio's own sockets
+    sock.connect((address.hostname, address.port))
+    return sock
+
+
+def _stop_reading(client: RawClient) -> None:
+    """From now on nothing reads this client's socket: what the relay sends piles up
+    in the kernel's buffers, then in the relay."""
+    client.ws.transport.pause_reading()
+
+
+def _flood(client: RawClient, frames: list[Frame]) -> None:
+    """Queue ``frames`` to the relay without waiting for it to read them."""
+    for frame in frames:
+        client.ws.protocol.send_binary(encode(frame))
+    client.ws.send_data()
+
+
+async def _contacts(relay: RunningRelay, clients: Clients) -> tuple[RawClient, RawClient]:
+    """alice and bob, who have written to each other (no message-request limit, SPEC §7.3)."""
+    alice = await clients.registered(relay.url, "alice")
+    bob = await clients.registered(relay.url, "bob")
+    for sender, recipient in ((alice, bob), (bob, alice)):
+        assert isinstance(await sender.send_message(recipient.handle, b"hi"), Sent)
+        delivered = await recipient.push(Deliver)
+        await recipient.send(Ack(delivery_ids=(delivered.delivery_id,)))
+    return alice, bob
+
+
+async def _round_trip(alice: RawClient, bob: RawClient) -> float:
+    """Seconds from alice's SEND to her SENT; bob reads and acknowledges it."""
+    started = time.monotonic()
+    assert isinstance(await alice.send_message("bob", b"still there?"), Sent)
+    elapsed = time.monotonic() - started
+    delivered = await bob.push(Deliver)
+    await bob.send(Ack(delivery_ids=(delivered.delivery_id,)))
+    return elapsed
+
+
+async def _until(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+async def test_clients_that_never_read_cannot_make_the_relay_hold_more_than_the_bound(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    """SPEC §1.2: past MAX_OUTGOING_BUFFER_BYTES the relay stops reading the
+    connection, and it closes it after WRITE_TIMEOUT_S without progress.
+
+    Three accounts that never read fetch a big profile in rounds, each round as
+    many as their bucket allows (the fake clock refills it). Without the bound the
+    answers pile up in the relay (megabytes each); with it, reading stops once a
+    connection holds ``BOUND``, so at most the answers to requests already read
+    come on top — a round or two. Then the connections are closed."""
+    burst = 16
+    async with relay_with(
+        config, clock, max_outgoing_buffer_bytes=BOUND, write_timeout_s=WRITE_TIMEOUT_S,
+        profile_fetch_burst=burst, profile_fetch_rate_per_min=60.0,
+    ) as relay:  # fmt: skip
+        shop = await _shop_with_a_big_profile(relay, clients, clock.now)
+        alice, bob = await _contacts(relay, clients)
+        answer = await alice.request(lambda i: ProfileFetch(id=i, handle="shop"))
+        assert isinstance(answer, Profile)
+        round_bytes = burst * len(encode(answer))
+        attackers = [
+            await clients.registered(relay.url, f"mallory{n}", sock=_small_window(relay.url))
+            for n in range(ATTACKERS)
+        ]
+        for attacker in attackers:
+            _stop_reading(attacker)
+        for _ in range(160):  # ~13 MB of answers asked for per attacker
+            for attacker in attackers:
+                _flood(attacker, [ProfileFetch(id=attacker.request_id(), handle=shop.handle)
+                                  for _ in range(burst)])  # fmt: skip
+            clock.advance(burst * 1000)  # the bucket is full again
+            await _round_trip(alice, bob)
+        assert relay.outgoing.peak_bytes <= BOUND + 2 * round_bytes, relay.outgoing
+        assert relay.outgoing.reading_paused >= ATTACKERS
+        honest = {"shop", "alice", "bob"}
+        closed = await _until(lambda: {s.handle for s in relay.ctx.sessions.all()} == honest, 5.0)
+        assert closed and relay.outgoing.write_timeouts == ATTACKERS, relay.outgoing
+        await _round_trip(alice, bob)
+        for attacker in attackers:
+            attacker.ws.transport.abort()
+
+
+async def test_an_honest_pair_is_served_while_others_flood_without_reading(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    """With the default limits, three accounts that flood PROFILE_FETCH and never
+    read cost the relay little per request (their bucket refuses it before any
+    work), and each gets at most FRAMES_PER_TURN frames handled before the others'
+    turn, so an honest SEND keeps its round trip (~0.1 s here; 0.8–1.5 s before
+    the fix, and issue 13 saw 0.5–1.5 s)."""
+    shop = await _shop_with_a_big_profile(relay, clients, clock.now)
+    alice, bob = await _contacts(relay, clients)
+    attackers = [
+        await clients.registered(relay.url, f"mallory{n}", sock=_small_window(relay.url))
+        for n in range(ATTACKERS)
+    ]
+    for attacker in attackers:
+        _stop_reading(attacker)
+    worst = 0.0
+    for _ in range(5):
+        for attacker in attackers:
+            _flood(attacker, [ProfileFetch(id=attacker.request_id(), handle=shop.handle)
+                              for _ in range(8000)])  # fmt: skip
+        worst = max(worst, await _round_trip(alice, bob))
+    assert worst < 0.5, f"an honest SEND waited {worst:.2f} s"
+    for attacker in attackers:
+        attacker.ws.transport.abort()
+
+
+async def test_a_stuck_peer_is_closed_although_its_keepalive_ping_cannot_leave(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    """SPEC §1.2: websockets' keep-alive ping is queued behind the data the peer does
+    not read, so its timeout never starts (before the fix the connection stayed open
+    for good); the write timeout closes it. The peer is stuck before the first ping."""
+    async with relay_with(
+        config, clock, ping_interval_s=0.5, ping_timeout_s=0.2, write_timeout_s=0.5,
+        profile_fetch_burst=10_000,
+    ) as relay:  # fmt: skip
+        shop = await _shop_with_a_big_profile(relay, clients, clock.now)
+        mallory = await clients.registered(relay.url, "mallory", sock=_small_window(relay.url))
+        _stop_reading(mallory)
+        _flood(mallory, [ProfileFetch(id=mallory.request_id(), handle=shop.handle)
+                         for _ in range(1500)])  # fmt: skip
+        gone = await _until(lambda: relay.ctx.sessions.get("mallory") is None, 5.0)
+        assert gone, relay.outgoing
+        assert relay.outgoing.write_timeouts == 1
+        mallory.ws.transport.abort()
+
+
+async def test_a_slow_reader_that_keeps_taking_data_is_not_closed(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    """The write timeout counts from the peer's last progress, not from when its data
+    passed the bound: a slow link that takes longer than WRITE_TIMEOUT_S to drain a
+    backlog far over the bound stays open and gets every answer."""
+    async with relay_with(
+        config, clock, max_outgoing_buffer_bytes=BOUND, write_timeout_s=0.3,
+        profile_fetch_burst=10_000,
+    ) as relay:  # fmt: skip
+        shop = await _shop_with_a_big_profile(relay, clients, clock.now)
+        carol = await clients.registered(relay.url, "carol", sock=_small_window(relay.url))
+        _stop_reading(carol)
+        requests = [ProfileFetch(id=carol.request_id(), handle=shop.handle) for _ in range(1400)]
+        _flood(carol, requests)  # ~6 MB of answers: the kernel's buffers hold half
+        carol.ws.transport.resume_reading()
+        started = time.monotonic()
+        for n in range(len(requests)):
+            if n % 16 == 0:
+                await asyncio.sleep(0.01)  # at most ~7 MB/s
+            assert isinstance(await carol.recv(), Profile)
+        assert time.monotonic() - started > 0.3  # slower than the timeout, yet
+        assert relay.outgoing.reading_paused >= 1 and relay.outgoing.write_timeouts == 0
+        assert relay.ctx.sessions.get("carol") is not None
