@@ -11,6 +11,10 @@ of kind ``business``::
     result = await business.notify("utility", "BA123 now boards at B7")
     print(result.sent, result.refused)
 
+(The request reaches a stranger only if the operator verified the business; an
+unverified one may ask only customers who wrote to it or granted it something, and is
+otherwise refused with ERROR 400 like an unknown handle, SPEC §7.3.)
+
 What it does, from the spec:
 
 - **Consent is the user's signed word** (SPEC §7.4–7.5). Every grant, deny,
@@ -60,9 +64,9 @@ from blindrelay.protocol.errors import (
     RecipientUnavailable,
     UnexpectedFrame,
 )
-from blindrelay.protocol.signed import CONSENT_ACTIONS, Action, ConsentStatement
+from blindrelay.protocol.signed import ConsentStatement
 
-from .sdk import Client, HeldStatement, Message
+from .sdk import Client, ConsentFold, HeldStatement, Message
 
 log = logging.getLogger("blindrelay.client.business")
 
@@ -85,34 +89,6 @@ _AWAY_PREFIX = "business/away/"
 
 MessageHandler = Callable[[Message], Awaitable[None] | None]
 StatementHandler = Callable[[ConsentStatement], Awaitable[None] | None]
-
-
-@dataclass(slots=True)
-class _Fold:
-    """What one customer's statements, folded in the order they were kept, leave granted."""
-
-    count: int = 0
-    """How many of the customer's kept statements are folded in."""
-    categories: set[str] = field(default_factory=set)
-    blocked_by: set[str] = field(default_factory=set)
-    """Signers (the customer, or we) whose block stands: no consent while any does."""
-
-    def apply(self, statement: ConsentStatement, user: str) -> None:
-        action = Action(statement.action)
-        if action is Action.GRANT:
-            self.categories |= set(statement.categories or ())
-        elif action in CONSENT_ACTIONS:
-            self.categories -= set(statement.categories or ())
-        elif action is Action.BLOCK:
-            self.blocked_by.add(statement.signer)
-            if statement.signer == user:
-                self.categories.clear()
-        else:
-            self.blocked_by.discard(statement.signer)
-
-    @property
-    def granted(self) -> frozenset[str]:
-        return frozenset() if self.blocked_by else frozenset(self.categories)
 
 
 @dataclass(slots=True)
@@ -161,7 +137,7 @@ class Business:
         self._dispatcher: asyncio.Task[None] | None = None
         self._pending_callbacks: set[asyncio.Task[None]] = set()
         self._verified: dict[bytes, ConsentStatement | None] = {}
-        self._folded: dict[str, _Fold] = {}
+        self._folded: dict[str, ConsentFold] = {}
         """Per customer, the fold of the statements kept so far (all of them verified)."""
         self._folded_for = ""
         client.on_statement = self._statement_received
@@ -246,7 +222,11 @@ class Business:
     async def request_consent(
         self, user: str, categories: Iterable[str], explanation: str
     ) -> bytes:
-        """Ask ``user`` for consent; ``explanation`` reaches them end-to-end encrypted."""
+        """Ask ``user`` for consent; ``explanation`` reaches them end-to-end encrypted.
+
+        Raises RecipientUnavailable where the relay refuses (SPEC §7.3): a pending
+        request, a category granted or cooling down, or — for a business without a
+        badge — a user who has neither written to it nor granted it anything."""
         return await self.client.send(
             user, explanation, intent=frames.Intent.CONSENT_REQUEST, categories=tuple(categories)
         )
@@ -284,7 +264,7 @@ class Business:
         for user, count in self.client.statement_counts().items():
             fold = self._folded.get(user)
             if fold is None or fold.count > count:
-                fold = _Fold()
+                fold = ConsentFold()
             if fold.count < count:
                 settled = self._fold_new(ours, user, fold)
                 if settled:
@@ -295,7 +275,7 @@ class Business:
                 granted[user] = fold.granted
         return granted
 
-    def _fold_new(self, ours: str, user: str, fold: _Fold) -> bool:
+    def _fold_new(self, ours: str, user: str, fold: ConsentFold) -> bool:
         """Fold ``user``'s statements kept since ``fold.count`` into it; whether all verified."""
         settled = True
         new = self.client.held_statements(user, start=fold.count)

@@ -31,7 +31,13 @@ from pathlib import Path
 from typing import IO
 
 from blindrelay.protocol import limits
-from blindrelay.protocol.errors import BlindrelayError, UntrustedIdentity
+from blindrelay.protocol.errors import (
+    BlindrelayError,
+    HandleTaken,
+    RateLimited,
+    RegistrationRefused,
+    UntrustedIdentity,
+)
 
 from .keystore import KeyStoreError
 from .sdk import (
@@ -311,10 +317,10 @@ class Chat:
         business, categories = self._business_and_categories(
             rest, "/grant BUSINESS CATS", default=True
         )
-        await self.client.grant(business, categories)
+        granted = await self.client.grant(business, categories)
         self._answered(business)
         self.remember(business, "business")
-        self.say(f"granted {business}: {','.join(categories)}")
+        self.say(f"granted {business}: {','.join(granted.categories or ())}")
 
     async def deny(self, rest: str) -> None:
         business, categories = self._business_and_categories(
@@ -328,8 +334,8 @@ class Chat:
         business, categories = self._business_and_categories(
             rest, "/revoke BUSINESS CATS", default=False
         )
-        await self.client.revoke(business, categories)
-        self.say(f"revoked {business}: {','.join(categories)}")
+        revoked = await self.client.revoke(business, categories)
+        self.say(f"revoked {business}: {','.join(revoked.categories or ())}")
 
     async def block(self, rest: str) -> None:
         handle = _one_handle(rest, "/block HANDLE")
@@ -389,7 +395,12 @@ async def session(options: Options, out: IO[str]) -> int:
             if options.handle is None:
                 chat.say("a new profile needs --handle to register")
                 return 2
-            await client.register(options.handle, options.kind, invite=options.invite)  # type: ignore[arg-type]
+            try:
+                await client.register(options.handle, options.kind, invite=options.invite)  # type: ignore[arg-type]
+            except (HandleTaken, RateLimited, RegistrationRefused) as exc:
+                why = _registration_refused(exc, invited=options.invite is not None)
+                chat.say(f"blindrelay chat: the relay refused to register {options.handle}: {why}")
+                return 1
             chat.say(f"registered {options.handle} on {options.relay}")
         else:
             await client.login()
@@ -421,6 +432,18 @@ async def session(options: Options, out: IO[str]) -> int:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await receiver
         await client.close()
+
+
+def _registration_refused(exc: BlindrelayError, *, invited: bool) -> str:
+    """What the person can do about a refused REGISTER (SPEC §3.2, §4.6)."""
+    if isinstance(exc, HandleTaken):
+        return "the handle is taken or looks like a business's; choose another"
+    if isinstance(exc, RateLimited):
+        minutes = -(-exc.retry_after_ms // 60_000)
+        return f"too many registrations from this address; try again in {minutes} min"
+    if invited:
+        return "the invite is unknown or already used (or the proof of work failed)"
+    return "it needs an invite from its operator (--invite HEX)"
 
 
 def read_passphrase(env: str | None) -> str:

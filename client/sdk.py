@@ -79,7 +79,7 @@ import random
 import time
 import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -120,6 +120,7 @@ from blindrelay.protocol.errors import (
     error_for_code,
 )
 from blindrelay.protocol.signed import (
+    CONSENT_ACTIONS,
     Action,
     ConsentStatement,
     make_statement,
@@ -291,6 +292,37 @@ class HeldStatement:
     """None when the bytes do not even decode as a statement."""
     signed: bytes
     verified: bool
+
+
+@dataclass(slots=True)
+class ConsentFold:
+    """What one user's statements to one business, folded in the order they were kept,
+    leave granted (SPEC §7.4): a grant adds its categories, a deny or revoke removes
+    them, the user's block removes all. The business's view of its customers
+    (:meth:`.Business.consents`) and the user's own (:meth:`Client.granted_to`)."""
+
+    count: int = 0
+    """How many of the kept statements are folded in."""
+    categories: set[str] = field(default_factory=set)
+    blocked_by: set[str] = field(default_factory=set)
+    """Signers (the user, or the business) whose block stands: no consent while any does."""
+
+    def apply(self, statement: ConsentStatement, user: str) -> None:
+        action = Action(statement.action)
+        if action is Action.GRANT:
+            self.categories |= set(statement.categories or ())
+        elif action in CONSENT_ACTIONS:
+            self.categories -= set(statement.categories or ())
+        elif action is Action.BLOCK:
+            self.blocked_by.add(statement.signer)
+            if statement.signer == user:
+                self.categories.clear()
+        else:
+            self.blocked_by.discard(statement.signer)
+
+    @property
+    def granted(self) -> frozenset[str]:
+        return frozenset() if self.blocked_by else frozenset(self.categories)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1865,7 +1897,10 @@ class Client:
     async def grant(
         self, business: str, categories: tuple[str, ...] | list[str]
     ) -> ConsentStatement:
-        """Consent to ``business``'s notifications in ``categories`` (no request needed)."""
+        """Consent to ``business``'s notifications in ``categories`` (no request needed).
+
+        Those already granted are left out of the statement (SPEC §7.4); returns the
+        statement sent, whose ``categories`` are the ones that changed."""
         return await self._make_statement(Action.GRANT, business, tuple(categories))
 
     async def deny(
@@ -1877,7 +1912,9 @@ class Client:
     async def revoke(
         self, business: str, categories: tuple[str, ...] | list[str]
     ) -> ConsentStatement:
-        """Withdraw consent; from the OK on nothing in those categories is delivered."""
+        """Withdraw consent; from the OK on nothing in those categories is delivered.
+
+        Those not granted are left out of the statement, as with :meth:`grant`."""
         return await self._make_statement(Action.REVOKE, business, tuple(categories))
 
     async def block(self, handle: str) -> ConsentStatement:
@@ -1897,6 +1934,8 @@ class Client:
         and the same nonce again would be refused as a replay (SPEC §7.4).
         Call again (a fresh statement) or check :meth:`statements`.
         """
+        if action in (Action.GRANT, Action.REVOKE):
+            categories = self._changing(action, target, categories or ())
         link = await self._wait_online()
         hello = link.conn.hello
         assert hello is not None
@@ -1918,6 +1957,29 @@ class Client:
             self._discard_held(target)
             self.store.delete_state(_OWED_PREFIX + target)
         return statement
+
+    def _changing(
+        self, action: Action, business: str, categories: tuple[str, ...]
+    ) -> tuple[str, ...]:
+        """SPEC §7.4: "a client sends exactly the categories that change" — the relay
+        refuses whole a statement that changes nothing for one of them. Raises
+        InvalidStatement, before anything is sent, when none would change."""
+        granted = self.granted_to(business)
+        changing = tuple(c for c in categories if (c in granted) == (action is Action.REVOKE))
+        if not changing:
+            state = "granted" if action is Action.GRANT else "not granted"
+            raise InvalidStatement(f"{', '.join(categories)}: already {state} to {business}")
+        return changing
+
+    def granted_to(self, business: str) -> frozenset[str]:
+        """The categories we have granted ``business`` and not withdrawn (a deny, a
+        revoke or our block), by the statements we made from this keystore."""
+        fold, ours = ConsentFold(), self.sessions.identity.handle
+        for signed in self.held_statements(business):
+            statement = unverified_body(ConsentStatement, signed)
+            if statement.signer == ours:
+                fold.apply(statement, ours)
+        return frozenset(fold.categories)
 
     def held_statements(self, counterpart: str, start: int = 0) -> list[bytes]:
         """Signed statements kept with ``counterpart`` (ours or theirs to us), oldest first,

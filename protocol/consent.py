@@ -105,10 +105,6 @@ class PairState:
     def category(self, name: str) -> CategoryConsent:
         return self.consent.get(name, NO_CONSENT)
 
-    def has_written(self, handle: str) -> bool:
-        """Whether ``handle`` has written to the other account of the pair."""
-        return handle in self.wrote
-
     @property
     def blocked(self) -> bool:
         return bool(self.blockers)

@@ -16,13 +16,13 @@ The tree::
     │   ├── RegistrationRefused       203  proof of work or invite missing or wrong
     │   ├── InvalidPrekeys            300  prekey upload fails its checks
     │   ├── RecipientUnavailable      400  deliberately generic refusal
-    │   ├── QueueFull                 401  recipient's offline queue is at its cap
+    │   ├── QueueFull                 401  no room in the queue for this sender
     │   ├── RateLimited               402  a token bucket is empty
     │   ├── MessageIdReused           403  same client message id, other content
     │   ├── InvalidStatement          500  consent/block statement fails checks
     │   ├── StaleStatement            501  statement replayed or outside clock skew
     │   ├── InvalidProfile            600  business profile/badge fails checks
-    │   ├── NotFound                  601  no such public record (profile, usage)
+    │   ├── NotFound                  601  no such public record (a business's profile)
     │   ├── InternalError             900  relay fault; never carries detail
     │   └── ShuttingDown              901  relay is stopping; reconnect later
     └── CryptoError                   local to a client; never sent on the wire
@@ -37,8 +37,9 @@ The tree::
             └── MalformedEnvelope     envelope bytes do not parse
 
 ``ErrorCode`` mirrors the table in SPEC §9 and a test keeps the two equal.
-``RecipientUnavailable`` is one code for "no such account", "no consent" and
-"blocked" on purpose: telling them apart would be an existence and block oracle.
+``RecipientUnavailable`` is one code for "no such account", "no consent",
+"blocked", "a business" (to a business) and "past the message-request limits" on
+purpose: telling them apart would be an existence, kind and block oracle (SPEC §7.7).
 Exceptions become ERROR frames in exactly one place (the relay's dispatcher);
 ``InternalError`` is sent with no detail because detail may be sensitive.
 """

@@ -31,7 +31,7 @@ from .errors import (
     ProtocolError,
     StaleStatement,
 )
-from .frames import MAX_TIME_MS, AccountKind, check_handle
+from .frames import MAX_TIME_MS, check_handle
 
 Signer = Callable[[bytes], bytes]
 Rng = Callable[[int], bytes]
@@ -206,14 +206,6 @@ def verify_statement(
     if now_ms is not None and abs(now_ms - statement.issued_at) > limits.STATEMENT_SKEW_MS:
         raise StaleStatement("issued_at: outside the allowed clock skew")
     return statement
-
-
-def check_statement_kinds(statement: ConsentStatement, signer_kind: str, target_kind: str) -> None:
-    """SPEC §7.4: consent is given by a user to a business; blocks are between anyone."""
-    if statement.is_consent and (
-        signer_kind != AccountKind.USER or target_kind != AccountKind.BUSINESS
-    ):
-        raise InvalidStatement("grant, deny and revoke go from a user to a business")
 
 
 def _exact_len(value: bytes, name: str, size: int) -> None:

@@ -65,7 +65,7 @@ class AdminError(Exception):
 def register_admin(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "admin",
-        help="operator commands: badge keys, verified businesses, usage",
+        help="operator commands: badge keys, verified businesses, usage, invites",
         description="Operator commands. The operator key is kept apart from the relay.",
     )
     commands = parser.add_subparsers(title="admin commands", metavar="ADMIN_COMMAND")
@@ -81,9 +81,16 @@ def register_admin(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
 
     verify = commands.add_parser("verify-business", help="issue a badge for a business")
     verify.add_argument("handle")
-    verify.add_argument("--name", required=True, help="display name on the badge")
+    verify.add_argument(
+        "--name", required=True, help="the name clients show as verified (SPEC §8.1)"
+    )
     verify.add_argument("--operator-key", type=Path, required=True, help="from admin keygen")
-    verify.add_argument("--days", type=int, default=DEFAULT_BADGE_DAYS, help="validity")
+    verify.add_argument(
+        "--days",
+        type=int,
+        default=DEFAULT_BADGE_DAYS,
+        help=f"validity in days (default {DEFAULT_BADGE_DAYS})",
+    )
     _db_argument(verify)
     verify.set_defaults(func=_guarded(_verify_business))
 
@@ -106,7 +113,12 @@ def register_admin(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     )
     usage.set_defaults(func=_guarded(_usage))
 
-    invite = commands.add_parser("invite", help="issue invite tokens (SPEC §4.6.4)")
+    invite = commands.add_parser(
+        "invite",
+        help="issue invite tokens (SPEC §4.6.4)",
+        description="Print fresh invite tokens (hex), one per line, for a relay run with "
+        "--require-invites; each registers one account. The database keeps only their hashes.",
+    )
     invite.add_argument("--count", type=int, default=1, help="how many (default 1)")
     _db_argument(invite)
     invite.set_defaults(func=_guarded(_invite))

@@ -91,7 +91,8 @@ def register_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
             "Run a blindrelay relay. It prints 'listening ws://HOST:PORT' on stdout once "
             "it accepts connections, logs JSON lines on stderr, and stops cleanly on "
             "SIGINT/SIGTERM. Every flag can also be set as BLINDRELAY_<FLAG> "
-            "(e.g. BLINDRELAY_PORT, BLINDRELAY_QUEUE_CAP)."
+            "(e.g. BLINDRELAY_PORT, BLINDRELAY_QUEUE_CAP). What each limit trades off: "
+            "protocol/SPEC.md §10 and docs/operations.md."
         ),
     )
     defaults = RelayConfig()

@@ -272,17 +272,6 @@ class SendRules(NamedTuple):
     first_contacts_burst: int
 
 
-DEFAULT_SEND_RULES = SendRules(
-    queue_cap=limits.QUEUE_CAP_PER_RECIPIENT,
-    service_window_ms=limits.SERVICE_WINDOW_MS,
-    queue_share_per_sender=limits.QUEUE_SHARE_PER_SENDER,
-    queue_share_strangers=limits.QUEUE_SHARE_STRANGERS,
-    message_request_max=limits.MESSAGE_REQUEST_MAX,
-    first_contacts_per_h=limits.FIRST_CONTACTS_PER_H,
-    first_contacts_burst=limits.FIRST_CONTACTS_BURST,
-)
-"""What a relay with the default configuration passes (tests change one field)."""
-
 FIRST_CONTACTS = "first_contacts"
 """The :class:`~.storage.Budgets` bucket of new strangers per sender (SPEC §7.3)."""
 

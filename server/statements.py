@@ -5,8 +5,8 @@ stored state beyond the signer's key: the signer is the connection's account,
 the signature verifies under its current identity key, ``relay_key`` is ours,
 ``issued_at`` within the skew (``verify_statement``). Then one writer job
 (:func:`.jobs.apply_statement`) does the rest atomically with its effects:
-the target exists, the kinds fit,
-``(signer, nonce)`` is unseen, the transition table allows it
+the kinds fit (a consent statement's target is a business; a block's target
+need not exist), ``(signer, nonce)`` is unseen, the transition table allows it
 (``apply_statement``), and then the new pair state, the statement itself,
 the purge of undelivered envelopes and the forwarded receipt are committed
 together. OK goes out after that commit; purged rows are withdrawn from the

@@ -19,7 +19,7 @@ import pytest
 
 from blindrelay.client.keystore import MemoryKeyStore
 from blindrelay.client.sdk import Client, HeldStatement
-from blindrelay.protocol.errors import RecipientUnavailable
+from blindrelay.protocol.errors import InvalidStatement, RecipientUnavailable
 from blindrelay.protocol.signed import Action, ConsentStatement
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay, serve
@@ -239,6 +239,46 @@ def test_the_business_drops_a_forwarded_statement_that_does_not_verify(tmp_path:
             assert shop.check_statement(signed).verified
             assert not shop.check_statement(bytes(tampered)).verified
             assert shop.check_statement(b"\x80") == HeldStatement(None, b"\x80", verified=False)
+            await alice.close()
+            await shop.close()
+
+    run(scenario())
+
+
+def test_grant_and_revoke_send_only_the_categories_that_change(tmp_path: Path) -> None:
+    """SPEC §7.4: the relay refuses whole a statement that changes nothing for one of its
+    categories, so "a client sends exactly the categories that change". The SDK knows them
+    from the statements it made: granting what is granted (or revoking what is not) is left
+    out, and a statement that would change nothing is refused before anything is sent."""
+
+    async def scenario() -> None:
+        async with relay_at(tmp_path, skewed_relay_clock()) as relay:
+            received = Statements()
+            shop = await online(relay.url, "shop", "business", on_statement=received)
+            alice = await online(relay.url, "alice")
+            inbox = Inbox(alice)
+            await within(alice.grant("shop", ["utility"]))
+            both = await within(alice.grant("shop", ["utility", "marketing"]))
+            assert both.categories == ("marketing",)
+            await notify(shop, "alice", "50% off", "marketing")
+            assert (await inbox.next()).body == "50% off"
+            with pytest.raises(InvalidStatement):  # nothing would change
+                await within(alice.grant("shop", ["marketing", "utility"]))
+            revoked = await within(alice.revoke("shop", ["marketing"]))
+            assert revoked.categories == ("marketing",)
+            again = await within(alice.revoke("shop", ["utility", "marketing"]))
+            assert again.categories == ("utility",)
+            with pytest.raises(InvalidStatement):
+                await within(alice.revoke("shop", ["utility"]))
+            await within(alice.block("shop"))  # a block revokes everything (SPEC §7.4)
+            await within(alice.unblock("shop"))
+            regranted = await within(alice.grant("shop", ["utility", "marketing"]))
+            assert regranted.categories == ("utility", "marketing")
+            seen = await received.wait_for(7)
+            assert [s.action for s in seen] == [
+                "grant", "grant", "revoke", "revoke", "block", "unblock", "grant",
+            ]  # fmt: skip
+            await inbox.close()
             await alice.close()
             await shop.close()
 

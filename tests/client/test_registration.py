@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 import secrets
 import threading
 from pathlib import Path
@@ -78,3 +80,48 @@ def test_chat_refuses_an_invite_that_is_not_hex_in_one_line(
     assert code == 2
     out = capsys.readouterr().out
     assert out.startswith("blindrelay chat: --invite") and out.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("policy", "handle", "line"),
+    [
+        ({"require_invites": True}, "alice",
+         r"it needs an invite from its operator \(--invite HEX\)"),
+        ({"register_burst": 2, "register_rate_per_h": 1.0}, "alice",
+         r"too many registrations from this address; try again in \d+ min"),
+        ({}, "air1ine", r"the handle is taken or looks like a business's; choose another"),
+    ],
+)  # fmt: skip
+def test_chat_says_in_one_line_what_a_refused_registration_needs(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    policy: dict[str, Any],
+    handle: str,
+    line: str,
+) -> None:
+    """SPEC §3.2, §4.6: a person registering with ``blindrelay chat`` on a relay that
+    refuses them is told what to do, in one line, without a traceback."""
+    monkeypatch.setenv("CHAT_PASSPHRASE", "correct horse")
+
+    def chat(url: str) -> int:
+        return main(["chat", "--relay", url, "--profile", str(tmp_path / "profile"),
+                     "--handle", handle, "--passphrase-env", "CHAT_PASSPHRASE"])  # fmt: skip
+
+    codes: list[int] = []
+
+    async def scenario() -> None:
+        async with relay_at(tmp_path, **policy) as relay:
+            if not policy.get("require_invites"):  # a business, and the address's tokens
+                for name in ("airline", "skyway"):
+                    client = make_client()
+                    await within(client.connect(relay.url))
+                    await within(client.register(name, "business"))
+                    await client.close()
+            codes.append(await asyncio.to_thread(chat, relay.url))
+
+    run(scenario())
+    out = capsys.readouterr().out
+    assert codes == [1]
+    expected = f"blindrelay chat: the relay refused to register {handle}: {line}\n"
+    assert re.fullmatch(expected, out), out

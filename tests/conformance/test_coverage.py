@@ -54,6 +54,8 @@ NOT_TESTED_CLAUSES: dict[str, str] = {
     "6.3.1": "SENT only after the commit survives a crash: needs crash injection; covered by "
     "tests/server/test_crash.py",
     "6.3.2": "msg_id remembered for QUEUE_TTL_MS (30 days): " + CLOCK,
+    "6.3.5": "queue room: reaching QUEUE_SHARE_PER_SENDER (1,000) takes over 1,000 SENDs, "
+    "seconds of rate-limited sending; covered by tests/server/test_queue_shares.py",
     "6.4.4": "an envelope unacknowledged after QUEUE_TTL_MS is deleted: " + CLOCK,
     "7.2": "cooldowns (CONSENT_COOLDOWN_MS) and the service window (SERVICE_WINDOW_MS) "
     "ending: " + CLOCK,

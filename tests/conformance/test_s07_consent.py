@@ -198,6 +198,26 @@ async def test_message_requests_stop_at_the_limit_until_the_recipient_writes_bac
 
 
 @pytest.mark.spec("7.3")
+async def test_a_user_opens_conversations_with_at_most_the_first_contact_burst(relay):
+    """SPEC §7.3: "a user may open at most FIRST_CONTACTS_BURST of those at once"; the
+    refusal is the 400 of §7.7, and a user who wrote to the sender is no new stranger.
+    (With the relay's default FIRST_CONTACTS_BURST, refilled slowly: an hour per 10.)"""
+    sender = await relay.user()
+    for _ in range(limits.FIRST_CONTACTS_BURST):
+        stranger = await relay.user()
+        assert isinstance(await sender.request(chat(stranger.handle)), Sent)
+        await stranger.close()
+    one_more, contact = await relay.user(), await relay.user()
+    await sender.send(chat(one_more.handle)(4747))
+    refused = (await sender.response_raw(4747)).raw
+    await sender.send(chat(new_handle("nobody"))(4747))
+    assert refused == (await sender.response_raw(4747)).raw
+    assert decode(refused) == Error(code=400, re=4747)
+    assert isinstance(await contact.request(chat(sender.handle)), Sent)
+    assert isinstance(await sender.request(chat(contact.handle)), Sent)
+
+
+@pytest.mark.spec("7.3")
 @pytest.mark.parametrize("intent", ["chat", "notification", "consent_request"])
 async def test_business_to_business_is_refused_like_an_unknown_recipient(relay, intent):
     """SPEC §7.3: "business → business | any | never (ERROR 400)"; §7.7: the same bytes

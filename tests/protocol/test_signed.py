@@ -13,7 +13,6 @@ from blindrelay.protocol.errors import InvalidStatement, MalformedFrame, StaleSt
 from blindrelay.protocol.signed import (
     Action,
     ConsentStatement,
-    check_statement_kinds,
     make_statement,
     open_signed,
     unverified_body,
@@ -96,15 +95,6 @@ def test_body_with_an_unknown_key_is_refused_even_when_signed() -> None:
     sig = USER.sign(ConsentStatement.CONTEXT + b"\x00" + body).signature
     with pytest.raises(MalformedFrame):
         open_signed(ConsentStatement, msgpack.packb({"body": body, "sig": sig}, use_bin_type=True), USER.verify_key.encode())
-
-
-def test_consent_goes_from_user_to_business_only() -> None:
-    grant = verify(statement())
-    check_statement_kinds(grant, "user", "business")
-    with pytest.raises(InvalidStatement):
-        check_statement_kinds(grant, "business", "user")
-    block = verify(statement("block", categories=None))
-    check_statement_kinds(block, "business", "user")
 
 
 def test_actions_are_the_specs() -> None:

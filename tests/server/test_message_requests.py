@@ -9,11 +9,17 @@ strangers. Every refusal is the one ERROR 400 of SPEC §7.7.
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import pytest
 
 from blindrelay.protocol.codec import decode, encode
-from blindrelay.protocol.errors import ErrorCode
+from blindrelay.protocol.errors import ErrorCode, RecipientUnavailable
 from blindrelay.protocol.frames import Send, Sent
+from blindrelay.server import jobs
 from blindrelay.server.config import RelayConfig
+from blindrelay.server.delivery import send_rules
+from blindrelay.server.storage import Account, Store, connect
 
 from .conftest import Clients, FakeClock, RawClient, error_code, relay_with
 from .consent_helpers import stated
@@ -94,3 +100,34 @@ async def test_message_requests_survive_a_restart_and_a_block_stays_a_block(
         await stated(bob, "unblock", "alice", clock.now)
         assert isinstance(await alice.send_message("bob", b"2"), Sent)
         assert error_code(await alice.send_message("bob", b"3")) == ErrorCode.RECIPIENT_UNAVAILABLE
+
+
+def test_a_chat_to_an_unknown_handle_reads_the_first_contact_budget_like_a_new_strangers(
+    tmp_path: Path,
+) -> None:
+    """SPEC §7.7: "for a user's chat to an unknown handle, also the read of the sender's
+    first-contact budget a new stranger would cost": with the budget spent, a new
+    stranger's refusal and an unknown handle's both read it before the one 400."""
+    store = Store(connect(tmp_path / "relay.db"))
+    rules = list(send_rules(RelayConfig(first_contacts_burst=1)))
+    with store.db.atomic():
+        for handle in ("spammer", "first", "second"):
+            store.accounts.create(Account(handle, "user", handle.encode().ljust(32, b".")), 0)
+
+    def chat(to: str) -> list[str]:
+        """The SQL of one refused chat job (rolled back, as the writer does)."""
+        run: list[str] = []
+        store.db.conn.set_trace_callback(run.append)
+        try:
+            with pytest.raises(RecipientUnavailable), store.db.atomic():
+                jobs.send(store, "spammer", "user", to, os.urandom(16), "chat", None, None,
+                          b"hi", 1000, rules)  # fmt: skip
+        finally:
+            store.db.conn.set_trace_callback(None)
+        return [sql for sql in run if "FROM budgets" in sql]
+
+    with store.db.atomic():
+        jobs.send(store, "spammer", "user", "first", os.urandom(16), "chat", None, None, b"hi",
+                  1000, rules)  # fmt: skip
+    assert len(chat("second")) == 1  # the budget is spent: a new stranger is refused
+    assert chat("nobody") == chat("second")

@@ -17,10 +17,13 @@ from blindrelay.protocol import limits
 from blindrelay.protocol.consent import PairState
 from blindrelay.protocol.errors import ErrorCode, HandleTaken, InvalidPrekeys, QueueFull
 from blindrelay.server import jobs
+from blindrelay.server.config import RelayConfig
+from blindrelay.server.delivery import send_rules
 from blindrelay.server.storage import SCHEMA_VERSION, Account, GroupCommitter, Store, connect
 from blindrelay.server.writer import Writer, WriterJobError
 
 ALICE = Account("alice", "user", b"k" * 32)
+DEFAULT_SEND_RULES = send_rules(RelayConfig())
 
 
 def committer(path: Path, synchronous: str = "FULL") -> GroupCommitter:
@@ -205,7 +208,7 @@ async def test_consecutive_merged_calls_share_one_job_and_each_gets_its_own_resu
     try:
         for handle in ("alice", "bob", "carol"):
             await writer.submit("create_account", handle, "user", handle.encode() * 4, 0)
-        rules = jobs.DEFAULT_SEND_RULES._replace(queue_cap=10)
+        rules = DEFAULT_SEND_RULES._replace(queue_cap=10)
         chat = ("chat", None, None, b"x", 0, rules)  # intent … body, now, rules
         sends = [
             writer.submit("send", "alice", "user", to, bytes([n]) * 16, *chat)
@@ -324,7 +327,7 @@ def test_send_answers_resends_before_every_refusal_and_writes_nothing_for_them(
 
     def send(n: int, body: bytes = b"x", cap: int = 10, at: int = 5) -> Callable[[Store], object]:
         msg_id = bytes([n]) * 16
-        rules = jobs.DEFAULT_SEND_RULES._replace(queue_cap=cap)
+        rules = DEFAULT_SEND_RULES._replace(queue_cap=cap)
         return lambda s: jobs.send(s, "alice", "user", "bob", msg_id, "chat", None, None, body,
                                    at, rules)  # fmt: skip
 
