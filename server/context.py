@@ -28,8 +28,8 @@ from blindrelay.protocol.errors import InternalError, ProtocolError, ShuttingDow
 from blindrelay.protocol.frames import Frame
 
 from .config import RelayConfig
-from .logs import log_event
-from .ratelimit import Clock, TokenBuckets
+from .logs import RefusalLog, log_event
+from .ratelimit import Clock, TokenBuckets, wall_clock_ms
 from .registration import RegistrationPolicy
 from .storage import Account, Accounts, PreKeyStore
 from .writer import Writer, WriterJobError
@@ -62,7 +62,12 @@ class Session:
     """One connection: the protocol machine, its transport, and its delivery outbox."""
 
     def __init__(
-        self, conn: RelayConnection, transport: Transport, peer: str, source: str = ""
+        self,
+        conn: RelayConnection,
+        transport: Transport,
+        peer: str,
+        source: str = "",
+        clock: Clock = wall_clock_ms,
     ) -> None:
         self.conn = conn
         self.transport = transport
@@ -77,6 +82,8 @@ class Session:
         change, so SEND reads them here instead of the database; where the
         identity key matters, handlers read the account from the database."""
         self.ended = False
+        self.refusals = RefusalLog(clock)
+        """Where this connection's refusals are logged, within a budget."""
 
     @property
     def handle(self) -> str | None:
@@ -222,7 +229,7 @@ class RelayContext:
         re = getattr(frame, "id", None)
         frame_type = frame.TYPE.name if frame is not None else None
         if isinstance(exc, ProtocolError):
-            log_event(
+            session.refusals.log(
                 logging.INFO, "refused", type=frame_type, handle=session.handle,
                 code=int(exc.code), error=exc.code.name,
             )  # fmt: skip

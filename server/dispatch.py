@@ -75,7 +75,7 @@ class Dispatcher:
         errors_before = conn.protocol_errors
         conn.receive_data(data)
         if conn.protocol_errors != errors_before:
-            log_event(
+            session.refusals.log(
                 logging.INFO, "refused", handle=session.handle, size=len(data),
                 peer=session.peer, closed=conn.state is State.CLOSED,
             )  # fmt: skip
@@ -106,4 +106,7 @@ class Dispatcher:
         session.ended = True
         session.outbox = None
         self.ctx.sessions.detach(session)
-        log_event(logging.INFO, "disconnected", handle=session.handle, peer=session.peer)
+        log_event(
+            logging.INFO, "disconnected", handle=session.handle, peer=session.peer,
+            **session.refusals.take_suppressed(),
+        )  # fmt: skip

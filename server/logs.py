@@ -15,6 +15,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 LOGGER = logging.getLogger("blindrelay")
@@ -25,6 +26,48 @@ def log_event(level: int, event: str, **fields: object) -> None:
     """Log ``event`` with scalar ``fields``; bytes become ``"<n bytes>"``."""
     if LOGGER.isEnabledFor(level):
         LOGGER.log(level, event, extra={_FIELDS: {k: _scalar(v) for k, v in fields.items()}})
+
+
+REFUSAL_LOG_BURST = 20
+REFUSAL_LOG_PER_S = 1.0
+"""Refusals one connection may log: a burst, then one line a second. A refusal is
+an INFO line, so without a budget a client sending nothing but refused requests
+(402s, malformed frames) writes the operator's disk as fast as it can send; with it
+a connection costs at most ~1 line a second after its first 20. Refusals past the
+budget are counted, and the count rides on the next line logged for the
+connection (``refusals_suppressed``), so the operator still sees how many there were."""
+
+
+class RefusalLog:
+    """One connection's refusal lines, within :data:`REFUSAL_LOG_BURST`/``_PER_S``."""
+
+    def __init__(self, clock: Callable[[], int]) -> None:
+        self._clock = clock
+        self._tokens = float(REFUSAL_LOG_BURST)
+        self._at = clock()
+        self.suppressed = 0
+        """Refusals not logged since the last line that reported them."""
+
+    def log(self, level: int, event: str, **fields: object) -> None:
+        """Log a refusal if the budget allows, else count it."""
+        now = self._clock()
+        self._tokens = min(
+            float(REFUSAL_LOG_BURST),
+            self._tokens + max(0, now - self._at) * REFUSAL_LOG_PER_S / 1000.0,
+        )
+        self._at = now
+        if self._tokens < 1.0:
+            self.suppressed += 1
+            return
+        self._tokens -= 1.0
+        log_event(level, event, **fields, **self.take_suppressed())
+
+    def take_suppressed(self) -> dict[str, int]:
+        """``{"refusals_suppressed": n}`` for the next line, once, if any were counted."""
+        if not self.suppressed:
+            return {}
+        count, self.suppressed = self.suppressed, 0
+        return {"refusals_suppressed": count}
 
 
 def _scalar(value: object) -> object:

@@ -14,12 +14,18 @@ Not here: which actions are limited and with which rates (``delivery``,
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Hashable
 
 from blindrelay.protocol.errors import RateLimited
 
 Clock = Callable[[], int]
 """Milliseconds since the epoch; tests pass a fake."""
+
+
+def wall_clock_ms() -> int:
+    """The real :data:`Clock`."""
+    return time.time_ns() // 1_000_000
 
 _PRUNE_AT = 10_000
 

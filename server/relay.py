@@ -30,7 +30,6 @@ import os
 import struct
 import sys
 import termios
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,7 +60,7 @@ from .config import TRANSPORT_WRITE_LIMIT_BYTES, RelayConfig
 from .context import Limiters, RelayContext, Session
 from .dispatch import Dispatcher
 from .logs import log_event
-from .ratelimit import Clock
+from .ratelimit import Clock, wall_clock_ms
 from .registration import RegistrationPolicy, source_key
 from .storage import Accounts, connect_reader
 from .writer import Writer
@@ -71,10 +70,6 @@ SourceOf = Callable[[ServerConnection], str]
 """A connection → the key of its registration bucket (SPEC §4.6.1)."""
 
 CLOSE_POLICY = 1008
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 _PARSE_CODE = Protocol.parse.__code__
@@ -685,7 +680,9 @@ class RunningRelay:
             write_timeout_s=self.config.write_timeout_s, stats=self.outgoing,
         )  # fmt: skip
         ws.flow = transport
-        session = Session(conn, transport, peer=name, source=self._source_of(ws))
+        session = Session(
+            conn, transport, peer=name, source=self._source_of(ws), clock=self.ctx.clock
+        )
         transport.session = session
         self._sessions.add(session)
         timer = asyncio.get_running_loop().call_later(

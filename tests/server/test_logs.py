@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -11,8 +12,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from blindrelay.protocol.frames import Ack, Deliver, Ok, Sent
-from blindrelay.server.logs import configure_logging, log_event, remove_handler
+from blindrelay.protocol.frames import Ack, Deliver, Ok, ProfileFetch, Sent
+from blindrelay.server.logs import (
+    REFUSAL_LOG_BURST,
+    configure_logging,
+    log_event,
+    remove_handler,
+)
 from blindrelay.server.relay import RunningRelay
 
 from .conftest import Clients, error_code
@@ -67,3 +73,33 @@ def test_bytes_given_to_log_event_are_logged_as_their_length(log_output: io.Stri
     line = json.loads(log_output.getvalue())
     assert line["body"] == f"<{len(CANARY)} bytes>"
     assert (line["handle"], line["count"], line["other"]) == ("alice", 3, "object")
+
+
+async def test_a_flood_of_refusals_costs_a_bounded_number_of_log_lines(
+    relay: RunningRelay, clients: Clients, log_output: io.StringIO
+) -> None:
+    """A refusal is one INFO line, so a client that sends nothing but refused requests
+    (402s here; malformed frames alike) would write the operator's disk as fast as it
+    can send. Per connection, refusals are logged up to a burst and then counted; the
+    count is logged when logging resumes or the connection ends."""
+    mallory = await clients.registered(relay.url, "mallory")
+    flood = 300
+    for _ in range(flood):
+        await mallory.send(ProfileFetch(id=mallory.request_id(), handle="nobody"))
+    answers = [await mallory.recv() for _ in range(flood)]
+    assert sum(error_code(a) == 402 for a in answers) > 200
+    await mallory.close()
+    await _until_logged(log_output, "disconnected")
+    events = [json.loads(line) for line in log_output.getvalue().splitlines()]
+    refused = [e for e in events if e["event"] == "refused"]
+    assert len(refused) <= REFUSAL_LOG_BURST + 1
+    suppressed = sum(e.get("refusals_suppressed", 0) for e in events)
+    assert len(refused) + suppressed == flood
+
+
+async def _until_logged(log_output: io.StringIO, event: str) -> None:
+    for _ in range(200):
+        if f'"event":"{event}"' in log_output.getvalue():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no {event} line")
