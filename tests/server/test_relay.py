@@ -369,3 +369,22 @@ async def test_the_relay_reads_whole_binary_frames_itself(
     alice = await clients.registered(relay.url, "alice")
     assert isinstance(await alice.send_message("alice", b"to myself"), Sent)
     assert calls and all(calls)  # LOGIN, SEND: each read here, whole
+
+
+async def test_websockets_assembler_still_calls_the_flow_hooks_the_relay_replaces() -> None:
+    """relay.py hands websockets' assembler its own pause/resume (to share reading with
+    the outgoing bound, SPEC §1.2.4) by replacing the assembler's ``pause``/``resume``
+    attributes. websockets is pinned below its next major for this and the parser
+    inspection above; this fails first if a release stops calling them."""
+    from websockets.asyncio.messages import Assembler
+    from websockets.frames import Frame, Opcode
+
+    calls: list[str] = []
+    assembler = Assembler(high=1, low=0)
+    assembler.pause = lambda: calls.append("pause")
+    assembler.resume = lambda: calls.append("resume")
+    assembler.put(Frame(Opcode.BINARY, b"one"))
+    assembler.put(Frame(Opcode.BINARY, b"two"))
+    assert await assembler.get() == b"one"
+    assert await assembler.get() == b"two"
+    assert calls == ["pause", "resume"]
