@@ -34,7 +34,11 @@ client processes, and of the PostgreSQL backends serving their connections (read
 Each run uses a fresh schema, created before and dropped after.
 
     .venv/bin/python bench/pgdrivers.py --url postgresql://127.0.0.1:5432/test \
-        [--runs 3] [--messages 1000] [--workers 1 2] [--only asyncpg/fused ...]
+        [--runs 3] [--messages 1000] [--workers 1 2] [--max-batch 0 50]
+        [--only asyncpg/fused ...]
+
+psycopg is not a project dependency: ``.venv/bin/pip install psycopg[binary]`` to
+compare (the benchmark names a missing library and exits 2).
 """
 
 from __future__ import annotations
