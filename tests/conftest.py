@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+pytest_plugins = ("tests.pg",)
+"""PostgreSQL fixtures and the rules for running PostgreSQL tests (tests/pg.py)."""
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
