@@ -46,9 +46,9 @@ from blindrelay.protocol.frames import AccountKind
 
 from .cli import ENV_PREFIX
 from .config import DEFAULT_DB
-from .metering import MonthUsage
 from .registration import invite_digest
-from .storage import Store, connect
+from .store.sqlite.metering import MonthUsage
+from .store.sqlite.tables import Tables, connect
 
 DAY_MS = 24 * 3600 * 1000
 DEFAULT_BADGE_DAYS = 365
@@ -149,11 +149,11 @@ def _guarded(command: Command) -> Command:
     return run
 
 
-def _open_store(path: Path) -> Store:
+def _open_store(path: Path) -> Tables:
     if not path.exists():
         raise AdminError(f"no database at {path}")
     try:
-        return Store(connect(path))
+        return Tables(connect(path))
     except (OSError, sqlite3.Error) as exc:  # a directory, no permission, not a database
         raise AdminError(f"cannot open the database {path}: {exc}") from None
 

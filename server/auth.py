@@ -28,7 +28,7 @@ from blindrelay.protocol.frames import Login, Ok, Register, RotateIdentity, Welc
 from .context import RelayContext, Session
 from .delivery import Outbox
 from .logs import log_event
-from .storage import Account
+from .store.sqlite.tables import Account
 
 
 def register(ctx: RelayContext, session: Session, frame: Register) -> None:

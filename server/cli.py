@@ -127,7 +127,7 @@ def register_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
 
 def _serve(args: argparse.Namespace) -> int:
     from .logs import configure_logging
-    from .writer import WriterStartError
+    from .store.sqlite.writer import WriterStartError
 
     try:
         config = RelayConfig(**{f.name: getattr(args, f.name) for f in fields(RelayConfig)})
@@ -197,7 +197,7 @@ def register_inspect(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .inspection import inspect_database
+    from .store.sqlite.inspection import inspect_database
 
     if not args.db.exists():
         print(f"blindrelay inspect: no database at {args.db}", file=sys.stderr)

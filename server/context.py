@@ -31,8 +31,8 @@ from .config import RelayConfig
 from .logs import RefusalLog, log_event
 from .ratelimit import Clock, TokenBuckets, wall_clock_ms
 from .registration import RegistrationPolicy
-from .storage import Account, Accounts, PreKeyStore
-from .writer import Writer, WriterJobError
+from .store.sqlite.tables import Account, Accounts, PreKeyStore
+from .store.sqlite.writer import Writer, WriterJobError
 
 if TYPE_CHECKING:
     from .delivery import Outbox

@@ -30,9 +30,9 @@ from blindrelay.protocol.frames import AccountKind, Ack, Intent, Send
 from . import fastframes
 from .config import RelayConfig
 from .context import Limiters, RelayContext, Session
-from .jobs import SendRules
 from .logs import LOGGER, log_event
-from .storage import Account
+from .store.sqlite.jobs import SendRules
+from .store.sqlite.tables import Account
 
 BUSINESS_ONLY_INTENTS = frozenset({Intent.NOTIFICATION, Intent.CONSENT_REQUEST})
 """SPEC §6.2: intents only a business account may declare."""

@@ -62,8 +62,8 @@ from .dispatch import Dispatcher
 from .logs import log_event
 from .ratelimit import Clock, wall_clock_ms
 from .registration import RegistrationPolicy, source_key
-from .storage import Accounts, connect_reader
-from .writer import Writer
+from .store.sqlite.tables import Accounts, connect_reader
+from .store.sqlite.writer import Writer
 
 Rng = Callable[[int], bytes]
 SourceOf = Callable[[ServerConnection], str]

@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 
 from blindrelay.protocol.frames import Ack, Sent
-from blindrelay.server import storage
 from blindrelay.server.config import RelayConfig
-from blindrelay.server.storage import Account, GroupCommitter, Store
+from blindrelay.server.store.sqlite import tables as storage
+from blindrelay.server.store.sqlite.tables import Account, GroupCommitter, Tables
 
 from .conftest import TEST_TIMEOUT_S, Clients, FakeClock, relay_with
 
@@ -196,7 +196,7 @@ def test_deleted_rows_are_overwritten_even_where_sqlite_keeps_them_by_default(
 
     monkeypatch.setattr(storage.sqlite3, "connect", keeping_deleted_bytes)
     db = tmp_path / "relay.db"
-    store = Store(storage.connect(db))
+    store = Tables(storage.connect(db))
     writer = GroupCommitter(store)
     sender = Account("sndr-1c9a0f", "user", b"s" * 32)
     bodies = [body(f"queued-{n}", size) for n, size in enumerate([200, 3000, 20000])]

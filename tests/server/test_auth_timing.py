@@ -39,7 +39,7 @@ from blindrelay.server.config import RelayConfig
 from blindrelay.server.context import Limiters, RelayContext, Session
 from blindrelay.server.dispatch import Dispatcher
 from blindrelay.server.registration import RegistrationPolicy
-from blindrelay.server.storage import Account, Accounts, Store, connect, connect_reader
+from blindrelay.server.store.sqlite.tables import Account, Accounts, Tables, connect, connect_reader
 
 from .conftest import FakeClock
 
@@ -80,7 +80,7 @@ def _handles(rng: random.Random, count: int) -> list[str]:
 
 def _login_relay(tmp_path: Path, existing: list[str]) -> tuple[Dispatcher, FakeClock, bytes]:
     db = tmp_path / "relay.db"
-    store = Store(connect(db))
+    store = Tables(connect(db))
     with store.db.atomic():
         for n, handle in enumerate(existing):
             kind = "business" if n % 4 == 0 else "user"

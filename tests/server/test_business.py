@@ -34,11 +34,12 @@ from blindrelay.protocol.frames import (
     UsageFetch,
 )
 from blindrelay.protocol.signed import SignedObject, peek_signed
-from blindrelay.server import cli, jobs
+from blindrelay.server import cli
 from blindrelay.server.config import RelayConfig
-from blindrelay.server.metering import month_of
 from blindrelay.server.relay import RunningRelay
-from blindrelay.server.storage import Account, Store, connect
+from blindrelay.server.store.sqlite import jobs
+from blindrelay.server.store.sqlite.metering import month_of
+from blindrelay.server.store.sqlite.tables import Account, Tables, connect
 
 from .conftest import TEST_TIMEOUT_S, Clients, FakeClock, RawClient, db_rows, error_code
 from .consent_helpers import stated
@@ -93,7 +94,7 @@ async def test_a_business_publishes_a_signed_profile_the_relay_cannot_alter(
     assert error_code(decode(refusals[0])) == ErrorCode.NOT_FOUND
 
 
-def _statements_run(store: Store, run: Callable[[], object]) -> list[str]:
+def _statements_run(store: Tables, run: Callable[[], object]) -> list[str]:
     """The SQL ``run`` executes, with every literal (handle, key, number) as ``?``."""
     statements: list[str] = []
     store.db.conn.set_trace_callback(statements.append)
@@ -108,7 +109,7 @@ def _statements_run(store: Store, run: Callable[[], object]) -> list[str]:
 def test_a_user_and_an_unknown_handle_cost_a_profile_fetch_the_same_work(tmp_path: Path) -> None:
     """SPEC §8.2: the same ERROR 601 "after the same work": the relay runs the same
     lookups for a user as for an unknown handle and decides only afterwards."""
-    store = Store(connect(tmp_path / "relay.db"))
+    store = Tables(connect(tmp_path / "relay.db"))
     with store.db.atomic():
         store.accounts.create(Account("alice", "user", b"a" * 32), 0)
         store.accounts.create(Account("airline", "business", b"b" * 32), 0)

@@ -23,8 +23,8 @@ from blindrelay.protocol.frames import (
     field_names,
 )
 from blindrelay.server import fastframes
-from blindrelay.server.jobs import envelope_row
-from blindrelay.server.storage import QueuedEnvelope
+from blindrelay.server.store.sqlite.jobs import envelope_row
+from blindrelay.server.store.sqlite.tables import QueuedEnvelope
 
 uints = st.integers(min_value=1, max_value=2**53 - 1)
 times = st.integers(min_value=0, max_value=2**47)

@@ -81,9 +81,9 @@ from blindrelay.protocol.errors import (
 from blindrelay.protocol.frames import AccountKind, OneTimePreKeyRecord, SignedPreKeyRecord
 from blindrelay.protocol.skeleton import leading_skeletons, skeleton
 
+from ...logs import log_event
 from .cache import WriterCache
 from .ledger import ConsentLedger
-from .logs import log_event
 from .metering import UsageMeter
 from .profiles import BadgeStore, ProfileStore
 
@@ -1080,7 +1080,7 @@ def _envelope(row: tuple[Any, ...]) -> QueuedEnvelope:
     )  # fmt: skip
 
 
-class Store:
+class Tables:
     """The tables over one connection; what a writer job receives."""
 
     def __init__(self, db: sqlite_utils.Database) -> None:
@@ -1103,7 +1103,7 @@ class Store:
 
 # --- group commit ------------------------------------------------------------
 
-Job = Callable[[Store], Any]
+Job = Callable[[Tables], Any]
 Outcome = tuple[bool, Any]
 """(True, result) or (False, exception), one per job, in job order."""
 
@@ -1118,8 +1118,8 @@ class GroupCommitter:
     tests can drive it directly.
     """
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, tables: Tables) -> None:
+        self.tables = tables
         self.commits = 0
         """Transactions committed; with ``jobs`` it shows how well commits group."""
         self.jobs = 0
@@ -1137,20 +1137,20 @@ class GroupCommitter:
         and the batch is run again with one savepoint per job — the jobs only
         touch the database and the writer cache, so running them again is safe.
         """
-        store = self.store
+        tables = self.tables
         try:
-            outcomes = _run_batch(store, batch, savepoints=False)
+            outcomes = _run_batch(tables, batch, savepoints=False)
             if outcomes is None:
                 self.replays += 1
-                outcomes = _run_batch(store, batch, savepoints=True)
+                outcomes = _run_batch(tables, batch, savepoints=True)
             assert outcomes is not None
-            store.usage.flush()  # the batch's metering counts, in its transaction
-            store.db.conn.execute("COMMIT")
+            tables.usage.flush()  # the batch's metering counts, in its transaction
+            tables.db.conn.execute("COMMIT")
         except Exception as exc:
             # The commit itself failed (disk full, I/O error): nothing in the
             # batch is durable, so every job fails and no SENT goes out.
-            store.cache.clear()
-            conn = store.db.conn
+            tables.cache.clear()
+            conn = tables.db.conn
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
@@ -1158,17 +1158,17 @@ class GroupCommitter:
             return [(False, InternalError()) for _job in batch]
         self.commits += 1
         self.jobs += len(batch)
-        if store.checkpoint_requested:  # outside the transaction, before any answer
-            store.checkpoint_requested = False
-            checkpoint(store.db)
+        if tables.checkpoint_requested:  # outside the transaction, before any answer
+            tables.checkpoint_requested = False
+            checkpoint(tables.db)
         return outcomes
 
 
-def _run_batch(store: Store, batch: list[Job], *, savepoints: bool) -> list[Outcome] | None:
+def _run_batch(tables: Tables, batch: list[Job], *, savepoints: bool) -> list[Outcome] | None:
     """Outcomes of every job inside an open transaction, or None when a job
     without a savepoint failed after writing (the transaction is rolled back)."""
-    conn = store.db.conn
-    cache = store.cache
+    conn = tables.db.conn
+    cache = tables.cache
     execute = conn.execute
     outcomes: list[Outcome] = []
     append = outcomes.append
@@ -1179,7 +1179,7 @@ def _run_batch(store: Store, batch: list[Job], *, savepoints: bool) -> list[Outc
         before = conn.total_changes
         cache.begin_job()
         try:
-            result = job(store)
+            result = job(tables)
         except Exception as exc:
             if not conn.in_transaction:
                 raise  # SQLite rolled back everything (e.g. disk full)

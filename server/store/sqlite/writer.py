@@ -45,8 +45,8 @@ import msgpack
 
 from blindrelay.protocol.errors import ERRORS_BY_CODE, ErrorCode, InternalError
 
-from . import gcpolicy
-from .logs import LOGGER, log_event
+from ... import gcpolicy
+from ...logs import LOGGER, log_event
 
 Done = Callable[[bool, Any], None]
 """Called with (True, result) or (False, exception) after the job's commit."""
@@ -130,7 +130,7 @@ class Writer:
                 [
                     sys.executable,
                     "-m",
-                    "blindrelay.server.writer_process",
+                    "blindrelay.server.store.sqlite.writer_process",
                     str(theirs.fileno()),
                     str(os.getpid()),
                     str(self.path),

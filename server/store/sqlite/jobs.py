@@ -2,7 +2,7 @@
 
 Why a table of module-level functions: jobs cross a process boundary as
 msgpack ``[job id, operation name, args]`` — never as pickled closures (the
-package forbids pickle). Each operation takes the writer's :class:`Store` and
+package forbids pickle). Each operation takes the writer's :class:`Tables` and
 plain msgpack values (str, bytes, int, None, lists) and returns plain values;
 the handler that submitted it rebuilds what it needs on the event loop (for a
 SEND: only the delivery id and time come back, the envelope it already has).
@@ -55,13 +55,13 @@ from blindrelay.protocol.signed import (
     unverified_body,
 )
 
-from .storage import Account, QueuedEnvelope, Store
+from .tables import Account, QueuedEnvelope, Tables
 
 # --- shared rules ------------------------------------------------------------
 
 
 def decide(
-    store: Store,
+    tables: Tables,
     sender: Account,
     to: str,
     request: Request,
@@ -77,13 +77,13 @@ def decide(
     for an unknown account) before answering": the pair state is read before
     the recipient's existence is looked at.
     """
-    state = store.ledger.pair_state(sender.handle, to)
+    state = tables.ledger.pair_state(sender.handle, to)
     verified = (
         sender.kind == AccountKind.BUSINESS
         and request in BADGE_DEPENDENT
-        and business_verified(store, sender.handle, now)
+        and business_verified(tables, sender.handle, now)
     )
-    recipient = store.accounts.get(to)
+    recipient = tables.accounts.get(to)
     if recipient is None:
         return None, state, REFUSE
     decision = may_deliver(
@@ -100,16 +100,16 @@ BADGE_DEPENDENT = frozenset({Request.CONSENT_REQUEST, Request.BUNDLE_FETCH})
 reads the badge store, so notifications and replies cost no lookup."""
 
 
-def business_verified(store: Store, handle: str, now: int) -> bool:
+def business_verified(tables: Tables, handle: str, now: int) -> bool:
     """SPEC §7.3, §8.1: a badge in force for the business's current identity key.
 
     Read from the badge store on every call, never cached: "when the operator
     revokes a badge the relay stops serving it at once", and stops counting it.
     """
-    account = store.accounts.get(handle)
+    account = tables.accounts.get(handle)
     if account is None:
         return False
-    return store.badges.current(handle, key_fingerprint(account.identity_key), now) is not None
+    return tables.badges.current(handle, key_fingerprint(account.identity_key), now) is not None
 
 
 def refuse_unless_allowed(decision: Decision) -> None:
@@ -147,22 +147,22 @@ def envelope_row(envelope: QueuedEnvelope) -> list[Any]:
 # --- operations ----------------------------------------------------------------
 
 
-def noop(store: Store) -> None:
+def noop(tables: Tables) -> None:
     """A barrier: resolved once every job submitted before it has committed."""
 
 
-def relay_seed(store: Store) -> bytes | None:
-    row = store.db.conn.execute("SELECT seed FROM relay_identity WHERE id = 1").fetchone()
+def relay_seed(tables: Tables) -> bytes | None:
+    row = tables.db.conn.execute("SELECT seed FROM relay_identity WHERE id = 1").fetchone()
     return bytes(row[0]) if row is not None else None
 
 
-def create_relay_seed(store: Store, seed: bytes, public: bytes, now: int) -> bytes:
+def create_relay_seed(tables: Tables, seed: bytes, public: bytes, now: int) -> bytes:
     """The stored seed: ``seed`` unless one was stored meanwhile."""
-    return store.relay_identity.load_or_create(lambda: (seed, public), now)
+    return tables.relay_identity.load_or_create(lambda: (seed, public), now)
 
 
 def create_account(
-    store: Store,
+    tables: Tables,
     handle: str,
     kind: str,
     identity_key: bytes,
@@ -175,36 +175,36 @@ def create_account(
     It is consumed first; a later refusal rolls the job back, invite included.
     """
     # "An invite MUST be consumed in the same transaction that creates the account."
-    if invite is not None and not store.invites.consume(invite):
+    if invite is not None and not tables.invites.consume(invite):
         raise RegistrationRefused("invite unknown or used")
     # "The relay MUST refuse [...] a handle with a leading skeleton equal to the
     # skeleton of an existing business, with ERROR 201 HANDLE_TAKEN."
-    if store.lookalikes.collides(handle):
+    if tables.lookalikes.collides(handle):
         raise HandleTaken()
     # "Handles are unique: a REGISTER for an existing handle MUST be refused."
-    if not store.accounts.create(Account(handle, kind, identity_key), now):
+    if not tables.accounts.create(Account(handle, kind, identity_key), now):
         raise HandleTaken()
     if kind == AccountKind.BUSINESS:
-        store.lookalikes.add(handle)
+        tables.lookalikes.add(handle)
 
 
-def login_counts(store: Store, handle: str, not_before: int) -> list[Any]:
+def login_counts(tables: Tables, handle: str, not_before: int) -> list[Any]:
     """[queued, one-time prekeys, has signed prekey] — through the writer, so the
     counts include every earlier frame's writes."""
-    one_time, has_signed = store.prekeys.counts(handle)
-    return [store.queue.count(handle, not_before), one_time, has_signed]
+    one_time, has_signed = tables.prekeys.counts(handle)
+    return [tables.queue.count(handle, not_before), one_time, has_signed]
 
 
-def rotate_identity(store: Store, handle: str, old_key: bytes, new_key: bytes) -> None:
+def rotate_identity(tables: Tables, handle: str, old_key: bytes, new_key: bytes) -> None:
     # Compare-and-swap: a concurrent rotation makes this proof stale.
-    if not store.accounts.replace_identity_key(handle, old_key, new_key):
+    if not tables.accounts.replace_identity_key(handle, old_key, new_key):
         raise StaleStatement()
     # The prekeys were signed by the old key; a bundle must never mix keys.
-    store.prekeys.delete_all(handle)
+    tables.prekeys.delete_all(handle)
 
 
 def upload_prekeys(
-    store: Store,
+    tables: Tables,
     handle: str,
     identity_key: bytes,
     signed: list[Any] | None,
@@ -214,12 +214,12 @@ def upload_prekeys(
 ) -> None:
     """``signed`` = [key_id, public, signature] (verified on the loop),
     ``one_time`` = [[key_id, public]…]."""
-    current = store.accounts.get(handle)
+    current = tables.accounts.get(handle)
     if current is None or current.identity_key != identity_key:
         raise InvalidPrekeys("identity key rotated during upload")
     signed_record = SignedPreKeyRecord(*signed) if signed is not None else None
     records = [OneTimePreKeyRecord(key_id, public) for key_id, public in one_time]
-    store.prekeys.upload(handle, signed_record, records, cap, now)
+    tables.prekeys.upload(handle, signed_record, records, cap, now)
 
 
 ONE_TIME_PREKEYS = "one_time_prekeys"
@@ -227,7 +227,7 @@ ONE_TIME_PREKEYS = "one_time_prekeys"
 
 
 def take_bundle(
-    store: Store,
+    tables: Tables,
     requester: str,
     requester_kind: str,
     owner: str,
@@ -245,10 +245,10 @@ def take_bundle(
     remaining].
     """
     sender = Account(requester, requester_kind, b"")
-    _, _, decision = decide(store, sender, owner, Request.BUNDLE_FETCH, now)
+    _, _, decision = decide(tables, sender, owner, Request.BUNDLE_FETCH, now)
     refuse_unless_allowed(decision)
-    row = store.prekeys.take_bundle(
-        owner, lambda: store.budgets.take(ONE_TIME_PREKEYS, owner, rate_per_h, burst, now)
+    row = tables.prekeys.take_bundle(
+        owner, lambda: tables.budgets.take(ONE_TIME_PREKEYS, owner, rate_per_h, burst, now)
     )
     if row is None:
         raise RecipientUnavailable()
@@ -277,7 +277,7 @@ FIRST_CONTACTS = "first_contacts"
 
 
 def send(
-    store: Store,
+    tables: Tables,
     handle: str,
     kind: str,
     to: str,
@@ -296,10 +296,10 @@ def send(
     cap, window_ms, per_sender, strangers, request_max, contacts_per_h, contacts_burst = rules
     digest = envelope_digest(to, intent, category, categories, body)
     sender = Account(handle, kind, b"")
-    queue = store.queue
+    queue = tables.queue
     asked = frozenset(categories or ())
     recipient, state, decision = decide(
-        store, sender, to, Request(intent), now, category=category, categories=asked,
+        tables, sender, to, Request(intent), now, category=category, categories=asked,
         message_request_max=request_max,
     )  # fmt: skip
     full = stranger = False
@@ -307,7 +307,7 @@ def send(
         # SPEC §7.7, "the same work … including for an unknown account": a chat to an
         # unknown handle reads the first-contact budget as a new stranger's would, so
         # a sender whose budget is spent cannot tell the two refusals apart by time.
-        store.budgets.tokens(FIRST_CONTACTS, handle, contacts_per_h, contacts_burst, now)
+        tables.budgets.tokens(FIRST_CONTACTS, handle, contacts_per_h, contacts_burst, now)
     if decision.verdict is Verdict.ALLOW:
         assert recipient is not None
         # SPEC §6.3: the strangers' pool is a user's; a business's customers are all
@@ -332,7 +332,7 @@ def send(
         # SPEC §7.3: "a user may open at most FIRST_CONTACTS_BURST of those at once,
         # refilled at FIRST_CONTACTS_PER_H"; refused like any pair-dependent refusal.
         # Taken last, so a refusal above spends nothing, and an empty bucket writes nothing.
-        take = store.budgets.take
+        take = tables.budgets.take
         if (
             not full
             and decision.first_contact
@@ -357,23 +357,23 @@ def send(
         return known.at
     new_state = after_accept(state, decision, now, window_ms)
     if new_state is not state and new_state != state:  # a notification changes nothing
-        store.ledger.store_pair(handle, to, new_state)
+        tables.ledger.store_pair(handle, to, new_state)
     if decision.meter is not None:
         # "Counts MUST be committed in the same transaction as the envelope they count."
         business = handle if kind == AccountKind.BUSINESS else recipient.handle
-        store.usage.count(business, now, decision.meter, category)
+        tables.usage.count(business, now, decision.meter, category)
     return [delivery_id, now]
 
 
-def acknowledge(store: Store, acks: list[list[Any]]) -> list[int]:
+def acknowledge(tables: Tables, acks: list[list[Any]]) -> list[int]:
     """[[handle, delivery ids], …] → rows deleted per ACK.
 
     ACKs come merged (:meth:`.writer.Writer.call_many`): a fan-out brings one
     per recipient, each a few rows, and one job for a loop turn's worth of
     them costs the writer one job instead of hundreds.
     """
-    acknowledge_ids = store.queue.acknowledge
-    get = store.accounts.get
+    acknowledge_ids = tables.queue.acknowledge
+    get = tables.accounts.get
     results = []
     for handle, delivery_ids in acks:
         account = get(handle)
@@ -383,12 +383,12 @@ def acknowledge(store: Store, acks: list[list[Any]]) -> list[int]:
     return results
 
 
-def page(store: Store, handle: str, after: int, limit: int, not_before: int) -> list[list[Any]]:
-    return [envelope_row(e) for e in store.queue.page(handle, after, limit, not_before)]
+def page(tables: Tables, handle: str, after: int, limit: int, not_before: int) -> list[list[Any]]:
+    return [envelope_row(e) for e in tables.queue.page(handle, after, limit, not_before)]
 
 
 def apply_statement(
-    store: Store,
+    tables: Tables,
     handle: str,
     signed: bytes,
     now: int,
@@ -403,13 +403,13 @@ def apply_statement(
     superseded delivery ids (the target's queue)].
     """
     statement = unverified_body(ConsentStatement, signed)
-    current = store.accounts.get(handle)
+    current = tables.accounts.get(handle)
     if current is None or current.identity_key != statement.signer_key:
         raise InvalidStatement("signer_key: identity key rotated")
     # "…whose action does not fit the signer's kind" → 500: it depends on the signer only.
     if statement.is_consent and current.kind != AccountKind.USER:
         raise InvalidStatement("grant, deny and revoke are made by users")
-    target = store.accounts.get(statement.target)
+    target = tables.accounts.get(statement.target)
     # "A grant, deny or revoke whose target is not a business — a user or a handle that
     # does not exist — gets ERROR 400": one refusal, so it tells neither kind nor existence.
     if statement.is_consent and (target is None or target.kind != AccountKind.BUSINESS):
@@ -417,16 +417,16 @@ def apply_statement(
     # A block or unblock of a handle nobody holds is kept like any other (SPEC §7.4).
     target_kind = target.kind if target is not None else None
     # "…or whose (signer, nonce) it has seen before" → 501.
-    if store.ledger.seen(handle, statement.nonce):
+    if tables.ledger.seen(handle, statement.nonce):
         raise StaleStatement("nonce: statement seen before")
     action = Action(statement.action)
     if action is Action.BLOCK:
         # "…once the signer has them on record for MAX_BLOCK_TARGETS accounts, existing
         # or not" → 500.
-        on_record = store.ledger.block_targets(handle, statement.target)
+        on_record = tables.ledger.block_targets(handle, statement.target)
         if on_record is not None and on_record >= max_block_targets:
             raise InvalidStatement(f"blocks on record for {on_record} accounts already")
-    state = store.ledger.pair_state(handle, statement.target)
+    state = tables.ledger.pair_state(handle, statement.target)
     new_state, purge = transition(
         state,
         action=action,
@@ -440,48 +440,48 @@ def apply_statement(
         now=now,
         cooldown_ms=cooldown_ms,
     )  # raises InvalidStatement (500) where the transition table has no entry
-    store.ledger.store_pair(handle, statement.target, new_state)
-    superseded_nonces = store.ledger.record(statement, signed, now)
+    tables.ledger.store_pair(handle, statement.target, new_state)
+    superseded_nonces = tables.ledger.record(statement, signed, now)
     purged: list[int] = []
     if purge.everything_from_target:
-        purged = store.queue.withdraw(handle, statement.target, None)
+        purged = tables.queue.withdraw(handle, statement.target, None)
     elif purge.notification_categories:
-        purged = store.queue.withdraw(handle, statement.target, purge.notification_categories)
+        purged = tables.queue.withdraw(handle, statement.target, purge.notification_categories)
     forwarded = None
     superseded: list[int] = []
     if target_kind == AccountKind.BUSINESS:
         # "A newer forwarded statement of the same signer, target and family replaces
         # the older one not yet delivered."
-        superseded = store.queue.withdraw_statements(statement.target, handle, superseded_nonces)
+        superseded = tables.queue.withdraw_statements(statement.target, handle, superseded_nonces)
         # SPEC §7.5: to a business target only (every consent statement has one); never
         # while the target blocks the signer ("nothing from the blocked account reaches
         # the blocker").
         if statement.target not in new_state.blockers:
             forwarded = envelope_row(
-                store.queue.enqueue_statement(
+                tables.queue.enqueue_statement(
                     statement.target, current, statement.nonce, signed, now
                 )
             )
     return [purged, forwarded, superseded]
 
 
-def statements_in_force(store: Store, handle: str, after: int, limit: int) -> list[Any]:
+def statements_in_force(tables: Tables, handle: str, after: int, limit: int) -> list[Any]:
     """SPEC §7.6: a statement is listed to its target only if it was forwarded to it —
     a business; a user is never listed who blocked them (SPEC §7.5)."""
-    account = store.accounts.get(handle)
+    account = tables.accounts.get(handle)
     targeted = account is not None and account.kind == AccountKind.BUSINESS
-    items, cursor = store.ledger.in_force(handle, after, limit, targeted=targeted)
+    items, cursor = tables.ledger.in_force(handle, after, limit, targeted=targeted)
     return [items, cursor]
 
 
-def put_profile(store: Store, handle: str, identity_key: bytes, profile: bytes, now: int) -> None:
-    current = store.accounts.get(handle)
+def put_profile(tables: Tables, handle: str, identity_key: bytes, profile: bytes, now: int) -> None:
+    current = tables.accounts.get(handle)
     if current is None or current.identity_key != identity_key:
         raise InvalidProfile("identity key rotated")
-    store.profiles.put(handle, profile, now)
+    tables.profiles.put(handle, profile, now)
 
 
-def fetch_profile(store: Store, owner: str, now: int) -> list[Any]:
+def fetch_profile(tables: Tables, owner: str, now: int) -> list[Any]:
     """SPEC §8.2: [identity_key, signed profile | None, badge in force | None] of a business.
 
     "A PROFILE_FETCH naming a user account or an unknown handle MUST get the
@@ -490,36 +490,36 @@ def fetch_profile(store: Store, owner: str, now: int) -> list[Any]:
     account is read with :meth:`~.storage.Accounts.get_evenly`, because the
     cached :meth:`~.storage.Accounts.get` answers a known handle faster.
     """
-    account = store.accounts.get_evenly(owner)
+    account = tables.accounts.get_evenly(owner)
     identity_key = account.identity_key if account is not None else bytes(32)
-    badge = store.badges.current(owner, key_fingerprint(identity_key), now)
-    profile = store.profiles.get(owner)
+    badge = tables.badges.current(owner, key_fingerprint(identity_key), now)
+    profile = tables.profiles.get(owner)
     if account is None or account.kind != AccountKind.BUSINESS:
         raise NotFound()
     return [identity_key, profile, badge]
 
 
-def usage_month(store: Store, handle: str, month: str) -> list[Any]:
+def usage_month(tables: Tables, handle: str, month: str) -> list[Any]:
     """[{category: notifications}, service replies, user-initiated]."""
-    usage = store.usage.month(handle, month)
+    usage = tables.usage.month(handle, month)
     return [usage.notifications, usage.service_replies, usage.user_initiated]
 
 
-def purge(store: Store, before: int, now: int) -> list[int]:
+def purge(tables: Tables, before: int, now: int) -> list[int]:
     """SPEC §6.6: drop envelopes and remembered msg_ids older than ``before``; and
     statement nonces that can no longer be replayed fresh (SPEC §7.6), and budgets
     that have refilled (SPEC §11)."""
-    envelopes, ids = store.queue.purge(before)
-    store.ledger.purge_nonces(now)
-    store.budgets.purge(now)
+    envelopes, ids = tables.queue.purge(before)
+    tables.ledger.purge_nonces(now)
+    tables.budgets.purge(now)
     return [envelopes, ids]
 
 
-def checkpoint(store: Store) -> None:
+def checkpoint(tables: Tables) -> None:
     """SPEC §11.2: truncate the WAL once this batch has committed (a checkpoint
     cannot run inside the batch's transaction; :class:`~.storage.GroupCommitter`
     runs it before answering)."""
-    store.checkpoint_requested = True
+    tables.checkpoint_requested = True
 
 
 OPERATIONS: dict[str, Callable[..., Any]] = {

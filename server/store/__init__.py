@@ -1,0 +1,1 @@
+"""Where the relay keeps what it holds: the store, one sub-package per back end."""
