@@ -47,7 +47,7 @@ from blindrelay.protocol.frames import AccountKind
 from .cli import ENV_PREFIX
 from .config import DEFAULT_DB
 from .registration import invite_digest
-from .store.sqlite.metering import MonthUsage
+from .store import MonthUsage
 from .store.sqlite.tables import Tables, connect
 
 DAY_MS = 24 * 3600 * 1000

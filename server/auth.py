@@ -28,7 +28,7 @@ from blindrelay.protocol.frames import Login, Ok, Register, RotateIdentity, Welc
 from .context import RelayContext, Session
 from .delivery import Outbox
 from .logs import log_event
-from .store.sqlite.tables import Account
+from .store import Account
 
 
 def register(ctx: RelayContext, session: Session, frame: Register) -> None:
@@ -80,7 +80,7 @@ def login(ctx: RelayContext, session: Session, frame: Login) -> None:
     """SPEC §4.3: log in with the account's current identity key."""
     now = ctx.clock()
     # The same work for an unknown handle as for an existing one (SPEC §11.1).
-    account = ctx.accounts.get_evenly(frame.handle)
+    account = ctx.store.account_for_login(frame.handle)
     session.conn.verify_login(frame, account.identity_key if account else None, now)
     assert account is not None  # verify_login refuses unknown handles
     not_before = now - ctx.config.queue_ttl_ms
@@ -134,7 +134,7 @@ def rotate_identity(ctx: RelayContext, session: Session, frame: RotateIdentity) 
     now = ctx.clock()
     if abs(now - frame.issued_at) > limits.STATEMENT_SKEW_MS:
         raise StaleStatement()
-    account = ctx.accounts.get(handle)
+    account = ctx.store.account(handle)
     assert account is not None  # accounts are never deleted
     old_key, new_key = account.identity_key, frame.new_identity_key
     if new_key == old_key:

@@ -38,7 +38,7 @@ def put_profile(ctx: RelayContext, session: Session, frame: ProfilePut) -> None:
     handle = session.handle
     assert handle is not None
     ctx.limiters.profile_put.take(handle)  # SPEC §10, before any work
-    account = ctx.accounts.get(handle)
+    account = ctx.store.account(handle)
     assert account is not None
     if account.kind != AccountKind.BUSINESS:
         raise Forbidden()
@@ -80,7 +80,7 @@ def fetch_usage(ctx: RelayContext, session: Session, frame: UsageFetch) -> None:
     handle = session.handle
     assert handle is not None
     ctx.limiters.usage_fetch.take(handle)  # SPEC §10, before any work
-    account = ctx.accounts.get(handle)
+    account = ctx.store.account(handle)
     assert account is not None
     if account.kind != AccountKind.BUSINESS:
         raise Forbidden()

@@ -127,7 +127,7 @@ def register_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
 
 def _serve(args: argparse.Namespace) -> int:
     from .logs import configure_logging
-    from .store.sqlite.writer import WriterStartError
+    from .store import StoreStartError, UnsupportedStore
 
     try:
         config = RelayConfig(**{f.name: getattr(args, f.name) for f in fields(RelayConfig)})
@@ -140,9 +140,12 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"blindrelay serve: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    except WriterStartError as exc:
+    except StoreStartError as exc:
         print(f"blindrelay serve: cannot open the database: {exc}", file=sys.stderr)
         return 1
+    except UnsupportedStore as exc:
+        print(f"blindrelay serve: {exc}", file=sys.stderr)
+        return 2
 
 
 async def _run_until_signalled(config: RelayConfig) -> int:
@@ -152,7 +155,7 @@ async def _run_until_signalled(config: RelayConfig) -> int:
 
     relay = await serve(config)
     # Everything imported and the relay listening: what is alive now lives as long
-    # as the process (gcpolicy). The writer process applies the same policy itself.
+    # as the process (gcpolicy). The SQLite writer process applies the same policy itself.
     frozen = gcpolicy.apply(config.gc_threshold)
     log_event(logging.INFO, "gc_policy", role="relay", threshold=config.gc_threshold, frozen=frozen)
     stop = asyncio.Event()
@@ -167,7 +170,7 @@ async def _run_until_signalled(config: RelayConfig) -> int:
     failed.cancel()
     await relay.close()
     if relay.failed.is_set():
-        print("blindrelay serve: the writer process exited; stopping", file=sys.stderr)
+        print(f"blindrelay serve: {relay.failure}; stopping", file=sys.stderr)
         return 1
     return 0
 

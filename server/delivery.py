@@ -31,8 +31,8 @@ from . import fastframes
 from .config import RelayConfig
 from .context import Limiters, RelayContext, Session
 from .logs import LOGGER, log_event
-from .store.sqlite.jobs import SendRules
-from .store.sqlite.tables import Account
+from .store import Account
+from .store.operations import SendRules
 
 BUSINESS_ONLY_INTENTS = frozenset({Intent.NOTIFICATION, Intent.CONSENT_REQUEST})
 """SPEC §6.2: intents only a business account may declare."""
@@ -162,7 +162,7 @@ def acknowledge(ctx: RelayContext, session: Session, frame: Ack) -> None:
             log_event(logging.DEBUG, "acked", handle=handle, ids=len(ids), deleted=deleted)
 
     # One writer job for consecutive ACKs (a fan-out's recipients acknowledge together).
-    ctx.writer.call_many("acknowledge", [handle, ids], acked)
+    ctx.store.call_many("acknowledge", [handle, ids], acked)
     outbox.acknowledged(ids)
 
 
@@ -246,7 +246,7 @@ class Outbox:
         assert handle is not None
         after = self.cursor
         not_before = self.ctx.clock() - self.ctx.config.queue_ttl_ms
-        self.ctx.writer.call(
+        self.ctx.store.call(
             "page",
             (handle, after, room, not_before),
             lambda ok, value: self._paged(ok, value, room),

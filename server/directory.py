@@ -36,7 +36,7 @@ def upload(ctx: RelayContext, session: Session, frame: PrekeysUpload) -> None:
     handle = session.handle
     assert handle is not None
     ctx.limiters.prekeys_upload.take(handle)  # SPEC §10, before any work
-    account = ctx.accounts.get(handle)
+    account = ctx.store.account(handle)
     assert account is not None
     identity_key = account.identity_key
     signed = frame.signed_prekey
@@ -48,7 +48,7 @@ def upload(ctx: RelayContext, session: Session, frame: PrekeysUpload) -> None:
             raise InvalidPrekeys("signed prekey signature") from None
     # Refused here when the reader already shows why; the writer job checks again
     # (uploads in flight are not visible yet), before it writes anything.
-    ctx.prekeys.check_upload(
+    ctx.store.check_prekey_upload(
         handle, [key.key_id for key in frame.one_time], ctx.config.max_stored_one_time_prekeys
     )
 
@@ -84,7 +84,7 @@ def fetch(ctx: RelayContext, session: Session, frame: BundleFetch) -> None:
     requester = session.handle
     assert requester is not None
     ctx.limiters.bundle_fetch.take(requester)
-    account = ctx.accounts.get(requester)
+    account = ctx.store.account(requester)
     assert account is not None
     owner = frame.handle
 

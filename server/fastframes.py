@@ -33,7 +33,7 @@ import msgpack
 from blindrelay.protocol import limits
 from blindrelay.protocol.frames import MAX_DELIVERY_ID, Ack, FrameType, Send
 
-from .store.sqlite.tables import QueuedEnvelope
+from .store import QueuedEnvelope
 
 _SENT = int(FrameType.SENT)
 _DELIVER = int(FrameType.DELIVER)

@@ -47,7 +47,7 @@ def _opened(ctx: RelayContext, handle: str, data: bytes, now: int) -> ConsentSta
     # "…whose signer is not the connection's account…" → 500.
     if claimed.signer != handle:
         raise InvalidStatement("signer: not this connection's account")
-    account = ctx.accounts.get(handle)
+    account = ctx.store.account(handle)
     assert account is not None
     # Signature, signer_key = current key, relay_key = ours → 500; issued_at skew → 501.
     return verify_statement(
@@ -61,7 +61,7 @@ def receive_statement(ctx: RelayContext, session: Session, frame: Statement) -> 
     handle = session.handle
     assert handle is not None
     now = ctx.clock()
-    signer = ctx.accounts.get(handle)
+    signer = ctx.store.account(handle)
     assert signer is not None
     # Statements cost the signer's send tokens: grant/revoke churn is forwarded traffic.
     (ctx.limiters.send_business if signer.kind == AccountKind.BUSINESS

@@ -27,8 +27,9 @@ import pytest
 
 from blindrelay.protocol.frames import Ack, Sent
 from blindrelay.server.config import RelayConfig
+from blindrelay.server.store import Account
 from blindrelay.server.store.sqlite import tables as storage
-from blindrelay.server.store.sqlite.tables import Account, GroupCommitter, Tables
+from blindrelay.server.store.sqlite.tables import GroupCommitter, Tables
 
 from .conftest import TEST_TIMEOUT_S, Clients, FakeClock, relay_with
 
@@ -103,7 +104,7 @@ async def test_acknowledged_envelopes_leave_no_trace_after_a_checkpoint(
             # The positive control: queued, never acknowledged.
             kept, kept_id = body("kept", 5000), os.urandom(16)
             assert isinstance(await sender.send_message(recipient.handle, kept, kept_id), Sent)
-            await relay.ctx.writer.submit("noop")  # the ACK is committed
+            await relay.ctx.store.submit("noop")  # the ACK is committed
             await relay.checkpoint()
 
             assert modes(db) == dict.fromkeys(modes(db), 0o600)

@@ -18,8 +18,9 @@ from blindrelay.protocol.errors import ErrorCode, RecipientUnavailable
 from blindrelay.protocol.frames import Send, Sent
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.delivery import send_rules
+from blindrelay.server.store import Account
 from blindrelay.server.store.sqlite import jobs
-from blindrelay.server.store.sqlite.tables import Account, Tables, connect
+from blindrelay.server.store.sqlite.tables import Tables, connect
 
 from .conftest import Clients, FakeClock, RawClient, error_code, relay_with
 from .consent_helpers import stated

@@ -32,8 +32,9 @@ from blindrelay.protocol.signed import (
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.delivery import send_rules
 from blindrelay.server.relay import RunningRelay
+from blindrelay.server.store import Account
 from blindrelay.server.store.sqlite import jobs
-from blindrelay.server.store.sqlite.tables import Account, GroupCommitter, Tables, connect
+from blindrelay.server.store.sqlite.tables import GroupCommitter, Tables, connect
 
 from .conftest import Clients, FakeClock, RawClient, db_rows, error_code, relay_with
 from .consent_helpers import state, stated, statement_bytes

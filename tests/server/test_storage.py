@@ -1,4 +1,5 @@
-"""Group commit, the tables (server/store/sqlite/tables.py) and the writer process (server/store/sqlite/writer*.py)."""
+"""Group commit, the tables (server/store/sqlite/tables.py) and the writer process
+(server/store/sqlite/writer*.py)."""
 
 from __future__ import annotations
 
@@ -18,15 +19,11 @@ from blindrelay.protocol.consent import PairState
 from blindrelay.protocol.errors import ErrorCode, HandleTaken, InvalidPrekeys, QueueFull
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.delivery import send_rules
+from blindrelay.server.store import Account, StoreJobError
 from blindrelay.server.store.sqlite import jobs
-from blindrelay.server.store.sqlite.tables import (
-    SCHEMA_VERSION,
-    Account,
-    GroupCommitter,
-    Tables,
-    connect,
-)
-from blindrelay.server.store.sqlite.writer import Writer, WriterJobError
+from blindrelay.server.store.sqlite.store import SqliteStore
+from blindrelay.server.store.sqlite.tables import SCHEMA_VERSION, GroupCommitter, Tables, connect
+from blindrelay.server.store.sqlite.writer import Writer
 
 ALICE = Account("alice", "user", b"k" * 32)
 DEFAULT_SEND_RULES = send_rules(RelayConfig())
@@ -197,7 +194,7 @@ async def test_jobs_of_one_loop_turn_go_out_together_and_answer_in_order(tmp_pat
         results = await asyncio.gather(*futures, return_exceptions=True)
         assert results[:20] == [None] * 20
         assert isinstance(results[20], HandleTaken)  # mapped back to its class
-        with pytest.raises(WriterJobError) as failed:
+        with pytest.raises(StoreJobError) as failed:
             await writer.submit("no_such_operation")
         assert failed.value.exc_type == "LookupError"  # type and place only, no message
         assert await writer.submit("login_counts", "u1", 0) == [0, 0, False]
@@ -242,7 +239,7 @@ async def test_consecutive_merged_calls_share_one_job_and_each_gets_its_own_resu
         writer.call_many("acknowledge", ["bob", 7], done("not a list"))  # fails the job
         await writer.submit("noop")
         assert [(name, ok) for name, ok, _ in outcomes] == [("fine", False), ("not a list", False)]
-        assert all(isinstance(error, WriterJobError) for _, _, error in outcomes)
+        assert all(isinstance(error, StoreJobError) for _, _, error in outcomes)
     finally:
         await writer.close()
 
@@ -367,13 +364,14 @@ async def test_a_relay_whose_writer_dies_refuses_writes_and_reports_failure(
     from blindrelay.server.relay import serve
 
     relay = await serve(RelayConfig(port=0, db_path=tmp_path / "r.db"))
-    writer = relay.ctx.writer
-    assert writer.pid is not None
-    os.kill(writer.pid, signal.SIGKILL)
+    store = relay.ctx.store
+    assert isinstance(store, SqliteStore) and store.pid is not None
+    os.kill(store.pid, signal.SIGKILL)
     await asyncio.wait_for(relay.failed.wait(), 10)
-    assert not writer.running
+    assert relay.failure == "the writer process exited"
+    assert not store.running
     with pytest.raises(InternalError):
-        writer.submit("noop")
+        store.submit("noop")
     await asyncio.wait_for(relay.close(), 10)
 
 

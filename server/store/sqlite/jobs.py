@@ -1,25 +1,28 @@
-"""Every operation the writer process runs, by name (the other end of :mod:`.writer`).
+"""The SQLite back end's operations: :data:`..operations.CONTRACT`, run by the writer process.
 
-Why a table of module-level functions: jobs cross a process boundary as
-msgpack ``[job id, operation name, args]`` — never as pickled closures (the
-package forbids pickle). Each operation takes the writer's :class:`Tables` and
-plain msgpack values (str, bytes, int, None, lists) and returns plain values;
-the handler that submitted it rebuilds what it needs on the event loop (for a
-SEND: only the delivery id and time come back, the envelope it already has).
+Each function here implements the operation of its name; :data:`OPERATIONS` is
+the only code the writer process (:mod:`.writer_process`) will run, looked up
+by the name in a job ``[job id, operation name, args]`` — never a pickled
+closure (the package forbids pickle). Each takes the writer's
+:class:`~.tables.Tables` and the contract's plain msgpack values and returns
+plain values; the handler that called it rebuilds what it needs on the event
+loop (for a SEND: only the delivery id and time come back, the envelope it
+already has).
 
 Everything that must be atomic with a write is decided here, inside the
 writer's transaction: consent with the enqueue (:func:`decide`), idempotence,
 the queue cap, metering, a statement with its purge and receipt.
 
-Not here: on-loop checks and answers (``auth``, ``directory``, ``delivery``,
-``statements``, ``business``), the transaction itself (``storage``).
+Not here: the contract (``..operations``), on-loop checks and answers
+(``auth``, ``directory``, ``delivery``, ``statements``, ``business``), the
+transaction itself (``tables.GroupCommitter``).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from blindrelay.protocol import limits
 from blindrelay.protocol.consent import (
@@ -55,7 +58,8 @@ from blindrelay.protocol.signed import (
     unverified_body,
 )
 
-from .tables import Account, QueuedEnvelope, Tables
+from ..records import Account, envelope_row
+from .tables import Tables
 
 # --- shared rules ------------------------------------------------------------
 
@@ -131,17 +135,6 @@ def envelope_digest(
         parts.append(len(part).to_bytes(4, "big"))
         parts.append(part)
     return hashlib.sha256(b"".join(parts)).digest()
-
-
-def envelope_row(envelope: QueuedEnvelope) -> list[Any]:
-    """A queue row as msgpack values (the loop encodes DELIVER straight from it:
-    :func:`.fastframes.deliver_row`)."""
-    return [
-        envelope.delivery_id, envelope.recipient, envelope.sender, envelope.sender_kind,
-        envelope.msg_id, envelope.intent, envelope.category,
-        list(envelope.categories) if envelope.categories is not None else None,
-        envelope.sent_at, envelope.body,
-    ]  # fmt: skip
 
 
 # --- operations ----------------------------------------------------------------
@@ -257,19 +250,6 @@ def take_bundle(
         row.identity_key, row.kind, [spk.key_id, spk.public, spk.signature],
         [otk.key_id, otk.public] if otk is not None else None, row.remaining,
     ]  # fmt: skip
-
-
-class SendRules(NamedTuple):
-    """The relay's *default* limits a SEND job applies (SPEC §6.3, §7.3, §10); one list
-    on the wire, made once per configuration (:func:`.delivery.send_rules`)."""
-
-    queue_cap: int
-    service_window_ms: int
-    queue_share_per_sender: int
-    queue_share_strangers: int
-    message_request_max: int
-    first_contacts_per_h: float
-    first_contacts_burst: int
 
 
 FIRST_CONTACTS = "first_contacts"

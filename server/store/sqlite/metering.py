@@ -22,12 +22,12 @@ decides the meter), prices (``admin usage``).
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass, field
 
 import sqlite_utils
 
 from blindrelay.protocol.consent import Meter
 
+from ..records import MonthUsage
 from .cache import WriterCache
 
 
@@ -46,17 +46,6 @@ def month_span(ms: int) -> tuple[int, int, str]:
         else start.replace(month=start.month + 1)
     )
     return int(start.timestamp()) * 1000, int(end.timestamp()) * 1000, start.strftime("%Y-%m")
-
-
-@dataclass
-class MonthUsage:
-    """One business's counts for one month."""
-
-    business: str
-    month: str
-    notifications: dict[str, int] = field(default_factory=dict)
-    service_replies: int = 0
-    user_initiated: int = 0
 
 
 class UsageMeter:

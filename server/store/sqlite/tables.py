@@ -82,6 +82,7 @@ from blindrelay.protocol.frames import AccountKind, OneTimePreKeyRecord, SignedP
 from blindrelay.protocol.skeleton import leading_skeletons, skeleton
 
 from ...logs import log_event
+from ..records import Account, QueuedEnvelope
 from .cache import WriterCache
 from .ledger import ConsentLedger
 from .metering import UsageMeter
@@ -382,29 +383,6 @@ def _statements() -> list[str]:
 
 
 # --- records ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Account:
-    handle: str
-    kind: str
-    identity_key: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class QueuedEnvelope:
-    """One row of ``queue``: an opaque envelope and the metadata to route it."""
-
-    delivery_id: int
-    recipient: str
-    sender: str
-    sender_kind: str
-    msg_id: bytes
-    intent: str
-    category: str | None
-    categories: tuple[str, ...] | None
-    sent_at: int
-    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
