@@ -43,12 +43,20 @@ class _Imports(ast.NodeVisitor):
     """Absolute names of the modules a file imports (relative imports resolved against
     ``package``); with ``functions`` False, only those imported when it is loaded —
     not what function bodies import, run later if ever (the factory's choice of back
-    end lives there)."""
+    end lives there); with ``typing`` False, not those under ``if TYPE_CHECKING:``."""
 
-    def __init__(self, package: str, *, functions: bool = False) -> None:
+    def __init__(self, package: str, *, functions: bool = False, typing: bool = True) -> None:
         self.package = package
         self.functions = functions
+        self.typing = typing
         self.found: set[str] = set()
+
+    def visit_If(self, node: ast.If) -> None:
+        if not self.typing and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            for child in node.orelse:
+                self.visit(child)
+            return
+        self.generic_visit(node)
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
         if self.functions:
@@ -88,9 +96,10 @@ def server_module_file(name: str) -> Path | None:
     return ROOT / "server" / "__init__.py" if not relative else None
 
 
-def loaded_with(module: str) -> set[str]:
+def loaded_with(module: str, *, typing: bool = True) -> set[str]:
     """Every module name loading ``module`` imports, following server modules (and
-    the packages around them, which Python loads first)."""
+    the packages around them, which Python loads first); with ``typing``, also those
+    imported for type checking only."""
     seen: set[str] = set()
     todo = [module]
     while todo:
@@ -102,7 +111,7 @@ def loaded_with(module: str) -> set[str]:
         if path is None:
             continue
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        visitor = _Imports(package)
+        visitor = _Imports(package, typing=typing)
         visitor.visit(ast.parse(path.read_text(), filename=str(path)))
         parents = [name.rsplit(".", n)[0] for n in range(1, name.count(".") + 1)]
         todo.extend(visitor.found | set(parents))
@@ -199,3 +208,11 @@ def test_the_store_blindness_check_sees_a_back_end_import() -> None:
     assert _backend_specific(f"{SERVER_PACKAGE}.store.sqlite.tables")
     assert "sqlite_utils" in loaded_with(f"{SERVER_PACKAGE}.store.sqlite.tables")
     assert not any(_backend_specific(n) for n in loaded_with(f"{SERVER_PACKAGE}.store"))
+
+
+@pytest.mark.parametrize("module", ["store.rules", "store.records", "store.operations"])
+def test_the_rules_and_records_a_back_end_shares_are_pure(module: str) -> None:
+    """What every back end reuses does no I/O and loads no back end: state in, values out."""
+    assert sorted(n for n in loaded_with(f"{SERVER_PACKAGE}.{module}") if _backend_specific(n)) == []
+    loaded = loaded_with(f"{SERVER_PACKAGE}.{module}", typing=False)
+    assert sorted(name for name in loaded if name.split(".")[0] in IO_MODULES) == []

@@ -35,9 +35,11 @@ Rules every operation follows, whatever the back end:
   answer, the operation does the same reads (noted below): a refusal must not tell
   by its timing what it refuses to tell by its code.
 
-The decisions inside operations (consent, statement transitions, what is
-metered) are pure functions of the state an operation reads
-(:mod:`blindrelay.protocol.consent`).
+The decisions inside operations (consent, queue room, statement transitions,
+what is metered, budgets) are pure functions of the state an operation reads:
+:mod:`.rules`, over :mod:`blindrelay.protocol.consent`. A back end reads that
+state its own way (row by row, or set-based for a whole batch) and calls the
+same functions, in the order :mod:`.rules` gives.
 
 Not here: which handler calls what (``auth``, ``delivery``, ``directory``,
 ``statements``, ``business``), how an operation is run (the back ends).
@@ -180,10 +182,11 @@ CONTRACT: dict[str, Operation] = {
         },
         result="[delivery_id, at] for a new envelope (delivery ids only grow, never reused); "
         "int at — the original acceptance time — for an idempotent resend",
-        errors="400 RECIPIENT_UNAVAILABLE / 202 FORBIDDEN: the pair's state refuses (read "
-        "before the recipient's existence is looked at); 401 QUEUE_FULL: the cap or a share "
-        "of the recipient's queue is reached; 403 MESSAGE_ID_REUSED: a remembered msg_id "
-        "with other content. A remembered (handle, msg_id) is answered before any refusal",
+        errors="400 RECIPIENT_UNAVAILABLE / 202 FORBIDDEN: the pair's state refuses (rules."
+        "judge_send, on the state read before the recipient's existence is looked at); "
+        "401 QUEUE_FULL: the cap or a share of the recipient's queue (rules.queue_full); "
+        "403 MESSAGE_ID_REUSED: a remembered msg_id with other content. A remembered "
+        "(handle, msg_id) is answered before any refusal",
         atomic="the decision, the envelope, the remembered (handle, msg_id) and its digest, "
         "the new pair state, the first-contact budget spent and the metering count: one "
         "transaction, so a refusal writes nothing and a resend counts once",
@@ -216,8 +219,9 @@ CONTRACT: dict[str, Operation] = {
         },
         result="[purged delivery ids (the signer's queue), forwarded envelope row | nil "
         "(queued for a business target), superseded delivery ids (the target's queue)]",
-        errors="500 INVALID_STATEMENT: identity key rotated, action unfit for the signer, "
-        "no transition (protocol.consent.apply_statement), too many block targets; "
+        errors="500 INVALID_STATEMENT: identity key rotated, action unfit for the signer "
+        "(rules.check_statement), no transition (rules.statement_effect), too many block "
+        "targets (rules.check_block_targets); "
         "501 STALE_STATEMENT: (signer, nonce) seen before; 400 RECIPIENT_UNAVAILABLE: a "
         "consent statement whose target is not a business",
         atomic="the nonce remembered, the new pair state, the statement in force and the ones "

@@ -38,8 +38,8 @@ from blindrelay.server import cli
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
 from blindrelay.server.store import Account
+from blindrelay.server.store.rules import month_of
 from blindrelay.server.store.sqlite import jobs
-from blindrelay.server.store.sqlite.metering import month_of
 from blindrelay.server.store.sqlite.tables import Tables, connect
 
 from .conftest import TEST_TIMEOUT_S, Clients, FakeClock, RawClient, db_rows, error_code

@@ -20,31 +20,16 @@ transaction itself (``tables.GroupCommitter``).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Any
 
 from blindrelay.protocol import limits
-from blindrelay.protocol.consent import (
-    REFUSE,
-    Decision,
-    PairState,
-    Request,
-    Verdict,
-    after_accept,
-    is_stranger,
-    may_deliver,
-)
-from blindrelay.protocol.consent import (
-    apply_statement as transition,
-)
+from blindrelay.protocol.consent import REFUSE, PairState, Request, Verdict
 from blindrelay.protocol.crypto.fingerprint import key_fingerprint
 from blindrelay.protocol.errors import (
-    Forbidden,
     HandleTaken,
     InvalidPrekeys,
     InvalidProfile,
-    InvalidStatement,
     NotFound,
     QueueFull,
     RecipientUnavailable,
@@ -52,56 +37,45 @@ from blindrelay.protocol.errors import (
     StaleStatement,
 )
 from blindrelay.protocol.frames import AccountKind, OneTimePreKeyRecord, SignedPreKeyRecord
-from blindrelay.protocol.signed import (
-    Action,
-    ConsentStatement,
-    unverified_body,
-)
+from blindrelay.protocol.signed import Action, ConsentStatement, unverified_body
 
+from ..operations import SendRules
 from ..records import Account, envelope_row
+from ..rules import (
+    FIRST_CONTACTS,
+    ONE_TIME_PREKEYS,
+    check_block_targets,
+    check_statement,
+    envelope_digest,
+    judge,
+    judge_send,
+    metered,
+    needs_badge,
+    pair_after_send,
+    queue_full,
+    refuse_unless_allowed,
+    share_floor,
+    shares_matter,
+    statement_effect,
+)
 from .tables import Tables
 
-# --- shared rules ------------------------------------------------------------
+# --- reads the rules need ----------------------------------------------------------
 
 
-def decide(
-    tables: Tables,
-    sender: Account,
-    to: str,
-    request: Request,
-    now: int,
-    *,
-    category: str | None = None,
-    categories: frozenset[str] = frozenset(),
-    message_request_max: int = limits.MESSAGE_REQUEST_MAX,
-) -> tuple[Account | None, PairState, Decision]:
-    """SPEC §7.3 inside a writer job: the recipient, the pair's state, the verdict.
+def pair_and_recipient(
+    tables: Tables, sender: str, sender_kind: str, to: str, request: Request, now: int
+) -> tuple[PairState, Account | None, bool]:
+    """SPEC §7.3 inside a writer job: the pair's state, the recipient, and whether the
+    sender holds a badge in force (read only where :func:`..rules.needs_badge`).
 
     "The relay MUST do the same work (one lookup of the pair state, including
     for an unknown account) before answering": the pair state is read before
     the recipient's existence is looked at.
     """
-    state = tables.ledger.pair_state(sender.handle, to)
-    verified = (
-        sender.kind == AccountKind.BUSINESS
-        and request in BADGE_DEPENDENT
-        and business_verified(tables, sender.handle, now)
-    )
-    recipient = tables.accounts.get(to)
-    if recipient is None:
-        return None, state, REFUSE
-    decision = may_deliver(
-        sender=sender.handle, recipient=to, sender_kind=sender.kind,
-        recipient_kind=recipient.kind, request=request, state=state, now=now,
-        category=category, categories=categories, sender_verified=verified,
-        message_request_max=message_request_max,
-    )  # fmt: skip
-    return recipient, state, decision
-
-
-BADGE_DEPENDENT = frozenset({Request.CONSENT_REQUEST, Request.BUNDLE_FETCH})
-"""What a business may do to a stranger only with a badge (SPEC §7.3); nothing else
-reads the badge store, so notifications and replies cost no lookup."""
+    state = tables.ledger.pair_state(sender, to)
+    verified = needs_badge(sender_kind, request) and business_verified(tables, sender, now)
+    return state, tables.accounts.get(to), verified
 
 
 def business_verified(tables: Tables, handle: str, now: int) -> bool:
@@ -116,25 +90,15 @@ def business_verified(tables: Tables, handle: str, now: int) -> bool:
     return tables.badges.current(handle, key_fingerprint(account.identity_key), now) is not None
 
 
-def refuse_unless_allowed(decision: Decision) -> None:
-    """SPEC §7.7: every pair-dependent refusal is the one bare ERROR 400."""
-    if decision.verdict is Verdict.FORBIDDEN:
-        raise Forbidden()
-    if decision.verdict is not Verdict.ALLOW:
-        raise RecipientUnavailable()
+_rules: tuple[list[Any], SendRules] = ([], SendRules(0, 0, 0, 0, 0, 0.0, 0))
 
 
-def envelope_digest(
-    to: str, intent: str, category: str | None, categories: list[str] | None, body: bytes
-) -> bytes:
-    """What makes two SENDs with one msg_id "the same" (SPEC §6.3): to, intent,
-    category(ies) and body, length-prefixed so no two field lists collide."""
-    joined = ",".join(categories) if categories is not None else ""
-    parts = [b"blindrelay/v1/envelope\x00"]
-    for part in (to.encode(), intent.encode(), (category or "").encode(), joined.encode(), body):
-        parts.append(len(part).to_bytes(4, "big"))
-        parts.append(part)
-    return hashlib.sha256(b"".join(parts)).digest()
+def _send_rules(values: list[Any]) -> SendRules:
+    """The :class:`SendRules` of a job's array, made once while the relay sends the same."""
+    global _rules
+    if _rules[0] != values:
+        _rules = (values, SendRules(*values))
+    return _rules[1]
 
 
 # --- operations ----------------------------------------------------------------
@@ -215,10 +179,6 @@ def upload_prekeys(
     tables.prekeys.upload(handle, signed_record, records, cap, now)
 
 
-ONE_TIME_PREKEYS = "one_time_prekeys"
-"""The :class:`~.storage.Budgets` bucket of one-time prekeys handed out per owner."""
-
-
 def take_bundle(
     tables: Tables,
     requester: str,
@@ -237,9 +197,14 @@ def take_bundle(
     Returns [identity_key, kind, [key_id, public, signature], [key_id, public] | None,
     remaining].
     """
-    sender = Account(requester, requester_kind, b"")
-    _, _, decision = decide(tables, sender, owner, Request.BUNDLE_FETCH, now)
-    refuse_unless_allowed(decision)
+    request = Request.BUNDLE_FETCH
+    state, recipient, verified = pair_and_recipient(
+        tables, requester, requester_kind, owner, request, now
+    )
+    kind = recipient.kind if recipient is not None else None
+    refuse_unless_allowed(
+        judge(requester, requester_kind, owner, kind, request, state, now, verified=verified)
+    )
     row = tables.prekeys.take_bundle(
         owner, lambda: tables.budgets.take(ONE_TIME_PREKEYS, owner, rate_per_h, burst, now)
     )
@@ -250,10 +215,6 @@ def take_bundle(
         row.identity_key, row.kind, [spk.key_id, spk.public, spk.signature],
         [otk.key_id, otk.public] if otk is not None else None, row.remaining,
     ]  # fmt: skip
-
-
-FIRST_CONTACTS = "first_contacts"
-"""The :class:`~.storage.Budgets` bucket of new strangers per sender (SPEC §7.3)."""
 
 
 def send(
@@ -269,55 +230,37 @@ def send(
     now: int,
     rules: list[Any],
 ) -> Any:
-    """SPEC §6.1–6.3, §7.3, §8.4: decide, enqueue, update the pair, meter — one job.
+    """SPEC §6.1–6.3, §7.3, §8.4: decide, enqueue, update the pair, meter — one job,
+    in the order of :mod:`..rules`.
 
     Returns the original time (an int) for a resend, else [delivery_id, at].
     """
-    cap, window_ms, per_sender, strangers, request_max, contacts_per_h, contacts_burst = rules
+    send_rules = _send_rules(rules)
     digest = envelope_digest(to, intent, category, categories, body)
-    sender = Account(handle, kind, b"")
     queue = tables.queue
-    asked = frozenset(categories or ())
-    recipient, state, decision = decide(
-        tables, sender, to, Request(intent), now, category=category, categories=asked,
-        message_request_max=request_max,
+    state, recipient, verified = pair_and_recipient(tables, handle, kind, to, Request(intent), now)
+    judged = judge_send(
+        send_rules, handle, kind, to, recipient.kind if recipient is not None else None,
+        intent, category, frozenset(categories or ()), state, now, verified=verified,
     )  # fmt: skip
-    full = stranger = False
-    if recipient is None and kind == AccountKind.USER and intent == "chat" and not state.wrote:
-        # SPEC §7.7, "the same work … including for an unknown account": a chat to an
-        # unknown handle reads the first-contact budget as a new stranger's would, so
-        # a sender whose budget is spent cannot tell the two refusals apart by time.
-        tables.budgets.tokens(FIRST_CONTACTS, handle, contacts_per_h, contacts_burst, now)
+    decision = judged.decision
+    budget = (FIRST_CONTACTS, handle, send_rules.first_contacts_per_h,
+              send_rules.first_contacts_burst, now)  # fmt: skip
+    if judged.probe_first_contacts:
+        tables.budgets.tokens(*budget)
+    full = False
     if decision.verdict is Verdict.ALLOW:
-        assert recipient is not None
-        # SPEC §6.3: the strangers' pool is a user's; a business's customers are all
-        # strangers to it, and the pool would shut every one of them out alike.
-        stranger = (
-            recipient.kind == AccountKind.USER
-            and to not in state.wrote  # a contact: the common case, decided here
-            and is_stranger(state, handle, to)
-        )
-        # "The relay MUST refuse with 401 QUEUE_FULL an envelope that would take a
-        # recipient's undelivered envelopes past QUEUE_CAP_PER_RECIPIENT, the sender's own
-        # … past QUEUE_SHARE_PER_SENDER, or — for a user recipient and a sender that is a
-        # stranger to it — the strangers' … past QUEUE_SHARE_STRANGERS."
         queued = queue.queued(to)
-        full = queued >= cap
-        floor = per_sender if per_sender < strangers else strangers
-        if not full and queued >= floor:  # below it no share can be reached: no count
-            shares = queue.shares(to, floor)
-            full = shares.senders.get(handle, 0) >= per_sender or (
-                stranger and shares.strangers >= strangers
-            )
+        shares = (
+            queue.shares(to, share_floor(send_rules))
+            if shares_matter(send_rules, queued)
+            else None
+        )
+        full = queue_full(send_rules, handle, judged.stranger, queued, shares)
         # SPEC §7.3: "a user may open at most FIRST_CONTACTS_BURST of those at once,
         # refilled at FIRST_CONTACTS_PER_H"; refused like any pair-dependent refusal.
         # Taken last, so a refusal above spends nothing, and an empty bucket writes nothing.
-        take = tables.budgets.take
-        if (
-            not full
-            and decision.first_contact
-            and not take(FIRST_CONTACTS, handle, contacts_per_h, contacts_burst, now)
-        ):
+        if not full and decision.first_contact and not tables.budgets.take(*budget):
             decision = REFUSE
     if decision.verdict is not Verdict.ALLOW or full:
         # A resend is answered from ``sent`` before any refusal: it was decided,
@@ -327,21 +270,21 @@ def send(
             return resend.at
         refuse_unless_allowed(decision)
         raise QueueFull()
-    assert recipient is not None
+    sender = Account(handle, kind, b"")
     delivery_id = queue.add_if_new(
-        to, sender, msg_id, intent, category, categories, body, digest, now, stranger
+        to, sender, msg_id, intent, category, categories, body, digest, now, judged.stranger
     )
     if delivery_id is None:  # a resend (or MessageIdReused); nothing was written
         known = queue.remembered(handle, msg_id, digest)
         assert known is not None
         return known.at
-    new_state = after_accept(state, decision, now, window_ms)
-    if new_state is not state and new_state != state:  # a notification changes nothing
+    new_state = pair_after_send(send_rules, state, decision, now)
+    if new_state is not None:
         tables.ledger.store_pair(handle, to, new_state)
-    if decision.meter is not None:
+    counted = metered(handle, kind, to, decision, category)
+    if counted is not None:
         # "Counts MUST be committed in the same transaction as the envelope they count."
-        business = handle if kind == AccountKind.BUSINESS else recipient.handle
-        tables.usage.count(business, now, decision.meter, category)
+        tables.usage.count(counted[0], now, counted[1], counted[2])
     return [delivery_id, now]
 
 
@@ -383,65 +326,40 @@ def apply_statement(
     superseded delivery ids (the target's queue)].
     """
     statement = unverified_body(ConsentStatement, signed)
-    current = tables.accounts.get(handle)
-    if current is None or current.identity_key != statement.signer_key:
-        raise InvalidStatement("signer_key: identity key rotated")
-    # "…whose action does not fit the signer's kind" → 500: it depends on the signer only.
-    if statement.is_consent and current.kind != AccountKind.USER:
-        raise InvalidStatement("grant, deny and revoke are made by users")
+    signer = tables.accounts.get(handle)
     target = tables.accounts.get(statement.target)
-    # "A grant, deny or revoke whose target is not a business — a user or a handle that
-    # does not exist — gets ERROR 400": one refusal, so it tells neither kind nor existence.
-    if statement.is_consent and (target is None or target.kind != AccountKind.BUSINESS):
-        raise RecipientUnavailable()
-    # A block or unblock of a handle nobody holds is kept like any other (SPEC §7.4).
-    target_kind = target.kind if target is not None else None
+    check_statement(statement, signer, target)
+    assert signer is not None
     # "…or whose (signer, nonce) it has seen before" → 501.
     if tables.ledger.seen(handle, statement.nonce):
         raise StaleStatement("nonce: statement seen before")
-    action = Action(statement.action)
-    if action is Action.BLOCK:
-        # "…once the signer has them on record for MAX_BLOCK_TARGETS accounts, existing
-        # or not" → 500.
-        on_record = tables.ledger.block_targets(handle, statement.target)
-        if on_record is not None and on_record >= max_block_targets:
-            raise InvalidStatement(f"blocks on record for {on_record} accounts already")
-    state = tables.ledger.pair_state(handle, statement.target)
-    new_state, purge = transition(
-        state,
-        action=action,
-        signer=handle,
-        categories=frozenset(statement.categories or ()),
-        signer_is_user_blocking_business=(
-            action is Action.BLOCK
-            and current.kind == AccountKind.USER
-            and target_kind == AccountKind.BUSINESS
-        ),
-        now=now,
-        cooldown_ms=cooldown_ms,
-    )  # raises InvalidStatement (500) where the transition table has no entry
-    tables.ledger.store_pair(handle, statement.target, new_state)
+    if statement.action == Action.BLOCK:
+        check_block_targets(
+            tables.ledger.block_targets(handle, statement.target), max_block_targets
+        )
+    effect = statement_effect(
+        statement, signer.kind, target.kind if target is not None else None,
+        tables.ledger.pair_state(handle, statement.target), now, cooldown_ms,
+    )  # fmt: skip
+    tables.ledger.store_pair(handle, statement.target, effect.state)
     superseded_nonces = tables.ledger.record(statement, signed, now)
     purged: list[int] = []
-    if purge.everything_from_target:
+    if effect.purge.everything_from_target:
         purged = tables.queue.withdraw(handle, statement.target, None)
-    elif purge.notification_categories:
-        purged = tables.queue.withdraw(handle, statement.target, purge.notification_categories)
+    elif effect.purge.notification_categories:
+        purged = tables.queue.withdraw(
+            handle, statement.target, effect.purge.notification_categories
+        )
     forwarded = None
     superseded: list[int] = []
-    if target_kind == AccountKind.BUSINESS:
+    if effect.to_business:
         # "A newer forwarded statement of the same signer, target and family replaces
         # the older one not yet delivered."
         superseded = tables.queue.withdraw_statements(statement.target, handle, superseded_nonces)
-        # SPEC §7.5: to a business target only (every consent statement has one); never
-        # while the target blocks the signer ("nothing from the blocked account reaches
-        # the blocker").
-        if statement.target not in new_state.blockers:
-            forwarded = envelope_row(
-                tables.queue.enqueue_statement(
-                    statement.target, current, statement.nonce, signed, now
-                )
-            )
+    if effect.forward:
+        forwarded = envelope_row(
+            tables.queue.enqueue_statement(statement.target, signer, statement.nonce, signed, now)
+        )
     return [purged, forwarded, superseded]
 
 

@@ -59,7 +59,6 @@ Not here: protocol rules (``auth``, ``directory``, ``delivery``).
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sqlite3
 import stat
@@ -83,6 +82,7 @@ from blindrelay.protocol.skeleton import leading_skeletons, skeleton
 
 from ...logs import log_event
 from ..records import Account, QueuedEnvelope
+from ..rules import QueueShares, bucket_full_at, bucket_tokens
 from .cache import WriterCache
 from .ledger import ConsentLedger
 from .metering import UsageMeter
@@ -663,9 +663,6 @@ class PreKeyStore:
         self.db.execute("DELETE FROM one_time_prekeys WHERE handle = ?", (handle,))
 
 
-HOUR_MS = 3_600_000
-
-
 class Budgets:
     """Token buckets kept in the database, per (name, key) (SPEC §5.3, §7.3).
 
@@ -685,11 +682,8 @@ class Budgets:
         row = self.db.conn.execute(
             "SELECT tokens, at FROM budgets WHERE name = ? AND key = ?", (name, key)
         ).fetchone()
-        tokens = float(burst)
-        if row is not None:
-            refill = max(0, now - int(row[1])) * rate_per_h / HOUR_MS
-            tokens = min(tokens, float(row[0]) + refill)
-        return tokens
+        stored = (float(row[0]), int(row[1])) if row is not None else None
+        return bucket_tokens(stored, rate_per_h, burst, now)
 
     def take(self, name: str, key: str, rate_per_h: float, burst: int, now: int) -> bool:
         """Spend one token of ``key``'s bucket ``name``; False (and nothing written)
@@ -698,7 +692,7 @@ class Budgets:
         if tokens < 1.0:
             return False
         tokens -= 1.0
-        full_at = now + math.ceil((burst - tokens) * HOUR_MS / rate_per_h)
+        full_at = bucket_full_at(tokens, rate_per_h, burst, now)
         self.db.conn.execute(
             "INSERT OR REPLACE INTO budgets (name, key, tokens, at, full_at)"
             " VALUES (?, ?, ?, ?, ?)",
@@ -709,22 +703,6 @@ class Budgets:
     def purge(self, now: int) -> int:
         """Drop buckets that have refilled: they are the same as absent ones."""
         return int(self.db.execute("DELETE FROM budgets WHERE full_at <= ?", (now,)).rowcount)
-
-
-@dataclass(slots=True)
-class QueueShares:
-    """Who holds how much of one recipient's queue: envelopes per sender, and those
-    from strangers (SPEC §6.3). Kept only for queues at least ``floor`` long, the
-    length below which no share can be reached: most queues never need one."""
-
-    floor: int
-    strangers: int
-    senders: dict[str, int]
-
-    def change(self, sender: str, stranger: bool, delta: int) -> None:
-        self.senders[sender] = self.senders.get(sender, 0) + delta
-        if stranger:
-            self.strangers += delta
 
 
 _QUEUE_COLUMNS = (
