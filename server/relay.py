@@ -814,7 +814,7 @@ async def serve(
     """
     clock = clock or wall_clock_ms
     rng = rng or os.urandom
-    store = open_store(str(config.db_path), config)
+    store = open_store(config.store_url, config)
     await store.start()
     now = clock()
 

@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Account", "AdminStore", "Done", "MonthUsage", "QueuedEnvelope", "Store", "StoreError",
-    "StoreJobError", "StoreStartError", "UnsupportedStore", "envelope_row", "inspect_store",
+    "StoreJobError", "StoreStartError", "UnsupportedStore", "check_store_url", "envelope_row",
+    "inspect_store",
     "open_admin_store", "open_store",
 ]  # fmt: skip
 
@@ -207,11 +208,22 @@ def _parse(url: str) -> _Sqlite | str:
 _NOT_YET = "the PostgreSQL store is not available yet; use sqlite:///PATH or --db PATH"
 
 
-def open_store(url: str, config: RelayConfig) -> Store:
-    """The back end ``url`` names, not started yet (``await store.start()``)."""
+def _sqlite(url: str) -> _Sqlite:
     location = _parse(url)
     if not isinstance(location, _Sqlite):
         raise UnsupportedStore(_NOT_YET)
+    return location
+
+
+def check_store_url(url: str) -> None:
+    """Raise :class:`UnsupportedStore` unless this relay has a back end for ``url``:
+    for refusing a bad ``--store`` before anything starts."""
+    _sqlite(url)
+
+
+def open_store(url: str, config: RelayConfig) -> Store:
+    """The back end ``url`` names, not started yet (``await store.start()``)."""
+    location = _sqlite(url)
     from .sqlite.store import SqliteStore  # only the chosen back end is imported
 
     return SqliteStore(location.path, config.synchronous, config.gc_threshold)
@@ -220,9 +232,7 @@ def open_store(url: str, config: RelayConfig) -> Store:
 def open_admin_store(url: str) -> AdminStore:
     """The back end ``url`` names, for the operator's commands; :class:`StoreError`
     (one line) if there is no store there or it cannot be opened."""
-    location = _parse(url)
-    if not isinstance(location, _Sqlite):
-        raise UnsupportedStore(_NOT_YET)
+    location = _sqlite(url)
     from .sqlite.store import SqliteAdminStore
 
     return SqliteAdminStore.open(location.path)
@@ -231,9 +241,7 @@ def open_admin_store(url: str) -> AdminStore:
 def inspect_store(url: str, limit: int) -> Iterator[str]:
     """``blindrelay inspect``: lines describing everything the store holds (SPEC §11),
     read-only; :class:`StoreError` if there is no store there."""
-    location = _parse(url)
-    if not isinstance(location, _Sqlite):
-        raise UnsupportedStore(_NOT_YET)
+    location = _sqlite(url)
     from .sqlite.inspection import inspect_database
 
     if not location.path.exists():

@@ -202,6 +202,14 @@ def test_admin_commands_on_an_unusable_database_print_one_line(
     assert _admin("usage", "--db", str(not_a_database)) == 1
     err = capsys.readouterr().err
     assert err.startswith("blindrelay admin: cannot open the database") and err.count("\n") == 1
+    for flags, says in (
+        (["--store", "postgresql://127.0.0.1/test"], "the PostgreSQL store is not available yet"),
+        (["--store", "sqlite:x.db", "--db", "y.db"], "give --store or --db, not both"),
+        (["--db", str(tmp_path / "none.db")], "no database at"),
+    ):
+        assert _admin("invite", *flags) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"blindrelay admin: {says}") and err.count("\n") == 1, err
 
 
 async def _business_with_customers(
@@ -269,6 +277,8 @@ async def test_usage_counts_are_exact_per_category_and_month(
     ]
     assert await asyncio.to_thread(_admin, "usage", "--db", db) == 0
     assert "airline" in capsys.readouterr().out
+    assert await asyncio.to_thread(_admin, "usage", "--store", f"sqlite://{db}") == 0
+    assert "airline" in capsys.readouterr().out  # the same store, named by its URL
     assert await asyncio.to_thread(_admin, *args, "--price", "gold=1") == 1
 
 
