@@ -53,7 +53,7 @@ def register(ctx: RelayContext, session: Session, frame: Register) -> None:
         _welcome(ctx, session, frame.id, account, queued=0, one_time=0, has_signed=False)
 
     def create() -> None:
-        # The invite, the handle and its lookalikes: :func:`.jobs.create_account`.
+        # The invite, the handle and its lookalikes: operation ``create_account``.
         ctx.run_job(
             session, frame, "create_account",
             (account.handle, account.kind, account.identity_key, now, invite), created,
@@ -90,7 +90,7 @@ def login(ctx: RelayContext, session: Session, frame: Login) -> None:
         log_event(logging.INFO, "logged_in", handle=account.handle, queued=queued)
         _welcome(ctx, session, frame.id, account, queued, one_time, has_signed)
 
-    # Through the writer, so the counts include every earlier frame's writes.
+    # Through the store, so the counts include every earlier frame's writes.
     ctx.run_job(session, frame, "login_counts", (account.handle, not_before), counted)
 
 
@@ -151,5 +151,5 @@ def rotate_identity(ctx: RelayContext, session: Session, frame: RotateIdentity) 
         session.account = Account(handle, account.kind, new_key)
         session.send(Ok(re=frame.id))
 
-    # Compare-and-swap, prekeys of the old key deleted: :func:`.jobs.rotate_identity`.
+    # Compare-and-swap, prekeys of the old key deleted: operation ``rotate_identity``.
     ctx.run_job(session, frame, "rotate_identity", (handle, old_key, new_key), replaced)

@@ -28,7 +28,7 @@ FULL (the default) fsyncs the WAL on every commit, so a SENT survives power
 loss and OS crashes, which is what SPEC §6.3's "committed to disk" promises.
 NORMAL fsyncs only at checkpoints: it survives a killed relay process but may
 lose the last commits on power loss. Group commit (one fsync per batch, see
-``storage.Writer``) is what keeps FULL fast; NORMAL is for operators who accept
+``store/sqlite/tables.py``) is what keeps FULL fast; NORMAL is for operators who accept
 that trade for throughput on slow disks.
 
 Measured here (20 pairs × 300 × 1 KiB, window 10, clients in the same process,

@@ -3,8 +3,8 @@
 A statement is checked in two steps. On the event loop, what needs no
 stored state beyond the signer's key: the signer is the connection's account,
 the signature verifies under its current identity key, ``relay_key`` is ours,
-``issued_at`` within the skew (``verify_statement``). Then one writer job
-(:func:`.jobs.apply_statement`) does the rest atomically with its effects:
+``issued_at`` within the skew (``verify_statement``). Then one store operation
+(``apply_statement``) does the rest atomically with its effects:
 the kinds fit (a consent statement's target is a business; a block's target
 need not exist), ``(signer, nonce)`` is unseen, the transition table allows it
 (``apply_statement``), and then the new pair state, the statement itself,
@@ -12,8 +12,8 @@ the purge of undelivered envelopes and the forwarded receipt are committed
 together. OK goes out after that commit; purged rows are withdrawn from the
 signer's outbox before it.
 
-Not here: the rules (``blindrelay.protocol.consent``, ``.signed``), storage
-(``ledger``), sending envelopes (``delivery``).
+Not here: the rules (``blindrelay.protocol.consent``, ``.signed``, ``store.rules``),
+storage (``store``), sending envelopes (``delivery``).
 """
 
 from __future__ import annotations

@@ -216,3 +216,22 @@ def test_the_rules_and_records_a_back_end_shares_are_pure(module: str) -> None:
     assert sorted(n for n in loaded_with(f"{SERVER_PACKAGE}.{module}") if _backend_specific(n)) == []
     loaded = loaded_with(f"{SERVER_PACKAGE}.{module}", typing=False)
     assert sorted(name for name in loaded if name.split(".")[0] in IO_MODULES) == []
+
+
+def test_only_the_factory_imports_a_back_end() -> None:
+    """Outside a back end's own package, only ``store.open_store`` and its siblings (in
+    ``store/__init__.py``, inside the functions) import it: admin, inspect and the CLI
+    go through the factory too."""
+    factory = ROOT / "server" / "store" / "__init__.py"
+    offenders = []
+    for path in python_files("server"):
+        relative = path.relative_to(ROOT / "server")
+        if path == factory or (relative.parts[0] == "store" and relative.parts[1] in BACK_ENDS):
+            continue
+        package = ".".join([SERVER_PACKAGE, *relative.parent.parts])
+        offenders += [
+            f"{relative}: {name}"
+            for name in _all_imports(path, package)
+            if any(name.startswith(f"{SERVER_PACKAGE}.store.{b}") for b in BACK_ENDS)
+        ]
+    assert offenders == []

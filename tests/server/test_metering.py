@@ -1,4 +1,5 @@
-"""server/store/sqlite/metering.py: the month a count goes to (SPEC §8.4: UTC calendar months), and
+"""server/store/rules.py and sqlite/metering.py: the month a count goes to (SPEC §8.4: UTC
+calendar months), and
 counts written once per commit, in the transaction of what they count."""
 
 from __future__ import annotations

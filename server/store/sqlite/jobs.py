@@ -291,7 +291,7 @@ def send(
 def acknowledge(tables: Tables, acks: list[list[Any]]) -> list[int]:
     """[[handle, delivery ids], …] → rows deleted per ACK.
 
-    ACKs come merged (:meth:`.writer.Writer.call_many`): a fan-out brings one
+    ACKs come merged (``Store.call_many``): a fan-out brings one
     per recipient, each a few rows, and one job for a loop turn's worth of
     them costs the writer one job instead of hundreds.
     """
@@ -385,8 +385,8 @@ def fetch_profile(tables: Tables, owner: str, now: int) -> list[Any]:
     "A PROFILE_FETCH naming a user account or an unknown handle MUST get the
     same ERROR 601 NOT_FOUND … after the same work": every lookup runs before
     the kind is looked at (a user has neither profile nor badge rows), and the
-    account is read with :meth:`~.storage.Accounts.get_evenly`, because the
-    cached :meth:`~.storage.Accounts.get` answers a known handle faster.
+    account is read with :meth:`~.tables.Accounts.get_evenly`, because the
+    cached :meth:`~.tables.Accounts.get` answers a known handle faster.
     """
     account = tables.accounts.get_evenly(owner)
     identity_key = account.identity_key if account is not None else bytes(32)
@@ -415,7 +415,7 @@ def purge(tables: Tables, before: int, now: int) -> list[int]:
 
 def checkpoint(tables: Tables) -> None:
     """SPEC §11.2: truncate the WAL once this batch has committed (a checkpoint
-    cannot run inside the batch's transaction; :class:`~.storage.GroupCommitter`
+    cannot run inside the batch's transaction; :class:`~.tables.GroupCommitter`
     runs it before answering)."""
     tables.checkpoint_requested = True
 

@@ -20,7 +20,8 @@ on it is one transaction with whatever the job writes next. Pair states are
 cached write-through in the writer's :class:`~.cache.WriterCache` (every SEND
 reads one), which the writer undoes with a failed job.
 
-Not here: the rules (``blindrelay.protocol.consent``), signature checks
+Not here: the rules (``blindrelay.protocol.consent``; families, nonce keeping:
+``..rules``), signature checks
 (``blindrelay.protocol.signed``), or who calls what (``statements``,
 ``delivery``, ``directory``).
 """

@@ -16,7 +16,7 @@ fails takes its counts back with the rest of its cache changes, a rolled-back
 batch empties them, and reads (:meth:`UsageMeter.months`) flush first.
 
 Not here: which envelopes count (``blindrelay.protocol.consent.may_deliver``
-decides the meter), prices (``admin usage``).
+decides the meter), months (``..rules.month_span``), prices (``admin usage``).
 """
 
 from __future__ import annotations

@@ -39,7 +39,8 @@ arrived while the previous commit ran share one transaction
 reported only after that commit. A job that fails undoes only itself (see
 :meth:`GroupCommitter.commit`). Outcomes come back in the same order, which
 is what keeps deliveries in delivery-id order. The event loop keeps a
-read-only WAL connection for account lookups (:func:`connect_reader`).
+read-only WAL connection for account lookups (:func:`connect_reader`;
+:class:`~.store.SqliteStore` puts the two behind the relay's ``Store``).
 
 The writer is the only writer of accounts, pairs and the queue, so it keeps
 write-through caches of them (:class:`WriterCache`): account rows, pair states
@@ -53,7 +54,8 @@ prepared ``execute`` and plain ``BEGIN``/``SAVEPOINT`` (sqlite-utils'
 ``atomic`` cost ~10 % of the CPU per message); sqlite-utils supplies
 migrations' transaction and the inspection API.
 
-Not here: protocol rules (``auth``, ``directory``, ``delivery``).
+Not here: protocol rules (``auth``, ``directory``, ``delivery``), the decisions
+operations make (``..rules``), what the relay sees of the store (``..``).
 """
 
 from __future__ import annotations

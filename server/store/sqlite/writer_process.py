@@ -7,7 +7,7 @@ it over a socketpair (see :mod:`.writer` for the protocol).
 
 Loop: block for the next batch, drain whatever else already arrived (up to
 ``MAX_JOBS_PER_COMMIT``), run it as one transaction
-(:class:`~.storage.GroupCommitter`), answer with one msgpack message holding
+(:class:`~.tables.GroupCommitter`), answer with one msgpack message holding
 every job's outcome and any log lines. Jobs are ``[id, operation, args]``
 looked up in :data:`.jobs.OPERATIONS` — nothing else can be run.
 
