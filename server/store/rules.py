@@ -24,7 +24,8 @@ A SEND (operation ``send``, SPEC §6.3, §7.3, §7.7), given its pair's state:
    original time (:func:`envelope_digest` tells a resend from a reuse); else
    :func:`refuse_unless_allowed`, else QUEUE_FULL.
 4. Accepted: the envelope and the remembered id, :func:`pair_after_send`, and
-   :func:`metered` — all in the envelope's transaction.
+   ``decision.meter`` counted for :func:`metered_business` — all in the envelope's
+   transaction.
 
 A STATEMENT (operation ``apply_statement``, SPEC §7.4–7.6), given the signer's
 and target's accounts: :func:`check_statement`, the nonce unseen,
@@ -42,13 +43,11 @@ import datetime
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from blindrelay.protocol import limits
 from blindrelay.protocol.consent import (
     REFUSE,
     Decision,
-    Meter,
     PairState,
     Purge,
     Request,
@@ -119,44 +118,35 @@ ONE_TIME_PREKEYS = "one_time_prekeys"
 """The budget of one-time prekeys handed out per owner (SPEC §5.3)."""
 
 
-class SendJudgement(NamedTuple):
-    """What a SEND's pair state decides before its queue is looked at (a tuple: made
-    for every SEND)."""
-
-    decision: Decision
-    stranger: bool
-    """The envelope counts towards the recipient's strangers' pool (SPEC §6.3)."""
-    probe_first_contacts: bool
-    """Read the sender's first-contact budget, though nothing will be sent: a chat to an
-    unknown handle costs what one to a new stranger costs (SPEC §7.7)."""
-
-
 def judge_send(
     rules: SendRules,
     sender: str,
     sender_kind: str,
     to: str,
     recipient_kind: str | None,
-    intent: str,
+    request: Request,
     category: str | None,
     categories: frozenset[str],
     state: PairState,
     now: int,
     *,
     verified: bool = False,
-) -> SendJudgement:
-    """Step 1 of a SEND (module docstring)."""
-    decision = judge(
-        sender, sender_kind, to, recipient_kind, Request(intent), state, now,
-        verified=verified, category=category, categories=categories,
-        message_request_max=rules.message_request_max,
+) -> tuple[Decision, bool, bool]:
+    """Step 1 of a SEND (module docstring): (decision, stranger, probe).
+
+    ``stranger``: the envelope counts towards the recipient's strangers' pool (SPEC
+    §6.3). ``probe``: read the sender's first-contact budget though nothing will be
+    sent — a chat to an unknown handle costs what one to a new stranger costs (SPEC
+    §7.7). A plain tuple: this runs for every SEND, and a named one costs more to make.
+    """
+    if recipient_kind is None:
+        probe = sender_kind == AccountKind.USER and request is Request.CHAT and not state.wrote
+        return REFUSE, False, probe
+    decision = may_deliver(
+        sender=sender, recipient=to, sender_kind=sender_kind, recipient_kind=recipient_kind,
+        request=request, state=state, now=now, category=category, categories=categories,
+        sender_verified=verified, message_request_max=rules.message_request_max,
     )  # fmt: skip
-    probe = (
-        recipient_kind is None
-        and sender_kind == AccountKind.USER
-        and intent == "chat"
-        and not state.wrote
-    )
     # SPEC §6.3: the strangers' pool is a user's; a business's customers are all
     # strangers to it, and the pool would shut every one of them out alike.
     stranger = (
@@ -165,7 +155,7 @@ def judge_send(
         and to not in state.wrote  # a contact: the common case, decided here
         and is_stranger(state, sender, to)
     )
-    return SendJudgement(decision, stranger, probe)
+    return decision, stranger, False
 
 
 @dataclass(slots=True)
@@ -186,19 +176,24 @@ class QueueShares:
 
 def share_floor(rules: SendRules) -> int:
     """The queue length below which neither share can be reached."""
-    return min(rules.queue_share_per_sender, rules.queue_share_strangers)
+    per_sender, strangers = rules.queue_share_per_sender, rules.queue_share_strangers
+    return per_sender if per_sender < strangers else strangers
 
 
 def shares_matter(rules: SendRules, queued: int) -> bool:
-    """Whether :func:`queue_full` needs the recipient's shares at this queue length."""
-    return share_floor(rules) <= queued < rules.queue_cap
+    """Whether :func:`queue_full` needs the recipient's shares at this queue length
+    (most queues are shorter: one comparison decides)."""
+    if queued < rules.queue_share_per_sender and queued < rules.queue_share_strangers:
+        return False
+    return queued < rules.queue_cap
 
 
 def queue_full(
     rules: SendRules, sender: str, stranger: bool, queued: int, shares: QueueShares | None
 ) -> bool:
-    """SPEC §6.3.5 for a SEND the rules allow; ``shares`` may be None only when they
-    do not matter yet.
+    """SPEC §6.3.5 for a SEND the rules allow; ``shares`` is None when they do not
+    matter at this length (:func:`shares_matter`; not checked again here: this runs
+    for every SEND).
 
     "The relay MUST refuse with 401 QUEUE_FULL an envelope that would take a
     recipient's undelivered envelopes past QUEUE_CAP_PER_RECIPIENT, the sender's own
@@ -207,9 +202,8 @@ def queue_full(
     """
     if queued >= rules.queue_cap:
         return True
-    if not shares_matter(rules, queued):
+    if shares is None:
         return False
-    assert shares is not None, "the shares matter at this length"
     return shares.senders.get(sender, 0) >= rules.queue_share_per_sender or (
         stranger and shares.strangers >= rules.queue_share_strangers
     )
@@ -224,17 +218,13 @@ def pair_after_send(
     return None if new_state is state or new_state == state else new_state
 
 
-def metered(
-    sender: str, sender_kind: str, to: str, decision: Decision, category: str | None
-) -> tuple[str, Meter, str | None] | None:
-    """SPEC §8.4: (business, meter, category) an accepted envelope counts for, or None.
-
-    "Counts MUST be committed in the same transaction as the envelope they count."
+def metered_business(sender: str, sender_kind: str, to: str) -> str:
+    """SPEC §8.4: the business whose counter an accepted envelope with a meter
+    (``decision.meter``, and its category) adds one to — the sender if it is one,
+    else the recipient. "Counts MUST be committed in the same transaction as the
+    envelope they count."
     """
-    if decision.meter is None:
-        return None
-    business = sender if sender_kind == AccountKind.BUSINESS else to
-    return business, decision.meter, category
+    return sender if sender_kind == AccountKind.BUSINESS else to
 
 
 def envelope_digest(

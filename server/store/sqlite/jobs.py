@@ -49,7 +49,7 @@ from ..rules import (
     envelope_digest,
     judge,
     judge_send,
-    metered,
+    metered_business,
     needs_badge,
     pair_after_send,
     queue_full,
@@ -238,16 +238,19 @@ def send(
     send_rules = _send_rules(rules)
     digest = envelope_digest(to, intent, category, categories, body)
     queue = tables.queue
-    state, recipient, verified = pair_and_recipient(tables, handle, kind, to, Request(intent), now)
-    judged = judge_send(
+    request = Request(intent)
+    # pair_and_recipient, inline: this is the writer's hottest path.
+    state = tables.ledger.pair_state(handle, to)
+    verified = needs_badge(kind, request) and business_verified(tables, handle, now)
+    recipient = tables.accounts.get(to)
+    decision, stranger, probe = judge_send(
         send_rules, handle, kind, to, recipient.kind if recipient is not None else None,
-        intent, category, frozenset(categories or ()), state, now, verified=verified,
+        request, category, frozenset(categories or ()), state, now, verified=verified,
     )  # fmt: skip
-    decision = judged.decision
-    budget = (FIRST_CONTACTS, handle, send_rules.first_contacts_per_h,
-              send_rules.first_contacts_burst, now)  # fmt: skip
-    if judged.probe_first_contacts:
-        tables.budgets.tokens(*budget)
+    contacts_per_h = send_rules.first_contacts_per_h
+    contacts_burst = send_rules.first_contacts_burst
+    if probe:
+        tables.budgets.tokens(FIRST_CONTACTS, handle, contacts_per_h, contacts_burst, now)
     full = False
     if decision.verdict is Verdict.ALLOW:
         queued = queue.queued(to)
@@ -256,11 +259,16 @@ def send(
             if shares_matter(send_rules, queued)
             else None
         )
-        full = queue_full(send_rules, handle, judged.stranger, queued, shares)
+        full = queue_full(send_rules, handle, stranger, queued, shares)
         # SPEC §7.3: "a user may open at most FIRST_CONTACTS_BURST of those at once,
         # refilled at FIRST_CONTACTS_PER_H"; refused like any pair-dependent refusal.
         # Taken last, so a refusal above spends nothing, and an empty bucket writes nothing.
-        if not full and decision.first_contact and not tables.budgets.take(*budget):
+        take = tables.budgets.take
+        if (
+            not full
+            and decision.first_contact
+            and not take(FIRST_CONTACTS, handle, contacts_per_h, contacts_burst, now)
+        ):
             decision = REFUSE
     if decision.verdict is not Verdict.ALLOW or full:
         # A resend is answered from ``sent`` before any refusal: it was decided,
@@ -272,7 +280,7 @@ def send(
         raise QueueFull()
     sender = Account(handle, kind, b"")
     delivery_id = queue.add_if_new(
-        to, sender, msg_id, intent, category, categories, body, digest, now, judged.stranger
+        to, sender, msg_id, intent, category, categories, body, digest, now, stranger
     )
     if delivery_id is None:  # a resend (or MessageIdReused); nothing was written
         known = queue.remembered(handle, msg_id, digest)
@@ -281,10 +289,9 @@ def send(
     new_state = pair_after_send(send_rules, state, decision, now)
     if new_state is not None:
         tables.ledger.store_pair(handle, to, new_state)
-    counted = metered(handle, kind, to, decision, category)
-    if counted is not None:
+    if decision.meter is not None:
         # "Counts MUST be committed in the same transaction as the envelope they count."
-        tables.usage.count(counted[0], now, counted[1], counted[2])
+        tables.usage.count(metered_business(handle, kind, to), now, decision.meter, category)
     return [delivery_id, now]
 
 
