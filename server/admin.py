@@ -29,7 +29,6 @@ import io
 import json
 import os
 import secrets
-import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -44,11 +43,9 @@ from blindrelay.protocol.crypto.fingerprint import key_fingerprint
 from blindrelay.protocol.errors import ProtocolError
 from blindrelay.protocol.frames import AccountKind
 
-from .cli import ENV_PREFIX
-from .config import DEFAULT_DB
-from .metering import MonthUsage
+from .cli import add_store_arguments, store_url
 from .registration import invite_digest
-from .storage import Store, connect
+from .store import AdminStore, MonthUsage, StoreError, open_admin_store
 
 DAY_MS = 24 * 3600 * 1000
 DEFAULT_BADGE_DAYS = 365
@@ -125,12 +122,7 @@ def register_admin(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def _db_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--db",
-        type=Path,
-        default=Path(os.environ.get(ENV_PREFIX + "DB", str(DEFAULT_DB))),
-        help=f"relay database (default: {DEFAULT_DB})",
-    )
+    add_store_arguments(parser)
 
 
 Command = Callable[[argparse.Namespace], int]
@@ -149,13 +141,12 @@ def _guarded(command: Command) -> Command:
     return run
 
 
-def _open_store(path: Path) -> Store:
-    if not path.exists():
-        raise AdminError(f"no database at {path}")
+def _open_store(args: argparse.Namespace) -> AdminStore:
+    """The store ``--store``/``--db`` name, through the relay's own choice of back end."""
     try:
-        return Store(connect(path))
-    except (OSError, sqlite3.Error) as exc:  # a directory, no permission, not a database
-        raise AdminError(f"cannot open the database {path}: {exc}") from None
+        return open_admin_store(store_url(args))
+    except (StoreError, ValueError) as exc:
+        raise AdminError(str(exc)) from None
 
 
 # --- keys and badges ----------------------------------------------------------
@@ -191,14 +182,14 @@ def _verify_business(args: argparse.Namespace) -> int:
     validity_ms = args.days * DAY_MS
     if not 0 < validity_ms <= limits.MAX_BADGE_VALIDITY_MS:
         raise AdminError(f"--days must be 1…{limits.MAX_BADGE_VALIDITY_MS // DAY_MS}")
-    store = _open_store(args.db)
+    store = _open_store(args)
     try:
-        with store.db.atomic():
-            account = store.accounts.get(args.handle)
+        with store.transaction():
+            account = store.account(args.handle)
             if account is None or account.kind != AccountKind.BUSINESS:
                 raise AdminError(f"{args.handle}: no such business account")
             serial = secrets.randbelow(2**63)
-            while store.badges.serial_taken(serial):
+            while store.badge_serial_taken(serial):
                 serial = secrets.randbelow(2**63)
             now = time.time_ns() // 1_000_000
             try:
@@ -214,13 +205,13 @@ def _verify_business(args: argparse.Namespace) -> int:
             except ProtocolError as exc:  # e.g. a display name too long
                 raise AdminError(f"cannot issue badge: {exc}") from None
             fingerprint = key_fingerprint(account.identity_key)
-            store.badges.add(
+            store.add_badge(
                 serial=serial, handle=account.handle, key_fingerprint=fingerprint,
                 display_name=args.name, issued_at=now, expires_at=now + validity_ms,
                 signed=signed,
             )  # fmt: skip
     finally:
-        store.db.conn.close()
+        store.close()
     print(
         f"badge {serial} for {args.handle} ({args.name!r}, key {fingerprint.hex()[:16]}…)"
         f" valid for {args.days} days"
@@ -229,12 +220,12 @@ def _verify_business(args: argparse.Namespace) -> int:
 
 
 def _revoke_badge(args: argparse.Namespace) -> int:
-    store = _open_store(args.db)
+    store = _open_store(args)
     try:
-        with store.db.atomic():
-            revoked = store.badges.revoke(args.handle, time.time_ns() // 1_000_000)
+        with store.transaction():
+            revoked = store.revoke_badges(args.handle, time.time_ns() // 1_000_000)
     finally:
-        store.db.conn.close()
+        store.close()
     if not revoked:
         raise AdminError(f"{args.handle}: no badge in force")
     print(f"revoked {revoked} badge(s) of {args.handle}")
@@ -248,13 +239,13 @@ def _invite(args: argparse.Namespace) -> int:
     if not 1 <= args.count <= MAX_INVITES_PER_COMMAND:
         raise AdminError(f"--count must be 1…{MAX_INVITES_PER_COMMAND}")
     tokens = [secrets.token_bytes(limits.INVITE_BYTES) for _ in range(args.count)]
-    store = _open_store(args.db)
+    store = _open_store(args)
     try:
-        with store.db.atomic():
+        with store.transaction():
             now = time.time_ns() // 1_000_000
-            store.invites.add((invite_digest(token) for token in tokens), now)
+            store.add_invites((invite_digest(token) for token in tokens), now)
     finally:
-        store.db.conn.close()
+        store.close()
     for token in tokens:  # printed only once they are stored
         print(token.hex())
     return 0
@@ -321,11 +312,11 @@ def _usage(args: argparse.Namespace) -> int:
     prices = parse_prices(args.price)
     if args.month is not None and not _is_month(args.month):
         raise AdminError("--month must be YYYY-MM")
-    store = _open_store(args.db)
+    store = _open_store(args)
     try:
-        rows = usage_rows(store.usage.months(args.business, args.month), prices)
+        rows = usage_rows(store.usage(args.business, args.month), prices)
     finally:
-        store.db.conn.close()
+        store.close()
     if args.format == "json":
         print(json.dumps(rows, default=str, indent=2))
     elif args.format == "csv":

@@ -28,7 +28,7 @@ from blindrelay.protocol.frames import Login, Ok, Register, RotateIdentity, Welc
 from .context import RelayContext, Session
 from .delivery import Outbox
 from .logs import log_event
-from .storage import Account
+from .store import Account
 
 
 def register(ctx: RelayContext, session: Session, frame: Register) -> None:
@@ -53,7 +53,7 @@ def register(ctx: RelayContext, session: Session, frame: Register) -> None:
         _welcome(ctx, session, frame.id, account, queued=0, one_time=0, has_signed=False)
 
     def create() -> None:
-        # The invite, the handle and its lookalikes: :func:`.jobs.create_account`.
+        # The invite, the handle and its lookalikes: operation ``create_account``.
         ctx.run_job(
             session, frame, "create_account",
             (account.handle, account.kind, account.identity_key, now, invite), created,
@@ -80,7 +80,7 @@ def login(ctx: RelayContext, session: Session, frame: Login) -> None:
     """SPEC §4.3: log in with the account's current identity key."""
     now = ctx.clock()
     # The same work for an unknown handle as for an existing one (SPEC §11.1).
-    account = ctx.accounts.get_evenly(frame.handle)
+    account = ctx.store.account_for_login(frame.handle)
     session.conn.verify_login(frame, account.identity_key if account else None, now)
     assert account is not None  # verify_login refuses unknown handles
     not_before = now - ctx.config.queue_ttl_ms
@@ -90,7 +90,7 @@ def login(ctx: RelayContext, session: Session, frame: Login) -> None:
         log_event(logging.INFO, "logged_in", handle=account.handle, queued=queued)
         _welcome(ctx, session, frame.id, account, queued, one_time, has_signed)
 
-    # Through the writer, so the counts include every earlier frame's writes.
+    # Through the store, so the counts include every earlier frame's writes.
     ctx.run_job(session, frame, "login_counts", (account.handle, not_before), counted)
 
 
@@ -134,7 +134,7 @@ def rotate_identity(ctx: RelayContext, session: Session, frame: RotateIdentity) 
     now = ctx.clock()
     if abs(now - frame.issued_at) > limits.STATEMENT_SKEW_MS:
         raise StaleStatement()
-    account = ctx.accounts.get(handle)
+    account = ctx.store.account(handle)
     assert account is not None  # accounts are never deleted
     old_key, new_key = account.identity_key, frame.new_identity_key
     if new_key == old_key:
@@ -151,5 +151,5 @@ def rotate_identity(ctx: RelayContext, session: Session, frame: RotateIdentity) 
         session.account = Account(handle, account.kind, new_key)
         session.send(Ok(re=frame.id))
 
-    # Compare-and-swap, prekeys of the old key deleted: :func:`.jobs.rotate_identity`.
+    # Compare-and-swap, prekeys of the old key deleted: operation ``rotate_identity``.
     ctx.run_job(session, frame, "rotate_identity", (handle, old_key, new_key), replaced)

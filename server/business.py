@@ -7,7 +7,7 @@ it can alter neither. Badges enter the database only through
 that ``delivery`` commits with each envelope.
 
 Not here: verification rules (``blindrelay.protocol.business``), tables
-(``profiles``, ``metering``), the operator's CLI (``admin``).
+(``store``), the operator's CLI (``admin``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def put_profile(ctx: RelayContext, session: Session, frame: ProfilePut) -> None:
     handle = session.handle
     assert handle is not None
     ctx.limiters.profile_put.take(handle)  # SPEC §10, before any work
-    account = ctx.accounts.get(handle)
+    account = ctx.store.account(handle)
     assert account is not None
     if account.kind != AccountKind.BUSINESS:
         raise Forbidden()
@@ -58,7 +58,7 @@ def fetch_profile(ctx: RelayContext, session: Session, frame: ProfileFetch) -> N
     """SPEC §8.1–8.2: PROFILE with the signed profile and the badge in force, if any.
 
     Profiles are public for businesses only: a user and an unknown handle get
-    the same ERROR 601 (decided in :func:`.jobs.fetch_profile`).
+    the same ERROR 601 (decided in the store's ``fetch_profile`` operation).
     """
     assert session.handle is not None
     ctx.limiters.profile_fetch.take(session.handle)  # SPEC §10, before any work
@@ -80,7 +80,7 @@ def fetch_usage(ctx: RelayContext, session: Session, frame: UsageFetch) -> None:
     handle = session.handle
     assert handle is not None
     ctx.limiters.usage_fetch.take(handle)  # SPEC §10, before any work
-    account = ctx.accounts.get(handle)
+    account = ctx.store.account(handle)
     assert account is not None
     if account.kind != AccountKind.BUSINESS:
         raise Forbidden()

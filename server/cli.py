@@ -64,6 +64,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 _FLAG_NAMES = {"db_path": "db", "auth_timeout_s": "auth_timeout"}
 """Config fields whose flag (and environment variable) is spelled shorter."""
 
+STORE_HELP = (
+    "where the relay keeps its data: sqlite:///ABSOLUTE/PATH, sqlite:RELATIVE/PATH or a "
+    "file path (the embedded SQLite store); default: the --db file"
+)
+DB_HELP = f"SQLite database file, shorthand for --store sqlite:PATH (default: {DEFAULT_DB})"
+_HELP = {"store": STORE_HELP, "db_path": DB_HELP}
+"""Config fields whose help says more than their default."""
+
 
 def _flag(field_name: str) -> str:
     return _FLAG_NAMES.get(field_name, field_name)
@@ -112,7 +120,7 @@ def register_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
             "--" + _flag(field.name).replace("_", "-"),
             dest=field.name,
             default=_env_default(field.name, default, convert),
-            help=f"(default: {default})",
+            help=_HELP.get(field.name, f"(default: {default})"),
             **kwargs,
         )
     parser.add_argument(
@@ -127,11 +135,12 @@ def register_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
 
 def _serve(args: argparse.Namespace) -> int:
     from .logs import configure_logging
-    from .writer import WriterStartError
+    from .store import StoreStartError, UnsupportedStore, check_store_url
 
     try:
         config = RelayConfig(**{f.name: getattr(args, f.name) for f in fields(RelayConfig)})
-    except ValueError as exc:
+        check_store_url(config.store_url)
+    except (ValueError, UnsupportedStore) as exc:
         print(f"blindrelay serve: {exc}", file=sys.stderr)
         return 2
     configure_logging(args.log_level)
@@ -140,7 +149,7 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"blindrelay serve: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    except WriterStartError as exc:
+    except StoreStartError as exc:
         print(f"blindrelay serve: cannot open the database: {exc}", file=sys.stderr)
         return 1
 
@@ -152,7 +161,7 @@ async def _run_until_signalled(config: RelayConfig) -> int:
 
     relay = await serve(config)
     # Everything imported and the relay listening: what is alive now lives as long
-    # as the process (gcpolicy). The writer process applies the same policy itself.
+    # as the process (gcpolicy). The SQLite writer process applies the same policy itself.
     frozen = gcpolicy.apply(config.gc_threshold)
     log_event(logging.INFO, "gc_policy", role="relay", threshold=config.gc_threshold, frozen=frozen)
     stop = asyncio.Event()
@@ -167,7 +176,7 @@ async def _run_until_signalled(config: RelayConfig) -> int:
     failed.cancel()
     await relay.close()
     if relay.failed.is_set():
-        print("blindrelay serve: the writer process exited; stopping", file=sys.stderr)
+        print(f"blindrelay serve: {relay.failure}; stopping", file=sys.stderr)
         return 1
     return 0
 
@@ -176,7 +185,7 @@ async def _run_until_signalled(config: RelayConfig) -> int:
 
 
 def register_inspect(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``blindrelay inspect``: print what a relay database holds (no plaintext to see)."""
+    """``blindrelay inspect``: print what a relay's store holds (no plaintext to see)."""
     parser = subparsers.add_parser(
         "inspect",
         help="show what a relay database holds",
@@ -186,24 +195,39 @@ def register_inspect(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
             "ciphertext."
         ),
     )
-    parser.add_argument(
-        "--db",
-        type=Path,
-        default=Path(os.environ.get(ENV_PREFIX + "DB", str(DEFAULT_DB))),
-        help=f"relay database (default: {DEFAULT_DB})",
-    )
+    add_store_arguments(parser)
     parser.add_argument("--limit", type=int, default=50, help="rows listed per table")
     parser.set_defaults(func=_inspect)
 
 
-def _inspect(args: argparse.Namespace) -> int:
-    from .inspection import inspect_database
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--store`` and ``--db`` (and their BLINDRELAY_* variables), as ``serve`` has them,
+    for the operator's commands."""
+    parser.add_argument(
+        "--store", default=os.environ.get(ENV_PREFIX + "STORE", ""), help=STORE_HELP
+    )
+    parser.add_argument(
+        "--db", type=Path, default=Path(os.environ.get(ENV_PREFIX + "DB", str(DEFAULT_DB))),
+        help=DB_HELP,
+    )  # fmt: skip
 
-    if not args.db.exists():
-        print(f"blindrelay inspect: no database at {args.db}", file=sys.stderr)
+
+def store_url(args: argparse.Namespace) -> str:
+    """The store :func:`add_store_arguments` named; ValueError when given both."""
+    if args.store and args.db != DEFAULT_DB:
+        raise ValueError("give --store or --db, not both (--db PATH is the SQLite shorthand)")
+    return str(args.store or args.db)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .store import StoreError, inspect_store
+
+    try:
+        for line in inspect_store(store_url(args), args.limit):
+            print(line)
+    except (StoreError, ValueError) as exc:
+        print(f"blindrelay inspect: {exc}", file=sys.stderr)
         return 1
-    for line in inspect_database(args.db, args.limit):
-        print(line)
     return 0
 
 

@@ -28,7 +28,7 @@ FULL (the default) fsyncs the WAL on every commit, so a SENT survives power
 loss and OS crashes, which is what SPEC §6.3's "committed to disk" promises.
 NORMAL fsyncs only at checkpoints: it survives a killed relay process but may
 lose the last commits on power loss. Group commit (one fsync per batch, see
-``storage.Writer``) is what keeps FULL fast; NORMAL is for operators who accept
+``store/sqlite/tables.py``) is what keeps FULL fast; NORMAL is for operators who accept
 that trade for throughput on slow disks.
 
 Measured here (20 pairs × 300 × 1 KiB, window 10, clients in the same process,
@@ -56,6 +56,10 @@ class RelayConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     db_path: Path = DEFAULT_DB
+    """The SQLite database file: shorthand for ``store = "sqlite:///PATH"``."""
+    store: str = ""
+    """Where the relay keeps its data, as a URL (:func:`.store.open_store`); empty: the
+    SQLite file ``db_path``."""
     synchronous: str = "FULL"
     queue_cap: int = limits.QUEUE_CAP_PER_RECIPIENT
     queue_ttl_ms: int = limits.QUEUE_TTL_MS
@@ -122,6 +126,8 @@ class RelayConfig:
     def __post_init__(self) -> None:
         if self.synchronous not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}")
+        if self.store and self.db_path != DEFAULT_DB:
+            raise ValueError("give --store or --db, not both (--db PATH is the SQLite shorthand)")
         positive = {
             "queue_cap": self.queue_cap,
             "queue_ttl_ms": self.queue_ttl_ms,
@@ -178,6 +184,11 @@ class RelayConfig:
         if self.pow_bits < 0:
             raise ValueError("pow_bits must be 0 (off) or positive")
         self.proof_of_work  # noqa: B018 - validates the cost against SPEC §4.6.3's bound
+
+    @property
+    def store_url(self) -> str:
+        """The store to open: ``store``, else the database file."""
+        return self.store or str(self.db_path)
 
     @property
     def proof_of_work(self) -> ProofOfWork | None:

@@ -3,10 +3,11 @@
 A :class:`Session` is one WebSocket connection seen from the handlers: the
 sans-I/O :class:`RelayConnection` plus a :class:`Transport` that the I/O layer
 implements (flush queued frames, close with a code). Handlers never await:
-they either answer at once or submit a job to the writer process and answer
-in :meth:`RelayContext.run_job`'s callback. Because nothing awaits between
-receiving a frame and submitting its job, jobs reach the writer in frame
-order, which is what keeps per-pair order (SPEC §6.4).
+they either answer at once or call a store operation and answer in
+:meth:`RelayContext.run_job`'s callback, after its commit. Because nothing
+awaits between receiving a frame and calling its operation, operations reach
+the store in frame order, which is what keeps per-pair order (SPEC §6.4). The
+handlers do not know which back end the :class:`~.store.Store` is.
 
 Exceptions become ERROR frames only in :meth:`RelayContext.refuse`, via
 ``RelayConnection.send_error`` (SPEC §9): a :class:`ProtocolError` with its
@@ -31,8 +32,7 @@ from .config import RelayConfig
 from .logs import RefusalLog, log_event
 from .ratelimit import Clock, TokenBuckets, wall_clock_ms
 from .registration import RegistrationPolicy
-from .storage import Account, Accounts, PreKeyStore
-from .writer import Writer, WriterJobError
+from .store import Account, Store, StoreJobError
 
 if TYPE_CHECKING:
     from .delivery import Outbox
@@ -208,21 +208,14 @@ class RelayContext:
     config: RelayConfig
     clock: Clock
     relay_key: bytes
-    writer: Writer
-    accounts: Accounts
-    """Reads on the event-loop thread (its own WAL reader connection)."""
+    store: Store
+    """Every operation (:data:`.store.operations.CONTRACT`) and the reads handlers make."""
     limiters: Limiters
     registration: RegistrationPolicy
     """SPEC §4.6: what a REGISTER must pass besides its proof."""
     sessions: Sessions = field(default_factory=Sessions)
     stopping: bool = False
     """Set by shutdown: frames that arrive now are refused with SHUTTING_DOWN."""
-    prekeys: PreKeyStore = field(init=False)
-    """Read-only, on the accounts' reader: prekey uploads are checked here before the
-    writer is involved (SPEC §5.2)."""
-
-    def __post_init__(self) -> None:
-        self.prekeys = PreKeyStore(self.accounts.db)
 
     def refuse(self, session: Session, frame: Frame | None, exc: BaseException) -> None:
         """The one place a handler's exception becomes an ERROR frame (SPEC §9)."""
@@ -236,7 +229,7 @@ class RelayContext:
         else:
             # "Internal errors MUST NOT carry detail": the peer gets the bare code;
             # the log gets the exception type and place, never its message.
-            if isinstance(exc, WriterJobError):  # raised in the writer process
+            if isinstance(exc, StoreJobError):  # raised inside the store
                 exc_type, exc_at = exc.exc_type, exc.exc_at
             else:
                 exc_type, exc_at = type(exc).__name__, _where(exc)
@@ -264,8 +257,8 @@ class RelayContext:
         args: tuple[Any, ...],
         on_result: Callable[[Any], None],
     ) -> None:
-        """Run writer ``operation`` (:data:`.jobs.OPERATIONS`); after its commit run
-        ``on_result`` with its value, or refuse its error."""
+        """Run store ``operation`` (:data:`.store.operations.CONTRACT`); after its commit
+        run ``on_result`` with its value, or refuse its error."""
 
         def done(ok: bool, value: Any) -> None:
             if not ok:
@@ -276,7 +269,7 @@ class RelayContext:
             except Exception as exc:
                 self.refuse(session, frame, exc)
 
-        self.writer.call(operation, args, done)
+        self.store.call(operation, args, done)
 
 
 def _where(exc: BaseException) -> str:

@@ -3,18 +3,18 @@
 - Refusals that need no stored state (kind, rate limits) are in
   :func:`check_send`, before storage. Everything that depends on the pair —
   consent, blocks, the customer-service window (SPEC §7.3) — is decided by
-  ``may_deliver`` *inside the writer job* that enqueues (:func:`.jobs.send`), so
+  ``may_deliver`` *inside the store operation* that enqueues (``send``), so
   a statement acknowledged before a SEND is always seen by it, and the
   window, pending request and metering counts it changes are committed with
   the envelope. Idempotence and the queue cap are enforced in the same job.
-- SENT goes out only from the writer job's completion, i.e. after commit.
+- SENT goes out only from the operation's completion, i.e. after commit.
 - An :class:`Outbox` per authenticated connection pushes envelopes in
   delivery-id order with at most ``delivery_window`` unacknowledged; whatever
   it cannot push at once stays in the queue and is paged in as ACKs arrive.
   Unacknowledged rows stay in the queue, so a new connection gets them again.
 
 Not here: the rules themselves (``blindrelay.protocol.consent``), statements
-(``statements``), storage details (``storage``, ``ledger``, ``metering``).
+(``statements``), the store and the rules it applies (``store``, ``store.rules``).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from blindrelay.protocol.frames import AccountKind, Ack, Intent, Send
 from . import fastframes
 from .config import RelayConfig
 from .context import Limiters, RelayContext, Session
-from .jobs import SendRules
 from .logs import LOGGER, log_event
-from .storage import Account
+from .store import Account
+from .store.operations import SendRules
 
 BUSINESS_ONLY_INTENTS = frozenset({Intent.NOTIFICATION, Intent.CONSENT_REQUEST})
 """SPEC §6.2: intents only a business account may declare."""
@@ -50,7 +50,7 @@ def check_send(sender: Account, frame: Send, limiters: Limiters) -> None:
        ``to`` exists: a bucket kept only for real recipients would run dry
        only for them, an existence oracle (SPEC §7.7).
 
-    Consent, blocks and existence are decided in the writer job (:func:`.jobs.decide`).
+    Consent, blocks and existence are decided in the store (``store.rules.judge_send``).
     """
     if sender.kind == AccountKind.USER and frame.intent in BUSINESS_ONLY_INTENTS:
         raise Forbidden()
@@ -64,8 +64,8 @@ def check_send(sender: Account, frame: Send, limiters: Limiters) -> None:
 
 
 def send(ctx: RelayContext, session: Session, frame: Send) -> None:
-    """SPEC §6.1–6.3, §7.3, §8.4: check here, decide and commit in the writer
-    (:func:`.jobs.send`), then SENT; then DELIVER."""
+    """SPEC §6.1–6.3, §7.3, §8.4: check here, decide and commit in the store
+    (operation ``send``), then SENT; then DELIVER."""
     sender = session.account
     assert sender is not None
     handle = sender.handle
@@ -143,7 +143,7 @@ def acknowledge(ctx: RelayContext, session: Session, frame: Ack) -> None:
 
     Only ids this connection has in flight are acted on; any other id (another
     account's, already deleted, or delivered on an earlier connection, which
-    delivers it again) is ignored without work — so ACKs cost the writer at most
+    delivers it again) is ignored without work — so ACKs cost the store at most
     one deletion per delivery, and need no rate limit (SPEC §10).
     """
     handle = session.handle
@@ -161,8 +161,8 @@ def acknowledge(ctx: RelayContext, session: Session, frame: Ack) -> None:
         elif LOGGER.isEnabledFor(logging.DEBUG):
             log_event(logging.DEBUG, "acked", handle=handle, ids=len(ids), deleted=deleted)
 
-    # One writer job for consecutive ACKs (a fan-out's recipients acknowledge together).
-    ctx.writer.call_many("acknowledge", [handle, ids], acked)
+    # One operation for consecutive ACKs (a fan-out's recipients acknowledge together).
+    ctx.store.call_many("acknowledge", [handle, ids], acked)
     outbox.acknowledged(ids)
 
 
@@ -175,7 +175,7 @@ class Outbox:
 
     ``behind`` means the queue may hold rows past ``cursor`` that were not
     pushed (the window was full, or the connection is new); they are paged
-    in by a writer job. Writer results arrive in submission order, so a
+    in by a store operation. Results arrive in submission order, so a
     commit whose callback arrives while a page is being read was committed
     before that read and is in it (or beyond its limit, which sets ``behind``).
     """
@@ -246,7 +246,7 @@ class Outbox:
         assert handle is not None
         after = self.cursor
         not_before = self.ctx.clock() - self.ctx.config.queue_ttl_ms
-        self.ctx.writer.call(
+        self.ctx.store.call(
             "page",
             (handle, after, room, not_before),
             lambda ok, value: self._paged(ok, value, room),

@@ -4,9 +4,9 @@ The relay verifies the signed prekey's signature with the account's identity
 key before storing it, using the end-to-end layer's own message format
 (:func:`blindrelay.protocol.crypto.keys.signed_prekey_message`), so a bundle
 it serves always verifies for the initiator. One-time prekeys are unsigned
-(as in X3DH); each is served at most once, consumed inside one writer job.
+(as in X3DH); each is served at most once, consumed inside one store operation.
 
-Not here: key generation and custody (clients), storage (``storage.PreKeyStore``).
+Not here: key generation and custody (clients), storage (``store``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def upload(ctx: RelayContext, session: Session, frame: PrekeysUpload) -> None:
     handle = session.handle
     assert handle is not None
     ctx.limiters.prekeys_upload.take(handle)  # SPEC §10, before any work
-    account = ctx.accounts.get(handle)
+    account = ctx.store.account(handle)
     assert account is not None
     identity_key = account.identity_key
     signed = frame.signed_prekey
@@ -46,9 +46,9 @@ def upload(ctx: RelayContext, session: Session, frame: PrekeysUpload) -> None:
             verify_signature(identity_key, signed_prekey_message(signed.public), signed.signature)
         except InvalidSignature:
             raise InvalidPrekeys("signed prekey signature") from None
-    # Refused here when the reader already shows why; the writer job checks again
+    # Refused here when the store already shows why; its operation checks again
     # (uploads in flight are not visible yet), before it writes anything.
-    ctx.prekeys.check_upload(
+    ctx.store.check_prekey_upload(
         handle, [key.key_id for key in frame.one_time], ctx.config.max_stored_one_time_prekeys
     )
 
@@ -73,7 +73,7 @@ def fetch(ctx: RelayContext, session: Session, frame: BundleFetch) -> None:
     """SPEC §5.3, §7.3: serve a bundle, consuming one one-time prekey atomically.
 
     Whether the requester may fetch is ``may_deliver`` on the pair's state,
-    decided in the same writer job that consumes the key (:func:`.jobs.take_bundle`).
+    decided in the same store operation that consumes the key (``take_bundle``).
     An unknown handle,
     a refusal by consent or block, and an account without a signed prekey get
     the same RECIPIENT_UNAVAILABLE (SPEC §7.7): the directory reveals
@@ -84,7 +84,7 @@ def fetch(ctx: RelayContext, session: Session, frame: BundleFetch) -> None:
     requester = session.handle
     assert requester is not None
     ctx.limiters.bundle_fetch.take(requester)
-    account = ctx.accounts.get(requester)
+    account = ctx.store.account(requester)
     assert account is not None
     owner = frame.handle
 

@@ -33,7 +33,7 @@ import msgpack
 from blindrelay.protocol import limits
 from blindrelay.protocol.frames import MAX_DELIVERY_ID, Ack, FrameType, Send
 
-from .storage import QueuedEnvelope
+from .store import QueuedEnvelope
 
 _SENT = int(FrameType.SENT)
 _DELIVER = int(FrameType.DELIVER)
@@ -64,7 +64,7 @@ def deliver(envelope: QueuedEnvelope) -> bytes:
 
 
 def deliver_row(row: list[Any]) -> bytes:
-    """From a queue row as the writer sends it (:func:`.jobs.envelope_row`)."""
+    """From a queue row as the store returns it (:func:`.store.records.envelope_row`)."""
     return deliver_fields(row[0], row[2], row[3], row[4], row[5], row[8], row[9], row[6], row[7])
 
 

@@ -13,10 +13,10 @@ one-time prekeys, fifty filled a queue). The operator chooses the price:
   (libsodium releases the GIL), and only after the cheap checks passed;
 - **invites** issued by the operator (``blindrelay admin invite``), off by
   default: for a closed deployment. The relay keeps a hash of each unused one and
-  consumes it in the transaction that creates the account (``jobs``).
+  consumes it in the transaction that creates the account (``create_account``).
 
 Not here: the order of the checks and the answers (``auth``), the account
-row and the lookalike rule (``jobs.create_account``).
+row and the lookalike rule (operation ``create_account``).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class RegistrationPolicy:
         self._by_source.take(source)
 
     def invite_to_consume(self, invite: bytes | None) -> bytes | None:
-        """SPEC §4.6.4: the hash the writer job must consume, or None when invites
+        """SPEC §4.6.4: the hash the store operation must consume, or None when invites
         are not required (an invite sent anyway is ignored). A missing invite is
         refused here, before the proof of work is checked."""
         if not self.require_invites:

@@ -4,7 +4,7 @@ It accepts WebSocket connections speaking the ``blindrelay.v1`` subprotocol
 (anything else is refused at the handshake), feeds each binary message to the
 session's sans-I/O machine through the :class:`Dispatcher`, and writes out
 what the machine queued — synchronously, once per loop turn and connection
-(:class:`_WebSocketTransport`), so handlers and writer callbacks never await.
+(:class:`_WebSocketTransport`), so handlers and store callbacks never await.
 Compression is off (ciphertext does not compress; see
 /work/shared/notes.md), ``max_size`` is the frame cap (websockets closes
 bigger messages with 1009), keep-alive comes from the limits table.
@@ -62,8 +62,7 @@ from .dispatch import Dispatcher
 from .logs import log_event
 from .ratelimit import Clock, wall_clock_ms
 from .registration import RegistrationPolicy, source_key
-from .storage import Accounts, connect_reader
-from .writer import Writer
+from .store import open_store
 
 Rng = Callable[[int], bytes]
 SourceOf = Callable[[ServerConnection], str]
@@ -350,7 +349,7 @@ def _head(data: bytes) -> bytes:
 class _Flusher:
     """Writes out every transport that has frames queued, once per loop turn.
 
-    Frames queued during one turn (a writer batch answers many SENDs at once)
+    Frames queued during one turn (one commit of the store answers many SENDs)
     leave in one socket write per connection instead of one per frame.
     """
 
@@ -621,7 +620,6 @@ class RunningRelay:
         config: RelayConfig,
         ctx: RelayContext,
         rng: Rng,
-        reader_close: Callable[[], None],
         source_of: SourceOf,
     ) -> None:
         self.config = config
@@ -630,7 +628,6 @@ class RunningRelay:
         self.dispatcher = Dispatcher(ctx)
         self._rng = rng
         self._source_of = source_of
-        self._reader_close = reader_close
         self._server: Server | None = None
         self._sessions: set[Session] = set()
         self._purger: asyncio.Task[None] | None = None
@@ -640,8 +637,10 @@ class RunningRelay:
         self._closed = gcpolicy.ClosedConnections()
         self._collection: asyncio.TimerHandle | None = None
         self.failed = asyncio.Event()
-        """Set when the writer process died under the relay: nothing can be stored any
-        more, so the CLI stops (a supervisor restarts it; the database is intact)."""
+        """Set when the store was lost under the relay (:attr:`failure` says how): nothing
+        can be stored any more, so the CLI stops (a supervisor restarts it; what was
+        committed is intact)."""
+        self.failure = ""
         self.url = ""
 
     async def _listen(self) -> None:
@@ -709,6 +708,11 @@ class RunningRelay:
             else:
                 transport.cancel()
 
+    def lost(self, failure: str) -> None:
+        """The store went away under the relay (:attr:`failed`)."""
+        self.failure = failure
+        self.failed.set()
+
     def _collect_soon(self) -> None:
         """Closed connections are cyclic garbage only a full collection frees (gcpolicy)."""
         if self._collection is None and not self.ctx.stopping:
@@ -729,7 +733,7 @@ class RunningRelay:
     async def purge_expired(self) -> tuple[int, int]:
         """SPEC §6.6: drop envelopes and remembered msg_ids older than the queue TTL."""
         before = self.ctx.clock() - self.config.queue_ttl_ms
-        envelopes, ids = await self.ctx.writer.submit("purge", before, self.ctx.clock())
+        envelopes, ids = await self.ctx.store.submit("purge", before, self.ctx.clock())
         if envelopes or ids:
             log_event(logging.INFO, "purged", envelopes=envelopes, msg_ids=ids)
         return envelopes, ids
@@ -738,21 +742,21 @@ class RunningRelay:
         while True:
             try:
                 await self.purge_expired()
-            except Exception as exc:  # e.g. the writer is gone; the relay is stopping anyway
+            except Exception as exc:  # e.g. the store is lost; the relay is stopping anyway
                 log_event(logging.ERROR, "purge_failed", exc_type=type(exc).__name__)
             await asyncio.sleep(self.config.purge_interval_s)
 
     async def checkpoint(self) -> None:
         """SPEC §11.2: the WAL folded into the database and truncated, once every
         job submitted before has committed (deleted envelopes leave the WAL)."""
-        await self.ctx.writer.submit("checkpoint")
+        await self.ctx.store.submit("checkpoint")
 
     async def _checkpoint_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.config.checkpoint_interval_s)
             try:
                 await self.checkpoint()
-            except Exception as exc:  # e.g. the writer is gone; the relay is stopping anyway
+            except Exception as exc:  # e.g. the store is lost; the relay is stopping anyway
                 log_event(logging.ERROR, "checkpoint_failed", exc_type=type(exc).__name__)
 
     async def close(self) -> None:
@@ -771,15 +775,14 @@ class RunningRelay:
                     await task
         if self._server is not None:
             self._server.close(close_connections=False)
-        if self.ctx.writer.running:
-            await self.ctx.writer.submit("noop")  # every earlier job committed
+        if self.ctx.store.running:
+            await self.ctx.store.submit("noop")  # every earlier operation committed
         for session in list(self._sessions):
             session.shut_down()
         if self._server is not None:
             await self._server.wait_closed()
-        await self.ctx.writer.close()
+        await self.ctx.store.close()
         self.ctx.registration.close()
-        self._reader_close()
         log_event(logging.INFO, "stopped")
 
 
@@ -804,46 +807,40 @@ async def serve(
     rng: Rng | None = None,
     source_of: SourceOf = peer_source,
 ) -> RunningRelay:
-    """Open the database, load or create the relay key, and start listening.
+    """Open the store, load or create the relay key, and start listening.
 
     ``clock``, ``rng`` and ``source_of`` are injected by tests; ``source_of``
     lets a test give connections from 127.0.0.1 other source addresses.
     """
     clock = clock or wall_clock_ms
     rng = rng or os.urandom
-    writer = Writer(config.db_path, config.synchronous, config.gc_threshold)
-    await writer.start()
+    store = open_store(config.store_url, config)
+    await store.start()
     now = clock()
 
     try:
-        seed = await writer.submit("relay_seed")
+        seed = await store.submit("relay_seed")
         if seed is None:
             new_seed = rng(32)
             public = bytes(SigningKey(new_seed).verify_key)
-            seed = await writer.submit("create_relay_seed", new_seed, public, now)
+            seed = await store.submit("create_relay_seed", new_seed, public, now)
     except BaseException:
-        await writer.close()
+        await store.close()
         raise
-    reader = connect_reader(config.db_path)
     ctx = RelayContext(
         config=config,
         clock=clock,
         relay_key=bytes(SigningKey(seed).verify_key),
-        writer=writer,
-        accounts=Accounts(reader),
+        store=store,
         limiters=Limiters.from_config(config, clock),
         registration=RegistrationPolicy(config, clock),
     )
-    relay = RunningRelay(config, ctx, rng, reader.conn.close, source_of)
-    writer.on_lost = relay.failed.set
+    relay = RunningRelay(config, ctx, rng, source_of)
+    store.on_lost = relay.lost
     try:
         await relay._listen()
     except BaseException:
-        await writer.close()
-        reader.conn.close()
+        await store.close()
         raise
-    log_event(
-        logging.INFO, "listening", url=relay.url, db=str(config.db_path),
-        synchronous=config.synchronous,
-    )  # fmt: skip
+    log_event(logging.INFO, "listening", url=relay.url, store=store.location)
     return relay

@@ -3,8 +3,8 @@
 A statement is checked in two steps. On the event loop, what needs no
 stored state beyond the signer's key: the signer is the connection's account,
 the signature verifies under its current identity key, ``relay_key`` is ours,
-``issued_at`` within the skew (``verify_statement``). Then one writer job
-(:func:`.jobs.apply_statement`) does the rest atomically with its effects:
+``issued_at`` within the skew (``verify_statement``). Then one store operation
+(``apply_statement``) does the rest atomically with its effects:
 the kinds fit (a consent statement's target is a business; a block's target
 need not exist), ``(signer, nonce)`` is unseen, the transition table allows it
 (``apply_statement``), and then the new pair state, the statement itself,
@@ -12,8 +12,8 @@ the purge of undelivered envelopes and the forwarded receipt are committed
 together. OK goes out after that commit; purged rows are withdrawn from the
 signer's outbox before it.
 
-Not here: the rules (``blindrelay.protocol.consent``, ``.signed``), storage
-(``ledger``), sending envelopes (``delivery``).
+Not here: the rules (``blindrelay.protocol.consent``, ``.signed``, ``store.rules``),
+storage (``store``), sending envelopes (``delivery``).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _opened(ctx: RelayContext, handle: str, data: bytes, now: int) -> ConsentSta
     # "…whose signer is not the connection's account…" → 500.
     if claimed.signer != handle:
         raise InvalidStatement("signer: not this connection's account")
-    account = ctx.accounts.get(handle)
+    account = ctx.store.account(handle)
     assert account is not None
     # Signature, signer_key = current key, relay_key = ours → 500; issued_at skew → 501.
     return verify_statement(
@@ -61,7 +61,7 @@ def receive_statement(ctx: RelayContext, session: Session, frame: Statement) -> 
     handle = session.handle
     assert handle is not None
     now = ctx.clock()
-    signer = ctx.accounts.get(handle)
+    signer = ctx.store.account(handle)
     assert signer is not None
     # Statements cost the signer's send tokens: grant/revoke churn is forwarded traffic.
     (ctx.limiters.send_business if signer.kind == AccountKind.BUSINESS

@@ -3,6 +3,12 @@
 - ``protocol`` is sans-I/O: it imports only the standard library (minus I/O
   modules), msgpack and nacl.
 - ``server`` and ``client`` import ``protocol`` and never each other.
+- The relay's handlers and I/O do not know which store back end they talk to:
+  nothing they import when loaded — directly or through other server modules —
+  is SQLite (``sqlite3``, ``sqlite_utils``) or a back end's package
+  (``server/store/<back end>/``). Back ends are loaded only by the factory
+  (``store.open_store``), inside the function, once a URL has chosen one.
+- A back end's package imports no other back end's.
 """
 
 from __future__ import annotations
@@ -31,6 +37,85 @@ def imported_modules(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
     return found
+
+
+class _Imports(ast.NodeVisitor):
+    """Absolute names of the modules a file imports (relative imports resolved against
+    ``package``); with ``functions`` False, only those imported when it is loaded —
+    not what function bodies import, run later if ever (the factory's choice of back
+    end lives there); with ``typing`` False, not those under ``if TYPE_CHECKING:``."""
+
+    def __init__(self, package: str, *, functions: bool = False, typing: bool = True) -> None:
+        self.package = package
+        self.functions = functions
+        self.typing = typing
+        self.found: set[str] = set()
+
+    def visit_If(self, node: ast.If) -> None:
+        if not self.typing and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            for child in node.orelse:
+                self.visit(child)
+            return
+        self.generic_visit(node)
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        if self.functions:
+            self.generic_visit(node)
+
+    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> None:
+        if self.functions:
+            self.generic_visit(node)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        self.found.update(alias.name for alias in node.names)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if node.level == 0:
+            base = node.module or ""
+        else:
+            parts = self.package.split(".")
+            parts = parts[: len(parts) - (node.level - 1)]
+            base = ".".join([*parts, *([node.module] if node.module else [])])
+        self.found.add(base)
+        # ``from . import auth`` imports a module; ``from .x import name`` may too.
+        self.found.update(f"{base}.{alias.name}" for alias in node.names)
+
+
+SERVER_PACKAGE = "blindrelay.server"
+
+
+def server_module_file(name: str) -> Path | None:
+    """The file of a ``blindrelay.server`` module or package, if it is one."""
+    if name != SERVER_PACKAGE and not name.startswith(SERVER_PACKAGE + "."):
+        return None
+    relative = name.removeprefix(SERVER_PACKAGE).strip(".").replace(".", "/")
+    folder = ROOT / "server" / relative
+    for candidate in (folder.with_suffix(".py"), folder / "__init__.py"):
+        if relative and candidate.is_file():
+            return candidate
+    return ROOT / "server" / "__init__.py" if not relative else None
+
+
+def loaded_with(module: str, *, typing: bool = True) -> set[str]:
+    """Every module name loading ``module`` imports, following server modules (and
+    the packages around them, which Python loads first); with ``typing``, also those
+    imported for type checking only."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = server_module_file(name)
+        if path is None:
+            continue
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        visitor = _Imports(package, typing=typing)
+        visitor.visit(ast.parse(path.read_text(), filename=str(path)))
+        parents = [name.rsplit(".", n)[0] for n in range(1, name.count(".") + 1)]
+        todo.extend(visitor.found | set(parents))
+    return seen
 
 
 def python_files(folder: str) -> list[Path]:
@@ -68,3 +153,85 @@ def test_layering_check_sees_an_offending_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("import asyncio\nfrom blindrelay.server import relay\n")
     assert imported_modules(bad) == {"asyncio", "blindrelay.server"}
+
+
+STORE_BLIND = ["auth", "delivery", "directory", "statements", "business", "dispatch",
+               "context", "relay"]  # fmt: skip
+"""The relay's handlers, their context and its I/O: they talk to a ``store.Store``."""
+
+BACK_ENDS = sorted(
+    path.name for path in (ROOT / "server" / "store").iterdir() if (path / "__init__.py").is_file()
+)
+
+
+def _backend_specific(name: str) -> bool:
+    top = name.split(".")[0]
+    backend = any(name.startswith(f"{SERVER_PACKAGE}.store.{b}") for b in BACK_ENDS)
+    return top in ("sqlite3", "sqlite_utils") or backend
+
+
+@pytest.mark.parametrize("module", STORE_BLIND)
+def test_handlers_load_no_store_back_end(module: str) -> None:
+    loaded = loaded_with(f"{SERVER_PACKAGE}.{module}")
+    assert f"{SERVER_PACKAGE}.store" in loaded or module == "dispatch"
+    assert sorted(name for name in loaded if _backend_specific(name)) == []
+
+
+@pytest.mark.parametrize("backend", BACK_ENDS)
+def test_a_back_end_imports_no_other_back_end(backend: str) -> None:
+    others = [b for b in BACK_ENDS if b != backend]
+    offenders = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in (ROOT / "server" / "store" / backend).rglob("*.py")
+        for name in _all_imports(path, f"{SERVER_PACKAGE}.store.{backend}")
+        if any(name.startswith(f"{SERVER_PACKAGE}.store.{other}") for other in others)
+    ]
+    assert offenders == []
+
+
+def _all_imports(path: Path, package: str) -> set[str]:
+    visitor = _Imports(package, functions=True)
+    visitor.visit(ast.parse(path.read_text(), filename=str(path)))
+    return visitor.found
+
+
+def test_the_store_blindness_check_sees_a_back_end_import() -> None:
+    """The check above can fail: a handler importing the SQLite back end, directly or
+    through a server module, is caught; the factory's import inside a function is not."""
+    visitor = _Imports(SERVER_PACKAGE)
+    visitor.visit(ast.parse(
+        "from .store.sqlite.tables import Tables\n"
+        "def f():\n    from .store.sqlite import store\n"
+    ))  # fmt: skip
+    assert f"{SERVER_PACKAGE}.store.sqlite.tables" in visitor.found
+    assert not any(name.endswith(".store.sqlite.store") for name in visitor.found)
+    assert _backend_specific(f"{SERVER_PACKAGE}.store.sqlite.tables")
+    assert "sqlite_utils" in loaded_with(f"{SERVER_PACKAGE}.store.sqlite.tables")
+    assert not any(_backend_specific(n) for n in loaded_with(f"{SERVER_PACKAGE}.store"))
+
+
+@pytest.mark.parametrize("module", ["store.rules", "store.records", "store.operations"])
+def test_the_rules_and_records_a_back_end_shares_are_pure(module: str) -> None:
+    """What every back end reuses does no I/O and loads no back end: state in, values out."""
+    assert sorted(n for n in loaded_with(f"{SERVER_PACKAGE}.{module}") if _backend_specific(n)) == []
+    loaded = loaded_with(f"{SERVER_PACKAGE}.{module}", typing=False)
+    assert sorted(name for name in loaded if name.split(".")[0] in IO_MODULES) == []
+
+
+def test_only_the_factory_imports_a_back_end() -> None:
+    """Outside a back end's own package, only ``store.open_store`` and its siblings (in
+    ``store/__init__.py``, inside the functions) import it: admin, inspect and the CLI
+    go through the factory too."""
+    factory = ROOT / "server" / "store" / "__init__.py"
+    offenders = []
+    for path in python_files("server"):
+        relative = path.relative_to(ROOT / "server")
+        if path == factory or (relative.parts[0] == "store" and relative.parts[1] in BACK_ENDS):
+            continue
+        package = ".".join([SERVER_PACKAGE, *relative.parent.parts])
+        offenders += [
+            f"{relative}: {name}"
+            for name in _all_imports(path, package)
+            if any(name.startswith(f"{SERVER_PACKAGE}.store.{b}") for b in BACK_ENDS)
+        ]
+    assert offenders == []

@@ -16,7 +16,7 @@ from blindrelay.protocol import limits
 from blindrelay.protocol.errors import RegistrationRefused
 from blindrelay.server.cli import main
 from blindrelay.server.registration import invite_digest
-from blindrelay.server.storage import Store, connect
+from blindrelay.server.store.sqlite.tables import Tables, connect
 
 from .test_sdk import make_client, relay_at, run, within
 
@@ -55,7 +55,7 @@ def test_the_sdk_registers_with_the_operators_invite(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with relay_at(tmp_path, require_invites=True) as relay:
             invite = secrets.token_bytes(limits.INVITE_BYTES)
-            store = Store(connect(tmp_path / "relay.db"))
+            store = Tables(connect(tmp_path / "relay.db"))
             store.invites.add([invite_digest(invite)], 0)
             store.db.conn.close()
             uninvited = make_client()

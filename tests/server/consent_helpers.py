@@ -13,7 +13,7 @@ from blindrelay.protocol.business import issue_badge
 from blindrelay.protocol.crypto.fingerprint import key_fingerprint
 from blindrelay.protocol.frames import Frame, Ok, Statement
 from blindrelay.protocol.signed import make_statement
-from blindrelay.server.storage import Store, connect
+from blindrelay.server.store.sqlite.tables import Tables, connect
 
 from .conftest import RawClient
 
@@ -68,7 +68,7 @@ def issue_badge_for(db_path: Path, handle: str, now: int, *, validity_ms: int = 
     """What ``blindrelay admin verify-business`` does: a badge for ``handle``'s current key,
     in force from ``now``, stored where the relay reads it (SPEC §8.1)."""
     operator = SigningKey.generate()
-    store = Store(connect(db_path))
+    store = Tables(connect(db_path))
     try:
         account = store.accounts.get(handle)
         assert account is not None
@@ -89,7 +89,7 @@ def issue_badge_for(db_path: Path, handle: str, now: int, *, validity_ms: int = 
 
 def revoke_badges_of(db_path: Path, handle: str, now: int) -> None:
     """``blindrelay admin revoke-badge``: the relay must stop counting it at once."""
-    store = Store(connect(db_path))
+    store = Tables(connect(db_path))
     try:
         assert store.badges.revoke(handle, now) >= 1
     finally:

@@ -26,9 +26,10 @@ from pathlib import Path
 import pytest
 
 from blindrelay.protocol.frames import Ack, Sent
-from blindrelay.server import storage
 from blindrelay.server.config import RelayConfig
-from blindrelay.server.storage import Account, GroupCommitter, Store
+from blindrelay.server.store import Account
+from blindrelay.server.store.sqlite import tables as storage
+from blindrelay.server.store.sqlite.tables import GroupCommitter, Tables
 
 from .conftest import TEST_TIMEOUT_S, Clients, FakeClock, relay_with
 
@@ -103,7 +104,7 @@ async def test_acknowledged_envelopes_leave_no_trace_after_a_checkpoint(
             # The positive control: queued, never acknowledged.
             kept, kept_id = body("kept", 5000), os.urandom(16)
             assert isinstance(await sender.send_message(recipient.handle, kept, kept_id), Sent)
-            await relay.ctx.writer.submit("noop")  # the ACK is committed
+            await relay.ctx.store.submit("noop")  # the ACK is committed
             await relay.checkpoint()
 
             assert modes(db) == dict.fromkeys(modes(db), 0o600)
@@ -196,7 +197,7 @@ def test_deleted_rows_are_overwritten_even_where_sqlite_keeps_them_by_default(
 
     monkeypatch.setattr(storage.sqlite3, "connect", keeping_deleted_bytes)
     db = tmp_path / "relay.db"
-    store = Store(storage.connect(db))
+    store = Tables(storage.connect(db))
     writer = GroupCommitter(store)
     sender = Account("sndr-1c9a0f", "user", b"s" * 32)
     bodies = [body(f"queued-{n}", size) for n, size in enumerate([200, 3000, 20000])]

@@ -39,7 +39,8 @@ from blindrelay.server.config import RelayConfig
 from blindrelay.server.context import Limiters, RelayContext, Session
 from blindrelay.server.dispatch import Dispatcher
 from blindrelay.server.registration import RegistrationPolicy
-from blindrelay.server.storage import Account, Accounts, Store, connect, connect_reader
+from blindrelay.server.store import Account
+from blindrelay.server.store.sqlite.tables import Accounts, Tables, connect, connect_reader
 
 from .conftest import FakeClock
 
@@ -67,11 +68,15 @@ class _Discard:
         pass
 
 
-class _NoWriter:
-    """A failed login never reaches the writer; any use is a test failure."""
+class _LoginOnly:
+    """The SQLite store's LOGIN lookup (its event-loop reader); a failed login uses
+    nothing else of the store, and any other use is a test failure."""
+
+    def __init__(self, accounts: Accounts) -> None:
+        self.account_for_login = accounts.get_evenly
 
     def __getattr__(self, name: str) -> object:
-        raise AssertionError(f"a refused LOGIN used the writer ({name})")
+        raise AssertionError(f"a refused LOGIN used the store ({name})")
 
 
 def _handles(rng: random.Random, count: int) -> list[str]:
@@ -80,7 +85,7 @@ def _handles(rng: random.Random, count: int) -> list[str]:
 
 def _login_relay(tmp_path: Path, existing: list[str]) -> tuple[Dispatcher, FakeClock, bytes]:
     db = tmp_path / "relay.db"
-    store = Store(connect(db))
+    store = Tables(connect(db))
     with store.db.atomic():
         for n, handle in enumerate(existing):
             kind = "business" if n % 4 == 0 else "user"
@@ -93,8 +98,7 @@ def _login_relay(tmp_path: Path, existing: list[str]) -> tuple[Dispatcher, FakeC
         config=config,
         clock=clock,
         relay_key=bytes(SigningKey.generate().verify_key),
-        writer=_NoWriter(),  # type: ignore[arg-type]
-        accounts=Accounts(connect_reader(db)),
+        store=_LoginOnly(Accounts(connect_reader(db))),  # type: ignore[arg-type]
         limiters=Limiters.from_config(config, clock),
         registration=RegistrationPolicy(config, clock),  # REGISTER only; LOGIN never uses it
     )

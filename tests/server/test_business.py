@@ -34,11 +34,13 @@ from blindrelay.protocol.frames import (
     UsageFetch,
 )
 from blindrelay.protocol.signed import SignedObject, peek_signed
-from blindrelay.server import cli, jobs
+from blindrelay.server import cli
 from blindrelay.server.config import RelayConfig
-from blindrelay.server.metering import month_of
 from blindrelay.server.relay import RunningRelay
-from blindrelay.server.storage import Account, Store, connect
+from blindrelay.server.store import Account
+from blindrelay.server.store.rules import month_of
+from blindrelay.server.store.sqlite import jobs
+from blindrelay.server.store.sqlite.tables import Tables, connect
 
 from .conftest import TEST_TIMEOUT_S, Clients, FakeClock, RawClient, db_rows, error_code
 from .consent_helpers import stated
@@ -93,7 +95,7 @@ async def test_a_business_publishes_a_signed_profile_the_relay_cannot_alter(
     assert error_code(decode(refusals[0])) == ErrorCode.NOT_FOUND
 
 
-def _statements_run(store: Store, run: Callable[[], object]) -> list[str]:
+def _statements_run(store: Tables, run: Callable[[], object]) -> list[str]:
     """The SQL ``run`` executes, with every literal (handle, key, number) as ``?``."""
     statements: list[str] = []
     store.db.conn.set_trace_callback(statements.append)
@@ -108,7 +110,7 @@ def _statements_run(store: Store, run: Callable[[], object]) -> list[str]:
 def test_a_user_and_an_unknown_handle_cost_a_profile_fetch_the_same_work(tmp_path: Path) -> None:
     """SPEC §8.2: the same ERROR 601 "after the same work": the relay runs the same
     lookups for a user as for an unknown handle and decides only afterwards."""
-    store = Store(connect(tmp_path / "relay.db"))
+    store = Tables(connect(tmp_path / "relay.db"))
     with store.db.atomic():
         store.accounts.create(Account("alice", "user", b"a" * 32), 0)
         store.accounts.create(Account("airline", "business", b"b" * 32), 0)
@@ -200,6 +202,14 @@ def test_admin_commands_on_an_unusable_database_print_one_line(
     assert _admin("usage", "--db", str(not_a_database)) == 1
     err = capsys.readouterr().err
     assert err.startswith("blindrelay admin: cannot open the database") and err.count("\n") == 1
+    for flags, says in (
+        (["--store", "postgresql://127.0.0.1/test"], "the PostgreSQL store is not available yet"),
+        (["--store", "sqlite:x.db", "--db", "y.db"], "give --store or --db, not both"),
+        (["--db", str(tmp_path / "none.db")], "no database at"),
+    ):
+        assert _admin("invite", *flags) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"blindrelay admin: {says}") and err.count("\n") == 1, err
 
 
 async def _business_with_customers(
@@ -267,6 +277,8 @@ async def test_usage_counts_are_exact_per_category_and_month(
     ]
     assert await asyncio.to_thread(_admin, "usage", "--db", db) == 0
     assert "airline" in capsys.readouterr().out
+    assert await asyncio.to_thread(_admin, "usage", "--store", f"sqlite://{db}") == 0
+    assert "airline" in capsys.readouterr().out  # the same store, named by its URL
     assert await asyncio.to_thread(_admin, *args, "--price", "gold=1") == 1
 
 

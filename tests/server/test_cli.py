@@ -194,3 +194,60 @@ def test_require_invites_is_an_on_off_flag_with_an_environment_variable(
     monkeypatch.setenv("BLINDRELAY_REQUIRE_INVITES", "yes")
     assert build_parser().parse_args(["serve"]).require_invites is True
     assert build_parser().parse_args(["serve", "--no-require-invites"]).require_invites is False
+
+
+@pytest.mark.slow
+async def test_serve_takes_its_store_as_a_url_by_flag_or_environment(tmp_path: Path) -> None:
+    """``--store sqlite:///PATH`` (or BLINDRELAY_STORE) is the SQLite store ``--db PATH``
+    names; the log says where it is."""
+    for args, env, named in (
+        (["--store", f"sqlite://{tmp_path}/by-flag.db"], {}, f"{tmp_path}/by-flag.db"),
+        ([], {"BLINDRELAY_STORE": "sqlite:by-env.db"}, "by-env.db"),
+    ):
+        process, _url = await _start(tmp_path, "--port", "0", *args, env=env)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), TEST_TIMEOUT_S)
+        assert process.returncode == 0 and (tmp_path / named).exists()
+        [listening] = [
+            line for line in map(json.loads, stderr.decode().splitlines())
+            if line["event"] == "listening"
+        ]  # fmt: skip
+        assert listening["store"] == f"{named} (SQLite, synchronous=FULL)"
+    assert not (tmp_path / "blindrelay.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--store", "postgresql://127.0.0.1:5432/test"], "PostgreSQL store is not available yet"),
+        (["--store", "redis://127.0.0.1/0"], "unknown kind 'redis'"),
+        (["--store", "sqlite:other.db", "--db", "r.db"], "give --store or --db, not both"),
+    ],
+)
+def test_serve_refuses_a_store_it_cannot_use_in_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    flags: list[str],
+    says: str,
+) -> None:
+    from blindrelay.server.logs import LOGGER
+
+    monkeypatch.chdir(tmp_path)
+    handlers = list(LOGGER.handlers)
+    assert main(["serve", "--port", "0", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("blindrelay serve: ") and says in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+    assert LOGGER.handlers == handlers  # refused before anything started, logging included
+
+
+def test_inspect_opens_its_store_by_url_and_refuses_one_it_cannot_use(
+    canary_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["inspect", "--store", f"sqlite://{canary_db}"]) == 0
+    assert "alice → bob chat" in capsys.readouterr().out
+    assert main(["inspect", "--store", "postgresql://127.0.0.1/test"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("blindrelay inspect: the PostgreSQL store is not available yet")
+    assert err.count("\n") == 1

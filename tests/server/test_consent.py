@@ -214,7 +214,7 @@ async def test_an_outbox_never_pushes_rows_withdrawn_after_it_paged_them(
     outbox = session.outbox
     await bob.close()
     await _notify(airline, "bob", "marketing", 2)
-    rows = await relay.ctx.writer.submit("page", "bob", 0, 10, 0)
+    rows = await relay.ctx.store.submit("page", "bob", 0, 10, 0)
     assert len(rows) == 2
     pushed: list[int] = []
     outbox.session = type("Recorder", (), {

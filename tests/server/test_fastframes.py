@@ -23,8 +23,7 @@ from blindrelay.protocol.frames import (
     field_names,
 )
 from blindrelay.server import fastframes
-from blindrelay.server.jobs import envelope_row
-from blindrelay.server.storage import QueuedEnvelope
+from blindrelay.server.store import QueuedEnvelope, envelope_row
 
 uints = st.integers(min_value=1, max_value=2**53 - 1)
 times = st.integers(min_value=0, max_value=2**47)
@@ -73,7 +72,7 @@ def test_deliver_is_the_codecs_encoding(envelope: QueuedEnvelope) -> None:
     )  # fmt: skip
     data = fastframes.deliver(envelope)
     assert data == encode(frame)
-    assert fastframes.deliver_row(envelope_row(envelope)) == data  # the writer's row form
+    assert fastframes.deliver_row(envelope_row(envelope)) == data  # the store's row form
     assert decode(data) == frame
 
 

@@ -238,13 +238,13 @@ async def test_an_ack_costs_work_only_for_deliveries_in_flight_on_its_connection
     assert isinstance(await alice.send_message("bob", b"x"), Sent)
     delivered = await bob.push(Deliver)
     jobs: list[object] = []
-    call_many = relay.ctx.writer.call_many
+    call_many = relay.ctx.store.call_many
 
     def counted(operation: str, item: object, done: Callable[[bool, object], None]) -> None:
         jobs.append(item)
         call_many(operation, item, done)
 
-    monkeypatch.setattr(relay.ctx.writer, "call_many", counted)
+    monkeypatch.setattr(relay.ctx.store, "call_many", counted)
     for first in range(10_000, 30_000, 256):
         await bob.send(Ack(delivery_ids=tuple(range(first, first + 256))))
     await bob.send(Ack(delivery_ids=(delivered.delivery_id, 99_999)))

@@ -16,10 +16,11 @@ import pytest
 from blindrelay.protocol.codec import decode, encode
 from blindrelay.protocol.errors import ErrorCode, RecipientUnavailable
 from blindrelay.protocol.frames import Send, Sent
-from blindrelay.server import jobs
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.delivery import send_rules
-from blindrelay.server.storage import Account, Store, connect
+from blindrelay.server.store import Account
+from blindrelay.server.store.sqlite import jobs
+from blindrelay.server.store.sqlite.tables import Tables, connect
 
 from .conftest import Clients, FakeClock, RawClient, error_code, relay_with
 from .consent_helpers import stated
@@ -108,7 +109,7 @@ def test_a_chat_to_an_unknown_handle_reads_the_first_contact_budget_like_a_new_s
     """SPEC §7.7: "for a user's chat to an unknown handle, also the read of the sender's
     first-contact budget a new stranger would cost": with the budget spent, a new
     stranger's refusal and an unknown handle's both read it before the one 400."""
-    store = Store(connect(tmp_path / "relay.db"))
+    store = Tables(connect(tmp_path / "relay.db"))
     rules = list(send_rules(RelayConfig(first_contacts_burst=1)))
     with store.db.atomic():
         for handle in ("spammer", "first", "second"):

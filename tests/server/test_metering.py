@@ -1,4 +1,5 @@
-"""server/metering.py: the month a count goes to (SPEC §8.4: UTC calendar months), and
+"""server/store/rules.py and sqlite/metering.py: the month a count goes to (SPEC §8.4: UTC
+calendar months), and
 counts written once per commit, in the transaction of what they count."""
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from hypothesis import strategies as st
 
 from blindrelay.protocol.consent import Meter
 from blindrelay.protocol.errors import QueueFull
-from blindrelay.server.metering import month_of, month_span
-from blindrelay.server.storage import Account, GroupCommitter, Store, connect
+from blindrelay.server.store import Account
+from blindrelay.server.store.rules import month_of, month_span
+from blindrelay.server.store.sqlite.tables import GroupCommitter, Tables, connect
 
 times = st.integers(min_value=0, max_value=2**47)  # to the year 6429
 
@@ -37,7 +39,7 @@ NOW = 1_800_000_000_000
 MONTH = month_of(NOW)
 
 
-def _count(store: Store, business: str = "airline", category: str = "utility") -> None:
+def _count(store: Tables, business: str = "airline", category: str = "utility") -> None:
     store.usage.count(business, NOW, Meter.NOTIFICATION, category)
 
 
@@ -51,9 +53,9 @@ def _committed(path: Path) -> dict[tuple[str, str], int]:
 
 
 def test_a_batch_writes_its_counts_once_in_its_transaction(tmp_path: Path) -> None:
-    writer = GroupCommitter(Store(connect(tmp_path / "r.db")))
+    writer = GroupCommitter(Tables(connect(tmp_path / "r.db")))
     statements: list[str] = []
-    writer.store.db.conn.set_trace_callback(statements.append)
+    writer.tables.db.conn.set_trace_callback(statements.append)
     outcomes = writer.commit([_count] * 5 + [lambda store: _count(store, category="marketing")])
     assert all(ok for ok, _ in outcomes)
     assert _committed(tmp_path / "r.db") == {("airline", "utility"): 5, ("airline", "marketing"): 1}
@@ -65,13 +67,13 @@ def test_a_batch_writes_its_counts_once_in_its_transaction(tmp_path: Path) -> No
 
 
 def test_a_failed_job_takes_its_count_back(tmp_path: Path) -> None:
-    writer = GroupCommitter(Store(connect(tmp_path / "r.db")))
+    writer = GroupCommitter(Tables(connect(tmp_path / "r.db")))
 
-    def count_then_refuse(store: Store) -> None:
+    def count_then_refuse(store: Tables) -> None:
         _count(store)
         raise QueueFull()
 
-    def count_write_then_fail(store: Store) -> None:
+    def count_write_then_fail(store: Tables) -> None:
         _count(store)
         store.accounts.create(Account("carol", "user", b"c" * 32), NOW)
         raise QueueFull()
@@ -84,12 +86,12 @@ def test_a_failed_job_takes_its_count_back(tmp_path: Path) -> None:
 def test_a_read_sees_the_batchs_counts_and_a_failed_reader_loses_none(tmp_path: Path) -> None:
     """A USAGE_FETCH in the same batch as the notifications it counts sees them; a
     job that flushed and then failed is undone without dropping or doubling counts."""
-    writer = GroupCommitter(Store(connect(tmp_path / "r.db")))
+    writer = GroupCommitter(Tables(connect(tmp_path / "r.db")))
 
-    def read(store: Store) -> dict[str, int]:
+    def read(store: Tables) -> dict[str, int]:
         return store.usage.month("airline", MONTH).notifications
 
-    def read_then_fail(store: Store) -> None:
+    def read_then_fail(store: Tables) -> None:
         read(store)
         raise QueueFull()
 

@@ -24,7 +24,8 @@ from blindrelay.server.cli import main as cli_main
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.registration import source_key
 from blindrelay.server.relay import RunningRelay, serve
-from blindrelay.server.storage import SCHEMA_VERSION, Account, Store, connect
+from blindrelay.server.store import Account
+from blindrelay.server.store.sqlite.tables import SCHEMA_VERSION, Tables, connect
 
 from .conftest import Clients, FakeClock, RawClient, RelayFixture, db_rows, error_code
 
@@ -104,14 +105,14 @@ async def test_of_two_concurrent_lookalike_businesses_one_wins(
 def test_upgrading_a_database_indexes_the_businesses_it_holds(tmp_path: Path) -> None:
     """An existing relay's businesses are protected from the first start after the upgrade."""
     path = tmp_path / "relay.db"
-    store = Store(connect(path))
+    store = Tables(connect(path))
     store.accounts.create(Account("airline", "business", b"k" * 32), 0)
     store.accounts.create(Account("alice", "user", b"u" * 32), 0)
     store.db.conn.execute("DROP TABLE business_skeletons")
     store.db.conn.execute("DROP TABLE invites")
     store.db.conn.execute("PRAGMA user_version = 2")
     store.db.conn.close()
-    upgraded = Store(connect(path))
+    upgraded = Tables(connect(path))
     assert upgraded.lookalikes.collides("air1ine.com")
     assert not upgraded.lookalikes.collides("a1ice")
     assert upgraded.invites.count() == 0
@@ -489,7 +490,7 @@ async def test_of_two_concurrent_registrations_with_one_invite_one_wins(
 async def test_the_relay_stores_only_a_hash_of_each_invite(
     config: RelayConfig, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    Store(connect(config.db_path)).db.conn.close()
+    Tables(connect(config.db_path)).db.conn.close()
     tokens = issue_invites(config.db_path, 3, capsys)
     rows = [bytes(row[0]) for row in db_rows(config.db_path, "SELECT digest FROM invites")]
     assert len(rows) == 3 and not set(rows) & set(tokens)
@@ -520,7 +521,7 @@ def test_admin_invite_refuses_bad_input_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
     db = tmp_path / "relay.db"
-    Store(connect(db)).db.conn.close()
+    Tables(connect(db)).db.conn.close()
     assert cli_main(["admin", "invite", "--db", str(db), *args]) == 1
     captured = capsys.readouterr()
     assert captured.out == "" and message in captured.err and captured.err.count("\n") == 1

@@ -29,11 +29,12 @@ from blindrelay.protocol.signed import (
     unverified_body,
     verify_statement,
 )
-from blindrelay.server import jobs
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.delivery import send_rules
 from blindrelay.server.relay import RunningRelay
-from blindrelay.server.storage import Account, GroupCommitter, Store, connect
+from blindrelay.server.store import Account
+from blindrelay.server.store.sqlite import jobs
+from blindrelay.server.store.sqlite.tables import GroupCommitter, Tables, connect
 
 from .conftest import Clients, FakeClock, RawClient, db_rows, error_code, relay_with
 from .consent_helpers import state, stated, statement_bytes
@@ -397,7 +398,7 @@ def test_eleven_thousand_grants_and_revokes_leave_the_relay_bounded(tmp_path: Pa
     statements from one customer to an offline business. Before the fix they stayed in
     its queue, counted towards QUEUE_CAP_PER_RECIPIENT (the customer got QUEUE_FULL) and
     in ``statements`` for ever."""
-    committer = GroupCommitter(Store(connect(tmp_path / "relay.db", "NORMAL")))
+    committer = GroupCommitter(Tables(connect(tmp_path / "relay.db", "NORMAL")))
     bob_key = SigningKey.generate()
     bob = Account("bob", "user", bytes(bob_key.verify_key))
     airline = Account("airline", "business", os.urandom(32))
@@ -414,7 +415,7 @@ def test_eleven_thousand_grants_and_revokes_leave_the_relay_bounded(tmp_path: Pa
         return statement.sign(lambda m: bob_key.sign(m).signature)
 
     total = 11_000
-    batch: list[Callable[[Store], object]] = []
+    batch: list[Callable[[Tables], object]] = []
     data = b""
     for n in range(total):
         data = signed(n)

@@ -1,4 +1,5 @@
-"""Group commit, the tables (server/storage.py) and the writer process (server/writer*.py)."""
+"""Group commit, the tables (server/store/sqlite/tables.py) and the writer process
+(server/store/sqlite/writer*.py)."""
 
 from __future__ import annotations
 
@@ -16,21 +17,23 @@ import pytest
 from blindrelay.protocol import limits
 from blindrelay.protocol.consent import PairState
 from blindrelay.protocol.errors import ErrorCode, HandleTaken, InvalidPrekeys, QueueFull
-from blindrelay.server import jobs
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.delivery import send_rules
-from blindrelay.server.storage import SCHEMA_VERSION, Account, GroupCommitter, Store, connect
-from blindrelay.server.writer import Writer, WriterJobError
+from blindrelay.server.store import Account, StoreJobError
+from blindrelay.server.store.sqlite import jobs
+from blindrelay.server.store.sqlite.store import SqliteStore
+from blindrelay.server.store.sqlite.tables import SCHEMA_VERSION, GroupCommitter, Tables, connect
+from blindrelay.server.store.sqlite.writer import Writer
 
 ALICE = Account("alice", "user", b"k" * 32)
 DEFAULT_SEND_RULES = send_rules(RelayConfig())
 
 
 def committer(path: Path, synchronous: str = "FULL") -> GroupCommitter:
-    return GroupCommitter(Store(connect(path, synchronous)))
+    return GroupCommitter(Tables(connect(path, synchronous)))
 
 
-def one(store: Store, n: int, *, cap: int = 10, at: int = 0) -> int:
+def one(store: Tables, n: int, *, cap: int = 10, at: int = 0) -> int:
     accepted = store.queue.enqueue(
         "bob", ALICE, n.to_bytes(16, "big"), "chat", None, None, b"x", b"d%d" % n, at, cap=cap
     )
@@ -38,7 +41,7 @@ def one(store: Store, n: int, *, cap: int = 10, at: int = 0) -> int:
     return accepted.envelope.delivery_id
 
 
-def enqueue(n: int, cap: int = 10) -> Callable[[Store], int]:
+def enqueue(n: int, cap: int = 10) -> Callable[[Tables], int]:
     return lambda store: one(store, n, cap=cap)
 
 
@@ -66,7 +69,7 @@ def test_a_job_that_fails_after_writing_undoes_only_itself(tmp_path: Path) -> No
     writer = committer(tmp_path / "r.db")
     writer.commit([lambda store: store.accounts.create(ALICE, 0)])
 
-    def enqueue_then_fail(store: Store) -> None:
+    def enqueue_then_fail(store: Tables) -> None:
         one(store, 9)
         store.accounts.create(Account("carol", "user", b"c" * 32), 0)
         raise QueueFull()
@@ -76,7 +79,7 @@ def test_a_job_that_fails_after_writing_undoes_only_itself(tmp_path: Path) -> No
     assert [ok for ok, _ in outcomes] == [True, False, True]
     assert isinstance(outcomes[1][1], QueueFull)
 
-    def state(store: Store) -> tuple[int, int, int, bool]:
+    def state(store: Tables) -> tuple[int, int, int, bool]:
         rows = store.db.execute("SELECT COUNT(*) FROM queue WHERE recipient = 'bob'").fetchone()[0]
         sent = store.db.execute("SELECT COUNT(*) FROM sent").fetchone()[0]
         return store.queue.queued("bob"), rows, sent, store.accounts.get("carol") is None
@@ -91,7 +94,7 @@ def test_a_refused_prekey_upload_never_makes_its_batch_run_again(tmp_path: Path)
     key = ALICE.identity_key
     signed = [1, b"s" * 32, b"g" * 64]
 
-    def upload(ids: range | list[int], cap: int = 10) -> Callable[[Store], None]:
+    def upload(ids: range | list[int], cap: int = 10) -> Callable[[Tables], None]:
         keys = [[key_id, key_id.to_bytes(32, "big")] for key_id in ids]
         return lambda store: jobs.upload_prekeys(store, "alice", key, signed, keys, cap, 0)
 
@@ -113,16 +116,16 @@ def test_cached_queue_lengths_follow_acks_withdrawals_and_purges(tmp_path: Path)
     """The cap counts rows from memory; every delete path keeps that count exact."""
     writer = committer(tmp_path / "r.db", "NORMAL")
 
-    def run(job: Callable[[Store], object]) -> object:
+    def run(job: Callable[[Tables], object]) -> object:
         [(ok, value)] = writer.commit([job])
         if not ok:
             raise value  # type: ignore[misc]
         return value
 
-    def fill(first: int, n: int, at: int) -> Callable[[Store], list[int]]:
+    def fill(first: int, n: int, at: int) -> Callable[[Tables], list[int]]:
         return lambda store: [one(store, i, cap=5, at=at) for i in range(first, first + n)]
 
-    def recount(store: Store) -> tuple[int, int]:
+    def recount(store: Tables) -> tuple[int, int]:
         rows = store.db.execute("SELECT COUNT(*) FROM queue WHERE recipient = 'bob'").fetchone()[0]
         return store.queue.queued("bob"), int(rows)
 
@@ -144,14 +147,14 @@ def test_a_new_accounts_queue_is_known_to_be_empty_without_counting(tmp_path: Pa
     """A fan-out reaches many recipients once each: a COUNT apiece was measurable."""
     writer = committer(tmp_path / "r.db")
     statements: list[str] = []
-    writer.store.db.conn.set_trace_callback(statements.append)
+    writer.tables.db.conn.set_trace_callback(statements.append)
     dave = Account("dave", "user", b"d" * 32)
 
-    def create_then_check(store: Store) -> int:
+    def create_then_check(store: Tables) -> int:
         store.accounts.create(dave, 0)
         return store.queue.queued("dave")
 
-    def enqueue_then_check(store: Store) -> int:
+    def enqueue_then_check(store: Tables) -> int:
         store.queue.enqueue("dave", ALICE, b"m" * 16, "chat", None, None, b"x", b"d", 0, cap=1)
         with pytest.raises(QueueFull):  # the cap sees the seeded count
             store.queue.add("dave", ALICE, b"n" * 16, "chat", None, None, b"x", b"e", 0, cap=1)
@@ -159,7 +162,7 @@ def test_a_new_accounts_queue_is_known_to_be_empty_without_counting(tmp_path: Pa
 
     assert writer.commit([create_then_check, enqueue_then_check]) == [(True, 0), (True, 1)]
     assert not [sql for sql in statements if "COUNT" in sql]
-    store = writer.store
+    store = writer.tables
     store.cache.clear()  # what a failed commit does: the count is read again, and agrees
     assert store.queue.queued("dave") == 1
 
@@ -170,7 +173,7 @@ def test_a_new_accounts_queue_is_known_to_be_empty_without_counting(tmp_path: Pa
 def test_the_even_account_lookup_finds_what_get_finds(tmp_path: Path) -> None:
     """SPEC §11.1: ``get_evenly`` reads a decoy row for an unknown handle but
     answers exactly like ``get``, including with no account at all."""
-    store = Store(connect(tmp_path / "r.db"))
+    store = Tables(connect(tmp_path / "r.db"))
     assert store.accounts.get_evenly("alice") is None
     handles = [f"user{n}" for n in range(7)]
     with store.db.atomic():
@@ -191,7 +194,7 @@ async def test_jobs_of_one_loop_turn_go_out_together_and_answer_in_order(tmp_pat
         results = await asyncio.gather(*futures, return_exceptions=True)
         assert results[:20] == [None] * 20
         assert isinstance(results[20], HandleTaken)  # mapped back to its class
-        with pytest.raises(WriterJobError) as failed:
+        with pytest.raises(StoreJobError) as failed:
             await writer.submit("no_such_operation")
         assert failed.value.exc_type == "LookupError"  # type and place only, no message
         assert await writer.submit("login_counts", "u1", 0) == [0, 0, False]
@@ -236,7 +239,7 @@ async def test_consecutive_merged_calls_share_one_job_and_each_gets_its_own_resu
         writer.call_many("acknowledge", ["bob", 7], done("not a list"))  # fails the job
         await writer.submit("noop")
         assert [(name, ok) for name, ok, _ in outcomes] == [("fine", False), ("not a list", False)]
-        assert all(isinstance(error, WriterJobError) for _, _, error in outcomes)
+        assert all(isinstance(error, StoreJobError) for _, _, error in outcomes)
     finally:
         await writer.close()
 
@@ -268,7 +271,7 @@ async def test_close_commits_and_answers_every_job_submitted_before_it(tmp_path:
 _HOST = """
 import asyncio, sys
 from pathlib import Path
-from blindrelay.server.writer import Writer
+from blindrelay.server.store.sqlite.writer import Writer
 async def main():
     writer = Writer(Path(sys.argv[1]), "FULL")
     await writer.start()
@@ -319,19 +322,19 @@ def test_send_answers_resends_before_every_refusal_and_writes_nothing_for_them(
     queue at its cap; other content under the same msg_id is MESSAGE_ID_REUSED."""
     from blindrelay.protocol.consent import PairState
     from blindrelay.protocol.errors import MessageIdReused, RecipientUnavailable
-    from blindrelay.server import jobs
+    from blindrelay.server.store.sqlite import jobs
 
     writer = committer(tmp_path / "r.db")
     bob = Account("bob", "user", b"b" * 32)
     writer.commit([lambda s: s.accounts.create(ALICE, 0), lambda s: s.accounts.create(bob, 0)])
 
-    def send(n: int, body: bytes = b"x", cap: int = 10, at: int = 5) -> Callable[[Store], object]:
+    def send(n: int, body: bytes = b"x", cap: int = 10, at: int = 5) -> Callable[[Tables], object]:
         msg_id = bytes([n]) * 16
         rules = DEFAULT_SEND_RULES._replace(queue_cap=cap)
         return lambda s: jobs.send(s, "alice", "user", "bob", msg_id, "chat", None, None, body,
                                    at, rules)  # fmt: skip
 
-    def counts(store: Store) -> tuple[int, int]:
+    def counts(store: Tables) -> tuple[int, int]:
         queued = store.db.execute("SELECT COUNT(*) FROM queue").fetchone()[0]
         sent = store.db.execute("SELECT COUNT(*) FROM sent").fetchone()[0]
         return int(queued), int(sent)
@@ -361,13 +364,14 @@ async def test_a_relay_whose_writer_dies_refuses_writes_and_reports_failure(
     from blindrelay.server.relay import serve
 
     relay = await serve(RelayConfig(port=0, db_path=tmp_path / "r.db"))
-    writer = relay.ctx.writer
-    assert writer.pid is not None
-    os.kill(writer.pid, signal.SIGKILL)
+    store = relay.ctx.store
+    assert isinstance(store, SqliteStore) and store.pid is not None
+    os.kill(store.pid, signal.SIGKILL)
     await asyncio.wait_for(relay.failed.wait(), 10)
-    assert not writer.running
+    assert relay.failure == "the writer process exited"
+    assert not store.running
     with pytest.raises(InternalError):
-        writer.submit("noop")
+        store.submit("noop")
     await asyncio.wait_for(relay.close(), 10)
 
 
@@ -378,7 +382,7 @@ def test_forwarded_statements_are_outside_the_cap_even_when_acknowledged(tmp_pat
     airline = Account("airline", "business", b"a" * 32)
     writer.commit([lambda s: s.accounts.create(ALICE, 0), lambda s: s.accounts.create(airline, 0)])
 
-    def chat(n: int) -> Callable[[Store], object]:
+    def chat(n: int) -> Callable[[Tables], object]:
         return lambda s: s.queue.enqueue("airline", ALICE, n.to_bytes(16, "big"), "chat", None,
                                          None, b"x", b"d%d" % n, 0, cap=2)  # fmt: skip
 
@@ -438,7 +442,7 @@ def test_a_schema_2_database_is_upgraded_in_place(tmp_path: Path) -> None:
         (b"1" * 16, keep), (b"2" * 16, keep),
     ]  # fmt: skip
     assert rows("SELECT stranger FROM queue").fetchall() == [(0,)]
-    assert Store(db).ledger.pair_state("alice", "bob") == PairState(blockers=frozenset({"bob"}))
+    assert Tables(db).ledger.pair_state("alice", "bob") == PairState(blockers=frozenset({"bob"}))
     db.conn.close()
     connect(path).conn.close()  # and again: nothing left to do
 
@@ -450,14 +454,14 @@ def test_queue_shares_are_kept_exact_and_a_failed_job_forgets_them(tmp_path: Pat
     carol = Account("carol", "user", b"c" * 32)
     writer.commit([lambda s: s.accounts.create(ALICE, 0), lambda s: s.accounts.create(carol, 0)])
 
-    def add(sender: Account, n: int, stranger: bool) -> Callable[[Store], object]:
+    def add(sender: Account, n: int, stranger: bool) -> Callable[[Tables], object]:
         return lambda s: s.queue.add_if_new("bob", sender, n.to_bytes(16, "big"), "chat", None,
                                             None, b"x", b"d", 0, stranger)  # fmt: skip
 
     ids = [value for _, value in writer.commit([add(ALICE, n, False) for n in range(3)])]
     writer.commit([add(carol, n, True) for n in range(10, 12)])
 
-    def shares(s: Store) -> tuple[int, dict[str, int]]:
+    def shares(s: Tables) -> tuple[int, dict[str, int]]:
         counted = s.queue.shares("bob", floor=1)
         return counted.strangers, dict(counted.senders)
 
@@ -465,10 +469,10 @@ def test_queue_shares_are_kept_exact_and_a_failed_job_forgets_them(tmp_path: Pat
     writer.commit([add(carol, 12, True), lambda s: s.queue.acknowledge("bob", ids[:2])])
     assert writer.commit([shares]) == [(True, (3, {"alice": 1, "carol": 3}))]
 
-    def add_then_fail(s: Store) -> None:
+    def add_then_fail(s: Tables) -> None:
         add(carol, 13, True)(s)
         raise QueueFull()
 
     writer.commit([add_then_fail])
-    assert "bob" not in writer.store.cache.shares
+    assert "bob" not in writer.tables.cache.shares
     assert writer.commit([shares]) == [(True, (3, {"alice": 1, "carol": 3}))]

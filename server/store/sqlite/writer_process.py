@@ -7,7 +7,7 @@ it over a socketpair (see :mod:`.writer` for the protocol).
 
 Loop: block for the next batch, drain whatever else already arrived (up to
 ``MAX_JOBS_PER_COMMIT``), run it as one transaction
-(:class:`~.storage.GroupCommitter`), answer with one msgpack message holding
+(:class:`~.tables.GroupCommitter`), answer with one msgpack message holding
 every job's outcome and any log lines. Jobs are ``[id, operation, args]``
 looked up in :data:`.jobs.OPERATIONS` — nothing else can be run.
 
@@ -34,10 +34,10 @@ import msgpack
 
 from blindrelay.protocol.errors import ProtocolError
 
-from . import gcpolicy
+from ... import gcpolicy
+from ...logs import _FIELDS, LOGGER, log_event
 from .jobs import OPERATIONS
-from .logs import _FIELDS, LOGGER, log_event
-from .storage import MAX_JOBS_PER_COMMIT, GroupCommitter, Job, Store, checkpoint, connect
+from .tables import MAX_JOBS_PER_COMMIT, GroupCommitter, Job, Tables, checkpoint, connect
 
 PR_SET_PDEATHSIG = 1
 RECV_BYTES = 1 << 20
@@ -74,11 +74,11 @@ def _error(exc: BaseException) -> list[Any]:
 
 def _job(operation: str, args: list[Any]) -> Job:
     function = OPERATIONS[operation]  # KeyError: refused as an internal error
-    return lambda store: function(store, *args)
+    return lambda tables: function(tables, *args)
 
 
 def _unknown(operation: str) -> Job:
-    def job(store: Store) -> None:
+    def job(tables: Tables) -> None:
         raise LookupError(f"unknown operation {operation!r}")
 
     return job
@@ -149,22 +149,22 @@ def main(argv: list[str]) -> int:
     LOGGER.addHandler(_Collect(logs))
     LOGGER.propagate = False
     try:
-        store = Store(connect(Path(path), synchronous))
+        tables = Tables(connect(Path(path), synchronous))
     except Exception as exc:
         sock.sendall(msgpack.packb(["error", type(exc).__name__, str(exc)]))
         return 1
-    # Started and the store open: freeze what lives as long as the process (gcpolicy);
+    # Started and the database open: freeze what lives as long as the process (gcpolicy);
     # the log line goes out with the first answer.
     frozen = gcpolicy.apply(int(gc_threshold))
     log_event(logging.INFO, "gc_policy", role="writer", threshold=int(gc_threshold), frozen=frozen)
     sock.sendall(msgpack.packb(["ready", os.getpid()]))
     try:
-        serve(sock, GroupCommitter(store), logs)
-        checkpoint(store.db)  # a stopped relay leaves nothing in its WAL (SPEC §11.2)
+        serve(sock, GroupCommitter(tables), logs)
+        checkpoint(tables.db)  # a stopped relay leaves nothing in its WAL (SPEC §11.2)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the relay is gone; nothing left to answer
     finally:
-        store.db.conn.close()
+        tables.db.conn.close()
         sock.close()
     return 0
 

@@ -20,7 +20,8 @@ on it is one transaction with whatever the job writes next. Pair states are
 cached write-through in the writer's :class:`~.cache.WriterCache` (every SEND
 reads one), which the writer undoes with a failed job.
 
-Not here: the rules (``blindrelay.protocol.consent``), signature checks
+Not here: the rules (``blindrelay.protocol.consent``; families, nonce keeping:
+``..rules``), signature checks
 (``blindrelay.protocol.signed``), or who calls what (``statements``,
 ``delivery``, ``directory``).
 """
@@ -31,16 +32,11 @@ import json
 
 import sqlite_utils
 
-from blindrelay.protocol import limits
 from blindrelay.protocol.consent import INITIAL, CategoryConsent, CategoryState, PairState
 from blindrelay.protocol.signed import ConsentStatement
 
+from ..rules import STATEMENT_NONCE_KEEP_MS, families
 from .cache import WriterCache
-
-STATEMENT_NONCE_KEEP_MS = 2 * limits.STATEMENT_SKEW_MS
-"""How long an accepted nonce is remembered. A statement is accepted only within
-``STATEMENT_SKEW_MS`` of the relay's clock, so one accepted at t was issued after
-t − skew and is stale from t + 2 × skew on: a replay after that fails on time alone."""
 
 
 def _key(a: str, b: str) -> tuple[str, str]:
@@ -53,13 +49,6 @@ def _split(joined: str) -> frozenset[str]:
 
 def _join(values: frozenset[str]) -> str:
     return ",".join(sorted(values))
-
-
-def families(statement: ConsentStatement) -> list[str]:
-    """The action families a statement is the latest word on (SPEC §7.6)."""
-    if statement.is_consent:
-        return [f"consent:{c}" for c in statement.categories or ()]
-    return ["block"]
 
 
 class ConsentLedger:

@@ -4,7 +4,7 @@ Why: the writer is the only connection that writes accounts, pairs and the
 queue, so it can answer "who is this account", "what is this pair's state" and
 "how long is this recipient's queue" from memory instead of three SQL
 statements per SEND (they were a third of its CPU). Correctness rests on three
-rules, all enforced by ``storage.GroupCommitter``:
+rules, all enforced by ``tables.GroupCommitter``:
 
 - every write to those tables goes through a method that also updates the
   cache (:meth:`WriterCache.put` / :meth:`WriterCache.drop`), so within the
@@ -33,7 +33,7 @@ class WriterCache:
     """Accounts by handle, pair states by sorted pair, queue lengths by recipient,
     metering counts not yet written (``usage``, see :mod:`.metering`), and the
     per-sender counts of the few queues long enough for shares to matter
-    (``shares``, see ``storage.MessageQueue``)."""
+    (``shares``, see ``tables.MessageQueue``)."""
 
     def __init__(self) -> None:
         self.accounts: dict[str, Any] = {}

@@ -13,7 +13,7 @@ arrived as one transaction and answers with one message per committed batch:
 ``[[job id, ok, value or (error code name, detail)], …], log lines]``. A
 ``ProtocolError`` comes back as its code name and is raised again as the same
 class; anything else comes back as INTERNAL_ERROR with its type and place
-(:class:`WriterJobError`). Outcomes arrive in submission order — which keeps
+(:class:`~blindrelay.server.store.StoreJobError`). Outcomes arrive in submission order — which keeps
 deliveries in delivery-id order and per-pair order — and all outcomes of a
 batch are handled in one loop callback (``data_received``), so the loop does
 no per-job future bookkeeping unless a caller asks for a future.
@@ -45,33 +45,22 @@ import msgpack
 
 from blindrelay.protocol.errors import ERRORS_BY_CODE, ErrorCode, InternalError
 
-from . import gcpolicy
-from .logs import LOGGER, log_event
-
-Done = Callable[[bool, Any], None]
-"""Called with (True, result) or (False, exception) after the job's commit."""
+from ... import gcpolicy
+from ...logs import LOGGER, log_event
+from .. import Done, StoreJobError, StoreStartError
 
 SOCKET_BUFFER_BYTES = 4 << 20
 """Room for many batches in flight, so neither side waits on the other's reads."""
 
 
-class WriterJobError(Exception):
-    """A job failed in the writer process with something that is not a ProtocolError."""
-
-    def __init__(self, exc_type: str, exc_at: str) -> None:
-        super().__init__(exc_type)
-        self.exc_type = exc_type
-        self.exc_at = exc_at
-
-
-class WriterStartError(RuntimeError):
+class WriterStartError(StoreStartError):
     """The writer process could not open the database."""
 
 
 def _exception(error: list[Any]) -> BaseException:
     code = error[0]
     if code == "INTERNAL_ERROR" and len(error) > 2:
-        return WriterJobError(error[2], error[3])
+        return StoreJobError(error[2], error[3])
     cls = ERRORS_BY_CODE.get(ErrorCode[code], InternalError)
     return cls(error[1])
 
@@ -130,7 +119,7 @@ class Writer:
                 [
                     sys.executable,
                     "-m",
-                    "blindrelay.server.writer_process",
+                    "blindrelay.server.store.sqlite.writer_process",
                     str(theirs.fileno()),
                     str(os.getpid()),
                     str(self.path),

@@ -39,7 +39,8 @@ arrived while the previous commit ran share one transaction
 reported only after that commit. A job that fails undoes only itself (see
 :meth:`GroupCommitter.commit`). Outcomes come back in the same order, which
 is what keeps deliveries in delivery-id order. The event loop keeps a
-read-only WAL connection for account lookups (:func:`connect_reader`).
+read-only WAL connection for account lookups (:func:`connect_reader`;
+:class:`~.store.SqliteStore` puts the two behind the relay's ``Store``).
 
 The writer is the only writer of accounts, pairs and the queue, so it keeps
 write-through caches of them (:class:`WriterCache`): account rows, pair states
@@ -53,13 +54,13 @@ prepared ``execute`` and plain ``BEGIN``/``SAVEPOINT`` (sqlite-utils'
 ``atomic`` cost ~10 % of the CPU per message); sqlite-utils supplies
 migrations' transaction and the inspection API.
 
-Not here: protocol rules (``auth``, ``directory``, ``delivery``).
+Not here: protocol rules (``auth``, ``directory``, ``delivery``), the decisions
+operations make (``..rules``), what the relay sees of the store (``..``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sqlite3
 import stat
@@ -81,9 +82,11 @@ from blindrelay.protocol.errors import (
 from blindrelay.protocol.frames import AccountKind, OneTimePreKeyRecord, SignedPreKeyRecord
 from blindrelay.protocol.skeleton import leading_skeletons, skeleton
 
+from ...logs import log_event
+from ..records import Account, QueuedEnvelope
+from ..rules import QueueShares, bucket_full_at, bucket_tokens
 from .cache import WriterCache
 from .ledger import ConsentLedger
-from .logs import log_event
 from .metering import UsageMeter
 from .profiles import BadgeStore, ProfileStore
 
@@ -385,29 +388,6 @@ def _statements() -> list[str]:
 
 
 @dataclass(frozen=True, slots=True)
-class Account:
-    handle: str
-    kind: str
-    identity_key: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class QueuedEnvelope:
-    """One row of ``queue``: an opaque envelope and the metadata to route it."""
-
-    delivery_id: int
-    recipient: str
-    sender: str
-    sender_kind: str
-    msg_id: bytes
-    intent: str
-    category: str | None
-    categories: tuple[str, ...] | None
-    sent_at: int
-    body: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class Accepted:
     """Outcome of an enqueue: ``envelope`` is None for an idempotent resend."""
 
@@ -685,9 +665,6 @@ class PreKeyStore:
         self.db.execute("DELETE FROM one_time_prekeys WHERE handle = ?", (handle,))
 
 
-HOUR_MS = 3_600_000
-
-
 class Budgets:
     """Token buckets kept in the database, per (name, key) (SPEC §5.3, §7.3).
 
@@ -707,11 +684,8 @@ class Budgets:
         row = self.db.conn.execute(
             "SELECT tokens, at FROM budgets WHERE name = ? AND key = ?", (name, key)
         ).fetchone()
-        tokens = float(burst)
-        if row is not None:
-            refill = max(0, now - int(row[1])) * rate_per_h / HOUR_MS
-            tokens = min(tokens, float(row[0]) + refill)
-        return tokens
+        stored = (float(row[0]), int(row[1])) if row is not None else None
+        return bucket_tokens(stored, rate_per_h, burst, now)
 
     def take(self, name: str, key: str, rate_per_h: float, burst: int, now: int) -> bool:
         """Spend one token of ``key``'s bucket ``name``; False (and nothing written)
@@ -720,7 +694,7 @@ class Budgets:
         if tokens < 1.0:
             return False
         tokens -= 1.0
-        full_at = now + math.ceil((burst - tokens) * HOUR_MS / rate_per_h)
+        full_at = bucket_full_at(tokens, rate_per_h, burst, now)
         self.db.conn.execute(
             "INSERT OR REPLACE INTO budgets (name, key, tokens, at, full_at)"
             " VALUES (?, ?, ?, ?, ?)",
@@ -731,22 +705,6 @@ class Budgets:
     def purge(self, now: int) -> int:
         """Drop buckets that have refilled: they are the same as absent ones."""
         return int(self.db.execute("DELETE FROM budgets WHERE full_at <= ?", (now,)).rowcount)
-
-
-@dataclass(slots=True)
-class QueueShares:
-    """Who holds how much of one recipient's queue: envelopes per sender, and those
-    from strangers (SPEC §6.3). Kept only for queues at least ``floor`` long, the
-    length below which no share can be reached: most queues never need one."""
-
-    floor: int
-    strangers: int
-    senders: dict[str, int]
-
-    def change(self, sender: str, stranger: bool, delta: int) -> None:
-        self.senders[sender] = self.senders.get(sender, 0) + delta
-        if stranger:
-            self.strangers += delta
 
 
 _QUEUE_COLUMNS = (
@@ -1080,7 +1038,7 @@ def _envelope(row: tuple[Any, ...]) -> QueuedEnvelope:
     )  # fmt: skip
 
 
-class Store:
+class Tables:
     """The tables over one connection; what a writer job receives."""
 
     def __init__(self, db: sqlite_utils.Database) -> None:
@@ -1103,7 +1061,7 @@ class Store:
 
 # --- group commit ------------------------------------------------------------
 
-Job = Callable[[Store], Any]
+Job = Callable[[Tables], Any]
 Outcome = tuple[bool, Any]
 """(True, result) or (False, exception), one per job, in job order."""
 
@@ -1118,8 +1076,8 @@ class GroupCommitter:
     tests can drive it directly.
     """
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, tables: Tables) -> None:
+        self.tables = tables
         self.commits = 0
         """Transactions committed; with ``jobs`` it shows how well commits group."""
         self.jobs = 0
@@ -1137,20 +1095,20 @@ class GroupCommitter:
         and the batch is run again with one savepoint per job — the jobs only
         touch the database and the writer cache, so running them again is safe.
         """
-        store = self.store
+        tables = self.tables
         try:
-            outcomes = _run_batch(store, batch, savepoints=False)
+            outcomes = _run_batch(tables, batch, savepoints=False)
             if outcomes is None:
                 self.replays += 1
-                outcomes = _run_batch(store, batch, savepoints=True)
+                outcomes = _run_batch(tables, batch, savepoints=True)
             assert outcomes is not None
-            store.usage.flush()  # the batch's metering counts, in its transaction
-            store.db.conn.execute("COMMIT")
+            tables.usage.flush()  # the batch's metering counts, in its transaction
+            tables.db.conn.execute("COMMIT")
         except Exception as exc:
             # The commit itself failed (disk full, I/O error): nothing in the
             # batch is durable, so every job fails and no SENT goes out.
-            store.cache.clear()
-            conn = store.db.conn
+            tables.cache.clear()
+            conn = tables.db.conn
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
@@ -1158,17 +1116,17 @@ class GroupCommitter:
             return [(False, InternalError()) for _job in batch]
         self.commits += 1
         self.jobs += len(batch)
-        if store.checkpoint_requested:  # outside the transaction, before any answer
-            store.checkpoint_requested = False
-            checkpoint(store.db)
+        if tables.checkpoint_requested:  # outside the transaction, before any answer
+            tables.checkpoint_requested = False
+            checkpoint(tables.db)
         return outcomes
 
 
-def _run_batch(store: Store, batch: list[Job], *, savepoints: bool) -> list[Outcome] | None:
+def _run_batch(tables: Tables, batch: list[Job], *, savepoints: bool) -> list[Outcome] | None:
     """Outcomes of every job inside an open transaction, or None when a job
     without a savepoint failed after writing (the transaction is rolled back)."""
-    conn = store.db.conn
-    cache = store.cache
+    conn = tables.db.conn
+    cache = tables.cache
     execute = conn.execute
     outcomes: list[Outcome] = []
     append = outcomes.append
@@ -1179,7 +1137,7 @@ def _run_batch(store: Store, batch: list[Job], *, savepoints: bool) -> list[Outc
         before = conn.total_changes
         cache.begin_job()
         try:
-            result = job(store)
+            result = job(tables)
         except Exception as exc:
             if not conn.in_transaction:
                 raise  # SQLite rolled back everything (e.g. disk full)

@@ -10,7 +10,7 @@ a signature or signed body. The relay's private seed is never printed.
 Reads through sqlite-utils' inspection API on a read-only connection; safe
 to run next to a live relay (WAL readers do not block the writer).
 
-Not here: the schema (``storage``).
+Not here: the schema (``tables``), other back ends (each has its own report).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from .storage import connect_reader
+from .tables import connect_reader
 
 CIPHERTEXT_PREFIX_BYTES = 8
 """Bytes of each envelope body shown; enough to see it is random-looking."""

@@ -16,47 +16,18 @@ fails takes its counts back with the rest of its cache changes, a rolled-back
 batch empties them, and reads (:meth:`UsageMeter.months`) flush first.
 
 Not here: which envelopes count (``blindrelay.protocol.consent.may_deliver``
-decides the meter), prices (``admin usage``).
+decides the meter), months (``..rules.month_span``), prices (``admin usage``).
 """
 
 from __future__ import annotations
-
-import datetime
-from dataclasses import dataclass, field
 
 import sqlite_utils
 
 from blindrelay.protocol.consent import Meter
 
+from ..records import MonthUsage
+from ..rules import month_span
 from .cache import WriterCache
-
-
-def month_of(ms: int) -> str:
-    """``YYYY-MM`` of a relay time, in UTC."""
-    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m")
-
-
-def month_span(ms: int) -> tuple[int, int, str]:
-    """(first ms of the UTC month of ``ms``, first ms of the next one, ``YYYY-MM``)."""
-    day = datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC)
-    start = day.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    end = (
-        start.replace(year=start.year + 1, month=1)
-        if start.month == 12
-        else start.replace(month=start.month + 1)
-    )
-    return int(start.timestamp()) * 1000, int(end.timestamp()) * 1000, start.strftime("%Y-%m")
-
-
-@dataclass
-class MonthUsage:
-    """One business's counts for one month."""
-
-    business: str
-    month: str
-    notifications: dict[str, int] = field(default_factory=dict)
-    service_replies: int = 0
-    user_initiated: int = 0
 
 
 class UsageMeter:

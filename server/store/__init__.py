@@ -1,0 +1,249 @@
+"""The store: everything the relay keeps, behind one interface that every back end implements.
+
+The seam. Handlers never await: they call an operation by name with plain
+msgpack values (``Store.call``), and answer the client in its ``done``
+callback, which runs after the operation's transaction has committed. The
+operations and their contracts — arguments, results, errors, what commits
+together — are :data:`.operations.CONTRACT`; that table, the :class:`Store`
+protocol below and the pure rules they share are all a back end implements
+against. What the handlers read directly, without a round trip (who an
+account is, the even lookup LOGIN makes, whether a prekey upload is refused
+already), are the three synchronous reads of :class:`Store`.
+
+Back ends, one sub-package each, chosen by :func:`open_store` from a URL:
+
+- ``sqlite/`` — the embedded default: one SQLite file, written by one writer
+  process with group commit; ``sqlite:///ABSOLUTE/PATH``, ``sqlite:RELATIVE/PATH``
+  or a plain path (``--db``);
+- ``postgresql://…`` — not available yet.
+
+The operator's commands (``blindrelay admin``, ``inspect``) open the same back
+ends through :func:`open_admin_store` and :func:`inspect_store`.
+
+Not here: what a frame does (``auth``, ``delivery``, …); how a back end stores
+anything (its sub-package). Nothing here imports a back end at module level:
+importing the handlers loads no database driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .records import Account, MonthUsage, QueuedEnvelope, envelope_row
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from ..config import RelayConfig
+
+__all__ = [
+    "Account", "AdminStore", "Done", "MonthUsage", "QueuedEnvelope", "Store", "StoreError",
+    "StoreJobError", "StoreStartError", "UnsupportedStore", "check_store_url", "envelope_row",
+    "inspect_store",
+    "open_admin_store", "open_store",
+]  # fmt: skip
+
+Done = Callable[[bool, Any], None]
+"""Called with (True, result) or (False, exception) after the operation's commit."""
+
+
+class StoreError(Exception):
+    """A store that cannot be opened as asked; the message is one line for the operator."""
+
+
+class UnsupportedStore(StoreError):
+    """The URL names no back end this relay has."""
+
+
+class StoreStartError(StoreError):
+    """The back end could not open its data (a missing directory, no permission …)."""
+
+
+class StoreJobError(Exception):
+    """An operation failed with something that is not a ProtocolError.
+
+    Carries the exception's type and the place it was raised, never its message
+    (SPEC §9: internal errors carry no detail, and the log gets no data either).
+    """
+
+    def __init__(self, exc_type: str, exc_at: str) -> None:
+        super().__init__(exc_type)
+        self.exc_type = exc_type
+        self.exc_at = exc_at
+
+
+class Store(Protocol):
+    """What the relay needs of a back end (one per relay process).
+
+    Everything is called on the event loop, and only :meth:`start`, :meth:`close`
+    and the futures of :meth:`submit` are awaited: the three reads answer at once,
+    so they must be cheap (the SQLite back end reads its file; another back end
+    would answer from a local copy kept current rather than from a round trip).
+    """
+
+    @property
+    def location(self) -> str:
+        """Where the data is, for the log: a path, or a URL without its password."""
+
+    @property
+    def running(self) -> bool:
+        """Started and not lost or closed: operations may be called."""
+
+    on_lost: Callable[[str], None] | None
+    """Called once, with one line saying what was lost, if the back end goes away while
+    the relay still needs it; operations in flight have failed with an internal error."""
+
+    async def start(self) -> None:
+        """Open the data (creating or upgrading its schema); raise
+        :class:`StoreStartError` if it cannot be opened."""
+
+    async def close(self) -> None:
+        """Commit and answer every operation called before, then release everything."""
+
+    def call(self, operation: str, args: list[Any] | tuple[Any, ...], done: Done) -> None:
+        """Run ``operation`` (:data:`.operations.CONTRACT`) with ``args``; ``done`` after
+        its commit. Operations called in one loop turn may share one transaction."""
+
+    def call_many(self, operation: str, item: Any, done: Done) -> None:
+        """Run a merged operation for one ``item``, joining the previous call if that was
+        the same operation and nothing was called in between; ``done`` gets this item's
+        result, or the whole operation's error."""
+
+    def submit(self, operation: str, *args: Any) -> asyncio.Future[Any]:
+        """:meth:`call` with a future, for callers that await (start-up, purges)."""
+
+    def account(self, handle: str) -> Account | None:
+        """The account as committed now, by any relay process (a rotation is seen at once)."""
+
+    def account_for_login(self, handle: str) -> Account | None:
+        """:meth:`account` with the same work whether ``handle`` exists or not (SPEC §11.1):
+        a LOGIN's answer and its timing must not tell who exists."""
+
+    def check_prekey_upload(self, handle: str, key_ids: Sequence[int], max_stored: int) -> None:
+        """Raise InvalidPrekeys if adding one-time prekeys ``key_ids`` is refused already
+        (SPEC §5.2: an id stored, or more than ``max_stored``); ``upload_prekeys`` checks
+        again, atomically with its writes."""
+
+
+class AdminStore(Protocol):
+    """What the operator's commands need (``blindrelay admin``): short-lived and
+    synchronous, safe to use next to running relays."""
+
+    def transaction(self) -> AbstractContextManager[object]:
+        """Everything inside commits together, or not at all."""
+
+    def account(self, handle: str) -> Account | None: ...
+
+    def badge_serial_taken(self, serial: int) -> bool: ...
+
+    def add_badge(
+        self,
+        *,
+        serial: int,
+        handle: str,
+        key_fingerprint: bytes,
+        display_name: str,
+        issued_at: int,
+        expires_at: int,
+        signed: bytes,
+    ) -> None: ...
+
+    def revoke_badges(self, handle: str, now: int) -> int:
+        """Withdraw every badge of ``handle`` in force; how many were withdrawn."""
+
+    def add_invites(self, digests: Iterable[bytes], now: int) -> None: ...
+
+    def usage(self, business: str | None, month: str | None) -> list[MonthUsage]:
+        """Metering counts per (business, month), optionally of one business or month."""
+
+    def close(self) -> None: ...
+
+
+# --- choosing a back end ----------------------------------------------------------
+
+_POSTGRESQL = ("postgresql://", "postgres://")
+
+
+@dataclass(frozen=True, slots=True)
+class _Sqlite:
+    path: Path
+
+
+def _parse(url: str) -> _Sqlite | str:
+    """A SQLite location, or the URL of another back end (refused if unknown).
+
+    ``sqlite:///var/lib/blindrelay.db`` is ``/var/lib/blindrelay.db`` (an empty
+    authority, as in a ``file:`` URL), ``sqlite:blindrelay.db`` is relative, and
+    anything else without ``://`` is a file path (what ``--db`` gives).
+    """
+    if url.startswith(_POSTGRESQL):
+        return url
+    if url.startswith("sqlite:"):
+        rest = url.removeprefix("sqlite:")
+        if rest.startswith("//"):
+            authority, slash, path = rest[2:].partition("/")
+            if authority or not slash:
+                raise UnsupportedStore(
+                    f"store {url!r}: a sqlite URL has no host; write sqlite:///ABSOLUTE/PATH "
+                    "or sqlite:RELATIVE/PATH"
+                )
+            rest = "/" + path
+        if rest in ("", "/"):
+            raise UnsupportedStore(f"store {url!r}: no database file named")
+        return _Sqlite(Path(rest))
+    if "://" in url:
+        scheme = url.partition("://")[0]
+        raise UnsupportedStore(
+            f"store {url!r}: unknown kind {scheme!r}; use sqlite:///PATH or a file path"
+        )
+    if not url:
+        raise UnsupportedStore("no store given")
+    return _Sqlite(Path(url))
+
+
+_NOT_YET = "the PostgreSQL store is not available yet; use sqlite:///PATH or --db PATH"
+
+
+def _sqlite(url: str) -> _Sqlite:
+    location = _parse(url)
+    if not isinstance(location, _Sqlite):
+        raise UnsupportedStore(_NOT_YET)
+    return location
+
+
+def check_store_url(url: str) -> None:
+    """Raise :class:`UnsupportedStore` unless this relay has a back end for ``url``:
+    for refusing a bad ``--store`` before anything starts."""
+    _sqlite(url)
+
+
+def open_store(url: str, config: RelayConfig) -> Store:
+    """The back end ``url`` names, not started yet (``await store.start()``)."""
+    location = _sqlite(url)
+    from .sqlite.store import SqliteStore  # only the chosen back end is imported
+
+    return SqliteStore(location.path, config.synchronous, config.gc_threshold)
+
+
+def open_admin_store(url: str) -> AdminStore:
+    """The back end ``url`` names, for the operator's commands; :class:`StoreError`
+    (one line) if there is no store there or it cannot be opened."""
+    location = _sqlite(url)
+    from .sqlite.store import SqliteAdminStore
+
+    return SqliteAdminStore.open(location.path)
+
+
+def inspect_store(url: str, limit: int) -> Iterator[str]:
+    """``blindrelay inspect``: lines describing everything the store holds (SPEC §11),
+    read-only; :class:`StoreError` if there is no store there."""
+    location = _sqlite(url)
+    from .sqlite.inspection import inspect_database
+
+    if not location.path.exists():
+        raise StoreError(f"no database at {location.path}")
+    return inspect_database(location.path, limit)

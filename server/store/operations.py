@@ -1,0 +1,280 @@
+"""Every operation a store back end runs for the relay, and its contract, in one table.
+
+This is what a back end implements: :data:`CONTRACT` names each operation the
+relay calls (``Store.call``/``call_many``/``submit`` in :mod:`blindrelay.server.store`)
+with its arguments, its result, the errors it may raise, and what must commit
+together. The SQLite back end's implementation is ``sqlite/jobs.py``; a test
+keeps its operations and their argument names equal to this table, and the
+conformance suite (``tests/conformance``, wire only) is what shows two back
+ends equivalent.
+
+Rules every operation follows, whatever the back end:
+
+- **Values.** Arguments and results are plain msgpack values (str, bin, int,
+  float, bool, nil, arrays, maps with str keys), so an operation can cross a
+  process or network boundary without pickle. ``rules`` of ``send`` is a
+  :class:`SendRules` (a tuple: it travels as an array).
+- **Errors.** A refusal is a :class:`~blindrelay.protocol.errors.ProtocolError`
+  and reaches the caller as the same class and detail; anything else reaches it
+  as :class:`~blindrelay.server.store.StoreJobError` (type and place, no message).
+  A failed operation changes nothing: everything it wrote is undone with it, and
+  only it.
+- **Durability.** ``done`` runs, and a future resolves, only after the
+  operation's transaction has committed durably (SPEC §6.3: no SENT before the
+  envelope is committed). Many operations may share one transaction (group
+  commit); none is answered before that transaction commits.
+- **Order.** Operations submitted to one store are applied, and answered, in
+  submission order: a frame's effects are visible to every later frame's
+  operation (per-pair order, SPEC §6.4; a statement acknowledged before a SEND is
+  seen by it, §7.4). An operation sees every write committed before it started,
+  also by other relay processes sharing the back end.
+- **Merging.** Operations marked ``merged`` are called with ``call_many``: one
+  argument, the list of items; the result is one value per item, in order. The
+  caller may merge consecutive calls of the same operation into one.
+- **Same work.** Where SPEC §7.7 or §11.1 asks for the same work whatever the
+  answer, the operation does the same reads (noted below): a refusal must not tell
+  by its timing what it refuses to tell by its code.
+
+The decisions inside operations (consent, queue room, statement transitions,
+what is metered, budgets) are pure functions of the state an operation reads:
+:mod:`.rules`, over :mod:`blindrelay.protocol.consent`. A back end reads that
+state its own way (row by row, or set-based for a whole batch) and calls the
+same functions, in the order :mod:`.rules` gives.
+
+Not here: which handler calls what (``auth``, ``delivery``, ``directory``,
+``statements``, ``business``), how an operation is run (the back ends).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+
+class SendRules(NamedTuple):
+    """The relay's *default* limits a ``send`` applies (SPEC §6.3, §7.3, §10); one array
+    on the wire, made once per configuration (:func:`..delivery.send_rules`)."""
+
+    queue_cap: int
+    service_window_ms: int
+    queue_share_per_sender: int
+    queue_share_strangers: int
+    message_request_max: int
+    first_contacts_per_h: float
+    first_contacts_burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One operation's contract: what the relay relies on, whichever back end runs it."""
+
+    spec: str
+    """The SPEC sections it implements."""
+    args: Mapping[str, str]
+    """Argument name → type and meaning, in call order; ``?`` marks an optional one."""
+    result: str
+    errors: str = "none but internal ones"
+    atomic: str = ""
+    """What commits together (beyond the operation being all or nothing)."""
+    merged: bool = False
+    """Called with ``call_many``: ``args`` describe one item."""
+
+
+ENVELOPE_ROW = (
+    "[delivery_id, recipient, sender, sender_kind, msg_id, intent, category, "
+    "categories | nil, sent_at, body] (records.envelope_row)"
+)
+
+CONTRACT: dict[str, Operation] = {
+    "noop": Operation(
+        spec="§6.3",
+        args={},
+        result="nil, once every operation submitted before it has committed (a barrier: "
+        "shutdown waits on it so every SENT owed goes out)",
+    ),
+    "relay_seed": Operation(
+        spec="§4.1",
+        args={},
+        result="bin 32: the relay's Ed25519 seed, or nil before the first start",
+    ),
+    "create_relay_seed": Operation(
+        spec="§4.1",
+        args={"seed": "bin 32", "public": "bin 32: its public key", "now": "int ms"},
+        result="bin 32: the stored seed — ``seed``, unless one was stored meanwhile (two "
+        "relays starting at once must end with one key)",
+    ),
+    "create_account": Operation(
+        spec="§3.2, §4.2, §4.6.4",
+        args={
+            "handle": "str",
+            "kind": "str: user | business",
+            "identity_key": "bin 32",
+            "now": "int ms",
+            "invite?": "bin: the hash of the REGISTER's invite, when invites are required",
+        },
+        result="nil",
+        errors="203 REGISTRATION_REFUSED: invite unknown or used; 201 HANDLE_TAKEN: the "
+        "handle exists, or a leading run of its labels has the skeleton of a business",
+        atomic="the invite consumed, the lookalike check, the account, and a business's "
+        "skeleton: no two registrations can both pass a check, and a refusal keeps the invite",
+    ),
+    "login_counts": Operation(
+        spec="§4.3",
+        args={"handle": "str", "not_before": "int ms: envelopes older are expired"},
+        result="[queued envelopes (unexpired, statements included), one-time prekeys stored, "
+        "bool: signed prekey stored] for WELCOME, counting every earlier operation's writes",
+    ),
+    "rotate_identity": Operation(
+        spec="§3.4",
+        args={"handle": "str", "old_key": "bin 32", "new_key": "bin 32"},
+        result="nil",
+        errors="501 STALE_STATEMENT: the key is no longer ``old_key`` (compare-and-swap)",
+        atomic="the new key and the deletion of every prekey the old key signed",
+    ),
+    "upload_prekeys": Operation(
+        spec="§5.2",
+        args={
+            "handle": "str",
+            "identity_key": "bin 32: the key the signed prekey was verified with",
+            "signed": "[key_id, public, signature] | nil, verified by the caller",
+            "one_time": "[[key_id, public], …]",
+            "cap": "int: one-time prekeys an account may have stored",
+            "now": "int ms",
+        },
+        result="nil",
+        errors="300 INVALID_PREKEYS: the identity key rotated meanwhile, a one-time id is "
+        "already stored, or the upload would store more than ``cap``",
+        atomic="all or nothing: the signed prekey replaced and every one-time prekey added",
+    ),
+    "take_bundle": Operation(
+        spec="§5.3, §7.3, §7.7",
+        args={
+            "requester": "str",
+            "requester_kind": "str",
+            "owner": "str",
+            "now": "int ms",
+            "rate_per_h?": "float: the owner's one-time prekey budget refill",
+            "burst?": "int: and its size",
+        },
+        result="[identity_key, kind, [key_id, public, signature], [key_id, public] | nil, "
+        "one-time prekeys remaining]; nil one-time when none is left or the owner's budget "
+        "is spent",
+        errors="400 RECIPIENT_UNAVAILABLE: unknown owner, refused by consent or block (the "
+        "pair state is read first, also for an unknown owner), or no signed prekey; "
+        "202 FORBIDDEN where §7.3 says so",
+        atomic="the consent decision, the one-time prekey consumed and the owner's budget "
+        "spent: no one-time prekey is ever handed out twice, by any relay process",
+    ),
+    "send": Operation(
+        spec="§6.1–6.3, §7.2–7.3, §7.7, §8.4",
+        args={
+            "handle": "str: the sender",
+            "kind": "str: the sender's kind",
+            "to": "str",
+            "msg_id": "bin 16",
+            "intent": "str",
+            "category": "str | nil",
+            "categories": "[str, …] | nil",
+            "body": "bin: opaque ciphertext",
+            "now": "int ms: the acceptance time",
+            "rules": "SendRules",
+        },
+        result="[delivery_id, at] for a new envelope (delivery ids only grow, never reused); "
+        "int at — the original acceptance time — for an idempotent resend",
+        errors="400 RECIPIENT_UNAVAILABLE / 202 FORBIDDEN: the pair's state refuses (rules."
+        "judge_send, on the state read before the recipient's existence is looked at); "
+        "401 QUEUE_FULL: the cap or a share of the recipient's queue (rules.queue_full); "
+        "403 MESSAGE_ID_REUSED: a remembered msg_id with other content. A remembered "
+        "(handle, msg_id) is answered before any refusal",
+        atomic="the decision, the envelope, the remembered (handle, msg_id) and its digest, "
+        "the new pair state, the first-contact budget spent and the metering count: one "
+        "transaction, so a refusal writes nothing and a resend counts once",
+    ),
+    "acknowledge": Operation(
+        spec="§6.5",
+        args={"handle": "str", "delivery_ids": "[int, …]"},
+        result="int per item: rows deleted (ids not queued for ``handle`` are ignored)",
+        merged=True,
+    ),
+    "page": Operation(
+        spec="§6.4, §6.6",
+        args={
+            "handle": "str",
+            "after": "int: a delivery id",
+            "limit": "int",
+            "not_before": "int ms: older envelopes are expired and skipped",
+        },
+        result=f"[envelope row, …], delivery id > ``after`` ascending, at most ``limit``; "
+        f"a row is {ENVELOPE_ROW}",
+    ),
+    "apply_statement": Operation(
+        spec="§7.4–7.6",
+        args={
+            "handle": "str: the signer (the connection's account)",
+            "signed": "bin: the statement, signature verified by the caller",
+            "now": "int ms",
+            "cooldown_ms": "int: CONSENT_COOLDOWN_MS",
+            "max_block_targets?": "int: MAX_BLOCK_TARGETS",
+        },
+        result="[purged delivery ids (the signer's queue), forwarded envelope row | nil "
+        "(queued for a business target), superseded delivery ids (the target's queue)]",
+        errors="500 INVALID_STATEMENT: identity key rotated, action unfit for the signer "
+        "(rules.check_statement), no transition (rules.statement_effect), too many block "
+        "targets (rules.check_block_targets); "
+        "501 STALE_STATEMENT: (signer, nonce) seen before; 400 RECIPIENT_UNAVAILABLE: a "
+        "consent statement whose target is not a business",
+        atomic="the nonce remembered, the new pair state, the statement in force and the ones "
+        "it supersedes deleted, the purge of undelivered envelopes, the superseded receipts "
+        "withdrawn and the new receipt queued",
+    ),
+    "statements_in_force": Operation(
+        spec="§7.6",
+        args={"handle": "str", "after": "int: a cursor", "limit": "int"},
+        result="[[signed statement, …], next cursor | nil]: oldest first, those the account "
+        "signed and, for a business, those it is the target of",
+    ),
+    "put_profile": Operation(
+        spec="§8.2",
+        args={
+            "handle": "str",
+            "identity_key": "bin 32: the key the profile was verified with",
+            "profile": "bin: the signed profile",
+            "now": "int ms",
+        },
+        result="nil",
+        errors="600 INVALID_PROFILE: the identity key rotated meanwhile",
+    ),
+    "fetch_profile": Operation(
+        spec="§8.1–8.2, §11.1",
+        args={"owner": "str", "now": "int ms"},
+        result="[identity_key, signed profile | nil, badge in force | nil]",
+        errors="601 NOT_FOUND: a user or an unknown handle, after the same reads (account, "
+        "badge, profile) as for a business",
+    ),
+    "usage_month": Operation(
+        spec="§8.4",
+        args={"handle": "str", "month": "str YYYY-MM (UTC)"},
+        result="[{category: notifications}, service replies, user-initiated], every count "
+        "committed before it",
+    ),
+    "purge": Operation(
+        spec="§6.6, §7.4, §11",
+        args={"before": "int ms: envelopes and msg ids older go", "now": "int ms"},
+        result="[envelopes dropped, remembered msg ids dropped]; statement nonces that can no "
+        "longer be replayed fresh and refilled budgets go too",
+    ),
+    "checkpoint": Operation(
+        spec="§11.2",
+        args={},
+        result="nil, after what deleted rows left in the back end's logs is gone (SQLite: "
+        "the WAL folded in and truncated once the batch has committed); nothing for a back "
+        "end with no such step",
+    ),
+}
+"""Operation name → its contract: the only operations a back end runs."""
+
+
+def argument_names(operation: Operation) -> list[str]:
+    """The argument names in call order, optional ones without their ``?``."""
+    return [name.rstrip("?") for name in operation.args]

@@ -1,0 +1,63 @@
+"""The records a store hands to the relay, the same whichever back end holds them.
+
+Plain frozen values, so handlers, operations and tests can build and compare
+them without a database. :func:`envelope_row` is the one shape a queued
+envelope takes between a back end and the event loop (operations ``page`` and
+``apply_statement`` return it; :func:`..fastframes.deliver_row` encodes DELIVER
+straight from it).
+
+Not here: how a back end stores them (``sqlite/tables.py``), the rules that
+decide what is stored (``rules``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A handle, its kind and its current identity key (SPEC §3)."""
+
+    handle: str
+    kind: str
+    identity_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedEnvelope:
+    """One queued envelope: opaque ciphertext and the metadata to route it (SPEC §6.4)."""
+
+    delivery_id: int
+    recipient: str
+    sender: str
+    sender_kind: str
+    msg_id: bytes
+    intent: str
+    category: str | None
+    categories: tuple[str, ...] | None
+    sent_at: int
+    body: bytes
+
+
+def envelope_row(envelope: QueuedEnvelope) -> list[Any]:
+    """A queued envelope as msgpack values: [delivery_id, recipient, sender, sender_kind,
+    msg_id, intent, category, categories | None, sent_at, body]."""
+    return [
+        envelope.delivery_id, envelope.recipient, envelope.sender, envelope.sender_kind,
+        envelope.msg_id, envelope.intent, envelope.category,
+        list(envelope.categories) if envelope.categories is not None else None,
+        envelope.sent_at, envelope.body,
+    ]  # fmt: skip
+
+
+@dataclass
+class MonthUsage:
+    """One business's metering counts for one UTC month (SPEC §8.4)."""
+
+    business: str
+    month: str
+    notifications: dict[str, int] = field(default_factory=dict)
+    service_replies: int = 0
+    user_initiated: int = 0

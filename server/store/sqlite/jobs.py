@@ -1,0 +1,438 @@
+"""The SQLite back end's operations: :data:`..operations.CONTRACT`, run by the writer process.
+
+Each function here implements the operation of its name; :data:`OPERATIONS` is
+the only code the writer process (:mod:`.writer_process`) will run, looked up
+by the name in a job ``[job id, operation name, args]`` — never a pickled
+closure (the package forbids pickle). Each takes the writer's
+:class:`~.tables.Tables` and the contract's plain msgpack values and returns
+plain values; the handler that called it rebuilds what it needs on the event
+loop (for a SEND: only the delivery id and time come back, the envelope it
+already has).
+
+Everything that must be atomic with a write is decided here, inside the
+writer's transaction: consent with the enqueue (:func:`decide`), idempotence,
+the queue cap, metering, a statement with its purge and receipt.
+
+Not here: the contract (``..operations``), on-loop checks and answers
+(``auth``, ``directory``, ``delivery``, ``statements``, ``business``), the
+transaction itself (``tables.GroupCommitter``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from blindrelay.protocol import limits
+from blindrelay.protocol.consent import REFUSE, PairState, Request, Verdict
+from blindrelay.protocol.crypto.fingerprint import key_fingerprint
+from blindrelay.protocol.errors import (
+    HandleTaken,
+    InvalidPrekeys,
+    InvalidProfile,
+    NotFound,
+    QueueFull,
+    RecipientUnavailable,
+    RegistrationRefused,
+    StaleStatement,
+)
+from blindrelay.protocol.frames import AccountKind, OneTimePreKeyRecord, SignedPreKeyRecord
+from blindrelay.protocol.signed import Action, ConsentStatement, unverified_body
+
+from ..operations import SendRules
+from ..records import Account, envelope_row
+from ..rules import (
+    FIRST_CONTACTS,
+    ONE_TIME_PREKEYS,
+    check_block_targets,
+    check_statement,
+    envelope_digest,
+    judge,
+    judge_send,
+    metered_business,
+    needs_badge,
+    pair_after_send,
+    queue_full,
+    refuse_unless_allowed,
+    share_floor,
+    shares_matter,
+    statement_effect,
+)
+from .tables import Tables
+
+# --- reads the rules need ----------------------------------------------------------
+
+
+def pair_and_recipient(
+    tables: Tables, sender: str, sender_kind: str, to: str, request: Request, now: int
+) -> tuple[PairState, Account | None, bool]:
+    """SPEC §7.3 inside a writer job: the pair's state, the recipient, and whether the
+    sender holds a badge in force (read only where :func:`..rules.needs_badge`).
+
+    "The relay MUST do the same work (one lookup of the pair state, including
+    for an unknown account) before answering": the pair state is read before
+    the recipient's existence is looked at.
+    """
+    state = tables.ledger.pair_state(sender, to)
+    verified = needs_badge(sender_kind, request) and business_verified(tables, sender, now)
+    return state, tables.accounts.get(to), verified
+
+
+def business_verified(tables: Tables, handle: str, now: int) -> bool:
+    """SPEC §7.3, §8.1: a badge in force for the business's current identity key.
+
+    Read from the badge store on every call, never cached: "when the operator
+    revokes a badge the relay stops serving it at once", and stops counting it.
+    """
+    account = tables.accounts.get(handle)
+    if account is None:
+        return False
+    return tables.badges.current(handle, key_fingerprint(account.identity_key), now) is not None
+
+
+_rules: tuple[list[Any], SendRules] = ([], SendRules(0, 0, 0, 0, 0, 0.0, 0))
+
+
+def _send_rules(values: list[Any]) -> SendRules:
+    """The :class:`SendRules` of a job's array, made once while the relay sends the same."""
+    global _rules
+    if _rules[0] != values:
+        _rules = (values, SendRules(*values))
+    return _rules[1]
+
+
+# --- operations ----------------------------------------------------------------
+
+
+def noop(tables: Tables) -> None:
+    """A barrier: resolved once every job submitted before it has committed."""
+
+
+def relay_seed(tables: Tables) -> bytes | None:
+    row = tables.db.conn.execute("SELECT seed FROM relay_identity WHERE id = 1").fetchone()
+    return bytes(row[0]) if row is not None else None
+
+
+def create_relay_seed(tables: Tables, seed: bytes, public: bytes, now: int) -> bytes:
+    """The stored seed: ``seed`` unless one was stored meanwhile."""
+    return tables.relay_identity.load_or_create(lambda: (seed, public), now)
+
+
+def create_account(
+    tables: Tables,
+    handle: str,
+    kind: str,
+    identity_key: bytes,
+    now: int,
+    invite: bytes | None = None,
+) -> None:
+    """SPEC §3.2, §4.2, §4.6.4: one job, so no two registrations can both pass a check.
+
+    ``invite`` is the hash of the REGISTER's invite when the relay requires one.
+    It is consumed first; a later refusal rolls the job back, invite included.
+    """
+    # "An invite MUST be consumed in the same transaction that creates the account."
+    if invite is not None and not tables.invites.consume(invite):
+        raise RegistrationRefused("invite unknown or used")
+    # "The relay MUST refuse [...] a handle with a leading skeleton equal to the
+    # skeleton of an existing business, with ERROR 201 HANDLE_TAKEN."
+    if tables.lookalikes.collides(handle):
+        raise HandleTaken()
+    # "Handles are unique: a REGISTER for an existing handle MUST be refused."
+    if not tables.accounts.create(Account(handle, kind, identity_key), now):
+        raise HandleTaken()
+    if kind == AccountKind.BUSINESS:
+        tables.lookalikes.add(handle)
+
+
+def login_counts(tables: Tables, handle: str, not_before: int) -> list[Any]:
+    """[queued, one-time prekeys, has signed prekey] — through the writer, so the
+    counts include every earlier frame's writes."""
+    one_time, has_signed = tables.prekeys.counts(handle)
+    return [tables.queue.count(handle, not_before), one_time, has_signed]
+
+
+def rotate_identity(tables: Tables, handle: str, old_key: bytes, new_key: bytes) -> None:
+    # Compare-and-swap: a concurrent rotation makes this proof stale.
+    if not tables.accounts.replace_identity_key(handle, old_key, new_key):
+        raise StaleStatement()
+    # The prekeys were signed by the old key; a bundle must never mix keys.
+    tables.prekeys.delete_all(handle)
+
+
+def upload_prekeys(
+    tables: Tables,
+    handle: str,
+    identity_key: bytes,
+    signed: list[Any] | None,
+    one_time: list[list[Any]],
+    cap: int,
+    now: int,
+) -> None:
+    """``signed`` = [key_id, public, signature] (verified on the loop),
+    ``one_time`` = [[key_id, public]…]."""
+    current = tables.accounts.get(handle)
+    if current is None or current.identity_key != identity_key:
+        raise InvalidPrekeys("identity key rotated during upload")
+    signed_record = SignedPreKeyRecord(*signed) if signed is not None else None
+    records = [OneTimePreKeyRecord(key_id, public) for key_id, public in one_time]
+    tables.prekeys.upload(handle, signed_record, records, cap, now)
+
+
+def take_bundle(
+    tables: Tables,
+    requester: str,
+    requester_kind: str,
+    owner: str,
+    now: int,
+    rate_per_h: float = limits.ONE_TIME_PREKEY_RATE_PER_H,
+    burst: int = limits.ONE_TIME_PREKEY_BURST,
+) -> list[Any]:
+    """SPEC §5.3, §7.3: consent decided and one one-time prekey consumed in one job.
+
+    "The relay … hands out at most ONE_TIME_PREKEY_BURST one-time prekeys of one owner,
+    refilled at ONE_TIME_PREKEY_RATE_PER_H …, whoever asks. When the owner's budget is
+    spent the relay MUST still serve the bundle, without one_time."
+
+    Returns [identity_key, kind, [key_id, public, signature], [key_id, public] | None,
+    remaining].
+    """
+    request = Request.BUNDLE_FETCH
+    state, recipient, verified = pair_and_recipient(
+        tables, requester, requester_kind, owner, request, now
+    )
+    kind = recipient.kind if recipient is not None else None
+    refuse_unless_allowed(
+        judge(requester, requester_kind, owner, kind, request, state, now, verified=verified)
+    )
+    row = tables.prekeys.take_bundle(
+        owner, lambda: tables.budgets.take(ONE_TIME_PREKEYS, owner, rate_per_h, burst, now)
+    )
+    if row is None:
+        raise RecipientUnavailable()
+    spk, otk = row.signed_prekey, row.one_time
+    return [
+        row.identity_key, row.kind, [spk.key_id, spk.public, spk.signature],
+        [otk.key_id, otk.public] if otk is not None else None, row.remaining,
+    ]  # fmt: skip
+
+
+def send(
+    tables: Tables,
+    handle: str,
+    kind: str,
+    to: str,
+    msg_id: bytes,
+    intent: str,
+    category: str | None,
+    categories: list[str] | None,
+    body: bytes,
+    now: int,
+    rules: list[Any],
+) -> Any:
+    """SPEC §6.1–6.3, §7.3, §8.4: decide, enqueue, update the pair, meter — one job,
+    in the order of :mod:`..rules`.
+
+    Returns the original time (an int) for a resend, else [delivery_id, at].
+    """
+    send_rules = _send_rules(rules)
+    digest = envelope_digest(to, intent, category, categories, body)
+    queue = tables.queue
+    request = Request(intent)
+    # pair_and_recipient, inline: this is the writer's hottest path.
+    state = tables.ledger.pair_state(handle, to)
+    verified = needs_badge(kind, request) and business_verified(tables, handle, now)
+    recipient = tables.accounts.get(to)
+    decision, stranger, probe = judge_send(
+        send_rules, handle, kind, to, recipient.kind if recipient is not None else None,
+        request, category, frozenset(categories or ()), state, now, verified=verified,
+    )  # fmt: skip
+    contacts_per_h = send_rules.first_contacts_per_h
+    contacts_burst = send_rules.first_contacts_burst
+    if probe:
+        tables.budgets.tokens(FIRST_CONTACTS, handle, contacts_per_h, contacts_burst, now)
+    full = False
+    if decision.verdict is Verdict.ALLOW:
+        queued = queue.queued(to)
+        shares = (
+            queue.shares(to, share_floor(send_rules))
+            if shares_matter(send_rules, queued)
+            else None
+        )
+        full = queue_full(send_rules, handle, stranger, queued, shares)
+        # SPEC §7.3: "a user may open at most FIRST_CONTACTS_BURST of those at once,
+        # refilled at FIRST_CONTACTS_PER_H"; refused like any pair-dependent refusal.
+        # Taken last, so a refusal above spends nothing, and an empty bucket writes nothing.
+        take = tables.budgets.take
+        if (
+            not full
+            and decision.first_contact
+            and not take(FIRST_CONTACTS, handle, contacts_per_h, contacts_burst, now)
+        ):
+            decision = REFUSE
+    if decision.verdict is not Verdict.ALLOW or full:
+        # A resend is answered from ``sent`` before any refusal: it was decided,
+        # enqueued and counted once already ("an idempotent resend counts once").
+        resend = queue.remembered(handle, msg_id, digest)
+        if resend is not None:
+            return resend.at
+        refuse_unless_allowed(decision)
+        raise QueueFull()
+    sender = Account(handle, kind, b"")
+    delivery_id = queue.add_if_new(
+        to, sender, msg_id, intent, category, categories, body, digest, now, stranger
+    )
+    if delivery_id is None:  # a resend (or MessageIdReused); nothing was written
+        known = queue.remembered(handle, msg_id, digest)
+        assert known is not None
+        return known.at
+    new_state = pair_after_send(send_rules, state, decision, now)
+    if new_state is not None:
+        tables.ledger.store_pair(handle, to, new_state)
+    if decision.meter is not None:
+        # "Counts MUST be committed in the same transaction as the envelope they count."
+        tables.usage.count(metered_business(handle, kind, to), now, decision.meter, category)
+    return [delivery_id, now]
+
+
+def acknowledge(tables: Tables, acks: list[list[Any]]) -> list[int]:
+    """[[handle, delivery ids], …] → rows deleted per ACK.
+
+    ACKs come merged (``Store.call_many``): a fan-out brings one
+    per recipient, each a few rows, and one job for a loop turn's worth of
+    them costs the writer one job instead of hundreds.
+    """
+    acknowledge_ids = tables.queue.acknowledge
+    get = tables.accounts.get
+    results = []
+    for handle, delivery_ids in acks:
+        account = get(handle)
+        # Only a business's queue holds forwarded statements (SPEC §7.5).
+        itemized = account is not None and account.kind == AccountKind.BUSINESS
+        results.append(acknowledge_ids(handle, delivery_ids, itemized=itemized))
+    return results
+
+
+def page(tables: Tables, handle: str, after: int, limit: int, not_before: int) -> list[list[Any]]:
+    return [envelope_row(e) for e in tables.queue.page(handle, after, limit, not_before)]
+
+
+def apply_statement(
+    tables: Tables,
+    handle: str,
+    signed: bytes,
+    now: int,
+    cooldown_ms: int,
+    max_block_targets: int = limits.MAX_BLOCK_TARGETS,
+) -> list[Any]:
+    """SPEC §7.4–7.5 after the stateless checks passed on the loop.
+
+    ``signed`` was verified there; decoding it again here (without the
+    signature check) is cheaper than shipping each field. Returns
+    [purged delivery ids (the signer's queue), forwarded envelope row | None,
+    superseded delivery ids (the target's queue)].
+    """
+    statement = unverified_body(ConsentStatement, signed)
+    signer = tables.accounts.get(handle)
+    target = tables.accounts.get(statement.target)
+    check_statement(statement, signer, target)
+    assert signer is not None
+    # "…or whose (signer, nonce) it has seen before" → 501.
+    if tables.ledger.seen(handle, statement.nonce):
+        raise StaleStatement("nonce: statement seen before")
+    if statement.action == Action.BLOCK:
+        check_block_targets(
+            tables.ledger.block_targets(handle, statement.target), max_block_targets
+        )
+    effect = statement_effect(
+        statement, signer.kind, target.kind if target is not None else None,
+        tables.ledger.pair_state(handle, statement.target), now, cooldown_ms,
+    )  # fmt: skip
+    tables.ledger.store_pair(handle, statement.target, effect.state)
+    superseded_nonces = tables.ledger.record(statement, signed, now)
+    purged: list[int] = []
+    if effect.purge.everything_from_target:
+        purged = tables.queue.withdraw(handle, statement.target, None)
+    elif effect.purge.notification_categories:
+        purged = tables.queue.withdraw(
+            handle, statement.target, effect.purge.notification_categories
+        )
+    forwarded = None
+    superseded: list[int] = []
+    if effect.to_business:
+        # "A newer forwarded statement of the same signer, target and family replaces
+        # the older one not yet delivered."
+        superseded = tables.queue.withdraw_statements(statement.target, handle, superseded_nonces)
+    if effect.forward:
+        forwarded = envelope_row(
+            tables.queue.enqueue_statement(statement.target, signer, statement.nonce, signed, now)
+        )
+    return [purged, forwarded, superseded]
+
+
+def statements_in_force(tables: Tables, handle: str, after: int, limit: int) -> list[Any]:
+    """SPEC §7.6: a statement is listed to its target only if it was forwarded to it —
+    a business; a user is never listed who blocked them (SPEC §7.5)."""
+    account = tables.accounts.get(handle)
+    targeted = account is not None and account.kind == AccountKind.BUSINESS
+    items, cursor = tables.ledger.in_force(handle, after, limit, targeted=targeted)
+    return [items, cursor]
+
+
+def put_profile(tables: Tables, handle: str, identity_key: bytes, profile: bytes, now: int) -> None:
+    current = tables.accounts.get(handle)
+    if current is None or current.identity_key != identity_key:
+        raise InvalidProfile("identity key rotated")
+    tables.profiles.put(handle, profile, now)
+
+
+def fetch_profile(tables: Tables, owner: str, now: int) -> list[Any]:
+    """SPEC §8.2: [identity_key, signed profile | None, badge in force | None] of a business.
+
+    "A PROFILE_FETCH naming a user account or an unknown handle MUST get the
+    same ERROR 601 NOT_FOUND … after the same work": every lookup runs before
+    the kind is looked at (a user has neither profile nor badge rows), and the
+    account is read with :meth:`~.tables.Accounts.get_evenly`, because the
+    cached :meth:`~.tables.Accounts.get` answers a known handle faster.
+    """
+    account = tables.accounts.get_evenly(owner)
+    identity_key = account.identity_key if account is not None else bytes(32)
+    badge = tables.badges.current(owner, key_fingerprint(identity_key), now)
+    profile = tables.profiles.get(owner)
+    if account is None or account.kind != AccountKind.BUSINESS:
+        raise NotFound()
+    return [identity_key, profile, badge]
+
+
+def usage_month(tables: Tables, handle: str, month: str) -> list[Any]:
+    """[{category: notifications}, service replies, user-initiated]."""
+    usage = tables.usage.month(handle, month)
+    return [usage.notifications, usage.service_replies, usage.user_initiated]
+
+
+def purge(tables: Tables, before: int, now: int) -> list[int]:
+    """SPEC §6.6: drop envelopes and remembered msg_ids older than ``before``; and
+    statement nonces that can no longer be replayed fresh (SPEC §7.6), and budgets
+    that have refilled (SPEC §11)."""
+    envelopes, ids = tables.queue.purge(before)
+    tables.ledger.purge_nonces(now)
+    tables.budgets.purge(now)
+    return [envelopes, ids]
+
+
+def checkpoint(tables: Tables) -> None:
+    """SPEC §11.2: truncate the WAL once this batch has committed (a checkpoint
+    cannot run inside the batch's transaction; :class:`~.tables.GroupCommitter`
+    runs it before answering)."""
+    tables.checkpoint_requested = True
+
+
+OPERATIONS: dict[str, Callable[..., Any]] = {
+    f.__name__: f
+    for f in (
+        noop, relay_seed, create_relay_seed, create_account, login_counts, rotate_identity,
+        upload_prekeys, take_bundle, send, acknowledge, page, apply_statement,
+        statements_in_force, put_profile, fetch_profile, usage_month, purge, checkpoint,
+    )
+}  # fmt: skip
+"""Operation name → function; the only code the writer process will run for a job."""

@@ -1,0 +1,155 @@
+"""The SQLite back end as the relay and the operator see it: a :class:`~..Store` and an
+:class:`~..AdminStore` over one database file.
+
+:class:`SqliteStore` composes the two halves the relay has always had: every
+operation goes to the writer process (:mod:`.writer`, running :mod:`.jobs` with
+group commit), and the reads the handlers make on the event loop go to a
+read-only WAL connection of the loop's own, which sees each commit as soon as
+it is made and never blocks the writer.
+
+:class:`SqliteAdminStore` is the operator's: one read-write connection of
+its own (``blindrelay admin`` runs next to a live relay; SQLite serialises the
+two writers, ``busy_timeout`` waits).
+
+Not here: the operations (``jobs``), the tables (``tables``), the choice of
+back end (``blindrelay.server.store.open_store``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from ... import gcpolicy
+from .. import Done, StoreError
+from ..records import Account, MonthUsage
+from .tables import Accounts, PreKeyStore, Tables, connect, connect_reader
+from .writer import Writer
+
+LOST = "the writer process exited"
+
+
+class SqliteStore:
+    """One SQLite file: a writer process for the operations, a reader for the loop."""
+
+    def __init__(
+        self, path: Path, synchronous: str = "FULL", gc_threshold: int = gcpolicy.DEFAULT_THRESHOLD
+    ) -> None:
+        self.path = path
+        self.location = f"{path} (SQLite, synchronous={synchronous})"
+        self.on_lost: Callable[[str], None] | None = None
+        self._writer = Writer(path, synchronous, gc_threshold)
+        self._writer.on_lost = self._lost
+        self._reader: sqlite_utils.Database | None = None
+        self._accounts: Accounts | None = None
+        self._prekeys: PreKeyStore | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._writer.running
+
+    @property
+    def pid(self) -> int | None:
+        """The writer process's, for tests that kill it."""
+        return self._writer.pid
+
+    async def start(self) -> None:
+        await self._writer.start()  # creates or upgrades the schema before the reader opens
+        try:
+            self._reader = connect_reader(self.path)
+        except BaseException:
+            await self._writer.close()
+            raise
+        self._accounts = Accounts(self._reader)
+        self._prekeys = PreKeyStore(self._reader)
+
+    async def close(self) -> None:
+        await self._writer.close()
+        if self._reader is not None:
+            self._reader.conn.close()
+            self._reader = self._accounts = self._prekeys = None
+
+    def _lost(self) -> None:
+        if self.on_lost is not None:
+            self.on_lost(LOST)
+
+    def call(self, operation: str, args: list[Any] | tuple[Any, ...], done: Done) -> None:
+        self._writer.call(operation, args, done)
+
+    def call_many(self, operation: str, item: Any, done: Done) -> None:
+        self._writer.call_many(operation, item, done)
+
+    def submit(self, operation: str, *args: Any) -> asyncio.Future[Any]:
+        return self._writer.submit(operation, *args)
+
+    def account(self, handle: str) -> Account | None:
+        assert self._accounts is not None, "the store is not started"
+        return self._accounts.get(handle)
+
+    def account_for_login(self, handle: str) -> Account | None:
+        assert self._accounts is not None, "the store is not started"
+        return self._accounts.get_evenly(handle)
+
+    def check_prekey_upload(self, handle: str, key_ids: Sequence[int], max_stored: int) -> None:
+        assert self._prekeys is not None, "the store is not started"
+        self._prekeys.check_upload(handle, key_ids, max_stored)
+
+
+class SqliteAdminStore:
+    """The operator's connection to a relay database."""
+
+    def __init__(self, tables: Tables) -> None:
+        self._tables = tables
+
+    @classmethod
+    def open(cls, path: Path) -> SqliteAdminStore:
+        """An existing database (upgraded to this relay's schema if older)."""
+        if not path.exists():
+            raise StoreError(f"no database at {path}")
+        try:
+            return cls(Tables(connect(path)))
+        except (OSError, sqlite3.Error) as exc:  # a directory, no permission, not a database
+            raise StoreError(f"cannot open the database {path}: {exc}") from None
+
+    def transaction(self) -> AbstractContextManager[object]:
+        return self._tables.db.atomic()
+
+    def account(self, handle: str) -> Account | None:
+        return self._tables.accounts.get(handle)
+
+    def badge_serial_taken(self, serial: int) -> bool:
+        return self._tables.badges.serial_taken(serial)
+
+    def add_badge(
+        self,
+        *,
+        serial: int,
+        handle: str,
+        key_fingerprint: bytes,
+        display_name: str,
+        issued_at: int,
+        expires_at: int,
+        signed: bytes,
+    ) -> None:
+        self._tables.badges.add(
+            serial=serial, handle=handle, key_fingerprint=key_fingerprint,
+            display_name=display_name, issued_at=issued_at, expires_at=expires_at, signed=signed,
+        )  # fmt: skip
+
+    def revoke_badges(self, handle: str, now: int) -> int:
+        return self._tables.badges.revoke(handle, now)
+
+    def add_invites(self, digests: Iterable[bytes], now: int) -> None:
+        self._tables.invites.add(digests, now)
+
+    def usage(self, business: str | None, month: str | None) -> list[MonthUsage]:
+        return self._tables.usage.months(business, month)
+
+    def close(self) -> None:
+        self._tables.db.conn.close()

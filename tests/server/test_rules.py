@@ -1,0 +1,188 @@
+"""server/store/rules.py: the decisions inside the store's operations, without a store.
+
+These are what a second back end reuses; the SQLite operations that call them are
+tested through the relay (test_delivery, test_queue_shares, test_statements, …)."""
+
+from __future__ import annotations
+
+import pytest
+
+from blindrelay.protocol import limits
+from blindrelay.protocol.consent import (
+    INITIAL,
+    REFUSE,
+    CategoryState,
+    Meter,
+    PairState,
+    Request,
+    Verdict,
+)
+from blindrelay.protocol.errors import Forbidden, InvalidStatement, RecipientUnavailable
+from blindrelay.protocol.signed import ConsentStatement
+from blindrelay.server.config import RelayConfig
+from blindrelay.server.delivery import send_rules
+from blindrelay.server.store import Account
+from blindrelay.server.store.rules import (
+    HOUR_MS,
+    QueueShares,
+    bucket_full_at,
+    bucket_tokens,
+    check_block_targets,
+    check_statement,
+    envelope_digest,
+    judge,
+    judge_send,
+    metered_business,
+    month_of,
+    month_span,
+    needs_badge,
+    pair_after_send,
+    queue_full,
+    refuse_unless_allowed,
+    shares_matter,
+    statement_effect,
+)
+
+RULES = send_rules(RelayConfig())._replace(
+    queue_cap=10, queue_share_per_sender=4, queue_share_strangers=6
+)
+NOW = 1_700_000_000_000
+
+
+def chat(state: PairState = INITIAL, recipient_kind: str | None = "user", sender: str = "alice"):
+    return judge_send(
+        RULES, sender, "user", "bob", recipient_kind, Request.CHAT, None, frozenset(), state, NOW
+    )
+
+
+def test_a_chat_to_an_unknown_handle_is_refused_but_reads_the_first_contact_budget() -> None:
+    """SPEC §7.7: the same work as for a new stranger — unless the sender already wrote
+    to someone in this pair (then a real recipient costs no budget either)."""
+    assert chat(recipient_kind=None) == (REFUSE, False, True)  # (decision, stranger, probe)
+    wrote = chat(PairState(wrote=frozenset({"alice"})), recipient_kind=None)
+    assert wrote == (REFUSE, False, False)
+
+
+def test_a_first_chat_between_users_is_a_strangers_first_contact() -> None:
+    decision, stranger, probe = chat()
+    assert decision.verdict is Verdict.ALLOW and decision.first_contact
+    assert stranger and not probe
+    decision, stranger, _ = chat(PairState(wrote=frozenset({"bob"})))
+    assert decision.verdict is Verdict.ALLOW and not stranger
+
+
+def test_a_business_recipient_has_no_strangers_pool() -> None:
+    """SPEC §6.3: a business's customers are all strangers to it."""
+    decision, stranger, _ = chat(recipient_kind="business")
+    assert decision.verdict is Verdict.ALLOW and not stranger
+
+
+def test_the_queue_is_full_at_the_cap_or_at_a_share() -> None:
+    assert not shares_matter(RULES, 3) and shares_matter(RULES, 4) and not shares_matter(RULES, 10)
+    assert not queue_full(RULES, "alice", True, 3, None)
+    assert queue_full(RULES, "alice", False, 10, None)  # the cap needs no shares
+    shares = QueueShares(floor=4, strangers=2, senders={"alice": 4, "carol": 1})
+    assert queue_full(RULES, "alice", False, 5, shares)  # alice's own share
+    assert not queue_full(RULES, "carol", True, 5, shares)
+    shares.change("dave", True, 4)
+    assert queue_full(RULES, "carol", True, 9, shares)  # the strangers' pool: 6
+    assert not queue_full(RULES, "carol", False, 9, shares)  # a contact is not in it
+
+
+def test_an_accepted_envelope_changes_the_pair_and_is_metered_for_the_business() -> None:
+    first, _, _ = chat()
+    after = pair_after_send(RULES, INITIAL, first, NOW)
+    assert after is not None and "alice" in after.wrote
+    assert first.meter is None
+    granted = PairState(consent={"utility": _granted()})
+    notify = judge("shop", "business", "bob", "user", Request.NOTIFICATION, granted, NOW,
+                   category="utility")  # fmt: skip
+    assert pair_after_send(RULES, granted, notify, NOW) is None  # a notification: nothing new
+    assert notify.meter is Meter.NOTIFICATION and metered_business("shop", "business", "bob") == "shop"
+    reply = judge("bob", "user", "shop", "business", Request.CHAT, INITIAL, NOW)
+    assert reply.meter is Meter.USER_INITIATED and metered_business("bob", "user", "shop") == "shop"
+
+
+def _granted():
+    from blindrelay.protocol.consent import CategoryConsent
+
+    return CategoryConsent(CategoryState.GRANTED, 0)
+
+
+def test_pair_dependent_refusals_are_the_bare_codes() -> None:
+    with pytest.raises(RecipientUnavailable):
+        refuse_unless_allowed(REFUSE)
+    forbidden = judge("bob", "user", "alice", "user", Request.NOTIFICATION, INITIAL, NOW)
+    with pytest.raises(Forbidden):
+        refuse_unless_allowed(forbidden)
+    assert needs_badge("business", Request.CONSENT_REQUEST)
+    assert not needs_badge("business", Request.NOTIFICATION) and not needs_badge(
+        "user", Request.BUNDLE_FETCH
+    )
+
+
+def test_a_budget_refills_at_its_rate_and_is_full_again_when_it_says() -> None:
+    assert bucket_tokens(None, 2.0, 5, NOW) == 5.0
+    assert bucket_tokens((0.0, NOW), 2.0, 5, NOW + HOUR_MS) == 2.0
+    assert bucket_tokens((4.0, NOW), 2.0, 5, NOW + HOUR_MS) == 5.0  # never past the burst
+    assert bucket_tokens((1.0, NOW), 2.0, 5, NOW - 1) == 1.0  # a clock step back refills nothing
+    full_at = bucket_full_at(1.0, 2.0, 5, NOW)
+    assert full_at == NOW + 2 * HOUR_MS and bucket_tokens((1.0, NOW), 2.0, 5, full_at) == 5.0
+
+
+def _statement(action: str, signer: str = "bob", target: str = "shop", **fields: object):
+    values: dict[str, object] = {
+        "v": 1, "signer": signer, "signer_key": b"b" * 32, "target": target, "action": action,
+        "categories": ("utility",) if action in ("grant", "deny", "revoke") else None,
+        "issued_at": NOW, "nonce": b"n" * 16, "relay_key": b"r" * 32,
+    }  # fmt: skip
+    values.update(fields)
+    return ConsentStatement(**values)  # type: ignore[arg-type]
+
+
+def test_statement_checks_need_the_current_key_a_user_signer_and_a_business_target() -> None:
+    bob = Account("bob", "user", b"b" * 32)
+    shop = Account("shop", "business", b"s" * 32)
+    check_statement(_statement("grant"), bob, shop)
+    with pytest.raises(InvalidStatement):
+        check_statement(_statement("grant"), Account("bob", "user", b"x" * 32), shop)
+    with pytest.raises(InvalidStatement):
+        check_statement(_statement("grant", signer="shop", target="bob"), shop, bob)
+    for target in (None, Account("carol", "user", b"c" * 32)):  # one refusal for both
+        with pytest.raises(RecipientUnavailable):
+            check_statement(_statement("grant", target="carol"), bob, target)
+    check_statement(_statement("block", target="nobody"), bob, None)  # kept like any other
+    check_block_targets(None, 1)  # already on record
+    check_block_targets(limits.MAX_BLOCK_TARGETS - 1, limits.MAX_BLOCK_TARGETS)
+    with pytest.raises(InvalidStatement):
+        check_block_targets(limits.MAX_BLOCK_TARGETS, limits.MAX_BLOCK_TARGETS)
+
+
+def test_a_user_blocking_a_business_revokes_everything_purges_and_forwards_nothing() -> None:
+    effect = statement_effect(_statement("block"), "user", "business", INITIAL, NOW, 1000)
+    assert "bob" in effect.state.blockers and effect.purge.everything_from_target
+    assert all(c.state is CategoryState.REVOKED for c in effect.state.consent.values())
+    assert effect.to_business and effect.forward
+    blocked = PairState(blockers=frozenset({"shop"}))
+    grant = statement_effect(_statement("grant"), "user", "business", blocked, NOW, 1000)
+    assert grant.to_business and not grant.forward  # the target blocks the signer
+    to_user = statement_effect(_statement("block", target="carol"), "user", "user", INITIAL,
+                               NOW, 1000)  # fmt: skip
+    assert not to_user.to_business and not to_user.forward
+    with pytest.raises(InvalidStatement):  # no entry in the table: unblock without a block
+        statement_effect(_statement("unblock"), "user", "business", INITIAL, NOW, 1000)
+
+
+def test_the_envelope_digest_keeps_fields_apart() -> None:
+    base = envelope_digest("bob", "chat", None, None, b"xy")
+    assert base == envelope_digest("bob", "chat", None, None, b"xy")
+    assert base != envelope_digest("bobc", "hat", None, None, b"xy")
+    assert envelope_digest("bob", "notification", "a", None, b"") != envelope_digest(
+        "bob", "notification", None, ["a"], b""
+    )
+
+
+def test_metering_months_are_utc_calendar_months() -> None:
+    start, end, month = month_span(NOW)
+    assert month == month_of(NOW) == month_of(start) == month_of(end - 1) == "2023-11"
+    assert month_of(end) == "2023-12" and month_span(end)[0] == end
