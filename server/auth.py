@@ -41,8 +41,19 @@ def register(ctx: RelayContext, session: Session, frame: Register) -> None:
     conn = session.conn
     conn.spend_challenge(now)
     # "Every REGISTER that passes the challenge check spends a token of its
-    # source's bucket before any other check."
-    ctx.registration.admit(session.source)
+    # source's bucket before any other check" — the store's, shared by every worker.
+    ctx.run_job(
+        session, frame, "take_budget", ctx.registration.budget(session.source, now),
+        lambda wait_ms: _admitted(ctx, session, frame, now, wait_ms),
+    )  # fmt: skip
+
+
+def _admitted(ctx: RelayContext, session: Session, frame: Register, now: int, wait_ms: int) -> None:
+    """The rest of SPEC §4.6.2's checks, once the source's token is spent."""
+    ctx.registration.admitted(wait_ms)
+    if not session.open:
+        return
+    conn = session.conn
     conn.verify_registration_signature(frame)
     invite = ctx.registration.invite_to_consume(frame.invite)  # 203 without one
     check = conn.registration_proof_check(frame)  # 203 without a nonce

@@ -5,7 +5,9 @@ away from being multiplied (issue 13: six free accounts drained a user's
 one-time prekeys, fifty filled a queue). The operator chooses the price:
 
 - a token bucket per **source address**, on by default: cheap, and invisible to
-  honest people, who register once per device;
+  honest people, who register once per device. It is kept by the store (operation
+  ``take_budget``), not in this process: every relay worker sharing the store spends
+  the same bucket, so N workers do not give a source N buckets (SPEC §10);
 - a **proof of work** (Argon2id, cost in HELLO), off by default: every honest
   registration pays it, so it is for a relay under attack from many addresses.
   Checking one costs one Argon2id evaluation — milliseconds and ``memlimit``
@@ -28,10 +30,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from blindrelay.protocol import limits
-from blindrelay.protocol.errors import RegistrationRefused
+from blindrelay.protocol.errors import RateLimited, RegistrationRefused
 
 from .config import RelayConfig
-from .ratelimit import Clock, TokenBuckets
+from .ratelimit import Clock
+from .store.rules import REGISTRATIONS
 
 IPV6_SOURCE_PREFIX = 64
 """IPv6 sources are limited per /64, not per address: a /64 is the smallest block a
@@ -79,9 +82,8 @@ class RegistrationPolicy:
     """The checks of SPEC §4.6 that the handler runs before the account is created."""
 
     def __init__(self, config: RelayConfig, clock: Clock) -> None:
-        self._by_source = TokenBuckets(
-            config.register_rate_per_h / 3600.0, config.register_burst, clock
-        )
+        self.rate_per_h = config.register_rate_per_h
+        self.burst = config.register_burst
         self.proof_of_work = config.proof_of_work
         """The cost every HELLO announces, or None (SPEC §4.6.3)."""
         self.auth_timeout_s = config.auth_timeout_s
@@ -92,9 +94,16 @@ class RegistrationPolicy:
         self.require_invites = config.require_invites
         self._checks: ThreadPoolExecutor | None = None
 
-    def admit(self, source: str) -> None:
-        """SPEC §4.6.1: spend a token of the source's bucket or raise RateLimited."""
-        self._by_source.take(source)
+    def budget(self, source: str, now: int) -> tuple[str, str, float, int, int]:
+        """SPEC §4.6.1: the arguments of the ``take_budget`` operation that spends a token
+        of the source's bucket."""
+        return (REGISTRATIONS, source, self.rate_per_h, self.burst, now)
+
+    @staticmethod
+    def admitted(wait_ms: int) -> None:
+        """Raise RateLimited unless ``take_budget`` answered that a token was spent."""
+        if wait_ms:
+            raise RateLimited("registrations from this address", retry_after_ms=wait_ms)
 
     def invite_to_consume(self, invite: bytes | None) -> bytes | None:
         """SPEC §4.6.4: the hash the store operation must consume, or None when invites

@@ -119,6 +119,20 @@ CONTRACT: dict[str, Operation] = {
         atomic="the invite consumed, the lookalike check, the account, and a business's "
         "skeleton: no two registrations can both pass a check, and a refusal keeps the invite",
     ),
+    "take_budget": Operation(
+        spec="§4.6.1, §10",
+        args={
+            "name": "str: rules.REGISTRATIONS (the budgets a relay takes outside other operations)",
+            "key": "str: e.g. the source address",
+            "rate_per_h": "float: refill",
+            "burst": "int: and size",
+            "now": "int ms",
+        },
+        result="int: 0 when a token was spent, else the ms until the next token (nothing "
+        "written)",
+        atomic="read and spend: two relay processes sharing the store never spend one token "
+        "twice, so the budget is global, not one per worker",
+    ),
     "login_counts": Operation(
         spec="§4.3",
         args={"handle": "str", "not_before": "int ms: envelopes older are expired"},

@@ -117,6 +117,12 @@ FIRST_CONTACTS = "first_contacts"
 ONE_TIME_PREKEYS = "one_time_prekeys"
 """The budget of one-time prekeys handed out per owner (SPEC §5.3)."""
 
+REGISTRATIONS = "registrations"
+"""The budget of registrations per source address (SPEC §4.6.1), one for every relay
+process sharing the store (operation ``take_budget``)."""
+
+BUDGETS = frozenset({FIRST_CONTACTS, ONE_TIME_PREKEYS, REGISTRATIONS})
+
 
 def judge_send(
     rules: SendRules,
@@ -254,6 +260,11 @@ def bucket_tokens(
         refill = max(0, now - stored[1]) * rate_per_h / HOUR_MS
         tokens = min(tokens, stored[0] + refill)
     return tokens
+
+
+def budget_wait_ms(tokens: float, rate_per_h: float) -> int:
+    """Until a budget holding ``tokens`` (< 1) has one token again: 1 ms at least."""
+    return max(1, math.ceil((1.0 - tokens) * HOUR_MS / rate_per_h))
 
 
 def bucket_full_at(tokens: float, rate_per_h: float, burst: int, now: int) -> int:

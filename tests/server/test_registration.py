@@ -218,6 +218,23 @@ async def test_the_bucket_refills_at_the_configured_rate(
         assert isinstance(await from_address(running, clients, "192.0.2.1", "a3xx"), Welcome)
 
 
+async def test_the_source_budget_is_kept_by_the_store_for_every_relay_process(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    """SPEC §4.6.1, §10 (issue 14): the per-source bucket is global. Kept in each relay
+    process's memory, N workers sharing a store would give a source N buckets, and a
+    restart a fresh one. Here the second relay process (same store, after a restart —
+    what another worker is) refuses the source the first one used up."""
+    async with relay_by_source(config, clock, register_burst=2, register_rate_per_h=6) as running:
+        for n in range(2):
+            assert isinstance(await from_address(running, clients, "192.0.2.1", f"b{n}xx"), Welcome)
+    async with relay_by_source(config, clock, register_burst=2, register_rate_per_h=6) as running:
+        refused = await from_address(running, clients, "192.0.2.1", "b2xx")
+        assert isinstance(refused, Error) and refused.code == ErrorCode.RATE_LIMITED
+        assert refused.retry_after == 600_000
+        assert isinstance(await from_address(running, clients, "192.0.2.2", "b3xx"), Welcome)
+
+
 async def test_a_rate_limited_register_spends_the_challenge_and_leaves_the_connection_open(
     config: RelayConfig, clock: FakeClock, clients: Clients
 ) -> None:

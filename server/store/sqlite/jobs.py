@@ -42,8 +42,10 @@ from blindrelay.protocol.signed import Action, ConsentStatement, unverified_body
 from ..operations import SendRules
 from ..records import Account, envelope_row
 from ..rules import (
+    BUDGETS,
     FIRST_CONTACTS,
     ONE_TIME_PREKEYS,
+    budget_wait_ms,
     check_block_targets,
     check_statement,
     envelope_digest,
@@ -116,6 +118,19 @@ def relay_seed(tables: Tables) -> bytes | None:
 def create_relay_seed(tables: Tables, seed: bytes, public: bytes, now: int) -> bytes:
     """The stored seed: ``seed`` unless one was stored meanwhile."""
     return tables.relay_identity.load_or_create(lambda: (seed, public), now)
+
+
+def take_budget(
+    tables: Tables, name: str, key: str, rate_per_h: float, burst: int, now: int
+) -> int:
+    """0 with a token of ``key``'s budget ``name`` spent, else the wait for one."""
+    if name not in BUDGETS:
+        raise ValueError("unknown budget")
+    tokens = tables.budgets.tokens(name, key, rate_per_h, burst, now)
+    if tokens < 1.0:
+        return budget_wait_ms(tokens, rate_per_h)
+    tables.budgets.take(name, key, rate_per_h, burst, now)
+    return 0
 
 
 def create_account(
@@ -430,8 +445,8 @@ def checkpoint(tables: Tables) -> None:
 OPERATIONS: dict[str, Callable[..., Any]] = {
     f.__name__: f
     for f in (
-        noop, relay_seed, create_relay_seed, create_account, login_counts, rotate_identity,
-        upload_prekeys, take_bundle, send, acknowledge, page, apply_statement,
+        noop, relay_seed, create_relay_seed, take_budget, create_account, login_counts,
+        rotate_identity, upload_prekeys, take_bundle, send, acknowledge, page, apply_statement,
         statements_in_force, put_profile, fetch_profile, usage_month, purge, checkpoint,
     )
 }  # fmt: skip
