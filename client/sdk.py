@@ -114,6 +114,7 @@ from blindrelay.protocol.errors import (
     ProtocolError,
     RateLimited,
     ShuttingDown,
+    StoreUnavailable,
     UnexpectedFrame,
     UnsupportedVersion,
     UntrustedIdentity,
@@ -1766,6 +1767,12 @@ class Client:
                 return  # stays in the outbox; resent after the reconnect
             if isinstance(error, RateLimited) and self._retry_later(msg_id, error):
                 return  # stays in the outbox: nothing was stored, the same envelope goes again
+            if isinstance(error, StoreUnavailable):
+                # SPEC §6.3: the relay's store is down for now; the same msg_id again after
+                # retry_after is answered once, whether or not this one was stored.
+                delay = max(error.retry_after_ms, 1) / 1000
+                asyncio.get_running_loop().call_later(delay, self._retransmit, msg_id)
+                return
         if self._rate_limit_retries:
             self._rate_limit_retries.pop(msg_id, None)
         done = self._outbox.pop(msg_id, None)
@@ -2114,7 +2121,7 @@ def _ignore_outcome(future: asyncio.Future[int]) -> None:
 def _error_from(frame: frames.Error) -> ProtocolError:
     """The named exception for a relay ERROR (SPEC §9; unknown codes are 900, §12.3)."""
     error = error_for_code(frame.code, frame.reason or "")
-    if isinstance(error, RateLimited) and frame.retry_after is not None:
+    if isinstance(error, RateLimited | StoreUnavailable) and frame.retry_after is not None:
         error.retry_after_ms = frame.retry_after
     return error
 

@@ -73,6 +73,7 @@ class ErrorCode(IntEnum):
     NOT_FOUND = 601
     INTERNAL_ERROR = 900
     SHUTTING_DOWN = 901
+    STORE_UNAVAILABLE = 902
 
     @property
     def closes_connection(self) -> bool:
@@ -171,6 +172,18 @@ class RateLimited(ProtocolError):
         self.retry_after_ms = max(1, retry_after_ms)
 
 
+class StoreUnavailable(ProtocolError):
+    """The relay cannot reach its store for now (SPEC §6.3, §9): the request was not
+    answered and may or may not have been stored; the same request may be sent again
+    after ``retry_after`` (a SEND with the same ``msg_id`` is answered once)."""
+
+    code = ErrorCode.STORE_UNAVAILABLE
+
+    def __init__(self, detail: str = "", retry_after_ms: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after_ms = max(1, retry_after_ms)
+
+
 class MessageIdReused(ProtocolError):
     code = ErrorCode.MESSAGE_ID_REUSED
 
@@ -206,7 +219,7 @@ ERRORS_BY_CODE: dict[ErrorCode, type[ProtocolError]] = {
         UnsupportedVersion, TooManyErrors, AuthenticationFailed, HandleTaken,
         Forbidden, RegistrationRefused, InvalidPrekeys, RecipientUnavailable, QueueFull,
         RateLimited, MessageIdReused, InvalidStatement, StaleStatement, InvalidProfile,
-        NotFound, InternalError, ShuttingDown,
+        NotFound, InternalError, ShuttingDown, StoreUnavailable,
     )
 }  # fmt: skip
 """Code → exception class, so a client can raise the named error it received."""

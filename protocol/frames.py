@@ -358,6 +358,10 @@ class Ok(_Response):
     TYPE: ClassVar[FrameType] = FrameType.OK
 
 
+_RETRY_CODES = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.STORE_UNAVAILABLE})
+"""Codes an ERROR carries ``retry_after`` with (SPEC §9)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Error(_Frame):
     """A refusal (SPEC §9). ``re`` is absent when no request caused it.
@@ -376,9 +380,9 @@ class Error(_Frame):
         _check_uint(self.code, "code", 999, minimum=100)
         if self.re is not None:
             _check_uint(self.re, "re", MAX_REQUEST_ID, minimum=1)
-        # SPEC §9: "retry_after MUST be present with 402 and only with 402".
-        if (self.retry_after is not None) != (self.code == ErrorCode.RATE_LIMITED):
-            raise MalformedFrame("retry_after: required with 402 and only with 402")
+        # SPEC §9: "retry_after MUST be present with 402 and 902, and only with them".
+        if (self.retry_after is not None) != (self.code in _RETRY_CODES):
+            raise MalformedFrame("retry_after: required with 402 and 902 and only with them")
         if self.retry_after is not None:
             _check_uint(self.retry_after, "retry_after", MAX_TIME_MS, minimum=1)
         if self.reason is not None:

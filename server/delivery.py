@@ -82,8 +82,12 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
                 intent=frame.intent, resend=resend,
             )  # fmt: skip
         if resend:
+            # Its first commit may have lost its answer (a store outage, SPEC §6.3):
+            # the recipient's pager looks again rather than wait for its next login.
+            page_again(ctx, frame.to)
             return
         delivery_id: int = result[0]
+        previous: int = result[2]
 
         def encode() -> bytes:
             return fastframes.deliver_fields(
@@ -91,7 +95,7 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
                 frame.category, frame.categories,
             )  # fmt: skip
 
-        push_committed(ctx, frame.to, delivery_id, encode)
+        push_committed(ctx, frame.to, delivery_id, encode, previous)
 
     ctx.run_job(
         session, frame, "send",
@@ -128,14 +132,26 @@ def send_rules(config: RelayConfig) -> SendRules:
 
 
 def push_committed(
-    ctx: RelayContext, recipient: str, delivery_id: int, encode: Callable[[], bytes]
+    ctx: RelayContext,
+    recipient: str,
+    delivery_id: int,
+    encode: Callable[[], bytes],
+    previous: int | None,
 ) -> None:
     """Hand a freshly committed envelope to its recipient's outbox, if online.
 
-    ``encode`` makes its DELIVER bytes, only if it is pushed now."""
+    ``encode`` makes its DELIVER bytes, only if it is pushed now; ``previous`` is
+    the highest delivery id queued for the recipient before it (None: unknown)."""
     target = ctx.sessions.get(recipient)
     if target is not None and target.outbox is not None:
-        target.outbox.committed(delivery_id, encode)
+        target.outbox.committed(delivery_id, encode, previous)
+
+
+def page_again(ctx: RelayContext, recipient: str) -> None:
+    """The recipient's queue may hold rows its outbox was not told of: page it."""
+    target = ctx.sessions.get(recipient)
+    if target is not None and target.outbox is not None:
+        target.outbox.page_again()
 
 
 def acknowledge(ctx: RelayContext, session: Session, frame: Ack) -> None:
@@ -195,14 +211,30 @@ class Outbox:
         """A new connection: everything queued is due, unacknowledged ones again."""
         self._page_in()
 
-    def committed(self, delivery_id: int, encode: Callable[[], bytes]) -> None:
-        """A new envelope for this account was committed."""
+    def committed(
+        self, delivery_id: int, encode: Callable[[], bytes], previous: int | None = None
+    ) -> None:
+        """A new envelope for this account was committed.
+
+        Pushed at once only if every envelope queued before it (``previous`` and
+        below) is at or under the cursor: otherwise one was committed that this
+        outbox was not told of (by another relay process, or whose answer was lost),
+        and pushing this one would move the cursor past it — so the queue is paged.
+        """
+        if previous is None or previous > self.cursor:
+            self.page_again()
+            return
         if self.paging or self.behind:
             return
         if len(self.in_flight) >= self.window:
             self.behind = True
             return
         self._push(delivery_id, encode)
+
+    def page_again(self) -> None:
+        """Rows may be queued past the cursor that were not pushed: page them in."""
+        self.behind = True
+        self._page_in()
 
     def in_flight_of(self, delivery_ids: tuple[int, ...]) -> tuple[int, ...]:
         """Those of ``delivery_ids`` pushed on this connection and not acknowledged yet."""

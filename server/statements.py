@@ -82,8 +82,8 @@ def receive_statement(ctx: RelayContext, session: Session, frame: Statement) -> 
             target=statement.target, purged=len(purged), forwarded=forwarded is not None,
         )  # fmt: skip
         if forwarded is not None:
-            push_committed(
-                ctx, forwarded[1], forwarded[0], partial(fastframes.deliver_row, forwarded)
+            push_committed(  # previous unknown: the target's outbox pages
+                ctx, forwarded[1], forwarded[0], partial(fastframes.deliver_row, forwarded), None
             )
 
     ctx.run_job(

@@ -55,6 +55,7 @@ def valid_frames() -> dict[str, f.Frame]:
         "error_bare": f.Error(code=400, re=5),
         "error_push": f.Error(code=100, reason="frame: missing key 'body'"),
         "error_rate_limited": f.Error(code=402, re=6, retry_after=1500),
+        "error_store_unavailable": f.Error(code=902, re=6, retry_after=250),
         "prekeys_upload_full": f.PrekeysUpload(id=2, signed_prekey=spk, one_time=(otk, f.OneTimePreKeyRecord(key_id=1002, public=K32B))),
         "prekeys_upload_one_time_only": f.PrekeysUpload(id=3, one_time=(otk,)),
         "bundle_fetch": f.BundleFetch(id=4, handle="bob"),
@@ -192,8 +193,9 @@ def invalid_vectors() -> dict[str, tuple[bytes, str, int | None, str]]:
         "id_after_truncation": (_pack({"t": 11, "id": 3, "handle": "bob"})[:-1], "MALFORMED_FRAME", None, "the map is not complete: no re"),
         # SPEC §2.5 ranges and presence rules.
         "time_over_max": (_pack({"t": 5, "id": 9, "new_identity_key": K32B, "issued_at": 2**53, "old_signature": SIG, "new_signature": SIG}), "MALFORMED_FRAME", 9, "issued_at 2^53: times end at 2^53-1"),
-        "retry_after_without_402": (_pack({"t": 9, "code": 400, "re": 1, "retry_after": 5}), "MALFORMED_FRAME", None, "retry_after only with 402"),
+        "retry_after_without_402": (_pack({"t": 9, "code": 400, "re": 1, "retry_after": 5}), "MALFORMED_FRAME", None, "retry_after only with 402 and 902"),
         "rate_limited_without_retry_after": (_pack({"t": 9, "code": 402, "re": 1}), "MALFORMED_FRAME", None, "402 requires retry_after"),
+        "store_unavailable_without_retry_after": (_pack({"t": 9, "code": 902, "re": 1}), "MALFORMED_FRAME", None, "902 requires retry_after"),
         "retry_after_zero": (_pack({"t": 9, "code": 402, "re": 1, "retry_after": 0}), "MALFORMED_FRAME", None, "retry_after is at least 1 ms"),
         "reason_empty": (_pack({"t": 9, "code": 100, "reason": ""}), "MALFORMED_FRAME", None, "an empty reason: omit it instead"),
         "code_under_100": (_pack({"t": 9, "code": 99}), "MALFORMED_FRAME", None, "error codes are 100 … 999"),

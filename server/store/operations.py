@@ -194,8 +194,12 @@ CONTRACT: dict[str, Operation] = {
             "now": "int ms: the acceptance time",
             "rules": "SendRules",
         },
-        result="[delivery_id, at] for a new envelope (delivery ids only grow, never reused); "
-        "int at — the original acceptance time — for an idempotent resend",
+        result="[delivery_id, at, previous] for a new envelope (delivery ids only grow, never "
+        "reused; ``previous`` is the highest delivery id queued for ``to`` before this one, 0 "
+        "if none: a pager that has not seen it must page instead of pushing this one, which "
+        "is how an envelope committed by another relay process, or whose answer was lost in "
+        "an outage, is never skipped); int at — the original acceptance time — for an "
+        "idempotent resend",
         errors="400 RECIPIENT_UNAVAILABLE / 202 FORBIDDEN: the pair's state refuses (rules."
         "judge_send, on the state read before the recipient's existence is looked at); "
         "401 QUEUE_FULL: the cap or a share of the recipient's queue (rules.queue_full); "

@@ -29,10 +29,13 @@ from blindrelay.protocol.errors import (
     HandleTaken,
     RateLimited,
     RecipientUnavailable,
+    StoreUnavailable,
     UntrustedIdentity,
 )
+from blindrelay.server import relay as relay_module
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay, serve
+from blindrelay.server.store import open_store
 
 from ..server.conftest import MANY_REGISTRATIONS
 
@@ -433,6 +436,64 @@ def test_relay_errors_raise_their_named_exceptions(tmp_path: Path) -> None:
             await within(taken.send("bob", "hello from dave"))
             for client in (taken, alice, bob, carol):
                 await client.close()
+
+    run(scenario())
+
+
+class OutageStore:
+    """The relay's real store, whose first ``outages`` SENDs fail as in a store outage
+    (SPEC §6.3: ERROR 902 with retry_after) — after the envelope was committed for the
+    first, as when the connection to PostgreSQL drops between COMMIT and its answer."""
+
+    def __init__(self, store: Any, outages: int) -> None:
+        self.store = store
+        self.outages = outages
+        self.refused = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def call(self, operation: str, args: Any, done: Any) -> None:
+        if operation != "send" or self.refused >= self.outages:
+            self.store.call(operation, args, done)
+            return
+        self.refused += 1
+        unavailable = StoreUnavailable(retry_after_ms=20)
+        if self.refused == 1:  # committed, but the answer was lost with the connection
+            self.store.call(operation, args, lambda ok, value: done(False, unavailable))
+        else:
+            done(False, unavailable)
+
+
+def test_a_send_refused_by_a_store_outage_is_sent_again_and_arrives_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §6.3 (issue 14): ERROR 902 means "not answered, perhaps stored": the SDK
+    keeps the message and sends the same msg_id again after retry_after on the same
+    connection, and the recipient gets it exactly once."""
+    stores: list[OutageStore] = []
+
+    def open_with_outage(url: str, config: RelayConfig) -> Any:
+        stores.append(OutageStore(open_store(url, config), outages=3))
+        return stores[-1]
+
+    monkeypatch.setattr(relay_module, "open_store", open_with_outage)
+
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            alice = await online(relay.url, "alice")
+            bob = await online(relay.url, "bob")
+            first = await within(alice.send("bob", "through the outage"))
+            assert stores[0].refused == 3
+            second = await within(alice.send("bob", "after it"))
+            inbox = Inbox(bob)
+            received = [await inbox.next(), await inbox.next()]
+            assert [m.msg_id for m in received] == [first, second]
+            assert [m.body for m in received] == ["through the outage", "after it"]
+            with pytest.raises(TimeoutError):  # the first, committed twice, came once
+                await asyncio.wait_for(inbox.next(), 0.3)
+            for closing in (inbox, alice, bob):
+                await closing.close()
 
     run(scenario())
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from blindrelay.protocol.errors import ErrorCode
-from blindrelay.protocol.frames import Ack, Deliver, Send, Sent
+import pytest
+
+from blindrelay.protocol.errors import ErrorCode, StoreUnavailable
+from blindrelay.protocol.frames import Ack, Deliver, Error, Send, Sent
+from blindrelay.server import relay as relay_module
+from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
+from blindrelay.server.store import open_store
 
-from .conftest import Clients, FakeClock, db_rows, error_code
+from .conftest import Clients, FakeClock, RelayFixture, db_rows, error_code
 
 
 async def test_sent_arrives_only_after_the_envelope_is_committed(
@@ -177,3 +183,43 @@ async def test_send_to_unknown_handle_is_recipient_unavailable(
 ) -> None:
     alice = await clients.registered(relay.url, "alice")
     assert error_code(await alice.send_message("nobody", b"x")) == ErrorCode.RECIPIENT_UNAVAILABLE
+
+
+class LostAnswerStore:
+    """The relay's real store, but the first SEND's answer is lost after its commit, as
+    when the connection to a shared store drops between COMMIT and its reply (SPEC §6.3)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.lost = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def call(self, operation: str, args: Any, done: Any) -> None:
+        if operation == "send" and not self.lost:
+            self.lost = True
+            self.store.call(operation, args, lambda ok, value: done(False, StoreUnavailable()))
+            return
+        self.store.call(operation, args, done)
+
+
+async def test_an_envelope_committed_unbeknown_to_the_outbox_is_never_skipped(
+    config: RelayConfig, clock: FakeClock, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §6.4 (issue 14): the recipient's outbox pushes a new envelope at once only if
+    it has seen every lower delivery id queued for it. An envelope committed without the
+    outbox hearing of it (another relay process committed it, or its answer was lost in
+    an outage) must still come first; pushing the next one would move the cursor past it
+    and strand it until the recipient's next login."""
+    monkeypatch.setattr(
+        relay_module, "open_store", lambda url, cfg: LostAnswerStore(open_store(url, cfg))
+    )
+    async with RelayFixture(config, clock) as running:
+        alice = await clients.registered(running.url, "alice")
+        bob = await clients.registered(running.url, "bob")
+        lost = await alice.send_message("bob", b"first")
+        assert isinstance(lost, Error) and lost.code == ErrorCode.STORE_UNAVAILABLE
+        assert lost.retry_after is not None
+        assert isinstance(await alice.send_message("bob", b"second"), Sent)
+        assert [d.body for d in await bob.deliveries(2)] == [b"first", b"second"]

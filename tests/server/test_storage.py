@@ -217,7 +217,7 @@ async def test_consecutive_merged_calls_share_one_job_and_each_gets_its_own_resu
             writer.submit("send", "alice", "user", to, bytes([n]) * 16, *chat)
             for n, to in enumerate(("bob", "bob", "carol"))
         ]
-        (bob_1, _), (bob_2, _), (carol_1, _) = await asyncio.gather(*sends)
+        (bob_1, _, _), (bob_2, _, _), (carol_1, _, _) = await asyncio.gather(*sends)
         outcomes: list[tuple[str, bool, object]] = []
 
         def done(name: str) -> Callable[[bool, object], None]:
@@ -458,7 +458,7 @@ def test_queue_shares_are_kept_exact_and_a_failed_job_forgets_them(tmp_path: Pat
         return lambda s: s.queue.add_if_new("bob", sender, n.to_bytes(16, "big"), "chat", None,
                                             None, b"x", b"d", 0, stranger)  # fmt: skip
 
-    ids = [value for _, value in writer.commit([add(ALICE, n, False) for n in range(3)])]
+    ids = [value[0] for _, value in writer.commit([add(ALICE, n, False) for n in range(3)])]
     writer.commit([add(carol, n, True) for n in range(10, 12)])
 
     def shares(s: Tables) -> tuple[int, dict[str, int]]:

@@ -248,7 +248,7 @@ def send(
     """SPEC §6.1–6.3, §7.3, §8.4: decide, enqueue, update the pair, meter — one job,
     in the order of :mod:`..rules`.
 
-    Returns the original time (an int) for a resend, else [delivery_id, at].
+    Returns the original time (an int) for a resend, else [delivery_id, at, previous].
     """
     send_rules = _send_rules(rules)
     digest = envelope_digest(to, intent, category, categories, body)
@@ -294,10 +294,10 @@ def send(
         refuse_unless_allowed(decision)
         raise QueueFull()
     sender = Account(handle, kind, b"")
-    delivery_id = queue.add_if_new(
+    added = queue.add_if_new(
         to, sender, msg_id, intent, category, categories, body, digest, now, stranger
     )
-    if delivery_id is None:  # a resend (or MessageIdReused); nothing was written
+    if added is None:  # a resend (or MessageIdReused); nothing was written
         known = queue.remembered(handle, msg_id, digest)
         assert known is not None
         return known.at
@@ -307,7 +307,8 @@ def send(
     if decision.meter is not None:
         # "Counts MUST be committed in the same transaction as the envelope they count."
         tables.usage.count(metered_business(handle, kind, to), now, decision.meter, category)
-    return [delivery_id, now]
+    delivery_id, previous = added
+    return [delivery_id, now, previous]
 
 
 def acknowledge(tables: Tables, acks: list[list[Any]]) -> list[int]:

@@ -860,9 +860,10 @@ class MessageQueue:
         digest: bytes,
         now: int,
         stranger: bool = False,
-    ) -> int | None:
-        """The new envelope's delivery id, or None (nothing written) when
-        (sender, msg_id) is already in ``sent`` — a resend, for :meth:`remembered`.
+    ) -> tuple[int, int] | None:
+        """The new envelope's delivery id and the highest one queued for ``recipient``
+        before it (0: none), or None (nothing written) when (sender, msg_id) is already
+        in ``sent`` — a resend, for :meth:`remembered`.
 
         For SEND's hot path: one ``INSERT OR IGNORE`` tells new from resend
         instead of a SELECT before the INSERT. The caller has checked consent,
@@ -879,6 +880,9 @@ class MessageQueue:
         ):
             return None
         joined = ",".join(categories) if categories is not None else None
+        previous = execute(
+            "SELECT max(delivery_id) FROM queue WHERE recipient = ?", (recipient,)
+        ).fetchone()[0]
         cursor = execute(
             "INSERT INTO queue (recipient, sender, sender_kind, msg_id, intent, category,"
             " categories, sent_at, body, stranger) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -888,7 +892,8 @@ class MessageQueue:
         self._added(recipient, 1)
         if recipient in self.cache.shares:
             self._shared(recipient, sender.handle, stranger, 1)
-        return cursor.lastrowid
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid, previous or 0
 
     def remembered(self, sender: str, msg_id: bytes, digest: bytes) -> Accepted | None:
         """The original acceptance of a resend, or None for a new ``msg_id`` (SPEC §6.3)."""
