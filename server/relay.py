@@ -55,7 +55,7 @@ except ImportError:  # websockets built without its C extension (what websockets
 from blindrelay.protocol import SUBPROTOCOL, limits
 from blindrelay.protocol.connection import RelayConnection, State
 
-from . import gcpolicy
+from . import auth, gcpolicy
 from .config import TRANSPORT_WRITE_LIMIT_BYTES, RelayConfig
 from .context import Limiters, RelayContext, Session
 from .dispatch import Dispatcher
@@ -776,6 +776,8 @@ class RunningRelay:
         if self._server is not None:
             self._server.close(close_connections=False)
         if self.ctx.store.running:
+            for session in list(self._sessions):  # their accounts' next relay starts from now
+                auth.close_session(self.ctx, session)
             await self.ctx.store.submit("noop")  # every earlier operation committed
         for session in list(self._sessions):
             session.shut_down()

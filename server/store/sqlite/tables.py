@@ -90,8 +90,9 @@ from .ledger import ConsentLedger
 from .metering import UsageMeter
 from .profiles import BadgeStore, ProfileStore
 
-SCHEMA_VERSION = 4
-"""3: ``business_skeletons`` (SPEC §3.2), filled from existing businesses on upgrade,
+SCHEMA_VERSION = 5
+"""5: ``account_sessions`` (which relay process serves each account, SPEC §10).
+3: ``business_skeletons`` (SPEC §3.2), filled from existing businesses on upgrade,
 and ``invites`` (SPEC §4.6.4). 4: ``statement_nonces`` and the pruning of superseded
 statements (SPEC §7.5–7.6), ``budgets`` (SPEC §5.3, §7.3), ``pairs.wrote``/``requests``
 (SPEC §7.2) and ``queue.stranger`` (SPEC §6.3)."""
@@ -220,6 +221,13 @@ CREATE INDEX IF NOT EXISTS badges_by_handle ON badges (handle, issued_at);
 CREATE TABLE IF NOT EXISTS business_skeletons (
     skeleton TEXT PRIMARY KEY,
     handle TEXT NOT NULL REFERENCES accounts(handle)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS account_sessions (
+    handle TEXT PRIMARY KEY,
+    worker TEXT NOT NULL,
+    session INTEGER NOT NULL,
+    live INTEGER NOT NULL,
+    ended_at INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS invites (
     digest BLOB PRIMARY KEY,
