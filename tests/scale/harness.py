@@ -108,6 +108,8 @@ class Worker:
         self.port = 0
         self.starts = 0
         self.kills = 0
+        self.exit_status: int | None = None
+        """How the last process ended when stopped with SIGTERM (0: a clean shutdown)."""
 
     @property
     def url(self) -> str:
@@ -159,7 +161,7 @@ class Worker:
             return
         self.proc.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(self.proc.wait(), 10)
+            self.exit_status = await asyncio.wait_for(self.proc.wait(), 10)
         except TimeoutError:
             self.proc.kill()
             await self.proc.wait()

@@ -77,23 +77,21 @@ async def scenario(database: PostgresDatabase, logs: Path) -> dict[str, object]:
         ready = False
         progress = 0
         restarts: list[asyncio.Task[None]] = []
+        load = asyncio.TaskGroup()
+        """The send loops and the restarts: the first to fail cancels the others."""
 
         async def restart() -> None:
             nonlocal ready, progress
-            try:
-                started = time.monotonic()
-                before_crash.append(set(acknowledged))
-                await database.restart_async()
-                back = time.monotonic()
-                await sent_at.wait_for(
-                    lambda: all(last_sent.get(s.handle, 0) > back for s in senders),
-                    RECOVERY_TIMEOUT_S,
-                    f"a SENT for every sender after restart {len(windows) + 1}",
-                )
-                windows.append((started, time.monotonic()))
-            except BaseException:
-                stop.set()
-                raise
+            started = time.monotonic()
+            before_crash.append(set(acknowledged))
+            await database.restart_async()
+            back = time.monotonic()
+            await sent_at.wait_for(
+                lambda: all(last_sent.get(s.handle, 0) > back for s in senders),
+                RECOVERY_TIMEOUT_S,
+                f"a SENT for every sender after restart {len(windows) + 1}",
+            )
+            windows.append((started, time.monotonic()))
             progress, ready = 0, True
 
         def on_sent() -> None:
@@ -107,7 +105,7 @@ async def scenario(database: PostgresDatabase, logs: Path) -> dict[str, object]:
                 return
             if progress >= thresholds[len(restarts)]:
                 ready = False
-                restarts.append(asyncio.create_task(restart()))
+                restarts.append(load.create_task(restart()))
 
         async def send_loop(sender: Party, warm: asyncio.Event) -> None:
             seq = 0
@@ -133,15 +131,13 @@ async def scenario(database: PostgresDatabase, logs: Path) -> dict[str, object]:
                 recipient.read(received)
             with timed(laps, "load_s"):
                 warm = [asyncio.Event() for _ in senders]
-                loops = [
-                    asyncio.create_task(send_loop(s, w)) for s, w in zip(senders, warm, strict=True)
-                ]
-                # Restarts begin once every session exists: a bundle fetch refused with 902
-                # is the application's to retry, and this test is about SENDs.
-                await asyncio.wait_for(asyncio.gather(*(w.wait() for w in warm)), 30)
-                progress, ready = 0, True
-                await asyncio.gather(*loops)
-                await asyncio.gather(*restarts)
+                async with load:
+                    for sender, event in zip(senders, warm, strict=True):
+                        load.create_task(send_loop(sender, event))
+                    # Restarts begin once every session exists: a bundle fetch refused
+                    # with 902 is the application's to retry; this test is about SENDs.
+                    await asyncio.wait_for(asyncio.gather(*(w.wait() for w in warm)), 30)
+                    progress, ready = 0, True
             with timed(laps, "drain_s"):
                 await received.wait_for(
                     delivered_all, DRAIN_TIMEOUT_S, "every acknowledged message delivered"
@@ -149,8 +145,6 @@ async def scenario(database: PostgresDatabase, logs: Path) -> dict[str, object]:
             running = [w.running for w in pool]
             pids_after = [w.pid for w in pool]
         finally:
-            for task in restarts:
-                task.cancel()
             await asyncio.gather(*(p.close() for p in parties), return_exceptions=True)
 
     app_seen = Counter[tuple[str, bytes]]()
@@ -185,6 +179,7 @@ async def scenario(database: PostgresDatabase, logs: Path) -> dict[str, object]:
         "workers_running": running,
         "same_pids": pids_after == pids,
         "connections_per_party": sorted({p.client.connection_count for p in parties}),
+        "exit_statuses": [w.exit_status for w in pool],
         **laps,
     }
 
@@ -208,3 +203,4 @@ async def test_postgresql_restarts_under_load_lose_nothing_acknowledged(
     assert counts["workers_running"] == [True, True]
     assert counts["same_pids"] is True
     assert counts["connections_per_party"] == [1]
+    assert counts["exit_statuses"] == [0, 0]  # SIGTERM at the end: a clean shutdown

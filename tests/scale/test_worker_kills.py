@@ -81,6 +81,8 @@ async def scenario(database: PostgresDatabase, logs: Path) -> dict[str, object]:
         failovers: list[int] = []
         """Per kill: connections the killed worker's clients made to the other worker."""
         recoveries: list[asyncio.Task[None]] = []
+        load = asyncio.TaskGroup()
+        """The send loops and the recoveries: the first to fail cancels the others."""
         pids = [w.pid for w in pool]
 
         def all_home() -> bool:
@@ -92,24 +94,20 @@ async def scenario(database: PostgresDatabase, logs: Path) -> dict[str, object]:
             nonlocal ready, progress
             other = 1 - victim
             worker = pool[victim]
-            try:
-                await worker.reap()
-                await balancer.changes.wait_for(
-                    lambda: balancer.live(other) == len(parties),
-                    RECOVERY_TIMEOUT_S,
-                    f"every client of killed worker {victim} reconnected to worker {other}",
-                )
-                failovers.append(balancer.connections[(victim, other)] - moved_before)
-                await worker.start()
-                pids.append(worker.pid)
-                balancer.set_backend(victim, worker.port)
-                balancer.rebalance(victim)
-                await balancer.changes.wait_for(
-                    all_home, RECOVERY_TIMEOUT_S, f"every client back home after worker {victim}"
-                )
-            except BaseException:
-                stop.set()  # the senders end; the error comes out of the gather below
-                raise
+            await worker.reap()
+            await balancer.changes.wait_for(
+                lambda: balancer.live(other) == len(parties),
+                RECOVERY_TIMEOUT_S,
+                f"every client of killed worker {victim} reconnected to worker {other}",
+            )
+            failovers.append(balancer.connections[(victim, other)] - moved_before)
+            await worker.start()
+            pids.append(worker.pid)
+            balancer.set_backend(victim, worker.port)
+            balancer.rebalance(victim)
+            await balancer.changes.wait_for(
+                all_home, RECOVERY_TIMEOUT_S, f"every client back home after worker {victim}"
+            )
             progress, ready = 0, True
 
         def on_sent() -> None:
@@ -128,7 +126,7 @@ async def scenario(database: PostgresDatabase, logs: Path) -> dict[str, object]:
                 pool[victim].kill()
                 kills.append(victim)
                 moved = balancer.connections[(victim, 1 - victim)]
-                recoveries.append(asyncio.create_task(recover(victim, moved)))
+                recoveries.append(load.create_task(recover(victim, moved)))
 
         async def send_loop(sender: Party) -> None:
             seq = 0
@@ -150,15 +148,14 @@ async def scenario(database: PostgresDatabase, logs: Path) -> dict[str, object]:
             for recipient in recipients:
                 recipient.read(received)
             with timed(laps, "load_s"):
-                await asyncio.gather(*(send_loop(s) for s in senders))
-                await asyncio.gather(*recoveries)
+                async with load:
+                    for sender in senders:
+                        load.create_task(send_loop(sender))
             with timed(laps, "drain_s"):
                 await received.wait_for(
                     delivered_all, DRAIN_TIMEOUT_S, "every acknowledged message delivered"
                 )
         finally:
-            for task in recoveries:
-                task.cancel()
             await asyncio.gather(*(p.close() for p in parties), return_exceptions=True)
             await balancer.close()
 
@@ -192,6 +189,7 @@ async def scenario(database: PostgresDatabase, logs: Path) -> dict[str, object]:
         "failover_connections": failovers,
         "connections_by_home_worker": dict(balancer.connections),
         "error_codes": dict(errors),
+        "exit_statuses": [w.exit_status for w in pool],
         **laps,
     }
 
@@ -212,3 +210,4 @@ async def test_workers_killed_under_load_lose_nothing_acknowledged(
     # Each kill moved the dead worker's clients (half of all) to the other worker.
     assert counts["failover_connections"] == [(SENDERS + RECIPIENTS) // 2] * KILLS
     assert counts["error_codes"] == {}
+    assert counts["exit_statuses"] == [0, 0]  # SIGTERM at the end: a clean shutdown
