@@ -101,8 +101,8 @@ class Session:
         self.outbox: Outbox | None = None
         self.account: Account | None = None
         """The authenticated account, set at WELCOME. Its handle and kind never
-        change, so SEND reads them here instead of the database; where the
-        identity key matters, handlers read the account from the database."""
+        change, so handlers take them from here instead of the store; where the
+        identity key matters, they read it (:meth:`RelayContext.read_account`)."""
         self.ended = False
         self.refusals = RefusalLog(clock)
         """Where this connection's refusals are logged, within a budget."""
