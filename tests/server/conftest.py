@@ -145,6 +145,11 @@ def relay_with(config: RelayConfig, clock: FakeClock, **changes: Any) -> RelayFi
     return RelayFixture(replace(config, **changes), clock)
 
 
+def store_flags(config: RelayConfig) -> list[str]:
+    """The operator's commands' flags naming a relay's store (``--db`` or ``--store``)."""
+    return ["--store", config.store] if config.store else ["--db", str(config.db_path)]
+
+
 def db_rows(
     where: Path | RelayConfig, sql: str, params: tuple[object, ...] = ()
 ) -> list[tuple[Any, ...]]:

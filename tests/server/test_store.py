@@ -54,8 +54,6 @@ def test_a_sqlite_url_or_a_plain_path_opens_the_sqlite_back_end(url: str, path: 
 @pytest.mark.parametrize(
     ("url", "says"),
     [
-        ("postgresql://127.0.0.1:5432/relay", "PostgreSQL store is not available yet"),
-        ("postgres://relay@db/relay", "PostgreSQL store is not available yet"),
         ("mysql://db/relay", "unknown kind 'mysql'"),
         ("sqlite://host/relay.db", "a sqlite URL has no host"),
         ("sqlite:", "no database file"),
