@@ -263,7 +263,9 @@ def test_serve_without_the_postgresql_driver_says_what_to_install(
 
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "asyncpg" else find_spec(name, *a)
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "asyncpg" else find_spec(name, *a),
     )
     monkeypatch.chdir(tmp_path)
     assert main(["serve", "--port", "0", "--store", "postgresql://127.0.0.1/relay"]) == 2
