@@ -154,17 +154,17 @@ async def run_batch(conn: Any, calls: list[Call], origin: str, counters: Counter
 async def _attempt(conn: Any, calls: list[Call], origin: str, careful: bool) -> list[Outcome]:
     tx = Tx(conn, origin)
     outcomes: list[Outcome] = [(False, None)] * len(calls)
-    await conn.execute("BEGIN")
+    begun = False
     try:
-        await lock_set(conn, calls)
+        await lock_set(conn, calls)  # BEGIN, in the same round trip
+        begun = True
         await _run(tx, calls, outcomes, careful)
-        if tx.hints:
-            await notify(conn, tx.hints)
-        await conn.execute("COMMIT")
+        await conn.execute(notify_and_commit(tx.hints))
     except Exception as exc:
         if connection_lost(exc):
             raise
-        await conn.execute("ROLLBACK")  # a lost connection here is an outage too
+        if begun or conn.is_in_transaction():
+            await conn.execute("ROLLBACK")  # a lost connection here is an outage too
         raise _Again(exc) from exc
     except BaseException:  # cancelled (the store is closing): nothing committed
         with contextlib.suppress(Exception):
@@ -192,9 +192,16 @@ def _locked_by(call: Call) -> list[Any]:
     return []
 
 
+def literal(text: str) -> str:
+    """``text`` as an SQL string literal (``standard_conforming_strings`` is on, so only
+    quotes are special; text holds no NUL). For the two statements of a batch that go
+    as plain SQL so they can share a round trip with BEGIN and COMMIT."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 async def lock_set(conn: Any, calls: list[Call]) -> None:
-    """Lock, in sorted order, every account row the batch's calls will write for; a
-    purge also locks the recipients of the envelopes it will drop."""
+    """BEGIN, and lock in sorted order every account row the batch's calls will write
+    for (a purge also the recipients of the envelopes it will drop) — one round trip."""
     handles: set[str] = set()
     before: int | None = None
     for call in calls:
@@ -204,25 +211,30 @@ async def lock_set(conn: Any, calls: list[Call]) -> None:
                 before = max(before or 0, int(call.args[0]))
         except Exception:  # noqa: S112 - malformed: the call fails on its own when it runs
             continue
-    if before is not None:
-        await conn.execute(
-            "SELECT 1 FROM queue_counts WHERE handle = ANY($1::text[]) OR handle IN"
-            " (SELECT recipient FROM queue WHERE sent_at < $2) ORDER BY handle FOR UPDATE",
-            sorted(handles), before,
-        )  # fmt: skip
-    elif handles:
-        await conn.execute(
-            "SELECT 1 FROM queue_counts WHERE handle = ANY($1::text[]) ORDER BY handle FOR UPDATE",
-            sorted(handles),
-        )
-
-
-async def notify(conn: Any, hints: list[Hint]) -> None:
-    """All of a batch's hints in one statement (identical ones once)."""
-    payloads = list(dict.fromkeys(hint.encode() for hint in hints))
-    await conn.execute(
-        "SELECT pg_notify($1, h) FROM unnest($2::text[]) AS h", routing.CHANNEL, payloads
+    if not handles and before is None:
+        await conn.execute("BEGIN")
+        return
+    named = ", ".join(literal(h) for h in sorted(handles)) or "NULL"
+    expired = (
+        f" OR handle IN (SELECT recipient FROM queue WHERE sent_at < {before:d})"  # noqa: S608
+        if before is not None
+        else ""
     )
+    await conn.execute(
+        f"BEGIN; SELECT 1 FROM queue_counts WHERE handle IN ({named}){expired}"  # noqa: S608
+        " ORDER BY handle FOR UPDATE"
+    )
+
+
+def notify_and_commit(hints: list[Hint]) -> str:
+    """The batch's hints (identical ones once) and COMMIT, as one round trip: PostgreSQL
+    delivers the notifications only if the COMMIT succeeds."""
+    payloads = dict.fromkeys(hint.encode() for hint in hints)
+    if not payloads:
+        return "COMMIT"
+    channel = literal(routing.CHANNEL)
+    notifies = ", ".join(f"pg_notify({channel}, {literal(p)})" for p in payloads)
+    return f"SELECT {notifies}; COMMIT"
 
 
 # --- running the calls ---------------------------------------------------------------

@@ -21,7 +21,13 @@ import asyncpg
 T = TypeVar("T")
 
 CONNECT_TIMEOUT_S = 10.0
-SERVER_SETTINGS = {"synchronous_commit": "on", "application_name": "blindrelay"}
+SERVER_SETTINGS = {
+    "synchronous_commit": "on",
+    "application_name": "blindrelay",
+    "standard_conforming_strings": "on",
+}
+"""Every connection's: the relay's durability, its name in ``pg_stat_activity``, and
+string literals where only quotes are special (``batch.literal``)."""
 
 
 class BlockingConnection:

@@ -128,6 +128,11 @@ class PostgresStore:
             if self._in_flight is not None:
                 await asyncio.shield(self._in_flight)
         self._running = False
+        counters = self.counters
+        log_event(
+            logging.INFO, "store_closed", commits=counters.commits, calls=counters.calls,
+            replays=counters.replays, retries=counters.retries,
+        )  # fmt: skip
         if self._reconnecting is not None:
             self._reconnecting.cancel()
             self._reconnecting = None
