@@ -103,8 +103,14 @@ async def _execute(url: str, *statements: str) -> list[object]:
 
 
 def execute(url: str, *statements: str) -> list[object]:
-    """Run statements one by one outside any event loop; the first column of each."""
-    return asyncio.run(_execute(url, *statements))
+    """Run statements one by one; the first column of each. From inside a running event
+    loop too (on a thread of its own, blocking the loop meanwhile)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_execute(url, *statements))
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, _execute(url, *statements)).result()
 
 
 def rows(url: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:

@@ -92,7 +92,18 @@ from .rows import (
 READS = frozenset({"account", "account_for_login", "check_prekey_upload"})
 """What ``Store.read`` may ask: operations that write nothing, in the ordered stream."""
 
-SET_BASED = frozenset({"send", "acknowledge", "page"}) | READS
+ARGUMENTS: dict[str, tuple[str, ...]] = {
+    "send": (
+        "handle", "kind", "to", "msg_id", "intent", "category", "categories", "body", "now",
+        "rules",
+    ),
+    "acknowledge": ("acks",),
+    "page": ("handle", "after", "limit", "not_before"),
+}  # fmt: skip
+"""The arguments of the set-based operations, as :data:`..operations.CONTRACT` names them
+(``acknowledge`` is merged: its one argument is the list of items)."""
+
+SET_BASED = frozenset(ARGUMENTS) | READS
 
 MAX_RETRIES = 5
 """Runs of one batch after deadlocks or serialization failures before it runs carefully."""
@@ -393,7 +404,9 @@ async def page_group(
     pages: list[tuple[int, str, int, int, int]] = []
     for position in members:
         try:
-            handle, after, limit, not_before = calls[position].args
+            named = dict(zip(ARGUMENTS["page"], calls[position].args, strict=True))
+            handle, after = named["handle"], named["after"]
+            limit, not_before = named["limit"], named["not_before"]
             pages.append((position, str(handle), int(after), int(limit), int(not_before)))
         except Exception as exc:
             outcomes[position] = (False, job_error(exc))
@@ -519,7 +532,10 @@ class _Send:
 
     @classmethod
     def parse(cls, position: int, args: Sequence[Any]) -> _Send:
-        handle, kind, to, msg_id, intent, category, categories, body, now, rules = args
+        named = dict(zip(ARGUMENTS["send"], args, strict=True))
+        handle, kind, to, now = named["handle"], named["kind"], named["to"], named["now"]
+        msg_id, intent, category = named["msg_id"], named["intent"], named["category"]
+        categories, body, rules = named["categories"], named["body"], named["rules"]
         if type(handle) is not str or type(to) is not str or type(now) is not int:
             raise TypeError("send: handle, to, now")
         return cls(

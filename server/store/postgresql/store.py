@@ -253,10 +253,13 @@ class PostgresStore:
 
     async def _reconnect(self) -> None:
         broken, self._conn = self._conn, None
-        if broken is not None:
-            broken.terminate()
-            await self._pool.release(broken)
-        self._pool.expire_connections()
+        try:
+            if broken is not None:
+                broken.terminate()
+                await self._pool.release(broken)
+            await self._pool.expire_connections()  # the idle ones are as dead
+        except Exception as exc:  # a broken pool still hands out fresh connections
+            log_event(logging.WARNING, "store_pool_reset_failed", exc_type=type(exc).__name__)
         self._backoff_s = INITIAL_BACKOFF_S
         attempts = 0
         while True:
