@@ -114,7 +114,7 @@ def _log_in(
     not_before = now - ctx.config.queue_ttl_ms
 
     def counted(result: list[Any]) -> None:
-        queued, one_time, has_signed = result
+        queued, one_time, has_signed = result[:3]  # [3]: login_seq, for routing
         log_event(logging.INFO, "logged_in", handle=account.handle, queued=queued)
         _welcome(ctx, session, frame.id, account, queued, one_time, has_signed)
 

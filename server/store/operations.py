@@ -153,7 +153,10 @@ CONTRACT: dict[str, Operation] = {
         spec="§4.3",
         args={"handle": "str", "not_before": "int ms: envelopes older are expired"},
         result="[queued envelopes (unexpired, statements included), one-time prekeys stored, "
-        "bool: signed prekey stored] for WELCOME, counting every earlier operation's writes",
+        "bool: signed prekey stored, login_seq] for WELCOME, counting every earlier "
+        "operation's writes; login_seq: the account's login counter, raised by one by this "
+        "operation (the newest login of an account has the highest; emitted as a LOGIN "
+        "hint). Until routing lands, the SQLite back end returns the first three only",
     ),
     "open_session": Operation(
         spec="§4.4, §10",
