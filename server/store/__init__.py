@@ -6,16 +6,21 @@ callback, which runs after the operation's transaction has committed. The
 operations and their contracts — arguments, results, errors, what commits
 together — are :data:`.operations.CONTRACT`; that table, the :class:`Store`
 protocol below and the pure rules they share are all a back end implements
-against. What the handlers read directly, without a round trip (who an
+against. What the handlers read before they decide what to call (who an
 account is, the even lookup LOGIN makes, whether a prekey upload is refused
-already), are the three synchronous reads of :class:`Store`.
+already) are reads, :data:`.operations.READS`, asked with ``Store.read`` and
+answered through a callback too: at once by a back end that can read on the
+event loop (SQLite), later and in order with the operations by one whose reads
+are a round trip (PostgreSQL) — the handlers do not know which
+(``RelayContext.read`` keeps a connection's frames in order either way).
 
 Back ends, one sub-package each, chosen by :func:`open_store` from a URL:
 
 - ``sqlite/`` — the embedded default: one SQLite file, written by one writer
   process with group commit; ``sqlite:///ABSOLUTE/PATH``, ``sqlite:RELATIVE/PATH``
   or a plain path (``--db``);
-- ``postgresql://…`` — not available yet.
+- ``postgresql/`` — a PostgreSQL database shared by any number of relay workers
+  (``postgresql://…`` or ``postgres://…``; asyncpg, the ``postgresql`` extra).
 
 The operator's commands (``blindrelay admin``, ``inspect``) open the same back
 ends through :func:`open_admin_store` and :func:`inspect_store`.
@@ -27,7 +32,8 @@ importing the handlers loads no database driver.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import importlib.util
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +54,8 @@ __all__ = [
 ]  # fmt: skip
 
 Done = Callable[[bool, Any], None]
-"""Called with (True, result) or (False, exception) after the operation's commit."""
+"""Called with (True, result) or (False, exception) after the operation's commit (a read's:
+when it is answered)."""
 
 
 class StoreError(Exception):
@@ -80,9 +87,8 @@ class Store(Protocol):
     """What the relay needs of a back end (one per relay process).
 
     Everything is called on the event loop, and only :meth:`start`, :meth:`close`
-    and the futures of :meth:`submit` are awaited: the three reads answer at once,
-    so they must be cheap (the SQLite back end reads its file; another back end
-    would answer from a local copy kept current rather than from a round trip).
+    and the futures of :meth:`submit` are awaited; operations and reads answer
+    through callbacks, so nothing blocks the loop on a round trip.
     """
 
     @property
@@ -116,17 +122,11 @@ class Store(Protocol):
     def submit(self, operation: str, *args: Any) -> asyncio.Future[Any]:
         """:meth:`call` with a future, for callers that await (start-up, purges)."""
 
-    def account(self, handle: str) -> Account | None:
-        """The account as committed now, by any relay process (a rotation is seen at once)."""
-
-    def account_for_login(self, handle: str) -> Account | None:
-        """:meth:`account` with the same work whether ``handle`` exists or not (SPEC §11.1):
-        a LOGIN's answer and its timing must not tell who exists."""
-
-    def check_prekey_upload(self, handle: str, key_ids: Sequence[int], max_stored: int) -> None:
-        """Raise InvalidPrekeys if adding one-time prekeys ``key_ids`` is refused already
-        (SPEC §5.2: an id stored, or more than ``max_stored``); ``upload_prekeys`` checks
-        again, atomically with its writes."""
+    def read(self, name: str, args: list[Any] | tuple[Any, ...], done: Done) -> None:
+        """Read ``name`` (:data:`.operations.READS`) with ``args``; ``done`` with its value
+        or its error, either before this returns (a back end that reads on the loop) or
+        later, in submission order with the operations (one whose reads are a round
+        trip). It writes nothing."""
 
 
 class AdminStore(Protocol):
@@ -205,14 +205,27 @@ def _parse(url: str) -> _Sqlite | str:
     return _Sqlite(Path(url))
 
 
-_NOT_YET = "the PostgreSQL store is not available yet; use sqlite:///PATH or --db PATH"
-
-
-def _sqlite(url: str) -> _Sqlite:
+def _sqlite(url: str) -> _Sqlite | None:
+    """The SQLite location ``url`` names, or None for a PostgreSQL URL (asyncpg checked)."""
     location = _parse(url)
-    if not isinstance(location, _Sqlite):
-        raise UnsupportedStore(_NOT_YET)
-    return location
+    if isinstance(location, _Sqlite):
+        return location
+    if importlib.util.find_spec("asyncpg") is None:
+        raise UnsupportedStore(
+            f"store {_redacted(url)!r}: the PostgreSQL store needs asyncpg: "
+            "pip install 'blindrelay[postgresql]'"
+        )
+    return None
+
+
+def _redacted(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit  # not for the rules' and records' importers
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}"))
 
 
 def check_store_url(url: str) -> None:
@@ -224,6 +237,10 @@ def check_store_url(url: str) -> None:
 def open_store(url: str, config: RelayConfig) -> Store:
     """The back end ``url`` names, not started yet (``await store.start()``)."""
     location = _sqlite(url)
+    if location is None:
+        from .postgresql.store import PostgresStore
+
+        return PostgresStore(url, config.pool_size)
     from .sqlite.store import SqliteStore  # only the chosen back end is imported
 
     return SqliteStore(location.path, config.synchronous, config.gc_threshold)
@@ -233,6 +250,10 @@ def open_admin_store(url: str) -> AdminStore:
     """The back end ``url`` names, for the operator's commands; :class:`StoreError`
     (one line) if there is no store there or it cannot be opened."""
     location = _sqlite(url)
+    if location is None:
+        from .postgresql.store import PostgresAdminStore
+
+        return PostgresAdminStore.open(url)
     from .sqlite.store import SqliteAdminStore
 
     return SqliteAdminStore.open(location.path)
@@ -242,6 +263,16 @@ def inspect_store(url: str, limit: int) -> Iterator[str]:
     """``blindrelay inspect``: lines describing everything the store holds (SPEC §11),
     read-only; :class:`StoreError` if there is no store there."""
     location = _sqlite(url)
+    if location is None:
+        from .postgresql.inspection import inspect_database as inspect_postgresql
+
+        try:
+            return inspect_postgresql(url, limit)
+        except StoreError:
+            raise
+        except Exception as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise StoreError(f"cannot read {_redacted(url)}: {reason}") from None
     from .sqlite.inspection import inspect_database
 
     if not location.path.exists():

@@ -219,7 +219,6 @@ async def test_serve_takes_its_store_as_a_url_by_flag_or_environment(tmp_path: P
 @pytest.mark.parametrize(
     ("flags", "says"),
     [
-        (["--store", "postgresql://127.0.0.1:5432/test"], "PostgreSQL store is not available yet"),
         (["--store", "redis://127.0.0.1/0"], "unknown kind 'redis'"),
         (["--store", "sqlite:other.db", "--db", "r.db"], "give --store or --db, not both"),
     ],
@@ -247,7 +246,40 @@ def test_inspect_opens_its_store_by_url_and_refuses_one_it_cannot_use(
 ) -> None:
     assert main(["inspect", "--store", f"sqlite://{canary_db}"]) == 0
     assert "alice → bob chat" in capsys.readouterr().out
-    assert main(["inspect", "--store", "postgresql://127.0.0.1/test"]) == 1
+    assert main(["inspect", "--store", "redis://127.0.0.1/0"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("blindrelay inspect: the PostgreSQL store is not available yet")
+    assert err.startswith("blindrelay inspect: store 'redis://127.0.0.1/0': unknown kind")
     assert err.count("\n") == 1
+    assert main(["inspect", "--store", "postgresql://relay:secret@127.0.0.1:1/none"]) == 1
+    err = capsys.readouterr().err  # nothing listens on port 1: one line, no password
+    assert err.startswith("blindrelay inspect: cannot read postgresql://relay:***@127.0.0.1:1/none")
+    assert err.count("\n") == 1 and "secret" not in err
+
+
+def test_serve_without_the_postgresql_driver_says_what_to_install(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "asyncpg" else find_spec(name, *a),
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["serve", "--port", "0", "--store", "postgresql://127.0.0.1/relay"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("blindrelay serve: ") and err.count("\n") == 1, err
+    assert "pip install 'blindrelay[postgresql]'" in err
+
+
+def test_serve_on_an_unreachable_postgresql_exits_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = "postgresql://relay:secret@127.0.0.1:1/relay"  # nothing listens on port 1
+    assert main(["serve", "--port", "0", "--store", url]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("blindrelay serve: cannot open the database: cannot use ")
+    assert err.count("\n") == 1 and "secret" not in err

@@ -16,7 +16,7 @@ import pytest
 
 from blindrelay.protocol import limits
 from blindrelay.protocol.consent import PairState
-from blindrelay.protocol.errors import ErrorCode, HandleTaken, InvalidPrekeys, QueueFull
+from blindrelay.protocol.errors import ErrorCode, InvalidPrekeys, QueueFull
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.delivery import send_rules
 from blindrelay.server.store import Account, StoreJobError
@@ -183,26 +183,6 @@ def test_the_even_account_lookup_finds_what_get_finds(tmp_path: Path) -> None:
         assert store.accounts.get_evenly(handle) == store.accounts.get(handle)
 
 
-async def test_jobs_of_one_loop_turn_go_out_together_and_answer_in_order(tmp_path: Path) -> None:
-    writer = Writer(tmp_path / "r.db", "FULL")
-    await writer.start()
-    try:
-        futures = [
-            writer.submit("create_account", f"u{n}", "user", bytes([n]) * 32, 0) for n in range(20)
-        ]
-        futures.append(writer.submit("create_account", "u3", "user", b"x" * 32, 0))
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        assert results[:20] == [None] * 20
-        assert isinstance(results[20], HandleTaken)  # mapped back to its class
-        with pytest.raises(StoreJobError) as failed:
-            await writer.submit("no_such_operation")
-        assert failed.value.exc_type == "LookupError"  # type and place only, no message
-        assert await writer.submit("login_counts", "u1", 0) == [0, 0, False]
-    finally:
-        await writer.close()
-    assert not writer.running
-
-
 async def test_consecutive_merged_calls_share_one_job_and_each_gets_its_own_result(
     tmp_path: Path,
 ) -> None:
@@ -248,24 +228,6 @@ async def test_a_writer_that_cannot_open_its_database_fails_to_start(tmp_path: P
     writer = Writer(tmp_path / "missing-dir" / "r.db", "FULL")
     with pytest.raises(Exception, match="No such file or directory"):
         await writer.start()
-
-
-async def test_close_commits_and_answers_every_job_submitted_before_it(tmp_path: Path) -> None:
-    writer = Writer(tmp_path / "r.db", "FULL")
-    await writer.start()
-    futures = [
-        writer.submit("create_account", f"u{n}", "user", bytes([n]) * 32, 0) for n in range(50)
-    ]
-    await writer.close()
-    assert [f.result() for f in futures] == [None] * 50
-    again = Writer(tmp_path / "r.db", "FULL")
-    await again.start()
-    try:
-        assert await again.submit("login_counts", "u49", 0) == [0, 0, False]
-        with pytest.raises(HandleTaken):
-            await again.submit("create_account", "u49", "user", b"z" * 32, 0)
-    finally:
-        await again.close()
 
 
 _HOST = """

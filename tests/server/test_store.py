@@ -3,22 +3,26 @@ SQLite back end behind the Store interface."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from blindrelay.protocol.errors import InvalidPrekeys
+from blindrelay.protocol.errors import HandleTaken, InvalidPrekeys
 from blindrelay.server.config import RelayConfig
+from blindrelay.server.delivery import send_rules
 from blindrelay.server.store import (
     Account,
     StoreError,
+    StoreJobError,
     UnsupportedStore,
     inspect_store,
     open_admin_store,
     open_store,
 )
-from blindrelay.server.store.operations import CONTRACT, argument_names
+from blindrelay.server.store.operations import CONTRACT, READS, argument_names
 from blindrelay.server.store.sqlite import jobs
 from blindrelay.server.store.sqlite.store import SqliteStore
 
@@ -33,6 +37,14 @@ def test_the_sqlite_back_end_implements_exactly_the_contracts_operations() -> No
         assert [p.name for p in parameters] == argument_names(operation), name
         optional = [p.name for p in parameters if p.default is not inspect.Parameter.empty]
         assert optional == [a.rstrip("?") for a in operation.args if a.endswith("?")], name
+
+
+def test_the_sqlite_back_end_answers_exactly_the_contracts_reads(tmp_path: Path) -> None:
+    reads = SqliteStore(tmp_path / "r.db").reads
+    assert sorted(reads) == sorted(READS)
+    for name, read in READS.items():
+        parameters = list(inspect.signature(reads[name]).parameters)
+        assert parameters == argument_names(read), name
 
 
 @pytest.mark.parametrize(
@@ -54,8 +66,6 @@ def test_a_sqlite_url_or_a_plain_path_opens_the_sqlite_back_end(url: str, path: 
 @pytest.mark.parametrize(
     ("url", "says"),
     [
-        ("postgresql://127.0.0.1:5432/relay", "PostgreSQL store is not available yet"),
-        ("postgres://relay@db/relay", "PostgreSQL store is not available yet"),
         ("mysql://db/relay", "unknown kind 'mysql'"),
         ("sqlite://host/relay.db", "a sqlite URL has no host"),
         ("sqlite:", "no database file"),
@@ -83,23 +93,114 @@ def test_the_operator_commands_need_an_existing_database(tmp_path: Path) -> None
     assert not (tmp_path / "none.db").exists()
 
 
-async def test_the_sqlite_store_answers_the_loops_reads_from_what_its_writer_committed(
-    tmp_path: Path,
-) -> None:
-    store = open_store(str(tmp_path / "r.db"), RelayConfig())
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh store of each back end: a new SQLite file, or a new schema of the module's
+    PostgreSQL database."""
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("pg_database").fresh_schema())
+    return str(tmp_path / "r.db")
+
+
+async def test_the_store_answers_the_loops_reads_from_what_it_committed(store_url: str) -> None:
+    store = open_store(store_url, RelayConfig())
     await store.start()
+
+    async def read(name: str, *args: Any) -> tuple[bool, Any]:
+        answer: asyncio.Future[tuple[bool, Any]] = asyncio.get_running_loop().create_future()
+        store.read(name, args, lambda ok, value: answer.set_result((ok, value)))
+        if "://" not in store_url:
+            assert answer.done()  # SQLite answers before read returns: nothing is held
+        return await answer
+
     try:
         assert store.running
         assert await store.submit("create_account", "alice", "user", b"k" * 32, 0) is None
         alice = Account("alice", "user", b"k" * 32)
-        assert store.account("alice") == store.account_for_login("alice") == alice
-        assert store.account("bob") is None and store.account_for_login("bob") is None
+        assert await read("account", "alice") == (True, alice)
+        assert await read("account_for_login", "alice") == (True, alice)
+        assert await read("account", "bob") == await read("account_for_login", "bob") == (True, None)
         await store.submit("upload_prekeys", "alice", b"k" * 32, None, [[1, b"p" * 32]], 10, 0)
-        store.check_prekey_upload("alice", [2], 10)
-        with pytest.raises(InvalidPrekeys):
-            store.check_prekey_upload("alice", [1], 10)
+        assert await read("check_prekey_upload", "alice", [2], 10) == (True, None)
+        ok, refused = await read("check_prekey_upload", "alice", [1], 10)
+        assert not ok and isinstance(refused, InvalidPrekeys)
+        ok, refused = await read("check_prekey_upload", "alice", [2, 3], 2)
+        assert not ok and isinstance(refused, InvalidPrekeys)
         await store.submit("rotate_identity", "alice", b"k" * 32, b"n" * 32)
-        assert store.account("alice") == Account("alice", "user", b"n" * 32)  # at once
+        rotated = Account("alice", "user", b"n" * 32)
+        assert await read("account", "alice") == (True, rotated)  # at once
     finally:
         await store.close()
     assert not store.running
+
+
+async def test_operations_of_one_loop_turn_answer_in_order_with_their_errors(
+    store_url: str,
+) -> None:
+    store = open_store(store_url, RelayConfig())
+    await store.start()
+    try:
+        futures = [
+            store.submit("create_account", f"u{n}", "user", bytes([n]) * 32, 0) for n in range(20)
+        ]
+        futures.append(store.submit("create_account", "u3", "user", b"x" * 32, 0))
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        assert results[:20] == [None] * 20
+        assert isinstance(results[20], HandleTaken)  # mapped back to its class
+        with pytest.raises(StoreJobError) as failed:
+            await store.submit("no_such_operation")
+        assert failed.value.exc_type == "LookupError"  # type and place only, no message
+        assert (await store.submit("login_counts", "u1", 0))[:3] == [0, 0, False]
+    finally:
+        await store.close()
+
+
+async def test_close_commits_and_answers_everything_called_before_it(store_url: str) -> None:
+    store = open_store(store_url, RelayConfig())
+    await store.start()
+    futures = [
+        store.submit("create_account", f"u{n}", "user", bytes([n]) * 32, 0) for n in range(50)
+    ]
+    await store.close()
+    assert [f.result() for f in futures] == [None] * 50
+    again = open_store(store_url, RelayConfig())
+    await again.start()
+    try:
+        assert (await again.submit("login_counts", "u49", 0))[:3] == [0, 0, False]
+        with pytest.raises(HandleTaken):
+            await again.submit("create_account", "u49", "user", b"z" * 32, 0)
+    finally:
+        await again.close()
+
+
+async def test_delivery_ids_only_grow_and_name_the_one_before(store_url: str) -> None:
+    """SPEC §6.4: never reused, also once the queue is empty; ``previous`` is the highest
+    id queued for the recipient before (0: none)."""
+    store = open_store(store_url, RelayConfig())
+    await store.start()
+    try:
+        for handle in ("alice", "bob"):
+            await store.submit("create_account", handle, "user", handle.encode() * 8, 0)
+        rules = send_rules(RelayConfig())
+
+        def send(n: int) -> asyncio.Future[list[int]]:
+            return store.submit(
+                "send", "alice", "user", "bob", bytes([n]) * 16, "chat", None, None, b"x", 5, rules
+            )
+
+        first, second = await asyncio.gather(send(1), send(2))
+        assert (first[2], second[2]) == (0, first[0]) and second[0] > first[0]
+        assert await store.submit("page", "bob", 0, 10, 0) == [
+            [i, "bob", "alice", "user", bytes([n]) * 16, "chat", None, None, 5, b"x"]
+            for i, n in ((first[0], 1), (second[0], 2))
+        ]
+        acked: list[object] = []
+        store.call_many(
+            "acknowledge", ["bob", [first[0], second[0]]], lambda ok, v: acked.append(v)
+        )
+        third = await send(3)
+        assert acked == [2] and third[0] > second[0] and third[2] == 0
+        assert await send(3) == 5  # a resend: its original time, nothing stored
+        assert (await store.submit("login_counts", "bob", 0))[0] == 1
+    finally:
+        await store.close()

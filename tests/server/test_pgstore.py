@@ -1,0 +1,376 @@
+"""server/store/postgresql/: the PostgreSQL back end on a real server (tests/pg.py).
+
+What only this back end has: versioned migrations shared by workers, one stream of
+group-committed batches per worker with set-based SENDs, ACKs and PAGEs, hints emitted
+inside the transaction, atomic prekey claims and delivery-id order across workers, and
+outages answered with STORE_UNAVAILABLE while it reconnects. What both back ends share
+is tested on both (test_store_backends.py and the relay tests with ``BACKENDS``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import pytest
+
+from blindrelay.protocol import limits
+from blindrelay.protocol.errors import QueueFull, StoreUnavailable
+from blindrelay.server.config import RelayConfig
+from blindrelay.server.delivery import send_rules
+from blindrelay.server.routing import CHANNEL, Hint, HintKind, decode
+from blindrelay.server.store import StoreJobError, StoreStartError
+from blindrelay.server.store.operations import CONTRACT, argument_names
+from blindrelay.server.store.postgresql import batch, operations, schema
+from blindrelay.server.store.postgresql.store import PostgresStore, redact
+
+from ..pg import PostgresDatabase
+
+RULES = send_rules(RelayConfig())
+
+
+def test_the_postgresql_back_end_implements_exactly_the_contracts_operations() -> None:
+    assert sorted([*operations.OPERATIONS, *batch.ARGUMENTS]) == sorted(CONTRACT)
+    for name, operation in CONTRACT.items():
+        if name in batch.ARGUMENTS:
+            if operation.merged:
+                assert len(batch.ARGUMENTS[name]) == 1, name
+            else:
+                assert list(batch.ARGUMENTS[name]) == argument_names(operation), name
+            continue
+        parameters = list(inspect.signature(operations.OPERATIONS[name]).parameters.values())[1:]
+        assert [p.name for p in parameters] == argument_names(operation), name
+        optional = [p.name for p in parameters if p.default is not inspect.Parameter.empty]
+        assert optional == [a.rstrip("?") for a in operation.args if a.endswith("?")], name
+
+
+def test_a_url_is_shown_without_its_password() -> None:
+    assert (
+        redact("postgresql://relay:s3cret@db:5432/relay") == "postgresql://relay:***@db:5432/relay"
+    )
+    assert redact("postgresql://db/relay") == "postgresql://db/relay"
+
+
+@asynccontextmanager
+async def started(url: str, **kwargs: Any) -> AsyncIterator[PostgresStore]:
+    store = PostgresStore(url, **kwargs)
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def _users(store: PostgresStore, *handles: str) -> None:
+    for handle in handles:
+        await store.submit("create_account", handle, "user", handle.encode().ljust(32, b"."), 0)
+
+
+def _send(
+    store: PostgresStore, sender: str, to: str, n: int, **changes: Any
+) -> asyncio.Future[Any]:
+    rules = RULES._replace(**{"message_request_max": 10**6, **changes})
+    msg_id = n.to_bytes(16, "big")
+    return store.submit("send", sender, "user", to, msg_id, "chat", None, None, b"x", 5, rules)
+
+
+# --- migrations ---------------------------------------------------------------------
+
+
+async def test_a_fresh_database_is_migrated_once_and_a_restart_keeps_its_data(
+    pg_database: PostgresDatabase,
+) -> None:
+    url = pg_database.fresh_schema()
+    async with started(url) as first, started(url) as second:  # two workers at once
+        await _users(first, "alice")
+        assert second.account("alice") is not None
+    async with started(url) as again:
+        assert again.account("alice") is not None
+        assert again.location == f"{url} (PostgreSQL)"
+    conn = await asyncpg.connect(url)
+    try:
+        versions = await conn.fetch("SELECT version FROM schema_version ORDER BY version")
+        assert [row[0] for row in versions] == list(range(1, schema.SCHEMA_VERSION + 1))
+    finally:
+        await conn.close()
+
+
+async def test_a_database_newer_than_the_code_is_refused_in_one_line(
+    pg_database: PostgresDatabase,
+) -> None:
+    url = pg_database.fresh_schema()
+    async with started(url):
+        pass
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "INSERT INTO schema_version (version) VALUES ($1)", schema.SCHEMA_VERSION + 1
+        )
+    finally:
+        await conn.close()
+    store = PostgresStore(url)
+    with pytest.raises(StoreStartError) as refused:
+        await store.start()
+    message = str(refused.value)
+    assert "newer than this relay's" in message and "\n" not in message
+    assert not store.running
+
+
+async def test_an_unreachable_server_fails_to_start_in_one_line() -> None:
+    store = PostgresStore("postgresql://relay:secret@127.0.0.1:1/relay")
+    with pytest.raises(StoreStartError) as refused:
+        await store.start()
+    assert "127.0.0.1:1" in str(refused.value) and "secret" not in str(refused.value)
+
+
+# --- batches --------------------------------------------------------------------------
+
+
+async def test_a_loop_turn_is_one_transaction_answered_in_submission_order(
+    pg_database: PostgresDatabase,
+) -> None:
+    async with started(pg_database.fresh_schema()) as store:
+        await _users(store, "alice", "bob", "carol")
+        commits = store.counters.commits
+        order: list[int] = []
+        futures = []
+        for n in range(30):
+            future = _send(store, "alice", "bob" if n % 3 else "carol", n, queue_cap=15)
+            future.add_done_callback(lambda _f, n=n: order.append(n))
+            futures.append(future)
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        assert store.counters.commits == commits + 1
+        assert order == list(range(30))
+        bob = [r for n, r in enumerate(results) if n % 3]
+        assert all(isinstance(r, list) for r in bob[:15])
+        assert all(isinstance(r, QueueFull) for r in bob[15:])  # the cap, in order
+        ids = [r[0] for r in results if isinstance(r, list)]
+        assert ids == sorted(ids)
+        previous = {0}
+        for result in bob[:15]:  # each names the one before it to the same recipient
+            assert result[2] == max(previous)
+            previous.add(result[0])
+
+
+async def test_an_operation_failing_unexpectedly_fails_alone(pg_database: PostgresDatabase) -> None:
+    """A PostgreSQL error inside a set-based statement: the batch runs again, every call
+    alone, and only the failing one fails."""
+    async with started(pg_database.fresh_schema()) as store:
+        await _users(store, "alice", "bob")
+        sent = _send(store, "alice", "bob", 1)
+        broken = store.submit("page", "bob", 0, -1, 0)  # LIMIT -1: an error in PostgreSQL
+        paged = store.submit("page", "bob", 0, 10, 0)
+        results = await asyncio.gather(sent, broken, paged, return_exceptions=True)
+        assert isinstance(results[0], list)
+        assert isinstance(results[1], StoreJobError)
+        assert [row[0] for row in results[2]] == [results[0][0]]
+        assert store.counters.replays == 1
+        assert (await store.submit("login_counts", "bob", 0))[0] == 1  # stored once
+
+
+async def test_merged_acks_count_per_item_and_a_malformed_one_fails_its_call(
+    pg_database: PostgresDatabase,
+) -> None:
+    async with started(pg_database.fresh_schema()) as store:
+        await _users(store, "alice", "bob")
+        first, second = [(await _send(store, "alice", "bob", n))[0] for n in (1, 2)]
+        outcomes: list[tuple[str, bool, object]] = []
+        store.call_many(
+            "acknowledge", ["bob", [first, 999]], lambda ok, v: outcomes.append(("a", ok, v))
+        )
+        store.call_many(
+            "acknowledge", ["bob", [first, second]], lambda ok, v: outcomes.append(("b", ok, v))
+        )
+        store.call_many(
+            "acknowledge", ["alice", [second]], lambda ok, v: outcomes.append(("c", ok, v))
+        )
+        await store.submit("noop")
+        assert outcomes == [("a", True, 1), ("b", True, 1), ("c", True, 0)]
+        outcomes.clear()
+        store.call_many("acknowledge", ["bob", 7], lambda ok, v: outcomes.append(("d", ok, v)))
+        await store.submit("noop")
+        assert [(name, ok) for name, ok, _ in outcomes] == [("d", False)]
+
+
+async def test_reads_are_operations_of_the_stream(pg_database: PostgresDatabase) -> None:
+    """``read`` sees every call made before it, and writes nothing."""
+    async with started(pg_database.fresh_schema()) as store:
+        answers: list[object] = []
+        store.call("create_account", ("alice", "user", b"k" * 32, 0), lambda ok, v: None)
+        store.read("account", ["alice"], lambda ok, v: answers.append(v))
+        store.read("account_for_login", ["alice"], lambda ok, v: answers.append(v))
+        store.read("account_for_login", ["nobody"], lambda ok, v: answers.append(v))
+        store.call(
+            "upload_prekeys",
+            ("alice", b"k" * 32, None, [[1, b"p" * 32]], 10, 0),
+            lambda ok, v: None,
+        )
+        store.read("check_prekey_upload", ["alice", [1], 10], lambda ok, v: answers.append(ok))
+        store.read("check_prekey_upload", ["alice", [2], 10], lambda ok, v: answers.append(ok))
+        await store.submit("noop")
+        alice = store.account("alice")
+        assert alice is not None and answers == [alice, alice, None, False, True]
+
+
+# --- across workers ---------------------------------------------------------------------
+
+
+async def test_two_workers_never_hand_out_one_one_time_prekey_twice(
+    pg_database: PostgresDatabase,
+) -> None:
+    """2 workers × 50 concurrent bundle fetches of one owner holding 10,000 one-time
+    prekeys: every fetch gets a key, and no key is issued twice."""
+    url = pg_database.fresh_schema()
+    async with started(url) as a, started(url) as b:
+        await _users(a, "owner", *(f"r{n}" for n in range(100)))
+        signed = [1, b"s" * 32, b"g" * 64]
+        keys = [[n, n.to_bytes(32, "big")] for n in range(10_000)]
+        await a.submit("upload_prekeys", "owner", b"owner".ljust(32, b"."), signed, keys, 10_000, 0)
+
+        async def fetch(store: PostgresStore, n: int) -> Any:
+            await asyncio.sleep(0.001 * (n % 7))  # spread over several batches
+            return await store.submit("take_bundle", f"r{n}", "user", "owner", 0, 1e9, 10**6)
+
+        bundles = await asyncio.gather(
+            *(fetch(a, n) for n in range(50)), *(fetch(b, n) for n in range(50, 100))
+        )
+    issued = [bundle[3][0] for bundle in bundles]
+    assert len(issued) == 100 and len(set(issued)) == 100
+    assert min(bundle[4] for bundle in bundles) == 10_000 - 100
+
+
+async def test_a_pager_never_sees_a_lower_delivery_id_after_a_higher_one(
+    pg_database: PostgresDatabase,
+) -> None:
+    """SENDs to one recipient from two workers commit in delivery-id order (the count
+    row is locked before ids are drawn), so a pager's cursor never passes an id that
+    commits later."""
+    url = pg_database.fresh_schema()
+    async with started(url) as a, started(url) as b, started(url) as pager:
+        await _users(a, "bob", *(f"s{n}" for n in range(8)))
+        done = asyncio.Event()
+        seen: set[int] = set()
+        late: list[int] = []
+
+        async def page() -> None:
+            cursor = 0
+            while True:
+                finished = done.is_set()
+                rows = await pager.submit("page", "bob", 0, 10_000, 0)
+                for row in rows:
+                    if row[0] not in seen:
+                        seen.add(row[0])
+                        if row[0] < cursor:
+                            late.append(row[0])  # committed after a higher id was seen
+                cursor = max([cursor, *seen])
+                if finished:
+                    return
+
+        async def send(store: PostgresStore, sender: str) -> None:
+            for n in range(25):
+                await _send(store, sender, "bob", n)
+
+        paging = asyncio.create_task(page())
+        await asyncio.gather(*(send(a if n % 2 else b, f"s{n}") for n in range(8)))
+        done.set()
+        await paging
+        assert late == [] and len(seen) == 200
+
+
+async def test_hints_are_emitted_inside_the_transaction_and_only_on_commit(
+    pg_database: PostgresDatabase,
+) -> None:
+    url = pg_database.fresh_schema()
+    heard: asyncio.Queue[Hint] = asyncio.Queue()
+    listener = await asyncpg.connect(url)
+    await listener.add_listener(CHANNEL, lambda *args: heard.put_nowait(decode(args[3])))
+    try:
+        async with started(url, origin="feedfacefeedface") as store:
+            await _users(store, "alice", "bob", "owner")
+            assert heard.empty()  # registering changes nothing another worker acts on
+            await _send(store, "alice", "bob", 1)
+            assert await heard.get() == Hint(HintKind.QUEUED, "bob", "feedfacefeedface")
+            with pytest.raises(QueueFull):
+                await _send(store, "alice", "bob", 2, queue_cap=1)  # refused: no hint
+            first = await store.submit("login_counts", "bob", 0)
+            second = await store.submit("login_counts", "bob", 0)
+            assert (first[3], second[3]) == (1, 2)
+            assert await heard.get() == Hint(HintKind.LOGIN, "bob", "feedfacefeedface", 1)
+            assert await heard.get() == Hint(HintKind.LOGIN, "bob", "feedfacefeedface", 2)
+            signed = [1, b"s" * 32, b"g" * 64]
+            keys = [[n, bytes([n]) * 32] for n in range(limits.PREKEY_LOW_WATER)]
+            await store.submit(
+                "upload_prekeys", "owner", b"owner".ljust(32, b"."), signed, keys, 100, 0
+            )
+            await store.submit("take_bundle", "alice", "user", "owner", 0)
+            low = limits.PREKEY_LOW_WATER - 1
+            assert await heard.get() == Hint(HintKind.PREKEYS_LOW, "owner", "feedfacefeedface", low)
+            assert heard.empty()
+    finally:
+        await listener.close()
+
+
+# --- outages ------------------------------------------------------------------------------
+
+
+async def test_an_outage_answers_store_unavailable_and_the_store_comes_back(
+    pg_database: PostgresDatabase,
+) -> None:
+    """The batch in flight when the connection dies, and every call until the store is
+    back, get 902 (never a success); the store reconnects by itself and says so."""
+    url = pg_database.fresh_schema()
+    edges: list[bool] = []
+    back = asyncio.Event()
+    during: list[asyncio.Future[Any]] = []
+    async with started(url) as store:
+        await _users(store, "alice", "bob")
+
+        def available(up: bool) -> None:
+            edges.append(up)
+            if up:
+                back.set()
+            else:  # called while the outage begins: this call must not succeed either
+                during.append(store.submit("noop"))
+
+        store.on_available = available
+        holder = await asyncpg.connect(url)
+        try:
+            async with holder.transaction():
+                await holder.execute("SELECT 1 FROM queue_counts WHERE handle = 'bob' FOR UPDATE")
+                in_flight = _send(store, "alice", "bob", 1)  # waits for bob's row
+                await _terminate_the_waiting_backend(url)
+                with pytest.raises(StoreUnavailable) as unavailable:
+                    await in_flight
+                assert unavailable.value.retry_after_ms >= 1
+                assert not store.available
+        finally:
+            await holder.close()
+        with pytest.raises(StoreUnavailable):
+            await during[0]
+        await asyncio.wait_for(back.wait(), 10)
+        assert edges == [False, True] and store.available and store.running
+        assert isinstance(await _send(store, "alice", "bob", 2), list)
+        assert (await store.submit("login_counts", "bob", 0))[0] == 1  # the cut-off one never was
+
+
+async def _terminate_the_waiting_backend(url: str) -> None:
+    """Kill the store's backend once its batch waits for the row lock the test holds (from
+    a connection of its own: a transaction sees one snapshot of pg_stat_activity)."""
+    watcher = await asyncpg.connect(url)
+    try:
+        for _attempt in range(1000):
+            pid = await watcher.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database() AND application_name = 'blindrelay'"
+            )
+            if pid is not None:
+                assert await watcher.fetchval("SELECT pg_terminate_backend($1)", pid)
+                return
+            await asyncio.sleep(0.005)
+    finally:
+        await watcher.close()
+    raise AssertionError("the store's batch never waited for the lock")
