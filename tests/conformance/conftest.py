@@ -118,12 +118,11 @@ def deployment(
             server: str = request.getfixturevalue("pg_server_url")
             database = stack.enter_context(fresh_database(server, f"conformance {name}"))
             store = ["--store", database.url]
-        started = [
-            _start(stack, [*_serve_command(), "--port", "0", *store, *LOCAL_RELAY_FLAGS],
-                   workdir / f"worker{n}.log")
-            for n in range(WORKERS[name])
-        ]  # fmt: skip
-        yield Deployment(name, tuple(_wait_for_url(proc, log) for proc, log in started))
+        urls = []
+        for n in range(WORKERS[name]):  # one after the other: see harness.workers
+            command = [*_serve_command(), "--port", "0", *store, *LOCAL_RELAY_FLAGS]
+            urls.append(_wait_for_url(*_start(stack, command, workdir / f"worker{n}.log")))
+        yield Deployment(name, tuple(urls))
 
 
 def _start(
