@@ -15,7 +15,9 @@ Back ends, one sub-package each, chosen by :func:`open_store` from a URL:
 - ``sqlite/`` — the embedded default: one SQLite file, written by one writer
   process with group commit; ``sqlite:///ABSOLUTE/PATH``, ``sqlite:RELATIVE/PATH``
   or a plain path (``--db``);
-- ``postgresql://…`` — not available yet.
+- ``postgresql/`` — ``postgresql://…`` or ``postgres://…`` (asyncpg, the
+  ``postgresql`` extra): the operator's commands so far; the relay's store is not
+  available yet.
 
 The operator's commands (``blindrelay admin``, ``inspect``) open the same back
 ends through :func:`open_admin_store` and :func:`inspect_store`.
@@ -206,10 +208,25 @@ def _parse(url: str) -> _Sqlite | str:
 
 
 _NOT_YET = "the PostgreSQL store is not available yet; use sqlite:///PATH or --db PATH"
+_NO_ASYNCPG = (
+    "the PostgreSQL store needs asyncpg, which is not installed: "
+    "pip install 'blindrelay[postgresql]'"
+)
+
+
+def _location(url: str) -> _Sqlite | str:
+    """:func:`_parse`, and for a PostgreSQL URL a check that its driver is installed."""
+    location = _parse(url)
+    if isinstance(location, str):
+        try:
+            import asyncpg  # noqa: F401 - only whether it can be imported
+        except ImportError:
+            raise UnsupportedStore(_NO_ASYNCPG) from None
+    return location
 
 
 def _sqlite(url: str) -> _Sqlite:
-    location = _parse(url)
+    location = _location(url)
     if not isinstance(location, _Sqlite):
         raise UnsupportedStore(_NOT_YET)
     return location
@@ -232,7 +249,11 @@ def open_store(url: str, config: RelayConfig) -> Store:
 def open_admin_store(url: str) -> AdminStore:
     """The back end ``url`` names, for the operator's commands; :class:`StoreError`
     (one line) if there is no store there or it cannot be opened."""
-    location = _sqlite(url)
+    location = _location(url)
+    if isinstance(location, str):
+        from .postgresql.admin import PostgresAdminStore
+
+        return PostgresAdminStore.open(location)
     from .sqlite.store import SqliteAdminStore
 
     return SqliteAdminStore.open(location.path)
@@ -241,7 +262,11 @@ def open_admin_store(url: str) -> AdminStore:
 def inspect_store(url: str, limit: int) -> Iterator[str]:
     """``blindrelay inspect``: lines describing everything the store holds (SPEC §11),
     read-only; :class:`StoreError` if there is no store there."""
-    location = _sqlite(url)
+    location = _location(url)
+    if isinstance(location, str):
+        from .postgresql.inspection import inspect_database as inspect_postgresql
+
+        return inspect_postgresql(location, limit)
     from .sqlite.inspection import inspect_database
 
     if not location.path.exists():
