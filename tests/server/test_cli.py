@@ -18,7 +18,9 @@ from blindrelay.server.cli import main
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import serve
 
+from ..pg import PostgresDatabase
 from .conftest import TEST_TIMEOUT_S, Clients, RawClient
+from .pgcopy import copy_to_postgres, reset
 
 BLINDRELAY = Path(sys.executable).with_name("blindrelay")
 CANARY = b"CANARY-" + os.urandom(12).hex().encode() + b"-END-OF-CANARY"
@@ -122,10 +124,21 @@ def canary_db(tmp_path: Path) -> Path:
     return db
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def canary_store(request: pytest.FixtureRequest, canary_db: Path) -> list[str]:
+    """The canary database as each back end holds it: the flags that name it."""
+    if request.param == "sqlite":
+        return ["--db", str(canary_db)]
+    database: PostgresDatabase = request.getfixturevalue("pg_database")
+    reset(database.url)
+    copy_to_postgres(canary_db, database.url)
+    return ["--store", database.url]
+
+
 def test_inspect_shows_metadata_and_only_a_ciphertext_prefix(
-    canary_db: Path, capsys: pytest.CaptureFixture[str]
+    canary_store: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["inspect", "--db", str(canary_db)]) == 0
+    assert main(["inspect", *canary_store]) == 0
     out = capsys.readouterr().out
     counts = dict(re.findall(r"^  (\w+) +(\d+) rows$", out, re.MULTILINE))
     assert counts["queue"] == "1" and counts["accounts"] == "2" and counts["sent"] == "1"
