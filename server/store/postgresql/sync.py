@@ -31,6 +31,13 @@ T = TypeVar("T")
 CONNECT_TIMEOUT_S = 10.0
 """Connecting and authenticating; an unreachable host fails after this."""
 CLOSE_TIMEOUT_S = 5.0
+LOST = (
+    asyncpg.PostgresConnectionError,  # class 08, and asyncpg's own "connection lost"
+    asyncpg.AdminShutdownError,  # 57P01: the server shut down, or ended this session
+    asyncpg.CrashShutdownError,  # 57P02
+    ConnectionError,
+)
+"""Failures meaning the connection is gone (whatever the statement was)."""
 SERVER_SETTINGS = {"synchronous_commit": "on", "application_name": "blindrelay admin"}
 """``synchronous_commit=on`` whatever the server's default: what a command prints
 (an invite token) is on disk first."""
@@ -120,7 +127,14 @@ class SyncConnection:
         :class:`StoreError` (one line)."""
         try:
             return self._wait(lambda: work(self._conn))
+        except StoreError:
+            raise
         except Exception as exc:
+            if self._conn.is_closed() or isinstance(exc, LOST):
+                raise StoreError(
+                    f"lost the connection to {redacted(self.url)} ({_reason(exc)}): "
+                    "run the command again once the server answers"
+                ) from None
             raise failure(exc, self.url) from None
 
     def close(self) -> None:
