@@ -32,7 +32,6 @@ importing the handlers loads no database driver.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -210,11 +209,13 @@ def _sqlite(url: str) -> _Sqlite | None:
     location = _parse(url)
     if isinstance(location, _Sqlite):
         return location
-    if importlib.util.find_spec("asyncpg") is None:
+    try:
+        import asyncpg  # noqa: F401 - only whether it can be imported
+    except ImportError:
         raise UnsupportedStore(
-            f"store {_redacted(url)!r}: the PostgreSQL store needs asyncpg: "
+            "the PostgreSQL store needs asyncpg, which is not installed: "
             "pip install 'blindrelay[postgresql]'"
-        )
+        ) from None
     return None
 
 
@@ -251,7 +252,7 @@ def open_admin_store(url: str) -> AdminStore:
     (one line) if there is no store there or it cannot be opened."""
     location = _sqlite(url)
     if location is None:
-        from .postgresql.store import PostgresAdminStore
+        from .postgresql.admin import PostgresAdminStore
 
         return PostgresAdminStore.open(url)
     from .sqlite.store import SqliteAdminStore
@@ -266,13 +267,7 @@ def inspect_store(url: str, limit: int) -> Iterator[str]:
     if location is None:
         from .postgresql.inspection import inspect_database as inspect_postgresql
 
-        try:
-            return inspect_postgresql(url, limit)
-        except StoreError:
-            raise
-        except Exception as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise StoreError(f"cannot read {_redacted(url)}: {reason}") from None
+        return inspect_postgresql(url, limit)
     from .sqlite.inspection import inspect_database
 
     if not location.path.exists():

@@ -18,7 +18,9 @@ from blindrelay.server.cli import main
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import serve
 
+from ..pg import PostgresDatabase
 from .conftest import TEST_TIMEOUT_S, Clients, RawClient
+from .pgcopy import copy_to_postgres, reset
 
 BLINDRELAY = Path(sys.executable).with_name("blindrelay")
 CANARY = b"CANARY-" + os.urandom(12).hex().encode() + b"-END-OF-CANARY"
@@ -122,10 +124,21 @@ def canary_db(tmp_path: Path) -> Path:
     return db
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def canary_store(request: pytest.FixtureRequest, canary_db: Path) -> list[str]:
+    """The canary database as each back end holds it: the flags that name it."""
+    if request.param == "sqlite":
+        return ["--db", str(canary_db)]
+    database: PostgresDatabase = request.getfixturevalue("pg_database")
+    reset(database.url)
+    copy_to_postgres(canary_db, database.url)
+    return ["--store", database.url]
+
+
 def test_inspect_shows_metadata_and_only_a_ciphertext_prefix(
-    canary_db: Path, capsys: pytest.CaptureFixture[str]
+    canary_store: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["inspect", "--db", str(canary_db)]) == 0
+    assert main(["inspect", *canary_store]) == 0
     out = capsys.readouterr().out
     counts = dict(re.findall(r"^  (\w+) +(\d+) rows$", out, re.MULTILINE))
     assert counts["queue"] == "1" and counts["accounts"] == "2" and counts["sent"] == "1"
@@ -249,24 +262,20 @@ def test_inspect_opens_its_store_by_url_and_refuses_one_it_cannot_use(
     assert main(["inspect", "--store", "redis://127.0.0.1/0"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("blindrelay inspect: store 'redis://127.0.0.1/0': unknown kind")
+    assert main(["inspect", "--store", "postgresql://127.0.0.1:1/test"]) == 1  # nothing there
+    err = capsys.readouterr().err
+    assert err.startswith("blindrelay inspect: cannot reach the PostgreSQL server of ")
     assert err.count("\n") == 1
     assert main(["inspect", "--store", "postgresql://relay:secret@127.0.0.1:1/none"]) == 1
     err = capsys.readouterr().err  # nothing listens on port 1: one line, no password
-    assert err.startswith("blindrelay inspect: cannot read postgresql://relay:***@127.0.0.1:1/none")
+    assert err.startswith("blindrelay inspect: cannot reach the PostgreSQL server of ")
     assert err.count("\n") == 1 and "secret" not in err
 
 
 def test_serve_without_the_postgresql_driver_says_what_to_install(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import importlib.util
-
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "asyncpg" else find_spec(name, *a),
-    )
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # what a missing package looks like
     monkeypatch.chdir(tmp_path)
     assert main(["serve", "--port", "0", "--store", "postgresql://127.0.0.1/relay"]) == 2
     err = capsys.readouterr().err
