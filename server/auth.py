@@ -97,12 +97,20 @@ def login(ctx: RelayContext, session: Session, frame: Login) -> None:
     not_before = now - ctx.config.queue_ttl_ms
 
     def counted(result: list[Any]) -> None:
-        queued, one_time, has_signed = result
+        queued, one_time, has_signed, login_seq = result
         log_event(logging.INFO, "logged_in", handle=account.handle, queued=queued)
+        session.login_seq = login_seq
         _welcome(ctx, session, frame.id, account, queued, one_time, has_signed)
 
-    # Through the store, so the counts include every earlier frame's writes.
+    # Through the store, so the counts include every earlier frame's writes; it also
+    # numbers this login, so the newest login of an account wins on every worker.
     ctx.run_job(session, frame, "login_counts", (account.handle, not_before), counted)
+
+
+def logged_in_elsewhere(ctx: RelayContext, handle: str, login_seq: int) -> None:
+    """A LOGIN hint: ``handle`` logged in on another worker (SPEC §1.2.3): an older
+    connection of it here is closed with 4000 ``replaced``."""
+    ctx.sessions.logged_in_elsewhere(handle, login_seq)
 
 
 def _welcome(
@@ -126,7 +134,8 @@ def _welcome(
             has_signed_prekey=has_signed,
         )
     )
-    ctx.sessions.attach(session)
+    if not ctx.sessions.attach(session):  # needs the handle WELCOME gave the connection
+        return  # a newer login of the account, on another worker, replaced this one
     session.account = account
     session.outbox = Outbox(ctx, session)
     session.outbox.start()
