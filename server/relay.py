@@ -652,6 +652,7 @@ class RunningRelay:
             self._connection,
             self.config.host,
             self.config.port,
+            reuse_port=self.config.reuse_port or None,  # to loop.create_server
             subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
             compression=None,
             max_size=limits.MAX_FRAME_BYTES,
