@@ -719,13 +719,11 @@ class RunningRelay:
         self.failed.set()
 
     def store_available(self, available: bool) -> None:
-        """A shared store lost or regained its connection (it reconnects by itself;
-        meanwhile every operation fails with 902, SPEC §6.3). Once it is back, what
-        was committed meanwhile by other workers was announced to nobody here."""
-        log_event(logging.WARNING if not available else logging.INFO, "store_available",
-                  available=available)  # fmt: skip
+        """A shared store lost or regained its connection (it reconnects by itself and
+        logs both; meanwhile every operation fails with 902, SPEC §6.3). Once it is
+        back, what other workers committed meanwhile was announced to nobody here."""
         if available:
-            self.catch_up()
+            self.catch_up("store")
 
     def hint_received(self, hint: Hint) -> None:
         """What another worker committed that a session here must act on (the router's
@@ -738,11 +736,15 @@ class RunningRelay:
             log_event(logging.ERROR, "hint_failed", kind=hint.kind.name,
                       exc_type=type(exc).__name__)  # fmt: skip
 
-    def catch_up(self) -> None:
+    def catch_up(self, reason: str = "router") -> None:
         """Hints may have been lost: every outbox pages its queue again (the router's
         callback on every connection, and :meth:`store_available`)."""
-        if not self.ctx.stopping:
-            self.dispatcher.catch_up()
+        if self.ctx.stopping:
+            return
+        sessions = len(self.ctx.sessions.all())
+        if sessions:
+            log_event(logging.INFO, "catch_up", reason=reason, sessions=sessions)
+        self.dispatcher.catch_up()
 
     def _collect_soon(self) -> None:
         """Closed connections are cyclic garbage only a full collection frees (gcpolicy)."""
