@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from blindrelay.protocol import limits
@@ -23,7 +24,7 @@ from blindrelay.protocol.errors import (
     RegistrationRefused,
     StaleStatement,
 )
-from blindrelay.protocol.frames import Login, Ok, Register, RotateIdentity, Welcome
+from blindrelay.protocol.frames import Frame, Login, Ok, Register, RotateIdentity, Welcome
 
 from .context import RelayContext, Session
 from .delivery import Outbox
@@ -61,7 +62,13 @@ def _admitted(ctx: RelayContext, session: Session, frame: Register, now: int, wa
 
     def created(_: None) -> None:
         log_event(logging.INFO, "registered", handle=account.handle, kind=account.kind)
-        _welcome(ctx, session, frame.id, account, queued=0, one_time=0, has_signed=False)
+        # Recorded only once the account is ours: a refused REGISTER of a taken handle
+        # must not touch its owner's record.
+        open_session(
+            ctx, session, frame, account.handle,
+            lambda: _welcome(ctx, session, frame.id, account, queued=0, one_time=0,
+                             has_signed=False),
+        )  # fmt: skip
 
     def create() -> None:
         # The invite, the handle and its lookalikes: operation ``create_account``.
@@ -102,9 +109,49 @@ def login(ctx: RelayContext, session: Session, frame: Login) -> None:
         session.login_seq = login_seq
         _welcome(ctx, session, frame.id, account, queued, one_time, has_signed)
 
+    # Answered in this order: the buckets are taken over before WELCOME.
+    open_session(ctx, session, frame, account.handle, lambda: None)
     # Through the store, so the counts include every earlier frame's writes; it also
     # numbers this login, so the newest login of an account wins on every worker.
     ctx.run_job(session, frame, "login_counts", (account.handle, not_before), counted)
+
+
+def open_session(
+    ctx: RelayContext, session: Session, frame: Frame, handle: str, then: Callable[[], None]
+) -> None:
+    """Record ``session`` as ``handle``'s live connection, and take its per-account rate
+    limits over from the relay process that served the previous one (SPEC §10).
+
+    One bucket per account for the whole relay, however many processes serve it: when
+    the previous connection was another process's, this process counts the account's
+    buckets as emptied when that connection ended — or now, if it may still be open
+    (the other process has not closed it yet, or died) — so moving between processes
+    never refills a bucket faster than waiting would.
+    """
+    now = ctx.clock()
+
+    def opened(previous: list[Any]) -> None:
+        worker, live, ended_at = previous
+        session.recorded = True
+        if worker is not None and worker != ctx.worker_id:
+            ctx.limiters.take_over(handle, now if live or ended_at is None else ended_at)
+        then()
+
+    args = (handle, ctx.worker_id, session.number, now)
+    ctx.run_job(session, frame, "open_session", args, opened)
+
+
+def close_session(ctx: RelayContext, session: Session) -> None:
+    """Record the end of ``session``'s connection (SPEC §10): its account's next
+    connection, on any relay process, starts from the buckets as they stood now."""
+    handle = session.handle
+    if not session.recorded or handle is None or not ctx.store.running:
+        return
+    session.recorded = False
+    ctx.store.call(
+        "close_session", (handle, ctx.worker_id, session.number, ctx.clock()),
+        lambda ok, value: None,  # the record is a hint for the next process; nothing to answer
+    )  # fmt: skip
 
 
 def logged_in_elsewhere(ctx: RelayContext, handle: str, login_seq: int) -> None:

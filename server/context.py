@@ -19,6 +19,7 @@ handler runs (``dispatch``).
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from .config import RelayConfig
 from .logs import RefusalLog, log_event
 from .ratelimit import Clock, TokenBuckets, wall_clock_ms
 from .registration import RegistrationPolicy
+from .routing import new_worker_id
 from .store import Account, Store, StoreJobError
 
 if TYPE_CHECKING:
@@ -57,6 +59,9 @@ class Transport(Protocol):
 
     def close(self, code: int, reason: str) -> None:
         """Close the socket with ``code`` after flushing what is queued."""
+
+
+_session_numbers = itertools.count(1)
 
 
 class Session:
@@ -85,6 +90,10 @@ class Session:
         self.ended = False
         self.refusals = RefusalLog(clock)
         """Where this connection's refusals are logged, within a budget."""
+        self.number = next(_session_numbers)
+        """Tells this connection from the others of this relay process (``open_session``)."""
+        self.recorded = False
+        """The store records this connection as its account's live one (``open_session``)."""
         self.login_seq = 0
         """The account's login sequence when this connection logged in (the store counts
         logins per account, ``login_counts``); 0 for a registration. A LOGIN hint of
@@ -205,6 +214,22 @@ class Limiters:
     usage_fetch: TokenBuckets
     """Per account, taken before any other work for the request (SPEC §10)."""
 
+    def per_account(self) -> tuple[TokenBuckets, ...]:
+        """The buckets keyed by the account alone (SPEC §10): those that follow an
+        account from one relay process to another (:meth:`take_over`)."""
+        return (
+            self.send_user, self.send_business, self.bundle_fetch, self.consent_request,
+            self.prekeys_upload, self.rotate_identity, self.statements_list,
+            self.profile_put, self.profile_fetch, self.usage_fetch,
+        )  # fmt: skip
+
+    def take_over(self, handle: str, spent_at: int) -> None:
+        """``handle``'s last connection was served by another relay process: count its
+        buckets as emptied at ``spent_at`` (that connection's end, or now if it may be
+        alive), so N processes never give one account N buckets (SPEC §10)."""
+        for buckets in self.per_account():
+            buckets.spent_at(handle, spent_at)
+
     @classmethod
     def from_config(cls, config: RelayConfig, clock: Clock) -> Limiters:
         return cls(
@@ -253,6 +278,8 @@ class RelayContext:
     registration: RegistrationPolicy
     """SPEC §4.6: what a REGISTER must pass besides its proof."""
     sessions: Sessions = field(default_factory=Sessions)
+    worker_id: str = field(default_factory=new_worker_id)
+    """This relay process among those sharing the store (:mod:`.routing`)."""
     stopping: bool = False
     """Set by shutdown: frames that arrive now are refused with SHUTTING_DOWN."""
 

@@ -127,6 +127,7 @@ class Dispatcher:
             self.ctx.refuse(session, None, AuthenticationFailed("authentication timeout"))
 
     def session_ended(self, session: Session) -> None:
+        auth.close_session(self.ctx, session)
         session.ended = True
         session.outbox = None
         self.ctx.sessions.detach(session)

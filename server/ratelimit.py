@@ -55,6 +55,12 @@ class TokenBuckets:
             self._prune(now)
             self._prune_at = max(_PRUNE_AT, 2 * len(self._buckets))
 
+    def spent_at(self, key: Hashable, at: int) -> None:
+        """Count ``key``'s bucket as emptied at ``at``: from now on it holds what has
+        refilled since (at most ``burst``). For taking over an account whose last
+        connection was served by another relay process (SPEC §10)."""
+        self._buckets[key] = (0.0, at)
+
     def _tokens(self, key: Hashable, now: int) -> float:
         tokens, at = self._buckets.get(key, (self.burst, now))
         return min(self.burst, tokens + max(0, now - at) * self.rate_per_ms)

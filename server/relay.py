@@ -55,14 +55,14 @@ except ImportError:  # websockets built without its C extension (what websockets
 from blindrelay.protocol import SUBPROTOCOL, limits
 from blindrelay.protocol.connection import RelayConnection, State
 
-from . import gcpolicy
+from . import auth, gcpolicy
 from .config import TRANSPORT_WRITE_LIMIT_BYTES, RelayConfig
 from .context import Limiters, RelayContext, Session
 from .dispatch import Dispatcher
 from .logs import log_event
 from .ratelimit import Clock, wall_clock_ms
 from .registration import RegistrationPolicy, source_key
-from .routing import Hint, InProcessRouter, Router, new_worker_id, open_router
+from .routing import Hint, InProcessRouter, Router, open_router
 from .store import open_store
 
 Rng = Callable[[int], bytes]
@@ -626,7 +626,7 @@ class RunningRelay:
     ) -> None:
         self.config = config
         self.ctx = ctx
-        self.router: Router = router or InProcessRouter(new_worker_id())
+        self.router: Router = router or InProcessRouter(ctx.worker_id)
         """How this relay hears what other workers sharing its store committed."""
         self.relay_key = ctx.relay_key
         self.dispatcher = Dispatcher(ctx)
@@ -810,6 +810,8 @@ class RunningRelay:
         if self._server is not None:
             self._server.close(close_connections=False)
         if self.ctx.store.running:
+            for session in list(self._sessions):  # their accounts' next relay starts from now
+                auth.close_session(self.ctx, session)
             await self.ctx.store.submit("noop")  # every earlier operation committed
         for session in list(self._sessions):
             session.shut_down()
@@ -868,6 +870,7 @@ async def serve(
         store=store,
         limiters=Limiters.from_config(config, clock),
         registration=RegistrationPolicy(config, clock),
+        worker_id=store.origin,  # one id for this process: in its hints and its sessions
     )
     relay = RunningRelay(config, ctx, rng, source_of, open_router(config.store_url, store.origin))
     store.on_lost = relay.lost

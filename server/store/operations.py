@@ -144,6 +144,25 @@ CONTRACT: dict[str, Operation] = {
         "announces it to the other workers (a LOGIN hint) so an older connection is replaced "
         "wherever it is (SPEC §1.2.3)",
     ),
+    "open_session": Operation(
+        spec="§4.4, §10",
+        args={
+            "handle": "str: an account that has just authenticated",
+            "worker": "str: the relay process serving the connection",
+            "session": "int: the connection's number in that process",
+            "now": "int ms",
+        },
+        result="[worker of the account's previous connection | nil (none recorded), bool: "
+        "it is still recorded live, int ms: when it ended | nil]; this connection is "
+        "recorded as the account's live one",
+        atomic="read and record: of two logins at once, one sees the other",
+    ),
+    "close_session": Operation(
+        spec="§10",
+        args={"handle": "str", "worker": "str", "session": "int", "now": "int ms"},
+        result="nil; the connection is recorded as ended at ``now`` if it is still the "
+        "account's recorded live one (a later login's record is left alone)",
+    ),
     "rotate_identity": Operation(
         spec="§3.4",
         args={"handle": "str", "old_key": "bin 32", "new_key": "bin 32"},

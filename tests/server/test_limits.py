@@ -25,7 +25,7 @@ from blindrelay.protocol.frames import (
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
 
-from .conftest import Clients, FakeClock, db_rows, error_code, relay_with
+from .conftest import Clients, FakeClock, RawClient, db_rows, error_code, relay_with
 from .consent_helpers import stated
 
 
@@ -253,3 +253,66 @@ async def test_an_ack_costs_work_only_for_deliveries_in_flight_on_its_connection
     assert db_rows(relay.config.db_path, "SELECT COUNT(*) FROM queue WHERE recipient = 'bob'") == [
         (0,)
     ]
+
+
+async def _spend_sends(relay: RunningRelay, clients: Clients, burst: int) -> RawClient:
+    """alice, registered on ``relay``, with her SEND bucket spent to the last token."""
+    alice = await clients.registered(relay.url, "alice")
+    for n in range(burst):
+        assert isinstance(await alice.send_message("bob", b"%d" % n), Sent)
+    assert error_code(await alice.send_message("bob", b"one too many")) == ErrorCode.RATE_LIMITED
+    return alice
+
+
+async def test_another_relay_process_takes_over_an_accounts_spent_buckets(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    """SPEC §10 (issue 14): per-account limits are one bucket for the whole relay. A
+    process that serves an account whose last connection another process served counts
+    its buckets as emptied when that connection ended: moving to another worker (here:
+    a second relay process on the same store) must not refill them."""
+    limits_ = {"send_burst_user": 3, "send_rate_user": 2.0}
+    async with relay_with(config, clock, **limits_) as first:
+        await clients.registered(first.url, "bob")
+        alice = await _spend_sends(first, clients, 3)
+        await alice.close()
+    clock.advance(500)  # one token refilled since then, and no more
+    async with relay_with(config, clock, **limits_) as second:
+        alice, _ = await clients.logged_in(second.url, "alice", alice.key)
+        assert isinstance(await alice.send_message("bob", b"refilled"), Sent)
+        limited = await alice.send_message("bob", b"not refilled")
+        assert error_code(limited) == ErrorCode.RATE_LIMITED
+        assert isinstance(limited, Error) and limited.retry_after == 500
+
+
+async def test_a_connection_still_open_elsewhere_hands_over_empty_buckets(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    """SPEC §10: while the account's previous connection may still be open on another
+    process (not closed yet, or that process died), the new one starts from empty
+    buckets, refilling at the rate: the two can never spend two bursts."""
+    limits_ = {"send_burst_user": 3, "send_rate_user": 2.0}
+    async with relay_with(config, clock, **limits_) as first:
+        await clients.registered(first.url, "bob")
+        alice = await clients.registered(first.url, "alice")
+        async with relay_with(config, clock, **limits_) as second:
+            again, _ = await clients.logged_in(second.url, "alice", alice.key)
+            limited = await again.send_message("bob", b"a second burst")
+            assert error_code(limited) == ErrorCode.RATE_LIMITED
+            clock.advance(500)
+            assert isinstance(await again.send_message("bob", b"refilled"), Sent)
+
+
+async def test_the_same_process_keeps_an_accounts_buckets_across_its_connections(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    """SPEC §10: reconnecting to the same process changes nothing (its buckets are exact),
+    and a fresh account starts full."""
+    async with relay_with(config, clock, send_burst_user=3, send_rate_user=2.0) as relay:
+        await clients.registered(relay.url, "bob")
+        alice = await _spend_sends(relay, clients, 3)
+        await alice.close()
+        again, _ = await clients.logged_in(relay.url, "alice", alice.key)
+        assert error_code(await again.send_message("bob", b"still spent")) == ErrorCode.RATE_LIMITED
+        clock.advance(500)
+        assert isinstance(await again.send_message("bob", b"refilled"), Sent)

@@ -448,8 +448,8 @@ def test_a_schema_2_database_is_upgraded_in_place(tmp_path: Path) -> None:
     connect(path).conn.close()  # and again: nothing left to do
 
 
-async def test_a_schema_4_database_counts_logins_from_its_upgrade(tmp_path: Path) -> None:
-    """Version 5: ``accounts.login_seq``, the logins of each account numbered so that the
+async def test_a_schema_5_database_counts_logins_from_its_upgrade(tmp_path: Path) -> None:
+    """Version 6: ``accounts.login_seq``, the logins of each account numbered so that the
     newest wins on every relay process sharing a store (SPEC §1.2.3)."""
     path = tmp_path / "r.db"
     db = connect(path)
@@ -458,7 +458,7 @@ async def test_a_schema_4_database_counts_logins_from_its_upgrade(tmp_path: Path
         " VALUES ('alice', 'user', x'00', 0)"
     )
     db.conn.execute("ALTER TABLE accounts DROP COLUMN login_seq")
-    db.conn.execute("PRAGMA user_version=4")
+    db.conn.execute("PRAGMA user_version=5")
     db.conn.close()
     writer = Writer(path, "FULL")
     await writer.start()

@@ -168,6 +168,30 @@ def login_counts(tables: Tables, handle: str, not_before: int) -> list[Any]:
     return [tables.queue.count(handle, not_before), one_time, has_signed, login_seq]
 
 
+def open_session(tables: Tables, handle: str, worker: str, session: int, now: int) -> list[Any]:
+    """[previous worker | None, still live, ended at | None]; records this connection."""
+    conn = tables.db.conn
+    row = conn.execute(
+        "SELECT worker, live, ended_at FROM account_sessions WHERE handle = ?", (handle,)
+    ).fetchone()
+    conn.execute(
+        "INSERT OR REPLACE INTO account_sessions (handle, worker, session, live, ended_at)"
+        " VALUES (?, ?, ?, 1, ?)",
+        (handle, worker, session, row[2] if row is not None else None),
+    )
+    if row is None:
+        return [None, False, None]
+    return [row[0], bool(row[1]), row[2]]
+
+
+def close_session(tables: Tables, handle: str, worker: str, session: int, now: int) -> None:
+    tables.db.conn.execute(
+        "UPDATE account_sessions SET live = 0, ended_at = ?"
+        " WHERE handle = ? AND worker = ? AND session = ? AND live = 1",
+        (now, handle, worker, session),
+    )
+
+
 def rotate_identity(tables: Tables, handle: str, old_key: bytes, new_key: bytes) -> None:
     # Compare-and-swap: a concurrent rotation makes this proof stale.
     if not tables.accounts.replace_identity_key(handle, old_key, new_key):
@@ -448,8 +472,9 @@ OPERATIONS: dict[str, Callable[..., Any]] = {
     f.__name__: f
     for f in (
         noop, relay_seed, create_relay_seed, take_budget, create_account, login_counts,
-        rotate_identity, upload_prekeys, take_bundle, send, acknowledge, page, apply_statement,
-        statements_in_force, put_profile, fetch_profile, usage_month, purge, checkpoint,
+        open_session, close_session, rotate_identity, upload_prekeys, take_bundle, send,
+        acknowledge, page, apply_statement, statements_in_force, put_profile, fetch_profile,
+        usage_month, purge, checkpoint,
     )
 }  # fmt: skip
 """Operation name → function; the only code the writer process will run for a job."""

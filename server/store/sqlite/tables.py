@@ -90,12 +90,14 @@ from .ledger import ConsentLedger
 from .metering import UsageMeter
 from .profiles import BadgeStore, ProfileStore
 
-SCHEMA_VERSION = 5
-"""3: ``business_skeletons`` (SPEC §3.2), filled from existing businesses on upgrade,
+SCHEMA_VERSION = 6
+"""6: ``accounts.login_seq``, the logins of each account counted (SPEC §1.2.3: the newest
+login wins on every relay process).
+5: ``account_sessions`` (which relay process serves each account, SPEC §10).
+3: ``business_skeletons`` (SPEC §3.2), filled from existing businesses on upgrade,
 and ``invites`` (SPEC §4.6.4). 4: ``statement_nonces`` and the pruning of superseded
 statements (SPEC §7.5–7.6), ``budgets`` (SPEC §5.3, §7.3), ``pairs.wrote``/``requests``
-(SPEC §7.2) and ``queue.stranger`` (SPEC §6.3). 5: ``accounts.login_seq``, the logins
-of each account counted (SPEC §1.2.3: the newest login wins on every relay process)."""
+(SPEC §7.2) and ``queue.stranger`` (SPEC §6.3)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS relay_identity (
@@ -223,6 +225,13 @@ CREATE TABLE IF NOT EXISTS business_skeletons (
     skeleton TEXT PRIMARY KEY,
     handle TEXT NOT NULL REFERENCES accounts(handle)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS account_sessions (
+    handle TEXT PRIMARY KEY,
+    worker TEXT NOT NULL,
+    session INTEGER NOT NULL,
+    live INTEGER NOT NULL,
+    ended_at INTEGER
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS invites (
     digest BLOB PRIMARY KEY,
     created_at INTEGER NOT NULL
@@ -294,7 +303,7 @@ Schema 4: who has written to whom, per pair (SPEC §7.2), and whether a queued
 envelope came from a stranger (SPEC §6.3). An upgraded relay starts with nobody having
 written: an existing conversation's next chat counts as a message request (or opens one)
 until the other side writes again; envelopes queued before count as no stranger's.
-Schema 5: every account's logins are counted from 0 (``Accounts.count_login``)."""
+Schema 6: every account's logins are counted from 0 (``Accounts.count_login``)."""
 
 
 def _add_columns(conn: sqlite3.Connection) -> None:
