@@ -65,6 +65,11 @@ class RelayConfig:
     """Where the relay keeps its data, as a URL (:func:`.store.open_store`); empty: the
     SQLite file ``db_path``."""
     synchronous: str = "FULL"
+    pool_size: int = 4
+    """Connections a relay worker opens to a PostgreSQL store (``--store postgresql://…``;
+    unused by SQLite). Its operations run as one ordered stream of group-committed
+    batches on one connection at a time; the others stand by to replace a broken one
+    at once and serve the few reads made outside that stream."""
     queue_cap: int = limits.QUEUE_CAP_PER_RECIPIENT
     queue_ttl_ms: int = limits.QUEUE_TTL_MS
     delivery_window: int = limits.DELIVERY_WINDOW
@@ -133,6 +138,7 @@ class RelayConfig:
         if self.store and self.db_path != DEFAULT_DB:
             raise ValueError("give --store or --db, not both (--db PATH is the SQLite shorthand)")
         positive = {
+            "pool_size": self.pool_size,
             "queue_cap": self.queue_cap,
             "queue_ttl_ms": self.queue_ttl_ms,
             "delivery_window": self.delivery_window,

@@ -31,6 +31,7 @@ this machine is using the server, and holds new ones off until the server is bac
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import fcntl
 import os
@@ -104,6 +105,23 @@ async def _execute(url: str, *statements: str) -> list[object]:
 def execute(url: str, *statements: str) -> list[object]:
     """Run statements one by one outside any event loop; the first column of each."""
     return asyncio.run(_execute(url, *statements))
+
+
+def rows(url: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """The rows of one query (``?`` placeholders, as sqlite3 takes them), from any thread
+    — also from inside a running event loop, as tests read what a relay stored."""
+    numbered = iter(range(1, len(params) + 1))
+    query = re.sub(r"\?", lambda _m: f"${next(numbered)}", sql)
+
+    async def fetch() -> list[tuple[object, ...]]:
+        conn = await connect(url)
+        try:
+            return [tuple(row) for row in await conn.fetch(query, *params)]  # type: ignore[attr-defined]
+        finally:
+            await conn.close()  # type: ignore[attr-defined]
+
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, fetch()).result()
 
 
 def check_server(url: str) -> None:
@@ -252,6 +270,15 @@ class PostgresDatabase:
                 output = (done.stderr or done.stdout).strip()
                 raise RuntimeError(f"{shlex.join(command)} exited {done.returncode}: {output}")
             wait_until_accepting(self.url)
+
+    def fresh_schema(self) -> str:
+        """A URL of this database whose tables go to a new, empty schema of their own
+        (``search_path``, which asyncpg sets from the URL's query): a fresh store per
+        test at the cost of a ``CREATE SCHEMA``, where a database per test would cost a
+        ``CREATE DATABASE``."""
+        name = f"t_{secrets.token_hex(6)}"
+        execute(self.url, f'CREATE SCHEMA "{name}"')
+        return f"{self.url}?search_path={name}"
 
     async def restart_async(self) -> None:
         """:meth:`restart` in a thread, so the test's event loop (its clients, relays)

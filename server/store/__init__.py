@@ -15,7 +15,8 @@ Back ends, one sub-package each, chosen by :func:`open_store` from a URL:
 - ``sqlite/`` — the embedded default: one SQLite file, written by one writer
   process with group commit; ``sqlite:///ABSOLUTE/PATH``, ``sqlite:RELATIVE/PATH``
   or a plain path (``--db``);
-- ``postgresql://…`` — not available yet.
+- ``postgresql/`` — a PostgreSQL database shared by any number of relay workers
+  (``postgresql://…`` or ``postgres://…``; asyncpg, the ``postgresql`` extra).
 
 The operator's commands (``blindrelay admin``, ``inspect``) open the same back
 ends through :func:`open_admin_store` and :func:`inspect_store`.
@@ -27,11 +28,13 @@ importing the handlers loads no database driver.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from .records import Account, MonthUsage, QueuedEnvelope, envelope_row
 
@@ -222,14 +225,25 @@ def _parse(url: str) -> _Sqlite | str:
     return _Sqlite(Path(url))
 
 
-_NOT_YET = "the PostgreSQL store is not available yet; use sqlite:///PATH or --db PATH"
-
-
-def _sqlite(url: str) -> _Sqlite:
+def _sqlite(url: str) -> _Sqlite | None:
+    """The SQLite location ``url`` names, or None for a PostgreSQL URL (asyncpg checked)."""
     location = _parse(url)
-    if not isinstance(location, _Sqlite):
-        raise UnsupportedStore(_NOT_YET)
-    return location
+    if isinstance(location, _Sqlite):
+        return location
+    if importlib.util.find_spec("asyncpg") is None:
+        raise UnsupportedStore(
+            f"store {_redacted(url)!r}: the PostgreSQL store needs asyncpg: "
+            "pip install 'blindrelay[postgresql]'"
+        )
+    return None
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}"))
 
 
 def check_store_url(url: str) -> None:
@@ -241,6 +255,10 @@ def check_store_url(url: str) -> None:
 def open_store(url: str, config: RelayConfig) -> Store:
     """The back end ``url`` names, not started yet (``await store.start()``)."""
     location = _sqlite(url)
+    if location is None:
+        from .postgresql.store import PostgresStore
+
+        return PostgresStore(url, config.pool_size)
     from .sqlite.store import SqliteStore  # only the chosen back end is imported
 
     return SqliteStore(location.path, config.synchronous, config.gc_threshold)
@@ -250,6 +268,10 @@ def open_admin_store(url: str) -> AdminStore:
     """The back end ``url`` names, for the operator's commands; :class:`StoreError`
     (one line) if there is no store there or it cannot be opened."""
     location = _sqlite(url)
+    if location is None:
+        from .postgresql.store import PostgresAdminStore
+
+        return PostgresAdminStore.open(url)
     from .sqlite.store import SqliteAdminStore
 
     return SqliteAdminStore.open(location.path)
@@ -259,6 +281,16 @@ def inspect_store(url: str, limit: int) -> Iterator[str]:
     """``blindrelay inspect``: lines describing everything the store holds (SPEC §11),
     read-only; :class:`StoreError` if there is no store there."""
     location = _sqlite(url)
+    if location is None:
+        from .postgresql.inspection import inspect_database as inspect_postgresql
+
+        try:
+            return inspect_postgresql(url, limit)
+        except StoreError:
+            raise
+        except Exception as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise StoreError(f"cannot read {_redacted(url)}: {reason}") from None
     from .sqlite.inspection import inspect_database
 
     if not location.path.exists():

@@ -41,7 +41,9 @@ from blindrelay.protocol.frames import (
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay, serve
 
+from .. import pg
 from ..asyncrun import AsyncFixture, async_test_runner
+from ..pg import PostgresDatabase
 
 TEST_TIMEOUT_S = 10.0
 F = TypeVar("F", bound=Frame)
@@ -95,8 +97,39 @@ from 127.0.0.1, so the default limit would cut the suite off; the tests of the l
 itself set it back (tests/server/test_registration.py)."""
 
 
+ALL_BACKENDS = ("sqlite", "postgresql")
+"""A test module that sets ``BACKENDS = ALL_BACKENDS`` runs each of its tests whose relay
+comes from the ``config`` fixture once per store back end (ids ``[sqlite]``,
+``[postgresql]``); ``@pytest.mark.sqlite_only`` keeps one test on SQLite. The
+PostgreSQL runs are marked ``postgres`` (tests/pg.py): without a server they are left
+out, with one they must run. Each gets a fresh schema of the module's database."""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" not in metafunc.fixturenames:
+        return
+    backends = getattr(metafunc.module, "BACKENDS", ("sqlite",))
+    if len(backends) < 2 or metafunc.definition.get_closest_marker("sqlite_only"):
+        return
+    metafunc.parametrize(
+        "backend",
+        [pytest.param(b, marks=pytest.mark.postgres) if b == "postgresql" else b for b in backends],
+    )
+
+
 @pytest.fixture
-def config(tmp_path: Path) -> RelayConfig:
+def backend() -> str:
+    """The store back end of the ``config`` fixture's relay (see :data:`BACKENDS`)."""
+    return "sqlite"
+
+
+@pytest.fixture
+def config(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> RelayConfig:
+    if backend == "postgresql":
+        database: PostgresDatabase = request.getfixturevalue("pg_database")
+        return RelayConfig(
+            host="127.0.0.1", port=0, store=database.fresh_schema(), **MANY_REGISTRATIONS
+        )
     return RelayConfig(
         host="127.0.0.1", port=0, db_path=tmp_path / "relay.db", **MANY_REGISTRATIONS
     )
@@ -112,9 +145,16 @@ def relay_with(config: RelayConfig, clock: FakeClock, **changes: Any) -> RelayFi
     return RelayFixture(replace(config, **changes), clock)
 
 
-def db_rows(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-    """Read the relay's database from outside, as an auditor would."""
-    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+def db_rows(
+    where: Path | RelayConfig, sql: str, params: tuple[object, ...] = ()
+) -> list[tuple[Any, ...]]:
+    """Read the relay's database from outside, as an auditor would: a SQLite file, or
+    the store of a relay's configuration (SQL both back ends read alike)."""
+    if isinstance(where, RelayConfig):
+        if where.store.startswith("postgresql://"):
+            return pg.rows(where.store, sql, params)
+        where = where.db_path
+    conn = sqlite3.connect(where.resolve().as_uri() + "?mode=ro", uri=True)
     try:
         return conn.execute(sql, params).fetchall()
     finally:

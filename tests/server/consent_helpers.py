@@ -13,7 +13,8 @@ from blindrelay.protocol.business import issue_badge
 from blindrelay.protocol.crypto.fingerprint import key_fingerprint
 from blindrelay.protocol.frames import Frame, Ok, Statement
 from blindrelay.protocol.signed import make_statement
-from blindrelay.server.store.sqlite.tables import Tables, connect
+from blindrelay.server.config import RelayConfig
+from blindrelay.server.store import AdminStore, open_admin_store
 
 from .conftest import RawClient
 
@@ -64,13 +65,20 @@ async def stated(
     assert isinstance(answer, Ok), answer
 
 
-def issue_badge_for(db_path: Path, handle: str, now: int, *, validity_ms: int = DAY_MS) -> None:
+def _admin(where: Path | RelayConfig) -> AdminStore:
+    return open_admin_store(where.store_url if isinstance(where, RelayConfig) else str(where))
+
+
+def issue_badge_for(
+    where: Path | RelayConfig, handle: str, now: int, *, validity_ms: int = DAY_MS
+) -> None:
     """What ``blindrelay admin verify-business`` does: a badge for ``handle``'s current key,
-    in force from ``now``, stored where the relay reads it (SPEC §8.1)."""
+    in force from ``now``, stored where the relay reads it (SPEC §8.1); ``where`` is a
+    SQLite file or a relay's configuration (either store)."""
     operator = SigningKey.generate()
-    store = Tables(connect(db_path))
+    store = _admin(where)
     try:
-        account = store.accounts.get(handle)
+        account = store.account(handle)
         assert account is not None
         serial = secrets.randbelow(2**63)
         signed = issue_badge(
@@ -78,19 +86,19 @@ def issue_badge_for(db_path: Path, handle: str, now: int, *, validity_ms: int = 
             identity_key=account.identity_key, display_name=handle.title(), serial=serial,
             now_ms=now, validity_ms=validity_ms,
         )  # fmt: skip
-        store.badges.add(
+        store.add_badge(
             serial=serial, handle=handle, key_fingerprint=key_fingerprint(account.identity_key),
             display_name=handle.title(), issued_at=now, expires_at=now + validity_ms,
             signed=signed,
         )  # fmt: skip
     finally:
-        store.db.conn.close()
+        store.close()
 
 
-def revoke_badges_of(db_path: Path, handle: str, now: int) -> None:
+def revoke_badges_of(where: Path | RelayConfig, handle: str, now: int) -> None:
     """``blindrelay admin revoke-badge``: the relay must stop counting it at once."""
-    store = Tables(connect(db_path))
+    store = _admin(where)
     try:
-        assert store.badges.revoke(handle, now) >= 1
+        assert store.revoke_badges(handle, now) >= 1
     finally:
-        store.db.conn.close()
+        store.close()

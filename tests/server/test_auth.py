@@ -13,7 +13,9 @@ from blindrelay.protocol.frames import Deliver, Login, Ok, RotateIdentity, Send,
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
 
-from .conftest import Clients, FakeClock, error_code, relay_with
+from .conftest import ALL_BACKENDS, Clients, FakeClock, error_code, relay_with
+
+BACKENDS = ALL_BACKENDS
 
 
 async def test_register_answers_welcome_for_a_new_account(

@@ -42,8 +42,18 @@ from blindrelay.server.store.rules import month_of
 from blindrelay.server.store.sqlite import jobs
 from blindrelay.server.store.sqlite.tables import Tables, connect
 
-from .conftest import TEST_TIMEOUT_S, Clients, FakeClock, RawClient, db_rows, error_code
+from .conftest import (
+    ALL_BACKENDS,
+    TEST_TIMEOUT_S,
+    Clients,
+    FakeClock,
+    RawClient,
+    db_rows,
+    error_code,
+)
 from .consent_helpers import stated
+
+BACKENDS = ALL_BACKENDS
 
 
 def _profile(client: RawClient, now: int, handle: str | None = None, name: str = "Air") -> bytes:
@@ -190,7 +200,7 @@ async def test_badges_are_issued_served_and_revoked_through_the_cli(
         assert await asyncio.to_thread(_admin, "revoke-badge", "--db", db, "airline") == 0
         assert (await _fetch(airline, "airline")).badge is None
         assert await asyncio.to_thread(_admin, "revoke-badge", "--db", db, "airline") == 1
-        rows = db_rows(relay.config.db_path, "SELECT revoked_at IS NOT NULL FROM badges")
+        rows = db_rows(relay.config, "SELECT revoked_at IS NOT NULL FROM badges")
         assert rows == [(1,)]
 
 

@@ -20,8 +20,10 @@ from blindrelay.protocol.frames import (
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
 
-from .conftest import Clients, FakeClock, RawClient, db_rows, error_code, relay_with
+from .conftest import ALL_BACKENDS, Clients, FakeClock, RawClient, db_rows, error_code, relay_with
 from .consent_helpers import issue_badge_for, revoke_badges_of, stated, statement_bytes
+
+BACKENDS = ALL_BACKENDS
 
 BOTH = ("utility", "marketing")
 
@@ -79,7 +81,7 @@ async def test_nothing_queued_before_a_block_is_delivered_after_it(
         after = await _drain(bob)
         assert [d for d in after if d.sender == "airline"] == []
         queued = "SELECT COUNT(*) FROM queue WHERE recipient = 'bob'"
-        assert db_rows(relay.config.db_path, queued) == [(0,)]
+        assert db_rows(relay.config, queued) == [(0,)]
         await bob.close()
         _, welcome = await clients.logged_in(relay.url, "bob", bob.key)
         assert welcome.queued == 0
@@ -173,7 +175,7 @@ async def test_consent_requests_are_rate_limited_per_business(
         airline = await clients.registered(relay.url, "airline", "business")
         shop = await clients.registered(relay.url, "shop", "business")
         for business in ("airline", "shop"):  # verified: they may ask strangers (SPEC §7.3)
-            issue_badge_for(relay.config.db_path, business, clock.now)
+            issue_badge_for(relay.config, business, clock.now)
         for n in range(3):
             await clients.registered(relay.url, f"user{n}")
         ask = {"intent": "consent_request", "categories": ("utility",)}
@@ -271,9 +273,9 @@ async def test_an_unverified_business_cannot_cold_request_consent(
     assert await _raw_answer(shop, BundleFetch(id=80, handle="bob")) == reference
     assert isinstance(await carol.send_message("shop", b"hello"), Sent)
     assert isinstance(await shop.send_message("carol", b"may we?", **ask), Sent)
-    issue_badge_for(relay.config.db_path, "shop", clock.now)
+    issue_badge_for(relay.config, "shop", clock.now)
     assert isinstance(await shop.send_message("bob", b"may we?", **ask), Sent)
     assert isinstance(await shop.request(lambda i: BundleFetch(id=i, handle="bob")), Bundle)
-    revoke_badges_of(relay.config.db_path, "shop", clock.now)
+    revoke_badges_of(relay.config, "shop", clock.now)
     assert error_code(await shop.send_message("dave", b"may we?", **ask)) == 400
     await dave.close()

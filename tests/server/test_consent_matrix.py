@@ -25,8 +25,10 @@ from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import Bundle, BundleFetch, Deliver, Error, Frame, Sent
 from blindrelay.server.relay import RunningRelay
 
-from .conftest import Clients, FakeClock, RawClient
+from .conftest import ALL_BACKENDS, Clients, FakeClock, RawClient
 from .consent_helpers import issue_badge_for, stated
+
+BACKENDS = ALL_BACKENDS
 
 VERIFIED, UNVERIFIED = "airline", "shop"
 """Two businesses: one with a badge in force (SPEC §8.1), one without (SPEC §7.3)."""
@@ -175,7 +177,7 @@ async def test_every_pair_state_against_every_business_frame(
             model = Model(user.handle, sender)
             await _reach(steps, user, business, clock, model)
             if sender == VERIFIED:  # in force now, whatever the steps did to the clock
-                issue_badge_for(relay.config.db_path, VERIFIED, clock.now)
+                issue_badge_for(relay.config, VERIFIED, clock.now)
             expected = model.send(
                 "business", request, clock.now, category=category, categories=frozenset(cats)
             )

@@ -14,7 +14,9 @@ from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
 from blindrelay.server.store import open_store
 
-from .conftest import Clients, FakeClock, RelayFixture, db_rows, error_code
+from .conftest import ALL_BACKENDS, Clients, FakeClock, RelayFixture, db_rows, error_code
+
+BACKENDS = ALL_BACKENDS
 
 
 async def test_sent_arrives_only_after_the_envelope_is_committed(
@@ -26,7 +28,7 @@ async def test_sent_arrives_only_after_the_envelope_is_committed(
     sent = await alice.send_message("bob", b"ciphertext", msg_id=msg_id)
     assert isinstance(sent, Sent) and sent.msg_id == msg_id
     # Read from another connection the moment SENT is in hand: it must be on disk.
-    assert db_rows(relay.config.db_path, "SELECT body FROM queue WHERE msg_id = ?", (msg_id,)) == [
+    assert db_rows(relay.config, "SELECT body FROM queue WHERE msg_id = ?", (msg_id,)) == [
         (b"ciphertext",)
     ]
 
@@ -70,9 +72,7 @@ async def test_ack_deletes_the_envelope(relay: RunningRelay, clients: Clients) -
     await bob.close()
     _, welcome = await clients.logged_in(relay.url, "bob", bob.key)
     assert welcome.queued == 0
-    assert db_rows(relay.config.db_path, "SELECT COUNT(*) FROM queue WHERE recipient = 'bob'") == [
-        (0,)
-    ]
+    assert db_rows(relay.config, "SELECT COUNT(*) FROM queue WHERE recipient = 'bob'") == [(0,)]
 
 
 async def test_unacknowledged_envelopes_are_redelivered_after_reconnect(
@@ -104,7 +104,7 @@ async def test_ack_of_another_accounts_delivery_is_ignored(
     await mallory.send(Ack(delivery_ids=(deliver.delivery_id,)))
     # Mallory's ACK is ordered before this send in the writer; bob's row survives it.
     assert isinstance(await mallory.send_message("alice", b"sync"), Sent)
-    assert db_rows(relay.config.db_path, "SELECT body FROM queue WHERE recipient = 'bob'") == [
+    assert db_rows(relay.config, "SELECT body FROM queue WHERE recipient = 'bob'") == [
         (b"for bob",)
     ]
 
@@ -120,7 +120,7 @@ async def test_resend_with_same_msg_id_is_stored_once(
     again = await alice.send_message("bob", b"same", msg_id=msg_id)
     assert isinstance(first, Sent) and isinstance(again, Sent)
     assert again.at == first.at
-    assert db_rows(relay.config.db_path, "SELECT COUNT(*) FROM queue") == [(1,)]
+    assert db_rows(relay.config, "SELECT COUNT(*) FROM queue") == [(1,)]
 
 
 async def test_resend_is_recognised_after_delivery_and_ack(
@@ -136,9 +136,7 @@ async def test_resend_is_recognised_after_delivery_and_ack(
     assert isinstance(await bob.send_message("carol", b"sync"), Sent)
     again = await alice.send_message("bob", b"once", msg_id=msg_id)
     assert isinstance(again, Sent) and isinstance(first, Sent) and again.at == first.at
-    assert db_rows(relay.config.db_path, "SELECT COUNT(*) FROM queue WHERE recipient = 'bob'") == [
-        (0,)
-    ]
+    assert db_rows(relay.config, "SELECT COUNT(*) FROM queue WHERE recipient = 'bob'") == [(0,)]
 
 
 async def test_same_msg_id_with_other_content_is_refused(

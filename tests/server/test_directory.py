@@ -21,7 +21,9 @@ from blindrelay.protocol.frames import (
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
 
-from .conftest import Clients, FakeClock, RawClient, db_rows, error_code, relay_with
+from .conftest import ALL_BACKENDS, Clients, FakeClock, RawClient, db_rows, error_code, relay_with
+
+BACKENDS = ALL_BACKENDS
 
 
 async def fetch(client: RawClient, handle: str) -> Bundle | Error:
@@ -58,7 +60,7 @@ async def test_a_signed_prekey_with_a_bad_signature_is_refused(
     forged = SignedPreKeyRecord(key_id=1, public=os.urandom(32), signature=os.urandom(64))
     frame = await bob.request(lambda i: PrekeysUpload(id=i, signed_prekey=forged))
     assert error_code(frame) == ErrorCode.INVALID_PREKEYS
-    assert db_rows(relay.config.db_path, "SELECT COUNT(*) FROM signed_prekeys") == [(0,)]
+    assert db_rows(relay.config, "SELECT COUNT(*) FROM signed_prekeys") == [(0,)]
 
 
 async def test_a_one_time_prekey_id_already_stored_refuses_the_upload(
@@ -69,7 +71,7 @@ async def test_a_one_time_prekey_id_already_stored_refuses_the_upload(
     again = tuple(OneTimePreKeyRecord(key_id=n, public=os.urandom(32)) for n in (9, 2))
     frame = await bob.request(lambda i: PrekeysUpload(id=i, one_time=again))
     assert error_code(frame) == ErrorCode.INVALID_PREKEYS
-    assert db_rows(relay.config.db_path, "SELECT key_id FROM one_time_prekeys ORDER BY key_id") == [
+    assert db_rows(relay.config, "SELECT key_id FROM one_time_prekeys ORDER BY key_id") == [
         (1,),
         (2,),
     ]
@@ -95,7 +97,7 @@ async def test_a_clash_with_an_upload_still_in_flight_is_refused_too(
     again = (OneTimePreKeyRecord(key_id=1, public=os.urandom(32)),)
     late = await bob.request(lambda i: PrekeysUpload(id=i, one_time=again))
     assert error_code(late) == ErrorCode.INVALID_PREKEYS
-    assert db_rows(relay.config.db_path, "SELECT key_id FROM one_time_prekeys ORDER BY key_id") == [
+    assert db_rows(relay.config, "SELECT key_id FROM one_time_prekeys ORDER BY key_id") == [
         (1,),
         (2,),
     ]
@@ -110,7 +112,7 @@ async def test_an_upload_over_the_stored_cap_is_refused_whole(
         assert error_code(await bob.upload_prekeys(one_time=2, first_id=10)) == (
             ErrorCode.INVALID_PREKEYS
         )
-        assert db_rows(config.db_path, "SELECT COUNT(*) FROM one_time_prekeys") == [(4,)]
+        assert db_rows(config, "SELECT COUNT(*) FROM one_time_prekeys") == [(4,)]
 
 
 async def test_unknown_account_and_missing_signed_prekey_look_the_same(
@@ -135,7 +137,7 @@ async def test_concurrent_fetches_never_get_the_same_one_time_prekey(
     assert isinstance(first, Bundle) and isinstance(second, Bundle)
     assert first.one_time is not None and second.one_time is not None
     assert first.one_time.key_id != second.one_time.key_id
-    assert db_rows(relay.config.db_path, "SELECT COUNT(*) FROM one_time_prekeys") == [(0,)]
+    assert db_rows(relay.config, "SELECT COUNT(*) FROM one_time_prekeys") == [(0,)]
 
 
 async def test_with_none_left_the_bundle_has_no_one_time_prekey(

@@ -250,9 +250,7 @@ async def test_an_ack_costs_work_only_for_deliveries_in_flight_on_its_connection
     await bob.send(Ack(delivery_ids=(delivered.delivery_id, 99_999)))
     assert isinstance(await bob.send_message("alice", b"sync"), Sent)  # after all the ACKs
     assert jobs == [["bob", (delivered.delivery_id,)]]
-    assert db_rows(relay.config.db_path, "SELECT COUNT(*) FROM queue WHERE recipient = 'bob'") == [
-        (0,)
-    ]
+    assert db_rows(relay.config, "SELECT COUNT(*) FROM queue WHERE recipient = 'bob'") == [(0,)]
 
 
 async def _spend_sends(relay: RunningRelay, clients: Clients, burst: int) -> RawClient:

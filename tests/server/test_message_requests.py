@@ -22,8 +22,10 @@ from blindrelay.server.store import Account
 from blindrelay.server.store.sqlite import jobs
 from blindrelay.server.store.sqlite.tables import Tables, connect
 
-from .conftest import Clients, FakeClock, RawClient, error_code, relay_with
+from .conftest import ALL_BACKENDS, Clients, FakeClock, RawClient, error_code, relay_with
 from .consent_helpers import stated
+
+BACKENDS = ALL_BACKENDS
 
 HOUR_MS = 3600 * 1000
 

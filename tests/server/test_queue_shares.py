@@ -14,8 +14,10 @@ from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import Sent
 from blindrelay.server.config import RelayConfig
 
-from .conftest import Clients, FakeClock, RawClient, db_rows, error_code, relay_with
+from .conftest import ALL_BACKENDS, Clients, FakeClock, RawClient, db_rows, error_code, relay_with
 from .consent_helpers import stated
+
+BACKENDS = ALL_BACKENDS
 
 SHARES = {"queue_cap": 100, "queue_share_per_sender": 40, "queue_share_strangers": 30}
 
@@ -56,7 +58,7 @@ async def test_fifty_strangers_cannot_fill_a_users_queue(
                                           category="utility")  # fmt: skip
         assert isinstance(note, Sent)
         queued = "SELECT COUNT(*) FROM queue WHERE recipient = 'victim'"
-        assert db_rows(relay.config.db_path, queued) == [(32,)]
+        assert db_rows(relay.config, queued) == [(32,)]
 
 
 async def test_one_sender_holds_at_most_its_share_of_any_queue(

@@ -36,8 +36,10 @@ from blindrelay.server.store import Account
 from blindrelay.server.store.sqlite import jobs
 from blindrelay.server.store.sqlite.tables import GroupCommitter, Tables, connect
 
-from .conftest import Clients, FakeClock, RawClient, db_rows, error_code, relay_with
+from .conftest import ALL_BACKENDS, Clients, FakeClock, RawClient, db_rows, error_code, relay_with
 from .consent_helpers import state, stated, statement_bytes
+
+BACKENDS = ALL_BACKENDS
 
 UTILITY = ("utility",)
 
@@ -80,7 +82,7 @@ async def test_forged_altered_and_misaddressed_statements_are_invalid(
     assert await _code(bob, b"\x82\xa4body\xc4\x00\xa3sig\xc4\x00") == ErrorCode.INVALID_STATEMENT
     # None of them changed anything: the genuine one is still a first grant.
     assert await _code_or_ok(bob, genuine) == "ok"
-    assert db_rows(relay.config.db_path, "SELECT COUNT(*) FROM statements") == [(1,)]
+    assert db_rows(relay.config, "SELECT COUNT(*) FROM statements") == [(1,)]
 
 
 async def _code_or_ok(client: RawClient, data: bytes) -> int | str:
@@ -125,7 +127,7 @@ async def test_kinds_unknown_targets_and_table_refusals(
     assert error_code(await state(bob, "unblock", "carol", now)) == invalid
     await stated(bob, "block", "carol", now)
     assert error_code(await state(bob, "block", "carol", now)) == invalid
-    assert db_rows(relay.config.db_path, "SELECT action, target FROM statements ORDER BY seq") == [
+    assert db_rows(relay.config, "SELECT action, target FROM statements ORDER BY seq") == [
         ("grant", "airline"),
         ("block", "carol"),
     ]
@@ -159,9 +161,7 @@ async def test_receipts_are_forwarded_to_the_business_and_verify_offline(
                              relay_key=airline.relay_key)  # fmt: skip
     # Durable like envelopes: nothing for carol, the receipts wait in airline's queue until
     # ACK — those still in force: the unblock replaced the block (SPEC §7.5).
-    assert db_rows(
-        relay.config.db_path, "SELECT COUNT(*) FROM queue WHERE recipient = 'carol'"
-    ) == [(0,)]
+    assert db_rows(relay.config, "SELECT COUNT(*) FROM queue WHERE recipient = 'carol'") == [(0,)]
     await airline.close()
     airline2, welcome = await clients.logged_in(relay.url, "airline", airline.key)
     assert welcome.queued == 3
@@ -267,7 +267,7 @@ async def test_a_consent_statement_to_a_user_is_refused_like_one_to_nobody(
         }
         assert answers["carol"] == answers["nobody"], (action, answers)
         assert error_code(decode(answers["carol"])) == ErrorCode.RECIPIENT_UNAVAILABLE
-    assert db_rows(relay.config.db_path, "SELECT COUNT(*) FROM statements") == [(0,)]
+    assert db_rows(relay.config, "SELECT COUNT(*) FROM statements") == [(0,)]
 
 
 async def test_a_block_of_an_unknown_handle_is_accepted_and_binds_whoever_registers_it(
@@ -334,7 +334,7 @@ async def test_a_statement_that_changes_nothing_is_refused(
     assert error_code(await state(bob, "deny", "airline", clock.now, ("marketing",))) == invalid
     clock.advance(relay.config.consent_cooldown_ms)  # the cooldown is over: counts as none
     await stated(bob, "deny", "airline", clock.now, ("marketing",))
-    assert db_rows(relay.config.db_path, "SELECT action FROM statements ORDER BY seq") == [
+    assert db_rows(relay.config, "SELECT action FROM statements ORDER BY seq") == [
         ("grant",), ("deny",),
     ]  # fmt: skip
 
@@ -358,7 +358,7 @@ async def test_grant_revoke_churn_neither_locks_the_customer_out_nor_piles_up(
             )
             assert await _code_or_ok(bob, latest) == "ok"
         assert isinstance(await bob.send_message("airline", b"still here"), Sent)
-        path = relay.config.db_path
+        path = relay.config
         queued = "SELECT intent, COUNT(*) FROM queue WHERE recipient = 'airline' GROUP BY intent"
         assert sorted(db_rows(path, queued)) == [("chat", 1), ("statement", 2)]
         assert db_rows(path, "SELECT COUNT(*) FROM statements") == [(2,)]
@@ -467,4 +467,4 @@ async def test_blocks_are_kept_for_at_most_max_block_targets_accounts(
     assert error_code(await state(bob, "block", "dave", clock.now)) == invalid
     await stated(bob, "block", "ghost1", clock.now)  # not a new target
     rows = "SELECT COUNT(*) FROM statements_in_force WHERE signer = 'bob'"
-    assert db_rows(relay.config.db_path, rows) == [(3,)]
+    assert db_rows(relay.config, rows) == [(3,)]

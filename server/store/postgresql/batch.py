@@ -1,0 +1,743 @@
+"""One batch of operations, one transaction: how the PostgreSQL back end group-commits.
+
+Everything a worker called while its previous batch ran is one batch (``store``), and
+runs here as one transaction:
+
+1. ``BEGIN``, then one statement locks the ``queue_counts`` row of every account whose
+   queue or pair states the batch will change (:func:`lock_set`), in sorted order, so
+   two workers never deadlock on them and never interleave on one account: SENDs to a
+   recipient commit in delivery-id order (ids are drawn under the lock, so a pager's
+   cursor never passes an uncommitted lower id), a pair's state is read and written by
+   one transaction at a time, and the budgets keyed by an account are spent once.
+2. The calls, in submission order. Between two calls of other operations, a run of
+   SENDs, ACKs, PAGEs and the loop's reads is executed set-based, a few statements for
+   the whole run whatever its length: its ACKs first (one ``DELETE … USING unnest``),
+   then its SENDs (one statement reads every pair state, recipient, remembered msg id,
+   budget and badge they need; the decisions are made here in submission order with
+   :mod:`..rules`, exactly as the SQLite back end makes them one by one; one statement
+   writes every envelope, remembered id, pair state, count, metering count and budget),
+   then its reads, then its PAGEs (one ``LATERAL`` query). Within such a run only
+   different connections' frames change places, which have no order between them
+   (an ACK can only free room a SEND sees; a PAGE sees every SEND called before it);
+   per-connection order, and the order of everything else, is submission order.
+   Every other operation runs alone (:mod:`.operations`), in a savepoint if it writes.
+3. The batch's hints, one ``pg_notify`` statement (delivered by PostgreSQL only on
+   ``COMMIT``), then ``COMMIT`` (``synchronous_commit=on``). The caller answers only now.
+
+Failures. A refusal is decided before anything is written (or undone with its
+savepoint): it fails alone. Anything else unexpected in a set-based statement aborts
+the transaction: it is rolled back and the batch runs again "carefully", every call
+alone in a savepoint, so only the failing call fails. A deadlock or serialization
+failure between workers runs the batch again as it was. A lost connection is raised
+to the store (an outage: every call of the batch gets STORE_UNAVAILABLE).
+
+Not here: the stream of batches and outages (``store``), the operations run alone
+(``operations``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from blindrelay.protocol.consent import INITIAL, REFUSE, PairState, Request, Verdict
+from blindrelay.protocol.errors import MessageIdReused, QueueFull
+from blindrelay.protocol.signed import ConsentStatement, unverified_body
+
+from ... import routing
+from ...routing import Hint, HintKind
+from .. import Done
+from ..operations import SendRules
+from ..rules import (
+    FIRST_CONTACTS,
+    QueueShares,
+    bucket_full_at,
+    bucket_tokens,
+    envelope_digest,
+    judge_send,
+    metered_business,
+    month_span,
+    needs_badge,
+    pair_after_send,
+    queue_full,
+    refuse_unless_allowed,
+    share_floor,
+    shares_matter,
+)
+from .operations import (
+    OPERATIONS,
+    WRITES,
+    Tx,
+    accounts,
+    accounts_evenly,
+    check_upload,
+    stored_key_ids,
+    verified_by,
+)
+from .rows import (
+    QUEUE_COLUMNS,
+    connection_lost,
+    envelope_row,
+    job_error,
+    pair_from_row,
+    pair_key,
+    pair_to_row,
+    retryable,
+)
+
+READS = frozenset({"account", "account_for_login", "check_prekey_upload"})
+"""What ``Store.read`` may ask: operations that write nothing, in the ordered stream."""
+
+SET_BASED = frozenset({"send", "acknowledge", "page"}) | READS
+
+MAX_RETRIES = 5
+"""Runs of one batch after deadlocks or serialization failures before it runs carefully."""
+
+Outcome = tuple[bool, Any]
+
+
+@dataclass(slots=True)
+class Call:
+    """One call in the stream: an operation (or a read) with its args, answered by ``done``."""
+
+    operation: str
+    args: Sequence[Any]
+    done: Done
+
+
+@dataclass(slots=True)
+class Counters:
+    """What a store's batches cost, for tests and the log."""
+
+    commits: int = 0
+    calls: int = 0
+    replays: int = 0
+    """Batches rolled back and run again carefully (an unexpected failure)."""
+    retries: int = 0
+    """Batches run again after a deadlock or serialization failure."""
+
+
+class _Again(Exception):
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(type(cause).__name__)
+        self.cause = cause
+
+
+async def run_batch(conn: Any, calls: list[Call], origin: str, counters: Counters) -> list[Outcome]:
+    """Every call's outcome, after one COMMIT (module docstring); raises only for a lost
+    connection (or cancellation), when nothing is known to be committed."""
+    careful = False
+    retries = 0
+    while True:
+        try:
+            outcomes = await _attempt(conn, calls, origin, careful)
+        except _Again as again:
+            if retryable(again.cause) and retries < MAX_RETRIES:
+                retries += 1
+                counters.retries += 1
+                continue
+            if careful:
+                failure = job_error(again.cause)
+                return [(False, failure) for _call in calls]
+            careful = True
+            counters.replays += 1
+            continue
+        counters.commits += 1
+        counters.calls += len(calls)
+        return outcomes
+
+
+async def _attempt(conn: Any, calls: list[Call], origin: str, careful: bool) -> list[Outcome]:
+    tx = Tx(conn, origin)
+    outcomes: list[Outcome] = [(False, None)] * len(calls)
+    await conn.execute("BEGIN")
+    try:
+        await lock_set(conn, calls)
+        await _run(tx, calls, outcomes, careful)
+        if tx.hints:
+            await notify(conn, tx.hints)
+        await conn.execute("COMMIT")
+    except Exception as exc:
+        if connection_lost(exc):
+            raise
+        await conn.execute("ROLLBACK")  # a lost connection here is an outage too
+        raise _Again(exc) from exc
+    except BaseException:  # cancelled (the store is closing): nothing committed
+        with contextlib.suppress(Exception):
+            await conn.execute("ROLLBACK")
+        raise
+    return outcomes
+
+
+# --- locks and hints -----------------------------------------------------------------
+
+
+def _locked_by(call: Call) -> list[Any]:
+    """The accounts whose ``queue_counts`` row ``call`` needs locked (see module docstring)."""
+    op, args = call.operation, call.args
+    if op == "send":
+        return [args[0], args[2]]
+    if op == "acknowledge":
+        return [item[0] for item in args[0]]
+    if op == "apply_statement":
+        return [args[0], unverified_body(ConsentStatement, args[1]).target]
+    if op == "take_bundle":
+        return [args[2]]
+    if op in ("rotate_identity", "upload_prekeys"):
+        return [args[0]]
+    return []
+
+
+async def lock_set(conn: Any, calls: list[Call]) -> None:
+    """Lock, in sorted order, every account row the batch's calls will write for; a
+    purge also locks the recipients of the envelopes it will drop."""
+    handles: set[str] = set()
+    before: int | None = None
+    for call in calls:
+        try:
+            handles.update(h for h in _locked_by(call) if type(h) is str)
+            if call.operation == "purge":
+                before = max(before or 0, int(call.args[0]))
+        except Exception:  # noqa: S112 - malformed: the call fails on its own when it runs
+            continue
+    if before is not None:
+        await conn.execute(
+            "SELECT 1 FROM queue_counts WHERE handle = ANY($1::text[]) OR handle IN"
+            " (SELECT recipient FROM queue WHERE sent_at < $2) ORDER BY handle FOR UPDATE",
+            sorted(handles), before,
+        )  # fmt: skip
+    elif handles:
+        await conn.execute(
+            "SELECT 1 FROM queue_counts WHERE handle = ANY($1::text[]) ORDER BY handle FOR UPDATE",
+            sorted(handles),
+        )
+
+
+async def notify(conn: Any, hints: list[Hint]) -> None:
+    """All of a batch's hints in one statement (identical ones once)."""
+    payloads = list(dict.fromkeys(hint.encode() for hint in hints))
+    await conn.execute(
+        "SELECT pg_notify($1, h) FROM unnest($2::text[]) AS h", routing.CHANNEL, payloads
+    )
+
+
+# --- running the calls ---------------------------------------------------------------
+
+Group = Callable[[Tx, list[Call], list[int], list[Outcome]], Awaitable[None]]
+
+
+async def _run(tx: Tx, calls: list[Call], outcomes: list[Outcome], careful: bool) -> None:
+    index, count = 0, len(calls)
+    while index < count:
+        call = calls[index]
+        if call.operation not in SET_BASED:
+            savepoint = careful or call.operation in WRITES
+            outcomes[index] = await _alone(tx, call, savepoint)
+            index += 1
+            continue
+        end = index
+        while end < count and calls[end].operation in SET_BASED:
+            end += 1
+        run = list(range(index, end))
+        if careful:
+            for position in run:
+                await _grouped_alone(tx, calls, position, outcomes)
+        else:
+            for group, members in _groups(calls, run):
+                await group(tx, calls, members, outcomes)
+        index = end
+
+
+def _groups(calls: list[Call], run: list[int]) -> list[tuple[Group, list[int]]]:
+    """A run's ACKs, SENDs, reads, PAGEs, in that order (module docstring)."""
+    by_kind: dict[str, list[int]] = {"acknowledge": [], "send": [], "read": [], "page": []}
+    for position in run:
+        operation = calls[position].operation
+        by_kind["read" if operation in READS else operation].append(position)
+    return [(GROUPS[kind], members) for kind, members in by_kind.items() if members]
+
+
+async def _alone(tx: Tx, call: Call, savepoint: bool) -> Outcome:
+    conn = tx.conn
+    function = OPERATIONS.get(call.operation)
+    if function is None:
+        return (False, job_error(LookupError(f"unknown operation {call.operation!r}")))
+    if savepoint:
+        await conn.execute("SAVEPOINT op")
+    mark = len(tx.hints)
+    try:
+        result = await function(tx, *call.args)
+    except Exception as exc:
+        if connection_lost(exc) or retryable(exc):
+            raise
+        if not savepoint and isinstance(exc, asyncpg.PostgresError):
+            raise  # the transaction is aborted: the batch runs again, carefully
+        if savepoint:
+            await conn.execute("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op")
+        del tx.hints[mark:]
+        return (False, job_error(exc))
+    if savepoint:
+        await conn.execute("RELEASE SAVEPOINT op")
+    return (True, result)
+
+
+async def _grouped_alone(tx: Tx, calls: list[Call], position: int, outcomes: list[Outcome]) -> None:
+    """A set-based operation's call on its own, in a savepoint (a careful run)."""
+    conn = tx.conn
+    operation = calls[position].operation
+    await conn.execute("SAVEPOINT op")
+    mark = len(tx.hints)
+    try:
+        await GROUPS["read" if operation in READS else operation](tx, calls, [position], outcomes)
+    except Exception as exc:
+        if connection_lost(exc) or retryable(exc):
+            raise
+        await conn.execute("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op")
+        del tx.hints[mark:]
+        outcomes[position] = (False, job_error(exc))
+        return
+    await conn.execute("RELEASE SAVEPOINT op")
+
+
+# --- ACK -----------------------------------------------------------------------------
+
+_ACKNOWLEDGE = (
+    "WITH d AS (DELETE FROM queue q USING unnest($1::text[], $2::bigint[], $3::integer[])"
+    "  AS a(h, id, pos) WHERE q.delivery_id = a.id AND q.recipient = a.h"
+    "  RETURNING a.pos, q.recipient, q.intent),"
+    " c AS (UPDATE queue_counts qc SET queued = qc.queued - x.n FROM (SELECT recipient,"
+    "  count(*) AS n FROM d WHERE intent <> 'statement' GROUP BY recipient) AS x"
+    "  WHERE qc.handle = x.recipient)"
+    " SELECT pos FROM d"
+)
+
+
+def _ack_items(args: Sequence[Any]) -> list[tuple[str, list[int]]]:
+    (items,) = args
+    parsed = []
+    for handle, ids in items:
+        if type(handle) is not str or not isinstance(ids, list | tuple):
+            raise TypeError("an ACK item is [handle, [delivery id, …]]")
+        if not all(type(i) is int for i in ids):
+            raise TypeError("delivery ids are ints")
+        parsed.append((handle, list(ids)))
+    return parsed
+
+
+async def acknowledge_group(
+    tx: Tx, calls: list[Call], members: list[int], outcomes: list[Outcome]
+) -> None:
+    """Every merged ACK of the run in one statement; per item, the rows it deleted."""
+    handles: list[str] = []
+    ids: list[int] = []
+    places: list[tuple[int, int]] = []
+    counts: dict[int, list[int]] = {}
+    seen: set[tuple[str, int]] = set()
+    for position in members:
+        try:
+            items = _ack_items(calls[position].args)
+        except Exception as exc:
+            outcomes[position] = (False, job_error(exc))
+            continue
+        counts[position] = [0] * len(items)
+        for item, (handle, delivery_ids) in enumerate(items):
+            for delivery_id in delivery_ids:
+                if (handle, delivery_id) in seen:
+                    continue  # deleted by the first ACK of it, if at all
+                seen.add((handle, delivery_id))
+                handles.append(handle)
+                ids.append(delivery_id)
+                places.append((position, item))
+    if handles:
+        rows = await tx.conn.fetch(_ACKNOWLEDGE, handles, ids, list(range(len(handles))))
+        for (pos,) in rows:
+            position, item = places[pos]
+            counts[position][item] += 1
+    for position, deleted in counts.items():
+        outcomes[position] = (True, deleted)
+
+
+# --- PAGE ----------------------------------------------------------------------------
+
+_PAGE = (
+    "SELECT p.i, q.delivery_id, q.recipient, q.sender, q.sender_kind, q.msg_id, q.intent,"  # noqa: S608 - constant columns
+    " q.category, q.categories, q.sent_at, q.body"
+    " FROM unnest($1::text[], $2::bigint[], $3::integer[], $4::bigint[])"
+    "  WITH ORDINALITY AS p(h, after, lim, nb, i)"
+    f" CROSS JOIN LATERAL (SELECT {QUEUE_COLUMNS} FROM queue WHERE recipient = p.h"
+    "  AND delivery_id > p.after AND sent_at >= p.nb ORDER BY delivery_id LIMIT p.lim) AS q"
+    " ORDER BY p.i, q.delivery_id"
+)
+
+
+async def page_group(
+    tx: Tx, calls: list[Call], members: list[int], outcomes: list[Outcome]
+) -> None:
+    """Every PAGE of the run in one query: up to ``limit`` unexpired rows past ``after``."""
+    pages: list[tuple[int, str, int, int, int]] = []
+    for position in members:
+        try:
+            handle, after, limit, not_before = calls[position].args
+            pages.append((position, str(handle), int(after), int(limit), int(not_before)))
+        except Exception as exc:
+            outcomes[position] = (False, job_error(exc))
+    if not pages:
+        return
+    columns = [list(column) for column in zip(*pages, strict=True)]
+    rows = await tx.conn.fetch(_PAGE, *columns[1:])
+    found: list[list[list[Any]]] = [[] for _page in pages]
+    for row in rows:
+        found[row[0] - 1].append(envelope_row(row[1:]))
+    for (position, *_rest), envelopes in zip(pages, found, strict=True):
+        outcomes[position] = (True, envelopes)
+
+
+# --- the loop's reads ----------------------------------------------------------------
+
+
+async def read_group(
+    tx: Tx, calls: list[Call], members: list[int], outcomes: list[Outcome]
+) -> None:
+    """``Store.read``: accounts (one query), even LOGIN lookups (one), prekey checks (one)."""
+    conn = tx.conn
+    by_name: dict[str, list[int]] = {name: [] for name in READS}
+    for position in members:
+        by_name[calls[position].operation].append(position)
+    if plain := by_name["account"]:
+        handles = [str(calls[p].args[0]) for p in plain]
+        found = await accounts(conn, handles)
+        for position, handle in zip(plain, handles, strict=True):
+            outcomes[position] = (True, found.get(handle))
+    if even := by_name["account_for_login"]:
+        handles = [str(calls[p].args[0]) for p in even]
+        for position, account in zip(even, await accounts_evenly(conn, handles), strict=True):
+            outcomes[position] = (True, account)
+    if checks := by_name["check_prekey_upload"]:
+        stored = await stored_key_ids(conn, list({str(calls[p].args[0]) for p in checks}))
+        for position in checks:
+            handle, key_ids, max_stored = calls[position].args
+            try:
+                check_upload(stored[str(handle)], list(key_ids), int(max_stored))
+            except Exception as exc:
+                outcomes[position] = (False, job_error(exc))
+            else:
+                outcomes[position] = (True, None)
+
+
+# --- SEND ----------------------------------------------------------------------------
+
+_SEND_STATE = (
+    "SELECT 1 AS tag, p.low AS h1, p.high AS h2, p.consent AS t1, p.pending AS t2,"
+    " p.blockers AS t3, p.wrote AS t4, p.window_until AS n1, p.requests::bigint AS n2,"
+    " NULL::bytea AS b1, NULL::bytea AS b2, NULL::float8 AS f1"
+    " FROM pairs p JOIN unnest($1::text[], $2::text[]) AS k(low, high)"
+    "  ON p.low = k.low AND p.high = k.high"
+    " UNION ALL SELECT 2, a.handle, a.kind, NULL, NULL, NULL, NULL, q.queued, NULL, NULL,"
+    "  NULL, NULL FROM accounts a LEFT JOIN queue_counts q ON q.handle = a.handle"
+    "  WHERE a.handle = ANY($3::text[])"
+    " UNION ALL SELECT 3, s.sender, NULL, NULL, NULL, NULL, NULL, s.at, NULL, s.msg_id,"
+    "  s.digest, NULL FROM sent s JOIN unnest($4::text[], $5::bytea[]) AS k(sender, msg_id)"
+    "  ON s.sender = k.sender AND s.msg_id = k.msg_id"
+    " UNION ALL SELECT 4, b.key, NULL, NULL, NULL, NULL, NULL, b.at, NULL, NULL, NULL,"
+    "  b.tokens FROM budgets b WHERE b.name = $6 AND b.key = ANY($7::text[])"
+    " UNION ALL SELECT 5, g.handle, NULL, NULL, NULL, NULL, NULL, g.expires_at, NULL,"
+    "  g.key_fingerprint, a.identity_key, NULL FROM badges g"
+    "  JOIN accounts a ON a.handle = g.handle"
+    "  WHERE g.handle = ANY($8::text[]) AND g.revoked_at IS NULL"
+)
+"""Everything a run's SENDs decide on, in one statement: pair states (1), recipients
+with their queue counts (2), remembered (sender, msg_id) (3), the senders' first-contact
+budgets (4), and badges of business senders that need one (5)."""
+
+_SEND_WRITE = (
+    "WITH s AS (INSERT INTO sent (sender, msg_id, digest, at)"
+    "  SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::bigint[])),"
+    " q AS (INSERT INTO queue (recipient, sender, sender_kind, msg_id, intent, category,"
+    "  categories, sent_at, body, stranger)"
+    "  SELECT r, s, sk, m, i, c, CASE WHEN cs IS NULL THEN NULL"
+    "   ELSE string_to_array(cs, ',') END, t, b, st"
+    "  FROM unnest($5::text[], $1::text[], $6::text[], $2::bytea[], $7::text[], $8::text[],"
+    "   $9::text[], $4::bigint[], $10::bytea[], $11::boolean[])"
+    "   WITH ORDINALITY AS u(r, s, sk, m, i, c, cs, t, b, st, o)"
+    "  ORDER BY o RETURNING delivery_id, sender, msg_id),"
+    " prev AS (SELECT r, (SELECT max(delivery_id) FROM queue WHERE recipient = r) AS m"
+    "  FROM unnest($12::text[]) AS r),"
+    " c AS (UPDATE queue_counts qc SET queued = qc.queued + d.n"
+    "  FROM unnest($12::text[], $13::integer[]) AS d(h, n) WHERE qc.handle = d.h),"
+    " p AS (INSERT INTO pairs (low, high, consent, pending, window_until, blockers, wrote,"
+    "  requests) SELECT * FROM unnest($14::text[], $15::text[], $16::text[], $17::text[],"
+    "   $18::bigint[], $19::text[], $20::text[], $21::integer[])"
+    "  ON CONFLICT (low, high) DO UPDATE SET consent = excluded.consent,"
+    "  pending = excluded.pending, window_until = excluded.window_until,"
+    "  blockers = excluded.blockers, wrote = excluded.wrote, requests = excluded.requests),"
+    " u AS (INSERT INTO usage (business, month, meter, category, count)"
+    "  SELECT * FROM unnest($22::text[], $23::text[], $24::text[], $25::text[], $26::bigint[])"
+    "  ON CONFLICT (business, month, meter, category)"
+    "  DO UPDATE SET count = usage.count + excluded.count),"
+    " b AS (INSERT INTO budgets (name, key, tokens, at, full_at)"
+    "  SELECT $27::text, * FROM unnest($28::text[], $29::float8[], $30::bigint[],"
+    "   $31::bigint[])"
+    "  ON CONFLICT (name, key) DO UPDATE SET tokens = excluded.tokens, at = excluded.at,"
+    "  full_at = excluded.full_at)"
+    " SELECT delivery_id, sender, msg_id, NULL::text AS r FROM q"
+    " UNION ALL SELECT m, NULL, NULL, r FROM prev"
+)
+"""Everything a run's accepted SENDs write, in one statement; with each new envelope's
+delivery id and, per recipient, the highest delivery id queued before the run's (the
+snapshot of a statement excludes its own inserts)."""
+
+
+@dataclass(slots=True)
+class _Send:
+    position: int
+    handle: str
+    kind: str
+    to: str
+    msg_id: bytes
+    intent: str
+    category: str | None
+    categories: list[str] | None
+    body: bytes
+    now: int
+    rules: SendRules
+
+    @classmethod
+    def parse(cls, position: int, args: Sequence[Any]) -> _Send:
+        handle, kind, to, msg_id, intent, category, categories, body, now, rules = args
+        if type(handle) is not str or type(to) is not str or type(now) is not int:
+            raise TypeError("send: handle, to, now")
+        return cls(
+            position, handle, kind, to, bytes(msg_id), intent, category,
+            list(categories) if categories is not None else None, bytes(body), now,
+            SendRules(*rules),
+        )  # fmt: skip
+
+
+@dataclass(slots=True)
+class _Accepted:
+    send: _Send
+    digest: bytes
+    stranger: bool
+
+
+class _SendRun:
+    """The state a run of SENDs decides on, read once, changed by each accepted SEND in
+    turn (as the SQLite writer's caches are), written once."""
+
+    def __init__(self, tx: Tx, sends: list[_Send]) -> None:
+        self.tx = tx
+        self.sends = sends
+        self.pairs: dict[tuple[str, str], PairState] = {}
+        self.recipients: dict[str, tuple[str, int]] = {}
+        """Recipient → (kind, envelopes queued, this run's accepted ones included)."""
+        self.remembered: dict[tuple[str, bytes], tuple[bytes, int]] = {}
+        self.budgets: dict[str, tuple[float, int]] = {}
+        self.badges: dict[str, list[tuple[bytes, bytes, int]]] = {}
+        self.shares: dict[str, QueueShares] = {}
+        self.accepted: list[_Accepted] = []
+        self.changed_pairs: dict[tuple[str, str], PairState] = {}
+        self.usage: dict[tuple[str, str, str, str], int] = {}
+        self.spent: dict[str, tuple[float, int, int]] = {}
+        """First-contact budgets to write: sender → (tokens, at, full_at)."""
+        self._month = (0, 0, "")
+
+    async def read(self) -> None:
+        keys = sorted({pair_key(s.handle, s.to) for s in self.sends})
+        badge_senders = sorted(
+            {s.handle for s in self.sends if needs_badge(s.kind, Request(s.intent))}
+        )
+        rows = await self.tx.conn.fetch(
+            _SEND_STATE,
+            [k[0] for k in keys], [k[1] for k in keys], sorted({s.to for s in self.sends}),
+            [s.handle for s in self.sends], [s.msg_id for s in self.sends],
+            FIRST_CONTACTS, sorted({s.handle for s in self.sends}), badge_senders,
+        )  # fmt: skip
+        for tag, h1, h2, t1, t2, t3, t4, n1, n2, b1, b2, f1 in rows:
+            if tag == 1:
+                self.pairs[(h1, h2)] = pair_from_row(t1, t2, n1, t3, t4, n2)
+            elif tag == 2:
+                self.recipients[h1] = (h2, int(n1 or 0))
+            elif tag == 3:
+                self.remembered[(h1, bytes(b1))] = (bytes(b2), int(n1))
+            elif tag == 4:
+                self.budgets[h1] = (float(f1), int(n1))
+            else:
+                self.badges.setdefault(h1, []).append((bytes(b1), bytes(b2), int(n1)))
+
+    async def _shares(self, recipient: str, rules: SendRules) -> QueueShares:
+        """The recipient's shares (read when first needed: only long queues), this run's
+        accepted envelopes included."""
+        shares = self.shares.get(recipient)
+        if shares is None:
+            shares = QueueShares(share_floor(rules), 0, {})
+            for sender, stranger, count in await self.tx.conn.fetch(
+                "SELECT sender, stranger, count(*) FROM queue WHERE recipient = $1"
+                " AND intent <> 'statement' GROUP BY sender, stranger",
+                recipient,
+            ):
+                shares.change(sender, bool(stranger), int(count))
+            for accepted in self.accepted:
+                if accepted.send.to == recipient:
+                    shares.change(accepted.send.handle, accepted.stranger, 1)
+            self.shares[recipient] = shares
+        return shares
+
+    async def decide(self, send: _Send) -> Any:
+        """``..sqlite.jobs.send``'s decision, step for step, on this run's state: the
+        original time for a resend, None for an accepted envelope (its answer comes with
+        the write), or a refusal raised — in which case nothing of it is kept."""
+        rules = send.rules
+        handle, to, now = send.handle, send.to, send.now
+        digest = envelope_digest(to, send.intent, send.category, send.categories, send.body)
+        request = Request(send.intent)
+        key = pair_key(handle, to)
+        state = self.pairs.get(key, INITIAL)
+        verified = needs_badge(send.kind, request) and verified_by(self.badges.get(handle), now)
+        recipient = self.recipients.get(to)
+        decision, stranger, _probe = judge_send(
+            rules, handle, send.kind, to, recipient[0] if recipient is not None else None,
+            request, send.category, frozenset(send.categories or ()), state, now,
+            verified=verified,
+        )  # fmt: skip
+        # The probe (SPEC §7.7: a chat to an unknown handle costs a budget read) was read
+        # with every sender's budget above.
+        full = False
+        spend: tuple[float, int, int] | None = None
+        if decision.verdict is Verdict.ALLOW:
+            assert recipient is not None
+            queued = recipient[1]
+            shares = await self._shares(to, rules) if shares_matter(rules, queued) else None
+            full = queue_full(rules, handle, stranger, queued, shares)
+            if not full and decision.first_contact:
+                per_h, burst = rules.first_contacts_per_h, rules.first_contacts_burst
+                tokens = bucket_tokens(self.budgets.get(handle), per_h, burst, now)
+                if tokens < 1.0:
+                    decision = REFUSE
+                else:
+                    spend = (tokens - 1.0, now, bucket_full_at(tokens - 1.0, per_h, burst, now))
+        known = self.remembered.get((handle, send.msg_id))
+        if decision.verdict is not Verdict.ALLOW or full:
+            # A resend is answered from ``sent`` before any refusal.
+            if known is not None:
+                if known[0] != digest:
+                    raise MessageIdReused()
+                return known[1]
+            refuse_unless_allowed(decision)
+            raise QueueFull()
+        if known is not None:  # a resend the rules would allow again: nothing new stored
+            if known[0] != digest:
+                raise MessageIdReused()  # the SQLite job fails after its budget write: undone
+            self._spend(handle, spend)
+            return known[1]
+        self._spend(handle, spend)
+        assert recipient is not None
+        self.remembered[(handle, send.msg_id)] = (digest, now)
+        self.recipients[to] = (recipient[0], recipient[1] + 1)
+        if to in self.shares:
+            self.shares[to].change(handle, stranger, 1)
+        self.accepted.append(_Accepted(send, digest, stranger))
+        new_state = pair_after_send(rules, state, decision, now)
+        if new_state is not None:
+            self.pairs[key] = self.changed_pairs[key] = new_state
+        if decision.meter is not None:
+            start, end, month = self._month
+            if not start <= now < end:
+                self._month = start, end, month = month_span(now)
+            business = metered_business(handle, send.kind, to)
+            meter_key = (business, month, decision.meter.value, send.category or "")
+            self.usage[meter_key] = self.usage.get(meter_key, 0) + 1
+        return None
+
+    def _spend(self, handle: str, spend: tuple[float, int, int] | None) -> None:
+        if spend is not None:
+            self.budgets[handle] = (spend[0], spend[1])
+            self.spent[handle] = spend
+
+    async def write(self) -> dict[int, list[int]]:
+        """Everything accepted, in one statement; each accepted SEND's [delivery_id, at,
+        previous] by position."""
+        accepted = self.accepted
+        if not accepted and not self.changed_pairs and not self.spent and not self.usage:
+            return {}
+        per_recipient: dict[str, int] = {}
+        for a in accepted:
+            per_recipient[a.send.to] = per_recipient.get(a.send.to, 0) + 1
+        pairs = sorted(self.changed_pairs.items())
+        pair_rows = [(*key, *pair_to_row(state)) for key, state in pairs]
+        usage = sorted(self.usage.items())
+        spent = sorted(self.spent.items())
+        sends = [a.send for a in accepted]
+        rows = await self.tx.conn.fetch(
+            _SEND_WRITE,
+            [s.handle for s in sends], [s.msg_id for s in sends], [a.digest for a in accepted],
+            [s.now for s in sends], [s.to for s in sends], [s.kind for s in sends],
+            [s.intent for s in sends], [s.category for s in sends],
+            [",".join(s.categories) if s.categories is not None else None for s in sends],
+            [s.body for s in sends], [a.stranger for a in accepted],
+            list(per_recipient), list(per_recipient.values()),
+            *(list(column) for column in zip(*pair_rows, strict=True)) if pair_rows
+            else ([],) * 8,
+            [k[0] for k, _n in usage], [k[1] for k, _n in usage], [k[2] for k, _n in usage],
+            [k[3] for k, _n in usage], [n for _k, n in usage],
+            FIRST_CONTACTS, [h for h, _s in spent], [s[0] for _h, s in spent],
+            [s[1] for _h, s in spent], [s[2] for _h, s in spent],
+        )  # fmt: skip
+        ids: dict[tuple[str, bytes], int] = {}
+        last: dict[str, int] = {}
+        for delivery_id, sender, msg_id, recipient in rows:
+            if recipient is None:
+                ids[(sender, bytes(msg_id))] = int(delivery_id)
+            else:
+                last[recipient] = int(delivery_id or 0)
+        results: dict[int, list[int]] = {}
+        for send in sends:
+            delivery_id = ids[(send.handle, send.msg_id)]
+            results[send.position] = [delivery_id, send.now, last[send.to]]
+            last[send.to] = delivery_id
+        for recipient in per_recipient:
+            self.tx.hint(HintKind.QUEUED, recipient)
+        return results
+
+
+async def send_group(
+    tx: Tx, calls: list[Call], members: list[int], outcomes: list[Outcome]
+) -> None:
+    """Every SEND of the run: one read, the decisions in order, one write."""
+    sends: list[_Send] = []
+    for position in members:
+        try:
+            sends.append(_Send.parse(position, calls[position].args))
+        except Exception as exc:
+            outcomes[position] = (False, job_error(exc))
+    if not sends:
+        return
+    run = _SendRun(tx, sends)
+    await run.read()
+    pending: list[int] = []
+    for send in sends:
+        try:
+            resend_at = await run.decide(send)
+        except Exception as exc:
+            if isinstance(exc, asyncpg.PostgresError):
+                raise
+            outcomes[send.position] = (False, job_error(exc))
+            continue
+        if resend_at is not None:
+            outcomes[send.position] = (True, resend_at)
+        else:
+            pending.append(send.position)
+    written = await run.write()
+    for position in pending:
+        outcomes[position] = (True, written[position])
+
+
+GROUPS: dict[str, Group] = {
+    "acknowledge": acknowledge_group,
+    "send": send_group,
+    "read": read_group,
+    "page": page_group,
+}

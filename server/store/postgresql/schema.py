@@ -1,0 +1,219 @@
+"""The PostgreSQL back end's tables, and the versioned migrations that make them.
+
+The tables mirror the SQLite back end's (``..sqlite.tables`` says what each holds,
+SPEC §11 lists them), with what several workers sharing one database need besides:
+
+- ``accounts.seq`` — a dense-enough row number for the even LOGIN lookup (SPEC §11.1),
+  and ``accounts.login_seq``, raised by every ``login_counts``: the newest login of an
+  account is the one with the highest number, on whatever worker it happened;
+- ``queue_counts`` — one row per account: its envelopes queued (what the cap counts,
+  statements not), and the row every operation that changes the account's queue or
+  pair states locks first (``FOR UPDATE``, all of a batch's in sorted order), so two
+  workers' SENDs to one recipient commit in delivery-id order and a pair's state is
+  never read and written by two transactions at once;
+- delivery ids from one sequence (``queue.delivery_id``): they only grow and are never
+  reused, per recipient in commit order because they are drawn under that lock.
+
+Migrations: :data:`MIGRATIONS` maps each version to the statements that reach it from
+the one before. :func:`migrate` runs under ``pg_advisory_xact_lock`` in one
+transaction, so workers starting together migrate once, and refuses a database whose
+``schema_version`` is newer than :data:`SCHEMA_VERSION` (an older relay on a newer
+schema would misread it).
+
+Not here: what the operations do with the tables (``batch``, ``operations``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import StoreStartError
+
+SCHEMA_VERSION = 1
+
+MIGRATION_LOCK = 0x626C696E6472  # "blindr": one advisory lock key for every worker
+"""The ``pg_advisory_xact_lock`` key migrations run under."""
+
+_V1 = """
+CREATE TABLE relay_identity (
+    id integer PRIMARY KEY CHECK (id = 1),
+    seed bytea NOT NULL,
+    public_key bytea NOT NULL,
+    created_at bigint NOT NULL
+);
+CREATE TABLE accounts (
+    handle text PRIMARY KEY,
+    seq bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+    kind text NOT NULL CHECK (kind IN ('user', 'business')),
+    identity_key bytea NOT NULL,
+    created_at bigint NOT NULL,
+    login_seq bigint NOT NULL DEFAULT 0
+);
+CREATE TABLE queue_counts (
+    handle text PRIMARY KEY REFERENCES accounts (handle),
+    queued integer NOT NULL DEFAULT 0
+);
+CREATE TABLE signed_prekeys (
+    handle text PRIMARY KEY REFERENCES accounts (handle),
+    key_id bigint NOT NULL,
+    public_key bytea NOT NULL,
+    signature bytea NOT NULL,
+    uploaded_at bigint NOT NULL
+);
+CREATE TABLE one_time_prekeys (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    handle text NOT NULL REFERENCES accounts (handle),
+    key_id bigint NOT NULL,
+    public_key bytea NOT NULL,
+    UNIQUE (handle, key_id)
+);
+CREATE INDEX one_time_prekeys_by_handle ON one_time_prekeys (handle, seq);
+CREATE TABLE queue (
+    delivery_id bigserial PRIMARY KEY,
+    recipient text NOT NULL,
+    sender text NOT NULL,
+    sender_kind text NOT NULL,
+    msg_id bytea NOT NULL,
+    intent text NOT NULL,
+    category text,
+    categories text[],
+    sent_at bigint NOT NULL,
+    body bytea NOT NULL,
+    stranger boolean NOT NULL DEFAULT false
+);
+CREATE INDEX queue_by_recipient ON queue (recipient, delivery_id);
+CREATE INDEX queue_by_age ON queue (sent_at);
+CREATE INDEX queue_statements ON queue (recipient, sender) WHERE intent = 'statement';
+CREATE TABLE sent (
+    sender text NOT NULL,
+    msg_id bytea NOT NULL,
+    digest bytea NOT NULL,
+    at bigint NOT NULL,
+    PRIMARY KEY (sender, msg_id)
+);
+CREATE INDEX sent_by_age ON sent (at);
+CREATE TABLE pairs (
+    low text NOT NULL,
+    high text NOT NULL,
+    consent text NOT NULL,
+    pending text NOT NULL,
+    window_until bigint NOT NULL,
+    blockers text NOT NULL,
+    wrote text NOT NULL DEFAULT '',
+    requests integer NOT NULL DEFAULT 0,
+    PRIMARY KEY (low, high)
+);
+CREATE TABLE statements (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    signer text NOT NULL,
+    target text NOT NULL,
+    action text NOT NULL,
+    categories text,
+    issued_at bigint NOT NULL,
+    accepted_at bigint NOT NULL,
+    nonce bytea NOT NULL,
+    signed bytea NOT NULL,
+    UNIQUE (signer, nonce)
+);
+CREATE TABLE statements_in_force (
+    signer text NOT NULL,
+    target text NOT NULL,
+    family text NOT NULL,
+    seq bigint NOT NULL REFERENCES statements (seq),
+    PRIMARY KEY (signer, target, family)
+);
+CREATE INDEX statements_in_force_by_target ON statements_in_force (target);
+CREATE INDEX statements_in_force_by_seq ON statements_in_force (seq);
+CREATE TABLE statement_nonces (
+    signer text NOT NULL,
+    nonce bytea NOT NULL,
+    kept_until bigint NOT NULL,
+    PRIMARY KEY (signer, nonce)
+);
+CREATE INDEX statement_nonces_by_age ON statement_nonces (kept_until);
+CREATE TABLE budgets (
+    name text NOT NULL,
+    key text NOT NULL,
+    tokens double precision NOT NULL,
+    at bigint NOT NULL,
+    full_at bigint NOT NULL,
+    PRIMARY KEY (name, key)
+);
+CREATE TABLE usage (
+    business text NOT NULL,
+    month text NOT NULL,
+    meter text NOT NULL,
+    category text NOT NULL,
+    count bigint NOT NULL,
+    PRIMARY KEY (business, month, meter, category)
+);
+CREATE TABLE profiles (
+    handle text PRIMARY KEY REFERENCES accounts (handle),
+    signed bytea NOT NULL,
+    updated_at bigint NOT NULL
+);
+CREATE TABLE badges (
+    serial bigint PRIMARY KEY,
+    handle text NOT NULL REFERENCES accounts (handle),
+    key_fingerprint bytea NOT NULL,
+    display_name text NOT NULL,
+    issued_at bigint NOT NULL,
+    expires_at bigint NOT NULL,
+    revoked_at bigint,
+    signed bytea NOT NULL
+);
+CREATE INDEX badges_by_handle ON badges (handle, issued_at);
+CREATE TABLE business_skeletons (
+    skeleton text PRIMARY KEY,
+    handle text NOT NULL REFERENCES accounts (handle)
+);
+CREATE TABLE invites (
+    digest bytea PRIMARY KEY,
+    created_at bigint NOT NULL
+);
+"""
+
+MIGRATIONS: dict[int, str] = {1: _V1}
+"""Version → the statements that reach it from the version before (0: an empty database)."""
+
+TABLES = (
+    "relay_identity", "accounts", "queue_counts", "signed_prekeys", "one_time_prekeys",
+    "queue", "sent", "pairs", "statements", "statements_in_force", "statement_nonces",
+    "budgets", "usage", "profiles", "badges", "business_skeletons", "invites",
+)  # fmt: skip
+"""Every table of the current schema but ``schema_version``, for inspection."""
+
+
+def newer_schema(found: int, url: str) -> StoreStartError:
+    return StoreStartError(
+        f"the database at {url} has schema version {found}, newer than this relay's "
+        f"{SCHEMA_VERSION}: run a relay at least as new as the one that upgraded it"
+    )
+
+
+async def schema_version(conn: Any) -> int | None:
+    """The database's schema version, or None when it has no blindrelay schema."""
+    exists = await conn.fetchval("SELECT to_regclass('schema_version') IS NOT NULL")
+    if not exists:
+        return None
+    version = await conn.fetchval("SELECT max(version) FROM schema_version")
+    return int(version or 0)
+
+
+async def migrate(conn: Any, url: str) -> int:
+    """Create or upgrade the schema to :data:`SCHEMA_VERSION`, once whoever else starts
+    at the same time; the version found before. Raises StoreStartError (one line) if the
+    database is newer than this code."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version ("
+            " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        found = await schema_version(conn) or 0
+        if found > SCHEMA_VERSION:
+            raise newer_schema(found, url)
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            await conn.execute(MIGRATIONS[version])
+            await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+    return found
