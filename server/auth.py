@@ -97,8 +97,18 @@ def _refuse_proof() -> None:
 def login(ctx: RelayContext, session: Session, frame: Login) -> None:
     """SPEC §4.3: log in with the account's current identity key."""
     now = ctx.clock()
-    # The same work for an unknown handle as for an existing one (SPEC §11.1).
-    account = ctx.store.account_for_login(frame.handle)
+    # The same work for an unknown handle as for an existing one (SPEC §11.1): the
+    # read, and everything after it up to verify_login's refusal.
+    ctx.read(
+        session, frame, "account_for_login", (frame.handle,),
+        lambda account: _log_in(ctx, session, frame, now, account),
+    )  # fmt: skip
+
+
+def _log_in(
+    ctx: RelayContext, session: Session, frame: Login, now: int, account: Account | None
+) -> None:
+    """The rest of a LOGIN, once the account (or None) is read."""
     session.conn.verify_login(frame, account.identity_key if account else None, now)
     assert account is not None  # verify_login refuses unknown handles
     not_before = now - ctx.config.queue_ttl_ms
@@ -201,8 +211,12 @@ def rotate_identity(ctx: RelayContext, session: Session, frame: RotateIdentity) 
     now = ctx.clock()
     if abs(now - frame.issued_at) > limits.STATEMENT_SKEW_MS:
         raise StaleStatement()
-    account = ctx.store.account(handle)
-    assert account is not None  # accounts are never deleted
+    ctx.read_account(session, frame, lambda account: _rotate(ctx, session, frame, account))
+
+
+def _rotate(ctx: RelayContext, session: Session, frame: RotateIdentity, account: Account) -> None:
+    """The rest of ROTATE_IDENTITY, once the current key is read."""
+    handle = account.handle
     old_key, new_key = account.identity_key, frame.new_identity_key
     if new_key == old_key:
         raise MalformedFrame("new_identity_key: equals the current key")

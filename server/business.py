@@ -30,6 +30,7 @@ from blindrelay.protocol.frames import (
 
 from .context import RelayContext, Session
 from .logs import log_event
+from .store import Account
 
 
 def put_profile(ctx: RelayContext, session: Session, frame: ProfilePut) -> None:
@@ -38,10 +39,21 @@ def put_profile(ctx: RelayContext, session: Session, frame: ProfilePut) -> None:
     handle = session.handle
     assert handle is not None
     ctx.limiters.profile_put.take(handle)  # SPEC §10, before any work
-    account = ctx.store.account(handle)
+    _business_only(session)
+    ctx.read_account(session, frame, lambda account: _put(ctx, session, frame, account))
+
+
+def _business_only(session: Session) -> None:
+    """202 for a user: a kind never changes, so the session's account tells."""
+    account = session.account
     assert account is not None
     if account.kind != AccountKind.BUSINESS:
         raise Forbidden()
+
+
+def _put(ctx: RelayContext, session: Session, frame: ProfilePut, account: Account) -> None:
+    """PROFILE_PUT once the current identity key is read: check, then ``put_profile``."""
+    handle = account.handle
     open_profile(frame.profile, account.identity_key, handle)
 
     def stored(_: None) -> None:
@@ -80,10 +92,7 @@ def fetch_usage(ctx: RelayContext, session: Session, frame: UsageFetch) -> None:
     handle = session.handle
     assert handle is not None
     ctx.limiters.usage_fetch.take(handle)  # SPEC §10, before any work
-    account = ctx.store.account(handle)
-    assert account is not None
-    if account.kind != AccountKind.BUSINESS:
-        raise Forbidden()
+    _business_only(session)
     month = frame.month
 
     def answer(usage: list[Any]) -> None:

@@ -2,12 +2,17 @@
 
 A :class:`Session` is one WebSocket connection seen from the handlers: the
 sans-I/O :class:`RelayConnection` plus a :class:`Transport` that the I/O layer
-implements (flush queued frames, close with a code). Handlers never await:
-they either answer at once or call a store operation and answer in
-:meth:`RelayContext.run_job`'s callback, after its commit. Because nothing
-awaits between receiving a frame and calling its operation, operations reach
-the store in frame order, which is what keeps per-pair order (SPEC §6.4). The
-handlers do not know which back end the :class:`~.store.Store` is.
+implements (flush queued frames, close with a code, hold the connection's
+later frames). Handlers never await: they either answer at once or call a
+store operation and answer in :meth:`RelayContext.run_job`'s callback, after
+its commit. What they must know before deciding (an account's current key …)
+they read with :meth:`RelayContext.read`, also through a callback. Because
+nothing awaits between receiving a frame and calling its operation, and a
+read that is not answered at once holds the connection's later frames until
+its callback has run, a connection's operations reach the store in frame
+order, which is what keeps per-pair order (SPEC §6.4). The handlers do not
+know which back end the :class:`~.store.Store` is, nor whether its reads are
+answered at once (SQLite: nothing is ever held) or after a round trip.
 
 Exceptions become ERROR frames only in :meth:`RelayContext.refuse`, via
 ``RelayConnection.send_error`` (SPEC §9): a :class:`ProtocolError` with its
@@ -60,6 +65,18 @@ class Transport(Protocol):
     def close(self, code: int, reason: str) -> None:
         """Close the socket with ``code`` after flushing what is queued."""
 
+    def hold(self, reason: str) -> None:
+        """Handle none of the connection's later frames (those received already
+        included) until ``reason`` is released; frames wait in order."""
+
+    def release(self, reason: str) -> None:
+        """Undo :meth:`hold` of ``reason``: the waiting frames are handled, in order,
+        once nothing else holds them (not before this returns)."""
+
+
+READ_HOLD = "read"
+"""The :meth:`Transport.hold` reason of a session waiting for a store read."""
+
 
 _session_numbers = itertools.count(1)
 
@@ -85,8 +102,8 @@ class Session:
         self.outbox: Outbox | None = None
         self.account: Account | None = None
         """The authenticated account, set at WELCOME. Its handle and kind never
-        change, so SEND reads them here instead of the database; where the
-        identity key matters, handlers read the account from the database."""
+        change, so handlers take them from here instead of the store; where the
+        identity key matters, they read it (:meth:`RelayContext.read_account`)."""
         self.ended = False
         self.refusals = RefusalLog(clock)
         """Where this connection's refusals are logged, within a budget."""
@@ -98,6 +115,24 @@ class Session:
         """The account's login sequence when this connection logged in (the store counts
         logins per account, ``login_counts``); 0 for a registration. A LOGIN hint of
         another worker with a higher one replaces this connection (SPEC §1.2.3)."""
+        self._reads_waiting = 0
+
+    def wait_for_read(self) -> None:
+        """A store read for this connection was not answered at once: hold its later
+        frames until :meth:`read_answered` (reads nest: one hold for all)."""
+        if not self._reads_waiting:
+            self.transport.hold(READ_HOLD)
+        self._reads_waiting += 1
+
+    def read_answered(self) -> None:
+        self._reads_waiting -= 1
+        if not self._reads_waiting:
+            self.transport.release(READ_HOLD)
+
+    @property
+    def waiting_for_read(self) -> bool:
+        """Frames are held for a store read (:meth:`RelayContext.read`)."""
+        return self._reads_waiting > 0
 
     @property
     def handle(self) -> str | None:
@@ -273,7 +308,8 @@ class RelayContext:
     clock: Clock
     relay_key: bytes
     store: Store
-    """Every operation (:data:`.store.operations.CONTRACT`) and the reads handlers make."""
+    """Every operation (:data:`.store.operations.CONTRACT`) and every read
+    (:data:`.store.operations.READS`) handlers make."""
     limiters: Limiters
     registration: RegistrationPolicy
     """SPEC §4.6: what a REGISTER must pass besides its proof."""
@@ -336,6 +372,78 @@ class RelayContext:
                 self.refuse(session, frame, exc)
 
         self.store.call(operation, args, done)
+
+    def read(
+        self,
+        session: Session,
+        frame: Frame | None,
+        name: str,
+        args: tuple[Any, ...],
+        on_result: Callable[[Any], None],
+    ) -> None:
+        """Read ``name`` (:data:`.store.operations.READS`) and run ``on_result`` with its
+        value, or refuse its error (as :meth:`run_job`); nothing once the session is gone.
+
+        Answered at once (SQLite), ``on_result`` runs before this returns and that is
+        all. Answered later (a round trip), the session's later frames are held until
+        ``on_result`` has run, so they reach the store after what it calls — in
+        frame order (a PREKEYS_UPLOAD's operation before the next BUNDLE_FETCH's) —
+        and no other connection waits.
+        """
+        pending = _PendingRead(self, session, frame, on_result)
+        self.store.read(name, args, pending.done)
+        if not pending.answered:
+            pending.held = True
+            session.wait_for_read()
+
+    def read_account(
+        self, session: Session, frame: Frame | None, on_account: Callable[[Account], None]
+    ) -> None:
+        """:meth:`read` of the session's own account, as committed now: for its current
+        identity key (``session.account`` keeps only what never changes)."""
+        handle = session.handle
+        assert handle is not None  # only authenticated sessions have an account
+
+        def found(account: Account | None) -> None:
+            assert account is not None  # accounts are never deleted
+            on_account(account)
+
+        self.read(session, frame, "account", (handle,), found)
+
+
+class _PendingRead:
+    """One :meth:`RelayContext.read`: its answer, and whether frames are held for it."""
+
+    __slots__ = ("answered", "ctx", "frame", "held", "on_result", "session")
+
+    def __init__(
+        self,
+        ctx: RelayContext,
+        session: Session,
+        frame: Frame | None,
+        on_result: Callable[[Any], None],
+    ) -> None:
+        self.ctx = ctx
+        self.session = session
+        self.frame = frame
+        self.on_result = on_result
+        self.answered = False
+        self.held = False
+
+    def done(self, ok: bool, value: Any) -> None:
+        self.answered = True
+        session = self.session
+        try:
+            if not ok:
+                self.ctx.refuse(session, self.frame, value)
+            elif session.open:
+                try:
+                    self.on_result(value)
+                except Exception as exc:
+                    self.ctx.refuse(session, self.frame, exc)
+        finally:
+            if self.held:  # after on_result: what it called goes before the next frame's
+                session.read_answered()
 
 
 def _where(exc: BaseException) -> str:

@@ -29,6 +29,7 @@ from blindrelay.protocol.frames import (
 
 from .context import RelayContext, Session
 from .logs import log_event
+from .store import Account
 
 
 def upload(ctx: RelayContext, session: Session, frame: PrekeysUpload) -> None:
@@ -36,21 +37,34 @@ def upload(ctx: RelayContext, session: Session, frame: PrekeysUpload) -> None:
     handle = session.handle
     assert handle is not None
     ctx.limiters.prekeys_upload.take(handle)  # SPEC §10, before any work
-    account = ctx.store.account(handle)
-    assert account is not None
-    identity_key = account.identity_key
+    ctx.read_account(session, frame, lambda account: _verified(ctx, session, frame, account))
+
+
+def _verified(ctx: RelayContext, session: Session, frame: PrekeysUpload, account: Account) -> None:
+    """PREKEYS_UPLOAD once the identity key is read: check the signed prekey with it."""
     signed = frame.signed_prekey
     if signed is not None:
         # "The relay MUST verify the signed prekey's signature before storing it."
         try:
-            verify_signature(identity_key, signed_prekey_message(signed.public), signed.signature)
+            verify_signature(
+                account.identity_key, signed_prekey_message(signed.public), signed.signature
+            )
         except InvalidSignature:
             raise InvalidPrekeys("signed prekey signature") from None
     # Refused here when the store already shows why; its operation checks again
-    # (uploads in flight are not visible yet), before it writes anything.
-    ctx.store.check_prekey_upload(
-        handle, [key.key_id for key in frame.one_time], ctx.config.max_stored_one_time_prekeys
-    )
+    # (uploads in flight may not be visible yet), before it writes anything.
+    ctx.read(
+        session, frame, "check_prekey_upload",
+        (account.handle, [key.key_id for key in frame.one_time],
+         ctx.config.max_stored_one_time_prekeys),
+        lambda _: _store(ctx, session, frame, account),
+    )  # fmt: skip
+
+
+def _store(ctx: RelayContext, session: Session, frame: PrekeysUpload, account: Account) -> None:
+    """PREKEYS_UPLOAD once nothing refuses it already: operation ``upload_prekeys``."""
+    handle = account.handle
+    signed = frame.signed_prekey
 
     def stored(_: None) -> None:
         log_event(
@@ -61,7 +75,7 @@ def upload(ctx: RelayContext, session: Session, frame: PrekeysUpload) -> None:
 
     ctx.run_job(
         session, frame, "upload_prekeys",
-        (handle, identity_key,
+        (handle, account.identity_key,
          [signed.key_id, signed.public, signed.signature] if signed is not None else None,
          [[key.key_id, key.public] for key in frame.one_time],
          ctx.config.max_stored_one_time_prekeys, ctx.clock()),
@@ -84,7 +98,7 @@ def fetch(ctx: RelayContext, session: Session, frame: BundleFetch) -> None:
     requester = session.handle
     assert requester is not None
     ctx.limiters.bundle_fetch.take(requester)
-    account = ctx.store.account(requester)
+    account = session.account  # only its kind is needed, and a kind never changes
     assert account is not None
     owner = frame.handle
 

@@ -11,8 +11,9 @@ bigger messages with 1009), keep-alive comes from the limits table.
 
 Flow control (SPEC §1.2.4–6): each connection's frames are handled a bounded
 number at a time (:class:`_Intake`), none while the data waiting for it is over
-its bound, and a peer that takes no data for the write timeout is aborted
-(:class:`_WebSocketTransport`); :attr:`RunningRelay.outgoing` is the accounting.
+its bound (nor while a store read it asked is unanswered), and a peer that
+takes no data for the write timeout is aborted (:class:`_WebSocketTransport`);
+:attr:`RunningRelay.outgoing` is the accounting.
 
 :func:`serve` runs a relay in the current event loop and returns a
 :class:`RunningRelay` with its URL, so tests and the CLI start it the same way.
@@ -238,10 +239,12 @@ class _Intake:
     """A connection's reading side: messages to the dispatcher, in order, at most
     :data:`FRAMES_PER_TURN` in a row, and none while held.
 
-    Held (for a turn, SPEC §1.2.6, or while the outgoing data is over its
-    bound, §1.2.4): the socket is not read, and what was already read waits
-    here — at most the rest of one read — so nothing more is asked of the relay
-    meanwhile. On the read fast path this costs a check and a count per frame.
+    Held (for a turn, SPEC §1.2.6, while the outgoing data is over its
+    bound, §1.2.4, or while a store read is answered after a round trip, so
+    frames reach the store in order, ``RelayContext.read``): the socket is not
+    read, and what was already read waits here — at most the rest of one read —
+    so nothing more is asked of the relay meanwhile. On the read fast path this
+    costs a check and a count per frame.
     """
 
     def __init__(self, ws: _RelayWebSocket, dispatch: Callable[[bytes | str], None]) -> None:
@@ -458,6 +461,13 @@ class _WebSocketTransport:
         if self.closing is None:
             self.closing = (code, reason)
         self.flush()
+
+    def hold(self, reason: str) -> None:
+        """The connection's :class:`_Intake`: its frames wait, its socket is not read."""
+        self._intake.hold(reason)
+
+    def release(self, reason: str) -> None:
+        self._intake.release(reason)
 
     def _take(self) -> list[bytes]:
         out, self._out = self._out, []

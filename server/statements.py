@@ -36,10 +36,12 @@ from . import fastframes
 from .context import RelayContext, Session
 from .delivery import push_committed
 from .logs import log_event
+from .store import Account
 
 
-def _opened(ctx: RelayContext, handle: str, data: bytes, now: int) -> ConsentStatement:
-    """The stateless checks of SPEC §7.4, each failure with its code (500 or 501)."""
+def _claimed(handle: str, data: bytes) -> None:
+    """The checks of SPEC §7.4 that need no key: the statement parses and its signer
+    is the connection's account (500 otherwise)."""
     try:
         claimed = unverified_body(ConsentStatement, data)
     except ProtocolError as exc:
@@ -47,26 +49,31 @@ def _opened(ctx: RelayContext, handle: str, data: bytes, now: int) -> ConsentSta
     # "…whose signer is not the connection's account…" → 500.
     if claimed.signer != handle:
         raise InvalidStatement("signer: not this connection's account")
-    account = ctx.store.account(handle)
-    assert account is not None
-    # Signature, signer_key = current key, relay_key = ours → 500; issued_at skew → 501.
-    return verify_statement(
-        data, expected_key=account.identity_key, relay_key=ctx.relay_key, now_ms=now
-    )
 
 
 def receive_statement(ctx: RelayContext, session: Session, frame: Statement) -> None:
     """SPEC §7.4: check, apply, purge, forward; OK "after the statement and its
     effect are committed"."""
-    handle = session.handle
-    assert handle is not None
-    now = ctx.clock()
-    signer = ctx.store.account(handle)
+    signer = session.account  # its kind never changes; its key is read below
     assert signer is not None
+    handle = signer.handle
+    now = ctx.clock()
     # Statements cost the signer's send tokens: grant/revoke churn is forwarded traffic.
     (ctx.limiters.send_business if signer.kind == AccountKind.BUSINESS
      else ctx.limiters.send_user).take(handle)  # fmt: skip
-    statement = _opened(ctx, handle, frame.statement, now)
+    _claimed(handle, frame.statement)
+    ctx.read_account(session, frame, lambda account: _apply(ctx, session, frame, now, account))
+
+
+def _apply(
+    ctx: RelayContext, session: Session, frame: Statement, now: int, account: Account
+) -> None:
+    """STATEMENT once the signer's current key is read: verify, then ``apply_statement``."""
+    handle = account.handle
+    # Signature, signer_key = current key, relay_key = ours → 500; issued_at skew → 501.
+    statement = verify_statement(
+        frame.statement, expected_key=account.identity_key, relay_key=ctx.relay_key, now_ms=now
+    )
 
     def applied(result: list[Any]) -> None:
         purged, forwarded, superseded = result

@@ -6,9 +6,13 @@ callback, which runs after the operation's transaction has committed. The
 operations and their contracts — arguments, results, errors, what commits
 together — are :data:`.operations.CONTRACT`; that table, the :class:`Store`
 protocol below and the pure rules they share are all a back end implements
-against. What the handlers read directly, without a round trip (who an
+against. What the handlers read before they decide what to call (who an
 account is, the even lookup LOGIN makes, whether a prekey upload is refused
-already), are the three synchronous reads of :class:`Store`.
+already) are reads, :data:`.operations.READS`, asked with ``Store.read`` and
+answered through a callback too: at once by a back end that can read on the
+event loop (SQLite), later and in order with the operations by one whose reads
+are a round trip (PostgreSQL) — the handlers do not know which
+(``RelayContext.read`` keeps a connection's frames in order either way).
 
 Back ends, one sub-package each, chosen by :func:`open_store` from a URL:
 
@@ -29,7 +33,7 @@ importing the handlers loads no database driver.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +55,8 @@ __all__ = [
 ]  # fmt: skip
 
 Done = Callable[[bool, Any], None]
-"""Called with (True, result) or (False, exception) after the operation's commit."""
+"""Called with (True, result) or (False, exception) after the operation's commit (a read's:
+when it is answered)."""
 
 
 class StoreError(Exception):
@@ -83,9 +88,8 @@ class Store(Protocol):
     """What the relay needs of a back end (one per relay process).
 
     Everything is called on the event loop, and only :meth:`start`, :meth:`close`
-    and the futures of :meth:`submit` are awaited: the three reads answer at once,
-    so they must be cheap (the SQLite back end reads its file; another back end
-    would answer from a local copy kept current rather than from a round trip).
+    and the futures of :meth:`submit` are awaited; operations and reads answer
+    through callbacks, so nothing blocks the loop on a round trip.
     """
 
     @property
@@ -136,17 +140,11 @@ class Store(Protocol):
     def submit(self, operation: str, *args: Any) -> asyncio.Future[Any]:
         """:meth:`call` with a future, for callers that await (start-up, purges)."""
 
-    def account(self, handle: str) -> Account | None:
-        """The account as committed now, by any relay process (a rotation is seen at once)."""
-
-    def account_for_login(self, handle: str) -> Account | None:
-        """:meth:`account` with the same work whether ``handle`` exists or not (SPEC §11.1):
-        a LOGIN's answer and its timing must not tell who exists."""
-
-    def check_prekey_upload(self, handle: str, key_ids: Sequence[int], max_stored: int) -> None:
-        """Raise InvalidPrekeys if adding one-time prekeys ``key_ids`` is refused already
-        (SPEC §5.2: an id stored, or more than ``max_stored``); ``upload_prekeys`` checks
-        again, atomically with its writes."""
+    def read(self, name: str, args: list[Any] | tuple[Any, ...], done: Done) -> None:
+        """Read ``name`` (:data:`.operations.READS`) with ``args``; ``done`` with its value
+        or its error, either before this returns (a back end that reads on the loop) or
+        later, in submission order with the operations (one whose reads are a round
+        trip). It writes nothing."""
 
 
 class AdminStore(Protocol):

@@ -3,10 +3,11 @@
 This is what a back end implements: :data:`CONTRACT` names each operation the
 relay calls (``Store.call``/``call_many``/``submit`` in :mod:`blindrelay.server.store`)
 with its arguments, its result, the errors it may raise, and what must commit
-together. The SQLite back end's implementation is ``sqlite/jobs.py``; a test
-keeps its operations and their argument names equal to this table, and the
-conformance suite (``tests/conformance``, wire only) is what shows two back
-ends equivalent.
+together; :data:`READS`, in the same shape, the reads handlers make before they
+decide what to call (``Store.read``). The SQLite back end's implementation is
+``sqlite/jobs.py`` (and ``SqliteStore.reads``); a test keeps its operations,
+its reads and their argument names equal to these tables, and the conformance
+suite (``tests/conformance``, wire only) is what shows two back ends equivalent.
 
 Rules every operation follows, whatever the back end:
 
@@ -31,6 +32,21 @@ Rules every operation follows, whatever the back end:
 - **Merging.** Operations marked ``merged`` are called with ``call_many``: one
   argument, the list of items; the result is one value per item, in order. The
   caller may merge consecutive calls of the same operation into one.
+- **Reads.** A read (:data:`READS`) writes nothing and is answered through
+  ``done`` like an operation, but not necessarily after a commit: a back end may
+  answer before ``read`` returns (SQLite reads its file on the event loop, so
+  a read costs what a lookup costs), or later, in submission order with its
+  operations (PostgreSQL: a read is one more statement of the ordered stream).
+  A read sees every write answered before it was made, and every operation
+  submitted before it when it is answered in the ordered stream; an answer at
+  once sees what is committed, not operations still in flight. Either is
+  enough because no read decides alone: every operation that depends on what
+  was read checks it again (a rotated key, a prekey id taken meanwhile), so a
+  read that misses an operation in flight can only refuse what that operation
+  would have refused too. The caller keeps a connection's frames in order
+  across a read that is not answered at once (``RelayContext.read``).
+  Results are plain values or :mod:`.records` (built on the event loop, never
+  carried across a process).
 - **Same work.** Where SPEC §7.7 or §11.1 asks for the same work whatever the
   answer, the operation does the same reads (noted below): a refusal must not tell
   by its timing what it refuses to tell by its code.
@@ -315,6 +331,36 @@ CONTRACT: dict[str, Operation] = {
     ),
 }
 """Operation name → its contract: the only operations a back end runs."""
+
+
+READS: dict[str, Operation] = {
+    "account": Operation(
+        spec="§3",
+        args={"handle": "str"},
+        result="records.Account | nil: the handle, its kind and its current identity key "
+        "as committed (a rotation is seen as soon as it is answered)",
+    ),
+    "account_for_login": Operation(
+        spec="§4.3, §11.1",
+        args={"handle": "str"},
+        result="records.Account | nil, as ``account``",
+        errors="none but internal ones; the same reads, and the same work to build the "
+        "answer, whether ``handle`` exists or not: a LOGIN's answer and its timing must not "
+        "tell who exists",
+    ),
+    "check_prekey_upload": Operation(
+        spec="§5.2",
+        args={
+            "handle": "str",
+            "key_ids": "[int, …]: the one-time prekey ids of an upload",
+            "max_stored": "int: one-time prekeys an account may have stored",
+        },
+        result="nil when the upload is not refused already",
+        errors="300 INVALID_PREKEYS: a one-time id is stored, or the upload would store more "
+        "than ``max_stored`` (``upload_prekeys`` checks again, atomically with its writes)",
+    ),
+}
+"""Read name → its contract: what handlers read before they decide (``Store.read``)."""
 
 
 def argument_names(operation: Operation) -> list[str]:

@@ -29,6 +29,7 @@ import random
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from nacl.signing import SigningKey
 
@@ -39,7 +40,7 @@ from blindrelay.server.config import RelayConfig
 from blindrelay.server.context import Limiters, RelayContext, Session
 from blindrelay.server.dispatch import Dispatcher
 from blindrelay.server.registration import RegistrationPolicy
-from blindrelay.server.store import Account
+from blindrelay.server.store import Account, Done
 from blindrelay.server.store.sqlite.tables import Accounts, Tables, connect, connect_reader
 
 from .conftest import FakeClock
@@ -67,13 +68,29 @@ class _Discard:
     def close(self, code: int, reason: str) -> None:
         pass
 
+    def hold(self, reason: str) -> None:
+        raise AssertionError(f"a LOGIN answered at once held the connection ({reason})")
+
+    def release(self, reason: str) -> None:
+        raise AssertionError(f"nothing was held ({reason})")
+
 
 class _LoginOnly:
-    """The SQLite store's LOGIN lookup (its event-loop reader); a failed login uses
-    nothing else of the store, and any other use is a test failure."""
+    """The SQLite store's LOGIN read (``SqliteStore.read`` of ``account_for_login``: its
+    event-loop reader, answered at once); a failed login uses nothing else of the
+    store, and any other use is a test failure."""
 
     def __init__(self, accounts: Accounts) -> None:
-        self.account_for_login = accounts.get_evenly
+        self._get_evenly = accounts.get_evenly
+
+    def read(self, name: str, args: tuple[Any, ...], done: Done) -> None:
+        assert name == "account_for_login", name
+        try:
+            value = self._get_evenly(*args)
+        except Exception as exc:
+            done(False, exc)
+            return
+        done(True, value)
 
     def __getattr__(self, name: str) -> object:
         raise AssertionError(f"a refused LOGIN used the store ({name})")

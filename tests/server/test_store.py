@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from blindrelay.server.store import (
     open_admin_store,
     open_store,
 )
-from blindrelay.server.store.operations import CONTRACT, argument_names
+from blindrelay.server.store.operations import CONTRACT, READS, argument_names
 from blindrelay.server.store.sqlite import jobs
 from blindrelay.server.store.sqlite.store import SqliteStore
 
@@ -33,6 +34,14 @@ def test_the_sqlite_back_end_implements_exactly_the_contracts_operations() -> No
         assert [p.name for p in parameters] == argument_names(operation), name
         optional = [p.name for p in parameters if p.default is not inspect.Parameter.empty]
         assert optional == [a.rstrip("?") for a in operation.args if a.endswith("?")], name
+
+
+def test_the_sqlite_back_end_answers_exactly_the_contracts_reads(tmp_path: Path) -> None:
+    reads = SqliteStore(tmp_path / "r.db").reads
+    assert sorted(reads) == sorted(READS)
+    for name, read in READS.items():
+        parameters = list(inspect.signature(reads[name]).parameters)
+        assert parameters == argument_names(read), name
 
 
 @pytest.mark.parametrize(
@@ -83,23 +92,32 @@ def test_the_operator_commands_need_an_existing_database(tmp_path: Path) -> None
     assert not (tmp_path / "none.db").exists()
 
 
-async def test_the_sqlite_store_answers_the_loops_reads_from_what_its_writer_committed(
+async def test_the_sqlite_store_answers_reads_at_once_from_what_its_writer_committed(
     tmp_path: Path,
 ) -> None:
     store = open_store(str(tmp_path / "r.db"), RelayConfig())
     await store.start()
+
+    def read(name: str, *args: Any) -> tuple[bool, Any]:
+        answers: list[tuple[bool, Any]] = []
+        store.read(name, args, lambda ok, value: answers.append((ok, value)))
+        assert len(answers) == 1  # before read returned: nothing is ever held for SQLite
+        return answers[0]
+
     try:
         assert store.running
         assert await store.submit("create_account", "alice", "user", b"k" * 32, 0) is None
         alice = Account("alice", "user", b"k" * 32)
-        assert store.account("alice") == store.account_for_login("alice") == alice
-        assert store.account("bob") is None and store.account_for_login("bob") is None
+        assert read("account", "alice") == read("account_for_login", "alice") == (True, alice)
+        assert read("account", "bob") == read("account_for_login", "bob") == (True, None)
         await store.submit("upload_prekeys", "alice", b"k" * 32, None, [[1, b"p" * 32]], 10, 0)
-        store.check_prekey_upload("alice", [2], 10)
-        with pytest.raises(InvalidPrekeys):
-            store.check_prekey_upload("alice", [1], 10)
+        assert read("check_prekey_upload", "alice", [2], 10) == (True, None)
+        ok, refused = read("check_prekey_upload", "alice", [1], 10)
+        assert not ok and isinstance(refused, InvalidPrekeys)
+        ok, refused = read("check_prekey_upload", "alice", [2, 3], 2)
+        assert not ok and isinstance(refused, InvalidPrekeys)
         await store.submit("rotate_identity", "alice", b"k" * 32, b"n" * 32)
-        assert store.account("alice") == Account("alice", "user", b"n" * 32)  # at once
+        assert read("account", "alice") == (True, Account("alice", "user", b"n" * 32))  # at once
     finally:
         await store.close()
     assert not store.running

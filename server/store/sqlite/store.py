@@ -3,9 +3,10 @@
 
 :class:`SqliteStore` composes the two halves the relay has always had: every
 operation goes to the writer process (:mod:`.writer`, running :mod:`.jobs` with
-group commit), and the reads the handlers make on the event loop go to a
-read-only WAL connection of the loop's own, which sees each commit as soon as
-it is made and never blocks the writer.
+group commit), and the reads the handlers make (``read``) go to a read-only
+WAL connection of the loop's own, which sees each commit as soon as it is made
+and never blocks the writer: a read is answered before ``read`` returns, at the
+cost of a lookup, so a connection's frames are never held for one.
 
 :class:`SqliteAdminStore` is the operator's: one read-write connection of
 its own (``blindrelay admin`` runs next to a live relay; SQLite serialises the
@@ -54,6 +55,12 @@ class SqliteStore:
         self._reader: sqlite_utils.Database | None = None
         self._accounts: Accounts | None = None
         self._prekeys: PreKeyStore | None = None
+        self.reads: dict[str, Callable[..., Any]] = {
+            "account": self.account,
+            "account_for_login": self.account_for_login,
+            "check_prekey_upload": self.check_prekey_upload,
+        }
+        """Read name (:data:`..operations.READS`) → how this back end answers it."""
 
     @property
     def running(self) -> bool:
@@ -96,6 +103,15 @@ class SqliteStore:
 
     def submit(self, operation: str, *args: Any) -> asyncio.Future[Any]:
         return self._writer.submit(operation, *args)
+
+    def read(self, name: str, args: list[Any] | tuple[Any, ...], done: Done) -> None:
+        """Answered at once, from the loop's reader: before this returns."""
+        try:
+            value = self.reads[name](*args)
+        except Exception as exc:
+            done(False, exc)
+            return
+        done(True, value)
 
     def account(self, handle: str) -> Account | None:
         assert self._accounts is not None, "the store is not started"
