@@ -129,12 +129,13 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def _guarded(command: Command) -> Command:
-    """Run ``command``; an :class:`AdminError` becomes one line on stderr and status 1."""
+    """Run ``command``; an :class:`AdminError`, or a store failing on the way (a lost
+    database connection), becomes one line on stderr and status 1."""
 
     def run(args: argparse.Namespace) -> int:
         try:
             return command(args)
-        except AdminError as exc:
+        except (AdminError, StoreError) as exc:
             print(f"blindrelay admin: {exc}", file=sys.stderr)
             return 1
 

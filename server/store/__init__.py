@@ -32,7 +32,6 @@ importing the handlers loads no database driver.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -99,9 +98,26 @@ class Store(Protocol):
     def running(self) -> bool:
         """Started and not lost or closed: operations may be called."""
 
+    @property
+    def origin(self) -> str:
+        """This relay process's worker id (``routing.new_worker_id()``, made when the store
+        is opened): a shared store writes it into the hints it emits (``routing.Hint``),
+        and the relay's router ignores hints that carry it."""
+
     on_lost: Callable[[str], None] | None
     """Called once, with one line saying what was lost, if the back end goes away while
-    the relay still needs it; operations in flight have failed with an internal error."""
+    the relay still needs it for good; operations in flight have failed with an internal
+    error."""
+
+    @property
+    def available(self) -> bool:
+        """Operations can succeed now. A back end that reconnects by itself (a shared
+        store) is unavailable during an outage: operations fail with 902
+        STORE_UNAVAILABLE meanwhile (SPEC §6.3), and it is not lost."""
+
+    on_available: Callable[[bool], None] | None
+    """Called when :attr:`available` changes (never by a back end that cannot reconnect):
+    after an outage, other relay processes' hints may have been missed."""
 
     async def start(self) -> None:
         """Open the data (creating or upgrading its schema); raise
@@ -210,11 +226,13 @@ def _sqlite(url: str) -> _Sqlite | None:
     location = _parse(url)
     if isinstance(location, _Sqlite):
         return location
-    if importlib.util.find_spec("asyncpg") is None:
+    try:
+        import asyncpg  # noqa: F401 - only whether it can be imported
+    except ImportError:
         raise UnsupportedStore(
-            f"store {_redacted(url)!r}: the PostgreSQL store needs asyncpg: "
+            "the PostgreSQL store needs asyncpg, which is not installed: "
             "pip install 'blindrelay[postgresql]'"
-        )
+        ) from None
     return None
 
 
@@ -251,7 +269,7 @@ def open_admin_store(url: str) -> AdminStore:
     (one line) if there is no store there or it cannot be opened."""
     location = _sqlite(url)
     if location is None:
-        from .postgresql.store import PostgresAdminStore
+        from .postgresql.admin import PostgresAdminStore
 
         return PostgresAdminStore.open(url)
     from .sqlite.store import SqliteAdminStore
@@ -266,13 +284,7 @@ def inspect_store(url: str, limit: int) -> Iterator[str]:
     if location is None:
         from .postgresql.inspection import inspect_database as inspect_postgresql
 
-        try:
-            return inspect_postgresql(url, limit)
-        except StoreError:
-            raise
-        except Exception as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise StoreError(f"cannot read {_redacted(url)}: {reason}") from None
+        return inspect_postgresql(url, limit)
     from .sqlite.inspection import inspect_database
 
     if not location.path.exists():

@@ -214,7 +214,7 @@ def test_admin_commands_on_an_unusable_database_print_one_line(
     err = capsys.readouterr().err
     assert err.startswith("blindrelay admin: cannot open the database") and err.count("\n") == 1
     for flags, says in (
-        (["--store", "postgresql://127.0.0.1:1/none"], "cannot open the database"),
+        (["--store", "postgresql://127.0.0.1:1/test"], "cannot reach the PostgreSQL server"),
         (["--store", "sqlite:x.db", "--db", "y.db"], "give --store or --db, not both"),
         (["--db", str(tmp_path / "none.db")], "no database at"),
     ):

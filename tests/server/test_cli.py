@@ -18,7 +18,9 @@ from blindrelay.server.cli import main
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import serve
 
+from ..pg import PostgresDatabase
 from .conftest import TEST_TIMEOUT_S, Clients, RawClient
+from .pgcopy import copy_to_postgres, reset
 
 BLINDRELAY = Path(sys.executable).with_name("blindrelay")
 CANARY = b"CANARY-" + os.urandom(12).hex().encode() + b"-END-OF-CANARY"
@@ -122,10 +124,21 @@ def canary_db(tmp_path: Path) -> Path:
     return db
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def canary_store(request: pytest.FixtureRequest, canary_db: Path) -> list[str]:
+    """The canary database as each back end holds it: the flags that name it."""
+    if request.param == "sqlite":
+        return ["--db", str(canary_db)]
+    database: PostgresDatabase = request.getfixturevalue("pg_database")
+    reset(database.url)
+    copy_to_postgres(canary_db, database.url)
+    return ["--store", database.url]
+
+
 def test_inspect_shows_metadata_and_only_a_ciphertext_prefix(
-    canary_db: Path, capsys: pytest.CaptureFixture[str]
+    canary_store: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["inspect", "--db", str(canary_db)]) == 0
+    assert main(["inspect", *canary_store]) == 0
     out = capsys.readouterr().out
     counts = dict(re.findall(r"^  (\w+) +(\d+) rows$", out, re.MULTILINE))
     assert counts["queue"] == "1" and counts["accounts"] == "2" and counts["sent"] == "1"
@@ -249,24 +262,20 @@ def test_inspect_opens_its_store_by_url_and_refuses_one_it_cannot_use(
     assert main(["inspect", "--store", "redis://127.0.0.1/0"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("blindrelay inspect: store 'redis://127.0.0.1/0': unknown kind")
+    assert main(["inspect", "--store", "postgresql://127.0.0.1:1/test"]) == 1  # nothing there
+    err = capsys.readouterr().err
+    assert err.startswith("blindrelay inspect: cannot reach the PostgreSQL server of ")
     assert err.count("\n") == 1
     assert main(["inspect", "--store", "postgresql://relay:secret@127.0.0.1:1/none"]) == 1
     err = capsys.readouterr().err  # nothing listens on port 1: one line, no password
-    assert err.startswith("blindrelay inspect: cannot read postgresql://relay:***@127.0.0.1:1/none")
+    assert err.startswith("blindrelay inspect: cannot reach the PostgreSQL server of ")
     assert err.count("\n") == 1 and "secret" not in err
 
 
 def test_serve_without_the_postgresql_driver_says_what_to_install(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import importlib.util
-
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "asyncpg" else find_spec(name, *a),
-    )
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # what a missing package looks like
     monkeypatch.chdir(tmp_path)
     assert main(["serve", "--port", "0", "--store", "postgresql://127.0.0.1/relay"]) == 2
     err = capsys.readouterr().err
@@ -283,3 +292,35 @@ def test_serve_on_an_unreachable_postgresql_exits_with_one_line(
     err = capsys.readouterr().err
     assert err.startswith("blindrelay serve: cannot open the database: cannot use ")
     assert err.count("\n") == 1 and "secret" not in err
+
+
+def test_reuse_port_is_an_on_off_flag_with_an_environment_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from blindrelay.server.cli import build_parser
+
+    assert build_parser().parse_args(["serve"]).reuse_port is False
+    assert build_parser().parse_args(["serve", "--reuse-port"]).reuse_port is True
+    monkeypatch.setenv("BLINDRELAY_REUSE_PORT", "on")
+    assert build_parser().parse_args(["serve"]).reuse_port is True
+    assert build_parser().parse_args(["serve", "--no-reuse-port"]).reuse_port is False
+
+
+async def test_with_reuse_port_two_relays_listen_on_one_port(
+    tmp_path: Path, clients: Clients
+) -> None:
+    """Two workers behind one port (docs/operations.md, Two workers); without the flag the
+    port is refused as before."""
+    first = await serve(RelayConfig(port=0, db_path=tmp_path / "a.db", reuse_port=True))
+    try:
+        port = int(first.url.rsplit(":", 1)[1])
+        second = await serve(RelayConfig(port=port, db_path=tmp_path / "b.db", reuse_port=True))
+        try:
+            assert second.url == first.url
+            with pytest.raises(OSError):
+                await serve(RelayConfig(port=port, db_path=tmp_path / "c.db"))
+            await clients.registered(first.url, "alice")  # one of them answers
+        finally:
+            await second.close()
+    finally:
+        await first.close()

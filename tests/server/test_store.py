@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from blindrelay.server.store import (
     StoreError,
     StoreJobError,
     UnsupportedStore,
+    check_store_url,
     inspect_store,
     open_admin_store,
     open_store,
@@ -81,6 +83,41 @@ def test_a_store_url_the_relay_cannot_open_is_refused_in_one_line(url: str, says
         with pytest.raises(UnsupportedStore) as refused:
             opening()
         assert says in str(refused.value) and "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://127.0.0.1:1/relay", "postgres://relay@127.0.0.1:1/r"]
+)
+def test_the_operator_commands_open_a_postgresql_url_and_say_in_one_line_why_they_cannot(
+    url: str,
+) -> None:
+    """Both spellings reach the PostgreSQL back end (port 1: nothing listens there)."""
+    for opening in (lambda: open_admin_store(url), lambda: inspect_store(url, 10)):
+        with pytest.raises(StoreError) as refused:
+            opening()
+        assert not isinstance(refused.value, UnsupportedStore)
+        message = str(refused.value)
+        assert message.startswith("cannot reach the PostgreSQL server of ") and "\n" not in message
+        assert "is it running, and are the URL's host and port right?" in message
+
+
+def test_without_asyncpg_a_postgresql_url_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # what a missing package looks like
+    url = "postgresql://127.0.0.1:1/relay"
+    for opening in (
+        lambda: check_store_url(url),
+        lambda: open_store(url, RelayConfig()),
+        lambda: open_admin_store(url),
+        lambda: inspect_store(url, 10),
+    ):
+        with pytest.raises(UnsupportedStore) as refused:
+            opening()
+        assert str(refused.value) == (
+            "the PostgreSQL store needs asyncpg, which is not installed: "
+            "pip install 'blindrelay[postgresql]'"
+        )
 
 
 def test_the_operator_commands_need_an_existing_database(tmp_path: Path) -> None:

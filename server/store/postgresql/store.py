@@ -1,5 +1,5 @@
-"""The PostgreSQL back end as the relay and the operator see it: a :class:`~..Store` and
-an :class:`~..AdminStore` over one database that any number of relay workers share.
+"""The PostgreSQL back end as the relay sees it: a :class:`~..Store` over one database
+that any number of relay workers share (the operator's side: ``admin``).
 
 :class:`PostgresStore` is one worker's: every call (operations and ``read``) joins one
 ordered stream; everything called while the previous batch ran becomes the next batch,
@@ -14,9 +14,6 @@ success; the store reconnects by itself with capped exponential backoff, and rep
 both edges through ``on_available`` so the relay can page every outbox again once it
 is back. ``on_lost`` is never called for an outage: the relay keeps running.
 
-:class:`PostgresAdminStore` is the operator's: synchronous, on a private loop
-(``blocking``).
-
 Not here: what a batch does (``batch``), the schema (``schema``).
 """
 
@@ -24,8 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -35,17 +31,24 @@ from blindrelay.protocol.errors import InternalError, StoreUnavailable
 
 from ... import routing
 from ...logs import log_event
-from .. import Done, StoreError, StoreStartError
-from ..records import Account, MonthUsage
+from .. import Done, StoreStartError
 from .batch import READS, Call, Counters, Outcome, run_batch
-from .blocking import CONNECT_TIMEOUT_S, SERVER_SETTINGS, BlockingConnection
-from .operations import accounts, accounts_evenly, check_upload, stored_key_ids, usage_months
 from .rows import connection_lost, where
-from .schema import SCHEMA_VERSION, migrate, newer_schema, schema_version
+from .schema import migrate
 
 INITIAL_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 2.0
 """Reconnection delays after an outage: doubled after every failed attempt, up to this."""
+
+
+CONNECT_TIMEOUT_S = 10.0
+SERVER_SETTINGS = {
+    "synchronous_commit": "on",
+    "application_name": "blindrelay",
+    "standard_conforming_strings": "on",
+}
+"""Every connection's: the relay's durability, its name in ``pg_stat_activity``, and
+string literals where only quotes are special (``batch.literal``)."""
 
 
 def redact(url: str) -> str:
@@ -92,7 +95,6 @@ class PostgresStore:
         self._available = False
         self._backoff_s = INITIAL_BACKOFF_S
         self._reconnecting: asyncio.Task[None] | None = None
-        self._blocking: BlockingConnection | None = None
 
     @property
     def running(self) -> bool:
@@ -147,9 +149,6 @@ class PostgresStore:
                 await asyncio.wait_for(pool.close(), CONNECT_TIMEOUT_S)
             except Exception:
                 pool.terminate()
-        blocking, self._blocking = self._blocking, None
-        if blocking is not None:
-            await asyncio.to_thread(blocking.close)
 
     # --- the stream ------------------------------------------------------------------
 
@@ -297,32 +296,6 @@ class PostgresStore:
 
     # --- synchronous reads (until the handlers use ``read``) -------------------------
 
-    def _read_now(self, work: Callable[[Any], Any]) -> Any:
-        """Block the loop for one round trip on a connection of its own (committed data
-        only, as the SQLite back end's reader sees it)."""
-        if not self._running:
-            raise InternalError("the store is not started")
-        if self._blocking is None:
-            self._blocking = BlockingConnection(self.url)
-        try:
-            return self._blocking.run(work)
-        except Exception as exc:
-            if connection_lost(exc):
-                raise self._unavailable() from None
-            raise
-
-    def account(self, handle: str) -> Account | None:
-        found: dict[str, Account] = self._read_now(lambda conn: accounts(conn, [handle]))
-        return found.get(handle)
-
-    def account_for_login(self, handle: str) -> Account | None:
-        found: list[Account | None] = self._read_now(lambda c: accounts_evenly(c, [handle]))
-        return found[0]
-
-    def check_prekey_upload(self, handle: str, key_ids: Sequence[int], max_stored: int) -> None:
-        stored: dict[str, set[int]] = self._read_now(lambda c: stored_key_ids(c, [handle]))
-        check_upload(stored[handle], list(key_ids), max_stored)
-
 
 def _each(dones: list[Done], ok: bool, value: Any) -> None:
     """A merged call's outcome, item by item: its result, or everyone its error."""
@@ -336,112 +309,3 @@ def _each(dones: list[Done], ok: bool, value: Any) -> None:
 
 
 # --- the operator's store ---------------------------------------------------------------
-
-
-class PostgresAdminStore:
-    """The operator's connection to a relay's PostgreSQL database (synchronous)."""
-
-    def __init__(self, url: str, blocking: BlockingConnection) -> None:
-        self.url = url
-        self._blocking = blocking
-        self._depth = 0
-
-    @classmethod
-    def open(cls, url: str) -> PostgresAdminStore:
-        """The database at ``url``, its schema created or upgraded to this relay's."""
-        blocking = BlockingConnection(url)
-        try:
-            blocking.run(lambda conn: migrate(conn, redact(url)))
-        except StoreStartError as exc:
-            blocking.close()
-            raise StoreError(str(exc)) from None
-        except Exception as exc:
-            blocking.close()
-            raise StoreError(f"cannot open the database {redact(url)}: {_reason(exc)}") from None
-        return cls(url, blocking)
-
-    def _run(self, work: Callable[[Any], Any]) -> Any:
-        return self._blocking.run(work)
-
-    @contextmanager
-    def _transaction(self) -> Iterator[object]:
-        self._run(lambda conn: conn.execute("SAVEPOINT admin" if self._depth else "BEGIN"))
-        self._depth += 1
-        try:
-            yield self
-        except BaseException:
-            self._depth -= 1
-            self._run(
-                lambda conn: conn.execute(
-                    "ROLLBACK TO SAVEPOINT admin" if self._depth else "ROLLBACK"
-                )
-            )
-            raise
-        self._depth -= 1
-        self._run(lambda conn: conn.execute("RELEASE SAVEPOINT admin" if self._depth else "COMMIT"))
-
-    def transaction(self) -> AbstractContextManager[object]:
-        return self._transaction()
-
-    def account(self, handle: str) -> Account | None:
-        found: dict[str, Account] = self._run(lambda conn: accounts(conn, [handle]))
-        return found.get(handle)
-
-    def badge_serial_taken(self, serial: int) -> bool:
-        return bool(
-            self._run(lambda conn: conn.fetchval("SELECT 1 FROM badges WHERE serial = $1", serial))
-        )
-
-    def add_badge(
-        self,
-        *,
-        serial: int,
-        handle: str,
-        key_fingerprint: bytes,
-        display_name: str,
-        issued_at: int,
-        expires_at: int,
-        signed: bytes,
-    ) -> None:
-        row = (serial, handle, key_fingerprint, display_name, issued_at, expires_at, signed)
-        self._run(
-            lambda conn: conn.execute(
-                "INSERT INTO badges (serial, handle, key_fingerprint, display_name, issued_at,"
-                " expires_at, revoked_at, signed) VALUES ($1, $2, $3, $4, $5, $6, NULL, $7)",
-                *row,
-            )
-        )
-
-    def revoke_badges(self, handle: str, now: int) -> int:
-        status: str = self._run(
-            lambda conn: conn.execute(
-                "UPDATE badges SET revoked_at = $1 WHERE handle = $2 AND revoked_at IS NULL",
-                *(now, handle),
-            )
-        )
-        return int(status.rsplit(" ", 1)[-1])
-
-    def add_invites(self, digests: Iterable[bytes], now: int) -> None:
-        rows = [(digest, now) for digest in digests]
-        self._run(
-            lambda conn: conn.executemany(
-                "INSERT INTO invites (digest, created_at) VALUES ($1, $2)", rows
-            )
-        )
-
-    def usage(self, business: str | None, month: str | None) -> list[MonthUsage]:
-        found: list[MonthUsage] = self._run(lambda conn: usage_months(conn, business, month))
-        return found
-
-    def close(self) -> None:
-        self._blocking.close()
-
-
-async def check_schema(conn: Any, url: str) -> None:
-    """For read-only callers (inspection): StoreError unless ``url`` holds a blindrelay
-    schema this relay can read."""
-    found = await schema_version(conn)
-    if found is None:
-        raise StoreError(f"no blindrelay store in {redact(url)} (no schema_version table)")
-    if found > SCHEMA_VERSION:
-        raise StoreError(str(newer_schema(found, redact(url))))

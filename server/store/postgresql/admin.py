@@ -1,0 +1,156 @@
+"""The operator's store on PostgreSQL: ``blindrelay admin … --store postgresql://…``.
+
+:class:`PostgresAdminStore` is the :class:`~..AdminStore` of a database that relay
+workers may be using at the same time: badges, invites and usage, on one connection
+(``sync``). Opening it creates or upgrades the schema exactly as a starting relay
+does (``schema.migrate``, under the same advisory lock), so a command on a new,
+empty database works, and it refuses in one line a database a newer relay upgraded.
+A database that does not exist is refused, as the SQLite back end refuses a missing
+file: the operator creates databases, the relay does not.
+
+Outside :meth:`~PostgresAdminStore.transaction` every call commits on its own; inside
+it everything commits together (nested: a savepoint). A running relay sees a revoked
+badge at its next read: the relay never caches badges.
+
+Not here: the commands (``blindrelay.server.admin``), the relay's store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
+from typing import Any
+
+from blindrelay.protocol.consent import Meter
+
+from .. import StoreError
+from ..records import Account, MonthUsage
+from .schema import migrate
+from .sync import SyncConnection, redacted
+
+
+class PostgresAdminStore:
+    """The operator's connection to a relay's PostgreSQL database (synchronous)."""
+
+    def __init__(self, connection: SyncConnection) -> None:
+        """Over an open connection whose schema is current: use :meth:`open`."""
+        self._db = connection
+
+    @classmethod
+    def open(cls, url: str) -> PostgresAdminStore:
+        """The database at ``url``, its schema created or upgraded to this relay's;
+        :class:`StoreError` (one line) if it cannot be reached, does not exist, refuses
+        the login or is newer than this relay."""
+        connection = SyncConnection.open(url)
+        try:
+            connection.run(lambda conn: migrate(conn, redacted(url)))  # refuses a newer one
+        except BaseException:
+            connection.close()
+            raise
+        return cls(connection)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[object]:
+        transaction = self._db.run(_begin)
+        try:
+            yield self
+        except BaseException:
+            with suppress(StoreError):  # a broken connection: the server rolled back
+                self._db.run(lambda _conn: transaction.rollback())
+            raise
+        self._db.run(lambda _conn: transaction.commit())
+
+    def transaction(self) -> AbstractContextManager[object]:
+        return self._transaction()
+
+    def account(self, handle: str) -> Account | None:
+        row = self._db.run(
+            lambda conn: conn.fetchrow(
+                "SELECT handle, kind, identity_key FROM accounts WHERE handle = $1", handle
+            )
+        )
+        return None if row is None else Account(row[0], row[1], bytes(row[2]))
+
+    def badge_serial_taken(self, serial: int) -> bool:
+        found = self._db.run(
+            lambda conn: conn.fetchval("SELECT 1 FROM badges WHERE serial = $1", serial)
+        )
+        return found is not None
+
+    def add_badge(
+        self,
+        *,
+        serial: int,
+        handle: str,
+        key_fingerprint: bytes,
+        display_name: str,
+        issued_at: int,
+        expires_at: int,
+        signed: bytes,
+    ) -> None:
+        row = (serial, handle, key_fingerprint, display_name, issued_at, expires_at, signed)
+        self._db.run(
+            lambda conn: conn.execute(
+                "INSERT INTO badges (serial, handle, key_fingerprint, display_name, issued_at,"
+                " expires_at, revoked_at, signed) VALUES ($1, $2, $3, $4, $5, $6, NULL, $7)",
+                *row,
+            )
+        )
+
+    def revoke_badges(self, handle: str, now: int) -> int:
+        revoked = self._db.run(
+            lambda conn: conn.fetchval(
+                "WITH revoked AS (UPDATE badges SET revoked_at = $1"
+                " WHERE handle = $2 AND revoked_at IS NULL RETURNING 1)"
+                " SELECT count(*) FROM revoked",
+                now,
+                handle,
+            )
+        )
+        return int(revoked)
+
+    def add_invites(self, digests: Iterable[bytes], now: int) -> None:
+        rows = list(digests)
+        self._db.run(
+            lambda conn: conn.execute(
+                "INSERT INTO invites (digest, created_at) SELECT d, $2 FROM unnest($1::bytea[]) d",
+                rows,
+                now,
+            )
+        )
+
+    def usage(self, business: str | None, month: str | None) -> list[MonthUsage]:
+        rows = self._db.run(
+            lambda conn: conn.fetch(
+                "SELECT business, month, meter, category, count FROM usage"
+                " WHERE ($1::text IS NULL OR business = $1) AND ($2::text IS NULL OR month = $2)"
+                " ORDER BY business, month, meter, category",
+                business,
+                month,
+            )
+        )
+        return months(rows)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+async def _begin(conn: Any) -> Any:
+    transaction = conn.transaction()  # inside another one: a savepoint
+    await transaction.start()
+    return transaction
+
+
+def months(rows: Iterable[tuple[str, str, str, str, int]]) -> list[MonthUsage]:
+    """``usage`` rows (business, month, meter, category, count), in that order, as one
+    :class:`MonthUsage` per business and month."""
+    result: dict[tuple[str, str], MonthUsage] = {}
+    for business, month, meter, category, count in rows:
+        usage = result.setdefault((business, month), MonthUsage(business, month))
+        if meter == Meter.NOTIFICATION:
+            usage.notifications[category] = int(count)
+        elif meter == Meter.SERVICE_REPLY:
+            usage.service_replies = int(count)
+        elif meter == Meter.USER_INITIATED:
+            usage.user_initiated = int(count)
+    return list(result.values())

@@ -1,0 +1,248 @@
+"""Two relay workers sharing one PostgreSQL store, in this process (issue 14; SPEC §1.2.3,
+§5.4, §6.3, §6.4, §7.4–7.5): what happens "in this process" with one relay happens across
+the two, carried by the hints of server/routing.py over ``LISTEN``/``NOTIFY``.
+
+Every test starts worker A and worker B with ``serve()`` on the module's database, and
+puts the two parties of each exchange on different workers. Waits are bounded; where a
+test says "promptly" the bound is :data:`PROMPT_S`, far below any period the relay has
+(its only timers are the purge and checkpoint, an hour apart here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from dataclasses import replace
+from typing import Any
+
+from blindrelay.protocol.errors import ErrorCode
+from blindrelay.protocol.frames import (
+    Ack,
+    Bundle,
+    BundleFetch,
+    Deliver,
+    Error,
+    PrekeysLow,
+    Send,
+    Sent,
+    StatementsList,
+)
+from blindrelay.protocol.signed import ConsentStatement, unverified_body
+from blindrelay.server.config import RelayConfig
+from blindrelay.server.relay import RunningRelay, serve
+
+from ..asyncrun import AsyncFixture
+from ..pg import RESTART_TIMEOUT_S, PostgresDatabase
+from .conftest import MANY_REGISTRATIONS, Clients, FakeClock, RawClient
+from .consent_helpers import stated
+
+PROMPT_S = 1.0
+"""How soon a change committed on one worker must reach a connection on the other."""
+QUIET_S = 0.5
+"""How long a worker that hears no hints is watched for deliveries it could only have
+found by polling."""
+FAR = 3600.0
+"""The relay's own periodic work (purge, checkpoint) is this far apart in these tests."""
+
+
+def handle(name: str) -> str:
+    """A handle of its own per test: the module's tests share one database."""
+    return f"{name}{secrets.token_hex(4)}"
+
+
+def worker_config(url: str, **changes: Any) -> RelayConfig:
+    base = RelayConfig(host="127.0.0.1", port=0, store=url, **MANY_REGISTRATIONS)
+    return replace(base, purge_interval_s=FAR, checkpoint_interval_s=FAR, **changes)
+
+
+class Workers(AsyncFixture):
+    """Worker A and worker B on one database; ``changes_a`` apply to A only."""
+
+    def __init__(self, url: str, clock: FakeClock, **changes_a: Any) -> None:
+        self.url = url
+        self.clock = clock
+        self.changes_a = changes_a
+        self.a: RunningRelay
+        self.b: RunningRelay
+
+    async def __aenter__(self) -> Workers:
+        self.a = await serve(worker_config(self.url, **self.changes_a), clock=self.clock)
+        try:
+            self.b = await serve(worker_config(self.url), clock=self.clock)
+        except BaseException:
+            await self.a.close()
+            raise
+        assert self.a.router.worker_id != self.b.router.worker_id
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.b.close()
+        await self.a.close()
+
+
+def workers(pg_database: PostgresDatabase, clock: FakeClock, **changes_a: Any) -> Workers:
+    return Workers(pg_database.url, clock, **changes_a)
+
+
+async def answered(client: RawClient) -> None:
+    """A round trip on ``client``'s connection: everything before it was handled."""
+    assert not isinstance(await client.request(lambda i: StatementsList(id=i)), Error)
+
+
+async def test_a_message_reaches_a_recipient_on_the_other_worker_promptly(
+    pg_database: PostgresDatabase, clock: FakeClock, clients: Clients
+) -> None:
+    async with workers(pg_database, clock) as w:
+        alice = await clients.registered(w.a.url, handle("alice"))
+        bob = await clients.registered(w.b.url, handle("bob"))
+        await answered(bob)  # its first page is done: what follows must be pushed to it
+        for n in range(3):
+            started = time.monotonic()
+            assert isinstance(await alice.send_message(bob.handle, b"m%d" % n), Sent)
+            deliver = await asyncio.wait_for(bob.push(Deliver), PROMPT_S)
+            assert deliver.body == b"m%d" % n and deliver.sender == alice.handle
+            assert time.monotonic() - started < PROMPT_S
+            await bob.send(Ack(delivery_ids=(deliver.delivery_id,)))
+
+
+async def test_without_hints_nothing_arrives_until_the_catch_up(
+    pg_database: PostgresDatabase, clock: FakeClock, clients: Clients
+) -> None:
+    """The previous test's promptness is the hint's, not a poll's: with B's router stopped,
+    B delivers nothing of what A committed — until B catches up from the tables, as it does
+    after every reconnection of its router or its store."""
+    async with workers(pg_database, clock) as w:
+        alice = await clients.registered(w.a.url, handle("alice"))
+        bob = await clients.registered(w.b.url, handle("bob"))
+        await answered(bob)
+        await w.b.router.close()
+        assert isinstance(await alice.send_message(bob.handle, b"unannounced"), Sent)
+        await asyncio.sleep(QUIET_S)  # watched, not waited for: a poll would deliver it
+        await answered(bob)
+        assert not [frame for frame in bob.inbox if isinstance(frame, Deliver)]
+        w.b.catch_up()
+        deliver = await asyncio.wait_for(bob.push(Deliver), PROMPT_S)
+        assert deliver.body == b"unannounced"
+
+
+async def test_a_login_on_one_worker_replaces_the_connection_on_the_other(
+    pg_database: PostgresDatabase, clock: FakeClock, clients: Clients
+) -> None:
+    async with workers(pg_database, clock) as w:
+        name = handle("alice")
+        on_a = await clients.registered(w.a.url, name)
+        on_b, _ = await clients.logged_in(w.b.url, name, on_a.key)
+        assert await asyncio.wait_for(on_a.closed(), PROMPT_S) == 4000
+        assert on_a.ws.close_reason == "replaced"
+        # SPEC §10: logged in while the other connection was open, it starts from empty
+        # buckets; time refills them.
+        clock.advance(60_000)
+        await answered(on_b)  # the newer one stays
+        again_on_a, _ = await clients.logged_in(w.a.url, name, on_a.key)
+        assert await asyncio.wait_for(on_b.closed(), PROMPT_S) == 4000
+        clock.advance(60_000)
+        await answered(again_on_a)
+        assert w.b.ctx.sessions.get(name) is None
+        assert w.a.ctx.sessions.get(name) is not None
+
+
+async def test_a_revoke_on_one_worker_withdraws_what_the_other_holds_for_the_business(
+    pg_database: PostgresDatabase, clock: FakeClock, clients: Clients
+) -> None:
+    """SPEC §7.4–7.5: the revoke supersedes the grant's receipt, which the business's
+    worker has already pushed (in flight, unacknowledged, filling a window of 1): it is
+    withdrawn there, so the revoke's receipt comes without the grant's ACK."""
+    async with workers(pg_database, clock, delivery_window=1) as w:
+        shop = await clients.registered(w.a.url, handle("shop"), kind="business")
+        user = await clients.registered(w.b.url, handle("user"))
+        await answered(shop)
+        await stated(user, "grant", shop.handle, clock.now, ("utility",))
+        grant = await asyncio.wait_for(shop.push(Deliver), PROMPT_S)
+        assert grant.intent == "statement"
+        assert unverified_body(ConsentStatement, grant.body).action == "grant"
+        await stated(user, "revoke", shop.handle, clock.now, ("utility",))
+        revoke = await asyncio.wait_for(shop.push(Deliver), PROMPT_S)  # no ACK sent
+        assert unverified_body(ConsentStatement, revoke.body).action == "revoke"
+        outbox = w.a.ctx.sessions.get(shop.handle).outbox  # type: ignore[union-attr]
+        assert outbox is not None and grant.delivery_id not in outbox.in_flight
+
+
+async def test_a_low_prekey_pool_is_told_to_its_owner_on_the_other_worker(
+    pg_database: PostgresDatabase, clock: FakeClock, clients: Clients
+) -> None:
+    async with workers(pg_database, clock) as w:
+        owner = await clients.registered(w.a.url, handle("owner"))
+        assert not isinstance(await owner.upload_prekeys(one_time=3), Error)
+        fetcher = await clients.registered(w.b.url, handle("fetcher"))
+        bundle = await fetcher.request(lambda i: BundleFetch(id=i, handle=owner.handle))
+        assert isinstance(bundle, Bundle) and bundle.one_time is not None
+        low = await asyncio.wait_for(owner.push(PrekeysLow), PROMPT_S)
+        assert low.remaining == 2
+
+
+def test_a_database_restart_answers_902_never_sent_and_loses_nothing_acknowledged(
+    pg_database: PostgresDatabase,
+) -> None:
+    """SPEC §6.3: PostgreSQL crash-restarted (``-m immediate``) while alice, on worker A,
+    keeps sending to bob, on worker B. Every SEND is answered SENT or 902 (never another
+    error, never SENT for what was not committed); 902s are sent again with the same
+    msg_id; both workers recover without a restart, keeping their connections, and bob
+    gets every message acknowledged. A sync test: the restart waits for other test
+    modules on this server, longer than an async test's bound."""
+    asyncio.run(asyncio.wait_for(_restart_scenario(pg_database), RESTART_TIMEOUT_S + 60))
+
+
+async def _restart_scenario(pg_database: PostgresDatabase) -> None:
+    many_sends = {"send_rate_user": 10_000.0, "send_burst_user": 10_000,
+                  "send_rate_pair": 10_000.0, "send_burst_pair": 10_000,
+                  "queue_cap": 100_000, "queue_share_per_sender": 100_000}  # fmt: skip
+    clock = FakeClock()
+    async with Clients() as clients, workers(pg_database, clock, **many_sends) as w:
+        alice = await clients.registered(w.a.url, handle("alice"))
+        bob = await clients.registered(w.b.url, handle("bob"))
+        assert isinstance(await bob.send_message(alice.handle, b"hi"), Sent)  # contacts
+        sent: dict[bytes, bytes] = {}  # msg_id → body, for every SENT
+        refused: dict[bytes, bytes] = {}  # answered 902: to be sent again
+        codes: set[int] = set()
+
+        async def send(msg_id: bytes, body: bytes) -> None:
+            answer = await alice.request(
+                lambda i: Send(id=i, to=bob.handle, msg_id=msg_id, intent="chat", body=body)
+            )
+            if isinstance(answer, Sent):
+                sent[msg_id] = body
+                refused.pop(msg_id, None)
+                return
+            assert isinstance(answer, Error), answer
+            assert answer.code == ErrorCode.STORE_UNAVAILABLE, answer
+            assert answer.retry_after is not None and answer.retry_after >= 1
+            codes.add(answer.code)
+            refused[msg_id] = body
+
+        for n in range(5):
+            await send(os.urandom(16), b"before %d" % n)
+        assert len(sent) == 5
+        restart = asyncio.create_task(pg_database.restart_async())
+        n = 0
+        while not restart.done() and n < 2000:
+            await send(os.urandom(16), b"during %d" % n)
+            n += 1
+            await asyncio.sleep(0.01)  # pacing, not synchronisation
+        await restart
+        assert ErrorCode.STORE_UNAVAILABLE in codes  # the outage was met
+        while refused:  # the SDK's behaviour: the same msg_id again after retry_after
+            msg_id, body = next(iter(refused.items()))
+            await asyncio.sleep(0.05)
+            await send(msg_id, body)
+        assert not w.a.failed.is_set() and not w.b.failed.is_set()
+
+        received: dict[bytes, bytes] = {}
+        while not sent.keys() <= received.keys():
+            deliver = await asyncio.wait_for(bob.push(Deliver), 10.0)
+            received[deliver.msg_id] = deliver.body
+            await bob.send(Ack(delivery_ids=(deliver.delivery_id,)))
+        assert {m: received[m] for m in sent} == sent
+        await answered(alice)
+        await answered(bob)
