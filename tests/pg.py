@@ -20,6 +20,9 @@ Fixtures:
 - ``pg_database`` (module): a :class:`PostgresDatabase` — a database created for the
   module (``.url``, ``.name``) and dropped after it, with ``.restart()`` /
   ``await .restart_async()`` to crash-restart the whole server.
+- :func:`fresh_database`: the same for a fixture of another scope (the conformance
+  suite's deployments live for its whole package); such tests carry the ``postgres``
+  mark themselves.
 
 Restarts take the whole server down, including databases of other test processes on
 this machine. So every module holds a shared lock on a per-server lock file while its
@@ -299,20 +302,28 @@ def pg_server_url() -> str:
     return url
 
 
-@pytest.fixture(scope="module")
-def pg_database(pg_server_url: str, request: pytest.FixtureRequest) -> Iterator[PostgresDatabase]:
-    module = re.sub(r"[^a-z0-9]", "_", request.module.__name__.rsplit(".", 1)[-1].lower())
-    name = f"blindrelay_{module[:36]}_{secrets.token_hex(4)}"  # within NAMEDATALEN (63)
-    lock = ServerLock(pg_server_url)
+@contextlib.contextmanager
+def fresh_database(server: str, label: str) -> Iterator[PostgresDatabase]:
+    """A database named after ``label`` on ``server``, dropped on exit; the server lock is
+    held shared meanwhile, so no restart by another test module cuts it off mid-use."""
+    slug = re.sub(r"[^a-z0-9]", "_", label.lower())
+    name = f"blindrelay_{slug[:36]}_{secrets.token_hex(4)}"  # within NAMEDATALEN (63)
+    lock = ServerLock(server)
     try:
-        lock.share(f"database for {request.module.__name__}")
-        execute(pg_server_url, f'CREATE DATABASE "{name}"')
+        lock.share(f"database for {label}")
+        execute(server, f'CREATE DATABASE "{name}"')
         try:
-            yield PostgresDatabase(pg_server_url, name, lock)
+            yield PostgresDatabase(server, name, lock)
         finally:
-            execute(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            execute(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         lock.close()
+
+
+@pytest.fixture(scope="module")
+def pg_database(pg_server_url: str, request: pytest.FixtureRequest) -> Iterator[PostgresDatabase]:
+    with fresh_database(pg_server_url, request.module.__name__.rsplit(".", 1)[-1]) as database:
+        yield database
 
 
 # --- collection, enforcement and the closing line -----------------------------------

@@ -196,12 +196,12 @@ async def test_a_second_proof_after_welcome_is_refused(relay):
     (§4.5): ERROR 103 `UNEXPECTED_FRAME`, the connection stays open and keeps acting as
     the account it authenticated." """
     alice = await relay.user()
+    carol = await relay.user()  # alice's correspondent: the second account
     bob = await relay.user()
     frame = _login_frame(alice, bob.account)
     await alice.send(frame)
     error = await alice.response(frame.id)
     assert isinstance(error, Error) and error.code == 103, error
-    carol = await relay.user()
     await alice.request(
         lambda i: Send(id=i, to=carol.handle, msg_id=new_msg_id(), intent="chat", body=b"who")
     )

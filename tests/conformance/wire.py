@@ -47,6 +47,7 @@ from blindrelay.protocol.frames import (
     FrameType,
     Hello,
     OneTimePreKeyRecord,
+    Send,
     SignedPreKeyRecord,
     Welcome,
 )
@@ -122,6 +123,8 @@ class Peer:
         self._inbox: list[Received] = []
         self.close_code: int | None = None
         self.close_reason: str = ""
+        self.sent_to: list[str] = []
+        """Recipients of the SEND frames sent so far (conftest shows which crossed workers)."""
 
     def relay_now(self) -> int:
         """The relay's clock as HELLO reported it, moved on by our elapsed time (ms)."""
@@ -143,6 +146,8 @@ class Peer:
     async def send(self, frame: Frame) -> None:
         """Send a frame canonically; a request's id is registered as awaiting its answer."""
         request_id = getattr(frame, "id", None) if frame.TYPE in REQUEST_FRAMES else None
+        if isinstance(frame, Send):
+            self.sent_to.append(frame.to)
         await self.send_raw(encode(frame), expect_re=request_id)
 
     async def request(self, build: Callable[[int], Frame]) -> Frame:
