@@ -589,7 +589,7 @@ def ratios(runs: Sequence[Run], targets: Sequence[Target] = TARGETS) -> list[Rat
         baseline = summary.get(t.baseline, {}).get(t.metric)
         if subject is None or baseline is None or not baseline.median:
             continue
-        value = subject.median / baseline.median
+        value = round(subject.median / baseline.median, 3)  # the verdict is on what is shown
         by_rep: dict[int, dict[str, float]] = {}
         for r in runs:
             v = getattr(r, t.metric)
@@ -601,7 +601,7 @@ def ratios(runs: Sequence[Run], targets: Sequence[Target] = TARGETS) -> list[Rat
         out.append(
             Ratio(
                 t,
-                round(value, 3),
+                value,
                 round(min(paired), 3) if paired else None,
                 round(max(paired), 3) if paired else None,
                 t.met(value),
