@@ -65,6 +65,7 @@ import signal
 import statistics
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -739,22 +740,21 @@ def render(m: Measurement) -> str:
                 f"{r.target.op} {r.target.bound:g}x  {'MET' if r.met else 'MISSED'}"
             )
     lost = sum(r.lost_backends for r in m.runs)
-    lines += [
-        "",
-        "CPU µs per delivered message over the load: relay = every relay worker's process "
-        "tree (SQLite: relay + writer); PG backends = client backends of the run's database "
-        "(pids from pg_stat_activity, /proc/<pid>/stat utime+stime before/after); "
-        "total = relay + PG backends; PG bg = WAL writer + checkpointer + background writer, "
-        "server-wide (other clients' work included), NOT in total; autovacuum and the load "
-        "generator not counted."
-        + (
-            f" {lost} backend(s) ended during a run: their last interval is missing."
-            if lost
-            else ""
-        ),
-        f"relays: 127.0.0.1, send/registration limits raised to {relay.UNLIMITED_RATE}/s; "
-        "PG N workers: every pair's sender and recipient on different workers.",
-    ]
+    notes = (
+        "CPU µs per delivered message, over the load only. relay: every relay worker's "
+        "process tree (SQLite: relay + writer). PG backends: the client backends of the run's "
+        "database (pids from pg_stat_activity, /proc/<pid>/stat utime+stime before/after). "
+        "total = relay + PG backends. PG bg: WAL writer + checkpointer + background writer, "
+        "server-wide (other clients' work included), NOT in total. Autovacuum and the load "
+        "generator are not counted."
+    )
+    if lost:
+        notes += f" {lost} backend(s) ended during a run: their last interval is missing."
+    notes += (
+        f" Relays on 127.0.0.1, send/registration limits raised to {relay.UNLIMITED_RATE}/s;"
+        " PG N workers: every pair's sender and recipient on different workers."
+    )
+    lines += ["", *textwrap.wrap(notes, width=len(cols))]
     return "\n".join(lines)
 
 
