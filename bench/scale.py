@@ -240,7 +240,7 @@ class PgServer:
     url: str
     facts: dict[str, str] = field(default_factory=dict)
 
-    async def _connect(self) -> Any:
+    async def _run(self, statements: Sequence[tuple[str, tuple[Any, ...]]]) -> list[list[Any]]:
         try:
             import asyncpg
         except ImportError:
@@ -248,17 +248,16 @@ class PgServer:
                 "asyncpg is not installed: .venv/bin/pip install 'blindrelay[postgresql]'"
             ) from None
         try:
-            return await asyncpg.connect(self.url, timeout=PG_TIMEOUT_S)
-        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            conn = await asyncpg.connect(self.url, timeout=PG_TIMEOUT_S)
+            try:
+                return [
+                    await conn.fetch(sql, *args, timeout=PG_TIMEOUT_S) for sql, args in statements
+                ]
+            finally:
+                await conn.close(timeout=PG_TIMEOUT_S)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ScaleError(f"cannot use PostgreSQL at {self.url}: {reason}") from None
-
-    async def _run(self, statements: Sequence[tuple[str, tuple[Any, ...]]]) -> list[list[Any]]:
-        conn = await self._connect()
-        try:
-            return [await conn.fetch(sql, *args, timeout=PG_TIMEOUT_S) for sql, args in statements]
-        finally:
-            await conn.close(timeout=PG_TIMEOUT_S)
 
     def run(self, *statements: tuple[str, tuple[Any, ...]]) -> list[list[Any]]:
         """Each statement's rows, over one short-lived connection (no event loop runs here)."""
@@ -293,7 +292,7 @@ class PgServer:
         (it must not hide the error that is unwinding, if any)."""
         try:
             self.run((f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', ()))
-        except (ScaleError, OSError, RuntimeError) as exc:
+        except ScaleError as exc:
             print(f"scale: could not drop database {name}: {exc}", file=sys.stderr)
 
     def processes(self, database: str) -> tuple[list[int], list[int], list[str]]:
