@@ -453,8 +453,7 @@ def probe_across(deployment: Deployment, urls: Sequence[str], logs: Sequence[Pat
         raise ScaleError(
             f"{deployment.name}: a message sent through worker 1 did not reach its recipient "
             f"on worker 2 within {PROBE_TIMEOUT_S:.0f} s: these relays do not deliver across "
-            "workers (is cross-worker routing in this build?)",
-            logs,
+            "workers (is cross-worker routing in this build?)"
         ) from None
     except (LoadError, OSError) as exc:
         raise ScaleError(f"{deployment.name}: cross-worker probe failed: {exc}", logs) from None
