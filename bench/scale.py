@@ -619,6 +619,8 @@ class Measurement:
     runs: list[Run]
     postgres: dict[str, str]
     """Server facts (version, synchronous_commit, fsync …) and its URL; empty without one."""
+    load_average: tuple[float, float] = (0.0, 0.0)
+    """The machine's 1-minute load average before and after: how shared the cores were."""
 
     @property
     def summary(self) -> dict[str, dict[str, Spread | None]]:
@@ -643,6 +645,7 @@ class Measurement:
             "ratios": [asdict(r) for r in self.ratios],
             "runs": [asdict(r) for r in self.runs],
             "relay_rate_limits": relay.UNLIMITED_RATE,
+            "load_average_1min": {"before": self.load_average[0], "after": self.load_average[1]},
         }
 
 
@@ -662,6 +665,7 @@ def measure(
         pg = PgServer(pg_url)
         pg.check()
     by_name = {d.name: d for d in deployments}
+    load_before = os.getloadavg()[0]
     runs: list[Run] = []
     for repetition in range(repeat):
         for name in run_order(list(by_name), repetition):
@@ -674,7 +678,8 @@ def measure(
                 f"{run.msgs_per_s:,.0f} msg/s, p99 {run.p99_ms:.1f} ms"
             )
     facts = {"url": pg.url, **pg.facts} if pg else {}
-    return Measurement(spec, list(deployments), repeat, runs, facts)
+    load = (round(load_before, 2), round(os.getloadavg()[0], 2))
+    return Measurement(spec, list(deployments), repeat, runs, facts, load)
 
 
 # --- output ---------------------------------------------------------------------------
@@ -693,7 +698,8 @@ def render(m: Measurement) -> str:
     head = [
         f"scale (issue 14): {s.pairs} pairs x {s.messages} msgs x {s.size} B, window {s.window}, "
         f"{s.workers} load processes, {len(os.sched_getaffinity(0))} CPUs; "
-        f"median of {m.repeat} interleaved run(s) [min-max]",
+        f"median of {m.repeat} interleaved run(s) [min-max]; load average "
+        f"{m.load_average[0]:.1f} before, {m.load_average[1]:.1f} after",
     ]
     if pg:
         where = urlsplit(pg["url"])
