@@ -114,13 +114,15 @@ def _log_in(
     not_before = now - ctx.config.queue_ttl_ms
 
     def counted(result: list[Any]) -> None:
-        queued, one_time, has_signed = result[:3]  # [3]: login_seq, for routing
+        queued, one_time, has_signed, login_seq = result
         log_event(logging.INFO, "logged_in", handle=account.handle, queued=queued)
+        session.login_seq = login_seq
         _welcome(ctx, session, frame.id, account, queued, one_time, has_signed)
 
     # Answered in this order: the buckets are taken over before WELCOME.
     open_session(ctx, session, frame, account.handle, lambda: None)
-    # Through the store, so the counts include every earlier frame's writes.
+    # Through the store, so the counts include every earlier frame's writes; it also
+    # numbers this login, so the newest login of an account wins on every worker.
     ctx.run_job(session, frame, "login_counts", (account.handle, not_before), counted)
 
 
@@ -162,6 +164,12 @@ def close_session(ctx: RelayContext, session: Session) -> None:
     )  # fmt: skip
 
 
+def logged_in_elsewhere(ctx: RelayContext, handle: str, login_seq: int) -> None:
+    """A LOGIN hint: ``handle`` logged in on another worker (SPEC §1.2.3): an older
+    connection of it here is closed with 4000 ``replaced``."""
+    ctx.sessions.logged_in_elsewhere(handle, login_seq)
+
+
 def _welcome(
     ctx: RelayContext,
     session: Session,
@@ -183,7 +191,8 @@ def _welcome(
             has_signed_prekey=has_signed,
         )
     )
-    ctx.sessions.attach(session)
+    if not ctx.sessions.attach(session):  # needs the handle WELCOME gave the connection
+        return  # a newer login of the account, on another worker, replaced this one
     session.account = account
     session.outbox = Outbox(ctx, session)
     session.outbox.start()

@@ -69,7 +69,11 @@ STORE_HELP = (
     "file path (the embedded SQLite store); default: the --db file"
 )
 DB_HELP = f"SQLite database file, shorthand for --store sqlite:PATH (default: {DEFAULT_DB})"
-_HELP = {"store": STORE_HELP, "db_path": DB_HELP}
+REUSE_PORT_HELP = (
+    "listen with SO_REUSEPORT, so several workers sharing one PostgreSQL store can serve "
+    "one port (each of them with --reuse-port; docs/operations.md, Two workers)"
+)
+_HELP = {"store": STORE_HELP, "db_path": DB_HELP, "reuse_port": REUSE_PORT_HELP}
 """Config fields whose help says more than their default."""
 
 

@@ -55,6 +55,10 @@ class RelayConfig:
 
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
+    reuse_port: bool = False
+    """Listen with ``SO_REUSEPORT``, so several relay processes (workers sharing one
+    PostgreSQL store) can listen on one port and the kernel spreads connections
+    across them. Every process on the port must set it (and run as the same user)."""
     db_path: Path = DEFAULT_DB
     """The SQLite database file: shorthand for ``store = "sqlite:///PATH"``."""
     store: str = ""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -110,6 +111,10 @@ class Session:
         """Tells this connection from the others of this relay process (``open_session``)."""
         self.recorded = False
         """The store records this connection as its account's live one (``open_session``)."""
+        self.login_seq = 0
+        """The account's login sequence when this connection logged in (the store counts
+        logins per account, ``login_counts``); 0 for a registration. A LOGIN hint of
+        another worker with a higher one replaces this connection (SPEC §1.2.3)."""
         self._reads_waiting = 0
 
     def wait_for_read(self) -> None:
@@ -159,29 +164,55 @@ class Session:
             self.transport.close(CLOSE_GOING_AWAY, "shutting down")
 
 
+NEWER_LOGINS_KEPT = 4096
+"""Logins heard from other workers that are remembered for connections whose own login
+is still being committed here; a hint outlives its usefulness within milliseconds."""
+
+
 class Sessions:
-    """Live authenticated sessions by handle: one per account (SPEC §4.4)."""
+    """Live authenticated sessions by handle: one per account (SPEC §1.2.3, §4.4),
+    across all relay processes sharing the store."""
 
     def __init__(self) -> None:
         self._live: dict[str, Session] = {}
+        self._newer: OrderedDict[str, int] = OrderedDict()
+        """handle → the highest login sequence another worker announced (LOGIN hints)."""
 
     def get(self, handle: str) -> Session | None:
         return self._live.get(handle)
 
-    def attach(self, session: Session) -> None:
-        """Make ``session`` its account's live session, closing the previous one.
+    def attach(self, session: Session) -> bool:
+        """Make ``session`` its account's live session, closing the previous one;
+        False (and ``session`` closed instead) if another worker announced a newer login
+        of the account while this one was being committed.
 
         "A new login MUST close the account's previous connection (4000 replaced)."
         """
         handle = session.handle
         assert handle is not None
+        if session.login_seq < self._newer.get(handle, 0):
+            _replace(session)
+            return False
         previous = self._live.get(handle)
         self._live[handle] = session
         if previous is not None and previous is not session:
-            previous.outbox = None
-            previous.ended = True
-            previous.transport.close(CLOSE_REPLACED, "replaced")
-            log_event(logging.INFO, "session_replaced", handle=handle, peer=previous.peer)
+            _replace(previous)
+        return True
+
+    def logged_in_elsewhere(self, handle: str, login_seq: int) -> None:
+        """Another worker committed a login of ``handle`` with ``login_seq``: a live
+        session here with a lower sequence is replaced, and so is one whose login is
+        still being committed here (:meth:`attach`)."""
+        newer = self._newer
+        if login_seq > newer.get(handle, 0):
+            newer[handle] = login_seq
+            newer.move_to_end(handle)
+            if len(newer) > NEWER_LOGINS_KEPT:
+                newer.popitem(last=False)
+        session = self._live.get(handle)
+        if session is not None and session.login_seq < login_seq:
+            del self._live[handle]
+            _replace(session)
 
     def detach(self, session: Session) -> None:
         handle = session.handle
@@ -190,6 +221,14 @@ class Sessions:
 
     def all(self) -> list[Session]:
         return list(self._live.values())
+
+
+def _replace(session: Session) -> None:
+    """Close ``session`` for a newer login of its account (SPEC §1.2.3)."""
+    session.outbox = None
+    session.ended = True
+    session.transport.close(CLOSE_REPLACED, "replaced")
+    log_event(logging.INFO, "session_replaced", handle=session.handle, peer=session.peer)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from blindrelay.protocol.errors import Forbidden
+from blindrelay.protocol.errors import Forbidden, StoreUnavailable
 from blindrelay.protocol.frames import AccountKind, Ack, Intent, Send
 
 from . import fastframes
@@ -154,6 +154,30 @@ def page_again(ctx: RelayContext, recipient: str) -> None:
         target.outbox.page_again()
 
 
+def queued_elsewhere(ctx: RelayContext, recipient: str) -> None:
+    """A QUEUED hint: another worker committed rows to ``recipient``'s queue (or hints
+    were lost): its outbox here, if it has one, pages them in."""
+    target = ctx.sessions.get(recipient)
+    if target is not None and target.outbox is not None:
+        target.outbox.queued_elsewhere()
+
+
+def withdrawn_elsewhere(ctx: RelayContext, recipient: str, delivery_ids: tuple[int, ...]) -> None:
+    """A WITHDRAWN hint: a statement committed on another worker purged these rows of
+    ``recipient``'s queue (SPEC §7.4): its outbox here never pushes them."""
+    target = ctx.sessions.get(recipient)
+    if target is not None and target.outbox is not None:
+        target.outbox.withdraw(list(delivery_ids))
+
+
+def catch_up(ctx: RelayContext) -> None:
+    """Hints may have been lost (the router or the store reconnected): every outbox
+    here pages its queue again; the tables are the truth."""
+    for session in ctx.sessions.all():
+        if session.outbox is not None:
+            session.outbox.queued_elsewhere()
+
+
 def acknowledge(ctx: RelayContext, session: Session, frame: Ack) -> None:
     """SPEC §6.5: delete acknowledged rows of this account; no response on success.
 
@@ -194,6 +218,9 @@ class Outbox:
     in by a store operation. Results arrive in submission order, so a
     commit whose callback arrives while a page is being read was committed
     before that read and is in it (or beyond its limit, which sets ``behind``).
+    A hint from another worker has no such order with this store's answers
+    (:meth:`queued_elsewhere`): it makes the outbox page once more after a page
+    being read now.
     """
 
     def __init__(self, ctx: RelayContext, session: Session) -> None:
@@ -204,6 +231,9 @@ class Outbox:
         self.cursor = 0
         self.behind = True
         self.paging = False
+        self.again = False
+        """A page being read may have started before rows were committed elsewhere:
+        page again after it."""
         self.withdrawn: set[int] = set()
         """Delivery ids above ``cursor`` purged by a statement: never pushed (SPEC §7.4)."""
 
@@ -234,6 +264,16 @@ class Outbox:
     def page_again(self) -> None:
         """Rows may be queued past the cursor that were not pushed: page them in."""
         self.behind = True
+        self._page_in()
+
+    def queued_elsewhere(self) -> None:
+        """Rows may have been committed to this account's queue by another worker (a
+        QUEUED hint, or a catch-up after hints were lost): page them in promptly — and
+        once more after a page being read now, which may have been read before them."""
+        self.behind = True
+        if self.paging:
+            self.again = True
+            return
         self._page_in()
 
     def in_flight_of(self, delivery_ids: tuple[int, ...]) -> tuple[int, ...]:
@@ -287,7 +327,11 @@ class Outbox:
     def _paged(self, ok: bool, value: Any, limit: int) -> None:
         self.paging = False
         if not ok:
-            self.ctx.refuse(self.session, None, value)
+            # Still behind. A store outage is nobody's request to answer: the catch-up
+            # after the store is back pages again (``catch_up``).
+            self.again = False
+            if not isinstance(value, StoreUnavailable):
+                self.ctx.refuse(self.session, None, value)
             return
         self.ctx.guard(self.session, None, lambda: self._push_page(value, limit))
 
@@ -296,5 +340,6 @@ class Outbox:
             return
         for row in rows:
             self._push(row[0], partial(fastframes.deliver_row, row))
-        self.behind = len(rows) >= limit
+        self.behind = len(rows) >= limit or self.again
+        self.again = False
         self._page_in()

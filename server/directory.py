@@ -120,9 +120,7 @@ def fetch(ctx: RelayContext, session: Session, frame: BundleFetch) -> None:
         )  # fmt: skip
         # SPEC §5.4: tell an online owner when its pool runs low (also when it is empty).
         if remaining < limits.PREKEY_LOW_WATER:
-            owner_session = ctx.sessions.get(owner)
-            if owner_session is not None and owner_session.outbox is not None:
-                owner_session.send(PrekeysLow(remaining=remaining))
+            prekeys_low(ctx, owner, remaining)
 
     config = ctx.config
     ctx.run_job(
@@ -131,3 +129,11 @@ def fetch(ctx: RelayContext, session: Session, frame: BundleFetch) -> None:
          config.one_time_prekey_burst),
         taken,
     )  # fmt: skip
+
+
+def prekeys_low(ctx: RelayContext, owner: str, remaining: int) -> None:
+    """SPEC §5.4: PREKEYS_LOW to ``owner`` if it is connected here — after a fetch on
+    this worker, or a PREKEYS_LOW hint of a fetch on another one."""
+    owner_session = ctx.sessions.get(owner)
+    if owner_session is not None and owner_session.outbox is not None:
+        owner_session.send(PrekeysLow(remaining=remaining))

@@ -1,12 +1,17 @@
-"""Frame type → handler, and the life of a session around it (SPEC §2.2, §4.5).
+"""Frame type → handler, hint kind → action, and the life of a session around it
+(SPEC §2.2, §4.5).
 
 The connection machine has already refused frames that are malformed or not
 allowed in the current state; what reaches a handler is well-formed and
 permitted. A frame type the protocol defines but this relay does not serve
 yet is refused with UNEXPECTED_FRAME, never dropped.
 
-Not here: sockets (``relay``), what each frame does (``auth``, ``directory``,
-``delivery``, ``statements``, ``business``).
+A hint (:mod:`.routing`) is what another worker sharing the store committed that a
+session here must act on; :meth:`Dispatcher.hint_received` hands it to the module
+that acts on the same change made here.
+
+Not here: sockets (``relay``), how hints travel (``routing``), what each frame does
+(``auth``, ``directory``, ``delivery``, ``statements``, ``business``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from blindrelay.protocol.frames import Frame, FrameType
 from . import auth, business, delivery, directory, fastframes, statements
 from .context import RelayContext, Session
 from .logs import LOGGER, log_event
+from .routing import Hint, HintKind
 
 Handler = Callable[[RelayContext, Session, Any], None]
 
@@ -96,6 +102,24 @@ class Dispatcher:
             handler(self.ctx, session, frame)
         except Exception as exc:
             self.ctx.refuse(session, frame, exc)
+
+    def hint_received(self, hint: Hint) -> None:
+        """Another worker's hint (never this one's: the router drops those)."""
+        if LOGGER.isEnabledFor(logging.DEBUG):
+            log_event(logging.DEBUG, "hint", kind=hint.kind.name, handle=hint.handle)
+        kind = hint.kind
+        if kind is HintKind.QUEUED:
+            delivery.queued_elsewhere(self.ctx, hint.handle)
+        elif kind is HintKind.WITHDRAWN:
+            delivery.withdrawn_elsewhere(self.ctx, hint.handle, hint.ids)
+        elif kind is HintKind.LOGIN:
+            auth.logged_in_elsewhere(self.ctx, hint.handle, hint.value)
+        elif kind is HintKind.PREKEYS_LOW:
+            directory.prekeys_low(self.ctx, hint.handle, hint.value)
+
+    def catch_up(self) -> None:
+        """Hints may have been lost while the router or the store was disconnected."""
+        delivery.catch_up(self.ctx)
 
     def auth_expired(self, session: Session) -> None:
         """SPEC §4.1: close a connection that did not authenticate within AUTH_TIMEOUT_S."""

@@ -63,6 +63,7 @@ from .dispatch import Dispatcher
 from .logs import log_event
 from .ratelimit import Clock, wall_clock_ms
 from .registration import RegistrationPolicy, source_key
+from .routing import Hint, InProcessRouter, Router, open_router
 from .store import open_store
 
 Rng = Callable[[int], bytes]
@@ -631,9 +632,12 @@ class RunningRelay:
         ctx: RelayContext,
         rng: Rng,
         source_of: SourceOf,
+        router: Router | None = None,
     ) -> None:
         self.config = config
         self.ctx = ctx
+        self.router: Router = router or InProcessRouter(ctx.worker_id)
+        """How this relay hears what other workers sharing its store committed."""
         self.relay_key = ctx.relay_key
         self.dispatcher = Dispatcher(ctx)
         self._rng = rng
@@ -658,6 +662,7 @@ class RunningRelay:
             self._connection,
             self.config.host,
             self.config.port,
+            reuse_port=self.config.reuse_port or None,  # to loop.create_server
             subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
             compression=None,
             max_size=limits.MAX_FRAME_BYTES,
@@ -723,6 +728,34 @@ class RunningRelay:
         self.failure = failure
         self.failed.set()
 
+    def store_available(self, available: bool) -> None:
+        """A shared store lost or regained its connection (it reconnects by itself and
+        logs both; meanwhile every operation fails with 902, SPEC §6.3). Once it is
+        back, what other workers committed meanwhile was announced to nobody here."""
+        if available:
+            self.catch_up("store")
+
+    def hint_received(self, hint: Hint) -> None:
+        """What another worker committed that a session here must act on (the router's
+        callback)."""
+        if self.ctx.stopping:
+            return
+        try:
+            self.dispatcher.hint_received(hint)
+        except Exception as exc:  # inside the router's callback: never let it escape
+            log_event(logging.ERROR, "hint_failed", kind=hint.kind.name,
+                      exc_type=type(exc).__name__)  # fmt: skip
+
+    def catch_up(self, reason: str = "router") -> None:
+        """Hints may have been lost: every outbox pages its queue again (the router's
+        callback on every connection, and :meth:`store_available`)."""
+        if self.ctx.stopping:
+            return
+        sessions = len(self.ctx.sessions.all())
+        if sessions:
+            log_event(logging.INFO, "catch_up", reason=reason, sessions=sessions)
+        self.dispatcher.catch_up()
+
     def _collect_soon(self) -> None:
         """Closed connections are cyclic garbage only a full collection frees (gcpolicy)."""
         if self._collection is None and not self.ctx.stopping:
@@ -776,6 +809,7 @@ class RunningRelay:
         SEND either got its SENT or must be resent by the client.
         """
         self.ctx.stopping = True
+        await self.router.close()
         if self._collection is not None:
             self._collection.cancel()
         for task in (self._purger, self._checkpointer):
@@ -846,13 +880,19 @@ async def serve(
         store=store,
         limiters=Limiters.from_config(config, clock),
         registration=RegistrationPolicy(config, clock),
+        worker_id=store.origin,  # one id for this process: in its hints and its sessions
     )
-    relay = RunningRelay(config, ctx, rng, source_of)
+    relay = RunningRelay(config, ctx, rng, source_of, open_router(config.store_url, store.origin))
     store.on_lost = relay.lost
+    store.on_available = relay.store_available
     try:
+        # Hearing other workers' hints before the first connection is accepted.
+        await relay.router.start(relay.hint_received, relay.catch_up)
         await relay._listen()
     except BaseException:
+        await relay.router.close()
         await store.close()
         raise
-    log_event(logging.INFO, "listening", url=relay.url, store=store.location)
+    log_event(logging.INFO, "listening", url=relay.url, store=store.location,
+              worker=store.origin)  # fmt: skip
     return relay

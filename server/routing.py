@@ -20,21 +20,31 @@ never content; its text form is compact and under PostgreSQL's 8000-byte
 payload limit (:data:`MAX_IDS` ids at most; more become a :attr:`HintKind.QUEUED`
 "page again", which is always correct).
 
-Not here: how hints travel (``store/postgresql``), what a worker does with one
-(``relay``).
+How hints travel is a :class:`Router`: :class:`InProcessRouter` for one
+relay process (nothing travels: the handlers act on the local sessions, as
+they always have), ``routing_postgresql.PostgresRouter`` for workers sharing
+a PostgreSQL store (``LISTEN`` on a connection of its own). :func:`open_router`
+picks one from the store's URL.
+
+Not here: how hints are emitted (``store/postgresql``), what a worker does with one
+(``dispatch``).
 """
 
 from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 CHANNEL = "blindrelay_hints"
 """The PostgreSQL ``LISTEN``/``NOTIFY`` channel every worker of one store uses."""
 
-MAX_IDS = 500
-"""Delivery ids one WITHDRAWN hint carries (< 8000 bytes with any handle)."""
+MAX_IDS = 390
+"""Delivery ids one WITHDRAWN hint carries: PostgreSQL refuses (and so fails the whole
+transaction of) a payload of 8000 bytes or more; 390 ids of 19 digits with their
+commas, the longest handle and the rest take 7,853."""
 
 
 class HintKind(enum.Enum):
@@ -86,3 +96,86 @@ def withdrawn(handle: str, origin: str, ids: list[int]) -> Hint:
 def new_worker_id() -> str:
     """A random id for one relay process's life: 16 hex digits."""
     return os.urandom(8).hex()
+
+
+OnHint = Callable[[Hint], None]
+"""What a router calls, on the event loop, with every hint another worker committed."""
+
+
+class Router(Protocol):
+    """How one relay process hears the hints of the other workers sharing its store.
+
+    ``on_hint`` gets only other workers' hints (its own, ``origin`` equal to
+    :attr:`worker_id`, it has acted on already). ``on_connected`` is called on
+    every (re)connection, once hints flow again: hints committed while the router
+    was not connected are lost, so the relay catches up from the tables (every
+    local outbox pages its queue again).
+    """
+
+    @property
+    def worker_id(self) -> str:
+        """The ``origin`` this relay's store writes into its hints."""
+
+    @property
+    def connected(self) -> bool:
+        """Hints are reaching this process now."""
+
+    async def start(self, on_hint: OnHint, on_connected: Callable[[], None]) -> None:
+        """Start hearing hints; raise ``store.StoreStartError`` if that cannot begin."""
+
+    async def close(self) -> None:
+        """Stop hearing hints and release what the router holds."""
+
+
+class InProcessRouter:
+    """One relay process: no other worker, nothing to hear.
+
+    The handlers act on the local sessions directly (``delivery.push_committed``,
+    ``Sessions.attach`` …), which is all one process needs.
+    """
+
+    def __init__(self, worker_id: str) -> None:
+        self._worker_id = worker_id
+
+    @property
+    def worker_id(self) -> str:
+        return self._worker_id
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    async def start(self, on_hint: OnHint, on_connected: Callable[[], None]) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def is_postgresql(store_url: str) -> bool:
+    """Whether ``store_url`` names a PostgreSQL store (shared by any number of workers)."""
+    return store_url.startswith(("postgresql://", "postgres://"))
+
+
+def open_router(store_url: str, worker_id: str) -> Router:
+    """The router for the store at ``store_url``: ``LISTEN`` for PostgreSQL, else in-process.
+
+    The PostgreSQL router (and its driver) is imported only here, once a URL chose it.
+    """
+    if is_postgresql(store_url):
+        from .routing_postgresql import PostgresRouter
+
+        return PostgresRouter(store_url, worker_id)
+    return InProcessRouter(worker_id)
+
+
+def backoff(initial_s: float, cap_s: float) -> Iterator[float]:
+    """Delays between reconnection attempts: ``initial_s``, doubling up to ``cap_s``.
+
+    Capped so a worker notices a recovered database within ``cap_s``; exponential
+    so N workers do not hammer a database that is still starting.
+    """
+    delay = initial_s
+    while True:
+        yield delay
+        delay = min(delay * 2, cap_s)

@@ -99,9 +99,26 @@ class Store(Protocol):
     def running(self) -> bool:
         """Started and not lost or closed: operations may be called."""
 
+    @property
+    def origin(self) -> str:
+        """This relay process's worker id (``routing.new_worker_id()``, made when the store
+        is opened): a shared store writes it into the hints it emits (``routing.Hint``),
+        and the relay's router ignores hints that carry it."""
+
     on_lost: Callable[[str], None] | None
     """Called once, with one line saying what was lost, if the back end goes away while
-    the relay still needs it; operations in flight have failed with an internal error."""
+    the relay still needs it for good; operations in flight have failed with an internal
+    error."""
+
+    @property
+    def available(self) -> bool:
+        """Operations can succeed now. A back end that reconnects by itself (a shared
+        store) is unavailable during an outage: operations fail with 902
+        STORE_UNAVAILABLE meanwhile (SPEC §6.3), and it is not lost."""
+
+    on_available: Callable[[bool], None] | None
+    """Called when :attr:`available` changes (never by a back end that cannot reconnect):
+    after an outage, other relay processes' hints may have been missed."""
 
     async def start(self) -> None:
         """Open the data (creating or upgrading its schema); raise

@@ -153,10 +153,12 @@ CONTRACT: dict[str, Operation] = {
         spec="§4.3",
         args={"handle": "str", "not_before": "int ms: envelopes older are expired"},
         result="[queued envelopes (unexpired, statements included), one-time prekeys stored, "
-        "bool: signed prekey stored, login_seq] for WELCOME, counting every earlier "
-        "operation's writes; login_seq: the account's login counter, raised by one by this "
-        "operation (the newest login of an account has the highest; emitted as a LOGIN "
-        "hint). Until routing lands, the SQLite back end returns the first three only",
+        "bool: signed prekey stored] for WELCOME, counting every earlier operation's writes; "
+        "then int: this login's number, the account's previous one plus one (1 for its first)",
+        atomic="the login counted with the counts read: of two logins of one account, by any "
+        "relay processes, the one committed later has the higher number, and a shared store "
+        "announces it to the other workers (a LOGIN hint) so an older connection is replaced "
+        "wherever it is (SPEC §1.2.3)",
     ),
     "open_session": Operation(
         spec="§4.4, §10",

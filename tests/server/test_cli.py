@@ -283,3 +283,35 @@ def test_serve_on_an_unreachable_postgresql_exits_with_one_line(
     err = capsys.readouterr().err
     assert err.startswith("blindrelay serve: cannot open the database: cannot use ")
     assert err.count("\n") == 1 and "secret" not in err
+
+
+def test_reuse_port_is_an_on_off_flag_with_an_environment_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from blindrelay.server.cli import build_parser
+
+    assert build_parser().parse_args(["serve"]).reuse_port is False
+    assert build_parser().parse_args(["serve", "--reuse-port"]).reuse_port is True
+    monkeypatch.setenv("BLINDRELAY_REUSE_PORT", "on")
+    assert build_parser().parse_args(["serve"]).reuse_port is True
+    assert build_parser().parse_args(["serve", "--no-reuse-port"]).reuse_port is False
+
+
+async def test_with_reuse_port_two_relays_listen_on_one_port(
+    tmp_path: Path, clients: Clients
+) -> None:
+    """Two workers behind one port (docs/operations.md, Two workers); without the flag the
+    port is refused as before."""
+    first = await serve(RelayConfig(port=0, db_path=tmp_path / "a.db", reuse_port=True))
+    try:
+        port = int(first.url.rsplit(":", 1)[1])
+        second = await serve(RelayConfig(port=port, db_path=tmp_path / "b.db", reuse_port=True))
+        try:
+            assert second.url == first.url
+            with pytest.raises(OSError):
+                await serve(RelayConfig(port=port, db_path=tmp_path / "c.db"))
+            await clients.registered(first.url, "alice")  # one of them answers
+        finally:
+            await second.close()
+    finally:
+        await first.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -407,6 +408,34 @@ def test_a_schema_2_database_is_upgraded_in_place(tmp_path: Path) -> None:
     assert Tables(db).ledger.pair_state("alice", "bob") == PairState(blockers=frozenset({"bob"}))
     db.conn.close()
     connect(path).conn.close()  # and again: nothing left to do
+
+
+async def test_a_schema_5_database_counts_logins_from_its_upgrade(tmp_path: Path) -> None:
+    """Version 6: ``accounts.login_seq``, the logins of each account numbered so that the
+    newest wins on every relay process sharing a store (SPEC §1.2.3)."""
+    path = tmp_path / "r.db"
+    db = connect(path)
+    db.conn.execute(
+        "INSERT INTO accounts (handle, kind, identity_key, created_at)"
+        " VALUES ('alice', 'user', x'00', 0)"
+    )
+    db.conn.execute("ALTER TABLE accounts DROP COLUMN login_seq")
+    db.conn.execute("PRAGMA user_version=5")
+    db.conn.close()
+    writer = Writer(path, "FULL")
+    await writer.start()
+    try:
+        logins = [(await writer.submit("login_counts", "alice", 0))[3] for _ in range(3)]
+        assert logins == [1, 2, 3]
+        await writer.submit("create_account", "bob", "user", b"b" * 32, 0)
+        assert (await writer.submit("login_counts", "bob", 0))[3] == 1
+    finally:
+        await writer.close()
+    raw = sqlite3.connect(path)
+    try:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        raw.close()
 
 
 def test_queue_shares_are_kept_exact_and_a_failed_job_forgets_them(tmp_path: Path) -> None:

@@ -161,10 +161,11 @@ def create_account(
 
 
 def login_counts(tables: Tables, handle: str, not_before: int) -> list[Any]:
-    """[queued, one-time prekeys, has signed prekey] — through the writer, so the
-    counts include every earlier frame's writes."""
+    """[queued, one-time prekeys, has signed prekey, login sequence] — through the
+    writer, so the counts include every earlier frame's writes."""
     one_time, has_signed = tables.prekeys.counts(handle)
-    return [tables.queue.count(handle, not_before), one_time, has_signed]
+    login_seq = tables.accounts.count_login(handle)
+    return [tables.queue.count(handle, not_before), one_time, has_signed, login_seq]
 
 
 def open_session(tables: Tables, handle: str, worker: str, session: int, now: int) -> list[Any]:

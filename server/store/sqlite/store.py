@@ -28,6 +28,7 @@ from typing import Any
 import sqlite_utils
 
 from ... import gcpolicy
+from ...routing import new_worker_id
 from .. import Done, StoreError
 from ..records import Account, MonthUsage
 from .tables import Accounts, PreKeyStore, Tables, connect, connect_reader
@@ -44,7 +45,11 @@ class SqliteStore:
     ) -> None:
         self.path = path
         self.location = f"{path} (SQLite, synchronous={synchronous})"
+        self.origin = new_worker_id()
+        """Written into no hint: one SQLite file has one relay process."""
         self.on_lost: Callable[[str], None] | None = None
+        self.on_available: Callable[[bool], None] | None = None
+        """Never called: a lost writer is lost for good (:attr:`on_lost`)."""
         self._writer = Writer(path, synchronous, gc_threshold)
         self._writer.on_lost = self._lost
         self._reader: sqlite_utils.Database | None = None
@@ -59,6 +64,10 @@ class SqliteStore:
 
     @property
     def running(self) -> bool:
+        return self._writer.running
+
+    @property
+    def available(self) -> bool:
         return self._writer.running
 
     @property

@@ -90,8 +90,10 @@ from .ledger import ConsentLedger
 from .metering import UsageMeter
 from .profiles import BadgeStore, ProfileStore
 
-SCHEMA_VERSION = 5
-"""5: ``account_sessions`` (which relay process serves each account, SPEC §10).
+SCHEMA_VERSION = 6
+"""6: ``accounts.login_seq``, the logins of each account counted (SPEC §1.2.3: the newest
+login wins on every relay process).
+5: ``account_sessions`` (which relay process serves each account, SPEC §10).
 3: ``business_skeletons`` (SPEC §3.2), filled from existing businesses on upgrade,
 and ``invites`` (SPEC §4.6.4). 4: ``statement_nonces`` and the pruning of superseded
 statements (SPEC §7.5–7.6), ``budgets`` (SPEC §5.3, §7.3), ``pairs.wrote``/``requests``
@@ -108,7 +110,8 @@ CREATE TABLE IF NOT EXISTS accounts (
     handle TEXT PRIMARY KEY,
     kind TEXT NOT NULL CHECK (kind IN ('user', 'business')),
     identity_key BLOB NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    login_seq INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS signed_prekeys (
     handle TEXT PRIMARY KEY REFERENCES accounts(handle),
@@ -288,6 +291,7 @@ def connect(path: Path, synchronous: str = "FULL") -> sqlite_utils.Database:
 
 
 _ADDED_COLUMNS = {
+    "accounts": {"login_seq": "INTEGER NOT NULL DEFAULT 0"},
     "queue": {"stranger": "INTEGER NOT NULL DEFAULT 0"},
     "pairs": {
         "wrote": "TEXT NOT NULL DEFAULT ''",
@@ -298,7 +302,8 @@ _ADDED_COLUMNS = {
 Schema 4: who has written to whom, per pair (SPEC §7.2), and whether a queued
 envelope came from a stranger (SPEC §6.3). An upgraded relay starts with nobody having
 written: an existing conversation's next chat counts as a message request (or opens one)
-until the other side writes again; envelopes queued before count as no stranger's."""
+until the other side writes again; envelopes queued before count as no stranger's.
+Schema 6: every account's logins are counted from 0 (``Accounts.count_login``)."""
 
 
 def _add_columns(conn: sqlite3.Connection) -> None:
@@ -496,6 +501,18 @@ class Accounts:
             return None
         account = Account(handle, row[1], bytes(row[2]))
         return account if row[0] == handle else None
+
+    def count_login(self, handle: str) -> int:
+        """Number a new login of ``handle``: its previous number plus one (1 for the first).
+
+        Only ever grows, so of two logins of one account — on any relay processes
+        sharing the store — the later committed has the higher number (SPEC §1.2.3).
+        """
+        row = self._conn.execute(
+            "UPDATE accounts SET login_seq = login_seq + 1 WHERE handle = ? RETURNING login_seq",
+            (handle,),
+        ).fetchone()
+        return int(row[0]) if row is not None else 0
 
     def create(self, account: Account, now: int) -> bool:
         """Insert ``account``; False when the handle is taken (the caller refuses)."""
