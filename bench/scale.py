@@ -735,13 +735,14 @@ def render(m: Measurement) -> str:
         lines += [
             "",
             f"{'ratio (of the medians)':<44}{'value':>7}  {'[per-run min-max]':<19}"
-            f"{'target':<9}verdict",
+            f"{'target':<10}verdict",
         ]
         for r in m.ratios:
             span = f"[{r.low:.2f}-{r.high:.2f}]" if r.low is not None and r.high is not None else ""
+            target = f"{r.target.op} {r.target.bound:g}x"
             lines.append(
-                f"{r.target.label:<44}{r.value:>6.2f}x  {span:<19}"
-                f"{r.target.op} {r.target.bound:g}x  {'MET' if r.met else 'MISSED'}"
+                f"{r.target.label:<44}{r.value:>6.2f}x  {span:<19}{target:<10}"
+                f"{'MET' if r.met else 'MISSED'}"
             )
     lost = sum(r.lost_backends for r in m.runs)
     notes = (
