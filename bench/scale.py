@@ -21,10 +21,12 @@ pairs × 1000 messages of 1 KiB, window 10, load in separate processes. Deployme
   ``pgN`` runs N workers the same way; SQLite cannot have more than one.
 
 Every deployment run gets a fresh database (``CREATE DATABASE`` through asyncpg on the
-server's URL, dropped afterwards, also on errors). Relays bind 127.0.0.1 only, start
-with a clean environment (no ``BLINDRELAY_*`` variable leaks in) and with the send and
-registration limits raised out of reach, as in workload 1; every subprocess and load has
-a timeout, and everything started is stopped on any error.
+server's URL, dropped afterwards, also on errors). While it exists the run holds the
+machine-wide lock of ``tests/pg.py`` shared, so the test suite's crash restarts of the
+server wait for it instead of breaking it (and a run waits for a restart). Relays bind
+127.0.0.1 only, start with a clean environment (no ``BLINDRELAY_*`` variable leaks in)
+and with the send and registration limits raised out of reach, as in workload 1; every
+subprocess and load has a timeout, and everything started is stopped on any error.
 
 CPU per message, measured over the load only (from the moment every account is
 connected to the last delivery): *relay* is every relay worker's process tree (the SQLite
@@ -67,7 +69,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,8 @@ deployment is declared unable to deliver across workers."""
 RELAY_START_TIMEOUT_S = 30.0
 """Until a relay worker prints its URL (a PostgreSQL one migrates its fresh database first)."""
 PG_TIMEOUT_S = 10.0
+DROP_RETRY_S = 30.0
+"""How long dropping a run's database is retried (a server restarting refuses connections)."""
 """Connecting to PostgreSQL and each administrative statement (create, drop, look-ups)."""
 DATABASE_PREFIX = "blindrelay_bench_scale_"
 BACKGROUND_TYPES = ("walwriter", "checkpointer", "background writer")
@@ -288,12 +292,36 @@ class PgServer:
         return name
 
     def drop_database(self, name: str) -> None:
-        """Drop ``name``, its remaining connections too; a failure is reported, not raised
-        (it must not hide the error that is unwinding, if any)."""
+        """Drop ``name``, its remaining connections too, retrying for DROP_RETRY_S (the
+        server may be recovering from a restart); a failure is reported, not raised (it
+        must not hide the error that is unwinding, if any)."""
+        deadline = time.monotonic() + DROP_RETRY_S
+        while True:
+            try:
+                self.run((f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', ()))
+                return
+            except ScaleError as exc:
+                if time.monotonic() > deadline:
+                    print(f"scale: could not drop database {name}: {exc}", file=sys.stderr)
+                    return
+            time.sleep(0.5)
+
+    @contextlib.contextmanager
+    def in_use(self, what: str) -> Iterator[None]:
+        """Hold the machine-wide lock of ``tests/pg.py`` shared: a test that crash-restarts
+        this server waits until the run is over (a restart mid-run would end it), and a run
+        waits while a restart is under way."""
+        from tests.pg import ServerLock
+
+        lock = ServerLock(self.url)
         try:
-            self.run((f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', ()))
-        except ScaleError as exc:
-            print(f"scale: could not drop database {name}: {exc}", file=sys.stderr)
+            try:
+                lock.share(what)
+            except RuntimeError as exc:
+                raise ScaleError(str(exc)) from None
+            yield
+        finally:
+            lock.close()
 
     def processes(self, database: str) -> tuple[list[int], list[int], list[str]]:
         """(client backends of ``database``, server-wide background processes, the
@@ -379,6 +407,8 @@ class Run:
     backends: int = 0
     lost_backends: int = 0
     application_names: tuple[str, ...] = ()
+    database: str | None = None
+    """The PostgreSQL database the run created (and dropped)."""
 
 
 def make_run(deployment: Deployment, repetition: int, result: Any, meter: Meter) -> Run:
@@ -411,6 +441,7 @@ def make_run(deployment: Deployment, repetition: int, result: Any, meter: Meter)
         backends=meter.backends,
         lost_backends=meter.lost,
         application_names=tuple(meter.application_names),
+        database=meter.database,
     )
 
 
@@ -469,6 +500,7 @@ def run_once(
         if deployment.store == "postgresql":
             if pg is None:
                 raise ScaleError(f"{deployment.name}: {no_server_reason()}")
+            stack.enter_context(pg.in_use(f"bench/scale.py {deployment.name}"))
             database = pg.create_database()
             stack.callback(pg.drop_database, database)  # after the relays have stopped
             store_url = database_url(pg.url, database)

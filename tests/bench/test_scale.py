@@ -246,3 +246,22 @@ def test_databases_are_created_listed_and_dropped(pg_server_url):
     finally:
         if not dropped:
             server.drop_database(name)
+
+
+@pytest.mark.parametrize("deployment", ["pg1"])
+def test_a_tiny_postgresql_run_end_to_end(pg_server_url, tmp_path, deployment):
+    out = tmp_path / "scale.json"
+    done = _scale("--only", deployment, "--pairs", "4", "--messages", "5", "--repeat", "1",
+                  "--load-processes", "1", "--postgres", pg_server_url, "--json", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (run,) = json.loads(out.read_text())["runs"]
+    assert (run["deployment"], run["messages"]) == (deployment, 20)
+    workers = int(deployment[2:])
+    assert run["backends"] >= workers  # at least one connection per worker was seen
+    assert run["application_names"]
+    assert run["lost_backends"] == 0
+    assert run["database"].startswith(DATABASE_PREFIX)
+    (rows,) = PgServer(pg_server_url).run(
+        ("SELECT 1 FROM pg_database WHERE datname = $1", (run["database"],))
+    )
+    assert rows == []  # dropped after the run
