@@ -248,7 +248,7 @@ def test_databases_are_created_listed_and_dropped(pg_server_url):
             server.drop_database(name)
 
 
-@pytest.mark.parametrize("deployment", ["pg1"])
+@pytest.mark.parametrize("deployment", ["pg1", "pg2"])
 def test_a_tiny_postgresql_run_end_to_end(pg_server_url, tmp_path, deployment):
     out = tmp_path / "scale.json"
     done = _scale("--only", deployment, "--pairs", "4", "--messages", "5", "--repeat", "1",
