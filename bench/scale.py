@@ -695,7 +695,8 @@ def measure(
         if not pg_url:
             raise ScaleError(no_server_reason())
         pg = PgServer(pg_url)
-        pg.check()
+        with pg.in_use("bench/scale.py check"):
+            pg.check()
     by_name = {d.name: d for d in deployments}
     load_before = os.getloadavg()[0]
     runs: list[Run] = []

@@ -213,6 +213,11 @@ def test_a_tiny_sqlite_run_end_to_end(tmp_path):
 
 def test_databases_are_created_listed_and_dropped(pg_server_url):
     server = PgServer(pg_server_url)
+    with server.in_use("test_scale"):  # not while crash tests elsewhere restart the server
+        _create_list_and_drop(server, pg_server_url)
+
+
+def _create_list_and_drop(server, pg_server_url):
     facts = server.check()
     assert facts["server_version"] and facts["synchronous_commit"] in ("on", "off", "local",
                                                                        "remote_write", "remote_apply")  # fmt: skip
@@ -261,7 +266,7 @@ def test_a_tiny_postgresql_run_end_to_end(pg_server_url, tmp_path, deployment):
     assert run["application_names"]
     assert run["lost_backends"] == 0
     assert run["database"].startswith(DATABASE_PREFIX)
-    (rows,) = PgServer(pg_server_url).run(
-        ("SELECT 1 FROM pg_database WHERE datname = $1", (run["database"],))
-    )
+    server = PgServer(pg_server_url)
+    with server.in_use("test_scale"):  # not while crash tests elsewhere restart the server
+        (rows,) = server.run(("SELECT 1 FROM pg_database WHERE datname = $1", (run["database"],)))
     assert rows == []  # dropped after the run
