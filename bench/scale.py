@@ -47,8 +47,8 @@ PostgreSQL server: ``--postgres URL`` or ``BLINDRELAY_BENCH_POSTGRES`` or
         [--only sqlite pg1 pg2] [--pairs 50] [--messages 1000] [--window 10]
         [--size 1024] [--load-processes 2] [--timeout 300] [--json PATH] [--check]
 
-``--quick``: 200 messages per pair instead of 1000 (same 50 pairs and window, so the
-same concurrency): figures in about a minute on 2 cores. ``bench/run.py`` runs this as
+``--quick``: 400 messages per pair instead of 1000 (same 50 pairs and window, so the
+same concurrency): figures in a minute or two on 2 cores. ``bench/run.py`` runs this as
 workload 7 (``--only scale``). Record: ``bench/results/scale-<UTC time>.json`` unless
 ``--json PATH``. Exit status: 0; 1 with ``--check`` when a target is missed; 2 when the
 benchmark could not run (one line on stderr saying why).
@@ -87,7 +87,7 @@ URL_VARIABLES = ("BLINDRELAY_BENCH_POSTGRES", "BLINDRELAY_TEST_POSTGRES")
 """Where the PostgreSQL server's URL comes from when ``--postgres`` is not given, in order."""
 DEFAULT_DEPLOYMENTS = ("sqlite", "pg1", "pg2")
 DEFAULT_REPEAT = 3
-QUICK_MESSAGES = 200
+QUICK_MESSAGES = 400
 PROBE_TIMEOUT_S = 10.0
 """How long one message may take from one worker to a recipient on another before the
 deployment is declared unable to deliver across workers."""
@@ -409,6 +409,17 @@ class Run:
     application_names: tuple[str, ...] = ()
     database: str | None = None
     """The PostgreSQL database the run created (and dropped)."""
+    store: dict[str, int] | None = None
+    """What the PostgreSQL store's batches did over the workers' whole lives (their
+    ``store_closed`` log lines, summed): commits, calls, replays, retries. calls/commit is
+    the group commit's batch size; retries are batches rerun after a deadlock or
+    serialization failure between workers. None when the relays do not log it."""
+
+    @property
+    def calls_per_commit(self) -> float | None:
+        if not self.store or not self.store.get("commits"):
+            return None
+        return round(self.store["calls"] / self.store["commits"], 1)
 
 
 def make_run(deployment: Deployment, repetition: int, result: Any, meter: Meter) -> Run:
@@ -533,7 +544,34 @@ def run_once(
     expected = spec.pairs * spec.messages
     if result.messages != expected:
         raise ScaleError(f"{deployment.name}: {result.messages} of {expected} delivered")
-    return make_run(deployment, repetition, result, meter)
+    return replace(make_run(deployment, repetition, result, meter), store=store_counters(logs))
+
+
+STORE_COUNTERS = ("commits", "calls", "replays", "retries")
+
+
+def store_counters(logs: Iterable[Path]) -> dict[str, int] | None:
+    """The ``store_closed`` counters of every worker's JSON log, summed (None if none)."""
+    total = dict.fromkeys(STORE_COUNTERS, 0)
+    found = False
+    for log in logs:
+        try:
+            lines = log.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if '"store_closed"' not in line:
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "store_closed":
+                found = True
+                for key in STORE_COUNTERS:
+                    value = event.get(key)
+                    total[key] += value if isinstance(value, int) else 0
+    return total if found else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -560,6 +598,7 @@ METRICS = (
     "total_us",
     "background_us",
     "client_us",
+    "calls_per_commit",
 )
 
 
@@ -718,6 +757,11 @@ def measure(
 # --- output ---------------------------------------------------------------------------
 
 
+def _retries(runs: Sequence[Run], deployment: str) -> str:
+    counted = [r.store["retries"] for r in runs if r.deployment == deployment and r.store]
+    return str(sum(counted)) if counted else "-"
+
+
 def _num(value: float | None, digits: int = 1) -> str:
     if value is None:
         return "-"
@@ -744,7 +788,8 @@ def render(m: Measurement) -> str:
         )
     cols = (
         f"{'deployment':<14}{'msg/s':>8} {'[min-max]':<17}{'p50 ms':>7}{'p99 ms':>8}"
-        f"{'relay':>8}{'PG backends':>13}{'total':>8}{'PG bg':>8}   (CPU µs/msg)"
+        f"{'relay':>8}{'PG backends':>13}{'total':>8}{'PG bg':>8}{'calls/commit':>14}"
+        f"{'retries':>9}"
     )
     lines = [*head, cols, "-" * len(cols)]
     for d in m.deployments:
@@ -763,6 +808,7 @@ def render(m: Measurement) -> str:
             f"{d.label:<14}{rate.median:>8,.0f} {span:<17}{_num(med('p50_ms')):>7}"
             f"{_num(med('p99_ms')):>8}{_num(med('relay_us')):>8}{_num(med('backend_us')):>13}"
             f"{_num(med('total_us')):>8}{_num(med('background_us')):>8}"
+            f"{_num(med('calls_per_commit')):>14}{_retries(m.runs, d.name):>9}"
         )
     if m.ratios:
         lines += [
@@ -779,12 +825,15 @@ def render(m: Measurement) -> str:
             )
     lost = sum(r.lost_backends for r in m.runs)
     notes = (
-        "CPU µs per delivered message, over the load only. relay: every relay worker's "
-        "process tree (SQLite: relay + writer). PG backends: the client backends of the run's "
+        "relay, PG backends, total, PG bg: CPU µs per delivered message, over the load "
+        "only. relay: every relay worker's process tree (SQLite: relay + writer). "
+        "PG backends: the client backends of the run's "
         "database (pids from pg_stat_activity, /proc/<pid>/stat utime+stime before/after). "
         "total = relay + PG backends. PG bg: WAL writer + checkpointer + background writer, "
         "server-wide (other clients' work included), NOT in total. Autovacuum and the load "
-        "generator are not counted."
+        "generator are not counted. calls/commit (PostgreSQL store, the workers' whole "
+        "lives): store calls per transaction, i.e. the group commit's batch size; retries: "
+        "batches rerun after a deadlock or serialization failure, over all runs."
     )
     if lost:
         notes += f" {lost} backend(s) ended during a run: their last interval is missing."

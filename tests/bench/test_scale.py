@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,7 @@ from bench.scale import (
     relay_argv,
     render,
     run_order,
+    store_counters,
     summarize,
 )
 
@@ -122,6 +124,23 @@ def test_cpu_readings_of_this_process():
     assert readings[2**22 + 1] is None
     assert readings[os.getpid()] > 0
     assert not is_postgres(os.getpid())
+
+
+def test_store_counters_are_summed_over_the_workers_logs(tmp_path):
+    first, second, none = tmp_path / "w1.log", tmp_path / "w2.log", tmp_path / "w3.log"
+    first.write_text(
+        '{"event":"registered","handle":"a"}\nnot json "store_closed"\n'
+        '{"event":"store_closed","commits":10,"calls":250,"replays":0,"retries":1}\n'
+    )
+    second.write_text('{"event":"store_closed","commits":5,"calls":50,"replays":2,"retries":0}\n')
+    none.write_text('{"event":"stopped"}\n')
+    assert store_counters([first, second, none, tmp_path / "missing.log"]) == {
+        "commits": 15, "calls": 300, "replays": 2, "retries": 1
+    }  # fmt: skip
+    assert store_counters([none]) is None
+    measured = replace(run("pg2", 0, 1.0), store={"commits": 15, "calls": 300, "retries": 1})
+    assert measured.calls_per_commit == 20.0
+    assert run("sqlite", 0, 1.0).calls_per_commit is None
 
 
 def test_summary_medians_and_ranges_per_deployment():
@@ -265,6 +284,7 @@ def test_a_tiny_postgresql_run_end_to_end(pg_server_url, tmp_path, deployment):
     assert run["backends"] >= workers  # at least one connection per worker was seen
     assert run["application_names"]
     assert run["lost_backends"] == 0
+    assert run["store"]["commits"] > 0 and run["store"]["calls"] >= run["store"]["commits"]
     assert run["database"].startswith(DATABASE_PREFIX)
     server = PgServer(pg_server_url)
     with server.in_use("test_scale"):  # not while crash tests elsewhere restart the server
