@@ -414,6 +414,10 @@ class Run:
     ``store_closed`` log lines, summed): commits, calls, replays, retries. calls/commit is
     the group commit's batch size; retries are batches rerun after a deadlock or
     serialization failure between workers. None when the relays do not log it."""
+    sent_p50_ms: float | None = None
+    sent_p99_ms: float | None = None
+    """SEND → SENT (the commit's round trip as the sender sees it): with a window per
+    sender, this is what bounds a deployment's msg/s when the CPU does not."""
 
     @property
     def calls_per_commit(self) -> float | None:
@@ -444,6 +448,8 @@ def make_run(deployment: Deployment, repetition: int, result: Any, meter: Meter)
         msgs_per_s=round(result.rate, 1),
         p50_ms=round(result.delivery_ms(50), 2),
         p99_ms=round(result.delivery_ms(99), 2),
+        sent_p50_ms=round(result.sent_ms(50), 2),
+        sent_p99_ms=round(result.sent_ms(99), 2),
         relay_us=relay_us,
         backend_us=backend_us,
         total_us=total_us,
@@ -599,6 +605,7 @@ METRICS = (
     "background_us",
     "client_us",
     "calls_per_commit",
+    "sent_p50_ms",
 )
 
 
