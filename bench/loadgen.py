@@ -86,6 +86,11 @@ class LoadSpec:
     """Upper bound for the whole run; exceeded → LoadError, workers terminated."""
     rate: float = 0.0
     """Messages/s over all pairs, paced open loop; 0 = as fast as the window allows."""
+    relays: tuple[str, ...] = ()
+    """Several relay workers sharing one store (``bench/scale.py``): pair ``i``'s sender
+    connects to ``relays[i % n]`` and its recipient to ``relays[(i + 1) % n]``
+    (:func:`pair_urls`), so with two or more every message crosses workers. Empty: every
+    connection goes to ``url``."""
 
     def __post_init__(self) -> None:
         if self.size < STAMP.size or self.size > limits.MAX_CIPHERTEXT_BYTES:
@@ -94,6 +99,14 @@ class LoadSpec:
             raise ValueError("pairs, messages, window and workers must be positive")
         if self.rate < 0:
             raise ValueError("rate must be >= 0")
+
+
+def pair_urls(spec: LoadSpec, pair: int) -> tuple[str, str]:
+    """(sender URL, recipient URL) of pair ``pair``: see :attr:`LoadSpec.relays`."""
+    if not spec.relays:
+        return spec.url, spec.url
+    n = len(spec.relays)
+    return spec.relays[pair % n], spec.relays[(pair + 1) % n]
 
 
 @dataclass(slots=True)
@@ -188,16 +201,18 @@ async def _phase(
         raise LoadError(f"never released from phase {report['kind']}")
 
 
-def run_load(spec: LoadSpec) -> LoadResult:
+def run_load(spec: LoadSpec, on_phase: PhaseHook | None = None) -> LoadResult:
     """Run the workload in ``spec.workers`` processes; raises LoadError on any failure.
 
     Phases: every worker registers its accounts and reports ready; then one shared
     event starts all senders at once, so the clock starts with everyone connected.
+    ``on_phase("ready", …)`` runs just before that start and ``on_phase("done", …)``
+    once every worker has finished (to measure the servers over the load alone).
     """
     tag = secrets.token_hex(3)
     slices = [range(w, spec.pairs, spec.workers) for w in range(min(spec.workers, spec.pairs))]
     args = [(spec, f"{tag}w{index}", list(ids)) for index, ids in enumerate(slices)]
-    reports = run_phases(_worker_main, args, ("ready", "done"), spec.timeout_s)
+    reports = run_phases(_worker_main, args, ("ready", "done"), spec.timeout_s, on_phase)
     delivery: list[float] = []
     sent: list[float] = []
     for report in reports:
@@ -255,8 +270,15 @@ async def _worker(
 ) -> None:
     deadline = time.monotonic() + spec.timeout_s
     async with asyncio.timeout_at(asyncio.get_running_loop().time() + spec.timeout_s):
-        recipients = [await open_account(spec.url, f"r{prefix}p{i}") for i in pair_ids]
-        senders = [await open_account(spec.url, f"s{prefix}p{i}") for i in pair_ids]
+        urls = [pair_urls(spec, i) for i in pair_ids]
+        recipients = [
+            await open_account(to, f"r{prefix}p{i}")
+            for i, (_, to) in zip(pair_ids, urls, strict=True)
+        ]
+        senders = [
+            await open_account(frm, f"s{prefix}p{i}")
+            for i, (frm, _) in zip(pair_ids, urls, strict=True)
+        ]
         for (recipient, _), (sender, handle) in zip(recipients, senders, strict=True):
             await introduce(recipient, sender, handle)
         await _phase(pipe, events, 0, {"kind": "ready"}, deadline)

@@ -65,20 +65,27 @@ VERSIONED = ("blindrelay", "websockets", "msgpack", "pynacl", "sqlite-utils")
 """Distributions whose versions go into every JSON record."""
 
 
+def unlimited_flags() -> list[str]:
+    """``blindrelay serve`` flags that raise the send and registration limits out of reach.
+
+    Every benchmark account registers from 127.0.0.1 (SPEC §4.6.1), and the default send
+    rates would measure the token buckets, not the relay.
+    """
+    return [
+        f"--{name}={UNLIMITED_RATE}"
+        for name in (
+            "send-rate-user", "send-burst-user", "send-rate-pair", "send-burst-pair",
+            "register-rate-per-h", "register-burst",
+        )
+    ]  # fmt: skip
+
+
 def relay_argv(synchronous: str) -> ServerArgv:
     def argv(workdir: Path) -> list[str]:
-        # Every benchmark account registers from 127.0.0.1 (SPEC §4.6.1).
-        limits = [
-            f"--{name}={UNLIMITED_RATE}"
-            for name in (
-                "send-rate-user", "send-burst-user", "send-rate-pair", "send-burst-pair",
-                "register-rate-per-h", "register-burst",
-            )
-        ]  # fmt: skip
         return [
             sys.executable, "-m", "blindrelay.server.cli", "serve",
             "--host", "127.0.0.1", "--port", "0", "--db", str(workdir / "relay.db"),
-            "--synchronous", synchronous, *limits,
+            "--synchronous", synchronous, *unlimited_flags(),
         ]  # fmt: skip
 
     return argv

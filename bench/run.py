@@ -5,7 +5,7 @@ it. Absolute figures depend on the machine; each workload therefore runs its bas
 in the same run and the table prints the ratio, which is what the targets are about.
 
     .venv/bin/python bench/run.py [--quick] [--only throughput latency idle drain fanout
-        crypto] [--json PATH] [--profile DIR] [--repeat N] [--check]
+        crypto scale] [--postgres URL] [--json PATH] [--profile DIR] [--repeat N] [--check]
 
 Workloads (servers start fresh for each, on 127.0.0.1 with an empty database):
   1 throughput  50 pairs x 1000 x 1 KiB, window 10: relay (durable acks, FULL) vs the
@@ -24,6 +24,12 @@ Workloads (servers start fresh for each, on 127.0.0.1 with an empty database):
                 connected customers) vs the relay's pair throughput from workload 1.
   6 crypto      bench/crypto.py: our encrypt+decrypt of 1 KiB vs the independent
                 x3dh/doubleratchet implementation.
+  7 scale       bench/scale.py (issue 14): workload 1's load on the SQLite relay, a
+                PostgreSQL relay and two PostgreSQL workers (every message crossing
+                workers), interleaved, median of 3 (--repeat if higher; 1 with --quick):
+                msg/s, p99 and CPU per message against the issue's targets. Needs a
+                PostgreSQL server (--postgres URL, BLINDRELAY_BENCH_POSTGRES or
+                BLINDRELAY_TEST_POSTGRES); without one it is skipped, saying so.
 
 The relay runs with its send rate limits raised out of reach (the defaults would
 measure the token buckets); the table says so. The open-file soft limit is raised to
@@ -39,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sqlite3
 import subprocess
@@ -52,7 +59,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import relay
+from bench import relay, scale
 from bench.loadgen import LoadError, LoadSpec, run_drain, run_idle
 from bench.procs import ServerError, ServerProcess, raise_nofile_limit
 from bench.profile import render as render_profile
@@ -60,7 +67,7 @@ from bench.profile import summarize
 
 ROOT = relay.ROOT
 RESULTS = ROOT / "bench" / "results"
-WORKLOADS = ("throughput", "latency", "idle", "drain", "fanout", "crypto")
+WORKLOADS = ("throughput", "latency", "idle", "drain", "fanout", "crypto", "scale")
 
 THROUGHPUT_MIN = 0.6
 """Issue 8: relay msg/s ≥ this × the forwarder's."""
@@ -95,6 +102,8 @@ class Params:
     crypto_messages: int = 2000
     crypto_repeat: int = 3
     fanout_customers: int = 10_000
+    scale_repeat: int = scale.DEFAULT_REPEAT
+    """Interleaved runs of each deployment in workload 7 (``--repeat`` if higher)."""
     timeout_s: float = 300.0
     """Per load run; subprocess benchmarks get twice this."""
 
@@ -102,7 +111,7 @@ class Params:
 QUICK = Params(
     pairs=10, messages=200, latency_s=5.0, idle=1000, drain_recipients=20,
     drain_per_recipient=100, crypto_messages=300, crypto_repeat=1, fanout_customers=500,
-    timeout_s=120.0,
+    scale_repeat=1, timeout_s=120.0,
 )  # fmt: skip
 
 
@@ -143,6 +152,8 @@ class Suite:
     figures: list[Figure] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Workloads that could not run here, with the one-line reason."""
     relay_rate: float | None = None
     """Relay msg/s from workload 1: the rate of workload 2 and the baseline of 4 and 5."""
 
@@ -358,6 +369,43 @@ def w_crypto(suite: Suite, tmp: Path) -> None:
         )  # fmt: skip
 
 
+def w_scale(suite: Suite, tmp: Path, pg_url: str | None, repeat: int) -> None:
+    """Workload 7: bench/scale.py's three deployments side by side, or a one-line skip."""
+    if not pg_url:
+        suite.skipped["7 scale"] = scale.no_server_reason()
+        suite.details["scale"] = {"skipped": scale.no_server_reason()}
+        return
+    p = suite.params
+    spec = _spec(p)
+    deployments = [scale.Deployment.parse(name) for name in scale.DEFAULT_DEPLOYMENTS]
+
+    def progress(line: str) -> None:
+        print(f"        scale: {line}", file=sys.stderr, flush=True)
+
+    m = scale.measure(spec, deployments, repeat, pg_url, tmp, progress)
+    summary = m.summary
+    labels = {d.name: d.label for d in deployments}
+    metric_names = {"msgs_per_s": "msg/s", "total_us": "CPU us/msg", "p99_ms": "p99 ms"}
+
+    def median(name: str, metric: str) -> float | None:
+        spread = summary.get(name, {}).get(metric)
+        return spread.median if spread else None
+
+    w = f"7 scale {spec.pairs}x{spec.messages} x{repeat}"
+    rows = [(t.subject, t.baseline, t.metric, (t.op, t.bound)) for t in scale.TARGETS]
+    rows += [("pg1", "sqlite", "total_us", None), ("pg1", "sqlite", "p99_ms", None),
+             ("pg2", "pg1", "p99_ms", None)]  # fmt: skip
+    for subject, baseline, metric, target in rows:
+        a, b = median(subject, metric), median(baseline, metric)
+        if a is None or b is None:
+            continue
+        suite.figures.append(
+            Figure.compare(w, f"{metric_names[metric]}, {labels[subject]}", a, b,
+                           labels[baseline], target)
+        )  # fmt: skip
+    suite.details["scale"] = m.record()
+
+
 # --- helpers --------------------------------------------------------------------
 
 
@@ -434,6 +482,8 @@ def render(suite: Suite, env: dict[str, Any], elapsed_s: float) -> str:
             f"{_num(f.baseline):>10}  {f.baseline_is:<24}{ratio:>7}  {f.target:<10}{verdict:<7}"
         )
         last = f.workload
+    for name, reason in suite.skipped.items():
+        lines.append(f"{name:<26}SKIPPED: {reason}")
     for name, error in suite.errors.items():
         lines.append(f"{name:<26}FAILED: {error}")
     lines.append(
@@ -454,7 +504,7 @@ def record(suite: Suite, env: dict[str, Any], started: float, elapsed_s: float,
         "figures": [asdict(f) for f in suite.figures],
         "targets": {f"{f.workload} {f.metric} {f.target}": f.met
                     for f in suite.figures if f.met is not None},
-        "details": suite.details, "errors": suite.errors,
+        "details": suite.details, "errors": suite.errors, "skipped": suite.skipped,
     }  # fmt: skip
 
 
@@ -464,7 +514,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=WORKLOADS, help="run only these")
     parser.add_argument("--json", type=Path, help="record path (default bench/results/)")
     parser.add_argument("--profile", type=Path, help="py-spy both servers in workload 1")
-    parser.add_argument("--repeat", type=int, default=1, help="workload 1 runs; median kept")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="workload 1 runs (and workload 7's, if more); median kept",
+    )
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="PostgreSQL server for workload 7 (default: $"
+        + " or $".join(scale.URL_VARIABLES)
+        + ")",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)
     if not 1 <= args.repeat <= 9:
@@ -486,6 +548,12 @@ def main(argv: list[str] | None = None) -> int:
         "drain": lambda tmp: w_drain(suite, tmp),
         "fanout": lambda tmp: w_fanout(suite, tmp),
         "crypto": lambda tmp: w_crypto(suite, tmp),
+        "scale": lambda tmp: w_scale(
+            suite,
+            tmp,
+            scale.pg_url_from(args.postgres, os.environ),
+            max(args.repeat, suite.params.scale_repeat),
+        ),
     }
     with tempfile.TemporaryDirectory(prefix="blindrelay-bench-") as tmp:
         for name in selected:
@@ -495,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{time.time() - started:5.0f} s] {name} ...", file=sys.stderr, flush=True)
             try:
                 steps[name](_workdir(Path(tmp), name))
-            except (LoadError, ServerError, OSError, KeyError, ValueError) as exc:
+            except (LoadError, ServerError, scale.ScaleError, OSError, KeyError, ValueError) as exc:
                 suite.errors[name] = f"{type(exc).__name__}: {exc}"
     elapsed = time.time() - started
     print(render(suite, env, elapsed))
