@@ -106,8 +106,6 @@ class Worker:
         self.flags = flags
         self.proc: asyncio.subprocess.Process | None = None
         self.port = 0
-        self.starts = 0
-        self.kills = 0
         self.exit_status: int | None = None
         """How the last process ended when stopped with SIGTERM (0: a clean shutdown)."""
 
@@ -142,13 +140,11 @@ class Worker:
         except TimeoutError:
             raise AssertionError(f"{self.name} not listening:\n{self.log_tail()}") from None
         self.port = int(match.group(2))
-        self.starts += 1
 
     def kill(self) -> None:
         """SIGKILL now: no shutdown code runs, connections are cut by the kernel."""
         assert self.proc is not None and self.running, f"{self.name} is not running"
         self.proc.send_signal(signal.SIGKILL)
-        self.kills += 1
 
     async def reap(self) -> None:
         assert self.proc is not None
@@ -378,7 +374,7 @@ class Wire:
 class Party:
     """An SDK client with an in-memory keystore, its socket tapped (:class:`Wire`)."""
 
-    def __init__(self, handle: str, url: str, *, receiver: bool = False) -> None:
+    def __init__(self, handle: str, url: str) -> None:
         self.handle = handle
         self.url = url
         self.wire = Wire()
@@ -388,7 +384,6 @@ class Party:
         self.bodies: dict[tuple[str, bytes], str] = {}
         self.order: dict[str, list[int]] = {}
         """Per sender, the sequence numbers in the order the application saw them."""
-        self.receiver = receiver
         self._reader: asyncio.Task[None] | None = None
 
     async def register(self) -> None:
@@ -428,6 +423,7 @@ def body(sender: str, seq: int) -> str:
 
 @contextlib.contextmanager
 def timed(laps: dict[str, float], name: str) -> Iterator[None]:
+    """Record the block's wall time in seconds as ``laps[name]`` (for the report line)."""
     started = time.monotonic()
     try:
         yield

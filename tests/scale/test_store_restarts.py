@@ -54,9 +54,7 @@ async def scenario(database: PostgresDatabase, logs: Path) -> dict[str, object]:
     laps: dict[str, float] = {}
     async with workers(database.url, logs, 2, LOAD_FLAGS) as pool:
         pids = [w.pid for w in pool]
-        recipients = [
-            Party(f"recipient-{n}", pool[n % 2].url, receiver=True) for n in range(RECIPIENTS)
-        ]
+        recipients = [Party(f"recipient-{n}", pool[n % 2].url) for n in range(RECIPIENTS)]
         senders = [Party(f"sender-{n}", pool[n % 2].url) for n in range(SENDERS)]
         parties = recipients + senders
         by_handle = {p.handle: p for p in parties}

@@ -59,9 +59,7 @@ async def scenario(database: PostgresDatabase, logs: Path) -> dict[str, object]:
     async with workers(database.url, logs, 2, LOAD_FLAGS) as pool:
         balancer = Balancer([w.port for w in pool])
         await balancer.start()
-        recipients = [
-            Party(f"recipient-{n}", balancer.url(n % 2), receiver=True) for n in range(RECIPIENTS)
-        ]
+        recipients = [Party(f"recipient-{n}", balancer.url(n % 2)) for n in range(RECIPIENTS)]
         senders = [Party(f"sender-{n}", balancer.url(n % 2)) for n in range(SENDERS)]
         parties = recipients + senders
         home = {p.handle: n % 2 for n, p in enumerate(recipients)}
