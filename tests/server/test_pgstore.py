@@ -381,3 +381,34 @@ async def _terminate_the_waiting_backend(url: str) -> None:
     finally:
         await watcher.close()
     raise AssertionError("the store's batch never waited for the lock")
+
+
+async def test_two_workers_creating_the_relay_key_at_once_end_with_one(
+    pg_database: PostgresDatabase,
+) -> None:
+    """SPEC §4.1, CONTRACT create_relay_seed: "two relays starting at once must end with one
+    key". The second insert waits for the first's commit; its statement's snapshot predates
+    that commit, so a read in the same statement sees no row (it answered NULL, and the
+    worker died with a TypeError)."""
+    url = pg_database.fresh_schema()
+    async with started(url) as store:
+        first = await asyncpg.connect(url)
+        try:
+            async with first.transaction():
+                await first.execute(
+                    "INSERT INTO relay_identity (id, seed, public_key, created_at)"
+                    " VALUES (1, $1, $2, 0)", b"a" * 32, b"A" * 32,
+                )  # fmt: skip
+                second = asyncio.ensure_future(
+                    store.submit("create_relay_seed", b"b" * 32, b"B" * 32, 0)
+                )
+                waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                for _ in range(500):  # until the second insert waits on the first
+                    if await first.fetchval(waiting):
+                        break
+                    await asyncio.sleep(0.01)
+                else:
+                    raise AssertionError("the second insert never waited")
+            assert await asyncio.wait_for(second, 10) == b"a" * 32
+        finally:
+            await first.close()

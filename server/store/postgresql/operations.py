@@ -205,6 +205,10 @@ async def create_relay_seed(tx: Tx, seed: bytes, public: bytes, now: int) -> byt
         " SELECT seed FROM i UNION ALL SELECT seed FROM relay_identity WHERE id = 1",
         seed, public, now,
     )  # fmt: skip
+    if stored is None:
+        # Another worker's insert committed while ours waited on it: our statement's
+        # snapshot predates that commit, so only a new statement sees its row.
+        stored = await tx.conn.fetchval("SELECT seed FROM relay_identity WHERE id = 1")
     return bytes(stored)
 
 
