@@ -1084,7 +1084,13 @@ class Client:
                 login = asyncio.create_task(self._authenticate(link, request_id))
                 await asyncio.wait([reader, login], return_when=asyncio.FIRST_COMPLETED)
                 if login.done():
-                    login.result()  # an AUTH_FAILED here is fatal: the relay refuses our key
+                    try:
+                        login.result()  # an AUTH_FAILED here is fatal: the relay refuses our key
+                    except StoreUnavailable as exc:
+                        # SPEC §6.3: the relay's store is down for now. The challenge is
+                        # spent; a new connection after retry_after logs in again.
+                        await asyncio.sleep(exc.retry_after_ms / 1000)
+                        raise ConnectionLost("the relay's store is unavailable") from exc
                 else:
                     login.cancel()
             await reader

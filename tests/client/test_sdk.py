@@ -445,16 +445,17 @@ class OutageStore:
     (SPEC §6.3: ERROR 902 with retry_after) — after the envelope was committed for the
     first, as when the connection to PostgreSQL drops between COMMIT and its answer."""
 
-    def __init__(self, store: Any, outages: int) -> None:
+    def __init__(self, store: Any, outages: int, operation: str = "send") -> None:
         self.store = store
         self.outages = outages
+        self.operation = operation
         self.refused = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
 
     def call(self, operation: str, args: Any, done: Any) -> None:
-        if operation != "send" or self.refused >= self.outages:
+        if operation != self.operation or self.refused >= self.outages:
             self.store.call(operation, args, done)
             return
         self.refused += 1
@@ -492,6 +493,41 @@ def test_a_send_refused_by_a_store_outage_is_sent_again_and_arrives_once(
             assert [m.body for m in received] == ["through the outage", "after it"]
             with pytest.raises(TimeoutError):  # the first, committed twice, came once
                 await asyncio.wait_for(inbox.next(), 0.3)
+            for closing in (inbox, alice, bob):
+                await closing.close()
+
+    run(scenario())
+
+
+def test_a_login_refused_by_a_store_outage_is_tried_again_on_a_new_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §6.3 (issue 14): the automatic LOGIN after a reconnect answered 902 (the relay's
+    store is down) stopped the client for good. 902 is transient: the client reconnects
+    (the challenge is spent) after retry_after and logs in again."""
+    stores: list[OutageStore] = []
+
+    def open_with_outage(url: str, config: RelayConfig) -> Any:
+        stores.append(OutageStore(open_store(url, config), outages=0, operation="login_counts"))
+        return stores[-1]
+
+    monkeypatch.setattr(relay_module, "open_store", open_with_outage)
+
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            alice = await online(relay.url, "alice")
+            reconnected = asyncio.Event()
+            bob = await online(relay.url, "bob", on_connected=lambda welcome: reconnected.set())
+            reconnected.clear()
+            stores[0].outages = 2  # the next two logins meet the outage
+            session = relay.ctx.sessions.get("bob")
+            assert session is not None
+            session.transport.close(1011, "test drop")
+            await within(reconnected.wait())
+            assert stores[0].refused == 2
+            await within(alice.send("bob", "after the outage"))
+            inbox = Inbox(bob)
+            assert (await inbox.next()).body == "after the outage"
             for closing in (inbox, alice, bob):
                 await closing.close()
 
