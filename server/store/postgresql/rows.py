@@ -34,7 +34,26 @@ def _join(values: frozenset[str]) -> str:
     return ",".join(sorted(values))
 
 
+_DECODED_MAX = 50_000
+_decoded: dict[tuple[str, str, int, str, str, int], PairState] = {}
+"""Pair rows already decoded: a SEND reads its pair's row in every batch, and the row
+changes far more rarely (JSON decoding was a fifth of a SEND's decision). PairState is
+immutable, so equal rows share one; emptied when full."""
+
+
 def pair_from_row(
+    consent: str, pending: str, window_until: int, blockers: str, wrote: str, requests: int
+) -> PairState:
+    key = (consent, pending, window_until, blockers, wrote, requests)
+    state = _decoded.get(key)
+    if state is None:
+        if len(_decoded) >= _DECODED_MAX:
+            _decoded.clear()
+        state = _decoded[key] = _decode_pair(*key)
+    return state
+
+
+def _decode_pair(
     consent: str, pending: str, window_until: int, blockers: str, wrote: str, requests: int
 ) -> PairState:
     return PairState(
