@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlparse
 
+from websockets.protocol import State
+
 from blindrelay.protocol.business import BusinessProfile, OpeningHours, SpecialDay
 from blindrelay.protocol.codec import encode
 from blindrelay.protocol.frames import (
@@ -81,7 +83,11 @@ def _stop_reading(client: RawClient) -> None:
 
 
 def _flood(client: RawClient, frames: list[Frame]) -> None:
-    """Queue ``frames`` to the relay without waiting for it to read them."""
+    """Queue ``frames`` to the relay without waiting for it to read them; nothing once the
+    relay has closed the connection (its write timeout may run out mid-flood on a slow
+    machine, which is the relay doing its job)."""
+    if client.ws.protocol.state is not State.OPEN:
+        return
     for frame in frames:
         client.ws.protocol.send_binary(encode(frame))
     client.ws.send_data()
