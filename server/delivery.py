@@ -31,6 +31,7 @@ from . import fastframes
 from .config import RelayConfig
 from .context import Limiters, RelayContext, Session
 from .logs import LOGGER, log_event
+from .routing import Hint
 from .store import Account
 from .store.operations import SendRules
 
@@ -162,6 +163,24 @@ def queued_elsewhere(ctx: RelayContext, recipient: str) -> None:
         target.outbox.queued_elsewhere()
 
 
+def committed_elsewhere(ctx: RelayContext, hint: Hint) -> None:
+    """An ENVELOPE hint: another worker committed this envelope for ``hint.handle``.
+
+    Pushed like a local commit when the outbox is up to date (not paging, nothing
+    behind, and every lower id seen); otherwise paged, as for a QUEUED hint — a page
+    being read now may have been read before this commit, which happened elsewhere.
+    """
+    target = ctx.sessions.get(hint.handle)
+    if target is None or target.outbox is None:
+        return
+    outbox = target.outbox
+    if not outbox.up_to(hint.value):
+        outbox.queued_elsewhere()
+        return
+    row = hint.row()
+    outbox.committed(row[0], partial(fastframes.deliver_row, row), hint.value)
+
+
 def withdrawn_elsewhere(ctx: RelayContext, recipient: str, delivery_ids: tuple[int, ...]) -> None:
     """A WITHDRAWN hint: a statement committed on another worker purged these rows of
     ``recipient``'s queue (SPEC §7.4): its outbox here never pushes them."""
@@ -265,6 +284,11 @@ class Outbox:
         """Rows may be queued past the cursor that were not pushed: page them in."""
         self.behind = True
         self._page_in()
+
+    def up_to(self, previous: int) -> bool:
+        """Nothing is being paged or left behind, and every delivery id up to ``previous``
+        has been seen: an envelope after it may be pushed at once."""
+        return not self.paging and not self.behind and previous <= self.cursor
 
     def queued_elsewhere(self) -> None:
         """Rows may have been committed to this account's queue by another worker (a

@@ -108,7 +108,9 @@ class Dispatcher:
         if LOGGER.isEnabledFor(logging.DEBUG):
             log_event(logging.DEBUG, "hint", kind=hint.kind.name, handle=hint.handle)
         kind = hint.kind
-        if kind is HintKind.QUEUED:
+        if kind is HintKind.ENVELOPE:
+            delivery.committed_elsewhere(self.ctx, hint)
+        elif kind is HintKind.QUEUED:
             delivery.queued_elsewhere(self.ctx, hint.handle)
         elif kind is HintKind.WITHDRAWN:
             delivery.withdrawn_elsewhere(self.ctx, hint.handle, hint.ids)

@@ -32,11 +32,14 @@ Not here: how hints are emitted (``store/postgresql``), what a worker does with 
 
 from __future__ import annotations
 
+import base64
 import enum
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+import msgpack
 
 CHANNEL = "blindrelay_hints"
 """The PostgreSQL ``LISTEN``/``NOTIFY`` channel every worker of one store uses."""
@@ -55,6 +58,11 @@ class HintKind(enum.Enum):
     LOGIN = "l"
     """``handle`` logged in on ``origin`` with login sequence ``value`` (SPEC §4.4): a
     connection of ``handle`` with a lower sequence is replaced (4000)."""
+    ENVELOPE = "e"
+    """A new envelope for ``handle``, carried whole (``envelope``: its queue row, msgpack)
+    with ``value`` = the highest delivery id queued for ``handle`` before it: the
+    recipient's worker pushes it as it pushes a local commit (no PAGE round trip), or
+    pages if it has not seen ``value`` (SPEC §6.4: the cursor never passes an unseen id)."""
     PREKEYS_LOW = "p"
     """``handle`` has ``value`` one-time prekeys left, under the low-water mark (SPEC §5.4)."""
 
@@ -67,13 +75,32 @@ class Hint:
     """The worker that committed the change (:func:`new_worker_id`)."""
     value: int = 0
     ids: tuple[int, ...] = ()
+    envelope: bytes = b""
+    """ENVELOPE only: the queue row, msgpack-encoded (:func:`envelope_hint`)."""
 
     def encode(self) -> str:
-        """``kind origin value handle [ids,…]``, space-separated (handles have no spaces)."""
+        """``kind origin value handle [ids,… | base64 envelope]``, space-separated
+        (handles have no spaces)."""
         text = f"{self.kind.value} {self.origin} {self.value} {self.handle}"
         if self.ids:
             text += " " + ",".join(map(str, self.ids))
+        elif self.envelope:
+            text += " " + base64.b64encode(self.envelope).decode()
         return text
+
+    def row(self) -> list[Any]:
+        """An ENVELOPE hint's queue row (:func:`..store.records.envelope_row`); ValueError
+        if it is not one. Decoded strictly, never executed: plain msgpack values only."""
+        try:
+            row = msgpack.unpackb(self.envelope, raw=False, strict_map_key=True)
+        except Exception as exc:
+            raise ValueError("not an envelope row") from exc
+        if (
+            not isinstance(row, list) or len(row) != 10 or type(row[0]) is not int
+            or row[1] != self.handle or not isinstance(row[9], bytes)
+        ):  # fmt: skip
+            raise ValueError("not an envelope row")
+        return row
 
 
 def decode(payload: str) -> Hint:
@@ -82,8 +109,26 @@ def decode(payload: str) -> Hint:
     if len(parts) not in (4, 5):
         raise ValueError("not a hint")
     kind, origin, value, handle = parts[:4]
+    if HintKind(kind) is HintKind.ENVELOPE:
+        if len(parts) != 5:
+            raise ValueError("an envelope hint without its envelope")
+        envelope = base64.b64decode(parts[4], validate=True)
+        return Hint(HintKind.ENVELOPE, handle, origin, int(value), envelope=envelope)
     ids = tuple(int(i) for i in parts[4].split(",")) if len(parts) == 5 else ()
     return Hint(HintKind(kind), handle, origin, int(value), ids)
+
+
+MAX_PAYLOAD = 7900
+"""PostgreSQL refuses NOTIFY payloads of 8000 bytes or more."""
+
+
+def envelope_hint(origin: str, previous: int, row: list[Any]) -> Hint:
+    """An ENVELOPE hint carrying ``row`` for its recipient, or QUEUED (page it) if the
+    payload would not fit a notification."""
+    hint = Hint(HintKind.ENVELOPE, row[1], origin, previous, envelope=msgpack.packb(row))
+    if len(hint.encode()) > MAX_PAYLOAD:
+        return Hint(HintKind.QUEUED, row[1], origin)
+    return hint
 
 
 def withdrawn(handle: str, origin: str, ids: list[int]) -> Hint:

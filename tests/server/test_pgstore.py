@@ -299,8 +299,15 @@ async def test_hints_are_emitted_inside_the_transaction_and_only_on_commit(
         async with started(url, origin="feedfacefeedface") as store:
             await _users(store, "alice", "bob", "owner")
             assert heard.empty()  # registering changes nothing another worker acts on
-            await _send(store, "alice", "bob", 1)
-            assert await heard.get() == Hint(HintKind.QUEUED, "bob", "feedfacefeedface")
+            delivery_id, _, previous = await _send(store, "alice", "bob", 1)
+            carried = await heard.get()  # the envelope rides its hint
+            assert (carried.kind, carried.handle, carried.origin, carried.value) == (
+                HintKind.ENVELOPE, "bob", "feedfacefeedface", previous
+            )
+            msg_id = (1).to_bytes(16, "big")
+            assert carried.row() == [
+                delivery_id, "bob", "alice", "user", msg_id, "chat", None, None, 5, b"x"
+            ]
             with pytest.raises(QueueFull):
                 await _send(store, "alice", "bob", 2, queue_cap=1)  # refused: no hint
             first = await store.submit("login_counts", "bob", 0)

@@ -17,6 +17,8 @@ import time
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import (
     Ack,
@@ -32,6 +34,7 @@ from blindrelay.protocol.frames import (
 from blindrelay.protocol.signed import ConsentStatement, unverified_body
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay, serve
+from blindrelay.server.routing import Hint, HintKind, decode, envelope_hint
 
 from ..asyncrun import AsyncFixture
 from ..pg import RESTART_TIMEOUT_S, PostgresDatabase
@@ -246,3 +249,19 @@ async def _restart_scenario(pg_database: PostgresDatabase) -> None:
         assert {m: received[m] for m in sent} == sent
         await answered(alice)
         await answered(bob)
+
+
+def test_an_envelope_hint_round_trips_and_too_big_a_one_is_a_page_hint() -> None:
+    """server/routing.py: an ENVELOPE hint carries the queue row through its text form;
+    one over PostgreSQL's NOTIFY limit becomes QUEUED (the recipient's worker pages); a
+    malformed row is refused, never trusted."""
+    row = [7, "bob", "alice", "user", b"m" * 16, "chat", None, None, 5, b"c" * 1024]
+    hint = envelope_hint("feedfacefeedface", 3, row)
+    assert hint.kind is HintKind.ENVELOPE
+    again = decode(hint.encode())
+    assert (again.handle, again.value, again.row()) == ("bob", 3, row)
+    big = envelope_hint("feedfacefeedface", 3, [*row[:9], b"c" * 8000])
+    assert (big.kind, big.handle) == (HintKind.QUEUED, "bob")
+    forged = Hint(HintKind.ENVELOPE, "bob", "feedfacefeedface", 3, envelope=b"\x93\x01\x02\x03")
+    with pytest.raises(ValueError):
+        forged.row()

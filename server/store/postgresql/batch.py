@@ -49,7 +49,7 @@ from blindrelay.protocol.errors import MessageIdReused, QueueFull
 from blindrelay.protocol.signed import ConsentStatement, unverified_body
 
 from ... import routing
-from ...routing import Hint, HintKind
+from ...routing import Hint
 from .. import Done
 from ..operations import SendRules
 from ..rules import (
@@ -725,9 +725,12 @@ class _SendRun:
         for send in sends:
             delivery_id = ids[(send.handle, send.msg_id)]
             results[send.position] = [delivery_id, send.now, last[send.to]]
+            # The envelope rides its hint: the recipient's worker pushes it without a PAGE.
+            self.tx.hints.append(routing.envelope_hint(self.tx.origin, last[send.to], [
+                delivery_id, send.to, send.handle, send.kind, send.msg_id, send.intent,
+                send.category, send.categories, send.now, send.body,
+            ]))  # fmt: skip
             last[send.to] = delivery_id
-        for recipient in per_recipient:
-            self.tx.hint(HintKind.QUEUED, recipient)
         return results
 
 
