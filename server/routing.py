@@ -15,10 +15,12 @@ Hints are hints: a lost one (a worker that was disconnected from the store)
 costs latency, never a message, because the tables are the truth and a worker
 that reconnects catches up from them (every outbox pages its queue again).
 
-A hint carries metadata the relay has anyway (handles, delivery ids, counts),
-never content; its text form is compact and under PostgreSQL's 8000-byte
-payload limit (:data:`MAX_IDS` ids at most; more become a :attr:`HintKind.QUEUED`
-"page again", which is always correct).
+A hint carries what the relay has anyway — handles, delivery ids, counts, and for
+ENVELOPE the queued envelope itself (ciphertext and its metadata, the row the
+store holds), never plaintext or keys; its text form is compact and under
+PostgreSQL's 8000-byte payload limit (:data:`MAX_IDS` ids at most; more, or an
+envelope too big, become a :attr:`HintKind.QUEUED` "page again", which is always
+correct).
 
 How hints travel is a :class:`Router`: :class:`InProcessRouter` for one
 relay process (nothing travels: the handlers act on the local sessions, as
