@@ -55,6 +55,7 @@ except ImportError:  # websockets built without its C extension (what websockets
 
 from blindrelay.protocol import SUBPROTOCOL, limits
 from blindrelay.protocol.connection import RelayConnection, State
+from blindrelay.protocol.errors import StoreUnavailable
 
 from . import auth, gcpolicy
 from .config import TRANSPORT_WRITE_LIMIT_BYTES, RelayConfig
@@ -822,7 +823,10 @@ class RunningRelay:
         if self.ctx.store.running:
             for session in list(self._sessions):  # their accounts' next relay starts from now
                 auth.close_session(self.ctx, session)
-            await self.ctx.store.submit("noop")  # every earlier operation committed
+            try:
+                await self.ctx.store.submit("noop")  # every earlier operation committed
+            except StoreUnavailable:  # stopping during a store outage: nothing more to wait for
+                log_event(logging.WARNING, "stopped_during_store_outage")
         for session in list(self._sessions):
             session.shut_down()
         if self._server is not None:
