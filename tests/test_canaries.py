@@ -436,11 +436,22 @@ class WalWindow:
                 for segment in range(self.start // size, (end - 1) // size + 1)
             ]
         finally:
-            await conn.execute("SELECT pg_drop_replication_slot($1)", self.slot)
             await conn.close()
         base = self.start - self.start % size
-        data = b"".join((wal_dir / name).read_bytes() for name in names)
+        data = b"".join((wal_dir / name).read_bytes() for name in names)  # the slot holds them
         return data[self.start - base : end - base]
+
+    async def close(self) -> None:
+        """Drop the slot, always: a forgotten one would keep every later WAL segment."""
+        conn = await asyncpg.connect(self.url)
+        try:
+            await conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                " WHERE slot_name = $1",
+                self.slot,
+            )
+        finally:
+            await conn.close()
 
 
 async def dump_tables(url: str) -> dict[str, bytes]:
@@ -500,7 +511,6 @@ def test_no_canary_reaches_the_postgresql_store_its_wal_logs_or_wire(
     meanwhile (what a standby or a WAL archive receives) are searched."""
     url = pg_database.url
     wal, hints = WalWindow(url), HintTap(url)
-    asyncio.run(wal.open())
     planted = canary("planted").encode()
     live: dict[str, bytes] = {}
 
@@ -512,13 +522,15 @@ def test_no_canary_reaches_the_postgresql_store_its_wal_logs_or_wire(
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
-        asyncio.run_coroutine_threadsafe(hints.open(), loop).result()
+        for start in (wal.open(), hints.open()):
+            asyncio.run_coroutine_threadsafe(start, loop).result()
         wire, story, logs = run_story(["--store", url], tmp_path, snapshot)
         asyncio.run_coroutine_threadsafe(plant(url, planted), loop).result()
         wal_bytes = asyncio.run_coroutine_threadsafe(wal.read(), loop).result()
         stopped = asyncio.run_coroutine_threadsafe(dump_tables(url), loop).result()
-        asyncio.run_coroutine_threadsafe(hints.close(), loop).result()
     finally:
+        for close in (hints.close(), wal.close()):
+            asyncio.run_coroutine_threadsafe(close, loop).result()
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
         loop.close()
