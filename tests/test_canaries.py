@@ -17,6 +17,10 @@ sent and received are searched for every canary, raw and as hex, base64 and
 base64url. There must be no hit. Positive controls show that the search finds
 what the relay legitimately holds (handles, public identity keys) and a canary
 planted in a copy of the database, so a broken scanner cannot pass.
+
+The same story runs on the PostgreSQL store (threat model T26): there every table's
+rows, the WAL the server wrote during the story and every hint published for other
+workers are searched, with their own positive controls.
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ import sqlite3
 import stat
 import subprocess
 import sys
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from blindrelay.client.business import Business
@@ -48,6 +54,11 @@ from blindrelay.client.transport import wire_tap
 from blindrelay.protocol.content import Content, Receipt, ReceiptType, encode_content
 from blindrelay.protocol.crypto.session import Session
 from blindrelay.server.cli import main as relay_cli
+from blindrelay.server.routing import CHANNEL as HINT_CHANNEL
+from blindrelay.server.routing import HintKind
+from blindrelay.server.routing import decode as decode_hint
+
+from .pg import PostgresDatabase
 
 TIMEOUT_S = 10.0
 
@@ -145,8 +156,18 @@ async def within(awaitable):  # type: ignore[no-untyped-def]
     return await asyncio.wait_for(awaitable, TIMEOUT_S)
 
 
-async def play(url: str, db: Path, operator_key: bytes, wire: Wire, story: Scenario) -> None:
-    """The story; fills ``story`` with every canary it used."""
+async def play(
+    url: str,
+    store_args: list[str],
+    operator_key: bytes,
+    operator_key_path: Path,
+    wire: Wire,
+    story: Scenario,
+    snapshot: Callable[[], None],
+) -> None:
+    """The story; fills ``story`` with every canary it used. ``store_args`` name the
+    relay's store for ``blindrelay admin``; ``snapshot`` reads the store while the relay
+    still runs, after the last message."""
     clients: list[Client] = []
 
     async def online(handle: str, kind: str = "user") -> Client:
@@ -173,8 +194,8 @@ async def play(url: str, db: Path, operator_key: bytes, wire: Wire, story: Scena
                                          hours=[]))  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()):
         assert relay_cli(["admin", "verify-business", "airline", "--name", "Canary Air",
-                          "--operator-key", str(db.parent / "operator.key"),
-                          "--db", str(db)]) == 0  # fmt: skip
+                          "--operator-key", str(operator_key_path),
+                          *store_args]) == 0  # fmt: skip
     user = await online("alice")
     friend = await online("bob")
     airline.start()
@@ -217,12 +238,7 @@ async def play(url: str, db: Path, operator_key: bytes, wire: Wire, story: Scena
         refused = await within(airline.notify("utility", story.text("refused"), to=["alice"]))
         assert refused.refused == ["alice"]
 
-        # The database as it is while the relay runs: WAL and SHM hold recent writes.
-        for suffix in ("", "-wal", "-shm"):
-            path = Path(f"{db}{suffix}")
-            if path.exists():
-                story.live_files["db" + (suffix or "")] = path.read_bytes()
-                story.live_modes["db" + (suffix or "")] = stat.S_IMODE(path.stat().st_mode)
+        snapshot()
     finally:
         for inbox in (user_inbox, friend_inbox):
             inbox.task.cancel()
@@ -253,20 +269,26 @@ def hits(sources: dict[str, bytes], values: Iterable[bytes]) -> list[tuple[str, 
     return found
 
 
-@pytest.mark.slow
-def test_no_canary_reaches_the_relay_database_logs_or_wire(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    db = tmp_path / "relay.db"
-    log_path = tmp_path / "relay.log"
+def keygen(directory: Path) -> tuple[bytes, Path]:
+    """An operator key pair: the public half, and the path of the file with the seed."""
+    path = directory / "operator.key"
     with contextlib.redirect_stdout(io.StringIO()) as out:
-        assert relay_cli(["admin", "keygen", "--out", str(tmp_path / "operator.key")]) == 0
-    operator_key = bytes.fromhex(out.getvalue().strip())
+        assert relay_cli(["admin", "keygen", "--out", str(path)]) == 0
+    return bytes.fromhex(out.getvalue().strip()), path
+
+
+def run_story(
+    store_args: list[str], tmp_path: Path, snapshot: Callable[[Scenario], None]
+) -> tuple[Wire, Scenario, bytes]:
+    """``blindrelay serve`` on the named store (a subprocess, DEBUG logs, umask 0) while
+    the story plays; returns the wire, the story and the relay's complete log output."""
+    operator_key, operator_key_path = keygen(tmp_path)
+    log_path = tmp_path / "relay.log"
     wire, story = Wire(), Scenario()
     with log_path.open("wb") as log:
         relay = subprocess.Popen(
             [sys.executable, "-m", "blindrelay.server.cli", "serve", "--port", "0",
-             "--db", str(db), "--log-level", "DEBUG"],
+             *store_args, "--log-level", "DEBUG"],
             stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
             umask=0,  # the most permissive an operator could run it with
         )  # fmt: skip
@@ -274,16 +296,64 @@ def test_no_canary_reaches_the_relay_database_logs_or_wire(
             assert relay.stdout is not None
             line = relay.stdout.readline().decode().strip()
             assert line.startswith("listening "), line
-            asyncio.run(play(line.removeprefix("listening "), db, operator_key, wire, story))
+            url = line.removeprefix("listening ")
+            asyncio.run(
+                play(url, store_args, operator_key, operator_key_path, wire, story,
+                     lambda: snapshot(story))
+            )  # fmt: skip
         finally:
             relay.terminate()
             relay.wait(timeout=10)
             if relay.stdout is not None:
                 relay.stdout.close()
     assert relay.returncode == 0
-    # SPEC §11.2: every file the relay and ``blindrelay admin`` write is the owner's only.
+    # SPEC §11.2: every file ``blindrelay admin`` writes is the owner's only.
+    assert stat.S_IMODE(operator_key_path.stat().st_mode) == 0o600
+    return wire, story, log_path.read_bytes()
+
+
+def canaries_of(story: Scenario) -> tuple[list[bytes], set[bytes]]:
+    """Every canary of the story (texts, receipts, keys), and the keys alone."""
+    texts = [t.encode() for t in story.texts]
+    keys = set().union(*(store.secrets for store in story.stores))
+    assert len(story.texts) >= 12 and len(story.receipts) == 3 and len(keys) > 300
+    return [*texts, *story.receipts, *keys], keys
+
+
+def report(
+    capsys: pytest.CaptureFixture[str],
+    story: Scenario,
+    canaries: list[bytes],
+    keys: set[bytes],
+    sources: dict[str, bytes],
+    found: list[tuple[str, bytes]],
+) -> None:
+    sizes = ", ".join(f"{name} {len(data)} B" for name, data in sources.items())
+    with capsys.disabled():
+        print(
+            f"\ncanaries: {len(canaries)} values ({len(story.texts)} texts,"
+            f" {len(story.receipts)} receipts, {len(keys)} keys and key records);"
+            f" scanned {sizes}; hits {len(found)}"
+        )
+
+
+@pytest.mark.slow
+def test_no_canary_reaches_the_relay_database_logs_or_wire(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "relay.db"
+
+    def snapshot(story: Scenario) -> None:
+        """The database as it is while the relay runs: WAL and SHM hold recent writes."""
+        for suffix in ("", "-wal", "-shm"):
+            path = Path(f"{db}{suffix}")
+            if path.exists():
+                story.live_files["db" + (suffix or "")] = path.read_bytes()
+                story.live_modes["db" + (suffix or "")] = stat.S_IMODE(path.stat().st_mode)
+
+    wire, story, logs = run_story(["--db", str(db)], tmp_path, snapshot)
+    # SPEC §11.2: every file the relay writes is the owner's only.
     assert story.live_modes == {"db": 0o600, "db-wal": 0o600, "db-shm": 0o600}
-    assert stat.S_IMODE((tmp_path / "operator.key").stat().st_mode) == 0o600
 
     sources = {f"{name} (live)": data for name, data in story.live_files.items()}
     for suffix in ("", "-wal", "-shm"):
@@ -294,21 +364,12 @@ def test_no_canary_reaches_the_relay_database_logs_or_wire(
     with contextlib.closing(sqlite3.connect(db)) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     sources["db (checkpointed)"] = db.read_bytes()
-    sources["logs"] = log_path.read_bytes()
+    sources["logs"] = logs
     sources["frames"] = b"".join(wire.messages)
 
-    texts = [t.encode() for t in story.texts]
-    keys = set().union(*(store.secrets for store in story.stores))
-    canaries = [*texts, *story.receipts, *keys]
-    assert len(story.texts) >= 12 and len(story.receipts) == 3 and len(keys) > 300
-
+    canaries, keys = canaries_of(story)
     found = hits(sources, canaries)
-    sizes = ", ".join(f"{name} {len(data)} B" for name, data in sources.items())
-    with capsys.disabled():
-        print(
-            f"\ncanaries: {len(canaries)} values ({len(texts)} texts, {len(story.receipts)}"
-            f" receipts, {len(keys)} keys and key records); scanned {sizes}; hits {len(found)}"
-        )
+    report(capsys, story, canaries, keys, sources, found)
     assert found == [], found
 
     # Positive controls: the scanner finds what the relay legitimately holds …
@@ -317,9 +378,190 @@ def test_no_canary_reaches_the_relay_database_logs_or_wire(
         assert {v for _, v in hits({name: sources[name]}, public)} >= {b"alice", b"bob"}, name
     assert len(hits({"db": sources["db (checkpointed)"]}, story.identity_keys)) == 3
     # … and each canary form planted in a copy of the database.
-    planted = texts[0]
+    planted = story.texts[0].encode()
     for form in forms(planted):
         copy = {"db": sources["db (checkpointed)"] + form}
         assert hits(copy, [planted]) == [("db", planted)]
     key = next(iter(keys))
-    assert hits({"logs": sources["logs"] + key.hex().upper().encode()}, [key]) == [("logs", key)]
+    assert hits({"logs": logs + key.hex().upper().encode()}, [key]) == [("logs", key)]
+
+
+# --- the PostgreSQL store ----------------------------------------------------------
+
+
+def lsn(text: str) -> int:
+    """A WAL position ``X/Y`` as a byte offset."""
+    high, low = text.split("/")
+    return int(high, 16) << 32 | int(low, 16)
+
+
+class WalWindow:
+    """The raw WAL bytes the server writes between :meth:`open` and :meth:`read`.
+
+    A physical replication slot, reserved at the start, keeps every segment of the window
+    on disk even if a checkpoint runs meanwhile. Reading the segment files needs the same
+    host and file access to the data directory (CI and these machines: root, local
+    server); the scan is only meaningful with ``wal_compression=off``, checked here.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.slot = f"canaries_{secrets.token_hex(6)}"
+        self.start = 0
+
+    async def open(self) -> None:
+        conn = await asyncpg.connect(self.url)
+        try:
+            assert await conn.fetchval("SHOW wal_compression") == "off"
+            await conn.execute("SELECT pg_create_physical_replication_slot($1, true)", self.slot)
+            self.start = lsn(await conn.fetchval("SELECT pg_current_wal_insert_lsn()::text"))
+        except BaseException:
+            await conn.close()
+            raise
+        await conn.close()
+
+    async def read(self) -> bytes:
+        conn = await asyncpg.connect(self.url)
+        try:
+            # Up to what has been written to the files (synchronous_commit=on: every commit).
+            end = lsn(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
+            size = int(await conn.fetchval(
+                "SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'"
+            ))  # fmt: skip
+            wal_dir = Path(await conn.fetchval("SHOW data_directory")) / "pg_wal"
+            timeline = await conn.fetchval("SELECT timeline_id FROM pg_control_checkpoint()")
+            per_id = 0x100000000 // size  # segments per "log id" in a WAL file's name
+            names = [
+                f"{timeline:08X}{segment // per_id:08X}{segment % per_id:08X}"
+                for segment in range(self.start // size, (end - 1) // size + 1)
+            ]
+        finally:
+            await conn.close()
+        base = self.start - self.start % size
+        data = b"".join((wal_dir / name).read_bytes() for name in names)  # the slot holds them
+        return data[self.start - base : end - base]
+
+    async def close(self) -> None:
+        """Drop the slot, always: a forgotten one would keep every later WAL segment."""
+        conn = await asyncpg.connect(self.url)
+        try:
+            await conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                " WHERE slot_name = $1",
+                self.slot,
+            )
+        finally:
+            await conn.close()
+
+
+async def dump_tables(url: str) -> dict[str, bytes]:
+    """Every row of every table in the relay's database, raw (``COPY … binary``)."""
+    conn = await asyncpg.connect(url)
+    try:
+        tables = [r["tablename"] for r in await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
+        )]  # fmt: skip
+        dumps = {}
+        for table in tables:
+            out = io.BytesIO()
+            await conn.copy_from_table(table, output=out, format="binary")
+            dumps[table] = out.getvalue()
+        return dumps
+    finally:
+        await conn.close()
+
+
+class HintTap:
+    """Every hint the relay publishes for other workers (``NOTIFY``), as a listening
+    worker would receive it; they never reach the WAL, so they are searched apart."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.payloads: list[bytes] = []
+        self.conn: asyncpg.Connection | None = None
+
+    def _heard(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        self.payloads.append(payload.encode())
+
+    async def open(self) -> None:
+        self.conn = await asyncpg.connect(self.url)
+        await self.conn.add_listener(HINT_CHANNEL, self._heard)
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            await self.conn.close()
+
+
+async def plant(url: str, value: bytes) -> None:
+    """A positive control for the WAL scan: a value written in the window by SQL."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CREATE TABLE IF NOT EXISTS canary_control (value bytea)")
+        await conn.execute("INSERT INTO canary_control VALUES ($1)", value)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.slow
+def test_no_canary_reaches_the_postgresql_store_its_wal_logs_or_wire(
+    pg_database: PostgresDatabase, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same story on ``--store postgresql://…`` (issue 14, threat model T26): every
+    table's rows (raw, as a backup would hold them) and every WAL byte the server wrote
+    meanwhile (what a standby or a WAL archive receives) are searched."""
+    url = pg_database.url
+    wal, hints = WalWindow(url), HintTap(url)
+    planted = canary("planted").encode()
+    live: dict[str, bytes] = {}
+
+    def snapshot(story: Scenario) -> None:
+        live.update(asyncio.run_coroutine_threadsafe(dump_tables(url), loop).result())
+
+    # ``snapshot`` runs inside the story's event loop: read the tables from another one.
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        for start in (wal.open(), hints.open()):
+            asyncio.run_coroutine_threadsafe(start, loop).result()
+        wire, story, logs = run_story(["--store", url], tmp_path, snapshot)
+        asyncio.run_coroutine_threadsafe(plant(url, planted), loop).result()
+        wal_bytes = asyncio.run_coroutine_threadsafe(wal.read(), loop).result()
+        stopped = asyncio.run_coroutine_threadsafe(dump_tables(url), loop).result()
+    finally:
+        for close in (hints.close(), wal.close()):
+            asyncio.run_coroutine_threadsafe(close, loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+    relay_tables = {name: data for name, data in stopped.items() if name != "canary_control"}
+    assert {"queue", "accounts", "statements"} <= relay_tables.keys(), sorted(relay_tables)
+    sources = {f"table {name} (live)": data for name, data in live.items()}
+    sources.update({f"table {name} (stopped)": data for name, data in relay_tables.items()})
+    sources["wal"] = wal_bytes
+    # Decoded too: an envelope rides its hint in base64, where a canary's own base64
+    # form would only show at a multiple of three bytes.
+    heard = [decode_hint(payload.decode()) for payload in hints.payloads]
+    sources["hints"] = b"\n".join(hints.payloads + [hint.envelope for hint in heard])
+    sources["logs"] = logs
+    sources["frames"] = b"".join(wire.messages)
+
+    canaries, keys = canaries_of(story)
+    found = hits(sources, canaries)
+    report(capsys, story, canaries, keys, sources, found)
+    assert found == [], found
+
+    # Positive controls: the scanner finds what the relay legitimately holds, in the
+    # tables and in the WAL window, and a value planted by SQL inside the window.
+    tables = b"".join(relay_tables.values())
+    public = [h.encode() for h in story.handles]
+    for name, data in (("tables", tables), ("wal", wal_bytes)):
+        assert {v for _, v in hits({name: data}, public)} >= {b"alice", b"bob"}, name
+    assert len(hits({"tables": tables}, story.identity_keys)) == 3
+    assert len(hits({"wal": wal_bytes}, story.identity_keys)) == 3  # registered in the window
+    assert hits({"wal": wal_bytes}, [planted]) == [("wal", planted)]
+    # The hints were heard, and carried the very ciphertexts the recipients received.
+    envelopes = [hint.row()[9] for hint in heard if hint.kind is HintKind.ENVELOPE]
+    assert len(envelopes) >= len(story.texts) // 2, len(heard)
+    assert all(envelope in sources["frames"] for envelope in envelopes)

@@ -17,9 +17,10 @@ import time
 from dataclasses import replace
 from typing import Any
 
+import asyncpg
 import pytest
 
-from blindrelay.protocol.errors import ErrorCode
+from blindrelay.protocol.errors import ErrorCode, StoreUnavailable
 from blindrelay.protocol.frames import (
     Ack,
     Bundle,
@@ -265,3 +266,28 @@ def test_an_envelope_hint_round_trips_and_too_big_a_one_is_a_page_hint() -> None
     forged = Hint(HintKind.ENVELOPE, "bob", "feedfacefeedface", 3, envelope=b"\x93\x01\x02\x03")
     with pytest.raises(ValueError):
         forged.row()
+
+
+async def test_a_worker_stopped_during_a_store_outage_ends_cleanly(
+    pg_database: PostgresDatabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGTERM while PostgreSQL cannot be reached: ``close()`` cannot commit its final
+    barrier, says so in the log and returns (no StoreUnavailable out of it, no hang)."""
+    relay = await serve(worker_config(pg_database.url), clock=FakeClock())
+    admin = await asyncpg.connect(pg_database.server_url)
+    name = pg_database.name
+    try:
+        # No new connection to the database (superusers included), then cut the relay's.
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+        )
+        with pytest.raises(StoreUnavailable):  # the store learns of it at its next batch
+            await relay.ctx.store.submit("noop")
+        assert not relay.ctx.store.available
+        with caplog.at_level("WARNING", logger="blindrelay"):
+            await asyncio.wait_for(relay.close(), 10)
+        assert "stopped_during_store_outage" in caplog.text
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
