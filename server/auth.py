@@ -170,6 +170,22 @@ def logged_in_elsewhere(ctx: RelayContext, handle: str, login_seq: int) -> None:
     ctx.sessions.logged_in_elsewhere(handle, login_seq)
 
 
+def catch_up_logins(ctx: RelayContext) -> None:
+    """LOGIN hints may have been lost (the router or the store reconnected): read the
+    logins of every account connected here from the tables, and replace each connection
+    that a newer login, on another worker, has superseded meanwhile (SPEC §1.2.3)."""
+    handles = [s.handle for s in ctx.sessions.all() if s.handle is not None]
+    if not handles or not ctx.store.running:
+        return
+
+    def answered(ok: bool, value: Any) -> None:
+        if ok:  # else the store is away again, and catches up once more when it is back
+            for handle, login_seq in zip(handles, value, strict=True):
+                ctx.sessions.logged_in_elsewhere(handle, login_seq)
+
+    ctx.store.call("login_seqs", (handles,), answered)
+
+
 def _welcome(
     ctx: RelayContext,
     session: Session,

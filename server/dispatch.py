@@ -122,6 +122,7 @@ class Dispatcher:
     def catch_up(self) -> None:
         """Hints may have been lost while the router or the store was disconnected."""
         delivery.catch_up(self.ctx)
+        auth.catch_up_logins(self.ctx)
 
     def auth_expired(self, session: Session) -> None:
         """SPEC §4.1: close a connection that did not authenticate within AUTH_TIMEOUT_S."""

@@ -160,6 +160,14 @@ CONTRACT: dict[str, Operation] = {
         "announces it to the other workers (a LOGIN hint) so an older connection is replaced "
         "wherever it is (SPEC §1.2.3)",
     ),
+    "login_seqs": Operation(
+        spec="§1.2.3",
+        args={"handles": "[str, …]"},
+        result="[int, …]: each account's login number as committed (``login_counts``), 0 "
+        "for an unknown handle, in the order of ``handles``",
+        atomic="none needed: a catch-up after hints were lost (a worker's LISTEN or store "
+        "reconnected) compares them with the logins of its live connections",
+    ),
     "open_session": Operation(
         spec="§4.4, §10",
         args={

@@ -171,6 +171,23 @@ async def test_the_store_answers_the_loops_reads_from_what_it_committed(store_ur
     assert not store.running
 
 
+async def test_login_numbers_are_read_back_for_a_catch_up(store_url: str) -> None:
+    """SPEC §1.2.3: what a worker that lost its hints compares its connections with."""
+    store = open_store(store_url, RelayConfig())
+    await store.start()
+    try:
+        for handle in ("alice", "bob"):
+            await store.submit("create_account", handle, "user", handle.encode() * 8, 0)
+        assert await store.submit("login_seqs", ["alice", "bob", "nobody"]) == [0, 0, 0]
+        for _ in range(2):
+            await store.submit("login_counts", "alice", 0)
+        await store.submit("login_counts", "bob", 0)
+        assert await store.submit("login_seqs", ["nobody", "bob", "alice"]) == [0, 1, 2]
+        assert await store.submit("login_seqs", []) == []
+    finally:
+        await store.close()
+
+
 async def test_operations_of_one_loop_turn_answer_in_order_with_their_errors(
     store_url: str,
 ) -> None:

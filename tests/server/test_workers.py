@@ -152,6 +152,28 @@ async def test_a_login_on_one_worker_replaces_the_connection_on_the_other(
         assert w.a.ctx.sessions.get(name) is not None
 
 
+async def test_a_login_missed_while_hints_were_lost_is_caught_up(
+    pg_database: PostgresDatabase, clock: FakeClock, clients: Clients
+) -> None:
+    """SPEC §1.2.3 across a lost LISTEN: alice logs in on B while A hears no hints; A's
+    catch-up (after every reconnection of its router or store) reads the logins from the
+    tables and replaces the older connection, as the hint would have."""
+    async with workers(pg_database, clock) as w:
+        name = handle("alice")
+        on_a = await clients.registered(w.a.url, name)
+        await w.a.router.close()
+        on_b, _ = await clients.logged_in(w.b.url, name, on_a.key)
+        clock.advance(60_000)  # SPEC §10: a login beside a live connection starts empty
+        await answered(on_b)
+        await answered(on_a)  # unannounced: A still serves the older connection
+        assert w.a.ctx.sessions.get(name) is not None
+        w.a.catch_up()
+        assert await asyncio.wait_for(on_a.closed(), PROMPT_S) == 4000
+        assert on_a.ws.close_reason == "replaced"
+        assert w.a.ctx.sessions.get(name) is None
+        await answered(on_b)  # the newer one stays
+
+
 async def test_a_revoke_on_one_worker_withdraws_what_the_other_holds_for_the_business(
     pg_database: PostgresDatabase, clock: FakeClock, clients: Clients
 ) -> None:

@@ -297,6 +297,14 @@ async def open_session(tx: Tx, handle: str, worker: str, session: int, now: int)
     return [row["worker"], bool(row["live"]), int(ended_at) if ended_at is not None else None]
 
 
+async def login_seqs(tx: Tx, handles: list[str]) -> list[int]:
+    rows = await tx.conn.fetch(
+        "SELECT handle, login_seq FROM accounts WHERE handle = ANY($1::text[])", handles
+    )
+    seqs = {row[0]: row[1] for row in rows}
+    return [int(seqs.get(handle, 0)) for handle in handles]
+
+
 async def close_session(tx: Tx, handle: str, worker: str, session: int, now: int) -> None:
     await tx.conn.execute(
         "UPDATE account_sessions SET live = false, ended_at = $4"
@@ -640,7 +648,7 @@ OPERATIONS: dict[str, Callable[..., Awaitable[Any]]] = {
     f.__name__: f
     for f in (
         noop, relay_seed, create_relay_seed, take_budget, create_account, login_counts,
-        open_session, close_session, rotate_identity, upload_prekeys, take_bundle,
+        login_seqs, open_session, close_session, rotate_identity, upload_prekeys, take_bundle,
         apply_statement, statements_in_force, put_profile, fetch_profile, usage_month, purge,
         checkpoint,
     )

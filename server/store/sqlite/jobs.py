@@ -184,6 +184,12 @@ def open_session(tables: Tables, handle: str, worker: str, session: int, now: in
     return [row[0], bool(row[1]), row[2]]
 
 
+def login_seqs(tables: Tables, handles: list[str]) -> list[int]:
+    query = "SELECT login_seq FROM accounts WHERE handle = ?"
+    seqs = [tables.db.conn.execute(query, (handle,)).fetchone() for handle in handles]
+    return [int(row[0]) if row is not None else 0 for row in seqs]
+
+
 def close_session(tables: Tables, handle: str, worker: str, session: int, now: int) -> None:
     tables.db.conn.execute(
         "UPDATE account_sessions SET live = 0, ended_at = ?"
@@ -472,7 +478,8 @@ OPERATIONS: dict[str, Callable[..., Any]] = {
     f.__name__: f
     for f in (
         noop, relay_seed, create_relay_seed, take_budget, create_account, login_counts,
-        open_session, close_session, rotate_identity, upload_prekeys, take_bundle, send,
+        login_seqs, open_session, close_session, rotate_identity, upload_prekeys, take_bundle,
+        send,
         acknowledge, page, apply_statement, statements_in_force, put_profile, fetch_profile,
         usage_month, purge, checkpoint,
     )
