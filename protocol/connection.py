@@ -28,12 +28,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from enum import Enum
 
-from nacl.exceptions import BadSignatureError
-from nacl.signing import SigningKey, VerifyKey
+from nacl.signing import SigningKey
 
 from . import PROTOCOL_VERSION, limits
 from . import pow as puzzle
 from .codec import decode, encode
+from .crypto.keys import signature_valid
 from .errors import (
     AuthenticationFailed,
     ErrorCode,
@@ -161,14 +161,6 @@ UNKNOWN_ACCOUNT_KEY = bytes(
 A valid public key of ordinary order, so libsodium does the full verification
 (a malformed or small-order key would be refused early). Its private half is
 public knowledge on purpose: the verification's result is never used."""
-
-
-def verify_ed25519(public_key: bytes, message: bytes, signature: bytes) -> bool:
-    try:
-        VerifyKey(public_key).verify(message, signature)
-    except (BadSignatureError, ValueError, TypeError):
-        return False
-    return True
 
 
 # --- the machine --------------------------------------------------------------
@@ -312,7 +304,7 @@ class RelayConnection(_Connection):
         transcript = register_transcript(
             self.relay_key, self.challenge, frame.handle, frame.kind, frame.identity_key
         )
-        if not verify_ed25519(frame.identity_key, transcript, frame.signature):
+        if not signature_valid(frame.identity_key, transcript, frame.signature):
             raise AuthenticationFailed("registration signature")
         self._proven = (frame.handle, AccountKind(frame.kind))
 
@@ -348,7 +340,7 @@ class RelayConnection(_Connection):
         self._consume_challenge(now_ms)
         transcript = login_transcript(self.relay_key, self.challenge, frame.handle)
         key = UNKNOWN_ACCOUNT_KEY if identity_key is None else identity_key
-        verified = verify_ed25519(key, transcript, frame.signature)
+        verified = signature_valid(key, transcript, frame.signature)
         if not verified or identity_key is None:
             raise AuthenticationFailed("login signature")
         self._proven = (frame.handle, None)

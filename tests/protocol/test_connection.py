@@ -117,13 +117,13 @@ def test_an_unknown_handle_is_refused_even_with_a_signature_by_the_decoy_key(
     decoy = SigningKey(b"blindrelay/v1/unknown-account".ljust(32, b"\x00"))
     assert decoy.verify_key.encode() == connection.UNKNOWN_ACCOUNT_KEY
     verified: list[bytes] = []
-    real_verify = connection.verify_ed25519
+    real_verify = connection.signature_valid
 
     def counting(public_key: bytes, message: bytes, signature: bytes) -> bool:
         verified.append(public_key)
         return real_verify(public_key, message, signature)
 
-    monkeypatch.setattr(connection, "verify_ed25519", counting)
+    monkeypatch.setattr(connection, "signature_valid", counting)
     pair = Pair()
     pair.client.login("nobody", signer(decoy))
     (frame,), _ = pair.flush()
