@@ -2020,10 +2020,7 @@ def _ignore_outcome(future: asyncio.Future[int]) -> None:
 
 def _error_from(frame: frames.Error) -> ProtocolError:
     """The named exception for a relay ERROR (SPEC §9; unknown codes are 900, §12.3)."""
-    error = error_for_code(frame.code, frame.reason or "")
-    if isinstance(error, RateLimited | StoreUnavailable) and frame.retry_after is not None:
-        error.retry_after_ms = frame.retry_after
-    return error
+    return error_for_code(frame.code, frame.reason or "", frame.retry_after)
 
 
 __all__ = [
