@@ -85,11 +85,7 @@ def encode_send(
     frame: dict[str, object] = {
         "t": _SEND, "id": id, "to": to, "msg_id": msg_id, "intent": intent, "body": body,
     }  # fmt: skip
-    if category is not None:
-        frame["category"] = category
-    if categories is not None:
-        frame["categories"] = categories
-    return _pack(frame)  # type: ignore[no-any-return]
+    return _pack_intent_fields(frame, category, categories)
 
 
 def encode_sent(re: int, msg_id: bytes, at: int) -> bytes:
@@ -113,6 +109,13 @@ def encode_deliver(
         "t": _DELIVER, "delivery_id": delivery_id, "sender": sender, "sender_kind": sender_kind,
         "msg_id": msg_id, "intent": intent, "sent_at": sent_at, "body": body,
     }  # fmt: skip
+    return _pack_intent_fields(frame, category, categories)
+
+
+def _pack_intent_fields(
+    frame: dict[str, object], category: str | None, categories: Sequence[str] | None
+) -> bytes:
+    """``frame`` packed with the optional fields SEND and DELIVER end with, when set."""
     if category is not None:
         frame["category"] = category
     if categories is not None:
@@ -171,6 +174,7 @@ def _reader(cls: type[F]) -> Reader[F]:
         except Exception:  # its checks refused a value, or a required key is missing
             return None
 
+    read.__name__ = read.__qualname__ = f"read_{cls.__name__.lower()}"
     read.__doc__ = f"The {cls.__name__} ``data`` strictly decodes to, or None: ask the codec."
     return read
 
