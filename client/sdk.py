@@ -563,8 +563,6 @@ class _Link:
         self.waiters: dict[int, asyncio.Future[frames.Frame]] = {}
         self.sending: dict[int, bytes] = {}
         """SEND request id → msg_id, for SENTs and ERRORs answering a send."""
-        self._out: list[bytes] = []
-        """Encoded frames to write, in the order they were sent."""
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._pump = asyncio.create_task(self._write())
@@ -572,13 +570,11 @@ class _Link:
 
     def send(self, frame: frames.Frame) -> None:
         self.conn.send(frame)
-        self._out += self.conn.data_to_send()
         self._wake.set()
 
     def send_encoded(self, request_id: int, data: bytes) -> None:
         """Queue a SEND encoded by :func:`encode_send` (only while authenticated)."""
         self.conn.send_encoded(request_id, frames.FrameType.SEND, data)
-        self._out += self.conn.data_to_send()
         self._wake.set()
 
     def request(self, frame: frames.Frame) -> asyncio.Future[frames.Frame]:
@@ -597,12 +593,8 @@ class _Link:
                 await self._wake.wait()
                 self._wake.clear()
                 self._idle.clear()
-                # The machine's own queue holds only what was queued on it directly
-                # (REGISTER, LOGIN), which comes before anything sent through us.
-                out = self.conn.data_to_send()
-                out += self._out
-                self._out = []
-                for data in out:
+                # Everything goes through the machine's queue, in the order it was sent.
+                for data in self.conn.data_to_send():
                     await self.transport.send(data)
                 if not self._wake.is_set():
                     self._idle.set()
