@@ -5,6 +5,10 @@ feeds each received message to :meth:`receive_data`, takes the frames to act
 on from :meth:`events_received`, hands frames to :meth:`send`, and writes out
 whatever :meth:`data_to_send` returns; when :attr:`state` is ``CLOSED`` it
 closes the socket. Time is passed in (``now_ms``); randomness is a callable.
+A client sending a SEND per message may encode it itself
+(:func:`.fastcodec.encode_send`) and hand the bytes to :meth:`send_encoded`,
+and take a SENT it read itself (:func:`.fastcodec.read_sent`) with
+:meth:`receive_sent`: the machine still keeps the pending requests.
 
 The rules, as data (h11 style). ``RECEIVABLE[role][state]`` is the set of
 frame types a side accepts in a state; anything else is an
@@ -20,7 +24,7 @@ registration or login proof itself (SPEC §4.2–4.3) and refuses to send a
 WELCOME for any handle other than the one just proven, so a connection can
 only ever act as the account whose key signed its challenge.
 
-Not here: what a frame *does* (server and client), encoding (codec).
+Not here: what a frame *does* (server and client), encoding (codec, fastcodec).
 """
 
 from __future__ import annotations
