@@ -102,6 +102,7 @@ from blindrelay.protocol.content import (
     Receipt,
     ReceiptType,
     Text,
+    content_encoder,
     encode_content,
 )
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
@@ -120,6 +121,7 @@ from blindrelay.protocol.errors import (
     UntrustedIdentity,
     error_for_code,
 )
+from blindrelay.protocol.fastcodec import encode_send, read_sent
 from blindrelay.protocol.signed import (
     CONSENT_ACTIONS,
     Action,
@@ -187,13 +189,6 @@ SEND_MANY_WINDOW = 256
 """SENDs :meth:`Client.send_many` keeps in flight: enough to hide the round trip
 to the relay behind encryption; more only queues frames in our socket buffer
 and grows the outbox."""
-_SEND_TAG = int(frames.FrameType.SEND)
-_SENT_TAG = int(frames.FrameType.SENT)
-_SENT_PREFIX: bytes = b"\x84" + msgpack.packb("t") + msgpack.packb(_SENT_TAG)
-"""How a canonical SENT starts (a map of its four fields, ``t`` first): the cheap
-test that keeps every other frame off the SENT fast path."""
-_SENT_MAX_BYTES = 64
-"""A canonical SENT is at most 47 bytes; anything longer takes the strict decoder."""
 
 
 class RelayKeyChanged(BlindrelayError):
@@ -438,98 +433,6 @@ class _Outgoing(NamedTuple):
         )  # fmt: skip
 
 
-def encode_send(packer: msgpack.Packer, request_id: int, outgoing: _Outgoing) -> bytes:
-    """The SEND frame for ``outgoing``, byte for byte what the codec encodes.
-
-    Every field was checked before the envelope entered the outbox (see
-    :meth:`Client._check_send`), so building and re-validating a
-    :class:`frames.Send` per message and walking the codec's generic plan
-    (~10 µs) would only repeat that; this lays out the same canonical map:
-    ``t`` first, fields in declaration order, absent optional fields omitted.
-    A test compares it with :func:`blindrelay.protocol.codec.encode`.
-    """
-    fields: dict[str, object] = {
-        "t": _SEND_TAG,
-        "id": request_id,
-        "to": outgoing.to,
-        "msg_id": outgoing.msg_id,
-        "intent": outgoing.intent,
-        "body": outgoing.envelope,
-    }
-    if outgoing.category is not None:
-        fields["category"] = outgoing.category
-    if outgoing.categories is not None:
-        fields["categories"] = outgoing.categories
-    data: bytes = packer.pack(fields)
-    return data
-
-
-def parse_sent(data: bytes, packer: msgpack.Packer) -> tuple[int, bytes, int] | None:
-    """``(re, msg_id, at)`` if ``data`` is exactly the codec's encoding of a valid SENT.
-
-    The fast path for the one frame a bulk sender receives per message: the
-    strict decoder spends ~12 µs on it. msgpack's plain unpacker reads the
-    fields, and the bytes must equal the canonical encoding of what was read,
-    which rules out duplicate, unknown or missing keys, other types and
-    trailing bytes; the values are range-checked as :class:`frames.Sent`
-    does. None means "not such a SENT": decode it strictly instead, so what is
-    accepted, and how anything else is refused, stays the codec's decision.
-    """
-    if len(data) > _SENT_MAX_BYTES or not data.startswith(_SENT_PREFIX):
-        return None
-    try:
-        fields = msgpack.unpackb(data)
-    except Exception:  # any malformation: the strict decoder names it
-        return None
-    if type(fields) is not dict:
-        return None
-    re, msg_id, at = fields.get("re"), fields.get("msg_id"), fields.get("at")
-    if type(re) is not int or type(msg_id) is not bytes or type(at) is not int:
-        return None
-    if (
-        not 1 <= re <= frames.MAX_REQUEST_ID
-        or len(msg_id) != limits.MESSAGE_ID_BYTES
-        or not 0 <= at <= frames.MAX_TIME_MS
-    ):
-        return None
-    if packer.pack({"t": _SENT_TAG, "re": re, "msg_id": msg_id, "at": at}) != data:
-        return None  # not canonical: another key, a duplicate, another order or width
-    return re, msg_id, at
-
-
-def content_encoder(body: Text | Data | Receipt) -> Callable[[bytes], bytes]:
-    """``encode_content(Content(msg_id, body))`` for many msg_ids, the body encoded once.
-
-    A bulk send encrypts one body under a fresh msg_id per recipient. The id is
-    a fixed-size bin in the canonical encoding, so the encodings under two ids
-    differ in exactly those bytes: encoding under all-zero and all-one ids
-    finds them, and each message splices its id in. If the encodings do not
-    differ that way (a future content format), every id is encoded in full.
-    Raises MalformedContent as ``encode_content`` does (too large).
-    """
-    size = limits.MESSAGE_ID_BYTES
-    zeros = encode_content(Content(bytes(size), body))
-    ones = encode_content(Content(b"\xff" * size, body))
-    start = next((i for i, (a, b) in enumerate(zip(zeros, ones, strict=False)) if a != b), -1)
-    end = start + size
-    if (
-        start < 0
-        or len(zeros) != len(ones)
-        or zeros[start:end] != bytes(size)
-        or ones[start:end] != b"\xff" * size
-        or zeros[end:] != ones[end:]
-    ):
-        return lambda msg_id: encode_content(Content(msg_id, body))  # pragma: no cover
-    prefix, suffix = zeros[:start], zeros[end:]
-
-    def encode(msg_id: bytes) -> bytes:
-        if len(msg_id) != size:
-            raise MalformedContent(f"id: message ids are exactly {size} bytes")
-        return prefix + msg_id + suffix
-
-    return encode
-
-
 class _HandleLock:
     __slots__ = ("lock", "users")
 
@@ -660,8 +563,6 @@ class _Link:
         self.waiters: dict[int, asyncio.Future[frames.Frame]] = {}
         self.sending: dict[int, bytes] = {}
         """SEND request id → msg_id, for SENTs and ERRORs answering a send."""
-        self._out: list[bytes] = []
-        """Encoded frames to write, in the order they were sent."""
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._pump = asyncio.create_task(self._write())
@@ -669,18 +570,11 @@ class _Link:
 
     def send(self, frame: frames.Frame) -> None:
         self.conn.send(frame)
-        self._out += self.conn.data_to_send()
         self._wake.set()
 
     def send_encoded(self, request_id: int, data: bytes) -> None:
-        """Queue a SEND encoded by :func:`encode_send`, noted as the machine notes requests.
-
-        Only while authenticated: there ``ClientConnection.send`` of a SEND does
-        nothing but note the request id as pending and queue the bytes.
-        """
-        assert self.conn.state is State.AUTHENTICATED
-        self.conn.pending[request_id] = frames.FrameType.SEND
-        self._out.append(data)
+        """Queue a SEND encoded by :func:`encode_send` (only while authenticated)."""
+        self.conn.send_encoded(request_id, frames.FrameType.SEND, data)
         self._wake.set()
 
     def request(self, frame: frames.Frame) -> asyncio.Future[frames.Frame]:
@@ -699,12 +593,8 @@ class _Link:
                 await self._wake.wait()
                 self._wake.clear()
                 self._idle.clear()
-                # The machine's own queue holds only what was queued on it directly
-                # (REGISTER, LOGIN), which comes before anything sent through us.
-                out = self.conn.data_to_send()
-                out += self._out
-                self._out = []
-                for data in out:
+                # Everything goes through the machine's queue, in the order it was sent.
+                for data in self.conn.data_to_send():
                     await self.transport.send(data)
                 if not self._wake.is_set():
                     self._idle.set()
@@ -1200,24 +1090,16 @@ class Client:
             future.set_result(frame)
 
     def _sent_received(self, link: _Link, data: bytes) -> bool:
-        """A SENT answering one of our SENDs, taken on the fast path (:func:`parse_sent`).
+        """A SENT answering one of our SENDs, taken on the fast path (:func:`read_sent`).
 
         Does what ``receive_data`` and :meth:`_response_received` do with the
         same frame: the request stops pending and the send is answered. False
         (nothing done) for anything else, which the strict path then decodes.
         """
-        sent = parse_sent(data, self._packer)
-        if sent is None:
+        sent = read_sent(data)
+        if sent is None or sent.re not in link.sending or not link.conn.receive_sent(sent):
             return False
-        re, _, at = sent
-        conn = link.conn
-        if conn.state is not State.AUTHENTICATED or re not in conn.pending:
-            return False
-        msg_id = link.sending.pop(re, None)
-        if msg_id is None:
-            return False
-        del conn.pending[re]
-        self._send_answered(msg_id, at, None)
+        self._send_answered(link.sending.pop(sent.re), sent.at, None)
         return True
 
     def _deliver_received(self, link: _Link, deliver: frames.Deliver) -> None:
@@ -1752,7 +1634,11 @@ class Client:
         request_id = link.conn.next_request_id()
         link.sending[request_id] = outgoing.msg_id
         if link.conn.state is State.AUTHENTICATED:
-            link.send_encoded(request_id, encode_send(self._packer, request_id, outgoing))
+            data = encode_send(
+                request_id, outgoing.to, outgoing.msg_id, outgoing.intent, outgoing.envelope,
+                outgoing.category, outgoing.categories,
+            )  # fmt: skip
+            link.send_encoded(request_id, data)
             return
         link.send(  # the machine refuses it (closed): the outbox keeps it for the next link
             frames.Send(
@@ -2126,10 +2012,7 @@ def _ignore_outcome(future: asyncio.Future[int]) -> None:
 
 def _error_from(frame: frames.Error) -> ProtocolError:
     """The named exception for a relay ERROR (SPEC §9; unknown codes are 900, §12.3)."""
-    error = error_for_code(frame.code, frame.reason or "")
-    if isinstance(error, RateLimited | StoreUnavailable) and frame.retry_after is not None:
-        error.retry_after_ms = frame.retry_after
-    return error
+    return error_for_code(frame.code, frame.reason or "", frame.retry_after)
 
 
 __all__ = [

@@ -166,7 +166,7 @@ class Session:
             self.transport.flush()
 
     def send_encoded(self, data: bytes) -> None:
-        """Queue a SENT or DELIVER the relay encoded itself (:mod:`.fastframes`).
+        """Queue a SENT or DELIVER the relay encoded itself (``protocol.fastcodec``).
 
         Only for frames that change no connection state and are valid by
         construction; everything else goes through :meth:`send`.
