@@ -58,7 +58,7 @@ def version(conn: sqlite3.Connection) -> int:
     return int(found)
 
 
-def create(conn: sqlite3.Connection) -> None:
+def create_tables(conn: sqlite3.Connection) -> None:
     """The tables of a new file (the caller's transaction)."""
     conn.execute(_HEADER)
     for statement in _tables():
@@ -66,7 +66,7 @@ def create(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
-def upgrade(conn: sqlite3.Connection, sealer: Sealer, store: LegacyStateBag) -> None:
+def upgrade_tables(conn: sqlite3.Connection, sealer: Sealer, store: LegacyStateBag) -> None:
     """Bring a file of an earlier version up to date; nothing for a current one."""
     found = version(conn)
     if found > SCHEMA_VERSION:

@@ -26,7 +26,6 @@ import nacl.pwhash.argon2id as argon2id
 import nacl.utils
 import sqlite_utils
 
-from . import schema
 from .base import LOG_TABLES, ROW_TABLES, TABLES
 from .legacy import LegacyStateBag
 from .records import (
@@ -37,6 +36,7 @@ from .records import (
     require_bytes,
     require_handle,
 )
+from .schema import create_tables, upgrade_tables
 from .sealing import (
     DEFAULT_MEMLIMIT,
     DEFAULT_OPSLIMIT,
@@ -190,7 +190,7 @@ class SqliteKeyStore(LegacyStateBag):
             raise
         store = cls(db, master, header, max_processed_ids=max_processed_ids, owner=owner)
         try:
-            schema.upgrade(conn, store._sealer, store)
+            upgrade_tables(conn, store._sealer, store)
         except BaseException:
             store.close()
             raise
@@ -211,7 +211,7 @@ class SqliteKeyStore(LegacyStateBag):
             "wrapped_master": wrap_master(master, passphrase, salt, opslimit, memlimit),
         }
         with db.atomic():
-            schema.create(db.conn)
+            create_tables(db.conn)
             columns = ", ".join(header)
             placeholders = ", ".join("?" for _ in header)
             db.execute(
