@@ -22,6 +22,7 @@ Where each part lives::
     memory         MemoryKeyStore
     sealing        the at-rest format: Argon2id, master key, sealed rows
     schema         SQLite tables, schema version, the upgrade of older files
+    lock           one open store per file
     sqlite         SqliteKeyStore
 
 What it is not: it performs no cryptographic construction (that is

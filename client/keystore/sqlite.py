@@ -14,9 +14,7 @@ over the primitives written here).
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,11 +26,11 @@ import sqlite_utils
 
 from .base import LOG_TABLES, ROW_TABLES, TABLES
 from .legacy import LegacyStateBag
+from .lock import disown_file, own_file
 from .records import (
     MAX_PROCESSED_IDS,
     IncomingMessage,
     KeyStoreCorrupted,
-    KeyStoreInUse,
     require_bytes,
     require_handle,
 )
@@ -67,39 +65,6 @@ def _message_key(sender: str, msg_id: bytes) -> bytes:
     return sender.encode() + b"\x00" + msg_id
 
 
-if sys.platform == "win32":  # pragma: no cover - no advisory file locks: no row cache
-
-    def _own_file(path: Path) -> int | None:
-        return None
-
-else:
-    import fcntl
-
-    def _own_file(path: Path) -> int | None:
-        """Hold an exclusive advisory lock on the store file while it is open.
-
-        The store keeps decrypted rows in memory (RECORD_CACHE_SIZE), which is
-        sound only if nothing else writes the file meanwhile: a second writer
-        could advance a session behind our cached copy, and we would then
-        reuse its message keys. A second open — another process, or another
-        object here — fails with KeyStoreInUse instead. Taken before SQLite
-        opens the file and released after it closed it: closing any other
-        descriptor of the file would drop SQLite's own POSIX locks.
-        """
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise KeyStoreInUse(f"{path} is open in another process") from None
-        return fd
-
-
-def _disown_file(owner: int | None) -> None:
-    if owner is not None:
-        os.close(owner)  # releases the lock
-
-
 class SqliteKeyStore(LegacyStateBag):
     """Key store in one SQLite file, every record sealed (see ``sealing``).
 
@@ -123,7 +88,7 @@ class SqliteKeyStore(LegacyStateBag):
     ) -> None:
         """Use :meth:`open`; this wires an already unlocked database.
 
-        ``owner`` is the descriptor holding the file's lock (:func:`_own_file`):
+        ``owner`` is the descriptor holding the file's lock (:func:`.lock.own_file`):
         only a store that owns its file keeps rows decrypted in memory.
         """
         self._db = db
@@ -161,11 +126,11 @@ class SqliteKeyStore(LegacyStateBag):
             raise FileNotFoundError(f"no key store at {path}")
         if create:  # before connecting: a refused cost must not leave an empty file
             check_costs(opslimit, memlimit, max_memlimit=argon2id.MEMLIMIT_MAX)
-        owner = _own_file(path)  # before SQLite opens it (see _own_file)
+        owner = own_file(path)  # before SQLite opens it (see own_file)
         try:
             conn = sqlite3.connect(path, isolation_level=None)  # explicit BEGIN/COMMIT only
         except BaseException:
-            _disown_file(owner)
+            disown_file(owner)
             raise
         try:
             db = sqlite_utils.Database(conn, execute_plugins=False)
@@ -182,11 +147,11 @@ class SqliteKeyStore(LegacyStateBag):
                 master = unwrap_master(header, passphrase)
         except sqlite3.DatabaseError as exc:
             conn.close()
-            _disown_file(owner)
+            disown_file(owner)
             raise KeyStoreCorrupted(f"{path} is not a blindrelay key store") from exc
         except BaseException:
             conn.close()
-            _disown_file(owner)
+            disown_file(owner)
             raise
         store = cls(db, master, header, max_processed_ids=max_processed_ids, owner=owner)
         try:
@@ -272,7 +237,7 @@ class SqliteKeyStore(LegacyStateBag):
             self._db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             self._db.conn.close()
-            _disown_file(self._owner)
+            disown_file(self._owner)
 
     def __enter__(self) -> Self:
         return self
