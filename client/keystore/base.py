@@ -13,6 +13,7 @@ What it is not: a record kind (those are the mixins) or a storage engine.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -40,9 +41,11 @@ def handle_key(handle: str) -> bytes:
 
 
 class Storage(ABC):
-    """The primitives a store provides; rows are lists of msgpack-able fields.
+    """The primitives a store provides; rows are sequences of msgpack-able fields.
 
-    Callers never mutate a list they read (a store may hand out its cached copy).
+    Rows are written as tuples: in memory they stay out of the garbage collector's
+    way (a business keeps a row or three per customer). Callers never mutate a row
+    they read (a store may hand out its cached copy).
     Every primitive is all-or-nothing by itself; :meth:`_transaction` groups them.
     """
 
@@ -51,17 +54,17 @@ class Storage(ABC):
         """All writes inside, or none; nested blocks act as savepoints."""
 
     @abstractmethod
-    def _get(self, table: str, key: bytes) -> list[Any] | None: ...
+    def _get(self, table: str, key: bytes) -> Sequence[Any] | None: ...
 
     @abstractmethod
-    def _put(self, table: str, key: bytes, fields: list[Any]) -> None: ...
+    def _put(self, table: str, key: bytes, fields: Sequence[Any]) -> None: ...
 
     @abstractmethod
     def _delete(self, table: str, key: bytes) -> bool:
         """Remove a row; True if there was one."""
 
     @abstractmethod
-    def _rows(self, table: str) -> list[list[Any]]:
+    def _rows(self, table: str) -> list[Sequence[Any]]:
         """Every row of one table (and nothing of any other), in no promised order."""
 
     @abstractmethod

@@ -21,6 +21,7 @@ what a statement means) — it keeps what the SDK decided.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .base import handle_key
@@ -35,7 +36,7 @@ from .records import (
 )
 
 
-def _outbox_entry(fields: list[Any]) -> OutboxEntry:
+def _outbox_entry(fields: Sequence[Any]) -> OutboxEntry:
     position, msg_id, to, envelope, intent, category, categories = fields
     categories = None if categories is None else tuple(categories)
     return OutboxEntry(position, msg_id, to, envelope, intent, category, categories)
@@ -87,16 +88,23 @@ class ConversationRecords(KeyRecords):
 
     def queue_outgoing(self, entry: OutboxEntry) -> None:
         """Keep an encrypted envelope until the relay has committed it."""
-        fields = [
-            entry.position,
-            entry.msg_id,
-            entry.to,
-            entry.envelope,
-            entry.intent,
-            entry.category,
-            None if entry.categories is None else list(entry.categories),
-        ]
-        self._put("outbox", entry.msg_id, fields)
+        self._queue_row(
+            entry.position, entry.msg_id, entry.to, entry.envelope, entry.intent,
+            entry.category, entry.categories,
+        )  # fmt: skip
+
+    def _queue_row(
+        self,
+        position: int,
+        msg_id: bytes,
+        to: str,
+        envelope: bytes,
+        intent: str,
+        category: str | None,
+        categories: tuple[str, ...] | None,
+    ) -> None:
+        """The outbox row of an entry whose parts are checked (see legacy's outbox route)."""
+        self._put("outbox", msg_id, (position, msg_id, to, envelope, intent, category, categories))
 
     def outgoing(self, msg_id: bytes) -> OutboxEntry | None:
         """The queued envelope ``msg_id``, if it still awaits SENT."""
@@ -168,7 +176,7 @@ class ConversationRecords(KeyRecords):
         if counts is None:
             self._delete("held_counts", handle_key(sender))
         else:
-            self._put("held_counts", handle_key(sender), [sender, counts.held, counts.dropped])
+            self._put("held_counts", handle_key(sender), (sender, counts.held, counts.dropped))
 
     # Receipts owed to requesters (SPEC §7.3)
 
@@ -184,7 +192,7 @@ class ConversationRecords(KeyRecords):
         for msg_id in msg_ids:
             require_bytes("msg_id", msg_id)
         if msg_ids:
-            self._put("owed_receipts", handle_key(sender), [sender, list(msg_ids)])
+            self._put("owed_receipts", handle_key(sender), (sender, tuple(msg_ids)))
         else:
             self._delete("owed_receipts", handle_key(sender))
 
@@ -195,7 +203,7 @@ class ConversationRecords(KeyRecords):
 
     def note_wrote_to(self, handle: str) -> None:
         require_handle(handle)
-        self._put("wrote_to", handle_key(handle), [handle])
+        self._put("wrote_to", handle_key(handle), (handle,))
 
     def forget_wrote_to(self, handle: str) -> None:
         require_handle(handle)
@@ -234,7 +242,7 @@ class ConversationRecords(KeyRecords):
         if count is None:
             self._delete("statement_counts", handle_key(counterpart))
         else:
-            self._put("statement_counts", handle_key(counterpart), [counterpart, count])
+            self._put("statement_counts", handle_key(counterpart), (counterpart, count))
 
     def statement_counts(self) -> dict[str, int]:
         """Per counterpart, how many statements are kept: statements are only ever

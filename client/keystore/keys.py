@@ -58,25 +58,25 @@ class KeyRecords(Storage):
         return None if fields is None else OurIdentity(*fields)
 
     def set_identity(self, identity: OurIdentity) -> None:
-        fields = [
+        fields = (
             identity.handle,
             identity.account_kind,
             identity.relay_url,
             identity.identity_seed,
             identity.identity_public,
-        ]
+        )
         self._put("settings", _OUR_IDENTITY, fields)
 
     # Signed prekeys
 
     def store_signed_prekey(self, record: SignedPreKeyRecord) -> None:
-        fields = [
+        fields = (
             record.key_id,
             record.private_key,
             record.public_key,
             record.signature,
             record.created_at_ms,
-        ]
+        )
         self._put("signed_prekeys", _key_id(record.key_id), fields)
 
     def load_signed_prekey(self, key_id: int) -> SignedPreKeyRecord | None:
@@ -95,7 +95,7 @@ class KeyRecords(Storage):
         with self._transaction():
             if self.load_signed_prekey(key_id) is None:
                 raise KeyError(f"no signed prekey {key_id}")
-            self._put("settings", _CURRENT_SIGNED_PREKEY, [key_id])
+            self._put("settings", _CURRENT_SIGNED_PREKEY, (key_id,))
 
     def current_signed_prekey(self) -> SignedPreKeyRecord | None:
         """The advertised signed prekey, if one is set and still stored."""
@@ -113,13 +113,13 @@ class KeyRecords(Storage):
             first = 1 if fields is None else int(fields[0])
             if first + count - 1 > MAX_PREKEY_ID:
                 raise OverflowError("prekey id space exhausted")
-            self._put("settings", _NEXT_PREKEY_ID, [first + count])
+            self._put("settings", _NEXT_PREKEY_ID, (first + count,))
         return range(first, first + count)
 
     def store_one_time_prekeys(self, records: Iterable[OneTimePreKeyRecord]) -> None:
         with self._transaction():
             for record in records:
-                fields = [record.key_id, record.private_key, record.public_key]
+                fields = (record.key_id, record.private_key, record.public_key)
                 self._put("one_time_prekeys", _key_id(record.key_id), fields)
 
     def take_one_time_prekey(self, key_id: int) -> OneTimePreKeyRecord | None:
@@ -150,7 +150,7 @@ class KeyRecords(Storage):
     def store_session(self, handle: str, blob: bytes) -> None:
         require_handle(handle)
         require_bytes("blob", blob)
-        self._put("sessions", handle_key(handle), [handle, blob])
+        self._put("sessions", handle_key(handle), (handle, blob))
 
     def delete_session(self, handle: str) -> None:
         require_handle(handle)
@@ -169,10 +169,16 @@ class KeyRecords(Storage):
         records = [TrustedIdentity(*fields) for fields in self._rows("identities")]
         return sorted(records, key=lambda record: record.handle)
 
+    def _trusted_key(self, handle: str) -> bytes | None:
+        """Only the key of a trust record: read before every send, so no record is built."""
+        require_handle(handle)
+        fields = self._get("identities", handle_key(handle))
+        return None if fields is None else bytes(fields[1])
+
     def check_identity(self, handle: str, identity_key: bytes) -> IdentityStatus:
-        """Classify a presented key without changing anything."""
+        """Classify a presented key without changing anything (the TOFU decision)."""
         require_bytes("identity_key", identity_key, IDENTITY_KEY_BYTES)
-        return classify_identity(self.get_trusted_identity(handle), identity_key)
+        return classify_identity(self._trusted_key(handle), identity_key)
 
     def identity_owner(self, identity_key: bytes) -> str | None:
         """The handle ``identity_key`` is pinned for, or None (SPEC §13.8: at most one).
@@ -185,8 +191,7 @@ class KeyRecords(Storage):
         if fields is None:
             return None
         handle = str(fields[0])
-        trusted = self.get_trusted_identity(handle)
-        return handle if trusted is not None and trusted.identity_key == identity_key else None
+        return handle if self._trusted_key(handle) == identity_key else None
 
     def _pin(self, record: TrustedIdentity) -> None:
         """Store a trust record and its index entry; refuse a key another handle holds.
@@ -199,10 +204,10 @@ class KeyRecords(Storage):
         previous = self.get_trusted_identity(record.handle)
         if previous is not None and previous.identity_key != record.identity_key:
             self._delete("key_owners", previous.identity_key)  # replaced: the old key is free
-        fields = [record.handle, record.identity_key, record.first_seen_ms, record.verified]
+        fields = (record.handle, record.identity_key, record.first_seen_ms, record.verified)
         self._put("identities", handle_key(record.handle), fields)
         if owner is None:
-            self._put("key_owners", record.identity_key, [record.handle])
+            self._put("key_owners", record.identity_key, (record.handle,))
 
     def index_identity_keys(self) -> None:
         """Rebuild the key index from the trust records, first pinned first (an upgrade).
@@ -213,7 +218,7 @@ class KeyRecords(Storage):
         with self._transaction():
             for handle, key, *_ in self._rows("identities"):
                 if self.identity_owner(key) is None:
-                    self._put("key_owners", key, [handle])
+                    self._put("key_owners", key, (handle,))
 
     def trust_identity(self, handle: str, identity_key: bytes, now_ms: int) -> IdentityStatus:
         """Trust on first use; returns the status found (``NEW`` = just recorded).
@@ -278,7 +283,7 @@ class KeyRecords(Storage):
     def record_identity_change(self, handle: str, identity_key: bytes) -> None:
         require_handle(handle)
         require_bytes("identity_key", identity_key, IDENTITY_KEY_BYTES)
-        self._put("identity_changes", handle_key(handle), [handle, identity_key])
+        self._put("identity_changes", handle_key(handle), (handle, identity_key))
 
     def clear_identity_change(self, handle: str) -> None:
         require_handle(handle)

@@ -41,15 +41,18 @@ from typing import Any
 
 import msgpack
 
-from .records import HeldCounts, OutboxEntry, require_handle
+from .records import HeldCounts, OutboxEntry
 from .settings import SettingRecords
 
+_OUTBOX = "sdk/outbox/"
+_CHANGE = "identity-change/"
 RETIRED_KEYS = frozenset({"sdk/outbox"})
 """Keys no code has read for several versions: absent, and dropped by the migration."""
 
 
 def _require_key(key: object) -> None:
-    require_handle(key, "state key")
+    if not isinstance(key, str) or not key:
+        raise TypeError("state key must be a non-empty str")
 
 
 def _require_value(value: object) -> None:
@@ -101,16 +104,6 @@ def _pack_outgoing(entry: OutboxEntry) -> bytes:
     fields = [entry.to, entry.envelope, entry.intent, entry.category, categories]
     packed: bytes = msgpack.packb(fields, use_bin_type=True)
     return packed
-
-
-def _outbox_set(store: LegacyStateBag, suffix: str, value: bytes) -> None:
-    position, _, msg_id = suffix.partition(".")
-    to, envelope, intent, category, categories = _packed_list(value)
-    categories = None if categories is None else tuple(categories)
-    entry = OutboxEntry(
-        int(position), bytes.fromhex(msg_id), to, envelope, intent, category, categories
-    )
-    store.queue_outgoing(entry)
 
 
 def _outbox_get(store: LegacyStateBag, suffix: str) -> bytes | None:
@@ -248,14 +241,23 @@ def _log_table(group: str) -> tuple[str, str] | None:
 class LegacyStateBag(SettingRecords):
     """The old bag methods over the typed tables (see the module docstring)."""
 
+    # The SDK reads a pending identity change and writes an outbox entry for every
+    # message it sends, and deletes that entry at SENT: those three go straight to
+    # their kind, the rest through the routes.
+
     def get_state(self, key: str) -> bytes | None:
         _require_key(key)
+        if key.startswith(_CHANGE) and len(key) > len(_CHANGE):
+            return self.pending_identity_change(key[len(_CHANGE) :])
         found = _route(key)
         return None if found is None else found[0].get(self, found[1])
 
     def set_state(self, key: str, value: bytes) -> None:
         _require_key(key)
         _require_value(value)
+        if key.startswith(_OUTBOX) and len(key) > len(_OUTBOX):
+            self.set_outbox_state(key[len(_OUTBOX) :], value)
+            return
         found = _route(key)
         if found is None:
             raise ValueError(f"no record kind for the state key {key.partition('/')[0]!r}…")
@@ -263,6 +265,9 @@ class LegacyStateBag(SettingRecords):
 
     def delete_state(self, key: str) -> None:
         _require_key(key)
+        if key.startswith(_OUTBOX) and len(key) > len(_OUTBOX):
+            _outbox_delete(self, key[len(_OUTBOX) :])
+            return
         found = _route(key)
         if found is not None:
             found[0].delete(self, found[1])
@@ -300,6 +305,22 @@ class LegacyStateBag(SettingRecords):
         if found is not None:
             self._drop(found[0], found[1], count)
 
+    def set_outbox_state(self, suffix: str, value: bytes) -> None:
+        """An entry as the SDK packed it: one per message, so no OutboxEntry is built
+        (the SDK checked the SEND it makes; here only its parts' types)."""
+        position, _, msg_id = suffix.partition(".")
+        to, envelope, intent, category, categories = _packed_list(value)
+        if not (
+            isinstance(to, str) and isinstance(envelope, bytes) and isinstance(intent, str)
+            and (category is None or isinstance(category, str))
+            and (categories is None or all(isinstance(c, str) for c in categories))
+        ):  # fmt: skip
+            raise ValueError("not an outbox entry")
+        categories = None if categories is None else tuple(categories)
+        self._queue_row(
+            int(position), bytes.fromhex(msg_id), to, envelope, intent, category, categories
+        )
+
     # The two counts the SDK writes beside its log appends, as it wrote them
 
     def set_statement_count_state(self, counterpart: str, value: bytes | None) -> None:
@@ -312,18 +333,18 @@ class LegacyStateBag(SettingRecords):
         self._write_held_counts(sender, counts)
 
 
-_PREFIXES: dict[str, _Route] = {
-    "sdk/outbox/": _Route(
-        _outbox_get,
-        _outbox_set,
-        _outbox_delete,
-        lambda s: [(_outbox_key(e), _pack_outgoing(e)) for e in s.outbox()],
-    ),
-    "identity-change/": _Route(
+_PREFIXES: dict[str, _Route] = {  # the two read or written per message first
+    _CHANGE: _Route(
         lambda s, h: s.pending_identity_change(h),
         lambda s, h, key: s.record_identity_change(h, key),
         lambda s, h: s.clear_identity_change(h),
         lambda s: list(s.pending_identity_changes().items()),
+    ),
+    _OUTBOX: _Route(
+        _outbox_get,
+        LegacyStateBag.set_outbox_state,
+        _outbox_delete,
+        lambda s: [(_outbox_key(e), _pack_outgoing(e)) for e in s.outbox()],
     ),
     "sdk/statements/": _Route(_nothing, _old_statements_set, _nothing, lambda s: []),
     "sdk/statement-count/": _Route(

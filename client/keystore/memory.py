@@ -6,7 +6,7 @@ What it is not: durable, or encrypted — it holds what the SQLite store seals.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -29,7 +29,7 @@ class MemoryKeyStore(LegacyStateBag):
     """
 
     def __init__(self, *, max_processed_ids: int = MAX_PROCESSED_IDS) -> None:
-        self._tables: dict[str, dict[bytes, list[Any]]] = {name: {} for name in ROW_TABLES}
+        self._tables: dict[str, dict[bytes, Sequence[Any]]] = {name: {} for name in ROW_TABLES}
         self._logs: dict[str, dict[str, dict[int, bytes]]] = {name: {} for name in LOG_TABLES}
         """table → group → {sequence number: record}; numbers only grow, so they give the
         order."""
@@ -78,10 +78,10 @@ class MemoryKeyStore(LegacyStateBag):
 
     # Rows
 
-    def _get(self, table: str, key: bytes) -> list[Any] | None:
+    def _get(self, table: str, key: bytes) -> Sequence[Any] | None:
         return self._tables[table].get(key)
 
-    def _put(self, table: str, key: bytes, fields: list[Any]) -> None:
+    def _put(self, table: str, key: bytes, fields: Sequence[Any]) -> None:
         rows = self._tables[table]
         self._touch(rows, key)
         rows[key] = fields
@@ -94,7 +94,7 @@ class MemoryKeyStore(LegacyStateBag):
         del rows[key]
         return True
 
-    def _rows(self, table: str) -> list[list[Any]]:
+    def _rows(self, table: str) -> list[Sequence[Any]]:
         return list(self._tables[table].values())
 
     # Logs

@@ -170,11 +170,11 @@ class TrustedIdentity:
         require_count("first_seen_ms", self.first_seen_ms)
 
 
-def classify_identity(stored: TrustedIdentity | None, identity_key: bytes) -> IdentityStatus:
-    """The TOFU decision, shared by every implementation."""
-    if stored is None:
+def classify_identity(trusted_key: bytes | None, identity_key: bytes) -> IdentityStatus:
+    """The TOFU decision: a presented key against the one trusted for its handle, if any."""
+    if trusted_key is None:
         return IdentityStatus.NEW
-    if stored.identity_key == identity_key:
+    if trusted_key == identity_key:
         return IdentityStatus.TRUSTED
     return IdentityStatus.CHANGED
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 import unicodedata
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
@@ -143,7 +144,7 @@ class Sealer:
         data = table.encode() + b"\x00" + natural_key
         return hashlib.blake2b(data, digest_size=32, key=self.lookup_key).digest()
 
-    def seal(self, table: str, k: bytes, fields: list[Any]) -> bytes:
+    def seal(self, table: str, k: bytes, fields: Sequence[Any]) -> bytes:
         nonce = os.urandom(_NONCE_BYTES)
         plaintext = msgpack.packb(fields, use_bin_type=True)
         ad = _AD_PREFIX + table.encode() + b"\x00" + k

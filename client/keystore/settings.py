@@ -38,7 +38,7 @@ class SettingRecords(ConversationRecords):
         if value is None:
             self._delete("settings", name)
         else:
-            self._put("settings", name, [value])
+            self._put("settings", name, (value,))
 
     def relay_key(self) -> bytes | None:
         """The relay key pinned at the first login or accepted since (SPEC §4.1)."""
@@ -90,7 +90,7 @@ class SettingRecords(ConversationRecords):
             self._delete("away_replies", handle_key(customer))
         else:
             require_count("period", period)
-            self._put("away_replies", handle_key(customer), [customer, period])
+            self._put("away_replies", handle_key(customer), (customer, period))
 
     def away_reply_periods(self) -> dict[str, int]:
         return {str(customer): int(period) for customer, period in self._rows("away_replies")}
@@ -109,7 +109,7 @@ class SettingRecords(ConversationRecords):
             return
         if not isinstance(kind, str):
             raise TypeError("kind must be a str")
-        self._put("chat_contacts", handle_key(handle), [handle, kind])
+        self._put("chat_contacts", handle_key(handle), (handle, kind))
 
     def consent_requests(self) -> dict[str, tuple[str, ...]]:
         """Business → the categories it asked consent for, not answered yet (SPEC §7)."""
@@ -123,4 +123,4 @@ class SettingRecords(ConversationRecords):
             return
         if not isinstance(categories, tuple) or not all(isinstance(c, str) for c in categories):
             raise TypeError("categories must be a tuple of str")
-        self._put("consent_requests", handle_key(business), [business, list(categories)])
+        self._put("consent_requests", handle_key(business), (business, categories))

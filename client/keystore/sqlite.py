@@ -15,7 +15,7 @@ over the primitives written here).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
@@ -98,7 +98,7 @@ class SqliteKeyStore(LegacyStateBag):
         self._closed = False
         self._owner = owner
         self._cached_tables = _CACHED_TABLES if owner is not None else frozenset()
-        self._records: dict[tuple[str, bytes], list[Any] | None] = {}
+        self._records: dict[tuple[str, bytes], Sequence[Any] | None] = {}
         """Decrypted rows of the hot tables as the file holds them (see RECORD_CACHE_SIZE)."""
 
     @classmethod
@@ -256,7 +256,7 @@ class SqliteKeyStore(LegacyStateBag):
             self._records.clear()  # rolled back: the cache may hold writes the file lost
             raise
 
-    def _put(self, table: str, key: bytes, fields: list[Any]) -> None:
+    def _put(self, table: str, key: bytes, fields: Sequence[Any]) -> None:
         """One statement: all or nothing by itself, its own commit outside a transaction.
 
         Writes that are one ``_put`` or ``_delete`` need no ``_transaction``
@@ -273,7 +273,7 @@ class SqliteKeyStore(LegacyStateBag):
         if table in self._cached_tables:
             self._cache(table, key, fields)
 
-    def _get(self, table: str, key: bytes) -> list[Any] | None:
+    def _get(self, table: str, key: bytes) -> Sequence[Any] | None:
         assert table in ROW_TABLES
         cached = table in self._cached_tables
         if cached:
@@ -296,14 +296,14 @@ class SqliteKeyStore(LegacyStateBag):
             self._cache(table, key, None)
         return cursor.rowcount > 0
 
-    def _cache(self, table: str, key: bytes, fields: list[Any] | None) -> None:
+    def _cache(self, table: str, key: bytes, fields: Sequence[Any] | None) -> None:
         """Remember what the file now holds for a row (None: no such row), oldest out first."""
         records = self._records
         if (table, key) not in records and len(records) >= RECORD_CACHE_SIZE:
             del records[next(iter(records))]
         records[(table, key)] = fields
 
-    def _rows(self, table: str) -> list[list[Any]]:
+    def _rows(self, table: str) -> list[Sequence[Any]]:
         assert table in TABLES
         rows = self._db.execute(f"SELECT k, v FROM {table} ORDER BY rowid").fetchall()  # noqa: S608
         return [self._sealer.open(table, k, v) for k, v in rows]
