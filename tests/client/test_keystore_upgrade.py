@@ -7,6 +7,8 @@ state bag) with ``fixtures/write_v1_profile.py``, one record of every kind;
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import sqlite3
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from blindrelay.client.chat import Options, session
 from blindrelay.client.keystore import (
     SCHEMA_VERSION,
     HeldCounts,
@@ -207,3 +210,21 @@ def test_an_upgrade_that_fails_midway_leaves_version_1_to_retry(
     with SqliteKeyStore.open(path, written["passphrase"]) as store:
         assert store.held_messages("mallory") == written["held"]["mallory"]["messages"]
     assert version_of(path)[0] == SCHEMA_VERSION
+
+
+def test_the_chat_says_in_one_line_that_a_newer_profile_needs_a_newer_blindrelay(
+    tmp_path: Path, written: dict[str, Any]
+) -> None:
+    path = copy_fixture(PROFILE, tmp_path)
+    SqliteKeyStore.open(path, written["passphrase"]).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    out = io.StringIO()
+    options = Options(
+        relay="ws://127.0.0.1:9", profile=path, handle=None, kind="user",
+        passphrase=written["passphrase"], operator_key=None,
+    )  # fmt: skip
+    assert asyncio.run(session(options, out)) == 1
+    (line,) = out.getvalue().splitlines()
+    assert line.startswith("blindrelay chat: ") and line.endswith("upgrade blindrelay to open it")
