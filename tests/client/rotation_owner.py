@@ -21,7 +21,10 @@ until the test kills it with SIGKILL. The points, in the order a rotation passes
 - ``identity-replacing``: our identity is about to be replaced (the relay has
   accepted the new key: the SDK replaces it only after the relay's OK or WELCOME);
 - ``identity-replaced``: our identity was just replaced;
-- ``seed-forgotten``: the pending seed was just deleted.
+- ``seed-forgotten``: the pending seed was just deleted (the SDK replaces the identity
+  and deletes the seed in one transaction: killed at these two, it is rolled back);
+- ``prekeys-made``: one-time prekeys were just stored, before they are published (the
+  first time in the process: after a rotation, or at a login that adopted a new key).
 
 The points are keystore writes seen from outside the SDK (a wrapper around the store),
 so the SDK carries no test hook. Nothing here waits on a timer.
@@ -32,11 +35,12 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import nacl.pwhash.argon2id as argon2id
 
-from blindrelay.client.keystore import OurIdentity, SqliteKeyStore
+from blindrelay.client.keystore import OneTimePreKeyRecord, OurIdentity, SqliteKeyStore
 from blindrelay.client.sdk import Backoff, Client
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 
@@ -75,6 +79,10 @@ class PausingStore:
         self._inner.delete_state(key)
         if had_seed:
             pause("seed-forgotten")
+
+    def store_one_time_prekeys(self, records: Iterable[OneTimePreKeyRecord]) -> None:
+        self._inner.store_one_time_prekeys(records)
+        pause("prekeys-made")
 
     def set_identity(self, identity: OurIdentity) -> None:
         replacing = self._inner.get_identity() is not None

@@ -101,7 +101,9 @@ KILL_SEQUENCES = [
     ("identity-replacing",),
     ("identity-replaced",),
     ("seed-forgotten",),
+    ("prekeys-made",),
     ("seed-kept", "identity-replacing"),
+    ("seed-kept", "prekeys-made"),
     ("identity-replacing", "identity-replacing"),
     ("identity-replacing", "identity-replaced"),
 ]
