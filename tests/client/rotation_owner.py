@@ -41,13 +41,11 @@ from typing import Any
 import nacl.pwhash.argon2id as argon2id
 
 from blindrelay.client.keystore import OneTimePreKeyRecord, OurIdentity, SqliteKeyStore
+from blindrelay.client.rotation import PENDING_SEED
 from blindrelay.client.sdk import Backoff, Client
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 
 PAUSE_ENV = "ROTATION_PAUSE_AT"
-PENDING_SEED = "sdk/rotating-identity-seed"
-"""Where a profile keeps the seed of a rotation in progress (its on-disk name since the
-first profiles: a profile written by any version may hold one)."""
 PASSPHRASE = "passphrase of the rotating owner"
 
 
