@@ -93,7 +93,7 @@ from blindrelay.protocol.business import (
     check_badge,
     open_profile,
 )
-from blindrelay.protocol.connection import ClientConnection, State, rotate_transcript
+from blindrelay.protocol.connection import ClientConnection, State
 from blindrelay.protocol.content import (
     MAX_RECEIPT_REFS,
     Content,
@@ -107,6 +107,7 @@ from blindrelay.protocol.content import (
 )
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import (
+    AuthenticationFailed,
     BlindrelayError,
     CryptoError,
     InternalError,
@@ -115,6 +116,7 @@ from blindrelay.protocol.errors import (
     ProtocolError,
     RateLimited,
     ShuttingDown,
+    StaleStatement,
     StoreUnavailable,
     UnexpectedFrame,
     UnsupportedVersion,
@@ -139,6 +141,7 @@ from .keystore import (
     MemoryKeyStore,
     SqliteKeyStore,
 )
+from .rotation import KeyNotCurrent, Rotation
 from .sessions import (
     Clock,
     IdentityState,
@@ -180,7 +183,6 @@ beyond it messages are dropped, acknowledged and counted
 Larger keeps more of a real backlog and gives a forger more disk."""
 _RELAY_KEY = "sdk/relay-key"
 _REGISTERED_KEY = "sdk/registered"
-_ROTATING_KEY = "sdk/rotating-identity-seed"
 DRAIN_TIMEOUT_S = 5.0
 """How long ``close`` waits to write out queued frames (acks, sends) before closing."""
 _RETRYABLE_SEND_ERRORS = (ShuttingDown, InternalError)
@@ -641,6 +643,7 @@ class Client:
     ) -> None:
         self.store = store
         self.sessions = SessionManager(store, rng=rng, clock=clock)
+        self._rotation = Rotation(store, self.sessions)
         self.auto_delivered_receipts = auto_delivered_receipts
         self.on_connected = on_connected
         """Called with each WELCOME: the account is online (again)."""
@@ -809,23 +812,45 @@ class Client:
         self.store.set_state(_REGISTERED_KEY, b"1")
 
     async def login(self) -> None:
-        """Log in as this profile's account (SPEC §4.3); reconnects log in by themselves."""
-        identity = self.sessions.identity
-        link = await self._wait_link_ready()
-        await self._authenticate(link, link.conn.login(identity.handle, self.sessions.sign))
+        """Log in as this profile's account (SPEC §4.3); reconnects log in by themselves.
 
-    async def _authenticate(self, link: _Link, request_id: int) -> None:
+        Completes an interrupted :meth:`rotate_identity` first.
+        """
+        while True:
+            link = await self._wait_link_ready()
+            try:
+                return await self._log_in(link)
+            except KeyNotCurrent:
+                self._drop(link)  # the next connection tries our other key
+                if self._auto_login:  # welcomed: the reconnection logs in by itself
+                    await self._wait_online()
+                    return
+
+    async def _log_in(self, link: _Link) -> None:
+        """LOGIN with the key the relay should hold (see :mod:`.rotation` for which)."""
+        key = self._rotation.login_key()
+        request_id = link.conn.login(self.sessions.identity.handle, key.sign)
+        await self._authenticate(link, request_id, key)
+
+    async def _authenticate(
+        self, link: _Link, request_id: int, login_key: IdentityKeyPair | None = None
+    ) -> None:
         """Wait for the WELCOME answering the REGISTER or LOGIN queued as ``request_id``."""
         future = link.waiters[request_id] = asyncio.get_running_loop().create_future()
         link.flush()
         try:
             welcome = await future
-        except ProtocolError:
+        except ProtocolError as exc:
             # The challenge is spent: drop this link so that a retry gets a fresh one.
             link.transport.abort()
+            if login_key is not None and isinstance(exc, AuthenticationFailed):
+                self._rotation.login_refused(login_key, exc)
             raise
         assert isinstance(welcome, frames.Welcome)
+        unfinished = self._rotation.welcomed(login_key) if login_key is not None else None
         await self._welcomed(link, welcome)
+        if unfinished is not None:
+            await self._resume_rotation(link, unfinished)
 
     async def _welcomed(self, link: _Link, welcome: frames.Welcome) -> None:
         """SPEC §4.4: top up prekeys (SPEC §5.4), then resend the outbox (SPEC §6.3)."""
@@ -858,35 +883,54 @@ class Client:
     async def rotate_identity(self) -> None:
         """Replace our identity key (SPEC §3.4); contacts will see an identity change.
 
-        The new seed is kept in the keystore before the request leaves, so a
-        crash while waiting for OK cannot lose the key the relay may now hold.
+        Returns once the relay holds the new key, our profile holds it and the
+        prekeys signed with it are published. The new key's seed is persisted
+        before the request leaves and forgotten only in the transaction that makes
+        the new key ours, so a crash or a dropped connection at any step loses
+        neither key: the next login (the application's :meth:`login`, or the
+        automatic one after a reconnect) learns which key the relay holds by
+        logging in with it, adopts the new key if it does, and otherwise sends the
+        rotation again with the same new key (:mod:`.rotation`). Calling this again
+        meanwhile resumes that rotation instead of starting another. A refusal by
+        the relay (e.g. RateLimited) is raised and the rotation stays pending.
         """
         link = await self._wait_online()
+        await self._send_rotation(link, self._rotation.begin(self._rng))
+        await self._publish_rotated_prekeys(link)
+
+    async def _send_rotation(self, link: _Link, new: IdentityKeyPair) -> None:
+        """ROTATE_IDENTITY to ``new``; at the relay's OK, adopt it."""
         hello = link.conn.hello
         assert hello is not None
-        old = self.sessions.keypair
-        new = IdentityKeyPair.generate(self._rng)
-        self.store.set_state(_ROTATING_KEY, new.seed)
-        issued_at = self._clock()
-        transcript = rotate_transcript(
-            hello.relay_key, self.sessions.identity.handle, old.public, new.public, issued_at
-        )
+        # Dated by the relay's clock, as statements are: the relay checks the skew (§3.4).
+        issued_at = self._clock() + link.clock_offset
         await link.request(
-            frames.RotateIdentity(
-                id=link.conn.next_request_id(),
-                new_identity_key=new.public,
-                issued_at=issued_at,
-                old_signature=old.sign(transcript),
-                new_signature=new.sign(transcript),
-            )
+            self._rotation.request(link.conn.next_request_id(), hello.relay_key, issued_at, new)
         )
-        self.sessions.replace_identity(new)
-        self.store.delete_state(_ROTATING_KEY)
+        self._rotation.finish(new)
+
+    async def _publish_rotated_prekeys(self, link: _Link) -> None:
+        """The relay deleted the old key's prekeys (SPEC §3.4): publish the new key's."""
         upload = self.sessions.prekeys_upload(
             link.conn.next_request_id(), relay_one_time=0, relay_has_signed=False
         )
         assert upload is not None
         await link.request(upload)
+
+    async def _resume_rotation(self, link: _Link, new: IdentityKeyPair) -> None:
+        """At login with our current key while a rotation to ``new`` is pending: send it again."""
+        try:
+            await self._send_rotation(link, new)
+        except (InvalidStatement, StaleStatement, MalformedFrame) as exc:
+            # SPEC §3.4: "both mean the same thing: the key it signed with is no longer
+            # current"; 100 if the new key is current already.
+            self._rotation.resend_refused(exc)
+            log.warning("identity rotation still pending: the relay answered %s", exc)
+            return
+        except ProtocolError as exc:  # we are logged in; the next login tries again
+            log.warning("identity rotation still pending: the relay answered %s", exc)
+            return
+        await self._publish_rotated_prekeys(link)
 
     async def wait_online(self) -> None:
         """Return once the client is authenticated on a live connection."""
@@ -969,9 +1013,7 @@ class Client:
             self._check_relay_key(link.hello.result())
             self._link_ready.set()
             if self._auto_login:
-                identity = self.sessions.identity
-                request_id = link.conn.login(identity.handle, self.sessions.sign)
-                login = asyncio.create_task(self._authenticate(link, request_id))
+                login = asyncio.create_task(self._log_in(link))
                 await asyncio.wait([reader, login], return_when=asyncio.FIRST_COMPLETED)
                 if login.done():
                     try:
