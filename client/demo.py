@@ -38,8 +38,8 @@ from zoneinfo import ZoneInfo
 
 from blindrelay.protocol import codec, frames
 from blindrelay.protocol.business import OpeningHours, is_open
-from blindrelay.protocol.crypto.session import ENVELOPE_VERSION, MessageType
-from blindrelay.protocol.errors import ErrorCode, ProtocolError
+from blindrelay.protocol.crypto.session import MessageType, peek_envelope
+from blindrelay.protocol.errors import ErrorCode, MalformedEnvelope, ProtocolError
 from blindrelay.protocol.signed import ConsentStatement, unverified_body
 
 from .business import Business
@@ -206,24 +206,18 @@ def _hex(data: bytes) -> str:
     return data[:CIPHERTEXT_HEX_BYTES].hex() + "…"
 
 
-_MESSAGE_HEADER_BYTES = 2 + 40
-"""Version, type and the ratchet header of a normal message (SPEC §13.6)."""
-_PREKEY_HEADER_BYTES = 2 + 32 + 32 + 4 + 1 + 40
-"""The same for a prekey message, without the optional one-time prekey id."""
-_PREKEY_PREFIX = bytes((ENVELOPE_VERSION, MessageType.PREKEY))
-_MESSAGE_PREFIX = bytes((ENVELOPE_VERSION, MessageType.MESSAGE))
-
-
 def describe_envelope(body: bytes) -> str:
     """An envelope as the relay can parse it (SPEC §13.6): its kind and its ciphertext."""
-    if len(body) > _PREKEY_HEADER_BYTES + 4 and body[:2] == _PREKEY_PREFIX:
-        header = _PREKEY_HEADER_BYTES + (4 if body[70] == 1 else 0)
-        kind = f"prekey message from key {body[2:8].hex()}…"
-    elif len(body) > _MESSAGE_HEADER_BYTES and body[:2] == _MESSAGE_PREFIX:
-        header, kind = _MESSAGE_HEADER_BYTES, "message"
-    else:
+    try:
+        info = peek_envelope(body)
+    except MalformedEnvelope:
         return f"{len(body)} B, not an envelope"
-    return f"{len(body)} B {kind}, ciphertext {_hex(body[header:])}"
+    if info.message_type is MessageType.PREKEY:
+        assert info.sender_identity_key is not None  # peek_envelope: a prekey message has one
+        kind = f"prekey message from key {info.sender_identity_key[:6].hex()}…"
+    else:
+        kind = "message"
+    return f"{len(body)} B {kind}, ciphertext {_hex(info.ciphertext)}"
 
 
 def _categories(values: tuple[str, ...] | None) -> str:
