@@ -45,7 +45,7 @@ from blindrelay.protocol.signed import ConsentStatement, unverified_body
 from .business import Business
 from .sdk import Client, Message
 from .sessions import wall_clock_ms
-from .transport import wire_tap
+from .transport import tapped
 
 T = TypeVar("T")
 
@@ -451,14 +451,6 @@ async def _inbox(client: Client, queue: asyncio.Queue[Message]) -> None:
         await queue.put(message)
 
 
-async def _connect(client: Client, url: str, wire: Wire, who: str) -> None:
-    token = wire_tap.set(wire.tap(who))
-    try:
-        await client.connect(url)
-    finally:
-        wire_tap.reset(token)
-
-
 def _quote(text: str | bytes | None) -> str:
     return f'"{text}"' if isinstance(text, str) else repr(text)
 
@@ -479,8 +471,9 @@ async def play(screen: Screen, workdir: Path) -> None:
         )
         desk = DeskClock(ZoneInfo(TIMEZONE))
         desk.move_to(10, 0)
-        airline_client = Client.open(None, clock=desk)
-        user = Client.open(None, operator_key=operator_key)
+        # Each client's wire is tapped: the relay's view below is exactly those bytes.
+        airline_client = Client.open(None, clock=desk, open_transport=tapped(wire.tap(BUSINESS)))
+        user = Client.open(None, operator_key=operator_key, open_transport=tapped(wire.tap(USER)))
         airline_inbox: asyncio.Queue[Message] = asyncio.Queue()
         user_inbox: asyncio.Queue[Message] = asyncio.Queue()
         consent_seen: asyncio.Queue[ConsentStatement] = asyncio.Queue()
@@ -492,7 +485,7 @@ async def play(screen: Screen, workdir: Path) -> None:
         )
         inbox_task: asyncio.Task[None] | None = None
         try:
-            await _connect(airline_client, relay.url, wire, BUSINESS)
+            await airline_client.connect(relay.url)
             await within(airline_client.register(BUSINESS, "business"), "the airline to register")
             hours = [OpeningHours(day, OPEN_MIN, CLOSE_MIN) for day in range(7)]
             await within(
@@ -506,7 +499,7 @@ async def play(screen: Screen, workdir: Path) -> None:
                 "admin", "verify-business", BUSINESS, "--name", BUSINESS_NAME,
                 "--operator-key", str(workdir / "operator.key"), "--db", str(db),
             )  # fmt: skip
-            await _connect(user, relay.url, wire, USER)
+            await user.connect(relay.url)
             await within(user.register(USER), "the user to register")
             airline.start()
             inbox_task = asyncio.create_task(_inbox(user, user_inbox))

@@ -151,7 +151,7 @@ from .sessions import (
     SessionManager,
     wall_clock_ms,
 )
-from .transport import ConnectionLost, WebSocketTransport
+from .transport import ConnectionLost, OpenTransport, WebSocketTransport
 
 log = logging.getLogger("blindrelay.client")
 
@@ -640,8 +640,10 @@ class Client:
         on_statement: Callable[[ConsentStatement], None] | None = None,
         operator_key: bytes | None = None,
         owns_store: bool = False,
+        open_transport: OpenTransport = WebSocketTransport.open,
     ) -> None:
         self.store = store
+        self._open_transport = open_transport  # each connection's (transport.tapped)
         self.sessions = SessionManager(store, rng=rng, clock=clock)
         self._rotation = Rotation(store, self.sessions)
         self.auto_delivered_receipts = auto_delivered_receipts
@@ -762,7 +764,7 @@ class Client:
             self._link_ready.clear()
             self._online_event.clear()
         self._url = url
-        transport = await WebSocketTransport.open(url)
+        transport = await self._open_transport(url)
         self._runner = asyncio.create_task(self._run(transport))
         try:
             await self._wait_link_ready()
@@ -962,7 +964,7 @@ class Client:
                 if transport is None:
                     assert self._url is not None
                     try:
-                        transport = await WebSocketTransport.open(self._url)
+                        transport = await self._open_transport(self._url)
                     except ConnectionLost as exc:
                         log.info("reconnect failed: %s", exc)
                         await asyncio.sleep(self._backoff.delay(attempt, self._jitter))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from blindrelay.client.keystore import MemoryKeyStore
 from blindrelay.client.sdk import Client
-from blindrelay.client.transport import wire_tap
+from blindrelay.client.transport import tapped
 from blindrelay.protocol import codec, frames
 from blindrelay.protocol.content import Receipt, ReceiptType
 
@@ -29,11 +29,7 @@ async def online_tapped(url: str, handle: str, written: list[frames.Frame]) -> C
         if way == "out":
             written.append(codec.decode(data))
 
-    token = wire_tap.set(tap)
-    try:
-        return await online(url, handle)
-    finally:
-        wire_tap.reset(token)
+    return await online(url, handle, open_transport=tapped(tap))
 
 
 def test_a_stranger_s_message_is_a_request_and_gets_no_automatic_receipt(

@@ -21,7 +21,7 @@ import pytest
 from blindrelay.client.keystore import IncomingMessage, KeyStore, MemoryKeyStore, SqliteKeyStore
 from blindrelay.client.sdk import Backoff, Client, ConnectionLost, Message, RelayKeyChanged
 from blindrelay.client.sessions import ONE_TIME_PREKEY_TARGET, IdentityState
-from blindrelay.client.transport import wire_tap
+from blindrelay.client.transport import tapped
 from blindrelay.protocol import limits
 from blindrelay.protocol.content import Receipt, ReceiptType
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
@@ -673,13 +673,12 @@ def test_a_relay_presenting_another_key_is_an_error_before_anything_is_sent(
         async with relay_at(tmp_path) as relay:
             assert relay.relay_key != old_key
             written: list[bytes] = []
-            token = wire_tap.set(lambda way, data: written.append(data) if way == "out" else None)
-            try:
-                alice = make_client(alice_store)
-                with pytest.raises(RelayKeyChanged) as changed:
-                    await within(alice.connect(relay.url))
-            finally:
-                wire_tap.reset(token)
+            alice = make_client(
+                alice_store,
+                open_transport=tapped(lambda way, data: written.append(data) if way == "out" else None),
+            )
+            with pytest.raises(RelayKeyChanged) as changed:
+                await within(alice.connect(relay.url))
             assert (changed.value.pinned, changed.value.presented) == (old_key, relay.relay_key)
             assert written == []  # no LOGIN, no ACK, no resend on that link
             assert alice.relay_key == old_key  # nothing changed by itself

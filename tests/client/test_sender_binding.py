@@ -26,7 +26,7 @@ import pytest
 from blindrelay.client import sessions
 from blindrelay.client.keystore import MemoryKeyStore
 from blindrelay.client.sdk import Backoff, Client
-from blindrelay.client.transport import wire_tap
+from blindrelay.client.transport import OpenTransport, WebSocketTransport, tapped
 from blindrelay.protocol import frames
 from blindrelay.protocol.codec import decode
 from blindrelay.server.config import RelayConfig
@@ -54,10 +54,11 @@ async def relay_at(tmp_path: Path) -> AsyncIterator[RunningRelay]:
         await relay.close()
 
 
-def make_client() -> Client:
+def make_client(open_transport: OpenTransport = WebSocketTransport.open) -> Client:
     return Client(
-        MemoryKeyStore(), backoff=Backoff(initial=0.01, factor=2.0, cap=0.05), jitter=lambda: 0.5
-    )
+        MemoryKeyStore(), backoff=Backoff(initial=0.01, factor=2.0, cap=0.05), jitter=lambda: 0.5,
+        open_transport=open_transport,
+    )  # fmt: skip
 
 
 def test_a_captured_first_message_resent_by_another_account_is_not_shown_as_his(
@@ -73,14 +74,10 @@ def test_a_captured_first_message_resent_by_another_account_is_not_shown_as_his(
             messages = carol.messages()
 
             on_the_wire: list[bytes] = []
-            token = wire_tap.set(
-                lambda way, data: on_the_wire.append(data) if way == "out" else None
+            alice = make_client(
+                tapped(lambda way, data: on_the_wire.append(data) if way == "out" else None)
             )
-            try:
-                alice = make_client()
-                await within(alice.connect(relay.url))
-            finally:
-                wire_tap.reset(token)
+            await within(alice.connect(relay.url))
             await within(alice.register("alice"))
             await within(alice.send("carol", "for carol, from alice"))
             first = await within(anext(messages))
