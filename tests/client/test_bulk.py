@@ -34,9 +34,18 @@ from blindrelay.protocol.errors import (
     UntrustedIdentity,
 )
 
-from .test_business import business_online, customer
-from .test_consent import online
-from .test_sdk import LOW_COST, Crash, Inbox, make_client, relay_at, run, within
+from ..relays import relay_at
+from .harness import (
+    LOW_COST,
+    Crash,
+    Inbox,
+    business_online,
+    customer,
+    make_client,
+    online,
+    run,
+    within,
+)
 
 # --- the bulk path against a relay ---------------------------------------------------
 
