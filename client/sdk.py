@@ -147,6 +147,7 @@ from .sessions import (
     wall_clock_ms,
 )
 from .transport import ConnectionLost, WebSocketTransport
+from .wire import content_encoder, encode_send, parse_sent
 
 log = logging.getLogger("blindrelay.client")
 
@@ -187,13 +188,6 @@ SEND_MANY_WINDOW = 256
 """SENDs :meth:`Client.send_many` keeps in flight: enough to hide the round trip
 to the relay behind encryption; more only queues frames in our socket buffer
 and grows the outbox."""
-_SEND_TAG = int(frames.FrameType.SEND)
-_SENT_TAG = int(frames.FrameType.SENT)
-_SENT_PREFIX: bytes = b"\x84" + msgpack.packb("t") + msgpack.packb(_SENT_TAG)
-"""How a canonical SENT starts (a map of its four fields, ``t`` first): the cheap
-test that keeps every other frame off the SENT fast path."""
-_SENT_MAX_BYTES = 64
-"""A canonical SENT is at most 47 bytes; anything longer takes the strict decoder."""
 
 
 class RelayKeyChanged(BlindrelayError):
@@ -436,98 +430,6 @@ class _Outgoing(NamedTuple):
             msg_id, to, envelope, intent, category,
             tuple(categories) if categories else None, key,
         )  # fmt: skip
-
-
-def encode_send(packer: msgpack.Packer, request_id: int, outgoing: _Outgoing) -> bytes:
-    """The SEND frame for ``outgoing``, byte for byte what the codec encodes.
-
-    Every field was checked before the envelope entered the outbox (see
-    :meth:`Client._check_send`), so building and re-validating a
-    :class:`frames.Send` per message and walking the codec's generic plan
-    (~10 µs) would only repeat that; this lays out the same canonical map:
-    ``t`` first, fields in declaration order, absent optional fields omitted.
-    A test compares it with :func:`blindrelay.protocol.codec.encode`.
-    """
-    fields: dict[str, object] = {
-        "t": _SEND_TAG,
-        "id": request_id,
-        "to": outgoing.to,
-        "msg_id": outgoing.msg_id,
-        "intent": outgoing.intent,
-        "body": outgoing.envelope,
-    }
-    if outgoing.category is not None:
-        fields["category"] = outgoing.category
-    if outgoing.categories is not None:
-        fields["categories"] = outgoing.categories
-    data: bytes = packer.pack(fields)
-    return data
-
-
-def parse_sent(data: bytes, packer: msgpack.Packer) -> tuple[int, bytes, int] | None:
-    """``(re, msg_id, at)`` if ``data`` is exactly the codec's encoding of a valid SENT.
-
-    The fast path for the one frame a bulk sender receives per message: the
-    strict decoder spends ~12 µs on it. msgpack's plain unpacker reads the
-    fields, and the bytes must equal the canonical encoding of what was read,
-    which rules out duplicate, unknown or missing keys, other types and
-    trailing bytes; the values are range-checked as :class:`frames.Sent`
-    does. None means "not such a SENT": decode it strictly instead, so what is
-    accepted, and how anything else is refused, stays the codec's decision.
-    """
-    if len(data) > _SENT_MAX_BYTES or not data.startswith(_SENT_PREFIX):
-        return None
-    try:
-        fields = msgpack.unpackb(data)
-    except Exception:  # any malformation: the strict decoder names it
-        return None
-    if type(fields) is not dict:
-        return None
-    re, msg_id, at = fields.get("re"), fields.get("msg_id"), fields.get("at")
-    if type(re) is not int or type(msg_id) is not bytes or type(at) is not int:
-        return None
-    if (
-        not 1 <= re <= frames.MAX_REQUEST_ID
-        or len(msg_id) != limits.MESSAGE_ID_BYTES
-        or not 0 <= at <= frames.MAX_TIME_MS
-    ):
-        return None
-    if packer.pack({"t": _SENT_TAG, "re": re, "msg_id": msg_id, "at": at}) != data:
-        return None  # not canonical: another key, a duplicate, another order or width
-    return re, msg_id, at
-
-
-def content_encoder(body: Text | Data | Receipt) -> Callable[[bytes], bytes]:
-    """``encode_content(Content(msg_id, body))`` for many msg_ids, the body encoded once.
-
-    A bulk send encrypts one body under a fresh msg_id per recipient. The id is
-    a fixed-size bin in the canonical encoding, so the encodings under two ids
-    differ in exactly those bytes: encoding under all-zero and all-one ids
-    finds them, and each message splices its id in. If the encodings do not
-    differ that way (a future content format), every id is encoded in full.
-    Raises MalformedContent as ``encode_content`` does (too large).
-    """
-    size = limits.MESSAGE_ID_BYTES
-    zeros = encode_content(Content(bytes(size), body))
-    ones = encode_content(Content(b"\xff" * size, body))
-    start = next((i for i, (a, b) in enumerate(zip(zeros, ones, strict=False)) if a != b), -1)
-    end = start + size
-    if (
-        start < 0
-        or len(zeros) != len(ones)
-        or zeros[start:end] != bytes(size)
-        or ones[start:end] != b"\xff" * size
-        or zeros[end:] != ones[end:]
-    ):
-        return lambda msg_id: encode_content(Content(msg_id, body))  # pragma: no cover
-    prefix, suffix = zeros[:start], zeros[end:]
-
-    def encode(msg_id: bytes) -> bytes:
-        if len(msg_id) != size:
-            raise MalformedContent(f"id: message ids are exactly {size} bytes")
-        return prefix + msg_id + suffix
-
-    return encode
 
 
 class _HandleLock:

@@ -22,15 +22,9 @@ import pytest
 
 from blindrelay.client.business import Business
 from blindrelay.client.keystore import KeyStore, MemoryKeyStore, SqliteKeyStore
-from blindrelay.client.sdk import (
-    Client,
-    ConnectionLost,
-    _Outgoing,
-    content_encoder,
-    encode_send,
-    parse_sent,
-)
+from blindrelay.client.sdk import Client, ConnectionLost, _Outgoing
 from blindrelay.client.transport import wire_tap
+from blindrelay.client.wire import content_encoder, encode_send, parse_sent
 from blindrelay.protocol import frames, limits
 from blindrelay.protocol.codec import decode, encode
 from blindrelay.protocol.content import (
