@@ -139,7 +139,6 @@ from .keystore import (
 )
 from .sessions import (
     Clock,
-    IdentityState,
     Incoming,
     NoSession,
     Rng,
@@ -147,6 +146,7 @@ from .sessions import (
     wall_clock_ms,
 )
 from .transport import ConnectionLost, WebSocketTransport
+from .trust import IdentityState, IdentityTrust, RelayKeyChanged, RelayKeyPin
 from .wire import content_encoder, encode_send, parse_sent
 
 log = logging.getLogger("blindrelay.client")
@@ -177,7 +177,6 @@ most 64 KiB). A contact on a new phone rarely sends more before the user decides
 beyond it messages are dropped, acknowledged and counted
 (:meth:`Client.held_messages`), so the application can ask them to resend.
 Larger keeps more of a real backlog and gives a forger more disk."""
-_RELAY_KEY = "sdk/relay-key"
 _REGISTERED_KEY = "sdk/registered"
 _ROTATING_KEY = "sdk/rotating-identity-seed"
 DRAIN_TIMEOUT_S = 5.0
@@ -188,28 +187,6 @@ SEND_MANY_WINDOW = 256
 """SENDs :meth:`Client.send_many` keeps in flight: enough to hide the round trip
 to the relay behind encryption; more only queues frames in our socket buffer
 and grows the outbox."""
-
-
-class RelayKeyChanged(BlindrelayError):
-    """The relay presents another key than the one pinned for this profile.
-
-    Raised from :meth:`Client.connect` (and by every waiting call once a
-    reconnect meets it) as soon as HELLO shows the key, before anything is
-    sent or acknowledged on that connection. The relay key is what our
-    statements are bound to (SPEC §7.4) and what the relay signs nothing
-    without: a new key means a new operator key pair, or someone else
-    answering at the relay's address. Only a person who learnt the new key
-    out of band should accept it, with :meth:`Client.accept_relay_key`.
-    A client-side error: no wire code.
-    """
-
-    def __init__(self, pinned: bytes, presented: bytes) -> None:
-        super().__init__(
-            f"the relay presents key {presented.hex()}, not the key {pinned.hex()} pinned "
-            "for this profile"
-        )
-        self.pinned = pinned
-        self.presented = presented
 
 
 @dataclass(frozen=True, slots=True)
@@ -653,6 +630,10 @@ class Client:
     ) -> None:
         self.store = store
         self.sessions = SessionManager(store, rng=rng, clock=clock)
+        self.trust: IdentityTrust = self.sessions.trust
+        """Our contacts' identity keys: pinned, pending a change, approved (SPEC §3.3)."""
+        self.relay_key_pin = RelayKeyPin(store)
+        """The relay key this profile trusts (SPEC §4.1)."""
         self.auto_delivered_receipts = auto_delivered_receipts
         self.on_connected = on_connected
         """Called with each WELCOME: the account is online (again)."""
@@ -788,9 +769,7 @@ class Client:
         key (SPEC §7.4): the ones we hold stay verifiable only against the key
         they name, and new ones are made for the new key.
         """
-        if not isinstance(relay_key, bytes) or len(relay_key) != 32:
-            raise ValueError("a relay key is 32 bytes")
-        self.store.set_state(_RELAY_KEY, relay_key)
+        self.relay_key_pin.accept(relay_key)
 
     async def register(
         self, handle: str, kind: AccountKind = "user", *, invite: bytes | None = None
@@ -843,8 +822,7 @@ class Client:
         """SPEC §4.4: top up prekeys (SPEC §5.4), then resend the outbox (SPEC §6.3)."""
         hello = link.conn.hello
         assert hello is not None
-        if self.store.get_state(_RELAY_KEY) is None:  # the first login pins it (SPEC §4.1)
-            self.store.set_state(_RELAY_KEY, hello.relay_key)
+        self.relay_key_pin.pin_first(hello.relay_key)  # the first login pins it (SPEC §4.1)
         self._auto_login = True
         upload = self.sessions.prekeys_upload(
             link.conn.next_request_id(),
@@ -860,7 +838,7 @@ class Client:
         self._online = link
         self._online_event.set()
         for handle in list(self._held):  # approved, then a crash before they were released
-            if self.sessions.pending_identity_change(handle) is None:
+            if self.trust.pending_change(handle) is None:
                 self._release_held(handle)
         self.welcome = welcome
         self.connection_count += 1
@@ -978,7 +956,7 @@ class Client:
             await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
             if not link.hello.done():
                 await reader  # raises why the connection ended before HELLO
-            self._check_relay_key(link.hello.result())
+            self.relay_key_pin.check(link.hello.result().relay_key)
             self._link_ready.set()
             if self._auto_login:
                 identity = self.sessions.identity
@@ -998,13 +976,6 @@ class Client:
             await reader
         finally:
             reader.cancel()
-
-    def _check_relay_key(self, hello: frames.Hello) -> None:
-        """SPEC §4.1: "a client MUST NOT send anything on a connection whose HELLO presents
-        another relay key than the one it pinned, until its user accepts the new key"."""
-        pinned = self.store.get_state(_RELAY_KEY)
-        if pinned is not None and pinned != hello.relay_key:
-            raise RelayKeyChanged(pinned, hello.relay_key)
 
     def _drop(self, link: _Link) -> None:
         link.fail(ConnectionLost("connection ended"))
@@ -1336,7 +1307,7 @@ class Client:
             log.warning("dropped invalid statement from %s: %s", deliver.sender, exc)
             return
         # Outside the transaction: a changed key must stay recorded as pending.
-        self.sessions.pin_identity(deliver.sender, statement.signer_key)  # or raise
+        self.trust.pin(deliver.sender, statement.signer_key)  # or raise
         with self.store.atomic():
             self._keep_statement(deliver.sender, deliver.body)
             self.store.mark_processed(deliver.sender, deliver.msg_id)
@@ -1570,8 +1541,7 @@ class Client:
         self._raise_if_fatal()
         if self._locks.busy(handle) or not self.sessions.has_session(handle):
             async with self._locks.hold(handle):  # one bundle fetch, sends kept in order
-                if self.sessions.pending_identity_change(handle) is not None:
-                    raise UntrustedIdentity(handle)
+                self.trust.refuse_pending(handle)
                 if not self.sessions.has_session(handle):
                     await self._start_session(handle)
                 msg_id, sent = self._queue_content(handle, body, intent, category, categories)
@@ -1782,11 +1752,11 @@ class Client:
 
     def safety_number(self, handle: str) -> str:
         """The 60 digits to compare with ``handle`` out of band (SPEC §13.9)."""
-        return self.sessions.safety_number(handle)
+        return self.trust.safety_number(handle)
 
     def identity_change_pending(self, handle: str) -> bool:
         """Whether ``handle`` presented a new identity key that awaits approval."""
-        return self.sessions.pending_identity_change(handle) is not None
+        return self.trust.pending_change(handle) is not None
 
     def approve_identity(self, handle: str, *, verified: bool = False) -> None:
         """Accept ``handle``'s new key (or mark the current one verified).
@@ -1795,7 +1765,7 @@ class Client:
         into the inbox, online or not; call it while the client's event loop
         runs (a released message may queue a delivered receipt).
         """
-        self.sessions.approve_identity(handle, verified=verified)
+        self.trust.approve(handle, verified=verified)
         self._release_held(handle)
 
     # --- Consent and blocking (SPEC §7.4–7.6) -----------------------------------
@@ -1922,7 +1892,7 @@ class Client:
     def relay_key(self) -> bytes | None:
         """The relay key pinned at our first login (or accepted since): statements are bound
         to it, and a relay presenting another one is :class:`RelayKeyChanged`."""
-        return self.store.get_state(_RELAY_KEY)
+        return self.relay_key_pin.key
 
     def check_statement(self, signed: bytes) -> HeldStatement:
         """Verify a statement offline (SPEC §7.5): signature, signer's pinned key, relay key.
@@ -1939,8 +1909,7 @@ class Client:
         if statement.signer == identity.handle:
             expected: bytes | None = identity.identity_public
         else:
-            trusted = self.store.get_trusted_identity(statement.signer)
-            expected = trusted.identity_key if trusted is not None else None
+            expected = self.trust.pinned_key(statement.signer)
         relay_key = self.relay_key
         try:
             if expected is None or relay_key is None:
@@ -1985,7 +1954,7 @@ class Client:
         if not isinstance(frame, frames.Profile) or frame.handle != handle:
             raise UnexpectedFrame("relay answered PROFILE_FETCH with another record")
         try:
-            self.sessions.pin_identity(handle, frame.identity_key)
+            self.trust.pin(handle, frame.identity_key)
             key_changed = False
         except UntrustedIdentity:
             key_changed = True

@@ -512,7 +512,7 @@ def shop_with_a_customer(store: KeyStore) -> tuple[Business, IdentityKeyPair, by
     relay_key = IdentityKeyPair.generate(os.urandom).public
     client.accept_relay_key(relay_key)
     alice = IdentityKeyPair.generate(os.urandom)
-    client.sessions.pin_identity("alice", alice.public)
+    client.trust.pin("alice", alice.public)
     return Business(client), alice, relay_key
 
 
