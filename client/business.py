@@ -203,7 +203,9 @@ class Business:
             issued_at=self.client.relay_now(),
         )
         signed = profile.sign(self.client.sessions.sign)
-        answer = await self.client._request(lambda rid: frames.ProfilePut(id=rid, profile=signed))
+        answer = await self.client.link.request(
+            lambda rid: frames.ProfilePut(id=rid, profile=signed)
+        )
         if not isinstance(answer, frames.Ok):
             raise UnexpectedFrame("relay answered PROFILE_PUT with another frame")
         self.client.store.set_state(_PROFILE_KEY, signed)
@@ -373,7 +375,7 @@ class Business:
 
     async def usage(self, month: str) -> frames.Usage:
         """Our metered counts for ``month`` (``YYYY-MM``, UTC) as the relay keeps them."""
-        answer = await self.client._request(lambda rid: frames.UsageFetch(id=rid, month=month))
+        answer = await self.client.link.request(lambda rid: frames.UsageFetch(id=rid, month=month))
         if not isinstance(answer, frames.Usage):
             raise UnexpectedFrame("relay answered USAGE_FETCH with another frame")
         return answer

@@ -93,7 +93,7 @@ from blindrelay.protocol.business import (
     check_badge,
     open_profile,
 )
-from blindrelay.protocol.connection import ClientConnection, State, rotate_transcript
+from blindrelay.protocol.connection import ClientConnection, rotate_transcript
 from blindrelay.protocol.content import (
     MAX_RECEIPT_REFS,
     Content,
@@ -116,9 +116,7 @@ from blindrelay.protocol.errors import (
     ShuttingDown,
     StoreUnavailable,
     UnexpectedFrame,
-    UnsupportedVersion,
     UntrustedIdentity,
-    error_for_code,
 )
 from blindrelay.protocol.signed import (
     CONSENT_ACTIONS,
@@ -129,6 +127,7 @@ from blindrelay.protocol.signed import (
     verify_statement,
 )
 
+from .connection import Connection
 from .keystore import (
     DEFAULT_MEMLIMIT,
     DEFAULT_OPSLIMIT,
@@ -137,6 +136,7 @@ from .keystore import (
     MemoryKeyStore,
     SqliteKeyStore,
 )
+from .link import DEFAULT_BACKOFF, Backoff, LinkHandlers, RelayLink
 from .sessions import (
     Clock,
     Incoming,
@@ -145,9 +145,9 @@ from .sessions import (
     SessionManager,
     wall_clock_ms,
 )
-from .transport import ConnectionLost, WebSocketTransport
+from .transport import ConnectionLost
 from .trust import IdentityState, IdentityTrust, RelayKeyChanged, RelayKeyPin
-from .wire import content_encoder, encode_send, parse_sent
+from .wire import content_encoder, encode_send
 
 log = logging.getLogger("blindrelay.client")
 
@@ -187,23 +187,6 @@ SEND_MANY_WINDOW = 256
 """SENDs :meth:`Client.send_many` keeps in flight: enough to hide the round trip
 to the relay behind encryption; more only queues frames in our socket buffer
 and grows the outbox."""
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Reconnect delays: exponential, capped, with jitter so clients do not reconnect in step.
-
-    Attempt n waits between half and all of ``min(cap, initial * factor**n)``
-    seconds ("equal jitter"): never zero, never more than the cap.
-    """
-
-    initial: float = 0.5
-    factor: float = 2.0
-    cap: float = 30.0
-
-    def delay(self, attempt: int, jitter: Callable[[], float]) -> float:
-        ceiling = min(self.cap, self.initial * self.factor ** min(attempt, 64))
-        return ceiling / 2 + jitter() * ceiling / 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -527,89 +510,6 @@ class _Bulk:
             raise self.failure
 
 
-class _Link:
-    """One WebSocket connection: the protocol machine, its writer, its waiting requests."""
-
-    def __init__(self, transport: WebSocketTransport) -> None:
-        self.transport = transport
-        self.conn = ClientConnection()
-        self.hello: asyncio.Future[frames.Hello] = asyncio.get_running_loop().create_future()
-        self.clock_offset = 0
-        """Relay clock minus ours at HELLO (SPEC §4.1), for dating statements."""
-        self.waiters: dict[int, asyncio.Future[frames.Frame]] = {}
-        self.sending: dict[int, bytes] = {}
-        """SEND request id → msg_id, for SENTs and ERRORs answering a send."""
-        self._out: list[bytes] = []
-        """Encoded frames to write, in the order they were sent."""
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._pump = asyncio.create_task(self._write())
-        self.lost = False
-
-    def send(self, frame: frames.Frame) -> None:
-        self.conn.send(frame)
-        self._out += self.conn.data_to_send()
-        self._wake.set()
-
-    def send_encoded(self, request_id: int, data: bytes) -> None:
-        """Queue a SEND encoded by :func:`encode_send`, noted as the machine notes requests.
-
-        Only while authenticated: there ``ClientConnection.send`` of a SEND does
-        nothing but note the request id as pending and queue the bytes.
-        """
-        assert self.conn.state is State.AUTHENTICATED
-        self.conn.pending[request_id] = frames.FrameType.SEND
-        self._out.append(data)
-        self._wake.set()
-
-    def request(self, frame: frames.Frame) -> asyncio.Future[frames.Frame]:
-        """Send a request; the future gets its response, or the named error."""
-        future = asyncio.get_running_loop().create_future()
-        self.waiters[frame.id] = future  # type: ignore[union-attr]
-        self.send(frame)
-        return future
-
-    def flush(self) -> None:
-        self._wake.set()
-
-    async def _write(self) -> None:
-        with contextlib.suppress(ConnectionLost):
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                self._idle.clear()
-                # The machine's own queue holds only what was queued on it directly
-                # (REGISTER, LOGIN), which comes before anything sent through us.
-                out = self.conn.data_to_send()
-                out += self._out
-                self._out = []
-                for data in out:
-                    await self.transport.send(data)
-                if not self._wake.is_set():
-                    self._idle.set()
-
-    async def drain(self) -> None:
-        """Wait until every queued frame is written (or the writer has stopped)."""
-        self._idle.clear()
-        self._wake.set()
-        idle = asyncio.create_task(self._idle.wait())
-        await asyncio.wait(
-            [idle, self._pump], timeout=DRAIN_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
-        )
-        idle.cancel()
-
-    def fail(self, exc: BaseException) -> None:
-        """The link is gone: every waiting request fails with ``exc``."""
-        self.lost = True
-        self._pump.cancel()
-        futures: list[asyncio.Future[Any]] = [self.hello, *self.waiters.values()]
-        for future in futures:
-            if not future.done():
-                future.set_exception(exc)
-                future.exception()  # retrieved: nobody may be waiting any more
-        self.waiters.clear()
-
-
 class Client:
     """An end-to-end encrypted messaging client for one account (module docstring)."""
 
@@ -619,7 +519,7 @@ class Client:
         *,
         rng: Rng = os.urandom,
         clock: Clock = wall_clock_ms,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = DEFAULT_BACKOFF,
         jitter: Callable[[], float] = random.random,
         auto_delivered_receipts: bool = True,
         on_connected: Callable[[frames.Welcome], None] | None = None,
@@ -651,18 +551,9 @@ class Client:
         """Authenticated connections so far (reconnects included)."""
         self._clock = clock
         self._rng = rng
-        self._backoff = backoff
-        self._jitter = jitter
         self._owns_store = owns_store
-        self._url: str | None = None
-        self._runner: asyncio.Task[None] | None = None
-        self._link: _Link | None = None
-        self._link_ready = asyncio.Event()
-        self._online: _Link | None = None
-        self._online_event = asyncio.Event()
-        self._auto_login = False
-        self._closing = False
-        self._fatal: BaseException | None = None
+        self.link = RelayLink(self.relay_key_pin, clock=clock, backoff=backoff, jitter=jitter)
+        """The connection to the relay, kept across drops; :meth:`RelayLink.request`."""
         self._inbox_changed = asyncio.Event()
         state = self.store.state_items("sdk/")  # opens every state row: once, at start
         self._outbox: dict[bytes, _Outgoing] = self._load_outbox(state)
@@ -695,6 +586,17 @@ class Client:
         self._checked_shapes: set[tuple[str, str | None, tuple[str, ...] | None]] = set()
         self._packer = msgpack.Packer(use_bin_type=True)
         self._topping_up = False
+        self.link.listen(
+            LinkHandlers(
+                deliver_received=self._deliver_received,
+                prekeys_low=self._top_up,
+                send_answered=self._send_answered,
+                login=self._queue_login,
+                authenticated=self._authenticated,
+                online=self._went_online,
+                stopped=self._stopped,
+            )
+        )
 
     # --- Profile --------------------------------------------------------------
 
@@ -744,22 +646,7 @@ class Client:
         client stopped by it may connect again once the application called
         :meth:`accept_relay_key` (one that was logged in logs in by itself).
         """
-        runner = self._runner
-        if runner is not None:
-            if not runner.done() or not isinstance(self._fatal, RelayKeyChanged):
-                raise RuntimeError("already connected")
-            self._runner, self._fatal = None, None
-            self._link_ready.clear()
-            self._online_event.clear()
-        self._url = url
-        transport = await WebSocketTransport.open(url)
-        self._runner = asyncio.create_task(self._run(transport))
-        try:
-            await self._wait_link_ready()
-        except RelayKeyChanged:
-            with contextlib.suppress(RelayKeyChanged):
-                await self._runner  # ended with it; retrieved here
-            raise
+        await self.link.connect(url)
 
     def accept_relay_key(self, relay_key: bytes) -> None:
         """Pin ``relay_key`` as this profile's relay key: the user's deliberate decision.
@@ -785,58 +672,44 @@ class Client:
             raise RuntimeError("this profile is registered already; use login()")
         identity = self.store.get_identity()
         if identity is None:
-            identity = self.sessions.create_identity(handle, kind, self._url or "")
+            identity = self.sessions.create_identity(handle, kind, self.link.url or "")
         elif (identity.handle, identity.account_kind) != (handle, kind):
             identity = dataclasses.replace(identity, handle=handle, account_kind=kind)
             self.store.set_identity(identity)
         self._account_kind = None
-        link = await self._wait_link_ready()
+        conn = await self.link.wait_ready()
         public = identity.identity_public
-        nonce = await asyncio.to_thread(link.conn.registration_proof, handle, kind, public)
-        request_id = link.conn.register(
+        nonce = await asyncio.to_thread(conn.machine.registration_proof, handle, kind, public)
+        request_id = conn.machine.register(
             handle, kind, public, self.sessions.sign, pow_nonce=nonce, invite=invite
         )
-        await self._authenticate(link, request_id)
+        await self.link.authenticate(conn, request_id)
         self.store.set_state(_REGISTERED_KEY, b"1")
 
     async def login(self) -> None:
         """Log in as this profile's account (SPEC §4.3); reconnects log in by themselves."""
-        identity = self.sessions.identity
-        link = await self._wait_link_ready()
-        await self._authenticate(link, link.conn.login(identity.handle, self.sessions.sign))
+        conn = await self.link.wait_ready()
+        await self.link.authenticate(conn, self._queue_login(conn.machine))
 
-    async def _authenticate(self, link: _Link, request_id: int) -> None:
-        """Wait for the WELCOME answering the REGISTER or LOGIN queued as ``request_id``."""
-        future = link.waiters[request_id] = asyncio.get_running_loop().create_future()
-        link.flush()
-        try:
-            welcome = await future
-        except ProtocolError:
-            # The challenge is spent: drop this link so that a retry gets a fresh one.
-            link.transport.abort()
-            raise
-        assert isinstance(welcome, frames.Welcome)
-        await self._welcomed(link, welcome)
+    def _queue_login(self, machine: ClientConnection) -> int:
+        return machine.login(self.sessions.identity.handle, self.sessions.sign)
 
-    async def _welcomed(self, link: _Link, welcome: frames.Welcome) -> None:
+    async def _authenticated(self, conn: Connection, welcome: frames.Welcome) -> None:
         """SPEC §4.4: top up prekeys (SPEC §5.4), then resend the outbox (SPEC §6.3)."""
-        hello = link.conn.hello
-        assert hello is not None
-        self.relay_key_pin.pin_first(hello.relay_key)  # the first login pins it (SPEC §4.1)
-        self._auto_login = True
         upload = self.sessions.prekeys_upload(
-            link.conn.next_request_id(),
+            conn.next_request_id(),
             relay_one_time=welcome.one_time_prekeys,
             relay_has_signed=welcome.has_signed_prekey,
         )
         if upload is not None:
-            await link.request(upload)
-        if link.lost:
+            await conn.request(upload)
+        if conn.lost:
             raise ConnectionLost("connection lost during login")
         for outgoing in list(self._outbox.values()):
-            self._transmit(link, outgoing)
-        self._online = link
-        self._online_event.set()
+            self._transmit(conn, outgoing)
+
+    def _went_online(self, welcome: frames.Welcome) -> None:
+        """Online: release what an approval before a crash left held, tell the application."""
         for handle in list(self._held):  # approved, then a crash before they were released
             if self.trust.pending_change(handle) is None:
                 self._release_held(handle)
@@ -851,19 +724,17 @@ class Client:
         The new seed is kept in the keystore before the request leaves, so a
         crash while waiting for OK cannot lose the key the relay may now hold.
         """
-        link = await self._wait_online()
-        hello = link.conn.hello
-        assert hello is not None
+        link = await self.link.wait_online()
         old = self.sessions.keypair
         new = IdentityKeyPair.generate(self._rng)
         self.store.set_state(_ROTATING_KEY, new.seed)
         issued_at = self._clock()
         transcript = rotate_transcript(
-            hello.relay_key, self.sessions.identity.handle, old.public, new.public, issued_at
+            link.relay_key, self.sessions.identity.handle, old.public, new.public, issued_at
         )
         await link.request(
             frames.RotateIdentity(
-                id=link.conn.next_request_id(),
+                id=link.next_request_id(),
                 new_identity_key=new.public,
                 issued_at=issued_at,
                 old_signature=old.sign(transcript),
@@ -873,148 +744,27 @@ class Client:
         self.sessions.replace_identity(new)
         self.store.delete_state(_ROTATING_KEY)
         upload = self.sessions.prekeys_upload(
-            link.conn.next_request_id(), relay_one_time=0, relay_has_signed=False
+            link.next_request_id(), relay_one_time=0, relay_has_signed=False
         )
         assert upload is not None
         await link.request(upload)
 
     async def wait_online(self) -> None:
         """Return once the client is authenticated on a live connection."""
-        await self._wait_online()
+        await self.link.wait_online()
 
     async def close(self) -> None:
         """Flush and close the connection, fail waiting sends, close a store we opened."""
-        self._closing = True
-        link = self._link
-        if link is not None and not link.lost:
-            await link.drain()
-            with contextlib.suppress(ConnectionLost):
-                await link.transport.close()
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._runner
+        await self.link.close()
         self._delete_retired()
         self._fail_waiters(ConnectionLost("client closed"))
         self._inbox_changed.set()
         if self._owns_store:
             self.store.close()
 
-    async def _run(self, transport: WebSocketTransport | None) -> None:
-        """Own the connection: serve it, and after a drop reconnect with backoff."""
-        attempt = 0
-        try:
-            while not self._closing:
-                if transport is None:
-                    assert self._url is not None
-                    try:
-                        transport = await WebSocketTransport.open(self._url)
-                    except ConnectionLost as exc:
-                        log.info("reconnect failed: %s", exc)
-                        await asyncio.sleep(self._backoff.delay(attempt, self._jitter))
-                        attempt += 1
-                        continue
-                link = _Link(transport)
-                transport = None
-                try:
-                    await self._serve(link)
-                except ConnectionLost as exc:
-                    log.info("connection lost: %s", exc)
-                finally:
-                    if self._online is link:
-                        attempt = 0
-                    self._drop(link)
-                await asyncio.sleep(self._backoff.delay(attempt, self._jitter))
-                attempt += 1
-        except asyncio.CancelledError:
-            if self._link is not None:
-                self._drop(self._link)
-            raise
-        except BaseException as exc:
-            self._stop(exc)
-            raise
-
-    def _stop(self, exc: BaseException) -> None:
-        """Not a network problem: a bug, a broken store, a relay on another version.
-
-        Stop without acknowledging anything more; every waiting call raises.
-        """
-        if self._fatal is None:
-            self._fatal = exc
-        if self._link is not None:
-            self._drop(self._link)
+    def _stopped(self, exc: BaseException) -> None:
         self._fail_waiters(exc)
         self._inbox_changed.set()
-        self._link_ready.set()
-        self._online_event.set()
-
-    async def _serve(self, link: _Link) -> None:
-        self._link = link
-        reader = asyncio.create_task(self._read(link))
-        try:
-            first: list[asyncio.Future[Any]] = [reader, link.hello]
-            await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
-            if not link.hello.done():
-                await reader  # raises why the connection ended before HELLO
-            self.relay_key_pin.check(link.hello.result().relay_key)
-            self._link_ready.set()
-            if self._auto_login:
-                identity = self.sessions.identity
-                request_id = link.conn.login(identity.handle, self.sessions.sign)
-                login = asyncio.create_task(self._authenticate(link, request_id))
-                await asyncio.wait([reader, login], return_when=asyncio.FIRST_COMPLETED)
-                if login.done():
-                    try:
-                        login.result()  # an AUTH_FAILED here is fatal: the relay refuses our key
-                    except StoreUnavailable as exc:
-                        # SPEC §6.3: the relay's store is down for now. The challenge is
-                        # spent; a new connection after retry_after logs in again.
-                        await asyncio.sleep(exc.retry_after_ms / 1000)
-                        raise ConnectionLost("the relay's store is unavailable") from exc
-                else:
-                    login.cancel()
-            await reader
-        finally:
-            reader.cancel()
-
-    def _drop(self, link: _Link) -> None:
-        link.fail(ConnectionLost("connection ended"))
-        link.transport.abort()
-        if self._link is link:
-            self._link = None
-            self._link_ready.clear()
-        if self._online is link:
-            self._online = None
-            self._online_event.clear()
-
-    async def _wait_link_ready(self) -> _Link:
-        """The current connection, once it has its HELLO and is not yet authenticated."""
-        while True:
-            self._raise_if_fatal()
-            link = self._link
-            if self._link_ready.is_set() and link is not None:
-                if link.conn.state is not State.AWAITING_AUTH:
-                    raise RuntimeError("this connection is authenticated already")
-                return link
-            await self._link_ready.wait()
-
-    async def _wait_online(self) -> _Link:
-        while True:
-            self._raise_if_fatal()
-            if self._online is not None and not self._online.lost:
-                return self._online
-            if self._runner is None:
-                raise RuntimeError("not connected; call connect() first")
-            await self._online_event.wait()
-
-    def _raise_if_fatal(self) -> None:
-        fatal = self._fatal
-        if isinstance(fatal, RelayKeyChanged):
-            raise RelayKeyChanged(fatal.pinned, fatal.presented)
-        if fatal is not None:
-            raise ConnectionLost("client stopped after an error") from fatal
-        if self._closing:
-            raise ConnectionLost("client closed")
 
     def _fail_waiters(self, exc: BaseException) -> None:
         for future in self._sent.values():
@@ -1028,72 +778,7 @@ class Client:
 
     # --- Receiving (SPEC §6.4, §6.5) ------------------------------------------
 
-    async def _read(self, link: _Link) -> None:
-        while True:
-            data = await link.transport.recv()
-            if self._sent_received(link, data):
-                continue
-            try:
-                link.conn.receive_data(data)
-            except UnsupportedVersion:
-                raise
-            except ProtocolError as exc:
-                raise ConnectionLost(f"relay sent an invalid frame: {exc}") from exc
-            for frame in link.conn.events_received():
-                self._frame_received(link, frame)
-
-    def _frame_received(self, link: _Link, frame: frames.Frame) -> None:
-        if isinstance(frame, frames.Hello):
-            link.clock_offset = frame.now - self._clock()
-            link.hello.set_result(frame)
-        elif isinstance(frame, frames.Deliver):
-            self._deliver_received(link, frame)
-        elif isinstance(frame, frames.PrekeysLow):
-            self._top_up(link, frame.remaining)
-        elif isinstance(frame, frames.Error) and frame.re is None:
-            log.warning("relay error %d", frame.code)
-        else:
-            self._response_received(link, frame)
-
-    def _response_received(self, link: _Link, frame: frames.Frame) -> None:
-        re: int = frame.re  # type: ignore[union-attr, assignment]
-        error = _error_from(frame) if isinstance(frame, frames.Error) else None
-        msg_id = link.sending.pop(re, None)
-        if msg_id is not None:
-            if error is None and not isinstance(frame, frames.Sent):
-                error = UnexpectedFrame(f"relay answered a SEND with {frame.TYPE.name}")
-            self._send_answered(msg_id, frame.at if isinstance(frame, frames.Sent) else None, error)
-            return
-        future = link.waiters.pop(re, None)
-        if future is None or future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(frame)
-
-    def _sent_received(self, link: _Link, data: bytes) -> bool:
-        """A SENT answering one of our SENDs, taken on the fast path (:func:`parse_sent`).
-
-        Does what ``receive_data`` and :meth:`_response_received` do with the
-        same frame: the request stops pending and the send is answered. False
-        (nothing done) for anything else, which the strict path then decodes.
-        """
-        sent = parse_sent(data, self._packer)
-        if sent is None:
-            return False
-        re, _, at = sent
-        conn = link.conn
-        if conn.state is not State.AUTHENTICATED or re not in conn.pending:
-            return False
-        msg_id = link.sending.pop(re, None)
-        if msg_id is None:
-            return False
-        del conn.pending[re]
-        self._send_answered(msg_id, at, None)
-        return True
-
-    def _deliver_received(self, link: _Link, deliver: frames.Deliver) -> None:
+    def _deliver_received(self, link: Connection, deliver: frames.Deliver) -> None:
         """Decrypt and persist, or hold; then ack (SPEC §6.5).
 
         A message held for a trust decision is persisted in the keystore and
@@ -1101,13 +786,12 @@ class Client:
         relay's delivery window (SPEC §6.4), and a sender naming another key
         in enough envelopes would stop delivery from everyone.
         """
-        hello = link.conn.hello
-        assert hello is not None
+        relay_key = link.relay_key
         if deliver.sender in self._held:
             self._hold(deliver)  # keep the sender's order behind the held ones
         else:
             try:
-                self._receive(deliver, hello.relay_key)
+                self._receive(deliver, relay_key)
             except UntrustedIdentity:
                 self._hold(deliver)
         self._ack(link, deliver)
@@ -1334,7 +1018,7 @@ class Client:
                     self._keep_statement(counterpart, signed)
                 self.store.delete_state(key)
 
-    def _ack(self, link: _Link, deliver: frames.Deliver) -> None:
+    def _ack(self, link: Connection, deliver: frames.Deliver) -> None:
         if not link.lost:
             link.send(frames.Ack(delivery_ids=(deliver.delivery_id,)))
 
@@ -1346,7 +1030,7 @@ class Client:
         when the process died comes back after the restart. Use one consumer.
         """
         while True:
-            self._raise_if_fatal()
+            self.link.raise_if_fatal()
             pending = self.store.pending_messages()
             if not pending:
                 self._inbox_changed.clear()
@@ -1439,7 +1123,7 @@ class Client:
         position = 0
         try:
             while position < len(todo):
-                self._raise_if_fatal()
+                self.link.raise_if_fatal()
                 await bulk.drained(window - refill if position else window)
                 chunk = todo[position : position + window - bulk.in_flight]
                 for offset, handle in self._queue_many(
@@ -1516,9 +1200,7 @@ class Client:
                     wrote.append(handle)
         self._wrote_to.update(wrote)
         self.encrypt_seconds += time.perf_counter() - started
-        link = self._online
-        if link is not None and link.lost:
-            link = None
+        link = self.link.online
         outbox, bulk_sends = self._outbox, self._bulk_sends
         for position, outgoing in queued:
             msg_id = outgoing.msg_id
@@ -1538,7 +1220,7 @@ class Client:
         categories: tuple[str, ...] | None = None,
         rate_limit_retries: int = 0,
     ) -> bytes:
-        self._raise_if_fatal()
+        self.link.raise_if_fatal()
         if self._locks.busy(handle) or not self.sessions.has_session(handle):
             async with self._locks.hold(handle):  # one bundle fetch, sends kept in order
                 self.trust.refuse_pending(handle)
@@ -1553,7 +1235,7 @@ class Client:
         return msg_id
 
     async def _start_session(self, handle: str) -> None:
-        bundle = await self._request(lambda rid: frames.BundleFetch(id=rid, handle=handle))
+        bundle = await self.link.request(lambda rid: frames.BundleFetch(id=rid, handle=handle))
         if not isinstance(bundle, frames.Bundle) or bundle.handle != handle:
             raise UnexpectedFrame("relay answered a bundle fetch with another bundle")
         try:
@@ -1594,8 +1276,9 @@ class Client:
         self.encrypt_seconds += time.perf_counter() - started
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._sent[msg_id] = future
-        if self._online is not None and not self._online.lost:
-            self._transmit(self._online, outgoing)
+        link = self.link.online
+        if link is not None:
+            self._transmit(link, outgoing)
         return msg_id, future
 
     def _check_send(
@@ -1620,13 +1303,15 @@ class Client:
         self._outbox_clock = max(time.time_ns(), self._outbox_clock + 1)
         return f"{_OUTBOX_PREFIX}{self._outbox_clock:020d}.{msg_id.hex()}"
 
-    def _transmit(self, link: _Link, outgoing: _Outgoing) -> None:
-        request_id = link.conn.next_request_id()
-        link.sending[request_id] = outgoing.msg_id
-        if link.conn.state is State.AUTHENTICATED:
-            link.send_encoded(request_id, encode_send(self._packer, request_id, outgoing))
+    def _transmit(self, link: Connection, outgoing: _Outgoing) -> None:
+        request_id = link.next_request_id()
+        if link.authenticated:
+            data = encode_send(self._packer, request_id, outgoing)
+            link.send_message(outgoing.msg_id, request_id, data)
             return
-        link.send(  # the machine refuses it (closed): the outbox keeps it for the next link
+        link.send_message(  # the machine refuses it (closed): the outbox keeps it for the next link
+            outgoing.msg_id,
+            request_id,
             frames.Send(
                 id=request_id,
                 to=outgoing.to,
@@ -1695,7 +1380,7 @@ class Client:
 
     def _delete_retired(self) -> None:
         keys, self._retiring = self._retiring, []
-        if not keys or self._fatal is not None:
+        if not keys or self.link.failed:
             return
         try:
             with self.store.atomic():
@@ -1703,23 +1388,12 @@ class Client:
                     self.store.delete_state(key)
         except Exception as exc:  # a broken store: stop, as when receiving
             log.error("cannot delete answered envelopes from the outbox: %r", exc)
-            self._stop(exc)
-            if self._runner is not None:
-                self._runner.cancel()
-
-    async def _request(self, make: Callable[[int], frames.Frame]) -> frames.Frame:
-        """A request answered on some connection; retried on the next one after a drop."""
-        while True:
-            link = await self._wait_online()
-            try:
-                return await link.request(make(link.conn.next_request_id()))
-            except ConnectionLost:
-                continue
+            self.link.stop(exc)
 
     def _retransmit(self, msg_id: bytes) -> None:
         outgoing = self._outbox.get(msg_id)
-        link = self._online
-        if outgoing is not None and link is not None and not link.lost:
+        link = self.link.online
+        if outgoing is not None and link is not None:
             self._transmit(link, outgoing)  # else the next WELCOME resends the outbox
 
     def _load_outbox(self, state: list[tuple[str, bytes]]) -> dict[bytes, _Outgoing]:
@@ -1731,11 +1405,11 @@ class Client:
 
     # --- Prekeys (SPEC §5.4) ----------------------------------------------------
 
-    def _top_up(self, link: _Link, remaining: int) -> None:
+    def _top_up(self, link: Connection, remaining: int) -> None:
         if self._topping_up:
             return
         upload = self.sessions.prekeys_upload(
-            link.conn.next_request_id(), relay_one_time=remaining, relay_has_signed=True
+            link.next_request_id(), relay_one_time=remaining, relay_has_signed=True
         )
         if upload is None:
             return
@@ -1776,8 +1450,7 @@ class Client:
         Statements are dated with it, so a device whose own clock is off by
         more than ``STATEMENT_SKEW_MS`` still makes statements the relay takes.
         """
-        link = self._online or self._link
-        return self._clock() + (link.clock_offset if link is not None else 0)
+        return self.link.relay_now()
 
     async def grant(
         self, business: str, categories: tuple[str, ...] | list[str]
@@ -1821,22 +1494,20 @@ class Client:
         """
         if action in (Action.GRANT, Action.REVOKE):
             categories = self._changing(action, target, categories or ())
-        link = await self._wait_online()
-        hello = link.conn.hello
-        assert hello is not None
+        link = await self.link.wait_online()
         identity = self.sessions.identity
         statement = make_statement(
             action,
             signer=identity.handle,
             signer_key=identity.identity_public,
             target=target,
-            relay_key=hello.relay_key,
+            relay_key=link.relay_key,
             now_ms=self._clock() + link.clock_offset,
             rng=self._rng,
             categories=categories,
         )
         signed = statement.sign(self.sessions.sign)
-        await link.request(frames.Statement(id=link.conn.next_request_id(), statement=signed))
+        await link.request(frames.Statement(id=link.next_request_id(), statement=signed))
         self._keep_statement(target, signed)
         if action is Action.BLOCK:
             self._discard_held(target)
@@ -1932,7 +1603,7 @@ class Client:
             def page_request(rid: int, cursor: int = after) -> frames.Frame:
                 return frames.StatementsList(id=rid, after=cursor)
 
-            page = await self._request(page_request)
+            page = await self.link.request(page_request)
             if not isinstance(page, frames.Statements):
                 raise UnexpectedFrame("relay answered STATEMENTS_LIST with another frame")
             listed += [self.check_statement(signed) for signed in page.statements]
@@ -1950,7 +1621,7 @@ class Client:
         otherwise); the badge is checked with our configured operator key
         and our clock — without an operator key nothing shows as verified.
         """
-        frame = await self._request(lambda rid: frames.ProfileFetch(id=rid, handle=handle))
+        frame = await self.link.request(lambda rid: frames.ProfileFetch(id=rid, handle=handle))
         if not isinstance(frame, frames.Profile) or frame.handle != handle:
             raise UnexpectedFrame("relay answered PROFILE_FETCH with another record")
         try:
@@ -1993,14 +1664,6 @@ def _ignore_outcome(future: asyncio.Future[int]) -> None:
     """Background sends (auto receipts) have nobody awaiting them; retrieve the outcome."""
     if not future.cancelled() and future.exception() is not None:
         log.info("background send failed: %r", future.exception())
-
-
-def _error_from(frame: frames.Error) -> ProtocolError:
-    """The named exception for a relay ERROR (SPEC §9; unknown codes are 900, §12.3)."""
-    error = error_for_code(frame.code, frame.reason or "")
-    if isinstance(error, RateLimited | StoreUnavailable) and frame.retry_after is not None:
-        error.retry_after_ms = frame.retry_after
-    return error
 
 
 __all__ = [

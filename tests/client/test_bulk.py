@@ -318,26 +318,38 @@ def test_send_many_retries_rate_limited_recipients_and_reports_the_rest(tmp_path
     run(scenario())
 
 
-def test_a_reconnect_during_send_many_resends_from_the_outbox(tmp_path: Path) -> None:
+def test_a_reconnect_during_send_many_resends_from_the_outbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answered, drop = 0, None
+    real_answered = Client._send_answered
+
+    def drop_after_ten(
+        client: Client, msg_id: bytes, at: int | None, error: ProtocolError | None
+    ) -> None:
+        nonlocal answered
+        real_answered(client, msg_id, at, error)
+        if drop is not None:
+            answered += 1
+            if answered == 10:
+                drop()
+
+    monkeypatch.setattr(Client, "_send_answered", drop_after_ten)
+
     async def scenario() -> None:
+        nonlocal drop
         async with relay_at(tmp_path) as relay:
             shop = await business_online(relay.url, "shop", notify_window=4)
             handles = [f"user{i:02d}" for i in range(40)]
             raws = [await customer(relay.url, h, shop, "granted utility") for h in handles]
             client = shop.client
-            answered = 0
-            real_answered = client._send_answered
 
-            def drop_after_ten(msg_id: bytes, at: int | None, error: ProtocolError | None) -> None:
-                nonlocal answered
-                real_answered(msg_id, at, error)
-                answered += 1
-                if answered == 10:
-                    session = relay.ctx.sessions.get("shop")
-                    assert session is not None
-                    session.transport.close(1011, "test drop")
+            def drop_shop() -> None:
+                session = relay.ctx.sessions.get("shop")
+                assert session is not None
+                session.transport.close(1011, "test drop")
 
-            client._send_answered = drop_after_ten  # type: ignore[method-assign]
+            drop = drop_shop
             result = await within(shop.notify("utility", "gate change", to=handles), 30)
 
             assert sorted(result.sent) == handles and result.skipped == []
