@@ -70,22 +70,19 @@ socket itself (``transport``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import functools
 import logging
 import os
 import random
-import time
 import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgpack
 
-from blindrelay.protocol import codec, frames, limits
+from blindrelay.protocol import codec, frames
 from blindrelay.protocol.business import (
     BadgeCheck,
     BadgeStatus,
@@ -95,26 +92,19 @@ from blindrelay.protocol.business import (
 )
 from blindrelay.protocol.connection import ClientConnection, rotate_transcript
 from blindrelay.protocol.content import (
-    MAX_RECEIPT_REFS,
-    Content,
     Data,
     MalformedContent,
     Receipt,
     ReceiptType,
     Text,
-    encode_content,
 )
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import (
     BlindrelayError,
     CryptoError,
-    InternalError,
     InvalidStatement,
     MalformedFrame,
     ProtocolError,
-    RateLimited,
-    ShuttingDown,
-    StoreUnavailable,
     UnexpectedFrame,
     UntrustedIdentity,
 )
@@ -137,17 +127,18 @@ from .keystore import (
     SqliteKeyStore,
 )
 from .link import DEFAULT_BACKOFF, Backoff, LinkHandlers, RelayLink
+from .message_requests import MessageRequests
+from .outbox import Outbox, Outcome
+from .sending import SEND_MANY_WINDOW, Sender
 from .sessions import (
     Clock,
     Incoming,
-    NoSession,
     Rng,
     SessionManager,
     wall_clock_ms,
 )
 from .transport import ConnectionLost
 from .trust import IdentityState, IdentityTrust, RelayKeyChanged, RelayKeyPin
-from .wire import content_encoder, encode_send
 
 log = logging.getLogger("blindrelay.client")
 
@@ -159,12 +150,6 @@ _STATEMENT_COUNT_PREFIX = "sdk/statement-count/"
 """Per counterpart, how many statements its log holds (u64 big-endian)."""
 _STATEMENT_LOG = "statements/"
 """Keystore log group prefix: one row per kept statement, in the order kept."""
-_WROTE_TO_PREFIX = "sdk/wrote-to/"
-"""One entry per account we have queued a chat to (a message or a receipt): the
-users whose messages are no longer requests (SPEC §7.3)."""
-_OWED_PREFIX = "sdk/owed-receipts/"
-"""Per requester, the msg_ids of its requests not receipted (packed list, at most
-``MAX_RECEIPT_REFS``): the delivered receipt :meth:`Client.accept_request` sends."""
 _HELD_LOG = "held/"
 """Keystore log group prefix: per sender, the DELIVERs held for a trust decision."""
 _HELD_PREFIX = "sdk/held/"
@@ -179,14 +164,6 @@ beyond it messages are dropped, acknowledged and counted
 Larger keeps more of a real backlog and gives a forger more disk."""
 _REGISTERED_KEY = "sdk/registered"
 _ROTATING_KEY = "sdk/rotating-identity-seed"
-DRAIN_TIMEOUT_S = 5.0
-"""How long ``close`` waits to write out queued frames (acks, sends) before closing."""
-_RETRYABLE_SEND_ERRORS = (ShuttingDown, InternalError)
-"""Relay faults after which a SEND stays in the outbox and is resent."""
-SEND_MANY_WINDOW = 256
-"""SENDs :meth:`Client.send_many` keeps in flight: enough to hide the round trip
-to the relay behind encryption; more only queues frames in our socket buffer
-and grows the outbox."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,157 +336,6 @@ def _to_message(incoming: Incoming, *, is_request: bool = False) -> Message:
     )
 
 
-class _Outgoing(NamedTuple):
-    """An envelope in the outbox, awaiting SENT.
-
-    A named tuple rather than a frozen dataclass: one is made per message, and
-    a tuple is built in one step instead of a guarded store per field.
-    """
-
-    msg_id: bytes
-    to: str
-    envelope: bytes
-    intent: str = frames.Intent.CHAT
-    category: str | None = None
-    categories: tuple[str, ...] | None = None
-    key: str = ""
-    """Its keystore entry: ``sdk/outbox/<queued at, ns>.<msg_id hex>``, so that
-    a restart resends in the order the envelopes were made."""
-
-    def pack(self, packer: msgpack.Packer) -> bytes:
-        """The outbox entry (the msg_id is in its key); ``packer`` uses bin types."""
-        fields = [self.to, self.envelope, self.intent, self.category, self.categories]
-        packed: bytes = packer.pack(fields)
-        return packed
-
-    @classmethod
-    def unpack(cls, key: str, blob: bytes) -> _Outgoing:
-        to, envelope, intent, category, categories = msgpack.unpackb(blob, raw=False)
-        msg_id = bytes.fromhex(key.rpartition(".")[2])
-        return cls(
-            msg_id, to, envelope, intent, category,
-            tuple(categories) if categories else None, key,
-        )  # fmt: skip
-
-
-class _HandleLock:
-    __slots__ = ("lock", "users")
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.users = 0
-
-
-class _HandleLocks:
-    """Per-contact locks that exist only while someone holds or awaits them.
-
-    A send that must fetch a bundle first holds its contact's lock, so that
-    concurrent sends to a new contact start one session and keep their order;
-    a send to a contact with a session and no lock taken needs none (encrypt
-    and enqueue are one synchronous step). Kept in a dict for ever, a lock per
-    contact ever written to would grow a business's memory with every customer.
-    """
-
-    def __init__(self) -> None:
-        self._locks: dict[str, _HandleLock] = {}
-
-    def __len__(self) -> int:
-        return len(self._locks)
-
-    def busy(self, handle: str) -> bool:
-        """Someone holds or awaits ``handle``'s lock: a send must queue behind them."""
-        return handle in self._locks
-
-    @contextlib.asynccontextmanager
-    async def hold(self, handle: str) -> AsyncIterator[None]:
-        entry = self._locks.get(handle)
-        if entry is None:
-            entry = self._locks[handle] = _HandleLock()
-        entry.users += 1
-        try:
-            async with entry.lock:
-                yield
-        finally:
-            entry.users -= 1
-            if entry.users == 0:
-                del self._locks[handle]
-
-
-Outcome = bytes | BlindrelayError
-"""What became of one recipient of :meth:`Client.send_many`: the msg_id the
-relay committed (SENT), or the error it ended with."""
-
-
-class _Bulk:
-    """The bookkeeping of one :meth:`Client.send_many`: outcomes, sends in flight, one waiter.
-
-    SENTs settle their message here instead of resolving a future each, and the
-    sending coroutine is woken once the window has drained to a level, not once
-    per message.
-    """
-
-    __slots__ = ("_level", "_waiter", "failure", "in_flight", "outcomes", "positions", "retries")
-
-    def __init__(self, count: int, rate_limit_retries: int) -> None:
-        self.outcomes: list[Outcome | None] = [None] * count
-        self.positions: dict[bytes, int] = {}
-        """msg_id in flight → its recipient's position."""
-        self.in_flight = 0
-        self.retries = rate_limit_retries
-        self.failure: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._level = 0
-
-    def expect(self, msg_id: bytes, position: int) -> None:
-        self.positions[msg_id] = position
-        self.in_flight += 1
-
-    def settle(self, msg_id: bytes, error: BlindrelayError | None) -> None:
-        position = self.positions.pop(msg_id)
-        self.outcomes[position] = msg_id if error is None else error
-        self.finished()
-
-    def finished(self) -> None:
-        """One send in flight (queued or on the per-recipient path) ended."""
-        self.in_flight -= 1
-        waiter = self._waiter
-        if waiter is not None and self.in_flight <= self._level and not waiter.done():
-            waiter.set_result(None)
-
-    def fail(self, exc: BaseException) -> None:
-        """The whole call ends with ``exc`` (the client stopped, or a bug)."""
-        if self.failure is None:
-            self.failure = exc
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def slow_done(self, position: int, task: asyncio.Task[bytes]) -> None:
-        """A recipient sent on the path of :meth:`Client.send` has its outcome."""
-        if task.cancelled():
-            return  # the call is over
-        exc = task.exception()
-        if exc is None:
-            self.outcomes[position] = task.result()
-        elif isinstance(exc, BlindrelayError):
-            self.outcomes[position] = exc
-        else:
-            self.fail(exc)
-        self.finished()
-
-    async def drained(self, level: int) -> None:
-        """Return once at most ``level`` sends are in flight; raise the failure if any."""
-        while self.failure is None and self.in_flight > level:
-            self._level = level
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        if self.failure is not None:
-            raise self.failure
-
-
 class Client:
     """An end-to-end encrypted messaging client for one account (module docstring)."""
 
@@ -543,8 +369,6 @@ class Client:
         """Called with each verified statement forwarded to us (SPEC §7.5), once kept."""
         self.operator_key = operator_key
         """The relay operator's Ed25519 key, pinned from configuration (SPEC §8.1)."""
-        self.encrypt_seconds = 0.0
-        """Time spent encrypting and enqueueing outgoing messages (for benchmarks)."""
         self.welcome: frames.Welcome | None = None
         """The relay's WELCOME on the current or last connection (queued, prekey counts)."""
         self.connection_count = 0
@@ -556,7 +380,15 @@ class Client:
         """The connection to the relay, kept across drops; :meth:`RelayLink.request`."""
         self._inbox_changed = asyncio.Event()
         state = self.store.state_items("sdk/")  # opens every state row: once, at start
-        self._outbox: dict[bytes, _Outgoing] = self._load_outbox(state)
+        self.requests = MessageRequests(store, state)
+        """Whom we wrote to, and the receipts owed to the others (SPEC §7.3)."""
+        self.outbox = Outbox(store, self.link, state)
+        """Envelopes persisted until the relay commits them (SPEC §6.3)."""
+        self.sender = Sender(
+            store, self.sessions, self.outbox, self.link, self.requests,
+            rng=rng, identity_changed=self._identity_changed,
+        )  # fmt: skip
+        """Encrypts and enqueues: one message, or one body for many."""
         self._migrate_statements(state)
         self._held: dict[str, HeldMessages] = {
             key.removeprefix(_HELD_PREFIX): _unpack_held(blob)
@@ -567,30 +399,12 @@ class Client:
         has messages held (then it is held behind them, in order)."""
         self._announced: set[str] = set()
         """Senders whose key change ``on_identity_change`` heard of in this run."""
-        self._wrote_to: set[str] = {
-            key.removeprefix(_WROTE_TO_PREFIX)
-            for key, _ in state
-            if key.startswith(_WROTE_TO_PREFIX)
-        }
-        """Mirror of the keystore's accounts we have written to (see _WROTE_TO_PREFIX)."""
-        self._account_kind: str | None = None
-        self._outbox_clock = 0
-        """The last outbox key's time: keys increase even within one nanosecond."""
-        self._retiring: list[str] = []
-        """Outbox entries answered since the last loop turn, deleted together."""
-        self._sent: dict[bytes, asyncio.Future[int]] = {}
-        self._bulk_sends: dict[bytes, _Bulk] = {}
-        """msg_id → the :meth:`send_many` it belongs to (instead of a future each)."""
-        self._rate_limit_retries: dict[bytes, int] = {}
-        self._locks = _HandleLocks()
-        self._checked_shapes: set[tuple[str, str | None, tuple[str, ...] | None]] = set()
-        self._packer = msgpack.Packer(use_bin_type=True)
         self._topping_up = False
         self.link.listen(
             LinkHandlers(
                 deliver_received=self._deliver_received,
                 prekeys_low=self._top_up,
-                send_answered=self._send_answered,
+                send_answered=self.outbox.send_answered,
                 login=self._queue_login,
                 authenticated=self._authenticated,
                 online=self._went_online,
@@ -676,7 +490,7 @@ class Client:
         elif (identity.handle, identity.account_kind) != (handle, kind):
             identity = dataclasses.replace(identity, handle=handle, account_kind=kind)
             self.store.set_identity(identity)
-        self._account_kind = None
+        self.requests.account_changed()
         conn = await self.link.wait_ready()
         public = identity.identity_public
         nonce = await asyncio.to_thread(conn.machine.registration_proof, handle, kind, public)
@@ -705,8 +519,7 @@ class Client:
             await conn.request(upload)
         if conn.lost:
             raise ConnectionLost("connection lost during login")
-        for outgoing in list(self._outbox.values()):
-            self._transmit(conn, outgoing)
+        self.outbox.transmit_all(conn)
 
     def _went_online(self, welcome: frames.Welcome) -> None:
         """Online: release what an approval before a crash left held, tell the application."""
@@ -756,25 +569,19 @@ class Client:
     async def close(self) -> None:
         """Flush and close the connection, fail waiting sends, close a store we opened."""
         await self.link.close()
-        self._delete_retired()
-        self._fail_waiters(ConnectionLost("client closed"))
+        self.outbox.delete_retired()
+        self.outbox.fail_waiting(ConnectionLost("client closed"))
         self._inbox_changed.set()
         if self._owns_store:
             self.store.close()
 
-    def _stopped(self, exc: BaseException) -> None:
-        self._fail_waiters(exc)
-        self._inbox_changed.set()
+    def _identity_changed(self, handle: str) -> None:
+        if self.on_identity_change is not None:
+            self.on_identity_change(handle)
 
-    def _fail_waiters(self, exc: BaseException) -> None:
-        for future in self._sent.values():
-            if not future.done():
-                future.set_exception(exc)
-                future.exception()
-        self._sent.clear()
-        for bulk in set(self._bulk_sends.values()):
-            bulk.fail(exc)
-        self._bulk_sends.clear()
+    def _stopped(self, exc: BaseException) -> None:
+        self.outbox.fail_waiting(exc)
+        self._inbox_changed.set()
 
     # --- Receiving (SPEC §6.4, §6.5) ------------------------------------------
 
@@ -819,56 +626,20 @@ class Client:
         if (
             isinstance(incoming.content.body, Receipt)
             or deliver.sender_kind != frames.AccountKind.USER
-            or not self._we_are_user()
+            or not self.requests.we_are_user()
         ):
             return
-        if deliver.sender not in self._wrote_to:
+        if self.requests.is_request(deliver.sender, deliver.sender_kind):
             # A message request: a receipt is a chat and would accept it (SPEC §7.3).
-            self._owe_receipt(deliver.sender, deliver.msg_id)
+            self.requests.owe_receipt(deliver.sender, deliver.msg_id)
         elif self.auto_delivered_receipts:
             receipt = Receipt(ReceiptType.DELIVERED, (deliver.msg_id,))
             try:
-                _, sent = self._queue_content(deliver.sender, receipt)
+                _, sent = self.sender.queue_content(deliver.sender, receipt)
             except (BlindrelayError, LookupError) as exc:
                 log.info("no delivered receipt to %s: %r", deliver.sender, exc)
             else:
                 sent.add_done_callback(_ignore_outcome)
-
-    def _we_are_user(self) -> bool:
-        if self._account_kind is None:
-            identity = self.store.get_identity()
-            if identity is None:
-                return False
-            self._account_kind = identity.account_kind
-        return self._account_kind == "user"
-
-    def _is_request(self, sender: str, sender_kind: str) -> bool:
-        return (
-            sender_kind == frames.AccountKind.USER
-            and sender not in self._wrote_to
-            and self._we_are_user()
-        )
-
-    def _owe_receipt(self, sender: str, msg_id: bytes) -> None:
-        owed = self._owed_receipts(sender)
-        if len(owed) < MAX_RECEIPT_REFS and msg_id not in owed:
-            owed.append(msg_id)
-            self.store.set_state(_OWED_PREFIX + sender, msgpack.packb(owed, use_bin_type=True))
-
-    def _owed_receipts(self, sender: str) -> list[bytes]:
-        blob = self.store.get_state(_OWED_PREFIX + sender)
-        return [bytes(item) for item in msgpack.unpackb(blob, raw=False)] if blob else []
-
-    def _wrote(self, handle: str) -> bool:
-        """Record, inside the caller's transaction, that we queue a chat to ``handle``.
-
-        True if it was new: the caller adds it to ``_wrote_to`` once committed.
-        Only a user account keeps the list (a business has no message requests).
-        """
-        if handle in self._wrote_to or not self._we_are_user():
-            return False
-        self.store.set_state(_WROTE_TO_PREFIX + handle, b"")
-        return True
 
     async def accept_request(self, handle: str) -> bytes | None:
         """Accept ``handle``'s message request (SPEC §7.3): it becomes a contact.
@@ -879,13 +650,13 @@ class Client:
         owed: then nothing is sent, and the relay learns it from our next chat.
         Replying with any chat accepts too.
         """
-        owed = self._owed_receipts(handle)
+        owed = self.requests.owed_receipts(handle)
         if not owed:
-            if self._wrote(handle):
-                self._wrote_to.add(handle)
+            self.requests.accept(handle)
             return None
-        msg_id = await self._send_content(handle, Receipt(ReceiptType.DELIVERED, tuple(owed)))
-        self.store.delete_state(_OWED_PREFIX + handle)
+        receipt = Receipt(ReceiptType.DELIVERED, tuple(owed))
+        msg_id = await self.sender.send_content(handle, receipt)
+        self.requests.forget_owed(handle)
         return msg_id
 
     def _hold(self, deliver: frames.Deliver) -> None:
@@ -1040,7 +811,8 @@ class Client:
             try:
                 incoming = Incoming.from_record(record)
                 message = _to_message(
-                    incoming, is_request=self._is_request(incoming.sender, incoming.sender_kind)
+                    incoming,
+                    is_request=self.requests.is_request(incoming.sender, incoming.sender_kind),
                 )
             except MalformedContent:
                 self.store.consume(record.sender, record.msg_id)
@@ -1073,13 +845,13 @@ class Client:
         (RecipientUnavailable, RateLimited…).
         """
         content = Text(body) if isinstance(body, str) else Data(bytes(body))
-        return await self._send_content(
+        return await self.sender.send_content(
             handle, content, intent, category, categories, rate_limit_retries
         )
 
     async def send_read_receipt(self, handle: str, msg_ids: list[bytes]) -> bytes:
         """Tell ``handle`` its messages were read (an encrypted receipt, SPEC §6.2)."""
-        return await self._send_content(handle, Receipt(ReceiptType.READ, tuple(msg_ids)))
+        return await self.sender.send_content(handle, Receipt(ReceiptType.READ, tuple(msg_ids)))
 
     async def send_many(
         self,
@@ -1111,297 +883,16 @@ class Client:
         or stops, MalformedFrame for fields no SEND may carry, MalformedContent
         for a body too large for any envelope.
         """
-        if window < 1:
-            raise ValueError("window must be at least 1")
         content = Text(body) if isinstance(body, str) else Data(bytes(body))
-        plaintext_for = content_encoder(content)
-        todo = list(handles)
-        bulk = _Bulk(len(todo), rate_limit_retries)
-        refill = max(1, window // 4)
-        """Wake to queue more once this many slots are free, not at every SENT."""
-        slow: set[asyncio.Task[bytes]] = set()
-        position = 0
-        try:
-            while position < len(todo):
-                self.link.raise_if_fatal()
-                await bulk.drained(window - refill if position else window)
-                chunk = todo[position : position + window - bulk.in_flight]
-                for offset, handle in self._queue_many(
-                    bulk, position, chunk, plaintext_for, intent, category, categories
-                ):
-                    task = asyncio.create_task(
-                        self._send_content(
-                            handle, content, intent, category, categories, rate_limit_retries
-                        )
-                    )
-                    bulk.in_flight += 1
-                    slow.add(task)
-                    task.add_done_callback(slow.discard)
-                    task.add_done_callback(functools.partial(bulk.slow_done, position + offset))
-                position += len(chunk)
-            await bulk.drained(0)
-        finally:
-            for task in slow:
-                task.cancel()
-            for msg_id in bulk.positions:  # stopped early: they stay in the outbox
-                self._bulk_sends.pop(msg_id, None)
-        results: list[tuple[str, Outcome]] = []
-        for handle, outcome in zip(todo, bulk.outcomes, strict=True):
-            assert outcome is not None  # every recipient was settled before drained(0)
-            results.append((handle, outcome))
-        return results
+        return await self.sender.send_many(
+            handles, content, intent=intent, category=category, categories=categories,
+            rate_limit_retries=rate_limit_retries, window=window,
+        )  # fmt: skip
 
-    def _queue_many(
-        self,
-        bulk: _Bulk,
-        first: int,
-        chunk: list[str],
-        plaintext_for: Callable[[bytes], bytes],
-        intent: str,
-        category: str | None,
-        categories: tuple[str, ...] | None,
-    ) -> list[tuple[int, str]]:
-        """Encrypt and enqueue ``chunk`` in one keystore transaction, then transmit it.
-
-        Returns the (offset, handle) of recipients that need the path of
-        :meth:`send`: no session yet, or a send to them is already waiting on
-        one. A recipient whose encryption is refused (UntrustedIdentity) gets
-        that outcome; ``SessionManager.encrypt`` refuses before it writes
-        anything, so the rest of the chunk stands.
-        """
-        started = time.perf_counter()
-        size = limits.MESSAGE_ID_BYTES
-        ids = self._rng(size * len(chunk))
-        self._check_send(intent, category, categories)
-        queued: list[tuple[int, _Outgoing]] = []
-        deferred: list[tuple[int, str]] = []
-        wrote: list[str] = []
-        chat = intent == frames.Intent.CHAT
-        with self.store.atomic():
-            for offset, handle in enumerate(chunk):
-                if self._locks.busy(handle):
-                    deferred.append((offset, handle))
-                    continue
-                msg_id = ids[offset * size : (offset + 1) * size]
-                try:
-                    frames.check_handle(handle, "to")
-                    envelope = self.sessions.encrypt(handle, plaintext_for(msg_id))
-                except NoSession:
-                    deferred.append((offset, handle))
-                    continue
-                except BlindrelayError as exc:
-                    bulk.outcomes[first + offset] = exc
-                    continue
-                key = self._outbox_key(msg_id)
-                outgoing = _Outgoing(msg_id, handle, envelope, intent, category, categories, key)
-                self.store.set_state(key, outgoing.pack(self._packer))
-                queued.append((first + offset, outgoing))
-                if chat and self._wrote(handle):
-                    wrote.append(handle)
-        self._wrote_to.update(wrote)
-        self.encrypt_seconds += time.perf_counter() - started
-        link = self.link.online
-        outbox, bulk_sends = self._outbox, self._bulk_sends
-        for position, outgoing in queued:
-            msg_id = outgoing.msg_id
-            outbox[msg_id] = outgoing
-            bulk_sends[msg_id] = bulk
-            bulk.expect(msg_id, position)
-            if link is not None:
-                self._transmit(link, outgoing)
-        return deferred
-
-    async def _send_content(
-        self,
-        handle: str,
-        body: Text | Data | Receipt,
-        intent: str = frames.Intent.CHAT,
-        category: str | None = None,
-        categories: tuple[str, ...] | None = None,
-        rate_limit_retries: int = 0,
-    ) -> bytes:
-        self.link.raise_if_fatal()
-        if self._locks.busy(handle) or not self.sessions.has_session(handle):
-            async with self._locks.hold(handle):  # one bundle fetch, sends kept in order
-                self.trust.refuse_pending(handle)
-                if not self.sessions.has_session(handle):
-                    await self._start_session(handle)
-                msg_id, sent = self._queue_content(handle, body, intent, category, categories)
-        else:  # encrypt and enqueue in one synchronous step: nothing to wait for
-            msg_id, sent = self._queue_content(handle, body, intent, category, categories)
-        if rate_limit_retries:
-            self._rate_limit_retries[msg_id] = rate_limit_retries
-        await sent
-        return msg_id
-
-    async def _start_session(self, handle: str) -> None:
-        bundle = await self.link.request(lambda rid: frames.BundleFetch(id=rid, handle=handle))
-        if not isinstance(bundle, frames.Bundle) or bundle.handle != handle:
-            raise UnexpectedFrame("relay answered a bundle fetch with another bundle")
-        try:
-            self.sessions.start_session(bundle)
-        except UntrustedIdentity:
-            if self.on_identity_change is not None:
-                self.on_identity_change(handle)
-            raise
-
-    def _queue_content(
-        self,
-        handle: str,
-        body: Text | Data | Receipt,
-        intent: str = frames.Intent.CHAT,
-        category: str | None = None,
-        categories: tuple[str, ...] | None = None,
-    ) -> tuple[bytes, asyncio.Future[int]]:
-        """Encrypt, persist in the outbox, transmit if online; the future resolves at SENT.
-
-        The advanced session and the outbox entry are one keystore write: a
-        crash between them would otherwise lose an envelope whose message key
-        is already spent. Raises UntrustedIdentity (pending key change),
-        NoSession, MalformedFrame for fields no SEND may carry.
-        """
-        started = time.perf_counter()
-        self._check_send(intent, category, categories)
-        frames.check_handle(handle, "to")
-        msg_id = self._rng(limits.MESSAGE_ID_BYTES)
-        with self.store.atomic():
-            envelope = self.sessions.encrypt(handle, encode_content(Content(msg_id, body)))
-            key = self._outbox_key(msg_id)
-            outgoing = _Outgoing(msg_id, handle, envelope, intent, category, categories, key)
-            self.store.set_state(key, outgoing.pack(self._packer))
-            wrote = intent == frames.Intent.CHAT and self._wrote(handle)
-        if wrote:
-            self._wrote_to.add(handle)
-        self._outbox[msg_id] = outgoing
-        self.encrypt_seconds += time.perf_counter() - started
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._sent[msg_id] = future
-        link = self.link.online
-        if link is not None:
-            self._transmit(link, outgoing)
-        return msg_id, future
-
-    def _check_send(
-        self, intent: str, category: str | None, categories: tuple[str, ...] | None
-    ) -> None:
-        """Refuse, before anything is encrypted or stored, fields no SEND may carry.
-
-        Checked by building a SEND once per combination: the frame's own rules,
-        not a copy. With the handle checked per recipient and envelopes and ids
-        of valid sizes by construction, every outbox entry makes a valid SEND.
-        """
-        shape = (intent, category, categories)
-        if shape not in self._checked_shapes:
-            frames.Send(
-                id=1, to="abc", msg_id=bytes(limits.MESSAGE_ID_BYTES), intent=intent,
-                body=b"\x00", category=category, categories=categories,
-            )  # fmt: skip
-            self._checked_shapes.add(shape)
-
-    def _outbox_key(self, msg_id: bytes) -> str:
-        """``sdk/outbox/<ns>.<msg_id hex>``: in queueing order, even within one nanosecond."""
-        self._outbox_clock = max(time.time_ns(), self._outbox_clock + 1)
-        return f"{_OUTBOX_PREFIX}{self._outbox_clock:020d}.{msg_id.hex()}"
-
-    def _transmit(self, link: Connection, outgoing: _Outgoing) -> None:
-        request_id = link.next_request_id()
-        if link.authenticated:
-            data = encode_send(self._packer, request_id, outgoing)
-            link.send_message(outgoing.msg_id, request_id, data)
-            return
-        link.send_message(  # the machine refuses it (closed): the outbox keeps it for the next link
-            outgoing.msg_id,
-            request_id,
-            frames.Send(
-                id=request_id,
-                to=outgoing.to,
-                msg_id=outgoing.msg_id,
-                intent=outgoing.intent,
-                body=outgoing.envelope,
-                category=outgoing.category,
-                categories=outgoing.categories,
-            )
-        )
-
-    def _send_answered(self, msg_id: bytes, at: int | None, error: ProtocolError | None) -> None:
-        """A SEND got its answer: SENT at ``at``, or ``error``."""
-        if error is not None:
-            if isinstance(error, _RETRYABLE_SEND_ERRORS):
-                return  # stays in the outbox; resent after the reconnect
-            if isinstance(error, RateLimited) and self._retry_later(msg_id, error):
-                return  # stays in the outbox: nothing was stored, the same envelope goes again
-            if isinstance(error, StoreUnavailable):
-                # SPEC §6.3: the relay's store is down for now; the same msg_id again after
-                # retry_after is answered once, whether or not this one was stored.
-                delay = max(error.retry_after_ms, 1) / 1000
-                asyncio.get_running_loop().call_later(delay, self._retransmit, msg_id)
-                return
-        if self._rate_limit_retries:
-            self._rate_limit_retries.pop(msg_id, None)
-        done = self._outbox.pop(msg_id, None)
-        if done is not None:
-            self._retire(done.key)
-        bulk = self._bulk_sends.pop(msg_id, None)
-        if bulk is not None:
-            bulk.settle(msg_id, error)
-            return
-        future = self._sent.pop(msg_id, None)
-        if future is None or future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            assert at is not None
-            future.set_result(at)
-
-    def _retry_later(self, msg_id: bytes, error: RateLimited) -> bool:
-        """Retransmit after ``retry_after`` if retries are left for ``msg_id``."""
-        left = self._rate_limit_retries.get(msg_id)
-        if left is None:
-            bulk = self._bulk_sends.get(msg_id)
-            left = bulk.retries if bulk is not None else 0
-        if left <= 0:
-            return False
-        self._rate_limit_retries[msg_id] = left - 1
-        delay = max(error.retry_after_ms, 1) / 1000
-        asyncio.get_running_loop().call_later(delay, self._retransmit, msg_id)
-        return True
-
-    def _retire(self, key: str) -> None:
-        """Delete an answered envelope's outbox entry, with the others of this loop turn.
-
-        One keystore transaction per turn instead of one per SENT (with SQLite,
-        one durable commit each). Until it runs, a crash only means the envelope
-        is resent with its msg_id, which the relay answers from memory (SPEC §6.3).
-        """
-        if not self._retiring:
-            asyncio.get_running_loop().call_soon(self._delete_retired)
-        self._retiring.append(key)
-
-    def _delete_retired(self) -> None:
-        keys, self._retiring = self._retiring, []
-        if not keys or self.link.failed:
-            return
-        try:
-            with self.store.atomic():
-                for key in keys:
-                    self.store.delete_state(key)
-        except Exception as exc:  # a broken store: stop, as when receiving
-            log.error("cannot delete answered envelopes from the outbox: %r", exc)
-            self.link.stop(exc)
-
-    def _retransmit(self, msg_id: bytes) -> None:
-        outgoing = self._outbox.get(msg_id)
-        link = self.link.online
-        if outgoing is not None and link is not None:
-            self._transmit(link, outgoing)  # else the next WELCOME resends the outbox
-
-    def _load_outbox(self, state: list[tuple[str, bytes]]) -> dict[bytes, _Outgoing]:
-        """One keystore entry per envelope awaiting SENT, in the order they were queued."""
-        entries = [
-            _Outgoing.unpack(key, blob) for key, blob in state if key.startswith(_OUTBOX_PREFIX)
-        ]
-        return {outgoing.msg_id: outgoing for outgoing in entries}
+    @property
+    def encrypt_seconds(self) -> float:
+        """Time spent encrypting and enqueueing outgoing messages (for benchmarks)."""
+        return self.sender.encrypt_seconds
 
     # --- Prekeys (SPEC §5.4) ----------------------------------------------------
 
@@ -1511,7 +1002,7 @@ class Client:
         self._keep_statement(target, signed)
         if action is Action.BLOCK:
             self._discard_held(target)
-            self.store.delete_state(_OWED_PREFIX + target)
+            self.requests.forget_owed(target)
         return statement
 
     def _changing(
