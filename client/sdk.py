@@ -76,11 +76,9 @@ import os
 import random
 import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import msgpack
 
 from blindrelay.protocol import codec, frames
 from blindrelay.protocol.business import (
@@ -102,19 +100,14 @@ from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import (
     BlindrelayError,
     CryptoError,
-    InvalidStatement,
     MalformedFrame,
     ProtocolError,
     UnexpectedFrame,
     UntrustedIdentity,
 )
 from blindrelay.protocol.signed import (
-    CONSENT_ACTIONS,
     Action,
     ConsentStatement,
-    make_statement,
-    unverified_body,
-    verify_statement,
 )
 
 from .connection import Connection
@@ -137,19 +130,13 @@ from .sessions import (
     SessionManager,
     wall_clock_ms,
 )
+from .statements import HeldStatement, StatementListener, Statements
 from .transport import ConnectionLost
 from .trust import IdentityState, IdentityTrust, RelayKeyChanged, RelayKeyPin
 
 log = logging.getLogger("blindrelay.client")
 
 _OUTBOX_PREFIX = "sdk/outbox/"
-_STATEMENTS_PREFIX = "sdk/statements/"
-"""Before statements were kept one per log row: one packed list per counterpart,
-rewritten whole on each statement. Moved into the log when a profile opens."""
-_STATEMENT_COUNT_PREFIX = "sdk/statement-count/"
-"""Per counterpart, how many statements its log holds (u64 big-endian)."""
-_STATEMENT_LOG = "statements/"
-"""Keystore log group prefix: one row per kept statement, in the order kept."""
 _HELD_LOG = "held/"
 """Keystore log group prefix: per sender, the DELIVERs held for a trust decision."""
 _HELD_PREFIX = "sdk/held/"
@@ -214,47 +201,6 @@ class HeldMessages:
     """Kept, acknowledged, decrypted in order once the key is approved."""
     dropped: int
     """Refused beyond ``MAX_HELD_PER_SENDER``: gone; the sender must resend them."""
-
-
-@dataclass(frozen=True, slots=True)
-class HeldStatement:
-    """A signed statement we keep (ours, or forwarded to us) and whether it verified."""
-
-    statement: ConsentStatement | None
-    """None when the bytes do not even decode as a statement."""
-    signed: bytes
-    verified: bool
-
-
-@dataclass(slots=True)
-class ConsentFold:
-    """What one user's statements to one business, folded in the order they were kept,
-    leave granted (SPEC §7.4): a grant adds its categories, a deny or revoke removes
-    them, the user's block removes all. The business's view of its customers
-    (:meth:`.Business.consents`) and the user's own (:meth:`Client.granted_to`)."""
-
-    count: int = 0
-    """How many of the kept statements are folded in."""
-    categories: set[str] = field(default_factory=set)
-    blocked_by: set[str] = field(default_factory=set)
-    """Signers (the user, or the business) whose block stands: no consent while any does."""
-
-    def apply(self, statement: ConsentStatement, user: str) -> None:
-        action = Action(statement.action)
-        if action is Action.GRANT:
-            self.categories |= set(statement.categories or ())
-        elif action in CONSENT_ACTIONS:
-            self.categories -= set(statement.categories or ())
-        elif action is Action.BLOCK:
-            self.blocked_by.add(statement.signer)
-            if statement.signer == user:
-                self.categories.clear()
-        else:
-            self.blocked_by.discard(statement.signer)
-
-    @property
-    def granted(self) -> frozenset[str]:
-        return frozenset() if self.blocked_by else frozenset(self.categories)
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,8 +311,6 @@ class Client:
         """Called with each WELCOME: the account is online (again)."""
         self.on_identity_change = on_identity_change
         """Called with a contact's handle when it presents a new identity key (SPEC §3.3)."""
-        self.on_statement = on_statement
-        """Called with each verified statement forwarded to us (SPEC §7.5), once kept."""
         self.operator_key = operator_key
         """The relay operator's Ed25519 key, pinned from configuration (SPEC §8.1)."""
         self.welcome: frames.Welcome | None = None
@@ -389,7 +333,12 @@ class Client:
             rng=rng, identity_changed=self._identity_changed,
         )  # fmt: skip
         """Encrypts and enqueues: one message, or one body for many."""
-        self._migrate_statements(state)
+        self.consent = Statements(
+            store, self.sessions, self.link, self.relay_key_pin, state, rng=rng
+        )
+        """Statements of consent and blocking we make, keep and check (SPEC §7.4–7.6)."""
+        if on_statement is not None:
+            self.consent.add_listener(on_statement)
         self._held: dict[str, HeldMessages] = {
             key.removeprefix(_HELD_PREFIX): _unpack_held(blob)
             for key, blob in state
@@ -611,7 +560,7 @@ class Client:
         """
         try:
             if deliver.intent == frames.Intent.STATEMENT:
-                self._statement_received(deliver, relay_key)
+                self.consent.receive(deliver, relay_key)
                 return
             incoming = self.sessions.receive(deliver)
         except CryptoError as exc:
@@ -738,56 +687,6 @@ class Client:
             self.store.delete_state(_HELD_PREFIX + handle)
         self._announced.discard(handle)
         log.info("discarded %d held message(s) of blocked %s", counts.held, handle)
-
-    def _statement_received(self, deliver: frames.Deliver, relay_key: bytes) -> None:
-        """SPEC §7.5: verify a forwarded statement and keep it; the caller acks.
-
-        The signer's key is the one we pinned (trust on first use: a business
-        may hear of a user first through their opt-in); a different key is an
-        identity change and holds the statement like a message. One that fails
-        verification is dropped (acked): the relay checked it, so it is forged.
-        """
-        if self.store.is_processed(deliver.sender, deliver.msg_id):
-            return
-        try:
-            claimed = unverified_body(ConsentStatement, deliver.body)
-            if claimed.signer != deliver.sender or claimed.nonce != deliver.msg_id:
-                raise InvalidStatement("statement does not match its delivery")
-            if claimed.target != self.sessions.identity.handle:
-                raise InvalidStatement("statement made for another account")
-            statement = verify_statement(
-                deliver.body, expected_key=claimed.signer_key, relay_key=relay_key
-            )
-        except ProtocolError as exc:
-            log.warning("dropped invalid statement from %s: %s", deliver.sender, exc)
-            return
-        # Outside the transaction: a changed key must stay recorded as pending.
-        self.trust.pin(deliver.sender, statement.signer_key)  # or raise
-        with self.store.atomic():
-            self._keep_statement(deliver.sender, deliver.body)
-            self.store.mark_processed(deliver.sender, deliver.msg_id)
-        if self.on_statement is not None:
-            self.on_statement(statement)
-
-    def _keep_statement(self, counterpart: str, signed: bytes) -> None:
-        """Append one statement to ``counterpart``'s log: two small rows, however many
-        are kept (the statement, and the counterpart's new count)."""
-        key = _STATEMENT_COUNT_PREFIX + counterpart
-        count = int.from_bytes(self.store.get_state(key) or b"", "big") + 1
-        with self.store.atomic():
-            self.store.append_log(_STATEMENT_LOG + counterpart, signed)
-            self.store.set_state(key, count.to_bytes(8, "big"))
-
-    def _migrate_statements(self, state: list[tuple[str, bytes]]) -> None:
-        """Move statements kept in the old format (one list per counterpart) into the log."""
-        for key, record in state:
-            if not key.startswith(_STATEMENTS_PREFIX):
-                continue
-            counterpart = key.removeprefix(_STATEMENTS_PREFIX)
-            with self.store.atomic():
-                for signed in _unpack_statements(record):
-                    self._keep_statement(counterpart, signed)
-                self.store.delete_state(key)
 
     def _ack(self, link: Connection, deliver: frames.Deliver) -> None:
         if not link.lost:
@@ -950,13 +849,13 @@ class Client:
 
         Those already granted are left out of the statement (SPEC §7.4); returns the
         statement sent, whose ``categories`` are the ones that changed."""
-        return await self._make_statement(Action.GRANT, business, tuple(categories))
+        return await self.consent.make(Action.GRANT, business, tuple(categories))
 
     async def deny(
         self, business: str, categories: tuple[str, ...] | list[str]
     ) -> ConsentStatement:
         """Refuse a consent request; the business may not ask again during the cooldown."""
-        return await self._make_statement(Action.DENY, business, tuple(categories))
+        return await self.consent.make(Action.DENY, business, tuple(categories))
 
     async def revoke(
         self, business: str, categories: tuple[str, ...] | list[str]
@@ -964,74 +863,30 @@ class Client:
         """Withdraw consent; from the OK on nothing in those categories is delivered.
 
         Those not granted are left out of the statement, as with :meth:`grant`."""
-        return await self._make_statement(Action.REVOKE, business, tuple(categories))
+        return await self.consent.make(Action.REVOKE, business, tuple(categories))
 
     async def block(self, handle: str) -> ConsentStatement:
-        """Block any account: from the OK on nothing of theirs reaches us (SPEC §7.4)."""
-        return await self._make_statement(Action.BLOCK, handle, None)
+        """Block any account: from the OK on nothing of theirs reaches us (SPEC §7.4).
+
+        Their messages held for a key decision are discarded, and no receipt is owed."""
+        statement = await self.consent.make(Action.BLOCK, handle, None)
+        self._discard_held(handle)
+        self.requests.forget_owed(handle)
+        return statement
 
     async def unblock(self, handle: str) -> ConsentStatement:
         """Lift our block; a revoked business's consent stays revoked."""
-        return await self._make_statement(Action.UNBLOCK, handle, None)
-
-    async def _make_statement(
-        self, action: Action, target: str, categories: tuple[str, ...] | None
-    ) -> ConsentStatement:
-        """Sign, send as STATEMENT, keep our copy once the relay said OK.
-
-        Not retried after a dropped connection: the relay may have taken it,
-        and the same nonce again would be refused as a replay (SPEC §7.4).
-        Call again (a fresh statement) or check :meth:`statements`.
-        """
-        if action in (Action.GRANT, Action.REVOKE):
-            categories = self._changing(action, target, categories or ())
-        link = await self.link.wait_online()
-        identity = self.sessions.identity
-        statement = make_statement(
-            action,
-            signer=identity.handle,
-            signer_key=identity.identity_public,
-            target=target,
-            relay_key=link.relay_key,
-            now_ms=self._clock() + link.clock_offset,
-            rng=self._rng,
-            categories=categories,
-        )
-        signed = statement.sign(self.sessions.sign)
-        await link.request(frames.Statement(id=link.next_request_id(), statement=signed))
-        self._keep_statement(target, signed)
-        if action is Action.BLOCK:
-            self._discard_held(target)
-            self.requests.forget_owed(target)
-        return statement
-
-    def _changing(
-        self, action: Action, business: str, categories: tuple[str, ...]
-    ) -> tuple[str, ...]:
-        """SPEC §7.4: "a client sends exactly the categories that change" — the relay
-        refuses whole a statement that changes nothing for one of them. Raises
-        InvalidStatement, before anything is sent, when none would change."""
-        granted = self.granted_to(business)
-        changing = tuple(c for c in categories if (c in granted) == (action is Action.REVOKE))
-        if not changing:
-            state = "granted" if action is Action.GRANT else "not granted"
-            raise InvalidStatement(f"{', '.join(categories)}: already {state} to {business}")
-        return changing
+        return await self.consent.make(Action.UNBLOCK, handle, None)
 
     def granted_to(self, business: str) -> frozenset[str]:
         """The categories we have granted ``business`` and not withdrawn (a deny, a
         revoke or our block), by the statements we made from this keystore."""
-        fold, ours = ConsentFold(), self.sessions.identity.handle
-        for signed in self.held_statements(business):
-            statement = unverified_body(ConsentStatement, signed)
-            if statement.signer == ours:
-                fold.apply(statement, ours)
-        return frozenset(fold.categories)
+        return self.consent.granted_to(business)
 
     def held_statements(self, counterpart: str, start: int = 0) -> list[bytes]:
         """Signed statements kept with ``counterpart`` (ours or theirs to us), oldest first,
         from the ``start``-th on."""
-        return self.store.read_log(_STATEMENT_LOG + counterpart, start)
+        return self.consent.records(counterpart, start)
 
     def statement_counterparts(self) -> list[str]:
         """Every account we keep statements with."""
@@ -1044,11 +899,7 @@ class Client:
         something from a counterpart's statements whether there are new ones,
         and ``held_statements(counterpart, start=old count)`` reads just those.
         """
-        prefix = _STATEMENT_COUNT_PREFIX
-        return {
-            key.removeprefix(prefix): int.from_bytes(blob, "big")
-            for key, blob in self.store.state_items(prefix)
-        }
+        return self.consent.counts()
 
     @property
     def relay_key(self) -> bytes | None:
@@ -1063,23 +914,7 @@ class Client:
         the key pinned for their signer. No clock check: an archived receipt
         stays valid evidence after the skew has passed.
         """
-        try:
-            statement = unverified_body(ConsentStatement, signed)
-        except ProtocolError:
-            return HeldStatement(None, signed, verified=False)
-        identity = self.sessions.identity
-        if statement.signer == identity.handle:
-            expected: bytes | None = identity.identity_public
-        else:
-            expected = self.trust.pinned_key(statement.signer)
-        relay_key = self.relay_key
-        try:
-            if expected is None or relay_key is None:
-                raise InvalidStatement("no pinned key to verify against")
-            verify_statement(signed, expected_key=expected, relay_key=relay_key)
-        except ProtocolError:
-            return HeldStatement(statement, signed, verified=False)
-        return HeldStatement(statement, signed, verified=True)
+        return self.consent.check(signed)
 
     async def statements(self) -> list[HeldStatement]:
         """The statements in force that we signed or that name us, from the relay (SPEC §7.6).
@@ -1087,20 +922,15 @@ class Client:
         Pages through STATEMENTS_LIST; each is verified as :meth:`check_statement`
         does, so a relay that altered or invented one shows as ``verified=False``.
         """
-        listed: list[HeldStatement] = []
-        after = 0
-        while True:
+        return await self.consent.in_force()
 
-            def page_request(rid: int, cursor: int = after) -> frames.Frame:
-                return frames.StatementsList(id=rid, after=cursor)
+    def add_statement_listener(self, listener: StatementListener) -> None:
+        """Call ``listener`` with each verified statement forwarded to us (SPEC §7.5),
+        once kept; the ``on_statement`` option is the first."""
+        self.consent.add_listener(listener)
 
-            page = await self.link.request(page_request)
-            if not isinstance(page, frames.Statements):
-                raise UnexpectedFrame("relay answered STATEMENTS_LIST with another frame")
-            listed += [self.check_statement(signed) for signed in page.statements]
-            if page.next is None:
-                return listed
-            after = page.next
+    def remove_statement_listener(self, listener: StatementListener) -> None:
+        self.consent.remove_listener(listener)
 
     # --- Businesses (SPEC §8.1–8.2) ---------------------------------------------
 
@@ -1136,11 +966,6 @@ class Client:
                 now_ms=self._clock(),
             )
         return BusinessInfo(handle, frame.identity_key, profile, badge, key_changed)
-
-
-def _unpack_statements(record: bytes | None) -> list[bytes]:
-    """The signed statements in a record of the old format (:data:`_STATEMENTS_PREFIX`)."""
-    return [bytes(item) for item in msgpack.unpackb(record, raw=False)] if record else []
 
 
 def _pack_held(counts: HeldMessages) -> bytes:
