@@ -80,7 +80,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blindrelay.protocol import codec, frames
+from blindrelay.protocol import frames
 from blindrelay.protocol.business import (
     BadgeCheck,
     BadgeStatus,
@@ -91,17 +91,12 @@ from blindrelay.protocol.business import (
 from blindrelay.protocol.connection import ClientConnection, rotate_transcript
 from blindrelay.protocol.content import (
     Data,
-    MalformedContent,
     Receipt,
     ReceiptType,
     Text,
 )
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import (
-    BlindrelayError,
-    CryptoError,
-    MalformedFrame,
-    ProtocolError,
     UnexpectedFrame,
     UntrustedIdentity,
 )
@@ -111,6 +106,7 @@ from blindrelay.protocol.signed import (
 )
 
 from .connection import Connection
+from .inbox import MAX_HELD_PER_SENDER, HeldMessages, Inbox, Message
 from .keystore import (
     DEFAULT_MEMLIMIT,
     DEFAULT_OPSLIMIT,
@@ -125,7 +121,6 @@ from .outbox import Outbox, Outcome
 from .sending import SEND_MANY_WINDOW, Sender
 from .sessions import (
     Clock,
-    Incoming,
     Rng,
     SessionManager,
     wall_clock_ms,
@@ -137,70 +132,8 @@ from .trust import IdentityState, IdentityTrust, RelayKeyChanged, RelayKeyPin
 log = logging.getLogger("blindrelay.client")
 
 _OUTBOX_PREFIX = "sdk/outbox/"
-_HELD_LOG = "held/"
-"""Keystore log group prefix: per sender, the DELIVERs held for a trust decision."""
-_HELD_PREFIX = "sdk/held/"
-"""Per sender with held messages: how many are held and how many were dropped."""
-MAX_HELD_PER_SENDER = 100
-"""Messages kept per sender while its identity key change awaits the user (SPEC
-§3.3). Held messages are acknowledged, so they never occupy the relay's delivery
-window; this bounds what one sender can make us store (up to 100 envelopes of at
-most 64 KiB). A contact on a new phone rarely sends more before the user decides;
-beyond it messages are dropped, acknowledged and counted
-(:meth:`Client.held_messages`), so the application can ask them to resend.
-Larger keeps more of a real backlog and gives a forger more disk."""
 _REGISTERED_KEY = "sdk/registered"
 _ROTATING_KEY = "sdk/rotating-identity-seed"
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A decrypted incoming message as the application sees it.
-
-    ``body`` is a str (kind text) or bytes (kind bytes); for a receipt it is
-    None and ``receipt`` names the confirmed msg_ids. ``sent_at`` is the relay's
-    acceptance time (SPEC §6.3); ``identity`` how far the sender's key is trusted.
-    """
-
-    msg_id: bytes
-    sender: str
-    sender_kind: str
-    sent_at: int
-    identity: IdentityState
-    body: str | bytes | None
-    receipt: Receipt | None = None
-    intent: str = "chat"
-    category: str | None = None
-    """A notification's category (SPEC §7.1)."""
-    categories: tuple[str, ...] | None = None
-    """What a consent request asks for; answer with :meth:`Client.grant` or ``deny``."""
-    is_request: bool = False
-    """A message request (SPEC §7.3): from a user we (a user) have never written to.
-    Show it apart; :meth:`Client.accept_request` (or any reply) accepts, ``block`` refuses."""
-
-    @property
-    def from_business(self) -> bool:
-        """Sent by a business account (check its badge with :meth:`Client.business_info`)."""
-        return self.sender_kind == frames.AccountKind.BUSINESS
-
-    @property
-    def from_user(self) -> bool:
-        return self.sender_kind == frames.AccountKind.USER
-
-    @property
-    def is_consent_request(self) -> bool:
-        """A business asks for consent to ``categories``; ``body`` is its explanation."""
-        return self.intent == frames.Intent.CONSENT_REQUEST
-
-
-@dataclass(frozen=True, slots=True)
-class HeldMessages:
-    """A sender's messages waiting for the user's decision on its new identity key."""
-
-    held: int
-    """Kept, acknowledged, decrypted in order once the key is approved."""
-    dropped: int
-    """Refused beyond ``MAX_HELD_PER_SENDER``: gone; the sender must resend them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,23 +198,6 @@ def same_name(a: str, b: str) -> bool:
     return key(a) == key(b)
 
 
-def _to_message(incoming: Incoming, *, is_request: bool = False) -> Message:
-    body = incoming.content.body
-    return Message(
-        msg_id=incoming.msg_id,
-        sender=incoming.sender,
-        sender_kind=incoming.sender_kind,
-        sent_at=incoming.sent_at,
-        identity=incoming.identity,
-        body=body.text if isinstance(body, Text) else body.data if isinstance(body, Data) else None,
-        receipt=body if isinstance(body, Receipt) else None,
-        intent=incoming.intent,
-        category=incoming.category,
-        categories=incoming.categories,
-        is_request=is_request,
-    )
-
-
 class Client:
     """An end-to-end encrypted messaging client for one account (module docstring)."""
 
@@ -306,7 +222,6 @@ class Client:
         """Our contacts' identity keys: pinned, pending a change, approved (SPEC §3.3)."""
         self.relay_key_pin = RelayKeyPin(store)
         """The relay key this profile trusts (SPEC §4.1)."""
-        self.auto_delivered_receipts = auto_delivered_receipts
         self.on_connected = on_connected
         """Called with each WELCOME: the account is online (again)."""
         self.on_identity_change = on_identity_change
@@ -322,7 +237,6 @@ class Client:
         self._owns_store = owns_store
         self.link = RelayLink(self.relay_key_pin, clock=clock, backoff=backoff, jitter=jitter)
         """The connection to the relay, kept across drops; :meth:`RelayLink.request`."""
-        self._inbox_changed = asyncio.Event()
         state = self.store.state_items("sdk/")  # opens every state row: once, at start
         self.requests = MessageRequests(store, state)
         """Whom we wrote to, and the receipts owed to the others (SPEC §7.3)."""
@@ -339,19 +253,17 @@ class Client:
         """Statements of consent and blocking we make, keep and check (SPEC §7.4–7.6)."""
         if on_statement is not None:
             self.consent.add_listener(on_statement)
-        self._held: dict[str, HeldMessages] = {
-            key.removeprefix(_HELD_PREFIX): _unpack_held(blob)
-            for key, blob in state
-            if key.startswith(_HELD_PREFIX)
-        }
-        """Mirror of the keystore's held counts: every DELIVER asks whether its sender
-        has messages held (then it is held behind them, in order)."""
-        self._announced: set[str] = set()
-        """Senders whose key change ``on_identity_change`` heard of in this run."""
+        self.inbox = Inbox(
+            store, self.sessions, self.link, self.relay_key_pin, state,
+            sender=self.sender, statements=self.consent, requests=self.requests,
+            identity_changed=self._identity_changed,
+            auto_delivered_receipts=auto_delivered_receipts,
+        )  # fmt: skip
+        """What arrives: decrypted, persisted or held, acknowledged, read (SPEC §6.4–6.5)."""
         self._topping_up = False
         self.link.listen(
             LinkHandlers(
-                deliver_received=self._deliver_received,
+                deliver_received=self.inbox.deliver_received,
                 prekeys_low=self._top_up,
                 send_answered=self.outbox.send_answered,
                 login=self._queue_login,
@@ -472,9 +384,7 @@ class Client:
 
     def _went_online(self, welcome: frames.Welcome) -> None:
         """Online: release what an approval before a crash left held, tell the application."""
-        for handle in list(self._held):  # approved, then a crash before they were released
-            if self.trust.pending_change(handle) is None:
-                self._release_held(handle)
+        self.inbox.release_approved()
         self.welcome = welcome
         self.connection_count += 1
         if self.on_connected is not None:
@@ -520,7 +430,7 @@ class Client:
         await self.link.close()
         self.outbox.delete_retired()
         self.outbox.fail_waiting(ConnectionLost("client closed"))
-        self._inbox_changed.set()
+        self.inbox.wake()
         if self._owns_store:
             self.store.close()
 
@@ -530,65 +440,9 @@ class Client:
 
     def _stopped(self, exc: BaseException) -> None:
         self.outbox.fail_waiting(exc)
-        self._inbox_changed.set()
+        self.inbox.wake()
 
     # --- Receiving (SPEC §6.4, §6.5) ------------------------------------------
-
-    def _deliver_received(self, link: Connection, deliver: frames.Deliver) -> None:
-        """Decrypt and persist, or hold; then ack (SPEC §6.5).
-
-        A message held for a trust decision is persisted in the keystore and
-        acknowledged too: left unacknowledged it would keep a slot of the
-        relay's delivery window (SPEC §6.4), and a sender naming another key
-        in enough envelopes would stop delivery from everyone.
-        """
-        relay_key = link.relay_key
-        if deliver.sender in self._held:
-            self._hold(deliver)  # keep the sender's order behind the held ones
-        else:
-            try:
-                self._receive(deliver, relay_key)
-            except UntrustedIdentity:
-                self._hold(deliver)
-        self._ack(link, deliver)
-
-    def _receive(self, deliver: frames.Deliver, relay_key: bytes) -> None:
-        """Decrypt and persist one DELIVER (or a statement); once it returns, ack.
-
-        Raises UntrustedIdentity for a sender whose key change awaits the user
-        (nothing kept), or what the keystore raises (nothing may be acked).
-        """
-        try:
-            if deliver.intent == frames.Intent.STATEMENT:
-                self.consent.receive(deliver, relay_key)
-                return
-            incoming = self.sessions.receive(deliver)
-        except CryptoError as exc:
-            if isinstance(exc, UntrustedIdentity):
-                raise
-            # Can never be decrypted (or shown): acknowledging is the only way on.
-            log.warning("dropped undecryptable message from %s: %s", deliver.sender, exc)
-            return
-        if incoming is None:
-            return
-        self._inbox_changed.set()
-        if (
-            isinstance(incoming.content.body, Receipt)
-            or deliver.sender_kind != frames.AccountKind.USER
-            or not self.requests.we_are_user()
-        ):
-            return
-        if self.requests.is_request(deliver.sender, deliver.sender_kind):
-            # A message request: a receipt is a chat and would accept it (SPEC §7.3).
-            self.requests.owe_receipt(deliver.sender, deliver.msg_id)
-        elif self.auto_delivered_receipts:
-            receipt = Receipt(ReceiptType.DELIVERED, (deliver.msg_id,))
-            try:
-                _, sent = self.sender.queue_content(deliver.sender, receipt)
-            except (BlindrelayError, LookupError) as exc:
-                log.info("no delivered receipt to %s: %r", deliver.sender, exc)
-            else:
-                sent.add_done_callback(_ignore_outcome)
 
     async def accept_request(self, handle: str) -> bytes | None:
         """Accept ``handle``'s message request (SPEC §7.3): it becomes a contact.
@@ -608,89 +462,10 @@ class Client:
         self.requests.forget_owed(handle)
         return msg_id
 
-    def _hold(self, deliver: frames.Deliver) -> None:
-        """Keep ``deliver`` for the user's decision on its sender's key, or count it dropped."""
-        sender = deliver.sender
-        counts = self._held.get(sender, HeldMessages(0, 0))
-        key = _HELD_PREFIX + sender
-        if counts.held >= MAX_HELD_PER_SENDER:
-            counts = HeldMessages(counts.held, counts.dropped + 1)
-            log.warning(
-                "dropped a message from %s: %d already held awaiting approval of its new key",
-                sender, counts.held,
-            )  # fmt: skip
-            self.store.set_state(key, _pack_held(counts))
-        else:
-            counts = HeldMessages(counts.held + 1, counts.dropped)
-            with self.store.atomic():
-                self.store.append_log(_HELD_LOG + sender, codec.encode(deliver))
-                self.store.set_state(key, _pack_held(counts))
-        self._held[sender] = counts
-        if sender not in self._announced:
-            self._announced.add(sender)
-            if self.on_identity_change is not None:
-                self.on_identity_change(sender)
-
     def held_messages(self, handle: str) -> HeldMessages:
         """How many of ``handle``'s messages wait for :meth:`approve_identity` (or were
         dropped beyond ``MAX_HELD_PER_SENDER``) since its key changed."""
-        return self._held.get(handle, HeldMessages(0, 0))
-
-    def _release_held(self, handle: str) -> None:
-        """Decrypt ``handle``'s held messages in order, now that the user trusts its key.
-
-        Stops at one that names yet another key: it and the rest stay held for
-        the next decision. Works offline: they were acknowledged when held. A
-        crash midway is safe, as each message is deduplicated by its id and
-        what remains is released again at the next login.
-        """
-        if handle not in self._held:
-            return
-        relay_key = self.relay_key
-        assert relay_key is not None  # pinned at the login that received them
-        group = _HELD_LOG + handle
-        records = self.store.read_log(group)
-        released = 0
-        for record in records:
-            try:
-                deliver = codec.decode(record)
-                if not isinstance(deliver, frames.Deliver):
-                    raise MalformedFrame("not a DELIVER")
-            except ProtocolError as exc:  # not what we wrote: nothing to show
-                log.warning("dropped an unreadable held message from %s: %s", handle, exc)
-            else:
-                try:
-                    self._receive(deliver, relay_key)
-                except UntrustedIdentity:
-                    break
-            released += 1
-        with self.store.atomic():
-            if released == len(records):
-                self.store.delete_log(group)
-                self.store.delete_state(_HELD_PREFIX + handle)
-            else:
-                self.store.delete_log(group, released)
-                counts = HeldMessages(len(records) - released, self._held[handle].dropped)
-                self.store.set_state(_HELD_PREFIX + handle, _pack_held(counts))
-        if released == len(records):
-            del self._held[handle]
-            self._announced.discard(handle)
-        else:
-            self._held[handle] = counts
-
-    def _discard_held(self, handle: str) -> None:
-        counts = self._held.pop(handle, None)
-        if counts is None:
-            return
-        with self.store.atomic():
-            self.store.delete_log(_HELD_LOG + handle)
-            self.store.delete_state(_HELD_PREFIX + handle)
-        self._announced.discard(handle)
-        log.info("discarded %d held message(s) of blocked %s", counts.held, handle)
-
-    def _ack(self, link: Connection, deliver: frames.Deliver) -> None:
-        if not link.lost:
-            link.send(frames.Ack(delivery_ids=(deliver.delivery_id,)))
+        return self.inbox.held_messages(handle)
 
     async def messages(self) -> AsyncIterator[Message]:
         """Every incoming message, oldest first, including those stored before a restart.
@@ -699,27 +474,8 @@ class Client:
         the next one or closes the iterator, so one it had not finished with
         when the process died comes back after the restart. Use one consumer.
         """
-        while True:
-            self.link.raise_if_fatal()
-            pending = self.store.pending_messages()
-            if not pending:
-                self._inbox_changed.clear()
-                await self._inbox_changed.wait()
-                continue
-            record = pending[0]
-            try:
-                incoming = Incoming.from_record(record)
-                message = _to_message(
-                    incoming,
-                    is_request=self.requests.is_request(incoming.sender, incoming.sender_kind),
-                )
-            except MalformedContent:
-                self.store.consume(record.sender, record.msg_id)
-                continue
-            try:
-                yield message
-            finally:  # the application asked for the next one, or stopped reading
-                self.store.consume(record.sender, record.msg_id)
+        async for message in self.inbox.messages():
+            yield message
 
     # --- Sending (SPEC §6.1–6.3) ----------------------------------------------
 
@@ -830,7 +586,7 @@ class Client:
         runs (a released message may queue a delivered receipt).
         """
         self.trust.approve(handle, verified=verified)
-        self._release_held(handle)
+        self.inbox.release_held(handle)
 
     # --- Consent and blocking (SPEC §7.4–7.6) -----------------------------------
 
@@ -870,7 +626,7 @@ class Client:
 
         Their messages held for a key decision are discarded, and no receipt is owed."""
         statement = await self.consent.make(Action.BLOCK, handle, None)
-        self._discard_held(handle)
+        self.inbox.discard_held(handle)
         self.requests.forget_owed(handle)
         return statement
 
@@ -966,20 +722,6 @@ class Client:
                 now_ms=self._clock(),
             )
         return BusinessInfo(handle, frame.identity_key, profile, badge, key_changed)
-
-
-def _pack_held(counts: HeldMessages) -> bytes:
-    return counts.held.to_bytes(8, "big") + counts.dropped.to_bytes(8, "big")
-
-
-def _unpack_held(blob: bytes) -> HeldMessages:
-    return HeldMessages(int.from_bytes(blob[:8], "big"), int.from_bytes(blob[8:16], "big"))
-
-
-def _ignore_outcome(future: asyncio.Future[int]) -> None:
-    """Background sends (auto receipts) have nobody awaiting them; retrieve the outcome."""
-    if not future.cancelled() and future.exception() is not None:
-        log.info("background send failed: %r", future.exception())
 
 
 __all__ = [
