@@ -69,8 +69,9 @@ from blindrelay.protocol.errors import (
 )
 from blindrelay.protocol.signed import ConsentStatement
 
-from .sdk import Client, HeldStatement, Message
-from .statements import fold, granted
+from .inbox import Message
+from .sdk import Client
+from .statements import HeldStatement, fold, granted
 
 log = logging.getLogger("blindrelay.client.business")
 

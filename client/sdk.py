@@ -9,59 +9,28 @@ A dozen lines::
     async for message in client.messages():
         print(message.sender, message.body, message.identity)
 
-Theory of operation. One background task owns the connection: it opens the
-WebSocket, feeds every message to the sans-I/O :class:`ClientConnection`,
-and dispatches the frames; one pump task writes what the machine queued, in
-order. After a drop it reconnects with capped, jittered exponential backoff
-and, once this client has authenticated, logs in again by itself.
+:class:`Client` is a facade over parts that each own one thing and say in
+their docstrings what they guarantee:
 
-Guarantees, each from the spec:
+- ``link`` (:class:`.link.RelayLink`, over one :class:`.connection.Connection`
+  at a time): connect, reconnect with backoff, log in again, requests;
+- ``sender`` and ``outbox``: encrypt and enqueue, then transmit, retry and
+  retire until the relay's SENT (SPEC §6.1–6.3);
+- ``inbox``: decrypt and persist each DELIVER (or hold it for a key
+  decision), acknowledge it, serve :meth:`Client.messages` (SPEC §6.4–6.5);
+- ``requests``: message requests between users (SPEC §7.3);
+- ``consent``: the statements we make, keep and check (SPEC §7.4–7.6);
+- ``trust`` and ``relay_key_pin``: contacts' identity keys and the relay's
+  key (SPEC §3.3, §4.1, §13.9);
+- ``sessions`` and ``store``: cryptography and key custody.
 
-- **A send is done at SENT** (SPEC §6.3). ``send`` puts the envelope in an
-  outbox persisted in the keystore, transmits it, and returns the ``msg_id``
-  when SENT arrives — on this connection or a later one: after a reconnect
-  (or a restart) every unacknowledged envelope is resent with the same
-  ``msg_id``, which the relay stores once.
-- **Ack after persistence** (SPEC §6.5). A DELIVER is decrypted and committed
-  to the keystore (message, session, msg_id in one transaction) before its ACK
-  is written; duplicates are dropped by ``(sender, msg_id)`` and acked again.
-- **Encrypt and enqueue together**: the advanced sending chain and the outbox
-  entry holding the envelope are one keystore transaction, so a crash keeps
-  both (the envelope is resent) or neither (the chain never moved).
-  :meth:`Client.messages` reads from the persisted inbox, so a message
-  survives a crash between arrival and display; it is removed once the
-  application asks for the next one.
-- **Key changes stop sends** (SPEC §3.3). A contact's new identity key raises
-  :class:`UntrustedIdentity` from ``send`` until :meth:`Client.approve_identity`;
-  their messages from then on wait for that decision, kept in the keystore
-  and acknowledged (so one sender can never stall delivery from others, SPEC
-  §6.4), up to ``MAX_HELD_PER_SENDER`` per sender; approving decrypts them in
-  order, blocking the sender discards them.
-- **The relay key is pinned** (SPEC §4.1): at the first login; a relay
-  presenting another key is :class:`RelayKeyChanged` before anything is sent
-  on that connection, until :meth:`Client.accept_relay_key`.
-- **Relay errors are named** (SPEC §9): an ERROR answering a request raises
-  the exception of :mod:`blindrelay.protocol.errors` from the awaiting call.
-- **Receipts are messages** (SPEC §6.2): delivered/read receipts are encrypted
-  content of kind ``receipt`` sent with intent ``chat``. None are sent
-  automatically to or from a business: a receipt is a chat, and a user's chat
-  opens the business's service window (SPEC §7.3).
-- **Message requests** (SPEC §7.3): a user accepts another user by sending
-  them any chat. Until we have, their messages are requests
-  (``Message.is_request``) and get no automatic delivered receipt (that would
-  accept them silently); :meth:`Client.accept_request` accepts explicitly.
-  Whom we have written to is kept in the keystore, recorded when a chat to
-  them is queued (with its outbox entry), not when the relay commits it.
-- **Consent is the user's signature** (SPEC §7.4). :meth:`Client.grant`,
-  ``deny``, ``revoke``, ``block`` and ``unblock`` sign a statement with our
-  identity key, bound to the relay key of HELLO and dated by the relay's clock
-  as estimated from HELLO ``now``; we keep a copy of each accepted one.
-  Statements forwarded to us (SPEC §7.5) are verified against the signer's
-  pinned key before they are kept and acknowledged; :attr:`Client.on_statement`
-  hears of each.
-- **Businesses are checked offline** (SPEC §8.1–8.2): :meth:`Client.business_info`
-  verifies the profile's signature and the badge against the operator key
-  pinned in the configuration.
+A message out: :meth:`Client.send` → :meth:`.sending.Sender.send_content` →
+:meth:`.outbox.Outbox.add` → :meth:`.connection.Connection.send_message`. A
+message in: :meth:`.connection.Connection.read` →
+:meth:`.inbox.Inbox.deliver_received` → the keystore →
+:meth:`.inbox.Inbox.messages` → :meth:`Client.messages`. What the link reports
+(a DELIVER, a SEND's answer, a WELCOME) reaches the parts through the
+:class:`.link.LinkHandlers` wired in :meth:`Client.__init__`.
 
 Not here: cryptography and key custody (``sessions``, ``keystore``), the
 socket itself (``transport``).
@@ -74,36 +43,15 @@ import dataclasses
 import logging
 import os
 import random
-import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from blindrelay.protocol import frames
-from blindrelay.protocol.business import (
-    BadgeCheck,
-    BadgeStatus,
-    BusinessProfile,
-    check_badge,
-    open_profile,
-)
 from blindrelay.protocol.connection import ClientConnection, rotate_transcript
-from blindrelay.protocol.content import (
-    Data,
-    Receipt,
-    ReceiptType,
-    Text,
-)
+from blindrelay.protocol.content import Data, Receipt, ReceiptType, Text
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
-from blindrelay.protocol.errors import (
-    UnexpectedFrame,
-    UntrustedIdentity,
-)
-from blindrelay.protocol.signed import (
-    Action,
-    ConsentStatement,
-)
+from blindrelay.protocol.signed import Action, ConsentStatement
 
 from .connection import Connection
 from .inbox import MAX_HELD_PER_SENDER, HeldMessages, Inbox, Message
@@ -118,84 +66,17 @@ from .keystore import (
 from .link import DEFAULT_BACKOFF, Backoff, LinkHandlers, RelayLink
 from .message_requests import MessageRequests
 from .outbox import Outbox, Outcome
+from .profiles import BusinessInfo, business_info, same_name
 from .sending import SEND_MANY_WINDOW, Sender
-from .sessions import (
-    Clock,
-    Rng,
-    SessionManager,
-    wall_clock_ms,
-)
+from .sessions import Clock, Rng, SessionManager, wall_clock_ms
 from .statements import HeldStatement, StatementListener, Statements
 from .transport import ConnectionLost
 from .trust import IdentityState, IdentityTrust, RelayKeyChanged, RelayKeyPin
 
 log = logging.getLogger("blindrelay.client")
 
-_OUTBOX_PREFIX = "sdk/outbox/"
 _REGISTERED_KEY = "sdk/registered"
 _ROTATING_KEY = "sdk/rotating-identity-seed"
-
-
-@dataclass(frozen=True, slots=True)
-class BusinessInfo:
-    """A business as a client may show it (SPEC §8.1–8.2).
-
-    ``profile`` verified against ``identity_key``; ``badge.verified`` only
-    if the operator key pinned in our configuration signed it for this very
-    handle and key and it is valid now.
-
-    Show :attr:`verified_name` as the business's name. The profile is signed
-    by the business itself, so its ``display_name`` (:attr:`claimed_name`) is
-    what the business says it is called — anyone can say "British Airways"
-    there. SPEC §8.1: only the badge's name may be shown as verified.
-    """
-
-    handle: str
-    identity_key: bytes
-    profile: BusinessProfile | None
-    badge: BadgeCheck
-    key_changed: bool
-    """The relay serves another key than the one we pinned: show as unverified."""
-
-    @property
-    def verified(self) -> bool:
-        return self.badge.verified and not self.key_changed
-
-    @property
-    def verified_name(self) -> str | None:
-        """The operator-signed name (the badge's ``display_name``); None unless :attr:`verified`."""
-        return self.badge.display_name if self.verified else None
-
-    @property
-    def claimed_name(self) -> str | None:
-        """The profile's ``display_name``: the business's own, unverified claim."""
-        return self.profile.display_name if self.profile is not None else None
-
-    @property
-    def name_mismatch(self) -> bool:
-        """Verified, and the profile claims a name other than the badge's (:func:`same_name`).
-
-        Flag it where the business is shown: a business verified as one name
-        and calling itself another is impersonating, or its badge is stale.
-        """
-        verified, claimed = self.verified_name, self.claimed_name
-        return verified is not None and claimed is not None and not same_name(verified, claimed)
-
-
-def same_name(a: str, b: str) -> bool:
-    """Whether two display names are the same name as a person reads it (SPEC §8.2).
-
-    Compared after Unicode NFKC normalisation, case folding and collapsing
-    runs of whitespace: "Bob's  BAKERY" is "Bob's Bakery", while anything a
-    reader could tell apart — another word, another letter, punctuation —
-    differs. Deliberately no confusable folding: "Bank" and "Βank" (Greek
-    capital beta) differ and are flagged, which errs on the side of warning.
-    """
-
-    def key(name: str) -> str:
-        return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
-
-    return key(a) == key(b)
 
 
 class Client:
@@ -212,16 +93,11 @@ class Client:
         auto_delivered_receipts: bool = True,
         on_connected: Callable[[frames.Welcome], None] | None = None,
         on_identity_change: Callable[[str], None] | None = None,
-        on_statement: Callable[[ConsentStatement], None] | None = None,
+        on_statement: StatementListener | None = None,
         operator_key: bytes | None = None,
         owns_store: bool = False,
     ) -> None:
         self.store = store
-        self.sessions = SessionManager(store, rng=rng, clock=clock)
-        self.trust: IdentityTrust = self.sessions.trust
-        """Our contacts' identity keys: pinned, pending a change, approved (SPEC §3.3)."""
-        self.relay_key_pin = RelayKeyPin(store)
-        """The relay key this profile trusts (SPEC §4.1)."""
         self.on_connected = on_connected
         """Called with each WELCOME: the account is online (again)."""
         self.on_identity_change = on_identity_change
@@ -235,45 +111,42 @@ class Client:
         self._clock = clock
         self._rng = rng
         self._owns_store = owns_store
+        self._topping_up = False
+
+        # The parts (module docstring), each given only the others it needs.
+        self.sessions = SessionManager(store, rng=rng, clock=clock)
+        self.trust: IdentityTrust = self.sessions.trust
+        self.relay_key_pin = RelayKeyPin(store)
         self.link = RelayLink(self.relay_key_pin, clock=clock, backoff=backoff, jitter=jitter)
-        """The connection to the relay, kept across drops; :meth:`RelayLink.request`."""
-        state = self.store.state_items("sdk/")  # opens every state row: once, at start
+        state = store.state_items("sdk/")  # opens every state row: once, at start
         self.requests = MessageRequests(store, state)
-        """Whom we wrote to, and the receipts owed to the others (SPEC §7.3)."""
         self.outbox = Outbox(store, self.link, state)
-        """Envelopes persisted until the relay commits them (SPEC §6.3)."""
         self.sender = Sender(
             store, self.sessions, self.outbox, self.link, self.requests,
             rng=rng, identity_changed=self._identity_changed,
         )  # fmt: skip
-        """Encrypts and enqueues: one message, or one body for many."""
         self.consent = Statements(
             store, self.sessions, self.link, self.relay_key_pin, state, rng=rng
         )
-        """Statements of consent and blocking we make, keep and check (SPEC §7.4–7.6)."""
-        if on_statement is not None:
-            self.consent.add_listener(on_statement)
         self.inbox = Inbox(
             store, self.sessions, self.link, self.relay_key_pin, state,
             sender=self.sender, statements=self.consent, requests=self.requests,
             identity_changed=self._identity_changed,
             auto_delivered_receipts=auto_delivered_receipts,
         )  # fmt: skip
-        """What arrives: decrypted, persisted or held, acknowledged, read (SPEC §6.4–6.5)."""
-        self._topping_up = False
+        if on_statement is not None:
+            self.consent.add_listener(on_statement)
         self.link.listen(
             LinkHandlers(
                 deliver_received=self.inbox.deliver_received,
-                prekeys_low=self._top_up,
                 send_answered=self.outbox.send_answered,
+                prekeys_low=self._top_up,
                 login=self._queue_login,
                 authenticated=self._authenticated,
                 online=self._went_online,
                 stopped=self._stopped,
             )
         )
-
-    # --- Profile --------------------------------------------------------------
 
     @classmethod
     def open(
@@ -333,6 +206,20 @@ class Client:
         """
         self.relay_key_pin.accept(relay_key)
 
+    @property
+    def relay_key(self) -> bytes | None:
+        """The relay key pinned at our first login (or accepted since): statements are bound
+        to it, and a relay presenting another one is :class:`RelayKeyChanged`."""
+        return self.relay_key_pin.key
+
+    def relay_now(self) -> int:
+        """The relay's clock as estimated from the last HELLO's ``now`` (SPEC §4.1).
+
+        Statements are dated with it, so a device whose own clock is off by
+        more than ``STATEMENT_SKEW_MS`` still makes statements the relay takes.
+        """
+        return self.link.relay_now()
+
     async def register(
         self, handle: str, kind: AccountKind = "user", *, invite: bytes | None = None
     ) -> None:
@@ -365,30 +252,6 @@ class Client:
         """Log in as this profile's account (SPEC §4.3); reconnects log in by themselves."""
         conn = await self.link.wait_ready()
         await self.link.authenticate(conn, self._queue_login(conn.machine))
-
-    def _queue_login(self, machine: ClientConnection) -> int:
-        return machine.login(self.sessions.identity.handle, self.sessions.sign)
-
-    async def _authenticated(self, conn: Connection, welcome: frames.Welcome) -> None:
-        """SPEC §4.4: top up prekeys (SPEC §5.4), then resend the outbox (SPEC §6.3)."""
-        upload = self.sessions.prekeys_upload(
-            conn.next_request_id(),
-            relay_one_time=welcome.one_time_prekeys,
-            relay_has_signed=welcome.has_signed_prekey,
-        )
-        if upload is not None:
-            await conn.request(upload)
-        if conn.lost:
-            raise ConnectionLost("connection lost during login")
-        self.outbox.transmit_all(conn)
-
-    def _went_online(self, welcome: frames.Welcome) -> None:
-        """Online: release what an approval before a crash left held, tell the application."""
-        self.inbox.release_approved()
-        self.welcome = welcome
-        self.connection_count += 1
-        if self.on_connected is not None:
-            self.on_connected(welcome)
 
     async def rotate_identity(self) -> None:
         """Replace our identity key (SPEC §3.4); contacts will see an identity change.
@@ -433,49 +296,6 @@ class Client:
         self.inbox.wake()
         if self._owns_store:
             self.store.close()
-
-    def _identity_changed(self, handle: str) -> None:
-        if self.on_identity_change is not None:
-            self.on_identity_change(handle)
-
-    def _stopped(self, exc: BaseException) -> None:
-        self.outbox.fail_waiting(exc)
-        self.inbox.wake()
-
-    # --- Receiving (SPEC §6.4, §6.5) ------------------------------------------
-
-    async def accept_request(self, handle: str) -> bytes | None:
-        """Accept ``handle``'s message request (SPEC §7.3): it becomes a contact.
-
-        Sends the delivered receipt its requests were not given (one receipt
-        naming them, a chat, which is how the relay learns we accepted) and
-        returns its msg_id once the relay holds it; None when no receipt was
-        owed: then nothing is sent, and the relay learns it from our next chat.
-        Replying with any chat accepts too.
-        """
-        owed = self.requests.owed_receipts(handle)
-        if not owed:
-            self.requests.accept(handle)
-            return None
-        receipt = Receipt(ReceiptType.DELIVERED, tuple(owed))
-        msg_id = await self.sender.send_content(handle, receipt)
-        self.requests.forget_owed(handle)
-        return msg_id
-
-    def held_messages(self, handle: str) -> HeldMessages:
-        """How many of ``handle``'s messages wait for :meth:`approve_identity` (or were
-        dropped beyond ``MAX_HELD_PER_SENDER``) since its key changed."""
-        return self.inbox.held_messages(handle)
-
-    async def messages(self) -> AsyncIterator[Message]:
-        """Every incoming message, oldest first, including those stored before a restart.
-
-        A message is removed from the keystore when the application asks for
-        the next one or closes the iterator, so one it had not finished with
-        when the process died comes back after the restart. Use one consumer.
-        """
-        async for message in self.inbox.messages():
-            yield message
 
     # --- Sending (SPEC §6.1–6.3) ----------------------------------------------
 
@@ -549,24 +369,35 @@ class Client:
         """Time spent encrypting and enqueueing outgoing messages (for benchmarks)."""
         return self.sender.encrypt_seconds
 
-    # --- Prekeys (SPEC §5.4) ----------------------------------------------------
+    # --- Receiving (SPEC §6.4, §6.5, §7.3) -------------------------------------
 
-    def _top_up(self, link: Connection, remaining: int) -> None:
-        if self._topping_up:
-            return
-        upload = self.sessions.prekeys_upload(
-            link.next_request_id(), relay_one_time=remaining, relay_has_signed=True
-        )
-        if upload is None:
-            return
-        self._topping_up = True
+    async def messages(self) -> AsyncIterator[Message]:
+        """Every incoming message, oldest first, including those stored before a restart.
 
-        def done(future: asyncio.Future[frames.Frame]) -> None:
-            self._topping_up = False
-            if not future.cancelled() and future.exception() is not None:
-                log.warning("prekey top-up failed: %r", future.exception())
+        A message is removed from the keystore when the application asks for
+        the next one or closes the iterator, so one it had not finished with
+        when the process died comes back after the restart. Use one consumer.
+        """
+        async for message in self.inbox.messages():
+            yield message
 
-        link.request(upload).add_done_callback(done)
+    async def accept_request(self, handle: str) -> bytes | None:
+        """Accept ``handle``'s message request (SPEC §7.3): it becomes a contact.
+
+        Sends the delivered receipt its requests were not given (one receipt
+        naming them, a chat, which is how the relay learns we accepted) and
+        returns its msg_id once the relay holds it; None when no receipt was
+        owed: then nothing is sent, and the relay learns it from our next chat.
+        Replying with any chat accepts too.
+        """
+        owed = self.requests.owed_receipts(handle)
+        if not owed:
+            self.requests.accept(handle)
+            return None
+        receipt = Receipt(ReceiptType.DELIVERED, tuple(owed))
+        msg_id = await self.sender.send_content(handle, receipt)
+        self.requests.forget_owed(handle)
+        return msg_id
 
     # --- Trust (SPEC §3.3, §13.9) -----------------------------------------------
 
@@ -577,6 +408,11 @@ class Client:
     def identity_change_pending(self, handle: str) -> bool:
         """Whether ``handle`` presented a new identity key that awaits approval."""
         return self.trust.pending_change(handle) is not None
+
+    def held_messages(self, handle: str) -> HeldMessages:
+        """How many of ``handle``'s messages wait for :meth:`approve_identity` (or were
+        dropped beyond ``MAX_HELD_PER_SENDER``) since its key changed."""
+        return self.inbox.held_messages(handle)
 
     def approve_identity(self, handle: str, *, verified: bool = False) -> None:
         """Accept ``handle``'s new key (or mark the current one verified).
@@ -589,14 +425,6 @@ class Client:
         self.inbox.release_held(handle)
 
     # --- Consent and blocking (SPEC §7.4–7.6) -----------------------------------
-
-    def relay_now(self) -> int:
-        """The relay's clock as estimated from the last HELLO's ``now`` (SPEC §4.1).
-
-        Statements are dated with it, so a device whose own clock is off by
-        more than ``STATEMENT_SKEW_MS`` still makes statements the relay takes.
-        """
-        return self.link.relay_now()
 
     async def grant(
         self, business: str, categories: tuple[str, ...] | list[str]
@@ -639,29 +467,27 @@ class Client:
         revoke or our block), by the statements we made from this keystore."""
         return self.consent.granted_to(business)
 
+    def add_statement_listener(self, listener: StatementListener) -> None:
+        """Call ``listener`` with each verified statement forwarded to us (SPEC §7.5),
+        once kept; the ``on_statement`` option is the first."""
+        self.consent.add_listener(listener)
+
+    def remove_statement_listener(self, listener: StatementListener) -> None:
+        self.consent.remove_listener(listener)
+
     def held_statements(self, counterpart: str, start: int = 0) -> list[bytes]:
         """Signed statements kept with ``counterpart`` (ours or theirs to us), oldest first,
         from the ``start``-th on."""
         return self.consent.records(counterpart, start)
 
+    def statement_counts(self) -> dict[str, int]:
+        """Per counterpart, how many statements we keep with it: statements are only
+        ever added, so ``held_statements(counterpart, start=old count)`` reads the new."""
+        return self.consent.counts()
+
     def statement_counterparts(self) -> list[str]:
         """Every account we keep statements with."""
         return sorted(self.statement_counts())
-
-    def statement_counts(self) -> dict[str, int]:
-        """Per counterpart, how many statements we keep with it.
-
-        Statements are only ever added, so a count tells a caller that derives
-        something from a counterpart's statements whether there are new ones,
-        and ``held_statements(counterpart, start=old count)`` reads just those.
-        """
-        return self.consent.counts()
-
-    @property
-    def relay_key(self) -> bytes | None:
-        """The relay key pinned at our first login (or accepted since): statements are bound
-        to it, and a relay presenting another one is :class:`RelayKeyChanged`."""
-        return self.relay_key_pin.key
 
     def check_statement(self, signed: bytes) -> HeldStatement:
         """Verify a statement offline (SPEC §7.5): signature, signer's pinned key, relay key.
@@ -673,20 +499,9 @@ class Client:
         return self.consent.check(signed)
 
     async def statements(self) -> list[HeldStatement]:
-        """The statements in force that we signed or that name us, from the relay (SPEC §7.6).
-
-        Pages through STATEMENTS_LIST; each is verified as :meth:`check_statement`
-        does, so a relay that altered or invented one shows as ``verified=False``.
-        """
+        """The statements in force that we signed or that name us, from the relay (SPEC §7.6),
+        each verified as :meth:`check_statement` does (``verified=False`` if altered)."""
         return await self.consent.in_force()
-
-    def add_statement_listener(self, listener: StatementListener) -> None:
-        """Call ``listener`` with each verified statement forwarded to us (SPEC §7.5),
-        once kept; the ``on_statement`` option is the first."""
-        self.consent.add_listener(listener)
-
-    def remove_statement_listener(self, listener: StatementListener) -> None:
-        self.consent.remove_listener(listener)
 
     # --- Businesses (SPEC §8.1–8.2) ---------------------------------------------
 
@@ -698,30 +513,61 @@ class Client:
         otherwise); the badge is checked with our configured operator key
         and our clock — without an operator key nothing shows as verified.
         """
-        frame = await self.link.request(lambda rid: frames.ProfileFetch(id=rid, handle=handle))
-        if not isinstance(frame, frames.Profile) or frame.handle != handle:
-            raise UnexpectedFrame("relay answered PROFILE_FETCH with another record")
-        try:
-            self.trust.pin(handle, frame.identity_key)
-            key_changed = False
-        except UntrustedIdentity:
-            key_changed = True
-        profile = (
-            open_profile(frame.profile, frame.identity_key, handle)
-            if frame.profile is not None
-            else None
+        return await business_info(
+            self.link, self.trust, handle, operator_key=self.operator_key, clock=self._clock
         )
-        if self.operator_key is None:
-            badge = BadgeCheck(BadgeStatus.ABSENT)
-        else:
-            badge = check_badge(
-                frame.badge,
-                operator_key=self.operator_key,
-                handle=handle,
-                identity_key=frame.identity_key,
-                now_ms=self._clock(),
-            )
-        return BusinessInfo(handle, frame.identity_key, profile, badge, key_changed)
+
+    # --- What the link reports (wired in __init__) --------------------------------
+
+    def _queue_login(self, machine: ClientConnection) -> int:
+        return machine.login(self.sessions.identity.handle, self.sessions.sign)
+
+    async def _authenticated(self, conn: Connection, welcome: frames.Welcome) -> None:
+        """SPEC §4.4: top up prekeys (SPEC §5.4), then resend the outbox (SPEC §6.3)."""
+        upload = self.sessions.prekeys_upload(
+            conn.next_request_id(),
+            relay_one_time=welcome.one_time_prekeys,
+            relay_has_signed=welcome.has_signed_prekey,
+        )
+        if upload is not None:
+            await conn.request(upload)
+        if conn.lost:
+            raise ConnectionLost("connection lost during login")
+        self.outbox.transmit_all(conn)
+
+    def _went_online(self, welcome: frames.Welcome) -> None:
+        """Online: release what an approval before a crash left held, tell the application."""
+        self.inbox.release_approved()
+        self.welcome = welcome
+        self.connection_count += 1
+        if self.on_connected is not None:
+            self.on_connected(welcome)
+
+    def _top_up(self, conn: Connection, remaining: int) -> None:
+        """PREKEYS_LOW (SPEC §5.4): one upload at a time."""
+        if self._topping_up:
+            return
+        upload = self.sessions.prekeys_upload(
+            conn.next_request_id(), relay_one_time=remaining, relay_has_signed=True
+        )
+        if upload is None:
+            return
+        self._topping_up = True
+
+        def done(future: asyncio.Future[frames.Frame]) -> None:
+            self._topping_up = False
+            if not future.cancelled() and future.exception() is not None:
+                log.warning("prekey top-up failed: %r", future.exception())
+
+        conn.request(upload).add_done_callback(done)
+
+    def _identity_changed(self, handle: str) -> None:
+        if self.on_identity_change is not None:
+            self.on_identity_change(handle)
+
+    def _stopped(self, exc: BaseException) -> None:
+        self.outbox.fail_waiting(exc)
+        self.inbox.wake()
 
 
 __all__ = [
@@ -734,6 +580,7 @@ __all__ = [
     "HeldStatement",
     "IdentityState",
     "Message",
+    "Outcome",
     "Receipt",
     "RelayKeyChanged",
     "same_name",
