@@ -243,7 +243,8 @@ class Inbox:
 
     async def messages(self) -> AsyncIterator[Message]:
         """:meth:`Client.messages`: the persisted inbox, oldest first, each removed
-        when the next one is asked for or the iterator is closed."""
+        when the next one is asked for or the iterator is closed — so one the
+        application had not finished with when the process died comes back."""
         while True:
             self._link.raise_if_fatal()
             pending = self._store.pending_messages()
@@ -305,7 +306,8 @@ class Inbox:
         """Decrypt ``handle``'s held messages in order, now that the user trusts its key.
 
         Stops at one that names yet another key: it and the rest stay held for
-        the next decision. Works offline: they were acknowledged when held. A
+        the next decision. Works offline: they were acknowledged when held (but
+        on the event loop: a released message may queue a delivered receipt). A
         crash midway is safe, as each message is deduplicated by its id and
         what remains is released again at the next login.
         """

@@ -127,7 +127,11 @@ class RelayLink:
     # --- Lifetime ---------------------------------------------------------------
 
     async def connect(self, url: str) -> None:
-        """Open a connection to ``url`` and wait for its HELLO (see :meth:`Client.connect`)."""
+        """Open a connection to ``url`` and wait for its HELLO (see :meth:`Client.connect`).
+
+        Once :class:`.trust.RelayKeyChanged` stopped the link, it may be called
+        again (after the key was accepted); a link that was logged in logs in again.
+        """
         runner = self._runner
         if runner is not None:
             if not runner.done() or not isinstance(self._fatal, RelayKeyChanged):

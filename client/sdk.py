@@ -22,6 +22,7 @@ their docstrings what they guarantee:
 - ``consent``: the statements we make, keep and check (SPEC §7.4–7.6);
 - ``trust`` and ``relay_key_pin``: contacts' identity keys and the relay's
   key (SPEC §3.3, §4.1, §13.9);
+- ``prekeys``: keeping our prekeys published (SPEC §5.4);
 - ``sessions`` and ``store``: cryptography and key custody.
 
 A message out: :meth:`Client.send` → :meth:`.sending.Sender.send_content` →
@@ -40,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import os
 import random
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -66,14 +66,13 @@ from .keystore import (
 from .link import DEFAULT_BACKOFF, Backoff, LinkHandlers, RelayLink
 from .message_requests import MessageRequests
 from .outbox import Outbox, Outcome
+from .prekeys import PrekeyPublisher
 from .profiles import BusinessInfo, business_info, same_name
 from .sending import SEND_MANY_WINDOW, Sender
 from .sessions import Clock, Rng, SessionManager, wall_clock_ms
 from .statements import HeldStatement, StatementListener, Statements
 from .transport import ConnectionLost
 from .trust import IdentityState, IdentityTrust, RelayKeyChanged, RelayKeyPin
-
-log = logging.getLogger("blindrelay.client")
 
 _REGISTERED_KEY = "sdk/registered"
 _ROTATING_KEY = "sdk/rotating-identity-seed"
@@ -111,12 +110,12 @@ class Client:
         self._clock = clock
         self._rng = rng
         self._owns_store = owns_store
-        self._topping_up = False
 
         # The parts (module docstring), each given only the others it needs.
         self.sessions = SessionManager(store, rng=rng, clock=clock)
         self.trust: IdentityTrust = self.sessions.trust
         self.relay_key_pin = RelayKeyPin(store)
+        self.prekeys = PrekeyPublisher(self.sessions)
         self.link = RelayLink(self.relay_key_pin, clock=clock, backoff=backoff, jitter=jitter)
         state = store.state_items("sdk/")  # opens every state row: once, at start
         self.requests = MessageRequests(store, state)
@@ -140,7 +139,7 @@ class Client:
             LinkHandlers(
                 deliver_received=self.inbox.deliver_received,
                 send_answered=self.outbox.send_answered,
-                prekeys_low=self._top_up,
+                prekeys_low=self.prekeys.running_low,
                 login=self._queue_login,
                 authenticated=self._authenticated,
                 online=self._went_online,
@@ -188,22 +187,15 @@ class Client:
     async def connect(self, url: str) -> None:
         """Open a connection to the relay at ``url`` and wait for its HELLO.
 
-        The first connection must succeed (ConnectionLost otherwise); later
-        drops are retried in the background. Raises :class:`RelayKeyChanged`
-        when the relay's key is not the pinned one (then nothing was sent); a
-        client stopped by it may connect again once the application called
-        :meth:`accept_relay_key` (one that was logged in logs in by itself).
+        The first connection must succeed (ConnectionLost otherwise); later drops
+        are retried in the background. Raises :class:`RelayKeyChanged` (nothing
+        sent) until :meth:`accept_relay_key`; then connect again.
         """
         await self.link.connect(url)
 
     def accept_relay_key(self, relay_key: bytes) -> None:
-        """Pin ``relay_key`` as this profile's relay key: the user's deliberate decision.
-
-        For after :class:`RelayKeyChanged`, once the person learnt the new
-        key from the operator out of band. Statements are bound to the relay
-        key (SPEC §7.4): the ones we hold stay verifiable only against the key
-        they name, and new ones are made for the new key.
-        """
+        """Pin ``relay_key`` after :class:`RelayKeyChanged`, once the person learnt it
+        out of band. Statements we hold stay verifiable against the key they name."""
         self.relay_key_pin.accept(relay_key)
 
     @property
@@ -341,15 +333,8 @@ class Client:
     ) -> list[tuple[str, Outcome]]:
         """Send ``body`` to each of ``handles``, each in its own end-to-end encrypted envelope.
 
-        The bulk form of :meth:`send` (a business's notifications, SPEC §8.3),
-        with its guarantees per recipient: each envelope is in the persisted
-        outbox before it is transmitted (resent after a reconnect), a pending
-        key change is not sent to (UntrustedIdentity), RATE_LIMITED is retried
-        after ``retry_after`` up to ``rate_limit_retries`` times. Cheaper per
-        recipient: up to ``window`` SENDs are in flight, and recipients are
-        encrypted and enqueued a chunk at a time, the chunk's advanced sessions
-        and outbox entries in one keystore transaction. A recipient without a
-        session takes the path of :meth:`send` (bundle fetch) on its own.
+        The bulk form of :meth:`send` (a business's notifications, SPEC §8.3), with
+        its guarantees per recipient, and up to ``window`` SENDs in flight.
 
         Returns each recipient in the order given with its msg_id (committed by
         the relay) or the error it ended with — RecipientUnavailable for a
@@ -372,24 +357,15 @@ class Client:
     # --- Receiving (SPEC §6.4, §6.5, §7.3) -------------------------------------
 
     async def messages(self) -> AsyncIterator[Message]:
-        """Every incoming message, oldest first, including those stored before a restart.
-
-        A message is removed from the keystore when the application asks for
-        the next one or closes the iterator, so one it had not finished with
-        when the process died comes back after the restart. Use one consumer.
-        """
+        """Every incoming message, oldest first, including those stored before a restart;
+        removed once the next one is asked for or the iterator closes. One consumer."""
         async for message in self.inbox.messages():
             yield message
 
     async def accept_request(self, handle: str) -> bytes | None:
-        """Accept ``handle``'s message request (SPEC §7.3): it becomes a contact.
-
-        Sends the delivered receipt its requests were not given (one receipt
-        naming them, a chat, which is how the relay learns we accepted) and
-        returns its msg_id once the relay holds it; None when no receipt was
-        owed: then nothing is sent, and the relay learns it from our next chat.
-        Replying with any chat accepts too.
-        """
+        """Accept ``handle``'s message request (SPEC §7.3): send the delivered receipt
+        its requests were owed and return its msg_id at SENT; None when none was owed
+        (the relay learns it from our next chat). Replying with any chat accepts too."""
         owed = self.requests.owed_receipts(handle)
         if not owed:
             self.requests.accept(handle)
@@ -415,12 +391,8 @@ class Client:
         return self.inbox.held_messages(handle)
 
     def approve_identity(self, handle: str, *, verified: bool = False) -> None:
-        """Accept ``handle``'s new key (or mark the current one verified).
-
-        Its held messages (:meth:`held_messages`) are then decrypted in order
-        into the inbox, online or not; call it while the client's event loop
-        runs (a released message may queue a delivered receipt).
-        """
+        """Accept ``handle``'s new key (or mark the current one verified); its held
+        messages are then decrypted into the inbox, in order. Call it on the event loop."""
         self.trust.approve(handle, verified=verified)
         self.inbox.release_held(handle)
 
@@ -490,12 +462,7 @@ class Client:
         return sorted(self.statement_counts())
 
     def check_statement(self, signed: bytes) -> HeldStatement:
-        """Verify a statement offline (SPEC §7.5): signature, signer's pinned key, relay key.
-
-        Our own statements verify against our identity key, others' against
-        the key pinned for their signer. No clock check: an archived receipt
-        stays valid evidence after the skew has passed.
-        """
+        """Verify a statement offline (SPEC §7.5): signature, pinned key, relay key."""
         return self.consent.check(signed)
 
     async def statements(self) -> list[HeldStatement]:
@@ -506,13 +473,8 @@ class Client:
     # --- Businesses (SPEC §8.1–8.2) ---------------------------------------------
 
     async def business_info(self, handle: str) -> BusinessInfo:
-        """Fetch a business's profile and badge and check both offline.
-
-        The key must be the one we pinned for ``handle`` (or is pinned now,
-        on first use); the profile must verify under it (InvalidProfile
-        otherwise); the badge is checked with our configured operator key
-        and our clock — without an operator key nothing shows as verified.
-        """
+        """Fetch a business's profile and badge and check both offline (``profiles``):
+        without an operator key nothing shows as verified."""
         return await business_info(
             self.link, self.trust, handle, operator_key=self.operator_key, clock=self._clock
         )
@@ -524,13 +486,7 @@ class Client:
 
     async def _authenticated(self, conn: Connection, welcome: frames.Welcome) -> None:
         """SPEC §4.4: top up prekeys (SPEC §5.4), then resend the outbox (SPEC §6.3)."""
-        upload = self.sessions.prekeys_upload(
-            conn.next_request_id(),
-            relay_one_time=welcome.one_time_prekeys,
-            relay_has_signed=welcome.has_signed_prekey,
-        )
-        if upload is not None:
-            await conn.request(upload)
+        await self.prekeys.welcomed(conn, welcome)
         if conn.lost:
             raise ConnectionLost("connection lost during login")
         self.outbox.transmit_all(conn)
@@ -542,24 +498,6 @@ class Client:
         self.connection_count += 1
         if self.on_connected is not None:
             self.on_connected(welcome)
-
-    def _top_up(self, conn: Connection, remaining: int) -> None:
-        """PREKEYS_LOW (SPEC §5.4): one upload at a time."""
-        if self._topping_up:
-            return
-        upload = self.sessions.prekeys_upload(
-            conn.next_request_id(), relay_one_time=remaining, relay_has_signed=True
-        )
-        if upload is None:
-            return
-        self._topping_up = True
-
-        def done(future: asyncio.Future[frames.Frame]) -> None:
-            self._topping_up = False
-            if not future.cancelled() and future.exception() is not None:
-                log.warning("prekey top-up failed: %r", future.exception())
-
-        conn.request(upload).add_done_callback(done)
 
     def _identity_changed(self, handle: str) -> None:
         if self.on_identity_change is not None:

@@ -85,7 +85,11 @@ class RelayKeyPin:
             self._store.set_state(_RELAY_KEY, key)
 
     def accept(self, key: bytes) -> None:
-        """Pin ``key`` in place of the current one: the user's deliberate decision."""
+        """Pin ``key`` in place of the current one: the user's deliberate decision.
+
+        Statements are bound to the relay key (SPEC §7.4): the ones we hold stay
+        verifiable only against the key they name, and new ones name this one.
+        """
         if not isinstance(key, bytes) or len(key) != 32:
             raise ValueError("a relay key is 32 bytes")
         self._store.set_state(_RELAY_KEY, key)
