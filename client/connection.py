@@ -22,21 +22,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-
 from blindrelay.protocol import frames
 from blindrelay.protocol.connection import ClientConnection, State
 from blindrelay.protocol.errors import (
     ProtocolError,
-    RateLimited,
-    StoreUnavailable,
     UnexpectedFrame,
     UnsupportedVersion,
     error_for_code,
 )
+from blindrelay.protocol.fastcodec import read_sent
 
 from .transport import ConnectionLost, WebSocketTransport
-from .wire import parse_sent
 
 log = logging.getLogger("blindrelay.client")
 
@@ -70,12 +66,9 @@ class Connection:
         self.lost = False
         self._handlers = handlers
         self._clock = clock
-        self._packer = msgpack.Packer(use_bin_type=True)
         self._waiters: dict[int, asyncio.Future[frames.Frame]] = {}
         self._sending: dict[int, bytes] = {}
         """SEND request id → msg_id, for SENTs and ERRORs answering a send."""
-        self._out: list[bytes] = []
-        """Encoded frames to write, in the order they were sent."""
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._pump = asyncio.create_task(self._write())
@@ -98,7 +91,6 @@ class Connection:
 
     def send(self, frame: frames.Frame) -> None:
         self.machine.send(frame)
-        self._out += self.machine.data_to_send()
         self._wake.set()
 
     def request(self, frame: frames.Frame) -> asyncio.Future[frames.Frame]:
@@ -119,17 +111,13 @@ class Connection:
         """Send the SEND of ``msg_id``; its answer goes to ``send_answered``.
 
         ``send`` is the frame, or, while authenticated, its bytes from
-        :func:`.wire.encode_send`: noted as the machine notes requests, since
-        there ``ClientConnection.send`` of a SEND does nothing but note the
-        request id as pending and queue the bytes.
+        :func:`blindrelay.protocol.fastcodec.encode_send`.
         """
         self._sending[request_id] = msg_id
         if not isinstance(send, bytes):
             self.send(send)
             return
-        assert self.machine.state is State.AUTHENTICATED
-        self.machine.pending[request_id] = frames.FrameType.SEND
-        self._out.append(send)
+        self.machine.send_encoded(request_id, frames.FrameType.SEND, send)
         self._wake.set()
 
     async def _write(self) -> None:
@@ -138,12 +126,8 @@ class Connection:
                 await self._wake.wait()
                 self._wake.clear()
                 self._idle.clear()
-                # The machine's own queue holds only what was queued on it directly
-                # (REGISTER, LOGIN), which comes before anything sent through us.
-                out = self.machine.data_to_send()
-                out += self._out
-                self._out = []
-                for data in out:
+                # Everything goes through the machine's queue, in the order it was sent.
+                for data in self.machine.data_to_send():
                     await self.transport.send(data)
                 if not self._wake.is_set():
                     self._idle.set()
@@ -218,33 +202,22 @@ class Connection:
             future.set_result(frame)
 
     def _sent_received(self, data: bytes) -> bool:
-        """A SENT answering one of our SENDs, taken on the fast path (:func:`.wire.parse_sent`).
+        """A SENT answering one of our SENDs, taken on the fast path (:func:`read_sent`).
 
         Does what ``receive_data`` and :meth:`_response_received` do with the
         same frame: the request stops pending and the send is answered. False
         (nothing done) for anything else, which the strict path then decodes.
         """
-        sent = parse_sent(data, self._packer)
-        if sent is None:
+        sent = read_sent(data)
+        if sent is None or sent.re not in self._sending or not self.machine.receive_sent(sent):
             return False
-        re, _, at = sent
-        machine = self.machine
-        if machine.state is not State.AUTHENTICATED or re not in machine.pending:
-            return False
-        msg_id = self._sending.pop(re, None)
-        if msg_id is None:
-            return False
-        del machine.pending[re]
-        self._handlers.send_answered(msg_id, at, None)
+        self._handlers.send_answered(self._sending.pop(sent.re), sent.at, None)
         return True
 
 
 def _error_from(frame: frames.Error) -> ProtocolError:
     """The named exception for a relay ERROR (SPEC §9; unknown codes are 900, §12.3)."""
-    error = error_for_code(frame.code, frame.reason or "")
-    if isinstance(error, RateLimited | StoreUnavailable) and frame.retry_after is not None:
-        error.retry_after_ms = frame.retry_after
-    return error
+    return error_for_code(frame.code, frame.reason or "", frame.retry_after)
 
 
 __all__ = ["DRAIN_TIMEOUT_S", "Connection", "FrameHandlers"]

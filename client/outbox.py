@@ -16,7 +16,7 @@ relay stores once. Its answer settles whoever waits for it: a future per
   whether or not the first one was stored. Any other error is the outcome.
 
 Not here: encrypting and choosing recipients (``sending``), the connection
-(``link``, ``connection``), the SEND's bytes (``wire``).
+(``link``, ``connection``), the SEND's bytes (``protocol.fastcodec``).
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ from blindrelay.protocol.errors import (
     ShuttingDown,
     StoreUnavailable,
 )
+from blindrelay.protocol.fastcodec import encode_send
 
 from .connection import Connection
 from .keystore import KeyStore
 from .link import RelayLink
-from .wire import encode_send
 
 log = logging.getLogger("blindrelay.client")
 
@@ -254,7 +254,10 @@ class Outbox:
     def _transmit(self, conn: Connection, outgoing: Outgoing) -> None:
         request_id = conn.next_request_id()
         if conn.authenticated:
-            data = encode_send(self._packer, request_id, outgoing)
+            data = encode_send(
+                request_id, outgoing.to, outgoing.msg_id, outgoing.intent, outgoing.envelope,
+                outgoing.category, outgoing.categories,
+            )  # fmt: skip
             conn.send_message(outgoing.msg_id, request_id, data)
             return
         conn.send_message(  # the machine refuses it (closed): the outbox keeps it for the next

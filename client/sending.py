@@ -27,7 +27,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 
 from blindrelay.protocol import frames, limits
-from blindrelay.protocol.content import Content, Data, Receipt, Text, encode_content
+from blindrelay.protocol.content import (
+    Content,
+    Data,
+    Receipt,
+    Text,
+    content_encoder,
+    encode_content,
+)
 from blindrelay.protocol.errors import BlindrelayError, UnexpectedFrame, UntrustedIdentity
 
 from .keystore import KeyStore
@@ -35,7 +42,6 @@ from .link import RelayLink
 from .message_requests import MessageRequests
 from .outbox import Bulk, Outbox, Outcome, Outgoing
 from .sessions import NoSession, Rng, SessionManager
-from .wire import content_encoder
 
 SEND_MANY_WINDOW = 256
 """SENDs :meth:`Client.send_many` keeps in flight: enough to hide the round trip

@@ -5,6 +5,10 @@ feeds each received message to :meth:`receive_data`, takes the frames to act
 on from :meth:`events_received`, hands frames to :meth:`send`, and writes out
 whatever :meth:`data_to_send` returns; when :attr:`state` is ``CLOSED`` it
 closes the socket. Time is passed in (``now_ms``); randomness is a callable.
+A client sending a SEND per message may encode it itself
+(:func:`.fastcodec.encode_send`) and hand the bytes to :meth:`send_encoded`,
+and take a SENT it read itself (:func:`.fastcodec.read_sent`) with
+:meth:`receive_sent`: the machine still keeps the pending requests.
 
 The rules, as data (h11 style). ``RECEIVABLE[role][state]`` is the set of
 frame types a side accepts in a state; anything else is an
@@ -20,20 +24,21 @@ registration or login proof itself (SPEC §4.2–4.3) and refuses to send a
 WELCOME for any handle other than the one just proven, so a connection can
 only ever act as the account whose key signed its challenge.
 
-Not here: what a frame *does* (server and client), encoding (codec).
+Not here: what a frame *does* (server and client), encoding (codec, fastcodec).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import Enum
+from types import MappingProxyType
 
-from nacl.exceptions import BadSignatureError
-from nacl.signing import SigningKey, VerifyKey
+from nacl.signing import SigningKey
 
 from . import PROTOCOL_VERSION, limits
 from . import pow as puzzle
 from .codec import decode, encode
+from .crypto.keys import signature_valid
 from .errors import (
     AuthenticationFailed,
     ErrorCode,
@@ -43,6 +48,7 @@ from .errors import (
     UnexpectedFrame,
     UnsupportedVersion,
 )
+from .fastcodec import read_deliver
 from .frames import (
     CLIENT_FRAMES,
     FRAME_CLASSES,
@@ -56,6 +62,7 @@ from .frames import (
     Login,
     ProofOfWork,
     Register,
+    Sent,
     Welcome,
 )
 
@@ -161,14 +168,6 @@ UNKNOWN_ACCOUNT_KEY = bytes(
 A valid public key of ordinary order, so libsodium does the full verification
 (a malformed or small-order key would be refused early). Its private half is
 public knowledge on purpose: the verification's result is never used."""
-
-
-def verify_ed25519(public_key: bytes, message: bytes, signature: bytes) -> bool:
-    try:
-        VerifyKey(public_key).verify(message, signature)
-    except (BadSignatureError, ValueError, TypeError):
-        return False
-    return True
 
 
 # --- the machine --------------------------------------------------------------
@@ -312,7 +311,7 @@ class RelayConnection(_Connection):
         transcript = register_transcript(
             self.relay_key, self.challenge, frame.handle, frame.kind, frame.identity_key
         )
-        if not verify_ed25519(frame.identity_key, transcript, frame.signature):
+        if not signature_valid(frame.identity_key, transcript, frame.signature):
             raise AuthenticationFailed("registration signature")
         self._proven = (frame.handle, AccountKind(frame.kind))
 
@@ -348,7 +347,7 @@ class RelayConnection(_Connection):
         self._consume_challenge(now_ms)
         transcript = login_transcript(self.relay_key, self.challenge, frame.handle)
         key = UNKNOWN_ACCOUNT_KEY if identity_key is None else identity_key
-        verified = verify_ed25519(key, transcript, frame.signature)
+        verified = signature_valid(key, transcript, frame.signature)
         if not verified or identity_key is None:
             raise AuthenticationFailed("login signature")
         self._proven = (frame.handle, None)
@@ -378,7 +377,13 @@ class ClientConnection(_Connection):
         super().__init__(State.AWAITING_HELLO)
         self.hello: Hello | None = None
         self._next_id = 1
-        self.pending: dict[int, FrameType] = {}
+        self._pending: dict[int, FrameType] = {}
+
+    @property
+    def pending(self) -> Mapping[int, FrameType]:
+        """Requests awaiting their response, by id (read-only: :meth:`send` and
+        :meth:`send_encoded` add to it, responses received take from it)."""
+        return MappingProxyType(self._pending)
 
     def next_request_id(self) -> int:
         request_id = self._next_id
@@ -389,15 +394,17 @@ class ClientConnection(_Connection):
         """Decode one relay message; a misbehaving relay raises the protocol error."""
         if self.state is State.CLOSED:
             raise UnexpectedFrame("connection is closed")
-        frame = decode(data)
+        # A DELIVER per message received: the fast reader first, the codec for
+        # anything it leaves (the same frame or the same error either way).
+        frame = read_deliver(data) or decode(data)
         self._check_receivable(frame)
         if isinstance(frame, Hello) and frame.version != PROTOCOL_VERSION:
             raise UnsupportedVersion(f"relay speaks v{frame.version}")
         re = getattr(frame, "re", None)
         if re is not None:
-            if re not in self.pending:
+            if re not in self._pending:
                 raise UnexpectedFrame(f"response to unknown request {re}")
-            del self.pending[re]
+            del self._pending[re]
         if isinstance(frame, Hello):
             self.hello = frame
         if isinstance(frame, Welcome):
@@ -406,9 +413,37 @@ class ClientConnection(_Connection):
         self._move(frame)
         self._events.append(frame)
 
+    def receive_sent(self, frame: Sent) -> bool:
+        """Take a SENT the caller decoded itself (:func:`.fastcodec.read_sent`).
+
+        True when :meth:`receive_data` would take it without error: the
+        connection is authenticated and ``frame.re`` is a pending request,
+        which stops pending. The frame is not queued as an event: the caller
+        acts on it. False changes nothing; the caller then feeds the bytes to
+        :meth:`receive_data`, which raises what is wrong.
+        """
+        if self.state is not State.AUTHENTICATED or frame.re not in self._pending:
+            return False
+        del self._pending[frame.re]
+        return True
+
+    def send_encoded(self, request_id: int, frame_type: FrameType, data: bytes) -> None:
+        """Queue a request the caller encoded itself (:func:`.fastcodec.encode_send`),
+        noted pending as :meth:`send` notes a request.
+
+        Only once authenticated, where sending a request changes nothing but
+        the pending set. ``data`` must be the canonical encoding of a valid
+        ``frame_type`` frame numbered ``request_id``: the caller's promise, not
+        checked here (checking is what encoding it outside saves).
+        """
+        if self.state is not State.AUTHENTICATED or frame_type not in REQUEST_FRAMES:
+            raise RuntimeError(f"cannot send an encoded {frame_type.name} in {self.state.value}")
+        self._pending[request_id] = frame_type
+        self._outgoing.append(data)
+
     def _before_send(self, frame: Frame) -> None:
         if frame.TYPE in REQUEST_FRAMES:
-            self.pending[frame.id] = frame.TYPE  # type: ignore[union-attr]
+            self._pending[frame.id] = frame.TYPE  # type: ignore[union-attr]
 
     def register(
         self,

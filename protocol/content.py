@@ -27,6 +27,7 @@ with a receipt (``client``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -145,6 +146,39 @@ def encode_content(content: Content) -> bytes:
     if len(data) > MAX_CONTENT_BYTES:
         raise MalformedContent(f"content of {len(data)} bytes exceeds {MAX_CONTENT_BYTES}")
     return data
+
+
+def content_encoder(body: Body) -> Callable[[bytes], bytes]:
+    """``encode_content(Content(msg_id, body))`` for many msg_ids, the body encoded once.
+
+    A bulk send encrypts one body under a fresh msg_id per recipient. The id is
+    a fixed-size bin in the canonical encoding, so the encodings under two ids
+    differ in exactly those bytes: encoding under all-zero and all-one ids
+    finds them, and each message splices its id in. If the encodings do not
+    differ that way (a future content format), every id is encoded in full.
+    Raises MalformedContent as ``encode_content`` does (too large, an id of
+    another size).
+    """
+    size = limits.MESSAGE_ID_BYTES
+    zeros = encode_content(Content(bytes(size), body))
+    ones = encode_content(Content(b"\xff" * size, body))
+    start = next((i for i, (a, b) in enumerate(zip(zeros, ones, strict=False)) if a != b), -1)
+    end = start + size
+    if (
+        start < 0
+        or len(zeros) != len(ones)
+        or zeros[start:end] != bytes(size)
+        or ones[start:end] != b"\xff" * size
+        or zeros[end:] != ones[end:]
+    ):
+        return lambda msg_id: encode_content(Content(msg_id, body))  # pragma: no cover
+    prefix, suffix = zeros[:start], zeros[end:]
+
+    def encode(msg_id: bytes) -> bytes:
+        _check_msg_id(msg_id, "id")
+        return prefix + msg_id + suffix
+
+    return encode
 
 
 _KIND_KEYS: dict[str, frozenset[str]] = {

@@ -225,12 +225,15 @@ ERRORS_BY_CODE: dict[ErrorCode, type[ProtocolError]] = {
 """Code → exception class, so a client can raise the named error it received."""
 
 
-def error_for_code(code: int, detail: str = "") -> ProtocolError:
-    """Build the named exception for a received wire code (unknown → internal)."""
+def error_for_code(code: int, detail: str = "", retry_after_ms: int | None = None) -> ProtocolError:
+    """Build the named exception for a received wire code (unknown → internal), with
+    the ERROR's ``retry_after`` where its class carries one (402, 902)."""
     try:
         cls = ERRORS_BY_CODE[ErrorCode(code)]
     except ValueError:
         return InternalError(f"unknown error code {code}")
+    if retry_after_ms is not None and issubclass(cls, RateLimited | StoreUnavailable):
+        return cls(detail, retry_after_ms)
     return cls(detail)
 
 

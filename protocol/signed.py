@@ -23,7 +23,7 @@ from typing import ClassVar, TypeVar
 
 from . import limits
 from .codec import decode_object, encode_object
-from .connection import verify_ed25519
+from .crypto.keys import signature_valid
 from .errors import (
     FrameTooLarge,
     InvalidStatement,
@@ -72,7 +72,7 @@ def open_signed(cls: type[T], data: bytes, public_key: bytes) -> T:
     kind (statement, profile, badge) to its wire code with :func:`reraise_as`.
     """
     outer = peek_signed(cls, data)
-    if not verify_ed25519(public_key, cls.CONTEXT + b"\x00" + outer.body, outer.sig):
+    if not signature_valid(public_key, cls.CONTEXT + b"\x00" + outer.body, outer.sig):
         raise InvalidStatement(f"{cls.__name__}: signature does not verify")
     return decode_object(cls, outer.body, max_bytes=cls.MAX_BYTES)
 

@@ -43,9 +43,9 @@ from blindrelay.protocol.crypto.fingerprint import key_fingerprint
 from blindrelay.protocol.errors import ProtocolError
 from blindrelay.protocol.frames import AccountKind
 
-from .cli import add_store_arguments, store_url
 from .registration import invite_digest
 from .store import AdminStore, MonthUsage, StoreError, open_admin_store
+from .storeoptions import add_store_arguments, store_url
 
 DAY_MS = 24 * 3600 * 1000
 DEFAULT_BADGE_DAYS = 365

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from blindrelay.protocol import limits
-from blindrelay.protocol.connection import rotate_transcript, verify_ed25519
+from blindrelay.protocol.connection import rotate_transcript
+from blindrelay.protocol.crypto.keys import signature_valid
 from blindrelay.protocol.errors import (
     InvalidStatement,
     MalformedFrame,
@@ -238,8 +239,8 @@ def _rotate(ctx: RelayContext, session: Session, frame: RotateIdentity, account:
         raise MalformedFrame("new_identity_key: equals the current key")
     transcript = rotate_transcript(ctx.relay_key, handle, old_key, new_key, frame.issued_at)
     if not (
-        verify_ed25519(old_key, transcript, frame.old_signature)
-        and verify_ed25519(new_key, transcript, frame.new_signature)
+        signature_valid(old_key, transcript, frame.old_signature)
+        and signature_valid(new_key, transcript, frame.new_signature)
     ):
         raise InvalidStatement()
 

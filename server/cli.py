@@ -23,10 +23,10 @@ from typing import Any
 
 from blindrelay.protocol import PROTOCOL_VERSION, __version__
 
-from .config import DEFAULT_DB, SYNCHRONOUS_MODES, RelayConfig
+from .config import SYNCHRONOUS_MODES, RelayConfig
+from .storeoptions import DB_HELP, ENV_PREFIX, STORE_HELP, add_store_arguments, store_url
 
 COMMAND_GROUP = "blindrelay.commands"
-ENV_PREFIX = "BLINDRELAY_"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,11 +64,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 _FLAG_NAMES = {"db_path": "db", "auth_timeout_s": "auth_timeout"}
 """Config fields whose flag (and environment variable) is spelled shorter."""
 
-STORE_HELP = (
-    "where the relay keeps its data: sqlite:///ABSOLUTE/PATH, sqlite:RELATIVE/PATH or a "
-    "file path (the embedded SQLite store); default: the --db file"
-)
-DB_HELP = f"SQLite database file, shorthand for --store sqlite:PATH (default: {DEFAULT_DB})"
 REUSE_PORT_HELP = (
     "listen with SO_REUSEPORT, so several workers sharing one PostgreSQL store can serve "
     "one port (each of them with --reuse-port; docs/operations.md, Two workers)"
@@ -202,25 +197,6 @@ def register_inspect(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     add_store_arguments(parser)
     parser.add_argument("--limit", type=int, default=50, help="rows listed per table")
     parser.set_defaults(func=_inspect)
-
-
-def add_store_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--store`` and ``--db`` (and their BLINDRELAY_* variables), as ``serve`` has them,
-    for the operator's commands."""
-    parser.add_argument(
-        "--store", default=os.environ.get(ENV_PREFIX + "STORE", ""), help=STORE_HELP
-    )
-    parser.add_argument(
-        "--db", type=Path, default=Path(os.environ.get(ENV_PREFIX + "DB", str(DEFAULT_DB))),
-        help=DB_HELP,
-    )  # fmt: skip
-
-
-def store_url(args: argparse.Namespace) -> str:
-    """The store :func:`add_store_arguments` named; ValueError when given both."""
-    if args.store and args.db != DEFAULT_DB:
-        raise ValueError("give --store or --db, not both (--db PATH is the SQLite shorthand)")
-    return str(args.store or args.db)
 
 
 def _inspect(args: argparse.Namespace) -> int:

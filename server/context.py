@@ -29,7 +29,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from blindrelay.protocol.connection import RelayConnection, State
 from blindrelay.protocol.errors import InternalError, ProtocolError, ShuttingDown
@@ -42,8 +42,25 @@ from .registration import RegistrationPolicy
 from .routing import new_worker_id
 from .store import Account, Store, StoreJobError
 
-if TYPE_CHECKING:
-    from .delivery import Outbox
+
+class SessionOutbox(Protocol):
+    """What a session's delivery outbox (``delivery.Outbox``) offers the handlers.
+
+    Declared here, where sessions are, so that this module needs nothing of
+    ``delivery`` — which needs sessions — not even for type checking.
+    """
+
+    def start(self) -> None: ...
+    def committed(
+        self, delivery_id: int, encode: Callable[[], bytes], previous: int | None = None
+    ) -> None: ...
+    def page_again(self) -> None: ...
+    def up_to(self, previous: int) -> bool: ...
+    def queued_elsewhere(self) -> None: ...
+    def in_flight_of(self, delivery_ids: tuple[int, ...]) -> tuple[int, ...]: ...
+    def acknowledged(self, delivery_ids: tuple[int, ...]) -> None: ...
+    def withdraw(self, delivery_ids: list[int]) -> None: ...
+
 
 CLOSE_REPLACED = 4000
 """WebSocket close code when a newer login of the same account takes over (SPEC §4.4)."""
@@ -99,7 +116,7 @@ class Session:
         self.source = source
         """The source address the registration limit counts (SPEC §4.6.1):
         :func:`.registration.source_key` of the peer's address."""
-        self.outbox: Outbox | None = None
+        self.outbox: SessionOutbox | None = None
         self.account: Account | None = None
         """The authenticated account, set at WELCOME. Its handle and kind never
         change, so handlers take them from here instead of the store; where the
@@ -149,7 +166,7 @@ class Session:
             self.transport.flush()
 
     def send_encoded(self, data: bytes) -> None:
-        """Queue a SENT or DELIVER the relay encoded itself (:mod:`.fastframes`).
+        """Queue a SENT or DELIVER the relay encoded itself (``protocol.fastcodec``).
 
         Only for frames that change no connection state and are valid by
         construction; everything else goes through :meth:`send`.

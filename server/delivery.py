@@ -25,9 +25,9 @@ from functools import partial
 from typing import Any
 
 from blindrelay.protocol.errors import Forbidden, StoreUnavailable
+from blindrelay.protocol.fastcodec import encode_deliver, encode_sent
 from blindrelay.protocol.frames import AccountKind, Ack, Intent, Send
 
-from . import fastframes
 from .config import RelayConfig
 from .context import Limiters, RelayContext, Session
 from .logs import LOGGER, log_event
@@ -76,7 +76,7 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
         # "The relay MUST NOT send SENT before the envelope is committed to disk."
         resend = type(result) is int  # an idempotent resend: its original time
         at: int = result if resend else result[1]
-        session.send_encoded(fastframes.sent(frame.id, frame.msg_id, at))
+        session.send_encoded(encode_sent(frame.id, frame.msg_id, at))
         if LOGGER.isEnabledFor(logging.DEBUG):
             log_event(
                 logging.DEBUG, "sent", handle=handle, to=frame.to, size=len(frame.body),
@@ -91,7 +91,7 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
         previous: int = result[2]
 
         def encode() -> bytes:
-            return fastframes.deliver_fields(
+            return encode_deliver(
                 delivery_id, handle, sender.kind, frame.msg_id, frame.intent, at, frame.body,
                 frame.category, frame.categories,
             )  # fmt: skip
@@ -130,6 +130,12 @@ def send_rules(config: RelayConfig) -> SendRules:
     )
     _made = (config, rules)
     return rules
+
+
+def deliver_row(row: list[Any]) -> bytes:
+    """The DELIVER of a queue row as the store returns it (``store.envelope_row``):
+    encoded straight from values that were checked when their SEND was decoded."""
+    return encode_deliver(row[0], row[2], row[3], row[4], row[5], row[8], row[9], row[6], row[7])
 
 
 def push_committed(
@@ -178,7 +184,7 @@ def committed_elsewhere(ctx: RelayContext, hint: Hint) -> None:
         outbox.queued_elsewhere()
         return
     row = hint.row()
-    outbox.committed(row[0], partial(fastframes.deliver_row, row), hint.value)
+    outbox.committed(row[0], partial(deliver_row, row), hint.value)
 
 
 def withdrawn_elsewhere(ctx: RelayContext, recipient: str, delivery_ids: tuple[int, ...]) -> None:
@@ -363,7 +369,7 @@ class Outbox:
         if self.session.outbox is not self or not self.session.open:
             return
         for row in rows:
-            self._push(row[0], partial(fastframes.deliver_row, row))
+            self._push(row[0], partial(deliver_row, row))
         self.behind = len(rows) >= limit or self.again
         self.again = False
         self._page_in()

@@ -26,9 +26,10 @@ from blindrelay.protocol.errors import (
     MalformedFrame,
     UnexpectedFrame,
 )
+from blindrelay.protocol.fastcodec import read_ack, read_send
 from blindrelay.protocol.frames import Frame, FrameType
 
-from . import auth, business, delivery, directory, fastframes, statements
+from . import auth, business, delivery, directory, statements
 from .context import RelayContext, Session
 from .logs import LOGGER, log_event
 from .routing import Hint, HintKind
@@ -70,10 +71,10 @@ class Dispatcher:
             return
         conn = session.conn
         if conn.state is State.AUTHENTICATED:
-            # A SEND and an ACK per message: their canonical forms skip the generic
-            # decode (fastframes). Both are receivable here and change no state, so
+            # A SEND and an ACK per message: the fast readers skip the generic decode
+            # (protocol.fastcodec). Both are receivable here and change no state, so
             # this is exactly what conn.receive_data would yield.
-            fast = fastframes.ack(data) or fastframes.send(data)
+            fast = read_ack(data) or read_send(data)
             if fast is not None:
                 self.frame_received(session, fast, len(data))
                 session.transport.flush()

@@ -32,9 +32,8 @@ from blindrelay.protocol.signed import (
     verify_statement,
 )
 
-from . import fastframes
 from .context import RelayContext, Session
-from .delivery import push_committed
+from .delivery import deliver_row, push_committed
 from .logs import log_event
 from .store import Account
 
@@ -90,7 +89,7 @@ def _apply(
         )  # fmt: skip
         if forwarded is not None:
             push_committed(  # previous unknown: the target's outbox pages
-                ctx, forwarded[1], forwarded[0], partial(fastframes.deliver_row, forwarded), None
+                ctx, forwarded[1], forwarded[0], partial(deliver_row, forwarded), None
             )
 
     ctx.run_job(

@@ -235,3 +235,81 @@ def test_only_the_factory_imports_a_back_end() -> None:
             if any(name.startswith(f"{SERVER_PACKAGE}.store.{b}") for b in BACK_ENDS)
         ]
     assert offenders == []
+
+
+PACKAGES = {"protocol": "blindrelay.protocol", "server": "blindrelay.server",
+            "client": "blindrelay.client"}  # fmt: skip
+
+
+def module_files() -> dict[str, Path]:
+    """Every module of the three packages, by its absolute name."""
+    modules = {}
+    for folder, package in PACKAGES.items():
+        for path in python_files(folder):
+            parts = [p for p in path.relative_to(ROOT / folder).with_suffix("").parts
+                     if p != "__init__"]  # fmt: skip
+            modules[".".join([package, *parts])] = path
+    return modules
+
+
+def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """Module → the project modules it imports when loaded, type-checking imports
+    included (a cycle only the type checker sees still ties two modules together)."""
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        visitor = _Imports(package)
+        visitor.visit(ast.parse(path.read_text(), filename=str(path)))
+        graph[name] = {m for m in visitor.found if m in modules and m != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for other in sorted(graph[node]):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_module_imports_form_a_cycle() -> None:
+    assert cycles(import_graph(module_files())) == []
+
+
+def test_the_cycle_check_sees_a_typing_only_cycle(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("from .b import B\n")
+    (tmp_path / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import A\n"
+    )
+    modules = {"blindrelay.x.a": tmp_path / "a.py", "blindrelay.x.b": tmp_path / "b.py"}
+    assert cycles(import_graph(modules)) == [["blindrelay.x.a", "blindrelay.x.b"]]
+
+
+def test_the_operator_commands_do_not_import_the_relays_command_line() -> None:
+    """``admin`` and ``cli`` are two entry points; what both need lives beside them."""
+    graph = import_graph(module_files())
+    assert f"{SERVER_PACKAGE}.cli" not in graph[f"{SERVER_PACKAGE}.admin"]

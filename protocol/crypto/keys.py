@@ -126,6 +126,16 @@ def verify_signature(public: bytes, message: bytes, signature: bytes) -> None:
         raise InvalidSignature("Ed25519 signature does not verify") from exc
 
 
+def signature_valid(public: bytes, message: bytes, signature: bytes) -> bool:
+    """:func:`verify_signature` as a yes or no, for callers whose refusal is their own
+    (a LOGIN, a statement, a rotation proof) and who must do the same work either way."""
+    try:
+        verify_signature(public, message, signature)
+    except InvalidSignature:
+        return False
+    return True
+
+
 class IdentityKeyPair:
     """A long-term Ed25519 identity, usable for X25519 through conversion.
 

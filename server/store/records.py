@@ -3,7 +3,7 @@
 Plain frozen values, so handlers, operations and tests can build and compare
 them without a database. :func:`envelope_row` is the one shape a queued
 envelope takes between a back end and the event loop (operations ``page`` and
-``apply_statement`` return it; :func:`..fastframes.deliver_row` encodes DELIVER
+``apply_statement`` return it; :func:`..delivery.deliver_row` encodes DELIVER
 straight from it).
 
 Not here: how a back end stores them (``sqlite/tables.py``), the rules that

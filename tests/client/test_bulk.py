@@ -1,8 +1,9 @@
-"""Bulk sending (``Client.send_many``, SPEC §8.3) and the shortcuts it takes.
+"""Bulk sending (``Client.send_many``, SPEC §8.3).
 
-The shortcuts — SEND laid out directly, SENT read on a fast path, content
-encoded once per body — are checked byte for byte against the codec; the
-bulk path against a real relay for what it must keep from ``send``: each
+Its shortcuts — SEND laid out directly, SENT read on a fast path, content
+encoded once per body — are checked against the codec where they live
+(tests/protocol/test_fastcodec.py, test_content.py); here the bulk path is
+checked against a real relay for what it must keep from ``send``: each
 recipient's outcome, refusals not retried, rate limits retried, no send to an
 unapproved key, resends from the outbox after a reconnect, and the session
 advance persisted only together with its outbox entry.
@@ -12,32 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import sqlite3
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pytest
 
 from blindrelay.client.business import Business
 from blindrelay.client.keystore import KeyStore, MemoryKeyStore, SqliteKeyStore
-from blindrelay.client.outbox import Outbox, Outgoing
+from blindrelay.client.outbox import Outbox
 from blindrelay.client.sdk import Client, ConnectionLost
 from blindrelay.client.transport import wire_tap
-from blindrelay.client.wire import content_encoder, encode_send, parse_sent
-from blindrelay.protocol import frames, limits
-from blindrelay.protocol.codec import decode, encode
-from blindrelay.protocol.content import (
-    MAX_CONTENT_BYTES,
-    Content,
-    Data,
-    MalformedContent,
-    Receipt,
-    ReceiptType,
-    Text,
-    encode_content,
-)
+from blindrelay.protocol import frames
+from blindrelay.protocol.codec import decode
+from blindrelay.protocol.content import MAX_CONTENT_BYTES, MalformedContent
 from blindrelay.protocol.crypto.keys import IdentityKeyPair, SignedPreKey
 from blindrelay.protocol.errors import (
     MalformedFrame,
@@ -50,125 +39,6 @@ from blindrelay.protocol.errors import (
 from .test_business import business_online, customer
 from .test_consent import online
 from .test_sdk import LOW_COST, Crash, Inbox, make_client, relay_at, run, within
-
-# --- the shortcuts, against the codec ------------------------------------------------
-
-SHAPES: list[tuple[str, str | None, tuple[str, ...] | None]] = [
-    (frames.Intent.CHAT, None, None),
-    ("chat", None, None),
-    (frames.Intent.NOTIFICATION, "utility", None),
-    ("consent_request", None, ("utility", "marketing")),
-]
-
-
-@pytest.mark.parametrize(("intent", "category", "categories"), SHAPES)
-def test_encode_send_lays_out_exactly_what_the_codec_encodes(
-    intent: str, category: str | None, categories: tuple[str, ...] | None
-) -> None:
-    packer = msgpack.Packer(use_bin_type=True)
-    for request_id in (1, 127, 128, 65_536, frames.MAX_REQUEST_ID):
-        for size in (1, 255, 256, 4_000, limits.MAX_CIPHERTEXT_BYTES):
-            to = random.choice(["abc", "c00001", "a.b-c_d" + "x" * 25])
-            outgoing = Outgoing(
-                os.urandom(16), to, os.urandom(size), intent, category, categories, "key"
-            )
-            frame = frames.Send(
-                id=request_id, to=to, msg_id=outgoing.msg_id, intent=intent,
-                body=outgoing.envelope, category=category, categories=categories,
-            )  # fmt: skip
-            assert encode_send(packer, request_id, outgoing) == encode(frame)
-
-
-def raw_map(*pairs: tuple[str, object]) -> bytes:
-    """A msgpack map written pair by pair: duplicate keys and any order allowed."""
-    packed = b"".join(msgpack.packb(k) + msgpack.packb(v, use_bin_type=True) for k, v in pairs)
-    return bytes([0x80 | len(pairs)]) + packed
-
-
-def test_parse_sent_takes_only_the_canonical_encoding_of_a_valid_sent() -> None:
-    packer = msgpack.Packer(use_bin_type=True)
-    for re, at in [(1, 0), (127, 1), (65_536, 2**40), (frames.MAX_REQUEST_ID, frames.MAX_TIME_MS)]:
-        sent = frames.Sent(re=re, msg_id=os.urandom(16), at=at)
-        assert parse_sent(encode(sent), packer) == (re, sent.msg_id, at)
-
-    tag = int(frames.FrameType.SENT)
-    msg_id = bytes(range(16))
-    valid = encode(frames.Sent(re=5, msg_id=msg_id, at=1234))
-    assert valid == raw_map(("t", tag), ("re", 5), ("msg_id", msg_id), ("at", 1234))
-    declined = {
-        "duplicate key": raw_map(("t", tag), ("re", 5), ("msg_id", msg_id), ("at", 1), ("at", 2)),
-        "unknown key": raw_map(("t", tag), ("re", 5), ("msg_id", msg_id), ("at", 1), ("x", 1)),
-        "missing key": raw_map(("t", tag), ("re", 5), ("msg_id", msg_id)),
-        "other order": raw_map(("t", tag), ("msg_id", msg_id), ("re", 5), ("at", 1)),
-        "renamed key": raw_map(("t", tag), ("re", 5), ("msg_id", msg_id), ("ta", 1)),
-        "bool re": raw_map(("t", tag), ("re", True), ("msg_id", msg_id), ("at", 1)),
-        "re 0": raw_map(("t", tag), ("re", 0), ("msg_id", msg_id), ("at", 1)),
-        "re too big": raw_map(("t", tag), ("re", 2**32), ("msg_id", msg_id), ("at", 1)),
-        "short msg_id": raw_map(("t", tag), ("re", 5), ("msg_id", msg_id[:15]), ("at", 1)),
-        "str msg_id": raw_map(("t", tag), ("re", 5), ("msg_id", "x" * 16), ("at", 1)),
-        "negative at": raw_map(("t", tag), ("re", 5), ("msg_id", msg_id), ("at", -1)),
-        "at too late": raw_map(
-            ("t", tag), ("re", 5), ("msg_id", msg_id), ("at", frames.MAX_TIME_MS + 1)
-        ),
-        "float at": raw_map(("t", tag), ("re", 5), ("msg_id", msg_id), ("at", 1.0)),
-        "wide int": valid.replace(b"\xa2re\x05", b"\xa2re\xce\x00\x00\x00\x05"),
-        "trailing byte": valid + b"\x00",
-        "truncated": valid[:-1],
-        "an ERROR": encode(frames.Error(code=400, re=5)),
-        "a SENDs tag": raw_map(
-            ("t", int(frames.FrameType.SEND)), ("re", 5), ("msg_id", msg_id), ("at", 1)
-        ),
-    }
-    for name, data in declined.items():
-        assert parse_sent(data, packer) is None, name
-
-    # Whatever the fast path takes, the strict decoder reads as the same SENT.
-    rng = random.Random(20261104)
-    accepted = 0
-    for _ in range(20_000):
-        data = bytearray(valid)
-        for _ in range(rng.randint(1, 3)):
-            where = rng.randrange(len(data))
-            if rng.random() < 0.8:
-                data[where] = rng.randrange(256)
-            elif rng.random() < 0.5:
-                del data[where]
-            else:
-                data.insert(where, rng.randrange(256))
-        got = parse_sent(bytes(data), packer)
-        if got is not None:
-            accepted += 1
-            frame = decode(bytes(data))
-            assert isinstance(frame, frames.Sent)
-            assert (frame.re, frame.msg_id, frame.at) == got
-    assert accepted > 100  # mutations of re, msg_id and at still make valid SENTs
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        Text("BA123 now boards at B7"),
-        Text("é" * 3000),
-        Data(b""),
-        Data(bytes(5000)),
-        Receipt(ReceiptType.READ, (bytes(16), b"\xff" * 16)),
-    ],
-    ids=["text", "long-text", "empty-bytes", "zero-bytes", "receipt"],
-)
-def test_content_encoder_gives_encode_contents_bytes_for_every_id(
-    body: Text | Data | Receipt,
-) -> None:
-    encode_for = content_encoder(body)
-    for msg_id in [bytes(16), b"\xff" * 16, b"\xc4\x10" * 8, *(os.urandom(16) for _ in range(50))]:
-        assert encode_for(msg_id) == encode_content(Content(msg_id, body))
-    with pytest.raises(MalformedContent):
-        encode_for(bytes(15))
-
-
-def test_content_encoder_refuses_a_body_too_large_as_encode_content_does() -> None:
-    with pytest.raises(MalformedContent):
-        content_encoder(Text("x" * MAX_CONTENT_BYTES))
-
 
 # --- the bulk path against a relay ---------------------------------------------------
 

@@ -24,6 +24,7 @@ from blindrelay.protocol.errors import (
     UnexpectedFrame,
     UnsupportedVersion,
 )
+from blindrelay.protocol.fastcodec import encode_send
 
 T0 = 1_790_000_000_000
 
@@ -117,13 +118,13 @@ def test_an_unknown_handle_is_refused_even_with_a_signature_by_the_decoy_key(
     decoy = SigningKey(b"blindrelay/v1/unknown-account".ljust(32, b"\x00"))
     assert decoy.verify_key.encode() == connection.UNKNOWN_ACCOUNT_KEY
     verified: list[bytes] = []
-    real_verify = connection.verify_ed25519
+    real_verify = connection.signature_valid
 
     def counting(public_key: bytes, message: bytes, signature: bytes) -> bool:
         verified.append(public_key)
         return real_verify(public_key, message, signature)
 
-    monkeypatch.setattr(connection, "verify_ed25519", counting)
+    monkeypatch.setattr(connection, "signature_valid", counting)
     pair = Pair()
     pair.client.login("nobody", signer(decoy))
     (frame,), _ = pair.flush()
@@ -260,6 +261,71 @@ def test_client_matches_responses_to_pending_requests() -> None:
     pair.relay.verify_registration(frame, T0 + 1)
     welcome(pair, frame)
     assert pair.client.pending == {}
+
+
+def authenticated_pair() -> Pair:
+    pair = Pair()
+    frame = register(pair)
+    pair.relay.verify_registration(frame, T0 + 1)
+    welcome(pair, frame)
+    assert pair.client.state is State.AUTHENTICATED
+    return pair
+
+
+MSG_ID = bytes(range(16))
+
+
+def test_a_send_encoded_outside_the_machine_is_queued_and_pending_like_a_sent_frame() -> None:
+    pair = authenticated_pair()
+    request_id = pair.client.next_request_id()
+    data = encode_send(request_id, "bob", MSG_ID, "chat", b"ciphertext")
+    pair.client.send_encoded(request_id, f.FrameType.SEND, data)
+    assert pair.client.pending == {request_id: f.FrameType.SEND}
+    assert pair.client.data_to_send() == [data]
+    with pytest.raises(TypeError):
+        pair.client.pending[request_id + 1] = f.FrameType.SEND  # type: ignore[index]
+    pair.client.receive_data(codec.encode(f.Sent(re=request_id, msg_id=MSG_ID, at=T0)))
+    assert pair.client.pending == {}
+    assert pair.client.events_received() == [f.Sent(re=request_id, msg_id=MSG_ID, at=T0)]
+
+
+@pytest.mark.parametrize("frame_type", [f.FrameType.SEND, f.FrameType.ACK])
+def test_an_encoded_frame_is_refused_before_authentication_or_unless_a_request(
+    frame_type: f.FrameType,
+) -> None:
+    pair = Pair()
+    with pytest.raises(RuntimeError):
+        pair.client.send_encoded(1, frame_type, b"\x80")
+    pair = authenticated_pair()
+    if frame_type is f.FrameType.ACK:
+        with pytest.raises(RuntimeError):
+            pair.client.send_encoded(1, frame_type, b"\x80")
+    assert pair.client.pending == {} and pair.client.data_to_send() == []
+
+
+def test_a_sent_read_outside_the_machine_answers_its_pending_send_once() -> None:
+    pair = authenticated_pair()
+    request_id = pair.client.next_request_id()
+    pair.client.send_encoded(
+        request_id, f.FrameType.SEND, encode_send(request_id, "bob", MSG_ID, "chat", b"x")
+    )
+    sent = f.Sent(re=request_id, msg_id=MSG_ID, at=T0)
+    assert pair.client.receive_sent(sent)
+    assert pair.client.pending == {} and pair.client.events_received() == []
+    # Answered once: the same SENT again is left to receive_data, which refuses it.
+    assert not pair.client.receive_sent(sent)
+    with pytest.raises(UnexpectedFrame):
+        pair.client.receive_data(codec.encode(sent))
+
+
+def test_a_sent_before_authentication_is_left_to_receive_data() -> None:
+    pair = Pair()
+    frame = register(pair)
+    sent = f.Sent(re=frame.id, msg_id=MSG_ID, at=T0)
+    assert not pair.client.receive_sent(sent)
+    assert pair.client.pending == {frame.id: f.FrameType.REGISTER}
+    with pytest.raises(UnexpectedFrame):
+        pair.client.receive_data(codec.encode(sent))
 
 
 def test_client_refuses_a_response_to_no_request() -> None:

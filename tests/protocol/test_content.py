@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from blindrelay.protocol.content import (
     MAX_CONTENT_BYTES,
@@ -15,6 +17,7 @@ from blindrelay.protocol.content import (
     Receipt,
     ReceiptType,
     Text,
+    content_encoder,
     decode_content,
     encode_content,
 )
@@ -123,3 +126,52 @@ def test_receipt_limits_are_checked_at_construction_too() -> None:
     assert len(Receipt(ReceiptType.READ, tuple(bytes([i]) * 16 for i in range(256))).refs) == 256
     with pytest.raises(MalformedContent):
         Content(b"short", Text("x"))
+
+
+# --- content_encoder: one body, many msg_ids -------------------------------------------
+
+msg_ids = st.binary(min_size=16, max_size=16)
+bodies = st.one_of(
+    st.text(max_size=300).map(Text),
+    st.binary(max_size=70_000).map(Data),
+    st.builds(
+        Receipt,
+        st.sampled_from(list(ReceiptType)),
+        st.lists(msg_ids, min_size=1, max_size=MAX_RECEIPT_REFS, unique=True).map(tuple),
+    ),
+)
+
+
+@settings(max_examples=200)
+@given(bodies, st.lists(msg_ids, max_size=5))
+def test_content_encoder_gives_encode_contents_bytes_or_its_error(
+    body: Text | Data | Receipt, ids: list[bytes]
+) -> None:
+    try:
+        expected = encode_content(Content(MSG_ID, body))
+    except MalformedContent:
+        with pytest.raises(MalformedContent):
+            content_encoder(body)
+        return
+    encode_for = content_encoder(body)
+    assert encode_for(MSG_ID) == expected
+    for msg_id in [bytes(16), b"\xff" * 16, b"\xc4\x10" * 8, *ids]:
+        assert encode_for(msg_id) == encode_content(Content(msg_id, body))
+
+
+@pytest.mark.parametrize("msg_id", [bytes(15), bytes(17), b"", bytearray(16), "x" * 16])
+def test_content_encoder_refuses_an_id_encode_content_refuses(msg_id: bytes) -> None:
+    with pytest.raises(MalformedContent):
+        Content(msg_id, Text("hi"))
+    with pytest.raises(MalformedContent):
+        content_encoder(Text("hi"))(msg_id)
+
+
+@pytest.mark.parametrize("body", [Text("x" * MAX_CONTENT_BYTES), Data(bytes(MAX_CONTENT_BYTES))])
+def test_content_encoder_refuses_a_body_too_large_as_encode_content_does(
+    body: Text | Data,
+) -> None:
+    with pytest.raises(MalformedContent):
+        encode_content(Content(MSG_ID, body))
+    with pytest.raises(MalformedContent):
+        content_encoder(body)

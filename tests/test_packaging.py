@@ -1,0 +1,46 @@
+"""What a built wheel holds: every package of the source tree (issue 14 found
+``blindrelay.server.store.postgresql`` missing from the list, so ``pip install
+blindrelay[postgresql]`` gave a relay that could not open its PostgreSQL store).
+
+setuptools cannot discover packages under a ``package-dir`` mapping of three separate
+folders, so pyproject.toml lists them; this keeps the list equal to the folders.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def listed() -> tuple[set[str], dict[str, str]]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    return set(config["packages"]), config["package-dir"]
+
+
+def on_disk(package_dir: dict[str, str], tree: Path = ROOT) -> set[str]:
+    """Every folder with an ``__init__.py`` under a mapped root, as a package name."""
+    found = set()
+    for package, folder in package_dir.items():
+        root = tree / folder
+        for init in root.rglob("__init__.py"):
+            parts = init.parent.relative_to(root).parts
+            found.add(".".join([package, *parts]))
+    return found
+
+
+def test_every_package_of_the_tree_is_in_the_wheel() -> None:
+    packages, package_dir = listed()
+    assert sorted(on_disk(package_dir) - packages) == []  # would be left out of the wheel
+    assert sorted(packages - on_disk(package_dir)) == []  # would fail the build
+
+
+def test_the_check_sees_a_nested_package(tmp_path: Path) -> None:
+    for folder in ("server", "server/store", "server/store/new", "server/data"):
+        (tmp_path / folder).mkdir()
+        if folder != "server/data":
+            (tmp_path / folder / "__init__.py").write_text("")
+    assert on_disk({"x.server": "server"}, tmp_path) == {
+        "x.server", "x.server.store", "x.server.store.new"
+    }
