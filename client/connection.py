@@ -101,8 +101,8 @@ class Connection:
         return future
 
     def answer_to(self, request_id: int) -> asyncio.Future[frames.Frame]:
-        """The future answer to a request queued on the machine itself (REGISTER, LOGIN),
-        which is written now."""
+        """The answer to a request the caller queued on the machine itself (REGISTER,
+        LOGIN); wakes the writer to send it."""
         future = self._waiters[request_id] = asyncio.get_running_loop().create_future()
         self._wake.set()
         return future
