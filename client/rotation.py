@@ -36,20 +36,32 @@ Every step can be repeated after a crash in it: nothing is deleted before the re
 has shown which key it holds, and :meth:`Rotation.begin` reuses a pending key instead
 of drawing another (another would orphan a key the relay may already hold).
 
-Not here: the connection and its requests (``sdk.Client`` drives the steps), the
-key maths (``blindrelay.protocol.crypto``).
+:class:`Rotation` also sends the requests, on the connection it is given; when to
+rotate, and logging in, are ``sdk.Client``'s. Not here: the key maths
+(``blindrelay.protocol.crypto``).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 from blindrelay.protocol import frames
 from blindrelay.protocol.connection import rotate_transcript
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
-from blindrelay.protocol.errors import ProtocolError
+from blindrelay.protocol.errors import (
+    InvalidStatement,
+    MalformedFrame,
+    ProtocolError,
+    StaleStatement,
+)
 
+from .connection import Connection
 from .keystore import KeyStore
 from .sessions import Rng, SessionManager
 from .transport import ConnectionLost
+
+log = logging.getLogger("blindrelay.client")
 
 PENDING_SEED = "sdk/rotating-identity-seed"
 """Keystore state key of the seed of the key a rotation in progress moves to (the name
@@ -67,9 +79,12 @@ class KeyNotCurrent(ConnectionLost):
 class Rotation:
     """One account's identity rotation and its recovery (see the module docstring)."""
 
-    def __init__(self, store: KeyStore, sessions: SessionManager) -> None:
+    def __init__(
+        self, store: KeyStore, sessions: SessionManager, *, clock: Callable[[], int]
+    ) -> None:
         self._store = store
         self._sessions = sessions
+        self._clock = clock
         self._refused: set[bytes] = set()
         """Public keys whose LOGIN the relay refused since its last WELCOME."""
         self._resend_refused = False
@@ -153,3 +168,36 @@ class Rotation:
             self._resend_refused = True
             raise KeyNotCurrent("rotation refused; the relay may hold the new key") from error
         self._resend_refused = False
+
+    # --- The requests, on one connection ------------------------------------------
+
+    async def send(self, conn: Connection, new: IdentityKeyPair) -> None:
+        """Steps 2 and 3 on ``conn``: ROTATE_IDENTITY to ``new``; at the relay's OK, adopt it."""
+        # Dated by the relay's clock, as statements are: the relay checks the skew (§3.4).
+        issued_at = self._clock() + conn.clock_offset
+        await conn.request(self.request(conn.next_request_id(), conn.relay_key, issued_at, new))
+        self.finish(new)
+
+    async def publish_prekeys(self, conn: Connection) -> None:
+        """Step 4: the relay deleted the old key's prekeys (SPEC §3.4): publish the new key's."""
+        upload = self._sessions.prekeys_upload(
+            conn.next_request_id(), relay_one_time=0, relay_has_signed=False
+        )
+        assert upload is not None
+        await conn.request(upload)
+
+    async def resume(self, conn: Connection, new: IdentityKeyPair) -> None:
+        """Logged in on ``conn`` with our current key while a rotation to ``new`` is
+        pending: send it again (module docstring, Recovery)."""
+        try:
+            await self.send(conn, new)
+        except (InvalidStatement, StaleStatement, MalformedFrame) as exc:
+            # SPEC §3.4: "both mean the same thing: the key it signed with is no longer
+            # current"; 100 if the new key is current already.
+            self.resend_refused(exc)
+            log.warning("identity rotation still pending: the relay answered %s", exc)
+            return
+        except ProtocolError as exc:  # we are logged in; the next login tries again
+            log.warning("identity rotation still pending: the relay answered %s", exc)
+            return
+        await self.publish_prekeys(conn)

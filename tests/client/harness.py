@@ -144,7 +144,7 @@ async def business_online(url: str, handle: str, **options: Any) -> Business:
     """A business account; the statements it hears are in ``business.received``."""
     received = Statements()
     client_options = {k: options.pop(k) for k in ("clock", "operator_key") if k in options}
-    client = await online(url, handle, "business", on_statement=received, **client_options)
+    client = await online(url, handle, "business", **client_options)
     business = Business(client, on_consent_change=received, on_block=received, **options)
     business.received = received  # type: ignore[attr-defined]
     return business

@@ -192,7 +192,7 @@ def test_held_messages_left_by_a_crash_after_approval_are_released_at_the_next_l
             await inbox.close()
             await bob.close()
             # The approval was stored, then the process died before releasing them.
-            bob.sessions.approve_identity("mallory")
+            bob.trust.approve("mallory")
 
             bob = await back_online(relay.url, bob_store)
             inbox = Inbox(bob)

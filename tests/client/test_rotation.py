@@ -41,7 +41,7 @@ def account() -> tuple[MemoryKeyStore, SessionManager, Rotation]:
     store = MemoryKeyStore()
     sessions = SessionManager(store)
     sessions.create_identity("owner", "user")
-    return store, sessions, Rotation(store, sessions)
+    return store, sessions, Rotation(store, sessions, clock=lambda: 0)
 
 
 def signed_by_our_identity(store: MemoryKeyStore) -> bool:
@@ -113,7 +113,7 @@ def test_a_seed_left_after_the_identity_was_replaced_is_finished_with_a_prekey_o
     store.set_state(PENDING_SEED, new.seed)
     assert not signed_by_our_identity(store)
 
-    rotation = Rotation(store, SessionManager(store))  # the profile reopened
+    rotation = Rotation(store, SessionManager(store), clock=lambda: 0)  # the profile reopened
     key = rotation.login_key()
     assert key.public == new.public
     assert rotation.welcomed(key) is None

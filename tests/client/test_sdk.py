@@ -16,8 +16,9 @@ import pytest
 
 from blindrelay.client.keystore import IncomingMessage, KeyStore, MemoryKeyStore, SqliteKeyStore
 from blindrelay.client.sdk import Backoff, Client, ConnectionLost, RelayKeyChanged
-from blindrelay.client.sessions import ONE_TIME_PREKEY_TARGET, IdentityState
+from blindrelay.client.sessions import ONE_TIME_PREKEY_TARGET
 from blindrelay.client.transport import tapped
+from blindrelay.client.trust import IdentityState
 from blindrelay.protocol import limits
 from blindrelay.protocol.content import Receipt, ReceiptType
 from blindrelay.protocol.errors import (

@@ -68,7 +68,7 @@ def test_a_captured_first_message_resent_by_another_account_is_not_shown_as_his(
                 after = await within(anext(messages))
             assert (after.sender, after.body) == ("alice", "after mallory's copy")
             assert "dropped undecryptable message from mallory" in caplog.text
-            assert carol.sessions.identity_state("mallory") is None
+            assert carol.trust.state("mallory") is None
             assert not carol.identity_change_pending("mallory")
             alice_key = alice.sessions.identity.identity_public
             assert carol.store.identity_owner(alice_key) == "alice"
