@@ -33,7 +33,7 @@ from blindrelay.protocol.connection import State
 from blindrelay.protocol.errors import ProtocolError, StoreUnavailable
 
 from .connection import Connection, FrameHandlers
-from .transport import ConnectionLost, WebSocketTransport
+from .transport import ConnectionLost, OpenTransport, WebSocketTransport
 from .trust import RelayKeyChanged, RelayKeyPin
 
 log = logging.getLogger("blindrelay.client")
@@ -84,8 +84,11 @@ class RelayLink:
         clock: Callable[[], int],
         backoff: Backoff,
         jitter: Callable[[], float],
+        open_transport: OpenTransport = WebSocketTransport.open,
     ) -> None:
         self._relay_key = relay_key
+        self._open_transport = open_transport
+        """Opens each connection, reconnections included (``transport.tapped`` to see it)."""
         self._clock = clock
         self._backoff = backoff
         self._jitter = jitter
@@ -140,7 +143,7 @@ class RelayLink:
             self._ready.clear()
             self._online_event.clear()
         self._url = url
-        transport = await WebSocketTransport.open(url)
+        transport = await self._open_transport(url)
         self._runner = asyncio.create_task(self._run(transport))
         try:
             await self.wait_ready()
@@ -185,7 +188,7 @@ class RelayLink:
                 if transport is None:
                     assert self._url is not None
                     try:
-                        transport = await WebSocketTransport.open(self._url)
+                        transport = await self._open_transport(self._url)
                     except ConnectionLost as exc:
                         log.info("reconnect failed: %s", exc)
                         await asyncio.sleep(self._backoff.delay(attempt, self._jitter))

@@ -72,7 +72,7 @@ from .rotation import KeyNotCurrent, Rotation
 from .sending import SEND_MANY_WINDOW, Sender
 from .sessions import Clock, Rng, SessionManager, wall_clock_ms
 from .statements import HeldStatement, StatementListener, Statements
-from .transport import ConnectionLost
+from .transport import ConnectionLost, OpenTransport, WebSocketTransport
 from .trust import IdentityState, IdentityTrust, RelayKeyChanged, RelayKeyPin
 
 _REGISTERED_KEY = "sdk/registered"
@@ -95,6 +95,7 @@ class Client:
         on_statement: StatementListener | None = None,
         operator_key: bytes | None = None,
         owns_store: bool = False,
+        open_transport: OpenTransport = WebSocketTransport.open,
     ) -> None:
         self.store = store
         self.on_connected = on_connected
@@ -121,7 +122,10 @@ class Client:
         """The key of the LOGIN in flight (None for a REGISTER): :meth:`_authenticated`."""
         self._unfinished_rotation: IdentityKeyPair | None = None
         """A rotation to send again once the login in flight is online (:meth:`_log_in`)."""
-        self.link = RelayLink(self.relay_key_pin, clock=clock, backoff=backoff, jitter=jitter)
+        self.link = RelayLink(
+            self.relay_key_pin, clock=clock, backoff=backoff, jitter=jitter,
+            open_transport=open_transport,  # transport.tapped(…) shows the wire
+        )  # fmt: skip
         state = store.state_items("sdk/")  # opens every state row: once, at start
         self.requests = MessageRequests(store, state)
         self.outbox = Outbox(store, self.link, state)

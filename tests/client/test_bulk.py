@@ -15,7 +15,6 @@ import asyncio
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,7 +22,7 @@ from blindrelay.client.business import Business
 from blindrelay.client.keystore import KeyStore, MemoryKeyStore, SqliteKeyStore
 from blindrelay.client.outbox import Outbox
 from blindrelay.client.sdk import Client, ConnectionLost
-from blindrelay.client.transport import wire_tap
+from blindrelay.client.transport import OpenTransport, tapped
 from blindrelay.protocol import frames
 from blindrelay.protocol.codec import decode
 from blindrelay.protocol.content import MAX_CONTENT_BYTES, MalformedContent
@@ -36,9 +35,18 @@ from blindrelay.protocol.errors import (
     UntrustedIdentity,
 )
 
-from .test_business import business_online, customer
-from .test_consent import online
-from .test_sdk import LOW_COST, Crash, Inbox, make_client, relay_at, run, within
+from ..relays import relay_at
+from .harness import (
+    LOW_COST,
+    Crash,
+    Inbox,
+    business_online,
+    customer,
+    make_client,
+    online,
+    run,
+    within,
+)
 
 # --- the bulk path against a relay ---------------------------------------------------
 
@@ -55,8 +63,8 @@ def start_local_session(client: Client, handle: str) -> None:
     )  # fmt: skip
 
 
-def sends_tapped() -> tuple[list[frames.Send], Any]:
-    """Collect every SEND a client opened after this call writes; reset with the token."""
+def sends_tapped() -> tuple[list[frames.Send], OpenTransport]:
+    """Collect every SEND written by a client that opens its connections with the opener."""
     sends: list[frames.Send] = []
 
     def tap(direction: str, data: bytes) -> None:
@@ -65,7 +73,7 @@ def sends_tapped() -> tuple[list[frames.Send], Any]:
             if isinstance(frame, frames.Send):
                 sends.append(frame)
 
-    return sends, wire_tap.set(tap)
+    return sends, tapped(tap)
 
 
 def test_send_many_reports_each_recipient_and_each_customer_decrypts_theirs(
@@ -73,9 +81,8 @@ def test_send_many_reports_each_recipient_and_each_customer_decrypts_theirs(
 ) -> None:
     async def scenario() -> None:
         async with relay_at(tmp_path) as relay:
-            sends, token = sends_tapped()
-            shop = await online(relay.url, "shop", "business")
-            wire_tap.reset(token)
+            sends, tap = sends_tapped()
+            shop = await online(relay.url, "shop", "business", open_transport=tap)
             changed = asyncio.Event()
             shop.on_identity_change = lambda handle: changed.set()
             people = {h: await online(relay.url, h) for h in ("ann", "bob", "gus", "eve", "fay")}

@@ -22,61 +22,34 @@ import pytest
 from blindrelay.client.business import Business
 from blindrelay.client.keystore import KeyStore, MemoryKeyStore, SqliteKeyStore
 from blindrelay.client.sdk import Client, Message
-from blindrelay.protocol import frames, limits
+from blindrelay.protocol import limits
 from blindrelay.protocol.business import BadgeStatus, BusinessProfile, OpeningHours, SpecialDay
-from blindrelay.protocol.crypto.keys import IdentityKeyPair, SignedPreKey
+from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import InvalidProfile, RecipientUnavailable
 from blindrelay.protocol.signed import make_statement
 from blindrelay.server.cli import main as relay_cli
 
+from ..relays import FakeClock, relay_at
 from ..server.conftest import RawClient
-from ..server.consent_helpers import stated
-from .test_consent import FakeClock, Statements, online, relay_at, skewed_relay_clock
-from .test_sdk import FAST, LOW_COST, Inbox, run, within
+from .harness import (
+    FAST,
+    LOW_COST,
+    MIX,
+    STATEMENTS,
+    Inbox,
+    Statements,
+    business_online,
+    customer,
+    online,
+    run,
+    skewed_relay_clock,
+    within,
+)
 
 DAY_MS = 24 * 3600 * 1000
 
 
-async def business_online(url: str, handle: str, **options: Any) -> Business:
-    received = Statements()
-    client_options = {k: options.pop(k) for k in ("clock", "operator_key") if k in options}
-    client = await online(url, handle, "business", **client_options)
-    business = Business(client, on_consent_change=received, on_block=received, **options)
-    business.received = received  # type: ignore[attr-defined]
-    return business
-
-
 # --- bulk notifications (SPEC §8.3) ------------------------------------------------
-
-MIX = ("granted utility", "granted marketing", "denied", "revoked", "blocked", "never asked")
-"""Customer i is in state MIX[i % 6]; the statements each state takes, in order:"""
-STATEMENTS: dict[str, list[tuple[str, tuple[str, ...] | None]]] = {
-    "granted utility": [("grant", ("utility",))],
-    "granted marketing": [("grant", ("marketing",))],
-    "denied": [("deny", ("utility",))],
-    "revoked": [("grant", ("utility",)), ("revoke", ("utility",))],
-    "blocked": [("grant", ("utility",)), ("block", None)],
-    "never asked": [],
-}
-
-
-async def customer(url: str, handle: str, business: Business, state: str) -> RawClient:
-    """A registered customer in ``state``, with the business holding a session to it."""
-    raw = await RawClient.open(url)
-    await raw.register(handle)
-    ours = IdentityKeyPair.from_seed(bytes(raw.key))
-    prekey = SignedPreKey.generate(ours, 1, os.urandom)
-    business.client.sessions.start_session(
-        frames.Bundle(
-            re=1, handle=handle, kind="user", identity_key=ours.public,
-            signed_prekey=frames.SignedPreKeyRecord(1, prekey.public, prekey.signature),
-        )
-    )  # fmt: skip
-    hello = raw.conn.hello
-    assert hello is not None
-    for action, categories in STATEMENTS[state]:
-        await stated(raw, action, business.handle, hello.now, categories)
-    return raw
 
 
 def test_bulk_notification_to_1000_customers_in_every_consent_state(tmp_path: Path) -> None:
