@@ -38,7 +38,8 @@ What it does, from the spec:
   refuses them outside it (SPEC §7.3).
 
 Not here: the relay's enforcement (``server``), the rules themselves
-(``protocol.consent``), the socket and key custody (``sdk``, ``keystore``).
+(``protocol.consent``, folded by ``statements.fold``), the socket and key
+custody (``sdk``, ``keystore``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from blindrelay.protocol import frames, limits
 from blindrelay.protocol.business import (
@@ -59,6 +61,7 @@ from blindrelay.protocol.business import (
     away_period,
     open_profile,
 )
+from blindrelay.protocol.consent import INITIAL, PairState
 from blindrelay.protocol.errors import (
     BlindrelayError,
     RecipientUnavailable,
@@ -66,7 +69,9 @@ from blindrelay.protocol.errors import (
 )
 from blindrelay.protocol.signed import ConsentStatement
 
-from .sdk import Client, ConsentFold, HeldStatement, Message
+from .inbox import Message
+from .sdk import Client
+from .statements import HeldStatement, fold, granted
 
 log = logging.getLogger("blindrelay.client.business")
 
@@ -89,6 +94,13 @@ _AWAY_PREFIX = "business/away/"
 
 MessageHandler = Callable[[Message], Awaitable[None] | None]
 StatementHandler = Callable[[ConsentStatement], Awaitable[None] | None]
+
+
+class _Folded(NamedTuple):
+    """One customer's statements folded so far: how many, and the pair state they leave."""
+
+    statements: int = 0
+    state: PairState = INITIAL
 
 
 @dataclass(slots=True)
@@ -137,10 +149,10 @@ class Business:
         self._dispatcher: asyncio.Task[None] | None = None
         self._pending_callbacks: set[asyncio.Task[None]] = set()
         self._verified: dict[bytes, ConsentStatement | None] = {}
-        self._folded: dict[str, ConsentFold] = {}
+        self._folded: dict[str, _Folded] = {}
         """Per customer, the fold of the statements kept so far (all of them verified)."""
         self._folded_for = ""
-        client.on_statement = self._statement_received
+        client.add_statement_listener(self._statement_received)
 
     @property
     def handle(self) -> str:
@@ -203,7 +215,9 @@ class Business:
             issued_at=self.client.relay_now(),
         )
         signed = profile.sign(self.client.sessions.sign)
-        answer = await self.client._request(lambda rid: frames.ProfilePut(id=rid, profile=signed))
+        answer = await self.client.link.request(
+            lambda rid: frames.ProfilePut(id=rid, profile=signed)
+        )
         if not isinstance(answer, frames.Ok):
             raise UnexpectedFrame("relay answered PROFILE_PUT with another frame")
         self.client.store.set_state(_PROFILE_KEY, signed)
@@ -260,33 +274,33 @@ class Business:
         ours = self.handle
         if self._folded_for != ours:
             self._folded, self._folded_for = {}, ours
-        granted: dict[str, frozenset[str]] = {}
+        consents: dict[str, frozenset[str]] = {}
         for user, count in self.client.statement_counts().items():
-            fold = self._folded.get(user)
-            if fold is None or fold.count > count:
-                fold = ConsentFold()
-            if fold.count < count:
-                settled = self._fold_new(ours, user, fold)
+            folded = self._folded.get(user)
+            if folded is None or folded.statements > count:
+                folded = _Folded()
+            if folded.statements < count:
+                folded, settled = self._fold_new(ours, user, folded)
                 if settled:
-                    self._folded[user] = fold
+                    self._folded[user] = folded
                 else:
                     self._folded.pop(user, None)
-            if fold.granted:
-                granted[user] = fold.granted
-        return granted
+            now = granted(folded.state)
+            if now:
+                consents[user] = now
+        return consents
 
-    def _fold_new(self, ours: str, user: str, fold: ConsentFold) -> bool:
-        """Fold ``user``'s statements kept since ``fold.count`` into it; whether all verified."""
-        settled = True
-        new = self.client.held_statements(user, start=fold.count)
+    def _fold_new(self, ours: str, user: str, folded: _Folded) -> tuple[_Folded, bool]:
+        """Fold ``user``'s statements kept since ``folded.statements``; and whether all verified."""
+        settled, state = True, folded.state
+        new = self.client.held_statements(user, start=folded.statements)
         for signed in new:
             statement = self._verified_statement(signed)
             if statement is None:
                 settled = False
             elif ours in (statement.signer, statement.target):
-                fold.apply(statement, user)
-        fold.count += len(new)
-        return settled
+                state = fold(state, statement, user)
+        return _Folded(folded.statements + len(new), state), settled
 
     def _verified_statement(self, signed: bytes) -> ConsentStatement | None:
         statement = self._verified.get(signed)
@@ -373,7 +387,7 @@ class Business:
 
     async def usage(self, month: str) -> frames.Usage:
         """Our metered counts for ``month`` (``YYYY-MM``, UTC) as the relay keeps them."""
-        answer = await self.client._request(lambda rid: frames.UsageFetch(id=rid, month=month))
+        answer = await self.client.link.request(lambda rid: frames.UsageFetch(id=rid, month=month))
         if not isinstance(answer, frames.Usage):
             raise UnexpectedFrame("relay answered USAGE_FETCH with another frame")
         return answer

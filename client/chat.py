@@ -249,7 +249,7 @@ class Chat:
         if not contacts:
             self.say("no contacts yet")
         for handle, kind in sorted(contacts.items()):
-            state = self.client.sessions.identity_state(handle)
+            state = self.client.trust.state(handle)
             trust = "not yet met" if state is None else str(state)
             if self.client.identity_change_pending(handle):
                 trust = "KEY CHANGED, /approve after comparing"

@@ -38,14 +38,14 @@ from zoneinfo import ZoneInfo
 
 from blindrelay.protocol import codec, frames
 from blindrelay.protocol.business import OpeningHours, is_open
-from blindrelay.protocol.crypto.session import ENVELOPE_VERSION, MessageType
-from blindrelay.protocol.errors import ErrorCode, ProtocolError
+from blindrelay.protocol.crypto.session import MessageType, peek_envelope
+from blindrelay.protocol.errors import ErrorCode, MalformedEnvelope, ProtocolError
 from blindrelay.protocol.signed import ConsentStatement, unverified_body
 
 from .business import Business
 from .sdk import Client, Message
 from .sessions import wall_clock_ms
-from .transport import wire_tap
+from .transport import tapped
 
 T = TypeVar("T")
 
@@ -206,24 +206,18 @@ def _hex(data: bytes) -> str:
     return data[:CIPHERTEXT_HEX_BYTES].hex() + "…"
 
 
-_MESSAGE_HEADER_BYTES = 2 + 40
-"""Version, type and the ratchet header of a normal message (SPEC §13.6)."""
-_PREKEY_HEADER_BYTES = 2 + 32 + 32 + 4 + 1 + 40
-"""The same for a prekey message, without the optional one-time prekey id."""
-_PREKEY_PREFIX = bytes((ENVELOPE_VERSION, MessageType.PREKEY))
-_MESSAGE_PREFIX = bytes((ENVELOPE_VERSION, MessageType.MESSAGE))
-
-
 def describe_envelope(body: bytes) -> str:
     """An envelope as the relay can parse it (SPEC §13.6): its kind and its ciphertext."""
-    if len(body) > _PREKEY_HEADER_BYTES + 4 and body[:2] == _PREKEY_PREFIX:
-        header = _PREKEY_HEADER_BYTES + (4 if body[70] == 1 else 0)
-        kind = f"prekey message from key {body[2:8].hex()}…"
-    elif len(body) > _MESSAGE_HEADER_BYTES and body[:2] == _MESSAGE_PREFIX:
-        header, kind = _MESSAGE_HEADER_BYTES, "message"
-    else:
+    try:
+        info = peek_envelope(body)
+    except MalformedEnvelope:
         return f"{len(body)} B, not an envelope"
-    return f"{len(body)} B {kind}, ciphertext {_hex(body[header:])}"
+    if info.message_type is MessageType.PREKEY:
+        assert info.sender_identity_key is not None  # peek_envelope: a prekey message has one
+        kind = f"prekey message from key {info.sender_identity_key[:6].hex()}…"
+    else:
+        kind = "message"
+    return f"{len(body)} B {kind}, ciphertext {_hex(info.ciphertext)}"
 
 
 def _categories(values: tuple[str, ...] | None) -> str:
@@ -457,14 +451,6 @@ async def _inbox(client: Client, queue: asyncio.Queue[Message]) -> None:
         await queue.put(message)
 
 
-async def _connect(client: Client, url: str, wire: Wire, who: str) -> None:
-    token = wire_tap.set(wire.tap(who))
-    try:
-        await client.connect(url)
-    finally:
-        wire_tap.reset(token)
-
-
 def _quote(text: str | bytes | None) -> str:
     return f'"{text}"' if isinstance(text, str) else repr(text)
 
@@ -485,8 +471,9 @@ async def play(screen: Screen, workdir: Path) -> None:
         )
         desk = DeskClock(ZoneInfo(TIMEZONE))
         desk.move_to(10, 0)
-        airline_client = Client.open(None, clock=desk)
-        user = Client.open(None, operator_key=operator_key)
+        # Each client's wire is tapped: the relay's view below is exactly those bytes.
+        airline_client = Client.open(None, clock=desk, open_transport=tapped(wire.tap(BUSINESS)))
+        user = Client.open(None, operator_key=operator_key, open_transport=tapped(wire.tap(USER)))
         airline_inbox: asyncio.Queue[Message] = asyncio.Queue()
         user_inbox: asyncio.Queue[Message] = asyncio.Queue()
         consent_seen: asyncio.Queue[ConsentStatement] = asyncio.Queue()
@@ -498,7 +485,7 @@ async def play(screen: Screen, workdir: Path) -> None:
         )
         inbox_task: asyncio.Task[None] | None = None
         try:
-            await _connect(airline_client, relay.url, wire, BUSINESS)
+            await airline_client.connect(relay.url)
             await within(airline_client.register(BUSINESS, "business"), "the airline to register")
             hours = [OpeningHours(day, OPEN_MIN, CLOSE_MIN) for day in range(7)]
             await within(
@@ -512,7 +499,7 @@ async def play(screen: Screen, workdir: Path) -> None:
                 "admin", "verify-business", BUSINESS, "--name", BUSINESS_NAME,
                 "--operator-key", str(workdir / "operator.key"), "--db", str(db),
             )  # fmt: skip
-            await _connect(user, relay.url, wire, USER)
+            await user.connect(relay.url)
             await within(user.register(USER), "the user to register")
             airline.start()
             inbox_task = asyncio.create_task(_inbox(user, user_inbox))

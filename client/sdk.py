@@ -9,59 +9,29 @@ A dozen lines::
     async for message in client.messages():
         print(message.sender, message.body, message.identity)
 
-Theory of operation. One background task owns the connection: it opens the
-WebSocket, feeds every message to the sans-I/O :class:`ClientConnection`,
-and dispatches the frames; one pump task writes what the machine queued, in
-order. After a drop it reconnects with capped, jittered exponential backoff
-and, once this client has authenticated, logs in again by itself.
+:class:`Client` is a facade over parts that each own one thing and say in
+their docstrings what they guarantee:
 
-Guarantees, each from the spec:
+- ``link`` (:class:`.link.RelayLink`, over one :class:`.connection.Connection`
+  at a time): connect, reconnect with backoff, log in again, requests;
+- ``sender`` and ``outbox``: encrypt and enqueue, then transmit, retry and
+  retire until the relay's SENT (SPEC §6.1–6.3);
+- ``inbox``: decrypt and persist each DELIVER (or hold it for a key
+  decision), acknowledge it, serve :meth:`Client.messages` (SPEC §6.4–6.5);
+- ``requests``: message requests between users (SPEC §7.3);
+- ``consent``: the statements we make, keep and check (SPEC §7.4–7.6);
+- ``trust`` and ``relay_key_pin``: contacts' identity keys and the relay's
+  key (SPEC §3.3, §4.1, §13.9);
+- ``prekeys``: keeping our prekeys published (SPEC §5.4);
+- ``sessions`` and ``store``: cryptography and key custody.
 
-- **A send is done at SENT** (SPEC §6.3). ``send`` puts the envelope in an
-  outbox persisted in the keystore, transmits it, and returns the ``msg_id``
-  when SENT arrives — on this connection or a later one: after a reconnect
-  (or a restart) every unacknowledged envelope is resent with the same
-  ``msg_id``, which the relay stores once.
-- **Ack after persistence** (SPEC §6.5). A DELIVER is decrypted and committed
-  to the keystore (message, session, msg_id in one transaction) before its ACK
-  is written; duplicates are dropped by ``(sender, msg_id)`` and acked again.
-- **Encrypt and enqueue together**: the advanced sending chain and the outbox
-  entry holding the envelope are one keystore transaction, so a crash keeps
-  both (the envelope is resent) or neither (the chain never moved).
-  :meth:`Client.messages` reads from the persisted inbox, so a message
-  survives a crash between arrival and display; it is removed once the
-  application asks for the next one.
-- **Key changes stop sends** (SPEC §3.3). A contact's new identity key raises
-  :class:`UntrustedIdentity` from ``send`` until :meth:`Client.approve_identity`;
-  their messages from then on wait for that decision, kept in the keystore
-  and acknowledged (so one sender can never stall delivery from others, SPEC
-  §6.4), up to ``MAX_HELD_PER_SENDER`` per sender; approving decrypts them in
-  order, blocking the sender discards them.
-- **The relay key is pinned** (SPEC §4.1): at the first login; a relay
-  presenting another key is :class:`RelayKeyChanged` before anything is sent
-  on that connection, until :meth:`Client.accept_relay_key`.
-- **Relay errors are named** (SPEC §9): an ERROR answering a request raises
-  the exception of :mod:`blindrelay.protocol.errors` from the awaiting call.
-- **Receipts are messages** (SPEC §6.2): delivered/read receipts are encrypted
-  content of kind ``receipt`` sent with intent ``chat``. None are sent
-  automatically to or from a business: a receipt is a chat, and a user's chat
-  opens the business's service window (SPEC §7.3).
-- **Message requests** (SPEC §7.3): a user accepts another user by sending
-  them any chat. Until we have, their messages are requests
-  (``Message.is_request``) and get no automatic delivered receipt (that would
-  accept them silently); :meth:`Client.accept_request` accepts explicitly.
-  Whom we have written to is kept in the keystore, recorded when a chat to
-  them is queued (with its outbox entry), not when the relay commits it.
-- **Consent is the user's signature** (SPEC §7.4). :meth:`Client.grant`,
-  ``deny``, ``revoke``, ``block`` and ``unblock`` sign a statement with our
-  identity key, bound to the relay key of HELLO and dated by the relay's clock
-  as estimated from HELLO ``now``; we keep a copy of each accepted one.
-  Statements forwarded to us (SPEC §7.5) are verified against the signer's
-  pinned key before they are kept and acknowledged; :attr:`Client.on_statement`
-  hears of each.
-- **Businesses are checked offline** (SPEC §8.1–8.2): :meth:`Client.business_info`
-  verifies the profile's signature and the badge against the operator key
-  pinned in the configuration.
+A message out: :meth:`Client.send` → :meth:`.sending.Sender.send_content` →
+:meth:`.outbox.Outbox.add` → :meth:`.connection.Connection.send_message`. A
+message in: :meth:`.connection.Connection.read` →
+:meth:`.inbox.Inbox.deliver_received` → the keystore →
+:meth:`.inbox.Inbox.messages` → :meth:`Client.messages`. What the link reports
+(a DELIVER, a SEND's answer, a WELCOME) reaches the parts through the
+:class:`.link.LinkHandlers` wired in :meth:`Client.__init__`.
 
 Not here: cryptography and key custody (``sessions``, ``keystore``), the
 socket itself (``transport``).
@@ -70,67 +40,21 @@ socket itself (``transport``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import functools
-import logging
 import os
 import random
-import time
-import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import msgpack
-
-from blindrelay.protocol import codec, frames, limits
-from blindrelay.protocol.business import (
-    BadgeCheck,
-    BadgeStatus,
-    BusinessProfile,
-    check_badge,
-    open_profile,
-)
-from blindrelay.protocol.connection import ClientConnection, State, rotate_transcript
-from blindrelay.protocol.content import (
-    MAX_RECEIPT_REFS,
-    Content,
-    Data,
-    MalformedContent,
-    Receipt,
-    ReceiptType,
-    Text,
-    content_encoder,
-    encode_content,
-)
+from blindrelay.protocol import frames
+from blindrelay.protocol.content import Data, Receipt, ReceiptType, Text
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
-from blindrelay.protocol.errors import (
-    BlindrelayError,
-    CryptoError,
-    InternalError,
-    InvalidStatement,
-    MalformedFrame,
-    ProtocolError,
-    RateLimited,
-    ShuttingDown,
-    StoreUnavailable,
-    UnexpectedFrame,
-    UnsupportedVersion,
-    UntrustedIdentity,
-    error_for_code,
-)
-from blindrelay.protocol.fastcodec import encode_send, read_sent
-from blindrelay.protocol.signed import (
-    CONSENT_ACTIONS,
-    Action,
-    ConsentStatement,
-    make_statement,
-    unverified_body,
-    verify_statement,
-)
+from blindrelay.protocol.errors import AuthenticationFailed
+from blindrelay.protocol.signed import Action, ConsentStatement
 
+from .connection import Connection
+from .inbox import MAX_HELD_PER_SENDER, HeldMessages, Inbox, Message
 from .keystore import (
     DEFAULT_MEMLIMIT,
     DEFAULT_OPSLIMIT,
@@ -139,486 +63,19 @@ from .keystore import (
     MemoryKeyStore,
     SqliteKeyStore,
 )
-from .sessions import (
-    Clock,
-    IdentityState,
-    Incoming,
-    NoSession,
-    Rng,
-    SessionManager,
-    wall_clock_ms,
-)
-from .transport import ConnectionLost, WebSocketTransport
+from .link import DEFAULT_BACKOFF, Backoff, LinkHandlers, RelayLink
+from .message_requests import MessageRequests
+from .outbox import Outbox, Outcome
+from .prekeys import PrekeyPublisher
+from .profiles import BusinessInfo, business_info, same_name
+from .rotation import KeyNotCurrent, Rotation
+from .sending import SEND_MANY_WINDOW, Sender
+from .sessions import Clock, Rng, SessionManager, wall_clock_ms
+from .statements import HeldStatement, StatementListener, Statements
+from .transport import ConnectionLost, OpenTransport, WebSocketTransport
+from .trust import IdentityState, IdentityTrust, RelayKeyChanged, RelayKeyPin
 
-log = logging.getLogger("blindrelay.client")
-
-_OUTBOX_PREFIX = "sdk/outbox/"
-_STATEMENTS_PREFIX = "sdk/statements/"
-"""Before statements were kept one per log row: one packed list per counterpart,
-rewritten whole on each statement. Moved into the log when a profile opens."""
-_STATEMENT_COUNT_PREFIX = "sdk/statement-count/"
-"""Per counterpart, how many statements its log holds (u64 big-endian)."""
-_STATEMENT_LOG = "statements/"
-"""Keystore log group prefix: one row per kept statement, in the order kept."""
-_WROTE_TO_PREFIX = "sdk/wrote-to/"
-"""One entry per account we have queued a chat to (a message or a receipt): the
-users whose messages are no longer requests (SPEC §7.3)."""
-_OWED_PREFIX = "sdk/owed-receipts/"
-"""Per requester, the msg_ids of its requests not receipted (packed list, at most
-``MAX_RECEIPT_REFS``): the delivered receipt :meth:`Client.accept_request` sends."""
-_HELD_LOG = "held/"
-"""Keystore log group prefix: per sender, the DELIVERs held for a trust decision."""
-_HELD_PREFIX = "sdk/held/"
-"""Per sender with held messages: how many are held and how many were dropped."""
-MAX_HELD_PER_SENDER = 100
-"""Messages kept per sender while its identity key change awaits the user (SPEC
-§3.3). Held messages are acknowledged, so they never occupy the relay's delivery
-window; this bounds what one sender can make us store (up to 100 envelopes of at
-most 64 KiB). A contact on a new phone rarely sends more before the user decides;
-beyond it messages are dropped, acknowledged and counted
-(:meth:`Client.held_messages`), so the application can ask them to resend.
-Larger keeps more of a real backlog and gives a forger more disk."""
-_RELAY_KEY = "sdk/relay-key"
 _REGISTERED_KEY = "sdk/registered"
-_ROTATING_KEY = "sdk/rotating-identity-seed"
-DRAIN_TIMEOUT_S = 5.0
-"""How long ``close`` waits to write out queued frames (acks, sends) before closing."""
-_RETRYABLE_SEND_ERRORS = (ShuttingDown, InternalError)
-"""Relay faults after which a SEND stays in the outbox and is resent."""
-SEND_MANY_WINDOW = 256
-"""SENDs :meth:`Client.send_many` keeps in flight: enough to hide the round trip
-to the relay behind encryption; more only queues frames in our socket buffer
-and grows the outbox."""
-
-
-class RelayKeyChanged(BlindrelayError):
-    """The relay presents another key than the one pinned for this profile.
-
-    Raised from :meth:`Client.connect` (and by every waiting call once a
-    reconnect meets it) as soon as HELLO shows the key, before anything is
-    sent or acknowledged on that connection. The relay key is what our
-    statements are bound to (SPEC §7.4) and what the relay signs nothing
-    without: a new key means a new operator key pair, or someone else
-    answering at the relay's address. Only a person who learnt the new key
-    out of band should accept it, with :meth:`Client.accept_relay_key`.
-    A client-side error: no wire code.
-    """
-
-    def __init__(self, pinned: bytes, presented: bytes) -> None:
-        super().__init__(
-            f"the relay presents key {presented.hex()}, not the key {pinned.hex()} pinned "
-            "for this profile"
-        )
-        self.pinned = pinned
-        self.presented = presented
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Reconnect delays: exponential, capped, with jitter so clients do not reconnect in step.
-
-    Attempt n waits between half and all of ``min(cap, initial * factor**n)``
-    seconds ("equal jitter"): never zero, never more than the cap.
-    """
-
-    initial: float = 0.5
-    factor: float = 2.0
-    cap: float = 30.0
-
-    def delay(self, attempt: int, jitter: Callable[[], float]) -> float:
-        ceiling = min(self.cap, self.initial * self.factor ** min(attempt, 64))
-        return ceiling / 2 + jitter() * ceiling / 2
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A decrypted incoming message as the application sees it.
-
-    ``body`` is a str (kind text) or bytes (kind bytes); for a receipt it is
-    None and ``receipt`` names the confirmed msg_ids. ``sent_at`` is the relay's
-    acceptance time (SPEC §6.3); ``identity`` how far the sender's key is trusted.
-    """
-
-    msg_id: bytes
-    sender: str
-    sender_kind: str
-    sent_at: int
-    identity: IdentityState
-    body: str | bytes | None
-    receipt: Receipt | None = None
-    intent: str = "chat"
-    category: str | None = None
-    """A notification's category (SPEC §7.1)."""
-    categories: tuple[str, ...] | None = None
-    """What a consent request asks for; answer with :meth:`Client.grant` or ``deny``."""
-    is_request: bool = False
-    """A message request (SPEC §7.3): from a user we (a user) have never written to.
-    Show it apart; :meth:`Client.accept_request` (or any reply) accepts, ``block`` refuses."""
-
-    @property
-    def from_business(self) -> bool:
-        """Sent by a business account (check its badge with :meth:`Client.business_info`)."""
-        return self.sender_kind == frames.AccountKind.BUSINESS
-
-    @property
-    def from_user(self) -> bool:
-        return self.sender_kind == frames.AccountKind.USER
-
-    @property
-    def is_consent_request(self) -> bool:
-        """A business asks for consent to ``categories``; ``body`` is its explanation."""
-        return self.intent == frames.Intent.CONSENT_REQUEST
-
-
-@dataclass(frozen=True, slots=True)
-class HeldMessages:
-    """A sender's messages waiting for the user's decision on its new identity key."""
-
-    held: int
-    """Kept, acknowledged, decrypted in order once the key is approved."""
-    dropped: int
-    """Refused beyond ``MAX_HELD_PER_SENDER``: gone; the sender must resend them."""
-
-
-@dataclass(frozen=True, slots=True)
-class HeldStatement:
-    """A signed statement we keep (ours, or forwarded to us) and whether it verified."""
-
-    statement: ConsentStatement | None
-    """None when the bytes do not even decode as a statement."""
-    signed: bytes
-    verified: bool
-
-
-@dataclass(slots=True)
-class ConsentFold:
-    """What one user's statements to one business, folded in the order they were kept,
-    leave granted (SPEC §7.4): a grant adds its categories, a deny or revoke removes
-    them, the user's block removes all. The business's view of its customers
-    (:meth:`.Business.consents`) and the user's own (:meth:`Client.granted_to`)."""
-
-    count: int = 0
-    """How many of the kept statements are folded in."""
-    categories: set[str] = field(default_factory=set)
-    blocked_by: set[str] = field(default_factory=set)
-    """Signers (the user, or the business) whose block stands: no consent while any does."""
-
-    def apply(self, statement: ConsentStatement, user: str) -> None:
-        action = Action(statement.action)
-        if action is Action.GRANT:
-            self.categories |= set(statement.categories or ())
-        elif action in CONSENT_ACTIONS:
-            self.categories -= set(statement.categories or ())
-        elif action is Action.BLOCK:
-            self.blocked_by.add(statement.signer)
-            if statement.signer == user:
-                self.categories.clear()
-        else:
-            self.blocked_by.discard(statement.signer)
-
-    @property
-    def granted(self) -> frozenset[str]:
-        return frozenset() if self.blocked_by else frozenset(self.categories)
-
-
-@dataclass(frozen=True, slots=True)
-class BusinessInfo:
-    """A business as a client may show it (SPEC §8.1–8.2).
-
-    ``profile`` verified against ``identity_key``; ``badge.verified`` only
-    if the operator key pinned in our configuration signed it for this very
-    handle and key and it is valid now.
-
-    Show :attr:`verified_name` as the business's name. The profile is signed
-    by the business itself, so its ``display_name`` (:attr:`claimed_name`) is
-    what the business says it is called — anyone can say "British Airways"
-    there. SPEC §8.1: only the badge's name may be shown as verified.
-    """
-
-    handle: str
-    identity_key: bytes
-    profile: BusinessProfile | None
-    badge: BadgeCheck
-    key_changed: bool
-    """The relay serves another key than the one we pinned: show as unverified."""
-
-    @property
-    def verified(self) -> bool:
-        return self.badge.verified and not self.key_changed
-
-    @property
-    def verified_name(self) -> str | None:
-        """The operator-signed name (the badge's ``display_name``); None unless :attr:`verified`."""
-        return self.badge.display_name if self.verified else None
-
-    @property
-    def claimed_name(self) -> str | None:
-        """The profile's ``display_name``: the business's own, unverified claim."""
-        return self.profile.display_name if self.profile is not None else None
-
-    @property
-    def name_mismatch(self) -> bool:
-        """Verified, and the profile claims a name other than the badge's (:func:`same_name`).
-
-        Flag it where the business is shown: a business verified as one name
-        and calling itself another is impersonating, or its badge is stale.
-        """
-        verified, claimed = self.verified_name, self.claimed_name
-        return verified is not None and claimed is not None and not same_name(verified, claimed)
-
-
-def same_name(a: str, b: str) -> bool:
-    """Whether two display names are the same name as a person reads it (SPEC §8.2).
-
-    Compared after Unicode NFKC normalisation, case folding and collapsing
-    runs of whitespace: "Bob's  BAKERY" is "Bob's Bakery", while anything a
-    reader could tell apart — another word, another letter, punctuation —
-    differs. Deliberately no confusable folding: "Bank" and "Βank" (Greek
-    capital beta) differ and are flagged, which errs on the side of warning.
-    """
-
-    def key(name: str) -> str:
-        return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
-
-    return key(a) == key(b)
-
-
-def _to_message(incoming: Incoming, *, is_request: bool = False) -> Message:
-    body = incoming.content.body
-    return Message(
-        msg_id=incoming.msg_id,
-        sender=incoming.sender,
-        sender_kind=incoming.sender_kind,
-        sent_at=incoming.sent_at,
-        identity=incoming.identity,
-        body=body.text if isinstance(body, Text) else body.data if isinstance(body, Data) else None,
-        receipt=body if isinstance(body, Receipt) else None,
-        intent=incoming.intent,
-        category=incoming.category,
-        categories=incoming.categories,
-        is_request=is_request,
-    )
-
-
-class _Outgoing(NamedTuple):
-    """An envelope in the outbox, awaiting SENT.
-
-    A named tuple rather than a frozen dataclass: one is made per message, and
-    a tuple is built in one step instead of a guarded store per field.
-    """
-
-    msg_id: bytes
-    to: str
-    envelope: bytes
-    intent: str = frames.Intent.CHAT
-    category: str | None = None
-    categories: tuple[str, ...] | None = None
-    key: str = ""
-    """Its keystore entry: ``sdk/outbox/<queued at, ns>.<msg_id hex>``, so that
-    a restart resends in the order the envelopes were made."""
-
-    def pack(self, packer: msgpack.Packer) -> bytes:
-        """The outbox entry (the msg_id is in its key); ``packer`` uses bin types."""
-        fields = [self.to, self.envelope, self.intent, self.category, self.categories]
-        packed: bytes = packer.pack(fields)
-        return packed
-
-    @classmethod
-    def unpack(cls, key: str, blob: bytes) -> _Outgoing:
-        to, envelope, intent, category, categories = msgpack.unpackb(blob, raw=False)
-        msg_id = bytes.fromhex(key.rpartition(".")[2])
-        return cls(
-            msg_id, to, envelope, intent, category,
-            tuple(categories) if categories else None, key,
-        )  # fmt: skip
-
-
-class _HandleLock:
-    __slots__ = ("lock", "users")
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.users = 0
-
-
-class _HandleLocks:
-    """Per-contact locks that exist only while someone holds or awaits them.
-
-    A send that must fetch a bundle first holds its contact's lock, so that
-    concurrent sends to a new contact start one session and keep their order;
-    a send to a contact with a session and no lock taken needs none (encrypt
-    and enqueue are one synchronous step). Kept in a dict for ever, a lock per
-    contact ever written to would grow a business's memory with every customer.
-    """
-
-    def __init__(self) -> None:
-        self._locks: dict[str, _HandleLock] = {}
-
-    def __len__(self) -> int:
-        return len(self._locks)
-
-    def busy(self, handle: str) -> bool:
-        """Someone holds or awaits ``handle``'s lock: a send must queue behind them."""
-        return handle in self._locks
-
-    @contextlib.asynccontextmanager
-    async def hold(self, handle: str) -> AsyncIterator[None]:
-        entry = self._locks.get(handle)
-        if entry is None:
-            entry = self._locks[handle] = _HandleLock()
-        entry.users += 1
-        try:
-            async with entry.lock:
-                yield
-        finally:
-            entry.users -= 1
-            if entry.users == 0:
-                del self._locks[handle]
-
-
-Outcome = bytes | BlindrelayError
-"""What became of one recipient of :meth:`Client.send_many`: the msg_id the
-relay committed (SENT), or the error it ended with."""
-
-
-class _Bulk:
-    """The bookkeeping of one :meth:`Client.send_many`: outcomes, sends in flight, one waiter.
-
-    SENTs settle their message here instead of resolving a future each, and the
-    sending coroutine is woken once the window has drained to a level, not once
-    per message.
-    """
-
-    __slots__ = ("_level", "_waiter", "failure", "in_flight", "outcomes", "positions", "retries")
-
-    def __init__(self, count: int, rate_limit_retries: int) -> None:
-        self.outcomes: list[Outcome | None] = [None] * count
-        self.positions: dict[bytes, int] = {}
-        """msg_id in flight → its recipient's position."""
-        self.in_flight = 0
-        self.retries = rate_limit_retries
-        self.failure: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._level = 0
-
-    def expect(self, msg_id: bytes, position: int) -> None:
-        self.positions[msg_id] = position
-        self.in_flight += 1
-
-    def settle(self, msg_id: bytes, error: BlindrelayError | None) -> None:
-        position = self.positions.pop(msg_id)
-        self.outcomes[position] = msg_id if error is None else error
-        self.finished()
-
-    def finished(self) -> None:
-        """One send in flight (queued or on the per-recipient path) ended."""
-        self.in_flight -= 1
-        waiter = self._waiter
-        if waiter is not None and self.in_flight <= self._level and not waiter.done():
-            waiter.set_result(None)
-
-    def fail(self, exc: BaseException) -> None:
-        """The whole call ends with ``exc`` (the client stopped, or a bug)."""
-        if self.failure is None:
-            self.failure = exc
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def slow_done(self, position: int, task: asyncio.Task[bytes]) -> None:
-        """A recipient sent on the path of :meth:`Client.send` has its outcome."""
-        if task.cancelled():
-            return  # the call is over
-        exc = task.exception()
-        if exc is None:
-            self.outcomes[position] = task.result()
-        elif isinstance(exc, BlindrelayError):
-            self.outcomes[position] = exc
-        else:
-            self.fail(exc)
-        self.finished()
-
-    async def drained(self, level: int) -> None:
-        """Return once at most ``level`` sends are in flight; raise the failure if any."""
-        while self.failure is None and self.in_flight > level:
-            self._level = level
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        if self.failure is not None:
-            raise self.failure
-
-
-class _Link:
-    """One WebSocket connection: the protocol machine, its writer, its waiting requests."""
-
-    def __init__(self, transport: WebSocketTransport) -> None:
-        self.transport = transport
-        self.conn = ClientConnection()
-        self.hello: asyncio.Future[frames.Hello] = asyncio.get_running_loop().create_future()
-        self.clock_offset = 0
-        """Relay clock minus ours at HELLO (SPEC §4.1), for dating statements."""
-        self.waiters: dict[int, asyncio.Future[frames.Frame]] = {}
-        self.sending: dict[int, bytes] = {}
-        """SEND request id → msg_id, for SENTs and ERRORs answering a send."""
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._pump = asyncio.create_task(self._write())
-        self.lost = False
-
-    def send(self, frame: frames.Frame) -> None:
-        self.conn.send(frame)
-        self._wake.set()
-
-    def send_encoded(self, request_id: int, data: bytes) -> None:
-        """Queue a SEND encoded by :func:`encode_send` (only while authenticated)."""
-        self.conn.send_encoded(request_id, frames.FrameType.SEND, data)
-        self._wake.set()
-
-    def request(self, frame: frames.Frame) -> asyncio.Future[frames.Frame]:
-        """Send a request; the future gets its response, or the named error."""
-        future = asyncio.get_running_loop().create_future()
-        self.waiters[frame.id] = future  # type: ignore[union-attr]
-        self.send(frame)
-        return future
-
-    def flush(self) -> None:
-        self._wake.set()
-
-    async def _write(self) -> None:
-        with contextlib.suppress(ConnectionLost):
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                self._idle.clear()
-                # Everything goes through the machine's queue, in the order it was sent.
-                for data in self.conn.data_to_send():
-                    await self.transport.send(data)
-                if not self._wake.is_set():
-                    self._idle.set()
-
-    async def drain(self) -> None:
-        """Wait until every queued frame is written (or the writer has stopped)."""
-        self._idle.clear()
-        self._wake.set()
-        idle = asyncio.create_task(self._idle.wait())
-        await asyncio.wait(
-            [idle, self._pump], timeout=DRAIN_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
-        )
-        idle.cancel()
-
-    def fail(self, exc: BaseException) -> None:
-        """The link is gone: every waiting request fails with ``exc``."""
-        self.lost = True
-        self._pump.cancel()
-        futures: list[asyncio.Future[Any]] = [self.hello, *self.waiters.values()]
-        for future in futures:
-            if not future.done():
-                future.set_exception(exc)
-                future.exception()  # retrieved: nobody may be waiting any more
-        self.waiters.clear()
 
 
 class Client:
@@ -630,80 +87,74 @@ class Client:
         *,
         rng: Rng = os.urandom,
         clock: Clock = wall_clock_ms,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = DEFAULT_BACKOFF,
         jitter: Callable[[], float] = random.random,
         auto_delivered_receipts: bool = True,
         on_connected: Callable[[frames.Welcome], None] | None = None,
         on_identity_change: Callable[[str], None] | None = None,
-        on_statement: Callable[[ConsentStatement], None] | None = None,
+        on_statement: StatementListener | None = None,
         operator_key: bytes | None = None,
         owns_store: bool = False,
+        open_transport: OpenTransport = WebSocketTransport.open,
     ) -> None:
         self.store = store
-        self.sessions = SessionManager(store, rng=rng, clock=clock)
-        self.auto_delivered_receipts = auto_delivered_receipts
         self.on_connected = on_connected
         """Called with each WELCOME: the account is online (again)."""
         self.on_identity_change = on_identity_change
         """Called with a contact's handle when it presents a new identity key (SPEC §3.3)."""
-        self.on_statement = on_statement
-        """Called with each verified statement forwarded to us (SPEC §7.5), once kept."""
         self.operator_key = operator_key
         """The relay operator's Ed25519 key, pinned from configuration (SPEC §8.1)."""
-        self.encrypt_seconds = 0.0
-        """Time spent encrypting and enqueueing outgoing messages (for benchmarks)."""
         self.welcome: frames.Welcome | None = None
         """The relay's WELCOME on the current or last connection (queued, prekey counts)."""
         self.connection_count = 0
         """Authenticated connections so far (reconnects included)."""
         self._clock = clock
         self._rng = rng
-        self._backoff = backoff
-        self._jitter = jitter
         self._owns_store = owns_store
-        self._url: str | None = None
-        self._runner: asyncio.Task[None] | None = None
-        self._link: _Link | None = None
-        self._link_ready = asyncio.Event()
-        self._online: _Link | None = None
-        self._online_event = asyncio.Event()
-        self._auto_login = False
-        self._closing = False
-        self._fatal: BaseException | None = None
-        self._inbox_changed = asyncio.Event()
-        state = self.store.state_items("sdk/")  # opens every state row: once, at start
-        self._outbox: dict[bytes, _Outgoing] = self._load_outbox(state)
-        self._migrate_statements(state)
-        self._held: dict[str, HeldMessages] = {
-            key.removeprefix(_HELD_PREFIX): _unpack_held(blob)
-            for key, blob in state
-            if key.startswith(_HELD_PREFIX)
-        }
-        """Mirror of the keystore's held counts: every DELIVER asks whether its sender
-        has messages held (then it is held behind them, in order)."""
-        self._announced: set[str] = set()
-        """Senders whose key change ``on_identity_change`` heard of in this run."""
-        self._wrote_to: set[str] = {
-            key.removeprefix(_WROTE_TO_PREFIX)
-            for key, _ in state
-            if key.startswith(_WROTE_TO_PREFIX)
-        }
-        """Mirror of the keystore's accounts we have written to (see _WROTE_TO_PREFIX)."""
-        self._account_kind: str | None = None
-        self._outbox_clock = 0
-        """The last outbox key's time: keys increase even within one nanosecond."""
-        self._retiring: list[str] = []
-        """Outbox entries answered since the last loop turn, deleted together."""
-        self._sent: dict[bytes, asyncio.Future[int]] = {}
-        self._bulk_sends: dict[bytes, _Bulk] = {}
-        """msg_id → the :meth:`send_many` it belongs to (instead of a future each)."""
-        self._rate_limit_retries: dict[bytes, int] = {}
-        self._locks = _HandleLocks()
-        self._checked_shapes: set[tuple[str, str | None, tuple[str, ...] | None]] = set()
-        self._packer = msgpack.Packer(use_bin_type=True)
-        self._topping_up = False
 
-    # --- Profile --------------------------------------------------------------
+        # The parts (module docstring), each given only the others it needs.
+        self.sessions = SessionManager(store, rng=rng, clock=clock)
+        self.trust: IdentityTrust = self.sessions.trust
+        self.relay_key_pin = RelayKeyPin(store)
+        self.prekeys = PrekeyPublisher(self.sessions)
+        self._rotation = Rotation(store, self.sessions, clock=clock)
+        self._login_key: IdentityKeyPair | None = None
+        """The key of the LOGIN in flight (None for a REGISTER): :meth:`_authenticated`."""
+        self._unfinished_rotation: IdentityKeyPair | None = None
+        """A rotation to send again once the login in flight is online (:meth:`_log_in`)."""
+        self.link = RelayLink(
+            self.relay_key_pin, clock=clock, backoff=backoff, jitter=jitter,
+            open_transport=open_transport,  # transport.tapped(…) shows the wire
+        )  # fmt: skip
+        state = store.state_items("sdk/")  # opens every state row: once, at start
+        self.requests = MessageRequests(store, state)
+        self.outbox = Outbox(store, self.link, state)
+        self.sender = Sender(
+            store, self.sessions, self.outbox, self.link, self.requests,
+            rng=rng, identity_changed=self._identity_changed,
+        )  # fmt: skip
+        self.consent = Statements(
+            store, self.sessions, self.link, self.relay_key_pin, state, rng=rng
+        )
+        self.inbox = Inbox(
+            store, self.sessions, self.link, self.relay_key_pin, state,
+            sender=self.sender, statements=self.consent, requests=self.requests,
+            identity_changed=self._identity_changed,
+            auto_delivered_receipts=auto_delivered_receipts,
+        )  # fmt: skip
+        if on_statement is not None:
+            self.consent.add_listener(on_statement)
+        self.link.listen(
+            LinkHandlers(
+                deliver_received=self.inbox.deliver_received,
+                send_answered=self.outbox.send_answered,
+                prekeys_low=self.prekeys.running_low,
+                log_in=self._log_in,
+                authenticated=self._authenticated,
+                online=self._went_online,
+                stopped=self._stopped,
+            )
+        )
 
     @classmethod
     def open(
@@ -745,40 +196,30 @@ class Client:
     async def connect(self, url: str) -> None:
         """Open a connection to the relay at ``url`` and wait for its HELLO.
 
-        The first connection must succeed (ConnectionLost otherwise); later
-        drops are retried in the background. Raises :class:`RelayKeyChanged`
-        when the relay's key is not the pinned one (then nothing was sent); a
-        client stopped by it may connect again once the application called
-        :meth:`accept_relay_key` (one that was logged in logs in by itself).
+        The first connection must succeed (ConnectionLost otherwise); later drops
+        are retried in the background. Raises :class:`RelayKeyChanged` (nothing
+        sent) until :meth:`accept_relay_key`; then connect again.
         """
-        runner = self._runner
-        if runner is not None:
-            if not runner.done() or not isinstance(self._fatal, RelayKeyChanged):
-                raise RuntimeError("already connected")
-            self._runner, self._fatal = None, None
-            self._link_ready.clear()
-            self._online_event.clear()
-        self._url = url
-        transport = await WebSocketTransport.open(url)
-        self._runner = asyncio.create_task(self._run(transport))
-        try:
-            await self._wait_link_ready()
-        except RelayKeyChanged:
-            with contextlib.suppress(RelayKeyChanged):
-                await self._runner  # ended with it; retrieved here
-            raise
+        await self.link.connect(url)
 
     def accept_relay_key(self, relay_key: bytes) -> None:
-        """Pin ``relay_key`` as this profile's relay key: the user's deliberate decision.
+        """Pin ``relay_key`` after :class:`RelayKeyChanged`, once the person learnt it
+        out of band. Statements we hold stay verifiable against the key they name."""
+        self.relay_key_pin.accept(relay_key)
 
-        For after :class:`RelayKeyChanged`, once the person learnt the new
-        key from the operator out of band. Statements are bound to the relay
-        key (SPEC §7.4): the ones we hold stay verifiable only against the key
-        they name, and new ones are made for the new key.
+    @property
+    def relay_key(self) -> bytes | None:
+        """The relay key pinned at our first login (or accepted since): statements are bound
+        to it, and a relay presenting another one is :class:`RelayKeyChanged`."""
+        return self.relay_key_pin.key
+
+    def relay_now(self) -> int:
+        """The relay's clock as estimated from the last HELLO's ``now`` (SPEC §4.1).
+
+        Statements are dated with it, so a device whose own clock is off by
+        more than ``STATEMENT_SKEW_MS`` still makes statements the relay takes.
         """
-        if not isinstance(relay_key, bytes) or len(relay_key) != 32:
-            raise ValueError("a relay key is 32 bytes")
-        self.store.set_state(_RELAY_KEY, relay_key)
+        return self.link.relay_now()
 
     async def register(
         self, handle: str, kind: AccountKind = "user", *, invite: bytes | None = None
@@ -794,586 +235,66 @@ class Client:
             raise RuntimeError("this profile is registered already; use login()")
         identity = self.store.get_identity()
         if identity is None:
-            identity = self.sessions.create_identity(handle, kind, self._url or "")
+            identity = self.sessions.create_identity(handle, kind, self.link.url or "")
         elif (identity.handle, identity.account_kind) != (handle, kind):
             identity = dataclasses.replace(identity, handle=handle, account_kind=kind)
             self.store.set_identity(identity)
-        self._account_kind = None
-        link = await self._wait_link_ready()
+        self.requests.account_changed()
+        conn = await self.link.wait_ready()
         public = identity.identity_public
-        nonce = await asyncio.to_thread(link.conn.registration_proof, handle, kind, public)
-        request_id = link.conn.register(
+        nonce = await asyncio.to_thread(conn.machine.registration_proof, handle, kind, public)
+        request_id = conn.machine.register(
             handle, kind, public, self.sessions.sign, pow_nonce=nonce, invite=invite
         )
-        await self._authenticate(link, request_id)
+        self._login_key = None
+        await self.link.authenticate(conn, request_id)
         self.store.set_state(_REGISTERED_KEY, b"1")
 
     async def login(self) -> None:
-        """Log in as this profile's account (SPEC §4.3); reconnects log in by themselves."""
-        identity = self.sessions.identity
-        link = await self._wait_link_ready()
-        await self._authenticate(link, link.conn.login(identity.handle, self.sessions.sign))
+        """Log in as this profile's account (SPEC §4.3); reconnects log in by themselves.
 
-    async def _authenticate(self, link: _Link, request_id: int) -> None:
-        """Wait for the WELCOME answering the REGISTER or LOGIN queued as ``request_id``."""
-        future = link.waiters[request_id] = asyncio.get_running_loop().create_future()
-        link.flush()
-        try:
-            welcome = await future
-        except ProtocolError:
-            # The challenge is spent: drop this link so that a retry gets a fresh one.
-            link.transport.abort()
-            raise
-        assert isinstance(welcome, frames.Welcome)
-        await self._welcomed(link, welcome)
-
-    async def _welcomed(self, link: _Link, welcome: frames.Welcome) -> None:
-        """SPEC §4.4: top up prekeys (SPEC §5.4), then resend the outbox (SPEC §6.3)."""
-        hello = link.conn.hello
-        assert hello is not None
-        if self.store.get_state(_RELAY_KEY) is None:  # the first login pins it (SPEC §4.1)
-            self.store.set_state(_RELAY_KEY, hello.relay_key)
-        self._auto_login = True
-        upload = self.sessions.prekeys_upload(
-            link.conn.next_request_id(),
-            relay_one_time=welcome.one_time_prekeys,
-            relay_has_signed=welcome.has_signed_prekey,
-        )
-        if upload is not None:
-            await link.request(upload)
-        if link.lost:
-            raise ConnectionLost("connection lost during login")
-        for outgoing in list(self._outbox.values()):
-            self._transmit(link, outgoing)
-        self._online = link
-        self._online_event.set()
-        for handle in list(self._held):  # approved, then a crash before they were released
-            if self.sessions.pending_identity_change(handle) is None:
-                self._release_held(handle)
-        self.welcome = welcome
-        self.connection_count += 1
-        if self.on_connected is not None:
-            self.on_connected(welcome)
+        Completes an interrupted :meth:`rotate_identity` first.
+        """
+        while True:
+            conn = await self.link.wait_ready()
+            try:
+                return await self._log_in(conn)
+            except KeyNotCurrent:
+                self.link.drop(conn)  # the next connection tries our other key
+                if self.link.logs_in_again:  # welcomed: the reconnection logs in by itself
+                    await self.link.wait_online()
+                    return
 
     async def rotate_identity(self) -> None:
         """Replace our identity key (SPEC §3.4); contacts will see an identity change.
 
-        The new seed is kept in the keystore before the request leaves, so a
-        crash while waiting for OK cannot lose the key the relay may now hold.
+        Returns once the relay holds the new key, our profile holds it and the
+        prekeys signed with it are published. The new key's seed is persisted
+        before the request leaves and forgotten only in the transaction that makes
+        the new key ours, so a crash or a dropped connection at any step loses
+        neither key: the next login (the application's :meth:`login`, or the
+        automatic one after a reconnect) learns which key the relay holds by
+        logging in with it, adopts the new key if it does, and otherwise sends the
+        rotation again with the same new key (:mod:`.rotation`). Calling this again
+        meanwhile resumes that rotation instead of starting another. A refusal by
+        the relay (e.g. RateLimited) is raised and the rotation stays pending.
         """
-        link = await self._wait_online()
-        hello = link.conn.hello
-        assert hello is not None
-        old = self.sessions.keypair
-        new = IdentityKeyPair.generate(self._rng)
-        self.store.set_state(_ROTATING_KEY, new.seed)
-        issued_at = self._clock()
-        transcript = rotate_transcript(
-            hello.relay_key, self.sessions.identity.handle, old.public, new.public, issued_at
-        )
-        await link.request(
-            frames.RotateIdentity(
-                id=link.conn.next_request_id(),
-                new_identity_key=new.public,
-                issued_at=issued_at,
-                old_signature=old.sign(transcript),
-                new_signature=new.sign(transcript),
-            )
-        )
-        self.sessions.replace_identity(new)
-        self.store.delete_state(_ROTATING_KEY)
-        upload = self.sessions.prekeys_upload(
-            link.conn.next_request_id(), relay_one_time=0, relay_has_signed=False
-        )
-        assert upload is not None
-        await link.request(upload)
+        conn = await self.link.wait_online()
+        await self._rotation.send(conn, self._rotation.begin(self._rng))
+        await self._rotation.publish_prekeys(conn)
 
     async def wait_online(self) -> None:
         """Return once the client is authenticated on a live connection."""
-        await self._wait_online()
+        await self.link.wait_online()
 
     async def close(self) -> None:
         """Flush and close the connection, fail waiting sends, close a store we opened."""
-        self._closing = True
-        link = self._link
-        if link is not None and not link.lost:
-            await link.drain()
-            with contextlib.suppress(ConnectionLost):
-                await link.transport.close()
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._runner
-        self._delete_retired()
-        self._fail_waiters(ConnectionLost("client closed"))
-        self._inbox_changed.set()
+        await self.link.close()
+        self.outbox.delete_retired()
+        self.outbox.fail_waiting(ConnectionLost("client closed"))
+        self.inbox.wake()
         if self._owns_store:
             self.store.close()
-
-    async def _run(self, transport: WebSocketTransport | None) -> None:
-        """Own the connection: serve it, and after a drop reconnect with backoff."""
-        attempt = 0
-        try:
-            while not self._closing:
-                if transport is None:
-                    assert self._url is not None
-                    try:
-                        transport = await WebSocketTransport.open(self._url)
-                    except ConnectionLost as exc:
-                        log.info("reconnect failed: %s", exc)
-                        await asyncio.sleep(self._backoff.delay(attempt, self._jitter))
-                        attempt += 1
-                        continue
-                link = _Link(transport)
-                transport = None
-                try:
-                    await self._serve(link)
-                except ConnectionLost as exc:
-                    log.info("connection lost: %s", exc)
-                finally:
-                    if self._online is link:
-                        attempt = 0
-                    self._drop(link)
-                await asyncio.sleep(self._backoff.delay(attempt, self._jitter))
-                attempt += 1
-        except asyncio.CancelledError:
-            if self._link is not None:
-                self._drop(self._link)
-            raise
-        except BaseException as exc:
-            self._stop(exc)
-            raise
-
-    def _stop(self, exc: BaseException) -> None:
-        """Not a network problem: a bug, a broken store, a relay on another version.
-
-        Stop without acknowledging anything more; every waiting call raises.
-        """
-        if self._fatal is None:
-            self._fatal = exc
-        if self._link is not None:
-            self._drop(self._link)
-        self._fail_waiters(exc)
-        self._inbox_changed.set()
-        self._link_ready.set()
-        self._online_event.set()
-
-    async def _serve(self, link: _Link) -> None:
-        self._link = link
-        reader = asyncio.create_task(self._read(link))
-        try:
-            first: list[asyncio.Future[Any]] = [reader, link.hello]
-            await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
-            if not link.hello.done():
-                await reader  # raises why the connection ended before HELLO
-            self._check_relay_key(link.hello.result())
-            self._link_ready.set()
-            if self._auto_login:
-                identity = self.sessions.identity
-                request_id = link.conn.login(identity.handle, self.sessions.sign)
-                login = asyncio.create_task(self._authenticate(link, request_id))
-                await asyncio.wait([reader, login], return_when=asyncio.FIRST_COMPLETED)
-                if login.done():
-                    try:
-                        login.result()  # an AUTH_FAILED here is fatal: the relay refuses our key
-                    except StoreUnavailable as exc:
-                        # SPEC §6.3: the relay's store is down for now. The challenge is
-                        # spent; a new connection after retry_after logs in again.
-                        await asyncio.sleep(exc.retry_after_ms / 1000)
-                        raise ConnectionLost("the relay's store is unavailable") from exc
-                else:
-                    login.cancel()
-            await reader
-        finally:
-            reader.cancel()
-
-    def _check_relay_key(self, hello: frames.Hello) -> None:
-        """SPEC §4.1: "a client MUST NOT send anything on a connection whose HELLO presents
-        another relay key than the one it pinned, until its user accepts the new key"."""
-        pinned = self.store.get_state(_RELAY_KEY)
-        if pinned is not None and pinned != hello.relay_key:
-            raise RelayKeyChanged(pinned, hello.relay_key)
-
-    def _drop(self, link: _Link) -> None:
-        link.fail(ConnectionLost("connection ended"))
-        link.transport.abort()
-        if self._link is link:
-            self._link = None
-            self._link_ready.clear()
-        if self._online is link:
-            self._online = None
-            self._online_event.clear()
-
-    async def _wait_link_ready(self) -> _Link:
-        """The current connection, once it has its HELLO and is not yet authenticated."""
-        while True:
-            self._raise_if_fatal()
-            link = self._link
-            if self._link_ready.is_set() and link is not None:
-                if link.conn.state is not State.AWAITING_AUTH:
-                    raise RuntimeError("this connection is authenticated already")
-                return link
-            await self._link_ready.wait()
-
-    async def _wait_online(self) -> _Link:
-        while True:
-            self._raise_if_fatal()
-            if self._online is not None and not self._online.lost:
-                return self._online
-            if self._runner is None:
-                raise RuntimeError("not connected; call connect() first")
-            await self._online_event.wait()
-
-    def _raise_if_fatal(self) -> None:
-        fatal = self._fatal
-        if isinstance(fatal, RelayKeyChanged):
-            raise RelayKeyChanged(fatal.pinned, fatal.presented)
-        if fatal is not None:
-            raise ConnectionLost("client stopped after an error") from fatal
-        if self._closing:
-            raise ConnectionLost("client closed")
-
-    def _fail_waiters(self, exc: BaseException) -> None:
-        for future in self._sent.values():
-            if not future.done():
-                future.set_exception(exc)
-                future.exception()
-        self._sent.clear()
-        for bulk in set(self._bulk_sends.values()):
-            bulk.fail(exc)
-        self._bulk_sends.clear()
-
-    # --- Receiving (SPEC §6.4, §6.5) ------------------------------------------
-
-    async def _read(self, link: _Link) -> None:
-        while True:
-            data = await link.transport.recv()
-            if self._sent_received(link, data):
-                continue
-            try:
-                link.conn.receive_data(data)
-            except UnsupportedVersion:
-                raise
-            except ProtocolError as exc:
-                raise ConnectionLost(f"relay sent an invalid frame: {exc}") from exc
-            for frame in link.conn.events_received():
-                self._frame_received(link, frame)
-
-    def _frame_received(self, link: _Link, frame: frames.Frame) -> None:
-        if isinstance(frame, frames.Hello):
-            link.clock_offset = frame.now - self._clock()
-            link.hello.set_result(frame)
-        elif isinstance(frame, frames.Deliver):
-            self._deliver_received(link, frame)
-        elif isinstance(frame, frames.PrekeysLow):
-            self._top_up(link, frame.remaining)
-        elif isinstance(frame, frames.Error) and frame.re is None:
-            log.warning("relay error %d", frame.code)
-        else:
-            self._response_received(link, frame)
-
-    def _response_received(self, link: _Link, frame: frames.Frame) -> None:
-        re: int = frame.re  # type: ignore[union-attr, assignment]
-        error = _error_from(frame) if isinstance(frame, frames.Error) else None
-        msg_id = link.sending.pop(re, None)
-        if msg_id is not None:
-            if error is None and not isinstance(frame, frames.Sent):
-                error = UnexpectedFrame(f"relay answered a SEND with {frame.TYPE.name}")
-            self._send_answered(msg_id, frame.at if isinstance(frame, frames.Sent) else None, error)
-            return
-        future = link.waiters.pop(re, None)
-        if future is None or future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(frame)
-
-    def _sent_received(self, link: _Link, data: bytes) -> bool:
-        """A SENT answering one of our SENDs, taken on the fast path (:func:`read_sent`).
-
-        Does what ``receive_data`` and :meth:`_response_received` do with the
-        same frame: the request stops pending and the send is answered. False
-        (nothing done) for anything else, which the strict path then decodes.
-        """
-        sent = read_sent(data)
-        if sent is None or sent.re not in link.sending or not link.conn.receive_sent(sent):
-            return False
-        self._send_answered(link.sending.pop(sent.re), sent.at, None)
-        return True
-
-    def _deliver_received(self, link: _Link, deliver: frames.Deliver) -> None:
-        """Decrypt and persist, or hold; then ack (SPEC §6.5).
-
-        A message held for a trust decision is persisted in the keystore and
-        acknowledged too: left unacknowledged it would keep a slot of the
-        relay's delivery window (SPEC §6.4), and a sender naming another key
-        in enough envelopes would stop delivery from everyone.
-        """
-        hello = link.conn.hello
-        assert hello is not None
-        if deliver.sender in self._held:
-            self._hold(deliver)  # keep the sender's order behind the held ones
-        else:
-            try:
-                self._receive(deliver, hello.relay_key)
-            except UntrustedIdentity:
-                self._hold(deliver)
-        self._ack(link, deliver)
-
-    def _receive(self, deliver: frames.Deliver, relay_key: bytes) -> None:
-        """Decrypt and persist one DELIVER (or a statement); once it returns, ack.
-
-        Raises UntrustedIdentity for a sender whose key change awaits the user
-        (nothing kept), or what the keystore raises (nothing may be acked).
-        """
-        try:
-            if deliver.intent == frames.Intent.STATEMENT:
-                self._statement_received(deliver, relay_key)
-                return
-            incoming = self.sessions.receive(deliver)
-        except CryptoError as exc:
-            if isinstance(exc, UntrustedIdentity):
-                raise
-            # Can never be decrypted (or shown): acknowledging is the only way on.
-            log.warning("dropped undecryptable message from %s: %s", deliver.sender, exc)
-            return
-        if incoming is None:
-            return
-        self._inbox_changed.set()
-        if (
-            isinstance(incoming.content.body, Receipt)
-            or deliver.sender_kind != frames.AccountKind.USER
-            or not self._we_are_user()
-        ):
-            return
-        if deliver.sender not in self._wrote_to:
-            # A message request: a receipt is a chat and would accept it (SPEC §7.3).
-            self._owe_receipt(deliver.sender, deliver.msg_id)
-        elif self.auto_delivered_receipts:
-            receipt = Receipt(ReceiptType.DELIVERED, (deliver.msg_id,))
-            try:
-                _, sent = self._queue_content(deliver.sender, receipt)
-            except (BlindrelayError, LookupError) as exc:
-                log.info("no delivered receipt to %s: %r", deliver.sender, exc)
-            else:
-                sent.add_done_callback(_ignore_outcome)
-
-    def _we_are_user(self) -> bool:
-        if self._account_kind is None:
-            identity = self.store.get_identity()
-            if identity is None:
-                return False
-            self._account_kind = identity.account_kind
-        return self._account_kind == "user"
-
-    def _is_request(self, sender: str, sender_kind: str) -> bool:
-        return (
-            sender_kind == frames.AccountKind.USER
-            and sender not in self._wrote_to
-            and self._we_are_user()
-        )
-
-    def _owe_receipt(self, sender: str, msg_id: bytes) -> None:
-        owed = self._owed_receipts(sender)
-        if len(owed) < MAX_RECEIPT_REFS and msg_id not in owed:
-            owed.append(msg_id)
-            self.store.set_state(_OWED_PREFIX + sender, msgpack.packb(owed, use_bin_type=True))
-
-    def _owed_receipts(self, sender: str) -> list[bytes]:
-        blob = self.store.get_state(_OWED_PREFIX + sender)
-        return [bytes(item) for item in msgpack.unpackb(blob, raw=False)] if blob else []
-
-    def _wrote(self, handle: str) -> bool:
-        """Record, inside the caller's transaction, that we queue a chat to ``handle``.
-
-        True if it was new: the caller adds it to ``_wrote_to`` once committed.
-        Only a user account keeps the list (a business has no message requests).
-        """
-        if handle in self._wrote_to or not self._we_are_user():
-            return False
-        self.store.set_state(_WROTE_TO_PREFIX + handle, b"")
-        return True
-
-    async def accept_request(self, handle: str) -> bytes | None:
-        """Accept ``handle``'s message request (SPEC §7.3): it becomes a contact.
-
-        Sends the delivered receipt its requests were not given (one receipt
-        naming them, a chat, which is how the relay learns we accepted) and
-        returns its msg_id once the relay holds it; None when no receipt was
-        owed: then nothing is sent, and the relay learns it from our next chat.
-        Replying with any chat accepts too.
-        """
-        owed = self._owed_receipts(handle)
-        if not owed:
-            if self._wrote(handle):
-                self._wrote_to.add(handle)
-            return None
-        msg_id = await self._send_content(handle, Receipt(ReceiptType.DELIVERED, tuple(owed)))
-        self.store.delete_state(_OWED_PREFIX + handle)
-        return msg_id
-
-    def _hold(self, deliver: frames.Deliver) -> None:
-        """Keep ``deliver`` for the user's decision on its sender's key, or count it dropped."""
-        sender = deliver.sender
-        counts = self._held.get(sender, HeldMessages(0, 0))
-        key = _HELD_PREFIX + sender
-        if counts.held >= MAX_HELD_PER_SENDER:
-            counts = HeldMessages(counts.held, counts.dropped + 1)
-            log.warning(
-                "dropped a message from %s: %d already held awaiting approval of its new key",
-                sender, counts.held,
-            )  # fmt: skip
-            self.store.set_state(key, _pack_held(counts))
-        else:
-            counts = HeldMessages(counts.held + 1, counts.dropped)
-            with self.store.atomic():
-                self.store.append_log(_HELD_LOG + sender, codec.encode(deliver))
-                self.store.set_state(key, _pack_held(counts))
-        self._held[sender] = counts
-        if sender not in self._announced:
-            self._announced.add(sender)
-            if self.on_identity_change is not None:
-                self.on_identity_change(sender)
-
-    def held_messages(self, handle: str) -> HeldMessages:
-        """How many of ``handle``'s messages wait for :meth:`approve_identity` (or were
-        dropped beyond ``MAX_HELD_PER_SENDER``) since its key changed."""
-        return self._held.get(handle, HeldMessages(0, 0))
-
-    def _release_held(self, handle: str) -> None:
-        """Decrypt ``handle``'s held messages in order, now that the user trusts its key.
-
-        Stops at one that names yet another key: it and the rest stay held for
-        the next decision. Works offline: they were acknowledged when held. A
-        crash midway is safe, as each message is deduplicated by its id and
-        what remains is released again at the next login.
-        """
-        if handle not in self._held:
-            return
-        relay_key = self.relay_key
-        assert relay_key is not None  # pinned at the login that received them
-        group = _HELD_LOG + handle
-        records = self.store.read_log(group)
-        released = 0
-        for record in records:
-            try:
-                deliver = codec.decode(record)
-                if not isinstance(deliver, frames.Deliver):
-                    raise MalformedFrame("not a DELIVER")
-            except ProtocolError as exc:  # not what we wrote: nothing to show
-                log.warning("dropped an unreadable held message from %s: %s", handle, exc)
-            else:
-                try:
-                    self._receive(deliver, relay_key)
-                except UntrustedIdentity:
-                    break
-            released += 1
-        with self.store.atomic():
-            if released == len(records):
-                self.store.delete_log(group)
-                self.store.delete_state(_HELD_PREFIX + handle)
-            else:
-                self.store.delete_log(group, released)
-                counts = HeldMessages(len(records) - released, self._held[handle].dropped)
-                self.store.set_state(_HELD_PREFIX + handle, _pack_held(counts))
-        if released == len(records):
-            del self._held[handle]
-            self._announced.discard(handle)
-        else:
-            self._held[handle] = counts
-
-    def _discard_held(self, handle: str) -> None:
-        counts = self._held.pop(handle, None)
-        if counts is None:
-            return
-        with self.store.atomic():
-            self.store.delete_log(_HELD_LOG + handle)
-            self.store.delete_state(_HELD_PREFIX + handle)
-        self._announced.discard(handle)
-        log.info("discarded %d held message(s) of blocked %s", counts.held, handle)
-
-    def _statement_received(self, deliver: frames.Deliver, relay_key: bytes) -> None:
-        """SPEC §7.5: verify a forwarded statement and keep it; the caller acks.
-
-        The signer's key is the one we pinned (trust on first use: a business
-        may hear of a user first through their opt-in); a different key is an
-        identity change and holds the statement like a message. One that fails
-        verification is dropped (acked): the relay checked it, so it is forged.
-        """
-        if self.store.is_processed(deliver.sender, deliver.msg_id):
-            return
-        try:
-            claimed = unverified_body(ConsentStatement, deliver.body)
-            if claimed.signer != deliver.sender or claimed.nonce != deliver.msg_id:
-                raise InvalidStatement("statement does not match its delivery")
-            if claimed.target != self.sessions.identity.handle:
-                raise InvalidStatement("statement made for another account")
-            statement = verify_statement(
-                deliver.body, expected_key=claimed.signer_key, relay_key=relay_key
-            )
-        except ProtocolError as exc:
-            log.warning("dropped invalid statement from %s: %s", deliver.sender, exc)
-            return
-        # Outside the transaction: a changed key must stay recorded as pending.
-        self.sessions.pin_identity(deliver.sender, statement.signer_key)  # or raise
-        with self.store.atomic():
-            self._keep_statement(deliver.sender, deliver.body)
-            self.store.mark_processed(deliver.sender, deliver.msg_id)
-        if self.on_statement is not None:
-            self.on_statement(statement)
-
-    def _keep_statement(self, counterpart: str, signed: bytes) -> None:
-        """Append one statement to ``counterpart``'s log: two small rows, however many
-        are kept (the statement, and the counterpart's new count)."""
-        key = _STATEMENT_COUNT_PREFIX + counterpart
-        count = int.from_bytes(self.store.get_state(key) or b"", "big") + 1
-        with self.store.atomic():
-            self.store.append_log(_STATEMENT_LOG + counterpart, signed)
-            self.store.set_state(key, count.to_bytes(8, "big"))
-
-    def _migrate_statements(self, state: list[tuple[str, bytes]]) -> None:
-        """Move statements kept in the old format (one list per counterpart) into the log."""
-        for key, record in state:
-            if not key.startswith(_STATEMENTS_PREFIX):
-                continue
-            counterpart = key.removeprefix(_STATEMENTS_PREFIX)
-            with self.store.atomic():
-                for signed in _unpack_statements(record):
-                    self._keep_statement(counterpart, signed)
-                self.store.delete_state(key)
-
-    def _ack(self, link: _Link, deliver: frames.Deliver) -> None:
-        if not link.lost:
-            link.send(frames.Ack(delivery_ids=(deliver.delivery_id,)))
-
-    async def messages(self) -> AsyncIterator[Message]:
-        """Every incoming message, oldest first, including those stored before a restart.
-
-        A message is removed from the keystore when the application asks for
-        the next one or closes the iterator, so one it had not finished with
-        when the process died comes back after the restart. Use one consumer.
-        """
-        while True:
-            self._raise_if_fatal()
-            pending = self.store.pending_messages()
-            if not pending:
-                self._inbox_changed.clear()
-                await self._inbox_changed.wait()
-                continue
-            record = pending[0]
-            try:
-                incoming = Incoming.from_record(record)
-                message = _to_message(
-                    incoming, is_request=self._is_request(incoming.sender, incoming.sender_kind)
-                )
-            except MalformedContent:
-                self.store.consume(record.sender, record.msg_id)
-                continue
-            try:
-                yield message
-            finally:  # the application asked for the next one, or stopped reading
-                self.store.consume(record.sender, record.msg_id)
 
     # --- Sending (SPEC §6.1–6.3) ----------------------------------------------
 
@@ -1398,13 +319,13 @@ class Client:
         (RecipientUnavailable, RateLimited…).
         """
         content = Text(body) if isinstance(body, str) else Data(bytes(body))
-        return await self._send_content(
+        return await self.sender.send_content(
             handle, content, intent, category, categories, rate_limit_retries
         )
 
     async def send_read_receipt(self, handle: str, msg_ids: list[bytes]) -> bytes:
         """Tell ``handle`` its messages were read (an encrypted receipt, SPEC §6.2)."""
-        return await self._send_content(handle, Receipt(ReceiptType.READ, tuple(msg_ids)))
+        return await self.sender.send_content(handle, Receipt(ReceiptType.READ, tuple(msg_ids)))
 
     async def send_many(
         self,
@@ -1419,15 +340,8 @@ class Client:
     ) -> list[tuple[str, Outcome]]:
         """Send ``body`` to each of ``handles``, each in its own end-to-end encrypted envelope.
 
-        The bulk form of :meth:`send` (a business's notifications, SPEC §8.3),
-        with its guarantees per recipient: each envelope is in the persisted
-        outbox before it is transmitted (resent after a reconnect), a pending
-        key change is not sent to (UntrustedIdentity), RATE_LIMITED is retried
-        after ``retry_after`` up to ``rate_limit_retries`` times. Cheaper per
-        recipient: up to ``window`` SENDs are in flight, and recipients are
-        encrypted and enqueued a chunk at a time, the chunk's advanced sessions
-        and outbox entries in one keystore transaction. A recipient without a
-        session takes the path of :meth:`send` (bundle fetch) on its own.
+        The bulk form of :meth:`send` (a business's notifications, SPEC §8.3), with
+        its guarantees per recipient, and up to ``window`` SENDs in flight.
 
         Returns each recipient in the order given with its msg_id (committed by
         the relay) or the error it ended with — RecipientUnavailable for a
@@ -1436,362 +350,60 @@ class Client:
         or stops, MalformedFrame for fields no SEND may carry, MalformedContent
         for a body too large for any envelope.
         """
-        if window < 1:
-            raise ValueError("window must be at least 1")
         content = Text(body) if isinstance(body, str) else Data(bytes(body))
-        plaintext_for = content_encoder(content)
-        todo = list(handles)
-        bulk = _Bulk(len(todo), rate_limit_retries)
-        refill = max(1, window // 4)
-        """Wake to queue more once this many slots are free, not at every SENT."""
-        slow: set[asyncio.Task[bytes]] = set()
-        position = 0
-        try:
-            while position < len(todo):
-                self._raise_if_fatal()
-                await bulk.drained(window - refill if position else window)
-                chunk = todo[position : position + window - bulk.in_flight]
-                for offset, handle in self._queue_many(
-                    bulk, position, chunk, plaintext_for, intent, category, categories
-                ):
-                    task = asyncio.create_task(
-                        self._send_content(
-                            handle, content, intent, category, categories, rate_limit_retries
-                        )
-                    )
-                    bulk.in_flight += 1
-                    slow.add(task)
-                    task.add_done_callback(slow.discard)
-                    task.add_done_callback(functools.partial(bulk.slow_done, position + offset))
-                position += len(chunk)
-            await bulk.drained(0)
-        finally:
-            for task in slow:
-                task.cancel()
-            for msg_id in bulk.positions:  # stopped early: they stay in the outbox
-                self._bulk_sends.pop(msg_id, None)
-        results: list[tuple[str, Outcome]] = []
-        for handle, outcome in zip(todo, bulk.outcomes, strict=True):
-            assert outcome is not None  # every recipient was settled before drained(0)
-            results.append((handle, outcome))
-        return results
+        return await self.sender.send_many(
+            handles, content, intent=intent, category=category, categories=categories,
+            rate_limit_retries=rate_limit_retries, window=window,
+        )  # fmt: skip
 
-    def _queue_many(
-        self,
-        bulk: _Bulk,
-        first: int,
-        chunk: list[str],
-        plaintext_for: Callable[[bytes], bytes],
-        intent: str,
-        category: str | None,
-        categories: tuple[str, ...] | None,
-    ) -> list[tuple[int, str]]:
-        """Encrypt and enqueue ``chunk`` in one keystore transaction, then transmit it.
+    @property
+    def encrypt_seconds(self) -> float:
+        """Time spent encrypting and enqueueing outgoing messages (for benchmarks)."""
+        return self.sender.encrypt_seconds
 
-        Returns the (offset, handle) of recipients that need the path of
-        :meth:`send`: no session yet, or a send to them is already waiting on
-        one. A recipient whose encryption is refused (UntrustedIdentity) gets
-        that outcome; ``SessionManager.encrypt`` refuses before it writes
-        anything, so the rest of the chunk stands.
-        """
-        started = time.perf_counter()
-        size = limits.MESSAGE_ID_BYTES
-        ids = self._rng(size * len(chunk))
-        self._check_send(intent, category, categories)
-        queued: list[tuple[int, _Outgoing]] = []
-        deferred: list[tuple[int, str]] = []
-        wrote: list[str] = []
-        chat = intent == frames.Intent.CHAT
-        with self.store.atomic():
-            for offset, handle in enumerate(chunk):
-                if self._locks.busy(handle):
-                    deferred.append((offset, handle))
-                    continue
-                msg_id = ids[offset * size : (offset + 1) * size]
-                try:
-                    frames.check_handle(handle, "to")
-                    envelope = self.sessions.encrypt(handle, plaintext_for(msg_id))
-                except NoSession:
-                    deferred.append((offset, handle))
-                    continue
-                except BlindrelayError as exc:
-                    bulk.outcomes[first + offset] = exc
-                    continue
-                key = self._outbox_key(msg_id)
-                outgoing = _Outgoing(msg_id, handle, envelope, intent, category, categories, key)
-                self.store.set_state(key, outgoing.pack(self._packer))
-                queued.append((first + offset, outgoing))
-                if chat and self._wrote(handle):
-                    wrote.append(handle)
-        self._wrote_to.update(wrote)
-        self.encrypt_seconds += time.perf_counter() - started
-        link = self._online
-        if link is not None and link.lost:
-            link = None
-        outbox, bulk_sends = self._outbox, self._bulk_sends
-        for position, outgoing in queued:
-            msg_id = outgoing.msg_id
-            outbox[msg_id] = outgoing
-            bulk_sends[msg_id] = bulk
-            bulk.expect(msg_id, position)
-            if link is not None:
-                self._transmit(link, outgoing)
-        return deferred
+    # --- Receiving (SPEC §6.4, §6.5, §7.3) -------------------------------------
 
-    async def _send_content(
-        self,
-        handle: str,
-        body: Text | Data | Receipt,
-        intent: str = frames.Intent.CHAT,
-        category: str | None = None,
-        categories: tuple[str, ...] | None = None,
-        rate_limit_retries: int = 0,
-    ) -> bytes:
-        self._raise_if_fatal()
-        if self._locks.busy(handle) or not self.sessions.has_session(handle):
-            async with self._locks.hold(handle):  # one bundle fetch, sends kept in order
-                if self.sessions.pending_identity_change(handle) is not None:
-                    raise UntrustedIdentity(handle)
-                if not self.sessions.has_session(handle):
-                    await self._start_session(handle)
-                msg_id, sent = self._queue_content(handle, body, intent, category, categories)
-        else:  # encrypt and enqueue in one synchronous step: nothing to wait for
-            msg_id, sent = self._queue_content(handle, body, intent, category, categories)
-        if rate_limit_retries:
-            self._rate_limit_retries[msg_id] = rate_limit_retries
-        await sent
+    async def messages(self) -> AsyncIterator[Message]:
+        """Every incoming message, oldest first, including those stored before a restart;
+        removed once the next one is asked for or the iterator closes. One consumer."""
+        async for message in self.inbox.messages():
+            yield message
+
+    async def accept_request(self, handle: str) -> bytes | None:
+        """Accept ``handle``'s message request (SPEC §7.3): send the delivered receipt
+        its requests were owed and return its msg_id at SENT; None when none was owed
+        (the relay learns it from our next chat). Replying with any chat accepts too."""
+        owed = self.requests.owed_receipts(handle)
+        if not owed:
+            self.requests.accept(handle)
+            return None
+        receipt = Receipt(ReceiptType.DELIVERED, tuple(owed))
+        msg_id = await self.sender.send_content(handle, receipt)
+        self.requests.forget_owed(handle)
         return msg_id
-
-    async def _start_session(self, handle: str) -> None:
-        bundle = await self._request(lambda rid: frames.BundleFetch(id=rid, handle=handle))
-        if not isinstance(bundle, frames.Bundle) or bundle.handle != handle:
-            raise UnexpectedFrame("relay answered a bundle fetch with another bundle")
-        try:
-            self.sessions.start_session(bundle)
-        except UntrustedIdentity:
-            if self.on_identity_change is not None:
-                self.on_identity_change(handle)
-            raise
-
-    def _queue_content(
-        self,
-        handle: str,
-        body: Text | Data | Receipt,
-        intent: str = frames.Intent.CHAT,
-        category: str | None = None,
-        categories: tuple[str, ...] | None = None,
-    ) -> tuple[bytes, asyncio.Future[int]]:
-        """Encrypt, persist in the outbox, transmit if online; the future resolves at SENT.
-
-        The advanced session and the outbox entry are one keystore write: a
-        crash between them would otherwise lose an envelope whose message key
-        is already spent. Raises UntrustedIdentity (pending key change),
-        NoSession, MalformedFrame for fields no SEND may carry.
-        """
-        started = time.perf_counter()
-        self._check_send(intent, category, categories)
-        frames.check_handle(handle, "to")
-        msg_id = self._rng(limits.MESSAGE_ID_BYTES)
-        with self.store.atomic():
-            envelope = self.sessions.encrypt(handle, encode_content(Content(msg_id, body)))
-            key = self._outbox_key(msg_id)
-            outgoing = _Outgoing(msg_id, handle, envelope, intent, category, categories, key)
-            self.store.set_state(key, outgoing.pack(self._packer))
-            wrote = intent == frames.Intent.CHAT and self._wrote(handle)
-        if wrote:
-            self._wrote_to.add(handle)
-        self._outbox[msg_id] = outgoing
-        self.encrypt_seconds += time.perf_counter() - started
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._sent[msg_id] = future
-        if self._online is not None and not self._online.lost:
-            self._transmit(self._online, outgoing)
-        return msg_id, future
-
-    def _check_send(
-        self, intent: str, category: str | None, categories: tuple[str, ...] | None
-    ) -> None:
-        """Refuse, before anything is encrypted or stored, fields no SEND may carry.
-
-        Checked by building a SEND once per combination: the frame's own rules,
-        not a copy. With the handle checked per recipient and envelopes and ids
-        of valid sizes by construction, every outbox entry makes a valid SEND.
-        """
-        shape = (intent, category, categories)
-        if shape not in self._checked_shapes:
-            frames.Send(
-                id=1, to="abc", msg_id=bytes(limits.MESSAGE_ID_BYTES), intent=intent,
-                body=b"\x00", category=category, categories=categories,
-            )  # fmt: skip
-            self._checked_shapes.add(shape)
-
-    def _outbox_key(self, msg_id: bytes) -> str:
-        """``sdk/outbox/<ns>.<msg_id hex>``: in queueing order, even within one nanosecond."""
-        self._outbox_clock = max(time.time_ns(), self._outbox_clock + 1)
-        return f"{_OUTBOX_PREFIX}{self._outbox_clock:020d}.{msg_id.hex()}"
-
-    def _transmit(self, link: _Link, outgoing: _Outgoing) -> None:
-        request_id = link.conn.next_request_id()
-        link.sending[request_id] = outgoing.msg_id
-        if link.conn.state is State.AUTHENTICATED:
-            data = encode_send(
-                request_id, outgoing.to, outgoing.msg_id, outgoing.intent, outgoing.envelope,
-                outgoing.category, outgoing.categories,
-            )  # fmt: skip
-            link.send_encoded(request_id, data)
-            return
-        link.send(  # the machine refuses it (closed): the outbox keeps it for the next link
-            frames.Send(
-                id=request_id,
-                to=outgoing.to,
-                msg_id=outgoing.msg_id,
-                intent=outgoing.intent,
-                body=outgoing.envelope,
-                category=outgoing.category,
-                categories=outgoing.categories,
-            )
-        )
-
-    def _send_answered(self, msg_id: bytes, at: int | None, error: ProtocolError | None) -> None:
-        """A SEND got its answer: SENT at ``at``, or ``error``."""
-        if error is not None:
-            if isinstance(error, _RETRYABLE_SEND_ERRORS):
-                return  # stays in the outbox; resent after the reconnect
-            if isinstance(error, RateLimited) and self._retry_later(msg_id, error):
-                return  # stays in the outbox: nothing was stored, the same envelope goes again
-            if isinstance(error, StoreUnavailable):
-                # SPEC §6.3: the relay's store is down for now; the same msg_id again after
-                # retry_after is answered once, whether or not this one was stored.
-                delay = max(error.retry_after_ms, 1) / 1000
-                asyncio.get_running_loop().call_later(delay, self._retransmit, msg_id)
-                return
-        if self._rate_limit_retries:
-            self._rate_limit_retries.pop(msg_id, None)
-        done = self._outbox.pop(msg_id, None)
-        if done is not None:
-            self._retire(done.key)
-        bulk = self._bulk_sends.pop(msg_id, None)
-        if bulk is not None:
-            bulk.settle(msg_id, error)
-            return
-        future = self._sent.pop(msg_id, None)
-        if future is None or future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            assert at is not None
-            future.set_result(at)
-
-    def _retry_later(self, msg_id: bytes, error: RateLimited) -> bool:
-        """Retransmit after ``retry_after`` if retries are left for ``msg_id``."""
-        left = self._rate_limit_retries.get(msg_id)
-        if left is None:
-            bulk = self._bulk_sends.get(msg_id)
-            left = bulk.retries if bulk is not None else 0
-        if left <= 0:
-            return False
-        self._rate_limit_retries[msg_id] = left - 1
-        delay = max(error.retry_after_ms, 1) / 1000
-        asyncio.get_running_loop().call_later(delay, self._retransmit, msg_id)
-        return True
-
-    def _retire(self, key: str) -> None:
-        """Delete an answered envelope's outbox entry, with the others of this loop turn.
-
-        One keystore transaction per turn instead of one per SENT (with SQLite,
-        one durable commit each). Until it runs, a crash only means the envelope
-        is resent with its msg_id, which the relay answers from memory (SPEC §6.3).
-        """
-        if not self._retiring:
-            asyncio.get_running_loop().call_soon(self._delete_retired)
-        self._retiring.append(key)
-
-    def _delete_retired(self) -> None:
-        keys, self._retiring = self._retiring, []
-        if not keys or self._fatal is not None:
-            return
-        try:
-            with self.store.atomic():
-                for key in keys:
-                    self.store.delete_state(key)
-        except Exception as exc:  # a broken store: stop, as when receiving
-            log.error("cannot delete answered envelopes from the outbox: %r", exc)
-            self._stop(exc)
-            if self._runner is not None:
-                self._runner.cancel()
-
-    async def _request(self, make: Callable[[int], frames.Frame]) -> frames.Frame:
-        """A request answered on some connection; retried on the next one after a drop."""
-        while True:
-            link = await self._wait_online()
-            try:
-                return await link.request(make(link.conn.next_request_id()))
-            except ConnectionLost:
-                continue
-
-    def _retransmit(self, msg_id: bytes) -> None:
-        outgoing = self._outbox.get(msg_id)
-        link = self._online
-        if outgoing is not None and link is not None and not link.lost:
-            self._transmit(link, outgoing)  # else the next WELCOME resends the outbox
-
-    def _load_outbox(self, state: list[tuple[str, bytes]]) -> dict[bytes, _Outgoing]:
-        """One keystore entry per envelope awaiting SENT, in the order they were queued."""
-        entries = [
-            _Outgoing.unpack(key, blob) for key, blob in state if key.startswith(_OUTBOX_PREFIX)
-        ]
-        return {outgoing.msg_id: outgoing for outgoing in entries}
-
-    # --- Prekeys (SPEC §5.4) ----------------------------------------------------
-
-    def _top_up(self, link: _Link, remaining: int) -> None:
-        if self._topping_up:
-            return
-        upload = self.sessions.prekeys_upload(
-            link.conn.next_request_id(), relay_one_time=remaining, relay_has_signed=True
-        )
-        if upload is None:
-            return
-        self._topping_up = True
-
-        def done(future: asyncio.Future[frames.Frame]) -> None:
-            self._topping_up = False
-            if not future.cancelled() and future.exception() is not None:
-                log.warning("prekey top-up failed: %r", future.exception())
-
-        link.request(upload).add_done_callback(done)
 
     # --- Trust (SPEC §3.3, §13.9) -----------------------------------------------
 
     def safety_number(self, handle: str) -> str:
         """The 60 digits to compare with ``handle`` out of band (SPEC §13.9)."""
-        return self.sessions.safety_number(handle)
+        return self.trust.safety_number(handle)
 
     def identity_change_pending(self, handle: str) -> bool:
         """Whether ``handle`` presented a new identity key that awaits approval."""
-        return self.sessions.pending_identity_change(handle) is not None
+        return self.trust.pending_change(handle) is not None
+
+    def held_messages(self, handle: str) -> HeldMessages:
+        """How many of ``handle``'s messages wait for :meth:`approve_identity` (or were
+        dropped beyond ``MAX_HELD_PER_SENDER``) since its key changed."""
+        return self.inbox.held_messages(handle)
 
     def approve_identity(self, handle: str, *, verified: bool = False) -> None:
-        """Accept ``handle``'s new key (or mark the current one verified).
-
-        Its held messages (:meth:`held_messages`) are then decrypted in order
-        into the inbox, online or not; call it while the client's event loop
-        runs (a released message may queue a delivered receipt).
-        """
-        self.sessions.approve_identity(handle, verified=verified)
-        self._release_held(handle)
+        """Accept ``handle``'s new key (or mark the current one verified); its held
+        messages are then decrypted into the inbox, in order. Call it on the event loop."""
+        self.trust.approve(handle, verified=verified)
+        self.inbox.release_held(handle)
 
     # --- Consent and blocking (SPEC §7.4–7.6) -----------------------------------
-
-    def relay_now(self) -> int:
-        """The relay's clock as estimated from the last HELLO's ``now`` (SPEC §4.1).
-
-        Statements are dated with it, so a device whose own clock is off by
-        more than ``STATEMENT_SKEW_MS`` still makes statements the relay takes.
-        """
-        link = self._online or self._link
-        return self._clock() + (link.clock_offset if link is not None else 0)
 
     async def grant(
         self, business: str, categories: tuple[str, ...] | list[str]
@@ -1800,13 +412,13 @@ class Client:
 
         Those already granted are left out of the statement (SPEC §7.4); returns the
         statement sent, whose ``categories`` are the ones that changed."""
-        return await self._make_statement(Action.GRANT, business, tuple(categories))
+        return await self.consent.make(Action.GRANT, business, tuple(categories))
 
     async def deny(
         self, business: str, categories: tuple[str, ...] | list[str]
     ) -> ConsentStatement:
         """Refuse a consent request; the business may not ask again during the cooldown."""
-        return await self._make_statement(Action.DENY, business, tuple(categories))
+        return await self.consent.make(Action.DENY, business, tuple(categories))
 
     async def revoke(
         self, business: str, categories: tuple[str, ...] | list[str]
@@ -1814,205 +426,107 @@ class Client:
         """Withdraw consent; from the OK on nothing in those categories is delivered.
 
         Those not granted are left out of the statement, as with :meth:`grant`."""
-        return await self._make_statement(Action.REVOKE, business, tuple(categories))
+        return await self.consent.make(Action.REVOKE, business, tuple(categories))
 
     async def block(self, handle: str) -> ConsentStatement:
-        """Block any account: from the OK on nothing of theirs reaches us (SPEC §7.4)."""
-        return await self._make_statement(Action.BLOCK, handle, None)
+        """Block any account: from the OK on nothing of theirs reaches us (SPEC §7.4).
+
+        Their messages held for a key decision are discarded, and no receipt is owed."""
+        statement = await self.consent.make(Action.BLOCK, handle, None)
+        self.inbox.discard_held(handle)
+        self.requests.forget_owed(handle)
+        return statement
 
     async def unblock(self, handle: str) -> ConsentStatement:
         """Lift our block; a revoked business's consent stays revoked."""
-        return await self._make_statement(Action.UNBLOCK, handle, None)
-
-    async def _make_statement(
-        self, action: Action, target: str, categories: tuple[str, ...] | None
-    ) -> ConsentStatement:
-        """Sign, send as STATEMENT, keep our copy once the relay said OK.
-
-        Not retried after a dropped connection: the relay may have taken it,
-        and the same nonce again would be refused as a replay (SPEC §7.4).
-        Call again (a fresh statement) or check :meth:`statements`.
-        """
-        if action in (Action.GRANT, Action.REVOKE):
-            categories = self._changing(action, target, categories or ())
-        link = await self._wait_online()
-        hello = link.conn.hello
-        assert hello is not None
-        identity = self.sessions.identity
-        statement = make_statement(
-            action,
-            signer=identity.handle,
-            signer_key=identity.identity_public,
-            target=target,
-            relay_key=hello.relay_key,
-            now_ms=self._clock() + link.clock_offset,
-            rng=self._rng,
-            categories=categories,
-        )
-        signed = statement.sign(self.sessions.sign)
-        await link.request(frames.Statement(id=link.conn.next_request_id(), statement=signed))
-        self._keep_statement(target, signed)
-        if action is Action.BLOCK:
-            self._discard_held(target)
-            self.store.delete_state(_OWED_PREFIX + target)
-        return statement
-
-    def _changing(
-        self, action: Action, business: str, categories: tuple[str, ...]
-    ) -> tuple[str, ...]:
-        """SPEC §7.4: "a client sends exactly the categories that change" — the relay
-        refuses whole a statement that changes nothing for one of them. Raises
-        InvalidStatement, before anything is sent, when none would change."""
-        granted = self.granted_to(business)
-        changing = tuple(c for c in categories if (c in granted) == (action is Action.REVOKE))
-        if not changing:
-            state = "granted" if action is Action.GRANT else "not granted"
-            raise InvalidStatement(f"{', '.join(categories)}: already {state} to {business}")
-        return changing
+        return await self.consent.make(Action.UNBLOCK, handle, None)
 
     def granted_to(self, business: str) -> frozenset[str]:
         """The categories we have granted ``business`` and not withdrawn (a deny, a
         revoke or our block), by the statements we made from this keystore."""
-        fold, ours = ConsentFold(), self.sessions.identity.handle
-        for signed in self.held_statements(business):
-            statement = unverified_body(ConsentStatement, signed)
-            if statement.signer == ours:
-                fold.apply(statement, ours)
-        return frozenset(fold.categories)
+        return self.consent.granted_to(business)
+
+    def add_statement_listener(self, listener: StatementListener) -> None:
+        """Call ``listener`` with each verified statement forwarded to us (SPEC §7.5),
+        once kept; the ``on_statement`` option is the first."""
+        self.consent.add_listener(listener)
+
+    def remove_statement_listener(self, listener: StatementListener) -> None:
+        self.consent.remove_listener(listener)
 
     def held_statements(self, counterpart: str, start: int = 0) -> list[bytes]:
         """Signed statements kept with ``counterpart`` (ours or theirs to us), oldest first,
         from the ``start``-th on."""
-        return self.store.read_log(_STATEMENT_LOG + counterpart, start)
+        return self.consent.records(counterpart, start)
+
+    def statement_counts(self) -> dict[str, int]:
+        """Per counterpart, how many statements we keep with it: statements are only
+        ever added, so ``held_statements(counterpart, start=old count)`` reads the new."""
+        return self.consent.counts()
 
     def statement_counterparts(self) -> list[str]:
         """Every account we keep statements with."""
         return sorted(self.statement_counts())
 
-    def statement_counts(self) -> dict[str, int]:
-        """Per counterpart, how many statements we keep with it.
-
-        Statements are only ever added, so a count tells a caller that derives
-        something from a counterpart's statements whether there are new ones,
-        and ``held_statements(counterpart, start=old count)`` reads just those.
-        """
-        prefix = _STATEMENT_COUNT_PREFIX
-        return {
-            key.removeprefix(prefix): int.from_bytes(blob, "big")
-            for key, blob in self.store.state_items(prefix)
-        }
-
-    @property
-    def relay_key(self) -> bytes | None:
-        """The relay key pinned at our first login (or accepted since): statements are bound
-        to it, and a relay presenting another one is :class:`RelayKeyChanged`."""
-        return self.store.get_state(_RELAY_KEY)
-
     def check_statement(self, signed: bytes) -> HeldStatement:
-        """Verify a statement offline (SPEC §7.5): signature, signer's pinned key, relay key.
-
-        Our own statements verify against our identity key, others' against
-        the key pinned for their signer. No clock check: an archived receipt
-        stays valid evidence after the skew has passed.
-        """
-        try:
-            statement = unverified_body(ConsentStatement, signed)
-        except ProtocolError:
-            return HeldStatement(None, signed, verified=False)
-        identity = self.sessions.identity
-        if statement.signer == identity.handle:
-            expected: bytes | None = identity.identity_public
-        else:
-            trusted = self.store.get_trusted_identity(statement.signer)
-            expected = trusted.identity_key if trusted is not None else None
-        relay_key = self.relay_key
-        try:
-            if expected is None or relay_key is None:
-                raise InvalidStatement("no pinned key to verify against")
-            verify_statement(signed, expected_key=expected, relay_key=relay_key)
-        except ProtocolError:
-            return HeldStatement(statement, signed, verified=False)
-        return HeldStatement(statement, signed, verified=True)
+        """Verify a statement offline (SPEC §7.5): signature, pinned key, relay key."""
+        return self.consent.check(signed)
 
     async def statements(self) -> list[HeldStatement]:
-        """The statements in force that we signed or that name us, from the relay (SPEC §7.6).
-
-        Pages through STATEMENTS_LIST; each is verified as :meth:`check_statement`
-        does, so a relay that altered or invented one shows as ``verified=False``.
-        """
-        listed: list[HeldStatement] = []
-        after = 0
-        while True:
-
-            def page_request(rid: int, cursor: int = after) -> frames.Frame:
-                return frames.StatementsList(id=rid, after=cursor)
-
-            page = await self._request(page_request)
-            if not isinstance(page, frames.Statements):
-                raise UnexpectedFrame("relay answered STATEMENTS_LIST with another frame")
-            listed += [self.check_statement(signed) for signed in page.statements]
-            if page.next is None:
-                return listed
-            after = page.next
+        """The statements in force that we signed or that name us, from the relay (SPEC §7.6),
+        each verified as :meth:`check_statement` does (``verified=False`` if altered)."""
+        return await self.consent.in_force()
 
     # --- Businesses (SPEC §8.1–8.2) ---------------------------------------------
 
     async def business_info(self, handle: str) -> BusinessInfo:
-        """Fetch a business's profile and badge and check both offline.
-
-        The key must be the one we pinned for ``handle`` (or is pinned now,
-        on first use); the profile must verify under it (InvalidProfile
-        otherwise); the badge is checked with our configured operator key
-        and our clock — without an operator key nothing shows as verified.
-        """
-        frame = await self._request(lambda rid: frames.ProfileFetch(id=rid, handle=handle))
-        if not isinstance(frame, frames.Profile) or frame.handle != handle:
-            raise UnexpectedFrame("relay answered PROFILE_FETCH with another record")
-        try:
-            self.sessions.pin_identity(handle, frame.identity_key)
-            key_changed = False
-        except UntrustedIdentity:
-            key_changed = True
-        profile = (
-            open_profile(frame.profile, frame.identity_key, handle)
-            if frame.profile is not None
-            else None
+        """Fetch a business's profile and badge and check both offline (``profiles``):
+        without an operator key nothing shows as verified."""
+        return await business_info(
+            self.link, self.trust, handle, operator_key=self.operator_key, clock=self._clock
         )
-        if self.operator_key is None:
-            badge = BadgeCheck(BadgeStatus.ABSENT)
-        else:
-            badge = check_badge(
-                frame.badge,
-                operator_key=self.operator_key,
-                handle=handle,
-                identity_key=frame.identity_key,
-                now_ms=self._clock(),
-            )
-        return BusinessInfo(handle, frame.identity_key, profile, badge, key_changed)
 
+    # --- What the link reports (wired in __init__) --------------------------------
 
-def _unpack_statements(record: bytes | None) -> list[bytes]:
-    """The signed statements in a record of the old format (:data:`_STATEMENTS_PREFIX`)."""
-    return [bytes(item) for item in msgpack.unpackb(record, raw=False)] if record else []
+    async def _log_in(self, conn: Connection) -> None:
+        """LOGIN with the key the relay should hold (:meth:`.Rotation.login_key`)."""
+        key = self._login_key = self._rotation.login_key()
+        request_id = conn.machine.login(self.sessions.identity.handle, key.sign)
+        try:
+            await self.link.authenticate(conn, request_id)
+        except AuthenticationFailed as exc:
+            self._rotation.login_refused(key, exc)  # KeyNotCurrent: try the other key
+            raise
+        unfinished, self._unfinished_rotation = self._unfinished_rotation, None
+        if unfinished is not None:  # logged in with our current key: send it again
+            await self._rotation.resume(conn, unfinished)
 
+    async def _authenticated(self, conn: Connection, welcome: frames.Welcome) -> None:
+        """SPEC §4.4: top up prekeys (SPEC §5.4), then resend the outbox (SPEC §6.3);
+        a login finishes an interrupted rotation (:mod:`.rotation`) or notes it to resume."""
+        key, self._login_key = self._login_key, None
+        if key is not None:  # before the top-up: a finished rotation publishes new prekeys
+            self._unfinished_rotation = self._rotation.welcomed(key)
+        await self.prekeys.welcomed(conn, welcome)
+        if conn.lost:
+            raise ConnectionLost("connection lost during login")
+        self.outbox.transmit_all(conn)
 
-def _pack_held(counts: HeldMessages) -> bytes:
-    return counts.held.to_bytes(8, "big") + counts.dropped.to_bytes(8, "big")
+    def _went_online(self, welcome: frames.Welcome) -> None:
+        """Online: release what an approval before a crash left held, tell the application."""
+        self.inbox.release_approved()
+        self.welcome = welcome
+        self.connection_count += 1
+        if self.on_connected is not None:
+            self.on_connected(welcome)
 
+    def _identity_changed(self, handle: str) -> None:
+        if self.on_identity_change is not None:
+            self.on_identity_change(handle)
 
-def _unpack_held(blob: bytes) -> HeldMessages:
-    return HeldMessages(int.from_bytes(blob[:8], "big"), int.from_bytes(blob[8:16], "big"))
-
-
-def _ignore_outcome(future: asyncio.Future[int]) -> None:
-    """Background sends (auto receipts) have nobody awaiting them; retrieve the outcome."""
-    if not future.cancelled() and future.exception() is not None:
-        log.info("background send failed: %r", future.exception())
-
-
-def _error_from(frame: frames.Error) -> ProtocolError:
-    """The named exception for a relay ERROR (SPEC §9; unknown codes are 900, §12.3)."""
-    return error_for_code(frame.code, frame.reason or "", frame.retry_after)
+    def _stopped(self, exc: BaseException) -> None:
+        self.outbox.fail_waiting(exc)
+        self.inbox.wake()
 
 
 __all__ = [
@@ -2025,6 +539,7 @@ __all__ = [
     "HeldStatement",
     "IdentityState",
     "Message",
+    "Outcome",
     "Receipt",
     "RelayKeyChanged",
     "same_name",

@@ -5,17 +5,12 @@ our identity and prekeys (SPEC §5), starts sessions from BUNDLE frames (SPEC
 §5.3, §13.3), encrypts content to a contact and decrypts a DELIVER (SPEC §6.4,
 §13.6). Its rules:
 
-- **Trust on first use, never silently changed** (SPEC §3.3). The first key
-  seen for a handle is pinned. A different key — in a bundle or in an incoming
-  prekey message — is recorded as a *pending change* and raises
-  :class:`UntrustedIdentity`; from then on :meth:`SessionManager.encrypt`
-  refuses that contact until :meth:`SessionManager.approve_identity`, so the
-  change is surfaced before the next send.
-- **One key, one handle** (SPEC §13.8). A key already pinned for another
-  handle — in a bundle, a prekey message or a statement — raises
-  :class:`IdentityKeyReused` before any cryptography and pins nothing; the
-  handles of both ends are also in every message's associated data (SPEC
-  §13.3), so an envelope re-sent by another account does not decrypt.
+- **Every key a contact presents is checked first** (SPEC §3.3, §13.8): a
+  bundle's or a prekey message's identity key goes through
+  :meth:`IdentityTrust.check` (``trust``) before any cryptography, and
+  :meth:`SessionManager.encrypt` refuses a contact whose key change awaits the
+  user. The handles of both ends are also in every message's associated data
+  (SPEC §13.3), so an envelope re-sent by another account does not decrypt.
 - **Persist before acknowledging** (SPEC §6.5). :meth:`SessionManager.receive`
   returns only after :meth:`KeyStore.commit_incoming` stored the message, the
   new session and the message id in one transaction — which also deletes the
@@ -30,8 +25,9 @@ our identity and prekeys (SPEC §5), starts sessions from BUNDLE frames (SPEC
   chain is stored before :meth:`SessionManager.encrypt` returns, so no message
   key is ever used twice, even across a crash.
 
-Not here: sockets, retries and the outbox (``sdk``), storage (``keystore``),
-the maths (``blindrelay.protocol.crypto``).
+Not here: trust decisions (``trust``), sockets, retries and the outbox
+(``link``, ``outbox``), storage (``keystore``), the maths
+(``blindrelay.protocol.crypto``).
 """
 
 from __future__ import annotations
@@ -40,13 +36,11 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 
 import msgpack
 
 from blindrelay.protocol import frames, limits
 from blindrelay.protocol.content import Content, MalformedContent, decode_content
-from blindrelay.protocol.crypto.fingerprint import safety_number
 from blindrelay.protocol.crypto.keys import (
     IdentityKeyPair,
     OneTimePreKey,
@@ -65,7 +59,7 @@ from blindrelay.protocol.crypto.session import (
     initiate_session,
     peek_envelope,
 )
-from blindrelay.protocol.errors import DecryptionFailed, IdentityKeyReused, UntrustedIdentity
+from blindrelay.protocol.errors import DecryptionFailed
 
 from .keystore import (
     AccountKind,
@@ -76,6 +70,7 @@ from .keystore import (
     OurIdentity,
     SignedPreKeyRecord,
 )
+from .trust import IdentityState, IdentityTrust
 
 Rng = Callable[[int], bytes]
 Clock = Callable[[], int]
@@ -92,7 +87,6 @@ a round trip for little gain. PREKEYS_LOW (below 20) always triggers one."""
 
 SESSION_CACHE_SIZE = 16_384
 """Decoded sessions kept in memory (a business serves many customers from one device)."""
-_CHANGE_PREFIX = "identity-change/"
 _INBOX_VERSION = 2
 """2 added the frame's category and categories (notifications, consent requests)."""
 
@@ -103,17 +97,6 @@ def wall_clock_ms() -> int:
 
 class NoSession(LookupError):
     """No session with this contact yet: fetch a bundle and :meth:`start_session`."""
-
-
-class IdentityState(StrEnum):
-    """How far a contact's identity key is trusted when a message arrives (SPEC §3.3)."""
-
-    NEW = "new"
-    """First contact: this message pinned the key (trust on first use)."""
-    TRUSTED = "trusted"
-    """The pinned key, not compared out of band."""
-    VERIFIED = "verified"
-    """The pinned key, and the user compared safety numbers (SPEC §13.9)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +166,8 @@ class SessionManager:
         self, store: KeyStore, *, rng: Rng = os.urandom, clock: Clock = wall_clock_ms
     ) -> None:
         self.store = store
+        self.trust = IdentityTrust(store, clock=clock)
+        """Our contacts' identity keys: every key a bundle or message presents is checked."""
         self._rng = rng
         self._clock = clock
         self._keypair: IdentityKeyPair | None = None
@@ -279,76 +264,6 @@ class SessionManager:
         self.store.store_one_time_prekeys(records)
         return records
 
-    # --- Trust (SPEC §3.3, §13.9) --------------------------------------------
-
-    def pending_identity_change(self, handle: str) -> bytes | None:
-        """The new identity key a contact presented and the user has not approved yet."""
-        return self.store.get_state(_CHANGE_PREFIX + handle)
-
-    def _record_change(self, handle: str, identity_key: bytes) -> UntrustedIdentity:
-        self.store.set_state(_CHANGE_PREFIX + handle, identity_key)
-        return UntrustedIdentity(handle)
-
-    def _refuse_reused(self, handle: str, identity_key: bytes) -> None:
-        """SPEC §13.8: a key pinned for another handle never stands for ``handle``."""
-        owner = self.store.identity_owner(identity_key)
-        if owner is not None and owner != handle:
-            raise IdentityKeyReused(handle, owner)
-
-    def pin_identity(self, handle: str, identity_key: bytes) -> IdentityStatus:
-        """Trust ``identity_key`` for ``handle`` on first use; NEW or TRUSTED.
-
-        A key other than the pinned one is recorded as a pending change and
-        raises UntrustedIdentity, as for a bundle (SPEC §3.3); a key pinned for
-        another handle raises IdentityKeyReused (SPEC §13.8).
-        """
-        self._refuse_reused(handle, identity_key)
-        if self.pending_identity_change(handle) is not None:
-            raise UntrustedIdentity(handle)
-        if self.store.check_identity(handle, identity_key) is IdentityStatus.CHANGED:
-            raise self._record_change(handle, identity_key)
-        return self.store.trust_identity(handle, identity_key, self._clock())
-
-    def approve_identity(self, handle: str, *, verified: bool = False) -> None:
-        """The user's decision: trust the pending new key (or mark the pinned one verified).
-
-        Approving a change drops the session built on the old key; the next
-        send fetches a fresh bundle, and the contact's next prekey message
-        starts a session under the new key.
-        """
-        new_key = self.pending_identity_change(handle)
-        if new_key is not None:
-            self.store.approve_identity(handle, new_key, self._clock(), verified=verified)
-            self.store.delete_session(handle)
-            self.store.delete_state(_CHANGE_PREFIX + handle)
-            return
-        trusted = self.store.get_trusted_identity(handle)
-        if trusted is None:
-            raise KeyError(f"no identity key known for {handle!r}")
-        self.store.approve_identity(handle, trusted.identity_key, self._clock(), verified=verified)
-
-    def identity_state(self, handle: str) -> IdentityState | None:
-        """TRUSTED or VERIFIED for a pinned key, None for a stranger."""
-        trusted = self.store.get_trusted_identity(handle)
-        if trusted is None:
-            return None
-        return IdentityState.VERIFIED if trusted.verified else IdentityState.TRUSTED
-
-    def safety_number(self, handle: str) -> str:
-        """The 60 digits to compare with ``handle`` (SPEC §13.9).
-
-        While a change is pending it is the number of the *new* key: the one
-        the user should compare before approving it.
-        """
-        key = self.pending_identity_change(handle)
-        if key is None:
-            trusted = self.store.get_trusted_identity(handle)
-            if trusted is None:
-                raise KeyError(f"no identity key known for {handle!r}")
-            key = trusted.identity_key
-        ours = self.identity
-        return safety_number(ours.handle, ours.identity_public, handle, key)
-
     # --- Sessions (SPEC §13.3, §13.6) ----------------------------------------
 
     def has_session(self, handle: str) -> bool:
@@ -404,11 +319,7 @@ class SessionManager:
             one_time_prekey_public=one_time.public if one_time is not None else None,
         )
         prekey_bundle.verify()
-        self._refuse_reused(handle, bundle.identity_key)
-        if self.pending_identity_change(handle) is not None:
-            raise UntrustedIdentity(handle)
-        if self.store.check_identity(handle, bundle.identity_key) is IdentityStatus.CHANGED:
-            raise self._record_change(handle, bundle.identity_key)
+        self.trust.check(handle, bundle.identity_key)
         session = initiate_session(
             self.keypair,
             prekey_bundle,
@@ -416,7 +327,7 @@ class SessionManager:
             our_handle=self.identity.handle,
             their_handle=handle,
         )
-        status = self.store.trust_identity(handle, bundle.identity_key, self._clock())
+        status = self.trust.record(handle, bundle.identity_key)
         blob = session.to_bytes()
         self.store.store_session(handle, blob)
         self._remember(handle, blob, session)
@@ -428,8 +339,7 @@ class SessionManager:
         Raises UntrustedIdentity while a key change is pending (SPEC §3.3:
         surfaced "before the next message is sent"), NoSession without one.
         """
-        if self.pending_identity_change(handle) is not None:
-            raise UntrustedIdentity(handle)
+        self.trust.refuse_pending(handle)
         session = self._load_own_session(handle)
         if session is None:
             raise NoSession(handle)
@@ -462,11 +372,7 @@ class SessionManager:
         ):
             their_key = info.sender_identity_key
             assert their_key is not None  # peek_envelope guarantees it for prekey messages
-            self._refuse_reused(sender, their_key)
-            if self.pending_identity_change(sender) is not None:
-                raise UntrustedIdentity(sender)
-            if self.store.check_identity(sender, their_key) is IdentityStatus.CHANGED:
-                raise self._record_change(sender, their_key)
+            self.trust.check(sender, their_key)
             session, plaintext, used_one_time = accept_session(
                 self.keypair,
                 deliver.body,
@@ -476,12 +382,11 @@ class SessionManager:
                 our_handle=self.identity.handle,
                 their_handle=sender,
             )
-            status = self.store.trust_identity(sender, their_key, self._clock())
+            status = self.trust.record(sender, their_key)
         else:
             if session is None:
                 raise DecryptionFailed(f"no session with {sender!r}")
-            if self.pending_identity_change(sender) is not None:
-                raise UntrustedIdentity(sender)
+            self.trust.refuse_pending(sender)
             session, plaintext = decrypt(session, deliver.body, self._rng)
             status = IdentityStatus.TRUSTED
         trusted = self.store.get_trusted_identity(sender)

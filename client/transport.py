@@ -6,13 +6,17 @@ binary messages. Every way a connection can fail — refused, dropped, closed by
 the relay, a text message — comes out as :class:`ConnectionLost`, so the SDK
 has one thing to catch before it reconnects.
 
+An application that must see the bytes (the demo shows them, the canary tests
+search them) gives the client a transport opener that taps them
+(:func:`tapped`); nothing is observed otherwise.
+
 Not here: frames and their meaning (``protocol.connection``, ``sdk``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -26,15 +30,16 @@ OPEN_TIMEOUT_S = 10.0
 WireTap = Callable[[str, bytes], None]
 """Called with ``("out", message)`` before a send and ``("in", message)`` after a receive."""
 
-wire_tap: ContextVar[WireTap | None] = ContextVar("blindrelay_wire_tap", default=None)
-"""Observes every message of the connections opened while it is set.
 
-A connection takes the tap in force in the context that opens it, and a
-client opens its reconnections from the task it started in ``connect``, so
-setting this around ``Client.connect`` taps that client only. The demo shows
-and the canary tests scan exactly the bytes the relay received and sent; the
-SDK never sets it.
-"""
+OpenTransport = Callable[[str], Awaitable["WebSocketTransport"]]
+"""How a client opens each connection to a relay URL, its reconnections included
+(``Client(open_transport=…)``); :meth:`WebSocketTransport.open` unless told otherwise."""
+
+
+def tapped(tap: WireTap) -> OpenTransport:
+    """Open connections whose every message ``tap`` sees: for a client whose wire is
+    shown (the demo) or searched (the canary tests). Nothing else observes the wire."""
+    return partial(WebSocketTransport.open, tap=tap)
 
 
 class ConnectionLost(ConnectionError):
@@ -49,8 +54,9 @@ class WebSocketTransport:
         self._tap = tap
 
     @classmethod
-    async def open(cls, url: str) -> WebSocketTransport:
-        """Connect to ``url``; ConnectionLost if the relay cannot be reached or refuses."""
+    async def open(cls, url: str, tap: WireTap | None = None) -> WebSocketTransport:
+        """Connect to ``url``; ConnectionLost if the relay cannot be reached or refuses.
+        ``tap``, if any, sees every message of this connection (:func:`tapped`)."""
         try:
             ws = await connect(
                 url,
@@ -63,7 +69,7 @@ class WebSocketTransport:
             )
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
             raise ConnectionLost(f"cannot connect to {url}: {exc}") from exc
-        return cls(ws, wire_tap.get())
+        return cls(ws, tap)
 
     async def send(self, data: bytes) -> None:
         if self._tap is not None:

@@ -50,7 +50,7 @@ from blindrelay.client.keystore import (
     SignedPreKeyRecord,
 )
 from blindrelay.client.sdk import Client, Message
-from blindrelay.client.transport import wire_tap
+from blindrelay.client.transport import tapped
 from blindrelay.protocol.content import Content, Receipt, ReceiptType, encode_content
 from blindrelay.protocol.crypto.session import Session
 from blindrelay.server.cli import main as relay_cli
@@ -172,12 +172,8 @@ async def play(
 
     async def online(handle: str, kind: str = "user") -> Client:
         store = RecordingKeyStore()
-        client = Client(store, operator_key=operator_key)
-        token = wire_tap.set(wire.tap)
-        try:
-            await within(client.connect(url))
-        finally:
-            wire_tap.reset(token)
+        client = Client(store, operator_key=operator_key, open_transport=tapped(wire.tap))
+        await within(client.connect(url))
         await within(client.register(handle, kind))  # type: ignore[arg-type]
         story.stores.append(store)
         story.handles.append(handle)

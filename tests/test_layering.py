@@ -9,6 +9,8 @@
   (``server/store/<back end>/``). Back ends are loaded only by the factory
   (``store.open_store``), inside the function, once a URL has chosen one.
 - A back end's package imports no other back end's.
+- No module of the tests imports a test module (``test_*.py``): what tests share
+  lives in helper modules and conftests.
 """
 
 from __future__ import annotations
@@ -313,3 +315,50 @@ def test_the_operator_commands_do_not_import_the_relays_command_line() -> None:
     """``admin`` and ``cli`` are two entry points; what both need lives beside them."""
     graph = import_graph(module_files())
     assert f"{SERVER_PACKAGE}.cli" not in graph[f"{SERVER_PACKAGE}.admin"]
+
+
+TESTS_PACKAGE = "tests"
+
+
+def is_test_module(name: str) -> bool:
+    """Whether ``name`` is a module of the tests that pytest collects (``test_*.py``)."""
+    if not name.startswith(TESTS_PACKAGE + "."):
+        return False
+    path = ROOT.joinpath(*name.split(".")).with_suffix(".py")
+    return path.is_file() and path.name.startswith("test_")
+
+
+def imported_test_modules(path: Path, package: str) -> set[str]:
+    """The test modules ``path`` (of ``package``) imports, function bodies included."""
+    visitor = _Imports(package, functions=True)
+    visitor.visit(ast.parse(path.read_text(), filename=str(path)))
+    return {name for name in visitor.found if is_test_module(name)}
+
+
+def test_no_test_module_is_imported_by_another_module_of_the_tests() -> None:
+    """What tests share lives in helper modules and conftests (tests/relays.py,
+    tests/client/harness.py, tests/protocol/pair.py …): a test module imported by
+    another one ties unrelated tests together and hides where a helper lives."""
+    offenders = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in python_files(TESTS_PACKAGE)
+        for name in sorted(
+            imported_test_modules(path, ".".join(path.relative_to(ROOT).parent.parts))
+        )
+    ]
+    assert offenders == []
+
+
+def test_the_test_import_check_sees_every_way_of_importing_a_test_module(tmp_path: Path) -> None:
+    bad = tmp_path / "helper.py"
+    bad.write_text(
+        "from .test_sdk import relay_at\n"
+        "from . import test_consent\n"
+        "import tests.server.test_auth\n"
+        "def later():\n    from ..protocol.test_pow import TINY\n"
+        "from .harness import online\nfrom ..relays import FakeClock\nfrom . import conftest\n"
+    )
+    assert imported_test_modules(bad, "tests.client") == {
+        "tests.client.test_sdk", "tests.client.test_consent", "tests.server.test_auth",
+        "tests.protocol.test_pow",
+    }  # fmt: skip

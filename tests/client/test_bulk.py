@@ -15,14 +15,14 @@ import asyncio
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from blindrelay.client.business import Business
 from blindrelay.client.keystore import KeyStore, MemoryKeyStore, SqliteKeyStore
+from blindrelay.client.outbox import Outbox
 from blindrelay.client.sdk import Client, ConnectionLost
-from blindrelay.client.transport import wire_tap
+from blindrelay.client.transport import OpenTransport, tapped
 from blindrelay.protocol import frames
 from blindrelay.protocol.codec import decode
 from blindrelay.protocol.content import MAX_CONTENT_BYTES, MalformedContent
@@ -35,9 +35,18 @@ from blindrelay.protocol.errors import (
     UntrustedIdentity,
 )
 
-from .test_business import business_online, customer
-from .test_consent import online
-from .test_sdk import LOW_COST, Crash, Inbox, make_client, relay_at, run, within
+from ..relays import relay_at
+from .harness import (
+    LOW_COST,
+    Crash,
+    Inbox,
+    business_online,
+    customer,
+    make_client,
+    online,
+    run,
+    within,
+)
 
 # --- the bulk path against a relay ---------------------------------------------------
 
@@ -54,8 +63,8 @@ def start_local_session(client: Client, handle: str) -> None:
     )  # fmt: skip
 
 
-def sends_tapped() -> tuple[list[frames.Send], Any]:
-    """Collect every SEND a client opened after this call writes; reset with the token."""
+def sends_tapped() -> tuple[list[frames.Send], OpenTransport]:
+    """Collect every SEND written by a client that opens its connections with the opener."""
     sends: list[frames.Send] = []
 
     def tap(direction: str, data: bytes) -> None:
@@ -64,7 +73,7 @@ def sends_tapped() -> tuple[list[frames.Send], Any]:
             if isinstance(frame, frames.Send):
                 sends.append(frame)
 
-    return sends, wire_tap.set(tap)
+    return sends, tapped(tap)
 
 
 def test_send_many_reports_each_recipient_and_each_customer_decrypts_theirs(
@@ -72,9 +81,8 @@ def test_send_many_reports_each_recipient_and_each_customer_decrypts_theirs(
 ) -> None:
     async def scenario() -> None:
         async with relay_at(tmp_path) as relay:
-            sends, token = sends_tapped()
-            shop = await online(relay.url, "shop", "business")
-            wire_tap.reset(token)
+            sends, tap = sends_tapped()
+            shop = await online(relay.url, "shop", "business", open_transport=tap)
             changed = asyncio.Event()
             shop.on_identity_change = lambda handle: changed.set()
             people = {h: await online(relay.url, h) for h in ("ann", "bob", "gus", "eve", "fay")}
@@ -137,7 +145,7 @@ def test_send_many_reports_each_recipient_and_each_customer_decrypts_theirs(
 
             await asyncio.sleep(0)  # answered outbox entries go at the end of the loop turn
             assert shop.store.state_items("sdk/outbox/") == []
-            assert len(shop._locks) == 0 and shop._bulk_sends == {} and shop._outbox == {}
+            assert len(shop.sender.locks) == 0 and shop.outbox.awaited == 0 and len(shop.outbox) == 0
             for client in (*people.values(), shop):
                 await client.close()
 
@@ -188,26 +196,38 @@ def test_send_many_retries_rate_limited_recipients_and_reports_the_rest(tmp_path
     run(scenario())
 
 
-def test_a_reconnect_during_send_many_resends_from_the_outbox(tmp_path: Path) -> None:
+def test_a_reconnect_during_send_many_resends_from_the_outbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answered, drop = 0, None
+    real_answered = Outbox.send_answered
+
+    def drop_after_ten(
+        outbox: Outbox, msg_id: bytes, at: int | None, error: ProtocolError | None
+    ) -> None:
+        nonlocal answered
+        real_answered(outbox, msg_id, at, error)
+        if drop is not None:
+            answered += 1
+            if answered == 10:
+                drop()
+
+    monkeypatch.setattr(Outbox, "send_answered", drop_after_ten)
+
     async def scenario() -> None:
+        nonlocal drop
         async with relay_at(tmp_path) as relay:
             shop = await business_online(relay.url, "shop", notify_window=4)
             handles = [f"user{i:02d}" for i in range(40)]
             raws = [await customer(relay.url, h, shop, "granted utility") for h in handles]
             client = shop.client
-            answered = 0
-            real_answered = client._send_answered
 
-            def drop_after_ten(msg_id: bytes, at: int | None, error: ProtocolError | None) -> None:
-                nonlocal answered
-                real_answered(msg_id, at, error)
-                answered += 1
-                if answered == 10:
-                    session = relay.ctx.sessions.get("shop")
-                    assert session is not None
-                    session.transport.close(1011, "test drop")
+            def drop_shop() -> None:
+                session = relay.ctx.sessions.get("shop")
+                assert session is not None
+                session.transport.close(1011, "test drop")
 
-            client._send_answered = drop_after_ten  # type: ignore[method-assign]
+            drop = drop_shop
             result = await within(shop.notify("utility", "gate change", to=handles), 30)
 
             assert sorted(result.sent) == handles and result.skipped == []
@@ -262,7 +282,7 @@ def test_a_chunk_is_persisted_whole_or_not_at_all_and_before_it_is_transmitted(
             await within(shop.send_many(handles, "x", intent="notification", category="utility"))
         monkeypatch.undo()
         assert {h: store.load_session(h) for h in handles} == before
-        assert store.state_items("sdk/outbox/") == [] and shop._outbox == {}
+        assert store.state_items("sdk/outbox/") == [] and len(shop.outbox) == 0
 
         # Offline: the chunk is persisted, then waits for a connection to transmit it.
         sending = asyncio.create_task(shop.send_many(handles, "y", window=5))
@@ -276,8 +296,8 @@ def test_a_chunk_is_persisted_whole_or_not_at_all_and_before_it_is_transmitted(
         if kind == "sqlite":
             store.close()
         restarted = make_client(open_store())
-        assert [o.to for o in restarted._outbox.values()] == handles  # resent in this order
-        assert [o.key for o in restarted._outbox.values()] == [key for key, _ in queued]
+        assert [o.to for o in restarted.outbox.entries()] == handles  # resent in this order
+        assert [o.key for o in restarted.outbox.entries()] == [key for key, _ in queued]
         restarted.store.close()
 
     run(scenario())
@@ -290,9 +310,9 @@ def test_sends_to_a_new_contact_take_one_lock_that_is_gone_afterwards(tmp_path: 
             bob = await online(relay.url, "bob")
             first = [asyncio.create_task(alice.send("bob", f"m{i}")) for i in range(3)]
             await asyncio.sleep(0)
-            assert len(alice._locks) == 1  # the bundle fetch holds it, the others wait
+            assert len(alice.sender.locks) == 1  # the bundle fetch holds it, the others wait
             await within(asyncio.gather(*first))
-            assert len(alice._locks) == 0
+            assert len(alice.sender.locks) == 0
             inbox = Inbox(bob)
             assert [(await inbox.next_text()).body for _ in range(3)] == ["m0", "m1", "m2"]
             await inbox.close()

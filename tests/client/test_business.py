@@ -22,61 +22,34 @@ import pytest
 from blindrelay.client.business import Business
 from blindrelay.client.keystore import KeyStore, MemoryKeyStore, SqliteKeyStore
 from blindrelay.client.sdk import Client, Message
-from blindrelay.protocol import frames, limits
+from blindrelay.protocol import limits
 from blindrelay.protocol.business import BadgeStatus, BusinessProfile, OpeningHours, SpecialDay
-from blindrelay.protocol.crypto.keys import IdentityKeyPair, SignedPreKey
+from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import InvalidProfile, RecipientUnavailable
 from blindrelay.protocol.signed import make_statement
 from blindrelay.server.cli import main as relay_cli
 
+from ..relays import FakeClock, relay_at
 from ..server.conftest import RawClient
-from ..server.consent_helpers import stated
-from .test_consent import FakeClock, Statements, online, relay_at, skewed_relay_clock
-from .test_sdk import FAST, LOW_COST, Inbox, run, within
+from .harness import (
+    FAST,
+    LOW_COST,
+    MIX,
+    STATEMENTS,
+    Inbox,
+    Statements,
+    business_online,
+    customer,
+    online,
+    run,
+    skewed_relay_clock,
+    within,
+)
 
 DAY_MS = 24 * 3600 * 1000
 
 
-async def business_online(url: str, handle: str, **options: Any) -> Business:
-    received = Statements()
-    client_options = {k: options.pop(k) for k in ("clock", "operator_key") if k in options}
-    client = await online(url, handle, "business", on_statement=received, **client_options)
-    business = Business(client, on_consent_change=received, on_block=received, **options)
-    business.received = received  # type: ignore[attr-defined]
-    return business
-
-
 # --- bulk notifications (SPEC §8.3) ------------------------------------------------
-
-MIX = ("granted utility", "granted marketing", "denied", "revoked", "blocked", "never asked")
-"""Customer i is in state MIX[i % 6]; the statements each state takes, in order:"""
-STATEMENTS: dict[str, list[tuple[str, tuple[str, ...] | None]]] = {
-    "granted utility": [("grant", ("utility",))],
-    "granted marketing": [("grant", ("marketing",))],
-    "denied": [("deny", ("utility",))],
-    "revoked": [("grant", ("utility",)), ("revoke", ("utility",))],
-    "blocked": [("grant", ("utility",)), ("block", None)],
-    "never asked": [],
-}
-
-
-async def customer(url: str, handle: str, business: Business, state: str) -> RawClient:
-    """A registered customer in ``state``, with the business holding a session to it."""
-    raw = await RawClient.open(url)
-    await raw.register(handle)
-    ours = IdentityKeyPair.from_seed(bytes(raw.key))
-    prekey = SignedPreKey.generate(ours, 1, os.urandom)
-    business.client.sessions.start_session(
-        frames.Bundle(
-            re=1, handle=handle, kind="user", identity_key=ours.public,
-            signed_prekey=frames.SignedPreKeyRecord(1, prekey.public, prekey.signature),
-        )
-    )  # fmt: skip
-    hello = raw.conn.hello
-    assert hello is not None
-    for action, categories in STATEMENTS[state]:
-        await stated(raw, action, business.handle, hello.now, categories)
-    return raw
 
 
 def test_bulk_notification_to_1000_customers_in_every_consent_state(tmp_path: Path) -> None:
@@ -132,6 +105,26 @@ def test_bulk_notification_to_1000_customers_in_every_consent_state(tmp_path: Pa
 # --- receipts (SPEC §7.5) ------------------------------------------------------------
 
 
+def test_a_business_hears_statements_beside_the_application_s_own_listener(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        async with relay_at(tmp_path, skewed_relay_clock()) as relay:
+            application = Statements()
+            client = await online(relay.url, "shop", "business", on_statement=application)
+            heard = Statements()
+            shop = Business(client, on_consent_change=heard, on_block=heard)
+            alice = await online(relay.url, "alice")
+            await within(alice.grant("shop", ["utility"]))
+            await within(alice.block("shop"))
+            assert [s.action for s in await heard.wait_for(2)] == ["grant", "block"]
+            assert [s.action for s in await application.wait_for(2)] == ["grant", "block"]
+            await alice.close()
+            await shop.close()
+
+    run(scenario())
+
+
 def test_held_receipts_verify_and_forged_altered_or_wrong_relay_ones_fail(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with relay_at(tmp_path, skewed_relay_clock()) as relay:
@@ -167,7 +160,7 @@ def test_held_receipts_verify_and_forged_altered_or_wrong_relay_ones_fail(tmp_pa
             wrong_relay = by_alice(relay_key=os.urandom(32))
             garbage = genuine[:-10]
             for bad in (forged, altered, wrong_relay, garbage):
-                shop.client._keep_statement("alice", bad)  # a tampered archive
+                shop.client.consent.keep("alice", bad)  # a tampered archive
             audit = shop.verify_receipts()
             assert [h.verified for h in audit] == [True, True, False, False, False, False]
             assert audit[3].statement is not None and audit[3].statement.target == "shoq"
@@ -403,6 +396,14 @@ def test_consents_follow_every_new_statement_and_keep_unchanged_folds(tmp_path: 
             alice = await online(relay.url, "alice")
             bob = await online(relay.url, "bob")
             seen = 0
+            folded: list[str] = []  # whose statements consents() reads
+            held_statements = shop.client.held_statements
+
+            def counted(counterpart: str, start: int = 0) -> list[bytes]:
+                folded.append(counterpart)
+                return held_statements(counterpart, start)
+
+            shop.client.held_statements = counted  # type: ignore[method-assign]
 
             async def step(statement: Any) -> dict[str, frozenset[str]]:
                 nonlocal seen
@@ -412,11 +413,11 @@ def test_consents_follow_every_new_statement_and_keep_unchanged_folds(tmp_path: 
                 return shop.consents()
 
             assert await step(bob.grant("shop", ["marketing"])) == {"bob": {"marketing"}}
-            bob_fold = shop._folded["bob"]
+            folded.clear()
             assert await step(alice.grant("shop", ["utility", "marketing"])) == {
                 "alice": {"utility", "marketing"}, "bob": {"marketing"},
             }  # fmt: skip
-            assert shop._folded["bob"] is bob_fold  # unchanged record: not folded again
+            assert folded == ["alice"]  # bob's unchanged record: not folded again
             assert await step(alice.revoke("shop", ["marketing"])) == {
                 "alice": {"utility"}, "bob": {"marketing"},
             }  # fmt: skip
@@ -431,8 +432,10 @@ def test_consents_follow_every_new_statement_and_keep_unchanged_folds(tmp_path: 
                 target="shop", relay_key=relay.relay_key, now_ms=shop.client.relay_now(),
                 rng=os.urandom, categories=("utility",),
             ).sign(IdentityKeyPair.generate(os.urandom).sign)  # fmt: skip
-            shop.client._keep_statement("carol", forged)
-            assert "carol" not in shop.consents() and "carol" not in shop._folded
+            shop.client.consent.keep("carol", forged)
+            folded.clear()
+            assert "carol" not in shop.consents() and "carol" not in shop.consents()
+            assert folded == ["carol", "carol"]  # read again each time, the others not
             for client in (alice, bob):
                 await client.close()
             await shop.close()
@@ -512,7 +515,7 @@ def shop_with_a_customer(store: KeyStore) -> tuple[Business, IdentityKeyPair, by
     relay_key = IdentityKeyPair.generate(os.urandom).public
     client.accept_relay_key(relay_key)
     alice = IdentityKeyPair.generate(os.urandom)
-    client.sessions.pin_identity("alice", alice.public)
+    client.trust.pin("alice", alice.public)
     return Business(client), alice, relay_key
 
 
@@ -539,7 +542,7 @@ def test_each_kept_statement_costs_the_same_however_many_are_kept() -> None:
             categories=("utility",),
         ).sign(alice.sign)  # fmt: skip
         before = store.written
-        shop.client._keep_statement("alice", signed)
+        shop.client.consent.keep("alice", signed)
         costs.append(store.written - before - len(signed))
         assert shop.consents() == ({"alice": frozenset({"utility"})} if i % 2 == 0 else {})
     assert set(costs) == {costs[0]}  # the bytes besides the statement never grow
@@ -576,7 +579,7 @@ def test_statements_kept_in_the_old_list_format_move_into_the_log_on_open(
     assert client.held_statements("alice") == signed[:2]
     assert client.statement_counterparts() == ["alice"]
     assert store.get_state("sdk/statements/alice") is None
-    client._keep_statement("alice", signed[2])
+    client.consent.keep("alice", signed[2])
     assert client.held_statements("alice") == signed
     assert Business(client).consents() == {"alice": frozenset({"utility", "marketing"})}
     store.close()

@@ -29,7 +29,7 @@ from blindrelay.protocol.errors import RecipientUnavailable
 from blindrelay.protocol.signed import ConsentStatement
 from blindrelay.server.cli import main as relay_cli
 
-from .test_sdk import replace_relay_key
+from .harness import replace_relay_key
 
 TIMEOUT_S = 15.0
 PASSPHRASE_ENV = "CHAT_TEST_PASSPHRASE"

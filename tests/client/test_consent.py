@@ -8,86 +8,17 @@ clock from HELLO (SPEC §4.1, §7.4). No sleeps: waits are on futures/events.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from blindrelay.client.keystore import MemoryKeyStore
 from blindrelay.client.sdk import Client, HeldStatement
 from blindrelay.protocol.errors import InvalidStatement, RecipientUnavailable
-from blindrelay.protocol.signed import Action, ConsentStatement
-from blindrelay.server.config import RelayConfig
-from blindrelay.server.relay import RunningRelay, serve
+from blindrelay.protocol.signed import Action
 
-from ..server.conftest import MANY_REGISTRATIONS
+from ..relays import relay_at
 from ..server.consent_helpers import issue_badge_for
-from .test_sdk import FAST, Inbox, run, within
-
-HOUR_MS = 3600 * 1000
-
-
-class FakeClock:
-    """Relay milliseconds that move only when a test says so."""
-
-    def __init__(self, now: int) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, ms: int) -> None:
-        self.now += ms
-
-
-@asynccontextmanager
-async def relay_at(tmp_path: Path, clock: FakeClock, **config: Any) -> AsyncIterator[RunningRelay]:
-    config = {**MANY_REGISTRATIONS, **config}  # every client comes from 127.0.0.1
-    relay = await serve(
-        RelayConfig(host="127.0.0.1", port=0, db_path=tmp_path / "relay.db", **config),
-        clock=clock,
-    )
-    try:
-        yield relay
-    finally:
-        await relay.close()
-
-
-def skewed_relay_clock() -> FakeClock:
-    """Three hours ahead of this machine: far outside the relay's statement skew."""
-    return FakeClock(time.time_ns() // 1_000_000 + 3 * HOUR_MS)
-
-
-class Statements:
-    """Collects the statements a client is forwarded; wait for the n-th."""
-
-    def __init__(self) -> None:
-        self.seen: list[ConsentStatement] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, statement: ConsentStatement) -> None:
-        self.seen.append(statement)
-        self._changed.set()
-
-    async def wait_for(self, count: int) -> list[ConsentStatement]:
-        async def wait() -> None:
-            while len(self.seen) < count:
-                self._changed.clear()
-                await self._changed.wait()
-
-        await within(wait())
-        return self.seen
-
-
-async def online(url: str, handle: str, kind: str = "user", **options: Any) -> Client:
-    client = Client(MemoryKeyStore(), backoff=FAST, jitter=lambda: 0.5, **options)
-    await within(client.connect(url))
-    await within(client.register(handle, kind))  # type: ignore[arg-type]
-    return client
+from .harness import Inbox, Statements, online, run, skewed_relay_clock, within
 
 
 async def notify(business: Client, user: str, text: str, category: str = "utility") -> bytes:

@@ -23,6 +23,9 @@ from blindrelay.client.demo import (
     Style,
     describe_envelope,
 )
+from blindrelay.protocol.crypto.padding import BUCKETS
+from blindrelay.protocol.crypto.ratchet import AEAD_TAG_LEN, Header
+from blindrelay.protocol.crypto.session import PendingPreKey, encode_envelope
 
 CLIENT_LINE_PREFIXES = ("  maria   │", "  skyway  │")
 
@@ -94,6 +97,20 @@ def test_colour_only_on_a_terminal_and_never_with_no_color(
 
 
 def test_an_envelope_is_shown_as_its_kind_and_ciphertext_not_its_header() -> None:
-    header = b"\x02\x02" + bytes(40)  # envelope version 2, a normal message (SPEC §13.6)
-    assert describe_envelope(header + b"\xab" * 32) == (f"74 B message, ciphertext {'ab' * 12}…")
-    assert describe_envelope(b"plain") == "5 B, not an envelope"
+    header = Header(b"\x01" * 32, 0, 7)
+    ciphertext = b"\xab" * (BUCKETS[0] + AEAD_TAG_LEN)
+    message = encode_envelope(header, ciphertext)
+    assert describe_envelope(message) == f"{len(message)} B message, ciphertext {'ab' * 12}…"
+    for one_time_id in (None, 9):  # the optional prekey id moves the ciphertext (SPEC §13.6)
+        ids = PendingPreKey(signed_prekey_id=5, one_time_prekey_id=one_time_id)
+        prekey = encode_envelope(header, ciphertext, (b"\x4e" * 32, b"\x02" * 32, ids))
+        assert describe_envelope(prekey) == (
+            f"{len(prekey)} B prekey message from key {'4e' * 6}…, ciphertext {'ab' * 12}…"
+        )
+
+
+def test_bytes_that_are_no_envelope_are_shown_as_such() -> None:
+    header = Header(b"\x01" * 32, 0, 7).encode()
+    unpadded = encode_envelope(Header(b"\x01" * 32, 0, 7), b"\xab" * 32)  # no padding bucket
+    for body in (b"plain", b"", b"\x02\x02" + header[:10], unpadded):
+        assert describe_envelope(body) == f"{len(body)} B, not an envelope"

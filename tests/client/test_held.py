@@ -19,8 +19,9 @@ from blindrelay.protocol import frames
 from blindrelay.protocol.content import Content, Text, encode_content
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 
+from ..relays import relay_at
 from ..server.conftest import RawClient
-from .test_sdk import FAST, LOW_COST, Inbox, back_online, online, relay_at, run, within
+from .harness import FAST, LOW_COST, Inbox, back_online, online, run, within
 
 FORGED = 300
 """More than the relay's DELIVERY_WINDOW (256) unacknowledged deliveries in flight."""
@@ -65,7 +66,7 @@ def test_forged_key_changes_from_one_sender_never_freeze_the_inbox(tmp_path: Pat
         async with relay_at(tmp_path, **ROOMY) as relay:
             changed: list[str] = []
             bob_store = MemoryKeyStore()
-            bob = await online(relay.url, "bob", bob_store, on_identity_change=changed.append)
+            bob = await online(relay.url, "bob", store=bob_store, on_identity_change=changed.append)
             carol = await online(relay.url, "carol")
             inbox = Inbox(bob)
             mallory = await Attacker.registered(relay.url, "bob")
@@ -179,7 +180,7 @@ def test_held_messages_left_by_a_crash_after_approval_are_released_at_the_next_l
     async def scenario() -> None:
         async with relay_at(tmp_path) as relay:
             bob_store = MemoryKeyStore()
-            bob = await online(relay.url, "bob", bob_store)
+            bob = await online(relay.url, "bob", store=bob_store)
             inbox = Inbox(bob)
             mallory = await Attacker.registered(relay.url, "bob")
             await mallory.send(mallory.genuine, "bob", "hello")
@@ -191,7 +192,7 @@ def test_held_messages_left_by_a_crash_after_approval_are_released_at_the_next_l
             await inbox.close()
             await bob.close()
             # The approval was stored, then the process died before releasing them.
-            bob.sessions.approve_identity("mallory")
+            bob.trust.approve("mallory")
 
             bob = await back_online(relay.url, bob_store)
             inbox = Inbox(bob)

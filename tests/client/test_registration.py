@@ -18,7 +18,8 @@ from blindrelay.server.cli import main
 from blindrelay.server.registration import invite_digest
 from blindrelay.server.store.sqlite.tables import Tables, connect
 
-from .test_sdk import make_client, relay_at, run, within
+from ..relays import relay_at
+from .harness import make_client, run, within
 
 TINY_POW = {"pow_bits": 3, "pow_opslimit": 1, "pow_memlimit": 1024 * 1024}
 

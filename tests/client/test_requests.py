@@ -14,12 +14,12 @@ from pathlib import Path
 
 from blindrelay.client.keystore import MemoryKeyStore
 from blindrelay.client.sdk import Client
-from blindrelay.client.transport import wire_tap
+from blindrelay.client.transport import tapped
 from blindrelay.protocol import codec, frames
 from blindrelay.protocol.content import Receipt, ReceiptType
 
-from .test_consent import online as online_as
-from .test_sdk import FAST, LOW_COST, Inbox, online, relay_at, run, within
+from ..relays import relay_at
+from .harness import FAST, LOW_COST, Inbox, online, run, within
 
 
 async def online_tapped(url: str, handle: str, written: list[frames.Frame]) -> Client:
@@ -29,11 +29,7 @@ async def online_tapped(url: str, handle: str, written: list[frames.Frame]) -> C
         if way == "out":
             written.append(codec.decode(data))
 
-    token = wire_tap.set(tap)
-    try:
-        return await online(url, handle)
-    finally:
-        wire_tap.reset(token)
+    return await online(url, handle, open_transport=tapped(tap))
 
 
 def test_a_stranger_s_message_is_a_request_and_gets_no_automatic_receipt(
@@ -99,7 +95,7 @@ def test_writing_first_makes_a_contact_and_it_is_kept_in_the_profile(tmp_path: P
 def test_businesses_neither_send_nor_receive_requests(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with relay_at(tmp_path) as relay:
-            shop = await online_as(relay.url, "shop", "business")
+            shop = await online(relay.url, "shop", "business")
             alice = await online(relay.url, "alice")
             shop_inbox, alice_inbox = Inbox(shop), Inbox(alice)
             await within(alice.send("shop", "is my order ready?"))
@@ -116,7 +112,7 @@ def test_blocking_a_requester_forgets_the_receipts_owed(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with relay_at(tmp_path) as relay:
             mallory = await online(relay.url, "mallory")
-            bob = await online(relay.url, "bob", MemoryKeyStore())
+            bob = await online(relay.url, "bob", store=MemoryKeyStore())
             inbox = Inbox(bob)
             await within(mallory.send("bob", "buy cheap watches"))
             assert (await inbox.next()).is_request

@@ -8,23 +8,19 @@ plugin), starts its own relay in ``tmp_path`` and closes everything it opened.
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Coroutine
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import nacl.pwhash.argon2id as argon2id
 import pytest
 
 from blindrelay.client.keystore import IncomingMessage, KeyStore, MemoryKeyStore, SqliteKeyStore
-from blindrelay.client.sdk import Backoff, Client, ConnectionLost, Message, RelayKeyChanged
-from blindrelay.client.sessions import ONE_TIME_PREKEY_TARGET, IdentityState
-from blindrelay.client.transport import wire_tap
+from blindrelay.client.sdk import Backoff, Client, ConnectionLost, RelayKeyChanged
+from blindrelay.client.sessions import ONE_TIME_PREKEY_TARGET
+from blindrelay.client.transport import tapped
+from blindrelay.client.trust import IdentityState
 from blindrelay.protocol import limits
 from blindrelay.protocol.content import Receipt, ReceiptType
-from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import (
     HandleTaken,
     RateLimited,
@@ -34,73 +30,22 @@ from blindrelay.protocol.errors import (
 )
 from blindrelay.server import relay as relay_module
 from blindrelay.server.config import RelayConfig
-from blindrelay.server.relay import RunningRelay, serve
+from blindrelay.server.relay import serve
 from blindrelay.server.store import open_store
 
-from ..server.conftest import MANY_REGISTRATIONS
-
-T = TypeVar("T")
-TIMEOUT = 10.0
-FAST = Backoff(initial=0.01, factor=2.0, cap=0.05)
-LOW_COST = {"opslimit": argon2id.OPSLIMIT_MIN, "memlimit": argon2id.MEMLIMIT_MIN}
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 60))
-
-
-async def within(awaitable: Awaitable[T], timeout: float = TIMEOUT) -> T:
-    return await asyncio.wait_for(awaitable, timeout)
-
-
-@asynccontextmanager
-async def relay_at(tmp_path: Path, **config: Any) -> AsyncIterator[RunningRelay]:
-    config = {**MANY_REGISTRATIONS, **config}  # every client comes from 127.0.0.1
-    relay = await serve(
-        RelayConfig(host="127.0.0.1", port=0, db_path=tmp_path / "relay.db", **config)
-    )
-    try:
-        yield relay
-    finally:
-        await relay.close()
-
-
-class Inbox:
-    """One consumer of ``client.messages()``, read a message at a time."""
-
-    def __init__(self, client: Client) -> None:
-        self.iterator = client.messages()
-
-    async def next(self) -> Message:
-        return await within(anext(self.iterator))
-
-    async def next_text(self) -> Message:
-        """The next message that is not a receipt."""
-        while True:
-            message = await self.next()
-            if message.receipt is None:
-                return message
-
-    async def close(self) -> None:
-        await self.iterator.aclose()
-
-
-def make_client(store: KeyStore | None = None, **options: Any) -> Client:
-    return Client(store or MemoryKeyStore(), backoff=FAST, jitter=lambda: 0.5, **options)
-
-
-async def online(url: str, handle: str, store: KeyStore | None = None, **options: Any) -> Client:
-    client = make_client(store, **options)
-    await within(client.connect(url))
-    await within(client.register(handle))
-    return client
-
-
-async def back_online(url: str, store: KeyStore, **options: Any) -> Client:
-    client = make_client(store, **options)
-    await within(client.connect(url))
-    await within(client.login())
-    return client
+from ..relays import relay_at
+from .harness import (
+    FAST,
+    LOW_COST,
+    Crash,
+    Inbox,
+    back_online,
+    make_client,
+    online,
+    replace_relay_key,
+    run,
+    within,
+)
 
 
 def test_two_clients_exchange_messages_through_a_relay(tmp_path: Path) -> None:
@@ -144,7 +89,7 @@ def test_a_message_to_an_offline_recipient_arrives_at_its_next_login(tmp_path: P
     async def scenario() -> None:
         async with relay_at(tmp_path) as relay:
             bob_store = MemoryKeyStore()
-            bob = await online(relay.url, "bob", bob_store)
+            bob = await online(relay.url, "bob", store=bob_store)
             await bob.close()
             alice = await online(relay.url, "alice")
 
@@ -191,10 +136,6 @@ def test_a_client_restarts_mid_conversation_from_its_keystore_file(tmp_path: Pat
                 await closing.close()
 
     run(scenario())
-
-
-class Crash(Exception):
-    """Stands in for the process dying at a chosen point."""
 
 
 class CrashingStore(SqliteKeyStore):
@@ -261,7 +202,7 @@ def test_a_redelivered_envelope_is_dropped_and_acknowledged(tmp_path: Path) -> N
     async def scenario() -> None:
         async with relay_at(tmp_path) as relay:
             bob_store = MemoryKeyStore()
-            bob = await online(relay.url, "bob", bob_store)
+            bob = await online(relay.url, "bob", store=bob_store)
             await bob.close()
             alice = await online(relay.url, "alice")
             await within(alice.send("bob", "once"))
@@ -379,7 +320,7 @@ def test_receipts_round_trip_as_chat_envelopes_the_relay_cannot_tell_apart(
     async def scenario() -> None:
         async with relay_at(tmp_path) as relay:
             alice_store = MemoryKeyStore()
-            alice = await online(relay.url, "alice", alice_store)
+            alice = await online(relay.url, "alice", store=alice_store)
             bob = await online(relay.url, "bob")
             msg_id = await within(alice.send("bob", "read me"))
             inbox = Inbox(bob)
@@ -539,7 +480,7 @@ def test_an_unacknowledged_send_survives_a_restart_of_both_sides(tmp_path: Path)
         path = tmp_path / "alice.keys"
         async with relay_at(tmp_path) as relay:
             bob_store = MemoryKeyStore()
-            bob = await online(relay.url, "bob", bob_store)
+            bob = await online(relay.url, "bob", store=bob_store)
             await bob.close()
             alice = Client.open(path, "pw", backoff=FAST, **LOW_COST)
             await within(alice.connect(relay.url))
@@ -581,7 +522,7 @@ def test_prekeys_are_topped_up_when_the_relay_says_they_run_low(tmp_path: Path) 
                          "message_request_max": 200}  # fmt: skip
         async with relay_at(tmp_path, **limits_raised) as relay:
             bob_store = MemoryKeyStore()
-            bob = await online(relay.url, "bob", bob_store)
+            bob = await online(relay.url, "bob", store=bob_store)
             assert bob.welcome is not None and bob.welcome.one_time_prekeys == 0
             alice = await online(relay.url, "alice")
             fetches = ONE_TIME_PREKEY_TARGET - limits.PREKEY_LOW_WATER + 1
@@ -616,7 +557,7 @@ def test_a_crash_between_encrypting_and_enqueueing_keeps_neither(
             else SqliteKeyStore.open(tmp_path / "alice.keys", "pw", create=True, **LOW_COST)
         )
         async with relay_at(tmp_path) as relay:
-            alice = await online(relay.url, "alice", store)
+            alice = await online(relay.url, "alice", store=store)
             bob = await online(relay.url, "bob")
             inbox = Inbox(bob)
             await within(alice.send("bob", "one"))
@@ -644,15 +585,6 @@ def test_a_crash_between_encrypting_and_enqueueing_keeps_neither(
     run(scenario())
 
 
-def replace_relay_key(db_path: Path) -> None:
-    """What a new operator (or another server answering at the relay's address) looks like."""
-    seed = os.urandom(32)
-    with sqlite3.connect(db_path) as db:
-        public = IdentityKeyPair.from_seed(seed).public
-        db.execute("UPDATE relay_identity SET seed = ?, public_key = ?", (seed, public))
-    db.close()
-
-
 def test_a_relay_presenting_another_key_is_an_error_before_anything_is_sent(
     tmp_path: Path,
 ) -> None:
@@ -664,7 +596,7 @@ def test_a_relay_presenting_another_key_is_an_error_before_anything_is_sent(
         alice_store = MemoryKeyStore()
         async with relay_at(tmp_path) as relay:
             old_key = relay.relay_key
-            alice = await online(relay.url, "alice", alice_store)
+            alice = await online(relay.url, "alice", store=alice_store)
             await alice.close()
             bob = await online(relay.url, "bob")
             await within(bob.send("alice", "queued while the key changes"))
@@ -673,13 +605,12 @@ def test_a_relay_presenting_another_key_is_an_error_before_anything_is_sent(
         async with relay_at(tmp_path) as relay:
             assert relay.relay_key != old_key
             written: list[bytes] = []
-            token = wire_tap.set(lambda way, data: written.append(data) if way == "out" else None)
-            try:
-                alice = make_client(alice_store)
-                with pytest.raises(RelayKeyChanged) as changed:
-                    await within(alice.connect(relay.url))
-            finally:
-                wire_tap.reset(token)
+            alice = make_client(
+                alice_store,
+                open_transport=tapped(lambda way, data: written.append(data) if way == "out" else None),
+            )
+            with pytest.raises(RelayKeyChanged) as changed:
+                await within(alice.connect(relay.url))
             assert (changed.value.pinned, changed.value.presented) == (old_key, relay.relay_key)
             assert written == []  # no LOGIN, no ACK, no resend on that link
             assert alice.relay_key == old_key  # nothing changed by itself

@@ -14,50 +14,19 @@ way to send someone else's envelope, which is the point.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Coroutine
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 
 from blindrelay.client import sessions
-from blindrelay.client.keystore import MemoryKeyStore
-from blindrelay.client.sdk import Backoff, Client
-from blindrelay.client.transport import wire_tap
+from blindrelay.client.transport import tapped
 from blindrelay.protocol import frames
 from blindrelay.protocol.codec import decode
-from blindrelay.server.config import RelayConfig
-from blindrelay.server.relay import RunningRelay, serve
 from tests.conformance.wire import Account, open_peer
 
-T = TypeVar("T")
-TIMEOUT = 10.0
-
-
-async def within(awaitable: Awaitable[T]) -> T:
-    return await asyncio.wait_for(awaitable, TIMEOUT)
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 60))
-
-
-@asynccontextmanager
-async def relay_at(tmp_path: Path) -> AsyncIterator[RunningRelay]:
-    relay = await serve(RelayConfig(host="127.0.0.1", port=0, db_path=tmp_path / "relay.db"))
-    try:
-        yield relay
-    finally:
-        await relay.close()
-
-
-def make_client() -> Client:
-    return Client(
-        MemoryKeyStore(), backoff=Backoff(initial=0.01, factor=2.0, cap=0.05), jitter=lambda: 0.5
-    )
+from ..relays import relay_at
+from .harness import make_client, run, within
 
 
 def test_a_captured_first_message_resent_by_another_account_is_not_shown_as_his(
@@ -73,14 +42,12 @@ def test_a_captured_first_message_resent_by_another_account_is_not_shown_as_his(
             messages = carol.messages()
 
             on_the_wire: list[bytes] = []
-            token = wire_tap.set(
-                lambda way, data: on_the_wire.append(data) if way == "out" else None
+            alice = make_client(
+                open_transport=tapped(
+                    lambda way, data: on_the_wire.append(data) if way == "out" else None
+                )
             )
-            try:
-                alice = make_client()
-                await within(alice.connect(relay.url))
-            finally:
-                wire_tap.reset(token)
+            await within(alice.connect(relay.url))
             await within(alice.register("alice"))
             await within(alice.send("carol", "for carol, from alice"))
             first = await within(anext(messages))
@@ -101,7 +68,7 @@ def test_a_captured_first_message_resent_by_another_account_is_not_shown_as_his(
                 after = await within(anext(messages))
             assert (after.sender, after.body) == ("alice", "after mallory's copy")
             assert "dropped undecryptable message from mallory" in caplog.text
-            assert carol.sessions.identity_state("mallory") is None
+            assert carol.trust.state("mallory") is None
             assert not carol.identity_change_pending("mallory")
             alice_key = alice.sessions.identity.identity_public
             assert carol.store.identity_owner(alice_key) == "alice"

@@ -13,13 +13,8 @@ import msgpack
 import pytest
 
 from blindrelay.client.keystore import IdentityStatus, IncomingMessage, MemoryKeyStore, OurIdentity
-from blindrelay.client.sessions import (
-    ONE_TIME_PREKEY_TARGET,
-    IdentityState,
-    Incoming,
-    NoSession,
-    SessionManager,
-)
+from blindrelay.client.sessions import ONE_TIME_PREKEY_TARGET, Incoming, NoSession, SessionManager
+from blindrelay.client.trust import IdentityState
 from blindrelay.protocol import frames
 from blindrelay.protocol.content import (
     Content,
@@ -191,7 +186,7 @@ def test_a_bundle_with_a_bad_signature_pins_nothing(pair: Pair) -> None:
 def test_a_changed_key_in_a_bundle_blocks_sending_until_approved(pair: Pair) -> None:
     pair.alice.start_session(pair.directory.bundle("bob"))
     pair.envelope(pair.alice, "bob", Text("before"))
-    number_before = pair.alice.safety_number("bob")
+    number_before = pair.alice.trust.safety_number("bob")
     impostor = make_manager("bob", 99)
     pair.directory.accounts.pop("bob")
     pair.directory.publish(impostor)
@@ -201,9 +196,9 @@ def test_a_changed_key_in_a_bundle_blocks_sending_until_approved(pair: Pair) -> 
     # Surfaced before the next send, even on the old, still valid session.
     with pytest.raises(UntrustedIdentity):
         pair.alice.encrypt("bob", b"x")
-    assert pair.alice.safety_number("bob") != number_before  # the new key's number
+    assert pair.alice.trust.safety_number("bob") != number_before  # the new key's number
 
-    pair.alice.approve_identity("bob")
+    pair.alice.trust.approve("bob")
     with pytest.raises(NoSession):
         pair.alice.encrypt("bob", b"x")
     assert pair.alice.start_session(pair.directory.bundle("bob")) is IdentityStatus.TRUSTED
@@ -224,7 +219,7 @@ def test_a_changed_key_in_a_prekey_message_is_held_until_approved(pair: Pair) ->
     with pytest.raises(UntrustedIdentity):
         pair.bob.encrypt("alice", b"reply")
 
-    pair.bob.approve_identity("alice")
+    pair.bob.trust.approve("alice")
     incoming = pair.bob.receive(deliver)
     assert incoming is not None and incoming.content.body == Text("new phone")
     assert incoming.identity is IdentityState.TRUSTED
@@ -345,13 +340,13 @@ def test_a_message_without_a_session_cannot_decrypt(pair: Pair) -> None:
 def test_safety_numbers_match_and_verification_shows_on_messages(pair: Pair) -> None:
     pair.alice.start_session(pair.directory.bundle("bob"))
     pair.bob.receive(pair.envelope(pair.alice, "bob", Text("hi")))
-    assert pair.alice.safety_number("bob") == pair.bob.safety_number("alice")
-    assert len(pair.alice.safety_number("bob")) == 60
+    assert pair.alice.trust.safety_number("bob") == pair.bob.trust.safety_number("alice")
+    assert len(pair.alice.trust.safety_number("bob")) == 60
     with pytest.raises(KeyError):
-        pair.alice.safety_number("carol")
+        pair.alice.trust.safety_number("carol")
 
-    pair.bob.approve_identity("alice", verified=True)
-    assert pair.bob.identity_state("alice") is IdentityState.VERIFIED
+    pair.bob.trust.approve("alice", verified=True)
+    assert pair.bob.trust.state("alice") is IdentityState.VERIFIED
     incoming = pair.bob.receive(pair.envelope(pair.alice, "bob", Text("verified?")))
     assert incoming is not None and incoming.identity is IdentityState.VERIFIED
 
@@ -439,7 +434,7 @@ def nothing_known_of(manager: SessionManager, handle: str) -> bool:
     store = manager.store
     return (
         store.get_trusted_identity(handle) is None
-        and manager.pending_identity_change(handle) is None
+        and manager.trust.pending_change(handle) is None
         and store.load_session(handle) is None
         and all(m.sender != handle for m in store.pending_messages())
     )
@@ -505,7 +500,7 @@ def test_one_identity_key_is_never_pinned_for_two_handles(pair: Pair) -> None:
         pair.bob.start_session(pair.directory.bundle("alice2"))
     assert nothing_known_of(pair.bob, "alice2")
     with pytest.raises(IdentityKeyReused):
-        pair.bob.pin_identity("alice2", ours.identity_public)
+        pair.bob.trust.pin("alice2", ours.identity_public)
     assert nothing_known_of(pair.bob, "alice2")
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 from nacl.signing import SigningKey
 
@@ -12,7 +10,6 @@ from blindrelay.protocol import frames as f
 from blindrelay.protocol.connection import (
     RECEIVABLE,
     ClientConnection,
-    RelayConnection,
     Role,
     State,
     login_transcript,
@@ -26,52 +23,7 @@ from blindrelay.protocol.errors import (
 )
 from blindrelay.protocol.fastcodec import encode_send
 
-T0 = 1_790_000_000_000
-
-
-def counter_rng() -> callable:
-    counter = itertools.count()
-    return lambda n: bytes([next(counter) % 256]) * n
-
-
-class Pair:
-    """A client and a relay connection wired back to back (h11's ConnectionPair)."""
-
-    def __init__(self) -> None:
-        self.relay_key = SigningKey(b"\x01" * 32)
-        self.relay = RelayConnection(self.relay_key.verify_key.encode(), T0, counter_rng())
-        self.client = ClientConnection()
-        self.flush()
-
-    def flush(self) -> tuple[list[f.Frame], list[f.Frame]]:
-        """Move bytes both ways; return (frames the relay got, frames the client got)."""
-        for data in self.client.data_to_send():
-            self.relay.receive_data(data)
-        for data in self.relay.data_to_send():
-            self.client.receive_data(data)
-        return self.relay.events_received(), self.client.events_received()
-
-    def relay_errors(self) -> list[f.Error]:
-        return [codec.decode(d) for d in self.relay.data_to_send()]  # type: ignore[misc]
-
-
-def signer(key: SigningKey):
-    return lambda message: key.sign(message).signature
-
-
-ALICE = SigningKey(b"\x02" * 32)
-
-
-def register(pair: Pair, handle: str = "alice", key: SigningKey = ALICE) -> f.Register:
-    pair.client.register(handle, "user", key.verify_key.encode(), signer(key))
-    (frame,), _ = pair.flush()
-    assert isinstance(frame, f.Register)
-    return frame
-
-
-def welcome(pair: Pair, frame: f.Register | f.Login, kind: str = "user") -> None:
-    pair.relay.send(f.Welcome(re=frame.id, handle=frame.handle, kind=kind, queued=0, one_time_prekeys=0, has_signed_prekey=False))
-    pair.flush()
+from .pair import ALICE, T0, Pair, register, signer, welcome
 
 
 def test_relay_opens_with_hello_and_client_moves_to_awaiting_auth() -> None:

@@ -25,7 +25,7 @@ from blindrelay.protocol.consent import (
 from blindrelay.protocol.errors import InvalidStatement
 from blindrelay.protocol.signed import Action
 
-from .test_spec import section, table_rows
+from .spec import section, table_rows
 
 NOW = 1_800_000_000_000
 DAY = 24 * 3600 * 1000

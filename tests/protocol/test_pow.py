@@ -13,7 +13,7 @@ from blindrelay.protocol import pow as puzzle
 from blindrelay.protocol.connection import ClientConnection, RelayConnection, register_transcript
 from blindrelay.protocol.errors import MalformedFrame, RegistrationRefused
 
-from .test_connection import ALICE, T0, counter_rng, signer
+from .pair import ALICE, T0, counter_rng, signer
 
 MIB = 1024 * 1024
 TINY = f.ProofOfWork(bits=3, opslimit=1, memlimit=MIB)

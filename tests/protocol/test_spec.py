@@ -2,40 +2,11 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 from blindrelay.protocol import frames as f
 from blindrelay.protocol import limits
 from blindrelay.protocol.errors import ERRORS_BY_CODE, ErrorCode
 
-SPEC = (Path(__file__).resolve().parents[2] / "protocol" / "SPEC.md").read_text()
-
-
-def section(number: int) -> str:
-    match = re.search(rf"^## {number}\. .*?(?=^## \d+\. |\Z)", SPEC, re.M | re.S)
-    assert match, f"SPEC has no section {number}"
-    return match.group(0)
-
-
-def table_rows(text: str, first_column: str) -> list[list[str]]:
-    """Rows of the markdown table whose header starts with ``first_column``."""
-    rows: list[list[str]] = []
-    in_table = False
-    lines = text.splitlines()
-    for n, line in enumerate(lines):
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        header = n + 1 < len(lines) and lines[n + 1].startswith("|--")
-        if line.startswith("|") and cells[0] == first_column and header and not in_table:
-            in_table = True
-            continue
-        if in_table and line.startswith("|"):
-            if set(cells[0]) <= {"-"}:
-                continue
-            rows.append(cells)
-        elif in_table:
-            break
-    return rows
+from .spec import section, table_rows
 
 
 def test_error_table_equals_error_code_enum() -> None:

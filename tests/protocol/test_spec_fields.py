@@ -28,8 +28,9 @@ from blindrelay.protocol.business import Badge, BusinessProfile, OpeningHours, S
 from blindrelay.protocol.errors import ErrorCode, ProtocolError
 from blindrelay.protocol.signed import ConsentStatement, SignedObject
 
+from .spec import SPEC
+
 ROOT = Path(__file__).resolve().parents[2]
-SPEC = (ROOT / "protocol" / "SPEC.md").read_text()
 
 RECORDS: dict[str, type] = {
     "SignedPreKey": f.SignedPreKeyRecord,

@@ -10,7 +10,7 @@
   the parties of every conversation sit on different workers again. It counts every
   connection by (home, worker): the proof of where clients were served.
 - :class:`Party` — an SDK :class:`~blindrelay.client.sdk.Client` with a wire tap
-  (``client.transport.wire_tap``) counting what crossed its socket: DELIVERs as they
+  (``client.transport.tapped``) counting what crossed its socket: DELIVERs as they
   arrived (duplicates included), SEND frames (resends included) and ERROR codes.
 
 Every wait is for a condition (a line, a process exit, a connection count), bounded
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from blindrelay.client.sdk import Backoff, Client
-from blindrelay.client.transport import wire_tap
+from blindrelay.client.transport import tapped
 from blindrelay.protocol.codec import decode
 from blindrelay.protocol.errors import ProtocolError
 from blindrelay.protocol.frames import Deliver, Error, Send, Sent
@@ -378,7 +378,10 @@ class Party:
         self.handle = handle
         self.url = url
         self.wire = Wire()
-        self.client = Client.open(None, backoff=SDK_BACKOFF, auto_delivered_receipts=False)
+        self.client = Client.open(
+            None, backoff=SDK_BACKOFF, auto_delivered_receipts=False,
+            open_transport=tapped(self.wire.tap),  # its reconnections too
+        )  # fmt: skip
         self.received: Counter[tuple[str, bytes]] = Counter()
         """What the application saw (``Client.messages``), by (sender, msg_id)."""
         self.bodies: dict[tuple[str, bytes], str] = {}
@@ -387,11 +390,7 @@ class Party:
         self._reader: asyncio.Task[None] | None = None
 
     async def register(self) -> None:
-        token = wire_tap.set(self.wire.tap)  # the client's reconnections inherit it
-        try:
-            await self.client.connect(self.url)
-        finally:
-            wire_tap.reset(token)
+        await self.client.connect(self.url)
         await self.client.register(self.handle)
 
     def read(self, changes: Changes) -> None:

@@ -44,6 +44,7 @@ from blindrelay.server.relay import RunningRelay, serve
 from .. import pg
 from ..asyncrun import AsyncFixture, async_test_runner
 from ..pg import PostgresDatabase
+from ..relays import MANY_REGISTRATIONS, FakeClock
 
 TEST_TIMEOUT_S = 10.0
 F = TypeVar("F", bound=Frame)
@@ -56,19 +57,6 @@ pytest_pyfunc_call = async_test_runner(TEST_TIMEOUT_S)
 
 
 # --- the relay ------------------------------------------------------------------
-
-
-class FakeClock:
-    """Milliseconds that move only when a test says so."""
-
-    def __init__(self, now: int = 1_800_000_000_000) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, ms: int) -> None:
-        self.now += ms
 
 
 class RelayFixture(AsyncFixture):
@@ -89,12 +77,6 @@ class RelayFixture(AsyncFixture):
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-MANY_REGISTRATIONS: dict[str, Any] = {"register_burst": 100_000, "register_rate_per_h": 100_000.0}
-"""Registrations per source address (SPEC §4.6.1) for tests: every test client comes
-from 127.0.0.1, so the default limit would cut the suite off; the tests of the limit
-itself set it back (tests/server/test_registration.py)."""
 
 
 ALL_BACKENDS = ("sqlite", "postgresql")

@@ -1,5 +1,6 @@
-"""Group commit, the tables (server/store/sqlite/tables.py) and the writer process
-(server/store/sqlite/writer*.py)."""
+"""Group commit, the tables (server/store/sqlite/tables.py) and the jobs the writer runs
+(server/store/sqlite/jobs.py); the writer and its process have their own tests
+(test_writer.py, test_writer_process.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,6 @@ import asyncio
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from blindrelay.protocol.consent import PairState
 from blindrelay.protocol.errors import ErrorCode, InvalidPrekeys, QueueFull
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.delivery import send_rules
-from blindrelay.server.store import Account, StoreJobError
+from blindrelay.server.store import Account
 from blindrelay.server.store.sqlite import jobs
 from blindrelay.server.store.sqlite.store import SqliteStore
 from blindrelay.server.store.sqlite.tables import SCHEMA_VERSION, GroupCommitter, Tables, connect
@@ -182,97 +180,6 @@ def test_the_even_account_lookup_finds_what_get_finds(tmp_path: Path) -> None:
             store.accounts.create(Account(handle, "user", bytes([n]) * 32), 0)
     for handle in [*handles, "alice", "user", "user70", "zz"]:
         assert store.accounts.get_evenly(handle) == store.accounts.get(handle)
-
-
-async def test_consecutive_merged_calls_share_one_job_and_each_gets_its_own_result(
-    tmp_path: Path,
-) -> None:
-    writer = Writer(tmp_path / "r.db", "FULL")
-    await writer.start()
-    try:
-        for handle in ("alice", "bob", "carol"):
-            await writer.submit("create_account", handle, "user", handle.encode() * 4, 0)
-        rules = DEFAULT_SEND_RULES._replace(queue_cap=10)
-        chat = ("chat", None, None, b"x", 0, rules)  # intent … body, now, rules
-        sends = [
-            writer.submit("send", "alice", "user", to, bytes([n]) * 16, *chat)
-            for n, to in enumerate(("bob", "bob", "carol"))
-        ]
-        (bob_1, _, _), (bob_2, _, _), (carol_1, _, _) = await asyncio.gather(*sends)
-        outcomes: list[tuple[str, bool, object]] = []
-
-        def done(name: str) -> Callable[[bool, object], None]:
-            return lambda ok, value: outcomes.append((name, ok, value))
-
-        jobs_before = writer._next_id
-        writer.call_many("acknowledge", ["bob", (bob_1, carol_1)], done("bob"))
-        writer.call_many("acknowledge", ["carol", (carol_1,)], done("carol"))
-        # Another job in between ends the merge: the next ACK runs after it, as submitted.
-        counted = writer.submit("login_counts", "bob", 0)
-        writer.call_many("acknowledge", ["bob", (bob_2,)], done("bob again"))
-        assert writer._next_id - jobs_before == 3  # two merged ACKs were one job
-        assert (await counted)[0] == 1  # bob's first ACK was applied before the count
-        await writer.submit("noop")
-        assert outcomes == [("bob", True, 1), ("carol", True, 1), ("bob again", True, 1)]
-
-        outcomes.clear()
-        writer.call_many("acknowledge", ["bob", (1,)], done("fine"))
-        writer.call_many("acknowledge", ["bob", 7], done("not a list"))  # fails the job
-        await writer.submit("noop")
-        assert [(name, ok) for name, ok, _ in outcomes] == [("fine", False), ("not a list", False)]
-        assert all(isinstance(error, StoreJobError) for _, _, error in outcomes)
-    finally:
-        await writer.close()
-
-
-async def test_a_writer_that_cannot_open_its_database_fails_to_start(tmp_path: Path) -> None:
-    writer = Writer(tmp_path / "missing-dir" / "r.db", "FULL")
-    with pytest.raises(Exception, match="No such file or directory"):
-        await writer.start()
-
-
-_HOST = """
-import asyncio, sys
-from pathlib import Path
-from blindrelay.server.store.sqlite.writer import Writer
-async def main():
-    writer = Writer(Path(sys.argv[1]), "FULL")
-    await writer.start()
-    print(writer.pid, flush=True)
-    await asyncio.sleep(60)
-asyncio.run(main())
-"""
-
-
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ")[1].startswith("Z")  # exited, not yet reaped
-    except FileNotFoundError:
-        return True
-
-
-@pytest.mark.slow
-def test_the_writer_process_dies_with_a_sigkilled_relay(tmp_path: Path) -> None:
-    host = subprocess.Popen(
-        [sys.executable, "-c", _HOST, str(tmp_path / "r.db")], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert host.stdout is not None
-        writer_pid = int(host.stdout.readline())
-        assert not _gone(writer_pid)
-        os.kill(host.pid, signal.SIGKILL)
-        host.wait()
-        deadline = time.monotonic() + 5
-        while not _gone(writer_pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert _gone(writer_pid)
-    finally:
-        if host.poll() is None:
-            host.kill()
-            host.wait()
-        if host.stdout is not None:
-            host.stdout.close()
 
 
 # --- jobs.send: decide first, one INSERT OR IGNORE tells new from resend ---------

@@ -1,0 +1,137 @@
+"""Businesses as a client may show them: profile and badge, checked offline (SPEC §8.1–8.2).
+
+:func:`business_info` fetches a business's signed profile and the operator's
+badge and checks both here, never trusting the relay: the profile against the
+identity key pinned for the handle (trust on first use, ``trust``), the badge
+against the operator key pinned in our configuration and our clock. Only the
+badge's name is verified; the profile's is the business's own claim, and a
+mismatch between them is flagged (:attr:`BusinessInfo.name_mismatch`).
+
+Not here: publishing our own profile (``business``), the formats and checks
+themselves (``protocol.business``).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from blindrelay.protocol import frames
+from blindrelay.protocol.business import (
+    BadgeCheck,
+    BadgeStatus,
+    BusinessProfile,
+    check_badge,
+    open_profile,
+)
+from blindrelay.protocol.errors import UnexpectedFrame, UntrustedIdentity
+
+from .link import RelayLink
+from .trust import IdentityTrust
+
+
+@dataclass(frozen=True, slots=True)
+class BusinessInfo:
+    """A business as a client may show it (SPEC §8.1–8.2).
+
+    ``profile`` verified against ``identity_key``; ``badge.verified`` only
+    if the operator key pinned in our configuration signed it for this very
+    handle and key and it is valid now.
+
+    Show :attr:`verified_name` as the business's name. The profile is signed
+    by the business itself, so its ``display_name`` (:attr:`claimed_name`) is
+    what the business says it is called — anyone can say "British Airways"
+    there. SPEC §8.1: only the badge's name may be shown as verified.
+    """
+
+    handle: str
+    identity_key: bytes
+    profile: BusinessProfile | None
+    badge: BadgeCheck
+    key_changed: bool
+    """The relay serves another key than the one we pinned: show as unverified."""
+
+    @property
+    def verified(self) -> bool:
+        return self.badge.verified and not self.key_changed
+
+    @property
+    def verified_name(self) -> str | None:
+        """The operator-signed name (the badge's ``display_name``); None unless :attr:`verified`."""
+        return self.badge.display_name if self.verified else None
+
+    @property
+    def claimed_name(self) -> str | None:
+        """The profile's ``display_name``: the business's own, unverified claim."""
+        return self.profile.display_name if self.profile is not None else None
+
+    @property
+    def name_mismatch(self) -> bool:
+        """Verified, and the profile claims a name other than the badge's (:func:`same_name`).
+
+        Flag it where the business is shown: a business verified as one name
+        and calling itself another is impersonating, or its badge is stale.
+        """
+        verified, claimed = self.verified_name, self.claimed_name
+        return verified is not None and claimed is not None and not same_name(verified, claimed)
+
+
+def same_name(a: str, b: str) -> bool:
+    """Whether two display names are the same name as a person reads it (SPEC §8.2).
+
+    Compared after Unicode NFKC normalisation, case folding and collapsing
+    runs of whitespace: "Bob's  BAKERY" is "Bob's Bakery", while anything a
+    reader could tell apart — another word, another letter, punctuation —
+    differs. Deliberately no confusable folding: "Bank" and "Βank" (Greek
+    capital beta) differ and are flagged, which errs on the side of warning.
+    """
+
+    def key(name: str) -> str:
+        return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+
+    return key(a) == key(b)
+
+
+async def business_info(
+    link: RelayLink,
+    trust: IdentityTrust,
+    handle: str,
+    *,
+    operator_key: bytes | None,
+    clock: Callable[[], int],
+) -> BusinessInfo:
+    """Fetch ``handle``'s profile and badge and check both offline (:meth:`Client.business_info`).
+
+    The key must be the one we pinned for ``handle`` (or is pinned now, on
+    first use); the profile must verify under it (InvalidProfile otherwise);
+    the badge is checked with ``operator_key`` and ``clock`` — without an
+    operator key nothing shows as verified.
+    """
+    frame = await link.request(lambda rid: frames.ProfileFetch(id=rid, handle=handle))
+    if not isinstance(frame, frames.Profile) or frame.handle != handle:
+        raise UnexpectedFrame("relay answered PROFILE_FETCH with another record")
+    try:
+        trust.pin(handle, frame.identity_key)
+        key_changed = False
+    except UntrustedIdentity:
+        key_changed = True
+    profile = (
+        open_profile(frame.profile, frame.identity_key, handle)
+        if frame.profile is not None
+        else None
+    )
+    if operator_key is None:
+        badge = BadgeCheck(BadgeStatus.ABSENT)
+    else:
+        badge = check_badge(
+            frame.badge,
+            operator_key=operator_key,
+            handle=handle,
+            identity_key=frame.identity_key,
+            now_ms=clock(),
+        )
+    return BusinessInfo(handle, frame.identity_key, profile, badge, key_changed)
+
+
+__all__ = ["BusinessInfo", "business_info", "same_name"]

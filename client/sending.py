@@ -1,0 +1,311 @@
+"""Sending: encrypt content for a contact and enqueue it in the outbox (SPEC §6.1–6.3).
+
+A message from :meth:`Client.send` to the wire: :meth:`Sender.send_content`
+starts a session first if there is none (a bundle fetch, one per contact
+however many sends wait for it, in order), then :meth:`Sender.queue_content`
+encrypts and writes the advanced session and the outbox entry in one keystore
+transaction — a crash keeps both (the envelope is resent) or neither (the
+chain never moved) — and the outbox transmits it. :meth:`Sender.send_many`
+does the same for one body and many recipients, a chunk per transaction.
+
+- Fields no SEND may carry are refused before anything is encrypted or stored.
+- A contact whose identity key change awaits the user is refused
+  (UntrustedIdentity, SPEC §3.3) before anything is written.
+- A chat records, in the same transaction, that we wrote to its recipient
+  (``message_requests``).
+
+Not here: what happens after the envelope is queued (``outbox``), sessions and
+their cryptography (``sessions``), trust decisions (``trust``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+
+from blindrelay.protocol import frames, limits
+from blindrelay.protocol.content import (
+    Content,
+    Data,
+    Receipt,
+    Text,
+    content_encoder,
+    encode_content,
+)
+from blindrelay.protocol.errors import BlindrelayError, UnexpectedFrame, UntrustedIdentity
+
+from .keystore import KeyStore
+from .link import RelayLink
+from .message_requests import MessageRequests
+from .outbox import Bulk, Outbox, Outcome, Outgoing
+from .sessions import NoSession, Rng, SessionManager
+
+SEND_MANY_WINDOW = 256
+"""SENDs :meth:`Client.send_many` keeps in flight: enough to hide the round trip
+to the relay behind encryption; more only queues frames in our socket buffer
+and grows the outbox."""
+
+
+class _HandleLock:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
+class HandleLocks:
+    """Per-contact locks that exist only while someone holds or awaits them.
+
+    A send that must fetch a bundle first holds its contact's lock, so that
+    concurrent sends to a new contact start one session and keep their order;
+    a send to a contact with a session and no lock taken needs none (encrypt
+    and enqueue are one synchronous step). Kept in a dict for ever, a lock per
+    contact ever written to would grow a business's memory with every customer.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, _HandleLock] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    def busy(self, handle: str) -> bool:
+        """Someone holds or awaits ``handle``'s lock: a send must queue behind them."""
+        return handle in self._locks
+
+    @contextlib.asynccontextmanager
+    async def hold(self, handle: str) -> AsyncIterator[None]:
+        entry = self._locks.get(handle)
+        if entry is None:
+            entry = self._locks[handle] = _HandleLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[handle]
+
+
+class Sender:
+    """Encrypt and enqueue: one message, or one body for many (module docstring)."""
+
+    def __init__(
+        self,
+        store: KeyStore,
+        sessions: SessionManager,
+        outbox: Outbox,
+        link: RelayLink,
+        requests: MessageRequests,
+        *,
+        rng: Rng,
+        identity_changed: Callable[[str], None],
+    ) -> None:
+        self._store = store
+        self._sessions = sessions
+        self._outbox = outbox
+        self._link = link
+        self._requests = requests
+        self._rng = rng
+        self._identity_changed = identity_changed
+        self.locks = HandleLocks()
+        """Held while a contact's session is started; gone once nobody waits."""
+        self.encrypt_seconds = 0.0
+        """Time spent encrypting and enqueueing outgoing messages (for benchmarks)."""
+        self._checked_shapes: set[tuple[str, str | None, tuple[str, ...] | None]] = set()
+
+    async def send_content(
+        self,
+        handle: str,
+        body: Text | Data | Receipt,
+        intent: str = frames.Intent.CHAT,
+        category: str | None = None,
+        categories: tuple[str, ...] | None = None,
+        rate_limit_retries: int = 0,
+    ) -> bytes:
+        """Encrypt ``body`` for ``handle``, enqueue it, return its msg_id at SENT."""
+        self._link.raise_if_fatal()
+        if self.locks.busy(handle) or not self._sessions.has_session(handle):
+            async with self.locks.hold(handle):  # one bundle fetch, sends kept in order
+                self._sessions.trust.refuse_pending(handle)
+                if not self._sessions.has_session(handle):
+                    await self._start_session(handle)
+                msg_id, sent = self.queue_content(
+                    handle, body, intent, category, categories, rate_limit_retries
+                )
+        else:  # encrypt and enqueue in one synchronous step: nothing to wait for
+            msg_id, sent = self.queue_content(
+                handle, body, intent, category, categories, rate_limit_retries
+            )
+        await sent
+        return msg_id
+
+    async def _start_session(self, handle: str) -> None:
+        bundle = await self._link.request(lambda rid: frames.BundleFetch(id=rid, handle=handle))
+        if not isinstance(bundle, frames.Bundle) or bundle.handle != handle:
+            raise UnexpectedFrame("relay answered a bundle fetch with another bundle")
+        try:
+            self._sessions.start_session(bundle)
+        except UntrustedIdentity:
+            self._identity_changed(handle)
+            raise
+
+    def queue_content(
+        self,
+        handle: str,
+        body: Text | Data | Receipt,
+        intent: str = frames.Intent.CHAT,
+        category: str | None = None,
+        categories: tuple[str, ...] | None = None,
+        rate_limit_retries: int = 0,
+    ) -> tuple[bytes, asyncio.Future[int]]:
+        """Encrypt, persist in the outbox, transmit if online; the future resolves at SENT.
+
+        The advanced session and the outbox entry are one keystore write: a
+        crash between them would otherwise lose an envelope whose message key
+        is already spent. Raises UntrustedIdentity (pending key change),
+        NoSession, MalformedFrame for fields no SEND may carry.
+        """
+        started = time.perf_counter()
+        self._check_send(intent, category, categories)
+        frames.check_handle(handle, "to")
+        msg_id = self._rng(limits.MESSAGE_ID_BYTES)
+        with self._store.atomic():
+            envelope = self._sessions.encrypt(handle, encode_content(Content(msg_id, body)))
+            outgoing = self._outbox.persist(msg_id, handle, envelope, intent, category, categories)
+            wrote = intent == frames.Intent.CHAT and self._requests.note_chat(handle)
+        if wrote:
+            self._requests.noted((handle,))
+        self.encrypt_seconds += time.perf_counter() - started
+        return msg_id, self._outbox.add(outgoing, rate_limit_retries)
+
+    def _check_send(
+        self, intent: str, category: str | None, categories: tuple[str, ...] | None
+    ) -> None:
+        """Refuse, before anything is encrypted or stored, fields no SEND may carry.
+
+        Checked by building a SEND once per combination: the frame's own rules,
+        not a copy. With the handle checked per recipient and envelopes and ids
+        of valid sizes by construction, every outbox entry makes a valid SEND.
+        """
+        shape = (intent, category, categories)
+        if shape not in self._checked_shapes:
+            frames.Send(
+                id=1, to="abc", msg_id=bytes(limits.MESSAGE_ID_BYTES), intent=intent,
+                body=b"\x00", category=category, categories=categories,
+            )  # fmt: skip
+            self._checked_shapes.add(shape)
+
+    # --- One body, many recipients (SPEC §8.3) --------------------------------------
+
+    async def send_many(
+        self,
+        handles: Iterable[str],
+        content: Text | Data,
+        *,
+        intent: str,
+        category: str | None,
+        categories: tuple[str, ...] | None,
+        rate_limit_retries: int,
+        window: int,
+    ) -> list[tuple[str, Outcome]]:
+        """:meth:`Client.send_many`: up to ``window`` SENDs in flight, a chunk of
+        recipients encrypted and enqueued per keystore transaction, and a recipient
+        without a session sent on the path of :meth:`send_content` on its own."""
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        plaintext_for = content_encoder(content)
+        todo = list(handles)
+        bulk = Bulk(len(todo), rate_limit_retries)
+        refill = max(1, window // 4)
+        """Wake to queue more once this many slots are free, not at every SENT."""
+        slow: set[asyncio.Task[bytes]] = set()
+        position = 0
+        try:
+            while position < len(todo):
+                self._link.raise_if_fatal()
+                await bulk.drained(window - refill if position else window)
+                chunk = todo[position : position + window - bulk.in_flight]
+                for offset, handle in self._queue_many(
+                    bulk, position, chunk, plaintext_for, intent, category, categories
+                ):
+                    task = asyncio.create_task(
+                        self.send_content(
+                            handle, content, intent, category, categories, rate_limit_retries
+                        )
+                    )
+                    bulk.in_flight += 1
+                    slow.add(task)
+                    task.add_done_callback(slow.discard)
+                    task.add_done_callback(functools.partial(bulk.slow_done, position + offset))
+                position += len(chunk)
+            await bulk.drained(0)
+        finally:
+            for task in slow:
+                task.cancel()
+            self._outbox.forget_bulk(bulk)  # stopped early: they stay in the outbox
+        results: list[tuple[str, Outcome]] = []
+        for handle, outcome in zip(todo, bulk.outcomes, strict=True):
+            assert outcome is not None  # every recipient was settled before drained(0)
+            results.append((handle, outcome))
+        return results
+
+    def _queue_many(
+        self,
+        bulk: Bulk,
+        first: int,
+        chunk: list[str],
+        plaintext_for: Callable[[bytes], bytes],
+        intent: str,
+        category: str | None,
+        categories: tuple[str, ...] | None,
+    ) -> list[tuple[int, str]]:
+        """Encrypt and enqueue ``chunk`` in one keystore transaction, then transmit it.
+
+        Returns the (offset, handle) of recipients that need the path of
+        :meth:`send_content`: no session yet, or a send to them is already
+        waiting on one. A recipient whose encryption is refused
+        (UntrustedIdentity) gets that outcome; ``SessionManager.encrypt``
+        refuses before it writes anything, so the rest of the chunk stands.
+        """
+        started = time.perf_counter()
+        size = limits.MESSAGE_ID_BYTES
+        ids = self._rng(size * len(chunk))
+        self._check_send(intent, category, categories)
+        queued: list[tuple[int, Outgoing]] = []
+        deferred: list[tuple[int, str]] = []
+        wrote: list[str] = []
+        chat = intent == frames.Intent.CHAT
+        with self._store.atomic():
+            for offset, handle in enumerate(chunk):
+                if self.locks.busy(handle):
+                    deferred.append((offset, handle))
+                    continue
+                msg_id = ids[offset * size : (offset + 1) * size]
+                try:
+                    frames.check_handle(handle, "to")
+                    envelope = self._sessions.encrypt(handle, plaintext_for(msg_id))
+                except NoSession:
+                    deferred.append((offset, handle))
+                    continue
+                except BlindrelayError as exc:
+                    bulk.outcomes[first + offset] = exc
+                    continue
+                outgoing = self._outbox.persist(
+                    msg_id, handle, envelope, intent, category, categories
+                )
+                queued.append((first + offset, outgoing))
+                if chat and self._requests.note_chat(handle):
+                    wrote.append(handle)
+        self._requests.noted(wrote)
+        self.encrypt_seconds += time.perf_counter() - started
+        self._outbox.add_bulk(bulk, queued)
+        return deferred
+
+
+__all__ = ["SEND_MANY_WINDOW", "HandleLocks", "Sender"]

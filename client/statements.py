@@ -1,0 +1,298 @@
+"""Signed statements of consent and blocking: make, keep, check (SPEC §7.4–7.6).
+
+- **Consent is the user's signature** (SPEC §7.4). :meth:`Statements.make`
+  signs a grant, deny, revoke, block or unblock with our identity key, bound to
+  the relay key of HELLO and dated by the relay's clock as estimated from HELLO
+  ``now``; our copy is kept once the relay said OK.
+- **Forwarded statements are verified before they are kept** (SPEC §7.5),
+  against the signer's pinned key (trust on first use: a business may hear of
+  a user first through their opt-in); a changed key holds the statement like a
+  message. Listeners (:meth:`Statements.add_listener`) hear of each one kept.
+- **Kept statements are records**, one log per counterpart, oldest first, with
+  a count that tells a reader whether there are new ones
+  (:meth:`Statements.records`, :meth:`Statements.counts`), each checkable
+  offline (:meth:`Statements.check`). What they leave granted is the relay's
+  own table applied to them in order (:func:`fold`, :mod:`blindrelay.protocol.consent`).
+
+Not here: the rules (``protocol.consent``), signing and encodings
+(``protocol.signed``), whose key is pinned (``trust``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import msgpack
+
+from blindrelay.protocol import frames, limits
+from blindrelay.protocol.consent import INITIAL, PairState, apply_statement
+from blindrelay.protocol.errors import InvalidStatement, ProtocolError, UnexpectedFrame
+from blindrelay.protocol.signed import (
+    Action,
+    ConsentStatement,
+    make_statement,
+    unverified_body,
+    verify_statement,
+)
+
+from .keystore import KeyStore
+from .link import RelayLink
+from .sessions import Rng, SessionManager
+from .trust import RelayKeyPin
+
+log = logging.getLogger("blindrelay.client")
+
+_STATEMENTS_PREFIX = "sdk/statements/"
+"""Before statements were kept one per log row: one packed list per counterpart,
+rewritten whole on each statement. Moved into the log when a profile opens."""
+_STATEMENT_COUNT_PREFIX = "sdk/statement-count/"
+"""Per counterpart, how many statements its log holds (u64 big-endian)."""
+_STATEMENT_LOG = "statements/"
+"""Keystore log group prefix: one row per kept statement, in the order kept."""
+
+StatementListener = Callable[[ConsentStatement], None]
+
+
+@dataclass(frozen=True, slots=True)
+class HeldStatement:
+    """A signed statement we keep (ours, or forwarded to us) and whether it verified."""
+
+    statement: ConsentStatement | None
+    """None when the bytes do not even decode as a statement."""
+    signed: bytes
+    verified: bool
+
+
+def fold(state: PairState, statement: ConsentStatement, user: str) -> PairState:
+    """``state`` of a user–business pair after one more of their statements (SPEC §7.4),
+    by :func:`blindrelay.protocol.consent.apply_statement`, dated by its ``issued_at``.
+
+    Kept statements are the ones the relay accepted, in the order it did, so its
+    table accepts them again; one it refuses here (a cooldown whose end falls
+    within the clock skew: a deny, which grants nothing) changes nothing.
+    """
+    action = Action(statement.action)
+    try:
+        after, _ = apply_statement(
+            state,
+            action=action,
+            signer=statement.signer,
+            categories=frozenset(statement.categories or ()),
+            signer_is_user_blocking_business=action is Action.BLOCK and statement.signer == user,
+            now=statement.issued_at,
+            cooldown_ms=limits.CONSENT_COOLDOWN_MS,
+        )
+    except InvalidStatement:
+        return state
+    return after
+
+
+def granted(state: PairState) -> frozenset[str]:
+    """The categories a business may notify in: granted, and no block by either side."""
+    return frozenset() if state.blocked else state.granted()
+
+
+class Statements:
+    """The statements we make, and those we keep with each counterpart (module docstring)."""
+
+    def __init__(
+        self,
+        store: KeyStore,
+        sessions: SessionManager,
+        link: RelayLink,
+        relay_key: RelayKeyPin,
+        state: Sequence[tuple[str, bytes]],
+        *,
+        rng: Rng,
+    ) -> None:
+        """``state`` holds the keystore's ``sdk/`` rows, read once at start."""
+        self._store = store
+        self._sessions = sessions
+        self._link = link
+        self._relay_key = relay_key
+        self._rng = rng
+        self._listeners: list[StatementListener] = []
+        self._migrate(state)
+
+    def add_listener(self, listener: StatementListener) -> None:
+        """Call ``listener`` with each verified statement forwarded to us, once kept."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: StatementListener) -> None:
+        self._listeners.remove(listener)
+
+    # --- Ours (SPEC §7.4) ---------------------------------------------------------
+
+    async def make(
+        self, action: Action, target: str, categories: tuple[str, ...] | None
+    ) -> ConsentStatement:
+        """Sign, send as STATEMENT, keep our copy once the relay said OK.
+
+        Not retried after a dropped connection: the relay may have taken it,
+        and the same nonce again would be refused as a replay (SPEC §7.4).
+        Call again (a fresh statement) or check :meth:`Client.statements`.
+        """
+        if action in (Action.GRANT, Action.REVOKE):
+            categories = self._changing(action, target, categories or ())
+        conn = await self._link.wait_online()
+        identity = self._sessions.identity
+        statement = make_statement(
+            action,
+            signer=identity.handle,
+            signer_key=identity.identity_public,
+            target=target,
+            relay_key=conn.relay_key,
+            now_ms=self._link.relay_now(),
+            rng=self._rng,
+            categories=categories,
+        )
+        signed = statement.sign(self._sessions.sign)
+        await conn.request(frames.Statement(id=conn.next_request_id(), statement=signed))
+        self.keep(target, signed)
+        return statement
+
+    def _changing(
+        self, action: Action, business: str, categories: tuple[str, ...]
+    ) -> tuple[str, ...]:
+        """SPEC §7.4: "a client sends exactly the categories that change" — the relay
+        refuses whole a statement that changes nothing for one of them. Raises
+        InvalidStatement, before anything is sent, when none would change."""
+        already = self.granted_to(business)
+        changing = tuple(c for c in categories if (c in already) == (action is Action.REVOKE))
+        if not changing:
+            state = "granted" if action is Action.GRANT else "not granted"
+            raise InvalidStatement(f"{', '.join(categories)}: already {state} to {business}")
+        return changing
+
+    def granted_to(self, business: str) -> frozenset[str]:
+        """The categories we have granted ``business`` and not withdrawn (a deny, a
+        revoke or our block), by the statements we made from this keystore."""
+        state, ours = INITIAL, self._sessions.identity.handle
+        for signed in self.records(business):
+            statement = unverified_body(ConsentStatement, signed)
+            if statement.signer == ours:
+                state = fold(state, statement, ours)
+        return state.granted()
+
+    # --- Theirs (SPEC §7.5) ---------------------------------------------------------
+
+    def receive(self, deliver: frames.Deliver, relay_key: bytes) -> None:
+        """SPEC §7.5: verify a forwarded statement and keep it; the caller acks.
+
+        The signer's key is the one we pinned; a different key is an identity
+        change, raised (UntrustedIdentity) for the caller to hold the statement
+        like a message. One that fails verification is dropped (acked): the
+        relay checked it, so it is forged.
+        """
+        if self._store.is_processed(deliver.sender, deliver.msg_id):
+            return
+        try:
+            claimed = unverified_body(ConsentStatement, deliver.body)
+            if claimed.signer != deliver.sender or claimed.nonce != deliver.msg_id:
+                raise InvalidStatement("statement does not match its delivery")
+            if claimed.target != self._sessions.identity.handle:
+                raise InvalidStatement("statement made for another account")
+            statement = verify_statement(
+                deliver.body, expected_key=claimed.signer_key, relay_key=relay_key
+            )
+        except ProtocolError as exc:
+            log.warning("dropped invalid statement from %s: %s", deliver.sender, exc)
+            return
+        # Outside the transaction: a changed key must stay recorded as pending.
+        self._sessions.trust.pin(deliver.sender, statement.signer_key)  # or raise
+        with self._store.atomic():
+            self.keep(deliver.sender, deliver.body)
+            self._store.mark_processed(deliver.sender, deliver.msg_id)
+        for listener in list(self._listeners):
+            listener(statement)
+
+    # --- Records -----------------------------------------------------------------------
+
+    def keep(self, counterpart: str, signed: bytes) -> None:
+        """Append one statement to ``counterpart``'s log: two small rows, however many
+        are kept (the statement, and the counterpart's new count)."""
+        key = _STATEMENT_COUNT_PREFIX + counterpart
+        count = int.from_bytes(self._store.get_state(key) or b"", "big") + 1
+        with self._store.atomic():
+            self._store.append_log(_STATEMENT_LOG + counterpart, signed)
+            self._store.set_state(key, count.to_bytes(8, "big"))
+
+    def records(self, counterpart: str, start: int = 0) -> list[bytes]:
+        """Signed statements kept with ``counterpart`` (ours or theirs to us), oldest first,
+        from the ``start``-th on."""
+        return self._store.read_log(_STATEMENT_LOG + counterpart, start)
+
+    def counts(self) -> dict[str, int]:
+        """Per counterpart, how many statements we keep with it.
+
+        Statements are only ever added, so a count tells a caller that derives
+        something from a counterpart's statements whether there are new ones,
+        and ``records(counterpart, start=old count)`` reads just those.
+        """
+        prefix = _STATEMENT_COUNT_PREFIX
+        return {
+            key.removeprefix(prefix): int.from_bytes(blob, "big")
+            for key, blob in self._store.state_items(prefix)
+        }
+
+    def check(self, signed: bytes) -> HeldStatement:
+        """Verify a statement offline (SPEC §7.5): signature, signer's pinned key, relay key.
+
+        Our own statements verify against our identity key, others' against
+        the key pinned for their signer. No clock check: an archived receipt
+        stays valid evidence after the skew has passed.
+        """
+        try:
+            statement = unverified_body(ConsentStatement, signed)
+        except ProtocolError:
+            return HeldStatement(None, signed, verified=False)
+        identity = self._sessions.identity
+        if statement.signer == identity.handle:
+            expected: bytes | None = identity.identity_public
+        else:
+            expected = self._sessions.trust.pinned_key(statement.signer)
+        relay_key = self._relay_key.key
+        try:
+            if expected is None or relay_key is None:
+                raise InvalidStatement("no pinned key to verify against")
+            verify_statement(signed, expected_key=expected, relay_key=relay_key)
+        except ProtocolError:
+            return HeldStatement(statement, signed, verified=False)
+        return HeldStatement(statement, signed, verified=True)
+
+    async def in_force(self) -> list[HeldStatement]:
+        """The statements in force that we signed or that name us, from the relay (SPEC §7.6).
+
+        Pages through STATEMENTS_LIST; each is verified as :meth:`check` does, so
+        a relay that altered or invented one shows as ``verified=False``.
+        """
+        listed: list[HeldStatement] = []
+        after = 0
+        while True:
+
+            def page_request(rid: int, cursor: int = after) -> frames.Frame:
+                return frames.StatementsList(id=rid, after=cursor)
+
+            page = await self._link.request(page_request)
+            if not isinstance(page, frames.Statements):
+                raise UnexpectedFrame("relay answered STATEMENTS_LIST with another frame")
+            listed += [self.check(signed) for signed in page.statements]
+            if page.next is None:
+                return listed
+            after = page.next
+
+    def _migrate(self, state: Sequence[tuple[str, bytes]]) -> None:
+        """Move statements kept in the old format (one list per counterpart) into the log."""
+        for key, record in state:
+            if not key.startswith(_STATEMENTS_PREFIX):
+                continue
+            counterpart = key.removeprefix(_STATEMENTS_PREFIX)
+            with self._store.atomic():
+                for signed in [bytes(item) for item in msgpack.unpackb(record, raw=False)]:
+                    self.keep(counterpart, signed)
+                self._store.delete_state(key)
+
+
+__all__ = ["HeldStatement", "StatementListener", "Statements", "fold", "granted"]

@@ -1,0 +1,196 @@
+"""Whose keys we trust: the relay's, and each contact's identity key (SPEC §3.3, §4.1, §13.8–13.9).
+
+The rules, each enforced in one place:
+
+- **Trust on first use, never silently changed** (SPEC §3.3). Every identity
+  key a contact presents — in a bundle, a prekey message, a forwarded
+  statement or a profile — goes through :meth:`IdentityTrust.check`. The first
+  key seen for a handle is pinned; a different one is recorded as a *pending
+  change* and raises :class:`UntrustedIdentity`, and from then on the contact
+  is refused (:meth:`IdentityTrust.refuse_pending`) until the user decides
+  (:meth:`IdentityTrust.approve`), so the change is surfaced before the next send.
+- **One key, one handle** (SPEC §13.8). A key already pinned for another
+  handle raises :class:`IdentityKeyReused` before any cryptography, and pins
+  nothing.
+- **The relay key is pinned** (SPEC §4.1) at the first login; a relay
+  presenting another key is :class:`RelayKeyChanged` until the user accepts it
+  (:meth:`RelayKeyPin.accept`).
+- **Safety numbers** (SPEC §13.9) are what the user compares out of band;
+  while a change is pending, the number of the *new* key.
+
+Not here: sessions and cryptography (``sessions``), where the pins are stored
+(``keystore``), what happens to a contact's messages while a change is pending
+(``inbox``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import StrEnum
+
+from blindrelay.protocol.crypto.fingerprint import safety_number
+from blindrelay.protocol.errors import BlindrelayError, IdentityKeyReused, UntrustedIdentity
+
+from .keystore import IdentityStatus, KeyStore
+
+_CHANGE_PREFIX = "identity-change/"
+"""Keystore state: per contact, the new identity key that awaits the user's decision."""
+_RELAY_KEY = "sdk/relay-key"
+"""Keystore state: the relay key pinned for this profile."""
+
+
+class RelayKeyChanged(BlindrelayError):
+    """The relay presents another key than the one pinned for this profile.
+
+    Raised from :meth:`Client.connect` (and by every waiting call once a
+    reconnect meets it) as soon as HELLO shows the key, before anything is
+    sent or acknowledged on that connection. The relay key is what our
+    statements are bound to (SPEC §7.4) and what the relay signs nothing
+    without: a new key means a new operator key pair, or someone else
+    answering at the relay's address. Only a person who learnt the new key
+    out of band should accept it, with :meth:`Client.accept_relay_key`.
+    A client-side error: no wire code.
+    """
+
+    def __init__(self, pinned: bytes, presented: bytes) -> None:
+        super().__init__(
+            f"the relay presents key {presented.hex()}, not the key {pinned.hex()} pinned "
+            "for this profile"
+        )
+        self.pinned = pinned
+        self.presented = presented
+
+
+class RelayKeyPin:
+    """The relay key this profile trusts (SPEC §4.1), kept in the keystore."""
+
+    def __init__(self, store: KeyStore) -> None:
+        self._store = store
+
+    @property
+    def key(self) -> bytes | None:
+        """The pinned key; None before the first login."""
+        return self._store.get_state(_RELAY_KEY)
+
+    def check(self, presented: bytes) -> None:
+        """SPEC §4.1: "a client MUST NOT send anything on a connection whose HELLO presents
+        another relay key than the one it pinned, until its user accepts the new key"."""
+        pinned = self.key
+        if pinned is not None and pinned != presented:
+            raise RelayKeyChanged(pinned, presented)
+
+    def pin_first(self, key: bytes) -> None:
+        """Pin ``key`` unless a key is pinned already: the first login does."""
+        if self.key is None:
+            self._store.set_state(_RELAY_KEY, key)
+
+    def accept(self, key: bytes) -> None:
+        """Pin ``key`` in place of the current one: the user's deliberate decision.
+
+        Statements are bound to the relay key (SPEC §7.4): the ones we hold stay
+        verifiable only against the key they name, and new ones name this one.
+        """
+        if not isinstance(key, bytes) or len(key) != 32:
+            raise ValueError("a relay key is 32 bytes")
+        self._store.set_state(_RELAY_KEY, key)
+
+
+class IdentityState(StrEnum):
+    """How far a contact's identity key is trusted when a message arrives (SPEC §3.3)."""
+
+    NEW = "new"
+    """First contact: this message pinned the key (trust on first use)."""
+    TRUSTED = "trusted"
+    """The pinned key, not compared out of band."""
+    VERIFIED = "verified"
+    """The pinned key, and the user compared safety numbers (SPEC §13.9)."""
+
+
+class IdentityTrust:
+    """Our contacts' identity keys: pinned, pending a change, approved (module docstring)."""
+
+    def __init__(self, store: KeyStore, *, clock: Callable[[], int]) -> None:
+        self._store = store
+        self._clock = clock
+
+    def pending_change(self, handle: str) -> bytes | None:
+        """The new identity key ``handle`` presented and the user has not approved yet."""
+        return self._store.get_state(_CHANGE_PREFIX + handle)
+
+    def refuse_pending(self, handle: str) -> None:
+        """Raise UntrustedIdentity while a change of ``handle``'s key awaits the user."""
+        if self.pending_change(handle) is not None:
+            raise UntrustedIdentity(handle)
+
+    def check(self, handle: str, identity_key: bytes) -> None:
+        """The one check of a key ``handle`` presents, before it is used for anything.
+
+        Raises IdentityKeyReused for a key pinned for another handle (SPEC
+        §13.8), UntrustedIdentity while a change is pending, and for a key
+        other than the pinned one, which it records as the pending change
+        (SPEC §3.3). Returns for the pinned key or a first one, which the
+        caller :meth:`record` s once it used it.
+        """
+        owner = self._store.identity_owner(identity_key)
+        if owner is not None and owner != handle:
+            raise IdentityKeyReused(handle, owner)
+        self.refuse_pending(handle)
+        if self._store.check_identity(handle, identity_key) is IdentityStatus.CHANGED:
+            self._store.set_state(_CHANGE_PREFIX + handle, identity_key)
+            raise UntrustedIdentity(handle)
+
+    def record(self, handle: str, identity_key: bytes) -> IdentityStatus:
+        """Pin a key that passed :meth:`check` (first use), or note it seen; NEW or TRUSTED."""
+        return self._store.trust_identity(handle, identity_key, self._clock())
+
+    def pin(self, handle: str, identity_key: bytes) -> IdentityStatus:
+        """:meth:`check`, then :meth:`record`: for a key that needs no session to be used."""
+        self.check(handle, identity_key)
+        return self.record(handle, identity_key)
+
+    def pinned_key(self, handle: str) -> bytes | None:
+        """The key pinned for ``handle`` (the trusted one, not a pending change)."""
+        trusted = self._store.get_trusted_identity(handle)
+        return trusted.identity_key if trusted is not None else None
+
+    def approve(self, handle: str, *, verified: bool = False) -> None:
+        """The user's decision: trust the pending new key (or mark the pinned one verified).
+
+        Approving a change drops the session built on the old key; the next
+        send fetches a fresh bundle, and the contact's next prekey message
+        starts a session under the new key.
+        """
+        new_key = self.pending_change(handle)
+        if new_key is not None:
+            self._store.approve_identity(handle, new_key, self._clock(), verified=verified)
+            self._store.delete_session(handle)
+            self._store.delete_state(_CHANGE_PREFIX + handle)
+            return
+        key = self.pinned_key(handle)
+        if key is None:
+            raise KeyError(f"no identity key known for {handle!r}")
+        self._store.approve_identity(handle, key, self._clock(), verified=verified)
+
+    def state(self, handle: str) -> IdentityState | None:
+        """TRUSTED or VERIFIED for a pinned key, None for a stranger."""
+        trusted = self._store.get_trusted_identity(handle)
+        if trusted is None:
+            return None
+        return IdentityState.VERIFIED if trusted.verified else IdentityState.TRUSTED
+
+    def safety_number(self, handle: str) -> str:
+        """The 60 digits to compare with ``handle`` (SPEC §13.9).
+
+        While a change is pending it is the number of the *new* key: the one
+        the user should compare before approving it.
+        """
+        key = self.pending_change(handle) or self.pinned_key(handle)
+        if key is None:
+            raise KeyError(f"no identity key known for {handle!r}")
+        ours = self._store.get_identity()
+        if ours is None:
+            raise RuntimeError("this profile has no identity yet; register first")
+        return safety_number(ours.handle, ours.identity_public, handle, key)
+
+
+__all__ = ["IdentityState", "IdentityTrust", "RelayKeyChanged", "RelayKeyPin"]

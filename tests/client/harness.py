@@ -1,0 +1,182 @@
+"""What the SDK's tests share: clients online against a relay, an inbox reader,
+businesses and their customers, waits that fail instead of hanging.
+
+Each test starts its own relay in ``tmp_path`` (``relay_at``, tests/relays.py)
+and closes everything it opened. Every wait is on a future or an event with a
+timeout (:func:`within`); nothing sleeps. Test modules import from here, never
+from each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from collections.abc import Awaitable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import nacl.pwhash.argon2id as argon2id
+
+from blindrelay.client.business import Business
+from blindrelay.client.keystore import KeyStore, MemoryKeyStore
+from blindrelay.client.sdk import Backoff, Client, Message
+from blindrelay.protocol import frames
+from blindrelay.protocol.crypto.keys import IdentityKeyPair, SignedPreKey
+from blindrelay.protocol.signed import ConsentStatement
+
+from ..relays import FakeClock
+from ..server.conftest import RawClient
+from ..server.consent_helpers import stated
+
+T = TypeVar("T")
+
+TIMEOUT = 10.0
+"""Longest wait for one step on loopback; a healthy run needs milliseconds."""
+FAST = Backoff(initial=0.01, factor=2.0, cap=0.05)
+"""Reconnections within milliseconds, so tests that drop a link do not wait."""
+LOW_COST = {"opslimit": argon2id.OPSLIMIT_MIN, "memlimit": argon2id.MEMLIMIT_MIN}
+"""Argon2 costs for on-disk profiles made by tests (the real ones take seconds)."""
+HOUR_MS = 3600 * 1000
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def within(awaitable: Awaitable[T], timeout: float = TIMEOUT) -> T:
+    return await asyncio.wait_for(awaitable, timeout)
+
+
+# --- clients ---------------------------------------------------------------------------
+
+
+def make_client(store: KeyStore | None = None, **options: Any) -> Client:
+    return Client(store or MemoryKeyStore(), backoff=FAST, jitter=lambda: 0.5, **options)
+
+
+async def online(
+    url: str, handle: str, kind: str = "user", *, store: KeyStore | None = None, **options: Any
+) -> Client:
+    """A new account ``handle`` of ``kind``, connected and registered."""
+    client = make_client(store, **options)
+    await within(client.connect(url))
+    await within(client.register(handle, kind))  # type: ignore[arg-type]
+    return client
+
+
+async def back_online(url: str, store: KeyStore, **options: Any) -> Client:
+    """The account of ``store`` again, connected and logged in."""
+    client = make_client(store, **options)
+    await within(client.connect(url))
+    await within(client.login())
+    return client
+
+
+class Inbox:
+    """One consumer of ``client.messages()``, read a message at a time."""
+
+    def __init__(self, client: Client) -> None:
+        self.iterator = client.messages()
+
+    async def next(self) -> Message:
+        return await within(anext(self.iterator))
+
+    async def next_text(self) -> Message:
+        """The next message that is not a receipt."""
+        while True:
+            message = await self.next()
+            if message.receipt is None:
+                return message
+
+    async def close(self) -> None:
+        await self.iterator.aclose()
+
+
+class Crash(Exception):
+    """Stands in for the process dying at a chosen point."""
+
+
+# --- the relay -------------------------------------------------------------------------
+
+
+def skewed_relay_clock() -> FakeClock:
+    """Three hours ahead of this machine: far outside the relay's statement skew, so a
+    statement accepted shows the SDK dated it by the relay's clock (SPEC §4.1, §7.4)."""
+    return FakeClock(time.time_ns() // 1_000_000 + 3 * HOUR_MS)
+
+
+def replace_relay_key(db_path: Path) -> None:
+    """What a new operator (or another server answering at the relay's address) looks like."""
+    seed = os.urandom(32)
+    with sqlite3.connect(db_path) as db:
+        public = IdentityKeyPair.from_seed(seed).public
+        db.execute("UPDATE relay_identity SET seed = ?, public_key = ?", (seed, public))
+    db.close()
+
+
+# --- consent and businesses ------------------------------------------------------------
+
+
+class Statements:
+    """Collects the statements a client is forwarded; wait for the n-th."""
+
+    def __init__(self) -> None:
+        self.seen: list[ConsentStatement] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, statement: ConsentStatement) -> None:
+        self.seen.append(statement)
+        self._changed.set()
+
+    async def wait_for(self, count: int) -> list[ConsentStatement]:
+        async def wait() -> None:
+            while len(self.seen) < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+        await within(wait())
+        return self.seen
+
+
+async def business_online(url: str, handle: str, **options: Any) -> Business:
+    """A business account; the statements it hears are in ``business.received``."""
+    received = Statements()
+    client_options = {k: options.pop(k) for k in ("clock", "operator_key") if k in options}
+    client = await online(url, handle, "business", **client_options)
+    business = Business(client, on_consent_change=received, on_block=received, **options)
+    business.received = received  # type: ignore[attr-defined]
+    return business
+
+
+MIX = ("granted utility", "granted marketing", "denied", "revoked", "blocked", "never asked")
+"""Customer i is in state MIX[i % 6]; the statements each state takes, in order:"""
+STATEMENTS: dict[str, list[tuple[str, tuple[str, ...] | None]]] = {
+    "granted utility": [("grant", ("utility",))],
+    "granted marketing": [("grant", ("marketing",))],
+    "denied": [("deny", ("utility",))],
+    "revoked": [("grant", ("utility",)), ("revoke", ("utility",))],
+    "blocked": [("grant", ("utility",)), ("block", None)],
+    "never asked": [],
+}
+
+
+async def customer(url: str, handle: str, business: Business, state: str) -> RawClient:
+    """A registered customer in ``state`` (raw protocol, cheap by the thousand), with the
+    business holding a session to it."""
+    raw = await RawClient.open(url)
+    await raw.register(handle)
+    ours = IdentityKeyPair.from_seed(bytes(raw.key))
+    prekey = SignedPreKey.generate(ours, 1, os.urandom)
+    business.client.sessions.start_session(
+        frames.Bundle(
+            re=1, handle=handle, kind="user", identity_key=ours.public,
+            signed_prekey=frames.SignedPreKeyRecord(1, prekey.public, prekey.signature),
+        )
+    )  # fmt: skip
+    hello = raw.conn.hello
+    assert hello is not None
+    for action, categories in STATEMENTS[state]:
+        await stated(raw, action, business.handle, hello.now, categories)
+    return raw

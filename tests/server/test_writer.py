@@ -1,0 +1,255 @@
+"""The relay's handle on the writer process (server/store/sqlite/writer.py), on its own.
+
+What this module owns and is tested for here: starting the process and knowing
+whether it opened the database, outcomes delivered in submission order,
+errors rebuilt on the relay's side (a ProtocolError as its own class, anything
+else as a StoreJobError by type and place), merging of consecutive
+``call_many`` items, callbacks that raise, the writer's log lines relayed, a
+process that dies, and a close that commits what is queued. What the
+operations do is tests/server/test_storage.py's and the handlers' business.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from blindrelay.protocol.errors import HandleTaken, InternalError
+from blindrelay.server.logs import JsonFormatter
+from blindrelay.server.store import StoreJobError, StoreStartError
+from blindrelay.server.store.sqlite.writer import Writer, WriterStartError
+
+from ..asyncrun import AsyncFixture
+
+Outcomes = list[tuple[str, bool, object]]
+
+
+class RunningWriter(AsyncFixture):
+    def __init__(self, path: Path) -> None:
+        self.writer = Writer(path, "FULL")
+
+    async def __aenter__(self) -> Writer:
+        await self.writer.start()
+        return self.writer
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.writer.close()
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> RunningWriter:
+    return RunningWriter(tmp_path / "relay.db")
+
+
+def recorder(outcomes: Outcomes, name: str) -> Callable[[bool, object], None]:
+    return lambda ok, value: outcomes.append((name, ok, value))
+
+
+def wait_for_exit(pid: int) -> None:
+    """Block until ``pid`` has exited, leaving it to its parent to reap (WNOWAIT)."""
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return not stat.read().split(") ")[1].startswith("Z")
+    except FileNotFoundError:
+        return False
+
+
+# --- starting -----------------------------------------------------------------------
+
+
+async def test_a_writer_that_cannot_open_its_database_fails_to_start(tmp_path: Path) -> None:
+    writer = Writer(tmp_path / "missing-dir" / "relay.db", "FULL")
+    with pytest.raises(WriterStartError, match="No such file or directory") as raised:
+        await writer.start()
+    assert isinstance(raised.value, StoreStartError)  # the CLI's one-line start failure
+    assert not writer.running
+    assert writer.pid is not None and not alive(writer.pid)  # reaped, not left behind
+
+
+async def test_nothing_can_be_called_before_start_or_after_close(tmp_path: Path) -> None:
+    writer = Writer(tmp_path / "relay.db", "FULL")
+    with pytest.raises(InternalError):
+        writer.call("noop", (), lambda ok, value: None)
+    await writer.start()
+    assert writer.running
+    await writer.close()
+    assert not writer.running
+    with pytest.raises(InternalError):
+        writer.call("noop", (), lambda ok, value: None)
+
+
+# --- outcomes -----------------------------------------------------------------------
+
+
+async def test_outcomes_come_back_in_submission_order_with_their_values(
+    writer: Writer,
+) -> None:
+    outcomes: Outcomes = []
+    for handle in ("alice", "bob", "carol"):
+        args = (handle, "user", handle.encode() * 4, 0)
+        writer.call("create_account", args, recorder(outcomes, handle))
+    writer.call("login_counts", ("bob", 0), recorder(outcomes, "count"))
+    writer.call("relay_seed", (), recorder(outcomes, "seed"))
+    await writer.submit("noop")
+    assert outcomes == [
+        ("alice", True, None), ("bob", True, None), ("carol", True, None),
+        ("count", True, [0, 0, False, 1]), ("seed", True, None),
+    ]  # fmt: skip
+
+
+async def test_a_protocol_error_in_the_writer_is_raised_again_as_its_own_class(
+    writer: Writer,
+) -> None:
+    await writer.submit("create_account", "alice", "user", b"a" * 32, 0)
+    with pytest.raises(HandleTaken):
+        await writer.submit("create_account", "alice", "user", b"b" * 32, 0)
+
+
+async def test_any_other_failure_comes_back_by_type_and_place_only(writer: Writer) -> None:
+    """SPEC §9: no message crosses (it may quote input); the type and the line do."""
+    with pytest.raises(StoreJobError) as raised:
+        await writer.submit("take_budget", "no such budget", "alice", 1.0, 1, 0)
+    assert raised.value.exc_type == "ValueError"
+    assert raised.value.exc_at.rsplit(":", 1)[0].endswith("sqlite/jobs.py")
+    assert "no such budget" not in str(raised.value)
+    with pytest.raises(StoreJobError) as unknown:
+        await writer.submit("drop_everything")  # not an operation: nothing runs
+    assert unknown.value.exc_type == "LookupError"
+
+
+async def test_a_future_cancelled_before_its_answer_leaves_the_others_alone(
+    writer: Writer,
+) -> None:
+    abandoned = writer.submit("create_account", "alice", "user", b"a" * 32, 0)
+    abandoned.cancel()
+    assert (await writer.submit("login_counts", "alice", 0))[3] == 1  # it still committed
+
+
+async def test_a_callback_that_raises_loses_no_other_outcome(
+    writer: Writer, caplog: pytest.LogCaptureFixture
+) -> None:
+    outcomes: Outcomes = []
+
+    def broken(ok: bool, value: object) -> None:
+        raise RuntimeError("bug in a handler")
+
+    writer.call("noop", (), recorder(outcomes, "before"))
+    writer.call("noop", (), broken)
+    writer.call("noop", (), recorder(outcomes, "after"))
+    with caplog.at_level(logging.ERROR, logger="blindrelay"):
+        await writer.submit("noop")
+    assert [name for name, _, _ in outcomes] == ["before", "after"]
+    [line] = [json.loads(JsonFormatter().format(r)) for r in caplog.records]
+    assert (line["event"], line["exc_type"]) == ("internal_error", "RuntimeError")
+    assert "bug in a handler" not in caplog.text
+
+
+async def test_the_writers_log_lines_are_logged_by_the_relay(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The writer process has no log of its own: its lines ride on its answers."""
+    with caplog.at_level(logging.INFO, logger="blindrelay"):
+        async with RunningWriter(tmp_path / "relay.db") as writer:
+            await writer.submit("noop")
+    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records]
+    [policy] = [line for line in lines if line["event"] == "gc_policy"]
+    assert policy["role"] == "writer"
+
+
+# --- merging --------------------------------------------------------------------------
+
+
+async def test_consecutive_merged_items_each_get_their_own_result(writer: Writer) -> None:
+    for handle in ("alice", "bob", "carol"):
+        await writer.submit("create_account", handle, "user", handle.encode() * 4, 0)
+    outcomes: Outcomes = []
+    writer.call_many("acknowledge", ["bob", [1, 2]], recorder(outcomes, "bob"))
+    writer.call_many("acknowledge", ["carol", [3]], recorder(outcomes, "carol"))
+    writer.call_many("acknowledge", ["nobody", [4]], recorder(outcomes, "nobody"))
+    await writer.submit("noop")
+    assert outcomes == [("bob", True, 0), ("carol", True, 0), ("nobody", True, 0)]
+
+
+async def test_merged_items_commit_or_fail_together(writer: Writer) -> None:
+    """One job: an item that breaks it fails every item merged with it."""
+    outcomes: Outcomes = []
+    writer.call_many("acknowledge", ["bob", [1]], recorder(outcomes, "fine"))
+    writer.call_many("acknowledge", ["bob", 7], recorder(outcomes, "not a list"))
+    await writer.submit("noop")
+    assert [(name, ok) for name, ok, _ in outcomes] == [("fine", False), ("not a list", False)]
+    assert all(isinstance(error, StoreJobError) for _, _, error in outcomes)
+
+
+async def test_another_job_in_between_ends_the_merge(writer: Writer) -> None:
+    """Merging never reorders: after an unrelated job, items start a new job, so the
+    failure of the later one no longer touches the earlier one."""
+    outcomes: Outcomes = []
+    writer.call_many("acknowledge", ["bob", [1]], recorder(outcomes, "fine"))
+    writer.call("noop", (), recorder(outcomes, "between"))
+    writer.call_many("acknowledge", ["bob", 7], recorder(outcomes, "not a list"))
+    await writer.submit("noop")
+    assert [(name, ok) for name, ok, _ in outcomes] == [
+        ("fine", True), ("between", True), ("not a list", False),
+    ]  # fmt: skip
+
+
+async def test_items_of_different_operations_are_not_merged(writer: Writer) -> None:
+    outcomes: Outcomes = []
+    writer.call_many("acknowledge", ["bob", [1]], recorder(outcomes, "ack"))
+    writer.call_many("login_seqs", "bob", recorder(outcomes, "seqs"))
+    writer.call_many("login_seqs", ["x"], recorder(outcomes, "bad seqs"))  # breaks its job
+    await writer.submit("noop")
+    assert [(name, ok) for name, ok, _ in outcomes] == [
+        ("ack", True), ("seqs", False), ("bad seqs", False),
+    ]  # fmt: skip
+
+
+# --- losing the process, closing ------------------------------------------------------
+
+
+async def test_a_writer_process_that_dies_fails_every_waiting_job_and_says_so(
+    writer: Writer,
+) -> None:
+    lost: list[bool] = []
+    writer.on_lost = lambda: lost.append(True)
+    assert writer.pid is not None
+    os.kill(writer.pid, signal.SIGKILL)
+    wait_for_exit(writer.pid)
+    waiting = writer.submit("noop")
+    with pytest.raises(InternalError):
+        await waiting
+    assert lost == [True] and not writer.running
+    with pytest.raises(InternalError):
+        writer.submit("noop")
+
+
+async def test_close_commits_and_answers_what_was_queued_then_stops_the_process(
+    tmp_path: Path,
+) -> None:
+    writer = Writer(tmp_path / "relay.db", "FULL")
+    await writer.start()
+    lost: list[bool] = []
+    writer.on_lost = lambda: lost.append(True)
+    queued = writer.submit("create_account", "alice", "user", b"a" * 32, 0)
+    await writer.close()  # in the same loop turn: the job had not been handed over
+    assert queued.done() and queued.result() is None
+    assert writer.pid is not None and not alive(writer.pid)
+    assert lost == []  # an ordinary stop is no loss
+
+    again = Writer(tmp_path / "relay.db", "FULL")
+    await again.start()
+    try:
+        with pytest.raises(HandleTaken):  # committed before the process stopped
+            await again.submit("create_account", "alice", "user", b"a" * 32, 0)
+    finally:
+        await again.close()
