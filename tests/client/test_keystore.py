@@ -1,39 +1,37 @@
-"""Client key custody (client/keystore.py): both stores alike; SQLite keeps secrets sealed."""
+"""Key custody (client/keystore/): one suite for both stores, every kind of record.
+
+Each test runs against MemoryKeyStore and SqliteKeyStore; what only the file can
+show (sealing, upgrades) is in test_keystore_sqlite.py and test_keystore_upgrade.py.
+"""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import nacl.pwhash.argon2id as argon2id
+import msgpack
 import pytest
 
 from blindrelay.client.keystore import (
+    HeldCounts,
     IdentityStatus,
     IncomingMessage,
     KeyStore,
-    KeyStoreCorrupted,
     MemoryKeyStore,
     OneTimePreKeyRecord,
     OurIdentity,
+    OutboxEntry,
     SignedPreKeyRecord,
-    SqliteKeyStore,
-    TrustedIdentity,
-    WrongPassphrase,
 )
 from blindrelay.protocol.errors import IdentityKeyReused, UntrustedIdentity
 
-FAST = {"opslimit": argon2id.OPSLIMIT_MIN, "memlimit": argon2id.MEMLIMIT_MIN}
-PASSPHRASE = "correct horse battery staple"
+from .keystore_files import open_sqlite
+
 KEY_A = b"\xa1" * 32
 KEY_B = b"\xb2" * 32
 NOW = 1_700_000_000_000
-
-
-def open_sqlite(path: Path, passphrase: str = PASSPHRASE, **kwargs: Any) -> SqliteKeyStore:
-    return SqliteKeyStore.open(path, passphrase, create=True, **FAST, **kwargs)
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -63,7 +61,11 @@ def message(msg_id: bytes, sender: str = "airline", body: bytes = b"hello") -> I
     return IncomingMessage(msg_id, sender, NOW, body)
 
 
-# --- Behaviour common to both implementations --------------------------------
+def outgoing(n: int, to: str = "bob", **fields: Any) -> OutboxEntry:
+    return OutboxEntry(NOW * 1000 + n, bytes([n]) * 16, to, b"envelope-%d" % n, "chat", **fields)
+
+
+# --- Records ---------------------------------------------------------------------------
 
 
 def test_both_implementations_satisfy_the_protocol(store: KeyStore) -> None:
@@ -87,6 +89,18 @@ def test_identity_refuses_wrong_seed_length_and_unknown_kind() -> None:
     with pytest.raises(ValueError, match="account_kind"):
         OurIdentity("alice", "admin", "wss://r", b"\x01" * 32, b"\x02" * 32)  # type: ignore[arg-type]
 
+
+def test_an_outbox_entry_is_refused_before_anything_is_written() -> None:
+    with pytest.raises(TypeError, match="envelope"):
+        OutboxEntry(1, b"m" * 16, "bob", b"", "chat")
+    with pytest.raises(TypeError, match="categories"):
+        OutboxEntry(1, b"m" * 16, "bob", b"e", "chat", categories=["utility"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="position"):
+        OutboxEntry(-1, b"m" * 16, "bob", b"e", "chat")
+    assert "envelope-1" not in repr(outgoing(1))
+
+
+# --- Keys --------------------------------------------------------------------------------
 
 def test_signed_prekeys_are_kept_by_id_with_a_current_one(store: KeyStore) -> None:
     store.store_signed_prekey(signed_prekey(7))
@@ -238,16 +252,31 @@ def test_inbox_keeps_arrival_order_until_consumed(store: KeyStore) -> None:
     assert [m.body for m in store.pending_messages()] == [b"\x03", b"\x02"]
 
 
-def test_state_is_small_key_value_bytes(store: KeyStore) -> None:
-    assert store.get_state("consent:airline") is None
-    store.set_state("consent:airline", b"receipt")
-    assert store.get_state("consent:airline") == b"receipt"
-    store.set_state("consent:airline", b"")
-    assert store.get_state("consent:airline") == b""
-    store.delete_state("consent:airline")
-    assert store.get_state("consent:airline") is None
-    with pytest.raises(TypeError):
-        store.set_state("", b"x")
+
+def test_trusted_identities_list_every_contact_by_handle(store: KeyStore) -> None:
+    store.trust_identity("bob", KEY_B, NOW)
+    store.approve_identity("airline", KEY_A, NOW + 1, verified=True)
+    assert [(t.handle, t.identity_key, t.verified) for t in store.trusted_identities()] == [
+        ("airline", KEY_A, True),
+        ("bob", KEY_B, False),
+    ]
+
+
+def test_a_pending_identity_change_is_kept_until_cleared(store: KeyStore) -> None:
+    """SPEC §3.3: the key a contact presented waits for the user, per contact."""
+    assert store.pending_identity_change("airline") is None
+    store.record_identity_change("airline", KEY_B)
+    store.record_identity_change("bob", KEY_A)
+    assert store.pending_identity_change("airline") == KEY_B
+    assert store.pending_identity_changes() == {"airline": KEY_B, "bob": KEY_A}
+    store.clear_identity_change("airline")
+    assert store.pending_identity_change("airline") is None
+    assert store.pending_identity_changes() == {"bob": KEY_A}
+    with pytest.raises(ValueError):
+        store.record_identity_change("bob", b"short")
+
+
+# --- Incoming messages -------------------------------------------------------------------
 
 
 def test_processed_ids_are_per_sender(store: KeyStore) -> None:
@@ -261,65 +290,321 @@ def test_processed_ids_are_per_sender(store: KeyStore) -> None:
     assert [m.sender for m in store.pending_messages()] == ["airline"]
 
 
-def test_state_items_lists_one_prefix_sorted(store: KeyStore) -> None:
-    for key in ("receipts/b", "receipts/a", "outbox/x"):
-        store.set_state(key, key.encode())
-    assert store.state_items("receipts/") == [
-        ("receipts/a", b"receipts/a"),
-        ("receipts/b", b"receipts/b"),
+def test_commit_incoming_takes_the_one_time_prekey_it_used(store: KeyStore) -> None:
+    store.store_one_time_prekeys([one_time_prekey(1), one_time_prekey(2)])
+    store.commit_incoming(message(b"p" * 16), b"s", used_one_time_prekey=2)
+    assert store.one_time_prekey_ids() == [1]
+
+
+# --- Outbox ------------------------------------------------------------------------------
+
+
+def test_the_outbox_keeps_envelopes_in_the_order_queued_until_retired(store: KeyStore) -> None:
+    """SPEC §6.3: resent after a restart with the same msg_id, in the order made."""
+    store.queue_outgoing(outgoing(3))
+    store.queue_outgoing(outgoing(1, to="airline", categories=("utility", "marketing")))
+    store.queue_outgoing(outgoing(2, category="utility"))
+    assert store.outbox() == [
+        outgoing(1, to="airline", categories=("utility", "marketing")),
+        outgoing(2, category="utility"),
+        outgoing(3),
     ]
-    assert store.state_items("none/") == []
+    assert store.outgoing(bytes([2]) * 16) == outgoing(2, category="utility")
+    assert store.retire_outgoing(bytes([2]) * 16) is True
+    assert store.retire_outgoing(bytes([2]) * 16) is False
+    assert store.outgoing(bytes([2]) * 16) is None
+    assert [entry.msg_id[0] for entry in store.outbox()] == [1, 3]
 
 
-def test_atomic_block_rolls_back_every_write_on_error(store: KeyStore) -> None:
+# --- Held messages -----------------------------------------------------------------------
+
+
+def test_held_messages_wait_in_order_with_their_counts(store: KeyStore) -> None:
+    """SPEC §13.8: kept and acknowledged while the user decides; dropped ones counted."""
+    assert store.held_counts_of("mallory") is None
+    assert store.hold_message("mallory", b"d1") == HeldCounts(1, 0)
+    assert store.hold_message("mallory", b"d2") == HeldCounts(2, 0)
+    assert store.count_dropped("mallory") == HeldCounts(2, 1)
+    store.hold_message("eve", b"e1")
+    assert store.held_messages("mallory") == [b"d1", b"d2"]
+    assert store.held_counts() == {"mallory": HeldCounts(2, 1), "eve": HeldCounts(1, 0)}
+
+    store.release_held_messages("mallory", 1)  # released one; the next names another key
+    assert store.held_messages("mallory") == [b"d2"]
+    assert store.held_counts_of("mallory") == HeldCounts(1, 1)
+    store.hold_message("mallory", b"d3")
+    assert store.held_messages("mallory") == [b"d2", b"d3"]
+
+    store.release_held_messages("mallory")
+    assert store.held_messages("mallory") == [] and store.held_counts_of("mallory") is None
+    store.release_held_messages("nobody")
+    assert store.held_counts() == {"eve": HeldCounts(1, 0)}
+    assert store.held_messages("eve") == [b"e1"]
+
+
+# --- Owed receipts and whom we wrote to ---------------------------------------------------
+
+
+def test_owed_receipts_are_kept_per_requester(store: KeyStore) -> None:
+    assert store.owed_receipts("dave") == []
+    store.set_owed_receipts("dave", [b"r1" * 8, b"r2" * 8])
+    store.set_owed_receipts("erin", [b"r3" * 8])
+    assert store.owed_receipts("dave") == [b"r1" * 8, b"r2" * 8]
+    assert store.all_owed_receipts() == {"dave": [b"r1" * 8, b"r2" * 8], "erin": [b"r3" * 8]}
+    store.set_owed_receipts("dave", [])
+    assert store.all_owed_receipts() == {"erin": [b"r3" * 8]}
+
+
+def test_accounts_we_wrote_to_are_a_set(store: KeyStore) -> None:
+    assert store.wrote_to() == set()
+    store.note_wrote_to("bob")
+    store.note_wrote_to("bob")
+    store.note_wrote_to("carol")
+    assert store.wrote_to() == {"bob", "carol"}
+    store.forget_wrote_to("bob")
+    assert store.wrote_to() == {"carol"}
+
+
+# --- Kept statements -------------------------------------------------------------------
+
+
+def test_statements_are_kept_in_order_per_counterpart_with_their_count(store: KeyStore) -> None:
+    """SPEC §7.5: a count tells whether there are new ones, and reading from it reads only
+    those."""
+    assert store.statement_count("alice") == 0
+    for i in range(4):
+        assert store.keep_statement("alice", b"a%d" % i) == i + 1
+    store.keep_statement("bob", b"b0")
+    assert store.kept_statements("alice") == [b"a0", b"a1", b"a2", b"a3"]
+    assert store.kept_statements("alice", start=3) == [b"a3"]
+    assert store.kept_statements("alice", start=9) == []
+    assert store.kept_statements("carol") == []
+    assert store.statement_counts() == {"alice": 4, "bob": 1}
+
+
+# --- Settings and the front ends' records ---------------------------------------------
+
+
+def test_settings_hold_one_value_each_until_cleared(store: KeyStore) -> None:
+    assert (store.relay_key(), store.is_registered(), store.rotating_identity_seed()) == (
+        None, False, None,
+    )  # fmt: skip
+    assert store.business_profile() is None
+    store.set_relay_key(KEY_A)
+    store.set_registered()
+    store.set_rotating_identity_seed(KEY_B)
+    store.set_business_profile(b"signed profile")
+    assert (store.relay_key(), store.is_registered(), store.rotating_identity_seed()) == (
+        KEY_A, True, KEY_B,
+    )  # fmt: skip
+    assert store.business_profile() == b"signed profile"
+    store.set_rotating_identity_seed(None)
+    store.set_registered(False)
+    store.set_business_profile(None)
+    assert (store.rotating_identity_seed(), store.is_registered()) == (None, False)
+    assert (store.business_profile(), store.relay_key()) == (None, KEY_A)
+    with pytest.raises(ValueError):
+        store.set_relay_key(b"short")
+
+
+def test_away_replies_are_remembered_per_customer(store: KeyStore) -> None:
+    assert store.away_reply_period("alice") is None
+    store.set_away_reply_period("alice", 7)
+    store.set_away_reply_period("bob", 8)
+    store.set_away_reply_period("alice", 9)
+    assert store.away_reply_periods() == {"alice": 9, "bob": 8}
+    store.set_away_reply_period("bob", None)
+    assert store.away_reply_periods() == {"alice": 9}
+
+
+def test_chat_contacts_and_consent_requests_are_rows_per_account(store: KeyStore) -> None:
+    store.set_chat_contact("alice", "")
+    store.set_chat_contact("alice", "user")
+    store.set_chat_contact("airline", "business")
+    store.set_consent_request("airline", ("utility",))
+    store.set_consent_request("travel", ("utility", "marketing"))
+    assert store.chat_contacts() == {"alice": "user", "airline": "business"}
+    assert store.consent_requests() == {
+        "airline": ("utility",), "travel": ("utility", "marketing"),
+    }  # fmt: skip
+    store.set_chat_contact("alice", None)
+    store.set_consent_request("airline", None)
+    assert store.chat_contacts() == {"airline": "business"}
+    assert store.consent_requests() == {"travel": ("utility", "marketing")}
+
+
+# --- Grouping ------------------------------------------------------------------------------
+
+
+def test_atomic_block_rolls_back_every_write_of_every_kind(store: KeyStore) -> None:
     store.store_session("airline", b"before")
-    store.set_state("outbox/1", b"kept")
+    store.queue_outgoing(outgoing(1))
     store.commit_incoming(message(b"a" * 16), b"before")
+    store.hold_message("mallory", b"d1")
+    store.keep_statement("alice", b"s1")
     with pytest.raises(RuntimeError, match="crash"), store.atomic():
         store.store_session("airline", b"after")
         store.store_session("shop", b"new")
-        store.set_state("outbox/2", b"envelope")
-        store.delete_state("outbox/1")
+        store.queue_outgoing(outgoing(2))
+        store.retire_outgoing(outgoing(1).msg_id)
         store.consume("airline", b"a" * 16)
         store.commit_incoming(message(b"b" * 16, sender="bank"), b"bank-session")
+        store.hold_message("mallory", b"d2")
+        store.release_held_messages("mallory", 1)
+        store.keep_statement("alice", b"s2")
+        store.note_wrote_to("bob")
+        store.record_identity_change("airline", KEY_B)
+        store.set_relay_key(KEY_A)
+        store.set_away_reply_period("alice", 3)
         raise RuntimeError("crash")
     assert store.load_session("airline") == b"before"
     assert store.load_session("shop") is None and store.load_session("bank") is None
-    assert store.state_items("outbox/") == [("outbox/1", b"kept")]
+    assert store.outbox() == [outgoing(1)]
     assert store.pending_messages() == [message(b"a" * 16)]
     assert not store.is_processed("bank", b"b" * 16)
+    assert store.held_messages("mallory") == [b"d1"]
+    assert store.held_counts() == {"mallory": HeldCounts(1, 0)}
+    assert store.kept_statements("alice") == [b"s1"] and store.statement_counts() == {"alice": 1}
+    assert store.wrote_to() == set() and store.pending_identity_changes() == {}
+    assert store.relay_key() is None and store.away_reply_periods() == {}
 
 
 def test_atomic_blocks_nest_like_savepoints(store: KeyStore) -> None:
     with store.atomic():
-        store.set_state("outer", b"1")
+        store.note_wrote_to("outer")
         with pytest.raises(RuntimeError), store.atomic():
-            store.set_state("inner", b"2")
-            store.set_state("outer", b"changed")
+            store.note_wrote_to("inner")
+            store.forget_wrote_to("outer")
+            store.keep_statement("alice", b"inner")
             raise RuntimeError
-        store.set_state("after", b"3")
-    assert store.state_items("") == [("after", b"3"), ("outer", b"1")]
+        store.note_wrote_to("after")
+    assert store.wrote_to() == {"after", "outer"}
+    assert store.kept_statements("alice") == [] and store.statement_counts() == {}
 
 
-def test_logs_keep_each_group_in_append_order(store: KeyStore) -> None:
-    for i in range(5):
-        store.append_log("statements/alice", b"a%d" % i)
-        store.append_log("statements/bob", b"b%d" % i)
-    assert store.read_log("statements/alice") == [b"a0", b"a1", b"a2", b"a3", b"a4"]
-    assert store.read_log("statements/alice", start=3) == [b"a3", b"a4"]
-    assert store.read_log("statements/alice", start=9) == []
-    assert store.read_log("statements/carol") == []
-    store.delete_log("statements/alice", count=2)
-    assert store.read_log("statements/alice") == [b"a2", b"a3", b"a4"]
-    store.append_log("statements/alice", b"a5")
-    assert store.read_log("statements/alice", start=2) == [b"a4", b"a5"]
-    store.delete_log("statements/alice")
-    store.delete_log("statements/nobody")
-    assert store.read_log("statements/alice") == []
-    assert store.read_log("statements/bob") == [b"b0", b"b1", b"b2", b"b3", b"b4"]
+# --- LEGACY: the old state bag, routed to the tables (client/keystore/legacy.py) ---------
+# Delete with the bag, once the SDK, sessions, business and chat call the typed methods.
+
+u64 = lambda n: n.to_bytes(8, "big")  # noqa: E731
 
 
-def test_atomic_block_rolls_back_log_writes_in_order(store: KeyStore) -> None:
+def packed(value: object) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def old_outbox_key(entry: OutboxEntry) -> str:
+    return f"sdk/outbox/{entry.position:020d}.{entry.msg_id.hex()}"
+
+
+OLD_KEYS: list[tuple[str, bytes, Callable[[KeyStore], object], object]] = [
+    (old_outbox_key(outgoing(1, category="utility")),
+     packed(["bob", b"envelope-1", "chat", "utility", None]),
+     lambda s: s.outbox(), [outgoing(1, category="utility")]),
+    (old_outbox_key(outgoing(2, categories=("utility",))),
+     packed(["bob", b"envelope-2", "chat", None, ["utility"]]),
+     lambda s: s.outgoing(bytes([2]) * 16), outgoing(2, categories=("utility",))),
+    ("sdk/statement-count/alice", u64(3), lambda s: s.statement_counts(), {"alice": 3}),
+    ("sdk/held/mallory", u64(2) + u64(5), lambda s: s.held_counts(),
+     {"mallory": HeldCounts(2, 5)}),
+    ("sdk/owed-receipts/dave", packed([b"r" * 16]), lambda s: s.owed_receipts("dave"),
+     [b"r" * 16]),
+    ("sdk/wrote-to/bob", b"", lambda s: s.wrote_to(), {"bob"}),
+    ("sdk/relay-key", KEY_A, lambda s: s.relay_key(), KEY_A),
+    ("sdk/registered", b"1", lambda s: s.is_registered(), True),
+    ("sdk/rotating-identity-seed", KEY_B, lambda s: s.rotating_identity_seed(), KEY_B),
+    ("identity-change/airline", KEY_B, lambda s: s.pending_identity_change("airline"), KEY_B),
+    ("business/profile", b"signed", lambda s: s.business_profile(), b"signed"),
+    ("business/away/alice", u64(12), lambda s: s.away_reply_period("alice"), 12),
+    ("chat/contacts", json.dumps({"alice": "user", "bob": ""}, sort_keys=True).encode(),
+     lambda s: s.chat_contacts(), {"alice": "user", "bob": ""}),
+    ("chat/requests", json.dumps({"airline": ["utility"]}, sort_keys=True).encode(),
+     lambda s: s.consent_requests(), {"airline": ("utility",)}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("key", "value", "typed", "expected"), OLD_KEYS, ids=[k[0] for k in OLD_KEYS])
+def test_an_old_key_reads_and_writes_its_kinds_table(
+    store: KeyStore, key: str, value: bytes, typed: Callable[[KeyStore], object], expected: object
+) -> None:
+    assert store.get_state(key) is None
+    store.set_state(key, value)
+    assert typed(store) == expected
+    assert store.get_state(key) == value
+    assert store.state_items(key) == [(key, value)]
+    store.delete_state(key)
+    assert store.get_state(key) is None and store.state_items(key) == []
+    assert typed(store) in (None, [], {}, set(), False)
+
+
+def test_typed_writes_read_back_through_the_old_keys(store: KeyStore) -> None:
+    store.queue_outgoing(outgoing(1))
+    store.keep_statement("alice", b"s1")
+    store.hold_message("mallory", b"d1")
+    store.count_dropped("mallory")
+    store.note_wrote_to("bob")
+    store.set_relay_key(KEY_A)
+    store.record_identity_change("airline", KEY_B)
+    store.set_chat_contact("alice", "user")
+    assert store.state_items("sdk/") == sorted([
+        (old_outbox_key(outgoing(1)), packed(["bob", b"envelope-1", "chat", None, None])),
+        ("sdk/held/mallory", u64(1) + u64(1)),
+        ("sdk/relay-key", KEY_A),
+        ("sdk/statement-count/alice", u64(1)),
+        ("sdk/wrote-to/bob", b""),
+    ])  # fmt: skip
+    assert store.state_items("sdk/outbox/") == store.state_items("sdk/outbox/0")
+    assert store.read_log("statements/alice") == [b"s1"]
+    assert store.read_log("held/mallory") == [b"d1"]
+    assert store.get_state("identity-change/airline") == KEY_B
+    assert json.loads(store.get_state("chat/contacts") or b"") == {"alice": "user"}
+    assert [key for key, _ in store.state_items("")] == [
+        "chat/contacts", "identity-change/airline", *(key for key, _ in store.state_items("sdk/")),
+    ]  # fmt: skip
+
+
+def test_the_sdks_paired_writes_keep_log_and_count_together(store: KeyStore) -> None:
+    """How the unconverted SDK keeps a statement and holds a message: a log row and a
+    count in one block, which the typed methods then read as their own."""
+    with store.atomic():
+        store.append_log("statements/alice", b"s1")
+        store.set_state("sdk/statement-count/alice", u64(1))
+    store.keep_statement("alice", b"s2")
+    assert store.get_state("sdk/statement-count/alice") == u64(2)
+    assert store.read_log("statements/alice", 1) == [b"s2"]
+    with store.atomic():
+        store.append_log("held/mallory", b"d1")
+        store.set_state("sdk/held/mallory", u64(1) + u64(0))
+    assert store.held_messages("mallory") == [b"d1"]
+    with store.atomic():
+        store.delete_log("held/mallory")
+        store.delete_state("sdk/held/mallory")
+    assert store.held_counts() == {} and store.read_log("held/mallory") == []
+
+
+def test_a_statement_list_of_the_format_before_the_log_is_filed_as_kept(store: KeyStore) -> None:
+    store.keep_statement("alice", b"s0")
+    store.set_state("sdk/statements/alice", packed([b"s1", b"s2"]))
+    assert store.kept_statements("alice") == [b"s0", b"s1", b"s2"]
+    assert store.statement_counts() == {"alice": 3}
+    assert store.get_state("sdk/statements/alice") is None
+
+
+def test_an_old_key_of_no_known_kind_is_refused_and_reads_as_absent(store: KeyStore) -> None:
+    for key in ("consent:airline", "sdk/outbox", "sdk/outbox/", "sdk/unknown/x"):
+        with pytest.raises(ValueError, match="no record kind"):
+            store.set_state(key, b"x")
+        assert store.get_state(key) is None
+        store.delete_state(key)
+    with pytest.raises(ValueError, match="no record kind"):
+        store.append_log("other/alice", b"x")
+    assert store.read_log("other/alice") == []
+    with pytest.raises(TypeError):
+        store.set_state("", b"x")
+    with pytest.raises(TypeError):
+        store.set_state("sdk/wrote-to/bob", "not bytes")  # type: ignore[arg-type]
+
+
+def test_old_log_deletions_roll_back_in_order(store: KeyStore) -> None:
     for i in range(3):
         store.append_log("held/mallory", b"%d" % i)
     with pytest.raises(RuntimeError), store.atomic():
@@ -334,379 +619,3 @@ def test_atomic_block_rolls_back_log_writes_in_order(store: KeyStore) -> None:
         raise RuntimeError
     store.append_log("held/mallory", b"3")
     assert store.read_log("held/mallory") == [b"0", b"1", b"2", b"3"]
-
-
-# --- SQLite only -------------------------------------------------------------
-
-
-def test_logs_persist_and_a_file_made_before_them_opens(tmp_path: Path) -> None:
-    path = tmp_path / "keys.db"
-    with open_sqlite(path) as first:
-        first.append_log("statements/alice", b"one")
-        first.set_state("k", b"v")
-    with SqliteKeyStore.open(path, PASSPHRASE) as again:
-        again.append_log("statements/alice", b"two")
-        assert again.read_log("statements/alice") == [b"one", b"two"]
-    with sqlite3.connect(path) as db:  # as a file written before logs existed
-        db.execute("DROP TABLE logs")
-    db.close()
-    with SqliteKeyStore.open(path, PASSPHRASE) as older:
-        assert older.get_state("k") == b"v" and older.read_log("statements/alice") == []
-        older.append_log("statements/alice", b"three")
-        assert older.read_log("statements/alice") == [b"three"]
-
-
-def test_log_rows_cannot_move_between_groups_or_positions(tmp_path: Path) -> None:
-    path = tmp_path / "keys.db"
-    with open_sqlite(path) as store:
-        store.append_log("statements/alice", b"first")
-        store.append_log("statements/alice", b"second")
-        store.append_log("statements/bob", b"bob's")
-    with sqlite3.connect(path) as conn:
-        (s1, v1), (s2, v2), (s3, _) = conn.execute("SELECT seq, v FROM logs ORDER BY seq")
-        conn.execute("UPDATE logs SET v = ? WHERE seq = ?", [v2, s1])
-        conn.execute("UPDATE logs SET v = ? WHERE seq = ?", [v1, s2])
-    conn.close()
-    with SqliteKeyStore.open(path, PASSPHRASE) as store, pytest.raises(KeyStoreCorrupted):
-        store.read_log("statements/alice")
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE logs SET v = ? WHERE seq = ?", [v1, s1])
-        conn.execute("UPDATE logs SET v = ? WHERE seq = ?", [v2, s2])
-        g = conn.execute("SELECT g FROM logs WHERE seq = ?", [s1]).fetchone()[0]
-        conn.execute("UPDATE logs SET g = ? WHERE seq = ?", [g, s3])  # bob's row under alice
-    conn.close()
-    with SqliteKeyStore.open(path, PASSPHRASE) as store, pytest.raises(KeyStoreCorrupted):
-        store.read_log("statements/alice")
-
-
-def test_everything_persists_across_close_and_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "keys.db"
-    with open_sqlite(path) as first:
-        first.set_identity(our_identity())
-        first.store_signed_prekey(signed_prekey(1))
-        first.set_current_signed_prekey(1)
-        first.store_one_time_prekeys([one_time_prekey(2)])
-        first.allocate_prekey_ids(10)
-        first.trust_identity("airline", KEY_A, NOW)
-        first.commit_incoming(message(b"m" * 16), b"session")
-        first.set_state("k", b"v")
-    with SqliteKeyStore.open(path, PASSPHRASE) as again:
-        assert again.get_identity() == our_identity()
-        assert again.current_signed_prekey() == signed_prekey(1)
-        assert again.one_time_prekey_ids() == [2]
-        assert again.allocate_prekey_ids(1) == range(11, 12)
-        assert again.check_identity("airline", KEY_A) is IdentityStatus.TRUSTED
-        assert again.load_session("airline") == b"session"
-        assert again.is_processed("airline", b"m" * 16)
-        assert again.pending_messages() == [message(b"m" * 16)]
-        assert again.get_state("k") == b"v"
-
-
-def test_the_key_index_persists_and_is_built_for_a_store_made_before_it(tmp_path: Path) -> None:
-    path = tmp_path / "keys.db"
-    with open_sqlite(path) as first:
-        first.trust_identity("airline", KEY_A, NOW)
-        first.trust_identity("bob", KEY_B, NOW)
-    with SqliteKeyStore.open(path, PASSPHRASE) as again:
-        assert (again.identity_owner(KEY_A), again.identity_owner(KEY_B)) == ("airline", "bob")
-        # What a store of an earlier version could hold: one key pinned under two handles.
-        again._store_trust(TrustedIdentity("twin", KEY_A, NOW + 1, verified=False))
-    with sqlite3.connect(path) as db:
-        db.execute("DROP TABLE key_owners")
-
-    for _ in range(2):  # the upgrade runs once and is idempotent
-        with SqliteKeyStore.open(path, PASSPHRASE) as upgraded:
-            assert (upgraded.identity_owner(KEY_A), upgraded.identity_owner(KEY_B)) == (
-                "airline",
-                "bob",
-            )
-            with pytest.raises(IdentityKeyReused):  # the first pinned keeps the key
-                upgraded.trust_identity("twin", KEY_A, NOW + 2)
-
-
-def test_wrong_passphrase_is_a_named_error(tmp_path: Path) -> None:
-    path = tmp_path / "keys.db"
-    open_sqlite(path).close()
-    with pytest.raises(WrongPassphrase):
-        SqliteKeyStore.open(path, "incorrect horse")
-
-
-def test_passphrase_is_unicode_normalised(tmp_path: Path) -> None:
-    path = tmp_path / "keys.db"
-    open_sqlite(path, "caf\u00e9").close()  # precomposed é
-    SqliteKeyStore.open(path, "cafe\u0301").close()  # e + combining accent
-
-
-def test_missing_store_is_not_created_unless_asked(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
-        SqliteKeyStore.open(tmp_path / "absent.db", PASSPHRASE)
-    assert not (tmp_path / "absent.db").exists()
-
-
-def test_out_of_range_argon2_cost_is_refused_before_any_file_is_made(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="opslimit"):
-        SqliteKeyStore.open(tmp_path / "k.db", PASSPHRASE, create=True, opslimit=0)
-    assert not (tmp_path / "k.db").exists()
-
-
-def test_a_file_that_is_not_a_key_store_is_refused(tmp_path: Path) -> None:
-    other = tmp_path / "other.db"
-    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
-    with pytest.raises(KeyStoreCorrupted):
-        SqliteKeyStore.open(other, PASSPHRASE)
-    junk = tmp_path / "junk.db"
-    junk.write_bytes(b"not sqlite at all" * 100)
-    with pytest.raises(KeyStoreCorrupted):
-        SqliteKeyStore.open(junk, PASSPHRASE)
-
-
-def test_a_planted_header_cannot_demand_huge_argon2_memory(tmp_path: Path) -> None:
-    path = tmp_path / "keys.db"
-    open_sqlite(path).close()
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE header SET memlimit = ?", [2**40])
-    conn.close()
-    with pytest.raises(KeyStoreCorrupted, match="Argon2"):
-        SqliteKeyStore.open(path, PASSPHRASE)
-
-
-def test_altered_argon2_costs_fail_as_wrong_passphrase(tmp_path: Path) -> None:
-    path = tmp_path / "keys.db"
-    open_sqlite(path).close()
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE header SET opslimit = opslimit + 1")
-    conn.close()
-    with pytest.raises(WrongPassphrase):
-        SqliteKeyStore.open(path, PASSPHRASE)
-
-
-def test_taken_one_time_prekey_is_gone_from_disk(tmp_path: Path) -> None:
-    path = tmp_path / "keys.db"
-    with open_sqlite(path) as store:
-        store.store_one_time_prekeys([one_time_prekey(1), one_time_prekey(2)])
-    sealed = {v for (v,) in sqlite3.connect(path).execute("SELECT v FROM one_time_prekeys")}
-    with SqliteKeyStore.open(path, PASSPHRASE) as store:
-        assert store.take_one_time_prekey(1) == one_time_prekey(1)
-    with SqliteKeyStore.open(path, PASSPHRASE) as store:
-        assert store.take_one_time_prekey(1) is None
-        assert store.one_time_prekey_ids() == [2]
-    remaining = {v for (v,) in sqlite3.connect(path).execute("SELECT v FROM one_time_prekeys")}
-    (taken,) = sealed - remaining
-    # secure_delete zeroes the freed cell: not even the sealed bytes survive.
-    assert taken not in disk_bytes(path)
-
-
-def disk_bytes(path: Path) -> bytes:
-    parts = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
-    return b"".join(part.read_bytes() for part in parts if part.exists())
-
-
-def test_no_secret_or_contact_handle_reaches_the_disk_in_clear(tmp_path: Path) -> None:
-    path = tmp_path / "keys.db"
-    canaries = {
-        "seed": b"CANARY-SEED-0123456789abcdefghij",
-        "spk": b"CANARY-SPK-0123456789abcdefghijk",
-        "otpk": b"CANARY-OTPK-0123456789abcdefghij",
-        "session": b"CANARY-SESSION-blob-with-ratchet-state",
-        "body": b"CANARY-message-body",
-        "state": b"CANARY-state-value",
-    }
-    handles = ["zz-canary-contact", "yy-canary-business"]
-    store = open_sqlite(path)
-    store.set_identity(our_identity(seed=canaries["seed"]))
-    store.store_signed_prekey(signed_prekey(1, private=canaries["spk"]))
-    store.store_one_time_prekeys([one_time_prekey(2, private=canaries["otpk"])])
-    store.store_session(handles[0], canaries["session"])
-    store.trust_identity(handles[0], KEY_A, NOW)
-    store.commit_incoming(message(b"i" * 16, sender=handles[1], body=canaries["body"]), b"s")
-    store.set_state(f"consent:{handles[1]}", canaries["state"])
-    canaries["log"] = b"CANARY-log-record"
-    store.append_log(f"statements/{handles[1]}", canaries["log"])
-
-    def assert_clean() -> None:
-        raw = disk_bytes(path)
-        for name, canary in canaries.items():
-            assert canary not in raw, f"{name} found on disk in clear"
-        for handle in handles:
-            assert handle.encode() not in raw, f"handle {handle} found on disk"
-        assert b"alice" not in raw  # even our own handle is sealed
-        assert KEY_A not in raw  # a contact's key, even in the key index
-
-    assert path.with_name(path.name + "-wal").exists()  # WAL mode, still open
-    assert_clean()
-    store.close()
-    assert_clean()
-
-
-def test_records_cannot_be_swapped_between_rows(tmp_path: Path) -> None:
-    path = tmp_path / "keys.db"
-    with open_sqlite(path) as store:
-        store.store_session("airline", b"airline-session")
-        store.store_session("bob", b"bob-session")
-    with sqlite3.connect(path) as conn:
-        (k1, v1), (k2, v2) = conn.execute("SELECT k, v FROM sessions").fetchall()
-        conn.execute("UPDATE sessions SET v = ? WHERE k = ?", [v2, k1])
-        conn.execute("UPDATE sessions SET v = ? WHERE k = ?", [v1, k2])
-    conn.close()
-    with SqliteKeyStore.open(path, PASSPHRASE) as store, pytest.raises(KeyStoreCorrupted):
-        store.load_session("airline")
-
-
-def test_failed_commit_incoming_rolls_back_everything(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "keys.db"
-    store = open_sqlite(path)
-    store.store_session("airline", b"session-before")
-    real_seal = store._seal
-
-    def seal_failing_on_inbox(table: str, k: bytes, fields: list[Any]) -> bytes:
-        if table == "inbox":
-            raise OSError("disk full")
-        return real_seal(table, k, fields)
-
-    monkeypatch.setattr(store, "_seal", seal_failing_on_inbox)
-    with pytest.raises(OSError, match="disk full"):
-        store.commit_incoming(message(b"m" * 16), b"session-after")
-    # The session write and the processed id happened before the failure: both undone.
-    assert store.load_session("airline") == b"session-before"
-    assert not store.is_processed("airline", b"m" * 16)
-    assert store.pending_messages() == []
-    assert not store._db.conn.in_transaction
-    monkeypatch.undo()
-    store.close()
-    with SqliteKeyStore.open(path, PASSPHRASE) as again:
-        assert again.load_session("airline") == b"session-before"
-        assert not again.is_processed("airline", b"m" * 16)
-        assert again.commit_incoming(message(b"m" * 16), b"session-after") is True
-
-
-def test_change_passphrase_rewraps_the_master_key(tmp_path: Path) -> None:
-    path = tmp_path / "keys.db"
-    with open_sqlite(path) as store:
-        store.store_session("airline", b"kept")
-        with pytest.raises(WrongPassphrase):
-            store.change_passphrase("not it", "new one", **FAST)
-        store.change_passphrase(PASSPHRASE, "new one", **FAST)
-    with pytest.raises(WrongPassphrase):
-        SqliteKeyStore.open(path, PASSPHRASE)
-    with SqliteKeyStore.open(path, "new one") as store:
-        assert store.load_session("airline") == b"kept"
-
-
-def test_store_refuses_use_from_another_thread(tmp_path: Path) -> None:
-    import threading
-
-    errors: list[BaseException] = []
-    with open_sqlite(tmp_path / "keys.db") as store:
-
-        def use() -> None:
-            try:
-                store.load_session("airline")
-            except BaseException as exc:
-                errors.append(exc)
-
-        worker = threading.Thread(target=use)
-        worker.start()
-        worker.join()
-    assert len(errors) == 1
-    assert isinstance(errors[0], sqlite3.ProgrammingError)
-
-
-def test_rows_are_keyed_and_sealed_as_the_format_says(tmp_path: Path) -> None:
-    """Checked with PyNaCl's own calls, so files written before and after agree."""
-    import msgpack
-    import nacl.bindings
-    import nacl.encoding
-    import nacl.hash
-
-    path = tmp_path / "keys.db"
-    store = open_sqlite(path)
-    store.set_state("sdk/outbox/1", b"envelope")
-    k = nacl.hash.blake2b(
-        b"state\x00sdk/outbox/1", digest_size=32, key=store._lookup_key,
-        encoder=nacl.encoding.RawEncoder,
-    )  # fmt: skip
-    ad = b"blindrelay.keystore.v1\x00state\x00" + k
-    ((sealed,),) = sqlite3.connect(path).execute("SELECT v FROM state WHERE k = ?", [k])
-    plaintext = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
-        sealed[24:], ad, sealed[:24], store._record_key
-    )
-    assert msgpack.unpackb(plaintext) == ["sdk/outbox/1", b"envelope"]
-
-    nonce = b"\x07" * 24  # a row sealed by PyNaCl reads back
-    resealed = nonce + nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
-        msgpack.packb(["sdk/outbox/1", b"other"]), ad, nonce, store._record_key
-    )
-    store.close()
-    with sqlite3.connect(path) as db:
-        db.execute("UPDATE state SET v = ? WHERE k = ?", [resealed, k])
-    reopened = open_sqlite(path)
-    assert reopened.get_state("sdk/outbox/1") == b"other"
-    reopened.close()
-    with sqlite3.connect(path) as db:
-        db.execute("UPDATE state SET v = ? WHERE k = ?", [resealed[:20], k])
-    reopened = open_sqlite(path)
-    with pytest.raises(KeyStoreCorrupted):
-        reopened.get_state("sdk/outbox/1")
-    reopened.close()
-
-
-def test_rows_read_back_from_memory_are_what_the_file_holds(tmp_path: Path) -> None:
-    """The decrypted-row cache is written through and forgets whatever a rollback undid."""
-    path = tmp_path / "keys.db"
-    store = open_sqlite(path)
-    store.store_session("bob", b"s1")
-    store.set_state("k", b"v1")
-    assert store.load_session("bob") == b"s1" and store.get_state("absent") is None
-    with pytest.raises(RuntimeError), store.atomic():
-        store.store_session("bob", b"s2")
-        store.set_state("absent", b"now here")
-        store.delete_state("k")
-        with store.atomic():
-            store.set_state("k", b"v2")
-        assert store.load_session("bob") == b"s2" and store.get_state("k") == b"v2"
-        raise RuntimeError("roll back")
-    expected = {"bob": b"s1", "k": b"v1", "absent": None}
-    assert (store.load_session("bob"), store.get_state("k"), store.get_state("absent")) == (
-        expected["bob"], expected["k"], expected["absent"],
-    )  # fmt: skip
-    with store.atomic():  # an inner block undone, the outer one kept
-        store.set_state("k", b"v3")
-        with pytest.raises(RuntimeError), store.atomic():
-            store.store_session("bob", b"s3")
-            raise RuntimeError("roll back the savepoint")
-    assert (store.load_session("bob"), store.get_state("k")) == (b"s1", b"v3")
-    store.delete_session("bob")
-    assert store.load_session("bob") is None
-    store.close()
-    reopened = open_sqlite(path)  # and the file agrees
-    assert (reopened.load_session("bob"), reopened.get_state("k")) == (None, b"v3")
-    assert reopened.get_state("absent") is None
-    reopened.close()
-
-
-def test_a_store_file_is_owned_by_one_open_store_at_a_time(tmp_path: Path) -> None:
-    """Rows are kept decrypted in memory: nothing else may write the file meanwhile."""
-    import subprocess
-    import sys
-
-    from blindrelay.client.keystore import KeyStoreInUse
-
-    path = tmp_path / "keys.db"
-    store = open_sqlite(path)
-    store.store_session("bob", b"s1")
-    with pytest.raises(KeyStoreInUse):
-        open_sqlite(path)
-    other = subprocess.run(
-        [sys.executable, "-c", "import sys\n"
-         "from blindrelay.client.keystore import KeyStoreInUse, SqliteKeyStore\n"
-         "try:\n    SqliteKeyStore.open(sys.argv[1], 'x')\n"
-         "except KeyStoreInUse:\n    sys.exit(3)\n", str(path)],
-        check=False,
-    )  # fmt: skip
-    assert other.returncode == 3
-    assert store.load_session("bob") == b"s1"  # the refused opens changed nothing
-    store.close()
-    with open_sqlite(path) as again:
-        assert again.load_session("bob") == b"s1"

@@ -1,0 +1,294 @@
+"""Key custody: our identity, our prekeys, sessions and the contacts' keys we trust.
+
+Invariants (SPEC §3.3, §5.1, §13.8):
+
+- A contact's identity key is never replaced silently: a different key reads as
+  ``CHANGED`` and only :meth:`KeyRecords.approve_identity` (an explicit user
+  action) replaces it. The key a contact presented meanwhile is kept as its
+  pending identity change until the user decides.
+- An identity key is pinned for at most one handle: pinning or approving a key
+  that another handle holds raises :class:`IdentityKeyReused`. The
+  ``key_owners`` index answers by key; the trust record stays the truth.
+- A one-time prekey is gone once taken (X3DH forward secrecy needs its private
+  key destroyed after first use); prekey ids are never handed out twice.
+
+What it is not: cryptography (``blindrelay.protocol.crypto``) or what a session
+holds — sessions are opaque bytes here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from blindrelay.protocol.errors import IdentityKeyReused, UntrustedIdentity
+
+from .base import Storage, handle_key
+from .records import (
+    IDENTITY_KEY_BYTES,
+    MAX_PREKEY_ID,
+    IdentityStatus,
+    OneTimePreKeyRecord,
+    OurIdentity,
+    SignedPreKeyRecord,
+    TrustedIdentity,
+    classify_identity,
+    require_bytes,
+    require_handle,
+    require_key_id,
+)
+
+_OUR_IDENTITY = b"identity"
+_NEXT_PREKEY_ID = b"next_prekey_id"
+_CURRENT_SIGNED_PREKEY = b"current_signed_prekey"
+"""``settings`` rows of this module (the other settings are in ``settings``)."""
+
+
+def _key_id(key_id: int) -> bytes:
+    require_key_id(key_id)
+    return key_id.to_bytes(8, "big")
+
+
+class KeyRecords(Storage):
+    """Our identity, prekeys, sessions, trusted identities and pending identity changes."""
+
+    # Our account
+
+    def get_identity(self) -> OurIdentity | None:
+        fields = self._get("settings", _OUR_IDENTITY)
+        return None if fields is None else OurIdentity(*fields)
+
+    def set_identity(self, identity: OurIdentity) -> None:
+        fields = (
+            identity.handle,
+            identity.account_kind,
+            identity.relay_url,
+            identity.identity_seed,
+            identity.identity_public,
+        )
+        self._put("settings", _OUR_IDENTITY, fields)
+
+    # Signed prekeys
+
+    def store_signed_prekey(self, record: SignedPreKeyRecord) -> None:
+        fields = (
+            record.key_id,
+            record.private_key,
+            record.public_key,
+            record.signature,
+            record.created_at_ms,
+        )
+        self._put("signed_prekeys", _key_id(record.key_id), fields)
+
+    def load_signed_prekey(self, key_id: int) -> SignedPreKeyRecord | None:
+        fields = self._get("signed_prekeys", _key_id(key_id))
+        return None if fields is None else SignedPreKeyRecord(*fields)
+
+    def signed_prekeys(self) -> list[SignedPreKeyRecord]:
+        records = [SignedPreKeyRecord(*fields) for fields in self._rows("signed_prekeys")]
+        return sorted(records, key=lambda record: record.key_id)
+
+    def remove_signed_prekey(self, key_id: int) -> None:
+        self._delete("signed_prekeys", _key_id(key_id))
+
+    def set_current_signed_prekey(self, key_id: int) -> None:
+        """Mark which stored signed prekey the relay is advertising."""
+        with self._transaction():
+            if self.load_signed_prekey(key_id) is None:
+                raise KeyError(f"no signed prekey {key_id}")
+            self._put("settings", _CURRENT_SIGNED_PREKEY, (key_id,))
+
+    def current_signed_prekey(self) -> SignedPreKeyRecord | None:
+        """The advertised signed prekey, if one is set and still stored."""
+        fields = self._get("settings", _CURRENT_SIGNED_PREKEY)
+        return None if fields is None else self.load_signed_prekey(int(fields[0]))
+
+    # One-time prekeys
+
+    def allocate_prekey_ids(self, count: int) -> range:
+        """Reserve ``count`` fresh prekey ids; ids are never handed out twice."""
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ValueError("count must be a positive int")
+        with self._transaction():
+            fields = self._get("settings", _NEXT_PREKEY_ID)
+            first = 1 if fields is None else int(fields[0])
+            if first + count - 1 > MAX_PREKEY_ID:
+                raise OverflowError("prekey id space exhausted")
+            self._put("settings", _NEXT_PREKEY_ID, (first + count,))
+        return range(first, first + count)
+
+    def store_one_time_prekeys(self, records: Iterable[OneTimePreKeyRecord]) -> None:
+        with self._transaction():
+            for record in records:
+                fields = (record.key_id, record.private_key, record.public_key)
+                self._put("one_time_prekeys", _key_id(record.key_id), fields)
+
+    def take_one_time_prekey(self, key_id: int) -> OneTimePreKeyRecord | None:
+        """Read and delete: the private key must not outlive its first use."""
+        natural_key = _key_id(key_id)
+        with self._transaction():
+            fields = self._get("one_time_prekeys", natural_key)
+            if fields is None:
+                return None
+            self._delete("one_time_prekeys", natural_key)
+        return OneTimePreKeyRecord(*fields)
+
+    def load_one_time_prekey(self, key_id: int) -> OneTimePreKeyRecord | None:
+        """Read without deleting: decryption first, deletion with the commit."""
+        fields = self._get("one_time_prekeys", _key_id(key_id))
+        return None if fields is None else OneTimePreKeyRecord(*fields)
+
+    def one_time_prekey_ids(self) -> list[int]:
+        return sorted(int(fields[0]) for fields in self._rows("one_time_prekeys"))
+
+    # Sessions
+
+    def load_session(self, handle: str) -> bytes | None:
+        require_handle(handle)
+        fields = self._get("sessions", handle_key(handle))
+        return None if fields is None else bytes(fields[1])
+
+    def store_session(self, handle: str, blob: bytes) -> None:
+        require_handle(handle)
+        require_bytes("blob", blob)
+        self._put("sessions", handle_key(handle), (handle, blob))
+
+    def delete_session(self, handle: str) -> None:
+        require_handle(handle)
+        self._delete("sessions", handle_key(handle))
+
+    # Trusted identities (TOFU)
+
+    def get_trusted_identity(self, handle: str) -> TrustedIdentity | None:
+        """The key we trust for ``handle``, with when and how we came to trust it."""
+        require_handle(handle)
+        fields = self._get("identities", handle_key(handle))
+        return None if fields is None else TrustedIdentity(*fields)
+
+    def trusted_identities(self) -> list[TrustedIdentity]:
+        """Every contact whose key we trust, by handle."""
+        records = [TrustedIdentity(*fields) for fields in self._rows("identities")]
+        return sorted(records, key=lambda record: record.handle)
+
+    def _trusted_key(self, handle: str) -> bytes | None:
+        """Only the key of a trust record: read before every send, so no record is built."""
+        require_handle(handle)
+        fields = self._get("identities", handle_key(handle))
+        return None if fields is None else bytes(fields[1])
+
+    def check_identity(self, handle: str, identity_key: bytes) -> IdentityStatus:
+        """Classify a presented key without changing anything (the TOFU decision)."""
+        require_bytes("identity_key", identity_key, IDENTITY_KEY_BYTES)
+        return classify_identity(self._trusted_key(handle), identity_key)
+
+    def identity_owner(self, identity_key: bytes) -> str | None:
+        """The handle ``identity_key`` is pinned for, or None (SPEC §13.8: at most one).
+
+        The index is a lookup aid: an entry counts only while that handle's
+        trust record still holds this key.
+        """
+        require_bytes("identity_key", identity_key, IDENTITY_KEY_BYTES)
+        fields = self._get("key_owners", identity_key)
+        if fields is None:
+            return None
+        handle = str(fields[0])
+        return handle if self._trusted_key(handle) == identity_key else None
+
+    def _pin(self, record: TrustedIdentity) -> None:
+        """Store a trust record and its index entry; refuse a key another handle holds.
+
+        SPEC §13.8: "a key already pinned for another handle MUST be refused".
+        """
+        owner = self.identity_owner(record.identity_key)
+        if owner is not None and owner != record.handle:
+            raise IdentityKeyReused(record.handle, owner)
+        previous = self.get_trusted_identity(record.handle)
+        if previous is not None and previous.identity_key != record.identity_key:
+            self._delete("key_owners", previous.identity_key)  # replaced: the old key is free
+        fields = (record.handle, record.identity_key, record.first_seen_ms, record.verified)
+        self._put("identities", handle_key(record.handle), fields)
+        if owner is None:
+            self._put("key_owners", record.identity_key, (record.handle,))
+
+    def index_identity_keys(self) -> None:
+        """Rebuild the key index from the trust records, first pinned first (an upgrade).
+
+        Where two handles hold one key (pinned before SPEC §13.8 forbade it) the
+        first pinned keeps it, so messages under the other are refused from now on.
+        """
+        with self._transaction():
+            for handle, key, *_ in self._rows("identities"):
+                if self.identity_owner(key) is None:
+                    self._put("key_owners", key, (handle,))
+
+    def trust_identity(self, handle: str, identity_key: bytes, now_ms: int) -> IdentityStatus:
+        """Trust on first use; returns the status found (``NEW`` = just recorded).
+
+        Raises :class:`IdentityKeyReused` for a key pinned for another handle and
+        :class:`UntrustedIdentity` on a changed key rather than overwrite it.
+        """
+        require_bytes("identity_key", identity_key, IDENTITY_KEY_BYTES)
+        with self._transaction():
+            owner = self.identity_owner(identity_key)
+            if owner is not None and owner != handle:
+                raise IdentityKeyReused(handle, owner)
+            status = self.check_identity(handle, identity_key)
+            if status is IdentityStatus.CHANGED:
+                raise UntrustedIdentity(handle)
+            if status is IdentityStatus.NEW:
+                self._pin(TrustedIdentity(handle, identity_key, now_ms, verified=False))
+            return status
+
+    def require_trusted(self, handle: str, identity_key: bytes) -> None:
+        """Gate before every send and on every decrypt: the key must be the trusted one.
+
+        SPEC §3.3: "they pin the key on first use (trust on first use) and MUST
+        surface a change of a contact's identity key to the person before the next
+        message is sent to that contact". Raising here is how it surfaces.
+        """
+        status = self.check_identity(handle, identity_key)
+        if status is IdentityStatus.NEW:
+            raise UntrustedIdentity(handle, f"identity key of {handle!r} not yet trusted")
+        if status is IdentityStatus.CHANGED:
+            raise UntrustedIdentity(handle)
+
+    def approve_identity(
+        self, handle: str, identity_key: bytes, now_ms: int, *, verified: bool = False
+    ) -> None:
+        """The user's explicit decision to trust ``identity_key`` for ``handle``.
+
+        Replaces a changed key (first-seen restarts at ``now_ms`` and verification
+        must be redone); on the trusted key it keeps first-seen and only ever
+        raises ``verified`` (the user compared safety numbers). A key pinned for
+        another handle raises :class:`IdentityKeyReused` (SPEC §13.8).
+        """
+        require_bytes("identity_key", identity_key, IDENTITY_KEY_BYTES)
+        with self._transaction():
+            stored = self.get_trusted_identity(handle)
+            if stored is not None and stored.identity_key == identity_key:
+                record = TrustedIdentity(
+                    handle, identity_key, stored.first_seen_ms, stored.verified or verified
+                )
+            else:
+                record = TrustedIdentity(handle, identity_key, now_ms, verified)
+            self._pin(record)
+
+    # Pending identity changes (SPEC §3.3): read before every send
+
+    def pending_identity_change(self, handle: str) -> bytes | None:
+        """The new identity key ``handle`` presented that the user has not approved yet."""
+        require_handle(handle)
+        fields = self._get("identity_changes", handle_key(handle))
+        return None if fields is None else bytes(fields[1])
+
+    def record_identity_change(self, handle: str, identity_key: bytes) -> None:
+        require_handle(handle)
+        require_bytes("identity_key", identity_key, IDENTITY_KEY_BYTES)
+        self._put("identity_changes", handle_key(handle), (handle, identity_key))
+
+    def clear_identity_change(self, handle: str) -> None:
+        require_handle(handle)
+        self._delete("identity_changes", handle_key(handle))
+
+    def pending_identity_changes(self) -> dict[str, bytes]:
+        """Every contact whose new key awaits the user, with that key."""
+        return {str(h): bytes(key) for h, key in self._rows("identity_changes")}

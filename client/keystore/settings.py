@@ -1,0 +1,126 @@
+"""Profile settings, and what the business and chat front ends keep.
+
+Settings are one value each: the relay key pinned at the first login (SPEC §4.1),
+whether the account is registered, the identity seed of a rotation in progress
+(SPEC §3.4), and a business's last published profile (SPEC §8.1). The front ends
+keep per-account rows: when a customer last got the automatic away reply, the
+chat's contact list and the consent requests awaiting an answer.
+
+What it is not: what any of these mean (the SDK, ``business`` and ``chat`` decide).
+"""
+
+from __future__ import annotations
+
+from .base import handle_key
+from .conversations import ConversationRecords
+from .records import (
+    IDENTITY_KEY_BYTES,
+    IDENTITY_SEED_BYTES,
+    require_bytes,
+    require_count,
+    require_handle,
+)
+
+_RELAY_KEY = b"relay_key"
+_REGISTERED = b"registered"
+_ROTATING_SEED = b"rotating_identity_seed"
+_BUSINESS_PROFILE = b"business_profile"
+
+
+class SettingRecords(ConversationRecords):
+    """Settings, away replies, chat contacts and consent requests."""
+
+    def _setting(self, name: bytes) -> bytes | None:
+        fields = self._get("settings", name)
+        return None if fields is None else bytes(fields[0])
+
+    def _set_setting(self, name: bytes, value: bytes | None) -> None:
+        if value is None:
+            self._delete("settings", name)
+        else:
+            self._put("settings", name, (value,))
+
+    def relay_key(self) -> bytes | None:
+        """The relay key pinned at the first login or accepted since (SPEC §4.1)."""
+        return self._setting(_RELAY_KEY)
+
+    def set_relay_key(self, relay_key: bytes | None) -> None:
+        """Pin ``relay_key`` (None: pin none, the next login pins what it meets)."""
+        if relay_key is not None:
+            require_bytes("relay_key", relay_key, IDENTITY_KEY_BYTES)
+        self._set_setting(_RELAY_KEY, relay_key)
+
+    def is_registered(self) -> bool:
+        """True once the relay accepted our REGISTER: later runs log in instead."""
+        return self._setting(_REGISTERED) is not None
+
+    def set_registered(self, registered: bool = True) -> None:
+        self._set_setting(_REGISTERED, b"\x01" if registered else None)
+
+    def rotating_identity_seed(self) -> bytes | None:
+        """The new identity seed of a rotation not known to be finished (SPEC §3.4)."""
+        return self._setting(_ROTATING_SEED)
+
+    def set_rotating_identity_seed(self, seed: bytes | None) -> None:
+        """Keep the new seed before the rotation leaves; None once it is done."""
+        if seed is not None:
+            require_bytes("seed", seed, IDENTITY_SEED_BYTES)
+        self._set_setting(_ROTATING_SEED, seed)
+
+    def business_profile(self) -> bytes | None:
+        """The signed profile we last published (SPEC §8.1)."""
+        return self._setting(_BUSINESS_PROFILE)
+
+    def set_business_profile(self, signed: bytes | None) -> None:
+        if signed is not None:
+            require_bytes("signed", signed)
+        self._set_setting(_BUSINESS_PROFILE, signed)
+
+    # Automatic away replies: one per customer per closed period
+
+    def away_reply_period(self, customer: str) -> int | None:
+        """The closed period in which ``customer`` last got the away reply."""
+        require_handle(customer, "customer")
+        fields = self._get("away_replies", handle_key(customer))
+        return None if fields is None else int(fields[1])
+
+    def set_away_reply_period(self, customer: str, period: int | None) -> None:
+        require_handle(customer, "customer")
+        if period is None:
+            self._delete("away_replies", handle_key(customer))
+        else:
+            require_count("period", period)
+            self._put("away_replies", handle_key(customer), (customer, period))
+
+    def away_reply_periods(self) -> dict[str, int]:
+        return {str(customer): int(period) for customer, period in self._rows("away_replies")}
+
+    # The chat's contact list and the consent requests awaiting an answer
+
+    def chat_contacts(self) -> dict[str, str]:
+        """Handle → account kind ("user", "business", or "" while not known)."""
+        return {str(handle): str(kind) for handle, kind in self._rows("chat_contacts")}
+
+    def set_chat_contact(self, handle: str, kind: str | None) -> None:
+        """Remember ``handle`` with its kind (None forgets it)."""
+        require_handle(handle)
+        if kind is None:
+            self._delete("chat_contacts", handle_key(handle))
+            return
+        if not isinstance(kind, str):
+            raise TypeError("kind must be a str")
+        self._put("chat_contacts", handle_key(handle), (handle, kind))
+
+    def consent_requests(self) -> dict[str, tuple[str, ...]]:
+        """Business → the categories it asked consent for, not answered yet (SPEC §7)."""
+        return {str(b): tuple(cats) for b, cats in self._rows("consent_requests")}
+
+    def set_consent_request(self, business: str, categories: tuple[str, ...] | None) -> None:
+        """Record ``business``'s request (None: answered, forget it)."""
+        require_handle(business, "business")
+        if categories is None:
+            self._delete("consent_requests", handle_key(business))
+            return
+        if not isinstance(categories, tuple) or not all(isinstance(c, str) for c in categories):
+            raise TypeError("categories must be a tuple of str")
+        self._put("consent_requests", handle_key(business), (business, categories))

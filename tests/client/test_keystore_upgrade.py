@@ -1,0 +1,230 @@
+"""Opening a profile of an earlier schema (client/keystore/schema.py).
+
+``fixtures/v1-profile.keys`` was written by the code of f61878b (the untyped
+state bag) with ``fixtures/write_v1_profile.py``, one record of every kind;
+``fixtures/v1-profile.json`` holds the same records as plain data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from blindrelay.client.chat import Options, session
+from blindrelay.client.keystore import (
+    SCHEMA_VERSION,
+    HeldCounts,
+    IdentityStatus,
+    IncomingMessage,
+    KeyStoreCorrupted,
+    KeyStoreTooNew,
+    OneTimePreKeyRecord,
+    OurIdentity,
+    OutboxEntry,
+    SignedPreKeyRecord,
+    SqliteKeyStore,
+    TrustedIdentity,
+)
+
+from .keystore_files import FIXTURES, copy_fixture, dump, file_keys
+
+PROFILE = "v1-profile.keys"
+
+
+def from_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        if value.keys() == {"hex"}:
+            return bytes.fromhex(value["hex"])
+        return {key: from_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [from_json(item) for item in value]
+    return value
+
+
+@pytest.fixture
+def written() -> dict[str, Any]:
+    """The records the fixture's writer put in the profile."""
+    return from_json(json.loads((FIXTURES / "v1-profile.json").read_text()))
+
+
+def version_of(path: Path) -> tuple[int, set[str]]:
+    with sqlite3.connect(path) as conn:
+        ((found,),) = conn.execute("PRAGMA user_version")
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    return found, tables
+
+
+def test_the_fixture_is_a_version_1_profile(tmp_path: Path) -> None:
+    assert version_of(FIXTURES / PROFILE)[0] == 0
+    assert {"state", "logs"} <= version_of(FIXTURES / PROFILE)[1]
+
+
+def test_every_record_of_a_version_1_profile_moves_into_its_kinds_table(
+    tmp_path: Path, written: dict[str, Any]
+) -> None:
+    path = copy_fixture(PROFILE, tmp_path)
+    with SqliteKeyStore.open(path, written["passphrase"]) as store:
+        # Keys
+        assert store.get_identity() == OurIdentity(**written["identity"])
+        assert store.signed_prekeys() == [
+            SignedPreKeyRecord(**spk) for spk in written["signed_prekeys"]
+        ]
+        assert store.current_signed_prekey() == SignedPreKeyRecord(**written["signed_prekeys"][1])
+        assert store.one_time_prekey_ids() == [o["key_id"] for o in written["one_time_prekeys"]]
+        otpk = written["one_time_prekeys"][1]
+        assert store.load_one_time_prekey(otpk["key_id"]) == OneTimePreKeyRecord(**otpk)
+        allocated = written["allocated_prekey_ids"]
+        assert store.allocate_prekey_ids(1) == range(allocated + 1, allocated + 2)
+        for handle, blob in written["sessions"].items():
+            assert store.load_session(handle) == blob
+        assert store.trusted_identities() == sorted(
+            (TrustedIdentity(**t) for t in written["trusted"]), key=lambda t: t.handle
+        )
+        for trusted in written["trusted"]:
+            assert store.identity_owner(trusted["identity_key"]) == trusted["handle"]
+        assert store.pending_identity_changes() == written["identity_changes"]
+        # Conversations
+        for incoming in written["incoming"]:
+            assert store.is_processed(incoming["sender"], incoming["msg_id"])
+        assert store.pending_messages() == [
+            IncomingMessage(**{k: v for k, v in m.items() if k != "consumed"})
+            for m in written["incoming"]
+            if not m["consumed"]
+        ]
+        assert store.outbox() == [
+            OutboxEntry(**{**o, "categories": o["categories"] and tuple(o["categories"])})
+            for o in written["outbox"]
+        ]
+        kept = {**written["statements"], **written["old_format_statements"]}
+        for counterpart, signed in kept.items():
+            assert store.kept_statements(counterpart) == signed
+        assert store.statement_counts() == {c: len(signed) for c, signed in kept.items()}
+        held = written["held"]["mallory"]
+        assert store.held_messages("mallory") == held["messages"]
+        assert store.held_counts() == {
+            "mallory": HeldCounts(len(held["messages"]), held["dropped"])
+        }
+        assert store.all_owed_receipts() == written["owed_receipts"]
+        assert store.wrote_to() == set(written["wrote_to"])
+        # Settings and the front ends
+        assert store.relay_key() == written["relay_key"]
+        assert store.is_registered() is written["registered"]
+        assert store.rotating_identity_seed() == written["rotating_identity_seed"]
+        assert store.business_profile() == written["business_profile"]
+        assert store.away_reply_periods() == written["away_replies"]
+        assert store.chat_contacts() == written["chat_contacts"]
+        assert store.consent_requests() == {
+            b: tuple(cats) for b, cats in written["consent_requests"].items()
+        }
+        assert store.check_identity("alice", written["trusted"][0]["identity_key"]) is (
+            IdentityStatus.TRUSTED
+        )
+    found, tables = version_of(path)
+    assert found == SCHEMA_VERSION
+    assert not {"state", "logs"} & tables  # dropped, their pages zeroed (secure_delete)
+
+
+def test_the_unconverted_callers_read_the_upgraded_profile_under_the_old_keys(
+    tmp_path: Path, written: dict[str, Any]
+) -> None:
+    path = copy_fixture(PROFILE, tmp_path)
+    with SqliteKeyStore.open(path, written["passphrase"]) as store:
+        state = dict(store.state_items(""))
+        assert state["sdk/relay-key"] == written["relay_key"]
+        assert state["sdk/rotating-identity-seed"] == written["rotating_identity_seed"]
+        assert state["identity-change/mallory"] == written["identity_changes"]["mallory"]
+        for out in written["outbox"]:
+            key = f"sdk/outbox/{out['position']:020d}.{out['msg_id'].hex()}"
+            fields = [out["to"], out["envelope"], out["intent"], out["category"], out["categories"]]
+            assert msgpack.unpackb(state.pop(key)) == fields
+        assert json.loads(state.pop("chat/requests")) == written["consent_requests"]
+        assert {"/".join(key.split("/")[:2]) for key in state} == {
+            "sdk/relay-key", "sdk/registered", "sdk/rotating-identity-seed",
+            "sdk/statement-count", "sdk/held", "sdk/owed-receipts", "sdk/wrote-to",
+            "identity-change/mallory", "business/profile", "business/away", "chat/contacts",
+        }  # fmt: skip
+        assert "sdk/outbox" not in state  # the retired single-list outbox is dropped
+        assert store.get_state("sdk/statements/carol") is None  # the old format: moved
+        for counterpart, signed in written["statements"].items():
+            assert store.read_log(f"statements/{counterpart}") == signed
+        assert store.read_log("held/mallory") == written["held"]["mallory"]["messages"]
+
+
+def test_reopening_an_upgraded_profile_changes_nothing(
+    tmp_path: Path, written: dict[str, Any]
+) -> None:
+    path = copy_fixture(PROFILE, tmp_path)
+    SqliteKeyStore.open(path, written["passphrase"]).close()
+    upgraded = dump(path)
+    SqliteKeyStore.open(path, written["passphrase"]).close()
+    assert dump(path) == upgraded
+
+
+def test_a_profile_newer_than_the_code_is_refused_untouched(
+    tmp_path: Path, written: dict[str, Any]
+) -> None:
+    path = copy_fixture(PROFILE, tmp_path)
+    SqliteKeyStore.open(path, written["passphrase"]).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    before = dump(path)
+    with pytest.raises(KeyStoreTooNew, match="upgrade blindrelay") as raised:
+        SqliteKeyStore.open(path, written["passphrase"])
+    assert (raised.value.found, raised.value.supported) == (SCHEMA_VERSION + 1, SCHEMA_VERSION)
+    assert dump(path) == before
+    with pytest.raises(KeyStoreTooNew):
+        SqliteKeyStore.open(path, written["passphrase"], create=True)
+    assert dump(path) == before
+
+
+def test_an_upgrade_that_fails_midway_leaves_version_1_to_retry(
+    tmp_path: Path, written: dict[str, Any]
+) -> None:
+    """A record of no known kind stops the upgrade (KeyStoreCorrupted, nothing lost):
+    all of it was one transaction, so the file is version 1 as before."""
+    path = copy_fixture(PROFILE, tmp_path)
+    keys = file_keys(path, written["passphrase"])
+    k = keys.lookup("state", b"zz/unknown")
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO state (k, v) VALUES (?, ?)",
+            [k, keys.seal("state", k, ["zz/unknown", b"value"])],
+        )
+    conn.close()
+    before = dump(path)
+    with pytest.raises(KeyStoreCorrupted, match="no known kind"):
+        SqliteKeyStore.open(path, written["passphrase"])
+    assert dump(path) == before
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM state WHERE k = ?", [k])
+    conn.close()
+    with SqliteKeyStore.open(path, written["passphrase"]) as store:
+        assert store.held_messages("mallory") == written["held"]["mallory"]["messages"]
+    assert version_of(path)[0] == SCHEMA_VERSION
+
+
+def test_the_chat_says_in_one_line_that_a_newer_profile_needs_a_newer_blindrelay(
+    tmp_path: Path, written: dict[str, Any]
+) -> None:
+    path = copy_fixture(PROFILE, tmp_path)
+    SqliteKeyStore.open(path, written["passphrase"]).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    out = io.StringIO()
+    options = Options(
+        relay="ws://127.0.0.1:9", profile=path, handle=None, kind="user",
+        passphrase=written["passphrase"], operator_key=None,
+    )  # fmt: skip
+    assert asyncio.run(session(options, out)) == 1
+    (line,) = out.getvalue().splitlines()
+    assert line.startswith("blindrelay chat: ") and line.endswith("upgrade blindrelay to open it")
