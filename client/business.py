@@ -69,7 +69,7 @@ from blindrelay.protocol.errors import (
 )
 from blindrelay.protocol.signed import ConsentStatement
 
-from .inbox import Message
+from .reading import Message
 from .sdk import Client
 from .statements import HeldStatement, fold, granted
 
@@ -368,7 +368,6 @@ class Business:
             self.away_message is None
             or not message.from_user
             or message.intent != frames.Intent.CHAT
-            or message.receipt is not None
         ):
             return
         profile = self.profile

@@ -314,7 +314,7 @@ def test_sends_to_a_new_contact_take_one_lock_that_is_gone_afterwards(tmp_path: 
             await within(asyncio.gather(*first))
             assert len(alice.sender.locks) == 0
             inbox = Inbox(bob)
-            assert [(await inbox.next_text()).body for _ in range(3)] == ["m0", "m1", "m2"]
+            assert [(await inbox.next()).body for _ in range(3)] == ["m0", "m1", "m2"]
             await inbox.close()
             await alice.close()
             await bob.close()
