@@ -203,6 +203,7 @@ async def play(
         assert (await user_inbox.next()).body == explanation
         assert (await within(user.business_info("airline"))).verified
         await within(user.grant("airline", ["utility"]))
+        await within(airline.wait_for_consent("alice", "utility", timeout=TIMEOUT_S))
 
         notification = story.text("notification")
         sent = await within(airline.notify("utility", notification, to=["alice"]))

@@ -149,6 +149,12 @@ async def business_online(url: str, handle: str, **options: Any) -> Business:
     return business
 
 
+async def consented(business: Business, handles: list[str], category: str = "utility") -> None:
+    """Until ``business`` holds each customer's grant of ``category`` (they are forwarded)."""
+    for handle in handles:
+        await business.wait_for_consent(handle, category, timeout=TIMEOUT)
+
+
 MIX = ("granted utility", "granted marketing", "denied", "revoked", "blocked", "never asked")
 """Customer i is in state MIX[i % 6]; the statements each state takes, in order:"""
 STATEMENTS: dict[str, list[tuple[str, tuple[str, ...] | None]]] = {
