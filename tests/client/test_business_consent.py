@@ -10,12 +10,12 @@ in-process relay; no sleeps.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from blindrelay.client.business import ConsentRefused
+from blindrelay.client.business import Business, ConsentRefused
 from blindrelay.client.sdk import ConnectionLost
 from blindrelay.protocol.signed import Action
 
@@ -24,12 +24,12 @@ from ..server.consent_helpers import issue_badge_for
 from .harness import TIMEOUT, Inbox, business_online, online, within
 
 
-def queued_for(db_path: Path, sender: str) -> list[str]:
-    """Recipients of the envelopes the relay holds from ``sender``."""
-    with sqlite3.connect(db_path) as db:
-        rows = db.execute("SELECT recipient FROM queue WHERE sender = ?", (sender,)).fetchall()
-    db.close()
-    return sorted(recipient for (recipient,) in rows)
+async def notifications_accepted(business: Business) -> dict[str, int]:
+    """Per category, the notifications the relay accepted from ``business`` this month
+    (its meter, SPEC §8.4: what was sent, whether or not it was delivered since)."""
+    month = datetime.fromtimestamp(business.client.relay_now() / 1000, UTC).strftime("%Y-%m")
+    usage = await within(business.usage(month))
+    return {count.category: count.count for count in usage.notifications}
 
 
 async def test_a_notification_after_the_grant_waits_for_it_instead_of_reaching_nobody(
@@ -103,7 +103,7 @@ async def test_a_revoke_kept_before_the_wait_raises_at_once_and_stops_notificati
         await within(shop.wait_for_consent("alice", "marketing", timeout=TIMEOUT))
         result = await within(shop.notify("utility", "after the revoke", to=["alice"]))
         assert (result.not_consented, result.refused) == (["alice"], [])
-        assert queued_for(relay.config.db_path, "shop") == []
+        assert await notifications_accepted(shop) == {}
         await alice.close()
         await shop.close()
 
@@ -125,7 +125,7 @@ async def test_notify_to_sends_to_those_who_consent_and_names_the_others_at_once
         assert result.sent == ["alice"]
         assert result.not_consented == ["bob", "carol", "nobody"]  # never sent: not refused
         assert (result.refused, result.failed, result.no_recipients) == ([], {}, False)
-        assert queued_for(relay.config.db_path, "shop") == ["alice"]
+        assert await notifications_accepted(shop) == {"utility": 1}  # alice's alone
         for user in users.values():
             await user.close()
         await shop.close()
