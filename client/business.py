@@ -156,7 +156,7 @@ class Business:
         self.notify_window = notify_window
         self._dispatcher: asyncio.Task[None] | None = None
         self._pending_callbacks: set[asyncio.Task[None]] = set()
-        self.consent = CustomerConsent(client)
+        self.customers = CustomerConsent(client)
         """What we know of each customer's consent, from the statements kept."""
         client.add_statement_listener(self._statement_received)
 
@@ -173,7 +173,7 @@ class Business:
 
     async def close(self) -> None:
         """Stop dispatching, end waits for consent (ConnectionLost), close the client."""
-        self.consent.close()
+        self.customers.close()
         if self._dispatcher is not None:
             self._dispatcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -190,7 +190,7 @@ class Business:
                 await _call(self.on_message, message)
 
     def _statement_received(self, statement: ConsentStatement) -> None:
-        self.consent.statement_kept(statement)
+        self.customers.statement_kept(statement)
         handler = self.on_consent_change if statement.is_consent else self.on_block
         if handler is None:
             return
@@ -255,7 +255,7 @@ class Business:
 
     def receipts(self, user: str) -> list[HeldStatement]:
         """The statements ``user`` made to us that we hold, each verified again offline."""
-        return self.consent.receipts(user)
+        return self.customers.receipts(user)
 
     def verify_receipts(self) -> list[HeldStatement]:
         """Every held statement, re-verified offline against the pinned user keys and relay.
@@ -274,7 +274,7 @@ class Business:
         block by either side counts as no consent; a statement counts once it
         has arrived and verified (``customer_consent``).
         """
-        return self.consent.granted()
+        return self.customers.granted()
 
     def consenting(self, category: str) -> list[str]:
         """Customers who granted ``category`` and have not withdrawn it, sorted."""
@@ -294,7 +294,7 @@ class Business:
         ``timeout`` seconds (None: no limit); ConnectionLost once :meth:`close` ran;
         ValueError for an unknown category.
         """
-        await self.consent.wait(user, category, timeout=timeout)
+        await self.customers.wait(user, category, timeout=timeout)
 
     # --- Sending ---------------------------------------------------------------
 
