@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from blindrelay.server.relay import RunningRelay
+
 from ..relays import relay_at
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "sdk.md"
@@ -125,26 +127,31 @@ async def offered(tmp_path: Path) -> AsyncIterator[Provide]:
     """:data:`OFFERED`, each made on first use and closed when the block ends."""
     async with contextlib.AsyncExitStack() as stack:
         made: dict[str, Any] = {}
+        relays: dict[str, RunningRelay] = {}
+
+        async def relay(name: str) -> RunningRelay:
+            if name not in relays:
+                (tmp_path / name).mkdir()
+                relays[name] = await stack.enter_async_context(relay_at(tmp_path / name))
+            return relays[name]
+
+        async def make(name: str) -> Any:
+            if name == "url":
+                return (await relay("relay")).url
+            if name == "relay_db":
+                return (await relay("relay")).config.db_path
+            if name == "other_url":
+                return (await relay("other")).url
+            assert name == "data_dir"
+            (tmp_path / "data").mkdir()
+            return tmp_path / "data"
 
         async def provide(name: str) -> Any:
+            if name not in OFFERED:
+                raise TypeError(f"an example asks for {name!r}; offered are {', '.join(OFFERED)}")
             if name not in made:
                 made[name] = await make(name)
             return made[name]
-
-        async def make(name: str) -> Any:
-            if name in ("url", "relay_db"):
-                relay = await provide("relay")
-                return relay.url if name == "url" else relay.config.db_path
-            if name == "relay":
-                (tmp_path / "relay").mkdir()
-                return await stack.enter_async_context(relay_at(tmp_path / "relay"))
-            if name == "other_url":
-                (tmp_path / "other").mkdir()
-                return (await stack.enter_async_context(relay_at(tmp_path / "other"))).url
-            if name == "data_dir":
-                (tmp_path / "data").mkdir()
-                return tmp_path / "data"
-            raise TypeError(f"an example asks for {name!r}; offered are {', '.join(OFFERED)}")
 
         yield provide
 
