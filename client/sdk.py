@@ -127,7 +127,7 @@ class Client:
             open_transport=open_transport,  # transport.tapped(…) shows the wire
         )  # fmt: skip
         state = store.state_items("sdk/")  # opens every state row: once, at start
-        self.requests = MessageRequests(store, state)
+        self.requests = MessageRequests(store)
         self.outbox = Outbox(store, self.link, state)
         self.sender = Sender(
             store, self.sessions, self.outbox, self.link, self.requests,
