@@ -133,9 +133,7 @@ class Client:
             store, self.sessions, self.outbox, self.link, self.requests,
             rng=rng, identity_changed=self._identity_changed,
         )  # fmt: skip
-        self.consent = Statements(
-            store, self.sessions, self.link, self.relay_key_pin, state, rng=rng
-        )
+        self.consent = Statements(store, self.sessions, self.link, self.relay_key_pin, rng=rng)
         self.inbox = Inbox(
             store, self.sessions, self.link, self.relay_key_pin, state,
             sender=self.sender, statements=self.consent, requests=self.requests,
