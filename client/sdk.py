@@ -128,7 +128,7 @@ class Client:
         )  # fmt: skip
         state = store.state_items("sdk/")  # opens every state row: once, at start
         self.requests = MessageRequests(store)
-        self.outbox = Outbox(store, self.link, state)
+        self.outbox = Outbox(store, self.link)
         self.sender = Sender(
             store, self.sessions, self.outbox, self.link, self.requests,
             rng=rng, identity_changed=self._identity_changed,
