@@ -132,7 +132,7 @@ class Client:
         )  # fmt: skip
         self.consent = Statements(store, self.sessions, self.link, self.relay_key_pin, rng=rng)
         self.inbox = Inbox(
-            store, self.sessions, self.link, self.relay_key_pin, store.state_items("sdk/held/"),
+            store, self.sessions, self.link, self.relay_key_pin,
             sender=self.sender, statements=self.consent, requests=self.requests,
             identity_changed=self._identity_changed,
             auto_delivered_receipts=auto_delivered_receipts,
