@@ -93,9 +93,6 @@ RATE_LIMIT_RETRIES = 20
 reported as failed: with the business bucket's refill this covers tens of
 seconds of overload, and a bulk send still ends."""
 
-_PROFILE_KEY = "business/profile"
-_AWAY_PREFIX = "business/away/"
-
 MessageHandler = Callable[[Message], Awaitable[None] | None]
 StatementHandler = Callable[[ConsentStatement], Awaitable[None] | None]
 
@@ -228,13 +225,13 @@ class Business:
         )
         if not isinstance(answer, frames.Ok):
             raise UnexpectedFrame("relay answered PROFILE_PUT with another frame")
-        self.client.store.set_state(_PROFILE_KEY, signed)
+        self.client.store.set_business_profile(signed)
         return profile
 
     @property
     def profile(self) -> BusinessProfile | None:
         """The profile we last published (verified under our own key)."""
-        signed = self.client.store.get_state(_PROFILE_KEY)
+        signed = self.client.store.business_profile()
         if signed is None:
             return None
         return open_profile(signed, self.client.sessions.identity.identity_public, self.handle)
@@ -374,10 +371,9 @@ class Business:
         period = away_period(profile, self.client.clock())
         if period is None:
             return
-        key = _AWAY_PREFIX + message.sender
-        if self.client.store.get_state(key) == period.to_bytes(8, "big"):
+        if self.client.store.away_reply_period(message.sender) == period:
             return
-        self.client.store.set_state(key, period.to_bytes(8, "big"))
+        self.client.store.set_away_reply_period(message.sender, period)
         await self.client.send(message.sender, self.away_message)
 
     # --- Billing (SPEC §8.4) -----------------------------------------------------

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
-import json
 import os
 import shlex
 import sys
@@ -48,11 +47,6 @@ from .sdk import (
     Message,
     RelayKeyChanged,
 )
-
-_CONTACTS_KEY = "chat/contacts"
-"""JSON object handle → kind ("user", "business" or "" when not known yet)."""
-_REQUESTS_KEY = "chat/requests"
-"""JSON object business → categories it asked for and we have not answered."""
 
 HELP = """\
 commands:
@@ -112,19 +106,11 @@ class Chat:
 
     # --- Stored lists --------------------------------------------------------------
 
-    def _load(self, key: str) -> dict[str, object]:
-        blob = self.client.store.get_state(key)
-        loaded = json.loads(blob) if blob else {}
-        return loaded if isinstance(loaded, dict) else {}
-
-    def _save(self, key: str, value: dict[str, object]) -> None:
-        self.client.store.set_state(key, json.dumps(value, sort_keys=True).encode())
-
     def remember(self, handle: str, kind: str = "") -> None:
-        contacts = self._load(_CONTACTS_KEY)
+        """Keep ``handle`` in the contact list, with its kind once known."""
+        contacts = self.client.store.chat_contacts()
         if handle not in contacts or (kind and contacts[handle] != kind):
-            contacts[handle] = kind or contacts.get(handle, "")
-            self._save(_CONTACTS_KEY, contacts)
+            self.client.store.set_chat_contact(handle, kind or contacts.get(handle, ""))
 
     # --- Incoming ---------------------------------------------------------------------
 
@@ -153,9 +139,7 @@ class Chat:
             body = f"<{len(body)} bytes>"
         if message.is_consent_request:
             categories = list(message.categories or ())
-            requests = self._load(_REQUESTS_KEY)
-            requests[sender] = categories
-            self._save(_REQUESTS_KEY, requests)
+            self.client.store.set_consent_request(sender, tuple(categories))
             self.say(f"[consent request] {name} asks for {','.join(categories)}: {body}")
             self.say("  a business is not a private person: it keeps what you send it")
             self.say(f"  answer with /grant {sender} {','.join(categories)} or /deny {sender}")
@@ -252,7 +236,7 @@ class Chat:
         self.say(f"accepted {handle}'s message request")
 
     async def contacts(self, _rest: str) -> None:
-        contacts = self._load(_CONTACTS_KEY)
+        contacts = self.client.store.chat_contacts()
         if not contacts:
             self.say("no contacts yet")
         for handle, kind in sorted(contacts.items()):
@@ -293,17 +277,15 @@ class Chat:
             )
 
     async def requests(self, _rest: str) -> None:
-        requests = self._load(_REQUESTS_KEY)
+        requests = self.client.store.consent_requests()
         if not requests:
             self.say("no consent requests waiting")
         for business, categories in sorted(requests.items()):
-            cats = ",".join(categories) if isinstance(categories, list) else "?"
+            cats = ",".join(categories)
             self.say(f"  {business} {await self.badge(business)} asks for {cats}")
 
     def _answered(self, business: str) -> None:
-        requests = self._load(_REQUESTS_KEY)
-        if requests.pop(business, None) is not None:
-            self._save(_REQUESTS_KEY, requests)
+        self.client.store.set_consent_request(business, None)
 
     def _business_and_categories(
         self, rest: str, usage: str, *, default: bool
@@ -313,8 +295,7 @@ class Chat:
             raise Usage(usage)
         business, categories = words[0], words[1:]
         if not categories and default:
-            asked = self._load(_REQUESTS_KEY).get(business)
-            categories = list(asked) if isinstance(asked, list) else []
+            categories = list(self.client.store.consent_requests().get(business, ()))
         unknown = [c for c in categories if c not in limits.CATEGORIES]
         if not categories or unknown:
             raise Usage(f"{usage} (categories: {', '.join(limits.CATEGORIES)})")

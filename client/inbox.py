@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from blindrelay.protocol import codec, frames
@@ -64,10 +64,6 @@ from .trust import RelayKeyPin
 
 log = logging.getLogger("blindrelay.client")
 
-_HELD_LOG = "held/"
-"""Keystore log group prefix: per sender, the DELIVERs held for a trust decision."""
-_HELD_PREFIX = "sdk/held/"
-"""Per sender with held messages: how many are held and how many were dropped."""
 MAX_HELD_PER_SENDER = 100
 """Messages kept per sender while its identity key change awaits the user (SPEC
 §3.3). Held messages are acknowledged, so they never occupy the relay's delivery
@@ -87,13 +83,6 @@ class HeldMessages:
     dropped: int
     """Refused beyond ``MAX_HELD_PER_SENDER``: gone; the sender must resend them."""
 
-    def pack(self) -> bytes:
-        return self.held.to_bytes(8, "big") + self.dropped.to_bytes(8, "big")
-
-    @classmethod
-    def unpack(cls, blob: bytes) -> HeldMessages:
-        return cls(int.from_bytes(blob[:8], "big"), int.from_bytes(blob[8:16], "big"))
-
 
 class Inbox:
     """What arrives: decrypted, persisted or held, acknowledged, read (module docstring)."""
@@ -104,7 +93,6 @@ class Inbox:
         sessions: SessionManager,
         link: RelayLink,
         relay_key: RelayKeyPin,
-        state: Sequence[tuple[str, bytes]],
         *,
         sender: Sender,
         statements: Statements,
@@ -112,8 +100,8 @@ class Inbox:
         identity_changed: Callable[[str], None],
         auto_delivered_receipts: bool,
     ) -> None:
-        """``state`` holds the keystore's ``sdk/`` rows, read once at start; ``sender``,
-        ``statements`` and ``requests`` are where receipts, statements and requests go."""
+        """``sender``, ``statements`` and ``requests`` are where receipts, statements and
+        requests go."""
         self._store = store
         self._sessions = sessions
         self._sender = sender
@@ -129,9 +117,8 @@ class Inbox:
         )  # fmt: skip
         self._load_pending()
         self._held: dict[str, HeldMessages] = {
-            key.removeprefix(_HELD_PREFIX): HeldMessages.unpack(blob)
-            for key, blob in state
-            if key.startswith(_HELD_PREFIX)
+            sender: HeldMessages(counts.held, counts.dropped)
+            for sender, counts in store.held_counts().items()
         }
         """Mirror of the keystore's held counts: every DELIVER asks whether its sender
         has messages held (then it is held behind them, in order)."""
@@ -239,19 +226,16 @@ class Inbox:
         """Keep ``deliver`` for the user's decision on its sender's key, or count it dropped."""
         sender = deliver.sender
         counts = self._held.get(sender, HeldMessages(0, 0))
-        key = _HELD_PREFIX + sender
         if counts.held >= MAX_HELD_PER_SENDER:
             counts = HeldMessages(counts.held, counts.dropped + 1)
             log.warning(
                 "dropped a message from %s: %d already held awaiting approval of its new key",
                 sender, counts.held,
             )  # fmt: skip
-            self._store.set_state(key, counts.pack())
+            self._store.count_dropped(sender)
         else:
             counts = HeldMessages(counts.held + 1, counts.dropped)
-            with self._store.atomic():
-                self._store.append_log(_HELD_LOG + sender, codec.encode(deliver))
-                self._store.set_state(key, counts.pack())
+            self._store.hold_message(sender, codec.encode(deliver))
         self._held[sender] = counts
         if sender not in self._announced:
             self._announced.add(sender)
@@ -279,8 +263,7 @@ class Inbox:
             return
         relay_key = self._relay_key.key
         assert relay_key is not None  # pinned at the login that received them
-        group = _HELD_LOG + handle
-        records = self._store.read_log(group)
+        records = self._store.held_messages(handle)
         released = 0
         for record in records:
             try:
@@ -295,14 +278,11 @@ class Inbox:
                 except UntrustedIdentity:
                     break
             released += 1
-        with self._store.atomic():
-            if released == len(records):
-                self._store.delete_log(group)
-                self._store.delete_state(_HELD_PREFIX + handle)
-            else:
-                self._store.delete_log(group, released)
-                counts = HeldMessages(len(records) - released, self._held[handle].dropped)
-                self._store.set_state(_HELD_PREFIX + handle, counts.pack())
+        if released == len(records):
+            self._store.release_held_messages(handle)
+        else:
+            self._store.release_held_messages(handle, released)
+            counts = HeldMessages(len(records) - released, self._held[handle].dropped)
         if released == len(records):
             del self._held[handle]
             self._announced.discard(handle)
@@ -314,9 +294,7 @@ class Inbox:
         counts = self._held.pop(handle, None)
         if counts is None:
             return
-        with self._store.atomic():
-            self._store.delete_log(_HELD_LOG + handle)
-            self._store.delete_state(_HELD_PREFIX + handle)
+        self._store.release_held_messages(handle)
         self._announced.discard(handle)
         log.info("discarded %d held message(s) of blocked %s", counts.held, handle)
 

@@ -284,8 +284,9 @@ class RelayLink:
         try:
             welcome = await conn.answer_to(request_id)
         except ProtocolError:
-            # The challenge is spent: drop this connection so that a retry gets a fresh one.
-            conn.transport.abort()
+            # The challenge is spent: drop this connection now, not when its reader notices,
+            # so that a retry made at once (another handle) waits for a fresh one.
+            self._drop(conn)
             raise
         assert isinstance(welcome, frames.Welcome)
         assert self._handlers is not None

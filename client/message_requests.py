@@ -15,35 +15,22 @@ receipt (``sending``), telling a request apart on arrival (``inbox``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-
-import msgpack
+from collections.abc import Iterable
 
 from blindrelay.protocol import frames
 from blindrelay.protocol.content import MAX_RECEIPT_REFS
 
 from .keystore import KeyStore
 
-_WROTE_TO_PREFIX = "sdk/wrote-to/"
-"""One entry per account we have queued a chat to (a message or a receipt): the
-users whose messages are no longer requests (SPEC §7.3)."""
-_OWED_PREFIX = "sdk/owed-receipts/"
-"""Per requester, the msg_ids of its requests not receipted (packed list, at most
-``MAX_RECEIPT_REFS``): the delivered receipt :meth:`Client.accept_request` sends."""
-
 
 class MessageRequests:
     """Whom we (a user) have written to, and the receipts owed to the others."""
 
-    def __init__(self, store: KeyStore, state: Sequence[tuple[str, bytes]]) -> None:
-        """``state`` holds the keystore's ``sdk/`` rows, read once at start."""
+    def __init__(self, store: KeyStore) -> None:
         self._store = store
-        self._wrote_to: set[str] = {
-            key.removeprefix(_WROTE_TO_PREFIX)
-            for key, _ in state
-            if key.startswith(_WROTE_TO_PREFIX)
-        }
-        """Mirror of the keystore's accounts we have written to."""
+        self._wrote_to: set[str] = store.wrote_to()
+        """Mirror of the keystore's accounts we have written to (read once: asked per
+        incoming message)."""
         self._account_kind: str | None = None
 
     def account_changed(self) -> None:
@@ -74,7 +61,7 @@ class MessageRequests:
         """
         if handle in self._wrote_to or not self.we_are_user():
             return False
-        self._store.set_state(_WROTE_TO_PREFIX + handle, b"")
+        self._store.note_wrote_to(handle)
         return True
 
     def noted(self, handles: Iterable[str]) -> None:
@@ -91,15 +78,16 @@ class MessageRequests:
         owed = self.owed_receipts(sender)
         if len(owed) < MAX_RECEIPT_REFS and msg_id not in owed:
             owed.append(msg_id)
-            self._store.set_state(_OWED_PREFIX + sender, msgpack.packb(owed, use_bin_type=True))
+            self._store.set_owed_receipts(sender, owed)
 
     def owed_receipts(self, sender: str) -> list[bytes]:
-        blob = self._store.get_state(_OWED_PREFIX + sender)
-        return [bytes(item) for item in msgpack.unpackb(blob, raw=False)] if blob else []
+        """The msg_ids of ``sender``'s requests not receipted (at most
+        ``MAX_RECEIPT_REFS``): what :meth:`Client.accept_request` receipts."""
+        return self._store.owed_receipts(sender)
 
     def forget_owed(self, sender: str) -> None:
         """The receipt was sent, or the sender blocked: nothing is owed any more."""
-        self._store.delete_state(_OWED_PREFIX + sender)
+        self._store.set_owed_receipts(sender, [])
 
 
 __all__ = ["MessageRequests"]

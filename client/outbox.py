@@ -24,10 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 from typing import NamedTuple
-
-import msgpack
 
 from blindrelay.protocol import frames
 from blindrelay.protocol.errors import (
@@ -41,12 +38,11 @@ from blindrelay.protocol.errors import (
 from blindrelay.protocol.fastcodec import encode_send
 
 from .connection import Connection
-from .keystore import KeyStore
+from .keystore import KeyStore, OutboxEntry
 from .link import RelayLink
 
 log = logging.getLogger("blindrelay.client")
 
-_OUTBOX_PREFIX = "sdk/outbox/"
 _RETRYABLE_SEND_ERRORS = (ShuttingDown, InternalError)
 """Relay faults after which a SEND stays in the outbox and is resent."""
 
@@ -64,23 +60,15 @@ class Outgoing(NamedTuple):
     intent: str = frames.Intent.CHAT
     category: str | None = None
     categories: tuple[str, ...] | None = None
-    key: str = ""
-    """Its keystore entry: ``sdk/outbox/<queued at, ns>.<msg_id hex>``, so that
-    a restart resends in the order the envelopes were made."""
-
-    def pack(self, packer: msgpack.Packer) -> bytes:
-        """The outbox entry (the msg_id is in its key); ``packer`` uses bin types."""
-        fields = [self.to, self.envelope, self.intent, self.category, self.categories]
-        packed: bytes = packer.pack(fields)
-        return packed
+    position: int = 0
+    """When it was queued (ns, increasing within a profile): a restart resends in
+    this order."""
 
     @classmethod
-    def unpack(cls, key: str, blob: bytes) -> Outgoing:
-        to, envelope, intent, category, categories = msgpack.unpackb(blob, raw=False)
-        msg_id = bytes.fromhex(key.rpartition(".")[2])
+    def from_entry(cls, entry: OutboxEntry) -> Outgoing:
         return cls(
-            msg_id, to, envelope, intent, category,
-            tuple(categories) if categories else None, key,
+            entry.msg_id, entry.to, entry.envelope, entry.intent, entry.category,
+            entry.categories, entry.position,
         )  # fmt: skip
 
 
@@ -162,26 +150,21 @@ class Bulk:
 class Outbox:
     """Envelopes awaiting SENT, persisted, transmitted, retried and retired (module docstring)."""
 
-    def __init__(
-        self, store: KeyStore, link: RelayLink, state: Sequence[tuple[str, bytes]]
-    ) -> None:
-        """``state`` holds the keystore's ``sdk/`` rows, read once at start."""
+    def __init__(self, store: KeyStore, link: RelayLink) -> None:
         self._store = store
         self._link = link
-        entries = [
-            Outgoing.unpack(key, blob) for key, blob in state if key.startswith(_OUTBOX_PREFIX)
-        ]
-        self._entries: dict[bytes, Outgoing] = {o.msg_id: o for o in entries}
-        """In the order they were queued (their keys' order), as a restart resends them."""
+        self._entries: dict[bytes, Outgoing] = {
+            entry.msg_id: Outgoing.from_entry(entry) for entry in store.outbox()
+        }
+        """In the order they were queued (their positions' order), as a restart resends them."""
         self._clock = 0
-        """The last entry key's time: keys increase even within one nanosecond."""
-        self._retiring: list[str] = []
+        """The last entry's position: positions increase even within one nanosecond."""
+        self._retiring: list[bytes] = []
         """Entries answered since the last loop turn, deleted together."""
         self._sent: dict[bytes, asyncio.Future[int]] = {}
         self._bulk_sends: dict[bytes, Bulk] = {}
         """msg_id → the :meth:`Client.send_many` it belongs to (instead of a future each)."""
         self._rate_limit_retries: dict[bytes, int] = {}
-        self._packer = msgpack.Packer(use_bin_type=True)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -208,10 +191,10 @@ class Outbox:
     ) -> Outgoing:
         """Write the entry for an envelope, inside the caller's keystore transaction."""
         self._clock = max(time.time_ns(), self._clock + 1)
-        key = f"{_OUTBOX_PREFIX}{self._clock:020d}.{msg_id.hex()}"
-        outgoing = Outgoing(msg_id, to, envelope, intent, category, categories, key)
-        self._store.set_state(key, outgoing.pack(self._packer))
-        return outgoing
+        position = self._clock
+        entry = OutboxEntry(position, msg_id, to, envelope, intent, category, categories)
+        self._store.queue_outgoing(entry)
+        return Outgoing(msg_id, to, envelope, intent, category, categories, position)
 
     def add(self, outgoing: Outgoing, rate_limit_retries: int = 0) -> asyncio.Future[int]:
         """A persisted entry joins the queue and goes out if online; the future resolves
@@ -291,7 +274,7 @@ class Outbox:
             self._rate_limit_retries.pop(msg_id, None)
         done = self._entries.pop(msg_id, None)
         if done is not None:
-            self._retire(done.key)
+            self._retire(msg_id)
         bulk = self._bulk_sends.pop(msg_id, None)
         if bulk is not None:
             bulk.settle(msg_id, error)
@@ -326,7 +309,7 @@ class Outbox:
 
     # --- Retiring and stopping -------------------------------------------------------
 
-    def _retire(self, key: str) -> None:
+    def _retire(self, msg_id: bytes) -> None:
         """Delete an answered envelope's outbox entry, with the others of this loop turn.
 
         One keystore transaction per turn instead of one per SENT (with SQLite,
@@ -335,17 +318,17 @@ class Outbox:
         """
         if not self._retiring:
             asyncio.get_running_loop().call_soon(self.delete_retired)
-        self._retiring.append(key)
+        self._retiring.append(msg_id)
 
     def delete_retired(self) -> None:
         """Delete the entries answered since the last loop turn (now, when closing)."""
-        keys, self._retiring = self._retiring, []
-        if not keys or self._link.failed:
+        msg_ids, self._retiring = self._retiring, []
+        if not msg_ids or self._link.failed:
             return
         try:
             with self._store.atomic():
-                for key in keys:
-                    self._store.delete_state(key)
+                for msg_id in msg_ids:
+                    self._store.retire_outgoing(msg_id)
         except Exception as exc:  # a broken store: stop, as when receiving
             log.error("cannot delete answered envelopes from the outbox: %r", exc)
             self._link.stop(exc)

@@ -63,11 +63,6 @@ from .transport import ConnectionLost
 
 log = logging.getLogger("blindrelay.client")
 
-PENDING_SEED = "sdk/rotating-identity-seed"
-"""Keystore state key of the seed of the key a rotation in progress moves to (the name
-every profile has used for it, so a seed left by an older version is recovered too)."""
-
-
 class KeyNotCurrent(ConnectionLost):
     """The relay refused a key of ours as not current, and it may hold the other one.
 
@@ -92,7 +87,7 @@ class Rotation:
 
     def pending(self) -> IdentityKeyPair | None:
         """The key a rotation in progress moves to, if any."""
-        seed = self._store.get_state(PENDING_SEED)
+        seed = self._store.rotating_identity_seed()
         return IdentityKeyPair.from_seed(seed) if seed is not None else None
 
     def begin(self, rng: Rng) -> IdentityKeyPair:
@@ -101,7 +96,7 @@ class Rotation:
         if pending is not None and pending.public != self._sessions.keypair.public:
             return pending
         new = IdentityKeyPair.generate(rng)
-        self._store.set_state(PENDING_SEED, new.seed)
+        self._store.set_rotating_identity_seed(new.seed)
         return new
 
     def request(
@@ -123,7 +118,7 @@ class Rotation:
         """Step 3, once the relay holds ``new``: adopt it and forget the seed, atomically."""
         with self._store.atomic():
             self._sessions.replace_identity(new)
-            self._store.delete_state(PENDING_SEED)
+            self._store.set_rotating_identity_seed(None)
         self._refused.clear()
         self._resend_refused = False
 

@@ -79,8 +79,6 @@ from .statements import HeldStatement, StatementListener, Statements
 from .transport import ConnectionLost, OpenTransport, WebSocketTransport
 from .trust import IdentityState, IdentityTrust, RelayKeyChanged, RelayKeyPin
 
-_REGISTERED_KEY = "sdk/registered"
-
 
 class Client:
     """An end-to-end encrypted messaging client for one account (module docstring)."""
@@ -130,18 +128,15 @@ class Client:
             self.relay_key_pin, clock=clock, backoff=backoff, jitter=jitter,
             open_transport=open_transport,  # transport.tapped(…) shows the wire
         )  # fmt: skip
-        state = store.state_items("sdk/")  # opens every state row: once, at start
-        self.requests = MessageRequests(store, state)
-        self.outbox = Outbox(store, self.link, state)
+        self.requests = MessageRequests(store)
+        self.outbox = Outbox(store, self.link)
         self.sender = Sender(
             store, self.sessions, self.outbox, self.link, self.requests,
             rng=rng, identity_changed=self._identity_changed,
         )  # fmt: skip
-        self.consent = Statements(
-            store, self.sessions, self.link, self.relay_key_pin, state, rng=rng
-        )
+        self.consent = Statements(store, self.sessions, self.link, self.relay_key_pin, rng=rng)
         self.inbox = Inbox(
-            store, self.sessions, self.link, self.relay_key_pin, state,
+            store, self.sessions, self.link, self.relay_key_pin,
             sender=self.sender, statements=self.consent, requests=self.requests,
             identity_changed=self._identity_changed,
             auto_delivered_receipts=auto_delivered_receipts,
@@ -235,7 +230,7 @@ class Client:
         Raises HandleTaken (and the connection is renewed, so another handle
         can be tried), RegistrationRefused, or the named error of another refusal.
         """
-        if self.store.get_state(_REGISTERED_KEY) is not None:
+        if self.store.is_registered():
             raise RuntimeError("this profile is registered already; use login()")
         identity = self.store.get_identity()
         if identity is None:
@@ -252,7 +247,7 @@ class Client:
         )
         self._login_key = None
         await self.link.authenticate(conn, request_id)
-        self.store.set_state(_REGISTERED_KEY, b"1")
+        self.store.set_registered()
 
     async def login(self) -> None:
         """Log in as this profile's account (SPEC §4.3); reconnects log in by themselves.

@@ -21,10 +21,8 @@ Not here: the rules (``protocol.consent``), signing and encodings
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-
-import msgpack
 
 from blindrelay.protocol import frames, limits
 from blindrelay.protocol.consent import INITIAL, PairState, apply_statement
@@ -43,14 +41,6 @@ from .sessions import Rng, SessionManager
 from .trust import RelayKeyPin
 
 log = logging.getLogger("blindrelay.client")
-
-_STATEMENTS_PREFIX = "sdk/statements/"
-"""Before statements were kept one per log row: one packed list per counterpart,
-rewritten whole on each statement. Moved into the log when a profile opens."""
-_STATEMENT_COUNT_PREFIX = "sdk/statement-count/"
-"""Per counterpart, how many statements its log holds (u64 big-endian)."""
-_STATEMENT_LOG = "statements/"
-"""Keystore log group prefix: one row per kept statement, in the order kept."""
 
 StatementListener = Callable[[ConsentStatement], None]
 
@@ -103,18 +93,15 @@ class Statements:
         sessions: SessionManager,
         link: RelayLink,
         relay_key: RelayKeyPin,
-        state: Sequence[tuple[str, bytes]],
         *,
         rng: Rng,
     ) -> None:
-        """``state`` holds the keystore's ``sdk/`` rows, read once at start."""
         self._store = store
         self._sessions = sessions
         self._link = link
         self._relay_key = relay_key
         self._rng = rng
         self._listeners: list[StatementListener] = []
-        self._migrate(state)
 
     def add_listener(self, listener: StatementListener) -> None:
         """Call ``listener`` with each verified statement forwarded to us, once kept."""
@@ -213,16 +200,12 @@ class Statements:
     def keep(self, counterpart: str, signed: bytes) -> None:
         """Append one statement to ``counterpart``'s log: two small rows, however many
         are kept (the statement, and the counterpart's new count)."""
-        key = _STATEMENT_COUNT_PREFIX + counterpart
-        count = int.from_bytes(self._store.get_state(key) or b"", "big") + 1
-        with self._store.atomic():
-            self._store.append_log(_STATEMENT_LOG + counterpart, signed)
-            self._store.set_state(key, count.to_bytes(8, "big"))
+        self._store.keep_statement(counterpart, signed)
 
     def records(self, counterpart: str, start: int = 0) -> list[bytes]:
         """Signed statements kept with ``counterpart`` (ours or theirs to us), oldest first,
         from the ``start``-th on."""
-        return self._store.read_log(_STATEMENT_LOG + counterpart, start)
+        return self._store.kept_statements(counterpart, start)
 
     def counts(self) -> dict[str, int]:
         """Per counterpart, how many statements we keep with it.
@@ -231,11 +214,7 @@ class Statements:
         something from a counterpart's statements whether there are new ones,
         and ``records(counterpart, start=old count)`` reads just those.
         """
-        prefix = _STATEMENT_COUNT_PREFIX
-        return {
-            key.removeprefix(prefix): int.from_bytes(blob, "big")
-            for key, blob in self._store.state_items(prefix)
-        }
+        return self._store.statement_counts()
 
     def check(self, signed: bytes) -> HeldStatement:
         """Verify a statement offline (SPEC §7.5): signature, signer's pinned key, relay key.
@@ -282,17 +261,6 @@ class Statements:
             if page.next is None:
                 return listed
             after = page.next
-
-    def _migrate(self, state: Sequence[tuple[str, bytes]]) -> None:
-        """Move statements kept in the old format (one list per counterpart) into the log."""
-        for key, record in state:
-            if not key.startswith(_STATEMENTS_PREFIX):
-                continue
-            counterpart = key.removeprefix(_STATEMENTS_PREFIX)
-            with self._store.atomic():
-                for signed in [bytes(item) for item in msgpack.unpackb(record, raw=False)]:
-                    self.keep(counterpart, signed)
-                self._store.delete_state(key)
 
 
 __all__ = ["HeldStatement", "StatementListener", "Statements", "fold", "granted"]

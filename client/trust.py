@@ -33,11 +33,6 @@ from blindrelay.protocol.errors import BlindrelayError, IdentityKeyReused, Untru
 
 from .keystore import IdentityStatus, KeyStore
 
-_CHANGE_PREFIX = "identity-change/"
-"""Keystore state: per contact, the new identity key that awaits the user's decision."""
-_RELAY_KEY = "sdk/relay-key"
-"""Keystore state: the relay key pinned for this profile."""
-
 
 class RelayKeyChanged(BlindrelayError):
     """The relay presents another key than the one pinned for this profile.
@@ -70,7 +65,7 @@ class RelayKeyPin:
     @property
     def key(self) -> bytes | None:
         """The pinned key; None before the first login."""
-        return self._store.get_state(_RELAY_KEY)
+        return self._store.relay_key()
 
     def check(self, presented: bytes) -> None:
         """SPEC §4.1: "a client MUST NOT send anything on a connection whose HELLO presents
@@ -82,7 +77,7 @@ class RelayKeyPin:
     def pin_first(self, key: bytes) -> None:
         """Pin ``key`` unless a key is pinned already: the first login does."""
         if self.key is None:
-            self._store.set_state(_RELAY_KEY, key)
+            self._store.set_relay_key(key)
 
     def accept(self, key: bytes) -> None:
         """Pin ``key`` in place of the current one: the user's deliberate decision.
@@ -92,7 +87,7 @@ class RelayKeyPin:
         """
         if not isinstance(key, bytes) or len(key) != 32:
             raise ValueError("a relay key is 32 bytes")
-        self._store.set_state(_RELAY_KEY, key)
+        self._store.set_relay_key(key)
 
 
 class IdentityState(StrEnum):
@@ -115,7 +110,7 @@ class IdentityTrust:
 
     def pending_change(self, handle: str) -> bytes | None:
         """The new identity key ``handle`` presented and the user has not approved yet."""
-        return self._store.get_state(_CHANGE_PREFIX + handle)
+        return self._store.pending_identity_change(handle)
 
     def refuse_pending(self, handle: str) -> None:
         """Raise UntrustedIdentity while a change of ``handle``'s key awaits the user."""
@@ -136,7 +131,7 @@ class IdentityTrust:
             raise IdentityKeyReused(handle, owner)
         self.refuse_pending(handle)
         if self._store.check_identity(handle, identity_key) is IdentityStatus.CHANGED:
-            self._store.set_state(_CHANGE_PREFIX + handle, identity_key)
+            self._store.record_identity_change(handle, identity_key)
             raise UntrustedIdentity(handle)
 
     def record(self, handle: str, identity_key: bytes) -> IdentityStatus:
@@ -164,7 +159,7 @@ class IdentityTrust:
         if new_key is not None:
             self._store.approve_identity(handle, new_key, self._clock(), verified=verified)
             self._store.delete_session(handle)
-            self._store.delete_state(_CHANGE_PREFIX + handle)
+            self._store.clear_identity_change(handle)
             return
         key = self.pinned_key(handle)
         if key is None:

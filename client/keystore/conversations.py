@@ -88,23 +88,11 @@ class ConversationRecords(KeyRecords):
 
     def queue_outgoing(self, entry: OutboxEntry) -> None:
         """Keep an encrypted envelope until the relay has committed it."""
-        self._queue_row(
+        fields = (
             entry.position, entry.msg_id, entry.to, entry.envelope, entry.intent,
             entry.category, entry.categories,
         )  # fmt: skip
-
-    def _queue_row(
-        self,
-        position: int,
-        msg_id: bytes,
-        to: str,
-        envelope: bytes,
-        intent: str,
-        category: str | None,
-        categories: tuple[str, ...] | None,
-    ) -> None:
-        """The outbox row of an entry whose parts are checked (see legacy's outbox route)."""
-        self._put("outbox", msg_id, (position, msg_id, to, envelope, intent, category, categories))
+        self._put("outbox", entry.msg_id, fields)
 
     def outgoing(self, msg_id: bytes) -> OutboxEntry | None:
         """The queued envelope ``msg_id``, if it still awaits SENT."""

@@ -11,14 +11,14 @@ from contextlib import contextmanager
 from typing import Any
 
 from .base import LOG_TABLES, ROW_TABLES
-from .legacy import LegacyStateBag
 from .records import MAX_PROCESSED_IDS, IncomingMessage, require_bytes, require_handle
+from .settings import SettingRecords
 
 _ABSENT = object()
 """Undo-journal marker: the key had no value before the write."""
 
 
-class MemoryKeyStore(LegacyStateBag):
+class MemoryKeyStore(SettingRecords):
     """Every table a dict; blocks of writes undone from a journal.
 
     Single writes need no undo: every primitive validates before it mutates.

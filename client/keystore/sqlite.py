@@ -25,7 +25,6 @@ import nacl.utils
 import sqlite_utils
 
 from .base import LOG_TABLES, ROW_TABLES, TABLES
-from .legacy import LegacyStateBag
 from .lock import disown_file, own_file
 from .records import (
     MAX_PROCESSED_IDS,
@@ -47,6 +46,7 @@ from .sealing import (
     unwrap_master,
     wrap_master,
 )
+from .settings import SettingRecords
 
 RECORD_CACHE_SIZE = 65_536
 """Rows :class:`SqliteKeyStore` keeps decrypted in memory, written through and
@@ -65,7 +65,7 @@ def _message_key(sender: str, msg_id: bytes) -> bytes:
     return sender.encode() + b"\x00" + msg_id
 
 
-class SqliteKeyStore(LegacyStateBag):
+class SqliteKeyStore(SettingRecords):
     """Key store in one SQLite file, every record sealed (see ``sealing``).
 
     One process and one thread own a store: the file is locked while it is

@@ -41,7 +41,6 @@ from typing import Any
 import nacl.pwhash.argon2id as argon2id
 
 from blindrelay.client.keystore import OneTimePreKeyRecord, OurIdentity, SqliteKeyStore
-from blindrelay.client.rotation import PENDING_SEED
 from blindrelay.client.sdk import Backoff, Client
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 
@@ -66,16 +65,13 @@ class PausingStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def set_state(self, key: str, value: bytes) -> None:
-        self._inner.set_state(key, value)
-        if key == PENDING_SEED:
-            print("pending", IdentityKeyPair.from_seed(value).public.hex(), flush=True)
+    def set_rotating_identity_seed(self, seed: bytes | None) -> None:
+        had_seed = self._inner.rotating_identity_seed() is not None
+        self._inner.set_rotating_identity_seed(seed)
+        if seed is not None:
+            print("pending", IdentityKeyPair.from_seed(seed).public.hex(), flush=True)
             pause("seed-kept")
-
-    def delete_state(self, key: str) -> None:
-        had_seed = key == PENDING_SEED and self._inner.get_state(key) is not None
-        self._inner.delete_state(key)
-        if had_seed:
+        elif had_seed:
             pause("seed-forgotten")
 
     def store_one_time_prekeys(self, records: Iterable[OneTimePreKeyRecord]) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from blindrelay.client.business import Business
-from blindrelay.client.keystore import KeyStore, MemoryKeyStore, SqliteKeyStore
+from blindrelay.client.keystore import KeyStore, MemoryKeyStore, OutboxEntry, SqliteKeyStore
 from blindrelay.client.outbox import Outbox
 from blindrelay.client.sdk import Client, ConnectionLost
 from blindrelay.client.transport import OpenTransport, tapped
@@ -145,7 +145,7 @@ def test_send_many_reports_each_recipient_and_each_customer_decrypts_theirs(
             await inbox.close()
 
             await asyncio.sleep(0)  # answered outbox entries go at the end of the loop turn
-            assert shop.store.state_items("sdk/outbox/") == []
+            assert shop.store.outbox() == []
             assert len(shop.sender.locks) == 0 and shop.outbox.awaited == 0 and len(shop.outbox) == 0
             for client in (*people.values(), shop):
                 await client.close()
@@ -166,7 +166,7 @@ def test_send_many_refuses_fields_no_send_may_carry_before_encrypting(tmp_path: 
         with pytest.raises(ValueError, match="window"):
             await within(shop.send_many(["ann"], "hi", window=0))
         assert shop.store.load_session("ann") == before
-        assert shop.store.state_items("sdk/outbox/") == []
+        assert shop.store.outbox() == []
         assert await within(shop.send_many([], "nobody")) == []
 
     run(scenario())
@@ -190,7 +190,7 @@ def test_send_many_retries_rate_limited_recipients_and_reports_the_rest(tmp_path
             result = await within(shop.notify("utility", "b", to=handles))  # retries
             assert sorted(result.sent) == handles and result.skipped == []
             await asyncio.sleep(0)
-            assert shop.client.store.state_items("sdk/outbox/") == []
+            assert shop.client.store.outbox() == []
             for raw in raws:
                 await raw.close()
             await shop.close()
@@ -269,29 +269,28 @@ def test_a_chunk_is_persisted_whole_or_not_at_all_and_before_it_is_transmitted(
         for handle in handles:
             start_local_session(shop, handle)
         before = {h: store.load_session(h) for h in handles}
-        real_set_state = store.set_state
+        real_queue_outgoing = store.queue_outgoing
         entries = 0
 
-        def dies_on_the_third_entry(key: str, value: bytes) -> None:
+        def dies_on_the_third_entry(entry: OutboxEntry) -> None:
             nonlocal entries
-            if key.startswith("sdk/outbox/"):
-                entries += 1
-                if entries == 3:
-                    raise Crash("in the middle of a chunk")
-            real_set_state(key, value)
+            entries += 1
+            if entries == 3:
+                raise Crash("in the middle of a chunk")
+            real_queue_outgoing(entry)
 
-        monkeypatch.setattr(store, "set_state", dies_on_the_third_entry)
+        monkeypatch.setattr(store, "queue_outgoing", dies_on_the_third_entry)
         with pytest.raises(Crash):
             await within(shop.send_many(handles, "x", intent="notification", category="utility"))
         monkeypatch.undo()
         assert {h: store.load_session(h) for h in handles} == before
-        assert store.state_items("sdk/outbox/") == [] and len(shop.outbox) == 0
+        assert store.outbox() == [] and len(shop.outbox) == 0
 
         # Offline: the chunk is persisted, then waits for a connection to transmit it.
         sending = asyncio.create_task(shop.send_many(handles, "y", window=5))
         await asyncio.sleep(0)
         assert all(store.load_session(h) != before[h] for h in handles)
-        queued = store.state_items("sdk/outbox/")
+        queued = store.outbox()
         assert len(queued) == 5
         await shop.close()
         with pytest.raises(ConnectionLost):
@@ -300,7 +299,7 @@ def test_a_chunk_is_persisted_whole_or_not_at_all_and_before_it_is_transmitted(
             store.close()
         restarted = make_client(open_store())
         assert [o.to for o in restarted.outbox.entries()] == handles  # resent in this order
-        assert [o.key for o in restarted.outbox.entries()] == [key for key, _ in queued]
+        assert [o.position for o in restarted.outbox.entries()] == [e.position for e in queued]
         restarted.store.close()
 
     run(scenario())
@@ -339,7 +338,7 @@ def test_notify_from_a_sqlite_keystore_leaves_an_empty_outbox(tmp_path: Path) ->
             result = await within(shop.notify("utility", "hello", to=handles))
             assert sorted(result.sent) == handles
             await asyncio.sleep(0)
-            assert store.state_items("sdk/outbox/") == []
+            assert store.outbox() == []
             for raw in raws:
                 await raw.close()
             await shop.close()

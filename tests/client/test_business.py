@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import msgpack
 import pytest
 
 from blindrelay.client.business import Business
-from blindrelay.client.keystore import KeyStore, MemoryKeyStore, SqliteKeyStore
+from blindrelay.client.keystore import KeyStore, MemoryKeyStore
 from blindrelay.client.sdk import Client, Message
 from blindrelay.protocol import limits
 from blindrelay.protocol.business import BadgeStatus, BusinessProfile, OpeningHours, SpecialDay
@@ -33,7 +33,6 @@ from ..relays import FakeClock, relay_at
 from ..server.conftest import RawClient
 from .harness import (
     FAST,
-    LOW_COST,
     MIX,
     STATEMENTS,
     Inbox,
@@ -495,18 +494,23 @@ def test_a_badge_for_one_name_never_shows_the_profile_s_other_name_as_verified(
 # --- statements kept one per row (issue 13 item 5) ------------------------------------
 
 
+def row_size(fields: Sequence[Any]) -> int:
+    """Bytes of a row's fields, an int as the u64 a store could keep it in."""
+    return sum(8 if isinstance(field, int) else len(field) for field in fields)
+
+
 class CountingStore(MemoryKeyStore):
-    """Counts the bytes every state and log write hands to the store."""
+    """Counts the bytes every row and log write hands to the storage (``base.Storage``)."""
 
     written = 0
 
-    def set_state(self, key: str, value: bytes) -> None:
-        self.written += len(key) + len(value)
-        super().set_state(key, value)
+    def _put(self, table: str, key: bytes, fields: Sequence[Any]) -> None:
+        self.written += len(key) + row_size(fields)
+        super()._put(table, key, fields)
 
-    def append_log(self, group: str, value: bytes) -> None:
-        self.written += len(group) + len(value)
-        super().append_log(group, value)
+    def _append(self, table: str, group: str, record: bytes) -> None:
+        self.written += len(group) + len(record)
+        super()._append(table, group, record)
 
 
 def shop_with_a_customer(store: KeyStore) -> tuple[Business, IdentityKeyPair, bytes]:
@@ -549,38 +553,3 @@ def test_each_kept_statement_costs_the_same_however_many_are_kept() -> None:
     assert set(costs) == {costs[0]}  # the bytes besides the statement never grow
     assert read == [1] * 400  # each consents() read only the statement kept since the last
     assert len(shop.client.held_statements("alice")) == 400
-
-
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
-def test_statements_kept_in_the_old_list_format_move_into_the_log_on_open(
-    tmp_path: Path, kind: str
-) -> None:
-    def open_store() -> KeyStore:
-        if kind == "memory":
-            return memory
-        return SqliteKeyStore.open(tmp_path / "shop.keys", "pw", create=True, **LOW_COST)
-
-    memory = MemoryKeyStore()
-    store = open_store()
-    _, alice, relay_key = shop_with_a_customer(store)
-    signed = [
-        make_statement(
-            action, signer="alice", signer_key=alice.public, target="shop",
-            relay_key=relay_key, now_ms=1_700_000_000_000 + i, rng=os.urandom,
-            categories=("utility", "marketing"),
-        ).sign(alice.sign)
-        for i, action in enumerate(["grant", "revoke", "grant"])
-    ]  # fmt: skip
-    # What an SDK before the log wrote: one packed list per counterpart.
-    store.set_state("sdk/statements/alice", msgpack.packb(signed[:2], use_bin_type=True))
-    if kind == "sqlite":
-        store.close()
-        store = open_store()
-    client = Client(store)
-    assert client.held_statements("alice") == signed[:2]
-    assert client.statement_counterparts() == ["alice"]
-    assert store.get_state("sdk/statements/alice") is None
-    client.consent.keep("alice", signed[2])
-    assert client.held_statements("alice") == signed
-    assert Business(client).consents() == {"alice": frozenset({"utility", "marketing"})}
-    store.close()

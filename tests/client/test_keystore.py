@@ -25,6 +25,7 @@ from blindrelay.client.keystore import (
     OutboxEntry,
     SignedPreKeyRecord,
 )
+from blindrelay.client.keystore.schema import replay_v1_log, replay_v1_state
 from blindrelay.protocol.errors import IdentityKeyReused, UntrustedIdentity
 
 from .keystore_files import open_sqlite
@@ -87,14 +88,14 @@ def test_identity_refuses_wrong_seed_length_and_unknown_kind() -> None:
     with pytest.raises(ValueError, match="identity_seed"):
         OurIdentity("alice", "user", "wss://r", b"\x01" * 31, b"\x02" * 32)
     with pytest.raises(ValueError, match="account_kind"):
-        OurIdentity("alice", "admin", "wss://r", b"\x01" * 32, b"\x02" * 32)  # type: ignore[arg-type]
+        OurIdentity("alice", "admin", "wss://r", b"\x01" * 32, b"\x02" * 32)
 
 
 def test_an_outbox_entry_is_refused_before_anything_is_written() -> None:
     with pytest.raises(TypeError, match="envelope"):
         OutboxEntry(1, b"m" * 16, "bob", b"", "chat")
     with pytest.raises(TypeError, match="categories"):
-        OutboxEntry(1, b"m" * 16, "bob", b"e", "chat", categories=["utility"])  # type: ignore[arg-type]
+        OutboxEntry(1, b"m" * 16, "bob", b"e", "chat", categories=["utility"])
     with pytest.raises(ValueError, match="position"):
         OutboxEntry(-1, b"m" * 16, "bob", b"e", "chat")
     assert "envelope-1" not in repr(outgoing(1))
@@ -482,8 +483,7 @@ def test_atomic_blocks_nest_like_savepoints(store: KeyStore) -> None:
     assert store.kept_statements("alice") == [] and store.statement_counts() == {}
 
 
-# --- LEGACY: the old state bag, routed to the tables (client/keystore/legacy.py) ---------
-# Delete with the bag, once the SDK, sessions, business and chat call the typed methods.
+# --- Version 1's keys, replayed by the upgrade (client/keystore/schema.py) -----------------
 
 u64 = lambda n: n.to_bytes(8, "big")  # noqa: E731
 
@@ -503,9 +503,6 @@ OLD_KEYS: list[tuple[str, bytes, Callable[[KeyStore], object], object]] = [
     (old_outbox_key(outgoing(2, categories=("utility",))),
      packed(["bob", b"envelope-2", "chat", None, ["utility"]]),
      lambda s: s.outgoing(bytes([2]) * 16), outgoing(2, categories=("utility",))),
-    ("sdk/statement-count/alice", u64(3), lambda s: s.statement_counts(), {"alice": 3}),
-    ("sdk/held/mallory", u64(2) + u64(5), lambda s: s.held_counts(),
-     {"mallory": HeldCounts(2, 5)}),
     ("sdk/owed-receipts/dave", packed([b"r" * 16]), lambda s: s.owed_receipts("dave"),
      [b"r" * 16]),
     ("sdk/wrote-to/bob", b"", lambda s: s.wrote_to(), {"bob"}),
@@ -523,99 +520,48 @@ OLD_KEYS: list[tuple[str, bytes, Callable[[KeyStore], object], object]] = [
 
 
 @pytest.mark.parametrize(("key", "value", "typed", "expected"), OLD_KEYS, ids=[k[0] for k in OLD_KEYS])
-def test_an_old_key_reads_and_writes_its_kinds_table(
+def test_each_version_1_key_is_filed_in_its_kinds_table(
     store: KeyStore, key: str, value: bytes, typed: Callable[[KeyStore], object], expected: object
 ) -> None:
-    assert store.get_state(key) is None
-    store.set_state(key, value)
-    assert typed(store) == expected
-    assert store.get_state(key) == value
-    assert store.state_items(key) == [(key, value)]
-    store.delete_state(key)
-    assert store.get_state(key) is None and store.state_items(key) == []
     assert typed(store) in (None, [], {}, set(), False)
+    replay_v1_state(store, key, value)
+    assert typed(store) == expected
 
 
-def test_typed_writes_read_back_through_the_old_keys(store: KeyStore) -> None:
-    store.queue_outgoing(outgoing(1))
-    store.keep_statement("alice", b"s1")
-    store.hold_message("mallory", b"d1")
-    store.count_dropped("mallory")
-    store.note_wrote_to("bob")
-    store.set_relay_key(KEY_A)
-    store.record_identity_change("airline", KEY_B)
-    store.set_chat_contact("alice", "user")
-    assert store.state_items("sdk/") == sorted([
-        (old_outbox_key(outgoing(1)), packed(["bob", b"envelope-1", "chat", None, None])),
-        ("sdk/held/mallory", u64(1) + u64(1)),
-        ("sdk/relay-key", KEY_A),
-        ("sdk/statement-count/alice", u64(1)),
-        ("sdk/wrote-to/bob", b""),
-    ])  # fmt: skip
-    assert store.state_items("sdk/outbox/") == store.state_items("sdk/outbox/0")
-    assert store.read_log("statements/alice") == [b"s1"]
-    assert store.read_log("held/mallory") == [b"d1"]
-    assert store.get_state("identity-change/airline") == KEY_B
-    assert json.loads(store.get_state("chat/contacts") or b"") == {"alice": "user"}
-    assert [key for key, _ in store.state_items("")] == [
-        "chat/contacts", "identity-change/airline", *(key for key, _ in store.state_items("sdk/")),
-    ]  # fmt: skip
-
-
-def test_the_sdks_paired_writes_keep_log_and_count_together(store: KeyStore) -> None:
-    """How the unconverted SDK keeps a statement and holds a message: a log row and a
-    count in one block, which the typed methods then read as their own."""
-    with store.atomic():
-        store.append_log("statements/alice", b"s1")
-        store.set_state("sdk/statement-count/alice", u64(1))
-    store.keep_statement("alice", b"s2")
-    assert store.get_state("sdk/statement-count/alice") == u64(2)
-    assert store.read_log("statements/alice", 1) == [b"s2"]
-    with store.atomic():
-        store.append_log("held/mallory", b"d1")
-        store.set_state("sdk/held/mallory", u64(1) + u64(0))
+def test_version_1_logs_are_counted_as_they_are_replayed(store: KeyStore) -> None:
+    """The upgrade moves the logs first; the count rows written beside them then add
+    only what no log row records: the messages dropped while a key change waited."""
+    for signed in (b"s1", b"s2"):
+        replay_v1_log(store, "statements/alice", signed)
+    replay_v1_log(store, "held/mallory", b"d1")
+    replay_v1_state(store, "sdk/statement-count/alice", u64(2))
+    replay_v1_state(store, "sdk/held/mallory", u64(1) + u64(3))
+    assert store.kept_statements("alice") == [b"s1", b"s2"]
+    assert store.statement_counts() == {"alice": 2}
     assert store.held_messages("mallory") == [b"d1"]
-    with store.atomic():
-        store.delete_log("held/mallory")
-        store.delete_state("sdk/held/mallory")
-    assert store.held_counts() == {} and store.read_log("held/mallory") == []
+    assert store.held_counts() == {"mallory": HeldCounts(1, 3)}
 
 
-def test_a_statement_list_of_the_format_before_the_log_is_filed_as_kept(store: KeyStore) -> None:
-    store.keep_statement("alice", b"s0")
-    store.set_state("sdk/statements/alice", packed([b"s1", b"s2"]))
+def test_a_statement_list_of_the_format_before_the_log_is_filed_after_the_log(
+    store: KeyStore,
+) -> None:
+    replay_v1_log(store, "statements/alice", b"s0")
+    replay_v1_state(store, "sdk/statements/alice", packed([b"s1", b"s2"]))
     assert store.kept_statements("alice") == [b"s0", b"s1", b"s2"]
     assert store.statement_counts() == {"alice": 3}
-    assert store.get_state("sdk/statements/alice") is None
 
 
-def test_an_old_key_of_no_known_kind_is_refused_and_reads_as_absent(store: KeyStore) -> None:
-    for key in ("consent:airline", "sdk/outbox", "sdk/outbox/", "sdk/unknown/x"):
+def test_a_version_1_record_of_no_known_kind_or_shape_is_refused(store: KeyStore) -> None:
+    for key in ("consent:airline", "sdk/outbox/", "sdk/unknown/x"):
         with pytest.raises(ValueError, match="no record kind"):
-            store.set_state(key, b"x")
-        assert store.get_state(key) is None
-        store.delete_state(key)
+            replay_v1_state(store, key, b"x")
     with pytest.raises(ValueError, match="no record kind"):
-        store.append_log("other/alice", b"x")
-    assert store.read_log("other/alice") == []
-    with pytest.raises(TypeError):
-        store.set_state("", b"x")
-    with pytest.raises(TypeError):
-        store.set_state("sdk/wrote-to/bob", "not bytes")  # type: ignore[arg-type]
-
-
-def test_old_log_deletions_roll_back_in_order(store: KeyStore) -> None:
-    for i in range(3):
-        store.append_log("held/mallory", b"%d" % i)
-    with pytest.raises(RuntimeError), store.atomic():
-        store.delete_log("held/mallory", count=2)
-        store.append_log("held/mallory", b"3")
-        store.append_log("held/eve", b"x")
-        raise RuntimeError
-    assert store.read_log("held/mallory") == [b"0", b"1", b"2"]
-    assert store.read_log("held/eve") == []
-    with pytest.raises(RuntimeError), store.atomic():
-        store.delete_log("held/mallory")
-        raise RuntimeError
-    store.append_log("held/mallory", b"3")
-    assert store.read_log("held/mallory") == [b"0", b"1", b"2", b"3"]
+        replay_v1_log(store, "other/alice", b"x")
+    for key, value in [
+        ("sdk/held/mallory", u64(1)), ("business/away/alice", b"x"),
+        ("chat/contacts", b"[]"), ("sdk/owed-receipts/dave", packed({"not": "a list"})),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError):
+            replay_v1_state(store, key, value)
+    replay_v1_state(store, "sdk/outbox", packed([]))  # retired: dropped
+    assert store.outbox() == [] and store.held_counts() == {} and store.away_reply_periods() == {}

@@ -135,9 +135,6 @@ def test_listing_one_kind_opens_no_row_of_another(
         opened.clear()
         listing()
         assert set(opened) == {table}, listing
-    opened.clear()
-    assert len(store.state_items("sdk/outbox/")) == 6  # the old bag's listing, routed
-    assert set(opened) == {"outbox"}
     store.close()
 
 

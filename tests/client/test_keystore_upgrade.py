@@ -14,7 +14,6 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pytest
 
 from blindrelay.client.chat import Options, session
@@ -130,32 +129,6 @@ def test_every_record_of_a_version_1_profile_moves_into_its_kinds_table(
     found, tables = version_of(path)
     assert found == SCHEMA_VERSION
     assert not {"state", "logs"} & tables  # dropped, their pages zeroed (secure_delete)
-
-
-def test_the_unconverted_callers_read_the_upgraded_profile_under_the_old_keys(
-    tmp_path: Path, written: dict[str, Any]
-) -> None:
-    path = copy_fixture(PROFILE, tmp_path)
-    with SqliteKeyStore.open(path, written["passphrase"]) as store:
-        state = dict(store.state_items(""))
-        assert state["sdk/relay-key"] == written["relay_key"]
-        assert state["sdk/rotating-identity-seed"] == written["rotating_identity_seed"]
-        assert state["identity-change/mallory"] == written["identity_changes"]["mallory"]
-        for out in written["outbox"]:
-            key = f"sdk/outbox/{out['position']:020d}.{out['msg_id'].hex()}"
-            fields = [out["to"], out["envelope"], out["intent"], out["category"], out["categories"]]
-            assert msgpack.unpackb(state.pop(key)) == fields
-        assert json.loads(state.pop("chat/requests")) == written["consent_requests"]
-        assert {"/".join(key.split("/")[:2]) for key in state} == {
-            "sdk/relay-key", "sdk/registered", "sdk/rotating-identity-seed",
-            "sdk/statement-count", "sdk/held", "sdk/owed-receipts", "sdk/wrote-to",
-            "identity-change/mallory", "business/profile", "business/away", "chat/contacts",
-        }  # fmt: skip
-        assert "sdk/outbox" not in state  # the retired single-list outbox is dropped
-        assert store.get_state("sdk/statements/carol") is None  # the old format: moved
-        for counterpart, signed in written["statements"].items():
-            assert store.read_log(f"statements/{counterpart}") == signed
-        assert store.read_log("held/mallory") == written["held"]["mallory"]["messages"]
 
 
 def test_reopening_an_upgraded_profile_changes_nothing(

@@ -13,7 +13,7 @@ import pytest
 from nacl.pwhash import argon2id
 
 from blindrelay.protocol import limits
-from blindrelay.protocol.errors import RegistrationRefused
+from blindrelay.protocol.errors import HandleTaken, RegistrationRefused
 from blindrelay.server.cli import main
 from blindrelay.server.registration import invite_digest
 from blindrelay.server.store.sqlite.tables import Tables, connect
@@ -71,6 +71,27 @@ def test_the_sdk_registers_with_the_operators_invite(tmp_path: Path) -> None:
             await invited.close()
 
     run(scenario())
+
+
+async def test_a_taken_handle_can_be_followed_at_once_by_another(tmp_path: Path) -> None:
+    """Client.register: after HandleTaken "the connection is renewed, so another handle
+    can be tried". Tried at once — no wait between the two calls — the second REGISTER
+    used to go out on the connection the refusal had just ended, and failed with
+    ConnectionLost (found by the "Connecting" example of docs/sdk.md)."""
+    async with relay_at(tmp_path) as relay:
+        first = make_client()
+        await within(first.connect(relay.url))
+        await within(first.register("alice"))
+        second = make_client()
+        await within(second.connect(relay.url))
+        try:
+            await second.register("alice")
+        except HandleTaken:
+            await second.register("alice.b")
+        assert second.handle == "alice.b"
+        await within(second.send("alice", "the second account works"))
+        for client in (first, second):
+            await client.close()
 
 
 def test_chat_refuses_an_invite_that_is_not_hex_in_one_line(

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import pytest
 
 from blindrelay.client.keystore import MemoryKeyStore
-from blindrelay.client.rotation import PENDING_SEED, KeyNotCurrent, Rotation
+from blindrelay.client.rotation import KeyNotCurrent, Rotation
 from blindrelay.client.sdk import Backoff, Client
 from blindrelay.client.sessions import SessionManager
 from blindrelay.client.transport import ConnectionLost, WebSocketTransport
@@ -59,7 +59,7 @@ def signed_by_our_identity(store: MemoryKeyStore) -> bool:
 def test_the_new_key_is_kept_before_a_request_can_name_it_and_reused_until_finished() -> None:
     store, sessions, rotation = account()
     new = rotation.begin(lambda n: bytes(range(n)))
-    assert store.get_state(PENDING_SEED) == new.seed
+    assert store.rotating_identity_seed() == new.seed
     assert rotation.begin(lambda n: bytes(n)).public == new.public  # another would orphan it
     request = rotation.request(7, bytes(32), 1_000, new)
     assert (request.id, request.new_identity_key) == (7, new.public)
@@ -96,7 +96,7 @@ def test_a_welcome_for_the_current_key_leaves_the_rotation_to_be_sent_again() ->
     new = rotation.begin(lambda n: bytes(n))
     resend = rotation.welcomed(current)
     assert resend is not None and resend.public == new.public
-    assert sessions.keypair.public == current.public and store.get_state(PENDING_SEED) == new.seed
+    assert sessions.keypair.public == current.public and store.rotating_identity_seed() == new.seed
 
 
 def test_a_seed_left_after_the_identity_was_replaced_is_finished_with_a_prekey_of_the_new_key() -> (
@@ -110,7 +110,7 @@ def test_a_seed_left_after_the_identity_was_replaced_is_finished_with_a_prekey_o
     identity = sessions.identity
     store.set_identity(type(identity)(identity.handle, identity.account_kind,
                                       identity.relay_url, new.seed, new.public))  # fmt: skip
-    store.set_state(PENDING_SEED, new.seed)
+    store.set_rotating_identity_seed(new.seed)
     assert not signed_by_our_identity(store)
 
     rotation = Rotation(store, SessionManager(store), clock=lambda: 0)  # the profile reopened
@@ -257,7 +257,7 @@ def test_a_resent_rotation_refused_twice_stays_pending_and_a_later_login_complet
             old = first.sessions.identity.identity_public
             await first.close()
             new = IdentityKeyPair.generate(lambda n: bytes([7]) * n)
-            store.set_state(PENDING_SEED, new.seed)  # what rotate_identity keeps first
+            store.set_rotating_identity_seed(new.seed)  # what rotate_identity keeps first
 
             jumpy = Client(store, backoff=FAST, on_connected=clock_jumps)
             refusals = Refusals()
@@ -271,14 +271,14 @@ def test_a_resent_rotation_refused_twice_stays_pending_and_a_later_login_complet
             await within(jumpy.wait_online())  # still logged in
             assert len(welcomes) == 2  # with the current key, on two connections
             assert jumpy.sessions.identity.identity_public == old
-            assert store.get_state(PENDING_SEED) == new.seed
+            assert store.rotating_identity_seed() == new.seed
             await jumpy.close()
 
             later = Client(store, backoff=FAST)
             await within(later.connect(relay.url))
             await within(later.login())
             assert later.sessions.identity.identity_public == new.public
-            assert store.get_state(PENDING_SEED) is None
+            assert store.rotating_identity_seed() is None
             await exchange(relay.url, later)
             await later.close()
         finally:

@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 
-from blindrelay.client.keystore import IncomingMessage, KeyStore, MemoryKeyStore, SqliteKeyStore
+from blindrelay.client.keystore import (
+    IncomingMessage,
+    KeyStore,
+    MemoryKeyStore,
+    OutboxEntry,
+    SqliteKeyStore,
+)
 from blindrelay.client.sdk import Backoff, Client, ConnectionLost, RelayKeyChanged
 from blindrelay.client.sessions import ONE_TIME_PREKEY_TARGET
 from blindrelay.client.transport import tapped
@@ -215,7 +221,8 @@ def test_a_redelivered_envelope_is_dropped_and_acknowledged(tmp_path: Path) -> N
             assert (await inbox.next()).body == "once"
             await inbox.close()
             await helper.close()
-            bob_store.delete_state("sdk/outbox")  # forget the delivered receipt, keep it simple
+            for entry in bob_store.outbox():  # forget the delivered receipt, keep it simple
+                bob_store.retire_outgoing(entry.msg_id)
 
             bob = await back_online(relay.url, bob_store)
             assert bob.welcome is not None and bob.welcome.queued == 0
@@ -562,19 +569,16 @@ def test_a_crash_between_encrypting_and_enqueueing_keeps_neither(
             inbox = Inbox(bob)
             await within(alice.send("bob", "one"))
             before = store.load_session("bob")
-            real_set_state = store.set_state
 
-            def dies_on_the_outbox(key: str, value: bytes) -> None:
-                if key.startswith("sdk/outbox/"):
-                    raise Crash("after encrypt, before the outbox entry")
-                real_set_state(key, value)
+            def dies_on_the_outbox(entry: OutboxEntry) -> None:
+                raise Crash("after encrypt, before the outbox entry")
 
-            monkeypatch.setattr(store, "set_state", dies_on_the_outbox)
+            monkeypatch.setattr(store, "queue_outgoing", dies_on_the_outbox)
             with pytest.raises(Crash):
                 await within(alice.send("bob", "two"))
             monkeypatch.undo()
             assert store.load_session("bob") == before
-            assert store.state_items("sdk/outbox/") == []
+            assert store.outbox() == []
             await within(alice.send("bob", "three"))
             assert [(await inbox.next()).body for _ in range(2)] == ["one", "three"]
             await inbox.close()
