@@ -8,8 +8,9 @@ of kind ``business``::
                                    hours=[OpeningHours(day, 540, 1020) for day in range(5)])
     await business.request_consent("alice", ["utility"], "Gate changes for your flights?")
     business.start()                                   # dispatches messages and statements
+    await business.wait_for_consent("alice", "utility", timeout=3600)
     result = await business.notify("utility", "BA123 now boards at B7")
-    print(result.sent, result.refused)
+    print(result.sent, result.not_consented, result.refused)
 
 (The request reaches a stranger only if the operator verified the business; an
 unverified one may ask only customers who wrote to it or granted it something, and is
@@ -20,9 +21,12 @@ What it does, from the spec:
 - **Consent is the user's signed word** (SPEC §7.4–7.5). Every grant, deny,
   revoke and block forwarded by the relay was verified by the client against
   the user's pinned key before it was kept; :meth:`Business.consenting` folds
-  the kept receipts into who may be notified, :meth:`Business.receipts` and
-  :meth:`Business.verify_receipts` re-verify them offline, and the callbacks
-  ``on_consent_change`` / ``on_block`` hear of each as it arrives.
+  the kept receipts into who may be notified (``customer_consent``),
+  :meth:`Business.receipts` and :meth:`Business.verify_receipts` re-verify them
+  offline, and the callbacks ``on_consent_change`` / ``on_block`` hear of each
+  as it arrives. A grant is known only once its statement has arrived:
+  :meth:`Business.wait_for_consent` waits for it, and :meth:`Business.notify`
+  names the recipients it did not send to because no grant is known.
 - **Bulk notifications** (SPEC §8.3) are one SEND per recipient, each end-to-end
   encrypted for that recipient. :meth:`Business.notify` hands them to
   :meth:`Client.send_many`, which keeps a window of sends in flight and
@@ -38,8 +42,9 @@ What it does, from the spec:
   refuses them outside it (SPEC §7.3).
 
 Not here: the relay's enforcement (``server``), the rules themselves
-(``protocol.consent``, folded by ``statements.fold``), the socket and key
-custody (``sdk``, ``keystore``).
+(``protocol.consent``, folded by ``statements.fold``), what we know of each
+customer's consent (``customer_consent``), the socket and key custody (``sdk``,
+``keystore``).
 """
 
 from __future__ import annotations
@@ -51,7 +56,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from blindrelay.protocol import frames, limits
 from blindrelay.protocol.business import (
@@ -61,7 +65,6 @@ from blindrelay.protocol.business import (
     away_period,
     open_profile,
 )
-from blindrelay.protocol.consent import INITIAL, PairState
 from blindrelay.protocol.errors import (
     BlindrelayError,
     RecipientUnavailable,
@@ -69,9 +72,10 @@ from blindrelay.protocol.errors import (
 )
 from blindrelay.protocol.signed import ConsentStatement
 
-from .inbox import Message
+from .customer_consent import ConsentRefused, CustomerConsent
+from .reading import Message
 from .sdk import Client
-from .statements import HeldStatement, fold, granted
+from .statements import HeldStatement
 
 log = logging.getLogger("blindrelay.client.business")
 
@@ -93,13 +97,6 @@ MessageHandler = Callable[[Message], Awaitable[None] | None]
 StatementHandler = Callable[[ConsentStatement], Awaitable[None] | None]
 
 
-class _Folded(NamedTuple):
-    """One customer's statements folded so far: how many, and the pair state they leave."""
-
-    statements: int = 0
-    state: PairState = INITIAL
-
-
 @dataclass(slots=True)
 class NotifyResult:
     """What became of one bulk notification (SPEC §8.3)."""
@@ -107,8 +104,13 @@ class NotifyResult:
     category: str
     sent: list[str] = field(default_factory=list)
     """Recipients whose envelope the relay committed (SENT): delivered or queued."""
+    not_consented: list[str] = field(default_factory=list)
+    """Of ``to``, not sent to: no grant of ``category`` from them is known here (SPEC §7.4)
+    — never granted, withdrawn, blocked, or a grant whose statement has not arrived
+    yet (:meth:`Business.wait_for_consent`)."""
     refused: list[str] = field(default_factory=list)
-    """Refused by the relay with ERROR 400 — no consent, blocked or no such account."""
+    """Refused by the relay with ERROR 400 — a consent withdrawn before we heard of it,
+    blocked or no such account."""
     failed: dict[str, BlindrelayError] = field(default_factory=dict)
     """Other failures: queue full, rate limit beyond the retries, untrusted key…"""
     seconds: float = 0.0
@@ -117,7 +119,13 @@ class NotifyResult:
 
     @property
     def skipped(self) -> list[str]:
-        return [*self.refused, *self.failed]
+        """Every recipient the notification did not reach."""
+        return [*self.not_consented, *self.refused, *self.failed]
+
+    @property
+    def no_recipients(self) -> bool:
+        """Nothing was sent or even tried: no customer (of ``to``) is known to consent."""
+        return not (self.sent or self.refused or self.failed)
 
 
 class Business:
@@ -145,10 +153,8 @@ class Business:
         self.notify_window = notify_window
         self._dispatcher: asyncio.Task[None] | None = None
         self._pending_callbacks: set[asyncio.Task[None]] = set()
-        self._verified: dict[bytes, ConsentStatement | None] = {}
-        self._folded: dict[str, _Folded] = {}
-        """Per customer, the fold of the statements kept so far (all of them verified)."""
-        self._folded_for = ""
+        self.customers = CustomerConsent(client)
+        """What we know of each customer's consent, from the statements kept."""
         client.add_statement_listener(self._statement_received)
 
     @property
@@ -163,7 +169,8 @@ class Business:
             self._dispatcher = asyncio.create_task(self._dispatch())
 
     async def close(self) -> None:
-        """Stop dispatching and close the client."""
+        """Stop dispatching, end waits for consent (ConnectionLost), close the client."""
+        self.customers.close()
         if self._dispatcher is not None:
             self._dispatcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -180,6 +187,7 @@ class Business:
                 await _call(self.on_message, message)
 
     def _statement_received(self, statement: ConsentStatement) -> None:
+        self.customers.statement_kept(statement)
         handler = self.on_consent_change if statement.is_consent else self.on_block
         if handler is None:
             return
@@ -244,7 +252,7 @@ class Business:
 
     def receipts(self, user: str) -> list[HeldStatement]:
         """The statements ``user`` made to us that we hold, each verified again offline."""
-        return [self.client.check_statement(s) for s in self.client.held_statements(user)]
+        return self.customers.receipts(user)
 
     def verify_receipts(self) -> list[HeldStatement]:
         """Every held statement, re-verified offline against the pinned user keys and relay.
@@ -259,75 +267,65 @@ class Business:
     def consents(self) -> dict[str, frozenset[str]]:
         """Per customer, the categories granted to us now, from the receipts we hold.
 
-        A prediction for choosing recipients: the relay decides (SPEC §7.3).
-        Folds each customer's statements in the order the relay forwarded them;
-        a block by either side counts as no consent. Only statements that
-        verify (signature, pinned key, relay) and name us count; each is
-        verified once per process. A customer's fold is kept while every
-        statement in it verified, and only statements kept since are folded
-        into it (one that failed may verify once its signer's key is pinned,
-        so a customer with one is folded again from the start each time).
+        A prediction for choosing recipients: the relay decides (SPEC §7.3). A
+        block by either side counts as no consent; a statement counts once it
+        has arrived and verified (``customer_consent``).
         """
-        ours = self.handle
-        if self._folded_for != ours:
-            self._folded, self._folded_for = {}, ours
-        consents: dict[str, frozenset[str]] = {}
-        for user, count in self.client.statement_counts().items():
-            folded = self._folded.get(user)
-            if folded is None or folded.statements > count:
-                folded = _Folded()
-            if folded.statements < count:
-                folded, settled = self._fold_new(ours, user, folded)
-                if settled:
-                    self._folded[user] = folded
-                else:
-                    self._folded.pop(user, None)
-            now = granted(folded.state)
-            if now:
-                consents[user] = now
-        return consents
-
-    def _fold_new(self, ours: str, user: str, folded: _Folded) -> tuple[_Folded, bool]:
-        """Fold ``user``'s statements kept since ``folded.statements``; and whether all verified."""
-        settled, state = True, folded.state
-        new = self.client.held_statements(user, start=folded.statements)
-        for signed in new:
-            statement = self._verified_statement(signed)
-            if statement is None:
-                settled = False
-            elif ours in (statement.signer, statement.target):
-                state = fold(state, statement, user)
-        return _Folded(folded.statements + len(new), state), settled
-
-    def _verified_statement(self, signed: bytes) -> ConsentStatement | None:
-        statement = self._verified.get(signed)
-        if statement is None:
-            held = self.client.check_statement(signed)
-            if not held.verified:
-                return None
-            statement = self._verified[signed] = held.statement
-        return statement
+        return self.customers.granted()
 
     def consenting(self, category: str) -> list[str]:
         """Customers who granted ``category`` and have not withdrawn it, sorted."""
         return sorted(user for user, cats in self.consents().items() if category in cats)
+
+    async def wait_for_consent(self, user: str, category: str, *, timeout: float | None) -> None:
+        """Return once a grant of ``category`` by ``user`` is kept here (at once if it is).
+
+        What to await between a customer's grant and the first notification: a
+        grant reaches the business only when the relay forwards its statement,
+        and :meth:`notify` sends to no one whose grant has not arrived. Woken by
+        each of the customer's statements as it is kept, never by polling.
+
+        Raises ConsentRefused as soon as the customer's word is no — a deny or
+        revoke of ``category`` still within its cooldown (SPEC §7.4), or a block
+        by either side — including one kept before the call; TimeoutError after
+        ``timeout`` seconds (None: no limit); ConnectionLost once :meth:`close` ran;
+        ValueError for an unknown category.
+        """
+        await self.customers.wait(user, category, timeout=timeout)
 
     # --- Sending ---------------------------------------------------------------
 
     async def notify(
         self, category: str, text: str, to: Iterable[str] | None = None
     ) -> NotifyResult:
-        """Send ``text`` as a ``category`` notification to each consenting customer (or ``to``).
+        """Send ``text`` as a ``category`` notification to each consenting customer, or to
+        those of ``to`` who consent.
 
-        Each recipient gets their own end-to-end encrypted envelope; up to
-        ``notify_window`` SENDs are in flight. Refused recipients are reported
-        in the result, not retried; rate-limit refusals are retried after
-        ``retry_after`` up to ``RATE_LIMIT_RETRIES`` times.
+        Consent is as far as we know it (:meth:`consents`): those of ``to`` with no
+        grant of ``category`` known here are not sent to and are listed at once in
+        ``not_consented`` (:meth:`wait_for_consent` waits for a grant on its way).
+        With no consenting recipient nothing is sent and the result says
+        ``no_recipients``: not an error, as a broadcast to customers who have not
+        opted in yet is an ordinary moment. Each recipient gets their own
+        end-to-end encrypted envelope; up to ``notify_window`` SENDs are in
+        flight. Refused recipients are reported in the result, not retried;
+        rate-limit refusals are retried after ``retry_after`` up to
+        ``RATE_LIMIT_RETRIES`` times. ValueError for an unknown category.
         """
         if category not in limits.CATEGORIES:
             raise ValueError(f"unknown category {category!r}")
-        recipients = list(to) if to is not None else self.consenting(category)
         result = NotifyResult(category)
+        if to is None:
+            recipients = self.consenting(category)
+        else:
+            consents = self.consents()
+            recipients = []
+            for user in to:
+                wanted = category in consents.get(user, ())
+                (recipients if wanted else result.not_consented).append(user)
+        if not recipients:
+            log.info("%s notification: no consenting recipient, nothing sent", category)
+            return result
         started, encrypt_before = time.perf_counter(), self.client.encrypt_seconds
         outcomes = await self.client.send_many(
             recipients,
@@ -365,7 +363,6 @@ class Business:
             self.away_message is None
             or not message.from_user
             or message.intent != frames.Intent.CHAT
-            or message.receipt is not None
         ):
             return
         profile = self.profile
@@ -395,4 +392,4 @@ async def _call(handler: Callable[..., Awaitable[None] | None], *args: object) -
         await outcome
 
 
-__all__ = ["Business", "NotifyResult"]
+__all__ = ["Business", "ConsentRefused", "NotifyResult"]

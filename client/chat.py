@@ -115,21 +115,28 @@ class Chat:
     # --- Incoming ---------------------------------------------------------------------
 
     async def receive(self) -> None:
+        """Print messages and receipts as they arrive, each from its own reader."""
+        async with asyncio.TaskGroup() as readers:
+            readers.create_task(self._messages())
+            readers.create_task(self._receipts())
+
+    async def _messages(self) -> None:
         async for message in self.client.messages():
             self.remember(message.sender, message.sender_kind)
             await self.show(message)
 
+    async def _receipts(self) -> None:
+        async for receipt in self.client.receipts():
+            self.say(f"  ({receipt.sender}: {receipt.type} {len(receipt.msg_ids)} message(s))")
+
     async def show(self, message: Message) -> None:
         sender = message.sender
-        if message.receipt is not None:
-            self.say(f"  ({sender}: {message.receipt.type} {len(message.receipt.refs)} message(s))")
-            return
         name = sender
         if message.from_business:
             name = f"{sender} {await self.badge(sender)}"
         body = message.body
         if not isinstance(body, str):
-            body = f"<{len(body or b'')} bytes>"
+            body = f"<{len(body)} bytes>"
         if message.is_consent_request:
             categories = list(message.categories or ())
             self.client.store.set_consent_request(sender, tuple(categories))

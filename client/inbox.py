@@ -1,10 +1,13 @@
-"""The inbox: from a DELIVER to :meth:`Client.messages` (SPEC §6.4, §6.5).
+"""The inbox: from a DELIVER to :meth:`Client.messages` and :meth:`Client.receipts`
+(SPEC §6.4, §6.5).
 
 A message from the wire to the application: the connection hands each
 DELIVER to :meth:`Inbox.deliver_received`, which decrypts and persists it
 (``sessions``: message, session and msg_id in one keystore transaction) — or
-holds it — and only then writes its ACK. :meth:`Inbox.messages` reads the
-persisted inbox, so a message survives a crash between arrival and display.
+holds it — and only then writes its ACK. :meth:`Inbox.messages` and
+:meth:`Inbox.receipts` read the persisted inbox (``reading``: what they yield and
+when an item is acknowledged), so an item survives a crash between arrival and
+display.
 
 - **Ack after persistence** (SPEC §6.5); duplicates are dropped by
   ``(sender, msg_id)`` and acked again. One that can never be decrypted is
@@ -21,25 +24,19 @@ persisted inbox, so a message survives a crash between arrival and display.
   opens the business's service window (SPEC §7.3).
 - A forwarded statement (intent ``statement``) goes to ``statements``.
 
-Not here: decryption (``sessions``), sending receipts (``sending``), trust
-decisions (``trust``).
+Not here: decryption (``sessions``), the reading contract (``reading``), sending
+receipts (``sending``), trust decisions (``trust``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from blindrelay.protocol import codec, frames
-from blindrelay.protocol.content import (
-    Data,
-    MalformedContent,
-    Receipt,
-    ReceiptType,
-    Text,
-)
+from blindrelay.protocol.content import MalformedContent, Receipt, ReceiptType
 from blindrelay.protocol.errors import (
     BlindrelayError,
     CryptoError,
@@ -52,10 +49,18 @@ from .connection import Connection
 from .keystore import KeyStore
 from .link import RelayLink
 from .message_requests import MessageRequests
+from .reading import (
+    MAX_UNREAD_RECEIPTS,
+    InboxReader,
+    InboxStream,
+    Message,
+    ReceiptEvent,
+    is_receipt,
+)
 from .sending import Sender
 from .sessions import Incoming, SessionManager
 from .statements import Statements
-from .trust import IdentityState, RelayKeyPin
+from .trust import RelayKeyPin
 
 log = logging.getLogger("blindrelay.client")
 
@@ -67,64 +72,6 @@ most 64 KiB). A contact on a new phone rarely sends more before the user decides
 beyond it messages are dropped, acknowledged and counted
 (:meth:`Client.held_messages`), so the application can ask them to resend.
 Larger keeps more of a real backlog and gives a forger more disk."""
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A decrypted incoming message as the application sees it.
-
-    ``body`` is a str (kind text) or bytes (kind bytes); for a receipt it is
-    None and ``receipt`` names the confirmed msg_ids. ``sent_at`` is the relay's
-    acceptance time (SPEC §6.3); ``identity`` how far the sender's key is trusted.
-    """
-
-    msg_id: bytes
-    sender: str
-    sender_kind: str
-    sent_at: int
-    identity: IdentityState
-    body: str | bytes | None
-    receipt: Receipt | None = None
-    intent: str = "chat"
-    category: str | None = None
-    """A notification's category (SPEC §7.1)."""
-    categories: tuple[str, ...] | None = None
-    """What a consent request asks for; answer with :meth:`Client.grant` or ``deny``."""
-    is_request: bool = False
-    """A message request (SPEC §7.3): from a user we (a user) have never written to.
-    Show it apart; :meth:`Client.accept_request` (or any reply) accepts, ``block`` refuses."""
-
-    @property
-    def from_business(self) -> bool:
-        """Sent by a business account (check its badge with :meth:`Client.business_info`)."""
-        return self.sender_kind == frames.AccountKind.BUSINESS
-
-    @property
-    def from_user(self) -> bool:
-        return self.sender_kind == frames.AccountKind.USER
-
-    @property
-    def is_consent_request(self) -> bool:
-        """A business asks for consent to ``categories``; ``body`` is its explanation."""
-        return self.intent == frames.Intent.CONSENT_REQUEST
-
-    @classmethod
-    def from_incoming(cls, incoming: Incoming, *, is_request: bool = False) -> Message:
-        body = incoming.content.body
-        data = body.data if isinstance(body, Data) else None
-        return cls(
-            msg_id=incoming.msg_id,
-            sender=incoming.sender,
-            sender_kind=incoming.sender_kind,
-            sent_at=incoming.sent_at,
-            identity=incoming.identity,
-            body=body.text if isinstance(body, Text) else data,
-            receipt=body if isinstance(body, Receipt) else None,
-            intent=incoming.intent,
-            category=incoming.category,
-            categories=incoming.categories,
-            is_request=is_request,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,11 +107,15 @@ class Inbox:
         self._sender = sender
         self._statements = statements
         self._requests = requests
-        self._link = link
         self._relay_key = relay_key
         self._identity_changed = identity_changed
         self.auto_delivered_receipts = auto_delivered_receipts
-        self._changed = asyncio.Event()
+        self._messages = InboxStream(store, self._message, raise_if_stopped=link.raise_if_fatal)
+        self._receipts = InboxStream(
+            store, ReceiptEvent.from_incoming, raise_if_stopped=link.raise_if_fatal,
+            unread_limit=MAX_UNREAD_RECEIPTS,
+        )  # fmt: skip
+        self._load_pending()
         self._held: dict[str, HeldMessages] = {
             sender: HeldMessages(counts.held, counts.dropped)
             for sender, counts in store.held_counts().items()
@@ -207,9 +158,9 @@ class Inbox:
             return
         if incoming is None:
             return
-        self._changed.set()
+        self._queue(incoming)
         if (
-            isinstance(incoming.content.body, Receipt)
+            is_receipt(incoming)
             or deliver.sender_kind != frames.AccountKind.USER
             or not self._requests.we_are_user()
         ):
@@ -226,35 +177,48 @@ class Inbox:
             else:
                 sent.add_done_callback(_ignore_outcome)
 
-    # --- Reading --------------------------------------------------------------------
+    # --- Reading (the contract is ``reading``'s) -----------------------------------------
 
-    async def messages(self) -> AsyncIterator[Message]:
-        """:meth:`Client.messages`: the persisted inbox, oldest first, each removed
-        when the next one is asked for or the iterator is closed — so one the
-        application had not finished with when the process died comes back."""
-        while True:
-            self._link.raise_if_fatal()
-            pending = self._store.pending_messages()
-            if not pending:
-                self._changed.clear()
-                await self._changed.wait()
-                continue
-            record = pending[0]
-            try:
-                incoming = Incoming.from_record(record)
-                is_request = self._requests.is_request(incoming.sender, incoming.sender_kind)
-                message = Message.from_incoming(incoming, is_request=is_request)
-            except MalformedContent:
-                self._store.consume(record.sender, record.msg_id)
-                continue
-            try:
-                yield message
-            finally:  # the application asked for the next one, or stopped reading
-                self._store.consume(record.sender, record.msg_id)
+    def messages(self) -> InboxReader[Message]:
+        """:meth:`Client.messages`: the persisted messages, oldest first."""
+        return self._messages.reader()
+
+    def receipts(self) -> InboxReader[ReceiptEvent]:
+        """:meth:`Client.receipts`: the persisted receipts, oldest first."""
+        return self._receipts.reader()
 
     def wake(self) -> None:
-        """Wake a waiting :meth:`messages` (to raise why the client stopped)."""
-        self._changed.set()
+        """Wake waiting readers (to raise why the client stopped)."""
+        self._messages.wake()
+        self._receipts.wake()
+
+    def close(self) -> None:
+        """The client closes: what the application has in hand is done with."""
+        self._messages.close()
+        self._receipts.close()
+
+    def _message(self, incoming: Incoming) -> Message:
+        """Whether it is a message request is decided when it is read: a reply since
+        arrival accepted its sender (SPEC §7.3)."""
+        is_request = self._requests.is_request(incoming.sender, incoming.sender_kind)
+        return Message.from_incoming(incoming, is_request=is_request)
+
+    def _queue(self, incoming: Incoming) -> None:
+        if is_receipt(incoming):
+            self._receipts.put(incoming)
+        else:
+            self._messages.put(incoming)
+
+    def _load_pending(self) -> None:
+        """Queue what an earlier run left unacknowledged; drop what we cannot read."""
+        for record in self._store.pending_messages():
+            try:
+                incoming = Incoming.from_record(record)
+            except MalformedContent as exc:
+                log.warning("dropped an unreadable inbox record from %s: %s", record.sender, exc)
+                self._store.consume(record.sender, record.msg_id)
+                continue
+            self._queue(incoming)
 
     # --- Held for a trust decision (SPEC §3.3) ------------------------------------------
 
@@ -341,4 +305,4 @@ def _ignore_outcome(future: asyncio.Future[int]) -> None:
         log.info("background send failed: %r", future.exception())
 
 
-__all__ = ["MAX_HELD_PER_SENDER", "HeldMessages", "Inbox", "Message"]
+__all__ = ["MAX_HELD_PER_SENDER", "HeldMessages", "Inbox"]

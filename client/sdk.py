@@ -6,7 +6,7 @@ A dozen lines::
     await client.connect("ws://127.0.0.1:8765")
     await client.register("alice")                   # later runs: await client.login()
     await client.send("bob", "hello")                # returns after the relay's SENT
-    async for message in client.messages():
+    async for message in client.messages():           # receipts: client.receipts()
         print(message.sender, message.body, message.identity)
 
 :class:`Client` is a facade over parts that each own one thing and say in
@@ -17,7 +17,9 @@ their docstrings what they guarantee:
 - ``sender`` and ``outbox``: encrypt and enqueue, then transmit, retry and
   retire until the relay's SENT (SPEC §6.1–6.3);
 - ``inbox``: decrypt and persist each DELIVER (or hold it for a key
-  decision), acknowledge it, serve :meth:`Client.messages` (SPEC §6.4–6.5);
+  decision), acknowledge it, serve :meth:`Client.messages` and
+  :meth:`Client.receipts` (SPEC §6.4–6.5; when an item is acknowledged:
+  ``reading``);
 - ``requests``: message requests between users (SPEC §7.3);
 - ``consent``: the statements we make, keep and check (SPEC §7.4–7.6);
 - ``trust`` and ``relay_key_pin``: contacts' identity keys and the relay's
@@ -29,7 +31,8 @@ A message out: :meth:`Client.send` → :meth:`.sending.Sender.send_content` →
 :meth:`.outbox.Outbox.add` → :meth:`.connection.Connection.send_message`. A
 message in: :meth:`.connection.Connection.read` →
 :meth:`.inbox.Inbox.deliver_received` → the keystore →
-:meth:`.inbox.Inbox.messages` → :meth:`Client.messages`. What the link reports
+:meth:`.reading.InboxStream.put` → :meth:`Client.messages` (a receipt:
+:meth:`Client.receipts`). What the link reports
 (a DELIVER, a SEND's answer, a WELCOME) reaches the parts through the
 :class:`.link.LinkHandlers` wired in :meth:`Client.__init__`.
 
@@ -43,7 +46,7 @@ import asyncio
 import dataclasses
 import os
 import random
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +57,7 @@ from blindrelay.protocol.errors import AuthenticationFailed
 from blindrelay.protocol.signed import Action, ConsentStatement
 
 from .connection import Connection
-from .inbox import MAX_HELD_PER_SENDER, HeldMessages, Inbox, Message
+from .inbox import MAX_HELD_PER_SENDER, HeldMessages, Inbox
 from .keystore import (
     DEFAULT_MEMLIMIT,
     DEFAULT_OPSLIMIT,
@@ -68,6 +71,7 @@ from .message_requests import MessageRequests
 from .outbox import Outbox, Outcome
 from .prekeys import PrekeyPublisher
 from .profiles import BusinessInfo, business_info, same_name
+from .reading import MAX_UNREAD_RECEIPTS, InboxReader, Message, ReceiptEvent
 from .rotation import KeyNotCurrent, Rotation
 from .sending import SEND_MANY_WINDOW, Sender
 from .sessions import Clock, Rng, SessionManager, wall_clock_ms
@@ -283,11 +287,12 @@ class Client:
         await self.link.wait_online()
 
     async def close(self) -> None:
-        """Flush and close the connection, fail waiting sends, close a store we opened."""
+        """Flush and close the connection, fail waiting sends, acknowledge the message
+        and receipt in hand (:meth:`messages`), close a store we opened."""
         await self.link.close()
         self.outbox.delete_retired()
         self.outbox.fail_waiting(ConnectionLost("client closed"))
-        self.inbox.wake()
+        self.inbox.close()
         if self._owns_store:
             self.store.close()
 
@@ -358,11 +363,19 @@ class Client:
 
     # --- Receiving (SPEC §6.4, §6.5, §7.3) -------------------------------------
 
-    async def messages(self) -> AsyncIterator[Message]:
-        """Every incoming message, oldest first, including those stored before a restart;
-        removed once the next one is asked for or the iterator closes. One consumer."""
-        async for message in self.inbox.messages():
-            yield message
+    def messages(self) -> InboxReader[Message]:
+        """Every incoming message (never a receipt), oldest first, including those
+        stored before a restart; each yielded once per process.
+
+        The one in hand is acknowledged (deleted from the profile) when the next is
+        asked for, the loop is left, a new iterator starts or the client closes; after
+        a crash it comes back (:mod:`.reading`). One consumer."""
+        return self.inbox.messages()
+
+    def receipts(self) -> InboxReader[ReceiptEvent]:
+        """Delivered and read receipts for our messages, oldest first, acknowledged as
+        :meth:`messages` are; the oldest unread beyond ``MAX_UNREAD_RECEIPTS`` are dropped."""
+        return self.inbox.receipts()
 
     async def accept_request(self, handle: str) -> bytes | None:
         """Accept ``handle``'s message request (SPEC §7.3): send the delivered receipt
@@ -526,6 +539,7 @@ class Client:
 
 __all__ = [
     "MAX_HELD_PER_SENDER",
+    "MAX_UNREAD_RECEIPTS",
     "Backoff",
     "BusinessInfo",
     "Client",
@@ -533,9 +547,11 @@ __all__ = [
     "HeldMessages",
     "HeldStatement",
     "IdentityState",
+    "InboxReader",
     "Message",
     "Outcome",
     "Receipt",
+    "ReceiptEvent",
     "RelayKeyChanged",
     "same_name",
 ]

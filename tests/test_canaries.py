@@ -49,7 +49,7 @@ from blindrelay.client.keystore import (
     OurIdentity,
     SignedPreKeyRecord,
 )
-from blindrelay.client.sdk import Client, Message
+from blindrelay.client.sdk import Client, Message, ReceiptEvent
 from blindrelay.client.transport import tapped
 from blindrelay.protocol.content import Content, Receipt, ReceiptType, encode_content
 from blindrelay.protocol.crypto.session import Session
@@ -120,20 +120,21 @@ class Inbox:
 
     def __init__(self, client: Client) -> None:
         self.queue: asyncio.Queue[Message] = asyncio.Queue()
-        self.receipts: list[Receipt] = []
+        self.receipts: list[ReceiptEvent] = []
         self.task = asyncio.create_task(self._read(client))
+        self.receipts_task = asyncio.create_task(self._read_receipts(client))
 
     async def _read(self, client: Client) -> None:
         async for message in client.messages():
             await self.queue.put(message)
 
+    async def _read_receipts(self, client: Client) -> None:
+        async for receipt in client.receipts():
+            self.receipts.append(receipt)
+
     async def next(self) -> Message:
-        """The next message that is not a receipt; receipts are kept in ``receipts``."""
-        while True:
-            message = await asyncio.wait_for(self.queue.get(), TIMEOUT_S)
-            if message.receipt is None:
-                return message
-            self.receipts.append(message.receipt)
+        """The next message; receipts are read apart, into ``receipts``."""
+        return await asyncio.wait_for(self.queue.get(), TIMEOUT_S)
 
 
 @dataclass
@@ -202,6 +203,7 @@ async def play(
         assert (await user_inbox.next()).body == explanation
         assert (await within(user.business_info("airline"))).verified
         await within(user.grant("airline", ["utility"]))
+        await within(airline.wait_for_consent("alice", "utility", timeout=TIMEOUT_S))
 
         notification = story.text("notification")
         sent = await within(airline.notify("utility", notification, to=["alice"]))
@@ -232,12 +234,13 @@ async def play(
 
         await within(user.block("airline"))
         refused = await within(airline.notify("utility", story.text("refused"), to=["alice"]))
-        assert refused.refused == ["alice"]
+        assert refused.skipped == ["alice"]  # not sent, or refused by the relay
 
         snapshot()
     finally:
         for inbox in (user_inbox, friend_inbox):
             inbox.task.cancel()
+            inbox.receipts_task.cancel()
         await airline.close()
         for client in clients[1:]:
             await client.close()

@@ -21,7 +21,7 @@ import nacl.pwhash.argon2id as argon2id
 
 from blindrelay.client.business import Business
 from blindrelay.client.keystore import KeyStore, MemoryKeyStore
-from blindrelay.client.sdk import Backoff, Client, Message
+from blindrelay.client.sdk import Backoff, Client, Message, ReceiptEvent
 from blindrelay.protocol import frames
 from blindrelay.protocol.crypto.keys import IdentityKeyPair, SignedPreKey
 from blindrelay.protocol.signed import ConsentStatement
@@ -75,23 +75,22 @@ async def back_online(url: str, store: KeyStore, **options: Any) -> Client:
 
 
 class Inbox:
-    """One consumer of ``client.messages()``, read a message at a time."""
+    """The consumer of ``client.messages()`` and of ``client.receipts()``, read an
+    item at a time."""
 
     def __init__(self, client: Client) -> None:
         self.iterator = client.messages()
+        self.receipts = client.receipts()
 
     async def next(self) -> Message:
         return await within(anext(self.iterator))
 
-    async def next_text(self) -> Message:
-        """The next message that is not a receipt."""
-        while True:
-            message = await self.next()
-            if message.receipt is None:
-                return message
+    async def next_receipt(self) -> ReceiptEvent:
+        return await within(anext(self.receipts))
 
     async def close(self) -> None:
         await self.iterator.aclose()
+        await self.receipts.aclose()
 
 
 class Crash(Exception):
@@ -148,6 +147,12 @@ async def business_online(url: str, handle: str, **options: Any) -> Business:
     business = Business(client, on_consent_change=received, on_block=received, **options)
     business.received = received  # type: ignore[attr-defined]
     return business
+
+
+async def consented(business: Business, handles: list[str], category: str = "utility") -> None:
+    """Until ``business`` holds each customer's grant of ``category`` (they are forwarded)."""
+    for handle in handles:
+        await business.wait_for_consent(handle, category, timeout=TIMEOUT)
 
 
 MIX = ("granted utility", "granted marketing", "denied", "revoked", "blocked", "never asked")

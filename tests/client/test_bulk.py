@@ -41,6 +41,7 @@ from .harness import (
     Crash,
     Inbox,
     business_online,
+    consented,
     customer,
     make_client,
     online,
@@ -185,6 +186,7 @@ def test_send_many_retries_rate_limited_recipients_and_reports_the_rest(tmp_path
             assert limited and len(limited) < len(handles)
             assert all(isinstance(o, bytes) for h, o in once if h not in limited)
 
+            await consented(shop, handles)
             result = await within(shop.notify("utility", "b", to=handles))  # retries
             assert sorted(result.sent) == handles and result.skipped == []
             await asyncio.sleep(0)
@@ -227,6 +229,7 @@ def test_a_reconnect_during_send_many_resends_from_the_outbox(
                 assert session is not None
                 session.transport.close(1011, "test drop")
 
+            await consented(shop, handles)
             drop = drop_shop
             result = await within(shop.notify("utility", "gate change", to=handles), 30)
 
@@ -313,7 +316,7 @@ def test_sends_to_a_new_contact_take_one_lock_that_is_gone_afterwards(tmp_path: 
             await within(asyncio.gather(*first))
             assert len(alice.sender.locks) == 0
             inbox = Inbox(bob)
-            assert [(await inbox.next_text()).body for _ in range(3)] == ["m0", "m1", "m2"]
+            assert [(await inbox.next()).body for _ in range(3)] == ["m0", "m1", "m2"]
             await inbox.close()
             await alice.close()
             await bob.close()
@@ -331,6 +334,7 @@ def test_notify_from_a_sqlite_keystore_leaves_an_empty_outbox(tmp_path: Path) ->
             shop = Business(client)
             handles = [f"user{i:02d}" for i in range(30)]
             raws = [await customer(relay.url, h, shop, "granted utility") for h in handles]
+            await consented(shop, handles)
             result = await within(shop.notify("utility", "hello", to=handles))
             assert sorted(result.sent) == handles
             await asyncio.sleep(0)

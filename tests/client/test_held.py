@@ -76,7 +76,7 @@ def test_forged_key_changes_from_one_sender_never_freeze_the_inbox(tmp_path: Pat
             for i in range(FORGED):
                 await mallory.send(mallory.forger, "bob", f"forged {i}")
             await within(carol.send("bob", "an honest message"))
-            got = await inbox.next_text()
+            got = await inbox.next()
             assert (got.sender, got.body) == ("carol", "an honest message")
             assert changed == ["mallory"]  # announced once, not per envelope
             assert bob.identity_change_pending("mallory")
@@ -91,7 +91,7 @@ def test_forged_key_changes_from_one_sender_never_freeze_the_inbox(tmp_path: Pat
             await mallory.send(mallory.forger, "bob", "one more")
             await within(carol.send("bob", "after the reconnect"))
             inbox = Inbox(bob)
-            got = await inbox.next_text()
+            got = await inbox.next()
             assert (got.sender, got.body) == ("carol", "after the reconnect")
             assert bob.held_messages("mallory").dropped == FORGED - MAX_HELD_PER_SENDER + 1
 
@@ -120,7 +120,7 @@ def test_approving_releases_held_messages_in_order_also_after_a_restart(
                 await mallory.send(mallory.forger, "bob", f"new phone {i}")
             carol = await online(relay.url, "carol")
             await within(carol.send("bob", "barrier"))
-            assert (await inbox.next_text()).body == "barrier"  # the five came before it
+            assert (await inbox.next()).body == "barrier"  # the five came before it
             assert bob.held_messages("mallory") == HeldMessages(5, 0)
             await inbox.close()
             await bob.close()
@@ -157,7 +157,7 @@ def test_a_held_sender_s_messages_keep_their_order_behind_the_held_one(tmp_path:
             await mallory.send(mallory.genuine, "bob", "three (old session)")
             carol = await online(relay.url, "carol")
             await within(carol.send("bob", "barrier"))
-            assert (await inbox.next_text()).body == "barrier"
+            assert (await inbox.next()).body == "barrier"
             assert bob.held_messages("mallory") == HeldMessages(2, 0)
             bob.approve_identity("mallory")
             assert (await inbox.next()).body == "two (new key)"
@@ -166,7 +166,7 @@ def test_a_held_sender_s_messages_keep_their_order_behind_the_held_one(tmp_path:
             assert bob.held_messages("mallory") == HeldMessages(1, 0)
             assert bob.identity_change_pending("mallory")
             await within(carol.send("bob", "still flowing"))
-            assert (await inbox.next_text()).body == "still flowing"
+            assert (await inbox.next()).body == "still flowing"
             for closing in (inbox, bob, carol, mallory.raw):
                 await closing.close()
 
@@ -188,7 +188,7 @@ def test_held_messages_left_by_a_crash_after_approval_are_released_at_the_next_l
             await mallory.send(mallory.forger, "bob", "held one")
             carol = await online(relay.url, "carol")
             await within(carol.send("bob", "barrier"))
-            assert (await inbox.next_text()).body == "barrier"
+            assert (await inbox.next()).body == "barrier"
             await inbox.close()
             await bob.close()
             # The approval was stored, then the process died before releasing them.

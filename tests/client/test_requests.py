@@ -16,7 +16,7 @@ from blindrelay.client.keystore import MemoryKeyStore
 from blindrelay.client.sdk import Client
 from blindrelay.client.transport import tapped
 from blindrelay.protocol import codec, frames
-from blindrelay.protocol.content import Receipt, ReceiptType
+from blindrelay.protocol.content import ReceiptType
 
 from ..relays import relay_at
 from .harness import FAST, LOW_COST, Inbox, online, run, within
@@ -52,15 +52,14 @@ def test_a_stranger_s_message_is_a_request_and_gets_no_automatic_receipt(
 
             receipt_id = await within(bob.accept_request("alice"))
             assert receipt_id is not None
-            receipt = await alice_inbox.next()
-            assert receipt.receipt == Receipt(ReceiptType.DELIVERED, (first, second))
-            assert not receipt.is_request  # alice wrote to bob: he is her contact
+            receipt = await alice_inbox.next_receipt()
+            assert (receipt.type, receipt.msg_ids) == (ReceiptType.DELIVERED, (first, second))
 
             third = await within(alice.send("bob", "thanks!"))
             got = await bob_inbox.next()
             assert (got.body, got.is_request) == ("thanks!", False)
-            later = await alice_inbox.next()  # accepted: automatic receipts again
-            assert later.receipt == Receipt(ReceiptType.DELIVERED, (third,))
+            later = await alice_inbox.next_receipt()  # accepted: automatic receipts again
+            assert (later.type, later.msg_ids) == (ReceiptType.DELIVERED, (third,))
             assert await within(bob.accept_request("alice")) is None  # nothing owed any more
             for closing in (bob_inbox, alice_inbox, alice, bob):
                 await closing.close()
@@ -84,7 +83,7 @@ def test_writing_first_makes_a_contact_and_it_is_kept_in_the_profile(tmp_path: P
             await within(bob.connect(relay.url))
             await within(bob.login())
             inbox = Inbox(bob)
-            got = await inbox.next_text()
+            got = await inbox.next()
             assert (got.body, got.is_request) == ("hi bob", False)
             for closing in (inbox, alice, bob):
                 await closing.close()

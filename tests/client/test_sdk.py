@@ -26,7 +26,7 @@ from blindrelay.client.sessions import ONE_TIME_PREKEY_TARGET
 from blindrelay.client.transport import tapped
 from blindrelay.client.trust import IdentityState
 from blindrelay.protocol import limits
-from blindrelay.protocol.content import Receipt, ReceiptType
+from blindrelay.protocol.content import ReceiptType
 from blindrelay.protocol.errors import (
     HandleTaken,
     RateLimited,
@@ -77,11 +77,11 @@ def test_two_clients_exchange_messages_through_a_relay(tmp_path: Path) -> None:
             )
             for i in range(5):
                 await within(alice.send("bob", f"more {i}"))
-            assert [(await bob_inbox.next_text()).body for _ in range(5)] == [
+            assert [(await bob_inbox.next()).body for _ in range(5)] == [
                 f"more {i}" for i in range(5)
             ]
-            receipt = await alice_inbox.next()  # bob wrote back: automatic receipts now
-            assert receipt.receipt is not None and receipt.receipt.type is ReceiptType.DELIVERED
+            receipt = await alice_inbox.next_receipt()  # bob wrote back: automatic receipts now
+            assert (receipt.sender, receipt.type) == ("bob", ReceiptType.DELIVERED)
             assert alice.safety_number("bob") == bob.safety_number("alice")
             await alice_inbox.close()
             await bob_inbox.close()
@@ -134,10 +134,10 @@ def test_a_client_restarts_mid_conversation_from_its_keystore_file(tmp_path: Pat
             await within(bob.connect(relay.url))
             await within(bob.login())
             inbox = Inbox(bob)
-            assert [(await inbox.next_text()).body for _ in range(2)] == ["three", "four"]
+            assert [(await inbox.next()).body for _ in range(2)] == ["three", "four"]
             await within(bob.send("alice", "five"))
             alice_inbox = Inbox(alice)
-            assert [(await alice_inbox.next_text()).body for _ in range(2)] == ["two", "five"]
+            assert [(await alice_inbox.next()).body for _ in range(2)] == ["two", "five"]
             for closing in (inbox, alice_inbox, bob, alice):
                 await closing.close()
 
@@ -252,7 +252,7 @@ def test_the_server_dropping_the_connection_is_survived_by_reconnecting(tmp_path
             await within(alice.send("bob", "after the drop"))
             assert (await inbox.next()).body == "after the drop"
             await within(bob.send("alice", "still here"))
-            assert (await Inbox(alice).next_text()).body == "still here"
+            assert (await Inbox(alice).next()).body == "still here"
             await inbox.close()
             await bob.close()
             await alice.close()
@@ -297,7 +297,7 @@ def test_an_identity_key_change_is_surfaced_before_the_next_send(tmp_path: Path)
             await within(alice.send("bob", "hi"))
             assert (await bob_inbox.next()).body == "hi"
             await within(bob.send("alice", "hi alice"))
-            assert (await alice_inbox.next_text()).body == "hi alice"
+            assert (await alice_inbox.next()).body == "hi alice"
             number_before = alice.safety_number("bob")
 
             await within(bob.rotate_identity())
@@ -310,10 +310,10 @@ def test_an_identity_key_change_is_surfaced_before_the_next_send(tmp_path: Path)
             assert alice.safety_number("bob") != number_before
 
             alice.approve_identity("bob")
-            got = await alice_inbox.next_text()
+            got = await alice_inbox.next()
             assert (got.body, got.identity) == ("new key, who dis", IdentityState.TRUSTED)
             await within(alice.send("bob", "ok, approved"))
-            assert (await bob_inbox.next_text()).body == "ok, approved"
+            assert (await bob_inbox.next()).body == "ok, approved"
             assert alice.safety_number("bob") == bob.safety_number("alice")
             for closing in (alice_inbox, bob_inbox, alice, bob):
                 await closing.close()
@@ -334,8 +334,8 @@ def test_receipts_round_trip_as_chat_envelopes_the_relay_cannot_tell_apart(
             assert (await inbox.next()).msg_id == msg_id
             await within(bob.accept_request("alice"))  # the delivered receipt it was owed
             alice_inbox = Inbox(alice)
-            delivered = await alice_inbox.next()
-            assert delivered.receipt == Receipt(ReceiptType.DELIVERED, (msg_id,))
+            delivered = await alice_inbox.next_receipt()
+            assert (delivered.type, delivered.msg_ids) == (ReceiptType.DELIVERED, (msg_id,))
             await alice_inbox.close()
             await alice.close()
 
@@ -353,9 +353,9 @@ def test_receipts_round_trip_as_chat_envelopes_the_relay_cannot_tell_apart(
 
             alice = await back_online(relay.url, alice_store)
             alice_inbox = Inbox(alice)
-            read = await alice_inbox.next()
-            assert (read.sender, read.receipt) == ("bob", Receipt(ReceiptType.READ, (msg_id,)))
-            assert read.body is None
+            read = await alice_inbox.next_receipt()
+            assert (read.sender, read.type, read.msg_ids) == ("bob", ReceiptType.READ, (msg_id,))
+            assert (await alice_inbox.next()).body == "hi"  # the message after it, apart
             for closing in (inbox, alice_inbox, alice, bob):
                 await closing.close()
 
@@ -580,7 +580,7 @@ def test_a_crash_between_encrypting_and_enqueueing_keeps_neither(
             assert store.load_session("bob") == before
             assert store.outbox() == []
             await within(alice.send("bob", "three"))
-            assert [(await inbox.next_text()).body for _ in range(2)] == ["one", "three"]
+            assert [(await inbox.next()).body for _ in range(2)] == ["one", "three"]
             await inbox.close()
             await alice.close()
             await bob.close()
