@@ -26,7 +26,7 @@ from blindrelay.server.routing import CHANNEL, Hint, HintKind, decode
 from blindrelay.server.store import Account, StoreJobError, StoreStartError
 from blindrelay.server.store.operations import CONTRACT, argument_names
 from blindrelay.server.store.postgresql import batch, operations, schema
-from blindrelay.server.store.postgresql.store import PostgresStore, redact
+from blindrelay.server.store.postgresql.store import PostgresStore, connect, redact
 
 from ..pg import PostgresDatabase
 
@@ -326,6 +326,34 @@ async def test_hints_are_emitted_inside_the_transaction_and_only_on_commit(
             assert heard.empty()
     finally:
         await listener.close()
+
+
+async def test_a_plan_cached_while_the_queue_was_empty_still_finds_rows_by_key(
+    pg_database: PostgresDatabase,
+) -> None:
+    """The store's connections plan keyed look-ups only (``store.PLANNER_SETTINGS``): a
+    generic plan made on an empty, never analysed queue — the ACK's shape — stays an index
+    look-up once the queue holds thousands of rows, not a hash join over all of them."""
+    url = pg_database.fresh_schema()
+    async with started(url):  # the schema
+        pass
+    conn = await connect(url)
+    try:
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute(
+            "PREPARE ack(text[], bigint[]) AS DELETE FROM queue q USING unnest($1, $2)"
+            " AS a(h, id) WHERE q.delivery_id = a.id AND q.recipient = a.h"
+        )
+        await conn.execute("EXPLAIN EXECUTE ack('{r1}', '{1}')")  # planned and cached now
+        await conn.execute(
+            "INSERT INTO queue (recipient, sender, sender_kind, msg_id, intent, sent_at, body)"
+            " SELECT 'r' || i % 50, 's', 'user', '\\x00', 'chat', i, '\\x00'"
+            " FROM generate_series(1, 5000) AS i"
+        )
+        plan = "\n".join(row[0] for row in await conn.fetch("EXPLAIN EXECUTE ack('{r1}', '{1}')"))
+    finally:
+        await conn.close()
+    assert "Index Scan" in plan and "Seq Scan" not in plan, plan
 
 
 # --- outages ------------------------------------------------------------------------------
