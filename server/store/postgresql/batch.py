@@ -170,7 +170,8 @@ async def _attempt(conn: Any, calls: list[Call], origin: str, careful: bool) -> 
         await lock_set(conn, calls)  # BEGIN, in the same round trip
         begun = True
         await _run(tx, calls, outcomes, careful)
-        await conn.execute(notify_and_commit(tx.hints))
+        await notify(conn, tx.hints)
+        await conn.execute("COMMIT")
     except Exception as exc:
         if connection_lost(exc):
             raise
@@ -205,8 +206,8 @@ def _locked_by(call: Call) -> list[Any]:
 
 def literal(text: str) -> str:
     """``text`` as an SQL string literal (``standard_conforming_strings`` is on, so only
-    quotes are special; text holds no NUL). For the two statements of a batch that go
-    as plain SQL so they can share a round trip with BEGIN and COMMIT."""
+    quotes are special; text holds no NUL). For the lock statement, which goes as plain
+    SQL so it shares its round trip with BEGIN."""
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -237,15 +238,18 @@ async def lock_set(conn: Any, calls: list[Call]) -> None:
     )
 
 
-def notify_and_commit(hints: list[Hint]) -> str:
-    """The batch's hints (identical ones once) and COMMIT, as one round trip: PostgreSQL
-    delivers the notifications only if the COMMIT succeeds."""
-    payloads = dict.fromkeys(hint.encode() for hint in hints)
-    if not payloads:
-        return "COMMIT"
-    channel = literal(routing.CHANNEL)
-    notifies = ", ".join(f"pg_notify({channel}, {literal(p)})" for p in payloads)
-    return f"SELECT {notifies}; COMMIT"
+_NOTIFY = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
+
+
+async def notify(conn: Any, hints: list[Hint]) -> None:
+    """The batch's hints (identical ones once), in order; PostgreSQL delivers them only
+    if the COMMIT that follows succeeds. One array parameter rather than literals in
+    the text with the COMMIT: an ENVELOPE hint is ~1.4 KB, and the server lexing a
+    batch's hints as SQL cost ~7 µs of backend CPU per message, against one more round
+    trip per batch."""
+    payloads = list(dict.fromkeys(hint.encode() for hint in hints))
+    if payloads:
+        await conn.execute(_NOTIFY, routing.CHANNEL, payloads)
 
 
 # --- running the calls ---------------------------------------------------------------
