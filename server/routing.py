@@ -120,6 +120,14 @@ def decode(payload: str) -> Hint:
     return Hint(HintKind(kind), handle, origin, int(value), ids)
 
 
+def origin_of(payload: str) -> str:
+    """The ``origin`` of a notification payload ("" if it has none), the rest left
+    undecoded: a worker hears its own hints too and drops them on this alone — decoding
+    them (an ENVELOPE's base64) was a sixth of a lone worker's CPU."""
+    parts = payload.split(" ", 2)
+    return parts[1] if len(parts) > 1 else ""
+
+
 MAX_PAYLOAD = 7900
 """PostgreSQL refuses NOTIFY payloads of 8000 bytes or more."""
 

@@ -20,6 +20,7 @@ from blindrelay.server.routing import (
     decode,
     new_worker_id,
     open_router,
+    origin_of,
     withdrawn,
 )
 
@@ -53,6 +54,16 @@ def test_the_text_form_is_compact_and_spaced() -> None:
 def test_anything_else_on_the_channel_is_no_hint(payload: str) -> None:
     with pytest.raises(ValueError):
         decode(payload)
+
+
+@pytest.mark.parametrize(
+    ("payload", "origin"),
+    [(Hint(HintKind.QUEUED, "alice", ORIGIN).encode(), ORIGIN),
+     (Hint(HintKind.ENVELOPE, "bob", ORIGIN, 3, envelope=b"\x93" * 900).encode(), ORIGIN),
+     (f"e {ORIGIN} 3 bob not-base64", ORIGIN), ("", ""), ("q", ""), ("x y", "y")],
+)  # fmt: skip
+def test_a_payloads_origin_is_read_without_decoding_the_rest(payload: str, origin: str) -> None:
+    assert origin_of(payload) == origin
 
 
 def test_the_longest_withdrawal_fits_a_notification() -> None:
