@@ -328,6 +328,30 @@ async def test_hints_are_emitted_inside_the_transaction_and_only_on_commit(
         await listener.close()
 
 
+async def test_a_recipient_served_here_gets_a_page_hint_once_per_batch_not_its_envelopes(
+    pg_database: PostgresDatabase,
+) -> None:
+    """``Store.serves``: this worker pushes to its own connections itself; the others
+    only need to page in case the account is logging in on one of them meanwhile."""
+    url = pg_database.fresh_schema()
+    heard: asyncio.Queue[Hint] = asyncio.Queue()
+    listener = await asyncpg.connect(url)
+    await listener.add_listener(CHANNEL, lambda *args: heard.put_nowait(decode(args[3])))
+    try:
+        async with started(url, origin="feedfacefeedface") as store:
+            store.serves = lambda handle: handle == "bob"
+            await _users(store, "alice", "bob", "carol")
+            await asyncio.gather(*(_send(store, "alice", to, n) for n, to in
+                                   enumerate(["bob", "carol", "bob", "bob"])))  # fmt: skip
+            await _send(store, "alice", "carol", 4)  # the next batch
+            hints = [await heard.get() for _n in range(3)]
+    finally:
+        await listener.close()
+    assert [(h.kind, h.handle) for h in hints] == [
+        (HintKind.QUEUED, "bob"), (HintKind.ENVELOPE, "carol"), (HintKind.ENVELOPE, "carol")
+    ]  # fmt: skip
+
+
 async def test_a_plan_cached_while_the_queue_was_empty_still_finds_rows_by_key(
     pg_database: PostgresDatabase,
 ) -> None:

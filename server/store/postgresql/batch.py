@@ -49,7 +49,7 @@ from blindrelay.protocol.errors import MessageIdReused, QueueFull
 from blindrelay.protocol.signed import ConsentStatement, unverified_body
 
 from ... import routing
-from ...routing import Hint
+from ...routing import Hint, HintKind
 from .. import Done
 from ..operations import SendRules
 from ..rules import (
@@ -138,14 +138,21 @@ class _Again(Exception):
         self.cause = cause
 
 
-async def run_batch(conn: Any, calls: list[Call], origin: str, counters: Counters) -> list[Outcome]:
+async def run_batch(
+    conn: Any,
+    calls: list[Call],
+    origin: str,
+    counters: Counters,
+    serves: Callable[[str], bool] | None = None,
+) -> list[Outcome]:
     """Every call's outcome, after one COMMIT (module docstring); raises only for a lost
-    connection (or cancellation), when nothing is known to be committed."""
+    connection (or cancellation), when nothing is known to be committed. ``serves``:
+    ``Store.serves``, what the hints of new envelopes carry (:meth:`_SendRun.write`)."""
     careful = False
     retries = 0
     while True:
         try:
-            outcomes = await _attempt(conn, calls, origin, careful)
+            outcomes = await _attempt(conn, calls, origin, careful, serves)
         except _Again as again:
             if retryable(again.cause) and retries < MAX_RETRIES:
                 retries += 1
@@ -162,8 +169,10 @@ async def run_batch(conn: Any, calls: list[Call], origin: str, counters: Counter
         return outcomes
 
 
-async def _attempt(conn: Any, calls: list[Call], origin: str, careful: bool) -> list[Outcome]:
-    tx = Tx(conn, origin)
+async def _attempt(
+    conn: Any, calls: list[Call], origin: str, careful: bool, serves: Callable[[str], bool] | None
+) -> list[Outcome]:
+    tx = Tx(conn, origin, serves=serves)
     outcomes: list[Outcome] = [(False, None)] * len(calls)
     begun = False
     try:
@@ -726,14 +735,22 @@ class _SendRun:
             else:
                 last[recipient] = int(delivery_id or 0)
         results: dict[int, list[int]] = {}
+        tx = self.tx
+        served = tx.serves or _nobody
         for send in sends:
             delivery_id = ids[(send.handle, send.msg_id)]
             results[send.position] = [delivery_id, send.now, last[send.to]]
-            # The envelope rides its hint: the recipient's worker pushes it without a PAGE.
-            self.tx.hints.append(routing.envelope_hint(self.tx.origin, last[send.to], [
-                delivery_id, send.to, send.handle, send.kind, send.msg_id, send.intent,
-                send.category, send.categories, send.now, send.body,
-            ]))  # fmt: skip
+            if served(send.to):
+                # Pushed by this worker; another one serves the account only in a race
+                # with a login there, and then pages (one hint per recipient per batch).
+                tx.hint(HintKind.QUEUED, send.to)
+            else:
+                # The envelope rides its hint: the recipient's worker pushes it without a
+                # PAGE.
+                tx.hints.append(routing.envelope_hint(tx.origin, last[send.to], [
+                    delivery_id, send.to, send.handle, send.kind, send.msg_id, send.intent,
+                    send.category, send.categories, send.now, send.body,
+                ]))  # fmt: skip
             last[send.to] = delivery_id
         return results
 
@@ -768,6 +785,10 @@ async def send_group(
     written = await run.write()
     for position in pending:
         outcomes[position] = (True, written[position])
+
+
+def _nobody(_handle: str) -> bool:
+    return False
 
 
 GROUPS: dict[str, Group] = {

@@ -67,6 +67,8 @@ class Tx:
     conn: Any
     origin: str
     hints: list[Hint] = field(default_factory=list)
+    serves: Callable[[str], bool] | None = None
+    """``Store.serves``: whether an account's live connection is on this worker."""
 
     def hint(self, kind: HintKind, handle: str, value: int = 0) -> None:
         self.hints.append(Hint(kind, handle, self.origin, value))

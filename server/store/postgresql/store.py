@@ -99,6 +99,7 @@ class PostgresStore:
         self.on_lost: Callable[[str], None] | None = None
         self.on_available: Callable[[bool], None] | None = None
         """Called with False when an outage begins and True once the store is back."""
+        self.serves: Callable[[str], bool] | None = None
         self.counters = Counters()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: Any = None
@@ -228,7 +229,9 @@ class PostgresStore:
             outcomes = [(False, self._unavailable())] * len(batch)
         else:
             try:
-                outcomes = await run_batch(self._conn, batch, self.origin, self.counters)
+                outcomes = await run_batch(
+                    self._conn, batch, self.origin, self.counters, self.serves
+                )
             except Exception as exc:
                 if not connection_lost(exc):
                     log_event(
