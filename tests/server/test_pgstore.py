@@ -226,6 +226,97 @@ async def test_reads_are_operations_of_the_stream(pg_database: PostgresDatabase)
 # --- across workers ---------------------------------------------------------------------
 
 
+async def _counts(url: str, handle: str) -> tuple[int, int]:
+    """(envelopes queued as the cap counts them, rows in the queue) for ``handle``."""
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT (SELECT queued FROM queue_counts WHERE handle = $1)"
+            " - (SELECT acked FROM queue_acks WHERE handle = $1),"
+            " (SELECT count(*) FROM queue WHERE recipient = $1 AND intent <> 'statement')",
+            handle,
+        )
+        return int(row[0]), int(row[1])
+    finally:
+        await conn.close()
+
+
+async def test_an_ack_takes_no_lock_its_recipients_senders_wait_for(
+    pg_database: PostgresDatabase,
+) -> None:
+    """An ACK only deletes what was pushed and counts it apart (``queue_acks``): the
+    recipient's worker does not wait for a worker that holds the recipient's lock — a
+    batch of SENDs to it — nor that one for the ACK's commit."""
+    url = pg_database.fresh_schema()
+    async with started(url) as store:
+        await _users(store, "alice", "bob")
+        first, _, _ = await _send(store, "alice", "bob", 1)
+        holder = await asyncpg.connect(url)
+        try:
+            async with holder.transaction():  # another worker's batch sending to bob
+                await holder.execute("SELECT 1 FROM queue_counts WHERE handle = 'bob' FOR UPDATE")
+                acked: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                store.call_many("acknowledge", ["bob", [first]], lambda ok, v: acked.set_result(v))
+                assert await asyncio.wait_for(acked, 30) == 1
+        finally:
+            await holder.close()
+        assert await _counts(url, "bob") == (0, 0)
+
+
+async def test_the_queue_cap_counts_what_another_workers_acks_freed(
+    pg_database: PostgresDatabase,
+) -> None:
+    url = pg_database.fresh_schema()
+    async with started(url) as sender, started(url) as recipient:
+        await _users(sender, "alice", "bob")
+        ids = [(await _send(sender, "alice", "bob", n, queue_cap=2))[0] for n in (1, 2)]
+        with pytest.raises(QueueFull):
+            await _send(sender, "alice", "bob", 3, queue_cap=2)
+        acked: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        recipient.call_many("acknowledge", ["bob", ids[:1]], lambda ok, v: acked.set_result(v))
+        assert await acked == 1
+        assert await _counts(url, "bob") == (1, 1)
+        await _send(sender, "alice", "bob", 3, queue_cap=2)
+        with pytest.raises(QueueFull):
+            await _send(sender, "alice", "bob", 4, queue_cap=2)
+        assert await _counts(url, "bob") == (2, 2)
+
+
+async def test_an_upgrade_to_schema_3_keeps_every_accounts_queue_count(
+    pg_database: PostgresDatabase,
+) -> None:
+    url = pg_database.fresh_schema()
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():  # a database a schema-2 relay left
+            await conn.execute(
+                "CREATE TABLE schema_version (version integer PRIMARY KEY,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for version in (1, 2):
+                await conn.execute(schema.MIGRATIONS[version])
+                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+            await conn.execute(
+                "INSERT INTO accounts (handle, kind, identity_key, created_at) VALUES"
+                " ('alice', 'user', '\\x00', 0), ('bob', 'user', '\\x00', 0);"
+                " INSERT INTO queue_counts (handle, queued) VALUES ('alice', 0), ('bob', 1);"
+                " INSERT INTO queue (recipient, sender, sender_kind, msg_id, intent, sent_at, body)"
+                " VALUES ('bob', 'alice', 'user', '\\x01', 'chat', 5, '\\x02')"
+            )
+    finally:
+        await conn.close()
+    async with started(url) as store:
+        assert await _counts(url, "bob") == (1, 1)
+        with pytest.raises(QueueFull):
+            await _send(store, "alice", "bob", 2, queue_cap=1)
+        [[delivery_id, *_]] = await store.submit("page", "bob", 0, 10, 0)
+        acked: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        store.call_many("acknowledge", ["bob", [delivery_id]], lambda ok, v: acked.set_result(v))
+        assert await acked == 1
+        await _send(store, "alice", "bob", 2, queue_cap=1)
+        assert await _counts(url, "bob") == (1, 1)
+
+
 async def test_two_workers_never_hand_out_one_one_time_prekey_twice(
     pg_database: PostgresDatabase,
 ) -> None:

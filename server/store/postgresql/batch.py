@@ -9,6 +9,10 @@ runs here as one transaction:
    recipient commit in delivery-id order (ids are drawn under the lock, so a pager's
    cursor never passes an uncommitted lower id), a pair's state is read and written by
    one transaction at a time, and the budgets keyed by an account are spent once.
+   ACKs lock nothing: they delete rows their connection was pushed and count them in
+   ``queue_acks`` (``schema``), so the recipient's worker acknowledging and the workers
+   sending to it do not wait for each other's commits. A SEND that does not see an
+   ACK committed meanwhile decides as if the ACK came after it, on a fuller queue.
 2. The calls, in submission order. Between two calls of other operations, a run of
    SENDs, ACKs, PAGEs and the loop's reads is executed set-based, a few statements for
    the whole run whatever its length: its ACKs first (one ``DELETE … USING unnest``),
@@ -202,8 +206,6 @@ def _locked_by(call: Call) -> list[Any]:
     op, args = call.operation, call.args
     if op == "send":
         return [args[0], args[2]]
-    if op == "acknowledge":
-        return [item[0] for item in args[0]]
     if op == "apply_statement":
         return [args[0], unverified_body(ConsentStatement, args[1]).target]
     if op == "take_bundle":
@@ -345,9 +347,9 @@ _ACKNOWLEDGE = (
     "WITH d AS (DELETE FROM queue q USING unnest($1::text[], $2::bigint[], $3::integer[])"
     "  AS a(h, id, pos) WHERE q.delivery_id = a.id AND q.recipient = a.h"
     "  RETURNING a.pos, q.recipient, q.intent),"
-    " c AS (UPDATE queue_counts qc SET queued = qc.queued - x.n FROM (SELECT recipient,"
+    " c AS (UPDATE queue_acks k SET acked = k.acked + x.n FROM (SELECT recipient,"
     "  count(*) AS n FROM d WHERE intent <> 'statement' GROUP BY recipient) AS x"
-    "  WHERE qc.handle = x.recipient)"
+    "  WHERE k.handle = x.recipient)"
     " SELECT pos FROM d"
 )
 
@@ -474,9 +476,10 @@ _SEND_STATE = (
     " NULL::bytea AS b1, NULL::bytea AS b2, NULL::float8 AS f1"
     " FROM pairs p JOIN unnest($1::text[], $2::text[]) AS k(low, high)"
     "  ON p.low = k.low AND p.high = k.high"
-    " UNION ALL SELECT 2, a.handle, a.kind, NULL, NULL, NULL, NULL, q.queued, NULL, NULL,"
-    "  NULL, NULL FROM accounts a LEFT JOIN queue_counts q ON q.handle = a.handle"
-    "  WHERE a.handle = ANY($3::text[])"
+    " UNION ALL SELECT 2, a.handle, a.kind, NULL, NULL, NULL, NULL,"
+    "  coalesce(q.queued, 0) - coalesce(k.acked, 0), NULL, NULL, NULL, NULL FROM accounts a"
+    "  LEFT JOIN queue_counts q ON q.handle = a.handle"
+    "  LEFT JOIN queue_acks k ON k.handle = a.handle WHERE a.handle = ANY($3::text[])"
     " UNION ALL SELECT 3, s.sender, NULL, NULL, NULL, NULL, NULL, s.at, NULL, s.msg_id,"
     "  s.digest, NULL FROM sent s JOIN unnest($4::text[], $5::bytea[]) AS k(sender, msg_id)"
     "  ON s.sender = k.sender AND s.msg_id = k.msg_id"
