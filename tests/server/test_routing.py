@@ -8,16 +8,19 @@ from __future__ import annotations
 import itertools
 import string
 
+import msgpack
 import pytest
 
 from blindrelay.server import routing
 from blindrelay.server.routing import (
     MAX_IDS,
+    MAX_PAYLOAD,
     Hint,
     HintKind,
     InProcessRouter,
     backoff,
     decode,
+    envelope_hint,
     new_worker_id,
     open_router,
     origin_of,
@@ -64,6 +67,20 @@ def test_anything_else_on_the_channel_is_no_hint(payload: str) -> None:
 )  # fmt: skip
 def test_a_payloads_origin_is_read_without_decoding_the_rest(payload: str, origin: str) -> None:
     assert origin_of(payload) == origin
+
+
+def test_an_envelope_rides_its_hint_exactly_while_the_text_fits_a_notification() -> None:
+    """envelope_hint reckons the text's length without making it; around the limit its
+    choice is the one the text itself would dictate."""
+    kinds = set()
+    for size in range(5800, 5900):
+        row = [2**40, "bob", "alice", "user", b"m" * 16, "chat", None, None, 5, b"\x00" * size]
+        hint = envelope_hint(ORIGIN, 2**40 - 1, row)
+        full = Hint(HintKind.ENVELOPE, "bob", ORIGIN, 2**40 - 1, envelope=msgpack.packb(row))
+        fits = len(full.encode()) <= MAX_PAYLOAD
+        assert hint == (full if fits else Hint(HintKind.QUEUED, "bob", ORIGIN)), size
+        kinds.add(hint.kind)
+    assert kinds == {HintKind.ENVELOPE, HintKind.QUEUED}
 
 
 def test_the_longest_withdrawal_fits_a_notification() -> None:

@@ -548,16 +548,15 @@ class _Send:
 
     @classmethod
     def parse(cls, position: int, args: Sequence[Any]) -> _Send:
-        named = dict(zip(ARGUMENTS["send"], args, strict=True))
-        handle, kind, to, now = named["handle"], named["kind"], named["to"], named["now"]
-        msg_id, intent, category = named["msg_id"], named["intent"], named["category"]
-        categories, body, rules = named["categories"], named["body"], named["rules"]
+        """``args`` in :data:`ARGUMENTS` order (a wrong count raises ValueError)."""
+        handle, kind, to, msg_id, intent, category, categories, body, now, rules = args
         if type(handle) is not str or type(to) is not str or type(now) is not int:
             raise TypeError("send: handle, to, now")
         return cls(
-            position, handle, kind, to, bytes(msg_id), intent, category,
-            list(categories) if categories is not None else None, bytes(body), now,
-            SendRules(*rules),
+            position, handle, kind, to, msg_id if type(msg_id) is bytes else bytes(msg_id),
+            intent, category, list(categories) if categories is not None else None,
+            body if type(body) is bytes else bytes(body), now,
+            rules if type(rules) is SendRules else SendRules(*rules),
         )  # fmt: skip
 
 
