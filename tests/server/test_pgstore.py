@@ -179,6 +179,34 @@ async def test_an_operation_failing_unexpectedly_fails_alone(pg_database: Postgr
         assert (await store.submit("login_counts", "bob", 0))[0] == 1  # stored once
 
 
+async def test_a_careful_rerun_sends_every_hint_of_the_calls_that_succeed_once_in_order(
+    pg_database: PostgresDatabase,
+) -> None:
+    """When a batch is rolled back and run again carefully, what its calls emitted goes
+    out once, in order."""
+    url = pg_database.fresh_schema()
+    heard: asyncio.Queue[Hint] = asyncio.Queue()
+    listener = await asyncpg.connect(url)
+    await listener.add_listener(CHANNEL, lambda *args: heard.put_nowait(decode(args[3])))
+    try:
+        async with started(url, origin="feedfacefeedface") as store:
+            await _users(store, "alice", "bob")
+            login = store.submit("login_counts", "bob", 0)
+            sent = _send(store, "alice", "bob", 1)
+            broken = store.submit("page", "bob", 0, -1, 0)  # fails the batch's first run
+            last = store.submit("login_counts", "alice", 0)
+            results = await asyncio.gather(login, sent, broken, last, return_exceptions=True)
+            assert isinstance(results[2], StoreJobError) and store.counters.replays == 1
+            await store.submit("login_counts", "bob", 0)  # the next batch
+            hints = [await heard.get() for _n in range(4)]
+    finally:
+        await listener.close()
+    assert [(h.kind, h.handle, h.value) for h in hints] == [
+        (HintKind.LOGIN, "bob", 1), (HintKind.ENVELOPE, "bob", 0), (HintKind.LOGIN, "alice", 1),
+        (HintKind.LOGIN, "bob", 2),
+    ]  # fmt: skip
+
+
 async def test_merged_acks_count_per_item_and_a_malformed_one_fails_its_call(
     pg_database: PostgresDatabase,
 ) -> None:
