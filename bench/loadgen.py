@@ -91,6 +91,9 @@ class LoadSpec:
     connects to ``relays[i % n]`` and its recipient to ``relays[(i + 1) % n]``
     (:func:`pair_urls`), so with two or more every message crosses workers. Empty: every
     connection goes to ``url``."""
+    crossing: bool = True
+    """With ``relays``: False puts pair ``i``'s recipient on its sender's worker too, so
+    no message crosses workers (the pairs are split across them, each pair whole)."""
 
     def __post_init__(self) -> None:
         if self.size < STAMP.size or self.size > limits.MAX_CIPHERTEXT_BYTES:
@@ -106,7 +109,7 @@ def pair_urls(spec: LoadSpec, pair: int) -> tuple[str, str]:
     if not spec.relays:
         return spec.url, spec.url
     n = len(spec.relays)
-    return spec.relays[pair % n], spec.relays[(pair + 1) % n]
+    return spec.relays[pair % n], spec.relays[(pair + spec.crossing) % n]
 
 
 @dataclass(slots=True)

@@ -19,6 +19,9 @@ pairs × 1000 messages of 1 KiB, window 10, load in separate processes. Deployme
   across; if it does not arrive within PROBE_TIMEOUT_S the run stops with one line
   (a build without cross-worker delivery would otherwise hang until the timeout).
   ``pgN`` runs N workers the same way; SQLite cannot have more than one.
+- ``pg2-local`` (not run by default): the same two workers with each pair whole on
+  worker *i mod 2*, so no message crosses — what the cross-worker hints cost is the
+  difference from ``pg2``; ``pgN-local`` likewise. The targets compare ``pg2``.
 
 Every deployment run gets a fresh database (``CREATE DATABASE`` through asyncpg on the
 server's URL, dropped afterwards, also on errors). While it exists the run holds the
@@ -121,14 +124,22 @@ class Deployment:
     store: str
     """``sqlite`` or ``postgresql``."""
     workers: int
+    crossing: bool = True
+    """Every pair's sender and recipient on different workers (``LoadSpec.crossing``)."""
 
     @classmethod
     def parse(cls, name: str) -> Deployment:
-        """``sqlite``, ``pg1``, ``pg2`` … (``pgN``: N workers on one database)."""
-        match = re.fullmatch(r"(sqlite|pg)([1-9]?)", name)
-        if match is None:
-            raise ScaleError(f"unknown deployment {name!r}: sqlite, pg1 or pg2 (pgN: N workers)")
+        """``sqlite``, ``pg1``, ``pg2`` … (``pgN``: N workers on one database; ``pgN-local``:
+        each pair on one worker)."""
+        match = re.fullmatch(r"(sqlite|pg)([1-9]?)(-local)?", name)
+        if match is None or (match[3] and (match[1] == "sqlite" or match[2] in ("", "1"))):
+            raise ScaleError(
+                f"unknown deployment {name!r}: sqlite, pg1 or pg2 (pgN: N workers; "
+                "pgN-local: N workers, each pair on one of them)"
+            )
         workers = int(match[2] or 1)
+        if match[3]:
+            return cls(f"pg{workers}-local", "postgresql", workers, crossing=False)
         if match[1] == "sqlite":
             if workers > 1:
                 raise ScaleError(
@@ -142,7 +153,8 @@ class Deployment:
     def label(self) -> str:
         if self.store == "sqlite":
             return "SQLite relay"
-        return f"PG {self.workers} worker{'s' if self.workers > 1 else ''}"
+        label = f"PG {self.workers} worker{'s' if self.workers > 1 else ''}"
+        return label if self.crossing else f"{label}, local"
 
 
 def pg_url_from(flag: str | None, environ: dict[str, str] | os._Environ[str]) -> str | None:
@@ -535,7 +547,9 @@ def run_once(
         if len(urls) > 1:
             probe_across(deployment, urls, logs)
         meter = Meter(servers, pg, database)
-        load = replace(spec, url=urls[0], relays=urls if len(urls) > 1 else ())
+        load = replace(
+            spec, url=urls[0], relays=urls if len(urls) > 1 else (), crossing=deployment.crossing
+        )
         try:
             result = run_load(load, meter.hook)
         except LoadError as exc:
@@ -793,8 +807,9 @@ def render(m: Measurement) -> str:
             f"fsync={pg.get('fsync')}, wal_sync_method={pg.get('wal_sync_method')}); "
             "a fresh database per run"
         )
+    width = max(14, *(len(d.label) + 1 for d in m.deployments))
     cols = (
-        f"{'deployment':<14}{'msg/s':>8} {'[min-max]':<17}{'p50 ms':>7}{'p99 ms':>8}"
+        f"{'deployment':<{width}}{'msg/s':>8} {'[min-max]':<17}{'p50 ms':>7}{'p99 ms':>8}"
         f"{'relay':>8}{'PG backends':>13}{'total':>8}{'PG bg':>8}{'calls/commit':>14}"
         f"{'retries':>9}"
     )
@@ -812,7 +827,7 @@ def render(m: Measurement) -> str:
             return spread.median if spread else None
 
         lines.append(
-            f"{d.label:<14}{rate.median:>8,.0f} {span:<17}{_num(med('p50_ms')):>7}"
+            f"{d.label:<{width}}{rate.median:>8,.0f} {span:<17}{_num(med('p50_ms')):>7}"
             f"{_num(med('p99_ms')):>8}{_num(med('relay_us')):>8}{_num(med('backend_us')):>13}"
             f"{_num(med('total_us')):>8}{_num(med('background_us')):>8}"
             f"{_num(med('calls_per_commit')):>14}{_retries(m.runs, d.name):>9}"
@@ -846,7 +861,8 @@ def render(m: Measurement) -> str:
         notes += f" {lost} backend(s) ended during a run: their last interval is missing."
     notes += (
         f" Relays on 127.0.0.1, send/registration limits raised to {relay.UNLIMITED_RATE}/s;"
-        " PG N workers: every pair's sender and recipient on different workers."
+        " PG N workers: every pair's sender and recipient on different workers (', local':"
+        " each pair on one worker)."
     )
     lines += ["", *textwrap.wrap(notes, width=len(cols))]
     return "\n".join(lines)
@@ -867,7 +883,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs="+",
         default=list(DEFAULT_DEPLOYMENTS),
         metavar="DEPLOYMENT",
-        help="among sqlite pg1 pg2 (pgN: N workers)",
+        help="among sqlite pg1 pg2 (pgN: N workers; pgN-local: each pair on one worker)",
     )
     parser.add_argument(
         "--repeat",

@@ -198,6 +198,11 @@ class Sessions:
     def get(self, handle: str) -> Session | None:
         return self._live.get(handle)
 
+    def serves(self, handle: str) -> bool:
+        """Whether ``handle``'s live session, with its outbox, is in this process."""
+        session = self._live.get(handle)
+        return session is not None and session.outbox is not None
+
     def attach(self, session: Session) -> bool:
         """Make ``session`` its account's live session, closing the previous one;
         False (and ``session`` closed instead) if another worker announced a newer login

@@ -889,6 +889,7 @@ async def serve(
     relay = RunningRelay(config, ctx, rng, source_of, open_router(config.store_url, store.origin))
     store.on_lost = relay.lost
     store.on_available = relay.store_available
+    store.serves = ctx.sessions.serves
     try:
         # Hearing other workers' hints before the first connection is accepted.
         await relay.router.start(relay.hint_received, relay.catch_up)

@@ -120,6 +120,14 @@ def decode(payload: str) -> Hint:
     return Hint(HintKind(kind), handle, origin, int(value), ids)
 
 
+def origin_of(payload: str) -> str:
+    """The ``origin`` of a notification payload ("" if it has none), the rest left
+    undecoded: a worker hears its own hints too and drops them on this alone — decoding
+    them (an ENVELOPE's base64) was a sixth of a lone worker's CPU."""
+    parts = payload.split(" ", 2)
+    return parts[1] if len(parts) > 1 else ""
+
+
 MAX_PAYLOAD = 7900
 """PostgreSQL refuses NOTIFY payloads of 8000 bytes or more."""
 
@@ -127,10 +135,12 @@ MAX_PAYLOAD = 7900
 def envelope_hint(origin: str, previous: int, row: list[Any]) -> Hint:
     """An ENVELOPE hint carrying ``row`` for its recipient, or QUEUED (page it) if the
     payload would not fit a notification."""
-    hint = Hint(HintKind.ENVELOPE, row[1], origin, previous, envelope=msgpack.packb(row))
-    if len(hint.encode()) > MAX_PAYLOAD:
+    envelope = msgpack.packb(row)
+    # The length of encode()'s text, without making it (it is made once, to be sent).
+    head = len(HintKind.ENVELOPE.value) + len(origin) + len(str(previous)) + len(row[1]) + 4
+    if head + 4 * ((len(envelope) + 2) // 3) > MAX_PAYLOAD:
         return Hint(HintKind.QUEUED, row[1], origin)
-    return hint
+    return Hint(HintKind.ENVELOPE, row[1], origin, previous, envelope=envelope)
 
 
 def withdrawn(handle: str, origin: str, ids: list[int]) -> Hint:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .logs import log_event
-from .routing import CHANNEL, OnHint, backoff, decode
+from .routing import CHANNEL, OnHint, backoff, decode, origin_of
 from .store import StoreStartError
 
 CONNECT_TIMEOUT_S = 10.0
@@ -126,14 +126,14 @@ class PostgresRouter:
         log_event(logging.INFO, "router_listening", channel=CHANNEL, connections=self.connections)
 
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        if origin_of(payload) == self._worker_id:
+            return  # acted on locally when it was committed
         try:
             hint = decode(payload)
         except ValueError:
             # Not a hint (someone else on the channel): nothing to act on; its size only.
             log_event(logging.WARNING, "router_bad_hint", size=len(payload))
             return
-        if hint.origin == self._worker_id:
-            return  # acted on locally when it was committed
         self._on_hint(hint)
 
     def _terminated(self, conn: object) -> None:

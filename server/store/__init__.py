@@ -119,6 +119,11 @@ class Store(Protocol):
     """Called when :attr:`available` changes (never by a back end that cannot reconnect):
     after an outage, other relay processes' hints may have been missed."""
 
+    serves: Callable[[str], bool] | None
+    """Whether an account's live connection is on this relay process (the relay sets
+    it; None: never). A shared store's hint about that account's new envelope then only
+    tells the other workers to page, without carrying it: this process pushes it."""
+
     async def start(self) -> None:
         """Open the data (creating or upgrading its schema); raise
         :class:`StoreStartError` if it cannot be opened."""

@@ -60,6 +60,12 @@ def test_deployments_parse_and_sqlite_refuses_two_workers():
     assert [Deployment.parse(n).label for n in ("sqlite", "pg1", "pg2")] == [
         "SQLite relay", "PG 1 worker", "PG 2 workers"
     ]  # fmt: skip
+    local = Deployment.parse("pg2-local")
+    assert (local.name, local.workers, local.crossing) == ("pg2-local", 2, False)
+    assert local.label == "PG 2 workers, local" and Deployment.parse("pg2").crossing
+    for name in ("sqlite-local", "pg1-local", "pg-local"):
+        with pytest.raises(ScaleError, match="unknown deployment"):
+            Deployment.parse(name)
     with pytest.raises(ScaleError, match=r"^sqlite2: 2 relay workers need a store they share"):
         Deployment.parse("sqlite2")
     with pytest.raises(ScaleError, match="unknown deployment 'postgres'"):
@@ -74,6 +80,10 @@ def test_with_two_workers_every_pair_crosses_and_the_load_is_balanced():
     assert Counter(r for _, r in urls) == {"ws://a": 25, "ws://b": 25}
     one = LoadSpec(url="ws://a", pairs=3)
     assert {pair_urls(one, i) for i in range(3)} == {("ws://a", "ws://a")}
+    local = LoadSpec(url="ws://a", pairs=50, relays=("ws://a", "ws://b"), crossing=False)
+    urls = [pair_urls(local, i) for i in range(50)]
+    assert all(sender == recipient for sender, recipient in urls)
+    assert Counter(s for s, _ in urls) == {"ws://a": 25, "ws://b": 25}
 
 
 def test_relay_argv_per_store_and_a_clean_environment(tmp_path, monkeypatch):
@@ -272,7 +282,7 @@ def _create_list_and_drop(server, pg_server_url):
             server.drop_database(name)
 
 
-@pytest.mark.parametrize("deployment", ["pg1", "pg2"])
+@pytest.mark.parametrize("deployment", ["pg1", "pg2", "pg2-local"])
 def test_a_tiny_postgresql_run_end_to_end(pg_server_url, tmp_path, deployment):
     out = tmp_path / "scale.json"
     done = _scale("--only", deployment, "--pairs", "4", "--messages", "5", "--repeat", "1",
@@ -280,7 +290,7 @@ def test_a_tiny_postgresql_run_end_to_end(pg_server_url, tmp_path, deployment):
     assert done.returncode == 0, done.stderr
     (run,) = json.loads(out.read_text())["runs"]
     assert (run["deployment"], run["messages"]) == (deployment, 20)
-    workers = int(deployment[2:])
+    workers = int(deployment[2])
     assert run["backends"] >= workers  # at least one connection per worker was seen
     assert run["application_names"]
     assert run["lost_backends"] == 0

@@ -5,7 +5,8 @@ test can compare what the operator's commands say about each (``blindrelay inspe
 must report the same lines). Every column the two schemas share is copied, converted to
 the PostgreSQL type (``text[]`` from SQLite's comma-joined text, ``boolean`` from 0/1,
 ``bytea`` from blobs); identities keep their values (``OVERRIDING SYSTEM VALUE``);
-``queue_counts``, which only PostgreSQL keeps, is computed from the queue. The schema
+``queue_counts`` and ``queue_acks``, which only PostgreSQL keeps, are computed from the
+queue (every envelope counted as queued, none as acknowledged). The schema
 is made by the back end's own migrations first.
 """
 
@@ -20,7 +21,7 @@ import asyncpg
 
 from blindrelay.server.store.postgresql.schema import TABLES, migrate
 
-DERIVED = {"queue_counts"}
+DERIVED = {"queue_counts", "queue_acks"}
 """PostgreSQL-only tables computed from the copied rows."""
 SEQUENCES = (("queue", "delivery_id"), ("statements", "seq"), ("one_time_prekeys", "seq"))
 """Columns whose values are drawn from a sequence and copied as they were."""
@@ -68,6 +69,7 @@ async def _copy(source: sqlite3.Connection, conn: Any, url: str) -> None:
             " (SELECT count(*) FROM queue q WHERE q.recipient = a.handle"
             " AND q.intent <> 'statement') FROM accounts a"
         )
+        await conn.execute("INSERT INTO queue_acks (handle) SELECT handle FROM accounts")
         for table, column in SEQUENCES:  # later inserts continue after the copied ids
             await conn.execute(
                 f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'),"

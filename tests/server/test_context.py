@@ -158,6 +158,18 @@ def test_only_the_live_session_is_detached() -> None:
     assert sessions.get("alice") is None and sessions.all() == []
 
 
+def test_an_account_is_served_here_while_its_live_session_has_an_outbox() -> None:
+    """``Store.serves``: what a shared store's hints need not carry to the others."""
+    sessions = Sessions()
+    alice = login("alice", 1)
+    sessions.attach(alice.session)
+    assert not sessions.serves("alice")  # logging in: nothing pushed here yet
+    alice.session.outbox = object()  # type: ignore[assignment]
+    assert sessions.serves("alice") and not sessions.serves("bob")
+    sessions.detach(alice.session)
+    assert not sessions.serves("alice")
+
+
 # --- RelayContext.refuse: the one place exceptions become ERROR frames ---------------------
 
 

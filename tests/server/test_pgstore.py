@@ -26,7 +26,7 @@ from blindrelay.server.routing import CHANNEL, Hint, HintKind, decode
 from blindrelay.server.store import Account, StoreJobError, StoreStartError
 from blindrelay.server.store.operations import CONTRACT, argument_names
 from blindrelay.server.store.postgresql import batch, operations, schema
-from blindrelay.server.store.postgresql.store import PostgresStore, redact
+from blindrelay.server.store.postgresql.store import PostgresStore, connect, redact
 
 from ..pg import PostgresDatabase
 
@@ -179,6 +179,34 @@ async def test_an_operation_failing_unexpectedly_fails_alone(pg_database: Postgr
         assert (await store.submit("login_counts", "bob", 0))[0] == 1  # stored once
 
 
+async def test_a_careful_rerun_sends_every_hint_of_the_calls_that_succeed_once_in_order(
+    pg_database: PostgresDatabase,
+) -> None:
+    """When a batch is rolled back and run again carefully, what its calls emitted goes
+    out once, in order."""
+    url = pg_database.fresh_schema()
+    heard: asyncio.Queue[Hint] = asyncio.Queue()
+    listener = await asyncpg.connect(url)
+    await listener.add_listener(CHANNEL, lambda *args: heard.put_nowait(decode(args[3])))
+    try:
+        async with started(url, origin="feedfacefeedface") as store:
+            await _users(store, "alice", "bob")
+            login = store.submit("login_counts", "bob", 0)
+            sent = _send(store, "alice", "bob", 1)
+            broken = store.submit("page", "bob", 0, -1, 0)  # fails the batch's first run
+            last = store.submit("login_counts", "alice", 0)
+            results = await asyncio.gather(login, sent, broken, last, return_exceptions=True)
+            assert isinstance(results[2], StoreJobError) and store.counters.replays == 1
+            await store.submit("login_counts", "bob", 0)  # the next batch
+            hints = [await heard.get() for _n in range(4)]
+    finally:
+        await listener.close()
+    assert [(h.kind, h.handle, h.value) for h in hints] == [
+        (HintKind.LOGIN, "bob", 1), (HintKind.ENVELOPE, "bob", 0), (HintKind.LOGIN, "alice", 1),
+        (HintKind.LOGIN, "bob", 2),
+    ]  # fmt: skip
+
+
 async def test_merged_acks_count_per_item_and_a_malformed_one_fails_its_call(
     pg_database: PostgresDatabase,
 ) -> None:
@@ -224,6 +252,97 @@ async def test_reads_are_operations_of_the_stream(pg_database: PostgresDatabase)
 
 
 # --- across workers ---------------------------------------------------------------------
+
+
+async def _counts(url: str, handle: str) -> tuple[int, int]:
+    """(envelopes queued as the cap counts them, rows in the queue) for ``handle``."""
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT (SELECT queued FROM queue_counts WHERE handle = $1)"
+            " - (SELECT acked FROM queue_acks WHERE handle = $1),"
+            " (SELECT count(*) FROM queue WHERE recipient = $1 AND intent <> 'statement')",
+            handle,
+        )
+        return int(row[0]), int(row[1])
+    finally:
+        await conn.close()
+
+
+async def test_an_ack_takes_no_lock_its_recipients_senders_wait_for(
+    pg_database: PostgresDatabase,
+) -> None:
+    """An ACK only deletes what was pushed and counts it apart (``queue_acks``): the
+    recipient's worker does not wait for a worker that holds the recipient's lock — a
+    batch of SENDs to it — nor that one for the ACK's commit."""
+    url = pg_database.fresh_schema()
+    async with started(url) as store:
+        await _users(store, "alice", "bob")
+        first, _, _ = await _send(store, "alice", "bob", 1)
+        holder = await asyncpg.connect(url)
+        try:
+            async with holder.transaction():  # another worker's batch sending to bob
+                await holder.execute("SELECT 1 FROM queue_counts WHERE handle = 'bob' FOR UPDATE")
+                acked: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                store.call_many("acknowledge", ["bob", [first]], lambda ok, v: acked.set_result(v))
+                assert await asyncio.wait_for(acked, 30) == 1
+        finally:
+            await holder.close()
+        assert await _counts(url, "bob") == (0, 0)
+
+
+async def test_the_queue_cap_counts_what_another_workers_acks_freed(
+    pg_database: PostgresDatabase,
+) -> None:
+    url = pg_database.fresh_schema()
+    async with started(url) as sender, started(url) as recipient:
+        await _users(sender, "alice", "bob")
+        ids = [(await _send(sender, "alice", "bob", n, queue_cap=2))[0] for n in (1, 2)]
+        with pytest.raises(QueueFull):
+            await _send(sender, "alice", "bob", 3, queue_cap=2)
+        acked: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        recipient.call_many("acknowledge", ["bob", ids[:1]], lambda ok, v: acked.set_result(v))
+        assert await acked == 1
+        assert await _counts(url, "bob") == (1, 1)
+        await _send(sender, "alice", "bob", 3, queue_cap=2)
+        with pytest.raises(QueueFull):
+            await _send(sender, "alice", "bob", 4, queue_cap=2)
+        assert await _counts(url, "bob") == (2, 2)
+
+
+async def test_an_upgrade_to_schema_3_keeps_every_accounts_queue_count(
+    pg_database: PostgresDatabase,
+) -> None:
+    url = pg_database.fresh_schema()
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():  # a database a schema-2 relay left
+            await conn.execute(
+                "CREATE TABLE schema_version (version integer PRIMARY KEY,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for version in (1, 2):
+                await conn.execute(schema.MIGRATIONS[version])
+                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+            await conn.execute(
+                "INSERT INTO accounts (handle, kind, identity_key, created_at) VALUES"
+                " ('alice', 'user', '\\x00', 0), ('bob', 'user', '\\x00', 0);"
+                " INSERT INTO queue_counts (handle, queued) VALUES ('alice', 0), ('bob', 1);"
+                " INSERT INTO queue (recipient, sender, sender_kind, msg_id, intent, sent_at, body)"
+                " VALUES ('bob', 'alice', 'user', '\\x01', 'chat', 5, '\\x02')"
+            )
+    finally:
+        await conn.close()
+    async with started(url) as store:
+        assert await _counts(url, "bob") == (1, 1)
+        with pytest.raises(QueueFull):
+            await _send(store, "alice", "bob", 2, queue_cap=1)
+        [[delivery_id, *_]] = await store.submit("page", "bob", 0, 10, 0)
+        acked: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        store.call_many("acknowledge", ["bob", [delivery_id]], lambda ok, v: acked.set_result(v))
+        assert await acked == 1
+        await _send(store, "alice", "bob", 2, queue_cap=1)
+        assert await _counts(url, "bob") == (1, 1)
 
 
 async def test_two_workers_never_hand_out_one_one_time_prekey_twice(
@@ -326,6 +445,58 @@ async def test_hints_are_emitted_inside_the_transaction_and_only_on_commit(
             assert heard.empty()
     finally:
         await listener.close()
+
+
+async def test_a_recipient_served_here_gets_a_page_hint_once_per_batch_not_its_envelopes(
+    pg_database: PostgresDatabase,
+) -> None:
+    """``Store.serves``: this worker pushes to its own connections itself; the others
+    only need to page in case the account is logging in on one of them meanwhile."""
+    url = pg_database.fresh_schema()
+    heard: asyncio.Queue[Hint] = asyncio.Queue()
+    listener = await asyncpg.connect(url)
+    await listener.add_listener(CHANNEL, lambda *args: heard.put_nowait(decode(args[3])))
+    try:
+        async with started(url, origin="feedfacefeedface") as store:
+            store.serves = lambda handle: handle == "bob"
+            await _users(store, "alice", "bob", "carol")
+            await asyncio.gather(*(_send(store, "alice", to, n) for n, to in
+                                   enumerate(["bob", "carol", "bob", "bob"])))  # fmt: skip
+            await _send(store, "alice", "carol", 4)  # the next batch
+            hints = [await heard.get() for _n in range(3)]
+    finally:
+        await listener.close()
+    assert [(h.kind, h.handle) for h in hints] == [
+        (HintKind.QUEUED, "bob"), (HintKind.ENVELOPE, "carol"), (HintKind.ENVELOPE, "carol")
+    ]  # fmt: skip
+
+
+async def test_a_plan_cached_while_the_queue_was_empty_still_finds_rows_by_key(
+    pg_database: PostgresDatabase,
+) -> None:
+    """The store's connections plan keyed look-ups only (``store.PLANNER_SETTINGS``): a
+    generic plan made on an empty, never analysed queue — the ACK's shape — stays an index
+    look-up once the queue holds thousands of rows, not a hash join over all of them."""
+    url = pg_database.fresh_schema()
+    async with started(url):  # the schema
+        pass
+    conn = await connect(url)
+    try:
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute(
+            "PREPARE ack(text[], bigint[]) AS DELETE FROM queue q USING unnest($1, $2)"
+            " AS a(h, id) WHERE q.delivery_id = a.id AND q.recipient = a.h"
+        )
+        await conn.execute("EXPLAIN EXECUTE ack('{r1}', '{1}')")  # planned and cached now
+        await conn.execute(
+            "INSERT INTO queue (recipient, sender, sender_kind, msg_id, intent, sent_at, body)"
+            " SELECT 'r' || i % 50, 's', 'user', '\\x00', 'chat', i, '\\x00'"
+            " FROM generate_series(1, 5000) AS i"
+        )
+        plan = "\n".join(row[0] for row in await conn.fetch("EXPLAIN EXECUTE ack('{r1}', '{1}')"))
+    finally:
+        await conn.close()
+    assert "Index Scan" in plan and "Seq Scan" not in plan, plan
 
 
 # --- outages ------------------------------------------------------------------------------

@@ -8,18 +8,22 @@ from __future__ import annotations
 import itertools
 import string
 
+import msgpack
 import pytest
 
 from blindrelay.server import routing
 from blindrelay.server.routing import (
     MAX_IDS,
+    MAX_PAYLOAD,
     Hint,
     HintKind,
     InProcessRouter,
     backoff,
     decode,
+    envelope_hint,
     new_worker_id,
     open_router,
+    origin_of,
     withdrawn,
 )
 
@@ -53,6 +57,30 @@ def test_the_text_form_is_compact_and_spaced() -> None:
 def test_anything_else_on_the_channel_is_no_hint(payload: str) -> None:
     with pytest.raises(ValueError):
         decode(payload)
+
+
+@pytest.mark.parametrize(
+    ("payload", "origin"),
+    [(Hint(HintKind.QUEUED, "alice", ORIGIN).encode(), ORIGIN),
+     (Hint(HintKind.ENVELOPE, "bob", ORIGIN, 3, envelope=b"\x93" * 900).encode(), ORIGIN),
+     (f"e {ORIGIN} 3 bob not-base64", ORIGIN), ("", ""), ("q", ""), ("x y", "y")],
+)  # fmt: skip
+def test_a_payloads_origin_is_read_without_decoding_the_rest(payload: str, origin: str) -> None:
+    assert origin_of(payload) == origin
+
+
+def test_an_envelope_rides_its_hint_exactly_while_the_text_fits_a_notification() -> None:
+    """envelope_hint reckons the text's length without making it; around the limit its
+    choice is the one the text itself would dictate."""
+    kinds = set()
+    for size in range(5800, 5900):
+        row = [2**40, "bob", "alice", "user", b"m" * 16, "chat", None, None, 5, b"\x00" * size]
+        hint = envelope_hint(ORIGIN, 2**40 - 1, row)
+        full = Hint(HintKind.ENVELOPE, "bob", ORIGIN, 2**40 - 1, envelope=msgpack.packb(row))
+        fits = len(full.encode()) <= MAX_PAYLOAD
+        assert hint == (full if fits else Hint(HintKind.QUEUED, "bob", ORIGIN)), size
+        kinds.add(hint.kind)
+    assert kinds == {HintKind.ENVELOPE, HintKind.QUEUED}
 
 
 def test_the_longest_withdrawal_fits_a_notification() -> None:

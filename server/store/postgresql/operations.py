@@ -10,8 +10,9 @@ before writing.
 
 Cross-worker atomicity: every row an operation reads and then writes on behalf of an
 account is guarded by that account's ``queue_counts`` row, which the batch locks
-before any operation runs (``batch.lock_handles``); budgets not keyed by an account
+before any operation runs (``batch.lock_set``); budgets not keyed by an account
 take an advisory lock; one-time prekeys are claimed with ``FOR UPDATE SKIP LOCKED``.
+An account's envelopes queued are ``queue_counts.queued - queue_acks.acked`` (``schema``).
 
 Not here: the set-based operations and the batch (``batch``), the schema (``schema``).
 """
@@ -67,6 +68,8 @@ class Tx:
     conn: Any
     origin: str
     hints: list[Hint] = field(default_factory=list)
+    serves: Callable[[str], bool] | None = None
+    """``Store.serves``: whether an account's live connection is on this worker."""
 
     def hint(self, kind: HintKind, handle: str, value: int = 0) -> None:
         self.hints.append(Hint(kind, handle, self.origin, value))
@@ -244,7 +247,8 @@ async def create_account(
     created = await conn.fetchval(
         "WITH a AS (INSERT INTO accounts (handle, kind, identity_key, created_at)"
         " VALUES ($1, $2, $3, $4) ON CONFLICT (handle) DO NOTHING RETURNING handle),"
-        " c AS (INSERT INTO queue_counts (handle) SELECT handle FROM a)"
+        " c AS (INSERT INTO queue_counts (handle) SELECT handle FROM a),"
+        " k AS (INSERT INTO queue_acks (handle) SELECT handle FROM a)"
         " SELECT count(*) FROM a",
         handle, kind, identity_key, now,
     )  # fmt: skip

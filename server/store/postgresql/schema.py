@@ -6,11 +6,15 @@ SPEC §11 lists them), with what several workers sharing one database need besid
 - ``accounts.seq`` — a dense-enough row number for the even LOGIN lookup (SPEC §11.1),
   and ``accounts.login_seq``, raised by every ``login_counts``: the newest login of an
   account is the one with the highest number, on whatever worker it happened;
-- ``queue_counts`` — one row per account: its envelopes queued (what the cap counts,
-  statements not), and the row every operation that changes the account's queue or
-  pair states locks first (``FOR UPDATE``, all of a batch's in sorted order), so two
-  workers' SENDs to one recipient commit in delivery-id order and a pair's state is
-  never read and written by two transactions at once;
+- ``queue_counts`` — one row per account: the row every operation that changes the
+  account's queue or pair states locks first (``FOR UPDATE``, all of a batch's in sorted
+  order), so two workers' SENDs to one recipient commit in delivery-id order and a
+  pair's state is never read and written by two transactions at once — every operation
+  but ACK; and ``queue_acks``, the envelopes the account's ACKs deleted. The account's
+  envelopes queued (what the cap counts, statements not) are ``queued - acked``. An
+  ACK only deletes rows its connection was pushed, which frees room and changes
+  nothing anyone decides on under the lock; had it taken the lock, the recipient's
+  worker and every worker sending to it would wait for each other's commits (schema 3);
 - delivery ids from one sequence (``queue.delivery_id``): they only grow and are never
   reused, per recipient in commit order because they are drawn under that lock.
 
@@ -29,7 +33,7 @@ from typing import Any
 
 from .. import StoreStartError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 MIGRATION_LOCK = 0x626C696E6472  # "blindr": one advisory lock key for every worker
 """The ``pg_advisory_xact_lock`` key migrations run under."""
@@ -185,14 +189,25 @@ CREATE TABLE account_sessions (
 """2: which worker serves each account's live connection (SPEC §10: per-account
 limits follow the account across workers)."""
 
-MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2}
+_V3 = """
+ALTER TABLE queue_counts ALTER COLUMN queued TYPE bigint;
+CREATE TABLE queue_acks (
+    handle text PRIMARY KEY REFERENCES accounts (handle),
+    acked bigint NOT NULL DEFAULT 0
+);
+INSERT INTO queue_acks (handle) SELECT handle FROM accounts;
+"""
+"""3: ACKs count apart, without the recipient's lock (module docstring); ``queued`` now
+only grows with SENDs and falls with purges and withdrawals, so it is a bigint."""
+
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3}
 """Version → the statements that reach it from the version before (0: an empty database)."""
 
 TABLES = (
     "relay_identity", "accounts", "queue_counts", "signed_prekeys", "one_time_prekeys",
     "queue", "sent", "pairs", "statements", "statements_in_force", "statement_nonces",
     "budgets", "usage", "profiles", "badges", "business_skeletons", "invites",
-    "account_sessions",
+    "account_sessions", "queue_acks",
 )  # fmt: skip
 """Every table of the current schema but ``schema_version``, for inspection."""
 
