@@ -63,6 +63,7 @@ from .transport import ConnectionLost
 
 log = logging.getLogger("blindrelay.client")
 
+
 class KeyNotCurrent(ConnectionLost):
     """The relay refused a key of ours as not current, and it may hold the other one.
 
