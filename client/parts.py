@@ -93,9 +93,9 @@ class Parts:
         if on_statement is not None:
             consent.add_listener(on_statement)
         inbox = Inbox(
-            store, sessions, link, pin,
+            store, sessions, pin,
             sender=sender, statements=consent, requests=requests,
-            identity_changed=identity_changed,
+            identity_changed=identity_changed, raise_if_stopped=link.raise_if_fatal,
             auto_delivered_receipts=auto_delivered_receipts,
         )  # fmt: skip
         prekeys = PrekeyPublisher(sessions)

@@ -103,7 +103,6 @@ class Client:
             rng=rng, clock=clock, backoff=backoff, jitter=jitter, open_transport=open_transport,
             auto_delivered_receipts=auto_delivered_receipts, on_statement=on_statement,
         )  # fmt: skip
-        # The parts (module docstring), public for Business and tests.
         self.sessions, self.trust = parts.sessions, parts.trust
         self.link, self.account = parts.link, parts.account
         self.sender, self.outbox, self.inbox = parts.sender, parts.outbox, parts.inbox
@@ -138,12 +137,9 @@ class Client:
     # --- Connection and authentication (SPEC §1, §4) ---------------------------
 
     async def connect(self, url: str) -> None:
-        """Open a connection to the relay at ``url`` and wait for its HELLO.
-
-        The first connection must succeed (ConnectionLost otherwise); later drops
-        are retried in the background. Raises :class:`RelayKeyChanged` (nothing
-        sent) until :meth:`accept_relay_key`; then connect again.
-        """
+        """Open a connection to the relay at ``url`` and wait for its HELLO; later drops are
+        retried in the background. Raises ConnectionLost if this first one fails, and
+        :class:`RelayKeyChanged` (nothing sent) until :meth:`accept_relay_key`."""
         await self.link.connect(url)
 
     def accept_relay_key(self, relay_key: bytes) -> None:
@@ -165,32 +161,22 @@ class Client:
     async def register(
         self, handle: str, kind: AccountKind = "user", *, invite: bytes | None = None
     ) -> None:
-        """Create the account ``handle`` on the relay and publish prekeys (SPEC §4.2, §5.2).
-
-        Solves the relay's proof of work if its HELLO asks for one, off the event
-        loop, and sends ``invite`` (the operator's token) if given (SPEC §4.6).
-        Raises HandleTaken (and the connection is renewed, so another handle
-        can be tried), RegistrationRefused, or the named error of another refusal.
-        """
+        """Create the account ``handle`` on the relay and publish prekeys (SPEC §4.2, §5.2),
+        solving the relay's proof of work off the event loop if it asks, with the operator's
+        ``invite`` if given (SPEC §4.6). Raises HandleTaken (another handle may be tried at
+        once), RegistrationRefused, or the named error of another refusal."""
         await self.account.register(handle, kind, invite)
 
     async def login(self) -> None:
-        """Log in as this profile's account (SPEC §4.3); reconnects log in by themselves.
-
-        Completes an interrupted :meth:`rotate_identity` first.
-        """
+        """Log in as this profile's account (SPEC §4.3), completing an interrupted
+        :meth:`rotate_identity` first; reconnects log in by themselves."""
         await self.account.login()
 
     async def rotate_identity(self) -> None:
-        """Replace our identity key (SPEC §3.4); contacts will see an identity change.
-
-        Returns once the relay holds the new key, our profile holds it and the
-        prekeys signed with it are published. A crash or a dropped connection at
-        any step loses neither key: the next login adopts the new key if the relay
-        holds it, and otherwise sends the rotation again with the same new key
-        (``rotation``). Calling this again meanwhile resumes that rotation. A
-        refusal by the relay (e.g. RateLimited) is raised; the rotation stays pending.
-        """
+        """Replace our identity key (SPEC §3.4): returns once the relay and our profile hold
+        the new key and prekeys signed with it are published. A crash at any step loses
+        neither key: the next login completes the rotation (``rotation``), as does calling
+        this again. A refusal (e.g. RateLimited) is raised and the rotation stays pending."""
         await self.account.rotate()
 
     async def wait_online(self) -> None:
@@ -229,16 +215,11 @@ class Client:
         categories: tuple[str, ...] | None = None,
         rate_limit_retries: int = 0,
     ) -> bytes:
-        """Encrypt ``body`` for ``handle`` and return its msg_id once the relay holds it.
-
-        ``intent`` is ``chat``, or for a business ``notification`` (with a
-        ``category``) or ``consent_request`` (with ``categories``; the body
-        is the explanation) (SPEC §6.2). Waits for a connection if there is
-        none. A RATE_LIMITED refusal is retried after its ``retry_after`` up
-        to ``rate_limit_retries`` times. Raises UntrustedIdentity while the
-        contact's key change is unapproved, and the relay's named errors
-        (RecipientUnavailable, RateLimited…).
-        """
+        """Encrypt ``body`` for ``handle`` and return its msg_id once the relay holds it (SENT),
+        waiting for a connection if there is none. ``intent``: ``chat``, or a business's
+        ``notification`` (a ``category``) or ``consent_request`` (``categories``) (SPEC §6.2).
+        RATE_LIMITED is retried ``rate_limit_retries`` times. Raises UntrustedIdentity while
+        the contact's key change awaits approval, and the relay's named errors."""
         labels = Labels(intent, category, categories)
         return await self.sender.send_content(handle, as_content(body), labels, rate_limit_retries)
 
@@ -257,14 +238,9 @@ class Client:
         rate_limit_retries: int = 0,
         window: int = SEND_MANY_WINDOW,
     ) -> list[tuple[str, Outcome]]:
-        """Send ``body`` to each of ``handles``, each in its own end-to-end encrypted envelope.
-
-        The bulk form of :meth:`send` (a business's notifications, SPEC §8.3), with
-        its guarantees per recipient, and up to ``window`` SENDs in flight. Returns
-        each recipient in the order given with its msg_id (committed by the relay)
-        or the error it ended with; raises what stops the whole call (ConnectionLost,
-        MalformedFrame, MalformedContent).
-        """
+        """:meth:`send` to each of ``handles`` in its own envelope, ``window`` SENDs in flight
+        (SPEC §8.3): each recipient in the order given with its msg_id or the error it ended
+        with. Raises what stops the whole call (ConnectionLost, MalformedFrame…)."""
         labels = Labels(intent, category, categories)
         return await self.sender.send_many(
             handles, as_content(body), labels, rate_limit_retries=rate_limit_retries, window=window
@@ -273,12 +249,9 @@ class Client:
     # --- Receiving (SPEC §6.4, §6.5, §7.3) -------------------------------------
 
     def messages(self) -> InboxReader[Message]:
-        """Every incoming message (never a receipt), oldest first, including those
-        stored before a restart; each yielded once per process.
-
-        The one in hand is acknowledged (deleted from the profile) when the next is
-        asked for, the loop is left, a new iterator starts or the client closes; after
-        a crash it comes back (:mod:`.reading`). One consumer."""
+        """Every incoming message (never a receipt), oldest first, those stored before a
+        restart included, each yielded once. The one in hand is acknowledged at the next
+        step: the next item, leaving the loop, a new iterator, close (``reading``)."""
         return self.inbox.messages()
 
     def receipts(self) -> InboxReader[ReceiptEvent]:
@@ -372,21 +345,8 @@ class Client:
         )
 
 
-__all__ = [
-    "MAX_HELD_PER_SENDER",
-    "MAX_UNREAD_RECEIPTS",
-    "Backoff",
-    "BusinessInfo",
-    "Client",
-    "ConnectionLost",
-    "HeldMessages",
-    "HeldStatement",
-    "IdentityState",
-    "InboxReader",
-    "Message",
-    "Outcome",
-    "Receipt",
-    "ReceiptEvent",
-    "RelayKeyChanged",
-    "same_name",
-]
+__all__ = [  # the names an application imports from here (docs/sdk.md)
+    "MAX_HELD_PER_SENDER", "MAX_UNREAD_RECEIPTS", "Backoff", "BusinessInfo", "Client",
+    "ConnectionLost", "HeldMessages", "HeldStatement", "IdentityState", "InboxReader", "Message",
+    "Outcome", "Receipt", "ReceiptEvent", "RelayKeyChanged", "same_name",
+]  # fmt: skip
