@@ -46,6 +46,7 @@ from blindrelay.protocol.errors import (
 )
 
 from .connection import Connection
+from .incoming import Incoming
 from .keystore import KeyStore
 from .message_requests import MessageRequests
 from .reading import (
@@ -57,7 +58,7 @@ from .reading import (
     is_receipt,
 )
 from .sending import Sender
-from .sessions import Incoming, SessionManager
+from .sessions import SessionManager
 from .statements import Statements
 from .trust import RelayKeyPin
 
