@@ -9,14 +9,17 @@ clients put on the wire and the relay sent back, decoded as the relay decodes
 them: handles, frame types, intents, sizes and ciphertext. It ends with the
 relay's own inventory (``blindrelay inspect``) and a digest of its log.
 
-One concept a module:
+The relay and the operator's steps are subprocesses (``serve``, ``admin``,
+``inspect``): the client package never imports the server, and the demo uses
+the same commands an operator would.
 
-- ``story``: the story itself, a table of scenes, and :func:`run`;
-- ``stage``: what it plays on — the relay and the operator's commands as
-  subprocesses (the client package never imports the server; the demo uses
-  the commands an operator would), and the airline's desk clock;
-- ``wire``: the frames on the wire, described as the relay reads them;
-- ``screen``: what the terminal shows — colours, scene headings, the two views.
+Where each part lives::
+
+    story    the story itself: its lines, a table of scenes, play() and run()
+    stage    what it plays on: the relay and the operator's commands as
+             subprocesses, and the airline's desk clock
+    wire     the frames on the wire, described as the relay reads them
+    screen   what the terminal shows: colours, scene headings, the two views
 
 Not here: the SDK (``sdk``, ``business``), the interactive client (``chat``).
 """
