@@ -23,7 +23,8 @@ their docstrings what they guarantee (made and wired in ``parts``):
   :meth:`Client.receipts` (SPEC §6.4–6.5; when an item is acknowledged:
   ``reading``);
 - ``requests``: message requests between users (SPEC §7.3);
-- ``consent``: the statements we make, keep and check (SPEC §7.4–7.6);
+- ``consent``: the statements we make, keep and check (SPEC §7.4–7.6); its
+  records (``records``, ``counts``, ``check``, listeners) are public API;
 - ``trust`` and ``relay_key_pin``: contacts' identity keys and the relay's
   key (SPEC §3.3, §4.1, §13.9);
 - ``prekeys``: keeping our prekeys published (SPEC §5.4);
@@ -67,6 +68,7 @@ from .transport import ConnectionLost, OpenTransport, WebSocketTransport
 from .trust import IdentityState, RelayKeyChanged
 
 Categories = tuple[str, ...] | list[str]
+"""Notification categories (``limits.CATEGORIES``) a consent statement names."""
 
 
 class Client:
