@@ -1,7 +1,8 @@
-"""Reading the inbox (client/reading.py, client/inbox.py): messages and receipts apart,
-each item yielded once and acknowledged at the application's next step (SPEC §6.5).
+"""Reading the inbox (client/reading.py): messages and receipts apart, each item yielded
+once and acknowledged at the application's next step (SPEC §6.5).
 
-Real relays on 127.0.0.1 port 0, no sleeps. A crash is a real one: the profile's
+The stream's contract on a key store alone (the end of this module); through the
+SDK against real relays on 127.0.0.1 port 0, no sleeps. A crash is a real one: the profile's
 owner runs in a child process that kills itself with SIGKILL while it holds an
 item, and the test then opens the same SQLite profile.
 """
@@ -326,3 +327,64 @@ async def test_a_stopped_client_raises_instead_of_yielding() -> None:
     stream.put(incoming(store, 1))
     with pytest.raises(BlindrelayError, match="stopped"):  # even with an item queued
         await anext(reader)
+
+
+def pending(store: MemoryKeyStore) -> list[int]:
+    """The items still in the profile, by number (unacknowledged)."""
+    return [message.received_at_ms for message in store.pending_messages()]
+
+
+def numbered(store: MemoryKeyStore) -> InboxStream[int]:
+    stream = InboxStream(store, lambda item: item.sent_at, raise_if_stopped=lambda: None)
+    for number in (1, 2, 3):
+        stream.put(incoming(store, number))
+    return stream
+
+
+async def test_an_item_is_acknowledged_when_the_next_is_asked_for_not_when_yielded() -> None:
+    store = MemoryKeyStore()
+    reader = numbered(store).reader()
+    assert await anext(reader) == 1
+    assert pending(store) == [1, 2, 3]  # in hand: a crash now brings it back
+    assert await anext(reader) == 2
+    assert pending(store) == [2, 3]
+    await reader.aclose()
+    assert pending(store) == [3]
+
+
+async def test_after_break_a_new_loop_yields_the_next_item_not_the_same_one() -> None:
+    store = MemoryKeyStore()
+    stream = numbered(store)
+    async for item in stream.reader():
+        assert item == 1
+        break
+    assert pending(store) == [2, 3]  # leaving the loop acknowledged it
+    async for item in stream.reader():
+        assert item == 2
+        break
+    assert pending(store) == [3]
+
+
+async def test_a_new_reader_takes_over_and_the_old_one_cannot_acknowledge_its_item() -> None:
+    store = MemoryKeyStore()
+    stream = numbered(store)
+    old = stream.reader()
+    assert await anext(old) == 1
+    new = stream.reader()  # the old one's item in hand is done with
+    assert pending(store) == [2, 3]
+    assert await anext(new) == 2
+    await old.aclose()  # not the holder of 2: changes nothing
+    assert pending(store) == [2, 3]
+    assert await anext(old) == 3  # one queue for the kind: the old one reads on
+    assert pending(store) == [3]
+
+
+async def test_closing_acknowledges_the_item_in_hand_and_leaves_the_rest() -> None:
+    store = MemoryKeyStore()
+    stream = numbered(store)
+    reader = stream.reader()
+    assert await anext(reader) == 1
+    stream.close()
+    assert pending(store) == [2, 3]
+    await reader.aclose()
+    assert pending(store) == [2, 3]
