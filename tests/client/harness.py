@@ -24,6 +24,7 @@ from blindrelay.client.keystore import KeyStore, MemoryKeyStore
 from blindrelay.client.sdk import Backoff, Client, Message, ReceiptEvent
 from blindrelay.protocol import frames
 from blindrelay.protocol.crypto.keys import IdentityKeyPair, SignedPreKey
+from blindrelay.protocol.errors import StoreUnavailable
 from blindrelay.protocol.signed import ConsentStatement
 
 from ..relays import FakeClock
@@ -113,6 +114,32 @@ def replace_relay_key(db_path: Path) -> None:
         public = IdentityKeyPair.from_seed(seed).public
         db.execute("UPDATE relay_identity SET seed = ?, public_key = ?", (seed, public))
     db.close()
+
+
+class OutageStore:
+    """The relay's real store, whose first ``outages`` SENDs fail as in a store outage
+    (SPEC §6.3: ERROR 902 with retry_after) — after the envelope was committed for the
+    first, as when the connection to PostgreSQL drops between COMMIT and its answer."""
+
+    def __init__(self, store: Any, outages: int, operation: str = "send") -> None:
+        self.store = store
+        self.outages = outages
+        self.operation = operation
+        self.refused = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def call(self, operation: str, args: Any, done: Any) -> None:
+        if operation != self.operation or self.refused >= self.outages:
+            self.store.call(operation, args, done)
+            return
+        self.refused += 1
+        unavailable = StoreUnavailable(retry_after_ms=20)
+        if self.refused == 1:  # committed, but the answer was lost with the connection
+            self.store.call(operation, args, lambda ok, value: done(False, unavailable))
+        else:
+            done(False, unavailable)
 
 
 # --- consent and businesses ------------------------------------------------------------

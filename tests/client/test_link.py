@@ -2,12 +2,15 @@
 
 The unit tests drive a :class:`RelayLink` over the in-memory relay of
 :mod:`.fake_relay`, with an account that records what the link reports and a
-backoff that records each wait it is asked for (and waits for none).
+backoff that records each wait it is asked for (and waits for none); the last
+tests, the same through the SDK against a real relay on 127.0.0.1 port 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
@@ -15,13 +18,18 @@ from nacl.signing import SigningKey
 from blindrelay.client.connection import Connection
 from blindrelay.client.keystore import MemoryKeyStore
 from blindrelay.client.link import Backoff, LinkHandlers, RelayLink
-from blindrelay.client.transport import ConnectionLost
+from blindrelay.client.transport import ConnectionLost, tapped
 from blindrelay.client.trust import RelayKeyChanged, RelayKeyPin
 from blindrelay.protocol import frames
 from blindrelay.protocol.errors import HandleTaken
+from blindrelay.server import relay as relay_module
+from blindrelay.server.config import RelayConfig
+from blindrelay.server.relay import serve
+from blindrelay.server.store import open_store
 
+from ..relays import relay_at
 from .fake_relay import OTHER_RELAY_KEY, URL, FakeRelay, RelayEnd, answer_plainly, signer
-from .harness import within
+from .harness import Inbox, OutageStore, make_client, online, replace_relay_key, run, within
 
 KEY = SigningKey(b"\x33" * 32)
 """The account's identity key."""
@@ -239,3 +247,140 @@ def test_backoff_grows_exponentially_with_jitter_up_to_its_cap() -> None:
     assert [backoff.delay(n, lambda: 1.0) for n in range(6)] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
     assert [backoff.delay(n, lambda: 0.0) for n in range(3)] == [0.5, 1.0, 2.0]
     assert backoff.delay(10_000, lambda: 1.0) == 10.0
+
+
+# --- Against a real relay ---------------------------------------------------------------
+
+
+def test_the_server_dropping_the_connection_is_survived_by_reconnecting(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            alice = await online(relay.url, "alice")
+            reconnected = asyncio.Event()
+            bob = await online(relay.url, "bob", on_connected=lambda welcome: reconnected.set())
+            reconnected.clear()
+            await within(alice.send("bob", "before the drop"))
+            inbox = Inbox(bob)
+            assert (await inbox.next()).body == "before the drop"
+
+            session = relay.ctx.sessions.get("bob")
+            assert session is not None
+            session.transport.close(1011, "test drop")
+            await within(reconnected.wait())
+            assert bob.connection_count == 2
+
+            await within(alice.send("bob", "after the drop"))
+            assert (await inbox.next()).body == "after the drop"
+            await within(bob.send("alice", "still here"))
+            assert (await Inbox(alice).next()).body == "still here"
+            await inbox.close()
+            await bob.close()
+            await alice.close()
+
+    run(scenario())
+
+
+def test_a_login_refused_by_a_store_outage_is_tried_again_on_a_new_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §6.3 (issue 14): the automatic LOGIN after a reconnect answered 902 (the relay's
+    store is down) stopped the client for good. 902 is transient: the client reconnects
+    (the challenge is spent) after retry_after and logs in again."""
+    stores: list[OutageStore] = []
+
+    def open_with_outage(url: str, config: RelayConfig) -> Any:
+        stores.append(OutageStore(open_store(url, config), outages=0, operation="login_counts"))
+        return stores[-1]
+
+    monkeypatch.setattr(relay_module, "open_store", open_with_outage)
+
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            alice = await online(relay.url, "alice")
+            reconnected = asyncio.Event()
+            bob = await online(relay.url, "bob", on_connected=lambda welcome: reconnected.set())
+            reconnected.clear()
+            stores[0].outages = 2  # the next two logins meet the outage
+            session = relay.ctx.sessions.get("bob")
+            assert session is not None
+            session.transport.close(1011, "test drop")
+            await within(reconnected.wait())
+            assert stores[0].refused == 2
+            await within(alice.send("bob", "after the outage"))
+            inbox = Inbox(bob)
+            assert (await inbox.next()).body == "after the outage"
+            for closing in (inbox, alice, bob):
+                await closing.close()
+
+    run(scenario())
+
+
+def test_a_relay_presenting_another_key_is_an_error_before_anything_is_sent(
+    tmp_path: Path,
+) -> None:
+    """Issue 13 item 11: the pinned relay key binds our statements (SPEC §7.4); another key
+    is RelayKeyChanged from connect, before any frame of ours is written on that link,
+    until the application deliberately accepts the new key."""
+
+    async def scenario() -> None:
+        alice_store = MemoryKeyStore()
+        async with relay_at(tmp_path) as relay:
+            old_key = relay.relay_key
+            alice = await online(relay.url, "alice", store=alice_store)
+            await alice.close()
+            bob = await online(relay.url, "bob")
+            await within(bob.send("alice", "queued while the key changes"))
+            await bob.close()
+        replace_relay_key(tmp_path / "relay.db")
+        async with relay_at(tmp_path) as relay:
+            assert relay.relay_key != old_key
+            written: list[bytes] = []
+            alice = make_client(
+                alice_store,
+                open_transport=tapped(
+                    lambda way, data: written.append(data) if way == "out" else None
+                ),
+            )
+            with pytest.raises(RelayKeyChanged) as changed:
+                await within(alice.connect(relay.url))
+            assert (changed.value.pinned, changed.value.presented) == (old_key, relay.relay_key)
+            assert written == []  # no LOGIN, no ACK, no resend on that link
+            assert alice.relay_key == old_key  # nothing changed by itself
+
+            alice.accept_relay_key(relay.relay_key)
+            await within(alice.connect(relay.url))
+            await within(alice.login())
+            assert alice.relay_key == relay.relay_key
+            assert alice.welcome is not None and alice.welcome.queued == 1  # never acked
+            inbox = Inbox(alice)
+            assert (await inbox.next()).body == "queued while the key changes"
+            await inbox.close()
+            await alice.close()
+
+    run(scenario())
+
+
+def test_a_reconnect_to_a_relay_with_another_key_stops_the_client_with_the_error(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        relay = await serve(RelayConfig(host="127.0.0.1", port=0, db_path=tmp_path / "relay.db"))
+        port = int(relay.url.rsplit(":", 1)[1])  # the reconnect finds the new relay there
+        alice = await online(relay.url, "alice")
+        await relay.close()
+        replace_relay_key(tmp_path / "relay.db")
+        relay = await serve(RelayConfig(host="127.0.0.1", port=port, db_path=tmp_path / "relay.db"))
+        try:
+            with pytest.raises(RelayKeyChanged):
+                await within(alice.wait_online())
+            with pytest.raises(RelayKeyChanged):
+                await within(alice.send("alice", "to myself"))
+            alice.accept_relay_key(relay.relay_key)
+            await within(alice.connect(relay.url))  # logs in again by itself
+            await within(alice.wait_online())
+            assert alice.connection_count == 2
+            await alice.close()
+        finally:
+            await relay.close()
+
+    run(scenario())
