@@ -98,6 +98,20 @@ class Crash(Exception):
     """Stands in for the process dying at a chosen point."""
 
 
+def session_with(client: Client, handle: str, seed: bytes, kind: str = "user") -> bytes:
+    """Start ``client``'s session with ``handle`` from a bundle made here (no fetch), for
+    the account whose identity seed is ``seed``; returns that identity key."""
+    theirs = IdentityKeyPair.from_seed(seed)
+    prekey = SignedPreKey.generate(theirs, 1, os.urandom)
+    client.sessions.start_session(
+        frames.Bundle(
+            re=1, handle=handle, kind=kind, identity_key=theirs.public,
+            signed_prekey=frames.SignedPreKeyRecord(1, prekey.public, prekey.signature),
+        )
+    )  # fmt: skip
+    return theirs.public
+
+
 # --- the relay -------------------------------------------------------------------------
 
 
@@ -199,14 +213,7 @@ async def customer(url: str, handle: str, business: Business, state: str) -> Raw
     business holding a session to it."""
     raw = await RawClient.open(url)
     await raw.register(handle)
-    ours = IdentityKeyPair.from_seed(bytes(raw.key))
-    prekey = SignedPreKey.generate(ours, 1, os.urandom)
-    business.client.sessions.start_session(
-        frames.Bundle(
-            re=1, handle=handle, kind="user", identity_key=ours.public,
-            signed_prekey=frames.SignedPreKeyRecord(1, prekey.public, prekey.signature),
-        )
-    )  # fmt: skip
+    session_with(business.client, handle, bytes(raw.key))
     hello = raw.conn.hello
     assert hello is not None
     for action, categories in STATEMENTS[state]:
