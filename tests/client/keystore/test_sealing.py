@@ -183,7 +183,7 @@ def test_change_passphrase_rewraps_the_master_key(tmp_path: Path) -> None:
 
 
 def test_rows_are_keyed_and_sealed_as_the_format_says(tmp_path: Path) -> None:
-    """Checked with keys derived here from the passphrase (keystore_files), so files
+    """Checked with keys derived here from the passphrase (keystore/files.py), so files
     written before and after any change of the code agree."""
     path = tmp_path / "keys.db"
     store = open_sqlite(path)
