@@ -4,13 +4,17 @@ WELCOME to what the relay lacks, and on PREKEYS_LOW, one upload at a time.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from pathlib import Path
 
 from blindrelay.client.keystore import (
     MemoryKeyStore,
 )
-from blindrelay.client.sessions import ONE_TIME_PREKEY_TARGET
-from blindrelay.protocol import limits
+from blindrelay.client.prekeys import PrekeyPublisher
+from blindrelay.client.sessions import ONE_TIME_PREKEY_TARGET, TOP_UP_BELOW, SessionManager
+from blindrelay.client.transport import ConnectionLost
+from blindrelay.protocol import frames, limits
 
 from ..relays import relay_at
 from .harness import (
@@ -20,6 +24,72 @@ from .harness import (
     run,
     within,
 )
+
+
+class Requests:
+    """Stands in for the connection: numbers requests and keeps each one's future."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[frames.PrekeysUpload, asyncio.Future[frames.Frame]]] = []
+        self._ids = itertools.count(1)
+
+    def next_request_id(self) -> int:
+        return next(self._ids)
+
+    def request(self, frame: frames.PrekeysUpload) -> asyncio.Future[frames.Frame]:
+        future: asyncio.Future[frames.Frame] = asyncio.get_running_loop().create_future()
+        self.sent.append((frame, future))
+        return future
+
+
+def publisher() -> tuple[PrekeyPublisher, SessionManager]:
+    sessions = SessionManager(MemoryKeyStore())
+    sessions.create_identity("alice", "user")
+    return PrekeyPublisher(sessions), sessions
+
+
+def welcome(one_time: int, has_signed: bool) -> frames.Welcome:
+    return frames.Welcome(
+        re=1, handle="alice", kind="user", queued=0, one_time_prekeys=one_time,
+        has_signed_prekey=has_signed,
+    )  # fmt: skip
+
+
+async def test_after_welcome_the_relay_is_topped_up_to_the_target_and_awaited() -> None:
+    prekeys, sessions = publisher()
+    conn = Requests()
+    welcomed = asyncio.create_task(prekeys.welcomed(conn, welcome(5, False)))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    ((upload, answer),) = conn.sent
+    assert upload.signed_prekey is not None
+    assert len(upload.one_time) == ONE_TIME_PREKEY_TARGET - 5
+    assert {r.key_id for r in upload.one_time} <= set(sessions.store.one_time_prekey_ids())
+    assert not welcomed.done()  # online only once the relay took them
+    answer.set_result(frames.Ok(re=upload.id))
+    await within(welcomed)
+
+
+async def test_a_relay_holding_enough_prekeys_gets_no_upload() -> None:
+    prekeys, _ = publisher()
+    conn = Requests()
+    await within(prekeys.welcomed(conn, welcome(ONE_TIME_PREKEY_TARGET, True)))  # type: ignore[arg-type]
+    prekeys.running_low(conn, TOP_UP_BELOW)  # type: ignore[arg-type]
+    assert conn.sent == []
+
+
+async def test_prekeys_low_uploads_one_top_up_at_a_time() -> None:
+    prekeys, _ = publisher()
+    conn = Requests()
+    prekeys.running_low(conn, limits.PREKEY_LOW_WATER)  # type: ignore[arg-type]
+    prekeys.running_low(conn, limits.PREKEY_LOW_WATER - 1)  # type: ignore[arg-type]
+    ((upload, answer),) = conn.sent  # the second waits for the first
+    assert upload.signed_prekey is None
+    assert len(upload.one_time) == ONE_TIME_PREKEY_TARGET - limits.PREKEY_LOW_WATER
+    answer.set_exception(ConnectionLost("dropped"))  # a failed one ends the top-up too
+    await asyncio.sleep(0)
+    prekeys.running_low(conn, 3)  # type: ignore[arg-type]
+    assert len(conn.sent) == 2 and len(conn.sent[1][0].one_time) == ONE_TIME_PREKEY_TARGET - 3
+
 
 # --- Against a real relay ---------------------------------------------------------------
 
