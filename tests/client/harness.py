@@ -98,18 +98,22 @@ class Crash(Exception):
     """Stands in for the process dying at a chosen point."""
 
 
+def bundle(handle: str, seed: bytes, kind: str = "user", re: int = 1) -> frames.Bundle:
+    """A BUNDLE of the account whose identity seed is ``seed`` (no one-time prekey)."""
+    theirs = IdentityKeyPair.from_seed(seed)
+    prekey = SignedPreKey.generate(theirs, 1, os.urandom)
+    return frames.Bundle(
+        re=re, handle=handle, kind=kind, identity_key=theirs.public,
+        signed_prekey=frames.SignedPreKeyRecord(1, prekey.public, prekey.signature),
+    )  # fmt: skip
+
+
 def session_with(client: Client, handle: str, seed: bytes, kind: str = "user") -> bytes:
     """Start ``client``'s session with ``handle`` from a bundle made here (no fetch), for
     the account whose identity seed is ``seed``; returns that identity key."""
-    theirs = IdentityKeyPair.from_seed(seed)
-    prekey = SignedPreKey.generate(theirs, 1, os.urandom)
-    client.sessions.start_session(
-        frames.Bundle(
-            re=1, handle=handle, kind=kind, identity_key=theirs.public,
-            signed_prekey=frames.SignedPreKeyRecord(1, prekey.public, prekey.signature),
-        )
-    )  # fmt: skip
-    return theirs.public
+    made = bundle(handle, seed, kind)
+    client.sessions.start_session(made)
+    return made.identity_key
 
 
 # --- the relay -------------------------------------------------------------------------
