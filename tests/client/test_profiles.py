@@ -15,13 +15,16 @@ from pathlib import Path
 import pytest
 
 from blindrelay.client.keystore import MemoryKeyStore
+from blindrelay.client.profiles import same_name
 from blindrelay.client.sdk import Client
-from blindrelay.protocol.business import BadgeStatus, BusinessProfile
+from blindrelay.protocol import frames
+from blindrelay.protocol.business import BadgeStatus, BusinessProfile, issue_badge
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import InvalidProfile
 from blindrelay.server.cli import main as relay_cli
 
-from ..relays import FakeClock, relay_at
+from ..relays import T0, FakeClock, relay_at
+from .fake_relay import URL, FakeRelay, RelayEnd, answer_plainly
 from .harness import (
     FAST,
     business_online,
@@ -32,6 +35,131 @@ from .harness import (
 )
 
 DAY_MS = 24 * 3600 * 1000
+
+
+AIRLINE = IdentityKeyPair.from_seed(b"\x81" * 32)
+OPERATOR = IdentityKeyPair.from_seed(b"\x82" * 32)
+
+
+def signed_profile(display_name: str, key: IdentityKeyPair = AIRLINE) -> bytes:
+    return BusinessProfile(
+        v=1, handle="airline", display_name=display_name, description="", timezone="UTC",
+        hours=(), exceptions=(), issued_at=T0,
+    ).sign(key.sign)  # fmt: skip
+
+
+def badge(name: str, key: bytes = AIRLINE.public, operator: IdentityKeyPair = OPERATOR) -> bytes:
+    return issue_badge(
+        operator.sign, handle="airline", identity_key=key, display_name=name, serial=1,
+        now_ms=T0, validity_ms=DAY_MS,
+    )  # fmt: skip
+
+
+class Directory(FakeRelay):
+    """Answers PROFILE_FETCH for ``airline`` with what the test puts in :attr:`record`."""
+
+    def __init__(self, profile: bytes | None, badge: bytes | None) -> None:
+        super().__init__()
+        self.record = (AIRLINE.public, profile, badge)
+        self.answer = self.profiles
+
+    def profiles(self, end: RelayEnd, frame: frames.Frame) -> None:
+        if isinstance(frame, frames.ProfileFetch):
+            key, profile, badge = self.record
+            end.send(
+                frames.Profile(
+                    re=frame.id, handle=frame.handle, identity_key=key, profile=profile,
+                    badge=badge,
+                )
+            )  # fmt: skip
+        else:
+            answer_plainly(end, frame)
+
+
+async def alice_of(relay: FakeRelay, operator_key: bytes | None, now: int = T0) -> Client:
+    return await online(
+        URL, "alice", open_transport=relay.open, operator_key=operator_key, clock=FakeClock(now)
+    )
+
+
+async def test_a_badge_of_the_pinned_operator_shows_its_name_as_verified() -> None:
+    relay = Directory(signed_profile("Example Air"), badge("Example Air"))
+    alice = await alice_of(relay, OPERATOR.public)
+    info = await within(alice.business_info("airline"))
+    assert info.verified and info.badge.status is BadgeStatus.VERIFIED
+    assert (info.verified_name, info.claimed_name, info.name_mismatch) == (
+        "Example Air", "Example Air", False,
+    )  # fmt: skip
+    assert alice.trust.pinned_key("airline") == AIRLINE.public  # pinned on first use
+    await alice.close()
+
+
+@pytest.mark.parametrize(
+    ("case", "status"),
+    [
+        ("no operator key", BadgeStatus.ABSENT),
+        ("another operator", BadgeStatus.BAD_SIGNATURE),
+        ("expired", BadgeStatus.EXPIRED),
+        ("no badge", BadgeStatus.ABSENT),
+    ],
+)
+async def test_nothing_is_verified_without_a_valid_badge_of_the_pinned_operator(
+    case: str, status: BadgeStatus
+) -> None:
+    other = IdentityKeyPair.from_seed(b"\x83" * 32)
+    issued = None if case == "no badge" else badge("Example Air", operator=(
+        other if case == "another operator" else OPERATOR
+    ))  # fmt: skip
+    relay = Directory(signed_profile("Example Air"), issued)
+    now = T0 + 2 * DAY_MS if case == "expired" else T0
+    alice = await alice_of(relay, None if case == "no operator key" else OPERATOR.public, now)
+    info = await within(alice.business_info("airline"))
+    assert info.badge.status is status
+    assert not info.verified and info.verified_name is None
+    assert info.claimed_name == "Example Air"  # still shown, as the business's own claim
+    await alice.close()
+
+
+async def test_a_profile_name_other_than_the_badge_s_is_flagged_a_case_change_is_not() -> None:
+    relay = Directory(signed_profile("British Airways"), badge("Bob's Bakery"))
+    alice = await alice_of(relay, OPERATOR.public)
+    info = await within(alice.business_info("airline"))
+    assert info.verified_name == "Bob's Bakery" and info.name_mismatch
+    relay.record = (AIRLINE.public, signed_profile("bob's  BAKERY"), badge("Bob's Bakery"))
+    assert not (await within(alice.business_info("airline"))).name_mismatch
+    await alice.close()
+
+
+async def test_a_key_other_than_the_pinned_one_shows_nothing_as_verified() -> None:
+    relay = Directory(signed_profile("Example Air"), badge("Example Air"))
+    alice = await alice_of(relay, OPERATOR.public)
+    await within(alice.business_info("airline"))  # pins the airline's key
+    impostor = IdentityKeyPair.from_seed(b"\x84" * 32)
+    relay.record = (
+        impostor.public, signed_profile("Example Air", impostor),
+        badge("Example Air", impostor.public),
+    )  # fmt: skip
+    info = await within(alice.business_info("airline"))
+    assert info.key_changed and not info.verified and info.verified_name is None
+    assert info.badge.verified  # a valid badge for the new key: still not shown as verified
+    assert alice.identity_change_pending("airline")
+    await alice.close()
+
+
+async def test_a_profile_not_signed_by_the_business_key_is_refused() -> None:
+    impostor = IdentityKeyPair.from_seed(b"\x84" * 32)
+    relay = Directory(signed_profile("Example Air", impostor), None)
+    alice = await alice_of(relay, OPERATOR.public)
+    with pytest.raises(InvalidProfile):
+        await within(alice.business_info("airline"))
+    await alice.close()
+
+
+def test_names_are_the_same_as_a_person_reads_them() -> None:
+    assert same_name("Bob's  BAKERY", "bob's bakery")
+    assert same_name("Ｂob's Bakery", "Bob's Bakery")  # NFKC: a fullwidth letter
+    assert not same_name("Bob's Bakery", "Bobs Bakery")
+    assert not same_name("Bank", "\u0392ank")  # Greek capital beta: flagged, not folded
 
 
 # --- Against a real relay ---------------------------------------------------------------
