@@ -312,5 +312,3 @@ def test_no_away_reply_for_a_night_message_read_after_opening(tmp_path: Path) ->
 
 
 # --- viewing a business (SPEC §8.1–8.2) ---------------------------------------------
-
-
