@@ -186,14 +186,21 @@ def answer_plainly(end: RelayEnd, frame: frames.Frame) -> None:
     elif isinstance(frame, frames.PrekeysUpload | frames.Statement):
         end.send(frames.Ok(re=frame.id))
     elif isinstance(frame, frames.Send):
-        end.send(frames.Sent(re=frame.id, msg_id=frame.msg_id, at=relay.sent_at()))
+        answer_sent(end, frame)
 
 
-def welcome(re: int, handle: str, kind: str, *, one_time_prekeys: int = 100) -> frames.Welcome:
-    """A WELCOME saying the relay holds enough prekeys: no upload follows it."""
+def answer_sent(end: RelayEnd, send: frames.Send) -> None:
+    """The relay committed ``send``: SENT."""
+    end.send(frames.Sent(re=send.id, msg_id=send.msg_id, at=end.relay.sent_at()))
+
+
+def welcome(
+    re: int, handle: str, kind: str, *, one_time_prekeys: int = 100, has_signed_prekey: bool = True
+) -> frames.Welcome:
+    """A WELCOME; by default saying the relay holds enough prekeys (no upload follows)."""
     return frames.Welcome(
         re=re, handle=handle, kind=kind, queued=0, one_time_prekeys=one_time_prekeys,
-        has_signed_prekey=True,
+        has_signed_prekey=has_signed_prekey,
     )  # fmt: skip
 
 

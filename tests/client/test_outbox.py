@@ -30,7 +30,7 @@ from blindrelay.server.config import RelayConfig
 from blindrelay.server.store import open_store
 
 from ..relays import relay_at
-from .fake_relay import URL, FakeRelay, RelayEnd, answer_plainly
+from .fake_relay import URL, FakeRelay, RelayEnd, answer_plainly, answer_sent
 from .harness import (
     FAST,
     LOW_COST,
@@ -54,7 +54,7 @@ class Relay(FakeRelay):
     def __init__(self) -> None:
         super().__init__()
         self.answer = self.answering
-        self.on_send: Callable[[RelayEnd, frames.Send], None] = sent
+        self.on_send: Callable[[RelayEnd, frames.Send], None] = answer_sent
         self.outbox_at_send: list[list[bytes]] = []
         self.store = MemoryKeyStore()
 
@@ -71,10 +71,6 @@ class Relay(FakeRelay):
         return client
 
 
-def sent(end: RelayEnd, send: frames.Send) -> None:
-    end.send(frames.Sent(re=send.id, msg_id=send.msg_id, at=end.relay.sent_at()))
-
-
 def held(end: RelayEnd, send: frames.Send) -> None:
     """No answer: the send stays unanswered."""
 
@@ -87,7 +83,7 @@ def refusing(*errors: ProtocolError) -> Callable[[RelayEnd, frames.Send], None]:
         if left:
             end.refuse(left.pop(0), re=send.id)
         else:
-            sent(end, send)
+            answer_sent(end, send)
 
     return answer
 
@@ -108,7 +104,7 @@ async def test_an_entry_stays_until_its_sent_and_is_retired_after_it() -> None:
     (send,) = await relay.ends[0].wait_for(frames.Send)
     assert [e.msg_id for e in relay.store.outbox()] == [send.msg_id]
     assert [e.msg_id for e in alice.outbox.entries()] == [send.msg_id]
-    sent(relay.ends[0], send)
+    answer_sent(relay.ends[0], send)
     assert await within(sending) == send.msg_id
     await asyncio.sleep(0)  # answered entries are deleted together at the end of the turn
     assert relay.store.outbox() == [] and len(alice.outbox) == 0 and alice.outbox.awaited == 0
@@ -121,7 +117,7 @@ async def test_unanswered_sends_go_again_in_order_with_their_msg_ids_after_a_rec
     relay.on_send = held
     sending = [asyncio.create_task(alice.send("bob", text)) for text in ("one", "two")]
     first = await relay.ends[0].wait_for(frames.Send, 2)
-    relay.on_send = sent
+    relay.on_send = answer_sent
     relay.ends[0].drop()
     again = await (await relay.connection(1)).wait_for(frames.Send, 2)
     assert [s.msg_id for s in again] == [s.msg_id for s in first]

@@ -17,6 +17,7 @@ from blindrelay.client.transport import ConnectionLost
 from blindrelay.protocol import frames, limits
 
 from ..relays import relay_at
+from .fake_relay import welcome
 from .harness import (
     Inbox,
     back_online,
@@ -48,17 +49,14 @@ def publisher() -> tuple[PrekeyPublisher, SessionManager]:
     return PrekeyPublisher(sessions), sessions
 
 
-def welcome(one_time: int, has_signed: bool) -> frames.Welcome:
-    return frames.Welcome(
-        re=1, handle="alice", kind="user", queued=0, one_time_prekeys=one_time,
-        has_signed_prekey=has_signed,
-    )  # fmt: skip
-
-
 async def test_after_welcome_the_relay_is_topped_up_to_the_target_and_awaited() -> None:
     prekeys, sessions = publisher()
     conn = Requests()
-    welcomed = asyncio.create_task(prekeys.welcomed(conn, welcome(5, False)))  # type: ignore[arg-type]
+    welcomed = asyncio.create_task(
+        prekeys.welcomed(
+            conn, welcome(1, "alice", "user", one_time_prekeys=5, has_signed_prekey=False)
+        )
+    )  # type: ignore[arg-type]
     await asyncio.sleep(0)
     ((upload, answer),) = conn.sent
     assert upload.signed_prekey is not None
@@ -72,7 +70,9 @@ async def test_after_welcome_the_relay_is_topped_up_to_the_target_and_awaited() 
 async def test_a_relay_holding_enough_prekeys_gets_no_upload() -> None:
     prekeys, _ = publisher()
     conn = Requests()
-    await within(prekeys.welcomed(conn, welcome(ONE_TIME_PREKEY_TARGET, True)))  # type: ignore[arg-type]
+    await within(
+        prekeys.welcomed(conn, welcome(1, "alice", "user", one_time_prekeys=ONE_TIME_PREKEY_TARGET))
+    )  # type: ignore[arg-type]
     prekeys.running_low(conn, TOP_UP_BELOW)  # type: ignore[arg-type]
     assert conn.sent == []
 

@@ -27,7 +27,7 @@ from blindrelay.protocol import frames
 from blindrelay.protocol.errors import UntrustedIdentity
 
 from ..relays import relay_at
-from .fake_relay import URL, FakeRelay, RelayEnd, answer_plainly
+from .fake_relay import URL, FakeRelay, RelayEnd, answer_plainly, answer_sent
 from .harness import (
     LOW_COST,
     Crash,
@@ -75,10 +75,6 @@ def holding_sends(end: RelayEnd, frame: frames.Frame) -> None:
         answer_plainly(end, frame)
 
 
-def sent(end: RelayEnd, send: frames.Send) -> None:
-    end.send(frames.Sent(re=send.id, msg_id=send.msg_id, at=end.relay.sent_at()))
-
-
 CUSTOMERS = [f"user{i}" for i in range(10)]
 
 
@@ -100,12 +96,12 @@ async def test_send_many_keeps_at_most_its_window_in_flight_and_refills_in_chunk
     first = await end.wait_for(frames.Send, 4)
     assert store.chunks == [4]  # the first window: one transaction
     for send in first[:3]:  # three answered: the window refills by three, in one chunk
-        sent(end, send)
+        answer_sent(end, send)
     await end.wait_for(frames.Send, 7)
     assert store.chunks == [4, 3]
     relay.answer = answer_plainly  # SENT at once from now on
     for send in [first[3], *end.frames(frames.Send)[4:]]:  # the four still unanswered
-        sent(end, send)
+        answer_sent(end, send)
     results = await within(sending)
     assert [handle for handle, _ in results] == CUSTOMERS
     by_recipient = {send.to: send.msg_id for send in end.frames(frames.Send)}
