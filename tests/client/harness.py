@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import nacl.pwhash.argon2id as argon2id
+import pytest
 
 from blindrelay.client.business import Business
 from blindrelay.client.keystore import KeyStore, MemoryKeyStore
@@ -26,6 +27,9 @@ from blindrelay.protocol import frames
 from blindrelay.protocol.crypto.keys import IdentityKeyPair, SignedPreKey
 from blindrelay.protocol.errors import StoreUnavailable
 from blindrelay.protocol.signed import ConsentStatement
+from blindrelay.server import relay as relay_module
+from blindrelay.server.config import RelayConfig
+from blindrelay.server.store import open_store
 
 from ..relays import FakeClock
 from ..server.conftest import RawClient
@@ -158,6 +162,21 @@ class OutageStore:
             self.store.call(operation, args, lambda ok, value: done(False, unavailable))
         else:
             done(False, unavailable)
+
+
+def store_outage(
+    monkeypatch: pytest.MonkeyPatch, outages: int, operation: str = "send"
+) -> list[OutageStore]:
+    """Relays started from now on in this test open their store behind an :class:`OutageStore`
+    (listed in the order they were opened)."""
+    stores: list[OutageStore] = []
+
+    def open_with_outage(url: str, config: RelayConfig) -> Any:
+        stores.append(OutageStore(open_store(url, config), outages, operation))
+        return stores[-1]
+
+    monkeypatch.setattr(relay_module, "open_store", open_with_outage)
+    return stores
 
 
 # --- consent and businesses ------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
@@ -22,14 +21,12 @@ from blindrelay.client.transport import ConnectionLost, tapped
 from blindrelay.client.trust import RelayKeyChanged, RelayKeyPin
 from blindrelay.protocol import frames
 from blindrelay.protocol.errors import HandleTaken
-from blindrelay.server import relay as relay_module
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import serve
-from blindrelay.server.store import open_store
 
 from ..relays import relay_at
 from .fake_relay import OTHER_RELAY_KEY, URL, FakeRelay, RelayEnd, answer_plainly, signer
-from .harness import Inbox, OutageStore, make_client, online, replace_relay_key, run, within
+from .harness import Inbox, make_client, online, replace_relay_key, run, store_outage, within
 
 KEY = SigningKey(b"\x33" * 32)
 """The account's identity key."""
@@ -286,13 +283,7 @@ def test_a_login_refused_by_a_store_outage_is_tried_again_on_a_new_connection(
     """SPEC §6.3 (issue 14): the automatic LOGIN after a reconnect answered 902 (the relay's
     store is down) stopped the client for good. 902 is transient: the client reconnects
     (the challenge is spent) after retry_after and logs in again."""
-    stores: list[OutageStore] = []
-
-    def open_with_outage(url: str, config: RelayConfig) -> Any:
-        stores.append(OutageStore(open_store(url, config), outages=0, operation="login_counts"))
-        return stores[-1]
-
-    monkeypatch.setattr(relay_module, "open_store", open_with_outage)
+    stores = store_outage(monkeypatch, outages=0, operation="login_counts")
 
     async def scenario() -> None:
         async with relay_at(tmp_path) as relay:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,9 +24,6 @@ from blindrelay.protocol.errors import (
     RecipientUnavailable,
     StoreUnavailable,
 )
-from blindrelay.server import relay as relay_module
-from blindrelay.server.config import RelayConfig
-from blindrelay.server.store import open_store
 
 from ..relays import relay_at
 from .fake_relay import URL, FakeRelay, RelayEnd, answer_plainly, answer_sent
@@ -35,11 +31,11 @@ from .harness import (
     FAST,
     LOW_COST,
     Inbox,
-    OutageStore,
     back_online,
     online,
     run,
     session_with,
+    store_outage,
     within,
 )
 
@@ -214,13 +210,7 @@ def test_a_send_refused_by_a_store_outage_is_sent_again_and_arrives_once(
     """SPEC §6.3 (issue 14): ERROR 902 means "not answered, perhaps stored": the SDK
     keeps the message and sends the same msg_id again after retry_after on the same
     connection, and the recipient gets it exactly once."""
-    stores: list[OutageStore] = []
-
-    def open_with_outage(url: str, config: RelayConfig) -> Any:
-        stores.append(OutageStore(open_store(url, config), outages=3))
-        return stores[-1]
-
-    monkeypatch.setattr(relay_module, "open_store", open_with_outage)
+    stores = store_outage(monkeypatch, outages=3)
 
     async def scenario() -> None:
         async with relay_at(tmp_path) as relay:
