@@ -6,7 +6,18 @@ bug fails instead of hanging. Plain helpers — clients online against a relay, 
 inbox reader, businesses and their customers — are in :mod:`.harness`; one
 connection's relay end in memory in :mod:`.fake_relay`; the relay and its clock in
 tests/relays.py; key store records and files in :mod:`.keystore.samples` and
-:mod:`.keystore.files`.
+:mod:`.keystore.files`. Test modules import from these, never from each other.
+
+The layout mirrors ``client/``: ``test_<module>.py`` holds the tests of
+``client/<module>.py`` (unit tests first, then the same rules against a real relay),
+``keystore/test_<module>.py`` those of ``client/keystore/<module>.py``. Scenario
+modules, named for what they play end to end across modules: ``test_bulk`` (one
+business, many customers, every outcome of ``send_many``), ``test_held`` (the
+forged key changes of issue 13 item 3 against the relay's delivery window),
+``test_sender_binding`` (a captured first message resent by another account),
+``test_registration`` (the relay's registration policy met through the SDK and the
+chat), ``test_rotation_crash`` (SIGKILL at each step of a rotation), ``test_docs``
+(the examples of docs/sdk.md).
 """
 
 from __future__ import annotations
