@@ -6,7 +6,7 @@ opens (reconnections included) is a :class:`RelayEnd`, which sends HELLO at once
 and hands each frame the client writes to :attr:`FakeRelay.answer` — by default
 :func:`answer_plainly`: REGISTER and LOGIN are checked and welcomed, prekey uploads
 and statements answered OK, SENDs SENT. A test replaces ``answer`` to refuse, hold
-or drop, and reads what the relay received (:meth:`RelayEnd.frames`) or waits for
+or drop, and reads what the relay received (:meth:`RelayEnd.received`) or waits for
 it (:meth:`RelayEnd.wait_for`). What a real relay decides is tested against a real
 relay (tests/client/test_sdk.py and the scenario modules); this is for what the
 client decides.
@@ -89,7 +89,7 @@ class RelayEnd:
         self._changed = asyncio.Event()
         self.flush()  # HELLO
 
-    def frames(self, kind: type[F] = frames.Frame) -> list[F]:  # type: ignore[assignment]
+    def received(self, kind: type[F] = frames.Frame) -> list[F]:  # type: ignore[assignment]
         """Every frame of ``kind`` the client wrote on this connection, in order."""
         return [frame for frame in self._frames if isinstance(frame, kind)]
 
@@ -97,12 +97,12 @@ class RelayEnd:
         """Until the client wrote ``count`` frames of ``kind`` here; they are returned."""
 
         async def enough() -> None:
-            while len(self.frames(kind)) < count:
+            while len(self.received(kind)) < count:
                 self._changed.clear()
                 await self._changed.wait()
 
         await within(enough())
-        return self.frames(kind)
+        return self.received(kind)
 
     def send(self, *sent: frames.Frame) -> None:
         """Frames to the client, in order."""

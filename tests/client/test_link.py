@@ -140,7 +140,7 @@ async def test_once_authenticated_every_new_connection_logs_in_by_itself() -> No
     for number in (1, 2):
         relay.ends[number - 1].drop()
         await account.back_online()
-        (login,) = relay.ends[number].frames(frames.Login)
+        (login,) = relay.ends[number].received(frames.Login)
         assert login.handle == "alice"
     assert account.logins == 2 and len(account.welcomes) == 3
     await account.link.close()
@@ -156,7 +156,7 @@ async def test_a_link_never_authenticated_reconnects_without_logging_in() -> Non
     second = await within(relay.connection(1))
     conn = await within(account.link.wait_ready())
     assert conn is not first and conn.relay_key == relay.key.verify_key.encode()
-    assert second.frames() == [] and account.logins == 0
+    assert second.received() == [] and account.logins == 0
     await account.register()  # the application authenticates on the new one
     await account.link.close()
 
@@ -178,7 +178,7 @@ async def test_a_taken_handle_ends_its_connection_so_another_is_tried_on_a_fresh
         await account.register("alice")
     assert relay.ends[0].transport.aborted  # dropped at once, not when its reader noticed
     await account.register("alice.b")
-    (register,) = relay.ends[1].frames(frames.Register)
+    (register,) = relay.ends[1].received(frames.Register)
     assert register.handle == "alice.b"
     assert relay.ends[1].machine.challenge != relay.ends[0].machine.challenge
     assert not account.link.failed
@@ -204,7 +204,7 @@ async def test_a_request_cut_off_by_a_drop_is_sent_again_on_the_next_connection(
     relay.ends[0].drop()
     profile = await within(fetch)
     assert isinstance(profile, frames.Profile) and profile.handle == "bob"
-    assert [f.handle for f in relay.ends[1].frames(frames.ProfileFetch)] == ["bob"]
+    assert [f.handle for f in relay.ends[1].received(frames.ProfileFetch)] == ["bob"]
     await account.link.close()
 
 
@@ -217,7 +217,7 @@ async def test_a_reconnect_to_another_relay_key_stops_the_link_before_anything_i
     await relay.connection(1)
     with pytest.raises(RelayKeyChanged):
         await within(account.link.wait_online())
-    assert relay.ends[1].frames() == []  # no LOGIN on a relay we do not trust
+    assert relay.ends[1].received() == []  # no LOGIN on a relay we do not trust
     assert account.link.failed and isinstance(account.stopped[0], RelayKeyChanged)
     assert account.link.online is None
     await account.link.close()

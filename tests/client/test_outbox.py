@@ -142,12 +142,12 @@ async def test_rate_limited_goes_again_after_retry_after_while_retries_last() ->
     alice = await relay.alice()
     relay.on_send = refusing(RateLimited(retry_after_ms=1))
     msg_id = await within(alice.send("bob", "one", rate_limit_retries=1))
-    assert [s.msg_id for s in relay.ends[0].frames(frames.Send)] == [msg_id, msg_id]
+    assert [s.msg_id for s in relay.ends[0].received(frames.Send)] == [msg_id, msg_id]
 
     relay.on_send = refusing(RateLimited(retry_after_ms=1), RateLimited(retry_after_ms=1))
     with pytest.raises(RateLimited):
         await within(alice.send("bob", "two", rate_limit_retries=1))
-    assert len(relay.ends[0].frames(frames.Send)) == 4
+    assert len(relay.ends[0].received(frames.Send)) == 4
     await asyncio.sleep(0)
     assert relay.store.outbox() == []  # the refusal is the outcome: retired
     await alice.close()
@@ -158,7 +158,7 @@ async def test_a_store_outage_sends_the_same_msg_id_again_after_retry_after() ->
     alice = await relay.alice()
     relay.on_send = refusing(StoreUnavailable(retry_after_ms=1), StoreUnavailable(retry_after_ms=1))
     msg_id = await within(alice.send("bob", "hello"))
-    assert [s.msg_id for s in relay.ends[0].frames(frames.Send)] == [msg_id] * 3
+    assert [s.msg_id for s in relay.ends[0].received(frames.Send)] == [msg_id] * 3
     await alice.close()
 
 
@@ -170,7 +170,7 @@ async def test_any_other_refusal_is_the_outcome_and_retires_the_entry() -> None:
         await within(alice.send("bob", "hello"))
     await asyncio.sleep(0)
     assert relay.store.outbox() == [] and len(alice.outbox) == 0
-    assert len(relay.ends[0].frames(frames.Send)) == 1
+    assert len(relay.ends[0].received(frames.Send)) == 1
     await alice.close()
 
 

@@ -100,11 +100,11 @@ async def test_send_many_keeps_at_most_its_window_in_flight_and_refills_in_chunk
     await end.wait_for(frames.Send, 7)
     assert store.chunks == [4, 3]
     relay.answer = answer_plainly  # SENT at once from now on
-    for send in [first[3], *end.frames(frames.Send)[4:]]:  # the four still unanswered
+    for send in [first[3], *end.received(frames.Send)[4:]]:  # the four still unanswered
         answer_sent(end, send)
     results = await within(sending)
     assert [handle for handle, _ in results] == CUSTOMERS
-    by_recipient = {send.to: send.msg_id for send in end.frames(frames.Send)}
+    by_recipient = {send.to: send.msg_id for send in end.received(frames.Send)}
     assert [outcome for _, outcome in results] == [by_recipient[h] for h in CUSTOMERS]
     assert sum(store.chunks) == len(CUSTOMERS) and len(store.chunks) < len(CUSTOMERS)
     await shop.close()
@@ -128,9 +128,9 @@ async def test_send_many_gives_each_recipient_its_own_outcome() -> None:
     assert [handle for handle, _ in results] == ["user0", "newcomer", "user1", "user2"]
     outcomes = dict(results)
     assert isinstance(outcomes.pop("user1"), UntrustedIdentity)
-    sends = {send.to: send.msg_id for send in relay.ends[0].frames(frames.Send)}
+    sends = {send.to: send.msg_id for send in relay.ends[0].received(frames.Send)}
     assert outcomes == sends  # each msg_id the one its SEND carried, committed by SENT
-    assert [f.handle for f in relay.ends[0].frames(frames.BundleFetch)] == ["newcomer"]
+    assert [f.handle for f in relay.ends[0].received(frames.BundleFetch)] == ["newcomer"]
     assert store.chunks[0] == 2  # user0 and user2 together; the newcomer on its own
     with pytest.raises(ValueError, match="window"):
         await shop.send_many(["user0"], "hi", window=0)

@@ -82,7 +82,7 @@ async def test_our_statement_is_dated_by_the_relay_s_clock_and_kept_once_it_took
     alice = await alice_online(relay)
     statement = await within(alice.grant("airline", ["utility"]))
     assert statement.issued_at == T0  # the relay's clock from HELLO, not ours
-    (sent,) = relay.ends[0].frames(frames.Statement)
+    (sent,) = relay.ends[0].received(frames.Statement)
     assert alice.held_statements("airline") == [sent.statement]
     verify_statement(
         sent.statement, expected_key=alice.sessions.identity.identity_public,
@@ -118,7 +118,7 @@ async def test_what_we_granted_is_our_statements_folded_and_a_block_withdraws_it
     assert alice.granted_to("airline") == {"utility"}
     with pytest.raises(InvalidStatement, match="already granted"):
         await alice.grant("airline", ["utility"])  # refused before anything is sent
-    assert len(relay.ends[0].frames(frames.Statement)) == 2
+    assert len(relay.ends[0].received(frames.Statement)) == 2
     await within(alice.block("airline"))
     assert alice.granted_to("airline") == frozenset()
     assert alice.statement_counts() == {"airline": 3}
@@ -209,7 +209,7 @@ async def test_statements_in_force_are_paged_through_and_each_checked() -> None:
     relay.answer = list_statements
     listed = await within(alice.statements())
     assert [held.verified for held in listed] == [True, False]
-    assert [f.after for f in relay.ends[0].frames(frames.StatementsList)] == [0, 5]
+    assert [f.after for f in relay.ends[0].received(frames.StatementsList)] == [0, 5]
     await alice.close()
 
 
