@@ -1,8 +1,7 @@
-"""The client's subcommands (client/cli.py): ``blindrelay chat`` refuses a malformed
-option in one line, before it asks for a passphrase or opens anything; ``demo`` and
-``chat`` are registered beside the relay's commands.
+"""The client's ``blindrelay`` subcommands (client/cli.py): bad options are one line, exit 2.
 
-What the commands then do is test_chat.py and test_demo.py.
+Checked before anything is opened or asked: no profile file appears and no
+passphrase is read.
 """
 
 from __future__ import annotations
@@ -13,36 +12,27 @@ import pytest
 
 from blindrelay.server.cli import main
 
+BAD_HEX_OPTIONS = [
+    (["--operator-key", "zz"], "blindrelay chat: --operator-key must be hex"),
+    (["--invite", "not hex"], "blindrelay chat: --invite must be the hex token the operator gave you"),
+    (["--accept-relay-key", "ab" * 31], "blindrelay chat: --accept-relay-key must be 64 hex digits (a 32-byte key)"),
+    (["--accept-relay-key", "x" * 64], "blindrelay chat: --accept-relay-key must be 64 hex digits (a 32-byte key)"),
+]  # fmt: skip
 
-def test_chat_refuses_an_invite_that_is_not_hex_in_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+
+@pytest.mark.parametrize(("option", "message"), BAD_HEX_OPTIONS)
+def test_a_chat_option_that_is_not_the_hex_it_names_is_one_line_and_exit_2(
+    option: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["chat", "--relay", "ws://127.0.0.1:9", "--profile", str(tmp_path / "p"),
-                 "--invite", "not-hex"])  # fmt: skip
-    assert code == 2
-    out = capsys.readouterr().out
-    assert out.startswith("blindrelay chat: --invite") and out.count("\n") == 1
-
-
-@pytest.mark.parametrize(
-    ("option", "value", "line"),
-    [
-        ("--operator-key", "xyz", "blindrelay chat: --operator-key must be hex\n"),
-        ("--accept-relay-key", "zz", "blindrelay chat: --accept-relay-key must be 64 hex digits"),
-        ("--accept-relay-key", "ab" * 31, "blindrelay chat: --accept-relay-key must be 64 hex"),
-    ],
-)
-def test_chat_refuses_a_malformed_key_in_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, line: str
-) -> None:
-    profile = tmp_path / "p"
-    code = main(["chat", "--relay", "ws://127.0.0.1:9", "--profile", str(profile), option, value])
-    out = capsys.readouterr().out
-    assert code == 2 and out.startswith(line) and out.count("\n") == 1
-    assert not profile.exists()  # refused before anything was opened
+    profile = tmp_path / "me.db"
+    status = main(["chat", "--relay", "ws://127.0.0.1:9", "--profile", str(profile), *option])
+    assert status == 2
+    assert capsys.readouterr().out == message + "\n"
+    assert not profile.exists()
 
 
 def test_demo_and_chat_are_commands_of_blindrelay(capsys: pytest.CaptureFixture[str]) -> None:
+    """Registered through the ``blindrelay.commands`` entry points beside the relay's."""
     with pytest.raises(SystemExit) as help_shown:
         main(["--help"])
     assert help_shown.value.code == 0
