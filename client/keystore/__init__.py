@@ -29,7 +29,7 @@ What it is not: it performs no cryptographic construction (that is
 :mod:`blindrelay.protocol.crypto`) and understands no session — sessions are
 opaque bytes. It does no networking and decides nothing about delivery.
 Both implementations inherit every decision from the kinds' modules and pass
-one test suite (``tests/client/test_keystore.py``).
+one test suite (``tests/client/keystore/``).
 """
 
 from __future__ import annotations
