@@ -24,6 +24,9 @@ from blindrelay.protocol.transparency.treehead import open_tree_head, sign_tree_
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.store import Store, StoreJobError, open_admin_store, open_store
 
+from .. import pg
+from ..pg import PostgresDatabase
+
 T0 = 1_790_000_000_000
 RELAY = IdentityKeyPair(b"\xc0" * 32)
 ALICE = IdentityKeyPair(b"\xa0" * 32)
@@ -203,3 +206,23 @@ async def test_an_upgraded_sqlite_relay_logs_the_businesses_it_already_had(tmp_p
         ]
     finally:
         await store.close()
+
+
+@pytest.mark.postgres
+async def test_an_upgraded_postgresql_relay_logs_the_businesses_it_already_had(
+    pg_database: PostgresDatabase,
+) -> None:
+    url = pg_database.fresh_schema()
+    async with opened(url) as store:
+        await store.submit("create_account", "skyways.air", "business", AIRLINE.public, T0)
+        await store.submit("create_account", "alice", "user", ALICE.public, T0)
+    schema = url.split("search_path=")[1]
+    pg.execute(  # as a schema-3 relay left it: no log tables
+        pg_database.url,
+        *[f'DROP TABLE "{schema}".{table}' for table in ("log_entries", "log_nodes", "log_heads")],
+        f'DELETE FROM "{schema}".schema_version WHERE version = 4',
+    )
+    async with opened(url) as store:
+        assert await logged(store) == [
+            e.KeyBinding(v=1, handle="skyways.air", kind="business", identity_key=AIRLINE.public, at=T0)
+        ]
