@@ -7,6 +7,7 @@ only grow, each with the log's own root.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
@@ -226,3 +227,24 @@ async def test_an_upgraded_postgresql_relay_logs_the_businesses_it_already_had(
         assert await logged(store) == [
             e.KeyBinding(v=1, handle="skyways.air", kind="business", identity_key=AIRLINE.public, at=T0)
         ]
+
+
+@pytest.mark.postgres
+async def test_two_workers_registering_at_once_make_one_log(pg_database: PostgresDatabase) -> None:
+    """SPEC §15.2: appends by relay processes sharing a store never interleave — every
+    entry once, at one index, and the tree of the entries is the tree the store proves."""
+    url = pg_database.fresh_schema()
+    async with opened(url) as first, opened(url) as second:
+        await asyncio.gather(*[
+            (first if i % 2 else second).submit(
+                "create_account", f"shop{i}.biz", "business", bytes([i]) * 32, T0 + i
+            )
+            for i in range(40)
+        ])  # fmt: skip
+        data = await first.submit("log_entries", 0, 1000)
+        handles = sorted(e.decode_entry(d).handle for d in data)  # type: ignore[attr-defined]
+        assert handles == sorted(f"shop{i}.biz" for i in range(40))
+        size, root, _ = await second.submit("log_state")
+        assert size == 40 and root == merkle.root_of([merkle.leaf_hash(d) for d in data])
+        proof = await first.submit("log_inclusion", 17, 40)
+        merkle.verify_inclusion(merkle.leaf_hash(data[17]), 17, 40, proof, root)
