@@ -32,9 +32,10 @@ Workloads (servers start fresh for each, on 127.0.0.1 with an empty database):
                 PostgreSQL server (--postgres URL, BLINDRELAY_BENCH_POSTGRES or
                 BLINDRELAY_TEST_POSTGRES); without one it is skipped, saying so.
   8 transparency bench/transparency.py (issue 17): the log's append rate, tree head and
-                proof generation at 10k and 1M entries (100k with --quick), in memory
-                and on the relay's SQLite tables, against the issue's absolute targets
-                (the "baseline" column is the target itself).
+                proof generation at 10k and 1M entries (100k with --quick), in memory,
+                on the relay's SQLite tables and, with a server (as workload 7), on its
+                PostgreSQL tables, against the issue's absolute targets (the "baseline"
+                column is the target itself).
 
 The relay runs with its send rate limits raised out of reach (the defaults would
 measure the token buckets); the table says so. The open-file soft limit is raised to
@@ -378,10 +379,10 @@ def w_crypto(suite: Suite, tmp: Path) -> None:
         )  # fmt: skip
 
 
-def w_transparency(suite: Suite, tmp: Path) -> None:
+def w_transparency(suite: Suite, tmp: Path, pg_url: str | None) -> None:
     """Workload 8: bench/transparency.py against issue 17's absolute targets."""
     p = suite.params
-    args = ["--sizes", *map(str, p.log_sizes)]
+    args = ["--sizes", *map(str, p.log_sizes), *(["--postgres", pg_url] if pg_url else [])]
     record = _run_json(ROOT / "bench" / "transparency.py", args, tmp / "transparency.json",
                        4 * p.timeout_s)  # fmt: skip
     suite.details["transparency"] = record
@@ -579,7 +580,9 @@ def main(argv: list[str] | None = None) -> int:
         "drain": lambda tmp: w_drain(suite, tmp),
         "fanout": lambda tmp: w_fanout(suite, tmp),
         "crypto": lambda tmp: w_crypto(suite, tmp),
-        "transparency": lambda tmp: w_transparency(suite, tmp),
+        "transparency": lambda tmp: w_transparency(
+            suite, tmp, scale.pg_url_from(args.postgres, os.environ)
+        ),
         "scale": lambda tmp: w_scale(
             suite,
             tmp,

@@ -14,18 +14,24 @@ For each size and each back end the log is built from empty with statement entri
 
 Back ends: ``memory`` (the protocol package alone, nodes in per-level byte arrays: the
 floor), ``sqlite`` (the relay's SQLite tables, :class:`TransparencyLog`, on a temporary
-file with the relay's settings: WAL, ``synchronous=FULL``, one commit per batch).
+file with the relay's settings: WAL, ``synchronous=FULL``, one commit per batch),
+``postgresql`` (the relay's PostgreSQL tables in a schema of their own, dropped after;
+``synchronous_commit=on``, one transaction per batch; proofs one query each).
 Targets (issue 17): proofs ≤ 1 ms at 1M entries, appends ≥ 20k entries/s.
 
-    .venv/bin/python bench/transparency.py [--sizes 10000 1000000] [--backends memory sqlite]
-        [--batch 1000] [--samples 300] [--json out.json]
+    .venv/bin/python bench/transparency.py [--sizes 10000 1000000]
+        [--backends memory sqlite postgresql] [--postgres URL] [--batch 1000] [--samples 300]
+        [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import random
+import secrets
 import statistics
 import sys
 import tempfile
@@ -40,9 +46,12 @@ from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.transparency import entries, merkle
 from blindrelay.protocol.transparency.merkle import Node
 from blindrelay.protocol.transparency.treehead import sign_tree_head
+from blindrelay.server.store.postgresql import transparency as pglog
 from blindrelay.server.store.sqlite.tables import connect
 from blindrelay.server.store.sqlite.transparency import TransparencyLog
 
+URL_VARIABLES = ("BLINDRELAY_BENCH_POSTGRES", "BLINDRELAY_TEST_POSTGRES")
+"""As bench/scale.py: where the PostgreSQL server's URL comes from without --postgres."""
 PROOF_TARGET_MS = 1.0
 APPEND_TARGET_PER_S = 20_000.0
 RELAY = IdentityKeyPair(b"\xc0" * 32)
@@ -73,8 +82,44 @@ class MemoryLog:
         levels = self.levels
         return {n: bytes(levels[n.level][32 * n.offset : 32 * n.offset + 32]) for n in wanted}
 
-    def commit(self) -> None:
-        """Nothing to make durable."""
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class PostgresLog:
+    """The relay's PostgreSQL tables (schema of its own, dropped after), one transaction
+    per batch, under the append lock, as a relay worker appends."""
+
+    def __init__(self, url: str) -> None:
+        import asyncpg
+
+        self.loop = asyncio.new_event_loop()
+        self.schema = f"bench_log_{secrets.token_hex(4)}"
+        self.conn = self.loop.run_until_complete(
+            asyncpg.connect(url, server_settings={"synchronous_commit": "on"})
+        )
+        self.run(self.conn.execute(f'CREATE SCHEMA "{self.schema}"'))
+        self.run(self.conn.execute(f'SET search_path TO "{self.schema}"'))
+        self.run(self.conn.execute(pglog.SCHEMA))
+
+    def run(self, coroutine: Any) -> Any:
+        return self.loop.run_until_complete(coroutine)
+
+    def append(self, batch: Sequence[bytes]) -> None:
+        async def append() -> None:
+            async with self.conn.transaction():
+                await pglog.append(self.conn, batch)
+
+        self.run(append())
+
+    def nodes(self, wanted: Sequence[Node]) -> dict[Node, bytes]:
+        found: dict[Node, bytes] = self.run(pglog.nodes(self.conn, wanted))
+        return found
+
+    def close(self) -> None:
+        self.run(self.conn.execute(f'DROP SCHEMA "{self.schema}" CASCADE'))
+        self.run(self.conn.close())
+        self.loop.close()
 
 
 class SqliteLog:
@@ -91,8 +136,8 @@ class SqliteLog:
         self.log.append(batch)
         conn.execute("COMMIT")
 
-    def commit(self) -> None:
-        """Each append committed already."""
+    def close(self) -> None:
+        self.db.conn.close()
 
 
 def timed(fn: Callable[[], Any], samples: int) -> list[float]:
@@ -166,21 +211,39 @@ def proof_sizes(proofs: list[list[bytes]]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 1_000_000])
-    parser.add_argument("--backends", nargs="+", choices=["memory", "sqlite"],
-                        default=["memory", "sqlite"])  # fmt: skip
+    parser.add_argument("--backends", nargs="+", choices=["memory", "sqlite", "postgresql"],
+                        help="default: memory, sqlite, and postgresql when a server is given")
+    parser.add_argument("--postgres", metavar="URL",
+                        help="server for the postgresql back end (default: $"
+                        + " or $".join(URL_VARIABLES) + ")")  # fmt: skip
     parser.add_argument("--batch", type=int, default=1000, help="entries per transaction")
     parser.add_argument("--samples", type=int, default=300, help="proofs timed per kind")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if any(not 2 <= s <= 10_000_000 for s in args.sizes) or not 1 <= args.batch <= 100_000:
         parser.error("sizes must be 2..10,000,000 and --batch 1..100,000")
+    pg_url = args.postgres or next((os.environ[v] for v in URL_VARIABLES if os.environ.get(v)),
+                                   None)  # fmt: skip
+    backends = args.backends or ["memory", "sqlite", *(["postgresql"] if pg_url else [])]
+    if "postgresql" in backends and not pg_url:
+        parser.error("the postgresql back end needs --postgres URL")
     rng = random.Random(17)
     results = []
     with tempfile.TemporaryDirectory(prefix="blindrelay-bench-log-") as tmp:
         for size in args.sizes:
-            for backend in args.backends:
-                log = MemoryLog() if backend == "memory" else SqliteLog(Path(tmp) / f"{size}.db")
-                row = {"backend": backend} | measure(log, size, args.batch, args.samples, rng)
+            for backend in backends:
+                log: Any
+                if backend == "memory":
+                    log = MemoryLog()
+                elif backend == "sqlite":
+                    log = SqliteLog(Path(tmp) / f"{size}.db")
+                else:
+                    assert pg_url is not None
+                    log = PostgresLog(pg_url)
+                try:
+                    row = {"backend": backend} | measure(log, size, args.batch, args.samples, rng)
+                finally:
+                    log.close()
                 results.append(row)
                 print(
                     f"{backend:6} {size:>9,} entries: append {row['append_entries_per_s']:>9,}/s"
