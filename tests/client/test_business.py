@@ -166,7 +166,7 @@ def test_held_receipts_verify_and_forged_altered_or_wrong_relay_ones_fail(tmp_pa
             assert audit[3].statement is not None and audit[3].statement.target == "shoq"
             assert audit[5].statement is None
             assert shop.consents() == {"alice": frozenset({"utility"})}
-            assert by_alice() != genuine and shop.client.check_statement(by_alice()).verified
+            assert by_alice() != genuine and shop.client.consent.check(by_alice()).verified
             await alice.close()
             await shop.close()
 
@@ -397,13 +397,13 @@ def test_consents_follow_every_new_statement_and_keep_unchanged_folds(tmp_path: 
             bob = await online(relay.url, "bob")
             seen = 0
             folded: list[str] = []  # whose statements consents() reads
-            held_statements = shop.client.held_statements
+            held_statements = shop.client.consent.records
 
             def counted(counterpart: str, start: int = 0) -> list[bytes]:
                 folded.append(counterpart)
                 return held_statements(counterpart, start)
 
-            shop.client.held_statements = counted  # type: ignore[method-assign]
+            shop.client.consent.records = counted  # type: ignore[method-assign]
 
             async def step(statement: Any) -> dict[str, frozenset[str]]:
                 nonlocal seen
@@ -530,14 +530,14 @@ def test_each_kept_statement_costs_the_same_however_many_are_kept() -> None:
     store = CountingStore()
     shop, alice, relay_key = shop_with_a_customer(store)
     read: list[int] = []
-    held_statements = shop.client.held_statements
+    held_statements = shop.client.consent.records
 
     def counted(counterpart: str, start: int = 0) -> list[bytes]:
         statements = held_statements(counterpart, start)
         read.append(len(statements))
         return statements
 
-    shop.client.held_statements = counted  # type: ignore[method-assign]
+    shop.client.consent.records = counted  # type: ignore[method-assign]
     costs = []
     for i in range(400):
         action = "grant" if i % 2 == 0 else "revoke"
@@ -552,4 +552,4 @@ def test_each_kept_statement_costs_the_same_however_many_are_kept() -> None:
         assert shop.consents() == ({"alice": frozenset({"utility"})} if i % 2 == 0 else {})
     assert set(costs) == {costs[0]}  # the bytes besides the statement never grow
     assert read == [1] * 400  # each consents() read only the statement kept since the last
-    assert len(shop.client.held_statements("alice")) == 400
+    assert len(shop.client.consent.records("alice")) == 400

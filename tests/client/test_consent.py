@@ -52,7 +52,7 @@ def test_consent_request_grant_then_a_notification_arrives_decrypted(tmp_path: P
             assert abs(granted.issued_at - clock()) < 1000  # SPEC §4.1: relay's clock
             [receipt] = await received.wait_for(1)
             assert receipt == granted  # verified and kept by the business
-            assert airline.check_statement(airline.held_statements("alice")[0]).verified
+            assert airline.consent.check(airline.consent.records("alice")[0]).verified
 
             await notify(airline, "alice", "BA123: gate B7")
             notification = await inbox.next()
@@ -141,12 +141,12 @@ def test_a_user_lists_and_verifies_their_statements_and_keeps_copies(tmp_path: P
             assert in_force == {
                 ("revoke", "shop0"), ("grant", "shop1"), ("grant", "shop2"), ("block", "bob"),
             }  # fmt: skip
-            assert [len(alice.held_statements(h)) for h in ("shop0", "shop1", "bob")] == [2, 1, 1]
-            assert sorted(alice.statement_counterparts()) == ["bob", "shop0", "shop1", "shop2"]
+            assert [len(alice.consent.records(h)) for h in ("shop0", "shop1", "bob")] == [2, 1, 1]
+            assert sorted(alice.consent.counts()) == ["bob", "shop0", "shop1", "shop2"]
 
             # A statement the relay altered (the grant moved to another business) fails.
-            original = alice.held_statements("shop1")[0]
-            altered = alice.check_statement(original.replace(b"shop1", b"shop2"))
+            original = alice.consent.records("shop1")[0]
+            altered = alice.consent.check(original.replace(b"shop1", b"shop2"))
             assert altered.statement.target == "shop2" and not altered.verified
             for client in (*businesses, bob, alice):
                 await client.close()
@@ -164,12 +164,12 @@ def test_the_business_drops_a_forwarded_statement_that_does_not_verify(tmp_path:
             alice = await online(relay.url, "alice")
             await within(alice.grant("shop", ["utility"]))
             await received.wait_for(1)
-            signed = shop.held_statements("alice")[0]
+            signed = shop.consent.records("alice")[0]
             tampered = bytearray(signed)
             tampered[-1] ^= 1
-            assert shop.check_statement(signed).verified
-            assert not shop.check_statement(bytes(tampered)).verified
-            assert shop.check_statement(b"\x80") == HeldStatement(None, b"\x80", verified=False)
+            assert shop.consent.check(signed).verified
+            assert not shop.consent.check(bytes(tampered)).verified
+            assert shop.consent.check(b"\x80") == HeldStatement(None, b"\x80", verified=False)
             await alice.close()
             await shop.close()
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from blindrelay.client.incoming import Incoming
 from blindrelay.client.keystore import IncomingMessage, MemoryKeyStore
 from blindrelay.client.reading import InboxStream
 from blindrelay.client.sdk import Client, IdentityState
-from blindrelay.client.sessions import Incoming
 from blindrelay.protocol.content import Content, Receipt, ReceiptType
 from blindrelay.protocol.errors import BlindrelayError
 

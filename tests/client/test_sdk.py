@@ -25,7 +25,7 @@ from blindrelay.client.sdk import Backoff, Client, ConnectionLost, RelayKeyChang
 from blindrelay.client.sessions import ONE_TIME_PREKEY_TARGET
 from blindrelay.client.transport import tapped
 from blindrelay.client.trust import IdentityState
-from blindrelay.protocol import limits
+from blindrelay.protocol import frames, limits
 from blindrelay.protocol.content import ReceiptType
 from blindrelay.protocol.errors import (
     HandleTaken,
@@ -226,6 +226,43 @@ def test_a_redelivered_envelope_is_dropped_and_acknowledged(tmp_path: Path) -> N
 
             bob = await back_online(relay.url, bob_store)
             assert bob.welcome is not None and bob.welcome.queued == 0
+            await bob.close()
+            await alice.close()
+
+    run(scenario())
+
+
+def test_an_on_disk_profile_without_a_passphrase_is_refused_before_a_file_is_made(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "alice.profile"
+    with pytest.raises(ValueError, match="passphrase"):
+        Client.open(path)
+    assert not path.exists()
+
+
+def test_callbacks_set_after_construction_are_the_ones_called(tmp_path: Path) -> None:
+    """The application's hooks are read at each call, not captured when the parts are made."""
+
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            alice = make_client()
+            welcomes: list[frames.Welcome] = []
+            changed: asyncio.Queue[str] = asyncio.Queue()
+            alice.on_connected = welcomes.append
+            alice.on_identity_change = changed.put_nowait
+            await within(alice.connect(relay.url))
+            await within(alice.register("alice"))
+            assert welcomes == [alice.welcome] and alice.connection_count == 1
+
+            bob = await online(relay.url, "bob")
+            await within(bob.send("alice", "hi"))
+            inbox = Inbox(alice)
+            assert (await inbox.next()).body == "hi"  # alice pinned bob's key
+            await within(bob.rotate_identity())
+            await within(bob.send("alice", "new key"))
+            assert await within(changed.get()) == "bob"
+            await inbox.close()
             await bob.close()
             await alice.close()
 
