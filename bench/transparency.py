@@ -117,8 +117,11 @@ class PostgresLog:
         return found
 
     def close(self) -> None:
-        self.run(self.conn.execute(f'DROP SCHEMA "{self.schema}" CASCADE'))
-        self.run(self.conn.close())
+        """Drop the schema; after a lost connection (a server restarted under the bench)
+        leave it, so the error that matters is the one reported."""
+        if not self.conn.is_closed():
+            self.run(self.conn.execute(f'DROP SCHEMA "{self.schema}" CASCADE'))
+            self.run(self.conn.close())
         self.loop.close()
 
 
