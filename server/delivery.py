@@ -187,6 +187,22 @@ def committed_elsewhere(ctx: RelayContext, hint: Hint) -> None:
     outbox.committed(row[0], partial(deliver_row, row), hint.value)
 
 
+def delivered_elsewhere(ctx: RelayContext, hint: Hint) -> None:
+    """A DELIVER by peer link: another worker committed this envelope for ``hint.handle``
+    and sent its DELIVER frame as is (``routing_links``). The same rule as
+    :func:`committed_elsewhere`; a withdrawal heard before it keeps it from being pushed
+    (``Outbox.withdraw``), one heard after it comes after the push, as it would here."""
+    target = ctx.sessions.get(hint.handle)
+    if target is None or target.outbox is None:
+        return
+    outbox = target.outbox
+    if not outbox.up_to(hint.value):
+        outbox.queued_elsewhere()
+        return
+    data = hint.envelope
+    outbox.committed(hint.ids[0], lambda: data, hint.value)
+
+
 def withdrawn_elsewhere(ctx: RelayContext, recipient: str, delivery_ids: tuple[int, ...]) -> None:
     """A WITHDRAWN hint: a statement committed on another worker purged these rows of
     ``recipient``'s queue (SPEC §7.4): its outbox here never pushes them."""

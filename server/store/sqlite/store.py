@@ -28,7 +28,7 @@ from typing import Any
 import sqlite_utils
 
 from ... import gcpolicy
-from ...routing import new_worker_id
+from ...routing import EnvelopeLinks, new_worker_id
 from .. import Done, StoreError
 from ..records import Account, MonthUsage
 from .tables import Accounts, PreKeyStore, Tables, connect, connect_reader
@@ -52,6 +52,8 @@ class SqliteStore:
         """Never called: a lost writer is lost for good (:attr:`on_lost`)."""
         self.serves: Callable[[str], bool] | None = None
         """Unused: one relay process has no other worker to tell."""
+        self.links: EnvelopeLinks | None = None
+        """Unused likewise."""
         self._writer = Writer(path, synchronous, gc_threshold)
         self._writer.on_lost = self._lost
         self._reader: sqlite_utils.Database | None = None
