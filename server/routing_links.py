@@ -146,6 +146,7 @@ class PeerLinks:
         self._out: dict[str, _Link] = {}
         self._retry_at: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._incoming: set[asyncio.StreamWriter] = set()
         self._closed = False
         self.sent = 0
         self.received = 0
@@ -184,6 +185,14 @@ class PeerLinks:
             with contextlib.suppress(Exception):
                 await self._db.close()
             self._db = None
+
+    def disconnect(self) -> None:
+        """Break every link, both ways, as a network fault would (they are made again
+        on demand after :data:`RETRY_S`): for fault-injection tests and operators."""
+        for worker, link in list(self._out.items()):
+            self._unlink(worker, link, "disconnected")
+        for writer in list(self._incoming):
+            writer.close()
 
     # --- sending ---------------------------------------------------------------------
 
@@ -283,6 +292,7 @@ class PeerLinks:
         if task is not None:
             self._tasks.add(task)
         authenticated = False
+        self._incoming.add(writer)
         try:
             challenge = os.urandom(CHALLENGE_BYTES)
             writer.write(challenge)
@@ -305,6 +315,7 @@ class PeerLinks:
                 log_event(logging.INFO, "link_ended", exc_type=type(exc).__name__)
         finally:
             writer.close()
+            self._incoming.discard(writer)
             if task is not None:
                 self._tasks.discard(task)
             if authenticated and not self._closed:
