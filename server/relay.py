@@ -890,7 +890,6 @@ async def serve(
     relay = RunningRelay(config, ctx, rng, source_of, router)
     store.on_lost = relay.lost
     store.on_available = relay.store_available
-    store.serves = ctx.sessions.serves
     store.links = router.envelope_links
     try:
         # Hearing other workers' hints before the first connection is accepted.

@@ -155,16 +155,11 @@ class PeerLinks:
 
     async def start(self, on_hint: OnHint, on_lost: Callable[[], None]) -> None:
         """Listen, and advertise where (raises what connecting or binding raises)."""
-        import asyncpg
-
         self._on_hint, self._on_lost = on_hint, on_lost
         self._server = await asyncio.start_server(self._accepted, self.host, 0)
         host, port = self._server.sockets[0].getsockname()[:2]
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self._db = await asyncpg.connect(
-            self.url, server_settings={"application_name": APPLICATION_NAME}
-        )
-        await self._db.execute(
+        await (await self._database()).execute(
             _REGISTER, self.worker_id, self.address, self._secret, int(time.time() * 1000)
         )
         log_event(logging.INFO, "links_listening", address=self.address)
@@ -177,6 +172,8 @@ class PeerLinks:
             if link.writer is not None:
                 link.writer.close()
         self._out.clear()
+        for writer in list(self._incoming):
+            writer.close()  # its reader ends, and so does its handler
         if self._server is not None:
             self._server.close()
         if self._db is not None:
@@ -233,27 +230,25 @@ class PeerLinks:
 
     async def _notify(self, payloads: list[str]) -> None:
         try:
-            await self._database().execute(_NOTIFY, CHANNEL, payloads)
+            await (await self._database()).execute(_NOTIFY, CHANNEL, payloads)
         except Exception as exc:  # the store is away: every worker catches up when back
-            self._db = None
             log_event(logging.WARNING, "links_notify_failed", exc_type=type(exc).__name__)
 
-    def _database(self) -> Any:
+    async def _database(self) -> Any:
+        """The connection for look-ups and fallback hints, made again if it was lost
+        (a database restart)."""
         if self._db is None or self._db.is_closed():
-            raise ConnectionError("no connection to the store")
+            import asyncpg
+
+            self._db = await asyncpg.connect(
+                self.url, server_settings={"application_name": APPLICATION_NAME}
+            )
         return self._db
 
     async def _connect(self, worker: str) -> None:
         link = self._out[worker]
         try:
-            db = self._db
-            if db is None or db.is_closed():
-                import asyncpg
-
-                db = self._db = await asyncpg.connect(
-                    self.url, server_settings={"application_name": APPLICATION_NAME}
-                )
-            row = await db.fetchrow(_LOOKUP, worker)
+            row = await (await self._database()).fetchrow(_LOOKUP, worker)
             if row is None:
                 raise LookupError("no such worker")
             reader, writer = await asyncio.wait_for(
@@ -288,9 +283,6 @@ class PeerLinks:
     # --- receiving -------------------------------------------------------------------
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
         authenticated = False
         self._incoming.add(writer)
         try:
@@ -316,8 +308,6 @@ class PeerLinks:
         finally:
             writer.close()
             self._incoming.discard(writer)
-            if task is not None:
-                self._tasks.discard(task)
             if authenticated and not self._closed:
                 self._on_lost()  # frames written before the end may be lost: page again
 

@@ -120,11 +120,6 @@ class Store(Protocol):
     """Called when :attr:`available` changes (never by a back end that cannot reconnect):
     after an outage, other relay processes' hints may have been missed."""
 
-    serves: Callable[[str], bool] | None
-    """Whether an account's live connection is on this relay process (the relay sets
-    it; None: never). A shared store's hint about that account's new envelope then only
-    tells the other workers to page, without carrying it: this process pushes it."""
-
     links: EnvelopeLinks | None
     """Peer links to the other workers (the relay sets its router's; None: none). A shared
     store sends a new envelope for a recipient another worker serves over its link,

@@ -54,7 +54,7 @@ from blindrelay.protocol.fastcodec import encode_deliver
 from blindrelay.protocol.signed import ConsentStatement, unverified_body
 
 from ... import routing
-from ...routing import EnvelopeLinks, Hint, HintKind
+from ...routing import EnvelopeLinks, Hint
 from .. import Done
 from ..operations import SendRules
 from ..rules import (
@@ -148,18 +148,17 @@ async def run_batch(
     calls: list[Call],
     origin: str,
     counters: Counters,
-    serves: Callable[[str], bool] | None = None,
     links: EnvelopeLinks | None = None,
 ) -> list[Outcome]:
     """Every call's outcome, after one COMMIT (module docstring); raises only for a lost
-    connection (or cancellation), when nothing is known to be committed. ``serves`` and
-    ``links``: ``Store.serves`` and ``Store.links``, how new envelopes reach their
-    recipient's worker (:meth:`_SendRun.write`)."""
+    connection (or cancellation), when nothing is known to be committed. ``links``:
+    ``Store.links``, how new envelopes reach their recipient's worker
+    (:meth:`_SendRun.write`)."""
     careful = False
     retries = 0
     while True:
         try:
-            outcomes = await _attempt(conn, calls, origin, careful, serves, links)
+            outcomes = await _attempt(conn, calls, origin, careful, links)
         except _Again as again:
             if retryable(again.cause) and retries < MAX_RETRIES:
                 retries += 1
@@ -181,10 +180,9 @@ async def _attempt(
     calls: list[Call],
     origin: str,
     careful: bool,
-    serves: Callable[[str], bool] | None,
     links: EnvelopeLinks | None,
 ) -> list[Outcome]:
-    tx = Tx(conn, origin, serves=serves, links=links)
+    tx = Tx(conn, origin, links=links)
     outcomes: list[Outcome] = [(False, None)] * len(calls)
     begun = False
     try:
@@ -759,17 +757,18 @@ class _SendRun:
                 last[recipient] = int(delivery_id or 0)
         results: dict[int, list[int]] = {}
         tx = self.tx
-        served = tx.serves or _nobody
-        links, workers = tx.links, self.workers
+        links, workers, origin = tx.links, self.workers, tx.origin
         for send in sends:
             delivery_id = ids[(send.handle, send.msg_id)]
             results[send.position] = [delivery_id, send.now, last[send.to]]
             worker = workers.get(send.to)
-            if served(send.to):
-                # Pushed by this worker; another one serves the account only in a race
-                # with a login there, and then pages (one hint per recipient per batch).
-                tx.hint(HintKind.QUEUED, send.to)
-            elif worker is not None and links is not None and links.linked(worker):
+            if worker is None or worker == origin:
+                # No hint: where the recipient's live connection is was read under its
+                # lock, which a login's open_session takes too. Here: pushed by this
+                # worker, or paged by its outbox's first page (later in this stream).
+                # Nowhere: a login after this commit pages it.
+                pass
+            elif links is not None and links.linked(worker):
                 # To the recipient's worker by its link, after COMMIT (routing_links): as
                 # the DELIVER it pushes, so nothing is decoded or encoded again there.
                 tx.linked.setdefault(worker, []).append([
@@ -819,10 +818,6 @@ async def send_group(
     written = await run.write()
     for position in pending:
         outcomes[position] = (True, written[position])
-
-
-def _nobody(_handle: str) -> bool:
-    return False
 
 
 GROUPS: dict[str, Group] = {

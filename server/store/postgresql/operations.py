@@ -68,8 +68,6 @@ class Tx:
     conn: Any
     origin: str
     hints: list[Hint] = field(default_factory=list)
-    serves: Callable[[str], bool] | None = None
-    """``Store.serves``: whether an account's live connection is on this worker."""
     links: EnvelopeLinks | None = None
     """``Store.links``: peer links to the other workers, for new envelopes."""
     linked: dict[str, list[list[Any]]] = field(default_factory=dict)

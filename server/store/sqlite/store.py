@@ -50,10 +50,8 @@ class SqliteStore:
         self.on_lost: Callable[[str], None] | None = None
         self.on_available: Callable[[bool], None] | None = None
         """Never called: a lost writer is lost for good (:attr:`on_lost`)."""
-        self.serves: Callable[[str], bool] | None = None
-        """Unused: one relay process has no other worker to tell."""
         self.links: EnvelopeLinks | None = None
-        """Unused likewise."""
+        """Unused: one relay process has no other worker to tell."""
         self._writer = Writer(path, synchronous, gc_threshold)
         self._writer.on_lost = self._lost
         self._reader: sqlite_utils.Database | None = None
