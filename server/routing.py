@@ -22,11 +22,18 @@ PostgreSQL's 8000-byte payload limit (:data:`MAX_IDS` ids at most; more, or an
 envelope too big, become a :attr:`HintKind.QUEUED` "page again", which is always
 correct).
 
+A new envelope is hinted only to the worker serving its recipient (where that is,
+``account_sessions``, is read under the recipient's lock, which a login takes too):
+none when that is the committing worker (it pushes, or its outbox's first page reads
+it) or nobody (the next login pages it). To another worker it goes by peer link
+(:class:`EnvelopeLinks`, ``routing_links``: its DELIVER frame, after COMMIT) when one
+is up, else as an ENVELOPE hint.
+
 How hints travel is a :class:`Router`: :class:`InProcessRouter` for one
 relay process (nothing travels: the handlers act on the local sessions, as
 they always have), ``routing_postgresql.PostgresRouter`` for workers sharing
-a PostgreSQL store (``LISTEN`` on a connection of its own). :func:`open_router`
-picks one from the store's URL.
+a PostgreSQL store (``LISTEN`` on a connection of its own, and peer links for new
+envelopes). :func:`open_router` picks one from the store's URL.
 
 Not here: how hints are emitted (``store/postgresql``), what a worker does with one
 (``dispatch``).
@@ -180,6 +187,10 @@ class EnvelopeLinks(Protocol):
 
     def send(self, worker: str, envelopes: list[list[Any]]) -> None:
         """After COMMIT: ``[recipient, delivery id, previous, DELIVER bytes]`` each."""
+
+    def fallback(self, handles: list[str]) -> None:
+        """QUEUED hints for ``handles``, after COMMIT (what :meth:`send` does for a link
+        that is down): whoever serves one pages its queue."""
 
 
 class Router(Protocol):

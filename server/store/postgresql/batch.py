@@ -26,7 +26,9 @@ runs here as one transaction:
    per-connection order, and the order of everything else, is submission order.
    Every other operation runs alone (:mod:`.operations`), in a savepoint if it writes.
 3. The batch's hints, one ``pg_notify`` statement (delivered by PostgreSQL only on
-   ``COMMIT``), then ``COMMIT`` (``synchronous_commit=on``). The caller answers only now.
+   ``COMMIT``), then ``COMMIT`` (``synchronous_commit=on``). The caller answers only now,
+   and only now do new envelopes for recipients served by other workers go over their
+   peer links (``routing_links``), those that got no hint.
 
 Failures. A refusal is decided before anything is written (or undone with its
 savepoint): it fails alone. Anything else unexpected in a set-based statement aborts
@@ -42,6 +44,7 @@ Not here: the stream of batches and outages (``store``), the operations run alon
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +57,7 @@ from blindrelay.protocol.fastcodec import encode_deliver
 from blindrelay.protocol.signed import ConsentStatement, unverified_body
 
 from ... import routing
+from ...logs import log_event
 from ...routing import EnvelopeLinks, Hint
 from .. import Done
 from ..operations import SendRules
@@ -191,10 +195,6 @@ async def _attempt(
         await _run(tx, calls, outcomes, careful)
         await notify(conn, tx.hints)
         await conn.execute("COMMIT")
-        if links is not None:
-            # Only now: "a notification is never seen before the envelope is committed".
-            for worker, envelopes in tx.linked.items():
-                links.send(worker, envelopes)
     except Exception as exc:
         if connection_lost(exc):
             raise
@@ -205,6 +205,14 @@ async def _attempt(
         with contextlib.suppress(Exception):
             await conn.execute("ROLLBACK")
         raise
+    if links is not None:
+        # Only now: "a notification is never seen before the envelope is committed".
+        for worker, envelopes in tx.linked.items():
+            try:
+                links.send(worker, envelopes)
+            except Exception as exc:  # committed: it must not fail (or rerun) the batch
+                log_event(logging.ERROR, "link_send_failed", exc_type=type(exc).__name__)
+                links.fallback([envelope[0] for envelope in envelopes])
     return outcomes
 
 
