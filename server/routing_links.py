@@ -143,6 +143,8 @@ class PeerLinks:
         self._on_lost: Callable[[], None] = _nothing
         self._server: asyncio.Server | None = None
         self._db: Any = None
+        self._db_lock = asyncio.Lock()
+        """One operation at a time on ``_db`` (an asyncpg connection runs one)."""
         self._out: dict[str, _Link] = {}
         self._retry_at: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -159,7 +161,7 @@ class PeerLinks:
         self._server = await asyncio.start_server(self._accepted, self.host, 0)
         host, port = self._server.sockets[0].getsockname()[:2]
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        await (await self._database()).execute(
+        await self._on_database(
             _REGISTER, self.worker_id, self.address, self._secret, int(time.time() * 1000)
         )
         log_event(logging.INFO, "links_listening", address=self.address)
@@ -178,7 +180,7 @@ class PeerLinks:
             self._server.close()
         if self._db is not None:
             with contextlib.suppress(Exception):  # a dead row only costs a peer a retry
-                await self._db.execute(_FORGET, self.worker_id)
+                await self._on_database(_FORGET, self.worker_id)
             with contextlib.suppress(Exception):
                 await self._db.close()
             self._db = None
@@ -230,27 +232,37 @@ class PeerLinks:
 
     async def _notify(self, payloads: list[str]) -> None:
         try:
-            await (await self._database()).execute(_NOTIFY, CHANNEL, payloads)
+            await self._on_database(_NOTIFY, CHANNEL, payloads)
         except Exception as exc:  # the store is away: every worker catches up when back
             log_event(logging.WARNING, "links_notify_failed", exc_type=type(exc).__name__)
 
-    async def _database(self) -> Any:
-        """The connection for look-ups and fallback hints, made again if it was lost
-        (a database restart)."""
-        if self._db is None or self._db.is_closed():
-            import asyncpg
+    async def _on_database(self, query: str, *args: Any) -> Any:
+        """``query``'s rows on this worker's own connection, one query at a time; tried
+        once more on a new connection if the old one was lost (a database restart)."""
+        import asyncpg
 
-            self._db = await asyncpg.connect(
-                self.url, server_settings={"application_name": APPLICATION_NAME}
-            )
-        return self._db
+        async with self._db_lock:
+            for attempt in (1, 2):
+                if self._db is None or self._db.is_closed():
+                    self._db = await asyncpg.connect(
+                        self.url, server_settings={"application_name": APPLICATION_NAME}
+                    )
+                try:
+                    return await self._db.fetch(query, *args)
+                except (asyncpg.PostgresConnectionError, ConnectionError, OSError):
+                    self._db.terminate()
+                    self._db = None
+                    if attempt == 2:
+                        raise
+            return None
 
     async def _connect(self, worker: str) -> None:
         link = self._out[worker]
         try:
-            row = await (await self._database()).fetchrow(_LOOKUP, worker)
-            if row is None:
+            rows = await self._on_database(_LOOKUP, worker)
+            if not rows:
                 raise LookupError("no such worker")
+            row = rows[0]
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(*split_address(row["address"])), HANDSHAKE_TIMEOUT_S
             )
