@@ -275,6 +275,23 @@ async def test_a_peer_that_cannot_prove_the_secret_is_refused(
         assert links_b.received == 0
 
 
+async def test_with_peer_links_off_envelopes_ride_their_hints(
+    pg_database: PostgresDatabase, clock: FakeClock, clients: Clients
+) -> None:
+    """``--peer-links off``: no listener, no ``workers`` row, and a crossing envelope
+    reaches its recipient through its NOTIFY hint, as before links."""
+    async with workers(pg_database, clock, peer_links="off") as w, Tap(pg_database.url) as tap:
+        assert w.a.router.envelope_links is None
+        alice = await clients.registered(w.a.url, handle("alice"))
+        bob = await clients.registered(w.b.url, handle("bob"))
+        await answered(bob)
+        assert isinstance(await alice.send_message(bob.handle, b"by hint"), Sent)
+        deliver = await asyncio.wait_for(bob.push(Deliver), PROMPT_S)
+        assert deliver.body == b"by hint"
+        heard = [decode(p) for p in await tap.drain()]
+        assert [h.kind for h in heard if h.handle == bob.handle] == [HintKind.ENVELOPE]
+
+
 def test_a_link_frame_round_trips_and_big_batches_split() -> None:
     envelopes: list[list[Any]] = [["bob", i, i - 1, bytes(1000)] for i in range(1, 21)]
     parts = encode_frames(envelopes)
