@@ -30,7 +30,7 @@ from blindrelay.server.routing_links import (
 from ..pg import PostgresDatabase
 from .conftest import Clients, FakeClock, RawClient
 from .consent_helpers import stated
-from .test_workers import PROMPT_S, Workers, answered, handle, workers
+from .twoworkers import PROMPT_S, Workers, answered, handle, workers
 
 
 def links_of(relay: Any) -> PeerLinks:
@@ -278,8 +278,8 @@ async def test_a_peer_that_cannot_prove_the_secret_is_refused(
 async def test_with_peer_links_off_envelopes_ride_their_hints(
     pg_database: PostgresDatabase, clock: FakeClock, clients: Clients
 ) -> None:
-    """``--peer-links off``: no listener, no ``workers`` row, and a crossing envelope
-    reaches its recipient through its NOTIFY hint, as before links."""
+    """``--peer-links off`` on the sending worker: it has no links, and a crossing
+    envelope reaches its recipient through its NOTIFY hint, as before links."""
     async with workers(pg_database, clock, peer_links="off") as w, Tap(pg_database.url) as tap:
         assert w.a.router.envelope_links is None
         alice = await clients.registered(w.a.url, handle("alice"))
