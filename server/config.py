@@ -70,6 +70,11 @@ class RelayConfig:
     unused by SQLite). Its operations run as one ordered stream of group-committed
     batches on one connection at a time; the others stand by to replace a broken one
     at once and serve the few reads made outside that stream."""
+    peer_links: str = "127.0.0.1"
+    """The host a worker sharing a PostgreSQL store listens on for its peers' links,
+    which carry new envelopes straight to their recipient's worker (``routing_links``;
+    any free port, advertised in the store); ``off``: envelopes ride their NOTIFY hints.
+    Workers on several hosts need an address the others reach, on a private network."""
     queue_cap: int = limits.QUEUE_CAP_PER_RECIPIENT
     queue_ttl_ms: int = limits.QUEUE_TTL_MS
     delivery_window: int = limits.DELIVERY_WINDOW

@@ -29,7 +29,7 @@ from blindrelay.protocol.fastcodec import encode_deliver, encode_sent
 from blindrelay.protocol.frames import AccountKind, Ack, Intent, Send
 
 from .config import RelayConfig
-from .context import Limiters, RelayContext, Session
+from .context import Limiters, RelayContext, Session, SessionOutbox
 from .logs import LOGGER, log_event
 from .routing import Hint
 from .store import Account
@@ -176,15 +176,35 @@ def committed_elsewhere(ctx: RelayContext, hint: Hint) -> None:
     behind, and every lower id seen); otherwise paged, as for a QUEUED hint — a page
     being read now may have been read before this commit, which happened elsewhere.
     """
-    target = ctx.sessions.get(hint.handle)
+    outbox = _pushable(ctx, hint.handle, hint.value)
+    if outbox is not None:
+        row = hint.row()
+        outbox.committed(row[0], partial(deliver_row, row), hint.value)
+
+
+def delivered_elsewhere(ctx: RelayContext, hint: Hint) -> None:
+    """A DELIVER by peer link: another worker committed this envelope for ``hint.handle``
+    and sent its DELIVER frame as is (``routing_links``). The same rule as
+    :func:`committed_elsewhere`; a withdrawal heard before it keeps it from being pushed
+    (``Outbox.withdraw``), one heard after it comes after the push, as it would here."""
+    outbox = _pushable(ctx, hint.handle, hint.value)
+    if outbox is not None:
+        data = hint.envelope
+        outbox.committed(hint.ids[0], lambda: data, hint.value)
+
+
+def _pushable(ctx: RelayContext, recipient: str, previous: int) -> SessionOutbox | None:
+    """``recipient``'s outbox here if an envelope committed elsewhere after ``previous``
+    may be pushed to it now; None if it has none, or if it must page instead (and
+    then it pages)."""
+    target = ctx.sessions.get(recipient)
     if target is None or target.outbox is None:
-        return
+        return None
     outbox = target.outbox
-    if not outbox.up_to(hint.value):
+    if not outbox.up_to(previous):
         outbox.queued_elsewhere()
-        return
-    row = hint.row()
-    outbox.committed(row[0], partial(deliver_row, row), hint.value)
+        return None
+    return outbox
 
 
 def withdrawn_elsewhere(ctx: RelayContext, recipient: str, delivery_ids: tuple[int, ...]) -> None:

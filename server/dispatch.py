@@ -109,7 +109,9 @@ class Dispatcher:
         if LOGGER.isEnabledFor(logging.DEBUG):
             log_event(logging.DEBUG, "hint", kind=hint.kind.name, handle=hint.handle)
         kind = hint.kind
-        if kind is HintKind.ENVELOPE:
+        if kind is HintKind.DELIVER:
+            delivery.delivered_elsewhere(self.ctx, hint)
+        elif kind is HintKind.ENVELOPE:
             delivery.committed_elsewhere(self.ctx, hint)
         elif kind is HintKind.QUEUED:
             delivery.queued_elsewhere(self.ctx, hint.handle)

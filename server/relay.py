@@ -907,13 +907,14 @@ async def serve(
         registration=RegistrationPolicy(config, clock),
         worker_id=store.origin,  # one id for this process: in its hints and its sessions
     )
+    router = open_router(config.store_url, store.origin, ctx.sessions.serves, config.peer_links)
     relay = RunningRelay(
-        config, ctx, rng, source_of, open_router(config.store_url, store.origin),
+        config, ctx, rng, source_of, router,
         sign=lambda message: relay_signing_key.sign(message).signature,
     )  # fmt: skip
     store.on_lost = relay.lost
     store.on_available = relay.store_available
-    store.serves = ctx.sessions.serves
+    store.links = router.envelope_links
     try:
         # Hearing other workers' hints before the first connection is accepted.
         await relay.router.start(relay.hint_received, relay.catch_up)

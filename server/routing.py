@@ -22,11 +22,18 @@ PostgreSQL's 8000-byte payload limit (:data:`MAX_IDS` ids at most; more, or an
 envelope too big, become a :attr:`HintKind.QUEUED` "page again", which is always
 correct).
 
+A new envelope is hinted only to the worker serving its recipient (where that is,
+``account_sessions``, is read under the recipient's lock, which a login takes too):
+none when that is the committing worker (it pushes, or its outbox's first page reads
+it) or nobody (the next login pages it). To another worker it goes by peer link
+(:class:`EnvelopeLinks`, ``routing_links``: its DELIVER frame, after COMMIT) when one
+is up, else as an ENVELOPE hint.
+
 How hints travel is a :class:`Router`: :class:`InProcessRouter` for one
 relay process (nothing travels: the handlers act on the local sessions, as
 they always have), ``routing_postgresql.PostgresRouter`` for workers sharing
-a PostgreSQL store (``LISTEN`` on a connection of its own). :func:`open_router`
-picks one from the store's URL.
+a PostgreSQL store (``LISTEN`` on a connection of its own, and peer links for new
+envelopes). :func:`open_router` picks one from the store's URL.
 
 Not here: how hints are emitted (``store/postgresql``), what a worker does with one
 (``dispatch``).
@@ -67,6 +74,10 @@ class HintKind(enum.Enum):
     pages if it has not seen ``value`` (SPEC §6.4: the cursor never passes an unseen id)."""
     PREKEYS_LOW = "p"
     """``handle`` has ``value`` one-time prekeys left, under the low-water mark (SPEC §5.4)."""
+    DELIVER = "d"
+    """A new envelope for ``handle`` as its DELIVER frame (``envelope``), delivery id
+    ``ids[0]``, ``value`` as for ENVELOPE. Only ever by a peer link
+    (:mod:`.routing_links`), sent after the COMMIT that queued it; never by NOTIFY."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +122,8 @@ def decode(payload: str) -> Hint:
     if len(parts) not in (4, 5):
         raise ValueError("not a hint")
     kind, origin, value, handle = parts[:4]
+    if HintKind(kind) is HintKind.DELIVER:
+        raise ValueError("a DELIVER hint travels by peer link only")
     if HintKind(kind) is HintKind.ENVELOPE:
         if len(parts) != 5:
             raise ValueError("an envelope hint without its envelope")
@@ -159,6 +172,27 @@ OnHint = Callable[[Hint], None]
 """What a router calls, on the event loop, with every hint another worker committed."""
 
 
+class EnvelopeLinks(Protocol):
+    """Direct links to the other workers, for new envelopes (:mod:`.routing_links`).
+
+    The store asks :meth:`linked` inside the transaction that queues an envelope for a
+    recipient served by ``worker``: if True the envelope gets no NOTIFY, and once the
+    COMMIT has returned the store hands it to :meth:`send`, which pushes its DELIVER
+    to that worker — or, if the link broke meanwhile, sends a QUEUED hint instead, so
+    a lost link costs latency, never a message.
+    """
+
+    def linked(self, worker: str) -> bool:
+        """A link to ``worker`` is up now (if not, one is being made for later batches)."""
+
+    def send(self, worker: str, envelopes: list[list[Any]]) -> None:
+        """After COMMIT: ``[recipient, delivery id, previous, DELIVER bytes]`` each."""
+
+    def fallback(self, handles: list[str]) -> None:
+        """QUEUED hints for ``handles``, after COMMIT (what :meth:`send` does for a link
+        that is down): whoever serves one pages its queue."""
+
+
 class Router(Protocol):
     """How one relay process hears the hints of the other workers sharing its store.
 
@@ -182,6 +216,10 @@ class Router(Protocol):
 
     async def close(self) -> None:
         """Stop hearing hints and release what the router holds."""
+
+    @property
+    def envelope_links(self) -> EnvelopeLinks | None:
+        """Links that carry new envelopes to their recipient's worker (None: by hint)."""
 
 
 class InProcessRouter:
@@ -208,22 +246,46 @@ class InProcessRouter:
     async def close(self) -> None:
         return None
 
+    @property
+    def envelope_links(self) -> EnvelopeLinks | None:
+        return None
+
 
 def is_postgresql(store_url: str) -> bool:
     """Whether ``store_url`` names a PostgreSQL store (shared by any number of workers)."""
     return store_url.startswith(("postgresql://", "postgres://"))
 
 
-def open_router(store_url: str, worker_id: str) -> Router:
+LINKS_OFF = "off"
+"""``--peer-links off``: new envelopes ride their NOTIFY hints, as before links."""
+
+
+def open_router(
+    store_url: str,
+    worker_id: str,
+    serves: Callable[[str], bool] | None = None,
+    peer_links: str = LINKS_OFF,
+) -> Router:
     """The router for the store at ``store_url``: ``LISTEN`` for PostgreSQL, else in-process.
+    ``peer_links``: the host a PostgreSQL worker's peer link listens on (``off``: none);
+    ``serves`` tells it which recipients are connected here.
 
     The PostgreSQL router (and its driver) is imported only here, once a URL chose it.
     """
     if is_postgresql(store_url):
         from .routing_postgresql import PostgresRouter
 
-        return PostgresRouter(store_url, worker_id)
+        links = None
+        if peer_links != LINKS_OFF:
+            from .routing_links import PeerLinks
+
+            links = PeerLinks(store_url, worker_id, peer_links, serves or _nobody)
+        return PostgresRouter(store_url, worker_id, links=links)
     return InProcessRouter(worker_id)
+
+
+def _nobody(_handle: str) -> bool:
+    return False
 
 
 def backoff(initial_s: float, cap_s: float) -> Iterator[float]:

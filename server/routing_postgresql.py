@@ -25,11 +25,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .logs import log_event
-from .routing import CHANNEL, OnHint, backoff, decode, origin_of
+from .routing import CHANNEL, EnvelopeLinks, OnHint, backoff, decode, origin_of
 from .store import StoreStartError
+
+if TYPE_CHECKING:
+    from .routing_links import PeerLinks
 
 CONNECT_TIMEOUT_S = 10.0
 RETRY_INITIAL_S = 0.05
@@ -54,8 +57,10 @@ class PostgresRouter:
         retry_initial_s: float = RETRY_INITIAL_S,
         retry_max_s: float = RETRY_MAX_S,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        links: PeerLinks | None = None,
     ) -> None:
         self._url = url
+        self._links = links
         self._worker_id = worker_id
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
@@ -76,6 +81,11 @@ class PostgresRouter:
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.is_closed()
 
+    @property
+    def envelope_links(self) -> EnvelopeLinks | None:
+        """The peer links (``routing_links``) new envelopes take, if this worker has them."""
+        return self._links
+
     async def start(self, on_hint: OnHint, on_connected: Callable[[], None]) -> None:
         """Connect and ``LISTEN`` before returning, so the relay hears every hint
         committed from then on; StoreStartError (one line) if it cannot."""
@@ -87,10 +97,20 @@ class PostgresRouter:
             raise StoreStartError(
                 f"cannot LISTEN for other workers' hints: {_reason(exc)}"
             ) from None
+        if self._links is not None:
+            try:
+                await self._links.start(on_hint, on_connected)
+            except Exception as exc:
+                await self.close()
+                raise StoreStartError(
+                    f"cannot open peer links on {self._links.host}: {_reason(exc)}"
+                ) from None
         self._on_connected()
 
     async def close(self) -> None:
         self._closed = True
+        if self._links is not None:
+            await self._links.close()
         if self._reconnecting is not None:
             self._reconnecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -57,6 +57,7 @@ from blindrelay.server.cli import main as relay_cli
 from blindrelay.server.routing import CHANNEL as HINT_CHANNEL
 from blindrelay.server.routing import HintKind
 from blindrelay.server.routing import decode as decode_hint
+from blindrelay.server.routing_links import split_address
 
 from .pg import PostgresDatabase
 
@@ -158,7 +159,7 @@ async def within(awaitable):  # type: ignore[no-untyped-def]
 
 
 async def play(
-    url: str,
+    urls: list[str],
     store_args: list[str],
     operator_key: bytes,
     operator_key_path: Path,
@@ -166,15 +167,17 @@ async def play(
     story: Scenario,
     snapshot: Callable[[], None],
 ) -> None:
-    """The story; fills ``story`` with every canary it used. ``store_args`` name the
-    relay's store for ``blindrelay admin``; ``snapshot`` reads the store while the relay
-    still runs, after the last message."""
+    """The story; fills ``story`` with every canary it used. Clients connect to ``urls``
+    in turn (with two workers: the airline and bob on the first, alice on the second, so
+    every conversation crosses). ``store_args`` name the relay's store for ``blindrelay
+    admin``; ``snapshot`` reads the store while the relay still runs, after the last
+    message."""
     clients: list[Client] = []
 
     async def online(handle: str, kind: str = "user") -> Client:
         store = RecordingKeyStore()
         client = Client(store, operator_key=operator_key, open_transport=tapped(wire.tap))
-        await within(client.connect(url))
+        await within(client.connect(urls[len(clients) % len(urls)]))
         await within(client.register(handle, kind))  # type: ignore[arg-type]
         story.stores.append(store)
         story.handles.append(handle)
@@ -277,38 +280,49 @@ def keygen(directory: Path) -> tuple[bytes, Path]:
 
 
 def run_story(
-    store_args: list[str], tmp_path: Path, snapshot: Callable[[Scenario], None]
+    store_args: list[str],
+    tmp_path: Path,
+    snapshot: Callable[[Scenario], None],
+    workers: int = 1,
+    started: Callable[[], None] = lambda: None,
 ) -> tuple[Wire, Scenario, bytes]:
-    """``blindrelay serve`` on the named store (a subprocess, DEBUG logs, umask 0) while
-    the story plays; returns the wire, the story and the relay's complete log output."""
+    """``workers`` × ``blindrelay serve`` on the named store (subprocesses, DEBUG logs,
+    umask 0) while the story plays, ``started`` called once they all listen; returns the
+    wire, the story and the relays' complete log output."""
     operator_key, operator_key_path = keygen(tmp_path)
-    log_path = tmp_path / "relay.log"
     wire, story = Wire(), Scenario()
-    with log_path.open("wb") as log:
-        relay = subprocess.Popen(
-            [sys.executable, "-m", "blindrelay.server.cli", "serve", "--port", "0",
-             *store_args, "--log-level", "DEBUG"],
-            stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
-            umask=0,  # the most permissive an operator could run it with
-        )  # fmt: skip
-        try:
+    logs = [tmp_path / f"relay{n}.log" for n in range(workers)]
+    relays: list[subprocess.Popen[bytes]] = []
+    try:
+        urls = []
+        for log_path in logs:
+            with log_path.open("wb") as log:
+                relay = subprocess.Popen(
+                    [sys.executable, "-m", "blindrelay.server.cli", "serve", "--port", "0",
+                     *store_args, "--log-level", "DEBUG"],
+                    stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+                    umask=0,  # the most permissive an operator could run it with
+                )  # fmt: skip
+            relays.append(relay)
             assert relay.stdout is not None
             line = relay.stdout.readline().decode().strip()
             assert line.startswith("listening "), line
-            url = line.removeprefix("listening ")
-            asyncio.run(
-                play(url, store_args, operator_key, operator_key_path, wire, story,
-                     lambda: snapshot(story))
-            )  # fmt: skip
-        finally:
+            urls.append(line.removeprefix("listening "))
+        started()
+        asyncio.run(
+            play(urls, store_args, operator_key, operator_key_path, wire, story,
+                 lambda: snapshot(story))
+        )  # fmt: skip
+    finally:
+        for relay in relays:
             relay.terminate()
             relay.wait(timeout=10)
             if relay.stdout is not None:
                 relay.stdout.close()
-    assert relay.returncode == 0
+    assert [relay.returncode for relay in relays] == [0] * workers
     # SPEC §11.2: every file ``blindrelay admin`` writes is the owner's only.
     assert stat.S_IMODE(operator_key_path.stat().st_mode) == 0o600
-    return wire, story, log_path.read_bytes()
+    return wire, story, b"".join(log.read_bytes() for log in logs)
 
 
 def canaries_of(story: Scenario) -> tuple[list[bytes], set[bytes]]:
@@ -491,6 +505,54 @@ class HintTap:
             await self.conn.close()
 
 
+class LinkTap:
+    """Every byte the workers' peer links carry (``server/routing_links.py``): each
+    worker's advertised address is pointed at a forwarder of the test's, which records
+    both directions and passes them on untouched (the handshake too)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.data: list[bytes] = []
+        self.servers: list[asyncio.Server] = []
+
+    async def open(self) -> None:
+        conn = await asyncpg.connect(self.url)
+        try:
+            for worker, address in await conn.fetch("SELECT worker, address FROM workers"):
+                host, port = split_address(address)
+                server = await asyncio.start_server(
+                    lambda r, w, h=host, p=port: self._forward(h, p, r, w), "127.0.0.1", 0
+                )
+                self.servers.append(server)
+                tapped_at = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+                await conn.execute(
+                    "UPDATE workers SET address = $2 WHERE worker = $1", worker, tapped_at
+                )
+        finally:
+            await conn.close()
+
+    async def _forward(
+        self, host: str, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        upstream_reader, upstream = await asyncio.open_connection(host, port)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    self.data.append(data)
+                    sink.write(data)
+                    await sink.drain()
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(reader, upstream), pipe(upstream_reader, writer),
+                             return_exceptions=True)  # fmt: skip
+
+    async def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+
 async def plant(url: str, value: bytes) -> None:
     """A positive control for the WAL scan: a value written in the window by SQL."""
     conn = await asyncpg.connect(url)
@@ -505,11 +567,13 @@ async def plant(url: str, value: bytes) -> None:
 def test_no_canary_reaches_the_postgresql_store_its_wal_logs_or_wire(
     pg_database: PostgresDatabase, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The same story on ``--store postgresql://…`` (issue 14, threat model T26): every
-    table's rows (raw, as a backup would hold them) and every WAL byte the server wrote
-    meanwhile (what a standby or a WAL archive receives) are searched."""
+    """The same story on ``--store postgresql://…`` (issue 14, threat model T26), on two
+    workers with every conversation crossing: every table's rows (raw, as a backup would
+    hold them), every WAL byte the server wrote meanwhile (what a standby or a WAL
+    archive receives), every hint (NOTIFY) and every byte of the peer links between the
+    workers are searched."""
     url = pg_database.url
-    wal, hints = WalWindow(url), HintTap(url)
+    wal, hints, links = WalWindow(url), HintTap(url), LinkTap(url)
     planted = canary("planted").encode()
     live: dict[str, bytes] = {}
 
@@ -523,12 +587,15 @@ def test_no_canary_reaches_the_postgresql_store_its_wal_logs_or_wire(
     try:
         for start in (wal.open(), hints.open()):
             asyncio.run_coroutine_threadsafe(start, loop).result()
-        wire, story, logs = run_story(["--store", url], tmp_path, snapshot)
+        wire, story, logs = run_story(
+            ["--store", url], tmp_path, snapshot, workers=2,
+            started=lambda: asyncio.run_coroutine_threadsafe(links.open(), loop).result(),
+        )  # fmt: skip
         asyncio.run_coroutine_threadsafe(plant(url, planted), loop).result()
         wal_bytes = asyncio.run_coroutine_threadsafe(wal.read(), loop).result()
         stopped = asyncio.run_coroutine_threadsafe(dump_tables(url), loop).result()
     finally:
-        for close in (hints.close(), wal.close()):
+        for close in (links.close(), hints.close(), wal.close()):
             asyncio.run_coroutine_threadsafe(close, loop).result()
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
@@ -543,6 +610,7 @@ def test_no_canary_reaches_the_postgresql_store_its_wal_logs_or_wire(
     # form would only show at a multiple of three bytes.
     heard = [decode_hint(payload.decode()) for payload in hints.payloads]
     sources["hints"] = b"\n".join(hints.payloads + [hint.envelope for hint in heard])
+    sources["links"] = b"".join(links.data)
     sources["logs"] = logs
     sources["frames"] = b"".join(wire.messages)
 
@@ -560,9 +628,11 @@ def test_no_canary_reaches_the_postgresql_store_its_wal_logs_or_wire(
     assert len(hits({"tables": tables}, story.identity_keys)) == 3
     assert len(hits({"wal": wal_bytes}, story.identity_keys)) == 3  # registered in the window
     assert hits({"wal": wal_bytes}, [planted]) == [("wal", planted)]
-    # The hints were heard (one per delivery at least; with a single worker they are
-    # page hints, since no other worker serves a recipient), and any envelope one
-    # carried is the very ciphertext its recipient received.
-    assert len(heard) >= len(story.texts) // 2, len(heard)
+    # The hints were heard (the first envelope to cross rides one: a link is made when
+    # first needed), and any envelope one carried is the very ciphertext its recipient
+    # received; the links carried DELIVER frames, byte for byte as received.
+    assert any(hint.kind is HintKind.ENVELOPE for hint in heard), heard
+    delivered = [m for m in wire.messages if len(m) > 200 and m in sources["links"]]
+    assert len(delivered) >= len(story.texts) // 2, len(delivered)
     envelopes = [hint.row()[9] for hint in heard if hint.kind is HintKind.ENVELOPE]
     assert all(envelope in sources["frames"] for envelope in envelopes)

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from ..config import RelayConfig
+    from ..routing import EnvelopeLinks
 
 __all__ = [
     "Account", "AdminStore", "Done", "MonthUsage", "QueuedEnvelope", "Store", "StoreError",
@@ -119,10 +120,10 @@ class Store(Protocol):
     """Called when :attr:`available` changes (never by a back end that cannot reconnect):
     after an outage, other relay processes' hints may have been missed."""
 
-    serves: Callable[[str], bool] | None
-    """Whether an account's live connection is on this relay process (the relay sets
-    it; None: never). A shared store's hint about that account's new envelope then only
-    tells the other workers to page, without carrying it: this process pushes it."""
+    links: EnvelopeLinks | None
+    """Peer links to the other workers (the relay sets its router's; None: none). A shared
+    store sends a new envelope for a recipient another worker serves over its link,
+    after COMMIT, instead of in a hint (``routing_links``)."""
 
     async def start(self) -> None:
         """Open the data (creating or upgrading its schema); raise

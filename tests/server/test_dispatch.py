@@ -193,6 +193,8 @@ ROUTES = [
     (Hint(HintKind.WITHDRAWN, "bob", "w2", ids=(5, 6)), delivery, "withdrawn_elsewhere"),
     (Hint(HintKind.LOGIN, "bob", "w2", value=9), auth, "logged_in_elsewhere"),
     (Hint(HintKind.PREKEYS_LOW, "bob", "w2", value=3), directory, "prekeys_low"),
+    (Hint(HintKind.DELIVER, "bob", "", value=4, ids=(5,), envelope=b"deliver"), delivery,
+     "delivered_elsewhere"),
 ]  # fmt: skip
 
 
@@ -203,6 +205,7 @@ def _expected_args(hint: Hint) -> tuple[Any, ...]:
         HintKind.WITHDRAWN: (hint.handle, hint.ids),
         HintKind.LOGIN: (hint.handle, hint.value),
         HintKind.PREKEYS_LOW: (hint.handle, hint.value),
+        HintKind.DELIVER: (hint,),
     }[hint.kind]
 
 

@@ -191,6 +191,7 @@ async def test_a_careful_rerun_sends_every_hint_of_the_calls_that_succeed_once_i
     try:
         async with started(url, origin="feedfacefeedface") as store:
             await _users(store, "alice", "bob")
+            await store.submit("open_session", "bob", "0123456789abcdef", 1, 0)  # elsewhere
             login = store.submit("login_counts", "bob", 0)
             sent = _send(store, "alice", "bob", 1)
             broken = store.submit("page", "bob", 0, -1, 0)  # fails the batch's first run
@@ -417,6 +418,7 @@ async def test_hints_are_emitted_inside_the_transaction_and_only_on_commit(
     try:
         async with started(url, origin="feedfacefeedface") as store:
             await _users(store, "alice", "bob", "owner")
+            await store.submit("open_session", "bob", "0123456789abcdef", 1, 0)  # elsewhere
             assert heard.empty()  # registering changes nothing another worker acts on
             delivery_id, _, previous = await _send(store, "alice", "bob", 1)
             carried = await heard.get()  # the envelope rides its hint
@@ -447,27 +449,32 @@ async def test_hints_are_emitted_inside_the_transaction_and_only_on_commit(
         await listener.close()
 
 
-async def test_a_recipient_served_here_gets_a_page_hint_once_per_batch_not_its_envelopes(
+async def test_only_a_recipient_served_on_another_worker_gets_a_hint_and_it_carries_the_envelope(
     pg_database: PostgresDatabase,
 ) -> None:
-    """``Store.serves``: this worker pushes to its own connections itself; the others
-    only need to page in case the account is logging in on one of them meanwhile."""
+    """Where a recipient's live connection is (``account_sessions``, read under its lock,
+    which a login's ``open_session`` takes too) decides: here, this worker pushes it or
+    its outbox's first page reads it; nowhere, its next login pages it; on another
+    worker (no peer link here), the envelope rides its hint."""
     url = pg_database.fresh_schema()
     heard: asyncio.Queue[Hint] = asyncio.Queue()
     listener = await asyncpg.connect(url)
     await listener.add_listener(CHANNEL, lambda *args: heard.put_nowait(decode(args[3])))
     try:
         async with started(url, origin="feedfacefeedface") as store:
-            store.serves = lambda handle: handle == "bob"
-            await _users(store, "alice", "bob", "carol")
+            await _users(store, "alice", "bob", "carol", "dave")
+            await store.submit("open_session", "bob", "feedfacefeedface", 1, 0)
+            await store.submit("open_session", "carol", "0123456789abcdef", 1, 0)
             await asyncio.gather(*(_send(store, "alice", to, n) for n, to in
-                                   enumerate(["bob", "carol", "bob", "bob"])))  # fmt: skip
+                                   enumerate(["bob", "carol", "dave", "bob"])))  # fmt: skip
             await _send(store, "alice", "carol", 4)  # the next batch
-            hints = [await heard.get() for _n in range(3)]
+            hints = [await heard.get() for _n in range(2)]
+            await listener.execute("SELECT pg_notify($1, 'q feedfacefeedface 0 end')", CHANNEL)
+            assert (await heard.get()).handle == "end"  # nothing else was heard
     finally:
         await listener.close()
     assert [(h.kind, h.handle) for h in hints] == [
-        (HintKind.QUEUED, "bob"), (HintKind.ENVELOPE, "carol"), (HintKind.ENVELOPE, "carol")
+        (HintKind.ENVELOPE, "carol"), (HintKind.ENVELOPE, "carol")
     ]  # fmt: skip
 
 

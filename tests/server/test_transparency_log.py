@@ -218,11 +218,12 @@ async def test_an_upgraded_postgresql_relay_logs_the_businesses_it_already_had(
         await store.submit("create_account", "skyways.air", "business", AIRLINE.public, T0)
         await store.submit("create_account", "alice", "user", ALICE.public, T0)
     schema = url.split("search_path=")[1]
-    pg.execute(  # as a schema-3 relay left it: no log tables
+    pg.execute(  # as a schema-3 relay left it: no log tables (4), no workers table (5)
         pg_database.url,
-        *[f'DROP TABLE "{schema}".{table}' for table in ("log_entries", "log_nodes", "log_heads")],
-        f'DELETE FROM "{schema}".schema_version WHERE version = 4',
-    )
+        *[f'DROP TABLE "{schema}".{table}'
+          for table in ("log_entries", "log_nodes", "log_heads", "workers")],
+        f'DELETE FROM "{schema}".schema_version WHERE version >= 4',
+    )  # fmt: skip
     async with opened(url) as store:
         assert await logged(store) == [
             e.KeyBinding(v=1, handle="skyways.air", kind="business", identity_key=AIRLINE.public, at=T0)

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import time
-from dataclasses import replace
-from typing import Any
 
 import asyncpg
 import pytest
@@ -30,69 +27,15 @@ from blindrelay.protocol.frames import (
     PrekeysLow,
     Send,
     Sent,
-    StatementsList,
 )
 from blindrelay.protocol.signed import ConsentStatement, unverified_body
-from blindrelay.server.config import RelayConfig
-from blindrelay.server.relay import RunningRelay, serve
+from blindrelay.server.relay import serve
 from blindrelay.server.routing import Hint, HintKind, decode, envelope_hint
 
-from ..asyncrun import AsyncFixture
 from ..pg import RESTART_TIMEOUT_S, PostgresDatabase
-from .conftest import MANY_REGISTRATIONS, Clients, FakeClock, RawClient
+from .conftest import Clients, FakeClock
 from .consent_helpers import stated
-
-PROMPT_S = 1.0
-"""How soon a change committed on one worker must reach a connection on the other."""
-QUIET_S = 0.5
-"""How long a worker that hears no hints is watched for deliveries it could only have
-found by polling."""
-FAR = 3600.0
-"""The relay's own periodic work (purge, checkpoint) is this far apart in these tests."""
-
-
-def handle(name: str) -> str:
-    """A handle of its own per test: the module's tests share one database."""
-    return f"{name}{secrets.token_hex(4)}"
-
-
-def worker_config(url: str, **changes: Any) -> RelayConfig:
-    base = RelayConfig(host="127.0.0.1", port=0, store=url, **MANY_REGISTRATIONS)
-    return replace(base, purge_interval_s=FAR, checkpoint_interval_s=FAR, **changes)
-
-
-class Workers(AsyncFixture):
-    """Worker A and worker B on one database; ``changes_a`` apply to A only."""
-
-    def __init__(self, url: str, clock: FakeClock, **changes_a: Any) -> None:
-        self.url = url
-        self.clock = clock
-        self.changes_a = changes_a
-        self.a: RunningRelay
-        self.b: RunningRelay
-
-    async def __aenter__(self) -> Workers:
-        self.a = await serve(worker_config(self.url, **self.changes_a), clock=self.clock)
-        try:
-            self.b = await serve(worker_config(self.url), clock=self.clock)
-        except BaseException:
-            await self.a.close()
-            raise
-        assert self.a.router.worker_id != self.b.router.worker_id
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.b.close()
-        await self.a.close()
-
-
-def workers(pg_database: PostgresDatabase, clock: FakeClock, **changes_a: Any) -> Workers:
-    return Workers(pg_database.url, clock, **changes_a)
-
-
-async def answered(client: RawClient) -> None:
-    """A round trip on ``client``'s connection: everything before it was handled."""
-    assert not isinstance(await client.request(lambda i: StatementsList(id=i)), Error)
+from .twoworkers import PROMPT_S, QUIET_S, answered, handle, worker_config, workers
 
 
 async def test_a_message_reaches_a_recipient_on_the_other_worker_promptly(

@@ -26,7 +26,9 @@ runs here as one transaction:
    per-connection order, and the order of everything else, is submission order.
    Every other operation runs alone (:mod:`.operations`), in a savepoint if it writes.
 3. The batch's hints, one ``pg_notify`` statement (delivered by PostgreSQL only on
-   ``COMMIT``), then ``COMMIT`` (``synchronous_commit=on``). The caller answers only now.
+   ``COMMIT``), then ``COMMIT`` (``synchronous_commit=on``). The caller answers only now,
+   and only now do new envelopes for recipients served by other workers go over their
+   peer links (``routing_links``), those that got no hint.
 
 Failures. A refusal is decided before anything is written (or undone with its
 savepoint): it fails alone. Anything else unexpected in a set-based statement aborts
@@ -42,6 +44,7 @@ Not here: the stream of batches and outages (``store``), the operations run alon
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,10 +53,12 @@ import asyncpg
 
 from blindrelay.protocol.consent import INITIAL, REFUSE, PairState, Request, Verdict
 from blindrelay.protocol.errors import MessageIdReused, QueueFull
+from blindrelay.protocol.fastcodec import encode_deliver
 from blindrelay.protocol.signed import ConsentStatement, unverified_body
 
 from ... import routing
-from ...routing import Hint, HintKind
+from ...logs import log_event
+from ...routing import EnvelopeLinks, Hint
 from .. import Done
 from ..operations import SendRules
 from ..rules import (
@@ -147,16 +152,17 @@ async def run_batch(
     calls: list[Call],
     origin: str,
     counters: Counters,
-    serves: Callable[[str], bool] | None = None,
+    links: EnvelopeLinks | None = None,
 ) -> list[Outcome]:
     """Every call's outcome, after one COMMIT (module docstring); raises only for a lost
-    connection (or cancellation), when nothing is known to be committed. ``serves``:
-    ``Store.serves``, what the hints of new envelopes carry (:meth:`_SendRun.write`)."""
+    connection (or cancellation), when nothing is known to be committed. ``links``:
+    ``Store.links``, how new envelopes reach their recipient's worker
+    (:meth:`_SendRun.write`)."""
     careful = False
     retries = 0
     while True:
         try:
-            outcomes = await _attempt(conn, calls, origin, careful, serves)
+            outcomes = await _attempt(conn, calls, origin, careful, links)
         except _Again as again:
             if retryable(again.cause) and retries < MAX_RETRIES:
                 retries += 1
@@ -174,9 +180,13 @@ async def run_batch(
 
 
 async def _attempt(
-    conn: Any, calls: list[Call], origin: str, careful: bool, serves: Callable[[str], bool] | None
+    conn: Any,
+    calls: list[Call],
+    origin: str,
+    careful: bool,
+    links: EnvelopeLinks | None,
 ) -> list[Outcome]:
-    tx = Tx(conn, origin, serves=serves)
+    tx = Tx(conn, origin, links=links)
     outcomes: list[Outcome] = [(False, None)] * len(calls)
     begun = False
     try:
@@ -195,6 +205,14 @@ async def _attempt(
         with contextlib.suppress(Exception):
             await conn.execute("ROLLBACK")
         raise
+    if links is not None:
+        # Only now: "a notification is never seen before the envelope is committed".
+        for worker, envelopes in tx.linked.items():
+            try:
+                links.send(worker, envelopes)
+            except Exception as exc:  # committed: it must not fail (or rerun) the batch
+                log_event(logging.ERROR, "link_send_failed", exc_type=type(exc).__name__)
+                links.fallback([envelope[0] for envelope in envelopes])
     return outcomes
 
 
@@ -210,7 +228,10 @@ def _locked_by(call: Call) -> list[Any]:
         return [args[0], unverified_body(ConsentStatement, args[1]).target]
     if op == "take_bundle":
         return [args[2]]
-    if op in ("rotate_identity", "upload_prekeys"):
+    if op in ("rotate_identity", "upload_prekeys", "open_session"):
+        # open_session: a SEND reads where its recipient is served under this lock, so
+        # a login elsewhere either comes before (the SEND links there) or after (its
+        # first page, later in its stream, reads the envelope).
         return [args[0]]
     return []
 
@@ -476,10 +497,12 @@ _SEND_STATE = (
     " NULL::bytea AS b1, NULL::bytea AS b2, NULL::float8 AS f1"
     " FROM pairs p JOIN unnest($1::text[], $2::text[]) AS k(low, high)"
     "  ON p.low = k.low AND p.high = k.high"
-    " UNION ALL SELECT 2, a.handle, a.kind, NULL, NULL, NULL, NULL,"
+    " UNION ALL SELECT 2, a.handle, a.kind, w.worker, NULL, NULL, NULL,"
     "  coalesce(q.queued, 0) - coalesce(k.acked, 0), NULL, NULL, NULL, NULL FROM accounts a"
     "  LEFT JOIN queue_counts q ON q.handle = a.handle"
-    "  LEFT JOIN queue_acks k ON k.handle = a.handle WHERE a.handle = ANY($3::text[])"
+    "  LEFT JOIN queue_acks k ON k.handle = a.handle"
+    "  LEFT JOIN account_sessions w ON w.handle = a.handle AND w.live"
+    "  WHERE a.handle = ANY($3::text[])"
     " UNION ALL SELECT 3, s.sender, NULL, NULL, NULL, NULL, NULL, s.at, NULL, s.msg_id,"
     "  s.digest, NULL FROM sent s JOIN unnest($4::text[], $5::bytea[]) AS k(sender, msg_id)"
     "  ON s.sender = k.sender AND s.msg_id = k.msg_id"
@@ -586,6 +609,8 @@ class _SendRun:
         self.usage: dict[tuple[str, str, str, str], int] = {}
         self.spent: dict[str, tuple[float, int, int]] = {}
         """First-contact budgets to write: sender → (tokens, at, full_at)."""
+        self.workers: dict[str, str] = {}
+        """Recipient → the worker serving its live connection (``account_sessions``)."""
         self._month = (0, 0, "")
 
     async def read(self) -> None:
@@ -604,6 +629,8 @@ class _SendRun:
                 self.pairs[(h1, h2)] = pair_from_row(t1, t2, n1, t3, t4, n2)
             elif tag == 2:
                 self.recipients[h1] = (h2, int(n1 or 0))
+                if t1 is not None:
+                    self.workers[h1] = t1
             elif tag == 3:
                 self.remembered[(h1, bytes(b1))] = (bytes(b2), int(n1))
             elif tag == 4:
@@ -738,14 +765,26 @@ class _SendRun:
                 last[recipient] = int(delivery_id or 0)
         results: dict[int, list[int]] = {}
         tx = self.tx
-        served = tx.serves or _nobody
+        links, workers, origin = tx.links, self.workers, tx.origin
         for send in sends:
             delivery_id = ids[(send.handle, send.msg_id)]
             results[send.position] = [delivery_id, send.now, last[send.to]]
-            if served(send.to):
-                # Pushed by this worker; another one serves the account only in a race
-                # with a login there, and then pages (one hint per recipient per batch).
-                tx.hint(HintKind.QUEUED, send.to)
+            worker = workers.get(send.to)
+            if worker is None or worker == origin:
+                # No hint: where the recipient's live connection is was read under its
+                # lock, which a login's open_session takes too. Here: pushed by this
+                # worker, or paged by its outbox's first page (later in this stream).
+                # Nowhere: a login after this commit pages it.
+                pass
+            elif links is not None and links.linked(worker):
+                # To the recipient's worker by its link, after COMMIT (routing_links): as
+                # the DELIVER it pushes, so nothing is decoded or encoded again there.
+                tx.linked.setdefault(worker, []).append([
+                    send.to, delivery_id, last[send.to], encode_deliver(
+                        delivery_id, send.handle, send.kind, send.msg_id, send.intent,
+                        send.now, send.body, send.category, send.categories,
+                    ),
+                ])  # fmt: skip
             else:
                 # The envelope rides its hint: the recipient's worker pushes it without a
                 # PAGE.
@@ -787,10 +826,6 @@ async def send_group(
     written = await run.write()
     for position in pending:
         outcomes[position] = (True, written[position])
-
-
-def _nobody(_handle: str) -> bool:
-    return False
 
 
 GROUPS: dict[str, Group] = {

@@ -41,7 +41,7 @@ from blindrelay.protocol.signed import Action, ConsentStatement, unverified_body
 from blindrelay.protocol.skeleton import leading_skeletons, skeleton
 
 from ... import routing
-from ...routing import Hint, HintKind
+from ...routing import EnvelopeLinks, Hint, HintKind
 from .. import transparency
 from ..records import Account, MonthUsage
 from ..rules import (
@@ -70,8 +70,10 @@ class Tx:
     conn: Any
     origin: str
     hints: list[Hint] = field(default_factory=list)
-    serves: Callable[[str], bool] | None = None
-    """``Store.serves``: whether an account's live connection is on this worker."""
+    links: EnvelopeLinks | None = None
+    """``Store.links``: peer links to the other workers, for new envelopes."""
+    linked: dict[str, list[list[Any]]] = field(default_factory=dict)
+    """Worker → the envelopes its link carries once this transaction has committed."""
 
     def hint(self, kind: HintKind, handle: str, value: int = 0) -> None:
         self.hints.append(Hint(kind, handle, self.origin, value))

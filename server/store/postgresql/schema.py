@@ -34,7 +34,7 @@ from typing import Any
 from .. import StoreStartError
 from . import transparency
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 MIGRATION_LOCK = 0x626C696E6472  # "blindr": one advisory lock key for every worker
 """The ``pg_advisory_xact_lock`` key migrations run under."""
@@ -201,14 +201,25 @@ INSERT INTO queue_acks (handle) SELECT handle FROM accounts;
 """3: ACKs count apart, without the recipient's lock (module docstring); ``queued`` now
 only grows with SENDs and falls with purges and withdrawals, so it is a bigint."""
 
-MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: transparency.SCHEMA}
+_V5 = """
+CREATE TABLE workers (
+    worker text PRIMARY KEY,
+    address text NOT NULL,
+    secret bytea NOT NULL,
+    started_at bigint NOT NULL
+);
+"""
+"""5: where each worker's peer link listens, and the secret a peer proves it knows
+(``routing_links``): envelopes go straight to the recipient's worker."""
+
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: transparency.SCHEMA, 5: _V5}
 """Version → the statements that reach it from the version before (0: an empty database)."""
 
 TABLES = (
     "relay_identity", "accounts", "queue_counts", "signed_prekeys", "one_time_prekeys",
     "queue", "sent", "pairs", "statements", "statements_in_force", "statement_nonces",
     "budgets", "usage", "profiles", "badges", "business_skeletons", "invites",
-    "account_sessions", "queue_acks", *transparency.TABLES,
+    "account_sessions", "queue_acks", *transparency.TABLES, "workers",
 )  # fmt: skip
 """Every table of the current schema but ``schema_version``, for inspection."""
 

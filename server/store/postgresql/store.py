@@ -99,7 +99,7 @@ class PostgresStore:
         self.on_lost: Callable[[str], None] | None = None
         self.on_available: Callable[[bool], None] | None = None
         """Called with False when an outage begins and True once the store is back."""
-        self.serves: Callable[[str], bool] | None = None
+        self.links: routing.EnvelopeLinks | None = None
         self.counters = Counters()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: Any = None
@@ -230,7 +230,7 @@ class PostgresStore:
         else:
             try:
                 outcomes = await run_batch(
-                    self._conn, batch, self.origin, self.counters, self.serves
+                    self._conn, batch, self.origin, self.counters, self.links
                 )
             except Exception as exc:
                 if not connection_lost(exc):

@@ -28,7 +28,7 @@ from typing import Any
 import sqlite_utils
 
 from ... import gcpolicy
-from ...routing import new_worker_id
+from ...routing import EnvelopeLinks, new_worker_id
 from .. import Done, StoreError, transparency
 from ..records import Account, MonthUsage
 from .tables import Accounts, PreKeyStore, Tables, connect, connect_reader
@@ -50,7 +50,7 @@ class SqliteStore:
         self.on_lost: Callable[[str], None] | None = None
         self.on_available: Callable[[bool], None] | None = None
         """Never called: a lost writer is lost for good (:attr:`on_lost`)."""
-        self.serves: Callable[[str], bool] | None = None
+        self.links: EnvelopeLinks | None = None
         """Unused: one relay process has no other worker to tell."""
         self._writer = Writer(path, synchronous, gc_threshold)
         self._writer.on_lost = self._lost

@@ -1,0 +1,314 @@
+"""Peer links between two workers sharing a PostgreSQL store (server/routing_links.py,
+issue 14; SPEC §1.2.3, §6.4, §7.4): new envelopes go straight to the recipient's worker
+after COMMIT; a broken link costs latency, never a message; a withdrawal still wins.
+
+Worker A and worker B as in tests/server/test_workers.py, the sender on A and the
+recipient on B, so every message crosses. Waits are bounded (:data:`PROMPT_S`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import pytest
+
+from blindrelay.protocol import codec
+from blindrelay.protocol.frames import Ack, Deliver, Sent
+from blindrelay.server.routing import CHANNEL, Hint, HintKind, decode
+from blindrelay.server.routing_links import (
+    CHALLENGE_BYTES,
+    HEADER,
+    PeerLinks,
+    decode_frame,
+    encode_frames,
+    split_address,
+)
+
+from ..pg import PostgresDatabase
+from .conftest import Clients, FakeClock, RawClient
+from .consent_helpers import stated
+from .twoworkers import PROMPT_S, Workers, answered, handle, workers
+
+
+def links_of(relay: Any) -> PeerLinks:
+    links = relay.router.envelope_links
+    assert isinstance(links, PeerLinks)
+    return links
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait (bounded) for ``condition``: a link coming up, a frame being handled."""
+    async with asyncio.timeout(PROMPT_S):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+async def linked(w: Workers) -> None:
+    """A's link to B is up (asking for it starts making it)."""
+    await until(lambda: links_of(w.a).linked(w.b.router.worker_id))
+
+
+async def pair(w: Workers, clients: Clients) -> tuple[RawClient, RawClient]:
+    """alice on A, bob on B, bob's first page done, A's link to B up."""
+    alice = await clients.registered(w.a.url, handle("alice"))
+    bob = await clients.registered(w.b.url, handle("bob"))
+    await answered(bob)
+    await linked(w)
+    return alice, bob
+
+
+class Tap:
+    """Every NOTIFY on the hint channel, as a listening worker hears it; :meth:`drain`
+    waits for its own sentinel, so every notification committed before it was heard."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.heard: list[str] = []
+        self.conn: Any = None
+
+    async def __aenter__(self) -> Tap:
+        self.conn = await asyncpg.connect(self.url)
+        await self.conn.add_listener(
+            CHANNEL, lambda _c, _p, _ch, payload: self.heard.append(payload)
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.conn.close()
+
+    async def drain(self) -> list[str]:
+        await self.conn.execute("SELECT pg_notify($1, 'sentinel')", CHANNEL)
+        await until(lambda: "sentinel" in self.heard)
+        return [p for p in self.heard if p != "sentinel"]
+
+
+async def test_envelopes_take_the_link_and_no_notification(
+    pg_database: PostgresDatabase, clock: FakeClock, clients: Clients
+) -> None:
+    async with workers(pg_database, clock) as w, Tap(pg_database.url) as tap:
+        alice, bob = await pair(w, clients)
+        for n in range(3):
+            assert isinstance(await alice.send_message(bob.handle, b"m%d" % n), Sent)
+            deliver = await asyncio.wait_for(bob.push(Deliver), PROMPT_S)
+            assert deliver.body == b"m%d" % n and deliver.sender == alice.handle
+            await bob.send(Ack(delivery_ids=(deliver.delivery_id,)))
+        assert (links_of(w.a).sent, links_of(w.b).received) == (3, 3)
+        heard = [decode(p) for p in await tap.drain()]
+        assert not [h for h in heard if h.handle == bob.handle], heard
+
+
+async def test_the_link_carries_only_the_deliver_frames_the_recipient_gets(
+    pg_database: PostgresDatabase,
+    clock: FakeClock,
+    clients: Clients,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The canary rule on the link (tests/test_canaries.py scans the wire): what crosses
+    is exactly the DELIVER the recipient receives — ciphertext and its routing fields."""
+    async with workers(pg_database, clock) as w:
+        alice, bob = await pair(w, clients)
+        links_b = links_of(w.b)
+        bodies: list[bytes] = []
+        receive = links_b.received_frame
+
+        def tapped(body: bytes) -> None:
+            bodies.append(body)
+            receive(body)
+
+        monkeypatch.setattr(links_b, "received_frame", tapped)
+        assert isinstance(await alice.send_message(bob.handle, b"ciphertext"), Sent)
+        deliver = await asyncio.wait_for(bob.push(Deliver), PROMPT_S)
+        carried = [item for body in bodies for item in decode_frame(body)]
+        assert len(carried) == 1
+        recipient, delivery_id, _previous, data = carried[0]
+        assert (recipient, delivery_id) == (bob.handle, deliver.delivery_id)
+        assert codec.decode(data) == deliver
+
+
+async def test_a_link_broken_mid_run_loses_nothing(
+    pg_database: PostgresDatabase, clock: FakeClock, clients: Clients
+) -> None:
+    """Frames written into a link that breaks may be lost: the sender sends QUEUED hints
+    for what it cannot write, the receiver pages every outbox when its link ends."""
+    async with workers(pg_database, clock, message_request_max=100) as w:
+        alice, bob = await pair(w, clients)
+        count = 40
+        for n in range(count):
+            if n == count // 2:
+                links_of(w.a).disconnect()
+                links_of(w.b).disconnect()
+            assert isinstance(await alice.send_message(bob.handle, b"n%d" % n), Sent)
+        got: set[bytes] = set()
+        while len(got) < count:
+            deliver = await asyncio.wait_for(bob.push(Deliver), PROMPT_S)
+            got.add(deliver.body)
+            await bob.send(Ack(delivery_ids=(deliver.delivery_id,)))
+        assert got == {b"n%d" % n for n in range(count)}
+
+
+Held = list[tuple[list[list[Any]], Callable[[], None]]]
+
+
+async def held_link(w: Workers, monkeypatch: pytest.MonkeyPatch) -> Held:
+    """A's link sends held back until released (a slow link): each send's envelopes and
+    what releases it."""
+    links_a = links_of(w.a)
+    send = links_a.send
+    held: Held = []
+
+    def hold(worker: str, envelopes: list[list[Any]]) -> None:
+        held.append((envelopes, lambda: send(worker, envelopes)))
+
+    monkeypatch.setattr(links_a, "send", hold)
+    return held
+
+
+async def test_a_link_broken_between_commit_and_send_becomes_a_page_hint(
+    pg_database: PostgresDatabase,
+    clock: FakeClock,
+    clients: Clients,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with workers(pg_database, clock) as w:
+        alice, bob = await pair(w, clients)
+        held = await held_link(w, monkeypatch)
+        assert isinstance(await alice.send_message(bob.handle, b"rerouted"), Sent)
+        links_of(w.a).disconnect()
+        held.pop()[1]()  # the link is down now: a QUEUED hint instead
+        deliver = await asyncio.wait_for(bob.push(Deliver), PROMPT_S)
+        assert deliver.body == b"rerouted" and links_of(w.a).fallbacks == 1
+
+
+async def test_frames_lost_with_a_link_are_paged_when_it_ends(
+    pg_database: PostgresDatabase,
+    clock: FakeClock,
+    clients: Clients,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What was written into a link that broke may never have been read: the receiving
+    worker pages every outbox when an incoming link ends."""
+    async with workers(pg_database, clock) as w:
+        alice, bob = await pair(w, clients)
+        held = await held_link(w, monkeypatch)
+        assert isinstance(await alice.send_message(bob.handle, b"lost in transit"), Sent)
+        held.pop()  # never written: as if lost in the link's buffers
+        await answered(bob)
+        assert not [frame for frame in bob.inbox if isinstance(frame, Deliver)]
+        links_of(w.b).disconnect()
+        deliver = await asyncio.wait_for(bob.push(Deliver), PROMPT_S)
+        assert deliver.body == b"lost in transit"
+
+
+async def test_a_block_committed_before_a_linked_envelope_arrives_wins(
+    pg_database: PostgresDatabase,
+    clock: FakeClock,
+    clients: Clients,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SPEC §7.4 "from the OK on, the relay MUST NOT deliver anything the new state
+    refuses": an envelope committed before the block but slow on its link is dropped
+    when it arrives after the block's OK (the block's withdrawal named it)."""
+    async with workers(pg_database, clock) as w:
+        alice, bob = await pair(w, clients)
+        held = await held_link(w, monkeypatch)
+        assert isinstance(await alice.send_message(bob.handle, b"too late"), Sent)
+        assert len(held) == 1
+        await stated(bob, "block", alice.handle, clock.now)
+        received = links_of(w.b).received
+        held.pop()[1]()
+        await until(lambda: links_of(w.b).received > received)
+        await answered(bob)
+        assert not [frame for frame in bob.inbox if isinstance(frame, Deliver)]
+
+
+async def test_a_withdrawal_heard_by_notify_before_the_linked_envelope_wins(
+    pg_database: PostgresDatabase,
+    clock: FakeClock,
+    clients: Clients,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The withdrawal by NOTIFY (committed on another worker), the envelope by link,
+    the withdrawal first: the envelope is never pushed."""
+    async with workers(pg_database, clock) as w:
+        alice, bob = await pair(w, clients)
+        held = await held_link(w, monkeypatch)
+        sent = await alice.send_message(bob.handle, b"withdrawn")
+        assert isinstance(sent, Sent) and len(held) == 1
+        envelopes, release = held.pop()
+        delivery_id = envelopes[0][1]
+        w.b.hint_received(Hint(HintKind.WITHDRAWN, bob.handle, "f" * 16, ids=(delivery_id,)))
+        received = links_of(w.b).received
+        release()
+        await until(lambda: links_of(w.b).received > received)
+        await answered(bob)
+        assert not [frame for frame in bob.inbox if isinstance(frame, Deliver)]
+
+
+async def test_an_envelope_for_a_recipient_not_served_here_is_bounced_as_a_page_hint(
+    pg_database: PostgresDatabase, clock: FakeClock, clients: Clients
+) -> None:
+    async with workers(pg_database, clock) as w, Tap(pg_database.url) as tap:
+        links_b = links_of(w.b)
+        nobody = handle("nobody")
+        body = encode_frames([[nobody, 7, 6, b"deliver"]])[1]
+        links_b.received_frame(body)
+        bounced = Hint(HintKind.QUEUED, nobody, w.b.router.worker_id).encode()
+        await until(lambda: bounced in tap.heard)
+        assert links_b.fallbacks == 1
+
+
+async def test_a_peer_that_cannot_prove_the_secret_is_refused(
+    pg_database: PostgresDatabase, clock: FakeClock
+) -> None:
+    async with workers(pg_database, clock) as w:
+        links_b = links_of(w.b)
+        reader, writer = await asyncio.open_connection(*split_address(links_b.address))
+        await reader.readexactly(CHALLENGE_BYTES)
+        writer.write(bytes(CHALLENGE_BYTES))
+        body = encode_frames([[handle("bob"), 1, 0, b"forged"]])
+        writer.writelines(body)
+        assert await asyncio.wait_for(reader.read(), PROMPT_S) == b""  # closed, no ACCEPTED
+        writer.close()
+        assert links_b.received == 0
+
+
+async def test_with_peer_links_off_envelopes_ride_their_hints(
+    pg_database: PostgresDatabase, clock: FakeClock, clients: Clients
+) -> None:
+    """``--peer-links off`` on the sending worker: it has no links, and a crossing
+    envelope reaches its recipient through its NOTIFY hint, as before links."""
+    async with workers(pg_database, clock, peer_links="off") as w, Tap(pg_database.url) as tap:
+        assert w.a.router.envelope_links is None
+        alice = await clients.registered(w.a.url, handle("alice"))
+        bob = await clients.registered(w.b.url, handle("bob"))
+        await answered(bob)
+        assert isinstance(await alice.send_message(bob.handle, b"by hint"), Sent)
+        deliver = await asyncio.wait_for(bob.push(Deliver), PROMPT_S)
+        assert deliver.body == b"by hint"
+        heard = [decode(p) for p in await tap.drain()]
+        assert [h.kind for h in heard if h.handle == bob.handle] == [HintKind.ENVELOPE]
+
+
+def test_a_link_frame_round_trips_and_big_batches_split() -> None:
+    envelopes: list[list[Any]] = [["bob", i, i - 1, bytes(1000)] for i in range(1, 21)]
+    parts = encode_frames(envelopes)
+    assert len(parts) == 2 and HEADER.unpack(parts[0]) == (len(parts[1]),)
+    assert decode_frame(parts[1]) == [tuple(e) for e in envelopes]
+
+
+@pytest.mark.parametrize(
+    "value", [{}, [["bob", 1, 0]], [["bob", "1", 0, b""]], [[b"bob", 1, 0, b""]], [[1, 1, 0, b""]]]
+)
+def test_anything_else_on_a_link_is_refused(value: Any) -> None:
+    import msgpack
+
+    with pytest.raises(ValueError):
+        decode_frame(msgpack.packb(value))
+
+
+def test_a_deliver_hint_never_comes_by_notify() -> None:
+    with pytest.raises(ValueError):
+        decode("d 0123456789abcdef 0 bob 1")
