@@ -19,6 +19,10 @@ from blindrelay.protocol.connection import ClientConnection, RelayConnection
 T0 = 1_790_000_000_000
 """The relay's clock at HELLO (Unix ms)."""
 
+HANDSHAKE_HASH = bytes(range(64))
+"""The channel's handshake hash both ends sign and check over (SPEC §1.3, §4.2): the
+channel itself is tested apart (test_channel.py)."""
+
 ALICE = SigningKey(b"\x02" * 32)
 """Alice's identity key."""
 
@@ -38,8 +42,10 @@ class Pair:
 
     def __init__(self) -> None:
         self.relay_key = SigningKey(b"\x01" * 32)
-        self.relay = RelayConnection(self.relay_key.verify_key.encode(), T0, counter_rng())
-        self.client = ClientConnection()
+        self.relay = RelayConnection(
+            self.relay_key.verify_key.encode(), T0, counter_rng(), handshake_hash=HANDSHAKE_HASH
+        )
+        self.client = ClientConnection(HANDSHAKE_HASH)
         self.flush()
 
     def flush(self) -> tuple[list[f.Frame], list[f.Frame]]:
