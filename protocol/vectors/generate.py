@@ -18,14 +18,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import msgpack
-
-from blindrelay.protocol import frames as f
-from blindrelay.protocol import limits
-from blindrelay.protocol import pow as puzzle
-from blindrelay.protocol.codec import encode
 from nacl.signing import SigningKey
 
-from blindrelay.protocol import channel
+from blindrelay.protocol import channel, limits
+from blindrelay.protocol import frames as f
+from blindrelay.protocol import pow as puzzle
+from blindrelay.protocol.codec import encode
 from blindrelay.protocol.connection import login_transcript, register_transcript
 from blindrelay.protocol.jsonform import to_json
 from blindrelay.protocol.skeleton import leading_skeletons, skeleton

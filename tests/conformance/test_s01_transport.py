@@ -3,22 +3,20 @@ compression, size cap."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+
 import msgpack
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-import asyncio
-import os
-
 from blindrelay.protocol import SUBPROTOCOL, channel, limits
 from blindrelay.protocol.codec import encode
-from blindrelay.protocol.frames import BundleFetch, Deliver, Error, Send, Sent, Welcome
+from blindrelay.protocol.frames import BundleFetch, Deliver, Error, Send, Sent
 
 from .wire import (
     FRAME_TIMEOUT_S,
-    Account,
-    handshake,
     new_handle,
     new_msg_id,
     open_socket,

@@ -25,6 +25,7 @@ from websockets.asyncio.client import ClientConnection as WebSocket
 from websockets.asyncio.client import connect
 
 from blindrelay.protocol import SUBPROTOCOL
+from blindrelay.protocol.channel import ClientChannel
 from blindrelay.protocol.codec import decode, encode
 from blindrelay.protocol.connection import ClientConnection
 from blindrelay.protocol.crypto.keys import signed_prekey_message
@@ -151,13 +152,48 @@ def db_rows(
 # --- the raw client -------------------------------------------------------------
 
 
+class SealedSocket:
+    """A websockets connection inside its Noise channel (SPEC §1.3): ``send`` seals
+    bytes (a str goes out as it is, a text message) and ``recv`` opens them, so tests
+    speak frames as before; ``raw`` is the socket itself, the rest is passed to it."""
+
+    def __init__(self, ws: WebSocket, channel: ClientChannel) -> None:
+        self.raw = ws
+        self.channel = channel
+
+    async def send(self, data: bytes | str) -> None:
+        await self.raw.send(self.channel.encrypt(data) if isinstance(data, bytes) else data)
+
+    async def recv(self) -> bytes:
+        return self.channel.decrypt(await self.raw.recv())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+    async def __aenter__(self) -> SealedSocket:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.raw.close()
+
+
+async def sealed_connect(url: str, **connect_kwargs: Any) -> SealedSocket:
+    """Connect and run the client's side of the handshake (SPEC §1.3)."""
+    ws = await connect(url, **connect_kwargs)
+    channel = ClientChannel(os.urandom)
+    await ws.send(channel.start())
+    channel.receive_handshake(await asyncio.wait_for(ws.recv(), TEST_TIMEOUT_S))
+    return SealedSocket(ws, channel)
+
+
 class RawClient:
     """Speaks frames directly: ClientConnection for the handshake, the codec after.
 
-    Frames not yet asked for (pushes, other responses) wait in ``inbox``.
+    Frames not yet asked for (pushes, other responses) wait in ``inbox``. ``ws`` seals
+    and opens them in the connection's channel (:class:`SealedSocket`).
     """
 
-    def __init__(self, ws: WebSocket, conn: ClientConnection) -> None:
+    def __init__(self, ws: SealedSocket, conn: ClientConnection) -> None:
         self.ws = ws
         self.conn = conn
         self.inbox: deque[Frame] = deque()
@@ -170,11 +206,11 @@ class RawClient:
         cls, url: str, headers: dict[str, str] | None = None, **connect_kwargs: Any
     ) -> RawClient:
         """Connect and read HELLO; ``connect_kwargs`` go to websockets' ``connect``."""
-        ws = await connect(
+        ws = await sealed_connect(
             url, subprotocols=[SUBPROTOCOL], compression=None, max_size=None,
             additional_headers=headers, **connect_kwargs,
         )  # fmt: skip
-        conn = ClientConnection()
+        conn = ClientConnection(ws.channel.handshake_hash, ws.channel.relay_key)
         client = cls(ws, conn)
         conn.receive_data(await client._recv_bytes())
         assert conn.hello is not None

@@ -73,7 +73,7 @@ async def test_a_replayed_login_signature_is_refused(relay: RunningRelay, client
     alice = await clients.registered(relay.url, "alice")
     # A signature over an earlier connection's challenge, captured and replayed.
     captured = alice.key.sign(
-        login_transcript(alice.relay_key, alice.conn.hello.challenge, "alice")  # type: ignore[union-attr]
+        login_transcript(alice.relay_key, alice.conn.hello.challenge, "alice", handshake_hash=alice.ws.channel.handshake_hash)  # type: ignore[union-attr]
     ).signature
     replayer = await clients.open(relay.url)
     frame = await replayer.request(lambda i: Login(id=i, handle="alice", signature=captured))
@@ -99,7 +99,7 @@ async def test_a_signature_bound_to_another_relay_is_refused(
     client = await clients.open(relay.url)
     other_relay_key = bytes(SigningKey.generate().verify_key)
     signature = alice.key.sign(
-        login_transcript(other_relay_key, client.conn.hello.challenge, "alice")  # type: ignore[union-attr]
+        login_transcript(other_relay_key, client.conn.hello.challenge, "alice", handshake_hash=client.ws.channel.handshake_hash)  # type: ignore[union-attr]
     ).signature
     frame = await client.request(lambda i: Login(id=i, handle="alice", signature=signature))
     assert error_code(frame) == ErrorCode.AUTH_FAILED
@@ -118,7 +118,7 @@ async def test_a_second_proof_on_one_connection_is_refused(
     assert error_code(await client.response(taken)) == ErrorCode.HANDLE_TAKEN
     # The challenge is spent: even the right key cannot use it again.
     signature = alice.key.sign(
-        login_transcript(client.relay_key, client.conn.hello.challenge, "alice")  # type: ignore[union-attr]
+        login_transcript(client.relay_key, client.conn.hello.challenge, "alice", handshake_hash=client.ws.channel.handshake_hash)  # type: ignore[union-attr]
     ).signature
     frame = await client.request(lambda i: Login(id=i, handle="alice", signature=signature))
     assert error_code(frame) == ErrorCode.AUTH_FAILED
