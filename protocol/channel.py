@@ -122,11 +122,7 @@ class _Channel:
             raise RuntimeError("the channel is not established")
         if len(frame) > limits.MAX_FRAME_BYTES:
             raise ValueError("frame over MAX_FRAME_BYTES")
-        n = cipher.n
-        # SPEC §1.3.5: "Before the message numbered a multiple of REKEY_INTERVAL (not 0),
-        # the sender calls Rekey()"; the nonce goes on.
-        if n and n % self._rekey_interval == 0:
-            cipher.rekey()
+        self._rekey_if_due(cipher)
         try:
             return cipher.encrypt_with_ad(b"", frame)
         except NoiseError as exc:  # the nonce ran out: the connection must end
@@ -143,14 +139,20 @@ class _Channel:
             raise TransportMessageRejected("a text message is not a transport message")
         if not TAG_BYTES <= len(message) <= MAX_TRANSPORT_MESSAGE_BYTES:
             raise TransportMessageRejected("transport message size out of range")
-        n = cipher.n
-        if n and n % self._rekey_interval == 0:
-            cipher.rekey()
+        self._rekey_if_due(cipher)
         try:
             return cipher.decrypt_with_ad(b"", message)
         except NoiseError as exc:
             self._failed = True  # a gap in the nonces: nothing after it can be read
-            raise TransportMessageRejected(f"transport message {n}: {exc}") from exc
+            raise TransportMessageRejected(f"transport message {cipher.n}: {exc}") from exc
+
+    def _rekey_if_due(self, cipher: CipherState) -> None:
+        # SPEC §1.3.5: "Before the transport message whose nonce n is a positive multiple
+        # of REKEY_INTERVAL_MESSAGES, the sender — and the receiver before opening it —
+        # calls Rekey()"; n goes on.
+        n = cipher.n
+        if n and n % self._rekey_interval == 0:
+            cipher.rekey()
 
 
 class RelayChannel(_Channel):

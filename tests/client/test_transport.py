@@ -19,7 +19,6 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
@@ -41,6 +40,7 @@ from blindrelay.protocol import SUBPROTOCOL, channel, limits
 from blindrelay.protocol.channel import MAX_TRANSPORT_MESSAGE_BYTES, RelayChannel
 
 from ..relays import relay_at
+from ..sealed import SealedSocket
 
 WAIT_S = 10.0
 """Longest wait for one event on loopback; a healthy run needs milliseconds."""
@@ -57,29 +57,11 @@ def relay_channel(seed: bytes = RELAY_SEED, binding: bytes | None = None) -> Rel
     return RelayChannel(static, binding, os.urandom)
 
 
-class Sealed:
-    """The server's side of one connection, inside the channel: ``send`` seals bytes
-    (a str goes out as a text message), ``recv`` opens; the rest is the socket's."""
-
-    def __init__(self, ws: ServerConnection, relay: RelayChannel) -> None:
-        self.raw = ws
-        self.channel = relay
-
-    async def send(self, data: bytes | str) -> None:
-        await self.raw.send(self.channel.encrypt(data) if isinstance(data, bytes) else data)
-
-    async def recv(self) -> bytes:
-        return self.channel.decrypt(await self.raw.recv())
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.raw, name)
-
-
 class Peer:
     """The server's side of the connections a test opened: what it saw and got."""
 
     def __init__(self, relay: Callable[[], RelayChannel] = relay_channel) -> None:
-        self.connected: asyncio.Queue[Sealed] = asyncio.Queue()
+        self.connected: asyncio.Queue[SealedSocket] = asyncio.Queue()
         self.headers: list[Headers] = []
         self.ended: asyncio.Queue[ConnectionClosed] = asyncio.Queue()
         self._relay = relay
@@ -90,14 +72,14 @@ class Peer:
         relay = self._relay()
         with contextlib.suppress(ConnectionClosed):
             await ws.send(relay.receive_handshake(await ws.recv()))
-        await self.connected.put(Sealed(ws, relay))
+        await self.connected.put(SealedSocket(ws, relay))
         try:
             await ws.wait_closed()
         finally:
             assert isinstance(ws.close_exc, ConnectionClosed)
             await self.ended.put(ws.close_exc)
 
-    async def next(self) -> Sealed:
+    async def next(self) -> SealedSocket:
         return await asyncio.wait_for(self.connected.get(), WAIT_S)
 
 

@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 
 import pytest
 from nacl.signing import SigningKey
-from websockets.asyncio.client import ClientConnection as WebSocket
 from websockets.asyncio.client import connect
 
 from blindrelay.protocol import SUBPROTOCOL
@@ -46,6 +45,7 @@ from .. import pg
 from ..asyncrun import AsyncFixture, async_test_runner
 from ..pg import PostgresDatabase
 from ..relays import MANY_REGISTRATIONS, FakeClock
+from ..sealed import SealedSocket
 
 TEST_TIMEOUT_S = 10.0
 F = TypeVar("F", bound=Frame)
@@ -150,31 +150,6 @@ def db_rows(
 
 
 # --- the raw client -------------------------------------------------------------
-
-
-class SealedSocket:
-    """A websockets connection inside its Noise channel (SPEC §1.3): ``send`` seals
-    bytes (a str goes out as it is, a text message) and ``recv`` opens them, so tests
-    speak frames as before; ``raw`` is the socket itself, the rest is passed to it."""
-
-    def __init__(self, ws: WebSocket, channel: ClientChannel) -> None:
-        self.raw = ws
-        self.channel = channel
-
-    async def send(self, data: bytes | str) -> None:
-        await self.raw.send(self.channel.encrypt(data) if isinstance(data, bytes) else data)
-
-    async def recv(self) -> bytes:
-        return self.channel.decrypt(await self.raw.recv())
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.raw, name)
-
-    async def __aenter__(self) -> SealedSocket:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.raw.close()
 
 
 async def sealed_connect(url: str, **connect_kwargs: Any) -> SealedSocket:
