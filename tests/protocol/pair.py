@@ -8,11 +8,12 @@ fixed keys, a counting RNG and a fixed clock, so every run is the same bytes.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable
 
 from nacl.signing import SigningKey
 
-from blindrelay.protocol import codec
+from blindrelay.protocol import channel, codec
 from blindrelay.protocol import frames as f
 from blindrelay.protocol.connection import ClientConnection, RelayConnection
 
@@ -84,3 +85,15 @@ def authenticated(handle: str = "alice", key: SigningKey = ALICE) -> Pair:
     pair.relay.verify_registration(frame, T0 + 1)
     welcome(pair, frame)
     return pair
+
+
+def channel_pair(
+    relay_seed: bytes = b"\x05" * 32, **kwargs: int
+) -> tuple[channel.ClientChannel, channel.RelayChannel]:
+    """Both ends of a Noise channel (SPEC §1.3), past the handshake, fresh ephemerals."""
+    static = channel.relay_static_key(relay_seed)
+    binding = channel.static_binding(SigningKey(relay_seed), static.public)
+    relay = channel.RelayChannel(static, binding, os.urandom, **kwargs)
+    client = channel.ClientChannel(os.urandom, **kwargs)
+    client.receive_handshake(relay.receive_handshake(client.start()))
+    return client, relay

@@ -24,6 +24,8 @@ from blindrelay.protocol.channel import (
 from blindrelay.protocol.connection import login_transcript
 from blindrelay.protocol.jsonform import from_json
 
+from .pair import channel_pair
+
 VECTOR = json.loads(
     (Path(__file__).parents[2] / "protocol" / "vectors" / "channel.json").read_text()
 )
@@ -39,9 +41,7 @@ def relay_channel(seed: bytes = RELAY_SEED, **kwargs: int) -> RelayChannel:
 
 
 def established(**kwargs: int) -> tuple[ClientChannel, RelayChannel]:
-    client, relay = ClientChannel(os.urandom, **kwargs), relay_channel(**kwargs)
-    client.receive_handshake(relay.receive_handshake(client.start()))
-    return client, relay
+    return channel_pair(RELAY_SEED, **kwargs)
 
 
 # --- the vectors ---------------------------------------------------------------------
