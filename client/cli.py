@@ -81,21 +81,15 @@ def _chat(args: argparse.Namespace) -> int:
     from .chat import Options, read_passphrase, run
 
     try:
-        operator_key = bytes.fromhex(args.operator_key) if args.operator_key else None
-    except ValueError:
-        print("blindrelay chat: --operator-key must be hex")
-        return 2
-    try:
-        invite = bytes.fromhex(args.invite) if args.invite else None
-    except ValueError:
-        print("blindrelay chat: --invite must be the hex token the operator gave you")
-        return 2
-    try:
-        relay_key = bytes.fromhex(args.accept_relay_key) if args.accept_relay_key else None
-    except ValueError:
-        relay_key = b""
-    if relay_key is not None and len(relay_key) != 32:
-        print("blindrelay chat: --accept-relay-key must be 64 hex digits (a 32-byte key)")
+        operator_key = _hex_option(args.operator_key, "--operator-key must be hex")
+        invite = _hex_option(args.invite, "--invite must be the hex token the operator gave you")
+        relay_key = _hex_option(
+            args.accept_relay_key,
+            "--accept-relay-key must be 64 hex digits (a 32-byte key)",
+            size=32,
+        )
+    except ValueError as exc:
+        print(f"blindrelay chat: {exc}")
         return 2
     return run(
         Options(
@@ -109,3 +103,17 @@ def _chat(args: argparse.Namespace) -> int:
             accept_relay_key=relay_key,
         )
     )
+
+
+def _hex_option(value: str | None, problem: str, size: int | None = None) -> bytes | None:
+    """An option given in hex as bytes (None when absent); ValueError(``problem``) if it
+    is not hex, or not ``size`` bytes long."""
+    if not value:
+        return None
+    try:
+        data = bytes.fromhex(value)
+    except ValueError:
+        raise ValueError(problem) from None
+    if size is not None and len(data) != size:
+        raise ValueError(problem)
+    return data

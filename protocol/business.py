@@ -26,7 +26,15 @@ from . import limits
 from .crypto.fingerprint import key_fingerprint
 from .errors import InvalidProfile, MalformedFrame, ProtocolError
 from .frames import MAX_TIME_MS, check_handle
-from .signed import SignedBody, Signer, open_signed, reraise_as
+from .signed import (
+    SignedBody,
+    Signer,
+    check_exact_len,
+    check_time,
+    check_version,
+    open_signed,
+    reraise_as,
+)
 
 MINUTES_PER_DAY = 24 * 60
 DESCRIPTION_MAX_LEN = 512
@@ -48,11 +56,6 @@ def _check_text(value: str, name: str, maximum: int, *, allow_empty: bool = Fals
         raise MalformedFrame(f"{name}: at most {maximum} characters")
 
 
-def _check_time(value: int, name: str) -> None:
-    if not 0 <= value <= MAX_TIME_MS:
-        raise MalformedFrame(f"{name}: out of range")
-
-
 # --- badges (SPEC §8.1) -------------------------------------------------------
 
 
@@ -72,16 +75,14 @@ class Badge(SignedBody):
     expires_at: int
 
     def __post_init__(self) -> None:
-        if self.v != 1:
-            raise MalformedFrame("v: must be 1")
+        check_version(self.v)
         check_handle(self.handle)
-        if len(self.key_fingerprint) != 32:
-            raise MalformedFrame("key_fingerprint: must be exactly 32 bytes")
+        check_exact_len(self.key_fingerprint, "key_fingerprint", 32)
         _check_text(self.display_name, "display_name", limits.DISPLAY_NAME_MAX_LEN)
         if not 0 <= self.serial < 2**63:
             raise MalformedFrame("serial: out of range")
-        _check_time(self.issued_at, "issued_at")
-        _check_time(self.expires_at, "expires_at")
+        check_time(self.issued_at, "issued_at")
+        check_time(self.expires_at, "expires_at")
         if not self.issued_at < self.expires_at <= self.issued_at + limits.MAX_BADGE_VALIDITY_MS:
             raise MalformedFrame("expires_at: must follow issued_at within the maximum validity")
 
@@ -220,8 +221,7 @@ class BusinessProfile(SignedBody):
     issued_at: int
 
     def __post_init__(self) -> None:
-        if self.v != 1:
-            raise MalformedFrame("v: must be 1")
+        check_version(self.v)
         check_handle(self.handle)
         _check_text(self.display_name, "display_name", limits.DISPLAY_NAME_MAX_LEN)
         _check_text(self.description, "description", DESCRIPTION_MAX_LEN, allow_empty=True)
@@ -233,7 +233,7 @@ class BusinessProfile(SignedBody):
             raise MalformedFrame("hours/exceptions: too many entries")
         if len({e.date for e in self.exceptions}) != len(self.exceptions):
             raise MalformedFrame("exceptions: one entry per date")
-        _check_time(self.issued_at, "issued_at")
+        check_time(self.issued_at, "issued_at")
 
     @property
     def zone(self) -> ZoneInfo:

@@ -121,9 +121,18 @@ def _check_max(value: bytes | str | tuple[object, ...], name: str, maximum: int)
         raise FrameTooLarge(f"{name}: at most {maximum}")
 
 
-def _check_nonempty(value: bytes | str | tuple[object, ...], name: str) -> None:
+def _check_size(value: bytes | str | tuple[object, ...], name: str, maximum: int) -> None:
+    """From 1 to ``maximum`` bytes, characters or items."""
     if not value:
         raise MalformedFrame(f"{name}: must not be empty")
+    if len(value) > maximum:
+        raise FrameTooLarge(f"{name}: at most {maximum}")
+
+
+def _check_month(value: str) -> None:
+    """A UTC month as metering counts it (SPEC §8.4)."""
+    if not _MONTH_RE.match(value):
+        raise MalformedFrame("month: must be YYYY-MM")
 
 
 def _check_enum(value: str, name: str, allowed: frozenset[str]) -> None:
@@ -133,8 +142,7 @@ def _check_enum(value: str, name: str, allowed: frozenset[str]) -> None:
 
 
 def _check_categories(value: tuple[str, ...], name: str = "categories") -> None:
-    _check_nonempty(value, name)
-    _check_max(value, name, limits.MAX_CATEGORIES)
+    _check_size(value, name, limits.MAX_CATEGORIES)
     for item in value:
         _check_enum(item, name, _CATEGORIES)
     if len(set(value)) != len(value):
@@ -386,8 +394,7 @@ class Error(_Frame):
         if self.retry_after is not None:
             _check_uint(self.retry_after, "retry_after", MAX_TIME_MS, minimum=1)
         if self.reason is not None:
-            _check_nonempty(self.reason, "reason")
-            _check_max(self.reason, "reason", MAX_REASON_LEN)
+            _check_size(self.reason, "reason", MAX_REASON_LEN)
             if not 100 <= self.code < 200:
                 raise MalformedFrame("reason: only allowed with 1xx codes")
 
@@ -491,8 +498,7 @@ class Send(_Request):
         _Request.__post_init__(self)
         check_handle(self.to, "to")
         _check_len(self.msg_id, "msg_id", limits.MESSAGE_ID_BYTES)
-        _check_nonempty(self.body, "body")
-        _check_max(self.body, "body", limits.MAX_CIPHERTEXT_BYTES)
+        _check_size(self.body, "body", limits.MAX_CIPHERTEXT_BYTES)
         _check_intent_fields(self.intent, self.category, self.categories, relay=False)
 
 
@@ -531,8 +537,7 @@ class Deliver(_Frame):
         _check_enum(self.sender_kind, "sender_kind", _KINDS)
         _check_len(self.msg_id, "msg_id", limits.MESSAGE_ID_BYTES)
         _check_uint(self.sent_at, "sent_at", MAX_TIME_MS)
-        _check_nonempty(self.body, "body")
-        _check_max(self.body, "body", limits.MAX_CIPHERTEXT_BYTES)
+        _check_size(self.body, "body", limits.MAX_CIPHERTEXT_BYTES)
         _check_intent_fields(self.intent, self.category, self.categories, relay=True)
 
 
@@ -547,8 +552,7 @@ class Ack(_Frame):
     delivery_ids: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        _check_nonempty(self.delivery_ids, "delivery_ids")
-        _check_max(self.delivery_ids, "delivery_ids", limits.MAX_ACK_IDS)
+        _check_size(self.delivery_ids, "delivery_ids", limits.MAX_ACK_IDS)
         if min(self.delivery_ids) < 1 or max(self.delivery_ids) > MAX_DELIVERY_ID:
             raise MalformedFrame(f"delivery_ids: must be in 1..{MAX_DELIVERY_ID}")
 
@@ -565,8 +569,7 @@ class Statement(_Request):
 
     def __post_init__(self) -> None:
         _Request.__post_init__(self)
-        _check_nonempty(self.statement, "statement")
-        _check_max(self.statement, "statement", limits.MAX_STATEMENT_BYTES)
+        _check_size(self.statement, "statement", limits.MAX_STATEMENT_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -593,8 +596,7 @@ class Statements(_Response):
         _Response.__post_init__(self)
         _check_max(self.statements, "statements", limits.MAX_LISTED_STATEMENTS)
         for item in self.statements:
-            _check_nonempty(item, "statements")
-            _check_max(item, "statements", limits.MAX_STATEMENT_BYTES)
+            _check_size(item, "statements", limits.MAX_STATEMENT_BYTES)
         if self.next is not None:
             _check_uint(self.next, "next", MAX_DELIVERY_ID, minimum=1)
 
@@ -611,8 +613,7 @@ class ProfilePut(_Request):
 
     def __post_init__(self) -> None:
         _Request.__post_init__(self)
-        _check_nonempty(self.profile, "profile")
-        _check_max(self.profile, "profile", limits.MAX_PROFILE_BYTES)
+        _check_size(self.profile, "profile", limits.MAX_PROFILE_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -642,11 +643,9 @@ class Profile(_Response):
         check_handle(self.handle)
         _check_len(self.identity_key, "identity_key", 32)
         if self.profile is not None:
-            _check_nonempty(self.profile, "profile")
-            _check_max(self.profile, "profile", limits.MAX_PROFILE_BYTES)
+            _check_size(self.profile, "profile", limits.MAX_PROFILE_BYTES)
         if self.badge is not None:
-            _check_nonempty(self.badge, "badge")
-            _check_max(self.badge, "badge", limits.MAX_BADGE_BYTES)
+            _check_size(self.badge, "badge", limits.MAX_BADGE_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -658,8 +657,7 @@ class UsageFetch(_Request):
 
     def __post_init__(self) -> None:
         _Request.__post_init__(self)
-        if not _MONTH_RE.match(self.month):
-            raise MalformedFrame("month: must be YYYY-MM")
+        _check_month(self.month)
 
 
 @dataclass(frozen=True, slots=True)
@@ -674,8 +672,7 @@ class Usage(_Response):
 
     def __post_init__(self) -> None:
         _Response.__post_init__(self)
-        if not _MONTH_RE.match(self.month):
-            raise MalformedFrame("month: must be YYYY-MM")
+        _check_month(self.month)
         _check_max(self.notifications, "notifications", limits.MAX_CATEGORIES)
         _check_uint(self.service_replies, "service_replies", MAX_DELIVERY_ID)
         _check_uint(self.user_initiated, "user_initiated", MAX_DELIVERY_ID)

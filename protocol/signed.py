@@ -65,6 +65,28 @@ class SignedBody:
         return signed
 
 
+# Field checks every kind of signed body shares. All raise MalformedFrame, never
+# FrameTooLarge: a body is no frame, and its reader re-raises the error under the
+# code of its kind (statement, profile, badge; :func:`reraise_as`).
+
+
+def check_version(v: int) -> None:
+    """Version 1 is the only body format (SPEC §14)."""
+    if v != 1:
+        raise MalformedFrame("v: must be 1")
+
+
+def check_exact_len(value: bytes, name: str, size: int) -> None:
+    if len(value) != size:
+        raise MalformedFrame(f"{name}: must be exactly {size} bytes")
+
+
+def check_time(value: int, name: str) -> None:
+    """Unix milliseconds in the range every frame's times use (SPEC conventions)."""
+    if not 0 <= value <= MAX_TIME_MS:
+        raise MalformedFrame(f"{name}: out of range")
+
+
 def open_signed(cls: type[T], data: bytes, public_key: bytes) -> T:
     """Verify ``data`` as a signed ``cls`` under ``public_key`` and decode its body.
 
@@ -129,19 +151,17 @@ class ConsentStatement(SignedBody):
     categories: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.v != 1:
-            raise MalformedFrame("v: must be 1")
+        check_version(self.v)
         if self.action not in tuple(Action):
             raise MalformedFrame("action: unknown")
         check_handle(self.signer, "signer")
         check_handle(self.target, "target")
         if self.signer == self.target:
             raise MalformedFrame("target: must differ from signer")
-        _exact_len(self.signer_key, "signer_key", 32)
-        _exact_len(self.relay_key, "relay_key", 32)
-        _exact_len(self.nonce, "nonce", limits.STATEMENT_NONCE_BYTES)
-        if not 0 <= self.issued_at <= MAX_TIME_MS:
-            raise MalformedFrame("issued_at: out of range")
+        check_exact_len(self.signer_key, "signer_key", 32)
+        check_exact_len(self.relay_key, "relay_key", 32)
+        check_exact_len(self.nonce, "nonce", limits.STATEMENT_NONCE_BYTES)
+        check_time(self.issued_at, "issued_at")
         if self.action in CONSENT_ACTIONS:
             cats = self.categories or ()
             if not cats or len(set(cats)) != len(cats) or not set(cats) <= set(limits.CATEGORIES):
@@ -206,9 +226,3 @@ def verify_statement(
     if now_ms is not None and abs(now_ms - statement.issued_at) > limits.STATEMENT_SKEW_MS:
         raise StaleStatement("issued_at: outside the allowed clock skew")
     return statement
-
-
-def _exact_len(value: bytes, name: str, size: int) -> None:
-    if len(value) != size:
-        raise MalformedFrame(f"{name}: must be exactly {size} bytes")
-

@@ -171,6 +171,20 @@ _make_info = positional_constructor(EnvelopeInfo)
 _make_session = positional_constructor(Session)
 
 
+def _advanced(
+    session: Session, ratchet: dr.RatchetState, pending_prekey: PendingPreKey | None
+) -> Session:
+    """``session`` after one message: the same pair and X3DH run, the ratchet moved on."""
+    return _make_session(
+        session.our_identity_key,
+        session.their_identity_key,
+        session.associated_data,
+        session.base_key,
+        ratchet,
+        pending_prekey,
+    )
+
+
 def peek_envelope(envelope: bytes) -> EnvelopeInfo:
     """Parse an envelope without keys; MalformedEnvelope if it is not one.
 
@@ -274,15 +288,9 @@ def encrypt(session: Session, plaintext: bytes, rng: Rng) -> tuple[Session, byte
     prekey = None
     if session.pending_prekey is not None:
         prekey = (session.our_identity_key, session.base_key, session.pending_prekey)
-    new_session = _make_session(
-        session.our_identity_key,
-        session.their_identity_key,
-        session.associated_data,
-        session.base_key,
-        state,
-        session.pending_prekey,
+    return _advanced(session, state, session.pending_prekey), encode_envelope(
+        header, ciphertext, prekey
     )
-    return new_session, encode_envelope(header, ciphertext, prekey)
 
 
 def belongs_to(session: Session, info: EnvelopeInfo) -> bool:
@@ -313,15 +321,8 @@ def decrypt(session: Session, envelope: bytes, rng: Rng) -> tuple[Session, bytes
         session.ratchet, info.header, info.ciphertext, session.associated_data, rng
     )
     plaintext = unpad(padded)
-    new_session = _make_session(
-        session.our_identity_key,
-        session.their_identity_key,
-        session.associated_data,
-        session.base_key,
-        state,
-        None,
-    )
-    return new_session, plaintext
+    # A decrypted reply proves the peer has the session: stop repeating the X3DH part.
+    return _advanced(session, state, None), plaintext
 
 
 def accept_session(

@@ -1,4 +1,4 @@
-"""``blindrelay chat`` (client/chat.py) driven the way a person drives it: on a terminal.
+"""``blindrelay chat`` (client/chat/) driven the way a person drives it: on a terminal.
 
 Two chat processes on pseudo-terminals against a ``blindrelay serve``
 subprocess. Input is typed line by line; every wait reads the terminal until

@@ -1,4 +1,4 @@
-"""``blindrelay demo`` (client/demo.py) run as a newcomer runs it: one command, piped.
+"""``blindrelay demo`` (client/demo/) run as a newcomer runs it: one command, piped.
 
 The story's secrets may appear only in the lines of what a client sees; every
 other line — the relay's view of the wire, its inventory, its log digest — must

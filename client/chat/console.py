@@ -1,52 +1,26 @@
-"""``blindrelay chat``: a line-based terminal client a person can use against any relay.
+"""The chat's console: what a person types and what is printed back.
 
-One profile file holds the account (keystore sealed with a passphrase, asked
-with getpass or read from ``--passphrase-env``). The first run registers the
-handle; later runs log in. Incoming messages are printed as they arrive while
-the person types; commands start with ``/`` (``/help`` lists them).
+:class:`Chat` runs each line a person types (``/help`` lists the commands) and
+prints each message and receipt as it arrives, with what the person needs to
+judge it: a changed key in capitals, and ``/msg`` refused until ``/approve``
+(SPEC §3.3); a business under its badge's name when the badge verifies, its own
+profile's name only as an unverified claim (SPEC §8.1).
 
-Trust is shown, never assumed (SPEC §3.3, §13.9): a contact's first key is
-pinned, ``/safety`` prints the number to compare and ``/verify`` records the
-comparison; a changed key is announced in capitals and ``/msg`` refuses to
-send until ``/approve``. Businesses show their badge only when it verifies
-against the operator key given with ``--operator-key`` (SPEC §8.1), and then
-under the badge's name; the name in a business's own profile is shown only
-as its unverified claim, flagged when it differs from the badge's.
-
-Not here: the protocol and key custody (``sdk``, ``sessions``, ``keystore``).
+Not here: opening the profile, registering and the input loop (``session``),
+the protocol and key custody (``sdk``, ``sessions``, ``keystore``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import getpass
-import os
 import shlex
-import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import IO
 
 from blindrelay.protocol import limits
-from blindrelay.protocol.errors import (
-    BlindrelayError,
-    HandleTaken,
-    RateLimited,
-    RegistrationRefused,
-    UntrustedIdentity,
-)
+from blindrelay.protocol.errors import BlindrelayError, UntrustedIdentity
 
-from .keystore import KeyStoreError
-from .sdk import (
-    MAX_HELD_PER_SENDER,
-    BusinessInfo,
-    Client,
-    ConnectionLost,
-    Message,
-    RelayKeyChanged,
-)
+from ..sdk import MAX_HELD_PER_SENDER, BusinessInfo, Client, Message
 
 HELP = """\
 commands:
@@ -67,20 +41,6 @@ commands:
 
 class Usage(Exception):
     """A command typed wrongly: its one-line explanation is shown."""
-
-
-@dataclass(frozen=True, slots=True)
-class Options:
-    relay: str
-    profile: Path
-    handle: str | None
-    kind: str
-    passphrase: str
-    operator_key: bytes | None
-    invite: bytes | None = None
-    """For a relay that requires invites (SPEC §4.6.4); used at registration only."""
-    accept_relay_key: bytes | None = None
-    """Pin this relay key first (after the relay's operator confirmed a new one)."""
 
 
 class Chat:
@@ -347,103 +307,3 @@ def _one_handle(rest: str, usage: str) -> str:
     if len(words) != 1:
         raise Usage(usage)
     return words[0]
-
-
-async def _stdin_lines() -> asyncio.StreamReader:
-    """stdin as a stream, so reading a line never blocks incoming messages."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    return reader
-
-
-async def session(options: Options, out: IO[str]) -> int:
-    """Open the profile, connect, register or log in, then read commands until /quit."""
-    chat: Chat | None = None
-
-    def changed(handle: str) -> None:
-        if chat is not None:
-            chat.warn_identity_change(handle)
-
-    try:
-        client = Client.open(
-            options.profile, options.passphrase,
-            operator_key=options.operator_key, on_identity_change=changed,
-        )  # fmt: skip
-    except KeyStoreError as exc:
-        print(f"blindrelay chat: {options.profile}: {exc}", file=out, flush=True)
-        return 1
-    chat = Chat(client, out)
-    receiver: asyncio.Task[None] | None = None
-    try:
-        if options.accept_relay_key is not None:
-            client.accept_relay_key(options.accept_relay_key)
-        await client.connect(options.relay)
-        if client.handle is None:
-            if options.handle is None:
-                chat.say("a new profile needs --handle to register")
-                return 2
-            try:
-                await client.register(options.handle, options.kind, invite=options.invite)  # type: ignore[arg-type]
-            except (HandleTaken, RateLimited, RegistrationRefused) as exc:
-                why = _registration_refused(exc, invited=options.invite is not None)
-                chat.say(f"blindrelay chat: the relay refused to register {options.handle}: {why}")
-                return 1
-            chat.say(f"registered {options.handle} on {options.relay}")
-        else:
-            await client.login()
-            chat.say(f"logged in as {client.handle} on {options.relay}")
-        chat.say("/help lists the commands")
-        receiver = asyncio.create_task(chat.receive())
-        lines = await _stdin_lines()
-        while True:
-            raw = await lines.readline()
-            if not raw:
-                break
-            if not await chat.command(raw.decode(errors="replace")):
-                break
-        return 0
-    except RelayKeyChanged as exc:
-        chat.say(
-            f"blindrelay chat: {options.relay} presents relay key {exc.presented.hex()}, not "
-            f"{exc.pinned.hex()} pinned in this profile; nothing was sent. If the relay's "
-            f"operator confirms the new key, run again with --accept-relay-key "
-            f"{exc.presented.hex()}"
-        )
-        return 1
-    except (ConnectionLost, BlindrelayError) as exc:
-        chat.say(f"blindrelay chat: {type(exc).__name__} {exc}".rstrip())
-        return 1
-    finally:
-        if receiver is not None:
-            receiver.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await receiver
-        await client.close()
-
-
-def _registration_refused(exc: BlindrelayError, *, invited: bool) -> str:
-    """What the person can do about a refused REGISTER (SPEC §3.2, §4.6)."""
-    if isinstance(exc, HandleTaken):
-        return "the handle is taken or looks like a business's; choose another"
-    if isinstance(exc, RateLimited):
-        minutes = -(-exc.retry_after_ms // 60_000)
-        return f"too many registrations from this address; try again in {minutes} min"
-    if invited:
-        return "the invite is unknown or already used (or the proof of work failed)"
-    return "it needs an invite from its operator (--invite HEX)"
-
-
-def read_passphrase(env: str | None) -> str:
-    if env is not None:
-        value = os.environ.get(env)
-        if value is None:
-            raise SystemExit(f"blindrelay chat: ${env} is not set")
-        return value
-    return getpass.getpass("profile passphrase: ")
-
-
-def run(options: Options) -> int:
-    with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(session(options, sys.stdout))
-    return 130

@@ -1,0 +1,27 @@
+"""``blindrelay chat``: a line-based terminal client a person can use against any relay.
+
+One profile file holds the account (keystore sealed with a passphrase, asked
+with getpass or read from ``--passphrase-env``). The first run registers the
+handle; later runs log in. Incoming messages are printed as they arrive while
+the person types; commands start with ``/`` (``/help`` lists them).
+
+Trust is shown, never assumed (SPEC §3.3, §13.9): a contact's first key is
+pinned, ``/safety`` prints the number to compare and ``/verify`` records the
+comparison; a changed key is announced in capitals and ``/msg`` refuses to
+send until ``/approve``. Businesses show their badge only when it verifies
+against the operator key given with ``--operator-key`` (SPEC §8.1), and then
+under the badge's name; the name in a business's own profile is shown only
+as its unverified claim, flagged when it differs from the badge's.
+
+Where each part lives::
+
+    session   one run: open the profile, register or log in, read lines until /quit
+    console   the Chat: each command, and each message and receipt as it is shown
+
+Not here: the protocol and key custody (``sdk``, ``sessions``, ``keystore``).
+"""
+
+from .console import Chat
+from .session import Options, read_passphrase, run, session
+
+__all__ = ["Chat", "Options", "read_passphrase", "run", "session"]

@@ -1,0 +1,159 @@
+"""One run of ``blindrelay chat``: open the profile, sign in, read commands until /quit.
+
+The profile's keystore is sealed with a passphrase, asked with getpass or read
+from ``--passphrase-env``. The first run registers the handle (with the
+operator's invite on a closed relay); later runs log in. Every way this can
+fail ends as one line and an exit status, never a traceback.
+
+Not here: what a command does and how a message is shown (``console``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from blindrelay.protocol.errors import (
+    BlindrelayError,
+    HandleTaken,
+    RateLimited,
+    RegistrationRefused,
+)
+
+from ..keystore import KeyStoreError
+from ..sdk import Client, ConnectionLost, RelayKeyChanged
+from .console import Chat
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    relay: str
+    profile: Path
+    handle: str | None
+    kind: str
+    passphrase: str
+    operator_key: bytes | None
+    invite: bytes | None = None
+    """For a relay that requires invites (SPEC §4.6.4); used at registration only."""
+    accept_relay_key: bytes | None = None
+    """Pin this relay key first (after the relay's operator confirmed a new one)."""
+
+
+async def session(options: Options, out: IO[str]) -> int:
+    """Open the profile, connect, register or log in, then read commands until /quit."""
+    chat: Chat | None = None
+
+    def changed(handle: str) -> None:
+        if chat is not None:
+            chat.warn_identity_change(handle)
+
+    try:
+        client = Client.open(
+            options.profile, options.passphrase,
+            operator_key=options.operator_key, on_identity_change=changed,
+        )  # fmt: skip
+    except KeyStoreError as exc:
+        print(f"blindrelay chat: {options.profile}: {exc}", file=out, flush=True)
+        return 1
+    chat = Chat(client, out)
+    receiver: asyncio.Task[None] | None = None
+    try:
+        if options.accept_relay_key is not None:
+            client.accept_relay_key(options.accept_relay_key)
+        await client.connect(options.relay)
+        refused = await _sign_in(chat, options)
+        if refused is not None:
+            return refused
+        chat.say("/help lists the commands")
+        receiver = asyncio.create_task(chat.receive())
+        await _read_commands(chat)
+        return 0
+    except RelayKeyChanged as exc:
+        chat.say(
+            f"blindrelay chat: {options.relay} presents relay key {exc.presented.hex()}, not "
+            f"{exc.pinned.hex()} pinned in this profile; nothing was sent. If the relay's "
+            f"operator confirms the new key, run again with --accept-relay-key "
+            f"{exc.presented.hex()}"
+        )
+        return 1
+    except (ConnectionLost, BlindrelayError) as exc:
+        chat.say(f"blindrelay chat: {type(exc).__name__} {exc}".rstrip())
+        return 1
+    finally:
+        if receiver is not None:
+            receiver.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await receiver
+        await client.close()
+
+
+async def _sign_in(chat: Chat, options: Options) -> int | None:
+    """Register a new profile's handle or log in; the exit status if that was refused."""
+    client = chat.client
+    if client.handle is not None:
+        await client.login()
+        chat.say(f"logged in as {client.handle} on {options.relay}")
+        return None
+    if options.handle is None:
+        chat.say("a new profile needs --handle to register")
+        return 2
+    try:
+        await client.register(options.handle, options.kind, invite=options.invite)  # type: ignore[arg-type]
+    except (HandleTaken, RateLimited, RegistrationRefused) as exc:
+        why = _registration_refused(exc, invited=options.invite is not None)
+        chat.say(f"blindrelay chat: the relay refused to register {options.handle}: {why}")
+        return 1
+    chat.say(f"registered {options.handle} on {options.relay}")
+    return None
+
+
+def _registration_refused(exc: BlindrelayError, *, invited: bool) -> str:
+    """What the person can do about a refused REGISTER (SPEC §3.2, §4.6)."""
+    if isinstance(exc, HandleTaken):
+        return "the handle is taken or looks like a business's; choose another"
+    if isinstance(exc, RateLimited):
+        minutes = -(-exc.retry_after_ms // 60_000)
+        return f"too many registrations from this address; try again in {minutes} min"
+    if invited:
+        return "the invite is unknown or already used (or the proof of work failed)"
+    return "it needs an invite from its operator (--invite HEX)"
+
+
+async def _read_commands(chat: Chat) -> None:
+    """Run each line typed until /quit or the end of input."""
+    lines = await _stdin_lines()
+    while True:
+        raw = await lines.readline()
+        if not raw:
+            return
+        if not await chat.command(raw.decode(errors="replace")):
+            return
+
+
+async def _stdin_lines() -> asyncio.StreamReader:
+    """stdin as a stream, so reading a line never blocks incoming messages."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+def read_passphrase(env: str | None) -> str:
+    if env is not None:
+        value = os.environ.get(env)
+        if value is None:
+            raise SystemExit(f"blindrelay chat: ${env} is not set")
+        return value
+    return getpass.getpass("profile passphrase: ")
+
+
+def run(options: Options) -> int:
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(session(options, sys.stdout))
+    return 130

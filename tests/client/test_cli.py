@@ -1,0 +1,31 @@
+"""The client's ``blindrelay`` subcommands (client/cli.py): bad options are one line, exit 2.
+
+Checked before anything is opened or asked: no profile file appears and no
+passphrase is read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from blindrelay.server.cli import main
+
+BAD_HEX_OPTIONS = [
+    (["--operator-key", "zz"], "blindrelay chat: --operator-key must be hex"),
+    (["--invite", "not hex"], "blindrelay chat: --invite must be the hex token the operator gave you"),
+    (["--accept-relay-key", "ab" * 31], "blindrelay chat: --accept-relay-key must be 64 hex digits (a 32-byte key)"),
+    (["--accept-relay-key", "x" * 64], "blindrelay chat: --accept-relay-key must be 64 hex digits (a 32-byte key)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("option", "message"), BAD_HEX_OPTIONS)
+def test_a_chat_option_that_is_not_the_hex_it_names_is_one_line_and_exit_2(
+    option: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    profile = tmp_path / "me.db"
+    status = main(["chat", "--relay", "ws://127.0.0.1:9", "--profile", str(profile), *option])
+    assert status == 2
+    assert capsys.readouterr().out == message + "\n"
+    assert not profile.exists()
