@@ -1,10 +1,13 @@
 """The Noise Protocol Framework, revision 34, for the ``25519_ChaChaPoly_BLAKE2b`` suite.
 
 A protocol construction written from the Noise specification (sections 4–5),
-like :mod:`.crypto.x3dh` from Signal's: every primitive is PyNaCl's — X25519
-(``crypto_scalarmult``), ChaCha20-Poly1305 IETF (``crypto_aead_chacha20poly1305_ietf_*``)
-and BLAKE2b-512 (``nacl.hashlib``); HMAC over BLAKE2b is the standard library's
-RFC 2104 construction (Noise §4.3), and HKDF the three-output chain of Noise §4.3.
+like :mod:`.crypto.x3dh` from Signal's: X25519 (``crypto_scalarmult``) and
+ChaCha20-Poly1305 IETF (``crypto_aead_chacha20poly1305_ietf_*``) are PyNaCl's;
+BLAKE2b-512 is the standard library's (``hashlib``, RFC 7693 — the same function
+as libsodium's ``generichash``, twenty times cheaper per call than PyNaCl's
+wrapper, which made up most of a handshake's cost), and HMAC over it the
+standard library's RFC 2104 construction, as Noise §4.3 defines HMAC-HASH; HKDF
+is the chain of Noise §4.3.
 Checked against the cacophony vectors and, in the tests, an independent
 implementation (``protocol/vectors/noise/``, ``tests/protocol/test_noise.py``).
 
@@ -18,11 +21,12 @@ schedule (:mod:`.channel`).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import nacl.hashlib
 from nacl.bindings import (
     crypto_aead_chacha20poly1305_ietf_decrypt,
     crypto_aead_chacha20poly1305_ietf_encrypt,
@@ -89,9 +93,8 @@ def dh(key_pair: KeyPair, public: bytes) -> bytes:
         raise InvalidPublicKey("low-order X25519 public key") from exc
 
 
-def _nonce(n: int) -> bytes:
-    # Noise §12.3 (ChaChaPoly): 32 bits of zeros, then the 64-bit counter little-endian.
-    return b"\x00\x00\x00\x00" + n.to_bytes(8, "little")
+_nonce = struct.Struct("<4xQ").pack
+"""Noise §12.3 (ChaChaPoly): 32 bits of zeros, then the 64-bit counter little-endian."""
 
 
 def encrypt(k: bytes, n: int, ad: bytes, plaintext: bytes) -> bytes:
@@ -110,20 +113,14 @@ def rekey(k: bytes) -> bytes:
     return encrypt(k, MAX_NONCE, b"", bytes(KEYLEN))[:KEYLEN]
 
 
-def _blake2b() -> nacl.hashlib.blake2b:
-    return nacl.hashlib.blake2b(digest_size=HASHLEN)
-
-
 def hash_(data: bytes) -> bytes:
     """HASH(): BLAKE2b with a 64-byte output."""
-    return nacl.hashlib.blake2b(data, digest_size=HASHLEN).digest()
+    return hashlib.blake2b(data).digest()
 
 
 def hmac_hash(key: bytes, data: bytes) -> bytes:
     """HMAC-HASH (RFC 2104 over BLAKE2b-512, block length 128)."""
-    # nacl's blake2b has the hashlib interface hmac needs (block_size 128, copy()),
-    # which typeshed's protocol for hashlib objects does not name.
-    return hmac.digest(key, data, _blake2b)  # type: ignore[arg-type]
+    return hmac.digest(key, data, hashlib.blake2b)
 
 
 def hkdf(chaining_key: bytes, input_key_material: bytes, outputs: int) -> list[bytes]:
