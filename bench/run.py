@@ -5,7 +5,8 @@ it. Absolute figures depend on the machine; each workload therefore runs its bas
 in the same run and the table prints the ratio, which is what the targets are about.
 
     .venv/bin/python bench/run.py [--quick] [--only throughput latency idle drain fanout
-        crypto scale] [--postgres URL] [--json PATH] [--profile DIR] [--repeat N] [--check]
+        crypto scale transparency] [--postgres URL] [--json PATH] [--profile DIR]
+        [--repeat N] [--check]
 
 Workloads (servers start fresh for each, on 127.0.0.1 with an empty database):
   1 throughput  50 pairs x 1000 x 1 KiB, window 10: relay (durable acks, FULL) vs the
@@ -30,6 +31,11 @@ Workloads (servers start fresh for each, on 127.0.0.1 with an empty database):
                 msg/s, p99 and CPU per message against the issue's targets. Needs a
                 PostgreSQL server (--postgres URL, BLINDRELAY_BENCH_POSTGRES or
                 BLINDRELAY_TEST_POSTGRES); without one it is skipped, saying so.
+  8 transparency bench/transparency.py (issue 17): the log's append rate, tree head and
+                proof generation at 10k and 1M entries (100k with --quick), in memory,
+                on the relay's SQLite tables and, with a server (as workload 7), on its
+                PostgreSQL tables, against the issue's absolute targets (the "baseline"
+                column is the target itself).
 
 The relay runs with its send rate limits raised out of reach (the defaults would
 measure the token buckets); the table says so. The open-file soft limit is raised to
@@ -67,7 +73,9 @@ from bench.profile import summarize
 
 ROOT = relay.ROOT
 RESULTS = ROOT / "bench" / "results"
-WORKLOADS = ("throughput", "latency", "idle", "drain", "fanout", "crypto", "scale")
+WORKLOADS = (
+    "throughput", "latency", "idle", "drain", "fanout", "crypto", "scale", "transparency"
+)
 
 THROUGHPUT_MIN = 0.6
 """Issue 8: relay msg/s ≥ this × the forwarder's."""
@@ -102,6 +110,8 @@ class Params:
     crypto_messages: int = 2000
     crypto_repeat: int = 3
     fanout_customers: int = 10_000
+    log_sizes: tuple[int, ...] = (10_000, 1_000_000)
+    """Workload 8's log sizes (issue 17 names 10k and 1M)."""
     scale_repeat: int = scale.DEFAULT_REPEAT
     """Interleaved runs of each deployment in workload 7 (``--repeat`` if higher)."""
     timeout_s: float = 300.0
@@ -111,7 +121,7 @@ class Params:
 QUICK = Params(
     pairs=10, messages=200, latency_s=5.0, idle=1000, drain_recipients=20,
     drain_per_recipient=100, crypto_messages=300, crypto_repeat=1, fanout_customers=500,
-    scale_repeat=1, timeout_s=120.0,
+    scale_repeat=1, timeout_s=120.0, log_sizes=(10_000, 100_000),
 )  # fmt: skip
 
 
@@ -369,6 +379,28 @@ def w_crypto(suite: Suite, tmp: Path) -> None:
         )  # fmt: skip
 
 
+def w_transparency(suite: Suite, tmp: Path, pg_url: str | None) -> None:
+    """Workload 8: bench/transparency.py against issue 17's absolute targets."""
+    p = suite.params
+    args = ["--sizes", *map(str, p.log_sizes), *(["--postgres", pg_url] if pg_url else [])]
+    record = _run_json(ROOT / "bench" / "transparency.py", args, tmp / "transparency.json",
+                       4 * p.timeout_s)  # fmt: skip
+    suite.details["transparency"] = record
+    targets = record["targets"]
+    for row in record.get("results", []):
+        n = row["entries"]
+        w = f"8 log {row['backend']} " + (f"{n // 10**6}M" if n % 10**6 == 0 else f"{n // 1000}k")
+        suite.figures.append(
+            Figure.compare(w, "appends/s", row["append_entries_per_s"],
+                           targets["append_per_s_min"], "target", (">=", 1.0))
+        )  # fmt: skip
+        for kind in ("inclusion", "consistency"):
+            suite.figures.append(
+                Figure.compare(w, f"{kind} proof p50 ms", row[kind]["median_ms"],
+                               targets["proof_ms_max"], "target", ("<=", 1.0))
+            )  # fmt: skip
+
+
 def w_scale(suite: Suite, tmp: Path, pg_url: str | None, repeat: int) -> None:
     """Workload 7: bench/scale.py's three deployments side by side, or a one-line skip."""
     if not pg_url:
@@ -548,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
         "drain": lambda tmp: w_drain(suite, tmp),
         "fanout": lambda tmp: w_fanout(suite, tmp),
         "crypto": lambda tmp: w_crypto(suite, tmp),
+        "transparency": lambda tmp: w_transparency(
+            suite, tmp, scale.pg_url_from(args.postgres, os.environ)
+        ),
         "scale": lambda tmp: w_scale(
             suite,
             tmp,

@@ -155,7 +155,7 @@ class Business:
         self._pending_callbacks: set[asyncio.Task[None]] = set()
         self.customers = CustomerConsent(client)
         """What we know of each customer's consent, from the statements kept."""
-        client.add_statement_listener(self._statement_received)
+        client.consent.add_listener(self._statement_received)
 
     @property
     def handle(self) -> str:
@@ -261,7 +261,7 @@ class Business:
         altered or made for another relay comes back with ``verified=False``.
         """
         return [
-            held for user in self.client.statement_counterparts() for held in self.receipts(user)
+            held for user in sorted(self.client.consent.counts()) for held in self.receipts(user)
         ]
 
     def consents(self) -> dict[str, frozenset[str]]:
@@ -326,7 +326,7 @@ class Business:
         if not recipients:
             log.info("%s notification: no consenting recipient, nothing sent", category)
             return result
-        started, encrypt_before = time.perf_counter(), self.client.encrypt_seconds
+        started, encrypt_before = time.perf_counter(), self.client.sender.encrypt_seconds
         outcomes = await self.client.send_many(
             recipients,
             text,
@@ -343,7 +343,7 @@ class Business:
             else:
                 result.sent.append(user)
         result.seconds = time.perf_counter() - started
-        result.encrypt_seconds = self.client.encrypt_seconds - encrypt_before
+        result.encrypt_seconds = self.client.sender.encrypt_seconds - encrypt_before
         return result
 
     async def reply(self, user: str, text: str) -> bytes:

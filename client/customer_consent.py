@@ -68,8 +68,8 @@ class CustomerConsent:
 
     def receipts(self, user: str) -> list[HeldStatement]:
         """The statements ``user`` made to us that we hold, each verified again offline."""
-        client = self._client
-        return [client.check_statement(s) for s in client.held_statements(user)]
+        consent = self._client.consent
+        return [consent.check(s) for s in consent.records(user)]
 
     def granted(self) -> dict[str, frozenset[str]]:
         """Per customer, the categories granted to us now (:meth:`.Business.consents`).
@@ -82,7 +82,7 @@ class CustomerConsent:
         customer with one is folded again from the start each time).
         """
         consents: dict[str, frozenset[str]] = {}
-        for user, count in self._client.statement_counts().items():
+        for user, count in self._client.consent.counts().items():
             folded = self._folds().get(user)
             if folded is None or folded.statements != count:
                 folded = self._refold(user)
@@ -105,7 +105,7 @@ class CustomerConsent:
         """Fold ``user``'s statements kept since the last fold into it."""
         folds = self._folds()
         folded = folds.get(user, _Folded())
-        new = self._client.held_statements(user, start=folded.statements)
+        new = self._client.consent.records(user, start=folded.statements)
         if not new:
             return folded
         settled, state, ours = True, folded.state, self._folded_for
@@ -125,7 +125,7 @@ class CustomerConsent:
     def _verified_statement(self, signed: bytes) -> ConsentStatement | None:
         statement = self._verified.get(signed)
         if statement is None:
-            held = self._client.check_statement(signed)
+            held = self._client.consent.check(signed)
             if not held.verified:
                 return None
             statement = self._verified[signed] = held.statement

@@ -46,8 +46,8 @@ from blindrelay.protocol.errors import (
 )
 
 from .connection import Connection
+from .incoming import Incoming
 from .keystore import KeyStore
-from .link import RelayLink
 from .message_requests import MessageRequests
 from .reading import (
     MAX_UNREAD_RECEIPTS,
@@ -58,7 +58,7 @@ from .reading import (
     is_receipt,
 )
 from .sending import Sender
-from .sessions import Incoming, SessionManager
+from .sessions import SessionManager
 from .statements import Statements
 from .trust import RelayKeyPin
 
@@ -91,17 +91,17 @@ class Inbox:
         self,
         store: KeyStore,
         sessions: SessionManager,
-        link: RelayLink,
         relay_key: RelayKeyPin,
         *,
         sender: Sender,
         statements: Statements,
         requests: MessageRequests,
         identity_changed: Callable[[str], None],
+        raise_if_stopped: Callable[[], None],
         auto_delivered_receipts: bool,
     ) -> None:
         """``sender``, ``statements`` and ``requests`` are where receipts, statements and
-        requests go."""
+        requests go; readers call ``raise_if_stopped`` (the link's) before they wait."""
         self._store = store
         self._sessions = sessions
         self._sender = sender
@@ -110,9 +110,9 @@ class Inbox:
         self._relay_key = relay_key
         self._identity_changed = identity_changed
         self.auto_delivered_receipts = auto_delivered_receipts
-        self._messages = InboxStream(store, self._message, raise_if_stopped=link.raise_if_fatal)
+        self._messages = InboxStream(store, self._message, raise_if_stopped=raise_if_stopped)
         self._receipts = InboxStream(
-            store, ReceiptEvent.from_incoming, raise_if_stopped=link.raise_if_fatal,
+            store, ReceiptEvent.from_incoming, raise_if_stopped=raise_if_stopped,
             unread_limit=MAX_UNREAD_RECEIPTS,
         )  # fmt: skip
         self._load_pending()

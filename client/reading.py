@@ -45,8 +45,8 @@ from typing import Generic, TypeVar
 from blindrelay.protocol import frames
 from blindrelay.protocol.content import Data, Receipt, ReceiptType, Text
 
+from .incoming import Incoming
 from .keystore import KeyStore
-from .sessions import Incoming
 from .trust import IdentityState
 
 log = logging.getLogger("blindrelay.client")

@@ -37,7 +37,7 @@ has shown which key it holds, and :meth:`Rotation.begin` reuses a pending key in
 of drawing another (another would orphan a key the relay may already hold).
 
 :class:`Rotation` also sends the requests, on the connection it is given; when to
-rotate, and logging in, are ``sdk.Client``'s. Not here: the key maths
+rotate, and logging in, are ``account``'s. Not here: the key maths
 (``blindrelay.protocol.crypto``).
 """
 
@@ -62,6 +62,7 @@ from .sessions import Rng, SessionManager
 from .transport import ConnectionLost
 
 log = logging.getLogger("blindrelay.client")
+
 
 class KeyNotCurrent(ConnectionLost):
     """The relay refused a key of ours as not current, and it may hold the other one.

@@ -10,10 +10,12 @@ A dozen lines::
         print(message.sender, message.body, message.identity)
 
 :class:`Client` is a facade over parts that each own one thing and say in
-their docstrings what they guarantee:
+their docstrings what they guarantee (made and wired in ``parts``):
 
 - ``link`` (:class:`.link.RelayLink`, over one :class:`.connection.Connection`
-  at a time): connect, reconnect with backoff, log in again, requests;
+  at a time): connect, reconnect with backoff, requests;
+- ``account``: register, log in (again after each drop), catch up at each
+  WELCOME, rotate our identity key (SPEC §3.4, §4; the steps: ``rotation``);
 - ``sender`` and ``outbox``: encrypt and enqueue, then transmit, retry and
   retire until the relay's SENT (SPEC §6.1–6.3);
 - ``inbox``: decrypt and persist each DELIVER (or hold it for a key
@@ -21,7 +23,8 @@ their docstrings what they guarantee:
   :meth:`Client.receipts` (SPEC §6.4–6.5; when an item is acknowledged:
   ``reading``);
 - ``requests``: message requests between users (SPEC §7.3);
-- ``consent``: the statements we make, keep and check (SPEC §7.4–7.6);
+- ``consent``: the statements we make, keep and check (SPEC §7.4–7.6); its
+  records (``records``, ``counts``, ``check``, listeners) are public API;
 - ``trust`` and ``relay_key_pin``: contacts' identity keys and the relay's
   key (SPEC §3.3, §4.1, §13.9);
 - ``prekeys``: keeping our prekeys published (SPEC §5.4);
@@ -32,9 +35,8 @@ A message out: :meth:`Client.send` → :meth:`.sending.Sender.send_content` →
 message in: :meth:`.connection.Connection.read` →
 :meth:`.inbox.Inbox.deliver_received` → the keystore →
 :meth:`.reading.InboxStream.put` → :meth:`Client.messages` (a receipt:
-:meth:`Client.receipts`). What the link reports
-(a DELIVER, a SEND's answer, a WELCOME) reaches the parts through the
-:class:`.link.LinkHandlers` wired in :meth:`Client.__init__`.
+:meth:`Client.receipts`). What the link reports (a DELIVER, a SEND's answer,
+a WELCOME) reaches the parts as :meth:`.parts.Parts.link_handlers` names.
 
 Not here: cryptography and key custody (``sessions``, ``keystore``), the
 socket itself (``transport``).
@@ -42,8 +44,6 @@ socket itself (``transport``).
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import os
 import random
 from collections.abc import Callable, Iterable
@@ -51,33 +51,24 @@ from pathlib import Path
 from typing import Any
 
 from blindrelay.protocol import frames
-from blindrelay.protocol.content import Data, Receipt, ReceiptType, Text
-from blindrelay.protocol.crypto.keys import IdentityKeyPair
-from blindrelay.protocol.errors import AuthenticationFailed
+from blindrelay.protocol.content import Receipt, ReceiptType
 from blindrelay.protocol.signed import Action, ConsentStatement
 
-from .connection import Connection
-from .inbox import MAX_HELD_PER_SENDER, HeldMessages, Inbox
-from .keystore import (
-    DEFAULT_MEMLIMIT,
-    DEFAULT_OPSLIMIT,
-    AccountKind,
-    KeyStore,
-    MemoryKeyStore,
-    SqliteKeyStore,
-)
-from .link import DEFAULT_BACKOFF, Backoff, LinkHandlers, RelayLink
-from .message_requests import MessageRequests
-from .outbox import Outbox, Outcome
-from .prekeys import PrekeyPublisher
+from .inbox import MAX_HELD_PER_SENDER, HeldMessages
+from .keystore import DEFAULT_MEMLIMIT, DEFAULT_OPSLIMIT, AccountKind, KeyStore, open_profile
+from .link import DEFAULT_BACKOFF, Backoff
+from .outbox import Outcome
+from .parts import Parts
 from .profiles import BusinessInfo, business_info, same_name
 from .reading import MAX_UNREAD_RECEIPTS, InboxReader, Message, ReceiptEvent
-from .rotation import KeyNotCurrent, Rotation
-from .sending import SEND_MANY_WINDOW, Sender
-from .sessions import Clock, Rng, SessionManager, wall_clock_ms
-from .statements import HeldStatement, StatementListener, Statements
+from .sending import SEND_MANY_WINDOW, Labels, as_content
+from .sessions import Clock, Rng, wall_clock_ms
+from .statements import HeldStatement, StatementListener
 from .transport import ConnectionLost, OpenTransport, WebSocketTransport
-from .trust import IdentityState, IdentityTrust, RelayKeyChanged, RelayKeyPin
+from .trust import IdentityState, RelayKeyChanged
+
+Categories = tuple[str, ...] | list[str]
+"""Notification categories (``limits.CATEGORIES``) a consent statement names."""
 
 
 class Client:
@@ -99,6 +90,7 @@ class Client:
         owns_store: bool = False,
         open_transport: OpenTransport = WebSocketTransport.open,
     ) -> None:
+        """The options: docs/sdk.md, "Opening a profile"."""
         self.store = store
         self.on_connected = on_connected
         """Called with each WELCOME: the account is online (again)."""
@@ -106,54 +98,18 @@ class Client:
         """Called with a contact's handle when it presents a new identity key (SPEC §3.3)."""
         self.operator_key = operator_key
         """The relay operator's Ed25519 key, pinned from configuration (SPEC §8.1)."""
-        self.welcome: frames.Welcome | None = None
-        """The relay's WELCOME on the current or last connection (queued, prekey counts)."""
-        self.connection_count = 0
-        """Authenticated connections so far (reconnects included)."""
         self._clock = clock
-        self._rng = rng
         self._owns_store = owns_store
-
-        # The parts (module docstring), each given only the others it needs.
-        self.sessions = SessionManager(store, rng=rng, clock=clock)
-        self.trust: IdentityTrust = self.sessions.trust
-        self.relay_key_pin = RelayKeyPin(store)
-        self.prekeys = PrekeyPublisher(self.sessions)
-        self._rotation = Rotation(store, self.sessions, clock=clock)
-        self._login_key: IdentityKeyPair | None = None
-        """The key of the LOGIN in flight (None for a REGISTER): :meth:`_authenticated`."""
-        self._unfinished_rotation: IdentityKeyPair | None = None
-        """A rotation to send again once the login in flight is online (:meth:`_log_in`)."""
-        self.link = RelayLink(
-            self.relay_key_pin, clock=clock, backoff=backoff, jitter=jitter,
-            open_transport=open_transport,  # transport.tapped(…) shows the wire
+        parts = Parts.assemble(
+            store, self,
+            rng=rng, clock=clock, backoff=backoff, jitter=jitter, open_transport=open_transport,
+            auto_delivered_receipts=auto_delivered_receipts, on_statement=on_statement,
         )  # fmt: skip
-        self.requests = MessageRequests(store)
-        self.outbox = Outbox(store, self.link)
-        self.sender = Sender(
-            store, self.sessions, self.outbox, self.link, self.requests,
-            rng=rng, identity_changed=self._identity_changed,
-        )  # fmt: skip
-        self.consent = Statements(store, self.sessions, self.link, self.relay_key_pin, rng=rng)
-        self.inbox = Inbox(
-            store, self.sessions, self.link, self.relay_key_pin,
-            sender=self.sender, statements=self.consent, requests=self.requests,
-            identity_changed=self._identity_changed,
-            auto_delivered_receipts=auto_delivered_receipts,
-        )  # fmt: skip
-        if on_statement is not None:
-            self.consent.add_listener(on_statement)
-        self.link.listen(
-            LinkHandlers(
-                deliver_received=self.inbox.deliver_received,
-                send_answered=self.outbox.send_answered,
-                prekeys_low=self.prekeys.running_low,
-                log_in=self._log_in,
-                authenticated=self._authenticated,
-                online=self._went_online,
-                stopped=self._stopped,
-            )
-        )
+        self.sessions, self.trust = parts.sessions, parts.trust
+        self.link, self.account = parts.link, parts.account
+        self.sender, self.outbox, self.inbox = parts.sender, parts.outbox, parts.inbox
+        self.requests, self.consent = parts.requests, parts.consent
+        self.relay_key_pin, self.prekeys = parts.relay_key_pin, parts.prekeys
 
     @classmethod
     def open(
@@ -165,19 +121,9 @@ class Client:
         memlimit: int = DEFAULT_MEMLIMIT,
         **options: Any,
     ) -> Client:
-        """Open (or create) the profile at ``path``; ``None`` keeps everything in memory.
-
-        Argon2 costs apply when the file is created (see ``keystore``).
-        """
-        store: KeyStore
-        if path is None:
-            store = MemoryKeyStore()
-        else:
-            if passphrase is None:
-                raise ValueError("an on-disk profile needs a passphrase")
-            store = SqliteKeyStore.open(
-                path, passphrase, create=True, opslimit=opslimit, memlimit=memlimit
-            )
+        """Open (or create) the profile at ``path``, ``None`` for one in memory, with a
+        client that closes it. Argon2 costs apply when the file is created (``keystore``)."""
+        store = open_profile(path, passphrase, opslimit=opslimit, memlimit=memlimit)
         return cls(store, owns_store=True, **options)
 
     @property
@@ -193,12 +139,9 @@ class Client:
     # --- Connection and authentication (SPEC §1, §4) ---------------------------
 
     async def connect(self, url: str) -> None:
-        """Open a connection to the relay at ``url`` and wait for its HELLO.
-
-        The first connection must succeed (ConnectionLost otherwise); later drops
-        are retried in the background. Raises :class:`RelayKeyChanged` (nothing
-        sent) until :meth:`accept_relay_key`; then connect again.
-        """
+        """Open a connection to the relay at ``url`` and wait for its HELLO; later drops are
+        retried in the background. Raises ConnectionLost if this first one fails, and
+        :class:`RelayKeyChanged` (nothing sent) until :meth:`accept_relay_key`."""
         await self.link.connect(url)
 
     def accept_relay_key(self, relay_key: bytes) -> None:
@@ -213,78 +156,44 @@ class Client:
         return self.relay_key_pin.key
 
     def relay_now(self) -> int:
-        """The relay's clock as estimated from the last HELLO's ``now`` (SPEC §4.1).
-
-        Statements are dated with it, so a device whose own clock is off by
-        more than ``STATEMENT_SKEW_MS`` still makes statements the relay takes.
-        """
+        """The relay's clock as estimated from the last HELLO's ``now`` (SPEC §4.1): our
+        statements are dated with it, so a device whose clock is off still makes valid ones."""
         return self.link.relay_now()
 
     async def register(
         self, handle: str, kind: AccountKind = "user", *, invite: bytes | None = None
     ) -> None:
-        """Create the account ``handle`` on the relay and publish prekeys (SPEC §4.2, §5.2).
-
-        Solves the relay's proof of work if its HELLO asks for one, off the event
-        loop, and sends ``invite`` (the operator's token) if given (SPEC §4.6).
-        Raises HandleTaken (and the connection is renewed, so another handle
-        can be tried), RegistrationRefused, or the named error of another refusal.
-        """
-        if self.store.is_registered():
-            raise RuntimeError("this profile is registered already; use login()")
-        identity = self.store.get_identity()
-        if identity is None:
-            identity = self.sessions.create_identity(handle, kind, self.link.url or "")
-        elif (identity.handle, identity.account_kind) != (handle, kind):
-            identity = dataclasses.replace(identity, handle=handle, account_kind=kind)
-            self.store.set_identity(identity)
-        self.requests.account_changed()
-        conn = await self.link.wait_ready()
-        public = identity.identity_public
-        nonce = await asyncio.to_thread(conn.machine.registration_proof, handle, kind, public)
-        request_id = conn.machine.register(
-            handle, kind, public, self.sessions.sign, pow_nonce=nonce, invite=invite
-        )
-        self._login_key = None
-        await self.link.authenticate(conn, request_id)
-        self.store.set_registered()
+        """Create the account ``handle`` on the relay and publish prekeys (SPEC §4.2, §5.2),
+        solving the relay's proof of work off the event loop if it asks, with the operator's
+        ``invite`` if given (SPEC §4.6). Raises HandleTaken (another handle may be tried at
+        once), RegistrationRefused, or the named error of another refusal."""
+        await self.account.register(handle, kind, invite)
 
     async def login(self) -> None:
-        """Log in as this profile's account (SPEC §4.3); reconnects log in by themselves.
-
-        Completes an interrupted :meth:`rotate_identity` first.
-        """
-        while True:
-            conn = await self.link.wait_ready()
-            try:
-                return await self._log_in(conn)
-            except KeyNotCurrent:
-                self.link.drop(conn)  # the next connection tries our other key
-                if self.link.logs_in_again:  # welcomed: the reconnection logs in by itself
-                    await self.link.wait_online()
-                    return
+        """Log in as this profile's account (SPEC §4.3), completing an interrupted
+        :meth:`rotate_identity` first; reconnects log in by themselves."""
+        await self.account.login()
 
     async def rotate_identity(self) -> None:
-        """Replace our identity key (SPEC §3.4); contacts will see an identity change.
-
-        Returns once the relay holds the new key, our profile holds it and the
-        prekeys signed with it are published. The new key's seed is persisted
-        before the request leaves and forgotten only in the transaction that makes
-        the new key ours, so a crash or a dropped connection at any step loses
-        neither key: the next login (the application's :meth:`login`, or the
-        automatic one after a reconnect) learns which key the relay holds by
-        logging in with it, adopts the new key if it does, and otherwise sends the
-        rotation again with the same new key (:mod:`.rotation`). Calling this again
-        meanwhile resumes that rotation instead of starting another. A refusal by
-        the relay (e.g. RateLimited) is raised and the rotation stays pending.
-        """
-        conn = await self.link.wait_online()
-        await self._rotation.send(conn, self._rotation.begin(self._rng))
-        await self._rotation.publish_prekeys(conn)
+        """Replace our identity key (SPEC §3.4): returns once the relay and our profile hold
+        the new key and prekeys signed with it are published. A crash at any step loses
+        neither key: the next login completes the rotation (``rotation``), as does calling
+        this again. A refusal (e.g. RateLimited) is raised and the rotation stays pending."""
+        await self.account.rotate()
 
     async def wait_online(self) -> None:
         """Return once the client is authenticated on a live connection."""
         await self.link.wait_online()
+
+    @property
+    def welcome(self) -> frames.Welcome | None:
+        """The relay's WELCOME on the current or last connection (queued, prekey counts)."""
+        return self.account.welcome
+
+    @property
+    def connection_count(self) -> int:
+        """Authenticated connections so far (reconnects included)."""
+        return self.account.connection_count
 
     async def close(self) -> None:
         """Flush and close the connection, fail waiting sends, acknowledge the message
@@ -308,20 +217,13 @@ class Client:
         categories: tuple[str, ...] | None = None,
         rate_limit_retries: int = 0,
     ) -> bytes:
-        """Encrypt ``body`` for ``handle`` and return its msg_id once the relay holds it.
-
-        ``intent`` is ``chat``, or for a business ``notification`` (with a
-        ``category``) or ``consent_request`` (with ``categories``; the body
-        is the explanation) (SPEC §6.2). Waits for a connection if there is
-        none. A RATE_LIMITED refusal is retried after its ``retry_after`` up
-        to ``rate_limit_retries`` times. Raises UntrustedIdentity while the
-        contact's key change is unapproved, and the relay's named errors
-        (RecipientUnavailable, RateLimited…).
-        """
-        content = Text(body) if isinstance(body, str) else Data(bytes(body))
-        return await self.sender.send_content(
-            handle, content, intent, category, categories, rate_limit_retries
-        )
+        """Encrypt ``body`` for ``handle`` and return its msg_id once the relay holds it (SENT),
+        waiting for a connection if there is none. ``intent``: ``chat``, or a business's
+        ``notification`` (a ``category``) or ``consent_request`` (``categories``) (SPEC §6.2).
+        RATE_LIMITED is retried ``rate_limit_retries`` times. Raises UntrustedIdentity while
+        the contact's key change awaits approval, and the relay's named errors."""
+        labels = Labels(intent, category, categories)
+        return await self.sender.send_content(handle, as_content(body), labels, rate_limit_retries)
 
     async def send_read_receipt(self, handle: str, msg_ids: list[bytes]) -> bytes:
         """Tell ``handle`` its messages were read (an encrypted receipt, SPEC §6.2)."""
@@ -338,38 +240,20 @@ class Client:
         rate_limit_retries: int = 0,
         window: int = SEND_MANY_WINDOW,
     ) -> list[tuple[str, Outcome]]:
-        """Send ``body`` to each of ``handles``, each in its own end-to-end encrypted envelope.
-
-        The bulk form of :meth:`send` (a business's notifications, SPEC §8.3), with
-        its guarantees per recipient, and up to ``window`` SENDs in flight.
-
-        Returns each recipient in the order given with its msg_id (committed by
-        the relay) or the error it ended with — RecipientUnavailable for a
-        refusal (ERROR 400), RateLimited beyond the retries, UntrustedIdentity…
-        Raises what stops the whole call: ConnectionLost when the client closes
-        or stops, MalformedFrame for fields no SEND may carry, MalformedContent
-        for a body too large for any envelope.
-        """
-        content = Text(body) if isinstance(body, str) else Data(bytes(body))
+        """:meth:`send` to each of ``handles`` in its own envelope, ``window`` SENDs in flight
+        (SPEC §8.3): each recipient in the order given with its msg_id or the error it ended
+        with. Raises what stops the whole call (ConnectionLost, MalformedFrame…)."""
+        labels = Labels(intent, category, categories)
         return await self.sender.send_many(
-            handles, content, intent=intent, category=category, categories=categories,
-            rate_limit_retries=rate_limit_retries, window=window,
-        )  # fmt: skip
-
-    @property
-    def encrypt_seconds(self) -> float:
-        """Time spent encrypting and enqueueing outgoing messages (for benchmarks)."""
-        return self.sender.encrypt_seconds
+            handles, as_content(body), labels, rate_limit_retries=rate_limit_retries, window=window
+        )
 
     # --- Receiving (SPEC §6.4, §6.5, §7.3) -------------------------------------
 
     def messages(self) -> InboxReader[Message]:
-        """Every incoming message (never a receipt), oldest first, including those
-        stored before a restart; each yielded once per process.
-
-        The one in hand is acknowledged (deleted from the profile) when the next is
-        asked for, the loop is left, a new iterator starts or the client closes; after
-        a crash it comes back (:mod:`.reading`). One consumer."""
+        """Every incoming message (never a receipt), oldest first, those stored before a
+        restart included, each yielded once. The one in hand is acknowledged at the next
+        step: the next item, leaving the loop, a new iterator, close (``reading``)."""
         return self.inbox.messages()
 
     def receipts(self) -> InboxReader[ReceiptEvent]:
@@ -413,24 +297,18 @@ class Client:
 
     # --- Consent and blocking (SPEC §7.4–7.6) -----------------------------------
 
-    async def grant(
-        self, business: str, categories: tuple[str, ...] | list[str]
-    ) -> ConsentStatement:
+    async def grant(self, business: str, categories: Categories) -> ConsentStatement:
         """Consent to ``business``'s notifications in ``categories`` (no request needed).
 
         Those already granted are left out of the statement (SPEC §7.4); returns the
         statement sent, whose ``categories`` are the ones that changed."""
         return await self.consent.make(Action.GRANT, business, tuple(categories))
 
-    async def deny(
-        self, business: str, categories: tuple[str, ...] | list[str]
-    ) -> ConsentStatement:
+    async def deny(self, business: str, categories: Categories) -> ConsentStatement:
         """Refuse a consent request; the business may not ask again during the cooldown."""
         return await self.consent.make(Action.DENY, business, tuple(categories))
 
-    async def revoke(
-        self, business: str, categories: tuple[str, ...] | list[str]
-    ) -> ConsentStatement:
+    async def revoke(self, business: str, categories: Categories) -> ConsentStatement:
         """Withdraw consent; from the OK on nothing in those categories is delivered.
 
         Those not granted are left out of the statement, as with :meth:`grant`."""
@@ -454,35 +332,9 @@ class Client:
         revoke or our block), by the statements we made from this keystore."""
         return self.consent.granted_to(business)
 
-    def add_statement_listener(self, listener: StatementListener) -> None:
-        """Call ``listener`` with each verified statement forwarded to us (SPEC §7.5),
-        once kept; the ``on_statement`` option is the first."""
-        self.consent.add_listener(listener)
-
-    def remove_statement_listener(self, listener: StatementListener) -> None:
-        self.consent.remove_listener(listener)
-
-    def held_statements(self, counterpart: str, start: int = 0) -> list[bytes]:
-        """Signed statements kept with ``counterpart`` (ours or theirs to us), oldest first,
-        from the ``start``-th on."""
-        return self.consent.records(counterpart, start)
-
-    def statement_counts(self) -> dict[str, int]:
-        """Per counterpart, how many statements we keep with it: statements are only
-        ever added, so ``held_statements(counterpart, start=old count)`` reads the new."""
-        return self.consent.counts()
-
-    def statement_counterparts(self) -> list[str]:
-        """Every account we keep statements with."""
-        return sorted(self.statement_counts())
-
-    def check_statement(self, signed: bytes) -> HeldStatement:
-        """Verify a statement offline (SPEC §7.5): signature, pinned key, relay key."""
-        return self.consent.check(signed)
-
     async def statements(self) -> list[HeldStatement]:
         """The statements in force that we signed or that name us, from the relay (SPEC §7.6),
-        each verified as :meth:`check_statement` does (``verified=False`` if altered)."""
+        each verified offline (``verified=False`` if altered)."""
         return await self.consent.in_force()
 
     # --- Businesses (SPEC §8.1–8.2) ---------------------------------------------
@@ -494,64 +346,9 @@ class Client:
             self.link, self.trust, handle, operator_key=self.operator_key, clock=self._clock
         )
 
-    # --- What the link reports (wired in __init__) --------------------------------
 
-    async def _log_in(self, conn: Connection) -> None:
-        """LOGIN with the key the relay should hold (:meth:`.Rotation.login_key`)."""
-        key = self._login_key = self._rotation.login_key()
-        request_id = conn.machine.login(self.sessions.identity.handle, key.sign)
-        try:
-            await self.link.authenticate(conn, request_id)
-        except AuthenticationFailed as exc:
-            self._rotation.login_refused(key, exc)  # KeyNotCurrent: try the other key
-            raise
-        unfinished, self._unfinished_rotation = self._unfinished_rotation, None
-        if unfinished is not None:  # logged in with our current key: send it again
-            await self._rotation.resume(conn, unfinished)
-
-    async def _authenticated(self, conn: Connection, welcome: frames.Welcome) -> None:
-        """SPEC §4.4: top up prekeys (SPEC §5.4), then resend the outbox (SPEC §6.3);
-        a login finishes an interrupted rotation (:mod:`.rotation`) or notes it to resume."""
-        key, self._login_key = self._login_key, None
-        if key is not None:  # before the top-up: a finished rotation publishes new prekeys
-            self._unfinished_rotation = self._rotation.welcomed(key)
-        await self.prekeys.welcomed(conn, welcome)
-        if conn.lost:
-            raise ConnectionLost("connection lost during login")
-        self.outbox.transmit_all(conn)
-
-    def _went_online(self, welcome: frames.Welcome) -> None:
-        """Online: release what an approval before a crash left held, tell the application."""
-        self.inbox.release_approved()
-        self.welcome = welcome
-        self.connection_count += 1
-        if self.on_connected is not None:
-            self.on_connected(welcome)
-
-    def _identity_changed(self, handle: str) -> None:
-        if self.on_identity_change is not None:
-            self.on_identity_change(handle)
-
-    def _stopped(self, exc: BaseException) -> None:
-        self.outbox.fail_waiting(exc)
-        self.inbox.wake()
-
-
-__all__ = [
-    "MAX_HELD_PER_SENDER",
-    "MAX_UNREAD_RECEIPTS",
-    "Backoff",
-    "BusinessInfo",
-    "Client",
-    "ConnectionLost",
-    "HeldMessages",
-    "HeldStatement",
-    "IdentityState",
-    "InboxReader",
-    "Message",
-    "Outcome",
-    "Receipt",
-    "ReceiptEvent",
-    "RelayKeyChanged",
-    "same_name",
-]
+__all__ = [  # the names an application imports from here (docs/sdk.md)
+    "MAX_HELD_PER_SENDER", "MAX_UNREAD_RECEIPTS", "Backoff", "BusinessInfo", "Client",
+    "ConnectionLost", "HeldMessages", "HeldStatement", "IdentityState", "InboxReader", "Message",
+    "Outcome", "Receipt", "ReceiptEvent", "RelayKeyChanged", "same_name",
+]  # fmt: skip

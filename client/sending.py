@@ -25,6 +25,7 @@ import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 
 from blindrelay.protocol import frames, limits
 from blindrelay.protocol.content import (
@@ -47,6 +48,25 @@ SEND_MANY_WINDOW = 256
 """SENDs :meth:`Client.send_many` keeps in flight: enough to hide the round trip
 to the relay behind encryption; more only queues frames in our socket buffer
 and grows the outbox."""
+
+
+@dataclass(frozen=True, slots=True)
+class Labels:
+    """What a SEND tells the relay about its body besides its recipient (SPEC §6.2):
+    ``chat``, or a business's ``notification`` in a ``category`` or ``consent_request``
+    for ``categories``. Checked once per distinct value (:meth:`Sender.check_labels`)."""
+
+    intent: str = frames.Intent.CHAT
+    category: str | None = None
+    categories: tuple[str, ...] | None = None
+
+
+CHAT = Labels()
+
+
+def as_content(body: str | bytes) -> Text | Data:
+    """An application's body as content: text stays text, bytes stay bytes."""
+    return Text(body) if isinstance(body, str) else Data(bytes(body))
 
 
 class _HandleLock:
@@ -117,15 +137,13 @@ class Sender:
         """Held while a contact's session is started; gone once nobody waits."""
         self.encrypt_seconds = 0.0
         """Time spent encrypting and enqueueing outgoing messages (for benchmarks)."""
-        self._checked_shapes: set[tuple[str, str | None, tuple[str, ...] | None]] = set()
+        self._checked: set[Labels] = set()
 
     async def send_content(
         self,
         handle: str,
         body: Text | Data | Receipt,
-        intent: str = frames.Intent.CHAT,
-        category: str | None = None,
-        categories: tuple[str, ...] | None = None,
+        labels: Labels = CHAT,
         rate_limit_retries: int = 0,
     ) -> bytes:
         """Encrypt ``body`` for ``handle``, enqueue it, return its msg_id at SENT."""
@@ -135,13 +153,9 @@ class Sender:
                 self._sessions.trust.refuse_pending(handle)
                 if not self._sessions.has_session(handle):
                     await self._start_session(handle)
-                msg_id, sent = self.queue_content(
-                    handle, body, intent, category, categories, rate_limit_retries
-                )
+                msg_id, sent = self.queue_content(handle, body, labels, rate_limit_retries)
         else:  # encrypt and enqueue in one synchronous step: nothing to wait for
-            msg_id, sent = self.queue_content(
-                handle, body, intent, category, categories, rate_limit_retries
-            )
+            msg_id, sent = self.queue_content(handle, body, labels, rate_limit_retries)
         await sent
         return msg_id
 
@@ -159,12 +173,11 @@ class Sender:
         self,
         handle: str,
         body: Text | Data | Receipt,
-        intent: str = frames.Intent.CHAT,
-        category: str | None = None,
-        categories: tuple[str, ...] | None = None,
+        labels: Labels = CHAT,
         rate_limit_retries: int = 0,
     ) -> tuple[bytes, asyncio.Future[int]]:
-        """Encrypt, persist in the outbox, transmit if online; the future resolves at SENT.
+        """Encrypt, persist in the outbox, transmit if online; the future resolves at SENT
+        (a RATE_LIMITED refusal is retried after its ``retry_after``, ``rate_limit_retries`` times).
 
         The advanced session and the outbox entry are one keystore write: a
         crash between them would otherwise lose an envelope whose message key
@@ -172,34 +185,33 @@ class Sender:
         NoSession, MalformedFrame for fields no SEND may carry.
         """
         started = time.perf_counter()
-        self._check_send(intent, category, categories)
+        self.check_labels(labels)
         frames.check_handle(handle, "to")
         msg_id = self._rng(limits.MESSAGE_ID_BYTES)
         with self._store.atomic():
             envelope = self._sessions.encrypt(handle, encode_content(Content(msg_id, body)))
-            outgoing = self._outbox.persist(msg_id, handle, envelope, intent, category, categories)
-            wrote = intent == frames.Intent.CHAT and self._requests.note_chat(handle)
+            outgoing = self._outbox.persist(
+                msg_id, handle, envelope, labels.intent, labels.category, labels.categories
+            )
+            wrote = labels.intent == frames.Intent.CHAT and self._requests.note_chat(handle)
         if wrote:
             self._requests.noted((handle,))
         self.encrypt_seconds += time.perf_counter() - started
         return msg_id, self._outbox.add(outgoing, rate_limit_retries)
 
-    def _check_send(
-        self, intent: str, category: str | None, categories: tuple[str, ...] | None
-    ) -> None:
+    def check_labels(self, labels: Labels) -> None:
         """Refuse, before anything is encrypted or stored, fields no SEND may carry.
 
         Checked by building a SEND once per combination: the frame's own rules,
         not a copy. With the handle checked per recipient and envelopes and ids
         of valid sizes by construction, every outbox entry makes a valid SEND.
         """
-        shape = (intent, category, categories)
-        if shape not in self._checked_shapes:
+        if labels not in self._checked:
             frames.Send(
-                id=1, to="abc", msg_id=bytes(limits.MESSAGE_ID_BYTES), intent=intent,
-                body=b"\x00", category=category, categories=categories,
+                id=1, to="abc", msg_id=bytes(limits.MESSAGE_ID_BYTES), intent=labels.intent,
+                body=b"\x00", category=labels.category, categories=labels.categories,
             )  # fmt: skip
-            self._checked_shapes.add(shape)
+            self._checked.add(labels)
 
     # --- One body, many recipients (SPEC §8.3) --------------------------------------
 
@@ -207,10 +219,8 @@ class Sender:
         self,
         handles: Iterable[str],
         content: Text | Data,
+        labels: Labels,
         *,
-        intent: str,
-        category: str | None,
-        categories: tuple[str, ...] | None,
         rate_limit_retries: int,
         window: int,
     ) -> list[tuple[str, Outcome]]:
@@ -232,12 +242,10 @@ class Sender:
                 await bulk.drained(window - refill if position else window)
                 chunk = todo[position : position + window - bulk.in_flight]
                 for offset, handle in self._queue_many(
-                    bulk, position, chunk, plaintext_for, intent, category, categories
+                    bulk, position, chunk, plaintext_for, labels
                 ):
                     task = asyncio.create_task(
-                        self.send_content(
-                            handle, content, intent, category, categories, rate_limit_retries
-                        )
+                        self.send_content(handle, content, labels, rate_limit_retries)
                     )
                     bulk.in_flight += 1
                     slow.add(task)
@@ -261,9 +269,7 @@ class Sender:
         first: int,
         chunk: list[str],
         plaintext_for: Callable[[bytes], bytes],
-        intent: str,
-        category: str | None,
-        categories: tuple[str, ...] | None,
+        labels: Labels,
     ) -> list[tuple[int, str]]:
         """Encrypt and enqueue ``chunk`` in one keystore transaction, then transmit it.
 
@@ -276,11 +282,11 @@ class Sender:
         started = time.perf_counter()
         size = limits.MESSAGE_ID_BYTES
         ids = self._rng(size * len(chunk))
-        self._check_send(intent, category, categories)
+        self.check_labels(labels)
         queued: list[tuple[int, Outgoing]] = []
         deferred: list[tuple[int, str]] = []
         wrote: list[str] = []
-        chat = intent == frames.Intent.CHAT
+        chat = labels.intent == frames.Intent.CHAT
         with self._store.atomic():
             for offset, handle in enumerate(chunk):
                 if self.locks.busy(handle):
@@ -297,7 +303,7 @@ class Sender:
                     bulk.outcomes[first + offset] = exc
                     continue
                 outgoing = self._outbox.persist(
-                    msg_id, handle, envelope, intent, category, categories
+                    msg_id, handle, envelope, labels.intent, labels.category, labels.categories
                 )
                 queued.append((first + offset, outgoing))
                 if chat and self._requests.note_chat(handle):
@@ -308,4 +314,4 @@ class Sender:
         return deferred
 
 
-__all__ = ["SEND_MANY_WINDOW", "HandleLocks", "Sender"]
+__all__ = ["CHAT", "SEND_MANY_WINDOW", "HandleLocks", "Labels", "Sender", "as_content"]

@@ -26,8 +26,8 @@ our identity and prekeys (SPEC §5), starts sessions from BUNDLE frames (SPEC
   key is ever used twice, even across a crash.
 
 Not here: trust decisions (``trust``), sockets, retries and the outbox
-(``link``, ``outbox``), storage (``keystore``), the maths
-(``blindrelay.protocol.crypto``).
+(``link``, ``outbox``), storage (``keystore``) and the inbox row's format
+(``incoming``), the maths (``blindrelay.protocol.crypto``).
 """
 
 from __future__ import annotations
@@ -35,12 +35,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-
-import msgpack
+from typing import NamedTuple
 
 from blindrelay.protocol import frames, limits
-from blindrelay.protocol.content import Content, MalformedContent, decode_content
+from blindrelay.protocol.content import MalformedContent, decode_content
 from blindrelay.protocol.crypto.keys import (
     IdentityKeyPair,
     OneTimePreKey,
@@ -61,10 +59,10 @@ from blindrelay.protocol.crypto.session import (
 )
 from blindrelay.protocol.errors import DecryptionFailed
 
+from .incoming import Incoming, inbox_record
 from .keystore import (
     AccountKind,
     IdentityStatus,
-    IncomingMessage,
     KeyStore,
     OneTimePreKeyRecord,
     OurIdentity,
@@ -87,8 +85,6 @@ a round trip for little gain. PREKEYS_LOW (below 20) always triggers one."""
 
 SESSION_CACHE_SIZE = 16_384
 """Decoded sessions kept in memory (a business serves many customers from one device)."""
-_INBOX_VERSION = 2
-"""2 added the frame's category and categories (notifications, consent requests)."""
 
 
 def wall_clock_ms() -> int:
@@ -99,64 +95,13 @@ class NoSession(LookupError):
     """No session with this contact yet: fetch a bundle and :meth:`start_session`."""
 
 
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    """A decrypted, persisted message as the inbox holds it."""
-
-    msg_id: bytes
-    sender: str
-    sender_kind: str
-    intent: str
-    sent_at: int
-    identity: IdentityState
-    content: Content
-    category: str | None = None
-    categories: tuple[str, ...] | None = None
-
-    @classmethod
-    def from_record(cls, record: IncomingMessage) -> Incoming:
-        """Read an inbox row back; MalformedContent if it is not one we wrote."""
-        try:
-            fields = msgpack.unpackb(record.body, raw=False)
-            version = fields[0]
-            if version == 1:  # written before categories were kept
-                fields = [*fields, None, None]
-            elif version != _INBOX_VERSION:
-                raise ValueError(f"inbox record version {version!r}")
-            _, sender_kind, intent, sent_at, identity, plaintext, category, categories = fields
-            return cls(
-                record.msg_id,
-                record.sender,
-                sender_kind,
-                intent,
-                sent_at,
-                IdentityState(identity),
-                decode_content(plaintext),
-                category,
-                tuple(categories) if categories is not None else None,
-            )
-        except (TypeError, ValueError, msgpack.UnpackException) as exc:
-            raise MalformedContent(f"unreadable inbox record: {exc}") from None
-
-
-def inbox_record(
-    deliver: frames.Deliver, identity: IdentityState, received_at_ms: int, plaintext: bytes
-) -> IncomingMessage:
-    """The keystore row for a decrypted delivery: its metadata and the content bytes."""
-    body = msgpack.packb(
-        [
-            _INBOX_VERSION,
-            deliver.sender_kind,
-            deliver.intent,
-            deliver.sent_at,
-            str(identity),
-            plaintext,
-            deliver.category,
-            list(deliver.categories) if deliver.categories is not None else None,
-        ],
-        use_bin_type=True,
-    )
-    return IncomingMessage(deliver.msg_id, deliver.sender, received_at_ms, body)
+class _Decrypted(NamedTuple):
+    session: Session
+    """The session after the message, not yet stored."""
+    plaintext: bytes
+    used_one_time_prekey: int | None
+    status: IdentityStatus
+    """NEW if the message made us pin its sender's key."""
 
 
 class SessionManager:
@@ -364,9 +309,33 @@ class SessionManager:
         if self.store.is_processed(deliver.sender, deliver.msg_id):
             return None
         sender = deliver.sender
+        decrypted = self._decrypt(deliver)
+        identity = self._identity_state(sender, decrypted.status)
+        record = inbox_record(deliver, identity, self._clock(), decrypted.plaintext)
+        blob, used = decrypted.session.to_bytes(), decrypted.used_one_time_prekey
+        try:
+            content = decode_content(decrypted.plaintext)
+            if content.msg_id != deliver.msg_id:
+                raise MalformedContent("content id differs from the frame's msg_id")
+        except MalformedContent:
+            # The ratchet advanced and must stay advanced; there is nothing to show.
+            self.store.commit_incoming(record, blob, used_one_time_prekey=used)
+            self.store.consume(sender, deliver.msg_id)
+            raise
+        if not self.store.commit_incoming(record, blob, used_one_time_prekey=used):
+            return None
+        return Incoming(
+            deliver.msg_id, sender, deliver.sender_kind, deliver.intent, deliver.sent_at,
+            identity, content, deliver.category, deliver.categories,
+        )  # fmt: skip
+
+    def _decrypt(self, deliver: frames.Deliver) -> _Decrypted:
+        """Decrypt ``deliver`` on its session, or on a new one if it is a prekey message
+        that starts one — whose identity key is checked first (SPEC §3.3). Nothing is
+        stored: the caller commits the session with the message."""
+        sender = deliver.sender
         info = peek_envelope(deliver.body)
         session = self._load_session(sender)
-        used_one_time: int | None = None
         if info.message_type is MessageType.PREKEY and (
             session is None or not belongs_to(session, info)
         ):
@@ -382,47 +351,21 @@ class SessionManager:
                 our_handle=self.identity.handle,
                 their_handle=sender,
             )
-            status = self.trust.record(sender, their_key)
-        else:
-            if session is None:
-                raise DecryptionFailed(f"no session with {sender!r}")
-            self.trust.refuse_pending(sender)
-            session, plaintext = decrypt(session, deliver.body, self._rng)
-            status = IdentityStatus.TRUSTED
+            return _Decrypted(
+                session, plaintext, used_one_time, self.trust.record(sender, their_key)
+            )
+        if session is None:
+            raise DecryptionFailed(f"no session with {sender!r}")
+        self.trust.refuse_pending(sender)
+        session, plaintext = decrypt(session, deliver.body, self._rng)
+        return _Decrypted(session, plaintext, None, IdentityStatus.TRUSTED)
+
+    def _identity_state(self, sender: str, status: IdentityStatus) -> IdentityState:
+        """How far the sender's key is trusted, as its messages report it."""
         trusted = self.store.get_trusted_identity(sender)
         if trusted is not None and trusted.verified:
-            identity = IdentityState.VERIFIED
-        elif status is IdentityStatus.NEW:
-            identity = IdentityState.NEW
-        else:
-            identity = IdentityState.TRUSTED
-        record = inbox_record(deliver, identity, self._clock(), plaintext)
-        try:
-            content = decode_content(plaintext)
-            if content.msg_id != deliver.msg_id:
-                raise MalformedContent("content id differs from the frame's msg_id")
-        except MalformedContent:
-            # The ratchet advanced and must stay advanced; there is nothing to show.
-            self.store.commit_incoming(
-                record, session.to_bytes(), used_one_time_prekey=used_one_time
-            )
-            self.store.consume(sender, deliver.msg_id)
-            raise
-        if not self.store.commit_incoming(
-            record, session.to_bytes(), used_one_time_prekey=used_one_time
-        ):
-            return None
-        return Incoming(
-            deliver.msg_id,
-            sender,
-            deliver.sender_kind,
-            deliver.intent,
-            deliver.sent_at,
-            identity,
-            content,
-            deliver.category,
-            deliver.categories,
-        )
+            return IdentityState.VERIFIED
+        return IdentityState.NEW if status is IdentityStatus.NEW else IdentityState.TRUSTED
 
     def _signed_prekey(self, key_id: int) -> SignedPreKey | None:
         record = self.store.load_signed_prekey(key_id) if key_id > 0 else None

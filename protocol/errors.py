@@ -25,7 +25,7 @@ The tree::
     │   ├── NotFound                  601  no such public record (a business's profile)
     │   ├── InternalError             900  relay fault; never carries detail
     │   └── ShuttingDown              901  relay is stopping; reconnect later
-    └── CryptoError                   local to a client; never sent on the wire
+    ├── CryptoError                   local to a client; never sent on the wire
         ├── InvalidSignature          a signature does not verify
         ├── InvalidKey                malformed or low-order public key
         ├── UntrustedIdentity         a contact's identity key changed
@@ -35,6 +35,10 @@ The tree::
         ├── PlaintextTooLarge         over the largest padding bucket
         └── DecryptionFailed          AEAD authentication failed
             └── MalformedEnvelope     envelope bytes do not parse
+    └── TransparencyError             a log's evidence does not hold (SPEC §15); local
+        ├── InvalidProof              an inclusion or consistency proof fails
+        ├── InvalidTreeHead           a tree head's signature or fields are wrong
+        └── MalformedLogEntry         log entry bytes do not parse
 
 ``ErrorCode`` mirrors the table in SPEC §9 and a test keeps the two equal.
 ``RecipientUnavailable`` is one code for "no such account", "no consent",
@@ -289,3 +293,20 @@ class PlaintextTooLarge(CryptoError):
 
 class MalformedEnvelope(DecryptionFailed):
     """Envelope bytes do not parse (SPEC §13.6); a kind of failed decryption."""
+
+
+class TransparencyError(BlindrelayError):
+    """The transparency log's evidence does not hold (SPEC §15); a verifier's verdict,
+    never sent on the wire: what a client does about it is its own (an alarm, a refusal)."""
+
+
+class InvalidProof(TransparencyError):
+    """An inclusion or consistency proof does not verify (RFC 9162 §2.1.3.2, §2.1.4.2)."""
+
+
+class InvalidTreeHead(TransparencyError):
+    """A signed tree head whose signature does not verify or whose fields are malformed."""
+
+
+class MalformedLogEntry(TransparencyError):
+    """Log entry bytes that are not one of the encodings of SPEC §15."""

@@ -249,5 +249,8 @@ def _rotate(ctx: RelayContext, session: Session, frame: RotateIdentity, account:
         session.account = Account(handle, account.kind, new_key)
         session.send(Ok(re=frame.id))
 
-    # Compare-and-swap, prekeys of the old key deleted: operation ``rotate_identity``.
-    ctx.run_job(session, frame, "rotate_identity", (handle, old_key, new_key), replaced)
+    # Compare-and-swap, prekeys of the old key deleted, a business's new key logged
+    # (SPEC §15.1): operation ``rotate_identity``.
+    ctx.run_job(
+        session, frame, "rotate_identity", (handle, old_key, new_key, ctx.clock()), replaced
+    )

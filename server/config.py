@@ -127,6 +127,11 @@ class RelayConfig:
     """How often the writer folds the WAL into the database and truncates it: the
     longest a deleted envelope stays readable in the WAL (SPEC §11.2). Each one
     stalls the writer for the copy (milliseconds for a WAL of a few MiB)."""
+    sth_interval_s: float = 10.0
+    """SPEC §15.3 ``STH_INTERVAL``: how often the relay signs a tree head of the
+    transparency log when it grew — the longest a logged change waits for a head.
+    Shorter: clients see changes sooner, and ``log_heads`` grows faster (one row per
+    interval in which anything was logged, at most 8,640 a day at 10 s)."""
     gc_threshold: int = gcpolicy.DEFAULT_THRESHOLD
     """Young-generation threshold of the relay's and the writer's garbage collector
     (:mod:`.gcpolicy`): higher costs less CPU and fewer pauses, lower frees cyclic
@@ -180,6 +185,7 @@ class RelayConfig:
             "write_timeout_s": self.write_timeout_s,
             "purge_interval_s": self.purge_interval_s,
             "checkpoint_interval_s": self.checkpoint_interval_s,
+            "sth_interval_s": self.sth_interval_s,
             "gc_threshold": self.gc_threshold,
         }
         for name, value in positive.items():

@@ -70,7 +70,7 @@ from blindrelay.protocol.connection import RelayConnection, State
 from blindrelay.protocol.errors import StoreUnavailable
 from blindrelay.protocol.noise import KeyPair
 
-from . import auth, gcpolicy
+from . import auth, gcpolicy, transparency
 from .config import TRANSPORT_WRITE_LIMIT_BYTES, RelayConfig
 from .context import Limiters, RelayContext, Session
 from .dispatch import Dispatcher
@@ -79,6 +79,7 @@ from .ratelimit import Clock, wall_clock_ms
 from .registration import RegistrationPolicy, source_key
 from .routing import Hint, InProcessRouter, Router, open_router
 from .store import open_store
+from .store.records import LogHead
 
 Rng = Callable[[int], bytes]
 SourceOf = Callable[[ServerConnection], str]
@@ -675,11 +676,14 @@ class RunningRelay:
         rng: Rng,
         source_of: SourceOf,
         router: Router | None = None,
+        sign: Callable[[bytes], bytes] | None = None,
         *,
         static_key: KeyPair,
         static_binding: bytes,
     ) -> None:
         self.config = config
+        self._sign = sign
+        """The relay key's signature, for tree heads (SPEC §15.3); None: none published."""
         self.ctx = ctx
         self._static_key = static_key
         self._static_binding = static_binding
@@ -696,6 +700,7 @@ class RunningRelay:
         self._sessions: set[Session] = set()
         self._purger: asyncio.Task[None] | None = None
         self._checkpointer: asyncio.Task[None] | None = None
+        self._publisher: asyncio.Task[None] | None = None
         self._flusher = _Flusher()
         self.outgoing = OutgoingStats()
         self._closed = gcpolicy.ClosedConnections()
@@ -726,6 +731,8 @@ class RunningRelay:
         self.url = f"ws://[{host}]:{port}" if ":" in host else f"ws://{host}:{port}"
         self._purger = asyncio.create_task(self._purge_periodically())
         self._checkpointer = asyncio.create_task(self._checkpoint_periodically())
+        if self._sign is not None:
+            self._publisher = asyncio.create_task(self._publish_periodically())
 
     async def _connection(self, ws: ServerConnection) -> None:
         # "The relay MUST refuse a handshake without the blindrelay.v2 subprotocol":
@@ -882,6 +889,19 @@ class RunningRelay:
             except Exception as exc:  # e.g. the store is lost; the relay is stopping anyway
                 log_event(logging.ERROR, "checkpoint_failed", exc_type=type(exc).__name__)
 
+    async def publish_tree_head(self) -> LogHead | None:
+        """SPEC §15.3: sign a head of the transparency log if it grew since the newest."""
+        assert self._sign is not None, "this relay signs no tree heads"
+        return await transparency.publish_tree_head(self.ctx.store, self._sign, self.ctx.clock)
+
+    async def _publish_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sth_interval_s)
+            try:
+                await self.publish_tree_head()
+            except Exception as exc:  # e.g. the store is lost; the next interval retries
+                log_event(logging.ERROR, "tree_head_failed", exc_type=type(exc).__name__)
+
     async def close(self) -> None:
         """Stop accepting, finish in-flight commits (their SENTs go out), then close.
 
@@ -892,7 +912,7 @@ class RunningRelay:
         await self.router.close()
         if self._collection is not None:
             self._collection.cancel()
-        for task in (self._purger, self._checkpointer):
+        for task in (self._purger, self._checkpointer, self._publisher):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -956,10 +976,11 @@ async def serve(
     except BaseException:
         await store.close()
         raise
+    relay_signing_key = SigningKey(seed)
     ctx = RelayContext(
         config=config,
         clock=clock,
-        relay_key=bytes(SigningKey(seed).verify_key),
+        relay_key=bytes(relay_signing_key.verify_key),
         store=store,
         limiters=Limiters.from_config(config, clock),
         registration=RegistrationPolicy(config, clock),
@@ -968,8 +989,9 @@ async def serve(
     static_key = relay_static_key(seed)
     relay = RunningRelay(
         config, ctx, rng, source_of, open_router(config.store_url, store.origin),
+        sign=lambda message: relay_signing_key.sign(message).signature,
         static_key=static_key,
-        static_binding=static_binding(SigningKey(seed), static_key.public),
+        static_binding=static_binding(relay_signing_key, static_key.public),
     )  # fmt: skip
     store.on_lost = relay.lost
     store.on_available = relay.store_available

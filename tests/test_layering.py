@@ -353,12 +353,12 @@ def test_the_test_import_check_sees_every_way_of_importing_a_test_module(tmp_pat
     bad = tmp_path / "helper.py"
     bad.write_text(
         "from .test_sdk import relay_at\n"
-        "from . import test_consent\n"
+        "from . import test_statements\n"
         "import tests.server.test_auth\n"
         "def later():\n    from ..protocol.test_pow import TINY\n"
         "from .harness import online\nfrom ..relays import FakeClock\nfrom . import conftest\n"
     )
     assert imported_test_modules(bad, "tests.client") == {
-        "tests.client.test_sdk", "tests.client.test_consent", "tests.server.test_auth",
+        "tests.client.test_sdk", "tests.client.test_statements", "tests.server.test_auth",
         "tests.protocol.test_pow",
     }  # fmt: skip

@@ -29,13 +29,14 @@ What it is not: it performs no cryptographic construction (that is
 :mod:`blindrelay.protocol.crypto`) and understands no session — sessions are
 opaque bytes. It does no networking and decides nothing about delivery.
 Both implementations inherit every decision from the kinds' modules and pass
-one test suite (``tests/client/test_keystore.py``).
+one test suite (``tests/client/keystore/``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from .memory import MemoryKeyStore
@@ -93,6 +94,7 @@ __all__ = [
     "TrustedIdentity",
     "WrongPassphrase",
     "classify_identity",
+    "open_profile",
 ]
 
 
@@ -209,3 +211,19 @@ class KeyStore(Protocol):
     def atomic(self) -> AbstractContextManager[object]: ...
 
     def close(self) -> None: ...
+
+
+def open_profile(
+    path: str | Path | None,
+    passphrase: str | None,
+    *,
+    opslimit: int = DEFAULT_OPSLIMIT,
+    memlimit: int = DEFAULT_MEMLIMIT,
+) -> KeyStore:
+    """The profile file at ``path``, created if absent (the Argon2 costs apply then);
+    ``None``: a new profile in memory. Raises ValueError for a file without a passphrase."""
+    if path is None:
+        return MemoryKeyStore()
+    if passphrase is None:
+        raise ValueError("an on-disk profile needs a passphrase")
+    return SqliteKeyStore.open(path, passphrase, create=True, opslimit=opslimit, memlimit=memlimit)

@@ -132,8 +132,9 @@ CONTRACT: dict[str, Operation] = {
         result="nil",
         errors="203 REGISTRATION_REFUSED: invite unknown or used; 201 HANDLE_TAKEN: the "
         "handle exists, or a leading run of its labels has the skeleton of a business",
-        atomic="the invite consumed, the lookalike check, the account, and a business's "
-        "skeleton: no two registrations can both pass a check, and a refusal keeps the invite",
+        atomic="the invite consumed, the lookalike check, the account, a business's "
+        "skeleton and its key binding appended to the log (§15.1): no two registrations can "
+        "both pass a check, and a refusal keeps the invite",
     ),
     "take_budget": Operation(
         spec="§4.6.1, §10",
@@ -188,11 +189,12 @@ CONTRACT: dict[str, Operation] = {
         "account's recorded live one (a later login's record is left alone)",
     ),
     "rotate_identity": Operation(
-        spec="§3.4",
-        args={"handle": "str", "old_key": "bin 32", "new_key": "bin 32"},
+        spec="§3.4, §15.1",
+        args={"handle": "str", "old_key": "bin 32", "new_key": "bin 32", "now": "int ms"},
         result="nil",
         errors="501 STALE_STATEMENT: the key is no longer ``old_key`` (compare-and-swap)",
-        atomic="the new key and the deletion of every prekey the old key signed",
+        atomic="the new key, the deletion of every prekey the old key signed, and for a "
+        "business the key binding appended to the log",
     ),
     "upload_prekeys": Operation(
         spec="§5.2",
@@ -292,7 +294,7 @@ CONTRACT: dict[str, Operation] = {
         "consent statement whose target is not a business",
         atomic="the nonce remembered, the new pair state, the statement in force and the ones "
         "it supersedes deleted, the purge of undelivered envelopes, the superseded receipts "
-        "withdrawn and the new receipt queued",
+        "withdrawn, the new receipt queued and the statement's commitment appended to the log",
     ),
     "statements_in_force": Operation(
         spec="§7.6",
@@ -329,6 +331,51 @@ CONTRACT: dict[str, Operation] = {
         args={"before": "int ms: envelopes and msg ids older go", "now": "int ms"},
         result="[envelopes dropped, remembered msg ids dropped]; statement nonces that can no "
         "longer be replayed fresh and refilled budgets go too",
+    ),
+    "log_append": Operation(
+        spec="§15.1",
+        args={"entries": "[bin, …]: log entries, in order"},
+        result="int: the index of the first (the log's size before)",
+        atomic="the entries and every complete subtree they finish: the log is never seen "
+        "half appended, and two appends (by any relay processes) never interleave",
+    ),
+    "log_state": Operation(
+        spec="§15.3",
+        args={},
+        result="[size, root at that size, newest tree head as [size, root, timestamp, "
+        "signed] | nil]: what the relay signs a new tree head from",
+    ),
+    "log_add_head": Operation(
+        spec="§15.3",
+        args={"size": "int", "root": "bin 32", "timestamp": "int ms", "signed": "bin"},
+        result="bool: stored; false when a head at least as large is kept already (another "
+        "relay process published first)",
+        errors="900 INTERNAL_ERROR: a root that is not the log's at ``size``, a size beyond "
+        "the log, a timestamp before the newest head's (transparency.accept_head)",
+        atomic="the check and the head: the heads kept only grow, each consistent with "
+        "every earlier one",
+    ),
+    "log_head": Operation(
+        spec="§15.3",
+        args={},
+        result="[size, root, timestamp, signed] of the newest tree head | nil",
+    ),
+    "log_inclusion": Operation(
+        spec="§15.2",
+        args={"index": "int: a leaf", "size": "int: a tree size"},
+        result="[bin 32, …]: PATH(index, D[size]) (RFC 9162 §2.1.3.1)",
+        errors="601 NOT_FOUND: not 0 ≤ index < size ≤ the log's size",
+    ),
+    "log_consistency": Operation(
+        spec="§15.2",
+        args={"first": "int", "second": "int"},
+        result="[bin 32, …]: PROOF(first, D[second]) (RFC 9162 §2.1.4.1)",
+        errors="601 NOT_FOUND: not 0 < first ≤ second ≤ the log's size",
+    ),
+    "log_entries": Operation(
+        spec="§15.1",
+        args={"start": "int: an index", "limit": "int"},
+        result="[bin, …]: the entries from ``start`` on, at most ``limit``, in order",
     ),
     "checkpoint": Operation(
         spec="§11.2",

@@ -61,3 +61,18 @@ class MonthUsage:
     notifications: dict[str, int] = field(default_factory=dict)
     service_replies: int = 0
     user_initiated: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LogHead:
+    """A signed tree head as the store keeps it (SPEC §15.3): its fields and its bytes."""
+
+    size: int
+    root: bytes
+    timestamp: int
+    signed: bytes
+
+
+def head_row(head: LogHead | None) -> list[Any] | None:
+    """A tree head as msgpack values: [size, root, timestamp, signed], or nil."""
+    return None if head is None else [head.size, head.root, head.timestamp, head.signed]

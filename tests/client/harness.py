@@ -18,13 +18,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import nacl.pwhash.argon2id as argon2id
+import pytest
 
 from blindrelay.client.business import Business
 from blindrelay.client.keystore import KeyStore, MemoryKeyStore
 from blindrelay.client.sdk import Backoff, Client, Message, ReceiptEvent
 from blindrelay.protocol import frames
 from blindrelay.protocol.crypto.keys import IdentityKeyPair, SignedPreKey
+from blindrelay.protocol.errors import StoreUnavailable
 from blindrelay.protocol.signed import ConsentStatement
+from blindrelay.server import relay as relay_module
+from blindrelay.server.config import RelayConfig
+from blindrelay.server.store import open_store
 
 from ..relays import FakeClock
 from ..server.conftest import RawClient
@@ -97,6 +102,24 @@ class Crash(Exception):
     """Stands in for the process dying at a chosen point."""
 
 
+def bundle(handle: str, seed: bytes, kind: str = "user", re: int = 1) -> frames.Bundle:
+    """A BUNDLE of the account whose identity seed is ``seed`` (no one-time prekey)."""
+    theirs = IdentityKeyPair.from_seed(seed)
+    prekey = SignedPreKey.generate(theirs, 1, os.urandom)
+    return frames.Bundle(
+        re=re, handle=handle, kind=kind, identity_key=theirs.public,
+        signed_prekey=frames.SignedPreKeyRecord(1, prekey.public, prekey.signature),
+    )  # fmt: skip
+
+
+def session_with(client: Client, handle: str, seed: bytes, kind: str = "user") -> bytes:
+    """Start ``client``'s session with ``handle`` from a bundle made here (no fetch), for
+    the account whose identity seed is ``seed``; returns that identity key."""
+    made = bundle(handle, seed, kind)
+    client.sessions.start_session(made)
+    return made.identity_key
+
+
 # --- the relay -------------------------------------------------------------------------
 
 
@@ -113,6 +136,47 @@ def replace_relay_key(db_path: Path) -> None:
         public = IdentityKeyPair.from_seed(seed).public
         db.execute("UPDATE relay_identity SET seed = ?, public_key = ?", (seed, public))
     db.close()
+
+
+class OutageStore:
+    """The relay's real store, whose first ``outages`` SENDs fail as in a store outage
+    (SPEC §6.3: ERROR 902 with retry_after) — after the envelope was committed for the
+    first, as when the connection to PostgreSQL drops between COMMIT and its answer."""
+
+    def __init__(self, store: Any, outages: int, operation: str = "send") -> None:
+        self.store = store
+        self.outages = outages
+        self.operation = operation
+        self.refused = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def call(self, operation: str, args: Any, done: Any) -> None:
+        if operation != self.operation or self.refused >= self.outages:
+            self.store.call(operation, args, done)
+            return
+        self.refused += 1
+        unavailable = StoreUnavailable(retry_after_ms=20)
+        if self.refused == 1:  # committed, but the answer was lost with the connection
+            self.store.call(operation, args, lambda ok, value: done(False, unavailable))
+        else:
+            done(False, unavailable)
+
+
+def store_outage(
+    monkeypatch: pytest.MonkeyPatch, outages: int, operation: str = "send"
+) -> list[OutageStore]:
+    """Relays started from now on in this test open their store behind an :class:`OutageStore`
+    (listed in the order they were opened)."""
+    stores: list[OutageStore] = []
+
+    def open_with_outage(url: str, config: RelayConfig) -> Any:
+        stores.append(OutageStore(open_store(url, config), outages, operation))
+        return stores[-1]
+
+    monkeypatch.setattr(relay_module, "open_store", open_with_outage)
+    return stores
 
 
 # --- consent and businesses ------------------------------------------------------------
@@ -172,14 +236,7 @@ async def customer(url: str, handle: str, business: Business, state: str) -> Raw
     business holding a session to it."""
     raw = await RawClient.open(url)
     await raw.register(handle)
-    ours = IdentityKeyPair.from_seed(bytes(raw.key))
-    prekey = SignedPreKey.generate(ours, 1, os.urandom)
-    business.client.sessions.start_session(
-        frames.Bundle(
-            re=1, handle=handle, kind="user", identity_key=ours.public,
-            signed_prekey=frames.SignedPreKeyRecord(1, prekey.public, prekey.signature),
-        )
-    )  # fmt: skip
+    session_with(business.client, handle, bytes(raw.key))
     hello = raw.conn.hello
     assert hello is not None
     for action, categories in STATEMENTS[state]:

@@ -305,25 +305,6 @@ def test_a_chunk_is_persisted_whole_or_not_at_all_and_before_it_is_transmitted(
     run(scenario())
 
 
-def test_sends_to_a_new_contact_take_one_lock_that_is_gone_afterwards(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        async with relay_at(tmp_path) as relay:
-            alice = await online(relay.url, "alice")
-            bob = await online(relay.url, "bob")
-            first = [asyncio.create_task(alice.send("bob", f"m{i}")) for i in range(3)]
-            await asyncio.sleep(0)
-            assert len(alice.sender.locks) == 1  # the bundle fetch holds it, the others wait
-            await within(asyncio.gather(*first))
-            assert len(alice.sender.locks) == 0
-            inbox = Inbox(bob)
-            assert [(await inbox.next()).body for _ in range(3)] == ["m0", "m1", "m2"]
-            await inbox.close()
-            await alice.close()
-            await bob.close()
-
-    run(scenario())
-
-
 def test_notify_from_a_sqlite_keystore_leaves_an_empty_outbox(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with relay_at(tmp_path) as relay:

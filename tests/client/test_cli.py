@@ -29,3 +29,16 @@ def test_a_chat_option_that_is_not_the_hex_it_names_is_one_line_and_exit_2(
     assert status == 2
     assert capsys.readouterr().out == message + "\n"
     assert not profile.exists()
+
+
+def test_demo_and_chat_are_commands_of_blindrelay(capsys: pytest.CaptureFixture[str]) -> None:
+    """Registered through the ``blindrelay.commands`` entry points beside the relay's."""
+    with pytest.raises(SystemExit) as help_shown:
+        main(["--help"])
+    assert help_shown.value.code == 0
+    out = capsys.readouterr().out
+    assert "demo" in out and "chat" in out
+    for command in ("demo", "chat"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert f"usage: blindrelay {command}" in capsys.readouterr().out

@@ -49,7 +49,6 @@ def test_the_sdk_solves_the_relays_proof_of_work_off_its_event_loop(
     assert solver_threads and threading.get_ident() not in solver_threads
 
 
-
 def test_the_sdk_registers_with_the_operators_invite(tmp_path: Path) -> None:
     """SPEC §4.6.4: on a relay that requires invites, register(invite=...) is how."""
 
@@ -92,16 +91,6 @@ async def test_a_taken_handle_can_be_followed_at_once_by_another(tmp_path: Path)
         await within(second.send("alice", "the second account works"))
         for client in (first, second):
             await client.close()
-
-
-def test_chat_refuses_an_invite_that_is_not_hex_in_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code = main(["chat", "--relay", "ws://127.0.0.1:9", "--profile", str(tmp_path / "p"),
-                 "--invite", "not-hex"])  # fmt: skip
-    assert code == 2
-    out = capsys.readouterr().out
-    assert out.startswith("blindrelay chat: --invite") and out.count("\n") == 1
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,9 @@ from dataclasses import replace
 import msgpack
 import pytest
 
+from blindrelay.client.incoming import Incoming
 from blindrelay.client.keystore import IdentityStatus, IncomingMessage, MemoryKeyStore, OurIdentity
-from blindrelay.client.sessions import ONE_TIME_PREKEY_TARGET, Incoming, NoSession, SessionManager
+from blindrelay.client.sessions import ONE_TIME_PREKEY_TARGET, NoSession, SessionManager
 from blindrelay.client.trust import IdentityState
 from blindrelay.protocol import frames
 from blindrelay.protocol.content import (

@@ -27,6 +27,8 @@ from blindrelay.protocol import frames as f
 from blindrelay.protocol.business import Badge, BusinessProfile, OpeningHours, SpecialDay
 from blindrelay.protocol.errors import ErrorCode, ProtocolError
 from blindrelay.protocol.signed import ConsentStatement, SignedObject
+from blindrelay.protocol.transparency import entries as log
+from blindrelay.protocol.transparency.treehead import TreeHead
 
 from .spec import SPEC
 
@@ -45,7 +47,16 @@ SIGNED: dict[str, type] = {
     "OpeningHours": OpeningHours,
     "SpecialDay": SpecialDay,
     "signed object": SignedObject,
+    "tree head": TreeHead,
+    "key binding": log.KeyBinding,
+    "badge issued": log.BadgeIssued,
+    "badge revoked": log.BadgeRevoked,
+    "statement logged": log.StatementLogged,
+    "bill logged": log.BillLogged,
+    "bill item": log.BillItem,
 }
+"""Signed objects and their records, and the transparency log's entries (§15), which are
+decoded as strictly."""
 FRAMES: dict[str, type] = {t.name: cls for t, cls in f.FRAME_CLASSES.items()}
 RECORD_NAMES = {cls: name for name, cls in {**RECORDS, **SIGNED}.items()}
 
@@ -317,11 +328,23 @@ SIGNED_EXAMPLES: dict[str, object] = {
         timezone="Europe/Berlin", hours=(OpeningHours(0, 540, 1020),),
         exceptions=(SpecialDay("2027-01-01", 0, 0),), issued_at=T0,
     ),
+    "tree head": TreeHead(v=1, size=5, root=K32, timestamp=T0),
+    "key binding": log.KeyBinding(
+        v=1, handle="skyways", kind="business", identity_key=bytes(32), at=T0, previous_key=K32,
+    ),
+    "badge issued": log.BadgeIssued(v=1, handle="skyways", serial=7, badge=b"b" * 40, at=T0),
+    "badge revoked": log.BadgeRevoked(v=1, handle="skyways", serial=7, at=T0),
+    "statement logged": log.StatementLogged(v=1, commitment=K32, at=T0),
+    "bill logged": log.BillLogged(
+        v=1, handle="skyways", month="2027-01", count=3, root=K32, at=T0,
+    ),
+    "bill item": log.BillItem(v=1, msg_id=bytes(16), category="utility", at=T0, recipient=K32),
 }  # fmt: skip
 INTERDEPENDENT = {
     ("badge", "issued_at"), ("badge", "expires_at"),  # issued_at < expires_at <= + validity
     ("profile", "hours", 0, "open"), ("profile", "hours", 0, "close"),  # open < close
     ("profile", "exceptions", 0, "open"), ("profile", "exceptions", 0, "close"),
+    ("tree head", "size"),  # size 0 only with the empty tree's root (SPEC §15.3)
 }  # fmt: skip
 """Bounds a single field cannot reach alone; their pairing rule is tested in test_business."""
 

@@ -163,7 +163,7 @@ async def test_the_store_answers_the_loops_reads_from_what_it_committed(store_ur
         assert not ok and isinstance(refused, InvalidPrekeys)
         ok, refused = await read("check_prekey_upload", "alice", [2, 3], 2)
         assert not ok and isinstance(refused, InvalidPrekeys)
-        await store.submit("rotate_identity", "alice", b"k" * 32, b"n" * 32)
+        await store.submit("rotate_identity", "alice", b"k" * 32, b"n" * 32, 0)
         rotated = Account("alice", "user", b"n" * 32)
         assert await read("account", "alice") == (True, rotated)  # at once
     finally:

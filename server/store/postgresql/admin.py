@@ -23,8 +23,9 @@ from typing import Any
 
 from blindrelay.protocol.consent import Meter
 
-from .. import StoreError
+from .. import StoreError, transparency
 from ..records import Account, MonthUsage
+from . import transparency as log
 from .schema import migrate
 from .sync import SyncConnection, redacted
 
@@ -89,25 +90,37 @@ class PostgresAdminStore:
         signed: bytes,
     ) -> None:
         row = (serial, handle, key_fingerprint, display_name, issued_at, expires_at, signed)
-        self._db.run(
-            lambda conn: conn.execute(
-                "INSERT INTO badges (serial, handle, key_fingerprint, display_name, issued_at,"
-                " expires_at, revoked_at, signed) VALUES ($1, $2, $3, $4, $5, $6, NULL, $7)",
-                *row,
-            )
-        )
+        entry = transparency.badge_issued(handle, serial, signed, issued_at)
+
+        async def add(conn: Any) -> None:
+            async with conn.transaction():  # the badge and its log entry (SPEC §15.1)
+                await conn.execute(
+                    "INSERT INTO badges (serial, handle, key_fingerprint, display_name,"
+                    " issued_at, expires_at, revoked_at, signed)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, NULL, $7)",
+                    *row,
+                )
+                await log.append(conn, [entry])
+
+        self._db.run(add)
 
     def revoke_badges(self, handle: str, now: int) -> int:
-        revoked = self._db.run(
-            lambda conn: conn.fetchval(
-                "WITH revoked AS (UPDATE badges SET revoked_at = $1"
-                " WHERE handle = $2 AND revoked_at IS NULL RETURNING 1)"
-                " SELECT count(*) FROM revoked",
-                now,
-                handle,
-            )
-        )
-        return int(revoked)
+        async def revoke(conn: Any) -> int:
+            async with conn.transaction():  # the revocations and their log entries
+                serials = await conn.fetch(
+                    "UPDATE badges SET revoked_at = $1 WHERE handle = $2 AND revoked_at IS NULL"
+                    " RETURNING serial",
+                    now,
+                    handle,
+                )
+                ordered = sorted(int(row[0]) for row in serials)
+                if ordered:
+                    entries = [transparency.badge_revoked(handle, s, now) for s in ordered]
+                    await log.append(conn, entries)
+                return len(ordered)
+
+        revoked: int = self._db.run(revoke)
+        return revoked
 
     def add_invites(self, digests: Iterable[bytes], now: int) -> None:
         rows = list(digests)

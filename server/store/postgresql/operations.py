@@ -42,6 +42,7 @@ from blindrelay.protocol.skeleton import leading_skeletons, skeleton
 
 from ... import routing
 from ...routing import Hint, HintKind
+from .. import transparency
 from ..records import Account, MonthUsage
 from ..rules import (
     BUDGETS,
@@ -58,6 +59,7 @@ from ..rules import (
     refuse_unless_allowed,
     statement_effect,
 )
+from . import transparency as log
 from .rows import QUEUE_COLUMNS, envelope_row, pair_key, pair_or_initial, pair_to_row
 
 
@@ -263,6 +265,7 @@ async def create_account(
     )  # fmt: skip
     if claimed is None:
         raise HandleTaken()  # a lookalike registered on another worker meanwhile
+    await log.append_one(conn, transparency.key_binding(handle, kind, identity_key, now))
 
 
 async def login_counts(tx: Tx, handle: str, not_before: int) -> list[Any]:
@@ -317,18 +320,20 @@ async def close_session(tx: Tx, handle: str, worker: str, session: int, now: int
     )  # fmt: skip
 
 
-async def rotate_identity(tx: Tx, handle: str, old_key: bytes, new_key: bytes) -> None:
-    """Compare-and-swap of the key, and the old key's prekeys deleted, in one statement."""
-    replaced = await tx.conn.fetchval(
+async def rotate_identity(tx: Tx, handle: str, old_key: bytes, new_key: bytes, now: int) -> None:
+    """Compare-and-swap of the key, and the old key's prekeys deleted, in one statement;
+    a business's new key logged (SPEC §15.1)."""
+    kind = await tx.conn.fetchval(
         "WITH u AS (UPDATE accounts SET identity_key = $3 WHERE handle = $1"
-        " AND identity_key = $2 RETURNING handle),"
+        " AND identity_key = $2 RETURNING handle, kind),"
         " s AS (DELETE FROM signed_prekeys WHERE handle IN (SELECT handle FROM u)),"
         " o AS (DELETE FROM one_time_prekeys WHERE handle IN (SELECT handle FROM u))"
-        " SELECT count(*) FROM u",
+        " SELECT kind FROM u",
         handle, old_key, new_key,
     )  # fmt: skip
-    if not replaced:
+    if kind is None:
         raise StaleStatement()
+    await log.append_one(tx.conn, transparency.key_binding(handle, kind, new_key, now, old_key))
 
 
 async def upload_prekeys(
@@ -484,6 +489,7 @@ async def apply_statement(
         *pair_key(handle, target_handle), *pair_to_row(effect.state),
     )  # fmt: skip
     superseded_nonces = await _record(conn, statement, signed, now)
+    await log.append_one(conn, transparency.statement_logged(signed, now))
     purged: list[int] = []
     if effect.purge.everything_from_target:
         purged = await _withdraw(conn, handle, target_handle, "true")
@@ -656,12 +662,12 @@ OPERATIONS: dict[str, Callable[..., Awaitable[Any]]] = {
         apply_statement, statements_in_force, put_profile, fetch_profile, usage_month, purge,
         checkpoint,
     )
-}  # fmt: skip
+} | log.OPERATIONS  # fmt: skip
 """The operations run one call at a time (``batch`` runs send, acknowledge, page)."""
 
 WRITES = frozenset(
     {"create_relay_seed", "take_budget", "create_account", "login_counts", "open_session",
      "close_session", "rotate_identity",
      "upload_prekeys", "take_bundle", "apply_statement", "put_profile", "purge"}
-)  # fmt: skip
+) | log.WRITES  # fmt: skip
 """Those that write: each runs in a savepoint, undone alone if it fails."""

@@ -32,8 +32,9 @@ from __future__ import annotations
 from typing import Any
 
 from .. import StoreStartError
+from . import transparency
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 MIGRATION_LOCK = 0x626C696E6472  # "blindr": one advisory lock key for every worker
 """The ``pg_advisory_xact_lock`` key migrations run under."""
@@ -200,14 +201,14 @@ INSERT INTO queue_acks (handle) SELECT handle FROM accounts;
 """3: ACKs count apart, without the recipient's lock (module docstring); ``queued`` now
 only grows with SENDs and falls with purges and withdrawals, so it is a bigint."""
 
-MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3}
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: transparency.SCHEMA}
 """Version → the statements that reach it from the version before (0: an empty database)."""
 
 TABLES = (
     "relay_identity", "accounts", "queue_counts", "signed_prekeys", "one_time_prekeys",
     "queue", "sent", "pairs", "statements", "statements_in_force", "statement_nonces",
     "budgets", "usage", "profiles", "badges", "business_skeletons", "invites",
-    "account_sessions", "queue_acks",
+    "account_sessions", "queue_acks", *transparency.TABLES,
 )  # fmt: skip
 """Every table of the current schema but ``schema_version``, for inspection."""
 
@@ -243,5 +244,7 @@ async def migrate(conn: Any, url: str) -> int:
             raise newer_schema(found, url)
         for version in range(found + 1, SCHEMA_VERSION + 1):
             await conn.execute(MIGRATIONS[version])
+            if version == 4 and found:  # an existing database: its businesses' keys
+                await transparency.log_existing_businesses(conn)
             await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
     return found

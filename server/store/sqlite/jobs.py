@@ -38,9 +38,11 @@ from blindrelay.protocol.errors import (
 )
 from blindrelay.protocol.frames import AccountKind, OneTimePreKeyRecord, SignedPreKeyRecord
 from blindrelay.protocol.signed import Action, ConsentStatement, unverified_body
+from blindrelay.protocol.transparency.entries import decode_entry
 
+from .. import transparency
 from ..operations import SendRules
-from ..records import Account, envelope_row
+from ..records import Account, LogHead, envelope_row, head_row
 from ..rules import (
     BUDGETS,
     FIRST_CONTACTS,
@@ -158,6 +160,13 @@ def create_account(
         raise HandleTaken()
     if kind == AccountKind.BUSINESS:
         tables.lookalikes.add(handle)
+    _log(tables, transparency.key_binding(handle, kind, identity_key, now))
+
+
+def _log(tables: Tables, entry: bytes | None) -> None:
+    """SPEC §15.1: the entry commits in the job's transaction, with what it records."""
+    if entry is not None:
+        tables.log.append([entry])
 
 
 def login_counts(tables: Tables, handle: str, not_before: int) -> list[Any]:
@@ -198,12 +207,15 @@ def close_session(tables: Tables, handle: str, worker: str, session: int, now: i
     )
 
 
-def rotate_identity(tables: Tables, handle: str, old_key: bytes, new_key: bytes) -> None:
+def rotate_identity(tables: Tables, handle: str, old_key: bytes, new_key: bytes, now: int) -> None:
     # Compare-and-swap: a concurrent rotation makes this proof stale.
     if not tables.accounts.replace_identity_key(handle, old_key, new_key):
         raise StaleStatement()
     # The prekeys were signed by the old key; a bundle must never mix keys.
     tables.prekeys.delete_all(handle)
+    account = tables.accounts.get(handle)
+    assert account is not None
+    _log(tables, transparency.key_binding(handle, account.kind, new_key, now, old_key))
 
 
 def upload_prekeys(
@@ -397,6 +409,7 @@ def apply_statement(
     )  # fmt: skip
     tables.ledger.store_pair(handle, statement.target, effect.state)
     superseded_nonces = tables.ledger.record(statement, signed, now)
+    _log(tables, transparency.statement_logged(signed, now))
     purged: list[int] = []
     if effect.purge.everything_from_target:
         purged = tables.queue.withdraw(handle, statement.target, None)
@@ -467,6 +480,49 @@ def purge(tables: Tables, before: int, now: int) -> list[int]:
     return [envelopes, ids]
 
 
+def log_append(tables: Tables, entries: list[bytes]) -> int:
+    for entry in entries:  # SPEC §15.1: only the encodings a log may hold
+        decode_entry(entry)
+    return tables.log.append(entries)
+
+
+def log_state(tables: Tables) -> list[Any]:
+    size = tables.log.size()
+    head = tables.log.head()
+    return [size, tables.log.root(size), head_row(head)]
+
+
+def log_add_head(tables: Tables, size: int, root: bytes, timestamp: int, signed: bytes) -> bool:
+    head = LogHead(size, root, timestamp, signed)
+    log = tables.log
+    log_size = log.size()
+    root_there = log.root(size) if 0 <= size <= log_size else None
+    if not transparency.accept_head(log.head(), head, log_size, root_there):
+        return False
+    log.add_head(head)
+    return True
+
+
+def log_head(tables: Tables) -> list[Any] | None:
+    return head_row(tables.log.head())
+
+
+def log_inclusion(tables: Tables, index: int, size: int) -> list[bytes]:
+    if not 0 <= index < size <= tables.log.size():
+        raise NotFound()
+    return tables.log.inclusion_proof(index, size)
+
+
+def log_consistency(tables: Tables, first: int, second: int) -> list[bytes]:
+    if not 0 < first <= second <= tables.log.size():
+        raise NotFound()
+    return tables.log.consistency_proof(first, second)
+
+
+def log_entries(tables: Tables, start: int, limit: int) -> list[bytes]:
+    return tables.log.entries(start, limit)
+
+
 def checkpoint(tables: Tables) -> None:
     """SPEC §11.2: truncate the WAL once this batch has committed (a checkpoint
     cannot run inside the batch's transaction; :class:`~.tables.GroupCommitter`
@@ -481,7 +537,8 @@ OPERATIONS: dict[str, Callable[..., Any]] = {
         login_seqs, open_session, close_session, rotate_identity, upload_prekeys, take_bundle,
         send,
         acknowledge, page, apply_statement, statements_in_force, put_profile, fetch_profile,
-        usage_month, purge, checkpoint,
+        usage_month, purge, checkpoint, log_append, log_state, log_add_head, log_head,
+        log_inclusion, log_consistency, log_entries,
     )
 }  # fmt: skip
 """Operation name → function; the only code the writer process will run for a job."""

@@ -59,6 +59,14 @@ class BadgeStore:
             (serial, handle, key_fingerprint, display_name, issued_at, expires_at, signed),
         )
 
+    def in_force(self, handle: str) -> list[int]:
+        """The serials of ``handle``'s unrevoked badges, in order."""
+        rows = self.db.execute(
+            "SELECT serial FROM badges WHERE handle = ? AND revoked_at IS NULL ORDER BY serial",
+            (handle,),
+        )
+        return [int(serial) for (serial,) in rows.fetchall()]
+
     def revoke(self, handle: str, now: int) -> int:
         """Withdraw every unrevoked badge of ``handle``; how many were withdrawn."""
         return self.db.execute(

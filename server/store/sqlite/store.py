@@ -29,7 +29,7 @@ import sqlite_utils
 
 from ... import gcpolicy
 from ...routing import new_worker_id
-from .. import Done, StoreError
+from .. import Done, StoreError, transparency
 from ..records import Account, MonthUsage
 from .tables import Accounts, PreKeyStore, Tables, connect, connect_reader
 from .writer import Writer
@@ -164,13 +164,21 @@ class SqliteAdminStore:
         expires_at: int,
         signed: bytes,
     ) -> None:
-        self._tables.badges.add(
-            serial=serial, handle=handle, key_fingerprint=key_fingerprint,
-            display_name=display_name, issued_at=issued_at, expires_at=expires_at, signed=signed,
-        )  # fmt: skip
+        with self._tables.db.atomic():  # the badge and its log entry (SPEC §15.1)
+            self._tables.badges.add(
+                serial=serial, handle=handle, key_fingerprint=key_fingerprint,
+                display_name=display_name, issued_at=issued_at, expires_at=expires_at,
+                signed=signed,
+            )  # fmt: skip
+            self._tables.log.append([transparency.badge_issued(handle, serial, signed, issued_at)])
 
     def revoke_badges(self, handle: str, now: int) -> int:
-        return self._tables.badges.revoke(handle, now)
+        tables = self._tables
+        with tables.db.atomic():  # the revocations and their log entries
+            serials = tables.badges.in_force(handle)
+            revoked = tables.badges.revoke(handle, now)
+            tables.log.append(transparency.badge_revoked(handle, s, now) for s in serials)
+        return revoked
 
     def add_invites(self, digests: Iterable[bytes], now: int) -> None:
         self._tables.invites.add(digests, now)

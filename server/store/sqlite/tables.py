@@ -23,6 +23,8 @@ Tables (SPEC §11 lists them; ``blindrelay inspect`` prints them):
   for the lookalike rule (SPEC §3.2; :class:`BusinessSkeletons`);
 - ``invites`` — hashes of the operator's unused invite tokens (SPEC §4.6.4;
   :class:`Invites`).
+- ``log_entries``, ``log_nodes``, ``log_heads`` — the transparency log (SPEC §15;
+  :mod:`.transparency`).
 
 Bodies are opaque ciphertext: nothing here decodes them.
 
@@ -83,15 +85,20 @@ from blindrelay.protocol.frames import AccountKind, OneTimePreKeyRecord, SignedP
 from blindrelay.protocol.skeleton import leading_skeletons, skeleton
 
 from ...logs import log_event
+from .. import transparency
 from ..records import Account, QueuedEnvelope
 from ..rules import QueueShares, bucket_full_at, bucket_tokens
 from .cache import WriterCache
 from .ledger import ConsentLedger
 from .metering import UsageMeter
 from .profiles import BadgeStore, ProfileStore
+from .transparency import SCHEMA as LOG_SCHEMA
+from .transparency import TransparencyLog
 
-SCHEMA_VERSION = 6
-"""6: ``accounts.login_seq``, the logins of each account counted (SPEC §1.2.3: the newest
+SCHEMA_VERSION = 7
+"""7: the transparency log, ``log_entries``, ``log_nodes``, ``log_heads`` (SPEC §15;
+:mod:`.transparency`), with every existing business's key binding appended on upgrade.
+6: ``accounts.login_seq``, the logins of each account counted (SPEC §1.2.3: the newest
 login wins on every relay process).
 5: ``account_sessions`` (which relay process serves each account, SPEC §10).
 3: ``business_skeletons`` (SPEC §3.2), filled from existing businesses on upgrade,
@@ -236,7 +243,7 @@ CREATE TABLE IF NOT EXISTS invites (
     digest BLOB PRIMARY KEY,
     created_at INTEGER NOT NULL
 ) WITHOUT ROWID;
-"""
+""" + LOG_SCHEMA
 
 
 FILE_MODE = 0o600
@@ -347,6 +354,22 @@ def _migrate(conn: sqlite3.Connection, version: int) -> None:
             "DELETE FROM queue WHERE intent = 'statement' AND NOT EXISTS (SELECT 1 FROM"
             " statements s WHERE s.signer = queue.sender AND s.nonce = queue.msg_id)"
         )
+    if 0 < version < 7:
+        _log_existing_businesses(conn)
+
+
+def _log_existing_businesses(conn: sqlite3.Connection) -> None:
+    """Schema 7: the log starts with the key of every business registered before it
+    (SPEC §15.1), oldest first, each at its registration time."""
+    rows = conn.execute(
+        "SELECT handle, kind, identity_key, created_at FROM accounts WHERE kind = ?"
+        " ORDER BY created_at, handle",
+        (AccountKind.BUSINESS.value,),
+    ).fetchall()
+    log = TransparencyLog(sqlite_utils.Database(conn))
+    log.append(
+        entry for row in rows if (entry := transparency.key_binding(*row)) is not None
+    )
 
 
 def _make_private(path: Path) -> None:
@@ -1085,6 +1108,7 @@ class Tables:
         self.usage = UsageMeter(db, self.cache)
         self.profiles = ProfileStore(db)
         self.badges = BadgeStore(db)
+        self.log = TransparencyLog(db)
         self.checkpoint_requested = False
         """Set by a job; :class:`GroupCommitter` checkpoints after the batch commits."""
 

@@ -1,4 +1,9 @@
-"""The user's side of consent and blocking through the SDK (SPEC §7), over real sockets.
+"""Signed statements of consent and blocking (client/statements.py, SPEC §7.4–7.6): made,
+kept and checked.
+
+Unit tests over the in-memory relay of :mod:`.fake_relay`: what is signed and kept,
+what a forwarded statement must pass to be kept, the records, the offline check.
+Then the user's side through the SDK over real sockets.
 
 A business and users are real :class:`Client` objects against an in-process
 relay whose clock is a :class:`FakeClock` far from the wall clock, so every
@@ -8,21 +13,204 @@ clock from HELLO (SPEC §4.1, §7.4). No sleeps: waits are on futures/events.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from blindrelay.client.sdk import Client, HeldStatement
-from blindrelay.protocol.errors import InvalidStatement, RecipientUnavailable
-from blindrelay.protocol.signed import Action
+from blindrelay.protocol import frames
+from blindrelay.protocol.crypto.keys import IdentityKeyPair
+from blindrelay.protocol.errors import InvalidStatement, RecipientUnavailable, UntrustedIdentity
+from blindrelay.protocol.signed import (
+    Action,
+    ConsentStatement,
+    make_statement,
+    unverified_body,
+    verify_statement,
+)
 
-from ..relays import relay_at
+from ..relays import T0, FakeClock, relay_at
 from ..server.consent_helpers import issue_badge_for
+from .fake_relay import RELAY_KEY, URL, FakeRelay, RelayEnd, answer_plainly
 from .harness import Inbox, Statements, online, run, skewed_relay_clock, within
 
 
 async def notify(business: Client, user: str, text: str, category: str = "utility") -> bytes:
     return await within(business.send(user, text, intent="notification", category=category))
+
+
+HOUR_MS = 3600 * 1000
+BOB = IdentityKeyPair.from_seed(b"\x71" * 32)
+"""A user who makes statements to alice (a business here)."""
+
+
+async def alice_online(relay: FakeRelay, kind: str = "user") -> Client:
+    """Alice, whose own clock runs three hours behind the relay's."""
+    return await online(
+        URL, "alice", kind, open_transport=relay.open, clock=FakeClock(T0 - 3 * HOUR_MS)
+    )
+
+
+def from_bob(
+    action: str = "grant",
+    *,
+    target: str = "alice",
+    key: IdentityKeyPair = BOB,
+    claimed: bytes | None = None,
+    relay_key: bytes | None = None,
+) -> bytes:
+    """A statement bob signed (with ``key``, claiming ``claimed``) for ``target``."""
+    return make_statement(
+        action, signer="bob", signer_key=claimed or key.public, target=target,
+        relay_key=relay_key or RELAY_KEY.verify_key.encode(), now_ms=T0, rng=os.urandom,
+        categories=("utility",) if action in ("grant", "revoke", "deny") else None,
+    ).sign(key.sign)  # fmt: skip
+
+
+def forwarded(signed: bytes, sender: str = "bob") -> frames.Deliver:
+    """The DELIVER of a statement the relay forwards: its msg_id is the nonce (SPEC §7.5)."""
+    nonce = unverified_body(ConsentStatement, signed).nonce
+    return frames.Deliver(
+        delivery_id=1, sender=sender, sender_kind="user", msg_id=nonce, intent="statement",
+        sent_at=T0, body=signed,
+    )  # fmt: skip
+
+
+async def test_our_statement_is_dated_by_the_relay_s_clock_and_kept_once_it_took_it() -> None:
+    relay = FakeRelay()
+    alice = await alice_online(relay)
+    statement = await within(alice.grant("airline", ["utility"]))
+    assert statement.issued_at == T0  # the relay's clock from HELLO, not ours
+    (sent,) = relay.ends[0].received(frames.Statement)
+    assert alice.consent.records("airline") == [sent.statement]
+    verify_statement(
+        sent.statement, expected_key=alice.sessions.identity.identity_public,
+        relay_key=RELAY_KEY.verify_key.encode(),
+    )  # fmt: skip
+    assert alice.consent.check(sent.statement).verified
+    assert alice.granted_to("airline") == {"utility"}
+    await alice.close()
+
+
+async def test_a_statement_the_relay_refuses_is_not_kept() -> None:
+    relay = FakeRelay()
+
+    def refuse_statements(end: RelayEnd, frame: frames.Frame) -> None:
+        if isinstance(frame, frames.Statement):
+            end.refuse(InvalidStatement(), re=frame.id)
+        else:
+            answer_plainly(end, frame)
+
+    relay.answer = refuse_statements
+    alice = await alice_online(relay)
+    with pytest.raises(InvalidStatement):
+        await within(alice.block("mallory"))
+    assert alice.consent.records("mallory") == [] and alice.consent.counts() == {}
+    await alice.close()
+
+
+async def test_what_we_granted_is_our_statements_folded_and_a_block_withdraws_it() -> None:
+    relay = FakeRelay()
+    alice = await alice_online(relay)
+    await within(alice.grant("airline", ["utility", "marketing"]))
+    await within(alice.revoke("airline", ["marketing"]))
+    assert alice.granted_to("airline") == {"utility"}
+    with pytest.raises(InvalidStatement, match="already granted"):
+        await alice.grant("airline", ["utility"])  # refused before anything is sent
+    assert len(relay.ends[0].received(frames.Statement)) == 2
+    await within(alice.block("airline"))
+    assert alice.granted_to("airline") == frozenset()
+    assert alice.consent.counts() == {"airline": 3}
+    await alice.close()
+
+
+async def test_a_forwarded_statement_is_kept_once_verified_and_its_signer_pinned() -> None:
+    relay = FakeRelay()
+    alice = await alice_online(relay, "business")
+    heard: list[ConsentStatement] = []
+    alice.consent.add_listener(heard.append)
+    signed = from_bob()
+    alice.consent.receive(forwarded(signed), RELAY_KEY.verify_key.encode())
+    alice.consent.receive(forwarded(signed), RELAY_KEY.verify_key.encode())  # redelivered
+    assert alice.consent.records("bob") == [signed] and len(heard) == 1
+    assert alice.trust.pinned_key("bob") == BOB.public
+    assert alice.consent.check(signed).verified
+    await alice.close()
+
+
+@pytest.mark.parametrize(
+    "case", ["forged", "another target", "another relay key", "another sender"]
+)
+async def test_a_forwarded_statement_that_does_not_verify_is_dropped(case: str) -> None:
+    relay = FakeRelay()
+    alice = await alice_online(relay, "business")
+    heard: list[ConsentStatement] = []
+    alice.consent.add_listener(heard.append)
+    mallory = IdentityKeyPair.from_seed(b"\x72" * 32)
+    signed = {
+        "forged": lambda: from_bob(key=mallory, claimed=BOB.public),
+        "another target": lambda: from_bob(target="carol"),
+        "another relay key": lambda: from_bob(relay_key=b"\x73" * 32),
+        "another sender": lambda: from_bob(),
+    }[case]()
+    sender = "mallory" if case == "another sender" else "bob"
+    alice.consent.receive(forwarded(signed, sender), RELAY_KEY.verify_key.encode())
+    assert alice.consent.counts() == {} and heard == []
+    assert alice.trust.pinned_key("bob") is None  # nothing pinned from it
+    await alice.close()
+
+
+async def test_a_forwarded_statement_under_a_changed_key_is_raised_to_be_held() -> None:
+    relay = FakeRelay()
+    alice = await alice_online(relay, "business")
+    alice.trust.pin("bob", BOB.public)
+    rotated = IdentityKeyPair.from_seed(b"\x74" * 32)
+    with pytest.raises(UntrustedIdentity):
+        alice.consent.receive(forwarded(from_bob(key=rotated)), RELAY_KEY.verify_key.encode())
+    assert alice.consent.counts() == {}
+    assert alice.identity_change_pending("bob")
+    await alice.close()
+
+
+async def test_records_are_read_from_a_count_on_and_checked_offline() -> None:
+    relay = FakeRelay()
+    alice = await alice_online(relay, "business")
+    alice.trust.pin("bob", BOB.public)
+    kept = [from_bob("grant"), from_bob("revoke"), from_bob("block")]
+    for signed in kept:
+        alice.consent.keep("bob", signed)
+    assert alice.consent.counts() == {"bob": 3} and sorted(alice.consent.counts()) == ["bob"]
+    assert alice.consent.records("bob", start=2) == kept[2:]
+    assert [alice.consent.check(s).verified for s in kept] == [True] * 3
+    garbage = alice.consent.check(b"not a statement")
+    assert garbage.statement is None and not garbage.verified
+    other_relay = alice.consent.check(from_bob(relay_key=b"\x73" * 32))
+    assert other_relay.statement is not None and not other_relay.verified
+    mallory = IdentityKeyPair.from_seed(b"\x72" * 32)
+    impostor = alice.consent.check(from_bob(key=mallory))  # sound, but not bob's pinned key
+    assert impostor.statement is not None and not impostor.verified
+    await alice.close()
+
+
+async def test_statements_in_force_are_paged_through_and_each_checked() -> None:
+    relay = FakeRelay()
+    alice = await alice_online(relay, "business")
+    alice.trust.pin("bob", BOB.public)
+    pages = {0: ((from_bob("grant"),), 5), 5: ((b"altered by the relay",), None)}
+
+    def list_statements(end: RelayEnd, frame: frames.Frame) -> None:
+        if isinstance(frame, frames.StatementsList):
+            page, after = pages[frame.after]
+            end.send(frames.Statements(re=frame.id, statements=page, next=after))
+        else:
+            answer_plainly(end, frame)
+
+    relay.answer = list_statements
+    listed = await within(alice.statements())
+    assert [held.verified for held in listed] == [True, False]
+    assert [f.after for f in relay.ends[0].received(frames.StatementsList)] == [0, 5]
+    await alice.close()
 
 
 def test_consent_request_grant_then_a_notification_arrives_decrypted(tmp_path: Path) -> None:
@@ -52,7 +240,7 @@ def test_consent_request_grant_then_a_notification_arrives_decrypted(tmp_path: P
             assert abs(granted.issued_at - clock()) < 1000  # SPEC §4.1: relay's clock
             [receipt] = await received.wait_for(1)
             assert receipt == granted  # verified and kept by the business
-            assert airline.check_statement(airline.held_statements("alice")[0]).verified
+            assert airline.consent.check(airline.consent.records("alice")[0]).verified
 
             await notify(airline, "alice", "BA123: gate B7")
             notification = await inbox.next()
@@ -141,12 +329,12 @@ def test_a_user_lists_and_verifies_their_statements_and_keeps_copies(tmp_path: P
             assert in_force == {
                 ("revoke", "shop0"), ("grant", "shop1"), ("grant", "shop2"), ("block", "bob"),
             }  # fmt: skip
-            assert [len(alice.held_statements(h)) for h in ("shop0", "shop1", "bob")] == [2, 1, 1]
-            assert sorted(alice.statement_counterparts()) == ["bob", "shop0", "shop1", "shop2"]
+            assert [len(alice.consent.records(h)) for h in ("shop0", "shop1", "bob")] == [2, 1, 1]
+            assert sorted(alice.consent.counts()) == ["bob", "shop0", "shop1", "shop2"]
 
             # A statement the relay altered (the grant moved to another business) fails.
-            original = alice.held_statements("shop1")[0]
-            altered = alice.check_statement(original.replace(b"shop1", b"shop2"))
+            original = alice.consent.records("shop1")[0]
+            altered = alice.consent.check(original.replace(b"shop1", b"shop2"))
             assert altered.statement.target == "shop2" and not altered.verified
             for client in (*businesses, bob, alice):
                 await client.close()
@@ -164,12 +352,12 @@ def test_the_business_drops_a_forwarded_statement_that_does_not_verify(tmp_path:
             alice = await online(relay.url, "alice")
             await within(alice.grant("shop", ["utility"]))
             await received.wait_for(1)
-            signed = shop.held_statements("alice")[0]
+            signed = shop.consent.records("alice")[0]
             tampered = bytearray(signed)
             tampered[-1] ^= 1
-            assert shop.check_statement(signed).verified
-            assert not shop.check_statement(bytes(tampered)).verified
-            assert shop.check_statement(b"\x80") == HeldStatement(None, b"\x80", verified=False)
+            assert shop.consent.check(signed).verified
+            assert not shop.consent.check(bytes(tampered)).verified
+            assert shop.consent.check(b"\x80") == HeldStatement(None, b"\x80", verified=False)
             await alice.close()
             await shop.close()
 

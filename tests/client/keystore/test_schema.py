@@ -2,7 +2,9 @@
 
 ``fixtures/v1-profile.keys`` was written by the code of f61878b (the untyped
 state bag) with ``fixtures/write_v1_profile.py``, one record of every kind;
-``fixtures/v1-profile.json`` holds the same records as plain data.
+``fixtures/v1-profile.json`` holds the same records as plain data. Each version 1
+key and log replayed through its kind's typed method is checked on both stores
+(the ``store`` fixture of tests/client/conftest.py).
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import asyncio
 import io
 import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 from blindrelay.client.chat import Options, session
@@ -22,6 +26,7 @@ from blindrelay.client.keystore import (
     HeldCounts,
     IdentityStatus,
     IncomingMessage,
+    KeyStore,
     KeyStoreCorrupted,
     KeyStoreTooNew,
     OneTimePreKeyRecord,
@@ -31,8 +36,10 @@ from blindrelay.client.keystore import (
     SqliteKeyStore,
     TrustedIdentity,
 )
+from blindrelay.client.keystore.schema import replay_v1_log, replay_v1_state
 
-from .keystore_files import FIXTURES, copy_fixture, dump, file_keys
+from .files import FIXTURES, copy_fixture, dump, file_keys
+from .samples import KEY_A, KEY_B, outgoing
 
 PROFILE = "v1-profile.keys"
 
@@ -201,3 +208,89 @@ def test_the_chat_says_in_one_line_that_a_newer_profile_needs_a_newer_blindrelay
     assert asyncio.run(session(options, out)) == 1
     (line,) = out.getvalue().splitlines()
     assert line.startswith("blindrelay chat: ") and line.endswith("upgrade blindrelay to open it")
+
+
+# --- Version 1's keys, replayed by the upgrade (client/keystore/schema.py) -----------------
+
+u64 = lambda n: n.to_bytes(8, "big")  # noqa: E731
+
+
+def packed(value: object) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def old_outbox_key(entry: OutboxEntry) -> str:
+    return f"sdk/outbox/{entry.position:020d}.{entry.msg_id.hex()}"
+
+
+OLD_KEYS: list[tuple[str, bytes, Callable[[KeyStore], object], object]] = [
+    (old_outbox_key(outgoing(1, category="utility")),
+     packed(["bob", b"envelope-1", "chat", "utility", None]),
+     lambda s: s.outbox(), [outgoing(1, category="utility")]),
+    (old_outbox_key(outgoing(2, categories=("utility",))),
+     packed(["bob", b"envelope-2", "chat", None, ["utility"]]),
+     lambda s: s.outgoing(bytes([2]) * 16), outgoing(2, categories=("utility",))),
+    ("sdk/owed-receipts/dave", packed([b"r" * 16]), lambda s: s.owed_receipts("dave"),
+     [b"r" * 16]),
+    ("sdk/wrote-to/bob", b"", lambda s: s.wrote_to(), {"bob"}),
+    ("sdk/relay-key", KEY_A, lambda s: s.relay_key(), KEY_A),
+    ("sdk/registered", b"1", lambda s: s.is_registered(), True),
+    ("sdk/rotating-identity-seed", KEY_B, lambda s: s.rotating_identity_seed(), KEY_B),
+    ("identity-change/airline", KEY_B, lambda s: s.pending_identity_change("airline"), KEY_B),
+    ("business/profile", b"signed", lambda s: s.business_profile(), b"signed"),
+    ("business/away/alice", u64(12), lambda s: s.away_reply_period("alice"), 12),
+    ("chat/contacts", json.dumps({"alice": "user", "bob": ""}, sort_keys=True).encode(),
+     lambda s: s.chat_contacts(), {"alice": "user", "bob": ""}),
+    ("chat/requests", json.dumps({"airline": ["utility"]}, sort_keys=True).encode(),
+     lambda s: s.consent_requests(), {"airline": ("utility",)}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "typed", "expected"), OLD_KEYS, ids=[k[0] for k in OLD_KEYS]
+)
+def test_each_version_1_key_is_filed_in_its_kinds_table(
+    store: KeyStore, key: str, value: bytes, typed: Callable[[KeyStore], object], expected: object
+) -> None:
+    assert typed(store) in (None, [], {}, set(), False)
+    replay_v1_state(store, key, value)
+    assert typed(store) == expected
+
+
+def test_version_1_logs_are_counted_as_they_are_replayed(store: KeyStore) -> None:
+    """The upgrade moves the logs first; the count rows written beside them then add
+    only what no log row records: the messages dropped while a key change waited."""
+    for signed in (b"s1", b"s2"):
+        replay_v1_log(store, "statements/alice", signed)
+    replay_v1_log(store, "held/mallory", b"d1")
+    replay_v1_state(store, "sdk/statement-count/alice", u64(2))
+    replay_v1_state(store, "sdk/held/mallory", u64(1) + u64(3))
+    assert store.kept_statements("alice") == [b"s1", b"s2"]
+    assert store.statement_counts() == {"alice": 2}
+    assert store.held_messages("mallory") == [b"d1"]
+    assert store.held_counts() == {"mallory": HeldCounts(1, 3)}
+
+
+def test_a_statement_list_of_the_format_before_the_log_is_filed_after_the_log(
+    store: KeyStore,
+) -> None:
+    replay_v1_log(store, "statements/alice", b"s0")
+    replay_v1_state(store, "sdk/statements/alice", packed([b"s1", b"s2"]))
+    assert store.kept_statements("alice") == [b"s0", b"s1", b"s2"]
+    assert store.statement_counts() == {"alice": 3}
+
+
+def test_a_version_1_record_of_no_known_kind_or_shape_is_refused(store: KeyStore) -> None:
+    for key in ("consent:airline", "sdk/outbox/", "sdk/unknown/x"):
+        with pytest.raises(ValueError, match="no record kind"):
+            replay_v1_state(store, key, b"x")
+    with pytest.raises(ValueError, match="no record kind"):
+        replay_v1_log(store, "other/alice", b"x")
+    for key, value in [
+        ("sdk/held/mallory", u64(1)), ("business/away/alice", b"x"),
+        ("chat/contacts", b"[]"), ("sdk/owed-receipts/dave", packed({"not": "a list"})),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError):
+            replay_v1_state(store, key, value)
+    replay_v1_state(store, "sdk/outbox", packed([]))  # retired: dropped
+    assert store.outbox() == [] and store.held_counts() == {} and store.away_reply_periods() == {}

@@ -100,3 +100,9 @@ def dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
         tables["-schema"] = [tuple(names), conn.execute("PRAGMA user_version").fetchone()]
     conn.close()
     return tables
+
+
+def disk_bytes(path: Path) -> bytes:
+    """Everything SQLite keeps of the store on disk: the file, its WAL and shared memory."""
+    parts = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+    return b"".join(part.read_bytes() for part in parts if part.exists())

@@ -1,4 +1,4 @@
-"""Message requests, the SDK side (issue 13 item 10; SPEC §7.3).
+"""Message requests, the SDK side (client/message_requests.py; issue 13 item 10; SPEC §7.3).
 
 A user has accepted another user once it has sent them any chat (messages and
 receipts alike). Until then the other is a stranger and its messages are
@@ -10,16 +10,21 @@ relay as it is, without depending on its message-request limit.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import pytest
+
 from blindrelay.client.keystore import MemoryKeyStore
+from blindrelay.client.message_requests import MessageRequests
 from blindrelay.client.sdk import Client
 from blindrelay.client.transport import tapped
 from blindrelay.protocol import codec, frames
-from blindrelay.protocol.content import ReceiptType
+from blindrelay.protocol.content import MAX_RECEIPT_REFS, ReceiptType
 
 from ..relays import relay_at
 from .harness import FAST, LOW_COST, Inbox, online, run, within
+from .keystore.samples import our_identity
 
 
 async def online_tapped(url: str, handle: str, written: list[frames.Frame]) -> Client:
@@ -30,6 +35,65 @@ async def online_tapped(url: str, handle: str, written: list[frames.Frame]) -> C
             written.append(codec.decode(data))
 
     return await online(url, handle, open_transport=tapped(tap))
+
+
+def account(kind: str = "user") -> tuple[MessageRequests, MemoryKeyStore]:
+    store = MemoryKeyStore()
+    store.set_identity(dataclasses.replace(our_identity(), account_kind=kind))
+    return MessageRequests(store), store
+
+
+def test_a_user_s_message_is_a_request_until_we_wrote_to_its_sender() -> None:
+    requests, store = account()
+    assert requests.is_request("bob", "user")
+    assert not requests.is_request("airline", "business")  # businesses: consent instead
+    assert requests.note_chat("bob")
+    requests.noted(["bob"])
+    assert not requests.is_request("bob", "user") and store.wrote_to() == {"bob"}
+    assert not requests.note_chat("bob")  # known already: nothing more to write
+    assert not MessageRequests(store).is_request("bob", "user")  # kept in the profile
+
+
+def test_a_chat_noted_in_a_transaction_that_failed_changes_nothing() -> None:
+    requests, store = account()
+    with pytest.raises(RuntimeError), store.atomic():
+        assert requests.note_chat("bob")
+        raise RuntimeError("the send failed")
+    assert store.wrote_to() == set() and requests.is_request("bob", "user")
+
+
+def test_a_business_has_no_message_requests() -> None:
+    requests, store = account("business")
+    assert not requests.is_request("bob", "user")
+    assert not requests.note_chat("bob") and store.wrote_to() == set()
+    requests.accept("bob")
+    assert store.wrote_to() == set()
+
+
+def test_receipts_owed_to_a_requester_are_kept_once_each_up_to_one_receipt_s_worth() -> None:
+    requests, store = account()
+    ids = [n.to_bytes(16, "big") for n in range(MAX_RECEIPT_REFS + 2)]
+    for msg_id in [ids[0], ids[0], *ids[1:]]:
+        requests.owe_receipt("bob", msg_id)
+    assert requests.owed_receipts("bob") == ids[:MAX_RECEIPT_REFS]
+    assert MessageRequests(store).owed_receipts("bob") == ids[:MAX_RECEIPT_REFS]
+    requests.forget_owed("bob")
+    assert requests.owed_receipts("bob") == [] and store.all_owed_receipts() == {}
+
+
+def test_accepting_without_writing_makes_the_sender_a_contact() -> None:
+    requests, store = account()
+    requests.accept("bob")
+    assert not requests.is_request("bob", "user") and store.wrote_to() == {"bob"}
+
+
+def test_the_account_kind_is_read_again_after_the_identity_changes() -> None:
+    requests, store = account("business")
+    assert not requests.is_request("bob", "user")
+    store.set_identity(our_identity())  # the profile now holds a user account
+    assert not requests.is_request("bob", "user")  # the kind read before still holds
+    requests.account_changed()
+    assert requests.is_request("bob", "user")
 
 
 def test_a_stranger_s_message_is_a_request_and_gets_no_automatic_receipt(

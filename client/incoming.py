@@ -1,0 +1,89 @@
+"""A decrypted delivery as the inbox keeps it: the keystore row, and the record read back.
+
+``sessions`` writes the row (:func:`inbox_record`) in the transaction that stores
+the session the message advanced; ``inbox`` and ``reading`` read it back
+(:meth:`Incoming.from_record`), after a restart too. The row keeps the frame's
+metadata and the content bytes, versioned so that rows an older version wrote
+still read.
+
+Not here: decryption (``sessions``), what the application is handed
+(``reading``), the row's encryption at rest (``keystore``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgpack
+
+from blindrelay.protocol import frames
+from blindrelay.protocol.content import Content, MalformedContent, decode_content
+
+from .keystore import IncomingMessage
+from .trust import IdentityState
+
+_INBOX_VERSION = 2
+"""2 added the frame's category and categories (notifications, consent requests)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A decrypted, persisted message as the inbox holds it."""
+
+    msg_id: bytes
+    sender: str
+    sender_kind: str
+    intent: str
+    sent_at: int
+    identity: IdentityState
+    content: Content
+    category: str | None = None
+    categories: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_record(cls, record: IncomingMessage) -> Incoming:
+        """Read an inbox row back; MalformedContent if it is not one we wrote."""
+        try:
+            fields = msgpack.unpackb(record.body, raw=False)
+            version = fields[0]
+            if version == 1:  # written before categories were kept
+                fields = [*fields, None, None]
+            elif version != _INBOX_VERSION:
+                raise ValueError(f"inbox record version {version!r}")
+            _, sender_kind, intent, sent_at, identity, plaintext, category, categories = fields
+            return cls(
+                record.msg_id,
+                record.sender,
+                sender_kind,
+                intent,
+                sent_at,
+                IdentityState(identity),
+                decode_content(plaintext),
+                category,
+                tuple(categories) if categories is not None else None,
+            )
+        except (TypeError, ValueError, msgpack.UnpackException) as exc:
+            raise MalformedContent(f"unreadable inbox record: {exc}") from None
+
+
+def inbox_record(
+    deliver: frames.Deliver, identity: IdentityState, received_at_ms: int, plaintext: bytes
+) -> IncomingMessage:
+    """The keystore row for a decrypted delivery: its metadata and the content bytes."""
+    body = msgpack.packb(
+        [
+            _INBOX_VERSION,
+            deliver.sender_kind,
+            deliver.intent,
+            deliver.sent_at,
+            str(identity),
+            plaintext,
+            deliver.category,
+            list(deliver.categories) if deliver.categories is not None else None,
+        ],
+        use_bin_type=True,
+    )
+    return IncomingMessage(deliver.msg_id, deliver.sender, received_at_ms, body)
+
+
+__all__ = ["Incoming", "inbox_record"]

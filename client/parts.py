@@ -1,0 +1,130 @@
+"""The parts of a :class:`~.sdk.Client`, made and wired together.
+
+Each part is given only the others it needs, and none reaches into another;
+this is the one place that knows them all. What the link reports goes
+(:class:`.link.LinkHandlers`):
+
+==================  =============================================================
+a DELIVER           ``inbox``: decrypt and persist (or hold), then ACK
+a SEND's answer     ``outbox``: settle the send, retire or retry the envelope
+PREKEYS_LOW         ``prekeys``: upload more
+a new connection    ``account``: log in again (once authenticated)
+WELCOME             ``account``: catch up (rotation, prekeys, outbox)
+online              ``inbox`` releases what an approval before a crash left held,
+                    then ``account`` counts it and tells the application
+stopped             ``outbox`` and ``inbox``: what waits raises
+==================  =============================================================
+
+Not here: what each part does (its own module), the public API (``sdk``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from blindrelay.protocol import frames
+
+from .account import Account, Hooks
+from .inbox import Inbox
+from .keystore import KeyStore
+from .link import Backoff, LinkHandlers, RelayLink
+from .message_requests import MessageRequests
+from .outbox import Outbox
+from .prekeys import PrekeyPublisher
+from .sending import Sender
+from .sessions import Clock, Rng, SessionManager
+from .statements import StatementListener, Statements
+from .transport import OpenTransport
+from .trust import IdentityTrust, RelayKeyPin
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """One account's parts (what each owns: the ``sdk`` module docstring)."""
+
+    sessions: SessionManager
+    relay_key_pin: RelayKeyPin
+    link: RelayLink
+    requests: MessageRequests
+    outbox: Outbox
+    sender: Sender
+    consent: Statements
+    inbox: Inbox
+    prekeys: PrekeyPublisher
+    account: Account
+
+    @property
+    def trust(self) -> IdentityTrust:
+        return self.sessions.trust
+
+    @classmethod
+    def assemble(
+        cls,
+        store: KeyStore,
+        hooks: Hooks,
+        *,
+        rng: Rng,
+        clock: Clock,
+        backoff: Backoff,
+        jitter: Callable[[], float],
+        open_transport: OpenTransport,
+        auto_delivered_receipts: bool,
+        on_statement: StatementListener | None,
+    ) -> Parts:
+        """Make the parts and name where the link's reports go (module docstring)."""
+
+        def identity_changed(handle: str) -> None:
+            if hooks.on_identity_change is not None:
+                hooks.on_identity_change(handle)
+
+        sessions = SessionManager(store, rng=rng, clock=clock)
+        pin = RelayKeyPin(store)
+        link = RelayLink(
+            pin, clock=clock, backoff=backoff, jitter=jitter, open_transport=open_transport
+        )
+        requests = MessageRequests(store)
+        outbox = Outbox(store, link)
+        sender = Sender(
+            store, sessions, outbox, link, requests,
+            rng=rng, identity_changed=identity_changed,
+        )  # fmt: skip
+        consent = Statements(store, sessions, link, pin, rng=rng)
+        if on_statement is not None:
+            consent.add_listener(on_statement)
+        inbox = Inbox(
+            store, sessions, pin,
+            sender=sender, statements=consent, requests=requests,
+            identity_changed=identity_changed, raise_if_stopped=link.raise_if_fatal,
+            auto_delivered_receipts=auto_delivered_receipts,
+        )  # fmt: skip
+        prekeys = PrekeyPublisher(sessions)
+        account = Account(
+            store, sessions, link, prekeys=prekeys, outbox=outbox, requests=requests,
+            rng=rng, clock=clock, hooks=hooks,
+        )  # fmt: skip
+        parts = cls(sessions, pin, link, requests, outbox, sender, consent, inbox, prekeys, account)
+        link.listen(parts.link_handlers())
+        return parts
+
+    def link_handlers(self) -> LinkHandlers:
+        return LinkHandlers(
+            deliver_received=self.inbox.deliver_received,
+            send_answered=self.outbox.send_answered,
+            prekeys_low=self.prekeys.running_low,
+            log_in=self.account.log_in,
+            authenticated=self.account.authenticated,
+            online=self._online,
+            stopped=self._stopped,
+        )
+
+    def _online(self, welcome: frames.Welcome) -> None:
+        self.inbox.release_approved()
+        self.account.online(welcome)
+
+    def _stopped(self, exc: BaseException) -> None:
+        self.outbox.fail_waiting(exc)
+        self.inbox.wake()
+
+
+__all__ = ["Parts"]

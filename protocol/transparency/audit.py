@@ -1,0 +1,154 @@
+"""Checking a whole log from scratch, as an auditor does (SPEC §15.2–15.3).
+
+:func:`audit` takes everything a relay published — its entries and its signed
+tree heads — and the state a previous run kept, recomputes the tree from the
+entries alone, and reports every violation with its evidence: an entry that is
+not one of §15.1's encodings, a head whose signature fails, a head whose root is
+not the tree of the entries, heads that shrink or go back in time, and a log
+that no longer holds what the previous run saw (truncated or rewritten). It is
+pure: fetching is the caller's (the audit CLI), and so is deciding what to do.
+
+Not here: the verifiers for one proof (:mod:`.merkle`), a consent proof
+(:mod:`.evidence`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from blindrelay.protocol.errors import InvalidTreeHead, MalformedLogEntry
+
+from . import merkle
+from .entries import decode_entry
+from .treehead import TreeHead, open_tree_head
+
+
+@dataclass(frozen=True, slots=True)
+class AuditState:
+    """What one run leaves for the next: the newest verified head, as signed."""
+
+    size: int
+    root: bytes
+    signed: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One thing the relay got wrong; ``evidence`` is what a third party can recheck (hex)."""
+
+    kind: str
+    detail: str
+    evidence: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class AuditReport:
+    size: int = 0
+    entries_by_type: dict[str, int] = field(default_factory=dict)
+    newest: TreeHead | None = None
+    state: AuditState | None = None
+    """The state for the next run: the newest head that verified (or the previous one)."""
+    violations: list[Violation] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.violations
+
+
+def audit(
+    entries: Sequence[bytes],
+    heads: Sequence[bytes],
+    relay_key: bytes,
+    previous: AuditState | None = None,
+) -> AuditReport:
+    """Recompute the tree of ``entries`` and check ``heads`` (oldest first) and
+    ``previous`` against it."""
+    report = AuditReport(size=len(entries), state=previous)
+    kinds: Counter[str] = Counter()
+    opened: list[tuple[int, bytes, TreeHead]] = []
+    for position, data in enumerate(heads):
+        try:
+            opened.append((position, data, open_tree_head(data, relay_key)))
+        except InvalidTreeHead as exc:
+            report.violations.append(
+                Violation("bad tree head", f"head {position}: {exc}", {"head": data.hex()})
+            )
+    wanted = {head.size for _, _, head in opened}
+    if previous is not None:
+        wanted.add(previous.size)
+    roots = {0: merkle.EMPTY_ROOT}
+    frontier = merkle.Frontier()
+    for index, data in enumerate(entries):
+        try:
+            kinds[type(decode_entry(data)).__name__] += 1
+        except MalformedLogEntry as exc:
+            report.violations.append(
+                Violation("malformed entry", f"entry {index}: {exc}", {"entry": data.hex()})
+            )
+        frontier.append(merkle.leaf_hash(data))
+        if frontier.size in wanted:
+            roots[frontier.size] = frontier.root()
+    report.entries_by_type = dict(sorted(kinds.items()))
+    _check_heads(report, opened, roots)
+    _check_previous(report, previous, roots)
+    return report
+
+
+def _check_heads(
+    report: AuditReport, opened: list[tuple[int, bytes, TreeHead]], roots: dict[int, bytes]
+) -> None:
+    last: tuple[bytes, TreeHead] | None = None
+    for position, data, head in opened:
+        evidence = {"head": data.hex()}
+        if head.size not in roots:
+            report.violations.append(Violation(
+                "head beyond the entries",
+                f"head {position} signs {head.size} entries; the relay served {report.size}",
+                evidence,
+            ))  # fmt: skip
+            continue
+        if roots[head.size] != head.root:
+            report.violations.append(Violation(
+                "head is not the tree of the entries",
+                f"head {position} (size {head.size}) signs a root the entries do not give",
+                evidence | {"computed_root": roots[head.size].hex()},
+            ))  # fmt: skip
+            continue
+        if last is not None and (head.size < last[1].size or head.timestamp < last[1].timestamp):
+            report.violations.append(Violation(
+                "heads go backwards",
+                f"head {position} (size {head.size}) after one of size {last[1].size}",
+                {"earlier": last[0].hex(), "later": data.hex()},
+            ))  # fmt: skip
+            continue
+        last = (data, head)
+    if last is not None:
+        report.newest = last[1]
+        report.state = AuditState(last[1].size, last[1].root, last[0])
+
+
+def _check_previous(
+    report: AuditReport, previous: AuditState | None, roots: dict[int, bytes]
+) -> None:
+    """The log must still hold what the previous run verified: its head's entries, unchanged."""
+    if previous is None:
+        return
+    evidence = {"previous_head": previous.signed.hex()}
+    found = len(report.violations)
+    if previous.size not in roots:
+        report.violations.append(Violation(
+            "log truncated",
+            f"the previous run verified {previous.size} entries; the relay served {report.size}",
+            evidence,
+        ))  # fmt: skip
+    elif roots[previous.size] != previous.root:
+        report.violations.append(Violation(
+            "log rewritten",
+            f"the first {previous.size} entries no longer give the root the relay signed",
+            evidence | {"computed_root": roots[previous.size].hex()},
+        ))  # fmt: skip
+    broken = len(report.violations) > found
+    if broken or report.state is None or report.state.size < previous.size:
+        report.state = previous  # keep the commitment the relay broke, or the larger one

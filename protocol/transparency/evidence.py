@@ -1,0 +1,66 @@
+"""Proof that a consent statement was logged, checked offline (SPEC §15.1).
+
+A business that must demonstrate a customer's consent (or a user a revocation)
+hands a third party a :class:`ConsentEvidence`: the signed statement, the log
+entry that commits to it, the entry's index, its inclusion proof and a signed
+tree head. :func:`verify_consent_evidence` needs nothing else but the relay's
+public key: it checks the statement's signature, that the entry commits to
+exactly those bytes, the tree head's signature, and the inclusion proof. What
+that shows: the statement existed, signed by ``signer_key``, and the relay had
+accepted it by the tree head's timestamp.
+
+Not here: fetching the proof (the SDK), the audit of a whole log (:mod:`.audit`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from blindrelay.protocol.errors import InvalidProof
+from blindrelay.protocol.signed import ConsentStatement, unverified_body, verify_statement
+
+from . import merkle
+from .entries import StatementLogged, decode_entry, statement_commitment
+from .treehead import TreeHead, open_tree_head
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentEvidence:
+    statement: bytes
+    """The signed statement, byte for byte as the relay accepted it (§7.4)."""
+    entry: bytes
+    """The log entry committing to it (§15.1, statement logged)."""
+    index: int
+    proof: tuple[bytes, ...]
+    tree_head: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedConsent:
+    statement: ConsentStatement
+    logged_at: int
+    """The relay's clock when it accepted the statement (the entry's ``at``)."""
+    tree_head: TreeHead
+
+
+def verify_consent_evidence(
+    evidence: ConsentEvidence, relay_key: bytes, signer_key: bytes | None = None
+) -> VerifiedConsent:
+    """Raise unless ``evidence`` holds; ``signer_key``: the key the verifier knows for the
+    signer (default: the one the statement names, which then proves only that whoever
+    held it signed). :class:`~blindrelay.protocol.errors.InvalidStatement`,
+    :class:`InvalidProof`, ``InvalidTreeHead`` or ``MalformedLogEntry`` name the failure."""
+    named = signer_key
+    if named is None:
+        named = unverified_body(ConsentStatement, evidence.statement).signer_key
+    statement = verify_statement(evidence.statement, expected_key=named, relay_key=relay_key)
+    entry = decode_entry(evidence.entry)
+    if not isinstance(entry, StatementLogged):
+        raise InvalidProof("the entry is not a statement's")
+    if entry.commitment != statement_commitment(evidence.statement):
+        raise InvalidProof("the entry commits to other bytes")
+    head = open_tree_head(evidence.tree_head, relay_key)
+    merkle.verify_inclusion(
+        merkle.leaf_hash(evidence.entry), evidence.index, head.size, evidence.proof, head.root
+    )
+    return VerifiedConsent(statement=statement, logged_at=entry.at, tree_head=head)

@@ -1,0 +1,77 @@
+"""What the store appends to the transparency log, and which tree heads it keeps (SPEC §15).
+
+Both back ends call these pure functions inside the operation that makes the
+change, so the entry commits in the same transaction as what it records — a
+business registered, a key rotated, a statement accepted, a badge issued or
+revoked — or not at all:
+
+- :func:`key_binding` — a business's key at registration and each rotation
+  (a user's only once it opted in to be discoverable: not offered yet);
+- :func:`statement_logged` — every accepted statement, as the hash of its bytes;
+- :func:`badge_issued` / :func:`badge_revoked` — the operator's badges.
+
+:func:`accept_head` is the rule for a new signed tree head: only a head whose
+root is the store's own root at that size, no smaller and no older than the
+newest head kept, is stored. The tree is append-only and its complete subtrees
+never change, so every head kept is consistent with every earlier one.
+
+Not here: the tables (``sqlite/transparency.py``, ``postgresql/transparency.py``),
+signing (the relay holds its key), hashing (the protocol package).
+"""
+
+from __future__ import annotations
+
+from blindrelay.protocol.errors import InternalError
+from blindrelay.protocol.frames import AccountKind
+from blindrelay.protocol.signed import unverified_body
+from blindrelay.protocol.transparency import entries
+from blindrelay.protocol.transparency.treehead import TreeHead
+
+from .records import LogHead
+
+
+def key_binding(
+    handle: str, kind: str, identity_key: bytes, now: int, previous_key: bytes | None = None
+) -> bytes | None:
+    """The entry for a key, or None when the account is not published (a user)."""
+    if kind != AccountKind.BUSINESS:
+        return None
+    return entries.KeyBinding(
+        v=1, handle=handle, kind=kind, identity_key=identity_key, at=now,
+        previous_key=previous_key,
+    ).to_bytes()  # fmt: skip
+
+
+def statement_logged(signed: bytes, now: int) -> bytes:
+    return entries.StatementLogged(
+        v=1, commitment=entries.statement_commitment(signed), at=now
+    ).to_bytes()
+
+
+def badge_issued(handle: str, serial: int, signed: bytes, now: int) -> bytes:
+    return entries.BadgeIssued(v=1, handle=handle, serial=serial, badge=signed, at=now).to_bytes()
+
+
+def badge_revoked(handle: str, serial: int, now: int) -> bytes:
+    return entries.BadgeRevoked(v=1, handle=handle, serial=serial, at=now).to_bytes()
+
+
+def accept_head(
+    newest: LogHead | None, head: LogHead, log_size: int, root_at_size: bytes | None
+) -> bool:
+    """Whether to store ``head``: False when a head at least as large is kept already
+    (another relay process published first); :class:`InternalError` when it is not
+    this log's (a root other than the store's at that size, a size beyond the log,
+    a timestamp before the newest head's): storing it would break SPEC §15.3."""
+    if newest is not None and head.size <= newest.size:
+        return False
+    if head.size > log_size:
+        raise InternalError("tree head beyond the log")
+    if root_at_size != head.root:
+        raise InternalError("tree head root is not the log's")
+    if newest is not None and head.timestamp < newest.timestamp:
+        raise InternalError("tree head older than the newest")
+    signed = unverified_body(TreeHead, head.signed)  # the relay signed it just now
+    if (signed.size, signed.root, signed.timestamp) != (head.size, head.root, head.timestamp):
+        raise InternalError("tree head fields differ from the signed ones")
+    return True

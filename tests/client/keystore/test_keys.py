@@ -1,0 +1,170 @@
+"""Our identity, prekeys, sessions and the contacts' keys we trust (client/keystore/keys.py).
+
+Each test runs against both stores (the ``store`` fixture of tests/client/conftest.py):
+the record kinds are written once over the storage primitives, so both must decide alike.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from blindrelay.client.keystore import (
+    IdentityStatus,
+    KeyStore,
+)
+from blindrelay.protocol.errors import IdentityKeyReused, UntrustedIdentity
+
+from .samples import (
+    KEY_A,
+    KEY_B,
+    NOW,
+    one_time_prekey,
+    our_identity,
+    signed_prekey,
+)
+
+
+def test_identity_round_trips(store: KeyStore) -> None:
+    assert store.get_identity() is None
+    store.set_identity(our_identity())
+    assert store.get_identity() == our_identity()
+
+
+def test_signed_prekeys_are_kept_by_id_with_a_current_one(store: KeyStore) -> None:
+    store.store_signed_prekey(signed_prekey(7))
+    store.store_signed_prekey(signed_prekey(3))
+    assert [record.key_id for record in store.signed_prekeys()] == [3, 7]
+    assert store.load_signed_prekey(7) == signed_prekey(7)
+    assert store.current_signed_prekey() is None
+    store.set_current_signed_prekey(7)
+    assert store.current_signed_prekey() == signed_prekey(7)
+    with pytest.raises(KeyError):
+        store.set_current_signed_prekey(99)
+    store.remove_signed_prekey(3)
+    assert store.load_signed_prekey(3) is None
+
+
+def test_taking_a_one_time_prekey_deletes_it(store: KeyStore) -> None:
+    store.store_one_time_prekeys([one_time_prekey(i) for i in (1, 2, 3)])
+    assert store.take_one_time_prekey(2) == one_time_prekey(2)
+    assert store.take_one_time_prekey(2) is None
+    assert store.one_time_prekey_ids() == [1, 3]
+
+
+def test_prekey_ids_are_never_handed_out_twice(store: KeyStore) -> None:
+    first = store.allocate_prekey_ids(100)
+    second = store.allocate_prekey_ids(1)
+    assert first == range(1, 101)
+    assert second == range(101, 102)
+    with pytest.raises(ValueError):
+        store.allocate_prekey_ids(0)
+
+
+def test_sessions_are_opaque_bytes_per_handle(store: KeyStore) -> None:
+    assert store.load_session("airline") is None
+    store.store_session("airline", b"state-1")
+    store.store_session("bob", b"state-b")
+    store.store_session("airline", b"state-2")
+    assert store.load_session("airline") == b"state-2"
+    store.delete_session("airline")
+    assert store.load_session("airline") is None
+    assert store.load_session("bob") == b"state-b"
+
+
+def test_first_identity_key_is_trusted_on_first_use(store: KeyStore) -> None:
+    assert store.check_identity("airline", KEY_A) is IdentityStatus.NEW
+    with pytest.raises(UntrustedIdentity, match="not yet trusted"):
+        store.require_trusted("airline", KEY_A)
+    assert store.trust_identity("airline", KEY_A, NOW) is IdentityStatus.NEW
+    assert store.trust_identity("airline", KEY_A, NOW + 5) is IdentityStatus.TRUSTED
+    store.require_trusted("airline", KEY_A)
+    trusted = store.get_trusted_identity("airline")
+    assert trusted is not None
+    assert (trusted.identity_key, trusted.first_seen_ms, trusted.verified) == (KEY_A, NOW, False)
+
+
+def test_changed_identity_key_is_never_accepted_silently(store: KeyStore) -> None:
+    store.trust_identity("airline", KEY_A, NOW)
+    assert store.check_identity("airline", KEY_B) is IdentityStatus.CHANGED
+    with pytest.raises(UntrustedIdentity) as raised:
+        store.require_trusted("airline", KEY_B)
+    assert raised.value.handle == "airline"
+    with pytest.raises(UntrustedIdentity):
+        store.trust_identity("airline", KEY_B, NOW + 1)
+    # Still the old key after both attempts.
+    assert store.check_identity("airline", KEY_A) is IdentityStatus.TRUSTED
+
+
+def test_user_approval_replaces_a_changed_key(store: KeyStore) -> None:
+    store.trust_identity("airline", KEY_A, NOW)
+    store.approve_identity("airline", KEY_A, NOW + 1, verified=True)
+    verified = store.get_trusted_identity("airline")
+    assert verified is not None
+    assert (verified.first_seen_ms, verified.verified) == (NOW, True)
+
+    store.approve_identity("airline", KEY_B, NOW + 2)
+    store.require_trusted("airline", KEY_B)
+    assert store.check_identity("airline", KEY_A) is IdentityStatus.CHANGED
+    replaced = store.get_trusted_identity("airline")
+    assert replaced is not None
+    # A new key restarts first-seen and must be verified again.
+    assert (replaced.first_seen_ms, replaced.verified) == (NOW + 2, False)
+
+
+def test_one_identity_key_is_pinned_for_one_handle_only(store: KeyStore) -> None:
+    """SPEC §13.8: trust on first use never lets one key stand for two handles."""
+    assert store.identity_owner(KEY_A) is None
+    store.trust_identity("airline", KEY_A, NOW)
+    assert store.identity_owner(KEY_A) == "airline"
+
+    with pytest.raises(IdentityKeyReused) as raised:
+        store.trust_identity("impostor", KEY_A, NOW + 1)
+    assert (raised.value.handle, raised.value.owner) == ("impostor", "airline")
+    with pytest.raises(IdentityKeyReused):
+        store.approve_identity("impostor", KEY_A, NOW + 1)
+    assert store.get_trusted_identity("impostor") is None
+    assert store.identity_owner(KEY_A) == "airline"
+
+    store.approve_identity("airline", KEY_A, NOW + 2, verified=True)
+    assert store.identity_owner(KEY_A) == "airline"
+    store.approve_identity("airline", KEY_B, NOW + 3)  # a key change the user approved
+    assert (store.identity_owner(KEY_A), store.identity_owner(KEY_B)) == (None, "airline")
+    assert store.trust_identity("successor", KEY_A, NOW + 4) is IdentityStatus.NEW  # freed
+    assert store.identity_owner(KEY_A) == "successor"
+
+
+def test_a_rolled_back_pin_leaves_the_key_unowned(store: KeyStore) -> None:
+    with pytest.raises(RuntimeError), store.atomic():
+        store.trust_identity("airline", KEY_A, NOW)
+        assert store.identity_owner(KEY_A) == "airline"
+        raise RuntimeError("crash before the commit")
+    assert store.identity_owner(KEY_A) is None
+    assert store.trust_identity("other", KEY_A, NOW) is IdentityStatus.NEW
+
+
+def test_identity_keys_must_be_32_bytes(store: KeyStore) -> None:
+    with pytest.raises(ValueError):
+        store.check_identity("airline", b"\x01" * 31)
+
+
+def test_trusted_identities_list_every_contact_by_handle(store: KeyStore) -> None:
+    store.trust_identity("bob", KEY_B, NOW)
+    store.approve_identity("airline", KEY_A, NOW + 1, verified=True)
+    assert [(t.handle, t.identity_key, t.verified) for t in store.trusted_identities()] == [
+        ("airline", KEY_A, True),
+        ("bob", KEY_B, False),
+    ]
+
+
+def test_a_pending_identity_change_is_kept_until_cleared(store: KeyStore) -> None:
+    """SPEC §3.3: the key a contact presented waits for the user, per contact."""
+    assert store.pending_identity_change("airline") is None
+    store.record_identity_change("airline", KEY_B)
+    store.record_identity_change("bob", KEY_A)
+    assert store.pending_identity_change("airline") == KEY_B
+    assert store.pending_identity_changes() == {"airline": KEY_B, "bob": KEY_A}
+    store.clear_identity_change("airline")
+    assert store.pending_identity_change("airline") is None
+    assert store.pending_identity_changes() == {"bob": KEY_A}
+    with pytest.raises(ValueError):
+        store.record_identity_change("bob", b"short")

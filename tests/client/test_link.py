@@ -1,0 +1,377 @@
+"""The relay link (client/link.py): connect, reconnect with backoff, log in again, requests.
+
+The unit tests drive a :class:`RelayLink` over the in-memory relay of
+:mod:`.fake_relay`, with an account that records what the link reports and a
+backoff that records each wait it is asked for (and waits for none); the last
+tests, the same through the SDK against a real relay on 127.0.0.1 port 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from nacl.signing import SigningKey
+
+from blindrelay.client.connection import Connection
+from blindrelay.client.keystore import MemoryKeyStore
+from blindrelay.client.link import Backoff, LinkHandlers, RelayLink
+from blindrelay.client.transport import ConnectionLost, tapped
+from blindrelay.client.trust import RelayKeyChanged, RelayKeyPin
+from blindrelay.protocol import frames
+from blindrelay.protocol.errors import HandleTaken
+from blindrelay.server.config import RelayConfig
+from blindrelay.server.relay import serve
+
+from ..relays import relay_at
+from .fake_relay import OTHER_RELAY_KEY, URL, FakeRelay, RelayEnd, answer_plainly, signer
+from .harness import Inbox, make_client, online, replace_relay_key, run, store_outage, within
+
+KEY = SigningKey(b"\x33" * 32)
+"""The account's identity key."""
+
+
+class Waits:
+    """A backoff that records the attempt number of each wait and waits for none."""
+
+    def __init__(self) -> None:
+        self.attempts: list[int] = []
+
+    def delay(self, attempt: int, jitter: object) -> float:
+        self.attempts.append(attempt)
+        return 0.0
+
+
+class Account:
+    """What a link reports to: logs in as ``alice`` and records the rest."""
+
+    def __init__(self, relay: FakeRelay) -> None:
+        self.store = MemoryKeyStore()
+        self.waits = Waits()
+        self.link = RelayLink(
+            RelayKeyPin(self.store), clock=relay.clock, backoff=self.waits,  # type: ignore[arg-type]
+            jitter=lambda: 0.5, open_transport=relay.open,  # type: ignore[arg-type]
+        )  # fmt: skip
+        self.logins = 0
+        self.welcomes: list[frames.Welcome] = []
+        self.online = asyncio.Event()
+        self.stopped: list[BaseException] = []
+        self.link.listen(
+            LinkHandlers(
+                deliver_received=lambda conn, deliver: None,
+                prekeys_low=lambda conn, remaining: None,
+                send_answered=lambda msg_id, at, error: None,
+                log_in=self.log_in,
+                authenticated=self.authenticated,
+                online=self.went_online,
+                stopped=self.stopped.append,
+            )
+        )
+
+    async def register(self, handle: str = "alice") -> None:
+        conn = await within(self.link.wait_ready())
+        request_id = conn.machine.register(handle, "user", KEY.verify_key.encode(), signer(KEY))
+        await within(self.link.authenticate(conn, request_id))
+
+    async def log_in(self, conn: Connection) -> None:
+        self.logins += 1
+        await self.link.authenticate(conn, conn.machine.login("alice", signer(KEY)))
+
+    async def authenticated(self, conn: Connection, welcome: frames.Welcome) -> None:
+        pass
+
+    def went_online(self, welcome: frames.Welcome) -> None:
+        self.welcomes.append(welcome)
+        self.online.set()
+
+    async def back_online(self) -> None:
+        self.online.clear()
+        await within(self.online.wait())
+
+
+async def online_account(relay: FakeRelay) -> Account:
+    account = Account(relay)
+    await within(account.link.connect(URL))
+    await account.register()
+    return account
+
+
+async def test_reconnects_wait_longer_after_each_failure_and_start_again_once_online() -> None:
+    relay = FakeRelay()
+    account = await online_account(relay)
+    relay.refusals = 3  # the relay cannot be reached three times
+    relay.ends[0].drop()
+    await account.back_online()
+    assert account.waits.attempts == [0, 1, 2, 3]
+    assert len(relay.ends) == 2
+
+    relay.ends[1].drop()  # was online: the next reconnection starts from the first wait
+    await account.back_online()
+    assert account.waits.attempts == [0, 1, 2, 3, 0]
+    await account.link.close()
+
+
+async def test_connections_that_end_before_login_keep_the_backoff_growing() -> None:
+    relay = FakeRelay()
+    account = await online_account(relay)
+    cut = 0
+
+    def drop_two_logins(end: RelayEnd, frame: frames.Frame) -> None:
+        nonlocal cut
+        if isinstance(frame, frames.Login) and cut < 2:
+            cut += 1
+            end.drop()
+        else:
+            answer_plainly(end, frame)
+
+    relay.answer = drop_two_logins
+    relay.ends[0].drop()
+    await account.back_online()
+    assert account.waits.attempts == [0, 1, 2]  # never online in between: no reset
+    assert len(relay.ends) == 4
+    await account.link.close()
+
+
+async def test_once_authenticated_every_new_connection_logs_in_by_itself() -> None:
+    relay = FakeRelay()
+    account = await online_account(relay)
+    assert account.link.logs_in_again and account.logins == 0
+    for number in (1, 2):
+        relay.ends[number - 1].drop()
+        await account.back_online()
+        (login,) = relay.ends[number].received(frames.Login)
+        assert login.handle == "alice"
+    assert account.logins == 2 and len(account.welcomes) == 3
+    await account.link.close()
+
+
+async def test_a_link_never_authenticated_reconnects_without_logging_in() -> None:
+    relay = FakeRelay()
+    account = Account(relay)
+    await within(account.link.connect(URL))
+    assert not account.link.logs_in_again
+    first = await within(account.link.wait_ready())
+    relay.ends[0].drop()
+    second = await within(relay.connection(1))
+    conn = await within(account.link.wait_ready())
+    assert conn is not first and conn.relay_key == relay.key.verify_key.encode()
+    assert second.received() == [] and account.logins == 0
+    await account.register()  # the application authenticates on the new one
+    await account.link.close()
+
+
+async def test_a_taken_handle_ends_its_connection_so_another_is_tried_on_a_fresh_one() -> None:
+    relay = FakeRelay()
+
+    def alice_is_taken(end: RelayEnd, frame: frames.Frame) -> None:
+        if isinstance(frame, frames.Register) and frame.handle == "alice":
+            end.machine.spend_challenge(relay.clock())
+            end.refuse(HandleTaken(), re=frame.id)
+        else:
+            answer_plainly(end, frame)
+
+    relay.answer = alice_is_taken
+    account = Account(relay)
+    await within(account.link.connect(URL))
+    with pytest.raises(HandleTaken):
+        await account.register("alice")
+    assert relay.ends[0].transport.aborted  # dropped at once, not when its reader noticed
+    await account.register("alice.b")
+    (register,) = relay.ends[1].received(frames.Register)
+    assert register.handle == "alice.b"
+    assert relay.ends[1].machine.challenge != relay.ends[0].machine.challenge
+    assert not account.link.failed
+    await account.link.close()
+
+
+async def test_a_request_cut_off_by_a_drop_is_sent_again_on_the_next_connection() -> None:
+    relay = FakeRelay()
+    account = await online_account(relay)
+
+    def answer_on_the_second(end: RelayEnd, frame: frames.Frame) -> None:
+        if isinstance(frame, frames.ProfileFetch):
+            if end is relay.ends[1]:
+                end.send(frames.Profile(re=frame.id, handle="bob", identity_key=b"\x44" * 32))
+        else:
+            answer_plainly(end, frame)
+
+    relay.answer = answer_on_the_second
+    fetch = asyncio.create_task(
+        account.link.request(lambda rid: frames.ProfileFetch(id=rid, handle="bob"))
+    )
+    await relay.ends[0].wait_for(frames.ProfileFetch)
+    relay.ends[0].drop()
+    profile = await within(fetch)
+    assert isinstance(profile, frames.Profile) and profile.handle == "bob"
+    assert [f.handle for f in relay.ends[1].received(frames.ProfileFetch)] == ["bob"]
+    await account.link.close()
+
+
+async def test_a_reconnect_to_another_relay_key_stops_the_link_before_anything_is_written() -> None:
+    relay = FakeRelay()
+    account = await online_account(relay)
+    assert account.link.online is not None
+    relay.key = OTHER_RELAY_KEY
+    relay.ends[0].drop()
+    await relay.connection(1)
+    with pytest.raises(RelayKeyChanged):
+        await within(account.link.wait_online())
+    assert relay.ends[1].received() == []  # no LOGIN on a relay we do not trust
+    assert account.link.failed and isinstance(account.stopped[0], RelayKeyChanged)
+    assert account.link.online is None
+    await account.link.close()
+
+
+async def test_waiting_before_connect_and_after_close_raise_at_once() -> None:
+    relay = FakeRelay()
+    account = Account(relay)
+    with pytest.raises(RuntimeError, match="connect"):
+        await within(account.link.wait_online())
+    await within(account.link.connect(URL))
+    with pytest.raises(RuntimeError, match="already connected"):
+        await account.link.connect(URL)
+    await account.register()
+    await account.link.close()
+    assert relay.ends[0].transport.closed
+    with pytest.raises(ConnectionLost, match="closed"):
+        await within(account.link.wait_online())
+    assert len(relay.ends) == 1  # a closed link does not reconnect
+
+
+def test_backoff_grows_exponentially_with_jitter_up_to_its_cap() -> None:
+    backoff = Backoff(initial=1.0, factor=2.0, cap=10.0)
+    assert [backoff.delay(n, lambda: 1.0) for n in range(6)] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert [backoff.delay(n, lambda: 0.0) for n in range(3)] == [0.5, 1.0, 2.0]
+    assert backoff.delay(10_000, lambda: 1.0) == 10.0
+
+
+# --- Against a real relay ---------------------------------------------------------------
+
+
+def test_the_server_dropping_the_connection_is_survived_by_reconnecting(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            alice = await online(relay.url, "alice")
+            reconnected = asyncio.Event()
+            bob = await online(relay.url, "bob", on_connected=lambda welcome: reconnected.set())
+            reconnected.clear()
+            await within(alice.send("bob", "before the drop"))
+            inbox = Inbox(bob)
+            assert (await inbox.next()).body == "before the drop"
+
+            session = relay.ctx.sessions.get("bob")
+            assert session is not None
+            session.transport.close(1011, "test drop")
+            await within(reconnected.wait())
+            assert bob.connection_count == 2
+
+            await within(alice.send("bob", "after the drop"))
+            assert (await inbox.next()).body == "after the drop"
+            await within(bob.send("alice", "still here"))
+            assert (await Inbox(alice).next()).body == "still here"
+            await inbox.close()
+            await bob.close()
+            await alice.close()
+
+    run(scenario())
+
+
+def test_a_login_refused_by_a_store_outage_is_tried_again_on_a_new_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §6.3 (issue 14): the automatic LOGIN after a reconnect answered 902 (the relay's
+    store is down) stopped the client for good. 902 is transient: the client reconnects
+    (the challenge is spent) after retry_after and logs in again."""
+    stores = store_outage(monkeypatch, outages=0, operation="login_counts")
+
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            alice = await online(relay.url, "alice")
+            reconnected = asyncio.Event()
+            bob = await online(relay.url, "bob", on_connected=lambda welcome: reconnected.set())
+            reconnected.clear()
+            stores[0].outages = 2  # the next two logins meet the outage
+            session = relay.ctx.sessions.get("bob")
+            assert session is not None
+            session.transport.close(1011, "test drop")
+            await within(reconnected.wait())
+            assert stores[0].refused == 2
+            await within(alice.send("bob", "after the outage"))
+            inbox = Inbox(bob)
+            assert (await inbox.next()).body == "after the outage"
+            for closing in (inbox, alice, bob):
+                await closing.close()
+
+    run(scenario())
+
+
+def test_a_relay_presenting_another_key_is_an_error_before_anything_is_sent(
+    tmp_path: Path,
+) -> None:
+    """Issue 13 item 11: the pinned relay key binds our statements (SPEC §7.4); another key
+    is RelayKeyChanged from connect, before any frame of ours is written on that link,
+    until the application deliberately accepts the new key."""
+
+    async def scenario() -> None:
+        alice_store = MemoryKeyStore()
+        async with relay_at(tmp_path) as relay:
+            old_key = relay.relay_key
+            alice = await online(relay.url, "alice", store=alice_store)
+            await alice.close()
+            bob = await online(relay.url, "bob")
+            await within(bob.send("alice", "queued while the key changes"))
+            await bob.close()
+        replace_relay_key(tmp_path / "relay.db")
+        async with relay_at(tmp_path) as relay:
+            assert relay.relay_key != old_key
+            written: list[bytes] = []
+            alice = make_client(
+                alice_store,
+                open_transport=tapped(
+                    lambda way, data: written.append(data) if way == "out" else None
+                ),
+            )
+            with pytest.raises(RelayKeyChanged) as changed:
+                await within(alice.connect(relay.url))
+            assert (changed.value.pinned, changed.value.presented) == (old_key, relay.relay_key)
+            assert written == []  # no LOGIN, no ACK, no resend on that link
+            assert alice.relay_key == old_key  # nothing changed by itself
+
+            alice.accept_relay_key(relay.relay_key)
+            await within(alice.connect(relay.url))
+            await within(alice.login())
+            assert alice.relay_key == relay.relay_key
+            assert alice.welcome is not None and alice.welcome.queued == 1  # never acked
+            inbox = Inbox(alice)
+            assert (await inbox.next()).body == "queued while the key changes"
+            await inbox.close()
+            await alice.close()
+
+    run(scenario())
+
+
+def test_a_reconnect_to_a_relay_with_another_key_stops_the_client_with_the_error(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        relay = await serve(RelayConfig(host="127.0.0.1", port=0, db_path=tmp_path / "relay.db"))
+        port = int(relay.url.rsplit(":", 1)[1])  # the reconnect finds the new relay there
+        alice = await online(relay.url, "alice")
+        await relay.close()
+        replace_relay_key(tmp_path / "relay.db")
+        relay = await serve(RelayConfig(host="127.0.0.1", port=port, db_path=tmp_path / "relay.db"))
+        try:
+            with pytest.raises(RelayKeyChanged):
+                await within(alice.wait_online())
+            with pytest.raises(RelayKeyChanged):
+                await within(alice.send("alice", "to myself"))
+            alice.accept_relay_key(relay.relay_key)
+            await within(alice.connect(relay.url))  # logs in again by itself
+            await within(alice.wait_online())
+            assert alice.connection_count == 2
+            await alice.close()
+        finally:
+            await relay.close()
+
+    run(scenario())

@@ -1,0 +1,285 @@
+"""Businesses as a client shows them (client/profiles.py, SPEC §8.1–8.2): the profile
+checked against the pinned identity key, the badge against the operator key pinned
+in configuration and our clock, and only the badge's name shown as verified.
+
+Unit tests over the in-memory relay of :mod:`.fake_relay`; then against a real relay
+whose operator issues real badges (``blindrelay admin verify-business``).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from blindrelay.client.keystore import MemoryKeyStore
+from blindrelay.client.profiles import same_name
+from blindrelay.client.sdk import Client
+from blindrelay.protocol import frames
+from blindrelay.protocol.business import BadgeStatus, BusinessProfile, issue_badge
+from blindrelay.protocol.crypto.keys import IdentityKeyPair
+from blindrelay.protocol.errors import InvalidProfile
+from blindrelay.server.cli import main as relay_cli
+
+from ..relays import T0, FakeClock, relay_at
+from .fake_relay import URL, FakeRelay, RelayEnd, answer_plainly
+from .harness import (
+    FAST,
+    business_online,
+    online,
+    run,
+    skewed_relay_clock,
+    within,
+)
+
+DAY_MS = 24 * 3600 * 1000
+
+
+AIRLINE = IdentityKeyPair.from_seed(b"\x81" * 32)
+OPERATOR = IdentityKeyPair.from_seed(b"\x82" * 32)
+
+
+def signed_profile(display_name: str, key: IdentityKeyPair = AIRLINE) -> bytes:
+    return BusinessProfile(
+        v=1, handle="airline", display_name=display_name, description="", timezone="UTC",
+        hours=(), exceptions=(), issued_at=T0,
+    ).sign(key.sign)  # fmt: skip
+
+
+def badge(name: str, key: bytes = AIRLINE.public, operator: IdentityKeyPair = OPERATOR) -> bytes:
+    return issue_badge(
+        operator.sign, handle="airline", identity_key=key, display_name=name, serial=1,
+        now_ms=T0, validity_ms=DAY_MS,
+    )  # fmt: skip
+
+
+class Directory(FakeRelay):
+    """Answers PROFILE_FETCH for ``airline`` with what the test puts in :attr:`record`."""
+
+    def __init__(self, profile: bytes | None, badge: bytes | None) -> None:
+        super().__init__()
+        self.record = (AIRLINE.public, profile, badge)
+        self.answer = self.profiles
+
+    def profiles(self, end: RelayEnd, frame: frames.Frame) -> None:
+        if isinstance(frame, frames.ProfileFetch):
+            key, profile, badge = self.record
+            end.send(
+                frames.Profile(
+                    re=frame.id, handle=frame.handle, identity_key=key, profile=profile,
+                    badge=badge,
+                )
+            )  # fmt: skip
+        else:
+            answer_plainly(end, frame)
+
+
+async def alice_of(relay: FakeRelay, operator_key: bytes | None, now: int = T0) -> Client:
+    return await online(
+        URL, "alice", open_transport=relay.open, operator_key=operator_key, clock=FakeClock(now)
+    )
+
+
+async def test_a_badge_of_the_pinned_operator_shows_its_name_as_verified() -> None:
+    relay = Directory(signed_profile("Example Air"), badge("Example Air"))
+    alice = await alice_of(relay, OPERATOR.public)
+    info = await within(alice.business_info("airline"))
+    assert info.verified and info.badge.status is BadgeStatus.VERIFIED
+    assert (info.verified_name, info.claimed_name, info.name_mismatch) == (
+        "Example Air", "Example Air", False,
+    )  # fmt: skip
+    assert alice.trust.pinned_key("airline") == AIRLINE.public  # pinned on first use
+    await alice.close()
+
+
+@pytest.mark.parametrize(
+    ("case", "status"),
+    [
+        ("no operator key", BadgeStatus.ABSENT),
+        ("another operator", BadgeStatus.BAD_SIGNATURE),
+        ("expired", BadgeStatus.EXPIRED),
+        ("no badge", BadgeStatus.ABSENT),
+    ],
+)
+async def test_nothing_is_verified_without_a_valid_badge_of_the_pinned_operator(
+    case: str, status: BadgeStatus
+) -> None:
+    other = IdentityKeyPair.from_seed(b"\x83" * 32)
+    issued = None if case == "no badge" else badge("Example Air", operator=(
+        other if case == "another operator" else OPERATOR
+    ))  # fmt: skip
+    relay = Directory(signed_profile("Example Air"), issued)
+    now = T0 + 2 * DAY_MS if case == "expired" else T0
+    alice = await alice_of(relay, None if case == "no operator key" else OPERATOR.public, now)
+    info = await within(alice.business_info("airline"))
+    assert info.badge.status is status
+    assert not info.verified and info.verified_name is None
+    assert info.claimed_name == "Example Air"  # still shown, as the business's own claim
+    await alice.close()
+
+
+async def test_a_profile_name_other_than_the_badge_s_is_flagged_a_case_change_is_not() -> None:
+    relay = Directory(signed_profile("British Airways"), badge("Bob's Bakery"))
+    alice = await alice_of(relay, OPERATOR.public)
+    info = await within(alice.business_info("airline"))
+    assert info.verified_name == "Bob's Bakery" and info.name_mismatch
+    relay.record = (AIRLINE.public, signed_profile("bob's  BAKERY"), badge("Bob's Bakery"))
+    assert not (await within(alice.business_info("airline"))).name_mismatch
+    await alice.close()
+
+
+async def test_a_key_other_than_the_pinned_one_shows_nothing_as_verified() -> None:
+    relay = Directory(signed_profile("Example Air"), badge("Example Air"))
+    alice = await alice_of(relay, OPERATOR.public)
+    await within(alice.business_info("airline"))  # pins the airline's key
+    impostor = IdentityKeyPair.from_seed(b"\x84" * 32)
+    relay.record = (
+        impostor.public, signed_profile("Example Air", impostor),
+        badge("Example Air", impostor.public),
+    )  # fmt: skip
+    info = await within(alice.business_info("airline"))
+    assert info.key_changed and not info.verified and info.verified_name is None
+    assert info.badge.verified  # a valid badge for the new key: still not shown as verified
+    assert alice.identity_change_pending("airline")
+    await alice.close()
+
+
+async def test_a_profile_not_signed_by_the_business_key_is_refused() -> None:
+    impostor = IdentityKeyPair.from_seed(b"\x84" * 32)
+    relay = Directory(signed_profile("Example Air", impostor), None)
+    alice = await alice_of(relay, OPERATOR.public)
+    with pytest.raises(InvalidProfile):
+        await within(alice.business_info("airline"))
+    await alice.close()
+
+
+def test_names_are_the_same_as_a_person_reads_them() -> None:
+    assert same_name("Bob's  BAKERY", "bob's bakery")
+    assert same_name("Ｂob's Bakery", "Bob's Bakery")  # NFKC: a fullwidth letter
+    assert not same_name("Bob's Bakery", "Bobs Bakery")
+    assert not same_name("Bank", "\u0392ank")  # Greek capital beta: flagged, not folded
+
+
+# --- Against a real relay ---------------------------------------------------------------
+
+
+def operator_key(tmp_path: Path, name: str) -> tuple[Path, bytes]:
+    path = tmp_path / f"{name}.key"
+    assert relay_cli(["admin", "keygen", "--out", str(path)]) == 0
+    seed = bytes.fromhex(path.read_text().strip())
+    return path, IdentityKeyPair.from_seed(seed).public
+
+
+@pytest.mark.parametrize("case", ["valid", "forged", "expired", "absent"])
+def test_business_info_checks_the_badge_with_the_pinned_operator_key(
+    tmp_path: Path, case: str
+) -> None:
+    async def scenario() -> None:
+        pinned_path, pinned = operator_key(tmp_path, "operator")
+        other_path, _ = operator_key(tmp_path, "impostor")
+        async with relay_at(tmp_path, skewed_relay_clock()) as relay:
+            airline = await business_online(relay.url, "airline")
+            await within(
+                airline.publish_profile(
+                    display_name="Example Air", timezone="Europe/Berlin", hours=[]
+                )
+            )
+            issuer = {"valid": pinned_path, "expired": pinned_path, "forged": other_path}
+            if case in issuer:
+                argv = ["admin", "verify-business", "airline", "--name", "Example Air"]
+                argv += ["--operator-key", str(issuer[case]), "--db", str(relay.config.db_path)]
+                assert relay_cli(argv) == 0
+            clock = FakeClock(airline.client.clock())
+            if case == "expired":
+                clock.advance(366 * DAY_MS)
+            alice = Client(MemoryKeyStore(), backoff=FAST, operator_key=pinned, clock=clock)
+            await within(alice.connect(relay.url))
+            await within(alice.register("alice"))
+            info = await within(alice.business_info("airline"))
+            assert info.profile is not None and info.profile.display_name == "Example Air"
+            expected = {
+                "valid": BadgeStatus.VERIFIED,
+                "forged": BadgeStatus.BAD_SIGNATURE,
+                "expired": BadgeStatus.EXPIRED,
+                "absent": BadgeStatus.ABSENT,
+            }[case]
+            assert info.badge.status is expected and info.verified is (case == "valid")
+            assert info.identity_key == airline.client.sessions.identity.identity_public
+            await alice.close()
+            await airline.close()
+
+    run(scenario())
+
+
+def test_business_info_refuses_a_profile_the_relay_altered(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with relay_at(tmp_path, skewed_relay_clock()) as relay:
+            airline = await business_online(relay.url, "airline")
+            profile = await within(
+                airline.publish_profile(display_name="Example Air", timezone="UTC", hours=[])
+            )
+            impostor = IdentityKeyPair.generate(os.urandom)
+            fake = BusinessProfile(
+                v=1, handle="airline", display_name="Example Air (new bank details!)",
+                description="", timezone="UTC", hours=(), exceptions=(),
+                issued_at=profile.issued_at,
+            ).sign(impostor.sign)  # fmt: skip
+            with sqlite3.connect(relay.config.db_path) as db:
+                db.execute("UPDATE profiles SET signed = ? WHERE handle = 'airline'", (fake,))
+            alice = await online(relay.url, "alice")
+            with pytest.raises(InvalidProfile):
+                await within(alice.business_info("airline"))
+            await alice.close()
+            await airline.close()
+
+    run(scenario())
+
+
+def test_a_badge_for_one_name_never_shows_the_profile_s_other_name_as_verified(
+    tmp_path: Path,
+) -> None:
+    """Issue 13 item 1 (SPEC §8.1–8.2): the badge names "Bob's Bakery", the business's own
+    profile says "British Airways". Only the badge's name is the verified one; the profile
+    name is an unverified claim, and the difference is flagged."""
+
+    async def scenario() -> None:
+        key_path, pinned = operator_key(tmp_path, "operator")
+        async with relay_at(tmp_path, skewed_relay_clock()) as relay:
+            bakery = await business_online(relay.url, "bakery")
+            await within(
+                bakery.publish_profile(display_name="British Airways", timezone="UTC", hours=[])
+            )
+            argv = ["admin", "verify-business", "bakery", "--name", "Bob's Bakery"]
+            argv += ["--operator-key", str(key_path), "--db", str(relay.config.db_path)]
+            assert relay_cli(argv) == 0
+            clock = FakeClock(bakery.client.clock())
+            alice = Client(MemoryKeyStore(), backoff=FAST, operator_key=pinned, clock=clock)
+            await within(alice.connect(relay.url))
+            await within(alice.register("alice"))
+
+            info = await within(alice.business_info("bakery"))
+            assert info.verified
+            assert info.verified_name == "Bob's Bakery"
+            assert info.claimed_name == "British Airways"
+            assert info.name_mismatch
+
+            await within(
+                bakery.publish_profile(display_name="bob's  BAKERY", timezone="UTC", hours=[])
+            )
+            same = await within(alice.business_info("bakery"))
+            assert same.verified_name == "Bob's Bakery" and not same.name_mismatch
+
+            clock.advance(366 * DAY_MS)  # the badge expired: nothing is verified any more
+            expired = await within(alice.business_info("bakery"))
+            assert not expired.verified and expired.verified_name is None
+            assert expired.claimed_name == "bob's  BAKERY" and not expired.name_mismatch
+
+            unpinned = await online(relay.url, "bob")  # no operator key: nothing verifies
+            assert (await within(unpinned.business_info("bakery"))).verified_name is None
+            for client in (alice, unpinned):
+                await client.close()
+            await bakery.close()
+
+    run(scenario())

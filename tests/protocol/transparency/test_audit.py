@@ -1,0 +1,77 @@
+"""An auditor's check of a whole log (SPEC §15.2–15.3): a correct log, and forked,
+rewritten and truncated ones, each caught with its evidence."""
+
+from __future__ import annotations
+
+from blindrelay.protocol.crypto.keys import IdentityKeyPair
+from blindrelay.protocol.transparency import merkle
+from blindrelay.protocol.transparency.audit import AuditState, audit
+from blindrelay.protocol.transparency.entries import KeyBinding, StatementLogged
+from blindrelay.protocol.transparency.treehead import sign_tree_head
+
+RELAY = IdentityKeyPair(b"\xc0" * 32)
+OTHER = IdentityKeyPair(b"\xc1" * 32)
+T0 = 1_790_000_000_000
+
+
+def log(count: int, salt: int = 0) -> list[bytes]:
+    first = KeyBinding(v=1, handle="skyways.air", kind="business", identity_key=b"\x07" * 32, at=T0)
+    rest = [StatementLogged(v=1, commitment=bytes([i, salt]) * 16, at=T0 + i).to_bytes()
+            for i in range(1, count)]  # fmt: skip
+    return [first.to_bytes(), *rest]
+
+
+def head(entries: list[bytes], size: int, at: int, key: IdentityKeyPair = RELAY) -> bytes:
+    root = merkle.root_of([merkle.leaf_hash(e) for e in entries[:size]])
+    return sign_tree_head(key.sign, size, root, at)
+
+
+def kinds(report) -> list[str]:
+    return [v.kind for v in report.violations]
+
+
+def test_a_correct_log_is_clean_and_gives_the_next_runs_state() -> None:
+    entries = log(10)
+    heads = [head(entries, 4, T0), head(entries, 10, T0 + 1)]
+    report = audit(entries, heads, RELAY.public)
+    assert report.clean and report.size == 10
+    assert report.entries_by_type == {"KeyBinding": 1, "StatementLogged": 9}
+    assert report.state == AuditState(10, report.newest.root, heads[1])
+    grown = log(15)
+    later = audit(grown, [head(grown, 15, T0 + 2)], RELAY.public, report.state)
+    assert later.clean and later.state is not None and later.state.size == 15
+
+
+def test_a_rewritten_history_is_caught_against_the_previous_run() -> None:
+    entries = log(10)
+    state = audit(entries, [head(entries, 10, T0)], RELAY.public).state
+    rewritten = log(12, salt=1)  # the same size and more, other entries
+    report = audit(rewritten, [head(rewritten, 12, T0 + 1)], RELAY.public, state)
+    assert kinds(report) == ["log rewritten"]
+    assert report.violations[0].evidence["previous_head"] == state.signed.hex()
+    assert report.state == state  # the larger commitment is not forgotten
+
+
+def test_a_truncated_log_is_caught() -> None:
+    entries = log(10)
+    state = audit(entries, [head(entries, 10, T0)], RELAY.public).state
+    report = audit(entries[:7], [], RELAY.public, state)
+    assert kinds(report) == ["log truncated"]
+
+
+def test_a_forked_head_a_foreign_signature_and_a_malformed_entry_are_caught() -> None:
+    entries = log(8)
+    fork = log(8, salt=2)
+    heads = [
+        head(entries, 5, T0),
+        head(fork, 8, T0 + 1),  # signed by the relay, but not the tree it served
+        head(entries, 8, T0 + 2, OTHER),  # not the relay's signature
+        head(entries, 9, T0 + 3),  # more entries than served
+        head(entries, 3, T0 + 4),  # shrinks
+    ]
+    report = audit([*entries[:7], b"not an entry"], heads, RELAY.public)
+    assert sorted(kinds(report)) == sorted([
+        "bad tree head", "malformed entry", "head is not the tree of the entries",
+        "head beyond the entries", "heads go backwards",
+    ])  # fmt: skip
+    assert report.state is not None and report.state.size == 5

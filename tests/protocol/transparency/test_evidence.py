@@ -1,0 +1,58 @@
+"""A logged consent statement proven offline with the relay's key alone (SPEC §15.1)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from blindrelay.protocol.crypto.keys import IdentityKeyPair
+from blindrelay.protocol.errors import InvalidProof, InvalidStatement, InvalidTreeHead
+from blindrelay.protocol.signed import make_statement
+from blindrelay.protocol.transparency import merkle
+from blindrelay.protocol.transparency.entries import StatementLogged, statement_commitment
+from blindrelay.protocol.transparency.evidence import ConsentEvidence, verify_consent_evidence
+from blindrelay.protocol.transparency.treehead import sign_tree_head
+
+RELAY = IdentityKeyPair(b"\xc0" * 32)
+ALICE = IdentityKeyPair(b"\xa0" * 32)
+T0 = 1_790_000_000_000
+
+
+def statement(nonce: int) -> bytes:
+    return make_statement(
+        "grant", signer="alice", signer_key=ALICE.public, target="skyways.air",
+        relay_key=RELAY.public, now_ms=T0, rng=lambda n: bytes([nonce]) * n,
+        categories=("marketing",),
+    ).sign(ALICE.sign)  # fmt: skip
+
+
+def evidence(index: int = 3) -> ConsentEvidence:
+    statements = [statement(i) for i in range(6)]
+    entries = [StatementLogged(v=1, commitment=statement_commitment(s), at=T0 + i).to_bytes()
+               for i, s in enumerate(statements)]  # fmt: skip
+    frontier, nodes = merkle.Frontier(), {}
+    for e in entries:
+        nodes.update(frontier.append(merkle.leaf_hash(e)))
+    proof = merkle.inclusion_proof(index, 6, lambda wanted: {n: nodes[n] for n in wanted})
+    head = sign_tree_head(RELAY.sign, 6, frontier.root(), T0 + 10)
+    return ConsentEvidence(statements[index], entries[index], index, tuple(proof), head)
+
+
+def test_a_logged_statement_is_proven_with_the_relay_key_alone() -> None:
+    verified = verify_consent_evidence(evidence(), RELAY.public, ALICE.public)
+    assert verified.statement.categories == ("marketing",) and verified.logged_at == T0 + 3
+    assert verified.tree_head.size == 6
+
+
+def test_any_altered_part_fails() -> None:
+    good = evidence()
+    with pytest.raises(InvalidStatement):  # the verifier knows another key for alice
+        verify_consent_evidence(good, RELAY.public, RELAY.public)
+    with pytest.raises(InvalidProof):  # another statement than the one logged
+        verify_consent_evidence(dataclasses.replace(good, statement=statement(9)), RELAY.public)
+    with pytest.raises(InvalidProof):  # the entry of another leaf
+        verify_consent_evidence(dataclasses.replace(good, index=2), RELAY.public)
+    foreign = sign_tree_head(ALICE.sign, 6, merkle.EMPTY_ROOT[::-1], T0)
+    with pytest.raises(InvalidTreeHead):  # a head not signed by this relay
+        verify_consent_evidence(dataclasses.replace(good, tree_head=foreign), RELAY.public)

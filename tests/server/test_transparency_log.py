@@ -1,0 +1,250 @@
+"""The transparency log behind the store interface (SPEC §15), on SQLite and PostgreSQL.
+
+Appends commit with the change they record (a refusal logs nothing); proofs
+the store generates verify with the protocol's verifiers alone; tree heads
+only grow, each with the log's own root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blindrelay.protocol.crypto.keys import IdentityKeyPair
+from blindrelay.protocol.errors import HandleTaken, InternalError, NotFound, StaleStatement
+from blindrelay.protocol.signed import make_statement
+from blindrelay.protocol.transparency import entries as e
+from blindrelay.protocol.transparency import merkle
+from blindrelay.protocol.transparency.treehead import open_tree_head, sign_tree_head
+from blindrelay.server.config import RelayConfig
+from blindrelay.server.store import Store, StoreJobError, open_admin_store, open_store
+
+from .. import pg
+from ..pg import PostgresDatabase
+
+T0 = 1_790_000_000_000
+RELAY = IdentityKeyPair(b"\xc0" * 32)
+ALICE = IdentityKeyPair(b"\xa0" * 32)
+AIRLINE = IdentityKeyPair(b"\xe0" * 32)
+AIRLINE_NEW = IdentityKeyPair(b"\xe1" * 32)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("pg_database").fresh_schema())
+    return str(tmp_path / "r.db")
+
+
+@contextlib.asynccontextmanager
+async def opened(store_url: str) -> AsyncIterator[Store]:
+    store = open_store(store_url, RelayConfig())
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def logged(store: Store) -> list[e.LogEntry]:
+    return [e.decode_entry(data) for data in await store.submit("log_entries", 0, 1000)]
+
+
+def grant(nonce: int) -> bytes:
+    return make_statement(
+        "grant", signer="alice", signer_key=ALICE.public, target="skyways.air",
+        relay_key=RELAY.public, now_ms=T0, rng=lambda n: bytes([nonce]) * n,
+        categories=("utility",),
+    ).sign(ALICE.sign)  # fmt: skip
+
+
+async def test_keys_and_statements_are_logged_with_what_they_record(store_url: str) -> None:
+    async with opened(store_url) as store:
+        await store.submit("create_account", "skyways.air", "business", AIRLINE.public, T0)
+        await store.submit("create_account", "alice", "user", ALICE.public, T0 + 1)
+        await store.submit("rotate_identity", "skyways.air", AIRLINE.public, AIRLINE_NEW.public, T0 + 2)
+        statement = grant(1)
+        await store.submit("apply_statement", "alice", statement, T0 + 3, 1000)
+        assert await logged(store) == [
+            e.KeyBinding(v=1, handle="skyways.air", kind="business", identity_key=AIRLINE.public, at=T0),
+            # a user's key is not published: alice has not opted in
+            e.KeyBinding(v=1, handle="skyways.air", kind="business", identity_key=AIRLINE_NEW.public,
+                         at=T0 + 2, previous_key=AIRLINE.public),
+            e.StatementLogged(v=1, commitment=e.statement_commitment(statement), at=T0 + 3),
+        ]  # fmt: skip
+
+
+async def test_a_refused_change_logs_nothing(store_url: str) -> None:
+    async with opened(store_url) as store:
+        await store.submit("create_account", "skyways.air", "business", AIRLINE.public, T0)
+        await store.submit("create_account", "alice", "user", ALICE.public, T0)
+        await store.submit("apply_statement", "alice", grant(1), T0, 1000)
+        before = await logged(store)
+        with pytest.raises(HandleTaken):
+            await store.submit("create_account", "skyways.air", "business", ALICE.public, T0)
+        with pytest.raises(StaleStatement):  # the same nonce again
+            await store.submit("apply_statement", "alice", grant(1), T0, 1000)
+        with pytest.raises(StaleStatement):  # a rotation from a key that is not the current one
+            await store.submit("rotate_identity", "skyways.air", ALICE.public, AIRLINE.public, T0)
+        assert await logged(store) == before and len(before) == 2
+
+
+async def test_proofs_from_the_store_verify_against_signed_heads(store_url: str) -> None:
+    async with opened(store_url) as store:
+        data = [e.StatementLogged(v=1, commitment=bytes([i]) * 32, at=T0 + i).to_bytes()
+                for i in range(37)]  # fmt: skip
+        assert await store.submit("log_append", data[:20]) == 0
+        assert await store.submit("log_append", data[20:]) == 20
+        leaves = [merkle.leaf_hash(d) for d in data]
+        heads = {}
+        for size in (13, 20, 37):
+            state = await store.submit("log_state")
+            assert state[0] == 37 and state[1] == merkle.root_of(leaves)
+            root = merkle.root_of(leaves[:size])
+            signed = sign_tree_head(RELAY.sign, size, root, T0 + size)
+            assert await store.submit("log_add_head", size, root, T0 + size, signed) is True
+            heads[size] = open_tree_head((await store.submit("log_head"))[3], RELAY.public)
+            assert heads[size].root == root
+        for index in (0, 12, 19, 36):
+            proof = await store.submit("log_inclusion", index, 37)
+            merkle.verify_inclusion(leaves[index], index, 37, proof, heads[37].root)
+        for first in (13, 20):
+            proof = await store.submit("log_consistency", first, 37)
+            merkle.verify_consistency(first, 37, heads[first].root, heads[37].root, proof)
+        assert await store.submit("log_entries", 35, 10) == data[35:]
+        for name, args in [("log_inclusion", (37, 37)), ("log_inclusion", (0, 38)),
+                           ("log_consistency", (0, 37)), ("log_consistency", (20, 38))]:  # fmt: skip
+            with pytest.raises(NotFound):
+                await store.submit(name, *args)
+
+
+async def test_tree_heads_only_grow_and_carry_the_logs_root(store_url: str) -> None:
+    async with opened(store_url) as store:
+        data = [e.StatementLogged(v=1, commitment=bytes([i]) * 32, at=T0).to_bytes() for i in range(5)]
+        await store.submit("log_append", data)
+        root4 = merkle.root_of([merkle.leaf_hash(d) for d in data[:4]])
+
+        def head(size: int, root: bytes, at: int) -> list[Any]:
+            return [size, root, at, sign_tree_head(RELAY.sign, size, root, at)]
+
+        assert await store.submit("log_add_head", *head(4, root4, T0 + 10)) is True
+        # another worker published as large a head first: nothing to add
+        assert await store.submit("log_add_head", *head(3, root4, T0 + 11)) is False
+        assert await store.submit("log_add_head", *head(4, root4, T0 + 12)) is False
+        wrong = merkle.leaf_hash(b"another history")
+        for bad in (head(5, wrong, T0 + 13), head(6, wrong, T0 + 13), head(5, root4, T0 + 13)):
+            with pytest.raises(InternalError):
+                await store.submit("log_add_head", *bad)
+        root5 = merkle.root_of([merkle.leaf_hash(d) for d in data])
+        with pytest.raises(InternalError):  # older than the newest head
+            await store.submit("log_add_head", *head(5, root5, T0 + 9))
+        assert (await store.submit("log_head"))[:3] == [4, root4, T0 + 10]
+
+
+async def test_only_log_entries_can_be_appended(store_url: str) -> None:
+    async with opened(store_url) as store:
+        with pytest.raises(StoreJobError):
+            await store.submit("log_append", [b"blindrelay/v1/bill/item\x00\x80"])
+        assert await store.submit("log_state") == [0, merkle.EMPTY_ROOT, None]
+
+
+async def test_badge_entries_commit_with_the_badge(store_url: str) -> None:
+    store = open_store(store_url, RelayConfig())
+    await store.start()
+    try:
+        await store.submit("create_account", "skyways.air", "business", AIRLINE.public, T0)
+    finally:
+        await store.close()
+    admin = open_admin_store(store_url)
+    try:
+        with pytest.raises(RuntimeError), admin.transaction():
+            admin.add_badge(serial=1, handle="skyways.air", key_fingerprint=b"f" * 32,
+                            display_name="Skyways", issued_at=T0, expires_at=T0 + 1,
+                            signed=b"badge 1")  # fmt: skip
+            raise RuntimeError("the operator's command fails: the badge and its entry go")
+        for serial in (7, 3):
+            admin.add_badge(serial=serial, handle="skyways.air", key_fingerprint=b"f" * 32,
+                            display_name="Skyways", issued_at=T0 + serial, expires_at=T0 + 99,
+                            signed=b"badge %d" % serial)  # fmt: skip
+        assert admin.revoke_badges("skyways.air", T0 + 50) == 2
+    finally:
+        admin.close()
+    store = open_store(store_url, RelayConfig())
+    await store.start()
+    try:
+        assert (await logged(store))[1:] == [
+            e.BadgeIssued(v=1, handle="skyways.air", serial=7, badge=b"badge 7", at=T0 + 7),
+            e.BadgeIssued(v=1, handle="skyways.air", serial=3, badge=b"badge 3", at=T0 + 3),
+            e.BadgeRevoked(v=1, handle="skyways.air", serial=3, at=T0 + 50),
+            e.BadgeRevoked(v=1, handle="skyways.air", serial=7, at=T0 + 50),
+        ]
+    finally:
+        await store.close()
+
+
+async def test_an_upgraded_sqlite_relay_logs_the_businesses_it_already_had(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    store = open_store(str(path), RelayConfig())
+    await store.start()
+    await store.submit("create_account", "skyways.air", "business", AIRLINE.public, T0)
+    await store.submit("create_account", "alice", "user", ALICE.public, T0)
+    await store.close()
+    with sqlite3.connect(path) as conn:  # as a schema-6 relay left it: no log tables
+        for table in ("log_entries", "log_nodes", "log_heads"):
+            conn.execute(f"DROP TABLE {table}")
+        conn.execute("PRAGMA user_version=6")
+    store = open_store(str(path), RelayConfig())
+    await store.start()
+    try:
+        assert await logged(store) == [
+            e.KeyBinding(v=1, handle="skyways.air", kind="business", identity_key=AIRLINE.public, at=T0)
+        ]
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgres
+async def test_an_upgraded_postgresql_relay_logs_the_businesses_it_already_had(
+    pg_database: PostgresDatabase,
+) -> None:
+    url = pg_database.fresh_schema()
+    async with opened(url) as store:
+        await store.submit("create_account", "skyways.air", "business", AIRLINE.public, T0)
+        await store.submit("create_account", "alice", "user", ALICE.public, T0)
+    schema = url.split("search_path=")[1]
+    pg.execute(  # as a schema-3 relay left it: no log tables
+        pg_database.url,
+        *[f'DROP TABLE "{schema}".{table}' for table in ("log_entries", "log_nodes", "log_heads")],
+        f'DELETE FROM "{schema}".schema_version WHERE version = 4',
+    )
+    async with opened(url) as store:
+        assert await logged(store) == [
+            e.KeyBinding(v=1, handle="skyways.air", kind="business", identity_key=AIRLINE.public, at=T0)
+        ]
+
+
+@pytest.mark.postgres
+async def test_two_workers_registering_at_once_make_one_log(pg_database: PostgresDatabase) -> None:
+    """SPEC §15.2: appends by relay processes sharing a store never interleave — every
+    entry once, at one index, and the tree of the entries is the tree the store proves."""
+    url = pg_database.fresh_schema()
+    async with opened(url) as first, opened(url) as second:
+        await asyncio.gather(*[
+            (first if i % 2 else second).submit(
+                "create_account", f"shop{i}.biz", "business", bytes([i]) * 32, T0 + i
+            )
+            for i in range(40)
+        ])  # fmt: skip
+        data = await first.submit("log_entries", 0, 1000)
+        handles = sorted(e.decode_entry(d).handle for d in data)  # type: ignore[attr-defined]
+        assert handles == sorted(f"shop{i}.biz" for i in range(40))
+        size, root, _ = await second.submit("log_state")
+        assert size == 40 and root == merkle.root_of([merkle.leaf_hash(d) for d in data])
+        proof = await first.submit("log_inclusion", 17, 40)
+        merkle.verify_inclusion(merkle.leaf_hash(data[17]), 17, 40, proof, root)
