@@ -19,8 +19,11 @@ per connection. Every DELIVER is checked — a ``utility`` ``notification`` from
 the business, exactly the fields of a DELIVER, delivery id, message id and body
 of the right wire types — and acknowledged with its ``delivery_id``; anything
 else (another frame, a text or fragmented message, a second notification on
-one connection, a lost connection) fails the run. websockets' sans-I/O
-``ClientProtocol`` does the opening handshake and answers pings and closes.
+one connection, a lost connection, a message that fails the Noise channel)
+fails the run. websockets' sans-I/O ``ClientProtocol`` does the opening
+handshake and answers pings and closes; each customer then runs the Noise
+handshake (SPEC §1.3) and seals and opens every frame in its channel, as a
+client must.
 Three shortcuts, each held to the real thing by
 tests/bench/test_fanout_customers.py, took the customers from ~110 to ~25 µs
 of CPU per notification:
@@ -91,7 +94,8 @@ from bench.relay import ROOT, UNLIMITED_RATE, relay_argv, start_profiler, throug
 from blindrelay.client.business import NOTIFY_WINDOW, Business
 from blindrelay.client.keystore import MemoryKeyStore
 from blindrelay.client.sdk import Client
-from blindrelay.protocol import SUBPROTOCOL, frames, limits
+from blindrelay.protocol import SUBPROTOCOL, frames
+from blindrelay.protocol.channel import MAX_TRANSPORT_MESSAGE_BYTES, ChannelError, ClientChannel
 from blindrelay.protocol.codec import decode, encode
 from blindrelay.protocol.connection import ClientConnection
 from blindrelay.protocol.crypto.keys import IdentityKeyPair, SignedPreKey
@@ -229,8 +233,10 @@ class Customer(asyncio.Protocol):
         self.tally = tally
         self.masks = masks
         self.ws = ClientProtocol(
-            uri, subprotocols=[Subprotocol(SUBPROTOCOL)], max_size=limits.MAX_FRAME_BYTES
+            uri, subprotocols=[Subprotocol(SUBPROTOCOL)], max_size=MAX_TRANSPORT_MESSAGE_BYTES
         )  # no extensions: no permessage-deflate (SPEC §1.1.4)
+        self.channel = ClientChannel(os.urandom)
+        """The Noise channel (SPEC §1.3): message 1 goes out once the WebSocket is open."""
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
         """Received bytes not yet parsed: the start of a frame (or of the HTTP response)."""
@@ -260,8 +266,9 @@ class Customer(asyncio.Protocol):
 
     async def _setup(self, seed: bytes) -> None:
         """REGISTER, then a signed ``grant utility`` statement (SPEC §4.2, §7.4)."""
-        conn = ClientConnection()
-        conn.receive_data(await self._receive())
+        hello_data = await self._receive()  # the channel is established before HELLO
+        conn = ClientConnection(self.channel.handshake_hash, self.channel.relay_key)
+        conn.receive_data(hello_data)
         hello = conn.hello
         assert hello is not None
         key = SigningKey(seed)
@@ -295,12 +302,22 @@ class Customer(asyncio.Protocol):
         return item
 
     def send(self, payload: bytes) -> None:
-        """One binary message to the relay (a frame written directly, see :class:`Masks`)."""
+        """One frame to the relay, sealed in the channel (a WebSocket frame written
+        directly, see :class:`Masks`)."""
         if self.ws.state is not State.OPEN or self.transport is None:
             raise LoadError(f"{self.handle}: connection {self.ws.state.name.lower()}")
-        self.transport.write(client_frame(payload, self.masks.next()))
+        self.transport.write(client_frame(self.channel.encrypt(payload), self.masks.next()))
 
-    def _on_message(self, message: bytes) -> None:
+    def _on_message(self, sealed: bytes) -> None:
+        channel = self.channel
+        try:
+            if not channel.established:
+                channel.receive_handshake(sealed)
+                return
+            message = channel.decrypt(sealed)
+        except ChannelError as exc:
+            self._broken(f"channel: {exc}")
+            return
         if self.inbox is not None:
             self.inbox.put_nowait(message)
             return
@@ -374,7 +391,7 @@ class Customer(asyncio.Protocol):
                 if size - at < head:
                     break
                 length = int.from_bytes(buffer[at + 2 : at + head])
-                if length > limits.MAX_FRAME_BYTES:
+                if length > MAX_TRANSPORT_MESSAGE_BYTES:
                     self._broken(f"a {length}-byte frame")
                     return
             end = at + head + length
@@ -408,6 +425,8 @@ class Customer(asyncio.Protocol):
             self._broken(f"handshake: subprotocol {ws.subprotocol!r}")
         else:
             self.framing = True
+            assert self.transport is not None
+            self.transport.write(client_frame(self.channel.start(), self.masks.next()))
         return buffer[end:]
 
     def _control(self, frame: bytes) -> None:

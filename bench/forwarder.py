@@ -5,8 +5,9 @@ the stack (websockets + msgpack in one Python process), so ``bench/relay.py`` ca
 report the relay as a ratio of it, measured in the same run on the same machine.
 
 It speaks the same frames with the same transport settings as the relay (SPEC §1:
-subprotocol ``blindrelay.v1``, compression off, ``max_size`` = MAX_FRAME_BYTES, the
-same ping settings): HELLO on connect; REGISTER or LOGIN answered with WELCOME,
+subprotocol ``blindrelay.v2``, the Noise channel of §1.3 with every frame sealed,
+compression off, ``max_size`` = the largest sealed frame, the same ping
+settings): the handshake, then HELLO; REGISTER or LOGIN answered with WELCOME,
 without checking any signature; SEND answered with SENT at once and pushed as
 DELIVER to the recipient if it is connected (dropped otherwise); ACK ignored.
 
@@ -40,7 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import contextlib
 
-from blindrelay.protocol import PROTOCOL_VERSION, SUBPROTOCOL, codec, limits
+from nacl.signing import SigningKey
+
+from blindrelay.protocol import PROTOCOL_VERSION, SUBPROTOCOL, channel, codec, limits
 from blindrelay.protocol.frames import (
     Deliver,
     Hello,
@@ -56,7 +59,36 @@ HOST = "127.0.0.1"
 
 T_HELLO, T_REGISTER, T_LOGIN, T_WELCOME, T_SEND, T_SENT, T_DELIVER = 1, 2, 3, 4, 20, 21, 22
 
-RELAY_KEY = os.urandom(32)
+RELAY_SEED = os.urandom(32)
+RELAY_KEY = bytes(SigningKey(RELAY_SEED).verify_key)
+STATIC = channel.relay_static_key(RELAY_SEED)
+BINDING = channel.static_binding(SigningKey(RELAY_SEED), STATIC.public)
+
+
+class Sealed:
+    """A connection inside its channel: ``send`` seals a frame (no await in between,
+    so frames leave in nonce order), ``opened`` yields each frame received."""
+
+    __slots__ = ("channel", "ws")
+
+    def __init__(self, ws: ServerConnection, relay: channel.RelayChannel) -> None:
+        self.ws = ws
+        self.channel = relay
+
+    async def send(self, frame: bytes) -> None:
+        await self.ws.send(self.channel.encrypt(frame))
+
+    async def opened(self) -> Any:
+        decrypt = self.channel.decrypt
+        async for message in self.ws:
+            yield decrypt(message)
+
+
+async def accept(ws: ServerConnection) -> Sealed:
+    """The relay's side of the handshake (SPEC §1.3): message 1 in, message 2 out."""
+    relay = channel.RelayChannel(STATIC, BINDING, os.urandom)
+    await ws.send(relay.receive_handshake(await ws.recv()))
+    return Sealed(ws, relay)
 
 
 def now_ms() -> int:
@@ -67,7 +99,7 @@ class Forwarder:
     """Connected handles and the per-connection loop; raw msgpack unless ``strict``."""
 
     def __init__(self, strict: bool) -> None:
-        self.online: dict[str, ServerConnection] = {}
+        self.online: dict[str, Sealed] = {}
         self.kinds: dict[str, str] = {}
         self.next_delivery_id = 0
         self.dropped = 0
@@ -83,14 +115,13 @@ class Forwarder:
             now=now,
         )
 
-    async def _raw(self, ws: ServerConnection) -> None:
-        await ws.send(codec.encode(self._hello()))
+    async def _raw(self, socket: ServerConnection) -> None:
         handle = ""
         packb, unpackb = msgpack.packb, msgpack.unpackb
         try:
-            async for data in ws:
-                if not isinstance(data, bytes):
-                    continue
+            ws = await accept(socket)
+            await ws.send(codec.encode(self._hello()))
+            async for data in ws.opened():
                 frame = unpackb(data)
                 t = frame.get("t")
                 if t == T_SEND and handle:
@@ -131,18 +162,17 @@ class Forwarder:
                         "has_signed_prekey": False,
                     }
                     await ws.send(packb(welcome))
-        except ConnectionClosed:
-            pass
+        except (ConnectionClosed, channel.ChannelError):
+            await socket.close(channel.CLOSE_CHANNEL_FAILED)
         finally:
-            self._logout(handle, ws)
+            self._logout(handle, socket)
 
-    async def _strict(self, ws: ServerConnection) -> None:
-        await ws.send(codec.encode(self._hello()))
+    async def _strict(self, socket: ServerConnection) -> None:
         handle = ""
         try:
-            async for data in ws:
-                if not isinstance(data, bytes):
-                    continue
+            ws = await accept(socket)
+            await ws.send(codec.encode(self._hello()))
+            async for data in ws.opened():
                 frame = codec.decode(data)
                 if isinstance(frame, Send) and handle:
                     at = now_ms()
@@ -181,17 +211,18 @@ class Forwarder:
                         has_signed_prekey=False,
                     )
                     await ws.send(codec.encode(welcome))
-        except ConnectionClosed:
-            pass
+        except (ConnectionClosed, channel.ChannelError):
+            await socket.close(channel.CLOSE_CHANNEL_FAILED)
         finally:
-            self._logout(handle, ws)
+            self._logout(handle, socket)
 
-    def _login(self, handle: str, kind: str, ws: ServerConnection) -> None:
+    def _login(self, handle: str, kind: str, ws: Sealed) -> None:
         self.kinds[handle] = kind
         self.online[handle] = ws
 
-    def _logout(self, handle: str, ws: ServerConnection) -> None:
-        if handle and self.online.get(handle) is ws:
+    def _logout(self, handle: str, socket: ServerConnection) -> None:
+        online = self.online.get(handle)
+        if handle and online is not None and online.ws is socket:
             del self.online[handle]
 
 
@@ -206,7 +237,7 @@ async def run(port: int, strict: bool) -> None:
         port,
         subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
         compression=None,
-        max_size=limits.MAX_FRAME_BYTES,
+        max_size=channel.MAX_TRANSPORT_MESSAGE_BYTES,
         ping_interval=limits.PING_INTERVAL_S,
         ping_timeout=limits.PING_TIMEOUT_S,
     ) as server:

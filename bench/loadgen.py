@@ -52,11 +52,12 @@ from typing import Any
 
 import msgpack
 from nacl.signing import SigningKey
-from websockets.asyncio.client import ClientConnection as WebSocket
+from websockets.asyncio.client import ClientConnection as RawWebSocket
 from websockets.asyncio.client import connect
 
 from bench.procs import raise_nofile_limit
 from blindrelay.protocol import SUBPROTOCOL, limits
+from blindrelay.protocol.channel import MAX_TRANSPORT_MESSAGE_BYTES, ChannelError, ClientChannel
 from blindrelay.protocol.connection import ClientConnection
 from blindrelay.protocol.frames import Error, Welcome
 
@@ -70,6 +71,31 @@ to keep the server busy, few enough that none waits past the relay's auth timeou
 
 class LoadError(RuntimeError):
     """The load could not complete: an ERROR frame, a closed socket or a timeout."""
+
+
+class WebSocket:
+    """A connection inside its Noise channel (SPEC §1.3): ``send`` seals a frame,
+    ``recv`` opens one, as every client does; sealing and handing the message to
+    websockets happen with no await between, so frames leave in nonce order."""
+
+    __slots__ = ("channel", "raw")
+
+    def __init__(self, raw: RawWebSocket, channel: ClientChannel) -> None:
+        self.raw = raw
+        self.channel = channel
+
+    async def send(self, frame: bytes) -> None:
+        await self.raw.send(self.channel.encrypt(frame))
+
+    async def recv(self) -> bytes:
+        message = await self.raw.recv()
+        try:
+            return self.channel.decrypt(message)
+        except ChannelError as exc:
+            raise LoadError(f"a message that fails the channel: {exc}") from exc
+
+    async def close(self) -> None:
+        await self.raw.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,15 +357,22 @@ async def open_account(
 ) -> tuple[WebSocket, str]:
     """Connect and authenticate ``handle`` (SPEC §4.2) with Ed25519 identity ``key`` (fresh
     if None): REGISTER a new account, or LOGIN to an existing one."""
-    ws = await connect(
+    raw = await connect(
         url,
         subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
         compression=None,
-        max_size=limits.MAX_FRAME_BYTES,
+        max_size=MAX_TRANSPORT_MESSAGE_BYTES,
         open_timeout=30,
     )
     try:
-        conn = ClientConnection()
+        channel = ClientChannel(os.urandom)
+        await raw.send(channel.start())
+        try:
+            channel.receive_handshake(await raw.recv())
+        except ChannelError as exc:
+            raise LoadError(f"handshake with {url}: {exc}") from exc
+        ws = WebSocket(raw, channel)
+        conn = ClientConnection(channel.handshake_hash, channel.relay_key)
         conn.receive_data(await _recv_bytes(ws))
         sk = key or SigningKey.generate()
         if login:
@@ -358,7 +391,7 @@ async def open_account(
         if not isinstance(answer, Welcome):
             raise LoadError(f"{verb} {handle}: unexpected {answer!r}")
     except BaseException:
-        await ws.close()
+        await raw.close()
         raise
     return ws, handle
 
@@ -412,10 +445,7 @@ async def introduce(recipient: WebSocket, sender: WebSocket, sender_handle: str)
 
 
 async def _recv_bytes(ws: WebSocket) -> bytes:
-    data = await ws.recv()
-    if not isinstance(data, bytes):
-        raise LoadError("text message from the server")
-    return data
+    return await ws.recv()
 
 
 async def send_all(

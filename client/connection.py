@@ -59,7 +59,8 @@ class Connection:
         self, transport: WebSocketTransport, handlers: FrameHandlers, *, clock: Callable[[], int]
     ) -> None:
         self.transport = transport
-        self.machine = ClientConnection()
+        # Proofs are signed over this channel, and HELLO must name its relay key (SPEC §1.3).
+        self.machine = ClientConnection(transport.handshake_hash, transport.relay_key)
         self.hello: asyncio.Future[frames.Hello] = asyncio.get_running_loop().create_future()
         self.clock_offset = 0
         """Relay clock minus ours at HELLO (SPEC §4.1), for dating statements."""

@@ -18,8 +18,8 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
     __version__ = "0.0.0"
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 """Wire protocol major version (SPEC §12)."""
 
-SUBPROTOCOL = "blindrelay.v1"
+SUBPROTOCOL = "blindrelay.v2"
 """WebSocket subprotocol token negotiated at the handshake (SPEC §1.1)."""

@@ -22,7 +22,10 @@ when a frame of that type is sent or received. A missing entry *is* the rule::
 The relay side also holds the authentication challenge: it verifies the
 registration or login proof itself (SPEC §4.2–4.3) and refuses to send a
 WELCOME for any handle other than the one just proven, so a connection can
-only ever act as the account whose key signed its challenge.
+only ever act as the account whose key signed its challenge. Both sides sign
+and check over the channel's handshake hash (SPEC §1.3, :mod:`.channel`): the
+machine takes bytes that the channel below it has already opened, and a proof
+made on one channel is refused on any other.
 
 Not here: what a frame *does* (server and client), encoding (codec, fastcodec).
 """
@@ -109,26 +112,35 @@ TRANSITIONS: dict[Role, dict[State, dict[FrameType, State]]] = {
 
 # --- SPEC §4.2: the signed authentication transcript --------------------------
 
-AUTH_CONTEXT = b"blindrelay/v1/auth\x00"
+AUTH_CONTEXT = b"blindrelay/v2/auth\x00"
 PURPOSE_REGISTER = 0x01
 PURPOSE_LOGIN = 0x02
 KIND_BYTES = {AccountKind.USER: 0x01, AccountKind.BUSINESS: 0x02}
 
 
 def register_transcript(
-    relay_key: bytes, challenge: bytes, handle: str, kind: str, identity_key: bytes
+    relay_key: bytes,
+    challenge: bytes,
+    handle: str,
+    kind: str,
+    identity_key: bytes,
+    *,
+    handshake_hash: bytes,
 ) -> bytes:
-    """Bytes a new account signs: binds handle, kind and key to this relay and challenge."""
+    """Bytes a new account signs: binds handle, kind and key to this relay, this
+    challenge and this channel (SPEC §4.2)."""
     return (
-        _transcript_prefix(PURPOSE_REGISTER, relay_key, challenge, handle)
+        _transcript_prefix(PURPOSE_REGISTER, relay_key, challenge, handshake_hash, handle)
         + bytes([KIND_BYTES[AccountKind(kind)]])
         + identity_key
     )
 
 
-def login_transcript(relay_key: bytes, challenge: bytes, handle: str) -> bytes:
-    """Bytes an existing account signs to log in."""
-    return _transcript_prefix(PURPOSE_LOGIN, relay_key, challenge, handle)
+def login_transcript(
+    relay_key: bytes, challenge: bytes, handle: str, *, handshake_hash: bytes
+) -> bytes:
+    """Bytes an existing account signs to log in on this channel (SPEC §4.3)."""
+    return _transcript_prefix(PURPOSE_LOGIN, relay_key, challenge, handshake_hash, handle)
 
 
 ROTATE_CONTEXT = b"blindrelay/v1/rotate\x00"
@@ -155,9 +167,25 @@ def rotate_transcript(
     )
 
 
-def _transcript_prefix(purpose: int, relay_key: bytes, challenge: bytes, handle: str) -> bytes:
+HANDSHAKE_HASH_BYTES = 64
+"""The Noise handshake hash (BLAKE2b), the channel binding in every transcript."""
+
+
+def _transcript_prefix(
+    purpose: int, relay_key: bytes, challenge: bytes, handshake_hash: bytes, handle: str
+) -> bytes:
+    if len(handshake_hash) != HANDSHAKE_HASH_BYTES:
+        raise ValueError("a handshake hash is 64 bytes")
     encoded = handle.encode("ascii")
-    return AUTH_CONTEXT + bytes([purpose]) + relay_key + challenge + bytes([len(encoded)]) + encoded
+    return (
+        AUTH_CONTEXT
+        + bytes([purpose])
+        + relay_key
+        + challenge
+        + handshake_hash
+        + bytes([len(encoded)])
+        + encoded
+    )
 
 
 UNKNOWN_ACCOUNT_KEY = bytes(
@@ -231,10 +259,19 @@ class RelayConnection(_Connection):
     role = Role.RELAY
 
     def __init__(
-        self, relay_key: bytes, now_ms: int, rng: Rng, proof_of_work: ProofOfWork | None = None
+        self,
+        relay_key: bytes,
+        now_ms: int,
+        rng: Rng,
+        proof_of_work: ProofOfWork | None = None,
+        *,
+        handshake_hash: bytes | None = None,
     ) -> None:
         super().__init__(State.AWAITING_AUTH)
         self.relay_key = relay_key
+        self.handshake_hash = handshake_hash
+        """The channel's handshake hash (:meth:`bind_channel`); no proof is accepted
+        before it is known."""
         self.challenge = rng(limits.CHALLENGE_BYTES)
         self.proof_of_work = proof_of_work
         # "When HELLO carries pow, the challenge expires POW_CHALLENGE_TTL_MS after HELLO."
@@ -253,6 +290,25 @@ class RelayConnection(_Connection):
                 pow=proof_of_work,
             )
         )
+
+    def bind_channel(self, handshake_hash: bytes) -> None:
+        """The channel below is established (SPEC §1.3): proofs are checked over its hash.
+
+        The relay queues HELLO at once and sends it only through the channel."""
+        if self.handshake_hash is not None:
+            raise RuntimeError("the connection has its channel")
+        self.handshake_hash = handshake_hash
+
+    def _bound(self) -> bytes:
+        if self.handshake_hash is None:
+            raise AuthenticationFailed("no channel to bind the proof to")
+        return self.handshake_hash
+
+    def close(self) -> None:
+        """The channel below failed (SPEC §1.3.6): nothing more is sent or handled."""
+        self.state = State.CLOSED
+        self._outgoing.clear()
+        self._events.clear()
 
     def receive_data(self, data: bytes) -> None:
         """Decode one message; a bad one queues its ERROR instead of an event."""
@@ -309,8 +365,9 @@ class RelayConnection(_Connection):
         if not self._challenge_used:
             raise RuntimeError("spend the challenge before checking a proof")
         transcript = register_transcript(
-            self.relay_key, self.challenge, frame.handle, frame.kind, frame.identity_key
-        )
+            self.relay_key, self.challenge, frame.handle, frame.kind, frame.identity_key,
+            handshake_hash=self._bound(),
+        )  # fmt: skip
         if not signature_valid(frame.identity_key, transcript, frame.signature):
             raise AuthenticationFailed("registration signature")
         self._proven = (frame.handle, AccountKind(frame.kind))
@@ -329,8 +386,9 @@ class RelayConnection(_Connection):
         if nonce is None:
             raise RegistrationRefused("proof of work required")
         transcript = register_transcript(
-            self.relay_key, self.challenge, frame.handle, frame.kind, frame.identity_key
-        )
+            self.relay_key, self.challenge, frame.handle, frame.kind, frame.identity_key,
+            handshake_hash=self._bound(),
+        )  # fmt: skip
         challenge = self.challenge
         return lambda: puzzle.verify(
             transcript, challenge, nonce, cost.bits, cost.opslimit, cost.memlimit
@@ -345,7 +403,9 @@ class RelayConnection(_Connection):
         away — skipping it answered tens of µs sooner, which told who exists.
         """
         self._consume_challenge(now_ms)
-        transcript = login_transcript(self.relay_key, self.challenge, frame.handle)
+        transcript = login_transcript(
+            self.relay_key, self.challenge, frame.handle, handshake_hash=self._bound()
+        )
         key = UNKNOWN_ACCOUNT_KEY if identity_key is None else identity_key
         verified = signature_valid(key, transcript, frame.signature)
         if not verified or identity_key is None:
@@ -373,8 +433,15 @@ class ClientConnection(_Connection):
 
     role = Role.CLIENT
 
-    def __init__(self) -> None:
+    def __init__(
+        self, handshake_hash: bytes | None = None, relay_key: bytes | None = None
+    ) -> None:
+        """``handshake_hash`` and ``relay_key`` come from the established channel
+        (:class:`.channel.ClientChannel`): proofs are signed over the one, and HELLO
+        must present the other (SPEC §1.3.2). Without them nothing can be signed."""
         super().__init__(State.AWAITING_HELLO)
+        self.handshake_hash = handshake_hash
+        self.channel_relay_key = relay_key
         self.hello: Hello | None = None
         self._next_id = 1
         self._pending: dict[int, FrameType] = {}
@@ -398,8 +465,12 @@ class ClientConnection(_Connection):
         # anything it leaves (the same frame or the same error either way).
         frame = read_deliver(data) or decode(data)
         self._check_receivable(frame)
-        if isinstance(frame, Hello) and frame.version != PROTOCOL_VERSION:
-            raise UnsupportedVersion(f"relay speaks v{frame.version}")
+        if isinstance(frame, Hello):
+            if frame.version != PROTOCOL_VERSION:
+                raise UnsupportedVersion(f"relay speaks v{frame.version}")
+            # SPEC §1.3.2: "HELLO's relay_key MUST be the key the handshake bound."
+            if self.channel_relay_key is not None and frame.relay_key != self.channel_relay_key:
+                raise UnexpectedFrame("HELLO names another relay key than the channel's")
         re = getattr(frame, "re", None)
         if re is not None:
             if re not in self._pending:
@@ -464,8 +535,9 @@ class ClientConnection(_Connection):
         """
         hello = self._require_hello()
         transcript = register_transcript(
-            hello.relay_key, hello.challenge, handle, kind, identity_key
-        )
+            hello.relay_key, hello.challenge, handle, kind, identity_key,
+            handshake_hash=self._require_channel(),
+        )  # fmt: skip
         if pow_nonce is None:
             pow_nonce = self.registration_proof(handle, kind, identity_key)
         request_id = self.next_request_id()
@@ -490,8 +562,9 @@ class ClientConnection(_Connection):
         if cost is None:
             return None
         transcript = register_transcript(
-            hello.relay_key, hello.challenge, handle, kind, identity_key
-        )
+            hello.relay_key, hello.challenge, handle, kind, identity_key,
+            handshake_hash=self._require_channel(),
+        )  # fmt: skip
         return puzzle.solve(
             transcript, hello.challenge, cost.bits, cost.opslimit, cost.memlimit
         )
@@ -499,10 +572,17 @@ class ClientConnection(_Connection):
     def login(self, handle: str, sign: Signer) -> int:
         """Queue a LOGIN answering the relay's challenge; returns its request id."""
         hello = self._require_hello()
-        transcript = login_transcript(hello.relay_key, hello.challenge, handle)
+        transcript = login_transcript(
+            hello.relay_key, hello.challenge, handle, handshake_hash=self._require_channel()
+        )
         request_id = self.next_request_id()
         self.send(Login(id=request_id, handle=handle, signature=sign(transcript)))
         return request_id
+
+    def _require_channel(self) -> bytes:
+        if self.handshake_hash is None:
+            raise RuntimeError("no channel: a proof needs its handshake hash")
+        return self.handshake_hash
 
     def _require_hello(self) -> Hello:
         if self.hello is None or self.state is not State.AWAITING_AUTH:

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 # --- Transport (SPEC §1) ---------------------------------------------------
 
-MAX_FRAME_BYTES = 64 * 1024
-"""Largest WebSocket message either side accepts. Bigger would allow inline
-attachments but multiplies worst-case memory per connection and per queued
-envelope; 64 KiB holds the largest padded message with room for headers."""
+MAX_FRAME_BYTES = 65_535 - 16
+"""Largest frame either side accepts (65,519 bytes): sealed in the channel it is the
+largest Noise message, 65,535 bytes with its 16-byte tag (SPEC §1.3). Bigger would
+allow inline attachments but multiplies worst-case memory per connection and per
+queued envelope; this holds the largest padded message with room for headers."""
+
+REKEY_INTERVAL_MESSAGES = 65_536
+"""Transport messages per direction between two Rekey() of the channel (SPEC §1.3.5).
+A key in memory then opens at most this many past messages of a connection; smaller
+costs one 32-byte ChaCha20 call per that many messages, which is nothing, but
+every peer must count alike, so it is fixed by the protocol."""
 
 MAX_NESTING_DEPTH = 4
 """Deepest container nesting a frame may have (frame → list → map is 3).

@@ -1,13 +1,17 @@
 """The relay's I/O: the only module that imports websockets (SPEC §1).
 
-It accepts WebSocket connections speaking the ``blindrelay.v1`` subprotocol
-(anything else is refused at the handshake), feeds each binary message to the
-session's sans-I/O machine through the :class:`Dispatcher`, and writes out
-what the machine queued — synchronously, once per loop turn and connection
+It accepts WebSocket connections speaking the ``blindrelay.v2`` subprotocol
+(anything else is refused at the handshake), answers the Noise handshake that
+opens each one (SPEC §1.3, :class:`~blindrelay.protocol.channel.RelayChannel`),
+opens every later message and feeds it to the session's sans-I/O machine
+through the :class:`Dispatcher`, and writes out, sealed, what the machine
+queued — synchronously, once per loop turn and connection
 (:class:`_WebSocketTransport`), so handlers and store callbacks never await.
 Compression is off (ciphertext does not compress; see
-/work/shared/notes.md), ``max_size`` is the frame cap (websockets closes
-bigger messages with 1009), keep-alive comes from the limits table.
+/work/shared/notes.md), ``max_size`` is the frame cap plus the Noise tag
+(websockets closes bigger messages with 1009), keep-alive comes from the limits
+table. A message that fails the channel closes the connection with 4001,
+unanswered, and is counted (:attr:`RunningRelay.channel_failures`).
 
 Flow control (SPEC §1.2.4–6): each connection's frames are handled a bounded
 number at a time (:class:`_Intake`), none while the data waiting for it is over
@@ -53,9 +57,18 @@ try:
 except ImportError:  # websockets built without its C extension (what websockets.frames does)
     from websockets.utils import apply_mask
 
-from blindrelay.protocol import SUBPROTOCOL, limits
+from blindrelay.protocol import SUBPROTOCOL
+from blindrelay.protocol.channel import (
+    CLOSE_CHANNEL_FAILED,
+    MAX_TRANSPORT_MESSAGE_BYTES,
+    ChannelError,
+    RelayChannel,
+    relay_static_key,
+    static_binding,
+)
 from blindrelay.protocol.connection import RelayConnection, State
 from blindrelay.protocol.errors import StoreUnavailable
+from blindrelay.protocol.noise import KeyPair
 
 from . import auth, gcpolicy, transparency
 from .config import TRANSPORT_WRITE_LIMIT_BYTES, RelayConfig
@@ -414,6 +427,7 @@ class _WebSocketTransport:
         self,
         ws: _RelayWebSocket,
         conn: RelayConnection,
+        channel: RelayChannel,
         flusher: _Flusher,
         *,
         intake: _Intake,
@@ -424,6 +438,9 @@ class _WebSocketTransport:
         self._ws = ws
         self._intake = intake
         self._conn = conn
+        self.channel = channel
+        self._reply: bytes | None = None
+        """Handshake message 2, to go out first and unsealed (:meth:`handshake_answered`)."""
         self._flusher = flusher
         self._out: list[bytes] = []
         self._due = False
@@ -464,6 +481,11 @@ class _WebSocketTransport:
             self.closing = (code, reason)
         self.flush()
 
+    def handshake_answered(self, reply: bytes) -> None:
+        """The channel is established: ``reply`` goes out, then HELLO and the rest, sealed."""
+        self._reply = reply
+        self.flush()
+
     def hold(self, reason: str) -> None:
         """The connection's :class:`_Intake`: its frames wait, its socket is not read."""
         self._intake.hold(reason)
@@ -472,11 +494,30 @@ class _WebSocketTransport:
         self._intake.release(reason)
 
     def _take(self) -> list[bytes]:
-        out, self._out = self._out, []
-        pending = self._conn.data_to_send()
+        """What goes out now, in order, each frame sealed by the channel (SPEC §1.3.4).
+
+        Frames are sealed here, when they leave, so the nonces follow the order on
+        the wire whichever path queued them. Before the handshake nothing leaves:
+        HELLO waits in the machine, and a connection closed meanwhile (the
+        authentication timeout, a shutdown) closes without a frame.
+        """
+        conn = self._conn
+        if not self.channel.established:
+            if conn.state is State.CLOSED:
+                conn.data_to_send()
+                if self.closing is None:
+                    self.closing = (CLOSE_POLICY, "protocol error")
+            return []
+        frames, self._out = self._out, []
+        pending = conn.data_to_send()
         if pending:
-            out.extend(pending)
-        if self.closing is None and self._conn.state is State.CLOSED:
+            frames.extend(pending)
+        encrypt = self.channel.encrypt
+        out = [encrypt(data) for data in frames]
+        if self._reply is not None:
+            out.insert(0, self._reply)
+            self._reply = None
+        if self.closing is None and conn.state is State.CLOSED:
             self.closing = (CLOSE_POLICY, "protocol error")
         return out
 
@@ -636,11 +677,19 @@ class RunningRelay:
         source_of: SourceOf,
         router: Router | None = None,
         sign: Callable[[bytes], bytes] | None = None,
+        *,
+        static_key: KeyPair,
+        static_binding: bytes,
     ) -> None:
         self.config = config
         self._sign = sign
         """The relay key's signature, for tree heads (SPEC §15.3); None: none published."""
         self.ctx = ctx
+        self._static_key = static_key
+        self._static_binding = static_binding
+        """The Noise static key and its binding to the relay key (SPEC §1.3.2)."""
+        self.channel_failures = 0
+        """Connections closed because a handshake or transport message failed (§1.3.6)."""
         self.router: Router = router or InProcessRouter(ctx.worker_id)
         """How this relay hears what other workers sharing its store committed."""
         self.relay_key = ctx.relay_key
@@ -671,7 +720,7 @@ class RunningRelay:
             reuse_port=self.config.reuse_port or None,  # to loop.create_server
             subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
             compression=None,
-            max_size=limits.MAX_FRAME_BYTES,
+            max_size=MAX_TRANSPORT_MESSAGE_BYTES,
             ping_interval=self.config.ping_interval_s,
             ping_timeout=self.config.ping_timeout_s,
             server_header=None,
@@ -686,7 +735,7 @@ class RunningRelay:
             self._publisher = asyncio.create_task(self._publish_periodically())
 
     async def _connection(self, ws: ServerConnection) -> None:
-        # "The relay MUST refuse a handshake without the blindrelay.v1 subprotocol":
+        # "The relay MUST refuse a handshake without the blindrelay.v2 subprotocol":
         # websockets answers 400 when no offered subprotocol matches ours.
         assert isinstance(ws, _RelayWebSocket)  # create_connection
         registration = self.ctx.registration
@@ -695,10 +744,12 @@ class RunningRelay:
         )
         peer = ws.remote_address
         name = f"{peer[0]}:{peer[1]}" if peer else "?"
+        channel = RelayChannel(self._static_key, self._static_binding, self._rng)
         session: Session
-        intake = _Intake(ws, lambda message: self._received(session, message))
+        intake = _Intake(ws, lambda message: self._received(session, transport, message))
         transport = _WebSocketTransport(
-            ws, conn, self._flusher, intake=intake, bound=self.config.max_outgoing_buffer_bytes,
+            ws, conn, channel, self._flusher, intake=intake,
+            bound=self.config.max_outgoing_buffer_bytes,
             write_timeout_s=self.config.write_timeout_s, stats=self.outgoing,
         )  # fmt: skip
         ws.flow = transport
@@ -775,11 +826,39 @@ class RunningRelay:
         self._collection = None
         gcpolicy.collect_closed()
 
-    def _received(self, session: Session, message: bytes | str) -> None:
+    def _received(
+        self, session: Session, transport: _WebSocketTransport, message: bytes | str
+    ) -> None:
+        """One WebSocket message: the handshake's first, then sealed frames (SPEC §1.3)."""
+        if not session.open:
+            return
+        channel = transport.channel
         try:
-            self.dispatcher.data_received(session, message)
+            if not channel.established:
+                reply = channel.receive_handshake(message)
+                assert channel.handshake_hash is not None
+                session.conn.bind_channel(channel.handshake_hash)
+                transport.handshake_answered(reply)
+                return
+            data = channel.decrypt(message)
+        except ChannelError as exc:
+            self._channel_failed(session, transport, exc)
+            return
+        try:
+            self.dispatcher.data_received(session, data)
         except Exception as exc:  # inside websockets' data_received: never let it escape
             self.ctx.refuse(session, None, exc)
+
+    def _channel_failed(
+        self, session: Session, transport: _WebSocketTransport, exc: ChannelError
+    ) -> None:
+        """SPEC §1.3.6: "a message that fails [...] closes the connection with 4001; it
+        is counted and not answered"."""
+        self.channel_failures += 1
+        log_event(logging.INFO, "channel_failed", handle=session.handle, peer=session.peer,
+                  reason=type(exc).__name__)  # fmt: skip
+        session.conn.close()
+        transport.close(CLOSE_CHANNEL_FAILED, "channel failed")
 
     async def purge_expired(self) -> tuple[int, int]:
         """SPEC §6.6: drop envelopes and remembered msg_ids older than the queue TTL."""
@@ -908,9 +987,12 @@ async def serve(
         worker_id=store.origin,  # one id for this process: in its hints and its sessions
     )
     router = open_router(config.store_url, store.origin, ctx.sessions.serves, config.peer_links)
+    static_key = relay_static_key(seed)
     relay = RunningRelay(
         config, ctx, rng, source_of, router,
         sign=lambda message: relay_signing_key.sign(message).signature,
+        static_key=static_key,
+        static_binding=static_binding(relay_signing_key, static_key.public),
     )  # fmt: skip
     store.on_lost = relay.lost
     store.on_available = relay.store_available

@@ -18,6 +18,13 @@ base64url. There must be no hit. Positive controls show that the search finds
 what the relay legitimately holds (handles, public identity keys) and a canary
 planted in a copy of the database, so a broken scanner cannot pass.
 
+The clients reach the relay over plain ``ws://`` through a TCP proxy that records
+every byte both ways (:class:`SocketCapture`): what a network observer sees. It
+must hold none of the canaries and, since every frame travels inside the Noise
+channel (SPEC §1.3, §11.0), no handle and no identity key either — while the frames
+the clients tapped inside the channel hold both, and the capture holds the
+WebSocket upgrade (the scanner does read it).
+
 The same story runs on the PostgreSQL store (threat model T26): there every table's
 rows, the WAL the server wrote during the story and every hint published for other
 workers are searched, with their own positive controls.
@@ -108,12 +115,52 @@ class RecordingKeyStore(MemoryKeyStore):
 
 @dataclass
 class Wire:
-    """Every WebSocket message each client sent or received (the relay's whole I/O)."""
+    """Every frame each client sent or received inside its channel (the relay's whole
+    I/O, as the relay reads it), and every byte on the sockets (``socket``)."""
 
     messages: list[bytes] = field(default_factory=list)
+    socket: bytearray = field(default_factory=bytearray)
 
     def tap(self, _direction: str, data: bytes) -> None:
         self.messages.append(data)
+
+
+class SocketCapture:
+    """A TCP proxy on 127.0.0.1 in front of the relay that records every byte both ways,
+    as a network observer on a plain ``ws://`` path would (SPEC §11.0)."""
+
+    def __init__(self, relay_url: str, record: bytearray) -> None:
+        host, port = relay_url.removeprefix("ws://").rsplit(":", 1)
+        self.relay = (host, int(port))
+        self.record = record
+        self.server: asyncio.Server | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> SocketCapture:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        self.url = f"ws://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        relay_reader, relay_writer = await asyncio.open_connection(*self.relay)
+        await asyncio.gather(
+            self._pipe(reader, relay_writer), self._pipe(relay_reader, writer),
+            return_exceptions=True,
+        )  # fmt: skip
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                self.record += data
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
 
 
 class Inbox:
@@ -309,10 +356,17 @@ def run_story(
             assert line.startswith("listening "), line
             urls.append(line.removeprefix("listening "))
         started()
-        asyncio.run(
-            play(urls, store_args, operator_key, operator_key_path, wire, story,
-                 lambda: snapshot(story))
-        )  # fmt: skip
+
+        async def captured() -> None:
+            async with contextlib.AsyncExitStack() as stack:
+                proxied = [
+                    (await stack.enter_async_context(SocketCapture(url, wire.socket))).url
+                    for url in urls
+                ]
+                await play(proxied, store_args, operator_key, operator_key_path, wire, story,
+                           lambda: snapshot(story))  # fmt: skip
+
+        asyncio.run(captured())
     finally:
         for relay in relays:
             relay.terminate()
@@ -323,6 +377,18 @@ def run_story(
     # SPEC §11.2: every file ``blindrelay admin`` writes is the owner's only.
     assert stat.S_IMODE(operator_key_path.stat().st_mode) == 0o600
     return wire, story, b"".join(log.read_bytes() for log in logs)
+
+
+def network_sees_nothing_but_sizes(sources: dict[str, bytes], story: Scenario) -> None:
+    """SPEC §11.0: the bytes on a plain ``ws://`` socket hold no handle and no identity
+    key, where the frames inside the channel hold them; the capture is not empty (it
+    holds the WebSocket upgrade, and more bytes than the frames with their tags)."""
+    socket, frames = sources["socket"], sources["frames"]
+    public = [h.encode() for h in story.handles] + story.identity_keys
+    assert hits({"socket": socket}, public) == []
+    assert {v for _, v in hits({"frames": frames}, public)} >= {b"alice", b"bob", b"airline"}
+    assert b"Sec-WebSocket-Protocol: blindrelay.v2" in socket
+    assert len(socket) > len(frames)
 
 
 def canaries_of(story: Scenario) -> tuple[list[bytes], set[bytes]]:
@@ -379,11 +445,13 @@ def test_no_canary_reaches_the_relay_database_logs_or_wire(
     sources["db (checkpointed)"] = db.read_bytes()
     sources["logs"] = logs
     sources["frames"] = b"".join(wire.messages)
+    sources["socket"] = bytes(wire.socket)
 
     canaries, keys = canaries_of(story)
     found = hits(sources, canaries)
     report(capsys, story, canaries, keys, sources, found)
     assert found == [], found
+    network_sees_nothing_but_sizes(sources, story)
 
     # Positive controls: the scanner finds what the relay legitimately holds …
     public = [h.encode() for h in story.handles] + story.identity_keys
@@ -613,11 +681,13 @@ def test_no_canary_reaches_the_postgresql_store_its_wal_logs_or_wire(
     sources["links"] = b"".join(links.data)
     sources["logs"] = logs
     sources["frames"] = b"".join(wire.messages)
+    sources["socket"] = bytes(wire.socket)
 
     canaries, keys = canaries_of(story)
     found = hits(sources, canaries)
     report(capsys, story, canaries, keys, sources, found)
     assert found == [], found
+    network_sees_nothing_but_sizes(sources, story)
 
     # Positive controls: the scanner finds what the relay legitimately holds, in the
     # tables and in the WAL window, and a value planted by SQL inside the window.

@@ -18,12 +18,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import msgpack
+from nacl.signing import SigningKey
 
+from blindrelay.protocol import channel, limits
 from blindrelay.protocol import frames as f
-from blindrelay.protocol import limits
 from blindrelay.protocol import pow as puzzle
 from blindrelay.protocol.codec import encode
-from blindrelay.protocol.connection import register_transcript
+from blindrelay.protocol.connection import login_transcript, register_transcript
 from blindrelay.protocol.jsonform import to_json
 from blindrelay.protocol.skeleton import leading_skeletons, skeleton
 
@@ -31,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 
 K32 = bytes(range(32))
 K32B = bytes(range(32, 64))
+K64 = bytes(range(64, 128))
 SIG = bytes(range(64))
 MID = bytes.fromhex("00112233445566778899aabbccddeeff")
 N16 = bytes(range(16))
@@ -42,10 +44,10 @@ def valid_frames() -> dict[str, f.Frame]:
     spk = f.SignedPreKeyRecord(key_id=7, public=K32B, signature=SIG)
     otk = f.OneTimePreKeyRecord(key_id=1001, public=K32)
     return {
-        "hello": f.Hello(version=1, relay_key=K32, challenge=K32B, expires_at=T0 + 30_000, now=T0),
+        "hello": f.Hello(version=2, relay_key=K32, challenge=K32B, expires_at=T0 + 30_000, now=T0),
         "register_user": f.Register(id=1, handle="alice", kind="user", identity_key=K32, signature=SIG),
         "register_business": f.Register(id=1, handle="skyways.air", kind="business", identity_key=K32, signature=SIG),
-        "hello_with_pow": f.Hello(version=1, relay_key=K32, challenge=K32B, expires_at=T0 + 120_000, now=T0, pow=POW),
+        "hello_with_pow": f.Hello(version=2, relay_key=K32, challenge=K32B, expires_at=T0 + 120_000, now=T0, pow=POW),
         "register_with_pow_and_invite": f.Register(id=1, handle="alice", kind="user", identity_key=K32, signature=SIG, pow_nonce=N16, invite=N16[::-1]),
         "login": f.Login(id=1, handle="alice", signature=SIG),
         "welcome": f.Welcome(re=1, handle="alice", kind="user", queued=3, one_time_prekeys=100, has_signed_prekey=True),
@@ -96,7 +98,7 @@ _DROP = object()
 
 
 def _hello(**extra: object) -> dict[str, object]:
-    return {"t": 1, "version": 1, "relay_key": K32, "challenge": K32B, "expires_at": T0, "now": T0, **extra}
+    return {"t": 1, "version": 2, "relay_key": K32, "challenge": K32B, "expires_at": T0, "now": T0, **extra}
 
 
 def invalid_vectors() -> dict[str, tuple[bytes, str, int | None, str]]:
@@ -239,14 +241,15 @@ def pow_vectors() -> list[dict[str, object]]:
     the nonce solves it (a solution found by counting from 0, and the nonce before it)."""
     out: list[dict[str, object]] = []
     cost = f.ProofOfWork(bits=3, opslimit=1, memlimit=1024 * 1024)
-    transcript = register_transcript(K32, K32B, "alice", "user", K32)
+    transcript = register_transcript(K32, K32B, "alice", "user", K32, handshake_hash=K64)
     solved = puzzle.solve(transcript, K32B, cost.bits, cost.opslimit, cost.memlimit)
     before = (int.from_bytes(solved, "big") - 1).to_bytes(16, "big")
     for nonce in (solved, before) if solved != bytes(16) else (solved,):
         digest = puzzle.proof_digest(transcript, K32B, nonce, cost.opslimit, cost.memlimit)
         out.append(
             {
-                "relay_key": K32.hex(), "challenge": K32B.hex(), "handle": "alice", "kind": "user",
+                "relay_key": K32.hex(), "challenge": K32B.hex(), "handshake_hash": K64.hex(),
+                "handle": "alice", "kind": "user",
                 "identity_key": K32.hex(), "bits": cost.bits, "opslimit": cost.opslimit,
                 "memlimit": cost.memlimit, "registration_transcript": transcript.hex(),
                 "pow_nonce": nonce.hex(), "digest": digest.hex(),
@@ -255,6 +258,52 @@ def pow_vectors() -> list[dict[str, object]]:
             }
         )  # fmt: skip
     return out
+
+
+def channel_vectors() -> dict[str, object]:
+    """SPEC §1.3: a whole handshake and the first frames each way, from fixed keys.
+
+    The relay's key pair and Noise static come from ``relay_seed``; the two
+    ephemerals are fixed; the LOGIN is signed by the identity key of
+    ``identity_seed`` over the transcript with this handshake's hash (SPEC §4.3)."""
+    relay_seed, identity_seed = bytes(range(100, 132)), bytes(range(200, 232))
+    client_e, relay_e = bytes(range(1, 33)), bytes(range(33, 65))
+    signing = SigningKey(relay_seed)
+    relay_key = bytes(signing.verify_key)
+    static = channel.relay_static_key(relay_seed)
+    binding = channel.static_binding(signing, static.public)
+    relay = channel.RelayChannel(static, binding, lambda n: relay_e)
+    client = channel.ClientChannel(lambda n: client_e)
+    first = client.start()
+    second = relay.receive_handshake(first)
+    client.receive_handshake(second)
+    assert client.handshake_hash == relay.handshake_hash and client.handshake_hash is not None
+    hh = client.handshake_hash
+    identity = SigningKey(identity_seed)
+    transcript = login_transcript(relay_key, K32B, "alice", handshake_hash=hh)
+    frames: list[tuple[str, f.Frame]] = [
+        ("relay", f.Hello(version=2, relay_key=relay_key, challenge=K32B,
+                          expires_at=T0 + 30_000, now=T0)),
+        ("client", f.Login(id=1, handle="alice", signature=identity.sign(transcript).signature)),
+        ("relay", f.Welcome(re=1, handle="alice", kind="user", queued=0, one_time_prekeys=0,
+                            has_signed_prekey=False)),
+        ("client", f.Ack(delivery_ids=(1,))),
+    ]  # fmt: skip
+    sealed = []
+    for side, frame in frames:
+        plaintext = encode(frame)
+        message = (relay if side == "relay" else client).encrypt(plaintext)
+        sealed.append({"from": side, "frame": to_json(frame), "plaintext": plaintext.hex(),
+                       "message": message.hex()})  # fmt: skip
+    return {
+        "protocol_name": channel.PROTOCOL_NAME.decode(), "prologue": channel.PROLOGUE.hex(),
+        "relay_seed": relay_seed.hex(), "relay_key": relay_key.hex(),
+        "relay_static_private": static.private.hex(), "relay_static_public": static.public.hex(),
+        "binding": binding.hex(), "client_ephemeral": client_e.hex(),
+        "relay_ephemeral": relay_e.hex(), "handshake": [first.hex(), second.hex()],
+        "handshake_hash": hh.hex(), "identity_seed": identity_seed.hex(),
+        "login_transcript": transcript.hex(), "frames": sealed,
+    }  # fmt: skip
 
 
 def main() -> None:
@@ -271,6 +320,7 @@ def main() -> None:
         _write(HERE / "invalid" / f"{name}.json", invalid)
     _write(HERE / "skeletons.json", {"skeletons": skeleton_vectors()})
     _write(HERE / "pow.json", {"pow": pow_vectors()})
+    _write(HERE / "channel.json", channel_vectors())
 
 
 def _write(path: Path, record: Mapping[str, object]) -> None:

@@ -3,9 +3,10 @@
 They bypass the generic codec (protocol.fastcodec, tested against it in
 tests/protocol/test_fastcodec.py) and websockets' frame reader and writer for speed,
 so these tests hold the shortcuts to the real thing: acks are the codec's, frames
-written by websockets' server are read in any pieces and ours parse in it, anything
-unexpected fails the run, and against a real relay every notification is
-acknowledged (nothing is left to redeliver).
+written by websockets' server are read in any pieces and ours parse in it, every
+frame is sealed in the Noise channel (SPEC §1.3) both ways, anything unexpected
+(a message that fails the channel too) fails the run, and against a real relay
+every notification is acknowledged (nothing is left to redeliver).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from bench.loadgen import LoadError
 from blindrelay.client.business import Business
 from blindrelay.client.keystore import MemoryKeyStore
 from blindrelay.client.sdk import Client
-from blindrelay.protocol import SUBPROTOCOL, frames, limits
+from blindrelay.protocol import SUBPROTOCOL, channel, frames, limits
+from blindrelay.protocol.channel import MAX_TRANSPORT_MESSAGE_BYTES, RelayChannel
 from blindrelay.protocol.codec import encode
 from blindrelay.protocol.crypto.keys import IdentityKeyPair, SignedPreKey
 from blindrelay.server.config import RelayConfig
@@ -133,13 +135,23 @@ def test_masks_are_fresh_from_os_urandom(monkeypatch):
 # --- one customer's connection, in memory against websockets' server protocol --------
 
 
+RELAY_SEED = b"\x09" * 32
+
+
 class Wire(asyncio.Transport):
-    """A transport that hands what the customer writes to a websockets server protocol."""
+    """A transport that hands what the customer writes to a websockets server protocol,
+    with the relay's end of the channel (:meth:`seal`, :meth:`received` opens)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.server = ServerProtocol(subprotocols=[Subprotocol(SUBPROTOCOL)])
+        static = channel.relay_static_key(RELAY_SEED)
+        binding = channel.static_binding(SigningKey(RELAY_SEED), static.public)
+        self.channel = RelayChannel(static, binding, os.urandom)
         self.closed = False
+
+    def seal(self, frame: bytes) -> bytes:
+        return self.channel.encrypt(frame)
 
     def write(self, data: bytes) -> None:
         self.server.receive_data(data)
@@ -156,7 +168,12 @@ class Wire(asyncio.Transport):
     abort = close
 
     def received(self) -> list[tuple[Opcode, bytes]]:
-        return [(e.opcode, e.data) for e in self.server.events_received() if isinstance(e, Frame)]
+        """Frames the customer sent, binary ones opened in the channel."""
+        return [
+            (e.opcode, self.channel.decrypt(e.data) if e.opcode is Opcode.BINARY else e.data)
+            for e in self.server.events_received()
+            if isinstance(e, Frame)
+        ]
 
     def to_customer(self, customer: Customer, chunk: int | None = None) -> None:
         """What the server wrote since last time, in ``chunk``-byte reads (default: one)."""
@@ -167,13 +184,19 @@ class Wire(asyncio.Transport):
 
 
 async def ready_customer(tally: Tally) -> tuple[Customer, Wire]:
-    """A customer past setup, as after :meth:`Customer.connect`; the server's handshake
-    response is written but not yet read, so a test decides how it arrives."""
+    """A customer past setup, as after :meth:`Customer.connect`: the WebSocket and Noise
+    handshakes done (message 1 read by the server's channel, message 2 by the customer)."""
     customer = Customer("c00001", parse_uri("ws://127.0.0.1:1/"), tally, Masks())
     wire = Wire()
     customer.connection_made(wire)
     (request,) = wire.server.events_received()
     wire.server.send_response(wire.server.accept(request))  # type: ignore[arg-type]
+    wire.to_customer(customer)  # the response: the customer sends message 1
+    ((opcode, first),) = [(e.opcode, e.data) for e in wire.server.events_received()]  # type: ignore[union-attr]
+    assert opcode is Opcode.BINARY and len(first) == channel.HANDSHAKE_REQUEST_BYTES
+    wire.server.send_binary(wire.channel.receive_handshake(first))
+    wire.to_customer(customer)
+    assert customer.channel.established
     customer.inbox = None  # setup (REGISTER, grant) is what the relay test below covers
     return customer, wire
 
@@ -184,8 +207,8 @@ def test_each_notification_is_acknowledged_with_its_delivery_id(chunk):
         tally = Tally(1)
         customer, wire = await ready_customer(tally)
         wire.server.send_ping(b"p")
-        wire.server.send_binary(encode(deliver(delivery_id=7_000_001)))  # a 2-byte length
-        wire.to_customer(customer, chunk)  # with the handshake response, in any pieces
+        wire.server.send_binary(wire.seal(encode(deliver(delivery_id=7_000_001))))  # 2-byte size
+        wire.to_customer(customer, chunk)  # in any pieces
         assert tally.done.done() and tally.done.exception() is None
         assert tally.remaining == 0 and 0 < tally.first == tally.last
         assert wire.received() == [(Opcode.PONG, b"p"), (Opcode.BINARY, encode(frames.Ack(delivery_ids=(7_000_001,))))]
@@ -194,28 +217,34 @@ def test_each_notification_is_acknowledged_with_its_delivery_id(chunk):
     asyncio.run(run())
 
 
-def send_fragmented(server: ServerProtocol) -> None:
-    server.send_binary(encode(deliver())[:10], fin=False)
-    server.send_continuation(encode(deliver())[10:], fin=True)
+def send_fragmented(wire: Wire) -> None:
+    sealed = wire.seal(encode(deliver()))
+    wire.server.send_binary(sealed[:10], fin=False)
+    wire.server.send_continuation(sealed[10:], fin=True)
 
 
 @pytest.mark.parametrize(
     ("send", "error"),
     [
-        (lambda s: s.send_binary(encode(deliver(intent="chat", category=None))), "notification"),
-        (lambda s: [s.send_binary(encode(deliver(delivery_id=i))) for i in (1, 2)], "second"),
-        (lambda s: s.send_text(b"hello"), "0x81"),
+        (lambda w: w.server.send_binary(w.seal(encode(deliver(intent="chat", category=None)))),
+         "notification"),
+        (lambda w: [w.server.send_binary(w.seal(encode(deliver(delivery_id=i)))) for i in (1, 2)],
+         "second"),
+        (lambda w: w.server.send_text(b"hello"), "0x81"),
         (send_fragmented, "0x02"),
-        (lambda s: s.send_binary(bytes(limits.MAX_FRAME_BYTES)), "MalformedFrame"),  # 8-byte size
-        (lambda s: s.send_binary(bytes(limits.MAX_FRAME_BYTES + 1)), "65537-byte frame"),
+        (lambda w: w.server.send_binary(w.seal(bytes(limits.MAX_FRAME_BYTES))), "MalformedFrame"),
+        (lambda w: w.server.send_binary(bytes(MAX_TRANSPORT_MESSAGE_BYTES + 1)),
+         f"{MAX_TRANSPORT_MESSAGE_BYTES + 1}-byte frame"),
+        (lambda w: w.server.send_binary(encode(deliver())), "channel"),
     ],
-    ids=["a chat", "a second notification", "text", "fragments", "64 KiB", "over 64 KiB"],
+    ids=["a chat", "a second notification", "text", "fragments", "the largest frame",
+         "over the largest", "not sealed"],
 )
 def test_anything_unexpected_fails_the_run(send, error):
     async def run() -> None:
         tally = Tally(2)
         customer, wire = await ready_customer(tally)
-        send(wire.server)
+        send(wire)
         wire.to_customer(customer)
         with pytest.raises(LoadError, match=error):
             tally.done.result()

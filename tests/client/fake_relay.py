@@ -41,10 +41,14 @@ URL = "ws://relay.test"
 
 
 class MemoryTransport:
-    """The client's end of one connection (what :class:`WebSocketTransport` offers)."""
+    """The client's end of one connection (what :class:`WebSocketTransport` offers): as
+    if the Noise channel were established (SPEC §1.3), with its handshake hash and the
+    relay key it bound, and frames moved as they are."""
 
-    def __init__(self, end: RelayEnd) -> None:
+    def __init__(self, end: RelayEnd, handshake_hash: bytes, relay_key: bytes) -> None:
         self._end = end
+        self.handshake_hash = handshake_hash
+        self.relay_key = relay_key
         self._inbound: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.closed = False
         self.aborted = False
@@ -83,8 +87,11 @@ class RelayEnd:
 
     def __init__(self, relay: FakeRelay, key: SigningKey) -> None:
         self.relay = relay
-        self.machine = RelayConnection(key.verify_key.encode(), relay.clock(), os.urandom)
-        self.transport = MemoryTransport(self)
+        handshake_hash = os.urandom(64)  # the channel's, which both ends share
+        self.machine = RelayConnection(
+            key.verify_key.encode(), relay.clock(), os.urandom, handshake_hash=handshake_hash
+        )
+        self.transport = MemoryTransport(self, handshake_hash, key.verify_key.encode())
         self._frames: list[frames.Frame] = []
         self._changed = asyncio.Event()
         self.flush()  # HELLO

@@ -1,16 +1,26 @@
-"""SPEC §1 Transport: WebSocket, subprotocol, binary frames, no compression, size cap."""
+"""SPEC §1 Transport: WebSocket, subprotocol, the Noise channel, binary frames, no
+compression, size cap."""
 
 from __future__ import annotations
+
+import asyncio
+import os
 
 import msgpack
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from blindrelay.protocol import SUBPROTOCOL, limits
-from blindrelay.protocol.frames import Deliver, Error, Send, Sent, Welcome
+from blindrelay.protocol import SUBPROTOCOL, channel, limits
+from blindrelay.protocol.codec import encode
+from blindrelay.protocol.frames import BundleFetch, Deliver, Error, Send, Sent
 
-from .wire import FRAME_TIMEOUT_S, Account, new_handle, new_msg_id
+from .wire import (
+    FRAME_TIMEOUT_S,
+    new_handle,
+    new_msg_id,
+    open_socket,
+)
 
 
 async def _handshake_status(url: str, subprotocols: list[str] | None) -> int:
@@ -40,22 +50,95 @@ async def test_handshake_offering_only_another_subprotocol_is_refused_with_400(r
 
 @pytest.mark.spec("1.1.2")
 async def test_handshake_offering_the_subprotocol_selects_it(relay):
-    """SPEC: "The client MUST offer the subprotocol `blindrelay.v1`" — and the relay picks it."""
+    """SPEC: "The client MUST offer the subprotocol `blindrelay.v2`" — and the relay picks it."""
     peer = await relay.connect()
     assert peer.ws.subprotocol == SUBPROTOCOL
 
 
 @pytest.mark.spec("1.1.3")
-async def test_text_message_gets_error_100_and_the_connection_stays_open(relay):
-    """SPEC: "A relay that receives a text message MUST answer ERROR 100 MALFORMED_FRAME and
-    keep the connection open"."""
+async def test_a_text_message_fails_the_channel_and_closes_with_4001_unanswered(relay):
+    """SPEC: "A text message [...] fails the channel: the receiver closes the connection with
+    close code 4001 and answers nothing"."""
     peer = await relay.connect()
-    await peer.send_raw("hello")
-    error = await peer.recv()
-    assert isinstance(error, Error)
-    assert (error.code, error.re) == (100, None)
-    welcome = await peer.register(Account(new_handle("text"), "user"))
-    assert isinstance(welcome, Welcome)
+    await peer.send_wire("hello")
+    assert await peer.closed() == channel.CLOSE_CHANNEL_FAILED == 4001
+    assert peer.pending() == []
+
+
+# --- §1.3 the channel ---------------------------------------------------------------------
+
+
+async def _closed_without_a_frame(ws) -> int | None:
+    """Read until the relay closes; any message before the close is a violation."""
+    received = []
+    try:
+        while True:
+            received.append(await asyncio.wait_for(ws.recv(), FRAME_TIMEOUT_S))
+    except ConnectionClosed:
+        pass
+    assert received == [], "the relay answered a message that failed the channel"
+    return ws.close_code
+
+
+@pytest.mark.spec("1.3.3")
+async def test_the_relay_answers_message_1_with_192_bytes_binding_its_relay_key(relay):
+    """SPEC: "message 2 is exactly 192 bytes"; its payload binds the static key to the relay
+    key that HELLO then names (checked by the wire client, §1.3.2)."""
+    ws = await open_socket(relay.url)
+    try:
+        client = channel.ClientChannel(os.urandom)
+        await ws.send(client.start())
+        second = await asyncio.wait_for(ws.recv(), FRAME_TIMEOUT_S)
+        assert isinstance(second, bytes) and len(second) == 192
+        relay_key = client.receive_handshake(second)
+        peer = await relay.connect()
+        assert relay_key == peer.hello.relay_key
+    finally:
+        await ws.close()
+
+
+@pytest.mark.spec("1.3.3")
+@pytest.mark.parametrize("first", [b"", bytes(31), bytes(33), bytes(32)], ids=["empty", "31", "33", "low-order"])
+async def test_a_malformed_first_message_closes_with_4001_unanswered(relay, first):
+    """SPEC: "Message 1 is exactly 32 bytes"; any other size or a low-order key fails."""
+    ws = await open_socket(relay.url)
+    await ws.send(first)
+    assert await _closed_without_a_frame(ws) == 4001
+
+
+@pytest.mark.spec("1.3.3")
+async def test_a_frame_sent_in_the_clear_instead_of_the_handshake_closes_with_4001(relay):
+    """No frame is read outside the channel: an old (version 1) client's first frame fails."""
+    ws = await open_socket(relay.url)
+    await ws.send(encode(BundleFetch(id=1, handle="nobody")))
+    assert await _closed_without_a_frame(ws) == 4001
+
+
+@pytest.mark.spec("1.3.6")
+@pytest.mark.parametrize("attack", ["tamper", "replay", "reorder", "forge"])
+async def test_a_transport_message_that_fails_closes_with_4001_unanswered(relay, attack):
+    """SPEC: tampered, replayed, reordered or forged, the relay closes with 4001 and
+    answers nothing — not the message, nor any after it."""
+    peer = await relay.user()
+    ask = lambda i: encode(BundleFetch(id=i, handle=new_handle("nobody")))  # noqa: E731
+    one, two = peer.channel.encrypt(ask(901)), peer.channel.encrypt(ask(902))
+    if attack == "tamper":
+        await peer.send_wire(one[:-1] + bytes([one[-1] ^ 1]))
+    elif attack == "replay":
+        await peer.send_wire(one, expect_re=901)
+        assert isinstance(await peer.response(901), Error)  # answered: an unknown handle
+        await peer.send_wire(one)
+    elif attack == "reorder":
+        await peer.send_wire(two)
+    else:
+        await peer.send_wire(os.urandom(len(one)))
+    assert await _closed_without_a_frame(peer.ws) == 4001
+
+
+@pytest.mark.spec("1.3.4")
+async def test_the_relay_seals_every_frame_and_a_frame_of_max_size_fits(relay):
+    """SPEC: "a transport message is the frame plus 16 bytes, at most 65,535"."""
+    assert channel.MAX_TRANSPORT_MESSAGE_BYTES == limits.MAX_FRAME_BYTES + 16 == 65_535
 
 
 @pytest.mark.spec("1.1.4")
@@ -77,10 +160,10 @@ async def test_per_message_compression_is_never_negotiated(relay):
 
 @pytest.mark.spec("1.1.5")
 async def test_message_over_max_frame_bytes_closes_with_1009(relay):
-    """SPEC: "Either side MUST refuse a message larger than MAX_FRAME_BYTES (65,536 bytes) by
-    closing the connection with WebSocket close code 1009"."""
+    """SPEC: "Either side MUST refuse a WebSocket message larger than 65,535 bytes by closing
+    the connection with WebSocket close code 1009"."""
     peer = await relay.user()
-    await peer.send_raw(b"\x80" + bytes(limits.MAX_FRAME_BYTES))
+    await peer.send_wire(b"\x80" + bytes(channel.MAX_TRANSPORT_MESSAGE_BYTES))
     assert await peer.closed() == 1009
 
 
@@ -118,7 +201,7 @@ async def test_an_oversize_message_leaves_other_connections_unaffected(relay):
     alice = await relay.user()
     bob = await relay.user()
     offender = await relay.user()
-    await offender.send_raw(bytes(limits.MAX_FRAME_BYTES + 1))
+    await offender.send_wire(bytes(channel.MAX_TRANSPORT_MESSAGE_BYTES + 1))
     assert await offender.closed() == 1009
     sent = await alice.request(
         lambda i: Send(id=i, to=bob.handle, msg_id=new_msg_id(), intent="chat", body=b"still here")

@@ -56,7 +56,10 @@ async def test_register_refuses_a_handle_outside_the_pattern(relay, handle):
     key = IdentityKeyPair.generate(rng)
     request_id = peer.next_id()
     signature = key.sign(
-        register_transcript(peer.hello.relay_key, peer.hello.challenge, "abc", "user", key.public)
+        register_transcript(
+            peer.hello.relay_key, peer.hello.challenge, "abc", "user", key.public,
+            handshake_hash=peer.channel.handshake_hash,
+        )
     )
     data = msgpack.packb(
         {

@@ -26,13 +26,16 @@ from blindrelay.protocol.frames import (
 from .wire import Account, error_code, new_handle, new_msg_id, rng
 
 
-def _register_frame(peer, account: Account, *, relay_key=None, challenge=None, key=None):
+def _register_frame(
+    peer, account: Account, *, relay_key=None, challenge=None, key=None, handshake_hash=None
+):
     transcript = register_transcript(
         relay_key or peer.hello.relay_key,
         challenge or peer.hello.challenge,
         account.handle,
         account.kind,
         account.public,
+        handshake_hash=handshake_hash or peer.channel.handshake_hash,
     )
     signature = (key or account.key).sign(transcript)
     return Register(
@@ -45,10 +48,12 @@ def _register_frame(peer, account: Account, *, relay_key=None, challenge=None, k
 
 
 def _login_frame(
-    peer, account: Account, *, relay_key=None, challenge=None, key=None, request_id=None
+    peer, account: Account, *, relay_key=None, challenge=None, key=None, request_id=None,
+    handshake_hash=None,
 ):
     transcript = login_transcript(
-        relay_key or peer.hello.relay_key, challenge or peer.hello.challenge, account.handle
+        relay_key or peer.hello.relay_key, challenge or peer.hello.challenge, account.handle,
+        handshake_hash=handshake_hash or peer.channel.handshake_hash,
     )
     return Login(
         id=request_id or peer.next_id(),
@@ -69,14 +74,14 @@ async def _refused_and_closed(peer, frame) -> None:
 
 @pytest.mark.spec("4.1")
 async def test_hello_carries_version_relay_key_fresh_challenge_and_clock(relay):
-    """HELLO: version 1, a 32-byte relay key, a challenge "unique to this connection",
+    """HELLO: version 2, a 32-byte relay key, a challenge "unique to this connection",
     `expires_at` CHALLENGE_TTL_MS after HELLO (POW_CHALLENGE_TTL_MS with `pow`, §4.4.1)
     and the relay clock `now`."""
     before = time.time_ns() // 1_000_000
     first = await relay.connect()
     second = await relay.connect()
     for hello in (first.hello, second.hello):
-        assert hello.version == PROTOCOL_VERSION == 1
+        assert hello.version == PROTOCOL_VERSION == 2
         assert len(hello.relay_key) == 32 and len(hello.challenge) == limits.CHALLENGE_BYTES
         ttl = limits.CHALLENGE_TTL_MS if hello.pow is None else limits.POW_CHALLENGE_TTL_MS
         assert hello.expires_at - hello.now == ttl
@@ -164,6 +169,26 @@ async def test_login_replayed_from_another_connection_fails_and_closes(relay):
     victim = await relay.connect()
     frame = _login_frame(victim, alice.account, challenge=other.hello.challenge)
     await _refused_and_closed(victim, frame)
+
+
+@pytest.mark.spec("4.4.2")
+async def test_login_signed_over_another_channel_fails_and_closes(relay):
+    """SPEC §4.4.2: "the signature the client makes covers the forwarder's channel and the
+    relay refuses it": right key, relay key and challenge, another channel's hash."""
+    alice = await relay.user()
+    other = await relay.connect()
+    peer = await relay.connect()
+    frame = _login_frame(peer, alice.account, handshake_hash=other.channel.handshake_hash)
+    await _refused_and_closed(peer, frame)
+
+
+@pytest.mark.spec("4.4.2")
+async def test_register_signed_over_another_channel_fails_and_closes(relay):
+    other = await relay.connect()
+    peer = await relay.connect()
+    account = Account(new_handle("chan"), "user")
+    frame = _register_frame(peer, account, handshake_hash=other.channel.handshake_hash)
+    await _refused_and_closed(peer, frame)
 
 
 @pytest.mark.spec("4.4.1")

@@ -15,7 +15,7 @@ from .wire import FRAME_TIMEOUT_S
 
 @pytest.mark.spec("12.1")
 async def test_the_major_version_is_in_the_subprotocol_and_in_hello(relay):
-    """SPEC §12.1: "The major version is in the subprotocol name (blindrelay.v1) and in
+    """SPEC §12.1: "The major version is in the subprotocol name (blindrelay.v2) and in
     HELLO version"; the handshake picks the version both sides speak."""
     ws = await connect(
         relay.url,
@@ -25,20 +25,21 @@ async def test_the_major_version_is_in_the_subprotocol_and_in_hello(relay):
         open_timeout=FRAME_TIMEOUT_S,
     )
     try:
-        assert ws.subprotocol == SUBPROTOCOL == "blindrelay.v1"
+        assert ws.subprotocol == SUBPROTOCOL == "blindrelay.v2"
     finally:
         await ws.close()
     peer = await relay.connect()
-    assert peer.hello.version == PROTOCOL_VERSION == 1
+    assert peer.hello.version == PROTOCOL_VERSION == 2
 
 
 @pytest.mark.spec("12.1")
 async def test_a_handshake_for_another_major_version_only_is_refused(relay):
-    """SPEC §12.1/§1.1.2: a client offering only `blindrelay.v2` gets no upgrade."""
+    """SPEC §12.1/§1.1.2: a client offering only another version gets no upgrade — version 1
+    too: there is no compatibility mode for the protocol without the channel."""
     with pytest.raises(InvalidStatus) as refused:
         ws = await connect(
             relay.url,
-            subprotocols=["blindrelay.v2"],
+            subprotocols=["blindrelay.v1", "blindrelay.v3"],
             compression=None,
             proxy=None,
             open_timeout=FRAME_TIMEOUT_S,

@@ -2,11 +2,15 @@
 
 It speaks the wire protocol through ``blindrelay.protocol`` and a plain
 ``websockets`` client only; it knows nothing of any relay's internals, so the
-suite runs against any implementation given its URL.
+suite runs against any implementation given its URL. Every connection starts
+with the Noise handshake of SPEC §1.3 (:class:`ClientChannel`), and every frame
+travels sealed; :meth:`Peer.send_wire` puts bytes on the socket as they are, for
+the tests of the channel itself.
 
 Every message the relay sends passes three checks before a test sees it:
 
-- it is a binary message that decodes strictly (SPEC §1.1.3, §2.3);
+- it is a binary message that opens in the channel (SPEC §1.3.4) and decodes
+  strictly (SPEC §2.3);
 - it is canonical: re-encoding the decoded frame gives the same bytes (SPEC §2.3);
 - a frame with ``re`` answers a request of ours that has no answer yet, so every
   request gets at most one response and no response is invented (SPEC §2.2.1).
@@ -34,6 +38,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from blindrelay.protocol import SUBPROTOCOL
+from blindrelay.protocol.channel import ChannelError, ClientChannel
 from blindrelay.protocol.codec import decode, encode
 from blindrelay.protocol.connection import ClientConnection
 from blindrelay.protocol.crypto.keys import IdentityKeyPair, OneTimePreKey, SignedPreKey
@@ -111,9 +116,11 @@ def one_time_prekeys(first_id: int, count: int) -> tuple[OneTimePreKeyRecord, ..
 class Peer:
     """One connection to the relay, from HELLO to close."""
 
-    def __init__(self, ws: WebSocket, hello: Received) -> None:
+    def __init__(self, ws: WebSocket, channel: ClientChannel, hello: Received) -> None:
         assert isinstance(hello.frame, Hello)
         self.ws = ws
+        self.channel = channel
+        """The Noise channel: its ``handshake_hash`` is what LOGIN and REGISTER sign."""
         self.hello: Hello = hello.frame
         self._hello_at = time.monotonic()
         self.account: Account | None = None
@@ -137,8 +144,16 @@ class Peer:
         self._next_id += 1
         return request_id
 
-    async def send_raw(self, data: bytes | str, *, expect_re: int | None = None) -> None:
-        """Send any message; ``expect_re`` is the id the relay may answer with."""
+    async def send_raw(self, data: bytes, *, expect_re: int | None = None) -> None:
+        """Send any bytes as a frame, sealed in the channel; ``expect_re`` is the id the
+        relay may answer with."""
+        if expect_re is not None:
+            self._outstanding.add(expect_re)
+        await self.ws.send(self.channel.encrypt(data))
+
+    async def send_wire(self, data: bytes | str, *, expect_re: int | None = None) -> None:
+        """Put ``data`` on the socket as one WebSocket message, outside the channel
+        (``expect_re`` as for :meth:`send_raw`, for a message sealed by the test)."""
         if expect_re is not None:
             self._outstanding.add(expect_re)
         await self.ws.send(data)
@@ -170,6 +185,10 @@ class Peer:
             raise
         if not isinstance(data, bytes):
             raise RelayViolation(f"SPEC §1.1.3: relay sent a text message {data[:80]!r}")
+        try:
+            data = self.channel.decrypt(data)
+        except ChannelError as exc:
+            raise RelayViolation(f"SPEC §1.3.4: relay sent a message that fails ({exc})") from None
         try:
             frame = decode(data)
         except ProtocolError as exc:
@@ -266,7 +285,7 @@ class Peer:
         return await self._authenticate(machine, request_id, account)
 
     def _machine(self) -> ClientConnection:
-        machine = ClientConnection()
+        machine = ClientConnection(self.channel.handshake_hash, self.channel.relay_key)
         machine.receive_data(encode(self.hello))
         return machine
 
@@ -290,9 +309,9 @@ class Peer:
         await self.ws.close()
 
 
-async def open_peer(url: str, subprotocols: Sequence[str] = (SUBPROTOCOL,)) -> Peer:
-    """Connect and read HELLO, which the relay sends first (SPEC §4.1)."""
-    ws = await connect(
+async def open_socket(url: str, subprotocols: Sequence[str] = (SUBPROTOCOL,)) -> WebSocket:
+    """A WebSocket to the relay, nothing sent on it yet."""
+    return await connect(
         url,
         subprotocols=[Subprotocol(p) for p in subprotocols],
         compression=None,
@@ -301,13 +320,39 @@ async def open_peer(url: str, subprotocols: Sequence[str] = (SUBPROTOCOL,)) -> P
         max_size=None,
         max_queue=None,  # unread pushes (PREKEYS_LOW…) must never stall the close handshake
     )
+
+
+async def handshake(ws: WebSocket) -> ClientChannel:
+    """SPEC §1.3: message 1 out, message 2 in and checked (its relay key binding)."""
+    channel = ClientChannel(rng)
+    await ws.send(channel.start())
+    reply = await asyncio.wait_for(ws.recv(), FRAME_TIMEOUT_S)
+    if not isinstance(reply, bytes):
+        raise RelayViolation("SPEC §1.3.3: handshake message 2 must be a binary message")
+    try:
+        channel.receive_handshake(reply)
+    except ChannelError as exc:
+        raise RelayViolation(f"SPEC §1.3: the relay's handshake fails ({exc})") from None
+    return channel
+
+
+async def open_peer(url: str, subprotocols: Sequence[str] = (SUBPROTOCOL,)) -> Peer:
+    """Connect, run the handshake and read HELLO, the relay's first frame (SPEC §4.1)."""
+    ws = await open_socket(url, subprotocols)
+    channel = await handshake(ws)
     data = await asyncio.wait_for(ws.recv(), FRAME_TIMEOUT_S)
     if not isinstance(data, bytes):
         raise RelayViolation("SPEC §1.1.3: HELLO must be a binary message")
+    try:
+        data = channel.decrypt(data)
+    except ChannelError as exc:
+        raise RelayViolation(f"SPEC §1.3.4: HELLO does not open ({exc})") from None
     frame = decode(data)
     if not isinstance(frame, Hello):
         raise RelayViolation(f"SPEC §4.1: first frame is {frame.TYPE.name}, not HELLO")
-    return Peer(ws, Received(frame, data))
+    if frame.relay_key != channel.relay_key:
+        raise RelayViolation("SPEC §1.3.2: HELLO names another relay key than the handshake")
+    return Peer(ws, channel, Received(frame, data))
 
 
 def non_canonical(value: object) -> bytes:
@@ -348,10 +393,12 @@ __all__ = [
     "Received",
     "RelayViolation",
     "error_code",
+    "handshake",
     "new_handle",
     "new_msg_id",
     "non_canonical",
     "one_time_prekeys",
     "open_peer",
+    "open_socket",
     "signed_prekey",
 ]

@@ -8,16 +8,21 @@ fixed keys, a counting RNG and a fixed clock, so every run is the same bytes.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable
 
 from nacl.signing import SigningKey
 
-from blindrelay.protocol import codec
+from blindrelay.protocol import channel, codec
 from blindrelay.protocol import frames as f
 from blindrelay.protocol.connection import ClientConnection, RelayConnection
 
 T0 = 1_790_000_000_000
 """The relay's clock at HELLO (Unix ms)."""
+
+HANDSHAKE_HASH = bytes(range(64))
+"""The channel's handshake hash both ends sign and check over (SPEC §1.3, §4.2): the
+channel itself is tested apart (test_channel.py)."""
 
 ALICE = SigningKey(b"\x02" * 32)
 """Alice's identity key."""
@@ -38,8 +43,10 @@ class Pair:
 
     def __init__(self) -> None:
         self.relay_key = SigningKey(b"\x01" * 32)
-        self.relay = RelayConnection(self.relay_key.verify_key.encode(), T0, counter_rng())
-        self.client = ClientConnection()
+        self.relay = RelayConnection(
+            self.relay_key.verify_key.encode(), T0, counter_rng(), handshake_hash=HANDSHAKE_HASH
+        )
+        self.client = ClientConnection(HANDSHAKE_HASH)
         self.flush()
 
     def flush(self) -> tuple[list[f.Frame], list[f.Frame]]:
@@ -78,3 +85,15 @@ def authenticated(handle: str = "alice", key: SigningKey = ALICE) -> Pair:
     pair.relay.verify_registration(frame, T0 + 1)
     welcome(pair, frame)
     return pair
+
+
+def channel_pair(
+    relay_seed: bytes = b"\x05" * 32, **kwargs: int
+) -> tuple[channel.ClientChannel, channel.RelayChannel]:
+    """Both ends of a Noise channel (SPEC §1.3), past the handshake, fresh ephemerals."""
+    static = channel.relay_static_key(relay_seed)
+    binding = channel.static_binding(SigningKey(relay_seed), static.public)
+    relay = channel.RelayChannel(static, binding, os.urandom, **kwargs)
+    client = channel.ClientChannel(os.urandom, **kwargs)
+    client.receive_handshake(relay.receive_handshake(client.start()))
+    return client, relay

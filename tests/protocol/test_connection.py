@@ -10,6 +10,7 @@ from blindrelay.protocol import frames as f
 from blindrelay.protocol.connection import (
     RECEIVABLE,
     ClientConnection,
+    RelayConnection,
     Role,
     State,
     login_transcript,
@@ -23,7 +24,7 @@ from blindrelay.protocol.errors import (
 )
 from blindrelay.protocol.fastcodec import encode_send
 
-from .pair import ALICE, T0, Pair, register, signer, welcome
+from .pair import ALICE, HANDSHAKE_HASH, T0, Pair, counter_rng, register, signer, welcome
 
 
 def test_relay_opens_with_hello_and_client_moves_to_awaiting_auth() -> None:
@@ -106,7 +107,7 @@ def test_signature_for_another_relay_is_refused() -> None:
     pair = Pair()
     hello = pair.client.hello
     other_relay = SigningKey(b"\x09" * 32).verify_key.encode()
-    transcript = register_transcript(other_relay, hello.challenge, "alice", "user", ALICE.verify_key.encode())
+    transcript = register_transcript(other_relay, hello.challenge, "alice", "user", ALICE.verify_key.encode(), handshake_hash=HANDSHAKE_HASH)
     frame = f.Register(id=1, handle="alice", kind="user", identity_key=ALICE.verify_key.encode(), signature=ALICE.sign(transcript).signature)
     with pytest.raises(AuthenticationFailed):
         pair.relay.verify_registration(frame, T0 + 1)
@@ -115,7 +116,7 @@ def test_signature_for_another_relay_is_refused() -> None:
 def test_login_signature_cannot_be_used_to_register() -> None:
     pair = Pair()
     hello = pair.client.hello
-    transcript = login_transcript(hello.relay_key, hello.challenge, "alice")
+    transcript = login_transcript(hello.relay_key, hello.challenge, "alice", handshake_hash=HANDSHAKE_HASH)
     frame = f.Register(id=1, handle="alice", kind="user", identity_key=ALICE.verify_key.encode(), signature=ALICE.sign(transcript).signature)
     with pytest.raises(AuthenticationFailed):
         pair.relay.verify_registration(frame, T0 + 1)
@@ -288,7 +289,7 @@ def test_client_refuses_a_response_to_no_request() -> None:
 
 def test_client_refuses_another_protocol_version() -> None:
     client = ClientConnection()
-    hello = f.Hello(version=2, relay_key=bytes(32), challenge=bytes(32), expires_at=T0, now=T0)
+    hello = f.Hello(version=1, relay_key=bytes(32), challenge=bytes(32), expires_at=T0, now=T0)
     with pytest.raises(UnsupportedVersion):
         client.receive_data(codec.encode(hello))
 
@@ -306,3 +307,44 @@ def test_every_frame_type_is_receivable_by_exactly_one_side_once_authenticated()
     client = RECEIVABLE[Role.CLIENT][State.AUTHENTICATED] | {f.FrameType.HELLO, f.FrameType.WELCOME}
     assert relay.isdisjoint(client)
     assert relay | client == set(f.FrameType)
+
+
+# --- the channel binding (SPEC §1.3, §4.2–4.3) ------------------------------------------
+
+
+def test_a_signature_over_another_channel_is_refused() -> None:
+    """The proof signed on one channel (a forwarder's) is worthless on the relay's own."""
+    pair = Pair()
+    hello = pair.client.hello
+    assert hello is not None
+    other_channel = bytes(64)
+    transcript = register_transcript(
+        hello.relay_key, hello.challenge, "alice", "user", ALICE.verify_key.encode(),
+        handshake_hash=other_channel,
+    )  # fmt: skip
+    frame = f.Register(id=1, handle="alice", kind="user", identity_key=ALICE.verify_key.encode(), signature=ALICE.sign(transcript).signature)
+    with pytest.raises(AuthenticationFailed):
+        pair.relay.verify_registration(frame, T0 + 1)
+
+
+def test_a_relay_without_its_channel_accepts_no_proof() -> None:
+    relay = RelayConnection(SigningKey(b"\x01" * 32).verify_key.encode(), T0, counter_rng())
+    frame = f.Login(id=1, handle="alice", signature=bytes(64))
+    with pytest.raises(AuthenticationFailed):
+        relay.verify_login(frame, ALICE.verify_key.encode(), T0 + 1)
+
+
+def test_a_client_without_its_channel_signs_nothing() -> None:
+    client = ClientConnection()
+    hello = f.Hello(version=2, relay_key=bytes(32), challenge=bytes(32), expires_at=T0 + 1, now=T0)
+    client.receive_data(codec.encode(hello))
+    with pytest.raises(RuntimeError, match="no channel"):
+        client.login("alice", signer(ALICE))
+
+
+def test_a_client_refuses_a_hello_naming_another_key_than_its_channel() -> None:
+    """SPEC §1.3.2: HELLO's relay_key MUST be the key the handshake bound."""
+    client = ClientConnection(HANDSHAKE_HASH, relay_key=b"\x07" * 32)
+    hello = f.Hello(version=2, relay_key=bytes(32), challenge=bytes(32), expires_at=T0, now=T0)
+    with pytest.raises(UnexpectedFrame, match="relay key"):
+        client.receive_data(codec.encode(hello))

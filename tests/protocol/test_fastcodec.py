@@ -32,6 +32,7 @@ from blindrelay.protocol.fastcodec import (
     read_sent,
 )
 
+from .pair import channel_pair
 from .strategies import frame_strategy
 
 ENCODERS: dict[type[f.Frame], Callable[..., bytes]] = {
@@ -333,3 +334,22 @@ def _example(cls: type[f.Frame]) -> f.Frame:
         ),
         f.Ack: f.Ack(delivery_ids=(70_000, 70_001, 1_000_000_000_000)),
     }[cls]
+
+
+# --- after the channel (SPEC §1.3) -----------------------------------------------------
+
+
+@settings(max_examples=100)
+@given(fast_frames, st.lists(st.binary(max_size=64), max_size=3))
+def test_frames_opened_from_the_channel_are_read_as_the_codec_reads(
+    frame: f.Frame, others: list[bytes]
+) -> None:
+    """The relay and the client run the fast readers on what the channel opens: the
+    exact bytes sealed, so the differential above holds for them unchanged — the frame
+    itself, and any bytes a peer seals in its place."""
+    client, relay = channel_pair()
+    data = codec.encode(frame)
+    assert relay.decrypt(client.encrypt(data)) == data
+    assert assert_read_as_the_codec_reads(relay.decrypt(client.encrypt(data))) == 1
+    for junk in others:
+        assert_read_as_the_codec_reads(relay.decrypt(client.encrypt(junk)))

@@ -77,6 +77,7 @@ def test_pow_vector_holds(vector: dict[str, object]) -> None:
     transcript = register_transcript(
         bytes.fromhex(str(v["relay_key"])), bytes.fromhex(str(v["challenge"])),
         str(v["handle"]), str(v["kind"]), bytes.fromhex(str(v["identity_key"])),
+        handshake_hash=bytes.fromhex(str(v["handshake_hash"])),
     )  # fmt: skip
     assert transcript.hex() == v["registration_transcript"]
     challenge, nonce = bytes.fromhex(str(v["challenge"])), bytes.fromhex(str(v["pow_nonce"]))
@@ -106,3 +107,4 @@ def test_vectors_are_what_the_generator_produces(tmp_path: Path) -> None:
     }
     assert module.skeleton_vectors() == SKELETONS
     assert module.pow_vectors() == POWS
+    assert module.channel_vectors() == load(VECTORS / "channel.json")

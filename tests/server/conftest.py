@@ -21,10 +21,10 @@ from typing import Any, TypeVar
 
 import pytest
 from nacl.signing import SigningKey
-from websockets.asyncio.client import ClientConnection as WebSocket
 from websockets.asyncio.client import connect
 
 from blindrelay.protocol import SUBPROTOCOL
+from blindrelay.protocol.channel import ClientChannel
 from blindrelay.protocol.codec import decode, encode
 from blindrelay.protocol.connection import ClientConnection
 from blindrelay.protocol.crypto.keys import signed_prekey_message
@@ -45,6 +45,7 @@ from .. import pg
 from ..asyncrun import AsyncFixture, async_test_runner
 from ..pg import PostgresDatabase
 from ..relays import MANY_REGISTRATIONS, FakeClock
+from ..sealed import SealedSocket
 
 TEST_TIMEOUT_S = 10.0
 F = TypeVar("F", bound=Frame)
@@ -151,13 +152,23 @@ def db_rows(
 # --- the raw client -------------------------------------------------------------
 
 
+async def sealed_connect(url: str, **connect_kwargs: Any) -> SealedSocket:
+    """Connect and run the client's side of the handshake (SPEC §1.3)."""
+    ws = await connect(url, **connect_kwargs)
+    channel = ClientChannel(os.urandom)
+    await ws.send(channel.start())
+    channel.receive_handshake(await asyncio.wait_for(ws.recv(), TEST_TIMEOUT_S))
+    return SealedSocket(ws, channel)
+
+
 class RawClient:
     """Speaks frames directly: ClientConnection for the handshake, the codec after.
 
-    Frames not yet asked for (pushes, other responses) wait in ``inbox``.
+    Frames not yet asked for (pushes, other responses) wait in ``inbox``. ``ws`` seals
+    and opens them in the connection's channel (:class:`SealedSocket`).
     """
 
-    def __init__(self, ws: WebSocket, conn: ClientConnection) -> None:
+    def __init__(self, ws: SealedSocket, conn: ClientConnection) -> None:
         self.ws = ws
         self.conn = conn
         self.inbox: deque[Frame] = deque()
@@ -170,11 +181,11 @@ class RawClient:
         cls, url: str, headers: dict[str, str] | None = None, **connect_kwargs: Any
     ) -> RawClient:
         """Connect and read HELLO; ``connect_kwargs`` go to websockets' ``connect``."""
-        ws = await connect(
+        ws = await sealed_connect(
             url, subprotocols=[SUBPROTOCOL], compression=None, max_size=None,
             additional_headers=headers, **connect_kwargs,
         )  # fmt: skip
-        conn = ClientConnection()
+        conn = ClientConnection(ws.channel.handshake_hash, ws.channel.relay_key)
         client = cls(ws, conn)
         conn.receive_data(await client._recv_bytes())
         assert conn.hello is not None

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from nacl.signing import SigningKey
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
-from blindrelay.protocol import limits
+from blindrelay.protocol import SUBPROTOCOL, limits
 from blindrelay.protocol.connection import login_transcript, rotate_transcript
 from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import Deliver, Login, Ok, RotateIdentity, Send, Sent
@@ -73,7 +76,7 @@ async def test_a_replayed_login_signature_is_refused(relay: RunningRelay, client
     alice = await clients.registered(relay.url, "alice")
     # A signature over an earlier connection's challenge, captured and replayed.
     captured = alice.key.sign(
-        login_transcript(alice.relay_key, alice.conn.hello.challenge, "alice")  # type: ignore[union-attr]
+        login_transcript(alice.relay_key, alice.conn.hello.challenge, "alice", handshake_hash=alice.ws.channel.handshake_hash)  # type: ignore[union-attr]
     ).signature
     replayer = await clients.open(relay.url)
     frame = await replayer.request(lambda i: Login(id=i, handle="alice", signature=captured))
@@ -99,7 +102,7 @@ async def test_a_signature_bound_to_another_relay_is_refused(
     client = await clients.open(relay.url)
     other_relay_key = bytes(SigningKey.generate().verify_key)
     signature = alice.key.sign(
-        login_transcript(other_relay_key, client.conn.hello.challenge, "alice")  # type: ignore[union-attr]
+        login_transcript(other_relay_key, client.conn.hello.challenge, "alice", handshake_hash=client.ws.channel.handshake_hash)  # type: ignore[union-attr]
     ).signature
     frame = await client.request(lambda i: Login(id=i, handle="alice", signature=signature))
     assert error_code(frame) == ErrorCode.AUTH_FAILED
@@ -118,7 +121,7 @@ async def test_a_second_proof_on_one_connection_is_refused(
     assert error_code(await client.response(taken)) == ErrorCode.HANDLE_TAKEN
     # The challenge is spent: even the right key cannot use it again.
     signature = alice.key.sign(
-        login_transcript(client.relay_key, client.conn.hello.challenge, "alice")  # type: ignore[union-attr]
+        login_transcript(client.relay_key, client.conn.hello.challenge, "alice", handshake_hash=client.ws.channel.handshake_hash)  # type: ignore[union-attr]
     ).signature
     frame = await client.request(lambda i: Login(id=i, handle="alice", signature=signature))
     assert error_code(frame) == ErrorCode.AUTH_FAILED
@@ -158,6 +161,21 @@ async def test_unauthenticated_connections_are_closed_after_the_auth_timeout(
     async with relay_with(config, clock, auth_timeout_s=0.05) as running:
         idle = await clients.open(running.url)
         assert await idle.closed() == 1008
+
+
+async def test_a_connection_that_never_starts_the_handshake_is_closed_without_a_frame(
+    config: RelayConfig, clock: FakeClock
+) -> None:
+    """SPEC §1.3.7: closed with 1008 at the authentication timeout; no ERROR can be sent
+    outside the channel, so nothing at all is (HELLO waited for the handshake too)."""
+    async with relay_with(config, clock, auth_timeout_s=0.05) as running:
+        async with connect(running.url, subprotocols=[SUBPROTOCOL], compression=None) as ws:  # type: ignore[list-item]
+            received = []
+            with contextlib.suppress(ConnectionClosed):
+                async for message in ws:
+                    received.append(message)
+        assert received == []
+        assert ws.close_code == 1008
 
 
 def _rotation(

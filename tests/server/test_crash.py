@@ -28,14 +28,15 @@ from pathlib import Path
 
 import pytest
 from nacl.signing import SigningKey
-from websockets.asyncio.client import ClientConnection as WebSocket
-from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from blindrelay.protocol import SUBPROTOCOL, limits
+from blindrelay.protocol import SUBPROTOCOL
+from blindrelay.protocol.channel import MAX_TRANSPORT_MESSAGE_BYTES
 from blindrelay.protocol.codec import encode
 from blindrelay.protocol.connection import ClientConnection
 from blindrelay.protocol.frames import Ack, Deliver, Send, Sent, Welcome
+
+from .conftest import SealedSocket, sealed_connect
 
 pytestmark = pytest.mark.slow
 
@@ -138,15 +139,15 @@ class Account:
 
 async def open_session(
     url: str, account: Account, *, register: bool
-) -> tuple[WebSocket, ClientConnection, Welcome]:
-    ws = await connect(
+) -> tuple[SealedSocket, ClientConnection, Welcome]:
+    ws = await sealed_connect(
         url,
-        subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+        subprotocols=[SUBPROTOCOL],
         compression=None,
-        max_size=limits.MAX_FRAME_BYTES,
+        max_size=MAX_TRANSPORT_MESSAGE_BYTES,
         open_timeout=START_TIMEOUT_S,
     )
-    conn = ClientConnection()
+    conn = ClientConnection(ws.channel.handshake_hash, ws.channel.relay_key)
     conn.receive_data(await _recv(ws))
     conn.events_received()  # the HELLO; the machine keeps its challenge
     if register:
@@ -160,13 +161,13 @@ async def open_session(
     return ws, conn, answer
 
 
-async def _recv(ws: WebSocket) -> bytes:
+async def _recv(ws: SealedSocket) -> bytes:
     data = await ws.recv()
     assert isinstance(data, bytes)
     return data
 
 
-async def _flush(ws: WebSocket, conn: ClientConnection) -> None:
+async def _flush(ws: SealedSocket, conn: ClientConnection) -> None:
     for data in conn.data_to_send():
         await ws.send(data)
 
@@ -203,7 +204,7 @@ class Sender:
                 generation = relay.next_generation(generation)
 
     async def _send_loop(
-        self, ws: WebSocket, conn: ClientConnection, on_sent: Callable[[], None]
+        self, ws: SealedSocket, conn: ClientConnection, on_sent: Callable[[], None]
     ) -> None:
         for seq in list(self.unanswered.values()):  # SPEC §6.3.1: resend, same msg_id
             self._queue_send(conn, seq)

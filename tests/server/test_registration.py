@@ -247,7 +247,7 @@ async def test_a_rate_limited_register_spends_the_challenge_and_leaves_the_conne
         refused = await register(client, "bob")
         assert isinstance(refused, Error) and refused.code == ErrorCode.RATE_LIMITED
         signature = first.key.sign(
-            login_transcript(client.relay_key, client.conn.hello.challenge, "alice")  # type: ignore[union-attr]
+            login_transcript(client.relay_key, client.conn.hello.challenge, "alice", handshake_hash=client.ws.channel.handshake_hash)  # type: ignore[union-attr]
         ).signature
         frame = await client.request(lambda i: Login(id=i, handle="alice", signature=signature))
         assert error_code(frame) == ErrorCode.AUTH_FAILED  # open until then, challenge spent
@@ -312,7 +312,10 @@ def signed_register(client: RawClient, handle: str, request_id: int, **extra: ob
     hello = client.conn.hello
     assert hello is not None
     identity_key = bytes(client.key.verify_key)
-    transcript = register_transcript(hello.relay_key, hello.challenge, handle, "user", identity_key)
+    transcript = register_transcript(
+        hello.relay_key, hello.challenge, handle, "user", identity_key,
+        handshake_hash=client.ws.channel.handshake_hash,
+    )  # fmt: skip
     return Register(
         id=request_id, handle=handle, kind="user", identity_key=identity_key,
         signature=client.key.sign(transcript).signature, **extra,  # type: ignore[arg-type]
@@ -323,7 +326,8 @@ def wrong_nonce(client: RawClient, handle: str, cost: ProofOfWork = TINY) -> byt
     hello = client.conn.hello
     assert hello is not None
     transcript = register_transcript(
-        hello.relay_key, hello.challenge, handle, "user", bytes(client.key.verify_key)
+        hello.relay_key, hello.challenge, handle, "user", bytes(client.key.verify_key),
+        handshake_hash=client.ws.channel.handshake_hash,
     )
     args = (cost.bits, cost.opslimit, cost.memlimit)
     for n in range(1000):

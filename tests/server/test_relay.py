@@ -22,6 +22,7 @@ from websockets.uri import parse_uri
 from websockets.utils import apply_mask
 
 from blindrelay.protocol import limits
+from blindrelay.protocol.channel import CLOSE_CHANNEL_FAILED, MAX_TRANSPORT_MESSAGE_BYTES
 from blindrelay.protocol.codec import encode
 from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import BundleFetch, Deliver, Error, FrameType, Hello, Ok, Send, Sent
@@ -40,7 +41,7 @@ async def test_a_handshake_without_the_subprotocol_is_refused_with_400(
         await connect(relay.url, compression=None)
     assert refused.value.response.status_code == 400
     with pytest.raises(InvalidStatus):
-        await connect(relay.url, subprotocols=["blindrelay.v2"], compression=None)  # type: ignore[list-item]
+        await connect(relay.url, subprotocols=["blindrelay.v1"], compression=None)  # type: ignore[list-item]
 
 
 async def test_hello_carries_the_relay_key_and_a_fresh_challenge(
@@ -62,14 +63,18 @@ async def test_the_relay_key_survives_a_restart(config: RelayConfig, clock: Fake
     assert first.relay_key == second.relay_key
 
 
-async def test_a_text_message_is_malformed_and_the_connection_survives(
+async def test_a_text_message_fails_the_channel_closes_4001_unanswered_and_is_counted(
     relay: RunningRelay, clients: Clients
 ) -> None:
+    """SPEC §1.3.6: not answered (no ERROR 100 any more), counted, and the others go on."""
     alice = await clients.registered(relay.url, "alice")
+    bob = await clients.registered(relay.url, "bob")
+    before = relay.channel_failures
     await alice.ws.send("hello")
-    frame = await alice.recv()
-    assert error_code(frame) == ErrorCode.MALFORMED_FRAME and frame.re is None  # type: ignore[union-attr]
-    assert isinstance(await alice.upload_prekeys(), Ok)
+    assert await alice.closed() == CLOSE_CHANNEL_FAILED
+    assert list(alice.inbox) == []
+    assert relay.channel_failures == before + 1
+    assert isinstance(await bob.send_message("bob", b"unaffected"), Sent)
 
 
 async def test_an_oversized_message_closes_1009_and_others_are_unaffected(
@@ -77,7 +82,7 @@ async def test_an_oversized_message_closes_1009_and_others_are_unaffected(
 ) -> None:
     alice = await clients.registered(relay.url, "alice")
     bob = await clients.registered(relay.url, "bob")
-    await alice.ws.send(b"\x00" * (limits.MAX_FRAME_BYTES + 1))
+    await alice.ws.raw.send(b"\x00" * (MAX_TRANSPORT_MESSAGE_BYTES + 1))
     assert await alice.closed() == 1009
     assert isinstance(await bob.send_message("bob", b"still here"), Sent)
 
@@ -150,23 +155,27 @@ async def test_shutdown_finishes_commits_then_says_shutting_down(
 async def test_messages_keep_their_order_across_the_switch_to_websockets_assembler(
     relay: RunningRelay, clients: Clients
 ) -> None:
-    """Binary messages are dispatched inside data_received; a text message sends
+    """Binary messages are dispatched inside data_received; a fragmented message sends
     this connection's later messages through websockets' assembler. Per-pair order
-    (SPEC §6.4) holds across the switch."""
+    (SPEC §6.4) — and the channel's nonces (§1.3.4) — hold across the switch."""
     alice = await clients.registered(relay.url, "alice")
     bob = await clients.registered(relay.url, "bob")
     assert relay._server is not None
     assert all(ws.on_message is not None for ws in relay._server.connections)  # type: ignore[attr-defined]
     bodies = [b"first", b"second", b"third"]
     for index, body in enumerate(bodies):
-        if index == 1:
-            await alice.ws.send("not a frame")
-        await alice.send(Send(id=100 + index, to="bob", msg_id=bytes([index]) * 16,
-                              intent="chat", body=body))  # fmt: skip
+        frame = encode(Send(id=100 + index, to="bob", msg_id=bytes([index]) * 16,
+                            intent="chat", body=body))  # fmt: skip
+        if index == 1:  # in two fragments: websockets assembles it, and all after it
+            sealed = alice.ws.channel.encrypt(frame)
+            await alice.ws.raw.send([sealed[:9], sealed[9:]])
+        else:
+            await alice.ws.send(frame)
     received = [await bob.push(Deliver) for _ in bodies]
     assert [d.body for d in received] == bodies
     assert [d.delivery_id for d in received] == sorted(d.delivery_id for d in received)
-    assert error_code(await alice.push(Error)) == ErrorCode.MALFORMED_FRAME
+    answers = [await alice.response(100 + i) for i in range(3)]
+    assert all(isinstance(answer, Sent) for answer in answers)
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
@@ -205,11 +214,15 @@ def _client_frame(payload: bytes, *, first: int = 0x82, masked: bool = True) -> 
 
 
 def _sends(client: RawClient, to: str, count: int) -> tuple[list[bytes], list[int]]:
+    """WebSocket frames laid out by hand, each a SEND sealed in the client's channel
+    (in order: they must be written in this order)."""
     ids = [client.request_id() for _ in range(count)]
     frames = [
-        _client_frame(encode(Send(id=i, to=to, msg_id=os.urandom(16), intent="chat", body=b"x")))
+        _client_frame(client.ws.channel.encrypt(
+            encode(Send(id=i, to=to, msg_id=os.urandom(16), intent="chat", body=b"x"))
+        ))
         for i in ids
-    ]
+    ]  # fmt: skip
     return frames, ids
 
 
@@ -238,7 +251,7 @@ async def test_frames_in_one_segment_split_across_segments_or_mixed_with_a_ping_
     [
         (_client_frame(b"\x80", masked=False), 1002),  # a client frame must be masked
         (_client_frame(b"\x80", first=0xC2), 1002),  # RSV1 without an extension
-        (_client_frame(b"\x00" * (limits.MAX_FRAME_BYTES + 1)), 1009),
+        (_client_frame(b"\x00" * (MAX_TRANSPORT_MESSAGE_BYTES + 1)), 1009),
     ],
 )
 async def test_frames_websockets_refuses_are_still_refused_by_websockets(
@@ -255,13 +268,15 @@ async def test_a_fragmented_message_goes_through_websockets_and_stays_in_order(
 ) -> None:
     alice = await clients.registered(relay.url, "alice")
     await clients.registered(relay.url, "bob")
-    frames, ids = _sends(alice, "bob", 2)
-    data = encode(Send(id=alice.request_id(), to="bob", msg_id=os.urandom(16),
-                       intent="chat", body=b"in two parts"))  # fmt: skip
+    before, (first_id,) = _sends(alice, "bob", 1)
+    middle_id = alice.request_id()
+    data = alice.ws.channel.encrypt(encode(Send(id=middle_id, to="bob",
+                       msg_id=os.urandom(16), intent="chat", body=b"in two parts")))  # fmt: skip
+    after, (last_id,) = _sends(alice, "bob", 1)
     first = WsFrame(Opcode.BINARY, data[:7], fin=False).serialize(mask=True)
     rest = WsFrame(Opcode.CONT, data[7:]).serialize(mask=True)
-    alice.ws.transport.write(frames[0] + first + rest + frames[1])
-    answers = [await alice.response(i) for i in (ids[0], alice._next_id, ids[1])]
+    alice.ws.transport.write(before[0] + first + rest + after[0])
+    answers = [await alice.response(i) for i in (first_id, middle_id, last_id)]
     assert all(isinstance(a, Sent) for a in answers), answers
 
 

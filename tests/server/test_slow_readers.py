@@ -94,7 +94,7 @@ def _flood(client: RawClient, frames: list[Frame]) -> None:
     if client.ws.protocol.state is not State.OPEN:
         return
     for frame in frames:
-        client.ws.protocol.send_binary(encode(frame))
+        client.ws.protocol.send_binary(client.ws.channel.encrypt(encode(frame)))
     client.ws.send_data()
 
 

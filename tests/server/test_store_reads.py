@@ -149,7 +149,7 @@ def together(client: RawClient, *frames: bytes) -> None:
     reads them in one go, so the later ones are there while the first is handled."""
     protocol = client.ws.protocol
     for data in frames:
-        protocol.send_binary(data)
+        protocol.send_binary(client.ws.channel.encrypt(data))
     client.ws.transport.write(b"".join(protocol.data_to_send()))
 
 
