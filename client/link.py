@@ -1,13 +1,15 @@
 """The relay link: one account's lasting connection to the relay, across drops.
 
 Theory of operation. One background task owns the connection: it opens the
-WebSocket, serves one :class:`.connection.Connection` until it ends, and after
-a drop reconnects with capped, jittered exponential backoff (:class:`Backoff`)
-and, once this client has authenticated, logs in again by itself. A
-connection is *ready* once its HELLO arrived and showed the pinned relay key
-(SPEC §4.1; another key is :class:`.trust.RelayKeyChanged` before anything is
-sent), and *online* once its REGISTER or LOGIN was answered with WELCOME and
-the account caught up (:attr:`LinkHandlers.authenticated`).
+WebSocket and its Noise channel (``transport``, SPEC §1.3: the relay proves the
+key this client pins before anything is sent), serves one
+:class:`.connection.Connection` until it ends, and after a drop reconnects with
+capped, jittered exponential backoff (:class:`Backoff`) and, once this client
+has authenticated, logs in again by itself. A connection is *ready* once its
+HELLO arrived and showed the pinned relay key (SPEC §4.1; another key is
+:class:`.trust.RelayKeyChanged` before anything is sent), and *online* once its
+REGISTER or LOGIN was answered with WELCOME and the account caught up
+(:attr:`LinkHandlers.authenticated`).
 
 - :meth:`RelayLink.request` sends a request on the online connection and
   returns its answer, sending it again on the next connection after a drop.
