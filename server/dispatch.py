@@ -23,7 +23,6 @@ from typing import Any
 from blindrelay.protocol.connection import State
 from blindrelay.protocol.errors import (
     AuthenticationFailed,
-    MalformedFrame,
     UnexpectedFrame,
 )
 from blindrelay.protocol.fastcodec import read_ack, read_send
@@ -59,15 +58,13 @@ class Dispatcher:
     def __init__(self, ctx: RelayContext) -> None:
         self.ctx = ctx
 
-    def data_received(self, session: Session, data: bytes | str) -> None:
-        """One WebSocket message. "Frames MUST be sent as binary messages."""
+    def data_received(self, session: Session, data: bytes) -> None:
+        """One frame, as the channel opened it (a text message never gets here: it fails
+        the channel, SPEC §1.1.3)."""
         if not session.open:
             return
         if self.ctx.stopping:
             session.shut_down()
-            return
-        if isinstance(data, str):
-            self.ctx.refuse(session, None, MalformedFrame("text message: frames are binary"))
             return
         conn = session.conn
         if conn.state is State.AUTHENTICATED:

@@ -114,15 +114,6 @@ def test_a_refused_message_is_logged_once_with_its_size_and_no_handler_runs(
     assert (line["handle"], line["size"], line["closed"]) == ("alice", len(garbage), False)
 
 
-def test_a_text_message_is_refused_as_malformed(
-    ctx: RelayContext, alice: Connected, handled: Handled
-) -> None:
-    """SPEC §1.1: "Frames MUST be sent as binary messages"."""
-    Dispatcher(ctx).data_received(alice.session, "hello")
-    assert handled.frames == []
-    assert codes(alice.sent()) == [ErrorCode.MALFORMED_FRAME]
-
-
 def test_a_frame_without_a_handler_is_refused_not_dropped(
     ctx: RelayContext, alice: Connected, handled: Handled, monkeypatch: pytest.MonkeyPatch
 ) -> None:
