@@ -24,7 +24,7 @@ from typing import Protocol
 
 from blindrelay.protocol import frames
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
-from blindrelay.protocol.errors import AuthenticationFailed
+from blindrelay.protocol.errors import AuthenticationFailed, LogForked
 
 from .connection import Connection
 from .keystore import AccountKind, KeyStore
@@ -42,6 +42,7 @@ class Hooks(Protocol):
 
     on_connected: Callable[[frames.Welcome], None] | None
     on_identity_change: Callable[[str], None] | None
+    on_log_forked: Callable[[LogForked], None] | None
 
 
 class Account:

@@ -1,4 +1,4 @@
-"""The client's ``blindrelay`` subcommands: ``demo`` and ``chat``.
+"""The client's ``blindrelay`` subcommands: ``demo``, ``chat`` and ``audit``.
 
 Registered through the ``blindrelay.commands`` entry-point group (see
 ``blindrelay.server.cli``), so the client never imports the server; each
@@ -103,6 +103,50 @@ def _chat(args: argparse.Namespace) -> int:
             accept_relay_key=relay_key,
         )
     )
+
+
+def register_audit(subparsers: SubParsers) -> None:
+    """``blindrelay audit``: check a relay's transparency log from scratch."""
+    parser = subparsers.add_parser(
+        "audit",
+        help="check a relay's transparency log: every entry, the signed head, the last run",
+        description=(
+            "Read a relay's transparency log with no account (SPEC §15.6), recompute its "
+            "tree from every entry and check the newest signed tree head against it; with "
+            "--state, also that the log still holds what the previous run verified. Prints "
+            "entries by type, the head and each violation with its evidence. Exit status: "
+            "0 clean, 1 a violation, 2 a usage error, 3 the relay could not be read."
+        ),
+    )
+    parser.add_argument("--relay", required=True, help="relay URL, ws://HOST:PORT")
+    parser.add_argument(
+        "--state", type=Path, metavar="FILE",
+        help="JSON state kept between runs (created; only moves forward)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--relay-key", metavar="HEX",
+        help="the relay key to expect (64 hex digits); default: the state file's, else the "
+        "first one presented (trust on first use)",
+    )  # fmt: skip
+    parser.set_defaults(func=_audit)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import asyncio
+    import sys
+
+    from .audit import USAGE, AuditUsageError, run_audit
+
+    try:
+        relay_key = _hex_option(
+            args.relay_key, "--relay-key must be 64 hex digits (a 32-byte key)", size=32
+        )
+        return asyncio.run(
+            run_audit(args.relay, sys.stdout, state_path=args.state, relay_key=relay_key)
+        )
+    except (ValueError, AuditUsageError) as exc:
+        print(f"blindrelay audit: {exc}", file=sys.stderr)
+        return USAGE
 
 
 def _hex_option(value: str | None, problem: str, size: int | None = None) -> bytes | None:

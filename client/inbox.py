@@ -99,6 +99,7 @@ class Inbox:
         identity_changed: Callable[[str], None],
         raise_if_stopped: Callable[[], None],
         auto_delivered_receipts: bool,
+        heard_tree_head: Callable[[bytes], None] = lambda _signed: None,
     ) -> None:
         """``sender``, ``statements`` and ``requests`` are where receipts, statements and
         requests go; readers call ``raise_if_stopped`` (the link's) before they wait."""
@@ -109,6 +110,8 @@ class Inbox:
         self._requests = requests
         self._relay_key = relay_key
         self._identity_changed = identity_changed
+        self._heard_tree_head = heard_tree_head
+        """Where the relay log's head a contact sent inside a message goes (SPEC §15.6)."""
         self.auto_delivered_receipts = auto_delivered_receipts
         self._messages = InboxStream(store, self._message, raise_if_stopped=raise_if_stopped)
         self._receipts = InboxStream(
@@ -159,6 +162,8 @@ class Inbox:
         if incoming is None:
             return
         self._queue(incoming)
+        if incoming.content.sth is not None:
+            self._heard_tree_head(incoming.content.sth)
         if (
             is_receipt(incoming)
             or deliver.sender_kind != frames.AccountKind.USER

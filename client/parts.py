@@ -24,17 +24,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from blindrelay.protocol import frames
+from blindrelay.protocol.errors import LogForked
 
 from .account import Account, Hooks
 from .inbox import Inbox
 from .keystore import KeyStore
 from .link import Backoff, LinkHandlers, RelayLink
+from .logcheck import DEFAULT_WAIT_S, LogCheck
 from .message_requests import MessageRequests
 from .outbox import Outbox
 from .prekeys import PrekeyPublisher
 from .sending import Sender
 from .sessions import Clock, Rng, SessionManager
 from .statements import StatementListener, Statements
+from .transparency import LogReader
 from .transport import OpenTransport
 from .trust import IdentityTrust, RelayKeyPin
 
@@ -53,6 +56,8 @@ class Parts:
     inbox: Inbox
     prekeys: PrekeyPublisher
     account: Account
+    log: LogReader
+    log_check: LogCheck
 
     @property
     def trust(self) -> IdentityTrust:
@@ -71,6 +76,7 @@ class Parts:
         open_transport: OpenTransport,
         auto_delivered_receipts: bool,
         on_statement: StatementListener | None,
+        log_wait_s: float = DEFAULT_WAIT_S,
     ) -> Parts:
         """Make the parts and name where the link's reports go (module docstring)."""
 
@@ -85,8 +91,15 @@ class Parts:
         )
         requests = MessageRequests(store)
         outbox = Outbox(store, link)
+        log = LogReader(link.request, lambda: pin.key)
+
+        def log_forked(exc: LogForked) -> None:
+            if hooks.on_log_forked is not None:
+                hooks.on_log_forked(exc)
+
+        log_check = LogCheck(store, log, lambda: pin.key, wait_s=log_wait_s, alarm=log_forked)
         sender = Sender(
-            store, sessions, outbox, link, requests,
+            store, sessions, outbox, link, requests, log_check,
             rng=rng, identity_changed=identity_changed,
         )  # fmt: skip
         consent = Statements(store, sessions, link, pin, rng=rng)
@@ -96,14 +109,17 @@ class Parts:
             store, sessions, pin,
             sender=sender, statements=consent, requests=requests,
             identity_changed=identity_changed, raise_if_stopped=link.raise_if_fatal,
-            auto_delivered_receipts=auto_delivered_receipts,
+            auto_delivered_receipts=auto_delivered_receipts, heard_tree_head=log_check.heard,
         )  # fmt: skip
         prekeys = PrekeyPublisher(sessions)
         account = Account(
             store, sessions, link, prekeys=prekeys, outbox=outbox, requests=requests,
             rng=rng, clock=clock, hooks=hooks,
         )  # fmt: skip
-        parts = cls(sessions, pin, link, requests, outbox, sender, consent, inbox, prekeys, account)
+        parts = cls(
+            sessions, pin, link, requests, outbox, sender, consent, inbox, prekeys, account, log,
+            log_check,
+        )
         link.listen(parts.link_handlers())
         return parts
 

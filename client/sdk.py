@@ -28,6 +28,8 @@ their docstrings what they guarantee (made and wired in ``parts``):
 - ``trust`` and ``relay_key_pin``: contacts' identity keys and the relay's
   key (SPEC §3.3, §4.1, §13.9);
 - ``prekeys``: keeping our prekeys published (SPEC §5.4);
+- ``log``: reading the relay's transparency log, and publishing our key in it
+  (SPEC §15.6; ``transparency``);
 - ``sessions`` and ``store``: cryptography and key custody.
 
 A message out: :meth:`Client.send` → :meth:`.sending.Sender.send_content` →
@@ -52,11 +54,13 @@ from typing import Any
 
 from blindrelay.protocol import frames
 from blindrelay.protocol.content import Receipt, ReceiptType
+from blindrelay.protocol.errors import LogForked
 from blindrelay.protocol.signed import Action, ConsentStatement
 
 from .inbox import MAX_HELD_PER_SENDER, HeldMessages
 from .keystore import DEFAULT_MEMLIMIT, DEFAULT_OPSLIMIT, AccountKind, KeyStore, open_profile
 from .link import DEFAULT_BACKOFF, Backoff
+from .logcheck import DEFAULT_WAIT_S
 from .outbox import Outcome
 from .parts import Parts
 from .profiles import BusinessInfo, business_info, same_name
@@ -86,9 +90,11 @@ class Client:
         on_connected: Callable[[frames.Welcome], None] | None = None,
         on_identity_change: Callable[[str], None] | None = None,
         on_statement: StatementListener | None = None,
+        on_log_forked: Callable[[LogForked], None] | None = None,
         operator_key: bytes | None = None,
         owns_store: bool = False,
         open_transport: OpenTransport = WebSocketTransport.open,
+        log_wait_s: float = DEFAULT_WAIT_S,
     ) -> None:
         """The options: docs/sdk.md, "Opening a profile"."""
         self.store = store
@@ -96,6 +102,8 @@ class Client:
         """Called with each WELCOME: the account is online (again)."""
         self.on_identity_change = on_identity_change
         """Called with a contact's handle when it presents a new identity key (SPEC §3.3)."""
+        self.on_log_forked = on_log_forked
+        """Called once with the split-view alarm: the relay showed two histories (§15.6)."""
         self.operator_key = operator_key
         """The relay operator's Ed25519 key, pinned from configuration (SPEC §8.1)."""
         self._clock = clock
@@ -104,12 +112,14 @@ class Client:
             store, self,
             rng=rng, clock=clock, backoff=backoff, jitter=jitter, open_transport=open_transport,
             auto_delivered_receipts=auto_delivered_receipts, on_statement=on_statement,
+            log_wait_s=log_wait_s,
         )  # fmt: skip
         self.sessions, self.trust = parts.sessions, parts.trust
         self.link, self.account = parts.link, parts.account
         self.sender, self.outbox, self.inbox = parts.sender, parts.outbox, parts.inbox
         self.requests, self.consent = parts.requests, parts.consent
         self.relay_key_pin, self.prekeys = parts.relay_key_pin, parts.prekeys
+        self.log, self.log_check = parts.log, parts.log_check
 
     @classmethod
     def open(

@@ -40,6 +40,7 @@ from blindrelay.protocol.errors import BlindrelayError, UnexpectedFrame, Untrust
 
 from .keystore import KeyStore
 from .link import RelayLink
+from .logcheck import LogCheck
 from .message_requests import MessageRequests
 from .outbox import Bulk, Outbox, Outcome, Outgoing
 from .sessions import NoSession, Rng, SessionManager
@@ -122,11 +123,13 @@ class Sender:
         outbox: Outbox,
         link: RelayLink,
         requests: MessageRequests,
+        log_check: LogCheck,
         *,
         rng: Rng,
         identity_changed: Callable[[str], None],
     ) -> None:
         self._store = store
+        self._log_check = log_check
         self._sessions = sessions
         self._outbox = outbox
         self._link = link
@@ -146,8 +149,10 @@ class Sender:
         labels: Labels = CHAT,
         rate_limit_retries: int = 0,
     ) -> bytes:
-        """Encrypt ``body`` for ``handle``, enqueue it, return its msg_id at SENT."""
+        """Encrypt ``body`` for ``handle``, enqueue it, return its msg_id at SENT.
+        Raises the split-view alarm (:class:`LogForked`) once it has gone off."""
         self._link.raise_if_fatal()
+        self._log_check.raise_if_forked()
         if self.locks.busy(handle) or not self._sessions.has_session(handle):
             async with self.locks.hold(handle):  # one bundle fetch, sends kept in order
                 self._sessions.trust.refuse_pending(handle)
@@ -160,14 +165,21 @@ class Sender:
         return msg_id
 
     async def _start_session(self, handle: str) -> None:
-        bundle = await self._link.request(lambda rid: frames.BundleFetch(id=rid, handle=handle))
-        if not isinstance(bundle, frames.Bundle) or bundle.handle != handle:
-            raise UnexpectedFrame("relay answered a bundle fetch with another bundle")
+        # SPEC §15.6: a published key (every business's) only with proof it is logged.
+        bundle = await self._log_check.bundle(
+            await self._fetch_bundle(handle), lambda: self._fetch_bundle(handle)
+        )
         try:
             self._sessions.start_session(bundle)
         except UntrustedIdentity:
             self._identity_changed(handle)
             raise
+
+    async def _fetch_bundle(self, handle: str) -> frames.Bundle:
+        bundle = await self._link.request(lambda rid: frames.BundleFetch(id=rid, handle=handle))
+        if not isinstance(bundle, frames.Bundle) or bundle.handle != handle:
+            raise UnexpectedFrame("relay answered a bundle fetch with another bundle")
+        return bundle
 
     def queue_content(
         self,
@@ -189,7 +201,8 @@ class Sender:
         frames.check_handle(handle, "to")
         msg_id = self._rng(limits.MESSAGE_ID_BYTES)
         with self._store.atomic():
-            envelope = self._sessions.encrypt(handle, encode_content(Content(msg_id, body)))
+            content = Content(msg_id, body, self._log_check.gossip())
+            envelope = self._sessions.encrypt(handle, encode_content(content))
             outgoing = self._outbox.persist(
                 msg_id, handle, envelope, labels.intent, labels.category, labels.categories
             )
@@ -229,7 +242,8 @@ class Sender:
         without a session sent on the path of :meth:`send_content` on its own."""
         if window < 1:
             raise ValueError("window must be at least 1")
-        plaintext_for = content_encoder(content)
+        self._log_check.raise_if_forked()
+        plaintext_for = content_encoder(content, self._log_check.gossip())
         todo = list(handles)
         bulk = Bulk(len(todo), rate_limit_retries)
         refill = max(1, window // 4)

@@ -87,15 +87,25 @@ class State(Enum):
 
 _RELAY_FRAMES = frozenset(FRAME_CLASSES) - CLIENT_FRAMES
 _AUTH_FRAMES = frozenset({FrameType.REGISTER, FrameType.LOGIN})
+LOG_FETCHES = frozenset({
+    FrameType.LOG_HEAD_FETCH, FrameType.LOG_CONSISTENCY_FETCH,
+    FrameType.LOG_INCLUSION_FETCH, FrameType.LOG_ENTRIES_FETCH,
+})  # fmt: skip
+"""SPEC §15.6: the log is public, so reading it needs no account (an auditor's
+connection never authenticates)."""
+_LOG_ANSWERS = frozenset({
+    FrameType.LOG_HEAD, FrameType.LOG_CONSISTENCY, FrameType.LOG_INCLUSION,
+    FrameType.LOG_ENTRIES,
+})  # fmt: skip
 
 RECEIVABLE: dict[Role, dict[State, frozenset[FrameType]]] = {
     Role.RELAY: {
-        State.AWAITING_AUTH: _AUTH_FRAMES,
+        State.AWAITING_AUTH: _AUTH_FRAMES | LOG_FETCHES,
         State.AUTHENTICATED: CLIENT_FRAMES - _AUTH_FRAMES,
     },
     Role.CLIENT: {
         State.AWAITING_HELLO: frozenset({FrameType.HELLO}),
-        State.AWAITING_AUTH: frozenset({FrameType.WELCOME, FrameType.ERROR}),
+        State.AWAITING_AUTH: frozenset({FrameType.WELCOME, FrameType.ERROR}) | _LOG_ANSWERS,
         State.AUTHENTICATED: _RELAY_FRAMES - {FrameType.HELLO, FrameType.WELCOME},
     },
 }

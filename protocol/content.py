@@ -9,6 +9,10 @@ with a version, the message id, a kind and the kind's fields::
     receipt  {"v": 1, "id": <bin 16>, "kind": "receipt", "receipt": "delivered" | "read",
               "refs": [<bin 16>, ...]}
 
+Any of them may end with ``"sth": <bin>``: the newest signed tree head of the
+relay's log the sender verified (SPEC §15.6), so that two parties who were shown
+two histories find out from one message.
+
 ``id`` repeats the ``msg_id`` of the SEND/DELIVER frame inside the ciphertext,
 so the relay cannot relabel a message: a recipient refuses content whose ``id``
 differs from the DELIVER's ``msg_id``, and receipts (whose ``refs`` name
@@ -51,8 +55,8 @@ MAX_RECEIPT_REFS = 256
 acknowledges a batch of deliveries can confirm it in one receipt, and 256 ids
 (~4.6 KiB) keep a receipt in a small padding bucket."""
 
-_MAX_MAP_KEYS = 5
-"""The largest content map (a receipt) has five keys."""
+_MAX_MAP_KEYS = 6
+"""The largest content map (a receipt with a tree head) has six keys."""
 
 
 class MalformedContent(CryptoError):
@@ -107,15 +111,21 @@ Body = Text | Data | Receipt
 
 @dataclass(frozen=True, slots=True)
 class Content:
-    """One decrypted message: its id (equal to the frame's msg_id) and its body."""
+    """One decrypted message: its id (equal to the frame's msg_id), its body and, if the
+    sender had one, the newest signed tree head it verified (SPEC §15.6, gossip)."""
 
     msg_id: bytes
     body: Body
+    sth: bytes | None = None
 
     def __post_init__(self) -> None:
         _check_msg_id(self.msg_id, "id")
         if not isinstance(self.body, Text | Data | Receipt):
             raise MalformedContent(f"unknown body {type(self.body).__name__}")
+        if self.sth is not None and (
+            type(self.sth) is not bytes or not 1 <= len(self.sth) <= limits.MAX_TREE_HEAD_BYTES
+        ):
+            raise MalformedContent(f"sth: 1 to {limits.MAX_TREE_HEAD_BYTES} bytes")
 
     @property
     def kind(self) -> Kind:
@@ -142,13 +152,15 @@ def encode_content(content: Content) -> bytes:
     else:
         fields["receipt"] = str(body.type)
         fields["refs"] = list(body.refs)
+    if content.sth is not None:
+        fields["sth"] = content.sth
     data: bytes = msgpack.packb(fields, use_bin_type=True)
     if len(data) > MAX_CONTENT_BYTES:
         raise MalformedContent(f"content of {len(data)} bytes exceeds {MAX_CONTENT_BYTES}")
     return data
 
 
-def content_encoder(body: Body) -> Callable[[bytes], bytes]:
+def content_encoder(body: Body, sth: bytes | None = None) -> Callable[[bytes], bytes]:
     """``encode_content(Content(msg_id, body))`` for many msg_ids, the body encoded once.
 
     A bulk send encrypts one body under a fresh msg_id per recipient. The id is
@@ -160,8 +172,8 @@ def content_encoder(body: Body) -> Callable[[bytes], bytes]:
     another size).
     """
     size = limits.MESSAGE_ID_BYTES
-    zeros = encode_content(Content(bytes(size), body))
-    ones = encode_content(Content(b"\xff" * size, body))
+    zeros = encode_content(Content(bytes(size), body, sth))
+    ones = encode_content(Content(b"\xff" * size, body, sth))
     start = next((i for i, (a, b) in enumerate(zip(zeros, ones, strict=False)) if a != b), -1)
     end = start + size
     if (
@@ -171,7 +183,7 @@ def content_encoder(body: Body) -> Callable[[bytes], bytes]:
         or ones[start:end] != b"\xff" * size
         or zeros[end:] != ones[end:]
     ):
-        return lambda msg_id: encode_content(Content(msg_id, body))  # pragma: no cover
+        return lambda msg_id: encode_content(Content(msg_id, body, sth))  # pragma: no cover
     prefix, suffix = zeros[:start], zeros[end:]
 
     def encode(msg_id: bytes) -> bytes:
@@ -200,6 +212,8 @@ def decode_content(data: bytes) -> Content:
     if type(kind) is not str or kind not in _KIND_KEYS:
         raise MalformedContent(f"kind must be one of {', '.join(_KIND_KEYS)}")
     expected = _COMMON_KEYS | _KIND_KEYS[kind]
+    if "sth" in obj:
+        expected = expected | {"sth"}
     if set(obj) != expected:
         unknown = sorted(set(obj) - expected)
         missing = sorted(expected - set(obj))
@@ -223,7 +237,10 @@ def decode_content(data: bytes) -> Content:
         if type(refs) is not tuple:
             raise MalformedContent("refs must be an array")
         body = Receipt(ReceiptType(receipt), refs)
-    return Content(obj["id"], body)
+    sth = obj.get("sth")
+    if sth is not None and type(sth) is not bytes:
+        raise MalformedContent("sth must be bin")
+    return Content(obj["id"], body, sth)
 
 
 def _unpack(data: bytes) -> object:

@@ -310,3 +310,25 @@ class InvalidTreeHead(TransparencyError):
 
 class MalformedLogEntry(TransparencyError):
     """Log entry bytes that are not one of the encodings of SPEC §15."""
+
+
+class KeyNotLogged(TransparencyError):
+    """A published account's key (every business's) came without a valid proof that the
+    relay logged it (SPEC §15.6 rule 3): the relay may be handing out a key of its own.
+    Surfaced like a key change, before anything is encrypted to that key; never a
+    silent fallback to trusting it."""
+
+    def __init__(self, handle: str, detail: str) -> None:
+        super().__init__(f"the key of {handle!r} is not proven logged: {detail}")
+        self.handle = handle
+
+
+class LogForked(TransparencyError):
+    """Two signed tree heads of one relay that no consistency proof joins (SPEC §15.3):
+    the relay showed two histories. ``first`` and ``second`` are the signed heads, the
+    evidence a third party can recheck with the relay key alone."""
+
+    def __init__(self, first: bytes, second: bytes, detail: str) -> None:
+        super().__init__(f"the relay's log forked: {detail}")
+        self.first = first
+        self.second = second

@@ -51,6 +51,15 @@ class FrameType(IntEnum):
     PROFILE = 42
     USAGE_FETCH = 43
     USAGE = 44
+    LOG_HEAD_FETCH = 50
+    LOG_HEAD = 51
+    LOG_CONSISTENCY_FETCH = 52
+    LOG_CONSISTENCY = 53
+    LOG_INCLUSION_FETCH = 54
+    LOG_INCLUSION = 55
+    LOG_ENTRIES_FETCH = 56
+    LOG_ENTRIES = 57
+    DISCOVERABLE = 58
 
 
 class AccountKind(StrEnum):
@@ -219,9 +228,34 @@ class ProofOfWork:
             raise MalformedFrame("pow: costs more than POW_MAX_EXPECTED_SOLVE_MS to solve")
 
 
-Record = SignedPreKeyRecord | OneTimePreKeyRecord | UsageCount | ProofOfWork
+def _check_proof(proof: tuple[bytes, ...]) -> None:
+    """An RFC 9162 proof: at most ``MAX_PROOF_HASHES`` hashes of exactly 32 bytes (SPEC §15.2)."""
+    _check_max(proof, "proof", limits.MAX_PROOF_HASHES)
+    for item in proof:
+        _check_len(item, "proof", 32)
+
+
+@dataclass(frozen=True, slots=True)
+class LogProof:
+    """A published key binding with what proves it logged (SPEC §5.3, §15.6): the entry's
+    exact bytes, its leaf index, its inclusion proof and the signed tree head it is
+    proven against."""
+
+    entry: bytes
+    index: int
+    proof: tuple[bytes, ...]
+    sth: bytes
+
+    def __post_init__(self) -> None:
+        _check_size(self.entry, "entry", limits.MAX_LOG_ENTRY_BYTES)
+        _check_uint(self.index, "index", MAX_DELIVERY_ID)
+        _check_proof(self.proof)
+        _check_size(self.sth, "sth", limits.MAX_TREE_HEAD_BYTES)
+
+
+Record = SignedPreKeyRecord | OneTimePreKeyRecord | UsageCount | ProofOfWork | LogProof
 RECORD_TYPES: tuple[type[Record], ...] = (
-    SignedPreKeyRecord, OneTimePreKeyRecord, UsageCount, ProofOfWork,
+    SignedPreKeyRecord, OneTimePreKeyRecord, UsageCount, ProofOfWork, LogProof,
 )  # fmt: skip
 
 
@@ -442,6 +476,8 @@ class Bundle(_Response):
     identity_key: bytes
     signed_prekey: SignedPreKeyRecord
     one_time: OneTimePreKeyRecord | None = None
+    log: LogProof | None = None
+    """For a published account whose binding the newest tree head covers (SPEC §15.6)."""
 
     def __post_init__(self) -> None:
         _Response.__post_init__(self)
@@ -678,12 +714,129 @@ class Usage(_Response):
         _check_uint(self.user_initiated, "user_initiated", MAX_DELIVERY_ID)
 
 
+# §15 Transparency log
+
+
+@dataclass(frozen=True, slots=True)
+class LogHeadFetch(_Request):
+    """Ask for the log's newest signed tree head (SPEC §15.6); needs no account."""
+
+    TYPE: ClassVar[FrameType] = FrameType.LOG_HEAD_FETCH
+
+
+@dataclass(frozen=True, slots=True)
+class LogHead(_Response):
+    """The newest signed tree head; absent while the relay has signed none."""
+
+    TYPE: ClassVar[FrameType] = FrameType.LOG_HEAD
+    sth: bytes | None = None
+
+    def __post_init__(self) -> None:
+        _Response.__post_init__(self)
+        if self.sth is not None:
+            _check_size(self.sth, "sth", limits.MAX_TREE_HEAD_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class LogConsistencyFetch(_Request):
+    """Ask for PROOF(first, D[second]) (SPEC §15.2): that tree ``second`` extends ``first``."""
+
+    TYPE: ClassVar[FrameType] = FrameType.LOG_CONSISTENCY_FETCH
+    first: int
+    second: int
+
+    def __post_init__(self) -> None:
+        _Request.__post_init__(self)
+        _check_uint(self.first, "first", MAX_DELIVERY_ID, minimum=1)
+        _check_uint(self.second, "second", MAX_DELIVERY_ID, minimum=1)
+
+
+@dataclass(frozen=True, slots=True)
+class LogConsistency(_Response):
+    """A consistency proof, as RFC 9162 §2.1.4.1 builds it."""
+
+    TYPE: ClassVar[FrameType] = FrameType.LOG_CONSISTENCY
+    proof: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        _Response.__post_init__(self)
+        _check_proof(self.proof)
+
+
+@dataclass(frozen=True, slots=True)
+class LogInclusionFetch(_Request):
+    """Ask where the entry with ``leaf_hash`` is, and PATH(index, D[size]) for it."""
+
+    TYPE: ClassVar[FrameType] = FrameType.LOG_INCLUSION_FETCH
+    leaf_hash: bytes
+    size: int
+
+    def __post_init__(self) -> None:
+        _Request.__post_init__(self)
+        _check_len(self.leaf_hash, "leaf_hash", 32)
+        _check_uint(self.size, "size", MAX_DELIVERY_ID, minimum=1)
+
+
+@dataclass(frozen=True, slots=True)
+class LogInclusion(_Response):
+    """The first leaf holding that hash, and its inclusion proof in the tree of ``size``."""
+
+    TYPE: ClassVar[FrameType] = FrameType.LOG_INCLUSION
+    index: int
+    proof: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        _Response.__post_init__(self)
+        _check_uint(self.index, "index", MAX_DELIVERY_ID)
+        _check_proof(self.proof)
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntriesFetch(_Request):
+    """Ask for up to ``count`` entries from index ``start`` on (auditors, SPEC §15.6)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.LOG_ENTRIES_FETCH
+    start: int
+    count: int
+
+    def __post_init__(self) -> None:
+        _Request.__post_init__(self)
+        _check_uint(self.start, "start", MAX_DELIVERY_ID)
+        _check_uint(self.count, "count", limits.MAX_LOG_ENTRIES, minimum=1)
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntries(_Response):
+    """Entries ``start`` … ``start + len(entries) − 1``, their exact bytes; fewer than asked
+    at the log's end or when ``MAX_LOG_ENTRIES_BYTES`` is reached."""
+
+    TYPE: ClassVar[FrameType] = FrameType.LOG_ENTRIES
+    start: int
+    entries: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        _Response.__post_init__(self)
+        _check_uint(self.start, "start", MAX_DELIVERY_ID)
+        _check_max(self.entries, "entries", limits.MAX_LOG_ENTRIES)
+        for item in self.entries:
+            _check_size(item, "entries", limits.MAX_LOG_ENTRY_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class Discoverable(_Request):
+    """A user publishes its key binding in the log, from now on (SPEC §15.6); answered OK."""
+
+    TYPE: ClassVar[FrameType] = FrameType.DISCOVERABLE
+
+
 Frame = (
     Hello | Register | Login | Welcome | RotateIdentity | Ok | Error
     | PrekeysUpload | BundleFetch | Bundle | PrekeysLow
     | Send | Sent | Deliver | Ack
     | Statement | StatementsList | Statements
     | ProfilePut | ProfileFetch | Profile | UsageFetch | Usage
+    | LogHeadFetch | LogHead | LogConsistencyFetch | LogConsistency
+    | LogInclusionFetch | LogInclusion | LogEntriesFetch | LogEntries | Discoverable
 )  # fmt: skip
 
 FRAME_CLASSES: dict[FrameType, type[Frame]] = {
@@ -694,6 +847,8 @@ FRAME_CLASSES: dict[FrameType, type[Frame]] = {
         Send, Sent, Deliver, Ack,
         Statement, StatementsList, Statements,
         ProfilePut, ProfileFetch, Profile, UsageFetch, Usage,
+        LogHeadFetch, LogHead, LogConsistencyFetch, LogConsistency,
+        LogInclusionFetch, LogInclusion, LogEntriesFetch, LogEntries, Discoverable,
     )
 }  # fmt: skip
 """Tag → class; the codec's only table."""

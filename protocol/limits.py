@@ -284,6 +284,31 @@ times its size: a device restoring a large business's statements still pages at
 10 a second, while one connection cannot make the relay read more than 20 pages
 for it at once."""
 
+# --- Transparency log (SPEC §15) --------------------------------------------
+
+MAX_LOG_ENTRY_BYTES = 2048
+"""An entry's exact bytes (§15.1): room for the largest, a badge (``MAX_BADGE_BYTES``)
+with its context and fields."""
+
+MAX_TREE_HEAD_BYTES = 256
+"""A signed tree head is ~160 bytes; the bound leaves room for the non-canonical
+encodings a verifier must still accept (§14)."""
+
+MAX_PROOF_HASHES = 128
+"""Hashes in one inclusion or consistency proof: at most 63 and 126 for a log of up to
+2^63 entries (RFC 9162), so no honest proof is refused."""
+
+MAX_LOG_ENTRIES = 30
+"""Entries returned by one LOG_ENTRIES: 30 of the largest (``MAX_LOG_ENTRY_BYTES``) fit
+one frame (``MAX_FRAME_BYTES``), as for ``MAX_LISTED_STATEMENTS``; an auditor pages."""
+
+LOG_FETCH_RATE_PER_MIN = 6000.0
+LOG_FETCH_BURST = 200
+"""*Default.* Log fetches (§15.6) per connection, authenticated or not: an auditor
+reading a million entries pages ~33,000 times, so the rate lets it finish in minutes,
+while the burst bounds what one connection makes the store look up at once. Every
+answer is a few indexed lookups (§15.2 rule 3)."""
+
 # --- Business accounts (SPEC §8) -------------------------------------------
 
 MAX_PROFILE_BYTES = 8 * 1024

@@ -105,6 +105,9 @@ class RelayConfig:
     profile_fetch_burst: int = limits.PROFILE_FETCH_BURST
     usage_fetch_rate_per_min: float = limits.USAGE_FETCH_RATE_PER_MIN
     usage_fetch_burst: int = limits.USAGE_FETCH_BURST
+    log_fetch_rate_per_min: float = limits.LOG_FETCH_RATE_PER_MIN
+    log_fetch_burst: int = limits.LOG_FETCH_BURST
+    """Log fetches per connection (SPEC §15.6): the log is read before any login."""
     register_rate_per_h: float = limits.REGISTER_RATE_PER_H_ADDRESS
     register_burst: int = limits.REGISTER_BURST_ADDRESS
     """Registrations per source address (SPEC §4.6.1); tests and benchmarks that
@@ -179,6 +182,8 @@ class RelayConfig:
             "profile_fetch_burst": self.profile_fetch_burst,
             "usage_fetch_rate_per_min": self.usage_fetch_rate_per_min,
             "usage_fetch_burst": self.usage_fetch_burst,
+            "log_fetch_rate_per_min": self.log_fetch_rate_per_min,
+            "log_fetch_burst": self.log_fetch_burst,
             "register_rate_per_h": self.register_rate_per_h,
             "register_burst": self.register_burst,
             "max_stored_one_time_prekeys": self.max_stored_one_time_prekeys,

@@ -62,6 +62,8 @@ class SessionOutbox(Protocol):
     def withdraw(self, delivery_ids: list[int]) -> None: ...
 
 
+_SERIALS = itertools.count(1)
+
 CLOSE_REPLACED = 4000
 """WebSocket close code when a newer login of the same account takes over (SPEC §4.4)."""
 
@@ -111,6 +113,8 @@ class Session:
     ) -> None:
         self.conn = conn
         self.transport = transport
+        self.serial = next(_SERIALS)
+        """This process's number for the connection: what per-connection limits key on."""
         self.peer = peer
         """``host:port`` of the other end, for logs."""
         self.source = source
@@ -270,6 +274,9 @@ class Limiters:
     profile_fetch: TokenBuckets
     usage_fetch: TokenBuckets
     """Per account, taken before any other work for the request (SPEC §10)."""
+    log_fetch: TokenBuckets
+    """Per connection (SPEC §15.6: the log is read before any login), keyed by
+    :attr:`Session.serial`; it follows no account."""
 
     def per_account(self) -> tuple[TokenBuckets, ...]:
         """The buckets keyed by the account alone (SPEC §10): those that follow an
@@ -318,6 +325,9 @@ class Limiters:
             ),
             usage_fetch=TokenBuckets(
                 config.usage_fetch_rate_per_min / 60.0, config.usage_fetch_burst, clock
+            ),
+            log_fetch=TokenBuckets(
+                config.log_fetch_rate_per_min / 60.0, config.log_fetch_burst, clock
             ),
         )
 

@@ -20,12 +20,14 @@ from blindrelay.protocol.errors import InvalidPrekeys, InvalidSignature
 from blindrelay.protocol.frames import (
     Bundle,
     BundleFetch,
+    LogProof,
     Ok,
     OneTimePreKeyRecord,
     PrekeysLow,
     PrekeysUpload,
     SignedPreKeyRecord,
 )
+from blindrelay.protocol.transparency.entries import KeyBinding, decode_entry
 
 from .context import RelayContext, Session
 from .logs import log_event
@@ -103,7 +105,7 @@ def fetch(ctx: RelayContext, session: Session, frame: BundleFetch) -> None:
     owner = frame.handle
 
     def taken(row: list[Any]) -> None:
-        identity_key, kind, signed, one_time, remaining = row
+        identity_key, kind, signed, one_time, remaining, found = row
         session.send(
             Bundle(
                 re=frame.id,
@@ -112,11 +114,12 @@ def fetch(ctx: RelayContext, session: Session, frame: BundleFetch) -> None:
                 identity_key=identity_key,
                 signed_prekey=SignedPreKeyRecord(*signed),
                 one_time=OneTimePreKeyRecord(*one_time) if one_time is not None else None,
+                log=_log_proof(found, identity_key),
             )
         )
         log_event(
             logging.DEBUG, "bundle_served", handle=requester, owner=owner,
-            one_time=one_time is not None, remaining=remaining,
+            one_time=one_time is not None, remaining=remaining, proven=found is not None,
         )  # fmt: skip
         # SPEC §5.4: tell an online owner when its pool runs low (also when it is empty).
         if remaining < limits.PREKEY_LOW_WATER:
@@ -129,6 +132,18 @@ def fetch(ctx: RelayContext, session: Session, frame: BundleFetch) -> None:
          config.one_time_prekey_burst),
         taken,
     )  # fmt: skip
+
+
+def _log_proof(found: list[Any] | None, identity_key: bytes) -> LogProof | None:
+    """The binding's proof (SPEC §15.6 rule 3), read in the transaction that served the
+    key; checked once more here so that a bundle never proves another key than its own."""
+    if found is None:
+        return None
+    entry, index, proof, sth = found
+    binding = decode_entry(entry)
+    if not isinstance(binding, KeyBinding) or binding.identity_key != identity_key:
+        return None
+    return LogProof(entry=entry, index=index, proof=tuple(proof), sth=sth)
 
 
 def prekeys_low(ctx: RelayContext, owner: str, remaining: int) -> None:

@@ -28,7 +28,7 @@ from blindrelay.protocol.errors import (
 from blindrelay.protocol.fastcodec import read_ack, read_send
 from blindrelay.protocol.frames import Frame, FrameType
 
-from . import auth, business, delivery, directory, statements
+from . import auth, business, delivery, directory, statements, transparency
 from .context import RelayContext, Session
 from .logs import LOGGER, log_event
 from .routing import Hint, HintKind
@@ -48,8 +48,13 @@ HANDLERS: dict[FrameType, Handler] = {
     FrameType.PROFILE_PUT: business.put_profile,
     FrameType.PROFILE_FETCH: business.fetch_profile,
     FrameType.USAGE_FETCH: business.fetch_usage,
+    FrameType.LOG_HEAD_FETCH: transparency.fetch_head,
+    FrameType.LOG_CONSISTENCY_FETCH: transparency.fetch_consistency,
+    FrameType.LOG_INCLUSION_FETCH: transparency.fetch_inclusion,
+    FrameType.LOG_ENTRIES_FETCH: transparency.fetch_entries,
+    FrameType.DISCOVERABLE: transparency.publish,
 }
-"""Client frames this relay serves: every request of protocol v1."""
+"""Client frames this relay serves: every request of protocol v2."""
 
 
 class Dispatcher:

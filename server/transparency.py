@@ -1,4 +1,5 @@
-"""The relay's side of the transparency log: signing tree heads (SPEC §15.3).
+"""The relay's side of the transparency log: signing tree heads (SPEC §15.3) and
+answering the log's frames (SPEC §15.6).
 
 The store appends entries with the changes they record and keeps the heads
 (``store.transparency``); what only the relay process can do is sign, since it
@@ -9,17 +10,40 @@ it is still the newest and carries the log's own root, so relay processes that
 share a store publish one line of heads between them, each consistent with
 every earlier one.
 
+The four fetches are served on any open channel, before a login too (an auditor
+has no account), each after taking a token of the connection's own bucket and then
+one store operation: the store checks sizes against the newest signed head, so a
+proof is only ever for a tree the relay signed. DISCOVERABLE publishes a user's key.
+
 Not here: the entries (``store.transparency``), hashing and verification
-(``blindrelay.protocol.transparency``), the timer (``relay``).
+(``blindrelay.protocol.transparency``), the timer (``relay``), BUNDLE's proof
+(``directory``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
+from blindrelay.protocol import limits
+from blindrelay.protocol.frames import (
+    Discoverable,
+    LogConsistency,
+    LogConsistencyFetch,
+    LogEntries,
+    LogEntriesFetch,
+    LogHeadFetch,
+    LogInclusion,
+    LogInclusionFetch,
+    Ok,
+)
+from blindrelay.protocol.frames import (
+    LogHead as LogHeadFrame,
+)
 from blindrelay.protocol.transparency.treehead import sign_tree_head
 
+from .context import RelayContext, Session
 from .logs import log_event
 from .store import Store
 from .store.records import LogHead
@@ -39,3 +63,57 @@ async def publish_tree_head(
         return None  # another relay process published as large a head first
     log_event(logging.INFO, "tree_head", size=size)
     return LogHead(size, root, timestamp, signed)
+
+
+def fetch_head(ctx: RelayContext, session: Session, frame: LogHeadFetch) -> None:
+    ctx.limiters.log_fetch.take(session.serial)  # SPEC §10, before any work
+
+    def answer(row: list[Any] | None) -> None:
+        session.send(LogHeadFrame(re=frame.id, sth=None if row is None else row[3]))
+
+    ctx.run_job(session, frame, "log_head", (), answer)
+
+
+def fetch_consistency(ctx: RelayContext, session: Session, frame: LogConsistencyFetch) -> None:
+    ctx.limiters.log_fetch.take(session.serial)
+
+    def answer(proof: list[bytes]) -> None:
+        session.send(LogConsistency(re=frame.id, proof=tuple(proof)))
+
+    ctx.run_job(
+        session, frame, "log_signed_consistency", (frame.first, frame.second), answer
+    )
+
+
+def fetch_inclusion(ctx: RelayContext, session: Session, frame: LogInclusionFetch) -> None:
+    ctx.limiters.log_fetch.take(session.serial)
+
+    def answer(found: list[Any]) -> None:
+        index, proof = found
+        session.send(LogInclusion(re=frame.id, index=index, proof=tuple(proof)))
+
+    ctx.run_job(session, frame, "log_find", (frame.leaf_hash, frame.size), answer)
+
+
+def fetch_entries(ctx: RelayContext, session: Session, frame: LogEntriesFetch) -> None:
+    ctx.limiters.log_fetch.take(session.serial)
+    count = min(frame.count, limits.MAX_LOG_ENTRIES)
+
+    def answer(entries: list[bytes]) -> None:
+        session.send(LogEntries(re=frame.id, start=frame.start, entries=tuple(entries)))
+
+    ctx.run_job(session, frame, "log_entries", (frame.start, count), answer)
+
+
+def publish(ctx: RelayContext, session: Session, frame: Discoverable) -> None:
+    """SPEC §15.6 rule 4: a user's key binding logged from now on; OK whatever it did."""
+    handle = session.handle
+    assert handle is not None
+    ctx.limiters.profile_put.take(handle)  # SPEC §10: DISCOVERABLE's bucket
+
+    def answer(published: bool) -> None:
+        if published:
+            log_event(logging.INFO, "key_published", handle=handle)
+        session.send(Ok(re=frame.id))
+
+    ctx.run_job(session, frame, "publish_key", (handle, ctx.clock()), answer)

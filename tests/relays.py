@@ -37,6 +37,10 @@ MANY_REGISTRATIONS: dict[str, Any] = {"register_burst": 100_000, "register_rate_
 from 127.0.0.1, so the default limit would cut the suite off; the tests of the limit
 itself set it back (tests/server/test_registration.py)."""
 
+QUICK_TREE_HEADS: dict[str, Any] = {"sth_interval_s": 0.05}
+"""A signed tree head every 50 ms rather than 10 s: the SDK waits for one before its
+first message to a new business (SPEC §15.6), and a test should not wait 10 s."""
+
 
 @asynccontextmanager
 async def relay_at(
@@ -44,7 +48,7 @@ async def relay_at(
 ) -> AsyncIterator[RunningRelay]:
     """A relay with its database in ``tmp_path`` (and ``clock``, else the wall clock),
     closed when the block ends; ``config`` changes :class:`RelayConfig` fields."""
-    config = {**MANY_REGISTRATIONS, **config}  # every test client comes from 127.0.0.1
+    config = {**MANY_REGISTRATIONS, **QUICK_TREE_HEADS, **config}  # clients: 127.0.0.1
     relay = await serve(
         RelayConfig(host="127.0.0.1", port=0, db_path=tmp_path / "relay.db", **config),
         clock=clock,

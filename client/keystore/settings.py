@@ -2,7 +2,8 @@
 
 Settings are one value each: the relay key pinned at the first login (SPEC §4.1),
 whether the account is registered, the identity seed of a rotation in progress
-(SPEC §3.4), and a business's last published profile (SPEC §8.1). The front ends
+(SPEC §3.4), a business's last published profile (SPEC §8.1) and the newest tree
+head of the relay's log we verified (SPEC §15.6). The front ends
 keep per-account rows: when a customer last got the automatic away reply, the
 chat's contact list and the consent requests awaiting an answer.
 
@@ -25,6 +26,7 @@ _RELAY_KEY = b"relay_key"
 _REGISTERED = b"registered"
 _ROTATING_SEED = b"rotating_identity_seed"
 _BUSINESS_PROFILE = b"business_profile"
+_TREE_HEAD = b"tree_head"
 
 
 class SettingRecords(ConversationRecords):
@@ -75,6 +77,15 @@ class SettingRecords(ConversationRecords):
         if signed is not None:
             require_bytes("signed", signed)
         self._set_setting(_BUSINESS_PROFILE, signed)
+
+    def tree_head(self) -> bytes | None:
+        """The newest signed tree head of the relay's log we verified (SPEC §15.6)."""
+        return self._setting(_TREE_HEAD)
+
+    def set_tree_head(self, signed: bytes | None) -> None:
+        if signed is not None:
+            require_bytes("signed", signed)
+        self._set_setting(_TREE_HEAD, signed)
 
     # Automatic away replies: one per customer per closed period
 

@@ -45,7 +45,7 @@ from blindrelay.protocol.frames import MAX_TIME_MS, AccountKind, check_handle
 
 from . import merkle
 
-MAX_ENTRY_BYTES = 2048
+MAX_ENTRY_BYTES = limits.MAX_LOG_ENTRY_BYTES
 """Room for the largest entry, a badge (``MAX_BADGE_BYTES``) with its context and
 fields; a bound on what an auditor's decoder accepts, not a tuning knob."""
 

@@ -21,13 +21,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+from blindrelay.protocol import limits
 from blindrelay.protocol.errors import InvalidProof, InvalidTreeHead, MalformedFrame, ProtocolError
 from blindrelay.protocol.frames import MAX_TIME_MS
 from blindrelay.protocol.signed import SignedBody, open_signed
 
 from . import merkle
 
-MAX_TREE_HEAD_BYTES = 256
+MAX_TREE_HEAD_BYTES = limits.MAX_TREE_HEAD_BYTES
 """A signed head is ~160 bytes (four fields and a signature); the bound leaves
 room for the non-canonical encodings a verifier must still accept (§14)."""
 

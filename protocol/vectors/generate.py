@@ -81,6 +81,17 @@ def valid_frames() -> dict[str, f.Frame]:
         "profile": f.Profile(re=11, handle="skyways.air", identity_key=K32, profile=b"\x07" * 300, badge=b"\x08" * 150),
         "usage_fetch": f.UsageFetch(id=12, month="2026-11"),
         "usage": f.Usage(re=12, month="2026-11", notifications=(f.UsageCount("utility", 1200), f.UsageCount("marketing", 3)), service_replies=40, user_initiated=55),
+        "bundle_with_log_proof": f.Bundle(re=4, handle="skyways.air", kind="business", identity_key=K32, signed_prekey=spk, log=f.LogProof(entry=b"blindrelay/v1/log/key\x00" + b"\x09" * 60, index=5, proof=(K32, K32B, bytes(32)), sth=b"\x0a" * 160)),
+        "log_head_fetch": f.LogHeadFetch(id=13),
+        "log_head": f.LogHead(re=13, sth=b"\x0a" * 160),
+        "log_head_none": f.LogHead(re=13),
+        "log_consistency_fetch": f.LogConsistencyFetch(id=14, first=5, second=12),
+        "log_consistency": f.LogConsistency(re=14, proof=(K32, K32B)),
+        "log_inclusion_fetch": f.LogInclusionFetch(id=15, leaf_hash=K32, size=12),
+        "log_inclusion": f.LogInclusion(re=15, index=5, proof=(K32B, K32, bytes(32), bytes(range(1, 33)))),
+        "log_entries_fetch": f.LogEntriesFetch(id=16, start=0, count=30),
+        "log_entries": f.LogEntries(re=16, start=0, entries=(b"blindrelay/v1/log/statement\x00" + b"\x0b" * 40, b"blindrelay/v1/log/key\x00" + b"\x0c" * 60)),
+        "discoverable": f.Discoverable(id=17),
     }  # fmt: skip
 
 
@@ -174,6 +185,10 @@ def invalid_vectors() -> dict[str, tuple[bytes, str, int | None, str]]:
         "public_key_short": (_pack({"t": 10, "id": 1, "one_time": [{"key_id": 1, "public": K32[:31]}]}), "MALFORMED_FRAME", 1, "31-byte public key"),
         "reason_on_refusal": (_pack({"t": 9, "code": 400, "reason": "blocked"}), "MALFORMED_FRAME", None, "reason only allowed with 1xx codes"),
         "month_invalid": (_pack({"t": 43, "id": 1, "month": "2026-13"}), "MALFORMED_FRAME", 1, "month 13"),
+        "log_consistency_from_zero": (_pack({"t": 52, "id": 4, "first": 0, "second": 8}), "MALFORMED_FRAME", 4, "a proof from size 0 proves nothing (§15.2)"),
+        "log_entries_count_over_max": (_pack({"t": 56, "id": 4, "start": 0, "count": limits.MAX_LOG_ENTRIES + 1}), "MALFORMED_FRAME", 4, "count over MAX_LOG_ENTRIES"),
+        "log_inclusion_short_hash": (_pack({"t": 54, "id": 4, "leaf_hash": K32[:31], "size": 3}), "MALFORMED_FRAME", 4, "a 31-byte leaf hash"),
+        "log_proof_hash_long": (_pack({"t": 53, "re": 4, "proof": [K32 + b"\x00"]}), "FRAME_TOO_LARGE", None, "a 33-byte hash in a proof: longer than bin 32"),
         # SPEC §2.2.5: `re` echoes a readable top-level `id` whatever else is wrong.
         "id_with_ext_type": (_pack({"t": 11, "id": 3, "handle": msgpack.ExtType(5, b"x")}), "MALFORMED_FRAME", 3, "extension type 5 in a request with a readable id"),
         "id_with_timestamp_ext": (bytes.fromhex("83a1740ba2696403a668616e646c65d6ff00000001"), "MALFORMED_FRAME", 3, "timestamp extension (-1) in a request with a readable id"),
@@ -181,7 +196,7 @@ def invalid_vectors() -> dict[str, tuple[bytes, str, int | None, str]]:
         "id_with_duplicate_key": (bytes.fromhex("84a1740ba2696403a668616e646c65a3626f62a668616e646c65a3626f62"), "MALFORMED_FRAME", 3, "key handle twice in a request with a readable id"),
         "id_with_int_map_key": (bytes.fromhex("84a1740ba2696403a668616e646c65a3626f620101"), "MALFORMED_FRAME", 3, "map key 1 in a request with a readable id"),
         "id_with_too_deep": (_pack({"t": 11, "id": 3, "handle": deep}), "MALFORMED_FRAME", 3, "nesting too deep in a request with a readable id"),
-        "id_with_unknown_type": (_pack({"t": 50, "id": 3, "future": b"field"}), "UNKNOWN_FRAME_TYPE", 3, "unknown t in a message with a readable id"),
+        "id_with_unknown_type": (_pack({"t": 90, "id": 3, "future": b"field"}), "UNKNOWN_FRAME_TYPE", 3, "unknown t in a message with a readable id"),
         "id_on_a_notification": (_pack({"t": 23, "id": 3, "delivery_ids": [1]}), "MALFORMED_FRAME", 3, "an ACK with an id key: the id is echoed whatever t is"),
         "id_largest": (_pack({"t": 11, "id": 2**32 - 1, "handle": "B"}), "MALFORMED_FRAME", 2**32 - 1, "the largest id, echoed"),
         "id_key_non_canonical": (bytes.fromhex("83a1740bd9026964" "03a668616e646c65a142"), "MALFORMED_FRAME", 3, "id key as str8: still the str key id"),

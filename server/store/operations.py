@@ -222,8 +222,9 @@ CONTRACT: dict[str, Operation] = {
             "burst?": "int: and its size",
         },
         result="[identity_key, kind, [key_id, public, signature], [key_id, public] | nil, "
-        "one-time prekeys remaining]; nil one-time when none is left or the owner's budget "
-        "is spent",
+        "one-time prekeys remaining, log_binding_proof's result]; nil one-time when none is "
+        "left or the owner's budget is spent; the proof is read in the same transaction, so "
+        "it is of the key served or nil (§15.6 rule 3)",
         errors="400 RECIPIENT_UNAVAILABLE: unknown owner, refused by consent or block (the "
         "pair state is read first, also for an unknown owner), or no signed prekey; "
         "202 FORBIDDEN where §7.3 says so",
@@ -376,6 +377,33 @@ CONTRACT: dict[str, Operation] = {
         spec="§15.1",
         args={"start": "int: an index", "limit": "int"},
         result="[bin, …]: the entries from ``start`` on, at most ``limit``, in order",
+    ),
+    "publish_key": Operation(
+        spec="§15.6",
+        args={"handle": "str: a user", "now": "int ms"},
+        result="bool: its key binding appended now; false when published already (every "
+        "business is)",
+        atomic="the entry and the handle's published mark: from then on its rotations are "
+        "logged too",
+    ),
+    "log_signed_consistency": Operation(
+        spec="§15.6",
+        args={"first": "int", "second": "int"},
+        result="[bin 32, …]: PROOF(first, D[second])",
+        errors="601 NOT_FOUND: not 0 < first ≤ second ≤ the newest signed head's size",
+    ),
+    "log_find": Operation(
+        spec="§15.6",
+        args={"leaf_hash": "bin 32", "size": "int"},
+        result="[index, [bin 32, …]]: the first leaf below ``size`` with that hash and "
+        "PATH(index, D[size])",
+        errors="601 NOT_FOUND: no such leaf, or not 0 < size ≤ the newest signed head's size",
+    ),
+    "log_binding_proof": Operation(
+        spec="§15.6",
+        args={"handle": "str"},
+        result="[entry, index, [bin 32, …], signed head] for the handle's newest key binding "
+        "in the newest signed head | nil (not published, or bound after that head)",
     ),
     "checkpoint": Operation(
         spec="§11.2",

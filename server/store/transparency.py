@@ -5,8 +5,9 @@ change, so the entry commits in the same transaction as what it records — a
 business registered, a key rotated, a statement accepted, a badge issued or
 revoked — or not at all:
 
-- :func:`key_binding` — a business's key at registration and each rotation
-  (a user's only once it opted in to be discoverable: not offered yet);
+- :func:`key_binding` — a business's key at registration and each rotation, a
+  user's from its DISCOVERABLE on (SPEC §15.6); the back ends keep, per published
+  handle, the index of its newest binding (``log_bindings``), which BUNDLE proves;
 - :func:`statement_logged` — every accepted statement, as the hash of its bytes;
 - :func:`badge_issued` / :func:`badge_revoked` — the operator's badges.
 
@@ -21,20 +22,31 @@ signing (the relay holds its key), hashing (the protocol package).
 
 from __future__ import annotations
 
-from blindrelay.protocol.errors import InternalError
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from blindrelay.protocol.errors import InternalError, NotFound
 from blindrelay.protocol.frames import AccountKind
 from blindrelay.protocol.signed import unverified_body
 from blindrelay.protocol.transparency import entries
+from blindrelay.protocol.transparency.entries import KeyBinding, decode_entry
 from blindrelay.protocol.transparency.treehead import TreeHead
 
 from .records import LogHead
 
 
 def key_binding(
-    handle: str, kind: str, identity_key: bytes, now: int, previous_key: bytes | None = None
+    handle: str,
+    kind: str,
+    identity_key: bytes,
+    now: int,
+    previous_key: bytes | None = None,
+    *,
+    published: bool = False,
 ) -> bytes | None:
-    """The entry for a key, or None when the account is not published (a user)."""
-    if kind != AccountKind.BUSINESS:
+    """The entry for a key, or None when the account is not published: a user that
+    has not sent DISCOVERABLE (SPEC §15.6 rule 4). A business always is."""
+    if kind != AccountKind.BUSINESS and not published:
         return None
     return entries.KeyBinding(
         v=1, handle=handle, kind=kind, identity_key=identity_key, at=now,
@@ -75,3 +87,34 @@ def accept_head(
     if (signed.size, signed.root, signed.timestamp) != (head.size, head.root, head.timestamp):
         raise InternalError("tree head fields differ from the signed ones")
     return True
+
+
+def newest_bindings(entries: Iterable[tuple[int, bytes]]) -> dict[str, int]:
+    """Handle → index of its newest key binding, from ``(index, entry)`` in log order:
+    what ``log_bindings`` holds, rebuilt when a store first gets that table."""
+    newest: dict[str, int] = {}
+    for index, data in entries:
+        entry = decode_entry(data)
+        if isinstance(entry, KeyBinding):
+            newest[entry.handle] = index
+    return newest
+
+
+def binding_proof(
+    bound: int | None,
+    head: LogHead | None,
+    entry: Callable[[int], bytes],
+    proof: Callable[[int, int], list[bytes]],
+) -> list[Any] | None:
+    """SPEC §15.6 rule 3: ``[entry, index, PATH(index, D[head.size]), head]`` for a
+    binding the newest head covers; None for none, or one newer than the head."""
+    if bound is None or head is None or bound >= head.size:
+        return None
+    return [entry(bound), bound, proof(bound, head.size), head.signed]
+
+
+def check_signed_size(head: LogHead | None, *sizes: int) -> None:
+    """SPEC §15.6 rule 1: proofs only for trees the relay signed (601 otherwise)."""
+    limit = head.size if head is not None else 0
+    if any(not 0 < size <= limit for size in sizes):
+        raise NotFound()

@@ -92,7 +92,7 @@ def relay_process(db: Path) -> Iterator[str]:
     """``blindrelay serve`` on ``db`` as a subprocess; yields its URL."""
     relay = subprocess.Popen(
         [sys.executable, "-m", "blindrelay.server.cli", "serve", "--port", "0",
-         "--db", str(db)],
+         "--db", str(db), "--sth-interval-s", "0.1"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert relay.stdout is not None

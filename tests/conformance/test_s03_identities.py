@@ -6,11 +6,11 @@ import msgpack
 import pytest
 
 from blindrelay.protocol import limits
-from blindrelay.protocol.connection import register_transcript, rotate_transcript
+from blindrelay.protocol.connection import register_transcript
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.frames import Error, Ok, RotateIdentity, Welcome
 
-from .wire import Account, new_handle, rng
+from .wire import Account, new_handle, rng, rotation
 
 
 @pytest.mark.spec("3.2")
@@ -114,21 +114,6 @@ async def test_lookalikes_of_a_business_are_refused_like_a_taken_handle(relay):
     assert isinstance(allowed, Welcome)
 
 
-def _rotation(peer, new_key, *, issued_at=None, old_key=None, sign_new=None, request_id=None):
-    account = peer.account
-    issued_at = peer.relay_now() if issued_at is None else issued_at
-    transcript = rotate_transcript(
-        peer.hello.relay_key, account.handle, account.public, new_key.public, issued_at
-    )
-    return RotateIdentity(
-        id=request_id or peer.next_id(),
-        new_identity_key=new_key.public,
-        issued_at=issued_at,
-        old_signature=(old_key or account.key).sign(transcript),
-        new_signature=(sign_new or new_key).sign(transcript),
-    )
-
-
 @pytest.mark.spec("3.4")
 async def test_rotation_replaces_the_key_and_deletes_the_prekeys(relay):
     """SPEC: the relay MUST check both signatures and issued_at, "then replace the key,
@@ -136,7 +121,7 @@ async def test_rotation_replaces_the_key_and_deletes_the_prekeys(relay):
     alice = await relay.user(one_time=2)
     old = alice.account
     new_key = IdentityKeyPair.generate(rng)
-    assert isinstance(await alice.request(lambda i: _rotation(alice, new_key, request_id=i)), Ok)
+    assert isinstance(await alice.request(lambda i: rotation(alice, new_key, request_id=i)), Ok)
     stale = await relay.connect()
     refused = await stale.login(old)
     assert isinstance(refused, Error) and refused.code == 200
@@ -152,7 +137,7 @@ async def test_rotation_with_a_bad_signature_gets_500(relay, forged):
     alice = await relay.user()
     new_key, stranger = IdentityKeyPair.generate(rng), IdentityKeyPair.generate(rng)
     kwargs = {"old_key": stranger} if forged == "old_signature" else {"sign_new": stranger}
-    error = await alice.request(lambda i: _rotation(alice, new_key, request_id=i, **kwargs))
+    error = await alice.request(lambda i: rotation(alice, new_key, request_id=i, **kwargs))
     assert isinstance(error, Error) and error.code == 500
     await relay.login(alice)  # the old key is still the account's key
 
@@ -166,7 +151,7 @@ async def test_rotation_outside_the_clock_skew_gets_501(relay, offset):
     issued_at = alice.relay_now() + offset * (limits.STATEMENT_SKEW_MS + 60_000)
     new_key = IdentityKeyPair.generate(rng)
     error = await alice.request(
-        lambda i: _rotation(alice, new_key, issued_at=issued_at, request_id=i)
+        lambda i: rotation(alice, new_key, issued_at=issued_at, request_id=i)
     )
     assert isinstance(error, Error) and error.code == 501
 
@@ -175,7 +160,7 @@ async def test_rotation_outside_the_clock_skew_gets_501(relay, offset):
 async def test_rotating_to_the_current_key_gets_100(relay):
     """SPEC: "Rotating to the current key is refused with ERROR 100"."""
     alice = await relay.user()
-    error = await alice.request(lambda i: _rotation(alice, alice.account.key, request_id=i))
+    error = await alice.request(lambda i: rotation(alice, alice.account.key, request_id=i))
     assert isinstance(error, Error) and error.code == 100
 
 
@@ -186,8 +171,8 @@ async def test_of_two_concurrent_rotations_the_second_gets_501_or_500(relay):
     signatures before the first was committed …, with ERROR 500 if after"; replaying the
     first afterwards is refused too."""
     alice = await relay.user()
-    first = _rotation(alice, IdentityKeyPair.generate(rng))
-    second = _rotation(alice, IdentityKeyPair.generate(rng))
+    first = rotation(alice, IdentityKeyPair.generate(rng))
+    second = rotation(alice, IdentityKeyPair.generate(rng))
     await alice.send(first)
     await alice.send(second)  # before the first is answered
     answers = [await alice.response(first.id), await alice.response(second.id)]

@@ -53,7 +53,7 @@ async def test_an_unknown_frame_type_is_102_and_harms_nothing(relay):
     """SPEC §12.2: "a peer that does not know a type answers ERROR 102, which tells the
     sender the extension is unsupported without harming the connection"."""
     peer = await relay.user()
-    await peer.send_raw(msgpack.packb({"t": 50, "id": 1, "future": b"field"}), expect_re=1)
+    await peer.send_raw(msgpack.packb({"t": 90, "id": 1, "future": b"field"}), expect_re=1)
     error = await peer.recv()
     assert isinstance(error, Error) and (error.code, error.re) == (102, 1)
     assert await peer.round_trip() == []

@@ -40,7 +40,7 @@ from websockets.typing import Subprotocol
 from blindrelay.protocol import SUBPROTOCOL
 from blindrelay.protocol.channel import ChannelError, ClientChannel
 from blindrelay.protocol.codec import decode, encode
-from blindrelay.protocol.connection import ClientConnection
+from blindrelay.protocol.connection import ClientConnection, rotate_transcript
 from blindrelay.protocol.crypto.keys import IdentityKeyPair, OneTimePreKey, SignedPreKey
 from blindrelay.protocol.errors import ProtocolError
 from blindrelay.protocol.frames import (
@@ -52,6 +52,7 @@ from blindrelay.protocol.frames import (
     FrameType,
     Hello,
     OneTimePreKeyRecord,
+    RotateIdentity,
     Send,
     SignedPreKeyRecord,
     Welcome,
@@ -402,3 +403,28 @@ __all__ = [
     "open_socket",
     "signed_prekey",
 ]
+
+
+def rotation(
+    peer: Peer,
+    new_key: IdentityKeyPair,
+    *,
+    issued_at: int | None = None,
+    old_key: IdentityKeyPair | None = None,
+    sign_new: IdentityKeyPair | None = None,
+    request_id: int | None = None,
+) -> RotateIdentity:
+    """ROTATE_IDENTITY to ``new_key`` (SPEC §3.4), both transcripts signed; the keyword
+    arguments forge one part of it."""
+    account = peer.account
+    issued_at = peer.relay_now() if issued_at is None else issued_at
+    transcript = rotate_transcript(
+        peer.hello.relay_key, account.handle, account.public, new_key.public, issued_at
+    )
+    return RotateIdentity(
+        id=request_id or peer.next_id(),
+        new_identity_key=new_key.public,
+        issued_at=issued_at,
+        old_signature=(old_key or account.key).sign(transcript),
+        new_signature=(sign_new or new_key).sign(transcript),
+    )

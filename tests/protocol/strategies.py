@@ -56,6 +56,16 @@ BY_NAME: dict[str, st.SearchStrategy[object]] = {
     "has_signed_prekey": st.booleans(),
     "pow_nonce": st.binary(min_size=limits.POW_NONCE_BYTES, max_size=limits.POW_NONCE_BYTES),
     "invite": st.binary(min_size=limits.INVITE_BYTES, max_size=limits.INVITE_BYTES),
+    "leaf_hash": st.binary(min_size=32, max_size=32),
+    "size": st.integers(1, f.MAX_DELIVERY_ID),
+    "index": counts,
+    "start": counts,
+    "first": st.integers(1, f.MAX_DELIVERY_ID),
+    "second": st.integers(1, f.MAX_DELIVERY_ID),
+    "proof": st.lists(st.binary(min_size=32, max_size=32), max_size=4).map(tuple),
+    "entries": st.lists(st.binary(min_size=1, max_size=64), max_size=5).map(tuple),
+    "sth": st.binary(min_size=1, max_size=limits.MAX_TREE_HEAD_BYTES),
+    "entry": st.binary(min_size=1, max_size=limits.MAX_LOG_ENTRY_BYTES),
     "pow": st.builds(
         f.ProofOfWork,
         bits=st.integers(1, 6),
@@ -67,6 +77,9 @@ BY_NAME: dict[str, st.SearchStrategy[object]] = {
 SIGNED = st.builds(f.SignedPreKeyRecord, key_id=BY_NAME["key_id"], public=BY_NAME["public"], signature=BY_NAME["signature"])
 ONE_TIME = st.builds(f.OneTimePreKeyRecord, key_id=BY_NAME["key_id"], public=BY_NAME["public"])
 USAGE = st.builds(f.UsageCount, category=categories, count=counts)
+LOG_PROOF = st.builds(
+    f.LogProof, entry=BY_NAME["entry"], index=counts, proof=BY_NAME["proof"], sth=BY_NAME["sth"]
+)
 
 
 def _value(name: str, hint: object) -> st.SearchStrategy[object]:
@@ -78,6 +91,8 @@ def _value(name: str, hint: object) -> st.SearchStrategy[object]:
         return SIGNED
     if hint is f.OneTimePreKeyRecord or f.OneTimePreKeyRecord in typing.get_args(hint):
         return ONE_TIME
+    if f.LogProof in typing.get_args(hint):
+        return LOG_PROOF
     if name == "notifications":
         return st.lists(USAGE, max_size=2).map(tuple)
     if hint is int:
@@ -117,6 +132,13 @@ def frame_strategy(cls: type[f.Frame]) -> st.SearchStrategy[f.Frame]:
         base = st.tuples(base, BY_NAME["retry_after"]).map(
             lambda p: {**p[0], "retry_after": p[1]} if p[0]["code"] == 402 else p[0]
         )
+    if cls is f.LogEntriesFetch:
+        base = st.tuples(base, st.integers(1, limits.MAX_LOG_ENTRIES)).map(
+            lambda p: {**p[0], "count": p[1]}
+        )
+    if cls is f.LogConsistencyFetch:
+        base = base.map(lambda kw: {**kw, "first": min(kw["first"], kw["second"]),
+                                    "second": max(kw["first"], kw["second"])})
     if cls is f.PrekeysUpload:
         base = base.filter(lambda kw: kw["signed_prekey"] is not None or kw["one_time"])
     return base.map(lambda kw: cls(**kw))

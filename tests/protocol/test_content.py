@@ -57,6 +57,24 @@ def test_encoding_puts_keys_in_spec_order() -> None:
     assert text == pack({"v": 1, "id": MSG_ID, "kind": "text", "text": "hi"})
 
 
+def test_a_tree_head_rides_last_in_any_kind_and_round_trips() -> None:
+    """SPEC §13.11: the optional ``sth`` (§15.6 gossip) comes after the kind's fields."""
+    head = b"\x0a" * 160
+    for body in (Text("hi"), Data(b"x"), Receipt(ReceiptType.READ, (REF,))):
+        content = Content(MSG_ID, body, head)
+        data = encode_content(content)
+        assert list(msgpack.unpackb(data, raw=False))[-1] == "sth"
+        assert decode_content(data) == content
+        assert content_encoder(body, head)(MSG_ID) == data
+    for bad in (b"", b"x" * 257):
+        with pytest.raises(MalformedContent):
+            Content(MSG_ID, Text("hi"), bad)
+        with pytest.raises(MalformedContent):
+            decode_content(pack({**VALID_TEXT, "sth": bad}))
+    with pytest.raises(MalformedContent):
+        decode_content(pack({**VALID_TEXT, "sth": "not bin"}))
+
+
 def test_largest_content_fits_the_largest_padding_bucket() -> None:
     assert MAX_CONTENT_BYTES == MAX_PLAINTEXT_BYTES
     overhead = len(encode_content(Content(MSG_ID, Data(b""))))

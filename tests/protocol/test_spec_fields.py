@@ -39,6 +39,7 @@ RECORDS: dict[str, type] = {
     "OneTimePreKey": f.OneTimePreKeyRecord,
     "UsageCount": f.UsageCount,
     "ProofOfWork": f.ProofOfWork,
+    "LogProof": f.LogProof,
 }
 SIGNED: dict[str, type] = {
     "statement": ConsentStatement,

@@ -44,7 +44,7 @@ from blindrelay.server.relay import RunningRelay, serve
 from .. import pg
 from ..asyncrun import AsyncFixture, async_test_runner
 from ..pg import PostgresDatabase
-from ..relays import MANY_REGISTRATIONS, FakeClock
+from ..relays import MANY_REGISTRATIONS, QUICK_TREE_HEADS, FakeClock
 from ..sealed import SealedSocket
 
 TEST_TIMEOUT_S = 10.0
@@ -111,10 +111,12 @@ def config(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Rela
     if backend == "postgresql":
         database: PostgresDatabase = request.getfixturevalue("pg_database")
         return RelayConfig(
-            host="127.0.0.1", port=0, store=database.fresh_schema(), **MANY_REGISTRATIONS
+            host="127.0.0.1", port=0, store=database.fresh_schema(),
+            **MANY_REGISTRATIONS, **QUICK_TREE_HEADS,
         )
     return RelayConfig(
-        host="127.0.0.1", port=0, db_path=tmp_path / "relay.db", **MANY_REGISTRATIONS
+        host="127.0.0.1", port=0, db_path=tmp_path / "relay.db",
+        **MANY_REGISTRATIONS, **QUICK_TREE_HEADS,
     )
 
 

@@ -196,7 +196,7 @@ async def test_an_upgraded_sqlite_relay_logs_the_businesses_it_already_had(tmp_p
     await store.submit("create_account", "alice", "user", ALICE.public, T0)
     await store.close()
     with sqlite3.connect(path) as conn:  # as a schema-6 relay left it: no log tables
-        for table in ("log_entries", "log_nodes", "log_heads"):
+        for table in ("log_entries", "log_nodes", "log_heads", "log_bindings"):
             conn.execute(f"DROP TABLE {table}")
         conn.execute("PRAGMA user_version=6")
     store = open_store(str(path), RelayConfig())
@@ -205,8 +205,56 @@ async def test_an_upgraded_sqlite_relay_logs_the_businesses_it_already_had(tmp_p
         assert await logged(store) == [
             e.KeyBinding(v=1, handle="skyways.air", kind="business", identity_key=AIRLINE.public, at=T0)
         ]
+        await sign_head(store)  # schema 8: the binding is found for BUNDLE's proof
+        assert (await store.submit("log_binding_proof", "skyways.air"))[1] == 0
     finally:
         await store.close()
+
+
+async def sign_head(store: Store) -> bytes:
+    size, root, _ = await store.submit("log_state")
+    signed = sign_tree_head(RELAY.sign, size, root, T0 + size)
+    assert await store.submit("log_add_head", size, root, T0 + size, signed) is True
+    return signed
+
+
+async def test_bindings_are_proven_in_the_newest_head_and_leaves_found_by_hash(
+    store_url: str,
+) -> None:
+    """SPEC §15.6: BUNDLE's proof is of the handle's newest binding, in the newest head,
+    and only once a head covers it; a user's key only after DISCOVERABLE; proofs only
+    for sizes the relay signed."""
+    async with opened(store_url) as store:
+        await store.submit("create_account", "skyways.air", "business", AIRLINE.public, T0)
+        await store.submit("create_account", "alice", "user", ALICE.public, T0)
+        assert await store.submit("log_binding_proof", "skyways.air") is None  # no head yet
+        with pytest.raises(NotFound):
+            await store.submit("log_find", merkle.leaf_hash(b"x"), 1)
+        first = await sign_head(store)
+        entry, index, proof, head = await store.submit("log_binding_proof", "skyways.air")
+        assert (index, head) == (0, first) and e.decode_entry(entry).handle == "skyways.air"
+        root = open_tree_head(head, RELAY.public).root
+        merkle.verify_inclusion(merkle.leaf_hash(entry), 0, 1, proof, root)
+        assert await store.submit("log_binding_proof", "alice") is None  # not published
+        assert await store.submit("publish_key", "alice", T0 + 1) is True
+        assert await store.submit("publish_key", "alice", T0 + 2) is False
+        assert await store.submit("publish_key", "skyways.air", T0 + 2) is False
+        assert await store.submit("log_binding_proof", "alice") is None  # newer than the head
+        await store.submit("rotate_identity", "skyways.air", AIRLINE.public, AIRLINE_NEW.public, T0 + 3)
+        with pytest.raises(NotFound):  # size 3 is the log's, but no head says so
+            await store.submit("log_find", merkle.leaf_hash(entry), 3)
+        second = await sign_head(store)
+        alice_entry, alice_index, _, _ = await store.submit("log_binding_proof", "alice")
+        assert alice_index == 1 and e.decode_entry(alice_entry).identity_key == ALICE.public
+        rotated, rotated_index, _, head = await store.submit("log_binding_proof", "skyways.air")
+        assert rotated_index == 2 and head == second
+        assert e.decode_entry(rotated).previous_key == AIRLINE.public
+        assert (await store.submit("log_find", merkle.leaf_hash(entry), 3))[0] == 0
+        proof = await store.submit("log_signed_consistency", 1, 3)
+        merkle.verify_consistency(1, 3, root, open_tree_head(second, RELAY.public).root, proof)
+        for args in [(0, 3), (3, 1), (1, 4)]:
+            with pytest.raises(NotFound):
+                await store.submit("log_signed_consistency", *args)
 
 
 @pytest.mark.postgres
@@ -218,10 +266,10 @@ async def test_an_upgraded_postgresql_relay_logs_the_businesses_it_already_had(
         await store.submit("create_account", "skyways.air", "business", AIRLINE.public, T0)
         await store.submit("create_account", "alice", "user", ALICE.public, T0)
     schema = url.split("search_path=")[1]
-    pg.execute(  # as a schema-3 relay left it: no log tables (4), no workers table (5)
-        pg_database.url,
+    pg.execute(  # as a schema-3 relay left it: no log tables (4), no workers table (5),
+        pg_database.url,  # no log_bindings (6)
         *[f'DROP TABLE "{schema}".{table}'
-          for table in ("log_entries", "log_nodes", "log_heads", "workers")],
+          for table in ("log_entries", "log_nodes", "log_heads", "workers", "log_bindings")],
         f'DELETE FROM "{schema}".schema_version WHERE version >= 4',
     )  # fmt: skip
     async with opened(url) as store:

@@ -228,7 +228,7 @@ def _locked_by(call: Call) -> list[Any]:
         return [args[0], unverified_body(ConsentStatement, args[1]).target]
     if op == "take_bundle":
         return [args[2]]
-    if op in ("rotate_identity", "upload_prekeys", "open_session"):
+    if op in ("rotate_identity", "upload_prekeys", "open_session", "publish_key"):
         # open_session: a SEND reads where its recipient is served under this lock, so
         # a login elsewhere either comes before (the SEND links there) or after (its
         # first page, later in its stream, reads the envelope).

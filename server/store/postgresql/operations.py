@@ -267,7 +267,8 @@ async def create_account(
     )  # fmt: skip
     if claimed is None:
         raise HandleTaken()  # a lookalike registered on another worker meanwhile
-    await log.append_one(conn, transparency.key_binding(handle, kind, identity_key, now))
+    entry = transparency.key_binding(handle, kind, identity_key, now)
+    await log.append_binding(conn, handle, entry)
 
 
 async def login_counts(tx: Tx, handle: str, not_before: int) -> list[Any]:
@@ -324,7 +325,7 @@ async def close_session(tx: Tx, handle: str, worker: str, session: int, now: int
 
 async def rotate_identity(tx: Tx, handle: str, old_key: bytes, new_key: bytes, now: int) -> None:
     """Compare-and-swap of the key, and the old key's prekeys deleted, in one statement;
-    a business's new key logged (SPEC §15.1)."""
+    a published account's new key logged (SPEC §15.1, §15.6)."""
     kind = await tx.conn.fetchval(
         "WITH u AS (UPDATE accounts SET identity_key = $3 WHERE handle = $1"
         " AND identity_key = $2 RETURNING handle, kind),"
@@ -335,7 +336,9 @@ async def rotate_identity(tx: Tx, handle: str, old_key: bytes, new_key: bytes, n
     )  # fmt: skip
     if kind is None:
         raise StaleStatement()
-    await log.append_one(tx.conn, transparency.key_binding(handle, kind, new_key, now, old_key))
+    published = await log.bound(tx.conn, handle) is not None
+    entry = transparency.key_binding(handle, kind, new_key, now, old_key, published=published)
+    await log.append_binding(tx.conn, handle, entry)
 
 
 async def upload_prekeys(
@@ -422,6 +425,7 @@ async def take_bundle(
         tx.hint(HintKind.PREKEYS_LOW, owner, remaining)
     return [
         bytes(row[0]), row[1], [int(row[2]), bytes(row[3]), bytes(row[4])], one_time, remaining,
+        await log.log_binding_proof(tx, owner),
     ]  # fmt: skip
 
 

@@ -34,7 +34,7 @@ from typing import Any
 from .. import StoreStartError
 from . import transparency
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 MIGRATION_LOCK = 0x626C696E6472  # "blindr": one advisory lock key for every worker
 """The ``pg_advisory_xact_lock`` key migrations run under."""
@@ -212,7 +212,9 @@ CREATE TABLE workers (
 """5: where each worker's peer link listens, and the secret a peer proves it knows
 (``routing_links``): envelopes go straight to the recipient's worker."""
 
-MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: transparency.SCHEMA, 5: _V5}
+MIGRATIONS: dict[int, str] = {
+    1: _V1, 2: _V2, 3: _V3, 4: transparency.SCHEMA, 5: _V5, 6: transparency.BINDINGS_SCHEMA,
+}  # fmt: skip
 """Version → the statements that reach it from the version before (0: an empty database)."""
 
 TABLES = (
@@ -257,5 +259,7 @@ async def migrate(conn: Any, url: str) -> int:
             await conn.execute(MIGRATIONS[version])
             if version == 4 and found:  # an existing database: its businesses' keys
                 await transparency.log_existing_businesses(conn)
+            if version == 6 and found:  # an existing log: its published handles
+                await transparency.rebuild_bindings(conn)
             await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
     return found

@@ -47,7 +47,17 @@ CREATE TABLE log_heads (
 """
 """Schema 4 (``schema.MIGRATIONS``)."""
 
-TABLES = ("log_entries", "log_nodes", "log_heads")
+BINDINGS_SCHEMA = """
+CREATE TABLE log_bindings (
+    handle text PRIMARY KEY,
+    seq bigint NOT NULL
+);
+CREATE INDEX log_leaves ON log_nodes (hash) WHERE level = 0;
+"""
+"""Schema 6: each published handle's newest key binding, what BUNDLE proves, and
+leaves found by hash (SPEC §15.6); filled from the log by :func:`rebuild_bindings`."""
+
+TABLES = ("log_entries", "log_nodes", "log_heads", "log_bindings")
 
 LOG_LOCK = 0x626C6F67  # "blog": the advisory lock every append takes
 """``pg_advisory_xact_lock`` key serializing appends across workers."""
@@ -120,6 +130,33 @@ async def append_one(conn: Any, entry: bytes | None) -> None:
     """SPEC §15.1: the entry commits in the operation's transaction, with what it records."""
     if entry is not None:
         await append(conn, [entry])
+
+
+async def append_binding(conn: Any, handle: str, entry: bytes | None) -> None:
+    """A key binding, and ``handle``'s newest binding is now it (SPEC §15.6 rule 3)."""
+    if entry is not None:
+        await bind(conn, handle, await append(conn, [entry]))
+
+
+async def bind(conn: Any, handle: str, seq: int) -> None:
+    await conn.execute(
+        "INSERT INTO log_bindings (handle, seq) VALUES ($1, $2)"
+        " ON CONFLICT (handle) DO UPDATE SET seq = excluded.seq",
+        handle, seq,
+    )  # fmt: skip
+
+
+async def bound(conn: Any, handle: str) -> int | None:
+    value = await conn.fetchval("SELECT seq FROM log_bindings WHERE handle = $1", handle)
+    return None if value is None else int(value)
+
+
+async def rebuild_bindings(conn: Any) -> None:
+    """Schema 6 on an existing database: ``log_bindings`` from the entries."""
+    rows = await conn.fetch("SELECT seq, data FROM log_entries ORDER BY seq")
+    newest = transparency.newest_bindings((int(r[0]), bytes(r[1])) for r in rows)
+    for handle, seq in newest.items():
+        await bind(conn, handle, seq)
 
 
 async def log_existing_businesses(conn: Any) -> None:
@@ -195,11 +232,54 @@ async def log_entries(tx: Any, start: int, limit: int) -> list[bytes]:
     return [bytes(row[0]) for row in rows]
 
 
+async def publish_key(tx: Any, handle: str, now: int) -> bool:
+    """SPEC §15.6 rule 4: log a user's current key binding once (under the account's
+    lock, so a rotation is ordered before or after it)."""
+    conn = tx.conn
+    if await bound(conn, handle) is not None:
+        return False
+    row = await conn.fetchrow("SELECT kind, identity_key FROM accounts WHERE handle = $1", handle)
+    if row is None:
+        return False
+    entry = transparency.key_binding(handle, row[0], bytes(row[1]), now, published=True)
+    await append_binding(conn, handle, entry)
+    return True
+
+
+async def log_signed_consistency(tx: Any, first: int, second: int) -> list[bytes]:
+    transparency.check_signed_size(await newest_head(tx.conn), first, second)
+    if first > second:
+        raise NotFound()
+    return await _lookup(tx.conn, merkle.consistency_ranges(first, second))
+
+
+async def log_find(tx: Any, leaf_hash: bytes, size: int) -> list[Any]:
+    conn = tx.conn
+    transparency.check_signed_size(await newest_head(conn), size)
+    index = await conn.fetchval(
+        "SELECT min(node_index) FROM log_nodes WHERE level = 0 AND hash = $1 AND node_index < $2",
+        leaf_hash, size,
+    )  # fmt: skip
+    if index is None:
+        raise NotFound()
+    return [int(index), await _lookup(conn, merkle.inclusion_ranges(int(index), size))]
+
+
+async def log_binding_proof(tx: Any, handle: str) -> list[Any] | None:
+    conn = tx.conn
+    seq, head = await bound(conn, handle), await newest_head(conn)
+    if seq is None or head is None or seq >= head.size:
+        return None
+    entry = await conn.fetchval("SELECT data FROM log_entries WHERE seq = $1", seq)
+    proof = await _lookup(conn, merkle.inclusion_ranges(seq, head.size))
+    return [bytes(entry), seq, proof, head.signed]
+
+
 OPERATIONS: dict[str, Callable[..., Awaitable[Any]]] = {
     f.__name__: f
     for f in (
         log_append, log_state, log_add_head, log_head, log_inclusion, log_consistency,
-        log_entries,
+        log_entries, publish_key, log_signed_consistency, log_find, log_binding_proof,
     )
 }  # fmt: skip
-WRITES = frozenset({"log_append", "log_add_head"})
+WRITES = frozenset({"log_append", "log_add_head", "publish_key"})

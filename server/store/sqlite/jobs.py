@@ -160,13 +160,19 @@ def create_account(
         raise HandleTaken()
     if kind == AccountKind.BUSINESS:
         tables.lookalikes.add(handle)
-    _log(tables, transparency.key_binding(handle, kind, identity_key, now))
+    _log_binding(tables, handle, transparency.key_binding(handle, kind, identity_key, now))
 
 
 def _log(tables: Tables, entry: bytes | None) -> None:
     """SPEC §15.1: the entry commits in the job's transaction, with what it records."""
     if entry is not None:
         tables.log.append([entry])
+
+
+def _log_binding(tables: Tables, handle: str, entry: bytes | None) -> None:
+    """A key binding, and ``handle``'s newest binding is now it (SPEC §15.6 rule 3)."""
+    if entry is not None:
+        tables.log.bind(handle, tables.log.append([entry]))
 
 
 def login_counts(tables: Tables, handle: str, not_before: int) -> list[Any]:
@@ -215,7 +221,23 @@ def rotate_identity(tables: Tables, handle: str, old_key: bytes, new_key: bytes,
     tables.prekeys.delete_all(handle)
     account = tables.accounts.get(handle)
     assert account is not None
-    _log(tables, transparency.key_binding(handle, account.kind, new_key, now, old_key))
+    published = tables.log.bound(handle) is not None
+    entry = transparency.key_binding(
+        handle, account.kind, new_key, now, old_key, published=published
+    )
+    _log_binding(tables, handle, entry)
+
+
+def publish_key(tables: Tables, handle: str, now: int) -> bool:
+    """SPEC §15.6 rule 4: log a user's current key binding once; False when it was
+    published already (a business from registration on)."""
+    account = tables.accounts.get(handle)
+    if account is None or tables.log.bound(handle) is not None:
+        return False
+    key = account.identity_key
+    entry = transparency.key_binding(handle, account.kind, key, now, published=True)
+    _log_binding(tables, handle, entry)
+    return True
 
 
 def upload_prekeys(
@@ -272,6 +294,7 @@ def take_bundle(
     return [
         row.identity_key, row.kind, [spk.key_id, spk.public, spk.signature],
         [otk.key_id, otk.public] if otk is not None else None, row.remaining,
+        log_binding_proof(tables, owner),
     ]  # fmt: skip
 
 
@@ -523,6 +546,29 @@ def log_entries(tables: Tables, start: int, limit: int) -> list[bytes]:
     return tables.log.entries(start, limit)
 
 
+def log_signed_consistency(tables: Tables, first: int, second: int) -> list[bytes]:
+    transparency.check_signed_size(tables.log.head(), first, second)
+    if first > second:
+        raise NotFound()
+    return tables.log.consistency_proof(first, second)
+
+
+def log_find(tables: Tables, leaf_hash: bytes, size: int) -> list[Any]:
+    log = tables.log
+    transparency.check_signed_size(log.head(), size)
+    index = log.find_leaf(leaf_hash, size)
+    if index is None:
+        raise NotFound()
+    return [index, log.inclusion_proof(index, size)]
+
+
+def log_binding_proof(tables: Tables, handle: str) -> list[Any] | None:
+    log = tables.log
+    return transparency.binding_proof(
+        log.bound(handle), log.head(), log.entry, log.inclusion_proof
+    )
+
+
 def checkpoint(tables: Tables) -> None:
     """SPEC §11.2: truncate the WAL once this batch has committed (a checkpoint
     cannot run inside the batch's transaction; :class:`~.tables.GroupCommitter`
@@ -538,7 +584,8 @@ OPERATIONS: dict[str, Callable[..., Any]] = {
         send,
         acknowledge, page, apply_statement, statements_in_force, put_profile, fetch_profile,
         usage_month, purge, checkpoint, log_append, log_state, log_add_head, log_head,
-        log_inclusion, log_consistency, log_entries,
+        log_inclusion, log_consistency, log_entries, publish_key, log_signed_consistency,
+        log_find, log_binding_proof,
     )
 }  # fmt: skip
 """Operation name → function; the only code the writer process will run for a job."""

@@ -6,7 +6,9 @@
   changed, so an inclusion or consistency proof, or the root of any size, is one
   indexed lookup of a few dozen rows (:mod:`blindrelay.protocol.transparency.merkle`),
   whatever the log's size;
-- ``log_heads`` — the signed tree heads, by size.
+- ``log_heads`` — the signed tree heads, by size;
+- ``log_bindings`` — each published handle's newest key binding (its index), what
+  BUNDLE proves (SPEC §15.6); ``log_leaves`` finds a leaf by its hash.
 
 Appends run inside the caller's transaction (a writer job), so an entry commits
 with the change it records or not at all; the log's right edge is read back from
@@ -26,6 +28,7 @@ import sqlite_utils
 from blindrelay.protocol.transparency import merkle
 from blindrelay.protocol.transparency.merkle import Node
 
+from .. import transparency
 from ..records import LogHead
 
 SCHEMA = """
@@ -45,6 +48,11 @@ CREATE TABLE IF NOT EXISTS log_heads (
     timestamp INTEGER NOT NULL,
     signed BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS log_bindings (
+    handle TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS log_leaves ON log_nodes (hash) WHERE level = 0;
 """
 
 _NODE = "SELECT hash FROM log_nodes WHERE level = ? AND node_index = ?"
@@ -108,6 +116,37 @@ class TransparencyLog:
             "SELECT data FROM log_entries WHERE seq >= ? ORDER BY seq LIMIT ?", (start, limit)
         )
         return [data for (data,) in rows]
+
+    def entry(self, seq: int) -> bytes:
+        row = self._conn.execute("SELECT data FROM log_entries WHERE seq = ?", (seq,)).fetchone()
+        return bytes(row[0])
+
+    def find_leaf(self, leaf_hash: bytes, size: int) -> int | None:
+        """The first leaf below ``size`` with this hash (an index lookup)."""
+        row = self._conn.execute(
+            "SELECT min(node_index) FROM log_nodes WHERE level = 0 AND hash = ? AND node_index < ?",
+            (leaf_hash, size),
+        ).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def bind(self, handle: str, seq: int) -> None:
+        self._conn.execute(
+            "INSERT INTO log_bindings (handle, seq) VALUES (?, ?)"
+            " ON CONFLICT (handle) DO UPDATE SET seq = excluded.seq",
+            (handle, seq),
+        )
+
+    def bound(self, handle: str) -> int | None:
+        row = self._conn.execute(
+            "SELECT seq FROM log_bindings WHERE handle = ?", (handle,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def rebuild_bindings(self) -> None:
+        """Fill ``log_bindings`` from the entries (a store that predates the table)."""
+        rows = self._conn.execute("SELECT seq, data FROM log_entries ORDER BY seq")
+        for handle, seq in transparency.newest_bindings(rows).items():
+            self.bind(handle, seq)
 
     def head(self) -> LogHead | None:
         """The newest signed tree head, if any."""

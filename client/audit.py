@@ -1,0 +1,162 @@
+"""``blindrelay audit``: check a relay's whole transparency log from scratch (SPEC §15.3 rule 4).
+
+An auditor needs no account (SPEC §15.6): it reads the newest signed tree head and
+every entry, recomputes the tree, and checks with
+:func:`blindrelay.protocol.transparency.audit.audit` that the head signs the root
+of the entries, that every entry is one of §15.1's encodings, and — given the
+state a previous run left — that the log still holds what that run verified
+(neither truncated nor rewritten). A violation is reported with the signed heads
+that show it, which anyone can recheck with the relay key alone.
+
+The state file (``--state``) is JSON: the relay key, and the newest head the last
+clean run verified (``size``, ``root``, ``signed``, hex). It is written atomically
+(a temporary file renamed over it) and only moves forward; a run that finds a
+violation keeps the commitment the relay broke, so the next run reports it again.
+
+Exit status: 0 clean, 1 a violation, 2 a usage error (the one-line message says
+what to do), 3 the relay could not be read (down, refused, no head signed yet is
+*not* an error: nothing to check).
+
+Not here: the checks themselves (the protocol package), reading the log (``transparency``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from blindrelay.protocol import limits
+from blindrelay.protocol.errors import BlindrelayError
+from blindrelay.protocol.transparency.audit import AuditReport, AuditState, audit
+
+from .transparency import LogReader, open_log_reader
+from .transport import ConnectionLost
+from .trust import RelayKeyChanged
+
+CLEAN, VIOLATION, USAGE, UNREACHABLE = 0, 1, 2, 3
+MAX_ENTRIES_READ = 10_000_000
+"""A bound on what one run reads into memory (a few GB at most): far past any log here."""
+
+
+class AuditUsageError(ValueError):
+    """Bad input from the person running the audit: one line, exit 2."""
+
+
+@dataclass(frozen=True, slots=True)
+class SavedState:
+    relay_key: bytes
+    head: AuditState
+
+
+def load_state(path: Path) -> SavedState | None:
+    """The previous run's state, None if the file does not exist yet."""
+    try:
+        raw = json.loads(path.read_text())
+        return SavedState(
+            bytes.fromhex(raw["relay_key"]),
+            AuditState(
+                int(raw["size"]), bytes.fromhex(raw["root"]), bytes.fromhex(raw["signed"])
+            ),
+        )
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise AuditUsageError(
+            f"cannot read the state file {path}: {exc} — give the file an earlier run "
+            "wrote, or a new path to start over"
+        ) from None
+
+
+def save_state(path: Path, relay_key: bytes, state: AuditState) -> None:
+    data = json.dumps(
+        {"relay_key": relay_key.hex(), "size": state.size, "root": state.root.hex(),
+         "signed": state.signed.hex()},
+        indent=2,
+    )  # fmt: skip
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".audit-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(data + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+async def read_everything(reader: LogReader) -> list[bytes]:
+    """Every entry the relay serves, page by page, until an empty page."""
+    entries: list[bytes] = []
+    while len(entries) < MAX_ENTRIES_READ:
+        page = await reader.entries(len(entries), limits.MAX_LOG_ENTRIES)
+        if not page:
+            break
+        entries.extend(page)
+    return entries
+
+
+async def run_audit(
+    url: str,
+    out: TextIO,
+    *,
+    state_path: Path | None = None,
+    relay_key: bytes | None = None,
+    err: TextIO = sys.stderr,
+) -> int:
+    """Audit the relay at ``url``, print the report to ``out`` (a failure to read it to
+    ``err``, one line); the exit status."""
+    saved = load_state(state_path) if state_path is not None else None
+    if saved is not None:
+        if relay_key is not None and relay_key != saved.relay_key:
+            raise AuditUsageError(
+                "--relay-key differs from the key in the state file — a state file "
+                "belongs to one relay: give another --state"
+            )
+        relay_key = saved.relay_key
+    try:
+        async with open_log_reader(url, relay_key) as reader:
+            newest = await reader.signed_head()
+            entries = await read_everything(reader) if newest is not None else []
+            key = reader.relay_key
+    except RelayKeyChanged as exc:
+        print(f"VIOLATION relay key: the relay presents {exc.presented.hex()}, "
+              f"not {exc.pinned.hex()}", file=out)  # fmt: skip
+        return VIOLATION
+    except (ConnectionLost, OSError, BlindrelayError) as exc:
+        print(f"blindrelay audit: cannot read the log at {url}: {exc} — is the relay "
+              "running, and is the URL right?", file=err)  # fmt: skip
+        return UNREACHABLE
+    assert key is not None
+    heads = [] if newest is None else [newest[1]]
+    report = audit(entries, heads, key, saved.head if saved is not None else None)
+    _print(report, key, out)
+    if state_path is not None and report.state is not None:
+        save_state(state_path, key, report.state)
+    return CLEAN if report.clean else VIOLATION
+
+
+def _print(report: AuditReport, relay_key: bytes, out: TextIO) -> None:
+    print(f"relay key {relay_key.hex()}", file=out)
+    print(f"entries   {report.size}", file=out)
+    for kind, count in report.entries_by_type.items():
+        print(f"  {kind:<16} {count}", file=out)
+    if report.newest is not None:
+        head = report.newest
+        print(f"head      size {head.size}, root {head.root.hex()}, at {head.timestamp}", file=out)
+    else:
+        print("head      none verified (the relay has signed no tree head yet)", file=out)
+    for violation in report.violations:
+        print(f"VIOLATION {violation.kind}: {violation.detail}", file=out)
+        for name, value in violation.evidence.items():
+            print(f"  {name} {value}", file=out)
+    print("clean" if report.clean else f"{len(report.violations)} violation(s)", file=out)
+
+
+__all__ = ["AuditUsageError", "load_state", "run_audit", "save_state"]

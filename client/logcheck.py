@@ -1,0 +1,192 @@
+"""What the SDK checks in the relay's transparency log before it trusts a key (SPEC §15.6).
+
+A business's key — every published account's — is trusted only with proof that the
+relay logged it: before the first message to a business, and after every change of
+its key (every bundle fetched starts a session, so both go through
+:meth:`LogCheck.bundle`), the bundle's ``log`` must hold the account's key binding,
+an inclusion proof of it and a signed tree head that verifies with the pinned relay
+key. A binding newer than the relay's newest head (a business that registered or
+rotated within ``STH_INTERVAL``) is waited for, up to :attr:`LogCheck.wait_s`, by
+watching for a newer head and fetching the bundle again. Anything else is
+:class:`KeyNotLogged`, raised before anything is encrypted to the key.
+
+Every head seen is held against the newest one this profile verified before (kept
+in the keystore, so across restarts): the newer must extend the older by a
+consistency proof the relay must produce (RFC 9162). Heads that cannot both be true
+raise :class:`LogForked`, carrying both signed heads — evidence that the relay showed
+two histories. The heads seen include the contacts': every message we send carries
+our newest head inside its end-to-end content (:meth:`LogCheck.gossip`), and every
+head a contact sends us is checked against ours (:meth:`LogCheck.heard`), so a relay
+that shows two people two histories is caught by the first message between them.
+Once raised, the alarm is kept: every later send raises it, and the application's
+``on_log_forked`` hears it once.
+
+Not here: reading the log (``transparency``), starting the session (``sessions``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from blindrelay.protocol import frames
+from blindrelay.protocol.errors import (
+    BlindrelayError,
+    InvalidProof,
+    KeyNotLogged,
+    LogForked,
+    MalformedLogEntry,
+    TransparencyError,
+)
+from blindrelay.protocol.frames import AccountKind
+from blindrelay.protocol.transparency import merkle
+from blindrelay.protocol.transparency.entries import KeyBinding, decode_entry
+from blindrelay.protocol.transparency.treehead import TreeHead, open_tree_head
+
+from .keystore import KeyStore
+from .transparency import LogReader
+
+log = logging.getLogger("blindrelay.client")
+
+DEFAULT_WAIT_S = 25.0
+"""Longest wait for a head that covers a fresh binding: twice the default
+``STH_INTERVAL`` (10 s) and a margin."""
+
+POLL_S = 0.25
+
+
+class LogCheck:
+    """Bundles proven in the log, and the log's heads kept consistent (module docstring)."""
+
+    def __init__(
+        self,
+        store: KeyStore,
+        reader: LogReader,
+        relay_key: Callable[[], bytes | None],
+        *,
+        wait_s: float = DEFAULT_WAIT_S,
+        alarm: Callable[[LogForked], None] = lambda _exc: None,
+    ) -> None:
+        self._store = store
+        self._reader = reader
+        self._relay_key = relay_key
+        self.wait_s = wait_s
+        self._alarm = alarm
+        self.forked: LogForked | None = None
+        """The split-view alarm, once raised: kept, and raised again by every send."""
+        self._checking: set[asyncio.Task[None]] = set()
+
+    def gossip(self) -> bytes | None:
+        """The head we put inside every message we send (SPEC §15.6, gossip)."""
+        return self._store.tree_head()
+
+    def raise_if_forked(self) -> None:
+        if self.forked is not None:
+            raise self.forked
+
+    def heard(self, signed: bytes) -> None:
+        """A contact's head, from inside an end-to-end message: checked in the background
+        against ours (the relay must prove one extends the other)."""
+        if self.forked is not None or signed == self._store.tree_head():
+            return
+        task = asyncio.get_running_loop().create_task(self._check_heard(signed))
+        self._checking.add(task)
+        task.add_done_callback(self._checking.discard)
+
+    async def settled(self) -> None:
+        """Until every head heard so far is checked (for tests and orderly shutdown)."""
+        while self._checking:
+            await asyncio.gather(*self._checking, return_exceptions=True)
+
+    async def _check_heard(self, signed: bytes) -> None:
+        try:
+            head = open_tree_head(signed, self._key())
+        except (TransparencyError, KeyNotLogged) as exc:
+            # Not a head of our relay: a contact's bug or forgery, no evidence of a fork.
+            log.info("ignored a tree head from a contact: %s", exc)
+            return
+        try:
+            await self.observe(head, signed)
+        except LogForked:
+            return  # raised to whoever sends next; the alarm has gone off
+        except (BlindrelayError, ConnectionError) as exc:
+            log.info("could not check a contact's tree head: %r", exc)
+
+    async def bundle(
+        self, bundle: frames.Bundle, fetch_again: Callable[[], Awaitable[frames.Bundle]]
+    ) -> frames.Bundle:
+        """``bundle``, or the one fetched again once a head covers its key; raises
+        :class:`KeyNotLogged` or :class:`LogForked`. A user's bundle without ``log`` is
+        not published and passes: its key is protected by safety numbers (§15.4)."""
+        if bundle.log is None and bundle.kind != AccountKind.BUSINESS:
+            return bundle
+        deadline = time.monotonic() + self.wait_s
+        # The newest head's size when the bundle came without proof: once a larger head
+        # is signed, the binding is in it, and the bundle is fetched again.
+        unproven_at: int | None = None
+        while bundle.log is None:
+            head = await self._reader.head()
+            size = 0 if head is None else head.size
+            if unproven_at is not None and size > unproven_at:
+                bundle = await fetch_again()
+                unproven_at = None
+                continue
+            if unproven_at is None:
+                unproven_at = size
+            if time.monotonic() >= deadline:
+                raise KeyNotLogged(bundle.handle, f"no signed tree head within {self.wait_s} s")
+            await asyncio.sleep(POLL_S)
+        await self._verify(bundle)
+        return bundle
+
+    async def _verify(self, bundle: frames.Bundle) -> None:
+        proof = bundle.log
+        assert proof is not None
+        handle = bundle.handle
+        try:
+            head = open_tree_head(proof.sth, self._key())
+            binding = decode_entry(proof.entry)
+            merkle.verify_inclusion(
+                merkle.leaf_hash(proof.entry), proof.index, head.size, proof.proof, head.root
+            )
+        except (TransparencyError, MalformedLogEntry) as exc:
+            raise KeyNotLogged(handle, str(exc)) from exc
+        if not isinstance(binding, KeyBinding) or (
+            binding.handle, binding.kind, binding.identity_key
+        ) != (handle, bundle.kind, bundle.identity_key):  # fmt: skip
+            raise KeyNotLogged(handle, "the logged binding is of another key")
+        await self.observe(head, proof.sth)
+
+    async def observe(self, head: TreeHead, signed: bytes) -> None:
+        """Hold a verified head against the newest kept; keep it if it is newer."""
+        kept = self._store.tree_head()
+        if kept is None:
+            self._store.set_tree_head(signed)
+            return
+        older = open_tree_head(kept, self._key())
+        first, second = (older, head) if older.size <= head.size else (head, older)
+        first_signed, second_signed = (kept, signed) if first is older else (signed, kept)
+        try:
+            if first.size == second.size:
+                if first.root != second.root:
+                    raise InvalidProof("two roots for one size")
+            else:
+                proof = await self._reader.consistency(first.size, second.size)
+                merkle.verify_consistency(first.size, second.size, first.root, second.root, proof)
+        except InvalidProof as exc:
+            self.forked = LogForked(first_signed, second_signed, str(exc))
+            self._alarm(self.forked)
+            raise self.forked from exc
+        if head.size > older.size or (head.size == older.size and head.timestamp > older.timestamp):
+            self._store.set_tree_head(signed)
+
+    def _key(self) -> bytes:
+        key = self._relay_key()
+        if key is None:
+            raise KeyNotLogged("?", "no pinned relay key to check the log against")
+        return key
+
+
+__all__ = ["DEFAULT_WAIT_S", "LogCheck"]

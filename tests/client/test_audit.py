@@ -1,0 +1,144 @@
+"""``blindrelay audit`` (client/audit.py, SPEC §15.3 rule 4, §15.6) against a correct
+relay, and against logs deliberately truncated, rewritten, and rewritten and signed
+again (a fork: two signed heads of one size that cannot both be true). The relay's
+SQLite file is edited between two runs of the relay, as an operator could."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from blindrelay.client.audit import run_audit
+from blindrelay.protocol.transparency import merkle
+from blindrelay.protocol.transparency.entries import KeyBinding
+
+from ..relays import T0, relay_at
+from .harness import online, run
+
+EVIL = KeyBinding(v=1, handle="airline", kind="business", identity_key=b"\x66" * 32, at=T0)
+
+
+async def audited(url: str, state: Path | None) -> tuple[int, str]:
+    out, err = io.StringIO(), io.StringIO()
+    status = await run_audit(url, out, state_path=state, err=err)
+    return status, out.getvalue() + err.getvalue()
+
+
+async def businesses(url: str, *handles: str) -> None:
+    for handle in handles:
+        client = await online(url, handle, "business")
+        await client.close()
+
+
+def edit_log(db: Path, *, keep: int | None = None, replace_first: bytes | None = None,
+             rebuild: bool = False) -> None:
+    """Truncate the log to ``keep`` entries, or replace entry 0; drop the signed heads
+    (the relay signs a new one at start, as a relay that rewrote history would); with
+    ``rebuild`` the stored subtrees are recomputed, so the new head signs the new tree."""
+    with sqlite3.connect(db) as conn:
+        if keep is not None:
+            conn.execute("DELETE FROM log_entries WHERE seq >= ?", (keep,))
+        if replace_first is not None:
+            conn.execute("UPDATE log_entries SET data = ? WHERE seq = 0", (replace_first,))
+        if rebuild or keep is not None:
+            conn.execute("DELETE FROM log_nodes")
+            frontier = merkle.Frontier()
+            for (data,) in conn.execute("SELECT data FROM log_entries ORDER BY seq").fetchall():
+                conn.executemany(
+                    "INSERT INTO log_nodes (level, node_index, hash) VALUES (?, ?, ?)",
+                    [(n.level, n.offset, h) for n, h in frontier.append(merkle.leaf_hash(data))],
+                )
+        conn.execute("DELETE FROM log_heads")
+    conn.close()
+
+
+def test_a_correct_relay_audits_clean_and_the_state_moves_forward(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        state = tmp_path / "audit.json"
+        async with relay_at(tmp_path) as relay:
+            status, report = await audited(relay.url, state)
+            assert status == 0 and "none verified" in report  # nothing signed yet
+            await businesses(relay.url, "airline", "shop")
+            await relay.publish_tree_head()
+            status, report = await audited(relay.url, state)
+            assert status == 0 and report.splitlines()[-1] == "clean", report
+            assert "KeyBinding" in report and "size 2" in report
+            assert json.loads(state.read_text())["size"] == 2
+            await businesses(relay.url, "bakery")
+            await relay.publish_tree_head()
+            status, report = await audited(relay.url, state)
+            assert status == 0 and json.loads(state.read_text())["size"] == 3, report
+
+    run(scenario())
+
+
+def run_twice(tmp_path: Path, **edit: object) -> tuple[int, str, dict[str, object]]:
+    """Audit a correct log of three entries, edit the file, audit again."""
+    state = tmp_path / "audit.json"
+
+    async def first() -> None:
+        async with relay_at(tmp_path) as relay:
+            await businesses(relay.url, "airline", "shop", "bakery")
+            await relay.publish_tree_head()
+            assert (await audited(relay.url, state))[0] == 0
+
+    async def second() -> tuple[int, str]:
+        async with relay_at(tmp_path) as relay:
+            await relay.publish_tree_head()
+            return await audited(relay.url, state)
+
+    run(first())
+    before = json.loads(state.read_text())
+    edit_log(tmp_path / "relay.db", **edit)  # type: ignore[arg-type]
+    result: list[tuple[int, str]] = []
+
+    async def keep() -> None:
+        result.append(await second())
+
+    run(keep())
+    status, report = result[0]
+    return status, report, before
+
+
+def test_a_truncated_log_is_a_violation(tmp_path: Path) -> None:
+    status, report, before = run_twice(tmp_path, keep=2)
+    assert status == 1 and "VIOLATION log truncated" in report, report
+    assert json.loads((tmp_path / "audit.json").read_text()) == before  # kept: the evidence
+
+
+def test_a_rewritten_entry_under_the_old_head_is_a_violation(tmp_path: Path) -> None:
+    status, report, _ = run_twice(tmp_path, replace_first=EVIL.to_bytes())
+    assert status == 1 and "VIOLATION log rewritten" in report, report
+
+
+def test_a_rewritten_log_signed_again_is_a_fork_with_both_heads_as_evidence(
+    tmp_path: Path,
+) -> None:
+    status, report, before = run_twice(tmp_path, replace_first=EVIL.to_bytes(), rebuild=True)
+    assert status == 1 and "VIOLATION log rewritten" in report, report
+    assert str(before["signed"]) in report  # the head the relay broke, as evidence
+    assert "head is not the tree" not in report  # the new head is its new tree's
+
+
+def test_the_command_line_speaks_one_line_for_bad_input(tmp_path: Path) -> None:
+    def blindrelay(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "blindrelay.server.cli", "audit", *args],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    bad_state = tmp_path / "state.json"
+    bad_state.write_text("{not json")
+    for args, status in [
+        (["--relay", "ws://127.0.0.1:1"], 3),
+        (["--relay", "ws://127.0.0.1:1", "--relay-key", "zz"], 2),
+        (["--relay", "ws://127.0.0.1:1", "--state", str(bad_state)], 2),
+    ]:
+        done = blindrelay(*args)
+        assert done.returncode == status, (args, done.stderr)
+        assert "Traceback" not in done.stderr + done.stdout
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr

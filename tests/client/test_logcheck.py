@@ -1,0 +1,290 @@
+"""The SDK refuses a business key the relay has not proven logged, and a log that forks
+(client/logcheck.py, SPEC §15.6): the attack is a relay handing out a key of its own
+for a business (a fake "airline" key would read the chat).
+
+Over the in-memory relay of :mod:`.fake_relay`, which plays an honest or a lying relay
+frame by frame: it keeps a log of entries the test appends, signs heads with its key,
+and answers BUNDLE_FETCH with whatever bundle and proof the test chose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from nacl.signing import SigningKey
+
+from blindrelay.client.sdk import Client
+from blindrelay.protocol import frames
+from blindrelay.protocol.crypto.keys import IdentityKeyPair
+from blindrelay.protocol.errors import KeyNotLogged, LogForked
+from blindrelay.protocol.transparency import merkle
+from blindrelay.protocol.transparency.entries import KeyBinding, StatementLogged
+from blindrelay.protocol.transparency.treehead import sign_tree_head
+
+from ..relays import T0, relay_at
+from .fake_relay import OTHER_RELAY_KEY, RELAY_KEY, URL, FakeRelay, RelayEnd, answer_plainly, signer
+from .harness import Inbox, bundle, online, run, within
+
+AIRLINE_SEED = b"\x41" * 32
+FAKE_SEED = b"\x66" * 32
+
+
+class LoggingRelay(FakeRelay):
+    """A fake relay with a transparency log: :attr:`bundles` says what BUNDLE_FETCH gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entries: list[bytes] = []
+        self.heads: list[bytes] = []
+        self.bundles: list[frames.Bundle] = []
+        """Served in turn, the last one again and again."""
+        self.fetches = 0
+        self.answer = self._answer
+
+    def append(self, *entries: bytes) -> int:
+        self.entries.extend(entries)
+        return len(self.entries) - 1
+
+    def sign_head(self, key=RELAY_KEY, root: bytes | None = None) -> bytes:
+        size = len(self.entries)
+        root = root or merkle.root_of([merkle.leaf_hash(e) for e in self.entries])
+        signed = sign_tree_head(signer(key), size, root, T0 + len(self.heads))
+        self.heads.append(signed)
+        return signed
+
+    def proven(self, made: frames.Bundle, index: int, sth: bytes | None = None) -> frames.Bundle:
+        size = len(self.entries)
+        leaves = [merkle.leaf_hash(e) for e in self.entries]
+        proof = _path(leaves, index, size)
+        log = frames.LogProof(
+            entry=self.entries[index], index=index, proof=tuple(proof), sth=sth or self.heads[-1]
+        )
+        return replace(made, log=log)
+
+    def _answer(self, end: RelayEnd, frame: frames.Frame) -> None:
+        if isinstance(frame, frames.BundleFetch):
+            self.fetches += 1
+            served = self.bundles[min(self.fetches, len(self.bundles)) - 1]
+            end.send(replace(served, re=frame.id))
+        elif isinstance(frame, frames.LogHeadFetch):
+            end.send(frames.LogHead(re=frame.id, sth=self.heads[-1] if self.heads else None))
+        elif isinstance(frame, frames.LogConsistencyFetch):
+            leaves = [merkle.leaf_hash(e) for e in self.entries]
+            proof = _consistency(leaves, frame.first, frame.second)
+            end.send(frames.LogConsistency(re=frame.id, proof=tuple(proof)))
+        else:
+            answer_plainly(end, frame)
+
+
+def _lookup(leaves: list[bytes]) -> merkle.NodeHashes:
+    """The complete subtrees of ``leaves``, as a relay's store keeps them."""
+    frontier, nodes = merkle.Frontier(), {}
+    for leaf in leaves:
+        nodes.update(frontier.append(leaf))
+    return lambda wanted: {node: nodes[node] for node in wanted}
+
+
+def _path(leaves: list[bytes], index: int, size: int) -> list[bytes]:
+    return merkle.inclusion_proof(index, size, _lookup(leaves[:size]))
+
+
+def _consistency(leaves: list[bytes], first: int, second: int) -> list[bytes]:
+    return merkle.consistency_proof(first, second, _lookup(leaves[:second]))
+
+
+def binding(handle: str, seed: bytes, kind: str = "business", at: int = T0) -> bytes:
+    key = IdentityKeyPair.from_seed(seed).public
+    return KeyBinding(v=1, handle=handle, kind=kind, identity_key=key, at=at).to_bytes()
+
+
+def filler(n: int) -> list[bytes]:
+    return [StatementLogged(v=1, commitment=bytes([i]) * 32, at=T0).to_bytes() for i in range(n)]
+
+
+async def customer(relay: LoggingRelay, **options) -> Client:
+    client = Client.open(None, open_transport=relay.open, **options)
+    await within(client.connect(URL))
+    await within(client.register("alice"))
+    return client
+
+
+def test_a_logged_business_key_is_trusted_and_the_head_kept() -> None:
+    async def scenario() -> None:
+        relay = LoggingRelay()
+        relay.append(*filler(3))
+        index = relay.append(binding("airline", AIRLINE_SEED))
+        head = relay.sign_head()
+        relay.bundles = [relay.proven(bundle("airline", AIRLINE_SEED, "business"), index)]
+        alice = await customer(relay)
+        await within(alice.send("airline", "hello"))
+        assert alice.store.tree_head() == head
+        await alice.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    "lie",
+    ["no proof", "proof of the real key", "head signed by another key", "path that misses"],
+)
+def test_a_key_the_relay_did_not_log_is_refused_before_anything_is_encrypted(lie: str) -> None:
+    """The attack: the relay serves its own key as the airline's. Whatever it shows
+    with it, the send raises KeyNotLogged and nothing leaves for that key."""
+
+    async def scenario() -> None:
+        relay = LoggingRelay()
+        relay.append(*filler(2))
+        real = relay.append(binding("airline", AIRLINE_SEED))
+        relay.sign_head()
+        fake = bundle("airline", FAKE_SEED, "business")
+        if lie == "no proof":
+            relay.bundles = [fake]
+        elif lie == "proof of the real key":
+            relay.bundles = [relay.proven(fake, real)]
+        elif lie == "head signed by another key":
+            forged = relay.append(binding("airline", FAKE_SEED))
+            head = relay.sign_head(key=OTHER_RELAY_KEY)
+            relay.bundles = [relay.proven(fake, forged, sth=head)]
+        else:  # a binding of the fake key that is not in the signed tree
+            index = relay.append(binding("airline", FAKE_SEED))
+            proven = relay.proven(fake, index)
+            relay.entries.pop()
+            relay.bundles = [replace(proven, log=replace(proven.log, sth=relay.sign_head()))]
+        alice = await customer(relay, log_wait_s=0.3)
+        with pytest.raises(KeyNotLogged) as raised:
+            await within(alice.send("airline", "my card number"))
+        assert raised.value.handle == "airline"
+        assert relay.ends[0].received(frames.Send) == []
+        assert alice.store.get_trusted_identity("airline") is None  # nothing pinned
+        await alice.close()
+
+    run(scenario())
+
+
+def test_a_binding_signed_after_the_bundle_is_waited_for() -> None:
+    """A business that registered within STH_INTERVAL: the first bundle has no proof;
+    once a newer head is signed the SDK fetches the bundle again, now proven."""
+
+    async def scenario() -> None:
+        relay = LoggingRelay()
+        relay.append(*filler(2))
+        relay.sign_head()
+        index = relay.append(binding("airline", AIRLINE_SEED))
+        unproven = bundle("airline", AIRLINE_SEED, "business")
+        relay.bundles = [unproven]
+        alice = await customer(relay)
+        sending = asyncio.ensure_future(alice.send("airline", "hello"))
+        await relay.ends[0].wait_for(frames.LogHeadFetch)
+        relay.sign_head()
+        relay.bundles = [unproven, relay.proven(unproven, index)]
+        await within(sending)
+        assert relay.fetches == 2
+        await alice.close()
+
+    run(scenario())
+
+
+def test_two_heads_no_proof_joins_are_a_fork_with_both_heads_as_evidence() -> None:
+    """A head kept from before, then a bundle proven in a head of another history (the
+    relay rewrote an entry): LogForked, carrying both signed heads."""
+
+    async def scenario() -> None:
+        relay = LoggingRelay()
+        relay.append(*filler(4))
+        index = relay.append(binding("airline", AIRLINE_SEED))
+        first = relay.sign_head()
+        alice = await customer(relay)
+        alice.store.set_tree_head(first)
+        relay.entries[1] = StatementLogged(v=1, commitment=os.urandom(32), at=T0).to_bytes()
+        relay.append(*filler(2))
+        second = relay.sign_head()
+        relay.bundles = [relay.proven(bundle("airline", AIRLINE_SEED, "business"), index)]
+        with pytest.raises(LogForked) as raised:
+            await within(alice.send("airline", "hello"))
+        assert {raised.value.first, raised.value.second} == {first, second}
+        assert alice.store.tree_head() == first  # the kept head is not replaced
+        await alice.close()
+
+    run(scenario())
+
+
+# --- against a real relay: two people shown two histories -------------------------------
+
+
+def relay_signer(db_path) -> Callable[[bytes], bytes]:
+    """The relay's own signing key, read from its database: what a relay that forks
+    its log signs with (the test plays the relay showing Bob another history)."""
+    with sqlite3.connect(db_path) as db:
+        (seed,) = db.execute("SELECT seed FROM relay_identity").fetchone()
+    db.close()
+    return lambda message: SigningKey(bytes(seed)).sign(message).signature
+
+
+@pytest.mark.parametrize("bob_shown", ["another root at the same size", "an older forged head"])
+def test_a_relay_showing_two_users_two_histories_is_caught_by_one_message(
+    tmp_path: Path, bob_shown: str
+) -> None:
+    """SPEC §15.6 rule 5: Alice verified the relay's honest head (her first message to
+    the airline); the relay showed Bob a head of a history of its own, signed with its
+    key. Alice's next message to Bob carries her head inside the encryption: Bob's
+    client checks it against his, the relay cannot join them, and the alarm goes off —
+    with both signed heads as evidence — before Bob sends anything more."""
+
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            alarms: list[LogForked] = []
+            alice = await online(relay.url, "alice")
+            bob = await online(relay.url, "bob", on_log_forked=alarms.append)
+            await online(relay.url, "airline", "business")
+            if bob_shown == "an older forged head":
+                await online(relay.url, "shop", "business")
+            await within(alice.send("airline", "hello"))  # Alice keeps the honest head
+            honest = alice.store.tree_head()
+            assert honest is not None
+            size = 1
+            forged_root = merkle.root_of([merkle.leaf_hash(binding("evil", FAKE_SEED))])
+            forged = sign_tree_head(relay_signer(tmp_path / "relay.db"), size, forged_root, T0)
+            bob.store.set_tree_head(forged)  # what the relay showed Bob earlier
+            await within(alice.send("bob", "hi Bob"))
+            bob_inbox = Inbox(bob)
+            assert (await bob_inbox.next()).body == "hi Bob"  # the message itself is shown
+            await within(bob.log_check.settled())
+            assert len(alarms) == 1 and {alarms[0].first, alarms[0].second} == {forged, honest}
+            with pytest.raises(LogForked):
+                await within(bob.send("alice", "answer"))
+            assert bob.store.tree_head() == forged  # the evidence is kept, not overwritten
+            await bob_inbox.close()
+            for client in (alice, bob):
+                await client.close()
+
+    run(scenario())
+
+
+def test_contacts_on_one_history_raise_nothing_and_keep_the_newer_head(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            alarms: list[LogForked] = []
+            alice = await online(relay.url, "alice")
+            bob = await online(relay.url, "bob", on_log_forked=alarms.append)
+            await online(relay.url, "airline", "business")
+            await within(bob.send("airline", "hello"))
+            older = bob.store.tree_head()
+            await online(relay.url, "shop", "business")
+            await within(alice.send("shop", "hello"))  # a newer head, same history
+            await within(alice.send("bob", "hi Bob"))
+            bob_inbox = Inbox(bob)
+            await bob_inbox.next()
+            await within(bob.log_check.settled())
+            assert alarms == [] and bob.store.tree_head() == alice.store.tree_head() != older
+            await within(bob.send("alice", "fine"))
+            await bob_inbox.close()
+            for client in (alice, bob):
+                await client.close()
+
+    run(scenario())
