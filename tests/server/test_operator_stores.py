@@ -17,6 +17,7 @@ import secrets
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,6 +250,37 @@ def test_a_transaction_commits_everything_or_nothing(store: Store) -> None:
         assert admin_store.account("nobody") is None
         assert admin_store.revoke_badges("airline", NOW) == 0
     finally:
+        admin_store.close()
+
+
+def test_an_operator_write_waits_for_the_relay_instead_of_failing(
+    scenario_db: Path, tmp_path: Path
+) -> None:
+    """The running relay commits every few milliseconds (tree heads, SPEC §15.3). An
+    operator's transaction that read before the relay's commit could not write after
+    it: SQLite refuses a deferred transaction's upgrade at once ("database is locked",
+    whatever the busy timeout). Begun IMMEDIATE, it waits for the lock instead."""
+    path = sqlite_copy(scenario_db, tmp_path / "relay.db").url
+    admin_store = open_admin_store(path)
+    writing, done = threading.Event(), threading.Event()
+
+    def relay_commits() -> None:  # the relay, in the middle of a commit
+        relay = sqlite3.connect(path, isolation_level=None, timeout=10)
+        relay.execute("BEGIN IMMEDIATE")
+        relay.execute("INSERT INTO invites (digest, created_at) VALUES (?, ?)", (b"r" * 32, NOW))
+        writing.set()
+        done.wait(0.3)  # the operator's command starts meanwhile, and must wait
+        relay.execute("COMMIT")
+        relay.close()
+
+    thread = threading.Thread(target=relay_commits)
+    thread.start()
+    try:
+        assert writing.wait(10)
+        assert admin_store.revoke_badges("airline", NOW) >= 0
+    finally:
+        done.set()
+        thread.join()
         admin_store.close()
 
 

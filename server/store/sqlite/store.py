@@ -19,8 +19,9 @@ back end (``blindrelay.server.store.open_store``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,28 @@ class SqliteAdminStore:
             raise StoreError(f"cannot open the database {path}: {exc}") from None
 
     def transaction(self) -> AbstractContextManager[object]:
-        return self._tables.db.atomic()
+        return self._writing()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A write transaction begun IMMEDIATE: it takes the write lock (waiting out the
+        busy timeout) before it reads. A deferred one that read first cannot write once
+        the running relay commits after its read (SQLite refuses the upgrade at once,
+        "database is locked", whatever the timeout), and the relay commits every few
+        milliseconds (tree heads, SPEC §15.3). Nested blocks are savepoints."""
+        conn = self._tables.db.conn
+        if conn.in_transaction:
+            with self._tables.db.atomic():
+                yield
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     def account(self, handle: str) -> Account | None:
         return self._tables.accounts.get(handle)
@@ -164,7 +186,7 @@ class SqliteAdminStore:
         expires_at: int,
         signed: bytes,
     ) -> None:
-        with self._tables.db.atomic():  # the badge and its log entry (SPEC §15.1)
+        with self._writing():  # the badge and its log entry (SPEC §15.1)
             self._tables.badges.add(
                 serial=serial, handle=handle, key_fingerprint=key_fingerprint,
                 display_name=display_name, issued_at=issued_at, expires_at=expires_at,
@@ -174,7 +196,7 @@ class SqliteAdminStore:
 
     def revoke_badges(self, handle: str, now: int) -> int:
         tables = self._tables
-        with tables.db.atomic():  # the revocations and their log entries
+        with self._writing():  # the revocations and their log entries
             serials = tables.badges.in_force(handle)
             revoked = tables.badges.revoke(handle, now)
             tables.log.append(transparency.badge_revoked(handle, s, now) for s in serials)
