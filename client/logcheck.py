@@ -14,10 +14,12 @@ Every head seen is held against the newest one this profile verified before (kep
 in the keystore, so across restarts): the newer must extend the older by a
 consistency proof the relay must produce (RFC 9162). Heads that cannot both be true
 raise :class:`LogForked`, carrying both signed heads — evidence that the relay showed
-two histories. The heads seen include the contacts': every message we send carries
-our newest head inside its end-to-end content (:meth:`LogCheck.gossip`), and every
-head a contact sends us is checked against ours (:meth:`LogCheck.heard`), so a relay
-that shows two people two histories is caught by the first message between them.
+two histories. The heads seen include the contacts': our newest head rides inside the
+end-to-end content of our first message to each contact, and of the next one after it
+changes (:meth:`LogCheck.gossip`), and every head a contact sends us is checked
+against ours (:meth:`LogCheck.heard`), so a relay that shows two people two histories
+is caught by the first message between them. (One body sent to many, a business's
+notifications, carries none: the business checks its own heads on every bundle.)
 Once raised, the alarm is kept: every later send raises it, and the application's
 ``on_log_forked`` hears it once.
 
@@ -56,6 +58,9 @@ DEFAULT_WAIT_S = 25.0
 
 POLL_S = 0.25
 
+MAX_TOLD = 10_000
+"""Contacts whose last head we remember; past it the oldest is told again."""
+
 
 class LogCheck:
     """Bundles proven in the log, and the log's heads kept consistent (module docstring)."""
@@ -77,10 +82,22 @@ class LogCheck:
         self.forked: LogForked | None = None
         """The split-view alarm, once raised: kept, and raised again by every send."""
         self._checking: set[asyncio.Task[None]] = set()
+        self._told: dict[str, bytes] = {}
+        """Contact → the head it last got from us, in this run."""
 
-    def gossip(self) -> bytes | None:
-        """The head we put inside every message we send (SPEC §15.6, gossip)."""
-        return self._store.tree_head()
+    def gossip(self, handle: str) -> bytes | None:
+        """The head to put inside our next message to ``handle`` (SPEC §15.6 rule 5):
+        ours, the first time in this run and whenever it changed since that contact last
+        got it; None otherwise. A head costs ~150 bytes of a message's padding bucket
+        (a 60-character text would move from 256 to 512 bytes), so it rides along once
+        per change, not on every message."""
+        head = self._store.tree_head()
+        if head is None or self._told.get(handle) == head:
+            return None
+        if handle not in self._told and len(self._told) >= MAX_TOLD:
+            del self._told[next(iter(self._told))]  # the oldest contact told
+        self._told[handle] = head
+        return head
 
     def raise_if_forked(self) -> None:
         if self.forked is not None:

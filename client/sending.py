@@ -201,7 +201,7 @@ class Sender:
         frames.check_handle(handle, "to")
         msg_id = self._rng(limits.MESSAGE_ID_BYTES)
         with self._store.atomic():
-            content = Content(msg_id, body, self._log_check.gossip())
+            content = Content(msg_id, body, self._log_check.gossip(handle))
             envelope = self._sessions.encrypt(handle, encode_content(content))
             outgoing = self._outbox.persist(
                 msg_id, handle, envelope, labels.intent, labels.category, labels.categories
@@ -243,7 +243,7 @@ class Sender:
         if window < 1:
             raise ValueError("window must be at least 1")
         self._log_check.raise_if_forked()
-        plaintext_for = content_encoder(content, self._log_check.gossip())
+        plaintext_for = content_encoder(content)  # no tree head: see ``logcheck``
         todo = list(handles)
         bulk = Bulk(len(todo), rate_limit_retries)
         refill = max(1, window // 4)

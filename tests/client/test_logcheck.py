@@ -19,7 +19,10 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
+from blindrelay.client.keystore import MemoryKeyStore
+from blindrelay.client.logcheck import LogCheck
 from blindrelay.client.sdk import Client
+from blindrelay.client.transparency import LogReader
 from blindrelay.protocol import frames
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import KeyNotLogged, LogForked
@@ -288,3 +291,20 @@ def test_contacts_on_one_history_raise_nothing_and_keep_the_newer_head(tmp_path:
                 await client.close()
 
     run(scenario())
+
+
+def test_a_head_rides_along_once_per_contact_and_again_when_it_changes() -> None:
+    """~150 bytes of padding each: the first message to a contact carries our head, and
+    the next one after it changed; not every message (SPEC §15.6 rule 5)."""
+    async def never(_make: object) -> frames.Frame:
+        raise AssertionError("gossip reads nothing from the relay")
+
+    store = MemoryKeyStore()
+    check = LogCheck(store, LogReader(never, lambda: None), lambda: None)
+    assert check.gossip("bob") is None  # no head kept yet
+    store.set_tree_head(b"head one")
+    assert [check.gossip("bob"), check.gossip("bob"), check.gossip("carol")] == [
+        b"head one", None, b"head one",
+    ]  # fmt: skip
+    store.set_tree_head(b"head two")
+    assert [check.gossip("bob"), check.gossip("bob")] == [b"head two", None]
