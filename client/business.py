@@ -70,7 +70,8 @@ from blindrelay.protocol.errors import (
     RecipientUnavailable,
     UnexpectedFrame,
 )
-from blindrelay.protocol.signed import ConsentStatement
+from blindrelay.protocol.signed import ConsentStatement, unverified_body
+from blindrelay.protocol.transparency.evidence import ConsentEvidence
 
 from .customer_consent import ConsentRefused, CustomerConsent
 from .reading import Message
@@ -167,6 +168,20 @@ class Business:
         """Start dispatching incoming messages (away replies, ``on_message``)."""
         if self._dispatcher is None:
             self._dispatcher = asyncio.create_task(self._dispatch())
+
+    async def consent_evidence(self, customer: str) -> ConsentEvidence:
+        """The customer's newest statement to us (grant, deny, revoke, block…) with proof
+        that the relay logged it (SPEC §15.5): what a business hands a third party to
+        demonstrate consent, checked offline with ``blindrelay verify-consent``.
+        LookupError if we keep none from ``customer``; NotFound while no signed tree
+        head covers it yet."""
+        theirs = [
+            signed for signed in self.client.consent.records(customer)
+            if unverified_body(ConsentStatement, signed).signer == customer
+        ]  # fmt: skip
+        if not theirs:
+            raise LookupError(f"no statement from {customer!r} is kept")
+        return await self.client.log.consent_evidence(theirs[-1])
 
     async def close(self) -> None:
         """Stop dispatching, end waits for consent (ConnectionLost), close the client."""

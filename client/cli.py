@@ -1,4 +1,5 @@
-"""The client's ``blindrelay`` subcommands: ``demo``, ``chat`` and ``audit``.
+"""The client's ``blindrelay`` subcommands: ``demo``, ``chat``, ``audit`` and
+``verify-consent``.
 
 Registered through the ``blindrelay.commands`` entry-point group (see
 ``blindrelay.server.cli``), so the client never imports the server; each
@@ -147,6 +148,66 @@ def _audit(args: argparse.Namespace) -> int:
     except (ValueError, AuditUsageError) as exc:
         print(f"blindrelay audit: {exc}", file=sys.stderr)
         return USAGE
+
+
+def register_verify_consent(subparsers: SubParsers) -> None:
+    """``blindrelay verify-consent``: check a consent evidence file offline."""
+    parser = subparsers.add_parser(
+        "verify-consent",
+        help="check, offline, that a consent statement was signed and logged by a relay",
+        description=(
+            "Check an evidence file (Business.consent_evidence, SPEC §15.5) with nothing "
+            "but the relay's public key: the statement's signature, the log entry that "
+            "commits to it, the signed tree head and the inclusion proof. Prints who "
+            "stated what to whom, and by when the relay had logged it. Exit status: 0 "
+            "valid, 1 invalid (one line saying why), 2 a usage error."
+        ),
+    )
+    parser.add_argument("file", type=Path, help="the evidence file (JSON)")
+    parser.add_argument(
+        "--relay-key", required=True, metavar="HEX", help="the relay's public key, 64 hex digits"
+    )
+    parser.add_argument(
+        "--signer-key", metavar="HEX",
+        help="the key you know for the signer (default: the one the statement names, which "
+        "then proves only that whoever held it signed)",
+    )  # fmt: skip
+    parser.set_defaults(func=_verify_consent)
+
+
+def _verify_consent(args: argparse.Namespace) -> int:
+    import sys
+    from datetime import UTC, datetime
+
+    from blindrelay.protocol.errors import BlindrelayError
+    from blindrelay.protocol.transparency.evidence import (
+        evidence_from_json,
+        verify_consent_evidence,
+    )
+
+    def when(ms: int) -> str:
+        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    try:
+        relay_key = _hex_option(args.relay_key, "--relay-key must be 64 hex digits", size=32)
+        signer_key = _hex_option(args.signer_key, "--signer-key must be 64 hex digits", size=32)
+        evidence = evidence_from_json(args.file.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"blindrelay verify-consent: {exc}", file=sys.stderr)
+        return 2
+    assert relay_key is not None
+    try:
+        verified = verify_consent_evidence(evidence, relay_key, signer_key)
+    except (BlindrelayError, ValueError) as exc:
+        print(f"blindrelay verify-consent: invalid: {exc}", file=sys.stderr)
+        return 1
+    statement, head = verified.statement, verified.tree_head
+    categories = ", ".join(statement.categories) if statement.categories else "-"
+    print(f"valid: {statement.signer} {statement.action} to {statement.target}, "
+          f"categories {categories}, issued {when(statement.issued_at)}")  # fmt: skip
+    print(f"logged: entry {evidence.index} of the relay's log, in its signed tree head of "
+          f"{head.size} entries at {when(head.timestamp)}")  # fmt: skip
+    return 0
 
 
 def _hex_option(value: str | None, problem: str, size: int | None = None) -> bytes | None:

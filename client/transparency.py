@@ -28,7 +28,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from blindrelay.protocol import frames, limits
-from blindrelay.protocol.errors import UnexpectedFrame
+from blindrelay.protocol.errors import NotFound, UnexpectedFrame
+from blindrelay.protocol.transparency import merkle
+from blindrelay.protocol.transparency.evidence import ConsentEvidence, statement_entry
 from blindrelay.protocol.transparency.treehead import TreeHead, open_tree_head
 
 from .connection import Connection, FrameHandlers
@@ -93,6 +95,18 @@ class LogReader:
         if answer.start != start:
             raise UnexpectedFrame(f"asked for entries from {start}, got {answer.start}")
         return list(answer.entries)
+
+    async def consent_evidence(self, signed_statement: bytes) -> ConsentEvidence:
+        """Proof for a third party that the relay logged ``signed_statement`` (SPEC §15.5):
+        the statement, its entry, index and path in the newest signed head. Raises
+        NotFound while no signed head covers it yet (within ``STH_INTERVAL``)."""
+        signed = await self.signed_head()
+        if signed is None:
+            raise NotFound("the relay has signed no tree head yet")
+        head, head_bytes = signed
+        entry = statement_entry(signed_statement)
+        index, proof = await self.inclusion(merkle.leaf_hash(entry), head.size)
+        return ConsentEvidence(signed_statement, entry, index, tuple(proof), head_bytes)
 
     async def publish_key(self) -> None:
         """DISCOVERABLE (SPEC §15.6 rule 4): log our key binding, and every later

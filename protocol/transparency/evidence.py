@@ -14,6 +14,7 @@ Not here: fetching the proof (the SDK), the audit of a whole log (:mod:`.audit`)
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from blindrelay.protocol.errors import InvalidProof
@@ -64,3 +65,43 @@ def verify_consent_evidence(
         merkle.leaf_hash(evidence.entry), evidence.index, head.size, evidence.proof, head.root
     )
     return VerifiedConsent(statement=statement, logged_at=entry.at, tree_head=head)
+
+
+def statement_entry(signed_statement: bytes) -> bytes:
+    """The log entry the relay appended for ``signed_statement`` (§15.1): its commitment,
+    dated by the statement's ``issued_at``; what its holder looks up by leaf hash."""
+    issued_at = unverified_body(ConsentStatement, signed_statement).issued_at
+    commitment = statement_commitment(signed_statement)
+    return StatementLogged(v=1, commitment=commitment, at=issued_at).to_bytes()
+
+
+def evidence_to_json(evidence: ConsentEvidence) -> str:
+    """The evidence file (§15.5): a JSON object of hex strings and the index."""
+    return json.dumps(
+        {
+            "statement": evidence.statement.hex(),
+            "entry": evidence.entry.hex(),
+            "index": evidence.index,
+            "proof": [node.hex() for node in evidence.proof],
+            "tree_head": evidence.tree_head.hex(),
+        },
+        indent=2,
+    )
+
+
+def evidence_from_json(text: str) -> ConsentEvidence:
+    """Read an evidence file; ValueError (one line) if it is not one."""
+    try:
+        raw = json.loads(text)
+        index = raw["index"]
+        if type(index) is not int or index < 0:
+            raise ValueError("index must be a non-negative integer")
+        return ConsentEvidence(
+            statement=bytes.fromhex(raw["statement"]),
+            entry=bytes.fromhex(raw["entry"]),
+            index=index,
+            proof=tuple(bytes.fromhex(node) for node in raw["proof"]),
+            tree_head=bytes.fromhex(raw["tree_head"]),
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not an evidence file: missing or mistyped {exc}") from None

@@ -27,7 +27,7 @@ from typing import Any
 
 from blindrelay.protocol.errors import InternalError, NotFound
 from blindrelay.protocol.frames import AccountKind
-from blindrelay.protocol.signed import unverified_body
+from blindrelay.protocol.signed import ConsentStatement, unverified_body
 from blindrelay.protocol.transparency import entries
 from blindrelay.protocol.transparency.entries import KeyBinding, decode_entry
 from blindrelay.protocol.transparency.treehead import TreeHead
@@ -54,9 +54,13 @@ def key_binding(
     ).to_bytes()  # fmt: skip
 
 
-def statement_logged(signed: bytes, now: int) -> bytes:
+def statement_logged(signed: bytes) -> bytes:
+    """The commitment, dated by the statement's own ``issued_at`` (which the relay has
+    checked against its clock, §7.4): whoever holds the statement rebuilds this entry
+    byte for byte and finds it by its leaf hash (§15.6)."""
+    issued_at = unverified_body(ConsentStatement, signed).issued_at
     return entries.StatementLogged(
-        v=1, commitment=entries.statement_commitment(signed), at=now
+        v=1, commitment=entries.statement_commitment(signed), at=issued_at
     ).to_bytes()
 
 

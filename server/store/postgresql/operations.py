@@ -495,7 +495,7 @@ async def apply_statement(
         *pair_key(handle, target_handle), *pair_to_row(effect.state),
     )  # fmt: skip
     superseded_nonces = await _record(conn, statement, signed, now)
-    await log.append_one(conn, transparency.statement_logged(signed, now))
+    await log.append_one(conn, transparency.statement_logged(signed))
     purged: list[int] = []
     if effect.purge.everything_from_target:
         purged = await _withdraw(conn, handle, target_handle, "true")

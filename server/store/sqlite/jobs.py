@@ -432,7 +432,7 @@ def apply_statement(
     )  # fmt: skip
     tables.ledger.store_pair(handle, statement.target, effect.state)
     superseded_nonces = tables.ledger.record(statement, signed, now)
-    _log(tables, transparency.statement_logged(signed, now))
+    _log(tables, transparency.statement_logged(signed))
     purged: list[int] = []
     if effect.purge.everything_from_target:
         purged = tables.queue.withdraw(handle, statement.target, None)

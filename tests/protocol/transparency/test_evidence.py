@@ -11,7 +11,13 @@ from blindrelay.protocol.errors import InvalidProof, InvalidStatement, InvalidTr
 from blindrelay.protocol.signed import make_statement
 from blindrelay.protocol.transparency import merkle
 from blindrelay.protocol.transparency.entries import StatementLogged, statement_commitment
-from blindrelay.protocol.transparency.evidence import ConsentEvidence, verify_consent_evidence
+from blindrelay.protocol.transparency.evidence import (
+    ConsentEvidence,
+    evidence_from_json,
+    evidence_to_json,
+    statement_entry,
+    verify_consent_evidence,
+)
 from blindrelay.protocol.transparency.treehead import sign_tree_head
 
 RELAY = IdentityKeyPair(b"\xc0" * 32)
@@ -56,3 +62,18 @@ def test_any_altered_part_fails() -> None:
     foreign = sign_tree_head(ALICE.sign, 6, merkle.EMPTY_ROOT[::-1], T0)
     with pytest.raises(InvalidTreeHead):  # a head not signed by this relay
         verify_consent_evidence(dataclasses.replace(good, tree_head=foreign), RELAY.public)
+
+
+def test_the_holder_rebuilds_the_entry_and_the_file_round_trips() -> None:
+    """SPEC §15.1: a statement's entry is dated by its own issued_at, so whoever holds
+    the statement rebuilds it byte for byte (§15.5: and finds it by its leaf hash)."""
+    signed = statement(1)
+    assert statement_entry(signed) == StatementLogged(
+        v=1, commitment=statement_commitment(signed), at=T0
+    ).to_bytes()
+    good = evidence()
+    assert evidence_from_json(evidence_to_json(good)) == good
+    for text in ("[]", "{}", '{"statement": "zz"}', "not json",
+                 evidence_to_json(good).replace('"index": 3', '"index": -1')):  # fmt: skip
+        with pytest.raises(ValueError):
+            evidence_from_json(text)

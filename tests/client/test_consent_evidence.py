@@ -1,0 +1,88 @@
+"""A business proves a customer's consent to a third party (SPEC §15.5): the evidence
+``Business.consent_evidence`` exports, checked offline by ``blindrelay verify-consent``
+with the relay's public key alone; altered evidence, another relay's key, and a file
+that is not evidence are refused in one line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from blindrelay.protocol.errors import NotFound
+from blindrelay.protocol.transparency.evidence import (
+    ConsentEvidence,
+    evidence_from_json,
+    evidence_to_json,
+    verify_consent_evidence,
+)
+
+from ..relays import relay_at
+from .harness import business_online, online, run, within
+
+
+def verify(path: Path, relay_key: bytes, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "blindrelay.server.cli", "verify-consent", str(path),
+         "--relay-key", relay_key.hex(), *extra],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+async def evidence_once_logged(business, customer: str) -> ConsentEvidence:
+    """The evidence, once a signed tree head covers the statement (test relays sign one
+    every 50 ms)."""
+    for _ in range(200):
+        try:
+            return await business.consent_evidence(customer)
+        except NotFound:
+            await asyncio.sleep(0.05)
+    raise AssertionError("no signed tree head covered the statement")
+
+
+def test_a_business_proves_a_customers_consent_offline(tmp_path: Path) -> None:
+    result: dict[str, object] = {}
+
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            airline = await business_online(relay.url, "airline")
+            alice = await online(relay.url, "alice")
+            await within(alice.grant("airline", ["utility"]))
+            await airline.wait_for_consent("alice", "utility", timeout=30)
+            evidence = await within(evidence_once_logged(airline, "alice"))
+            result["evidence"] = evidence
+            result["relay_key"] = alice.relay_key_pin.key
+            result["alice_key"] = alice.sessions.keypair.public
+            await alice.close()
+            await airline.close()
+
+    run(scenario())
+    evidence, relay_key = result["evidence"], result["relay_key"]
+    assert isinstance(evidence, ConsentEvidence) and isinstance(relay_key, bytes)
+    assert evidence_from_json(evidence_to_json(evidence)) == evidence
+    verified = verify_consent_evidence(evidence, relay_key, result["alice_key"])  # type: ignore[arg-type]
+    assert (verified.statement.signer, verified.statement.target) == ("alice", "airline")
+
+    good = tmp_path / "consent.json"
+    good.write_text(evidence_to_json(evidence))
+    done = verify(good, relay_key)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("valid: alice grant to airline, categories utility")
+
+    raw = json.loads(good.read_text())
+    altered = tmp_path / "altered.json"
+    raw["statement"] = raw["statement"][:-2] + ("00" if raw["statement"][-2:] != "00" else "01")
+    altered.write_text(json.dumps(raw))
+    not_json = tmp_path / "notes.txt"
+    not_json.write_text("consent: yes")
+    for path, key, status in [
+        (altered, relay_key, 1),  # a signature that no longer verifies
+        (good, bytes(32), 1),  # another relay's key
+        (not_json, relay_key, 2),
+        (tmp_path / "missing.json", relay_key, 2),
+    ]:
+        done = verify(path, key)
+        assert done.returncode == status, (path.name, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
