@@ -29,7 +29,6 @@ from typing import Any, TypeVar
 
 from blindrelay.protocol import frames, limits
 from blindrelay.protocol.errors import NotFound, UnexpectedFrame
-from blindrelay.protocol.transparency import merkle
 from blindrelay.protocol.transparency.evidence import ConsentEvidence, statement_entry
 from blindrelay.protocol.transparency.treehead import TreeHead, open_tree_head
 
@@ -76,10 +75,10 @@ class LogReader:
         )
         return list(answer.proof)
 
-    async def inclusion(self, leaf_hash: bytes, size: int) -> tuple[int, list[bytes]]:
-        """Where the entry with ``leaf_hash`` is in the tree of ``size``, and its path."""
+    async def inclusion(self, entry: bytes, size: int) -> tuple[int, list[bytes]]:
+        """Where ``entry`` (its exact bytes) is in the tree of ``size``, and its path."""
         answer = await self._ask(
-            lambda i: frames.LogInclusionFetch(id=i, leaf_hash=leaf_hash, size=size),
+            lambda i: frames.LogInclusionFetch(id=i, entry=entry, size=size),
             frames.LogInclusion,
         )
         return answer.index, list(answer.proof)
@@ -105,7 +104,7 @@ class LogReader:
             raise NotFound("the relay has signed no tree head yet")
         head, head_bytes = signed
         entry = statement_entry(signed_statement)
-        index, proof = await self.inclusion(merkle.leaf_hash(entry), head.size)
+        index, proof = await self.inclusion(entry, head.size)
         return ConsentEvidence(signed_statement, entry, index, tuple(proof), head_bytes)
 
     async def publish_key(self) -> None:

@@ -765,15 +765,17 @@ class LogConsistency(_Response):
 
 @dataclass(frozen=True, slots=True)
 class LogInclusionFetch(_Request):
-    """Ask where the entry with ``leaf_hash`` is, and PATH(index, D[size]) for it."""
+    """Ask where ``entry`` (its exact bytes) is, and PATH(index, D[size]) for it. The
+    entry, not its hash: the relay finds it by the time every entry carries, an index
+    that grows in order, where a hash index costs a random insert per append."""
 
     TYPE: ClassVar[FrameType] = FrameType.LOG_INCLUSION_FETCH
-    leaf_hash: bytes
+    entry: bytes
     size: int
 
     def __post_init__(self) -> None:
         _Request.__post_init__(self)
-        _check_len(self.leaf_hash, "leaf_hash", 32)
+        _check_size(self.entry, "entry", limits.MAX_LOG_ENTRY_BYTES)
         _check_uint(self.size, "size", MAX_DELIVERY_ID, minimum=1)
 
 

@@ -92,7 +92,7 @@ def fetch_inclusion(ctx: RelayContext, session: Session, frame: LogInclusionFetc
         index, proof = found
         session.send(LogInclusion(re=frame.id, index=index, proof=tuple(proof)))
 
-    ctx.run_job(session, frame, "log_find", (frame.leaf_hash, frame.size), answer)
+    ctx.run_job(session, frame, "log_find", (frame.entry, frame.size), answer)
 
 
 def fetch_entries(ctx: RelayContext, session: Session, frame: LogEntriesFetch) -> None:

@@ -69,7 +69,8 @@ def verify_consent_evidence(
 
 def statement_entry(signed_statement: bytes) -> bytes:
     """The log entry the relay appended for ``signed_statement`` (§15.1): its commitment,
-    dated by the statement's ``issued_at``; what its holder looks up by leaf hash."""
+    dated by the statement's ``issued_at``; what its holder asks the relay to find
+    (LOG_INCLUSION_FETCH)."""
     issued_at = unverified_body(ConsentStatement, signed_statement).issued_at
     commitment = statement_commitment(signed_statement)
     return StatementLogged(v=1, commitment=commitment, at=issued_at).to_bytes()

@@ -87,7 +87,7 @@ def valid_frames() -> dict[str, f.Frame]:
         "log_head_none": f.LogHead(re=13),
         "log_consistency_fetch": f.LogConsistencyFetch(id=14, first=5, second=12),
         "log_consistency": f.LogConsistency(re=14, proof=(K32, K32B)),
-        "log_inclusion_fetch": f.LogInclusionFetch(id=15, leaf_hash=K32, size=12),
+        "log_inclusion_fetch": f.LogInclusionFetch(id=15, entry=b"blindrelay/v1/log/key\x00" + b"\x09" * 60, size=12),
         "log_inclusion": f.LogInclusion(re=15, index=5, proof=(K32B, K32, bytes(32), bytes(range(1, 33)))),
         "log_entries_fetch": f.LogEntriesFetch(id=16, start=0, count=30),
         "log_entries": f.LogEntries(re=16, start=0, entries=(b"blindrelay/v1/log/statement\x00" + b"\x0b" * 40, b"blindrelay/v1/log/key\x00" + b"\x0c" * 60)),
@@ -187,7 +187,7 @@ def invalid_vectors() -> dict[str, tuple[bytes, str, int | None, str]]:
         "month_invalid": (_pack({"t": 43, "id": 1, "month": "2026-13"}), "MALFORMED_FRAME", 1, "month 13"),
         "log_consistency_from_zero": (_pack({"t": 52, "id": 4, "first": 0, "second": 8}), "MALFORMED_FRAME", 4, "a proof from size 0 proves nothing (§15.2)"),
         "log_entries_count_over_max": (_pack({"t": 56, "id": 4, "start": 0, "count": limits.MAX_LOG_ENTRIES + 1}), "MALFORMED_FRAME", 4, "count over MAX_LOG_ENTRIES"),
-        "log_inclusion_short_hash": (_pack({"t": 54, "id": 4, "leaf_hash": K32[:31], "size": 3}), "MALFORMED_FRAME", 4, "a 31-byte leaf hash"),
+        "log_inclusion_entry_too_large": (_pack({"t": 54, "id": 4, "entry": b"\x00" * (limits.MAX_LOG_ENTRY_BYTES + 1), "size": 3}), "FRAME_TOO_LARGE", 4, "an entry over MAX_LOG_ENTRY_BYTES"),
         "log_proof_hash_long": (_pack({"t": 53, "re": 4, "proof": [K32 + b"\x00"]}), "FRAME_TOO_LARGE", None, "a 33-byte hash in a proof: longer than bin 32"),
         # SPEC §2.2.5: `re` echoes a readable top-level `id` whatever else is wrong.
         "id_with_ext_type": (_pack({"t": 11, "id": 3, "handle": msgpack.ExtType(5, b"x")}), "MALFORMED_FRAME", 3, "extension type 5 in a request with a readable id"),

@@ -394,10 +394,11 @@ CONTRACT: dict[str, Operation] = {
     ),
     "log_find": Operation(
         spec="§15.6",
-        args={"leaf_hash": "bin 32", "size": "int"},
-        result="[index, [bin 32, …]]: the first leaf below ``size`` with that hash and "
-        "PATH(index, D[size])",
-        errors="601 NOT_FOUND: no such leaf, or not 0 < size ≤ the newest signed head's size",
+        args={"entry": "bin: an entry's exact bytes", "size": "int"},
+        result="[index, [bin 32, …]]: the first index below ``size`` holding exactly that "
+        "entry (found by its ``at``) and PATH(index, D[size])",
+        errors="601 NOT_FOUND: no such entry (or bytes that are no entry), or not 0 < size ≤ "
+        "the newest signed head's size",
     ),
     "log_binding_proof": Operation(
         spec="§15.6",

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from blindrelay.protocol.errors import InternalError, NotFound
+from blindrelay.protocol.errors import InternalError, MalformedLogEntry, NotFound, ProtocolError
 from blindrelay.protocol.frames import AccountKind
 from blindrelay.protocol.signed import ConsentStatement, unverified_body
 from blindrelay.protocol.transparency import entries
@@ -57,7 +57,7 @@ def key_binding(
 def statement_logged(signed: bytes) -> bytes:
     """The commitment, dated by the statement's own ``issued_at`` (which the relay has
     checked against its clock, §7.4): whoever holds the statement rebuilds this entry
-    byte for byte and finds it by its leaf hash (§15.6)."""
+    byte for byte and asks where it is (§15.6)."""
     issued_at = unverified_body(ConsentStatement, signed).issued_at
     return entries.StatementLogged(
         v=1, commitment=entries.statement_commitment(signed), at=issued_at
@@ -91,6 +91,15 @@ def accept_head(
     if (signed.size, signed.root, signed.timestamp) != (head.size, head.root, head.timestamp):
         raise InternalError("tree head fields differ from the signed ones")
     return True
+
+
+def entry_time(data: bytes) -> int | None:
+    """An entry's ``at`` (every entry type has one), or None for bytes that are no entry:
+    what the stores index entries by (SPEC §15.6 rule 1)."""
+    try:
+        return int(decode_entry(data).at)  # type: ignore[attr-defined]
+    except (MalformedLogEntry, ProtocolError):
+        return None
 
 
 def newest_bindings(entries: Iterable[tuple[int, bytes]]) -> dict[str, int]:

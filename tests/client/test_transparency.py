@@ -41,7 +41,7 @@ def test_a_client_reads_verifies_and_joins_two_heads(tmp_path: Path) -> None:
             newer = await within(alice.log.head())
             assert newer is not None and newer.size == 2
             check_extends(older, newer, await within(alice.log.consistency(1, 2)))
-            index, proof = await within(alice.log.inclusion(merkle.leaf_hash(entries[0]), 2))
+            index, proof = await within(alice.log.inclusion(entries[0], 2))
             merkle.verify_inclusion(merkle.leaf_hash(entries[0]), index, 2, proof, newer.root)
             with pytest.raises(NotFound):  # §15.6 rule 1: only trees the relay signed
                 await within(alice.log.consistency(1, 3))

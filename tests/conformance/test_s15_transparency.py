@@ -33,7 +33,7 @@ from blindrelay.protocol.frames import (
     Ok,
 )
 from blindrelay.protocol.transparency import merkle
-from blindrelay.protocol.transparency.entries import KeyBinding, decode_entry
+from blindrelay.protocol.transparency.entries import KeyBinding, StatementLogged, decode_entry
 from blindrelay.protocol.transparency.treehead import TreeHead, check_extends, open_tree_head
 
 from .wire import Account, Peer, rng, rotation
@@ -135,8 +135,8 @@ async def test_a_business_bundle_proves_its_key_and_rotation_is_proven_again(rel
 
 
 @pytest.mark.spec("15.6")
-async def test_inclusion_by_leaf_hash_and_consistency_between_two_heads(relay):
-    """§15.6: LOG_INCLUSION_FETCH finds an entry by its leaf hash in a signed tree, and
+async def test_inclusion_of_an_entry_and_consistency_between_two_heads(relay):
+    """§15.6: LOG_INCLUSION_FETCH finds an entry by its bytes in a signed tree, and
     LOG_CONSISTENCY_FETCH joins an older head to a newer one (§15.2, RFC 9162)."""
     shop = await relay.business(signed=True)
     customer = await relay.user()
@@ -146,7 +146,9 @@ async def test_inclusion_by_leaf_hash_and_consistency_between_two_heads(relay):
     auditor = await relay.connect()
     newer = await head_at_least(auditor, older.size + 1)
     leaf = merkle.leaf_hash(bundle.log.entry)
-    found = await auditor.request(lambda i: LogInclusionFetch(id=i, leaf_hash=leaf, size=newer.size))
+    found = await auditor.request(
+        lambda i: LogInclusionFetch(id=i, entry=bundle.log.entry, size=newer.size)
+    )
     assert isinstance(found, LogInclusion) and found.index == bundle.log.index
     merkle.verify_inclusion(leaf, found.index, newer.size, found.proof, newer.root)
     proof = await auditor.request(
@@ -184,16 +186,18 @@ async def test_the_entries_recompute_the_signed_root(relay):
 
 @pytest.mark.spec("15.6")
 async def test_proofs_only_for_signed_trees_and_known_leaves(relay):
-    """§15.6 rule 1: a size past the newest signed head, a ``first`` past ``second`` and
-    an unknown leaf get 601; a proof from size 0, or a count over MAX_LOG_ENTRIES, is
+    """§15.6 rule 1: a size past the newest signed head, a ``first`` past ``second``, an
+    entry the log does not hold and bytes that are no entry get 601; a proof from size 0, or a count over MAX_LOG_ENTRIES, is
     malformed (100). The connection stays usable."""
     await relay.business()
     auditor = await relay.connect()
     head = await head_at_least(auditor, 1)
     beyond = head.size + 10**9
+    unlogged = StatementLogged(v=1, commitment=bytes(32), at=0).to_bytes()
     cases = [
-        (lambda i: LogInclusionFetch(id=i, leaf_hash=bytes(32), size=head.size), 601),
-        (lambda i: LogInclusionFetch(id=i, leaf_hash=bytes(32), size=beyond), 601),
+        (lambda i: LogInclusionFetch(id=i, entry=unlogged, size=head.size), 601),
+        (lambda i: LogInclusionFetch(id=i, entry=b"no entry", size=head.size), 601),
+        (lambda i: LogInclusionFetch(id=i, entry=unlogged, size=beyond), 601),
         (lambda i: LogConsistencyFetch(id=i, first=1, second=beyond), 601),
         (lambda i: LogConsistencyFetch(id=i, first=head.size, second=max(head.size - 1, 1)), None),
     ]

@@ -197,7 +197,7 @@ async def test_an_upgraded_sqlite_relay_logs_the_businesses_it_already_had(tmp_p
     await store.submit("create_account", "alice", "user", ALICE.public, T0)
     await store.close()
     with sqlite3.connect(path) as conn:  # as a schema-6 relay left it: no log tables
-        for table in ("log_entries", "log_nodes", "log_heads", "log_bindings"):
+        for table in ("log_entries", "log_nodes", "log_heads", "log_bindings", "log_times"):
             conn.execute(f"DROP TABLE {table}")
         conn.execute("PRAGMA user_version=6")
     store = open_store(str(path), RelayConfig())
@@ -230,7 +230,7 @@ async def test_bindings_are_proven_in_the_newest_head_and_leaves_found_by_hash(
         await store.submit("create_account", "alice", "user", ALICE.public, T0)
         assert await store.submit("log_binding_proof", "skyways.air") is None  # no head yet
         with pytest.raises(NotFound):
-            await store.submit("log_find", merkle.leaf_hash(b"x"), 1)
+            await store.submit("log_find", b"no entry", 1)
         first = await sign_head(store)
         entry, index, proof, head = await store.submit("log_binding_proof", "skyways.air")
         assert (index, head) == (0, first) and e.decode_entry(entry).handle == "skyways.air"
@@ -243,14 +243,14 @@ async def test_bindings_are_proven_in_the_newest_head_and_leaves_found_by_hash(
         assert await store.submit("log_binding_proof", "alice") is None  # newer than the head
         await store.submit("rotate_identity", "skyways.air", AIRLINE.public, AIRLINE_NEW.public, T0 + 3)
         with pytest.raises(NotFound):  # size 3 is the log's, but no head says so
-            await store.submit("log_find", merkle.leaf_hash(entry), 3)
+            await store.submit("log_find", entry, 3)
         second = await sign_head(store)
         alice_entry, alice_index, _, _ = await store.submit("log_binding_proof", "alice")
         assert alice_index == 1 and e.decode_entry(alice_entry).identity_key == ALICE.public
         rotated, rotated_index, _, head = await store.submit("log_binding_proof", "skyways.air")
         assert rotated_index == 2 and head == second
         assert e.decode_entry(rotated).previous_key == AIRLINE.public
-        assert (await store.submit("log_find", merkle.leaf_hash(entry), 3))[0] == 0
+        assert (await store.submit("log_find", entry, 3))[0] == 0
         proof = await store.submit("log_signed_consistency", 1, 3)
         merkle.verify_consistency(1, 3, root, open_tree_head(second, RELAY.public).root, proof)
         for args in [(0, 3), (3, 1), (1, 4)]:
@@ -270,7 +270,8 @@ async def test_an_upgraded_postgresql_relay_logs_the_businesses_it_already_had(
     pg.execute(  # as a schema-3 relay left it: no log tables (4), no workers table (5),
         pg_database.url,  # no log_bindings (6)
         *[f'DROP TABLE "{schema}".{table}'
-          for table in ("log_entries", "log_nodes", "log_heads", "workers", "log_bindings")],
+          for table in ("log_entries", "log_nodes", "log_heads", "workers", "log_bindings",
+                        "log_times")],
         f'DELETE FROM "{schema}".schema_version WHERE version >= 4',
     )  # fmt: skip
     async with opened(url) as store:

@@ -34,7 +34,7 @@ from typing import Any
 from .. import StoreStartError
 from . import transparency
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 MIGRATION_LOCK = 0x626C696E6472  # "blindr": one advisory lock key for every worker
 """The ``pg_advisory_xact_lock`` key migrations run under."""
@@ -214,6 +214,7 @@ CREATE TABLE workers (
 
 MIGRATIONS: dict[int, str] = {
     1: _V1, 2: _V2, 3: _V3, 4: transparency.SCHEMA, 5: _V5, 6: transparency.BINDINGS_SCHEMA,
+    7: transparency.TIMES_SCHEMA,
 }  # fmt: skip
 """Version → the statements that reach it from the version before (0: an empty database)."""
 
@@ -257,9 +258,12 @@ async def migrate(conn: Any, url: str) -> int:
             raise newer_schema(found, url)
         for version in range(found + 1, SCHEMA_VERSION + 1):
             await conn.execute(MIGRATIONS[version])
-            if version == 4 and found:  # an existing database: its businesses' keys
-                await transparency.log_existing_businesses(conn)
-            if version == 6 and found:  # an existing log: its published handles
-                await transparency.rebuild_bindings(conn)
             await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+        # Data for the new tables, once every table of this version exists (an append
+        # writes log_times too), in the transaction of the migration.
+        if found and found < 4:  # an existing database: its businesses' keys
+            await transparency.log_existing_businesses(conn)
+        if found and found < 7:  # an existing log: its published handles, entries' times
+            await transparency.rebuild_bindings(conn)
+            await transparency.rebuild_times(conn)
     return found

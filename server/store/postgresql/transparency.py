@@ -57,7 +57,18 @@ CREATE INDEX log_leaves ON log_nodes (hash) WHERE level = 0;
 """Schema 6: each published handle's newest key binding, what BUNDLE proves, and
 leaves found by hash (SPEC §15.6); filled from the log by :func:`rebuild_bindings`."""
 
-TABLES = ("log_entries", "log_nodes", "log_heads", "log_bindings")
+TIMES_SCHEMA = """
+DROP INDEX log_leaves;
+CREATE TABLE log_times (
+    at bigint NOT NULL,
+    seq bigint NOT NULL,
+    PRIMARY KEY (at, seq)
+);
+"""
+"""Schema 7: entries found by their ``at``, an index that grows in order, in place of
+the leaf-hash index (a random insert per append); filled by :func:`rebuild_times`."""
+
+TABLES = ("log_entries", "log_nodes", "log_heads", "log_bindings", "log_times")
 
 LOG_LOCK = 0x626C6F67  # "blog": the advisory lock every append takes
 """``pg_advisory_xact_lock`` key serializing appends across workers."""
@@ -111,10 +122,16 @@ async def append(conn: Any, entries: Sequence[bytes]) -> int:
             levels.append(node.level)
             offsets.append(node.offset)
             hashes.append(value)
+    seqs = list(range(first, first + len(entries)))
     await conn.execute(
         "INSERT INTO log_entries (seq, data) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
-        list(range(first, first + len(entries))),
+        seqs,
         list(entries),
+    )
+    await conn.execute(
+        "INSERT INTO log_times (at, seq) SELECT * FROM unnest($1::bigint[], $2::bigint[])",
+        [transparency.entry_time(data) for data in entries],
+        seqs,
     )
     await conn.execute(
         'INSERT INTO log_nodes (level, node_index, hash)'
@@ -149,6 +166,17 @@ async def bind(conn: Any, handle: str, seq: int) -> None:
 async def bound(conn: Any, handle: str) -> int | None:
     value = await conn.fetchval("SELECT seq FROM log_bindings WHERE handle = $1", handle)
     return None if value is None else int(value)
+
+
+async def rebuild_times(conn: Any) -> None:
+    """Schema 7 on an existing log: ``log_times`` from the entries."""
+    rows = await conn.fetch("SELECT seq, data FROM log_entries ORDER BY seq")
+    await conn.execute(
+        "INSERT INTO log_times (at, seq) SELECT * FROM unnest($1::bigint[], $2::bigint[])"
+        " ON CONFLICT DO NOTHING",
+        [transparency.entry_time(bytes(r[1])) for r in rows],
+        [int(r[0]) for r in rows],
+    )
 
 
 async def rebuild_bindings(conn: Any) -> None:
@@ -253,12 +281,14 @@ async def log_signed_consistency(tx: Any, first: int, second: int) -> list[bytes
     return await _lookup(tx.conn, merkle.consistency_ranges(first, second))
 
 
-async def log_find(tx: Any, leaf_hash: bytes, size: int) -> list[Any]:
+async def log_find(tx: Any, entry: bytes, size: int) -> list[Any]:
     conn = tx.conn
     transparency.check_signed_size(await newest_head(conn), size)
-    index = await conn.fetchval(
-        "SELECT min(node_index) FROM log_nodes WHERE level = 0 AND hash = $1 AND node_index < $2",
-        leaf_hash, size,
+    at = transparency.entry_time(entry)
+    index = None if at is None else await conn.fetchval(
+        "SELECT min(t.seq) FROM log_times t JOIN log_entries e ON e.seq = t.seq"
+        " WHERE t.at = $1 AND t.seq < $2 AND e.data = $3",
+        at, size, entry,
     )  # fmt: skip
     if index is None:
         raise NotFound()

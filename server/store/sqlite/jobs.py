@@ -553,10 +553,10 @@ def log_signed_consistency(tables: Tables, first: int, second: int) -> list[byte
     return tables.log.consistency_proof(first, second)
 
 
-def log_find(tables: Tables, leaf_hash: bytes, size: int) -> list[Any]:
+def log_find(tables: Tables, entry: bytes, size: int) -> list[Any]:
     log = tables.log
     transparency.check_signed_size(log.head(), size)
-    index = log.find_leaf(leaf_hash, size)
+    index = log.find(entry, size)
     if index is None:
         raise NotFound()
     return [index, log.inclusion_proof(index, size)]

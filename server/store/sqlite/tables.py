@@ -95,10 +95,12 @@ from .profiles import BadgeStore, ProfileStore
 from .transparency import SCHEMA as LOG_SCHEMA
 from .transparency import TransparencyLog
 
-SCHEMA_VERSION = 8
-"""8: ``log_bindings`` and the ``log_leaves`` index (SPEC §15.6), filled from the log on
-upgrade. 7: the transparency log, ``log_entries``, ``log_nodes``, ``log_heads`` (SPEC §15;
-:mod:`.transparency`), with every existing business's key binding appended on upgrade.
+SCHEMA_VERSION = 9
+"""9: ``log_times`` in place of the ``log_leaves`` hash index (SPEC §15.6), filled from
+the log on upgrade. 8: ``log_bindings`` and the ``log_leaves`` index (SPEC §15.6),
+filled from the log on upgrade. 7: the transparency log, ``log_entries``, ``log_nodes``,
+``log_heads`` (SPEC §15; :mod:`.transparency`), with every existing business's key
+binding appended on upgrade.
 6: ``accounts.login_seq``, the logins of each account counted (SPEC §1.2.3: the newest
 login wins on every relay process).
 5: ``account_sessions`` (which relay process serves each account, SPEC §10).
@@ -359,6 +361,9 @@ def _migrate(conn: sqlite3.Connection, version: int) -> None:
         _log_existing_businesses(conn)
     if 0 < version < 8:
         TransparencyLog(sqlite_utils.Database(conn)).rebuild_bindings()
+    if 0 < version < 9:
+        conn.execute("DROP INDEX IF EXISTS log_leaves")
+        TransparencyLog(sqlite_utils.Database(conn)).rebuild_times()
 
 
 def _log_existing_businesses(conn: sqlite3.Connection) -> None:
