@@ -100,7 +100,8 @@ class PostgresLog:
         )
         self.run(self.conn.execute(f'CREATE SCHEMA "{self.schema}"'))
         self.run(self.conn.execute(f'SET search_path TO "{self.schema}"'))
-        self.run(self.conn.execute(pglog.SCHEMA))
+        for schema in (pglog.SCHEMA, pglog.BINDINGS_SCHEMA, pglog.TIMES_SCHEMA):  # 4, 6, 7
+            self.run(self.conn.execute(schema))
 
     def run(self, coroutine: Any) -> Any:
         return self.loop.run_until_complete(coroutine)
