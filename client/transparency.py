@@ -129,15 +129,16 @@ class _Anonymous:
         self._reader: asyncio.Task[None] | None = None
 
     async def request(self, make: Callable[[int], frames.Frame]) -> frames.Frame:
-        for attempt in (1, 2):
-            conn = await self._connection()
-            try:
-                return await _answer(conn, make(conn.next_request_id()), self._reader)
-            except ConnectionLost:
-                await self.close()
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        """The answer, on a new connection once if the relay ended the current one."""
+        try:
+            return await self._ask(make)
+        except ConnectionLost:
+            await self.close()
+            return await self._ask(make)
+
+    async def _ask(self, make: Callable[[int], frames.Frame]) -> frames.Frame:
+        conn = await self._connection()
+        return await _answer(conn, make(conn.next_request_id()), self._reader)
 
     async def _connection(self) -> Connection:
         if self._conn is not None and self._reader is not None and not self._reader.done():

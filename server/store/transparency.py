@@ -22,8 +22,7 @@ signing (the relay holds its key), hashing (the protocol package).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 from blindrelay.protocol.errors import InternalError, MalformedLogEntry, NotFound, ProtocolError
 from blindrelay.protocol.frames import AccountKind
@@ -111,19 +110,6 @@ def newest_bindings(entries: Iterable[tuple[int, bytes]]) -> dict[str, int]:
         if isinstance(entry, KeyBinding):
             newest[entry.handle] = index
     return newest
-
-
-def binding_proof(
-    bound: int | None,
-    head: LogHead | None,
-    entry: Callable[[int], bytes],
-    proof: Callable[[int, int], list[bytes]],
-) -> list[Any] | None:
-    """SPEC §15.6 rule 3: ``[entry, index, PATH(index, D[head.size]), head]`` for a
-    binding the newest head covers; None for none, or one newer than the head."""
-    if bound is None or head is None or bound >= head.size:
-        return None
-    return [entry(bound), bound, proof(bound, head.size), head.signed]
 
 
 def check_signed_size(head: LogHead | None, *sizes: int) -> None:

@@ -136,9 +136,6 @@ def frame_strategy(cls: type[f.Frame]) -> st.SearchStrategy[f.Frame]:
         base = st.tuples(base, st.integers(1, limits.MAX_LOG_ENTRIES)).map(
             lambda p: {**p[0], "count": p[1]}
         )
-    if cls is f.LogConsistencyFetch:
-        base = base.map(lambda kw: {**kw, "first": min(kw["first"], kw["second"]),
-                                    "second": max(kw["first"], kw["second"])})
     if cls is f.PrekeysUpload:
         base = base.filter(lambda kw: kw["signed_prekey"] is not None or kw["one_time"])
     return base.map(lambda kw: cls(**kw))

@@ -296,8 +296,10 @@ async def log_find(tx: Any, entry: bytes, size: int) -> list[Any]:
 
 
 async def log_binding_proof(tx: Any, handle: str) -> list[Any] | None:
+    """SPEC §15.6 rule 3, as the SQLite back end: an unpublished handle costs one query."""
     conn = tx.conn
-    seq, head = await bound(conn, handle), await newest_head(conn)
+    seq = await bound(conn, handle)
+    head = await newest_head(conn) if seq is not None else None
     if seq is None or head is None or seq >= head.size:
         return None
     entry = await conn.fetchval("SELECT data FROM log_entries WHERE seq = $1", seq)

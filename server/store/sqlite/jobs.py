@@ -563,10 +563,14 @@ def log_find(tables: Tables, entry: bytes, size: int) -> list[Any]:
 
 
 def log_binding_proof(tables: Tables, handle: str) -> list[Any] | None:
+    """SPEC §15.6 rule 3: the handle's newest binding, if the newest head covers it.
+    Every bundle asks: an unpublished handle costs one primary-key lookup."""
     log = tables.log
-    return transparency.binding_proof(
-        log.bound(handle), log.head(), log.entry, log.inclusion_proof
-    )
+    seq = log.bound(handle)
+    head = log.head() if seq is not None else None
+    if seq is None or head is None or seq >= head.size:
+        return None
+    return [log.entry(seq), seq, log.inclusion_proof(seq, head.size), head.signed]
 
 
 def checkpoint(tables: Tables) -> None:
