@@ -67,10 +67,18 @@ from blindrelay.protocol.business import (
 )
 from blindrelay.protocol.errors import (
     BlindrelayError,
+    InvalidProof,
     RecipientUnavailable,
     UnexpectedFrame,
 )
 from blindrelay.protocol.signed import ConsentStatement, unverified_body
+from blindrelay.protocol.transparency.bills import (
+    BillReconciliation,
+    VerifiedBill,
+    reconcile,
+    verify_bill,
+)
+from blindrelay.protocol.transparency.entries import BillLogged, decode_entry
 from blindrelay.protocol.transparency.evidence import ConsentEvidence
 
 from .customer_consent import ConsentRefused, CustomerConsent
@@ -398,6 +406,48 @@ class Business:
         answer = await self.client.link.request(lambda rid: frames.UsageFetch(id=rid, month=month))
         if not isinstance(answer, frames.Usage):
             raise UnexpectedFrame("relay answered USAGE_FETCH with another frame")
+        return answer
+
+    async def bill(self, month: str) -> VerifiedBill:
+        """Our closed bill for ``month`` (SPEC §8.5), every page, verified: its items hash
+        to the bill the relay logged, under a signed tree head that extends the newest
+        one this profile verified. ``InvalidProof``/``InvalidTreeHead``/``LogForked`` if
+        not; ``NotFound`` (601) until the bill is closed (``BILL_CLOSE_DELAY_MS`` after
+        the month ends) and a signed tree head covers it."""
+        first = await self._bill_page(month, 0)
+        logged = decode_entry(first.entry)
+        if not isinstance(logged, BillLogged):
+            raise InvalidProof("the relay's bill entry is not a bill")
+        items = list(first.items)
+        while len(items) < logged.count:
+            page = await self._bill_page(month, len(items))
+            if page.entry != first.entry or not page.items:
+                raise InvalidProof("the bill changed between its pages")
+            items += page.items
+        handle = self.client.handle
+        relay_key = self.client.relay_key
+        if handle is None or relay_key is None:
+            raise UnexpectedFrame("a bill before a login")
+        bill = verify_bill(
+            relay_key, handle, month, first.entry, first.index, first.proof, first.sth,
+            first.salt, items,
+        )  # fmt: skip
+        await self.client.log_check.observe(bill.tree_head, first.sth)
+        return bill
+
+    async def check_bill(self, month: str) -> BillReconciliation:
+        """Our bill for ``month``, verified (:meth:`bill`), held against every SENT of a
+        notification this profile kept for that month: ``.ok``, or the items billed
+        without a SENT, the SENTs not billed and the items that differ."""
+        bill = await self.bill(month)
+        return reconcile(bill, self.client.store.sent_notifications(month))
+
+    async def _bill_page(self, month: str, start: int) -> frames.Bill:
+        answer = await self.client.link.request(
+            lambda rid: frames.BillFetch(id=rid, month=month, start=start)
+        )
+        if not isinstance(answer, frames.Bill) or answer.start != start:
+            raise UnexpectedFrame("relay answered BILL_FETCH with another frame")
         return answer
 
 

@@ -36,6 +36,7 @@ from blindrelay.protocol.errors import (
     StoreUnavailable,
 )
 from blindrelay.protocol.fastcodec import encode_send
+from blindrelay.protocol.transparency.bills import SentNotification
 
 from .connection import Connection
 from .keystore import KeyStore, OutboxEntry
@@ -159,8 +160,9 @@ class Outbox:
         """In the order they were queued (their positions' order), as a restart resends them."""
         self._clock = 0
         """The last entry's position: positions increase even within one nanosecond."""
-        self._retiring: list[bytes] = []
-        """Entries answered since the last loop turn, deleted together."""
+        self._retiring: list[tuple[bytes, SentNotification | None]] = []
+        """Entries answered since the last loop turn, deleted together (with the SENTs of
+        notifications, kept)."""
         self._sent: dict[bytes, asyncio.Future[int]] = {}
         self._bulk_sends: dict[bytes, Bulk] = {}
         """msg_id → the :meth:`Client.send_many` it belongs to (instead of a future each)."""
@@ -274,7 +276,11 @@ class Outbox:
             self._rate_limit_retries.pop(msg_id, None)
         done = self._entries.pop(msg_id, None)
         if done is not None:
-            self._retire(msg_id)
+            kept = None
+            if error is None and done.intent == frames.Intent.NOTIFICATION:
+                assert at is not None and done.category is not None
+                kept = SentNotification(msg_id, done.to, done.category, at)  # for its bill
+            self._retire(msg_id, kept)
         bulk = self._bulk_sends.pop(msg_id, None)
         if bulk is not None:
             bulk.settle(msg_id, error)
@@ -309,26 +315,30 @@ class Outbox:
 
     # --- Retiring and stopping -------------------------------------------------------
 
-    def _retire(self, msg_id: bytes) -> None:
-        """Delete an answered envelope's outbox entry, with the others of this loop turn.
+    def _retire(self, msg_id: bytes, kept: SentNotification | None = None) -> None:
+        """Delete an answered envelope's outbox entry, with the others of this loop turn;
+        a notification's SENT is kept in the same transaction (its bill is checked
+        against it, SPEC §8.5).
 
         One keystore transaction per turn instead of one per SENT (with SQLite,
         one durable commit each). Until it runs, a crash only means the envelope
-        is resent with its msg_id, which the relay answers from memory (SPEC §6.3).
+        is resent with its msg_id, which the relay answers from memory with its
+        first ``at`` (SPEC §6.3), so the SENT kept then is the same.
         """
         if not self._retiring:
             asyncio.get_running_loop().call_soon(self.delete_retired)
-        self._retiring.append(msg_id)
+        self._retiring.append((msg_id, kept))
 
     def delete_retired(self) -> None:
         """Delete the entries answered since the last loop turn (now, when closing)."""
-        msg_ids, self._retiring = self._retiring, []
-        if not msg_ids or self._link.failed:
+        retiring, self._retiring = self._retiring, []
+        if not retiring or self._link.failed:
             return
         try:
             with self._store.atomic():
-                for msg_id in msg_ids:
-                    self._store.retire_outgoing(msg_id)
+                for msg_id, kept in retiring:
+                    if self._store.retire_outgoing(msg_id) and kept is not None:
+                        self._store.keep_sent_notification(kept)
         except Exception as exc:  # a broken store: stop, as when receiving
             log.error("cannot delete answered envelopes from the outbox: %r", exc)
             self._link.stop(exc)

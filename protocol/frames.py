@@ -51,6 +51,8 @@ class FrameType(IntEnum):
     PROFILE = 42
     USAGE_FETCH = 43
     USAGE = 44
+    BILL_FETCH = 45
+    BILL = 46
     LOG_HEAD_FETCH = 50
     LOG_HEAD = 51
     LOG_CONSISTENCY_FETCH = 52
@@ -714,6 +716,49 @@ class Usage(_Response):
         _check_uint(self.user_initiated, "user_initiated", MAX_DELIVERY_ID)
 
 
+@dataclass(frozen=True, slots=True)
+class BillFetch(_Request):
+    """A business asks for a page of its closed bill for a UTC month (SPEC §8.5)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.BILL_FETCH
+    month: str
+    start: int = 0
+
+    def __post_init__(self) -> None:
+        _Request.__post_init__(self)
+        _check_month(self.month)
+        _check_uint(self.start, "start", MAX_DELIVERY_ID)
+
+
+@dataclass(frozen=True, slots=True)
+class Bill(_Response):
+    """A page of a logged bill: the bill's log entry with its inclusion proof under a
+    signed tree head, the recipients' salt, and items ``start`` … (SPEC §8.5)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.BILL
+    month: str
+    entry: bytes
+    index: int
+    proof: tuple[bytes, ...]
+    sth: bytes
+    salt: bytes
+    start: int
+    items: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        _Response.__post_init__(self)
+        _check_month(self.month)
+        _check_size(self.entry, "entry", limits.MAX_LOG_ENTRY_BYTES)
+        _check_uint(self.index, "index", MAX_DELIVERY_ID)
+        _check_proof(self.proof)
+        _check_size(self.sth, "sth", limits.MAX_TREE_HEAD_BYTES)
+        _check_len(self.salt, "salt", 16)
+        _check_uint(self.start, "start", MAX_DELIVERY_ID)
+        _check_max(self.items, "items", limits.MAX_BILL_ITEMS)
+        for item in self.items:
+            _check_size(item, "items", limits.MAX_BILL_ITEM_BYTES)
+
+
 # §15 Transparency log
 
 
@@ -836,7 +881,7 @@ Frame = (
     | PrekeysUpload | BundleFetch | Bundle | PrekeysLow
     | Send | Sent | Deliver | Ack
     | Statement | StatementsList | Statements
-    | ProfilePut | ProfileFetch | Profile | UsageFetch | Usage
+    | ProfilePut | ProfileFetch | Profile | UsageFetch | Usage | BillFetch | Bill
     | LogHeadFetch | LogHead | LogConsistencyFetch | LogConsistency
     | LogInclusionFetch | LogInclusion | LogEntriesFetch | LogEntries | Discoverable
 )  # fmt: skip
@@ -848,7 +893,7 @@ FRAME_CLASSES: dict[FrameType, type[Frame]] = {
         PrekeysUpload, BundleFetch, Bundle, PrekeysLow,
         Send, Sent, Deliver, Ack,
         Statement, StatementsList, Statements,
-        ProfilePut, ProfileFetch, Profile, UsageFetch, Usage,
+        ProfilePut, ProfileFetch, Profile, UsageFetch, Usage, BillFetch, Bill,
         LogHeadFetch, LogHead, LogConsistencyFetch, LogConsistency,
         LogInclusionFetch, LogInclusion, LogEntriesFetch, LogEntries, Discoverable,
     )

@@ -302,6 +302,20 @@ MAX_LOG_ENTRIES = 30
 """Entries returned by one LOG_ENTRIES: 30 of the largest (``MAX_LOG_ENTRY_BYTES``) fit
 one frame (``MAX_FRAME_BYTES``), as for ``MAX_LISTED_STATEMENTS``; an auditor pages."""
 
+MAX_BILL_ITEM_BYTES = 192
+"""A bill item's exact bytes (§15.1): at most 128 (the longest category, the largest
+time); the bound is what a business's decoder accepts."""
+
+BILL_CLOSE_DELAY_MS = 5 * 60 * 1000
+"""A month's bills close this long after it ends (§8.5): a SEND accepted in its last
+millisecond is committed by then, on every relay process of a deployment whose clocks
+agree to within it."""
+
+MAX_BILL_ITEMS = 256
+"""Bill items in one BILL (§8.5): 256 of the largest, with the bill's entry, a proof of
+``MAX_PROOF_HASHES`` and a tree head, fit one frame (``MAX_FRAME_BYTES``); a business
+pages through a month's bill."""
+
 LOG_FETCH_RATE_PER_MIN = 6000.0
 LOG_FETCH_BURST = 200
 """*Default.* Log fetches (§15.6) per connection, authenticated or not: an auditor

@@ -1,10 +1,12 @@
-"""PROFILE_PUT, PROFILE_FETCH, USAGE_FETCH: the business side of the relay (SPEC §8).
+"""PROFILE_PUT, PROFILE_FETCH, USAGE_FETCH, BILL_FETCH: the business side of the relay
+(SPEC §8).
 
 The relay stores a business's signed profile after checking it with
 ``open_profile`` and serves it with the operator badge currently in force;
 it can alter neither. Badges enter the database only through
 ``blindrelay admin verify-business``. USAGE_FETCH reads the metering counts
-that ``delivery`` commits with each envelope.
+that ``delivery`` commits with each envelope; BILL_FETCH pages through a closed
+month's bill, with the proof that it is the one in the log (§8.5).
 
 Not here: verification rules (``blindrelay.protocol.business``), tables
 (``store``), the operator's CLI (``admin``).
@@ -15,10 +17,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from blindrelay.protocol import limits
 from blindrelay.protocol.business import open_profile
 from blindrelay.protocol.errors import Forbidden
 from blindrelay.protocol.frames import (
     AccountKind,
+    Bill,
+    BillFetch,
     Ok,
     Profile,
     ProfileFetch,
@@ -110,3 +115,24 @@ def fetch_usage(ctx: RelayContext, session: Session, frame: UsageFetch) -> None:
         )
 
     ctx.run_job(session, frame, "usage_month", (handle, month), answer)
+
+
+def fetch_bill(ctx: RelayContext, session: Session, frame: BillFetch) -> None:
+    """SPEC §8.5: a business reads a page of its own closed bill; a user gets 202. A
+    page costs a token of the connection's log bucket (§15.6): it is a log read."""
+    handle = session.handle
+    assert handle is not None
+    ctx.limiters.log_fetch.take(session.serial)  # SPEC §10, before any work
+    _business_only(session)
+    month, start = frame.month, frame.start
+
+    def answer(page: list[Any]) -> None:
+        entry, index, proof, sth, salt, items = page
+        page_items = tuple(items)
+        bill = Bill(
+            re=frame.id, month=month, entry=entry, index=index, proof=tuple(proof), sth=sth,
+            salt=salt, start=start, items=page_items,
+        )  # fmt: skip
+        session.send(bill)
+
+    ctx.run_job(session, frame, "bill_page", (handle, month, start, limits.MAX_BILL_ITEMS), answer)

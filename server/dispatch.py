@@ -48,6 +48,7 @@ HANDLERS: dict[FrameType, Handler] = {
     FrameType.PROFILE_PUT: business.put_profile,
     FrameType.PROFILE_FETCH: business.fetch_profile,
     FrameType.USAGE_FETCH: business.fetch_usage,
+    FrameType.BILL_FETCH: business.fetch_bill,
     FrameType.LOG_HEAD_FETCH: transparency.fetch_head,
     FrameType.LOG_CONSISTENCY_FETCH: transparency.fetch_consistency,
     FrameType.LOG_INCLUSION_FETCH: transparency.fetch_inclusion,

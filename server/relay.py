@@ -57,7 +57,7 @@ try:
 except ImportError:  # websockets built without its C extension (what websockets.frames does)
     from websockets.utils import apply_mask
 
-from blindrelay.protocol import SUBPROTOCOL
+from blindrelay.protocol import SUBPROTOCOL, limits
 from blindrelay.protocol.channel import (
     CLOSE_CHANNEL_FAILED,
     MAX_TRANSPORT_MESSAGE_BYTES,
@@ -69,6 +69,7 @@ from blindrelay.protocol.channel import (
 from blindrelay.protocol.connection import RelayConnection, State
 from blindrelay.protocol.errors import StoreUnavailable
 from blindrelay.protocol.noise import KeyPair
+from blindrelay.protocol.transparency.bills import month_of
 
 from . import auth, gcpolicy, transparency
 from .config import TRANSPORT_WRITE_LIMIT_BYTES, RelayConfig
@@ -80,6 +81,7 @@ from .registration import RegistrationPolicy, source_key
 from .routing import Hint, InProcessRouter, Router, open_router
 from .store import open_store
 from .store.records import LogHead
+from .store.transparency import BILLS_PER_CLOSE
 
 Rng = Callable[[int], bytes]
 SourceOf = Callable[[ServerConnection], str]
@@ -894,10 +896,29 @@ class RunningRelay:
         assert self._sign is not None, "this relay signs no tree heads"
         return await transparency.publish_tree_head(self.ctx.store, self._sign, self.ctx.clock)
 
+    async def close_bills(self) -> list[list[Any]]:
+        """SPEC §8.5: close every open bill of a month that ended ``BILL_CLOSE_DELAY_MS``
+        ago or more, logging each; the bills closed, as ``close_bills`` gives them."""
+        before = month_of(self.ctx.clock() - limits.BILL_CLOSE_DELAY_MS)
+        closed: list[list[Any]] = []
+        while True:
+            done = await self.ctx.store.submit("close_bills", before, self.ctx.clock())
+            for business, month, count, index in done:
+                if index is None:  # metered after its bill closed: see close_bills
+                    log_event(logging.ERROR, "bill_items_late", business=business, month=month,
+                              items=count)  # fmt: skip
+                else:
+                    log_event(logging.INFO, "bill_closed", business=business, month=month,
+                              items=count)  # fmt: skip
+            closed += done
+            if len(done) < BILLS_PER_CLOSE:
+                return closed
+
     async def _publish_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.config.sth_interval_s)
             try:
+                await self.close_bills()  # logged before the head that covers them
                 await self.publish_tree_head()
             except Exception as exc:  # e.g. the store is lost; the next interval retries
                 log_event(logging.ERROR, "tree_head_failed", exc_type=type(exc).__name__)

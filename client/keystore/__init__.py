@@ -39,6 +39,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from blindrelay.protocol.transparency.bills import SentNotification
+
 from .memory import MemoryKeyStore
 from .records import (
     IDENTITY_KEY_BYTES,
@@ -165,6 +167,10 @@ class KeyStore(Protocol):
     def outgoing(self, msg_id: bytes) -> OutboxEntry | None: ...
     def retire_outgoing(self, msg_id: bytes) -> bool: ...
     def outbox(self) -> list[OutboxEntry]: ...
+
+    # A business's committed notifications (conversations, SPEC §8.5)
+    def keep_sent_notification(self, sent: SentNotification) -> None: ...
+    def sent_notifications(self, month: str) -> list[SentNotification]: ...
 
     # Messages held for a trust decision (conversations, SPEC §13.8)
     def hold_message(self, sender: str, deliver: bytes) -> HeldCounts: ...

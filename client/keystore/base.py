@@ -27,9 +27,9 @@ ROW_TABLES = (
 """One row per natural key, one table per kind of record (see each kind's module):
 ``key_owners`` maps an identity key to the handle it is pinned for (SPEC §13.8)."""
 
-LOG_TABLES = ("statements", "held_messages")
-"""Per group (a counterpart), records in the order they were appended; adding one costs
-the same however many the group holds."""
+LOG_TABLES = ("statements", "held_messages", "sent_notifications")
+"""Per group (a counterpart; a month for ``sent_notifications``), records in the order
+they were appended; adding one costs the same however many the group holds."""
 
 TABLES = frozenset(ROW_TABLES + LOG_TABLES + ("processed", "inbox"))
 """Every table name a store interpolates into SQL comes from here, never from a caller."""

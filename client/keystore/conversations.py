@@ -24,6 +24,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import msgpack
+
+from blindrelay.protocol.transparency.bills import SentNotification, month_of
+
 from .base import handle_key
 from .keys import KeyRecords
 from .records import (
@@ -109,6 +113,25 @@ class ConversationRecords(KeyRecords):
         """Every envelope awaiting SENT, in the order they were queued."""
         entries = [_outbox_entry(fields) for fields in self._rows("outbox")]
         return sorted(entries, key=lambda entry: (entry.position, entry.msg_id))
+
+    # A business's notifications the relay committed (SPEC §8.5: what a bill is held to)
+
+    def keep_sent_notification(self, sent: SentNotification) -> None:
+        """Remember a notification's SENT, filed under its UTC month; the outbox calls it
+        in the transaction that retires the envelope, so a SENT is kept exactly once."""
+        require_bytes("msg_id", sent.msg_id)
+        require_handle(sent.recipient, "recipient")
+        record = msgpack.packb([sent.msg_id, sent.recipient, sent.category, sent.at])
+        self._append("sent_notifications", month_of(sent.at), record)
+
+    def sent_notifications(self, month: str) -> list[SentNotification]:
+        """The notifications of ``month`` (``YYYY-MM``, UTC) the relay committed, in the
+        order their SENTs came."""
+        kept = []
+        for record in self._read("sent_notifications", month, 0):
+            msg_id, recipient, category, at = msgpack.unpackb(record, raw=False)
+            kept.append(SentNotification(bytes(msg_id), str(recipient), str(category), int(at)))
+        return kept
 
     # Messages held for the user's decision on a new identity key (SPEC §13.8)
 

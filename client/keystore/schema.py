@@ -32,7 +32,8 @@ from .records import KeyStoreCorrupted, KeyStoreTooNew, OutboxEntry
 from .sealing import Sealer
 from .settings import SettingRecords
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+"""3: ``sent_notifications`` (a business's SENT notifications, to check its bills)."""
 
 _HEADER = (
     "CREATE TABLE header (id INTEGER PRIMARY KEY, format INTEGER NOT NULL,"

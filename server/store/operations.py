@@ -145,8 +145,7 @@ CONTRACT: dict[str, Operation] = {
             "burst": "int: and size",
             "now": "int ms",
         },
-        result="int: 0 when a token was spent, else the ms until the next token (nothing "
-        "written)",
+        result="int: 0 when a token was spent, else the ms until the next token (nothing written)",
         atomic="read and spend: two relay processes sharing the store never spend one token "
         "twice, so the budget is global, not one per worker",
     ),
@@ -326,6 +325,7 @@ CONTRACT: dict[str, Operation] = {
         args={"handle": "str", "month": "str YYYY-MM (UTC)"},
         result="[{category: notifications}, service replies, user-initiated], every count "
         "committed before it",
+        atomic="(in ``send``) each billed notification's bill row (§8.5) with its count",
     ),
     "purge": Operation(
         spec="§6.6, §7.4, §11",
@@ -405,6 +405,32 @@ CONTRACT: dict[str, Operation] = {
         args={"handle": "str"},
         result="[entry, index, [bin 32, …], signed head] for the handle's newest key binding "
         "in the newest signed head | nil (not published, or bound after that head)",
+    ),
+    "close_bills": Operation(
+        spec="§8.5, §15.1",
+        args={
+            "before": "str YYYY-MM: bills of earlier months close",
+            "now": "int ms: the bill entries' ``at``",
+        },
+        result="[[business, month, items, log index], …]: the bills closed, at most "
+        "``transparency.BILLS_PER_CLOSE`` (call again while that many); log index nil for "
+        "notifications metered after their month's bill closed, which are dropped",
+        atomic="each bill's entry, its items and the removal of its open rows: a bill is "
+        "logged exactly when its items are kept",
+    ),
+    "bill_page": Operation(
+        spec="§8.5",
+        args={
+            "handle": "str: a business",
+            "month": "str YYYY-MM",
+            "start": "int: the first item",
+            "limit": "int",
+        },
+        result="[entry, index, [bin 32, …], signed head, salt, [item, …]]: the bill's log "
+        "entry, PATH(index, D[head size]) under the newest signed head, and its items from "
+        "``start`` on, at most ``limit``",
+        errors="601 NOT_FOUND: no bill closed for that month, or its entry is newer than "
+        "the newest signed head",
     ),
     "checkpoint": Operation(
         spec="§11.2",

@@ -39,7 +39,6 @@ Not here: the consent tables (``protocol.consent``), signature checks
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import math
 from dataclasses import dataclass
@@ -356,23 +355,3 @@ def statement_effect(
     # the blocker").
     forward = to_business and statement.target not in new_state.blockers
     return StatementEffect(new_state, purge, to_business, forward)
-
-
-# --- metering (SPEC §8.4) -------------------------------------------------------------
-
-
-def month_of(ms: int) -> str:
-    """``YYYY-MM`` of a relay time, in UTC."""
-    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m")
-
-
-def month_span(ms: int) -> tuple[int, int, str]:
-    """(first ms of the UTC month of ``ms``, first ms of the next one, ``YYYY-MM``)."""
-    day = datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC)
-    start = day.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    end = (
-        start.replace(year=start.year + 1, month=1)
-        if start.month == 12
-        else start.replace(month=start.month + 1)
-    )
-    return int(start.timestamp()) * 1000, int(end.timestamp()) * 1000, start.strftime("%Y-%m")

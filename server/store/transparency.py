@@ -9,7 +9,9 @@ revoked — or not at all:
   user's from its DISCOVERABLE on (SPEC §15.6); the back ends keep, per published
   handle, the index of its newest binding (``log_bindings``), which BUNDLE proves;
 - :func:`statement_logged` — every accepted statement, as the hash of its bytes;
-- :func:`badge_issued` / :func:`badge_revoked` — the operator's badges.
+- :func:`badge_issued` / :func:`badge_revoked` — the operator's badges;
+- :func:`closed_bill` — a business's bill for a month once the month is over (§8.5):
+  its entry and items, the recipients' commitments under a fresh random salt.
 
 :func:`accept_head` is the rule for a new signed tree head: only a head whose
 root is the store's own root at that size, no smaller and no older than the
@@ -22,12 +24,14 @@ signing (the relay holds its key), hashing (the protocol package).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 from blindrelay.protocol.errors import InternalError, MalformedLogEntry, NotFound, ProtocolError
 from blindrelay.protocol.frames import AccountKind
 from blindrelay.protocol.signed import ConsentStatement, unverified_body
 from blindrelay.protocol.transparency import entries
+from blindrelay.protocol.transparency.bills import SentNotification, close_bill
 from blindrelay.protocol.transparency.entries import KeyBinding, decode_entry
 from blindrelay.protocol.transparency.treehead import TreeHead
 
@@ -69,6 +73,29 @@ def badge_issued(handle: str, serial: int, signed: bytes, now: int) -> bytes:
 
 def badge_revoked(handle: str, serial: int, now: int) -> bytes:
     return entries.BadgeRevoked(v=1, handle=handle, serial=serial, at=now).to_bytes()
+
+
+BILLS_PER_CLOSE = 16
+"""Bills one ``close_bills`` operation closes at most: the relay calls it again while
+it closes that many, so one call's transaction stays bounded."""
+
+
+def closed_bill(
+    handle: str, month: str, notifications: Iterable[SentNotification], now: int
+) -> tuple[bytes, bytes, list[bytes]]:
+    """(salt, entry, items) of a bill closed now: 16 random bytes of salt (SPEC §15.1),
+    the ``bill logged`` entry and the items' exact bytes in bill order."""
+    salt = os.urandom(entries.SALT_LEN)
+    entry, items = close_bill(handle, month, notifications, salt, now)
+    return salt, entry.to_bytes(), [item.to_bytes() for item in items]
+
+
+def check_bill_covered(head: LogHead | None, seq: int | None) -> LogHead:
+    """SPEC §8.5: a bill is served once a signed tree head covers its entry (601 before,
+    as for no bill at all)."""
+    if seq is None or head is None or seq >= head.size:
+        raise NotFound()
+    return head
 
 
 def accept_head(

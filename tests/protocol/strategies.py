@@ -66,6 +66,8 @@ BY_NAME: dict[str, st.SearchStrategy[object]] = {
     "entries": st.lists(st.binary(min_size=1, max_size=64), max_size=5).map(tuple),
     "sth": st.binary(min_size=1, max_size=limits.MAX_TREE_HEAD_BYTES),
     "entry": st.binary(min_size=1, max_size=limits.MAX_LOG_ENTRY_BYTES),
+    "salt": st.binary(min_size=16, max_size=16),
+    "items": st.lists(st.binary(min_size=1, max_size=limits.MAX_BILL_ITEM_BYTES), max_size=5).map(tuple),
     "pow": st.builds(
         f.ProofOfWork,
         bits=st.integers(1, 6),

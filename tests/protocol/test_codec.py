@@ -238,10 +238,30 @@ def test_no_array_field_of_any_frame_allows_more_than_max_array_items() -> None:
         "statements": limits.MAX_LISTED_STATEMENTS,
         "categories": limits.MAX_CATEGORIES,
         "notifications": limits.MAX_CATEGORIES,
+        "items": limits.MAX_BILL_ITEMS,
+        "proof": limits.MAX_PROOF_HASHES,
+        "entries": limits.MAX_LOG_ENTRIES,
     }
     assert max(maxima.values()) == limits.MAX_ARRAY_ITEMS
     frame = f.Ack(delivery_ids=tuple(range(1, limits.MAX_ACK_IDS + 1)))
     assert codec.decode(codec.encode(frame)) == frame
+
+
+def test_a_full_bill_page_of_the_largest_items_fits_one_frame() -> None:
+    """SPEC §8.5: a BILL with MAX_BILL_ITEMS of the largest items, the largest entry,
+    proof and tree head is never over MAX_FRAME_BYTES."""
+    page = f.Bill(
+        re=2**32 - 1,
+        month="2026-12",
+        entry=b"\x01" * limits.MAX_LOG_ENTRY_BYTES,
+        index=f.MAX_DELIVERY_ID,
+        proof=(b"\x02" * 32,) * limits.MAX_PROOF_HASHES,
+        sth=b"\x03" * limits.MAX_TREE_HEAD_BYTES,
+        salt=b"\x04" * 16,
+        start=f.MAX_DELIVERY_ID,
+        items=(b"\x05" * limits.MAX_BILL_ITEM_BYTES,) * limits.MAX_BILL_ITEMS,
+    )
+    assert len(codec.encode(page)) <= limits.MAX_FRAME_BYTES
 
 
 def test_a_full_statements_page_of_the_largest_statements_fits_one_frame() -> None:

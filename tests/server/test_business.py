@@ -34,11 +34,11 @@ from blindrelay.protocol.frames import (
     UsageFetch,
 )
 from blindrelay.protocol.signed import SignedObject, peek_signed
+from blindrelay.protocol.transparency.bills import month_of
 from blindrelay.server import cli
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
 from blindrelay.server.store import Account
-from blindrelay.server.store.rules import month_of
 from blindrelay.server.store.sqlite import jobs
 from blindrelay.server.store.sqlite.tables import Tables, connect
 

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from blindrelay.protocol.consent import Meter
 from blindrelay.protocol.errors import QueueFull
+from blindrelay.protocol.transparency.bills import month_of, month_span
 from blindrelay.server.store import Account
-from blindrelay.server.store.rules import month_of, month_span
 from blindrelay.server.store.sqlite.tables import GroupCommitter, Tables, connect
 
 times = st.integers(min_value=0, max_value=2**47)  # to the year 6429

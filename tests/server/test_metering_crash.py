@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from blindrelay.protocol.frames import Deliver, Error, Send, Sent, Usage, UsageCount, UsageFetch
-from blindrelay.server.store.rules import month_of
+from blindrelay.protocol.transparency.bills import month_of
 
 from .conftest import RawClient, db_rows
 from .consent_helpers import stated

@@ -28,13 +28,13 @@ import pytest
 
 from blindrelay.protocol.business import BusinessProfile, OpeningHours, check_badge
 from blindrelay.protocol.frames import Ok, ProfilePut, Sent
+from blindrelay.protocol.transparency.bills import month_of
 from blindrelay.server import cli
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.registration import invite_digest
 from blindrelay.server.relay import serve
 from blindrelay.server.store import StoreError, open_admin_store
 from blindrelay.server.store.postgresql.schema import SCHEMA_VERSION
-from blindrelay.server.store.rules import month_of
 
 from ..pg import PostgresDatabase, database_url
 from .conftest import MANY_REGISTRATIONS, FakeClock, RawClient

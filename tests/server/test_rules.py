@@ -19,6 +19,7 @@ from blindrelay.protocol.consent import (
 )
 from blindrelay.protocol.errors import Forbidden, InvalidStatement, RecipientUnavailable
 from blindrelay.protocol.signed import ConsentStatement
+from blindrelay.protocol.transparency.bills import month_of, month_span
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.delivery import send_rules
 from blindrelay.server.store import Account
@@ -33,8 +34,6 @@ from blindrelay.server.store.rules import (
     judge,
     judge_send,
     metered_business,
-    month_of,
-    month_span,
     needs_badge,
     pair_after_send,
     queue_full,

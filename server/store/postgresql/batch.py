@@ -51,10 +51,11 @@ from typing import Any
 
 import asyncpg
 
-from blindrelay.protocol.consent import INITIAL, REFUSE, PairState, Request, Verdict
+from blindrelay.protocol.consent import INITIAL, REFUSE, Meter, PairState, Request, Verdict
 from blindrelay.protocol.errors import MessageIdReused, QueueFull
 from blindrelay.protocol.fastcodec import encode_deliver
 from blindrelay.protocol.signed import ConsentStatement, unverified_body
+from blindrelay.protocol.transparency.bills import month_span
 
 from ... import routing
 from ...logs import log_event
@@ -69,7 +70,6 @@ from ..rules import (
     envelope_digest,
     judge_send,
     metered_business,
-    month_span,
     needs_badge,
     pair_after_send,
     queue_full,
@@ -546,11 +546,15 @@ _SEND_WRITE = (
     "  SELECT $27::text, * FROM unnest($28::text[], $29::float8[], $30::bigint[],"
     "   $31::bigint[])"
     "  ON CONFLICT (name, key) DO UPDATE SET tokens = excluded.tokens, at = excluded.at,"
-    "  full_at = excluded.full_at)"
+    "  full_at = excluded.full_at),"
+    " n AS (INSERT INTO bill_notifications (month, business, at, msg_id, category, recipient)"
+    "  SELECT * FROM unnest($32::text[], $33::text[], $34::bigint[], $35::bytea[],"
+    "   $36::text[], $37::text[]))"
     " SELECT delivery_id, sender, msg_id, NULL::text AS r FROM q"
     " UNION ALL SELECT m, NULL, NULL, r FROM prev"
 )
-"""Everything a run's accepted SENDs write, in one statement; with each new envelope's
+"""Everything a run's accepted SENDs write, in one statement (billed notifications'
+bill rows too, SPEC §8.5); with each new envelope's
 delivery id and, per recipient, the highest delivery id queued before the run's (the
 snapshot of a statement excludes its own inserts)."""
 
@@ -607,6 +611,8 @@ class _SendRun:
         self.accepted: list[_Accepted] = []
         self.changed_pairs: dict[tuple[str, str], PairState] = {}
         self.usage: dict[tuple[str, str, str, str], int] = {}
+        self.billed: list[tuple[str, str, int, bytes, str, str]] = []
+        """Bill rows (SPEC §8.5): (month, business, at, msg_id, category, recipient)."""
         self.spent: dict[str, tuple[float, int, int]] = {}
         """First-contact budgets to write: sender → (tokens, at, full_at)."""
         self.workers: dict[str, str] = {}
@@ -720,6 +726,9 @@ class _SendRun:
             business = metered_business(handle, send.kind, to)
             meter_key = (business, month, decision.meter.value, send.category or "")
             self.usage[meter_key] = self.usage.get(meter_key, 0) + 1
+            if decision.meter is Meter.NOTIFICATION:  # an item of the month's bill
+                assert send.category is not None
+                self.billed.append((month, business, now, send.msg_id, send.category, to))
         return None
 
     def _spend(self, handle: str, spend: tuple[float, int, int] | None) -> None:
@@ -740,6 +749,7 @@ class _SendRun:
         pair_rows = [(*key, *pair_to_row(state)) for key, state in pairs]
         usage = sorted(self.usage.items())
         spent = sorted(self.spent.items())
+        billed = self.billed
         sends = [a.send for a in accepted]
         rows = await self.tx.conn.fetch(
             _SEND_WRITE,
@@ -755,6 +765,7 @@ class _SendRun:
             [k[3] for k, _n in usage], [n for _k, n in usage],
             FIRST_CONTACTS, [h for h, _s in spent], [s[0] for _h, s in spent],
             [s[1] for _h, s in spent], [s[2] for _h, s in spent],
+            *(list(column) for column in zip(*billed, strict=True)) if billed else ([],) * 6,
         )  # fmt: skip
         ids: dict[tuple[str, bytes], int] = {}
         last: dict[str, int] = {}

@@ -59,6 +59,7 @@ from ..rules import (
     refuse_unless_allowed,
     statement_effect,
 )
+from . import bills
 from . import transparency as log
 from .rows import QUEUE_COLUMNS, envelope_row, pair_key, pair_or_initial, pair_to_row
 
@@ -668,12 +669,12 @@ OPERATIONS: dict[str, Callable[..., Awaitable[Any]]] = {
         apply_statement, statements_in_force, put_profile, fetch_profile, usage_month, purge,
         checkpoint,
     )
-} | log.OPERATIONS  # fmt: skip
+} | log.OPERATIONS | bills.OPERATIONS  # fmt: skip
 """The operations run one call at a time (``batch`` runs send, acknowledge, page)."""
 
 WRITES = frozenset(
     {"create_relay_seed", "take_budget", "create_account", "login_counts", "open_session",
      "close_session", "rotate_identity",
      "upload_prekeys", "take_bundle", "apply_statement", "put_profile", "purge"}
-) | log.WRITES  # fmt: skip
+) | log.WRITES | bills.WRITES  # fmt: skip
 """Those that write: each runs in a savepoint, undone alone if it fails."""

@@ -32,9 +32,9 @@ from __future__ import annotations
 from typing import Any
 
 from .. import StoreStartError
-from . import transparency
+from . import bills, transparency
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 MIGRATION_LOCK = 0x626C696E6472  # "blindr": one advisory lock key for every worker
 """The ``pg_advisory_xact_lock`` key migrations run under."""
@@ -214,7 +214,7 @@ CREATE TABLE workers (
 
 MIGRATIONS: dict[int, str] = {
     1: _V1, 2: _V2, 3: _V3, 4: transparency.SCHEMA, 5: _V5, 6: transparency.BINDINGS_SCHEMA,
-    7: transparency.TIMES_SCHEMA,
+    7: transparency.TIMES_SCHEMA, 8: bills.SCHEMA,
 }  # fmt: skip
 """Version → the statements that reach it from the version before (0: an empty database)."""
 
@@ -222,7 +222,7 @@ TABLES = (
     "relay_identity", "accounts", "queue_counts", "signed_prekeys", "one_time_prekeys",
     "queue", "sent", "pairs", "statements", "statements_in_force", "statement_nonces",
     "budgets", "usage", "profiles", "badges", "business_skeletons", "invites",
-    "account_sessions", "queue_acks", *transparency.TABLES, "workers",
+    "account_sessions", "queue_acks", *transparency.TABLES, "workers", *bills.TABLES,
 )  # fmt: skip
 """Every table of the current schema but ``schema_version``, for inspection."""
 

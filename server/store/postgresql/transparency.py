@@ -101,6 +101,11 @@ async def _lookup(conn: Any, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
     return [merkle.range_hash(merkle.nodes_of(start, end), hashes) for start, end in ranges]
 
 
+async def inclusion(conn: Any, index: int, size: int) -> list[bytes]:
+    """PATH(index, D[size]) from the stored subtrees."""
+    return await _lookup(conn, merkle.inclusion_ranges(index, size))
+
+
 async def root_at(conn: Any, tree_size: int) -> bytes:
     if tree_size == 0:
         return merkle.EMPTY_ROOT
@@ -303,8 +308,7 @@ async def log_binding_proof(tx: Any, handle: str) -> list[Any] | None:
     if seq is None or head is None or seq >= head.size:
         return None
     entry = await conn.fetchval("SELECT data FROM log_entries WHERE seq = $1", seq)
-    proof = await _lookup(conn, merkle.inclusion_ranges(seq, head.size))
-    return [bytes(entry), seq, proof, head.signed]
+    return [bytes(entry), seq, await inclusion(conn, seq, head.size), head.signed]
 
 
 OPERATIONS: dict[str, Callable[..., Awaitable[Any]]] = {

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from blindrelay.protocol import limits
-from blindrelay.protocol.consent import REFUSE, PairState, Request, Verdict
+from blindrelay.protocol.consent import REFUSE, Meter, PairState, Request, Verdict
 from blindrelay.protocol.crypto.fingerprint import key_fingerprint
 from blindrelay.protocol.errors import (
     HandleTaken,
@@ -372,7 +372,11 @@ def send(
         tables.ledger.store_pair(handle, to, new_state)
     if decision.meter is not None:
         # "Counts MUST be committed in the same transaction as the envelope they count."
-        tables.usage.count(metered_business(handle, kind, to), now, decision.meter, category)
+        business = metered_business(handle, kind, to)
+        month = tables.usage.count(business, now, decision.meter, category)
+        if decision.meter is Meter.NOTIFICATION:  # an item of the month's bill (§8.5)
+            assert category is not None
+            tables.bills.record(business, month, now, msg_id, category, to)
     delivery_id, previous = added
     return [delivery_id, now, previous]
 
@@ -573,6 +577,38 @@ def log_binding_proof(tables: Tables, handle: str) -> list[Any] | None:
     return [log.entry(seq), seq, log.inclusion_proof(seq, head.size), head.signed]
 
 
+def close_bills(tables: Tables, before: str, now: int) -> list[list[Any]]:
+    """SPEC §8.5: close the open bills of months before ``before``, at most
+    ``BILLS_PER_CLOSE``: [[business, month, count, log index], …]. Rows of a month
+    whose bill is closed already (late, which one writer never makes) are dropped and
+    reported with index nil."""
+    bills = tables.bills
+    done: list[list[Any]] = []
+    for business, month in bills.open_months(before, transparency.BILLS_PER_CLOSE):
+        if bills.closed(business, month) is not None:
+            done.append([business, month, bills.forget_open(business, month), None])
+            continue
+        notifications = bills.notifications(business, month)
+        salt, entry, items = transparency.closed_bill(business, month, notifications, now)
+        seq = tables.log.append([entry])
+        bills.keep(business, month, salt, seq, items)
+        done.append([business, month, len(items), seq])
+    return done
+
+
+def bill_page(tables: Tables, handle: str, month: str, start: int, limit: int) -> list[Any]:
+    """SPEC §8.5: [entry, index, proof, signed head, salt, items from ``start``]."""
+    found = tables.bills.closed(handle, month)
+    log = tables.log
+    head = transparency.check_bill_covered(log.head(), None if found is None else found[2])
+    assert found is not None
+    salt, _count, seq = found
+    return [
+        log.entry(seq), seq, log.inclusion_proof(seq, head.size), head.signed, salt,
+        tables.bills.items(handle, month, start, limit),
+    ]  # fmt: skip
+
+
 def checkpoint(tables: Tables) -> None:
     """SPEC §11.2: truncate the WAL once this batch has committed (a checkpoint
     cannot run inside the batch's transaction; :class:`~.tables.GroupCommitter`
@@ -589,7 +625,7 @@ OPERATIONS: dict[str, Callable[..., Any]] = {
         acknowledge, page, apply_statement, statements_in_force, put_profile, fetch_profile,
         usage_month, purge, checkpoint, log_append, log_state, log_add_head, log_head,
         log_inclusion, log_consistency, log_entries, publish_key, log_signed_consistency,
-        log_find, log_binding_proof,
+        log_find, log_binding_proof, close_bills, bill_page,
     )
 }  # fmt: skip
 """Operation name → function; the only code the writer process will run for a job."""

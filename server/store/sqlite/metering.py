@@ -16,7 +16,7 @@ fails takes its counts back with the rest of its cache changes, a rolled-back
 batch empties them, and reads (:meth:`UsageMeter.months`) flush first.
 
 Not here: which envelopes count (``blindrelay.protocol.consent.may_deliver``
-decides the meter), months (``..rules.month_span``), prices (``admin usage``).
+decides the meter), months (``protocol.transparency.bills``), prices (``admin usage``).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from __future__ import annotations
 import sqlite_utils
 
 from blindrelay.protocol.consent import Meter
+from blindrelay.protocol.transparency.bills import month_span
 
 from ..records import MonthUsage
-from ..rules import month_span
 from .cache import WriterCache
 
 
@@ -41,14 +41,15 @@ class UsageMeter:
         """The month of the last count, as :func:`month_span`: every notification of a
         fan-out falls in it, so its name is not formatted again for each one."""
 
-    def count(self, business: str, at: int, meter: Meter, category: str | None) -> None:
+    def count(self, business: str, at: int, meter: Meter, category: str | None) -> str:
         """Add one to the business's counter for ``meter`` in the month of ``at``;
-        written by the next :meth:`flush`, in the same transaction."""
+        written by the next :meth:`flush`, in the same transaction. The month."""
         start, end, month = self._month
         if not start <= at < end:
             self._month = start, end, month = month_span(at)
         cache = self.cache
         cache.add(cache.usage, (business, month, meter.value, category or ""), 1)
+        return month
 
     def flush(self) -> None:
         """Write the counts added since the last flush (inside the open transaction)."""

@@ -23,8 +23,10 @@ Tables (SPEC §11 lists them; ``blindrelay inspect`` prints them):
   for the lookalike rule (SPEC §3.2; :class:`BusinessSkeletons`);
 - ``invites`` — hashes of the operator's unused invite tokens (SPEC §4.6.4;
   :class:`Invites`).
-- ``log_entries``, ``log_nodes``, ``log_heads`` — the transparency log (SPEC §15;
-  :mod:`.transparency`).
+- ``log_entries``, ``log_nodes``, ``log_heads``, ``log_bindings``, ``log_times`` — the
+  transparency log (SPEC §15; :mod:`.transparency`);
+- ``bill_notifications``, ``bills``, ``bill_items`` — monthly bills (SPEC §8.5;
+  :mod:`.bills`).
 
 Bodies are opaque ciphertext: nothing here decodes them.
 
@@ -88,6 +90,8 @@ from ...logs import log_event
 from .. import transparency
 from ..records import Account, QueuedEnvelope
 from ..rules import QueueShares, bucket_full_at, bucket_tokens
+from .bills import SCHEMA as BILL_SCHEMA
+from .bills import Bills
 from .cache import WriterCache
 from .ledger import ConsentLedger
 from .metering import UsageMeter
@@ -95,8 +99,10 @@ from .profiles import BadgeStore, ProfileStore
 from .transparency import SCHEMA as LOG_SCHEMA
 from .transparency import TransparencyLog
 
-SCHEMA_VERSION = 9
-"""9: ``log_times`` in place of the ``log_leaves`` hash index (SPEC §15.6), filled from
+SCHEMA_VERSION = 10
+"""10: monthly bills, ``bill_notifications``, ``bills``, ``bill_items`` (SPEC §8.5;
+:mod:`.bills`): a month's bill holds the notifications metered from the upgrade on.
+9: ``log_times`` in place of the ``log_leaves`` hash index (SPEC §15.6), filled from
 the log on upgrade. 8: ``log_bindings`` and the ``log_leaves`` index (SPEC §15.6),
 filled from the log on upgrade. 7: the transparency log, ``log_entries``, ``log_nodes``,
 ``log_heads`` (SPEC §15; :mod:`.transparency`), with every existing business's key
@@ -246,7 +252,7 @@ CREATE TABLE IF NOT EXISTS invites (
     digest BLOB PRIMARY KEY,
     created_at INTEGER NOT NULL
 ) WITHOUT ROWID;
-""" + LOG_SCHEMA
+""" + LOG_SCHEMA + BILL_SCHEMA
 
 
 FILE_MODE = 0o600
@@ -1117,6 +1123,7 @@ class Tables:
         self.profiles = ProfileStore(db)
         self.badges = BadgeStore(db)
         self.log = TransparencyLog(db)
+        self.bills = Bills(db)
         self.checkpoint_requested = False
         """Set by a job; :class:`GroupCommitter` checkpoints after the batch commits."""
 

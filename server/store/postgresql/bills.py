@@ -1,0 +1,149 @@
+"""Monthly bills in the PostgreSQL back end (SPEC §8.5): tables and operations.
+
+The tables are the SQLite back end's (``..sqlite.bills`` says what each holds);
+``batch`` writes ``bill_notifications`` in the statement that writes the envelopes.
+What several workers sharing the database add: closing takes the log's advisory lock
+(``transparency.LOG_LOCK``) first, before it reads which bills are open, so two
+workers never close one bill twice, and the bill's entry is appended under the lock
+it already holds.
+
+Not here: when bills close (the relay's timer), building a bill (``..transparency``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from blindrelay.protocol.transparency.bills import SentNotification
+
+from .. import transparency
+from . import transparency as log
+
+SCHEMA = """
+CREATE TABLE bill_notifications (
+    month text NOT NULL,
+    business text NOT NULL,
+    at bigint NOT NULL,
+    msg_id bytea NOT NULL,
+    category text NOT NULL,
+    recipient text NOT NULL,
+    PRIMARY KEY (month, business, at, msg_id)
+);
+CREATE TABLE bills (
+    business text NOT NULL,
+    month text NOT NULL,
+    salt bytea NOT NULL,
+    count bigint NOT NULL,
+    seq bigint NOT NULL,
+    PRIMARY KEY (business, month)
+);
+CREATE TABLE bill_items (
+    business text NOT NULL,
+    month text NOT NULL,
+    idx bigint NOT NULL,
+    item bytea NOT NULL,
+    PRIMARY KEY (business, month, idx)
+);
+"""
+"""Schema 8 (``schema.MIGRATIONS``)."""
+
+TABLES = ("bill_notifications", "bills", "bill_items")
+
+
+async def closed(conn: Any, business: str, month: str) -> tuple[bytes, int, int] | None:
+    """(salt, count, log index) of a closed bill."""
+    row = await conn.fetchrow(
+        "SELECT salt, count, seq FROM bills WHERE business = $1 AND month = $2",
+        business, month,
+    )  # fmt: skip
+    return None if row is None else (bytes(row[0]), int(row[1]), int(row[2]))
+
+
+async def all_closed(conn: Any, business: str | None, month: str | None) -> list[list[Any]]:
+    """[business, month, count, log index] of closed bills, for the operator."""
+    rows = await conn.fetch(
+        "SELECT business, month, count, seq FROM bills"
+        " WHERE ($1::text IS NULL OR business = $1) AND ($2::text IS NULL OR month = $2)"
+        ' ORDER BY business COLLATE "C", month',
+        business, month,
+    )  # fmt: skip
+    return [[r[0], r[1], int(r[2]), int(r[3])] for r in rows]
+
+
+async def items(conn: Any, business: str, month: str, start: int, limit: int) -> list[bytes]:
+    rows = await conn.fetch(
+        "SELECT item FROM bill_items WHERE business = $1 AND month = $2 AND idx >= $3"
+        " ORDER BY idx LIMIT $4",
+        business, month, start, limit,
+    )  # fmt: skip
+    return [bytes(row[0]) for row in rows]
+
+
+# --- the operations of ..operations.CONTRACT (called with the batch's Tx) ------------
+
+
+async def close_bills(tx: Any, before: str, now: int) -> list[list[Any]]:
+    """As ``..sqlite.jobs.close_bills``, under the log's lock (module docstring)."""
+    conn = tx.conn
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", log.LOG_LOCK)
+    months = await conn.fetch(
+        "SELECT DISTINCT month, business FROM bill_notifications WHERE month < $1"
+        ' ORDER BY month, business COLLATE "C" LIMIT $2',
+        before, transparency.BILLS_PER_CLOSE,
+    )  # fmt: skip
+    done: list[list[Any]] = []
+    for month, business in months:
+        if await closed(conn, business, month) is not None:
+            late = await conn.fetchval(
+                "WITH d AS (DELETE FROM bill_notifications WHERE month = $1 AND business = $2"
+                " RETURNING 1) SELECT count(*) FROM d",
+                month, business,
+            )  # fmt: skip
+            done.append([business, month, int(late), None])
+            continue
+        rows = await conn.fetch(
+            "DELETE FROM bill_notifications WHERE month = $1 AND business = $2"
+            " RETURNING msg_id, recipient, category, at",
+            month, business,
+        )  # fmt: skip
+        notifications = [SentNotification(bytes(r[0]), r[1], r[2], int(r[3])) for r in rows]
+        salt, entry, bill_items = transparency.closed_bill(business, month, notifications, now)
+        seq = await log.append(conn, [entry])
+        await conn.execute(
+            "INSERT INTO bills (business, month, salt, count, seq) VALUES ($1, $2, $3, $4, $5)",
+            business, month, salt, len(bill_items), seq,
+        )  # fmt: skip
+        await conn.execute(
+            "INSERT INTO bill_items (business, month, idx, item)"
+            " SELECT $1, $2, * FROM unnest($3::bigint[], $4::bytea[])",
+            business, month, list(range(len(bill_items))), bill_items,
+        )  # fmt: skip
+        done.append([business, month, len(bill_items), seq])
+    return done
+
+
+async def bill_page(tx: Any, handle: str, month: str, start: int, limit: int) -> list[Any]:
+    conn = tx.conn
+    found = await closed(conn, handle, month)
+    head = transparency.check_bill_covered(
+        await log.newest_head(conn), None if found is None else found[2]
+    )
+    assert found is not None
+    salt, _count, seq = found
+    entry = await conn.fetchval("SELECT data FROM log_entries WHERE seq = $1", seq)
+    proof = await log.inclusion(conn, seq, head.size)
+    return [
+        bytes(entry),
+        seq,
+        proof,
+        head.signed,
+        salt,
+        await items(conn, handle, month, start, limit),
+    ]
+
+
+OPERATIONS: dict[str, Callable[..., Awaitable[Any]]] = {
+    f.__name__: f for f in (close_bills, bill_page)
+}
+WRITES = frozenset({"close_bills"})
