@@ -9,7 +9,9 @@
 - ``revoke-badge HANDLE``: withdraws the handle's badges; a running relay
   reading the same database stops serving them at the next PROFILE_FETCH.
 - ``usage``: metering counts per business and UTC month, with amounts computed
-  in :class:`~decimal.Decimal` from ``--price CATEGORY=AMOUNT``.
+  in :class:`~decimal.Decimal` from ``--price CATEGORY=AMOUNT``, and each month's
+  bill (SPEC §8.5) checked as its business checks it: open, or logged with its items
+  hashing to the logged root under a signed head, in the metered number.
 - ``invite --count N``: N fresh invite tokens, printed one per line in hex for the
   operator to hand out; the database keeps only their hashes. A relay started
   with ``--require-invites`` accepts each once (SPEC §4.6.4).
@@ -40,8 +42,9 @@ from nacl.signing import SigningKey
 from blindrelay.protocol import limits
 from blindrelay.protocol.business import issue_badge
 from blindrelay.protocol.crypto.fingerprint import key_fingerprint
-from blindrelay.protocol.errors import ProtocolError
+from blindrelay.protocol.errors import ProtocolError, TransparencyError
 from blindrelay.protocol.frames import AccountKind
+from blindrelay.protocol.transparency.bills import verify_bill
 
 from .registration import invite_digest
 from .store import AdminStore, MonthUsage, StoreError, open_admin_store
@@ -291,6 +294,32 @@ def usage_rows(months: list[MonthUsage], prices: dict[str, Decimal]) -> list[dic
     return rows
 
 
+def bill_state(store: AdminStore, usage: MonthUsage) -> str:
+    """The month's bill as the operator can check it (SPEC §8.5): ``open (N kept)``
+    until it closes; then ``logged #INDEX (N items) ok`` when its items hash to the
+    logged root under a signed head that verifies with the relay key and their count is
+    the metered one — else what is wrong; ``none`` for a month with no notification."""
+    billed = sum(usage.notifications.values())
+    found = store.bill(usage.business, usage.month)
+    if found is None:
+        kept = store.open_bill(usage.business, usage.month)
+        if kept:
+            return f"open ({kept} kept)"
+        return "none" if billed == 0 else "closed, not yet under a signed head"
+    entry, index, proof, head, salt, items = found
+    relay_key = store.relay_key()
+    assert relay_key is not None  # a bill was closed by a relay, which made its key first
+    try:
+        bill = verify_bill(
+            relay_key, usage.business, usage.month, entry, index, proof, head, salt, items
+        )
+    except TransparencyError as exc:
+        return f"INVALID: {exc}"
+    if bill.entry.count != billed:
+        return f"logged #{index} ({bill.entry.count} items) MISMATCH: {billed} metered"
+    return f"logged #{index} ({bill.entry.count} items) ok"
+
+
 def _flat(row: dict[str, object]) -> list[str]:
     counts = row["notifications"]
     amounts = row["amounts"]
@@ -300,12 +329,13 @@ def _flat(row: dict[str, object]) -> list[str]:
         *(str(counts[c]) for c in limits.CATEGORIES),
         str(row["service_replies"]), str(row["user_initiated"]),
         *(str(amounts[c]) for c in limits.CATEGORIES), str(row["total"]),
+        str(row.get("bill", "")),
     ]  # fmt: skip
 
 
 HEADER = [
     "business", "month", *limits.CATEGORIES, "service_replies", "user_initiated",
-    *(f"{c}_amount" for c in limits.CATEGORIES), "total",
+    *(f"{c}_amount" for c in limits.CATEGORIES), "total", "bill",
 ]  # fmt: skip
 
 
@@ -315,7 +345,10 @@ def _usage(args: argparse.Namespace) -> int:
         raise AdminError("--month must be YYYY-MM")
     store = _open_store(args)
     try:
-        rows = usage_rows(store.usage(args.business, args.month), prices)
+        months = store.usage(args.business, args.month)
+        rows = usage_rows(months, prices)
+        for row, usage in zip(rows, months, strict=True):
+            row["bill"] = bill_state(store, usage)
     finally:
         store.close()
     if args.format == "json":

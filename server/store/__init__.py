@@ -182,6 +182,16 @@ class AdminStore(Protocol):
     def usage(self, business: str | None, month: str | None) -> list[MonthUsage]:
         """Metering counts per (business, month), optionally of one business or month."""
 
+    def relay_key(self) -> bytes | None:
+        """The relay's public key (SPEC §4.1), or None before its first start."""
+
+    def bill(self, business: str, month: str) -> list[Any] | None:
+        """A closed bill whole, as ``bill_page`` gives a page: [entry, index, proof,
+        signed head, salt, items]; None when none is closed or no signed head covers it."""
+
+    def open_bill(self, business: str, month: str) -> int:
+        """Notifications kept for a bill not closed yet (SPEC §8.5)."""
+
     def close(self) -> None: ...
 
 

@@ -80,6 +80,10 @@ BILLS_PER_CLOSE = 16
 it closes that many, so one call's transaction stays bounded."""
 
 
+MAX_BILL_ITEMS_WHOLE = 2**62
+"""``bill_page``'s limit when the operator reads a bill whole (``AdminStore.bill``)."""
+
+
 def closed_bill(
     handle: str, month: str, notifications: Iterable[SentNotification], now: int
 ) -> tuple[bytes, bytes, list[bytes]]:

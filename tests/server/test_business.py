@@ -283,8 +283,8 @@ async def test_usage_counts_are_exact_per_category_and_month(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("business,month,utility,marketing")
     assert lines[1:] == [
-        f"airline,{month},3,1,2,2,0.015,0.02,0.035",
-        f"airline,{month_of(clock.now)},1,0,0,0,0.005,0.00,0.005",
+        f"airline,{month},3,1,2,2,0.015,0.02,0.035,open (4 kept)",  # its bill (§8.5)
+        f"airline,{month_of(clock.now)},1,0,0,0,0.005,0.00,0.005,open (1 kept)",
     ]
     assert await asyncio.to_thread(_admin, "usage", *store) == 0
     assert "airline" in capsys.readouterr().out

@@ -25,6 +25,7 @@ from blindrelay.protocol.consent import Meter
 
 from .. import StoreError, transparency
 from ..records import Account, MonthUsage
+from . import bills
 from . import transparency as log
 from .schema import migrate
 from .sync import SyncConnection, redacted
@@ -143,6 +144,28 @@ class PostgresAdminStore:
             )
         )
         return months(rows)
+
+    def relay_key(self) -> bytes | None:
+        value = self._db.run(
+            lambda conn: conn.fetchval("SELECT public_key FROM relay_identity WHERE id = 1")
+        )
+        return None if value is None else bytes(value)
+
+    def bill(self, business: str, month: str) -> list[Any] | None:
+        result: list[Any] | None = self._db.run(
+            lambda conn: bills.whole(conn, business, month)
+        )
+        return result
+
+    def open_bill(self, business: str, month: str) -> int:
+        count: int = self._db.run(
+            lambda conn: conn.fetchval(
+                "SELECT count(*) FROM bill_notifications WHERE month = $1 AND business = $2",
+                month,
+                business,
+            )
+        )
+        return int(count)
 
     def close(self) -> None:
         self._db.close()

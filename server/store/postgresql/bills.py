@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from blindrelay.protocol.errors import NotFound
 from blindrelay.protocol.transparency.bills import SentNotification
 
 from .. import transparency
@@ -89,7 +90,7 @@ async def close_bills(tx: Any, before: str, now: int) -> list[list[Any]]:
     await conn.execute("SELECT pg_advisory_xact_lock($1)", log.LOG_LOCK)
     months = await conn.fetch(
         "SELECT DISTINCT month, business FROM bill_notifications WHERE month < $1"
-        ' ORDER BY month, business COLLATE "C" LIMIT $2',
+        " ORDER BY month, business LIMIT $2",
         before, transparency.BILLS_PER_CLOSE,
     )  # fmt: skip
     done: list[list[Any]] = []
@@ -123,8 +124,9 @@ async def close_bills(tx: Any, before: str, now: int) -> list[list[Any]]:
     return done
 
 
-async def bill_page(tx: Any, handle: str, month: str, start: int, limit: int) -> list[Any]:
-    conn = tx.conn
+async def page(conn: Any, handle: str, month: str, start: int, limit: int) -> list[Any]:
+    """[entry, index, proof, signed head, salt, items from ``start``]; NotFound (601)
+    unless a bill is closed and a signed head covers it."""
     found = await closed(conn, handle, month)
     head = transparency.check_bill_covered(
         await log.newest_head(conn), None if found is None else found[2]
@@ -133,14 +135,20 @@ async def bill_page(tx: Any, handle: str, month: str, start: int, limit: int) ->
     salt, _count, seq = found
     entry = await conn.fetchval("SELECT data FROM log_entries WHERE seq = $1", seq)
     proof = await log.inclusion(conn, seq, head.size)
-    return [
-        bytes(entry),
-        seq,
-        proof,
-        head.signed,
-        salt,
-        await items(conn, handle, month, start, limit),
-    ]
+    page_items = await items(conn, handle, month, start, limit)
+    return [bytes(entry), seq, proof, head.signed, salt, page_items]
+
+
+async def whole(conn: Any, handle: str, month: str) -> list[Any] | None:
+    """The bill with every item, for the operator; None where ``page`` gives 601."""
+    try:
+        return await page(conn, handle, month, 0, transparency.MAX_BILL_ITEMS_WHOLE)
+    except NotFound:
+        return None
+
+
+async def bill_page(tx: Any, handle: str, month: str, start: int, limit: int) -> list[Any]:
+    return await page(tx.conn, handle, month, start, limit)
 
 
 OPERATIONS: dict[str, Callable[..., Awaitable[Any]]] = {

@@ -28,10 +28,14 @@ from typing import Any
 
 import sqlite_utils
 
+from blindrelay.protocol.errors import NotFound
+
 from ... import gcpolicy
 from ...routing import EnvelopeLinks, new_worker_id
 from .. import Done, StoreError, transparency
 from ..records import Account, MonthUsage
+from ..transparency import MAX_BILL_ITEMS_WHOLE
+from . import jobs
 from .tables import Accounts, PreKeyStore, Tables, connect, connect_reader
 from .writer import Writer
 
@@ -207,6 +211,18 @@ class SqliteAdminStore:
 
     def usage(self, business: str | None, month: str | None) -> list[MonthUsage]:
         return self._tables.usage.months(business, month)
+
+    def relay_key(self) -> bytes | None:
+        return self._tables.relay_identity.public_key()
+
+    def bill(self, business: str, month: str) -> list[Any] | None:
+        try:
+            return jobs.bill_page(self._tables, business, month, 0, MAX_BILL_ITEMS_WHOLE)
+        except NotFound:
+            return None
+
+    def open_bill(self, business: str, month: str) -> int:
+        return len(self._tables.bills.notifications(business, month))
 
     def close(self) -> None:
         self._tables.db.conn.close()

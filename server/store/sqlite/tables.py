@@ -476,6 +476,10 @@ class RelayIdentity:
         )
         return seed
 
+    def public_key(self) -> bytes | None:
+        row = self.db.execute("SELECT public_key FROM relay_identity WHERE id = 1").fetchone()
+        return None if row is None else bytes(row[0])
+
 
 _ACCOUNT_OR_DECOY = (
     # The row of handle ?1 if it exists, else row ?2 % max(rowid) + 1. Written so

@@ -10,6 +10,7 @@ from blindrelay.client.keystore import (
     HeldCounts,
     KeyStore,
 )
+from blindrelay.protocol.transparency.bills import SentNotification
 
 from .samples import (
     message,
@@ -140,3 +141,14 @@ def test_statements_are_kept_in_order_per_counterpart_with_their_count(store: Ke
     assert store.kept_statements("alice", start=9) == []
     assert store.kept_statements("carol") == []
     assert store.statement_counts() == {"alice": 4, "bob": 1}
+
+
+def test_sent_notifications_are_kept_per_utc_month_in_the_order_kept(store: KeyStore) -> None:
+    november = SentNotification(b"\x01" * 16, "alice", "utility", 1_794_000_000_000)
+    december = SentNotification(b"\x02" * 16, "bob", "marketing", 1_796_500_000_000)
+    later = SentNotification(b"\x03" * 16, "carol", "utility", 1_794_000_000_001)
+    for sent in (november, december, later):
+        store.keep_sent_notification(sent)
+    assert store.sent_notifications("2026-11") == [november, later]
+    assert store.sent_notifications("2026-12") == [december]
+    assert store.sent_notifications("2026-10") == []

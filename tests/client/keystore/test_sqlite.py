@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from blindrelay.client.keystore import (
+    SCHEMA_VERSION,
     HeldCounts,
     IdentityStatus,
     KeyStoreCorrupted,
@@ -133,7 +134,7 @@ def test_the_key_index_is_rebuilt_for_a_file_made_before_it(tmp_path: Path) -> N
             db.execute(f"PRAGMA user_version = {version}")
         db.close()
 
-    without_index(version=2)
+    without_index(version=SCHEMA_VERSION)  # as current: opened without an upgrade
     with SqliteKeyStore.open(path, PASSPHRASE) as older:
         # What a store of an earlier version could hold: one key pinned under two handles.
         older.approve_identity("twin", KEY_A, NOW + 1)
