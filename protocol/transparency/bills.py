@@ -181,36 +181,33 @@ class BillReconciliation:
 
 
 def reconcile(bill: VerifiedBill, kept: Iterable[SentNotification]) -> BillReconciliation:
-    """Match every item of ``bill`` to a kept SENT of its month by msg_id."""
+    """Match every item of ``bill`` to a kept SENT of its month by msg_id. A SENT billed
+    more than once matches one item equal to it (if any); every other copy is extra."""
     month = bill.entry.month
-    by_id = {item.msg_id: item for item in bill.items}
-    seen: set[bytes] = set()
+    by_id: dict[bytes, list[BillItem]] = {}
+    for item in bill.items:
+        by_id.setdefault(item.msg_id, []).append(item)
+    extra: list[BillItem] = []
     missing: list[SentNotification] = []
     differing: list[tuple[SentNotification, BillItem]] = []
     matched = 0
     for sent in kept:
-        if month_of(sent.at) != month or sent.msg_id in seen:
+        if month_of(sent.at) != month:
             continue
-        seen.add(sent.msg_id)
-        item = by_id.get(sent.msg_id)
-        if item is None:
+        copies = by_id.pop(sent.msg_id, None)
+        if copies is None:
             missing.append(sent)
-        elif (item.category, item.at, item.recipient) != (
-            sent.category,
-            sent.at,
-            recipient_commitment(sent.recipient, bill.salt),
-        ):
-            differing.append((sent, item))
-        else:
+            continue
+        expected = (sent.category, sent.at, recipient_commitment(sent.recipient, bill.salt))
+        equal = [c for c in copies if (c.category, c.at, c.recipient) == expected]
+        if equal:
             matched += 1
-    # Two items under one msg_id bill one SENT twice: every copy but one is extra.
-    extra = [item for item in bill.items if item.msg_id not in seen]
-    counted: set[bytes] = set()
-    for item in bill.items:
-        if item.msg_id in seen:
-            if item.msg_id in counted:
-                extra.append(item)
-            counted.add(item.msg_id)
+            copies.remove(equal[0])
+        else:
+            differing.append((sent, copies.pop(0)))
+        extra += copies
+    for copies in by_id.values():  # billed, and no SENT of ours has that msg_id
+        extra += copies
     return BillReconciliation(
         month, len(bill.items), matched, tuple(extra), tuple(missing), tuple(differing)
     )
