@@ -19,6 +19,7 @@ from blindrelay.protocol.transparency.bills import (
     verify_bill,
 )
 from blindrelay.server.config import RelayConfig
+from blindrelay.server import cli
 from blindrelay.server.relay import RunningRelay
 from blindrelay.server.store.transparency import BILLS_PER_CLOSE
 
@@ -34,9 +35,12 @@ from .conftest import (
     store_flags,
 )
 from .consent_helpers import stated
-from .test_business import _admin
 
 BACKENDS = ALL_BACKENDS
+
+def _admin(*argv: str) -> int:
+    return cli.main(["admin", *argv])
+
 
 NOTIFICATIONS = limits.MAX_BILL_ITEMS + 4
 """One full page and a few more."""
