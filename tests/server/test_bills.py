@@ -18,8 +18,8 @@ from blindrelay.protocol.transparency.bills import (
     reconcile,
     verify_bill,
 )
-from blindrelay.server.config import RelayConfig
 from blindrelay.server import cli
+from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
 from blindrelay.server.store.transparency import BILLS_PER_CLOSE
 
