@@ -23,6 +23,10 @@ notifications, carries none: the business checks its own heads on every bundle.)
 Once raised, the alarm is kept: every later send raises it, and the application's
 ``on_log_forked`` hears it once.
 
+A badge is shown as verified only once the relay proves it logged (:meth:`LogCheck.
+badge_logged`, ``profiles.business_info``): the operator's signature says who is
+verified; the log says the relay holds itself to that badge, the same one everyone sees.
+
 Not here: reading the log (``transparency``), starting the session (``sessions``).
 """
 
@@ -34,17 +38,20 @@ import time
 from collections.abc import Awaitable, Callable
 
 from blindrelay.protocol import frames
+from blindrelay.protocol.business import Badge
 from blindrelay.protocol.errors import (
     BlindrelayError,
     InvalidProof,
     KeyNotLogged,
     LogForked,
     MalformedLogEntry,
+    NotFound,
     TransparencyError,
 )
 from blindrelay.protocol.frames import AccountKind
 from blindrelay.protocol.transparency import merkle
 from blindrelay.protocol.transparency.entries import KeyBinding, decode_entry
+from blindrelay.protocol.transparency.evidence import badge_entry
 from blindrelay.protocol.transparency.treehead import TreeHead, open_tree_head
 
 from .keystore import KeyStore
@@ -57,6 +64,11 @@ DEFAULT_WAIT_S = 25.0
 ``STH_INTERVAL`` (10 s) and a margin."""
 
 POLL_S = 0.25
+
+BADGE_LOG_MARGIN_MS = 10 * 60 * 1000
+"""A head signed this long after a badge's ``issued_at`` holds the badge's entry (the
+operator's command appends it with the badge, SPEC §15.1), whatever the delay between
+heads and any plausible skew between the operator's clock and the relay's."""
 
 MAX_TOLD = 10_000
 """Contacts whose last head we remember; past it the oldest is told again."""
@@ -175,6 +187,38 @@ class LogCheck:
         ) != (handle, bundle.kind, bundle.identity_key):  # fmt: skip
             raise KeyNotLogged(handle, "the logged binding is of another key")
         await self.observe(head, proof.sth)
+
+    async def badge_logged(self, badge: Badge, signed_badge: bytes) -> bool:
+        """Whether the relay proves the operator's badge is in its log (SPEC §15.6 rule
+        6): the badge's entry, rebuilt from the badge, is found under a signed head that
+        verifies and extends the newest kept (``LogForked`` otherwise). A badge issued
+        within ``BADGE_LOG_MARGIN_MS`` of the newest head may not be under one yet: larger
+        heads are waited for, up to :attr:`wait_s`; an older badge is decided at once."""
+        entry = badge_entry(signed_badge)
+        deadline = time.monotonic() + self.wait_s
+        tried = 0
+        while True:
+            found = await self._reader.signed_head()
+            if found is not None and found[0].size > tried:
+                head, head_bytes = found
+                tried = head.size
+                try:
+                    index, proof = await self._reader.inclusion(entry, head.size)
+                except NotFound:
+                    if head.timestamp >= badge.issued_at + BADGE_LOG_MARGIN_MS:
+                        return False  # signed long after the badge: it would be in it
+                else:
+                    try:
+                        merkle.verify_inclusion(
+                            merkle.leaf_hash(entry), index, head.size, proof, head.root
+                        )
+                    except InvalidProof:
+                        return False
+                    await self.observe(head, head_bytes)
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(POLL_S)
 
     async def observe(self, head: TreeHead, signed: bytes) -> None:
         """Hold a verified head against the newest kept; keep it if it is newer."""

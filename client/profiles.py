@@ -28,6 +28,7 @@ from blindrelay.protocol.business import (
 from blindrelay.protocol.errors import UnexpectedFrame, UntrustedIdentity
 
 from .link import RelayLink
+from .logcheck import LogCheck
 from .trust import IdentityTrust
 
 
@@ -100,13 +101,16 @@ async def business_info(
     *,
     operator_key: bytes | None,
     clock: Callable[[], int],
+    log_check: LogCheck,
 ) -> BusinessInfo:
     """Fetch ``handle``'s profile and badge and check both offline (:meth:`Client.business_info`).
 
     The key must be the one we pinned for ``handle`` (or is pinned now, on
     first use); the profile must verify under it (InvalidProfile otherwise);
     the badge is checked with ``operator_key`` and ``clock`` — without an
-    operator key nothing shows as verified.
+    operator key nothing shows as verified — and, once it verifies, must be proven
+    in the relay's transparency log (``NOT_LOGGED`` otherwise; ``LogForked`` if the
+    head that proves it does not extend ours).
     """
     frame = await link.request(lambda rid: frames.ProfileFetch(id=rid, handle=handle))
     if not isinstance(frame, frames.Profile) or frame.handle != handle:
@@ -131,6 +135,11 @@ async def business_info(
             identity_key=frame.identity_key,
             now_ms=clock(),
         )
+        logged = badge.badge
+        if badge.verified and logged is not None and frame.badge is not None and not (
+            await log_check.badge_logged(logged, frame.badge)
+        ):
+            badge = BadgeCheck(BadgeStatus.NOT_LOGGED, logged)
     return BusinessInfo(handle, frame.identity_key, profile, badge, key_changed)
 
 

@@ -353,8 +353,9 @@ class Client:
         """Fetch a business's profile and badge and check both offline (``profiles``):
         without an operator key nothing shows as verified."""
         return await business_info(
-            self.link, self.trust, handle, operator_key=self.operator_key, clock=self._clock
-        )
+            self.link, self.trust, handle, operator_key=self.operator_key, clock=self._clock,
+            log_check=self.log_check,
+        )  # fmt: skip
 
 
 __all__ = [  # the names an application imports from here (docs/sdk.md)

@@ -118,6 +118,10 @@ class BadgeStatus(Enum):
     WRONG_KEY = "issued for another identity key"
     NOT_YET_VALID = "not yet valid"
     EXPIRED = "expired"
+    NOT_LOGGED = "not in the relay's transparency log"
+    """Signed by the operator, but the relay proves no log entry for it (SPEC §15.6
+    rule 6): a badge the log does not hold may be one the operator never issued
+    through the relay; shown as unverified."""
 
 
 @dataclass(frozen=True, slots=True)

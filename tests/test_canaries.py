@@ -346,7 +346,8 @@ def run_story(
             with log_path.open("wb") as log:
                 relay = subprocess.Popen(
                     [sys.executable, "-m", "blindrelay.server.cli", "serve", "--port", "0",
-                     *store_args, "--log-level", "DEBUG"],
+                     *store_args, "--log-level", "DEBUG",
+                     "--sth-interval-s", "0.2"],  # a fresh badge is shown once logged
                     stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
                     umask=0,  # the most permissive an operator could run it with
                 )  # fmt: skip

@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from blindrelay.protocol.business import Badge
 from blindrelay.protocol.errors import InvalidProof
 from blindrelay.protocol.signed import ConsentStatement, unverified_body, verify_statement
 
 from . import merkle
-from .entries import StatementLogged, decode_entry, statement_commitment
+from .entries import BadgeIssued, StatementLogged, decode_entry, statement_commitment
 from .treehead import TreeHead, open_tree_head
 
 
@@ -74,6 +75,17 @@ def statement_entry(signed_statement: bytes) -> bytes:
     issued_at = unverified_body(ConsentStatement, signed_statement).issued_at
     commitment = statement_commitment(signed_statement)
     return StatementLogged(v=1, commitment=commitment, at=issued_at).to_bytes()
+
+
+def badge_entry(signed_badge: bytes) -> bytes:
+    """The log entry the relay appended when the operator issued ``signed_badge``
+    (§15.1, badge issued): rebuilt from the badge alone, dated by its ``issued_at``;
+    what a client asks the relay to find (LOG_INCLUSION_FETCH) before it shows the
+    badge as verified (§15.6 rule 6)."""
+    badge = unverified_body(Badge, signed_badge)
+    return BadgeIssued(
+        v=1, handle=badge.handle, serial=badge.serial, badge=signed_badge, at=badge.issued_at
+    ).to_bytes()
 
 
 def evidence_to_json(evidence: ConsentEvidence) -> str:

@@ -25,7 +25,9 @@ from nacl.signing import SigningKey
 from blindrelay.client.transport import ConnectionLost
 from blindrelay.protocol import frames
 from blindrelay.protocol.connection import RelayConnection
-from blindrelay.protocol.errors import ProtocolError
+from blindrelay.protocol.errors import ErrorCode, ProtocolError
+from blindrelay.protocol.transparency import merkle
+from blindrelay.protocol.transparency.treehead import sign_tree_head
 
 from ..relays import FakeClock
 from .harness import within
@@ -213,3 +215,49 @@ def welcome(
 
 def signer(key: SigningKey) -> Callable[[bytes], bytes]:
     return lambda message: key.sign(message).signature
+
+
+class FakeLog:
+    """A transparency log in memory, answering the log's fetches as a relay does (SPEC
+    §15.6): heads signed with :data:`RELAY_KEY`, proofs computed from the entries."""
+
+    def __init__(self) -> None:
+        self.entries: list[bytes] = []
+        self.heads: list[bytes] = []
+
+    def append(self, *entries: bytes) -> int:
+        """The index of the last one appended."""
+        self.entries.extend(entries)
+        return len(self.entries) - 1
+
+    def sign_head(self, timestamp: int, key: SigningKey = RELAY_KEY) -> bytes:
+        leaves = [merkle.leaf_hash(e) for e in self.entries]
+        signed = sign_tree_head(signer(key), len(leaves), merkle.root_of(leaves), timestamp)
+        self.heads.append(signed)
+        return signed
+
+    def nodes(self, size: int) -> merkle.NodeHashes:
+        """The complete subtrees of the first ``size`` entries, as a relay's store keeps them."""
+        frontier, nodes = merkle.Frontier(), {}
+        for entry in self.entries[:size]:
+            nodes.update(frontier.append(merkle.leaf_hash(entry)))
+        return lambda wanted: {node: nodes[node] for node in wanted}
+
+    def answer(self, end: RelayEnd, frame: frames.Frame) -> bool:
+        """Answer ``frame`` if it is a log fetch; whether it was."""
+        if isinstance(frame, frames.LogHeadFetch):
+            end.send(frames.LogHead(re=frame.id, sth=self.heads[-1] if self.heads else None))
+        elif isinstance(frame, frames.LogConsistencyFetch):
+            proof = merkle.consistency_proof(frame.first, frame.second, self.nodes(frame.second))
+            end.send(frames.LogConsistency(re=frame.id, proof=tuple(proof)))
+        elif isinstance(frame, frames.LogInclusionFetch):
+            held = self.entries[: frame.size]
+            if frame.entry not in held:
+                end.send(frames.Error(code=ErrorCode.NOT_FOUND, re=frame.id))
+            else:
+                index = held.index(frame.entry)
+                proof = merkle.inclusion_proof(index, frame.size, self.nodes(frame.size))
+                end.send(frames.LogInclusion(re=frame.id, index=index, proof=tuple(proof)))
+        else:
+            return False
+        return True

@@ -15,16 +15,18 @@ from pathlib import Path
 import pytest
 
 from blindrelay.client.keystore import MemoryKeyStore
+from blindrelay.client.logcheck import BADGE_LOG_MARGIN_MS
 from blindrelay.client.profiles import same_name
 from blindrelay.client.sdk import Client
 from blindrelay.protocol import frames
 from blindrelay.protocol.business import BadgeStatus, BusinessProfile, issue_badge
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import InvalidProfile
+from blindrelay.protocol.transparency.evidence import badge_entry
 from blindrelay.server.cli import main as relay_cli
 
 from ..relays import T0, FakeClock, relay_at
-from .fake_relay import URL, FakeRelay, RelayEnd, answer_plainly
+from .fake_relay import URL, FakeLog, FakeRelay, RelayEnd, answer_plainly
 from .harness import (
     FAST,
     business_online,
@@ -56,12 +58,19 @@ def badge(name: str, key: bytes = AIRLINE.public, operator: IdentityKeyPair = OP
 
 
 class Directory(FakeRelay):
-    """Answers PROFILE_FETCH for ``airline`` with what the test puts in :attr:`record`."""
+    """Answers PROFILE_FETCH for ``airline`` with what the test puts in :attr:`record`,
+    and the log's fetches from :attr:`log`, which holds the badge unless ``logged`` is
+    False (its one head is then signed long after the badge: SPEC §15.6 rule 6)."""
 
-    def __init__(self, profile: bytes | None, badge: bytes | None) -> None:
+    def __init__(self, profile: bytes | None, badge: bytes | None, logged: bool = True) -> None:
         super().__init__()
         self.record = (AIRLINE.public, profile, badge)
         self.answer = self.profiles
+        self.log = FakeLog()
+        self.log.append(b"blindrelay/v1/log/statement\x00" + bytes(40))  # not an entry: filler
+        if badge is not None and logged:
+            self.log.append(badge_entry(badge))
+        self.log.sign_head(T0 if logged else T0 + BADGE_LOG_MARGIN_MS)
 
     def profiles(self, end: RelayEnd, frame: frames.Frame) -> None:
         if isinstance(frame, frames.ProfileFetch):
@@ -72,7 +81,7 @@ class Directory(FakeRelay):
                     badge=badge,
                 )
             )  # fmt: skip
-        else:
+        elif not self.log.answer(end, frame):
             answer_plainly(end, frame)
 
 
@@ -120,6 +129,17 @@ async def test_nothing_is_verified_without_a_valid_badge_of_the_pinned_operator(
     await alice.close()
 
 
+async def test_a_badge_the_relay_does_not_prove_logged_shows_nothing_as_verified() -> None:
+    """SPEC §15.6 rule 6: the operator's signature alone is not enough; the relay must
+    prove the badge is in its log (the head here was signed long after the badge)."""
+    relay = Directory(signed_profile("Example Air"), badge("Example Air"), logged=False)
+    alice = await alice_of(relay, OPERATOR.public)
+    info = await within(alice.business_info("airline"))
+    assert info.badge.status is BadgeStatus.NOT_LOGGED and not info.verified
+    assert info.verified_name is None
+    await alice.close()
+
+
 async def test_a_profile_name_other_than_the_badge_s_is_flagged_a_case_change_is_not() -> None:
     relay = Directory(signed_profile("British Airways"), badge("Bob's Bakery"))
     alice = await alice_of(relay, OPERATOR.public)
@@ -139,6 +159,8 @@ async def test_a_key_other_than_the_pinned_one_shows_nothing_as_verified() -> No
         impostor.public, signed_profile("Example Air", impostor),
         badge("Example Air", impostor.public),
     )  # fmt: skip
+    relay.log.append(badge_entry(badge("Example Air", impostor.public)))  # logged, even
+    relay.log.sign_head(T0 + 1)
     info = await within(alice.business_info("airline"))
     assert info.key_changed and not info.verified and info.verified_name is None
     assert info.badge.verified  # a valid badge for the new key: still not shown as verified
