@@ -19,9 +19,15 @@ file with the relay's settings: WAL, ``synchronous=FULL``, one commit per batch)
 ``synchronous_commit=on``, one transaction per batch; proofs one query each).
 Targets (issue 17): proofs ≤ 1 ms at 1M entries, appends ≥ 20k entries/s.
 
+Bills (``--bill-items N``, SQLite): a business's month of N billed notifications is
+recorded as the SEND job records them, then closed by the relay's own ``close_bills``
+job in one transaction (items built and hashed, the bill's entry appended, the rows
+replaced by the items): how long the writer is busy once a month for that business,
+and how long serving one BILL page takes.
+
     .venv/bin/python bench/transparency.py [--sizes 10000 1000000]
         [--backends memory sqlite postgresql] [--postgres URL] [--batch 1000] [--samples 300]
-        [--json out.json]
+        [--bill-items 100000] [--json out.json]
 """
 
 from __future__ import annotations
@@ -42,12 +48,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from blindrelay.protocol import limits
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.transparency import entries, merkle
+from blindrelay.protocol.transparency.bills import month_end, month_of
 from blindrelay.protocol.transparency.merkle import Node
 from blindrelay.protocol.transparency.treehead import sign_tree_head
 from blindrelay.server.store.postgresql import transparency as pglog
-from blindrelay.server.store.sqlite.tables import connect
+from blindrelay.server.store.records import LogHead
+from blindrelay.server.store.sqlite import jobs
+from blindrelay.server.store.sqlite.tables import Tables, connect
 from blindrelay.server.store.sqlite.transparency import TransparencyLog
 
 URL_VARIABLES = ("BLINDRELAY_BENCH_POSTGRES", "BLINDRELAY_TEST_POSTGRES")
@@ -212,6 +222,39 @@ def proof_sizes(proofs: list[list[bytes]]) -> dict[str, float]:
     }
 
 
+def measure_bill(path: Path, items: int, samples: int) -> dict[str, Any]:
+    """Close one business's bill of ``items`` notifications with the relay's own job, on
+    the relay's SQLite tables; then serve BILL pages of it."""
+    db = connect(path)
+    tables = Tables(db)
+    conn = db.conn
+    month = month_of(T0)
+    conn.execute("BEGIN IMMEDIATE")
+    for i in range(items):
+        tables.bills.record("skyways.air", month, T0 + i, i.to_bytes(16, "big"), "utility",
+                            f"user{i % 5000}")  # fmt: skip
+    conn.execute("COMMIT")
+    start = time.perf_counter()
+    conn.execute("BEGIN IMMEDIATE")
+    closed = jobs.close_bills(tables, month_of(month_end(month)), month_end(month))
+    conn.execute("COMMIT")
+    close_s = time.perf_counter() - start
+    assert closed[0][2] == items, closed
+    tables.log.add_head(LogHead(1, tables.log.root(1), T0, b"\x00"))  # a head over it
+    rng = random.Random(8)
+    pages = timed(
+        lambda: jobs.bill_page(
+            tables, "skyways.air", month, rng.randrange(items), limits.MAX_BILL_ITEMS
+        ),
+        samples,
+    )
+    db.conn.close()
+    return {
+        "items": items, "close_s": round(close_s, 3),
+        "close_items_per_s": round(items / close_s), "page": ms(pages),
+    }  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 1_000_000])
@@ -222,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
                         + " or $".join(URL_VARIABLES) + ")")  # fmt: skip
     parser.add_argument("--batch", type=int, default=1000, help="entries per transaction")
     parser.add_argument("--samples", type=int, default=300, help="proofs timed per kind")
+    parser.add_argument("--bill-items", type=int, default=100_000,
+                        help="notifications in the bill closed (0: no bill measured)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if any(not 2 <= s <= 10_000_000 for s in args.sizes) or not 1 <= args.batch <= 100_000:
@@ -260,10 +305,19 @@ def main(argv: list[str] | None = None) -> int:
                     f"  verify {row['verify_median_us']} µs",
                     flush=True,
                 )
+        bill = None
+        if args.bill_items > 0:
+            bill = measure_bill(Path(tmp) / "bill.db", args.bill_items, args.samples)
+            print(
+                f"sqlite bill of {bill['items']:,} notifications: closed in {bill['close_s']} s"
+                f" ({bill['close_items_per_s']:,} items/s); a BILL page"
+                f" {bill['page']['median_ms']:.3f}/{bill['page']['p99_ms']:.3f} ms",
+                flush=True,
+            )
     record = {
         "benchmark": "transparency", "batch": args.batch, "samples": args.samples,
         "targets": {"proof_ms_max": PROOF_TARGET_MS, "append_per_s_min": APPEND_TARGET_PER_S},
-        "results": results,
+        "results": results, "bill": bill,
     }  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(record, indent=2) + "\n")

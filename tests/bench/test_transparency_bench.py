@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.transparency import MemoryLog, PostgresLog, SqliteLog, entry, measure
+from bench.transparency import MemoryLog, PostgresLog, SqliteLog, entry, measure, measure_bill
 from blindrelay.protocol.transparency import merkle
 
 
@@ -30,3 +30,9 @@ def test_every_back_end_holds_the_same_tree(
         assert merkle.tree_root(300, log.nodes) == merkle.root_of(leaves)
     finally:
         log.close()
+
+
+def test_the_bill_measured_is_closed_by_the_relays_own_job(tmp_path: Path) -> None:
+    """measure_bill closes a real bill (every item) and serves real pages of it."""
+    row = measure_bill(tmp_path / "bill.db", 300, 5)
+    assert row["items"] == 300 and row["close_items_per_s"] > 0 and row["page"]["p99_ms"] > 0
