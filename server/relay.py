@@ -81,7 +81,6 @@ from .registration import RegistrationPolicy, source_key
 from .routing import Hint, InProcessRouter, Router, open_router
 from .store import open_store
 from .store.records import LogHead
-from .store.transparency import BILLS_PER_CLOSE
 
 Rng = Callable[[int], bytes]
 SourceOf = Callable[[ServerConnection], str]
@@ -898,11 +897,13 @@ class RunningRelay:
 
     async def close_bills(self) -> list[list[Any]]:
         """SPEC §8.5: close every open bill of a month that ended ``BILL_CLOSE_DELAY_MS``
-        ago or more, logging each; the bills closed, as ``close_bills`` gives them."""
+        ago or more, a chunk of items per store operation, logging each; the bills
+        closed, as ``close_bills`` gives them."""
         before = month_of(self.ctx.clock() - limits.BILL_CLOSE_DELAY_MS)
         closed: list[list[Any]] = []
-        while True:
-            done = await self.ctx.store.submit("close_bills", before, self.ctx.clock())
+        more = True
+        while more:
+            done, more = await self.ctx.store.submit("close_bills", before, self.ctx.clock())
             for business, month, count, index in done:
                 if index is None:  # metered after its bill closed: see close_bills
                     log_event(logging.ERROR, "bill_items_late", business=business, month=month,
@@ -911,8 +912,7 @@ class RunningRelay:
                     log_event(logging.INFO, "bill_closed", business=business, month=month,
                               items=count)  # fmt: skip
             closed += done
-            if len(done) < BILLS_PER_CLOSE:
-                return closed
+        return closed
 
     async def _publish_periodically(self) -> None:
         while True:

@@ -79,6 +79,23 @@ class SentNotification(NamedTuple):
     """The SENT's ``at``: the relay's acceptance time (SPEC §6.3)."""
 
 
+def bill_items(notifications: Iterable[SentNotification], salt: bytes) -> list[BillItem]:
+    """The items of ``notifications`` (already in bill order), each naming its recipient
+    by the commitment under ``salt``."""
+    if len(salt) != SALT_LEN:
+        raise ValueError(f"a bill's salt is {SALT_LEN} bytes")
+    return [
+        BillItem(
+            v=1,
+            msg_id=n.msg_id,
+            category=n.category,
+            at=n.at,
+            recipient=recipient_commitment(n.recipient, salt),
+        )
+        for n in notifications
+    ]
+
+
 def close_bill(
     handle: str,
     month: str,
@@ -88,19 +105,7 @@ def close_bill(
 ) -> tuple[BillLogged, list[BillItem]]:
     """The bill of ``handle`` for ``month``: its log entry and items, ordered by
     (``at``, ``msg_id``) as SPEC §15.1 says; ``salt`` is 16 random bytes."""
-    if len(salt) != SALT_LEN:
-        raise ValueError(f"a bill's salt is {SALT_LEN} bytes")
-    ordered = sorted(notifications, key=lambda n: (n.at, n.msg_id))
-    items = [
-        BillItem(
-            v=1,
-            msg_id=n.msg_id,
-            category=n.category,
-            at=n.at,
-            recipient=recipient_commitment(n.recipient, salt),
-        )
-        for n in ordered
-    ]
+    items = bill_items(sorted(notifications, key=lambda n: (n.at, n.msg_id)), salt)
     entry = BillLogged(
         v=1, handle=handle, month=month, count=len(items), root=bill_root(items), at=now
     )

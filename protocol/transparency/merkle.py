@@ -241,6 +241,11 @@ class Frontier:
         self.size += 1
         return made
 
+    def edge_hashes(self) -> list[bytes]:
+        """The hashes of ``nodes_of(0, size)``, largest subtree first: what
+        :meth:`resume` takes back (a store may keep them instead of every node)."""
+        return list(self._hashes)
+
     def root(self) -> bytes:
         """MTH of the tree so far."""
         if not self._hashes:

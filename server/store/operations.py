@@ -412,11 +412,13 @@ CONTRACT: dict[str, Operation] = {
             "before": "str YYYY-MM: bills of earlier months close",
             "now": "int ms: the bill entries' ``at``",
         },
-        result="[[business, month, items, log index], …]: the bills closed, at most "
-        "``transparency.BILLS_PER_CLOSE`` (call again while that many); log index nil for "
-        "notifications metered after their month's bill closed, which are dropped",
-        atomic="each bill's entry, its items and the removal of its open rows: a bill is "
-        "logged exactly when its items are kept",
+        result="[[[business, month, items, log index], …], more]: the bills this call "
+        "finished; ``more`` while bills are left to close (call again). Each call makes at "
+        "most ``transparency.BILL_CHUNK_ITEMS`` items. Log index nil for notifications "
+        "metered after their month's bill closed, which are dropped",
+        atomic="each chunk's items with the removal of the rows they replace and the bill's "
+        "progress; the bill's entry with its last chunk: a bill is logged exactly when all "
+        "its items are kept, and served only then",
     ),
     "bill_page": Operation(
         spec="§8.5",

@@ -10,8 +10,10 @@ revoked — or not at all:
   handle, the index of its newest binding (``log_bindings``), which BUNDLE proves;
 - :func:`statement_logged` — every accepted statement, as the hash of its bytes;
 - :func:`badge_issued` / :func:`badge_revoked` — the operator's badges;
-- :func:`closed_bill` — a business's bill for a month once the month is over (§8.5):
-  its entry and items, the recipients' commitments under a fresh random salt.
+- :func:`new_bill`, :func:`bill_chunk`, :func:`bill_entry` — a business's bill for a
+  month once the month is over (§8.5), closed a chunk of items at a time: the
+  recipients' commitments under a fresh random salt, the tree's right edge carried
+  between chunks, the entry once every item is made.
 
 :func:`accept_head` is the rule for a new signed tree head: only a head whose
 root is the store's own root at that size, no smaller and no older than the
@@ -25,13 +27,14 @@ signing (the relay holds its key), hashing (the protocol package).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from blindrelay.protocol.errors import InternalError, MalformedLogEntry, NotFound, ProtocolError
 from blindrelay.protocol.frames import AccountKind
 from blindrelay.protocol.signed import ConsentStatement, unverified_body
-from blindrelay.protocol.transparency import entries
-from blindrelay.protocol.transparency.bills import SentNotification, close_bill
+from blindrelay.protocol.transparency import entries, merkle
+from blindrelay.protocol.transparency.bills import SentNotification, bill_items
 from blindrelay.protocol.transparency.entries import KeyBinding, decode_entry
 from blindrelay.protocol.transparency.treehead import TreeHead
 
@@ -75,23 +78,58 @@ def badge_revoked(handle: str, serial: int, now: int) -> bytes:
     return entries.BadgeRevoked(v=1, handle=handle, serial=serial, at=now).to_bytes()
 
 
-BILLS_PER_CLOSE = 16
-"""Bills one ``close_bills`` operation closes at most: the relay calls it again while
-it closes that many, so one call's transaction stays bounded."""
-
+BILL_CHUNK_ITEMS = 5_000
+"""Notifications one ``close_bills`` operation turns into bill items at most (~60 ms of
+the SQLite writer): a month's bill of a million notifications closes in 200 operations
+that other work goes between, not one that stalls every SEND for seconds."""
 
 MAX_BILL_ITEMS_WHOLE = 2**62
 """``bill_page``'s limit when the operator reads a bill whole (``AdminStore.bill``)."""
 
 
-def closed_bill(
-    handle: str, month: str, notifications: Iterable[SentNotification], now: int
-) -> tuple[bytes, bytes, list[bytes]]:
-    """(salt, entry, items) of a bill closed now: 16 random bytes of salt (SPEC §15.1),
-    the ``bill logged`` entry and the items' exact bytes in bill order."""
-    salt = os.urandom(entries.SALT_LEN)
-    entry, items = close_bill(handle, month, notifications, salt, now)
-    return salt, entry.to_bytes(), [item.to_bytes() for item in items]
+@dataclass(frozen=True, slots=True)
+class BillProgress:
+    """A bill being closed: its salt, the items made so far and the right edge of their
+    tree (``merkle.nodes_of(0, count)``'s hashes, concatenated), kept between chunks."""
+
+    salt: bytes
+    count: int
+    edge: bytes
+
+
+def new_bill() -> BillProgress:
+    """A bill's start: 16 random bytes of salt (SPEC §15.1), no items."""
+    return BillProgress(os.urandom(entries.SALT_LEN), 0, b"")
+
+
+def bill_chunk(
+    progress: BillProgress, notifications: Sequence[SentNotification]
+) -> tuple[BillProgress, list[bytes]]:
+    """The next items of a bill (the notifications that follow, in bill order) and the
+    progress after them."""
+    frontier = _frontier(progress)
+    made = []
+    for item in bill_items(notifications, progress.salt):
+        data = item.to_bytes()
+        frontier.append(merkle.leaf_hash(data))
+        made.append(data)
+    edge = b"".join(frontier.edge_hashes())
+    return BillProgress(progress.salt, frontier.size, edge), made
+
+
+def bill_entry(handle: str, month: str, progress: BillProgress, now: int) -> bytes:
+    """The ``bill logged`` entry of a bill whose every item is made."""
+    root = _frontier(progress).root()
+    return entries.BillLogged(
+        v=1, handle=handle, month=month, count=progress.count, root=root, at=now
+    ).to_bytes()
+
+
+def _frontier(progress: BillProgress) -> merkle.Frontier:
+    edge = [progress.edge[i : i + merkle.HASH_LEN] for i in range(0, len(progress.edge), 32)]
+    return merkle.Frontier.resume(
+        progress.count, lambda wanted: dict(zip(wanted, edge, strict=True))
+    )
 
 
 def check_bill_covered(head: LogHead | None, seq: int | None) -> LogHead:

@@ -34,11 +34,12 @@ ALLOW_LIST: dict[str, str] = {
     "13.7": CLIENT_SIDE + "; covered by tests/client",
     "13.8": CLIENT_SIDE + "; covered by tests/client",
     "13.11": CLIENT_SIDE + "; covered by tests/protocol/test_content.py and tests/client",
-    "15.2": "the log has no frames yet (issue 17: they come after its foundation); hashing, "
-    "proofs and verifiers are covered by tests/protocol/transparency (with published data) "
-    "and the store's proofs by tests/server/test_transparency_log.py",
-    "15.3": "the log has no frames yet (issue 17); tree heads are covered by "
-    "tests/protocol/transparency/test_treehead.py and tests/server/test_tree_heads.py",
+    "15.2": "the verifiers' rules (RFC 9162 checks, 32-byte hashes): a client obligation; "
+    "the relay's proofs are verified by the §15.6 tests, hashing by tests/protocol/transparency "
+    "(with published data) and the stores' proofs by tests/server/test_transparency_log.py",
+    "15.3": "signing rules (at most every STH_INTERVAL, only when grown): need clock control; "
+    "the §15.6 tests check every head's signature and consistency, and "
+    "tests/protocol/transparency/test_treehead.py and tests/server/test_tree_heads.py the rules",
     "11.2": "the relay's files on its own disk (modes, overwritten rows, WAL checkpoints); "
     "not on the wire; covered by tests/server/test_at_rest.py and tests/test_canaries.py",
 }

@@ -12,6 +12,7 @@ from blindrelay.protocol.business import BusinessProfile, OpeningHours, open_pro
 from blindrelay.protocol.codec import decode
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.frames import (
+    BillFetch,
     Error,
     Ok,
     Profile,
@@ -211,6 +212,22 @@ async def test_usage_is_for_businesses_only(relay):
     """SPEC §8.4: "A business reads its own counts with USAGE_FETCH …; a user gets ERROR 202"."""
     user = await relay.user()
     assert _code(await usage(user)) == 202
+
+
+@pytest.mark.spec("8.5")
+async def test_a_bill_is_a_businesses_own_and_none_before_its_month_is_closed(relay):
+    """SPEC §8.5 rule 1: "BILL_FETCH by a user gets ERROR 202. A month without a closed
+    bill [...] gets ERROR 601 NOT_FOUND" — the current month is not over, and a month
+    before the account existed has no bill."""
+    shop = await relay.business()
+    user = await relay.user()
+    for peer, month, code in [
+        (user, _month(user), 202),
+        (shop, _month(shop), 601),
+        (shop, "2001-01", 601),
+    ]:
+        answer = await peer.request(lambda i, m=month: BillFetch(id=i, month=m, start=0))
+        assert _code(answer) == code, (month, answer)
 
 
 @pytest.mark.spec("14")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 
 import pytest
 
@@ -18,11 +19,19 @@ from blindrelay.protocol.transparency.bills import (
     reconcile,
     verify_bill,
 )
+from blindrelay.protocol.transparency.entries import (
+    BillLogged,
+    bill_root,
+    decode_bill_item,
+    decode_entry,
+    recipient_commitment,
+)
 from blindrelay.server import cli
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
-from blindrelay.server.store.transparency import BILLS_PER_CLOSE
+from blindrelay.server.store.transparency import BILL_CHUNK_ITEMS
 
+from .. import pg
 from .conftest import (
     ALL_BACKENDS,
     Clients,
@@ -124,20 +133,58 @@ async def test_a_months_notifications_are_billed_once_logged_and_paged(
     assert lines[2].endswith(",open (1 kept)")
 
 
-async def test_bills_close_a_bounded_number_at_a_time_and_all_of_them(
-    relay: RunningRelay, clients: Clients, clock: FakeClock
+def _execute(config: RelayConfig, sql: str) -> None:
+    """Write the relay's database from outside (SQL both back ends run alike)."""
+    if config.store:
+        pg.execute(config.store, sql)
+        return
+    conn = sqlite3.connect(config.db_path, timeout=10)
+    with conn:
+        conn.execute(sql)
+    conn.close()
+
+
+async def test_a_large_bill_closes_a_chunk_per_operation_and_logs_once(
+    relay: RunningRelay, clock: FakeClock
 ) -> None:
-    """``close_bills`` closes at most BILLS_PER_CLOSE per transaction; the relay goes on
-    until every open bill of the months over is closed."""
-    bob = await clients.registered(relay.url, "bob")
+    """SPEC §8.5: a bill of more than BILL_CHUNK_ITEMS notifications closes over several
+    store operations (each bounded, so the writer is never held long), is served only
+    once all of it is made, and its logged root is the one of all its items in order."""
     month = month_of(clock.now)
-    shops = [f"shop{i}.biz" for i in range(BILLS_PER_CLOSE + 2)]
-    for shop in shops:
-        client = await clients.registered(relay.url, shop, "business")
-        await stated(bob, "grant", shop, clock.now, ("utility",))
-        sent = await client.send_message("bob", b"n", intent="notification", category="utility")
-        assert isinstance(sent, Sent)
+    count = BILL_CHUNK_ITEMS + 7
+    # Rows as the SEND job writes them, in an order the bill must sort (at, msg_id).
+    series = (
+        "generate_series(0, {n}) AS g(i)" if relay.config.store
+        else "(WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i < {n})"
+        " SELECT i FROM s) AS g"
+    ).format(n=count - 1)  # fmt: skip
+    msg_id = (
+        "decode(lpad(to_hex(i), 32, '0'), 'hex')" if relay.config.store
+        else "CAST(zeroblob(8) || printf('%08d', i) AS BLOB)"
+    )  # fmt: skip
+    _execute(relay.config,
+             "INSERT INTO bill_notifications (month, business, at, msg_id, category, recipient)"
+             f" SELECT '{month}', 'shop.biz', {clock.now} + (i % 97), {msg_id}, 'utility',"
+             f" 'user' || (i % 13) FROM {series}")  # fmt: skip
     clock.now = month_end(month) + limits.BILL_CLOSE_DELAY_MS
-    closed = await relay.close_bills()
-    assert sorted(row[0] for row in closed) == sorted(shops)
-    assert len({row[3] for row in closed}) == len(shops)  # one log entry each
+    before = month_of(month_end(month))
+    first, more = await relay.ctx.store.submit("close_bills", before, clock.now)
+    assert (first, more) == ([], True)  # one chunk made, the bill not finished
+    assert await relay.publish_tree_head() is None  # nothing logged yet
+    ((business, closed, items, index),) = await relay.close_bills()  # the rest
+    assert (business, closed, items) == ("shop.biz", month, count)
+    assert await relay.close_bills() == []
+
+    salt, = db_rows(relay.config, "SELECT salt FROM bills")[0]
+    rows = db_rows(relay.config, "SELECT msg_id, recipient, category, at FROM"
+                   " bill_notifications")  # fmt: skip
+    assert rows == []
+    stored = [bytes(r[0]) for r in db_rows(relay.config, "SELECT item FROM bill_items ORDER BY idx")]
+    assert len(stored) == count
+    decoded = [decode_bill_item(item) for item in stored]
+    assert decoded == sorted(decoded, key=lambda item: (item.at, item.msg_id))
+    (entry,) = db_rows(relay.config, f"SELECT data FROM log_entries WHERE seq = {index}")
+    logged = decode_entry(bytes(entry[0]))
+    assert isinstance(logged, BillLogged) and logged.count == count
+    assert logged.root == bill_root(decoded)
+    assert recipient_commitment("user0", bytes(salt)) in {item.recipient for item in decoded}

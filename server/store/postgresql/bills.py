@@ -1,6 +1,7 @@
 """Monthly bills in the PostgreSQL back end (SPEC §8.5): tables and operations.
 
-The tables are the SQLite back end's (``..sqlite.bills`` says what each holds);
+The tables and the chunked closing are the SQLite back end's (``..sqlite.bills``
+says what each holds);
 ``batch`` writes ``bill_notifications`` in the statement that writes the envelopes.
 What several workers sharing the database add: closing takes the log's advisory lock
 (``transparency.LOG_LOCK``) first, before it reads which bills are open, so two
@@ -36,7 +37,8 @@ CREATE TABLE bills (
     month text NOT NULL,
     salt bytea NOT NULL,
     count bigint NOT NULL,
-    seq bigint NOT NULL,
+    edge bytea NOT NULL,
+    seq bigint,
     PRIMARY KEY (business, month)
 );
 CREATE TABLE bill_items (
@@ -55,7 +57,8 @@ TABLES = ("bill_notifications", "bills", "bill_items")
 async def closed(conn: Any, business: str, month: str) -> tuple[bytes, int, int] | None:
     """(salt, count, log index) of a closed bill."""
     row = await conn.fetchrow(
-        "SELECT salt, count, seq FROM bills WHERE business = $1 AND month = $2",
+        "SELECT salt, count, seq FROM bills WHERE business = $1 AND month = $2"
+        " AND seq IS NOT NULL",
         business, month,
     )  # fmt: skip
     return None if row is None else (bytes(row[0]), int(row[1]), int(row[2]))
@@ -64,8 +67,8 @@ async def closed(conn: Any, business: str, month: str) -> tuple[bytes, int, int]
 async def all_closed(conn: Any, business: str | None, month: str | None) -> list[list[Any]]:
     """[business, month, count, log index] of closed bills, for the operator."""
     rows = await conn.fetch(
-        "SELECT business, month, count, seq FROM bills"
-        " WHERE ($1::text IS NULL OR business = $1) AND ($2::text IS NULL OR month = $2)"
+        "SELECT business, month, count, seq FROM bills WHERE seq IS NOT NULL"
+        " AND ($1::text IS NULL OR business = $1) AND ($2::text IS NULL OR month = $2)"
         ' ORDER BY business COLLATE "C", month',
         business, month,
     )  # fmt: skip
@@ -84,44 +87,73 @@ async def items(conn: Any, business: str, month: str, start: int, limit: int) ->
 # --- the operations of ..operations.CONTRACT (called with the batch's Tx) ------------
 
 
-async def close_bills(tx: Any, before: str, now: int) -> list[list[Any]]:
+async def close_bills(tx: Any, before: str, now: int) -> list[Any]:
     """As ``..sqlite.jobs.close_bills``, under the log's lock (module docstring)."""
     conn = tx.conn
     await conn.execute("SELECT pg_advisory_xact_lock($1)", log.LOG_LOCK)
-    months = await conn.fetch(
-        "SELECT DISTINCT month, business FROM bill_notifications WHERE month < $1"
-        " ORDER BY month, business LIMIT $2",
-        before, transparency.BILLS_PER_CLOSE,
-    )  # fmt: skip
+    budget = transparency.BILL_CHUNK_ITEMS
     done: list[list[Any]] = []
-    for month, business in months:
-        if await closed(conn, business, month) is not None:
-            late = await conn.fetchval(
-                "WITH d AS (DELETE FROM bill_notifications WHERE month = $1 AND business = $2"
-                " RETURNING 1) SELECT count(*) FROM d",
-                month, business,
+    while budget > 0:
+        row = await conn.fetchrow(
+            "SELECT business, month, salt, count, edge FROM bills WHERE seq IS NULL LIMIT 1"
+        )
+        if row is None:
+            following = await conn.fetchrow(
+                "SELECT month, business FROM bill_notifications WHERE month < $1"
+                " ORDER BY month, business LIMIT 1",
+                before,
+            )
+            if following is None:
+                return [done, False]
+            month, business = following
+            if await closed(conn, business, month) is not None:
+                late = await conn.fetchval(
+                    "WITH d AS (DELETE FROM bill_notifications WHERE month = $1"
+                    " AND business = $2 RETURNING 1) SELECT count(*) FROM d",
+                    month, business,
+                )  # fmt: skip
+                done.append([business, month, int(late), None])
+                continue
+            progress = transparency.new_bill()
+            await conn.execute(
+                "INSERT INTO bills (business, month, salt, count, edge) VALUES ($1, $2, $3, 0, $4)",
+                business, month, progress.salt, progress.edge,
             )  # fmt: skip
-            done.append([business, month, int(late), None])
-            continue
+        else:
+            business, month = row[0], row[1]
+            progress = transparency.BillProgress(bytes(row[2]), int(row[3]), bytes(row[4]))
         rows = await conn.fetch(
-            "DELETE FROM bill_notifications WHERE month = $1 AND business = $2"
-            " RETURNING msg_id, recipient, category, at",
-            month, business,
+            "SELECT msg_id, recipient, category, at FROM bill_notifications"
+            " WHERE month = $1 AND business = $2 ORDER BY at, msg_id LIMIT $3",
+            month, business, budget + 1,
         )  # fmt: skip
-        notifications = [SentNotification(bytes(r[0]), r[1], r[2], int(r[3])) for r in rows]
-        salt, entry, bill_items = transparency.closed_bill(business, month, notifications, now)
-        seq = await log.append(conn, [entry])
-        await conn.execute(
-            "INSERT INTO bills (business, month, salt, count, seq) VALUES ($1, $2, $3, $4, $5)",
-            business, month, salt, len(bill_items), seq,
-        )  # fmt: skip
+        taken = [SentNotification(bytes(r[0]), r[1], r[2], int(r[3])) for r in rows[:budget]]
+        first = progress.count
+        progress, made = transparency.bill_chunk(progress, taken)
         await conn.execute(
             "INSERT INTO bill_items (business, month, idx, item)"
             " SELECT $1, $2, * FROM unnest($3::bigint[], $4::bytea[])",
-            business, month, list(range(len(bill_items))), bill_items,
+            business, month, list(range(first, progress.count)), made,
         )  # fmt: skip
-        done.append([business, month, len(bill_items), seq])
-    return done
+        if taken:
+            await conn.execute(
+                "DELETE FROM bill_notifications WHERE month = $1 AND business = $2"
+                " AND (at, msg_id) <= ($3, $4)",
+                month, business, taken[-1].at, taken[-1].msg_id,
+            )  # fmt: skip
+        await conn.execute(
+            "UPDATE bills SET count = $3, edge = $4 WHERE business = $1 AND month = $2",
+            business, month, progress.count, progress.edge,
+        )  # fmt: skip
+        budget -= len(taken)
+        if len(rows) > len(taken):
+            return [done, True]
+        seq = await log.append(conn, [transparency.bill_entry(business, month, progress, now)])
+        await conn.execute(
+            "UPDATE bills SET seq = $3 WHERE business = $1 AND month = $2", business, month, seq
+        )
+        done.append([business, month, progress.count, seq])
+    return [done, True]
 
 
 async def page(conn: Any, handle: str, month: str, start: int, limit: int) -> list[Any]:

@@ -577,23 +577,39 @@ def log_binding_proof(tables: Tables, handle: str) -> list[Any] | None:
     return [log.entry(seq), seq, log.inclusion_proof(seq, head.size), head.signed]
 
 
-def close_bills(tables: Tables, before: str, now: int) -> list[list[Any]]:
-    """SPEC §8.5: close the open bills of months before ``before``, at most
-    ``BILLS_PER_CLOSE``: [[business, month, count, log index], …]. Rows of a month
-    whose bill is closed already (late, which one writer never makes) are dropped and
-    reported with index nil."""
+def close_bills(tables: Tables, before: str, now: int) -> list[Any]:
+    """SPEC §8.5: go on closing the open bills of months before ``before``, at most
+    ``BILL_CHUNK_ITEMS`` notifications in this job: [[[business, month, items, log
+    index], …], more]. Rows of a month whose bill is closed already (late, which one
+    writer never makes) are dropped and reported with index nil."""
     bills = tables.bills
+    budget = transparency.BILL_CHUNK_ITEMS
     done: list[list[Any]] = []
-    for business, month in bills.open_months(before, transparency.BILLS_PER_CLOSE):
-        if bills.closed(business, month) is not None:
-            done.append([business, month, bills.forget_open(business, month), None])
-            continue
-        notifications = bills.notifications(business, month)
-        salt, entry, items = transparency.closed_bill(business, month, notifications, now)
-        seq = tables.log.append([entry])
-        bills.keep(business, month, salt, seq, items)
-        done.append([business, month, len(items), seq])
-    return done
+    while budget > 0:
+        current = bills.in_progress()
+        if current is None:
+            following = bills.open_months(before, 1)
+            if not following:
+                return [done, False]
+            business, month = following[0]
+            if bills.closed(business, month) is not None:
+                done.append([business, month, bills.forget_open(business, month), None])
+                continue
+            progress = transparency.new_bill()
+            bills.start(business, month, progress)
+        else:
+            business, month, progress = current
+        rows = bills.notifications(business, month, budget + 1)  # one more: any left?
+        taken = rows[:budget]
+        progress, items = transparency.bill_chunk(progress, taken)
+        bills.take(business, month, taken, items, progress)
+        budget -= len(taken)
+        if len(rows) > len(taken):
+            return [done, True]
+        seq = tables.log.append([transparency.bill_entry(business, month, progress, now)])
+        bills.finish(business, month, seq)
+        done.append([business, month, progress.count, seq])
+    return [done, True]
 
 
 def bill_page(tables: Tables, handle: str, month: str, start: int, limit: int) -> list[Any]:

@@ -222,7 +222,7 @@ class SqliteAdminStore:
             return None
 
     def open_bill(self, business: str, month: str) -> int:
-        return len(self._tables.bills.notifications(business, month))
+        return self._tables.bills.count_open(business, month)
 
     def close(self) -> None:
         self._tables.db.conn.close()
