@@ -206,7 +206,7 @@ def test_invites_badges_revocation_and_usage_through_the_cli(
     prices = ["--price", "utility=0.005", "--price", "marketing=0.02"]
     status, out, _ = admin(capsys, "usage", *store.flags, "--format", "csv", *prices)
     assert status == 0
-    assert out.splitlines()[1:] == [f"airline,{MONTH},2,1,1,1,0.010,0.02,0.030"]
+    assert out.splitlines()[1:] == [f"airline,{MONTH},2,1,1,1,0.010,0.02,0.030,open (3 kept)"]
     status, out, _ = admin(
         capsys, "usage", *store.flags, "--business", "airline", "--month", MONTH, "--format", "json"
     )
