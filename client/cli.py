@@ -66,8 +66,9 @@ def register_chat(subparsers: SubParsers) -> None:
         "--operator-key",
         default=os.environ.get("BLINDRELAY_OPERATOR_KEY"),
         metavar="HEX",
-        help="the operator's badge key (blindrelay admin keygen prints it); without it "
-        "no business shows as verified (default: $BLINDRELAY_OPERATOR_KEY)",
+        help="the operator's public badge key, 64 hex digits ('blindrelay admin keygen' "
+        "prints it as 'operator public key'); without it no business shows as verified "
+        "(default: $BLINDRELAY_OPERATOR_KEY)",
     )
     parser.add_argument(
         "--accept-relay-key",
@@ -79,18 +80,25 @@ def register_chat(subparsers: SubParsers) -> None:
 
 
 def _chat(args: argparse.Namespace) -> int:
+    """Everything the person gave is checked before the profile is opened or created, so
+    a mistake leaves no file behind (issue 18)."""
+    import sys
+
     from .chat import Options, read_passphrase, run
+    from .chat.session import PassphraseError
 
     try:
-        operator_key = _hex_option(args.operator_key, "--operator-key must be hex")
+        operator_key = _operator_key(args.operator_key)
         invite = _hex_option(args.invite, "--invite must be the hex token the operator gave you")
         relay_key = _hex_option(
             args.accept_relay_key,
             "--accept-relay-key must be 64 hex digits (a 32-byte key)",
             size=32,
         )
-    except ValueError as exc:
-        print(f"blindrelay chat: {exc}")
+        _check_profile(args.profile, args.handle)
+        passphrase = read_passphrase(args.passphrase_env)
+    except (ValueError, PassphraseError) as exc:
+        print(f"blindrelay chat: {exc}", file=sys.stderr)
         return 2
     return run(
         Options(
@@ -98,12 +106,54 @@ def _chat(args: argparse.Namespace) -> int:
             profile=args.profile,
             handle=args.handle,
             kind="business" if args.business else "user",
-            passphrase=read_passphrase(args.passphrase_env),
+            passphrase=passphrase,
             operator_key=operator_key,
             invite=invite,
             accept_relay_key=relay_key,
         )
     )
+
+
+OPERATOR_SECRET_LABEL = "blindrelay operator secret key"  # noqa: S105 - a label, not a secret
+"""The first words of a key file ``admin keygen`` writes: what ``--operator-key`` refuses."""
+
+
+def _operator_key(value: str | None) -> bytes | None:
+    """The operator's *public* key, 64 hex digits; the secret key file's content, or its
+    path, is refused with what to give instead."""
+    if not value:
+        return None
+    if OPERATOR_SECRET_LABEL in value or Path(value).is_file():
+        raise ValueError(
+            "--operator-key takes the operator's public key (64 hex digits, printed by "
+            "'blindrelay admin keygen' as 'operator public key'), never its key file"
+        )
+    return _hex_option(value, "--operator-key must be the operator's public key, 64 hex "
+                       "digits ('blindrelay admin keygen' prints it)", size=32)  # fmt: skip
+
+
+def _check_profile(profile: Path, handle: str | None) -> None:
+    """ValueError (one line) for a profile that cannot be opened or made as asked."""
+    from blindrelay.protocol.errors import ProtocolError
+    from blindrelay.protocol.frames import check_handle
+
+    if profile.is_dir():
+        raise ValueError(f"--profile {profile} is a folder: give a file name")
+    if not profile.exists():
+        if not profile.parent.is_dir():
+            raise ValueError(f"--profile {profile}: the folder {profile.parent} does not "
+                             "exist; create it or choose another path")  # fmt: skip
+        if handle is None:
+            raise ValueError(f"{profile} is a new profile: give --handle NAME to register "
+                             "it (later runs log in without --handle)")  # fmt: skip
+    if handle is not None:
+        try:
+            check_handle(handle)
+        except ProtocolError as exc:
+            raise ValueError(
+                f"--handle {handle!r} is not a handle ({exc.detail}): 3 to 32 of a-z, 0-9, "
+                "'.', '_', '-', starting and ending with a letter or digit"
+            ) from None
 
 
 def register_audit(subparsers: SubParsers) -> None:

@@ -143,8 +143,15 @@ class Client:
 
     @property
     def handle(self) -> str | None:
+        """Our handle: the registered one, or the one a REGISTER not accepted yet asked for."""
         identity = self.store.get_identity()
         return identity.handle if identity is not None else None
+
+    @property
+    def registered(self) -> bool:
+        """Whether the relay accepted this profile's REGISTER: then :meth:`login`, else
+        :meth:`register` (again, with any handle, after a refusal)."""
+        return self.store.is_registered()
 
     # --- Connection and authentication (SPEC §1, §4) ---------------------------
 

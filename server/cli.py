@@ -1,10 +1,17 @@
-"""The ``blindrelay`` command: a dispatcher over registered subcommands.
+"""The ``blindrelay`` command: a dispatcher over registered subcommands, and the one
+error boundary every command runs inside.
 
 Subcommands are found through the ``blindrelay.commands`` entry-point group,
 so the server and the client each register their own (``serve``, ``chat`` …)
 without either importing the other. An entry point names a callable that takes
 the argparse sub-parsers object and adds one parser whose ``func`` default runs
 the command and returns an exit status.
+
+The boundary (:func:`main`): a usage error — a bad flag, a bad ``BLINDRELAY_*``
+variable, a value out of range — prints one line naming the flag or variable and
+exits 2; an expected failure is the command's own one line and exit 1; anything
+else prints one line saying where the full traceback was written (``--debug``
+shows it instead) and exits 1. No traceback reaches the terminal otherwise.
 """
 
 from __future__ import annotations
@@ -13,13 +20,16 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
+import tempfile
+import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from blindrelay.protocol import PROTOCOL_VERSION, __version__
 
@@ -28,9 +38,24 @@ from .storeoptions import DB_HELP, ENV_PREFIX, STORE_HELP, add_store_arguments, 
 
 COMMAND_GROUP = "blindrelay.commands"
 
+USAGE_ERROR = 2
+FAILURE = 1
+INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """A flag or ``BLINDRELAY_*`` variable the command cannot use: one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line: what is wrong and where help is."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="blindrelay",
         description=(
             "End-to-end encrypted messaging relay for users and businesses. "
@@ -42,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="version",
         version=f"blindrelay {__version__} (protocol v{PROTOCOL_VERSION})",
     )
+    parser.add_argument(
+        "--debug", action="store_true",
+        help="show the full traceback of an unexpected error instead of writing it to a file",
+    )  # fmt: skip
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for ep in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
         ep.load()(subparsers)
@@ -49,14 +78,51 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    func = getattr(args, "func", None)
-    if func is None:
-        parser.print_help()
-        return 2
-    status: int = func(args)
-    return status
+    """Run one command inside the error boundary (module docstring); its exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in arguments
+    try:
+        parser = build_parser()
+        args = parser.parse_args(arguments)
+        func = getattr(args, "func", None)
+        if func is None:
+            parser.print_help()
+            return USAGE_ERROR
+        status: int = func(args)
+        return status
+    except UsageError as exc:
+        print(f"blindrelay: {exc}" if not str(exc).startswith("blindrelay") else exc,
+              file=sys.stderr)  # fmt: skip
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print("blindrelay: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"blindrelay: unexpected error: {one_line(exc)}; {_write_traceback()}",
+              file=sys.stderr)  # fmt: skip
+        return FAILURE
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as a person reads it: its text on one line, else its type."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror + (f": {exc.filename}" if exc.filename else "")
+    return text or type(exc).__name__
+
+
+def _write_traceback() -> str:
+    """Write the exception being handled to a private file; where it went, or how to see
+    it when no file can be written."""
+    try:
+        fd, path = tempfile.mkstemp(prefix="blindrelay-error-", suffix=".txt")
+        with os.fdopen(fd, "w") as out:  # mkstemp: readable by its owner only
+            traceback.print_exc(file=out)
+    except OSError:
+        return "rerun with --debug to see the traceback"
+    return f"the full traceback is in {path} (rerun with --debug to see it here)"
 
 
 # --- serve ----------------------------------------------------------------------
@@ -72,20 +138,54 @@ _HELP = {"store": STORE_HELP, "db_path": DB_HELP, "reuse_port": REUSE_PORT_HELP}
 """Config fields whose help says more than their default."""
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 def _flag(field_name: str) -> str:
     return _FLAG_NAMES.get(field_name, field_name)
 
 
+def _flags_named(message: str) -> str:
+    """A configuration message with each field name as the operator writes it: its flag
+    and its variable (``queue_cap must be positive`` → ``--queue-cap
+    (BLINDRELAY_QUEUE_CAP) must be positive``)."""
+    for field in sorted(fields(RelayConfig), key=lambda f: -len(f.name)):
+        flag = _flag(field.name)
+        message = re.sub(
+            rf"(?<![-\w]){field.name}\b",
+            f"--{flag.replace('_', '-')} ({ENV_PREFIX}{flag.upper()})",
+            message,
+        )
+    return message
+
+
+@dataclass(frozen=True, slots=True)
+class _BadVariable:
+    """A ``BLINDRELAY_*`` variable that is no value of its flag's type: kept as the flag's
+    default and refused when ``serve`` runs, so that it never breaks another command
+    (``blindrelay --version``, ``chat``) while the parser is built."""
+
+    problem: str
+
+
 def _env_default(field_name: str, default: object, convert: Callable[[str], Any]) -> Any:
-    raw = os.environ.get(ENV_PREFIX + _flag(field_name).upper())
-    return default if raw is None else convert(raw)
+    """The ``BLINDRELAY_*`` variable's value for a flag, else ``default``."""
+    name = ENV_PREFIX + _flag(field_name).upper()
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return convert(raw)
+    except ValueError:
+        kind = {int: "a whole number", float: "a number"}.get(convert, "a valid value")
+        return _BadVariable(f"{name}={raw!r} is not {kind}; fix or unset it")
 
 
 def _parse_bool(raw: str) -> bool:
     """A BLINDRELAY_* variable for an on/off flag."""
     value = raw.strip().lower()
     if value not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
-        raise SystemExit(f"blindrelay serve: not an on/off value: {raw!r}")
+        raise ValueError(f"not an on/off value: {raw!r}")
     return value in ("1", "true", "yes", "on")
 
 
@@ -124,10 +224,10 @@ def register_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         )
     parser.add_argument(
         "--log-level",
-        default=os.environ.get(ENV_PREFIX + "LOG_LEVEL", "INFO"),
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        default=os.environ.get(ENV_PREFIX + "LOG_LEVEL", "INFO").upper(),
+        choices=LOG_LEVELS,
         type=str.upper,
-        help="(default: INFO)",
+        help=f"how much the JSON log on stderr says; env {ENV_PREFIX}LOG_LEVEL (default: INFO)",
     )
     parser.set_defaults(func=_serve)
 
@@ -136,12 +236,19 @@ def _serve(args: argparse.Namespace) -> int:
     from .logs import configure_logging
     from .store import StoreStartError, UnsupportedStore, check_store_url
 
+    for value in vars(args).values():
+        if isinstance(value, _BadVariable):
+            raise UsageError(f"blindrelay serve: {value.problem}")
+    if args.log_level not in LOG_LEVELS:
+        raise UsageError(
+            f"blindrelay serve: log level {args.log_level!r} (--log-level or "
+            f"{ENV_PREFIX}LOG_LEVEL) must be one of {', '.join(LOG_LEVELS)}"
+        )
     try:
         config = RelayConfig(**{f.name: getattr(args, f.name) for f in fields(RelayConfig)})
         check_store_url(config.store_url)
     except (ValueError, UnsupportedStore) as exc:
-        print(f"blindrelay serve: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"blindrelay serve: {_flags_named(str(exc))}") from None
     configure_logging(args.log_level)
     try:
         return asyncio.run(_run_until_signalled(config))

@@ -15,6 +15,7 @@ import contextlib
 import getpass
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -22,6 +23,7 @@ from typing import IO
 from blindrelay.protocol.errors import (
     BlindrelayError,
     HandleTaken,
+    MalformedFrame,
     RateLimited,
     RegistrationRefused,
 )
@@ -96,17 +98,24 @@ async def session(options: Options, out: IO[str]) -> int:
 async def _sign_in(chat: Chat, options: Options) -> int | None:
     """Register a new profile's handle or log in; the exit status if that was refused."""
     client = chat.client
-    if client.handle is not None:
+    if client.registered:
+        if options.handle is not None and options.handle != client.handle:
+            chat.say(f"blindrelay chat: {options.profile} is the profile of {client.handle}; "
+                     "leave out --handle, or give another --profile for a new account")  # fmt: skip
+            return 2
         await client.login()
         chat.say(f"logged in as {client.handle} on {options.relay}")
         return None
     if options.handle is None:
-        chat.say("a new profile needs --handle to register")
+        chat.say(f"blindrelay chat: {options.profile} is not registered yet: give --handle "
+                 "NAME to register it")  # fmt: skip
         return 2
     try:
         await client.register(options.handle, options.kind, invite=options.invite)  # type: ignore[arg-type]
-    except (HandleTaken, RateLimited, RegistrationRefused) as exc:
+    except (HandleTaken, RateLimited, RegistrationRefused, MalformedFrame) as exc:
         why = _registration_refused(exc, invited=options.invite is not None)
+        if isinstance(exc, HandleTaken | MalformedFrame):  # the profile is still unregistered
+            why += "; run again with another --handle (the profile is kept for it)"
         chat.say(f"blindrelay chat: the relay refused to register {options.handle}: {why}")
         return 1
     chat.say(f"registered {options.handle} on {options.relay}")
@@ -115,6 +124,8 @@ async def _sign_in(chat: Chat, options: Options) -> int | None:
 
 def _registration_refused(exc: BlindrelayError, *, invited: bool) -> str:
     """What the person can do about a refused REGISTER (SPEC §3.2, §4.6)."""
+    if isinstance(exc, MalformedFrame):
+        return f"not a valid handle ({exc.detail})"
     if isinstance(exc, HandleTaken):
         return "the handle is taken or looks like a business's; choose another"
     if isinstance(exc, RateLimited):
@@ -127,30 +138,63 @@ def _registration_refused(exc: BlindrelayError, *, invited: bool) -> str:
 
 async def _read_commands(chat: Chat) -> None:
     """Run each line typed until /quit or the end of input."""
-    lines = await _stdin_lines()
+    lines = _stdin_lines()
     while True:
-        raw = await lines.readline()
-        if not raw:
+        raw = await lines.get()
+        if raw is None:
             return
-        if not await chat.command(raw.decode(errors="replace")):
+        if not await chat.command(raw):
             return
 
 
-async def _stdin_lines() -> asyncio.StreamReader:
-    """stdin as a stream, so reading a line never blocks incoming messages."""
+def _stdin_lines() -> asyncio.Queue[str | None]:
+    """Lines of stdin as they are typed, None at its end: read by a daemon thread, so a
+    line never blocks incoming messages, and stdin may be anything — a terminal, a pipe,
+    a file or /dev/null (which the event loop's selector refuses to watch)."""
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    return reader
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def read() -> None:
+        with contextlib.suppress(AttributeError, ValueError):  # not a TextIOWrapper
+            sys.stdin.reconfigure(errors="replace")  # type: ignore[union-attr]
+        try:
+            for line in sys.stdin:
+                loop.call_soon_threadsafe(queue.put_nowait, line)
+        except (OSError, ValueError, RuntimeError):  # stdin closed, or the loop is gone
+            pass
+        with contextlib.suppress(RuntimeError):  # the loop closed first
+            loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    threading.Thread(target=read, name="chat-stdin", daemon=True).start()
+    return queue
+
+
+class PassphraseError(Exception):
+    """No usable passphrase: one line for the person, exit status 2."""
 
 
 def read_passphrase(env: str | None) -> str:
+    """The profile's passphrase from ``$env``, else asked on the terminal."""
     if env is not None:
         value = os.environ.get(env)
         if value is None:
-            raise SystemExit(f"blindrelay chat: ${env} is not set")
-        return value
-    return getpass.getpass("profile passphrase: ")
+            raise PassphraseError(f"${env} is not set: export it, or leave out --passphrase-env")
+    elif not sys.stdin.isatty():
+        raise PassphraseError(
+            "standard input is not a terminal, so the passphrase cannot be asked: give "
+            "--passphrase-env VAR"
+        )
+    else:
+        try:
+            value = getpass.getpass("profile passphrase: ")
+        except EOFError:
+            raise PassphraseError(
+                "no passphrase: standard input is closed; run it on a terminal or give "
+                "--passphrase-env VAR"
+            ) from None
+    if not value:
+        raise PassphraseError("the passphrase is empty: a profile is sealed with a passphrase")
+    return value
 
 
 def run(options: Options) -> int:

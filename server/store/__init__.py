@@ -276,7 +276,9 @@ def open_store(url: str, config: RelayConfig) -> Store:
 
         return PostgresStore(url, config.pool_size)
     from .sqlite.store import SqliteStore  # only the chosen back end is imported
+    from .sqlite.tables import check_relay_file
 
+    check_relay_file(location.path, new=True)
     return SqliteStore(location.path, config.synchronous, config.gc_threshold)
 
 
@@ -289,7 +291,9 @@ def open_admin_store(url: str) -> AdminStore:
 
         return PostgresAdminStore.open(url)
     from .sqlite.store import SqliteAdminStore
+    from .sqlite.tables import check_relay_file
 
+    check_relay_file(location.path)
     return SqliteAdminStore.open(location.path)
 
 
@@ -302,7 +306,7 @@ def inspect_store(url: str, limit: int) -> Iterator[str]:
 
         return inspect_postgresql(url, limit)
     from .sqlite.inspection import inspect_database
+    from .sqlite.tables import check_relay_file
 
-    if not location.path.exists():
-        raise StoreError(f"no database at {location.path}")
+    check_relay_file(location.path)
     return inspect_database(location.path, limit)

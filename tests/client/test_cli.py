@@ -13,7 +13,8 @@ import pytest
 from blindrelay.server.cli import main
 
 BAD_HEX_OPTIONS = [
-    (["--operator-key", "zz"], "blindrelay chat: --operator-key must be hex"),
+    (["--operator-key", "zz"], "blindrelay chat: --operator-key must be the operator's public key, 64 hex digits ('blindrelay admin keygen' prints it)"),
+    (["--operator-key", "blindrelay operator secret key " + "ab" * 32], "blindrelay chat: --operator-key takes the operator's public key (64 hex digits, printed by 'blindrelay admin keygen' as 'operator public key'), never its key file"),
     (["--invite", "not hex"], "blindrelay chat: --invite must be the hex token the operator gave you"),
     (["--accept-relay-key", "ab" * 31], "blindrelay chat: --accept-relay-key must be 64 hex digits (a 32-byte key)"),
     (["--accept-relay-key", "x" * 64], "blindrelay chat: --accept-relay-key must be 64 hex digits (a 32-byte key)"),
@@ -27,7 +28,7 @@ def test_a_chat_option_that_is_not_the_hex_it_names_is_one_line_and_exit_2(
     profile = tmp_path / "me.db"
     status = main(["chat", "--relay", "ws://127.0.0.1:9", "--profile", str(profile), *option])
     assert status == 2
-    assert capsys.readouterr().out == message + "\n"
+    assert capsys.readouterr().err == message + "\n"
     assert not profile.exists()
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import secrets
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -100,7 +103,7 @@ async def test_a_taken_handle_can_be_followed_at_once_by_another(tmp_path: Path)
          r"it needs an invite from its operator \(--invite HEX\)"),
         ({"register_burst": 2, "register_rate_per_h": 1.0}, "alice",
          r"too many registrations from this address; try again in \d+ min"),
-        ({}, "air1ine", r"the handle is taken or looks like a business's; choose another"),
+        ({}, "air1ine", r"the handle is taken or looks like a business's; choose another; run again with another --handle \(the profile is kept for it\)"),
     ],
 )  # fmt: skip
 def test_chat_says_in_one_line_what_a_refused_registration_needs(
@@ -136,3 +139,43 @@ def test_chat_says_in_one_line_what_a_refused_registration_needs(
     assert codes == [1]
     expected = f"blindrelay chat: the relay refused to register {handle}: {line}\n"
     assert re.fullmatch(expected, out), out
+
+
+def test_a_refused_registration_strands_nothing_the_profile_registers_another_handle(
+    tmp_path: Path,
+) -> None:
+    """Issue 18: a REGISTER the relay refused leaves the profile unregistered and usable:
+    the next run registers another handle, the one after logs in. Run as a person would,
+    with standard input closed at once (``chat < /dev/null``): no traceback, no hang."""
+    profile = tmp_path / "me.db"
+    env = {**os.environ, "CHAT_PASSPHRASE": "correct horse"}
+
+    def chat(url: str, *handle: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "blindrelay.server.cli", "chat", "--relay", url,
+             "--profile", str(profile), "--passphrase-env", "CHAT_PASSPHRASE", *handle],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, env=env,
+            check=False,
+        )  # fmt: skip
+
+    runs: list[subprocess.CompletedProcess[str]] = []
+
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            client = make_client()
+            await within(client.connect(relay.url))
+            await within(client.register("airline", "business"))
+            await client.close()
+            for handle in (["--handle", "air1ine"], ["--handle", "alice"], [],
+                           ["--handle", "bob"]):  # fmt: skip
+                runs.append(await asyncio.to_thread(chat, relay.url, *handle))
+
+    run(scenario())
+    refused, registered, logged_in, other = runs
+    for done in runs:
+        assert "Traceback" not in done.stdout + done.stderr, done
+    assert refused.returncode == 1 and "run again with another --handle" in refused.stdout
+    assert profile.exists()
+    assert registered.returncode == 0 and "registered alice" in registered.stdout
+    assert logged_in.returncode == 0 and "logged in as alice" in logged_in.stdout
+    assert other.returncode == 2 and "is the profile of alice" in other.stdout

@@ -87,7 +87,7 @@ from blindrelay.protocol.frames import AccountKind, OneTimePreKeyRecord, SignedP
 from blindrelay.protocol.skeleton import leading_skeletons, skeleton
 
 from ...logs import log_event
-from .. import transparency
+from .. import StoreStartError, transparency
 from ..records import Account, QueuedEnvelope
 from ..rules import QueueShares, bucket_full_at, bucket_tokens
 from .bills import SCHEMA as BILL_SCHEMA
@@ -271,6 +271,38 @@ CHECKPOINT_BUSY_TIMEOUT_MS = 200
 """How long a checkpoint waits for readers of an older snapshot (an operator's
 ``inspect``) before it gives up until the next one; the writer, and so every
 SEND, waits meanwhile."""
+
+
+def check_relay_file(path: Path, *, new: bool = False) -> None:
+    """Refuse, in one line (:class:`StoreStartError`), a file that is not a relay
+    database before anything writes to it: a chat profile, another program's SQLite
+    file, or no SQLite file at all would otherwise be given the relay's tables.
+    ``new``: a missing file is made (``serve``) if its folder exists; otherwise a
+    missing file is refused (the operator's commands and ``inspect`` read a relay's)."""
+    if not path.exists():
+        if not new:
+            raise StoreStartError(f"no relay database at {path}: give the --db of a relay")
+        if not path.parent.is_dir():
+            raise StoreStartError(
+                f"cannot create {path}: the folder {path.parent} does not exist; create it "
+                "or give --db a path in an existing folder"
+            )
+        return
+    if path.is_dir():
+        raise StoreStartError(f"{path} is a folder: give --db a database file")
+    try:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise StoreStartError(f"{path} is not a relay database ({exc})") from None
+    if names and "relay_identity" not in names:
+        raise StoreStartError(
+            f"{path} is not a relay database (its tables are another program's, a chat "
+            "profile's perhaps); give the --db of a relay"
+        )
 
 
 def connect(path: Path, synchronous: str = "FULL") -> sqlite_utils.Database:
