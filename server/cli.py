@@ -177,7 +177,9 @@ def _env_default(field_name: str, default: object, convert: Callable[[str], Any]
     try:
         return convert(raw)
     except ValueError:
-        kind = {int: "a whole number", float: "a number"}.get(convert, "a valid value")
+        kind = "a whole number" if convert is int else "a number" if convert is float else (
+            "a valid value"
+        )
         return _BadVariable(f"{name}={raw!r} is not {kind}; fix or unset it")
 
 
