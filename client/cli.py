@@ -115,7 +115,8 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 OPERATOR_SECRET_LABEL = "blindrelay operator secret key"  # noqa: S105 - a label, not a secret
-"""The first words of a key file ``admin keygen`` writes: what ``--operator-key`` refuses."""
+"""The first words of a key file ``admin keygen`` writes (``server.admin``, which the
+client does not import): what ``--operator-key`` refuses."""
 
 
 def _operator_key(value: str | None) -> bytes | None:

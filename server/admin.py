@@ -1,9 +1,9 @@
 """``blindrelay admin``: the operator's commands — badges, billing, invites (SPEC §8, §4.6.4).
 
-- ``keygen --out PATH``: a new operator Ed25519 key, written as the hex seed to a
-  file only its owner can read (mode 0600), never over an existing file; prints
-  the public key that clients pin.
-- ``verify-business HANDLE --name NAME --operator-key PATH [--days N]``: issues a
+- ``keygen --out PATH``: a new operator Ed25519 key, written as the labelled hex seed
+  to a file only its owner can read (mode 0600), never over an existing file; prints,
+  labelled, the public key that clients pin and where the secret went.
+- ``verify-business HANDLE --name NAME --operator-key-file PATH [--days N]``: issues a
   badge for the business's *current* identity key with a fresh serial and
   stores it; the relay serves it with PROFILE from then on.
 - ``revoke-badge HANDLE``: withdraws the handle's badges; a running relay
@@ -30,6 +30,7 @@ import csv
 import io
 import json
 import os
+import re
 import secrets
 import sys
 import time
@@ -84,7 +85,11 @@ def register_admin(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     verify.add_argument(
         "--name", required=True, help="the name clients show as verified (SPEC §8.1)"
     )
-    verify.add_argument("--operator-key", type=Path, required=True, help="from admin keygen")
+    verify.add_argument(
+        "--operator-key-file", type=Path, required=True, metavar="PATH",
+        help="the operator's secret key file, made by 'blindrelay admin keygen' (clients get "
+        "the public key it printed, never this file)",
+    )  # fmt: skip
     verify.add_argument(
         "--days",
         type=int,
@@ -156,33 +161,50 @@ def _open_store(args: argparse.Namespace) -> AdminStore:
 # --- keys and badges ----------------------------------------------------------
 
 
+OPERATOR_SECRET_LABEL = "blindrelay operator secret key"  # noqa: S105 - a label, not a secret
+"""How a key file begins: a seed cannot be mistaken for the public key (both are 64 hex
+digits), and ``chat --operator-key`` refuses the file's content by it."""
+
+
 def _keygen(args: argparse.Namespace) -> int:
     key = SigningKey.generate()
     try:
         fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise AdminError(f"{args.out} exists; not overwriting a key") from None
+    except OSError as exc:
+        raise AdminError(f"cannot create the key file {args.out}: {exc.strerror}") from None
     with os.fdopen(fd, "w") as out:
-        out.write(bytes(key).hex() + "\n")
-    print(bytes(key.verify_key).hex())
+        out.write(f"{OPERATOR_SECRET_LABEL} {bytes(key).hex()}\n")
+    print(f"operator public key: {bytes(key.verify_key).hex()}")
+    print(f"operator key file: {args.out} (secret, mode 0600: keep it off the relay; "
+          "verify-business --operator-key-file reads it)")  # fmt: skip
     return 0
+
+
+def public_key_of(keygen_output: str) -> bytes:
+    """The public key ``admin keygen`` printed (for scripts and tests)."""
+    found = re.search(r"operator public key: ([0-9a-f]{64})", keygen_output)
+    if found is None:
+        raise ValueError("no 'operator public key' line")
+    return bytes.fromhex(found.group(1))
 
 
 def load_operator_key(path: Path) -> SigningKey:
     try:
-        text = path.read_text().strip()
+        text = path.read_text().strip().removeprefix(OPERATOR_SECRET_LABEL).strip()
         seed = bytes.fromhex(text)
     except (OSError, ValueError) as exc:
         raise AdminError(f"cannot read operator key {path}: {exc}") from None
     if len(seed) != 32:
-        raise AdminError(f"{path}: not an operator key (expected 32 bytes of hex)")
+        raise AdminError(f"{path}: not an operator key file (from 'blindrelay admin keygen')")
     if path.stat().st_mode & 0o077:
         raise AdminError(f"{path}: readable by others; chmod 600 it")
     return SigningKey(seed)
 
 
 def _verify_business(args: argparse.Namespace) -> int:
-    operator = load_operator_key(args.operator_key)
+    operator = load_operator_key(args.operator_key_file)
     validity_ms = args.days * DAY_MS
     if not 0 < validity_ms <= limits.MAX_BADGE_VALIDITY_MS:
         raise AdminError(f"--days must be 1…{limits.MAX_BADGE_VALIDITY_MS // DAY_MS}")

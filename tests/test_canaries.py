@@ -60,6 +60,7 @@ from blindrelay.client.sdk import Client, Message, ReceiptEvent
 from blindrelay.client.transport import tapped
 from blindrelay.protocol.content import Content, Receipt, ReceiptType, encode_content
 from blindrelay.protocol.crypto.session import Session
+from blindrelay.server.admin import public_key_of
 from blindrelay.server.cli import main as relay_cli
 from blindrelay.server.routing import CHANNEL as HINT_CHANNEL
 from blindrelay.server.routing import HintKind
@@ -241,7 +242,7 @@ async def play(
                                          hours=[]))  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()):
         assert relay_cli(["admin", "verify-business", "airline", "--name", "Canary Air",
-                          "--operator-key", str(operator_key_path),
+                          "--operator-key-file", str(operator_key_path),
                           *store_args]) == 0  # fmt: skip
     user = await online("alice")
     friend = await online("bob")
@@ -323,7 +324,7 @@ def keygen(directory: Path) -> tuple[bytes, Path]:
     path = directory / "operator.key"
     with contextlib.redirect_stdout(io.StringIO()) as out:
         assert relay_cli(["admin", "keygen", "--out", str(path)]) == 0
-    return bytes.fromhex(out.getvalue().strip()), path
+    return public_key_of(out.getvalue()), path
 
 
 def run_story(

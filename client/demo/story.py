@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -160,7 +161,7 @@ async def setting(cast: Cast) -> None:
     )  # fmt: skip
     badge = await run_command(
         "admin", "verify-business", BUSINESS, "--name", BUSINESS_NAME,
-        "--operator-key", str(cast.workdir / "operator.key"), "--db", str(db),
+        "--operator-key-file", str(cast.workdir / "operator.key"), "--db", str(db),
     )  # fmt: skip
     await cast.user.connect(cast.relay.url)
     await within(cast.user.register(USER), "the user to register")
@@ -283,7 +284,7 @@ async def play(screen: Screen, workdir: Path) -> None:
         " — an airline and its customer over an end-to-end encrypted relay"))  # fmt: skip
     async with RelayProcess.running(workdir / "relay.db") as relay:
         made = await run_command("admin", "keygen", "--out", str(workdir / "operator.key"))
-        operator_key = bytes.fromhex(made.strip())
+        operator_key = _public_key(made)
         async with Cast.assembled(screen, wire, relay, workdir, operator_key) as cast:
             for title, scene in SCENES:
                 await screen.scene(title)
@@ -323,3 +324,11 @@ def run(step: bool = False, out: IO[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
             return 1
     return 0
+
+
+def _public_key(keygen_output: str) -> bytes:
+    """The operator public key ``blindrelay admin keygen`` printed, labelled."""
+    found = re.search(r"operator public key: ([0-9a-f]{64})", keygen_output)
+    if found is None:
+        raise RuntimeError(f"admin keygen printed no public key: {keygen_output!r}")
+    return bytes.fromhex(found.group(1))

@@ -27,6 +27,7 @@ from blindrelay.client.business import Business
 from blindrelay.client.sdk import Client, Message
 from blindrelay.protocol.errors import RecipientUnavailable
 from blindrelay.protocol.signed import ConsentStatement
+from blindrelay.server.admin import public_key_of
 from blindrelay.server.cli import main as relay_cli
 
 from .harness import replace_relay_key
@@ -198,7 +199,7 @@ def customer(relay_url: str, tmp_path: Path, handle: str) -> tuple[Terminal, Pat
     key_file = tmp_path / "operator.key"
     with contextlib.redirect_stdout(io.StringIO()) as out:
         assert relay_cli(["admin", "keygen", "--out", str(key_file)]) == 0
-    operator_key = out.getvalue().strip()
+    operator_key = public_key_of(out.getvalue()).hex()
     env = {**os.environ, PASSPHRASE_ENV: f"{handle}'s passphrase",
            "BLINDRELAY_OPERATOR_KEY": operator_key}  # fmt: skip
     terminal = Terminal(
@@ -221,7 +222,7 @@ async def verified_airline(
     await airline.publish_profile(display_name="Example Air", timezone="UTC", hours=[])
     with contextlib.redirect_stdout(io.StringIO()):
         assert relay_cli(["admin", "verify-business", "airline", "--name", "Example Air",
-                          "--operator-key", str(key_file),
+                          "--operator-key-file", str(key_file),
                           "--db", str(tmp_path / "relay.db")]) == 0  # fmt: skip
     return airline
 
@@ -451,7 +452,7 @@ def test_a_profile_name_other_than_the_badge_s_is_never_shown_as_verified(
         await bakery.publish_profile(display_name="British Airways", timezone="UTC", hours=[])
         with contextlib.redirect_stdout(io.StringIO()):
             assert relay_cli(["admin", "verify-business", "bakery", "--name", "Bob's Bakery",
-                              "--operator-key", str(key_file),
+                              "--operator-key-file", str(key_file),
                               "--db", str(tmp_path / "relay.db")]) == 0  # fmt: skip
         await expect("registered gus")
         try:

@@ -8,6 +8,8 @@ whose operator issues real badges (``blindrelay admin verify-business``).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sqlite3
 from pathlib import Path
@@ -23,6 +25,7 @@ from blindrelay.protocol.business import BadgeStatus, BusinessProfile, issue_bad
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import InvalidProfile
 from blindrelay.protocol.transparency.evidence import badge_entry
+from blindrelay.server.admin import public_key_of
 from blindrelay.server.cli import main as relay_cli
 
 from ..relays import T0, FakeClock, relay_at
@@ -189,9 +192,9 @@ def test_names_are_the_same_as_a_person_reads_them() -> None:
 
 def operator_key(tmp_path: Path, name: str) -> tuple[Path, bytes]:
     path = tmp_path / f"{name}.key"
-    assert relay_cli(["admin", "keygen", "--out", str(path)]) == 0
-    seed = bytes.fromhex(path.read_text().strip())
-    return path, IdentityKeyPair.from_seed(seed).public
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert relay_cli(["admin", "keygen", "--out", str(path)]) == 0
+    return path, public_key_of(out.getvalue())
 
 
 @pytest.mark.parametrize("case", ["valid", "forged", "expired", "absent"])
@@ -211,7 +214,7 @@ def test_business_info_checks_the_badge_with_the_pinned_operator_key(
             issuer = {"valid": pinned_path, "expired": pinned_path, "forged": other_path}
             if case in issuer:
                 argv = ["admin", "verify-business", "airline", "--name", "Example Air"]
-                argv += ["--operator-key", str(issuer[case]), "--db", str(relay.config.db_path)]
+                argv += ["--operator-key-file", str(issuer[case]), "--db", str(relay.config.db_path)]
                 assert relay_cli(argv) == 0
             clock = FakeClock(airline.client.clock())
             if case == "expired":
@@ -274,7 +277,7 @@ def test_a_badge_for_one_name_never_shows_the_profile_s_other_name_as_verified(
                 bakery.publish_profile(display_name="British Airways", timezone="UTC", hours=[])
             )
             argv = ["admin", "verify-business", "bakery", "--name", "Bob's Bakery"]
-            argv += ["--operator-key", str(key_path), "--db", str(relay.config.db_path)]
+            argv += ["--operator-key-file", str(key_path), "--db", str(relay.config.db_path)]
             assert relay_cli(argv) == 0
             clock = FakeClock(bakery.client.clock())
             alice = Client(MemoryKeyStore(), backoff=FAST, operator_key=pinned, clock=clock)

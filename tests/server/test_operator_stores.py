@@ -30,6 +30,7 @@ from blindrelay.protocol.business import BusinessProfile, OpeningHours, check_ba
 from blindrelay.protocol.frames import Ok, ProfilePut, Sent
 from blindrelay.protocol.transparency.bills import month_of
 from blindrelay.server import cli
+from blindrelay.server.admin import public_key_of
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.registration import invite_digest
 from blindrelay.server.relay import serve
@@ -179,8 +180,8 @@ def test_invites_badges_revocation_and_usage_through_the_cli(
 
     key_file = tmp_path / "operator.key"
     status, out, _ = admin(capsys, "keygen", "--out", str(key_file))
-    operator_public = bytes.fromhex(out.strip())
-    verify = ["verify-business", *store.flags, "--operator-key", str(key_file)]
+    operator_public = public_key_of(out)
+    verify = ["verify-business", *store.flags, "--operator-key-file", str(key_file)]
     status, _, err = admin(capsys, *verify, "bob", "--name", "Bob")
     assert status == 1 and err == "blindrelay admin: bob: no such business account\n"
     status, out, _ = admin(capsys, *verify, "airline", "--name", "Air Example", "--days", "30")
