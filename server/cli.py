@@ -321,4 +321,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # The commands' entry points import this module by its name: run that copy, so the
+    # error boundary and the commands share one UsageError (not __main__'s twin).
+    from blindrelay.server.cli import main as installed_main
+
+    sys.exit(installed_main())

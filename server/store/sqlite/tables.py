@@ -291,7 +291,9 @@ def check_relay_file(path: Path, *, new: bool = False) -> None:
     if path.is_dir():
         raise StoreStartError(f"{path} is a folder: give --db a database file")
     try:
-        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+        # immutable: read the schema without making -wal/-shm files beside a file that
+        # may not be ours (a chat profile in WAL mode would get them from a plain read).
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro&immutable=1", uri=True)
         try:
             names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         finally:
