@@ -4,19 +4,25 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+RUNTIME := $(VENV)/.runtime
 
 .PHONY: demo serve test lint bench clean
 
-$(STAMP): pyproject.toml
+# The demo and the relay need the package alone; the tests add their tools.
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(BIN)/blindrelay demo
 
-serve: $(STAMP)
+serve: $(RUNTIME)
 	$(BIN)/blindrelay serve
 
 test: $(STAMP)

@@ -76,11 +76,21 @@ def register_admin(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
 
     parser.set_defaults(func=show_help)
 
-    keygen = commands.add_parser("keygen", help="make an operator key pair (SPEC §8.1)")
+    keygen = commands.add_parser(
+        "keygen", help="make an operator key pair (SPEC §8.1)",
+        description="Make the operator's badge key: the secret goes to --out (mode 0600, "
+        "never overwritten; keep it off the relay), the public key is printed for clients "
+        "to pin (chat --operator-key, Client(operator_key=…)).",
+    )  # fmt: skip
     keygen.add_argument("--out", type=Path, required=True, help="key file to create (0600)")
     keygen.set_defaults(func=_guarded(_keygen))
 
-    verify = commands.add_parser("verify-business", help="issue a badge for a business")
+    verify = commands.add_parser(
+        "verify-business", help="issue a badge for a business",
+        description="Sign a badge binding the business's handle and current identity key to "
+        "--name, valid --days, and store it with its log entry (SPEC §8.1, §15.1): clients "
+        "that pin the operator key show the business under that name.",
+    )  # fmt: skip
     verify.add_argument("handle")
     verify.add_argument(
         "--name", required=True, help="the name clients show as verified (SPEC §8.1)"
@@ -99,12 +109,21 @@ def register_admin(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     _db_argument(verify)
     verify.set_defaults(func=_guarded(_verify_business))
 
-    revoke = commands.add_parser("revoke-badge", help="withdraw a business's badges")
+    revoke = commands.add_parser(
+        "revoke-badge", help="withdraw a business's badges",
+        description="Withdraw every badge of the business in force, logged (SPEC §15.1); a "
+        "running relay stops serving them at its next PROFILE_FETCH.",
+    )  # fmt: skip
     revoke.add_argument("handle")
     _db_argument(revoke)
     revoke.set_defaults(func=_guarded(_revoke_badge))
 
-    usage = commands.add_parser("usage", help="metered counts and amounts (SPEC §8.4)")
+    usage = commands.add_parser(
+        "usage", help="metered counts, amounts and bills (SPEC §8.4, §8.5)",
+        description="Per business and UTC month: billable notifications per category, free "
+        "service replies and user-initiated chats, amounts from --price, and the month's "
+        "bill checked against the transparency log (open, logged and ok, or what is wrong).",
+    )  # fmt: skip
     _db_argument(usage)
     usage.add_argument("--business", help="one business handle")
     usage.add_argument("--month", help="YYYY-MM (UTC)")

@@ -17,13 +17,17 @@ shows it instead) and exits 1. No traceback reaches the terminal otherwise.
 from __future__ import annotations
 
 import argparse
+import ast
 import asyncio
+import inspect
+import itertools
 import logging
 import os
 import re
 import signal
 import sys
 import tempfile
+import textwrap
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -135,7 +139,54 @@ REUSE_PORT_HELP = (
     "one port (each of them with --reuse-port; docs/operations.md, Two workers)"
 )
 _HELP = {"store": STORE_HELP, "db_path": DB_HELP, "reuse_port": REUSE_PORT_HELP}
-"""Config fields whose help says more than their default."""
+"""Config fields whose help is written out here rather than taken from RelayConfig."""
+
+_UNITS = (
+    ("_per_h", "per hour"), ("_per_min", "per minute"), ("send_rate_", "per second"),
+    ("burst", "at once, then the rate"),
+)  # fmt: skip
+"""Units by a part of the field's name; suffixes are in :data:`_SUFFIX_UNITS`."""
+_SUFFIX_UNITS = (("_ms", "milliseconds"), ("_s", "seconds"), ("_bytes", "bytes"))
+
+
+def _field_docs() -> dict[str, str]:
+    """RelayConfig's attribute docstrings (the string after each field), first sentence:
+    the help of a flag is the documentation of its field, written once."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(RelayConfig)))
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for field, after in itertools.pairwise(body):
+        if (
+            isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name)
+            and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):  # fmt: skip
+            text = " ".join(after.value.value.split())
+            docs[field.target.id] = text.split(". ")[0].rstrip(".")
+    return docs
+
+
+def _flag_help(name: str, default: object, docs: dict[str, str]) -> str:
+    """What the flag is, its unit and range, its variable and default."""
+    if name in _HELP:
+        return _HELP[name]
+    unit = next((u for part, u in _UNITS if part in name), "") or next(
+        (u for suffix, u in _SUFFIX_UNITS if name.endswith(suffix)), ""
+    )
+    what = (docs.get(name) or name.replace("_", " ")).replace("``", "")
+    if name == "port":
+        limits_text = "0-65535, 0 picks a free port"
+    elif name == "pow_bits":
+        limits_text = "0 (off) or more"
+    elif isinstance(default, bool):
+        limits_text = "on/off"
+    elif isinstance(default, int | float) and name != "synchronous":
+        limits_text = "> 0"
+    else:
+        limits_text = ""
+    details = "; ".join(part for part in (unit, limits_text) if part)
+    variable = ENV_PREFIX + _flag(name).upper()
+    return f"{what} ({details + '; ' if details else ''}env {variable}; default: {default})"
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -205,6 +256,7 @@ def register_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         ),
     )
     defaults = RelayConfig()
+    docs = _field_docs()
     for field in fields(RelayConfig):
         default = getattr(defaults, field.name)
         convert: Callable[[str], Any] = {
@@ -221,7 +273,7 @@ def register_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
             "--" + _flag(field.name).replace("_", "-"),
             dest=field.name,
             default=_env_default(field.name, default, convert),
-            help=_HELP.get(field.name, f"(default: {default})"),
+            help=_flag_help(field.name, default, docs),
             **kwargs,
         )
     parser.add_argument(

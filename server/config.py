@@ -54,7 +54,9 @@ class RelayConfig:
     """Everything ``serve`` needs; immutable once the relay runs."""
 
     host: str = DEFAULT_HOST
+    """The address the relay listens on (loopback by default; 0.0.0.0 for every interface)."""
     port: int = DEFAULT_PORT
+    """The TCP port the relay listens on."""
     reuse_port: bool = False
     """Listen with ``SO_REUSEPORT``, so several relay processes (workers sharing one
     PostgreSQL store) can listen on one port and the kernel spreads connections
@@ -65,6 +67,8 @@ class RelayConfig:
     """Where the relay keeps its data, as a URL (:func:`.store.open_store`); empty: the
     SQLite file ``db_path``."""
     synchronous: str = "FULL"
+    """SQLite's durability: FULL fsyncs every commit (SPEC §6.3), NORMAL only at
+    checkpoints (:data:`SYNCHRONOUS_MODES`)."""
     pool_size: int = 4
     """Connections a relay worker opens to a PostgreSQL store (``--store postgresql://…``;
     unused by SQLite). Its operations run as one ordered stream of group-committed
@@ -76,35 +80,66 @@ class RelayConfig:
     any free port, advertised in the store); ``off``: envelopes ride their NOTIFY hints.
     Workers on several hosts need an address the others reach, on a private network."""
     queue_cap: int = limits.QUEUE_CAP_PER_RECIPIENT
+    """Envelopes queued for one recipient at most (SPEC §6.3); more are refused with
+    QUEUE_FULL."""
     queue_ttl_ms: int = limits.QUEUE_TTL_MS
+    """How long an undelivered envelope is kept before it is purged (SPEC §6.6)."""
     delivery_window: int = limits.DELIVERY_WINDOW
+    """Deliveries in flight to one connection before the relay waits for ACKs (SPEC §6.4)."""
     send_rate_user: float = limits.SEND_RATE_PER_S_USER
+    """SENDs a user may make (SPEC §10)."""
     send_burst_user: int = limits.SEND_BURST_USER
+    """SENDs a user may make at once (SPEC §10)."""
     send_rate_business: float = limits.SEND_RATE_PER_S_BUSINESS
+    """SENDs a business may make (SPEC §10)."""
     send_burst_business: int = limits.SEND_BURST_BUSINESS
+    """SENDs a business may make at once (SPEC §10)."""
     send_rate_pair: float = limits.SEND_RATE_PER_S_PAIR
+    """SENDs from one account to one recipient (SPEC §10)."""
     send_burst_pair: int = limits.SEND_BURST_PAIR
+    """SENDs from one account to one recipient at once (SPEC §10)."""
     one_time_prekey_rate_per_h: float = limits.ONE_TIME_PREKEY_RATE_PER_H
+    """One-time prekeys a fetcher may take from one owner (SPEC §5.3)."""
     one_time_prekey_burst: int = limits.ONE_TIME_PREKEY_BURST
+    """One-time prekeys a fetcher may take from one owner at once (SPEC §5.3)."""
     queue_share_per_sender: int = limits.QUEUE_SHARE_PER_SENDER
+    """Of a recipient's queue, what one sender may fill (SPEC §6.3)."""
     queue_share_strangers: int = limits.QUEUE_SHARE_STRANGERS
+    """Of a recipient's queue, what senders it never wrote to may fill together (SPEC §6.3)."""
     message_request_max: int = limits.MESSAGE_REQUEST_MAX
+    """Message requests a stranger may send before the recipient answers (SPEC §7.3)."""
     first_contacts_per_h: float = limits.FIRST_CONTACTS_PER_H
+    """New conversations a user may open with strangers (SPEC §7.3)."""
     first_contacts_burst: int = limits.FIRST_CONTACTS_BURST
+    """New conversations a user may open with strangers at once (SPEC §7.3)."""
     bundle_rate_per_min: float = limits.BUNDLE_FETCH_RATE_PER_MIN
+    """Prekey bundles an account may fetch (SPEC §5.3)."""
     bundle_burst: int = limits.BUNDLE_FETCH_BURST
+    """Prekey bundles an account may fetch at once."""
     prekeys_upload_rate_per_min: float = limits.PREKEYS_UPLOAD_RATE_PER_MIN
+    """Prekey uploads per account (SPEC §5.2)."""
     prekeys_upload_burst: int = limits.PREKEYS_UPLOAD_BURST
+    """Prekey uploads per account at once."""
     rotate_identity_rate_per_h: float = limits.ROTATE_IDENTITY_RATE_PER_H
+    """Identity key rotations per account (SPEC §3.4)."""
     rotate_identity_burst: int = limits.ROTATE_IDENTITY_BURST
+    """Identity key rotations per account at once."""
     statements_list_rate_per_min: float = limits.STATEMENTS_LIST_RATE_PER_MIN
+    """Statement listings per account (SPEC §7.6)."""
     statements_list_burst: int = limits.STATEMENTS_LIST_BURST
+    """Statement listings per account at once."""
     profile_put_rate_per_min: float = limits.PROFILE_PUT_RATE_PER_MIN
+    """Profile updates (and DISCOVERABLE) per business (SPEC §8.2)."""
     profile_put_burst: int = limits.PROFILE_PUT_BURST
+    """Profile updates per business at once."""
     profile_fetch_rate_per_min: float = limits.PROFILE_FETCH_RATE_PER_MIN
+    """Profile fetches per account (SPEC §8.2)."""
     profile_fetch_burst: int = limits.PROFILE_FETCH_BURST
+    """Profile fetches per account at once."""
     usage_fetch_rate_per_min: float = limits.USAGE_FETCH_RATE_PER_MIN
+    """Usage reads per business (SPEC §8.4)."""
     usage_fetch_burst: int = limits.USAGE_FETCH_BURST
+    """Usage reads per business at once."""
     log_fetch_rate_per_min: float = limits.LOG_FETCH_RATE_PER_MIN
     log_fetch_burst: int = limits.LOG_FETCH_BURST
     """Log fetches per connection (SPEC §15.6): the log is read before any login."""
@@ -115,20 +150,31 @@ class RelayConfig:
     pow_bits: int = limits.POW_BITS
     """Registration proof-of-work difficulty (SPEC §4.6.3); 0 is off."""
     pow_opslimit: int = limits.POW_OPSLIMIT
+    """Argon2id passes of one proof-of-work evaluation (SPEC §4.6.3)."""
     pow_memlimit: int = limits.POW_MEMLIMIT_BYTES
     """Argon2id cost of one evaluation, in passes and bytes, when ``pow_bits`` > 0."""
     require_invites: bool = False
     """Only REGISTERs with an invite from ``blindrelay admin invite`` (SPEC §4.6.4)."""
     max_stored_one_time_prekeys: int = limits.MAX_STORED_ONE_TIME_PREKEYS
+    """One-time prekeys an account may have stored (SPEC §5.2)."""
     service_window_ms: int = limits.SERVICE_WINDOW_MS
+    """How long a user's message lets a business reply freely (SPEC §7.3)."""
     consent_cooldown_ms: int = limits.CONSENT_COOLDOWN_MS
+    """How long after a deny or revoke a business may not ask again (SPEC §7.3)."""
     consent_request_rate_per_h: float = limits.CONSENT_REQUEST_RATE_PER_H
+    """Consent requests per business (SPEC §7.3)."""
     consent_request_burst: int = limits.CONSENT_REQUEST_BURST
+    """Consent requests per business at once."""
     auth_timeout_s: float = limits.AUTH_TIMEOUT_S
+    """How long a connection may stay unauthenticated (SPEC §4.1)."""
     ping_interval_s: float = limits.PING_INTERVAL_S
+    """How often the relay pings an idle connection."""
     ping_timeout_s: float = limits.PING_TIMEOUT_S
+    """How long a ping may go unanswered before the connection is closed."""
     max_outgoing_buffer_bytes: int = limits.MAX_OUTGOING_BUFFER_BYTES
+    """Frames queued for one slow reader before it is closed (SPEC §1.2.4)."""
     write_timeout_s: float = limits.WRITE_TIMEOUT_S
+    """How long a connection may make no progress reading before it is closed (SPEC §1.2.5)."""
     purge_interval_s: float = 60.0
     """How often expired envelopes and remembered message ids are purged."""
     checkpoint_interval_s: float = 60.0

@@ -140,3 +140,25 @@ def test_an_unexpected_error_says_where_its_traceback_is(workdir: Path) -> None:
     path.unlink()
     shown = run(["--debug", "inspect", "--db", "relay.db"], {}, workdir)
     assert "Traceback" in shown.stderr and shown.returncode == 1
+
+
+def test_every_serve_flag_says_its_variable_and_default_and_every_admin_command_is_described(
+    workdir: Path,
+) -> None:
+    """Issue 18: ``serve --help`` answers what a flag is, its unit where it has one, its
+    BLINDRELAY_* variable and its default; every admin subcommand has a description."""
+    from dataclasses import fields
+
+    from blindrelay.server.config import RelayConfig
+
+    done = run(["serve", "--help"], {}, workdir)
+    text = " ".join(done.stdout.split())
+    for field in fields(RelayConfig):
+        flag = {"db_path": "db", "auth_timeout_s": "auth_timeout"}.get(field.name, field.name)
+        if field.name in ("store", "db_path", "reuse_port"):
+            continue  # described at length, with the store's URL forms
+        assert f"env BLINDRELAY_{flag.upper()}; default:" in text, field.name
+    assert text.count("(milliseconds;") == 3 and text.count("(seconds;") >= 6
+    for command in ("keygen", "verify-business", "revoke-badge", "usage", "invite"):
+        shown = run(["admin", command, "--help"], {}, workdir)
+        assert shown.returncode == 0 and len(shown.stdout.split("\n\n")[1]) > 40, command
