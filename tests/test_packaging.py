@@ -19,14 +19,25 @@ def listed() -> tuple[set[str], dict[str, str]]:
     return set(config["packages"]), config["package-dir"]
 
 
+DATA_ROOT = "vectors"
+"""The test vectors' folders (``protocol/vectors/…``): data, listed as packages too, since
+setuptools warns about a data folder whose name could be imported and is not listed."""
+
+
 def on_disk(package_dir: dict[str, str], tree: Path = ROOT) -> set[str]:
-    """Every folder with an ``__init__.py`` under a mapped root, as a package name."""
+    """Every folder with an ``__init__.py`` under a mapped root, and every folder of the
+    test vectors, as a package name."""
     found = set()
     for package, folder in package_dir.items():
         root = tree / folder
         for init in root.rglob("__init__.py"):
             parts = init.parent.relative_to(root).parts
             found.add(".".join([package, *parts]))
+        data = root / DATA_ROOT
+        if package == "blindrelay.protocol" and data.is_dir():
+            for sub in [data, *(p for p in data.rglob("*") if p.is_dir())]:
+                if "__pycache__" not in sub.parts:
+                    found.add(".".join([package, *sub.relative_to(root).parts]))
     return found
 
 

@@ -502,3 +502,29 @@ def test_a_relay_with_another_key_is_one_line_until_the_person_accepts_it(
         hal = chat(url, profile, "hal")  # pinned from now on
         hal.expect("logged in as hal")
         assert hal.close() == 0
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_the_readme_chat_command_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 18: the README's chat command, word for word (only the relay's port is this
+    test's), registers on its first run with the passphrase typed at the prompt, and the
+    same command without --handle logs in on the next."""
+    written = re.search(r"`(blindrelay chat [^`]+)`", README.read_text())
+    assert written is not None, "the README shows no chat command"
+    argv = written.group(1).split()
+    assert argv[:2] == ["blindrelay", "chat"] and "--handle" in argv
+    monkeypatch.chdir(tmp_path)  # me.db is made where the person stands
+    with relay_process(tmp_path / "relay.db") as url:
+        command = [sys.executable, "-m", "blindrelay.server.cli",
+                   *[url if word.startswith("ws://") else word for word in argv[1:]]]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BLINDRELAY_")}
+        for run, says in ((command, "registered alice"),
+                          (command[: command.index("--handle")], "logged in as alice")):  # fmt: skip
+            terminal = Terminal(run, env)
+            terminal.expect("profile passphrase:")
+            terminal.type("correct horse battery")
+            terminal.expect(says)
+            assert terminal.close() == 0
+            assert "Traceback" not in terminal.seen
