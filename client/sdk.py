@@ -148,6 +148,12 @@ class Client:
         return identity.handle if identity is not None else None
 
     @property
+    def online(self) -> bool:
+        """Authenticated on a live connection now (sends go at once; else they wait in
+        the outbox and the link reconnects by itself)."""
+        return self.link.online is not None
+
+    @property
     def registered(self) -> bool:
         """Whether the relay accepted this profile's REGISTER: then :meth:`login`, else
         :meth:`register` (again, with any handle, after a refusal)."""
@@ -348,6 +354,10 @@ class Client:
         """The categories we have granted ``business`` and not withdrawn (a deny, a
         revoke or our block), by the statements we made from this keystore."""
         return self.consent.granted_to(business)
+
+    def blocked(self, handle: str) -> bool:
+        """Whether we block ``handle`` (our newest block or unblock of it is a block)."""
+        return self.consent.blocked(handle)
 
     async def statements(self) -> list[HeldStatement]:
         """The statements in force that we signed or that name us, from the relay (SPEC §7.6),

@@ -163,6 +163,16 @@ class Statements:
                 state = fold(state, statement, ours)
         return state.granted()
 
+    def blocked(self, handle: str) -> bool:
+        """Whether our newest block or unblock of ``handle`` is a block (SPEC §7.4)."""
+        ours = self._sessions.identity.handle
+        blocking = False
+        for signed in self.records(handle):
+            statement = unverified_body(ConsentStatement, signed)
+            if statement.signer == ours and statement.action in (Action.BLOCK, Action.UNBLOCK):
+                blocking = statement.action == Action.BLOCK
+        return blocking
+
     # --- Theirs (SPEC §7.5) ---------------------------------------------------------
 
     def receive(self, deliver: frames.Deliver, relay_key: bytes) -> None:

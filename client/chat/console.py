@@ -15,28 +15,64 @@ from __future__ import annotations
 import asyncio
 import shlex
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import IO
 
 from blindrelay.protocol import limits
-from blindrelay.protocol.errors import BlindrelayError, UntrustedIdentity
+from blindrelay.protocol.business import OpeningHours
+from blindrelay.protocol.errors import (
+    BlindrelayError,
+    Forbidden,
+    InvalidStatement,
+    KeyNotLogged,
+    LogForked,
+    RateLimited,
+    RecipientUnavailable,
+    UntrustedIdentity,
+)
+from blindrelay.protocol.signed import ConsentStatement
 
-from ..sdk import MAX_HELD_PER_SENDER, BusinessInfo, Client, Message
+from ..business import Business
+from ..sdk import MAX_HELD_PER_SENDER, BusinessInfo, Client, ConnectionLost, Message
 
-HELP = """\
-commands:
-  /msg HANDLE TEXT          send an end-to-end encrypted message
-  /accept HANDLE            accept HANDLE's message request (replying accepts too)
-  /contacts                 contacts, their trust state and businesses' badges
-  /safety HANDLE            the safety number to compare with HANDLE
-  /verify HANDLE            mark HANDLE verified (after comparing safety numbers)
-  /approve HANDLE           accept HANDLE's new identity key (after comparing)
-  /requests                 consent requests from businesses awaiting an answer
-  /grant BUSINESS CATS      consent to notifications (CATS: utility,marketing)
-  /deny BUSINESS [CATS]     refuse a consent request
-  /revoke BUSINESS CATS     withdraw consent
-  /block HANDLE             nothing of HANDLE's reaches you any more
-  /unblock HANDLE           lift a block
-  /help, /quit"""
+COMMANDS: dict[str, tuple[str, str]] = {
+    "to": ("/to HANDLE", "talk to HANDLE: plain lines go to them from now on"),
+    "msg": ("/msg HANDLE TEXT", "send an end-to-end encrypted message (and talk to HANDLE)"),
+    "history": ("/history [HANDLE] [N]", "the last N lines with HANDLE (default: current, 20)"),
+    "accept": ("/accept HANDLE", "accept HANDLE's message request (replying accepts too)"),
+    "contacts": ("/contacts", "contacts: trust, blocks, consent given and businesses' badges"),
+    "safety": ("/safety HANDLE", "the safety number to compare with HANDLE"),
+    "verify": ("/verify HANDLE", "mark HANDLE verified (after comparing safety numbers)"),
+    "approve": ("/approve HANDLE", "accept HANDLE's new identity key (after comparing)"),
+    "requests": ("/requests", "consent requests from businesses awaiting an answer"),
+    "grant": ("/grant BUSINESS CATS", "consent to notifications (CATS: utility,marketing)"),
+    "deny": ("/deny BUSINESS [CATS]", "refuse a consent request"),
+    "revoke": ("/revoke BUSINESS CATS", "withdraw consent"),
+    "block": ("/block HANDLE", "nothing of HANDLE's reaches you any more"),
+    "unblock": ("/unblock HANDLE", "lift a block"),
+    "help": ("/help [COMMAND]", "this list, or what one command does"),
+    "quit": ("/quit", "leave (Ctrl-D too)"),
+}
+"""Command → (usage, what it does): ``/help`` and ``/help COMMAND`` print from here."""
+
+BUSINESS_COMMANDS: dict[str, tuple[str, str]] = {
+    "request-consent": ("/request-consent USER CATS TEXT",
+                        "ask USER to consent to CATS, explaining why in TEXT"),
+    "notify": ("/notify CATEGORY TEXT", "send TEXT to every customer who granted CATEGORY"),
+    "profile": ("/profile NAME [TIMEZONE]", "publish your profile: the name you claim, your "
+                "time zone (IANA, default UTC)"),
+    "hours": ("/hours DAYS HH:MM-HH:MM", "opening hours, e.g. mon-fri 09:00-17:00, published "
+              "with your profile"),
+    "away": ("/away [TEXT]", "the reply customers get while you are closed (none: off)"),
+}  # fmt: skip
+"""A business's own commands, shown to business accounts only."""
+
+HELP = "commands:\n" + "\n".join(
+    f"  {usage:<26}{what}" for usage, what in COMMANDS.values()
+)
+"""The user's ``/help`` (kept for those who print it)."""
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class Usage(Exception):
@@ -46,15 +82,52 @@ class Usage(Exception):
 class Chat:
     """One person's session: commands in, messages and warnings out."""
 
-    def __init__(self, client: Client, out: IO[str]) -> None:
+    def __init__(self, client: Client, out: IO[str], business: Business | None = None) -> None:
         self.client = client
         self.out = out
+        self.business = business
+        """Our :class:`Business` when the account is one: its commands, its dispatcher."""
+        self.current: str | None = None
+        """Whom plain lines go to (``/to``, ``/msg``)."""
         self._badges: dict[str, BusinessInfo] = {}
         self._requesters: set[str] = set()
         """Strangers whose message request was explained in this session."""
+        self._sending: set[asyncio.Task[None]] = set()
+        self._hours: list[OpeningHours] = []
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
+
+    def prompt(self) -> str:
+        """``alice → bob> ``, with ``(offline)`` while the relay is not reachable."""
+        me = self.client.handle or "?"
+        to = f" → {self.current}" if self.current else ""
+        state = "" if self.client.online else " (offline)"
+        return f"{me}{to}{state}> "
+
+    async def watch_connection(self, interval_s: float = 0.25) -> None:
+        """Say when the relay goes away and when we are back: sends wait meanwhile."""
+        online = self.client.online
+        while True:
+            await asyncio.sleep(interval_s)
+            now = self.client.online
+            if now != online:
+                self.say("reconnected to the relay; waiting messages go now" if now else
+                         "disconnected from the relay — reconnecting… (messages wait and "
+                         "go when it is back)")  # fmt: skip
+                online = now
+
+    def show_history(self, contacts: int = 10, lines: int = 3) -> None:
+        """The last lines with each contact, when a profile opens again."""
+        shown = 0
+        for handle in sorted(self.client.store.chat_contacts()):
+            kept = self.client.store.chat_lines(handle, lines)
+            if not kept or shown >= contacts:
+                continue
+            shown += 1
+            self.say(f"  history with {handle}:")
+            for _at, outgoing, text in kept:
+                self.say(f"    {'you' if outgoing else handle}: {text}")
 
     def warn_identity_change(self, handle: str) -> None:
         """SPEC §3.3: surfaced before anything more is sent to ``handle``."""
@@ -75,10 +148,24 @@ class Chat:
     # --- Incoming ---------------------------------------------------------------------
 
     async def receive(self) -> None:
-        """Print messages and receipts as they arrive, each from its own reader."""
+        """Print messages and receipts as they arrive, each from its own reader (a
+        business's messages come through its dispatcher: :meth:`business_message`)."""
         async with asyncio.TaskGroup() as readers:
-            readers.create_task(self._messages())
+            if self.business is None:
+                readers.create_task(self._messages())
             readers.create_task(self._receipts())
+
+    async def business_message(self, message: Message) -> None:
+        """A customer's message, as our :class:`Business` dispatches it (after its away
+        reply, if one was due)."""
+        self.remember(message.sender, message.sender_kind)
+        await self.show(message)
+
+    def statement(self, statement: ConsentStatement) -> None:
+        """A customer's grant, deny, revoke, block or unblock of us, verified."""
+        categories = f" {','.join(statement.categories)}" if statement.categories else ""
+        self.remember(statement.signer, "user")
+        self.say(f"[consent] {statement.signer} {statement.action}{categories}")
 
     async def _messages(self) -> None:
         async for message in self.client.messages():
@@ -97,6 +184,7 @@ class Chat:
         body = message.body
         if not isinstance(body, str):
             body = f"<{len(body)} bytes>"
+        self.client.store.keep_chat_line(sender, message.sent_at, False, body)
         if message.is_consent_request:
             categories = list(message.categories or ())
             self.client.store.set_consent_request(sender, tuple(categories))
@@ -147,7 +235,10 @@ class Chat:
         if not line:
             return True
         if not line.startswith("/"):
-            self.say("type /msg HANDLE TEXT to send, /help for commands")
+            if self.current is None:
+                self.say("whom to? /to HANDLE first (or /msg HANDLE TEXT); /help lists commands")
+            else:
+                await self._send(self.current, line)
             return True
         name, _, rest = line[1:].partition(" ")
         if name in ("quit", "exit"):
@@ -162,31 +253,119 @@ class Chat:
             self.say(f"usage: {exc}")
         except UntrustedIdentity as exc:
             self.warn_identity_change(str(exc.args[0]) if exc.args else rest.split()[0])
-        except (BlindrelayError, KeyError) as exc:
-            self.say(f"refused: {type(exc).__name__} {exc}".rstrip())
+        except (BlindrelayError, KeyError, ConnectionLost) as exc:
+            self.say(f"refused: {self.explain(exc, _first_word(rest))}")
         return True
 
-    def _commands(self) -> dict[str, Callable[[str], Awaitable[None]]]:
-        return {
-            "help": self.help, "msg": self.msg, "accept": self.accept, "contacts": self.contacts,
-            "safety": self.safety, "verify": self.verify, "approve": self.approve,
-            "requests": self.requests, "grant": self.grant, "deny": self.deny,
-            "revoke": self.revoke, "block": self.block, "unblock": self.unblock,
-        }  # fmt: skip
+    def explain(self, exc: BaseException, handle: str) -> str:
+        """A refusal in plain words, and what to do about it."""
+        if isinstance(exc, RecipientUnavailable):
+            if handle and self.client.blocked(handle):
+                return f"you blocked {handle}; /unblock {handle} first"
+            return (f"RecipientUnavailable: no such user as {handle}, or you cannot write to them "
+                    "(they blocked you, or a business has no consent from you)")  # fmt: skip
+        if isinstance(exc, KeyError):
+            return f"you have not met {handle} yet: no key to compare (send them a message first)"
+        if isinstance(exc, RateLimited):
+            return f"too fast: try again in {max(1, exc.retry_after_ms // 1000)} s"
+        if isinstance(exc, KeyNotLogged):
+            return (f"{handle}'s key is not proven in the relay's transparency log; nothing "
+                    "was sent (the relay may be handing out a key of its own)")  # fmt: skip
+        if isinstance(exc, LogForked):
+            return ("ALARM: the relay showed you and a contact two different histories of its "
+                    "log; stop trusting this relay")  # fmt: skip
+        if isinstance(exc, InvalidStatement):
+            return f"that changes nothing: {exc.detail or exc}"
+        if isinstance(exc, ConnectionLost):
+            return f"not connected to the relay ({exc}); try again when it is back"
+        if isinstance(exc, Forbidden):
+            return "only a business account can do that"
+        return f"{type(exc).__name__} {exc}".rstrip()
 
-    async def help(self, _rest: str) -> None:
-        self.say(HELP)
+    def _commands(self) -> dict[str, Callable[[str], Awaitable[None]]]:
+        commands: dict[str, Callable[[str], Awaitable[None]]] = {
+            "help": self.help, "to": self.to, "msg": self.msg, "history": self.history,
+            "accept": self.accept, "contacts": self.contacts, "safety": self.safety,
+            "verify": self.verify, "approve": self.approve, "requests": self.requests,
+            "grant": self.grant, "deny": self.deny, "revoke": self.revoke, "block": self.block,
+            "unblock": self.unblock,
+        }  # fmt: skip
+        if self.business is not None:
+            commands |= {
+                "request-consent": self.request_consent, "notify": self.notify,
+                "profile": self.profile, "hours": self.hours, "away": self.away,
+            }  # fmt: skip
+        return commands
+
+    async def help(self, rest: str) -> None:
+        table = COMMANDS | (BUSINESS_COMMANDS if self.business is not None else {})
+        name = rest.strip().lstrip("/")
+        if name:
+            found = table.get(name)
+            self.say(f"{found[0]}: {found[1]}" if found else f"no command /{name}; /help")
+            return
+        self.say("commands (plain lines go to the contact you talk to):")
+        for usage, what in table.values():
+            self.say(f"  {usage:<32}{what}")
+
+    async def to(self, rest: str) -> None:
+        self.current = _one_handle(rest, "/to HANDLE")
+        self.remember(self.current)
+        self.say(f"talking to {self.current}")
+
+    async def history(self, rest: str) -> None:
+        words = rest.split()
+        handle = words[0] if words and not words[0].isdigit() else self.current
+        count = next((int(w) for w in words if w.isdigit()), 20)
+        if handle is None:
+            raise Usage("/history HANDLE [N]")
+        lines = self.client.store.chat_lines(handle, count)
+        if not lines:
+            self.say(f"no history with {handle}")
+        for at, outgoing, text in lines:
+            when = datetime.fromtimestamp(at / 1000).strftime("%Y-%m-%d %H:%M")
+            self.say(f"  {when} {'you' if outgoing else handle}: {text}")
 
     async def msg(self, rest: str) -> None:
         handle, _, text = rest.partition(" ")
         if not handle or not text:
             raise Usage("/msg HANDLE TEXT")
+        self.current = handle
+        await self._send(handle, text)
+
+    async def _send(self, handle: str, text: str) -> None:
+        """Send in the background: the prompt stays usable while the relay is away (the
+        message waits in the outbox), and its outcome is said when it comes."""
         if self.client.identity_change_pending(handle):
             self.warn_identity_change(handle)
             return
-        await self.client.send(handle, text)
+        if self.client.blocked(handle):
+            self.say(f"refused: you blocked {handle}; /unblock {handle} first")
+            return
+        task = asyncio.create_task(self._deliver(handle, text))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+        if not self.client.online:
+            self.say(f"-> {handle}: waiting for the relay")
+        await asyncio.sleep(0)  # let it start: the outbox keeps the order typed
+
+    async def _deliver(self, handle: str, text: str) -> None:
+        try:
+            await self.client.send(handle, text)
+        except UntrustedIdentity:
+            self.warn_identity_change(handle)
+            return
+        except (BlindrelayError, KeyError, ConnectionLost) as exc:
+            self.say(f"refused: {self.explain(exc, handle)}")
+            return
+        self.client.store.keep_chat_line(handle, self.client.relay_now(), True, text)
         self.remember(handle)
         self.say(f"-> {handle}: sent")
+
+    async def settled(self) -> None:
+        """Until every send typed so far has its outcome (before quitting)."""
+        while self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
 
     async def accept(self, rest: str) -> None:
         handle = _one_handle(rest, "/accept HANDLE")
@@ -205,7 +384,10 @@ class Chat:
             if self.client.identity_change_pending(handle):
                 trust = "KEY CHANGED, /approve after comparing"
             badge = f" {await self.badge(handle)}" if kind == "business" else ""
-            self.say(f"  {handle} ({kind or '?'}) {trust}{badge}")
+            blocked = ", BLOCKED by you" if self.client.blocked(handle) else ""
+            granted = self.client.granted_to(handle) if kind == "business" else frozenset()
+            consent = f", you granted {','.join(sorted(granted))}" if granted else ""
+            self.say(f"  {handle} ({kind or '?'}) {trust}{blocked}{consent}{badge}")
 
     async def safety(self, rest: str) -> None:
         handle = _one_handle(rest, "/safety HANDLE")
@@ -295,6 +477,93 @@ class Chat:
         handle = _one_handle(rest, "/unblock HANDLE")
         await self.client.unblock(handle)
         self.say(f"unblocked {handle}")
+
+
+    # --- A business's own commands (SPEC §7.3, §8.2, §8.3) -------------------------
+
+    def _our_business(self) -> Business:
+        if self.business is None:
+            raise Forbidden("a business account's command")
+        return self.business
+
+    async def request_consent(self, rest: str) -> None:
+        words = rest.split(maxsplit=2)
+        if len(words) < 3:
+            raise Usage(BUSINESS_COMMANDS["request-consent"][0])
+        user, cats, text = words
+        categories = cats.replace(",", " ").split()
+        if not categories or any(c not in limits.CATEGORIES for c in categories):
+            raise Usage(f"/request-consent USER CATS TEXT (CATS: {','.join(limits.CATEGORIES)})")
+        await self._our_business().request_consent(user, categories, text)
+        self.remember(user, "user")
+        self.say(f"asked {user} for {','.join(categories)}")
+
+    async def notify(self, rest: str) -> None:
+        category, _, text = rest.partition(" ")
+        if category not in limits.CATEGORIES or not text:
+            raise Usage(f"/notify CATEGORY TEXT (CATEGORY: {', '.join(limits.CATEGORIES)})")
+        result = await self._our_business().notify(category, text)
+        if not result.sent and not result.refused:
+            self.say(f"nobody has granted {category} yet: nothing sent")
+            return
+        refused = f"; refused for {', '.join(result.refused)}" if result.refused else ""
+        self.say(f"notified {len(result.sent)}: {', '.join(result.sent)}{refused}")
+
+    async def profile(self, rest: str) -> None:
+        words = rest.split()
+        if not words:
+            raise Usage(BUSINESS_COMMANDS["profile"][0])
+        timezone = "UTC"
+        if len(words) > 1 and ("/" in words[-1] or words[-1] == "UTC"):
+            timezone = words.pop()
+        await self._publish(" ".join(words), timezone)
+
+    async def _publish(self, name: str, timezone: str) -> None:
+        published = await self._our_business().publish_profile(
+            display_name=name, timezone=timezone, hours=self._hours
+        )
+        hours = f", {len(published.hours)} opening interval(s)" if published.hours else ""
+        self.say(f"profile published: {published.display_name} ({published.timezone}{hours})")
+
+    async def hours(self, rest: str) -> None:
+        words = rest.split()
+        if len(words) != 2:
+            raise Usage(BUSINESS_COMMANDS["hours"][0])
+        try:
+            days = _days(words[0])
+            open_, close = (_minutes(t) for t in words[1].split("-"))
+            self._hours = [OpeningHours(day=d, open=open_, close=close) for d in days]
+        except (ValueError, BlindrelayError):
+            raise Usage("/hours DAYS HH:MM-HH:MM, e.g. /hours mon-fri 09:00-17:00") from None
+        current = self._our_business().profile
+        if current is None:
+            self.say("hours kept: publish them with /profile NAME [TIMEZONE]")
+            return
+        await self._publish(current.display_name, current.timezone)
+
+    async def away(self, rest: str) -> None:
+        business = self._our_business()
+        business.away_message = rest or None
+        self.say(f"away reply: {rest}" if rest else "away reply off")
+
+
+def _first_word(rest: str) -> str:
+    return rest.split()[0] if rest.split() else ""
+
+
+def _days(text: str) -> list[int]:
+    """``mon-fri``, ``sat``, ``mon,wed`` → weekday numbers (0 = Monday)."""
+    days: list[int] = []
+    for part in text.lower().split(","):
+        first, _, last = part.partition("-")
+        start, end = DAYS.index(first), DAYS.index(last or first)
+        days += list(range(start, end + 1))
+    return days
+
+
+def _minutes(text: str) -> int:
+    hours, _, minutes = text.partition(":")
+    return int(hours) * 60 + int(minutes or 0)
 
 
 def _printable(text: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import logging
 import os
 import sys
 import threading
@@ -28,6 +29,7 @@ from blindrelay.protocol.errors import (
     RegistrationRefused,
 )
 
+from ..business import Business
 from ..keystore import KeyStoreError
 from ..sdk import Client, ConnectionLost, RelayKeyChanged
 from .console import Chat
@@ -63,8 +65,11 @@ async def session(options: Options, out: IO[str]) -> int:
     except KeyStoreError as exc:
         print(f"blindrelay chat: {options.profile}: {exc}", file=out, flush=True)
         return 1
+    # The SDK's own warnings (a relay error it retries) are for a log, not this screen:
+    # what matters is said by the chat in words (``Chat.watch_connection``, refusals).
+    logging.getLogger("blindrelay.client").setLevel(logging.ERROR)
     chat = Chat(client, out)
-    receiver: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
     try:
         if options.accept_relay_key is not None:
             client.accept_relay_key(options.accept_relay_key)
@@ -72,9 +77,18 @@ async def session(options: Options, out: IO[str]) -> int:
         refused = await _sign_in(chat, options)
         if refused is not None:
             return refused
-        chat.say("/help lists the commands")
-        receiver = asyncio.create_task(chat.receive())
+        if client.store.get_identity().account_kind == "business":  # type: ignore[union-attr]
+            chat.business = Business(
+                client, on_message=chat.business_message,
+                on_consent_change=chat.statement, on_block=chat.statement,
+            )  # fmt: skip
+            chat.business.start()
+            chat.say("business commands: /request-consent, /notify, /profile, /hours, /away")
+        chat.show_history()
+        chat.say("/help lists the commands; /to HANDLE, then plain lines go to them")
+        tasks = [asyncio.create_task(chat.receive()), asyncio.create_task(chat.watch_connection())]
         await _read_commands(chat)
+        await asyncio.wait_for(chat.settled(), SETTLE_S) if chat.client.online else None
         return 0
     except RelayKeyChanged as exc:
         chat.say(
@@ -85,14 +99,24 @@ async def session(options: Options, out: IO[str]) -> int:
         )
         return 1
     except (ConnectionLost, BlindrelayError) as exc:
-        chat.say(f"blindrelay chat: {type(exc).__name__} {exc}".rstrip())
+        chat.say(f"blindrelay chat: {chat.explain(exc, options.handle or '')}")
         return 1
+    except TimeoutError:
+        chat.say("blindrelay chat: left with messages still waiting; they go at the next run")
+        return 0
     finally:
-        if receiver is not None:
-            receiver.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await receiver
-        await client.close()
+                await task
+        if chat.business is not None:
+            await chat.business.close()
+        else:
+            await client.close()
+
+
+SETTLE_S = 5.0
+"""How long /quit waits for the sends typed before it to be answered."""
 
 
 async def _sign_in(chat: Chat, options: Options) -> int | None:
@@ -137,7 +161,12 @@ def _registration_refused(exc: BlindrelayError, *, invited: bool) -> str:
 
 
 async def _read_commands(chat: Chat) -> None:
-    """Run each line typed until /quit or the end of input."""
+    """Run each line typed until /quit or the end of input: with line editing, input
+    history and output above the prompt on a terminal (prompt_toolkit), else line by line
+    (a pipe, a file, a terminal that declares itself dumb)."""
+    if sys.stdin.isatty() and sys.stdout.isatty() and os.environ.get("TERM", "dumb") != "dumb":
+        await _prompt(chat)
+        return
     lines = _stdin_lines()
     while True:
         raw = await lines.get()
@@ -145,6 +174,27 @@ async def _read_commands(chat: Chat) -> None:
             return
         if not await chat.command(raw):
             return
+
+
+async def _prompt(chat: Chat) -> None:
+    """prompt_toolkit's prompt: a line editor with history (↑/↓) whose prompt shows whom we
+    talk to and whether we are online; what the chat prints appears above it."""
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.history import InMemoryHistory
+    from prompt_toolkit.patch_stdout import patch_stdout
+
+    prompt: PromptSession[str] = PromptSession(history=InMemoryHistory())
+    with patch_stdout(raw=False):
+        chat.out = sys.stdout  # the proxy that prints above the prompt
+        while True:
+            try:
+                line = await prompt.prompt_async(chat.prompt, refresh_interval=0.5)
+            except EOFError:  # Ctrl-D
+                return
+            except KeyboardInterrupt:  # Ctrl-C: a fresh line, as shells do
+                continue
+            if not await chat.command(line):
+                return
 
 
 def _stdin_lines() -> asyncio.Queue[str | None]:

@@ -27,7 +27,7 @@ ROW_TABLES = (
 """One row per natural key, one table per kind of record (see each kind's module):
 ``key_owners`` maps an identity key to the handle it is pinned for (SPEC §13.8)."""
 
-LOG_TABLES = ("statements", "held_messages", "sent_notifications")
+LOG_TABLES = ("statements", "held_messages", "sent_notifications", "chat_history")
 """Per group (a counterpart; a month for ``sent_notifications``), records in the order
 they were appended; adding one costs the same however many the group holds."""
 

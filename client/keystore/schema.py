@@ -33,7 +33,8 @@ from .sealing import Sealer
 from .settings import SettingRecords
 
 SCHEMA_VERSION = 3
-"""3: ``sent_notifications`` (a business's SENT notifications, to check its bills)."""
+"""3: ``sent_notifications`` (a business's SENT notifications, to check its bills) and
+``chat_history`` (the chat's conversations, shown again after a restart)."""
 
 _HEADER = (
     "CREATE TABLE header (id INTEGER PRIMARY KEY, format INTEGER NOT NULL,"

@@ -12,6 +12,8 @@ What it is not: what any of these mean (the SDK, ``business`` and ``chat`` decid
 
 from __future__ import annotations
 
+import msgpack
+
 from .base import handle_key
 from .conversations import ConversationRecords
 from .records import (
@@ -105,6 +107,20 @@ class SettingRecords(ConversationRecords):
 
     def away_reply_periods(self) -> dict[str, int]:
         return {str(customer): int(period) for customer, period in self._rows("away_replies")}
+
+    # The chat's conversation history, per contact, in the encrypted profile
+
+    def keep_chat_line(self, contact: str, at: int, outgoing: bool, text: str) -> None:
+        """One line of the conversation with ``contact``: sealed like every record."""
+        require_handle(contact, "contact")
+        record = msgpack.packb([at, outgoing, text])
+        self._append("chat_history", contact, record)
+
+    def chat_lines(self, contact: str, last: int) -> list[tuple[int, bool, str]]:
+        """The ``last`` lines with ``contact``, oldest first: (at ms, outgoing, text)."""
+        require_handle(contact, "contact")
+        lines = [msgpack.unpackb(r, raw=False) for r in self._read("chat_history", contact, 0)]
+        return [(int(at), bool(out), str(text)) for at, out, text in lines[-last:]]
 
     # The chat's contact list and the consent requests awaiting an answer
 

@@ -276,9 +276,7 @@ def open_store(url: str, config: RelayConfig) -> Store:
 
         return PostgresStore(url, config.pool_size)
     from .sqlite.store import SqliteStore  # only the chosen back end is imported
-    from .sqlite.tables import check_relay_file
 
-    check_relay_file(location.path, new=True)
     return SqliteStore(location.path, config.synchronous, config.gc_threshold)
 
 

@@ -39,11 +39,13 @@ PASSPHRASE_ENV = "CHAT_TEST_PASSPHRASE"
 class Terminal:
     """A process on a pseudo-terminal (echo off), read until a pattern appears."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], term: str = "dumb") -> None:
         master, slave = os.openpty()
         attrs = termios.tcgetattr(slave)
         attrs[3] &= ~termios.ECHO  # what we type is not mistaken for what it prints
         termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        # A dumb terminal gets the chat's line mode; the line editor's test names another.
+        env = {**env, "TERM": term}
         self.process = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env)
         os.close(slave)
         self.master = master
@@ -266,7 +268,7 @@ def test_a_consent_request_is_shown_with_the_badge_and_granted_then_blocked(
             refused = await airline.notify("utility", "Gate B9", to=["dave"])
             assert refused.skipped == ["dave"], refused  # not sent, or refused by the relay
             dave.type("/contacts")
-            await expect(r"  airline \(business\) trusted \[✔ verified: Example Air\]")
+            await expect(r"  airline \(business\) trusted, BLOCKED by you \[✔ verified: Example Air\]")
         finally:
             await airline.close()
 
@@ -413,7 +415,7 @@ def test_unblocking_a_business_lets_the_user_write_but_keeps_consent_revoked(
             await expect("blocked airline")
             assert (await asyncio.wait_for(blocks.get(), TIMEOUT_S)).action == "block"
             fay.type("/msg airline while blocked")
-            await expect("refused: RecipientUnavailable")
+            await expect("refused: you blocked airline; /unblock airline first")
 
             fay.type("/unblock airline")
             await expect("unblocked airline")

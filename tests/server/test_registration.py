@@ -535,7 +535,7 @@ async def test_without_invites_required_an_invite_is_ignored_and_kept(
     [
         (["--count", "0"], "--count"),
         (["--count", "100001"], "--count"),
-        (["--db", "/nonexistent/relay.db"], "no database"),
+        (["--db", "/nonexistent/relay.db"], "no relay database"),
     ],
 )
 def test_admin_invite_refuses_bad_input_in_one_line(

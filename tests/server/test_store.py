@@ -125,7 +125,7 @@ def test_the_operator_commands_need_an_existing_database(tmp_path: Path) -> None
         lambda: open_admin_store(str(tmp_path / "none.db")),
         lambda: inspect_store(str(tmp_path / "none.db"), 10),
     ):
-        with pytest.raises(StoreError, match="no database at"):
+        with pytest.raises(StoreError, match="no relay database at"):
             opening()
     assert not (tmp_path / "none.db").exists()
 

@@ -36,7 +36,7 @@ from .. import Done, StoreError, transparency
 from ..records import Account, MonthUsage
 from ..transparency import MAX_BILL_ITEMS_WHOLE
 from . import jobs
-from .tables import Accounts, PreKeyStore, Tables, connect, connect_reader
+from .tables import Accounts, PreKeyStore, Tables, check_relay_file, connect, connect_reader
 from .writer import Writer
 
 LOST = "the writer process exited"
@@ -83,6 +83,7 @@ class SqliteStore:
         return self._writer.pid
 
     async def start(self) -> None:
+        check_relay_file(self.path, new=True)  # before anything writes to it
         await self._writer.start()  # creates or upgrades the schema before the reader opens
         try:
             self._reader = connect_reader(self.path)
