@@ -13,6 +13,7 @@ import io
 import os
 import re
 import select
+import socket
 import subprocess
 import sys
 import termios
@@ -91,10 +92,10 @@ class Terminal:
 
 
 @contextlib.contextmanager
-def relay_process(db: Path) -> Iterator[str]:
+def relay_process(db: Path, port: int = 0) -> Iterator[str]:
     """``blindrelay serve`` on ``db`` as a subprocess; yields its URL."""
     relay = subprocess.Popen(
-        [sys.executable, "-m", "blindrelay.server.cli", "serve", "--port", "0",
+        [sys.executable, "-m", "blindrelay.server.cli", "serve", "--port", str(port),
          "--db", str(db), "--sth-interval-s", "0.1"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
     )  # fmt: skip
@@ -530,3 +531,140 @@ def test_the_readme_chat_command_runs_as_written(tmp_path: Path, monkeypatch: py
             terminal.expect(says)
             assert terminal.close() == 0
             assert "Traceback" not in terminal.seen
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][AB012]|\x1b[=>]")
+
+
+def editor_chat(url: str, profile: Path, handle: str) -> Terminal:
+    """The chat on a terminal that is not dumb: prompt_toolkit's line editor. CPR is off
+    (a pty answers no cursor-position request)."""
+    env = {**os.environ, PASSPHRASE_ENV: f"passphrase of {handle}", "PROMPT_TOOLKIT_NO_CPR": "1"}
+    return Terminal(
+        [sys.executable, "-m", "blindrelay.server.cli", "chat", "--relay", url,
+         "--profile", str(profile), "--handle", handle, "--passphrase-env", PASSPHRASE_ENV],
+        env, term="xterm",
+    )  # fmt: skip
+
+
+def plain(terminal: Terminal) -> str:
+    """What the terminal showed, its escape sequences removed."""
+    return ANSI.sub("", terminal.seen)
+
+
+def wait_for(terminal: Terminal, pattern: str) -> None:
+    """Until ``pattern`` is in the terminal's text without escapes (the line editor redraws
+    its prompt around what is printed above it)."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while not re.search(pattern, plain(terminal)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {pattern!r} in:\n{plain(terminal)}")
+        with contextlib.suppress(AssertionError):
+            terminal.expect(r"[\s\S]")  # read whatever came
+
+
+@pytest.mark.slow
+def test_the_line_editor_prompts_with_the_contact_keeps_history_and_prints_above(
+    relay_url: str, tmp_path: Path
+) -> None:
+    """Issue 18: on a real terminal the prompt says who we talk to; plain lines go to them;
+    ↑ recalls the last line; a message arriving while we type is printed above the prompt;
+    and the conversation is shown again when the profile is opened the next time."""
+    bob = chat(relay_url, tmp_path / "bob.db", "bob")
+    bob.expect("registered bob")
+    alice = editor_chat(relay_url, tmp_path / "alice.db", "alice")
+    wait_for(alice, r"registered alice")
+    wait_for(alice, r"alice>")
+    os.write(alice.master, b"/to bob\r")
+    wait_for(alice, r"alice → bob>")
+    os.write(alice.master, b"hello from the editor\r")
+    bob.expect(r"\[message request\] alice: hello from the editor\n")
+    wait_for(alice, r"-> bob: sent")
+    os.write(alice.master, b"\x1b[A\r")  # ↑ then Enter: the same line again
+    bob.expect(r"alice: hello from the editor\n")
+    os.write(alice.master, b"half a li")  # typing, not sent yet
+    bob.type("/msg alice hi alice")
+    wait_for(alice, r"bob: hi alice")
+    os.write(alice.master, b"ne\r")
+    bob.expect(r"alice: half a line\n")
+    os.write(alice.master, b"/quit\r")
+    assert alice.process.wait(timeout=TIMEOUT_S) == 0
+    os.close(alice.master)
+    assert "Traceback" not in plain(alice)
+
+    again = chat(relay_url, tmp_path / "alice.db", "alice")
+    again.expect("logged in as alice")
+    again.expect(r"history with bob:\n    you: hello from the editor\n")
+    again.expect(r"    you: half a line\n")
+    assert again.close() == 0
+    assert bob.close() == 0
+
+
+@pytest.mark.slow
+def test_a_business_plays_the_consent_story_from_the_chat(relay_url: str, tmp_path: Path) -> None:
+    """Issue 18: a business account in the chat publishes its profile and hours, asks a
+    customer who wrote to it for consent, hears the grant, and notifies."""
+    shop = chat(relay_url, tmp_path / "shop.db", "corner-shop", "--business")
+    expect = reader(shop)
+
+    async def customer_side() -> None:
+        await expect("registered corner-shop")
+        await expect("business commands: /request-consent, /notify")
+        shop.type("/help notify")
+        await expect(r"/notify CATEGORY TEXT: send TEXT to every customer who granted")
+        shop.type("/profile Corner Shop Europe/Berlin")
+        await expect(r"profile published: Corner Shop \(Europe/Berlin\)")
+        shop.type("/hours mon-fri 09:00-17:00")
+        await expect(r"profile published: Corner Shop \(Europe/Berlin, 5 opening interval")
+        dave = Client.open(None)
+        await dave.connect(relay_url)
+        await dave.register("dave")
+        incoming = dave.messages()
+        try:
+            await dave.send("corner-shop", "do you deliver?")
+            await expect(r"dave: do you deliver\?")
+            shop.type("/request-consent dave utility We text you when your order is ready")
+            await expect("asked dave for utility")
+            request = await asyncio.wait_for(anext(incoming), TIMEOUT_S)
+            assert request.is_consent_request and request.categories == ("utility",)
+            await dave.grant("corner-shop", ["utility"])
+            await expect(r"\[consent\] dave grant utility")
+            shop.type("/notify utility Your order is ready")
+            await expect("notified 1: dave")
+            note = await asyncio.wait_for(anext(incoming), TIMEOUT_S)
+            assert (note.category, note.body) == ("utility", "Your order is ready")
+            shop.type("/away Closed until Monday")
+            await expect("away reply: Closed until Monday")
+            shop.type("/notify gold nothing")
+            await expect(r"usage: /notify CATEGORY TEXT")
+        finally:
+            await dave.close()
+
+    try:
+        asyncio.run(customer_side())
+    finally:
+        assert shop.close() == 0
+    assert "Traceback" not in shop.seen
+
+
+@pytest.mark.slow
+def test_the_chat_says_when_the_relay_goes_away_and_comes_back(tmp_path: Path) -> None:
+    """Issue 18: a stopped relay is a visible line, not silence; what is typed meanwhile
+    waits, and goes once the relay is back."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with relay_process(tmp_path / "relay.db", port) as url:
+        bob = chat(url, tmp_path / "bob.db", "bob")
+        bob.expect("registered bob")
+        alice = chat(url, tmp_path / "alice.db", "alice")
+        alice.expect("registered alice")
+    alice.expect("disconnected from the relay — reconnecting")
+    alice.type("/msg bob typed while the relay was away")
+    alice.expect("-> bob: waiting for the relay")
+    with relay_process(tmp_path / "relay.db", port):
+        said = {alice.expect(r"reconnected to the relay|-> bob: sent").group(0) for _ in "12"}
+        assert said == {"reconnected to the relay", "-> bob: sent"}  # in either order
+        bob.expect(r"alice: typed while the relay was away\n")
+        assert alice.close() == 0
+        assert bob.close() == 0
