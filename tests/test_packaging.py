@@ -28,9 +28,12 @@ def on_disk(package_dir: dict[str, str], tree: Path = ROOT) -> set[str]:
     """Every folder with an ``__init__.py`` under a mapped root, and every folder of the
     test vectors, as a package name."""
     found = set()
+    roots = {(tree / folder).resolve() for folder in package_dir.values()}
     for package, folder in package_dir.items():
         root = tree / folder
         for init in root.rglob("__init__.py"):
+            if init.parent.resolve() in roots and init.parent != root:
+                continue  # another package's own root (server/root is ``blindrelay``)
             parts = init.parent.relative_to(root).parts
             found.add(".".join([package, *parts]))
         data = root / DATA_ROOT
@@ -55,3 +58,28 @@ def test_the_check_sees_a_nested_package(tmp_path: Path) -> None:
     assert on_disk({"x.server": "server"}, tmp_path) == {
         "x.server", "x.server.store", "x.server.store.new"
     }
+
+
+def test_python_dash_m_blindrelay_is_the_command_and_the_version_is_the_installed_one(
+    tmp_path: Path,
+) -> None:
+    """Issue 18: ``python -m blindrelay`` works from any directory; ``blindrelay.__version__``
+    is the distribution's version, and importing the client brings in no server module."""
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    import blindrelay
+
+    assert blindrelay.__version__ == version("blindrelay")
+    done = subprocess.run(
+        [sys.executable, "-m", "blindrelay", "--version"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stdout.startswith(f"blindrelay {blindrelay.__version__}")
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, blindrelay.client.sdk; "
+         "print(sorted(m for m in sys.modules if m.startswith('blindrelay.server')))"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert probe.stdout.strip() == "[]"

@@ -2,8 +2,14 @@
 
 One profile file holds the account (keystore sealed with a passphrase, asked
 with getpass or read from ``--passphrase-env``). The first run registers the
-handle; later runs log in. Incoming messages are printed as they arrive while
-the person types; commands start with ``/`` (``/help`` lists them).
+handle — only once the relay accepted it is the profile registered, so a refused
+handle leaves it to try another; later runs log in. On a terminal the input line
+is prompt_toolkit's (editing, ↑ history, a prompt naming whom plain lines go to and
+whether the relay is reachable), and incoming messages are printed above it; on a
+pipe, a file or a dumb terminal the chat reads line by line. Commands start with
+``/`` (``/help``, ``/help COMMAND``); a business account also gets
+``/request-consent``, ``/notify``, ``/profile``, ``/hours`` and ``/away``. The
+conversations are kept in the profile, sealed, and shown again at the next run.
 
 Trust is shown, never assumed (SPEC §3.3, §13.9): a contact's first key is
 pinned, ``/safety`` prints the number to compare and ``/verify`` records the
