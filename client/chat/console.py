@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import IO
 
 from blindrelay.protocol import limits
-from blindrelay.protocol.business import OpeningHours
+from blindrelay.protocol.business import BadgeStatus, OpeningHours
 from blindrelay.protocol.errors import (
     BlindrelayError,
     Forbidden,
@@ -225,7 +225,8 @@ class Chat:
         calls_itself = f', its profile says "{_printable(claimed)}"' if claimed else ""
         if info.key_changed:
             return f"[business, KEY CHANGED: not verified{calls_itself}]"
-        return f"[business, not verified: {info.badge.status.value}{calls_itself}]"
+        status = "no badge" if info.badge.status is BadgeStatus.ABSENT else info.badge.status.value
+        return f"[business, not verified: {status}{calls_itself}]"
 
     # --- Commands -----------------------------------------------------------------------
 
@@ -262,8 +263,8 @@ class Chat:
         if isinstance(exc, RecipientUnavailable):
             if handle and self.client.blocked(handle):
                 return f"you blocked {handle}; /unblock {handle} first"
-            return (f"RecipientUnavailable: no such user as {handle}, or you cannot write to them "
-                    "(they blocked you, or a business has no consent from you)")  # fmt: skip
+            return (f"no such user as {handle}, or you cannot write to them (they blocked you, "
+                    "or a business has no consent from you)")  # fmt: skip
         if isinstance(exc, KeyError):
             return f"you have not met {handle} yet: no key to compare (send them a message first)"
         if isinstance(exc, RateLimited):

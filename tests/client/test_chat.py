@@ -160,7 +160,7 @@ def test_two_people_chat_compare_safety_numbers_and_one_blocks_the_other(
         bob.type("/block alice")
         bob.expect("blocked alice")
         alice.type("/msg bob are you still there")
-        alice.expect(r"-> bob: sent|refused: RecipientUnavailable")
+        alice.expect(r"-> bob: sent|refused: no such user as bob, or you cannot write to them")
         bob.type("/unblock alice")
         bob.expect("unblocked alice")
         alice.type("/msg bob after the unblock")
