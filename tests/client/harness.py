@@ -13,7 +13,7 @@ import asyncio
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +25,7 @@ from blindrelay.client.keystore import KeyStore, MemoryKeyStore
 from blindrelay.client.sdk import Backoff, Client, Message, ReceiptEvent
 from blindrelay.protocol import frames
 from blindrelay.protocol.crypto.keys import IdentityKeyPair, SignedPreKey
-from blindrelay.protocol.errors import StoreUnavailable
+from blindrelay.protocol.errors import NotFound, StoreUnavailable
 from blindrelay.protocol.signed import ConsentStatement
 from blindrelay.server import relay as relay_module
 from blindrelay.server.config import RelayConfig
@@ -52,6 +52,17 @@ def run(coro: Coroutine[Any, Any, None]) -> None:
 
 async def within(awaitable: Awaitable[T], timeout: float = TIMEOUT) -> T:
     return await asyncio.wait_for(awaitable, timeout)
+
+
+async def once_logged(call: Callable[[], Awaitable[T]]) -> T:
+    """``call()``'s answer once a signed tree head covers what it asks for: NotFound (601)
+    until then, and test relays sign one every 50 ms (tests/relays.py)."""
+    for _ in range(200):
+        try:
+            return await call()
+        except NotFound:
+            await asyncio.sleep(0.05)
+    raise AssertionError("no signed tree head covered it")
 
 
 # --- clients ---------------------------------------------------------------------------

@@ -4,7 +4,6 @@ many, drops one, or serves items other than the logged ones."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from blindrelay.protocol.errors import InvalidProof, NotFound
 from blindrelay.protocol.transparency.bills import BillReconciliation, month_end, month_of
 
 from ..relays import FakeClock, relay_at
-from .harness import business_online, consented, online, run, within
+from .harness import business_online, consented, once_logged, online, run, within
 
 
 async def _notify(business: Business, customers: list[str], times: int) -> None:
@@ -72,7 +71,7 @@ def test_a_business_checks_its_bill_and_sees_what_a_dishonest_relay_changed(
             clock.now = month_end(month) + limits.BILL_CLOSE_DELAY_MS
             await relay.close_bills()
             for business in businesses:
-                outcome[business.client.handle] = await within(_once_logged(business, month))
+                outcome[business.client.handle] = await within(once_logged(lambda b=business: b.check_bill(month)))
             # Items served that are not the logged ones: refused, whatever they say.
             _tamper(db, "DELETE FROM bill_items WHERE business = 'airline' AND idx = 0")
             with pytest.raises(InvalidProof):
@@ -88,14 +87,3 @@ def test_a_business_checks_its_bill_and_sees_what_a_dishonest_relay_changed(
     assert not over.ok and len(over.extra) == 1 and over.matched == 6
     assert "1 billed without a SENT" in over.summary()
     assert not under.ok and len(under.missing) == 1 and under.billed == 5
-
-
-async def _once_logged(business: Business, month: str) -> BillReconciliation:
-    """The reconciliation, once a signed tree head covers the bill (test relays sign one
-    every 50 ms)."""
-    for _ in range(200):
-        try:
-            return await business.check_bill(month)
-        except NotFound:
-            await asyncio.sleep(0.05)
-    raise AssertionError("no signed tree head covered the bill")

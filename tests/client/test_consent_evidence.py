@@ -5,13 +5,11 @@ that is not evidence are refused in one line."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from blindrelay.protocol.errors import NotFound
 from blindrelay.protocol.transparency.evidence import (
     ConsentEvidence,
     evidence_from_json,
@@ -20,7 +18,7 @@ from blindrelay.protocol.transparency.evidence import (
 )
 
 from ..relays import relay_at
-from .harness import business_online, online, run, within
+from .harness import business_online, once_logged, online, run, within
 
 
 def verify(path: Path, relay_key: bytes, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -32,14 +30,8 @@ def verify(path: Path, relay_key: bytes, *extra: str) -> subprocess.CompletedPro
 
 
 async def evidence_once_logged(business, customer: str) -> ConsentEvidence:
-    """The evidence, once a signed tree head covers the statement (test relays sign one
-    every 50 ms)."""
-    for _ in range(200):
-        try:
-            return await business.consent_evidence(customer)
-        except NotFound:
-            await asyncio.sleep(0.05)
-    raise AssertionError("no signed tree head covered the statement")
+    """The evidence, once a signed tree head covers the statement."""
+    return await once_logged(lambda: business.consent_evidence(customer))
 
 
 def test_a_business_proves_a_customers_consent_offline(tmp_path: Path) -> None:
