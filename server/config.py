@@ -16,6 +16,7 @@ from blindrelay.protocol.errors import ProtocolError
 from blindrelay.protocol.frames import ProofOfWork
 
 from . import gcpolicy
+from .metrics import parse_listen
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -186,6 +187,9 @@ class RelayConfig:
     transparency log when it grew — the longest a logged change waits for a head.
     Shorter: clients see changes sooner, and ``log_heads`` grows faster (one row per
     interval in which anything was logged, at most 8,640 a day at 10 s)."""
+    metrics_listen: str = ""
+    """Where /healthz, /readyz and /metrics (Prometheus) are served: PORT or HOST:PORT on a
+    listener of their own, loopback when no host is given; empty or off: not served."""
     gc_threshold: int = gcpolicy.DEFAULT_THRESHOLD
     """Young-generation threshold of the relay's and the writer's garbage collector
     (:mod:`.gcpolicy`): higher costs less CPU and fewer pauses, lower frees cyclic
@@ -253,6 +257,7 @@ class RelayConfig:
             )
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be in 0..65535")
+        parse_listen(self.metrics_listen)  # ValueError naming metrics_listen
         if self.pow_bits < 0:
             raise ValueError("pow_bits must be 0 (off) or positive")
         self.proof_of_work  # noqa: B018 - validates the cost against SPEC §4.6.3's bound

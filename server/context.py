@@ -37,6 +37,7 @@ from blindrelay.protocol.frames import Frame
 
 from .config import RelayConfig
 from .logs import RefusalLog, log_event
+from .metrics import RelayMetrics
 from .ratelimit import Clock, TokenBuckets, wall_clock_ms
 from .registration import RegistrationPolicy
 from .routing import new_worker_id
@@ -202,6 +203,10 @@ class Sessions:
     def get(self, handle: str) -> Session | None:
         return self._live.get(handle)
 
+    def __len__(self) -> int:
+        """Accounts with a live session in this process."""
+        return len(self._live)
+
     def serves(self, handle: str) -> bool:
         """Whether ``handle``'s live session, with its outbox, is in this process."""
         session = self._live.get(handle)
@@ -350,6 +355,8 @@ class RelayContext:
     """This relay process among those sharing the store (:mod:`.routing`)."""
     stopping: bool = False
     """Set by shutdown: frames that arrive now are refused with SHUTTING_DOWN."""
+    metrics: RelayMetrics = field(default_factory=RelayMetrics)
+    """What ``/metrics`` and ``/readyz`` report (:mod:`.metrics`): counts, never who."""
 
     def refuse(self, session: Session, frame: Frame | None, exc: BaseException) -> None:
         """The one place a handler's exception becomes an ERROR frame (SPEC §9)."""
@@ -372,6 +379,8 @@ class RelayContext:
                 exc_type=exc_type, exc_at=exc_at,
             )  # fmt: skip
             exc = InternalError()
+        assert isinstance(exc, ProtocolError)
+        self.metrics.error(int(exc.code))
         if session.open:
             session.conn.send_error(exc, re=re)
             session.transport.flush()

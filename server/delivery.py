@@ -67,6 +67,8 @@ def check_send(sender: Account, frame: Send, limiters: Limiters) -> None:
 def send(ctx: RelayContext, session: Session, frame: Send) -> None:
     """SPEC §6.1–6.3, §7.3, §8.4: check here, decide and commit in the store
     (operation ``send``), then SENT; then DELIVER."""
+    metrics = ctx.metrics
+    received = metrics.now()
     sender = session.account
     assert sender is not None
     handle = sender.handle
@@ -74,9 +76,11 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
 
     def committed(result: Any) -> None:
         # "The relay MUST NOT send SENT before the envelope is committed to disk."
+        answered = metrics.now()
         resend = type(result) is int  # an idempotent resend: its original time
         at: int = result if resend else result[1]
         session.send_encoded(encode_sent(frame.id, frame.msg_id, at))
+        metrics.send_answered(received, handed, answered)
         if LOGGER.isEnabledFor(logging.DEBUG):
             log_event(
                 logging.DEBUG, "sent", handle=handle, to=frame.to, size=len(frame.body),
@@ -98,6 +102,7 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
 
         push_committed(ctx, frame.to, delivery_id, encode, previous)
 
+    handed = metrics.now()
     ctx.run_job(
         session, frame, "send",
         (handle, sender.kind, frame.to, frame.msg_id, frame.intent, frame.category,
@@ -358,6 +363,7 @@ class Outbox:
                 return
         self.in_flight.add(delivery_id)
         self.session.send_encoded(encode())
+        self.ctx.metrics.delivered.inc()
 
     def _page_in(self) -> None:
         room = self.window - len(self.in_flight)

@@ -94,6 +94,7 @@ class Dispatcher:
         session.transport.flush()
 
     def frame_received(self, session: Session, frame: Frame, size: int) -> None:
+        self.ctx.metrics.frame(frame.TYPE)
         if LOGGER.isEnabledFor(logging.DEBUG):
             log_event(
                 logging.DEBUG, "frame", type=frame.TYPE.name, handle=session.handle, size=size

@@ -76,6 +76,7 @@ from .config import TRANSPORT_WRITE_LIMIT_BYTES, RelayConfig
 from .context import Limiters, RelayContext, Session
 from .dispatch import Dispatcher
 from .logs import log_event
+from .metrics import PROBE_INTERVAL_S, MetricsServer, parse_listen
 from .ratelimit import Clock, wall_clock_ms
 from .registration import RegistrationPolicy, source_key
 from .routing import Hint, InProcessRouter, Router, open_router
@@ -702,6 +703,9 @@ class RunningRelay:
         self._purger: asyncio.Task[None] | None = None
         self._checkpointer: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
+        self.metrics_server: MetricsServer | None = None
+        """``/healthz``, ``/readyz``, ``/metrics`` (``--metrics-listen``); None when off."""
         self._flusher = _Flusher()
         self.outgoing = OutgoingStats()
         self._closed = gcpolicy.ClosedConnections()
@@ -731,6 +735,13 @@ class RunningRelay:
         host, port = next(iter(self._server.sockets)).getsockname()[:2]
         self.url = f"ws://[{host}]:{port}" if ":" in host else f"ws://{host}:{port}"
         self._purger = asyncio.create_task(self._purge_periodically())
+        metrics = self.ctx.metrics
+        metrics.connections.set_function(lambda: len(self._sessions))
+        metrics.authenticated.set_function(lambda: len(self.ctx.sessions))
+        self._prober = asyncio.create_task(self._probe_store_periodically())
+        listen = parse_listen(self.config.metrics_listen)
+        if listen is not None:
+            self.metrics_server = MetricsServer(metrics, *listen)
         self._checkpointer = asyncio.create_task(self._checkpoint_periodically())
         if self._sign is not None:
             self._publisher = asyncio.create_task(self._publish_periodically())
@@ -786,6 +797,7 @@ class RunningRelay:
     def lost(self, failure: str) -> None:
         """The store went away under the relay (:attr:`failed`)."""
         self.failure = failure
+        self.ctx.metrics.store_failed(failure)
         self.failed.set()
 
     def store_available(self, available: bool) -> None:
@@ -794,6 +806,8 @@ class RunningRelay:
         back, what other workers committed meanwhile was announced to nobody here."""
         if available:
             self.catch_up("store")
+        else:
+            self.ctx.metrics.store_failed("unavailable, reconnecting")
 
     def hint_received(self, hint: Hint) -> None:
         """What another worker committed that a session here must act on (the router's
@@ -923,6 +937,24 @@ class RunningRelay:
             except Exception as exc:  # e.g. the store is lost; the next interval retries
                 log_event(logging.ERROR, "tree_head_failed", exc_type=type(exc).__name__)
 
+    async def probe_store(self) -> bool:
+        """One store round trip (``noop``: answered once what came before it committed):
+        what ``/readyz`` says ready on."""
+        metrics = self.ctx.metrics
+        started = metrics.now()
+        try:
+            await self.ctx.store.submit("noop")
+        except Exception as exc:  # a store outage or a lost store: not ready
+            metrics.store_failed(type(exc).__name__)
+            return False
+        metrics.committed(metrics.now() - started)
+        return True
+
+    async def _probe_store_periodically(self) -> None:
+        while True:
+            await self.probe_store()
+            await asyncio.sleep(PROBE_INTERVAL_S)
+
     async def close(self) -> None:
         """Stop accepting, finish in-flight commits (their SENTs go out), then close.
 
@@ -933,7 +965,9 @@ class RunningRelay:
         await self.router.close()
         if self._collection is not None:
             self._collection.cancel()
-        for task in (self._purger, self._checkpointer, self._publisher):
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        for task in (self._purger, self._checkpointer, self._publisher, self._prober):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

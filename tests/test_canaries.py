@@ -37,11 +37,13 @@ import base64
 import contextlib
 import io
 import secrets
+import socket
 import sqlite3
 import stat
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,6 +196,9 @@ class Scenario:
     handles: list[str] = field(default_factory=list)
     identity_keys: list[bytes] = field(default_factory=list)
     live_files: dict[str, bytes] = field(default_factory=dict)
+    scrapes: list[bytes] = field(default_factory=list)
+    """Every answer of the relays' /metrics, /healthz and /readyz, taken while the story
+    ran and once more at its end (issue 19: they are scanned like the rest)."""
     live_modes: dict[str, int] = field(default_factory=dict)
 
     def text(self, label: str) -> str:
@@ -341,13 +346,22 @@ def run_story(
     wire, story = Wire(), Scenario()
     logs = [tmp_path / f"relay{n}.log" for n in range(workers)]
     relays: list[subprocess.Popen[bytes]] = []
+    metrics = [f"http://127.0.0.1:{free_port()}" for _ in logs]
+
+    def scrape() -> None:
+        for base in metrics:
+            for path in ("/metrics", "/healthz", "/readyz"):
+                with urllib.request.urlopen(base + path, timeout=10) as answer:
+                    story.scrapes.append(answer.read())
+
     try:
         urls = []
-        for log_path in logs:
+        for log_path, base in zip(logs, metrics, strict=True):
             with log_path.open("wb") as log:
                 relay = subprocess.Popen(
                     [sys.executable, "-m", "blindrelay.server.cli", "serve", "--port", "0",
-                     *store_args, "--log-level", "DEBUG",
+                     *store_args, "--log-level", "DEBUG", "--metrics-listen",
+                     base.removeprefix("http://"),
                      "--sth-interval-s", "0.2"],  # a fresh badge is shown once logged
                     stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
                     umask=0,  # the most permissive an operator could run it with
@@ -366,9 +380,10 @@ def run_story(
                     for url in urls
                 ]
                 await play(proxied, store_args, operator_key, operator_key_path, wire, story,
-                           lambda: snapshot(story))  # fmt: skip
+                           lambda: (scrape(), snapshot(story)))  # fmt: skip
 
         asyncio.run(captured())
+        scrape()  # after the story: every counter and histogram it moved
     finally:
         for relay in relays:
             relay.terminate()
@@ -379,6 +394,21 @@ def run_story(
     # SPEC §11.2: every file ``blindrelay admin`` writes is the owner's only.
     assert stat.S_IMODE(operator_key_path.stat().st_mode) == 0o600
     return wire, story, b"".join(log.read_bytes() for log in logs)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def metrics_were_scraped(story: Scenario) -> bytes:
+    """The scraped answers, after checking they are what they claim: the story's frames
+    counted, the relays ready (a positive control for the scan of them)."""
+    scraped = b"".join(story.scrapes)
+    assert b'blindrelay_frames_received_total{type="SEND"}' in scraped
+    assert b"ready\n" in scraped and b"ok\n" in scraped
+    return scraped
 
 
 def network_sees_nothing_but_sizes(sources: dict[str, bytes], story: Scenario) -> None:
@@ -448,12 +478,15 @@ def test_no_canary_reaches_the_relay_database_logs_or_wire(
     sources["logs"] = logs
     sources["frames"] = b"".join(wire.messages)
     sources["socket"] = bytes(wire.socket)
+    sources["metrics"] = metrics_were_scraped(story)
 
     canaries, keys = canaries_of(story)
     found = hits(sources, canaries)
     report(capsys, story, canaries, keys, sources, found)
     assert found == [], found
     network_sees_nothing_but_sizes(sources, story)
+    public = [h.encode() for h in story.handles] + story.identity_keys
+    assert hits({"metrics": sources["metrics"]}, public) == []  # not even who
 
     # Positive controls: the scanner finds what the relay legitimately holds …
     public = [h.encode() for h in story.handles] + story.identity_keys
@@ -684,6 +717,7 @@ def test_no_canary_reaches_the_postgresql_store_its_wal_logs_or_wire(
     sources["logs"] = logs
     sources["frames"] = b"".join(wire.messages)
     sources["socket"] = bytes(wire.socket)
+    sources["metrics"] = metrics_were_scraped(story)
 
     canaries, keys = canaries_of(story)
     found = hits(sources, canaries)

@@ -1,0 +1,111 @@
+"""Health and Prometheus metrics on their own listener (server/metrics.py, issue 19)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import urllib.error
+import urllib.request
+from dataclasses import replace
+
+import pytest
+
+from blindrelay.protocol.errors import ErrorCode
+from blindrelay.protocol.frames import Sent
+from blindrelay.server.config import RelayConfig
+from blindrelay.server.metrics import READY_WINDOW_S, RelayMetrics, parse_listen
+
+from .conftest import ALL_BACKENDS, Clients, FakeClock, RelayFixture, error_code
+
+BACKENDS = ALL_BACKENDS
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode()
+
+
+async def fetch(url: str) -> tuple[int, str]:
+    return await asyncio.to_thread(get, url)
+
+
+def sample(text: str, name: str) -> float:
+    """The value of the one sample ``name`` (with its labels) in the exposition."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"no {name} in the exposition")
+
+
+async def test_health_readiness_and_metrics_are_served_apart_from_the_websocket_port(
+    config: RelayConfig, clients: Clients, clock: FakeClock
+) -> None:
+    async with RelayFixture(replace(config, metrics_listen="127.0.0.1:0"), clock) as relay:
+        assert relay.metrics_server is not None
+        base = relay.metrics_server.url
+        assert await fetch(base + "/healthz") == (200, "ok\n")
+        assert await relay.probe_store()
+        assert await fetch(base + "/readyz") == (200, "ready\n")
+
+        alice = await clients.registered(relay.url, "alice")
+        await clients.registered(relay.url, "bob")
+        for _ in range(3):
+            assert isinstance(await alice.send_message("bob", os.urandom(40)), Sent)
+        refused = await alice.send_message("nobody", b"x")
+        assert error_code(refused) == ErrorCode.RECIPIENT_UNAVAILABLE
+
+        status, text = await fetch(base + "/metrics")
+        assert status == 200
+        assert sample(text, 'blindrelay_frames_received_total{type="SEND"}') == 4
+        assert sample(text, 'blindrelay_errors_sent_total{code="400"}') == 1
+        assert sample(text, 'blindrelay_refusals_total{class="delivery"}') == 1
+        assert sample(text, "blindrelay_sends_committed_total") == 3
+        assert sample(text, 'blindrelay_send_seconds_count{stage="total"}') == 3
+        for stage in ("loop", "store", "answer"):
+            assert sample(text, f'blindrelay_send_seconds_count{{stage="{stage}"}}') == 3
+        assert sample(text, "blindrelay_connections") == 2
+        assert sample(text, "blindrelay_connections_authenticated") == 2
+        assert sample(text, "blindrelay_store_ready") == 1
+        assert sample(text, "blindrelay_store_round_trip_seconds_count") >= 1
+        assert "alice" not in text and "bob" not in text  # nobody is named
+        assert (await fetch(base + "/"))[0] == 404
+
+        # The public port answers a plain GET as before, whatever the path.
+        http = relay.url.replace("ws://", "http://")
+        assert (await fetch(http + "/metrics"))[0] == 426
+        assert (await fetch(http + "/healthz"))[0] == 426
+
+
+def test_readiness_follows_the_store() -> None:
+    now = [1000.0]
+    metrics = RelayMetrics(clock=lambda: now[0])
+    assert metrics.ready() == (False, "store: not probed yet")
+    metrics.committed(0.002)
+    assert metrics.ready() == (True, "ready")
+    now[0] += READY_WINDOW_S + 1
+    assert metrics.ready()[0] is False  # no commit for a while: not ready
+    metrics.committed()
+    metrics.store_failed("unavailable, reconnecting")
+    assert metrics.ready() == (False, "store: unavailable, reconnecting")
+    metrics.committed()
+    assert metrics.ready() == (True, "ready")
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [("", None), ("off", None), ("9465", ("127.0.0.1", 9465)),
+     ("0.0.0.0:9100", ("0.0.0.0", 9100)), ("[::1]:9100", ("::1", 9100))],
+)  # fmt: skip
+def test_metrics_listen_takes_a_port_or_host_and_port(
+    value: str, parsed: tuple[str, int] | None
+) -> None:
+    assert parse_listen(value) == parsed
+
+
+@pytest.mark.parametrize("value", ["abc", "host:", "1.2.3.4:70000", "x:y"])
+def test_a_bad_metrics_listen_is_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="metrics_listen"):
+        parse_listen(value)
