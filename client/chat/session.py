@@ -67,7 +67,9 @@ async def session(options: Options, out: IO[str]) -> int:
         return 1
     # The SDK's own warnings (a relay error it retries) are for a log, not this screen:
     # what matters is said by the chat in words (``Chat.watch_connection``, refusals).
-    logging.getLogger("blindrelay.client").setLevel(logging.ERROR)
+    sdk_log = logging.getLogger("blindrelay.client")
+    level = sdk_log.level
+    sdk_log.setLevel(logging.ERROR)
     chat = Chat(client, out)
     tasks: list[asyncio.Task[None]] = []
     try:
@@ -113,6 +115,7 @@ async def session(options: Options, out: IO[str]) -> int:
             await chat.business.close()
         else:
             await client.close()
+        sdk_log.setLevel(level)  # the process's logging is its own again
 
 
 SETTLE_S = 5.0
