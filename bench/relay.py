@@ -31,17 +31,21 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.loadgen import LoadError, LoadSpec, run_load
 from bench.procs import ServerError, ServerProcess
@@ -86,9 +90,57 @@ def relay_argv(synchronous: str) -> ServerArgv:
             sys.executable, "-m", "blindrelay.server.cli", "serve",
             "--host", "127.0.0.1", "--port", "0", "--db", str(workdir / "relay.db"),
             "--synchronous", synchronous, *unlimited_flags(),
+            "--metrics-listen", f"127.0.0.1:{free_port()}",  # its SEND stages, read after
         ]  # fmt: skip
 
     return argv
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+STAGES = ("loop", "store", "answer", "total")
+
+
+def send_stages(argv: list[str]) -> dict[str, list[float]] | None:
+    """The relay's SEND → SENT histogram by stage (``/metrics``): [p50, p99] ms of each,
+    interpolated within its bucket as Prometheus's histogram_quantile does; None for a
+    server without ``--metrics-listen``."""
+    if "--metrics-listen" not in argv:
+        return None
+    address = argv[argv.index("--metrics-listen") + 1]
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    buckets: dict[str, list[tuple[float, float]]] = {stage: [] for stage in STAGES}
+    for family in text_string_to_metric_families(text):
+        if family.name != "blindrelay_send_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket") and sample.labels.get("stage") in buckets:
+                bound = float(sample.labels["le"])
+                buckets[sample.labels["stage"]].append((bound, sample.value))
+    return {
+        stage: [round(quantile(q, sorted(rows)) * 1e3, 2) for q in (0.5, 0.99)]
+        for stage, rows in buckets.items()
+        if rows and rows[-1][1] > 0
+    }
+
+
+def quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """``q`` of a cumulative histogram [(upper bound, count)], linear within a bucket."""
+    total = buckets[-1][1]
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * ((rank - below) / max(count - below, 1e-12))
+        lower, below = bound, count
+    return lower
 
 
 def forwarder_argv(*extra: str) -> ServerArgv:
@@ -127,6 +179,8 @@ class Row:
     peak_rss_kib: int
     server_cpu_us_per_msg: float
     client_cpu_us_per_msg: float
+    send_stages_ms: dict[str, list[float]] | None = None
+    """The relay's own SEND → SENT split (loop, store, answer, total): [p50, p99] ms."""
 
 
 def throughput(name: str, spec: LoadSpec, workdir: Path, profile: Path | None) -> Row:
@@ -139,6 +193,7 @@ def throughput(name: str, spec: LoadSpec, workdir: Path, profile: Path | None) -
         result = run_load(LoadSpec(**{**asdict(spec), "url": server.url}))
         cpu = server.cpu_s() - cpu0
         rss, peak = server.memory_kib()
+        stages = send_stages(argv)
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(timeout=30)
@@ -158,6 +213,7 @@ def throughput(name: str, spec: LoadSpec, workdir: Path, profile: Path | None) -
         peak_rss_kib=peak,
         server_cpu_us_per_msg=round(cpu / n * 1e6, 1),
         client_cpu_us_per_msg=round(result.client_cpu_s / n * 1e6, 1),
+        send_stages_ms=stages,
     )
 
 
