@@ -94,6 +94,19 @@ class RelayMetrics:
             "committed answer (the readiness probe's)", buckets=LATENCY_BUCKETS,
             registry=registry,
         )  # fmt: skip
+        self.batch_operations = Histogram(
+            "blindrelay_commit_batch_operations", "Store operations committed together in "
+            "one transaction (the group commit)",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000), registry=registry,
+        )  # fmt: skip
+        self.batch_seconds = Histogram(
+            "blindrelay_commit_batch_seconds", "One group-committed batch: its operations and "
+            "its COMMIT", buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.commit_seconds = Histogram(
+            "blindrelay_commit_seconds", "The COMMIT of a batch (the fsync, with SQLite's "
+            "synchronous=FULL)", buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
         self.connections = Gauge(
             "blindrelay_connections", "WebSocket connections open", registry=registry
         )
@@ -141,6 +154,13 @@ class RelayMetrics:
         self._store_down = None
         if round_trip_s is not None:
             self.store_round_trip.observe(round_trip_s)
+
+    def batch_committed(self, operations: int, batch_s: float, commit_s: float) -> None:
+        """A group-committed batch (``Store.on_batch``): the store is up, too."""
+        self.batch_operations.observe(operations)
+        self.batch_seconds.observe(batch_s)
+        self.commit_seconds.observe(commit_s)
+        self.committed()
 
     def store_failed(self, reason: str) -> None:
         self._store_down = reason

@@ -1051,6 +1051,7 @@ async def serve(
     )  # fmt: skip
     store.on_lost = relay.lost
     store.on_available = relay.store_available
+    store.on_batch = ctx.metrics.batch_committed
     store.links = router.envelope_links
     try:
         # Hearing other workers' hints before the first connection is accepted.

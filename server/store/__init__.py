@@ -120,6 +120,10 @@ class Store(Protocol):
     """Called when :attr:`available` changes (never by a back end that cannot reconnect):
     after an outage, other relay processes' hints may have been missed."""
 
+    on_batch: Callable[[int, float, float], None] | None
+    """Called after each committed batch with its operations, its whole time and its
+    COMMIT's (seconds): the group commit as ``/metrics`` shows it (issue 19)."""
+
     links: EnvelopeLinks | None
     """Peer links to the other workers (the relay sets its router's; None: none). A shared
     store sends a new envelope for a recipient another worker serves over its link,

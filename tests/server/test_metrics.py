@@ -70,6 +70,9 @@ async def test_health_readiness_and_metrics_are_served_apart_from_the_websocket_
         assert sample(text, "blindrelay_connections_authenticated") == 2
         assert sample(text, "blindrelay_store_ready") == 1
         assert sample(text, "blindrelay_store_round_trip_seconds_count") >= 1
+        batches = sample(text, "blindrelay_commit_batch_operations_count")
+        assert batches >= 1 and sample(text, "blindrelay_commit_seconds_count") == batches
+        assert sample(text, "blindrelay_commit_batch_operations_sum") >= 3  # the SENDs, at least
         assert "alice" not in text and "bob" not in text  # nobody is named
         assert (await fetch(base + "/"))[0] == 404
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -139,6 +140,8 @@ class Counters:
     """Batches rolled back and run again carefully (an unexpected failure)."""
     retries: int = 0
     """Batches run again after a deadlock or serialization failure."""
+    last_commit_s: float = 0.0
+    """How long the last batch's COMMIT round trip took."""
 
 
 class _Again(Exception):
@@ -162,7 +165,7 @@ async def run_batch(
     retries = 0
     while True:
         try:
-            outcomes = await _attempt(conn, calls, origin, careful, links)
+            outcomes = await _attempt(conn, calls, origin, careful, links, counters)
         except _Again as again:
             if retryable(again.cause) and retries < MAX_RETRIES:
                 retries += 1
@@ -185,6 +188,7 @@ async def _attempt(
     origin: str,
     careful: bool,
     links: EnvelopeLinks | None,
+    counters: Counters,
 ) -> list[Outcome]:
     tx = Tx(conn, origin, links=links)
     outcomes: list[Outcome] = [(False, None)] * len(calls)
@@ -194,7 +198,9 @@ async def _attempt(
         begun = True
         await _run(tx, calls, outcomes, careful)
         await notify(conn, tx.hints)
+        committing = time.perf_counter()
         await conn.execute("COMMIT")
+        counters.last_commit_s = time.perf_counter() - committing
     except Exception as exc:
         if connection_lost(exc):
             raise

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -98,6 +99,7 @@ class PostgresStore:
         self.location = f"{redact(url)} (PostgreSQL)"
         self.on_lost: Callable[[str], None] | None = None
         self.on_available: Callable[[bool], None] | None = None
+        self.on_batch: Callable[[int, float, float], None] | None = None
         """Called with False when an outage begins and True once the store is back."""
         self.links: routing.EnvelopeLinks | None = None
         self.counters = Counters()
@@ -229,9 +231,14 @@ class PostgresStore:
             outcomes = [(False, self._unavailable())] * len(batch)
         else:
             try:
+                started = time.perf_counter()
                 outcomes = await run_batch(
                     self._conn, batch, self.origin, self.counters, self.links
                 )
+                if self.on_batch is not None:
+                    self.on_batch(
+                        len(batch), time.perf_counter() - started, self.counters.last_commit_s
+                    )
             except Exception as exc:
                 if not connection_lost(exc):
                     log_event(

@@ -82,6 +82,15 @@ class SqliteStore:
         """The writer process's, for tests that kill it."""
         return self._writer.pid
 
+    @property
+    def on_batch(self) -> Callable[[int, float, float], None] | None:
+        """``Store.on_batch``: reported by the writer process with each batch's answers."""
+        return self._writer.on_batch
+
+    @on_batch.setter
+    def on_batch(self, hook: Callable[[int, float, float], None] | None) -> None:
+        self._writer.on_batch = hook
+
     async def start(self) -> None:
         check_relay_file(self.path, new=True)  # before anything writes to it
         await self._writer.start()  # creates or upgrades the schema before the reader opens

@@ -68,6 +68,7 @@ import contextlib
 import os
 import sqlite3
 import stat
+import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -1192,6 +1193,9 @@ class GroupCommitter:
         """Batches run a second time, with savepoints, because a job failed after it
         wrote: each costs its whole batch twice, so jobs refuse before writing."""
 
+    last_commit_s: float = 0.0
+    """How long the last batch's COMMIT took (the fsync, with ``synchronous=FULL``)."""
+
     def commit(self, batch: list[Job]) -> list[Outcome]:
         """Run ``batch`` in one transaction; a failed job undoes only itself.
 
@@ -1210,7 +1214,9 @@ class GroupCommitter:
                 outcomes = _run_batch(tables, batch, savepoints=True)
             assert outcomes is not None
             tables.usage.flush()  # the batch's metering counts, in its transaction
+            committing = time.perf_counter()
             tables.db.conn.execute("COMMIT")
+            self.last_commit_s = time.perf_counter() - committing
         except Exception as exc:
             # The commit itself failed (disk full, I/O error): nothing in the
             # batch is durable, so every job fails and no SENT goes out.

@@ -10,7 +10,8 @@ carrying msgpack. The loop sends one message per loop turn, the list of jobs
 submitted in that turn, each ``[job id, operation name, args]`` (operations
 are the functions of :data:`.jobs.OPERATIONS`). The writer commits whatever has
 arrived as one transaction and answers with one message per committed batch:
-``[[job id, ok, value or (error code name, detail)], …], log lines]``. A
+``[[job id, ok, value or (error code name, detail)], …], log lines, [jobs, batch s,
+COMMIT s]]``. A
 ``ProtocolError`` comes back as its code name and is raised again as the same
 class; anything else comes back as INTERNAL_ERROR with its type and place
 (:class:`~blindrelay.server.store.StoreJobError`). Outcomes arrive in submission order — which keeps
@@ -105,6 +106,8 @@ class Writer:
         self._closing = False
         self.pid: int | None = None
         self.on_lost: Callable[[], None] | None = None
+        self.on_batch: Callable[[int, float, float], None] | None = None
+        """Each committed batch's jobs, whole time and COMMIT time (``Store.on_batch``)."""
         """Called if the process goes away while the relay still needs it."""
 
     async def start(self) -> None:
@@ -215,9 +218,11 @@ class Writer:
             else:
                 self._started.set_exception(WriterStartError(f"{message[1]}: {message[2]}"))
             return
-        answers, logs = message
+        answers, logs, stats = message
         for level, event, fields in logs:
             log_event(level, event, **fields)
+        if self.on_batch is not None:
+            self.on_batch(*stats)
         waiting = self._waiting
         for job_id, ok, value in answers:
             expected, done = waiting.popleft()

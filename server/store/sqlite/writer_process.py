@@ -27,6 +27,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -115,15 +116,18 @@ def serve(sock: socket.socket, committer: GroupCommitter, logs: list[list[Any]])
                 queued.extend(batch)
         batch, queued = queued[:MAX_JOBS_PER_COMMIT], queued[MAX_JOBS_PER_COMMIT:]
         jobs = [_job(op, args) if op in OPERATIONS else _unknown(op) for _id, op, args in batch]
+        started = time.perf_counter()
         outcomes = committer.commit(jobs)
+        stats = [len(jobs), time.perf_counter() - started, committer.last_commit_s]
         answers = [
             [job[0], True, value] if ok else [job[0], False, _error(value)]
             for job, (ok, value) in zip(batch, outcomes, strict=True)
         ]
         try:
-            message = packer.pack([answers, logs])
+            message = packer.pack([answers, logs, stats])
         except (TypeError, ValueError) as exc:  # an operation returned a non-msgpack value
-            message = packer.pack([[_packable(packer, answer, exc) for answer in answers], logs])
+            packable = [_packable(packer, answer, exc) for answer in answers]
+            message = packer.pack([packable, logs, stats])
         logs.clear()
         sock.sendall(message)
 
