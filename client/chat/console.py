@@ -359,6 +359,9 @@ class Chat:
         except (BlindrelayError, KeyError, ConnectionLost) as exc:
             self.say(f"refused: {self.explain(exc, handle)}")
             return
+        except Exception as exc:  # a background send must never fail in silence
+            self.say(f"-> {handle}: not sent ({type(exc).__name__}: {exc}); try again")
+            return
         self.client.store.keep_chat_line(handle, self.client.relay_now(), True, text)
         self.remember(handle)
         self.say(f"-> {handle}: sent")

@@ -654,17 +654,21 @@ def test_the_chat_says_when_the_relay_goes_away_and_comes_back(tmp_path: Path) -
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with relay_process(tmp_path / "relay.db", port) as url:
-        bob = chat(url, tmp_path / "bob.db", "bob")
-        bob.expect("registered bob")
-        alice = chat(url, tmp_path / "alice.db", "alice")
-        alice.expect("registered alice")
-    alice.expect("disconnected from the relay — reconnecting")
-    alice.type("/msg bob typed while the relay was away")
-    alice.expect("-> bob: waiting for the relay")
-    with relay_process(tmp_path / "relay.db", port):
-        said = {alice.expect(r"reconnected to the relay|-> bob: sent").group(0) for _ in "12"}
-        assert said == {"reconnected to the relay", "-> bob: sent"}  # in either order
-        bob.expect(r"alice: typed while the relay was away\n")
-        assert alice.close() == 0
-        assert bob.close() == 0
+    terminals: list[Terminal] = []
+    try:
+        with relay_process(tmp_path / "relay.db", port) as url:
+            bob = chat(url, tmp_path / "bob.db", "bob")
+            terminals.append(bob)
+            bob.expect("registered bob")
+            alice = chat(url, tmp_path / "alice.db", "alice")
+            terminals.append(alice)
+            alice.expect("registered alice")
+        alice.expect("disconnected from the relay — reconnecting")
+        alice.type("/msg bob typed while the relay was away")
+        alice.expect("-> bob: waiting for the relay")
+        with relay_process(tmp_path / "relay.db", port):
+            said = {alice.expect(r"reconnected to the relay|-> bob: sent").group(0) for _ in "12"}
+            assert said == {"reconnected to the relay", "-> bob: sent"}, alice.seen
+            bob.expect(r"alice: typed while the relay was away\n")
+    finally:
+        assert [terminal.close() for terminal in terminals] == [0] * len(terminals)
