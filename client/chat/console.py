@@ -74,6 +74,11 @@ HELP = "commands:\n" + "\n".join(
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
+SEND_RATE_RETRIES = 5
+"""A send the relay paces (402, its retry_after) is tried again this many times: the
+person typed it once. A relay that took over an account counts its buckets as just spent
+(SPEC §10), so the first request after a relay restart can meet one."""
+
 
 class Usage(Exception):
     """A command typed wrongly: its one-line explanation is shown."""
@@ -352,7 +357,14 @@ class Chat:
 
     async def _deliver(self, handle: str, text: str) -> None:
         try:
-            await self.client.send(handle, text)
+            for attempt in range(SEND_RATE_RETRIES + 1):
+                try:
+                    await self.client.send(handle, text)
+                    break
+                except RateLimited as exc:  # the relay's pacing, not a refusal: wait, again
+                    if attempt == SEND_RATE_RETRIES:
+                        raise
+                    await asyncio.sleep(max(exc.retry_after_ms, 1) / 1000)
         except UntrustedIdentity:
             self.warn_identity_change(handle)
             return
