@@ -102,7 +102,9 @@ def test_batches_that_arrived_together_are_one_commit_answered_in_order(
 ) -> None:
     messages = serve_all(committer, [account(0, "alice"), account(1, "bob")], [account(2, "carol")])
     assert committer.commits == 1 and committer.jobs == 3
-    assert messages == [[[[0, True, None], [1, True, None], [2, True, None]], []]]
+    [[answers, logs, (jobs, batch_s, commit_s)]] = messages
+    assert (answers, logs) == ([[0, True, None], [1, True, None], [2, True, None]], [])
+    assert jobs == 3 and 0 <= commit_s <= batch_s  # what /metrics shows of the group commit
 
 
 def test_a_commit_holds_at_most_max_jobs_per_commit(
@@ -112,13 +114,13 @@ def test_a_commit_holds_at_most_max_jobs_per_commit(
     monkeypatch.setattr(writer_process, "MAX_JOBS_PER_COMMIT", 2)
     messages = serve_all(committer, [account(n, f"user{n}") for n in range(5)])
     assert committer.commits == 3
-    assert [[answer[0] for answer in answers] for answers, _ in messages] == [[0, 1], [2, 3], [4]]
+    assert [[answer[0] for answer in answers] for answers, _, _ in messages] == [[0, 1], [2, 3], [4]]
 
 
 def test_a_protocol_error_is_answered_as_its_code_name_and_detail(
     committer: GroupCommitter,
 ) -> None:
-    [[answers, _]] = serve_all(committer, [account(0, "alice"), account(1, "alice")])
+    [[answers, _, _]] = serve_all(committer, [account(0, "alice"), account(1, "alice")])
     assert answers[0] == [0, True, None]
     job_id, ok, (code, detail) = answers[1]
     assert (job_id, ok, code) == (1, False, ErrorCode.HANDLE_TAKEN.name)
@@ -129,7 +131,7 @@ def test_only_named_operations_run_and_other_failures_carry_no_message(
     committer: GroupCommitter,
 ) -> None:
     """SPEC §9: an internal error is its type and place; its message may quote input."""
-    [[answers, _]] = serve_all(committer, [
+    [[answers, _, _]] = serve_all(committer, [
         [0, "__import__", ["os"]],
         [1, "take_budget", ["secret-name", "alice", 1.0, 1, 0]],
         account(2, "alice"),
@@ -147,7 +149,7 @@ def test_a_result_msgpack_cannot_carry_fails_only_its_own_job(
     committer: GroupCommitter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(jobs.OPERATIONS, "unpackable", lambda tables: object())
-    [[answers, _]] = serve_all(committer, [account(0, "alice"), [1, "unpackable", []]])
+    [[answers, _, _]] = serve_all(committer, [account(0, "alice"), [1, "unpackable", []]])
     assert answers[0] == [0, True, None]
     assert answers[1][:2] == [1, False] and answers[1][2][0] == "INTERNAL_ERROR"
     assert answers[1][2][2] == "TypeError"
@@ -169,7 +171,7 @@ def test_jobs_received_before_eof_are_all_answered(committer: GroupCommitter) ->
     """EOF is how the relay stops its writer: nothing sent before it is dropped."""
     batches = [[account(n, f"user{n}")] for n in range(20)]
     messages = serve_all(committer, *batches)
-    assert [answer[0] for answers, _ in messages for answer in answers] == list(range(20))
+    assert [answer[0] for answers, _, _ in messages for answer in answers] == list(range(20))
 
 
 # --- main: the process the relay starts -------------------------------------------------
@@ -214,7 +216,7 @@ def test_the_process_answers_jobs_and_stops_cleanly_at_eof(
     started: WriterProcess, tmp_path: Path
 ) -> None:
     started.peer.send([account(0, "alice")])
-    answers, logs = started.peer.next()
+    answers, logs, _stats = started.peer.next()
     assert answers == [[0, True, None]]
     assert "gc_policy" in [event for _level, event, _fields in logs]  # its start-up line
     started.peer.end()
