@@ -103,10 +103,13 @@ def free_port() -> int:
 
 
 STAGES = ("loop", "store", "answer", "total")
+"""SEND → SENT stages; ``batch`` and ``commit`` (a group-committed batch, its COMMIT) are
+reported beside them: where the store stage's time goes."""
 
 
 def send_stages(argv: list[str]) -> dict[str, list[float]] | None:
-    """The relay's SEND → SENT histogram by stage (``/metrics``): [p50, p99] ms of each,
+    """The relay's SEND → SENT histogram by stage (``/metrics``), and its batches' and
+    COMMITs' times: [p50, p99] ms of each,
     interpolated within its bucket as Prometheus's histogram_quantile does; None for a
     server without ``--metrics-listen``."""
     if "--metrics-listen" not in argv:
@@ -115,13 +118,18 @@ def send_stages(argv: list[str]) -> dict[str, list[float]] | None:
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as answer:
         text = answer.read().decode()
     buckets: dict[str, list[tuple[float, float]]] = {stage: [] for stage in STAGES}
+    store_parts = {
+        "blindrelay_commit_batch_seconds": "batch", "blindrelay_commit_seconds": "commit",
+    }  # fmt: skip
     for family in text_string_to_metric_families(text):
-        if family.name != "blindrelay_send_seconds":
-            continue
         for sample in family.samples:
-            if sample.name.endswith("_bucket") and sample.labels.get("stage") in buckets:
-                bound = float(sample.labels["le"])
+            if not sample.name.endswith("_bucket"):
+                continue
+            bound = float(sample.labels["le"])
+            if family.name == "blindrelay_send_seconds" and sample.labels.get("stage") in buckets:
                 buckets[sample.labels["stage"]].append((bound, sample.value))
+            elif family.name in store_parts:  # inside the store stage: a batch, its COMMIT
+                buckets.setdefault(store_parts[family.name], []).append((bound, sample.value))
     return {
         stage: [round(quantile(q, sorted(rows)) * 1e3, 2) for q in (0.5, 0.99)]
         for stage, rows in buckets.items()

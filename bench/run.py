@@ -237,7 +237,8 @@ def w_latency(suite: Suite, tmp: Path) -> None:
     ]  # fmt: skip
     # Where the relay's own SEND → SENT time goes (its /metrics, issue 19): p99 by stage.
     for stage, (_p50, p99) in (rel.send_stages_ms or {}).items():
-        suite.figures.append(Figure(w, f"SENT p99 ms: {stage}", p99, None, "(relay only)"))
+        label = {"batch": "store: batch", "commit": "store: COMMIT"}.get(stage, stage)
+        suite.figures.append(Figure(w, f"SENT p99 ms: {label}", p99, None, "(relay only)"))
     suite.details["latency"] = {
         "rate": rate, "messages_per_pair": messages,
         "paced_at": "half the relay's msg/s from workload 1, same absolute rate for both",
