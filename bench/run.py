@@ -533,7 +533,8 @@ def render(suite: Suite, env: dict[str, Any], elapsed_s: float) -> str:
         f"relay: synchronous=FULL, group commit, send rate limits raised to "
         f"{relay.UNLIMITED_RATE}/s (the defaults would measure the token buckets); "
         f"{p.size} B bodies, window {p.window}, {p.workers} load processes; "
-        f"latency paced at half and a quarter of the relay's w1 rate for both servers, from due times"
+        f"latency paced at half and a quarter of the relay's w1 rate for both servers, "
+        f"from due times"
     )
     return "\n".join(lines)
 
