@@ -152,18 +152,21 @@ class LogCheck:
         if bundle.log is None and bundle.kind != AccountKind.BUSINESS:
             return bundle
         deadline = time.monotonic() + self.wait_s
-        # The newest head's size when the bundle came without proof: once a larger head
-        # is signed, the binding is in it, and the bundle is fetched again.
-        unproven_at: int | None = None
+        # The newest head's size read *before* the last fetch: a bundle fetched after a
+        # head of that size that still has no proof binds a key newer than that head, so
+        # it is fetched again once a larger head is signed. The first head is read after
+        # the bundle came: a head signed in between may already cover the binding, so the
+        # bundle is fetched once more at once (a head is signed only when the log grows:
+        # waiting for a larger one could wait for ever).
+        read_before: int | None = None
         while bundle.log is None:
             head = await self._reader.head()
             size = 0 if head is None else head.size
-            if unproven_at is not None and size > unproven_at:
-                bundle = await fetch_again()
-                unproven_at = None
+            if read_before is None or size > read_before:
+                if read_before is not None or size > 0:
+                    bundle = await fetch_again()
+                read_before = size
                 continue
-            if unproven_at is None:
-                unproven_at = size
             if time.monotonic() >= deadline:
                 raise KeyNotLogged(bundle.handle, f"no signed tree head within {self.wait_s} s")
             await asyncio.sleep(POLL_S)

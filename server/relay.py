@@ -933,6 +933,9 @@ class RunningRelay:
             await asyncio.sleep(self.config.sth_interval_s)
             try:
                 await self.close_bills()  # logged before the head that covers them
+            except Exception as exc:  # a bill that cannot close must not stop the heads
+                log_event(logging.ERROR, "bills_failed", exc_type=type(exc).__name__)
+            try:
                 await self.publish_tree_head()
             except Exception as exc:  # e.g. the store is lost; the next interval retries
                 log_event(logging.ERROR, "tree_head_failed", exc_type=type(exc).__name__)

@@ -193,6 +193,27 @@ def test_a_binding_signed_after_the_bundle_is_waited_for() -> None:
     run(scenario())
 
 
+def test_a_head_signed_between_the_bundle_and_the_first_look_is_not_waited_past() -> None:
+    """The bundle came without proof just before the relay signed the head that covers
+    the binding, and nothing is logged after: no larger head will ever come. The SDK
+    fetches the bundle once more after its first look at the head (a CI run that waited
+    25 s for a larger head, then refused the business's key, found this race)."""
+
+    async def scenario() -> None:
+        relay = LoggingRelay()
+        relay.append(*filler(2))
+        index = relay.append(binding("airline", AIRLINE_SEED))
+        relay.sign_head()  # covers the binding; the log grows no more
+        unproven = bundle("airline", AIRLINE_SEED, "business")
+        relay.bundles = [unproven, relay.proven(unproven, index)]
+        alice = await customer(relay, log_wait_s=2.0)
+        await within(alice.send("airline", "hello"))
+        assert relay.fetches == 2
+        await alice.close()
+
+    run(scenario())
+
+
 def test_two_heads_no_proof_joins_are_a_fork_with_both_heads_as_evidence() -> None:
     """A head kept from before, then a bundle proven in a head of another history (the
     relay rewrote an entry): LogForked, carrying both signed heads."""
