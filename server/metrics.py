@@ -178,9 +178,15 @@ class RelayMetrics:
         return self._clock()
 
 
+_REFUSAL_CLASSES = {
+    1: "request", 2: "auth", 3: "prekeys", 4: "delivery", 5: "statement", 6: "business",
+    9: "relay",
+}  # fmt: skip
+"""The hundreds of an error code → its class (SPEC §9)."""
+
+
 def _refusal_class(code: int) -> str:
-    return {1: "request", 2: "auth", 3: "prekeys", 4: "delivery", 5: "statement",
-            6: "business", 9: "relay"}.get(code // 100, "other")  # fmt: skip
+    return _REFUSAL_CLASSES.get(code // 100, "other")
 
 
 # --- The listener -------------------------------------------------------------------

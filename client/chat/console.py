@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import IO
 
 from blindrelay.protocol import limits
-from blindrelay.protocol.business import BadgeStatus, OpeningHours
+from blindrelay.protocol.business import BadgeStatus
 from blindrelay.protocol.errors import (
     BlindrelayError,
     Forbidden,
@@ -34,6 +34,8 @@ from blindrelay.protocol.signed import ConsentStatement
 
 from ..business import Business
 from ..sdk import MAX_HELD_PER_SENDER, BusinessInfo, Client, ConnectionLost, Message
+from .business import BUSINESS_COMMANDS, BusinessCommands
+from .usage import Usage
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "to": ("/to HANDLE", "talk to HANDLE: plain lines go to them from now on"),
@@ -55,33 +57,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 """Command → (usage, what it does): ``/help`` and ``/help COMMAND`` print from here."""
 
-BUSINESS_COMMANDS: dict[str, tuple[str, str]] = {
-    "request-consent": ("/request-consent USER CATS TEXT",
-                        "ask USER to consent to CATS, explaining why in TEXT"),
-    "notify": ("/notify CATEGORY TEXT", "send TEXT to every customer who granted CATEGORY"),
-    "profile": ("/profile NAME [TIMEZONE]", "publish your profile: the name you claim, your "
-                "time zone (IANA, default UTC)"),
-    "hours": ("/hours DAYS HH:MM-HH:MM", "opening hours, e.g. mon-fri 09:00-17:00, published "
-              "with your profile"),
-    "away": ("/away [TEXT]", "the reply customers get while you are closed (none: off)"),
-}  # fmt: skip
-"""A business's own commands, shown to business accounts only."""
-
 HELP = "commands:\n" + "\n".join(
     f"  {usage:<26}{what}" for usage, what in COMMANDS.values()
 )
 """The user's ``/help`` (kept for those who print it)."""
 
-DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-
 SEND_RATE_RETRIES = 5
 """A send the relay paces (402, its retry_after) is tried again this many times: the
 person typed it once. A relay that took over an account counts its buckets as just spent
 (SPEC §10), so the first request after a relay restart can meet one."""
-
-
-class Usage(Exception):
-    """A command typed wrongly: its one-line explanation is shown."""
 
 
 class Chat:
@@ -98,7 +82,7 @@ class Chat:
         self._requesters: set[str] = set()
         """Strangers whose message request was explained in this session."""
         self._sending: set[asyncio.Task[None]] = set()
-        self._hours: list[OpeningHours] = []
+        self._business_commands: BusinessCommands | None = None
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -297,10 +281,9 @@ class Chat:
             "unblock": self.unblock,
         }  # fmt: skip
         if self.business is not None:
-            commands |= {
-                "request-consent": self.request_consent, "notify": self.notify,
-                "profile": self.profile, "hours": self.hours, "away": self.away,
-            }  # fmt: skip
+            if self._business_commands is None:
+                self._business_commands = BusinessCommands(self.business, self.say, self.remember)
+            commands |= self._business_commands.commands()
         return commands
 
     async def help(self, rest: str) -> None:
@@ -495,91 +478,8 @@ class Chat:
         self.say(f"unblocked {handle}")
 
 
-    # --- A business's own commands (SPEC §7.3, §8.2, §8.3) -------------------------
-
-    def _our_business(self) -> Business:
-        if self.business is None:
-            raise Forbidden("a business account's command")
-        return self.business
-
-    async def request_consent(self, rest: str) -> None:
-        words = rest.split(maxsplit=2)
-        if len(words) < 3:
-            raise Usage(BUSINESS_COMMANDS["request-consent"][0])
-        user, cats, text = words
-        categories = cats.replace(",", " ").split()
-        if not categories or any(c not in limits.CATEGORIES for c in categories):
-            raise Usage(f"/request-consent USER CATS TEXT (CATS: {','.join(limits.CATEGORIES)})")
-        await self._our_business().request_consent(user, categories, text)
-        self.remember(user, "user")
-        self.say(f"asked {user} for {','.join(categories)}")
-
-    async def notify(self, rest: str) -> None:
-        category, _, text = rest.partition(" ")
-        if category not in limits.CATEGORIES or not text:
-            raise Usage(f"/notify CATEGORY TEXT (CATEGORY: {', '.join(limits.CATEGORIES)})")
-        result = await self._our_business().notify(category, text)
-        if not result.sent and not result.refused:
-            self.say(f"nobody has granted {category} yet: nothing sent")
-            return
-        refused = f"; refused for {', '.join(result.refused)}" if result.refused else ""
-        self.say(f"notified {len(result.sent)}: {', '.join(result.sent)}{refused}")
-
-    async def profile(self, rest: str) -> None:
-        words = rest.split()
-        if not words:
-            raise Usage(BUSINESS_COMMANDS["profile"][0])
-        timezone = "UTC"
-        if len(words) > 1 and ("/" in words[-1] or words[-1] == "UTC"):
-            timezone = words.pop()
-        await self._publish(" ".join(words), timezone)
-
-    async def _publish(self, name: str, timezone: str) -> None:
-        published = await self._our_business().publish_profile(
-            display_name=name, timezone=timezone, hours=self._hours
-        )
-        hours = f", {len(published.hours)} opening interval(s)" if published.hours else ""
-        self.say(f"profile published: {published.display_name} ({published.timezone}{hours})")
-
-    async def hours(self, rest: str) -> None:
-        words = rest.split()
-        if len(words) != 2:
-            raise Usage(BUSINESS_COMMANDS["hours"][0])
-        try:
-            days = _days(words[0])
-            open_, close = (_minutes(t) for t in words[1].split("-"))
-            self._hours = [OpeningHours(day=d, open=open_, close=close) for d in days]
-        except (ValueError, BlindrelayError):
-            raise Usage("/hours DAYS HH:MM-HH:MM, e.g. /hours mon-fri 09:00-17:00") from None
-        current = self._our_business().profile
-        if current is None:
-            self.say("hours kept: publish them with /profile NAME [TIMEZONE]")
-            return
-        await self._publish(current.display_name, current.timezone)
-
-    async def away(self, rest: str) -> None:
-        business = self._our_business()
-        business.away_message = rest or None
-        self.say(f"away reply: {rest}" if rest else "away reply off")
-
-
 def _first_word(rest: str) -> str:
     return rest.split()[0] if rest.split() else ""
-
-
-def _days(text: str) -> list[int]:
-    """``mon-fri``, ``sat``, ``mon,wed`` → weekday numbers (0 = Monday)."""
-    days: list[int] = []
-    for part in text.lower().split(","):
-        first, _, last = part.partition("-")
-        start, end = DAYS.index(first), DAYS.index(last or first)
-        days += list(range(start, end + 1))
-    return days
-
-
-def _minutes(text: str) -> int:
-    hours, _, minutes = text.partition(":")
-    return int(hours) * 60 + int(minutes or 0)
 
 
 def _printable(text: str) -> str:

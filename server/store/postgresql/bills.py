@@ -64,17 +64,6 @@ async def closed(conn: Any, business: str, month: str) -> tuple[bytes, int, int]
     return None if row is None else (bytes(row[0]), int(row[1]), int(row[2]))
 
 
-async def all_closed(conn: Any, business: str | None, month: str | None) -> list[list[Any]]:
-    """[business, month, count, log index] of closed bills, for the operator."""
-    rows = await conn.fetch(
-        "SELECT business, month, count, seq FROM bills WHERE seq IS NOT NULL"
-        " AND ($1::text IS NULL OR business = $1) AND ($2::text IS NULL OR month = $2)"
-        ' ORDER BY business COLLATE "C", month',
-        business, month,
-    )  # fmt: skip
-    return [[r[0], r[1], int(r[2]), int(r[3])] for r in rows]
-
-
 async def items(conn: Any, business: str, month: str, start: int, limit: int) -> list[bytes]:
     rows = await conn.fetch(
         "SELECT item FROM bill_items WHERE business = $1 AND month = $2 AND idx >= $3"

@@ -23,8 +23,6 @@ Not here: when bills close (the relay's timer), hashing (the protocol package).
 
 from __future__ import annotations
 
-from typing import Any
-
 import sqlite_utils
 
 from blindrelay.protocol.transparency.bills import SentNotification
@@ -171,13 +169,3 @@ class Bills:
             (business, month, start, limit),
         )
         return [bytes(item) for (item,) in rows]
-
-    def all_closed(self, business: str | None, month: str | None) -> list[list[Any]]:
-        """[business, month, count, log index] of closed bills, for the operator."""
-        rows = self._conn.execute(
-            "SELECT business, month, count, seq FROM bills WHERE seq IS NOT NULL"
-            " AND (? IS NULL OR business = ?) AND (? IS NULL OR month = ?)"
-            " ORDER BY business, month",
-            (business, business, month, month),
-        )
-        return [[b, m, int(c), int(s)] for b, m, c, s in rows]
