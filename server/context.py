@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from blindrelay.protocol.connection import RelayConnection, State
 from blindrelay.protocol.errors import InternalError, ProtocolError, ShuttingDown
-from blindrelay.protocol.frames import Frame
+from blindrelay.protocol.frames import Frame, FrameType
 
 from .config import RelayConfig
 from .logs import RefusalLog, log_event
@@ -53,7 +53,11 @@ class SessionOutbox(Protocol):
 
     def start(self) -> None: ...
     def committed(
-        self, delivery_id: int, encode: Callable[[], bytes], previous: int | None = None
+        self,
+        delivery_id: int,
+        encode: Callable[[], bytes],
+        previous: int | None = None,
+        received: float | None = None,
     ) -> None: ...
     def page_again(self) -> None: ...
     def up_to(self, previous: int) -> bool: ...
@@ -61,6 +65,7 @@ class SessionOutbox(Protocol):
     def in_flight_of(self, delivery_ids: tuple[int, ...]) -> tuple[int, ...]: ...
     def acknowledged(self, delivery_ids: tuple[int, ...]) -> None: ...
     def withdraw(self, delivery_ids: list[int]) -> None: ...
+    def close(self) -> None: ...
 
 
 _SERIALS = itertools.count(1)
@@ -111,8 +116,11 @@ class Session:
         peer: str,
         source: str = "",
         clock: Clock = wall_clock_ms,
+        on_sent: Callable[[int], None] | None = None,
     ) -> None:
         self.conn = conn
+        self.on_sent = on_sent
+        """Told the type of each frame :meth:`send` queues (``RelayMetrics.frame_sent``)."""
         self.transport = transport
         self.serial = next(_SERIALS)
         """This process's number for the connection: what per-connection limits key on."""
@@ -169,6 +177,8 @@ class Session:
         if self.open:
             self.conn.send(frame)
             self.transport.flush()
+            if self.on_sent is not None:
+                self.on_sent(frame.TYPE)
 
     def send_encoded(self, data: bytes) -> None:
         """Queue a SENT or DELIVER the relay encoded itself (``protocol.fastcodec``).
@@ -183,6 +193,8 @@ class Session:
         """SPEC §9: ERROR 901 SHUTTING_DOWN, then close with 1001."""
         if self.open:
             self.conn.send_error(ShuttingDown())
+            if self.on_sent is not None:
+                self.on_sent(FrameType.ERROR)
             self.transport.close(CLOSE_GOING_AWAY, "shutting down")
 
 
@@ -256,6 +268,8 @@ class Sessions:
 
 def _replace(session: Session) -> None:
     """Close ``session`` for a newer login of its account (SPEC §1.2.3)."""
+    if session.outbox is not None:
+        session.outbox.close()
     session.outbox = None
     session.ended = True
     session.transport.close(CLOSE_REPLACED, "replaced")

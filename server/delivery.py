@@ -100,7 +100,7 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
                 frame.category, frame.categories,
             )  # fmt: skip
 
-        push_committed(ctx, frame.to, delivery_id, encode, previous)
+        push_committed(ctx, frame.to, delivery_id, encode, previous, received)
 
     handed = metrics.now()
     ctx.run_job(
@@ -149,14 +149,16 @@ def push_committed(
     delivery_id: int,
     encode: Callable[[], bytes],
     previous: int | None,
+    received: float | None = None,
 ) -> None:
     """Hand a freshly committed envelope to its recipient's outbox, if online.
 
     ``encode`` makes its DELIVER bytes, only if it is pushed now; ``previous`` is
-    the highest delivery id queued for the recipient before it (None: unknown)."""
+    the highest delivery id queued for the recipient before it (None: unknown);
+    ``received``: when its SEND arrived here (``RelayMetrics.now``), for the metrics."""
     target = ctx.sessions.get(recipient)
     if target is not None and target.outbox is not None:
-        target.outbox.committed(delivery_id, encode, previous)
+        target.outbox.committed(delivery_id, encode, previous, received)
 
 
 def page_again(ctx: RelayContext, recipient: str) -> None:
@@ -292,7 +294,11 @@ class Outbox:
         self._page_in()
 
     def committed(
-        self, delivery_id: int, encode: Callable[[], bytes], previous: int | None = None
+        self,
+        delivery_id: int,
+        encode: Callable[[], bytes],
+        previous: int | None = None,
+        received: float | None = None,
     ) -> None:
         """A new envelope for this account was committed.
 
@@ -309,7 +315,7 @@ class Outbox:
         if len(self.in_flight) >= self.window:
             self.behind = True
             return
-        self._push(delivery_id, encode)
+        self._push(delivery_id, encode, received)
 
     def page_again(self) -> None:
         """Rows may be queued past the cursor that were not pushed: page them in."""
@@ -337,8 +343,15 @@ class Outbox:
         return tuple(i for i in delivery_ids if i in in_flight)
 
     def acknowledged(self, delivery_ids: tuple[int, ...]) -> None:
+        """``delivery_ids``: as :meth:`in_flight_of` returned them (all in flight)."""
         self.in_flight.difference_update(delivery_ids)
+        self.ctx.metrics.acknowledged(len(delivery_ids))
         self._page_in()
+
+    def close(self) -> None:
+        """The connection ended: what is in flight is delivered again at the next login."""
+        self.ctx.metrics.connection_lost(len(self.in_flight))
+        self.in_flight = set()
 
     def withdraw(self, delivery_ids: list[int]) -> None:
         """Rows a block or revoke purged (SPEC §7.4).
@@ -348,11 +361,15 @@ class Outbox:
         outbox holds of them — in flight, or read by a page that has not been
         pushed yet — is dropped; the queue no longer has them either.
         """
+        before = len(self.in_flight)
         self.in_flight.difference_update(delivery_ids)
+        self.ctx.metrics.acknowledged(before - len(self.in_flight))
         self.withdrawn.update(i for i in delivery_ids if i > self.cursor)
         self._page_in()
 
-    def _push(self, delivery_id: int, encode: Callable[[], bytes]) -> None:
+    def _push(
+        self, delivery_id: int, encode: Callable[[], bytes], received: float | None = None
+    ) -> None:
         if delivery_id <= self.cursor:
             return
         self.cursor = delivery_id
@@ -363,7 +380,7 @@ class Outbox:
                 return
         self.in_flight.add(delivery_id)
         self.session.send_encoded(encode())
-        self.ctx.metrics.delivered.inc()
+        self.ctx.metrics.delivered(received, before_commit=False)
 
     def _page_in(self) -> None:
         room = self.window - len(self.in_flight)

@@ -139,6 +139,8 @@ class Dispatcher:
     def session_ended(self, session: Session) -> None:
         auth.close_session(self.ctx, session)
         session.ended = True
+        if session.outbox is not None:
+            session.outbox.close()
         session.outbox = None
         self.ctx.sessions.detach(session)
         log_event(

@@ -154,6 +154,10 @@ class Store(Protocol):
         later, in submission order with the operations (one whose reads are a round
         trip). It writes nothing."""
 
+    async def queued_total(self) -> int:
+        """Envelopes in the queue, all recipients' (the ``envelopes_queued`` metric):
+        counted where neither the event loop nor the operations wait for it."""
+
 
 class AdminStore(Protocol):
     """What the operator's commands need (``blindrelay admin``): short-lived and

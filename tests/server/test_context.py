@@ -12,6 +12,7 @@ at once; :class:`Limiters` following an account between processes (SPEC §10).
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import pytest
 
@@ -104,11 +105,13 @@ def test_a_new_login_replaces_the_accounts_previous_session() -> None:
     replaced)"."""
     sessions = Sessions()
     first, second = login("alice", 1), login("alice", 2)
-    first.session.outbox = object()  # type: ignore[assignment]
+    outbox_closed: list[bool] = []
+    first.session.outbox = SimpleNamespace(close=lambda: outbox_closed.append(True))  # type: ignore[assignment]
     assert sessions.attach(first.session) and sessions.attach(second.session)
     assert sessions.get("alice") is second.session
     assert first.transport.closed == [(CLOSE_REPLACED, "replaced")]
     assert first.session.ended and first.session.outbox is None
+    assert outbox_closed == [True]  # what it had in flight is counted for redelivery
     assert second.transport.closed == [] and sessions.all() == [second.session]
 
 
@@ -164,7 +167,7 @@ def test_an_account_is_served_here_while_its_live_session_has_an_outbox() -> Non
     alice = login("alice", 1)
     sessions.attach(alice.session)
     assert not sessions.serves("alice")  # logging in: nothing pushed here yet
-    alice.session.outbox = object()  # type: ignore[assignment]
+    alice.session.outbox = SimpleNamespace(close=lambda: None)  # type: ignore[assignment]
     assert sessions.serves("alice") and not sessions.serves("bob")
     sessions.detach(alice.session)
     assert not sessions.serves("alice")

@@ -11,6 +11,7 @@ tested with their modules.
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -250,12 +251,14 @@ def test_an_ended_session_leaves_the_live_sessions_and_its_outbox(
     ctx: RelayContext, alice: Connected, caplog: pytest.LogCaptureFixture
 ) -> None:
     ctx.sessions.attach(alice.session)
-    alice.session.outbox = object()  # type: ignore[assignment]
+    outbox_closed: list[bool] = []
+    alice.session.outbox = SimpleNamespace(close=lambda: outbox_closed.append(True))  # type: ignore[assignment]
     alice.session.refusals.suppressed = 3
     with caplog.at_level(logging.INFO, logger="blindrelay"):
         Dispatcher(ctx).session_ended(alice.session)
     assert ctx.sessions.get("alice") is None
     assert alice.session.ended and alice.session.outbox is None
+    assert outbox_closed == [True]  # what it had in flight is counted for redelivery
     [line] = [line for line in log_lines(caplog) if line["event"] == "disconnected"]
     assert (line["handle"], line["peer"], line["refusals_suppressed"]) == (
         "alice", "127.0.0.1:50000", 3,

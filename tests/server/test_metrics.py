@@ -6,14 +6,15 @@ import asyncio
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
 
 from blindrelay.protocol.errors import ErrorCode
-from blindrelay.protocol.frames import Sent
+from blindrelay.protocol.frames import Ack, Sent
 from blindrelay.server.config import RelayConfig
-from blindrelay.server.metrics import READY_WINDOW_S, RelayMetrics, parse_listen
+from blindrelay.server.metrics import READY_WINDOW_S, Histogram, RelayMetrics, parse_listen
 
 from .conftest import ALL_BACKENDS, Clients, FakeClock, RelayFixture, error_code
 
@@ -80,6 +81,69 @@ async def test_health_readiness_and_metrics_are_served_apart_from_the_websocket_
         http = relay.url.replace("ws://", "http://")
         assert (await fetch(http + "/metrics"))[0] == 426
         assert (await fetch(http + "/healthz"))[0] == 426
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Frames with no answer (ACK, a close) are handled soon after they are sent."""
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the relay never got there")
+
+
+async def test_deliveries_in_flight_redeliveries_and_the_queue_are_counted(
+    config: RelayConfig, clients: Clients, clock: FakeClock
+) -> None:
+    async with RelayFixture(replace(config, metrics_listen="127.0.0.1:0"), clock) as relay:
+        assert relay.metrics_server is not None
+        metrics = relay.ctx.metrics
+        alice = await clients.registered(relay.url, "alice")
+        bob = await clients.registered(relay.url, "bob")
+        for _ in range(3):
+            assert isinstance(await alice.send_message("bob", os.urandom(40)), Sent)
+        delivered = await bob.deliveries(3)
+        await relay.count_queued()
+        _, text = await fetch(relay.metrics_server.url + "/metrics")
+        pushed = sum(
+            sample(text, f'blindrelay_delivers_pushed_total{{path="{path}"}}')
+            for path in ("before_commit", "after_commit")
+        )  # fmt: skip
+        assert pushed == 3  # to an online recipient: its latency is measured
+        assert sum(
+            sample(text, f'blindrelay_deliver_seconds_count{{path="{path}"}}')
+            for path in ("before_commit", "after_commit")
+        ) == 3  # fmt: skip
+        assert sample(text, 'blindrelay_frames_sent_total{type="DELIVER"}') == 3
+        assert sample(text, 'blindrelay_frames_sent_total{type="SENT"}') == 3
+        assert sample(text, 'blindrelay_frames_sent_total{type="WELCOME"}') == 2
+        assert sample(text, "blindrelay_deliveries_in_flight") == 3
+        assert sample(text, "blindrelay_envelopes_queued") == 3  # none acknowledged yet
+
+        await bob.send(Ack(delivery_ids=(delivered[0].delivery_id,)))
+        await until(lambda: metrics.in_flight == 2)
+        await bob.close()  # two left unacknowledged: delivered again at the next login
+        await until(lambda: metrics.redeliveries == 2 and metrics.in_flight == 0)
+        await relay.count_queued()
+        _, text = await fetch(relay.metrics_server.url + "/metrics")
+        assert sample(text, "blindrelay_redeliveries_total") == 2
+        assert sample(text, "blindrelay_deliveries_in_flight") == 0
+        assert sample(text, "blindrelay_envelopes_queued") == 2
+
+        again, _welcome = await clients.logged_in(relay.url, "bob", bob.key)
+        assert len(await again.deliveries(2)) == 2
+        _, text = await fetch(relay.metrics_server.url + "/metrics")
+        assert sample(text, 'blindrelay_delivers_pushed_total{path="paged"}') == 2
+
+
+def test_histograms_bucket_as_prometheus_does() -> None:
+    """A value on a bound is in that bound's bucket (``le``); buckets are cumulative."""
+    histogram = Histogram((0.001, 0.01))
+    for value in (0.0005, 0.001, 0.002, 0.5):
+        histogram.observe(value)
+    buckets, total = histogram.exposed()
+    assert buckets == [("0.001", 2), ("0.01", 3), ("+Inf", 4)]
+    assert total == pytest.approx(0.5035)
 
 
 def test_readiness_follows_the_store() -> None:

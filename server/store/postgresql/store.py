@@ -203,6 +203,14 @@ class PostgresStore:
         self.call(operation, args, done)
         return future
 
+    async def queued_total(self) -> int:
+        """Envelopes in the queue, every worker's (a connection of the pool, not the
+        batches' own)."""
+        if self._pool is None:
+            raise StoreUnavailable()
+        async with self._pool.acquire() as conn:
+            return int(await conn.fetchval("SELECT count(*) FROM queue"))
+
     def read(self, name: str, args: list[Any] | tuple[Any, ...], done: Done) -> None:
         """``name`` (account, account_for_login, check_prekey_upload) with ``args``, as an
         operation of the stream that writes nothing: ``done`` after every call before it."""

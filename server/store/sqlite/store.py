@@ -36,7 +36,15 @@ from .. import Done, StoreError, transparency
 from ..records import Account, MonthUsage
 from ..transparency import MAX_BILL_ITEMS_WHOLE
 from . import jobs
-from .tables import Accounts, PreKeyStore, Tables, check_relay_file, connect, connect_reader
+from .tables import (
+    Accounts,
+    PreKeyStore,
+    Tables,
+    check_relay_file,
+    connect,
+    connect_reader,
+    count_queued,
+)
 from .writer import Writer
 
 LOST = "the writer process exited"
@@ -120,6 +128,11 @@ class SqliteStore:
 
     def submit(self, operation: str, *args: Any) -> asyncio.Future[Any]:
         return self._writer.submit(operation, *args)
+
+    async def queued_total(self) -> int:
+        """Envelopes in the queue, on a connection of its own in a thread: a scan of an
+        index that neither the event loop nor the writer waits for."""
+        return await asyncio.to_thread(count_queued, self.path)
 
     def read(self, name: str, args: list[Any] | tuple[Any, ...], done: Done) -> None:
         """Answered at once, from the loop's reader: before this returns."""

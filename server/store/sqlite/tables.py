@@ -465,6 +465,16 @@ def connect_reader(path: Path) -> sqlite_utils.Database:
     return sqlite_utils.Database(conn)
 
 
+def count_queued(path: Path) -> int:
+    """Envelopes in the queue (``RelayMetrics.queued``), on a read-only connection of
+    its own: callable from any thread."""
+    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM queue").fetchone()[0])
+    finally:
+        conn.close()
+
+
 def _statements() -> list[str]:
     return [s.strip() for s in SCHEMA.split(";") if s.strip()]
 
