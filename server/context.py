@@ -58,7 +58,14 @@ class SessionOutbox(Protocol):
         encode: Callable[[], bytes],
         previous: int | None = None,
         received: float | None = None,
+        before_commit: bool = False,
     ) -> None: ...
+    def decided(
+        self, delivery_id: int, encode: Callable[[], bytes], previous: int, received: float
+    ) -> None: ...
+    def confirmed(self, delivery_id: int) -> None: ...
+    def commit_failed(self, delivery_id: int) -> None: ...
+    def held_until_committed(self, delivery_ids: tuple[int, ...]) -> tuple[int, ...]: ...
     def page_again(self) -> None: ...
     def up_to(self, previous: int) -> bool: ...
     def queued_elsewhere(self) -> None: ...
@@ -76,6 +83,11 @@ CLOSE_REPLACED = 4000
 
 CLOSE_GOING_AWAY = 1001
 """WebSocket close code after SHUTTING_DOWN."""
+
+
+CLOSE_STORE_FAILED = 1011
+"""WebSocket close code when an envelope delivered before its commit was not committed
+after all (SPEC §6.4.5): the client reconnects and gets the queue as it is."""
 
 
 class Transport(Protocol):

@@ -29,7 +29,7 @@ from blindrelay.protocol.fastcodec import encode_deliver, encode_sent
 from blindrelay.protocol.frames import AccountKind, Ack, Intent, Send
 
 from .config import RelayConfig
-from .context import Limiters, RelayContext, Session, SessionOutbox
+from .context import CLOSE_STORE_FAILED, Limiters, RelayContext, Session, SessionOutbox
 from .logs import LOGGER, log_event
 from .routing import Hint
 from .store import Account
@@ -65,14 +65,44 @@ def check_send(sender: Account, frame: Send, limiters: Limiters) -> None:
 
 
 def send(ctx: RelayContext, session: Session, frame: Send) -> None:
-    """SPEC §6.1–6.3, §7.3, §8.4: check here, decide and commit in the store
-    (operation ``send``), then SENT; then DELIVER."""
+    """SPEC §6.1–6.4, §7.3, §8.4: check here, decide and commit in the store
+    (operation ``send``); DELIVER to an online recipient once decided, SENT once
+    committed.
+
+    A back end that reports the decision before its commit (SQLite: ``decided``)
+    lets the DELIVER leave while the commit is in flight, so the recipient does not
+    wait for the fsync (issue 19). What keeps that safe (SPEC §6.4.5): SENT still waits
+    for the commit, so a relay that dies first leaves a sender that resends and a
+    recipient that drops the duplicate by msg_id; the recipient's ACK of it waits for
+    the commit too (:meth:`Outbox.held_until_committed`); and if the commit fails, the
+    recipient's connection is closed, so nothing it was told outlives the failure.
+    """
     metrics = ctx.metrics
     received = metrics.now()
     sender = session.account
     assert sender is not None
     handle = sender.handle
     check_send(sender, frame, ctx.limiters)
+    early: int | None = None
+    """The delivery id decided before the commit, once told to the recipient's outbox."""
+
+    def encoder(delivery_id: int, at: int) -> Callable[[], bytes]:
+        def encode() -> bytes:
+            return encode_deliver(
+                delivery_id, handle, sender.kind, frame.msg_id, frame.intent, at, frame.body,
+                frame.category, frame.categories,
+            )  # fmt: skip
+
+        return encode
+
+    def decided(result: Any) -> None:
+        nonlocal early
+        if type(result) is int:  # an idempotent resend: delivered already, or queued
+            return
+        early = result[0]
+        target = ctx.sessions.get(frame.to)
+        if target is not None and target.outbox is not None:
+            target.outbox.decided(result[0], encoder(result[0], result[1]), result[2], received)
 
     def committed(result: Any) -> None:
         # "The relay MUST NOT send SENT before the envelope is committed to disk."
@@ -90,25 +120,35 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
             # Its first commit may have lost its answer (a store outage, SPEC §6.3):
             # the recipient's pager looks again rather than wait for its next login.
             page_again(ctx, frame.to)
+        elif early is not None:
+            _to_outbox(ctx, frame.to, lambda outbox: outbox.confirmed(early))
+        else:
+            push_committed(ctx, frame.to, result[0], encoder(result[0], at), result[2], received)
+
+    def done(ok: bool, value: Any) -> None:
+        if not ok:
+            if early is not None:  # told to the recipient, and not committed after all
+                _to_outbox(ctx, frame.to, lambda outbox: outbox.commit_failed(early))
+            ctx.refuse(session, frame, value)
             return
-        delivery_id: int = result[0]
-        previous: int = result[2]
-
-        def encode() -> bytes:
-            return encode_deliver(
-                delivery_id, handle, sender.kind, frame.msg_id, frame.intent, at, frame.body,
-                frame.category, frame.categories,
-            )  # fmt: skip
-
-        push_committed(ctx, frame.to, delivery_id, encode, previous, received)
+        try:
+            committed(value)
+        except Exception as exc:
+            ctx.refuse(session, frame, exc)
 
     handed = metrics.now()
-    ctx.run_job(
-        session, frame, "send",
+    ctx.store.call(
+        "send",
         (handle, sender.kind, frame.to, frame.msg_id, frame.intent, frame.category,
          frame.categories, frame.body, ctx.clock(), send_rules(ctx.config)),
-        committed,
+        done, decided,
     )  # fmt: skip
+
+
+def _to_outbox(ctx: RelayContext, recipient: str, act: Callable[[SessionOutbox], None]) -> None:
+    target = ctx.sessions.get(recipient)
+    if target is not None and target.outbox is not None:
+        act(target.outbox)
 
 
 _made: tuple[RelayConfig, SendRules] | None = None
@@ -246,16 +286,24 @@ def acknowledge(ctx: RelayContext, session: Session, frame: Ack) -> None:
     ids = outbox.in_flight_of(frame.delivery_ids)
     if not ids:
         return
+    ready = outbox.held_until_committed(ids)
+    if ready:
+        delete_acknowledged(ctx, session, ready)
+    outbox.acknowledged(ids)
+
+
+def delete_acknowledged(ctx: RelayContext, session: Session, ids: tuple[int, ...]) -> None:
+    """The store deletes acknowledged rows (SPEC §6.5), whose commits are known."""
+    handle = session.handle
 
     def acked(ok: bool, deleted: Any) -> None:
         if not ok:
-            ctx.refuse(session, frame, deleted)
+            ctx.refuse(session, None, deleted)
         elif LOGGER.isEnabledFor(logging.DEBUG):
             log_event(logging.DEBUG, "acked", handle=handle, ids=len(ids), deleted=deleted)
 
     # One operation for consecutive ACKs (a fan-out's recipients acknowledge together).
     ctx.store.call_many("acknowledge", [handle, ids], acked)
-    outbox.acknowledged(ids)
 
 
 class Outbox:
@@ -288,10 +336,61 @@ class Outbox:
         page again after it."""
         self.withdrawn: set[int] = set()
         """Delivery ids above ``cursor`` purged by a statement: never pushed (SPEC §7.4)."""
+        self.uncommitted: set[int] = set()
+        """Pushed before their commit was answered (:meth:`decided`)."""
+        self.acks_waiting: set[int] = set()
+        """Of ``uncommitted``, those acknowledged already: deleted once committed."""
 
     def start(self) -> None:
         """A new connection: everything queued is due, unacknowledged ones again."""
         self._page_in()
+
+    def decided(
+        self, delivery_id: int, encode: Callable[[], bytes], previous: int, received: float
+    ) -> None:
+        """A new envelope for this account was decided, and its commit is in flight.
+
+        Pushed at once like a committed one (:meth:`committed`), except while a page is
+        being read: that page may come from earlier in the same transaction, before
+        this envelope, so the outbox pages once more after it (a committed envelope's
+        answer, coming in order, would be in the page).
+        """
+        if self.paging:
+            self.again = True
+            return
+        self.committed(delivery_id, encode, previous, received, before_commit=True)
+
+    def confirmed(self, delivery_id: int) -> None:
+        """The envelope pushed by :meth:`decided` is committed: an ACK of it held
+        meanwhile deletes it now."""
+        self.uncommitted.discard(delivery_id)
+        if delivery_id in self.acks_waiting:
+            self.acks_waiting.discard(delivery_id)
+            delete_acknowledged(self.ctx, self.session, (delivery_id,))
+
+    def commit_failed(self, delivery_id: int) -> None:
+        """The envelope pushed by :meth:`decided` was never committed (the store
+        failed; the sender got an error, not SENT). The connection is closed with 1011:
+        its delivery ids from here on could be given to other envelopes, and the
+        client, reconnecting, gets the queue as it truly is (SPEC §6.4.5)."""
+        if delivery_id not in self.uncommitted:
+            return
+        session = self.session
+        self.close()
+        session.outbox = None
+        session.ended = True
+        session.transport.close(CLOSE_STORE_FAILED, "store failed")
+        log_event(logging.WARNING, "deliver_uncommitted", handle=session.handle)
+
+    def held_until_committed(self, delivery_ids: tuple[int, ...]) -> tuple[int, ...]:
+        """Of these acknowledged ids, those the store may delete now; the others' commits
+        are in flight, and they are deleted once committed (:meth:`confirmed`) — an id
+        whose commit failed may be given to another envelope."""
+        uncommitted = self.uncommitted
+        if not uncommitted:
+            return delivery_ids
+        self.acks_waiting.update(i for i in delivery_ids if i in uncommitted)
+        return tuple(i for i in delivery_ids if i not in uncommitted)
 
     def committed(
         self,
@@ -299,6 +398,7 @@ class Outbox:
         encode: Callable[[], bytes],
         previous: int | None = None,
         received: float | None = None,
+        before_commit: bool = False,
     ) -> None:
         """A new envelope for this account was committed.
 
@@ -315,7 +415,7 @@ class Outbox:
         if len(self.in_flight) >= self.window:
             self.behind = True
             return
-        self._push(delivery_id, encode, received)
+        self._push(delivery_id, encode, received, before_commit)
 
     def page_again(self) -> None:
         """Rows may be queued past the cursor that were not pushed: page them in."""
@@ -352,6 +452,8 @@ class Outbox:
         """The connection ended: what is in flight is delivered again at the next login."""
         self.ctx.metrics.connection_lost(len(self.in_flight))
         self.in_flight = set()
+        self.uncommitted = set()
+        self.acks_waiting = set()
 
     def withdraw(self, delivery_ids: list[int]) -> None:
         """Rows a block or revoke purged (SPEC §7.4).
@@ -368,7 +470,11 @@ class Outbox:
         self._page_in()
 
     def _push(
-        self, delivery_id: int, encode: Callable[[], bytes], received: float | None = None
+        self,
+        delivery_id: int,
+        encode: Callable[[], bytes],
+        received: float | None = None,
+        before_commit: bool = False,
     ) -> None:
         if delivery_id <= self.cursor:
             return
@@ -379,8 +485,10 @@ class Outbox:
                 self.withdrawn.discard(delivery_id)
                 return
         self.in_flight.add(delivery_id)
+        if before_commit:
+            self.uncommitted.add(delivery_id)
         self.session.send_encoded(encode())
-        self.ctx.metrics.delivered(received, before_commit=False)
+        self.ctx.metrics.delivered(received, before_commit)
 
     def _page_in(self) -> None:
         room = self.window - len(self.in_flight)

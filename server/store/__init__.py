@@ -136,9 +136,20 @@ class Store(Protocol):
     async def close(self) -> None:
         """Commit and answer every operation called before, then release everything."""
 
-    def call(self, operation: str, args: list[Any] | tuple[Any, ...], done: Done) -> None:
+    def call(
+        self,
+        operation: str,
+        args: list[Any] | tuple[Any, ...],
+        done: Done,
+        decided: Callable[[Any], None] | None = None,
+    ) -> None:
         """Run ``operation`` (:data:`.operations.CONTRACT`) with ``args``; ``done`` after
-        its commit. Operations called in one loop turn may share one transaction."""
+        its commit. Operations called in one loop turn may share one transaction.
+
+        ``decided``: a back end that can (SQLite, for ``send``) calls it with the
+        operation's value once its transaction has decided it and before the COMMIT;
+        one that cannot (PostgreSQL) never calls it. Either way ``done`` follows, and
+        only ``done`` says the value is durable (SPEC §6.3, §6.4)."""
 
     def call_many(self, operation: str, item: Any, done: Done) -> None:
         """Run a merged operation for one ``item``, joining the previous call if that was

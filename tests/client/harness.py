@@ -163,13 +163,13 @@ class OutageStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
 
-    def call(self, operation: str, args: Any, done: Any) -> None:
+    def call(self, operation: str, args: Any, done: Any, decided: Any = None) -> None:
         if operation != self.operation or self.refused >= self.outages:
-            self.store.call(operation, args, done)
+            self.store.call(operation, args, done, decided)
             return
         self.refused += 1
         unavailable = StoreUnavailable(retry_after_ms=20)
-        if self.refused == 1:  # committed, but the answer was lost with the connection
+        if self.refused == 1:  # committed, but the answer (and any decision) was lost
             self.store.call(operation, args, lambda ok, value: done(False, unavailable))
         else:
             done(False, unavailable)

@@ -10,7 +10,7 @@ at a moment the test chose.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,7 +87,14 @@ class ScriptedStore:
         self.values: dict[str, Any] = {}
         self.asked: list[Asked] = []
 
-    def call(self, operation: str, args: tuple[Any, ...] | list[Any], done: Done) -> None:
+    def call(
+        self,
+        operation: str,
+        args: tuple[Any, ...] | list[Any],
+        done: Done,
+        decided: Callable[[Any], None] | None = None,
+    ) -> None:
+        """Answered when the test says, after "its commit": never decided earlier."""
         self.asked.append(Asked(operation, tuple(args), done))
 
     def read(self, name: str, args: tuple[Any, ...] | list[Any], done: Done) -> None:

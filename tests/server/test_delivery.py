@@ -211,12 +211,12 @@ class LostAnswerStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
 
-    def call(self, operation: str, args: Any, done: Any) -> None:
+    def call(self, operation: str, args: Any, done: Any, decided: Any = None) -> None:
         if operation == "send" and not self.lost:
-            self.lost = True
+            self.lost = True  # and its decision with it: the outbox hears nothing of it
             self.store.call(operation, args, lambda ok, value: done(False, StoreUnavailable()))
             return
-        self.store.call(operation, args, done)
+        self.store.call(operation, args, done, decided)
 
 
 async def test_an_envelope_committed_unbeknown_to_the_outbox_is_never_skipped(

@@ -180,11 +180,11 @@ class OutageStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
 
-    def call(self, operation: str, args: Any, done: Any) -> None:
+    def call(self, operation: str, args: Any, done: Any, decided: Any = None) -> None:
         if operation == "page" and not self.back:
             self.store.call(operation, args, lambda ok, value: done(False, StoreUnavailable()))
             return
-        self.store.call(operation, args, done)
+        self.store.call(operation, args, done, decided)
 
 
 async def test_a_page_lost_to_an_outage_is_nobody_s_error_and_comes_after_it(

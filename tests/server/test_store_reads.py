@@ -82,9 +82,15 @@ class LateReads:
         self.open_gate()
         await self.inner.close()
 
-    def call(self, operation: str, args: list[Any] | tuple[Any, ...], done: Done) -> None:
+    def call(
+        self,
+        operation: str,
+        args: list[Any] | tuple[Any, ...],
+        done: Done,
+        decided: Callable[[Any], None] | None = None,
+    ) -> None:
         self.log.append(("call", operation, args[0] if args else None))
-        self.inner.call(operation, args, done)
+        self.inner.call(operation, args, done, decided)
 
     def call_many(self, operation: str, item: Any, done: Done) -> None:
         self.log.append(("call", operation, item[0] if item else None))

@@ -171,7 +171,15 @@ class PostgresStore:
 
     # --- the stream ------------------------------------------------------------------
 
-    def call(self, operation: str, args: list[Any] | tuple[Any, ...], done: Done) -> None:
+    def call(
+        self,
+        operation: str,
+        args: list[Any] | tuple[Any, ...],
+        done: Done,
+        decided: Callable[[Any], None] | None = None,
+    ) -> None:
+        """``decided`` is never called: a batch's values come back with its COMMIT, in
+        one round trip (``batch``), so there is no earlier moment to report them."""
         if not self._running:
             raise InternalError("the store is not running")
         self._merging = None

@@ -120,8 +120,14 @@ class SqliteStore:
         if self.on_lost is not None:
             self.on_lost(LOST)
 
-    def call(self, operation: str, args: list[Any] | tuple[Any, ...], done: Done) -> None:
-        self._writer.call(operation, args, done)
+    def call(
+        self,
+        operation: str,
+        args: list[Any] | tuple[Any, ...],
+        done: Done,
+        decided: Callable[[Any], None] | None = None,
+    ) -> None:
+        self._writer.call(operation, args, done, decided)
 
     def call_many(self, operation: str, item: Any, done: Done) -> None:
         self._writer.call_many(operation, item, done)

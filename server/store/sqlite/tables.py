@@ -1206,8 +1206,14 @@ class GroupCommitter:
     last_commit_s: float = 0.0
     """How long the last batch's COMMIT took (the fsync, with ``synchronous=FULL``)."""
 
-    def commit(self, batch: list[Job]) -> list[Outcome]:
+    def commit(
+        self, batch: list[Job], decided: Callable[[list[Outcome]], None] | None = None
+    ) -> list[Outcome]:
         """Run ``batch`` in one transaction; a failed job undoes only itself.
+
+        ``decided`` gets the outcomes once every job has run and before the COMMIT
+        (the writer process sends the SENDs' decisions then); if the COMMIT then
+        fails, every job fails all the same.
 
         Jobs run without a savepoint first: most refusals (consent, resend
         mismatch, queue cap) happen before a job writes anything, and a
@@ -1224,6 +1230,8 @@ class GroupCommitter:
                 outcomes = _run_batch(tables, batch, savepoints=True)
             assert outcomes is not None
             tables.usage.flush()  # the batch's metering counts, in its transaction
+            if decided is not None:
+                decided(outcomes)
             committing = time.perf_counter()
             tables.db.conn.execute("COMMIT")
             self.last_commit_s = time.perf_counter() - committing

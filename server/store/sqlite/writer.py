@@ -22,6 +22,14 @@ no per-job future bookkeeping unless a caller asks for a future.
 Guarantees (unchanged from the thread): a job's outcome is reported only after
 the transaction holding it committed (with ``synchronous=FULL``, on disk).
 
+Decisions before the commit (SPEC §6.4): for the operations in
+:data:`.writer_process.DECIDED_BEFORE_COMMIT` (``send``), the writer also sends
+``["decided", [[job id, value], …]]`` once the batch has run and before its COMMIT,
+for each that succeeded; a caller that passed ``decided`` to :meth:`Writer.call` gets
+the value then. It is a decision, not a promise: ``done`` still comes after the
+commit, and says whether the commit happened. Decisions arrive in submission order,
+each batch's after the previous batch's answers.
+
 Small jobs that arrive in bursts (an ACK per delivered notification) can be
 merged: :meth:`Writer.call_many` appends to the previous job when that job is
 the same operation and still the last one queued, so merging never reorders
@@ -101,6 +109,8 @@ class Writer:
         self._merging: tuple[str, list[Any], list[Done]] | None = None
         """The last queued job when it came from :meth:`call_many`: operation, items, callbacks."""
         self._waiting: deque[tuple[int, Done]] = deque()
+        self._deciding: dict[int, Callable[[Any], None]] = {}
+        """Job id → its ``decided`` callback, until the job's answer."""
         self._next_id = 0
         self._running = False
         self._closing = False
@@ -155,8 +165,16 @@ class Writer:
     def running(self) -> bool:
         return self._running
 
-    def call(self, operation: str, args: list[Any] | tuple[Any, ...], done: Done) -> None:
-        """Queue ``operation(store, *args)``; ``done`` runs after its commit.
+    def call(
+        self,
+        operation: str,
+        args: list[Any] | tuple[Any, ...],
+        done: Done,
+        decided: Callable[[Any], None] | None = None,
+    ) -> None:
+        """Queue ``operation(store, *args)``; ``done`` runs after its commit, and
+        ``decided`` (if the operation is decided before its commit, module docstring)
+        with its value before.
 
         Everything called in this loop turn goes out in one message and, if the
         writer is idle, shares one commit.
@@ -171,6 +189,8 @@ class Writer:
             self._loop.call_soon(self._hand_over)
         self._pending.append([job_id, operation, args])
         self._waiting.append((job_id, done))
+        if decided is not None:
+            self._deciding[job_id] = decided
 
     def call_many(self, operation: str, item: Any, done: Done) -> None:
         """Queue ``item`` for ``operation(store, items)``, which returns one result per item.
@@ -218,7 +238,11 @@ class Writer:
             else:
                 self._started.set_exception(WriterStartError(f"{message[1]}: {message[2]}"))
             return
+        if message[0] == "decided":
+            self._decided(message[1])
+            return
         answers, logs, stats = message
+        deciding = self._deciding
         for level, event, fields in logs:
             log_event(level, event, **fields)
         if self.on_batch is not None:
@@ -227,9 +251,25 @@ class Writer:
         for job_id, ok, value in answers:
             expected, done = waiting.popleft()
             assert expected == job_id, "writer answers out of order"
+            if deciding:
+                deciding.pop(job_id, None)
             try:
                 done(ok, value if ok else _exception(value))
             except Exception as exc:  # a callback's bug must not lose the others' outcomes
+                log_event(
+                    logging.ERROR, "internal_error", exc_type=type(exc).__name__,
+                    exc_at=_where(exc),
+                )  # fmt: skip
+
+    def _decided(self, decisions: list[list[Any]]) -> None:
+        deciding = self._deciding
+        for job_id, value in decisions:
+            decided = deciding.pop(job_id, None)
+            if decided is None:
+                continue
+            try:
+                decided(value)
+            except Exception as exc:  # a callback's bug must not lose the others' decisions
                 log_event(
                     logging.ERROR, "internal_error", exc_type=type(exc).__name__,
                     exc_at=_where(exc),
@@ -239,6 +279,7 @@ class Writer:
         """The socket closed: after our EOF at close, or because the process died."""
         self._running = False
         self._merging = None
+        self._deciding.clear()
         if self._started is not None and not self._started.done():
             self._started.set_exception(WriterStartError("writer process exited"))
         waiting, self._waiting = self._waiting, deque()

@@ -7,7 +7,8 @@ it over a socketpair (see :mod:`.writer` for the protocol).
 
 Loop: block for the next batch, drain whatever else already arrived (up to
 ``MAX_JOBS_PER_COMMIT``), run it as one transaction
-(:class:`~.tables.GroupCommitter`), answer with one msgpack message holding
+(:class:`~.tables.GroupCommitter`), send the decisions of its SENDs
+(:data:`DECIDED_BEFORE_COMMIT`), COMMIT, answer with one msgpack message holding
 every job's outcome and any log lines. Jobs are ``[id, operation, args]``
 looked up in :data:`.jobs.OPERATIONS` — nothing else can be run.
 
@@ -28,6 +29,7 @@ import signal
 import socket
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,18 @@ from .tables import MAX_JOBS_PER_COMMIT, GroupCommitter, Job, Tables, checkpoint
 
 PR_SET_PDEATHSIG = 1
 RECV_BYTES = 1 << 20
+
+DECIDED_BEFORE_COMMIT = frozenset({"send"})
+"""Operations whose successful values are sent once their batch has run, before its
+COMMIT (``["decided", …]``, :mod:`.writer`): a SEND's envelope can then go to an
+online recipient while its commit is in flight (SPEC §6.4); its SENT still waits for
+the commit."""
+
+PAUSE_BEFORE_COMMIT_ENV = "BLINDRELAY_TEST_PAUSE_BEFORE_COMMIT"
+"""Fault injection for the crash tests, and nothing else: while the file this variable
+names exists, the writer waits after sending a batch's decisions and before its COMMIT
+— so a test can kill the relay between a DELIVER and the commit of its envelope. Unset
+in any real deployment; read once at start."""
 
 
 class _Collect(logging.Handler):
@@ -85,10 +99,27 @@ def _unknown(operation: str) -> Job:
     return job
 
 
-def serve(sock: socket.socket, committer: GroupCommitter, logs: list[list[Any]]) -> None:
+def serve(
+    sock: socket.socket,
+    committer: GroupCommitter,
+    logs: list[list[Any]],
+    pause: Path | None = None,
+) -> None:
     """Answer batches until EOF; every job received before EOF is committed and answered."""
     unpacker = msgpack.Unpacker(raw=False)
     packer = msgpack.Packer(use_bin_type=True)
+
+    def decided(batch: list[list[Any]], outcomes: list[tuple[bool, Any]]) -> None:
+        decisions = [
+            [job[0], value]
+            for job, (ok, value) in zip(batch, outcomes, strict=True)
+            if ok and job[1] in DECIDED_BEFORE_COMMIT
+        ]  # fmt: skip
+        if decisions:
+            sock.sendall(packer.pack(["decided", decisions]))
+            while pause is not None and pause.exists():
+                time.sleep(0.01)
+
     recv = sock.recv
     queued: list[list[Any]] = []
     eof = False
@@ -117,7 +148,7 @@ def serve(sock: socket.socket, committer: GroupCommitter, logs: list[list[Any]])
         batch, queued = queued[:MAX_JOBS_PER_COMMIT], queued[MAX_JOBS_PER_COMMIT:]
         jobs = [_job(op, args) if op in OPERATIONS else _unknown(op) for _id, op, args in batch]
         started = time.perf_counter()
-        outcomes = committer.commit(jobs)
+        outcomes = committer.commit(jobs, partial(decided, batch))
         stats = [len(jobs), time.perf_counter() - started, committer.last_commit_s]
         answers = [
             [job[0], True, value] if ok else [job[0], False, _error(value)]
@@ -162,8 +193,9 @@ def main(argv: list[str]) -> int:
     frozen = gcpolicy.apply(int(gc_threshold))
     log_event(logging.INFO, "gc_policy", role="writer", threshold=int(gc_threshold), frozen=frozen)
     sock.sendall(msgpack.packb(["ready", os.getpid()]))
+    pause = os.environ.get(PAUSE_BEFORE_COMMIT_ENV)
     try:
-        serve(sock, GroupCommitter(tables), logs)
+        serve(sock, GroupCommitter(tables), logs, Path(pause) if pause else None)
         checkpoint(tables.db)  # a stopped relay leaves nothing in its WAL (SPEC §11.2)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the relay is gone; nothing left to answer
