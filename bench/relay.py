@@ -108,8 +108,8 @@ reported beside them: where the store stage's time goes."""
 
 
 def send_stages(argv: list[str]) -> dict[str, list[float]] | None:
-    """The relay's SEND → SENT histogram by stage (``/metrics``), and its batches' and
-    COMMITs' times: [p50, p99] ms of each,
+    """The relay's SEND → SENT histogram by stage (``/metrics``), its batches' and
+    COMMITs' times, and SEND → DELIVER (``deliver``): [p50, p99] ms of each,
     interpolated within its bucket as Prometheus's histogram_quantile does; None for a
     server without ``--metrics-listen``."""
     if "--metrics-listen" not in argv:
@@ -121,6 +121,7 @@ def send_stages(argv: list[str]) -> dict[str, list[float]] | None:
     store_parts = {
         "blindrelay_commit_batch_seconds": "batch", "blindrelay_commit_seconds": "commit",
     }  # fmt: skip
+    delivered: dict[float, float] = {}  # SEND → DELIVER, both paths (before/after commit)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if not sample.name.endswith("_bucket"):
@@ -130,6 +131,10 @@ def send_stages(argv: list[str]) -> dict[str, list[float]] | None:
                 buckets[sample.labels["stage"]].append((bound, sample.value))
             elif family.name in store_parts:  # inside the store stage: a batch, its COMMIT
                 buckets.setdefault(store_parts[family.name], []).append((bound, sample.value))
+            elif family.name == "blindrelay_deliver_seconds":
+                delivered[bound] = delivered.get(bound, 0.0) + sample.value
+    if delivered:
+        buckets["deliver"] = list(delivered.items())
     return {
         stage: [round(quantile(q, sorted(rows)) * 1e3, 2) for q in (0.5, 0.99)]
         for stage, rows in buckets.items()
