@@ -11,7 +11,10 @@ relay stores once. Its answer settles whoever waits for it: a future per
   others answered in the same loop turn, in one keystore transaction.
 - **What stays queued:** after a relay fault (SHUTTING_DOWN, INTERNAL) the
   envelope waits for the next connection; after RATE_LIMITED it goes again
-  after ``retry_after`` while the sender's retries last; after
+  after ``retry_after`` while the sender's retries last — and always when it is
+  a resend after a reconnect, whose first transmission may have been stored and
+  even delivered (SPEC §6.4.5): giving up would tell the application "not sent"
+  of a message its recipient may hold; after
   STORE_UNAVAILABLE (902) it goes again after ``retry_after``, answered once
   whether or not the first one was stored. Any other error is the outcome.
 
@@ -167,6 +170,11 @@ class Outbox:
         self._bulk_sends: dict[bytes, Bulk] = {}
         """msg_id → the :meth:`Client.send_many` it belongs to (instead of a future each)."""
         self._rate_limit_retries: dict[bytes, int] = {}
+        self._transmitted: set[bytes] = set(self._entries)
+        """Sent on some connection (those kept by the keystore, perhaps by an earlier
+        process), unanswered: after a reconnect their fate is unknown."""
+        self._resent: set[bytes] = set()
+        """Sent again after a reconnect: a RATE_LIMITED answer never ends them."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -233,10 +241,12 @@ class Outbox:
 
     def transmit_all(self, conn: Connection) -> None:
         """After WELCOME: every envelope awaiting SENT, in order (SPEC §6.3)."""
+        self._resent.update(self._transmitted)
         for outgoing in list(self._entries.values()):
             self._transmit(conn, outgoing)
 
     def _transmit(self, conn: Connection, outgoing: Outgoing) -> None:
+        self._transmitted.add(outgoing.msg_id)
         request_id = conn.next_request_id()
         if conn.authenticated:
             data = encode_send(
@@ -264,6 +274,9 @@ class Outbox:
         if error is not None:
             if isinstance(error, _RETRYABLE_SEND_ERRORS):
                 return  # stays in the outbox; resent after the reconnect
+            if isinstance(error, RateLimited) and msg_id in self._resent:
+                self._retransmit_after(msg_id, error.retry_after_ms)
+                return  # its first transmission may be stored: only SENT or a refusal ends it
             if isinstance(error, RateLimited) and self._retry_later(msg_id, error):
                 return  # stays in the outbox: nothing was stored, the same envelope goes again
             if isinstance(error, StoreUnavailable):
@@ -274,6 +287,8 @@ class Outbox:
                 return
         if self._rate_limit_retries:
             self._rate_limit_retries.pop(msg_id, None)
+        self._transmitted.discard(msg_id)
+        self._resent.discard(msg_id)
         done = self._entries.pop(msg_id, None)
         if done is not None:
             kept = None
@@ -303,9 +318,12 @@ class Outbox:
         if left <= 0:
             return False
         self._rate_limit_retries[msg_id] = left - 1
-        delay = max(error.retry_after_ms, 1) / 1000
-        asyncio.get_running_loop().call_later(delay, self._retransmit, msg_id)
+        self._retransmit_after(msg_id, error.retry_after_ms)
         return True
+
+    def _retransmit_after(self, msg_id: bytes, retry_after_ms: int) -> None:
+        delay = max(retry_after_ms, 1) / 1000
+        asyncio.get_running_loop().call_later(delay, self._retransmit, msg_id)
 
     def _retransmit(self, msg_id: bytes) -> None:
         outgoing = self._entries.get(msg_id)
