@@ -704,6 +704,9 @@ class RunningRelay:
         self._checkpointer: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
+        self._counts_started = 0
+        self._count_kept = 0
+        """The queue counts started, and the latest of them whose result is kept."""
         self.metrics_server: MetricsServer | None = None
         """``/healthz``, ``/readyz``, ``/metrics`` (``--metrics-listen``); None when off."""
         self._flusher = _Flusher()
@@ -955,11 +958,18 @@ class RunningRelay:
         return True
 
     async def count_queued(self) -> None:
-        """The ``envelopes_queued`` gauge; left as it was while the store cannot count."""
+        """The ``envelopes_queued`` gauge; left as it was while the store cannot count.
+        Of two counts that overlap, the one started later is kept, whichever ends last."""
+        self._counts_started += 1
+        started = self._counts_started
         try:
-            self.ctx.metrics.queued = await self.ctx.store.queued_total()
+            queued = await self.ctx.store.queued_total()
         except Exception as exc:  # an outage: /readyz says so; the gauge waits for the next
             log_event(logging.WARNING, "queue_count_failed", exc_type=type(exc).__name__)
+            return
+        if started > self._count_kept:
+            self._count_kept = started
+            self.ctx.metrics.queued = queued
 
     async def _probe_store_periodically(self) -> None:
         counted = -QUEUE_COUNT_INTERVAL_S

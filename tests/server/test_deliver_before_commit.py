@@ -11,9 +11,10 @@ not a race it hopes to win. The relay killed in that state: tests/client/test_de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import Ack, Deliver, Error, Send, Sent
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.context import CLOSE_STORE_FAILED
+from blindrelay.server.relay import RunningRelay
 from blindrelay.server.store.sqlite.tables import count_queued
 from blindrelay.server.store.sqlite.writer_process import PAUSE_BEFORE_COMMIT_ENV
 
@@ -39,6 +41,25 @@ async def until(condition: Callable[[], bool]) -> None:
     raise AssertionError("never happened")
 
 
+@contextlib.asynccontextmanager
+async def released(pause: Path) -> AsyncIterator[None]:
+    """Whatever happens in the test, the writer is let go before the relay closes (it
+    would wait for the held batch forever)."""
+    try:
+        yield
+    finally:
+        pause.unlink(missing_ok=True)
+
+
+async def settled(relay: RunningRelay, handle: str) -> None:
+    """``handle``'s first page (of its queue at login) has been read: an envelope
+    decided from now on is pushed at once, not by the page after it."""
+    session = relay.ctx.sessions.get(handle)
+    assert session is not None and session.outbox is not None
+    outbox = session.outbox
+    await until(lambda: not getattr(outbox, "paging", True))
+
+
 async def send_unanswered(client: RawClient, to: str, body: bytes) -> int:
     request_id = client.request_id()
     await client.send(Send(id=request_id, to=to, msg_id=os.urandom(16), intent="chat", body=body))
@@ -53,9 +74,10 @@ async def test_an_online_recipient_gets_the_envelope_while_its_commit_is_in_flig
     pause = tmp_path / "pause"
     monkeypatch.setenv(PAUSE_BEFORE_COMMIT_ENV, str(pause))
     assert config.db_path is not None
-    async with RelayFixture(config, clock) as relay:
+    async with RelayFixture(config, clock) as relay, released(pause):
         alice = await clients.registered(relay.url, "alice")
         bob = await clients.registered(relay.url, "bob")
+        await settled(relay, "bob")
         pause.touch()
         request_id = await send_unanswered(alice, "bob", b"before the fsync")
 
@@ -96,11 +118,12 @@ async def test_an_envelope_decided_while_a_page_is_read_is_paged_after_it(
     pause = tmp_path / "pause"
     monkeypatch.setenv(PAUSE_BEFORE_COMMIT_ENV, str(pause))
     windowed = replace(config, delivery_window=3, send_burst_user=100, send_burst_pair=100)
-    async with RelayFixture(windowed, clock) as relay:
+    async with RelayFixture(windowed, clock) as relay, released(pause):
         alice = await clients.registered(relay.url, "alice")
         bob = await clients.registered(relay.url, "bob")
         assert isinstance(await bob.send_message("alice", b"hi"), Sent)  # a contact now
         metrics = relay.ctx.metrics
+        await settled(relay, "bob")
         pause.touch()
         answers = [await send_unanswered(alice, "bob", b"S%d" % n) for n in range(1, 5)]
         first = await bob.deliveries(3)
@@ -127,6 +150,7 @@ async def test_the_postgresql_store_delivers_after_the_commit(
     async with RelayFixture(config, clock) as relay:
         alice = await clients.registered(relay.url, "alice")
         bob = await clients.registered(relay.url, "bob")
+        await settled(relay, "bob")
         assert isinstance(await alice.send_message("bob", b"x"), Sent)
         await bob.push(Deliver)
         path = "after_commit" if backend == "postgresql" else "before_commit"
@@ -145,9 +169,10 @@ async def test_a_commit_that_fails_after_the_deliver_closes_the_recipients_conne
     disconnected with 1011 rather than left with delivery ids the store may reuse."""
     pause = tmp_path / "pause"
     monkeypatch.setenv(PAUSE_BEFORE_COMMIT_ENV, str(pause))
-    async with RelayFixture(config, clock) as relay:
+    async with RelayFixture(config, clock) as relay, released(pause):
         alice = await clients.registered(relay.url, "alice")
         bob = await clients.registered(relay.url, "bob")
+        await settled(relay, "bob")
         pause.touch()
         request_id = await send_unanswered(alice, "bob", b"never committed")
         assert (await bob.push(Deliver)).body == b"never committed"

@@ -21,6 +21,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,6 +173,61 @@ def test_jobs_received_before_eof_are_all_answered(committer: GroupCommitter) ->
     batches = [[account(n, f"user{n}")] for n in range(20)]
     messages = serve_all(committer, *batches)
     assert [answer[0] for answers, _, _ in messages for answer in answers] == list(range(20))
+
+
+def test_with_durability_no_answer_leaves_before_the_wal_is_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Durability``: the writer commits without syncing and goes on; each answer waits
+    for an fsync of the WAL that came after its COMMIT — FULL's promise, off the path."""
+    synced: list[Path] = []
+    gate = threading.Event()
+
+    def slow_sync(path: Path) -> None:
+        gate.wait(READ_TIMEOUT_S)
+        synced.append(path)
+
+    monkeypatch.setattr(writer_process, "sync_file", slow_sync)
+
+    def writer(sock: socket.socket, durability: writer_process.Durability) -> None:
+        tables = Tables(connect(tmp_path / "relay.db", "NORMAL"))  # on this thread
+        try:
+            writer_process.serve(sock, GroupCommitter(tables), [], None, durability)
+        finally:
+            tables.db.conn.close()
+
+    Tables(connect(tmp_path / "relay.db")).db.conn.close()  # the schema, before the reader
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ours, theirs:
+        peer = Peer(ours)
+        durability = writer_process.Durability(
+            tmp_path / "relay.db-wal", theirs, threading.Lock()
+        )
+        peer.send([account(0, "alice")])
+        server = threading.Thread(target=writer, args=(theirs, durability))
+        server.start()
+        # The batch is committed (a reader sees alice) and the writer waits for more,
+        # while its answer waits for the sync.
+        reader = sqlite3.connect(tmp_path / "relay.db")
+        for _ in range(500):
+            if reader.execute("SELECT count(*) FROM accounts").fetchone()[0] == 1:
+                break
+            time.sleep(0.01)
+        assert reader.execute("SELECT count(*) FROM accounts").fetchone()[0] == 1
+        reader.close()
+        peer.sock.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            peer.sock.recv(1)
+        peer.sock.settimeout(READ_TIMEOUT_S)
+        peer.send([account(1, "bob")])  # the next batch goes on meanwhile
+        gate.set()
+        peer.end()
+        server.join(READ_TIMEOUT_S)
+        durability.close()
+        theirs.close()
+        answers = [answer for message in peer.messages() for answer in message[0]]
+    assert answers == [[0, True, None], [1, True, None]]
+    assert synced and set(synced) == {tmp_path / "relay.db-wal"}
 
 
 # --- main: the process the relay starts -------------------------------------------------
