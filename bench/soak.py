@@ -94,7 +94,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -1047,8 +1047,15 @@ def summary(record: dict[str, Any]) -> list[str]:
     return lines
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (no usage block): see :func:`main`."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = _Parser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--minutes", type=int, default=30, help="load duration (default 30)")
     parser.add_argument("--rate", type=float, help="msg/s (default: a quarter of the measured max)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the mix's timings")
