@@ -51,8 +51,9 @@ exiting.
 
 Measured every SAMPLE_S seconds, printed once a minute: messages SENT, RSS of the relay's
 process tree (the SQLite writer process included), its open descriptors (``/proc/PID/fd``),
-the queue (the ``blindrelay_envelopes_queued`` gauge when the relay has it, else a count of
-the queue table: read-only SQLite, or ``SELECT count(*)`` on PostgreSQL), p99 delivery
+the queue (the ``blindrelay_envelopes_queued`` gauge when the relay exports it — the relay
+recounts it every 15 s, so it lags — else a count of the queue table: read-only SQLite, or
+``SELECT count(*)`` on PostgreSQL; after the drain always the count), p99 delivery
 latency of messages delivered on the connection that was open when they were sent (the
 offline ones' latency is how long their recipient was away), and unexpected errors.
 
@@ -710,6 +711,8 @@ class Sample:
     rss_kib: int
     fds: int
     queue: int | None
+    queue_from: str
+    """``gauge`` (the relay's own count, refreshed every 15 s) or ``count`` (the table)."""
     connections: int | None
 
 
@@ -824,6 +827,7 @@ class Probe:
             rss_kib=self.server.memory_kib()[0],
             fds=open_fds(self.server.tree()),
             queue=int(queued) if queued is not None else self.queue_count(),
+            queue_from="gauge" if queued is not None else "count",
             connections=int(connections) if connections is not None else None,
         )
 

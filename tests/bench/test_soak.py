@@ -29,7 +29,8 @@ def samples(minutes, rss_mib_per_min=0.0, fds_per_min=0.0, wobble=0.0):
     """One sample every 10 s over ``minutes``, growing linearly, with a +-wobble."""
     return [
         Sample(t=10.0 * k, rss_kib=int((80 + rss_mib_per_min * k / 6 + wobble * (-1) ** k) * 1024),
-               fds=round(100 + fds_per_min * k / 6 + wobble * (-1) ** k), queue=0, connections=80)
+               fds=round(100 + fds_per_min * k / 6 + wobble * (-1) ** k), queue=0,
+               queue_from="count", connections=80)
         for k in range(minutes * 6 + 1)
     ]  # fmt: skip
 
