@@ -9,10 +9,10 @@ not ask for.
 
 Rate: ``--rate R`` messages/s (SEND attempts over all links), or a quarter of the relay's
 maximum measured first on the same store: ``bench/scale.py``'s run of workload 1 (50 pairs
-x 200 messages, window 10, fresh relay and database). The relay runs as ``bench/scale.py``
-starts it — ``blindrelay serve`` on 127.0.0.1, clean environment, send and registration
-limits raised out of reach (the rate is set here, not by token buckets) — plus
-``--metrics-listen`` on a loopback port.
+x 1000 messages of 1 KiB, window 10, fresh relay and database; a few seconds). The relay
+runs as ``bench/scale.py`` starts it — ``blindrelay serve`` on 127.0.0.1, clean
+environment, send and registration limits raised out of reach (the rate is set here, not by
+token buckets) — plus ``--metrics-listen`` on a loopback port.
 
 The mix, per load process (``--workers``, 2 by default), every link paced at the same rate
 (R / links, open loop: a message's latency runs from its due time, so a stalled relay is
@@ -122,7 +122,7 @@ from bench.loadgen import (
 )
 from bench.procs import ServerError, ServerProcess, raise_nofile_limit
 from bench.relay import free_port, metrics_text
-from bench.run import count_rows
+from bench.run import Params, count_rows
 from blindrelay.protocol import frames
 from blindrelay.protocol.codec import encode
 from blindrelay.protocol.fastcodec import encode_ack, encode_send
@@ -164,8 +164,11 @@ MIN_FLAT_WINDOW_MIN = 1.0
 RSS_SLOPE_MAX_MIB = 1.0
 FD_SLOPE_MAX = 1.0
 
-MAX_RATE_SPEC = LoadSpec(url="", pairs=50, messages=200, window=10, size=1024, workers=2)
-"""The quick workload-1 run whose msg/s, divided by 4, is the soak's rate."""
+W1 = Params()
+MAX_RATE_SPEC = LoadSpec(
+    url="", pairs=W1.pairs, messages=W1.messages, window=W1.window, size=W1.size, workers=W1.workers
+)
+"""Workload 1 of ``bench/run.py`` (one run, a few seconds): its msg/s / 4 is the soak's rate."""
 RATE_FRACTION = 4
 MSG_ID = struct.Struct(">IQ")
 """A soak message id: link, sequence number, then 4 random bytes (16 in all)."""
@@ -309,7 +312,14 @@ class Account:
         self.online.set()
 
     async def reconnect(self) -> None:
-        await self.open(login=True)
+        """LOGIN again; a failed attempt is an unexpected error, retried every second."""
+        while True:
+            try:
+                await self.open(login=True)
+                break
+            except (OSError, LoadError, ConnectionClosed, TimeoutError) as exc:
+                self.worker.unexpected(f"{self.handle}: LOGIN failed: {exc}")
+                await asyncio.sleep(1.0)
         self.worker.stats.reconnects += 1
         self.start()
 
@@ -407,13 +417,7 @@ class Account:
                 self.ws = None
                 self.online.clear()
                 self._fail_answers()
-                self.tasks.append(asyncio.create_task(self._come_back()))
-
-    async def _come_back(self) -> None:
-        try:
-            await self.reconnect()
-        except (OSError, LoadError, ConnectionClosed, TimeoutError) as exc:
-            self.worker.unexpected(f"{self.handle}: could not log in again: {exc}")
+                self.tasks.append(asyncio.create_task(self.reconnect()))
 
     async def _acknowledge(self, ws: WebSocket) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -1033,7 +1037,14 @@ def summary(record: dict[str, Any]) -> list[str]:
     )
     if not v["flat_judged"]:
         flat += f" — not judged (window under {MIN_FLAT_WINDOW_MIN:g} min: warm-up)"
+    achieved = t["attempted"] / (record["minutes"] * 60)
     lines = [
+        f"rate: {achieved:,.0f} msg/s attempted of {record['rate']:,.0f} asked"
+        + (
+            ""
+            if achieved >= 0.95 * record["rate"]
+            else " — the load fell behind: latency figures include its lag"
+        ),
         f"drain: {t['drain_s']} s; queue after the drain: {_opt(t['queue_after_drain'])}",
         f"messages: {t['acknowledged']:,} acknowledged, {t['delivered']:,} delivered, "
         f"lost {t['lost']}; {t['delivered_after_queueing']:,} delivered after queueing or a "
