@@ -120,7 +120,7 @@ from bench.loadgen import (
     run_phases,
     run_worker,
 )
-from bench.procs import ServerError, ServerProcess, raise_nofile_limit
+from bench.procs import ServerError, ServerProcess, process_memory_kib, raise_nofile_limit
 from bench.relay import free_port, metrics_text
 from bench.run import Params, count_rows
 from blindrelay.protocol import frames
@@ -714,6 +714,8 @@ class Sample:
     t: float
     rss_kib: int
     fds: int
+    rss_kib_by_process: list[int]
+    """The relay's main process first, then the processes it started (SQLite's writer)."""
     queue: int | None
     queue_from: str
     """``gauge`` (the relay's own count, refreshed every 15 s) or ``count`` (the table)."""
@@ -826,10 +828,13 @@ class Probe:
         metrics = scrape(self.metrics)
         queued = metrics.get("blindrelay_envelopes_queued", {}).get(())
         connections = metrics.get("blindrelay_connections", {}).get(())
+        tree = self.server.tree()
+        by_process = [process_memory_kib(pid)[0] for pid in tree]
         return Sample(
             t=round(t, 1),
-            rss_kib=self.server.memory_kib()[0],
-            fds=open_fds(self.server.tree()),
+            rss_kib=sum(by_process),
+            fds=open_fds(tree),
+            rss_kib_by_process=by_process,
             queue=int(queued) if queued is not None else self.queue_count(),
             queue_from="gauge" if queued is not None else "count",
             connections=int(connections) if connections is not None else None,

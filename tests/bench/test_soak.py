@@ -29,7 +29,8 @@ def samples(minutes, rss_mib_per_min=0.0, fds_per_min=0.0, wobble=0.0):
     """One sample every 10 s over ``minutes``, growing linearly, with a +-wobble."""
     return [
         Sample(t=10.0 * k, rss_kib=int((80 + rss_mib_per_min * k / 6 + wobble * (-1) ** k) * 1024),
-               fds=round(100 + fds_per_min * k / 6 + wobble * (-1) ** k), queue=0,
+               fds=round(100 + fds_per_min * k / 6 + wobble * (-1) ** k), rss_kib_by_process=[],
+               queue=0,
                queue_from="count", connections=80)
         for k in range(minutes * 6 + 1)
     ]  # fmt: skip
@@ -118,6 +119,7 @@ def test_one_minute_soak_on_sqlite_passes(tmp_path):
                         "provoked", "unexpected"}  # fmt: skip
     assert row["sent"] > 0 and row["rss_mib"] > 0 and row["fds"] > 0 and row["queue"] is not None
     assert len(run["samples"]) == 7  # at the start, then every 10 s
+    assert all(len(s["rss_kib_by_process"]) == 2 for s in run["samples"])  # relay, writer
     totals = run["totals"]
     assert totals["lost"] == 0 and totals["unexpected"] == 0, totals["unexpected_examples"]
     assert totals["queue_after_drain"] == 0
