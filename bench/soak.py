@@ -184,6 +184,8 @@ class Disconnected(Exception):
 
 @dataclass(frozen=True, slots=True)
 class SoakSpec:
+    """One soak's load: the relay's URL, msg/s over all links, how long, the mix's seed."""
+
     url: str
     rate: float
     minutes: int
@@ -205,7 +207,7 @@ class SoakSpec:
 
 @dataclass(slots=True)
 class Stats:
-    """What a load process saw since its last report (and ``acked_total`` etc. overall)."""
+    """What a load process saw since its last report (the parent sums the reports)."""
 
     attempted: int = 0
     acked: int = 0
