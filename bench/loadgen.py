@@ -220,7 +220,7 @@ def run_phases(
                 proc.join(timeout=5)
 
 
-async def _phase(
+async def report_phase(
     pipe: Connection, events: Sequence[Any], index: int, report: dict[str, Any], deadline: float
 ) -> None:
     """Report phase ``index`` to the parent, then wait until every worker has."""
@@ -276,7 +276,7 @@ def _expect(pipe: Connection, kind: str, timeout: float) -> dict[str, Any]:
 # --- inside a worker process --------------------------------------------------
 
 
-def _run_worker(coro_fn: Callable[..., Any], *args: Any) -> None:
+def run_worker(coro_fn: Callable[..., Any], *args: Any) -> None:
     """Body of every worker process: run the coroutine, report any failure, exit."""
     pipe: Connection = args[-2]
     try:
@@ -291,7 +291,7 @@ def _run_worker(coro_fn: Callable[..., Any], *args: Any) -> None:
 def _worker_main(
     spec: LoadSpec, prefix: str, pair_ids: list[int], pipe: Connection, events: list[Any]
 ) -> None:
-    _run_worker(_worker, spec, prefix, pair_ids, pipe, events)
+    run_worker(_worker, spec, prefix, pair_ids, pipe, events)
 
 
 async def _worker(
@@ -310,7 +310,7 @@ async def _worker(
         ]
         for (recipient, _), (sender, handle) in zip(recipients, senders, strict=True):
             await introduce(recipient, sender, handle)
-        await _phase(pipe, events, 0, {"kind": "ready"}, deadline)
+        await report_phase(pipe, events, 0, {"kind": "ready"}, deadline)
         start = time.monotonic()
         cpu0 = time.process_time()
         delivery = array("d")
@@ -353,10 +353,16 @@ async def _worker(
 
 
 async def open_account(
-    url: str, handle: str, key: SigningKey | None = None, *, login: bool = False
+    url: str,
+    handle: str,
+    key: SigningKey | None = None,
+    *,
+    login: bool = False,
+    kind: str = "user",
 ) -> tuple[WebSocket, str]:
     """Connect and authenticate ``handle`` (SPEC §4.2) with Ed25519 identity ``key`` (fresh
-    if None): REGISTER a new account, or LOGIN to an existing one."""
+    if None): REGISTER a new account of ``kind`` (``user`` or ``business``), or LOGIN to an
+    existing one."""
     raw = await connect(
         url,
         subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
@@ -379,7 +385,7 @@ async def open_account(
             conn.login(handle, lambda m: sk.sign(m).signature)
             verb = "LOGIN"
         else:
-            conn.register(handle, "user", bytes(sk.verify_key), lambda m: sk.sign(m).signature)
+            conn.register(handle, kind, bytes(sk.verify_key), lambda m: sk.sign(m).signature)
             verb = "REGISTER"
         for data in conn.data_to_send():
             await ws.send(data)
@@ -594,7 +600,7 @@ def run_idle(
 
 
 def _idle_main(*args: Any) -> None:
-    _run_worker(_idle_worker, *args)
+    run_worker(_idle_worker, *args)
 
 
 async def _idle_worker(
@@ -606,12 +612,12 @@ async def _idle_worker(
         keys = [SigningKey.generate() for _ in handles]
         started = time.monotonic()
         await open_many(url, handles, keys, keep=False)
-        await _phase(pipe, events, 0, {"kind": "registered", "s": time.monotonic() - started},
+        await report_phase(pipe, events, 0, {"kind": "registered", "s": time.monotonic() - started},
                      deadline)  # fmt: skip
         started = time.monotonic()
         sockets = await open_many(url, handles, keys, login=True)
         try:
-            await _phase(pipe, events, 1, {"kind": "connected", "open": len(sockets),
+            await report_phase(pipe, events, 1, {"kind": "connected", "open": len(sockets),
                                            "s": time.monotonic() - started}, deadline)  # fmt: skip
         finally:
             await asyncio.gather(*(ws.close() for ws in sockets))
@@ -674,7 +680,7 @@ def run_drain(
 
 
 def _drain_main(*args: Any) -> None:
-    _run_worker(_drain_worker, *args)
+    run_worker(_drain_worker, *args)
 
 
 async def _drain_worker(
@@ -698,14 +704,14 @@ async def _drain_worker(
         for recipient, sender, handle in zip(recipients, senders, sender_handles, strict=True):
             await introduce(recipient, sender, handle)  # then the recipients go offline
         await asyncio.gather(*(ws.close() for ws in recipients))
-        await _phase(pipe, events, 0, {"kind": "ready"}, deadline)
+        await report_phase(pipe, events, 0, {"kind": "ready"}, deadline)
         start = time.monotonic()
         sent = array("d")
         await asyncio.gather(*(send_all(ws, to, per_recipient, window, size, sent)
                                for ws, to in zip(senders, handles, strict=True)))  # fmt: skip
         end = time.monotonic()
         await asyncio.gather(*(ws.close() for ws in senders))
-        await _phase(pipe, events, 1, {"kind": "queued", "queued": len(sent), "start": start,
+        await report_phase(pipe, events, 1, {"kind": "queued", "queued": len(sent), "start": start,
                                        "end": end}, deadline)  # fmt: skip
         start = time.monotonic()
         delivery = array("d")

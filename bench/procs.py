@@ -37,6 +37,20 @@ def process_cpu_s(pid: int) -> float:
     return (int(after_name[11]) + int(after_name[12])) / CLOCK_TICKS
 
 
+def process_memory_kib(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of process ``pid`` in KiB; (0, 0) once it is gone."""
+    fields: dict[str, int] = {}
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:  # exited since it was listed
+        return 0, 0
+    for line in status.splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(value.split()[0])
+    return fields.get("VmRSS", 0), fields.get("VmHWM", 0)
+
+
 def raise_nofile_limit() -> int:
     """Raise this process's open-file soft limit to its hard limit; returns the new limit.
 
@@ -127,17 +141,9 @@ class ServerProcess:
         (the sum of each process's own peak, an upper bound of the tree's peak)."""
         rss = hwm = 0
         for pid in self.tree():
-            fields: dict[str, int] = {}
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except FileNotFoundError:  # exited since the tree was listed
-                continue
-            for line in status.splitlines():
-                name, _, value = line.partition(":")
-                if name in ("VmRSS", "VmHWM"):
-                    fields[name] = int(value.split()[0])
-            rss += fields.get("VmRSS", 0)
-            hwm += fields.get("VmHWM", 0)
+            own_rss, own_hwm = process_memory_kib(pid)
+            rss += own_rss
+            hwm += own_hwm
         return rss, hwm
 
     def cpu_s(self) -> float:

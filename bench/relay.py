@@ -114,9 +114,7 @@ def send_stages(argv: list[str]) -> dict[str, list[float]] | None:
     server without ``--metrics-listen``."""
     if "--metrics-listen" not in argv:
         return None
-    address = argv[argv.index("--metrics-listen") + 1]
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as answer:
-        text = answer.read().decode()
+    text = metrics_text(argv[argv.index("--metrics-listen") + 1])
     buckets: dict[str, list[tuple[float, float]]] = {stage: [] for stage in STAGES}
     store_parts = {
         "blindrelay_commit_batch_seconds": "batch", "blindrelay_commit_seconds": "commit",
@@ -140,6 +138,13 @@ def send_stages(argv: list[str]) -> dict[str, list[float]] | None:
         for stage, rows in buckets.items()
         if rows and rows[-1][1] > 0
     }
+
+
+def metrics_text(address: str, timeout_s: float = 10.0) -> str:
+    """The relay's ``/metrics`` page (Prometheus text) from its ``--metrics-listen`` HOST:PORT."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=timeout_s) as answer:
+        text: str = answer.read().decode()
+    return text
 
 
 def quantile(q: float, buckets: list[tuple[float, float]]) -> float:

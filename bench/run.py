@@ -332,7 +332,7 @@ def w_drain(suite: Suite, tmp: Path) -> None:
             server.url, p.drain_recipients, p.drain_per_recipient, window=p.window,
             size=p.size, workers=p.workers, timeout_s=p.timeout_s, on_phase=hook,
         )  # fmt: skip
-    left = _count_rows(db, "queue")  # after a clean SIGTERM: every ACK's delete committed
+    left = count_rows(db, "queue")  # after a clean SIGTERM: every ACK's delete committed
     grown = sum(sizes["queued"].values()) - sum(sizes["ready"].values())
     per_envelope = round(grown / result.queued, 1)
     w = f"4 drain {result.queued:,} queued"
@@ -487,7 +487,7 @@ def _db_files(db: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists()}
 
 
-def _count_rows(db: Path, table: str) -> int | None:
+def count_rows(db: Path, table: str) -> int | None:
     """Rows left in ``table``, read-only, or None if the schema has changed."""
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
