@@ -84,7 +84,8 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
     handle = sender.handle
     check_send(sender, frame, ctx.limiters)
     early: int | None = None
-    """The delivery id decided before the commit, once told to the recipient's outbox."""
+    """The delivery id decided before the commit (its recipient's outbox, if online, was
+    told then; at the commit it is confirmed, or on failure withdrawn, not pushed)."""
 
     def encoder(delivery_id: int, at: int) -> Callable[[], bytes]:
         def encode() -> bytes:
