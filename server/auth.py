@@ -28,8 +28,8 @@ from blindrelay.protocol.errors import (
 from blindrelay.protocol.frames import Frame, Login, Ok, Register, RotateIdentity, Welcome
 
 from .context import RelayContext, Session
-from .delivery import Outbox
 from .logs import log_event
+from .outbox import Outbox
 from .store import Account
 
 

@@ -45,7 +45,7 @@ from .store import Account, Store, StoreJobError
 
 
 class SessionOutbox(Protocol):
-    """What a session's delivery outbox (``delivery.Outbox``) offers the handlers.
+    """What a session's delivery outbox (``outbox.Outbox``) offers the handlers.
 
     Declared here, where sessions are, so that this module needs nothing of
     ``delivery`` — which needs sessions — not even for type checking.

@@ -22,7 +22,7 @@ The rules that keep it a hint (``routing``: the tables are the truth):
 - **Order.** A link carries one worker's batches in commit order; against NOTIFY
   hints (a withdrawal, SPEC §7.4) it has none, exactly as two workers' hints never had:
   the outbox pushes an envelope only when every lower id was seen and drops ids a
-  withdrawal named (``delivery.Outbox``).
+  withdrawal named (``outbox.Outbox``).
 - **Only workers.** A worker advertises ``host:port`` and a random secret in the
   ``workers`` table; a connecting worker answers the listener's random challenge with
   an HMAC of it under that secret (whoever can read the store can do as much anyway).

@@ -33,8 +33,9 @@ from blindrelay.protocol.signed import (
 )
 
 from .context import RelayContext, Session
-from .delivery import deliver_row, push_committed
+from .delivery import push_committed
 from .logs import log_event
+from .outbox import deliver_row
 from .store import Account
 
 

@@ -13,7 +13,7 @@ from blindrelay.protocol.errors import ErrorCode, StoreUnavailable
 from blindrelay.protocol.frames import Ack, Deliver, Error, Send, Sent
 from blindrelay.server import relay as relay_module
 from blindrelay.server.config import RelayConfig
-from blindrelay.server.delivery import deliver_row
+from blindrelay.server.outbox import deliver_row
 from blindrelay.server.relay import RunningRelay
 from blindrelay.server.store import QueuedEnvelope, envelope_row, open_store
 
