@@ -29,7 +29,8 @@ from blindrelay.protocol.frames import Ack, Sent
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.store import Account
 from blindrelay.server.store.sqlite import tables as storage
-from blindrelay.server.store.sqlite.tables import GroupCommitter, Tables
+from blindrelay.server.store.sqlite.commit import GroupCommitter
+from blindrelay.server.store.sqlite.tables import Tables
 
 from .conftest import TEST_TIMEOUT_S, Clients, FakeClock, relay_with
 

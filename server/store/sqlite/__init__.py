@@ -5,9 +5,9 @@
 - ``writer`` / ``writer_process`` — the relay's side of the writer process and the
   process itself: jobs by name over a socketpair in msgpack, group commit;
 - ``jobs`` — the operations of ``..operations.CONTRACT``, as run by the writer;
-- ``tables`` — schema, migrations, the tables and :class:`~.tables.GroupCommitter`;
-  ``ledger``, ``metering``, ``profiles`` — the consent, usage and business tables;
-  ``cache`` — the writer's write-through caches;
+- ``tables`` — schema, migrations and the tables; ``commit`` — group commit
+  (:class:`~.commit.GroupCommitter`); ``ledger``, ``metering``, ``profiles`` — the
+  consent, usage and business tables; ``cache`` — the writer's write-through caches;
 - ``inspection`` — ``blindrelay inspect``'s report.
 
 Nothing outside this package imports it but the factory in ``blindrelay.server.store``

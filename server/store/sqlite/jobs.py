@@ -15,7 +15,7 @@ the queue cap, metering, a statement with its purge and receipt.
 
 Not here: the contract (``..operations``), on-loop checks and answers
 (``auth``, ``directory``, ``delivery``, ``statements``, ``business``), the
-transaction itself (``tables.GroupCommitter``).
+transaction itself (``commit.GroupCommitter``).
 """
 
 from __future__ import annotations
@@ -627,7 +627,7 @@ def bill_page(tables: Tables, handle: str, month: str, start: int, limit: int) -
 
 def checkpoint(tables: Tables) -> None:
     """SPEC §11.2: truncate the WAL once this batch has committed (a checkpoint
-    cannot run inside the batch's transaction; :class:`~.tables.GroupCommitter`
+    cannot run inside the batch's transaction; :class:`~.commit.GroupCommitter`
     runs it before answering)."""
     tables.checkpoint_requested = True
 

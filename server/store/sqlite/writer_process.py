@@ -7,7 +7,7 @@ it over a socketpair (see :mod:`.writer` for the protocol).
 
 Loop: block for the next batch, drain whatever else already arrived (up to
 ``MAX_JOBS_PER_COMMIT``), run it as one transaction
-(:class:`~.tables.GroupCommitter`), send the decisions of its SENDs
+(:class:`~.commit.GroupCommitter`), send the decisions of its SENDs
 (:data:`DECIDED_BEFORE_COMMIT`), COMMIT, answer with one msgpack message holding
 every job's outcome and any log lines. Jobs are ``[id, operation, args]``
 looked up in :data:`.jobs.OPERATIONS` — nothing else can be run. With
@@ -42,8 +42,9 @@ from blindrelay.protocol.errors import ProtocolError
 
 from ... import gcpolicy
 from ...logs import _FIELDS, LOGGER, log_event
+from .commit import MAX_JOBS_PER_COMMIT, GroupCommitter, Job
 from .jobs import OPERATIONS
-from .tables import MAX_JOBS_PER_COMMIT, GroupCommitter, Job, Tables, checkpoint, connect
+from .tables import Tables, checkpoint, connect
 
 PR_SET_PDEATHSIG = 1
 RECV_BYTES = 1 << 20
