@@ -85,8 +85,11 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
     handle = sender.handle
     check_send(sender, frame, ctx.limiters)
     early: int | None = None
-    """The delivery id decided before the commit (its recipient's outbox, if online, was
-    told then; at the commit it is confirmed, or on failure withdrawn, not pushed)."""
+    """The delivery id decided before the commit; at the commit it is confirmed, or on
+    failure withdrawn, never pushed again."""
+    told: SessionOutbox | None = None
+    """The recipient's outbox told of it then (if it was online): its ACK waits there for
+    the commit, even if that connection has ended since."""
 
     def encoder(delivery_id: int, at: int) -> Callable[[], bytes]:
         def encode() -> bytes:
@@ -98,13 +101,14 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
         return encode
 
     def decided(result: Any) -> None:
-        nonlocal early
+        nonlocal early, told
         if type(result) is int:  # an idempotent resend: delivered already, or queued
             return
         early = result[0]
         target = ctx.sessions.get(frame.to)
         if target is not None and target.outbox is not None:
-            target.outbox.decided(result[0], encoder(result[0], result[1]), result[2], received)
+            told = target.outbox
+            told.decided(result[0], encoder(result[0], result[1]), result[2], received)
 
     def committed(result: Any) -> None:
         # "The relay MUST NOT send SENT before the envelope is committed to disk."
@@ -123,14 +127,15 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
             # the recipient's pager looks again rather than wait for its next login.
             page_again(ctx, frame.to)
         elif early is not None:
-            _to_outbox(ctx, frame.to, lambda outbox: outbox.confirmed(early))
+            if told is not None:
+                told.confirmed(early)
         else:
             push_committed(ctx, frame.to, result[0], encoder(result[0], at), result[2], received)
 
     def done(ok: bool, value: Any) -> None:
         if not ok:
-            if early is not None:  # told to the recipient, and not committed after all
-                _to_outbox(ctx, frame.to, lambda outbox: outbox.commit_failed(early))
+            if told is not None and early is not None:  # told, and not committed after all
+                told.commit_failed(early)
             ctx.refuse(session, frame, value)
             return
         try:
@@ -145,12 +150,6 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
          frame.categories, frame.body, ctx.clock(), send_rules(ctx.config)),
         done, decided,
     )  # fmt: skip
-
-
-def _to_outbox(ctx: RelayContext, recipient: str, act: Callable[[SessionOutbox], None]) -> None:
-    target = ctx.sessions.get(recipient)
-    if target is not None and target.outbox is not None:
-        act(target.outbox)
 
 
 _made: tuple[RelayConfig, SendRules] | None = None

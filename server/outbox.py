@@ -97,7 +97,8 @@ class Outbox:
 
     def confirmed(self, delivery_id: int) -> None:
         """The envelope pushed by :meth:`decided` is committed: an ACK of it held
-        meanwhile deletes it now."""
+        meanwhile deletes it now — also when this connection has ended since, or the
+        envelope would be delivered again for nothing."""
         self.uncommitted.discard(delivery_id)
         if delivery_id in self.acks_waiting:
             self.acks_waiting.discard(delivery_id)
@@ -110,7 +111,11 @@ class Outbox:
         client, reconnecting, gets the queue as it truly is (SPEC §6.4.5)."""
         if delivery_id not in self.uncommitted:
             return
+        self.uncommitted.discard(delivery_id)
+        self.acks_waiting.discard(delivery_id)
         session = self.session
+        if session.outbox is not self:
+            return  # the connection has ended already
         self.close()
         session.outbox = None
         session.ended = True
@@ -187,8 +192,8 @@ class Outbox:
         """The connection ended: what is in flight is delivered again at the next login."""
         self.ctx.metrics.connection_lost(len(self.in_flight))
         self.in_flight = set()
-        self.uncommitted = set()
-        self.acks_waiting = set()
+        # ``uncommitted`` and ``acks_waiting`` stay: their commits' answers still come
+        # here (``delivery.send`` keeps the outbox it told), and a held ACK then applies.
 
     def withdraw(self, delivery_ids: list[int]) -> None:
         """Rows a block or revoke purged (SPEC §7.4).

@@ -142,6 +142,39 @@ async def test_an_envelope_decided_while_a_page_is_read_is_paged_after_it(
             assert isinstance(await alice.response(request_id), Sent)
 
 
+@pytest.mark.sqlite_only
+async def test_an_ack_held_for_its_commit_applies_after_its_connection_ended(
+    config: RelayConfig, clients: Clients, clock: FakeClock, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Bob acknowledges an envelope whose commit is in flight and logs in again before
+    the commit: the held ACK still deletes it once committed, as an ACK sent before the
+    relay delivered early would have (found by the crash test: two envelopes were left
+    queued after everything was acknowledged)."""
+    pause = tmp_path / "pause"
+    monkeypatch.setenv(PAUSE_BEFORE_COMMIT_ENV, str(pause))
+    assert config.db_path is not None
+    async with RelayFixture(config, clock) as relay, released(pause):
+        alice = await clients.registered(relay.url, "alice")
+        bob = await clients.registered(relay.url, "bob")
+        await settled(relay, "bob")
+        pause.touch()
+        request_id = await send_unanswered(alice, "bob", b"acknowledged, then away")
+        deliver = await bob.push(Deliver)
+        session = relay.ctx.sessions.get("bob")
+        assert session is not None and session.outbox is not None
+        outbox = session.outbox
+        await bob.send(Ack(delivery_ids=(deliver.delivery_id,)))
+        await until(lambda: deliver.delivery_id in getattr(outbox, "acks_waiting", ()))
+        await bob.close()
+        await until(lambda: relay.ctx.sessions.get("bob") is None)
+        pause.unlink()
+        assert isinstance(await alice.response(request_id), Sent)
+        await until(lambda: count_queued(config.db_path) == 0)
+        _again, welcome = await clients.logged_in(relay.url, "bob", bob.key)
+        assert welcome.queued == 0
+
+
 async def test_the_postgresql_store_delivers_after_the_commit(
     config: RelayConfig, clients: Clients, clock: FakeClock, backend: str
 ) -> None:
