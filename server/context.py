@@ -425,12 +425,18 @@ class RelayContext:
         operation: str,
         args: tuple[Any, ...],
         on_result: Callable[[Any], None],
+        decided: Callable[[Any], None] | None = None,
+        on_failed: Callable[[], None] | None = None,
     ) -> None:
         """Run store ``operation`` (:data:`.store.operations.CONTRACT`); after its commit
-        run ``on_result`` with its value, or refuse its error."""
+        run ``on_result`` with its value, or ``on_failed`` and refuse its error.
+        ``decided``: ``Store.call``'s, the value before the commit where the back end
+        reports it."""
 
         def done(ok: bool, value: Any) -> None:
             if not ok:
+                if on_failed is not None:
+                    on_failed()
                 self.refuse(session, frame, value)
                 return
             try:
@@ -438,7 +444,7 @@ class RelayContext:
             except Exception as exc:
                 self.refuse(session, frame, exc)
 
-        self.store.call(operation, args, done)
+        self.store.call(operation, args, done, decided)
 
     def read(
         self,

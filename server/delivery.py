@@ -132,23 +132,16 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
         else:
             push_committed(ctx, frame.to, result[0], encoder(result[0], at), result[2], received)
 
-    def done(ok: bool, value: Any) -> None:
-        if not ok:
-            if told is not None and early is not None:  # told, and not committed after all
-                told.commit_failed(early)
-            ctx.refuse(session, frame, value)
-            return
-        try:
-            committed(value)
-        except Exception as exc:
-            ctx.refuse(session, frame, exc)
+    def failed() -> None:
+        if told is not None and early is not None:  # told, and not committed after all
+            told.commit_failed(early)
 
     handed = metrics.now()
-    ctx.store.call(
-        "send",
+    ctx.run_job(
+        session, frame, "send",
         (handle, sender.kind, frame.to, frame.msg_id, frame.intent, frame.category,
          frame.categories, frame.body, ctx.clock(), send_rules(ctx.config)),
-        done, decided,
+        committed, decided, failed,
     )  # fmt: skip
 
 

@@ -301,6 +301,16 @@ class RawClient:
         await self.ws.close()
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    """What the relay does after a frame with no answer (an ACK, a close) happens soon:
+    wait for it, up to 10 s."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the relay never got there")
+
+
 def error_code(frame: Frame) -> int:
     assert isinstance(frame, Error), f"expected ERROR, got {frame!r}"
     return frame.code

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,17 +28,9 @@ from blindrelay.server.relay import RunningRelay
 from blindrelay.server.store.sqlite.tables import count_queued
 from blindrelay.server.store.sqlite.writer_process import PAUSE_BEFORE_COMMIT_ENV
 
-from .conftest import ALL_BACKENDS, Clients, FakeClock, RawClient, RelayFixture
+from .conftest import ALL_BACKENDS, Clients, FakeClock, RawClient, RelayFixture, until
 
 BACKENDS = ALL_BACKENDS
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    for _ in range(1000):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("never happened")
 
 
 @contextlib.asynccontextmanager

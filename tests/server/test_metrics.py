@@ -6,7 +6,6 @@ import asyncio
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -16,7 +15,7 @@ from blindrelay.protocol.frames import Ack, Sent
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.metrics import READY_WINDOW_S, Histogram, RelayMetrics, parse_listen
 
-from .conftest import ALL_BACKENDS, Clients, FakeClock, RelayFixture, error_code
+from .conftest import ALL_BACKENDS, Clients, FakeClock, RelayFixture, error_code, until
 
 BACKENDS = ALL_BACKENDS
 
@@ -81,15 +80,6 @@ async def test_health_readiness_and_metrics_are_served_apart_from_the_websocket_
         http = relay.url.replace("ws://", "http://")
         assert (await fetch(http + "/metrics"))[0] == 426
         assert (await fetch(http + "/healthz"))[0] == 426
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Frames with no answer (ACK, a close) are handled soon after they are sent."""
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the relay never got there")
 
 
 async def test_deliveries_in_flight_redeliveries_and_the_queue_are_counted(
