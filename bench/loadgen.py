@@ -55,7 +55,7 @@ from nacl.signing import SigningKey
 from websockets.asyncio.client import ClientConnection as RawWebSocket
 from websockets.asyncio.client import connect
 
-from bench.procs import raise_nofile_limit
+from bench.procs import process_schedstat, raise_nofile_limit
 from blindrelay.protocol import SUBPROTOCOL, limits
 from blindrelay.protocol.channel import MAX_TRANSPORT_MESSAGE_BYTES, ChannelError, ClientChannel
 from blindrelay.protocol.connection import ClientConnection
@@ -147,6 +147,9 @@ class LoadResult:
     delivery_latency: array = field(repr=False)
     sent_latency: array = field(repr=False)
     client_cpu_s: float
+    client_cpu_wait_s: float = 0.0
+    """What the load processes' threads waited for a core (``procs.process_schedstat``):
+    their wait shows in every latency too."""
 
     @property
     def rate(self) -> float:
@@ -256,6 +259,7 @@ def run_load(spec: LoadSpec, on_phase: PhaseHook | None = None) -> LoadResult:
         delivery_latency=array("d", delivery),
         sent_latency=array("d", sent),
         client_cpu_s=sum(r["cpu"] for r in reports),
+        client_cpu_wait_s=sum(r["cpu_wait"] for r in reports),
     )
 
 
@@ -313,6 +317,7 @@ async def _worker(
         await report_phase(pipe, events, 0, {"kind": "ready"}, deadline)
         start = time.monotonic()
         cpu0 = time.process_time()
+        wait0 = process_schedstat(os.getpid())[0]
         delivery = array("d")
         sent = array("d")
         receivers = [
@@ -337,6 +342,7 @@ async def _worker(
         await asyncio.gather(*senders_done, *receivers)
         end = time.monotonic()
         cpu = time.process_time() - cpu0
+        cpu_wait = process_schedstat(os.getpid())[0] - wait0
         for ws, _ in (*senders, *recipients):
             await ws.close()
     pipe.send(
@@ -345,6 +351,7 @@ async def _worker(
             "start": start,
             "end": end,
             "cpu": cpu,
+            "cpu_wait": cpu_wait,
             "delivered": len(delivery),
             "delivery": delivery.tobytes(),
             "sent": sent.tobytes(),

@@ -37,6 +37,25 @@ def process_cpu_s(pid: int) -> float:
     return (int(after_name[11]) + int(after_name[12])) / CLOCK_TICKS
 
 
+def process_schedstat(pid: int) -> tuple[float, int]:
+    """Over the threads of process ``pid`` (``/proc/PID/task/*/schedstat``): seconds spent
+    runnable but waiting for a core, and how many times one was put on a core (each
+    wake-up from a socket or a lock is one); (0, 0) once it is gone.
+
+    Why: on cores the load generator shares, a message's latency is mostly this wait,
+    not the work done for it, and every hop between processes or threads costs a
+    wake-up (issue 19) — a benchmark must show both beside the CPU time to say where a
+    tail comes from.
+    """
+    wait_ns = runs = 0
+    for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that ended
+            _run_ns, waited, ran = task.read_text().split()
+            wait_ns += int(waited)
+            runs += int(ran)
+    return wait_ns / 1e9, runs
+
+
 def process_memory_kib(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) of process ``pid`` in KiB; (0, 0) once it is gone."""
     fields: dict[str, int] = {}
@@ -149,6 +168,11 @@ class ServerProcess:
     def cpu_s(self) -> float:
         """User + system CPU seconds the server's process tree has used so far."""
         return sum(process_cpu_s(pid) for pid in self.tree())
+
+    def schedstat(self) -> tuple[float, int]:
+        """:func:`process_schedstat` over the server's process tree."""
+        stats = [process_schedstat(pid) for pid in self.tree()]
+        return sum(wait for wait, _ in stats), sum(runs for _, runs in stats)
 
     def stop(self) -> int:
         """SIGTERM, then SIGKILL if it has not exited in STOP_TIMEOUT_S; returns the status."""

@@ -197,6 +197,11 @@ class Row:
     peak_rss_kib: int
     server_cpu_us_per_msg: float
     client_cpu_us_per_msg: float
+    server_cpu_wait_us_per_msg: float = 0.0
+    """Time the server's threads spent runnable but waiting for a core, per message."""
+    server_runs_per_msg: float = 0.0
+    """Times a server thread was put on a core (woken), per message."""
+    client_cpu_wait_us_per_msg: float = 0.0
     send_stages_ms: dict[str, list[float]] | None = None
     """The relay's own SEND → SENT split (loop, store, answer, total): [p50, p99] ms."""
 
@@ -207,9 +212,10 @@ def throughput(name: str, spec: LoadSpec, workdir: Path, profile: Path | None) -
     with ServerProcess(argv, log=workdir / f"{name}.log", cwd=ROOT) as server:
         idle_rss, _ = server.memory_kib()
         spy = start_profiler(server.pid, profile / f"{name}.txt") if profile else None
-        cpu0 = server.cpu_s()
+        cpu0, (wait0, runs0) = server.cpu_s(), server.schedstat()
         result = run_load(LoadSpec(**{**asdict(spec), "url": server.url}))
-        cpu = server.cpu_s() - cpu0
+        cpu, (wait, runs) = server.cpu_s() - cpu0, server.schedstat()
+        wait, runs = wait - wait0, runs - runs0
         rss, peak = server.memory_kib()
         stages = send_stages(argv)
         if spy is not None:
@@ -231,6 +237,9 @@ def throughput(name: str, spec: LoadSpec, workdir: Path, profile: Path | None) -
         peak_rss_kib=peak,
         server_cpu_us_per_msg=round(cpu / n * 1e6, 1),
         client_cpu_us_per_msg=round(result.client_cpu_s / n * 1e6, 1),
+        server_cpu_wait_us_per_msg=round(wait / n * 1e6, 1),
+        server_runs_per_msg=round(runs / n, 2),
+        client_cpu_wait_us_per_msg=round(result.client_cpu_wait_s / n * 1e6, 1),
         send_stages_ms=stages,
     )
 

@@ -14,8 +14,10 @@ Workloads (servers start fresh for each, on 127.0.0.1 with an empty database):
   2 latency     one pair with one message in flight (unloaded); then the same pairs as 1
                 paced open loop at HALF, then a QUARTER, of the relay's
                 measured msg/s from workload 1, the same absolute rate for both servers;
-                p50/p95/p99 from each message's due time (no coordinated omission), and
-                the relay's own SEND stages from its /metrics. Runs workload 1 first.
+                p50/p95/p99 from each message's due time (no coordinated omission),
+                the relay's own SEND stages from its /metrics, and for both servers the
+                CPU, the wait for a core and the wake-ups per message (/proc schedstat:
+                where a tail goes on shared cores). Runs workload 1 first.
   3 idle        10,000 accounts log in and stay idle: (RSS connected - RSS before) / N,
                 relay vs forwarder. Accounts are registered first (connections closed at
                 once), so account creation is not charged to the connections.
@@ -260,9 +262,19 @@ def w_latency(suite: Suite, tmp: Path) -> None:
                            getattr(fwd, f"{q}_ms"), "forwarder", targets.get((load, q)))
             for q in ("p50", "p95", "p99")
         ]  # fmt: skip
-        suite.figures.append(
-            Figure.compare(w, "achieved msg/s", rel.msgs_per_s, fwd.msgs_per_s, "forwarder")
-        )
+        suite.figures += [
+            Figure.compare(w, "achieved msg/s", rel.msgs_per_s, fwd.msgs_per_s, "forwarder"),
+            Figure.compare(w, "server CPU us/msg", rel.server_cpu_us_per_msg,
+                           fwd.server_cpu_us_per_msg, "forwarder"),
+            # Runnable but not running (/proc schedstat): on cores the load generator
+            # shares, this wait, not the work, is most of a tail (issue 19).
+            Figure.compare(w, "server waits for a core us/msg", rel.server_cpu_wait_us_per_msg,
+                           fwd.server_cpu_wait_us_per_msg, "forwarder"),
+            Figure.compare(w, "load gen waits for a core us/msg", rel.client_cpu_wait_us_per_msg,
+                           fwd.client_cpu_wait_us_per_msg, "forwarder"),
+            Figure.compare(w, "server wake-ups/msg", rel.server_runs_per_msg,
+                           fwd.server_runs_per_msg, "forwarder"),
+        ]  # fmt: skip
         # Where the relay's own time goes (its /metrics, issue 19): SEND → SENT p99 by
         # stage, inside the store stage a batch and its COMMIT, and SEND → DELIVER.
         for stage, (_p50, p99) in (rel.send_stages_ms or {}).items():

@@ -1,8 +1,13 @@
-"""Pure helpers of the benchmark suite (no timing here: speed is measured in bench/)."""
+"""Helpers of the benchmark suite (no timing of our code here: speed is measured in bench/)."""
 
 import itertools
+import os
+import subprocess
+import sys
+import time
 
 from bench.loadgen import _spread, due_time, percentile
+from bench.procs import process_schedstat
 from bench.profile import function_key, summarize
 from bench.run import Figure
 
@@ -57,3 +62,34 @@ def test_figure_targets():
     assert Figure.compare("w", "m", 30.0, 10.0, "b", ("<=", 2.0)).met is False
     fig = Figure.compare("w", "m", 1.0, 0.0, "b", ("<=", 2.0))
     assert fig.ratio is None and fig.met is None
+
+
+def test_schedstat_counts_time_runnable_without_a_core_and_wake_ups():
+    """More spinning processes than cores: this one must queue for a core some of the
+    time, and its wait shows; alone it hardly waits (so this is not its CPU time). Each
+    sleep ends in a wake-up. A process that is gone reads (0, 0)."""
+
+    def spin(seconds: float) -> float:
+        before = process_schedstat(os.getpid())[0]
+        start = time.process_time()
+        while time.process_time() - start < seconds:
+            pass
+        return process_schedstat(os.getpid())[0] - before
+
+    runs = process_schedstat(os.getpid())[1]
+    for _ in range(20):
+        time.sleep(0.001)
+    assert process_schedstat(os.getpid())[1] - runs >= 20
+    assert spin(0.2) < 0.05
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(os.cpu_count() or 1)
+    ]
+    try:
+        waited = spin(0.3)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    assert waited > 0.02
+    assert process_schedstat(spinners[0].pid) == (0.0, 0)
