@@ -49,7 +49,7 @@ ACCOUNTS = 200
 """Existing handles (and as many unknown ones), so no single row stays hot."""
 PAIRS = 8000
 """Logins per class; ~1 s in all. The held-out accuracy's standard error is
-0.5 / sqrt(PAIRS / 2) ≈ 0.008. It must stay well below the margin to ``MAX_ACCURACY``,
+0.5 / sqrt(PAIRS) ≈ 0.006. It must stay well below the margin to ``MAX_ACCURACY``,
 which is smaller than it was: measured on a 2-core VM (2026-12-05), an existing handle's
 lookup (``Accounts.get_evenly``) is still 0.1–0.2 µs slower than an unknown one's — its
 ``SELECT rowid … WHERE handle = ?`` returns a row id on a hit and NULL on a miss, ~110 ns
