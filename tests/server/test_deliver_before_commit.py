@@ -17,6 +17,7 @@ import signal
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,13 +44,35 @@ async def released(pause: Path) -> AsyncIterator[None]:
         pause.unlink(missing_ok=True)
 
 
+def outbox_of(relay: RunningRelay, handle: str) -> Any:
+    """The outbox of ``handle``'s live connection."""
+    session = relay.ctx.sessions.get(handle)
+    assert session is not None and session.outbox is not None
+    return session.outbox
+
+
 async def settled(relay: RunningRelay, handle: str) -> None:
     """``handle``'s first page (of its queue at login) has been read: an envelope
     decided from now on is pushed at once, not by the page after it."""
-    session = relay.ctx.sessions.get(handle)
-    assert session is not None and session.outbox is not None
-    outbox = session.outbox
+    outbox = outbox_of(relay, handle)
     await until(lambda: not getattr(outbox, "paging", True))
+
+
+@contextlib.asynccontextmanager
+async def held_writer(
+    config: RelayConfig, clients: Clients, clock: FakeClock, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[tuple[RunningRelay, RawClient, RawClient, Path]]:  # fmt: skip
+    """A relay whose writer holds every batch between its decisions and its COMMIT
+    while ``pause`` exists (it does on entry), alice and bob logged in, bob settled."""
+    pause = tmp_path / "pause"
+    monkeypatch.setenv(PAUSE_BEFORE_COMMIT_ENV, str(pause))
+    async with RelayFixture(config, clock) as relay, released(pause):
+        alice = await clients.registered(relay.url, "alice")
+        bob = await clients.registered(relay.url, "bob")
+        await settled(relay, "bob")
+        pause.touch()
+        yield relay, alice, bob, pause
 
 
 async def send_unanswered(client: RawClient, to: str, body: bytes) -> int:
@@ -63,14 +86,9 @@ async def test_an_online_recipient_gets_the_envelope_while_its_commit_is_in_flig
     config: RelayConfig, clients: Clients, clock: FakeClock, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    pause = tmp_path / "pause"
-    monkeypatch.setenv(PAUSE_BEFORE_COMMIT_ENV, str(pause))
     assert config.db_path is not None
-    async with RelayFixture(config, clock) as relay, released(pause):
-        alice = await clients.registered(relay.url, "alice")
-        bob = await clients.registered(relay.url, "bob")
-        await settled(relay, "bob")
-        pause.touch()
+    async with held_writer(config, clients, clock, tmp_path, monkeypatch) as held:
+        relay, alice, bob, pause = held
         request_id = await send_unanswered(alice, "bob", b"before the fsync")
 
         deliver = await bob.push(Deliver)
@@ -80,9 +98,7 @@ async def test_an_online_recipient_gets_the_envelope_while_its_commit_is_in_flig
         assert not [f for f in alice.inbox if isinstance(f, Sent)]
 
         await bob.send(Ack(delivery_ids=(deliver.delivery_id,)))
-        session = relay.ctx.sessions.get("bob")
-        assert session is not None and session.outbox is not None
-        outbox = session.outbox
+        outbox = outbox_of(relay, "bob")
         await until(lambda: deliver.delivery_id in getattr(outbox, "acks_waiting", ()))
 
         pause.unlink()  # the COMMIT happens
@@ -120,9 +136,7 @@ async def test_an_envelope_decided_while_a_page_is_read_is_paged_after_it(
         answers = [await send_unanswered(alice, "bob", b"S%d" % n) for n in range(1, 5)]
         first = await bob.deliveries(3)
         assert [d.body for d in first] == [b"S1", b"S2", b"S3"]  # S4: the window is full
-        session = relay.ctx.sessions.get("bob")
-        assert session is not None and session.outbox is not None
-        outbox = session.outbox
+        outbox = outbox_of(relay, "bob")
         await bob.send(Ack(delivery_ids=(first[0].delivery_id, first[1].delivery_id)))
         await until(lambda: getattr(outbox, "paging", False))  # P handed to the writer
         answers.append(await send_unanswered(alice, "bob", b"S5"))
@@ -143,19 +157,12 @@ async def test_an_ack_held_for_its_commit_applies_after_its_connection_ended(
     the commit: the held ACK still deletes it once committed, as an ACK sent before the
     relay delivered early would have (found by the crash test: two envelopes were left
     queued after everything was acknowledged)."""
-    pause = tmp_path / "pause"
-    monkeypatch.setenv(PAUSE_BEFORE_COMMIT_ENV, str(pause))
     assert config.db_path is not None
-    async with RelayFixture(config, clock) as relay, released(pause):
-        alice = await clients.registered(relay.url, "alice")
-        bob = await clients.registered(relay.url, "bob")
-        await settled(relay, "bob")
-        pause.touch()
+    async with held_writer(config, clients, clock, tmp_path, monkeypatch) as held:
+        relay, alice, bob, pause = held
         request_id = await send_unanswered(alice, "bob", b"acknowledged, then away")
         deliver = await bob.push(Deliver)
-        session = relay.ctx.sessions.get("bob")
-        assert session is not None and session.outbox is not None
-        outbox = session.outbox
+        outbox = outbox_of(relay, "bob")
         await bob.send(Ack(delivery_ids=(deliver.delivery_id,)))
         await until(lambda: deliver.delivery_id in getattr(outbox, "acks_waiting", ()))
         await bob.close()
@@ -192,13 +199,8 @@ async def test_a_commit_that_fails_after_the_deliver_closes_the_recipients_conne
     """The writer dies between the decision and the COMMIT: the sender gets an error
     (it resends), and the recipient, told of an envelope that does not exist, is
     disconnected with 1011 rather than left with delivery ids the store may reuse."""
-    pause = tmp_path / "pause"
-    monkeypatch.setenv(PAUSE_BEFORE_COMMIT_ENV, str(pause))
-    async with RelayFixture(config, clock) as relay, released(pause):
-        alice = await clients.registered(relay.url, "alice")
-        bob = await clients.registered(relay.url, "bob")
-        await settled(relay, "bob")
-        pause.touch()
+    async with held_writer(config, clients, clock, tmp_path, monkeypatch) as held:
+        relay, alice, bob, _pause = held
         request_id = await send_unanswered(alice, "bob", b"never committed")
         assert (await bob.push(Deliver)).body == b"never committed"
         writer = getattr(relay.ctx.store, "pid", None)
