@@ -176,59 +176,121 @@ def test_jobs_received_before_eof_are_all_answered(committer: GroupCommitter) ->
     assert [answer[0] for answers, _, _ in messages for answer in answers] == list(range(20))
 
 
+class DurableWriter:
+    """``serve`` on a thread with a :class:`~writer_process.Durability` whose fsync waits
+    for ``gate``: what the writer answers before and after the disk has synced."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.path = tmp_path / "relay.db"
+        self.synced: list[Path] = []
+        self.gate = threading.Event()
+
+        def slow_sync(path: Path) -> None:
+            self.gate.wait(READ_TIMEOUT_S)
+            self.synced.append(path)
+
+        monkeypatch.setattr(writer_process, "sync_file", slow_sync)
+        Tables(connect(self.path)).db.conn.close()  # the schema, before any reader
+        self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.peer = Peer(self.ours)
+        self.durability = writer_process.Durability(
+            tmp_path / "relay.db-wal", self.theirs, threading.Lock()
+        )
+        self.thread = threading.Thread(target=self._serve)
+
+    def _serve(self) -> None:
+        tables = Tables(connect(self.path, "NORMAL"))  # on this thread
+        try:
+            writer_process.serve(self.theirs, GroupCommitter(tables), [], None, self.durability)
+        finally:
+            tables.db.conn.close()
+
+    def wait_for_accounts(self, count: int) -> None:
+        """Until a reader sees ``count`` accounts: their batch has committed, so the
+        writer has taken it and anything sent now is a batch of its own."""
+        reader = sqlite3.connect(self.path)
+        try:
+            for _ in range(500):
+                if reader.execute("SELECT count(*) FROM accounts").fetchone()[0] == count:
+                    return
+                time.sleep(0.01)
+            raise AssertionError(f"{count} accounts never committed")
+        finally:
+            reader.close()
+
+    def silent_for(self, seconds: float) -> bool:
+        """Nothing arrives from the writer within ``seconds``."""
+        self.peer.sock.settimeout(seconds)
+        try:
+            self.peer.sock.recv(1, socket.MSG_PEEK)
+        except TimeoutError:
+            return True
+        finally:
+            self.peer.sock.settimeout(READ_TIMEOUT_S)
+        return False
+
+    def finish(self) -> list[Any]:
+        """Open the gate, end, and every answer in the order it came."""
+        self.gate.set()
+        self.peer.end()
+        self.thread.join(READ_TIMEOUT_S)
+        self.durability.close()
+        self.theirs.close()
+        answers = [answer for message in self.peer.messages() for answer in message[0]]
+        self.ours.close()
+        return answers
+
+
+def ack(job_id: int, handle: str, *delivery_ids: int) -> list[Any]:
+    return [job_id, "acknowledge", [[[handle, list(delivery_ids)]]]]
+
+
 def test_with_durability_no_answer_leaves_before_the_wal_is_synced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``Durability``: the writer commits without syncing and goes on; each answer waits
     for an fsync of the WAL that came after its COMMIT — FULL's promise, off the path."""
-    synced: list[Path] = []
-    gate = threading.Event()
+    w = DurableWriter(tmp_path, monkeypatch)
+    w.peer.send([account(0, "alice")])
+    w.thread.start()
+    # The batch is committed (a reader sees alice) and the writer waits for more,
+    # while its answer waits for the sync.
+    w.wait_for_accounts(1)
+    assert w.silent_for(0.2)
+    w.peer.send([account(1, "bob")])  # the next batch goes on meanwhile
+    assert w.finish() == [[0, True, None], [1, True, None]]
+    assert w.synced and set(w.synced) == {tmp_path / "relay.db-wal"}
 
-    def slow_sync(path: Path) -> None:
-        gate.wait(READ_TIMEOUT_S)
-        synced.append(path)
 
-    monkeypatch.setattr(writer_process, "sync_file", slow_sync)
+def test_a_batch_of_acks_alone_is_answered_without_waiting_for_a_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ACK has no response and a crash that undoes its deletion only delivers again
+    (SPEC §6.5): its batch costs no fsync, so its answer comes while the disk would
+    still be syncing — and no sync happened."""
+    w = DurableWriter(tmp_path, monkeypatch)
+    w.peer.send([ack(0, "alice", 1, 2), ack(1, "bob", 3)])
+    w.thread.start()
+    assert w.peer.next()[0] == [[0, True, [0]], [1, True, [0]]]
+    assert not w.gate.is_set() and w.synced == []
+    assert w.finish() == []
 
-    def writer(sock: socket.socket, durability: writer_process.Durability) -> None:
-        tables = Tables(connect(tmp_path / "relay.db", "NORMAL"))  # on this thread
-        try:
-            writer_process.serve(sock, GroupCommitter(tables), [], None, durability)
-        finally:
-            tables.db.conn.close()
 
-    Tables(connect(tmp_path / "relay.db")).db.conn.close()  # the schema, before the reader
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    with ours, theirs:
-        peer = Peer(ours)
-        durability = writer_process.Durability(
-            tmp_path / "relay.db-wal", theirs, threading.Lock()
-        )
-        peer.send([account(0, "alice")])
-        server = threading.Thread(target=writer, args=(theirs, durability))
-        server.start()
-        # The batch is committed (a reader sees alice) and the writer waits for more,
-        # while its answer waits for the sync.
-        reader = sqlite3.connect(tmp_path / "relay.db")
-        for _ in range(500):
-            if reader.execute("SELECT count(*) FROM accounts").fetchone()[0] == 1:
-                break
-            time.sleep(0.01)
-        assert reader.execute("SELECT count(*) FROM accounts").fetchone()[0] == 1
-        reader.close()
-        peer.sock.settimeout(0.2)
-        with pytest.raises(TimeoutError):
-            peer.sock.recv(1)
-        peer.sock.settimeout(READ_TIMEOUT_S)
-        peer.send([account(1, "bob")])  # the next batch goes on meanwhile
-        gate.set()
-        peer.end()
-        server.join(READ_TIMEOUT_S)
-        durability.close()
-        theirs.close()
-        answers = [answer for message in peer.messages() for answer in message[0]]
-    assert answers == [[0, True, None], [1, True, None]]
-    assert synced and set(synced) == {tmp_path / "relay.db-wal"}
+def test_a_batch_of_acks_behind_a_durable_batch_waits_for_its_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answers leave in submission order (the relay depends on it): an ACK batch that
+    needs no sync still waits behind an earlier batch's; one sync serves both, and a
+    durable batch after them is synced again."""
+    w = DurableWriter(tmp_path, monkeypatch)
+    w.peer.send([account(0, "alice")])
+    w.thread.start()
+    w.wait_for_accounts(1)  # alice's answer now waits for the sync
+    w.peer.send([ack(1, "alice", 1)])
+    assert w.silent_for(0.2)
+    w.peer.send([account(2, "bob")])
+    assert w.finish() == [[0, True, None], [1, True, [0]], [2, True, None]]
+    assert len(w.synced) >= 2  # alice's batch, and bob's after it
 
 
 # --- main: the process the relay starts -------------------------------------------------

@@ -55,6 +55,14 @@ COMMIT (``["decided", …]``, :mod:`.writer`): a SEND's envelope can then go to 
 online recipient while its commit is in flight (SPEC §6.4); its SENT still waits for
 the commit."""
 
+ANSWERED_WITHOUT_SYNC = frozenset({"acknowledge"})
+"""Operations whose answers promise nothing that must survive a crash: the relay sends
+no response to an ACK (SPEC §6.5), and a deletion that a crash undoes only makes the
+delivery happen again on the next connection, which the client drops by
+``(sender, msg_id)`` and acknowledges again (§6.4.3). A batch holding only these is
+answered, in order, without waiting for an fsync of its own (:class:`Durability`); its
+WAL frames reach the disk with the next batch's fsync or the next checkpoint."""
+
 PAUSE_BEFORE_COMMIT_ENV = "BLINDRELAY_TEST_PAUSE_BEFORE_COMMIT"
 """Fault injection for the crash tests, and nothing else: while the file this variable
 names exists, the writer waits after sending a batch's decisions and before its COMMIT
@@ -123,13 +131,22 @@ class Durability:
     write. If an fsync fails, the process exits at once: nothing more is answered, the
     relay fails what was waiting, and whether those batches survived is left to SQLite's
     recovery — the senders resend (SPEC §6.3).
+
+    A batch of :data:`ANSWERED_WITHOUT_SYNC` jobs alone needs no fsync: when every batch
+    due holds only those, their answers go out without one, and when nothing is ahead
+    of such a batch its answer leaves at once, from the writer's own thread (issue 19:
+    each delivered message's ACK cost an fsync, a thread hop and their wake-ups, on the
+    cores the next SEND needed).
     """
 
     def __init__(self, wal: Path, sock: socket.socket, lock: threading.Lock) -> None:
         self.wal = wal
         self.sock = sock
         self.lock = lock
-        self._waiting: list[list[Any]] = []
+        self._waiting: list[tuple[list[Any], bool]] = []
+        """Committed batches' ``[answers, logs, stats]``, each with whether it needs an fsync."""
+        self._packer = msgpack.Packer(use_bin_type=True)
+        """The writer thread's own, for answers that leave without a sync."""
         self._syncing = 0
         """Batches in the fsync under way."""
         self._gone = False
@@ -138,10 +155,21 @@ class Durability:
         self._thread = threading.Thread(target=self._run, name="durability", daemon=True)
         self._thread.start()
 
-    def answer(self, message: list[Any]) -> None:
-        """``[answers, logs, stats]`` of a batch just committed: sent once it is on disk."""
+    def answer(self, message: list[Any], durable: bool = True) -> None:
+        """``[answers, logs, stats]`` of a batch just committed: sent once it is on disk, or,
+        if not ``durable`` (:data:`ANSWERED_WITHOUT_SYNC`), once every earlier answer is."""
         with self._ready:
-            self._waiting.append(message)
+            if not durable and not self._waiting and not self._syncing and not self._gone:
+                # Nothing ahead of it: no reason to wake the thread. Sent under the
+                # condition, so the thread cannot send a later answer first.
+                try:
+                    with self.lock:
+                        self.sock.sendall(_pack(self._packer, message, 0.0))
+                except OSError:
+                    self._gone = True
+                    self._ready.notify_all()
+                return
+            self._waiting.append((message, durable))
             self._ready.notify_all()
 
     def wait_behind(self, batches: int) -> None:
@@ -173,13 +201,15 @@ class Durability:
                     return
                 due, self._waiting = self._waiting, []
                 self._syncing = len(due)
-            started = time.perf_counter()
-            try:
-                sync_file(self.wal)
-            except OSError:
-                os._exit(3)  # the disk failed us: answer nothing more (class docstring)
-            fsync_s = time.perf_counter() - started
-            data = b"".join(_pack(packer, message, fsync_s) for message in due)
+            fsync_s = 0.0
+            if any(durable for _message, durable in due):
+                started = time.perf_counter()
+                try:
+                    sync_file(self.wal)
+                except OSError:
+                    os._exit(3)  # the disk failed us: answer nothing more (class docstring)
+                fsync_s = time.perf_counter() - started
+            data = b"".join(_pack(packer, message, fsync_s) for message, _durable in due)
             try:
                 with self.lock:
                     self.sock.sendall(data)
@@ -291,7 +321,7 @@ def serve(
         message = [answers, list(logs), stats]
         logs.clear()
         if durability is not None:
-            durability.answer(message)
+            durability.answer(message, any(op not in ANSWERED_WITHOUT_SYNC for _, op, _ in batch))
         else:
             send(_pack(packer, message, 0.0))
 
