@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import sqlite3
 from collections.abc import Callable
@@ -15,7 +16,7 @@ import pytest
 
 from blindrelay.protocol import limits
 from blindrelay.protocol.consent import PairState
-from blindrelay.protocol.errors import ErrorCode, InvalidPrekeys, QueueFull
+from blindrelay.protocol.errors import ErrorCode, InvalidPrekeys, MessageIdReused, QueueFull
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.delivery import send_rules
 from blindrelay.server.store import Account
@@ -316,6 +317,80 @@ def test_a_schema_2_database_is_upgraded_in_place(tmp_path: Path) -> None:
     assert Tables(db).ledger.pair_state("alice", "bob") == PairState(blockers=frozenset({"bob"}))
     db.conn.close()
     connect(path).conn.close()  # and again: nothing left to do
+
+
+def test_a_schema_10_database_has_sent_rekeyed_and_keeps_what_it_remembers(
+    tmp_path: Path,
+) -> None:
+    """Version 11: ``sent`` keyed ``(msg_id, sender)``; every remembered SEND still answers
+    its resend with the original time, and a reused id is still refused (SPEC §6.3.2)."""
+    path = tmp_path / "r.db"
+    conn = connect(path).conn
+    conn.execute("DROP TABLE sent")
+    conn.execute(
+        "CREATE TABLE sent (sender TEXT NOT NULL, msg_id BLOB NOT NULL, digest BLOB NOT NULL,"
+        " at INTEGER NOT NULL, PRIMARY KEY (sender, msg_id)) WITHOUT ROWID"
+    )
+    conn.execute("CREATE INDEX sent_by_age ON sent (at)")
+    conn.executemany(
+        "INSERT INTO sent (sender, msg_id, digest, at) VALUES (?, ?, ?, ?)",
+        [("alice", b"a" * 16, b"d" * 32, 5), ("bob", b"a" * 16, b"e" * 32, 6)],
+    )
+    conn.execute("PRAGMA user_version=10")
+    conn.close()
+    db = connect(path)
+    rows = db.execute
+    assert rows("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    key = sorted((pk, name) for _, name, _, _, _, pk in rows("PRAGMA table_info(sent)") if pk)
+    assert [name for _, name in key] == ["msg_id", "sender"]
+    assert [r[1] for r in rows("PRAGMA index_list(sent)")].count("sent_by_age") == 1
+    queue = Tables(db).queue
+    assert queue.remembered("alice", b"a" * 16, b"d" * 32).at == 5
+    assert queue.remembered("bob", b"a" * 16, b"e" * 32).at == 6
+    assert queue.remembered("carol", b"a" * 16, b"d" * 32) is None
+    with pytest.raises(MessageIdReused):
+        queue.remembered("alice", b"a" * 16, b"e" * 32)
+    db.conn.close()
+    connect(path).conn.close()  # and again: nothing left to do
+
+
+def test_message_ids_that_begin_with_the_clock_share_wal_pages(tmp_path: Path) -> None:
+    """Issue 19: each SEND's row in ``sent`` used to cost a WAL page of its own. With the
+    table keyed by ``msg_id`` first, a batch of SENDs whose ids begin with the sender's
+    clock (SPEC §6.1) shares pages at the end of the tree, while random ids cost what they
+    did; keyed by sender first (schema 10), both cost a page per SEND. Counted in WAL
+    frames, which are deterministic for the same rows."""
+    path = tmp_path / "r.db"
+    db = connect(path, "NORMAL")
+    db.conn.execute("PRAGMA wal_autocheckpoint=0")
+    tables = Tables(db)
+    rng = random.Random(19)
+    senders = [Account(f"sender{i:02}", "user", b"") for i in range(10)]
+    db.conn.executemany(  # thirty days of earlier SENDs, as a steady relay holds
+        "INSERT INTO sent (sender, msg_id, digest, at) VALUES (?, ?, ?, ?)",
+        [(f"sender{i % 10:02}", rng.randbytes(16), rng.randbytes(32), i) for i in range(20_000)],
+    )
+    page = db.execute("PRAGMA page_size").fetchone()[0]
+    wal = Path(f"{path}-wal")
+
+    def frames(msg_id: Callable[[int], bytes]) -> int:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        for batch in range(30):
+            db.conn.execute("BEGIN IMMEDIATE")
+            for sender in senders:
+                now = 1_000_000 + batch
+                queued = tables.queue.add_if_new(
+                    "recipient", sender, msg_id(now), "chat", None, None, b"x" * 64,
+                    rng.randbytes(32), now,
+                )  # fmt: skip
+                assert queued is not None
+            db.conn.execute("COMMIT")
+        return (wal.stat().st_size - 32) // (24 + page)
+
+    clocked = frames(lambda now: now.to_bytes(6, "big") + rng.randbytes(10))
+    scattered = frames(lambda _now: rng.randbytes(16))
+    db.conn.close()
+    assert clocked < 0.6 * scattered, (clocked, scattered)
 
 
 async def test_a_schema_5_database_counts_logins_from_its_upgrade(tmp_path: Path) -> None:
