@@ -59,7 +59,7 @@ from bench.procs import process_schedstat, raise_nofile_limit
 from blindrelay.protocol import SUBPROTOCOL, limits
 from blindrelay.protocol.channel import MAX_TRANSPORT_MESSAGE_BYTES, ChannelError, ClientChannel
 from blindrelay.protocol.connection import ClientConnection
-from blindrelay.protocol.frames import Error, Welcome
+from blindrelay.protocol.frames import MESSAGE_ID_RANDOM_BYTES, Error, Welcome, message_id
 
 T_SEND, T_SENT, T_DELIVER, T_ACK, T_ERROR = 20, 21, 22, 23, 9
 STAMP = struct.Struct(">d")
@@ -440,12 +440,18 @@ async def open_many(
     return [r for r in opened if isinstance(r, WebSocket)]
 
 
+def new_msg_id() -> bytes:
+    """A ``msg_id`` as the SDK makes it (SPEC §6.1.1: the clock, then 80 random bits), so
+    the relay's idempotence memory sees what it sees from real clients."""
+    return message_id(time.time_ns() // 1_000_000, os.urandom(MESSAGE_ID_RANDOM_BYTES))
+
+
 async def introduce(recipient: WebSocket, sender: WebSocket, sender_handle: str) -> None:
     """Warm-up: the recipient writes to the sender first and the sender takes it, so the
     pair are contacts (SPEC §7.3) and the load that follows is a conversation, not
     message requests to a stranger — the same work the relay always did per message."""
     await recipient.send(msgpack.packb({
-        "t": T_SEND, "id": 1, "to": sender_handle, "msg_id": os.urandom(16),
+        "t": T_SEND, "id": 1, "to": sender_handle, "msg_id": new_msg_id(),
         "intent": "chat", "body": os.urandom(STAMP.size),
     }))  # fmt: skip
     answer = msgpack.unpackb(await _recv_bytes(recipient))
@@ -478,7 +484,7 @@ async def send_all(
             "t": T_SEND,
             "id": next_id,
             "to": to,
-            "msg_id": urandom(16),
+            "msg_id": new_msg_id(),
             "intent": "chat",
             "body": body,
         }
@@ -529,7 +535,7 @@ async def send_paced(
                 await asyncio.sleep(delay)
             await slots.acquire()
             body = STAMP.pack(at) + urandom(spec.size - STAMP.size)
-            frame = {"t": T_SEND, "id": request_id, "to": to, "msg_id": urandom(16),
+            frame = {"t": T_SEND, "id": request_id, "to": to, "msg_id": new_msg_id(),
                      "intent": "chat", "body": body}  # fmt: skip
             in_flight[request_id] = at
             await ws.send(packb(frame))

@@ -199,7 +199,7 @@ class Sender:
         started = time.perf_counter()
         self.check_labels(labels)
         frames.check_handle(handle, "to")
-        msg_id = self._rng(limits.MESSAGE_ID_BYTES)
+        msg_id = self._new_msg_id()
         with self._store.atomic():
             content = Content(msg_id, body, self._log_check.gossip(handle))
             envelope = self._sessions.encrypt(handle, encode_content(content))
@@ -211,6 +211,12 @@ class Sender:
             self._requests.noted((handle,))
         self.encrypt_seconds += time.perf_counter() - started
         return msg_id, self._outbox.add(outgoing, rate_limit_retries)
+
+    def _new_msg_id(self) -> bytes:
+        """SPEC §6.1.1: the clock, then 80 random bits. The relay's clock as this link
+        estimates it, not this machine's: the id then tells the relay and the recipient
+        nothing about this machine's clock that ``sent_at`` does not."""
+        return frames.message_id(self._link.relay_now(), self._rng(frames.MESSAGE_ID_RANDOM_BYTES))
 
     def check_labels(self, labels: Labels) -> None:
         """Refuse, before anything is encrypted or stored, fields no SEND may carry.
@@ -294,8 +300,8 @@ class Sender:
         refuses before it writes anything, so the rest of the chunk stands.
         """
         started = time.perf_counter()
-        size = limits.MESSAGE_ID_BYTES
-        ids = self._rng(size * len(chunk))
+        size = frames.MESSAGE_ID_RANDOM_BYTES
+        now, randoms = self._link.relay_now(), self._rng(size * len(chunk))
         self.check_labels(labels)
         queued: list[tuple[int, Outgoing]] = []
         deferred: list[tuple[int, str]] = []
@@ -306,7 +312,7 @@ class Sender:
                 if self.locks.busy(handle):
                     deferred.append((offset, handle))
                     continue
-                msg_id = ids[offset * size : (offset + 1) * size]
+                msg_id = frames.message_id(now, randoms[offset * size : (offset + 1) * size])
                 try:
                     frames.check_handle(handle, "to")
                     envelope = self._sessions.encrypt(handle, plaintext_for(msg_id))

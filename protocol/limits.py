@@ -176,8 +176,14 @@ twice over. Each upload costs a signature check and up to 100 row writes."""
 # --- Messaging (SPEC §6) ---------------------------------------------------
 
 MESSAGE_ID_BYTES = 16
-"""Client message ids are 128-bit random values: collision-free without
-coordination, so a resend can be recognised by id alone."""
+"""Client message ids are 128 bits, unique per sender without coordination, so a
+resend can be recognised by id alone (SPEC §6.1.1)."""
+
+MESSAGE_ID_CLOCK_BYTES = 6
+"""*Recommended layout.* A message id SHOULD begin with the sender's clock, in ms
+since the epoch, big-endian in this many bytes (good until the year 10889), and end
+with ``MESSAGE_ID_BYTES - MESSAGE_ID_CLOCK_BYTES`` = 80 random bits (SPEC §6.1.1):
+a relay's idempotence memory then grows at one end instead of at random places."""
 
 MAX_CIPHERTEXT_BYTES = 40 * 1024
 """Largest envelope body. The largest padding bucket (SPEC §13.5) plus the

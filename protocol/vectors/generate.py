@@ -34,9 +34,10 @@ K32 = bytes(range(32))
 K32B = bytes(range(32, 64))
 K64 = bytes(range(64, 128))
 SIG = bytes(range(64))
-MID = bytes.fromhex("00112233445566778899aabbccddeeff")
 N16 = bytes(range(16))
 T0 = 1_790_000_000_000
+MID = f.message_id(T0, bytes.fromhex("66778899aabbccddeeff"))
+"""A message id as SPEC §6.1.1 recommends: T0 in ms, then 80 random bits."""
 POW = f.ProofOfWork(bits=4, opslimit=2, memlimit=16 * 1024 * 1024)
 
 

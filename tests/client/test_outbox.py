@@ -25,7 +25,7 @@ from blindrelay.protocol.errors import (
     StoreUnavailable,
 )
 
-from ..relays import relay_at
+from ..relays import FakeClock, relay_at
 from .fake_relay import URL, FakeRelay, RelayEnd, answer_plainly, answer_sent
 from .harness import (
     FAST,
@@ -89,6 +89,24 @@ async def test_an_envelope_is_persisted_before_its_send_is_written() -> None:
     alice = await relay.alice()
     msg_id = await within(alice.send("bob", "hello"))
     assert relay.outbox_at_send == [[msg_id]]
+    await alice.close()
+
+
+async def test_a_msg_id_begins_with_the_clock_and_ends_with_random_bits() -> None:
+    """SPEC §6.1.1: the SDK's ids are the relay's clock as it estimates it, in ms (6
+    bytes, big-endian), so a relay's idempotence memory grows at one end, then 80 random
+    bits — for one message and for each recipient of a bulk send alike. Its own clock,
+    an hour behind, shows nowhere."""
+    relay = Relay()
+    relay.clock.now = 0x018C34B31200  # 2023-12-04T12:00:00Z
+    clock = FakeClock(relay.clock.now - 3_600_000)
+    alice = await online(URL, "alice", store=relay.store, open_transport=relay.open, clock=clock)
+    session_with(alice, "bob", BOB)
+    one = await within(alice.send("bob", "one"))
+    [(_, two), (_, three)] = await within(alice.send_many(["bob", "bob"], "two and three"))
+    assert isinstance(two, bytes) and isinstance(three, bytes)
+    assert {one[:6], two[:6], three[:6]} == {bytes.fromhex("018c34b31200")}
+    assert len({one[6:], two[6:], three[6:]}) == 3
     await alice.close()
 
 

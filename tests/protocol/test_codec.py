@@ -277,3 +277,20 @@ def test_a_full_statements_page_of_the_largest_statements_fits_one_frame() -> No
         next=2**53 - 1,
     )
     assert len(codec.encode(page)) <= limits.MAX_FRAME_BYTES
+
+
+def test_the_recommended_msg_id_is_the_clock_then_the_random_bits() -> None:
+    """SPEC §6.1.1: 6 bytes of ms since the epoch, big-endian, then 10 random bytes; a
+    clock that does not fit or a wrong number of random bytes is a caller's bug."""
+    random = bytes(range(10))
+    msg_id = f.message_id(0x018C34B31200, random)  # 2023-12-04T12:00:00Z
+    assert msg_id == bytes.fromhex("018c34b31200") + random
+    assert len(msg_id) == limits.MESSAGE_ID_BYTES
+    assert f.Send(id=1, to="bob", msg_id=msg_id, intent="chat", body=b"x").msg_id == msg_id
+    assert f.message_id(1, random) < f.message_id(2, bytes(10))  # ordered by the clock
+    for now_ms in (-1, 1 << 48):
+        with pytest.raises(ValueError):
+            f.message_id(now_ms, random)
+    for size in (9, 11):
+        with pytest.raises(ValueError):
+            f.message_id(0, bytes(size))
