@@ -214,8 +214,8 @@ class Sender:
 
     def _new_msg_id(self) -> bytes:
         """SPEC §6.1.1: the clock, then 80 random bits. The relay's clock as this link
-        estimates it, not this machine's: the id then tells the relay and the recipient
-        nothing about this machine's clock that ``sent_at`` does not."""
+        estimates it, not this machine's, so the id shows nothing of this machine's
+        clock; it does show when the message was written (before ``sent_at`` if offline)."""
         return frames.message_id(self._link.relay_now(), self._rng(frames.MESSAGE_ID_RANDOM_BYTES))
 
     def check_labels(self, labels: Labels) -> None:
