@@ -27,6 +27,7 @@ from blindrelay.server.store import Account, StoreJobError, StoreStartError
 from blindrelay.server.store.operations import CONTRACT, argument_names
 from blindrelay.server.store.postgresql import batch, operations, schema
 from blindrelay.server.store.postgresql.store import PostgresStore, connect, redact
+from blindrelay.server.store.rules import envelope_digest
 
 from ..pg import PostgresDatabase
 
@@ -344,6 +345,45 @@ async def test_an_upgrade_to_schema_3_keeps_every_accounts_queue_count(
         assert await acked == 1
         await _send(store, "alice", "bob", 2, queue_cap=1)
         assert await _counts(url, "bob") == (1, 1)
+
+
+async def test_an_upgrade_to_schema_9_keys_sent_by_msg_id_and_keeps_what_it_remembers(
+    pg_database: PostgresDatabase,
+) -> None:
+    """Schema 9: ``sent`` keyed ``(msg_id, sender)``, as SQLite's; a SEND remembered
+    before the upgrade is still answered as a resend with its original time (§6.3.2)."""
+    url = pg_database.fresh_schema()
+    msg_id = (7).to_bytes(16, "big")  # what _send(…, 7) sends
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():  # a database a schema-8 relay left
+            await conn.execute(
+                "CREATE TABLE schema_version (version integer PRIMARY KEY,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for version in range(1, 9):
+                await conn.execute(schema.MIGRATIONS[version])
+                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+            await conn.execute(
+                "INSERT INTO sent (sender, msg_id, digest, at) VALUES ('alice', $1, $2, 3)",
+                msg_id, envelope_digest("bob", "chat", None, None, b"x"),
+            )  # fmt: skip
+    finally:
+        await conn.close()
+    async with started(url) as store:
+        await _users(store, "alice", "bob")
+        assert await _send(store, "alice", "bob", 7) == 3  # the resend's original time
+    conn = await asyncpg.connect(url)
+    try:
+        assert await schema.schema_version(conn) == schema.SCHEMA_VERSION
+        key = await conn.fetch(
+            "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid"
+            " AND a.attnum = ANY(i.indkey) WHERE i.indrelid = 'sent'::regclass"
+            " AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)"
+        )
+    finally:
+        await conn.close()
+    assert [row["attname"] for row in key] == ["msg_id", "sender"]
 
 
 async def test_two_workers_never_hand_out_one_one_time_prekey_twice(

@@ -34,7 +34,7 @@ from typing import Any
 from .. import StoreStartError
 from . import bills, transparency
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 MIGRATION_LOCK = 0x626C696E6472  # "blindr": one advisory lock key for every worker
 """The ``pg_advisory_xact_lock`` key migrations run under."""
@@ -212,9 +212,17 @@ CREATE TABLE workers (
 """5: where each worker's peer link listens, and the secret a peer proves it knows
 (``routing_links``): envelopes go straight to the recipient's worker."""
 
+_V9 = """
+ALTER TABLE sent DROP CONSTRAINT sent_pkey;
+ALTER TABLE sent ADD PRIMARY KEY (msg_id, sender);
+"""
+"""9: ``sent`` keyed ``(msg_id, sender)``, as SQLite's (schema 11): message ids that begin
+with the time (SPEC §6.1.1) then add to one end of the index instead of a random page
+each (a page PostgreSQL writes whole to its WAL after every checkpoint)."""
+
 MIGRATIONS: dict[int, str] = {
     1: _V1, 2: _V2, 3: _V3, 4: transparency.SCHEMA, 5: _V5, 6: transparency.BINDINGS_SCHEMA,
-    7: transparency.TIMES_SCHEMA, 8: bills.SCHEMA,
+    7: transparency.TIMES_SCHEMA, 8: bills.SCHEMA, 9: _V9,
 }  # fmt: skip
 """Version → the statements that reach it from the version before (0: an empty database)."""
 
