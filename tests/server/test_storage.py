@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import random
 import signal
@@ -19,6 +21,7 @@ from blindrelay.protocol.consent import PairState
 from blindrelay.protocol.errors import ErrorCode, InvalidPrekeys, MessageIdReused, QueueFull
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.delivery import send_rules
+from blindrelay.server.logs import JsonFormatter
 from blindrelay.server.store import Account
 from blindrelay.server.store.sqlite import jobs
 from blindrelay.server.store.sqlite.commit import GroupCommitter
@@ -320,7 +323,7 @@ def test_a_schema_2_database_is_upgraded_in_place(tmp_path: Path) -> None:
 
 
 def test_a_schema_10_database_has_sent_rekeyed_and_keeps_what_it_remembers(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Version 11: ``sent`` keyed ``(msg_id, sender)``; every remembered SEND still answers
     its resend with the original time, and a reused id is still refused (SPEC §6.3.2)."""
@@ -338,7 +341,10 @@ def test_a_schema_10_database_has_sent_rekeyed_and_keeps_what_it_remembers(
     )
     conn.execute("PRAGMA user_version=10")
     conn.close()
-    db = connect(path)
+    with caplog.at_level(logging.INFO, logger="blindrelay"):
+        db = connect(path)
+    [upgraded] = [r for r in caplog.records if r.getMessage() == "schema_upgraded"]
+    assert json.loads(JsonFormatter().format(upgraded))["rows"] == 2
     rows = db.execute
     assert rows("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     key = sorted((pk, name) for _, name, _, _, _, pk in rows("PRAGMA table_info(sent)") if pk)

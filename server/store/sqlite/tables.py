@@ -65,6 +65,7 @@ operations make (``..rules``), what the relay sees of the store (``..``).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import stat
@@ -420,15 +421,19 @@ def _migrate(conn: sqlite3.Connection, version: int) -> None:
 
 
 def _rekey_sent(conn: sqlite3.Connection) -> None:
-    """Schema 11: ``sent`` keyed ``(msg_id, sender)`` (:data:`SENT_TABLE`), its rows kept."""
+    """Schema 11: ``sent`` keyed ``(msg_id, sender)`` (:data:`SENT_TABLE`), its rows kept.
+
+    One pass over up to ``QUEUE_TTL_MS`` of SENDs, at the first start of this relay
+    version; the log line says how many, since the start waits for it."""
     conn.execute(SENT_TABLE.format(name="sent_rekeyed"))
-    conn.execute(
+    rows = conn.execute(
         "INSERT INTO sent_rekeyed (sender, msg_id, digest, at)"
         " SELECT sender, msg_id, digest, at FROM sent"
-    )
+    ).rowcount
     conn.execute("DROP TABLE sent")  # and its index
     conn.execute("ALTER TABLE sent_rekeyed RENAME TO sent")
     conn.execute("CREATE INDEX sent_by_age ON sent (at)")
+    log_event(logging.INFO, "schema_upgraded", table="sent", rows=rows, version=11)
 
 
 def _log_existing_businesses(conn: sqlite3.Connection) -> None:
