@@ -428,8 +428,8 @@ def _rekey_sent(conn: sqlite3.Connection) -> None:
     conn.execute(SENT_TABLE.format(name="sent_rekeyed"))
     rows = conn.execute(
         "INSERT INTO sent_rekeyed (sender, msg_id, digest, at)"
-        " SELECT sender, msg_id, digest, at FROM sent"
-    ).rowcount
+        " SELECT sender, msg_id, digest, at FROM sent ORDER BY msg_id, sender"
+    ).rowcount  # in key order: appended, not inserted at random
     conn.execute("DROP TABLE sent")  # and its index
     conn.execute("ALTER TABLE sent_rekeyed RENAME TO sent")
     conn.execute("CREATE INDEX sent_by_age ON sent (at)")
