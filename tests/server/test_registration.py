@@ -25,7 +25,8 @@ from blindrelay.server.config import RelayConfig
 from blindrelay.server.registration import source_key
 from blindrelay.server.relay import RunningRelay, serve
 from blindrelay.server.store import Account
-from blindrelay.server.store.sqlite.tables import SCHEMA_VERSION, Tables, connect
+from blindrelay.server.store.sqlite.schema import SCHEMA_VERSION
+from blindrelay.server.store.sqlite.tables import Tables, connect
 
 from .conftest import Clients, FakeClock, RawClient, RelayFixture, db_rows, error_code
 
