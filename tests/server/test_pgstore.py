@@ -312,20 +312,25 @@ async def test_the_queue_cap_counts_what_another_workers_acks_freed(
         assert await _counts(url, "bob") == (2, 2)
 
 
+async def _schema_left_by(conn: Any, version: int) -> None:
+    """The tables a relay of schema ``version`` left: its migrations, recorded as applied."""
+    await conn.execute(
+        "CREATE TABLE schema_version (version integer PRIMARY KEY,"
+        " applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    for applied in range(1, version + 1):
+        await conn.execute(schema.MIGRATIONS[applied])
+        await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", applied)
+
+
 async def test_an_upgrade_to_schema_3_keeps_every_accounts_queue_count(
     pg_database: PostgresDatabase,
 ) -> None:
     url = pg_database.fresh_schema()
     conn = await asyncpg.connect(url)
     try:
-        async with conn.transaction():  # a database a schema-2 relay left
-            await conn.execute(
-                "CREATE TABLE schema_version (version integer PRIMARY KEY,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            for version in (1, 2):
-                await conn.execute(schema.MIGRATIONS[version])
-                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+        async with conn.transaction():
+            await _schema_left_by(conn, 2)
             await conn.execute(
                 "INSERT INTO accounts (handle, kind, identity_key, created_at) VALUES"
                 " ('alice', 'user', '\\x00', 0), ('bob', 'user', '\\x00', 0);"
@@ -356,14 +361,8 @@ async def test_an_upgrade_to_schema_9_keys_sent_by_msg_id_and_keeps_what_it_reme
     msg_id = (7).to_bytes(16, "big")  # what _send(…, 7) sends
     conn = await asyncpg.connect(url)
     try:
-        async with conn.transaction():  # a database a schema-8 relay left
-            await conn.execute(
-                "CREATE TABLE schema_version (version integer PRIMARY KEY,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            for version in range(1, 9):
-                await conn.execute(schema.MIGRATIONS[version])
-                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+        async with conn.transaction():
+            await _schema_left_by(conn, 8)
             await conn.execute(
                 "INSERT INTO sent (sender, msg_id, digest, at) VALUES ('alice', $1, $2, 3)",
                 msg_id, envelope_digest("bob", "chat", None, None, b"x"),
