@@ -63,6 +63,10 @@ from blindrelay.protocol.frames import MESSAGE_ID_RANDOM_BYTES, Error, Welcome, 
 
 T_SEND, T_SENT, T_DELIVER, T_ACK, T_ERROR = 20, 21, 22, 23, 9
 STAMP = struct.Struct(">d")
+LEFT = struct.Struct(">d")
+"""Paced mode only, after :data:`STAMP`: when the SEND actually left the load generator.
+The latency from it leaves out the generator's own lateness (its process waiting for a
+core, or the window full), which the latency from the due time includes (issue 19)."""
 
 CONNECT_CONCURRENCY = 64
 """Handshakes in flight per worker process when opening thousands of connections: enough
@@ -128,6 +132,8 @@ class LoadSpec:
             raise ValueError("pairs, messages, window and workers must be positive")
         if self.rate < 0:
             raise ValueError("rate must be >= 0")
+        if self.rate > 0 and self.size < STAMP.size + LEFT.size:
+            raise ValueError(f"a paced load needs size >= {STAMP.size + LEFT.size}")
 
 
 def pair_urls(spec: LoadSpec, pair: int) -> tuple[str, str]:
@@ -150,6 +156,8 @@ class LoadResult:
     client_cpu_wait_s: float = 0.0
     """What the load processes' threads waited for a core (``procs.process_schedstat``):
     their wait shows in every latency too."""
+    departure_latency: array = field(default_factory=lambda: array("d"), repr=False)
+    """Paced mode: each first DELIVER's latency from when its SEND left (:data:`LEFT`)."""
 
     @property
     def rate(self) -> float:
@@ -160,6 +168,10 @@ class LoadResult:
 
     def sent_ms(self, q: float) -> float:
         return percentile(self.sent_latency, q) * 1000
+
+    def departure_ms(self, q: float) -> float:
+        """NaN unless paced."""
+        return percentile(self.departure_latency, q) * 1000
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -247,11 +259,14 @@ def run_load(spec: LoadSpec, on_phase: PhaseHook | None = None) -> LoadResult:
     reports = run_phases(_worker_main, args, ("ready", "done"), spec.timeout_s, on_phase)
     delivery: list[float] = []
     sent: list[float] = []
+    departure: list[float] = []
     for report in reports:
         delivery.extend(array("d", report["delivery"]))
         sent.extend(array("d", report["sent"]))
+        departure.extend(array("d", report["departure"]))
     delivery.sort()
     sent.sort()
+    departure.sort()
     elapsed = max(r["end"] for r in reports) - min(r["start"] for r in reports)
     return LoadResult(
         messages=sum(r["delivered"] for r in reports),
@@ -260,6 +275,7 @@ def run_load(spec: LoadSpec, on_phase: PhaseHook | None = None) -> LoadResult:
         sent_latency=array("d", sent),
         client_cpu_s=sum(r["cpu"] for r in reports),
         client_cpu_wait_s=sum(r["cpu_wait"] for r in reports),
+        departure_latency=array("d", departure),
     )
 
 
@@ -320,8 +336,11 @@ async def _worker(
         wait0 = process_schedstat(os.getpid())[0]
         delivery = array("d")
         sent = array("d")
+        departure = array("d")
+        paced = departure if spec.rate > 0 else None
         receivers = [
-            asyncio.create_task(receive_all(ws, spec.messages, delivery)) for ws, _ in recipients
+            asyncio.create_task(receive_all(ws, spec.messages, delivery, paced))
+            for ws, _ in recipients
         ]
         if spec.rate > 0:
             senders_done = [
@@ -355,6 +374,7 @@ async def _worker(
             "delivered": len(delivery),
             "delivery": delivery.tobytes(),
             "sent": sent.tobytes(),
+            "departure": departure.tobytes(),
         }
     )
 
@@ -511,9 +531,11 @@ async def send_paced(
 ) -> None:
     """Send one envelope at each ``due`` time (open loop), at most ``spec.window`` in flight.
 
-    The body is stamped with the due time, and SENT latency is measured from it too.
+    The body is stamped with the due time, and SENT latency is measured from it too; then
+    with the time the SEND left (:data:`LEFT`).
     """
     packb, unpackb, monotonic, urandom = msgpack.packb, msgpack.unpackb, time.monotonic, os.urandom
+    stamped = STAMP.size + LEFT.size
     in_flight: dict[int, float] = {}
     slots = asyncio.Semaphore(spec.window)
     count = len(due)
@@ -534,7 +556,7 @@ async def send_paced(
             if (delay := at - monotonic()) > 0:
                 await asyncio.sleep(delay)
             await slots.acquire()
-            body = STAMP.pack(at) + urandom(spec.size - STAMP.size)
+            body = STAMP.pack(at) + LEFT.pack(monotonic()) + urandom(spec.size - stamped)
             frame = {"t": T_SEND, "id": request_id, "to": to, "msg_id": new_msg_id(),
                      "intent": "chat", "body": body}  # fmt: skip
             in_flight[request_id] = at
@@ -545,8 +567,13 @@ async def send_paced(
         group.create_task(write())
 
 
-async def receive_all(ws: WebSocket, count: int, latency: array) -> None:
-    """Take DELIVERs until ``count`` distinct msg_ids arrived; ACK once per loop turn."""
+async def receive_all(
+    ws: WebSocket, count: int, latency: array, departure: array | None = None
+) -> None:
+    """Take DELIVERs until ``count`` distinct msg_ids arrived; ACK once per loop turn.
+
+    ``departure``: the bodies are paced ones, and each first DELIVER's latency from the
+    SEND's departure (:data:`LEFT`) goes there too."""
     unpackb, monotonic, unpack_from = msgpack.unpackb, time.monotonic, STAMP.unpack_from
     seen: set[bytes] = set()
     to_ack: list[int] = []
@@ -574,7 +601,11 @@ async def receive_all(ws: WebSocket, count: int, latency: array) -> None:
             if t == T_DELIVER:
                 msg_id = frame["msg_id"]
                 if msg_id not in seen:
-                    latency.append(monotonic() - unpack_from(frame["body"])[0])
+                    now = monotonic()
+                    body = frame["body"]
+                    latency.append(now - unpack_from(body)[0])
+                    if departure is not None:
+                        departure.append(now - unpack_from(body, STAMP.size)[0])
                     seen.add(msg_id)
                 to_ack.append(frame["delivery_id"])
                 wake.set()

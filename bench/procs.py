@@ -56,6 +56,27 @@ def process_schedstat(pid: int) -> tuple[float, int]:
     return wait_ns / 1e9, runs
 
 
+def machine_cpu_ticks(stat: str | None = None) -> tuple[int, int]:
+    """(busy, total) clock ticks of all cores so far, from ``/proc/stat``'s ``cpu`` line.
+
+    Why: a latency point is only comparable with another when both leave the machine the
+    same headroom; at "half load" the server, the load generator and the kernel may
+    together keep both cores busy (issue 19), and then the tail is queueing for a core.
+    Idle and iowait count as not busy; a guest's steal, when reported, as busy.
+    """
+    text = stat if stat is not None else Path("/proc/stat").read_text()
+    fields = [int(v) for v in text.split("\n", 1)[0].split()[1:]]
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
+    idle = fields[3] + fields[4]
+    return total - idle, total
+
+
+def busy_fraction(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Of all cores' time between two :func:`machine_cpu_ticks` readings, the busy share."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
+
+
 def process_memory_kib(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) of process ``pid`` in KiB; (0, 0) once it is gone."""
     fields: dict[str, int] = {}
@@ -112,7 +133,10 @@ class ServerProcess:
         )
         self._lines: queue.Queue[str | None] = queue.Queue()
         assert self.proc.stdout is not None
-        threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
+        self._pump_thread = threading.Thread(
+            target=self._pump, args=(self.proc.stdout,), daemon=True
+        )
+        self._pump_thread.start()
         self.url = self._wait_for_url(timeout_s)
 
     def _pump(self, stream: IO[bytes]) -> None:
@@ -184,6 +208,10 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait(timeout=STOP_TIMEOUT_S)
         self._log_file.close()
+        # The pump ends at EOF, unless a process the server started still holds the pipe.
+        self._pump_thread.join(timeout=STOP_TIMEOUT_S)
+        if not self._pump_thread.is_alive() and self.proc.stdout is not None:
+            self.proc.stdout.close()
         return self.proc.returncode
 
     def __enter__(self) -> ServerProcess:

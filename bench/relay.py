@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -48,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.loadgen import LoadError, LoadSpec, run_load
-from bench.procs import ServerError, ServerProcess
+from bench.procs import ServerError, ServerProcess, busy_fraction, machine_cpu_ticks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -204,6 +205,13 @@ class Row:
     client_cpu_wait_us_per_msg: float = 0.0
     send_stages_ms: dict[str, list[float]] | None = None
     """The relay's own SEND → SENT split (loop, store, answer, total): [p50, p99] ms."""
+    departure_p95_ms: float | None = None
+    """Paced loads: p95 from when each SEND left the load generator, not from when it was
+    due; what the server and the receiving side add, the sender's lateness left out."""
+    departure_p99_ms: float | None = None
+    machine_busy: float | None = None
+    """Share of both cores busy during the load (:func:`procs.machine_cpu_ticks`): server,
+    load generator and everything else together."""
 
 
 def throughput(name: str, spec: LoadSpec, workdir: Path, profile: Path | None) -> Row:
@@ -213,7 +221,9 @@ def throughput(name: str, spec: LoadSpec, workdir: Path, profile: Path | None) -
         idle_rss, _ = server.memory_kib()
         spy = start_profiler(server.pid, profile / f"{name}.txt") if profile else None
         cpu0, (wait0, runs0) = server.cpu_s(), server.schedstat()
+        machine0 = machine_cpu_ticks()
         result = run_load(LoadSpec(**{**asdict(spec), "url": server.url}))
+        machine = busy_fraction(machine0, machine_cpu_ticks())
         cpu, (wait, runs) = server.cpu_s() - cpu0, server.schedstat()
         wait, runs = wait - wait0, runs - runs0
         rss, peak = server.memory_kib()
@@ -241,7 +251,15 @@ def throughput(name: str, spec: LoadSpec, workdir: Path, profile: Path | None) -
         server_runs_per_msg=round(runs / n, 2),
         client_cpu_wait_us_per_msg=round(result.client_cpu_wait_s / n * 1e6, 1),
         send_stages_ms=stages,
+        departure_p95_ms=_ms(result.departure_ms(95)),
+        departure_p99_ms=_ms(result.departure_ms(99)),
+        machine_busy=round(machine, 3),
     )
+
+
+def _ms(value: float) -> float | None:
+    """Rounded, or None for NaN (a load that was not paced)."""
+    return None if math.isnan(value) else round(value, 2)
 
 
 def start_profiler(pid: int, out: Path, rate_hz: int = PROFILE_RATE_HZ) -> subprocess.Popen[bytes]:

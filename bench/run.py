@@ -275,6 +275,20 @@ def w_latency(suite: Suite, tmp: Path) -> None:
             Figure.compare(w, "server wake-ups/msg", rel.server_runs_per_msg,
                            fwd.server_runs_per_msg, "forwarder"),
         ]  # fmt: skip
+        if rel.machine_busy is not None and fwd.machine_busy is not None:
+            # Both cores' busy share in each server's run: past ~90 % the tail is mostly
+            # queueing for a core, whoever's work it is (issue 19).
+            suite.figures.append(Figure.compare(w, "machine CPU busy %",
+                                                round(100 * rel.machine_busy, 1),
+                                                round(100 * fwd.machine_busy, 1), "forwarder"))
+        if rel.departure_p95_ms is not None and fwd.departure_p95_ms is not None:
+            # From each SEND's departure rather than its due time: the load generator's own
+            # lateness left out, what the server and the receiving side add kept.
+            suite.figures += [
+                Figure.compare(w, f"{q} ms from departure", getattr(rel, f"departure_{q}_ms"),
+                               getattr(fwd, f"departure_{q}_ms"), "forwarder")
+                for q in ("p95", "p99")
+            ]  # fmt: skip
         # Where the relay's own time goes (its /metrics, issue 19): SEND → SENT p99 by
         # stage, inside the store stage a batch and its COMMIT, and SEND → DELIVER.
         for stage, (_p50, p99) in (rel.send_stages_ms or {}).items():

@@ -6,8 +6,11 @@ import subprocess
 import sys
 import time
 
-from bench.loadgen import _spread, due_time, percentile
-from bench.procs import process_schedstat
+import pytest
+
+from bench import relay
+from bench.loadgen import LoadSpec, _spread, due_time, percentile
+from bench.procs import busy_fraction, machine_cpu_ticks, process_schedstat
 from bench.profile import function_key, summarize
 from bench.run import Figure
 
@@ -93,3 +96,33 @@ def test_schedstat_counts_time_runnable_without_a_core_and_wake_ups():
             spinner.wait()
     assert waited > 0.02
     assert process_schedstat(spinners[0].pid) == (0.0, 0)
+
+
+def test_machine_busy_share_counts_idle_and_iowait_as_not_busy():
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    before = machine_cpu_ticks("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3\n")
+    after = machine_cpu_ticks("cpu  250 0 100 1000 100 0 0 0 0 0\ncpu0 1 2 3\n")
+    assert before == (150, 1000) and after == (350, 1450)
+    assert busy_fraction(before, after) == 200 / 450
+    assert busy_fraction(after, after) == 0.0
+    now = machine_cpu_ticks()
+    assert 0 <= now[0] <= now[1]
+
+
+def test_a_paced_load_measures_from_departure_as_well_as_from_due(tmp_path):
+    """A tiny paced load on the forwarder: every message is measured twice, from its due
+    time and from when its SEND left, and the second can never be the longer — message
+    by message, so also percentile by percentile of the sorted lists."""
+    spec = LoadSpec(url="", pairs=2, messages=30, window=2, size=64, workers=1, rate=300.0)
+    row = relay.throughput(relay.BASELINE, spec, tmp_path, None)
+    assert row.messages == 60
+    assert row.departure_p95_ms is not None and row.departure_p99_ms is not None
+    assert 0 <= row.departure_p95_ms <= row.p95_ms
+    assert 0 <= row.departure_p99_ms <= row.p99_ms
+    assert row.machine_busy is not None and 0 <= row.machine_busy <= 1
+    with pytest.raises(ValueError, match="paced load needs size >= 16"):
+        LoadSpec(url="", size=8, rate=1.0)
+    unpaced = LoadSpec(url="", pairs=1, messages=5, window=1, size=8, workers=1)
+    (tmp_path / "unpaced").mkdir()
+    row = relay.throughput(relay.BASELINE, unpaced, tmp_path / "unpaced", None)
+    assert row.departure_p95_ms is None
