@@ -126,7 +126,7 @@ from bench.run import Params, count_rows
 from blindrelay.protocol import frames
 from blindrelay.protocol.codec import encode
 from blindrelay.protocol.fastcodec import encode_ack, encode_send
-from blindrelay.protocol.limits import MAX_ACK_IDS, MAX_CIPHERTEXT_BYTES
+from blindrelay.protocol.limits import MAX_ACK_IDS, MAX_CIPHERTEXT_BYTES, MESSAGE_ID_CLOCK_BYTES
 from blindrelay.protocol.signed import make_statement
 
 T_OK = 8
@@ -170,8 +170,21 @@ MAX_RATE_SPEC = LoadSpec(
 )
 """Workload 1 of ``bench/run.py`` (one run, a few seconds): its msg/s / 4 is the soak's rate."""
 RATE_FRACTION = 4
-MSG_ID = struct.Struct(">IQ")
-"""A soak message id: link, sequence number, then 4 random bytes (16 in all)."""
+MSG_ID = struct.Struct(">II")
+"""What a soak message id carries after its clock (SPEC §6.1.1, as the SDK makes ids): link
+and sequence number, then 2 random bytes — 80 bits after the clock, as recommended, so the
+relay's idempotence memory is written to as real clients write to it."""
+
+
+def soak_msg_id(link: int, seq: int, now_ms: int) -> bytes:
+    """Message ``seq`` of link ``link``, written at ``now_ms``: the SDK's layout, our fields."""
+    return frames.message_id(now_ms, MSG_ID.pack(link, seq) + os.urandom(2))
+
+
+def link_and_seq(msg_id: bytes) -> tuple[int, int]:
+    """What :func:`soak_msg_id` put after the clock."""
+    link, seq = MSG_ID.unpack_from(msg_id, MESSAGE_ID_CLOCK_BYTES)
+    return link, seq
 
 
 class UsageError(Exception):
@@ -271,7 +284,7 @@ class Worker:
         if not isinstance(msg_id, bytes) or len(msg_id) != 16:
             self.unexpected(f"{account.handle}: DELIVER with msg_id {msg_id!r}")
             return
-        link_id, seq = MSG_ID.unpack_from(msg_id)
+        link_id, seq = link_and_seq(msg_id)
         link = self.links.get(link_id)
         if link is None or link.recipient is not account:
             self.unexpected(f"{account.handle}: DELIVER of someone else's message {msg_id.hex()}")
@@ -502,7 +515,7 @@ class Link:
         msg = Msg(
             seq,
             due,
-            MSG_ID.pack(self.id, seq) + os.urandom(4),
+            soak_msg_id(self.id, seq, time.time_ns() // 1_000_000),
             body,
             provoked,
             self.recipient.generation if self.recipient.online.is_set() else 0,

@@ -17,8 +17,11 @@ from bench.soak import (
     RSS_SLOPE_MAX_MIB,
     Sample,
     judge,
+    link_and_seq,
     slope,
+    soak_msg_id,
 )
+from blindrelay.protocol.limits import MESSAGE_ID_CLOCK_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "soak.py"
@@ -34,6 +37,17 @@ def samples(minutes, rss_mib_per_min=0.0, fds_per_min=0.0, wobble=0.0):
                queue_from="count", connections=80)
         for k in range(minutes * 6 + 1)
     ]  # fmt: skip
+
+
+def test_soak_message_ids_begin_with_the_clock_as_the_sdks_do():
+    """SPEC §6.1.1's layout, so the relay's idempotence memory is written to as by real
+    clients; the soak's own bookkeeping (link, sequence) rides in the 80 bits after it."""
+    now_ms = 1_780_000_000_123
+    first, second = soak_msg_id(7, 41, now_ms), soak_msg_id(7, 42, now_ms + 1)
+    assert len(first) == 16
+    assert int.from_bytes(first[:MESSAGE_ID_CLOCK_BYTES], "big") == now_ms
+    assert link_and_seq(first) == (7, 41) and link_and_seq(second) == (7, 42)
+    assert first < second  # later ids sort after earlier ones, whatever their random part
 
 
 def test_slope_is_least_squares():
