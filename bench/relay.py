@@ -210,8 +210,9 @@ class Row:
     due; what the server and the receiving side add, the sender's lateness left out."""
     departure_p99_ms: float | None = None
     machine_busy: float | None = None
-    """Share of both cores busy during the load (:func:`procs.machine_cpu_ticks`): server,
-    load generator and everything else together."""
+    """Share of both cores busy from the load's start to its end, connecting and
+    registering left out (:func:`procs.machine_cpu_ticks`): server, load generator and
+    everything else together."""
 
 
 def throughput(name: str, spec: LoadSpec, workdir: Path, profile: Path | None) -> Row:
@@ -221,9 +222,12 @@ def throughput(name: str, spec: LoadSpec, workdir: Path, profile: Path | None) -
         idle_rss, _ = server.memory_kib()
         spy = start_profiler(server.pid, profile / f"{name}.txt") if profile else None
         cpu0, (wait0, runs0) = server.cpu_s(), server.schedstat()
-        machine0 = machine_cpu_ticks()
-        result = run_load(LoadSpec(**{**asdict(spec), "url": server.url}))
-        machine = busy_fraction(machine0, machine_cpu_ticks())
+        ticks: dict[str, tuple[int, int]] = {}  # at the load's start and end, set-up left out
+        result = run_load(
+            LoadSpec(**{**asdict(spec), "url": server.url}),
+            lambda phase, _reports: ticks.__setitem__(phase, machine_cpu_ticks()),
+        )
+        machine = busy_fraction(ticks["ready"], ticks["done"])
         cpu, (wait, runs) = server.cpu_s() - cpu0, server.schedstat()
         wait, runs = wait - wait0, runs - runs0
         rss, peak = server.memory_kib()
