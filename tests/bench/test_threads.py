@@ -1,0 +1,63 @@
+"""bench/threads.py: one tiny relay run read thread by thread, and its one-line refusals.
+
+No timing is checked: what is checked is that every thread of the relay's tree is read,
+named by its role, and that the figures are per message and add up to the whole.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from bench.threads import per_message, thread_stats
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "bench" / "threads.py"
+
+
+def test_this_process_threads_are_read_and_differenced_per_message():
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait)
+    worker.start()
+    try:
+        before = thread_stats([os.getpid()])
+        sum(range(200_000))  # some CPU on the main thread
+        after = thread_stats([os.getpid()])
+    finally:
+        stop.set()
+        worker.join()
+    assert os.getpid() in after and worker.native_id in after
+    rows = {row["tid"]: row for row in per_message(before, after, 10, os.getpid())}
+    assert rows[os.getpid()]["role"] == "relay main"
+    assert rows[worker.native_id]["role"] == "relay thread"
+    assert rows[os.getpid()]["runs"] >= 0 and rows[os.getpid()]["cpu_us"] > 0
+
+
+def test_a_tiny_paced_run_reads_the_relay_and_its_writer(tmp_path):
+    out = tmp_path / "threads.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--rate", "200", "--seconds", "0.1", "--pairs", "2",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    record = json.loads(out.read_text())
+    assert record["messages"] == 20  # at least 10 per pair
+    roles = [row["role"] for row in record["threads"]]
+    assert roles.count("relay main") == 1 and roles.count("child main") == 1  # the writer
+    assert "child thread" in roles  # its fsync thread (synchronous=FULL)
+    assert all(row["cpu_us"] >= 0 and row["wait_us"] >= 0 for row in record["threads"])
+    assert 0 <= record["machine_busy"] <= 1
+    assert "(whole relay)" in done.stdout
+    assert set(record["send_stages_ms"]) >= {"loop", "store", "deliver"}
+
+
+def test_bad_arguments_are_one_line_and_status_2():
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--rate", "0"], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].startswith("threads.py: error: --rate and --seconds")
+    assert "Traceback" not in done.stderr
