@@ -33,7 +33,7 @@ class WriterCache:
     """Accounts by handle, pair states by sorted pair, queue lengths by recipient,
     metering counts not yet written (``usage``, see :mod:`.metering`), and the
     per-sender counts of the few queues long enough for shares to matter
-    (``shares``, see ``tables.MessageQueue``)."""
+    (``shares``, see ``queue.MessageQueue``)."""
 
     def __init__(self) -> None:
         self.accounts: dict[str, Any] = {}

@@ -6,9 +6,9 @@ Tables (SPEC §11 lists them; ``blindrelay inspect`` prints them):
 - ``accounts`` — handle, kind, current identity key (SPEC §3);
 - ``signed_prekeys`` / ``one_time_prekeys`` — the prekey directory (SPEC §5);
 - ``queue`` — envelopes not yet acknowledged; the row id is the delivery id,
-  ``AUTOINCREMENT`` so ids only grow and are never reused (SPEC §6.4);
-- ``sent`` — (sender, msg_id) → digest and time, for idempotent resends,
-  kept for the queue TTL even after delivery (SPEC §6.3);
+  ``AUTOINCREMENT`` so ids only grow and are never reused (SPEC §6.4; :mod:`.queue`);
+- ``sent`` — (msg_id, sender) → digest and time, for idempotent resends,
+  kept for the queue TTL even after delivery (SPEC §6.3; :mod:`.queue`);
 - ``pairs``, ``statements``, ``statements_in_force``, ``statement_nonces`` —
   consent, blocks, the signed statements in force behind them and the nonces
   that keep them unreplayable (SPEC §7; :mod:`.ledger`);
@@ -73,27 +73,23 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import sqlite_utils
 
-from blindrelay.protocol.errors import (
-    InvalidPrekeys,
-    MessageIdReused,
-    QueueFull,
-)
+from blindrelay.protocol.errors import InvalidPrekeys
 from blindrelay.protocol.frames import OneTimePreKeyRecord, SignedPreKeyRecord
 from blindrelay.protocol.skeleton import leading_skeletons, skeleton
 
 from ...logs import log_event
 from .. import StoreStartError
-from ..records import Account, QueuedEnvelope
-from ..rules import QueueShares, bucket_full_at, bucket_tokens
+from ..records import Account
+from ..rules import bucket_full_at, bucket_tokens
 from .bills import Bills
 from .cache import WriterCache
 from .ledger import ConsentLedger
 from .metering import UsageMeter
 from .profiles import BadgeStore, ProfileStore
+from .queue import MessageQueue
 from .schema import SCHEMA_VERSION, add_columns, migrate, statements
 from .transparency import TransparencyLog
 
@@ -238,14 +234,6 @@ def count_queued(path: Path) -> int:
 
 
 # --- records ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """Outcome of an enqueue: ``envelope`` is None for an idempotent resend."""
-
-    at: int
-    envelope: QueuedEnvelope | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -574,342 +562,6 @@ class Budgets:
     def purge(self, now: int) -> int:
         """Drop buckets that have refilled: they are the same as absent ones."""
         return int(self.db.execute("DELETE FROM budgets WHERE full_at <= ?", (now,)).rowcount)
-
-
-_QUEUE_COLUMNS = (
-    "delivery_id, recipient, sender, sender_kind, msg_id, intent, category, categories,"
-    " sent_at, body"
-)
-
-
-class MessageQueue:
-    """Envelopes awaiting acknowledgement, and the message ids already accepted (SPEC §6).
-
-    Queue lengths per recipient (for the cap) live in the writer's cache,
-    seeded by one ``COUNT(*)`` and then kept by every insert and delete here.
-    They count envelopes only: forwarded statements (intent ``statement``) are
-    outside the cap (SPEC §7.5) and bounded by superseding instead. Statements
-    are only ever queued for businesses, so a user's acknowledgement deletes
-    envelopes only; a business's is itemized (:meth:`acknowledge`).
-    """
-
-    def __init__(self, db: sqlite_utils.Database, cache: WriterCache | None = None) -> None:
-        self.db = db
-        self.cache = cache or WriterCache()
-        self._conn = db.conn
-
-    def queued(self, recipient: str) -> int:
-        """Envelopes queued for ``recipient``, expired or not, statements not (what the
-        cap counts)."""
-        cache = self.cache
-        count = cache.queued.get(recipient)
-        if count is None:
-            count = int(
-                self._conn.execute(
-                    "SELECT COUNT(*) FROM queue WHERE recipient = ? AND intent != 'statement'",
-                    (recipient,),
-                ).fetchone()[0]
-            )
-            cache.put(cache.queued, recipient, count)
-        return count
-
-    def _added(self, recipient: str, delta: int) -> None:
-        cache = self.cache
-        count = cache.queued.get(recipient)
-        if count is not None and delta:
-            cache.put(cache.queued, recipient, count + delta)
-
-    def shares(self, recipient: str, floor: int) -> QueueShares:
-        """Envelopes of ``recipient``'s queue per sender and from strangers.
-
-        Called only once the queue is ``floor`` long: one scan of the recipient's
-        rows, then kept up to date by every insert and acknowledgement (which is
-        itemized while an entry exists) until the queue is shorter than ``floor``
-        again; a purge or withdrawal just forgets it.
-        """
-        cache = self.cache
-        shares: QueueShares | None = cache.shares.get(recipient)
-        if shares is None:
-            shares = QueueShares(floor, 0, {})
-            for sender, stranger, count in self._conn.execute(
-                "SELECT sender, stranger, COUNT(*) FROM queue"
-                " WHERE recipient = ? AND intent != 'statement' GROUP BY sender, stranger",
-                (recipient,),
-            ):
-                shares.change(sender, bool(stranger), int(count))
-            cache.touch_shares()
-            cache.shares[recipient] = shares
-        return shares
-
-    def _shared(self, recipient: str, sender: str, stranger: bool, delta: int) -> None:
-        shares: QueueShares | None = self.cache.shares.get(recipient)
-        if shares is not None:
-            self.cache.touch_shares()
-            shares.change(sender, stranger, delta)
-
-    def _forget_shares(self, recipient: str) -> None:
-        if recipient in self.cache.shares:
-            self.cache.touch_shares()
-            del self.cache.shares[recipient]
-
-    def enqueue(
-        self,
-        recipient: str,
-        sender: Account,
-        msg_id: bytes,
-        intent: str,
-        category: str | None,
-        categories: tuple[str, ...] | None,
-        body: bytes,
-        digest: bytes,
-        now: int,
-        cap: int,
-    ) -> Accepted:
-        """Store one envelope, or recognise a resend (SPEC §6.3).
-
-        Order of checks: a known (sender, msg_id) is answered from ``sent``
-        before the cap, so a resend of a stored envelope always succeeds.
-        """
-        known = self.remembered(sender.handle, msg_id, digest)
-        if known is not None:
-            return known
-        return self.add(
-            recipient, sender, msg_id, intent, category, categories, body, digest, now, cap
-        )
-
-    def add(
-        self,
-        recipient: str,
-        sender: Account,
-        msg_id: bytes,
-        intent: str,
-        category: str | None,
-        categories: tuple[str, ...] | None,
-        body: bytes,
-        digest: bytes,
-        now: int,
-        cap: int,
-    ) -> Accepted:
-        """:meth:`enqueue` for a caller that has already checked :meth:`remembered`.
-
-        Refuses (QueueFull) before writing anything, so a refusal needs no rollback.
-        """
-        if self.queued(recipient) >= cap:
-            raise QueueFull()
-        joined = ",".join(categories) if categories is not None else None
-        execute = self._conn.execute
-        cursor = execute(
-            "INSERT INTO queue (recipient, sender, sender_kind, msg_id, intent, category,"
-            " categories, sent_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (recipient, sender.handle, sender.kind, msg_id, intent, category, joined, now, body),
-        )
-        delivery_id = cursor.lastrowid
-        execute(
-            "INSERT INTO sent (sender, msg_id, digest, at) VALUES (?, ?, ?, ?)",
-            (sender.handle, msg_id, digest, now),
-        )
-        self._added(recipient, 1)
-        self._shared(recipient, sender.handle, False, 1)
-        assert delivery_id is not None
-        envelope = QueuedEnvelope(
-            delivery_id, recipient, sender.handle, sender.kind, msg_id, intent, category,
-            categories, now, body,
-        )  # fmt: skip
-        return Accepted(at=now, envelope=envelope)
-
-    def add_if_new(
-        self,
-        recipient: str,
-        sender: Account,
-        msg_id: bytes,
-        intent: str,
-        category: str | None,
-        categories: list[str] | None,
-        body: bytes,
-        digest: bytes,
-        now: int,
-        stranger: bool = False,
-    ) -> tuple[int, int] | None:
-        """The new envelope's delivery id and the highest one queued for ``recipient``
-        before it (0: none), or None (nothing written) when (sender, msg_id) is already
-        in ``sent`` — a resend, for :meth:`remembered`.
-
-        For SEND's hot path: one ``INSERT OR IGNORE`` tells new from resend
-        instead of a SELECT before the INSERT. The caller has checked consent,
-        the cap and the shares, answering resends first on those refusals.
-        ``stranger``: the envelope counts towards the strangers' pool (SPEC §6.3).
-        """
-        execute = self._conn.execute
-        if (
-            execute(
-                "INSERT OR IGNORE INTO sent (sender, msg_id, digest, at) VALUES (?, ?, ?, ?)",
-                (sender.handle, msg_id, digest, now),
-            ).rowcount
-            == 0
-        ):
-            return None
-        joined = ",".join(categories) if categories is not None else None
-        previous = execute(
-            "SELECT max(delivery_id) FROM queue WHERE recipient = ?", (recipient,)
-        ).fetchone()[0]
-        cursor = execute(
-            "INSERT INTO queue (recipient, sender, sender_kind, msg_id, intent, category,"
-            " categories, sent_at, body, stranger) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (recipient, sender.handle, sender.kind, msg_id, intent, category, joined, now, body,
-             stranger),
-        )  # fmt: skip
-        self._added(recipient, 1)
-        if recipient in self.cache.shares:
-            self._shared(recipient, sender.handle, stranger, 1)
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid, previous or 0
-
-    def remembered(self, sender: str, msg_id: bytes, digest: bytes) -> Accepted | None:
-        """The original acceptance of a resend, or None for a new ``msg_id`` (SPEC §6.3)."""
-        known = self._conn.execute(
-            "SELECT digest, at FROM sent WHERE sender = ? AND msg_id = ?", (sender, msg_id)
-        ).fetchone()
-        if known is None:
-            return None
-        if bytes(known[0]) != digest:
-            raise MessageIdReused()
-        return Accepted(at=int(known[1]), envelope=None)
-
-    def enqueue_statement(
-        self, recipient: str, sender: Account, nonce: bytes, signed: bytes, now: int
-    ) -> QueuedEnvelope:
-        """Queue a forwarded statement (SPEC §7.5): intent ``statement``, msg_id = nonce.
-
-        Neither subject to nor counted by the queue cap, and not remembered in
-        ``sent``: a receipt is never refused, and its (signer, nonce) is unique
-        already. What bounds them is :meth:`withdraw_statements`.
-        """
-        cursor = self.db.execute(
-            "INSERT INTO queue (recipient, sender, sender_kind, msg_id, intent, category,"
-            " categories, sent_at, body) VALUES (?, ?, ?, ?, 'statement', NULL, NULL, ?, ?)",
-            (recipient, sender.handle, sender.kind, nonce, now, signed),
-        )
-        delivery_id = cursor.lastrowid
-        assert delivery_id is not None
-        return QueuedEnvelope(
-            delivery_id, recipient, sender.handle, sender.kind, nonce, "statement", None, None,
-            now, signed,
-        )  # fmt: skip
-
-    def withdraw(
-        self, recipient: str, sender: str, notification_categories: frozenset[str] | None
-    ) -> list[int]:
-        """Delete undelivered envelopes from ``sender`` to ``recipient`` (SPEC §7.4).
-
-        All of them with ``notification_categories`` None (a block), else only
-        notifications of those categories (a revoke). Returns the delivery ids.
-        """
-        if notification_categories is None:
-            rows = self.db.execute(
-                "DELETE FROM queue WHERE recipient = ? AND sender = ?"
-                " RETURNING delivery_id, intent",
-                (recipient, sender),
-            ).fetchall()
-        else:
-            marks = ",".join("?" * len(notification_categories))
-            rows = self.db.execute(
-                "DELETE FROM queue WHERE recipient = ? AND sender = ?"  # noqa: S608 - marks only
-                f" AND intent = 'notification' AND category IN ({marks})"
-                " RETURNING delivery_id, intent",
-                (recipient, sender, *sorted(notification_categories)),
-            ).fetchall()
-        self._added(recipient, -sum(1 for row in rows if row[1] != "statement"))
-        self._forget_shares(recipient)
-        return sorted(int(row[0]) for row in rows)
-
-    def withdraw_statements(self, recipient: str, signer: str, nonces: list[bytes]) -> list[int]:
-        """Delete the undelivered forwarded statements with these nonces (SPEC §7.5:
-        superseded by a newer one of the same signer, target and family)."""
-        if not nonces:
-            return []
-        marks = ",".join("?" * len(nonces))
-        rows = self.db.execute(
-            "DELETE FROM queue WHERE recipient = ? AND sender = ?"  # noqa: S608 - marks only
-            f" AND intent = 'statement' AND msg_id IN ({marks}) RETURNING delivery_id",
-            (recipient, signer, *nonces),
-        ).fetchall()
-        return sorted(int(row[0]) for row in rows)
-
-    def count(self, recipient: str, not_before: int) -> int:
-        return int(
-            self.db.execute(
-                "SELECT COUNT(*) FROM queue WHERE recipient = ? AND sent_at >= ?",
-                (recipient, not_before),
-            ).fetchone()[0]
-        )
-
-    def page(self, recipient: str, after: int, limit: int, not_before: int) -> list[QueuedEnvelope]:
-        """Up to ``limit`` unexpired envelopes with delivery id > ``after``, in id order."""
-        rows = self.db.execute(
-            f"SELECT {_QUEUE_COLUMNS} FROM queue"  # noqa: S608 - constant column list
-            " WHERE recipient = ? AND delivery_id > ? AND sent_at >= ?"
-            " ORDER BY delivery_id LIMIT ?",
-            (recipient, after, not_before, limit),
-        ).fetchall()
-        return [_envelope(row) for row in rows]
-
-    def acknowledge(
-        self, recipient: str, delivery_ids: Iterable[int], *, itemized: bool = False
-    ) -> int:
-        """Delete acknowledged rows addressed to ``recipient``; others are ignored.
-
-        ``itemized`` (a business, whose queue may hold statements) deletes row by
-        row to learn what each was, and so does a queue whose shares are kept;
-        otherwise every row deleted is an envelope and one ``executemany`` does
-        (the fan-out's hot path).
-        """
-        shares: QueueShares | None = self.cache.shares.get(recipient)
-        if not itemized and shares is None:
-            cursor = self._conn.executemany(
-                "DELETE FROM queue WHERE delivery_id = ? AND recipient = ?",
-                [(delivery_id, recipient) for delivery_id in delivery_ids],
-            )
-            self._added(recipient, -cursor.rowcount)
-            return cursor.rowcount
-        execute = self._conn.execute
-        deleted = envelopes = 0
-        if shares is not None:
-            self.cache.touch_shares()
-        for delivery_id in delivery_ids:
-            row = execute(
-                "DELETE FROM queue WHERE delivery_id = ? AND recipient = ?"
-                " RETURNING intent, sender, stranger",
-                (delivery_id, recipient),
-            ).fetchone()
-            if row is not None and row[0] != "statement":
-                envelopes += 1
-                if shares is not None:
-                    shares.change(row[1], bool(row[2]), -1)
-            deleted += row is not None
-        self._added(recipient, -envelopes)
-        if shares is not None and self.queued(recipient) < shares.floor:
-            self._forget_shares(recipient)  # back to the one-statement acknowledgement
-        return deleted
-
-    def purge(self, before: int) -> tuple[int, int]:
-        """Drop envelopes and remembered message ids older than ``before`` (SPEC §6.6)."""
-        envelopes = self.db.execute("DELETE FROM queue WHERE sent_at < ?", (before,)).rowcount
-        ids = self.db.execute("DELETE FROM sent WHERE at < ?", (before,)).rowcount
-        if envelopes:
-            # Any recipient may have lost rows: re-count on demand (rare, bounded work).
-            for recipient in list(self.cache.queued):
-                self.cache.drop(self.cache.queued, recipient)
-            self.cache.touch_shares()
-            self.cache.shares.clear()
-        return envelopes, ids
-
-
-def _envelope(row: tuple[Any, ...]) -> QueuedEnvelope:
-    categories = tuple(row[7].split(",")) if row[7] is not None else None
-    return QueuedEnvelope(
-        int(row[0]), row[1], row[2], row[3], bytes(row[4]), row[5], row[6], categories,
-        int(row[8]), bytes(row[9]),
-    )  # fmt: skip
 
 
 class Tables:
