@@ -18,6 +18,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -37,6 +38,40 @@ def process_cpu_s(pid: int) -> float:
     return (int(after_name[11]) + int(after_name[12])) / CLOCK_TICKS
 
 
+@dataclass(frozen=True, slots=True)
+class ThreadStat:
+    """One thread's counters so far (``/proc/PID/task/TID/{stat,schedstat}``)."""
+
+    pid: int
+    tid: int
+    name: str
+    user_s: float
+    system_s: float
+    run_s: float
+    wait_s: float
+    runs: int
+
+
+def thread_stats(pids: list[int]) -> dict[int, ThreadStat]:
+    """Every thread of ``pids`` by thread id; threads that end meanwhile are left out."""
+    stats: dict[int, ThreadStat] = {}
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                stat = (task / "stat").read_text()
+                run_ns, wait_ns, runs = (task / "schedstat").read_text().split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2 :].split()
+            tid = int(task.name)
+            stats[tid] = ThreadStat(
+                pid, tid, name, int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS,
+                int(run_ns) / 1e9, int(wait_ns) / 1e9, int(runs),
+            )  # fmt: skip
+    return stats
+
+
 def process_schedstat(pid: int) -> tuple[float, int]:
     """Over the threads of process ``pid`` (``/proc/PID/task/*/schedstat``): seconds spent
     runnable but waiting for a core, and how many times one was put on a core (each
@@ -47,13 +82,8 @@ def process_schedstat(pid: int) -> tuple[float, int]:
     wake-up (issue 19) — a benchmark must show both beside the CPU time to say where a
     tail comes from.
     """
-    wait_ns = runs = 0
-    for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that ended
-            _run_ns, waited, ran = task.read_text().split()
-            wait_ns += int(waited)
-            runs += int(ran)
-    return wait_ns / 1e9, runs
+    threads = thread_stats([pid]).values()
+    return sum(t.wait_s for t in threads), sum(t.runs for t in threads)
 
 
 def machine_cpu_ticks(stat: str | None = None) -> tuple[int, int]:

@@ -18,51 +18,24 @@ import argparse
 import json
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.loadgen import LoadError, LoadSpec, run_load
-from bench.procs import CLOCK_TICKS, ServerError, ServerProcess, busy_fraction, machine_cpu_ticks
+from bench.procs import (
+    ServerError,
+    ServerProcess,
+    ThreadStat,
+    busy_fraction,
+    machine_cpu_ticks,
+    thread_stats,
+)
 from bench.relay import SERVERS, SUBJECT, send_stages
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass(frozen=True, slots=True)
-class ThreadStat:
-    """One thread's counters so far (``/proc/PID/task/TID/{stat,schedstat}``)."""
-
-    pid: int
-    tid: int
-    name: str
-    user_s: float
-    system_s: float
-    run_s: float
-    wait_s: float
-    runs: int
-
-
-def thread_stats(pids: list[int]) -> dict[int, ThreadStat]:
-    """Every thread of ``pids`` by thread id; threads that end meanwhile are left out."""
-    stats: dict[int, ThreadStat] = {}
-    for pid in pids:
-        for task in Path(f"/proc/{pid}/task").glob("*"):
-            try:
-                stat = (task / "stat").read_text()
-                run_ns, wait_ns, runs = (task / "schedstat").read_text().split()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            name = stat[stat.index("(") + 1 : stat.rindex(")")]
-            fields = stat[stat.rindex(")") + 2 :].split()
-            tid = int(task.name)
-            stats[tid] = ThreadStat(
-                pid, tid, name, int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS,
-                int(run_ns) / 1e9, int(wait_ns) / 1e9, int(runs),
-            )  # fmt: skip
-    return stats
 
 
 def per_message(

@@ -11,7 +11,8 @@ import sys
 import threading
 from pathlib import Path
 
-from bench.threads import per_message, thread_stats
+from bench.procs import thread_stats
+from bench.threads import per_message
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "threads.py"
