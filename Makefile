@@ -8,16 +8,27 @@ RUNTIME := $(VENV)/.runtime
 
 .PHONY: demo serve test lint bench clean
 
+LOG    := $(VENV)/install.log
+
+# pip's own notes (setuptools' general advice on editable installs, a machine's
+# unreachable extra index) go to $(LOG), not the terminal; a failed install
+# shows the log's tail and says where the rest is.
+define pip_install
+	@echo "make: installing $(1) into $(VENV) (pip's output: $(LOG))"
+	@$(BIN)/pip install --quiet $(2) >>$(LOG) 2>&1 || { tail -n 20 $(LOG); \
+	  echo "make: could not install $(1) into $(VENV); read $(LOG), fix the cause, then run make again"; exit 1; }
+endef
+
 # The demo and the relay need the package alone; the tests add their tools.
 $(RUNTIME): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
-	touch $(RUNTIME)
+	@$(PYTHON) -m venv $(VENV) || { echo "make: could not create $(VENV) with $(PYTHON); install Python 3.11+ with venv, or pass PYTHON=/path/to/python3"; exit 1; }
+	$(call pip_install,the latest pip,--upgrade pip)
+	$(call pip_install,blindrelay,-e .)
+	@touch $(RUNTIME)
 
 $(STAMP): $(RUNTIME)
-	$(BIN)/pip install --quiet -e ".[test]"
-	touch $(STAMP)
+	$(call pip_install,the test tools,-e ".[test]")
+	@touch $(STAMP)
 
 demo: $(RUNTIME)
 	$(BIN)/blindrelay demo
