@@ -13,6 +13,7 @@ import os
 import queue
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import threading
@@ -105,6 +106,82 @@ def busy_fraction(before: tuple[int, int], after: tuple[int, int]) -> float:
     """Of all cores' time between two :func:`machine_cpu_ticks` readings, the busy share."""
     total = after[1] - before[1]
     return (after[0] - before[0]) / total if total > 0 else 0.0
+
+
+SYSCALLS = (
+    "sendto", "recvfrom", "epoll_wait", "futex", "pwrite64", "pread64", "fcntl", "fsync",
+    "fdatasync", "getpid", "write", "read",
+)  # fmt: skip
+"""The system calls :class:`SyscallCounter` counts: the sockets (clients, the writer's
+socketpair), waiting for them, waking threads, and what SQLite does per transaction (WAL
+frames written, locks taken, syncs)."""
+
+PERF_SETTLE_S = 0.5
+"""How long ``perf stat`` gets to attach before the load starts: counting begins only
+once it has opened its events on every thread."""
+
+
+class SyscallCounter:
+    """``perf stat`` on a process tree between two moments: each :data:`SYSCALLS`' calls
+    and the context switches, over all threads of ``pids``.
+
+    Why: CPU time says how much, not what for. Comparing the relay with the forwarder call
+    by call shows where the relay's extra work goes (issue 19: per message, the writer's
+    WAL writes and locks, and the extra hops between processes). Needs ``perf`` and
+    permission to read syscall tracepoints (root, or ``perf_event_paranoid`` ≤ 1 and
+    tracefs readable); :func:`syscall_counting_problem` says what is missing.
+    """
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        events = [f"syscalls:sys_enter_{name}" for name in SYSCALLS] + ["context-switches"]
+        self._process = subprocess.Popen(
+            ["perf", "stat", "-x", ",", "-e", ",".join(events), "-p", ",".join(map(str, pids))],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        time.sleep(PERF_SETTLE_S)
+
+    def stop(self) -> dict[str, int]:
+        """Stop counting; each event's count (``syscalls:sys_enter_`` left out of names)."""
+        self._process.send_signal(signal.SIGINT)
+        try:
+            _, err = self._process.communicate(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            _, err = self._process.communicate()
+        return parse_perf_stat(err)
+
+
+def parse_perf_stat(text: str) -> dict[str, int]:
+    """Counts from ``perf stat -x ,`` output (``value,unit,event,…`` per line); events
+    perf could not count (``<not counted>``, ``<not supported>``) are left out."""
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split(",")
+        if len(fields) < 3:
+            continue
+        try:
+            value = int(float(fields[0]))
+        except ValueError:
+            continue
+        counts[fields[2].removeprefix("syscalls:sys_enter_")] = value
+    return counts
+
+
+def syscall_counting_problem() -> str | None:
+    """Why :class:`SyscallCounter` cannot run here, in one line saying what to do; or None."""
+    if shutil.which("perf") is None:
+        return "perf is not installed; install it (Debian: linux-perf) to count system calls"
+    probe = subprocess.run(
+        ["perf", "stat", "-x", ",", "-e", f"syscalls:sys_enter_{SYSCALLS[0]}", "true"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    if probe.returncode != 0 or f"sys_enter_{SYSCALLS[0]}" not in probe.stderr:
+        return (
+            "perf cannot read syscall tracepoints here; run as root, or lower "
+            "/proc/sys/kernel/perf_event_paranoid to 1 and make tracefs readable"
+        )
+    return None
 
 
 def process_memory_kib(pid: int) -> tuple[int, int]:

@@ -8,8 +8,14 @@ for a core, and how often it was put on a core, then the relay's own SEND stages
 its ``/metrics``. Comparing two versions means running this in each checkout in turn,
 several times (``docs/operations.md`` has such comparisons).
 
+``--syscalls`` also counts the server's system calls per message with ``perf stat``
+(:class:`~bench.procs.SyscallCounter`); ``--server forwarder`` reads the baseline the
+same way, so the two can be set side by side call by call. Counting costs each call a
+little: read a ``--syscalls`` run's counts, not its latencies.
+
     .venv/bin/python bench/threads.py --rate 1000 [--seconds 15] [--pairs 50] [--json PATH]
     .venv/bin/python bench/threads.py --unloaded        # one pair, one message in flight
+    .venv/bin/python bench/threads.py --unloaded --syscalls [--server forwarder]
 """
 
 from __future__ import annotations
@@ -28,26 +34,32 @@ from bench.loadgen import LoadError, LoadSpec, run_load
 from bench.procs import (
     ServerError,
     ServerProcess,
+    SyscallCounter,
     ThreadStat,
     busy_fraction,
     machine_cpu_ticks,
+    syscall_counting_problem,
     thread_stats,
 )
-from bench.relay import SERVERS, SUBJECT, send_stages
+from bench.relay import BASELINE, SERVERS, SUBJECT, send_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def per_message(
-    before: dict[int, ThreadStat], after: dict[int, ThreadStat], n: int, root: int
+    before: dict[int, ThreadStat],
+    after: dict[int, ThreadStat],
+    n: int,
+    root: int,
+    server: str = SUBJECT,
 ) -> list[dict[str, Any]]:
     """Each thread's use between two readings, per message (µs, and runs). Threads are
-    named by role: the relay's process is ``root``, the writer process its child; a
-    process's first thread is its ``main``."""
+    named by role: the server's process is ``root`` (named ``server``), the writer
+    process its child; a process's first thread is its ``main``."""
     rows = []
     for tid, end in sorted(after.items()):
         start = before.get(tid, replace(end, user_s=0, system_s=0, run_s=0, wait_s=0, runs=0))
-        role = f"{'relay' if end.pid == root else 'child'} {'main' if tid == end.pid else 'thread'}"
+        role = f"{server if end.pid == root else 'child'} {'main' if tid == end.pid else 'thread'}"
         rows.append({
             "pid": end.pid, "tid": tid, "name": end.name, "role": role,
             "cpu_us": round((end.run_s - start.run_s) / n * 1e6, 1),
@@ -59,13 +71,23 @@ def per_message(
     return rows
 
 
-def measure(spec: LoadSpec, workdir: Path) -> dict[str, Any]:
-    """Start a fresh relay, run ``spec`` against it, read its threads around the load."""
-    argv = SERVERS[SUBJECT][1](workdir)
+def measure(
+    spec: LoadSpec, workdir: Path, server_name: str = SUBJECT, syscalls: bool = False
+) -> dict[str, Any]:
+    """Start a fresh server, run ``spec`` against it, read its threads around the load
+    (and, with ``syscalls``, count its system calls over the same span)."""
+    argv = SERVERS[server_name][1](workdir)
     marks: dict[str, tuple[dict[int, ThreadStat], tuple[int, int]]] = {}
-    with ServerProcess(argv, log=workdir / "relay.log", cwd=ROOT) as server:
+    counter: SyscallCounter | None = None
+    calls: dict[str, int] = {}
+    with ServerProcess(argv, log=workdir / f"{server_name}.log", cwd=ROOT) as server:
 
         def phase(name: str, _reports: list[dict[str, Any]]) -> None:
+            nonlocal counter, calls
+            if name == "ready" and syscalls:
+                counter = SyscallCounter(server.tree())
+            if name == "done" and counter is not None:
+                calls = counter.stop()
             marks[name] = (thread_stats(server.tree()), machine_cpu_ticks())
 
         result = run_load(replace(spec, url=server.url), phase)
@@ -74,6 +96,7 @@ def measure(spec: LoadSpec, workdir: Path) -> dict[str, Any]:
     (start, ticks0), (end, ticks1) = marks["ready"], marks["done"]
     n = result.messages
     return {
+        "server": server_name,
         "spec": asdict(spec),
         "messages": n,
         "msgs_per_s": round(result.rate, 1),
@@ -81,14 +104,18 @@ def measure(spec: LoadSpec, workdir: Path) -> dict[str, Any]:
         "p95_ms": round(result.delivery_ms(95), 2),
         "p99_ms": round(result.delivery_ms(99), 2),
         "machine_busy": round(busy_fraction(ticks0, ticks1), 3),
-        "threads": per_message(start, end, n, root),
+        "threads": per_message(start, end, n, root, server_name),
         "send_stages_ms": stages,
+        "syscalls_per_msg": {name: round(count / n, 2) for name, count in calls.items()}
+        if syscalls
+        else None,
     }
 
 
 def render(record: dict[str, Any]) -> str:
+    server = record["server"]
     lines = [
-        f"relay at {record['msgs_per_s']:,.0f} msg/s, {record['messages']:,} messages: "
+        f"{server} at {record['msgs_per_s']:,.0f} msg/s, {record['messages']:,} messages: "
         f"p50 {record['p50_ms']} ms, p95 {record['p95_ms']} ms, p99 {record['p99_ms']} ms; "
         f"both cores {100 * record['machine_busy']:.0f} % busy",
         f"{'pid':>7} {'tid':>7} {'thread':13} {'CPU us/msg':>11} {'user':>7} {'system':>7} "
@@ -101,9 +128,13 @@ def render(record: dict[str, Any]) -> str:
             f"{t['runs']:>9.2f}"
         )
     total = sum(t["cpu_us"] for t in record["threads"])
-    lines.append(f"{'':30} {total:>11,.1f}  (whole relay)")
+    lines.append(f"{'':30} {total:>11,.1f}  (whole {server})")
     for stage, (p50, p99) in (record["send_stages_ms"] or {}).items():
         lines.append(f"  {stage:8} p50 {p50} ms, p99 {p99} ms")
+    calls = record["syscalls_per_msg"]
+    if calls is not None:
+        lines.append("system calls per message, all threads:")
+        lines.append("  " + "  ".join(f"{name} {count:,.2f}" for name, count in calls.items()))
     return "\n".join(lines)
 
 
@@ -114,10 +145,20 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--unloaded", action="store_true", help="one pair, one message in flight")
     parser.add_argument("--seconds", type=float, default=15.0, help="paced run length (default 15)")
     parser.add_argument("--pairs", type=int, default=50, help="sender/recipient pairs (default 50)")
+    parser.add_argument(
+        "--server", choices=(SUBJECT, BASELINE), default=SUBJECT,
+        help=f"the server to read (default {SUBJECT}; {BASELINE}: the baseline of bench/run.py)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--syscalls", action="store_true",
+        help="also count the server's system calls per message (perf stat; needs perf)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the record here too")
     args = parser.parse_args(argv)
     if args.rate is not None and (args.rate <= 0 or args.seconds <= 0 or args.pairs < 1):
         parser.error("--rate and --seconds must be positive and --pairs at least 1")
+    if args.syscalls and (problem := syscall_counting_problem()) is not None:
+        parser.error(f"--syscalls: {problem}")
     if args.unloaded:
         spec = LoadSpec(url="", pairs=1, messages=3000, window=1, workers=1)
     else:
@@ -125,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = LoadSpec(url="", pairs=args.pairs, messages=messages, rate=args.rate)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-threads-") as tmp:
-            record = measure(spec, Path(tmp))
+            record = measure(spec, Path(tmp), args.server, args.syscalls)
     except (LoadError, ServerError, OSError) as exc:
         print(f"threads: {exc}", file=sys.stderr)
         return 1
