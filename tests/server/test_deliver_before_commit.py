@@ -27,7 +27,10 @@ from blindrelay.server.config import RelayConfig
 from blindrelay.server.context import CLOSE_STORE_FAILED
 from blindrelay.server.relay import RunningRelay
 from blindrelay.server.store.sqlite.tables import count_queued
-from blindrelay.server.store.sqlite.writer_process import PAUSE_BEFORE_COMMIT_ENV
+from blindrelay.server.store.sqlite.writer_process import (
+    HOLD_BEFORE_BATCH_ENV,
+    PAUSE_BEFORE_COMMIT_ENV,
+)
 
 from .conftest import ALL_BACKENDS, Clients, FakeClock, RawClient, RelayFixture, until
 
@@ -122,18 +125,25 @@ async def test_an_envelope_decided_while_a_page_is_read_is_paged_after_it(
     Held before the COMMIT, batch 1 holds S1…S4; bob's window of 3 is full (S4 waits),
     his ACK of S1 and S2 asks for a page (P), and alice's S5 follows: both wait in the
     writer's socket and make batch 2 = [P, S5]. P finds S4 alone, S5 is decided after it.
+    An idle writer takes S1 alone, so the writer is held (``HOLD_BEFORE_BATCH_ENV``)
+    until S2…S4 have joined it.
     """
-    pause = tmp_path / "pause"
+    pause, hold = tmp_path / "pause", tmp_path / "hold"
     monkeypatch.setenv(PAUSE_BEFORE_COMMIT_ENV, str(pause))
+    monkeypatch.setenv(HOLD_BEFORE_BATCH_ENV, str(hold))
     windowed = replace(config, delivery_window=3, send_burst_user=100, send_burst_pair=100)
-    async with RelayFixture(windowed, clock) as relay, released(pause):
+    async with RelayFixture(windowed, clock) as relay, released(pause), released(hold):
         alice = await clients.registered(relay.url, "alice")
         bob = await clients.registered(relay.url, "bob")
         assert isinstance(await bob.send_message("alice", b"hi"), Sent)  # a contact now
         metrics = relay.ctx.metrics
         await settled(relay, "bob")
         pause.touch()
+        hold.touch()
         answers = [await send_unanswered(alice, "bob", b"S%d" % n) for n in range(1, 5)]
+        await until(lambda: metrics.frames_received[Send.TYPE] == 5)
+        await asyncio.sleep(0.05)  # S2…S4 leave in the loop turn after their frames
+        hold.unlink()
         first = await bob.deliveries(3)
         assert [d.body for d in first] == [b"S1", b"S2", b"S3"]  # S4: the window is full
         outbox = outbox_of(relay, "bob")

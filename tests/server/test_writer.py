@@ -15,7 +15,10 @@ import json
 import logging
 import os
 import signal
+import sqlite3
+import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -169,10 +172,17 @@ async def test_the_writers_log_lines_are_logged_by_the_relay(
 # --- merging --------------------------------------------------------------------------
 
 
+def in_flight(writer: Writer) -> None:
+    """A job in flight: the writer is busy, so what is called next waits for the turn's
+    end and may merge (an idle writer gets the first job at once, alone)."""
+    writer.call("noop", (), lambda ok, value: None)
+
+
 async def test_consecutive_merged_items_each_get_their_own_result(writer: Writer) -> None:
     for handle in ("alice", "bob", "carol"):
         await writer.submit("create_account", handle, "user", handle.encode() * 4, 0)
     outcomes: Outcomes = []
+    in_flight(writer)
     writer.call_many("acknowledge", ["bob", [1, 2]], recorder(outcomes, "bob"))
     writer.call_many("acknowledge", ["carol", [3]], recorder(outcomes, "carol"))
     writer.call_many("acknowledge", ["nobody", [4]], recorder(outcomes, "nobody"))
@@ -183,6 +193,7 @@ async def test_consecutive_merged_items_each_get_their_own_result(writer: Writer
 async def test_merged_items_commit_or_fail_together(writer: Writer) -> None:
     """One job: an item that breaks it fails every item merged with it."""
     outcomes: Outcomes = []
+    in_flight(writer)
     writer.call_many("acknowledge", ["bob", [1]], recorder(outcomes, "fine"))
     writer.call_many("acknowledge", ["bob", 7], recorder(outcomes, "not a list"))
     await writer.submit("noop")
@@ -194,6 +205,7 @@ async def test_another_job_in_between_ends_the_merge(writer: Writer) -> None:
     """Merging never reorders: after an unrelated job, items start a new job, so the
     failure of the later one no longer touches the earlier one."""
     outcomes: Outcomes = []
+    in_flight(writer)
     writer.call_many("acknowledge", ["bob", [1]], recorder(outcomes, "fine"))
     writer.call("noop", (), recorder(outcomes, "between"))
     writer.call_many("acknowledge", ["bob", 7], recorder(outcomes, "not a list"))
@@ -205,6 +217,7 @@ async def test_another_job_in_between_ends_the_merge(writer: Writer) -> None:
 
 async def test_items_of_different_operations_are_not_merged(writer: Writer) -> None:
     outcomes: Outcomes = []
+    in_flight(writer)
     writer.call_many("acknowledge", ["bob", [1]], recorder(outcomes, "ack"))
     writer.call_many("login_seqs", "bob", recorder(outcomes, "seqs"))
     writer.call_many("login_seqs", ["x"], recorder(outcomes, "bad seqs"))  # breaks its job
@@ -212,6 +225,46 @@ async def test_items_of_different_operations_are_not_merged(writer: Writer) -> N
     assert [(name, ok) for name, ok, _ in outcomes] == [
         ("ack", True), ("seqs", False), ("bad seqs", False),
     ]  # fmt: skip
+
+
+async def test_an_item_for_an_idle_writer_leaves_alone_and_the_next_one_is_not_lost(
+    writer: Writer,
+) -> None:
+    """The first item goes at once to an idle writer; the next cannot join a job that has
+    left, so it starts its own — and gets its own outcome."""
+    outcomes: Outcomes = []
+    writer.call_many("acknowledge", ["bob", [1]], recorder(outcomes, "fine"))
+    writer.call_many("acknowledge", ["bob", 7], recorder(outcomes, "not a list"))
+    await writer.submit("noop")
+    assert [(name, ok) for name, ok, _ in outcomes] == [("fine", True), ("not a list", False)]
+
+
+def committed_handles(path: Path) -> set[str]:
+    with closing(sqlite3.connect(path)) as db:
+        return {row[0] for row in db.execute("SELECT handle FROM accounts")}
+
+
+async def test_an_idle_writer_gets_a_job_at_once_and_the_rest_of_the_turn_at_its_end(
+    tmp_path: Path,
+) -> None:
+    """Issue 19: the writer starts on the first job of a turn while the loop is still busy
+    with the rest of it. Seen from outside: with the loop held inside one turn, the first
+    job's row is committed and the second's is not, until the turn ends."""
+    path = tmp_path / "relay.db"
+    async with RunningWriter(path) as writer:
+        outcomes: Outcomes = []
+        writer.call("create_account", ("alice", "user", b"a" * 32, 0), recorder(outcomes, "a"))
+        writer.call("create_account", ("bob", "user", b"b" * 32, 0), recorder(outcomes, "b"))
+        deadline = time.monotonic() + 10
+        while "alice" not in committed_handles(path):  # the loop does not run meanwhile
+            assert time.monotonic() < deadline, "the first job did not leave during the turn"
+            time.sleep(0.01)
+        time.sleep(0.2)  # time enough for the second, had it left too
+        assert committed_handles(path) == {"alice"}
+        assert outcomes == []  # answers wait for the loop
+        await writer.submit("noop")
+        assert outcomes == [("a", True, None), ("b", True, None)]
+        assert committed_handles(path) == {"alice", "bob"}
 
 
 # --- losing the process, closing ------------------------------------------------------

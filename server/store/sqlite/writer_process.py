@@ -69,6 +69,13 @@ names exists, the writer waits after sending a batch's decisions and before its 
 — so a test can kill the relay between a DELIVER and the commit of its envelope. Unset
 in any real deployment; read once at start."""
 
+HOLD_BEFORE_BATCH_ENV = "BLINDRELAY_TEST_HOLD_BEFORE_BATCH"
+"""Fault injection for tests, and nothing else: while the file this variable names
+exists, the writer waits once it has received a job and before it gathers its batch —
+so jobs sent meanwhile share one batch, which a test needs in order to build a batch of
+several SENDs when an idle writer would otherwise take the first one alone
+(:meth:`.writer.Writer.call`). Unset in any real deployment; read once at start."""
+
 
 class _Collect(logging.Handler):
     """Keeps log records as (level, event, fields) for the relay to log."""
@@ -258,6 +265,7 @@ def serve(
     logs: list[list[Any]],
     pause: Path | None = None,
     durability: Durability | None = None,
+    hold: Path | None = None,
 ) -> None:
     """Answer batches until EOF; every job received before EOF is committed and answered.
 
@@ -298,6 +306,8 @@ def serve(
                 queued.extend(batch)
         if durability is not None:
             durability.wait_behind(1)  # meanwhile more jobs arrive: a larger batch
+        while hold is not None and hold.exists():
+            time.sleep(0.01)
         while not eof and len(queued) < MAX_JOBS_PER_COMMIT:
             try:
                 data = recv(RECV_BYTES, socket.MSG_DONTWAIT)
@@ -360,12 +370,16 @@ def main(argv: list[str]) -> int:
     log_event(logging.INFO, "gc_policy", role="writer", threshold=int(gc_threshold), frozen=frozen)
     sock.sendall(msgpack.packb(["ready", os.getpid()]))
     pause = os.environ.get(PAUSE_BEFORE_COMMIT_ENV)
+    hold = os.environ.get(HOLD_BEFORE_BATCH_ENV)
     durability = (
         Durability(Path(f"{path}-wal"), sock, threading.Lock()) if synchronous == "FULL" else None
     )
     try:
         try:
-            serve(sock, GroupCommitter(tables), logs, Path(pause) if pause else None, durability)
+            serve(
+                sock, GroupCommitter(tables), logs, Path(pause) if pause else None, durability,
+                Path(hold) if hold else None,
+            )  # fmt: skip
         finally:
             if durability is not None:
                 durability.close()
