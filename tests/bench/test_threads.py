@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from bench.procs import parse_perf_stat, syscall_counting_problem, thread_stats
@@ -24,7 +25,12 @@ def test_this_process_threads_are_read_and_differenced_per_message():
     worker.start()
     try:
         before = thread_stats([os.getpid()])
-        sum(range(200_000))  # some CPU on the main thread
+        spent = time.thread_time()
+        while time.thread_time() - spent < 0.02:  # 20 ms of CPU on the main thread
+            sum(range(10_000))
+        # The kernel adds a running thread's time to its schedstat at a tick or when the
+        # thread leaves the core, not when it is read: leave the core once.
+        time.sleep(0.001)
         after = thread_stats([os.getpid()])
     finally:
         stop.set()
