@@ -59,7 +59,8 @@ from blindrelay.protocol.transparency.treehead import sign_tree_head
 from blindrelay.server.store.postgresql import transparency as pglog
 from blindrelay.server.store.records import LogHead
 from blindrelay.server.store.sqlite import jobs
-from blindrelay.server.store.sqlite.tables import Tables, connect
+from blindrelay.server.store.sqlite.database import connect
+from blindrelay.server.store.sqlite.tables import Tables
 from blindrelay.server.store.sqlite.transparency import TransparencyLog
 
 URL_VARIABLES = ("BLINDRELAY_BENCH_POSTGRES", "BLINDRELAY_TEST_POSTGRES")

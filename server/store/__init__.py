@@ -307,8 +307,8 @@ def open_admin_store(url: str) -> AdminStore:
         from .postgresql.admin import PostgresAdminStore
 
         return PostgresAdminStore.open(url)
+    from .sqlite.database import check_relay_file
     from .sqlite.store import SqliteAdminStore
-    from .sqlite.tables import check_relay_file
 
     check_relay_file(location.path)
     return SqliteAdminStore.open(location.path)
@@ -322,8 +322,8 @@ def inspect_store(url: str, limit: int) -> Iterator[str]:
         from .postgresql.inspection import inspect_database as inspect_postgresql
 
         return inspect_postgresql(url, limit)
+    from .sqlite.database import check_relay_file
     from .sqlite.inspection import inspect_database
-    from .sqlite.tables import check_relay_file
 
     check_relay_file(location.path)
     return inspect_database(location.path, limit)

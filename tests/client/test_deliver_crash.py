@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from blindrelay.server.store.sqlite.tables import count_queued
+from blindrelay.server.store.sqlite.database import count_queued
 from blindrelay.server.store.sqlite.writer_process import PAUSE_BEFORE_COMMIT_ENV
 
 from .harness import Inbox, online, run, within

@@ -19,7 +19,8 @@ from blindrelay.protocol import limits
 from blindrelay.protocol.errors import HandleTaken, RegistrationRefused
 from blindrelay.server.cli import main
 from blindrelay.server.registration import invite_digest
-from blindrelay.server.store.sqlite.tables import Tables, connect
+from blindrelay.server.store.sqlite.database import connect
+from blindrelay.server.store.sqlite.tables import Tables
 
 from ..relays import relay_at
 from .harness import make_client, run, within

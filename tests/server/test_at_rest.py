@@ -28,7 +28,7 @@ import pytest
 from blindrelay.protocol.frames import Ack, Sent
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.store import Account
-from blindrelay.server.store.sqlite import tables as storage
+from blindrelay.server.store.sqlite import database
 from blindrelay.server.store.sqlite.commit import GroupCommitter
 from blindrelay.server.store.sqlite.tables import Tables
 
@@ -196,9 +196,9 @@ def test_deleted_rows_are_overwritten_even_where_sqlite_keeps_them_by_default(
         conn.execute("PRAGMA secure_delete=OFF")
         return conn
 
-    monkeypatch.setattr(storage.sqlite3, "connect", keeping_deleted_bytes)
+    monkeypatch.setattr(database.sqlite3, "connect", keeping_deleted_bytes)
     db = tmp_path / "relay.db"
-    store = Tables(storage.connect(db))
+    store = Tables(database.connect(db))
     writer = GroupCommitter(store)
     sender = Account("sndr-1c9a0f", "user", b"s" * 32)
     bodies = [body(f"queued-{n}", size) for n, size in enumerate([200, 3000, 20000])]

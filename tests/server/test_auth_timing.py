@@ -41,7 +41,8 @@ from blindrelay.server.context import Limiters, RelayContext, Session
 from blindrelay.server.dispatch import Dispatcher
 from blindrelay.server.registration import RegistrationPolicy
 from blindrelay.server.store import Account, Done
-from blindrelay.server.store.sqlite.tables import Accounts, Tables, connect, connect_reader
+from blindrelay.server.store.sqlite.database import connect, connect_reader
+from blindrelay.server.store.sqlite.tables import Accounts, Tables
 
 from .conftest import FakeClock
 

@@ -41,7 +41,8 @@ from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
 from blindrelay.server.store import Account
 from blindrelay.server.store.sqlite import jobs
-from blindrelay.server.store.sqlite.tables import Tables, connect
+from blindrelay.server.store.sqlite.database import connect
+from blindrelay.server.store.sqlite.tables import Tables
 
 from .conftest import (
     ALL_BACKENDS,

@@ -26,7 +26,7 @@ from blindrelay.protocol.frames import Ack, Deliver, Error, Send, Sent
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.context import CLOSE_STORE_FAILED
 from blindrelay.server.relay import RunningRelay
-from blindrelay.server.store.sqlite.tables import count_queued
+from blindrelay.server.store.sqlite.database import count_queued
 from blindrelay.server.store.sqlite.writer_process import (
     HOLD_BEFORE_BATCH_ENV,
     PAUSE_BEFORE_COMMIT_ENV,

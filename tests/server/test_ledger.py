@@ -22,8 +22,9 @@ from blindrelay.protocol.errors import QueueFull
 from blindrelay.protocol.signed import ConsentStatement
 from blindrelay.server.store.rules import STATEMENT_NONCE_KEEP_MS
 from blindrelay.server.store.sqlite.commit import GroupCommitter
+from blindrelay.server.store.sqlite.database import connect
 from blindrelay.server.store.sqlite.ledger import ConsentLedger
-from blindrelay.server.store.sqlite.tables import Tables, connect
+from blindrelay.server.store.sqlite.tables import Tables
 
 T0 = 1_800_000_000_000
 RELAY_KEY = b"r" * 32

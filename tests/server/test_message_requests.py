@@ -20,7 +20,8 @@ from blindrelay.server.config import RelayConfig
 from blindrelay.server.delivery import send_rules
 from blindrelay.server.store import Account
 from blindrelay.server.store.sqlite import jobs
-from blindrelay.server.store.sqlite.tables import Tables, connect
+from blindrelay.server.store.sqlite.database import connect
+from blindrelay.server.store.sqlite.tables import Tables
 
 from .conftest import ALL_BACKENDS, Clients, FakeClock, RawClient, error_code, relay_with
 from .consent_helpers import stated

@@ -15,7 +15,8 @@ from blindrelay.protocol.errors import QueueFull
 from blindrelay.protocol.transparency.bills import month_of, month_span
 from blindrelay.server.store import Account
 from blindrelay.server.store.sqlite.commit import GroupCommitter
-from blindrelay.server.store.sqlite.tables import Tables, connect
+from blindrelay.server.store.sqlite.database import connect
+from blindrelay.server.store.sqlite.tables import Tables
 
 times = st.integers(min_value=0, max_value=2**47)  # to the year 6429
 

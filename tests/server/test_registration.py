@@ -25,8 +25,9 @@ from blindrelay.server.config import RelayConfig
 from blindrelay.server.registration import source_key
 from blindrelay.server.relay import RunningRelay, serve
 from blindrelay.server.store import Account
+from blindrelay.server.store.sqlite.database import connect
 from blindrelay.server.store.sqlite.schema import SCHEMA_VERSION
-from blindrelay.server.store.sqlite.tables import Tables, connect
+from blindrelay.server.store.sqlite.tables import Tables
 
 from .conftest import Clients, FakeClock, RawClient, RelayFixture, db_rows, error_code
 

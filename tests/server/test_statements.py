@@ -35,7 +35,8 @@ from blindrelay.server.relay import RunningRelay
 from blindrelay.server.store import Account
 from blindrelay.server.store.sqlite import jobs
 from blindrelay.server.store.sqlite.commit import GroupCommitter
-from blindrelay.server.store.sqlite.tables import Tables, connect
+from blindrelay.server.store.sqlite.database import connect
+from blindrelay.server.store.sqlite.tables import Tables
 
 from .conftest import ALL_BACKENDS, Clients, FakeClock, RawClient, db_rows, error_code, relay_with
 from .consent_helpers import state, stated, statement_bytes

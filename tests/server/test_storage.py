@@ -25,9 +25,10 @@ from blindrelay.server.logs import JsonFormatter
 from blindrelay.server.store import Account
 from blindrelay.server.store.sqlite import jobs
 from blindrelay.server.store.sqlite.commit import GroupCommitter
+from blindrelay.server.store.sqlite.database import connect
 from blindrelay.server.store.sqlite.schema import SCHEMA_VERSION
 from blindrelay.server.store.sqlite.store import SqliteStore
-from blindrelay.server.store.sqlite.tables import Tables, connect
+from blindrelay.server.store.sqlite.tables import Tables
 from blindrelay.server.store.sqlite.writer import Writer
 
 ALICE = Account("alice", "user", b"k" * 32)

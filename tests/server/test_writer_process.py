@@ -33,7 +33,8 @@ import pytest
 from blindrelay.protocol.errors import ErrorCode
 from blindrelay.server.store.sqlite import jobs, writer_process
 from blindrelay.server.store.sqlite.commit import GroupCommitter
-from blindrelay.server.store.sqlite.tables import Tables, connect
+from blindrelay.server.store.sqlite.database import connect
+from blindrelay.server.store.sqlite.tables import Tables
 
 READ_TIMEOUT_S = 10.0
 """Longest wait for the process's next message; a healthy one answers in milliseconds."""

@@ -17,7 +17,8 @@ from typing import Any
 from blindrelay.protocol.errors import InternalError
 
 from ...logs import log_event
-from .tables import Tables, checkpoint
+from .database import checkpoint
+from .tables import Tables
 
 Job = Callable[[Tables], Any]
 Outcome = tuple[bool, Any]

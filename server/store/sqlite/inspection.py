@@ -21,7 +21,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from .tables import connect_reader
+from .database import connect_reader
 
 CIPHERTEXT_PREFIX_BYTES = 8
 """Bytes of each envelope body shown; enough to see it is random-looking."""

@@ -2,12 +2,12 @@
 
 :data:`SCHEMA` is the current schema as plain DDL (every ``CREATE … IF NOT EXISTS``);
 :data:`SCHEMA_VERSION` is what ``PRAGMA user_version`` says once a file has it. A file
-made by an older relay gets, in one transaction (``tables.connect``): the columns added
+made by an older relay gets, in one transaction (``database.connect``): the columns added
 since (:func:`add_columns`), the tables and indexes added since (the schema itself), and
 what those need from the old data (:func:`migrate`). The PostgreSQL back end keeps its
 own versioned migrations (``..postgresql.schema``).
 
-Not here: opening the file (``tables.connect``), the rows' meaning (``tables``).
+Not here: opening the file (``database.connect``), the rows' meaning (``tables``).
 """
 
 from __future__ import annotations

@@ -36,15 +36,8 @@ from .. import Done, StoreError, transparency
 from ..records import Account, MonthUsage
 from ..transparency import MAX_BILL_ITEMS_WHOLE
 from . import jobs
-from .tables import (
-    Accounts,
-    PreKeyStore,
-    Tables,
-    check_relay_file,
-    connect,
-    connect_reader,
-    count_queued,
-)
+from .database import check_relay_file, connect, connect_reader, count_queued
+from .tables import Accounts, PreKeyStore, Tables
 from .writer import Writer
 
 LOST = "the writer process exited"

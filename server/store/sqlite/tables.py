@@ -43,7 +43,7 @@ arrived while the previous commit ran share one transaction
 reported only after that commit. A job that fails undoes only itself (see
 :meth:`.commit.GroupCommitter.commit`). Outcomes come back in the same order, which
 is what keeps deliveries in delivery-id order. The event loop keeps a
-read-only WAL connection for account lookups (:func:`connect_reader`;
+read-only WAL connection for account lookups (:func:`.database.connect_reader`;
 :class:`~.store.SqliteStore` puts the two behind the relay's ``Store``).
 
 The writer is the only writer of accounts, pairs and the queue, so it keeps
@@ -53,8 +53,9 @@ and per-recipient queue lengths. A SEND then costs two SQL statements (INSERT
 undone with the job's savepoint, and a failed commit empties the caches, so
 they never disagree with what is on disk.
 
-The schema and the upgrades of older files are :mod:`.schema`'s; :func:`connect` applies
-them. Schema is plain DDL (sqlite-utils has no ``AUTOINCREMENT``); hot paths use
+The schema and the upgrades of older files are :mod:`.schema`'s, and
+:func:`.database.connect` applies them; opening, checking and checkpointing the file are
+:mod:`.database`'s. Schema is plain DDL (sqlite-utils has no ``AUTOINCREMENT``); hot paths use
 prepared ``execute`` and plain ``BEGIN``/``SAVEPOINT`` (sqlite-utils'
 ``atomic`` cost ~10 % of the CPU per message); sqlite-utils supplies
 migrations' transaction and the inspection API.
@@ -65,14 +66,9 @@ operations make (``..rules``), what the relay sees of the store (``..``).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sqlite3
-import stat
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import sqlite_utils
 
@@ -80,8 +76,6 @@ from blindrelay.protocol.errors import InvalidPrekeys
 from blindrelay.protocol.frames import OneTimePreKeyRecord, SignedPreKeyRecord
 from blindrelay.protocol.skeleton import leading_skeletons, skeleton
 
-from ...logs import log_event
-from .. import StoreStartError
 from ..records import Account
 from ..rules import bucket_full_at, bucket_tokens
 from .bills import Bills
@@ -90,148 +84,7 @@ from .ledger import ConsentLedger
 from .metering import UsageMeter
 from .profiles import BadgeStore, ProfileStore
 from .queue import MessageQueue
-from .schema import SCHEMA_VERSION, add_columns, migrate, statements
 from .transparency import TransparencyLog
-
-FILE_MODE = 0o600
-"""SPEC §11.2: the database, its WAL and its shared memory are readable by the
-relay's user only — the database holds the relay's private seed."""
-
-WAL_SIZE_LIMIT_BYTES = 4 << 20
-"""``journal_size_limit``: what SQLite cuts the WAL back to when it restarts it
-after a checkpoint, so a burst does not leave a large file behind. 4 MiB is
-where SQLite's own automatic checkpoint fires (1000 pages of 4 KiB): smaller
-would truncate and regrow the file at every restart; the periodic truncating
-checkpoint (:func:`checkpoint`) empties it entirely anyway."""
-
-BUSY_TIMEOUT_MS = 5000
-CHECKPOINT_BUSY_TIMEOUT_MS = 200
-"""How long a checkpoint waits for readers of an older snapshot (an operator's
-``inspect``) before it gives up until the next one; the writer, and so every
-SEND, waits meanwhile."""
-
-
-def check_relay_file(path: Path, *, new: bool = False) -> None:
-    """Refuse, in one line (:class:`StoreStartError`), a file that is not a relay
-    database before anything writes to it: a chat profile, another program's SQLite
-    file, or no SQLite file at all would otherwise be given the relay's tables.
-    ``new``: a missing file is made (``serve``) if its folder exists; otherwise a
-    missing file is refused (the operator's commands and ``inspect`` read a relay's)."""
-    if not path.exists():
-        if not new:
-            raise StoreStartError(f"no relay database at {path}: give the --db of a relay")
-        if not path.parent.is_dir():
-            raise StoreStartError(
-                f"cannot create {path}: the folder {path.parent} does not exist; create it "
-                "or give --db a path in an existing folder"
-            )
-        return
-    if path.is_dir():
-        raise StoreStartError(f"{path} is a folder: give --db a database file")
-    try:
-        # immutable: read the schema without making -wal/-shm files beside a file that
-        # may not be ours (a chat profile in WAL mode would get them from a plain read).
-        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro&immutable=1", uri=True)
-        try:
-            names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as exc:
-        raise StoreStartError(f"{path} is not a relay database ({exc})") from None
-    if names and "relay_identity" not in names:
-        raise StoreStartError(
-            f"{path} is not a relay database (its tables are another program's, a chat "
-            "profile's perhaps); give the --db of a relay"
-        )
-
-
-def connect(path: Path, synchronous: str = "FULL") -> sqlite_utils.Database:
-    """Open (creating if needed) the relay database in WAL mode.
-
-    ``isolation_level=None``: the connection never opens transactions behind
-    our back; :meth:`sqlite_utils.Database.atomic` opens them explicitly.
-    Files are private (:func:`_make_private`) and deleted rows are overwritten
-    (``secure_delete``, SPEC §11.2).
-    """
-    _make_private(path)
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=True)
-    conn.execute("PRAGMA journal_mode=WAL")
-    # Checked against config.SYNCHRONOUS_MODES before we get here.
-    conn.execute(f"PRAGMA synchronous={synchronous}")
-    # "Deleted rows MUST be overwritten": SQLite zeroes deleted cells and freed
-    # pages only with this on, and builds differ in the default (Debian's is on).
-    conn.execute("PRAGMA secure_delete=ON")
-    conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
-    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA foreign_keys=ON")
-    db = sqlite_utils.Database(conn)
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version < SCHEMA_VERSION:
-        with db.atomic():
-            if version:  # an existing database, made by an older relay
-                add_columns(conn)
-            # Statement by statement: executescript() would COMMIT first.
-            for statement in statements():
-                conn.execute(statement)
-            migrate(conn, version)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-    return db
-
-
-def _make_private(path: Path) -> None:
-    """SPEC §11.2: the database and its -wal and -shm are 0600 whatever the umask.
-
-    SQLite creates a new database 0644 (forcing the mode past the umask) and its
-    -wal and -shm with the database's mode, so the database is created here
-    first; files an older relay left wider are narrowed.
-    """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-    try:
-        if stat.S_IMODE(os.fstat(fd).st_mode) != FILE_MODE:
-            os.fchmod(fd, FILE_MODE)
-    finally:
-        os.close(fd)
-    for suffix in ("-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            companion = Path(f"{path}{suffix}")
-            if stat.S_IMODE(companion.stat().st_mode) != FILE_MODE:
-                companion.chmod(FILE_MODE)
-
-
-def checkpoint(db: sqlite_utils.Database) -> bool:
-    """SPEC §11.2: fold the WAL into the database file and truncate it to zero bytes.
-
-    What acknowledged and purged envelopes left in the WAL is gone after this;
-    in the database file ``secure_delete`` zeroed them. Must run outside a
-    transaction. False when a reader of an older snapshot kept it from
-    completing (within :data:`CHECKPOINT_BUSY_TIMEOUT_MS`): the next one retries.
-    """
-    conn = db.conn
-    conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_BUSY_TIMEOUT_MS}")
-    try:
-        busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-    finally:
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    log_event(20 if not busy else 30, "wal_checkpoint", complete=not busy, frames=frames)
-    return not busy
-
-
-def connect_reader(path: Path) -> sqlite_utils.Database:
-    """A read-only connection for the event-loop thread (WAL readers never block)."""
-    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
-    return sqlite_utils.Database(conn)
-
-
-def count_queued(path: Path) -> int:
-    """Envelopes in the queue (``RelayMetrics.queued``), on a read-only connection of
-    its own: callable from any thread."""
-    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
-    try:
-        return int(conn.execute("SELECT count(*) FROM queue").fetchone()[0])
-    finally:
-        conn.close()
-
-
 
 # --- records ----------------------------------------------------------------
 

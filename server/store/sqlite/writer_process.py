@@ -43,8 +43,9 @@ from blindrelay.protocol.errors import ProtocolError
 from ... import gcpolicy
 from ...logs import _FIELDS, LOGGER, log_event
 from .commit import MAX_JOBS_PER_COMMIT, GroupCommitter, Job
+from .database import checkpoint, connect
 from .jobs import OPERATIONS
-from .tables import Tables, checkpoint, connect
+from .tables import Tables
 
 PR_SET_PDEATHSIG = 1
 RECV_BYTES = 1 << 20
