@@ -110,9 +110,10 @@ reported beside them: where the store stage's time goes."""
 
 def send_stages(argv: list[str]) -> dict[str, list[float]] | None:
     """The relay's SEND → SENT histogram by stage (``/metrics``), its batches' and
-    COMMITs' times, and SEND → DELIVER (``deliver``): [p50, p99] ms of each,
-    interpolated within its bucket as Prometheus's histogram_quantile does; None for a
-    server without ``--metrics-listen``."""
+    COMMITs' times, SEND → DELIVER (``deliver``) and the way to a decision before the
+    commit by its stages (``decision wait``, ``decision decide``, ``decision back``):
+    [p50, p99] ms of each, interpolated within its bucket as Prometheus's
+    histogram_quantile does; None for a server without ``--metrics-listen``."""
     if "--metrics-listen" not in argv:
         return None
     text = metrics_text(argv[argv.index("--metrics-listen") + 1])
@@ -132,6 +133,10 @@ def send_stages(argv: list[str]) -> dict[str, list[float]] | None:
                 buckets.setdefault(store_parts[family.name], []).append((bound, sample.value))
             elif family.name == "blindrelay_deliver_seconds":
                 delivered[bound] = delivered.get(bound, 0.0) + sample.value
+            elif family.name == "blindrelay_decision_seconds":
+                buckets.setdefault(f"decision {sample.labels['stage']}", []).append(
+                    (bound, sample.value)
+                )
     if delivered:
         buckets["deliver"] = list(delivered.items())
     return {

@@ -290,11 +290,16 @@ def w_latency(suite: Suite, tmp: Path) -> None:
                 for q in ("p95", "p99")
             ]  # fmt: skip
         # Where the relay's own time goes (its /metrics, issue 19): SEND → SENT p99 by
-        # stage, inside the store stage a batch and its COMMIT, and SEND → DELIVER.
+        # stage, inside the store stage a batch and its COMMIT, SEND → DELIVER, and the
+        # way to the decision a DELIVER waits for, by its stages.
         for stage, (_p50, p99) in (rel.send_stages_ms or {}).items():
             label = {"batch": "store: batch", "commit": "store: COMMIT"}.get(stage, stage)
             if stage == "deliver":
                 suite.figures.append(Figure(w, "DELIVER p99 ms (relay)", p99, None, "(relay only)"))
+            elif stage.startswith("decision "):
+                suite.figures.append(
+                    Figure(w, f"DELIVER p99 ms: {stage}", p99, None, "(relay only)")
+                )
             else:
                 suite.figures.append(Figure(w, f"SENT p99 ms: {label}", p99, None, "(relay only)"))
         details[load] = {

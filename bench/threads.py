@@ -130,7 +130,7 @@ def render(record: dict[str, Any]) -> str:
     total = sum(t["cpu_us"] for t in record["threads"])
     lines.append(f"{'':30} {total:>11,.1f}  (whole {server})")
     for stage, (p50, p99) in (record["send_stages_ms"] or {}).items():
-        lines.append(f"  {stage:8} p50 {p50} ms, p99 {p99} ms")
+        lines.append(f"  {stage:15} p50 {p50} ms, p99 {p99} ms")
     calls = record["syscalls_per_msg"]
     if calls is not None:
         lines.append("system calls per message, all threads:")

@@ -67,6 +67,14 @@ SEND_STAGES = ("loop", "store", "answer")
 loop, up to handing the operation to the store; ``store`` — waiting for the store and its
 commit; ``answer`` — SENT encoded and written to the connection."""
 
+DECISION_STAGES = ("wait", "decide", "back")
+"""A SEND decided before its commit (SQLite), from its handing to the store until the
+decision is back on the event loop, where its DELIVER leaves: ``wait`` — until the
+writer takes it up (the loop turn's end, the batch the writer is busy with, a core);
+``decide`` — its batch running until the decisions are sent; ``back`` — the decisions'
+way to the event loop and the loop's other work before them (issue 19: at half load on
+the benchmark machine each was a share of the DELIVER's time, not one of them all of it)."""
+
 DELIVER_PATHS = ("before_commit", "after_commit")
 """How a DELIVER to an online recipient left (SPEC §6.4): as soon as the store decided
 its SEND, while the commit was in flight, or once the commit was answered (a back end
@@ -125,6 +133,7 @@ class RelayMetrics:
         """Envelopes in the store's queue, counted every ``QUEUE_COUNT_INTERVAL_S``."""
         self.stages = {s: Histogram(LATENCY_BUCKETS) for s in (*SEND_STAGES, "total")}
         self.deliver_latency = {p: Histogram(LATENCY_BUCKETS) for p in DELIVER_PATHS}
+        self.decision_stages = {s: Histogram(LATENCY_BUCKETS) for s in DECISION_STAGES}
         self.store_round_trip = Histogram(LATENCY_BUCKETS)
         self.batch_operations = Histogram(BATCH_BUCKETS)
         self.batch_seconds = Histogram(LATENCY_BUCKETS)
@@ -182,6 +191,13 @@ class RelayMetrics:
         the account's next login (SPEC §6.5)."""
         self.in_flight -= unacknowledged
         self.redeliveries += unacknowledged
+
+    def decided(self, wait_s: float, decide_s: float, back_s: float) -> None:
+        """A SEND's decision reached the loop before its commit (``Store.on_decided``)."""
+        stages = self.decision_stages
+        stages["wait"].observe(wait_s)
+        stages["decide"].observe(decide_s)
+        stages["back"].observe(back_s)
 
     def committed(self, round_trip_s: float | None = None) -> None:
         """A store operation committed: the store is up."""
@@ -303,6 +319,14 @@ class _Collector(Collector):
         )  # fmt: skip
         for path, histogram in m.deliver_latency.items():
             histograms.add_metric([path], *histogram.exposed())
+        yield histograms
+        histograms = HistogramMetricFamily(
+            "blindrelay_decision_seconds", "SEND handed to the store until its decision "
+            "is back on the event loop, before its commit (SQLite), by stage (wait, "
+            "decide, back)", labels=["stage"],
+        )  # fmt: skip
+        for stage, histogram in m.decision_stages.items():
+            histograms.add_metric([stage], *histogram.exposed())
         yield histograms
         yield _histogram(
             "blindrelay_store_round_trip_seconds", "A store operation from submission to "

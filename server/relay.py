@@ -1078,6 +1078,7 @@ async def serve(
     store.on_lost = relay.lost
     store.on_available = relay.store_available
     store.on_batch = ctx.metrics.batch_committed
+    store.on_decided = ctx.metrics.decided
     store.links = router.envelope_links
     try:
         # Hearing other workers' hints before the first connection is accepted.

@@ -124,6 +124,12 @@ class Store(Protocol):
     """Called after each committed batch with its operations, its whole time and its
     COMMIT's (seconds): the group commit as ``/metrics`` shows it (issue 19)."""
 
+    on_decided: Callable[[float, float, float], None] | None
+    """Called for each ``decided`` value (:meth:`call`) with where its time went
+    (seconds): from the call until the back end took it up, deciding it with the rest
+    of its batch, and the decision's way back to the event loop. A back end that does
+    not decide before its commit (PostgreSQL) never calls it."""
+
     links: EnvelopeLinks | None
     """Peer links to the other workers (the relay sets its router's; None: none). A shared
     store sends a new envelope for a recipient another worker serves over its link,

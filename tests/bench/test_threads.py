@@ -58,7 +58,8 @@ def test_a_tiny_paced_run_reads_the_relay_and_its_writer(tmp_path):
     assert all(row["cpu_us"] >= 0 and row["wait_us"] >= 0 for row in record["threads"])
     assert 0 <= record["machine_busy"] <= 1
     assert "(whole relay)" in done.stdout
-    assert set(record["send_stages_ms"]) >= {"loop", "store", "deliver"}
+    decision = {"decision wait", "decision decide", "decision back"}
+    assert set(record["send_stages_ms"]) >= {"loop", "store", "deliver", *decision}
 
 
 def test_bad_arguments_are_one_line_and_status_2():

@@ -41,7 +41,7 @@ def sample(text: str, name: str) -> float:
 
 
 async def test_health_readiness_and_metrics_are_served_apart_from_the_websocket_port(
-    config: RelayConfig, clients: Clients, clock: FakeClock
+    config: RelayConfig, clients: Clients, clock: FakeClock, backend: str
 ) -> None:
     async with RelayFixture(replace(config, metrics_listen="127.0.0.1:0"), clock) as relay:
         assert relay.metrics_server is not None
@@ -66,6 +66,14 @@ async def test_health_readiness_and_metrics_are_served_apart_from_the_websocket_
         assert sample(text, 'blindrelay_send_seconds_count{stage="total"}') == 3
         for stage in ("loop", "store", "answer"):
             assert sample(text, f'blindrelay_send_seconds_count{{stage="{stage}"}}') == 3
+        # Decided before the commit (SQLite), each SEND's way to its decision, by stage:
+        # no longer in all than from its arrival to its SENT.
+        decided = 3 if backend == "sqlite" else 0
+        split = 0.0
+        for stage in ("wait", "decide", "back"):
+            assert sample(text, f'blindrelay_decision_seconds_count{{stage="{stage}"}}') == decided
+            split += sample(text, f'blindrelay_decision_seconds_sum{{stage="{stage}"}}')
+        assert 0 <= split <= sample(text, 'blindrelay_send_seconds_sum{stage="total"}')
         assert sample(text, "blindrelay_connections") == 2
         assert sample(text, "blindrelay_connections_authenticated") == 2
         assert sample(text, "blindrelay_store_ready") == 1

@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 
 from blindrelay.protocol.errors import HandleTaken, InternalError
+from blindrelay.server.config import RelayConfig
+from blindrelay.server.delivery import send_rules
 from blindrelay.server.logs import JsonFormatter
 from blindrelay.server.store import StoreJobError, StoreStartError
 from blindrelay.server.store.sqlite.writer import Writer, WriterStartError
@@ -265,6 +267,47 @@ async def test_an_idle_writer_gets_a_job_at_once_and_the_rest_of_the_turn_at_its
         await writer.submit("noop")
         assert outcomes == [("a", True, None), ("b", True, None)]
         assert committed_handles(path) == {"alice", "bob"}
+
+
+async def test_each_decision_reports_its_wait_its_batch_and_its_way_back(
+    tmp_path: Path,
+) -> None:
+    """Issue 19: where a decision's time goes (``Writer.on_decided``), split at the two
+    moments the writer process stamps. With the loop held for 0.2 s inside the turn that
+    calls two SENDs, the second leaves only at the turn's end: its ``wait`` is at least
+    the hold. The first went at once; whatever the writer took, its decision reached
+    the loop only after the hold, so its three stages add up to at least that. Neither
+    adds up to more than the call to its ``decided`` callback took here."""
+    async with RunningWriter(tmp_path / "relay.db") as writer:
+        for handle in ("alice", "bob"):
+            await writer.submit("create_account", handle, "user", handle.encode() * 16, 0)
+        rules = list(send_rules(RelayConfig()))
+        stages: list[tuple[float, float, float]] = []
+        writer.on_decided = lambda *split: stages.append(split)
+        called: list[float] = []
+        took: list[float] = []
+        outcomes: Outcomes = []
+        for n in (1, 2):
+            called.append(time.monotonic())
+            writer.call(
+                "send", ("alice", "user", "bob", bytes([n]) * 16, "chat", None, None, b"x", 5,
+                         rules),
+                recorder(outcomes, f"send {n}"),
+                lambda _value, n=n: took.append(time.monotonic() - called[n - 1]),
+            )  # fmt: skip
+        time.sleep(HOLD_S)  # the loop, inside the turn
+        await writer.submit("noop")
+        assert [(name, ok) for name, ok, _value in outcomes] == [("send 1", True), ("send 2", True)]
+        assert len(stages) == len(took) == 2
+        (wait_1, decide_1, back_1), (wait_2, decide_2, back_2) = stages
+        assert min(*stages[0], *stages[1]) >= 0
+        assert wait_2 >= HOLD_S
+        assert wait_1 + decide_1 + back_1 >= HOLD_S
+        assert wait_1 + decide_1 + back_1 <= took[0]
+        assert wait_2 + decide_2 + back_2 <= took[1]
+
+
+HOLD_S = 0.2
 
 
 # --- losing the process, closing ------------------------------------------------------

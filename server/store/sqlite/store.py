@@ -92,6 +92,15 @@ class SqliteStore:
     def on_batch(self, hook: Callable[[int, float, float], None] | None) -> None:
         self._writer.on_batch = hook
 
+    @property
+    def on_decided(self) -> Callable[[float, float, float], None] | None:
+        """``Store.on_decided``: timed by the writer process and the loop together."""
+        return self._writer.on_decided
+
+    @on_decided.setter
+    def on_decided(self, hook: Callable[[float, float, float], None] | None) -> None:
+        self._writer.on_decided = hook
+
     async def start(self) -> None:
         check_relay_file(self.path, new=True)  # before anything writes to it
         await self._writer.start()  # creates or upgrades the schema before the reader opens

@@ -25,11 +25,14 @@ the transaction holding it committed (with ``synchronous=FULL``, on disk).
 
 Decisions before the commit (SPEC §6.4): for the operations in
 :data:`.writer_process.DECIDED_BEFORE_COMMIT` (``send``), the writer also sends
-``["decided", [[job id, value], …]]`` once the batch has run and before its COMMIT,
-for each that succeeded; a caller that passed ``decided`` to :meth:`Writer.call` gets
-the value then. It is a decision, not a promise: ``done`` still comes after the
-commit, and says whether the commit happened. Decisions arrive in submission order,
-each batch's after the previous batch's answers.
+``["decided", [[job id, value], …], taken, sent]`` once the batch has run and before
+its COMMIT, for each that succeeded; a caller that passed ``decided`` to
+:meth:`Writer.call` gets the value then. It is a decision, not a promise: ``done``
+still comes after the commit, and says whether the commit happened. Decisions arrive
+in submission order, each batch's after the previous batch's answers. ``taken`` and
+``sent`` are when the writer took the batch and sent its decisions (``time.monotonic``,
+which Linux keeps the same in every process): with the time each job was called here
+they split a decision's way into three stages (:attr:`Writer.on_decided`).
 
 Small jobs that arrive in bursts (an ACK per delivered notification) can be
 merged: :meth:`Writer.call_many` appends to the previous job when that job is
@@ -46,6 +49,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -110,8 +114,8 @@ class Writer:
         self._merging: tuple[str, list[Any], list[Done]] | None = None
         """The last queued job when it came from :meth:`call_many`: operation, items, callbacks."""
         self._waiting: deque[tuple[int, Done]] = deque()
-        self._deciding: dict[int, Callable[[Any], None]] = {}
-        """Job id → its ``decided`` callback, until the job's answer."""
+        self._deciding: dict[int, tuple[Callable[[Any], None], float]] = {}
+        """Job id → its ``decided`` callback and when it was called, until the job's answer."""
         self._next_id = 0
         self._running = False
         self._closing = False
@@ -119,6 +123,9 @@ class Writer:
         self.on_lost: Callable[[], None] | None = None
         self.on_batch: Callable[[int, float, float], None] | None = None
         """Each committed batch's jobs, whole time and COMMIT time (``Store.on_batch``)."""
+        self.on_decided: Callable[[float, float, float], None] | None = None
+        """Each decision's three stages (``Store.on_decided``): from the call to the
+        writer taking its batch, the batch deciding, and the decision's way back."""
         """Called if the process goes away while the relay still needs it."""
 
     async def start(self) -> None:
@@ -196,7 +203,7 @@ class Writer:
         self._pending.append([job_id, operation, args])
         self._waiting.append((job_id, done))
         if decided is not None:
-            self._deciding[job_id] = decided
+            self._deciding[job_id] = (decided, time.monotonic())
         if idle:
             self._hand_over()
         elif len(self._pending) == 1:
@@ -252,7 +259,7 @@ class Writer:
                 self._started.set_exception(WriterStartError(f"{message[1]}: {message[2]}"))
             return
         if message[0] == "decided":
-            self._decided(message[1])
+            self._decided(message[1], message[2], message[3])
             return
         answers, logs, stats = message
         deciding = self._deciding
@@ -274,12 +281,18 @@ class Writer:
                     exc_at=_where(exc),
                 )  # fmt: skip
 
-    def _decided(self, decisions: list[list[Any]]) -> None:
+    def _decided(self, decisions: list[list[Any]], taken: float, sent: float) -> None:
         deciding = self._deciding
+        stages = self.on_decided
+        now = time.monotonic()
+        decide_s, back_s = max(sent - taken, 0.0), max(now - sent, 0.0)
         for job_id, value in decisions:
-            decided = deciding.pop(job_id, None)
-            if decided is None:
+            entry = deciding.pop(job_id, None)
+            if entry is None:
                 continue
+            decided, called = entry
+            if stages is not None:
+                stages(max(taken - called, 0.0), decide_s, back_s)
             try:
                 decided(value)
             except Exception as exc:  # a callback's bug must not lose the others' decisions

@@ -54,7 +54,9 @@ DECIDED_BEFORE_COMMIT = frozenset({"send"})
 """Operations whose successful values are sent once their batch has run, before its
 COMMIT (``["decided", …]``, :mod:`.writer`): a SEND's envelope can then go to an
 online recipient while its commit is in flight (SPEC §6.4); its SENT still waits for
-the commit."""
+the commit. The message also carries when the writer took the batch and when it sent
+the decisions (``time.monotonic``, the same clock in every process on Linux): where a
+DELIVER's time goes, for ``/metrics``."""
 
 ANSWERED_WITHOUT_SYNC = frozenset({"acknowledge"})
 """Operations whose answers promise nothing that must survive a crash: the relay sends
@@ -280,14 +282,14 @@ def serve(
         with lock:
             sock.sendall(data)
 
-    def decided(batch: list[list[Any]], outcomes: list[tuple[bool, Any]]) -> None:
+    def decided(batch: list[list[Any]], taken: float, outcomes: list[tuple[bool, Any]]) -> None:
         decisions = [
             [job[0], value]
             for job, (ok, value) in zip(batch, outcomes, strict=True)
             if ok and job[1] in DECIDED_BEFORE_COMMIT
         ]  # fmt: skip
         if decisions:
-            send(packer.pack(["decided", decisions]))
+            send(packer.pack(["decided", decisions, taken, time.monotonic()]))
             while pause is not None and pause.exists():
                 time.sleep(0.01)
 
@@ -321,9 +323,10 @@ def serve(
             for batch in unpacker:
                 queued.extend(batch)
         batch, queued = queued[:MAX_JOBS_PER_COMMIT], queued[MAX_JOBS_PER_COMMIT:]
+        taken = time.monotonic()
         jobs = [_job(op, args) if op in OPERATIONS else _unknown(op) for _id, op, args in batch]
         started = time.perf_counter()
-        outcomes = committer.commit(jobs, partial(decided, batch))
+        outcomes = committer.commit(jobs, partial(decided, batch, taken))
         stats = [len(jobs), time.perf_counter() - started, committer.last_commit_s]
         answers = [
             [job[0], True, value] if ok else [job[0], False, _error(value)]
