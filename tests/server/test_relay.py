@@ -27,9 +27,10 @@ from blindrelay.protocol.codec import encode
 from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import BundleFetch, Deliver, Error, FrameType, Hello, Ok, Send, Sent
 from blindrelay.server import dispatch
-from blindrelay.server import relay as relay_module
+from blindrelay.server import transport as transport_module
 from blindrelay.server.config import RelayConfig
-from blindrelay.server.relay import RunningRelay, _head, at_frame_boundary, read_frames, serve
+from blindrelay.server.relay import RunningRelay, serve
+from blindrelay.server.transport import at_frame_boundary, frame_head, read_frames
 
 from .conftest import TEST_TIMEOUT_S, Clients, FakeClock, RawClient, db_rows, error_code
 
@@ -181,7 +182,7 @@ async def test_messages_keep_their_order_across_the_switch_to_websockets_assembl
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
 def test_frames_are_headed_as_websockets_would_head_them(size: int) -> None:
     data = bytes(range(256)) * (size // 256) + bytes(size % 256)
-    assert _head(data) + data == WsFrame(Opcode.BINARY, data).serialize(mask=False)
+    assert frame_head(data) + data == WsFrame(Opcode.BINARY, data).serialize(mask=False)
 
 
 async def test_a_deliver_of_the_largest_body_arrives_whole(
@@ -195,7 +196,7 @@ async def test_a_deliver_of_the_largest_body_arrives_whole(
     assert (await bob.push(Deliver)).body == body
 
 
-# --- frames read by the relay itself (_RelayWebSocket.data_received) ---------------
+# --- frames read by the relay itself (RelayWebSocket.data_received) ----------------
 
 
 def _client_frame(payload: bytes, *, first: int = 0x82, masked: bool = True) -> bytes:
@@ -380,14 +381,14 @@ async def test_the_relay_reads_whole_binary_frames_itself(
         calls.append(taken)
         return taken
 
-    monkeypatch.setattr(relay_module, "read_frames", counted)
+    monkeypatch.setattr(transport_module, "read_frames", counted)
     alice = await clients.registered(relay.url, "alice")
     assert isinstance(await alice.send_message("alice", b"to myself"), Sent)
     assert calls and all(calls)  # LOGIN, SEND: each read here, whole
 
 
 async def test_websockets_assembler_still_calls_the_flow_hooks_the_relay_replaces() -> None:
-    """relay.py hands websockets' assembler its own pause/resume (to share reading with
+    """transport.py hands websockets' assembler its own pause/resume (to share reading with
     the outgoing bound, SPEC §1.2.4) by replacing the assembler's ``pause``/``resume``
     attributes. websockets is pinned below its next major for this and the parser
     inspection above; this fails first if a release stops calling them."""

@@ -1,0 +1,636 @@
+"""One WebSocket connection's I/O for the relay: frames in, frames out, flow control.
+
+Why a module of its own: :mod:`.relay` runs the server — listening, the connections'
+lifecycle, the periodic work; this is what happens on one connection's socket, and the
+part of the relay that knows websockets' internals (:class:`RelayWebSocket` reads whole
+frames past its parser, :class:`WebSocketTransport` frames what it writes; both are
+checked against websockets' own behaviour by tests/server/test_relay.py, and the
+version is pinned).
+
+- Reading: whole binary frames go straight to the connection's :class:`Intake`
+  inside ``data_received`` (:func:`read_frames`), which hands them to the dispatcher a
+  bounded number at a time and none while held (SPEC §1.2.6).
+- Writing: a session's frames are sealed and written synchronously, once per loop turn
+  and connection (:class:`Flusher`), so handlers and store callbacks never await; a
+  pump task exists only while the peer reads slowly or the connection closes.
+- Flow control (SPEC §1.2.4–5): past its bound a connection's intake is held, and a
+  peer that takes no data for the write timeout is aborted; :class:`OutgoingStats`
+  is the accounting.
+
+Not here: protocol rules, sessions and what frames mean (``dispatch``, ``context``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import struct
+import sys
+import termios
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from types import GeneratorType
+from typing import Any, cast
+from typing import Protocol as Interface
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import DATA_OPCODES, Frame, Opcode
+from websockets.protocol import Event, Protocol
+from websockets.protocol import State as WsState
+from websockets.streams import StreamReader
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # websockets built without its C extension (what websockets.frames does)
+    from websockets.utils import apply_mask
+
+from blindrelay.protocol.channel import RelayChannel
+from blindrelay.protocol.connection import RelayConnection, State
+
+from .config import TRANSPORT_WRITE_LIMIT_BYTES
+from .context import Session
+from .logs import log_event
+
+CLOSE_POLICY = 1008
+
+_PARSE_CODE = Protocol.parse.__code__
+_AT_EOF_CODE = StreamReader.at_eof.__code__
+
+
+def at_frame_boundary(protocol: Protocol) -> bool:
+    """Whether websockets' parser waits for the first byte of a frame, with nothing
+    buffered, on an open connection, outside a fragmented message, with no
+    extension: then bytes may be read as frames without it (:func:`read_frames`)
+    and it is still where it would have been. An empty buffer alone does not
+    say so (the parser may wait for the payload of a frame whose head it read),
+    hence the look at what the parser generator is suspended in."""
+    if (
+        protocol.state is not WsState.OPEN
+        or protocol.current_size is not None
+        or protocol.extensions
+        or protocol.reader.buffer
+    ):
+        return False
+    # A server's parser is ServerProtocol.parse, delegating to Protocol.parse after
+    # the handshake: follow the chain of generators down to where it is suspended.
+    caller, waiting = None, cast("GeneratorType[None, None, None]", protocol.parser)
+    while isinstance(waiting.gi_yieldfrom, GeneratorType):
+        caller, waiting = waiting, waiting.gi_yieldfrom
+    return waiting.gi_code is _AT_EOF_CODE and caller is not None and caller.gi_code is _PARSE_CODE
+
+
+def read_frames(protocol: Protocol, data: bytes, on_message: Callable[[bytes], None]) -> int:
+    """Hand the whole frames at the start of ``data`` to ``on_message``; bytes taken.
+
+    Only frames websockets would deliver unchanged as a whole binary message
+    are read here: FIN + BINARY with no RSV bit, masked (a client's), a 7- or
+    16-bit length within the size limit, all of it in ``data``. It stops at
+    the first other byte and leaves the rest, including every error, to
+    websockets. Call only when :func:`at_frame_boundary` holds.
+    """
+    limit = protocol.max_message_size
+    if protocol.max_fragment_size is not None:
+        fragment = protocol.max_fragment_size
+        limit = fragment if limit is None else min(limit, fragment)
+    end = len(data)
+    at = 0
+    while end - at >= 6 and protocol.state is WsState.OPEN:
+        if data[at] != 0x82:  # FIN, no RSV bit, BINARY
+            break
+        size = data[at + 1] ^ 0x80  # the mask bit must be set
+        if size < 126:
+            start = at + 6
+        elif size == 126:
+            size = int.from_bytes(data[at + 2 : at + 4], "big")
+            start = at + 8
+        else:  # unmasked, or a 64-bit length: websockets decides
+            break
+        stop = start + size
+        if stop > end or (limit is not None and size > limit):
+            break
+        payload = apply_mask(data[start:stop], data[start - 4 : start])
+        at = stop
+        on_message(payload)
+    return at
+
+
+class RelayWebSocket(ServerConnection):
+    """A websockets connection that hands each whole binary message straight to
+    the session, inside ``data_received``.
+
+    Why: websockets otherwise queues every message in its assembler and wakes
+    the connection's handler task to ``recv`` it — a future and a task switch
+    per frame, for a handler that never awaits. Whatever websockets does not
+    deliver whole (text, fragments, anything before :meth:`direct`) goes to the
+    assembler as usual, and from then on everything does, so order is kept.
+
+    It also tells its :attr:`flow` when asyncio pauses and resumes writing, and
+    pauses reading while anyone holds it (:meth:`hold_reading`): websockets'
+    assembler when full, the relay's :class:`Intake` when held.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_message: Callable[[bytes], None] | None = None
+        self._assembled = 0
+        self.flow: FlowListener | None = None
+        """Told when asyncio's transport pauses and resumes writing, and when the
+        connection is lost (:class:`WebSocketTransport`)."""
+        self._read_holds: set[str] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # websockets' assembler pauses reading when its queue is full; the relay also
+        # pauses it for its outgoing data (hold_reading): reading resumes when neither holds.
+        self.recv_messages.pause = partial(self.hold_reading, "assembler")
+        self.recv_messages.resume = partial(self.release_reading, "assembler")
+
+    def hold_reading(self, reason: str) -> None:
+        """Stop reading from the socket until every ``reason`` is released."""
+        if not self._read_holds:
+            self.transport.pause_reading()
+        self._read_holds.add(reason)
+
+    def release_reading(self, reason: str) -> None:
+        self._read_holds.discard(reason)
+        if not self._read_holds:
+            self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.flow is not None:
+            self.flow.writing_paused()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.flow is not None:
+            self.flow.writing_resumed()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.flow is not None:
+            self.flow.connection_lost()
+
+    def direct(self, on_message: Callable[[bytes], None]) -> bool:
+        """Route messages to ``on_message`` unless some already went to the assembler."""
+        if self._assembled:
+            return False
+        self.on_message = on_message
+        return True
+
+    def data_received(self, data: bytes) -> None:
+        """Whole binary frames at the start of ``data`` go straight to ``on_message``
+        (:func:`read_frames`); the rest goes to websockets.
+
+        Why: a fan-out brings one small ACK frame per customer, and websockets'
+        generator-based parser (buffer, three ``read_exact`` steps, a ``Frame``,
+        an event) cost ~12 % of the relay's CPU.
+        """
+        on_message = self.on_message
+        if on_message is not None and at_frame_boundary(self.protocol):
+            taken = read_frames(self.protocol, data, on_message)
+            if taken == len(data):
+                return
+            data = data[taken:]
+        super().data_received(data)
+
+    def process_event(self, event: Event) -> None:
+        if isinstance(event, Frame):
+            on_message = self.on_message
+            if on_message is not None and event.fin and event.opcode is Opcode.BINARY:
+                data = event.data
+                on_message(data if type(data) is bytes else bytes(data))
+                return
+            if event.opcode in DATA_OPCODES:
+                self.on_message = None
+                self._assembled += 1
+        super().process_event(event)
+
+
+FRAMES_PER_TURN = 256
+"""Frames one connection has handled before the relay turns to the others for a
+loop turn: a socket read brings up to 256 KiB, thousands of small frames, and a
+client that floods (even with requests refused at once, ~25 µs each) would stall
+everyone else for a read's worth. Lower is fairer, and costs a pause and a resume
+of reading per that many frames."""
+
+
+class Intake:
+    """A connection's reading side: messages to the dispatcher, in order, at most
+    :data:`FRAMES_PER_TURN` in a row, and none while held.
+
+    Held (for a turn, SPEC §1.2.6, while the outgoing data is over its
+    bound, §1.2.4, or while a store read is answered after a round trip, so
+    frames reach the store in order, ``RelayContext.read``): the socket is not
+    read, and what was already read waits here — at most the rest of one read —
+    so nothing more is asked of the relay meanwhile. On the read fast path this
+    costs a check and a count per frame.
+    """
+
+    def __init__(self, ws: RelayWebSocket, dispatch: Callable[[bytes | str], None]) -> None:
+        self._ws = ws
+        self._dispatch = dispatch
+        self._held: deque[bytes | str] = deque()
+        self._holds: set[str] = set()
+        self._count = 0
+        self._draining = False
+
+    def received(self, message: bytes | str) -> None:
+        if self._holds or self._held:
+            self._held.append(message)
+            return
+        self._dispatch(message)
+        self._count += 1
+        if self._count >= FRAMES_PER_TURN:
+            self._end_turn()
+
+    def hold(self, reason: str) -> None:
+        if not self._holds:
+            self._ws.hold_reading("intake")
+        self._holds.add(reason)
+
+    def release(self, reason: str) -> None:
+        self._holds.discard(reason)
+        if not self._holds and not self._draining:
+            # In a loop callback of its own: releases come from inside asyncio's
+            # write callbacks, where handling frames (which write) does not belong.
+            self._draining = True
+            asyncio.get_running_loop().call_soon(self._drain)
+
+    def _end_turn(self) -> None:
+        self.hold("turn")
+        asyncio.get_running_loop().call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._count = 0
+        self._holds.discard("turn")
+        if not self._holds:
+            self._drain()
+
+    def _drain(self) -> None:
+        self._draining = False
+        held = self._held
+        while held and not self._holds:
+            self._dispatch(held.popleft())
+            self._count += 1
+            if self._count >= FRAMES_PER_TURN:
+                self._end_turn()
+        if not self._holds and not held:
+            self._ws.release_reading("intake")
+
+
+MIN_PROGRESS_BYTES = TRANSPORT_WRITE_LIMIT_BYTES // 4
+"""What a peer must take from the relay within ``write_timeout_s`` to count as
+reading (8 KiB per 20 s by default): one trickling a byte at a time is as stuck
+as one that reads nothing, and holds its buffers as long."""
+
+
+def unacknowledged_bytes(transport: asyncio.WriteTransport) -> int:
+    """Bytes written to ``transport`` that its peer has not acknowledged yet:
+    asyncio's buffer plus the kernel's send queue (Linux ``SIOCOUTQ``; elsewhere
+    asyncio's buffer alone)."""
+    buffered = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is None or _OUTQ is None:
+        return buffered
+    try:
+        queued = fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0")
+    except OSError:
+        return buffered
+    return buffered + int.from_bytes(queued, sys.byteorder, signed=True)
+
+
+_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)
+"""``ioctl`` request for a socket's unacknowledged send queue (SIOCOUTQ on Linux)."""
+
+
+class FlowListener(Interface):
+    """What :class:`RelayWebSocket` tells about its transport's writing side."""
+
+    def writing_paused(self) -> None: ...
+    def writing_resumed(self) -> None: ...
+    def connection_lost(self) -> None: ...
+
+
+_SHORT_HEADS = [bytes((0x82, size)) for size in range(126)]
+
+
+def frame_head(data: bytes) -> bytes:
+    """The head of a server's final, unmasked binary frame carrying ``data`` (RFC 6455 §5.2).
+
+    Why here and not websockets' ``send_binary``: it builds a ``Frame`` and
+    serializes it through a BytesIO for every DELIVER and SENT, measurably.
+    tests/server/test_relay.py checks the bytes against websockets' own.
+    """
+    size = len(data)
+    if size < 126:
+        return _SHORT_HEADS[size]
+    if size < 65536:
+        return struct.pack("!BBH", 0x82, 126, size)
+    return struct.pack("!BBQ", 0x82, 127, size)
+
+
+class Flusher:
+    """Writes out every transport that has frames queued, once per loop turn.
+
+    Frames queued during one turn (one commit of the store answers many SENDs)
+    leave in one socket write per connection instead of one per frame.
+    """
+
+    def __init__(self) -> None:
+        self._due: list[WebSocketTransport] = []
+
+    def add(self, transport: WebSocketTransport) -> None:
+        if not self._due:
+            asyncio.get_running_loop().call_soon(self._run)
+        self._due.append(transport)
+
+    def _run(self) -> None:
+        due, self._due = self._due, []
+        for transport in due:
+            transport.write_now()
+
+
+@dataclass
+class OutgoingStats:
+    """The relay's own accounting of outgoing data, over all connections (SPEC §1.2)."""
+
+    peak_bytes: int = 0
+    """The most one connection held, as :attr:`WebSocketTransport.outgoing_bytes`
+    counts it whenever it can have grown past asyncio's write limit."""
+    reading_paused: int = 0
+    """Times a connection's reading was paused because it passed the bound."""
+    write_timeouts: int = 0
+    """Connections aborted because their peer took less than :data:`MIN_PROGRESS_BYTES`
+    in ``write_timeout_s``."""
+
+
+class WebSocketTransport:
+    """A session's writing side: frames go out in order, then the close.
+
+    The fast path writes synchronously at the end of the loop turn
+    (:class:`Flusher`): the frames leave in one ``transport.write``, framed
+    here (:func:`frame_head`) when websockets' sans-I/O protocol has nothing else
+    queued, else through it. A pump task exists only while it is
+    needed — the peer reads slowly (websockets paused writing: the pump awaits
+    ``send``, i.e. drain) or the connection is closing — so an idle
+    connection holds no task.
+
+    What waits is bounded (SPEC §1.2.4–5): :attr:`outgoing_bytes` is asyncio's
+    write buffer plus the pump's backlog. Past ``bound`` the connection's
+    :class:`Intake` is held — no new requests handled, so no new answers;
+    deliveries are windowed — until it is down to a quarter of it. While
+    asyncio has paused writing a timer runs, started again when the transport
+    drains; when it fires without the peer having taken
+    :data:`MIN_PROGRESS_BYTES`, the connection is aborted: a close frame could
+    not pass the full buffer, and websockets' keep-alive ping waits behind it,
+    so the ping timeout never starts. The write fast path is untouched:
+    asyncio's pause and resume callbacks drive all of this.
+    """
+
+    def __init__(
+        self,
+        ws: RelayWebSocket,
+        conn: RelayConnection,
+        channel: RelayChannel,
+        flusher: Flusher,
+        *,
+        intake: Intake,
+        bound: int,
+        write_timeout_s: float,
+        stats: OutgoingStats,
+    ) -> None:
+        self._ws = ws
+        self._intake = intake
+        self._conn = conn
+        self.channel = channel
+        self._reply: bytes | None = None
+        """Handshake message 2, to go out first and unsealed (:meth:`handshake_answered`)."""
+        self._flusher = flusher
+        self._out: list[bytes] = []
+        self._due = False
+        self._pump: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self.closing: tuple[int, str] | None = None
+        self._backlog: deque[bytes] = deque()
+        self._held = 0
+        """Bytes in ``_backlog``."""
+        self._bound = bound
+        self._resume_at = bound // 4
+        self._write_timeout_s = write_timeout_s
+        self._stats = stats
+        self._stalled: asyncio.TimerHandle | None = None
+        self.reading_paused = False
+        self.session: Session | None = None
+        """For the log line of a write timeout."""
+
+    @property
+    def outgoing_bytes(self) -> int:
+        """What the relay holds for this connection, not yet handed to the kernel."""
+        return self._ws.transport.get_write_buffer_size() + self._held
+
+    def flush(self) -> None:
+        if not self._due:
+            self._due = True
+            self._flusher.add(self)
+
+    def write(self, data: bytes) -> None:
+        pending = self._conn.data_to_send()
+        if pending:
+            self._out.extend(pending)
+        self._out.append(data)
+        self.flush()
+
+    def close(self, code: int, reason: str) -> None:
+        if self.closing is None:
+            self.closing = (code, reason)
+        self.flush()
+
+    def handshake_answered(self, reply: bytes) -> None:
+        """The channel is established: ``reply`` goes out, then HELLO and the rest, sealed."""
+        self._reply = reply
+        self.flush()
+
+    def hold(self, reason: str) -> None:
+        """The connection's :class:`Intake`: its frames wait, its socket is not read."""
+        self._intake.hold(reason)
+
+    def release(self, reason: str) -> None:
+        self._intake.release(reason)
+
+    def _take(self) -> list[bytes]:
+        """What goes out now, in order, each frame sealed by the channel (SPEC §1.3.4).
+
+        Frames are sealed here, when they leave, so the nonces follow the order on
+        the wire whichever path queued them. Before the handshake nothing leaves:
+        HELLO waits in the machine, and a connection closed meanwhile (the
+        authentication timeout, a shutdown) closes without a frame.
+        """
+        conn = self._conn
+        if not self.channel.established:
+            if conn.state is State.CLOSED:
+                conn.data_to_send()
+                if self.closing is None:
+                    self.closing = (CLOSE_POLICY, "protocol error")
+            return []
+        frames, self._out = self._out, []
+        pending = conn.data_to_send()
+        if pending:
+            frames.extend(pending)
+        encrypt = self.channel.encrypt
+        out = [encrypt(data) for data in frames]
+        if self._reply is not None:
+            out.insert(0, self._reply)
+            self._reply = None
+        if self.closing is None and conn.state is State.CLOSED:
+            self.closing = (CLOSE_POLICY, "protocol error")
+        return out
+
+    def _hold(self, frames: list[bytes]) -> None:
+        """Queue ``frames`` for the pump, counted."""
+        if frames:
+            self._backlog.extend(frames)
+            self._held += sum(map(len, frames))
+        self._check()
+
+    def write_now(self) -> None:
+        self._due = False
+        if self._pump is not None:
+            assert self._wake is not None
+            self._hold(self._take())
+            self._wake.set()
+            return
+        ws = self._ws
+        if self.closing is not None or ws.paused or ws.protocol.state is not WsState.OPEN:
+            self._hold(self._take())
+            self.start_pump()
+            return
+        frames = self._take()
+        if self.closing is not None:
+            self._hold(frames)
+            self.start_pump()
+            return
+        if not frames:
+            return
+        protocol = ws.protocol
+        if not (protocol.writes or protocol.extensions or protocol.expect_continuation_frame):
+            # Nothing else queued, no extension, not mid-message: what send_binary would
+            # produce is the frame head and the payload (server frames are not masked).
+            heads = [part for data in frames for part in (frame_head(data), data)]
+            ws.transport.write(b"".join(heads))
+            return
+        for data in frames:
+            protocol.send_binary(data)
+        chunks = protocol.data_to_send()
+        if all(chunks):
+            ws.transport.write(b"".join(chunks))
+        else:  # a half-close is queued (never after send_binary alone); let websockets do it
+            for chunk in chunks:
+                if chunk:
+                    ws.transport.write(chunk)
+            ws.send_data()
+
+    def start_pump(self) -> asyncio.Task[None]:
+        """The task that awaits: for flow control, and to close with our code."""
+        if self._pump is None:
+            self._wake = asyncio.Event()
+            self._pump = asyncio.create_task(self._run_pump())
+        return self._pump
+
+    async def _run_pump(self) -> None:
+        assert self._wake is not None
+        backlog = self._backlog
+        try:
+            while True:
+                self._hold(self._take())
+                while backlog:
+                    data = backlog.popleft()
+                    self._held -= len(data)
+                    await self._ws.send(data)
+                if self.closing is not None:
+                    await self._ws.close(*self.closing)
+                    return
+                if not self._ws.paused:
+                    return  # back to the fast path
+                await self._wake.wait()
+                self._wake.clear()
+        except ConnectionClosed:
+            return
+        finally:
+            self._pump = None
+
+    # --- flow control (asyncio's callbacks, through RelayWebSocket) ----------------
+
+    def _check(self) -> None:
+        """Pause or resume reading by the outgoing data (SPEC §1.2.4)."""
+        # "When what the relay holds for a connection and has not yet handed to the
+        # network exceeds MAX_OUTGOING_BUFFER_BYTES …, the relay MUST stop handling that
+        # connection's frames — those already received included — and stop reading its
+        # socket, until that data is down to a quarter of the bound."
+        size = self.outgoing_bytes
+        stats = self._stats
+        if size > stats.peak_bytes:
+            stats.peak_bytes = size
+        if self.reading_paused:
+            if size <= self._resume_at:
+                self.reading_paused = False
+                self._intake.release("outgoing")
+        elif size > self._bound:
+            self.reading_paused = True
+            stats.reading_paused += 1
+            self._intake.hold("outgoing")
+
+    def writing_paused(self) -> None:
+        self._check()
+        if self._stalled is None:
+            self._arm()
+
+    def _arm(self) -> None:
+        self._stalled = asyncio.get_running_loop().call_later(
+            self._write_timeout_s, self._write_timed_out, unacknowledged_bytes(self._ws.transport)
+        )
+
+    def writing_resumed(self) -> None:
+        """The peer took data: the write timeout starts again at the next pause."""
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+        self._check()
+
+    def connection_lost(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+
+    def _write_timed_out(self, unacknowledged: int) -> None:
+        """Abort the connection unless the peer took data since the timer started
+        (SPEC §1.2.5).
+
+        asyncio tells of progress only when its buffer is down to a quarter of
+        its write limit, and the kernel's send buffer (megabytes) drains first:
+        an honest slow reader can take far longer than the timeout to get there.
+        So what the peer has not acknowledged is measured too; down by
+        :data:`MIN_PROGRESS_BYTES` since the timer started counts as progress.
+        """
+        # "So the relay MUST close a connection whose peer, while such data waits,
+        # takes less than 8 KiB of it in WRITE_TIMEOUT_S."
+        self._stalled = None
+        if unacknowledged - unacknowledged_bytes(self._ws.transport) >= MIN_PROGRESS_BYTES:
+            self._arm()
+            return
+        self._stats.write_timeouts += 1
+        session = self.session
+        log_event(
+            logging.WARNING, "write_timeout", handle=session.handle if session else None,
+            peer=session.peer if session else None, outgoing=self.outgoing_bytes,
+        )  # fmt: skip
+        self._ws.transport.abort()
+
+    def cancel(self) -> None:
+        self.connection_lost()
+        if self._pump is not None:
+            self._pump.cancel()
