@@ -19,13 +19,16 @@ from collections.abc import Callable
 from typing import IO, Any
 
 LOGGER = logging.getLogger("blindrelay")
-_FIELDS = "blindrelay_fields"
+FIELDS_ATTRIBUTE = "blindrelay_fields"
+"""The log record attribute that holds an event's fields: the JSON formatter writes
+them, and the writer process collects them to send to the relay with its answers."""
 
 
 def log_event(level: int, event: str, **fields: object) -> None:
     """Log ``event`` with scalar ``fields``; bytes become ``"<n bytes>"``."""
     if LOGGER.isEnabledFor(level):
-        LOGGER.log(level, event, extra={_FIELDS: {k: _scalar(v) for k, v in fields.items()}})
+        scalars = {k: _scalar(v) for k, v in fields.items()}
+        LOGGER.log(level, event, extra={FIELDS_ATTRIBUTE: scalars})
 
 
 REFUSAL_LOG_BURST = 20
@@ -89,7 +92,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage() if record.name.startswith("blindrelay") else record.msg,
         }
-        line.update(getattr(record, _FIELDS, {}))
+        line.update(getattr(record, FIELDS_ATTRIBUTE, {}))
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
             line["exc_type"] = type(exc).__name__

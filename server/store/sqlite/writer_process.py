@@ -41,7 +41,7 @@ import msgpack
 from blindrelay.protocol.errors import ProtocolError
 
 from ... import gcpolicy
-from ...logs import _FIELDS, LOGGER, log_event
+from ...logs import FIELDS_ATTRIBUTE, LOGGER, log_event
 from .commit import MAX_JOBS_PER_COMMIT, GroupCommitter, Job
 from .database import checkpoint, connect
 from .jobs import OPERATIONS
@@ -88,7 +88,8 @@ class _Collect(logging.Handler):
         self.out = out
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.out.append([record.levelno, record.getMessage(), getattr(record, _FIELDS, {})])
+        fields = getattr(record, FIELDS_ATTRIBUTE, {})
+        self.out.append([record.levelno, record.getMessage(), fields])
 
 
 def _die_with_parent(parent_pid: int) -> None:
