@@ -90,7 +90,11 @@ def measure(
                 calls = counter.stop()
             marks[name] = (thread_stats(server.tree()), machine_cpu_ticks())
 
-        result = run_load(replace(spec, url=server.url), phase)
+        try:
+            result = run_load(replace(spec, url=server.url), phase)
+        finally:
+            if counter is not None and "done" not in marks:  # the load failed midway
+                counter.stop()
         stages = send_stages(argv)
         root = server.pid
     (start, ticks0), (end, ticks1) = marks["ready"], marks["done"]

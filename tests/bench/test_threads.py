@@ -12,6 +12,10 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from bench import threads
+from bench.loadgen import LoadError, LoadSpec
 from bench.procs import parse_perf_stat, syscall_counting_problem, thread_stats
 from bench.threads import per_message
 
@@ -108,3 +112,28 @@ def test_a_tiny_run_counts_the_system_calls_of_the_relay_and_of_the_forwarder(tm
     assert relay["pwrite64"] > 0 and forwarder.get("pwrite64", 0) == 0  # the WAL
     assert [row["role"] for row in records["forwarder"]["threads"]] == ["forwarder main"]
     assert records["forwarder"]["send_stages_ms"] is None
+
+
+def test_a_load_that_fails_midway_stops_its_syscall_counter(tmp_path, monkeypatch):
+    """The counter starts when the load is ready; a load that fails after that must not
+    leave its ``perf stat`` running until the server goes."""
+    stopped = []
+
+    class Counter:
+        def __init__(self, pids):
+            assert pids
+
+        def stop(self):
+            stopped.append(True)
+            return {}
+
+    def failing(spec, on_phase):
+        on_phase("ready", [])
+        raise LoadError("a worker exited without reporting")
+
+    monkeypatch.setattr(threads, "SyscallCounter", Counter)
+    monkeypatch.setattr(threads, "run_load", failing)
+    spec = LoadSpec(url="", pairs=1, messages=10, window=1, workers=1)
+    with pytest.raises(LoadError):
+        threads.measure(spec, tmp_path, "forwarder", syscalls=True)
+    assert stopped == [True]
