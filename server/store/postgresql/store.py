@@ -99,10 +99,10 @@ class PostgresStore:
         self.location = f"{redact(url)} (PostgreSQL)"
         self.on_lost: Callable[[str], None] | None = None
         self.on_available: Callable[[bool], None] | None = None
+        """Called with False when an outage begins and True once the store is back."""
         self.on_batch: Callable[[int, float, float], None] | None = None
         self.on_decided: Callable[[float, float, float], None] | None = None
         """Never called: values come back with their COMMIT (``Store.on_decided``)."""
-        """Called with False when an outage begins and True once the store is back."""
         self.links: routing.EnvelopeLinks | None = None
         self.counters = Counters()
         self._loop: asyncio.AbstractEventLoop | None = None

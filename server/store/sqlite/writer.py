@@ -121,12 +121,12 @@ class Writer:
         self._closing = False
         self.pid: int | None = None
         self.on_lost: Callable[[], None] | None = None
+        """Called if the process goes away while the relay still needs it."""
         self.on_batch: Callable[[int, float, float], None] | None = None
         """Each committed batch's jobs, whole time and COMMIT time (``Store.on_batch``)."""
         self.on_decided: Callable[[float, float, float], None] | None = None
         """Each decision's three stages (``Store.on_decided``): from the call to the
         writer taking its batch, the batch deciding, and the decision's way back."""
-        """Called if the process goes away while the relay still needs it."""
 
     async def start(self) -> None:
         """Start the process and wait until it has opened the database (or failed to)."""
