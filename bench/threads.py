@@ -6,7 +6,7 @@ it changes with the rate), this runs only the relay, paced like workload 2, and 
 for every thread its CPU (user and system) per message, its time runnable but waiting
 for a core, and how often it was put on a core, then the relay's own SEND stages from
 its ``/metrics``. Comparing two versions means running this in each checkout in turn,
-several times (``docs/operations.md`` has such comparisons).
+several times (``docs/latency.md`` has such comparisons).
 
 ``--syscalls`` also counts the server's system calls per message with ``perf stat``
 (:class:`~bench.procs.SyscallCounter`); ``--server forwarder`` reads the baseline the
