@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,10 +27,16 @@ from blindrelay.server.routing import CHANNEL, Hint, HintKind, decode
 from blindrelay.server.store import Account, StoreJobError, StoreStartError
 from blindrelay.server.store.operations import CONTRACT, argument_names
 from blindrelay.server.store.postgresql import batch, operations, schema
-from blindrelay.server.store.postgresql.store import PostgresStore, connect, redact
+from blindrelay.server.store.postgresql.store import (
+    PostgresStore,
+    connect,
+    redact,
+    vacuum_problem,
+)
 from blindrelay.server.store.rules import envelope_digest
 
 from ..pg import PostgresDatabase
+from .inmemory import log_lines
 
 RULES = send_rules(RelayConfig())
 
@@ -105,6 +112,48 @@ async def test_a_fresh_database_is_migrated_once_and_a_restart_keeps_its_data(
         assert [row[0] for row in versions] == list(range(1, schema.SCHEMA_VERSION + 1))
     finally:
         await conn.close()
+
+
+@pytest.mark.parametrize(
+    ("autovacuum", "track_counts", "named"),
+    [("on", "on", None), ("off", "on", "autovacuum off"), ("on", "off", "track_counts off"),
+     ("off", "off", "autovacuum and track_counts off")],
+)  # fmt: skip
+async def test_a_server_that_would_not_vacuum_the_queue_is_named(
+    autovacuum: str, track_counts: str, named: str | None
+) -> None:
+    class Settings:
+        async def fetchrow(self, sql: str) -> tuple[str, str]:
+            assert "current_setting('autovacuum')" in sql
+            return autovacuum, track_counts
+
+    problem = await vacuum_problem(Settings())
+    if named is None:
+        assert problem is None
+    else:
+        assert problem is not None and problem.startswith(named) and "\n" not in problem
+        assert "ALTER SYSTEM SET" in problem
+
+
+async def test_a_relay_on_a_server_that_does_not_vacuum_says_so_at_start(
+    pg_database: PostgresDatabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whichever this server is: the warning is logged exactly when it does not vacuum."""
+    url = pg_database.fresh_schema()
+    conn = await asyncpg.connect(url)
+    try:
+        settings = tuple(
+            await conn.fetchrow(
+                "SELECT current_setting('autovacuum'), current_setting('track_counts')"
+            )
+        )
+    finally:
+        await conn.close()
+    with caplog.at_level(logging.WARNING, logger="blindrelay"):
+        async with started(url):
+            pass
+    warned = [line for line in log_lines(caplog) if line["event"] == "store_not_vacuumed"]
+    assert len(warned) == (0 if settings == ("on", "on") else 1)
 
 
 async def test_a_database_newer_than_the_code_is_refused_in_one_line(
