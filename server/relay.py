@@ -1,5 +1,5 @@
-"""The relay's server: with :mod:`.transport`, the only modules that import websockets
-(SPEC §1).
+"""The relay's server: with :mod:`.intake` and :mod:`.transport`, the only modules that
+import websockets (SPEC §1).
 
 It accepts WebSocket connections speaking the ``blindrelay.v2`` subprotocol
 (anything else is refused at the handshake), answers the Noise handshake that
@@ -15,12 +15,13 @@ table. A message that fails the channel closes the connection with 4001,
 unanswered, and is counted (:attr:`RunningRelay.channel_failures`).
 
 Flow control (SPEC §1.2.4–6): each connection's frames are handled a bounded
-number at a time (:class:`~.transport.Intake`), none while the data waiting for it is
+number at a time (:class:`~.intake.Intake`), none while the data waiting for it is
 over its bound (nor while a store read it asked is unanswered), and a peer that
 takes no data for the write timeout is aborted (:class:`~.transport.WebSocketTransport`);
 :attr:`RunningRelay.outgoing` is the accounting. What happens on one connection's
-socket is :mod:`.transport`'s; the listener, the connections' lifecycle and the
-periodic work (purges, checkpoints, tree heads, the store probe) are here.
+socket is :mod:`.intake`'s (reading) and :mod:`.transport`'s (writing); the listener,
+the connections' lifecycle and the periodic work (purges, checkpoints, tree heads, the
+store probe) are here.
 
 :func:`serve` runs a relay in the current event loop and returns a
 :class:`RunningRelay` with its URL, so tests and the CLI start it the same way.
@@ -60,6 +61,7 @@ from . import auth, gcpolicy, transparency
 from .config import TRANSPORT_WRITE_LIMIT_BYTES, RelayConfig
 from .context import Limiters, RelayContext, Session
 from .dispatch import Dispatcher
+from .intake import Intake, RelayWebSocket
 from .logs import log_event
 from .metrics import PROBE_INTERVAL_S, QUEUE_COUNT_INTERVAL_S, MetricsServer, parse_listen
 from .ratelimit import Clock, wall_clock_ms
@@ -67,7 +69,7 @@ from .registration import RegistrationPolicy, source_key
 from .routing import Hint, InProcessRouter, Router, open_router
 from .store import open_store
 from .store.records import LogHead
-from .transport import Flusher, Intake, OutgoingStats, RelayWebSocket, WebSocketTransport
+from .transport import Flusher, OutgoingStats, WebSocketTransport
 
 Rng = Callable[[int], bytes]
 SourceOf = Callable[[ServerConnection], str]

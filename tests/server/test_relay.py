@@ -27,10 +27,11 @@ from blindrelay.protocol.codec import encode
 from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import BundleFetch, Deliver, Error, FrameType, Hello, Ok, Send, Sent
 from blindrelay.server import dispatch
-from blindrelay.server import transport as transport_module
+from blindrelay.server import intake as intake_module
 from blindrelay.server.config import RelayConfig
+from blindrelay.server.intake import at_frame_boundary, read_frames
 from blindrelay.server.relay import RunningRelay, serve
-from blindrelay.server.transport import at_frame_boundary, frame_head, read_frames
+from blindrelay.server.transport import frame_head
 
 from .conftest import TEST_TIMEOUT_S, Clients, FakeClock, RawClient, db_rows, error_code
 
@@ -381,14 +382,14 @@ async def test_the_relay_reads_whole_binary_frames_itself(
         calls.append(taken)
         return taken
 
-    monkeypatch.setattr(transport_module, "read_frames", counted)
+    monkeypatch.setattr(intake_module, "read_frames", counted)
     alice = await clients.registered(relay.url, "alice")
     assert isinstance(await alice.send_message("alice", b"to myself"), Sent)
     assert calls and all(calls)  # LOGIN, SEND: each read here, whole
 
 
 async def test_websockets_assembler_still_calls_the_flow_hooks_the_relay_replaces() -> None:
-    """transport.py hands websockets' assembler its own pause/resume (to share reading with
+    """intake.py hands websockets' assembler its own pause/resume (to share reading with
     the outgoing bound, SPEC §1.2.4) by replacing the assembler's ``pause``/``resume``
     attributes. websockets is pinned below its next major for this and the parser
     inspection above; this fails first if a release stops calling them."""

@@ -1,4 +1,4 @@
-"""Clients that stop reading: the outgoing bound and the write timeout (SPEC §1.2, transport.py).
+"""Clients that stop reading: the outgoing bound and the write timeout (SPEC §1.2, intake.py and transport.py).
 
 An attacker logs in, stops reading its socket, and keeps sending requests whose
 answers are large (PROFILE_FETCH of a business with a big profile). The relay
@@ -34,8 +34,8 @@ from blindrelay.protocol.frames import (
 )
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.context import Session
+from blindrelay.server.intake import FRAMES_PER_TURN
 from blindrelay.server.relay import RunningRelay
-from blindrelay.server.transport import FRAMES_PER_TURN
 
 from .conftest import Clients, FakeClock, RawClient, relay_with
 
