@@ -95,9 +95,9 @@ async def vacuum_problem(conn: Any) -> str | None:
     Why the relay asks: every message is a row inserted into ``queue`` and deleted at its
     ACK, so the table churns at the message rate, and only (auto)vacuum makes the dead
     rows' space reusable. Without it the table and its indexes grow by every message
-    ever relayed, and every read of them slows: in a soak at 2,400 msg/s on a server with
-    autovacuum off, ``queue`` held a million dead rows (1.2 GB) after 7 minutes, and the
-    p99 rose from 50 to 266 ms over 30 (docs/operations.md, "Where the data lives")."""
+    ever relayed, and every read of them slows: in soaks at 2,400 msg/s on a server with
+    autovacuum off, ``queue`` held a million dead rows (1.2 GB) after 7 minutes, and a
+    30-minute run's p99 rose from 50 to 266 ms (docs/operations.md, "Vacuum")."""
     autovacuum, track_counts = await conn.fetchrow(
         "SELECT current_setting('autovacuum'), current_setting('track_counts')"
     )
