@@ -58,7 +58,7 @@ from blindrelay.protocol.transparency.merkle import Node
 from blindrelay.protocol.transparency.treehead import sign_tree_head
 from blindrelay.server.store.postgresql import transparency as pglog
 from blindrelay.server.store.records import LogHead
-from blindrelay.server.store.sqlite import jobs
+from blindrelay.server.store.sqlite import logjobs
 from blindrelay.server.store.sqlite.database import connect
 from blindrelay.server.store.sqlite.tables import Tables
 from blindrelay.server.store.sqlite.transparency import TransparencyLog
@@ -243,7 +243,7 @@ def measure_bill(path: Path, items: int, samples: int) -> dict[str, Any]:
     while more:  # as the relay does: one writer job per chunk, each its own transaction
         start = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
-        done, more = jobs.close_bills(tables, month_of(month_end(month)), month_end(month))
+        done, more = logjobs.close_bills(tables, month_of(month_end(month)), month_end(month))
         conn.execute("COMMIT")
         jobs_s.append(time.perf_counter() - start)
         closed += done
@@ -252,7 +252,7 @@ def measure_bill(path: Path, items: int, samples: int) -> dict[str, Any]:
     tables.log.add_head(LogHead(1, tables.log.root(1), T0, b"\x00"))  # a head over it
     rng = random.Random(8)
     pages = timed(
-        lambda: jobs.bill_page(
+        lambda: logjobs.bill_page(
             tables, "skyways.air", month, rng.randrange(items), limits.MAX_BILL_ITEMS
         ),
         samples,

@@ -23,7 +23,7 @@ from blindrelay.server.config import RelayConfig
 from blindrelay.server.delivery import send_rules
 from blindrelay.server.logs import JsonFormatter
 from blindrelay.server.store import Account
-from blindrelay.server.store.sqlite import jobs
+from blindrelay.server.store.sqlite import accountjobs, jobs
 from blindrelay.server.store.sqlite.commit import GroupCommitter
 from blindrelay.server.store.sqlite.database import connect
 from blindrelay.server.store.sqlite.schema import SCHEMA_VERSION
@@ -102,7 +102,7 @@ def test_a_refused_prekey_upload_never_makes_its_batch_run_again(tmp_path: Path)
 
     def upload(ids: range | list[int], cap: int = 10) -> Callable[[Tables], None]:
         keys = [[key_id, key_id.to_bytes(32, "big")] for key_id in ids]
-        return lambda store: jobs.upload_prekeys(store, "alice", key, signed, keys, cap, 0)
+        return lambda store: accountjobs.upload_prekeys(store, "alice", key, signed, keys, cap, 0)
 
     writer.commit([lambda store: store.accounts.create(ALICE, 0), upload(range(1, 4))])
     outcomes = writer.commit(

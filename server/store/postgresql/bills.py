@@ -77,7 +77,7 @@ async def items(conn: Any, business: str, month: str, start: int, limit: int) ->
 
 
 async def close_bills(tx: Any, before: str, now: int) -> list[Any]:
-    """As ``..sqlite.jobs.close_bills``, under the log's lock (module docstring)."""
+    """As ``..sqlite.logjobs.close_bills``, under the log's lock (module docstring)."""
     conn = tx.conn
     await conn.execute("SELECT pg_advisory_xact_lock($1)", log.LOG_LOCK)
     budget = transparency.BILL_CHUNK_ITEMS

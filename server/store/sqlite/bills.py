@@ -12,7 +12,7 @@
 - ``bill_items`` — a closed bill's items, their exact bytes, in bill order: what
   BILL pages through. Recipients are kept only as salted commitments from then on.
 
-Closing runs in writer jobs (``jobs.close_bills``), ``BILL_CHUNK_ITEMS`` at a time:
+Closing runs in writer jobs (``logjobs.close_bills``), ``BILL_CHUNK_ITEMS`` at a time:
 each takes the first rows left in bill order, makes their items, and replaces the
 rows with them in one transaction; the one that takes the last rows appends the
 entry. So a bill is logged exactly when all its items are kept, and a bill of a

@@ -13,9 +13,10 @@ Everything that must be atomic with a write is decided here, inside the
 writer's transaction: consent with the enqueue (:func:`decide`), idempotence,
 the queue cap, metering, a statement with its purge and receipt.
 
-Not here: the contract (``..operations``), on-loop checks and answers
-(``auth``, ``directory``, ``delivery``, ``statements``, ``business``), the
-transaction itself (``commit.GroupCommitter``).
+Not here: the operations on accounts, their sessions and keys (``accountjobs``), on
+the transparency log and the bills (``logjobs``); the contract (``..operations``);
+on-loop checks and answers (``auth``, ``directory``, ``delivery``, ``statements``,
+``business``); the transaction itself (``commit.GroupCommitter``).
 """
 
 from __future__ import annotations
@@ -27,22 +28,18 @@ from blindrelay.protocol import limits
 from blindrelay.protocol.consent import REFUSE, Meter, PairState, Request, Verdict
 from blindrelay.protocol.crypto.fingerprint import key_fingerprint
 from blindrelay.protocol.errors import (
-    HandleTaken,
-    InvalidPrekeys,
     InvalidProfile,
     NotFound,
     QueueFull,
     RecipientUnavailable,
-    RegistrationRefused,
     StaleStatement,
 )
-from blindrelay.protocol.frames import AccountKind, OneTimePreKeyRecord, SignedPreKeyRecord
+from blindrelay.protocol.frames import AccountKind
 from blindrelay.protocol.signed import Action, ConsentStatement, unverified_body
-from blindrelay.protocol.transparency.entries import decode_entry
 
 from .. import transparency
 from ..operations import SendRules
-from ..records import Account, LogHead, envelope_row, head_row
+from ..records import Account, envelope_row
 from ..rules import (
     BUDGETS,
     FIRST_CONTACTS,
@@ -62,6 +59,8 @@ from ..rules import (
     shares_matter,
     statement_effect,
 )
+from . import accountjobs, logjobs
+from .logjobs import log_binding_proof
 from .tables import Tables
 
 # --- reads the rules need ----------------------------------------------------------
@@ -135,128 +134,10 @@ def take_budget(
     return 0
 
 
-def create_account(
-    tables: Tables,
-    handle: str,
-    kind: str,
-    identity_key: bytes,
-    now: int,
-    invite: bytes | None = None,
-) -> None:
-    """SPEC §3.2, §4.2, §4.6.4: one job, so no two registrations can both pass a check.
-
-    ``invite`` is the hash of the REGISTER's invite when the relay requires one.
-    It is consumed first; a later refusal rolls the job back, invite included.
-    """
-    # "An invite MUST be consumed in the same transaction that creates the account."
-    if invite is not None and not tables.invites.consume(invite):
-        raise RegistrationRefused("invite unknown or used")
-    # "The relay MUST refuse [...] a handle with a leading skeleton equal to the
-    # skeleton of an existing business, with ERROR 201 HANDLE_TAKEN."
-    if tables.lookalikes.collides(handle):
-        raise HandleTaken()
-    # "Handles are unique: a REGISTER for an existing handle MUST be refused."
-    if not tables.accounts.create(Account(handle, kind, identity_key), now):
-        raise HandleTaken()
-    if kind == AccountKind.BUSINESS:
-        tables.lookalikes.add(handle)
-    _log_binding(tables, handle, transparency.key_binding(handle, kind, identity_key, now))
-
-
 def _log(tables: Tables, entry: bytes | None) -> None:
     """SPEC §15.1: the entry commits in the job's transaction, with what it records."""
     if entry is not None:
         tables.log.append([entry])
-
-
-def _log_binding(tables: Tables, handle: str, entry: bytes | None) -> None:
-    """A key binding, and ``handle``'s newest binding is now it (SPEC §15.6 rule 3)."""
-    if entry is not None:
-        tables.log.bind(handle, tables.log.append([entry]))
-
-
-def login_counts(tables: Tables, handle: str, not_before: int) -> list[Any]:
-    """[queued, one-time prekeys, has signed prekey, login sequence] — through the
-    writer, so the counts include every earlier frame's writes."""
-    one_time, has_signed = tables.prekeys.counts(handle)
-    login_seq = tables.accounts.count_login(handle)
-    return [tables.queue.count(handle, not_before), one_time, has_signed, login_seq]
-
-
-def open_session(tables: Tables, handle: str, worker: str, session: int, now: int) -> list[Any]:
-    """[previous worker | None, still live, ended at | None]; records this connection."""
-    conn = tables.db.conn
-    row = conn.execute(
-        "SELECT worker, live, ended_at FROM account_sessions WHERE handle = ?", (handle,)
-    ).fetchone()
-    conn.execute(
-        "INSERT OR REPLACE INTO account_sessions (handle, worker, session, live, ended_at)"
-        " VALUES (?, ?, ?, 1, ?)",
-        (handle, worker, session, row[2] if row is not None else None),
-    )
-    if row is None:
-        return [None, False, None]
-    return [row[0], bool(row[1]), row[2]]
-
-
-def login_seqs(tables: Tables, handles: list[str]) -> list[int]:
-    query = "SELECT login_seq FROM accounts WHERE handle = ?"
-    seqs = [tables.db.conn.execute(query, (handle,)).fetchone() for handle in handles]
-    return [int(row[0]) if row is not None else 0 for row in seqs]
-
-
-def close_session(tables: Tables, handle: str, worker: str, session: int, now: int) -> None:
-    tables.db.conn.execute(
-        "UPDATE account_sessions SET live = 0, ended_at = ?"
-        " WHERE handle = ? AND worker = ? AND session = ? AND live = 1",
-        (now, handle, worker, session),
-    )
-
-
-def rotate_identity(tables: Tables, handle: str, old_key: bytes, new_key: bytes, now: int) -> None:
-    # Compare-and-swap: a concurrent rotation makes this proof stale.
-    if not tables.accounts.replace_identity_key(handle, old_key, new_key):
-        raise StaleStatement()
-    # The prekeys were signed by the old key; a bundle must never mix keys.
-    tables.prekeys.delete_all(handle)
-    account = tables.accounts.get(handle)
-    assert account is not None
-    published = tables.log.bound(handle) is not None
-    entry = transparency.key_binding(
-        handle, account.kind, new_key, now, old_key, published=published
-    )
-    _log_binding(tables, handle, entry)
-
-
-def publish_key(tables: Tables, handle: str, now: int) -> bool:
-    """SPEC §15.6 rule 4: log a user's current key binding once; False when it was
-    published already (a business from registration on)."""
-    account = tables.accounts.get(handle)
-    if account is None or tables.log.bound(handle) is not None:
-        return False
-    key = account.identity_key
-    entry = transparency.key_binding(handle, account.kind, key, now, published=True)
-    _log_binding(tables, handle, entry)
-    return True
-
-
-def upload_prekeys(
-    tables: Tables,
-    handle: str,
-    identity_key: bytes,
-    signed: list[Any] | None,
-    one_time: list[list[Any]],
-    cap: int,
-    now: int,
-) -> None:
-    """``signed`` = [key_id, public, signature] (verified on the loop),
-    ``one_time`` = [[key_id, public]…]."""
-    current = tables.accounts.get(handle)
-    if current is None or current.identity_key != identity_key:
-        raise InvalidPrekeys("identity key rotated during upload")
-    signed_record = SignedPreKeyRecord(*signed) if signed is not None else None
-    records = [OneTimePreKeyRecord(key_id, public) for key_id, public in one_time]
-    tables.prekeys.upload(handle, signed_record, records, cap, now)
 
 
 def take_bundle(
@@ -507,124 +388,6 @@ def purge(tables: Tables, before: int, now: int) -> list[int]:
     return [envelopes, ids]
 
 
-def log_append(tables: Tables, entries: list[bytes]) -> int:
-    for entry in entries:  # SPEC §15.1: only the encodings a log may hold
-        decode_entry(entry)
-    return tables.log.append(entries)
-
-
-def log_state(tables: Tables) -> list[Any]:
-    size = tables.log.size()
-    head = tables.log.head()
-    return [size, tables.log.root(size), head_row(head)]
-
-
-def log_add_head(tables: Tables, size: int, root: bytes, timestamp: int, signed: bytes) -> bool:
-    head = LogHead(size, root, timestamp, signed)
-    log = tables.log
-    log_size = log.size()
-    root_there = log.root(size) if 0 <= size <= log_size else None
-    if not transparency.accept_head(log.head(), head, log_size, root_there):
-        return False
-    log.add_head(head)
-    return True
-
-
-def log_head(tables: Tables) -> list[Any] | None:
-    return head_row(tables.log.head())
-
-
-def log_inclusion(tables: Tables, index: int, size: int) -> list[bytes]:
-    if not 0 <= index < size <= tables.log.size():
-        raise NotFound()
-    return tables.log.inclusion_proof(index, size)
-
-
-def log_consistency(tables: Tables, first: int, second: int) -> list[bytes]:
-    if not 0 < first <= second <= tables.log.size():
-        raise NotFound()
-    return tables.log.consistency_proof(first, second)
-
-
-def log_entries(tables: Tables, start: int, limit: int) -> list[bytes]:
-    return tables.log.entries(start, limit)
-
-
-def log_signed_consistency(tables: Tables, first: int, second: int) -> list[bytes]:
-    transparency.check_signed_size(tables.log.head(), first, second)
-    if first > second:
-        raise NotFound()
-    return tables.log.consistency_proof(first, second)
-
-
-def log_find(tables: Tables, entry: bytes, size: int) -> list[Any]:
-    log = tables.log
-    transparency.check_signed_size(log.head(), size)
-    index = log.find(entry, size)
-    if index is None:
-        raise NotFound()
-    return [index, log.inclusion_proof(index, size)]
-
-
-def log_binding_proof(tables: Tables, handle: str) -> list[Any] | None:
-    """SPEC §15.6 rule 3: the handle's newest binding, if the newest head covers it.
-    Every bundle asks: an unpublished handle costs one primary-key lookup."""
-    log = tables.log
-    seq = log.bound(handle)
-    head = log.head() if seq is not None else None
-    if seq is None or head is None or seq >= head.size:
-        return None
-    return [log.entry(seq), seq, log.inclusion_proof(seq, head.size), head.signed]
-
-
-def close_bills(tables: Tables, before: str, now: int) -> list[Any]:
-    """SPEC §8.5: go on closing the open bills of months before ``before``, at most
-    ``BILL_CHUNK_ITEMS`` notifications in this job: [[[business, month, items, log
-    index], …], more]. Rows of a month whose bill is closed already (late, which one
-    writer never makes) are dropped and reported with index nil."""
-    bills = tables.bills
-    budget = transparency.BILL_CHUNK_ITEMS
-    done: list[list[Any]] = []
-    while budget > 0:
-        current = bills.in_progress()
-        if current is None:
-            following = bills.open_months(before, 1)
-            if not following:
-                return [done, False]
-            business, month = following[0]
-            if bills.closed(business, month) is not None:
-                done.append([business, month, bills.forget_open(business, month), None])
-                continue
-            progress = transparency.new_bill()
-            bills.start(business, month, progress)
-        else:
-            business, month, progress = current
-        rows = bills.notifications(business, month, budget + 1)  # one more: any left?
-        taken = rows[:budget]
-        progress, items = transparency.bill_chunk(progress, taken)
-        bills.take(business, month, taken, items, progress)
-        budget -= len(taken)
-        if len(rows) > len(taken):
-            return [done, True]
-        seq = tables.log.append([transparency.bill_entry(business, month, progress, now)])
-        bills.finish(business, month, seq)
-        done.append([business, month, progress.count, seq])
-    return [done, True]
-
-
-def bill_page(tables: Tables, handle: str, month: str, start: int, limit: int) -> list[Any]:
-    """SPEC §8.5: [entry, index, proof, signed head, salt, items from ``start``]."""
-    found = tables.bills.closed(handle, month)
-    log = tables.log
-    head = transparency.check_bill_covered(log.head(), None if found is None else found[2])
-    assert found is not None
-    salt, _count, seq = found
-    return [
-        log.entry(seq), seq, log.inclusion_proof(seq, head.size), head.signed, salt,
-        tables.bills.items(handle, month, start, limit),
-    ]  # fmt: skip
-
-
 def checkpoint(tables: Tables) -> None:
     """SPEC §11.2: truncate the WAL once this batch has committed (a checkpoint
     cannot run inside the batch's transaction; :class:`~.commit.GroupCommitter`
@@ -635,13 +398,9 @@ def checkpoint(tables: Tables) -> None:
 OPERATIONS: dict[str, Callable[..., Any]] = {
     f.__name__: f
     for f in (
-        noop, relay_seed, create_relay_seed, take_budget, create_account, login_counts,
-        login_seqs, open_session, close_session, rotate_identity, upload_prekeys, take_bundle,
-        send,
-        acknowledge, page, apply_statement, statements_in_force, put_profile, fetch_profile,
-        usage_month, purge, checkpoint, log_append, log_state, log_add_head, log_head,
-        log_inclusion, log_consistency, log_entries, publish_key, log_signed_consistency,
-        log_find, log_binding_proof, close_bills, bill_page,
+        noop, relay_seed, create_relay_seed, take_budget, take_bundle, send, acknowledge, page,
+        apply_statement, statements_in_force, put_profile, fetch_profile, usage_month, purge,
+        checkpoint,
     )
-}  # fmt: skip
+} | accountjobs.OPERATIONS | logjobs.OPERATIONS  # fmt: skip
 """Operation name → function; the only code the writer process will run for a job."""

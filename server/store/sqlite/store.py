@@ -35,7 +35,7 @@ from ...routing import EnvelopeLinks, new_worker_id
 from .. import Done, StoreError, transparency
 from ..records import Account, MonthUsage
 from ..transparency import MAX_BILL_ITEMS_WHOLE
-from . import jobs
+from . import logjobs
 from .database import check_relay_file, connect, connect_reader, count_queued
 from .tables import Accounts, PreKeyStore, Tables
 from .writer import Writer
@@ -248,7 +248,7 @@ class SqliteAdminStore:
 
     def bill(self, business: str, month: str) -> list[Any] | None:
         try:
-            return jobs.bill_page(self._tables, business, month, 0, MAX_BILL_ITEMS_WHOLE)
+            return logjobs.bill_page(self._tables, business, month, 0, MAX_BILL_ITEMS_WHOLE)
         except NotFound:
             return None
 
