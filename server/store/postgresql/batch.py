@@ -58,15 +58,8 @@ from ... import routing
 from ...logs import log_event
 from ...routing import EnvelopeLinks, Hint
 from .. import Done
-from .operations import (
-    OPERATIONS,
-    WRITES,
-    Tx,
-    accounts,
-    accounts_evenly,
-    check_upload,
-    stored_key_ids,
-)
+from .operations import OPERATIONS, WRITES, Tx
+from .reads import accounts, accounts_evenly, check_upload, stored_key_ids
 from .rows import (
     QUEUE_COLUMNS,
     connection_lost,

@@ -14,18 +14,19 @@ before any operation runs (``batch.lock_set``); budgets not keyed by an account
 take an advisory lock; one-time prekeys are claimed with ``FOR UPDATE SKIP LOCKED``.
 An account's envelopes queued are ``queue_counts.queued - queue_acks.acked`` (``schema``).
 
-Not here: the set-based operations and the batch (``batch``), the schema (``schema``).
+Not here: the reads these share with the batch (``reads``), the consent statements'
+operations (``statements``), the set-based operations and the batch (``batch``), the
+schema (``schema``).
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from blindrelay.protocol import limits
-from blindrelay.protocol.consent import Meter, PairState, Request
+from blindrelay.protocol.consent import Meter, Request
 from blindrelay.protocol.crypto.fingerprint import key_fingerprint
 from blindrelay.protocol.errors import (
     HandleTaken,
@@ -37,31 +38,30 @@ from blindrelay.protocol.errors import (
     StaleStatement,
 )
 from blindrelay.protocol.frames import AccountKind
-from blindrelay.protocol.signed import Action, ConsentStatement, unverified_body
 from blindrelay.protocol.skeleton import leading_skeletons, skeleton
 
-from ... import routing
 from ...routing import EnvelopeLinks, Hint, HintKind
 from .. import transparency
-from ..records import Account, MonthUsage
+from ..records import MonthUsage
 from ..rules import (
     BUDGETS,
     ONE_TIME_PREKEYS,
-    STATEMENT_NONCE_KEEP_MS,
-    bucket_full_at,
-    bucket_tokens,
     budget_wait_ms,
-    check_block_targets,
-    check_statement,
-    families,
     judge,
-    needs_badge,
     refuse_unless_allowed,
-    statement_effect,
 )
-from . import bills
+from . import bills, statements
 from . import transparency as log
-from .rows import QUEUE_COLUMNS, envelope_row, pair_key, pair_or_initial, pair_to_row
+from .reads import (
+    accounts,
+    accounts_evenly,
+    budget_tokens,
+    check_upload,
+    lock_budget,
+    pair_and_recipient,
+    store_budget,
+    stored_key_ids,
+)
 
 
 @dataclass(slots=True)
@@ -78,119 +78,6 @@ class Tx:
 
     def hint(self, kind: HintKind, handle: str, value: int = 0) -> None:
         self.hints.append(Hint(kind, handle, self.origin, value))
-
-
-# --- reads several operations make ------------------------------------------------
-
-PAIR_COLUMNS = "consent, pending, window_until, blockers, wrote, requests"
-
-_PAIR_AND_RECIPIENT = (
-    f"SELECT (SELECT row({PAIR_COLUMNS}) FROM pairs WHERE low = $1 AND high = $2),"  # noqa: S608 - constant columns
-    " (SELECT row(handle, kind, identity_key) FROM accounts WHERE handle = $3),"
-    " (SELECT array_agg(row(g.key_fingerprint, a.identity_key, g.expires_at))"
-    "  FROM badges g JOIN accounts a ON a.handle = g.handle"
-    "  WHERE $4 AND g.handle = $5 AND g.revoked_at IS NULL)"
-)
-
-
-def verified_by(badges: Any, now: int) -> bool:
-    """Whether one of (key fingerprint, current identity key, expires at) rows of a
-    business's unrevoked badges is in force for its current key (SPEC §7.3, §8.1)."""
-    return any(
-        bytes(fingerprint) == key_fingerprint(bytes(identity_key)) and now < expires_at
-        for fingerprint, identity_key, expires_at in badges or ()
-    )
-
-
-async def pair_and_recipient(
-    tx: Tx, sender: str, sender_kind: str, to: str, request: Request, now: int
-) -> tuple[PairState, Account | None, bool]:
-    """SPEC §7.3: the pair's state, the recipient, and whether the sender holds a badge
-    in force (read only where :func:`..rules.needs_badge`) — one statement, the pair
-    state read whatever the recipient (SPEC §7.7: the same work for an unknown one)."""
-    badge = needs_badge(sender_kind, request)
-    pair, recipient, badges = await tx.conn.fetchrow(
-        _PAIR_AND_RECIPIENT, *pair_key(sender, to), to, badge, sender
-    )
-    account = Account(recipient[0], recipient[1], bytes(recipient[2])) if recipient else None
-    return pair_or_initial(pair), account, badge and verified_by(badges, now)
-
-
-async def accounts(conn: Any, handles: list[str]) -> dict[str, Account]:
-    rows = await conn.fetch(
-        "SELECT handle, kind, identity_key FROM accounts WHERE handle = ANY($1::text[])", handles
-    )
-    return {row[0]: Account(row[0], row[1], bytes(row[2])) for row in rows}
-
-
-EVEN_ACCOUNTS = (
-    # Per handle: its row if it exists, else the first row from a decoy position chosen
-    # by the handle (crc32 modulo the largest seq) — both cases read the handle index,
-    # the largest seq and one row by seq (SPEC §11.1), and only the comparison differs.
-    "SELECT k.i, a.handle, a.kind, a.identity_key"
-    " FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS k(h, decoy, i)"
-    " CROSS JOIN LATERAL (SELECT handle, kind, identity_key FROM accounts"
-    "  WHERE seq >= (SELECT CASE WHEN hit.seq IS NULL THEN k.decoy % top.m + 1 ELSE hit.seq END"
-    "   FROM (SELECT max(seq) AS m FROM accounts) AS top"
-    "   LEFT JOIN (SELECT seq FROM accounts WHERE handle = k.h) AS hit ON true)"
-    "  ORDER BY seq LIMIT 1) AS a"
-)
-
-
-async def accounts_evenly(conn: Any, handles: list[str]) -> list[Account | None]:
-    """:func:`accounts` with the same work whether each handle exists or not (SPEC §11.1),
-    for LOGIN and PROFILE_FETCH."""
-    rows = await conn.fetch(EVEN_ACCOUNTS, handles, [zlib.crc32(h.encode()) for h in handles])
-    found: list[Account | None] = [None] * len(handles)
-    for index, handle, kind, identity_key in rows:
-        account = Account(handles[index - 1], kind, bytes(identity_key))
-        found[index - 1] = account if handle == handles[index - 1] else None
-    return found
-
-
-def check_upload(stored: set[int], key_ids: list[int], max_stored: int) -> None:
-    """SPEC §5.2, as ``..sqlite.tables.PreKeyStore.check_upload``."""
-    if len(stored) + len(key_ids) > max_stored:
-        raise InvalidPrekeys(f"more than {max_stored} one-time prekeys stored")
-    if not stored.isdisjoint(key_ids):
-        raise InvalidPrekeys("one-time prekey id already stored")
-
-
-async def stored_key_ids(conn: Any, handles: list[str]) -> dict[str, set[int]]:
-    rows = await conn.fetch(
-        "SELECT handle, key_id FROM one_time_prekeys WHERE handle = ANY($1::text[])", handles
-    )
-    stored: dict[str, set[int]] = {h: set() for h in handles}
-    for handle, key_id in rows:
-        stored[handle].add(int(key_id))
-    return stored
-
-
-async def budget_tokens(
-    conn: Any, name: str, key: str, rate_per_h: float, burst: int, now: int
-) -> float:
-    row = await conn.fetchrow(
-        "SELECT tokens, at FROM budgets WHERE name = $1 AND key = $2", name, key
-    )
-    stored = (float(row[0]), int(row[1])) if row is not None else None
-    return bucket_tokens(stored, rate_per_h, burst, now)
-
-
-async def store_budget(
-    conn: Any, name: str, key: str, tokens: float, rate_per_h: float, burst: int, now: int
-) -> None:
-    await conn.execute(
-        "INSERT INTO budgets (name, key, tokens, at, full_at) VALUES ($1, $2, $3, $4, $5)"
-        " ON CONFLICT (name, key) DO UPDATE SET tokens = excluded.tokens, at = excluded.at,"
-        " full_at = excluded.full_at",
-        name, key, tokens, now, bucket_full_at(tokens, rate_per_h, burst, now),
-    )  # fmt: skip
-
-
-async def lock_budget(conn: Any, name: str, key: str) -> None:
-    """Budgets not keyed by a locked account (a source address): an advisory lock,
-    two 32-bit keys, apart from the migration lock's 64-bit key space."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))", name, key)
 
 
 # --- operations ------------------------------------------------------------------
@@ -430,154 +317,6 @@ async def take_bundle(
     ]  # fmt: skip
 
 
-async def _withdraw(
-    conn: Any, recipient: str, sender: str, intent_filter: str, *args: Any
-) -> list[int]:
-    """Delete ``recipient``'s queued rows from ``sender`` matching ``intent_filter``
-    ($3 … in ``args``); its envelope count goes down by the envelopes among them."""
-    rows = await conn.fetch(
-        "WITH d AS (DELETE FROM queue WHERE recipient = $1 AND sender = $2 AND "  # noqa: S608
-        + intent_filter
-        + " RETURNING delivery_id, intent),"
-        " c AS (UPDATE queue_counts SET queued = queued - (SELECT count(*) FROM d"
-        "  WHERE intent <> 'statement') WHERE handle = $1"
-        "  AND EXISTS (SELECT 1 FROM d WHERE intent <> 'statement'))"
-        " SELECT delivery_id FROM d",
-        recipient, sender, *args,
-    )  # fmt: skip
-    return sorted(int(row[0]) for row in rows)
-
-
-async def apply_statement(
-    tx: Tx,
-    handle: str,
-    signed: bytes,
-    now: int,
-    cooldown_ms: int,
-    max_block_targets: int = limits.MAX_BLOCK_TARGETS,
-) -> list[Any]:
-    """SPEC §7.4–7.5, as the SQLite back end's ``apply_statement``; hints: WITHDRAWN for
-    the signer's purged rows and the target's superseded receipts, QUEUED for a
-    forwarded one."""
-    conn = tx.conn
-    statement = unverified_body(ConsentStatement, signed)
-    target_handle = statement.target
-    found = await accounts(conn, [handle, target_handle])
-    signer, target = found.get(handle), found.get(target_handle)
-    check_statement(statement, signer, target)
-    assert signer is not None
-    seen = await conn.fetchval(
-        "SELECT 1 FROM statement_nonces WHERE signer = $1 AND nonce = $2", handle, statement.nonce
-    )
-    if seen is not None:
-        raise StaleStatement("nonce: statement seen before")
-    if statement.action == Action.BLOCK:
-        known, count = await conn.fetchrow(
-            "SELECT EXISTS (SELECT 1 FROM statements_in_force WHERE signer = $1"
-            " AND target = $2 AND family = 'block'),"
-            " (SELECT count(*) FROM statements_in_force WHERE signer = $1 AND family = 'block')",
-            handle, target_handle,
-        )  # fmt: skip
-        check_block_targets(None if known else int(count), max_block_targets)
-    pair = await conn.fetchval(
-        f"SELECT row({PAIR_COLUMNS}) FROM pairs WHERE low = $1 AND high = $2",  # noqa: S608
-        *pair_key(handle, target_handle),
-    )
-    effect = statement_effect(
-        statement, signer.kind, target.kind if target is not None else None,
-        pair_or_initial(pair), now, cooldown_ms,
-    )  # fmt: skip
-    await conn.execute(
-        "INSERT INTO pairs (low, high, consent, pending, window_until, blockers, wrote, requests)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (low, high) DO UPDATE SET"
-        " consent = excluded.consent, pending = excluded.pending,"
-        " window_until = excluded.window_until, blockers = excluded.blockers,"
-        " wrote = excluded.wrote, requests = excluded.requests",
-        *pair_key(handle, target_handle), *pair_to_row(effect.state),
-    )  # fmt: skip
-    superseded_nonces = await _record(conn, statement, signed, now)
-    await log.append_one(conn, transparency.statement_logged(signed))
-    purged: list[int] = []
-    if effect.purge.everything_from_target:
-        purged = await _withdraw(conn, handle, target_handle, "true")
-    elif effect.purge.notification_categories:
-        purged = await _withdraw(
-            conn, handle, target_handle, "intent = 'notification' AND category = ANY($3::text[])",
-            sorted(effect.purge.notification_categories),
-        )  # fmt: skip
-    forwarded = None
-    superseded: list[int] = []
-    if effect.to_business and superseded_nonces:
-        superseded = await _withdraw(
-            conn, target_handle, handle, "intent = 'statement' AND msg_id = ANY($3::bytea[])",
-            superseded_nonces,
-        )  # fmt: skip
-    if effect.forward:
-        row = await conn.fetchrow(
-            "INSERT INTO queue (recipient, sender, sender_kind, msg_id, intent, category,"  # noqa: S608 - constant columns
-            " categories, sent_at, body) VALUES ($1, $2, $3, $4, 'statement', NULL, NULL, $5, $6)"
-            f" RETURNING {QUEUE_COLUMNS}",
-            target_handle, handle, signer.kind, statement.nonce, now, signed,
-        )  # fmt: skip
-        forwarded = envelope_row(row)
-        tx.hint(HintKind.QUEUED, target_handle)
-    if purged:
-        tx.hints.append(routing.withdrawn(handle, tx.origin, purged))
-    if superseded:
-        tx.hints.append(routing.withdrawn(target_handle, tx.origin, superseded))
-    return [purged, forwarded, superseded]
-
-
-async def _record(conn: Any, statement: ConsentStatement, signed: bytes, now: int) -> list[bytes]:
-    """As ``..sqlite.ledger.ConsentLedger.record``: the nonce remembered, the statement
-    stored and in force for its families, those it supersedes deleted; their nonces."""
-    signer, target = statement.signer, statement.target
-    own = families(statement)
-    rows = await conn.fetch(
-        "WITH n AS (INSERT INTO statement_nonces (signer, nonce, kept_until)"
-        "  VALUES ($1, $3, $4)),"
-        " before AS (SELECT seq FROM statements_in_force"
-        "  WHERE signer = $1 AND target = $2 AND family = ANY($5::text[])),"
-        " s AS (INSERT INTO statements (signer, target, action, categories, issued_at,"
-        "  accepted_at, nonce, signed) VALUES ($1, $2, $6, $7, $8, $9, $3, $10) RETURNING seq),"
-        " f AS (INSERT INTO statements_in_force (signer, target, family, seq)"
-        "  SELECT $1, $2, family, (SELECT seq FROM s) FROM unnest($5::text[]) AS family"
-        "  ON CONFLICT (signer, target, family) DO UPDATE SET seq = excluded.seq)"
-        " SELECT DISTINCT seq FROM before",
-        signer, target, statement.nonce, now + STATEMENT_NONCE_KEEP_MS, own, statement.action,
-        ",".join(statement.categories) if statement.categories else None,
-        statement.issued_at, now, signed,
-    )  # fmt: skip
-    if not rows:
-        return []
-    # In force still for a family this statement does not name (a grant of both
-    # categories outlives a revoke of one): kept. This statement sees the rows above.
-    deleted = await conn.fetch(
-        "DELETE FROM statements WHERE seq = ANY($3::bigint[]) AND NOT EXISTS (SELECT 1"
-        " FROM statements_in_force f WHERE f.signer = $1 AND f.target = $2"
-        " AND f.seq = statements.seq) RETURNING seq, nonce",
-        signer, target, [int(row[0]) for row in rows],
-    )  # fmt: skip
-    return [bytes(row[1]) for row in sorted(deleted, key=lambda row: int(row[0]))]
-
-
-async def statements_in_force(tx: Tx, handle: str, after: int, limit: int) -> list[Any]:
-    """SPEC §7.6: oldest first; for a business also those about it (forwarded to it)."""
-    conn = tx.conn
-    account = (await accounts(conn, [handle])).get(handle)
-    targeted = account is not None and account.kind == AccountKind.BUSINESS
-    rows = await conn.fetch(
-        "SELECT seq, signed FROM statements WHERE seq > $1 AND seq IN ("
-        " SELECT seq FROM statements_in_force WHERE signer = $2"
-        " UNION SELECT seq FROM statements_in_force WHERE $3 AND target = $2)"
-        " ORDER BY seq LIMIT $4",
-        after, handle, targeted, limit + 1,
-    )  # fmt: skip
-    page = rows[:limit]
-    more = len(rows) > limit
-    return [[bytes(row[1]) for row in page], int(page[-1][0]) if more else None]
-
-
 async def put_profile(tx: Tx, handle: str, identity_key: bytes, profile: bytes, now: int) -> None:
     stored = await tx.conn.fetchval(
         "WITH a AS (SELECT handle FROM accounts WHERE handle = $1 AND identity_key = $2)"
@@ -666,15 +405,14 @@ OPERATIONS: dict[str, Callable[..., Awaitable[Any]]] = {
     for f in (
         noop, relay_seed, create_relay_seed, take_budget, create_account, login_counts,
         login_seqs, open_session, close_session, rotate_identity, upload_prekeys, take_bundle,
-        apply_statement, statements_in_force, put_profile, fetch_profile, usage_month, purge,
-        checkpoint,
+        put_profile, fetch_profile, usage_month, purge, checkpoint,
     )
-} | log.OPERATIONS | bills.OPERATIONS  # fmt: skip
+} | statements.OPERATIONS | log.OPERATIONS | bills.OPERATIONS  # fmt: skip
 """The operations run one call at a time (``batch`` runs send, acknowledge, page)."""
 
 WRITES = frozenset(
     {"create_relay_seed", "take_budget", "create_account", "login_counts", "open_session",
      "close_session", "rotate_identity",
-     "upload_prekeys", "take_bundle", "apply_statement", "put_profile", "purge"}
-) | log.WRITES | bills.WRITES  # fmt: skip
+     "upload_prekeys", "take_bundle", "put_profile", "purge"}
+) | statements.WRITES | log.WRITES | bills.WRITES  # fmt: skip
 """Those that write: each runs in a savepoint, undone alone if it fails."""

@@ -41,7 +41,8 @@ from ..rules import (
     share_floor,
     shares_matter,
 )
-from .operations import Tx, verified_by
+from .operations import Tx
+from .reads import verified_by
 from .rows import job_error, pair_from_row, pair_key, pair_to_row
 
 if TYPE_CHECKING:
