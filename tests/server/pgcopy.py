@@ -67,9 +67,11 @@ async def _copy(source: sqlite3.Connection, conn: Any, url: str) -> None:
                 ],
             )
         await conn.execute(
-            "INSERT INTO queue_counts (handle, queued) SELECT a.handle,"
+            "INSERT INTO queue_counts (handle, queued, last_id) SELECT a.handle,"
             " (SELECT count(*) FROM queue q WHERE q.recipient = a.handle"
-            " AND q.intent <> 'statement') FROM accounts a"
+            " AND q.intent <> 'statement'),"
+            " (SELECT coalesce(max(delivery_id), 0) FROM queue q WHERE q.recipient = a.handle)"
+            " FROM accounts a"
         )
         await conn.execute("INSERT INTO queue_acks (handle) SELECT handle FROM accounts")
         for table, column in SEQUENCES:  # later inserts continue after the copied ids

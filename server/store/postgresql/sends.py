@@ -48,14 +48,15 @@ from .rows import job_error, pair_from_row, pair_key, pair_to_row
 if TYPE_CHECKING:
     from .batch import Call, Outcome
 
-_SEND_STATE = (
+SEND_STATE = (
     "SELECT 1 AS tag, p.low AS h1, p.high AS h2, p.consent AS t1, p.pending AS t2,"
     " p.blockers AS t3, p.wrote AS t4, p.window_until AS n1, p.requests::bigint AS n2,"
     " NULL::bytea AS b1, NULL::bytea AS b2, NULL::float8 AS f1"
     " FROM pairs p JOIN unnest($1::text[], $2::text[]) AS k(low, high)"
     "  ON p.low = k.low AND p.high = k.high"
     " UNION ALL SELECT 2, a.handle, a.kind, w.worker, NULL, NULL, NULL,"
-    "  coalesce(q.queued, 0) - coalesce(k.acked, 0), NULL, NULL, NULL, NULL FROM accounts a"
+    "  coalesce(q.queued, 0) - coalesce(k.acked, 0), coalesce(q.last_id, 0), NULL, NULL, NULL"
+    "  FROM accounts a"
     "  LEFT JOIN queue_counts q ON q.handle = a.handle"
     "  LEFT JOIN queue_acks k ON k.handle = a.handle"
     "  LEFT JOIN account_sessions w ON w.handle = a.handle AND w.live"
@@ -71,10 +72,11 @@ _SEND_STATE = (
     "  WHERE g.handle = ANY($8::text[]) AND g.revoked_at IS NULL"
 )
 """Everything a run's SENDs decide on, in one statement: pair states (1), recipients
-with their queue counts (2), remembered (sender, msg_id) (3), the senders' first-contact
-budgets (4), and badges of business senders that need one (5)."""
+with their queue counts and the highest delivery id queued for them (2), remembered
+(sender, msg_id) (3), the senders' first-contact budgets (4), and badges of business
+senders that need one (5)."""
 
-_SEND_WRITE = (
+SEND_WRITE = (
     "WITH s AS (INSERT INTO sent (sender, msg_id, digest, at)"
     "  SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::bigint[])),"
     " q AS (INSERT INTO queue (recipient, sender, sender_kind, msg_id, intent, category,"
@@ -84,10 +86,9 @@ _SEND_WRITE = (
     "  FROM unnest($5::text[], $1::text[], $6::text[], $2::bytea[], $7::text[], $8::text[],"
     "   $9::text[], $4::bigint[], $10::bytea[], $11::boolean[])"
     "   WITH ORDINALITY AS u(r, s, sk, m, i, c, cs, t, b, st, o)"
-    "  ORDER BY o RETURNING delivery_id, sender, msg_id),"
-    " prev AS (SELECT r, (SELECT max(delivery_id) FROM queue WHERE recipient = r) AS m"
-    "  FROM unnest($12::text[]) AS r),"
-    " c AS (UPDATE queue_counts qc SET queued = qc.queued + d.n"
+    "  ORDER BY o RETURNING delivery_id, sender, msg_id, recipient),"
+    " c AS (UPDATE queue_counts qc SET queued = qc.queued + d.n,"
+    "  last_id = (SELECT max(q.delivery_id) FROM q WHERE q.recipient = d.h)"
     "  FROM unnest($12::text[], $13::integer[]) AS d(h, n) WHERE qc.handle = d.h),"
     " p AS (INSERT INTO pairs (low, high, consent, pending, window_until, blockers, wrote,"
     "  requests) SELECT * FROM unnest($14::text[], $15::text[], $16::text[], $17::text[],"
@@ -107,13 +108,11 @@ _SEND_WRITE = (
     " n AS (INSERT INTO bill_notifications (month, business, at, msg_id, category, recipient)"
     "  SELECT * FROM unnest($32::text[], $33::text[], $34::bigint[], $35::bytea[],"
     "   $36::text[], $37::text[]))"
-    " SELECT delivery_id, sender, msg_id, NULL::text AS r FROM q"
-    " UNION ALL SELECT m, NULL, NULL, r FROM prev"
+    " SELECT delivery_id, sender, msg_id FROM q"
 )
 """Everything a run's accepted SENDs write, in one statement (billed notifications'
-bill rows too, SPEC §8.5); with each new envelope's
-delivery id and, per recipient, the highest delivery id queued before the run's (the
-snapshot of a statement excludes its own inserts)."""
+bill rows too, SPEC §8.5), each recipient's ``last_id`` raised to its newest envelope's
+(schema 10); with each new envelope's delivery id."""
 
 
 @dataclass(slots=True)
@@ -174,6 +173,11 @@ class _SendRun:
         """First-contact budgets to write: sender → (tokens, at, full_at)."""
         self.workers: dict[str, str] = {}
         """Recipient → the worker serving its live connection (``account_sessions``)."""
+        self.last_ids: dict[str, int] = {}
+        """Recipient → the highest delivery id queued for it before this run
+        (``queue_counts.last_id``, read under its lock): the first new envelope's
+        ``previous``. Never ``max(delivery_id)`` over ``queue``, whose cost grows with
+        the dead rows the ACKs leave until the next vacuum (schema 10)."""
         self._month = (0, 0, "")
 
     async def read(self) -> None:
@@ -182,7 +186,7 @@ class _SendRun:
             {s.handle for s in self.sends if needs_badge(s.kind, Request(s.intent))}
         )
         rows = await self.tx.conn.fetch(
-            _SEND_STATE,
+            SEND_STATE,
             [k[0] for k in keys], [k[1] for k in keys], sorted({s.to for s in self.sends}),
             [s.handle for s in self.sends], [s.msg_id for s in self.sends],
             FIRST_CONTACTS, sorted({s.handle for s in self.sends}), badge_senders,
@@ -192,6 +196,7 @@ class _SendRun:
                 self.pairs[(h1, h2)] = pair_from_row(t1, t2, n1, t3, t4, n2)
             elif tag == 2:
                 self.recipients[h1] = (h2, int(n1 or 0))
+                self.last_ids[h1] = int(n2 or 0)
                 if t1 is not None:
                     self.workers[h1] = t1
             elif tag == 3:
@@ -309,7 +314,7 @@ class _SendRun:
         billed = self.billed
         sends = [a.send for a in accepted]
         rows = await self.tx.conn.fetch(
-            _SEND_WRITE,
+            SEND_WRITE,
             [s.handle for s in sends], [s.msg_id for s in sends], [a.digest for a in accepted],
             [s.now for s in sends], [s.to for s in sends], [s.kind for s in sends],
             [s.intent for s in sends], [s.category for s in sends],
@@ -324,13 +329,8 @@ class _SendRun:
             [s[1] for _h, s in spent], [s[2] for _h, s in spent],
             *(list(column) for column in zip(*billed, strict=True)) if billed else ([],) * 6,
         )  # fmt: skip
-        ids: dict[tuple[str, bytes], int] = {}
-        last: dict[str, int] = {}
-        for delivery_id, sender, msg_id, recipient in rows:
-            if recipient is None:
-                ids[(sender, bytes(msg_id))] = int(delivery_id)
-            else:
-                last[recipient] = int(delivery_id or 0)
+        ids = {(sender, bytes(msg_id)): int(delivery_id) for delivery_id, sender, msg_id in rows}
+        last = {recipient: self.last_ids.get(recipient, 0) for recipient in per_recipient}
         results: dict[int, list[int]] = {}
         tx = self.tx
         links, workers, origin = tx.links, self.workers, tx.origin

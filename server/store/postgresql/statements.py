@@ -121,10 +121,15 @@ async def apply_statement(
             superseded_nonces,
         )  # fmt: skip
     if effect.forward:
+        # The target's last_id too (schema 10): a later SEND's ``previous`` must cover it.
         row = await conn.fetchrow(
-            "INSERT INTO queue (recipient, sender, sender_kind, msg_id, intent, category,"  # noqa: S608 - constant columns
-            " categories, sent_at, body) VALUES ($1, $2, $3, $4, 'statement', NULL, NULL, $5, $6)"
-            f" RETURNING {QUEUE_COLUMNS}",
+            "WITH i AS (INSERT INTO queue (recipient, sender, sender_kind, msg_id, intent,"  # noqa: S608 - constant columns
+            " category, categories, sent_at, body)"
+            " VALUES ($1, $2, $3, $4, 'statement', NULL, NULL, $5, $6)"
+            f" RETURNING {QUEUE_COLUMNS}),"
+            " c AS (UPDATE queue_counts SET last_id = (SELECT delivery_id FROM i)"
+            "  WHERE handle = $1)"
+            f" SELECT {QUEUE_COLUMNS} FROM i",
             target_handle, handle, signer.kind, statement.nonce, now, signed,
         )  # fmt: skip
         forwarded = envelope_row(row)
