@@ -570,16 +570,21 @@ async def test_only_a_recipient_served_on_another_worker_gets_a_hint_and_it_carr
     ]  # fmt: skip
 
 
+async def _migrated(pg_database: PostgresDatabase) -> str:
+    """A fresh database with the relay's schema and nothing else in it: its URL."""
+    url = pg_database.fresh_schema()
+    async with started(url):
+        pass
+    return url
+
+
 async def test_a_plan_cached_while_the_queue_was_empty_still_finds_rows_by_key(
     pg_database: PostgresDatabase,
 ) -> None:
     """The store's connections plan keyed look-ups only (``store.PLANNER_SETTINGS``): a
     generic plan made on an empty, never analysed queue — the ACK's shape — stays an index
     look-up once the queue holds thousands of rows, not a hash join over all of them."""
-    url = pg_database.fresh_schema()
-    async with started(url):  # the schema
-        pass
-    conn = await connect(url)
+    conn = await connect(await _migrated(pg_database))
     try:
         await conn.execute("SET plan_cache_mode = force_generic_plan")
         await conn.execute(
@@ -617,10 +622,7 @@ async def test_a_send_run_reads_nothing_of_the_queue_whatever_the_plan(
     queue, and under a bitmap plan that max visited every row the ACKs had left dead since
     the last vacuum, per recipient and batch: the soak's p99 went to seconds at 2,200
     msg/s (docs/latency.md). Checked with index scans off, so a read would show."""
-    url = pg_database.fresh_schema()
-    async with started(url):  # the schema
-        pass
-    conn = await connect(url)
+    conn = await connect(await _migrated(pg_database))
     try:
         await conn.execute("SET enable_indexscan = off; SET enable_indexonlyscan = off")
         nodes = []
