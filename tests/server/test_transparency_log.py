@@ -268,10 +268,11 @@ async def test_an_upgraded_postgresql_relay_logs_the_businesses_it_already_had(
         await store.submit("create_account", "alice", "user", ALICE.public, T0)
     schema = url.split("search_path=")[1]
     pg.execute(  # as a schema-3 relay left it: no log tables (4), no workers table (5),
-        pg_database.url,  # no log_bindings (6), log_times (7), bills (8)
+        pg_database.url,  # no log_bindings (6), log_times (7), bills (8), last ids (10)
         *[f'DROP TABLE "{schema}".{table}'
           for table in ("log_entries", "log_nodes", "log_heads", "workers", "log_bindings",
                         "log_times", "bill_notifications", "bills", "bill_items")],
+        f'ALTER TABLE "{schema}".queue_counts DROP COLUMN last_id',
         f'DELETE FROM "{schema}".schema_version WHERE version >= 4',
     )  # fmt: skip
     async with opened(url) as store:

@@ -57,8 +57,7 @@ from blindrelay.protocol.signed import ConsentStatement, unverified_body
 from ... import routing
 from ...logs import log_event
 from ...routing import EnvelopeLinks, Hint
-from .. import Done
-from .operations import OPERATIONS, WRITES, Tx
+from .operations import OPERATIONS, WRITES
 from .reads import accounts, accounts_evenly, check_upload, stored_key_ids
 from .rows import (
     QUEUE_COLUMNS,
@@ -68,6 +67,7 @@ from .rows import (
     retryable,
 )
 from .sends import send_group
+from .tx import Call, Outcome, Tx
 
 READS = frozenset({"account", "account_for_login", "check_prekey_upload"})
 """What ``Store.read`` may ask: operations that write nothing, in the ordered stream."""
@@ -87,18 +87,6 @@ SET_BASED = frozenset(ARGUMENTS) | READS
 
 MAX_RETRIES = 5
 """Runs of one batch after deadlocks or serialization failures before it runs carefully."""
-
-Outcome = tuple[bool, Any]
-
-
-@dataclass(slots=True)
-class Call:
-    """One call in the stream: an operation (or a read) with its args, answered by ``done``."""
-
-    operation: str
-    args: Sequence[Any]
-    done: Done
-
 
 @dataclass(slots=True)
 class Counters:

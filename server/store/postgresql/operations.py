@@ -2,7 +2,7 @@
 
 Everything but SEND, ACK, PAGE and the loop's reads (which ``batch`` runs set-based
 for a whole batch): rare enough that one or a few statements per call cost nothing
-that matters. Each is an ``async`` function over a :class:`Tx` and the contract's
+that matters. Each is an ``async`` function over a :class:`.tx.Tx` and the contract's
 plain values, deciding with the same :mod:`..rules` as the SQLite back end's
 ``jobs`` in the same order, so the two refuse alike. Those that write run inside a
 savepoint (:data:`WRITES`), so a refusal after a write undoes it; most still decide
@@ -22,7 +22,6 @@ schema (``schema``).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from blindrelay.protocol import limits
@@ -40,7 +39,7 @@ from blindrelay.protocol.errors import (
 from blindrelay.protocol.frames import AccountKind
 from blindrelay.protocol.skeleton import leading_skeletons, skeleton
 
-from ...routing import EnvelopeLinks, Hint, HintKind
+from ...routing import HintKind
 from .. import transparency
 from ..records import MonthUsage
 from ..rules import (
@@ -62,23 +61,7 @@ from .reads import (
     store_budget,
     stored_key_ids,
 )
-
-
-@dataclass(slots=True)
-class Tx:
-    """One batch's transaction: its connection, and the hints its operations emit."""
-
-    conn: Any
-    origin: str
-    hints: list[Hint] = field(default_factory=list)
-    links: EnvelopeLinks | None = None
-    """``Store.links``: peer links to the other workers, for new envelopes."""
-    linked: dict[str, list[list[Any]]] = field(default_factory=dict)
-    """Worker → the envelopes its link carries once this transaction has committed."""
-
-    def hint(self, kind: HintKind, handle: str, value: int = 0) -> None:
-        self.hints.append(Hint(kind, handle, self.origin, value))
-
+from .tx import Tx
 
 # --- operations ------------------------------------------------------------------
 

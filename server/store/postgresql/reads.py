@@ -10,7 +10,7 @@ Not here: the operations themselves, the schema (``schema``).
 from __future__ import annotations
 
 import zlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from blindrelay.protocol.consent import PairState, Request
 from blindrelay.protocol.crypto.fingerprint import key_fingerprint
@@ -19,9 +19,7 @@ from blindrelay.protocol.errors import InvalidPrekeys
 from ..records import Account
 from ..rules import bucket_full_at, bucket_tokens, needs_badge
 from .rows import pair_key, pair_or_initial
-
-if TYPE_CHECKING:
-    from .operations import Tx
+from .tx import Tx
 
 PAIR_COLUMNS = "consent, pending, window_until, blockers, wrote, requests"
 

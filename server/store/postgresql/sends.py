@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 
@@ -41,12 +41,9 @@ from ..rules import (
     share_floor,
     shares_matter,
 )
-from .operations import Tx
 from .reads import verified_by
 from .rows import job_error, pair_from_row, pair_key, pair_to_row
-
-if TYPE_CHECKING:
-    from .batch import Call, Outcome
+from .tx import Call, Outcome, Tx
 
 SEND_STATE = (
     "SELECT 1 AS tag, p.low AS h1, p.high AS h2, p.consent AS t1, p.pending AS t2,"

@@ -13,7 +13,7 @@ Not here: checking the signature and the statement's freshness on the loop
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from blindrelay.protocol import limits
 from blindrelay.protocol.errors import StaleStatement
@@ -33,9 +33,7 @@ from ..rules import (
 from . import transparency as log
 from .reads import PAIR_COLUMNS, accounts
 from .rows import QUEUE_COLUMNS, envelope_row, pair_key, pair_or_initial, pair_to_row
-
-if TYPE_CHECKING:
-    from .operations import Tx
+from .tx import Tx
 
 
 async def _withdraw(

@@ -33,9 +33,10 @@ from blindrelay.protocol.errors import InternalError, StoreUnavailable
 from ... import routing
 from ...logs import log_event
 from .. import Done, StoreStartError
-from .batch import READS, Call, Counters, Outcome, run_batch
+from .batch import READS, Counters, run_batch
 from .rows import connection_lost, where
 from .schema import migrate
+from .tx import Call, Outcome
 
 INITIAL_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 2.0
