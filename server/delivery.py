@@ -29,7 +29,8 @@ from blindrelay.protocol.fastcodec import encode_deliver, encode_sent
 from blindrelay.protocol.frames import AccountKind, Ack, Intent, Send
 
 from .config import RelayConfig
-from .context import Limiters, RelayContext, Session, SessionOutbox
+from .context import RelayContext, Session, SessionOutbox
+from .limiters import Limiters
 from .logs import LOGGER, log_event
 from .outbox import delete_acknowledged, deliver_row
 from .routing import Hint

@@ -59,9 +59,10 @@ from blindrelay.protocol.transparency.bills import month_of
 
 from . import auth, gcpolicy, transparency
 from .config import TRANSPORT_WRITE_LIMIT_BYTES, RelayConfig
-from .context import Limiters, RelayContext, Session
+from .context import RelayContext, Session
 from .dispatch import Dispatcher
 from .intake import Intake, RelayWebSocket
+from .limiters import Limiters
 from .logs import log_event
 from .metrics import PROBE_INTERVAL_S, QUEUE_COUNT_INTERVAL_S, MetricsServer, parse_listen
 from .ratelimit import Clock, wall_clock_ms

@@ -20,7 +20,8 @@ from nacl.signing import SigningKey
 from blindrelay.protocol import codec
 from blindrelay.protocol import frames as f
 from blindrelay.server.config import RelayConfig
-from blindrelay.server.context import Limiters, RelayContext, Session
+from blindrelay.server.context import RelayContext, Session
+from blindrelay.server.limiters import Limiters
 from blindrelay.server.logs import JsonFormatter
 from blindrelay.server.registration import RegistrationPolicy
 from blindrelay.server.store import Done

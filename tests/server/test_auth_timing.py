@@ -37,8 +37,9 @@ from blindrelay.protocol.codec import encode
 from blindrelay.protocol.connection import RelayConnection, State
 from blindrelay.protocol.frames import Login
 from blindrelay.server.config import RelayConfig
-from blindrelay.server.context import Limiters, RelayContext, Session
+from blindrelay.server.context import RelayContext, Session
 from blindrelay.server.dispatch import Dispatcher
+from blindrelay.server.limiters import Limiters
 from blindrelay.server.registration import RegistrationPolicy
 from blindrelay.server.store import Account, Done
 from blindrelay.server.store.sqlite.database import connect, connect_reader

@@ -6,7 +6,7 @@ session per account across relay processes (SPEC §1.2.3, §4.4);
 :class:`RelayContext` turning exceptions into ERROR frames in one place
 (SPEC §9), running store operations and reads with their callbacks, and
 keeping a connection's frames in order around a read that is not answered
-at once; :class:`Limiters` following an account between processes (SPEC §10).
+at once.
 """
 
 from __future__ import annotations
@@ -23,14 +23,12 @@ from blindrelay.server.context import (
     CLOSE_GOING_AWAY,
     CLOSE_REPLACED,
     READ_HOLD,
-    Limiters,
     RelayContext,
     Sessions,
 )
 from blindrelay.server.store import Account, StoreJobError
 
 from ..protocol.pair import Pair, authenticated
-from ..relays import FakeClock
 from .inmemory import Connected, ScriptedStore, connected, log_lines, relay_context
 
 FETCH = f.BundleFetch(id=8, handle="bob")
@@ -316,20 +314,3 @@ def test_an_unauthenticated_session_has_no_account_to_read(ctx: RelayContext) ->
     waiting = connected(Pair())
     with pytest.raises(AssertionError):
         ctx.read_account(waiting.session, None, lambda account: None)
-
-
-# --- Limiters ------------------------------------------------------------------------------
-
-
-def test_an_account_taken_over_from_another_process_starts_with_empty_buckets() -> None:
-    """SPEC §10: N processes never give one account N buckets; the pair bucket is
-    keyed by the pair, not the account, and is left alone."""
-    clock = FakeClock()
-    limiters = Limiters.from_config(relay_context().config, clock)
-    limiters.take_over("alice", clock())
-    for buckets in limiters.per_account():
-        with pytest.raises(RateLimited):
-            buckets.take("alice")
-        buckets.take("bob")  # other accounts keep theirs
-    limiters.send_pair.take(("alice", "bob"))
-    assert limiters.send_pair not in limiters.per_account()

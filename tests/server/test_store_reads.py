@@ -37,7 +37,8 @@ from blindrelay.protocol.frames import (
     SignedPreKeyRecord,
 )
 from blindrelay.server.config import RelayConfig
-from blindrelay.server.context import Limiters, RelayContext, Session
+from blindrelay.server.context import RelayContext, Session
+from blindrelay.server.limiters import Limiters
 from blindrelay.server.registration import RegistrationPolicy
 from blindrelay.server.relay import RunningRelay
 from blindrelay.server.store import Account, Done, Store, open_store
