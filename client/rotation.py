@@ -47,7 +47,6 @@ import logging
 from collections.abc import Callable
 
 from blindrelay.protocol import frames
-from blindrelay.protocol.connection import rotate_transcript
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import (
     InvalidStatement,
@@ -55,6 +54,7 @@ from blindrelay.protocol.errors import (
     ProtocolError,
     StaleStatement,
 )
+from blindrelay.protocol.transcripts import rotate_transcript
 
 from .connection import Connection
 from .keystore import KeyStore

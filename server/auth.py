@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 from blindrelay.protocol import limits
-from blindrelay.protocol.connection import rotate_transcript
 from blindrelay.protocol.crypto.keys import signature_valid
 from blindrelay.protocol.errors import (
     InvalidStatement,
@@ -26,6 +25,7 @@ from blindrelay.protocol.errors import (
     StaleStatement,
 )
 from blindrelay.protocol.frames import Frame, Login, Ok, Register, RotateIdentity, Welcome
+from blindrelay.protocol.transcripts import rotate_transcript
 
 from .context import RelayContext, Session
 from .logs import log_event

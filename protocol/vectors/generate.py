@@ -24,9 +24,9 @@ from blindrelay.protocol import channel, limits
 from blindrelay.protocol import frames as f
 from blindrelay.protocol import pow as puzzle
 from blindrelay.protocol.codec import encode
-from blindrelay.protocol.connection import login_transcript, register_transcript
 from blindrelay.protocol.jsonform import to_json
 from blindrelay.protocol.skeleton import leading_skeletons, skeleton
+from blindrelay.protocol.transcripts import login_transcript, register_transcript
 
 HERE = Path(__file__).resolve().parent
 

@@ -6,9 +6,9 @@ import msgpack
 import pytest
 
 from blindrelay.protocol import limits
-from blindrelay.protocol.connection import register_transcript
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.frames import Error, Ok, RotateIdentity, Welcome
+from blindrelay.protocol.transcripts import register_transcript
 
 from .wire import Account, new_handle, rng, rotation
 

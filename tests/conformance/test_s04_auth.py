@@ -9,7 +9,6 @@ import msgpack
 import pytest
 
 from blindrelay.protocol import PROTOCOL_VERSION, limits
-from blindrelay.protocol.connection import login_transcript, register_transcript
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.frames import (
     Ack,
@@ -22,6 +21,7 @@ from blindrelay.protocol.frames import (
     Sent,
     Welcome,
 )
+from blindrelay.protocol.transcripts import login_transcript, register_transcript
 
 from .wire import Account, error_code, new_handle, new_msg_id, rng
 

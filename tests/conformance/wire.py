@@ -40,7 +40,7 @@ from websockets.typing import Subprotocol
 from blindrelay.protocol import SUBPROTOCOL
 from blindrelay.protocol.channel import ChannelError, ClientChannel
 from blindrelay.protocol.codec import decode, encode
-from blindrelay.protocol.connection import ClientConnection, rotate_transcript
+from blindrelay.protocol.connection import ClientConnection
 from blindrelay.protocol.crypto.keys import IdentityKeyPair, OneTimePreKey, SignedPreKey
 from blindrelay.protocol.errors import ProtocolError
 from blindrelay.protocol.frames import (
@@ -57,6 +57,7 @@ from blindrelay.protocol.frames import (
     SignedPreKeyRecord,
     Welcome,
 )
+from blindrelay.protocol.transcripts import rotate_transcript
 
 FRAME_TIMEOUT_S = 5.0
 """Longest wait for one frame or close; a relay that stalls fails instead of hanging."""

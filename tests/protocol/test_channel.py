@@ -21,8 +21,8 @@ from blindrelay.protocol.channel import (
     RelayChannel,
     TransportMessageRejected,
 )
-from blindrelay.protocol.connection import login_transcript
 from blindrelay.protocol.jsonform import from_json
+from blindrelay.protocol.transcripts import login_transcript
 
 from .pair import channel_pair
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from nacl.signing import SigningKey
 
-from blindrelay.protocol import codec, connection, limits
+from blindrelay.protocol import codec, connection, limits, transcripts
 from blindrelay.protocol import frames as f
 from blindrelay.protocol.connection import (
     RECEIVABLE,
@@ -13,8 +13,6 @@ from blindrelay.protocol.connection import (
     RelayConnection,
     Role,
     State,
-    login_transcript,
-    register_transcript,
 )
 from blindrelay.protocol.errors import (
     AuthenticationFailed,
@@ -23,6 +21,7 @@ from blindrelay.protocol.errors import (
     UnsupportedVersion,
 )
 from blindrelay.protocol.fastcodec import encode_send
+from blindrelay.protocol.transcripts import login_transcript, register_transcript
 
 from .pair import ALICE, HANDSHAKE_HASH, T0, Pair, counter_rng, register, signer, welcome
 
@@ -69,7 +68,7 @@ def test_an_unknown_handle_is_refused_even_with_a_signature_by_the_decoy_key(
     for the same work; the decoy's private half is public, so a valid signature by
     it must still fail — and the verification must actually run."""
     decoy = SigningKey(b"blindrelay/v1/unknown-account".ljust(32, b"\x00"))
-    assert decoy.verify_key.encode() == connection.UNKNOWN_ACCOUNT_KEY
+    assert decoy.verify_key.encode() == transcripts.UNKNOWN_ACCOUNT_KEY
     verified: list[bytes] = []
     real_verify = connection.signature_valid
 
@@ -83,7 +82,7 @@ def test_an_unknown_handle_is_refused_even_with_a_signature_by_the_decoy_key(
     (frame,), _ = pair.flush()
     with pytest.raises(AuthenticationFailed):
         pair.relay.verify_login(frame, None, T0 + 1)
-    assert verified == [connection.UNKNOWN_ACCOUNT_KEY]
+    assert verified == [transcripts.UNKNOWN_ACCOUNT_KEY]
 
 
 def test_expired_challenge_is_refused() -> None:

@@ -10,8 +10,9 @@ from nacl.signing import SigningKey
 from blindrelay.protocol import frames as f
 from blindrelay.protocol import limits
 from blindrelay.protocol import pow as puzzle
-from blindrelay.protocol.connection import ClientConnection, RelayConnection, register_transcript
+from blindrelay.protocol.connection import ClientConnection, RelayConnection
 from blindrelay.protocol.errors import MalformedFrame, RegistrationRefused
+from blindrelay.protocol.transcripts import register_transcript
 
 from .pair import ALICE, T0, counter_rng, signer
 

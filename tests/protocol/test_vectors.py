@@ -10,10 +10,10 @@ import pytest
 from blindrelay.protocol import codec
 from blindrelay.protocol import frames as f
 from blindrelay.protocol import pow as puzzle
-from blindrelay.protocol.connection import register_transcript
 from blindrelay.protocol.errors import ErrorCode, ProtocolError
 from blindrelay.protocol.jsonform import from_json, to_json
 from blindrelay.protocol.skeleton import leading_skeletons, skeleton
+from blindrelay.protocol.transcripts import register_transcript
 
 VECTORS = Path(__file__).resolve().parents[2] / "protocol" / "vectors"
 VALID = sorted((VECTORS / "valid").glob("*.json"))

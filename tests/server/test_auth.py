@@ -10,9 +10,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from blindrelay.protocol import SUBPROTOCOL, limits
-from blindrelay.protocol.connection import login_transcript, rotate_transcript
 from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import Deliver, Login, Ok, RotateIdentity, Send, Sent
+from blindrelay.protocol.transcripts import login_transcript, rotate_transcript
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
 

@@ -17,9 +17,9 @@ from websockets.asyncio.server import ServerConnection
 
 from blindrelay.protocol import limits
 from blindrelay.protocol import pow as puzzle
-from blindrelay.protocol.connection import login_transcript, register_transcript
 from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import Error, Frame, Login, ProofOfWork, Register, Welcome
+from blindrelay.protocol.transcripts import login_transcript, register_transcript
 from blindrelay.server.cli import main as cli_main
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.registration import source_key
