@@ -171,6 +171,12 @@ class RelayWebSocket(ServerConnection):
                 return
             data = data[taken:]
         super().data_received(data)
+        if self.flow is not None:
+            # websockets answers a ping (and echoes a close) by writing to the transport
+            # itself: data the relay holds like any answer, counted against the bound
+            # (SPEC §1.2.4). Without this a client that never reads and sends pings made
+            # the relay hold whatever it sent (tests/server/test_slow_readers.py).
+            self.flow.written_outside()
 
     def process_event(self, event: Event) -> None:
         if isinstance(event, Frame):
@@ -262,4 +268,5 @@ class FlowListener(Interface):
 
     def writing_paused(self) -> None: ...
     def writing_resumed(self) -> None: ...
+    def written_outside(self) -> None: ...
     def connection_lost(self) -> None: ...

@@ -207,6 +207,17 @@ class RunningRelay:
             else:
                 transport.cancel()
 
+    def outgoing_now(self) -> list[int]:
+        """What the relay holds for each open connection now, not yet handed to the
+        network (SPEC §1.2.4), read from the buffers themselves rather than from
+        :attr:`outgoing`, the accounting that enforces the bound: what a test checks
+        the bound against."""
+        return [
+            transport.outgoing_bytes
+            for session in self._sessions
+            if isinstance(transport := session.transport, WebSocketTransport)
+        ]
+
     def lost(self, failure: str) -> None:
         """The store went away under the relay (:attr:`failed`)."""
         self.failure = failure

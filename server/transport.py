@@ -329,6 +329,10 @@ class WebSocketTransport:
             stats.reading_paused += 1
             self._intake.hold("outgoing")
 
+    def written_outside(self) -> None:
+        """websockets may have written on its own (a pong, a close's echo): recount."""
+        self._check()
+
     def writing_paused(self) -> None:
         self._check()
         if self._stalled is None:

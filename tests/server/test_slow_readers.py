@@ -172,6 +172,69 @@ async def test_clients_that_never_read_cannot_make_the_relay_hold_more_than_the_
             attacker.ws.transport.abort()
 
 
+ONE_READ = 256 * 1024
+"""The most asyncio takes from a socket in one read: the pongs to what one read
+brought may come on top of the bound before reading stops."""
+
+
+def _ping() -> bytes:
+    """A client's ping with the largest payload a control frame may carry (125 bytes),
+    masked as a client's frames must be (with a zero key: the payload is unchanged)."""
+    return bytes([0x89, 0x80 | 125]) + bytes(4) + b"p" * 125
+
+
+async def _upgraded(url: str) -> socket.socket:
+    """A WebSocket connection to the relay that has done nothing but the HTTP upgrade:
+    no Noise handshake, no account. Its socket never reads again."""
+    sock = _small_window(url)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    address = urlparse(url)
+    request = (
+        f"GET / HTTP/1.1\r\nHost: {address.netloc}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: blindrelay.v2\r\n\r\n"
+    )
+    await loop.sock_sendall(sock, request.encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += await loop.sock_recv(sock, 4096)
+    assert answer.startswith(b"HTTP/1.1 101 "), answer
+    return sock
+
+
+async def test_pings_from_a_client_that_never_reads_count_toward_the_bound(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    """SPEC §1.2.4: websockets answers each ping with a pong it writes to the socket's
+    transport itself, outside the relay's frames; those pongs are data the relay holds
+    for the connection like any other. A client that upgrades (no handshake, no
+    account), never reads and sends pings must not make the relay hold more than the
+    bound and the pongs to one read — found in review: 224 MiB in the 10 s before the
+    authentication timeout, from one connection."""
+    async with relay_with(
+        config, clock, max_outgoing_buffer_bytes=BOUND, write_timeout_s=30.0
+    ) as relay:
+        alice, bob = await _contacts(relay, clients)
+        sock = await _upgraded(relay.url)
+        loop = asyncio.get_running_loop()
+        pings = _ping() * 512
+        sent = 0
+        try:
+            while sent < 32 * 1024 * 1024:  # ~31 MiB of pongs asked for
+                try:
+                    await asyncio.wait_for(loop.sock_sendall(sock, pings), 0.5)
+                except TimeoutError:
+                    break  # the relay stopped reading, the kernel's buffers are full
+                sent += len(pings)
+            held = max(relay.outgoing_now())
+            assert held <= BOUND + ONE_READ, f"{held / 2**20:.1f} MiB held, {sent / 2**20:.1f} MiB sent"
+            assert relay.outgoing.reading_paused == 1, relay.outgoing
+            assert await _round_trip(alice, bob) < 5.0
+        finally:
+            sock.close()
+
+
 async def test_an_honest_pair_is_served_while_others_flood_without_reading(
     relay: RunningRelay, clients: Clients, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
