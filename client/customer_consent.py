@@ -3,8 +3,9 @@
 - **The customers' signed word, as kept** (SPEC §7.4–7.5). Every statement
   forwarded to us was verified against its signer's pinned key before it was
   kept (``statements``); :meth:`CustomerConsent.state` folds a customer's
-  through the relay's own table (:func:`.statements.fold`), so what it says is
-  what the relay will decide — once the relay's forward has reached us. Until
+  by the effects the relay gave them (:func:`.statements.fold`), so what it says
+  is what the relay will decide — once the relay's forward has reached us, even
+  if a receipt it replaced was withdrawn before it reached us. Until
   then it lags: a grant just made is not known yet, a revoke just made is
   still counted as a grant (and the relay refuses the notification).
 - **Waiting instead of guessing.** :meth:`CustomerConsent.wait` returns once a

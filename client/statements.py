@@ -12,7 +12,7 @@
   a count that tells a reader whether there are new ones
   (:meth:`Statements.records`, :meth:`Statements.counts`), each checkable
   offline (:meth:`Statements.check`). What they leave granted is the relay's
-  own table applied to them in order (:func:`fold`, :mod:`blindrelay.protocol.consent`).
+  own effects applied to them in order (:func:`fold`, :mod:`blindrelay.protocol.consent`).
 
 Not here: the rules (``protocol.consent``), signing and encodings
 (``protocol.signed``), whose key is pinned (``trust``).
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from blindrelay.protocol import frames, limits
-from blindrelay.protocol.consent import INITIAL, PairState, apply_statement
+from blindrelay.protocol.consent import INITIAL, PairState, accepted_effect
 from blindrelay.protocol.errors import InvalidStatement, ProtocolError, UnexpectedFrame
 from blindrelay.protocol.signed import (
     Action,
@@ -57,25 +57,25 @@ class HeldStatement:
 
 def fold(state: PairState, statement: ConsentStatement, user: str) -> PairState:
     """``state`` of a user–business pair after one more of their statements (SPEC §7.4),
-    by :func:`blindrelay.protocol.consent.apply_statement`, dated by its ``issued_at``.
+    by :func:`blindrelay.protocol.consent.accepted_effect`, dated by its ``issued_at``.
 
-    Kept statements are the ones the relay accepted, in the order it did, so its
-    table accepts them again; one it refuses here (a cooldown whose end falls
-    within the clock skew: a deny, which grants nothing) changes nothing.
+    Kept statements are the ones the relay accepted, in the order it did; their effect
+    is applied as the relay applied it, not checked against the table again. What a
+    business holds may lack statements the relay accepted: it withdraws a receipt that
+    a newer one replaced before it was delivered (SPEC §7.5), so a revoke can come
+    without its grant, and the table, from what the business saw, would refuse the
+    revoke whole and leave the grant standing.
     """
     action = Action(statement.action)
-    try:
-        after, _ = apply_statement(
-            state,
-            action=action,
-            signer=statement.signer,
-            categories=frozenset(statement.categories or ()),
-            signer_is_user_blocking_business=action is Action.BLOCK and statement.signer == user,
-            now=statement.issued_at,
-            cooldown_ms=limits.CONSENT_COOLDOWN_MS,
-        )
-    except InvalidStatement:
-        return state
+    after, _ = accepted_effect(
+        state,
+        action=action,
+        signer=statement.signer,
+        categories=frozenset(statement.categories or ()),
+        signer_is_user_blocking_business=action is Action.BLOCK and statement.signer == user,
+        now=statement.issued_at,
+        cooldown_ms=limits.CONSENT_COOLDOWN_MS,
+    )
     return after
 
 

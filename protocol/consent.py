@@ -290,6 +290,15 @@ class Purge:
 NO_PURGE = Purge()
 
 
+ACTION_STATES: dict[Action, CategoryState] = {
+    Action.GRANT: CategoryState.GRANTED,
+    Action.DENY: CategoryState.DENIED,
+    Action.REVOKE: CategoryState.REVOKED,
+}
+"""The state each consent action leaves a category in: every entry of
+:data:`CONSENT_TRANSITIONS` for an action leads there, whatever it comes from."""
+
+
 def apply_statement(
     state: PairState,
     *,
@@ -306,8 +315,44 @@ def apply_statement(
         blocking = signer in state.blockers
         if action not in BLOCK_TRANSITIONS[blocking]:
             raise InvalidStatement(f"{action.value}: not allowed when blocking={blocking}")
-        if action is Action.UNBLOCK:
-            return replace(state, blockers=state.blockers - {signer}), NO_PURGE
+    else:
+        # "A statement that needs a missing entry is refused whole": a partly
+        # effective one too, so a statement in force means what it says for each
+        # category it names.
+        for c in sorted(categories):
+            current = state.category(c).effective(now)
+            if action not in CONSENT_TRANSITIONS[current]:
+                raise InvalidStatement(f"{action.value} {c}: not allowed when {current.value}")
+    return accepted_effect(
+        state, action=action, signer=signer, categories=categories,
+        signer_is_user_blocking_business=signer_is_user_blocking_business, now=now,
+        cooldown_ms=cooldown_ms,
+    )  # fmt: skip
+
+
+def accepted_effect(
+    state: PairState,
+    *,
+    action: Action | str,
+    signer: str,
+    categories: frozenset[str],
+    signer_is_user_blocking_business: bool,
+    now: int,
+    cooldown_ms: int,
+) -> tuple[PairState, Purge]:
+    """What a statement the relay accepted did to ``state``, without asking the table
+    again: each category it names in its action's state (:data:`ACTION_STATES`), the
+    signer among the blockers or not.
+
+    For a business folding its receipts (SPEC §7.5): the relay withdraws a receipt
+    that a newer statement replaced before it was delivered, so a revoke can reach the
+    business without the grant it revokes, and the table, from what the business
+    saw, would refuse it.
+    """
+    action = Action(action)
+    if action is Action.UNBLOCK:
+        return replace(state, blockers=state.blockers - {signer}), NO_PURGE
+    if action is Action.BLOCK:
         state = replace(state, blockers=state.blockers | {signer})
         if signer_is_user_blocking_business:
             revoked = CategoryConsent(CategoryState.REVOKED, now + cooldown_ms)
@@ -315,16 +360,10 @@ def apply_statement(
                 state, consent={c: revoked for c in limits.CATEGORIES}, pending=frozenset()
             )
         return state, Purge(everything_from_target=True)
+    new = ACTION_STATES[action]
+    until = now + cooldown_ms if new in COOLDOWN_STATES else 0
     consent = dict(state.consent)
-    # "A statement that needs a missing entry is refused whole": a partly
-    # effective one too, so a statement in force means what it says for each
-    # category it names.
     for c in sorted(categories):
-        current = state.category(c).effective(now)
-        new = CONSENT_TRANSITIONS[current].get(action)
-        if new is None:
-            raise InvalidStatement(f"{action.value} {c}: not allowed when {current.value}")
-        until = now + cooldown_ms if new in COOLDOWN_STATES else 0
         consent[c] = CategoryConsent(new, until)
     pending = state.pending if action is Action.REVOKE else frozenset()
     purge = (

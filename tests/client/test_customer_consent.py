@@ -1,5 +1,5 @@
 """What a business knows of its customers' consent (client/customer_consent.py, SPEC
-§7.3–7.5): their kept statements folded through the relay's own table, and waiting for
+§7.3–7.5): their kept statements folded by the relay's own effects, and waiting for
 a grant instead of notifying nobody.
 
 A grant reaches the business only when the relay forwards its statement; until
@@ -30,6 +30,8 @@ from ..server.consent_helpers import issue_badge_for
 from .harness import (
     TIMEOUT,
     Inbox,
+    Statements,
+    back_online,
     business_online,
     online,
     run,
@@ -118,6 +120,41 @@ async def test_a_revoke_kept_before_the_wait_raises_at_once_and_stops_notificati
         result = await within(shop.notify("utility", "after the revoke", to=["alice"]))
         assert (result.not_consented, result.refused) == (["alice"], [])
         assert await notifications_accepted(shop) == {}
+        await alice.close()
+        await shop.close()
+
+
+async def test_a_revoke_whose_grant_the_relay_withdrew_still_revokes_at_the_business(
+    tmp_path: Path,
+) -> None:
+    """SPEC §7.5: a business's queue keeps one receipt per customer and family, so a
+    grant still queued when the customer revokes it is withdrawn, and the business,
+    offline meanwhile, receives the revoke alone. The relay's table would refuse that
+    revoke (marketing was never granted, as far as the business saw) and, refused
+    whole, it left utility granted at the business (found in review)."""
+    async with relay_at(tmp_path) as relay:
+        store = MemoryKeyStore()
+        shop = Business(await online(relay.url, "shop", "business", store=store))
+        alice = await online(relay.url, "alice")
+        await within(alice.grant("shop", ["utility"]))
+        await within(shop.wait_for_consent("alice", "utility", timeout=TIMEOUT))
+        await shop.close()
+
+        await within(alice.grant("shop", ["marketing"]))  # queued for the shop
+        await within(alice.revoke("shop", ["utility", "marketing"]))  # withdraws it
+        received = Statements()
+        shop = Business(
+            await back_online(relay.url, store), on_consent_change=received, on_block=received
+        )
+        (revoke,) = await received.wait_for(1)
+        assert (revoke.action, set(revoke.categories or ())) == (
+            Action.REVOKE, {"utility", "marketing"},
+        )  # fmt: skip
+        assert shop.consents() == {}
+        with pytest.raises(ConsentRefused):
+            await within(shop.wait_for_consent("alice", "utility", timeout=TIMEOUT))
+        result = await within(shop.notify("utility", "after the revoke", to=["alice"]))
+        assert (result.not_consented, result.refused) == (["alice"], [])
         await alice.close()
         await shop.close()
 

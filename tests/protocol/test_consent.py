@@ -6,6 +6,7 @@ import pytest
 
 from blindrelay.protocol import limits
 from blindrelay.protocol.consent import (
+    ACTION_STATES,
     BUSINESS_REQUESTS,
     CONSENT_TRANSITIONS,
     INITIAL,
@@ -15,6 +16,7 @@ from blindrelay.protocol.consent import (
     PairState,
     Request,
     Verdict,
+    accepted_effect,
     after_accept,
     apply_statement,
     business_decision_table,
@@ -252,3 +254,67 @@ def test_a_stranger_is_whom_the_recipient_never_wrote_to_and_gave_nothing() -> N
     assert not is_stranger(granted, "airline", "bob")
     revoked = PairState(consent={"utility": CategoryConsent(CategoryState.REVOKED, NOW + 1)})
     assert is_stranger(revoked, "airline", "bob")
+
+
+# --- A statement's effect, as a business folds its receipts (SPEC §7.5) ---------------------
+
+
+def effect(state: PairState, action: str, categories: tuple[str, ...] = (), *, signer: str = "alice", user_blocks_business: bool = False, now: int = NOW):
+    return accepted_effect(state, action=action, signer=signer, categories=frozenset(categories), signer_is_user_blocking_business=user_blocks_business, now=now, cooldown_ms=limits.CONSENT_COOLDOWN_MS)
+
+
+def test_each_action_leads_to_one_state_whatever_it_comes_from() -> None:
+    for start, moves in CONSENT_TRANSITIONS.items():
+        for action, new in moves.items():
+            assert new is ACTION_STATES[action], (start, action)
+
+
+def _pair_states() -> list[PairState]:
+    """Both categories in every state (cooldowns running and ended), every blocker, a
+    pending request or none: 216 pair states."""
+    consents = [None, CategoryConsent(CategoryState.GRANTED)] + [
+        CategoryConsent(kind, until) for kind in (CategoryState.DENIED, CategoryState.REVOKED)
+        for until in (NOW + 1, NOW)
+    ]  # fmt: skip
+    return [
+        PairState(
+            consent={c: v for c, v in (("utility", u), ("marketing", m)) if v is not None},
+            blockers=blockers, pending=pending,
+        )
+        for u in consents for m in consents
+        for blockers in (frozenset(), frozenset({"alice"}), frozenset({"shop"}))
+        for pending in (frozenset(), frozenset({"utility"}))
+    ]  # fmt: skip
+
+
+def test_a_statement_the_table_accepts_has_the_same_effect_either_way() -> None:
+    """Differential: wherever :func:`apply_statement` accepts, :func:`accepted_effect`
+    (which does not ask the table) leaves the same state and purge."""
+    moves = [(a, cats, "alice", False) for a in ("grant", "deny", "revoke")
+             for cats in (("utility",), ("marketing",), ("utility", "marketing"))]  # fmt: skip
+    moves += [(a, (), signer, signer == "alice") for a in ("block", "unblock") for signer in ("alice", "shop")]
+    accepted = 0
+    for state in _pair_states():
+        for action, cats, signer, user_blocks in moves:
+            try:
+                expected = apply(state, action, cats, signer=signer, user_blocks_business=user_blocks)
+            except InvalidStatement:
+                continue
+            accepted += 1
+            assert effect(state, action, cats, signer=signer, user_blocks_business=user_blocks) == expected, (state, action, cats, signer)
+    assert accepted > 1000, accepted  # 1,290 of the 2,808 pairs of a state and a move
+
+
+def test_a_revoke_without_its_grant_revokes_what_it_names() -> None:
+    """What a business may hold (SPEC §7.5): utility's grant, then a revoke of utility
+    and marketing whose grant of marketing was withdrawn before it was delivered. The
+    table refuses the revoke whole; its effect revokes both."""
+    state, _ = apply(INITIAL, "grant", ("utility",))
+    with pytest.raises(InvalidStatement):
+        apply(state, "revoke", ("utility", "marketing"))
+    after, purge = effect(state, "revoke", ("utility", "marketing"))
+    revoked = CategoryConsent(CategoryState.REVOKED, NOW + limits.CONSENT_COOLDOWN_MS)
+    assert after.consent == {"utility": revoked, "marketing": revoked}
+    assert after.granted() == frozenset()
+    assert purge.notification_categories == {"utility", "marketing"}
+
