@@ -39,6 +39,13 @@ to cost nothing on idle connections."""
 PING_TIMEOUT_S = 20.0
 """A peer that does not answer a ping within this is considered gone."""
 
+MAX_CLIENT_PINGS = 10
+"""A client's own pings: a bucket of this many, refilled at this many per
+``PING_INTERVAL_S``; one more aborts the connection (SPEC §1.2.1). A keep-alive needs
+one per interval; without a bound a ping is the one frame a connection can send
+forever for free, before any handshake — each answered with a pong, none counted by
+the error budget."""
+
 MAX_OUTGOING_BUFFER_BYTES = 1024 * 1024
 """*Default.* Outgoing data the relay holds for one connection before it stops
 handling that connection's frames (it resumes at a quarter of this). Larger keeps

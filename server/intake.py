@@ -13,6 +13,8 @@ side, and the flow control that holds an intake, is :mod:`.transport`.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from functools import partial
@@ -25,6 +27,10 @@ from websockets.frames import DATA_OPCODES, Frame, Opcode
 from websockets.protocol import Event, Protocol
 from websockets.protocol import State as WsState
 from websockets.streams import StreamReader
+
+from blindrelay.protocol import limits
+
+from .logs import log_event
 
 try:
     from websockets.speedups import apply_mask
@@ -104,7 +110,9 @@ class RelayWebSocket(ServerConnection):
 
     It also tells its :attr:`flow` when asyncio pauses and resumes writing, and
     pauses reading while anyone holds it (:meth:`hold_reading`): websockets'
-    assembler when full, the relay's :class:`Intake` when held.
+    assembler when full, the relay's :class:`Intake` when held. And it bounds the
+    client's pings (SPEC §1.2.1, :data:`~blindrelay.protocol.limits.MAX_CLIENT_PINGS`):
+    websockets answers every one, before any handshake, and no error budget counts them.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -115,6 +123,9 @@ class RelayWebSocket(ServerConnection):
         """Told when asyncio's transport pauses and resumes writing, and when the
         connection is lost (:class:`WebSocketTransport`)."""
         self._read_holds: set[str] = set()
+        self._pings = float(limits.MAX_CLIENT_PINGS)
+        self._pinged_at = time.monotonic()
+        """The client's ping bucket (SPEC §1.2.1): tokens, and when last refilled."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -178,8 +189,26 @@ class RelayWebSocket(ServerConnection):
             # the relay hold whatever it sent (tests/server/test_slow_readers.py).
             self.flow.written_outside()
 
+    def _ping_allowed(self) -> bool:
+        """Take a token for a client's ping; with none left, abort the connection
+        (SPEC §1.2.1: no close frame, which would wait behind the pongs)."""
+        now = time.monotonic()
+        refill = (now - self._pinged_at) * limits.MAX_CLIENT_PINGS / limits.PING_INTERVAL_S
+        self._pings = min(float(limits.MAX_CLIENT_PINGS), self._pings + refill)
+        self._pinged_at = now
+        if self._pings >= 1.0:
+            self._pings -= 1.0
+            return True
+        if not self.transport.is_closing():
+            peer = self.remote_address
+            log_event(logging.WARNING, "ping_flood", peer=f"{peer[0]}:{peer[1]}" if peer else "?")
+            self.transport.abort()
+        return False
+
     def process_event(self, event: Event) -> None:
         if isinstance(event, Frame):
+            if event.opcode is Opcode.PING and not self._ping_allowed():
+                return
             on_message = self.on_message
             if on_message is not None and event.fin and event.opcode is Opcode.BINARY:
                 data = event.data

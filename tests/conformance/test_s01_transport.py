@@ -4,6 +4,7 @@ compression, size cap."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 
 import msgpack
@@ -208,6 +209,24 @@ async def test_an_oversize_message_leaves_other_connections_unaffected(relay):
     )
     assert isinstance(sent, Sent)
     assert (await bob.push(Deliver)).body == b"still here"
+
+
+@pytest.mark.spec("1.2.1")
+async def test_a_client_pinging_past_its_bucket_is_aborted_without_a_close_frame(relay):
+    """SPEC: clients "MAY send their own [pings], at most MAX_CLIENT_PINGS (10) at once …
+    The relay MUST abort a connection whose client pings past that — no close frame —
+    before the channel's handshake as after"."""
+    ws = await open_socket(relay.url)
+    try:
+        pongs = [await ws.ping(os.urandom(8)) for _ in range(limits.MAX_CLIENT_PINGS)]
+        await asyncio.wait_for(asyncio.gather(*pongs), FRAME_TIMEOUT_S)  # all answered
+        for _ in range(3):  # past the bucket, whatever refilled meanwhile
+            with contextlib.suppress(ConnectionClosed):
+                await ws.ping()
+        await asyncio.wait_for(ws.wait_closed(), FRAME_TIMEOUT_S)
+        assert ws.close_code == 1006, ws.close_code  # aborted: no close frame came
+    finally:
+        await ws.close()
 
 
 @pytest.mark.spec("1.2.3")

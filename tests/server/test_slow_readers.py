@@ -11,6 +11,7 @@ connections wait. What the relay holds is read from its own accounting
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from urllib.parse import urlparse
 import pytest
 from websockets.protocol import State
 
+from blindrelay.protocol import limits
 from blindrelay.protocol.business import BusinessProfile, OpeningHours, SpecialDay
 from blindrelay.protocol.codec import encode
 from blindrelay.protocol.frames import (
@@ -204,14 +206,16 @@ async def _upgraded(url: str) -> socket.socket:
 
 
 async def test_pings_from_a_client_that_never_reads_count_toward_the_bound(
-    config: RelayConfig, clock: FakeClock, clients: Clients
+    config: RelayConfig, clock: FakeClock, clients: Clients, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SPEC §1.2.4: websockets answers each ping with a pong it writes to the socket's
     transport itself, outside the relay's frames; those pongs are data the relay holds
     for the connection like any other. A client that upgrades (no handshake, no
     account), never reads and sends pings must not make the relay hold more than the
     bound and the pongs to one read — found in review: 224 MiB in the 10 s before the
-    authentication timeout, from one connection."""
+    authentication timeout, from one connection. The ping limit (next test) would stop
+    this client first; lifted here, the bound alone must hold."""
+    monkeypatch.setattr(limits, "MAX_CLIENT_PINGS", 10**9)
     async with relay_with(
         config, clock, max_outgoing_buffer_bytes=BOUND, write_timeout_s=30.0
     ) as relay:
@@ -233,6 +237,41 @@ async def test_pings_from_a_client_that_never_reads_count_toward_the_bound(
             assert await _round_trip(alice, bob) < 5.0
         finally:
             sock.close()
+
+
+async def test_a_client_that_pings_past_its_bucket_is_aborted(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    """SPEC §1.2.1: a client may send MAX_CLIENT_PINGS pings at once, then as many per
+    PING_INTERVAL_S; one more aborts the connection. Without it a connection that reads
+    its pongs made the relay answer pings for free until its authentication timeout
+    (found in review: 171 MiB of pings in 8 s, one connection, no handshake, while an
+    honest pair's delivery went from 3.4 to 27.6 ms at p50)."""
+    async with relay_with(config, clock) as relay:
+        alice, bob = await _contacts(relay, clients)
+        loop = asyncio.get_running_loop()
+        polite = await _upgraded(relay.url)
+        flooder = await _upgraded(relay.url)
+        try:
+            await loop.sock_sendall(polite, _ping() * limits.MAX_CLIENT_PINGS)
+            pong = bytes([0x8A, 125]) + b"p" * 125  # the relay's frames are not masked
+            answered = b""
+            while len(answered) < len(pong) * limits.MAX_CLIENT_PINGS:
+                answered += await asyncio.wait_for(loop.sock_recv(polite, 65536), 5.0)
+            assert answered == pong * limits.MAX_CLIENT_PINGS
+
+            await loop.sock_sendall(flooder, _ping() * (limits.MAX_CLIENT_PINGS + 1))
+            received = b""
+            with contextlib.suppress(ConnectionResetError):
+                while data := await asyncio.wait_for(loop.sock_recv(flooder, 65536), 5.0):
+                    received += data
+            # Aborted: pongs may have left first, then the end, never a close frame.
+            assert received == pong * (len(received) // len(pong))
+            assert await _until(lambda: len(relay.outgoing_now()) == 3, 5.0)  # alice, bob, polite
+        finally:
+            polite.close()
+            flooder.close()
+        assert await _round_trip(alice, bob) < 5.0
 
 
 async def test_an_honest_pair_is_served_while_others_flood_without_reading(
