@@ -23,11 +23,26 @@ The rules that keep it a hint (``routing``: the tables are the truth):
   hints (a withdrawal, SPEC §7.4) it has none, exactly as two workers' hints never had:
   the outbox pushes an envelope only when every lower id was seen and drops ids a
   withdrawal named (``outbox.Outbox``).
-- **Only workers.** A worker advertises ``host:port`` and a random secret in the
-  ``workers`` table; a connecting worker answers the listener's random challenge with
-  an HMAC of it under that secret (whoever can read the store can do as much anyway).
-  Links are not encrypted: bind them to loopback or a private network, as the store's
-  own connections (docs/operations.md).
+- **Only workers, both ways.** A worker advertises ``host:port`` and a random secret in
+  the ``workers`` table, and each end of a link proves to the other that it holds that
+  secret before anything is carried (whoever can read the store can do as much anyway).
+  The listener proves it first: a worker's row outlives a SIGKILL, and anyone on the
+  host may bind the port it freed, so a connecting worker that trusted whoever answers
+  there would hand it the DELIVER frames of the dead worker's recipients (found in
+  review). A listener that does not prove the secret is ``link_refused``: the link is
+  down, and down links cost latency, never a message (above). Links are not encrypted
+  and the proofs bind no key: bind them to loopback or a private network, as the
+  store's own connections (docs/operations.md); someone on the path reads them anyway.
+
+Handshake (each proof 32 bytes, :func:`proof`: HMAC-SHA256 under the listener's secret
+of its role, both challenges and the listener's worker id, so neither end chooses all
+it signs and a proof for one direction is never one for the other)::
+
+    listener  -> connector   challenge L (32 random bytes)
+    connector -> listener    challenge C (32 random bytes, its own)
+    listener  -> connector   proof(LISTENER, L, C)   checked before anything else is sent
+    connector -> listener    proof(CONNECTOR, L, C)
+    listener  -> connector   ACCEPTED (one byte), then only frames, connector to listener
 
 Frames: a 4-byte big-endian length, then msgpack ``[[recipient, delivery id, previous,
 DELIVER bytes], …]``.
@@ -56,7 +71,12 @@ from .routing import CHANNEL, Hint, HintKind, OnHint
 
 HEADER = struct.Struct(">I")
 CHALLENGE_BYTES = 32
+PROOF_BYTES = 32
 ACCEPTED = b"\x01"
+LISTENER = b"blindrelay peer link: listener\x00"
+CONNECTOR = b"blindrelay peer link: connector"
+"""The roles a :func:`proof` is made for: equal lengths, so the bytes under the HMAC
+cannot be read with one role's label as the other's."""
 HANDSHAKE_TIMEOUT_S = 5.0
 MAX_FRAME_BYTES = 8 * 1024 * 1024
 """A link frame's cap; a batch's envelopes for one worker are split across frames above
@@ -77,9 +97,22 @@ _FORGET = "DELETE FROM workers WHERE worker = $1"
 _NOTIFY = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
 
 
-def proof(secret: bytes, challenge: bytes) -> bytes:
-    """What a connecting worker answers to ``challenge``: HMAC-SHA256 under ``secret``."""
-    return hmac.new(secret, challenge, hashlib.sha256).digest()
+def proof(
+    secret: bytes, role: bytes, listener_challenge: bytes, connector_challenge: bytes, worker: str
+) -> bytes:
+    """What the end in ``role`` (:data:`LISTENER`, :data:`CONNECTOR`) of a link to
+    ``worker`` sends to show it holds ``secret``: HMAC-SHA256 under it of the role, both
+    ends' challenges and the listening worker's id."""
+    if role not in (LISTENER, CONNECTOR):
+        raise ValueError("not a link role")
+    if len(listener_challenge) != CHALLENGE_BYTES or len(connector_challenge) != CHALLENGE_BYTES:
+        raise ValueError("not a link challenge")
+    signed = role + listener_challenge + connector_challenge + worker.encode()
+    return hmac.new(secret, signed, hashlib.sha256).digest()
+
+
+class _Unproven(ConnectionError):
+    """The listener a worker reached did not prove it holds the secret (``link_refused``)."""
 
 
 def encode_frames(envelopes: list[list[Any]]) -> list[bytes]:
@@ -258,21 +291,43 @@ class PeerLinks:
 
     async def _connect(self, worker: str) -> None:
         link = self._out[worker]
+        address = ""
         try:
             rows = await self._on_database(_LOOKUP, worker)
             if not rows:
                 raise LookupError("no such worker")
             row = rows[0]
+            address = str(row["address"])
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(*split_address(row["address"])), HANDSHAKE_TIMEOUT_S
+                asyncio.open_connection(*split_address(address)), HANDSHAKE_TIMEOUT_S
             )
             link.writer = writer
-            challenge = await asyncio.wait_for(
+            secret = bytes(row["secret"])
+            theirs = await asyncio.wait_for(
                 reader.readexactly(CHALLENGE_BYTES), HANDSHAKE_TIMEOUT_S
             )
-            writer.write(proof(bytes(row["secret"]), challenge))
+            ours = os.urandom(CHALLENGE_BYTES)
+            writer.write(ours)
+            # Nothing that the secret makes (our proof) or that it guards (frames) is
+            # written before the listener proved it holds the secret.
+            try:
+                answer = await asyncio.wait_for(
+                    reader.readexactly(PROOF_BYTES), HANDSHAKE_TIMEOUT_S
+                )
+            except (asyncio.IncompleteReadError, TimeoutError) as exc:
+                raise _Unproven(type(exc).__name__) from exc
+            if not hmac.compare_digest(answer, proof(secret, LISTENER, theirs, ours, worker)):
+                raise _Unproven("wrong_proof")
+            writer.write(proof(secret, CONNECTOR, theirs, ours, worker))
             if await asyncio.wait_for(reader.readexactly(1), HANDSHAKE_TIMEOUT_S) != ACCEPTED:
                 raise ConnectionError("refused")
+        except _Unproven as exc:
+            log_event(
+                logging.WARNING, "link_refused", worker=worker, peer=address,
+                direction="outgoing", reason=str(exc),
+            )  # fmt: skip
+            self._unlink(worker, link, "unproven")
+            return
         except Exception as exc:
             self._unlink(worker, link, type(exc).__name__)
             return
@@ -298,14 +353,17 @@ class PeerLinks:
         authenticated = False
         self._incoming.add(writer)
         try:
-            challenge = os.urandom(CHALLENGE_BYTES)
-            writer.write(challenge)
-            answer = await asyncio.wait_for(
+            ours = os.urandom(CHALLENGE_BYTES)
+            writer.write(ours)
+            theirs = await asyncio.wait_for(
                 reader.readexactly(CHALLENGE_BYTES), HANDSHAKE_TIMEOUT_S
             )
-            if not hmac.compare_digest(answer, proof(self._secret, challenge)):
+            writer.write(proof(self._secret, LISTENER, ours, theirs, self.worker_id))
+            answer = await asyncio.wait_for(reader.readexactly(PROOF_BYTES), HANDSHAKE_TIMEOUT_S)
+            expected = proof(self._secret, CONNECTOR, ours, theirs, self.worker_id)
+            if not hmac.compare_digest(answer, expected):
                 peer = str(writer.get_extra_info("peername"))
-                log_event(logging.WARNING, "link_refused", peer=peer)
+                log_event(logging.WARNING, "link_refused", peer=peer, direction="incoming")
                 return
             writer.write(ACCEPTED)
             authenticated = True

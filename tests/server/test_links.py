@@ -9,6 +9,9 @@ recipient on B, so every message crosses. Waits are bounded (:data:`PROMPT_S`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -17,19 +20,26 @@ import pytest
 
 from blindrelay.protocol import codec
 from blindrelay.protocol.frames import Ack, Deliver, Sent
+from blindrelay.server import routing_links
 from blindrelay.server.routing import CHANNEL, Hint, HintKind, decode
 from blindrelay.server.routing_links import (
+    ACCEPTED,
     CHALLENGE_BYTES,
+    CONNECTOR,
     HEADER,
+    LISTENER,
+    PROOF_BYTES,
     PeerLinks,
     decode_frame,
     encode_frames,
+    proof,
     split_address,
 )
 
 from ..pg import PostgresDatabase
 from .conftest import Clients, FakeClock, RawClient
 from .consent_helpers import stated
+from .inmemory import log_lines
 from .twoworkers import PROMPT_S, Workers, answered, handle, workers
 
 
@@ -260,19 +270,142 @@ async def test_an_envelope_for_a_recipient_not_served_here_is_bounced_as_a_page_
         assert links_b.fallbacks == 1
 
 
+async def listener_proof(links: PeerLinks) -> tuple[Any, Any, bytes, bytes, bytes]:
+    """A connection to ``links``' listener, its challenge, ours, and the proof it sent
+    (checked: a real listener proves the secret first)."""
+    reader, writer = await asyncio.open_connection(*split_address(links.address))
+    theirs = await asyncio.wait_for(reader.readexactly(CHALLENGE_BYTES), PROMPT_S)
+    ours = os.urandom(CHALLENGE_BYTES)
+    writer.write(ours)
+    answer = await asyncio.wait_for(reader.readexactly(PROOF_BYTES), PROMPT_S)
+    assert answer == proof(links._secret, LISTENER, theirs, ours, links.worker_id)
+    return reader, writer, theirs, ours, answer
+
+
+@pytest.mark.parametrize("replayed", [False, True], ids=["zeros", "the-listeners-own-proof"])
 async def test_a_peer_that_cannot_prove_the_secret_is_refused(
-    pg_database: PostgresDatabase, clock: FakeClock
+    pg_database: PostgresDatabase, clock: FakeClock, replayed: bool
 ) -> None:
+    """A connector without the secret gets no ACCEPTED and delivers nothing, even when it
+    hands the listener its own proof back (a listener's proof is never a connector's)."""
     async with workers(pg_database, clock) as w:
         links_b = links_of(w.b)
-        reader, writer = await asyncio.open_connection(*split_address(links_b.address))
-        await reader.readexactly(CHALLENGE_BYTES)
-        writer.write(bytes(CHALLENGE_BYTES))
+        reader, writer, _theirs, _ours, answer = await listener_proof(links_b)
+        writer.write(answer if replayed else bytes(PROOF_BYTES))
         body = encode_frames([[handle("bob"), 1, 0, b"forged"]])
         writer.writelines(body)
         assert await asyncio.wait_for(reader.read(), PROMPT_S) == b""  # closed, no ACCEPTED
         writer.close()
         assert links_b.received == 0
+
+
+def test_a_proof_binds_its_role_both_challenges_and_the_worker() -> None:
+    secret, first, second = os.urandom(32), os.urandom(CHALLENGE_BYTES), os.urandom(32)
+    made = proof(secret, LISTENER, first, second, "0123456789abcdef")
+    assert len(made) == PROOF_BYTES
+    assert made == proof(secret, LISTENER, first, second, "0123456789abcdef")
+    others = [
+        proof(secret, CONNECTOR, first, second, "0123456789abcdef"),
+        proof(secret, LISTENER, second, first, "0123456789abcdef"),
+        proof(secret, LISTENER, first, os.urandom(32), "0123456789abcdef"),
+        proof(secret, LISTENER, first, second, "fedcba9876543210"),
+        proof(os.urandom(32), LISTENER, first, second, "0123456789abcdef"),
+    ]
+    assert made not in others
+    with pytest.raises(ValueError):
+        proof(secret, b"neither", first, second, "0123456789abcdef")
+    with pytest.raises(ValueError):
+        proof(secret, LISTENER, first[:-1], second, "0123456789abcdef")
+
+
+class Squatter:
+    """A local process on the port a worker advertises, without its secret: a worker
+    SIGKILLed leaves its ``workers`` row, and anyone may bind the port it freed (found
+    in review). It answers the handshake as the review's capture did — a challenge of
+    its own, then ``reply`` to the 32 bytes it gets back (ACCEPTED alone was once taken
+    for the listener's word) — and keeps every byte sent to it after."""
+
+    def __init__(self, reply: Callable[[bytes], bytes]) -> None:
+        self.reply = reply
+        self.answered = asyncio.Event()
+        self.after = bytearray()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._squat, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _squat(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            writer.write(os.urandom(CHALLENGE_BYTES))
+            writer.write(self.reply(await reader.readexactly(CHALLENGE_BYTES)))
+            self.answered.set()
+            while data := await reader.read(65536):
+                self.after += data
+        writer.close()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [lambda _got: ACCEPTED, lambda got: got + ACCEPTED],
+    ids=["accepts-without-proof", "reflects-the-challenge"],
+)
+async def test_a_worker_sends_nothing_to_a_listener_that_cannot_prove_the_secret(
+    pg_database: PostgresDatabase,
+    clock: FakeClock,
+    clients: Clients,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    reply: Callable[[bytes], bytes],
+) -> None:
+    """B's row points at a squatter (as a crashed worker's row points at its freed
+    port): A refuses the link, writes it no DELIVER, and every message still reaches
+    bob on B, by the QUEUED/NOTIFY path a down link takes."""
+    monkeypatch.setattr(routing_links, "HANDSHAKE_TIMEOUT_S", 0.3)  # a squatter that stalls
+    squatter = Squatter(reply)
+    async with workers(pg_database, clock) as w:
+        alice = await clients.registered(w.a.url, handle("alice"))
+        bob = await clients.registered(w.b.url, handle("bob"))
+        await answered(bob)
+        links_a, b_id = links_of(w.a), w.b.router.worker_id
+        db = await asyncpg.connect(pg_database.url)
+        try:
+            address = await squatter.start()
+            await db.execute("UPDATE workers SET address = $2 WHERE worker = $1", b_id, address)
+        finally:
+            await db.close()
+
+        def refused() -> bool:
+            return any(
+                line["event"] == "link_refused" and line.get("worker") == b_id
+                for line in log_lines(caplog)
+            )
+
+        try:
+            with caplog.at_level(logging.INFO, logger="blindrelay"):
+                assert not links_a.linked(b_id)  # starts the attempt
+                await asyncio.wait_for(squatter.answered.wait(), PROMPT_S)
+                await until(lambda: links_a.linked(b_id) or refused())
+                bodies = [b"secret-ciphertext-%d" % n for n in range(3)]
+                for body in bodies:
+                    assert isinstance(await alice.send_message(bob.handle, body), Sent)
+                got: list[bytes] = []
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(PROMPT_S):
+                        while len(got) < len(bodies):
+                            deliver = await bob.push(Deliver)
+                            got.append(deliver.body)
+                            await bob.send(Ack(delivery_ids=(deliver.delivery_id,)))
+                assert bytes(squatter.after) == b"", "link frames sent to an unproven listener"
+                assert not links_a.linked(b_id) and links_a.sent == 0
+                assert got == bodies  # nothing lost: the down link's hints carried them
+                assert refused()
+        finally:
+            squatter.close()
 
 
 async def test_with_peer_links_off_envelopes_ride_their_hints(
