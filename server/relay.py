@@ -67,7 +67,7 @@ from .logs import log_event
 from .metrics import PROBE_INTERVAL_S, QUEUE_COUNT_INTERVAL_S, MetricsServer, parse_listen
 from .ratelimit import Clock, wall_clock_ms
 from .registration import RegistrationPolicy, source_key
-from .routing import Hint, InProcessRouter, Router, open_router
+from .routing import Hint, HintSeal, InProcessRouter, Router, hint_key, open_router
 from .store import open_store
 from .store.records import LogHead
 from .transport import Flusher, OutgoingStats, WebSocketTransport
@@ -487,7 +487,12 @@ async def serve(
         registration=RegistrationPolicy(config, clock),
         worker_id=store.origin,  # one id for this process: in its hints and its sessions
     )
-    router = open_router(config.store_url, store.origin, ctx.sessions.serves, config.peer_links)
+    # Hints between workers are sealed under a key only readers of the store's tables
+    # can derive (routing's docstring: anyone who can connect may LISTEN and NOTIFY).
+    store.hint_seal = HintSeal(hint_key(seed))
+    router = open_router(
+        config.store_url, store.origin, ctx.sessions.serves, config.peer_links, store.hint_seal
+    )
     static_key = relay_static_key(seed)
     relay = RunningRelay(
         config, ctx, rng, source_of, router,

@@ -17,10 +17,21 @@ that reconnects catches up from them (every outbox pages its queue again).
 
 A hint carries what the relay has anyway — handles, delivery ids, counts, and for
 ENVELOPE the queued envelope itself (ciphertext and its metadata, the row the
-store holds), never plaintext or keys; its text form is compact and under
+store holds), never plaintext or keys; its text form is compact and, sealed, under
 PostgreSQL's 8000-byte payload limit (:data:`MAX_IDS` ids at most; more, or an
 envelope too big, become a :attr:`HintKind.QUEUED` "page again", which is always
 correct).
+
+**Sealed** (:class:`HintSeal`): PostgreSQL checks no privilege for ``LISTEN`` or
+``NOTIFY``, so any role that can connect to the database — one with no right on a
+single table — could hear every hint (handles, envelopes) and send its own: a forged
+ENVELOPE pushed a DELIVER that was never queued and moved the recipient's cursor
+past every real one, a forged LOGIN closed any account's connection (found in review).
+So every payload is ``origin`` and the hint's text in a secretbox (XSalsa20-Poly1305,
+PyNaCl) under a key every worker derives from the relay's seed, which only whoever can
+read the store's tables has; a payload that does not open is dropped, counted in the
+log by its size. A sealed hint replayed by someone who heard it is an old true hint:
+the tables are the truth and every kind is safe to act on twice.
 
 A new envelope is hinted only to the worker serving its recipient (where that is,
 ``account_sessions``, is read under the recipient's lock, which a login takes too):
@@ -42,6 +53,7 @@ Not here: how hints are emitted (``store/postgresql``), what a worker does with 
 from __future__ import annotations
 
 import base64
+import binascii
 import enum
 import os
 from collections.abc import Callable, Iterator
@@ -49,14 +61,17 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgpack
+from nacl.exceptions import CryptoError
+from nacl.hashlib import blake2b
+from nacl.secret import SecretBox
 
 CHANNEL = "blindrelay_hints"
 """The PostgreSQL ``LISTEN``/``NOTIFY`` channel every worker of one store uses."""
 
-MAX_IDS = 390
+MAX_IDS = 290
 """Delivery ids one WITHDRAWN hint carries: PostgreSQL refuses (and so fails the whole
-transaction of) a payload of 8000 bytes or more; 390 ids of 19 digits with their
-commas, the longest handle and the rest take 7,853."""
+transaction of) a payload of 8000 bytes or more; 290 ids of 19 digits with their
+commas, the longest handle and the rest take 5,853 bytes of text, 7,893 sealed."""
 
 
 class HintKind(enum.Enum):
@@ -134,24 +149,75 @@ def decode(payload: str) -> Hint:
 
 
 def origin_of(payload: str) -> str:
-    """The ``origin`` of a notification payload ("" if it has none), the rest left
-    undecoded: a worker hears its own hints too and drops them on this alone — decoding
+    """The ``origin`` of a sealed notification payload ("" if it has none), the rest left
+    unopened: a worker hears its own hints too and drops them on this alone — decoding
     them (an ENVELOPE's base64) was a sixth of a lone worker's CPU."""
-    parts = payload.split(" ", 2)
-    return parts[1] if len(parts) > 1 else ""
+    origin, space, _sealed = payload.partition(" ")
+    return origin if space else ""
+
+
+HINT_SEAL_DERIVATION = b"blindrelay/v1/hint-seal"
+"""Context of the hint key's derivation from the relay's seed (as the Noise static key's,
+``protocol.channel``): one seed, keys for different uses that reveal nothing of each other."""
+
+
+def hint_key(seed: bytes) -> bytes:
+    """The key every worker of one store seals its hints with: derived from the relay's
+    seed, which every worker reads from the store at start (``relay_identity``)."""
+    return blake2b(HINT_SEAL_DERIVATION, digest_size=SecretBox.KEY_SIZE, key=seed).digest()
+
+
+class HintSeal:
+    """Seals hints for ``NOTIFY`` and opens what ``LISTEN`` hears (module docstring)."""
+
+    OVERHEAD = SecretBox.NONCE_SIZE + SecretBox.MACBYTES
+    """What sealing adds to a hint's text before base64."""
+
+    def __init__(self, key: bytes) -> None:
+        self._box = SecretBox(key)
+
+    @classmethod
+    def random(cls) -> HintSeal:
+        """A seal nobody else holds: a store's before the relay gives it its own, whose
+        hints no other worker could act on."""
+        return cls(os.urandom(SecretBox.KEY_SIZE))
+
+    def seal(self, hint: Hint) -> str:
+        """``origin`` in the clear (a worker drops its own hints by it), then the sealed
+        text, base64."""
+        sealed = self._box.encrypt(hint.encode().encode())
+        return f"{hint.origin} {base64.b64encode(sealed).decode()}"
+
+    def open(self, payload: str) -> Hint:
+        """The hint a payload seals; ValueError if it was not sealed with this key, or
+        names another origin outside than inside."""
+        origin, _, sealed = payload.partition(" ")
+        try:
+            text = self._box.decrypt(base64.b64decode(sealed, validate=True))
+        except (CryptoError, binascii.Error, ValueError) as exc:
+            raise ValueError("not a hint sealed by a worker of this store") from exc
+        hint = decode(text.decode())
+        if hint.origin != origin:
+            raise ValueError("the sealed hint names another origin")
+        return hint
 
 
 MAX_PAYLOAD = 7900
 """PostgreSQL refuses NOTIFY payloads of 8000 bytes or more."""
 
 
+def sealed_size(origin: str, text_bytes: int) -> int:
+    """The length of :meth:`HintSeal.seal`'s payload for a hint text of ``text_bytes``."""
+    return len(origin) + 1 + 4 * ((text_bytes + HintSeal.OVERHEAD + 2) // 3)
+
+
 def envelope_hint(origin: str, previous: int, row: list[Any]) -> Hint:
     """An ENVELOPE hint carrying ``row`` for its recipient, or QUEUED (page it) if the
-    payload would not fit a notification."""
+    sealed payload would not fit a notification."""
     envelope = msgpack.packb(row)
     # The length of encode()'s text, without making it (it is made once, to be sent).
     head = len(HintKind.ENVELOPE.value) + len(origin) + len(str(previous)) + len(row[1]) + 4
-    if head + 4 * ((len(envelope) + 2) // 3) > MAX_PAYLOAD:
+    if sealed_size(origin, head + 4 * ((len(envelope) + 2) // 3)) > MAX_PAYLOAD:
         return Hint(HintKind.QUEUED, row[1], origin)
     return Hint(HintKind.ENVELOPE, row[1], origin, previous, envelope=envelope)
 
@@ -265,22 +331,25 @@ def open_router(
     worker_id: str,
     serves: Callable[[str], bool] | None = None,
     peer_links: str = LINKS_OFF,
+    seal: HintSeal | None = None,
 ) -> Router:
     """The router for the store at ``store_url``: ``LISTEN`` for PostgreSQL, else in-process.
     ``peer_links``: the host a PostgreSQL worker's peer link listens on (``off``: none);
-    ``serves`` tells it which recipients are connected here.
+    ``serves`` tells it which recipients are connected here; ``seal``: the store's
+    (:func:`hint_key`), without which a PostgreSQL router hears nothing of other workers.
 
     The PostgreSQL router (and its driver) is imported only here, once a URL chose it.
     """
     if is_postgresql(store_url):
         from .routing_postgresql import PostgresRouter
 
+        seal = seal or HintSeal.random()
         links = None
         if peer_links != LINKS_OFF:
             from .routing_links import PeerLinks
 
-            links = PeerLinks(store_url, worker_id, peer_links, serves or _nobody)
-        return PostgresRouter(store_url, worker_id, links=links)
+            links = PeerLinks(store_url, worker_id, peer_links, serves or _nobody, seal=seal)
+        return PostgresRouter(store_url, worker_id, seal=seal, links=links)
     return InProcessRouter(worker_id)
 
 

@@ -67,7 +67,7 @@ from typing import Any
 import msgpack
 
 from .logs import log_event
-from .routing import CHANNEL, Hint, HintKind, OnHint
+from .routing import CHANNEL, Hint, HintKind, HintSeal, OnHint
 
 HEADER = struct.Struct(">I")
 CHALLENGE_BYTES = 32
@@ -163,8 +163,13 @@ class _Link:
 class PeerLinks:
     """This worker's links: a listener for its peers, a connection to each peer it sends to."""
 
-    def __init__(self, url: str, worker_id: str, host: str, serves: Callable[[str], bool]) -> None:
+    def __init__(
+        self, url: str, worker_id: str, host: str, serves: Callable[[str], bool],
+        *, seal: HintSeal,
+    ) -> None:  # fmt: skip
         self.url = url
+        self.seal = seal
+        """The store's hint seal, for the QUEUED hints of :meth:`fallback` (``routing``)."""
         self.worker_id = worker_id
         self.host = host
         self.serves = serves
@@ -260,7 +265,7 @@ class PeerLinks:
         for handle in unique:
             if self.serves(handle):  # connected here since: our own NOTIFY is not heard
                 self._on_hint(Hint(HintKind.QUEUED, handle, self.worker_id))
-        payloads = [Hint(HintKind.QUEUED, h, self.worker_id).encode() for h in unique]
+        payloads = [self.seal.seal(Hint(HintKind.QUEUED, h, self.worker_id)) for h in unique]
         self._spawn(self._notify(payloads))
 
     async def _notify(self, payloads: list[str]) -> None:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .logs import log_event
-from .routing import CHANNEL, EnvelopeLinks, OnHint, backoff, decode, origin_of
+from .routing import CHANNEL, EnvelopeLinks, HintSeal, OnHint, backoff, origin_of
 from .store import StoreStartError
 
 if TYPE_CHECKING:
@@ -54,12 +54,14 @@ class PostgresRouter:
         url: str,
         worker_id: str,
         *,
+        seal: HintSeal,
         retry_initial_s: float = RETRY_INITIAL_S,
         retry_max_s: float = RETRY_MAX_S,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         links: PeerLinks | None = None,
     ) -> None:
         self._url = url
+        self._seal = seal
         self._links = links
         self._worker_id = worker_id
         self._retry_initial_s = retry_initial_s
@@ -149,9 +151,10 @@ class PostgresRouter:
         if origin_of(payload) == self._worker_id:
             return  # acted on locally when it was committed
         try:
-            hint = decode(payload)
+            hint = self._seal.open(payload)
         except ValueError:
-            # Not a hint (someone else on the channel): nothing to act on; its size only.
+            # Not a hint sealed by a worker of this store (a role that can connect may
+            # NOTIFY anything, routing's docstring): nothing to act on; its size only.
             log_event(logging.WARNING, "router_bad_hint", size=len(payload))
             return
         self._on_hint(hint)

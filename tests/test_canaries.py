@@ -65,8 +65,7 @@ from blindrelay.protocol.crypto.session import Session
 from blindrelay.server.admin import public_key_of
 from blindrelay.server.cli import main as relay_cli
 from blindrelay.server.routing import CHANNEL as HINT_CHANNEL
-from blindrelay.server.routing import HintKind
-from blindrelay.server.routing import decode as decode_hint
+from blindrelay.server.routing import HintKind, HintSeal, hint_key
 from blindrelay.server.routing_links import split_address
 
 from .pg import PostgresDatabase
@@ -608,6 +607,15 @@ class HintTap:
             await self.conn.close()
 
 
+async def hint_seal_of(url: str) -> HintSeal:
+    """The seal the relay's workers share: derived from its seed, as each of them does."""
+    conn = await asyncpg.connect(url)
+    try:
+        return HintSeal(hint_key(bytes(await conn.fetchval("SELECT seed FROM relay_identity"))))
+    finally:
+        await conn.close()
+
+
 class LinkTap:
     """Every byte the workers' peer links carry (``server/routing_links.py``): each
     worker's advertised address is pointed at a forwarder of the test's, which records
@@ -697,6 +705,7 @@ def test_no_canary_reaches_the_postgresql_store_its_wal_logs_or_wire(
         asyncio.run_coroutine_threadsafe(plant(url, planted), loop).result()
         wal_bytes = asyncio.run_coroutine_threadsafe(wal.read(), loop).result()
         stopped = asyncio.run_coroutine_threadsafe(dump_tables(url), loop).result()
+        seal = asyncio.run_coroutine_threadsafe(hint_seal_of(url), loop).result()
     finally:
         for close in (links.close(), hints.close(), wal.close()):
             asyncio.run_coroutine_threadsafe(close, loop).result()
@@ -709,9 +718,10 @@ def test_no_canary_reaches_the_postgresql_store_its_wal_logs_or_wire(
     sources = {f"table {name} (live)": data for name, data in live.items()}
     sources.update({f"table {name} (stopped)": data for name, data in relay_tables.items()})
     sources["wal"] = wal_bytes
-    # Decoded too: an envelope rides its hint in base64, where a canary's own base64
-    # form would only show at a multiple of three bytes.
-    heard = [decode_hint(payload.decode()) for payload in hints.payloads]
+    # Opened too (hints are sealed, routing's docstring; an auditor holds the seed): an
+    # envelope rides its hint in base64, where a canary's own base64 form would only
+    # show at a multiple of three bytes.
+    heard = [seal.open(payload.decode()) for payload in hints.payloads]
     sources["hints"] = b"\n".join(hints.payloads + [hint.envelope for hint in heard])
     sources["links"] = b"".join(links.data)
     sources["logs"] = logs
@@ -738,6 +748,8 @@ def test_no_canary_reaches_the_postgresql_store_its_wal_logs_or_wire(
     # first needed), and any envelope one carried is the very ciphertext its recipient
     # received; the links carried DELIVER frames, byte for byte as received.
     assert any(hint.kind is HintKind.ENVELOPE for hint in heard), heard
+    # Sealed: whoever can LISTEN without the seed reads no handle in them.
+    assert hits({"hints": b"\n".join(hints.payloads)}, public) == []
     delivered = [m for m in wire.messages if len(m) > 200 and m in sources["links"]]
     assert len(delivered) >= len(story.texts) // 2, len(delivered)
     envelopes = [hint.row()[9] for hint in heard if hint.kind is HintKind.ENVELOPE]

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from ..config import RelayConfig
-    from ..routing import EnvelopeLinks
+    from ..routing import EnvelopeLinks, HintSeal
 
 __all__ = [
     "Account", "AdminStore", "Done", "MonthUsage", "QueuedEnvelope", "Store", "StoreError",
@@ -134,6 +134,10 @@ class Store(Protocol):
     """Peer links to the other workers (the relay sets its router's; None: none). A shared
     store sends a new envelope for a recipient another worker serves over its link,
     after COMMIT, instead of in a hint (``routing_links``)."""
+
+    hint_seal: HintSeal | None
+    """What a shared store seals its hints with (``routing.HintSeal``): the relay sets it
+    from its seed, so every worker of the store opens every other's, and nobody else."""
 
     async def start(self) -> None:
         """Open the data (creating or upgrading its schema); raise
@@ -277,14 +281,31 @@ def _sqlite(url: str) -> _Sqlite | None:
     return None
 
 
-def _redacted(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit  # not for the rules' and records' importers
+SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+"""Query parameters of a PostgreSQL URL that libpq and asyncpg take as secrets."""
+
+
+def redact(url: str) -> str:
+    """``url`` without its secrets, for logs and messages: the password of its user
+    part, and any ``password=`` or ``sslpassword=`` among its query parameters, which
+    asyncpg and libpq read as well."""
+    from urllib.parse import (  # not for the rules' importers
+        parse_qsl,
+        urlencode,
+        urlsplit,
+        urlunsplit,
+    )
 
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    return urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}"))
+    if parts.password is not None:
+        user, _, host = parts.netloc.rpartition("@")
+        parts = parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}")
+    if parts.query:
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        if any(name.lower() in SECRET_PARAMETERS for name, _ in query):
+            hidden = [(n, "***" if n.lower() in SECRET_PARAMETERS else v) for n, v in query]
+            parts = parts._replace(query=urlencode(hidden, safe="*"))
+    return urlunsplit(parts)
 
 
 def check_store_url(url: str) -> None:

@@ -21,7 +21,7 @@ import pytest
 from blindrelay.protocol import codec
 from blindrelay.protocol.frames import Ack, Deliver, Sent
 from blindrelay.server import routing_links
-from blindrelay.server.routing import CHANNEL, Hint, HintKind, decode
+from blindrelay.server.routing import CHANNEL, Hint, HintKind, HintSeal, decode, hint_key
 from blindrelay.server.routing_links import (
     ACCEPTED,
     CHALLENGE_BYTES,
@@ -94,6 +94,16 @@ class Tap:
         await until(lambda: "sentinel" in self.heard)
         return [p for p in self.heard if p != "sentinel"]
 
+    async def seal(self) -> HintSeal:
+        """The workers' hint seal, derived from the relay's seed as each of them does."""
+        seed = await self.conn.fetchval("SELECT seed FROM relay_identity")
+        return HintSeal(hint_key(bytes(seed)))
+
+    async def hints(self) -> list[Hint]:
+        """Every hint heard so far, opened."""
+        seal = await self.seal()
+        return [seal.open(p) for p in await self.drain()]
+
 
 async def test_envelopes_take_the_link_and_no_notification(
     pg_database: PostgresDatabase, clock: FakeClock, clients: Clients
@@ -106,7 +116,7 @@ async def test_envelopes_take_the_link_and_no_notification(
             assert deliver.body == b"m%d" % n and deliver.sender == alice.handle
             await bob.send(Ack(delivery_ids=(deliver.delivery_id,)))
         assert (links_of(w.a).sent, links_of(w.b).received) == (3, 3)
-        heard = [decode(p) for p in await tap.drain()]
+        heard = await tap.hints()
         assert not [h for h in heard if h.handle == bob.handle], heard
 
 
@@ -265,8 +275,9 @@ async def test_an_envelope_for_a_recipient_not_served_here_is_bounced_as_a_page_
         nobody = handle("nobody")
         body = encode_frames([[nobody, 7, 6, b"deliver"]])[1]
         links_b.received_frame(body)
-        bounced = Hint(HintKind.QUEUED, nobody, w.b.router.worker_id).encode()
-        await until(lambda: bounced in tap.heard)
+        bounced = Hint(HintKind.QUEUED, nobody, w.b.router.worker_id)
+        seal = await tap.seal()
+        await until(lambda: bounced in [seal.open(p) for p in tap.heard])
         assert links_b.fallbacks == 1
 
 
@@ -421,7 +432,7 @@ async def test_with_peer_links_off_envelopes_ride_their_hints(
         assert isinstance(await alice.send_message(bob.handle, b"by hint"), Sent)
         deliver = await asyncio.wait_for(bob.push(Deliver), PROMPT_S)
         assert deliver.body == b"by hint"
-        heard = [decode(p) for p in await tap.drain()]
+        heard = await tap.hints()
         assert [h.kind for h in heard if h.handle == bob.handle] == [HintKind.ENVELOPE]
 
 

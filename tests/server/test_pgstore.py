@@ -14,7 +14,7 @@ import inspect
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -27,14 +27,13 @@ from blindrelay.protocol.errors import QueueFull, StoreUnavailable
 from blindrelay.protocol.signed import make_statement
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.delivery import send_rules
-from blindrelay.server.routing import CHANNEL, Hint, HintKind, decode
-from blindrelay.server.store import Account, StoreJobError, StoreStartError
+from blindrelay.server.routing import CHANNEL, Hint, HintKind, HintSeal, hint_key
+from blindrelay.server.store import Account, StoreJobError, StoreStartError, redact
 from blindrelay.server.store.operations import CONTRACT, argument_names
 from blindrelay.server.store.postgresql import batch, operations, schema, sends
 from blindrelay.server.store.postgresql.store import (
     PostgresStore,
     connect,
-    redact,
     vacuum_problem,
 )
 from blindrelay.server.store.rules import envelope_digest
@@ -67,9 +66,47 @@ def test_a_url_is_shown_without_its_password() -> None:
     assert redact("postgresql://db/relay") == "postgresql://db/relay"
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [("postgresql://db/relay?password=s3cret", "postgresql://db/relay?password=***"),
+     ("postgresql://u@db/relay?sslmode=require&PASSWORD=s3cret",
+      "postgresql://u@db/relay?sslmode=require&PASSWORD=***"),
+     ("postgresql://u:pw@db/relay?sslpassword=s3cret&application_name=x",
+      "postgresql://u:***@db/relay?sslpassword=***&application_name=x"),
+     ("postgresql://db/relay?sslmode=require", "postgresql://db/relay?sslmode=require")],
+)  # fmt: skip
+def test_a_password_in_the_query_is_hidden_too(url: str, shown: str) -> None:
+    """asyncpg and libpq take ``?password=`` as well as the user part's: it was logged in
+    clear (``listening``, ``store_not_vacuumed``, start-up errors; found in review)."""
+    assert redact(url) == shown
+
+
+async def test_a_store_url_password_never_reaches_its_log_or_its_errors(
+    pg_database: PostgresDatabase,
+) -> None:
+    canary = "canary-" + os.urandom(6).hex()
+    url = pg_database.fresh_schema()
+    store = PostgresStore(url + ("&" if "?" in url else "?") + f"password={canary}")
+    assert canary not in store.location
+    missing = PostgresStore(pg_database.url.rsplit("/", 1)[0] + f"/no_such_db?password={canary}")
+    with pytest.raises(StoreStartError) as refused:
+        await missing.start()
+    assert canary not in str(refused.value) and "password=***" in str(refused.value)
+
+
+SEAL = HintSeal(hint_key(b"\x07" * 32))
+"""The hint seal of these tests' stores, as a relay sets its own (``routing``)."""
+
+
+def heard_by(heard: asyncio.Queue[Hint]) -> Callable[..., None]:
+    """A LISTEN callback that opens each sealed hint into ``heard``."""
+    return lambda *args: heard.put_nowait(SEAL.open(args[3]))
+
+
 @asynccontextmanager
 async def started(url: str, **kwargs: Any) -> AsyncIterator[PostgresStore]:
     store = PostgresStore(url, **kwargs)
+    store.hint_seal = SEAL
     await store.start()
     try:
         yield store
@@ -241,7 +278,7 @@ async def test_a_careful_rerun_sends_every_hint_of_the_calls_that_succeed_once_i
     url = pg_database.fresh_schema()
     heard: asyncio.Queue[Hint] = asyncio.Queue()
     listener = await asyncpg.connect(url)
-    await listener.add_listener(CHANNEL, lambda *args: heard.put_nowait(decode(args[3])))
+    await listener.add_listener(CHANNEL, heard_by(heard))
     try:
         async with started(url, origin="feedfacefeedface") as store:
             await _users(store, "alice", "bob")
@@ -506,7 +543,7 @@ async def test_hints_are_emitted_inside_the_transaction_and_only_on_commit(
     url = pg_database.fresh_schema()
     heard: asyncio.Queue[Hint] = asyncio.Queue()
     listener = await asyncpg.connect(url)
-    await listener.add_listener(CHANNEL, lambda *args: heard.put_nowait(decode(args[3])))
+    await listener.add_listener(CHANNEL, heard_by(heard))
     try:
         async with started(url, origin="feedfacefeedface") as store:
             await _users(store, "alice", "bob", "owner")
@@ -551,7 +588,7 @@ async def test_only_a_recipient_served_on_another_worker_gets_a_hint_and_it_carr
     url = pg_database.fresh_schema()
     heard: asyncio.Queue[Hint] = asyncio.Queue()
     listener = await asyncpg.connect(url)
-    await listener.add_listener(CHANNEL, lambda *args: heard.put_nowait(decode(args[3])))
+    await listener.add_listener(CHANNEL, heard_by(heard))
     try:
         async with started(url, origin="feedfacefeedface") as store:
             await _users(store, "alice", "bob", "carol", "dave")
@@ -561,7 +598,8 @@ async def test_only_a_recipient_served_on_another_worker_gets_a_hint_and_it_carr
                                    enumerate(["bob", "carol", "dave", "bob"])))  # fmt: skip
             await _send(store, "alice", "carol", 4)  # the next batch
             hints = [await heard.get() for _n in range(2)]
-            await listener.execute("SELECT pg_notify($1, 'q feedfacefeedface 0 end')", CHANNEL)
+            end = SEAL.seal(Hint(HintKind.QUEUED, "end", "feedfacefeedface"))
+            await listener.execute("SELECT pg_notify($1, $2)", CHANNEL, end)
             assert (await heard.get()).handle == "end"  # nothing else was heard
     finally:
         await listener.close()

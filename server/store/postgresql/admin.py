@@ -23,12 +23,12 @@ from typing import Any
 
 from blindrelay.protocol.consent import Meter
 
-from .. import StoreError, transparency
+from .. import StoreError, redact, transparency
 from ..records import Account, MonthUsage
 from . import bills
 from . import transparency as log
 from .schema import migrate
-from .sync import SyncConnection, redacted
+from .sync import SyncConnection
 
 
 class PostgresAdminStore:
@@ -45,7 +45,7 @@ class PostgresAdminStore:
         the login or is newer than this relay."""
         connection = SyncConnection.open(url)
         try:
-            connection.run(lambda conn: migrate(conn, redacted(url)))  # refuses a newer one
+            connection.run(lambda conn: migrate(conn, redact(url)))  # refuses a newer one
         except BaseException:
             connection.close()
             raise

@@ -56,7 +56,7 @@ from blindrelay.protocol.signed import ConsentStatement, unverified_body
 
 from ... import routing
 from ...logs import log_event
-from ...routing import EnvelopeLinks, Hint
+from ...routing import EnvelopeLinks, Hint, HintSeal
 from .operations import OPERATIONS, WRITES
 from .reads import accounts, accounts_evenly, check_upload, stored_key_ids
 from .rows import (
@@ -114,16 +114,19 @@ async def run_batch(
     origin: str,
     counters: Counters,
     links: EnvelopeLinks | None = None,
+    seal: HintSeal | None = None,
 ) -> list[Outcome]:
     """Every call's outcome, after one COMMIT (module docstring); raises only for a lost
     connection (or cancellation), when nothing is known to be committed. ``links``:
     ``Store.links``, how new envelopes reach their recipient's worker
-    (:mod:`.sends`)."""
+    (:mod:`.sends`); ``seal``: ``Store.hint_seal``, what the batch's hints are sealed
+    with (none: a random one, so no other worker can act on them)."""
+    seal = seal or HintSeal.random()
     careful = False
     retries = 0
     while True:
         try:
-            outcomes = await _attempt(conn, calls, origin, careful, links, counters)
+            outcomes = await _attempt(conn, calls, origin, careful, links, counters, seal)
         except _Again as again:
             if retryable(again.cause) and retries < MAX_RETRIES:
                 retries += 1
@@ -147,6 +150,7 @@ async def _attempt(
     careful: bool,
     links: EnvelopeLinks | None,
     counters: Counters,
+    seal: HintSeal,
 ) -> list[Outcome]:
     tx = Tx(conn, origin, links=links)
     outcomes: list[Outcome] = [(False, None)] * len(calls)
@@ -155,7 +159,7 @@ async def _attempt(
         await lock_set(conn, calls)  # BEGIN, in the same round trip
         begun = True
         await _run(tx, calls, outcomes, careful)
-        await notify(conn, tx.hints)
+        await notify(conn, tx.hints, seal)
         committing = time.perf_counter()
         await conn.execute("COMMIT")
         counters.last_commit_s = time.perf_counter() - committing
@@ -237,13 +241,13 @@ async def lock_set(conn: Any, calls: list[Call]) -> None:
 _NOTIFY = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
 
 
-async def notify(conn: Any, hints: list[Hint]) -> None:
-    """The batch's hints (identical ones once), in order; PostgreSQL delivers them only
-    if the COMMIT that follows succeeds. One array parameter rather than literals in
-    the text with the COMMIT: an ENVELOPE hint is ~1.4 KB, and the server lexing a
-    batch's hints as SQL cost ~7 µs of backend CPU per message, against one more round
-    trip per batch."""
-    payloads = list(dict.fromkeys(hint.encode() for hint in hints))
+async def notify(conn: Any, hints: list[Hint], seal: HintSeal) -> None:
+    """The batch's hints (identical ones once), in order, sealed (``routing``: any role
+    that can connect may LISTEN); PostgreSQL delivers them only if the COMMIT that
+    follows succeeds. One array parameter rather than literals in the text with the
+    COMMIT: an ENVELOPE hint is ~1.4 KB, and the server lexing a batch's hints as SQL
+    cost ~7 µs of backend CPU per message, against one more round trip per batch."""
+    payloads = [seal.seal(hint) for hint in dict.fromkeys(hints)]
     if payloads:
         await conn.execute(_NOTIFY, routing.CHANNEL, payloads)
 

@@ -22,9 +22,9 @@ import datetime
 from collections.abc import Iterator
 from typing import Any
 
-from .. import StoreError
+from .. import StoreError, redact
 from .schema import SCHEMA_VERSION, newer_schema, schema_version
-from .sync import SyncConnection, redacted
+from .sync import SyncConnection
 
 CIPHERTEXT_PREFIX_BYTES = 8
 """Bytes of each envelope body shown; enough to see it is random-looking."""
@@ -43,16 +43,16 @@ def inspect_database(url: str, limit: int = 50) -> Iterator[str]:
 
 
 async def _report(conn: Any, url: str, limit: int | None) -> list[str]:
-    lines = [f"database {redacted(url)}"]
+    lines = [f"database {redact(url)}"]
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         version = await schema_version(conn)
         if not version:
             raise StoreError(
-                f"no blindrelay store in {redacted(url)} (no schema_version): "
+                f"no blindrelay store in {redact(url)} (no schema_version): "
                 "name the database a relay uses"
             )
         if version > SCHEMA_VERSION:
-            raise StoreError(str(newer_schema(version, redacted(url))))
+            raise StoreError(str(newer_schema(version, redact(url))))
         lines += await _tables(conn)
         lines += await _relay_identity(conn)
         lines += await _accounts(conn, limit)

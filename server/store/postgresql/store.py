@@ -24,7 +24,6 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -32,7 +31,7 @@ from blindrelay.protocol.errors import InternalError, StoreUnavailable
 
 from ... import routing
 from ...logs import log_event
-from .. import Done, StoreStartError
+from .. import Done, StoreStartError, redact
 from .batch import READS, Counters, run_batch
 from .rows import connection_lost, where
 from .schema import migrate
@@ -67,16 +66,6 @@ SERVER_SETTINGS = {
 }
 """Every connection's: the relay's durability, its name in ``pg_stat_activity``, string
 literals where only quotes are special (``batch.literal``), and the planner's."""
-
-
-def redact(url: str) -> str:
-    """``url`` without its password, for logs and messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")
-    user = netloc[0].partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
 
 
 def _reason(exc: BaseException) -> str:
@@ -129,6 +118,9 @@ class PostgresStore:
         self.on_decided: Callable[[float, float, float], None] | None = None
         """Never called: values come back with their COMMIT (``Store.on_decided``)."""
         self.links: routing.EnvelopeLinks | None = None
+        self.hint_seal: routing.HintSeal | None = routing.HintSeal.random()
+        """What this worker's hints are sealed with: the relay sets the store's own
+        (``routing.hint_key``); until then they are sealed for nobody."""
         self.counters = Counters()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: Any = None
@@ -281,7 +273,7 @@ class PostgresStore:
             try:
                 started = time.perf_counter()
                 outcomes = await run_batch(
-                    self._conn, batch, self.origin, self.counters, self.links
+                    self._conn, batch, self.origin, self.counters, self.links, self.hint_seal
                 )
                 if self.on_batch is not None:
                     self.on_batch(

@@ -20,11 +20,10 @@ import socket
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from .. import StoreError
+from .. import StoreError, redact
 
 T = TypeVar("T")
 
@@ -43,15 +42,6 @@ SERVER_SETTINGS = {"synchronous_commit": "on", "application_name": "blindrelay a
 (an invite token) is on disk first."""
 
 
-def redacted(url: str) -> str:
-    """``url`` without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    return urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}"))
-
-
 def _reason(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
@@ -60,7 +50,7 @@ def _reason(exc: BaseException) -> str:
 def failure(exc: BaseException, url: str) -> StoreError:
     """One line for the operator: what went wrong with the database at ``url`` and
     what to do about it."""
-    where = redacted(url)
+    where = redact(url)
     reason = _reason(exc)
     if isinstance(exc, StoreError):
         return exc
@@ -132,7 +122,7 @@ class SyncConnection:
         except Exception as exc:
             if self._conn.is_closed() or isinstance(exc, LOST):
                 raise StoreError(
-                    f"lost the connection to {redacted(self.url)} ({_reason(exc)}): "
+                    f"lost the connection to {redact(self.url)} ({_reason(exc)}): "
                     "run the command again once the server answers"
                 ) from None
             raise failure(exc, self.url) from None

@@ -31,7 +31,7 @@ import sqlite_utils
 from blindrelay.protocol.errors import NotFound
 
 from ... import gcpolicy
-from ...routing import EnvelopeLinks, new_worker_id
+from ...routing import EnvelopeLinks, HintSeal, new_worker_id
 from .. import Done, StoreError, transparency
 from ..records import Account, MonthUsage
 from ..transparency import MAX_BILL_ITEMS_WHOLE
@@ -58,6 +58,8 @@ class SqliteStore:
         """Never called: a lost writer is lost for good (:attr:`on_lost`)."""
         self.links: EnvelopeLinks | None = None
         """Unused: one relay process has no other worker to tell."""
+        self.hint_seal: HintSeal | None = None
+        """Unused, as :attr:`links`."""
         self._writer = Writer(path, synchronous, gc_threshold)
         self._writer.on_lost = self._lost
         self._reader: sqlite_utils.Database | None = None
