@@ -30,6 +30,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -371,16 +372,51 @@ def _histogram(name: str, doc: str, histogram: Histogram) -> Metric:
     return family
 # --- The listener -------------------------------------------------------------------
 
+REQUEST_TIMEOUT_S = 5.0
+"""How long the listener waits for each read of a request before dropping the connection."""
+
+MAX_CONNECTIONS = 32
+"""Connections the listener serves at once: scrapers and probes need a few."""
+
 
 class _Quiet(WSGIRequestHandler):
-    """No access log on stderr: the relay's log is JSON lines, and a scrape is no event."""
+    """No access log on stderr: the relay's log is JSON lines, and a scrape is no event.
+    Each read of the request waits :data:`REQUEST_TIMEOUT_S` at most."""
+
+    timeout = REQUEST_TIMEOUT_S
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
+class _Threaded(ThreadingMixIn, WSGIServer):
+    """A thread per connection, so that one slow or idle client (half a request, never
+    finished) holds up no probe; at most :data:`MAX_CONNECTIONS` at once, the rest
+    closed unanswered."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class MetricsServer:
-    """``/healthz``, ``/readyz`` and ``/metrics`` on their own address, in a thread."""
+    """``/healthz``, ``/readyz`` and ``/metrics`` on their own address, in threads of
+    their own (:class:`_Threaded`)."""
 
     def __init__(self, metrics: RelayMetrics, host: str, port: int) -> None:
         exposition = make_wsgi_app(metrics.registry)
@@ -396,7 +432,9 @@ class MetricsServer:
                 return _answer(start, "200 OK" if ready else "503 Service Unavailable", why + "\n")
             return _answer(start, "404 Not Found", "try /healthz, /readyz or /metrics\n")
 
-        self._server: WSGIServer = make_server(host, port, app, handler_class=_Quiet)
+        self._server: WSGIServer = make_server(
+            host, port, app, server_class=_Threaded, handler_class=_Quiet
+        )
         address = self._server.server_address
         self.host, self.port = str(address[0]), int(address[1])
         self._thread = threading.Thread(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
@@ -13,16 +15,23 @@ import pytest
 from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import Ack, Sent
 from blindrelay.server.config import RelayConfig
-from blindrelay.server.metrics import READY_WINDOW_S, Histogram, RelayMetrics, parse_listen
+from blindrelay.server.metrics import (
+    READY_WINDOW_S,
+    REQUEST_TIMEOUT_S,
+    Histogram,
+    MetricsServer,
+    RelayMetrics,
+    parse_listen,
+)
 
 from .conftest import ALL_BACKENDS, Clients, FakeClock, RelayFixture, error_code, until
 
 BACKENDS = ALL_BACKENDS
 
 
-def get(url: str) -> tuple[int, str]:
+def get(url: str, timeout: float = 10) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(url, timeout=10) as answer:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
             return answer.status, answer.read().decode()
     except urllib.error.HTTPError as refused:
         return refused.code, refused.read().decode()
@@ -138,6 +147,31 @@ async def test_deliveries_in_flight_redeliveries_and_the_queue_are_counted(
         assert len(await again.deliveries(2)) == 2
         _, text = await fetch(relay.metrics_server.url + "/metrics")
         assert sample(text, 'blindrelay_delivers_pushed_total{path="paged"}') == 2
+
+
+def test_a_connection_that_never_finishes_its_request_blocks_no_probe() -> None:
+    """A TCP connection to the metrics port that sends half a request line held every
+    /healthz, /readyz and /metrics until it closed (one request at a time, no timeout;
+    found in review): a failed liveness probe restarts a healthy relay. Now each
+    connection has its own thread and its own deadline."""
+    server = MetricsServer(RelayMetrics(), "127.0.0.1", 0)
+    holders: list[socket.socket] = []
+    try:
+        for _ in range(3):
+            holder = socket.create_connection((server.host, server.port))
+            holder.sendall(b"GET /heal")  # and nothing more
+            holders.append(holder)
+        for path, expected in (("/healthz", 200), ("/readyz", 503), ("/metrics", 200)):
+            started = time.monotonic()
+            assert get(server.url + path, timeout=2)[0] == expected, path
+            assert time.monotonic() - started < 1.0, path
+        for holder in holders:  # each is let go after the deadline, answered or not
+            holder.settimeout(REQUEST_TIMEOUT_S + 5)
+            holder.recv(1024)
+    finally:
+        for holder in holders:
+            holder.close()
+        server.close()
 
 
 def test_histograms_bucket_as_prometheus_does() -> None:
