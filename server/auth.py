@@ -88,7 +88,7 @@ def _admitted(ctx: RelayContext, session: Session, frame: Register, now: int, wa
         ctx.guard(session, frame, lambda: create() if future.result() else _refuse_proof())
 
     # "The relay MUST check with exactly one [evaluation] [...] off its event loop."
-    ctx.registration.check_off_loop(lambda: session.open and check(), proven)
+    ctx.registration.check_off_loop(session.source, lambda: session.open and check(), proven)
 
 
 def _refuse_proof() -> None:

@@ -51,6 +51,18 @@ PROOF_CHECK_THREADS = 2
 two cores and multiply that memory. Later proofs wait their turn."""
 
 
+MAX_PENDING_PROOF_CHECKS = 64
+"""Proofs waiting for a check or being checked, over every source (SPEC §4.6.3). A
+wrong nonce costs its sender nothing and the relay an evaluation, so without a bound an
+attacker holding many sources (IPv6 /64s) could queue checks faster than two threads
+run them, and every honest REGISTER would wait behind the queue until its challenge
+expired. 64 is ~3 s of checks at the defaults' tens of ms each, well inside the
+challenge's 120 s."""
+
+PROOF_BUSY_RETRY_MS = 1000
+"""The ``retry_after`` of a REGISTER refused because checks are full."""
+
+
 INVITE_CONTEXT = b"blindrelay/v1/invite\x00"
 
 
@@ -93,6 +105,8 @@ class RegistrationPolicy:
             self.auth_timeout_s = max(self.auth_timeout_s, limits.POW_CHALLENGE_TTL_MS / 1000)
         self.require_invites = config.require_invites
         self._checks: ThreadPoolExecutor | None = None
+        self._pending: set[str] = set()
+        """Sources with a proof waiting or being checked (at most one each)."""
 
     def budget(self, source: str, now: int) -> tuple[str, str, float, int, int]:
         """SPEC §4.6.1: the arguments of the ``take_budget`` operation that spends a token
@@ -116,13 +130,26 @@ class RegistrationPolicy:
         return invite_digest(invite)
 
     def check_off_loop(
-        self, check: Callable[[], bool], done: Callable[[asyncio.Future[bool]], None]
+        self, source: str, check: Callable[[], bool], done: Callable[[asyncio.Future[bool]], None]
     ) -> None:
-        """Run a proof check on a worker thread; ``done`` gets its future on the loop."""
+        """Run a proof check on a worker thread; ``done`` gets its future on the loop.
+
+        Refused with RateLimited, before anything is queued, while ``source`` has a proof
+        pending or :data:`MAX_PENDING_PROOF_CHECKS` are (SPEC §4.6.3): one source queues
+        one evaluation at a time, and all of them no more than the threads run in seconds.
+        """
+        if source in self._pending or len(self._pending) >= MAX_PENDING_PROOF_CHECKS:
+            raise RateLimited("proofs of work being checked", retry_after_ms=PROOF_BUSY_RETRY_MS)
         if self._checks is None:
             self._checks = ThreadPoolExecutor(PROOF_CHECK_THREADS, thread_name_prefix="pow")
+        self._pending.add(source)
         future = asyncio.get_running_loop().run_in_executor(self._checks, check)
-        future.add_done_callback(done)
+
+        def finished(future: asyncio.Future[bool]) -> None:
+            self._pending.discard(source)
+            done(future)
+
+        future.add_done_callback(finished)
 
     def close(self) -> None:
         """Drop the checks not started; one running finishes on its own."""

@@ -20,6 +20,7 @@ from blindrelay.protocol import pow as puzzle
 from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import Error, Frame, Login, ProofOfWork, Register, Welcome
 from blindrelay.protocol.transcripts import login_transcript, register_transcript
+from blindrelay.server import registration
 from blindrelay.server.cli import main as cli_main
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.registration import source_key
@@ -429,6 +430,48 @@ async def test_bogus_proofs_from_a_limited_address_cost_the_relay_no_evaluation(
         await forger.send(forged)
         assert error_code(await forger.response(7)) == ErrorCode.AUTH_FAILED
         assert evaluations.threads == []
+
+
+async def test_proofs_waiting_for_a_check_are_bounded_per_source_and_in_all(
+    config: RelayConfig, clock: FakeClock, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §4.6.3: a wrong nonce costs its sender nothing and the relay an evaluation,
+    so the checks waiting were unbounded: sources enough (IPv6 /64s) could queue them
+    faster than two threads run them, and an honest REGISTER waited behind the queue
+    until its challenge expired (found in review). Now one pending proof per source,
+    MAX_PENDING_PROOF_CHECKS in all; beyond, 402 at once, nothing queued."""
+    monkeypatch.setattr(registration, "MAX_PENDING_PROOF_CHECKS", 4)
+    gate = threading.Event()
+    real = argon2id.kdf
+
+    def held(*args: Any, **kwargs: Any) -> bytes:
+        if threading.current_thread().name.startswith("pow"):  # the relay's checks only
+            gate.wait(10)
+        return real(*args, **kwargs)
+
+    async with relay_by_source(with_pow(config), clock) as running:
+        async def bogus(address: str, handle: str) -> tuple[RawClient, int]:
+            client = await clients.open(running.url, headers={SOURCE_HEADER: address})
+            request_id = client.request_id()
+            nonce = wrong_nonce(client, handle)
+            await client.send(signed_register(client, handle, request_id, pow_nonce=nonce))
+            return client, request_id
+
+        monkeypatch.setattr(argon2id, "kdf", held)
+        pending = [await bogus("198.51.100.1", "first")]
+        again, again_id = await bogus("198.51.100.1", "second")  # the same source: refused
+        refused = await again.response(again_id)
+        assert error_code(refused) == ErrorCode.RATE_LIMITED and refused.retry_after
+
+        pending += [await bogus(f"198.51.100.{n}", f"user{n}") for n in range(2, 5)]
+        late, late_id = await bogus("2001:db8:9::1", "late")  # a fifth source: all full
+        assert error_code(await late.response(late_id)) == ErrorCode.RATE_LIMITED
+
+        gate.set()  # the checks run: every one queued is answered (a wrong proof)
+        for client, request_id in pending:
+            assert error_code(await client.response(request_id)) == ErrorCode.REGISTRATION_REFUSED
+        after, after_id = await bogus("198.51.100.1", "third")  # room again
+        assert error_code(await after.response(after_id)) == ErrorCode.REGISTRATION_REFUSED
 
 
 @pytest.mark.parametrize(
