@@ -2,12 +2,20 @@
 
 A business's key — every published account's — is trusted only with proof that the
 relay logged it: before the first message to a business, and after every change of
-its key (every bundle fetched starts a session, so both go through
-:meth:`LogCheck.bundle`), the bundle's ``log`` must hold the account's key binding,
-an inclusion proof of it and a signed tree head that verifies with the pinned relay
-key. A binding newer than the relay's newest head (a business that registered or
-rotated within ``STH_INTERVAL``) is waited for, up to :attr:`LogCheck.wait_s`, by
-watching for a newer head and fetching the bundle again. Anything else is
+its key, the bundle's ``log`` must hold the account's key binding, an inclusion proof
+of it and a signed tree head that verifies with the pinned relay key
+(:meth:`LogCheck.bundle`). Every bundle fetched to start a session goes through it;
+so does the key a business's own message brought (its first message, or a key
+change in a prekey message): ``sending`` fetches the bundle for its proof before the
+first message to that key, as the log proves keys only by their binding, whose
+bytes (the time it was logged, the key it replaced) only the relay knows. Each
+handle seen published is kept so for good, with the key last proven logged
+(``keystore``): a relay that later calls a business a user, or serves its bundle
+without a proof, does not skip the check (``trust``).
+
+A binding newer than the relay's newest head (a business that registered or rotated
+within ``STH_INTERVAL``) is waited for, up to :attr:`LogCheck.wait_s`, by watching
+for a newer head and fetching the bundle again. Anything else is
 :class:`KeyNotLogged`, raised before anything is encrypted to the key.
 
 Every head seen is held against the newest one this profile verified before (kept
@@ -148,8 +156,13 @@ class LogCheck:
     ) -> frames.Bundle:
         """``bundle``, or the one fetched again once a head covers its key; raises
         :class:`KeyNotLogged` or :class:`LogForked`. A user's bundle without ``log`` is
-        not published and passes: its key is protected by safety numbers (§15.4)."""
-        if bundle.log is None and bundle.kind != AccountKind.BUSINESS:
+        not published and passes: its key is protected by safety numbers (§15.4) —
+        unless its handle was seen published before. Marks the handle published, and
+        the key proven logged once it is."""
+        handle = bundle.handle
+        if bundle.log is not None or bundle.kind == AccountKind.BUSINESS:
+            self._store.mark_published(handle)  # before the proof: a failure keeps it
+        elif not self._store.is_published(handle):
             return bundle
         deadline = time.monotonic() + self.wait_s
         # The newest head's size read *before* the last fetch: a bundle fetched after a
@@ -171,6 +184,7 @@ class LogCheck:
                 raise KeyNotLogged(bundle.handle, f"no signed tree head within {self.wait_s} s")
             await asyncio.sleep(POLL_S)
         await self._verify(bundle)
+        self._store.mark_logged(handle, bundle.identity_key)
         return bundle
 
     async def _verify(self, bundle: frames.Bundle) -> None:

@@ -11,6 +11,12 @@ does the same for one body and many recipients, a chunk per transaction.
 - Fields no SEND may carry are refused before anything is encrypted or stored.
 - A contact whose identity key change awaits the user is refused
   (UntrustedIdentity, SPEC §3.3) before anything is written.
+- A published account's key (a business's) is proven in the relay's log before
+  anything is encrypted to it (SPEC §15.6 rule 5): a bundle fetched to start a
+  session is checked (``logcheck``), and so is a key that came in the account's own
+  prekey message — its first message or a key change — which the first send to it
+  checks by fetching the bundle's proof, on the contact's lock (:meth:`Sender.
+  send_content`). A bulk send leaves such a recipient to that path.
 - A chat records, in the same transaction, that we wrote to its recipient
   (``message_requests``).
 
@@ -36,7 +42,12 @@ from blindrelay.protocol.content import (
     content_encoder,
     encode_content,
 )
-from blindrelay.protocol.errors import BlindrelayError, UnexpectedFrame, UntrustedIdentity
+from blindrelay.protocol.errors import (
+    BlindrelayError,
+    KeyNotLogged,
+    UnexpectedFrame,
+    UntrustedIdentity,
+)
 
 from .keystore import KeyStore
 from .link import RelayLink
@@ -153,11 +164,18 @@ class Sender:
         Raises the split-view alarm (:class:`LogForked`) once it has gone off."""
         self._link.raise_if_fatal()
         self._log_check.raise_if_forked()
-        if self.locks.busy(handle) or not self._sessions.has_session(handle):
+        trust = self._sessions.trust
+        if (
+            self.locks.busy(handle)
+            or not self._sessions.has_session(handle)
+            or trust.unlogged_key(handle) is not None
+        ):
             async with self.locks.hold(handle):  # one bundle fetch, sends kept in order
-                self._sessions.trust.refuse_pending(handle)
+                trust.refuse_pending(handle)
                 if not self._sessions.has_session(handle):
                     await self._start_session(handle)
+                elif trust.unlogged_key(handle) is not None:
+                    await self._prove_pinned(handle)
                 msg_id, sent = self.queue_content(handle, body, labels, rate_limit_retries)
         else:  # encrypt and enqueue in one synchronous step: nothing to wait for
             msg_id, sent = self.queue_content(handle, body, labels, rate_limit_retries)
@@ -174,6 +192,23 @@ class Sender:
         except UntrustedIdentity:
             self._identity_changed(handle)
             raise
+
+    async def _prove_pinned(self, handle: str) -> None:
+        """SPEC §15.6: the key a published account's message pinned, with no bundle, is
+        proven by the bundle's log proof before the first message to it. A proof of
+        another key is of the account's real one: it becomes the pending change the user
+        is asked about, and the pinned key is refused (KeyNotLogged)."""
+        pinned = self._sessions.trust.unlogged_key(handle)
+        bundle = await self._log_check.bundle(
+            await self._fetch_bundle(handle), lambda: self._fetch_bundle(handle)
+        )
+        if pinned is None or bundle.identity_key == pinned:
+            return
+        try:
+            self._sessions.trust.check(handle, bundle.identity_key)  # records the change
+        except UntrustedIdentity:
+            self._identity_changed(handle)
+        raise KeyNotLogged(handle, "the log holds another key for it, now a pending change")
 
     async def _fetch_bundle(self, handle: str) -> frames.Bundle:
         bundle = await self._link.request(lambda rid: frames.BundleFetch(id=rid, handle=handle))
@@ -294,8 +329,8 @@ class Sender:
         """Encrypt and enqueue ``chunk`` in one keystore transaction, then transmit it.
 
         Returns the (offset, handle) of recipients that need the path of
-        :meth:`send_content`: no session yet, or a send to them is already
-        waiting on one. A recipient whose encryption is refused
+        :meth:`send_content`: no session yet, a key the log has not proven yet, or
+        a send to them is already waiting on one. A recipient whose encryption is refused
         (UntrustedIdentity) gets that outcome; ``SessionManager.encrypt``
         refuses before it writes anything, so the rest of the chunk stands.
         """
@@ -316,7 +351,7 @@ class Sender:
                 try:
                     frames.check_handle(handle, "to")
                     envelope = self._sessions.encrypt(handle, plaintext_for(msg_id))
-                except NoSession:
+                except (NoSession, KeyNotLogged):  # the path that starts or proves one
                     deferred.append((offset, handle))
                     continue
                 except BlindrelayError as exc:

@@ -11,6 +11,11 @@ our identity and prekeys (SPEC §5), starts sessions from BUNDLE frames (SPEC
   :meth:`SessionManager.encrypt` refuses a contact whose key change awaits the
   user. The handles of both ends are also in every message's associated data
   (SPEC §13.3), so an envelope re-sent by another account does not decrypt.
+- **Nothing is encrypted to a published account's key the log has not proven**
+  (SPEC §15.6 rule 5): a DELIVER from a business marks its sender published
+  (``trust``); a key such a sender pinned by its prekey message is reported
+  ``unlogged`` on its messages, and :meth:`SessionManager.encrypt` refuses it
+  (KeyNotLogged) until ``logcheck`` proves it — ``sending`` asks the log first.
 - **Persist before acknowledging** (SPEC §6.5). :meth:`SessionManager.receive`
   returns only after :meth:`KeyStore.commit_incoming` stored the message, the
   new session and the message id in one transaction — which also deletes the
@@ -282,13 +287,15 @@ class SessionManager:
         """Encrypt ``plaintext`` to ``handle`` → envelope; the new session is stored first.
 
         Raises UntrustedIdentity while a key change is pending (SPEC §3.3:
-        surfaced "before the next message is sent"), NoSession without one.
+        surfaced "before the next message is sent"), NoSession without one,
+        KeyNotLogged for a published account's key no log proof covered (SPEC §15.6).
         """
         self.trust.refuse_pending(handle)
         session = self._load_own_session(handle)
         if session is None:
             raise NoSession(handle)
         self.store.require_trusted(handle, session.their_identity_key)
+        self.trust.refuse_unlogged(handle, session.their_identity_key)
         session, envelope = encrypt(session, plaintext, self._rng)
         blob = session.to_bytes()
         self.store.store_session(handle, blob)
@@ -309,6 +316,8 @@ class SessionManager:
         if self.store.is_processed(deliver.sender, deliver.msg_id):
             return None
         sender = deliver.sender
+        if deliver.sender_kind == frames.AccountKind.BUSINESS:
+            self.trust.note_published(sender)  # for good, whatever the relay says later
         decrypted = self._decrypt(deliver)
         identity = self._identity_state(sender, decrypted.status)
         record = inbox_record(deliver, identity, self._clock(), decrypted.plaintext)
@@ -361,10 +370,13 @@ class SessionManager:
         return _Decrypted(session, plaintext, None, IdentityStatus.TRUSTED)
 
     def _identity_state(self, sender: str, status: IdentityStatus) -> IdentityState:
-        """How far the sender's key is trusted, as its messages report it."""
+        """How far the sender's key is trusted, as its messages report it: UNLOGGED for a
+        published sender's key no log proof covered yet (unless the user verified it)."""
         trusted = self.store.get_trusted_identity(sender)
         if trusted is not None and trusted.verified:
             return IdentityState.VERIFIED
+        if trusted is not None and self.trust.unlogged_key(sender, trusted.identity_key):
+            return IdentityState.UNLOGGED
         return IdentityState.NEW if status is IdentityStatus.NEW else IdentityState.TRUSTED
 
     def _signed_prekey(self, key_id: int) -> SignedPreKey | None:

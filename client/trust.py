@@ -12,6 +12,15 @@ The rules, each enforced in one place:
 - **One key, one handle** (SPEC §13.8). A key already pinned for another
   handle raises :class:`IdentityKeyReused` before any cryptography, and pins
   nothing.
+- **A published account's key is used only once the log proved it** (SPEC §15.6
+  rule 5). A handle seen as published — a business, by the kind the relay states
+  in a DELIVER or a bundle, or a bundle with a log proof — is marked so for good
+  (:meth:`IdentityTrust.note_published`); a key pinned for it that no log proof
+  covered (one that came in a prekey message, a first one or a change) is
+  :meth:`IdentityTrust.unlogged_key`, and :meth:`IdentityTrust.refuse_unlogged`
+  keeps anything from being encrypted to it until ``logcheck`` proves it. What the
+  relay labels an unpublished user at first contact is taken as one: the limit of
+  this check (docs/threat-model.md, T27).
 - **The relay key is pinned** (SPEC §4.1) at the first login; a relay
   presenting another key is :class:`RelayKeyChanged` until the user accepts it
   (:meth:`RelayKeyPin.accept`).
@@ -29,7 +38,12 @@ from collections.abc import Callable
 from enum import StrEnum
 
 from blindrelay.protocol.crypto.fingerprint import safety_number
-from blindrelay.protocol.errors import BlindrelayError, IdentityKeyReused, UntrustedIdentity
+from blindrelay.protocol.errors import (
+    BlindrelayError,
+    IdentityKeyReused,
+    KeyNotLogged,
+    UntrustedIdentity,
+)
 
 from .keystore import IdentityStatus, KeyStore
 
@@ -99,6 +113,10 @@ class IdentityState(StrEnum):
     """The pinned key, not compared out of band."""
     VERIFIED = "verified"
     """The pinned key, and the user compared safety numbers (SPEC §13.9)."""
+    UNLOGGED = "unlogged"
+    """A published account's key (a business's) that came in its message and that the
+    relay's log has not proven yet (SPEC §15.6): it may be a key of the relay's own.
+    The first reply asks the log first and raises KeyNotLogged if it fails."""
 
 
 class IdentityTrust:
@@ -167,11 +185,38 @@ class IdentityTrust:
         self._store.approve_identity(handle, key, self._clock(), verified=verified)
 
     def state(self, handle: str) -> IdentityState | None:
-        """TRUSTED or VERIFIED for a pinned key, None for a stranger."""
+        """VERIFIED, UNLOGGED or TRUSTED for a pinned key, None for a stranger."""
         trusted = self._store.get_trusted_identity(handle)
         if trusted is None:
             return None
-        return IdentityState.VERIFIED if trusted.verified else IdentityState.TRUSTED
+        if trusted.verified:
+            return IdentityState.VERIFIED
+        if self.unlogged_key(handle, trusted.identity_key) is not None:
+            return IdentityState.UNLOGGED
+        return IdentityState.TRUSTED
+
+    # --- Published accounts: a key only with a log proof (SPEC §15.6 rule 5) ----------
+
+    def note_published(self, handle: str) -> None:
+        """``handle`` is a published account (the relay said business, or proved its key
+        logged): from now on every key of it needs a log proof, whatever the relay says."""
+        self._store.mark_published(handle)
+
+    def unlogged_key(self, handle: str, key: bytes | None = None) -> bytes | None:
+        """``key`` (by default the pinned one) if ``handle`` is published and no log proof
+        covered that key; None otherwise."""
+        if not self._store.is_published(handle):
+            return None
+        if key is None:
+            key = self.pinned_key(handle)
+        if key is None or key == self._store.logged_key(handle):
+            return None
+        return key
+
+    def refuse_unlogged(self, handle: str, key: bytes | None = None) -> None:
+        """Raise KeyNotLogged for a published account's key no log proof covered."""
+        if self.unlogged_key(handle, key) is not None:
+            raise KeyNotLogged(handle, "the log has not proven the key its message came with")
 
     def safety_number(self, handle: str) -> str:
         """The 60 digits to compare with ``handle`` (SPEC §13.9).

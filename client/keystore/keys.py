@@ -1,6 +1,6 @@
 """Key custody: our identity, our prekeys, sessions and the contacts' keys we trust.
 
-Invariants (SPEC §3.3, §5.1, §13.8):
+Invariants (SPEC §3.3, §5.1, §13.8, §15.6):
 
 - A contact's identity key is never replaced silently: a different key reads as
   ``CHANGED`` and only :meth:`KeyRecords.approve_identity` (an explicit user
@@ -9,6 +9,9 @@ Invariants (SPEC §3.3, §5.1, §13.8):
 - An identity key is pinned for at most one handle: pinning or approving a key
   that another handle holds raises :class:`IdentityKeyReused`. The
   ``key_owners`` index answers by key; the trust record stays the truth.
+- A handle once seen published stays published (no method unmarks it), and the
+  key last proven in the relay's log is kept beside it: a pinned key that is not
+  that one has no proof (the SDK asks the log before encrypting to it).
 - A one-time prekey is gone once taken (X3DH forward secrecy needs its private
   key destroyed after first use); prekey ids are never handed out twice.
 
@@ -292,3 +295,28 @@ class KeyRecords(Storage):
     def pending_identity_changes(self) -> dict[str, bytes]:
         """Every contact whose new key awaits the user, with that key."""
         return {str(h): bytes(key) for h, key in self._rows("identity_changes")}
+
+    # Published accounts (SPEC §15.6): read before every send
+
+    def is_published(self, handle: str) -> bool:
+        """Whether ``handle`` was ever seen as a published account (a business, or a
+        bundle with a log proof): its keys need a log proof, whatever the relay says later."""
+        require_handle(handle)
+        return self._get("published", handle_key(handle)) is not None
+
+    def logged_key(self, handle: str) -> bytes | None:
+        """The identity key of ``handle`` last proven in the relay's log, if any."""
+        require_handle(handle)
+        fields = self._get("published", handle_key(handle))
+        return None if fields is None or fields[1] is None else bytes(fields[1])
+
+    def mark_published(self, handle: str) -> None:
+        """Remember ``handle`` as published, for good (a proven key is kept)."""
+        if not self.is_published(handle):
+            self._put("published", handle_key(handle), (handle, None))
+
+    def mark_logged(self, handle: str, identity_key: bytes) -> None:
+        """``identity_key`` was proven logged for ``handle`` (which is published)."""
+        require_handle(handle)
+        require_bytes("identity_key", identity_key, IDENTITY_KEY_BYTES)
+        self._put("published", handle_key(handle), (handle, identity_key))

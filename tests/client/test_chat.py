@@ -269,7 +269,9 @@ def test_a_consent_request_is_shown_with_the_badge_and_granted_then_blocked(
             refused = await airline.notify("utility", "Gate B9", to=["dave"])
             assert refused.skipped == ["dave"], refused  # not sent, or refused by the relay
             dave.type("/contacts")
-            await expect(r"  airline \(business\) trusted, BLOCKED by you \[✔ verified: Example Air\]")
+            # Its key came in its messages and dave never wrote to it: no log proof yet
+            # (SPEC §15.6), which a first message to it would ask for.
+            await expect(r"  airline \(business\) unlogged, BLOCKED by you \[✔ verified: Example Air\]")
         finally:
             await airline.close()
 

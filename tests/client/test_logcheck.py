@@ -2,9 +2,10 @@
 (client/logcheck.py, SPEC §15.6): the attack is a relay handing out a key of its own
 for a business (a fake "airline" key would read the chat).
 
-Over the in-memory relay of :mod:`.fake_relay`, which plays an honest or a lying relay
+Over the in-memory relay of :mod:`.log_relay`, which plays an honest or a lying relay
 frame by frame: it keeps a log of entries the test appends, signs heads with its key,
-and answers BUNDLE_FETCH with whatever bundle and proof the test chose.
+and answers BUNDLE_FETCH with whatever bundle and proof the test chose. A key that
+arrives in a message rather than a bundle: tests/client/test_logcheck_incoming.py.
 """
 
 from __future__ import annotations
@@ -21,100 +22,17 @@ from nacl.signing import SigningKey
 
 from blindrelay.client.keystore import MemoryKeyStore
 from blindrelay.client.logcheck import LogCheck
-from blindrelay.client.sdk import Client
 from blindrelay.client.transparency import LogReader
 from blindrelay.protocol import frames
-from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import KeyNotLogged, LogForked
 from blindrelay.protocol.transparency import merkle
-from blindrelay.protocol.transparency.entries import KeyBinding, StatementLogged
+from blindrelay.protocol.transparency.entries import StatementLogged
 from blindrelay.protocol.transparency.treehead import sign_tree_head
 
 from ..relays import T0, relay_at
-from .fake_relay import OTHER_RELAY_KEY, RELAY_KEY, URL, FakeRelay, RelayEnd, answer_plainly, signer
+from .fake_relay import OTHER_RELAY_KEY
 from .harness import Inbox, bundle, online, run, within
-
-AIRLINE_SEED = b"\x41" * 32
-FAKE_SEED = b"\x66" * 32
-
-
-class LoggingRelay(FakeRelay):
-    """A fake relay with a transparency log: :attr:`bundles` says what BUNDLE_FETCH gets."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.entries: list[bytes] = []
-        self.heads: list[bytes] = []
-        self.bundles: list[frames.Bundle] = []
-        """Served in turn, the last one again and again."""
-        self.fetches = 0
-        self.answer = self._answer
-
-    def append(self, *entries: bytes) -> int:
-        self.entries.extend(entries)
-        return len(self.entries) - 1
-
-    def sign_head(self, key=RELAY_KEY, root: bytes | None = None) -> bytes:
-        size = len(self.entries)
-        root = root or merkle.root_of([merkle.leaf_hash(e) for e in self.entries])
-        signed = sign_tree_head(signer(key), size, root, T0 + len(self.heads))
-        self.heads.append(signed)
-        return signed
-
-    def proven(self, made: frames.Bundle, index: int, sth: bytes | None = None) -> frames.Bundle:
-        size = len(self.entries)
-        leaves = [merkle.leaf_hash(e) for e in self.entries]
-        proof = _path(leaves, index, size)
-        log = frames.LogProof(
-            entry=self.entries[index], index=index, proof=tuple(proof), sth=sth or self.heads[-1]
-        )
-        return replace(made, log=log)
-
-    def _answer(self, end: RelayEnd, frame: frames.Frame) -> None:
-        if isinstance(frame, frames.BundleFetch):
-            self.fetches += 1
-            served = self.bundles[min(self.fetches, len(self.bundles)) - 1]
-            end.send(replace(served, re=frame.id))
-        elif isinstance(frame, frames.LogHeadFetch):
-            end.send(frames.LogHead(re=frame.id, sth=self.heads[-1] if self.heads else None))
-        elif isinstance(frame, frames.LogConsistencyFetch):
-            leaves = [merkle.leaf_hash(e) for e in self.entries]
-            proof = _consistency(leaves, frame.first, frame.second)
-            end.send(frames.LogConsistency(re=frame.id, proof=tuple(proof)))
-        else:
-            answer_plainly(end, frame)
-
-
-def _lookup(leaves: list[bytes]) -> merkle.NodeHashes:
-    """The complete subtrees of ``leaves``, as a relay's store keeps them."""
-    frontier, nodes = merkle.Frontier(), {}
-    for leaf in leaves:
-        nodes.update(frontier.append(leaf))
-    return lambda wanted: {node: nodes[node] for node in wanted}
-
-
-def _path(leaves: list[bytes], index: int, size: int) -> list[bytes]:
-    return merkle.inclusion_proof(index, size, _lookup(leaves[:size]))
-
-
-def _consistency(leaves: list[bytes], first: int, second: int) -> list[bytes]:
-    return merkle.consistency_proof(first, second, _lookup(leaves[:second]))
-
-
-def binding(handle: str, seed: bytes, kind: str = "business", at: int = T0) -> bytes:
-    key = IdentityKeyPair.from_seed(seed).public
-    return KeyBinding(v=1, handle=handle, kind=kind, identity_key=key, at=at).to_bytes()
-
-
-def filler(n: int) -> list[bytes]:
-    return [StatementLogged(v=1, commitment=bytes([i]) * 32, at=T0).to_bytes() for i in range(n)]
-
-
-async def customer(relay: LoggingRelay, **options) -> Client:
-    client = Client.open(None, open_transport=relay.open, **options)
-    await within(client.connect(URL))
-    await within(client.register("alice"))
-    return client
+from .log_relay import AIRLINE_SEED, FAKE_SEED, LoggingRelay, binding, customer, filler
 
 
 def test_a_logged_business_key_is_trusted_and_the_head_kept() -> None:
@@ -317,6 +235,7 @@ def test_contacts_on_one_history_raise_nothing_and_keep_the_newer_head(tmp_path:
 def test_a_head_rides_along_once_per_contact_and_again_when_it_changes() -> None:
     """~150 bytes of padding each: the first message to a contact carries our head, and
     the next one after it changed; not every message (SPEC §15.6 rule 5)."""
+
     async def never(_make: object) -> frames.Frame:
         raise AssertionError("gossip reads nothing from the relay")
 

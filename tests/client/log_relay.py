@@ -1,0 +1,104 @@
+"""A fake relay with a transparency log, and what the log tests build with it
+(tests/client/test_logcheck.py, tests/client/test_logcheck_incoming.py).
+
+:class:`LoggingRelay` plays an honest or a lying relay frame by frame: it keeps a log
+of entries the test appends, signs heads with its key, and answers BUNDLE_FETCH with
+whatever bundle and proof the test chose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from blindrelay.client.sdk import Client
+from blindrelay.protocol import frames
+from blindrelay.protocol.crypto.keys import IdentityKeyPair
+from blindrelay.protocol.transparency import merkle
+from blindrelay.protocol.transparency.entries import KeyBinding, StatementLogged
+from blindrelay.protocol.transparency.treehead import sign_tree_head
+
+from ..relays import T0
+from .fake_relay import RELAY_KEY, URL, FakeRelay, RelayEnd, answer_plainly, signer
+from .harness import within
+
+AIRLINE_SEED = b"\x41" * 32
+FAKE_SEED = b"\x66" * 32
+
+
+class LoggingRelay(FakeRelay):
+    """A fake relay with a transparency log: :attr:`bundles` says what BUNDLE_FETCH gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entries: list[bytes] = []
+        self.heads: list[bytes] = []
+        self.bundles: list[frames.Bundle] = []
+        """Served in turn, the last one again and again."""
+        self.fetches = 0
+        self.answer = self._answer
+
+    def append(self, *entries: bytes) -> int:
+        self.entries.extend(entries)
+        return len(self.entries) - 1
+
+    def sign_head(self, key=RELAY_KEY, root: bytes | None = None) -> bytes:
+        size = len(self.entries)
+        root = root or merkle.root_of([merkle.leaf_hash(e) for e in self.entries])
+        signed = sign_tree_head(signer(key), size, root, T0 + len(self.heads))
+        self.heads.append(signed)
+        return signed
+
+    def proven(self, made: frames.Bundle, index: int, sth: bytes | None = None) -> frames.Bundle:
+        size = len(self.entries)
+        leaves = [merkle.leaf_hash(e) for e in self.entries]
+        proof = _path(leaves, index, size)
+        log = frames.LogProof(
+            entry=self.entries[index], index=index, proof=tuple(proof), sth=sth or self.heads[-1]
+        )
+        return replace(made, log=log)
+
+    def _answer(self, end: RelayEnd, frame: frames.Frame) -> None:
+        if isinstance(frame, frames.BundleFetch):
+            self.fetches += 1
+            served = self.bundles[min(self.fetches, len(self.bundles)) - 1]
+            end.send(replace(served, re=frame.id))
+        elif isinstance(frame, frames.LogHeadFetch):
+            end.send(frames.LogHead(re=frame.id, sth=self.heads[-1] if self.heads else None))
+        elif isinstance(frame, frames.LogConsistencyFetch):
+            leaves = [merkle.leaf_hash(e) for e in self.entries]
+            proof = _consistency(leaves, frame.first, frame.second)
+            end.send(frames.LogConsistency(re=frame.id, proof=tuple(proof)))
+        else:
+            answer_plainly(end, frame)
+
+
+def _lookup(leaves: list[bytes]) -> merkle.NodeHashes:
+    """The complete subtrees of ``leaves``, as a relay's store keeps them."""
+    frontier, nodes = merkle.Frontier(), {}
+    for leaf in leaves:
+        nodes.update(frontier.append(leaf))
+    return lambda wanted: {node: nodes[node] for node in wanted}
+
+
+def _path(leaves: list[bytes], index: int, size: int) -> list[bytes]:
+    return merkle.inclusion_proof(index, size, _lookup(leaves[:size]))
+
+
+def _consistency(leaves: list[bytes], first: int, second: int) -> list[bytes]:
+    return merkle.consistency_proof(first, second, _lookup(leaves[:second]))
+
+
+def binding(handle: str, seed: bytes, kind: str = "business", at: int = T0) -> bytes:
+    key = IdentityKeyPair.from_seed(seed).public
+    return KeyBinding(v=1, handle=handle, kind=kind, identity_key=key, at=at).to_bytes()
+
+
+def filler(n: int) -> list[bytes]:
+    return [StatementLogged(v=1, commitment=bytes([i]) * 32, at=T0).to_bytes() for i in range(n)]
+
+
+async def customer(relay: LoggingRelay, **options) -> Client:
+    client = Client.open(None, open_transport=relay.open, **options)
+    await within(client.connect(URL))
+    await within(client.register("alice"))
+    return client
