@@ -80,7 +80,7 @@ def unlimited_flags() -> list[str]:
         f"--{name}={UNLIMITED_RATE}"
         for name in (
             "send-rate-user", "send-burst-user", "send-rate-pair", "send-burst-pair",
-            "register-rate-per-h", "register-burst",
+            "register-rate-per-h", "register-burst", "max-unauthenticated-per-source",
         )
     ]  # fmt: skip
 

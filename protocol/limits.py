@@ -64,6 +64,13 @@ AUTH_TIMEOUT_S = 10.0
 """An unauthenticated connection is closed after this; bounds the cost of
 half-open connections that never log in."""
 
+MAX_UNAUTHENTICATED_PER_SOURCE = 32
+"""*Default.* Connections not logged in yet from one source (IPv4 address, IPv6 /64;
+SPEC §1.2.2): one more is refused its upgrade (HTTP 503). A login takes a round trip
+or two, so 32 at once from one address is hundreds of logins a second — a carrier's
+NAT of many people — while one address alone can no longer hold the relay's descriptors
+for an authentication timeout at a time."""
+
 MAX_PROTOCOL_ERRORS = 16
 """Protocol errors a connection may cause before the relay closes it. High
 enough to let a buggy client see and fix its mistakes, low enough that a

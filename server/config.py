@@ -168,6 +168,9 @@ class RelayConfig:
     """Consent requests per business at once."""
     auth_timeout_s: float = limits.AUTH_TIMEOUT_S
     """How long a connection may stay unauthenticated (SPEC §4.1)."""
+    max_unauthenticated_per_source: int = limits.MAX_UNAUTHENTICATED_PER_SOURCE
+    """Connections not logged in yet from one source address (IPv6: /64); one more is
+    refused with HTTP 503 (SPEC §1.2.2)."""
     ping_interval_s: float = limits.PING_INTERVAL_S
     """How often the relay pings an idle connection."""
     ping_timeout_s: float = limits.PING_TIMEOUT_S
@@ -242,6 +245,7 @@ class RelayConfig:
             "consent_request_rate_per_h": self.consent_request_rate_per_h,
             "consent_request_burst": self.consent_request_burst,
             "auth_timeout_s": self.auth_timeout_s,
+            "max_unauthenticated_per_source": self.max_unauthenticated_per_source,
             "write_timeout_s": self.write_timeout_s,
             "purge_interval_s": self.purge_interval_s,
             "checkpoint_interval_s": self.checkpoint_interval_s,

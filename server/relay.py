@@ -36,12 +36,14 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 from nacl.signing import SigningKey
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as websockets_serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 from blindrelay.protocol import SUBPROTOCOL, limits
 from blindrelay.protocol.channel import (
@@ -58,6 +60,7 @@ from blindrelay.protocol.noise import KeyPair
 from blindrelay.protocol.transparency.bills import month_of
 
 from . import auth, gcpolicy, transparency
+from .admission import Admission
 from .config import TRANSPORT_WRITE_LIMIT_BYTES, RelayConfig
 from .context import RelayContext, Session
 from .dispatch import Dispatcher
@@ -119,6 +122,8 @@ class RunningRelay:
         self.metrics_server: MetricsServer | None = None
         """``/healthz``, ``/readyz``, ``/metrics`` (``--metrics-listen``); None when off."""
         self._flusher = Flusher()
+        self.admission = Admission(config.max_unauthenticated_per_source)
+        """Connections not logged in yet, per source (SPEC §1.2.2)."""
         self.outgoing = OutgoingStats()
         self._closed = gcpolicy.ClosedConnections()
         self._collection: asyncio.TimerHandle | None = None
@@ -143,6 +148,7 @@ class RunningRelay:
             server_header=None,
             create_connection=RelayWebSocket,
             write_limit=TRANSPORT_WRITE_LIMIT_BYTES,
+            process_request=self._admit,
         )
         host, port = next(iter(self._server.sockets)).getsockname()[:2]
         self.url = f"ws://[{host}]:{port}" if ":" in host else f"ws://{host}:{port}"
@@ -183,6 +189,7 @@ class RunningRelay:
         )
         transport.session = session
         self._sessions.add(session)
+        self.admission.opened(session)
         timer = asyncio.get_running_loop().call_later(
             registration.auth_timeout_s, self.dispatcher.auth_expired, session
         )
@@ -200,12 +207,24 @@ class RunningRelay:
             timer.cancel()
             self.dispatcher.session_ended(session)
             self._sessions.discard(session)
+            self.admission.closed(session)
             if self._closed.closed(still_open=len(self._sessions)):
                 self._collect_soon()
             if transport.closing is not None or conn.state is State.CLOSED:
                 await transport.start_pump()  # flush the last frames and close with our code
             else:
                 transport.cancel()
+
+    def _admit(self, ws: ServerConnection, _request: Request) -> Response | None:
+        """SPEC §1.2.2: past the bound of unauthenticated connections from its source, the
+        upgrade is refused with 503 (logged once per thousand: an attack must not flood
+        the log)."""
+        if self.admission.admits(self._source_of(ws)):
+            return None
+        if self.admission.refused % 1000 == 1:
+            log_event(logging.WARNING, "connections_refused", reason="unauthenticated_per_source",
+                      refused=self.admission.refused)  # fmt: skip
+        return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections not logged in\n")
 
     def outgoing_now(self) -> list[int]:
         """What the relay holds for each open connection now, not yet handed to the

@@ -44,7 +44,13 @@ async def register(client: RawClient, handle: str, kind: str = "user") -> Frame:
 
 
 async def attempt(relay: RunningRelay, clients: Clients, handle: str, kind: str = "user") -> Frame:
-    return await register(await clients.open(relay.url), handle, kind)
+    """One REGISTER on a connection of its own, closed once answered, as a client that
+    reconnects after a refusal does (SPEC §4.6.1): refused ones would otherwise count
+    against the source's unauthenticated connections (SPEC §1.2.2)."""
+    client = await clients.open(relay.url)
+    answer = await register(client, handle, kind)
+    await client.close()
+    return answer
 
 
 # --- SPEC §3.2: lookalikes of businesses ------------------------------------------

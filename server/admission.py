@@ -1,0 +1,74 @@
+"""Connections not yet logged in, bounded per source address (SPEC §1.2.2).
+
+A connection that has not authenticated costs the relay its socket, its Noise and
+WebSocket state and a timer, for up to ``AUTH_TIMEOUT_S`` (120 s with proof of work),
+and proves nothing about its sender; one address could open them until the process
+runs out of descriptors and nobody else can connect. So the relay counts them per
+*source* — the IPv4 address or IPv6 /64 of SPEC §4.6.1 — and refuses the upgrade of
+one more past ``max_unauthenticated_per_source`` with HTTP 503. Logged-in connections
+are not counted: they are one per account (SPEC §1.2.3), and many people share an
+address behind a carrier's NAT.
+
+Counting is lazy: a connection is added when it opens and forgotten when it closes;
+those that logged in meanwhile are dropped from their source's set when the next
+connection from that source is admitted, so each is looked at once after its login.
+
+Not here: what a source is (``registration.source_key``), the authentication timeout
+(``dispatch``).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Waiting(Protocol):
+    """What admission needs of a connection (``context.Session``)."""
+
+    source: str
+
+    @property
+    def handle(self) -> str | None: ...
+
+    @property
+    def open(self) -> bool: ...
+
+
+class Admission:
+    """The unauthenticated connections of each source, and whether one more may open."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.refused = 0
+        """Upgrades refused since start (for tests and the log)."""
+        self._waiting: dict[str, set[Waiting]] = {}
+
+    def admits(self, source: str) -> bool:
+        """Whether a new connection from ``source`` may open; counted as refused if not."""
+        waiting = self._waiting.get(source)
+        if waiting is None:
+            return True
+        done = {c for c in waiting if c.handle is not None or not c.open}
+        waiting -= done
+        if not waiting:
+            del self._waiting[source]
+            return True
+        if len(waiting) < self.limit:
+            return True
+        self.refused += 1
+        return False
+
+    def opened(self, connection: Waiting) -> None:
+        self._waiting.setdefault(connection.source, set()).add(connection)
+
+    def closed(self, connection: Waiting) -> None:
+        waiting = self._waiting.get(connection.source)
+        if waiting is not None:
+            waiting.discard(connection)
+            if not waiting:
+                del self._waiting[connection.source]
+
+    def waiting(self, source: str) -> int:
+        """Connections from ``source`` counted now (logged-in ones may linger until the
+        next admission from it)."""
+        return len(self._waiting.get(source, ()))
