@@ -68,6 +68,7 @@ from .incoming import Incoming, inbox_record
 from .keystore import (
     AccountKind,
     IdentityStatus,
+    IncomingMessage,
     KeyStore,
     OneTimePreKeyRecord,
     OurIdentity,
@@ -107,6 +108,8 @@ class _Decrypted(NamedTuple):
     used_one_time_prekey: int | None
     status: IdentityStatus
     """NEW if the message made us pin its sender's key."""
+    started: bool
+    """A prekey message that started a new session (not stored yet)."""
 
 
 class SessionManager:
@@ -327,9 +330,7 @@ class SessionManager:
             if content.msg_id != deliver.msg_id:
                 raise MalformedContent("content id differs from the frame's msg_id")
         except MalformedContent:
-            # The ratchet advanced and must stay advanced; there is nothing to show.
-            self.store.commit_incoming(record, blob, used_one_time_prekey=used)
-            self.store.consume(sender, deliver.msg_id)
+            self._refuse_content(record, decrypted)
             raise
         if not self.store.commit_incoming(record, blob, used_one_time_prekey=used):
             return None
@@ -337,6 +338,31 @@ class SessionManager:
             deliver.msg_id, sender, deliver.sender_kind, deliver.intent, deliver.sent_at,
             identity, content, deliver.category, deliver.categories,
         )  # fmt: skip
+
+    def _refuse_content(self, record: IncomingMessage, decrypted: _Decrypted) -> None:
+        """Content refused after decryption: record the id (the caller acks) and show nothing.
+
+        On its session the ratchet advanced and must stay advanced. A prekey message
+        that started a session on the signed prekey alone starts nothing (SPEC §13.3):
+        nothing tells it from a replay, which the relay can send under a fresh
+        ``msg_id``, and a stale session must not replace the live one (the sender's
+        next prekey message starts its session if it is real). One that used a
+        one-time prekey is fresh (the key goes at the first commit): its session is
+        kept and the key spent, so the envelope is read once.
+        """
+        sender = record.sender
+        blob = decrypted.session.to_bytes()
+        used = decrypted.used_one_time_prekey
+        with self.store.atomic():
+            live = self.store.load_session(sender)
+            if self.store.commit_incoming(record, blob, used_one_time_prekey=used) and (
+                decrypted.started and used is None
+            ):
+                if live is None:
+                    self.store.delete_session(sender)
+                else:
+                    self.store.store_session(sender, live)
+            self.store.consume(sender, record.msg_id)
 
     def _decrypt(self, deliver: frames.Deliver) -> _Decrypted:
         """Decrypt ``deliver`` on its session, or on a new one if it is a prekey message
@@ -361,13 +387,13 @@ class SessionManager:
                 their_handle=sender,
             )
             return _Decrypted(
-                session, plaintext, used_one_time, self.trust.record(sender, their_key)
+                session, plaintext, used_one_time, self.trust.record(sender, their_key), True
             )
         if session is None:
             raise DecryptionFailed(f"no session with {sender!r}")
         self.trust.refuse_pending(sender)
         session, plaintext = decrypt(session, deliver.body, self._rng)
-        return _Decrypted(session, plaintext, None, IdentityStatus.TRUSTED)
+        return _Decrypted(session, plaintext, None, IdentityStatus.TRUSTED, False)
 
     def _identity_state(self, sender: str, status: IdentityStatus) -> IdentityState:
         """How far the sender's key is trusted, as its messages report it: UNLOGGED for a

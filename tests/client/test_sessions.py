@@ -30,6 +30,7 @@ from blindrelay.protocol.errors import (
     DecryptionFailed,
     DuplicatedMessage,
     IdentityKeyReused,
+    InvalidKey,
     InvalidSignature,
     UntrustedIdentity,
 )
@@ -521,3 +522,67 @@ def test_a_session_stored_before_envelope_version_2_is_replaced(pair: Pair) -> N
     incoming = pair.bob.receive(pair.envelope(pair.alice, "bob", Text("after the upgrade")))
     assert incoming is not None and incoming.content.body == Text("after the upgrade")
     assert incoming.identity is IdentityState.TRUSTED
+
+
+# --- A prekey message refused as content starts no session (SPEC §13.3) ----------------
+
+
+def test_a_replayed_first_message_refused_as_content_leaves_the_live_session(pair: Pair) -> None:
+    """A first message sent without a one-time prekey rests on the signed prekey alone:
+    the relay can replay it under a fresh msg_id. It decrypts, its content is refused, and
+    the session it would start must not replace the live one (found in review: it did,
+    and the conversation broke with DecryptionFailed)."""
+    pair.alice.start_session(replace(pair.directory.bundle("bob"), one_time=None))
+    first = pair.envelope(pair.alice, "bob", Text("hi bob"))
+    assert pair.bob.receive(first) is not None
+    pair.alice.receive(pair.envelope(pair.bob, "alice", Text("hi alice")))
+    pair.alice.start_session(pair.directory.bundle("bob"))  # later, a session of its own
+    pair.bob.receive(pair.envelope(pair.alice, "bob", Text("new session")))
+    pair.alice.receive(pair.envelope(pair.bob, "alice", Text("ok")))
+    live = pair.bob.store.load_session("alice")
+
+    replayed = replace(first, msg_id=b"\x07" * 16, delivery_id=999)
+    with pytest.raises(MalformedContent):
+        pair.bob.receive(replayed)
+
+    assert pair.bob.store.load_session("alice") == live
+    assert pair.bob.store.is_processed("alice", replayed.msg_id)  # consumed: acked, not back
+    assert all(m.msg_id != replayed.msg_id for m in pair.bob.store.pending_messages())
+    later = pair.bob.receive(pair.envelope(pair.alice, "bob", Text("are you there?")))
+    assert later is not None and later.content.body == Text("are you there?")
+    back = pair.alice.receive(pair.envelope(pair.bob, "alice", Text("yes")))
+    assert back is not None and back.content.body == Text("yes")
+
+
+def test_a_first_message_refused_as_content_without_a_one_time_prekey_starts_nothing(
+    pair: Pair,
+) -> None:
+    """Without a one-time prekey nothing tells a first message from its replay, so a refused
+    one starts no session even when there is none; the sender's next prekey message does."""
+    pair.alice.start_session(replace(pair.directory.bundle("bob"), one_time=None))
+    deliver = pair.envelope(pair.alice, "bob", Text("relabelled"))
+    with pytest.raises(MalformedContent):
+        pair.bob.receive(replace(deliver, msg_id=b"\x01" * 16))
+    assert pair.bob.store.load_session("alice") is None
+    assert pair.bob.store.is_processed("alice", b"\x01" * 16)
+    later = pair.bob.receive(pair.envelope(pair.alice, "bob", Text("next")))
+    assert later is not None and later.content.body == Text("next")
+
+
+def test_a_first_message_refused_as_content_with_a_one_time_prekey_spends_it(
+    pair: Pair,
+) -> None:
+    """A one-time prekey proves the message fresh (it is deleted at the first commit): its
+    session is kept, as on any refused content, and the key is spent so it is read once."""
+    bundle = pair.directory.bundle("bob")
+    assert bundle.one_time is not None
+    pair.alice.start_session(bundle)
+    deliver = pair.envelope(pair.alice, "bob", Text("relabelled"))
+    with pytest.raises(MalformedContent):
+        pair.bob.receive(replace(deliver, msg_id=b"\x01" * 16))
+    assert bundle.one_time.key_id not in pair.bob.store.one_time_prekey_ids()
+    assert pair.bob.store.is_processed("alice", b"\x01" * 16)
+    with pytest.raises(DuplicatedMessage):  # not read twice
+        pair.bob.receive(deliver)
+    later = pair.bob.receive(pair.envelope(pair.alice, "bob", Text("next")))
+    assert later is not None and later.content.body == Text("next")
