@@ -44,6 +44,7 @@ UNLIMITED = "1000000000"
 LOAD_FLAGS = [
     "--log-level", "WARNING",
     "--register-burst", UNLIMITED, "--register-rate-per-h", UNLIMITED,
+    "--max-unauthenticated-per-source", UNLIMITED,
     "--send-rate-user", UNLIMITED, "--send-burst-user", UNLIMITED,
     "--send-rate-pair", UNLIMITED, "--send-burst-pair", UNLIMITED,
     "--message-request-max", UNLIMITED,

@@ -39,6 +39,7 @@ UPLOAD_BATCH = 100
 FLAGS = [
     "--log-level", "WARNING",
     "--register-burst", UNLIMITED, "--register-rate-per-h", UNLIMITED,
+    "--max-unauthenticated-per-source", UNLIMITED,
     "--bundle-burst", UNLIMITED, "--bundle-rate-per-min", UNLIMITED,
     "--one-time-prekey-burst", UNLIMITED, "--one-time-prekey-rate-per-h", UNLIMITED,
     "--prekeys-upload-burst", UNLIMITED, "--prekeys-upload-rate-per-min", UNLIMITED,
