@@ -3,7 +3,10 @@
 The keys themselves are made and stored by ``sessions`` before the upload
 exists (the relay never publishes a key we cannot use); this part only decides
 when to send them: after every WELCOME, topped up to what it reports, and on
-PREKEYS_LOW, one upload at a time.
+PREKEYS_LOW, one upload at a time. The login is also when ``sessions`` rotates
+our signed prekey (SPEC §13.3); the relay's OK to an upload carrying one is
+reported back (:meth:`SessionManager.signed_prekey_published`), which starts
+the grace period of the one it replaced.
 
 Not here: the keys and their custody (``sessions``, ``keystore``).
 """
@@ -37,6 +40,7 @@ class PrekeyPublisher:
         )
         if upload is not None:
             await conn.request(upload)
+            self._took(upload)
 
     def running_low(self, conn: Connection, remaining: int) -> None:
         """PREKEYS_LOW: upload in the background, unless an upload is under way."""
@@ -51,10 +55,19 @@ class PrekeyPublisher:
 
         def done(future: asyncio.Future[frames.Frame]) -> None:
             self._topping_up = False
-            if not future.cancelled() and future.exception() is not None:
+            if future.cancelled():
+                return
+            if future.exception() is not None:
                 log.warning("prekey top-up failed: %r", future.exception())
+            else:
+                self._took(upload)
 
         conn.request(upload).add_done_callback(done)
+
+    def _took(self, upload: frames.PrekeysUpload) -> None:
+        """The relay answered OK to ``upload``: it serves the signed prekey in it."""
+        if upload.signed_prekey is not None:
+            self._sessions.signed_prekey_published(upload.signed_prekey.key_id)
 
 
 __all__ = ["PrekeyPublisher"]

@@ -50,6 +50,8 @@ from blindrelay.protocol.crypto.keys import (
     PreKeyBundle,
     SignedPreKey,
     X25519KeyPair,
+    signed_prekey_message,
+    verify_signature,
 )
 from blindrelay.protocol.crypto.session import (
     MessageType,
@@ -62,7 +64,7 @@ from blindrelay.protocol.crypto.session import (
     initiate_session,
     peek_envelope,
 )
-from blindrelay.protocol.errors import DecryptionFailed
+from blindrelay.protocol.errors import DecryptionFailed, InvalidSignature
 
 from .incoming import Incoming, inbox_record
 from .keystore import (
@@ -89,12 +91,33 @@ TOP_UP_BELOW = ONE_TIME_PREKEY_TARGET // 2
 """Top up when the relay holds fewer than this; above it, an upload would cost
 a round trip for little gain. PREKEYS_LOW (below 20) always triggers one."""
 
+DAY_MS = 24 * 3600 * 1000
+
+SIGNED_PREKEY_ROTATION_MS = 7 * DAY_MS
+"""A new signed prekey once the current one is this old, checked at each login (X3DH
+§3.2, §4.6; a week, as Signal's clients do). A first message sent without a one-time
+prekey rests on the signed prekey alone (SPEC §13.3): its forward secrecy starts when
+that key's private half is deleted, and until then it can be replayed."""
+
+SIGNED_PREKEY_GRACE_MS = limits.QUEUE_TTL_MS + DAY_MS
+"""How long a retired signed prekey's private key is kept after the relay took its
+successor: a first message sent to it just before may wait in our queue for
+``QUEUE_TTL_MS`` (SPEC §6.3), plus a day for the relay's clock against ours."""
+
 SESSION_CACHE_SIZE = 16_384
 """Decoded sessions kept in memory (a business serves many customers from one device)."""
 
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _signed_by(identity_key: bytes, record: SignedPreKeyRecord) -> bool:
+    try:
+        verify_signature(identity_key, signed_prekey_message(record.public_key), record.signature)
+    except InvalidSignature:
+        return False
+    return True
 
 
 class NoSession(LookupError):
@@ -165,11 +188,22 @@ class SessionManager:
 
         ``relay_one_time`` and ``relay_has_signed`` come from WELCOME or
         PREKEYS_LOW (SPEC §5.4). New private keys are stored before the frame
-        exists, so the relay never publishes a key we cannot use.
+        exists, so the relay never publishes a key we cannot use. Our signed prekey
+        is rotated here (SPEC §13.3): a new one when the current is
+        :data:`SIGNED_PREKEY_ROTATION_MS` old, sent until the relay took it
+        (:meth:`signed_prekey_published`); a retired one is deleted
+        :data:`SIGNED_PREKEY_GRACE_MS` after the relay took its successor.
         """
+        self._delete_retired_signed_prekeys()
+        record = self.store.current_signed_prekey()
+        if record is None or self._clock() - record.created_at_ms >= SIGNED_PREKEY_ROTATION_MS:
+            if record is not None and self.store.published_signed_prekey() is None:
+                # A profile from before rotation: the relay serves the current one.
+                self.store.mark_signed_prekey_published(record.key_id, self._clock())
+            record = self._new_signed_prekey()
+        published = self.store.published_signed_prekey()
         signed: frames.SignedPreKeyRecord | None = None
-        if not relay_has_signed:
-            record = self.store.current_signed_prekey() or self._new_signed_prekey()
+        if not relay_has_signed or (published is not None and published != record.key_id):
             signed = frames.SignedPreKeyRecord(record.key_id, record.public_key, record.signature)
         one_time: tuple[frames.OneTimePreKeyRecord, ...] = ()
         if relay_one_time < TOP_UP_BELOW:
@@ -182,22 +216,58 @@ class SessionManager:
             return None
         return frames.PrekeysUpload(id=request_id, signed_prekey=signed, one_time=one_time)
 
+    def signed_prekey_published(self, key_id: int) -> None:
+        """The relay answered OK to an upload of signed prekey ``key_id``: it serves that
+        one now, and the others are retired from this moment (their grace starts)."""
+        if self.store.load_signed_prekey(key_id) is not None:
+            self.store.mark_signed_prekey_published(key_id, self._clock())
+
+    def _delete_retired_signed_prekeys(self) -> None:
+        """Delete the private key of each signed prekey retired more than the grace period
+        ago, and of any not signed by our identity key (left by an identity rotation of an
+        older SDK): no first message can be read with it any more."""
+        now = self._clock()
+        current = self.store.current_signed_prekey()
+        keep = {self.store.published_signed_prekey()}
+        if current is not None:
+            keep.add(current.key_id)
+        retired = self.store.retired_signed_prekeys()
+        ours = self.keypair.public
+        for record in self.store.signed_prekeys():
+            if record.key_id in keep:
+                continue
+            retired_at = retired.get(record.key_id)
+            expired = retired_at is not None and now - retired_at >= SIGNED_PREKEY_GRACE_MS
+            if expired or not _signed_by(ours, record):
+                self.store.remove_signed_prekey(record.key_id)
+
     def replace_identity(self, keypair: IdentityKeyPair) -> None:
         """Adopt a rotated identity key (SPEC §3.4) and sign a new prekey with it.
 
-        The relay deleted our prekeys when it accepted the rotation; the next
-        :meth:`prekeys_upload` with ``relay_has_signed=False`` publishes the
-        new signed prekey.
+        The relay deleted our prekeys when it accepted the rotation, so no first
+        message is started on them any more, and one still queued was encrypted to
+        the old identity key (in DH2 and the AD, SPEC §13.3) and cannot be read
+        under the new one: every prekey private key of the old key is deleted at
+        once. The next :meth:`prekeys_upload` with ``relay_has_signed=False``
+        publishes the new signed prekey and a full supply of one-time prekeys.
         """
         current = self.identity
-        self.store.set_identity(
-            OurIdentity(
-                current.handle, current.account_kind, current.relay_url,
-                keypair.seed, keypair.public,
-            )
-        )  # fmt: skip
-        self._keypair = keypair
-        self._new_signed_prekey()
+        try:
+            with self.store.atomic():
+                self.store.set_identity(
+                    OurIdentity(
+                        current.handle, current.account_kind, current.relay_url,
+                        keypair.seed, keypair.public,
+                    )
+                )  # fmt: skip
+                for record in self.store.signed_prekeys():
+                    self.store.remove_signed_prekey(record.key_id)
+                self.store.remove_one_time_prekeys(self.store.one_time_prekey_ids())
+                self._keypair = keypair
+                self._new_signed_prekey()
+        except BaseException:
+            self._keypair = None  # read again from the store, as it was
+            raise
 
     def _new_signed_prekey(self) -> SignedPreKeyRecord:
         (key_id,) = self.store.allocate_prekey_ids(1)

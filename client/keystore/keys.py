@@ -14,6 +14,9 @@ Invariants (SPEC §3.3, §5.1, §13.8, §15.6):
   that one has no proof (the SDK asks the log before encrypting to it).
 - A one-time prekey is gone once taken (X3DH forward secrecy needs its private
   key destroyed after first use); prekey ids are never handed out twice.
+- A signed prekey other than the one the relay last took is retired from the
+  moment it took that one; the store keeps the date, the SDK deletes the private
+  key a grace period later (SPEC §13.3).
 
 What it is not: cryptography (``blindrelay.protocol.crypto``) or what a session
 holds — sessions are opaque bytes here.
@@ -36,6 +39,7 @@ from .records import (
     TrustedIdentity,
     classify_identity,
     require_bytes,
+    require_count,
     require_handle,
     require_key_id,
 )
@@ -43,6 +47,8 @@ from .records import (
 _OUR_IDENTITY = b"identity"
 _NEXT_PREKEY_ID = b"next_prekey_id"
 _CURRENT_SIGNED_PREKEY = b"current_signed_prekey"
+_PUBLISHED_SIGNED_PREKEY = b"published_signed_prekey"
+_RETIRED_SIGNED_PREKEYS = b"retired_signed_prekeys"
 """``settings`` rows of this module (the other settings are in ``settings``)."""
 
 
@@ -91,7 +97,14 @@ class KeyRecords(Storage):
         return sorted(records, key=lambda record: record.key_id)
 
     def remove_signed_prekey(self, key_id: int) -> None:
-        self._delete("signed_prekeys", _key_id(key_id))
+        """Destroy a signed prekey's private key, and forget it was published or retired."""
+        with self._transaction():
+            self._delete("signed_prekeys", _key_id(key_id))
+            if self.published_signed_prekey() == key_id:
+                self._delete("settings", _PUBLISHED_SIGNED_PREKEY)
+            retired = self.retired_signed_prekeys()
+            if retired.pop(key_id, None) is not None:
+                self._put_retired(retired)
 
     def set_current_signed_prekey(self, key_id: int) -> None:
         """Mark which stored signed prekey the relay is advertising."""
@@ -104,6 +117,41 @@ class KeyRecords(Storage):
         """The advertised signed prekey, if one is set and still stored."""
         fields = self._get("settings", _CURRENT_SIGNED_PREKEY)
         return None if fields is None else self.load_signed_prekey(int(fields[0]))
+
+    def published_signed_prekey(self) -> int | None:
+        """The id of the signed prekey the relay last confirmed it took, if known."""
+        fields = self._get("settings", _PUBLISHED_SIGNED_PREKEY)
+        return None if fields is None else int(fields[0])
+
+    def mark_signed_prekey_published(self, key_id: int, now_ms: int) -> None:
+        """The relay took signed prekey ``key_id`` (its OK): it serves that one from now
+        on, so every other we hold is retired as of ``now_ms`` (one retired earlier keeps
+        its date) — kept only for first messages still queued for us (SPEC §13.3)."""
+        require_count("now_ms", now_ms)
+        with self._transaction():
+            if self.load_signed_prekey(key_id) is None:
+                raise KeyError(f"no signed prekey {key_id}")
+            retired = self.retired_signed_prekeys()
+            retired.pop(key_id, None)
+            for record in self.signed_prekeys():
+                if record.key_id != key_id:
+                    retired.setdefault(record.key_id, now_ms)
+            self._put("settings", _PUBLISHED_SIGNED_PREKEY, (key_id,))
+            self._put_retired(retired)
+
+    def retired_signed_prekeys(self) -> dict[int, int]:
+        """Signed prekey id → when the relay stopped serving it (Unix ms)."""
+        fields = self._get("settings", _RETIRED_SIGNED_PREKEYS)
+        if fields is None:
+            return {}
+        return {int(fields[i]): int(fields[i + 1]) for i in range(0, len(fields) - 1, 2)}
+
+    def _put_retired(self, retired: dict[int, int]) -> None:
+        if not retired:
+            self._delete("settings", _RETIRED_SIGNED_PREKEYS)
+            return
+        flat = [value for pair in sorted(retired.items()) for value in pair]
+        self._put("settings", _RETIRED_SIGNED_PREKEYS, flat)
 
     # One-time prekeys
 
@@ -139,6 +187,12 @@ class KeyRecords(Storage):
         """Read without deleting: decryption first, deletion with the commit."""
         fields = self._get("one_time_prekeys", _key_id(key_id))
         return None if fields is None else OneTimePreKeyRecord(*fields)
+
+    def remove_one_time_prekeys(self, key_ids: Iterable[int]) -> None:
+        """Destroy these one-time prekeys' private keys (those the relay no longer serves)."""
+        with self._transaction():
+            for key_id in key_ids:
+                self._delete("one_time_prekeys", _key_id(key_id))
 
     def one_time_prekey_ids(self) -> list[int]:
         return sorted(int(fields[0]) for fields in self._rows("one_time_prekeys"))

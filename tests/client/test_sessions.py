@@ -26,11 +26,12 @@ from blindrelay.protocol.content import (
     Text,
     encode_content,
 )
+from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import (
+    BlindrelayError,
     DecryptionFailed,
     DuplicatedMessage,
     IdentityKeyReused,
-    InvalidKey,
     InvalidSignature,
     UntrustedIdentity,
 )
@@ -586,3 +587,31 @@ def test_a_first_message_refused_as_content_with_a_one_time_prekey_spends_it(
         pair.bob.receive(deliver)
     later = pair.bob.receive(pair.envelope(pair.alice, "bob", Text("next")))
     assert later is not None and later.content.body == Text("next")
+
+
+# --- An identity rotation takes the old key's prekeys with it (SPEC §3.4, §13.3) --------
+
+
+def test_an_identity_rotation_deletes_every_prekey_private_key_of_the_old_key(pair: Pair) -> None:
+    """The relay deletes the old key's prekeys at the rotation, so no first message is
+    started on them any more, and one queued before cannot be read under the new key
+    anyway (IK_B is in DH2 and the AD): their private keys go at once, for forward
+    secrecy (found in review: every one was kept)."""
+    pair.alice.start_session(pair.directory.bundle("bob"))
+    queued = pair.envelope(pair.alice, "bob", Text("sent before the rotation"))
+    old_signed = pair.bob.store.current_signed_prekey()
+    assert old_signed is not None and pair.bob.store.one_time_prekey_ids()
+
+    new = IdentityKeyPair.generate(random.Random(11).randbytes)
+    pair.bob.replace_identity(new)
+
+    (signed,) = pair.bob.store.signed_prekeys()
+    assert signed.key_id != old_signed.key_id
+    assert pair.bob.store.current_signed_prekey() == signed
+    assert pair.bob.store.one_time_prekey_ids() == []
+    with pytest.raises(BlindrelayError):  # unreadable, kept keys or not
+        pair.bob.receive(queued)
+    upload = pair.bob.prekeys_upload(5, relay_one_time=0, relay_has_signed=False)
+    assert upload is not None and upload.signed_prekey is not None
+    assert upload.signed_prekey.key_id == signed.key_id
+    assert len(upload.one_time) == ONE_TIME_PREKEY_TARGET  # the relay's supply is refilled

@@ -44,6 +44,30 @@ def test_signed_prekeys_are_kept_by_id_with_a_current_one(store: KeyStore) -> No
     assert store.load_signed_prekey(3) is None
 
 
+def test_the_relay_taking_a_signed_prekey_retires_the_others(store: KeyStore) -> None:
+    """SPEC §13.3: a retired signed prekey keeps its date until the SDK deletes it."""
+    for key_id in (3, 7, 9):
+        store.store_signed_prekey(signed_prekey(key_id))
+    assert store.published_signed_prekey() is None and store.retired_signed_prekeys() == {}
+    store.mark_signed_prekey_published(7, NOW)
+    assert store.published_signed_prekey() == 7
+    assert store.retired_signed_prekeys() == {3: NOW, 9: NOW}
+    store.mark_signed_prekey_published(9, NOW + 5)  # 3 keeps its date, 7 retires now
+    assert store.retired_signed_prekeys() == {3: NOW, 7: NOW + 5}
+    with pytest.raises(KeyError):
+        store.mark_signed_prekey_published(99, NOW)
+    store.remove_signed_prekey(3)
+    assert store.retired_signed_prekeys() == {7: NOW + 5}
+    store.remove_signed_prekey(9)
+    assert store.published_signed_prekey() is None
+
+
+def test_one_time_prekeys_can_be_removed_together(store: KeyStore) -> None:
+    store.store_one_time_prekeys([one_time_prekey(i) for i in (1, 2, 3)])
+    store.remove_one_time_prekeys([1, 3, 4])
+    assert store.one_time_prekey_ids() == [2]
+
+
 def test_taking_a_one_time_prekey_deletes_it(store: KeyStore) -> None:
     store.store_one_time_prekeys([one_time_prekey(i) for i in (1, 2, 3)])
     assert store.take_one_time_prekey(2) == one_time_prekey(2)
