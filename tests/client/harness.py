@@ -10,6 +10,7 @@ from each other.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import sqlite3
 import time
@@ -253,3 +254,19 @@ async def customer(url: str, handle: str, business: Business, state: str) -> Raw
     for action, categories in STATEMENTS[state]:
         await stated(raw, action, business.handle, hello.now, categories)
     return raw
+
+
+class Requests:
+    """Stands in for the connection: numbers requests and keeps each one's future."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[frames.PrekeysUpload, asyncio.Future[frames.Frame]]] = []
+        self._ids = itertools.count(1)
+
+    def next_request_id(self) -> int:
+        return next(self._ids)
+
+    def request(self, frame: frames.PrekeysUpload) -> asyncio.Future[frames.Frame]:
+        future: asyncio.Future[frames.Frame] = asyncio.get_running_loop().create_future()
+        self.sent.append((frame, future))
+        return future

@@ -11,7 +11,6 @@ still queued for us, ``QUEUE_TTL_MS`` and a day), and after it the private key g
 from __future__ import annotations
 
 import asyncio
-import itertools
 import random
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from blindrelay.protocol.errors import InvalidKey
 
 from ..relays import relay_at
 from .fake_relay import welcome
-from .harness import Inbox, back_online, online, run, within
+from .harness import Inbox, Requests, back_online, online, run, within
 
 DAY = 24 * 3600 * 1000
 T0 = 1_700_000_000_000
@@ -50,22 +49,6 @@ class Clock:
 
     def __call__(self) -> int:
         return self.now
-
-
-class Requests:
-    """Stands in for the connection: numbers requests and keeps each one's future."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[frames.PrekeysUpload, asyncio.Future[frames.Frame]]] = []
-        self._ids = itertools.count(1)
-
-    def next_request_id(self) -> int:
-        return next(self._ids)
-
-    def request(self, frame: frames.PrekeysUpload) -> asyncio.Future[frames.Frame]:
-        future: asyncio.Future[frames.Frame] = asyncio.get_running_loop().create_future()
-        self.sent.append((frame, future))
-        return future
 
 
 class Bob:

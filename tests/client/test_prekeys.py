@@ -5,7 +5,6 @@ WELCOME to what the relay lacks, and on PREKEYS_LOW, one upload at a time.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from pathlib import Path
 
 from blindrelay.client.keystore import (
@@ -20,27 +19,12 @@ from ..relays import relay_at
 from .fake_relay import welcome
 from .harness import (
     Inbox,
+    Requests,
     back_online,
     online,
     run,
     within,
 )
-
-
-class Requests:
-    """Stands in for the connection: numbers requests and keeps each one's future."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[frames.PrekeysUpload, asyncio.Future[frames.Frame]]] = []
-        self._ids = itertools.count(1)
-
-    def next_request_id(self) -> int:
-        return next(self._ids)
-
-    def request(self, frame: frames.PrekeysUpload) -> asyncio.Future[frames.Frame]:
-        future: asyncio.Future[frames.Frame] = asyncio.get_running_loop().create_future()
-        self.sent.append((frame, future))
-        return future
 
 
 def publisher() -> tuple[PrekeyPublisher, SessionManager]:
