@@ -85,12 +85,23 @@ class Connection:
     def authenticated(self) -> bool:
         return self.machine.state is State.AUTHENTICATED
 
+    @property
+    def closing(self) -> bool:
+        """The relay closed the connection (a closing ERROR, SPEC §9) and its socket has
+        not ended yet (then :attr:`lost`): nothing more can be sent on it."""
+        return self.machine.state is State.CLOSED
+
     def next_request_id(self) -> int:
         return self.machine.next_request_id()
 
     # --- Writing --------------------------------------------------------------
 
     def send(self, frame: frames.Frame) -> None:
+        """Queue ``frame``; nothing while :attr:`closing` — an ACK not sent is delivered
+        again, a request's future fails with ConnectionLost when the socket ends (and the
+        link asks again), a SEND stays in the outbox for the next connection."""
+        if self.closing:
+            return
         self.machine.send(frame)
         self._wake.set()
 
@@ -115,6 +126,8 @@ class Connection:
         :func:`blindrelay.protocol.fastcodec.encode_send`.
         """
         self._sending[request_id] = msg_id
+        if self.closing:
+            return  # the outbox keeps it: sent again on the next connection
         if not isinstance(send, bytes):
             self.send(send)
             return

@@ -255,7 +255,7 @@ class Outbox:
             )  # fmt: skip
             conn.send_message(outgoing.msg_id, request_id, data)
             return
-        conn.send_message(  # the machine refuses it (closed): the outbox keeps it for the next
+        conn.send_message(  # not sent while the connection closes: kept for the next
             outgoing.msg_id,
             request_id,
             frames.Send(

@@ -22,6 +22,7 @@ from blindrelay.protocol.errors import (
     ProtocolError,
     RateLimited,
     RecipientUnavailable,
+    ShuttingDown,
     StoreUnavailable,
 )
 
@@ -152,6 +153,29 @@ async def test_after_a_relay_fault_the_envelope_waits_for_the_next_connection() 
     (again,) = await (await relay.connection(1)).wait_for(frames.Send)
     assert again.msg_id == send.msg_id
     assert await within(sending) == send.msg_id
+    await alice.close()
+
+
+async def test_a_send_after_a_closing_error_waits_for_the_next_connection() -> None:
+    """Between a closing ERROR (901 on every shutdown or deploy) and the socket's end,
+    a send raised RuntimeError though its envelope was kept and went out on the next
+    connection: an application that retried made a second message, under a new msg_id
+    (found in review). Now it waits for its SENT like any send while offline; a
+    request made in that window is asked again on the next connection."""
+    relay = Relay()
+    alice = await relay.alice()
+    relay.ends[0].refuse(ShuttingDown(), re=None)  # its close comes a moment later
+    await asyncio.sleep(0.05)  # the client has read the ERROR; the socket is still open
+    sending = asyncio.create_task(alice.send("bob", "during the shutdown"))
+    await asyncio.sleep(0.05)
+    assert not sending.done(), sending
+    (kept,) = relay.store.outbox()
+    relay.ends[0].drop()
+    end = await relay.connection(1)
+    (again,) = await end.wait_for(frames.Send)
+    assert again.msg_id == kept.msg_id
+    assert await within(sending) == kept.msg_id
+    assert relay.store.outbox() == []
     await alice.close()
 
 
