@@ -29,7 +29,10 @@ Decisions before the commit (SPEC §6.4): for the operations in
 its COMMIT, for each that succeeded; a caller that passed ``decided`` to
 :meth:`Writer.call` gets the value then. It is a decision, not a promise: ``done``
 still comes after the commit, and says whether the commit happened. Decisions arrive
-in submission order, each batch's after the previous batch's answers. ``taken`` and
+in submission order; a batch's may arrive before the previous batch's answers, which
+wait for their fsync in the durability thread while the next batch is decided (the
+outbox was traced against that order in review: its cursor and ``previous`` checks do
+not depend on it). ``taken`` and
 ``sent`` are when the writer took the batch and sent its decisions (``time.monotonic``,
 which Linux keeps the same in every process): with the time each job was called here
 they split a decision's way into three stages (:attr:`Writer.on_decided`).
