@@ -113,6 +113,10 @@ class Outbox:
             return
         self.uncommitted.discard(delivery_id)
         self.acks_waiting.discard(delivery_id)
+        self._store_failed("deliver_uncommitted")
+
+    def _store_failed(self, event: str) -> None:
+        """Close the connection with 1011 ``store failed`` (SPEC §9), logged as ``event``."""
         session = self.session
         if session.outbox is not self:
             return  # the connection has ended already
@@ -120,7 +124,7 @@ class Outbox:
         session.outbox = None
         session.ended = True
         session.transport.close(CLOSE_STORE_FAILED, "store failed")
-        log_event(logging.WARNING, "deliver_uncommitted", handle=session.handle)
+        log_event(logging.WARNING, event, handle=session.handle)
 
     def held_until_committed(self, delivery_ids: tuple[int, ...]) -> tuple[int, ...]:
         """Of these acknowledged ids, those the store may delete now; the others' commits
@@ -252,9 +256,17 @@ class Outbox:
             # after the store is back pages again (``catch_up``).
             self.again = False
             if not isinstance(value, StoreUnavailable):
-                self.ctx.refuse(self.session, None, value)
+                self._page_failed(value)
             return
         self.ctx.guard(self.session, None, lambda: self._push_page(value, limit))
+
+    def _page_failed(self, exc: BaseException) -> None:
+        """Any other failure to read the queue (a SQLite read error) leaves nothing that
+        pages again: new envelopes wait behind the cursor until an ACK or a reconnect.
+        So the connection is closed with 1011, after its ERROR (SPEC §9): the client's
+        next login pages from the start (found in review)."""
+        self.ctx.refuse(self.session, None, exc)
+        self._store_failed("page_failed")
 
     def _push_page(self, rows: list[list[Any]], limit: int) -> None:
         if self.session.outbox is not self or not self.session.open:

@@ -12,14 +12,15 @@ from typing import Any
 
 import pytest
 
-from blindrelay.protocol.errors import StoreUnavailable
+from blindrelay.protocol.errors import ErrorCode, StoreUnavailable
 from blindrelay.protocol.frames import Ack, Deliver, Error, PrekeysLow, Sent, StatementsList
 from blindrelay.server import relay as relay_module
 from blindrelay.server.config import RelayConfig
+from blindrelay.server.context import CLOSE_STORE_FAILED
 from blindrelay.server.delivery import send_rules
 from blindrelay.server.relay import RunningRelay
 from blindrelay.server.routing import Hint, HintKind
-from blindrelay.server.store import open_store
+from blindrelay.server.store import StoreJobError, open_store
 
 from .conftest import Clients, FakeClock, RelayFixture
 
@@ -171,18 +172,19 @@ async def test_catch_up_pages_every_outbox(relay: RunningRelay, clients: Clients
 
 class OutageStore:
     """The relay's real store, but its pages fail as during an outage of a shared store
-    (SPEC §6.3) until ``back`` is set."""
+    (SPEC §6.3) until ``back`` is set; with ``failure``, with that instead."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, failure: Exception | None = None) -> None:
         self.store = store
         self.back = False
+        self.failure = failure or StoreUnavailable()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
 
     def call(self, operation: str, args: Any, done: Any, decided: Any = None) -> None:
         if operation == "page" and not self.back:
-            self.store.call(operation, args, lambda ok, value: done(False, StoreUnavailable()))
+            self.store.call(operation, args, lambda ok, value: done(False, self.failure))
             return
         self.store.call(operation, args, done, decided)
 
@@ -210,3 +212,33 @@ async def test_a_page_lost_to_an_outage_is_nobody_s_error_and_comes_after_it(
         await bob.send(Ack(delivery_ids=(deliver.delivery_id,)))
         assert await still_open(bob)
         assert not [frame for frame in bob.inbox if isinstance(frame, Error)]
+
+
+async def test_a_page_that_fails_otherwise_closes_the_connection_and_the_next_login_pages(
+    config: RelayConfig, clock: FakeClock, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed read of the queue that is no outage (a SQLite read error) got an ERROR
+    and nothing more: the connection stayed behind with nothing to page it again, and
+    new envelopes waited for an ACK or a reconnect (found in review). Now it closes with
+    1011 ``store failed`` after the ERROR, and the next login pages."""
+    stores: list[OutageStore] = []
+
+    def opened(url: str, cfg: RelayConfig) -> Any:
+        stores.append(OutageStore(open_store(url, cfg), StoreJobError("OSError", "queue.py:1")))
+        return stores[-1]
+
+    monkeypatch.setattr(relay_module, "open_store", opened)
+    async with RelayFixture(config, clock) as relay:
+        stores[0].back = True
+        alice = await clients.registered(relay.url, "alice")
+        bob = await clients.registered(relay.url, "bob")
+        stores[0].back = False
+        relay.hint_received(hint(HintKind.QUEUED, "bob"))  # its page fails
+        assert await bob.closed() == CLOSE_STORE_FAILED
+        assert [f.code for f in bob.inbox if isinstance(f, Error)] == [ErrorCode.INTERNAL_ERROR]
+        assert isinstance(await alice.send_message("bob", b"after the failure"), Sent)
+        stores[0].back = True
+        again = await clients.open(relay.url)
+        await again.login("bob", bob.key)
+        assert (await again.push(Deliver)).body == b"after the failure"
+
