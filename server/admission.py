@@ -13,13 +13,35 @@ Counting is lazy: a connection is added when it opens and forgotten when it clos
 those that logged in meanwhile are dropped from their source's set when the next
 connection from that source is admitted, so each is looked at once after its login.
 
-Not here: what a source is (``registration.source_key``), the authentication timeout
-(``dispatch``).
+Not here: how an address becomes a source (``registration.source_key``), the
+authentication timeout (``dispatch``).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from http import HTTPStatus
 from typing import Protocol
+
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Response
+
+from .logs import log_event
+from .registration import source_key
+
+SourceOf = Callable[[ServerConnection], str]
+"""A connection's source (SPEC §4.6.1); tests name their own."""
+
+
+def peer_source(ws: ServerConnection) -> str:
+    """A connection's source: its peer's address, IPv6 by /64 (SPEC §4.6.1).
+
+    Behind a reverse proxy every peer is the proxy, and the limits per source then
+    count everyone together: raise them, or let the relay see the clients' addresses.
+    """
+    peer = ws.remote_address
+    return source_key(str(peer[0])) if peer else "?"
 
 
 class Waiting(Protocol):
@@ -57,6 +79,16 @@ class Admission:
             return True
         self.refused += 1
         return False
+
+    def refusal(self, ws: ServerConnection, source: str) -> Response | None:
+        """websockets' ``process_request``: None to go on with the upgrade, else 503 (SPEC
+        §1.2.2), logged once per thousand refusals (an attack must not flood the log)."""
+        if self.admits(source):
+            return None
+        if self.refused % 1000 == 1:
+            log_event(logging.WARNING, "connections_refused", reason="unauthenticated_per_source",
+                      refused=self.refused)  # fmt: skip
+        return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections not logged in\n")
 
     def opened(self, connection: Waiting) -> None:
         self._waiting.setdefault(connection.source, set()).add(connection)

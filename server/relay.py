@@ -36,14 +36,12 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import Any
 
 from nacl.signing import SigningKey
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as websockets_serve
 from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
 
 from blindrelay.protocol import SUBPROTOCOL, limits
 from blindrelay.protocol.channel import (
@@ -60,7 +58,7 @@ from blindrelay.protocol.noise import KeyPair
 from blindrelay.protocol.transparency.bills import month_of
 
 from . import auth, gcpolicy, transparency
-from .admission import Admission
+from .admission import Admission, SourceOf, peer_source
 from .config import TRANSPORT_WRITE_LIMIT_BYTES, RelayConfig
 from .context import RelayContext, Session
 from .dispatch import Dispatcher
@@ -69,15 +67,13 @@ from .limiters import Limiters
 from .logs import log_event
 from .metrics import PROBE_INTERVAL_S, QUEUE_COUNT_INTERVAL_S, MetricsServer, parse_listen
 from .ratelimit import Clock, wall_clock_ms
-from .registration import RegistrationPolicy, source_key
+from .registration import RegistrationPolicy
 from .routing import Hint, HintSeal, InProcessRouter, Router, hint_key, open_router
 from .store import open_store
 from .store.records import LogHead
 from .transport import Flusher, OutgoingStats, WebSocketTransport
 
 Rng = Callable[[int], bytes]
-SourceOf = Callable[[ServerConnection], str]
-"""A connection → the key of its registration bucket (SPEC §4.6.1)."""
 
 
 class RunningRelay:
@@ -148,7 +144,7 @@ class RunningRelay:
             server_header=None,
             create_connection=RelayWebSocket,
             write_limit=TRANSPORT_WRITE_LIMIT_BYTES,
-            process_request=self._admit,
+            process_request=lambda ws, _request: self.admission.refusal(ws, self._source_of(ws)),
         )
         host, port = next(iter(self._server.sockets)).getsockname()[:2]
         self.url = f"ws://[{host}]:{port}" if ":" in host else f"ws://{host}:{port}"
@@ -214,17 +210,6 @@ class RunningRelay:
                 await transport.start_pump()  # flush the last frames and close with our code
             else:
                 transport.cancel()
-
-    def _admit(self, ws: ServerConnection, _request: Request) -> Response | None:
-        """SPEC §1.2.2: past the bound of unauthenticated connections from its source, the
-        upgrade is refused with 503 (logged once per thousand: an attack must not flood
-        the log)."""
-        if self.admission.admits(self._source_of(ws)):
-            return None
-        if self.admission.refused % 1000 == 1:
-            log_event(logging.WARNING, "connections_refused", reason="unauthenticated_per_source",
-                      refused=self.admission.refused)  # fmt: skip
-        return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections not logged in\n")
 
     def outgoing_now(self) -> list[int]:
         """What the relay holds for each open connection now, not yet handed to the
@@ -457,16 +442,6 @@ class RunningRelay:
 
 def _code(exc: ConnectionClosed) -> int | None:
     return exc.rcvd.code if exc.rcvd is not None else None
-
-
-def peer_source(ws: ServerConnection) -> str:
-    """The registration bucket of a connection: its peer's address (SPEC §4.6.1).
-
-    Behind a reverse proxy every peer is the proxy, and the limit then counts all
-    registrations together: raise it, or let the relay see the clients' addresses.
-    """
-    peer = ws.remote_address
-    return source_key(str(peer[0])) if peer else "?"
 
 
 async def serve(
