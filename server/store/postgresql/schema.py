@@ -36,7 +36,7 @@ from typing import Any
 from .. import StoreStartError
 from . import bills, transparency
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 MIGRATION_LOCK = 0x626C696E6472  # "blindr": one advisory lock key for every worker
 """The ``pg_advisory_xact_lock`` key migrations run under."""
@@ -239,7 +239,7 @@ to seconds until the next vacuum (docs/latency.md)."""
 
 MIGRATIONS: dict[int, str] = {
     1: _V1, 2: _V2, 3: _V3, 4: transparency.SCHEMA, 5: _V5, 6: transparency.BINDINGS_SCHEMA,
-    7: transparency.TIMES_SCHEMA, 8: bills.SCHEMA, 9: _V9, 10: _V10,
+    7: transparency.TIMES_SCHEMA, 8: bills.SCHEMA, 9: _V9, 10: _V10, 11: transparency.TAGS_SCHEMA,
 }  # fmt: skip
 """Version → the statements that reach it from the version before (0: an empty database)."""
 
@@ -288,7 +288,8 @@ async def migrate(conn: Any, url: str) -> int:
         # writes log_times too), in the transaction of the migration.
         if found and found < 4:  # an existing database: its businesses' keys
             await transparency.log_existing_businesses(conn)
-        if found and found < 7:  # an existing log: its published handles, entries' times
+        if found and found < 7:  # an existing log: its published handles
             await transparency.rebuild_bindings(conn)
+        if found and found < 11:  # its entries' times and tags (log_times made anew)
             await transparency.rebuild_times(conn)
     return found

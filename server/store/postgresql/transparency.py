@@ -68,6 +68,19 @@ CREATE TABLE log_times (
 """Schema 7: entries found by their ``at``, an index that grows in order, in place of
 the leaf-hash index (a random insert per append); filled by :func:`rebuild_times`."""
 
+TAGS_SCHEMA = """
+DROP TABLE log_times;
+CREATE TABLE log_times (
+    at bigint NOT NULL,
+    tag bytea NOT NULL,
+    seq bigint NOT NULL,
+    PRIMARY KEY (at, tag, seq)
+);
+"""
+"""Schema 11: ``log_times`` keyed by ``at`` and the entry's lookup tag
+(``..transparency.lookup_tag``: a signer could pile entries on one ``at``), made anew
+and filled by :func:`rebuild_times`."""
+
 TABLES = ("log_entries", "log_nodes", "log_heads", "log_bindings", "log_times")
 
 LOG_LOCK = 0x626C6F67  # "blog": the advisory lock every append takes
@@ -134,8 +147,10 @@ async def append(conn: Any, entries: Sequence[bytes]) -> int:
         list(entries),
     )
     await conn.execute(
-        "INSERT INTO log_times (at, seq) SELECT * FROM unnest($1::bigint[], $2::bigint[])",
+        "INSERT INTO log_times (at, tag, seq)"
+        " SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[])",
         [transparency.entry_time(data) for data in entries],
+        [transparency.lookup_tag(data) for data in entries],
         seqs,
     )
     await conn.execute(
@@ -174,12 +189,13 @@ async def bound(conn: Any, handle: str) -> int | None:
 
 
 async def rebuild_times(conn: Any) -> None:
-    """Schema 7 on an existing log: ``log_times`` from the entries."""
+    """Schema 11 on an existing log: ``log_times`` from the entries."""
     rows = await conn.fetch("SELECT seq, data FROM log_entries ORDER BY seq")
     await conn.execute(
-        "INSERT INTO log_times (at, seq) SELECT * FROM unnest($1::bigint[], $2::bigint[])"
-        " ON CONFLICT DO NOTHING",
+        "INSERT INTO log_times (at, tag, seq)"
+        " SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[]) ON CONFLICT DO NOTHING",
         [transparency.entry_time(bytes(r[1])) for r in rows],
+        [transparency.lookup_tag(bytes(r[1])) for r in rows],
         [int(r[0]) for r in rows],
     )
 
@@ -292,8 +308,8 @@ async def log_find(tx: Any, entry: bytes, size: int) -> list[Any]:
     at = transparency.entry_time(entry)
     index = None if at is None else await conn.fetchval(
         "SELECT min(t.seq) FROM log_times t JOIN log_entries e ON e.seq = t.seq"
-        " WHERE t.at = $1 AND t.seq < $2 AND e.data = $3",
-        at, size, entry,
+        " WHERE t.at = $1 AND t.tag = $2 AND t.seq < $3 AND e.data = $4",
+        at, transparency.lookup_tag(entry), size, entry,
     )  # fmt: skip
     if index is None:
         raise NotFound()

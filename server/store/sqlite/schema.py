@@ -25,10 +25,12 @@ from ...logs import log_event
 from .. import transparency
 from .bills import SCHEMA as BILL_SCHEMA
 from .transparency import SCHEMA as LOG_SCHEMA
-from .transparency import TransparencyLog
+from .transparency import TIMES_TABLE, TransparencyLog
 
-SCHEMA_VERSION = 11
-"""11: ``sent`` keyed ``(msg_id, sender)`` instead of ``(sender, msg_id)``, rebuilt on
+SCHEMA_VERSION = 12
+"""12: ``log_times`` keyed ``(at, tag, seq)`` (``..transparency.lookup_tag``), made anew
+and filled from the log on upgrade: a signer could pile entries on one ``at``.
+11: ``sent`` keyed ``(msg_id, sender)`` instead of ``(sender, msg_id)``, rebuilt on
 upgrade (:data:`SENT_TABLE`).
 10: monthly bills, ``bill_notifications``, ``bills``, ``bill_items`` (SPEC §8.5;
 :mod:`.bills`): a month's bill holds the notifications metered from the upgrade on.
@@ -262,9 +264,12 @@ def migrate(conn: sqlite3.Connection, version: int) -> None:
         TransparencyLog(sqlite_utils.Database(conn)).rebuild_bindings()
     if 0 < version < 9:
         conn.execute("DROP INDEX IF EXISTS log_leaves")
-        TransparencyLog(sqlite_utils.Database(conn)).rebuild_times()
     if 0 < version < 11:
         _rekey_sent(conn)
+    if 0 < version < 12:  # log_times of schema 9-11 had no tag; before 9, none at all
+        conn.execute("DROP TABLE IF EXISTS log_times")
+        conn.execute(TIMES_TABLE)
+        TransparencyLog(sqlite_utils.Database(conn)).rebuild_times()
 
 
 def _rekey_sent(conn: sqlite3.Connection) -> None:

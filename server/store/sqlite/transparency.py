@@ -9,9 +9,10 @@
 - ``log_heads`` — the signed tree heads, by size;
 - ``log_bindings`` — each published handle's newest key binding (its index), what
   BUNDLE proves (SPEC §15.6);
-- ``log_times`` — every entry's ``at`` and index: LOG_INCLUSION_FETCH finds an entry by
-  its time, an index that grows in order (a hash index cost a random B-tree insert per
-  append: 48k appends/s fell to 18k at a million entries).
+- ``log_times`` — every entry's ``at``, lookup tag and index: LOG_INCLUSION_FETCH finds
+  an entry by its time and tag (``..transparency.lookup_tag``), an index that grows in
+  order (a hash index cost a random B-tree insert per append: 48k appends/s fell to 18k
+  at a million entries), and whose keys no signer can pile up on one ``at``.
 
 Appends run inside the caller's transaction (a writer job), so an entry commits
 with the change it records or not at all; the log's right edge is read back from
@@ -33,7 +34,7 @@ from blindrelay.protocol.transparency.merkle import Node
 
 from .. import transparency
 from ..records import LogHead
-from ..transparency import entry_time
+from ..transparency import entry_time, lookup_tag
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS log_entries (
@@ -58,10 +59,14 @@ CREATE TABLE IF NOT EXISTS log_bindings (
 );
 CREATE TABLE IF NOT EXISTS log_times (
     at INTEGER NOT NULL,
+    tag BLOB NOT NULL,
     seq INTEGER NOT NULL,
-    PRIMARY KEY (at, seq)
+    PRIMARY KEY (at, tag, seq)
 ) WITHOUT ROWID;
 """
+
+TIMES_TABLE = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS log_times"):]
+"""``log_times`` alone, for the migration that makes it anew (schema 12)."""
 
 _NODE = "SELECT hash FROM log_nodes WHERE level = ? AND node_index = ?"
 
@@ -106,8 +111,8 @@ class TransparencyLog:
             made.extend((n.level, n.offset, h) for n, h in frontier.append(merkle.leaf_hash(data)))
         self._conn.executemany("INSERT INTO log_entries (seq, data) VALUES (?, ?)", rows)
         self._conn.executemany(
-            "INSERT INTO log_times (at, seq) VALUES (?, ?)",
-            [(entry_time(data), seq) for seq, data in rows],
+            "INSERT INTO log_times (at, tag, seq) VALUES (?, ?, ?)",
+            [(entry_time(data), lookup_tag(data), seq) for seq, data in rows],
         )
         self._conn.executemany(
             "INSERT INTO log_nodes (level, node_index, hash) VALUES (?, ?, ?)", made
@@ -135,23 +140,24 @@ class TransparencyLog:
 
     def find(self, entry: bytes, size: int) -> int | None:
         """The first index below ``size`` holding exactly ``entry``: the entries of its
-        time, compared byte for byte (an index lookup and a few rows)."""
+        time and tag, compared byte for byte (an index lookup and, but for a 64-bit
+        collision, one row)."""
         at = entry_time(entry)
         if at is None:
             return None
         rows = self._conn.execute(
             "SELECT t.seq, e.data FROM log_times t JOIN log_entries e ON e.seq = t.seq"
-            " WHERE t.at = ? AND t.seq < ? ORDER BY t.seq",
-            (at, size),
+            " WHERE t.at = ? AND t.tag = ? AND t.seq < ? ORDER BY t.seq",
+            (at, lookup_tag(entry), size),
         )
         return next((int(seq) for seq, data in rows if bytes(data) == entry), None)
 
     def rebuild_times(self) -> None:
-        """Fill ``log_times`` from the entries (a store that predates the table)."""
+        """Fill ``log_times`` from the entries (a store that predates the table or its tags)."""
         rows = self._conn.execute("SELECT seq, data FROM log_entries ORDER BY seq").fetchall()
         self._conn.executemany(
-            "INSERT OR IGNORE INTO log_times (at, seq) VALUES (?, ?)",
-            [(entry_time(bytes(data)), seq) for seq, data in rows],
+            "INSERT OR IGNORE INTO log_times (at, tag, seq) VALUES (?, ?, ?)",
+            [(entry_time(bytes(data)), lookup_tag(bytes(data)), seq) for seq, data in rows],
         )
 
     def bind(self, handle: str, seq: int) -> None:
