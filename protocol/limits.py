@@ -275,6 +275,18 @@ CONSENT_REQUEST_RATE_PER_H = 10_000.0
 CONSENT_REQUEST_BURST = 1000
 """*Default.* Consent requests per business."""
 
+STATEMENT_RATE_PER_H = 60.0
+STATEMENT_BURST = 60
+"""*Default.* Statements (grant, deny, revoke, block, unblock; SPEC §7.4) per account, on
+top of the SEND token each costs. Every accepted statement appends an entry to the
+transparency log (§15), ~206 bytes with its time index and tree nodes, kept forever and
+read by every auditor; the SEND bucket alone let one account alternate block and unblock
+at 50 a second, 4.3 million entries (~890 MB) a day. People grant, revoke and block a
+handful of times a day; a user onboarding may grant several businesses at once, and one
+cleaning up may block a dozen spammers: 60 at once covers both with room. Refilled at 60
+an hour, an account logs at most ~1,500 statements a day (~0.3 MB), 3,000 times less;
+the refused one costs the relay nothing beyond reading it (§10)."""
+
 STATEMENT_SKEW_MS = 5 * 60 * 1000
 """A signed consent/block statement must be issued within this of the relay's
 clock; together with the nonce it makes a captured statement unreplayable."""

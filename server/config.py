@@ -125,6 +125,11 @@ class RelayConfig:
     """Identity key rotations per account (SPEC §3.4)."""
     rotate_identity_burst: int = limits.ROTATE_IDENTITY_BURST
     """Identity key rotations per account at once."""
+    statement_rate_per_h: float = limits.STATEMENT_RATE_PER_H
+    """Consent and block statements per account (SPEC §7.4), besides their SEND token:
+    each is logged for ever (SPEC §15)."""
+    statement_burst: int = limits.STATEMENT_BURST
+    """Statements per account at once. A user onboarding may grant several businesses."""
     statements_list_rate_per_min: float = limits.STATEMENTS_LIST_RATE_PER_MIN
     """Statement listings per account (SPEC §7.6)."""
     statements_list_burst: int = limits.STATEMENTS_LIST_BURST
@@ -227,6 +232,8 @@ class RelayConfig:
             "prekeys_upload_burst": self.prekeys_upload_burst,
             "rotate_identity_rate_per_h": self.rotate_identity_rate_per_h,
             "rotate_identity_burst": self.rotate_identity_burst,
+            "statement_rate_per_h": self.statement_rate_per_h,
+            "statement_burst": self.statement_burst,
             "statements_list_rate_per_min": self.statements_list_rate_per_min,
             "statements_list_burst": self.statements_list_burst,
             "profile_put_rate_per_min": self.profile_put_rate_per_min,

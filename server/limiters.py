@@ -26,6 +26,9 @@ class Limiters:
     """Per business (SPEC §7.3 "requests are rate-limited per business")."""
     prekeys_upload: TokenBuckets
     rotate_identity: TokenBuckets
+    statement: TokenBuckets
+    """Per account, besides the SEND token a statement costs: every accepted statement
+    is logged for ever (SPEC §7.5, §15), so churn must be slower than sending."""
     statements_list: TokenBuckets
     profile_put: TokenBuckets
     profile_fetch: TokenBuckets
@@ -40,7 +43,7 @@ class Limiters:
         account from one relay process to another (:meth:`take_over`)."""
         return (
             self.send_user, self.send_business, self.bundle_fetch, self.consent_request,
-            self.prekeys_upload, self.rotate_identity, self.statements_list,
+            self.prekeys_upload, self.rotate_identity, self.statement, self.statements_list,
             self.profile_put, self.profile_fetch, self.usage_fetch,
         )  # fmt: skip
 
@@ -70,6 +73,9 @@ class Limiters:
             ),
             rotate_identity=TokenBuckets(
                 config.rotate_identity_rate_per_h / 3600.0, config.rotate_identity_burst, clock
+            ),
+            statement=TokenBuckets(
+                config.statement_rate_per_h / 3600.0, config.statement_burst, clock
             ),
             statements_list=TokenBuckets(
                 config.statements_list_rate_per_min / 60.0, config.statements_list_burst, clock

@@ -61,6 +61,10 @@ def receive_statement(ctx: RelayContext, session: Session, frame: Statement) -> 
     # Statements cost the signer's send tokens: grant/revoke churn is forwarded traffic.
     (ctx.limiters.send_business if signer.kind == AccountKind.BUSINESS
      else ctx.limiters.send_user).take(handle)  # fmt: skip
+    # And a statement token (SPEC §10): each accepted statement is logged for ever (§15),
+    # and block/unblock of one target changes something every time. Taken after the send
+    # token, so a refusal by the send bucket never spends the scarcer one.
+    ctx.limiters.statement.take(handle)
     _claimed(handle, frame.statement)
     ctx.read_account(session, frame, lambda account: _apply(ctx, session, frame, now, account))
 

@@ -25,3 +25,19 @@ def test_an_account_taken_over_from_another_process_starts_with_empty_buckets() 
         buckets.take("bob")  # other accounts keep theirs
     limiters.send_pair.take(("alice", "bob"))
     assert limiters.send_pair not in limiters.per_account()
+
+
+def test_statements_have_a_bucket_of_their_own_per_account() -> None:
+    """SPEC §10: a STATEMENT takes a token of ``statement_rate_per_h`` / ``statement_burst``
+    besides the send bucket's, and the bucket follows the account between processes."""
+    clock = FakeClock()
+    limiters = Limiters.from_config(RelayConfig(statement_rate_per_h=2.0, statement_burst=2), clock)
+    assert limiters.statement in limiters.per_account()
+    limiters.statement.take("alice")
+    limiters.statement.take("alice")
+    with pytest.raises(RateLimited) as refused:
+        limiters.statement.take("alice")
+    assert abs(refused.value.retry_after_ms - 1_800_000) <= 1  # two an hour
+    limiters.statement.take("bob")
+    clock.advance(refused.value.retry_after_ms)
+    limiters.statement.take("alice")

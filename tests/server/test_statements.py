@@ -29,6 +29,7 @@ from blindrelay.protocol.signed import (
     unverified_body,
     verify_statement,
 )
+from blindrelay.protocol.transparency import entries
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.delivery import send_rules
 from blindrelay.server.relay import RunningRelay
@@ -347,7 +348,9 @@ async def test_grant_revoke_churn_neither_locks_the_customer_out_nor_piles_up(
     """Issue 13 item 5: forwarded statements do not count towards the queue cap, a newer one
     of the same (signer, target, family) replaces the undelivered older one, superseded
     statements are pruned from storage, and a replay is still refused with 501."""
-    async with relay_with(config, clock, queue_cap=20, send_burst_user=1000) as relay:
+    async with relay_with(
+        config, clock, queue_cap=20, send_burst_user=1000, statement_burst=1000
+    ) as relay:
         bob, airline = await _pair(relay, clients)
         await stated(bob, "grant", "airline", clock.now, ("marketing",))
         await airline.close()
@@ -370,6 +373,40 @@ async def test_grant_revoke_churn_neither_locks_the_customer_out_nor_piles_up(
         delivered = await airline2.deliveries(3)
         assert [d.intent for d in delivered] == ["statement", "statement", "chat"]
         assert delivered[1].body == latest
+
+
+async def _logged_statements(relay: RunningRelay) -> int:
+    """Statement entries in the relay's transparency log (SPEC §15.1)."""
+    data = await relay.ctx.store.submit("log_entries", 0, 10_000)
+    return sum(isinstance(entries.decode_entry(d), entries.StatementLogged) for d in data)
+
+
+async def test_block_unblock_churn_is_bounded_by_the_statement_bucket(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    """SPEC §10: every accepted statement is logged for ever (§15), and alternating block
+    and unblock of one target changes something each time, so the SEND bucket alone let
+    one account log 50 entries a second (~890 MB a day). With the default limits, the
+    statement past ``STATEMENT_BURST`` is refused with 402 and retry_after and logs
+    nothing; once a token has refilled, the next is accepted."""
+    bob = await clients.registered(relay.url, "bob")
+    await clients.registered(relay.url, "carol")
+    before = await _logged_statements(relay)
+    burst = limits.STATEMENT_BURST
+    assert burst < limits.SEND_BURST_USER  # the send bucket alone would accept them all
+    for n in range(burst):
+        await stated(bob, "block" if n % 2 == 0 else "unblock", "carol", clock.now)
+    assert await _logged_statements(relay) == before + burst
+    action = "block" if burst % 2 == 0 else "unblock"
+    limited = await state(bob, action, "carol", clock.now)
+    assert error_code(limited) == ErrorCode.RATE_LIMITED
+    assert limited.retry_after is not None  # type: ignore[attr-defined]
+    refill_ms = 3_600_000 / limits.STATEMENT_RATE_PER_H
+    assert abs(limited.retry_after - refill_ms) <= 1  # type: ignore[attr-defined]
+    assert await _logged_statements(relay) == before + burst  # nothing logged
+    clock.advance(limited.retry_after)  # type: ignore[attr-defined]
+    await stated(bob, action, "carol", clock.now)
+    assert await _logged_statements(relay) == before + burst + 1
 
 
 async def test_a_superseded_statement_is_withdrawn_from_an_online_outbox(
