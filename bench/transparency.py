@@ -113,7 +113,8 @@ class PostgresLog:
         )
         self.run(self.conn.execute(f'CREATE SCHEMA "{self.schema}"'))
         self.run(self.conn.execute(f'SET search_path TO "{self.schema}"'))
-        for schema in (pglog.SCHEMA, pglog.BINDINGS_SCHEMA, pglog.TIMES_SCHEMA):  # 4, 6, 7
+        schemas = (pglog.SCHEMA, pglog.BINDINGS_SCHEMA, pglog.TIMES_SCHEMA, pglog.TAGS_SCHEMA)
+        for schema in schemas:  # the log's migrations: 4, 6, 7, 11
             self.run(self.conn.execute(schema))
 
     def run(self, coroutine: Any) -> Any:
