@@ -28,7 +28,10 @@ class Limiters:
     rotate_identity: TokenBuckets
     statement: TokenBuckets
     """Per account, besides the SEND token a statement costs: every accepted statement
-    is logged for ever (SPEC §7.5, §15), so churn must be slower than sending."""
+    is logged for ever (SPEC §7.5, §15), so churn must be slower than sending. Kept per
+    process, not taken over (SPEC §10): at an hour's refill, a bucket counted as emptied
+    at every move or restart would make a user wait a minute to block anyone after each
+    deploy; N processes allow N times the rate, still a bound on the log."""
     statements_list: TokenBuckets
     profile_put: TokenBuckets
     profile_fetch: TokenBuckets
@@ -43,7 +46,7 @@ class Limiters:
         account from one relay process to another (:meth:`take_over`)."""
         return (
             self.send_user, self.send_business, self.bundle_fetch, self.consent_request,
-            self.prekeys_upload, self.rotate_identity, self.statement, self.statements_list,
+            self.prekeys_upload, self.rotate_identity, self.statements_list,
             self.profile_put, self.profile_fetch, self.usage_fetch,
         )  # fmt: skip
 
