@@ -36,7 +36,7 @@ from typing import Any
 from .. import StoreStartError
 from . import bills, transparency
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 MIGRATION_LOCK = 0x626C696E6472  # "blindr": one advisory lock key for every worker
 """The ``pg_advisory_xact_lock`` key migrations run under."""
@@ -237,9 +237,18 @@ a bitmap scan of the max visits every time — measured, a run's ``previous`` fo
 recipients with ~3,000 dead entries each took 268 ms a batch, and the soak's p99 went
 to seconds until the next vacuum (docs/latency.md)."""
 
+_V12 = """
+DROP INDEX IF EXISTS statements_in_force_by_target;
+CREATE INDEX IF NOT EXISTS statements_in_force_by_signer_seq ON statements_in_force (signer, seq);
+CREATE INDEX IF NOT EXISTS statements_in_force_by_target_seq ON statements_in_force (target, seq);
+"""
+"""12: a STATEMENTS_LIST page reads its page by these, not every statement in force of
+its account (found in review: 2.4-3.8 ms a page at 10,000 blocks on SQLite)."""
+
 MIGRATIONS: dict[int, str] = {
     1: _V1, 2: _V2, 3: _V3, 4: transparency.SCHEMA, 5: _V5, 6: transparency.BINDINGS_SCHEMA,
     7: transparency.TIMES_SCHEMA, 8: bills.SCHEMA, 9: _V9, 10: _V10, 11: transparency.TAGS_SCHEMA,
+    12: _V12,
 }  # fmt: skip
 """Version → the statements that reach it from the version before (0: an empty database)."""
 

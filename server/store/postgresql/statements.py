@@ -177,10 +177,15 @@ async def statements_in_force(tx: Tx, handle: str, after: int, limit: int) -> li
     conn = tx.conn
     account = (await accounts(conn, [handle])).get(handle)
     targeted = account is not None and account.kind == AccountKind.BUSINESS
+    # Each side's first page after the cursor, by its (signer, seq) or (target, seq)
+    # index, then the first page of both: a page's cost does not grow with what is in
+    # force (schema 12; found in review).
     rows = await conn.fetch(
-        "SELECT seq, signed FROM statements WHERE seq > $1 AND seq IN ("
-        " SELECT seq FROM statements_in_force WHERE signer = $2"
-        " UNION SELECT seq FROM statements_in_force WHERE $3 AND target = $2)"
+        "SELECT seq, signed FROM statements WHERE seq IN ("
+        " (SELECT seq FROM statements_in_force WHERE signer = $2 AND seq > $1"
+        "  ORDER BY seq LIMIT $4)"
+        " UNION (SELECT seq FROM statements_in_force WHERE $3 AND target = $2 AND seq > $1"
+        "  ORDER BY seq LIMIT $4))"
         " ORDER BY seq LIMIT $4",
         after, handle, targeted, limit + 1,
     )  # fmt: skip

@@ -196,12 +196,22 @@ class ConsentLedger:
         Oldest first, with sequence numbers above ``after``; the second value is
         the cursor for the next page, or None when nothing more remains.
         """
-        signed_by = "SELECT seq FROM statements_in_force WHERE signer = ?"
-        about = " UNION SELECT seq FROM statements_in_force WHERE target = ?"
+        # Each side's first page after the cursor, by its (signer, seq) or (target, seq)
+        # index, then the first page of both: what a page costs does not grow with what
+        # is in force (found in review: 2.4-3.8 ms a page at 10,000 blocks).
+        signed_by = (
+            "SELECT seq FROM (SELECT seq FROM statements_in_force"
+            " WHERE signer = ? AND seq > ? ORDER BY seq LIMIT ?)"
+        )
+        about = (
+            " UNION SELECT seq FROM (SELECT seq FROM statements_in_force"
+            " WHERE target = ? AND seq > ? ORDER BY seq LIMIT ?)"
+        )
         rows = self.db.execute(
-            "SELECT seq, signed FROM statements WHERE seq > ? AND seq IN ("  # noqa: S608
+            "SELECT seq, signed FROM statements WHERE seq IN ("  # noqa: S608
             + signed_by + (about if targeted else "") + ") ORDER BY seq LIMIT ?",
-            (after, handle, *((handle,) if targeted else ()), limit + 1),
+            (handle, after, limit + 1, *((handle, after, limit + 1) if targeted else ()),
+             limit + 1),
         ).fetchall()
         page = rows[:limit]
         more = len(rows) > limit

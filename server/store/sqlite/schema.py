@@ -27,8 +27,10 @@ from .bills import SCHEMA as BILL_SCHEMA
 from .transparency import SCHEMA as LOG_SCHEMA
 from .transparency import TIMES_TABLE, TransparencyLog
 
-SCHEMA_VERSION = 12
-"""12: ``log_times`` keyed ``(at, tag, seq)`` (``..transparency.lookup_tag``), made anew
+SCHEMA_VERSION = 13
+"""13: ``statements_in_force`` indexed ``(signer, seq)`` and ``(target, seq)`` in place
+of ``(target)``: a STATEMENTS_LIST page reads its page, not every statement in force.
+12: ``log_times`` keyed ``(at, tag, seq)`` (``..transparency.lookup_tag``), made anew
 and filled from the log on upgrade: a signer could pile entries on one ``at``.
 11: ``sent`` keyed ``(msg_id, sender)`` instead of ``(sender, msg_id)``, rebuilt on
 upgrade (:data:`SENT_TABLE`).
@@ -140,7 +142,8 @@ CREATE TABLE IF NOT EXISTS statements_in_force (
     seq INTEGER NOT NULL REFERENCES statements(seq),
     PRIMARY KEY (signer, target, family)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS statements_in_force_by_target ON statements_in_force (target);
+CREATE INDEX IF NOT EXISTS statements_in_force_by_signer_seq ON statements_in_force (signer, seq);
+CREATE INDEX IF NOT EXISTS statements_in_force_by_target_seq ON statements_in_force (target, seq);
 CREATE TABLE IF NOT EXISTS statement_nonces (
     signer TEXT NOT NULL,
     nonce BLOB NOT NULL,
@@ -266,6 +269,8 @@ def migrate(conn: sqlite3.Connection, version: int) -> None:
         conn.execute("DROP INDEX IF EXISTS log_leaves")
     if 0 < version < 11:
         _rekey_sent(conn)
+    if 0 < version < 13:
+        conn.execute("DROP INDEX IF EXISTS statements_in_force_by_target")
     if 0 < version < 12:  # log_times of schema 9-11 had no tag; before 9, none at all
         conn.execute("DROP TABLE IF EXISTS log_times")
         conn.execute(TIMES_TABLE)
