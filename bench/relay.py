@@ -81,6 +81,7 @@ def unlimited_flags() -> list[str]:
         for name in (
             "send-rate-user", "send-burst-user", "send-rate-pair", "send-burst-pair",
             "register-rate-per-h", "register-burst", "max-unauthenticated-per-source",
+            "connections-per-s-source", "connections-burst-source",
         )
     ]  # fmt: skip
 

@@ -27,7 +27,10 @@ from typing import Protocol
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Response
 
+from blindrelay.protocol.errors import RateLimited
+
 from .logs import log_event
+from .ratelimit import TokenBuckets
 from .registration import source_key
 
 SourceOf = Callable[[ServerConnection], str]
@@ -57,10 +60,14 @@ class Waiting(Protocol):
 
 
 class Admission:
-    """The unauthenticated connections of each source, and whether one more may open."""
+    """The unauthenticated connections of each source, and whether one more may open;
+    and, with ``rate``, how fast a source may open them at all."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, rate: TokenBuckets | None = None) -> None:
         self.limit = limit
+        self.rate = rate
+        """New connections per source (``connections_per_s_source``): each costs the
+        relay about a millisecond of its loop, whether it ever logs in or not."""
         self.refused = 0
         """Upgrades refused since start (for tests and the log)."""
         self._waiting: dict[str, set[Waiting]] = {}
@@ -81,14 +88,27 @@ class Admission:
         return False
 
     def refusal(self, ws: ServerConnection, source: str) -> Response | None:
-        """websockets' ``process_request``: None to go on with the upgrade, else 503 (SPEC
+        """websockets' ``process_request``: None to go on with the upgrade; else 429 with
+        Retry-After past the source's rate, 503 past its connections not logged in (SPEC
         §1.2.2), logged once per thousand refusals (an attack must not flood the log)."""
+        if self.rate is not None:
+            try:
+                self.rate.take(source)
+            except RateLimited as limited:
+                self.refused += 1
+                self._refused("connections_per_source")
+                response = ws.respond(HTTPStatus.TOO_MANY_REQUESTS, "too many connections\n")
+                seconds = max(1, -(-limited.retry_after_ms // 1000))
+                response.headers["Retry-After"] = str(seconds)
+                return response
         if self.admits(source):
             return None
-        if self.refused % 1000 == 1:
-            log_event(logging.WARNING, "connections_refused", reason="unauthenticated_per_source",
-                      refused=self.refused)  # fmt: skip
+        self._refused("unauthenticated_per_source")
         return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections not logged in\n")
+
+    def _refused(self, reason: str) -> None:
+        if self.refused % 1000 == 1:
+            log_event(logging.WARNING, "connections_refused", reason=reason, refused=self.refused)
 
     def opened(self, connection: Waiting) -> None:
         self._waiting.setdefault(connection.source, set()).add(connection)

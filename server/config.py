@@ -173,6 +173,11 @@ class RelayConfig:
     """Consent requests per business at once."""
     auth_timeout_s: float = limits.AUTH_TIMEOUT_S
     """How long a connection may stay unauthenticated (SPEC §4.1)."""
+    connections_per_s_source: float = limits.CONNECTIONS_PER_S_SOURCE
+    """New connections per second from one source address (IPv6: /64); one more is
+    refused with HTTP 429 and Retry-After (SPEC §1.2.2)."""
+    connections_burst_source: int = limits.CONNECTIONS_BURST_SOURCE
+    """New connections from one source address at once."""
     max_unauthenticated_per_source: int = limits.MAX_UNAUTHENTICATED_PER_SOURCE
     """Connections not logged in yet from one source address (IPv6: /64); one more is
     refused with HTTP 503 (SPEC §1.2.2)."""
@@ -253,6 +258,8 @@ class RelayConfig:
             "consent_request_burst": self.consent_request_burst,
             "auth_timeout_s": self.auth_timeout_s,
             "max_unauthenticated_per_source": self.max_unauthenticated_per_source,
+            "connections_per_s_source": self.connections_per_s_source,
+            "connections_burst_source": self.connections_burst_source,
             "write_timeout_s": self.write_timeout_s,
             "purge_interval_s": self.purge_interval_s,
             "checkpoint_interval_s": self.checkpoint_interval_s,

@@ -66,7 +66,7 @@ from .intake import Intake, RelayWebSocket
 from .limiters import Limiters
 from .logs import log_event
 from .metrics import PROBE_INTERVAL_S, QUEUE_COUNT_INTERVAL_S, MetricsServer, parse_listen
-from .ratelimit import Clock, wall_clock_ms
+from .ratelimit import Clock, TokenBuckets, wall_clock_ms
 from .registration import RegistrationPolicy
 from .routing import Hint, HintSeal, InProcessRouter, Router, hint_key, open_router
 from .store import open_store
@@ -118,7 +118,11 @@ class RunningRelay:
         self.metrics_server: MetricsServer | None = None
         """``/healthz``, ``/readyz``, ``/metrics`` (``--metrics-listen``); None when off."""
         self._flusher = Flusher()
-        self.admission = Admission(config.max_unauthenticated_per_source)
+        self.admission = Admission(
+            config.max_unauthenticated_per_source,
+            TokenBuckets(config.connections_per_s_source, config.connections_burst_source,
+                         ctx.clock),
+        )  # fmt: skip
         """Connections not logged in yet, per source (SPEC §1.2.2)."""
         self.outgoing = OutgoingStats()
         self._closed = gcpolicy.ClosedConnections()

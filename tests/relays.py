@@ -35,9 +35,10 @@ class FakeClock:
 MANY_REGISTRATIONS: dict[str, Any] = {
     "register_burst": 100_000, "register_rate_per_h": 100_000.0,
     "max_unauthenticated_per_source": 100_000,
+    "connections_per_s_source": 100_000.0, "connections_burst_source": 100_000,
 }  # fmt: skip
-"""Registrations and connections not logged in yet per source address (SPEC §4.6.1,
-§1.2.2) for tests: every test client comes from 127.0.0.1, so the default limits would
+"""Registrations, connections not logged in yet and new connections per source address
+(SPEC §4.6.1, §1.2.2) for tests: every test client comes from 127.0.0.1, so the default limits would
 cut the suite off (a thousand customers connecting at once); the tests of the limits
 themselves set them back (tests/server/test_registration.py, test_admission.py)."""
 

@@ -45,6 +45,7 @@ LOAD_FLAGS = [
     "--log-level", "WARNING",
     "--register-burst", UNLIMITED, "--register-rate-per-h", UNLIMITED,
     "--max-unauthenticated-per-source", UNLIMITED,
+    "--connections-per-s-source", UNLIMITED, "--connections-burst-source", UNLIMITED,
     "--send-rate-user", UNLIMITED, "--send-burst-user", UNLIMITED,
     "--send-rate-pair", UNLIMITED, "--send-burst-pair", UNLIMITED,
     "--message-request-max", UNLIMITED,

@@ -40,6 +40,7 @@ FLAGS = [
     "--log-level", "WARNING",
     "--register-burst", UNLIMITED, "--register-rate-per-h", UNLIMITED,
     "--max-unauthenticated-per-source", UNLIMITED,
+    "--connections-per-s-source", UNLIMITED, "--connections-burst-source", UNLIMITED,
     "--bundle-burst", UNLIMITED, "--bundle-rate-per-min", UNLIMITED,
     "--one-time-prekey-burst", UNLIMITED, "--one-time-prekey-rate-per-h", UNLIMITED,
     "--prekeys-upload-burst", UNLIMITED, "--prekeys-upload-rate-per-min", UNLIMITED,

@@ -81,3 +81,39 @@ async def test_past_the_bound_an_address_is_refused_its_upgrade_until_one_logs_i
         assert isinstance(await again.register("bob"), Welcome)
     finally:
         await running.close()
+
+
+async def test_a_source_opening_connections_too_fast_is_refused_with_429(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    """SPEC §1.2.2: each connection costs the relay about a millisecond of its loop
+    (upgrade, handshake, HELLO; 500 took 0.5 s of CPU), so one address opening and
+    closing them in a loop could take the loop whole, whatever the bound on those open
+    at once. Past its burst a source is refused with 429 and Retry-After until the
+    rate refills; another source is not."""
+    changed = replace(
+        config, connections_per_s_source=2.0, connections_burst_source=3,
+        max_unauthenticated_per_source=100,
+    )  # fmt: skip
+    running = await serve(changed, clock=clock, source_of=source_from_header)
+    try:
+        for _ in range(3):
+            client = await clients.open(running.url, headers={SOURCE_HEADER: "198.51.100.9"})
+            await client.close()
+        with pytest.raises(InvalidStatus) as refused:
+            await clients.open(running.url, headers={SOURCE_HEADER: "198.51.100.9"})
+        assert refused.value.response.status_code == 429
+        assert refused.value.response.headers["Retry-After"] == "1"
+        await clients.open(running.url, headers={SOURCE_HEADER: "198.51.100.10"})
+        clock.advance(500)  # one token at two a second
+        await clients.open(running.url, headers={SOURCE_HEADER: "198.51.100.9"})
+    finally:
+        await running.close()
+
+
+def test_the_default_connection_rate_is_the_specs() -> None:
+    config = RelayConfig()
+    assert (config.connections_per_s_source, config.connections_burst_source) == (
+        limits.CONNECTIONS_PER_S_SOURCE, limits.CONNECTIONS_BURST_SOURCE,
+    )  # fmt: skip
+
