@@ -1,5 +1,5 @@
-"""The relay's server: with :mod:`.intake` and :mod:`.transport`, the only modules that
-import websockets (SPEC §1).
+"""The relay's server: with :mod:`.intake`, :mod:`.transport` and :mod:`.admission`, the
+only modules that import websockets (SPEC §1).
 
 It accepts WebSocket connections speaking the ``blindrelay.v2`` subprotocol
 (anything else is refused at the handshake), answers the Noise handshake that
@@ -19,9 +19,9 @@ number at a time (:class:`~.intake.Intake`), none while the data waiting for it 
 over its bound (nor while a store read it asked is unanswered), and a peer that
 takes no data for the write timeout is aborted (:class:`~.transport.WebSocketTransport`);
 :attr:`RunningRelay.outgoing` is the accounting. What happens on one connection's
-socket is :mod:`.intake`'s (reading) and :mod:`.transport`'s (writing); the listener,
-the connections' lifecycle and the periodic work (purges, checkpoints, tree heads, the
-store probe) are here.
+socket is :mod:`.intake`'s (reading) and :mod:`.transport`'s (writing); the listener
+and the connections' lifecycle are here, the store's periodic jobs (purges,
+checkpoints, bills and tree heads, the store probe) in :mod:`.housekeeping`.
 
 :func:`serve` runs a relay in the current event loop and returns a
 :class:`RunningRelay` with its URL, so tests and the CLI start it the same way.
@@ -32,18 +32,16 @@ Not here: protocol rules (everything else in ``server``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
 
 from nacl.signing import SigningKey
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as websockets_serve
 from websockets.exceptions import ConnectionClosed
 
-from blindrelay.protocol import SUBPROTOCOL, limits
+from blindrelay.protocol import SUBPROTOCOL
 from blindrelay.protocol.channel import (
     CLOSE_CHANNEL_FAILED,
     MAX_TRANSPORT_MESSAGE_BYTES,
@@ -55,22 +53,21 @@ from blindrelay.protocol.channel import (
 from blindrelay.protocol.connection import RelayConnection, State
 from blindrelay.protocol.errors import StoreUnavailable
 from blindrelay.protocol.noise import KeyPair
-from blindrelay.protocol.transparency.bills import month_of
 
-from . import auth, gcpolicy, transparency
+from . import auth, gcpolicy
 from .admission import Admission, SourceOf, peer_source
 from .config import TRANSPORT_WRITE_LIMIT_BYTES, RelayConfig
 from .context import RelayContext, Session
 from .dispatch import Dispatcher
+from .housekeeping import Housekeeping
 from .intake import Intake, RelayWebSocket
 from .limiters import Limiters
 from .logs import log_event
-from .metrics import PROBE_INTERVAL_S, QUEUE_COUNT_INTERVAL_S, MetricsServer, parse_listen
+from .metrics import MetricsServer, parse_listen
 from .ratelimit import Clock, TokenBuckets, wall_clock_ms
 from .registration import RegistrationPolicy
 from .routing import Hint, HintSeal, InProcessRouter, Router, hint_key, open_router
 from .store import open_store
-from .store.records import LogHead
 from .transport import Flusher, OutgoingStats, WebSocketTransport
 
 Rng = Callable[[int], bytes]
@@ -92,8 +89,6 @@ class RunningRelay:
         static_binding: bytes,
     ) -> None:
         self.config = config
-        self._sign = sign
-        """The relay key's signature, for tree heads (SPEC §15.3); None: none published."""
         self.ctx = ctx
         self._static_key = static_key
         self._static_binding = static_binding
@@ -108,13 +103,8 @@ class RunningRelay:
         self._source_of = source_of
         self._server: Server | None = None
         self._sessions: set[Session] = set()
-        self._purger: asyncio.Task[None] | None = None
-        self._checkpointer: asyncio.Task[None] | None = None
-        self._publisher: asyncio.Task[None] | None = None
-        self._prober: asyncio.Task[None] | None = None
-        self._counts_started = 0
-        self._count_kept = 0
-        """The queue counts started, and the latest of them whose result is kept."""
+        self.housekeeping = Housekeeping(config, ctx, sign)
+        """The store's periodic jobs: purge, checkpoint, bills and tree heads, probes."""
         self.metrics_server: MetricsServer | None = None
         """``/healthz``, ``/readyz``, ``/metrics`` (``--metrics-listen``); None when off."""
         self._flusher = Flusher()
@@ -152,17 +142,13 @@ class RunningRelay:
         )
         host, port = next(iter(self._server.sockets)).getsockname()[:2]
         self.url = f"ws://[{host}]:{port}" if ":" in host else f"ws://{host}:{port}"
-        self._purger = asyncio.create_task(self._purge_periodically())
         metrics = self.ctx.metrics
         metrics.connections = lambda: len(self._sessions)
         metrics.authenticated = lambda: len(self.ctx.sessions)
-        self._prober = asyncio.create_task(self._probe_store_periodically())
+        self.housekeeping.start()
         listen = parse_listen(self.config.metrics_listen)
         if listen is not None:
             self.metrics_server = MetricsServer(metrics, *listen)
-        self._checkpointer = asyncio.create_task(self._checkpoint_periodically())
-        if self._sign is not None:
-            self._publisher = asyncio.create_task(self._publish_periodically())
 
     async def _connection(self, ws: ServerConnection) -> None:
         # "The relay MUST refuse a handshake without the blindrelay.v2 subprotocol":
@@ -307,108 +293,6 @@ class RunningRelay:
         session.conn.close()
         transport.close(CLOSE_CHANNEL_FAILED, "channel failed")
 
-    async def purge_expired(self) -> tuple[int, int]:
-        """SPEC §6.6: drop envelopes and remembered msg_ids older than the queue TTL."""
-        before = self.ctx.clock() - self.config.queue_ttl_ms
-        envelopes, ids = await self.ctx.store.submit("purge", before, self.ctx.clock())
-        if envelopes or ids:
-            log_event(logging.INFO, "purged", envelopes=envelopes, msg_ids=ids)
-        return envelopes, ids
-
-    async def _purge_periodically(self) -> None:
-        while True:
-            try:
-                await self.purge_expired()
-            except Exception as exc:  # e.g. the store is lost; the relay is stopping anyway
-                log_event(logging.ERROR, "purge_failed", exc_type=type(exc).__name__)
-            await asyncio.sleep(self.config.purge_interval_s)
-
-    async def checkpoint(self) -> None:
-        """SPEC §11.2: the WAL folded into the database and truncated, once every
-        job submitted before has committed (deleted envelopes leave the WAL)."""
-        await self.ctx.store.submit("checkpoint")
-
-    async def _checkpoint_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.checkpoint_interval_s)
-            try:
-                await self.checkpoint()
-            except Exception as exc:  # e.g. the store is lost; the relay is stopping anyway
-                log_event(logging.ERROR, "checkpoint_failed", exc_type=type(exc).__name__)
-
-    async def publish_tree_head(self) -> LogHead | None:
-        """SPEC §15.3: sign a head of the transparency log if it grew since the newest."""
-        assert self._sign is not None, "this relay signs no tree heads"
-        return await transparency.publish_tree_head(self.ctx.store, self._sign, self.ctx.clock)
-
-    async def close_bills(self) -> list[list[Any]]:
-        """SPEC §8.5: close every open bill of a month that ended ``BILL_CLOSE_DELAY_MS``
-        ago or more, a chunk of items per store operation, logging each; the bills
-        closed, as ``close_bills`` gives them."""
-        before = month_of(self.ctx.clock() - limits.BILL_CLOSE_DELAY_MS)
-        closed: list[list[Any]] = []
-        more = True
-        while more:
-            done, more = await self.ctx.store.submit("close_bills", before, self.ctx.clock())
-            for business, month, count, index in done:
-                if index is None:  # metered after its bill closed: see close_bills
-                    log_event(logging.ERROR, "bill_items_late", business=business, month=month,
-                              items=count)  # fmt: skip
-                else:
-                    log_event(logging.INFO, "bill_closed", business=business, month=month,
-                              items=count)  # fmt: skip
-            closed += done
-        return closed
-
-    async def _publish_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.sth_interval_s)
-            try:
-                await self.close_bills()  # logged before the head that covers them
-            except Exception as exc:  # a bill that cannot close must not stop the heads
-                log_event(logging.ERROR, "bills_failed", exc_type=type(exc).__name__)
-            try:
-                await self.publish_tree_head()
-            except Exception as exc:  # e.g. the store is lost; the next interval retries
-                log_event(logging.ERROR, "tree_head_failed", exc_type=type(exc).__name__)
-
-    async def probe_store(self) -> bool:
-        """One store round trip (``noop``: answered once what came before it committed):
-        what ``/readyz`` says ready on."""
-        metrics = self.ctx.metrics
-        started = metrics.now()
-        try:
-            await self.ctx.store.submit("noop")
-        except Exception as exc:  # a store outage or a lost store: not ready
-            metrics.store_failed(type(exc).__name__)
-            return False
-        metrics.committed(metrics.now() - started)
-        return True
-
-    async def count_queued(self) -> None:
-        """The ``envelopes_queued`` gauge; left as it was while the store cannot count.
-        Of two counts that overlap, the one started later is kept, whichever ends last."""
-        self._counts_started += 1
-        started = self._counts_started
-        try:
-            queued = await self.ctx.store.queued_total()
-        except Exception as exc:  # an outage: /readyz says so; the gauge waits for the next
-            log_event(logging.WARNING, "queue_count_failed", exc_type=type(exc).__name__)
-            return
-        if started > self._count_kept:
-            self._count_kept = started
-            self.ctx.metrics.queued = queued
-
-    async def _probe_store_periodically(self) -> None:
-        counted = -QUEUE_COUNT_INTERVAL_S
-        loop = asyncio.get_running_loop()
-        while True:
-            await self.probe_store()
-            if loop.time() - counted >= QUEUE_COUNT_INTERVAL_S:
-                counted = loop.time()
-                await self.count_queued()
-            await asyncio.sleep(PROBE_INTERVAL_S)
-
     async def close(self) -> None:
         """Stop accepting, finish in-flight commits (their SENTs go out), then close.
 
@@ -421,11 +305,7 @@ class RunningRelay:
             self._collection.cancel()
         if self.metrics_server is not None:
             self.metrics_server.close()
-        for task in (self._purger, self._checkpointer, self._publisher, self._prober):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self.housekeeping.stop()
         if self._server is not None:
             self._server.close(close_connections=False)
         if self.ctx.store.running:

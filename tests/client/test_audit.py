@@ -63,13 +63,13 @@ def test_a_correct_relay_audits_clean_and_the_state_moves_forward(tmp_path: Path
             status, report = await audited(relay.url, state)
             assert status == 0 and "none verified" in report  # nothing signed yet
             await businesses(relay.url, "airline", "shop")
-            await relay.publish_tree_head()
+            await relay.housekeeping.publish_tree_head()
             status, report = await audited(relay.url, state)
             assert status == 0 and report.splitlines()[-1] == "clean", report
             assert "KeyBinding" in report and "size 2" in report
             assert json.loads(state.read_text())["size"] == 2
             await businesses(relay.url, "bakery")
-            await relay.publish_tree_head()
+            await relay.housekeeping.publish_tree_head()
             status, report = await audited(relay.url, state)
             assert status == 0 and json.loads(state.read_text())["size"] == 3, report
 
@@ -83,12 +83,12 @@ def run_twice(tmp_path: Path, **edit: object) -> tuple[int, str, dict[str, objec
     async def first() -> None:
         async with relay_at(tmp_path) as relay:
             await businesses(relay.url, "airline", "shop", "bakery")
-            await relay.publish_tree_head()
+            await relay.housekeeping.publish_tree_head()
             assert (await audited(relay.url, state))[0] == 0
 
     async def second() -> tuple[int, str]:
         async with relay_at(tmp_path) as relay:
-            await relay.publish_tree_head()
+            await relay.housekeeping.publish_tree_head()
             return await audited(relay.url, state)
 
     run(first())

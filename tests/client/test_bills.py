@@ -69,7 +69,7 @@ def test_a_business_checks_its_bill_and_sees_what_a_dishonest_relay_changed(
                 " ORDER BY at, msg_id LIMIT 1)",
             )
             clock.now = month_end(month) + limits.BILL_CLOSE_DELAY_MS
-            await relay.close_bills()
+            await relay.housekeeping.close_bills()
             for business in businesses:
                 outcome[business.client.handle] = await within(once_logged(lambda b=business: b.check_bill(month)))
             # Items served that are not the logged ones: refused, whatever they say.

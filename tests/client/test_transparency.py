@@ -30,14 +30,14 @@ def test_a_client_reads_verifies_and_joins_two_heads(tmp_path: Path) -> None:
             alice = await online(relay.url, "alice")
             assert await within(alice.log.head()) is None  # nothing signed yet
             await online(relay.url, "airline", "business")
-            await relay.publish_tree_head()
+            await relay.housekeeping.publish_tree_head()
             older = await within(alice.log.head())
             assert older is not None and older.size == 1
             entries = await within(alice.log.entries(0))
             assert [b.handle for b in bindings(entries)] == ["airline"]
             assert merkle.root_of([merkle.leaf_hash(e) for e in entries]) == older.root
             await online(relay.url, "shop", "business")
-            await relay.publish_tree_head()
+            await relay.housekeeping.publish_tree_head()
             newer = await within(alice.log.head())
             assert newer is not None and newer.size == 2
             check_extends(older, newer, await within(alice.log.consistency(1, 2)))
@@ -57,7 +57,7 @@ def test_a_reader_without_an_account_pins_the_relay_key_and_reconnects(tmp_path:
     async def scenario() -> None:
         async with relay_at(tmp_path, auth_timeout_s=0.2) as relay:
             await online(relay.url, "airline", "business")
-            await relay.publish_tree_head()
+            await relay.housekeeping.publish_tree_head()
             async with open_log_reader(relay.url) as reader:
                 head = await within(reader.head())
                 assert head is not None and head.size == 1
@@ -82,13 +82,13 @@ def test_a_user_publishes_its_key_and_then_its_rotations(tmp_path: Path) -> None
             await within(alice.log.publish_key())
             await within(alice.log.publish_key())  # again: nothing more
             await within(alice.rotate_identity())
-            await relay.publish_tree_head()
+            await relay.housekeeping.publish_tree_head()
             logged = bindings(await within(alice.log.entries(0)))
             assert [(b.handle, b.kind) for b in logged] == [("alice", "user")] * 2
             assert logged[1].previous_key == logged[0].identity_key
             bob = await online(relay.url, "bob")
             await within(bob.rotate_identity())  # not published: not logged
-            await relay.publish_tree_head()
+            await relay.housekeeping.publish_tree_head()
             assert len(bindings(await within(bob.log.entries(0)))) == 2
             await alice.close()
             await bob.close()

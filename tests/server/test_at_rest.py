@@ -97,7 +97,7 @@ async def test_acknowledged_envelopes_leave_no_trace_after_a_checkpoint(
                 if n == 4:
                     # Envelopes queued across a checkpoint are in the main file when
                     # they are acknowledged; the last two are only in the WAL.
-                    await relay.checkpoint()
+                    await relay.housekeeping.checkpoint()
             delivered = await recipient.deliveries(len(bodies))
             assert [d.body for d in delivered] == bodies
             await recipient.send(Ack(delivery_ids=tuple(d.delivery_id for d in delivered)))
@@ -106,7 +106,7 @@ async def test_acknowledged_envelopes_leave_no_trace_after_a_checkpoint(
             kept, kept_id = body("kept", 5000), os.urandom(16)
             assert isinstance(await sender.send_message(recipient.handle, kept, kept_id), Sent)
             await relay.ctx.store.submit("noop")  # the ACK is committed
-            await relay.checkpoint()
+            await relay.housekeeping.checkpoint()
 
             assert modes(db) == dict.fromkeys(modes(db), 0o600)
             on_disk = files(db)
@@ -172,8 +172,8 @@ async def test_a_purged_envelope_leaves_no_trace_either(
         expired, msg_id = body("expired", 4000), os.urandom(16)
         assert isinstance(await sender.send_message(recipient.handle, expired, msg_id), Sent)
         clock.advance(2000)
-        assert await relay.purge_expired() == (1, 1)
-        await relay.checkpoint()
+        assert await relay.housekeeping.purge_expired() == (1, 1)
+        await relay.housekeeping.checkpoint()
         on_disk = files(db)
         assert found(on_disk, expired) == []
         assert found(on_disk, row_fingerprint(recipient.handle, sender.handle, msg_id)) == []

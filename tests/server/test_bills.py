@@ -63,7 +63,7 @@ async def _page(client: RawClient, month: str, start: int = 0) -> Bill | int:
 @pytest.fixture
 def relay(config: RelayConfig, clock: FakeClock) -> RelayFixture:
     """No background closing or signing: each test closes bills and signs heads itself
-    (``RunningRelay.close_bills``, ``publish_tree_head``), so the outcomes are its own."""
+    (``Housekeeping.close_bills``, ``publish_tree_head``), so the outcomes are its own."""
     return relay_with(config, clock, sth_interval_s=3600.0)
 
 
@@ -98,16 +98,16 @@ async def test_a_months_notifications_are_billed_once_logged_and_paged(
     assert await _page(airline, month) == ErrorCode.NOT_FOUND  # the month is not over
     assert await _page(bob, month) == ErrorCode.FORBIDDEN  # a user has no bill
     clock.now = month_end(month) + limits.BILL_CLOSE_DELAY_MS - 1
-    assert await relay.close_bills() == []
+    assert await relay.housekeeping.close_bills() == []
     later = await airline.send_message("bob", b"n", intent="notification", category="utility")
     assert isinstance(later, Sent) and month_of(later.at) != month  # next month's bill
     clock.advance(1)
-    ((business, closed_month, items, index),) = await relay.close_bills()
+    ((business, closed_month, items, index),) = await relay.housekeeping.close_bills()
     assert (business, closed_month, items) == ("airline", month, NOTIFICATIONS)
-    assert await relay.close_bills() == []  # closed once
+    assert await relay.housekeeping.close_bills() == []  # closed once
 
     assert await _page(airline, month) == ErrorCode.NOT_FOUND  # closed, but under no head
-    assert await relay.publish_tree_head() is not None
+    assert await relay.housekeeping.publish_tree_head() is not None
     first = await _page(airline, month)
     assert isinstance(first, Bill)
     assert (first.start, len(first.items), first.index) == (0, limits.MAX_BILL_ITEMS, index)
@@ -170,10 +170,10 @@ async def test_a_large_bill_closes_a_chunk_per_operation_and_logs_once(
     before = month_of(month_end(month))
     first, more = await relay.ctx.store.submit("close_bills", before, clock.now)
     assert (first, more) == ([], True)  # one chunk made, the bill not finished
-    assert await relay.publish_tree_head() is None  # nothing logged yet
-    ((business, closed, items, index),) = await relay.close_bills()  # the rest
+    assert await relay.housekeeping.publish_tree_head() is None  # nothing logged yet
+    ((business, closed, items, index),) = await relay.housekeeping.close_bills()  # the rest
     assert (business, closed, items) == ("shop.biz", month, count)
-    assert await relay.close_bills() == []
+    assert await relay.housekeeping.close_bills() == []
 
     salt, = db_rows(relay.config, "SELECT salt FROM bills")[0]
     rows = db_rows(relay.config, "SELECT msg_id, recipient, category, at FROM"

@@ -273,8 +273,8 @@ async def test_usage_counts_are_exact_per_category_and_month(
     later = await airline.request(lambda i: UsageFetch(id=i, month=month_of(clock.now)))
     assert isinstance(later, Usage) and later.notifications == (UsageCount("utility", 1),)
 
-    await relay.close_bills()  # SPEC §8.5: the month is over
-    await relay.publish_tree_head()
+    await relay.housekeeping.close_bills()  # SPEC §8.5: the month is over
+    await relay.housekeeping.publish_tree_head()
     store = store_flags(relay.config)
     prices = ["--price", "utility=0.005", "--price", "marketing=0.02"]
     args = ["usage", *store, "--business", "airline", "--month", month]

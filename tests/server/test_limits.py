@@ -54,9 +54,9 @@ async def test_envelopes_older_than_the_ttl_are_purged(
     await alice.send_message("bob", b"old", msg_id=msg_id)
     clock.advance(relay.config.queue_ttl_ms - 1)
     await alice.send_message("bob", b"young")
-    assert await relay.purge_expired() == (0, 0)
+    assert await relay.housekeeping.purge_expired() == (0, 0)
     clock.advance(2)
-    assert await relay.purge_expired() == (1, 1)
+    assert await relay.housekeeping.purge_expired() == (1, 1)
     bob2, welcome = await clients.logged_in(relay.url, "bob", bob.key)
     assert welcome.queued == 1
     assert (await bob2.push(Deliver)).body == b"young"

@@ -56,7 +56,7 @@ async def test_health_readiness_and_metrics_are_served_apart_from_the_websocket_
         assert relay.metrics_server is not None
         base = relay.metrics_server.url
         assert await fetch(base + "/healthz") == (200, "ok\n")
-        assert await relay.probe_store()
+        assert await relay.housekeeping.probe_store()
         assert await fetch(base + "/readyz") == (200, "ready\n")
 
         alice = await clients.registered(relay.url, "alice")
@@ -116,7 +116,7 @@ async def test_deliveries_in_flight_redeliveries_and_the_queue_are_counted(
         for _ in range(3):
             assert isinstance(await alice.send_message("bob", os.urandom(40)), Sent)
         delivered = await bob.deliveries(3)
-        await relay.count_queued()
+        await relay.housekeeping.count_queued()
         _, text = await fetch(relay.metrics_server.url + "/metrics")
         pushed = sum(
             sample(text, f'blindrelay_delivers_pushed_total{{path="{path}"}}')
@@ -137,7 +137,7 @@ async def test_deliveries_in_flight_redeliveries_and_the_queue_are_counted(
         await until(lambda: metrics.in_flight == 2)
         await bob.close()  # two left unacknowledged: delivered again at the next login
         await until(lambda: metrics.redeliveries == 2 and metrics.in_flight == 0)
-        await relay.count_queued()
+        await relay.housekeeping.count_queued()
         _, text = await fetch(relay.metrics_server.url + "/metrics")
         assert sample(text, "blindrelay_redeliveries_total") == 2
         assert sample(text, "blindrelay_deliveries_in_flight") == 0

@@ -19,15 +19,15 @@ async def test_a_head_is_signed_only_when_the_log_grew_and_extends_the_last(
     config: RelayConfig, clock: FakeClock, clients: Clients
 ) -> None:
     async with relay_with(config, clock, sth_interval_s=NEVER) as relay:
-        assert await relay.publish_tree_head() is None  # an empty log has nothing to sign
+        assert await relay.housekeeping.publish_tree_head() is None  # an empty log has nothing to sign
         await clients.registered(relay.url, "skyways.air", "business")
         await clients.registered(relay.url, "alice")  # a user: nothing logged
-        first = await relay.publish_tree_head()
+        first = await relay.housekeeping.publish_tree_head()
         assert first is not None and first.size == 1
-        assert await relay.publish_tree_head() is None  # nothing new
+        assert await relay.housekeeping.publish_tree_head() is None  # nothing new
         clock.advance(1000)
         await clients.registered(relay.url, "trains.rail", "business")
-        second = await relay.publish_tree_head()
+        second = await relay.housekeeping.publish_tree_head()
         assert second is not None and second.size == 2
         older = open_tree_head(first.signed, relay.relay_key)
         newer = open_tree_head(second.signed, relay.relay_key)
