@@ -20,6 +20,7 @@ authentication timeout (``dispatch``).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Protocol
@@ -98,7 +99,7 @@ class Admission:
                 self.refused += 1
                 self._refused("connections_per_source")
                 response = ws.respond(HTTPStatus.TOO_MANY_REQUESTS, "too many connections\n")
-                seconds = max(1, -(-limited.retry_after_ms // 1000))
+                seconds = max(1, math.ceil(limited.retry_after_ms / 1000))
                 response.headers["Retry-After"] = str(seconds)
                 return response
         if self.admits(source):

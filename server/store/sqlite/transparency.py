@@ -36,7 +36,7 @@ from .. import transparency
 from ..records import LogHead
 from ..transparency import entry_time, lookup_tag
 
-SCHEMA = """
+_TABLES = """
 CREATE TABLE IF NOT EXISTS log_entries (
     seq INTEGER PRIMARY KEY,
     data BLOB NOT NULL
@@ -57,6 +57,9 @@ CREATE TABLE IF NOT EXISTS log_bindings (
     handle TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
 );
+"""
+
+TIMES_TABLE = """
 CREATE TABLE IF NOT EXISTS log_times (
     at INTEGER NOT NULL,
     tag BLOB NOT NULL,
@@ -64,9 +67,9 @@ CREATE TABLE IF NOT EXISTS log_times (
     PRIMARY KEY (at, tag, seq)
 ) WITHOUT ROWID;
 """
-
-TIMES_TABLE = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS log_times"):]
 """``log_times`` alone, for the migration that makes it anew (schema 12)."""
+
+SCHEMA = _TABLES + TIMES_TABLE
 
 _NODE = "SELECT hash FROM log_nodes WHERE level = ? AND node_index = ?"
 
