@@ -12,8 +12,11 @@ decide what is stored (``rules``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from blindrelay.protocol.consent import Meter
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,22 @@ class MonthUsage:
     notifications: dict[str, int] = field(default_factory=dict)
     service_replies: int = 0
     user_initiated: int = 0
+
+
+def usage_by_month(rows: Iterable[Sequence[Any]]) -> list[MonthUsage]:
+    """``usage`` rows (business, month, meter, category, count) as one :class:`MonthUsage`
+    per business and month, in the rows' order: one fold for both back ends and the
+    admin tool, so a bill cannot count differently by where it is read."""
+    result: dict[tuple[str, str], MonthUsage] = {}
+    for business, month, meter, category, count in rows:
+        usage = result.setdefault((business, month), MonthUsage(business, month))
+        if meter == Meter.NOTIFICATION:
+            usage.notifications[category] = int(count)
+        elif meter == Meter.SERVICE_REPLY:
+            usage.service_replies = int(count)
+        elif meter == Meter.USER_INITIATED:
+            usage.user_initiated = int(count)
+    return list(result.values())
 
 
 @dataclass(frozen=True, slots=True)

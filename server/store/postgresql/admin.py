@@ -21,10 +21,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import Any
 
-from blindrelay.protocol.consent import Meter
-
 from .. import StoreError, redact, transparency
-from ..records import Account, MonthUsage
+from ..records import Account, MonthUsage, usage_by_month
 from . import bills
 from . import transparency as log
 from .schema import migrate
@@ -143,7 +141,7 @@ class PostgresAdminStore:
                 month,
             )
         )
-        return months(rows)
+        return usage_by_month(rows)
 
     def relay_key(self) -> bytes | None:
         value = self._db.run(
@@ -175,18 +173,3 @@ async def _begin(conn: Any) -> Any:
     transaction = conn.transaction()  # inside another one: a savepoint
     await transaction.start()
     return transaction
-
-
-def months(rows: Iterable[tuple[str, str, str, str, int]]) -> list[MonthUsage]:
-    """``usage`` rows (business, month, meter, category, count), in that order, as one
-    :class:`MonthUsage` per business and month."""
-    result: dict[tuple[str, str], MonthUsage] = {}
-    for business, month, meter, category, count in rows:
-        usage = result.setdefault((business, month), MonthUsage(business, month))
-        if meter == Meter.NOTIFICATION:
-            usage.notifications[category] = int(count)
-        elif meter == Meter.SERVICE_REPLY:
-            usage.service_replies = int(count)
-        elif meter == Meter.USER_INITIATED:
-            usage.user_initiated = int(count)
-    return list(result.values())

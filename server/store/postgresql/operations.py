@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from blindrelay.protocol import limits
-from blindrelay.protocol.consent import Meter, Request
+from blindrelay.protocol.consent import Request
 from blindrelay.protocol.crypto.fingerprint import key_fingerprint
 from blindrelay.protocol.errors import (
     HandleTaken,
@@ -41,7 +41,7 @@ from blindrelay.protocol.skeleton import leading_skeletons, skeleton
 
 from ...routing import HintKind
 from .. import transparency
-from ..records import MonthUsage
+from ..records import MonthUsage, usage_by_month
 from ..rules import (
     BUDGETS,
     ONE_TIME_PREKEYS,
@@ -350,16 +350,7 @@ async def usage_months(conn: Any, business: str | None, month: str | None) -> li
         " ORDER BY business, month, meter, category",
         business, month,
     )  # fmt: skip
-    result: dict[tuple[str, str], MonthUsage] = {}
-    for name, when, meter, category, count in rows:
-        usage = result.setdefault((name, when), MonthUsage(name, when))
-        if meter == Meter.NOTIFICATION:
-            usage.notifications[category] = int(count)
-        elif meter == Meter.SERVICE_REPLY:
-            usage.service_replies = int(count)
-        elif meter == Meter.USER_INITIATED:
-            usage.user_initiated = int(count)
-    return list(result.values())
+    return usage_by_month(rows)
 
 
 async def purge(tx: Tx, before: int, now: int) -> list[int]:

@@ -26,7 +26,7 @@ import sqlite_utils
 from blindrelay.protocol.consent import Meter
 from blindrelay.protocol.transparency.bills import month_span
 
-from ..records import MonthUsage
+from ..records import MonthUsage, usage_by_month
 from .cache import WriterCache
 
 
@@ -76,16 +76,7 @@ class UsageMeter:
             " ORDER BY business, month, meter, category",
             (business, business, month, month),
         ).fetchall()
-        result: dict[tuple[str, str], MonthUsage] = {}
-        for name, when, meter, category, count in rows:
-            usage = result.setdefault((name, when), MonthUsage(name, when))
-            if meter == Meter.NOTIFICATION:
-                usage.notifications[category] = int(count)
-            elif meter == Meter.SERVICE_REPLY:
-                usage.service_replies = int(count)
-            elif meter == Meter.USER_INITIATED:
-                usage.user_initiated = int(count)
-        return list(result.values())
+        return usage_by_month(rows)
 
     def month(self, business: str, month: str) -> MonthUsage:
         found = self.months(business, month)
