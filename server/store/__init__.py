@@ -50,12 +50,27 @@ __all__ = [
     "Account", "AdminStore", "Done", "MonthUsage", "QueuedEnvelope", "Store", "StoreError",
     "StoreJobError", "StoreStartError", "UnsupportedStore", "check_store_url", "envelope_row",
     "inspect_store",
-    "open_admin_store", "open_store",
+    "open_admin_store", "open_store", "settling",
 ]  # fmt: skip
 
 Done = Callable[[bool, Any], None]
 """Called with (True, result) or (False, exception) after the operation's commit (a read's:
 when it is answered)."""
+
+
+def settling(future: asyncio.Future[Any]) -> Done:
+    """The :data:`Done` that settles ``future``, unless its waiter cancelled it: how each
+    back end's ``submit`` turns ``call`` into an awaitable."""
+
+    def done(ok: bool, value: Any) -> None:
+        if future.cancelled():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    return done
 
 
 class StoreError(Exception):

@@ -31,7 +31,7 @@ from blindrelay.protocol.errors import InternalError, StoreUnavailable
 
 from ... import routing
 from ...logs import log_event
-from .. import Done, StoreStartError, redact
+from .. import Done, StoreStartError, redact, settling
 from .batch import READS, Counters, run_batch
 from .rows import connection_lost, where
 from .schema import migrate
@@ -223,16 +223,7 @@ class PostgresStore:
     def submit(self, operation: str, *args: Any) -> asyncio.Future[Any]:
         assert self._loop is not None, "the store is not started"
         future: asyncio.Future[Any] = self._loop.create_future()
-
-        def done(ok: bool, value: Any) -> None:
-            if future.cancelled():
-                return
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
-
-        self.call(operation, args, done)
+        self.call(operation, args, settling(future))
         return future
 
     async def queued_total(self) -> int:

@@ -64,7 +64,7 @@ from blindrelay.protocol.errors import ERRORS_BY_CODE, ErrorCode, InternalError
 
 from ... import gcpolicy
 from ...logs import LOGGER, log_event
-from .. import Done, StoreJobError, StoreStartError
+from .. import Done, StoreJobError, StoreStartError, settling
 
 SOCKET_BUFFER_BYTES = 4 << 20
 """Room for many batches in flight, so neither side waits on the other's reads."""
@@ -236,16 +236,7 @@ class Writer:
         """:meth:`call` with a future, for callers that await."""
         assert self._loop is not None
         future: asyncio.Future[Any] = self._loop.create_future()
-
-        def done(ok: bool, value: Any) -> None:
-            if future.cancelled():
-                return
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
-
-        self.call(operation, args, done)
+        self.call(operation, args, settling(future))
         return future
 
     def _hand_over(self) -> None:
