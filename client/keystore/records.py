@@ -18,7 +18,9 @@ MAX_PROCESSED_IDS = 20_000
 """Processed envelope ids remembered for dedup; the oldest are pruned beyond it.
 The relay only redelivers unacknowledged envelopes, of which it holds at most
 its queue cap (10,000 by default), so twice that covers a full redelivered
-queue at ~50 bytes a row (~1 MB)."""
+queue at ~50 bytes a row (~1 MB). A sender's resend after a relay crash between an
+early DELIVER and its commit (SPEC §6.4.5) is not bounded so: it is dropped only if
+it comes back within this many other messages (docs/sdk.md, "Delivered before SENT")."""
 
 MAX_PREKEY_ID = 2**32 - 1
 """Key ids are u32 on the wire (SPEC §5.1); the store never hands one out twice."""
