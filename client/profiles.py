@@ -106,7 +106,8 @@ async def business_info(
     """Fetch ``handle``'s profile and badge and check both offline (:meth:`Client.business_info`).
 
     The key must be the one we pinned for ``handle`` (or is pinned now, on
-    first use); the profile must verify under it (InvalidProfile otherwise);
+    first use, as a published account's: unlogged until a bundle's log proof covers
+    it); the profile must verify under it (InvalidProfile otherwise);
     the badge is checked with ``operator_key`` and ``clock`` — without an
     operator key nothing shows as verified — and, once it verifies, must be proven
     in the relay's transparency log (``NOT_LOGGED`` otherwise; ``LogForked`` if the
@@ -115,6 +116,10 @@ async def business_info(
     frame = await link.request(lambda rid: frames.ProfileFetch(id=rid, handle=handle))
     if not isinstance(frame, frames.Profile) or frame.handle != handle:
         raise UnexpectedFrame("relay answered PROFILE_FETCH with another record")
+    # PROFILE is for businesses only (SPEC §8.2): the relay said "published", so the key
+    # it served, pinned here, is used only once the log proves it (§15.6 rule 5), and a
+    # relay that later calls the handle a user skips no check.
+    trust.note_published(handle)
     try:
         trust.pin(handle, frame.identity_key)
         key_changed = False

@@ -14,7 +14,7 @@ The rules, each enforced in one place:
   nothing.
 - **A published account's key is used only once the log proved it** (SPEC §15.6
   rule 5). A handle seen as published — a business, by the kind the relay states
-  in a DELIVER or a bundle, or a bundle with a log proof — is marked so for good
+  in a DELIVER or a bundle or by a PROFILE, or a bundle with a log proof — is marked so for good
   (:meth:`IdentityTrust.note_published`); a key pinned for it that no log proof
   covered (one that came in a prekey message, a first one or a change) is
   :meth:`IdentityTrust.unlogged_key`, and :meth:`IdentityTrust.refuse_unlogged`

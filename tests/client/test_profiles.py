@@ -20,10 +20,11 @@ from blindrelay.client.keystore import MemoryKeyStore
 from blindrelay.client.logcheck import BADGE_LOG_MARGIN_MS
 from blindrelay.client.profiles import same_name
 from blindrelay.client.sdk import Client
+from blindrelay.client.trust import IdentityState
 from blindrelay.protocol import frames
 from blindrelay.protocol.business import BadgeStatus, BusinessProfile, issue_badge
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
-from blindrelay.protocol.errors import InvalidProfile
+from blindrelay.protocol.errors import InvalidProfile, KeyNotLogged, UntrustedIdentity
 from blindrelay.protocol.transparency.evidence import badge_entry
 from blindrelay.server.admin import public_key_of
 from blindrelay.server.cli import main as relay_cli
@@ -38,6 +39,8 @@ from .harness import (
     skewed_relay_clock,
     within,
 )
+from .harness import bundle as harness_bundle
+from .log_relay import AIRLINE_SEED, FAKE_SEED, LoggingRelay, binding
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -308,3 +311,50 @@ def test_a_badge_for_one_name_never_shows_the_profile_s_other_name_as_verified(
             await bakery.close()
 
     run(scenario())
+
+
+@pytest.mark.parametrize("served", ["the relay's key", "the real key, then a change"])
+async def test_a_business_looked_up_stays_published_when_the_relay_calls_it_a_user(
+    served: str,
+) -> None:
+    """PROFILE answers for businesses only (SPEC §8.2): a handle looked up is a published
+    account, and its key is used only once the log proves it (§15.6 rule 5). The attack
+    (found in review): the relay served its own key in PROFILE, which pinned it, then a
+    bundle of that key labelled ``user`` without a log proof, and the message went out
+    encrypted to the relay's key, as the handle had never been marked published. Or it
+    served the real key (and badge: verified), then its own as a user's: a key change,
+    and once the person approved it, the same."""
+    forged = IdentityKeyPair.from_seed(FAKE_SEED)
+    real = IdentityKeyPair.from_seed(AIRLINE_SEED)
+    shown = forged if served == "the relay's key" else real
+    relay = LoggingRelay()
+    relay.append(binding("airline", AIRLINE_SEED))
+    relay.sign_head()
+    relay.bundles = [harness_bundle("airline", FAKE_SEED, "user")]
+    answer_log = relay.answer
+
+    def answer(end: RelayEnd, frame: frames.Frame) -> None:
+        if isinstance(frame, frames.ProfileFetch):
+            end.send(frames.Profile(
+                re=frame.id, handle="airline", identity_key=shown.public,
+                profile=signed_profile("Example Air", shown), badge=None,
+            ))  # fmt: skip
+        else:
+            answer_log(end, frame)
+
+    relay.answer = answer
+    alice = await online(
+        URL, "alice", open_transport=relay.open, operator_key=OPERATOR.public,
+        clock=FakeClock(T0), log_wait_s=0.3,
+    )  # fmt: skip
+    await within(alice.business_info("airline"))
+    assert alice.trust.state("airline") is IdentityState.UNLOGGED
+    if shown is real:  # a key change the person is asked about (once), and approves
+        with contextlib.suppress(UntrustedIdentity, KeyNotLogged):
+            await within(alice.send("airline", "hello"))
+        if alice.identity_change_pending("airline"):
+            alice.approve_identity("airline")
+    with pytest.raises(KeyNotLogged):
+        await within(alice.send("airline", "my card number"))
+    assert relay.ends[-1].received(frames.Send) == []
+    await alice.close()
