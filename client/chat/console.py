@@ -4,7 +4,10 @@
 prints each message and receipt as it arrives, with what the person needs to
 judge it: a changed key in capitals, and ``/msg`` refused until ``/approve``
 (SPEC §3.3); a business under its badge's name when the badge verifies, its own
-profile's name only as an unverified claim (SPEC §8.1).
+profile's name only as an unverified claim (SPEC §8.1). Every line is printed
+through :meth:`Chat.say`, one terminal line without control characters, and a
+body's later lines as continuations (``  | ``) under its sender's: what a peer or
+the relay wrote cannot pass for the chat's own line (``display``, threat model T39).
 
 Not here: opening the profile, registering and the input loop (``session``),
 the protocol and key custody (``sdk``, ``sessions``, ``keystore``).
@@ -32,6 +35,7 @@ from blindrelay.protocol.errors import (
 )
 from blindrelay.protocol.signed import ConsentStatement
 
+from .. import display
 from ..business import Business
 from ..sdk import MAX_HELD_PER_SENDER, BusinessInfo, Client, ConnectionLost, Message
 from .business import BUSINESS_COMMANDS, BusinessCommands
@@ -85,7 +89,16 @@ class Chat:
         self._business_commands: BusinessCommands | None = None
 
     def say(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        """One terminal line: what others wrote in ``text`` is shown, never obeyed."""
+        print(display.one_line(text), file=self.out, flush=True)
+
+    def say_body(self, first: str, body: str, indent: str = "") -> None:
+        """``first`` followed by the body's first line; its later lines each below as a
+        continuation (``indent`` then ``  | ``), so none starts where a sender would."""
+        head, *more = display.lines(body)
+        self.say(f"{first}{head}")
+        for line in more:
+            self.say(f"{indent}  | {line}")
 
     def prompt(self) -> str:
         """``alice → bob> ``, with ``(offline)`` while the relay is not reachable."""
@@ -116,7 +129,7 @@ class Chat:
             shown += 1
             self.say(f"  history with {handle}:")
             for _at, outgoing, text in kept:
-                self.say(f"    {'you' if outgoing else handle}: {text}")
+                self.say_body(f"    {'you' if outgoing else handle}: ", text, "    ")
 
     def warn_identity_change(self, handle: str) -> None:
         """SPEC §3.3: surfaced before anything more is sent to ``handle``."""
@@ -177,12 +190,12 @@ class Chat:
         if message.is_consent_request:
             categories = list(message.categories or ())
             self.client.store.set_consent_request(sender, tuple(categories))
-            self.say(f"[consent request] {name} asks for {','.join(categories)}: {body}")
+            self.say_body(f"[consent request] {name} asks for {','.join(categories)}: ", body)
             self.say("  a business is not a private person: it keeps what you send it")
             self.say(f"  answer with /grant {sender} {','.join(categories)} or /deny {sender}")
             return
         if message.is_request:  # SPEC §7.3: a stranger; no receipt has been sent
-            self.say(f"[message request] {name}: {body}")
+            self.say_body(f"[message request] {name}: ", body)
             if sender not in self._requesters:
                 self._requesters.add(sender)
                 self.say(
@@ -192,7 +205,7 @@ class Chat:
                 )
         else:
             prefix = f"[{message.category}] " if message.category else ""
-            self.say(f"{prefix}{name}: {body}")
+            self.say_body(f"{prefix}{name}: ", body)
         if message.identity == "new":
             self.say(f"  (first message from {sender}; compare /safety {sender} to verify)")
 
@@ -207,11 +220,11 @@ class Chat:
         # the business's own claim, shown only marked as unverified.
         claimed = info.claimed_name
         if info.verified_name is not None:
-            mark = f"[✔ verified: {_printable(info.verified_name)}]"
+            mark = f"[✔ verified: {display.name(info.verified_name)}]"
             if info.name_mismatch and claimed is not None:
-                mark += f' [!! its profile says "{_printable(claimed)}": NOT verified]'
+                mark += f' [!! its profile says "{display.name(claimed)}": NOT verified]'
             return mark
-        calls_itself = f', its profile says "{_printable(claimed)}"' if claimed else ""
+        calls_itself = f', its profile says "{display.name(claimed)}"' if claimed else ""
         if info.key_changed:
             return f"[business, KEY CHANGED: not verified{calls_itself}]"
         status = "no badge" if info.badge.status is BadgeStatus.ABSENT else info.badge.status.value
@@ -313,7 +326,7 @@ class Chat:
             self.say(f"no history with {handle}")
         for at, outgoing, text in lines:
             when = datetime.fromtimestamp(at / 1000).strftime("%Y-%m-%d %H:%M")
-            self.say(f"  {when} {'you' if outgoing else handle}: {text}")
+            self.say_body(f"  {when} {'you' if outgoing else handle}: ", text, "  ")
 
     async def msg(self, rest: str) -> None:
         handle, _, text = rest.partition(" ")
@@ -480,11 +493,6 @@ class Chat:
 
 def _first_word(rest: str) -> str:
     return rest.split()[0] if rest.split() else ""
-
-
-def _printable(text: str) -> str:
-    """``text`` with control characters escaped: a name must not rewrite the terminal."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _one_handle(rest: str, usage: str) -> str:

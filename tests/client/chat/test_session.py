@@ -1,0 +1,38 @@
+"""One run of the chat (client/chat/session.py) against an endpoint that is not a relay:
+whatever it says comes back as one line without control characters (threat model T39)."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+from websockets.asyncio.server import ServerConnection, serve
+
+from blindrelay.client.chat.session import Options, session
+from blindrelay.protocol import SUBPROTOCOL
+
+REASON = "\x1b]52;c;cm0gLXJmIH4K\x07\x1b]0;bank\x07\x1b[2K\rlogged in as alice"
+"""A WebSocket close reason is outside the Noise channel: anyone on the path writes it."""
+
+
+async def test_a_close_reason_from_the_network_is_shown_without_its_escapes(
+    tmp_path: Path,
+) -> None:
+    async def close_with_escapes(ws: ServerConnection) -> None:
+        await ws.recv()  # the client's first handshake message
+        await ws.close(1000, REASON)
+
+    async with serve(
+        close_with_escapes, "127.0.0.1", 0, subprotocols=[SUBPROTOCOL], compression=None,  # type: ignore[list-item]
+    ) as server:  # fmt: skip
+        port = server.sockets[0].getsockname()[1]
+        out = io.StringIO()
+        options = Options(
+            relay=f"ws://127.0.0.1:{port}", profile=tmp_path / "alice.db", handle="alice",
+            kind="user", passphrase="a passphrase", operator_key=None,
+        )  # fmt: skip
+        assert await session(options, out) == 1
+    shown = out.getvalue()
+    assert re.findall(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]", shown) == []
+    assert shown.count("\n") == 1 and "not connected to the relay" in shown
