@@ -1,8 +1,8 @@
 """``blindrelay audit``: check a relay's whole transparency log from scratch (SPEC §15.3 rule 4).
 
 An auditor needs no account (SPEC §15.6): it reads the newest signed tree head and
-every entry, recomputes the tree, and checks with
-:func:`blindrelay.protocol.transparency.audit.audit` that the head signs the root
+every entry it covers (page by page, keeping none), recomputes the tree, and checks with
+:class:`blindrelay.protocol.transparency.audit.LogAudit` that the head signs the root
 of the entries, that every entry is one of §15.1's encodings, and — given the
 state a previous run left — that the log still holds what that run verified
 (neither truncated nor rewritten). A violation is reported with the signed heads
@@ -32,15 +32,13 @@ from typing import TextIO
 
 from blindrelay.protocol import limits
 from blindrelay.protocol.errors import BlindrelayError
-from blindrelay.protocol.transparency.audit import AuditReport, AuditState, audit
+from blindrelay.protocol.transparency.audit import AuditReport, AuditState, LogAudit
 
 from .transparency import LogReader, open_log_reader
 from .transport import ConnectionLost
 from .trust import RelayKeyChanged
 
 CLEAN, VIOLATION, USAGE, UNREACHABLE = 0, 1, 2, 3
-MAX_ENTRIES_READ = 10_000_000
-"""A bound on what one run reads into memory (a few GB at most): far past any log here."""
 
 
 class AuditUsageError(ValueError):
@@ -91,15 +89,20 @@ def save_state(path: Path, relay_key: bytes, state: AuditState) -> None:
         raise
 
 
-async def read_everything(reader: LogReader) -> list[bytes]:
-    """Every entry the relay serves, page by page, until an empty page."""
-    entries: list[bytes] = []
-    while len(entries) < MAX_ENTRIES_READ:
-        page = await reader.entries(len(entries), limits.MAX_LOG_ENTRIES)
+async def read_into(reader: LogReader, run: LogAudit) -> None:
+    """Hand ``run`` the entries its checks use, page by page, keeping none: the first
+    ``run.needed`` (fewer if the relay serves fewer). Entries past every head are no
+    evidence yet (SPEC §15.6 rule 2), and a relay that served them without end ran the
+    auditor out of memory (found in review: it read until an empty page, up to ten
+    million entries, whatever the head signed)."""
+    added, needed = 0, run.needed
+    while added < needed:
+        page = await reader.entries(added, min(limits.MAX_LOG_ENTRIES, needed - added))
         if not page:
-            break
-        entries.extend(page)
-    return entries
+            return
+        for data in page[: needed - added]:
+            run.add(data)
+            added += 1
 
 
 async def run_audit(
@@ -123,8 +126,11 @@ async def run_audit(
     try:
         async with open_log_reader(url, relay_key) as reader:
             newest = await reader.signed_head()
-            entries = await read_everything(reader) if newest is not None else []
             key = reader.relay_key
+            assert key is not None
+            heads = [] if newest is None else [newest[1]]
+            run = LogAudit(heads, key, saved.head if saved is not None else None)
+            await read_into(reader, run)
     except RelayKeyChanged as exc:
         print(f"VIOLATION relay key: the relay presents {exc.presented.hex()}, "
               f"not {exc.pinned.hex()}", file=out)  # fmt: skip
@@ -133,9 +139,7 @@ async def run_audit(
         print(f"blindrelay audit: cannot read the log at {url}: {exc} — is the relay "
               "running, and is the URL right?", file=err)  # fmt: skip
         return UNREACHABLE
-    assert key is not None
-    heads = [] if newest is None else [newest[1]]
-    report = audit(entries, heads, key, saved.head if saved is not None else None)
+    report = run.finish()
     _print(report, key, out)
     if state_path is not None and report.state is not None:
         save_state(state_path, key, report.state)

@@ -7,6 +7,8 @@ not one of §15.1's encodings, a head whose signature fails, a head whose root i
 not the tree of the entries, heads that shrink or go back in time, and a log
 that no longer holds what the previous run saw (truncated or rewritten). It is
 pure: fetching is the caller's (the audit CLI), and so is deciding what to do.
+:class:`LogAudit` is the same an entry at a time, for a caller that reads the log
+page by page and keeps none of it.
 
 Not here: the verifiers for one proof (:mod:`.merkle`), a consent proof
 (:mod:`.evidence`).
@@ -15,7 +17,7 @@ Not here: the verifiers for one proof (:mod:`.merkle`), a consent proof
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from blindrelay.protocol.errors import InvalidTreeHead, MalformedLogEntry
@@ -57,43 +59,85 @@ class AuditReport:
         return not self.violations
 
 
+MAX_MALFORMED_LISTED = 100
+"""Malformed entries reported one by one, each with its bytes; the rest are counted in
+one more violation, so a log of garbage costs an auditor no memory per entry."""
+
+
+class LogAudit:
+    """:func:`audit` one entry at a time (:meth:`add`, then :meth:`finish`): a run holds
+    the tree's right edge and the roots it checks, never the entries, so an auditor reads
+    a log of millions page by page, and only as far as the checks need (:attr:`needed`)."""
+
+    def __init__(
+        self, heads: Sequence[bytes], relay_key: bytes, previous: AuditState | None = None
+    ) -> None:
+        self._report = AuditReport(state=previous)
+        self._previous = previous
+        self._opened: list[tuple[int, bytes, TreeHead]] = []
+        for position, data in enumerate(heads):
+            try:
+                self._opened.append((position, data, open_tree_head(data, relay_key)))
+            except InvalidTreeHead as exc:
+                self._report.violations.append(
+                    Violation("bad tree head", f"head {position}: {exc}", {"head": data.hex()})
+                )
+        self._wanted = {head.size for _, _, head in self._opened}
+        if previous is not None:
+            self._wanted.add(previous.size)
+        self._roots = {0: merkle.EMPTY_ROOT}
+        self._frontier = merkle.Frontier()
+        self._kinds: Counter[str] = Counter()
+        self._malformed = 0
+
+    @property
+    def needed(self) -> int:
+        """How many entries the checks use: the largest size a verified head or the
+        previous run names. Entries past it prove nothing yet (§15.6 rule 2)."""
+        return max(self._wanted, default=0)
+
+    def add(self, data: bytes) -> None:
+        """The next entry of the log, in order."""
+        index = self._frontier.size
+        try:
+            self._kinds[type(decode_entry(data)).__name__] += 1
+        except MalformedLogEntry as exc:
+            self._malformed += 1
+            if self._malformed <= MAX_MALFORMED_LISTED:
+                self._report.violations.append(
+                    Violation("malformed entry", f"entry {index}: {exc}", {"entry": data.hex()})
+                )
+        self._frontier.append(merkle.leaf_hash(data))
+        if self._frontier.size in self._wanted:
+            self._roots[self._frontier.size] = self._frontier.root()
+
+    def finish(self) -> AuditReport:
+        """The report on the heads, the previous state and the entries added."""
+        report = self._report
+        report.size = self._frontier.size
+        if self._malformed > MAX_MALFORMED_LISTED:
+            report.violations.append(Violation(
+                "malformed entry",
+                f"{self._malformed - MAX_MALFORMED_LISTED} more malformed entries not listed",
+            ))  # fmt: skip
+        report.entries_by_type = dict(sorted(self._kinds.items()))
+        _check_heads(report, self._opened, self._roots)
+        _check_previous(report, self._previous, self._roots)
+        return report
+
+
 def audit(
-    entries: Sequence[bytes],
+    entries: Iterable[bytes],
     heads: Sequence[bytes],
     relay_key: bytes,
     previous: AuditState | None = None,
 ) -> AuditReport:
     """Recompute the tree of ``entries`` and check ``heads`` (oldest first) and
     ``previous`` against it."""
-    report = AuditReport(size=len(entries), state=previous)
-    kinds: Counter[str] = Counter()
-    opened: list[tuple[int, bytes, TreeHead]] = []
-    for position, data in enumerate(heads):
-        try:
-            opened.append((position, data, open_tree_head(data, relay_key)))
-        except InvalidTreeHead as exc:
-            report.violations.append(
-                Violation("bad tree head", f"head {position}: {exc}", {"head": data.hex()})
-            )
-    wanted = {head.size for _, _, head in opened}
-    if previous is not None:
-        wanted.add(previous.size)
-    roots = {0: merkle.EMPTY_ROOT}
-    frontier = merkle.Frontier()
-    for index, data in enumerate(entries):
-        try:
-            kinds[type(decode_entry(data)).__name__] += 1
-        except MalformedLogEntry as exc:
-            report.violations.append(
-                Violation("malformed entry", f"entry {index}: {exc}", {"entry": data.hex()})
-            )
-        frontier.append(merkle.leaf_hash(data))
-        if frontier.size in wanted:
-            roots[frontier.size] = frontier.root()
-    report.entries_by_type = dict(sorted(kinds.items()))
-    _check_heads(report, opened, roots)
-    _check_previous(report, previous, roots)
-    return report
+    run = LogAudit(heads, relay_key, previous)
+    for data in entries:
+        run.add(data)
+    return run.finish()
 
 
 def _check_heads(

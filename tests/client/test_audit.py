@@ -5,16 +5,25 @@ SQLite file is edited between two runs of the relay, as an operator could."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import sqlite3
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import pytest
+from nacl.signing import SigningKey
+
+from blindrelay.client import audit as audit_module
 from blindrelay.client.audit import run_audit
+from blindrelay.client.transparency import LogReader
+from blindrelay.protocol import frames, limits
 from blindrelay.protocol.transparency import merkle
-from blindrelay.protocol.transparency.entries import KeyBinding
+from blindrelay.protocol.transparency.entries import KeyBinding, StatementLogged
+from blindrelay.protocol.transparency.treehead import sign_tree_head
 
 from ..relays import T0, relay_at
 from .harness import online, run
@@ -142,3 +151,55 @@ def test_the_command_line_speaks_one_line_for_bad_input(tmp_path: Path) -> None:
         assert done.returncode == status, (args, done.stderr)
         assert "Traceback" not in done.stderr + done.stdout
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+class EndlessLog:
+    """A lying relay's log fetches: a signed head of ``size`` entries, then as many
+    entries as anyone asks for, past the head, for ever (each a valid statement entry)."""
+
+    def __init__(self, size: int) -> None:
+        self.key = SigningKey(b"\x11" * 32)
+        self.entries = [
+            StatementLogged(v=1, commitment=i.to_bytes(32, "big"), at=T0).to_bytes()
+            for i in range(size)
+        ]
+        root = merkle.root_of([merkle.leaf_hash(e) for e in self.entries])
+        self.head = sign_tree_head(lambda m: self.key.sign(m).signature, size, root, T0)
+        self.asked: list[tuple[int, int]] = []
+
+    async def request(self, make: Callable[[int], frames.Frame]) -> frames.Frame:
+        frame = make(1)
+        if isinstance(frame, frames.LogHeadFetch):
+            return frames.LogHead(re=1, sth=self.head)
+        assert isinstance(frame, frames.LogEntriesFetch)
+        self.asked.append((frame.start, frame.count))
+        assert len(self.asked) < 100, "the auditor reads on past the signed head"
+        page = [
+            StatementLogged(v=1, commitment=i.to_bytes(32, "big"), at=T0).to_bytes()
+            for i in range(frame.start, frame.start + limits.MAX_LOG_ENTRIES)
+        ]
+        return frames.LogEntries(re=1, start=frame.start, entries=tuple(page))
+
+    @contextlib.asynccontextmanager
+    async def open(self, _url: str, _key: bytes | None = None) -> AsyncIterator[LogReader]:
+        yield LogReader(self.request, lambda: self.key.verify_key.encode())
+
+
+def test_the_auditor_reads_no_entry_past_the_signed_head(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack (found in review): the auditor read pages until an empty one, up to ten
+    million entries (~20 GB of 2 KiB entries) whatever the head signed, so a relay that
+    never stops serving entries ran it out of memory at no cost (it signs nothing). Now
+    it reads what the newest head (and the previous run's) covers."""
+    log = EndlessLog(45)
+    monkeypatch.setattr(audit_module, "open_log_reader", log.open)
+    result: list[tuple[int, str]] = []
+
+    async def once() -> None:
+        result.append(await audited("ws://relay.test", tmp_path / "audit.json"))
+
+    run(once())
+    status, report = result[0]
+    assert status == 0 and "size 45" in report and "entries   45" in report, report
+    assert log.asked and max(start + count for start, count in log.asked) <= 45

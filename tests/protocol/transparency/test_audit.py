@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.transparency import merkle
-from blindrelay.protocol.transparency.audit import AuditState, audit
+from blindrelay.protocol.transparency.audit import MAX_MALFORMED_LISTED, AuditState, audit
 from blindrelay.protocol.transparency.entries import KeyBinding, StatementLogged
 from blindrelay.protocol.transparency.treehead import sign_tree_head
 
@@ -75,3 +75,13 @@ def test_a_forked_head_a_foreign_signature_and_a_malformed_entry_are_caught() ->
         "head beyond the entries", "heads go backwards",
     ])  # fmt: skip
     assert report.state is not None and report.state.size == 5
+
+
+def test_a_log_of_garbage_lists_a_bounded_number_of_malformed_entries() -> None:
+    """Each malformed entry listed carries its bytes; past MAX_MALFORMED_LISTED they are
+    counted, so a head signed over a log of garbage costs the auditor no memory per entry."""
+    garbage = [b"not an entry %d" % i for i in range(MAX_MALFORMED_LISTED + 50)]
+    report = audit(iter(garbage), [head(garbage, len(garbage), T0)], RELAY.public)
+    assert kinds(report) == ["malformed entry"] * (MAX_MALFORMED_LISTED + 1)
+    assert report.violations[-1].detail.startswith("50 more malformed entries")
+    assert report.size == len(garbage) and report.state is not None
