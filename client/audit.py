@@ -34,6 +34,7 @@ from blindrelay.protocol import limits
 from blindrelay.protocol.errors import BlindrelayError
 from blindrelay.protocol.transparency.audit import AuditReport, AuditState, LogAudit
 
+from . import display
 from .transparency import LogReader, open_log_reader
 from .transport import ConnectionLost
 from .trust import RelayKeyChanged
@@ -136,8 +137,9 @@ async def run_audit(
               f"not {exc.pinned.hex()}", file=out)  # fmt: skip
         return VIOLATION
     except (ConnectionLost, OSError, BlindrelayError) as exc:
-        print(f"blindrelay audit: cannot read the log at {url}: {exc} — is the relay "
-              "running, and is the URL right?", file=err)  # fmt: skip
+        # The endpoint words ``exc`` (a close reason, a refusal): shown, never obeyed.
+        print(f"blindrelay audit: cannot read the log at {url}: {display.one_line(str(exc))} "
+              "— is the relay running, and is the URL right?", file=err)  # fmt: skip
         return UNREACHABLE
     report = run.finish()
     _print(report, key, out)

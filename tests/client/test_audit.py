@@ -20,6 +20,7 @@ from nacl.signing import SigningKey
 from blindrelay.client import audit as audit_module
 from blindrelay.client.audit import run_audit
 from blindrelay.client.transparency import LogReader
+from blindrelay.client.transport import ConnectionLost
 from blindrelay.protocol import frames, limits
 from blindrelay.protocol.transparency import merkle
 from blindrelay.protocol.transparency.entries import KeyBinding, StatementLogged
@@ -203,3 +204,28 @@ def test_the_auditor_reads_no_entry_past_the_signed_head(
     status, report = result[0]
     assert status == 0 and "size 45" in report and "entries   45" in report, report
     assert log.asked and max(start + count for start, count in log.asked) <= 45
+
+
+def test_what_the_endpoint_says_is_printed_without_its_escapes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Threat model T39: a WebSocket close reason is outside the Noise channel, so anyone
+    on the path words the one line the auditor reads; its escape sequences (here: write
+    the clipboard, move up a line, erase it and print "clean") reached the terminal."""
+    reason = "\x1b]52;c;cm0gLXJmIH4K\x07\x1b[1A\x1b[2K\rclean"
+
+    @contextlib.asynccontextmanager
+    async def closed_with(_url: str, _key: bytes | None = None) -> AsyncIterator[LogReader]:
+        raise ConnectionLost(f"no handshake from ws://relay.test: received 1000 (OK) {reason}")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(audit_module, "open_log_reader", closed_with)
+    result: list[tuple[int, str]] = []
+
+    async def once() -> None:
+        result.append(await audited("ws://relay.test", None))
+
+    run(once())
+    status, report = result[0]
+    assert status == 3 and report.count("\n") == 1
+    assert "\\x1b]52;c;" in report and not any(c in report for c in "\x1b\x07\r")
