@@ -77,8 +77,8 @@ from blindrelay.protocol.transparency.bills import (
     VerifiedBill,
     reconcile,
     verify_bill,
+    verify_bill_entry,
 )
-from blindrelay.protocol.transparency.entries import BillLogged, decode_entry
 from blindrelay.protocol.transparency.evidence import ConsentEvidence
 
 from .customer_consent import ConsentRefused, CustomerConsent
@@ -414,26 +414,28 @@ class Business:
         one this profile verified. ``InvalidProof``/``InvalidTreeHead``/``LogForked`` if
         not; ``NotFound`` (601) until the bill is closed (``BILL_CLOSE_DELAY_MS`` after
         the month ends) and a signed tree head covers it."""
+        handle = self.client.handle
+        relay_key = self.client.relay_key
+        if handle is None or relay_key is None:
+            raise UnexpectedFrame("a bill before a login")
         first = await self._bill_page(month, 0)
-        logged = decode_entry(first.entry)
-        if not isinstance(logged, BillLogged):
-            raise InvalidProof("the relay's bill entry is not a bill")
+        # The entry, its proof and head first: the logged count is what bounds the pages
+        # asked for (a relay claiming an unlogged count served pages for ever, found in
+        # review), and a head that does not extend ours is a fork before any paging.
+        logged, head = verify_bill_entry(
+            relay_key, handle, month, first.entry, first.index, first.proof, first.sth
+        )
+        await self.client.log_check.observe(head, first.sth)
         items = list(first.items)
         while len(items) < logged.count:
             page = await self._bill_page(month, len(items))
             if page.entry != first.entry or not page.items:
                 raise InvalidProof("the bill changed between its pages")
             items += page.items
-        handle = self.client.handle
-        relay_key = self.client.relay_key
-        if handle is None or relay_key is None:
-            raise UnexpectedFrame("a bill before a login")
-        bill = verify_bill(
+        return verify_bill(
             relay_key, handle, month, first.entry, first.index, first.proof, first.sth,
             first.salt, items,
         )  # fmt: skip
-        await self.client.log_check.observe(bill.tree_head, first.sth)
-        return bill
 
     async def check_bill(self, month: str) -> BillReconciliation:
         """Our bill for ``month``, verified (:meth:`bill`), held against every SENT of a

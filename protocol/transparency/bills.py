@@ -124,6 +124,30 @@ class VerifiedBill:
     items: tuple[BillItem, ...]
 
 
+def verify_bill_entry(
+    relay_key: bytes,
+    handle: str,
+    month: str,
+    entry: bytes,
+    index: int,
+    proof: Sequence[bytes],
+    tree_head: bytes,
+) -> tuple[BillLogged, TreeHead]:
+    """Raise unless ``entry`` is the bill of ``handle`` for ``month`` in the log under
+    ``tree_head``: the head's signature (:class:`~blindrelay.protocol.errors.InvalidTreeHead`),
+    the entry (``MalformedLogEntry``; :class:`InvalidProof` if it is another bill) and
+    its inclusion. What a page of a bill proves alone, before its items are worth reading:
+    the logged count is what bounds them."""
+    head = open_tree_head(tree_head, relay_key)
+    logged = decode_entry(entry)
+    if not isinstance(logged, BillLogged):
+        raise InvalidProof("the entry is not a bill")
+    if (logged.handle, logged.month) != (handle, month):
+        raise InvalidProof(f"the entry is the bill of {logged.handle} for {logged.month}")
+    merkle.verify_inclusion(merkle.leaf_hash(entry), index, head.size, proof, head.root)
+    return logged, head
+
+
 def verify_bill(
     relay_key: bytes,
     handle: str,
@@ -136,16 +160,9 @@ def verify_bill(
     items: Sequence[bytes],
 ) -> VerifiedBill:
     """Raise unless ``items`` are the bill of ``handle`` for ``month`` that the relay
-    logged: the head's signature (:class:`~blindrelay.protocol.errors.InvalidTreeHead`),
-    the entry (``MalformedLogEntry``; :class:`InvalidProof` if it is another bill),
-    its inclusion under the head, and the items' count and root (:class:`InvalidProof`)."""
-    head = open_tree_head(tree_head, relay_key)
-    logged = decode_entry(entry)
-    if not isinstance(logged, BillLogged):
-        raise InvalidProof("the entry is not a bill")
-    if (logged.handle, logged.month) != (handle, month):
-        raise InvalidProof(f"the entry is the bill of {logged.handle} for {logged.month}")
-    merkle.verify_inclusion(merkle.leaf_hash(entry), index, head.size, proof, head.root)
+    logged: :func:`verify_bill_entry`, then the items' count and root
+    (:class:`InvalidProof`)."""
+    logged, head = verify_bill_entry(relay_key, handle, month, entry, index, proof, tree_head)
     if len(salt) != SALT_LEN:
         raise InvalidProof(f"the salt is not {SALT_LEN} bytes")
     decoded = tuple(decode_bill_item(item) for item in items)

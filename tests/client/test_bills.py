@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 
 from blindrelay.client.business import Business
-from blindrelay.protocol import limits
-from blindrelay.protocol.errors import InvalidProof, NotFound
+from blindrelay.protocol import frames, limits
+from blindrelay.protocol.errors import ErrorCode, InvalidProof, NotFound
 from blindrelay.protocol.transparency.bills import BillReconciliation, month_end, month_of
+from blindrelay.protocol.transparency.entries import BillItem, BillLogged, StatementLogged
 
-from ..relays import FakeClock, relay_at
+from ..relays import T0, FakeClock, relay_at
+from .fake_relay import URL, FakeLog, FakeRelay, RelayEnd, answer_plainly
 from .harness import business_online, consented, once_logged, online, run, within
 
 
@@ -87,3 +89,50 @@ def test_a_business_checks_its_bill_and_sees_what_a_dishonest_relay_changed(
     assert not over.ok and len(over.extra) == 1 and over.matched == 6
     assert "1 billed without a SENT" in over.summary()
     assert not under.ok and len(under.missing) == 1 and under.billed == 5
+
+
+def test_a_bill_the_log_does_not_hold_is_refused_at_its_first_page() -> None:
+    """The attack (found in review): the relay serves a ``bill logged`` entry it never
+    logged, claiming a trillion items, and pages of items for ever. The SDK paged the
+    whole bill into memory before it checked the entry against the log, so it never
+    got to the check. Now the first page's head, entry and inclusion proof are checked
+    before a second page is asked for."""
+    month = "2027-01"
+    log = FakeLog()
+    log.append(StatementLogged(v=1, commitment=bytes(32), at=T0).to_bytes())
+    sth = log.sign_head(T0)
+    entry = BillLogged(
+        v=1, handle="shop", month=month, count=10**12, root=bytes(32), at=T0
+    ).to_bytes()
+    pages: list[int] = []
+
+    def answer(end: RelayEnd, frame: frames.Frame) -> None:
+        if not isinstance(frame, frames.BillFetch):
+            answer_plainly(end, frame)
+            return
+        pages.append(frame.start)
+        if len(pages) > 5:  # enough to show it pages on
+            end.send(frames.Error(code=ErrorCode.NOT_FOUND, re=frame.id))
+            return
+        items = tuple(
+            BillItem(
+                v=1, msg_id=(frame.start + i).to_bytes(16, "big"), category="utility",
+                at=T0, recipient=bytes(32),
+            ).to_bytes()
+            for i in range(limits.MAX_BILL_ITEMS)
+        )  # fmt: skip
+        end.send(frames.Bill(
+            re=frame.id, month=month, entry=entry, index=0, proof=(), sth=sth,
+            salt=bytes(16), start=frame.start, items=items,
+        ))  # fmt: skip
+
+    async def scenario() -> None:
+        relay = FakeRelay()
+        relay.answer = answer
+        shop = Business(await online(URL, "shop", "business", open_transport=relay.open))
+        with pytest.raises(InvalidProof):
+            await within(shop.check_bill(month))
+        assert pages == [0]
+        await shop.client.close()
+
+    run(scenario())
