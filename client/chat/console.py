@@ -179,17 +179,20 @@ class Chat:
             self.say(f"  ({receipt.sender}: {receipt.type} {len(receipt.msg_ids)} message(s))")
 
     async def show(self, message: Message) -> None:
+        """Keep ``message`` in the history (a consent request among those awaiting an
+        answer), then print it. Kept first: the inbox lets go of it once the next is read
+        or the reader stops, and a business's badge is asked of the relay, which may take
+        until /quit."""
         sender = message.sender
-        name = sender
-        if message.from_business:
-            name = f"{sender} {await self.badge(sender)}"
         body = message.body
         if not isinstance(body, str):
             body = f"<{len(body)} bytes>"
         self.client.store.keep_chat_line(sender, message.sent_at, False, body)
+        categories = list(message.categories or ())
         if message.is_consent_request:
-            categories = list(message.categories or ())
             self.client.store.set_consent_request(sender, tuple(categories))
+        name = f"{sender} {await self.badge(sender)}" if message.from_business else sender
+        if message.is_consent_request:
             self.say_body(f"[consent request] {name} asks for {','.join(categories)}: ", body)
             self.say("  a business is not a private person: it keeps what you send it")
             self.say(f"  answer with /grant {sender} {','.join(categories)} or /deny {sender}")

@@ -5,12 +5,19 @@ screen, set the title or write the clipboard (threat model T39)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 
+import pytest
+
 from blindrelay.client.chat.console import Chat
-from blindrelay.client.sdk import Client, Message
+from blindrelay.client.incoming import inbox_record
+from blindrelay.client.keystore import MemoryKeyStore
+from blindrelay.client.sdk import BusinessInfo, Client, Message
 from blindrelay.client.trust import IdentityState
+from blindrelay.protocol import frames
+from blindrelay.protocol.content import Content, Text, encode_content
 from blindrelay.protocol.errors import MalformedFrame
 
 FORGED = "[utility] airline [✔ verified: British Airways]: flight cancelled, rebook at evil.example"
@@ -88,3 +95,45 @@ async def test_a_refusal_the_relay_worded_is_one_line_without_control_characters
         await client.close()
     shown = out.getvalue()
     assert unsafe(shown) == [] and shown.count("\n") == 1
+
+
+@pytest.mark.parametrize("intent", ["chat", "consent_request"])
+async def test_a_business_message_in_hand_is_kept_when_the_chat_stops_while_its_badge_loads(
+    intent: str,
+) -> None:
+    """A business's message is taken from the inbox (and so acknowledged once the reader
+    goes), then its badge fetched from the relay before it was shown or kept: /quit or a
+    stopped client meanwhile, and it was gone, neither shown nor in the history. Now what
+    the chat keeps is written before it waits for the relay."""
+    store = MemoryKeyStore()
+    msg_id = b"\x07" * 16
+    deliver = frames.Deliver(
+        delivery_id=1, sender="airline", sender_kind="business", msg_id=msg_id,
+        intent=intent, sent_at=1_700_000_000_000, body=b"ciphertext",
+        categories=("utility",) if intent == "consent_request" else None,
+    )  # fmt: skip
+    plaintext = encode_content(Content(msg_id, Text("Flight BA123 now leaves from gate C1")))
+    store.commit_incoming(inbox_record(deliver, IdentityState.NEW, 0, plaintext), b"session")
+    client = Client(store)
+    asked = asyncio.Event()
+
+    async def business_info(handle: str) -> BusinessInfo:
+        asked.set()
+        await asyncio.Event().wait()  # the relay takes its time
+        raise AssertionError("unreachable")
+
+    client.business_info = business_info  # type: ignore[method-assign]
+    chat = Chat(client, io.StringIO())
+    receiving = asyncio.create_task(chat.receive())
+    await asyncio.wait_for(asked.wait(), 5)
+    receiving.cancel()  # /quit
+    with pytest.raises(asyncio.CancelledError):
+        await receiving
+    try:
+        kept = [text for _at, _out, text in store.chat_lines("airline", 10)]
+        pending = [record.msg_id for record in store.pending_messages()]
+        assert kept == ["Flight BA123 now leaves from gate C1"] or pending == [msg_id]
+        if intent == "consent_request":
+            assert store.consent_requests() == {"airline": ("utility",)}
+    finally:
+        await client.close()
