@@ -148,7 +148,8 @@ class RelayConfig:
     """Usage reads per business at once."""
     log_fetch_rate_per_min: float = limits.LOG_FETCH_RATE_PER_MIN
     log_fetch_burst: int = limits.LOG_FETCH_BURST
-    """Log fetches per connection (SPEC §15.6): the log is read before any login."""
+    """Log fetches per authenticated connection, and per source before a login (SPEC
+    §15.6): the log is read before any login."""
     register_rate_per_h: float = limits.REGISTER_RATE_PER_H_ADDRESS
     register_burst: int = limits.REGISTER_BURST_ADDRESS
     """Registrations per source address (SPEC §4.6.1); tests and benchmarks that

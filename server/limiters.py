@@ -38,8 +38,9 @@ class Limiters:
     usage_fetch: TokenBuckets
     """Per account, taken before any other work for the request (SPEC §10)."""
     log_fetch: TokenBuckets
-    """Per connection (SPEC §15.6: the log is read before any login), keyed by
-    :attr:`Session.serial`; it follows no account."""
+    """Per logged-in connection, keyed by :attr:`Session.serial`, and per source before
+    a login (SPEC §15.6: the log is read before any login), keyed by the source; it
+    follows no account."""
 
     def per_account(self) -> tuple[TokenBuckets, ...]:
         """The buckets keyed by the account alone (SPEC §10): those that follow an

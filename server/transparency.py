@@ -11,8 +11,8 @@ share a store publish one line of heads between them, each consistent with
 every earlier one.
 
 The four fetches are served on any open channel, before a login too (an auditor
-has no account), each after taking a token of the connection's own bucket and then
-one store operation: the store checks sizes against the newest signed head, so a
+has no account), each after taking a token of a log-fetch bucket (:func:`_take_token`)
+and then one store operation: the store checks sizes against the newest signed head, so a
 proof is only ever for a tree the relay signed. DISCOVERABLE publishes a user's key.
 
 Not here: the entries (``store.transparency``), hashing and verification
@@ -65,8 +65,20 @@ async def publish_tree_head(
     return LogHead(size, root, timestamp, signed)
 
 
+def _take_token(ctx: RelayContext, session: Session) -> None:
+    """SPEC §10, §15.6: a token of the connection's log-fetch bucket once it logged in
+    (one connection per account), of its *source*'s before (SPEC §4.6.1).
+
+    Why the source's: a connection not logged in costs nothing to open, so a bucket of
+    its own gave every new one a full burst; one address holding its 32 connections and
+    opening 20 a second had the writer answer thousands of fetches a second, no account
+    needed (threat model T33). An auditor behind a shared address shares the rate.
+    """
+    ctx.limiters.log_fetch.take(session.serial if session.handle is not None else session.source)
+
+
 def fetch_head(ctx: RelayContext, session: Session, frame: LogHeadFetch) -> None:
-    ctx.limiters.log_fetch.take(session.serial)  # SPEC §10, before any work
+    _take_token(ctx, session)  # SPEC §10, before any work
 
     def answer(row: list[Any] | None) -> None:
         session.send(LogHeadFrame(re=frame.id, sth=None if row is None else row[3]))
@@ -75,7 +87,7 @@ def fetch_head(ctx: RelayContext, session: Session, frame: LogHeadFetch) -> None
 
 
 def fetch_consistency(ctx: RelayContext, session: Session, frame: LogConsistencyFetch) -> None:
-    ctx.limiters.log_fetch.take(session.serial)
+    _take_token(ctx, session)
 
     def answer(proof: list[bytes]) -> None:
         session.send(LogConsistency(re=frame.id, proof=tuple(proof)))
@@ -86,7 +98,7 @@ def fetch_consistency(ctx: RelayContext, session: Session, frame: LogConsistency
 
 
 def fetch_inclusion(ctx: RelayContext, session: Session, frame: LogInclusionFetch) -> None:
-    ctx.limiters.log_fetch.take(session.serial)
+    _take_token(ctx, session)
 
     def answer(found: list[Any]) -> None:
         index, proof = found
@@ -96,7 +108,7 @@ def fetch_inclusion(ctx: RelayContext, session: Session, frame: LogInclusionFetc
 
 
 def fetch_entries(ctx: RelayContext, session: Session, frame: LogEntriesFetch) -> None:
-    ctx.limiters.log_fetch.take(session.serial)
+    _take_token(ctx, session)
     count = min(frame.count, limits.MAX_LOG_ENTRIES)
 
     def answer(entries: list[bytes]) -> None:
