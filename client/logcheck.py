@@ -19,15 +19,17 @@ for a newer head and fetching the bundle again. Anything else is
 :class:`KeyNotLogged`, raised before anything is encrypted to the key.
 
 Every head seen is held against the newest one this profile verified before (kept
-in the keystore, so across restarts): the newer must extend the older by a
-consistency proof the relay must produce (RFC 9162). Heads that cannot both be true
-raise :class:`LogForked`, carrying both signed heads — evidence that the relay showed
-two histories. The heads seen include the contacts': our newest head rides inside the
-end-to-end content of our first message to each contact, and of the next one after it
-changes (:meth:`LogCheck.gossip`), and every head a contact sends us is checked
-against ours (:meth:`LogCheck.heard`), so a relay that shows two people two histories
-is caught by the first message between them. (One body sent to many, a business's
-notifications, carries none: the business checks its own heads on every bundle.)
+in the keystore, so across restarts): the newer must extend the older (SPEC §15.3 rule
+3: not smaller, not earlier, and a consistency proof the relay must produce, RFC 9162;
+a relay that has none, NOT_FOUND, for two heads it signed has forked). Heads that
+cannot both be true raise :class:`LogForked`, carrying both signed heads — evidence
+that the relay showed two histories. The heads seen include the contacts': our newest
+head rides inside the end-to-end content of our first message to each contact, and of
+the next one after it changes (:meth:`LogCheck.gossip`), and every head a contact
+sends us is checked against ours (:meth:`LogCheck.heard`), so a relay that shows two
+people two histories is caught by the first message between them. (One body sent to
+many, a business's notifications, carries none: the business checks its own heads on
+every bundle.)
 Once raised, the alarm is kept: every later send raises it, and the application's
 ``on_log_forked`` hears it once.
 
@@ -60,7 +62,7 @@ from blindrelay.protocol.frames import AccountKind
 from blindrelay.protocol.transparency import merkle
 from blindrelay.protocol.transparency.entries import KeyBinding, decode_entry
 from blindrelay.protocol.transparency.evidence import badge_entry
-from blindrelay.protocol.transparency.treehead import TreeHead, open_tree_head
+from blindrelay.protocol.transparency.treehead import TreeHead, check_extends, open_tree_head
 
 from .keystore import KeyStore
 from .transparency import LogReader
@@ -244,15 +246,19 @@ class LogCheck:
             self._store.set_tree_head(signed)
             return
         older = open_tree_head(kept, self._key())
-        first, second = (older, head) if older.size <= head.size else (head, older)
-        first_signed, second_signed = (kept, signed) if first is older else (signed, kept)
+        (first, first_signed), (second, second_signed) = sorted(
+            [(older, kept), (head, signed)], key=lambda pair: (pair[0].size, pair[0].timestamp)
+        )
         try:
-            if first.size == second.size:
-                if first.root != second.root:
-                    raise InvalidProof("two roots for one size")
-            else:
-                proof = await self._reader.consistency(first.size, second.size)
-                merkle.verify_consistency(first.size, second.size, first.root, second.root, proof)
+            proof: list[bytes] = []
+            if 0 < first.size < second.size:
+                try:
+                    proof = await self._reader.consistency(first.size, second.size)
+                except NotFound:
+                    # 601 is only for a size past the newest signed head (SPEC §15.6 rule
+                    # 1); both heads are signed: a refusal is no proof joining them.
+                    raise InvalidProof("the relay has no proof joining two of its heads") from None
+            check_extends(first, second, proof)  # §15.3 rule 3: sizes, times, the proof
         except InvalidProof as exc:
             self.forked = LogForked(first_signed, second_signed, str(exc))
             self._alarm(self.forked)

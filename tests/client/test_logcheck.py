@@ -24,7 +24,7 @@ from blindrelay.client.keystore import MemoryKeyStore
 from blindrelay.client.logcheck import LogCheck
 from blindrelay.client.transparency import LogReader
 from blindrelay.protocol import frames
-from blindrelay.protocol.errors import KeyNotLogged, LogForked
+from blindrelay.protocol.errors import KeyNotLogged, LogForked, NotFound
 from blindrelay.protocol.transparency import merkle
 from blindrelay.protocol.transparency.entries import StatementLogged
 from blindrelay.protocol.transparency.treehead import sign_tree_head
@@ -248,3 +248,79 @@ def test_a_head_rides_along_once_per_contact_and_again_when_it_changes() -> None
     ]  # fmt: skip
     store.set_tree_head(b"head two")
     assert [check.gossip("bob"), check.gossip("bob")] == [b"head two", None]
+
+
+def _heads_of_two_histories() -> tuple[SigningKey, bytes, bytes]:
+    """Two heads one relay signed: 4 entries, then 6 entries of another history."""
+    key = SigningKey(b"\x33" * 32)
+    sign = lambda message: key.sign(message).signature  # noqa: E731
+    ours = [merkle.leaf_hash(e) for e in filler(4)]
+    theirs = [merkle.leaf_hash(e) for e in filler(6)]
+    theirs[1] = merkle.leaf_hash(b"rewritten")
+    kept = sign_tree_head(sign, 4, merkle.root_of(ours), T0)
+    heard = sign_tree_head(sign, 6, merkle.root_of(theirs), T0 + 1)
+    return key, kept, heard
+
+
+def test_a_relay_that_refuses_the_proof_between_its_own_heads_is_a_fork() -> None:
+    """The attack (found in review): a contact's head of another history, checked against
+    ours, needs a consistency proof from the relay; the relay answered NOT_FOUND, the
+    check was dropped as "could not check" and no alarm went off. An honest relay answers
+    601 only for a size past its newest signed head (SPEC §15.6 rule 1): for two heads
+    it signed, it has no proof joining them, which is the fork."""
+
+    async def scenario() -> None:
+        key, kept, heard = _heads_of_two_histories()
+
+        async def refuse(make: Callable[[int], frames.Frame]) -> frames.Frame:
+            assert isinstance(make(1), frames.LogConsistencyFetch)
+            raise NotFound()
+
+        store = MemoryKeyStore()
+        store.set_tree_head(kept)
+        relay_key = key.verify_key.encode()
+        check = LogCheck(store, LogReader(refuse, lambda: relay_key), lambda: relay_key)
+        check.heard(heard)
+        await check.settled()
+        assert check.forked is not None
+        assert {check.forked.first, check.forked.second} == {kept, heard}
+        assert store.tree_head() == kept
+
+    run(scenario())
+
+
+def test_a_larger_head_signed_earlier_is_a_fork() -> None:
+    """SPEC §15.3 rules 2-3: a head extends another only if its timestamp is not earlier;
+    a relay signs none that goes back in time. The SDK kept a larger head dated before
+    the one it held without a word."""
+
+    async def scenario() -> None:
+        key = SigningKey(b"\x33" * 32)
+        entries = filler(6)
+        leaves = [merkle.leaf_hash(e) for e in entries]
+        sign = lambda message: key.sign(message).signature  # noqa: E731
+        kept = sign_tree_head(sign, 4, merkle.root_of(leaves[:4]), T0 + 10)
+        heard = sign_tree_head(sign, 6, merkle.root_of(leaves), T0)  # the same history
+
+        async def prove(make: Callable[[int], frames.Frame]) -> frames.Frame:
+            frame = make(1)
+            assert isinstance(frame, frames.LogConsistencyFetch)
+            proof = merkle.consistency_proof(frame.first, frame.second, _nodes(entries))
+            return frames.LogConsistency(re=1, proof=tuple(proof))
+
+        store = MemoryKeyStore()
+        store.set_tree_head(kept)
+        relay_key = key.verify_key.encode()
+        check = LogCheck(store, LogReader(prove, lambda: relay_key), lambda: relay_key)
+        check.heard(heard)
+        await check.settled()
+        assert check.forked is not None and store.tree_head() == kept
+
+    run(scenario())
+
+
+def _nodes(entries: list[bytes]) -> merkle.NodeHashes:
+    frontier, nodes = merkle.Frontier(), {}
+    for entry in entries:
+        nodes.update(frontier.append(merkle.leaf_hash(entry)))
+    return lambda wanted: {node: nodes[node] for node in wanted}
