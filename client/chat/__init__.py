@@ -9,7 +9,8 @@ whether the relay is reachable), and incoming messages are printed above it; on 
 pipe, a file or a dumb terminal the chat reads line by line. Commands start with
 ``/`` (``/help``, ``/help COMMAND``); a business account also gets
 ``/request-consent``, ``/notify``, ``/profile``, ``/hours`` and ``/away``. The
-conversations are kept in the profile, sealed, and shown again at the next run.
+conversations are kept in the profile, sealed, the last 1,000 lines of each
+(``keystore.settings.MAX_CHAT_LINES``), and shown again at the next run.
 
 Trust is shown, never assumed (SPEC §3.3, §13.9): a contact's first key is
 pinned, ``/safety`` prints the number to compare and ``/verify`` records the

@@ -123,8 +123,10 @@ class Chat:
         """The last lines with each contact, when a profile opens again."""
         shown = 0
         for handle in sorted(self.client.store.chat_contacts()):
+            if shown >= contacts:
+                break
             kept = self.client.store.chat_lines(handle, lines)
-            if not kept or shown >= contacts:
+            if not kept:
                 continue
             shown += 1
             self.say(f"  history with {handle}:")

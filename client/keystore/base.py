@@ -79,6 +79,10 @@ class Storage(ABC):
     def _drop(self, table: str, group: str, count: int | None) -> None:
         """Delete a group's ``count`` oldest records (all of them for None)."""
 
+    @abstractmethod
+    def _count(self, table: str, group: str) -> int:
+        """How many records a group holds (none opened)."""
+
     # The ordered tables of incoming messages
 
     @abstractmethod

@@ -115,6 +115,9 @@ class MemoryKeyStore(SettingRecords):
         # Sorted: an undone deletion puts an entry back at the dict's end.
         return [entries[seq] for seq in sorted(entries)][start:]
 
+    def _count(self, table: str, group: str) -> int:
+        return len(self._logs[table].get(group, {}))
+
     def _drop(self, table: str, group: str, count: int | None) -> None:
         groups = self._logs[table]
         entries = groups.get(group)

@@ -24,6 +24,13 @@ from .records import (
     require_handle,
 )
 
+MAX_CHAT_LINES = 1_000
+"""Lines of the chat's history kept per contact; the oldest go (threat model T40). Every
+message a contact, or a stranger as a message request, sends is a line, and kept for
+ever a stranger at the relay's send rate (50 a second, up to 32 KiB each) grew the
+profile by 1.6 MB a second. 1,000 lines are days of a conversation (``/history``), at
+most ~32 MB per contact; more keeps more for whoever writes most."""
+
 _RELAY_KEY = b"relay_key"
 _REGISTERED = b"registered"
 _ROTATING_SEED = b"rotating_identity_seed"
@@ -111,16 +118,23 @@ class SettingRecords(ConversationRecords):
     # The chat's conversation history, per contact, in the encrypted profile
 
     def keep_chat_line(self, contact: str, at: int, outgoing: bool, text: str) -> None:
-        """One line of the conversation with ``contact``: sealed like every record."""
+        """One line of the conversation with ``contact``: sealed like every record; the
+        oldest beyond :data:`MAX_CHAT_LINES` go."""
         require_handle(contact, "contact")
         record = msgpack.packb([at, outgoing, text])
-        self._append("chat_history", contact, record)
+        with self._transaction():
+            self._append("chat_history", contact, record)
+            excess = self._count("chat_history", contact) - MAX_CHAT_LINES
+            if excess > 0:
+                self._drop("chat_history", contact, excess)
 
     def chat_lines(self, contact: str, last: int) -> list[tuple[int, bool, str]]:
-        """The ``last`` lines with ``contact``, oldest first: (at ms, outgoing, text)."""
+        """The ``last`` lines with ``contact``, oldest first: (at ms, outgoing, text).
+        Only those are opened."""
         require_handle(contact, "contact")
-        lines = [msgpack.unpackb(r, raw=False) for r in self._read("chat_history", contact, 0)]
-        return [(int(at), bool(out), str(text)) for at, out, text in lines[-last:]]
+        start = max(0, self._count("chat_history", contact) - max(0, last))
+        lines = [msgpack.unpackb(r, raw=False) for r in self._read("chat_history", contact, start)]
+        return [(int(at), bool(out), str(text)) for at, out, text in lines]
 
     # The chat's contact list and the consent requests awaiting an answer
 

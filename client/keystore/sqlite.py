@@ -345,6 +345,15 @@ class SqliteKeyStore(SettingRecords):
             [g, -1 if count is None else count],
         )
 
+    def _count(self, table: str, group: str) -> int:
+        assert table in LOG_TABLES
+        g = self._sealer.lookup(table, group.encode())
+        ((count,),) = self._db.execute(
+            f"SELECT count(*) FROM {table} WHERE g = ?",  # noqa: S608
+            [g],
+        ).fetchall()
+        return int(count)
+
     # Incoming messages
 
     def _add_processed(self, sender: str, msg_id: bytes) -> None:

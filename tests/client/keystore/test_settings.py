@@ -10,6 +10,7 @@ import pytest
 from blindrelay.client.keystore import (
     KeyStore,
 )
+from blindrelay.client.keystore.settings import MAX_CHAT_LINES
 
 from .samples import (
     KEY_A,
@@ -63,3 +64,22 @@ def test_chat_contacts_and_consent_requests_are_rows_per_account(store: KeyStore
     store.set_consent_request("airline", None)
     assert store.chat_contacts() == {"airline": "business"}
     assert store.consent_requests() == {"travel": ("utility", "marketing")}
+
+
+def test_a_contact_s_chat_history_keeps_its_last_lines(store: KeyStore) -> None:
+    """Threat model T40: every message a contact or a stranger sends is a line of the
+    chat's history. Kept for ever, a stranger at the relay's send rate (50 a second, up
+    to 32 KiB each) grew the profile by 1.6 MB a second (3,000 lines: 92 MB), and the
+    chat read every line back to show the last three at each start."""
+    for i in range(MAX_CHAT_LINES + 5):
+        store.keep_chat_line("mallory", i, False, f"line {i}")
+    store.keep_chat_line("alice", 7, True, "hello")
+    kept = store.chat_lines("mallory", MAX_CHAT_LINES * 2)
+    assert len(kept) == MAX_CHAT_LINES
+    assert kept[0] == (5, False, "line 5") and kept[-1][2] == f"line {MAX_CHAT_LINES + 4}"
+    assert store.chat_lines("mallory", 2) == [
+        (MAX_CHAT_LINES + 3, False, f"line {MAX_CHAT_LINES + 3}"),
+        (MAX_CHAT_LINES + 4, False, f"line {MAX_CHAT_LINES + 4}"),
+    ]
+    assert store.chat_lines("alice", 3) == [(7, True, "hello")]
+    assert store.chat_lines("nobody", 3) == []
