@@ -245,9 +245,19 @@ def read_passphrase(env: str | None) -> str:
                 "no passphrase: standard input is closed; run it on a terminal or give "
                 "--passphrase-env VAR"
             ) from None
+        except UnicodeDecodeError:
+            raise PassphraseError(_NOT_TEXT.format(what="the passphrase typed")) from None
     if not value:
         raise PassphraseError("the passphrase is empty: a profile is sealed with a passphrase")
+    try:
+        value.encode("utf-8")  # a profile seals the passphrase's UTF-8 (keystore.sealing)
+    except UnicodeEncodeError:  # bytes of another encoding, kept as lone surrogates
+        what = f"${env}" if env is not None else "the passphrase typed"
+        raise PassphraseError(_NOT_TEXT.format(what=what)) from None
     return value
+
+
+_NOT_TEXT = "{what} is not UTF-8 text: set the terminal or the locale to UTF-8 and give it again"
 
 
 def run(options: Options) -> int:

@@ -7,9 +7,10 @@ import io
 import re
 from pathlib import Path
 
+import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from blindrelay.client.chat.session import Options, session
+from blindrelay.client.chat.session import Options, PassphraseError, read_passphrase, session
 from blindrelay.protocol import SUBPROTOCOL
 
 REASON = "\x1b]52;c;cm0gLXJmIH4K\x07\x1b]0;bank\x07\x1b[2K\rlogged in as alice"
@@ -36,3 +37,14 @@ async def test_a_close_reason_from_the_network_is_shown_without_its_escapes(
     shown = out.getvalue()
     assert re.findall(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]", shown) == []
     assert shown.count("\n") == 1 and "not connected to the relay" in shown
+
+
+def test_a_passphrase_that_is_not_text_is_one_line_saying_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bytes that are not UTF-8 in the variable (Python keeps them as lone surrogates)
+    cannot seal a profile: the chat stopped with 'unexpected error' and a traceback file,
+    after the relay was asked; now the passphrase is refused where it is read."""
+    monkeypatch.setenv("CHAT_PASSPHRASE", "caf\udce9")  # b"caf\xe9", Latin-1
+    with pytest.raises(PassphraseError, match=r"\$CHAT_PASSPHRASE is not UTF-8 text"):
+        read_passphrase("CHAT_PASSPHRASE")
