@@ -34,6 +34,7 @@ import re
 import secrets
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -338,8 +339,9 @@ def usage_rows(months: list[MonthUsage], prices: dict[str, Decimal]) -> list[dic
 def bill_state(store: AdminStore, usage: MonthUsage) -> str:
     """The month's bill as the operator can check it (SPEC §8.5): ``open (N kept)``
     until it closes; then ``logged #INDEX (N items) ok`` when its items hash to the
-    logged root under a signed head that verifies with the relay key and their count is
-    the metered one — else what is wrong; ``none`` for a month with no notification."""
+    logged root under a signed head that verifies with the relay key and their count in
+    each category is the metered one (the amounts are priced from it) — else what is
+    wrong; ``none`` for a month with no notification."""
     billed = sum(usage.notifications.values())
     found = store.bill(usage.business, usage.month)
     if found is None:
@@ -358,6 +360,16 @@ def bill_state(store: AdminStore, usage: MonthUsage) -> str:
         return f"INVALID: {exc}"
     if bill.entry.count != billed:
         return f"logged #{index} ({bill.entry.count} items) MISMATCH: {billed} metered"
+    # Amounts are priced per category from the meter: the total alone would pass a count
+    # moved from one category to a dearer one.
+    logged = Counter(item.category for item in bill.items)
+    differ = [
+        f"{c} {usage.notifications.get(c, 0)} metered, {logged[c]} billed"
+        for c in limits.CATEGORIES
+        if usage.notifications.get(c, 0) != logged[c]
+    ]
+    if differ:
+        return f"logged #{index} ({bill.entry.count} items) MISMATCH: {'; '.join(differ)}"
     return f"logged #{index} ({bill.entry.count} items) ok"
 
 

@@ -188,3 +188,31 @@ async def test_a_large_bill_closes_a_chunk_per_operation_and_logs_once(
     assert isinstance(logged, BillLogged) and logged.count == count
     assert logged.root == bill_root(decoded)
     assert recipient_commitment("user0", bytes(salt)) in {item.recipient for item in decoded}
+
+
+async def test_the_operator_check_compares_each_category_with_the_logged_bill(
+    relay: RunningRelay, clients: Clients, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The amounts are priced per category from the meter (``usage``); the logged bill
+    names each item's category. A meter that moved a count from utility to marketing
+    (priced higher) kept the total, and the check said ``ok`` (found in review): now
+    each category's metered count must be the number of the bill's items in it."""
+    airline = await clients.registered(relay.url, "airline", "business")
+    bob = await clients.registered(relay.url, "bob")
+    await stated(bob, "grant", "airline", clock.now, ("utility", "marketing"))
+    month = month_of(clock.now)
+    for category in ("utility", "utility", "utility", "marketing"):
+        sent = await airline.send_message("bob", b"n", intent="notification", category=category)
+        assert isinstance(sent, Sent)
+    clock.now = month_end(month) + limits.BILL_CLOSE_DELAY_MS
+    assert len(await relay.housekeeping.close_bills()) == 1
+    assert await relay.housekeeping.publish_tree_head() is not None
+    args = ["usage", *store_flags(relay.config), "--business", "airline", "--format", "csv"]
+    assert await asyncio.to_thread(_admin, *args) == 0
+    assert capsys.readouterr().out.splitlines()[1].endswith(" (4 items) ok")
+    for category, change in (("utility", "- 1"), ("marketing", "+ 1")):
+        _execute(relay.config, f"UPDATE usage SET count = count {change} WHERE business ="
+                 f" 'airline' AND month = '{month}' AND category = '{category}'")  # fmt: skip
+    assert await asyncio.to_thread(_admin, *args) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    assert "MISMATCH" in line and "utility 2 metered, 3 billed" in line, line
