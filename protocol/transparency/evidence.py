@@ -118,3 +118,5 @@ def evidence_from_json(text: str) -> ConsentEvidence:
         )
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"not an evidence file: missing or mistyped {exc}") from None
+    except RecursionError:  # json's parser recurses once per level of nesting
+        raise ValueError("not an evidence file: nested too deeply") from None

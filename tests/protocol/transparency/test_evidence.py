@@ -77,3 +77,11 @@ def test_the_holder_rebuilds_the_entry_and_the_file_round_trips() -> None:
                  evidence_to_json(good).replace('"index": 3', '"index": -1')):  # fmt: skip
         with pytest.raises(ValueError):
             evidence_from_json(text)
+
+
+def test_a_file_nested_too_deeply_is_not_an_evidence_file() -> None:
+    """An evidence file comes from whoever hands it over. JSON nested past Python's
+    recursion limit raised RecursionError, which `blindrelay verify-consent` met as an
+    'unexpected error' with a traceback file; now it is the one-line ValueError."""
+    with pytest.raises(ValueError, match="not an evidence file"):
+        evidence_from_json("[" * 100_000 + "]" * 100_000)
