@@ -231,7 +231,7 @@ class BusinessProfile(SignedBody):
         _check_text(self.description, "description", DESCRIPTION_MAX_LEN, allow_empty=True)
         try:
             ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # a folder, a name too long
             raise MalformedFrame("timezone: not an IANA time-zone name") from None
         if len(self.hours) > MAX_HOURS_ENTRIES or len(self.exceptions) > MAX_EXCEPTIONS:
             raise MalformedFrame("hours/exceptions: too many entries")

@@ -153,3 +153,13 @@ def test_away_period_is_one_value_per_closed_period() -> None:
 
 def test_business_with_no_hours_is_away_indefinitely() -> None:
     assert away_period(profile(hours=()), NOW) == 2**53 - 1
+
+
+@pytest.mark.parametrize("tz", ["America/Argentina", "Etc", "a" * 300])
+def test_a_time_zone_folder_or_overlong_name_is_refused_like_any_unknown_zone(tz: str) -> None:
+    """ZoneInfo opens the name as a path under its database: a folder raised
+    IsADirectoryError and a long name ENAMETOOLONG, neither a ValueError, so a business
+    typing /profile Shop America/Argentina in the chat ended it with a traceback (and
+    publish_profile raised OSError, not MalformedFrame)."""
+    with pytest.raises(MalformedFrame, match="timezone"):
+        profile(tz=tz)
