@@ -501,7 +501,10 @@ def _first_word(rest: str) -> str:
 
 
 def _one_handle(rest: str, usage: str) -> str:
-    words = shlex.split(rest)
+    try:
+        words = shlex.split(rest)
+    except ValueError:  # an unclosed quote
+        raise Usage(usage) from None
     if len(words) != 1:
         raise Usage(usage)
     return words[0]

@@ -137,3 +137,17 @@ async def test_a_business_message_in_hand_is_kept_when_the_chat_stops_while_its_
             assert store.consent_requests() == {"airline": ("utility",)}
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize("line", ["/to 'bob", '/block "bob', "/safety bob'"])
+async def test_an_unclosed_quote_is_a_usage_line_not_the_end_of_the_chat(line: str) -> None:
+    """A handle is read the way a shell reads a word; an unclosed quote raised shlex's
+    ValueError out of the command, which ended the chat with a traceback."""
+    client = Client.open(None)
+    out = io.StringIO()
+    chat = Chat(client, out)
+    try:
+        assert await chat.command(line) is True
+    finally:
+        await client.close()
+    assert out.getvalue().startswith("usage: /") and out.getvalue().count("\n") == 1
