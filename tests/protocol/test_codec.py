@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import msgpack
 import pytest
@@ -294,3 +295,55 @@ def test_the_recommended_msg_id_is_the_clock_then_the_random_bits() -> None:
     for size in (9, 11):
         with pytest.raises(ValueError):
             f.message_id(0, bytes(size))
+
+
+def _map(pairs: list[tuple[str, bytes]]) -> bytes:
+    """A msgpack map from keys and their values' raw msgpack bytes."""
+    return bytes([0x80 | len(pairs)]) + b"".join(msgpack.packb(k) + v for k, v in pairs)
+
+
+def _array(items: list[bytes]) -> bytes:
+    return b"\xdc" + len(items).to_bytes(2, "big") + b"".join(items)
+
+
+_EMPTY_MAPS = _array([_array([b"\x80"] * 256)] * 252)
+"""65,000 empty maps, three levels down: one byte each."""
+DECODE_BOMBS = {
+    "empty maps under an unknown t": _map([("t", b"\x63"), ("x", _EMPTY_MAPS)]),
+    "empty maps under an unknown key": _map([("t", b"\x14"), ("x", _EMPTY_MAPS)]),
+    "empty arrays": _map([("t", b"\x14"), ("x", _array([_array([b"\x90"] * 256)] * 252))]),
+    "maps of one entry": _map(
+        [("t", b"\x14"), ("x", _array([_array([b"\x81\xa0\x00"] * 256)] * 84))]
+    ),
+    "timestamps under an unknown t": _map(
+        [("t", b"\x63"), ("x", _array([_array([b"\xd6\xff" + bytes(4)] * 256)] * 41))]
+    ),
+    "empty maps at the deepest level allowed": _map(
+        [("t", b"\x63"), *((f"k{i}", _array([b"\x80"] * 256)) for i in range(15))]
+    ),
+}
+
+
+@pytest.mark.parametrize("data", DECODE_BOMBS.values(), ids=DECODE_BOMBS.keys())
+def test_refusing_a_message_of_many_tiny_containers_runs_little_python(data: bytes) -> None:
+    """A frame of 65,000 one-byte containers cost ~30 ms of the event loop to refuse — a
+    hook per map and a Python walk per container for the depth (and the timestamps) —
+    ~90 times the cost of refusing junk of the same size, before any login
+    (/tmp/audit-codec/poc_decode_bomb.py: 36 ms of relay CPU a frame; an honest
+    request waited 650 ms behind one connection's 17). Counted in Python calls, not
+    time: the nesting is checked from the containers' headers before anything is
+    built, and no container deeper than a frame needs (3) is built at all."""
+    assert len(data) <= limits.MAX_FRAME_BYTES
+    calls = 0
+
+    def count(frame: object, event: str, arg: object) -> None:
+        nonlocal calls
+        calls += event == "call"
+
+    sys.setprofile(count)
+    try:
+        with pytest.raises(DECODE_ERRORS):
+            codec.decode(data)
+    finally:
+        sys.setprofile(None)
+    assert calls < 4 * 1024, f"{calls} Python calls to refuse {len(data)} bytes"
