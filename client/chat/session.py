@@ -65,6 +65,11 @@ async def session(options: Options, out: IO[str]) -> int:
     except KeyStoreError as exc:
         print(f"blindrelay chat: {options.profile}: {exc}", file=out, flush=True)
         return 1
+    except OSError as exc:  # not ours to write: permissions, a read-only file system
+        print(f"blindrelay chat: {options.profile}: cannot open or create it "
+              f"({exc.strerror or exc}); give a --profile in a folder you can write to",
+              file=out, flush=True)  # fmt: skip
+        return 1
     # The SDK's own warnings (a relay error it retries) are for a log, not this screen:
     # what matters is said by the chat in words (``Chat.watch_connection``, refusals).
     sdk_log = logging.getLogger("blindrelay.client")

@@ -48,3 +48,20 @@ def test_a_passphrase_that_is_not_text_is_one_line_saying_so(
     monkeypatch.setenv("CHAT_PASSPHRASE", "caf\udce9")  # b"caf\xe9", Latin-1
     with pytest.raises(PassphraseError, match=r"\$CHAT_PASSPHRASE is not UTF-8 text"):
         read_passphrase("CHAT_PASSPHRASE")
+
+
+async def test_a_profile_that_cannot_be_made_is_one_line_saying_so(tmp_path: Path) -> None:
+    """A profile where the person may not write (a folder of another user's, a read-only
+    file system: here, below a file) raised PermissionError or the like out of the chat,
+    'unexpected error' and a traceback file, where a wrong passphrase gets one line."""
+    (tmp_path / "a-file").write_text("")
+    out = io.StringIO()
+    options = Options(
+        relay="ws://127.0.0.1:1", profile=tmp_path / "a-file" / "alice.db", handle="alice",
+        kind="user", passphrase="a passphrase", operator_key=None,
+    )  # fmt: skip
+    assert await session(options, out) == 1
+    assert out.getvalue() == (
+        f"blindrelay chat: {options.profile}: cannot open or create it (Not a directory); "
+        "give a --profile in a folder you can write to\n"
+    )
