@@ -27,6 +27,7 @@ PASSPHRASE = {"PW": "correct horse"}
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     (tmp_path / "notadb.txt").write_text("consent: yes\n")
+    (tmp_path / "empty.db").touch()  # a file that is no relay's: made by hand, or cut short
     with SqliteKeyStore.open(tmp_path / "profile.db", PASSPHRASE["PW"], create=True, opslimit=1,
                              memlimit=8192 * 1024):
         pass  # a chat profile: a SQLite file that is not a relay's
@@ -61,6 +62,24 @@ CASES = [
     ("serve with a bogus log level", ["serve", "--db", "r.db"],
      {"BLINDRELAY_LOG_LEVEL": "bogus"}, 2, "BLINDRELAY_LOG_LEVEL"),
     ("an unknown command", ["sevre"], {}, 2, "invalid choice: 'sevre'"),
+    ("inspect an empty file", ["inspect", "--db", "empty.db"], {}, 1,
+     "empty.db is empty, not a relay database"),
+    ("invite into an empty file", ["admin", "invite", "--db", "empty.db"], {}, 1,
+     "empty.db is empty, not a relay database"),
+    ("admin usage on an empty file", ["admin", "usage", "--db", "empty.db"], {}, 1,
+     "empty.db is empty, not a relay database"),
+    ("serve a PostgreSQL URL with a broken host",
+     ["serve", "--store", "postgresql://u:secret@[::1/relay"], {}, 2,
+     "--store (BLINDRELAY_STORE): not a usable PostgreSQL URL"),
+    ("serve a PostgreSQL URL with a port that is no number",
+     ["serve", "--store", "postgresql://127.0.0.1:abc/relay"], {}, 2,
+     "--store (BLINDRELAY_STORE): not a usable PostgreSQL URL"),
+    ("serve a PostgreSQL URL with a port out of range",
+     ["serve", "--store", "postgresql://127.0.0.1:99999/relay"], {}, 2,
+     "--store (BLINDRELAY_STORE): not a usable PostgreSQL URL"),
+    ("admin usage on a PostgreSQL URL with a broken host",
+     ["admin", "usage", "--store", "postgresql://u:secret@[::1/relay"], {}, 1,
+     "not a usable PostgreSQL URL"),
     ("keygen into a missing folder", ["admin", "keygen", "--out", "/nonexistent/dir/k"], {}, 1,
      "cannot create the key file /nonexistent/dir/k"),
     ("admin usage on a chat profile", ["admin", "usage", "--db", "profile.db"], {}, 1,
@@ -118,6 +137,13 @@ def test_a_bad_input_is_one_line_and_an_exit_status(
     assert_one_line(run(argv, env, workdir), status, words)
     after = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
     assert after == before or (status == 1 and argv[0] == "chat"), "a refused command wrote"
+
+
+def test_a_broken_store_url_is_refused_without_its_password(workdir: Path) -> None:
+    for argv in (["serve"], ["admin", "usage"], ["inspect"]):
+        done = run([*argv, "--store", "postgresql://u:hunter2@[::1/relay"], {}, workdir)
+        assert "not a usable PostgreSQL URL" in done.stderr, done
+        assert "hunter2" not in done.stdout + done.stderr, done
 
 
 def test_a_port_in_use_is_one_line(busy_port: int, workdir: Path) -> None:

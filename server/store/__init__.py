@@ -257,6 +257,7 @@ def _parse(url: str) -> _Sqlite | str:
     anything else without ``://`` is a file path (what ``--db`` gives).
     """
     if url.startswith(_POSTGRESQL):
+        _check_postgresql_url(url)
         return url
     if url.startswith("sqlite:"):
         rest = url.removeprefix("sqlite:")
@@ -279,6 +280,22 @@ def _parse(url: str) -> _Sqlite | str:
     if not url:
         raise UnsupportedStore("no store given")
     return _Sqlite(Path(url))
+
+
+def _check_postgresql_url(url: str) -> None:
+    """Refuse a PostgreSQL URL that does not parse (an unclosed ``[``, a port that is no
+    number or out of range) before a back end is chosen: asyncpg and :func:`redact` would
+    raise on it later, outside any message an operator reads (SPEC §11: nor may the
+    message hold its password, so it names what is wrong, not the URL)."""
+    from urllib.parse import urlsplit  # not for the rules' importers
+
+    try:
+        urlsplit(url).port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        raise UnsupportedStore(
+            f"store: not a usable PostgreSQL URL ({exc}); write "
+            "postgresql://USER@HOST:PORT/DATABASE, an IPv6 host in brackets"
+        ) from None
 
 
 def _sqlite(url: str) -> _Sqlite | None:

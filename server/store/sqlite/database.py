@@ -65,11 +65,23 @@ def check_relay_file(path: Path, *, new: bool = False) -> None:
             conn.close()
     except sqlite3.DatabaseError as exc:
         raise StoreStartError(f"{path} is not a relay database ({exc})") from None
+    if not names and not new and not _has_wal(path):
+        # An empty file (made by hand, cut short) holds no relay: the operator's commands
+        # would make the relay's tables in it and, for `invite`, hand out tokens no relay
+        # knows. Tables still in the WAL of a relay that has not checkpointed are not
+        # seen by the immutable read above; such a file is let through.
+        raise StoreStartError(f"{path} is empty, not a relay database: give the --db of a relay")
     if names and "relay_identity" not in names:
         raise StoreStartError(
             f"{path} is not a relay database (its tables are another program's, a chat "
             "profile's perhaps); give the --db of a relay"
         )
+
+
+def _has_wal(path: Path) -> bool:
+    """Whether ``path`` has a write-ahead log with something in it."""
+    wal = path.with_name(path.name + "-wal")
+    return wal.is_file() and wal.stat().st_size > 0
 
 
 def connect(path: Path, synchronous: str = "FULL") -> sqlite_utils.Database:
