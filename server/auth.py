@@ -124,7 +124,10 @@ def _log_in(
     open_session(ctx, session, frame, account.handle, lambda: None)
     # Through the store, so the counts include every earlier frame's writes; it also
     # numbers this login, so the newest login of an account wins on every worker.
-    ctx.run_job(session, frame, "login_counts", (account.handle, not_before), counted)
+    # The key just verified must still be the account's when the login is counted: a
+    # rotation committed meanwhile refuses it (SPEC §4.3), or the old key logs in after it.
+    args = (account.handle, not_before, account.identity_key)
+    ctx.run_job(session, frame, "login_counts", args, counted)
 
 
 def open_session(
@@ -249,8 +252,8 @@ def _rotate(ctx: RelayContext, session: Session, frame: RotateIdentity, account:
         session.account = Account(handle, account.kind, new_key)
         session.send(Ok(re=frame.id))
 
-    # Compare-and-swap, prekeys of the old key deleted, a business's new key logged
-    # (SPEC §15.1): operation ``rotate_identity``.
-    ctx.run_job(
-        session, frame, "rotate_identity", (handle, old_key, new_key, ctx.clock()), replaced
-    )
+    # Compare-and-swap of the key and of the account's newest login (a newer connection of
+    # the account, which proved the old key, would keep acting with it: SPEC §3.4), prekeys
+    # of the old key deleted, a business's new key logged (SPEC §15.1).
+    args = (handle, old_key, new_key, ctx.clock(), session.login_seq)
+    ctx.run_job(session, frame, "rotate_identity", args, replaced)

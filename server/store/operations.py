@@ -151,10 +151,16 @@ CONTRACT: dict[str, Operation] = {
     ),
     "login_counts": Operation(
         spec="§4.3",
-        args={"handle": "str", "not_before": "int ms: envelopes older are expired"},
+        args={
+            "handle": "str",
+            "not_before": "int ms: envelopes older are expired",
+            "identity_key?": "bin 32: the key the LOGIN was verified with",
+        },
         result="[queued envelopes (unexpired, statements included), one-time prekeys stored, "
         "bool: signed prekey stored] for WELCOME, counting every earlier operation's writes; "
         "then int: this login's number, the account's previous one plus one (1 for its first)",
+        errors="200 AUTH_FAILED: the account's key is no longer ``identity_key`` (a rotation "
+        "committed after the LOGIN was verified, SPEC §4.3); nothing counted",
         atomic="the login counted with the counts read: of two logins of one account, by any "
         "relay processes, the one committed later has the higher number, and a shared store "
         "announces it to the other workers (a LOGIN hint) so an older connection is replaced "
@@ -189,9 +195,17 @@ CONTRACT: dict[str, Operation] = {
     ),
     "rotate_identity": Operation(
         spec="§3.4, §15.1",
-        args={"handle": "str", "old_key": "bin 32", "new_key": "bin 32", "now": "int ms"},
+        args={
+            "handle": "str",
+            "old_key": "bin 32",
+            "new_key": "bin 32",
+            "now": "int ms",
+            "login_seq?": "int: the login number of the rotating connection (0: registered)",
+        },
         result="nil",
-        errors="501 STALE_STATEMENT: the key is no longer ``old_key`` (compare-and-swap)",
+        errors="501 STALE_STATEMENT: the key is no longer ``old_key``, or the account logged "
+        "in since ``login_seq`` (compare-and-swap of both: only its newest connection "
+        "rotates, SPEC §3.4)",
         atomic="the new key, the deletion of every prekey the old key signed, and for a "
         "business the key binding appended to the log",
     ),

@@ -4,19 +4,45 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 
+import pytest
 from nacl.signing import SigningKey
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from blindrelay.protocol import SUBPROTOCOL, limits
 from blindrelay.protocol.errors import ErrorCode
-from blindrelay.protocol.frames import Deliver, Login, Ok, RotateIdentity, Send, Sent
+from blindrelay.protocol.frames import (
+    Ack,
+    Deliver,
+    Error,
+    Frame,
+    Login,
+    Ok,
+    Register,
+    RotateIdentity,
+    Send,
+    Sent,
+    Welcome,
+)
 from blindrelay.protocol.transcripts import login_transcript, rotate_transcript
 from blindrelay.server.config import RelayConfig
+from blindrelay.server.context import CLOSE_REPLACED
 from blindrelay.server.relay import RunningRelay
+from blindrelay.server.store.sqlite.writer_process import HOLD_BEFORE_BATCH_ENV
 
-from .conftest import ALL_BACKENDS, Clients, FakeClock, error_code, relay_with
+from .conftest import (
+    ALL_BACKENDS,
+    Clients,
+    FakeClock,
+    RawClient,
+    RelayFixture,
+    db_rows,
+    error_code,
+    relay_with,
+    until,
+)
 
 BACKENDS = ALL_BACKENDS
 
@@ -242,3 +268,100 @@ async def test_rotation_outside_the_clock_skew_is_stale(
         )
     )  # fmt: skip
     assert error_code(frame) == ErrorCode.STALE_STATEMENT
+
+
+# --- a rotation and a LOGIN with the old key at once (SPEC §3.4, §4.3) ---------------
+
+
+async def _handled(client: RawClient, authenticated: bool) -> None:
+    """Wait until the relay has handled every frame ``client`` sent so far: a frame it
+    refuses at once, without the store (103), is answered after them."""
+    if authenticated:  # REGISTER after WELCOME
+        frame: Frame = Register(
+            id=client.request_id(), handle="nobody", kind="user",
+            identity_key=bytes(32), signature=bytes(64),
+        )  # fmt: skip
+    else:  # an ACK before WELCOME
+        frame = Ack(delivery_ids=(1,))
+    await client.send(frame)
+    while not isinstance(reply := await client.recv(), Error):
+        client.inbox.append(reply)
+    assert reply.code == ErrorCode.UNEXPECTED_FRAME
+
+
+def _rotate_frame(alice: RawClient, new_key: SigningKey, now: int) -> RotateIdentity:
+    old_sig, new_sig = _rotation(alice.key, new_key, alice.relay_key, "alice", now)
+    return RotateIdentity(
+        id=alice.request_id(), new_identity_key=bytes(new_key.verify_key), issued_at=now,
+        old_signature=old_sig, new_signature=new_sig,
+    )  # fmt: skip
+
+
+def _login_frame(client: RawClient, handle: str, key: SigningKey) -> int:
+    """Queue LOGIN on ``client``'s machine; its request id (send ``data_to_send()``)."""
+    return client.conn.login(handle, lambda m: key.sign(m).signature)
+
+
+@pytest.mark.sqlite_only
+async def test_a_login_with_the_old_key_is_refused_once_the_rotation_committed(
+    config: RelayConfig, clients: Clients, clock: FakeClock, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """SPEC §3.4, §4.3: a LOGIN succeeds only with the account's current key. One whose
+    key was read before a rotation committed was welcomed after it: an attacker holding
+    the leaked key alice rotates away from, logging in as she rotates, acted as her with
+    it after the relay had told her OK (reproduced against a real relay in one try of 20,
+    /tmp/audit-channel/poc_rotation_race.py). Held by the writer, the rotation is decided
+    first, then the LOGIN's count, which finds the key replaced: AUTH_FAILED."""
+    hold = tmp_path / "hold"
+    monkeypatch.setenv(HOLD_BEFORE_BATCH_ENV, str(hold))
+    async with RelayFixture(config, clock) as relay:
+        try:
+            alice = await clients.registered(relay.url, "alice")
+            attacker = await clients.open(relay.url)
+            hold.touch()
+            rotate = _rotate_frame(alice, SigningKey.generate(), clock.now)
+            await alice.send(rotate)
+            await _handled(alice, authenticated=True)  # read the key, asked the writer
+            login_id = _login_frame(attacker, "alice", alice.key)
+            for data in attacker.conn.data_to_send():
+                await attacker.ws.send(data)
+            await _handled(attacker, authenticated=False)  # read the old key: verified
+        finally:
+            hold.unlink(missing_ok=True)
+        assert isinstance(await alice.response(rotate.id), Ok)
+        assert error_code(await attacker.response(login_id)) == ErrorCode.AUTH_FAILED
+        assert await attacker.closed() == 1008
+        await alice.upload_prekeys()  # alice is still the account's connection
+
+
+@pytest.mark.sqlite_only
+async def test_a_rotation_is_refused_once_a_newer_login_of_the_account_committed(
+    config: RelayConfig, clients: Clients, clock: FakeClock, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """SPEC §3.4: only the account's newest connection rotates its key. A LOGIN with the
+    old key counted before the rotation committed made that connection the account's,
+    and the rotation then replaced the key under it: a session authenticated by a key
+    that was no longer the account's. Now the rotation is refused and the key stays."""
+    hold = tmp_path / "hold"
+    monkeypatch.setenv(HOLD_BEFORE_BATCH_ENV, str(hold))
+    async with RelayFixture(config, clock) as relay:
+        try:
+            alice = await clients.registered(relay.url, "alice")
+            attacker = await clients.open(relay.url)
+            hold.touch()
+            login_id = _login_frame(attacker, "alice", alice.key)
+            for data in attacker.conn.data_to_send():
+                await attacker.ws.send(data)
+            await _handled(attacker, authenticated=False)  # verified, counting asked for
+            await alice.send(_rotate_frame(alice, SigningKey.generate(), clock.now))
+            await _handled(alice, authenticated=True)
+        finally:
+            hold.unlink(missing_ok=True)
+        assert isinstance(await attacker.response(login_id), Welcome)
+        assert await alice.closed() == CLOSE_REPLACED
+        await until(lambda: relay.ctx.sessions.get("alice") is not None)
+        await relay.ctx.store.submit("noop")  # the rotation's job is done
+        rows = db_rows(config, "SELECT identity_key FROM accounts WHERE handle = 'alice'")
+        assert rows == [(bytes(alice.key.verify_key),)]  # the key the live session proved

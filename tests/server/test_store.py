@@ -11,7 +11,12 @@ from typing import Any
 
 import pytest
 
-from blindrelay.protocol.errors import HandleTaken, InvalidPrekeys
+from blindrelay.protocol.errors import (
+    AuthenticationFailed,
+    HandleTaken,
+    InvalidPrekeys,
+    StaleStatement,
+)
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.delivery import send_rules
 from blindrelay.server.routing import is_postgresql
@@ -185,6 +190,30 @@ async def test_login_numbers_are_read_back_for_a_catch_up(store_url: str) -> Non
         await store.submit("login_counts", "bob", 0)
         assert await store.submit("login_seqs", ["nobody", "bob", "alice"]) == [0, 1, 2]
         assert await store.submit("login_seqs", []) == []
+    finally:
+        await store.close()
+
+
+async def test_a_login_and_a_rotation_each_commit_only_over_the_other(store_url: str) -> None:
+    """SPEC §3.4, §4.3: ``login_counts`` with the key the LOGIN proved, and
+    ``rotate_identity`` with the rotating connection's login number, are compare-and-swaps,
+    so a rotation and a LOGIN with the old key, committed in either order, never leave a
+    connection acting with a key that is no longer the account's."""
+    store = open_store(store_url, RelayConfig())
+    await store.start()
+    try:
+        await store.submit("create_account", "alice", "user", b"k" * 32, 0)
+        assert (await store.submit("login_counts", "alice", 0, b"k" * 32))[3] == 1
+        # A newer login (2) than the rotating connection's (1): the rotation is refused.
+        assert (await store.submit("login_counts", "alice", 0, b"k" * 32))[3] == 2
+        with pytest.raises(StaleStatement):
+            await store.submit("rotate_identity", "alice", b"k" * 32, b"n" * 32, 0, 1)
+        await store.submit("rotate_identity", "alice", b"k" * 32, b"n" * 32, 0, 2)
+        # The old key's login, verified before the rotation committed, counts nothing.
+        with pytest.raises(AuthenticationFailed):
+            await store.submit("login_counts", "alice", 0, b"k" * 32)
+        assert await store.submit("login_seqs", ["alice"]) == [2]
+        assert (await store.submit("login_counts", "alice", 0, b"n" * 32))[3] == 3
     finally:
         await store.close()
 

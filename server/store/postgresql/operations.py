@@ -28,6 +28,7 @@ from blindrelay.protocol import limits
 from blindrelay.protocol.consent import Request
 from blindrelay.protocol.crypto.fingerprint import key_fingerprint
 from blindrelay.protocol.errors import (
+    AuthenticationFailed,
     HandleTaken,
     InvalidPrekeys,
     InvalidProfile,
@@ -142,19 +143,24 @@ async def create_account(
     await log.append_binding(conn, handle, entry)
 
 
-async def login_counts(tx: Tx, handle: str, not_before: int) -> list[Any]:
+async def login_counts(
+    tx: Tx, handle: str, not_before: int, identity_key: bytes | None = None
+) -> list[Any]:
     """[queued, one-time prekeys, has signed prekey, login sequence]: the account's
-    login sequence goes up by one, and a LOGIN hint tells the other workers."""
+    login sequence goes up by one, and a LOGIN hint tells the other workers. AUTH_FAILED
+    if the account's key is no longer ``identity_key``, the one the LOGIN proved."""
     queued, one_time, signed, login_seq = await tx.conn.fetchrow(
         "WITH l AS (UPDATE accounts SET login_seq = login_seq + 1 WHERE handle = $1"
-        " RETURNING login_seq)"
+        " AND ($3::bytea IS NULL OR identity_key = $3) RETURNING login_seq)"
         " SELECT (SELECT count(*) FROM queue WHERE recipient = $1 AND sent_at >= $2),"
         " (SELECT count(*) FROM one_time_prekeys WHERE handle = $1),"
         " EXISTS (SELECT 1 FROM signed_prekeys WHERE handle = $1),"
         " (SELECT login_seq FROM l)",
-        handle, not_before,
+        handle, not_before, identity_key,
     )  # fmt: skip
     login_seq = int(login_seq or 0)
+    if identity_key is not None and not login_seq:
+        raise AuthenticationFailed("the key was rotated since the login was verified")
     if login_seq:
         tx.hint(HintKind.LOGIN, handle, login_seq)
     return [int(queued), int(one_time), bool(signed), login_seq]
@@ -194,16 +200,20 @@ async def close_session(tx: Tx, handle: str, worker: str, session: int, now: int
     )  # fmt: skip
 
 
-async def rotate_identity(tx: Tx, handle: str, old_key: bytes, new_key: bytes, now: int) -> None:
-    """Compare-and-swap of the key, and the old key's prekeys deleted, in one statement;
-    a published account's new key logged (SPEC §15.1, §15.6)."""
+async def rotate_identity(
+    tx: Tx, handle: str, old_key: bytes, new_key: bytes, now: int, login_seq: int | None = None
+) -> None:
+    """Compare-and-swap of the key (and, with ``login_seq``, of the account's newest
+    login: SPEC §3.4), and the old key's prekeys deleted, in one statement; a published
+    account's new key logged (SPEC §15.1, §15.6)."""
     kind = await tx.conn.fetchval(
         "WITH u AS (UPDATE accounts SET identity_key = $3 WHERE handle = $1"
-        " AND identity_key = $2 RETURNING handle, kind),"
+        " AND identity_key = $2 AND ($4::bigint IS NULL OR login_seq = $4)"
+        " RETURNING handle, kind),"
         " s AS (DELETE FROM signed_prekeys WHERE handle IN (SELECT handle FROM u)),"
         " o AS (DELETE FROM one_time_prekeys WHERE handle IN (SELECT handle FROM u))"
         " SELECT kind FROM u",
-        handle, old_key, new_key,
+        handle, old_key, new_key, login_seq,
     )  # fmt: skip
     if kind is None:
         raise StaleStatement()

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from blindrelay.protocol.errors import (
+    AuthenticationFailed,
     HandleTaken,
     InvalidPrekeys,
     RegistrationRefused,
@@ -63,11 +64,16 @@ def _log_binding(tables: Tables, handle: str, entry: bytes | None) -> None:
         tables.log.bind(handle, tables.log.append([entry]))
 
 
-def login_counts(tables: Tables, handle: str, not_before: int) -> list[Any]:
+def login_counts(
+    tables: Tables, handle: str, not_before: int, identity_key: bytes | None = None
+) -> list[Any]:
     """[queued, one-time prekeys, has signed prekey, login sequence] — through the
-    writer, so the counts include every earlier frame's writes."""
+    writer, so the counts include every earlier frame's writes. AUTH_FAILED if the
+    account's key is no longer ``identity_key``, the one the LOGIN proved (SPEC §4.3)."""
+    login_seq = tables.accounts.count_login(handle, identity_key)
+    if identity_key is not None and not login_seq:
+        raise AuthenticationFailed("the key was rotated since the login was verified")
     one_time, has_signed = tables.prekeys.counts(handle)
-    login_seq = tables.accounts.count_login(handle)
     return [tables.queue.count(handle, not_before), one_time, has_signed, login_seq]
 
 
@@ -101,9 +107,13 @@ def close_session(tables: Tables, handle: str, worker: str, session: int, now: i
     )
 
 
-def rotate_identity(tables: Tables, handle: str, old_key: bytes, new_key: bytes, now: int) -> None:
-    # Compare-and-swap: a concurrent rotation makes this proof stale.
-    if not tables.accounts.replace_identity_key(handle, old_key, new_key):
+def rotate_identity(
+    tables: Tables, handle: str, old_key: bytes, new_key: bytes, now: int,
+    login_seq: int | None = None,
+) -> None:  # fmt: skip
+    # Compare-and-swap: a concurrent rotation, or a newer login (whose connection now
+    # is the account's, SPEC §3.4), makes this proof stale.
+    if not tables.accounts.replace_identity_key(handle, old_key, new_key, login_seq):
         raise StaleStatement()
     # The prekeys were signed by the old key; a bundle must never mix keys.
     tables.prekeys.delete_all(handle)

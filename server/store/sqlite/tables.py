@@ -187,15 +187,17 @@ class Accounts:
         account = Account(handle, row[1], bytes(row[2]))
         return account if row[0] == handle else None
 
-    def count_login(self, handle: str) -> int:
-        """Number a new login of ``handle``: its previous number plus one (1 for the first).
+    def count_login(self, handle: str, identity_key: bytes | None = None) -> int:
+        """Number a new login of ``handle``: its previous number plus one (1 for the first);
+        0, counting nothing, when ``identity_key`` is given and no longer the account's.
 
         Only ever grows, so of two logins of one account — on any relay processes
         sharing the store — the later committed has the higher number (SPEC §1.2.3).
         """
         row = self._conn.execute(
-            "UPDATE accounts SET login_seq = login_seq + 1 WHERE handle = ? RETURNING login_seq",
-            (handle,),
+            "UPDATE accounts SET login_seq = login_seq + 1"
+            " WHERE handle = ?1 AND (?2 IS NULL OR identity_key = ?2) RETURNING login_seq",
+            (handle, identity_key),
         ).fetchone()
         return int(row[0]) if row is not None else 0
 
@@ -214,11 +216,15 @@ class Accounts:
             self.cache.put(self.cache.queued, account.handle, 0)
         return created
 
-    def replace_identity_key(self, handle: str, old_key: bytes, new_key: bytes) -> bool:
-        """Compare-and-swap the identity key; False if it is no longer ``old_key``."""
+    def replace_identity_key(
+        self, handle: str, old_key: bytes, new_key: bytes, login_seq: int | None = None
+    ) -> bool:
+        """Compare-and-swap the identity key; False if it is no longer ``old_key`` or, with
+        ``login_seq``, the account has logged in since the login of that number."""
         cursor = self._conn.execute(
-            "UPDATE accounts SET identity_key = ? WHERE handle = ? AND identity_key = ?",
-            (new_key, handle, old_key),
+            "UPDATE accounts SET identity_key = ?1 WHERE handle = ?2 AND identity_key = ?3"
+            " AND (?4 IS NULL OR login_seq = ?4)",
+            (new_key, handle, old_key, login_seq),
         )
         if self.cache is not None:
             self.cache.drop(self.cache.accounts, handle)
