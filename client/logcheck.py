@@ -106,6 +106,10 @@ class LogCheck:
         self._checking: set[asyncio.Task[None]] = set()
         self._told: dict[str, bytes] = {}
         """Contact → the head it last got from us, in this run."""
+        self._observing = asyncio.Lock()
+        """One observation at a time, each against the newest kept head: two at once were
+        each proven against the head both had read, never against each other, and the
+        one answered last was kept even when smaller (found in review)."""
 
     def gossip(self, handle: str) -> bytes | None:
         """The head to put inside our next message to ``handle`` (SPEC §15.6 rule 5):
@@ -241,6 +245,10 @@ class LogCheck:
 
     async def observe(self, head: TreeHead, signed: bytes) -> None:
         """Hold a verified head against the newest kept; keep it if it is newer."""
+        async with self._observing:
+            await self._observe(head, signed)
+
+    async def _observe(self, head: TreeHead, signed: bytes) -> None:
         kept = self._store.tree_head()
         if kept is None:
             self._store.set_tree_head(signed)

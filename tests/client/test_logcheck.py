@@ -11,6 +11,7 @@ arrives in a message rather than a bundle: tests/client/test_logcheck_incoming.p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from blindrelay.protocol import frames
 from blindrelay.protocol.errors import KeyNotLogged, LogForked, NotFound
 from blindrelay.protocol.transparency import merkle
 from blindrelay.protocol.transparency.entries import StatementLogged
-from blindrelay.protocol.transparency.treehead import sign_tree_head
+from blindrelay.protocol.transparency.treehead import open_tree_head, sign_tree_head
 
 from ..relays import T0, relay_at
 from .fake_relay import OTHER_RELAY_KEY
@@ -324,3 +325,55 @@ def _nodes(entries: list[bytes]) -> merkle.NodeHashes:
     for entry in entries:
         nodes.update(frontier.append(merkle.leaf_hash(entry)))
     return lambda wanted: {node: nodes[node] for node in wanted}
+
+
+def test_two_heads_checked_at_once_are_checked_against_each_other() -> None:
+    """The attack (found in review): each observation read the kept head, awaited the
+    relay's proof, then kept its own head if larger than what it had read. Two heads of
+    two histories that share the kept one's entries, checked at once (a bundle and a
+    contact's head), were each proven against the kept head and never against each
+    other; the relay answered the larger's proof first, and the smaller was then kept
+    over it (a rollback), the fork unseen. Now one observation at a time, each against
+    the newest kept."""
+
+    async def scenario() -> None:
+        key = SigningKey(b"\x33" * 32)
+        sign = lambda message: key.sign(message).signature  # noqa: E731
+        common = filler(4)
+        ours = [*common, *filler(6)[4:]]
+        theirs = [*common, *(StatementLogged(v=1, commitment=bytes([9, i]) * 16, at=T0)
+                             .to_bytes() for i in range(4))]  # fmt: skip
+        kept = sign_tree_head(sign, 4, merkle.root_of([merkle.leaf_hash(e) for e in common]), T0)
+        larger = sign_tree_head(sign, 6, merkle.root_of([merkle.leaf_hash(e) for e in ours]), T0 + 1)
+        smaller_fork = sign_tree_head(
+            sign, 5, merkle.root_of([merkle.leaf_hash(e) for e in theirs[:5]]), T0 + 1
+        )
+        larger_done = asyncio.Event()
+
+        async def relay(make: Callable[[int], frames.Frame]) -> frames.Frame:
+            frame = make(1)
+            assert isinstance(frame, frames.LogConsistencyFetch)
+            if (frame.first, frame.second) == (4, 6):
+                proof = merkle.consistency_proof(4, 6, _nodes(ours))
+            elif (frame.first, frame.second) == (4, 5):
+                with contextlib.suppress(TimeoutError):  # answered second, if it can be
+                    await asyncio.wait_for(larger_done.wait(), 0.2)
+                proof = merkle.consistency_proof(4, 5, _nodes(theirs[:5]))
+            else:  # no proof joins the two histories
+                raise NotFound()
+            return frames.LogConsistency(re=1, proof=tuple(proof))
+
+        store = MemoryKeyStore()
+        store.set_tree_head(kept)
+        relay_key = key.verify_key.encode()
+        check = LogCheck(store, LogReader(relay, lambda: relay_key), lambda: relay_key)
+        check.heard(smaller_fork)
+        await asyncio.sleep(0)
+        with contextlib.suppress(LogForked):
+            await check.observe(open_tree_head(larger, relay_key), larger)
+        larger_done.set()
+        await check.settled()
+        assert check.forked is not None
+        assert {check.forked.first, check.forked.second} == {smaller_fork, larger}
+
+    run(scenario())
