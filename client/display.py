@@ -26,7 +26,7 @@ _UNSAFE_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
 
 
 def _escape(c: str) -> str:
-    """``\x1b``, ``\u202e``, ``\n``: what a character is, in printable ASCII."""
+    """``\\x1b``, ``\\u202e``, ``\\n``: what a character is, in printable ASCII."""
     return c.encode("unicode_escape").decode("ascii")
 
 
@@ -54,10 +54,36 @@ def name(text: str) -> str:
     return "".join(c if c.isprintable() else _escape(c) for c in text)
 
 
+def rows(line: str, width: int, continuation: str) -> list[str]:
+    """``line`` cut into rows no wider than ``width`` columns, whatever the terminal makes
+    of its characters; rows after the first start with ``continuation``.
+
+    A line longer than the terminal is wrapped by the terminal, and what follows the
+    wrap starts at column 0, where the chat's own lines start: a body padded to the
+    width ("ok", spaces, then ``airline [✔ verified: …]: …``) showed a forged line
+    without any control character. Cut here, every row after the first is marked.
+    Widths are counted high (printable ASCII one column, anything else two: no
+    terminal draws a character wider), so a row is never wider than counted.
+    """
+    if width <= len(continuation) + 2:  # too narrow to mark anything: leave it
+        return [line]
+    cut: list[str] = []
+    row, used = "", 0
+    for c in line:
+        wide = 1 if " " <= c <= "~" else 2
+        if used + wide > width:
+            cut.append(row)
+            row, used = continuation, len(continuation)
+        row += c
+        used += wide
+    cut.append(row)
+    return cut
+
+
 def lines(text: str) -> list[str]:
     """``text`` split at its line breaks (``\\n``, ``\\r``, ``\\u2028``…), each
     :func:`one_line`: a caller shows the second and later lines as continuations."""
     return [one_line(line) for line in text.splitlines()] or [""]
 
 
-__all__ = ["lines", "name", "one_line"]
+__all__ = ["lines", "name", "one_line", "rows"]

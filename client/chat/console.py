@@ -6,8 +6,9 @@ judge it: a changed key in capitals, and ``/msg`` refused until ``/approve``
 (SPEC §3.3); a business under its badge's name when the badge verifies, its own
 profile's name only as an unverified claim (SPEC §8.1). Every line is printed
 through :meth:`Chat.say`, one terminal line without control characters, and a
-body's later lines as continuations (``  | ``) under its sender's: what a peer or
-the relay wrote cannot pass for the chat's own line (``display``, threat model T39).
+body's later lines as continuations (``  | ``) under its sender's, and on a terminal
+a line wider than it is cut the same way: what a peer or the relay wrote cannot pass
+for the chat's own line (``display``, threat model T39).
 
 Not here: opening the profile, registering and the input loop (``session``),
 the protocol and key custody (``sdk``, ``sessions``, ``keystore``).
@@ -87,10 +88,16 @@ class Chat:
         """Strangers whose message request was explained in this session."""
         self._sending: set[asyncio.Task[None]] = set()
         self._business_commands: BusinessCommands | None = None
+        self.columns: Callable[[], int | None] = lambda: None
+        """The terminal's width, None when unknown (a pipe, a file): ``session`` sets it."""
 
     def say(self, text: str) -> None:
-        """One terminal line: what others wrote in ``text`` is shown, never obeyed."""
-        print(display.one_line(text), file=self.out, flush=True)
+        """One line: what others wrote in ``text`` is shown, never obeyed; on a terminal,
+        cut to its width, each row after the first marked ``  | `` (``display.rows``)."""
+        line = display.one_line(text)
+        columns = self.columns()
+        for row in display.rows(line, columns - 1, "  | ") if columns else (line,):
+            print(row, file=self.out, flush=True)
 
     def say_body(self, first: str, body: str, indent: str = "") -> None:
         """``first`` followed by the body's first line; its later lines each below as a

@@ -76,6 +76,7 @@ async def session(options: Options, out: IO[str]) -> int:
     level = sdk_log.level
     sdk_log.setLevel(logging.ERROR)
     chat = Chat(client, out)
+    chat.columns = _columns
     tasks: list[asyncio.Task[None]] = []
     try:
         if options.accept_relay_key is not None:
@@ -121,6 +122,15 @@ async def session(options: Options, out: IO[str]) -> int:
         else:
             await client.close()
         sdk_log.setLevel(level)  # the process's logging is its own again
+
+
+def _columns() -> int | None:
+    """The width of the terminal the chat prints on; None for a pipe, a file, or a
+    terminal that does not say (a pseudo-terminal nobody sized)."""
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or None  # type: ignore[union-attr]
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 SETTLE_S = 5.0

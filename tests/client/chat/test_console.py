@@ -151,3 +151,24 @@ async def test_an_unclosed_quote_is_a_usage_line_not_the_end_of_the_chat(line: s
     finally:
         await client.close()
     assert out.getvalue().startswith("usage: /") and out.getvalue().count("\n") == 1
+
+
+async def test_a_body_padded_to_the_terminal_s_width_cannot_start_a_row_of_its_own() -> None:
+    """No control character needed: "ok", spaces to the end of an 80-column row, then the
+    forged line. The terminal wrapped it, and the forgery started at column 0 of its own
+    row. Now a line is cut to the width, counted high, and each row after the first is
+    marked as a continuation (wide characters, counted two, fill a row as well)."""
+    client = Client.open(None)
+    out = io.StringIO()
+    chat = Chat(client, out)
+    chat.columns = lambda: 80
+    padded = "ok" + " " * (80 - len("mallory: ok")) + FORGED
+    wide = "你好" * 36 + FORGED  # 72 characters, 144 columns
+    try:
+        await chat.show(message(padded))
+        await chat.show(message(wide))
+    finally:
+        await client.close()
+    for row in out.getvalue().splitlines():
+        assert sum(1 if " " <= c <= "~" else 2 for c in row) < 80, row
+        assert not row.startswith(("[", "airline")), row
