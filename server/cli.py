@@ -45,6 +45,8 @@ COMMAND_GROUP = "blindrelay.commands"
 USAGE_ERROR = 2
 FAILURE = 1
 INTERRUPTED = 130
+BROKEN_PIPE = 128 + signal.SIGPIPE
+"""What a shell shows for a command whose reader went away (``… | head``)."""
 
 
 class UsageError(Exception):
@@ -101,6 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("blindrelay: interrupted", file=sys.stderr)
         return INTERRUPTED
+    except BrokenPipeError:
+        # The reader of stdout went away (`blindrelay inspect | head`): not an error to
+        # report. stdout goes to /dev/null so that its flush at exit does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return BROKEN_PIPE
     except Exception as exc:
         if debug:
             raise

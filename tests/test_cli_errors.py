@@ -146,6 +146,27 @@ def test_a_broken_store_url_is_refused_without_its_password(workdir: Path) -> No
         assert "hunter2" not in done.stdout + done.stderr, done
 
 
+def test_output_its_reader_stops_reading_is_no_error(workdir: Path) -> None:
+    """``blindrelay admin invite --count 10000 | head -1`` (or ``inspect | head``): the
+    pipe closes early; that is the reader's choice, not an unexpected error with a
+    traceback file (as it was)."""
+    from blindrelay.server.store.sqlite.database import connect
+
+    connect(workdir / "relay.db").conn.close()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BLINDRELAY_")}
+    with subprocess.Popen(
+        [*BLINDRELAY, "admin", "invite", "--count", "10000", "--db", "relay.db"], cwd=workdir,
+        env=clean, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    ) as done:  # fmt: skip
+        assert done.stdout is not None and done.stderr is not None
+        assert len(done.stdout.readline()) == 33  # one token, then the reader is gone
+        done.stdout.close()
+        said = done.stderr.read()
+        status = done.wait(60)
+    assert said == b"", said
+    assert status == 141
+
+
 def test_a_port_in_use_is_one_line(busy_port: int, workdir: Path) -> None:
     done = run(["serve", "--port", str(busy_port), "--db", "r.db"], {}, workdir)
     assert_one_line(done, 1, "address already in use")
