@@ -80,6 +80,7 @@ from blindrelay.protocol.transparency.bills import (
     verify_bill_entry,
 )
 from blindrelay.protocol.transparency.evidence import ConsentEvidence
+from blindrelay.protocol.transparency.treehead import open_tree_head
 
 from .customer_consent import ConsentRefused, CustomerConsent
 from .reading import Message
@@ -182,14 +183,22 @@ class Business:
         that the relay logged it (SPEC §15.5): what a business hands a third party to
         demonstrate consent, checked offline with ``blindrelay verify-consent``.
         LookupError if we keep none from ``customer``; NotFound while no signed tree
-        head covers it yet."""
+        head covers it yet; InvalidProof or LogForked if the relay cannot back it."""
         theirs = [
             signed for signed in self.client.consent.records(customer)
             if unverified_body(ConsentStatement, signed).signer == customer
         ]  # fmt: skip
         if not theirs:
             raise LookupError(f"no statement from {customer!r} is kept")
-        return await self.client.log.consent_evidence(theirs[-1])
+        relay_key = self.client.relay_key
+        if relay_key is None:
+            raise UnexpectedFrame("consent evidence before a login")
+        evidence = await self.client.log.consent_evidence(theirs[-1])
+        # The head it rests on is one we meet: held against ours (SPEC §15.6 rule 5), so
+        # what we hand on is the history everyone is shown (LogForked otherwise).
+        head = open_tree_head(evidence.tree_head, relay_key)
+        await self.client.log_check.observe(head, evidence.tree_head)
+        return evidence
 
     async def close(self) -> None:
         """Stop dispatching, end waits for consent (ConnectionLost), close the client."""

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from blindrelay.protocol import frames, limits
 from blindrelay.protocol.errors import NotFound, UnexpectedFrame
+from blindrelay.protocol.transparency import merkle
 from blindrelay.protocol.transparency.evidence import ConsentEvidence, statement_entry
 from blindrelay.protocol.transparency.treehead import TreeHead, open_tree_head
 
@@ -97,14 +98,18 @@ class LogReader:
 
     async def consent_evidence(self, signed_statement: bytes) -> ConsentEvidence:
         """Proof for a third party that the relay logged ``signed_statement`` (SPEC §15.5):
-        the statement, its entry, index and path in the newest signed head. Raises
-        NotFound while no signed head covers it yet (within ``STH_INTERVAL``)."""
+        the statement, its entry, index and path in the newest signed head, the path
+        verified. Raises NotFound while no signed head covers it yet (within
+        ``STH_INTERVAL``), InvalidProof if the relay's path does not reach the head."""
         signed = await self.signed_head()
         if signed is None:
             raise NotFound("the relay has signed no tree head yet")
         head, head_bytes = signed
         entry = statement_entry(signed_statement)
         index, proof = await self.inclusion(entry, head.size)
+        # Checked before it is handed on: evidence that fails ``verify-consent`` would be
+        # found out only by whoever it was meant to convince (InvalidProof).
+        merkle.verify_inclusion(merkle.leaf_hash(entry), index, head.size, proof, head.root)
         return ConsentEvidence(signed_statement, entry, index, tuple(proof), head_bytes)
 
     async def publish_key(self) -> None:

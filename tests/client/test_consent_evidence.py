@@ -6,19 +6,30 @@ that is not evidence are refused in one line."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from blindrelay.client.business import Business
+from blindrelay.protocol import frames
+from blindrelay.protocol.crypto.keys import IdentityKeyPair
+from blindrelay.protocol.errors import ErrorCode, InvalidProof, LogForked
+from blindrelay.protocol.signed import make_statement
 from blindrelay.protocol.transparency.evidence import (
     ConsentEvidence,
     evidence_from_json,
     evidence_to_json,
+    statement_entry,
     verify_consent_evidence,
 )
 
-from ..relays import relay_at
+from ..relays import T0, relay_at
+from .fake_relay import RELAY_KEY, URL, FakeLog, FakeRelay, RelayEnd, answer_plainly
 from .harness import business_online, once_logged, online, run, within
+from .log_relay import filler
 
 
 def verify(path: Path, relay_key: bytes, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -78,3 +89,44 @@ def test_a_business_proves_a_customers_consent_offline(tmp_path: Path) -> None:
         done = verify(path, key)
         assert done.returncode == status, (path.name, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("lie", ["a proof that misses", "a head of another history"])
+def test_evidence_the_relay_cannot_back_is_refused_before_it_is_exported(lie: str) -> None:
+    """The attack (found in review): ``consent_evidence`` returned whatever head and path
+    the relay sent, unchecked, so a business handed a court evidence that fails
+    ``verify-consent``, or evidence under a head of a history no one else is shown (the
+    head was never held against the business's own). Now the path is verified under the
+    head, and the head held against the newest one the business verified."""
+    alice = IdentityKeyPair.from_seed(b"\x61" * 32)
+    relay_key = RELAY_KEY.verify_key.encode()
+    statement = make_statement(
+        "grant", signer="alice", signer_key=alice.public, target="shop", relay_key=relay_key,
+        now_ms=T0, rng=os.urandom, categories=("utility",),
+    ).sign(alice.sign)  # fmt: skip
+    log = FakeLog()
+    log.append(*filler(3), statement_entry(statement))
+    ours = FakeLog()
+    ours.append(*filler(3), *filler(6)[3:5])  # the history the business was shown
+
+    def answer(end: RelayEnd, frame: frames.Frame) -> None:
+        if isinstance(frame, frames.LogInclusionFetch) and lie == "a proof that misses":
+            end.send(frames.LogInclusion(re=frame.id, index=3, proof=(bytes(32), bytes(32))))
+        elif isinstance(frame, frames.LogConsistencyFetch):
+            end.send(frames.Error(code=ErrorCode.NOT_FOUND, re=frame.id))
+        elif not log.answer(end, frame):
+            answer_plainly(end, frame)
+
+    async def scenario() -> None:
+        relay = FakeRelay()
+        relay.answer = answer
+        shop = Business(await online(URL, "shop", "business", open_transport=relay.open))
+        shop.client.store.keep_statement("alice", statement)
+        log.sign_head(T0)
+        if lie == "a head of another history":
+            shop.client.store.set_tree_head(ours.sign_head(T0))
+        with pytest.raises((InvalidProof, LogForked)):
+            await within(shop.consent_evidence("alice"))
+        await shop.client.close()
+
+    run(scenario())
