@@ -45,6 +45,7 @@ from .errors import (
     AuthenticationFailed,
     ErrorCode,
     ProtocolError,
+    RateLimited,
     RegistrationRefused,
     TooManyErrors,
     UnexpectedFrame,
@@ -262,8 +263,14 @@ class RelayConnection(_Connection):
         # SPEC §4.5: "Every ERROR with a code from 100 to 199 and every 200 counts
         # [...] The ERROR that takes the count over MAX_PROTOCOL_ERRORS is sent as
         # usual and followed by ERROR 105 TOO_MANY_ERRORS, a push; if that error
-        # itself closes the connection (200), no 105 follows."
-        if exc.code < 200 or isinstance(exc, AuthenticationFailed):
+        # itself closes the connection (200), no 105 follows." Before WELCOME a 402
+        # counts too: nothing but a connection vouches for the sender, and one that
+        # asks on past its bucket would otherwise cost the relay for free.
+        if (
+            exc.code < 200
+            or isinstance(exc, AuthenticationFailed)
+            or (isinstance(exc, RateLimited) and self.state is State.AWAITING_AUTH)
+        ):
             self.protocol_errors += 1
             if self.protocol_errors > limits.MAX_PROTOCOL_ERRORS and not exc.code.closes_connection:
                 self.send(Error(code=int(TooManyErrors.code)))

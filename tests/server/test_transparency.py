@@ -1,5 +1,5 @@
-"""The relay's log fetches (server/transparency.py, SPEC §15.6, §10): how much of the
-log's reading a source gets before anyone logs in."""
+"""The relay's log fetches (server/transparency.py, SPEC §15.6, §10, §4.5): how much of
+the log's reading a source gets before anyone logs in, and what asking past it costs."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ from dataclasses import replace
 
 from websockets.asyncio.server import ServerConnection
 
+from blindrelay.protocol import limits
 from blindrelay.protocol.errors import ErrorCode
-from blindrelay.protocol.frames import Error, LogHead, LogHeadFetch
+from blindrelay.protocol.frames import Error, LogHead, LogHeadFetch, Ok
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.registration import source_key
 from blindrelay.server.relay import serve
 
-from .conftest import Clients, FakeClock, error_code
+from .conftest import Clients, FakeClock, RelayFixture, error_code
 
 SOURCE_HEADER = "X-Test-Source"
 BURST = 3
@@ -59,3 +60,27 @@ async def test_connections_not_logged_in_share_their_sources_log_fetch_bucket(
         assert isinstance(await third.request(lambda i: LogHeadFetch(id=i)), LogHead)
     finally:
         await running.close()
+
+
+async def test_a_connection_not_logged_in_that_asks_on_past_402_is_closed(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    """SPEC §4.5: before WELCOME a 402 counts towards the error budget, so refusals past
+    the source's bucket end the connection (1008) instead of costing the relay's loop
+    for nothing until the authentication timeout; after a login they do not count."""
+    changed = replace(config, log_fetch_burst=1, log_fetch_rate_per_min=1.0)
+    async with RelayFixture(changed, clock) as running:
+        reader = await clients.open(running.url)
+        assert isinstance(await reader.request(lambda i: LogHeadFetch(id=i)), LogHead)
+        for _ in range(limits.MAX_PROTOCOL_ERRORS + 1):
+            await reader.send(LogHeadFetch(id=reader.request_id()))
+        assert await reader.closed() == 1008
+        codes = [error_code(frame) for frame in reader.inbox]
+        assert codes == [ErrorCode.RATE_LIMITED] * (limits.MAX_PROTOCOL_ERRORS + 1) + [
+            ErrorCode.TOO_MANY_ERRORS
+        ]
+
+        alice = await clients.registered(running.url, "alice")
+        for _ in range(limits.MAX_PROTOCOL_ERRORS + 5):
+            await alice.request(lambda i: LogHeadFetch(id=i))
+        assert isinstance(await alice.upload_prekeys(), Ok)  # still open
