@@ -4,9 +4,10 @@
 tree heads — and the state a previous run kept, recomputes the tree from the
 entries alone, and reports every violation with its evidence: an entry that is
 not one of §15.1's encodings, a head whose signature fails, a head whose root is
-not the tree of the entries, heads that shrink or go back in time, and a log
-that no longer holds what the previous run saw (truncated or rewritten). It is
-pure: fetching is the caller's (the audit CLI), and so is deciding what to do.
+not the tree of the entries, heads that shrink or go back in time, a business's
+bill for a month logged twice, and a log that no longer holds what the previous run
+saw (truncated or rewritten). It is pure: fetching is the caller's (the audit CLI),
+and so is deciding what to do.
 :class:`LogAudit` is the same an entry at a time, for a caller that reads the log
 page by page and keeps none of it.
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from blindrelay.protocol.errors import InvalidTreeHead, MalformedLogEntry
 
 from . import merkle
-from .entries import decode_entry
+from .entries import BillLogged, decode_entry
 from .treehead import TreeHead, open_tree_head
 
 
@@ -66,8 +67,9 @@ one more violation, so a log of garbage costs an auditor no memory per entry."""
 
 class LogAudit:
     """:func:`audit` one entry at a time (:meth:`add`, then :meth:`finish`): a run holds
-    the tree's right edge and the roots it checks, never the entries, so an auditor reads
-    a log of millions page by page, and only as far as the checks need (:attr:`needed`)."""
+    the tree's right edge, the roots it checks and each bill's entry, never the whole
+    log, so an auditor reads a log of millions page by page, and only as far as the
+    checks need (:attr:`needed`)."""
 
     def __init__(
         self, heads: Sequence[bytes], relay_key: bytes, previous: AuditState | None = None
@@ -89,6 +91,8 @@ class LogAudit:
         self._frontier = merkle.Frontier()
         self._kinds: Counter[str] = Counter()
         self._malformed = 0
+        self._bills: dict[tuple[str, str], tuple[int, bytes]] = {}
+        """(business, month) → the index and bytes of its bill: one per month (§8.5)."""
 
     @property
     def needed(self) -> int:
@@ -100,7 +104,10 @@ class LogAudit:
         """The next entry of the log, in order."""
         index = self._frontier.size
         try:
-            self._kinds[type(decode_entry(data)).__name__] += 1
+            entry = decode_entry(data)
+            self._kinds[type(entry).__name__] += 1
+            if isinstance(entry, BillLogged):
+                self._bill(index, data, entry)
         except MalformedLogEntry as exc:
             self._malformed += 1
             if self._malformed <= MAX_MALFORMED_LISTED:
@@ -110,6 +117,18 @@ class LogAudit:
         self._frontier.append(merkle.leaf_hash(data))
         if self._frontier.size in self._wanted:
             self._roots[self._frontier.size] = self._frontier.root()
+
+    def _bill(self, index: int, data: bytes, bill: BillLogged) -> None:
+        """A month's bill is closed once (§8.5): a second one for the same business and
+        month lets the relay show the business one and invoice by the other."""
+        first = self._bills.setdefault((bill.handle, bill.month), (index, data))
+        if first[0] != index:
+            self._report.violations.append(Violation(
+                "bill logged twice",
+                f"entry {index}: a second bill of {bill.handle} for {bill.month}, after "
+                f"entry {first[0]}",
+                {"first": first[1].hex(), "second": data.hex()},
+            ))  # fmt: skip
 
     def finish(self) -> AuditReport:
         """The report on the heads, the previous state and the entries added."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.transparency import merkle
 from blindrelay.protocol.transparency.audit import MAX_MALFORMED_LISTED, AuditState, audit
-from blindrelay.protocol.transparency.entries import KeyBinding, StatementLogged
+from blindrelay.protocol.transparency.entries import BillLogged, KeyBinding, StatementLogged
 from blindrelay.protocol.transparency.treehead import sign_tree_head
 
 RELAY = IdentityKeyPair(b"\xc0" * 32)
@@ -85,3 +85,24 @@ def test_a_log_of_garbage_lists_a_bounded_number_of_malformed_entries() -> None:
     assert kinds(report) == ["malformed entry"] * (MAX_MALFORMED_LISTED + 1)
     assert report.violations[-1].detail.startswith("50 more malformed entries")
     assert report.size == len(garbage) and report.state is not None
+
+
+def test_a_second_bill_for_one_business_and_month_is_a_violation() -> None:
+    """The attack (found in review): the relay logs two bills of one business for one
+    month, serves the business the one that matches its SENTs (``check_bill``: ok) and
+    invoices by the other; each is logged, so "everyone sees the same bill" rested on
+    someone noticing the second. The auditor now reports it, with both entries."""
+    def bill(count: int) -> bytes:
+        return BillLogged(
+            v=1, handle="skyways.air", month="2026-11", count=count, root=bytes([count % 256]) * 32,
+            at=T0,
+        ).to_bytes()  # fmt: skip
+
+    other = BillLogged(
+        v=1, handle="skyways.air", month="2026-12", count=1, root=bytes(32), at=T0
+    ).to_bytes()
+    entries = [*log(3), bill(10), other, bill(1000)]
+    report = audit(entries, [head(entries, len(entries), T0)], RELAY.public)
+    assert kinds(report) == ["bill logged twice"]
+    assert report.violations[0].evidence == {"first": bill(10).hex(), "second": bill(1000).hex()}
+    assert "entry 5" in report.violations[0].detail and "entry 3" in report.violations[0].detail
