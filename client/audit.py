@@ -33,6 +33,7 @@ from typing import TextIO
 from blindrelay.protocol import limits
 from blindrelay.protocol.errors import BlindrelayError
 from blindrelay.protocol.transparency.audit import AuditReport, AuditState, LogAudit
+from blindrelay.protocol.transparency.treehead import open_tree_head
 
 from . import display
 from .transparency import LogReader, open_log_reader
@@ -53,18 +54,23 @@ class SavedState:
 
 
 def load_state(path: Path) -> SavedState | None:
-    """The previous run's state, None if the file does not exist yet."""
+    """The previous run's state, None if the file does not exist yet. Its ``size`` and
+    ``root`` must be those of its ``signed`` head, which must verify with its relay key:
+    otherwise the run would check the log against a commitment the relay never made
+    (an earlier prefix, say: less of the log) and show another head as its evidence."""
     try:
         raw = json.loads(path.read_text())
-        return SavedState(
-            bytes.fromhex(raw["relay_key"]),
-            AuditState(
-                int(raw["size"]), bytes.fromhex(raw["root"]), bytes.fromhex(raw["signed"])
-            ),
+        relay_key = bytes.fromhex(raw["relay_key"])
+        head = AuditState(
+            int(raw["size"]), bytes.fromhex(raw["root"]), bytes.fromhex(raw["signed"])
         )
+        signed = open_tree_head(head.signed, relay_key)
+        if (signed.size, signed.root) != (head.size, head.root):
+            raise ValueError("its size and root are not those of the head it holds")
+        return SavedState(relay_key, head)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, BlindrelayError) as exc:
         raise AuditUsageError(
             f"cannot read the state file {path}: {exc} — give the file an earlier run "
             "wrote, or a new path to start over"

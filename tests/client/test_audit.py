@@ -229,3 +229,29 @@ def test_what_the_endpoint_says_is_printed_without_its_escapes(
     status, report = result[0]
     assert status == 3 and report.count("\n") == 1
     assert "\\x1b]52;c;" in report and not any(c in report for c in "\x1b\x07\r")
+
+
+def test_a_state_file_whose_head_is_not_the_relay_s_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state's ``size`` and ``root`` were taken as they stood, beside the signed head
+    they come from, which nothing checked: lowered to an earlier prefix (its root is
+    anyone's to compute), the next run checked less of the log than the last verified,
+    and printed a "previous head" as evidence that was not the one compared. Now the
+    state must hold a head that verifies with its relay key, of that size and root."""
+    log = EndlessLog(45)
+    monkeypatch.setattr(audit_module, "open_log_reader", log.open)
+    state = tmp_path / "audit.json"
+    result: list[tuple[int, str]] = []
+
+    async def once() -> None:
+        result.append(await audited("ws://relay.test", state))
+
+    run(once())
+    assert result[-1][0] == 0
+    saved = json.loads(state.read_text())
+    saved["size"] = 40
+    saved["root"] = merkle.root_of([merkle.leaf_hash(e) for e in log.entries[:40]]).hex()
+    state.write_text(json.dumps(saved))
+    with pytest.raises(audit_module.AuditUsageError, match="state file"):
+        run(once())
