@@ -38,7 +38,14 @@ from blindrelay.protocol.signed import ConsentStatement
 
 from .. import display
 from ..business import Business
-from ..sdk import MAX_HELD_PER_SENDER, BusinessInfo, Client, ConnectionLost, Message
+from ..sdk import (
+    MAX_HELD_PER_SENDER,
+    BusinessInfo,
+    Client,
+    ConnectionLost,
+    Message,
+    RelayKeyChanged,
+)
 from .business import BUSINESS_COMMANDS, BusinessCommands
 from .usage import Usage
 
@@ -293,6 +300,9 @@ class Chat:
             return f"that changes nothing: {exc.detail or exc}"
         if isinstance(exc, ConnectionLost):
             return f"not connected to the relay ({exc}); try again when it is back"
+        if isinstance(exc, RelayKeyChanged):
+            return ("the relay now presents another key than the one this profile pinned "
+                    "(another server, or an attack); nothing was sent")  # fmt: skip
         if isinstance(exc, Forbidden):
             return "only a business account can do that"
         return f"{type(exc).__name__} {exc}".rstrip()

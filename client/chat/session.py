@@ -95,7 +95,7 @@ async def session(options: Options, out: IO[str]) -> int:
         chat.show_history()
         chat.say("/help lists the commands; /to HANDLE, then plain lines go to them")
         tasks = [asyncio.create_task(chat.receive()), asyncio.create_task(chat.watch_connection())]
-        await _read_commands(chat)
+        await _read_commands_while_receiving(chat, tasks[0])
         await asyncio.wait_for(chat.settled(), SETTLE_S) if chat.client.online else None
         return 0
     except RelayKeyChanged as exc:
@@ -176,6 +176,28 @@ def _registration_refused(exc: BlindrelayError, *, invited: bool) -> str:
     if invited:
         return "the invite is unknown or already used (or the proof of work failed)"
     return "it needs an invite from its operator (--invite HEX)"
+
+
+async def _read_commands_while_receiving(chat: Chat, receiving: asyncio.Task[None]) -> None:
+    """Run commands until /quit; raise why if the client stops for good meanwhile.
+
+    The messages stop with it, and one stop is an attack's mark: a reconnect that met
+    another relay key (RelayKeyChanged, threat model T25, T41). The chat said nothing,
+    showed itself waiting for the relay, and refused sends naming the exception; now it
+    ends as it does when it starts on such a relay (``session``'s one line, exit 1).
+    """
+    reading = asyncio.create_task(_read_commands(chat))
+    await asyncio.wait([reading, receiving], return_when=asyncio.FIRST_COMPLETED)
+    stopped = receiving.exception() if receiving.done() and not reading.done() else None
+    if stopped is None:
+        await reading
+        return
+    reading.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reading
+    while isinstance(stopped, BaseExceptionGroup):  # the readers' TaskGroup
+        stopped = stopped.exceptions[0]
+    raise stopped
 
 
 async def _read_commands(chat: Chat) -> None:

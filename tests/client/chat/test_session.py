@@ -1,10 +1,17 @@
-"""One run of the chat (client/chat/session.py) against an endpoint that is not a relay:
-whatever it says comes back as one line without control characters (threat model T39)."""
+"""One run of the chat (client/chat/session.py): against an endpoint that is not a relay,
+whatever it says comes back as one line without control characters (threat model T39);
+bad input is one line; a relay key changed at a reconnect ends it with the way on (T41)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
+import os
 import re
+import socket
+import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +19,12 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from blindrelay.client.chat.session import Options, PassphraseError, read_passphrase, session
 from blindrelay.protocol import SUBPROTOCOL
+from blindrelay.server.config import RelayConfig
+from blindrelay.server.relay import RunningRelay
+from blindrelay.server.relay import serve as serve_relay
+
+from ...relays import MANY_REGISTRATIONS, QUICK_TREE_HEADS
+from ..harness import replace_relay_key
 
 REASON = "\x1b]52;c;cm0gLXJmIH4K\x07\x1b]0;bank\x07\x1b[2K\rlogged in as alice"
 """A WebSocket close reason is outside the Noise channel: anyone on the path writes it."""
@@ -65,3 +78,56 @@ async def test_a_profile_that_cannot_be_made_is_one_line_saying_so(tmp_path: Pat
         f"blindrelay chat: {options.profile}: cannot open or create it (Not a directory); "
         "give a --profile in a folder you can write to\n"
     )
+
+
+@contextlib.asynccontextmanager
+async def relay_on(db: Path, port: int) -> AsyncIterator[RunningRelay]:
+    """A relay on ``port``, so that a second one answers where the first did."""
+    relay = await serve_relay(
+        RelayConfig(host="127.0.0.1", port=port, db_path=db, **MANY_REGISTRATIONS,
+                    **QUICK_TREE_HEADS)
+    )  # fmt: skip
+    try:
+        yield relay
+    finally:
+        await relay.close()
+
+
+async def test_a_relay_key_changed_at_a_reconnect_ends_the_chat_with_the_way_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Threat model T41: at a reconnect another key answers (another server, or someone on
+    the path). The client stops for good (T25), but the chat went on as if waiting: no
+    message arrived any more, /msg said 'refused: RelayKeyChanged …' and nothing told the
+    person what happened or what to do, as the chat does when it starts on such a relay."""
+    reading, typing = os.pipe()  # a person who types nothing
+    stdin = open(reading)  # noqa: SIM115 - the chat's to read, closed below
+    monkeypatch.setattr(sys, "stdin", stdin)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    db, out = tmp_path / "relay.db", io.StringIO()
+    options = Options(
+        relay=f"ws://127.0.0.1:{port}", profile=tmp_path / "alice.db", handle="alice",
+        kind="user", passphrase="a passphrase", operator_key=None,
+    )  # fmt: skip
+    try:
+        async with relay_on(db, port):
+            chatting = asyncio.create_task(session(options, out))
+            while "registered alice" not in out.getvalue():
+                assert not chatting.done(), out.getvalue()
+                await asyncio.sleep(0.02)
+        replace_relay_key(db)
+        async with relay_on(db, port):
+            status = await asyncio.wait_for(chatting, 20)
+    finally:
+        os.close(typing)  # the end of input: the chat's reader thread ends
+        stdin.close()  # (after its read, whose lock it takes)
+    shown = out.getvalue()
+    assert status == 1
+    assert re.search(
+        r"blindrelay chat: ws://127\.0\.0\.1:\d+ presents relay key [0-9a-f]{64}, not "
+        r"[0-9a-f]{64} pinned in this profile; nothing was sent\. If the relay's operator "
+        r"confirms the new key, run again with --accept-relay-key [0-9a-f]{64}\n$",
+        shown,
+    ), shown
