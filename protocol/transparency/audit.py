@@ -5,9 +5,9 @@ tree heads — and the state a previous run kept, recomputes the tree from the
 entries alone, and reports every violation with its evidence: an entry that is
 not one of §15.1's encodings, a head whose signature fails, a head whose root is
 not the tree of the entries, heads that shrink or go back in time, a business's
-bill for a month logged twice, and a log that no longer holds what the previous run
-saw (truncated or rewritten). It is pure: fetching is the caller's (the audit CLI),
-and so is deciding what to do.
+bill for a month logged twice, a key binding that does not follow its handle's last,
+and a log that no longer holds what the previous run saw (truncated or rewritten).
+It is pure: fetching is the caller's (the audit CLI), and so is deciding what to do.
 :class:`LogAudit` is the same an entry at a time, for a caller that reads the log
 page by page and keeps none of it.
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from blindrelay.protocol.errors import InvalidTreeHead, MalformedLogEntry
 
 from . import merkle
-from .entries import BillLogged, decode_entry
+from .entries import BillLogged, KeyBinding, decode_entry
 from .treehead import TreeHead, open_tree_head
 
 
@@ -67,9 +67,9 @@ one more violation, so a log of garbage costs an auditor no memory per entry."""
 
 class LogAudit:
     """:func:`audit` one entry at a time (:meth:`add`, then :meth:`finish`): a run holds
-    the tree's right edge, the roots it checks and each bill's entry, never the whole
-    log, so an auditor reads a log of millions page by page, and only as far as the
-    checks need (:attr:`needed`)."""
+    the tree's right edge, the roots it checks, each bill's entry and each handle's
+    key, never the whole log, so an auditor reads a log of millions page by page, and
+    only as far as the checks need (:attr:`needed`)."""
 
     def __init__(
         self, heads: Sequence[bytes], relay_key: bytes, previous: AuditState | None = None
@@ -93,6 +93,8 @@ class LogAudit:
         self._malformed = 0
         self._bills: dict[tuple[str, str], tuple[int, bytes]] = {}
         """(business, month) → the index and bytes of its bill: one per month (§8.5)."""
+        self._keys: dict[str, tuple[str, bytes]] = {}
+        """Handle → the kind and key of its last binding: the chain each must follow."""
 
     @property
     def needed(self) -> int:
@@ -108,6 +110,8 @@ class LogAudit:
             self._kinds[type(entry).__name__] += 1
             if isinstance(entry, BillLogged):
                 self._bill(index, data, entry)
+            elif isinstance(entry, KeyBinding):
+                self._binding(index, data, entry)
         except MalformedLogEntry as exc:
             self._malformed += 1
             if self._malformed <= MAX_MALFORMED_LISTED:
@@ -128,6 +132,30 @@ class LogAudit:
                 f"entry {index}: a second bill of {bill.handle} for {bill.month}, after "
                 f"entry {first[0]}",
                 {"first": first[1].hex(), "second": data.hex()},
+            ))  # fmt: skip
+
+    def _binding(self, index: int, data: bytes, binding: KeyBinding) -> None:
+        """A handle's bindings are a chain (§15.1): the first names no previous key (a
+        registration, or a user's DISCOVERABLE), each later one the key it replaces, all
+        of one kind. Any other is a key the relay bound that the account never rotated
+        to: on record, and now also said."""
+        last = self._keys.get(binding.handle)
+        self._keys[binding.handle] = (binding.kind, binding.identity_key)
+        if last is None:
+            wrong = "a rotation of a handle never bound" if binding.previous_key else ""
+        elif binding.previous_key is None:
+            wrong = "a second first binding of a bound handle"
+        elif binding.previous_key != last[1]:
+            wrong = "a rotation from a key that is not the handle's"
+        elif binding.kind != last[0]:
+            wrong = f"a {binding.kind}'s binding of a {last[0]}"
+        else:
+            wrong = ""
+        if wrong:
+            self._report.violations.append(Violation(
+                "key binding out of chain",
+                f"entry {index}: {wrong} ({binding.handle})",
+                {"entry": data.hex()},
             ))  # fmt: skip
 
     def finish(self) -> AuditReport:

@@ -106,3 +106,31 @@ def test_a_second_bill_for_one_business_and_month_is_a_violation() -> None:
     assert kinds(report) == ["bill logged twice"]
     assert report.violations[0].evidence == {"first": bill(10).hex(), "second": bill(1000).hex()}
     assert "entry 5" in report.violations[0].detail and "entry 3" in report.violations[0].detail
+
+
+def test_a_key_binding_that_does_not_follow_the_handle_s_last_is_a_violation() -> None:
+    """A handle's bindings form a chain (SPEC §15.1): one without ``previous_key``, its
+    first (registration, or DISCOVERABLE), then each rotation naming the key it replaces,
+    in one kind. A relay that binds a key of its own to a business as a second
+    registration, as a rotation from a key the business never had, or as a user's, put
+    it "on record" for anyone to see; the audit passed such a log clean. Now each is a
+    violation with the entry; a well-formed chain (a rotation) is not."""
+    def bound(key: int, previous: int | None = None, kind: str = "business") -> bytes:
+        return KeyBinding(
+            v=1, handle="airline", kind=kind, identity_key=bytes([key]) * 32, at=T0,
+            previous_key=None if previous is None else bytes([previous]) * 32,
+        ).to_bytes()  # fmt: skip
+
+    chained = [*log(2), bound(1), bound(2, previous=1)]
+    assert audit(chained, [head(chained, 4, T0)], RELAY.public).clean
+    for lie in (bound(9), bound(9, previous=1), bound(9, previous=2, kind="user")):
+        entries = [*chained, lie]
+        report = audit(entries, [head(entries, 5, T0)], RELAY.public)
+        assert kinds(report) == ["key binding out of chain"], lie
+        assert report.violations[0].evidence["entry"] == lie.hex()
+    rotated_first = KeyBinding(
+        v=1, handle="new.shop", kind="business", identity_key=b"\x05" * 32, at=T0,
+        previous_key=b"\x04" * 32,
+    ).to_bytes()  # fmt: skip
+    report = audit([rotated_first], [head([rotated_first], 1, T0)], RELAY.public)
+    assert kinds(report) == ["key binding out of chain"]
