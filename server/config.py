@@ -268,7 +268,7 @@ class RelayConfig:
             "gc_threshold": self.gc_threshold,
         }
         for name, value in positive.items():
-            if value <= 0:
+            if not value > 0:  # NaN too: a NaN rate refills every bucket at once (no limit)
                 raise ValueError(f"{name} must be positive")
         if self.max_outgoing_buffer_bytes < MIN_OUTGOING_BUFFER_BYTES:
             raise ValueError(
