@@ -21,7 +21,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from blindrelay.protocol.errors import InvalidTreeHead, MalformedLogEntry
+from blindrelay.protocol.errors import InvalidTreeHead, MalformedLogEntry, ProtocolError
+from blindrelay.protocol.signed import unverified_body
 
 from . import merkle
 from .entries import BillLogged, KeyBinding, decode_entry
@@ -240,6 +241,24 @@ def _check_previous(
             f"the first {previous.size} entries no longer give the root the relay signed",
             evidence | {"computed_root": roots[previous.size].hex()},
         ))  # fmt: skip
+    elif report.newest is not None and report.state is not None:
+        # The relay's newest head never shrinks nor goes back (§15.3 rule 2): an older
+        # one than the last run verified is a stale view (hiding what came since) or a
+        # rollback. The previous head is the state's, verified when it was kept.
+        try:
+            before: TreeHead | None = unverified_body(TreeHead, previous.signed)
+        except ProtocolError:
+            before = None  # a state the caller made by hand: nothing to compare
+        newest = report.newest
+        if before is not None and (
+            newest.size < before.size or newest.timestamp < before.timestamp
+        ):
+            report.violations.append(Violation(
+                "heads go backwards",
+                f"the newest head (size {newest.size}, at {newest.timestamp}) is older than "
+                f"the previous run's (size {before.size}, at {before.timestamp})",
+                {"earlier": previous.signed.hex(), "later": report.state.signed.hex()},
+            ))  # fmt: skip
     broken = len(report.violations) > found
     if broken or report.state is None or report.state.size < previous.size:
         report.state = previous  # keep the commitment the relay broke, or the larger one

@@ -134,3 +134,18 @@ def test_a_key_binding_that_does_not_follow_the_handle_s_last_is_a_violation() -
     ).to_bytes()  # fmt: skip
     report = audit([rotated_first], [head([rotated_first], 1, T0)], RELAY.public)
     assert kinds(report) == ["key binding out of chain"]
+
+
+def test_a_newest_head_older_than_the_previous_run_s_is_a_violation() -> None:
+    """SPEC §15.3 rule 4: heads never shrink or go back in time, across runs too. The
+    newest head a relay serves never does (rule 2), so one older than what the previous
+    run verified is a relay showing the auditor a stale view (hiding what it appended
+    since) or a rollback; each run saw one head, and the audit passed it clean."""
+    entries = log(12)
+    state = audit(entries[:10], [head(entries, 10, T0 + 5)], RELAY.public).state
+    for stale in (head(entries, 8, T0 + 6), head(entries, 10, T0 + 2)):
+        report = audit(entries, [stale], RELAY.public, state)
+        assert kinds(report) == ["heads go backwards"]
+        assert report.violations[0].evidence == {"earlier": state.signed.hex(), "later": stale.hex()}
+        assert report.state == state
+    assert audit(entries, [head(entries, 12, T0 + 7)], RELAY.public, state).clean
