@@ -353,3 +353,56 @@ def test_frames_opened_from_the_channel_are_read_as_the_codec_reads(
     assert assert_read_as_the_codec_reads(relay.decrypt(client.encrypt(data))) == 1
     for junk in others:
         assert_read_as_the_codec_reads(relay.decrypt(client.encrypt(junk)))
+
+
+RAW_VALUES = [
+    b"\xcb\x7f\xf8" + bytes(6),  # NaN, float 64
+    b"\xca\x7f\xc0\x00\x00",  # NaN, float 32
+    b"\xcb" + bytes(8),  # 0.0
+    b"\xdb\xff\xff\xff\xff",  # a str declaring 4 GiB, then nothing
+    b"\xc6\x7f\xff\xff\xff",  # a bin declaring 2 GiB
+    b"\xdd\xff\xff\xff\xff",  # an array declaring 4 billion items
+    b"\xdf\xff\xff\xff\xff",  # a map declaring 4 billion entries
+    b"\xc9\xff\xff\xff\xff\x05",  # an ext declaring 4 GiB
+    b"\xc7\x00\xff",  # an empty timestamp
+    b"\xd6\xff" + bytes(4),  # a timestamp
+    b"\xc0",  # nil
+    b"\x91" * 3 + b"\x01",  # nested arrays
+    b"\x91\x81\xa1a\x01",  # a map in an array
+    b"\xa3bob",
+    b"\xd9\x03bob",  # the same str, str 8
+    b"\xc4\x03bob",  # the same bytes, bin
+]
+"""Raw msgpack values (not all of them whole) put in place of a field's value."""
+
+
+def _non_canonical(value: int) -> list[bytes]:
+    """``value`` in every wider msgpack int form that holds it."""
+    forms = []
+    for head, size, signed in ((0xCD, 2, False), (0xCE, 4, False), (0xCF, 8, False),
+                               (0xD2, 4, True), (0xD3, 8, True)):  # fmt: skip
+        try:
+            forms.append(bytes([head]) + value.to_bytes(size, "big", signed=signed))
+        except OverflowError:
+            continue
+    return forms
+
+
+@settings(max_examples=600)
+@given(fast_frames, st.data())
+def test_raw_value_and_key_encodings_are_read_as_the_codec_reads(
+    frame: f.Frame, data: st.DataObject
+) -> None:
+    """NaN floats, lengths declared far past the message, extensions, nesting, an int in a
+    wider form than needed, a key in str 8: each read as the codec reads it, or left."""
+    pairs = list(msgpack.unpackb(codec.encode(frame)).items())
+    index = data.draw(st.integers(0, len(pairs) - 1))
+    key, value = pairs[index]
+    raw = [msgpack.packb(v, use_bin_type=True) for _, v in pairs]
+    choices = RAW_VALUES + (_non_canonical(value) if type(value) is int else [])
+    raw[index] = data.draw(st.sampled_from(choices))
+    keys = [msgpack.packb(k) for k, _ in pairs]
+    if data.draw(st.booleans()):
+        keys[index] = b"\xd9" + bytes([len(key)]) + key.encode()
+    message = bytes([0x80 | len(pairs)]) + b"".join(k + v for k, v in zip(keys, raw, strict=True))
+    assert_read_as_the_codec_reads(message)
