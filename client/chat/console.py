@@ -74,6 +74,14 @@ HELP = "commands:\n" + "\n".join(
 )
 """The user's ``/help`` (kept for those who print it)."""
 
+BADGE_RECHECK_MS = 10 * 60 * 1000
+"""How long a business's profile and badge, as last fetched and checked, are shown
+before they are asked of the relay again. The relay stops serving a badge the
+operator revoked at once (SPEC §8.1), and a client relies on that (§15.6 rule 6):
+kept for the session, a revoked or expired badge went on showing "✔ verified" until the
+chat restarted. Ten minutes cost a business's customer one PROFILE_FETCH per business
+it hears from in that time; shorter notices a revocation sooner."""
+
 SEND_RATE_RETRIES = 5
 """A send the relay paces (402, its retry_after) is tried again this many times: the
 person typed it once. A relay that took over an account counts its buckets as just spent
@@ -90,7 +98,8 @@ class Chat:
         """Our :class:`Business` when the account is one: its commands, its dispatcher."""
         self.current: str | None = None
         """Whom plain lines go to (``/to``, ``/msg``)."""
-        self._badges: dict[str, BusinessInfo] = {}
+        self._badges: dict[str, tuple[int, BusinessInfo]] = {}
+        """A business's profile and badge as checked, and when (our clock, ms)."""
         self._requesters: set[str] = set()
         """Strangers whose message request was explained in this session."""
         self._sending: set[asyncio.Task[None]] = set()
@@ -229,12 +238,18 @@ class Chat:
             self.say(f"  (first message from {sender}; compare /safety {sender} to verify)")
 
     async def badge(self, handle: str) -> str:
-        info = self._badges.get(handle)
-        if info is None:
+        """How ``handle`` is shown: its badge's name if that verifies, else why not; asked
+        of the relay again once the last answer is :data:`BADGE_RECHECK_MS` old."""
+        now = self.client.clock()
+        kept = self._badges.get(handle)
+        if kept is not None and now - kept[0] < BADGE_RECHECK_MS:
+            info = kept[1]
+        else:
             try:
-                info = self._badges[handle] = await self.client.business_info(handle)
+                info = await self.client.business_info(handle)
             except BlindrelayError as exc:
                 return f"[business, profile unreadable: {type(exc).__name__}]"
+            self._badges[handle] = (now, info)
         # SPEC §8.1: only the badge's name is shown as verified; the profile's name is
         # the business's own claim, shown only marked as unverified.
         claimed = info.claimed_name

@@ -11,12 +11,13 @@ import re
 
 import pytest
 
-from blindrelay.client.chat.console import Chat
+from blindrelay.client.chat.console import BADGE_RECHECK_MS, Chat
 from blindrelay.client.incoming import inbox_record
 from blindrelay.client.keystore import MemoryKeyStore
 from blindrelay.client.sdk import BusinessInfo, Client, Message
 from blindrelay.client.trust import IdentityState
 from blindrelay.protocol import frames
+from blindrelay.protocol.business import Badge, BadgeCheck, BadgeStatus
 from blindrelay.protocol.content import Content, Text, encode_content
 from blindrelay.protocol.errors import MalformedFrame
 
@@ -172,3 +173,46 @@ async def test_a_body_padded_to_the_terminal_s_width_cannot_start_a_row_of_its_o
     for row in out.getvalue().splitlines():
         assert sum(1 if " " <= c <= "~" else 2 for c in row) < 80, row
         assert not row.startswith(("[", "airline")), row
+
+
+async def test_a_revoked_badge_stops_showing_as_verified_within_the_recheck_time() -> None:
+    """SPEC §8.1, §15.6 rule 6: a client relies on the relay no longer serving a revoked
+    badge. The chat asked once per session and kept the answer: a business whose badge
+    the operator revoked (or that expired) went on showing "✔ verified" on every message
+    until the person restarted the chat. Now an answer older than BADGE_RECHECK_MS is
+    asked again."""
+    now = [1_700_000_000_000]
+    client = Client(MemoryKeyStore(), clock=lambda: now[0])
+    badge = Badge(
+        v=1, handle="airline", key_fingerprint=bytes(32), display_name="Skyways",
+        serial=1, issued_at=now[0] - 1, expires_at=now[0] + 86_400_000,
+    )  # fmt: skip
+    answers = [BadgeCheck(BadgeStatus.VERIFIED, badge), BadgeCheck(BadgeStatus.ABSENT)]
+    asked: list[int] = []
+
+    async def business_info(handle: str) -> BusinessInfo:
+        asked.append(now[0])
+        check = answers[min(len(asked), len(answers)) - 1]
+        return BusinessInfo(handle, bytes(32), None, check, key_changed=False)
+
+    client.business_info = business_info  # type: ignore[method-assign]
+    out = io.StringIO()
+    chat = Chat(client, out)
+    notice = Message(
+        msg_id=bytes(16), sender="airline", sender_kind="business", sent_at=now[0],
+        identity=IdentityState.TRUSTED, body="Gate C1",
+    )  # fmt: skip
+    try:
+        await chat.show(notice)
+        now[0] += BADGE_RECHECK_MS - 1  # within the recheck time: the answer kept
+        await chat.show(notice)
+        now[0] += 2  # the operator revoked it meanwhile: the relay serves none
+        await chat.show(notice)
+    finally:
+        await client.close()
+    assert out.getvalue().splitlines() == [
+        "airline [✔ verified: Skyways]: Gate C1",
+        "airline [✔ verified: Skyways]: Gate C1",
+        "airline [business, not verified: no badge]: Gate C1",
+    ]
+    assert len(asked) == 2
