@@ -4,11 +4,11 @@
 prints each message and receipt as it arrives, with what the person needs to
 judge it: a changed key in capitals, and ``/msg`` refused until ``/approve``
 (SPEC §3.3); a business under its badge's name when the badge verifies, its own
-profile's name only as an unverified claim (SPEC §8.1). Every line is printed
-through :meth:`Chat.say`, one terminal line without control characters, and a
-body's later lines as continuations (``  | ``) under its sender's, and on a terminal
-a line wider than it is cut the same way: what a peer or the relay wrote cannot pass
-for the chat's own line (``display``, threat model T39).
+profile's name only as an unverified claim (SPEC §8.1). Every line goes through
+:meth:`Chat.say`: its control characters shown escaped, and a body's later lines, or
+on a terminal what passes its width, shown as continuations (``  | ``), so that what
+a peer or the relay wrote cannot pass for the chat's own line (``display``, threat
+model T39).
 
 Not here: opening the profile, registering and the input loop (``session``),
 the protocol and key custody (``sdk``, ``sessions``, ``keystore``).
