@@ -97,10 +97,14 @@ class RelayKeyPin:
         """Pin ``key`` in place of the current one: the user's deliberate decision.
 
         Statements are bound to the relay key (SPEC §7.4): the ones we hold stay
-        verifiable only against the key they name, and new ones name this one.
+        verifiable only against the key they name, and new ones name this one. The tree
+        head kept is dropped: signed by the old key, it is no history of this one's log,
+        and every head held against it failed (InvalidTreeHead) for good.
         """
         if not isinstance(key, bytes) or len(key) != 32:
             raise ValueError("a relay key is 32 bytes")
+        if key != self.key:
+            self._store.set_tree_head(None)
         self._store.set_relay_key(key)
 
 

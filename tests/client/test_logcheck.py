@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -30,9 +31,9 @@ from blindrelay.protocol.transparency import merkle
 from blindrelay.protocol.transparency.entries import StatementLogged
 from blindrelay.protocol.transparency.treehead import open_tree_head, sign_tree_head
 
-from ..relays import T0, relay_at
+from ..relays import T0, FakeClock, relay_at
 from .fake_relay import OTHER_RELAY_KEY
-from .harness import Inbox, bundle, online, run, within
+from .harness import Inbox, bundle, make_client, online, replace_relay_key, run, within
 from .log_relay import AIRLINE_SEED, FAKE_SEED, LoggingRelay, binding, customer, filler
 
 
@@ -375,5 +376,38 @@ def test_two_heads_checked_at_once_are_checked_against_each_other() -> None:
         await check.settled()
         assert check.forked is not None
         assert {check.forked.first, check.forked.second} == {smaller_fork, larger}
+
+    run(scenario())
+
+
+def test_a_relay_key_the_person_accepted_starts_a_new_log(tmp_path: Path) -> None:
+    """The profile kept a head signed by the relay's old key; once the person accepted the
+    new key (``accept_relay_key``), every head was held against that old head, which does
+    not verify with the new key: InvalidTreeHead from every first message to a business
+    and every badge check, for good (found in review). Heads of another key are no
+    history of this one: accepting a key drops the kept head."""
+
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            await online(relay.url, "airline", "business")
+            alice_store = MemoryKeyStore()
+            alice = await online(relay.url, "alice", store=alice_store)
+            await within(alice.send("airline", "hello"))
+            assert alice.store.tree_head() is not None  # signed by the old key
+            await alice.close()
+        replace_relay_key(tmp_path / "relay.db")
+        clock = FakeClock(time.time_ns() // 1_000_000)
+        async with relay_at(tmp_path, clock=clock) as relay:
+            await online(relay.url, "shop", "business")
+            await relay.housekeeping.publish_tree_head()  # the new key's first head
+            alice = make_client(alice_store)
+            alice.accept_relay_key(relay.relay_key)
+            await within(alice.connect(relay.url))
+            await within(alice.login())
+            clock.advance(60_000)  # a restart empties the account's buckets (SPEC §10)
+            await within(alice.send("shop", "hello"))
+            head = alice.store.tree_head()
+            assert head is not None and open_tree_head(head, relay.relay_key).size == 2
+            await alice.close()
 
     run(scenario())
