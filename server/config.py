@@ -274,6 +274,10 @@ class RelayConfig:
             raise ValueError(
                 f"max_outgoing_buffer_bytes must be at least {MIN_OUTGOING_BUFFER_BYTES}"
             )
+        if not self.host.strip():
+            # asyncio reads "" as every interface: an unset-looking BLINDRELAY_HOST= would
+            # open a relay meant for loopback to the network.
+            raise ValueError("host is empty; give 0.0.0.0 (or ::) for every interface")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be in 0..65535")
         parse_listen(self.metrics_listen)  # ValueError naming metrics_listen

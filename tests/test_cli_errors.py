@@ -61,6 +61,8 @@ CASES = [
      "--send-rate-user (BLINDRELAY_SEND_RATE_USER) must be positive"),
     ("serve with BLINDRELAY_AUTH_TIMEOUT=nan", ["serve"], {"BLINDRELAY_AUTH_TIMEOUT": "nan"}, 2,
      "--auth-timeout (BLINDRELAY_AUTH_TIMEOUT) must be positive"),
+    ("serve with BLINDRELAY_HOST set empty", ["serve"], {"BLINDRELAY_HOST": ""}, 2,
+     "--host (BLINDRELAY_HOST) is empty"),
     ("serve with BLINDRELAY_PORT=abc", ["serve"], {"BLINDRELAY_PORT": "abc"}, 2,
      "BLINDRELAY_PORT='abc' is not a whole number"),
     ("serve with a bogus log level", ["serve", "--db", "r.db"],
