@@ -210,13 +210,22 @@ class Business:
         await self.client.close()
 
     async def _dispatch(self) -> None:
-        async for message in self.client.messages():
+        """Each message: its away reply if due, then ``on_message``; acknowledged only
+        after that returned. Closed meanwhile (waiting for the away reply's SENT in a
+        relay outage, or for a slow handler), the message is put back unacknowledged, so
+        the next run hands it on: leaving the loop with it in hand acknowledged it unseen."""
+        messages = self.client.messages()
+        async for message in messages:
             try:
-                await self._away_reply(message)
-            except BlindrelayError as exc:
-                log.warning("away reply to %s failed: %r", message.sender, exc)
-            if self.on_message is not None:
-                await _call(self.on_message, message)
+                try:
+                    await self._away_reply(message)
+                except BlindrelayError as exc:
+                    log.warning("away reply to %s failed: %r", message.sender, exc)
+                if self.on_message is not None:
+                    await _call(self.on_message, message)
+            except asyncio.CancelledError:
+                messages.release()
+                raise
 
     def _statement_received(self, statement: ConsentStatement) -> None:
         self.customers.statement_kept(statement)

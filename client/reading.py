@@ -20,7 +20,8 @@ costs — receipts that nobody reads — is bounded: beyond
   ``return`` or an exception drops the iterator of ``async for item in
   client.messages()`` and CPython acknowledges right there; an iterator the
   application keeps in a variable, or any runtime: ``await iterator.aclose()``);
-  starting a new iterator; or :meth:`Client.close`.
+  starting a new iterator; or :meth:`Client.close`. A consumer stopped before it
+  could handle the item puts it back instead (:meth:`InboxReader.release`).
 - After a crash (the process ends without :meth:`Client.close`), the item that
   was in hand comes back first, then the ones never yielded; nothing acknowledged
   comes back.
@@ -198,6 +199,16 @@ class InboxStream(Generic[T]):
         incoming = in_hand[0]
         self._store.consume(incoming.sender, incoming.msg_id)
 
+    def release(self, serial: int) -> None:
+        """Put the item reader ``serial`` holds back, unacknowledged: the next reader
+        (or the next run) gets it first."""
+        in_hand = self._in_hand
+        if in_hand is None or self._closed or in_hand[1] != serial:
+            return
+        self._in_hand = None
+        self._queue.appendleft(in_hand[0])
+        self._arrived.set()
+
     async def next(self, serial: int) -> T:
         """Acknowledge the item in hand, then wait for the next one and hand it out."""
         self.settle()
@@ -240,6 +251,12 @@ class InboxReader(Generic[T]):
     async def aclose(self) -> None:
         """Done reading: acknowledge the item this iterator has in hand."""
         self._stream.settle(self._serial)
+
+    def release(self) -> None:
+        """Not done with the item in hand after all: it stays unacknowledged and comes
+        first to the next iterator, or after a restart. For a consumer stopped before it
+        could handle the item (``Business`` closing while an away reply waits)."""
+        self._stream.release(self._serial)
 
     def __del__(self) -> None:
         # The application left its loop (break, return, exception) and dropped us.

@@ -311,4 +311,60 @@ def test_no_away_reply_for_a_night_message_read_after_opening(tmp_path: Path) ->
     run(scenario())
 
 
+@pytest.mark.parametrize("stalls", ["away reply", "on_message"])
+def test_a_message_not_yet_handled_when_the_business_closes_comes_back(
+    tmp_path: Path, stalls: str
+) -> None:
+    """Closing the business (the person quits, the relay is away for the night) while a
+    customer's message waits for its away reply's SENT, or for ``on_message`` to return,
+    leaves it unacknowledged: the next run hands it to ``on_message``. The dispatcher
+    used to leave its loop with the message in hand, which acknowledged it unseen
+    (found in review)."""
+
+    async def scenario() -> None:
+        zone = "Europe/Berlin"
+        clock = FakeClock(local_ms(zone, "2027-01-11T22:00"))  # Monday night: closed
+        async with relay_at(tmp_path, clock) as relay:
+            shop = await business_online(relay.url, "shop", clock=clock, away_message="Closed.")
+            await within(
+                shop.publish_profile(
+                    display_name="Corner Shop",
+                    timezone=zone,
+                    hours=[OpeningHours(day, 9 * 60, 18 * 60) for day in range(5)],
+                )
+            )
+            store = shop.client.store
+            stalled = asyncio.Event()
+
+            async def stall(*args: Any, **kwargs: Any) -> bytes:
+                stalled.set()  # SENT never comes, or the handler never finishes
+                await asyncio.Event().wait()
+                raise AssertionError("unreachable")
+
+            if stalls == "away reply":
+                shop.client.send = stall  # type: ignore[method-assign]
+            else:
+                shop.on_message = stall
+            shop.start()
+            alice = await online(relay.url, "alice")
+            await within(alice.send("shop", "is my order ready?"))
+            await within(stalled.wait())
+            await within(shop.close())
+            pending = [m.sender for m in store.pending_messages()]
+            assert pending == ["alice"], "acknowledged unseen"
+
+            client = Client(store, backoff=FAST, jitter=lambda: 0.5, clock=clock)
+            await within(client.connect(relay.url))
+            await within(client.login())
+            shop = Business(client, away_message="Closed.")
+            incoming: asyncio.Queue[Message] = asyncio.Queue()
+            shop.on_message = incoming.put
+            shop.start()
+            assert (await within(incoming.get())).body == "is my order ready?"
+            await alice.close()
+            await shop.close()
+
+    run(scenario())
+
+
 # --- viewing a business (SPEC §8.1–8.2) ---------------------------------------------

@@ -226,6 +226,27 @@ async def test_closing_the_client_acknowledges_the_message_in_hand(tmp_path: Pat
         await bob.close()
 
 
+async def test_a_released_message_comes_first_again_and_survives_close(tmp_path: Path) -> None:
+    profile = tmp_path / "bob.keys"
+    async with relay_at(tmp_path) as relay:
+        alice = await online(relay.url, "alice")
+        bob = await on_disk(relay.url, profile, "bob")
+        await within(alice.send("bob", "m0"))
+        await within(alice.send("bob", "m1"))
+        messages = bob.messages()
+        assert (await within(anext(messages))).body == "m0"
+        messages.release()  # not handled after all
+        again = bob.messages()
+        assert (await within(anext(again))).body == "m0"  # first, to the next iterator
+        again.release()
+        await bob.close()  # nothing in hand: m0 stays in the profile
+
+        bob = await reopened(relay.url, profile)
+        assert (await within(anext(bob.messages()))).body == "m0"
+        await alice.close()
+        await bob.close()
+
+
 # --- crashes (SIGKILL) ------------------------------------------------------------------
 
 
