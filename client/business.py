@@ -213,7 +213,8 @@ class Business:
         """Each message: its away reply if due, then ``on_message``; acknowledged only
         after that returned. Closed meanwhile (waiting for the away reply's SENT in a
         relay outage, or for a slow handler), the message is put back unacknowledged, so
-        the next run hands it on: leaving the loop with it in hand acknowledged it unseen."""
+        the next run hands it on: leaving the loop with it in hand acknowledged it unseen.
+        A handler that raises is logged; the dispatcher goes on."""
         messages = self.client.messages()
         async for message in messages:
             try:
@@ -226,6 +227,12 @@ class Business:
             except asyncio.CancelledError:
                 messages.release()
                 raise
+            except Exception:
+                # The application's handler failed on this message: logged, and the
+                # message acknowledged at the next step, as a reading loop's exception
+                # does; the dispatcher goes on, or one bad message would silently end
+                # the dispatching of every later one.
+                log.exception("on_message failed for a message from %s", message.sender)
 
     def _statement_received(self, statement: ConsentStatement) -> None:
         self.customers.statement_kept(statement)

@@ -311,6 +311,37 @@ def test_no_away_reply_for_a_night_message_read_after_opening(tmp_path: Path) ->
     run(scenario())
 
 
+def test_a_handler_that_raises_does_not_stop_the_dispatcher(tmp_path: Path) -> None:
+    """One message whose ``on_message`` raises is logged and acknowledged (as an exception
+    in a reading loop acknowledges, docs/sdk.md); the next still reaches the handler. The
+    dispatcher's task used to end with the exception, and no message after it was
+    dispatched again, without a word."""
+
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            shop = await business_online(relay.url, "shop")
+            seen: list[str | bytes] = []
+            second = asyncio.Event()
+
+            def handler(message: Message) -> None:
+                seen.append(message.body)
+                if message.body == "first":
+                    raise ValueError("the application's bug")
+                second.set()
+
+            shop.on_message = handler
+            shop.start()
+            alice = await online(relay.url, "alice")
+            await within(alice.send("shop", "first"))
+            await within(alice.send("shop", "second"))
+            await within(second.wait())
+            assert seen == ["first", "second"]
+            await alice.close()
+            await shop.close()
+
+    run(scenario())
+
+
 @pytest.mark.parametrize("stalls", ["away reply", "on_message"])
 def test_a_message_not_yet_handled_when_the_business_closes_comes_back(
     tmp_path: Path, stalls: str
