@@ -15,7 +15,8 @@
 Unwrapping the master key is the passphrase verifier (a wrong passphrase fails
 its tag → :class:`WrongPassphrase`), and changing the passphrase rewraps that one
 key instead of every record. The AD binds each sealed value to its table and
-row, so rows cannot be swapped or moved between tables undetected.
+row, so rows cannot be swapped or moved between tables undetected. Not hidden
+(SPEC §13.8): how many rows, which share a group, and each value's exact length.
 
 What it is not: cryptographic construction — every primitive is libsodium's
 (PyNaCl and the protocol's direct bindings); this module only composes them.
