@@ -119,6 +119,7 @@ class Account:
         conn = await self._link.wait_online()
         await self._rotation.send(conn, self._rotation.begin(self._rng))
         await self._rotation.publish_prekeys(conn)
+        await self._rotation.publish_profile(conn)
 
     # --- What the link reports -----------------------------------------------------
 
@@ -137,11 +138,13 @@ class Account:
 
     async def authenticated(self, conn: Connection, welcome: frames.Welcome) -> None:
         """SPEC §4.4: top up prekeys (SPEC §5.4), then resend the outbox (SPEC §6.3);
-        a login finishes an interrupted rotation (``rotation``) or notes it to resume."""
+        a login finishes an interrupted rotation (``rotation``) or notes it to resume,
+        and publishes a profile a finished rotation signed again (SPEC §3.4)."""
         key, self._login_key = self._login_key, None
         if key is not None:  # before the top-up: a finished rotation publishes new prekeys
             self._unfinished_rotation = self._rotation.welcomed(key)
         await self._prekeys.welcomed(conn, welcome)
+        await self._rotation.publish_profile(conn)
         if conn.lost:
             raise ConnectionLost("connection lost during login")
         self._outbox.transmit_all(conn)

@@ -1,7 +1,7 @@
 """Replacing our identity key so that a crash at any step leaves one identity (SPEC §3.4).
 
 A rotation changes two records that no transaction spans: the key the relay holds
-for our account and the key our profile holds. It goes in four steps:
+for our account and the key our profile holds. It goes in five steps:
 
 1. :meth:`Rotation.begin` writes the new key's seed to the keystore before any
    request names the new key: from then on the profile holds both keys, so it holds
@@ -9,8 +9,13 @@ for our account and the key our profile holds. It goes in four steps:
 2. ROTATE_IDENTITY (:meth:`Rotation.request`) goes out; the relay's OK means it
    holds the new key.
 3. :meth:`Rotation.finish` makes the new key our identity, signs a new prekey with
-   it and forgets the seed, in one keystore transaction.
+   it, signs a business's profile again with it (kept as not published) and forgets
+   the seed, in one keystore transaction.
 4. The caller publishes the new prekeys (the relay deleted the old key's).
+5. A business publishes the re-signed profile (the relay deleted the old key's,
+   which no one verifies with the old key any more): :meth:`Rotation.publish_profile`,
+   also at every login while the keystore says the relay may not hold it, so a
+   client that ended before step 5, or a refused PROFILE_PUT, catches up.
 
 **Recovery.** While a seed is pending — the process died, or the connection
 dropped, between steps 1 and 3 — the relay is asked which key it holds the one way it
@@ -47,8 +52,10 @@ import logging
 from collections.abc import Callable
 
 from blindrelay.protocol import frames
+from blindrelay.protocol.business import open_profile
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import (
+    InvalidProfile,
     InvalidStatement,
     MalformedFrame,
     ProtocolError,
@@ -116,12 +123,32 @@ class Rotation:
         )
 
     def finish(self, new: IdentityKeyPair) -> None:
-        """Step 3, once the relay holds ``new``: adopt it and forget the seed, atomically."""
+        """Step 3, once the relay holds ``new``: adopt it, re-sign our profile with it and
+        forget the seed, atomically."""
+        old = self._sessions.keypair.public
         with self._store.atomic():
             self._sessions.replace_identity(new)
+            self._resign_profile(old, new)
             self._store.set_rotating_identity_seed(None)
         self._refused.clear()
         self._resend_refused = False
+
+    def _resign_profile(self, old: bytes, new: IdentityKeyPair) -> None:
+        """A business's profile, signed by ``old``, signed by ``new`` and kept as not
+        published: our away replies open it with our current key (``business``), and
+        the relay dropped the old key's (SPEC §3.4)."""
+        signed = self._store.business_profile()
+        if signed is None:
+            return
+        handle = self._sessions.identity.handle
+        try:
+            profile = open_profile(signed, old, handle)
+        except InvalidProfile:
+            # Only after an older version crashed between replacing the key and
+            # forgetting the seed (see :meth:`welcomed`): ``old`` is ``new`` already.
+            log.warning("our profile is not signed by our previous key; publish it again")
+            return
+        self._store.set_business_profile(profile.sign(new.sign), published=False)
 
     def login_key(self) -> IdentityKeyPair:
         """The key to sign the next LOGIN with: the pending one first, then the current."""
@@ -182,6 +209,20 @@ class Rotation:
         assert upload is not None
         await conn.request(upload)
 
+    async def publish_profile(self, conn: Connection) -> None:
+        """Step 5: PROFILE_PUT the profile :meth:`finish` signed again, if the relay may
+        not hold it. A refusal (a rate limit) is logged and left to the next login."""
+        signed = self._store.business_profile()
+        if signed is None or self._store.business_profile_published():
+            return
+        try:
+            await conn.request(frames.ProfilePut(id=conn.next_request_id(), profile=signed))
+        except ProtocolError as exc:
+            log.warning("profile not published after the rotation: the relay answered %s", exc)
+            return
+        if self._store.business_profile() == signed:  # not replaced meanwhile
+            self._store.set_business_profile(signed)
+
     async def resume(self, conn: Connection, new: IdentityKeyPair) -> None:
         """Logged in on ``conn`` with our current key while a rotation to ``new`` is
         pending: send it again (module docstring, Recovery)."""
@@ -197,3 +238,4 @@ class Rotation:
             log.warning("identity rotation still pending: the relay answered %s", exc)
             return
         await self.publish_prekeys(conn)
+        await self.publish_profile(conn)

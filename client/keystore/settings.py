@@ -2,8 +2,8 @@
 
 Settings are one value each: the relay key pinned at the first login (SPEC §4.1),
 whether the account is registered, the identity seed of a rotation in progress
-(SPEC §3.4), a business's last published profile (SPEC §8.1) and the newest tree
-head of the relay's log we verified (SPEC §15.6). The front ends
+(SPEC §3.4), a business's profile and whether the relay holds it (SPEC §8.2) and the
+newest tree head of the relay's log we verified (SPEC §15.6). The front ends
 keep per-account rows: when a customer last got the automatic away reply, the
 chat's contact list and the consent requests awaiting an answer.
 
@@ -35,6 +35,7 @@ _RELAY_KEY = b"relay_key"
 _REGISTERED = b"registered"
 _ROTATING_SEED = b"rotating_identity_seed"
 _BUSINESS_PROFILE = b"business_profile"
+_PROFILE_UNPUBLISHED = b"business_profile_unpublished"
 _TREE_HEAD = b"tree_head"
 
 
@@ -79,13 +80,22 @@ class SettingRecords(ConversationRecords):
         self._set_setting(_ROTATING_SEED, seed)
 
     def business_profile(self) -> bytes | None:
-        """The signed profile we last published (SPEC §8.1)."""
+        """Our signed profile (SPEC §8.2): the one we last published, or re-signed at a
+        rotation (:meth:`business_profile_published`)."""
         return self._setting(_BUSINESS_PROFILE)
 
-    def set_business_profile(self, signed: bytes | None) -> None:
+    def business_profile_published(self) -> bool:
+        """False while the relay may not hold :meth:`business_profile`: a rotation
+        re-signed it and the relay dropped the old key's (SPEC §3.4)."""
+        return self._setting(_PROFILE_UNPUBLISHED) is None
+
+    def set_business_profile(self, signed: bytes | None, *, published: bool = True) -> None:
         if signed is not None:
             require_bytes("signed", signed)
-        self._set_setting(_BUSINESS_PROFILE, signed)
+        with self._transaction():
+            self._set_setting(_BUSINESS_PROFILE, signed)
+            unpublished = signed is not None and not published
+            self._set_setting(_PROFILE_UNPUBLISHED, b"\x01" if unpublished else None)
 
     def tree_head(self) -> bytes | None:
         """The newest signed tree head of the relay's log we verified (SPEC §15.6)."""

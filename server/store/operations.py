@@ -206,8 +206,8 @@ CONTRACT: dict[str, Operation] = {
         errors="501 STALE_STATEMENT: the key is no longer ``old_key``, or the account logged "
         "in since ``login_seq`` (compare-and-swap of both: only its newest connection "
         "rotates, SPEC §3.4)",
-        atomic="the new key, the deletion of every prekey the old key signed, and for a "
-        "business the key binding appended to the log",
+        atomic="the new key, the deletion of every prekey and of the profile the old key "
+        "signed, and for a business the key binding appended to the log",
     ),
     "upload_prekeys": Operation(
         spec="§5.2",

@@ -10,22 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Awaitable, Coroutine
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from blindrelay.client.keystore import MemoryKeyStore
 from blindrelay.client.rotation import KeyNotCurrent, Rotation
-from blindrelay.client.sdk import Backoff, Client
+from blindrelay.client.sdk import Backoff, Client, Message
 from blindrelay.client.sessions import SessionManager
 from blindrelay.client.transport import ConnectionLost, WebSocketTransport
 from blindrelay.protocol import codec, frames, limits
+from blindrelay.protocol.business import BusinessProfile, OpeningHours, open_profile
 from blindrelay.protocol.crypto.keys import IdentityKeyPair, signed_prekey_message, verify_signature
 from blindrelay.protocol.errors import AuthenticationFailed, StaleStatement
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay, serve
+
+from ..relays import FakeClock, relay_at
+from .harness import Inbox, business_online, online, skewed_relay_clock
 
 T = TypeVar("T")
 TIMEOUT_S = 10.0
@@ -67,6 +74,24 @@ def test_the_new_key_is_kept_before_a_request_can_name_it_and_reused_until_finis
     rotation.finish(new)
     assert sessions.keypair.public == new.public and rotation.pending() is None
     assert rotation.begin(lambda n: bytes(n)).public != new.public
+
+
+def test_finishing_re_signs_a_business_profile_with_the_new_key_to_be_published() -> None:
+    """SPEC §3.4: the relay drops the profile the old key signed; ours is re-signed with
+    the new key in the same keystore transaction as the key is replaced (so the away
+    replies it decides keep working) and kept as not published until the relay took it."""
+    store, sessions, rotation = account()
+    old = sessions.keypair
+    profile = BusinessProfile(
+        v=1, handle="owner", display_name="Owner's", description="", timezone="UTC",
+        hours=(), exceptions=(), issued_at=1_000,
+    )  # fmt: skip
+    store.set_business_profile(profile.sign(old.sign))
+    new = rotation.begin(lambda n: bytes(range(n)))
+    rotation.finish(new)
+    signed = store.business_profile()
+    assert signed is not None and open_profile(signed, new.public, "owner") == profile
+    assert not store.business_profile_published()
 
 
 def test_login_offers_the_pending_key_then_the_current_one_then_gives_up() -> None:
@@ -283,5 +308,97 @@ def test_a_resent_rotation_refused_twice_stays_pending_and_a_later_login_complet
             await later.close()
         finally:
             await relay.close()
+
+    run(scenario())
+
+
+# --- A business's profile across a rotation (SPEC §3.4, §8.2) ------------------------
+
+
+def local_ms(zone: str, text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=ZoneInfo(zone)).timestamp() * 1000)
+
+
+def test_a_business_that_rotates_its_key_keeps_its_profile_and_away_replies(
+    tmp_path: Path,
+) -> None:
+    """SPEC §3.4, §8.2: the profile was signed by the old key. After a rotation the
+    business's own copy must still open (its away replies are decided by it), and
+    customers must be shown the profile again, signed by the new key, not refused as
+    InvalidProfile for good: the relay drops the old key's profile and the SDK
+    publishes it again signed by the new key."""
+
+    async def scenario() -> None:
+        zone = "Europe/Berlin"
+        clock = FakeClock(local_ms(zone, "2027-01-08T23:30"))  # Friday night: closed
+        async with relay_at(tmp_path, clock) as relay:
+            shop = await business_online(relay.url, "shop", clock=clock, away_message="Closed.")
+            await within(
+                shop.publish_profile(
+                    display_name="Corner Shop",
+                    timezone=zone,
+                    hours=[OpeningHours(day, 9 * 60, 18 * 60) for day in range(5)],
+                )
+            )
+            alice = await online(relay.url, "alice")
+            before = await within(alice.business_info("shop"))
+            assert before.profile is not None
+
+            await within(shop.client.rotate_identity())
+            new_key = shop.client.sessions.identity.identity_public
+            assert new_key != before.identity_key
+            assert shop.profile is not None and shop.profile.display_name == "Corner Shop"
+
+            after = await within(alice.business_info("shop"))  # InvalidProfile before
+            assert after.identity_key == new_key and after.key_changed
+            assert after.profile is not None and after.profile.display_name == "Corner Shop"
+
+            incoming: asyncio.Queue[Message] = asyncio.Queue()
+            shop.on_message = incoming.put
+            shop.start()
+            bob = await online(relay.url, "bob")
+            inbox = Inbox(bob)
+            await within(bob.send("shop", "anyone there?"))
+            assert (await within(incoming.get())).body == "anyone there?"
+            assert (await inbox.next()).body == "Closed."  # no away reply came before
+            await inbox.close()
+            await bob.close()
+            await alice.close()
+            await shop.close()
+
+    run(scenario())
+
+
+def test_a_profile_a_rotation_left_unpublished_is_published_at_the_next_login(
+    tmp_path: Path,
+) -> None:
+    """The profile re-signed by a rotation goes out after it; a client that ended before
+    the relay took it (its own copy re-signed and kept as not published, the relay's
+    dropped with the old key) publishes it at its next login."""
+
+    async def scenario() -> None:
+        async with relay_at(tmp_path, skewed_relay_clock()) as relay:
+            shop = await business_online(relay.url, "shop")
+            await within(shop.publish_profile(display_name="Corner Shop", timezone="UTC", hours=[]))
+            await within(shop.client.rotate_identity())
+            store = shop.client.store
+            kept = store.business_profile()
+            assert kept is not None and store.business_profile_published()
+            await shop.client.close()
+            # As the client leaves it if it ends between the rotation and PROFILE_PUT:
+            store.set_business_profile(kept, published=False)
+            with sqlite3.connect(relay.config.db_path) as db:
+                db.execute("DELETE FROM profiles WHERE handle = 'shop'")
+            alice = await online(relay.url, "alice")
+            assert (await within(alice.business_info("shop"))).profile is None
+
+            client = Client(store, backoff=FAST)
+            await within(client.connect(relay.url))
+            await within(client.login())
+            assert store.business_profile_published()
+            info = await within(alice.business_info("shop"))
+            assert info.profile is not None and info.profile.display_name == "Corner Shop"
+            await alice.close()
+            await client.close()
 
     run(scenario())

@@ -6,8 +6,17 @@ import msgpack
 import pytest
 
 from blindrelay.protocol import limits
+from blindrelay.protocol.business import BusinessProfile
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
-from blindrelay.protocol.frames import Error, Ok, RotateIdentity, Welcome
+from blindrelay.protocol.frames import (
+    Error,
+    Ok,
+    Profile,
+    ProfileFetch,
+    ProfilePut,
+    RotateIdentity,
+    Welcome,
+)
 from blindrelay.protocol.transcripts import register_transcript
 
 from .wire import Account, new_handle, rng, rotation
@@ -128,6 +137,35 @@ async def test_rotation_replaces_the_key_and_deletes_the_prekeys(relay):
     again = await relay.login(Account(old.handle, old.kind, new_key))
     assert again.welcome is not None
     assert (again.welcome.has_signed_prekey, again.welcome.one_time_prekeys) == (False, 0)
+
+
+@pytest.mark.spec("3.4")
+async def test_a_business_s_rotation_deletes_the_profile_the_old_key_signed(relay):
+    """SPEC: the relay deletes "for a business, its profile (§8.2) — all signed by the old
+    key — in the same transaction"; "PROFILE_FETCH answers without ``profile``" until
+    the business publishes again, and a profile signed by the old key is refused."""
+    shop = await relay.business()
+    user = await relay.user()
+
+    def signed_by(key: IdentityKeyPair) -> bytes:
+        return BusinessProfile(
+            v=1, handle=shop.handle, display_name="Conformance Air", description="",
+            timezone="UTC", hours=(), exceptions=(), issued_at=shop.relay_now(),
+        ).sign(key.sign)  # fmt: skip
+
+    old_profile = signed_by(shop.account.key)
+    assert isinstance(await shop.request(lambda i: ProfilePut(id=i, profile=old_profile)), Ok)
+    new_key = IdentityKeyPair.generate(rng)
+    assert isinstance(await shop.request(lambda i: rotation(shop, new_key, request_id=i)), Ok)
+    served = await user.request(lambda i: ProfileFetch(id=i, handle=shop.handle))
+    assert isinstance(served, Profile)
+    assert (served.identity_key, served.profile) == (new_key.public, None)
+    refused = await shop.request(lambda i: ProfilePut(id=i, profile=old_profile))
+    assert isinstance(refused, Error) and refused.code == 600
+    new_profile = signed_by(new_key)
+    assert isinstance(await shop.request(lambda i: ProfilePut(id=i, profile=new_profile)), Ok)
+    served = await user.request(lambda i: ProfileFetch(id=i, handle=shop.handle))
+    assert isinstance(served, Profile) and served.profile == new_profile
 
 
 @pytest.mark.spec("3.4")

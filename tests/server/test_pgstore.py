@@ -23,7 +23,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from blindrelay.protocol import limits
-from blindrelay.protocol.errors import QueueFull, StoreUnavailable
+from blindrelay.protocol.errors import InvalidProfile, QueueFull, StoreUnavailable
 from blindrelay.protocol.signed import make_statement
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.delivery import send_rules
@@ -36,6 +36,7 @@ from blindrelay.server.store.postgresql.store import (
     connect,
     vacuum_problem,
 )
+from blindrelay.server.store.postgresql.tx import Tx
 from blindrelay.server.store.rules import envelope_digest
 
 from ..pg import PostgresDatabase
@@ -381,6 +382,45 @@ async def test_an_ack_takes_no_lock_its_recipients_senders_wait_for(
         finally:
             await holder.close()
         assert await _counts(url, "bob") == (0, 0)
+
+
+async def test_a_profile_put_checked_with_the_old_key_never_outlives_a_rotation_elsewhere(
+    pg_database: PostgresDatabase,
+) -> None:
+    """SPEC §3.4: a rotation drops the profile the old key signed. A PROFILE_PUT checked
+    with the old key on another worker (a second connection of the business) while the
+    rotation's transaction is open must be refused once it committed, not stored after
+    the rotation's delete: it takes the account's lock, as the rotation does."""
+    url = pg_database.fresh_schema()
+    old, new = b"o" * 32, b"n" * 32
+    async with started(url) as store:
+        await store.submit("create_account", "shop", "business", old, 0)
+        await store.submit("put_profile", "shop", old, b"first", 0)
+        holder = await asyncpg.connect(url)
+        try:
+            async with holder.transaction():  # another worker's batch rotating the key
+                await holder.execute("SELECT 1 FROM queue_counts WHERE handle = 'shop' FOR UPDATE")
+                await operations.rotate_identity(Tx(holder, "w2"), "shop", old, new, 0)
+                put = store.submit("put_profile", "shop", old, b"old key's", 0)
+                await _until_one_waits_for_a_lock(holder, put)
+            with pytest.raises(InvalidProfile):
+                await asyncio.wait_for(put, 30)
+        finally:
+            await holder.close()
+        assert await store.submit("fetch_profile", "shop", 0) == [new, None, None]
+
+
+async def _until_one_waits_for_a_lock(conn: Any, call: asyncio.Future[Any]) -> None:
+    """Until ``call``'s transaction waits for a lock ``conn``'s holds (it has not run)."""
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock'"
+    )
+    for _ in range(3000):
+        if await conn.fetchval(waiting) or call.done():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the call neither ran nor waited for the lock")
 
 
 async def test_the_queue_cap_counts_what_another_workers_acks_freed(

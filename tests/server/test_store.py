@@ -15,6 +15,7 @@ from blindrelay.protocol.errors import (
     AuthenticationFailed,
     HandleTaken,
     InvalidPrekeys,
+    InvalidProfile,
     StaleStatement,
 )
 from blindrelay.server.config import RelayConfig
@@ -214,6 +215,29 @@ async def test_a_login_and_a_rotation_each_commit_only_over_the_other(store_url:
             await store.submit("login_counts", "alice", 0, b"k" * 32)
         assert await store.submit("login_seqs", ["alice"]) == [2]
         assert (await store.submit("login_counts", "alice", 0, b"n" * 32))[3] == 3
+    finally:
+        await store.close()
+
+
+async def test_a_rotation_drops_the_profile_the_old_key_signed(store_url: str) -> None:
+    """SPEC §3.4, §8.2: the stored profile was signed by the old key, which no client
+    verifies it with any more (PROFILE names the new one): the rotation that replaces
+    the key drops it, as it drops the old key's prekeys, and a PROFILE_PUT checked
+    with the old key is refused once the rotation committed."""
+    store = open_store(store_url, RelayConfig())
+    await store.start()
+    try:
+        for handle in ("shop", "cafe"):
+            key = handle.encode() * 8
+            await store.submit("create_account", handle, "business", key, 0)
+            await store.submit("put_profile", handle, key, b"old " + handle.encode(), 0)
+        await store.submit("rotate_identity", "shop", b"shop" * 8, b"n" * 32, 0)
+        assert await store.submit("fetch_profile", "shop", 0) == [b"n" * 32, None, None]
+        assert (await store.submit("fetch_profile", "cafe", 0))[1] == b"old cafe"  # its own
+        with pytest.raises(InvalidProfile):
+            await store.submit("put_profile", "shop", b"shop" * 8, b"old shop", 0)
+        await store.submit("put_profile", "shop", b"n" * 32, b"new shop", 0)
+        assert await store.submit("fetch_profile", "shop", 0) == [b"n" * 32, b"new shop", None]
     finally:
         await store.close()
 

@@ -196,10 +196,12 @@ def _locked_by(call: Call) -> list[Any]:
         return [args[0], unverified_body(ConsentStatement, args[1]).target]
     if op == "take_bundle":
         return [args[2]]
-    if op in ("rotate_identity", "upload_prekeys", "open_session", "publish_key"):
+    if op in ("rotate_identity", "upload_prekeys", "open_session", "publish_key", "put_profile"):
         # open_session: a SEND reads where its recipient is served under this lock, so
         # a login elsewhere either comes before (the SEND links there) or after (its
-        # first page, later in its stream, reads the envelope).
+        # first page, later in its stream, reads the envelope). put_profile: after a
+        # rotation's commit, which deleted the old key's profile, it reads the new key
+        # (and is refused) rather than store the old key's profile after the delete.
         return [args[0]]
     return []
 

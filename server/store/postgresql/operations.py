@@ -204,14 +204,15 @@ async def rotate_identity(
     tx: Tx, handle: str, old_key: bytes, new_key: bytes, now: int, login_seq: int | None = None
 ) -> None:
     """Compare-and-swap of the key (and, with ``login_seq``, of the account's newest
-    login: SPEC §3.4), and the old key's prekeys deleted, in one statement; a published
-    account's new key logged (SPEC §15.1, §15.6)."""
+    login: SPEC §3.4), and the old key's prekeys and profile deleted, in one statement;
+    a published account's new key logged (SPEC §15.1, §15.6)."""
     kind = await tx.conn.fetchval(
         "WITH u AS (UPDATE accounts SET identity_key = $3 WHERE handle = $1"
         " AND identity_key = $2 AND ($4::bigint IS NULL OR login_seq = $4)"
         " RETURNING handle, kind),"
         " s AS (DELETE FROM signed_prekeys WHERE handle IN (SELECT handle FROM u)),"
-        " o AS (DELETE FROM one_time_prekeys WHERE handle IN (SELECT handle FROM u))"
+        " o AS (DELETE FROM one_time_prekeys WHERE handle IN (SELECT handle FROM u)),"
+        " p AS (DELETE FROM profiles WHERE handle IN (SELECT handle FROM u))"
         " SELECT kind FROM u",
         handle, old_key, new_key, login_seq,
     )  # fmt: skip

@@ -115,8 +115,10 @@ def rotate_identity(
     # is the account's, SPEC §3.4), makes this proof stale.
     if not tables.accounts.replace_identity_key(handle, old_key, new_key, login_seq):
         raise StaleStatement()
-    # The prekeys were signed by the old key; a bundle must never mix keys.
+    # The prekeys and a business's profile were signed by the old key; a bundle must
+    # never mix keys, and no client verifies the profile with the old key any more.
     tables.prekeys.delete_all(handle)
+    tables.profiles.delete(handle)
     account = tables.accounts.get(handle)
     assert account is not None
     published = tables.log.bound(handle) is not None

@@ -31,6 +31,10 @@ class ProfileStore:
         row = self.db.execute("SELECT signed FROM profiles WHERE handle = ?", (handle,)).fetchone()
         return None if row is None else bytes(row[0])
 
+    def delete(self, handle: str) -> None:
+        """At a rotation: the profile was signed by the old key (SPEC §3.4)."""
+        self.db.execute("DELETE FROM profiles WHERE handle = ?", (handle,))
+
 
 class BadgeStore:
     """The ``badges`` table: every badge the operator issued, and its revocation."""
