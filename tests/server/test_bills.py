@@ -216,3 +216,25 @@ async def test_the_operator_check_compares_each_category_with_the_logged_bill(
     assert await asyncio.to_thread(_admin, *args) == 0
     line = capsys.readouterr().out.splitlines()[1]
     assert "MISMATCH" in line and "utility 2 metered, 3 billed" in line, line
+
+
+async def test_the_operator_check_of_a_store_without_the_relay_key_says_so(
+    relay: RunningRelay, clients: Clients, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A store whose relay key is gone (an edited or damaged copy) cannot have its bills
+    checked: the line says so. An ``assert`` stood there, so the check of such a store
+    ended in a traceback (found in review)."""
+    airline = await clients.registered(relay.url, "airline", "business")
+    bob = await clients.registered(relay.url, "bob")
+    await stated(bob, "grant", "airline", clock.now, ("utility",))
+    month = month_of(clock.now)
+    sent = await airline.send_message("bob", b"n", intent="notification", category="utility")
+    assert isinstance(sent, Sent)
+    clock.now = month_end(month) + limits.BILL_CLOSE_DELAY_MS
+    assert len(await relay.housekeeping.close_bills()) == 1
+    assert await relay.housekeeping.publish_tree_head() is not None
+    _execute(relay.config, "DELETE FROM relay_identity")
+    args = ["usage", *store_flags(relay.config), "--business", "airline", "--format", "csv"]
+    assert await asyncio.to_thread(_admin, *args) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    assert "INVALID: no relay key in the store" in line, line
