@@ -15,7 +15,12 @@ violation keeps the commitment the relay broke, so the next run reports it again
 
 Exit status: 0 clean, 1 a violation, 2 a usage error (the one-line message says
 what to do), 3 the relay could not be read (down, refused, no head signed yet is
-*not* an error: nothing to check).
+*not* an error: nothing to check). The relay's log fetches are rate limited (SPEC §10,
+per source before a login): the reader waits out each ERROR 402 and keeps to the
+relay's pace (``transparency``), so a long log takes its time — a million entries,
+~33,000 fetches, about six minutes at the default 6,000 a minute — and a relay that
+refuses one fetch past ``LOG_FETCH_RETRIES`` or ``LOG_FETCH_PATIENCE_MS`` is exit 3,
+"the relay keeps answering RATE_LIMITED".
 
 Not here: the checks themselves (the protocol package), reading the log (``transparency``).
 """
@@ -31,12 +36,17 @@ from pathlib import Path
 from typing import TextIO
 
 from blindrelay.protocol import limits
-from blindrelay.protocol.errors import BlindrelayError
+from blindrelay.protocol.errors import BlindrelayError, RateLimited
 from blindrelay.protocol.transparency.audit import AuditReport, AuditState, LogAudit
 from blindrelay.protocol.transparency.treehead import open_tree_head
 
 from . import display
-from .transparency import LogReader, open_log_reader
+from .transparency import (
+    LOG_FETCH_PATIENCE_MS,
+    LOG_FETCH_RETRIES,
+    LogReader,
+    open_log_reader,
+)
 from .transport import ConnectionLost
 from .trust import RelayKeyChanged
 
@@ -142,6 +152,11 @@ async def run_audit(
         print(f"VIOLATION relay key: the relay presents {exc.presented.hex()}, "
               f"not {exc.pinned.hex()}", file=out)  # fmt: skip
         return VIOLATION
+    except RateLimited:
+        print(f"blindrelay audit: cannot read the log at {url}: the relay keeps answering "
+              f"RATE_LIMITED (402) past what one fetch waits out ({LOG_FETCH_RETRIES} tries, "
+              f"{LOG_FETCH_PATIENCE_MS // 1000} s) — try again later", file=err)  # fmt: skip
+        return UNREACHABLE
     except (ConnectionLost, OSError, BlindrelayError) as exc:
         # The endpoint words ``exc`` (a close reason, a refusal): shown, never obeyed.
         print(f"blindrelay audit: cannot read the log at {url}: {display.one_line(str(exc))} "

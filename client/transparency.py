@@ -16,6 +16,12 @@ Two ways to get one:
   The relay ends such a connection at its authentication timeout; the reader
   then opens a new one for the next request, checking it presents the same key.
 
+Every log fetch waits out the relay's ERROR 402 (its ``retry_after``, SPEC §10: the
+fetches are rate limited, per source before a login) and keeps to the pace it learns
+from it (:class:`~.pacing.Pacer`), within ``LOG_FETCH_RETRIES`` and
+``LOG_FETCH_PATIENCE_MS`` a fetch; past them the RateLimited is raised. An auditor
+reads the whole log page by page, far past any burst.
+
 Not here: what a client does with what it reads (trust checks, the audit).
 """
 
@@ -34,19 +40,37 @@ from blindrelay.protocol.transparency.evidence import ConsentEvidence, statement
 from blindrelay.protocol.transparency.treehead import TreeHead, open_tree_head
 
 from .connection import Connection, FrameHandlers
+from .pacing import Pacer
 from .transport import ConnectionLost, WebSocketTransport
 from .trust import RelayKeyChanged
 
 Request = Callable[[Callable[[int], frames.Frame]], Awaitable[frames.Frame]]
 F = TypeVar("F", bound=frames.Frame)
 
+LOG_FETCH_RETRIES = 50
+"""How often one log fetch is asked again after a 402 before the RateLimited is raised:
+an honest relay names the wait for a token, so one or two do, with other readers on
+the same source's bucket a few more; a relay that answers 402 for ever is given up on."""
+LOG_FETCH_PATIENCE_MS = 60_000
+"""The most one log fetch waits out in all; a longer ``retry_after`` is not slept."""
+LOG_FETCH_MAX_SPACING_MS = 1_000
+"""The widest gap a reader keeps between fetches after a 402 (a relay at 60 fetches a
+minute); the default bucket's is 10 ms (SPEC §10: 6,000 a minute)."""
+
 
 class LogReader:
     """The log's fetches, each answered or raising the relay's named error (§9)."""
 
-    def __init__(self, request: Request, relay_key: Callable[[], bytes | None]) -> None:
+    def __init__(
+        self, request: Request, relay_key: Callable[[], bytes | None], pacer: Pacer | None = None
+    ) -> None:
         self._request = request
         self._relay_key = relay_key
+        self._pacer = pacer or Pacer(
+            retries=LOG_FETCH_RETRIES,
+            patience_ms=LOG_FETCH_PATIENCE_MS,
+            max_spacing_ms=LOG_FETCH_MAX_SPACING_MS,
+        )
 
     @property
     def relay_key(self) -> bytes | None:
@@ -115,10 +139,16 @@ class LogReader:
     async def publish_key(self) -> None:
         """DISCOVERABLE (SPEC §15.6 rule 4): log our key binding, and every later
         rotation. It cannot be undone, and it tells everyone our handle exists."""
-        await self._ask(lambda i: frames.Discoverable(id=i), frames.Ok)
+        await self._ask(lambda i: frames.Discoverable(id=i), frames.Ok, paced=False)
 
-    async def _ask(self, make: Callable[[int], frames.Frame], kind: type[F]) -> F:
-        answer = await self._request(make)
+    async def _ask(
+        self, make: Callable[[int], frames.Frame], kind: type[F], *, paced: bool = True
+    ) -> F:
+        """The answer, of ``kind``; a log fetch's (``paced``) with its 402s waited out."""
+        if paced:
+            answer = await self._pacer(lambda: self._request(make))
+        else:
+            answer = await self._request(make)
         if not isinstance(answer, kind):
             raise UnexpectedFrame(f"relay answered with {answer.TYPE.name}")
         return answer

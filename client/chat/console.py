@@ -38,6 +38,7 @@ from blindrelay.protocol.signed import ConsentStatement
 
 from .. import display
 from ..business import Business
+from ..pacing import wait_out_rate_limits
 from ..sdk import (
     MAX_HELD_PER_SENDER,
     BusinessInfo,
@@ -389,15 +390,10 @@ class Chat:
         await asyncio.sleep(0)  # let it start: the outbox keeps the order typed
 
     async def _deliver(self, handle: str, text: str) -> None:
-        try:
-            for attempt in range(SEND_RATE_RETRIES + 1):
-                try:
-                    await self.client.send(handle, text)
-                    break
-                except RateLimited as exc:  # the relay's pacing, not a refusal: wait, again
-                    if attempt == SEND_RATE_RETRIES:
-                        raise
-                    await asyncio.sleep(max(exc.retry_after_ms, 1) / 1000)
+        try:  # a 402 is the relay's pacing, not a refusal: wait, again
+            await wait_out_rate_limits(
+                lambda: self.client.send(handle, text), retries=SEND_RATE_RETRIES
+            )
         except UntrustedIdentity:
             self.warn_identity_change(handle)
             return

@@ -8,9 +8,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -22,12 +24,13 @@ from blindrelay.client.audit import run_audit
 from blindrelay.client.transparency import LogReader
 from blindrelay.client.transport import ConnectionLost
 from blindrelay.protocol import frames, limits
+from blindrelay.protocol.errors import RateLimited
 from blindrelay.protocol.transparency import merkle
 from blindrelay.protocol.transparency.entries import KeyBinding, StatementLogged
 from blindrelay.protocol.transparency.treehead import sign_tree_head
 
 from ..relays import T0, relay_at
-from .harness import online, run
+from .harness import online, run, within
 
 EVIL = KeyBinding(v=1, handle="airline", kind="business", identity_key=b"\x66" * 32, at=T0)
 
@@ -255,3 +258,106 @@ def test_a_state_file_whose_head_is_not_the_relay_s_is_refused(
     state.write_text(json.dumps(saved))
     with pytest.raises(audit_module.AuditUsageError, match="state file"):
         run(once())
+
+
+def test_a_log_longer_than_the_relay_s_burst_is_read_at_its_rate(tmp_path: Path) -> None:
+    """SPEC §10, §15.6: a source's log fetches before a login come from one bucket
+    (LOG_FETCH_BURST, then LOG_FETCH_RATE_PER_MIN). The auditor stopped at the first
+    ERROR 402 ("cannot read the log … RATE_LIMITED"), so at the default limits no log
+    past ~6,000 entries (200 pages) could be audited (found in review, reproduced with
+    --log-fetch-burst 20). It waits ``retry_after`` and asks again. Here: a burst of 5
+    fetches, a token every 10 ms, and 50 pages, so ~45 fetches past the burst — more
+    than the 16 402s a connection not logged in may cause (SPEC §4.5)."""
+    size = 50 * limits.MAX_LOG_ENTRIES + 7
+    state = tmp_path / "audit.json"
+
+    async def scenario() -> None:
+        async with relay_at(tmp_path, log_fetch_burst=5, log_fetch_rate_per_min=6000.0) as relay:
+            data = [
+                StatementLogged(v=1, commitment=i.to_bytes(32, "big"), at=T0).to_bytes()
+                for i in range(size)
+            ]
+            await relay.ctx.store.submit("log_append", data)
+            await relay.housekeeping.publish_tree_head()
+            status, report = await within(audited(relay.url, state))
+            assert status == 0 and report.splitlines()[-1] == "clean", report
+            assert f"entries   {size}" in report, report
+            assert json.loads(state.read_text())["size"] == size
+
+    run(scenario())
+
+
+class Pacing:
+    """A relay's log fetches behind a token bucket of its own (``burst``, a token every
+    ``every_ms``) on the wall clock, counting the 402s it answers."""
+
+    def __init__(self, log: EndlessLog, burst: int, every_ms: float) -> None:
+        self.log, self.tokens, self.burst, self.every_ms = log, float(burst), burst, every_ms
+        self.at = time.monotonic()
+        self.refused = 0
+
+    async def request(self, make: Callable[[int], frames.Frame]) -> frames.Frame:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * 1000 / self.every_ms)
+        self.at = now
+        if self.tokens < 1:
+            self.refused += 1
+            wait = math.ceil((1 - self.tokens) * self.every_ms)
+            raise RateLimited("token bucket empty", retry_after_ms=wait)
+        self.tokens -= 1
+        return await self.log.request(make)
+
+    @contextlib.asynccontextmanager
+    async def open(self, _url: str, _key: bytes | None = None) -> AsyncIterator[LogReader]:
+        yield LogReader(self.request, lambda: self.log.key.verify_key.encode())
+
+
+def test_the_auditor_paces_itself_to_the_relay_s_bucket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waiting out each 402 alone costs one 402 per page past the burst, and before a
+    login every 402 counts towards the connection's error budget (SPEC §4.5): the relay
+    closed the auditor's connection every 17 pages. Once told how long a token takes,
+    the auditor spaces its fetches by it."""
+    pacing = Pacing(EndlessLog(40 * limits.MAX_LOG_ENTRIES), burst=3, every_ms=5)
+    monkeypatch.setattr(audit_module, "open_log_reader", pacing.open)
+    result: list[tuple[int, str]] = []
+
+    async def once() -> None:
+        result.append(await within(audited("ws://relay.test", None)))
+
+    run(once())
+    status, report = result[0]
+    assert status == 0 and report.splitlines()[-1] == "clean", report
+    assert 1 <= pacing.refused <= 8, pacing.refused  # of ~38 fetches past the burst
+
+
+@pytest.mark.parametrize("retry_after_ms", [1, 10**12])
+def test_a_relay_that_answers_402_for_ever_ends_the_audit_in_one_line(
+    retry_after_ms: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waiting out 402 is bounded: a relay that refuses every fetch (with a retry_after
+    of 1 ms, or of 31 years) ends the audit, exit 3, with one line that says so."""
+    log = EndlessLog(45)
+    asked = 0
+
+    async def refusing(make: Callable[[int], frames.Frame]) -> frames.Frame:
+        nonlocal asked
+        asked += 1
+        raise RateLimited("token bucket empty", retry_after_ms=retry_after_ms)
+
+    @contextlib.asynccontextmanager
+    async def opened(_url: str, _key: bytes | None = None) -> AsyncIterator[LogReader]:
+        yield LogReader(refusing, lambda: log.key.verify_key.encode())
+
+    monkeypatch.setattr(audit_module, "open_log_reader", opened)
+    result: list[tuple[int, str]] = []
+
+    async def once() -> None:
+        result.append(await within(audited("ws://relay.test", None), timeout=5))
+
+    run(once())
+    status, report = result[0]
+    assert status == 3 and report.count("\n") == 1, report
+    assert "RATE_LIMITED" in report and "try again later" in report, report
+    assert 1 <= asked <= 100

@@ -94,3 +94,21 @@ def test_a_user_publishes_its_key_and_then_its_rotations(tmp_path: Path) -> None
             await bob.close()
 
     run(scenario())
+
+
+def test_log_fetches_past_the_relay_s_burst_wait_out_its_402(tmp_path: Path) -> None:
+    """SPEC §10: a logged-in connection's log fetches have a bucket of their own
+    (LOG_FETCH_BURST, LOG_FETCH_RATE_PER_MIN). ``client.log`` raised the first 402
+    (RateLimited) to its caller — the SDK's head checks among them — though the ERROR
+    says when the same fetch succeeds (``retry_after``): it waits, and asks again."""
+
+    async def scenario() -> None:
+        async with relay_at(tmp_path, log_fetch_burst=2, log_fetch_rate_per_min=6000.0) as relay:
+            await online(relay.url, "airline", "business")
+            await relay.housekeeping.publish_tree_head()
+            alice = await online(relay.url, "alice")
+            heads = [await within(alice.log.head()) for _ in range(8)]
+            assert all(h is not None and h.size == 1 for h in heads)
+            await alice.close()
+
+    run(scenario())
