@@ -20,7 +20,9 @@ Every log fetch waits out the relay's ERROR 402 (its ``retry_after``, SPEC §10:
 fetches are rate limited, per source before a login) and keeps to the pace it learns
 from it (:class:`~.pacing.Pacer`), within ``LOG_FETCH_RETRIES`` and
 ``LOG_FETCH_PATIENCE_MS`` a fetch; past them the RateLimited is raised. An auditor
-reads the whole log page by page, far past any burst.
+reads the whole log page by page, far past any burst. A reader of its own also bounds
+the wait for HELLO and for each answer (``LOG_ANSWER_TIMEOUT_S``): the relay it checks
+could otherwise hold it for ever by saying nothing.
 
 Not here: what a client does with what it reads (trust checks, the audit).
 """
@@ -53,6 +55,11 @@ an honest relay names the wait for a token, so one or two do, with other readers
 the same source's bucket a few more; a relay that answers 402 for ever is given up on."""
 LOG_FETCH_PATIENCE_MS = 60_000
 """The most one log fetch waits out in all; a longer ``retry_after`` is not slept."""
+LOG_ANSWER_TIMEOUT_S = 30.0
+"""How long a reader of its own (:func:`open_log_reader`) waits for HELLO and for each
+answer before it gives the connection up: a relay that greets and then never answers
+(the reader is what checks it) would otherwise hold an audit for ever. Far above an
+honest answer (a few indexed lookups, SPEC §15.2) even on a loaded relay."""
 LOG_FETCH_MAX_SPACING_MS = 1_000
 """The widest gap a reader keeps between fetches after a 402 (a relay at 60 fetches a
 minute); the default bucket's is 10 ms (SPEC §10: 6,000 a minute)."""
@@ -184,10 +191,13 @@ class _Anonymous:
         reader = asyncio.create_task(conn.read())
         self._conn, self._reader = conn, reader
         waiting: list[asyncio.Future[Any]] = [reader, conn.hello]
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        timeout = LOG_ANSWER_TIMEOUT_S
+        await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if not conn.hello.done():
             await self.close()
-            raise ConnectionLost(f"{self.url} closed the connection before HELLO")
+            if reader.done():
+                raise ConnectionLost(f"{self.url} closed the connection before HELLO")
+            raise ConnectionLost(f"no HELLO from {self.url} within {timeout:g} s")
         presented = conn.hello.result().relay_key
         if self.relay_key is None:
             self.relay_key = presented  # first seen: the caller may pin it
@@ -211,14 +221,18 @@ class _Anonymous:
 async def _answer(
     conn: Connection, frame: frames.Frame, reader: asyncio.Task[None] | None
 ) -> frames.Frame:
-    """The answer to ``frame``, or ConnectionLost if the connection ends first."""
+    """The answer to ``frame``, or ConnectionLost if the connection ends first or no
+    answer comes within :data:`LOG_ANSWER_TIMEOUT_S`."""
     future = conn.request(frame)
     assert reader is not None
     waiting: list[asyncio.Future[Any]] = [future, reader]
-    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    timeout = LOG_ANSWER_TIMEOUT_S
+    await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     if future.done():
         return future.result()
     future.cancel()
+    if not reader.done():
+        raise ConnectionLost(f"no answer from the relay within {timeout:g} s")
     ended = None if reader.cancelled() else reader.exception()
     if isinstance(ended, ConnectionLost):
         raise ended

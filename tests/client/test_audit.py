@@ -20,6 +20,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from blindrelay.client import audit as audit_module
+from blindrelay.client import transparency as transparency_module
 from blindrelay.client.audit import run_audit
 from blindrelay.client.transparency import LogReader
 from blindrelay.client.transport import ConnectionLost
@@ -28,6 +29,7 @@ from blindrelay.protocol.errors import RateLimited
 from blindrelay.protocol.transparency import merkle
 from blindrelay.protocol.transparency.entries import KeyBinding, StatementLogged
 from blindrelay.protocol.transparency.treehead import sign_tree_head
+from blindrelay.server.store.sqlite.writer_process import HOLD_BEFORE_BATCH_ENV
 
 from ..relays import T0, relay_at
 from .harness import online, run, within
@@ -361,3 +363,30 @@ def test_a_relay_that_answers_402_for_ever_ends_the_audit_in_one_line(
     assert status == 3 and report.count("\n") == 1, report
     assert "RATE_LIMITED" in report and "try again later" in report, report
     assert 1 <= asked <= 100
+
+
+def test_a_relay_that_never_answers_a_fetch_ends_the_audit_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relay that greets, answers pings and then never answers a log fetch (here: its
+    writer held before its next batch) held ``blindrelay audit`` for ever: nothing bounded
+    the wait for an answer, or for HELLO (found in review). Now each waits
+    ``LOG_ANSWER_TIMEOUT_S``; the reader opens a new connection once, then the audit
+    ends, exit 3, with one line that says so."""
+    hold = tmp_path / "hold"
+    monkeypatch.setenv(HOLD_BEFORE_BATCH_ENV, str(hold))
+    monkeypatch.setattr(transparency_module, "LOG_ANSWER_TIMEOUT_S", 0.3)
+    result: list[tuple[int, str]] = []
+
+    async def once() -> None:
+        async with relay_at(tmp_path) as relay:
+            hold.touch()
+            try:
+                result.append(await within(audited(relay.url, None), timeout=10))
+            finally:
+                hold.unlink()
+
+    run(once())
+    status, report = result[0]
+    assert status == 3 and report.count("\n") == 1, report
+    assert "no answer" in report and "0.3 s" in report, report
