@@ -15,8 +15,10 @@ import os
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import nacl.pwhash.argon2id as argon2id
 import pytest
@@ -25,6 +27,7 @@ from blindrelay.client.business import Business
 from blindrelay.client.keystore import KeyStore, MemoryKeyStore
 from blindrelay.client.sdk import Backoff, Client, Message, ReceiptEvent
 from blindrelay.protocol import frames
+from blindrelay.protocol.business import OpeningHours
 from blindrelay.protocol.crypto.keys import IdentityKeyPair, SignedPreKey
 from blindrelay.protocol.errors import NotFound, StoreUnavailable
 from blindrelay.protocol.signed import ConsentStatement
@@ -223,6 +226,25 @@ async def business_online(url: str, handle: str, **options: Any) -> Business:
     business = Business(client, on_consent_change=received, on_block=received, **options)
     business.received = received  # type: ignore[attr-defined]
     return business
+
+
+def local_ms(zone: str, text: str) -> int:
+    """``text`` (ISO, no zone) as wall time in ``zone``, in ms since the epoch."""
+    return int(datetime.fromisoformat(text).replace(tzinfo=ZoneInfo(zone)).timestamp() * 1000)
+
+
+async def shop_open_on_weekdays(url: str, zone: str, clock: FakeClock) -> Business:
+    """Business ``shop``, open Monday to Friday 9:00-18:00 in ``zone`` by its published
+    profile, whose away message is ``Closed.`` (SPEC §8.2)."""
+    shop = await business_online(url, "shop", clock=clock, away_message="Closed.")
+    await within(
+        shop.publish_profile(
+            display_name="Corner Shop",
+            timezone=zone,
+            hours=[OpeningHours(day, 9 * 60, 18 * 60) for day in range(5)],
+        )
+    )
+    return shop
 
 
 async def consented(business: Business, handles: list[str], category: str = "utility") -> None:

@@ -36,8 +36,10 @@ from .harness import (
     Statements,
     business_online,
     customer,
+    local_ms,
     online,
     run,
+    shop_open_on_weekdays,
     skewed_relay_clock,
     within,
 )
@@ -202,10 +204,6 @@ def test_replies_pass_inside_the_service_window_and_not_outside(tmp_path: Path) 
     run(scenario())
 
 
-def local_ms(zone: str, text: str) -> int:
-    return int(datetime.fromisoformat(text).replace(tzinfo=ZoneInfo(zone)).timestamp() * 1000)
-
-
 @pytest.mark.parametrize("zone", ["Asia/Tokyo", "America/Los_Angeles"])
 def test_away_reply_once_per_closed_period_across_midnight(tmp_path: Path, zone: str) -> None:
     """Closed Friday 18:00 → Monday 09:00 local (Saturday is a special day, closed).
@@ -275,14 +273,7 @@ def test_no_away_reply_for_a_night_message_read_after_opening(tmp_path: Path) ->
         zone = "Europe/Berlin"
         clock = FakeClock(local_ms(zone, written))
         async with relay_at(tmp_path, clock) as relay:
-            shop = await business_online(relay.url, "shop", clock=clock, away_message="Closed.")
-            await within(
-                shop.publish_profile(
-                    display_name="Corner Shop",
-                    timezone=zone,
-                    hours=[OpeningHours(day, 9 * 60, 18 * 60) for day in range(5)],
-                )
-            )
+            shop = await shop_open_on_weekdays(relay.url, zone, clock)
             store = shop.client.store
             await shop.client.close()  # the shop's device is off for a while
             alice = await online(relay.url, "alice")
@@ -356,14 +347,7 @@ def test_a_message_not_yet_handled_when_the_business_closes_comes_back(
         zone = "Europe/Berlin"
         clock = FakeClock(local_ms(zone, "2027-01-11T22:00"))  # Monday night: closed
         async with relay_at(tmp_path, clock) as relay:
-            shop = await business_online(relay.url, "shop", clock=clock, away_message="Closed.")
-            await within(
-                shop.publish_profile(
-                    display_name="Corner Shop",
-                    timezone=zone,
-                    hours=[OpeningHours(day, 9 * 60, 18 * 60) for day in range(5)],
-                )
-            )
+            shop = await shop_open_on_weekdays(relay.url, zone, clock)
             store = shop.client.store
             stalled = asyncio.Event()
 

@@ -12,10 +12,8 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import Awaitable, Coroutine
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
-from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -25,14 +23,21 @@ from blindrelay.client.sdk import Backoff, Client, Message
 from blindrelay.client.sessions import SessionManager
 from blindrelay.client.transport import ConnectionLost, WebSocketTransport
 from blindrelay.protocol import codec, frames, limits
-from blindrelay.protocol.business import BusinessProfile, OpeningHours, open_profile
+from blindrelay.protocol.business import BusinessProfile, open_profile
 from blindrelay.protocol.crypto.keys import IdentityKeyPair, signed_prekey_message, verify_signature
 from blindrelay.protocol.errors import AuthenticationFailed, StaleStatement
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay, serve
 
 from ..relays import FakeClock, relay_at
-from .harness import Inbox, business_online, online, skewed_relay_clock
+from .harness import (
+    Inbox,
+    business_online,
+    local_ms,
+    online,
+    shop_open_on_weekdays,
+    skewed_relay_clock,
+)
 
 T = TypeVar("T")
 TIMEOUT_S = 10.0
@@ -315,10 +320,6 @@ def test_a_resent_rotation_refused_twice_stays_pending_and_a_later_login_complet
 # --- A business's profile across a rotation (SPEC §3.4, §8.2) ------------------------
 
 
-def local_ms(zone: str, text: str) -> int:
-    return int(datetime.fromisoformat(text).replace(tzinfo=ZoneInfo(zone)).timestamp() * 1000)
-
-
 def test_a_business_that_rotates_its_key_keeps_its_profile_and_away_replies(
     tmp_path: Path,
 ) -> None:
@@ -332,14 +333,7 @@ def test_a_business_that_rotates_its_key_keeps_its_profile_and_away_replies(
         zone = "Europe/Berlin"
         clock = FakeClock(local_ms(zone, "2027-01-08T23:30"))  # Friday night: closed
         async with relay_at(tmp_path, clock) as relay:
-            shop = await business_online(relay.url, "shop", clock=clock, away_message="Closed.")
-            await within(
-                shop.publish_profile(
-                    display_name="Corner Shop",
-                    timezone=zone,
-                    hours=[OpeningHours(day, 9 * 60, 18 * 60) for day in range(5)],
-                )
-            )
+            shop = await shop_open_on_weekdays(relay.url, zone, clock)
             alice = await online(relay.url, "alice")
             before = await within(alice.business_info("shop"))
             assert before.profile is not None
