@@ -627,7 +627,7 @@ async def fanout(
 
 def envelope_size() -> int:
     """Bytes of one notification envelope, so the pair benchmark carries the same size."""
-    from blindrelay.protocol.content import Content, Text, encode_content
+    from blindrelay.protocol.content import Content, Labels, Text, encode_content
 
     store = MemoryKeyStore()
     sender = Client(store)
@@ -640,7 +640,8 @@ def envelope_size() -> int:
             signed_prekey=frames.SignedPreKeyRecord(1, prekey.public, prekey.signature),
         )
     )  # fmt: skip
-    plaintext = encode_content(Content(os.urandom(16), Text(TEXT)))
+    labels = Labels("notification", "utility")  # its content carries them (SPEC §13.11)
+    plaintext = encode_content(Content(os.urandom(16), Text(TEXT), None, labels))
     return len(sender.sessions.encrypt("c00000", plaintext))
 
 

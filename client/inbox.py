@@ -10,8 +10,10 @@ when an item is acknowledged), so an item survives a crash between arrival and
 display.
 
 - **Ack after persistence** (SPEC §6.5); duplicates are dropped by
-  ``(sender, msg_id)`` and acked again. One that can never be decrypted is
-  logged and acked: acknowledging is the only way on.
+  ``(sender, msg_id)`` and acked again. One that can never be decrypted, or whose
+  content is refused (its id or labels are not the DELIVER's: relabelled by the
+  relay, SPEC §13.11), is logged — what was refused, never the text — and acked:
+  acknowledging is the only way on.
 - **Key changes hold messages** (SPEC §3.3). A sender whose new identity key
   awaits the user has its messages kept in the keystore, in order, and
   acknowledged — left unacknowledged they would keep slots of the relay's
@@ -153,6 +155,9 @@ class Inbox:
                 self._statements.receive(deliver, relay_key)
                 return
             incoming = self._sessions.receive(deliver)
+        except MalformedContent as exc:  # decrypted, refused (SPEC §13.11): never shown
+            log.warning("refused a message from %s: %s", deliver.sender, exc)
+            return
         except CryptoError as exc:
             if isinstance(exc, UntrustedIdentity):
                 raise

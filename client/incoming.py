@@ -17,13 +17,16 @@ from dataclasses import dataclass
 import msgpack
 
 from blindrelay.protocol import frames
-from blindrelay.protocol.content import Content, MalformedContent, decode_content
+from blindrelay.protocol.content import Content, Labels, MalformedContent, decode_content
 
 from .keystore import IncomingMessage
 from .trust import IdentityState
 
-_INBOX_VERSION = 2
-"""2 added the frame's category and categories (notifications, consent requests)."""
+_INBOX_VERSION = 3
+"""2 added the frame's category and categories (notifications, consent requests); 3 holds
+content of version 2 (SPEC §13.11). Rows of versions 1 and 2 hold content of version 1,
+accepted before the upgrade with the frame's labels: read with them, not dropped, as
+they were acknowledged long ago."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +51,14 @@ class Incoming:
             version = fields[0]
             if version == 1:  # written before categories were kept
                 fields = [*fields, None, None]
-            elif version != _INBOX_VERSION:
+            elif version not in (2, _INBOX_VERSION):
                 raise ValueError(f"inbox record version {version!r}")
             _, sender_kind, intent, sent_at, identity, plaintext, category, categories = fields
+            if categories is not None:
+                categories = tuple(categories)
+            accepted_as = None  # the content's labels, checked against the frame's
+            if version != _INBOX_VERSION:
+                accepted_as = Labels(intent, category, categories)
             return cls(
                 record.msg_id,
                 record.sender,
@@ -58,9 +66,9 @@ class Incoming:
                 intent,
                 sent_at,
                 IdentityState(identity),
-                decode_content(plaintext),
+                decode_content(plaintext, accepted_as=accepted_as),
                 category,
-                tuple(categories) if categories is not None else None,
+                categories,
             )
         except (TypeError, ValueError, msgpack.UnpackException) as exc:
             raise MalformedContent(f"unreadable inbox record: {exc}") from None

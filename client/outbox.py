@@ -30,6 +30,7 @@ import time
 from typing import NamedTuple
 
 from blindrelay.protocol import frames
+from blindrelay.protocol.content import Labels
 from blindrelay.protocol.errors import (
     BlindrelayError,
     InternalError,
@@ -190,18 +191,12 @@ class Outbox:
 
     # --- Queueing ----------------------------------------------------------------
 
-    def persist(
-        self,
-        msg_id: bytes,
-        to: str,
-        envelope: bytes,
-        intent: str,
-        category: str | None,
-        categories: tuple[str, ...] | None,
-    ) -> Outgoing:
-        """Write the entry for an envelope, inside the caller's keystore transaction."""
+    def persist(self, msg_id: bytes, to: str, envelope: bytes, labels: Labels) -> Outgoing:
+        """Write the entry for an envelope, inside the caller's keystore transaction.
+        ``labels`` are the ones its content carries (SPEC §13.11): the SEND says the same."""
         self._clock = max(time.time_ns(), self._clock + 1)
         position = self._clock
+        intent, category, categories = labels.intent, labels.category, labels.categories
         entry = OutboxEntry(position, msg_id, to, envelope, intent, category, categories)
         self._store.queue_outgoing(entry)
         return Outgoing(msg_id, to, envelope, intent, category, categories, position)

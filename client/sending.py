@@ -9,6 +9,9 @@ chain never moved) — and the outbox transmits it. :meth:`Sender.send_many`
 does the same for one body and many recipients, a chunk per transaction.
 
 - Fields no SEND may carry are refused before anything is encrypted or stored.
+- The SEND's labels (intent, category, categories) and its content's are made from
+  one :class:`Labels` (SPEC §13.11): the recipient refuses content whose labels
+  differ from the DELIVER's, so the relay cannot relabel a message.
 - A contact whose identity key change awaits the user is refused
   (UntrustedIdentity, SPEC §3.3) before anything is written.
 - A published account's key (a business's) is proven in the relay's log before
@@ -31,12 +34,13 @@ import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
 
 from blindrelay.protocol import frames, limits
 from blindrelay.protocol.content import (
+    CHAT,
     Content,
     Data,
+    Labels,
     Receipt,
     Text,
     content_encoder,
@@ -60,20 +64,6 @@ SEND_MANY_WINDOW = 256
 """SENDs :meth:`Client.send_many` keeps in flight: enough to hide the round trip
 to the relay behind encryption; more only queues frames in our socket buffer
 and grows the outbox."""
-
-
-@dataclass(frozen=True, slots=True)
-class Labels:
-    """What a SEND tells the relay about its body besides its recipient (SPEC §6.2):
-    ``chat``, or a business's ``notification`` in a ``category`` or ``consent_request``
-    for ``categories``. Checked once per distinct value (:meth:`Sender.check_labels`)."""
-
-    intent: str = frames.Intent.CHAT
-    category: str | None = None
-    categories: tuple[str, ...] | None = None
-
-
-CHAT = Labels()
 
 
 def as_content(body: str | bytes) -> Text | Data:
@@ -236,11 +226,9 @@ class Sender:
         frames.check_handle(handle, "to")
         msg_id = self._new_msg_id()
         with self._store.atomic():
-            content = Content(msg_id, body, self._log_check.gossip(handle))
+            content = Content(msg_id, body, self._log_check.gossip(handle), labels)
             envelope = self._sessions.encrypt(handle, encode_content(content))
-            outgoing = self._outbox.persist(
-                msg_id, handle, envelope, labels.intent, labels.category, labels.categories
-            )
+            outgoing = self._outbox.persist(msg_id, handle, envelope, labels)
             wrote = labels.intent == frames.Intent.CHAT and self._requests.note_chat(handle)
         if wrote:
             self._requests.noted((handle,))
@@ -284,7 +272,8 @@ class Sender:
         if window < 1:
             raise ValueError("window must be at least 1")
         self._log_check.raise_if_forked()
-        plaintext_for = content_encoder(content)  # no tree head: see ``logcheck``
+        self.check_labels(labels)
+        plaintext_for = content_encoder(content, None, labels)  # no tree head: ``logcheck``
         todo = list(handles)
         bulk = Bulk(len(todo), rate_limit_retries)
         refill = max(1, window // 4)
@@ -357,9 +346,7 @@ class Sender:
                 except BlindrelayError as exc:
                     bulk.outcomes[first + offset] = exc
                     continue
-                outgoing = self._outbox.persist(
-                    msg_id, handle, envelope, labels.intent, labels.category, labels.categories
-                )
+                outgoing = self._outbox.persist(msg_id, handle, envelope, labels)
                 queued.append((first + offset, outgoing))
                 if chat and self._requests.note_chat(handle):
                     wrote.append(handle)

@@ -26,6 +26,10 @@ our identity and prekeys (SPEC §5), starts sessions from BUNDLE frames (SPEC
   any decryption (a replayed envelope would fail the ratchet anyway). Senders
   choose their ids, so one sender reusing another's id must not make us drop
   the other's message.
+- **The relay cannot relabel a message** (SPEC §13.11 rule 4): content whose id or
+  labels (intent, category, categories) differ from the DELIVER's is refused —
+  recorded, acknowledged, never shown — so a service reply never reads as a
+  consent request, nor a utility notification as a marketing one.
 - **Encrypt-then-store before the envelope leaves**: the advanced sending
   chain is stored before :meth:`SessionManager.encrypt` returns, so no message
   key is ever used twice, even across a crash.
@@ -43,7 +47,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from blindrelay.protocol import frames, limits
-from blindrelay.protocol.content import MalformedContent, decode_content
+from blindrelay.protocol.content import Labels, MalformedContent, decode_content
 from blindrelay.protocol.crypto.keys import (
     IdentityKeyPair,
     OneTimePreKey,
@@ -380,8 +384,9 @@ class SessionManager:
 
         When it returns, the delivery may be acknowledged (SPEC §6.5). Raises
         UntrustedIdentity (pending change recorded; do not ack — the message
-        waits for the user's decision), MalformedContent (session advanced and
-        id recorded, nothing to show; ack), or a DecryptionFailed /
+        waits for the user's decision), MalformedContent (content refused — malformed, or
+        its id or labels differ from the frame's, SPEC §13.11 rule 4 —; session advanced
+        and id recorded, nothing to show; ack), or a DecryptionFailed /
         DuplicatedMessage / TooManySkippedMessages / InvalidKey /
         IdentityKeyReused for an envelope that can never be decrypted or shown
         (nothing changed; ack and drop).
@@ -399,6 +404,11 @@ class SessionManager:
             content = decode_content(decrypted.plaintext)
             if content.msg_id != deliver.msg_id:
                 raise MalformedContent("content id differs from the frame's msg_id")
+            if content.labels != Labels.of(deliver):  # SPEC §13.11 rule 4: relabelled
+                raise MalformedContent(
+                    f"content labels differ from the frame's: {content.labels} inside, "
+                    f"{Labels.of(deliver)} on the frame"
+                )
         except MalformedContent:
             self._refuse_content(record, decrypted)
             raise

@@ -2,28 +2,36 @@
 
 The relay carries an envelope (SPEC §13.6) whose plaintext, once decrypted by
 the recipient, is one *content* object defined here: a strict msgpack map
-with a version, the message id, a kind and the kind's fields::
+with a version, the message id, the SEND's labels, a kind and the kind's fields::
 
-    text     {"v": 1, "id": <bin 16>, "kind": "text",    "text": <str>}
-    bytes    {"v": 1, "id": <bin 16>, "kind": "bytes",   "data": <bin>}
-    receipt  {"v": 1, "id": <bin 16>, "kind": "receipt", "receipt": "delivered" | "read",
-              "refs": [<bin 16>, ...]}
+    text     {"v": 2, "id": <bin 16>, <labels>, "kind": "text",    "text": <str>}
+    bytes    {"v": 2, "id": <bin 16>, <labels>, "kind": "bytes",   "data": <bin>}
+    receipt  {"v": 2, "id": <bin 16>, <labels>, "kind": "receipt",
+              "receipt": "delivered" | "read", "refs": [<bin 16>, ...]}
+
+    labels   "intent": <str>, then "category": <str> (a notification) or
+             "categories": [<str>, ...] (a consent request), as the SEND has them
 
 Any of them may end with ``"sth": <bin>``: the newest signed tree head of the
 relay's log the sender verified (SPEC §15.6), so that two parties who were shown
 two histories find out from one message.
 
-``id`` repeats the ``msg_id`` of the SEND/DELIVER frame inside the ciphertext,
-so the relay cannot relabel a message: a recipient refuses content whose ``id``
-differs from the DELIVER's ``msg_id``, and receipts (whose ``refs`` name
-msg_ids) therefore always point at authenticated messages. Receipts are
-ordinary encrypted messages sent with intent ``chat`` (SPEC §6.2): the relay
-cannot tell them from text.
+``id`` and the labels repeat the ``msg_id``, ``intent``, ``category`` and
+``categories`` of the SEND/DELIVER frame inside the ciphertext, so the relay
+cannot relabel a message: a recipient refuses content whose ``id`` differs from
+the DELIVER's ``msg_id`` — receipts (whose ``refs`` name msg_ids) therefore always
+point at authenticated messages — or whose labels differ from the DELIVER's: a
+service reply cannot be shown as a consent request, a utility notification as a
+marketing one (:class:`Labels`, the one value a client builds both from).
+Receipts are ordinary encrypted messages sent with intent ``chat`` (SPEC §6.2):
+the relay cannot tell them from text.
 
 Decoding follows the rules of SPEC §2.3 for frames: exactly one msgpack map
 with str keys, no duplicate or unknown keys, exact wire types (no bool for
 int, no str for bin, no nil, no floats, no extension types). Encoding is
-canonical: keys in the order above.
+canonical: keys in the order above. Version 1 (no labels) is refused like any
+other unknown version; :func:`decode_content` reads it only for a client's own
+inbox rows written before the upgrade (``accepted_as``).
 
 Not here: encryption and padding (:mod:`.crypto`), and what a client does
 with a receipt (``client``).
@@ -38,13 +46,14 @@ from typing import Any
 
 import msgpack
 
-from . import limits
+from . import frames, limits
 from .codec import strict_unpack
 from .crypto.padding import MAX_PLAINTEXT_BYTES
 from .errors import CryptoError, ProtocolError
 
-CONTENT_VERSION = 1
-"""Bumped for any change an existing client would mis-read (SPEC §12.4)."""
+CONTENT_VERSION = 2
+"""Bumped for any change an existing client would mis-read (SPEC §12.4). 2 added the
+SEND's labels (intent, category, categories), so the relay cannot relabel a message."""
 
 MAX_CONTENT_BYTES = MAX_PLAINTEXT_BYTES
 """Largest encoded content (32,767 bytes): the largest padding bucket minus its
@@ -55,8 +64,9 @@ MAX_RECEIPT_REFS = 256
 acknowledges a batch of deliveries can confirm it in one receipt, and 256 ids
 (~4.6 KiB) keep a receipt in a small padding bucket."""
 
-_MAX_MAP_KEYS = 6
-"""The largest content map (a receipt with a tree head) has six keys."""
+_MAX_MAP_KEYS = 7
+"""The largest content maps have seven keys: a receipt with a tree head, a notification
+(its category) with one."""
 
 
 class MalformedContent(CryptoError):
@@ -110,13 +120,47 @@ Body = Text | Data | Receipt
 
 
 @dataclass(frozen=True, slots=True)
+class Labels:
+    """What a SEND tells the relay about its body besides its recipient (SPEC §6.1, §6.2):
+    ``chat``, or a business's ``notification`` in a ``category`` or ``consent_request``
+    for ``categories``. The content repeats them (SPEC §13.11 rule 4), so a client builds
+    the SEND's fields and the content's from one Labels, and a recipient compares the
+    content's with the DELIVER's (:meth:`of`). Not checked when made: :class:`Content`
+    holds them to the SEND's rules (``frames.check_send_labels``), and a sender checks
+    them as a SEND's first, so that a bad one is a frame error before anything is
+    encrypted."""
+
+    intent: str = frames.Intent.CHAT
+    category: str | None = None
+    categories: tuple[str, ...] | None = None
+
+    @classmethod
+    def of(cls, frame: frames.Send | frames.Deliver) -> Labels:
+        """The labels a SEND or DELIVER carries."""
+        return cls(frame.intent, frame.category, frame.categories)
+
+    def __str__(self) -> str:
+        """For logs: ``chat``, ``notification utility``, ``consent_request [marketing]``."""
+        if self.category is not None:
+            return f"{self.intent} {self.category}"
+        if self.categories is not None:
+            return f"{self.intent} [{', '.join(self.categories)}]"
+        return str(self.intent)
+
+
+CHAT = Labels()
+
+
+@dataclass(frozen=True, slots=True)
 class Content:
-    """One decrypted message: its id (equal to the frame's msg_id), its body and, if the
-    sender had one, the newest signed tree head it verified (SPEC §15.6, gossip)."""
+    """One decrypted message: its id (equal to the frame's msg_id), the labels its SEND
+    carried (equal to the frame's), its body and, if the sender had one, the newest signed
+    tree head it verified (SPEC §15.6, gossip)."""
 
     msg_id: bytes
     body: Body
     sth: bytes | None = None
+    labels: Labels = CHAT
 
     def __post_init__(self) -> None:
         _check_msg_id(self.msg_id, "id")
@@ -126,6 +170,9 @@ class Content:
             type(self.sth) is not bytes or not 1 <= len(self.sth) <= limits.MAX_TREE_HEAD_BYTES
         ):
             raise MalformedContent(f"sth: 1 to {limits.MAX_TREE_HEAD_BYTES} bytes")
+        _check_labels(self.labels)
+        if isinstance(self.body, Receipt) and self.labels != CHAT:
+            raise MalformedContent("a receipt travels as chat (SPEC §13.11 rule 6)")
 
     @property
     def kind(self) -> Kind:
@@ -141,9 +188,33 @@ def _check_msg_id(value: object, name: str) -> None:
         raise MalformedContent(f"{name}: message ids are exactly {limits.MESSAGE_ID_BYTES} bytes")
 
 
+def _check_labels(labels: object) -> None:
+    """The SEND's rules (SPEC §6.1), with the exact types of the wire."""
+    if not isinstance(labels, Labels):
+        raise MalformedContent(f"labels must be Labels, not {type(labels).__name__}")
+    intent, category, categories = labels.intent, labels.category, labels.categories
+    if not isinstance(intent, str) or (category is not None and not isinstance(category, str)):
+        raise MalformedContent("intent and category must be str")
+    if categories is not None and (
+        type(categories) is not tuple or not all(isinstance(c, str) for c in categories)
+    ):
+        raise MalformedContent("categories must be an array of str")
+    try:
+        frames.check_send_labels(intent, category, categories)
+    except ProtocolError as exc:
+        raise MalformedContent(exc.detail) from None
+
+
 def encode_content(content: Content) -> bytes:
     """Canonical bytes of ``content``; MalformedContent if over ``MAX_CONTENT_BYTES``."""
-    fields: dict[str, Any] = {"v": CONTENT_VERSION, "id": content.msg_id, "kind": str(content.kind)}
+    labels = content.labels
+    fields: dict[str, Any] = {"v": CONTENT_VERSION, "id": content.msg_id}
+    fields["intent"] = str(labels.intent)
+    if labels.category is not None:
+        fields["category"] = str(labels.category)
+    if labels.categories is not None:
+        fields["categories"] = [str(c) for c in labels.categories]
+    fields["kind"] = str(content.kind)
     body = content.body
     if isinstance(body, Text):
         fields["text"] = body.text
@@ -160,8 +231,11 @@ def encode_content(content: Content) -> bytes:
     return data
 
 
-def content_encoder(body: Body, sth: bytes | None = None) -> Callable[[bytes], bytes]:
-    """``encode_content(Content(msg_id, body))`` for many msg_ids, the body encoded once.
+def content_encoder(
+    body: Body, sth: bytes | None = None, labels: Labels = CHAT
+) -> Callable[[bytes], bytes]:
+    """``encode_content(Content(msg_id, body, sth, labels))`` for many msg_ids, the body
+    encoded once.
 
     A bulk send encrypts one body under a fresh msg_id per recipient. The id is
     a fixed-size bin in the canonical encoding, so the encodings under two ids
@@ -172,8 +246,8 @@ def content_encoder(body: Body, sth: bytes | None = None) -> Callable[[bytes], b
     another size).
     """
     size = limits.MESSAGE_ID_BYTES
-    zeros = encode_content(Content(bytes(size), body, sth))
-    ones = encode_content(Content(b"\xff" * size, body, sth))
+    zeros = encode_content(Content(bytes(size), body, sth, labels))
+    ones = encode_content(Content(b"\xff" * size, body, sth, labels))
     start = next((i for i, (a, b) in enumerate(zip(zeros, ones, strict=False)) if a != b), -1)
     end = start + size
     if (
@@ -183,7 +257,7 @@ def content_encoder(body: Body, sth: bytes | None = None) -> Callable[[bytes], b
         or ones[start:end] != b"\xff" * size
         or zeros[end:] != ones[end:]
     ):
-        return lambda msg_id: encode_content(Content(msg_id, body, sth))  # pragma: no cover
+        return lambda msg_id: encode_content(Content(msg_id, body, sth, labels))  # pragma: no cover
     prefix, suffix = zeros[:start], zeros[end:]
 
     def encode(msg_id: bytes) -> bytes:
@@ -198,29 +272,37 @@ _KIND_KEYS: dict[str, frozenset[str]] = {
     Kind.BYTES: frozenset({"data"}),
     Kind.RECEIPT: frozenset({"receipt", "refs"}),
 }
-_COMMON_KEYS = frozenset({"v", "id", "kind"})
+_COMMON_KEYS = frozenset({"v", "id", "intent", "kind"})
+_OPTIONAL_KEYS = ("category", "categories", "sth")
+_V1_COMMON_KEYS = frozenset({"v", "id", "kind"})
 
 
-def decode_content(data: bytes) -> Content:
-    """Strictly parse decrypted content, or raise MalformedContent (rules: module docstring)."""
+def decode_content(data: bytes, *, accepted_as: Labels | None = None) -> Content:
+    """Strictly parse decrypted content, or raise MalformedContent (rules: module docstring).
+
+    ``accepted_as``: only for content of version 1 that a client accepted before version
+    2 and kept in its own inbox, with the labels of the DELIVER it came in (which version
+    1 could not check); such content is read with them. Never for content from the wire,
+    where version 1 is refused (SPEC §13.11 rule 7)."""
     if len(data) > MAX_CONTENT_BYTES:
         raise MalformedContent(f"content over {MAX_CONTENT_BYTES} bytes")
     obj = _unpack(data)
     if type(obj) is not dict:
         raise MalformedContent("content must be a map")
+    version, wanted = obj.get("v"), CONTENT_VERSION if accepted_as is None else 1
+    if type(version) is not int or version != wanted:
+        got = f", not {version}" if type(version) is int else ""
+        raise MalformedContent(f"v must be {wanted}{got}")
     kind = obj.get("kind")
     if type(kind) is not str or kind not in _KIND_KEYS:
         raise MalformedContent(f"kind must be one of {', '.join(_KIND_KEYS)}")
-    expected = _COMMON_KEYS | _KIND_KEYS[kind]
-    if "sth" in obj:
-        expected = expected | {"sth"}
+    expected = (_COMMON_KEYS if accepted_as is None else _V1_COMMON_KEYS) | _KIND_KEYS[kind]
+    optional = _OPTIONAL_KEYS if accepted_as is None else ("sth",)
+    expected = expected.union(key for key in optional if key in obj)
     if set(obj) != expected:
         unknown = sorted(set(obj) - expected)
         missing = sorted(expected - set(obj))
         raise MalformedContent(f"keys: unknown {unknown}, missing {missing}")
-    version = obj["v"]
-    if type(version) is not int or version != CONTENT_VERSION:
-        raise MalformedContent(f"v must be {CONTENT_VERSION}")
     body: Body
     if kind == Kind.TEXT:
         if type(obj["text"]) is not str:
@@ -240,7 +322,15 @@ def decode_content(data: bytes) -> Content:
     sth = obj.get("sth")
     if sth is not None and type(sth) is not bytes:
         raise MalformedContent("sth must be bin")
-    return Content(obj["id"], body, sth)
+    if accepted_as is None:
+        if "category" in obj and type(obj["category"]) is not str:
+            raise MalformedContent("category must be a str")
+        if "categories" in obj and type(obj["categories"]) is not tuple:
+            raise MalformedContent("categories must be an array")
+        labels = Labels(obj["intent"], obj.get("category"), obj.get("categories"))
+    else:
+        labels = accepted_as
+    return Content(obj["id"], body, sth, labels)  # checks the labels' types and rules
 
 
 def _unpack(data: bytes) -> object:

@@ -520,6 +520,14 @@ def _check_intent_fields(
         raise MalformedFrame("categories: only for a consent request")
 
 
+def check_send_labels(
+    intent: str, category: str | None, categories: tuple[str, ...] | None
+) -> None:
+    """A SEND's intent with its category or categories (SPEC §6.1): the frame's rule, for
+    the content that repeats them inside the ciphertext (SPEC §13.11) too."""
+    _check_intent_fields(intent, category, categories, relay=False)
+
+
 MESSAGE_ID_RANDOM_BYTES = limits.MESSAGE_ID_BYTES - limits.MESSAGE_ID_CLOCK_BYTES
 
 

@@ -7,6 +7,7 @@ PREKEYS_UPLOAD published as BUNDLE frames, one one-time prekey per fetch.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import replace
 
 import msgpack
@@ -18,8 +19,10 @@ from blindrelay.client.sessions import ONE_TIME_PREKEY_TARGET, NoSession, Sessio
 from blindrelay.client.trust import IdentityState
 from blindrelay.protocol import frames
 from blindrelay.protocol.content import (
+    CHAT,
     Content,
     Data,
+    Labels,
     MalformedContent,
     Receipt,
     ReceiptType,
@@ -99,20 +102,26 @@ class Pair:
         self.delivery_id = 0
 
     def envelope(
-        self, sender: SessionManager, to: str, body: Text | Data | Receipt
+        self,
+        sender: SessionManager,
+        to: str,
+        body: Text | Data | Receipt,
+        labels: Labels = CHAT,
     ) -> frames.Deliver:
         """Encrypt ``body`` as the SDK does and wrap it as the DELIVER the relay would push."""
         msg_id = self.msg_ids.randbytes(16)
-        envelope = sender.encrypt(to, encode_content(Content(msg_id, body)))
+        envelope = sender.encrypt(to, encode_content(Content(msg_id, body, None, labels)))
         self.delivery_id += 1
         return frames.Deliver(
             delivery_id=self.delivery_id,
             sender=sender.identity.handle,
             sender_kind="user",
             msg_id=msg_id,
-            intent="chat",
+            intent=labels.intent,
             sent_at=1_700_000_000_000 + self.delivery_id,
             body=envelope,
+            category=labels.category,
+            categories=labels.categories,
         )
 
 
@@ -329,6 +338,75 @@ def test_content_relabelled_by_the_relay_is_refused(pair: Pair) -> None:
     deliver = pair.envelope(pair.alice, "bob", Text("mine"))
     with pytest.raises(MalformedContent):
         pair.bob.receive(replace(deliver, msg_id=b"\x01" * 16))
+
+
+NOTIFY_UTILITY = Labels("notification", "utility")
+ASK_UTILITY = Labels("consent_request", None, ("utility",))
+
+
+@pytest.mark.parametrize(
+    ("sent", "delivered"),
+    [
+        (CHAT, ASK_UTILITY),
+        (CHAT, NOTIFY_UTILITY),
+        (NOTIFY_UTILITY, Labels("notification", "marketing")),
+        (NOTIFY_UTILITY, CHAT),
+        (ASK_UTILITY, Labels("consent_request", None, ("marketing",))),
+        (ASK_UTILITY, Labels("consent_request", None, ("utility", "marketing"))),
+        (ASK_UTILITY, NOTIFY_UTILITY),
+    ],
+    ids=str,
+)
+def test_labels_the_relay_rewrote_are_refused_and_nothing_is_shown(
+    pair: Pair, sent: Labels, delivered: Labels
+) -> None:
+    """SPEC §13.11 rule 4: the DELIVER's intent, category and categories must be the ones
+    inside the ciphertext; refused content is recorded, shows nothing, and the session
+    goes on (rule 5)."""
+    pair.alice.start_session(pair.directory.bundle("bob"))
+    honest = pair.envelope(pair.alice, "bob", Text("the real labels"), sent)
+    incoming = pair.bob.receive(honest)
+    assert incoming is not None and incoming.content.labels == sent
+    assert (incoming.intent, incoming.category, incoming.categories) == (
+        sent.intent, sent.category, sent.categories,
+    )  # fmt: skip
+
+    deliver = pair.envelope(pair.alice, "bob", Text("relabelled"), sent)
+    relabelled = replace(
+        deliver,
+        intent=delivered.intent,
+        category=delivered.category,
+        categories=delivered.categories,
+    )
+    with pytest.raises(MalformedContent, match=re.escape(f"{sent} inside, {delivered} on the frame")):
+        pair.bob.receive(relabelled)
+    assert pair.bob.store.is_processed("alice", deliver.msg_id)
+    assert [m.msg_id for m in pair.bob.store.pending_messages()] == [honest.msg_id]
+    later = pair.bob.receive(pair.envelope(pair.alice, "bob", Text("fine")))
+    assert later is not None and later.content.body == Text("fine")
+
+
+def test_an_inbox_row_kept_before_content_version_2_still_reads(pair: Pair) -> None:
+    """Rows of inbox versions 1 and 2 hold content of version 1, accepted (and acknowledged)
+    before the upgrade: they read with the labels of their DELIVER, not dropped."""
+    v1 = msgpack.packb(
+        {"v": 1, "id": b"\x07" * 16, "kind": "text", "text": "kept"}, use_bin_type=True
+    )
+    rows = {
+        1: [1, "business", "chat", 5, "trusted", v1],
+        2: [2, "business", "notification", 5, "trusted", v1, "utility", None],
+    }
+    for version, fields in rows.items():
+        row = IncomingMessage(b"\x07" * 16, "airline", 6, msgpack.packb(fields, use_bin_type=True))
+        incoming = Incoming.from_record(row)
+        assert incoming.content.body == Text("kept"), version
+        frame_labels = Labels(incoming.intent, incoming.category, incoming.categories)
+        assert incoming.content.labels == frame_labels, version
+    current = IncomingMessage(
+        b"\x07" * 16, "airline", 6, msgpack.packb([3, *rows[2][1:]], use_bin_type=True)
+    )
+    with pytest.raises(MalformedContent):  # a row of version 3 holds version 2 content
+        Incoming.from_record(current)
 
 
 def test_a_message_without_a_session_cannot_decrypt(pair: Pair) -> None:

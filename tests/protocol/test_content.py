@@ -13,6 +13,7 @@ from blindrelay.protocol.content import (
     Content,
     Data,
     Kind,
+    Labels,
     MalformedContent,
     Receipt,
     ReceiptType,
@@ -52,9 +53,115 @@ def test_every_kind_round_trips_canonically(body: Text | Data | Receipt, kind: K
 
 def test_encoding_puts_keys_in_spec_order() -> None:
     data = encode_content(Content(MSG_ID, Receipt(ReceiptType.READ, (REF,))))
-    assert list(msgpack.unpackb(data, raw=False)) == ["v", "id", "kind", "receipt", "refs"]
+    assert list(msgpack.unpackb(data, raw=False)) == [
+        "v", "id", "intent", "kind", "receipt", "refs",
+    ]  # fmt: skip
     text = encode_content(Content(MSG_ID, Text("hi")))
-    assert text == pack({"v": 1, "id": MSG_ID, "kind": "text", "text": "hi"})
+    assert text == pack({"v": 2, "id": MSG_ID, "intent": "chat", "kind": "text", "text": "hi"})
+    notification = Content(MSG_ID, Text("hi"), b"h", Labels("notification", "utility"))
+    assert encode_content(notification) == pack(
+        {"v": 2, "id": MSG_ID, "intent": "notification", "category": "utility",
+         "kind": "text", "text": "hi", "sth": b"h"}
+    )  # fmt: skip
+    request = Content(MSG_ID, Data(b"x"), None, Labels("consent_request", None, ("marketing",)))
+    assert encode_content(request) == pack(
+        {"v": 2, "id": MSG_ID, "intent": "consent_request", "categories": ["marketing"],
+         "kind": "bytes", "data": b"x"}
+    )  # fmt: skip
+
+
+LABELS = [
+    Labels(),
+    Labels("notification", "utility"),
+    Labels("notification", "marketing"),
+    Labels("consent_request", None, ("utility",)),
+    Labels("consent_request", None, ("marketing", "utility")),
+]
+
+
+@pytest.mark.parametrize("labels", LABELS, ids=str)
+def test_the_send_s_labels_round_trip_in_any_kind(labels: Labels) -> None:
+    """SPEC §13.11: the content carries its SEND's intent, category and categories, exactly
+    as the SEND does, so a recipient can hold them against the DELIVER's (rule 4)."""
+    receipt = Receipt(ReceiptType.READ, (REF,))
+    for body in (Text("hi"), Data(b"x"), receipt) if labels == Labels() else (Text(""), Data(b"")):
+        content = Content(MSG_ID, body, b"h", labels)
+        data = encode_content(content)
+        assert decode_content(data) == content
+        assert decode_content(data).labels == labels
+        assert content_encoder(body, b"h", labels)(MSG_ID) == data
+
+
+@pytest.mark.parametrize("labels", LABELS[1:], ids=str)
+def test_a_receipt_travels_as_chat_only(labels: Labels) -> None:
+    """SPEC §13.11 rule 6: receipts are chats, so the relay cannot tell them from text."""
+    with pytest.raises(MalformedContent, match="receipt"):
+        Content(MSG_ID, Receipt(ReceiptType.READ, (REF,)), None, labels)
+    fields: dict[str, object] = {**VALID_RECEIPT, "intent": labels.intent}
+    if labels.category is not None:
+        fields["category"] = labels.category
+    if labels.categories is not None:
+        fields["categories"] = list(labels.categories)
+    with pytest.raises(MalformedContent):
+        decode_content(pack(fields))
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        Labels("statement"),  # the relay's, never a sender's (SPEC §6.2)
+        Labels("sticker"),
+        Labels("notification"),
+        Labels("notification", "cats"),
+        Labels("chat", "utility"),
+        Labels("consent_request"),
+        Labels("consent_request", None, ()),
+        Labels("consent_request", None, ("utility", "utility")),
+        Labels("chat", None, ("utility",)),
+        Labels("notification", "utility", ("utility",)),
+        Labels(b"chat"),  # type: ignore[arg-type]
+        Labels("notification", b"utility"),  # type: ignore[arg-type]
+    ],
+    ids=repr,
+)
+def test_labels_no_send_may_carry_are_refused_both_ways(labels: Labels) -> None:
+    with pytest.raises(MalformedContent):
+        Content(MSG_ID, Text("hi"), None, labels)
+    fields: dict[str, object] = {"v": 2, "id": MSG_ID, "intent": labels.intent}
+    if labels.category is not None:
+        fields["category"] = labels.category
+    if labels.categories is not None:
+        fields["categories"] = list(labels.categories)
+    with pytest.raises(MalformedContent):
+        decode_content(pack({**fields, "kind": "text", "text": "hi"}))
+
+
+def test_labels_of_other_types_than_the_wire_s_are_refused() -> None:
+    for labels in (
+        Labels("consent_request", None, ["utility"]),  # type: ignore[arg-type]
+        Labels("consent_request", None, ("utility", 1)),  # type: ignore[arg-type]
+        ("chat", None, None),
+    ):
+        with pytest.raises(MalformedContent):
+            Content(MSG_ID, Text("hi"), None, labels)  # type: ignore[arg-type]
+
+
+def test_version_1_content_is_refused_unless_read_from_the_client_s_own_inbox() -> None:
+    """SPEC §13.11 rule 7: version 1 has no labels, so it is refused from the wire. Only a
+    client's inbox row written before the upgrade reads it, with its DELIVER's labels."""
+    v1 = pack({"v": 1, "id": MSG_ID, "kind": "text", "text": "hi"})
+    with pytest.raises(MalformedContent, match="v must be 2"):
+        decode_content(v1)
+    kept = Labels("notification", "utility")
+    assert decode_content(v1, accepted_as=kept) == Content(MSG_ID, Text("hi"), None, kept)
+    v1_head = pack({"v": 1, "id": MSG_ID, "kind": "text", "text": "hi", "sth": b"h"})
+    assert decode_content(v1_head, accepted_as=kept).sth == b"h"
+    for not_v1 in (
+        encode_content(Content(MSG_ID, Text("hi"))),
+        pack({"v": 1, "id": MSG_ID, "intent": "chat", "kind": "text", "text": "hi"}),
+    ):
+        with pytest.raises(MalformedContent):
+            decode_content(not_v1, accepted_as=kept)
 
 
 def test_a_tree_head_rides_last_in_any_kind_and_round_trips() -> None:
@@ -84,8 +191,10 @@ def test_largest_content_fits_the_largest_padding_bucket() -> None:
         encode_content(Content(MSG_ID, Data(b"x" * MAX_CONTENT_BYTES)))
 
 
-VALID_TEXT = {"v": 1, "id": MSG_ID, "kind": "text", "text": "hi"}
-VALID_RECEIPT = {"v": 1, "id": MSG_ID, "kind": "receipt", "receipt": "read", "refs": [REF]}
+VALID_TEXT = {"v": 2, "id": MSG_ID, "intent": "chat", "kind": "text", "text": "hi"}
+VALID_RECEIPT = {
+    "v": 2, "id": MSG_ID, "intent": "chat", "kind": "receipt", "receipt": "read", "refs": [REF],
+}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -98,7 +207,19 @@ VALID_RECEIPT = {"v": 1, "id": MSG_ID, "kind": "receipt", "receipt": "read", "re
         pytest.param(pack({**VALID_TEXT, "extra": 1}), id="unknown-key"),
         pytest.param(pack({k: v for k, v in VALID_TEXT.items() if k != "text"}), id="missing-key"),
         pytest.param(pack({**VALID_TEXT, "data": b"x"}), id="key-of-another-kind"),
-        pytest.param(pack({**VALID_TEXT, "v": 2}), id="unknown-version"),
+        pytest.param(pack({**VALID_TEXT, "v": 3}), id="unknown-version"),
+        pytest.param(pack({**VALID_TEXT, "v": 1}), id="version-1"),
+        pytest.param(pack({k: v for k, v in VALID_TEXT.items() if k != "intent"}), id="no-intent"),
+        pytest.param(pack({**VALID_TEXT, "intent": b"chat"}), id="bin-for-str-intent"),
+        pytest.param(pack({**VALID_TEXT, "category": None}), id="nil-category"),
+        pytest.param(
+            pack({**VALID_TEXT, "intent": "consent_request", "categories": "utility"}),
+            id="categories-not-array",
+        ),
+        pytest.param(
+            pack({**VALID_TEXT, "intent": "consent_request", "categories": ["a"] * 300}),
+            id="categories-too-many",
+        ),
         pytest.param(pack({**VALID_TEXT, "v": True}), id="bool-for-int"),
         pytest.param(pack({**VALID_TEXT, "v": 1.0}), id="float-for-int"),
         pytest.param(pack({**VALID_TEXT, "kind": "sticker"}), id="unknown-kind"),
@@ -106,7 +227,10 @@ VALID_RECEIPT = {"v": 1, "id": MSG_ID, "kind": "receipt", "receipt": "read", "re
         pytest.param(pack({**VALID_TEXT, "text": None}), id="nil"),
         pytest.param(pack({**VALID_TEXT, "id": MSG_ID[:15]}), id="short-id"),
         pytest.param(pack({**VALID_TEXT, "id": "0" * 16}), id="str-for-bin-id"),
-        pytest.param(pack({"v": 1, "id": MSG_ID, "kind": "bytes", "data": "x"}), id="str-for-bin"),
+        pytest.param(
+            pack({"v": 2, "id": MSG_ID, "intent": "chat", "kind": "bytes", "data": "x"}),
+            id="str-for-bin",
+        ),
         pytest.param(pack({**VALID_RECEIPT, "receipt": "seen"}), id="unknown-receipt-type"),
         pytest.param(pack({**VALID_RECEIPT, "refs": []}), id="no-refs"),
         pytest.param(pack({**VALID_RECEIPT, "refs": [REF, REF]}), id="duplicate-refs"),
@@ -118,7 +242,7 @@ VALID_RECEIPT = {"v": 1, "id": MSG_ID, "kind": "receipt", "receipt": "read", "re
             id="too-many-refs",
         ),
         pytest.param(
-            b"\x84\xa1v\x01\xa1v\x01\xa2id\xc4\x10" + MSG_ID + b"\xa4kind\xa4text",
+            b"\x85\xa1v\x02\xa1v\x02\xa2id\xc4\x10" + MSG_ID + b"\xa6intent\xa4chat\xa4kind\xa4text",
             id="duplicate-key",
         ),
         pytest.param(pack({1: 1}), id="int-key"),
@@ -127,8 +251,11 @@ VALID_RECEIPT = {"v": 1, "id": MSG_ID, "kind": "receipt", "receipt": "read", "re
         ),
         pytest.param(b"\x91" * 2000, id="deep-nesting"),
         pytest.param(pack({**VALID_TEXT, "text": "x" * MAX_CONTENT_BYTES}), id="too-large"),
-        pytest.param(b"\x84\xa1v\x01\xa2id\xc4\x10" + MSG_ID + b"\xa4kind\xa4text\xa4text\xa2\xff\xfe",
-                     id="invalid-utf8"),
+        pytest.param(
+            b"\x85\xa1v\x02\xa2id\xc4\x10" + MSG_ID
+            + b"\xa6intent\xa4chat\xa4kind\xa4text\xa4text\xa2\xff\xfe",
+            id="invalid-utf8",
+        ),
     ],
 )
 def test_decoder_refuses_malformed_content(data: bytes) -> None:
