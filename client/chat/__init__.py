@@ -24,6 +24,9 @@ Where each part lives::
 
     session   one run: open the profile, register or log in, read lines until /quit
     console   the Chat: each command, and each message and receipt as it is shown
+    consent   a person's consent commands: /requests, /grant, /deny, /revoke, /block
+    business  a business account's own commands: /request-consent, /notify, /profile…
+    usage     the error for a command typed wrongly, and the parsing commands share
 
 Not here: the protocol and key custody (``sdk``, ``sessions``, ``keystore``).
 """

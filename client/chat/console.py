@@ -17,12 +17,10 @@ the protocol and key custody (``sdk``, ``sessions``, ``keystore``).
 from __future__ import annotations
 
 import asyncio
-import shlex
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import IO
 
-from blindrelay.protocol import limits
 from blindrelay.protocol.business import BadgeStatus
 from blindrelay.protocol.errors import (
     BlindrelayError,
@@ -48,7 +46,8 @@ from ..sdk import (
     RelayKeyChanged,
 )
 from .business import BUSINESS_COMMANDS, BusinessCommands
-from .usage import Usage
+from .consent import ConsentCommands
+from .usage import Usage, one_handle
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "to": ("/to HANDLE", "talk to HANDLE: plain lines go to them from now on"),
@@ -105,6 +104,7 @@ class Chat:
         """Strangers whose message request was explained in this session."""
         self._sending: set[asyncio.Task[None]] = set()
         self._business_commands: BusinessCommands | None = None
+        self._consent = ConsentCommands(client, self.say, self.remember, self.badge)
         self.columns: Callable[[], int | None] = lambda: None
         """The terminal's width, None when unknown (a pipe, a file): ``session`` sets it."""
 
@@ -327,10 +327,8 @@ class Chat:
         commands: dict[str, Callable[[str], Awaitable[None]]] = {
             "help": self.help, "to": self.to, "msg": self.msg, "history": self.history,
             "accept": self.accept, "contacts": self.contacts, "safety": self.safety,
-            "verify": self.verify, "approve": self.approve, "requests": self.requests,
-            "grant": self.grant, "deny": self.deny, "revoke": self.revoke, "block": self.block,
-            "unblock": self.unblock,
-        }  # fmt: skip
+            "verify": self.verify, "approve": self.approve,
+        } | self._consent.commands()  # fmt: skip
         if self.business is not None:
             if self._business_commands is None:
                 self._business_commands = BusinessCommands(self.business, self.say, self.remember)
@@ -349,7 +347,7 @@ class Chat:
             self.say(f"  {usage:<32}{what}")
 
     async def to(self, rest: str) -> None:
-        self.current = _one_handle(rest, "/to HANDLE")
+        self.current = one_handle(rest, "/to HANDLE")
         self.remember(self.current)
         self.say(f"talking to {self.current}")
 
@@ -413,7 +411,7 @@ class Chat:
             await asyncio.gather(*self._sending, return_exceptions=True)
 
     async def accept(self, rest: str) -> None:
-        handle = _one_handle(rest, "/accept HANDLE")
+        handle = one_handle(rest, "/accept HANDLE")
         await self.client.accept_request(handle)
         self._requesters.discard(handle)
         self.remember(handle)
@@ -435,13 +433,13 @@ class Chat:
             self.say(f"  {handle} ({kind or '?'}) {trust}{blocked}{consent}{badge}")
 
     async def safety(self, rest: str) -> None:
-        handle = _one_handle(rest, "/safety HANDLE")
+        handle = one_handle(rest, "/safety HANDLE")
         digits = self.client.safety_number(handle)
         groups = " ".join(digits[i : i + 5] for i in range(0, len(digits), 5))
         self.say(f"safety number with {handle}: {groups}")
 
     async def verify(self, rest: str) -> None:
-        handle = _one_handle(rest, "/verify HANDLE")
+        handle = one_handle(rest, "/verify HANDLE")
         if self.client.identity_change_pending(handle):
             self.say(f"{handle}'s key changed: compare /safety {handle}, then /approve {handle}")
             return
@@ -449,7 +447,7 @@ class Chat:
         self.say(f"{handle} marked verified")
 
     async def approve(self, rest: str) -> None:
-        handle = _one_handle(rest, "/approve HANDLE")
+        handle = one_handle(rest, "/approve HANDLE")
         if not self.client.identity_change_pending(handle):
             self.say(f"no key change pending for {handle}")
             return
@@ -463,76 +461,6 @@ class Chat:
                 f"(at most {MAX_HELD_PER_SENDER} are kept): ask {handle} to resend them"
             )
 
-    async def requests(self, _rest: str) -> None:
-        requests = self.client.store.consent_requests()
-        if not requests:
-            self.say("no consent requests waiting")
-        for business, categories in sorted(requests.items()):
-            cats = ",".join(categories)
-            self.say(f"  {business} {await self.badge(business)} asks for {cats}")
-
-    def _answered(self, business: str) -> None:
-        self.client.store.set_consent_request(business, None)
-
-    def _business_and_categories(
-        self, rest: str, usage: str, *, default: bool
-    ) -> tuple[str, list[str]]:
-        words = rest.replace(",", " ").split()
-        if not words:
-            raise Usage(usage)
-        business, categories = words[0], words[1:]
-        if not categories and default:
-            categories = list(self.client.store.consent_requests().get(business, ()))
-        unknown = [c for c in categories if c not in limits.CATEGORIES]
-        if not categories or unknown:
-            raise Usage(f"{usage} (categories: {', '.join(limits.CATEGORIES)})")
-        return business, categories
-
-    async def grant(self, rest: str) -> None:
-        business, categories = self._business_and_categories(
-            rest, "/grant BUSINESS CATS", default=True
-        )
-        granted = await self.client.grant(business, categories)
-        self._answered(business)
-        self.remember(business, "business")
-        self.say(f"granted {business}: {','.join(granted.categories or ())}")
-
-    async def deny(self, rest: str) -> None:
-        business, categories = self._business_and_categories(
-            rest, "/deny BUSINESS [CATS]", default=True
-        )
-        await self.client.deny(business, categories)
-        self._answered(business)
-        self.say(f"denied {business}: {','.join(categories)}")
-
-    async def revoke(self, rest: str) -> None:
-        business, categories = self._business_and_categories(
-            rest, "/revoke BUSINESS CATS", default=False
-        )
-        revoked = await self.client.revoke(business, categories)
-        self.say(f"revoked {business}: {','.join(revoked.categories or ())}")
-
-    async def block(self, rest: str) -> None:
-        handle = _one_handle(rest, "/block HANDLE")
-        await self.client.block(handle)
-        self._answered(handle)
-        self.say(f"blocked {handle}: nothing of theirs reaches you")
-
-    async def unblock(self, rest: str) -> None:
-        handle = _one_handle(rest, "/unblock HANDLE")
-        await self.client.unblock(handle)
-        self.say(f"unblocked {handle}")
-
 
 def _first_word(rest: str) -> str:
     return rest.split()[0] if rest.split() else ""
-
-
-def _one_handle(rest: str, usage: str) -> str:
-    try:
-        words = shlex.split(rest)
-    except ValueError:  # an unclosed quote
-        raise Usage(usage) from None
-    if len(words) != 1:
-        raise Usage(usage)
-    return words[0]
