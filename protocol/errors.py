@@ -24,17 +24,18 @@ The tree::
     │   ├── InvalidProfile            600  business profile/badge fails checks
     │   ├── NotFound                  601  no such public record (a business's profile)
     │   ├── InternalError             900  relay fault; never carries detail
-    │   └── ShuttingDown              901  relay is stopping; reconnect later
+    │   ├── ShuttingDown              901  relay is stopping; reconnect later
+    │   └── StoreUnavailable          902  store unreachable for now; retry after
     ├── CryptoError                   local to a client; never sent on the wire
-        ├── InvalidSignature          a signature does not verify
-        ├── InvalidKey                malformed or low-order public key
-        ├── UntrustedIdentity         a contact's identity key changed
-        ├── IdentityKeyReused         a key already pinned for another handle
-        ├── DuplicatedMessage         message key already used (replay)
-        ├── TooManySkippedMessages    header would skip past the cap
-        ├── PlaintextTooLarge         over the largest padding bucket
-        └── DecryptionFailed          AEAD authentication failed
-            └── MalformedEnvelope     envelope bytes do not parse
+    │   ├── InvalidSignature          a signature does not verify
+    │   ├── InvalidKey                malformed or low-order public key
+    │   ├── UntrustedIdentity         a contact's identity key changed
+    │   ├── IdentityKeyReused         a key already pinned for another handle
+    │   ├── DuplicatedMessage         message key already used (replay)
+    │   ├── TooManySkippedMessages    header would skip past the cap
+    │   ├── PlaintextTooLarge         over the largest padding bucket
+    │   └── DecryptionFailed          AEAD authentication failed
+    │       └── MalformedEnvelope     envelope bytes do not parse
     └── TransparencyError             a log's evidence does not hold (SPEC §15); local
         ├── InvalidProof              an inclusion or consistency proof fails
         ├── InvalidTreeHead           a tree head's signature or fields are wrong
