@@ -39,7 +39,9 @@ The tree::
     └── TransparencyError             a log's evidence does not hold (SPEC §15); local
         ├── InvalidProof              an inclusion or consistency proof fails
         ├── InvalidTreeHead           a tree head's signature or fields are wrong
-        └── MalformedLogEntry         log entry bytes do not parse
+        ├── MalformedLogEntry         log entry bytes do not parse
+        ├── KeyNotLogged              a published key without a proof it was logged
+        └── LogForked                 two signed heads no consistency proof joins
 
 ``ErrorCode`` mirrors the table in SPEC §9 and a test keeps the two equal.
 ``RecipientUnavailable`` is one code for "no such account", "no consent",
