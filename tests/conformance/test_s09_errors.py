@@ -9,6 +9,8 @@ from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import (
     BundleFetch,
     Error,
+    LogHead,
+    LogHeadFetch,
     PrekeysUpload,
     ProfileFetch,
     Send,
@@ -95,10 +97,13 @@ async def test_only_1xx_errors_carry_a_reason_and_only_402_a_retry_after(relay):
 @pytest.mark.spec("9")
 async def test_only_closing_codes_close_the_connection(relay):
     """SPEC §9: "all other errors leave it open and usable"; after 200 the relay "MUST send
-    no further frame and MUST close the WebSocket connection with … 1008"."""
+    no further frame and MUST close the WebSocket connection with … 1008". A connection
+    refused before any login (201) shows it is open with a log read (§15.6: no login)."""
     for peer, error in await _errors_of_every_kind(relay):
         if ErrorCode(error.code).closes_connection:
             assert await peer.closed() == 1008, error
             assert peer.pending() == [], error
         elif peer.account is not None:
             assert [f for f in await peer.round_trip() if isinstance(f, Error)] == [], error
+        else:
+            assert isinstance(await peer.request(lambda i: LogHeadFetch(id=i)), LogHead), error
