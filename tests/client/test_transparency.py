@@ -5,11 +5,14 @@ DISCOVERABLE. Against a real relay, whose heads the tests publish when they need
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from blindrelay.client.transparency import open_log_reader
+from blindrelay.client.transport import ConnectionLost
 from blindrelay.client.trust import RelayKeyChanged
 from blindrelay.protocol.errors import NotFound, UnexpectedFrame
 from blindrelay.protocol.transparency import merkle
@@ -46,6 +49,78 @@ def test_a_client_reads_verifies_and_joins_two_heads(tmp_path: Path) -> None:
             with pytest.raises(NotFound):  # §15.6 rule 1: only trees the relay signed
                 await within(alice.log.consistency(1, 3))
             await alice.close()
+
+    run(scenario())
+
+
+class Forwarder:
+    """A local port whose new TCP connections go to the relay at ``target`` (a URL);
+    :meth:`retarget` points it elsewhere and cuts the connections it carries."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.url = ""
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> Forwarder:
+        self._server = await asyncio.start_server(self._forward, "127.0.0.1", 0)
+        self.url = f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._cut()
+        self._server.close()
+        await self._server.wait_closed()
+
+    def retarget(self, target: str) -> None:
+        self.target = target
+        self._cut()
+
+    def _cut(self) -> None:
+        for writer in self._writers:
+            writer.close()
+        self._writers.clear()
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        address = urlsplit(self.target)
+        up_reader, up_writer = await asyncio.open_connection(address.hostname, address.port)
+        self._writers += [writer, up_writer]
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+def test_a_reader_keeps_the_relay_key_it_learned_for_its_next_connections(
+    tmp_path: Path,
+) -> None:
+    """open_log_reader without a key takes the first one presented and pins it: when its
+    connection has ended and the next reaches a relay with another key (the same address,
+    now forwarded elsewhere), the reader raises RelayKeyChanged and keeps the first key."""
+
+    async def scenario() -> None:
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        async with (
+            relay_at(tmp_path / "a") as first,
+            relay_at(tmp_path / "b") as second,
+            Forwarder(first.url) as forwarder,
+            open_log_reader(forwarder.url) as reader,
+        ):
+            assert await within(reader.head()) is None  # nothing signed yet
+            learned = reader.relay_key
+            assert learned is not None
+            forwarder.retarget(second.url)
+            with pytest.raises(RelayKeyChanged):
+                for _ in range(2):  # the first ask may meet the cut connection
+                    with contextlib.suppress(ConnectionLost):
+                        await within(reader.head())
+            assert reader.relay_key == learned
 
     run(scenario())
 
