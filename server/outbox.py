@@ -268,11 +268,24 @@ class Outbox:
         self.ctx.refuse(self.session, None, exc)
         self._store_failed("page_failed")
 
-    def _push_page(self, rows: list[list[Any]], limit: int) -> None:
+    def _push_page(self, page: list[Any], limit: int) -> None:
         if self.session.outbox is not self or not self.session.open:
             return
+        rows, high = page
         for row in rows:
             self._push(row[0], partial(deliver_row, row))
+        if len(rows) < limit:
+            self._passed(high)
         self.behind = len(rows) >= limit or self.again
         self.again = False
         self._page_in()
+
+    def _passed(self, high: int) -> None:
+        """A whole page vouched that every envelope up to ``high`` still queued was in it:
+        the cursor moves there, so one that was not (acknowledged on an earlier connection,
+        or withdrawn by a block or revoke that this outbox never heard of, SPEC §7.4) is
+        never pushed when another worker's link or hint announces it late."""
+        if high > self.cursor:
+            self.cursor = high
+            if self.withdrawn:
+                self.withdrawn = {i for i in self.withdrawn if i >= high}

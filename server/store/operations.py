@@ -287,8 +287,11 @@ CONTRACT: dict[str, Operation] = {
             "limit": "int",
             "not_before": "int ms: older envelopes are expired and skipped",
         },
-        result=f"[envelope row, …], delivery id > ``after`` ascending, at most ``limit``; "
-        f"a row is {ENVELOPE_ROW}",
+        result=f"[[envelope row, …], high]: rows with delivery id > ``after`` ascending, "
+        f"at most ``limit``; a row is {ENVELOPE_ROW}. ``high`` >= ``after``: every envelope "
+        "with a delivery id up to it that was queued and unexpired when the page was read "
+        "is among the rows (when fewer than ``limit``), so an id up to it that is not was "
+        "acknowledged or withdrawn (SPEC §7.4)",
     ),
     "apply_statement": Operation(
         spec="§7.4–7.6",

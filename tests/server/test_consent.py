@@ -216,7 +216,8 @@ async def test_an_outbox_never_pushes_rows_withdrawn_after_it_paged_them(
     outbox = session.outbox
     await bob.close()
     await _notify(airline, "bob", "marketing", 2)
-    rows = await relay.ctx.store.submit("page", "bob", 0, 10, 0)
+    page = await relay.ctx.store.submit("page", "bob", 0, 10, 0)
+    rows = page[0]
     assert len(rows) == 2
     pushed: list[int] = []
     outbox.session = type("Recorder", (), {
@@ -224,7 +225,7 @@ async def test_an_outbox_never_pushes_rows_withdrawn_after_it_paged_them(
         "send_encoded": lambda _self, data: pushed.append(decode(data).delivery_id),
     })()  # fmt: skip
     outbox.withdraw([rows[0][0]])  # the revoke committed after the page was read
-    outbox._push_page(rows, limit=10)
+    outbox._push_page(page, limit=10)
     assert pushed == [rows[1][0]]
 
 

@@ -244,6 +244,33 @@ async def test_a_block_committed_before_a_linked_envelope_arrives_wins(
         assert not [frame for frame in bob.inbox if isinstance(frame, Deliver)]
 
 
+async def test_a_block_wins_over_a_linked_envelope_arriving_after_a_reconnect(
+    pg_database: PostgresDatabase,
+    clock: FakeClock,
+    clients: Clients,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SPEC §7.4: the block's withdrawal named the envelope on the connection that made
+    it; a new connection of the blocker on the same worker, whose first page found the
+    queue empty, must not push it either when its slow link frame arrives after all. Its
+    cursor started at 0 and the envelope's ``previous`` is 0, so it was pushed: a
+    DELIVER from the blocked sender after the block's OK (found in review)."""
+    async with workers(pg_database, clock) as w:
+        alice, bob = await pair(w, clients)
+        held = await held_link(w, monkeypatch)
+        assert isinstance(await alice.send_message(bob.handle, b"too late"), Sent)
+        assert len(held) == 1
+        await stated(bob, "block", alice.handle, clock.now)
+        await bob.close()
+        again, _ = await clients.logged_in(w.b.url, bob.handle, bob.key)
+        await answered(again)  # its first page is done: the queue was empty
+        received = links_of(w.b).received
+        held.pop()[1]()
+        await until(lambda: links_of(w.b).received > received)
+        await answered(again)
+        assert not [frame for frame in again.inbox if isinstance(frame, Deliver)]
+
+
 async def test_a_withdrawal_heard_by_notify_before_the_linked_envelope_wins(
     pg_database: PostgresDatabase,
     clock: FakeClock,

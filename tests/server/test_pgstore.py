@@ -266,7 +266,7 @@ async def test_an_operation_failing_unexpectedly_fails_alone(pg_database: Postgr
         results = await asyncio.gather(sent, broken, paged, return_exceptions=True)
         assert isinstance(results[0], list)
         assert isinstance(results[1], StoreJobError)
-        assert [row[0] for row in results[2]] == [results[0][0]]
+        assert [row[0] for row in results[2][0]] == [results[0][0]]
         assert store.counters.replays == 1
         assert (await store.submit("login_counts", "bob", 0))[0] == 1  # stored once
 
@@ -423,6 +423,24 @@ async def _until_one_waits_for_a_lock(conn: Any, call: asyncio.Future[Any]) -> N
     raise AssertionError("the call neither ran nor waited for the lock")
 
 
+async def test_a_page_vouches_for_every_id_up_to_the_highest_ever_queued(
+    pg_database: PostgresDatabase,
+) -> None:
+    """A page answers the recipient's ``last_id`` read with its rows: an id up to it that
+    is not among them was acknowledged or withdrawn, so an outbox never pushes it when
+    another worker's link announces it late (SPEC §7.4); an unknown handle's is ``after``."""
+    async with started(pg_database.fresh_schema()) as store:
+        await _users(store, "alice", "bob")
+        first, second = [(await _send(store, "alice", "bob", n))[0] for n in (1, 2)]
+        acked: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        store.call_many("acknowledge", ["bob", [second]], lambda ok, v: acked.set_result(v))
+        assert await acked == 1
+        rows, high = await store.submit("page", "bob", 0, 10, 0)
+        assert [row[0] for row in rows] == [first] and high == second
+        assert await store.submit("page", "bob", second + 5, 10, 0) == [[], second + 5]
+        assert await store.submit("page", "nobody", 3, 10, 0) == [[], 3]
+
+
 async def test_the_queue_cap_counts_what_another_workers_acks_freed(
     pg_database: PostgresDatabase,
 ) -> None:
@@ -474,7 +492,7 @@ async def test_an_upgrade_to_schema_3_keeps_every_accounts_queue_count(
         assert await _counts(url, "bob") == (1, 1)
         with pytest.raises(QueueFull):
             await _send(store, "alice", "bob", 2, queue_cap=1)
-        [[delivery_id, *_]] = await store.submit("page", "bob", 0, 10, 0)
+        [[delivery_id, *_]], _high = await store.submit("page", "bob", 0, 10, 0)
         acked: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         store.call_many("acknowledge", ["bob", [delivery_id]], lambda ok, v: acked.set_result(v))
         assert await acked == 1
@@ -556,7 +574,7 @@ async def test_a_pager_never_sees_a_lower_delivery_id_after_a_higher_one(
             cursor = 0
             while True:
                 finished = done.is_set()
-                rows = await pager.submit("page", "bob", 0, 10_000, 0)
+                rows, _high = await pager.submit("page", "bob", 0, 10_000, 0)
                 for row in rows:
                     if row[0] not in seen:
                         seen.add(row[0])

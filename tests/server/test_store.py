@@ -300,8 +300,11 @@ async def test_delivery_ids_only_grow_and_name_the_one_before(store_url: str) ->
         first, second = await asyncio.gather(send(1), send(2))
         assert (first[2], second[2]) == (0, first[0]) and second[0] > first[0]
         assert await store.submit("page", "bob", 0, 10, 0) == [
-            [i, "bob", "alice", "user", bytes([n]) * 16, "chat", None, None, 5, b"x"]
-            for i, n in ((first[0], 1), (second[0], 2))
+            [
+                [i, "bob", "alice", "user", bytes([n]) * 16, "chat", None, None, 5, b"x"]
+                for i, n in ((first[0], 1), (second[0], 2))
+            ],
+            second[0],
         ]
         acked: list[object] = []
         store.call_many(

@@ -393,20 +393,26 @@ async def acknowledge_group(
 # --- PAGE ----------------------------------------------------------------------------
 
 _PAGE = (
-    "SELECT p.i, q.delivery_id, q.recipient, q.sender, q.sender_kind, q.msg_id, q.intent,"  # noqa: S608 - constant columns
-    " q.category, q.categories, q.sent_at, q.body"
+    "SELECT p.i, c.last_id, q.delivery_id, q.recipient, q.sender, q.sender_kind, q.msg_id,"  # noqa: S608 - constant columns
+    " q.intent, q.category, q.categories, q.sent_at, q.body"
     " FROM unnest($1::text[], $2::bigint[], $3::integer[], $4::bigint[])"
     "  WITH ORDINALITY AS p(h, after, lim, nb, i)"
-    f" CROSS JOIN LATERAL (SELECT {QUEUE_COLUMNS} FROM queue WHERE recipient = p.h"
+    " LEFT JOIN queue_counts c ON c.handle = p.h"
+    f" LEFT JOIN LATERAL (SELECT {QUEUE_COLUMNS} FROM queue WHERE recipient = p.h"
     "  AND delivery_id > p.after AND sent_at >= p.nb ORDER BY delivery_id LIMIT p.lim) AS q"
+    "  ON true"
     " ORDER BY p.i, q.delivery_id"
 )
+"""Each page's rows with its recipient's ``last_id``, read in one statement (one
+snapshot), so every envelope up to it that was still queued is among the rows; an
+empty page is one row without an envelope."""
 
 
 async def page_group(
     tx: Tx, calls: list[Call], members: list[int], outcomes: list[Outcome]
 ) -> None:
-    """Every PAGE of the run in one query: up to ``limit`` unexpired rows past ``after``."""
+    """Every PAGE of the run in one query: up to ``limit`` unexpired rows past ``after``,
+    and the highest delivery id ever queued for the recipient as of those rows."""
     pages: list[tuple[int, str, int, int, int]] = []
     for position in members:
         try:
@@ -421,10 +427,15 @@ async def page_group(
     columns = [list(column) for column in zip(*pages, strict=True)]
     rows = await tx.conn.fetch(_PAGE, *columns[1:])
     found: list[list[list[Any]]] = [[] for _page in pages]
+    highs = [0] * len(pages)
     for row in rows:
-        found[row[0] - 1].append(envelope_row(row[1:]))
-    for (position, *_rest), envelopes in zip(pages, found, strict=True):
-        outcomes[position] = (True, envelopes)
+        highs[row[0] - 1] = int(row[1] or 0)
+        if row[2] is not None:
+            found[row[0] - 1].append(envelope_row(row[2:]))
+    for (position, _handle, after, *_rest), envelopes, high in zip(
+        pages, found, highs, strict=True
+    ):
+        outcomes[position] = (True, [envelopes, max(after, high)])
 
 
 # --- the loop's reads ----------------------------------------------------------------

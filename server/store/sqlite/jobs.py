@@ -280,8 +280,12 @@ def acknowledge(tables: Tables, acks: list[list[Any]]) -> list[int]:
     return results
 
 
-def page(tables: Tables, handle: str, after: int, limit: int, not_before: int) -> list[list[Any]]:
-    return [envelope_row(e) for e in tables.queue.page(handle, after, limit, not_before)]
+def page(tables: Tables, handle: str, after: int, limit: int, not_before: int) -> list[Any]:
+    """[rows, high], ``high`` the last row's delivery id (or ``after``): one relay process
+    serves the file, so no envelope reaches an outbox but by this writer's answers, in
+    order, and a page need vouch for nothing past its rows (PostgreSQL's does)."""
+    rows = [envelope_row(e) for e in tables.queue.page(handle, after, limit, not_before)]
+    return [rows, rows[-1][0] if rows else after]
 
 
 def apply_statement(
