@@ -271,6 +271,34 @@ async def test_a_block_wins_over_a_linked_envelope_arriving_after_a_reconnect(
         assert not [frame for frame in again.inbox if isinstance(frame, Deliver)]
 
 
+async def test_a_linked_envelope_acknowledged_on_an_earlier_connection_comes_once(
+    pg_database: PostgresDatabase,
+    clock: FakeClock,
+    clients: Clients,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Paged and acknowledged on a second connection while its link frame was slow, an
+    envelope is not pushed again to a third when the frame arrives (it was, before the
+    page vouched for the ids up to the recipient's highest)."""
+    async with workers(pg_database, clock) as w:
+        alice, bob = await pair(w, clients)
+        held = await held_link(w, monkeypatch)
+        assert isinstance(await alice.send_message(bob.handle, b"once"), Sent)
+        await bob.close()
+        second, _ = await clients.logged_in(w.b.url, bob.handle, bob.key)
+        deliver = await asyncio.wait_for(second.push(Deliver), PROMPT_S)
+        await second.send(Ack(delivery_ids=(deliver.delivery_id,)))
+        await answered(second)
+        await second.close()
+        third, _ = await clients.logged_in(w.b.url, bob.handle, bob.key)
+        await answered(third)
+        received = links_of(w.b).received
+        held.pop()[1]()
+        await until(lambda: links_of(w.b).received > received)
+        await answered(third)
+        assert not [frame for frame in third.inbox if isinstance(frame, Deliver)]
+
+
 async def test_a_withdrawal_heard_by_notify_before_the_linked_envelope_wins(
     pg_database: PostgresDatabase,
     clock: FakeClock,
