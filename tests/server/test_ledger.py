@@ -65,8 +65,13 @@ def statement(
     )  # fmt: skip
 
 
-def record(ledger: ConsentLedger, s: ConsentStatement, now: int = T0) -> list[bytes]:
-    return ledger.record(s, b"signed:" + s.nonce, now)
+def record(
+    ledger: ConsentLedger, s: ConsentStatement, now: int = T0, *, to_target: bool | None = None
+) -> list[bytes]:
+    """``to_target`` by default: the target is a business (here, a handle "shop…")."""
+    if to_target is None:
+        to_target = s.target.startswith("shop")
+    return ledger.record(s, b"signed:" + s.nonce, now, to_target=to_target)
 
 
 def listed(ledger: ConsentLedger, handle: str, *, targeted: bool = False) -> list[bytes]:
@@ -223,6 +228,21 @@ def test_a_business_is_listed_statements_about_it_and_a_user_only_its_own(
     assert listed(ledger, "mallory") == []
 
 
+def test_a_statement_not_for_its_target_when_made_is_listed_to_its_signer_only(
+    ledger: ConsentLedger,
+) -> None:
+    """SPEC §7.6, T47: a block of a handle nobody held is kept without ``to_target``;
+    the business that registers the handle is not listed it, but is listed what
+    replaces it once the business exists."""
+    early = statement("block", "alice", "shop")
+    record(ledger, early, to_target=False)
+    assert listed(ledger, "shop", targeted=True) == []
+    assert listed(ledger, "alice") == [b"signed:" + early.nonce]
+    unblock = statement("unblock", "alice", "shop")
+    record(ledger, unblock, to_target=True)
+    assert listed(ledger, "shop", targeted=True) == [b"signed:" + unblock.nonce]
+
+
 def test_statements_in_force_come_in_pages_oldest_first(ledger: ConsentLedger) -> None:
     made = [statement("block", "alice", f"target{n}") for n in range(5)]
     for s in made:
@@ -293,3 +313,29 @@ def test_a_page_costs_the_same_however_many_statements_are_in_force(
     for after in (0, 2**62):
         assert steps[(3000, after)] <= 2 * steps[(30, after)], steps
 
+
+def test_a_page_does_not_read_the_statements_not_listed_to_its_business(
+    db: sqlite_utils.Database,
+) -> None:
+    """T47: what is about a business but not listed to it (blocks made before it
+    registered, up to MAX_BLOCK_TARGETS per account) is left out by the index, not
+    read and skipped: a page of a business costs the same with 3,000 such as with 30."""
+    ledger = ConsentLedger(db)
+    steps: dict[int, int] = {}
+    recorded = 0
+    for count in (30, 3000):
+        for n in range(recorded, count):
+            record(ledger, statement("block", f"user{n}", "shop"), to_target=False)
+        recorded = count
+        ran = [0]
+
+        def step(ran: list[int] = ran) -> int:
+            ran[0] += 1
+            return 0
+
+        db.conn.set_progress_handler(step, 1)
+        page, _ = ledger.in_force("shop", 0, 20, targeted=True)
+        db.conn.set_progress_handler(None, 1)
+        assert page == []
+        steps[count] = ran[0]
+    assert steps[3000] <= 2 * steps[30], steps

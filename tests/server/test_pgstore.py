@@ -765,6 +765,53 @@ async def test_previous_covers_every_envelope_queued_before_acknowledged_or_forw
         assert to_shop[2] == forwarded[0] < to_shop[0]
 
 
+async def test_an_upgrade_to_schema_13_lists_no_business_a_block_of_a_handle_nobody_held(
+    pg_database: PostgresDatabase,
+) -> None:
+    """Schema 13 (SPEC §7.6, threat model T47), as SQLite's 14: a statement in force about
+    a target that is no business at the upgrade (none was forwarded: accounts are neither
+    deleted nor change kind) is listed to no one but its signer, even if the handle is
+    registered later; one about an existing business keeps being listed to it."""
+    url = pg_database.fresh_schema()
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            await _schema_left_by(conn, 12)
+            await conn.execute(
+                "INSERT INTO accounts (handle, kind, identity_key, created_at) VALUES"
+                " ('bob', 'user', '\\x01', 0), ('carol', 'user', '\\x02', 0),"
+                " ('shop', 'business', '\\x03', 0);"
+                " INSERT INTO queue_counts (handle) VALUES ('bob'), ('carol'), ('shop');"
+                " INSERT INTO statements (signer, target, action, issued_at, accepted_at, nonce,"
+                "  signed) VALUES ('bob', 'ghost', 'block', 5, 7, '\\x01', '\\x01'),"
+                "  ('bob', 'shop', 'block', 5, 7, '\\x02', '\\x02'),"
+                "  ('bob', 'carol', 'block', 5, 7, '\\x03', '\\x03');"
+                " INSERT INTO statements_in_force (signer, target, family, seq)"
+                "  SELECT signer, target, 'block', seq FROM statements"
+            )
+    finally:
+        await conn.close()
+    async with started(url) as store:
+        assert await store.submit("statements_in_force", "shop", 0, 10) == [[b"\x02"], None]
+        await store.submit("create_account", "ghost", "business", b"g" * 32, 9)
+        assert await store.submit("statements_in_force", "ghost", 0, 10) == [[], None]
+        assert await store.submit("statements_in_force", "bob", 0, 10) == [
+            [b"\x01", b"\x02", b"\x03"], None
+        ]  # fmt: skip
+    conn = await asyncpg.connect(url)
+    try:
+        assert await schema.schema_version(conn) == schema.SCHEMA_VERSION
+        flags = await conn.fetch("SELECT target, to_target FROM statements_in_force ORDER BY seq")
+        default = await conn.fetchval(
+            "SELECT column_default IS NULL FROM information_schema.columns WHERE table_schema ="
+            " current_schema() AND table_name = 'statements_in_force' AND column_name = 'to_target'"
+        )
+    finally:
+        await conn.close()
+    assert [tuple(row) for row in flags] == [("ghost", False), ("shop", True), ("carol", False)]
+    assert default is True  # no default: every writer says it
+
+
 async def test_an_upgrade_to_schema_10_keeps_each_accounts_last_delivery_id(
     pg_database: PostgresDatabase,
 ) -> None:

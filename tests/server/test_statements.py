@@ -507,3 +507,25 @@ async def test_blocks_are_kept_for_at_most_max_block_targets_accounts(
     await stated(bob, "block", "ghost1", clock.now)  # not a new target
     rows = "SELECT COUNT(*) FROM statements_in_force WHERE signer = 'bob'"
     assert db_rows(relay.config, rows) == [(3,)]
+
+
+async def test_a_block_made_before_its_target_registered_is_never_listed_to_it(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    """SPEC §7.6, threat model T47: a block of a handle nobody holds is kept (§7.4) but
+    forwarded to no one; whoever registers the handle later must not find it in their
+    STATEMENTS_LIST, or registering a handle people pre-block tells who blocked it (found
+    in review: the new business was listed bob's block, handle and key)."""
+    bob = await clients.registered(relay.url, "bob")
+    early = statement_bytes(bob, "block", "newshop", clock.now)
+    assert await _code_or_ok(bob, early) == "ok"
+    shop = await clients.registered(relay.url, "newshop", "business")
+    carol = await clients.registered(relay.url, "carol")
+    late = statement_bytes(carol, "block", "newshop", clock.now)
+    assert await _code_or_ok(carol, late) == "ok"  # forwarded: the shop holds it anyway
+    assert (await shop.push(Deliver)).sender == "carol"
+    listed = await shop.request(lambda i: StatementsList(id=i, after=0))
+    assert isinstance(listed, Statements)
+    assert list(listed.statements) == [late]
+    mine = await bob.request(lambda i: StatementsList(id=i, after=0))
+    assert isinstance(mine, Statements) and list(mine.statements) == [early]  # the signer's own

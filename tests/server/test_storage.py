@@ -285,7 +285,11 @@ def test_a_schema_2_database_is_upgraded_in_place(tmp_path: Path) -> None:
     conn.execute("DROP TABLE statement_nonces")
     conn.execute("DROP TABLE budgets")
     conn.execute("DROP INDEX queue_statements")
-    for table, column in (("pairs", "wrote"), ("pairs", "requests"), ("queue", "stranger")):
+    conn.execute("DROP INDEX statements_in_force_to_target")
+    for table, column in (
+        ("pairs", "wrote"), ("pairs", "requests"), ("queue", "stranger"),
+        ("statements_in_force", "to_target"),
+    ):  # fmt: skip
         conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     conn.execute(
         "INSERT INTO pairs (low, high, consent, pending, window_until, blockers)"
@@ -320,6 +324,55 @@ def test_a_schema_2_database_is_upgraded_in_place(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert rows("SELECT stranger FROM queue").fetchall() == [(0,)]
     assert Tables(db).ledger.pair_state("alice", "bob") == PairState(blockers=frozenset({"bob"}))
+    db.conn.close()
+    connect(path).conn.close()  # and again: nothing left to do
+
+
+def test_a_schema_13_database_lists_no_business_a_block_of_a_handle_nobody_held(
+    tmp_path: Path,
+) -> None:
+    """Version 14 (SPEC §7.6, threat model T47): statements in force say whether they are
+    listed to their target. A target that is no business at the upgrade never had one
+    forwarded (accounts are neither deleted nor change kind), so its statements stay
+    their signer's even if the handle is registered later; one about an existing
+    business keeps being listed to it, as before."""
+    path = tmp_path / "r.db"
+    conn = connect(path).conn
+    conn.execute("DROP INDEX statements_in_force_to_target")
+    conn.execute("ALTER TABLE statements_in_force DROP COLUMN to_target")
+    conn.execute(
+        "CREATE INDEX statements_in_force_by_target_seq ON statements_in_force (target, seq)"
+    )
+    conn.executemany(
+        "INSERT INTO accounts (handle, kind, identity_key, created_at) VALUES (?, ?, ?, 0)",
+        [("bob", "user", b"b" * 32), ("carol", "user", b"c" * 32), ("shop", "business", b"s" * 32)],
+    )
+    for seq, target in ((1, "ghost"), (2, "shop"), (3, "carol")):
+        conn.execute(
+            "INSERT INTO statements (seq, signer, target, action, issued_at, accepted_at,"
+            " nonce, signed) VALUES (?, 'bob', ?, 'block', 5, 7, ?, ?)",
+            (seq, target, bytes([seq]) * 16, bytes([seq])),
+        )
+        conn.execute(
+            "INSERT INTO statements_in_force (signer, target, family, seq)"
+            " VALUES ('bob', ?, 'block', ?)",
+            (target, seq),
+        )
+    conn.execute("PRAGMA user_version=13")
+    conn.close()
+    db = connect(path)
+    rows = db.execute
+    assert rows("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert rows("SELECT seq, to_target FROM statements_in_force ORDER BY seq").fetchall() == [
+        (1, 0), (2, 1), (3, 0),
+    ]  # fmt: skip
+    indexes = {r[1] for r in rows("PRAGMA index_list(statements_in_force)")}
+    assert "statements_in_force_to_target" in indexes
+    assert "statements_in_force_by_target_seq" not in indexes
+    ledger = Tables(db).ledger
+    assert ledger.in_force("shop", 0, 10, targeted=True) == ([b"\x02"], None)
+    assert ledger.in_force("ghost", 0, 10, targeted=True) == ([], None)  # if it registers
+    assert ledger.in_force("bob", 0, 10, targeted=False) == ([b"\x01", b"\x02", b"\x03"], None)
     db.conn.close()
     connect(path).conn.close()  # and again: nothing left to do
 

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nacl.signing import SigningKey
 
+from blindrelay.protocol import limits
 from blindrelay.protocol.errors import (
     AuthenticationFailed,
     HandleTaken,
@@ -18,6 +20,7 @@ from blindrelay.protocol.errors import (
     InvalidProfile,
     StaleStatement,
 )
+from blindrelay.protocol.signed import make_statement
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.delivery import send_rules
 from blindrelay.server.routing import is_postgresql
@@ -315,5 +318,52 @@ async def test_delivery_ids_only_grow_and_name_the_one_before(store_url: str) ->
         assert third[2] == (second[0] if is_postgresql(store_url) else 0)
         assert await send(3) == 5  # a resend: its original time, nothing stored
         assert (await store.submit("login_counts", "bob", 0))[0] == 1
+    finally:
+        await store.close()
+
+
+async def test_a_statement_is_listed_to_its_target_only_if_the_target_existed_then(
+    store_url: str,
+) -> None:
+    """SPEC §7.6, threat model T47: ``apply_statement`` stores with the statement whether
+    it was forwarded or held back for its target, and ``statements_in_force`` lists the
+    target only those; a block of a handle registered later stays its signer's alone."""
+    keys = {handle: SigningKey(bytes([n]) * 32) for n, handle in enumerate(("bob", "carol", "shop"))}
+    nonces = iter(range(1, 100))
+
+    def signed(action: str, signer: str, target: str) -> bytes:
+        nonce = next(nonces)
+        return make_statement(
+            action, signer=signer, signer_key=bytes(keys[signer].verify_key), target=target,
+            relay_key=b"r" * 32, now_ms=10, rng=lambda n: bytes([nonce]) * n,
+        ).sign(lambda m: keys[signer].sign(m).signature)  # fmt: skip
+
+    store = open_store(store_url, RelayConfig())
+    await store.start()
+    try:
+        for handle in ("bob", "carol"):
+            await store.submit("create_account", handle, "user", bytes(keys[handle].verify_key), 0)
+
+        async def apply(data: bytes, signer: str) -> Any:
+            return await store.submit(
+                "apply_statement", signer, data, 10, limits.CONSENT_COOLDOWN_MS
+            )
+
+        early = signed("block", "bob", "shop")
+        assert (await apply(early, "bob"))[1] is None  # nobody to forward it to
+        await store.submit("create_account", "shop", "business", bytes(keys["shop"].verify_key), 20)
+        own = signed("block", "shop", "carol")
+        await apply(own, "shop")
+        held = signed("block", "carol", "shop")
+        assert (await apply(held, "carol"))[1] is None  # held back: the shop blocks carol
+        assert await store.submit("statements_in_force", "shop", 0, 10) == [[own, held], None]
+        assert await store.submit("statements_in_force", "bob", 0, 10) == [[early], None]
+        # bob unblocks and blocks again, now that the shop exists: both forwarded, listed.
+        again = [signed("unblock", "bob", "shop"), signed("block", "bob", "shop")]
+        for data in again:
+            assert (await apply(data, "bob"))[1] is not None
+        assert await store.submit("statements_in_force", "shop", 0, 10) == [
+            [own, held, again[1]], None
+        ]  # fmt: skip
     finally:
         await store.close()

@@ -36,7 +36,7 @@ from typing import Any
 from .. import StoreStartError
 from . import bills, transparency
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 MIGRATION_LOCK = 0x626C696E6472  # "blindr": one advisory lock key for every worker
 """The ``pg_advisory_xact_lock`` key migrations run under."""
@@ -245,10 +245,30 @@ CREATE INDEX IF NOT EXISTS statements_in_force_by_target_seq ON statements_in_fo
 """12: a STATEMENTS_LIST page reads its page by these, not every statement in force of
 its account (found in review: 2.4-3.8 ms a page at 10,000 blocks on SQLite)."""
 
+_V13 = """
+ALTER TABLE statements_in_force ADD COLUMN IF NOT EXISTS to_target boolean NOT NULL DEFAULT true;
+UPDATE statements_in_force f SET to_target = false WHERE NOT EXISTS
+    (SELECT 1 FROM accounts a WHERE a.handle = f.target AND a.kind = 'business');
+ALTER TABLE statements_in_force ALTER COLUMN to_target DROP DEFAULT;
+DROP INDEX IF EXISTS statements_in_force_by_target_seq;
+CREATE INDEX IF NOT EXISTS statements_in_force_to_target ON statements_in_force (target, seq)
+    WHERE to_target;
+"""
+"""13: ``statements_in_force.to_target``, whether the statement was forwarded or held back
+for its target when accepted (a business then), and the ``(target, seq)`` index only over
+those: a business is listed no statement made before it registered (SPEC §7.6, threat
+model T47). Rows already in force keep being listed to a target that is a business now
+(whether it existed at acceptance is not stored; its ``created_at`` is the REGISTER's
+arrival, before the proof of work, so comparing times can err); a target that is no
+business now never had anything forwarded (accounts are never deleted nor change kind),
+so those rows are listed to their signer only, should the handle be registered later.
+No default after the upgrade: every writer says it (``.statements._record``). Idempotent,
+as 12 is. As SQLite's schema 14."""
+
 MIGRATIONS: dict[int, str] = {
     1: _V1, 2: _V2, 3: _V3, 4: transparency.SCHEMA, 5: _V5, 6: transparency.BINDINGS_SCHEMA,
     7: transparency.TIMES_SCHEMA, 8: bills.SCHEMA, 9: _V9, 10: _V10, 11: transparency.TAGS_SCHEMA,
-    12: _V12,
+    12: _V12, 13: _V13,
 }  # fmt: skip
 """Version → the statements that reach it from the version before (0: an empty database)."""
 

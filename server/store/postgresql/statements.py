@@ -101,7 +101,8 @@ async def apply_statement(
         " wrote = excluded.wrote, requests = excluded.requests",
         *pair_key(handle, target_handle), *pair_to_row(effect.state),
     )  # fmt: skip
-    superseded_nonces = await _record(conn, statement, signed, now)
+    # Listed to its target only if forwarded or held back for it now (SPEC §7.6, T47).
+    superseded_nonces = await _record(conn, statement, signed, now, effect.to_business)
     await log.append_one(conn, transparency.statement_logged(signed))
     purged: list[int] = []
     if effect.purge.everything_from_target:
@@ -139,9 +140,12 @@ async def apply_statement(
     return [purged, forwarded, superseded]
 
 
-async def _record(conn: Any, statement: ConsentStatement, signed: bytes, now: int) -> list[bytes]:
+async def _record(
+    conn: Any, statement: ConsentStatement, signed: bytes, now: int, to_target: bool
+) -> list[bytes]:
     """As ``..sqlite.ledger.ConsentLedger.record``: the nonce remembered, the statement
-    stored and in force for its families, those it supersedes deleted; their nonces."""
+    stored and in force for its families (``to_target``: listed to its target too),
+    those it supersedes deleted; their nonces."""
     signer, target = statement.signer, statement.target
     own = families(statement)
     rows = await conn.fetch(
@@ -151,13 +155,14 @@ async def _record(conn: Any, statement: ConsentStatement, signed: bytes, now: in
         "  WHERE signer = $1 AND target = $2 AND family = ANY($5::text[])),"
         " s AS (INSERT INTO statements (signer, target, action, categories, issued_at,"
         "  accepted_at, nonce, signed) VALUES ($1, $2, $6, $7, $8, $9, $3, $10) RETURNING seq),"
-        " f AS (INSERT INTO statements_in_force (signer, target, family, seq)"
-        "  SELECT $1, $2, family, (SELECT seq FROM s) FROM unnest($5::text[]) AS family"
-        "  ON CONFLICT (signer, target, family) DO UPDATE SET seq = excluded.seq)"
+        " f AS (INSERT INTO statements_in_force (signer, target, family, seq, to_target)"
+        "  SELECT $1, $2, family, (SELECT seq FROM s), $11 FROM unnest($5::text[]) AS family"
+        "  ON CONFLICT (signer, target, family) DO UPDATE SET seq = excluded.seq,"
+        "  to_target = excluded.to_target)"
         " SELECT DISTINCT seq FROM before",
         signer, target, statement.nonce, now + STATEMENT_NONCE_KEEP_MS, own, statement.action,
         ",".join(statement.categories) if statement.categories else None,
-        statement.issued_at, now, signed,
+        statement.issued_at, now, signed, to_target,
     )  # fmt: skip
     if not rows:
         return []
@@ -173,18 +178,21 @@ async def _record(conn: Any, statement: ConsentStatement, signed: bytes, now: in
 
 
 async def statements_in_force(tx: Tx, handle: str, after: int, limit: int) -> list[Any]:
-    """SPEC §7.6: oldest first; for a business also those about it (forwarded to it)."""
+    """SPEC §7.6: oldest first; for a business also those about it that were forwarded
+    or held back for it (``to_target``: not those made before it registered, T47)."""
     conn = tx.conn
     account = (await accounts(conn, [handle])).get(handle)
     targeted = account is not None and account.kind == AccountKind.BUSINESS
     # Each side's first page after the cursor, by its (signer, seq) or (target, seq)
     # index, then the first page of both: a page's cost does not grow with what is in
-    # force (schema 12; found in review).
+    # force (schema 12; found in review). The target's side reads only what is listed to
+    # it (schema 13's partial index).
     rows = await conn.fetch(
         "SELECT seq, signed FROM statements WHERE seq IN ("
         " (SELECT seq FROM statements_in_force WHERE signer = $2 AND seq > $1"
         "  ORDER BY seq LIMIT $4)"
-        " UNION (SELECT seq FROM statements_in_force WHERE $3 AND target = $2 AND seq > $1"
+        " UNION (SELECT seq FROM statements_in_force WHERE $3 AND target = $2 AND to_target"
+        "  AND seq > $1"
         "  ORDER BY seq LIMIT $4))"
         " ORDER BY seq LIMIT $4",
         after, handle, targeted, limit + 1,

@@ -320,7 +320,8 @@ def apply_statement(
         tables.ledger.pair_state(handle, statement.target), now, cooldown_ms,
     )  # fmt: skip
     tables.ledger.store_pair(handle, statement.target, effect.state)
-    superseded_nonces = tables.ledger.record(statement, signed, now)
+    # Listed to its target only if forwarded or held back for it now (SPEC §7.6, T47).
+    superseded_nonces = tables.ledger.record(statement, signed, now, to_target=effect.to_business)
     _log(tables, transparency.statement_logged(signed))
     purged: list[int] = []
     if effect.purge.everything_from_target:
@@ -343,8 +344,9 @@ def apply_statement(
 
 
 def statements_in_force(tables: Tables, handle: str, after: int, limit: int) -> list[Any]:
-    """SPEC §7.6: a statement is listed to its target only if it was forwarded to it —
-    a business; a user is never listed who blocked them (SPEC §7.5)."""
+    """SPEC §7.6: a statement is listed to its target only if it was forwarded or held
+    back for it — a business that existed then; a user is never listed who blocked them
+    (SPEC §7.5), nor a business who blocked its handle before it was registered."""
     account = tables.accounts.get(handle)
     targeted = account is not None and account.kind == AccountKind.BUSINESS
     items, cursor = tables.ledger.in_force(handle, after, limit, targeted=targeted)

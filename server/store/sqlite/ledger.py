@@ -7,7 +7,10 @@
 - ``statements`` keeps the accepted statements still in force byte for byte;
   ``statements_in_force`` points, per (signer, target, action family), at the
   latest one — the family is ``consent:<category>`` or ``block`` — which is
-  what STATEMENTS_LIST returns (SPEC §7.6). A statement no family points at
+  what STATEMENTS_LIST returns (SPEC §7.6): to the signer, and to the target if
+  it was forwarded or held back for it (``to_target``, fixed at acceptance, so a
+  handle registered later is not listed who blocked it before: threat model
+  T47). A statement no family points at
   any more is superseded and deleted (SPEC §11), so storage grows with the
   pairs, not with how often someone changes their mind.
 - ``statement_nonces`` is the replay check of SPEC §7.4: every accepted
@@ -116,9 +119,15 @@ class ConsentLedger:
         ).fetchone()
         return row is not None
 
-    def record(self, statement: ConsentStatement, signed: bytes, now: int) -> list[bytes]:
+    def record(
+        self, statement: ConsentStatement, signed: bytes, now: int, *, to_target: bool
+    ) -> list[bytes]:
         """Store an accepted statement, make it the one in force for its families and
-        delete the statements it supersedes; returns their nonces (SPEC §7.5–7.6)."""
+        delete the statements it supersedes; returns their nonces (SPEC §7.5–7.6).
+
+        ``to_target``: it was forwarded or held back for its target (a business now), so
+        it is listed to the target too (:meth:`in_force`); stored now, since a handle
+        registered later must not be listed what was said about it before (T47)."""
         db = self.db
         signer, target = statement.signer, statement.target
         db.execute(
@@ -147,9 +156,9 @@ class ConsentLedger:
         seq = cursor.lastrowid
         assert seq is not None
         db.conn.executemany(
-            "INSERT OR REPLACE INTO statements_in_force (signer, target, family, seq)"
-            " VALUES (?, ?, ?, ?)",
-            [(signer, target, family, seq) for family in own],
+            "INSERT OR REPLACE INTO statements_in_force (signer, target, family, seq, to_target)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(signer, target, family, seq, int(to_target)) for family in own],
         )
         superseded: list[bytes] = []
         for old in sorted(before):
@@ -191,21 +200,23 @@ class ConsentLedger:
         self, handle: str, after: int, limit: int, *, targeted: bool
     ) -> tuple[list[bytes], int | None]:
         """SPEC §7.6: statements in force that ``handle`` signed or, with ``targeted``
-        (a business: statements about it are forwarded to it), is the target of.
+        (a business: statements about it are forwarded to it), is the target of and
+        that were forwarded or held back for it (``to_target``, :meth:`record`).
 
         Oldest first, with sequence numbers above ``after``; the second value is
         the cursor for the next page, or None when nothing more remains.
         """
         # Each side's first page after the cursor, by its (signer, seq) or (target, seq)
-        # index, then the first page of both: what a page costs does not grow with what
-        # is in force (found in review: 2.4-3.8 ms a page at 10,000 blocks).
+        # index (the latter only over what is listed to the target: schema 14), then the
+        # first page of both: what a page costs does not grow with what is in force
+        # (found in review: 2.4-3.8 ms a page at 10,000 blocks).
         signed_by = (
             "SELECT seq FROM (SELECT seq FROM statements_in_force"
             " WHERE signer = ? AND seq > ? ORDER BY seq LIMIT ?)"
         )
         about = (
             " UNION SELECT seq FROM (SELECT seq FROM statements_in_force"
-            " WHERE target = ? AND seq > ? ORDER BY seq LIMIT ?)"
+            " WHERE target = ? AND to_target = 1 AND seq > ? ORDER BY seq LIMIT ?)"
         )
         rows = self.db.execute(
             "SELECT seq, signed FROM statements WHERE seq IN ("  # noqa: S608

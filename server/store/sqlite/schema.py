@@ -27,8 +27,12 @@ from .bills import SCHEMA as BILL_SCHEMA
 from .transparency import SCHEMA as LOG_SCHEMA
 from .transparency import TIMES_TABLE, TransparencyLog
 
-SCHEMA_VERSION = 13
-"""13: ``statements_in_force`` indexed ``(signer, seq)`` and ``(target, seq)`` in place
+SCHEMA_VERSION = 14
+"""14: ``statements_in_force.to_target``, whether the statement was forwarded or held back
+for its target when accepted (the target was a business then), and the ``(target, seq)``
+index only over those: a STATEMENTS_LIST lists a business no statement made before it
+registered (SPEC §7.6; :func:`migrate` says what upgraded rows get).
+13: ``statements_in_force`` indexed ``(signer, seq)`` and ``(target, seq)`` in place
 of ``(target)``: a STATEMENTS_LIST page reads its page, not every statement in force.
 12: ``log_times`` keyed ``(at, tag, seq)`` (``..transparency.lookup_tag``), made anew
 and filled from the log on upgrade: a signer could pile entries on one ``at``.
@@ -140,10 +144,12 @@ CREATE TABLE IF NOT EXISTS statements_in_force (
     target TEXT NOT NULL,
     family TEXT NOT NULL,
     seq INTEGER NOT NULL REFERENCES statements(seq),
+    to_target INTEGER NOT NULL,
     PRIMARY KEY (signer, target, family)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS statements_in_force_by_signer_seq ON statements_in_force (signer, seq);
-CREATE INDEX IF NOT EXISTS statements_in_force_by_target_seq ON statements_in_force (target, seq);
+CREATE INDEX IF NOT EXISTS statements_in_force_to_target ON statements_in_force (target, seq)
+    WHERE to_target = 1;
 CREATE TABLE IF NOT EXISTS statement_nonces (
     signer TEXT NOT NULL,
     nonce BLOB NOT NULL,
@@ -211,13 +217,16 @@ ADDED_COLUMNS = {
         "wrote": "TEXT NOT NULL DEFAULT ''",
         "requests": "INTEGER NOT NULL DEFAULT 0",
     },
+    "statements_in_force": {"to_target": "INTEGER NOT NULL DEFAULT 1"},
 }
 """Columns added to existing tables (CREATE TABLE IF NOT EXISTS does not add them).
 Schema 4: who has written to whom, per pair (SPEC §7.2), and whether a queued
 envelope came from a stranger (SPEC §6.3). An upgraded relay starts with nobody having
 written: an existing conversation's next chat counts as a message request (or opens one)
 until the other side writes again; envelopes queued before count as no stranger's.
-Schema 6: every account's logins are counted from 0 (``Accounts.count_login``)."""
+Schema 6: every account's logins are counted from 0 (``Accounts.count_login``).
+Schema 14: statements in force are listed to their target as before (:func:`migrate`
+then clears it where the target is no business); a new one says it (``ConsentLedger``)."""
 
 
 def add_columns(conn: sqlite3.Connection) -> None:
@@ -238,6 +247,12 @@ def migrate(conn: sqlite3.Connection, version: int) -> None:
     to ``statement_nonces`` (seeded with every stored statement's nonce, kept
     ``2 × STATEMENT_SKEW_MS`` past its acceptance); statements no longer in force,
     and forwarded statements still queued for them, are pruned (SPEC §7.5–7.6, §11).
+    14: a statement in force whose target is not a business now is listed to nobody
+    but its signer, should the handle be registered later: accounts are never deleted
+    and keep their kind, so none was forwarded or held back for its target. One whose
+    target is a business keeps being listed to it, as before the upgrade: whether that
+    business existed when the statement was accepted is not stored (its ``created_at``
+    is the REGISTER's arrival, before the proof of work, so comparing times can err).
     """
     if version < 3:
         businesses = conn.execute(
@@ -271,6 +286,13 @@ def migrate(conn: sqlite3.Connection, version: int) -> None:
         _rekey_sent(conn)
     if 0 < version < 13:
         conn.execute("DROP INDEX IF EXISTS statements_in_force_by_target")
+    if 0 < version < 14:
+        conn.execute("DROP INDEX IF EXISTS statements_in_force_by_target_seq")
+        conn.execute(
+            "UPDATE statements_in_force SET to_target = 0 WHERE NOT EXISTS (SELECT 1"
+            " FROM accounts a WHERE a.handle = statements_in_force.target AND a.kind = ?)",
+            (AccountKind.BUSINESS.value,),
+        )
     if 0 < version < 12:  # log_times of schema 9-11 had no tag; before 9, none at all
         conn.execute("DROP TABLE IF EXISTS log_times")
         conn.execute(TIMES_TABLE)
