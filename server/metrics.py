@@ -418,8 +418,17 @@ class MetricsServer:
     """``/healthz``, ``/readyz`` and ``/metrics`` on their own address, in threads of
     their own (:class:`_Threaded`)."""
 
-    def __init__(self, metrics: RelayMetrics, host: str, port: int) -> None:
+    def __init__(
+        self,
+        metrics: RelayMetrics,
+        host: str,
+        port: int,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+    ) -> None:
+        """``request_timeout_s``: each read of a request waits this long at most (tests
+        shorten it to see the deadline without waiting out the default)."""
         exposition = make_wsgi_app(metrics.registry)
+        handler = type("_Handler", (_Quiet,), {"timeout": request_timeout_s})
 
         def app(environ: dict[str, Any], start: Callable[..., Any]) -> Iterable[bytes]:
             path = environ.get("PATH_INFO", "")
@@ -433,7 +442,7 @@ class MetricsServer:
             return _answer(start, "404 Not Found", "try /healthz, /readyz or /metrics\n")
 
         self._server: WSGIServer = make_server(
-            host, port, app, server_class=_Threaded, handler_class=_Quiet
+            host, port, app, server_class=_Threaded, handler_class=handler
         )
         address = self._server.server_address
         self.host, self.port = str(address[0]), int(address[1])
