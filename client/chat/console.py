@@ -36,7 +36,6 @@ from blindrelay.protocol.signed import ConsentStatement
 
 from .. import display
 from ..business import Business
-from ..pacing import wait_out_rate_limits
 from ..sdk import (
     MAX_HELD_PER_SENDER,
     BusinessInfo,
@@ -388,10 +387,8 @@ class Chat:
         await asyncio.sleep(0)  # let it start: the outbox keeps the order typed
 
     async def _deliver(self, handle: str, text: str) -> None:
-        try:  # a 402 is the relay's pacing, not a refusal: wait, again
-            await wait_out_rate_limits(
-                lambda: self.client.send(handle, text), retries=SEND_RATE_RETRIES
-            )
+        try:  # a 402 is the relay's pacing, not a refusal: the SDK sends it again after
+            await self.client.send(handle, text, rate_limit_retries=SEND_RATE_RETRIES)
         except UntrustedIdentity:
             self.warn_identity_change(handle)
             return
