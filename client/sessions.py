@@ -54,8 +54,8 @@ from blindrelay.protocol.crypto.keys import (
     PreKeyBundle,
     SignedPreKey,
     X25519KeyPair,
+    signature_valid,
     signed_prekey_message,
-    verify_signature,
 )
 from blindrelay.protocol.crypto.session import (
     MessageType,
@@ -68,7 +68,7 @@ from blindrelay.protocol.crypto.session import (
     initiate_session,
     peek_envelope,
 )
-from blindrelay.protocol.errors import DecryptionFailed, InvalidSignature
+from blindrelay.protocol.errors import DecryptionFailed
 
 from .incoming import Incoming, inbox_record
 from .keystore import (
@@ -114,14 +114,6 @@ SESSION_CACHE_SIZE = 16_384
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _signed_by(identity_key: bytes, record: SignedPreKeyRecord) -> bool:
-    try:
-        verify_signature(identity_key, signed_prekey_message(record.public_key), record.signature)
-    except InvalidSignature:
-        return False
-    return True
 
 
 class NoSession(LookupError):
@@ -242,7 +234,8 @@ class SessionManager:
                 continue
             retired_at = retired.get(record.key_id)
             expired = retired_at is not None and now - retired_at >= SIGNED_PREKEY_GRACE_MS
-            if expired or not _signed_by(ours, record):
+            signed = signed_prekey_message(record.public_key)
+            if expired or not signature_valid(ours, signed, record.signature):
                 self.store.remove_signed_prekey(record.key_id)
 
     def replace_identity(self, keypair: IdentityKeyPair) -> None:
