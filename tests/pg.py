@@ -48,7 +48,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -72,6 +72,7 @@ server (and a module waits for a restart); longer means something is stuck."""
 POLL_S = 0.1
 
 _deselected = pytest.StashKey[int]()
+_WORKER_OUTPUT = "postgres_deselected"
 
 
 # --- the server ------------------------------------------------------------------
@@ -358,6 +359,32 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.outcome = "failed"
         report.longrepr = f"a PostgreSQL test skipped although {ENV} is set: it must run"
     return report
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A pytest-xdist controller checks the server before its workers collect: each
+    worker's own check would fail alone, and xdist would show tracebacks, not the line."""
+    config = session.config
+    controller = config.getoption("numprocesses", None) and not hasattr(config, "workerinput")
+    url = server_url()
+    if controller and url is not None:
+        check_server(url)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In a pytest-xdist worker, hand the count to the controller, which collects
+    nothing itself and prints the closing line (``make test`` runs two workers)."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output[_WORKER_OUTPUT] = session.config.stash.get(_deselected, 0)
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown without it
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """``node`` is xdist's ``WorkerController``: its ``config`` is the controller's."""
+    output = getattr(node, "workeroutput", None) or {}
+    if _WORKER_OUTPUT in output:  # every worker collects the whole tree: the same count
+        node.config.stash[_deselected] = int(output[_WORKER_OUTPUT])
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -119,7 +119,14 @@ PROBE = textwrap.dedent(
 )
 
 
-def run_probe(tmp_path: Path, url: str | None) -> subprocess.CompletedProcess[str]:
+WORKERS = pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+"""Each rule holds for a plain ``pytest`` and for ``make test``'s two pytest-xdist
+workers, where the controller collects nothing and the workers collect alone."""
+
+
+def run_probe(
+    tmp_path: Path, url: str | None, workers: list[str] = []  # noqa: B006 - never changed
+) -> subprocess.CompletedProcess[str]:
     (tmp_path / "test_probe.py").write_text(PROBE)
     env = {k: v for k, v in os.environ.items() if k != ENV}
     if url is not None:
@@ -127,15 +134,16 @@ def run_probe(tmp_path: Path, url: str | None) -> subprocess.CompletedProcess[st
     env["PYTHONPATH"] = str(ROOT)
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "tests.pg", "-q", "-p", "no:cacheprovider",
-         "--rootdir", str(tmp_path), str(tmp_path / "test_probe.py")],
+         "--rootdir", str(tmp_path), *workers, str(tmp_path / "test_probe.py")],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
     )  # fmt: skip
 
 
-def test_without_the_variable_postgresql_tests_are_left_out_with_one_line(tmp_path):
-    done = run_probe(tmp_path, None)
+@WORKERS
+def test_without_the_variable_postgresql_tests_are_left_out_with_one_line(tmp_path, workers):
+    done = run_probe(tmp_path, None, workers)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "1 passed, 2 deselected" in done.stdout
+    assert "1 passed" + ("" if workers else ", 2 deselected") in done.stdout
     assert "skipped" not in done.stdout
     line = (
         f"2 PostgreSQL tests not run ({ENV} is unset); "
@@ -144,9 +152,10 @@ def test_without_the_variable_postgresql_tests_are_left_out_with_one_line(tmp_pa
     assert done.stdout.splitlines().count(line) == 1
 
 
-def test_with_an_unreachable_server_the_run_stops_with_one_line(tmp_path):
+@WORKERS
+def test_with_an_unreachable_server_the_run_stops_with_one_line(tmp_path, workers):
     url = "postgresql://127.0.0.1:1/test"  # nothing listens on port 1
-    done = run_probe(tmp_path, url)
+    done = run_probe(tmp_path, url, workers)
     assert done.returncode == pytest.ExitCode.USAGE_ERROR
     errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR:")]
     assert len(errors) == 1
@@ -154,8 +163,9 @@ def test_with_an_unreachable_server_the_run_stops_with_one_line(tmp_path):
     assert "passed" not in done.stdout
 
 
-def test_with_the_variable_a_postgresql_test_cannot_skip(pg_server_url, tmp_path):
-    done = run_probe(tmp_path, pg_server_url)
+@WORKERS
+def test_with_the_variable_a_postgresql_test_cannot_skip(pg_server_url, tmp_path, workers):
+    done = run_probe(tmp_path, pg_server_url, workers)
     assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.stdout + done.stderr
     assert "1 failed, 2 passed" in done.stdout
     assert f"a PostgreSQL test skipped although {ENV} is set: it must run" in done.stdout

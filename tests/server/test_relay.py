@@ -255,6 +255,7 @@ async def test_frames_in_one_segment_split_across_segments_or_mixed_with_a_ping_
         (_client_frame(b"\x80", first=0xC2), 1002),  # RSV1 without an extension
         (_client_frame(b"\x00" * (MAX_TRANSPORT_MESSAGE_BYTES + 1)), 1009),
     ],
+    ids=["unmasked", "rsv1", "oversized"],  # not the frames' bytes: their masks are random
 )
 async def test_frames_websockets_refuses_are_still_refused_by_websockets(
     relay: RunningRelay, clients: Clients, frame: bytes, code: int
