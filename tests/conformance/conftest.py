@@ -5,6 +5,9 @@ the suite (``blindrelay serve --port 0``; its ``listening ws://…`` line awaite
 SIGTERM at the end of the package):
 
 - ``sqlite`` — one relay on a fresh SQLite file (the embedded default);
+- ``sqlite-pow`` — the same with registration proof of work on (SPEC §4.6.3, at the
+  lowest cost the relay accepts), so the suite's own solving, which a relay anywhere
+  may ask for, and the tests' branches for a relay that asks run here too;
 - ``postgresql`` — one relay on a fresh PostgreSQL database (``--store postgresql://…``);
 - ``postgresql-2`` — two relay processes (workers) on one fresh database, each on its
   own port. The ``relay`` fixture alternates new connections between the workers and
@@ -65,9 +68,14 @@ heads are signed every 0.2 s rather than 10 s, so the log's tests (§15) wait fo
 briefly. docs/conformance.md says what an external relay needs."""
 _LISTENING = re.compile(r"listening (wss?://\S+)")
 
+POW_FLAGS = ["--pow-bits", "2", "--pow-opslimit", "1", "--pow-memlimit", str(1 << 20)]
+"""Four Argon2id evaluations of 1 MiB expected per registration: a few milliseconds."""
+
 EXTERNAL = "external"
-WORKERS = {"sqlite": 1, "postgresql": 1, "postgresql-2": 2}
+WORKERS = {"sqlite": 1, "sqlite-pow": 1, "postgresql": 1, "postgresql-2": 2}
 """Each local deployment and how many relay processes it runs."""
+FLAGS = {"sqlite-pow": POW_FLAGS}
+"""A deployment's flags beside ``LOCAL_RELAY_FLAGS``."""
 
 
 # --- the deployment under test ----------------------------------------------------
@@ -90,10 +98,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         params = [pytest.param(EXTERNAL, id=EXTERNAL)]
     else:
         params = [
-            pytest.param(name, id=name, marks=[pytest.mark.postgres] if name != "sqlite" else [])
+            pytest.param(name, id=name, marks=[] if _on_sqlite(name) else [pytest.mark.postgres])
             for name in WORKERS
         ]
     metafunc.parametrize("deployment", params, indirect=True, scope="package")
+
+
+def _on_sqlite(name: str) -> bool:
+    return name.startswith("sqlite")
 
 
 def _serve_command() -> list[str]:
@@ -117,7 +129,7 @@ def deployment(
         return
     workdir = tmp_path_factory.mktemp(name)
     with contextlib.ExitStack() as stack:
-        if name == "sqlite":
+        if _on_sqlite(name):
             store = ["--db", str(workdir / "relay.db")]
         else:
             server: str = request.getfixturevalue("pg_server_url")
@@ -125,7 +137,10 @@ def deployment(
             store = ["--store", database.url]
         urls = []
         for n in range(WORKERS[name]):  # one after the other: see harness.workers
-            command = [*_serve_command(), "--port", "0", *store, *LOCAL_RELAY_FLAGS]
+            command = [
+                *_serve_command(), "--port", "0", *store, *LOCAL_RELAY_FLAGS,
+                *FLAGS.get(name, []),
+            ]  # fmt: skip
             urls.append(_wait_for_url(*_start(stack, command, workdir / f"worker{n}.log")))
         yield Deployment(name, tuple(urls))
 
