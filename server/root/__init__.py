@@ -6,9 +6,11 @@ top level of the tree is fixed (protocol/, server/, client/); it imports nothing
 importing ``blindrelay.client`` or ``blindrelay.protocol`` brings in no server code.
 """
 
-from importlib.metadata import PackageNotFoundError, version
 
-try:
-    __version__ = version("blindrelay")
-except PackageNotFoundError:  # pragma: no cover - a checkout that is not installed
-    __version__ = "0.0.0"
+def __getattr__(name: str) -> str:
+    """``__version__`` is the protocol package's, looked up only when asked for."""
+    if name != "__version__":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from blindrelay.protocol import __version__
+
+    return __version__
