@@ -30,8 +30,9 @@ A SEND (operation ``send``, SPEC §6.3, §7.3, §7.7), given its pair's state:
 A STATEMENT (operation ``apply_statement``, SPEC §7.4–7.6), given the signer's
 and target's accounts: :func:`check_statement`, the nonce unseen,
 :func:`check_block_targets` for a block, then :func:`statement_effect` on the
-pair's state says what to store, purge and forward; :func:`families` names what
-the statement supersedes.
+pair's state (and, for an unblock, whether the block it lifts went to the target)
+says what to store, purge and forward; :func:`families` names what the statement
+supersedes.
 
 Not here: the consent tables (``protocol.consent``), signature checks
 (``protocol.signed``), reading or writing anything (the back ends).
@@ -318,9 +319,10 @@ class StatementEffect:
     """The pair's new state."""
     purge: Purge
     """What to withdraw from the signer's queue, sent by the target (SPEC §7.4)."""
-    to_business: bool
-    """The target is a business: its undelivered receipts that this statement supersedes
-    are withdrawn (SPEC §7.5)."""
+    to_target: bool
+    """Forwarded or held back for the target, so listed to it (SPEC §7.5–7.6): the target
+    is a business and, for an unblock, the block it lifts was too. Its undelivered
+    receipts that this statement supersedes are withdrawn."""
     forward: bool
     """Queue the statement to the target as a receipt (SPEC §7.5)."""
 
@@ -332,9 +334,15 @@ def statement_effect(
     state: PairState,
     now: int,
     cooldown_ms: int,
+    *,
+    block_to_target: bool,
 ) -> StatementEffect:
     """The transition table on the pair's ``state``; raises InvalidStatement (500) where
-    the table has no entry."""
+    the table has no entry.
+
+    ``block_to_target``: for an unblock, whether the block it lifts (the signer's in force
+    on the target) was forwarded or held back for the target; read by the back end from
+    what it stored with that block, ignored for other actions."""
     action = Action(statement.action)
     new_state, purge = transition(
         state,
@@ -349,9 +357,14 @@ def statement_effect(
         now=now,
         cooldown_ms=cooldown_ms,
     )
-    to_business = target_kind == AccountKind.BUSINESS
-    # SPEC §7.5: to a business target only (every consent statement has one); never
-    # while the target blocks the signer ("nothing from the blocked account reaches
-    # the blocker").
-    forward = to_business and statement.target not in new_state.blockers
-    return StatementEffect(new_state, purge, to_business, forward)
+    # SPEC §7.5: to a business target only (every consent statement has one); an unblock
+    # only if its block went too: one of a handle nobody held then went nowhere, and its
+    # unblock, accepted only while a block is in force, would tell the business that
+    # registered the handle since that the signer had blocked it before (T47).
+    to_target = target_kind == AccountKind.BUSINESS and (
+        action is not Action.UNBLOCK or block_to_target
+    )
+    # Never while the target blocks the signer ("nothing from the blocked account
+    # reaches the blocker"): held back, and listed to it (§7.6).
+    forward = to_target and statement.target not in new_state.blockers
+    return StatementEffect(new_state, purge, to_target, forward)

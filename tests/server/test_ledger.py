@@ -231,16 +231,24 @@ def test_a_business_is_listed_statements_about_it_and_a_user_only_its_own(
 def test_a_statement_not_for_its_target_when_made_is_listed_to_its_signer_only(
     ledger: ConsentLedger,
 ) -> None:
-    """SPEC §7.6, T47: a block of a handle nobody held is kept without ``to_target``;
-    the business that registers the handle is not listed it, but is listed what
-    replaces it once the business exists."""
+    """SPEC §7.5–7.6, T47: a block of a handle nobody held is kept without ``to_target``;
+    the business that registers the handle is not listed it, nor the unblock that lifts
+    it (``block_to_target`` tells the rules), but is listed a block made once it exists."""
+    assert not ledger.block_to_target("alice", "shop")  # none on record
     early = statement("block", "alice", "shop")
     record(ledger, early, to_target=False)
     assert listed(ledger, "shop", targeted=True) == []
     assert listed(ledger, "alice") == [b"signed:" + early.nonce]
+    assert not ledger.block_to_target("alice", "shop")
     unblock = statement("unblock", "alice", "shop")
-    record(ledger, unblock, to_target=True)
-    assert listed(ledger, "shop", targeted=True) == [b"signed:" + unblock.nonce]
+    record(ledger, unblock, to_target=False)
+    assert listed(ledger, "shop", targeted=True) == []
+    assert listed(ledger, "alice") == [b"signed:" + unblock.nonce]
+    late = statement("block", "alice", "shop")
+    record(ledger, late, to_target=True)
+    assert listed(ledger, "shop", targeted=True) == [b"signed:" + late.nonce]
+    assert ledger.block_to_target("alice", "shop")
+    assert not ledger.block_to_target("alice", "shop2")  # per target
 
 
 def test_statements_in_force_come_in_pages_oldest_first(ledger: ConsentLedger) -> None:

@@ -771,16 +771,23 @@ async def test_an_upgrade_to_schema_13_lists_no_business_a_block_of_a_handle_nob
     """Schema 13 (SPEC §7.6, threat model T47), as SQLite's 14: a statement in force about
     a target that is no business at the upgrade (none was forwarded: accounts are neither
     deleted nor change kind) is listed to no one but its signer, even if the handle is
-    registered later; one about an existing business keeps being listed to it."""
+    registered later; one about an existing business keeps being listed to it. So does
+    the unblock that lifts each: it goes where its block went (SPEC §7.5)."""
     url = pg_database.fresh_schema()
+    key = SigningKey.generate()
     conn = await asyncpg.connect(url)
     try:
         async with conn.transaction():
             await _schema_left_by(conn, 12)
             await conn.execute(
                 "INSERT INTO accounts (handle, kind, identity_key, created_at) VALUES"
-                " ('bob', 'user', '\\x01', 0), ('carol', 'user', '\\x02', 0),"
-                " ('shop', 'business', '\\x03', 0);"
+                " ('bob', 'user', $1::bytea, 0), ('carol', 'user', '\\x02', 0),"
+                " ('shop', 'business', '\\x03', 0)",
+                bytes(key.verify_key),
+            )
+            await conn.execute(
+                "INSERT INTO pairs (low, high, consent, pending, window_until, blockers)"
+                " VALUES ('bob', 'ghost', '{}', '', 0, 'bob'), ('bob', 'shop', '{}', '', 0, 'bob');"
                 " INSERT INTO queue_counts (handle) VALUES ('bob'), ('carol'), ('shop');"
                 " INSERT INTO statements (signer, target, action, issued_at, accepted_at, nonce,"
                 "  signed) VALUES ('bob', 'ghost', 'block', 5, 7, '\\x01', '\\x01'),"
@@ -798,6 +805,16 @@ async def test_an_upgrade_to_schema_13_lists_no_business_a_block_of_a_handle_nob
         assert await store.submit("statements_in_force", "bob", 0, 10) == [
             [b"\x01", b"\x02", b"\x03"], None
         ]  # fmt: skip
+        for target, goes in (("ghost", False), ("shop", True)):
+            unblock = make_statement(
+                "unblock", signer="bob", signer_key=bytes(key.verify_key), target=target,
+                relay_key=b"r" * 32, now_ms=10, rng=os.urandom,
+            ).sign(lambda m: key.sign(m).signature)  # fmt: skip
+            cooldown = limits.CONSENT_COOLDOWN_MS
+            forwarded = (await store.submit("apply_statement", "bob", unblock, 10, cooldown))[1]
+            assert (forwarded is not None) is goes
+            listed = await store.submit("statements_in_force", target, 0, 10)
+            assert listed == [[unblock] if goes else [], None]
     conn = await asyncpg.connect(url)
     try:
         assert await schema.schema_version(conn) == schema.SCHEMA_VERSION
@@ -808,7 +825,9 @@ async def test_an_upgrade_to_schema_13_lists_no_business_a_block_of_a_handle_nob
         )
     finally:
         await conn.close()
-    assert [tuple(row) for row in flags] == [("ghost", False), ("shop", True), ("carol", False)]
+    assert [tuple(row) for row in flags] == [
+        ("carol", False), ("ghost", False), ("shop", True),
+    ]  # fmt: skip
     assert default is True  # no default: every writer says it
 
 

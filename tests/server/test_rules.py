@@ -26,6 +26,7 @@ from blindrelay.server.store import Account
 from blindrelay.server.store.rules import (
     HOUR_MS,
     QueueShares,
+    StatementEffect,
     bucket_full_at,
     bucket_tokens,
     check_block_targets,
@@ -157,19 +158,43 @@ def test_statement_checks_need_the_current_key_a_user_signer_and_a_business_targ
         check_block_targets(limits.MAX_BLOCK_TARGETS, limits.MAX_BLOCK_TARGETS)
 
 
+def _effect(
+    action: str, target_kind: str, state: PairState, *, target: str = "shop",
+    block_to_target: bool = False,  # only an unblock reads it
+) -> StatementEffect:  # fmt: skip
+    return statement_effect(
+        _statement(action, target=target), "user", target_kind, state, NOW, 1000,
+        block_to_target=block_to_target,
+    )  # fmt: skip
+
+
 def test_a_user_blocking_a_business_revokes_everything_purges_and_forwards_nothing() -> None:
-    effect = statement_effect(_statement("block"), "user", "business", INITIAL, NOW, 1000)
+    effect = _effect("block", "business", INITIAL)
     assert "bob" in effect.state.blockers and effect.purge.everything_from_target
     assert all(c.state is CategoryState.REVOKED for c in effect.state.consent.values())
-    assert effect.to_business and effect.forward
+    assert effect.to_target and effect.forward
     blocked = PairState(blockers=frozenset({"shop"}))
-    grant = statement_effect(_statement("grant"), "user", "business", blocked, NOW, 1000)
-    assert grant.to_business and not grant.forward  # the target blocks the signer
-    to_user = statement_effect(_statement("block", target="carol"), "user", "user", INITIAL,
-                               NOW, 1000)  # fmt: skip
-    assert not to_user.to_business and not to_user.forward
+    grant = _effect("grant", "business", blocked)
+    assert grant.to_target and not grant.forward  # the target blocks the signer
+    to_user = _effect("block", "user", INITIAL, target="carol")
+    assert not to_user.to_target and not to_user.forward
     with pytest.raises(InvalidStatement):  # no entry in the table: unblock without a block
-        statement_effect(_statement("unblock"), "user", "business", INITIAL, NOW, 1000)
+        _effect("unblock", "business", INITIAL, block_to_target=True)
+
+
+def test_an_unblock_goes_where_the_block_it_lifts_went() -> None:
+    """SPEC §7.5, T47: the unblock of a block made before the business registered is
+    neither forwarded nor listed to it (it would tell the business of the block)."""
+    bob_blocks = PairState(blockers=frozenset({"bob"}))
+    went = _effect("unblock", "business", bob_blocks, block_to_target=True)
+    assert went.to_target and went.forward and not went.state.blockers
+    kept = _effect("unblock", "business", bob_blocks, block_to_target=False)
+    assert not kept.to_target and not kept.forward and not kept.state.blockers
+    both = PairState(blockers=frozenset({"bob", "shop"}))
+    held = _effect("unblock", "business", both, block_to_target=True)
+    assert held.to_target and not held.forward  # held back: the target blocks bob
+    to_user = _effect("unblock", "user", bob_blocks, target="carol", block_to_target=True)
+    assert not to_user.to_target and not to_user.forward  # a user is never told
 
 
 def test_the_envelope_digest_keeps_fields_apart() -> None:

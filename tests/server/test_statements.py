@@ -529,3 +529,36 @@ async def test_a_block_made_before_its_target_registered_is_never_listed_to_it(
     assert list(listed.statements) == [late]
     mine = await bob.request(lambda i: StatementsList(id=i, after=0))
     assert isinstance(mine, Statements) and list(mine.statements) == [early]  # the signer's own
+
+
+async def test_an_unblock_of_a_block_made_before_its_target_registered_is_not_forwarded(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    """SPEC §7.5, threat model T47: an unblock is accepted only while a block is in force,
+    so forwarding or listing bob's unblock of ``newshop`` told the business, registered
+    after bob had blocked the handle, that he had (reproduced: the shop was pushed bob's
+    unblock, and listed it). An unblock goes to its target only if the block it lifts
+    did; what bob says once the business exists, a block and its unblock, goes as before."""
+    bob = await clients.registered(relay.url, "bob")
+    await stated(bob, "block", "newshop", clock.now)
+    shop = await clients.registered(relay.url, "newshop", "business")
+    lifted = statement_bytes(bob, "unblock", "newshop", clock.now)
+    assert await _code_or_ok(bob, lifted) == "ok"
+    carol = await clients.registered(relay.url, "carol")
+    marker = statement_bytes(carol, "block", "newshop", clock.now)
+    assert await _code_or_ok(carol, marker) == "ok"
+    # Queued after bob's unblock, so pushed after it had that been forwarded.
+    assert (await shop.push(Deliver)).body == marker
+    from_bob = "SELECT COUNT(*) FROM queue WHERE recipient = 'newshop' AND sender = 'bob'"
+    assert db_rows(relay.config, from_bob) == [(0,)]
+    listed = await shop.request(lambda i: StatementsList(id=i, after=0))
+    assert isinstance(listed, Statements) and list(listed.statements) == [marker]
+    mine = await bob.request(lambda i: StatementsList(id=i, after=0))
+    assert isinstance(mine, Statements) and list(mine.statements) == [lifted]
+    # Blocked again now that the business exists: forwarded and listed, and so is its unblock.
+    for action in ("block", "unblock"):
+        said = statement_bytes(bob, action, "newshop", clock.now)
+        assert await _code_or_ok(bob, said) == "ok"
+        assert (await shop.push(Deliver)).body == said
+        listed = await shop.request(lambda i: StatementsList(id=i, after=0))
+        assert isinstance(listed, Statements) and list(listed.statements) == [marker, said]

@@ -335,7 +335,7 @@ def test_a_schema_13_database_lists_no_business_a_block_of_a_handle_nobody_held(
     listed to their target. A target that is no business at the upgrade never had one
     forwarded (accounts are neither deleted nor change kind), so its statements stay
     their signer's even if the handle is registered later; one about an existing
-    business keeps being listed to it, as before."""
+    business keeps being listed to it, as before — and so does each one's unblock."""
     path = tmp_path / "r.db"
     conn = connect(path).conn
     conn.execute("DROP INDEX statements_in_force_to_target")
@@ -373,6 +373,8 @@ def test_a_schema_13_database_lists_no_business_a_block_of_a_handle_nobody_held(
     assert ledger.in_force("shop", 0, 10, targeted=True) == ([b"\x02"], None)
     assert ledger.in_force("ghost", 0, 10, targeted=True) == ([], None)  # if it registers
     assert ledger.in_force("bob", 0, 10, targeted=False) == ([b"\x01", b"\x02", b"\x03"], None)
+    # An unblock goes where its block went (SPEC §7.5): not to ``ghost``, to ``shop``.
+    assert not ledger.block_to_target("bob", "ghost") and ledger.block_to_target("bob", "shop")
     db.conn.close()
     connect(path).conn.close()  # and again: nothing left to do
 

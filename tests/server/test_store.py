@@ -327,7 +327,8 @@ async def test_a_statement_is_listed_to_its_target_only_if_the_target_existed_th
 ) -> None:
     """SPEC §7.6, threat model T47: ``apply_statement`` stores with the statement whether
     it was forwarded or held back for its target, and ``statements_in_force`` lists the
-    target only those; a block of a handle registered later stays its signer's alone."""
+    target only those; a block of a handle registered later stays its signer's alone, and
+    so does the unblock that lifts it (SPEC §7.5)."""
     keys = {handle: SigningKey(bytes([n]) * 32) for n, handle in enumerate(("bob", "carol", "shop"))}
     nonces = iter(range(1, 100))
 
@@ -358,12 +359,17 @@ async def test_a_statement_is_listed_to_its_target_only_if_the_target_existed_th
         assert (await apply(held, "carol"))[1] is None  # held back: the shop blocks carol
         assert await store.submit("statements_in_force", "shop", 0, 10) == [[own, held], None]
         assert await store.submit("statements_in_force", "bob", 0, 10) == [[early], None]
-        # bob unblocks and blocks again, now that the shop exists: both forwarded, listed.
-        again = [signed("unblock", "bob", "shop"), signed("block", "bob", "shop")]
-        for data in again:
+        # bob's unblock lifts a block the shop never had: neither forwarded nor listed, or
+        # it would tell the shop he had blocked it (T47). Blocked again now that the shop
+        # exists: forwarded and listed, and so is the unblock of that block.
+        lifted = signed("unblock", "bob", "shop")
+        assert (await apply(lifted, "bob"))[1] is None
+        assert await store.submit("statements_in_force", "shop", 0, 10) == [[own, held], None]
+        assert await store.submit("statements_in_force", "bob", 0, 10) == [[lifted], None]
+        for data in (signed("block", "bob", "shop"), signed("unblock", "bob", "shop")):
             assert (await apply(data, "bob"))[1] is not None
-        assert await store.submit("statements_in_force", "shop", 0, 10) == [
-            [own, held, again[1]], None
-        ]  # fmt: skip
+            assert await store.submit("statements_in_force", "shop", 0, 10) == [
+                [own, held, data], None
+            ]  # fmt: skip
     finally:
         await store.close()

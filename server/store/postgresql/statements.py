@@ -89,9 +89,19 @@ async def apply_statement(
         f"SELECT row({PAIR_COLUMNS}) FROM pairs WHERE low = $1 AND high = $2",  # noqa: S608
         *pair_key(handle, target_handle),
     )
+    # An unblock goes where its block went (SPEC §7.5, T47): read before it supersedes it,
+    # under the signer's lock (``batch._locked_by``), as every statement of the pair.
+    block_to_target = statement.action == Action.UNBLOCK and bool(
+        await conn.fetchval(
+            "SELECT to_target FROM statements_in_force WHERE signer = $1 AND target = $2"
+            " AND family = 'block'",
+            handle,
+            target_handle,
+        )
+    )
     effect = statement_effect(
         statement, signer.kind, target.kind if target is not None else None,
-        pair_or_initial(pair), now, cooldown_ms,
+        pair_or_initial(pair), now, cooldown_ms, block_to_target=block_to_target,
     )  # fmt: skip
     await conn.execute(
         "INSERT INTO pairs (low, high, consent, pending, window_until, blockers, wrote, requests)"
@@ -102,7 +112,7 @@ async def apply_statement(
         *pair_key(handle, target_handle), *pair_to_row(effect.state),
     )  # fmt: skip
     # Listed to its target only if forwarded or held back for it now (SPEC §7.6, T47).
-    superseded_nonces = await _record(conn, statement, signed, now, effect.to_business)
+    superseded_nonces = await _record(conn, statement, signed, now, effect.to_target)
     await log.append_one(conn, transparency.statement_logged(signed))
     purged: list[int] = []
     if effect.purge.everything_from_target:
@@ -114,7 +124,7 @@ async def apply_statement(
         )  # fmt: skip
     forwarded = None
     superseded: list[int] = []
-    if effect.to_business and superseded_nonces:
+    if effect.to_target and superseded_nonces:
         superseded = await _withdraw(
             conn, target_handle, handle, "intent = 'statement' AND msg_id = ANY($3::bytea[])",
             superseded_nonces,
@@ -179,7 +189,8 @@ async def _record(
 
 async def statements_in_force(tx: Tx, handle: str, after: int, limit: int) -> list[Any]:
     """SPEC §7.6: oldest first; for a business also those about it that were forwarded
-    or held back for it (``to_target``: not those made before it registered, T47)."""
+    or held back for it (``to_target``: not a block made before it registered, nor the
+    unblock lifting one, T47)."""
     conn = tx.conn
     account = (await accounts(conn, [handle])).get(handle)
     targeted = account is not None and account.kind == AccountKind.BUSINESS

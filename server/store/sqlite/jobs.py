@@ -315,13 +315,18 @@ def apply_statement(
         check_block_targets(
             tables.ledger.block_targets(handle, statement.target), max_block_targets
         )
+    # An unblock goes where its block went (SPEC §7.5, T47): read before it supersedes it.
+    block_to_target = statement.action == Action.UNBLOCK and tables.ledger.block_to_target(
+        handle, statement.target
+    )
     effect = statement_effect(
         statement, signer.kind, target.kind if target is not None else None,
         tables.ledger.pair_state(handle, statement.target), now, cooldown_ms,
+        block_to_target=block_to_target,
     )  # fmt: skip
     tables.ledger.store_pair(handle, statement.target, effect.state)
     # Listed to its target only if forwarded or held back for it now (SPEC §7.6, T47).
-    superseded_nonces = tables.ledger.record(statement, signed, now, to_target=effect.to_business)
+    superseded_nonces = tables.ledger.record(statement, signed, now, to_target=effect.to_target)
     _log(tables, transparency.statement_logged(signed))
     purged: list[int] = []
     if effect.purge.everything_from_target:
@@ -332,7 +337,7 @@ def apply_statement(
         )
     forwarded = None
     superseded: list[int] = []
-    if effect.to_business:
+    if effect.to_target:
         # "A newer forwarded statement of the same signer, target and family replaces
         # the older one not yet delivered."
         superseded = tables.queue.withdraw_statements(statement.target, handle, superseded_nonces)

@@ -9,8 +9,8 @@
   latest one — the family is ``consent:<category>`` or ``block`` — which is
   what STATEMENTS_LIST returns (SPEC §7.6): to the signer, and to the target if
   it was forwarded or held back for it (``to_target``, fixed at acceptance, so a
-  handle registered later is not listed who blocked it before: threat model
-  T47). A statement no family points at
+  handle registered later is not listed who blocked it before, nor who lifted such a
+  block: threat model T47). A statement no family points at
   any more is superseded and deleted (SPEC §11), so storage grows with the
   pairs, not with how often someone changes their mind.
 - ``statement_nonces`` is the replay check of SPEC §7.4: every accepted
@@ -173,6 +173,17 @@ class ConsentLedger:
                 ).fetchone()
                 superseded.append(bytes(row[0]))
         return superseded
+
+    def block_to_target(self, signer: str, target: str) -> bool:
+        """Whether ``signer``'s block in force on ``target`` was forwarded or held back for
+        it (``to_target``): so is the unblock that lifts it (SPEC §7.5, T47). False with
+        none on record: nothing told the target of a block."""
+        row = self.db.execute(
+            "SELECT to_target FROM statements_in_force WHERE signer = ? AND target = ?"
+            " AND family = ?",
+            (signer, target, "block"),
+        ).fetchone()
+        return row is not None and bool(row[0])
 
     def block_targets(self, signer: str, target: str) -> int | None:
         """How many accounts ``signer`` has a block or unblock in force for; None when
