@@ -243,7 +243,8 @@ class Client:
         """Encrypt ``body`` for ``handle`` and return its msg_id once the relay holds it (SENT),
         waiting for a connection if there is none. ``intent``: ``chat``, or a business's
         ``notification`` (a ``category``) or ``consent_request`` (``categories``) (SPEC §6.2).
-        RATE_LIMITED is retried ``rate_limit_retries`` times. Raises UntrustedIdentity while
+        RATE_LIMITED is retried ``rate_limit_retries`` times (the SEND's, and the bundle
+        fetch's that a first message to ``handle`` starts with). Raises UntrustedIdentity while
         the contact's key change awaits approval, and the relay's named errors."""
         labels = Labels(intent, category, categories)
         return await self.sender.send_content(handle, as_content(body), labels, rate_limit_retries)

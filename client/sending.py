@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 from blindrelay.protocol import frames, limits
 from blindrelay.protocol.content import (
@@ -58,7 +58,11 @@ from .link import RelayLink
 from .logcheck import LogCheck
 from .message_requests import MessageRequests
 from .outbox import Bulk, Outbox, Outcome, Outgoing
+from .pacing import wait_out_rate_limits
 from .sessions import NoSession, Rng, SessionManager
+
+FetchBundle = Callable[[], Awaitable[frames.Bundle]]
+"""A contact's bundle, fetched (again) with the send's patience for 402s."""
 
 SEND_MANY_WINDOW = 256
 """SENDs :meth:`Client.send_many` keeps in flight: enough to hide the round trip
@@ -162,36 +166,33 @@ class Sender:
         ):
             async with self.locks.hold(handle):  # one bundle fetch, sends kept in order
                 trust.refuse_pending(handle)
+                fetch = functools.partial(self._fetch_bundle, handle, rate_limit_retries)
                 if not self._sessions.has_session(handle):
-                    await self._start_session(handle)
+                    await self._start_session(handle, fetch)
                 elif trust.unlogged_key(handle) is not None:
-                    await self._prove_pinned(handle)
+                    await self._prove_pinned(handle, fetch)
                 msg_id, sent = self.queue_content(handle, body, labels, rate_limit_retries)
         else:  # encrypt and enqueue in one synchronous step: nothing to wait for
             msg_id, sent = self.queue_content(handle, body, labels, rate_limit_retries)
         await sent
         return msg_id
 
-    async def _start_session(self, handle: str) -> None:
+    async def _start_session(self, handle: str, fetch: FetchBundle) -> None:
         # SPEC §15.6: a published key (every business's) only with proof it is logged.
-        bundle = await self._log_check.bundle(
-            await self._fetch_bundle(handle), lambda: self._fetch_bundle(handle)
-        )
+        bundle = await self._log_check.bundle(await fetch(), fetch)
         try:
             self._sessions.start_session(bundle)
         except UntrustedIdentity:
             self._identity_changed(handle)
             raise
 
-    async def _prove_pinned(self, handle: str) -> None:
+    async def _prove_pinned(self, handle: str, fetch: FetchBundle) -> None:
         """SPEC §15.6: the key a published account's message pinned, with no bundle, is
         proven by the bundle's log proof before the first message to it. A proof of
         another key is of the account's real one: it becomes the pending change the user
         is asked about, and the pinned key is refused (KeyNotLogged)."""
         pinned = self._sessions.trust.unlogged_key(handle)
-        bundle = await self._log_check.bundle(
-            await self._fetch_bundle(handle), lambda: self._fetch_bundle(handle)
-        )
+        bundle = await self._log_check.bundle(await fetch(), fetch)
         if pinned is None or bundle.identity_key == pinned:
             return
         try:
@@ -200,8 +201,15 @@ class Sender:
             self._identity_changed(handle)
         raise KeyNotLogged(handle, "the log holds another key for it, now a pending change")
 
-    async def _fetch_bundle(self, handle: str) -> frames.Bundle:
-        bundle = await self._link.request(lambda rid: frames.BundleFetch(id=rid, handle=handle))
+    async def _fetch_bundle(self, handle: str, rate_limit_retries: int) -> frames.Bundle:
+        """The relay paces bundle fetches as it paces SENDs (SPEC §5.3, §10): a send told
+        to wait out ``rate_limit_retries`` 402s waits them out here too. Right after a
+        relay restart an account's buckets count as emptied when its connection ended, so
+        a message written while the relay was away met its 402 here, not at the SEND."""
+        bundle = await wait_out_rate_limits(
+            lambda: self._link.request(lambda rid: frames.BundleFetch(id=rid, handle=handle)),
+            retries=rate_limit_retries,
+        )
         if not isinstance(bundle, frames.Bundle) or bundle.handle != handle:
             raise UnexpectedFrame("relay answered a bundle fetch with another bundle")
         return bundle
