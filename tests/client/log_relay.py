@@ -3,16 +3,21 @@
 
 :class:`LoggingRelay` plays an honest or a lying relay frame by frame: it keeps a log
 of entries the test appends, signs heads with its key, and answers BUNDLE_FETCH with
-whatever bundle and proof the test chose.
+whatever bundle and proof the test chose. A :class:`Writer` plays a contact (or the
+relay forging one) whose messages reach alice.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 from dataclasses import replace
 
 from blindrelay.client.sdk import Client
 from blindrelay.protocol import frames
-from blindrelay.protocol.crypto.keys import IdentityKeyPair
+from blindrelay.protocol.content import Content, Text, decode_content, encode_content
+from blindrelay.protocol.crypto.keys import IdentityKeyPair, PreKeyBundle
+from blindrelay.protocol.crypto.session import Session, decrypt, encrypt, initiate_session
 from blindrelay.protocol.transparency import merkle
 from blindrelay.protocol.transparency.entries import KeyBinding, StatementLogged
 from blindrelay.protocol.transparency.treehead import sign_tree_head
@@ -23,6 +28,8 @@ from .harness import within
 
 AIRLINE_SEED = b"\x41" * 32
 FAKE_SEED = b"\x66" * 32
+
+_delivery_ids = itertools.count(1)
 
 
 class LoggingRelay(FakeRelay):
@@ -102,3 +109,42 @@ async def customer(relay: LoggingRelay, **options) -> Client:
     await within(client.connect(URL))
     await within(client.register("alice"))
     return client
+
+
+class Writer:
+    """Writes to alice as ``handle`` under the identity key of ``seed``: its first message
+    is a prekey message that starts the session, as the relay can forge one (it holds
+    alice's published prekeys) or the account itself would send it."""
+
+    def __init__(self, relay: LoggingRelay, alice: Client, handle: str, seed: bytes) -> None:
+        self.relay, self.handle = relay, handle
+        alice.sessions.prekeys_upload(99, relay_one_time=0, relay_has_signed=False)
+        signed = alice.store.current_signed_prekey()
+        assert signed is not None
+        theirs = PreKeyBundle(
+            alice.sessions.identity.identity_public, signed.key_id, signed.public_key,
+            signed.signature,
+        )  # fmt: skip
+        self.session: Session = initiate_session(
+            IdentityKeyPair.from_seed(seed), theirs, os.urandom,
+            our_handle=handle, their_handle="alice",
+        )  # fmt: skip
+
+    def deliver(self, text: str, sender_kind: str = "business", sth: bytes | None = None) -> None:
+        """A message on the last connection; ``sth``: the tree head it carries (gossip)."""
+        msg_id = os.urandom(16)
+        self.session, envelope = encrypt(
+            self.session, encode_content(Content(msg_id, Text(text), sth)), os.urandom
+        )
+        deliver = frames.Deliver(
+            delivery_id=next(_delivery_ids), sender=self.handle, sender_kind=sender_kind,
+            msg_id=msg_id, intent="chat", sent_at=self.relay.sent_at(), body=envelope,
+        )  # fmt: skip
+        self.relay.ends[-1].send(deliver)
+
+    def read(self, send: frames.Send) -> str:
+        """What alice sent on this writer's session (fails if it is not on it)."""
+        self.session, plaintext = decrypt(self.session, send.body, os.urandom)
+        body = decode_content(plaintext).body
+        assert isinstance(body, Text)
+        return body.text

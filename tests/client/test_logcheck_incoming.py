@@ -16,64 +16,27 @@ Over the in-memory relay of :mod:`.log_relay`; the test writes the DELIVERs the 
 
 from __future__ import annotations
 
-import itertools
-import os
 from pathlib import Path
 
 import pytest
 
 from blindrelay.client.keystore import MemoryKeyStore, SqliteKeyStore
-from blindrelay.client.sdk import Client
 from blindrelay.protocol import frames
-from blindrelay.protocol.content import Content, Text, decode_content, encode_content
-from blindrelay.protocol.crypto.keys import IdentityKeyPair, PreKeyBundle
-from blindrelay.protocol.crypto.session import Session, decrypt, encrypt, initiate_session
+from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import KeyNotLogged, UntrustedIdentity
 
 from .harness import LOW_COST, Inbox, bundle, run, within
-from .log_relay import AIRLINE_SEED, FAKE_SEED, LoggingRelay, binding, customer, filler
+from .log_relay import (
+    AIRLINE_SEED,
+    FAKE_SEED,
+    LoggingRelay,
+    Writer,
+    binding,
+    customer,
+    filler,
+)
 
 ROTATED_SEED = b"\x52" * 32
-
-_delivery_ids = itertools.count(1)
-
-
-class Writer:
-    """Writes to alice as ``handle`` under the identity key of ``seed``: its first message
-    is a prekey message that starts the session, as the relay can forge one (it holds
-    alice's published prekeys) or the account itself would send it."""
-
-    def __init__(self, relay: LoggingRelay, alice: Client, handle: str, seed: bytes) -> None:
-        self.relay, self.handle = relay, handle
-        alice.sessions.prekeys_upload(99, relay_one_time=0, relay_has_signed=False)
-        signed = alice.store.current_signed_prekey()
-        assert signed is not None
-        theirs = PreKeyBundle(
-            alice.sessions.identity.identity_public, signed.key_id, signed.public_key,
-            signed.signature,
-        )  # fmt: skip
-        self.session: Session = initiate_session(
-            IdentityKeyPair.from_seed(seed), theirs, os.urandom,
-            our_handle=handle, their_handle="alice",
-        )  # fmt: skip
-
-    def deliver(self, text: str, sender_kind: str = "business") -> None:
-        msg_id = os.urandom(16)
-        self.session, envelope = encrypt(
-            self.session, encode_content(Content(msg_id, Text(text))), os.urandom
-        )
-        deliver = frames.Deliver(
-            delivery_id=next(_delivery_ids), sender=self.handle, sender_kind=sender_kind,
-            msg_id=msg_id, intent="chat", sent_at=self.relay.sent_at(), body=envelope,
-        )  # fmt: skip
-        self.relay.ends[-1].send(deliver)
-
-    def read(self, send: frames.Send) -> str:
-        """What alice sent on this writer's session (fails if it is not on it)."""
-        self.session, plaintext = decrypt(self.session, send.body, os.urandom)
-        body = decode_content(plaintext).body
-        assert isinstance(body, Text)
-        return body.text
 
 
 def airline_logged(relay: LoggingRelay) -> frames.Bundle:
