@@ -24,7 +24,7 @@ from typing import Protocol
 
 from blindrelay.protocol import frames
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
-from blindrelay.protocol.errors import AuthenticationFailed, LogForked
+from blindrelay.protocol.errors import AuthenticationFailed, LogForked, LogUnchecked
 
 from .connection import Connection
 from .keystore import AccountKind, KeyStore
@@ -43,6 +43,7 @@ class Hooks(Protocol):
     on_connected: Callable[[frames.Welcome], None] | None
     on_identity_change: Callable[[str], None] | None
     on_log_forked: Callable[[LogForked], None] | None
+    on_log_unchecked: Callable[[LogUnchecked], None] | None
 
 
 class Account:

@@ -101,7 +101,7 @@ class Inbox:
         identity_changed: Callable[[str], None],
         raise_if_stopped: Callable[[], None],
         auto_delivered_receipts: bool,
-        heard_tree_head: Callable[[bytes], None] = lambda _signed: None,
+        heard_tree_head: Callable[[bytes, str], None] = lambda _signed, _sender: None,
     ) -> None:
         """``sender``, ``statements`` and ``requests`` are where receipts, statements and
         requests go; readers call ``raise_if_stopped`` (the link's) before they wait."""
@@ -168,7 +168,7 @@ class Inbox:
             return
         self._queue(incoming)
         if incoming.content.sth is not None:
-            self._heard_tree_head(incoming.content.sth)
+            self._heard_tree_head(incoming.content.sth, incoming.sender)
         if (
             is_receipt(incoming)
             or deliver.sender_kind != frames.AccountKind.USER

@@ -11,7 +11,8 @@ PREKEYS_LOW         ``prekeys``: upload more
 a new connection    ``account``: log in again (once authenticated)
 WELCOME             ``account``: catch up (rotation, prekeys, outbox)
 online              ``inbox`` releases what an approval before a crash left held,
-                    then ``account`` counts it and tells the application
+                    ``log_check`` tries the contacts' heads not proven yet, then
+                    ``account`` counts it and tells the application
 stopped             ``outbox`` and ``inbox``: what waits raises
 ==================  =============================================================
 
@@ -24,13 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from blindrelay.protocol import frames
-from blindrelay.protocol.errors import LogForked
+from blindrelay.protocol.errors import LogForked, LogUnchecked
 
 from .account import Account, Hooks
 from .inbox import Inbox
 from .keystore import KeyStore
 from .link import Backoff, LinkHandlers, RelayLink
-from .logcheck import DEFAULT_WAIT_S, LogCheck
+from .logcheck import DEFAULT_RECHECK, DEFAULT_WAIT_S, LogCheck, RecheckPolicy
 from .message_requests import MessageRequests
 from .outbox import Outbox
 from .prekeys import PrekeyPublisher
@@ -77,6 +78,7 @@ class Parts:
         auto_delivered_receipts: bool,
         on_statement: StatementListener | None,
         log_wait_s: float = DEFAULT_WAIT_S,
+        log_recheck: RecheckPolicy = DEFAULT_RECHECK,
     ) -> Parts:
         """Make the parts and name where the link's reports go (module docstring)."""
 
@@ -97,7 +99,18 @@ class Parts:
             if hooks.on_log_forked is not None:
                 hooks.on_log_forked(exc)
 
-        log_check = LogCheck(store, log, lambda: pin.key, wait_s=log_wait_s, alarm=log_forked)
+        def log_unchecked(exc: LogUnchecked) -> None:
+            if hooks.on_log_unchecked is not None:
+                hooks.on_log_unchecked(exc)
+
+        log_check = LogCheck(
+            store, log, lambda: pin.key,
+            wait_s=log_wait_s, alarm=log_forked, unchecked=log_unchecked, recheck=log_recheck,
+            # A contact's head is asked about on one connection at a time: a relay that
+            # drops the connection on that fetch has refused it (SPEC §15.6 rule 5).
+            recheck_reader=LogReader(link.request_once, lambda: pin.key),
+            online=link.wait_online, clock=clock,
+        )  # fmt: skip
         sender = Sender(
             store, sessions, outbox, link, requests, log_check,
             rng=rng, identity_changed=identity_changed,
@@ -136,6 +149,7 @@ class Parts:
 
     def _online(self, welcome: frames.Welcome) -> None:
         self.inbox.release_approved()
+        self.log_check.resume()
         self.account.online(welcome)
 
     def _stopped(self, exc: BaseException) -> None:

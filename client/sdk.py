@@ -54,13 +54,13 @@ from typing import Any
 
 from blindrelay.protocol import frames
 from blindrelay.protocol.content import Receipt, ReceiptType
-from blindrelay.protocol.errors import LogForked
+from blindrelay.protocol.errors import LogForked, LogUnchecked
 from blindrelay.protocol.signed import Action, ConsentStatement
 
 from .inbox import MAX_HELD_PER_SENDER, HeldMessages
 from .keystore import DEFAULT_MEMLIMIT, DEFAULT_OPSLIMIT, AccountKind, KeyStore, open_profile
 from .link import DEFAULT_BACKOFF, Backoff
-from .logcheck import DEFAULT_WAIT_S
+from .logcheck import DEFAULT_RECHECK, DEFAULT_WAIT_S, RecheckPolicy
 from .outbox import Outcome
 from .parts import Parts
 from .profiles import BusinessInfo, business_info, same_name
@@ -91,10 +91,12 @@ class Client:
         on_identity_change: Callable[[str], None] | None = None,
         on_statement: StatementListener | None = None,
         on_log_forked: Callable[[LogForked], None] | None = None,
+        on_log_unchecked: Callable[[LogUnchecked], None] | None = None,
         operator_key: bytes | None = None,
         owns_store: bool = False,
         open_transport: OpenTransport = WebSocketTransport.open,
         log_wait_s: float = DEFAULT_WAIT_S,
+        log_recheck: RecheckPolicy = DEFAULT_RECHECK,
     ) -> None:
         """The options: docs/sdk.md, "Opening a profile"."""
         self.store = store
@@ -104,6 +106,9 @@ class Client:
         """Called with a contact's handle when it presents a new identity key (SPEC §3.3)."""
         self.on_log_forked = on_log_forked
         """Called once with the split-view alarm: the relay showed two histories (§15.6)."""
+        self.on_log_unchecked = on_log_unchecked
+        """Called once a run per contact whose tree head the relay has not proven
+        consistent with ours within ``log_recheck``'s bounds (§15.6 rule 5)."""
         self.operator_key = operator_key
         """The relay operator's Ed25519 key, pinned from configuration (SPEC §8.1)."""
         self._clock = clock
@@ -112,7 +117,7 @@ class Client:
             store, self,
             rng=rng, clock=clock, backoff=backoff, jitter=jitter, open_transport=open_transport,
             auto_delivered_receipts=auto_delivered_receipts, on_statement=on_statement,
-            log_wait_s=log_wait_s,
+            log_wait_s=log_wait_s, log_recheck=log_recheck,
         )  # fmt: skip
         self.sessions, self.trust = parts.sessions, parts.trust
         self.link, self.account = parts.link, parts.account
@@ -220,7 +225,9 @@ class Client:
 
     async def close(self) -> None:
         """Flush and close the connection, fail waiting sends, acknowledge the message
-        and receipt in hand (:meth:`messages`), close a store we opened."""
+        and receipt in hand (:meth:`messages`), close a store we opened. Contacts' tree
+        heads not proven yet stay in the profile, tried again at the next connection."""
+        await self.log_check.close()
         await self.link.close()
         self.outbox.delete_retired()
         self.outbox.fail_waiting(ConnectionLost("client closed"))
@@ -379,5 +386,5 @@ class Client:
 __all__ = [  # the names an application imports from here (docs/sdk.md)
     "MAX_HELD_PER_SENDER", "MAX_UNREAD_RECEIPTS", "Backoff", "BusinessInfo", "Client",
     "ConnectionLost", "HeldMessages", "HeldStatement", "IdentityState", "InboxReader", "Message",
-    "Outcome", "Receipt", "ReceiptEvent", "RelayKeyChanged", "same_name",
+    "Outcome", "Receipt", "ReceiptEvent", "RecheckPolicy", "RelayKeyChanged", "same_name",
 ]  # fmt: skip

@@ -20,6 +20,9 @@ does the same for one body and many recipients, a chunk per transaction.
   prekey message — its first message or a key change — which the first send to it
   checks by fetching the bundle's proof, on the contact's lock (:meth:`Sender.
   send_content`). A bulk send leaves such a recipient to that path.
+- A contact whose tree head (heard in its message) the relay has not proven consistent
+  with ours past the bounds of SPEC §15.6 rule 5 is refused (:class:`LogUnchecked`)
+  unless one more try, made by the send, proves it (``logcheck``).
 - A chat records, in the same transaction, that we wrote to its recipient
   (``message_requests``).
 
@@ -155,9 +158,13 @@ class Sender:
         rate_limit_retries: int = 0,
     ) -> bytes:
         """Encrypt ``body`` for ``handle``, enqueue it, return its msg_id at SENT.
-        Raises the split-view alarm (:class:`LogForked`) once it has gone off."""
+        Raises the split-view alarm (:class:`LogForked`) once it has gone off, and
+        :class:`LogUnchecked` while the relay withholds the proof for ``handle``'s tree
+        head past the bounds (one more try first, ``logcheck``)."""
         self._link.raise_if_fatal()
         self._log_check.raise_if_forked()
+        if self._log_check.overdue(handle):
+            await self._log_check.require_checked(handle)
         trust = self._sessions.trust
         if (
             self.locks.busy(handle)
@@ -326,8 +333,9 @@ class Sender:
         """Encrypt and enqueue ``chunk`` in one keystore transaction, then transmit it.
 
         Returns the (offset, handle) of recipients that need the path of
-        :meth:`send_content`: no session yet, a key the log has not proven yet, or
-        a send to them is already waiting on one. A recipient whose encryption is refused
+        :meth:`send_content`: no session yet, a key the log has not proven yet, a tree
+        head of theirs the relay withholds the proof for, or a send to them is already
+        waiting on one. A recipient whose encryption is refused
         (UntrustedIdentity) gets that outcome; ``SessionManager.encrypt``
         refuses before it writes anything, so the rest of the chunk stands.
         """
@@ -341,7 +349,7 @@ class Sender:
         chat = labels.intent == frames.Intent.CHAT
         with self._store.atomic():
             for offset, handle in enumerate(chunk):
-                if self.locks.busy(handle):
+                if self.locks.busy(handle) or self._log_check.overdue(handle):
                     deferred.append((offset, handle))
                     continue
                 msg_id = frames.message_id(now, randoms[offset * size : (offset + 1) * size])

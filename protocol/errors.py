@@ -335,3 +335,24 @@ class LogForked(TransparencyError):
         super().__init__(f"the relay's log forked: {detail}")
         self.first = first
         self.second = second
+
+
+class LogUnchecked(TransparencyError):
+    """A contact's signed tree head the relay has not proven consistent with ours within
+    the client's bound (SPEC §15.6 rule 5): every consistency fetch for it was refused,
+    dropped or left unanswered. No proof of a fork — the relay may be down — but the one
+    check that would show a split view is being withheld. ``contact`` sent ``heard``;
+    ``kept`` is our newest verified head (None before any), ``refusals`` how many tries
+    failed."""
+
+    def __init__(
+        self, contact: str, heard: bytes, kept: bytes | None, refusals: int, detail: str
+    ) -> None:
+        super().__init__(
+            f"the relay has not proven {contact!r}'s tree head consistent with ours "
+            f"({refusals} tries): {detail}"
+        )
+        self.contact = contact
+        self.heard = heard
+        self.kept = kept
+        self.refusals = refusals

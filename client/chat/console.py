@@ -28,6 +28,7 @@ from blindrelay.protocol.errors import (
     InvalidStatement,
     KeyNotLogged,
     LogForked,
+    LogUnchecked,
     RateLimited,
     RecipientUnavailable,
     UntrustedIdentity,
@@ -311,6 +312,9 @@ class Chat:
         if isinstance(exc, LogForked):
             return ("ALARM: the relay showed you and a contact two different histories of its "
                     "log; stop trusting this relay")  # fmt: skip
+        if isinstance(exc, LogUnchecked):
+            return (f"the relay keeps refusing to prove that {exc.contact} sees the same log "
+                    "as you; nothing was sent (compare safety numbers with /safety)")  # fmt: skip
         if isinstance(exc, InvalidStatement):
             return f"that changes nothing: {exc.detail or exc}"
         if isinstance(exc, ConnectionLost):

@@ -18,6 +18,7 @@ Where each part lives::
     conversations  inbox and processed ids, outbox, held messages, owed receipts,
                    wrote-to, kept statements
     settings       relay key, registration, rotation in progress, business profile,
+                   the log's tree head and contacts' heads not checked yet,
                    away replies, chat contacts, consent requests
     memory         MemoryKeyStore
     sealing        the at-rest format: Argon2id, master key, sealed rows
@@ -49,6 +50,7 @@ from .records import (
     MAX_PREKEY_ID,
     MAX_PROCESSED_IDS,
     AccountKind,
+    HeardHead,
     HeldCounts,
     IdentityStatus,
     IncomingMessage,
@@ -80,6 +82,7 @@ __all__ = [
     "RECORD_CACHE_SIZE",
     "SCHEMA_VERSION",
     "AccountKind",
+    "HeardHead",
     "HeldCounts",
     "IdentityStatus",
     "IncomingMessage",
@@ -217,6 +220,9 @@ class KeyStore(Protocol):
     def set_business_profile(self, signed: bytes | None, *, published: bool = True) -> None: ...
     def tree_head(self) -> bytes | None: ...
     def set_tree_head(self, signed: bytes | None) -> None: ...
+    def heard_heads(self) -> list[HeardHead]: ...
+    def keep_heard_head(self, head: HeardHead) -> None: ...
+    def forget_heard_head(self, contact: str) -> None: ...
 
     # What the business and chat front ends keep (settings)
     def keep_chat_line(self, contact: str, at: int, outgoing: bool, text: str) -> None: ...

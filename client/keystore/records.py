@@ -245,3 +245,26 @@ class HeldCounts:
     def __post_init__(self) -> None:
         require_count("held", self.held)
         require_count("dropped", self.dropped)
+
+
+# --- The relay's log -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HeardHead:
+    """A contact's signed tree head not proven consistent with ours yet (SPEC §15.6 rule
+    5): kept until the relay proves it or it shows a fork, one per contact."""
+
+    contact: str
+    signed: bytes
+    heard_at_ms: int
+    """Our clock when the contact's first head still unchecked arrived: a newer head
+    from the contact takes its place but not its age."""
+    refusals: int = 0
+    """Tries that got no proof (a refusal, a drop, no answer)."""
+
+    def __post_init__(self) -> None:
+        require_handle(self.contact, "contact")
+        require_bytes("signed", self.signed)
+        require_count("heard_at_ms", self.heard_at_ms)
+        require_count("refusals", self.refusals)

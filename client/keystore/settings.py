@@ -3,7 +3,8 @@
 Settings are one value each: the relay key pinned at the first login (SPEC §4.1),
 whether the account is registered, the identity seed of a rotation in progress
 (SPEC §3.4), a business's profile and whether the relay holds it (SPEC §8.2) and the
-newest tree head of the relay's log we verified (SPEC §15.6). The front ends
+newest tree head of the relay's log we verified (SPEC §15.6), with the contacts' heads
+not checked against it yet (one row each). The front ends
 keep per-account rows: when a customer last got the automatic away reply, the
 chat's contact list and the consent requests awaiting an answer.
 
@@ -19,6 +20,7 @@ from .conversations import ConversationRecords
 from .records import (
     IDENTITY_KEY_BYTES,
     IDENTITY_SEED_BYTES,
+    HeardHead,
     require_bytes,
     require_count,
     require_handle,
@@ -105,6 +107,25 @@ class SettingRecords(ConversationRecords):
         if signed is not None:
             require_bytes("signed", signed)
         self._set_setting(_TREE_HEAD, signed)
+
+    def heard_heads(self) -> list[HeardHead]:
+        """Contacts' heads the relay has not proven consistent with ours yet (SPEC §15.6)."""
+        return [
+            HeardHead(str(contact), bytes(signed), int(heard_at), int(refusals))
+            for contact, signed, heard_at, refusals in self._rows("heard_heads")
+        ]
+
+    def keep_heard_head(self, head: HeardHead) -> None:
+        """Keep ``head`` in place of its contact's (the bound is ``logcheck``'s)."""
+        if not isinstance(head, HeardHead):
+            raise TypeError("head must be a HeardHead")
+        row = (head.contact, head.signed, head.heard_at_ms, head.refusals)
+        self._put("heard_heads", handle_key(head.contact), row)
+
+    def forget_heard_head(self, contact: str) -> None:
+        """The contact's head was proven, or shown a fork, or is no head of our relay."""
+        require_handle(contact, "contact")
+        self._delete("heard_heads", handle_key(contact))
 
     # Automatic away replies: one per customer per closed period
 

@@ -282,7 +282,7 @@ def test_a_relay_that_refuses_the_proof_between_its_own_heads_is_a_fork() -> Non
         store.set_tree_head(kept)
         relay_key = key.verify_key.encode()
         check = LogCheck(store, LogReader(refuse, lambda: relay_key), lambda: relay_key)
-        check.heard(heard)
+        check.heard(heard, "bob")
         await check.settled()
         assert check.forked is not None
         assert {check.forked.first, check.forked.second} == {kept, heard}
@@ -314,7 +314,7 @@ def test_a_larger_head_signed_earlier_is_a_fork() -> None:
         store.set_tree_head(kept)
         relay_key = key.verify_key.encode()
         check = LogCheck(store, LogReader(prove, lambda: relay_key), lambda: relay_key)
-        check.heard(heard)
+        check.heard(heard, "bob")
         await check.settled()
         assert check.forked is not None and store.tree_head() == kept
 
@@ -368,7 +368,7 @@ def test_two_heads_checked_at_once_are_checked_against_each_other() -> None:
         store.set_tree_head(kept)
         relay_key = key.verify_key.encode()
         check = LogCheck(store, LogReader(relay, lambda: relay_key), lambda: relay_key)
-        check.heard(smaller_fork)
+        check.heard(smaller_fork, "bob")
         await asyncio.sleep(0)
         with contextlib.suppress(LogForked):
             await check.observe(open_tree_head(larger, relay_key), larger)

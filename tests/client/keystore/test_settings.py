@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from blindrelay.client.keystore import (
+    HeardHead,
     KeyStore,
 )
 from blindrelay.client.keystore.settings import MAX_CHAT_LINES
@@ -38,6 +39,27 @@ def test_settings_hold_one_value_each_until_cleared(store: KeyStore) -> None:
     assert (store.business_profile(), store.relay_key()) == (None, KEY_A)
     with pytest.raises(ValueError):
         store.set_relay_key(b"short")
+
+
+def test_contacts_heads_not_checked_yet_are_one_row_each_until_forgotten(
+    store: KeyStore,
+) -> None:
+    """SPEC §15.6 rule 5: a contact's tree head the relay has not proven is kept (a
+    newer one of the same contact in its place) until it is settled."""
+    assert store.heard_heads() == []
+    store.keep_heard_head(HeardHead("carol", b"head one", 5))
+    store.keep_heard_head(HeardHead("dave", b"head one", 6, refusals=1))
+    store.keep_heard_head(HeardHead("carol", b"head two", 5, refusals=3))
+    assert sorted(store.heard_heads(), key=lambda held: held.contact) == [
+        HeardHead("carol", b"head two", 5, refusals=3), HeardHead("dave", b"head one", 6, 1),
+    ]  # fmt: skip
+    store.forget_heard_head("carol")
+    store.forget_heard_head("nobody")
+    assert store.heard_heads() == [HeardHead("dave", b"head one", 6, refusals=1)]
+    with pytest.raises((TypeError, ValueError)):
+        HeardHead("carol", b"", 5)
+    with pytest.raises(ValueError):
+        HeardHead("carol", b"head", 5, refusals=-1)
 
 
 def test_away_replies_are_remembered_per_customer(store: KeyStore) -> None:

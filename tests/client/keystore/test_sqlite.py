@@ -16,6 +16,7 @@ import pytest
 
 from blindrelay.client.keystore import (
     SCHEMA_VERSION,
+    HeardHead,
     HeldCounts,
     IdentityStatus,
     KeyStoreCorrupted,
@@ -60,6 +61,7 @@ def every_kind(store: SqliteKeyStore) -> None:
     store.set_away_reply_period("alice", 5)
     store.set_chat_contact("alice", "user")
     store.set_consent_request("airline", ("utility",))
+    store.keep_heard_head(HeardHead("carol", b"signed head", NOW, refusals=2))
 
 
 def test_every_kind_persists_across_close_and_reopen(tmp_path: Path) -> None:
@@ -88,6 +90,7 @@ def test_every_kind_persists_across_close_and_reopen(tmp_path: Path) -> None:
         assert again.away_reply_periods() == {"alice": 5}
         assert again.chat_contacts() == {"alice": "user"}
         assert again.consent_requests() == {"airline": ("utility",)}
+        assert again.heard_heads() == [HeardHead("carol", b"signed head", NOW, refusals=2)]
 
 
 def test_listing_one_kind_opens_no_row_of_another(
@@ -114,6 +117,7 @@ def test_listing_one_kind_opens_no_row_of_another(
         "away_replies": store.away_reply_periods, "chat_contacts": store.chat_contacts,
         "consent_requests": store.consent_requests, "identities": store.trusted_identities,
         "one_time_prekeys": store.one_time_prekey_ids, "signed_prekeys": store.signed_prekeys,
+        "heard_heads": store.heard_heads,
     }  # fmt: skip
     for table, listing in listings.items():
         opened.clear()
