@@ -31,7 +31,15 @@ people two histories is caught by the first message between them. (One body sent
 many, a business's notifications, carries none: the business checks its own heads on
 every bundle.)
 Once raised, the alarm is kept: every later send raises it, and the application's
-``on_log_forked`` hears it once.
+``on_log_forked`` hears it once a run. It is kept in the profile too (``log_forks``,
+both signed heads and why, under the relay key that signed them): it lived in memory
+only, and a restart forgot it — sends went again, nobody was told again, and the
+relay that forked was the same (found in review). Each run raises it from the start
+and tells the application at its first connection (or first send, if sooner).
+Nothing the relay does lifts it; it stands while that relay key is pinned. A relay
+key the person accepts in its place (SPEC §4.1) starts a new log, so the old key's
+alarm is set aside — the evidence stays in the profile, and the alarm is back if that
+key is pinned again.
 
 A contact's head is checked with a consistency proof only the relay can give, so a
 relay that forked could refuse that one fetch (a 402, a 900, a dropped connection)
@@ -89,7 +97,7 @@ from blindrelay.protocol.transparency.entries import KeyBinding, decode_entry
 from blindrelay.protocol.transparency.evidence import badge_entry
 from blindrelay.protocol.transparency.treehead import TreeHead, check_extends, open_tree_head
 
-from .keystore import HeardHead, KeyStore
+from .keystore import HeardHead, KeyStore, LogFork
 from .transparency import LOG_ANSWER_TIMEOUT_S, LOG_FETCH_PATIENCE_MS, LogReader
 
 log = logging.getLogger("blindrelay.client")
@@ -177,8 +185,13 @@ class LogCheck:
         self._unchecked = unchecked
         self._online = online
         self._clock = clock
-        self.forked: LogForked | None = None
-        """The split-view alarm, once raised: kept, and raised again by every send."""
+        self._forks: dict[bytes, LogForked] = {
+            fork.relay_key: LogForked(fork.first, fork.second, fork.detail)
+            for fork in store.log_forks()
+        }
+        """Relay key → the split-view alarm raised for it, in this run or an earlier one."""
+        self._alarmed: set[bytes] = set()
+        """Relay keys whose alarm the application heard in this run."""
         self._heard: dict[str, HeardHead] = {h.contact: h for h in store.heard_heads()}
         """Contact → its head not proven yet, as the keystore keeps it."""
         self._rechecks: dict[str, asyncio.Task[None]] = {}
@@ -211,9 +224,22 @@ class LogCheck:
         self._told[handle] = head
         return head
 
+    @property
+    def forked(self) -> LogForked | None:
+        """The split-view alarm for the relay key pinned now, raised in this run or kept
+        from an earlier one: kept, and raised again by every send (module docstring)."""
+        if not self._forks:
+            return None
+        key = self._relay_key()
+        return None if key is None else self._forks.get(key)
+
     def raise_if_forked(self) -> None:
-        if self.forked is not None:
-            raise self.forked
+        """Raise the split-view alarm if it has gone off (the application hears it then,
+        if it has not in this run)."""
+        forked = self.forked
+        if forked is not None:
+            self._tell_forked()
+            raise forked
 
     def heard(self, signed: bytes, contact: str) -> None:
         """A contact's head, from inside an end-to-end message: kept, then checked in the
@@ -239,8 +265,10 @@ class LogCheck:
         self._start(contact)
 
     def resume(self) -> None:
-        """A connection is online: every kept head without a try under way is tried now
-        (those a previous run kept, those waiting since a drop)."""
+        """A connection is online: the application hears the alarm kept from an earlier
+        run (once a run); every kept head without a try under way is tried now (those a
+        previous run kept, those waiting since a drop)."""
+        self._tell_forked()
         for contact in list(self._heard):
             self._start(contact)
 
@@ -495,14 +523,31 @@ class LogCheck:
                     raise InvalidProof("the relay has no proof joining two of its heads") from None
             check_extends(first, second, proof)  # §15.3 rule 3: sizes, times, the proof
         except InvalidProof as exc:
-            self.forked = LogForked(first_signed, second_signed, str(exc))
-            self._alarm(self.forked)
-            raise self.forked from exc
+            forked = LogForked(first_signed, second_signed, str(exc))
+            self._keep_fork(forked)
+            raise forked from exc
         if head.size > older.size or (head.size == older.size and head.timestamp > older.timestamp):
             self._store.set_tree_head(signed)
         self._proven[signed] = None
         if len(self._proven) > MAX_PROVEN:
             del self._proven[next(iter(self._proven))]
+
+    def _keep_fork(self, forked: LogForked) -> None:
+        """The alarm goes off: its evidence is kept in the profile before anyone hears of
+        it (the first fork of a relay key stays: it is as good as any later one)."""
+        key = self._key()
+        if key not in self._forks:
+            self._forks[key] = forked
+            self._store.keep_log_fork(LogFork(key, forked.first, forked.second, forked.detail))
+        self._tell_forked()
+
+    def _tell_forked(self) -> None:
+        """The application hears the alarm of the relay key pinned now, once a run."""
+        key = self._relay_key()
+        if key is None or key not in self._forks or key in self._alarmed:
+            return
+        self._alarmed.add(key)
+        self._alarm(self._forks[key])
 
     def _key(self) -> bytes:
         key = self._relay_key()

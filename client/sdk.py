@@ -105,7 +105,8 @@ class Client:
         self.on_identity_change = on_identity_change
         """Called with a contact's handle when it presents a new identity key (SPEC §3.3)."""
         self.on_log_forked = on_log_forked
-        """Called once with the split-view alarm: the relay showed two histories (§15.6)."""
+        """Called once a run with the split-view alarm: the relay showed two histories
+        (§15.6). Kept in the profile, it is told again in every later run."""
         self.on_log_unchecked = on_log_unchecked
         """Called once a run per contact whose tree head the relay has not proven
         consistent with ours within ``log_recheck``'s bounds (§15.6 rule 5)."""

@@ -329,12 +329,14 @@ class KeyNotLogged(TransparencyError):
 class LogForked(TransparencyError):
     """Two signed tree heads of one relay that no consistency proof joins (SPEC §15.3):
     the relay showed two histories. ``first`` and ``second`` are the signed heads, the
-    evidence a third party can recheck with the relay key alone."""
+    evidence a third party can recheck with the relay key alone; ``detail`` says why
+    they cannot both be true."""
 
     def __init__(self, first: bytes, second: bytes, detail: str) -> None:
         super().__init__(f"the relay's log forked: {detail}")
         self.first = first
         self.second = second
+        self.detail = detail
 
 
 class LogUnchecked(TransparencyError):

@@ -18,7 +18,7 @@ Where each part lives::
     conversations  inbox and processed ids, outbox, held messages, owed receipts,
                    wrote-to, kept statements
     settings       relay key, registration, rotation in progress, business profile,
-                   the log's tree head and contacts' heads not checked yet,
+                   the log's tree head, contacts' heads not checked yet, a fork seen,
                    away replies, chat contacts, consent requests
     memory         MemoryKeyStore
     sealing        the at-rest format: Argon2id, master key, sealed rows
@@ -58,6 +58,7 @@ from .records import (
     KeyStoreError,
     KeyStoreInUse,
     KeyStoreTooNew,
+    LogFork,
     OneTimePreKeyRecord,
     OurIdentity,
     OutboxEntry,
@@ -91,6 +92,7 @@ __all__ = [
     "KeyStoreError",
     "KeyStoreInUse",
     "KeyStoreTooNew",
+    "LogFork",
     "MemoryKeyStore",
     "OneTimePreKeyRecord",
     "OurIdentity",
@@ -223,6 +225,8 @@ class KeyStore(Protocol):
     def heard_heads(self) -> list[HeardHead]: ...
     def keep_heard_head(self, head: HeardHead) -> None: ...
     def forget_heard_head(self, contact: str) -> None: ...
+    def log_forks(self) -> list[LogFork]: ...
+    def keep_log_fork(self, fork: LogFork) -> None: ...
 
     # What the business and chat front ends keep (settings)
     def keep_chat_line(self, contact: str, at: int, outgoing: bool, text: str) -> None: ...

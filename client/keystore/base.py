@@ -23,12 +23,13 @@ ROW_TABLES = (
     "settings", "signed_prekeys", "one_time_prekeys", "sessions", "identities", "key_owners",
     "identity_changes", "outbox", "statement_counts", "held_counts", "owed_receipts",
     "wrote_to", "away_replies", "chat_contacts", "consent_requests", "published",
-    "heard_heads",
+    "heard_heads", "log_forks",
 )  # fmt: skip
 """One row per natural key, one table per kind of record (see each kind's module):
 ``key_owners`` maps an identity key to the handle it is pinned for (SPEC §13.8);
 ``published`` the accounts seen published and the key last proven logged (SPEC §15.6);
-``heard_heads`` a contact's tree head the relay has not proven consistent yet (§15.6)."""
+``heard_heads`` a contact's tree head the relay has not proven consistent yet (§15.6);
+``log_forks`` the split-view alarm's two heads, per relay key (§15.6)."""
 
 LOG_TABLES = ("statements", "held_messages", "sent_notifications", "chat_history")
 """Per group (a counterpart; a month for ``sent_notifications``), records in the order

@@ -268,3 +268,23 @@ class HeardHead:
         require_bytes("signed", self.signed)
         require_count("heard_at_ms", self.heard_at_ms)
         require_count("refusals", self.refusals)
+
+
+@dataclass(frozen=True, slots=True)
+class LogFork:
+    """The split-view alarm's evidence (SPEC §15.6 rule 5): two signed tree heads of the
+    relay's log that cannot both be true. Kept for good, one per relay key (the key that
+    signed both), so that a restart raises the alarm again."""
+
+    relay_key: bytes
+    first: bytes
+    second: bytes
+    detail: str
+    """Why they cannot both be true (``LogForked.detail``)."""
+
+    def __post_init__(self) -> None:
+        require_bytes("relay_key", self.relay_key, IDENTITY_KEY_BYTES)
+        require_bytes("first", self.first)
+        require_bytes("second", self.second)
+        if not isinstance(self.detail, str):
+            raise TypeError("detail must be a str")

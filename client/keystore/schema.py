@@ -32,11 +32,13 @@ from .records import KeyStoreCorrupted, KeyStoreTooNew, OutboxEntry
 from .sealing import Sealer
 from .settings import SettingRecords
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """3: ``sent_notifications`` (a business's SENT notifications, to check its bills) and
 ``chat_history`` (the chat's conversations, shown again after a restart). 4:
 ``published`` (accounts seen published, and the key of each last proven logged). 5:
-``heard_heads`` (contacts' tree heads the relay has not proven consistent yet)."""
+``heard_heads`` (contacts' tree heads the relay has not proven consistent yet). 6:
+``log_forks`` (the split-view alarm's evidence; an older SDK, which would forget the
+alarm, refuses the file)."""
 
 _HEADER = (
     "CREATE TABLE header (id INTEGER PRIMARY KEY, format INTEGER NOT NULL,"

@@ -4,7 +4,8 @@ Settings are one value each: the relay key pinned at the first login (SPEC §4.1
 whether the account is registered, the identity seed of a rotation in progress
 (SPEC §3.4), a business's profile and whether the relay holds it (SPEC §8.2) and the
 newest tree head of the relay's log we verified (SPEC §15.6), with the contacts' heads
-not checked against it yet (one row each). The front ends
+not checked against it yet (one row each) and the evidence of a fork (one row per relay
+key). The front ends
 keep per-account rows: when a customer last got the automatic away reply, the
 chat's contact list and the consent requests awaiting an answer.
 
@@ -21,6 +22,7 @@ from .records import (
     IDENTITY_KEY_BYTES,
     IDENTITY_SEED_BYTES,
     HeardHead,
+    LogFork,
     require_bytes,
     require_count,
     require_handle,
@@ -126,6 +128,20 @@ class SettingRecords(ConversationRecords):
         """The contact's head was proven, or shown a fork, or is no head of our relay."""
         require_handle(contact, "contact")
         self._delete("heard_heads", handle_key(contact))
+
+    def log_forks(self) -> list[LogFork]:
+        """The split-view alarms raised, one per relay key: kept for good (SPEC §15.6)."""
+        return [
+            LogFork(bytes(relay_key), bytes(first), bytes(second), str(detail))
+            for relay_key, first, second, detail in self._rows("log_forks")
+        ]
+
+    def keep_log_fork(self, fork: LogFork) -> None:
+        """Keep ``fork`` in place of its relay key's (which one to keep is ``logcheck``'s)."""
+        if not isinstance(fork, LogFork):
+            raise TypeError("fork must be a LogFork")
+        row = (fork.relay_key, fork.first, fork.second, fork.detail)
+        self._put("log_forks", fork.relay_key, row)
 
     # Automatic away replies: one per customer per closed period
 

@@ -23,12 +23,14 @@ import pytest
 from blindrelay.client.chat import Options, session
 from blindrelay.client.keystore import (
     SCHEMA_VERSION,
+    HeardHead,
     HeldCounts,
     IdentityStatus,
     IncomingMessage,
     KeyStore,
     KeyStoreCorrupted,
     KeyStoreTooNew,
+    LogFork,
     OneTimePreKeyRecord,
     OurIdentity,
     OutboxEntry,
@@ -38,8 +40,8 @@ from blindrelay.client.keystore import (
 )
 from blindrelay.client.keystore.schema import replay_v1_log, replay_v1_state
 
-from .files import FIXTURES, copy_fixture, dump, file_keys
-from .samples import KEY_A, KEY_B, outgoing
+from .files import FIXTURES, PASSPHRASE, copy_fixture, dump, file_keys, open_sqlite
+from .samples import KEY_A, KEY_B, NOW, outgoing
 
 PROFILE = "v1-profile.keys"
 
@@ -146,6 +148,31 @@ def test_reopening_an_upgraded_profile_changes_nothing(
     upgraded = dump(path)
     SqliteKeyStore.open(path, written["passphrase"]).close()
     assert dump(path) == upgraded
+
+
+def test_a_schema_5_profile_gains_the_table_of_forks_seen(tmp_path: Path) -> None:
+    """Schema 6 adds ``log_forks`` (the split-view alarm's evidence, SPEC §15.6): a
+    schema 5 file is a schema 6 one without that table. Opening it adds the table, keeps
+    every record, and the upgraded file keeps a fork across a reopen."""
+    path = tmp_path / "alice.keys"
+    with open_sqlite(path) as store:
+        store.set_relay_key(KEY_A)
+        store.set_tree_head(b"our head")
+        store.keep_heard_head(HeardHead("carol", b"carol's head", NOW, refusals=2))
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE log_forks")
+        conn.execute("PRAGMA user_version = 5")
+    conn.close()
+    assert version_of(path)[0] == 5 and "log_forks" not in version_of(path)[1]
+    with SqliteKeyStore.open(path, PASSPHRASE) as upgraded:
+        assert (upgraded.relay_key(), upgraded.tree_head()) == (KEY_A, b"our head")
+        assert upgraded.heard_heads() == [HeardHead("carol", b"carol's head", NOW, 2)]
+        assert upgraded.log_forks() == []
+        upgraded.keep_log_fork(LogFork(KEY_A, b"our head", b"carol's head", "no proof"))
+    found, tables = version_of(path)
+    assert found == SCHEMA_VERSION == 6 and "log_forks" in tables
+    with SqliteKeyStore.open(path, PASSPHRASE) as again:
+        assert again.log_forks() == [LogFork(KEY_A, b"our head", b"carol's head", "no proof")]
 
 
 def test_a_profile_newer_than_the_code_is_refused_untouched(

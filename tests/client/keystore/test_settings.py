@@ -10,6 +10,7 @@ import pytest
 from blindrelay.client.keystore import (
     HeardHead,
     KeyStore,
+    LogFork,
 )
 from blindrelay.client.keystore.settings import MAX_CHAT_LINES
 
@@ -60,6 +61,26 @@ def test_contacts_heads_not_checked_yet_are_one_row_each_until_forgotten(
         HeardHead("carol", b"", 5)
     with pytest.raises(ValueError):
         HeardHead("carol", b"head", 5, refusals=-1)
+
+
+def test_a_fork_seen_is_kept_one_per_relay_key(store: KeyStore) -> None:
+    """SPEC §15.6 rule 5: the split-view alarm's evidence is kept for good, under the
+    relay key that signed both heads; nothing forgets it."""
+    assert store.log_forks() == []
+    store.keep_log_fork(LogFork(KEY_A, b"first", b"second", "no proof joins them"))
+    store.keep_log_fork(LogFork(KEY_B, b"third", b"fourth", ""))
+    store.keep_log_fork(LogFork(KEY_A, b"fifth", b"sixth", "again"))
+    assert sorted(store.log_forks(), key=lambda fork: fork.relay_key) == [
+        LogFork(KEY_A, b"fifth", b"sixth", "again"), LogFork(KEY_B, b"third", b"fourth", ""),
+    ]  # fmt: skip
+    with pytest.raises(ValueError):
+        LogFork(b"short", b"first", b"second", "")
+    with pytest.raises(TypeError):
+        LogFork(KEY_A, b"", b"second", "")
+    with pytest.raises(TypeError):
+        LogFork(KEY_A, b"first", b"second", b"detail")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        store.keep_log_fork((KEY_A, b"first", b"second", ""))  # type: ignore[arg-type]
 
 
 def test_away_replies_are_remembered_per_customer(store: KeyStore) -> None:

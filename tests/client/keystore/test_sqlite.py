@@ -20,6 +20,7 @@ from blindrelay.client.keystore import (
     HeldCounts,
     IdentityStatus,
     KeyStoreCorrupted,
+    LogFork,
     SqliteKeyStore,
 )
 from blindrelay.client.keystore.sealing import Sealer
@@ -62,6 +63,7 @@ def every_kind(store: SqliteKeyStore) -> None:
     store.set_chat_contact("alice", "user")
     store.set_consent_request("airline", ("utility",))
     store.keep_heard_head(HeardHead("carol", b"signed head", NOW, refusals=2))
+    store.keep_log_fork(LogFork(KEY_A, b"first head", b"second head", "no proof"))
 
 
 def test_every_kind_persists_across_close_and_reopen(tmp_path: Path) -> None:
@@ -91,6 +93,7 @@ def test_every_kind_persists_across_close_and_reopen(tmp_path: Path) -> None:
         assert again.chat_contacts() == {"alice": "user"}
         assert again.consent_requests() == {"airline": ("utility",)}
         assert again.heard_heads() == [HeardHead("carol", b"signed head", NOW, refusals=2)]
+        assert again.log_forks() == [LogFork(KEY_A, b"first head", b"second head", "no proof")]
 
 
 def test_listing_one_kind_opens_no_row_of_another(
@@ -117,7 +120,7 @@ def test_listing_one_kind_opens_no_row_of_another(
         "away_replies": store.away_reply_periods, "chat_contacts": store.chat_contacts,
         "consent_requests": store.consent_requests, "identities": store.trusted_identities,
         "one_time_prekeys": store.one_time_prekey_ids, "signed_prekeys": store.signed_prekeys,
-        "heard_heads": store.heard_heads,
+        "heard_heads": store.heard_heads, "log_forks": store.log_forks,
     }  # fmt: skip
     for table, listing in listings.items():
         opened.clear()
