@@ -33,6 +33,10 @@ our identity and prekeys (SPEC §5), starts sessions from BUNDLE frames (SPEC
 - **Encrypt-then-store before the envelope leaves**: the advanced sending
   chain is stored before :meth:`SessionManager.encrypt` returns, so no message
   key is ever used twice, even across a crash.
+- **Skipped message keys have one budget for all sessions** (SPEC §13.4,
+  ``skipped_keys``): a session that stores keys it did not hold is noted in the
+  transaction that stores it, and the sessions the budget drops (oldest first, or
+  expired) are rewritten without theirs in that transaction too.
 
 Not here: trust decisions (``trust``), sockets, retries and the outbox
 (``link``, ``outbox``), storage (``keystore``) and the inbox row's format
@@ -57,6 +61,7 @@ from blindrelay.protocol.crypto.keys import (
     signature_valid,
     signed_prekey_message,
 )
+from blindrelay.protocol.crypto.ratchet import SkippedKeys
 from blindrelay.protocol.crypto.session import (
     MessageType,
     OutdatedSession,
@@ -67,6 +72,7 @@ from blindrelay.protocol.crypto.session import (
     encrypt,
     initiate_session,
     peek_envelope,
+    without_skipped_keys,
 )
 from blindrelay.protocol.errors import DecryptionFailed
 
@@ -80,6 +86,7 @@ from .keystore import (
     OurIdentity,
     SignedPreKeyRecord,
 )
+from .skipped_keys import SkippedKeyBudget
 from .trust import IdentityState, IdentityTrust
 
 Rng = Callable[[int], bytes]
@@ -129,6 +136,8 @@ class _Decrypted(NamedTuple):
     """NEW if the message made us pin its sender's key."""
     started: bool
     """A prekey message that started a new session (not stored yet)."""
+    skipped_before: SkippedKeys
+    """The skipped keys of the session stored for the sender before this message."""
 
 
 class SessionManager:
@@ -146,7 +155,10 @@ class SessionManager:
         self._parsed: dict[str, tuple[bytes, Session]] = {}
         """handle → (stored blob, the Session it decodes to): a decoding cache only.
         The keystore stays the truth — every load reads the blob and uses the cached
-        object only when the blob is the one it was made from (sessions are immutable)."""
+        object only when the blob is the one it was made from (sessions are immutable).
+        A handle's entry is its stored session or gone, so the skipped keys it holds stay
+        within the budget (``skipped_keys``)."""
+        self._skipped = SkippedKeyBudget(store, clock)
 
     # --- Our identity and prekeys (SPEC §3.1, §5) ----------------------------
 
@@ -191,6 +203,7 @@ class SessionManager:
         :data:`SIGNED_PREKEY_GRACE_MS` after the relay took its successor.
         """
         self._delete_retired_signed_prekeys()
+        self._expire_skipped_keys()
         record = self.store.current_signed_prekey()
         if record is None or self._clock() - record.created_at_ms >= SIGNED_PREKEY_ROTATION_MS:
             if record is not None and self.store.published_signed_prekey() is None:
@@ -405,8 +418,16 @@ class SessionManager:
         except MalformedContent:
             self._refuse_content(record, decrypted)
             raise
-        if not self.store.commit_incoming(record, blob, used_one_time_prekey=used):
+        if not decrypted.skipped_before and not decrypted.session.ratchet.skipped:
+            committed = self.store.commit_incoming(record, blob, used_one_time_prekey=used)
+        else:
+            with self.store.atomic():
+                committed = self.store.commit_incoming(record, blob, used_one_time_prekey=used)
+                if committed:
+                    self._keep_skipped_keys(sender, decrypted)
+        if not committed:
             return None
+        self._remember(sender, blob, decrypted.session)
         return Incoming(
             deliver.msg_id, sender, deliver.sender_kind, deliver.intent, deliver.sent_at,
             identity, content, deliver.category, deliver.categories,
@@ -426,16 +447,44 @@ class SessionManager:
         sender = record.sender
         blob = decrypted.session.to_bytes()
         used = decrypted.used_one_time_prekey
+        self._parsed.pop(sender, None)
         with self.store.atomic():
             live = self.store.load_session(sender)
-            if self.store.commit_incoming(record, blob, used_one_time_prekey=used) and (
-                decrypted.started and used is None
-            ):
-                if live is None:
+            if self.store.commit_incoming(record, blob, used_one_time_prekey=used):
+                if not (decrypted.started and used is None):
+                    self._keep_skipped_keys(sender, decrypted)
+                elif live is None:
                     self.store.delete_session(sender)
                 else:
                     self.store.store_session(sender, live)
             self.store.consume(sender, record.msg_id)
+
+    def _keep_skipped_keys(self, sender: str, decrypted: _Decrypted) -> None:
+        """``sender``'s session was just stored (the caller's transaction): note its skipped
+        keys, and rewrite the sessions the budget drops without theirs (SPEC §13.4)."""
+        after = decrypted.session.ratchet.skipped
+        for handle in self._skipped.note(sender, decrypted.skipped_before, after):
+            self._drop_skipped_keys(handle)
+
+    def _expire_skipped_keys(self) -> None:
+        """Drop the skipped keys of sessions that gained none for ``SKIPPED_KEYS_TTL_MS``."""
+        with self.store.atomic():
+            for handle in self._skipped.expired():
+                self._drop_skipped_keys(handle)
+
+    def _drop_skipped_keys(self, handle: str) -> None:
+        """Rewrite ``handle``'s stored session without its skipped keys (and forget any
+        decoded copy): a message of one of them is refused as DuplicatedMessage."""
+        self._parsed.pop(handle, None)
+        blob = self.store.load_session(handle)
+        if blob is None:
+            return
+        try:
+            session = Session.from_bytes(blob)
+        except ValueError:  # of an earlier version (OutdatedSession): replaced when used
+            return
+        if session.ratchet.skipped:
+            self.store.store_session(handle, without_skipped_keys(session).to_bytes())
 
     def _decrypt(self, deliver: frames.Deliver) -> _Decrypted:
         """Decrypt ``deliver`` on its session, or on a new one if it is a prekey message
@@ -444,6 +493,7 @@ class SessionManager:
         sender = deliver.sender
         info = peek_envelope(deliver.body)
         session = self._load_session(sender)
+        before: SkippedKeys = {} if session is None else session.ratchet.skipped
         if info.message_type is MessageType.PREKEY and (
             session is None or not belongs_to(session, info)
         ):
@@ -460,13 +510,14 @@ class SessionManager:
                 their_handle=sender,
             )
             return _Decrypted(
-                session, plaintext, used_one_time, self.trust.record(sender, their_key), True
-            )
+                session, plaintext, used_one_time, self.trust.record(sender, their_key), True,
+                before,
+            )  # fmt: skip
         if session is None:
             raise DecryptionFailed(f"no session with {sender!r}")
         self.trust.refuse_pending(sender)
         session, plaintext = decrypt(session, deliver.body, self._rng)
-        return _Decrypted(session, plaintext, None, IdentityStatus.TRUSTED, False)
+        return _Decrypted(session, plaintext, None, IdentityStatus.TRUSTED, False, before)
 
     def _identity_state(self, sender: str, status: IdentityStatus) -> IdentityState:
         """How far the sender's key is trusted, as its messages report it: UNLOGGED for a

@@ -63,6 +63,7 @@ from .records import (
     OurIdentity,
     OutboxEntry,
     SignedPreKeyRecord,
+    SkippedKeyHolder,
     TrustedIdentity,
     WrongPassphrase,
     classify_identity,
@@ -98,6 +99,7 @@ __all__ = [
     "OurIdentity",
     "OutboxEntry",
     "SignedPreKeyRecord",
+    "SkippedKeyHolder",
     "SqliteKeyStore",
     "TrustedIdentity",
     "WrongPassphrase",
@@ -143,6 +145,8 @@ class KeyStore(Protocol):
     def load_session(self, handle: str) -> bytes | None: ...
     def store_session(self, handle: str, blob: bytes) -> None: ...
     def delete_session(self, handle: str) -> None: ...
+    def skipped_key_holders(self) -> list[SkippedKeyHolder]: ...
+    def set_skipped_key_holders(self, holders: Iterable[SkippedKeyHolder]) -> None: ...
 
     # Trusted identities (TOFU) and pending identity changes (keys)
     def get_trusted_identity(self, handle: str) -> TrustedIdentity | None: ...

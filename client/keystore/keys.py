@@ -36,6 +36,7 @@ from .records import (
     OneTimePreKeyRecord,
     OurIdentity,
     SignedPreKeyRecord,
+    SkippedKeyHolder,
     TrustedIdentity,
     classify_identity,
     require_bytes,
@@ -49,6 +50,7 @@ _NEXT_PREKEY_ID = b"next_prekey_id"
 _CURRENT_SIGNED_PREKEY = b"current_signed_prekey"
 _PUBLISHED_SIGNED_PREKEY = b"published_signed_prekey"
 _RETIRED_SIGNED_PREKEYS = b"retired_signed_prekeys"
+_SKIPPED_KEY_HOLDERS = b"skipped_key_holders"
 """``settings`` rows of this module (the other settings are in ``settings``)."""
 
 
@@ -212,6 +214,29 @@ class KeyRecords(Storage):
     def delete_session(self, handle: str) -> None:
         require_handle(handle)
         self._delete("sessions", handle_key(handle))
+
+    def skipped_key_holders(self) -> list[SkippedKeyHolder]:
+        """The sessions that hold skipped message keys, least recently grown first (SPEC
+        §13.4): one row for all, so the budget across sessions opens no session to decide."""
+        fields = self._get("settings", _SKIPPED_KEY_HOLDERS)
+        if fields is None:
+            return []
+        return [
+            SkippedKeyHolder(str(fields[i]), int(fields[i + 1]), int(fields[i + 2]))
+            for i in range(0, len(fields) - 2, 3)
+        ]
+
+    def set_skipped_key_holders(self, holders: Iterable[SkippedKeyHolder]) -> None:
+        """Replace the list (the caller's bound keeps it short; an empty one is no row)."""
+        flat: list[str | int] = []
+        for holder in holders:
+            if not isinstance(holder, SkippedKeyHolder):
+                raise TypeError("holders must be SkippedKeyHolder records")
+            flat += [holder.handle, holder.count, holder.gained_at_ms]
+        if flat:
+            self._put("settings", _SKIPPED_KEY_HOLDERS, flat)
+        else:
+            self._delete("settings", _SKIPPED_KEY_HOLDERS)
 
     # Trusted identities (TOFU)
 

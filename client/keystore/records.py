@@ -172,6 +172,23 @@ class TrustedIdentity:
         require_count("first_seen_ms", self.first_seen_ms)
 
 
+@dataclass(frozen=True, slots=True)
+class SkippedKeyHolder:
+    """A session that holds skipped message keys (SPEC §13.4): the client's budget across
+    sessions drops the keys of the one that gained some least recently first."""
+
+    handle: str
+    count: int
+    """How many skipped keys its stored session holds (at most the ratchet's cap)."""
+    gained_at_ms: int
+    """Our clock when the session last stored a skipped key it did not hold before."""
+
+    def __post_init__(self) -> None:
+        require_handle(self.handle)
+        require_count("count", self.count)
+        require_count("gained_at_ms", self.gained_at_ms)
+
+
 def classify_identity(trusted_key: bytes | None, identity_key: bytes) -> IdentityStatus:
     """The TOFU decision: a presented key against the one trusted for its handle, if any."""
     if trusted_key is None:

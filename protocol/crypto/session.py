@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import Any
 
@@ -323,6 +323,13 @@ def decrypt(session: Session, envelope: bytes, rng: Rng) -> tuple[Session, bytes
     plaintext = unpad(padded)
     # A decrypted reply proves the peer has the session: stop repeating the X3DH part.
     return _advanced(session, state, None), plaintext
+
+
+def without_skipped_keys(session: Session) -> Session:
+    """``session`` keeping none of its skipped message keys: what a client's bound on the
+    skipped keys of all its sessions leaves of one (SPEC §13.4). A message whose key went
+    is refused as one whose key was dropped (DuplicatedMessage); the rest flow on."""
+    return replace(session, ratchet=replace(session.ratchet, skipped={}))
 
 
 def accept_session(

@@ -11,6 +11,7 @@ import pytest
 from blindrelay.client.keystore import (
     IdentityStatus,
     KeyStore,
+    SkippedKeyHolder,
 )
 from blindrelay.protocol.errors import IdentityKeyReused, UntrustedIdentity
 
@@ -93,6 +94,19 @@ def test_sessions_are_opaque_bytes_per_handle(store: KeyStore) -> None:
     store.delete_session("airline")
     assert store.load_session("airline") is None
     assert store.load_session("bob") == b"state-b"
+
+
+def test_the_sessions_holding_skipped_keys_are_one_list_in_order(store: KeyStore) -> None:
+    assert store.skipped_key_holders() == []
+    holders = [SkippedKeyHolder("bob", 3, NOW), SkippedKeyHolder("airline", 1000, NOW - 1)]
+    store.set_skipped_key_holders(holders)
+    assert store.skipped_key_holders() == holders  # the caller's order: oldest first
+    store.set_skipped_key_holders([])
+    assert store.skipped_key_holders() == []
+    with pytest.raises(ValueError):
+        SkippedKeyHolder("bob", -1, NOW)
+    with pytest.raises(TypeError):
+        store.set_skipped_key_holders([("bob", 3, NOW)])  # type: ignore[list-item]
 
 
 def test_first_identity_key_is_trusted_on_first_use(store: KeyStore) -> None:

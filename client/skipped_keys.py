@@ -1,0 +1,115 @@
+"""Skipped message keys across all of a profile's sessions: one budget (SPEC §13.4).
+
+The Double Ratchet bounds one session: a header makes its receiver derive at most
+``MAX_FORWARD_JUMP`` message keys and a session keeps at most ``MAX_SKIPPED_KEYS`` of
+those not used yet. Nothing bounded how many sessions keep them, and anyone can start
+one: a stranger's first message is decrypted, and its session stored, before the person
+has seen it (a message request, SPEC §7.3). Measured before this module (2026-12-06,
+real relay): each throwaway account made its victim keep 1,000 keys with one message —
+~72 KB sealed on disk and ~250 KB decoded in memory, where up to ``SESSION_CACHE_SIZE``
+(16,384) decoded sessions stay — for ever.
+
+The rules, applied in the transaction that stores a message's session:
+
+- at most :data:`MAX_SKIPPED_KEYS_TOTAL` skipped keys in all, held by at most
+  :data:`MAX_SESSIONS_WITH_SKIPPED_KEYS` sessions; past either, the session that gained
+  skipped keys least recently loses all of them, then the next;
+- a session that has gained none for :data:`SKIPPED_KEYS_TTL_MS` loses them (checked
+  whenever the list changes and at each login).
+
+Which sessions hold how many is one keystore row (:class:`SkippedKeyHolder`, oldest
+first), so a decision opens no other session; only a session that loses its keys is
+read and rewritten (by ``sessions``).
+
+Not here: deriving and using the keys (``blindrelay.protocol.crypto.ratchet``), rewriting
+a session without them (``sessions``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from blindrelay.protocol import limits
+from blindrelay.protocol.crypto.ratchet import SkippedKeys
+
+from .keystore import KeyStore, SkippedKeyHolder
+
+MAX_SKIPPED_KEYS_TOTAL = 10_000
+"""Skipped message keys kept across all sessions: ten sessions at the ratchet's cap, or
+one out-of-order message for each of ten thousand contacts; ~720 KB sealed and ~2.5 MB
+decoded. Honest use keeps a handful (a message overtaken by the next is read seconds
+later). More keeps a message delayed past a flood of forged gaps readable; each kept key
+is a standing decryption capability and ~250 bytes of memory."""
+
+MAX_SESSIONS_WITH_SKIPPED_KEYS = 256
+"""Sessions that may hold skipped keys at once: the list of them is one keystore row,
+rewritten when it changes (~50 bytes a session)."""
+
+DAY_MS = 24 * 3600 * 1000
+
+SKIPPED_KEYS_TTL_MS = limits.QUEUE_TTL_MS + DAY_MS
+"""A session's skipped keys go once it has gained none for this long (the Double Ratchet
+specification asks for keys to be deleted after some time): the relay purges a message
+queued for ``QUEUE_TTL_MS`` (SPEC §6.4 rule 4), and the one a skipped key is for was sent before
+the message that skipped it; a day more for a sender that held it back and for clocks."""
+
+Clock = Callable[[], int]
+
+
+class SkippedKeyBudget:
+    """Which sessions hold skipped keys, and which must lose them (module docstring)."""
+
+    def __init__(self, store: KeyStore, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+
+    def note(self, handle: str, before: SkippedKeys, after: SkippedKeys) -> list[str]:
+        """``handle``'s session is stored holding ``after``'s keys instead of ``before``'s
+        (the caller's transaction); returns the other sessions that must lose theirs, off
+        the list already. A session that gained keys becomes the newest holder."""
+        gained = not after.keys() <= before.keys()
+        if not gained and len(after) == len(before):  # the same keys: nothing to note
+            return []
+        now = self._clock()
+        holders = self._store.skipped_key_holders()
+        mine = next((h for h in holders if h.handle == handle), None)
+        kept: list[SkippedKeyHolder] = []
+        dropped: list[str] = []
+        for holder in holders:
+            if holder.handle == handle:
+                if after and not gained:  # keys used or trimmed: its place stays
+                    kept.append(SkippedKeyHolder(handle, len(after), holder.gained_at_ms))
+            elif now - holder.gained_at_ms >= SKIPPED_KEYS_TTL_MS:
+                dropped.append(holder.handle)
+            else:
+                kept.append(holder)
+        if after and (gained or mine is None):
+            kept.append(SkippedKeyHolder(handle, len(after), now))
+        total = sum(holder.count for holder in kept)
+        while total > MAX_SKIPPED_KEYS_TOTAL or len(kept) > MAX_SESSIONS_WITH_SKIPPED_KEYS:
+            oldest = next((i for i, holder in enumerate(kept) if holder.handle != handle), None)
+            if oldest is None:  # its own keys alone: within the ratchet's cap per session
+                break
+            total -= kept[oldest].count
+            dropped.append(kept.pop(oldest).handle)
+        self._store.set_skipped_key_holders(kept)
+        return dropped
+
+    def expired(self) -> list[str]:
+        """The sessions that have gained no skipped key for :data:`SKIPPED_KEYS_TTL_MS`, off
+        the list already (the caller's transaction): they must lose theirs."""
+        now = self._clock()
+        holders = self._store.skipped_key_holders()
+        kept = [h for h in holders if now - h.gained_at_ms < SKIPPED_KEYS_TTL_MS]
+        if len(kept) == len(holders):
+            return []
+        self._store.set_skipped_key_holders(kept)
+        return [h.handle for h in holders if now - h.gained_at_ms >= SKIPPED_KEYS_TTL_MS]
+
+
+__all__ = [
+    "MAX_SESSIONS_WITH_SKIPPED_KEYS",
+    "MAX_SKIPPED_KEYS_TOTAL",
+    "SKIPPED_KEYS_TTL_MS",
+    "SkippedKeyBudget",
+]

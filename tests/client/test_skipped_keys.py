@@ -1,0 +1,234 @@
+"""Skipped message keys across a profile's sessions (client/skipped_keys.py, SPEC §13.4).
+
+The Double Ratchet bounds what one session keeps (``MAX_SKIPPED_KEYS``); every stranger can
+start a session, so strangers together could make a client keep any number: each sent one
+message whose header claimed message number 1000, and the victim derived and stored 1000
+message keys (~72 KB sealed on disk, ~250 KB once decoded) for each of them, for ever.
+
+Unit tests first (session managers in memory, each message handed over as the relay would
+deliver it), then the attack through a real relay.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from blindrelay.client.keystore import MemoryKeyStore
+from blindrelay.client.sdk import Client
+from blindrelay.client.sessions import SessionManager
+from blindrelay.client.skipped_keys import (
+    DAY_MS,
+    MAX_SESSIONS_WITH_SKIPPED_KEYS,
+    MAX_SKIPPED_KEYS_TOTAL,
+    SKIPPED_KEYS_TTL_MS,
+)
+from blindrelay.protocol import frames
+from blindrelay.protocol.content import CHAT, Content, Text, encode_content
+from blindrelay.protocol.crypto import ratchet
+from blindrelay.protocol.crypto.session import Session
+from blindrelay.protocol.errors import DuplicatedMessage
+
+from ..protocol.spec import SPEC
+from ..relays import FakeClock, relay_at
+from .harness import Inbox, online, within
+
+_ids = itertools.count(1)
+
+
+class Victim:
+    """One user's session manager and the bundle its prekeys make (no one-time prekey:
+    any number of first messages start sessions on the signed prekey)."""
+
+    def __init__(self) -> None:
+        self.clock = FakeClock()
+        self.sessions = SessionManager(MemoryKeyStore(), clock=self.clock)
+        self.sessions.create_identity("victim", "user")
+        upload = self.login()
+        assert upload is not None and upload.signed_prekey is not None
+        self.bundle = frames.Bundle(
+            re=1, handle="victim", kind="user",
+            identity_key=self.sessions.identity.identity_public,
+            signed_prekey=upload.signed_prekey,
+        )  # fmt: skip
+
+    def login(self) -> frames.PrekeysUpload | None:
+        """What the SDK does at each WELCOME (client/prekeys.py)."""
+        return self.sessions.prekeys_upload(1, relay_one_time=0, relay_has_signed=False)
+
+    def skipped(self, handle: str) -> int:
+        """Skipped keys the stored session with ``handle`` holds."""
+        blob = self.sessions.store.load_session(handle)
+        return 0 if blob is None else len(Session.from_bytes(blob).ratchet.skipped)
+
+    def total(self) -> int:
+        """Skipped keys the budget counts."""
+        return sum(holder.count for holder in self.sessions.store.skipped_key_holders())
+
+
+def contact(handle: str, victim: Victim) -> SessionManager:
+    """An account with a session to the victim (its first message not sent yet)."""
+    sessions = SessionManager(MemoryKeyStore())
+    sessions.create_identity(handle, "user")
+    sessions.start_session(victim.bundle)
+    return sessions
+
+
+def message(sender: SessionManager, text: str, *, skip: int = 0) -> frames.Deliver:
+    """The DELIVER of ``text`` from ``sender`` to the victim, ``skip`` message keys after
+    its previous one (spent here and never sent)."""
+    for _ in range(skip):
+        sender.encrypt("victim", b"")
+    msg_id = next(_ids).to_bytes(16, "big")
+    body = sender.encrypt("victim", encode_content(Content(msg_id, Text(text))))
+    return frames.Deliver(
+        delivery_id=next(_ids), sender=sender.identity.handle, sender_kind="user",
+        msg_id=msg_id, intent=CHAT.intent, sent_at=1, body=body,
+    )  # fmt: skip
+
+
+def test_a_delayed_message_reads_until_newer_gaps_push_its_key_out() -> None:
+    victim = Victim()
+    alice = contact("alice", victim)
+    delayed = message(alice, "sent first, arrives last")
+    assert victim.sessions.receive(message(alice, "overtakes it")) is not None
+    assert victim.skipped("alice") == 1
+
+    jump = ratchet.MAX_FORWARD_JUMP
+    fits = (MAX_SKIPPED_KEYS_TOTAL - 1) // jump  # strangers whose gaps leave alice's key
+    strangers = [contact(f"stranger{i}", victim) for i in range(fits + 1)]
+    for stranger in strangers[:fits]:
+        victim.sessions.receive(message(stranger, "hi", skip=jump))
+    incoming = victim.sessions.receive(delayed)
+    assert incoming is not None and incoming.content.body == Text("sent first, arrives last")
+
+    delayed = message(alice, "delayed again")
+    victim.sessions.receive(message(alice, "overtakes it again"))  # alice's key: the newest
+    victim.sessions.receive(message(strangers[-1], "hi", skip=jump))
+    assert [victim.skipped(f"stranger{i}") for i in (0, 1)] == [0, jump]  # the oldest went
+    assert victim.sessions.receive(delayed) is not None
+
+    delayed = message(alice, "delayed past the flood")
+    victim.sessions.receive(message(alice, "overtakes it"))
+    for stranger in strangers:  # each gains keys anew: alice's are the oldest now
+        victim.sessions.receive(message(stranger, "again", skip=jump))
+    assert victim.skipped("alice") == 0
+    with pytest.raises(DuplicatedMessage):  # refused, as any message of a dropped key
+        victim.sessions.receive(delayed)
+    handles = [stranger.identity.handle for stranger in strangers]
+    assert victim.total() == sum(victim.skipped(handle) for handle in handles)
+    assert victim.total() <= MAX_SKIPPED_KEYS_TOTAL
+
+
+def test_no_more_than_the_bound_of_sessions_hold_skipped_keys() -> None:
+    victim = Victim()
+    handles = [f"stranger{i}" for i in range(MAX_SESSIONS_WITH_SKIPPED_KEYS + 4)]
+    for handle in handles:
+        victim.sessions.receive(message(contact(handle, victim), "hi", skip=1))
+    held = [victim.skipped(handle) for handle in handles]
+    assert held == [0] * 4 + [1] * MAX_SESSIONS_WITH_SKIPPED_KEYS
+    holders = victim.sessions.store.skipped_key_holders()
+    assert [holder.handle for holder in holders] == handles[4:]
+
+
+def test_skipped_keys_go_at_the_login_after_a_month_without_new_ones() -> None:
+    victim = Victim()
+    alice = contact("alice", victim)
+    delayed = [message(alice, f"delayed {i}") for i in range(2)]
+    victim.sessions.receive(message(alice, "overtakes them"))
+    victim.clock.advance(SKIPPED_KEYS_TTL_MS - 1)
+    victim.login()
+    assert victim.sessions.receive(delayed[0]) is not None  # using one renews nothing
+    assert victim.total() == 1
+    victim.clock.advance(1)
+    victim.login()
+    assert victim.skipped("alice") == 0 and victim.total() == 0
+    with pytest.raises(DuplicatedMessage):
+        victim.sessions.receive(delayed[1])
+    assert victim.sessions.receive(message(alice, "and on it goes")) is not None
+
+
+def test_decoded_sessions_in_memory_hold_no_more_than_the_stored_ones() -> None:
+    """A session replaced by a new first message (holding no skipped key) must not stay
+    decoded in memory as it was: each stranger could leave its 1,000 keys there."""
+    victim = Victim()
+    jump = ratchet.MAX_FORWARD_JUMP
+    strangers = 12
+    deliveries = []
+    for i in range(strangers):
+        stranger = contact(f"stranger{i}", victim)
+        deliveries += [message(stranger, "gap", skip=jump), message(stranger, "loads it")]
+        stranger.start_session(victim.bundle)  # another first message: another session
+        deliveries.append(message(stranger, "anew"))
+    tracemalloc.start()
+    try:
+        for deliver in deliveries:
+            assert victim.sessions.receive(deliver) is not None
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert victim.total() == 0
+    assert held < strangers * jump * 100  # ~250 bytes a decoded key: 3 MB if they stayed
+
+
+def test_the_spec_states_the_bounds_this_client_keeps() -> None:
+    assert f"| `MAX_SKIPPED_KEYS_TOTAL` | {MAX_SKIPPED_KEYS_TOTAL:,} |" in SPEC
+    assert f"| `MAX_SESSIONS_WITH_SKIPPED_KEYS` | {MAX_SESSIONS_WITH_SKIPPED_KEYS} |" in SPEC
+    assert f"| `SKIPPED_KEYS_TTL_MS` | {SKIPPED_KEYS_TTL_MS // DAY_MS} days |" in SPEC
+
+
+# --- Through a real relay ------------------------------------------------------------
+
+
+def skipping(client: Client, count: int) -> Callable[[str, bytes], bytes]:
+    """``client``'s encrypt, made to spend ``count`` message keys first: the next message's
+    header claims ``count`` more messages than its recipient has seen (a forgery costs
+    the sender nothing more, it knows every key of its own chain)."""
+    encrypt = client.sessions.encrypt
+
+    def spend_then_encrypt(handle: str, plaintext: bytes) -> bytes:
+        for _ in range(count):
+            encrypt(handle, b"")
+        return encrypt(handle, plaintext)
+
+    return spend_then_encrypt
+
+
+def skipped_keys(client: Client, handles: list[str]) -> list[int]:
+    """How many skipped keys ``client``'s stored session with each of ``handles`` holds."""
+    counts = []
+    for handle in handles:
+        blob = client.store.load_session(handle)
+        counts.append(0 if blob is None else len(Session.from_bytes(blob).ratchet.skipped))
+    return counts
+
+
+async def test_strangers_cannot_make_a_client_keep_more_than_the_total_of_skipped_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    strangers = MAX_SKIPPED_KEYS_TOTAL // ratchet.MAX_FORWARD_JUMP + 3
+    async with relay_at(tmp_path) as relay:
+        victim = await online(relay.url, "victim")
+        inbox = Inbox(victim)
+        handles = [f"stranger{i}" for i in range(strangers)]
+        for handle in handles:
+            stranger = await online(relay.url, handle)
+            monkeypatch.setattr(
+                stranger.sessions, "encrypt", skipping(stranger, ratchet.MAX_FORWARD_JUMP)
+            )
+            await within(stranger.send("victim", f"hello from {handle}"))
+            message = await inbox.next()
+            assert message.sender == handle and message.is_request
+            await stranger.close()
+
+        counts = skipped_keys(victim, handles)
+        assert sum(counts) <= MAX_SKIPPED_KEYS_TOTAL
+        # the newest stranger's keys are the ones kept; the oldest strangers' went first
+        assert counts[-1] == ratchet.MAX_FORWARD_JUMP
+        assert counts[0] == 0
+        await inbox.close()
+        await victim.close()
