@@ -333,7 +333,7 @@ class RelayLink:
     async def request_once(self, make: Callable[[int], frames.Frame]) -> frames.Frame:
         """:meth:`request` on one online connection: ConnectionLost if it ends before the
         answer, not sent again. For a caller that counts a drop as the relay's refusal
-        (``logcheck``: a relay must not dodge a check by closing the connection on it)."""
+        (``gossip``: a relay must not dodge a check by closing the connection on it)."""
         conn = await self.wait_online()
         return await conn.request(make(conn.next_request_id()))
 

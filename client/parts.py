@@ -11,7 +11,8 @@ PREKEYS_LOW         ``prekeys``: upload more
 a new connection    ``account``: log in again (once authenticated)
 WELCOME             ``account``: catch up (rotation, prekeys, outbox)
 online              ``inbox`` releases what an approval before a crash left held,
-                    ``log_check`` tries the contacts' heads not proven yet, then
+                    ``log_check`` tells a split-view alarm kept from an earlier
+                    run and tries the contacts' heads not proven yet, then
                     ``account`` counts it and tells the application
 stopped             ``outbox`` and ``inbox``: what waits raises
 ==================  =============================================================
@@ -28,10 +29,11 @@ from blindrelay.protocol import frames
 from blindrelay.protocol.errors import LogForked, LogUnchecked
 
 from .account import Account, Hooks
+from .gossip import DEFAULT_RECHECK, RecheckPolicy
 from .inbox import Inbox
 from .keystore import KeyStore
 from .link import Backoff, LinkHandlers, RelayLink
-from .logcheck import DEFAULT_RECHECK, DEFAULT_WAIT_S, LogCheck, RecheckPolicy
+from .logcheck import DEFAULT_WAIT_S, LogCheck
 from .message_requests import MessageRequests
 from .outbox import Outbox
 from .prekeys import PrekeyPublisher

@@ -57,10 +57,11 @@ from blindrelay.protocol.content import Receipt, ReceiptType
 from blindrelay.protocol.errors import LogForked, LogUnchecked
 from blindrelay.protocol.signed import Action, ConsentStatement
 
+from .gossip import DEFAULT_RECHECK, RecheckPolicy
 from .inbox import MAX_HELD_PER_SENDER, HeldMessages
 from .keystore import DEFAULT_MEMLIMIT, DEFAULT_OPSLIMIT, AccountKind, KeyStore, open_profile
 from .link import DEFAULT_BACKOFF, Backoff
-from .logcheck import DEFAULT_RECHECK, DEFAULT_WAIT_S, RecheckPolicy
+from .logcheck import DEFAULT_WAIT_S
 from .outbox import Outcome
 from .parts import Parts
 from .profiles import BusinessInfo, business_info, same_name

@@ -22,7 +22,7 @@ does the same for one body and many recipients, a chunk per transaction.
   send_content`). A bulk send leaves such a recipient to that path.
 - A contact whose tree head (heard in its message) the relay has not proven consistent
   with ours past the bounds of SPEC §15.6 rule 5 is refused (:class:`LogUnchecked`)
-  unless one more try, made by the send, proves it (``logcheck``).
+  unless one more try, made by the send, proves it (``gossip``).
 - A chat records, in the same transaction, that we wrote to its recipient
   (``message_requests``).
 
@@ -160,7 +160,7 @@ class Sender:
         """Encrypt ``body`` for ``handle``, enqueue it, return its msg_id at SENT.
         Raises the split-view alarm (:class:`LogForked`) once it has gone off, and
         :class:`LogUnchecked` while the relay withholds the proof for ``handle``'s tree
-        head past the bounds (one more try first, ``logcheck``)."""
+        head past the bounds (one more try first, ``gossip``)."""
         self._link.raise_if_fatal()
         self._log_check.raise_if_forked()
         if self._log_check.overdue(handle):
@@ -288,7 +288,7 @@ class Sender:
             raise ValueError("window must be at least 1")
         self._log_check.raise_if_forked()
         self.check_labels(labels)
-        plaintext_for = content_encoder(content, None, labels)  # no tree head: ``logcheck``
+        plaintext_for = content_encoder(content, None, labels)  # no tree head: ``gossip``
         todo = list(handles)
         bulk = Bulk(len(todo), rate_limit_retries)
         refill = max(1, window // 4)

@@ -118,7 +118,7 @@ class SettingRecords(ConversationRecords):
         ]
 
     def keep_heard_head(self, head: HeardHead) -> None:
-        """Keep ``head`` in place of its contact's (the bound is ``logcheck``'s)."""
+        """Keep ``head`` in place of its contact's (the bound is ``gossip``'s)."""
         if not isinstance(head, HeardHead):
             raise TypeError("head must be a HeardHead")
         row = (head.contact, head.signed, head.heard_at_ms, head.refusals)
