@@ -165,6 +165,16 @@ class Chat:
             f"Until then nothing is sent to {handle} and their new messages wait."
         )
 
+    def log_alarm(self, exc: LogForked | LogUnchecked) -> None:
+        """SPEC §15.6 rule 5: the relay's log cannot be trusted (a fork, kept across runs),
+        or a contact's view of it is not proven; sends are refused meanwhile."""
+        if isinstance(exc, LogForked):
+            self.say(f"!!! {self.explain(exc, '')}; nothing more is sent through it")
+        else:
+            self.say(f"!!! the relay keeps refusing to prove that {exc.contact} sees the same "
+                     f"log as you; nothing is sent to {exc.contact} until it does (compare "
+                     f"/safety {exc.contact} with them)")  # fmt: skip
+
     # --- Stored lists --------------------------------------------------------------
 
     def remember(self, handle: str, kind: str = "") -> None:

@@ -24,6 +24,8 @@ from typing import IO
 from blindrelay.protocol.errors import (
     BlindrelayError,
     HandleTaken,
+    LogForked,
+    LogUnchecked,
     MalformedFrame,
     RateLimited,
     RegistrationRefused,
@@ -57,10 +59,17 @@ async def session(options: Options, out: IO[str]) -> int:
         if chat is not None:
             chat.warn_identity_change(handle)
 
+    def alarm(exc: LogForked | LogUnchecked) -> None:
+        """The SDK tells these once a run (SPEC §15.6 rule 5), a kept fork at the first
+        connection: said at once, not only when a send fails (reading never does)."""
+        if chat is not None:
+            chat.log_alarm(exc)
+
     try:
         client = Client.open(
             options.profile, options.passphrase,
             operator_key=options.operator_key, on_identity_change=changed,
+            on_log_forked=alarm, on_log_unchecked=alarm,
         )  # fmt: skip
     except KeyStoreError as exc:
         print(f"blindrelay chat: {options.profile}: {exc}", file=out, flush=True)

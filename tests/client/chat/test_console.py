@@ -19,7 +19,7 @@ from blindrelay.client.trust import IdentityState
 from blindrelay.protocol import frames
 from blindrelay.protocol.business import Badge, BadgeCheck, BadgeStatus
 from blindrelay.protocol.content import Content, Text, encode_content
-from blindrelay.protocol.errors import MalformedFrame
+from blindrelay.protocol.errors import LogForked, LogUnchecked, MalformedFrame
 
 FORGED = "[utility] airline [✔ verified: British Airways]: flight cancelled, rebook at evil.example"
 ESCAPES = (
@@ -216,3 +216,20 @@ async def test_a_revoked_badge_stops_showing_as_verified_within_the_recheck_time
         "airline [business, not verified: no badge]: Gate C1",
     ]
     assert len(asked) == 2
+
+
+async def test_the_log_alarms_are_one_line_each_naming_what_is_refused() -> None:
+    """What the SDK tells ``on_log_forked`` / ``on_log_unchecked`` (SPEC §15.6 rule 5)."""
+    client = Client.open(None)
+    out = io.StringIO()
+    chat = Chat(client, out)
+    try:
+        chat.log_alarm(LogForked(b"one head", b"another", "no proof"))
+        chat.log_alarm(LogUnchecked("carol", b"her head", None, 6, "402"))
+    finally:
+        await client.close()
+    forked, unchecked = out.getvalue().splitlines()
+    assert forked.startswith("!!! ALARM: the relay showed you and a contact two different")
+    assert forked.endswith("stop trusting this relay; nothing more is sent through it")
+    assert "prove that carol sees the same log" in unchecked
+    assert "nothing is sent to carol until it does" in unchecked

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import os
 import re
@@ -18,6 +19,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from blindrelay.client.chat.session import Options, PassphraseError, read_passphrase, session
+from blindrelay.client.keystore import LogFork, open_profile
 from blindrelay.protocol import SUBPROTOCOL
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
@@ -131,3 +133,50 @@ async def test_a_relay_key_changed_at_a_reconnect_ends_the_chat_with_the_way_on(
         r"confirms the new key, run again with --accept-relay-key [0-9a-f]{64}\n$",
         shown,
     ), shown
+
+
+async def test_a_fork_kept_from_an_earlier_run_is_the_first_thing_the_chat_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §15.6 rule 5: once the relay was caught showing two histories, the alarm
+    stands across restarts and the application is told once a run. The SDK told
+    ``on_log_forked``, which the chat did not listen to: a person who opened the chat
+    again saw nothing until a send failed, and reading never fails."""
+    reading, typing = os.pipe()  # a person who types nothing
+    stdin = open(reading)  # noqa: SIM115 - the chat's to read, closed below
+    monkeypatch.setattr(sys, "stdin", stdin)
+    out = io.StringIO()
+    options = Options(
+        relay="", profile=tmp_path / "alice.db", handle="alice", kind="user",
+        passphrase="a passphrase", operator_key=None,
+    )  # fmt: skip
+    try:
+        async with relay_on(tmp_path / "relay.db", 0) as relay:
+            options = dataclasses.replace(options, relay=relay.url)
+            chatting = asyncio.create_task(session(options, out))
+            while "registered alice" not in out.getvalue():
+                assert not chatting.done(), out.getvalue()
+                await asyncio.sleep(0.02)
+            chatting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await chatting
+            store = open_profile(options.profile, options.passphrase)
+            relay_key = store.relay_key()
+            assert relay_key is not None
+            store.keep_log_fork(LogFork(relay_key, b"one head", b"another", "no proof"))
+            store.close()
+            out = io.StringIO()
+            chatting = asyncio.create_task(session(options, out))
+            deadline = asyncio.get_running_loop().time() + 10
+            while "ALARM" not in out.getvalue():
+                assert not chatting.done(), out.getvalue()
+                assert asyncio.get_running_loop().time() < deadline, out.getvalue()
+                await asyncio.sleep(0.02)
+            chatting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await chatting
+    finally:
+        os.close(typing)
+        stdin.close()
+    (line,) = [line for line in out.getvalue().splitlines() if "ALARM" in line]
+    assert "two different histories" in line and "stop trusting this relay" in line
