@@ -33,14 +33,15 @@ our identity and prekeys (SPEC §5), starts sessions from BUNDLE frames (SPEC
 - **Encrypt-then-store before the envelope leaves**: the advanced sending
   chain is stored before :meth:`SessionManager.encrypt` returns, so no message
   key is ever used twice, even across a crash.
-- **Skipped message keys have one budget for all sessions** (SPEC §13.4,
-  ``skipped_keys``): a session that stores keys it did not hold is noted in the
-  transaction that stores it, and the sessions the budget drops (oldest first, or
-  expired) are rewritten without theirs in that transaction too.
+- **Skipped message keys have one budget for all sessions** (SPEC §13.4): a
+  message's session is committed through ``skipped_keys``, which notes the keys it
+  did not hold in that transaction and rewrites without theirs the sessions the budget
+  drops (oldest first, or expired) in that transaction too.
 
 Not here: trust decisions (``trust``), sockets, retries and the outbox
-(``link``, ``outbox``), storage (``keystore``) and the inbox row's format
-(``incoming``), the maths (``blindrelay.protocol.crypto``).
+(``link``, ``outbox``), storage (``keystore``), the decoded sessions kept in memory
+(``session_cache``), the inbox row's format (``incoming``), the maths
+(``blindrelay.protocol.crypto``).
 """
 
 from __future__ import annotations
@@ -72,7 +73,6 @@ from blindrelay.protocol.crypto.session import (
     encrypt,
     initiate_session,
     peek_envelope,
-    without_skipped_keys,
 )
 from blindrelay.protocol.errors import DecryptionFailed
 
@@ -86,6 +86,7 @@ from .keystore import (
     OurIdentity,
     SignedPreKeyRecord,
 )
+from .session_cache import SessionCache
 from .skipped_keys import SkippedKeyBudget
 from .trust import IdentityState, IdentityTrust
 
@@ -114,9 +115,6 @@ SIGNED_PREKEY_GRACE_MS = limits.QUEUE_TTL_MS + DAY_MS
 """How long a retired signed prekey's private key is kept after the relay took its
 successor: a first message sent to it just before may wait in our queue for
 ``QUEUE_TTL_MS`` (SPEC §6.3), plus a day for the relay's clock against ours."""
-
-SESSION_CACHE_SIZE = 16_384
-"""Decoded sessions kept in memory (a business serves many customers from one device)."""
 
 
 def wall_clock_ms() -> int:
@@ -152,13 +150,8 @@ class SessionManager:
         self._rng = rng
         self._clock = clock
         self._keypair: IdentityKeyPair | None = None
-        self._parsed: dict[str, tuple[bytes, Session]] = {}
-        """handle → (stored blob, the Session it decodes to): a decoding cache only.
-        The keystore stays the truth — every load reads the blob and uses the cached
-        object only when the blob is the one it was made from (sessions are immutable).
-        A handle's entry is its stored session or gone, so the skipped keys it holds stay
-        within the budget (``skipped_keys``)."""
-        self._skipped = SkippedKeyBudget(store, clock)
+        self._decoded = SessionCache()
+        self._skipped = SkippedKeyBudget(store, clock, self._decoded)
 
     # --- Our identity and prekeys (SPEC §3.1, §5) ----------------------------
 
@@ -203,7 +196,7 @@ class SessionManager:
         :data:`SIGNED_PREKEY_GRACE_MS` after the relay took its successor.
         """
         self._delete_retired_signed_prekeys()
-        self._expire_skipped_keys()
+        self._skipped.expire()
         record = self.store.current_signed_prekey()
         if record is None or self._clock() - record.created_at_ms >= SIGNED_PREKEY_ROTATION_MS:
             if record is not None and self.store.published_signed_prekey() is None:
@@ -317,21 +310,15 @@ class SessionManager:
         blob = self.store.load_session(handle)
         if blob is None:
             return None
-        cached = self._parsed.get(handle)
-        if cached is not None and cached[0] == blob:
-            return cached[1]
+        session = self._decoded.get(handle, blob)
+        if session is not None:
+            return session
         try:
             session = Session.from_bytes(blob)
         except OutdatedSession:
             return None
-        self._remember(handle, blob, session)
+        self._decoded.put(handle, blob, session)
         return session
-
-    def _remember(self, handle: str, blob: bytes, session: Session) -> None:
-        parsed = self._parsed
-        if handle not in parsed and len(parsed) >= SESSION_CACHE_SIZE:
-            del parsed[next(iter(parsed))]  # oldest entry first
-        parsed[handle] = (blob, session)
 
     def start_session(self, bundle: frames.Bundle) -> IdentityStatus:
         """Start a session from a fetched BUNDLE; returns NEW or TRUSTED.
@@ -363,7 +350,7 @@ class SessionManager:
         status = self.trust.record(handle, bundle.identity_key)
         blob = session.to_bytes()
         self.store.store_session(handle, blob)
-        self._remember(handle, blob, session)
+        self._decoded.put(handle, blob, session)
         return status
 
     def encrypt(self, handle: str, plaintext: bytes) -> bytes:
@@ -382,7 +369,7 @@ class SessionManager:
         session, envelope = encrypt(session, plaintext, self._rng)
         blob = session.to_bytes()
         self.store.store_session(handle, blob)
-        self._remember(handle, blob, session)
+        self._decoded.put(handle, blob, session)
         return envelope
 
     def receive(self, deliver: frames.Deliver) -> Incoming | None:
@@ -405,7 +392,6 @@ class SessionManager:
         decrypted = self._decrypt(deliver)
         identity = self._identity_state(sender, decrypted.status)
         record = inbox_record(deliver, identity, self._clock(), decrypted.plaintext)
-        blob, used = decrypted.session.to_bytes(), decrypted.used_one_time_prekey
         try:
             content = decode_content(decrypted.plaintext)
             if content.msg_id != deliver.msg_id:
@@ -418,16 +404,10 @@ class SessionManager:
         except MalformedContent:
             self._refuse_content(record, decrypted)
             raise
-        if not decrypted.skipped_before and not decrypted.session.ratchet.skipped:
-            committed = self.store.commit_incoming(record, blob, used_one_time_prekey=used)
-        else:
-            with self.store.atomic():
-                committed = self.store.commit_incoming(record, blob, used_one_time_prekey=used)
-                if committed:
-                    self._keep_skipped_keys(sender, decrypted)
-        if not committed:
+        if not self._skipped.commit_incoming(
+            record, decrypted.session, decrypted.skipped_before, decrypted.used_one_time_prekey
+        ):
             return None
-        self._remember(sender, blob, decrypted.session)
         return Incoming(
             deliver.msg_id, sender, deliver.sender_kind, deliver.intent, deliver.sent_at,
             identity, content, deliver.category, deliver.categories,
@@ -447,44 +427,18 @@ class SessionManager:
         sender = record.sender
         blob = decrypted.session.to_bytes()
         used = decrypted.used_one_time_prekey
-        self._parsed.pop(sender, None)
+        self._decoded.forget(sender)
         with self.store.atomic():
             live = self.store.load_session(sender)
             if self.store.commit_incoming(record, blob, used_one_time_prekey=used):
                 if not (decrypted.started and used is None):
-                    self._keep_skipped_keys(sender, decrypted)
+                    skipped = decrypted.session.ratchet.skipped
+                    self._skipped.stored(sender, decrypted.skipped_before, skipped)
                 elif live is None:
                     self.store.delete_session(sender)
                 else:
                     self.store.store_session(sender, live)
             self.store.consume(sender, record.msg_id)
-
-    def _keep_skipped_keys(self, sender: str, decrypted: _Decrypted) -> None:
-        """``sender``'s session was just stored (the caller's transaction): note its skipped
-        keys, and rewrite the sessions the budget drops without theirs (SPEC §13.4)."""
-        after = decrypted.session.ratchet.skipped
-        for handle in self._skipped.note(sender, decrypted.skipped_before, after):
-            self._drop_skipped_keys(handle)
-
-    def _expire_skipped_keys(self) -> None:
-        """Drop the skipped keys of sessions that gained none for ``SKIPPED_KEYS_TTL_MS``."""
-        with self.store.atomic():
-            for handle in self._skipped.expired():
-                self._drop_skipped_keys(handle)
-
-    def _drop_skipped_keys(self, handle: str) -> None:
-        """Rewrite ``handle``'s stored session without its skipped keys (and forget any
-        decoded copy): a message of one of them is refused as DuplicatedMessage."""
-        self._parsed.pop(handle, None)
-        blob = self.store.load_session(handle)
-        if blob is None:
-            return
-        try:
-            session = Session.from_bytes(blob)
-        except ValueError:  # of an earlier version (OutdatedSession): replaced when used
-            return
-        if session.ratchet.skipped:
-            self.store.store_session(handle, without_skipped_keys(session).to_bytes())
 
     def _decrypt(self, deliver: frames.Deliver) -> _Decrypted:
         """Decrypt ``deliver`` on its session, or on a new one if it is a prekey message

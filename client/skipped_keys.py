@@ -19,20 +19,24 @@ The rules, applied in the transaction that stores a message's session:
 
 Which sessions hold how many is one keystore row (:class:`SkippedKeyHolder`, oldest
 first), so a decision opens no other session; only a session that loses its keys is
-read and rewritten (by ``sessions``).
+read and rewritten here, and its decoded copy forgotten (``session_cache``), so what is
+held in memory stays within the same bounds.
 
-Not here: deriving and using the keys (``blindrelay.protocol.crypto.ratchet``), rewriting
-a session without them (``sessions``).
+Not here: deriving and using the keys (``blindrelay.protocol.crypto.ratchet``), decrypting
+and what a message's commit means (``sessions``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 
 from blindrelay.protocol import limits
 from blindrelay.protocol.crypto.ratchet import SkippedKeys
+from blindrelay.protocol.crypto.session import Session, without_skipped_keys
 
-from .keystore import KeyStore, SkippedKeyHolder
+from .keystore import IncomingMessage, KeyStore, SkippedKeyHolder
+from .session_cache import SessionCache
 
 MAX_SKIPPED_KEYS_TOTAL = 10_000
 """Skipped message keys kept across all sessions: ten sessions at the ratchet's cap, or
@@ -59,11 +63,59 @@ Clock = Callable[[], int]
 class SkippedKeyBudget:
     """Which sessions hold skipped keys, and which must lose them (module docstring)."""
 
-    def __init__(self, store: KeyStore, clock: Clock) -> None:
+    def __init__(self, store: KeyStore, clock: Clock, decoded: SessionCache) -> None:
         self._store = store
         self._clock = clock
+        self._decoded = decoded
 
-    def note(self, handle: str, before: SkippedKeys, after: SkippedKeys) -> list[str]:
+    def commit_incoming(
+        self,
+        record: IncomingMessage,
+        session: Session,
+        before: SkippedKeys,
+        used: int | None,
+    ) -> bool:
+        """Store a message with its sender's ``session`` (:meth:`KeyStore.commit_incoming`,
+        ``used`` the one-time prekey it spent), whose stored predecessor held ``before``'s
+        skipped keys, and keep the session as stored decoded; False if the message was
+        processed already. When either session holds skipped keys, :meth:`stored` runs in
+        the same transaction; an honest message holds none: one commit, no ledger work."""
+        handle, blob, after = record.sender, session.to_bytes(), session.ratchet.skipped
+        with self._store.atomic() if before or after else nullcontext():
+            if not self._store.commit_incoming(record, blob, used_one_time_prekey=used):
+                return False
+            self.stored(handle, before, after)  # nothing to note when neither holds any
+        self._decoded.put(handle, blob, session)
+        return True
+
+    def stored(self, handle: str, before: SkippedKeys, after: SkippedKeys) -> None:
+        """``handle``'s session was just stored holding ``after``'s skipped keys instead of
+        ``before``'s (the caller's transaction): note it, and rewrite the sessions the
+        budget drops without theirs."""
+        for dropped in self._note(handle, before, after):
+            self._drop(dropped)
+
+    def expire(self) -> None:
+        """Drop the skipped keys of sessions that gained none for ``SKIPPED_KEYS_TTL_MS``."""
+        with self._store.atomic():
+            for handle in self._expired():
+                self._drop(handle)
+
+    def _drop(self, handle: str) -> None:
+        """Rewrite ``handle``'s stored session without its skipped keys (and forget any
+        decoded copy): a message of one of them is refused as DuplicatedMessage."""
+        self._decoded.forget(handle)
+        blob = self._store.load_session(handle)
+        if blob is None:
+            return
+        try:
+            session = Session.from_bytes(blob)
+        except ValueError:  # of an earlier version (OutdatedSession): replaced when used
+            return
+        if session.ratchet.skipped:
+            self._store.store_session(handle, without_skipped_keys(session).to_bytes())
+
+    def _note(self, handle: str, before: SkippedKeys, after: SkippedKeys) -> list[str]:
         """``handle``'s session is stored holding ``after``'s keys instead of ``before``'s
         (the caller's transaction); returns the other sessions that must lose theirs, off
         the list already. A session that gained keys becomes the newest holder."""
@@ -95,7 +147,7 @@ class SkippedKeyBudget:
         self._store.set_skipped_key_holders(kept)
         return dropped
 
-    def expired(self) -> list[str]:
+    def _expired(self) -> list[str]:
         """The sessions that have gained no skipped key for :data:`SKIPPED_KEYS_TTL_MS`, off
         the list already (the caller's transaction): they must lose theirs."""
         now = self._clock()
