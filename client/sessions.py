@@ -36,7 +36,7 @@ our identity and prekeys (SPEC §5), starts sessions from BUNDLE frames (SPEC
 - **Skipped message keys have one budget for all sessions** (SPEC §13.4): a
   message's session is committed through ``skipped_keys``, which notes the keys it
   did not hold in that transaction and rewrites without theirs the sessions the budget
-  drops (oldest first, or expired) in that transaction too.
+  drops (strangers' first, or expired) in that transaction too.
 
 Not here: trust decisions (``trust``), sockets, retries and the outbox
 (``link``, ``outbox``), storage (``keystore``), the decoded sessions kept in memory

@@ -12,8 +12,13 @@ real relay): each throwaway account made its victim keep 1,000 keys with one mes
 The rules, applied in the transaction that stores a message's session:
 
 - at most :data:`MAX_SKIPPED_KEYS_TOTAL` skipped keys in all, held by at most
-  :data:`MAX_SESSIONS_WITH_SKIPPED_KEYS` sessions; past either, the session that gained
-  skipped keys least recently loses all of them, then the next;
+  :data:`MAX_SESSIONS_WITH_SKIPPED_KEYS` sessions; past either, a stranger's session
+  loses all of them, the one that gained skipped keys least recently first — the one
+  just stored last — and a contact's (an account we wrote to, or a business) only when
+  no stranger's holds any, likewise. Strangers' forged gaps, however many accounts send
+  them, cannot push out a contact's keys; a contact's session holds at most the
+  ratchet's cap (a tenth of the total), so it takes ten contacts' gaps to push out
+  another contact's;
 - a session that has gained none for :data:`SKIPPED_KEYS_TTL_MS` loses them (checked
   whenever the list changes and at each login).
 
@@ -28,7 +33,7 @@ and what a message's commit means (``sessions``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 
 from blindrelay.protocol import limits
@@ -84,16 +89,20 @@ class SkippedKeyBudget:
         with self._store.atomic() if before or after else nullcontext():
             if not self._store.commit_incoming(record, blob, used_one_time_prekey=used):
                 return False
-            self.stored(handle, before, after)  # nothing to note when neither holds any
-        self._decoded.put(handle, blob, session)
+            as_stored = self.stored(handle, before, after)  # no note when neither holds any
+        if as_stored:  # else rewritten without its keys, and forgotten: decoded when used
+            self._decoded.put(handle, blob, session)
         return True
 
-    def stored(self, handle: str, before: SkippedKeys, after: SkippedKeys) -> None:
+    def stored(self, handle: str, before: SkippedKeys, after: SkippedKeys) -> bool:
         """``handle``'s session was just stored holding ``after``'s skipped keys instead of
         ``before``'s (the caller's transaction): note it, and rewrite the sessions the
-        budget drops without theirs."""
-        for dropped in self._note(handle, before, after):
-            self._drop(dropped)
+        budget drops without theirs. False if that took ``handle``'s own: a stranger's
+        keys that only contacts' would have made room for."""
+        dropped = self._note(handle, before, after)
+        for holder in dropped:
+            self._drop(holder)
+        return handle not in dropped
 
     def expire(self) -> None:
         """Drop the skipped keys of sessions that gained none for ``SKIPPED_KEYS_TTL_MS``."""
@@ -117,8 +126,9 @@ class SkippedKeyBudget:
 
     def _note(self, handle: str, before: SkippedKeys, after: SkippedKeys) -> list[str]:
         """``handle``'s session is stored holding ``after``'s keys instead of ``before``'s
-        (the caller's transaction); returns the other sessions that must lose theirs, off
-        the list already. A session that gained keys becomes the newest holder."""
+        (the caller's transaction); returns the sessions that must lose theirs, off the
+        list already (``handle``'s own only if it is a stranger's). A session that gained
+        keys becomes the newest holder."""
         gained = not after.keys() <= before.keys()
         if not gained and len(after) == len(before):  # the same keys: nothing to note
             return []
@@ -138,14 +148,46 @@ class SkippedKeyBudget:
         if after and (gained or mine is None):
             kept.append(SkippedKeyHolder(handle, len(after), now))
         total = sum(holder.count for holder in kept)
+        order = self._eviction_order(handle, list(kept))  # lazy: asks only when over
         while total > MAX_SKIPPED_KEYS_TOTAL or len(kept) > MAX_SESSIONS_WITH_SKIPPED_KEYS:
-            oldest = next((i for i, holder in enumerate(kept) if holder.handle != handle), None)
-            if oldest is None:  # its own keys alone: within the ratchet's cap per session
+            evicted = next(order, None)
+            if evicted is None:  # a contact's own keys alone: within the ratchet's cap
                 break
-            total -= kept[oldest].count
-            dropped.append(kept.pop(oldest).handle)
+            kept.remove(evicted)
+            total -= evicted.count
+            dropped.append(evicted.handle)
         self._store.set_skipped_key_holders(kept)
         return dropped
+
+    def _eviction_order(
+        self, handle: str, holders: list[SkippedKeyHolder]
+    ) -> Iterator[SkippedKeyHolder]:
+        """Who loses skipped keys first: strangers' sessions, the least recently grown
+        first and ``handle``'s (just stored) last of them; only then contacts', likewise,
+        never ``handle``'s own if it is a contact (one session holds at most the ratchet's
+        cap, a tenth of the budget). So strangers' gaps push out each other's keys, then
+        their own, and never a contact's."""
+        contacts: list[SkippedKeyHolder] = []
+        mine: SkippedKeyHolder | None = None
+        for holder in holders:
+            if holder.handle == handle:
+                mine = holder
+            elif self._is_contact(holder.handle):
+                contacts.append(holder)
+            else:
+                yield holder
+        if mine is not None and not self._is_contact(handle):
+            yield mine
+        yield from contacts
+
+    def _is_contact(self, handle: str) -> bool:
+        """A contact is an account we wrote to (a chat, or accepting its message request,
+        SPEC §7.3) or a business (published, §15.6): the relay lets a business write to a
+        user only with the user's consent or in a window the user opened, or, verified, to
+        ask for consent. Anyone else is a stranger: any user may start a session with us.
+        (A business account keeps no list of whom it wrote to: its customers are all
+        strangers here.)"""
+        return self._store.is_published(handle) or self._store.has_written_to(handle)
 
     def _expired(self) -> list[str]:
         """The sessions that have gained no skipped key for :data:`SKIPPED_KEYS_TTL_MS`, off

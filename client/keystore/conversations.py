@@ -223,6 +223,11 @@ class ConversationRecords(KeyRecords):
     def wrote_to(self) -> set[str]:
         return {str(handle) for (handle,) in self._rows("wrote_to")}
 
+    def has_written_to(self, handle: str) -> bool:
+        """One row read, for a caller that asks of a few handles, not of every message."""
+        require_handle(handle)
+        return self._get("wrote_to", handle_key(handle)) is not None
+
     # Signed statements kept per counterpart (SPEC §7.5)
 
     def keep_statement(self, counterpart: str, signed: bytes) -> int:

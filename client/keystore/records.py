@@ -175,7 +175,8 @@ class TrustedIdentity:
 @dataclass(frozen=True, slots=True)
 class SkippedKeyHolder:
     """A session that holds skipped message keys (SPEC §13.4): the client's budget across
-    sessions drops the keys of the one that gained some least recently first."""
+    sessions drops the keys of a stranger's first, of the one that gained some least
+    recently first; a contact's only when no stranger's session holds any."""
 
     handle: str
     count: int

@@ -125,8 +125,10 @@ def test_accounts_we_wrote_to_are_a_set(store: KeyStore) -> None:
     store.note_wrote_to("bob")
     store.note_wrote_to("carol")
     assert store.wrote_to() == {"bob", "carol"}
+    assert store.has_written_to("bob") and not store.has_written_to("dave")
     store.forget_wrote_to("bob")
     assert store.wrote_to() == {"carol"}
+    assert not store.has_written_to("bob")
 
 
 def test_statements_are_kept_in_order_per_counterpart_with_their_count(store: KeyStore) -> None:
