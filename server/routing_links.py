@@ -33,6 +33,12 @@ The rules that keep it a hint (``routing``: the tables are the truth):
   down, and down links cost latency, never a message (above). Links are not encrypted
   and the proofs bind no key: bind them to loopback or a private network, as the
   store's own connections (docs/operations.md); someone on the path reads them anyway.
+- **Strangers cost a bound.** Anyone who reaches the port may connect without the
+  secret. At most :data:`MAX_UNPROVEN_LINKS` connections that have not proven it are
+  open at once — a new one closes the oldest, so holding them is no way to keep a peer
+  out — and their refusals share one log budget (``logs.RefusalLog``): one local
+  process held thousands, a worker's descriptors with them, and wrote a line per wrong
+  proof (found in review, threat model T53).
 
 Handshake (each proof 32 bytes, :func:`proof`: HMAC-SHA256 under the listener's secret
 of its role, both challenges and the listener's worker id, so neither end chooses all
@@ -66,7 +72,7 @@ from typing import Any
 
 import msgpack
 
-from .logs import log_event
+from .logs import RefusalLog, log_event
 from .routing import CHANNEL, Hint, HintKind, HintSeal, OnHint
 
 HEADER = struct.Struct(">I")
@@ -84,6 +90,11 @@ it (the largest single DELIVER is far below: protocol ``MAX_FRAME_BYTES``)."""
 MAX_BUFFERED_BYTES = 4 * 1024 * 1024
 """What may wait unsent on one link: past it, a slow peer gets QUEUED hints instead
 (it pages), so a stalled peer costs it latency and this worker no memory."""
+MAX_UNPROVEN_LINKS = 64
+"""Incoming connections that have not proven the secret, open at once; past it the
+oldest is closed. A peer proves it within a round trip of connecting, and there is
+one connection per peer, so only a stranger holds one for long; the bound is what
+keeps strangers from taking the process's descriptors (T53)."""
 RETRY_S = 1.0
 """A peer that could not be reached is tried again after this (meanwhile: NOTIFY)."""
 APPLICATION_NAME = "blindrelay-links"
@@ -187,11 +198,17 @@ class PeerLinks:
         self._retry_at: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._incoming: set[asyncio.StreamWriter] = set()
+        self._unproven: dict[asyncio.StreamWriter, None] = {}
+        """Incoming connections not proven yet, oldest first (:data:`MAX_UNPROVEN_LINKS`)."""
+        self._refusals = RefusalLog(_monotonic_ms)
         self._closed = False
         self.sent = 0
         self.received = 0
         self.fallbacks = 0
         """Envelopes sent, received, and turned into QUEUED hints (tests, logs)."""
+        self.refused = 0
+        """Incoming connections closed unproven: a wrong proof, or the oldest past
+        :data:`MAX_UNPROVEN_LINKS` (tests, logs)."""
 
     async def start(self, on_hint: OnHint, on_lost: Callable[[], None]) -> None:
         """Listen, and advertise where (raises what connecting or binding raises)."""
@@ -357,6 +374,7 @@ class PeerLinks:
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         authenticated = False
         self._incoming.add(writer)
+        self._admit(writer)
         try:
             ours = os.urandom(CHALLENGE_BYTES)
             writer.write(ours)
@@ -367,9 +385,11 @@ class PeerLinks:
             answer = await asyncio.wait_for(reader.readexactly(PROOF_BYTES), HANDSHAKE_TIMEOUT_S)
             expected = proof(self._secret, CONNECTOR, ours, theirs, self.worker_id)
             if not hmac.compare_digest(answer, expected):
-                peer = str(writer.get_extra_info("peername"))
-                log_event(logging.WARNING, "link_refused", peer=peer, direction="incoming")
+                self._refused(writer, "wrong_proof")
                 return
+            if writer not in self._unproven:
+                return  # closed as the oldest while its proof was on the way
+            del self._unproven[writer]
             writer.write(ACCEPTED)
             authenticated = True
             while True:
@@ -383,8 +403,26 @@ class PeerLinks:
         finally:
             writer.close()
             self._incoming.discard(writer)
+            self._unproven.pop(writer, None)
             if authenticated and not self._closed:
                 self._on_lost()  # frames written before the end may be lost: page again
+
+    def _admit(self, writer: asyncio.StreamWriter) -> None:
+        """Count ``writer`` as unproven, closing the oldest unproven connection if that
+        makes one too many (its handler's read ends, and so does the handler)."""
+        while len(self._unproven) >= MAX_UNPROVEN_LINKS:
+            oldest = next(iter(self._unproven))
+            del self._unproven[oldest]
+            oldest.close()
+            self._refused(oldest, "too_many_unproven")
+        self._unproven[writer] = None
+
+    def _refused(self, writer: asyncio.StreamWriter, reason: str) -> None:
+        self.refused += 1
+        peer = str(writer.get_extra_info("peername"))
+        self._refusals.log(
+            logging.WARNING, "link_refused", peer=peer, direction="incoming", reason=reason
+        )
 
     def received_frame(self, body: bytes) -> None:
         """Push what a peer committed for recipients here; bounce the others."""
@@ -404,6 +442,10 @@ class PeerLinks:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _monotonic_ms() -> int:
+    return int(time.monotonic() * 1000)
 
 
 def _ignore(_hint: Hint) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +23,7 @@ import pytest
 from blindrelay.protocol import codec
 from blindrelay.protocol.frames import Ack, Deliver, Sent
 from blindrelay.server import routing_links
+from blindrelay.server.logs import REFUSAL_LOG_BURST, REFUSAL_LOG_PER_S
 from blindrelay.server.routing import CHANNEL, Hint, HintKind, HintSeal, decode, hint_key
 from blindrelay.server.routing_links import (
     ACCEPTED,
@@ -28,6 +31,7 @@ from blindrelay.server.routing_links import (
     CONNECTOR,
     HEADER,
     LISTENER,
+    MAX_UNPROVEN_LINKS,
     PROOF_BYTES,
     PeerLinks,
     decode_frame,
@@ -511,3 +515,136 @@ def test_anything_else_on_a_link_is_refused(value: Any) -> None:
 def test_a_deliver_hint_never_comes_by_notify() -> None:
     with pytest.raises(ValueError):
         decode("d 0123456789abcdef 0 bob 1")
+
+
+# --- connections that never prove the secret (T53) ------------------------------------
+
+
+Unproven = list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
+
+
+async def open_unproven(links: PeerLinks, count: int) -> Unproven:
+    """``count`` connections to ``links``' listener that read its challenge and then
+    send nothing, as a local process without the secret may open (kept open here: the
+    listener is the one to end them)."""
+    opened = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection(*split_address(links.address))
+        opened.append((reader, writer))
+        await asyncio.wait_for(reader.readexactly(CHALLENGE_BYTES), PROMPT_S)
+    return opened
+
+
+async def test_connections_that_never_prove_the_secret_are_bounded(
+    pg_database: PostgresDatabase, clock: FakeClock
+) -> None:
+    """T53: a local process without the secret held every connection it opened to a
+    worker's link port for the handshake's timeouts (5 s, twice), with no bound on how
+    many: 3,000 of them kept a worker with the usual 1,024 descriptors at its limit, and
+    its clients' connections waited 2-4 s or failed (found in review). Now at most
+    MAX_UNPROVEN_LINKS are open at once, the oldest closed for a new one — so holding
+    them does not keep a real peer from linking either."""
+    async with workers(pg_database, clock) as w:
+        links_b = links_of(w.b)
+        opened = await open_unproven(links_b, 3 * MAX_UNPROVEN_LINKS)
+        readers = [reader for reader, _writer in opened]
+        try:
+            await until(lambda: sum(r.at_eof() for r in readers) >= 2 * MAX_UNPROVEN_LINKS)
+            assert all(r.at_eof() for r in readers[: 2 * MAX_UNPROVEN_LINKS])  # the oldest
+            await linked(w)  # A proves the secret past the held ones
+            assert sum(not r.at_eof() for r in readers) <= MAX_UNPROVEN_LINKS
+            assert links_b.refused >= 2 * MAX_UNPROVEN_LINKS
+        finally:
+            for _reader, writer in opened:
+                writer.close()
+
+
+async def test_refused_link_handshakes_are_logged_within_a_budget(
+    pg_database: PostgresDatabase, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """T53: every wrong proof was a WARNING line: one local process wrote ~330 KB of
+    log a second (1,900 handshakes a second, found in review). Now the listener's
+    refusals share one budget (``logs.RefusalLog``: a burst, then one line a second;
+    the lines not written are counted on the next)."""
+    count = 3 * REFUSAL_LOG_BURST
+    async with workers(pg_database, clock) as w:
+        links_b = links_of(w.b)
+        started = time.monotonic()
+        with caplog.at_level(logging.INFO, logger="blindrelay"):
+            for _ in range(count):
+                reader, writer, _theirs, _ours, _answer = await listener_proof(links_b)
+                writer.write(bytes(PROOF_BYTES))
+                assert await asyncio.wait_for(reader.read(), PROMPT_S) == b""
+                writer.close()
+        elapsed = time.monotonic() - started
+        lines = [line for line in log_lines(caplog) if line["event"] == "link_refused"]
+        assert 1 <= len(lines) <= REFUSAL_LOG_BURST + math.ceil(elapsed * REFUSAL_LOG_PER_S)
+        assert links_b.refused == count and links_b.received == 0
+
+
+class Recorder:
+    """A TCP relay between a worker and its peer's listener that keeps what the
+    connecting worker wrote: a capture of a real link, as someone on its path takes."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.sent = bytearray()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*split_address(self.target))
+
+        async def pipe(
+            source: asyncio.StreamReader, sink: asyncio.StreamWriter, keep: bool
+        ) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await source.read(65536):
+                    if keep:
+                        self.sent += data
+                    sink.write(data)
+            sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_a_captured_link_session_replayed_is_refused(
+    pg_database: PostgresDatabase, clock: FakeClock, clients: Clients
+) -> None:
+    """T53: everything a connecting worker wrote on a real link — its challenge, its
+    proof, a frame with a DELIVER — sent again on a new connection gets no ACCEPTED, and
+    nothing is delivered twice: the proof signs the listener's fresh challenge."""
+    async with workers(pg_database, clock) as w:
+        alice = await clients.registered(w.a.url, handle("alice"))
+        bob = await clients.registered(w.b.url, handle("bob"))
+        await answered(bob)
+        links_b, b_id = links_of(w.b), w.b.router.worker_id
+        recorder = Recorder(links_b.address)
+        db = await asyncpg.connect(pg_database.url)
+        try:
+            address = await recorder.start()
+            await db.execute("UPDATE workers SET address = $2 WHERE worker = $1", b_id, address)
+            await linked(w)
+            assert isinstance(await alice.send_message(bob.handle, b"once"), Sent)
+            deliver = await asyncio.wait_for(bob.push(Deliver), PROMPT_S)
+            assert deliver.body == b"once" and links_b.received == 1
+            captured = bytes(recorder.sent)
+            assert len(captured) > CHALLENGE_BYTES + PROOF_BYTES  # a frame was carried
+            reader, writer = await asyncio.open_connection(*split_address(links_b.address))
+            writer.write(captured)
+            answer = await asyncio.wait_for(reader.read(), PROMPT_S)
+            writer.close()
+            assert len(answer) == CHALLENGE_BYTES + PROOF_BYTES  # no ACCEPTED: closed
+            await answered(bob)
+            assert links_b.received == 1
+            assert not [frame for frame in bob.inbox if isinstance(frame, Deliver)]
+        finally:
+            await db.close()
+            recorder.close()
