@@ -317,6 +317,22 @@ def skipped_keys(client: Client, handles: list[str]) -> list[int]:
     return counts
 
 
+async def strangers_forge_gaps(
+    url: str, handles: list[str], inbox: Inbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each of ``handles`` registers and sends "victim" one first message whose header
+    claims the largest gap accepted; each arrives as a message request."""
+    for handle in handles:
+        stranger = await online(url, handle)
+        monkeypatch.setattr(
+            stranger.sessions, "encrypt", skipping(stranger, ratchet.MAX_FORWARD_JUMP)
+        )
+        await within(stranger.send("victim", f"hello from {handle}"))
+        message = await inbox.next()
+        assert message.sender == handle and message.is_request
+        await stranger.close()
+
+
 async def test_strangers_cannot_make_a_client_keep_more_than_the_total_of_skipped_keys(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -325,15 +341,7 @@ async def test_strangers_cannot_make_a_client_keep_more_than_the_total_of_skippe
         victim = await online(relay.url, "victim")
         inbox = Inbox(victim)
         handles = [f"stranger{i}" for i in range(strangers)]
-        for handle in handles:
-            stranger = await online(relay.url, handle)
-            monkeypatch.setattr(
-                stranger.sessions, "encrypt", skipping(stranger, ratchet.MAX_FORWARD_JUMP)
-            )
-            await within(stranger.send("victim", f"hello from {handle}"))
-            message = await inbox.next()
-            assert message.sender == handle and message.is_request
-            await stranger.close()
+        await strangers_forge_gaps(relay.url, handles, inbox, monkeypatch)
 
         counts = skipped_keys(victim, handles)
         assert sum(counts) <= MAX_SKIPPED_KEYS_TOTAL
@@ -363,15 +371,7 @@ async def test_strangers_through_a_relay_leave_a_contacts_skipped_keys(
         assert skipped_keys(victim, ["alice"]) == [1]
 
         handles = [f"stranger{i}" for i in range(strangers)]
-        for handle in handles:
-            stranger = await online(relay.url, handle)
-            monkeypatch.setattr(
-                stranger.sessions, "encrypt", skipping(stranger, ratchet.MAX_FORWARD_JUMP)
-            )
-            await within(stranger.send("victim", f"hello from {handle}"))
-            message = await inbox.next()
-            assert message.sender == handle and message.is_request
-            await stranger.close()
+        await strangers_forge_gaps(relay.url, handles, inbox, monkeypatch)
 
         assert skipped_keys(victim, ["alice"]) == [1]
         assert sum(skipped_keys(victim, handles)) <= MAX_SKIPPED_KEYS_TOTAL - 1
