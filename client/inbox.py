@@ -75,6 +75,12 @@ beyond it messages are dropped, acknowledged and counted
 (:meth:`Client.held_messages`), so the application can ask them to resend.
 Larger keeps more of a real backlog and gives a forger more disk."""
 
+RECEIPT_RATE_LIMIT_RETRIES = 5
+"""402s a delivered receipt the SDK sends by itself waits out (SPEC §10), as a send
+told ``rate_limit_retries`` does: right after a relay restart an account's SEND bucket
+counts as emptied when its last connection ended, so the receipts of what arrives at
+the reconnect met 402 and were given up at once, never sent."""
+
 
 @dataclass(frozen=True, slots=True)
 class HeldMessages:
@@ -181,7 +187,9 @@ class Inbox:
         elif self.auto_delivered_receipts:
             receipt = Receipt(ReceiptType.DELIVERED, (deliver.msg_id,))
             try:
-                _, sent = self._sender.queue_content(deliver.sender, receipt)
+                _, sent = self._sender.queue_content(
+                    deliver.sender, receipt, rate_limit_retries=RECEIPT_RATE_LIMIT_RETRIES
+                )
             except (BlindrelayError, LookupError) as exc:
                 log.info("no delivered receipt to %s: %r", deliver.sender, exc)
             else:

@@ -230,6 +230,7 @@ class Client:
         and receipt in hand (:meth:`messages`), close a store we opened. Contacts' tree
         heads not proven yet stay in the profile, tried again at the next connection."""
         await self.log_check.close()
+        self.prekeys.close()
         await self.link.close()
         self.outbox.delete_retired()
         self.outbox.fail_waiting(ConnectionLost("client closed"))
