@@ -422,7 +422,11 @@ class Business:
         if self.client.store.away_reply_period(message.sender) == period:
             return
         self.client.store.set_away_reply_period(message.sender, period)
-        await self.client.send(message.sender, self.away_message)
+        # Remembered first, so a 402 must not lose it for the period: waited out, as a
+        # notification's (right after a relay restart every bucket starts empty, §10).
+        await self.client.send(
+            message.sender, self.away_message, rate_limit_retries=RATE_LIMIT_RETRIES
+        )
 
     # --- Billing (SPEC §8.4) -----------------------------------------------------
 

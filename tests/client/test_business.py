@@ -263,6 +263,41 @@ def test_away_reply_once_per_closed_period_across_midnight(tmp_path: Path, zone:
     run(scenario())
 
 
+def test_an_away_reply_the_relay_paces_goes_after_its_retry_after(tmp_path: Path) -> None:
+    """SPEC §8.2: one away reply per closed period, remembered before it is sent. It was
+    sent with no retries: a 402 (the pair's SEND bucket, or any bucket right after a
+    relay restart, SPEC §10) was logged, and the period stayed remembered, so the
+    customer got no away reply for the whole night (found in review)."""
+
+    async def scenario() -> None:
+        zone = "Asia/Tokyo"
+        clock = FakeClock(local_ms(zone, "2027-01-11T10:00"))  # Monday, open
+        paced = {"send_burst_business": 2, "send_rate_business": 2.0}  # the customer's not
+        async with relay_at(tmp_path, **paced) as relay:
+            shop = await business_online(relay.url, "shop", clock=clock, away_message="Closed.")
+            weekdays = [OpeningHours(day, 9 * 60, 18 * 60) for day in range(5)]
+            await within(shop.publish_profile(display_name="Shop", timezone=zone, hours=weekdays))
+            incoming: asyncio.Queue[Message] = asyncio.Queue()
+            shop.on_message = incoming.put
+            shop.start()
+            alice = await online(relay.url, "alice")
+            inbox = Inbox(alice)
+            await within(alice.send("shop", "open?"))
+            assert (await within(incoming.get())).body == "open?"
+            await within(shop.reply("alice", "yes"))
+            await within(shop.reply("alice", "anything else?"))  # the shop's last token
+            assert [(await inbox.next()).body for _ in "12"] == ["yes", "anything else?"]
+            clock.now = local_ms(zone, "2027-01-11T19:00")  # closed
+            await within(alice.send("shop", "still there?"))
+            assert (await within(incoming.get())).body == "still there?"
+            assert (await inbox.next()).body == "Closed."
+            await inbox.close()
+            await alice.close()
+            await shop.close()
+
+    run(scenario())
+
+
 def test_no_away_reply_for_a_night_message_read_after_opening(tmp_path: Path) -> None:
     """SPEC §8.2: the business client decides by its own clock when it handles the
     message; written at night while its device was off, read after opening, the
