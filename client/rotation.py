@@ -65,8 +65,15 @@ from blindrelay.protocol.transcripts import rotate_transcript
 
 from .connection import Connection
 from .keystore import KeyStore
+from .pacing import wait_out_rate_limits
 from .sessions import Rng, SessionManager
 from .transport import ConnectionLost
+
+PROFILE_PUT_RETRIES = 3
+PROFILE_PUT_PATIENCE_MS = 15_000
+"""A re-signed profile's PROFILE_PUT waits out 402s this long in all: a token of the
+relay's default bucket (SPEC §10, six a minute) with room; right after a relay restart
+every bucket counts as emptied when the last connection ended."""
 
 log = logging.getLogger("blindrelay.client")
 
@@ -211,12 +218,18 @@ class Rotation:
 
     async def publish_profile(self, conn: Connection) -> None:
         """Step 5: PROFILE_PUT the profile :meth:`finish` signed again, if the relay may
-        not hold it. A refusal (a rate limit) is logged and left to the next login."""
+        not hold it. A 402 is waited out (:data:`PROFILE_PUT_PATIENCE_MS` at most: the
+        relay holds no profile of ours meanwhile, and customers see none); another
+        refusal is logged and left to the next login."""
         signed = self._store.business_profile()
         if signed is None or self._store.business_profile_published():
             return
         try:
-            await conn.request(frames.ProfilePut(id=conn.next_request_id(), profile=signed))
+            await wait_out_rate_limits(
+                lambda: conn.request(frames.ProfilePut(id=conn.next_request_id(), profile=signed)),
+                retries=PROFILE_PUT_RETRIES,
+                patience_ms=PROFILE_PUT_PATIENCE_MS,
+            )
         except ProtocolError as exc:
             log.warning("profile not published after the rotation: the relay answered %s", exc)
             return

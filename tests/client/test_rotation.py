@@ -396,3 +396,28 @@ def test_a_profile_a_rotation_left_unpublished_is_published_at_the_next_login(
             await client.close()
 
     run(scenario())
+
+
+def test_a_profile_put_the_relay_paces_after_a_rotation_goes_after_its_retry_after(
+    tmp_path: Path,
+) -> None:
+    """The rotation drops the old key's profile and the SDK publishes it again, signed by
+    the new key. A 402 on that PROFILE_PUT (a profile published just before, or any
+    bucket right after a relay restart, SPEC §10) was logged and left to the next login
+    — for a business's long-running client, days without a profile or badge for its
+    customers, right after it changed its key (found in review)."""
+
+    async def scenario() -> None:
+        paced = {"profile_put_burst": 1, "profile_put_rate_per_min": 60.0}  # 1 s a token
+        async with relay_at(tmp_path, **paced) as relay:
+            shop = await business_online(relay.url, "shop")
+            await within(shop.publish_profile(display_name="Corner Shop", timezone="UTC", hours=[]))
+            await within(shop.client.rotate_identity())  # its PROFILE_PUT meets the 402
+            assert shop.client.store.business_profile_published()
+            alice = await online(relay.url, "alice")
+            info = await within(alice.business_info("shop"))
+            assert info.profile is not None and info.profile.display_name == "Corner Shop"
+            await alice.close()
+            await shop.close()
+
+    run(scenario())
