@@ -473,6 +473,7 @@ def test_no_canary_reaches_the_relay_database_logs_or_wire(
     # Then every page folded into the main file, as a backup of it would hold them.
     with contextlib.closing(sqlite3.connect(db)) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        sources["db rows"] = sqlite_rows(conn)
     sources["db (checkpointed)"] = db.read_bytes()
     sources["logs"] = logs
     sources["frames"] = b"".join(wire.messages)
@@ -489,9 +490,10 @@ def test_no_canary_reaches_the_relay_database_logs_or_wire(
 
     # Positive controls: the scanner finds what the relay legitimately holds …
     public = [h.encode() for h in story.handles] + story.identity_keys
-    for name in ("db-wal (live)", "db (checkpointed)", "logs", "frames"):
+    for name in ("db-wal (live)", "db (checkpointed)", "db rows", "logs", "frames"):
         assert {v for _, v in hits({name: sources[name]}, public)} >= {b"alice", b"bob"}, name
     assert len(hits({"db": sources["db (checkpointed)"]}, story.identity_keys)) == 3
+    assert len(hits({"db rows": sources["db rows"]}, story.identity_keys)) == 3
     # … and each canary form planted in a copy of the database.
     planted = story.texts[0].encode()
     for form in forms(planted):
@@ -508,6 +510,18 @@ def lsn(text: str) -> int:
     """A WAL position ``X/Y`` as a byte offset."""
     high, low = text.split("/")
     return int(high, 16) << 32 | int(low, 16)
+
+
+def sqlite_rows(conn: sqlite3.Connection) -> bytes:
+    """Every value of every row, read through SQLite: a value longer than its page goes
+    on in overflow pages, each starting with the next one's number, so in the file's raw
+    bytes a canary in it may be split (as in PostgreSQL's WAL, :func:`wal_record_bytes`)."""
+    values: list[bytes] = []
+    tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    for (table,) in tables:
+        for row in conn.execute(f'SELECT * FROM "{table}"'):  # the file's own table names
+            values += [v if isinstance(v, bytes) else str(v).encode() for v in row]
+    return b"\n".join(values)
 
 
 XLP_LONG_HEADER = 0x0002
