@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -61,6 +60,7 @@ from blindrelay.protocol.errors import (
 from blindrelay.protocol.transparency.treehead import TreeHead, open_tree_head
 
 from .keystore import HeardHead, KeyStore
+from .sessions import wall_clock_ms
 from .transparency import LOG_ANSWER_TIMEOUT_S, LOG_FETCH_PATIENCE_MS, LogReader
 
 log = logging.getLogger("blindrelay.client")
@@ -99,11 +99,6 @@ class RecheckPolicy:
 DEFAULT_RECHECK = RecheckPolicy()
 
 
-def wall_ms() -> int:
-    """Our wall clock, Unix ms: when a head was heard, and how long ago."""
-    return time.time_ns() // 1_000_000
-
-
 class HeadCheck(Protocol):
     """What a contact's head is checked with: ``logcheck.LogCheck``."""
 
@@ -136,7 +131,7 @@ class ContactHeads:
         unchecked: Callable[[LogUnchecked], None] = lambda _exc: None,
         recheck: RecheckPolicy = DEFAULT_RECHECK,
         online: Callable[[], Awaitable[object]] | None = None,
-        clock: Callable[[], int] = wall_ms,
+        clock: Callable[[], int] = wall_clock_ms,
     ) -> None:
         """``reader`` asks the relay for the proofs: its requests should fail on a drop
         (``RelayLink.request_once``), not wait for the next connection; ``online``
@@ -353,4 +348,4 @@ class ContactHeads:
         return key
 
 
-__all__ = ["DEFAULT_RECHECK", "MAX_TOLD", "ContactHeads", "HeadCheck", "RecheckPolicy", "wall_ms"]
+__all__ = ["DEFAULT_RECHECK", "MAX_TOLD", "ContactHeads", "HeadCheck", "RecheckPolicy"]

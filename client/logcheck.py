@@ -71,8 +71,9 @@ from blindrelay.protocol.transparency.entries import KeyBinding, decode_entry
 from blindrelay.protocol.transparency.evidence import badge_entry
 from blindrelay.protocol.transparency.treehead import TreeHead, check_extends, open_tree_head
 
-from .gossip import DEFAULT_RECHECK, ContactHeads, RecheckPolicy, wall_ms
+from .gossip import DEFAULT_RECHECK, ContactHeads, RecheckPolicy
 from .keystore import KeyStore, LogFork
+from .sessions import wall_clock_ms
 from .transparency import LogReader
 
 DEFAULT_WAIT_S = 25.0
@@ -107,7 +108,7 @@ class LogCheck:
         recheck: RecheckPolicy = DEFAULT_RECHECK,
         recheck_reader: LogReader | None = None,
         online: Callable[[], Awaitable[object]] | None = None,
-        clock: Callable[[], int] = wall_ms,
+        clock: Callable[[], int] = wall_clock_ms,
     ) -> None:
         """``unchecked``, ``recheck``, ``recheck_reader``, ``online`` and ``clock`` are
         for the contacts' heads (:class:`~.gossip.ContactHeads`; ``recheck_reader``
