@@ -190,6 +190,13 @@ async def held_link(w: Workers, monkeypatch: pytest.MonkeyPatch) -> Held:
     return held
 
 
+async def arrived(w: Workers, held: Held) -> None:
+    """Release the last held link send and wait until B's links received it."""
+    received = links_of(w.b).received
+    held.pop()[1]()
+    await until(lambda: links_of(w.b).received > received)
+
+
 async def test_a_link_broken_between_commit_and_send_becomes_a_page_hint(
     pg_database: PostgresDatabase,
     clock: FakeClock,
@@ -241,9 +248,7 @@ async def test_a_block_committed_before_a_linked_envelope_arrives_wins(
         assert isinstance(await alice.send_message(bob.handle, b"too late"), Sent)
         assert len(held) == 1
         await stated(bob, "block", alice.handle, clock.now)
-        received = links_of(w.b).received
-        held.pop()[1]()
-        await until(lambda: links_of(w.b).received > received)
+        await arrived(w, held)
         await answered(bob)
         assert not [frame for frame in bob.inbox if isinstance(frame, Deliver)]
 
@@ -268,9 +273,7 @@ async def test_a_block_wins_over_a_linked_envelope_arriving_after_a_reconnect(
         await bob.close()
         again, _ = await clients.logged_in(w.b.url, bob.handle, bob.key)
         await answered(again)  # its first page is done: the queue was empty
-        received = links_of(w.b).received
-        held.pop()[1]()
-        await until(lambda: links_of(w.b).received > received)
+        await arrived(w, held)
         await answered(again)
         assert not [frame for frame in again.inbox if isinstance(frame, Deliver)]
 
@@ -296,9 +299,7 @@ async def test_a_linked_envelope_acknowledged_on_an_earlier_connection_comes_onc
         await second.close()
         third, _ = await clients.logged_in(w.b.url, bob.handle, bob.key)
         await answered(third)
-        received = links_of(w.b).received
-        held.pop()[1]()
-        await until(lambda: links_of(w.b).received > received)
+        await arrived(w, held)
         await answered(third)
         assert not [frame for frame in third.inbox if isinstance(frame, Deliver)]
 
