@@ -316,6 +316,12 @@ def apply_statement(
         if action not in BLOCK_TRANSITIONS[blocking]:
             raise InvalidStatement(f"{action.value}: not allowed when blocking={blocking}")
     else:
+        # SPEC §7.4: no consent statement while the signer blocks the target. The block
+        # refuses everything the business could send under it, and a receipt it could
+        # not act on would tell it of a block it was never forwarded — one made before
+        # it registered (T54; the signer's own state decides, so this tells it nothing).
+        if signer in state.blockers:
+            raise InvalidStatement(f"{action.value}: the signer blocks the target")
         # "A statement that needs a missing entry is refused whole": a partly
         # effective one too, so a statement in force means what it says for each
         # category it names.

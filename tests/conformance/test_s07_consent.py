@@ -19,6 +19,7 @@ from blindrelay.protocol.frames import (
     Statement,
     Statements,
     StatementsList,
+    Welcome,
 )
 from blindrelay.protocol.signed import (
     ConsentStatement,
@@ -27,7 +28,7 @@ from blindrelay.protocol.signed import (
     verify_statement,
 )
 
-from .wire import Peer, new_handle, new_msg_id, non_canonical, rng
+from .wire import Account, Peer, new_handle, new_msg_id, non_canonical, rng
 
 
 def _code(frame) -> int | None:
@@ -434,6 +435,33 @@ async def test_a_block_of_a_handle_nobody_holds_is_accepted_like_any_other(relay
         assert isinstance(await submit(user, statement(user, "block", target)), Ok)
 
 
+@pytest.mark.spec("7.4")
+async def test_no_consent_statement_while_the_signer_blocks_the_business(relay):
+    """SPEC §7.4 (threat model T54): "A grant, deny or revoke by an account that blocks
+    its target is refused with ERROR 500", whether the block was made before the business
+    registered the handle (never forwarded to it, §7.5) or after (forwarded): a receipt
+    the business could not act on would tell it of a block it was never told. Nothing is
+    forwarded; once unblocked, the grant goes through and notifications with it."""
+    user = await relay.user()
+    early = new_handle("bus")
+    assert isinstance(await submit(user, statement(user, "block", early)), Ok)
+    shop = await relay.connect()
+    assert isinstance(await shop.register(Account(early, "business")), Welcome)
+    late = await relay.business()
+    await state(user, "block", late)
+    for target in (early, late.handle):
+        for action in ("grant", "deny"):
+            answer = await submit(user, statement(user, action, target, ["utility"]))
+            assert _code(answer) == 500, (target, action, answer)
+    # Nothing of the user reached the early business: the next receipt is another's.
+    marker = await state(await relay.user(), "grant", shop, ["utility"])
+    assert (await shop.push(Deliver)).body == marker
+    assert isinstance(await submit(user, statement(user, "unblock", early)), Ok)
+    granted = await state(user, "grant", shop, ["utility"])
+    assert (await shop.push(Deliver)).body == granted
+    assert isinstance(await shop.request(notification(user.handle)), Sent)
+
+
 # --- §7.5 forwarding ------------------------------------------------------------
 
 
@@ -634,5 +662,7 @@ async def test_a_non_canonical_statement_is_forwarded_and_listed_byte_for_byte(r
     for peer in (user, shop):
         page = await peer.request(lambda i: StatementsList(id=i, after=0))
         assert isinstance(page, Statements) and list(page.statements) == [data]
-    receipt = verify_statement(data, expected_key=user.account.public, relay_key=shop.hello.relay_key)
+    receipt = verify_statement(
+        data, expected_key=user.account.public, relay_key=shop.hello.relay_key
+    )
     assert (receipt.action, receipt.categories) == ("grant", ("utility",))
