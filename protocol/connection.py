@@ -10,14 +10,18 @@ A client sending a SEND per message may encode it itself
 and take a SENT it read itself (:func:`.fastcodec.read_sent`) with
 :meth:`receive_sent`: the machine still keeps the pending requests.
 
-The rules, as data (h11 style). ``RECEIVABLE[role][state]`` is the set of
-frame types a side accepts in a state; anything else is an
-:class:`UnexpectedFrame`. ``TRANSITIONS[role][state][type]`` moves the state
-when a frame of that type is sent or received. A missing entry *is* the rule::
+The rules, as data (h11 style), are in :mod:`.connection_rules` and re-exported
+here: ``RECEIVABLE[role][state]`` is the set of frame types a side accepts in a
+state; anything else is an :class:`UnexpectedFrame`. ``TRANSITIONS[role][state][type]``
+moves the state when a frame of that type is sent or received. A missing entry *is*
+the rule::
 
     relay:  AWAITING_AUTH --send WELCOME--> AUTHENTICATED
     client: AWAITING_HELLO --recv HELLO--> AWAITING_AUTH --recv WELCOME--> AUTHENTICATED
     either: any --send/recv ERROR with a closing code--> CLOSED
+
+This module is the machine that applies them; they were split apart so that each
+reads in a sitting, the tables against SPEC §4.5 and the machine as code.
 
 The relay side also holds the authentication challenge: it verifies the
 registration or login proof itself (SPEC §4.2–4.3) and refuses to send a
@@ -34,16 +38,15 @@ bytes the proofs sign (transcripts).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from enum import Enum
 from types import MappingProxyType
 
 from . import PROTOCOL_VERSION, limits
 from . import pow as puzzle
 from .codec import decode, encode
+from .connection_rules import LOG_FETCHES, RECEIVABLE, TRANSITIONS, Role, State, error_closes
 from .crypto.keys import signature_valid
 from .errors import (
     AuthenticationFailed,
-    ErrorCode,
     ProtocolError,
     RateLimited,
     RegistrationRefused,
@@ -53,8 +56,6 @@ from .errors import (
 )
 from .fastcodec import read_deliver
 from .frames import (
-    CLIENT_FRAMES,
-    FRAME_CLASSES,
     MAX_REASON_LEN,
     REQUEST_FRAMES,
     AccountKind,
@@ -70,56 +71,21 @@ from .frames import (
 )
 from .transcripts import UNKNOWN_ACCOUNT_KEY, login_transcript, register_transcript
 
+__all__ = [
+    "LOG_FETCHES",
+    "RECEIVABLE",
+    "TRANSITIONS",
+    "ClientConnection",
+    "RelayConnection",
+    "Rng",
+    "Role",
+    "Signer",
+    "State",
+]
+
 Rng = Callable[[int], bytes]
 Signer = Callable[[bytes], bytes]
 
-
-class Role(Enum):
-    RELAY = "relay"
-    CLIENT = "client"
-
-
-class State(Enum):
-    AWAITING_HELLO = "awaiting_hello"
-    AWAITING_AUTH = "awaiting_auth"
-    AUTHENTICATED = "authenticated"
-    CLOSED = "closed"
-
-
-_RELAY_FRAMES = frozenset(FRAME_CLASSES) - CLIENT_FRAMES
-_AUTH_FRAMES = frozenset({FrameType.REGISTER, FrameType.LOGIN})
-LOG_FETCHES = frozenset({
-    FrameType.LOG_HEAD_FETCH, FrameType.LOG_CONSISTENCY_FETCH,
-    FrameType.LOG_INCLUSION_FETCH, FrameType.LOG_ENTRIES_FETCH,
-})  # fmt: skip
-"""SPEC §15.6: the log is public, so reading it needs no account (an auditor's
-connection never authenticates)."""
-_LOG_ANSWERS = frozenset({
-    FrameType.LOG_HEAD, FrameType.LOG_CONSISTENCY, FrameType.LOG_INCLUSION,
-    FrameType.LOG_ENTRIES,
-})  # fmt: skip
-
-RECEIVABLE: dict[Role, dict[State, frozenset[FrameType]]] = {
-    Role.RELAY: {
-        State.AWAITING_AUTH: _AUTH_FRAMES | LOG_FETCHES,
-        State.AUTHENTICATED: CLIENT_FRAMES - _AUTH_FRAMES,
-    },
-    Role.CLIENT: {
-        State.AWAITING_HELLO: frozenset({FrameType.HELLO}),
-        State.AWAITING_AUTH: frozenset({FrameType.WELCOME, FrameType.ERROR}) | _LOG_ANSWERS,
-        State.AUTHENTICATED: _RELAY_FRAMES - {FrameType.HELLO, FrameType.WELCOME},
-    },
-}
-"""SPEC §4.5: which frames a side accepts in each state."""
-
-TRANSITIONS: dict[Role, dict[State, dict[FrameType, State]]] = {
-    Role.RELAY: {State.AWAITING_AUTH: {FrameType.WELCOME: State.AUTHENTICATED}},
-    Role.CLIENT: {
-        State.AWAITING_HELLO: {FrameType.HELLO: State.AWAITING_AUTH},
-        State.AWAITING_AUTH: {FrameType.WELCOME: State.AUTHENTICATED},
-    },
-}
-"""SPEC §4.5: state changes on a sent or received frame (ERROR handled apart)."""
 
 # --- the machine --------------------------------------------------------------
 
@@ -156,7 +122,7 @@ class _Connection:
 
     def _move(self, frame: Frame) -> None:
         if isinstance(frame, Error):
-            if _closes(frame.code):
+            if error_closes(frame.code):
                 self.state = State.CLOSED
             return
         new_state = TRANSITIONS[self.role].get(self.state, {}).get(frame.TYPE)
@@ -167,13 +133,6 @@ class _Connection:
         allowed = RECEIVABLE[self.role].get(self.state, frozenset())
         if frame.TYPE not in allowed:
             raise UnexpectedFrame(f"{frame.TYPE.name} not allowed in state {self.state.value}")
-
-
-def _closes(code: int) -> bool:
-    try:
-        return ErrorCode(code).closes_connection
-    except ValueError:
-        return False
 
 
 class RelayConnection(_Connection):
@@ -362,9 +321,7 @@ class ClientConnection(_Connection):
 
     role = Role.CLIENT
 
-    def __init__(
-        self, handshake_hash: bytes | None = None, relay_key: bytes | None = None
-    ) -> None:
+    def __init__(self, handshake_hash: bytes | None = None, relay_key: bytes | None = None) -> None:
         """``handshake_hash`` and ``relay_key`` come from the established channel
         (:class:`.channel.ClientChannel`): proofs are signed over the one, and HELLO
         must present the other (SPEC §1.3.2). Without them nothing can be signed."""
@@ -494,9 +451,7 @@ class ClientConnection(_Connection):
             hello.relay_key, hello.challenge, handle, kind, identity_key,
             handshake_hash=self._require_channel(),
         )  # fmt: skip
-        return puzzle.solve(
-            transcript, hello.challenge, cost.bits, cost.opslimit, cost.memlimit
-        )
+        return puzzle.solve(transcript, hello.challenge, cost.bits, cost.opslimit, cost.memlimit)
 
     def login(self, handle: str, sign: Signer) -> int:
         """Queue a LOGIN answering the relay's challenge; returns its request id."""
