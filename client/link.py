@@ -14,8 +14,10 @@ REGISTER or LOGIN was answered with WELCOME and the account caught up
 - :meth:`RelayLink.request` sends a request on the online connection and
   returns its answer, sending it again on the next connection after a drop.
 - A failure that is not the network's — a bug, a broken keystore, a relay on
-  another version, another relay key — stops the link: every waiting call
-  raises, and nothing more is acknowledged.
+  another version, another relay key, AUTH_FAILED at an automatic login — stops
+  the link: every waiting call raises, and nothing more is acknowledged. Any other
+  refusal of an automatic login is the relay's to fix: a new connection follows
+  (:meth:`RelayLink._logged_in_again`, T55).
 
 Not here: one connection's reading and writing (``connection``), what is
 sent and received (``outbox``, ``inbox``), the socket (``transport``).
@@ -32,7 +34,12 @@ from typing import Any
 
 from blindrelay.protocol import frames
 from blindrelay.protocol.connection import State
-from blindrelay.protocol.errors import ProtocolError, StoreUnavailable
+from blindrelay.protocol.errors import (
+    AuthenticationFailed,
+    ProtocolError,
+    UnexpectedFrame,
+    UnsupportedVersion,
+)
 
 from .connection import Connection, FrameHandlers
 from .transport import ConnectionLost, OpenTransport, WebSocketTransport
@@ -246,18 +253,39 @@ class RelayLink:
                 login = asyncio.create_task(self._handlers.log_in(conn))
                 await asyncio.wait([reader, login], return_when=asyncio.FIRST_COMPLETED)
                 if login.done():
-                    try:
-                        login.result()  # an AUTH_FAILED here is fatal: the relay refuses our key
-                    except StoreUnavailable as exc:
-                        # SPEC §6.3: the relay's store is down for now. The challenge is
-                        # spent; a new connection after retry_after logs in again.
-                        await asyncio.sleep(exc.retry_after_ms / 1000)
-                        raise ConnectionLost("the relay's store is unavailable") from exc
+                    await self._logged_in_again(login)
                 else:
                     login.cancel()
             await reader
         finally:
             reader.cancel()
+
+    async def _logged_in_again(self, login: asyncio.Task[None]) -> None:
+        """Raise what ended the automatic login on a new connection, if anything did.
+
+        Only AUTH_FAILED (the relay refuses our key: the account is gone or was
+        rotated elsewhere) and another protocol version stop the link. Any other
+        refusal of the LOGIN or of the catching up after its WELCOME (a prekey upload,
+        our profile) — 900, 902, 402, a code this version does not know, an answer of
+        the wrong type — is the relay's to fix, not a reason to stop for good: the
+        connection is dropped and the next one logs in again after the backoff, and
+        after ``retry_after`` when the error has one (402, 902), capped at the
+        backoff's cap so that a relay naming years does not park the client (T55).
+        Before, every such refusal stopped the client ("client stopped after an
+        error"), and a 902's ``retry_after`` was slept whole.
+        """
+        try:
+            login.result()
+        except (AuthenticationFailed, UnsupportedVersion):
+            raise
+        except ProtocolError as exc:
+            log.warning("the relay refused the login on a new connection: %r", exc)
+            retry_after_ms = getattr(exc, "retry_after_ms", None)
+            if isinstance(retry_after_ms, int):
+                # SPEC §6.3: a 902 (the relay's store is down for now) spent the
+                # challenge; a new connection after retry_after logs in again.
+                await asyncio.sleep(min(retry_after_ms / 1000, self._backoff.cap))
+            raise ConnectionLost(f"the relay refused the login: {exc!r}") from exc
 
     @property
     def logs_in_again(self) -> bool:
@@ -290,7 +318,12 @@ class RelayLink:
             # so that a retry made at once (another handle) waits for a fresh one.
             self._drop(conn)
             raise
-        assert isinstance(welcome, frames.Welcome)
+        if not isinstance(welcome, frames.Welcome):
+            # A log answer is receivable before WELCOME (SPEC §4.5), so a relay can send
+            # one under the login's id: a refusal, not our bug (T55; an AssertionError
+            # stopped the client before).
+            self._drop(conn)
+            raise UnexpectedFrame(f"relay answered a login with {welcome.TYPE.name}")
         assert self._handlers is not None
         self._relay_key.pin_first(conn.relay_key)
         self._auto_login = True

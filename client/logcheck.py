@@ -213,8 +213,13 @@ class LogCheck:
         # the bundle came: a head signed in between may already cover the binding, so the
         # bundle is fetched once more at once (a head is signed only when the log grows:
         # waiting for a larger one could wait for ever).
+        # The deadline is checked at every turn, also after a larger head: a relay that
+        # signs a larger one at every look and never proves the key kept the send
+        # asking for ever (T55).
         read_before: int | None = None
         while bundle.log is None:
+            if read_before is not None and time.monotonic() >= deadline:
+                raise KeyNotLogged(bundle.handle, f"no signed tree head within {self.wait_s} s")
             head = await self._reader.head()
             size = 0 if head is None else head.size
             if read_before is None or size > read_before:
@@ -222,8 +227,6 @@ class LogCheck:
                     bundle = await fetch_again()
                 read_before = size
                 continue
-            if time.monotonic() >= deadline:
-                raise KeyNotLogged(bundle.handle, f"no signed tree head within {self.wait_s} s")
             await asyncio.sleep(POLL_S)
         await self._verify(bundle)
         self._store.mark_logged(handle, bundle.identity_key)

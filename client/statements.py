@@ -270,6 +270,11 @@ class Statements:
             listed += [self.check(signed) for signed in page.statements]
             if page.next is None:
                 return listed
+            # SPEC §7.6: ``next`` is the number of the last statement returned, above
+            # ``after``. A cursor that does not advance, or a page that promises more
+            # and holds none, would have us ask for ever, keeping every page (T55).
+            if page.next <= after or not page.statements:
+                raise UnexpectedFrame("relay's STATEMENTS cursor did not advance")
             after = page.next
 
 

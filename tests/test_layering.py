@@ -11,6 +11,8 @@
 - A back end's package imports no other back end's.
 - No module of the tests imports a test module (``test_*.py``): what tests share
   lives in helper modules and conftests.
+- Outside ``protocol``, frames are imported from ``protocol.frames`` and the connection's
+  rules from ``protocol.connection``, never from the modules those are split into.
 """
 
 from __future__ import annotations
@@ -362,3 +364,54 @@ def test_the_test_import_check_sees_every_way_of_importing_a_test_module(tmp_pat
         "tests.client.test_sdk", "tests.client.test_statements", "tests.server.test_auth",
         "tests.protocol.test_pow",
     }  # fmt: skip
+
+
+def protocol_internals() -> set[str]:
+    """Modules ``frames`` and ``connection`` are split into (by frame family; the rules
+    as data): read through those two, the import places, so that a split can move a
+    name again without touching the code that uses it."""
+    return {
+        name
+        for name in module_files()
+        if name.startswith("blindrelay.protocol.frames_")
+        or name == "blindrelay.protocol.connection_rules"
+    }
+
+
+def internal_imports(path: Path, package: str, internals: set[str]) -> set[str]:
+    visitor = _Imports(package, functions=True)
+    visitor.visit(ast.parse(path.read_text(), filename=str(path)))
+    return visitor.found & internals
+
+
+def test_frames_and_connection_are_the_import_places_outside_protocol() -> None:
+    internals = protocol_internals()
+    assert {"blindrelay.protocol.frames_base", "blindrelay.protocol.connection_rules"} <= internals
+    outside = {f: p for f, p in PACKAGES.items() if f != "protocol"} | {
+        "tests": "tests",
+        "bench": "bench",
+    }
+    offenders = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for folder, package in outside.items()
+        for path in python_files(folder)
+        for name in sorted(
+            internal_imports(
+                path, ".".join([package, *path.relative_to(ROOT / folder).parent.parts]), internals
+            )
+        )
+    ]
+    assert offenders == []
+
+
+def test_the_import_place_check_sees_both_ways_of_importing_an_internal(tmp_path: Path) -> None:
+    bad = tmp_path / "user.py"
+    bad.write_text(
+        "from blindrelay.protocol.frames_auth import Login\n"
+        "def later():\n    from blindrelay.protocol import connection_rules\n"
+        "from blindrelay.protocol.frames import Login as Fine\n"
+    )
+    assert internal_imports(bad, "blindrelay.server", protocol_internals()) == {
+        "blindrelay.protocol.frames_auth",
+        "blindrelay.protocol.connection_rules",
+    }

@@ -9,6 +9,7 @@ tests, the same through the SDK against a real relay on 127.0.0.1 port 0.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,12 +21,20 @@ from blindrelay.client.link import Backoff, LinkHandlers, RelayLink
 from blindrelay.client.transport import ConnectionLost, tapped
 from blindrelay.client.trust import RelayKeyChanged, RelayKeyPin
 from blindrelay.protocol import frames
-from blindrelay.protocol.errors import HandleTaken
+from blindrelay.protocol.errors import ErrorCode, HandleTaken, InvalidPrekeys
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import serve
 
 from ..relays import relay_at
-from .fake_relay import OTHER_RELAY_KEY, URL, FakeRelay, RelayEnd, answer_plainly, signer
+from .fake_relay import (
+    OTHER_RELAY_KEY,
+    URL,
+    FakeRelay,
+    RelayEnd,
+    answer_plainly,
+    signer,
+    welcome,
+)
 from .harness import Inbox, make_client, online, replace_relay_key, run, store_outage, within
 
 KEY = SigningKey(b"\x33" * 32)
@@ -375,3 +384,70 @@ def test_a_reconnect_to_a_relay_with_another_key_stops_the_client_with_the_error
             await relay.close()
 
     run(scenario())
+
+
+async def refused_login(refusal: str) -> tuple[int, int]:
+    """Play a relay that answers a client's first automatic LOGIN (after a drop) with
+    ``refusal``, and later ones plainly: how many connections the client opened and how
+    many times it was online, once online again after a second drop."""
+    relay = FakeRelay()
+    connected = asyncio.Event()
+    alice = await online(
+        URL, "alice", open_transport=relay.open, on_connected=lambda welcome: connected.set()
+    )
+    refused = False
+
+    def refuse_once(end: RelayEnd, frame: frames.Frame) -> None:
+        nonlocal refused
+        if isinstance(frame, frames.Login) and not refused:
+            refused = True
+            if refusal == "prekeys refused":  # the login goes; the upload after it not
+                end.machine.verify_login(frame, end.relay.accounts[frame.handle], relay.clock())
+                end.send(welcome(frame.id, frame.handle, "user", one_time_prekeys=0))
+                return
+            end.send(REFUSALS[refusal](frame.id))
+        elif isinstance(frame, frames.PrekeysUpload) and len(relay.ends) == 2:
+            end.refuse(InvalidPrekeys(), re=frame.id)
+        else:
+            answer_plainly(end, frame)
+
+    relay.answer = refuse_once
+    for _ in range(2):  # online again, and it goes on reconnecting as ever
+        connected.clear()
+        relay.ends[-1].drop()
+        await within(connected.wait())
+    assert not alice.link.failed
+    await alice.close()
+    return len(relay.ends), alice.connection_count
+
+
+YEARS_MS = 2**53 - 1
+"""The largest ``retry_after`` (SPEC §9): 285,616 years."""
+
+REFUSALS: dict[str, Callable[[int], frames.Frame]] = {
+    "900": lambda re: frames.Error(code=ErrorCode.INTERNAL_ERROR, re=re),
+    "an unknown code": lambda re: frames.Error(code=999, re=re),
+    "a 1xx": lambda re: frames.Error(code=ErrorCode.MALFORMED_FRAME, re=re, reason="no"),
+    "402 for years": lambda re: frames.Error(
+        code=ErrorCode.RATE_LIMITED, re=re, retry_after=YEARS_MS
+    ),
+    "902 for years": lambda re: frames.Error(
+        code=ErrorCode.STORE_UNAVAILABLE, re=re, retry_after=YEARS_MS
+    ),
+    "a log answer": lambda re: frames.LogHead(re=re, sth=None),
+}
+
+
+@pytest.mark.parametrize("refusal", [*REFUSALS, "prekeys refused"])
+async def test_a_relay_refusing_the_automatic_login_is_tried_again_not_obeyed_for_ever(
+    refusal: str,
+) -> None:
+    """T55: the LOGIN a client sends by itself after a drop, answered with any refusal but
+    AUTH_FAILED — 900, a code it does not know, a log answer (receivable before WELCOME)
+    under the login's id, a 402 or 902 naming years, or a refused prekey upload after the
+    WELCOME — stopped the client for good ("client stopped after an error"), or had it
+    sleep the years. A relay that fails or lies once costs a reconnection now: dropped,
+    retried after the backoff (a ``retry_after`` at most its cap), online again."""
+    opened, online_count = await refused_login(refusal)
+    assert online_count == 3  # the first, again after the refused one, after the next drop
+    assert opened == 4

@@ -32,7 +32,7 @@ from blindrelay.protocol.transparency.entries import StatementLogged
 from blindrelay.protocol.transparency.treehead import open_tree_head, sign_tree_head
 
 from ..relays import T0, FakeClock, relay_at
-from .fake_relay import OTHER_RELAY_KEY
+from .fake_relay import OTHER_RELAY_KEY, RelayEnd
 from .harness import Inbox, bundle, make_client, online, replace_relay_key, run, within
 from .log_relay import AIRLINE_SEED, FAKE_SEED, LoggingRelay, binding, customer, filler
 
@@ -345,7 +345,9 @@ def test_two_heads_checked_at_once_are_checked_against_each_other() -> None:
         theirs = [*common, *(StatementLogged(v=1, commitment=bytes([9, i]) * 16, at=T0)
                              .to_bytes() for i in range(4))]  # fmt: skip
         kept = sign_tree_head(sign, 4, merkle.root_of([merkle.leaf_hash(e) for e in common]), T0)
-        larger = sign_tree_head(sign, 6, merkle.root_of([merkle.leaf_hash(e) for e in ours]), T0 + 1)
+        larger = sign_tree_head(
+            sign, 6, merkle.root_of([merkle.leaf_hash(e) for e in ours]), T0 + 1
+        )
         smaller_fork = sign_tree_head(
             sign, 5, merkle.root_of([merkle.leaf_hash(e) for e in theirs[:5]]), T0 + 1
         )
@@ -409,5 +411,36 @@ def test_a_relay_key_the_person_accepted_starts_a_new_log(tmp_path: Path) -> Non
             head = alice.store.tree_head()
             assert head is not None and open_tree_head(head, relay.relay_key).size == 2
             await alice.close()
+
+    run(scenario())
+
+
+def test_a_log_that_grows_at_every_look_without_proving_the_key_is_not_waited_on_for_ever() -> None:
+    """T55: a bundle without its proof is fetched again each time the log has grown, and
+    only a look that found no growth checked the deadline. A relay that signs a larger
+    head at every LOG_HEAD_FETCH (its own log: one filler entry each) and never proves
+    the airline's key kept the send asking, round trip after round trip, for ever
+    (reproduced: thousands of fetches, no KeyNotLogged). The deadline holds whatever the
+    log does."""
+
+    async def scenario() -> None:
+        relay = LoggingRelay()
+        relay.append(*filler(2))
+        relay.sign_head()
+        relay.bundles = [bundle("airline", FAKE_SEED, "business")]
+        honest_answer = relay.answer
+
+        def growing(end: RelayEnd, frame: frames.Frame) -> None:
+            if isinstance(frame, frames.LogHeadFetch):
+                relay.append(*filler(1))
+                relay.sign_head()
+            honest_answer(end, frame)
+
+        relay.answer = growing
+        alice = await customer(relay, log_wait_s=0.3)
+        with pytest.raises(KeyNotLogged):
+            await within(alice.send("airline", "my card number"), 5)
+        assert relay.ends[0].received(frames.Send) == []
+        await alice.close()
 
     run(scenario())

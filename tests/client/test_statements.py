@@ -19,9 +19,14 @@ from pathlib import Path
 import pytest
 
 from blindrelay.client.sdk import Client, HeldStatement
-from blindrelay.protocol import frames
+from blindrelay.protocol import frames, limits
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
-from blindrelay.protocol.errors import InvalidStatement, RecipientUnavailable, UntrustedIdentity
+from blindrelay.protocol.errors import (
+    InvalidStatement,
+    RecipientUnavailable,
+    UnexpectedFrame,
+    UntrustedIdentity,
+)
 from blindrelay.protocol.signed import (
     Action,
     ConsentStatement,
@@ -210,6 +215,38 @@ async def test_statements_in_force_are_paged_through_and_each_checked() -> None:
     listed = await within(alice.statements())
     assert [held.verified for held in listed] == [True, False]
     assert [f.after for f in relay.ends[0].received(frames.StatementsList)] == [0, 5]
+    await alice.close()
+
+
+@pytest.mark.parametrize("cursor", ["the same", "backwards", "an empty page"])
+async def test_a_listing_whose_cursor_does_not_advance_is_refused(cursor: str) -> None:
+    """T55: a relay answering every STATEMENTS_LIST with a full page and a ``next`` that
+    does not pass ``after`` (or a page that promises more and holds none) had
+    ``statements()`` ask for ever, keeping every page: 4,600 pages (276,000 statements)
+    in two seconds over the in-memory relay, never returning. SPEC §7.6: ``next`` is the
+    number of the last statement returned, so it passes ``after``; refused."""
+    relay = FakeRelay()
+    alice = await alice_online(relay, "business")
+    asked: list[int] = []
+    full = (from_bob("grant"),) * limits.MAX_LISTED_STATEMENTS
+
+    def list_for_ever(end: RelayEnd, frame: frames.Frame) -> None:
+        if isinstance(frame, frames.StatementsList):
+            asked.append(frame.after)
+            if cursor == "the same":
+                page, after = full, max(frame.after, 7)
+            elif cursor == "backwards":
+                page, after = full, 3 if frame.after == 9 else 9
+            else:
+                page, after = (), frame.after + 1
+            end.send(frames.Statements(re=frame.id, statements=page, next=after))
+        else:
+            answer_plainly(end, frame)
+
+    relay.answer = list_for_ever
+    with pytest.raises(UnexpectedFrame, match="cursor"):
+        await within(alice.statements(), 2)
+    assert len(asked) <= 2
     await alice.close()
 
 
