@@ -175,6 +175,7 @@ class Connection:
             data = await self.transport.recv()
             if self._sent_received(data):
                 continue
+            was_authenticated = self.authenticated
             try:
                 self.machine.receive_data(data)
             except UnsupportedVersion:
@@ -183,6 +184,13 @@ class Connection:
                 raise ConnectionLost(f"relay sent an invalid frame: {exc}") from exc
             for frame in self.machine.events_received():
                 self._frame_received(frame)
+                if self.closing and (was_authenticated or getattr(frame, "re", None) is None):
+                    # SPEC §9: the relay closes the connection after an ERROR that closes
+                    # it. One that leaves it open kept us "online" on a connection nothing
+                    # is sent on, for ever (T55): we end it. (Before WELCOME, the one
+                    # answering our login ends it there: ``RelayLink.authenticate``.)
+                    code = getattr(frame, "code", None)
+                    raise ConnectionLost(f"the relay closed the connection: ERROR {code}")
 
     def _frame_received(self, frame: frames.Frame) -> None:
         if isinstance(frame, frames.Hello):

@@ -21,7 +21,7 @@ from blindrelay.client.link import Backoff, LinkHandlers, RelayLink
 from blindrelay.client.transport import ConnectionLost, tapped
 from blindrelay.client.trust import RelayKeyChanged, RelayKeyPin
 from blindrelay.protocol import frames
-from blindrelay.protocol.errors import ErrorCode, HandleTaken, InvalidPrekeys
+from blindrelay.protocol.errors import AuthenticationFailed, ErrorCode, HandleTaken, InvalidPrekeys
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import serve
 
@@ -451,3 +451,69 @@ async def test_a_relay_refusing_the_automatic_login_is_tried_again_not_obeyed_fo
     opened, online_count = await refused_login(refusal)
     assert online_count == 3  # the first, again after the refused one, after the next drop
     assert opened == 4
+
+
+CLOSING_PUSHES = {
+    "901": ErrorCode.SHUTTING_DOWN,
+    "105": ErrorCode.TOO_MANY_ERRORS,
+    "200": ErrorCode.AUTH_FAILED,  # the authentication timeout's (SPEC §1.2.2)
+}
+
+
+@pytest.mark.parametrize("code", CLOSING_PUSHES)
+@pytest.mark.parametrize("when", ["online", "before WELCOME"])
+async def test_a_relay_that_leaves_the_connection_open_after_a_closing_error_is_left(
+    code: str, when: str
+) -> None:
+    """T55: after an ERROR that closes (SPEC §9) the relay closes the connection. One that
+    left it open kept the client "online" on a connection nothing is written to (sends
+    and requests kept for the next connection, which never came), or waiting for ever for
+    its automatic LOGIN's answer: the grant below never returned. The client ends such a
+    connection itself, and the next one logs in."""
+    relay = FakeRelay()
+    alice = await online(URL, "alice", open_transport=relay.open)
+    if when == "online":
+        relay.ends[0].send(frames.Error(code=CLOSING_PUSHES[code]))
+    else:
+        pushed = False
+
+        def push_at_login(end: RelayEnd, frame: frames.Frame) -> None:
+            nonlocal pushed
+            if isinstance(frame, frames.Login) and not pushed:
+                pushed = True
+                end.send(frames.Error(code=CLOSING_PUSHES[code]))
+            else:
+                answer_plainly(end, frame)
+
+        relay.answer = push_at_login
+        relay.ends[0].drop()
+    last = await relay.connection(1 if when == "online" else 2)  # never came before
+    await within(last.wait_for(frames.Login))
+    await within(alice.wait_online())
+    await within(alice.grant("airline", ["utility"]))
+    assert last.received(frames.Statement) and len(relay.ends) == (2 if when == "online" else 3)
+    await alice.close()
+
+
+async def test_a_closing_error_answering_a_request_once_online_ends_the_connection() -> None:
+    """T55: the same for a closing ERROR under a request's id (a relay lying: only a
+    LOGIN or REGISTER is answered with 200): the request raises it, and the connection,
+    left open, is ended by the client; the next request goes on a new one."""
+    relay = FakeRelay()
+    alice = await online(URL, "alice", open_transport=relay.open)
+    refused = False
+
+    def refuse_once(end: RelayEnd, frame: frames.Frame) -> None:
+        nonlocal refused
+        if isinstance(frame, frames.Statement) and not refused:
+            refused = True
+            end.send(frames.Error(code=ErrorCode.AUTH_FAILED, re=frame.id))
+        else:
+            answer_plainly(end, frame)
+
+    relay.answer = refuse_once
+    with pytest.raises(AuthenticationFailed):
+        await within(alice.grant("airline", ["utility"]))
+    await within(alice.grant("airline", ["utility"]), 5)
+    assert len(relay.ends) == 2 and relay.ends[1].received(frames.Statement)
+    await alice.close()
