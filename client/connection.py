@@ -3,9 +3,10 @@
 A :class:`Connection` drives the sans-I/O :class:`ClientConnection` over one
 :class:`WebSocketTransport`: a pump task writes what was queued, in order; the
 reader (:meth:`Connection.read`, run by the link) feeds every message to the
-machine and dispatches the frames. Requests wait on futures keyed by request
-id; the answer to a SEND goes to the outbox by msg_id (``send_answered``);
-what the relay sends unasked — DELIVER, PREKEYS_LOW — goes to the
+machine and dispatches the frames; a watch ends the connection when the relay
+leaves a request unanswered too long (:class:`NoAnswer`). Requests wait on
+futures keyed by request id; the answer to a SEND goes to the outbox by msg_id
+(``send_answered``); what the relay sends unasked — DELIVER, PREKEYS_LOW — goes to the
 :class:`FrameHandlers` the link was given. An ERROR answering a request
 becomes the named exception of :mod:`blindrelay.protocol.errors` (SPEC §9).
 
@@ -18,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from blindrelay.protocol import frames
 from blindrelay.protocol.connection import ClientConnection, State
@@ -38,6 +39,21 @@ log = logging.getLogger("blindrelay.client")
 
 DRAIN_TIMEOUT_S = 5.0
 """How long ``close`` waits to write out queued frames (acks, sends) before closing."""
+ANSWER_TIMEOUT_S = 60.0
+"""How long the oldest unanswered request may wait for its answer before the connection
+is given up (:class:`NoAnswer`, T55). An honest relay answers in milliseconds, a loaded
+one within seconds (a SEND waits for its commit; a 402 or 902 is an answer too); the
+clock of a request starts only once the requests sent before it are answered, so a
+long queue of SENDs resent after a reconnect is never cut short while answers come."""
+
+
+class NoAnswer(ConnectionLost):
+    """The relay left a request unanswered for ``ANSWER_TIMEOUT_S`` (SPEC §9, T55).
+
+    Raised on the connection it was asked on, which is then dropped: the link connects
+    again and asks again (:meth:`.link.RelayLink.request`); raised to the caller only
+    once ``MAX_UNANSWERED`` connections left it unanswered (a drop in between does
+    not reset the count: a relay could otherwise alternate the two for ever)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +72,12 @@ class Connection:
     """One WebSocket connection: the protocol machine, its writer, its waiting requests."""
 
     def __init__(
-        self, transport: WebSocketTransport, handlers: FrameHandlers, *, clock: Callable[[], int]
+        self,
+        transport: WebSocketTransport,
+        handlers: FrameHandlers,
+        *,
+        clock: Callable[[], int],
+        answer_timeout_s: float = ANSWER_TIMEOUT_S,
     ) -> None:
         self.transport = transport
         # Proofs are signed over this channel, and HELLO must name its relay key (SPEC §1.3).
@@ -70,6 +91,16 @@ class Connection:
         self._waiters: dict[int, asyncio.Future[frames.Frame]] = {}
         self._sending: dict[int, bytes] = {}
         """SEND request id → msg_id, for SENTs and ERRORs answering a send."""
+        self._answer_timeout_s = answer_timeout_s
+        self._asked: dict[int, float] = {}
+        """Every unanswered request id (SENDs, REGISTER and LOGIN included) → when it was
+        asked (``time.monotonic``), oldest first: what :meth:`_watch` holds the relay to."""
+        self._head_since = 0.0
+        """When the oldest unanswered request became the oldest."""
+        self._no_answer: NoAnswer | None = None
+        self._overdue: set[int] = set()
+        """The requests :meth:`_watch` found unanswered too long: they fail with it."""
+        self._asking = asyncio.Event()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._pump = asyncio.create_task(self._write())
@@ -109,6 +140,7 @@ class Connection:
         """Send a request; the future gets its response, or the named error."""
         future = asyncio.get_running_loop().create_future()
         self._waiters[frame.id] = future  # type: ignore[union-attr]
+        self._ask(frame.id)  # type: ignore[union-attr]
         self.send(frame)
         return future
 
@@ -116,6 +148,7 @@ class Connection:
         """The answer to a request the caller queued on the machine itself (REGISTER,
         LOGIN); wakes the writer to send it."""
         future = self._waiters[request_id] = asyncio.get_running_loop().create_future()
+        self._ask(request_id)
         self._wake.set()
         return future
 
@@ -126,6 +159,7 @@ class Connection:
         :func:`blindrelay.protocol.fastcodec.encode_send`.
         """
         self._sending[request_id] = msg_id
+        self._ask(request_id)
         if self.closing:
             return  # the outbox keeps it: sent again on the next connection
         if not isinstance(send, bytes):
@@ -157,20 +191,78 @@ class Connection:
         idle.cancel()
 
     def fail(self, exc: BaseException) -> None:
-        """The connection is gone: every waiting request fails with ``exc``."""
+        """The connection is gone: every waiting request fails with ``exc`` (with
+        :class:`NoAnswer` if it is why the connection is given up)."""
         self.lost = True
         self._pump.cancel()
-        futures: list[asyncio.Future[Any]] = [self.hello, *self._waiters.values()]
-        for future in futures:
+        if not self.hello.done():
+            self.hello.set_exception(exc)
+            self.hello.exception()  # retrieved: nobody may be waiting any more
+        for request_id, future in self._waiters.items():
             if not future.done():
-                future.set_exception(exc)
-                future.exception()  # retrieved: nobody may be waiting any more
+                no_answer = self._no_answer if request_id in self._overdue else None
+                future.set_exception(no_answer or exc)
+                future.exception()
         self._waiters.clear()
+
+    # --- Answers awaited (SPEC §9, T55) ----------------------------------------------
+
+    def _ask(self, request_id: int) -> None:
+        if not self._asked:
+            self._head_since = time.monotonic()
+            self._asking.set()
+        self._asked[request_id] = time.monotonic()
+
+    def _answered(self, request_id: int) -> None:
+        oldest = next(iter(self._asked), None)
+        if self._asked.pop(request_id, None) is not None and request_id == oldest:
+            self._head_since = time.monotonic()
+
+    async def _watch(self) -> None:
+        """Raise :class:`NoAnswer` once the oldest unanswered request has waited
+        ``answer_timeout_s`` since it was asked and since the one before it was answered.
+
+        A relay that answers keep-alive pings but never a request (or never one of
+        them) kept its caller waiting for ever: the keep-alive proves only the socket.
+        The clock of a request starts once those asked before it are answered, so a
+        slow relay working through a long queue (the outbox resent after a reconnect)
+        is not cut off while answers keep coming; one skipping a request is.
+        """
+        timeout = self._answer_timeout_s
+        while True:
+            if not self._asked:
+                self._asking.clear()
+                await self._asking.wait()
+                continue
+            oldest = next(iter(self._asked.values()))
+            late = time.monotonic() - max(oldest, self._head_since) - timeout
+            if late < 0:
+                await asyncio.sleep(-late)
+                continue
+            # Those waiting that long fail with it when the link drops the connection
+            # (:meth:`fail`), so their callers count the try; the others are just cut off.
+            self._no_answer = NoAnswer(f"no answer from the relay within {timeout:g} s")
+            now = time.monotonic()
+            self._overdue = {rid for rid, at in self._asked.items() if now - at >= timeout}
+            raise self._no_answer
 
     # --- Reading (SPEC §6.4, §6.5) ----------------------------------------------
 
     async def read(self) -> None:
-        """Feed the machine every message until the connection ends (ConnectionLost)."""
+        """Feed the machine every message until the connection ends (ConnectionLost), or
+        until a request is left unanswered too long (:class:`NoAnswer`, :meth:`_watch`)."""
+        receiving = asyncio.create_task(self._receive())
+        watching = asyncio.create_task(self._watch())
+        try:
+            await asyncio.wait([receiving, watching], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            receiving.cancel()
+            watching.cancel()
+        for task in (receiving, watching):
+            if task.done() and not task.cancelled():
+                task.result()  # raises why the connection ended
+
+    async def _receive(self) -> None:
         while True:
             data = await self.transport.recv()
             if self._sent_received(data):
@@ -208,6 +300,7 @@ class Connection:
     def _response_received(self, frame: frames.Frame) -> None:
         re: int = frame.re  # type: ignore[union-attr, assignment]
         error = _error_from(frame) if isinstance(frame, frames.Error) else None
+        self._answered(re)
         msg_id = self._sending.pop(re, None)
         if msg_id is not None:
             if error is None and not isinstance(frame, frames.Sent):
@@ -233,6 +326,7 @@ class Connection:
         sent = read_sent(data)
         if sent is None or sent.re not in self._sending or not self.machine.receive_sent(sent):
             return False
+        self._answered(sent.re)
         self._handlers.send_answered(self._sending.pop(sent.re), sent.at, None)
         return True
 
@@ -242,4 +336,4 @@ def _error_from(frame: frames.Error) -> ProtocolError:
     return error_for_code(frame.code, frame.reason or "", frame.retry_after)
 
 
-__all__ = ["DRAIN_TIMEOUT_S", "Connection", "FrameHandlers"]
+__all__ = ["ANSWER_TIMEOUT_S", "DRAIN_TIMEOUT_S", "Connection", "FrameHandlers", "NoAnswer"]

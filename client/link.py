@@ -12,7 +12,10 @@ REGISTER or LOGIN was answered with WELCOME and the account caught up
 (:attr:`LinkHandlers.authenticated`).
 
 - :meth:`RelayLink.request` sends a request on the online connection and
-  returns its answer, sending it again on the next connection after a drop.
+  returns its answer, sending it again on the next connection after a drop. A
+  connection on which a request goes unanswered too long is dropped like any
+  (:class:`.connection.NoAnswer`, ``ANSWER_TIMEOUT_S``); past ``MAX_UNANSWERED``
+  such connections the request raises it (T55).
 - A failure that is not the network's — a bug, a broken keystore, a relay on
   another version, another relay key, AUTH_FAILED at an automatic login — stops
   the link: every waiting call raises, and nothing more is acknowledged. Any other
@@ -41,7 +44,7 @@ from blindrelay.protocol.errors import (
     UnsupportedVersion,
 )
 
-from .connection import Connection, FrameHandlers
+from .connection import ANSWER_TIMEOUT_S, Connection, FrameHandlers, NoAnswer
 from .transport import ConnectionLost, OpenTransport, WebSocketTransport
 from .trust import RelayKeyChanged, RelayKeyPin
 
@@ -67,6 +70,12 @@ class Backoff:
 
 DEFAULT_BACKOFF = Backoff()
 """From half a second to 30 s: quick after a blip, gentle on a relay that restarts."""
+
+MAX_UNANSWERED = 3
+"""Connections on which one request may go unanswered for ``answer_timeout_s``
+before :meth:`RelayLink.request` raises :class:`.connection.NoAnswer` (T55): a relay
+that lost a request once (a crash before answering) is asked again; one that never
+answers it is given up on after about three minutes with the defaults."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +103,10 @@ class RelayLink:
         backoff: Backoff,
         jitter: Callable[[], float],
         open_transport: OpenTransport = WebSocketTransport.open,
+        answer_timeout_s: float = ANSWER_TIMEOUT_S,
     ) -> None:
         self._relay_key = relay_key
+        self._answer_timeout_s = answer_timeout_s
         self._open_transport = open_transport
         """Opens each connection, reconnections included (``transport.tapped`` to see it)."""
         self._clock = clock
@@ -204,10 +215,17 @@ class RelayLink:
                         attempt += 1
                         continue
                 assert self._handlers is not None
-                conn = Connection(transport, self._handlers, clock=self._clock)
+                conn = Connection(
+                    transport,
+                    self._handlers,
+                    clock=self._clock,
+                    answer_timeout_s=self._answer_timeout_s,
+                )
                 transport = None
                 try:
                     await self._serve(conn)
+                except NoAnswer as exc:  # the relay's failure, not the network's (T55)
+                    log.warning("connection given up: %s", exc)
                 except ConnectionLost as exc:
                     log.info("connection lost: %s", exc)
                 finally:
@@ -355,11 +373,18 @@ class RelayLink:
 
     async def request(self, make: Callable[[int], frames.Frame]) -> frames.Frame:
         """The answer to the request ``make(request_id)``, on some connection: sent again
-        on the next one after a drop. Raises the relay's named error (SPEC §9)."""
+        on the next one after a drop. Raises the relay's named error (SPEC §9), and
+        :class:`.connection.NoAnswer` once ``MAX_UNANSWERED`` connections left
+        it unanswered for ``answer_timeout_s`` each (each then dropped, T55)."""
+        unanswered = 0
         while True:
             conn = await self.wait_online()
             try:
                 return await conn.request(make(conn.next_request_id()))
+            except NoAnswer:
+                unanswered += 1
+                if unanswered >= MAX_UNANSWERED:
+                    raise
             except ConnectionLost:
                 continue
 
@@ -371,4 +396,4 @@ class RelayLink:
         return await conn.request(make(conn.next_request_id()))
 
 
-__all__ = ["DEFAULT_BACKOFF", "Backoff", "LinkHandlers", "RelayLink"]
+__all__ = ["DEFAULT_BACKOFF", "MAX_UNANSWERED", "Backoff", "LinkHandlers", "RelayLink"]

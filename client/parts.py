@@ -29,6 +29,7 @@ from blindrelay.protocol import frames
 from blindrelay.protocol.errors import LogForked, LogUnchecked
 
 from .account import Account, Hooks
+from .connection import ANSWER_TIMEOUT_S
 from .gossip import DEFAULT_RECHECK, RecheckPolicy
 from .inbox import Inbox
 from .keystore import KeyStore
@@ -81,6 +82,7 @@ class Parts:
         on_statement: StatementListener | None,
         log_wait_s: float = DEFAULT_WAIT_S,
         log_recheck: RecheckPolicy = DEFAULT_RECHECK,
+        answer_timeout_s: float = ANSWER_TIMEOUT_S,
     ) -> Parts:
         """Make the parts and name where the link's reports go (module docstring)."""
 
@@ -91,8 +93,9 @@ class Parts:
         sessions = SessionManager(store, rng=rng, clock=clock)
         pin = RelayKeyPin(store)
         link = RelayLink(
-            pin, clock=clock, backoff=backoff, jitter=jitter, open_transport=open_transport
-        )
+            pin, clock=clock, backoff=backoff, jitter=jitter, open_transport=open_transport,
+            answer_timeout_s=answer_timeout_s,
+        )  # fmt: skip
         requests = MessageRequests(store)
         outbox = Outbox(store, link)
         log = LogReader(link.request, lambda: pin.key)

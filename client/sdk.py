@@ -57,6 +57,7 @@ from blindrelay.protocol.content import Receipt, ReceiptType
 from blindrelay.protocol.errors import LogForked, LogUnchecked
 from blindrelay.protocol.signed import Action, ConsentStatement
 
+from .connection import ANSWER_TIMEOUT_S, NoAnswer
 from .gossip import DEFAULT_RECHECK, RecheckPolicy
 from .inbox import MAX_HELD_PER_SENDER, HeldMessages
 from .keystore import DEFAULT_MEMLIMIT, DEFAULT_OPSLIMIT, AccountKind, KeyStore, open_profile
@@ -68,7 +69,7 @@ from .profiles import BusinessInfo, business_info, same_name
 from .reading import MAX_UNREAD_RECEIPTS, InboxReader, Message, ReceiptEvent
 from .sending import SEND_MANY_WINDOW, Labels, as_content
 from .sessions import Clock, Rng, wall_clock_ms
-from .statements import HeldStatement, StatementListener
+from .statements import HeldStatement, StatementListener, TargetBlocked
 from .transport import ConnectionLost, OpenTransport, WebSocketTransport
 from .trust import IdentityState, RelayKeyChanged
 
@@ -98,6 +99,7 @@ class Client:
         open_transport: OpenTransport = WebSocketTransport.open,
         log_wait_s: float = DEFAULT_WAIT_S,
         log_recheck: RecheckPolicy = DEFAULT_RECHECK,
+        answer_timeout_s: float = ANSWER_TIMEOUT_S,
     ) -> None:
         """The options: docs/sdk.md, "Opening a profile"."""
         self.store = store
@@ -119,7 +121,7 @@ class Client:
             store, self,
             rng=rng, clock=clock, backoff=backoff, jitter=jitter, open_transport=open_transport,
             auto_delivered_receipts=auto_delivered_receipts, on_statement=on_statement,
-            log_wait_s=log_wait_s, log_recheck=log_recheck,
+            log_wait_s=log_wait_s, log_recheck=log_recheck, answer_timeout_s=answer_timeout_s,
         )  # fmt: skip
         self.sessions, self.trust = parts.sessions, parts.trust
         self.link, self.account = parts.link, parts.account
@@ -387,7 +389,8 @@ class Client:
 
 
 __all__ = [  # the names an application imports from here (docs/sdk.md)
-    "MAX_HELD_PER_SENDER", "MAX_UNREAD_RECEIPTS", "Backoff", "BusinessInfo", "Client",
-    "ConnectionLost", "HeldMessages", "HeldStatement", "IdentityState", "InboxReader", "Message",
-    "Outcome", "Receipt", "ReceiptEvent", "RecheckPolicy", "RelayKeyChanged", "same_name",
+    "ANSWER_TIMEOUT_S", "MAX_HELD_PER_SENDER", "MAX_UNREAD_RECEIPTS", "Backoff", "BusinessInfo",
+    "Client", "ConnectionLost", "HeldMessages", "HeldStatement", "IdentityState", "InboxReader",
+    "Message", "NoAnswer", "Outcome", "Receipt", "ReceiptEvent", "RecheckPolicy",
+    "RelayKeyChanged", "TargetBlocked", "same_name",
 ]  # fmt: skip

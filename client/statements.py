@@ -26,7 +26,12 @@ from dataclasses import dataclass
 
 from blindrelay.protocol import frames, limits
 from blindrelay.protocol.consent import INITIAL, PairState, accepted_effect
-from blindrelay.protocol.errors import InvalidStatement, ProtocolError, UnexpectedFrame
+from blindrelay.protocol.errors import (
+    InvalidStatement,
+    ProtocolError,
+    StaleStatement,
+    UnexpectedFrame,
+)
 from blindrelay.protocol.signed import (
     Action,
     ConsentStatement,
@@ -43,6 +48,11 @@ from .trust import RelayKeyPin
 log = logging.getLogger("blindrelay.client")
 
 StatementListener = Callable[[ConsentStatement], None]
+
+
+class TargetBlocked(InvalidStatement):
+    """A grant, deny or revoke of an account we block: the relay refuses it with 500
+    (SPEC §7.4, T54), so it is refused before anything is sent. Unblock first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +127,21 @@ class Statements:
     ) -> ConsentStatement:
         """Sign, send as STATEMENT, keep our copy once the relay said OK.
 
-        Not retried after a dropped connection: the relay may have taken it,
-        and the same nonce again would be refused as a replay (SPEC §7.4).
-        Call again (a fresh statement) or check :meth:`Client.statements`.
+        Asked again after a dropped connection, as every request is (and given up with
+        :class:`.connection.NoAnswer` after a relay that never answers it), with the
+        same signed bytes: the relay applies a ``(signer, nonce)`` once and answers it
+        again with 501 (SPEC §7.4), so asking again never makes a second statement. A
+        501 after a drop is ambiguous — the first copy may have been taken — and is
+        settled by the listing (SPEC §7.6): our statement in force there was taken.
+        Before, a drop at that moment raised ConnectionLost to the caller, who could
+        not tell whether the relay had taken it.
+
+        A grant, deny or revoke of a business we block is refused here with
+        :class:`TargetBlocked` (an InvalidStatement), nothing sent: the relay refuses it
+        (SPEC §7.4, T54), and the person must be told to unblock first.
         """
+        if action in (Action.GRANT, Action.DENY, Action.REVOKE) and self.blocked(target):
+            raise TargetBlocked(f"{target} is blocked: unblock it first, then {action.value}")
         if action in (Action.GRANT, Action.REVOKE):
             categories = self._changing(action, target, categories or ())
         conn = await self._link.wait_online()
@@ -136,7 +157,18 @@ class Statements:
             categories=categories,
         )
         signed = statement.sign(self._sessions.sign)
-        await conn.request(frames.Statement(id=conn.next_request_id(), statement=signed))
+        asked = 0
+
+        def ask(request_id: int) -> frames.Frame:
+            nonlocal asked
+            asked += 1
+            return frames.Statement(id=request_id, statement=signed)
+
+        try:
+            await self._link.request(ask)
+        except StaleStatement:
+            if asked < 2 or not any(held.signed == signed for held in await self.in_force()):
+                raise  # not asked before a drop, or the relay did not take it
         self.keep(target, signed)
         return statement
 
@@ -278,4 +310,6 @@ class Statements:
             after = page.next
 
 
-__all__ = ["HeldStatement", "StatementListener", "Statements", "fold", "granted"]
+__all__ = [
+    "HeldStatement", "StatementListener", "Statements", "TargetBlocked", "fold", "granted",
+]  # fmt: skip

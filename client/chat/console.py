@@ -43,7 +43,9 @@ from ..sdk import (
     Client,
     ConnectionLost,
     Message,
+    NoAnswer,
     RelayKeyChanged,
+    TargetBlocked,
 )
 from .business import BUSINESS_COMMANDS, BusinessCommands
 from .consent import ConsentCommands
@@ -307,6 +309,8 @@ class Chat:
 
     def explain(self, exc: BaseException, handle: str) -> str:
         """A refusal in plain words, and what to do about it."""
+        if isinstance(exc, TargetBlocked):  # a grant, deny or revoke (SPEC §7.4)
+            return f"you blocked {handle}; /unblock {handle} first"
         if isinstance(exc, RecipientUnavailable):
             if handle and self.client.blocked(handle):
                 return f"you blocked {handle}; /unblock {handle} first"
@@ -327,6 +331,9 @@ class Chat:
                     "as you; nothing was sent (compare safety numbers with /safety)")  # fmt: skip
         if isinstance(exc, InvalidStatement):
             return f"that changes nothing: {exc.detail or exc}"
+        if isinstance(exc, NoAnswer):
+            return (f"the relay did not answer ({exc}) on several connections: it "
+                    "is failing or refusing service; try again later")  # fmt: skip
         if isinstance(exc, ConnectionLost):
             return f"not connected to the relay ({exc}); try again when it is back"
         if isinstance(exc, RelayKeyChanged):

@@ -419,6 +419,8 @@ def test_unblocking_a_business_lets_the_user_write_but_keeps_consent_revoked(
             assert (await asyncio.wait_for(blocks.get(), TIMEOUT_S)).action == "block"
             fay.type("/msg airline while blocked")
             await expect("refused: you blocked airline; /unblock airline first")
+            fay.type("/grant airline utility")  # SPEC §7.4: refused while blocked (T54)
+            await expect("refused: you blocked airline; /unblock airline first")
 
             fay.type("/unblock airline")
             await expect("unblocked airline")

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
-from blindrelay.client.connection import Connection
+from blindrelay.client.connection import Connection, NoAnswer
 from blindrelay.client.keystore import MemoryKeyStore
-from blindrelay.client.link import Backoff, LinkHandlers, RelayLink
+from blindrelay.client.link import MAX_UNANSWERED, Backoff, LinkHandlers, RelayLink
 from blindrelay.client.transport import ConnectionLost, tapped
 from blindrelay.client.trust import RelayKeyChanged, RelayKeyPin
 from blindrelay.protocol import frames
@@ -516,4 +516,67 @@ async def test_a_closing_error_answering_a_request_once_online_ends_the_connecti
         await within(alice.grant("airline", ["utility"]))
     await within(alice.grant("airline", ["utility"]), 5)
     assert len(relay.ends) == 2 and relay.ends[1].received(frames.Statement)
+    await alice.close()
+
+
+# --- A relay that never answers a request (T55) -----------------------------------------
+
+QUICK = 0.2
+"""The answer timeout these tests give the client (``ANSWER_TIMEOUT_S`` is 60 s)."""
+
+
+def never_answering(
+    kind: type[frames.Frame], answered_from: int | None = None
+) -> Callable[[RelayEnd, frames.Frame], None]:
+    """A relay that leaves every ``kind`` unanswered — but on connection ``answered_from``
+    and later — and answers the rest plainly (keep-alive pings too: the socket is fine)."""
+
+    def answer(end: RelayEnd, frame: frames.Frame) -> None:
+        number = end.relay.ends.index(end)
+        if isinstance(frame, kind) and (answered_from is None or number < answered_from):
+            return
+        if isinstance(frame, frames.StatementsList):
+            end.send(frames.Statements(re=frame.id, statements=[]))
+        else:
+            answer_plainly(end, frame)
+
+    return answer
+
+
+async def test_a_request_never_answered_is_asked_again_then_raises_no_answer() -> None:
+    """T55: a relay that answers pings but never a request kept the caller waiting for
+    ever (here, ``statements()``). The connection on which a request waits longer than
+    the answer timeout is dropped, the request asked again on the next one, and after
+    ``MAX_UNANSWERED`` connections the call raises NoAnswer."""
+    relay = FakeRelay()
+    alice = await online(URL, "alice", open_transport=relay.open, answer_timeout_s=QUICK)
+    relay.answer = never_answering(frames.StatementsList)
+    with pytest.raises(NoAnswer):
+        await within(alice.statements(), 5)
+    asked = [len(end.received(frames.StatementsList)) for end in relay.ends]
+    assert asked == [1] * MAX_UNANSWERED
+    await alice.close()
+
+
+async def test_a_request_unanswered_once_is_answered_on_the_next_connection() -> None:
+    """T55: a relay that lost one request (it restarted before answering) is not given
+    up on: the request goes again on the next connection and its answer is returned."""
+    relay = FakeRelay()
+    alice = await online(URL, "alice", open_transport=relay.open, answer_timeout_s=QUICK)
+    relay.answer = never_answering(frames.StatementsList, answered_from=1)
+    assert await within(alice.statements(), 5) == []
+    assert len(relay.ends) == 2
+    await alice.close()
+
+
+async def test_the_automatic_login_never_answered_is_tried_on_a_new_connection() -> None:
+    """T55: a LOGIN the client sends by itself after a reconnect, never answered, kept
+    the client offline for ever; the connection is now dropped and the next logs in."""
+    relay = FakeRelay()
+    alice = await online(URL, "alice", open_transport=relay.open, answer_timeout_s=QUICK)
+    relay.answer = never_answering(frames.Login, answered_from=2)
+    relay.ends[0].drop()
+    await (await relay.connection(2)).wait_for(frames.Login)
+    await within(alice.wait_online(), 5)
+    assert await within(alice.statements(), 5) == []
     await alice.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,8 +63,8 @@ class Relay(FakeRelay):
         else:
             answer_plainly(end, frame)
 
-    async def alice(self) -> Client:
-        client = await online(URL, "alice", store=self.store, open_transport=self.open)
+    async def alice(self, **options: Any) -> Client:
+        client = await online(URL, "alice", store=self.store, open_transport=self.open, **options)
         session_with(client, "bob", BOB)
         return client
 
@@ -300,3 +301,44 @@ def test_an_unacknowledged_send_survives_a_restart_of_both_sides(tmp_path: Path)
             await alice.close()
 
     run(scenario())
+
+
+# --- A relay that never answers a SEND (T55) ---------------------------------------------
+
+QUICK = 0.2
+"""The answer timeout these tests give the client (``ANSWER_TIMEOUT_S`` is 60 s)."""
+
+
+async def test_a_send_never_answered_goes_again_on_a_new_connection_once() -> None:
+    """T55: a relay that answers pings but never a SEND kept the send waiting for ever on
+    that connection. The connection is dropped once the SENT is overdue and the envelope
+    goes again on the next one with its msg_id (SPEC §6.3: answered once), so a relay
+    that was stuck stores one message, not two."""
+    relay = Relay()
+    relay.on_send = lambda end, send: None if relay.ends.index(end) == 0 else answer_sent(end, send)
+    alice = await relay.alice(answer_timeout_s=QUICK)
+    msg_id = await within(alice.send("bob", "are you there?"), 5)
+    sends = [send for end in relay.ends for send in end.received(frames.Send)]
+    assert [send.msg_id for send in sends] == [msg_id, msg_id] and len(relay.ends) == 2
+    assert relay.store.outbox() == []
+    await alice.close()
+
+
+async def test_a_slow_relay_answering_a_long_queue_in_turn_is_not_cut_off() -> None:
+    """An honest relay working through a long queue (the outbox resent after a
+    reconnect) answers the last SEND long after it was sent: a request's clock starts
+    only once those before it are answered, so nothing is dropped or sent twice while
+    answers keep coming — here 8 SENTs, one every half timeout."""
+    relay = Relay()
+    waiting: list[tuple[RelayEnd, frames.Send]] = []
+    relay.on_send = lambda end, send: waiting.append((end, send))
+    alice = await relay.alice(answer_timeout_s=QUICK)
+    sending = [asyncio.create_task(alice.send("bob", f"message {n}")) for n in range(8)]
+    while len(waiting) < 8:
+        await asyncio.sleep(0.01)
+    for end, send in waiting:
+        await asyncio.sleep(QUICK / 2)
+        answer_sent(end, send)
+    assert len(await within(asyncio.gather(*sending))) == 8
+    assert len(relay.ends) == 1 and len(relay.ends[0].received(frames.Send)) == 8
+    await alice.close()

@@ -14,6 +14,7 @@ clock from HELLO (SPEC §4.1, §7.4). No sleeps: waits are on futures/events.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import (
     InvalidStatement,
     RecipientUnavailable,
+    StaleStatement,
     UnexpectedFrame,
     UntrustedIdentity,
 )
@@ -439,3 +441,98 @@ def test_grant_and_revoke_send_only_the_categories_that_change(tmp_path: Path) -
             await shop.close()
 
     run(scenario())
+
+
+def dropping_the_first_statement(*, taken: bool) -> Callable[[RelayEnd, frames.Frame], None]:
+    """A relay whose connection drops at the first STATEMENT, before the OK, having
+    ``taken`` it or not; after that it answers as SPEC §7.4 says: a ``(signer, nonce)``
+    seen before gets 501, and the statements taken are listed to their signer (§7.6)."""
+    accepted: list[bytes] = []
+
+    def answer(end: RelayEnd, frame: frames.Frame) -> None:
+        if isinstance(frame, frames.Statement):
+            first = not end.relay.ends.index(end) and not end.received(frames.Statement)[:-1]
+            if first and not taken:
+                end.drop()
+            elif frame.statement in accepted:
+                end.refuse(StaleStatement(), re=frame.id)
+            else:
+                accepted.append(frame.statement)
+                if first:
+                    end.drop()
+                else:
+                    end.send(frames.Ok(re=frame.id))
+        elif isinstance(frame, frames.StatementsList):
+            end.send(frames.Statements(re=frame.id, statements=list(accepted)))
+        else:
+            answer_plainly(end, frame)
+
+    return answer
+
+
+@pytest.mark.parametrize("taken", [False, True], ids=["not taken", "taken"])
+async def test_a_statement_cut_off_by_a_drop_is_asked_again_with_the_same_nonce(
+    taken: bool,
+) -> None:
+    """A grant whose connection dropped before the OK raised ConnectionLost: the caller
+    could not tell whether the relay had taken it, and calling again makes a new
+    statement (refused if the first was taken: it changes nothing). It is now asked
+    again on the next connection with the same bytes, which the relay applies once
+    (SPEC §7.4): OK if the first was not taken; if it was, the 501 of a nonce seen
+    before, settled by the listing (§7.6) — the grant returns and is kept either way."""
+    relay = FakeRelay()
+    relay.answer = dropping_the_first_statement(taken=taken)
+    alice = await alice_online(relay)
+    statement = await within(alice.grant("airline", ["utility"]))
+    (first,) = relay.ends[0].received(frames.Statement)
+    (again,) = relay.ends[1].received(frames.Statement)
+    assert again.statement == first.statement
+    assert unverified_body(ConsentStatement, first.statement) == statement
+    assert alice.consent.records("airline") == [first.statement]
+    assert alice.granted_to("airline") == {"utility"}
+    await alice.close()
+
+
+async def test_a_stale_statement_not_asked_again_is_raised() -> None:
+    """A 501 on the first try (the relay's clock far from ours) is the relay's answer:
+    raised, nothing kept, no listing asked for."""
+    relay = FakeRelay()
+
+    def stale(end: RelayEnd, frame: frames.Frame) -> None:
+        if isinstance(frame, frames.Statement):
+            end.refuse(StaleStatement(), re=frame.id)
+        else:
+            answer_plainly(end, frame)
+
+    relay.answer = stale
+    alice = await alice_online(relay)
+    with pytest.raises(StaleStatement):
+        await within(alice.grant("airline", ["utility"]))
+    assert alice.consent.records("airline") == []
+    assert relay.ends[0].received(frames.StatementsList) == []
+    await alice.close()
+
+
+@pytest.mark.parametrize("action", ["grant", "deny", "revoke"])
+async def test_a_consent_statement_to_a_business_we_block_is_refused_before_sending(
+    action: str,
+) -> None:
+    """SPEC §7.4 (T54): the relay refuses a grant, deny or revoke while its signer
+    blocks the business, with a bare 500. The SDK knows it blocks the business and
+    refuses first, saying to unblock; nothing is sent. After the unblock it goes."""
+    relay = FakeRelay()
+    alice = await alice_online(relay)
+    if action == "revoke":
+        await within(alice.grant("airline", ["utility"]))
+    await within(alice.block("airline"))
+    with pytest.raises(InvalidStatement, match="unblock it first"):
+        await within(getattr(alice, action)("airline", ["utility"]))
+    sent = [
+        unverified_body(ConsentStatement, s.statement).action
+        for s in relay.ends[0].received(frames.Statement)
+    ]
+    assert sent[-1] == "block"
+    await within(alice.unblock("airline"))
+    if action != "revoke":  # the block revoked utility already
+        await within(getattr(alice, action)("airline", ["utility"]))
+    await alice.close()
