@@ -247,6 +247,43 @@ async def test_categories_cooling_down_refuse_asking_and_bundle_fetches(relay):
     assert _code(await shop.request(lambda i: BundleFetch(id=i, handle=user.handle))) == 400
 
 
+@pytest.mark.spec("6.3.2")
+async def test_reusing_a_notifications_msg_id_for_another_category_gets_403(relay):
+    """SPEC §6.3: a SEND repeating a remembered msg_id is answered as a resend only "with
+    the same to, intent, category, categories and body"; a notification that names
+    another category gets ERROR 403 MESSAGE_ID_REUSED, though both are granted."""
+    shop = await relay.business()
+    user = await relay.user()
+    await state(user, "grant", shop, ["utility", "marketing"])
+    msg_id = new_msg_id()
+
+    def note(category: str):
+        return lambda i: Send(
+            id=i, to=user.handle, msg_id=msg_id, intent="notification", body=b"sale",
+            category=category,
+        )  # fmt: skip
+
+    first = await shop.request(note("utility"))
+    assert isinstance(first, Sent)
+    again = await shop.request(note("utility"))
+    assert isinstance(again, Sent) and again.at == first.at
+    assert _code(await shop.request(note("marketing"))) == 403
+
+
+@pytest.mark.spec("7.3")
+async def test_the_window_alone_lets_a_business_fetch_the_bundle(relay):
+    """SPEC §7.3: a business fetches a user's bundle when "not blocked and (some category
+    granted, or window, or pending request, or may ask and asking allowed for some
+    category)": with every category denied it gets the 400, and once the user writes to
+    it the window alone is enough (it may reply)."""
+    shop = await relay.business()
+    user = await relay.user(signed=True)
+    await state(user, "deny", shop, list(limits.CATEGORIES))
+    assert _code(await shop.request(lambda i: BundleFetch(id=i, handle=user.handle))) == 400
+    assert isinstance(await user.request(chat(shop.handle, b"about my order")), Sent)
+    assert isinstance(await shop.request(lambda i: BundleFetch(id=i, handle=user.handle)), Bundle)
+
+
 # --- §7.4 statements and their effects ------------------------------------------
 
 
@@ -287,6 +324,67 @@ async def test_a_user_block_stops_everything_from_the_business(relay):
     assert _code(await user.request(chat(shop.handle))) == 400
     await state(user, "unblock", shop)
     assert _code(await shop.request(notification(user.handle))) == 400  # still revoked
+
+
+@pytest.mark.spec("7.4")
+async def test_a_user_block_starts_a_cooldown_that_outlasts_the_unblock(relay):
+    """SPEC §7.4: a user's block of a business makes "every category revoked(now +
+    CONSENT_COOLDOWN_MS)": unblocked, a business that may ask (the user wrote to it) may
+    still not ask for any category; the user may grant one again."""
+    shop = await relay.business()
+    user = await relay.user()
+    await user_writes_first(user, shop)
+    await state(user, "block", shop)
+    await state(user, "unblock", shop)
+    for category in limits.CATEGORIES:
+        assert _code(await shop.request(consent_request(user.handle, category))) == 400
+    await state(user, "grant", shop, ["utility"])
+    assert isinstance(await shop.request(notification(user.handle, "utility")), Sent)
+
+
+@pytest.mark.spec("7.4")
+async def test_a_business_block_of_a_user_leaves_the_users_consent_alone(relay):
+    """SPEC §7.4: only "if the signer is a user and the target a business" does a block
+    revoke every category: a business that blocks a user and unblocks it may notify it
+    under the grant it had."""
+    shop = await relay.business()
+    user = await relay.user()
+    await state(user, "grant", shop, ["utility"])
+    await state(shop, "block", user)
+    assert _code(await shop.request(notification(user.handle))) == 400
+    await state(shop, "unblock", user)
+    assert isinstance(await shop.request(notification(user.handle, "utility", b"back")), Sent)
+    assert (await user.push(Deliver)).body == b"back"
+
+
+@pytest.mark.spec("7.4")
+async def test_a_user_block_clears_a_pending_request(relay):
+    """SPEC §7.4: a user's block of a business — "a pending request is cleared". Unblocked,
+    a business the user never wrote to, with nothing granted (all revoked) and nothing
+    pending, may not fetch the user's bundle (§7.3); a request left pending would let it."""
+    shop = await relay.business()
+    user = await relay.user(signed=True)
+    await state(user, "grant", shop, ["utility"])
+    assert isinstance(await shop.request(consent_request(user.handle, "marketing")), Sent)
+    await state(user, "block", shop)
+    await state(user, "unblock", shop)
+    assert _code(await shop.request(lambda i: BundleFetch(id=i, handle=user.handle))) == 400
+
+
+@pytest.mark.spec("7.4")
+async def test_a_revoke_leaves_a_pending_request_pending(relay):
+    """SPEC §7.4: grant and deny clear a pending request, revoke does not: while its answer
+    is outstanding the business may not ask again (§7.3 "asking allowed": no pending
+    request), even for the category the request named; the answer clears it."""
+    shop = await relay.business()
+    user = await relay.user()
+    await user_writes_first(user, shop)
+    await state(user, "grant", shop, ["utility"])
+    assert isinstance(await shop.request(consent_request(user.handle, "marketing")), Sent)
+    await state(user, "revoke", shop, ["utility"])
+    assert _code(await shop.request(consent_request(user.handle, "marketing"))) == 400
+    await state(user, "grant", shop, ["marketing"])
+    assert isinstance(await shop.request(notification(user.handle, "marketing")), Sent)
 
 
 @pytest.mark.spec("7.4")

@@ -111,6 +111,16 @@ def test_user_writing_to_business_opens_the_service_window() -> None:
     assert decide("chat", state, now=NOW + limits.SERVICE_WINDOW_MS).verdict is Verdict.REFUSE
 
 
+def test_a_service_reply_makes_the_business_a_writer() -> None:
+    """SPEC §7.3, on accepting a service reply: "counted service_replies; the business has
+    written" (§7.2: a handle is added when the relay accepts a chat from it)."""
+    state = PairState(window_until=NOW + 1, wrote=frozenset({"user"}))
+    decision = decide("chat", state)
+    assert decision.meter is Meter.SERVICE_REPLY and decision.writer == "business"
+    after = after_accept(state, decision, NOW, limits.SERVICE_WINDOW_MS)
+    assert after.wrote == frozenset({"user", "business"})
+
+
 def test_a_later_user_message_refreshes_the_window() -> None:
     decision = decide("chat", sender="user", recipient="business")
     state = after_accept(INITIAL, decision, NOW, limits.SERVICE_WINDOW_MS)

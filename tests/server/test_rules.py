@@ -11,6 +11,7 @@ from blindrelay.protocol import limits
 from blindrelay.protocol.consent import (
     INITIAL,
     REFUSE,
+    CategoryConsent,
     CategoryState,
     Meter,
     PairState,
@@ -77,6 +78,23 @@ def test_a_business_recipient_has_no_strangers_pool() -> None:
     assert decision.verdict is Verdict.ALLOW and not stranger
 
 
+def test_a_business_the_user_granted_is_no_stranger() -> None:
+    """SPEC §6.3: "A sender is a stranger to a user who has not written to it (§7.2) and
+    has granted it no category": a notification under a grant stays out of the strangers'
+    pool, a verified business's cold consent request is in it."""
+    granted = PairState(consent={"utility": CategoryConsent(CategoryState.GRANTED)})
+    decision, stranger, _ = judge_send(
+        RULES, "shop", "business", "bob", "user", Request.NOTIFICATION, "utility",
+        frozenset(), granted, NOW,
+    )  # fmt: skip
+    assert decision.verdict is Verdict.ALLOW and not stranger
+    decision, stranger, _ = judge_send(
+        RULES, "shop", "business", "bob", "user", Request.CONSENT_REQUEST, None,
+        frozenset({"utility"}), INITIAL, NOW, verified=True,
+    )  # fmt: skip
+    assert decision.verdict is Verdict.ALLOW and stranger
+
+
 def test_the_queue_is_full_at_the_cap_or_at_a_share() -> None:
     assert not shares_matter(RULES, 3) and shares_matter(RULES, 4) and not shares_matter(RULES, 10)
     assert not queue_full(RULES, "alice", True, 3, None)
@@ -98,7 +116,9 @@ def test_an_accepted_envelope_changes_the_pair_and_is_metered_for_the_business()
     notify = judge("shop", "business", "bob", "user", Request.NOTIFICATION, granted, NOW,
                    category="utility")  # fmt: skip
     assert pair_after_send(RULES, granted, notify, NOW) is None  # a notification: nothing new
-    assert notify.meter is Meter.NOTIFICATION and metered_business("shop", "business", "bob") == "shop"
+    assert (
+        notify.meter is Meter.NOTIFICATION and metered_business("shop", "business", "bob") == "shop"
+    )
     reply = judge("bob", "user", "shop", "business", Request.CHAT, INITIAL, NOW)
     assert reply.meter is Meter.USER_INITIATED and metered_business("bob", "user", "shop") == "shop"
 

@@ -109,6 +109,22 @@ async def test_replayed_and_stale_statements_are_stale(
     assert await _code_or_ok(bob, edge) == "ok"
 
 
+async def test_a_nonce_is_kept_while_its_statement_could_still_be_fresh(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    """SPEC §7.4: 501 for a statement whose (signer, nonce) the relay has seen. One accepted
+    at t may be issued as late as t + STATEMENT_SKEW_MS, so it is fresh until t + 2 × skew:
+    a purge before then must not forget its nonce, or the replay would be accepted."""
+    bob, _ = await _pair(relay, clients)
+    skew = limits.STATEMENT_SKEW_MS
+    grant = statement_bytes(bob, "grant", "airline", clock.now + skew, UTILITY)
+    assert await _code_or_ok(bob, grant) == "ok"
+    await stated(bob, "revoke", "airline", clock.now, UTILITY)  # the replay would be in force
+    clock.advance(2 * skew)
+    await relay.housekeeping.purge_expired()
+    assert await _code(bob, grant) == ErrorCode.STALE_STATEMENT
+
+
 async def test_kinds_unknown_targets_and_table_refusals(
     relay: RunningRelay, clients: Clients, clock: FakeClock
 ) -> None:
