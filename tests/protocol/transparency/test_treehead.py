@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import pytest
 
 from blindrelay.protocol.codec import decode_object, encode_object
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import InvalidProof, InvalidTreeHead, MalformedFrame
-from blindrelay.protocol.signed import SignedObject
+from blindrelay.protocol.frames import MAX_TIME_MS
+from blindrelay.protocol.signed import SignedBody, SignedObject
 from blindrelay.protocol.transparency import merkle
 from blindrelay.protocol.transparency.treehead import (
     TreeHead,
@@ -34,14 +38,18 @@ def head(size: int, root: bytes, at: int) -> TreeHead:
 
 def test_a_signed_head_opens_with_the_relay_key_only() -> None:
     data = sign_tree_head(RELAY.sign, 5, b"\x01" * 32, T0)
-    assert open_tree_head(data, RELAY.public) == TreeHead(v=1, size=5, root=b"\x01" * 32, timestamp=T0)
+    assert open_tree_head(data, RELAY.public) == TreeHead(
+        v=1, size=5, root=b"\x01" * 32, timestamp=T0
+    )
     with pytest.raises(InvalidTreeHead):
         open_tree_head(data, OTHER.public)
     outer = decode_object(SignedObject, data, max_bytes=256)
     # the same signature over a body claiming another size
     forged = TreeHead(v=1, size=6, root=b"\x01" * 32, timestamp=T0)
     with pytest.raises(InvalidTreeHead):
-        open_tree_head(encode_object(SignedObject(body=encode_object(forged), sig=outer.sig)), RELAY.public)
+        open_tree_head(
+            encode_object(SignedObject(body=encode_object(forged), sig=outer.sig)), RELAY.public
+        )
 
 
 def test_the_signature_is_domain_separated() -> None:
@@ -86,3 +94,59 @@ def test_a_fork_a_shrink_or_a_clock_going_back_does_not_extend() -> None:
         check_extends(older, head(5, merkle.leaf_hash(b"x"), T0 + 2), [])
     with pytest.raises(InvalidProof):
         check_extends(head(0, merkle.EMPTY_ROOT, T0), newer, proof)
+
+
+@dataclass(frozen=True, slots=True)
+class LooseHead(SignedBody):
+    """A tree head's fields without TreeHead's checks: what a lying relay can sign."""
+
+    CONTEXT: ClassVar[bytes] = TreeHead.CONTEXT
+    MAX_BYTES: ClassVar[int] = TreeHead.MAX_BYTES
+
+    v: int
+    size: int
+    root: bytes
+    timestamp: int
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"v": 2},
+        {"v": 0},
+        {"size": -1},
+        {"size": merkle.MAX_TREE_SIZE + 1},
+        {"root": b"\x01" * 31},
+        {"root": b"\x01" * 33},
+        {"timestamp": -1},
+        {"timestamp": MAX_TIME_MS + 1},
+        {"size": 0, "root": b"\x01" * 32},
+    ],
+)
+def test_a_head_the_relay_signed_with_a_field_out_of_range_does_not_open(fields: dict) -> None:
+    """SPEC §15.3: the signature is checked first, then the body strictly, so even the
+    relay's own signature does not make a head of version 2, a negative or impossible
+    size, a short root or a time out of range, nor a non-empty root for an empty log."""
+    good = {"v": 1, "size": 5, "root": b"\x01" * 32, "timestamp": T0}
+    assert open_tree_head(LooseHead(**good).sign(RELAY.sign), RELAY.public).size == 5
+    with pytest.raises(InvalidTreeHead):
+        open_tree_head(LooseHead(**(good | fields)).sign(RELAY.sign), RELAY.public)
+
+
+def test_a_proof_from_the_empty_tree_is_refused_and_none_is_needed() -> None:
+    """check_extends: the empty log is extended by every log with no proof at all, and a
+    relay that sends one anyway is refused (it would prove nothing)."""
+    frontier, _ = grow(3)
+    empty, newer = head(0, merkle.EMPTY_ROOT, T0), head(3, frontier.root(), T0 + 1)
+    check_extends(empty, newer, [])
+    with pytest.raises(InvalidProof, match="empty tree"):
+        check_extends(empty, newer, [frontier.root()])
+
+
+def test_heads_of_one_time_extend_each_other() -> None:
+    """Two heads signed in the same millisecond are not a clock going back."""
+    frontier, stored = grow(6)
+    lookup = lambda nodes: {n: stored[n] for n in nodes}  # noqa: E731
+    older = head(4, merkle.tree_root(4, lookup), T0)
+    check_extends(older, head(6, frontier.root(), T0), merkle.consistency_proof(4, 6, lookup))
+    check_extends(older, older, [])
