@@ -8,6 +8,7 @@ import msgpack
 import pytest
 
 from blindrelay.protocol.errors import MalformedFrame, MalformedLogEntry
+from blindrelay.protocol.frames import MAX_TIME_MS
 from blindrelay.protocol.signed import ConsentStatement
 from blindrelay.protocol.transparency import entries as e
 
@@ -42,9 +43,11 @@ def test_every_context_is_distinct_and_none_is_a_signed_object_context() -> None
         b"blindrelay/v1/log/unknown\x00" + msgpack.packb({"v": 1}),
         b"blindrelay/v1/bill/item\x00" + msgpack.packb({"v": 1}),  # a bill item is not a log entry
         b"blindrelay/v1/log/statement\x00" + msgpack.packb({"v": 1, "commitment": K1}),
-        b"blindrelay/v1/log/statement\x00" + msgpack.packb({"v": 1, "commitment": K1, "at": 1, "x": 1}),
+        b"blindrelay/v1/log/statement\x00"
+        + msgpack.packb({"v": 1, "commitment": K1, "at": 1, "x": 1}),
         b"blindrelay/v1/log/statement\x00" + msgpack.packb({"v": 2, "commitment": K1, "at": 1}),
-        b"blindrelay/v1/log/statement\x00" + msgpack.packb({"v": 1, "commitment": K1[:31], "at": 1}),
+        b"blindrelay/v1/log/statement\x00"
+        + msgpack.packb({"v": 1, "commitment": K1[:31], "at": 1}),
         # the same fields in another order: valid msgpack, but not the one encoding
         b"blindrelay/v1/log/statement\x00" + msgpack.packb({"at": 1, "v": 1, "commitment": K1}),
         # trailing bytes after the body
@@ -90,7 +93,9 @@ def test_a_statement_commitment_is_the_sha256_of_the_exact_signed_bytes() -> Non
 def test_a_recipient_commitment_needs_the_salt() -> None:
     salt = bytes(16)
     commitment = e.recipient_commitment("alice", salt)
-    assert commitment == hashlib.sha256(b"blindrelay/v1/bill/recipient\x00" + salt + b"alice").digest()
+    assert (
+        commitment == hashlib.sha256(b"blindrelay/v1/bill/recipient\x00" + salt + b"alice").digest()
+    )
     assert commitment != e.recipient_commitment("alice", b"\x01" * 16)
     assert commitment != e.recipient_commitment("alicf", salt)
     with pytest.raises(MalformedFrame):
@@ -107,3 +112,36 @@ def test_a_bill_root_covers_every_item_in_order() -> None:
     assert e.decode_bill_item(items[0].to_bytes()) == items[0]
     with pytest.raises(MalformedLogEntry):
         e.decode_bill_item(e.StatementLogged(v=1, commitment=K1, at=T0).to_bytes())
+
+
+@pytest.mark.parametrize("month", ["2026-01\n", "2026-1", "2026-00", " 2026-01"])
+def test_a_bill_s_month_is_exactly_yyyy_mm(month: str) -> None:
+    """A second bill for "2026-01\\n" would not be the second bill for "2026-01" that the
+    audit looks for (one per business and month, §8.5): the month admits no trailing
+    newline (a regex anchored with ``$`` would)."""
+    good = e.BillLogged(v=1, handle="skyways.air", month="2026-01", count=1, root=K1, at=T0)
+    with pytest.raises(MalformedFrame, match="month"):
+        e.BillLogged(v=1, handle="skyways.air", month=month, count=1, root=K1, at=T0)
+    body = msgpack.unpackb(good.to_bytes().partition(b"\x00")[2])
+    forged = e.BillLogged.CONTEXT + b"\x00" + msgpack.packb(body | {"month": month})
+    with pytest.raises(MalformedLogEntry, match="month"):
+        e.decode_entry(forged)
+
+
+@pytest.mark.parametrize("count", [-1, 2**63])
+def test_a_bill_s_count_is_a_tree_size(count: int) -> None:
+    with pytest.raises(MalformedFrame, match="count"):
+        e.BillLogged(v=1, handle="skyways.air", month="2026-01", count=count, root=K1, at=T0)
+
+
+def test_times_and_serials_stay_in_their_ranges() -> None:
+    """Every ``at`` is a time frames can carry (``MAX_TIME_MS``), and a badge serial a
+    signed 63-bit int, at both ends."""
+    e.StatementLogged(v=1, commitment=K1, at=MAX_TIME_MS)
+    for at in (-1, MAX_TIME_MS + 1):
+        with pytest.raises(MalformedFrame, match="at"):
+            e.StatementLogged(v=1, commitment=K1, at=at)
+    e.BadgeRevoked(v=1, handle="skyways.air", serial=2**63 - 1, at=T0)
+    for serial in (-1, 2**63):
+        with pytest.raises(MalformedFrame, match="serial"):
+            e.BadgeRevoked(v=1, handle="skyways.air", serial=serial, at=T0)
