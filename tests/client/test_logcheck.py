@@ -54,7 +54,15 @@ def test_a_logged_business_key_is_trusted_and_the_head_kept() -> None:
 
 @pytest.mark.parametrize(
     "lie",
-    ["no proof", "proof of the real key", "head signed by another key", "path that misses"],
+    [
+        "no proof",
+        "proof of the real key",
+        "head signed by another key",
+        "path that misses",
+        "binding of another handle",
+        "binding as a user",
+        "an entry that is no binding",
+    ],
 )
 def test_a_key_the_relay_did_not_log_is_refused_before_anything_is_encrypted(lie: str) -> None:
     """The attack: the relay serves its own key as the airline's. Whatever it shows
@@ -74,6 +82,15 @@ def test_a_key_the_relay_did_not_log_is_refused_before_anything_is_encrypted(lie
             forged = relay.append(binding("airline", FAKE_SEED))
             head = relay.sign_head(key=OTHER_RELAY_KEY)
             relay.bundles = [relay.proven(fake, forged, sth=head)]
+        elif lie == "binding of another handle":  # logged, but the airline's owner
+            # watching its handle in the log never sees it
+            forged = relay.append(binding("airline2", FAKE_SEED))
+            relay.bundles = [relay.proven(fake, forged, sth=relay.sign_head())]
+        elif lie == "binding as a user":  # a user's key is not a business's (§15.6)
+            forged = relay.append(binding("airline", FAKE_SEED, kind="user"))
+            relay.bundles = [relay.proven(fake, forged, sth=relay.sign_head())]
+        elif lie == "an entry that is no binding":
+            relay.bundles = [relay.proven(fake, 0, sth=relay.sign_head())]
         else:  # a binding of the fake key that is not in the signed tree
             index = relay.append(binding("airline", FAKE_SEED))
             proven = relay.proven(fake, index)
