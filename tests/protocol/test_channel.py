@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -251,3 +252,58 @@ def test_a_peer_that_does_not_rekey_is_cut_off_at_the_interval() -> None:
         relay.decrypt(client.encrypt(b"ok"))
     with pytest.raises(TransportMessageRejected):
         relay.decrypt(client.encrypt(b"stale key"))
+
+
+def test_the_rekey_schedule_matches_an_independent_noise_implementation() -> None:
+    """SPEC §1.3.5 against the ``noiseprotocol`` oracle: its NX initiator, told to Rekey()
+    before each nonce that is a positive multiple of the interval, reads our relay's
+    transport messages and writes ones our relay reads. Both ends of ours agreeing was
+    not enough: a schedule wrong on both sides alike (a key rekeyed twice, or a message
+    late) still interoperates with itself but with no other implementation of the SPEC."""
+    from noise.connection import Keypair, NoiseConnection
+
+    interval = 4
+    static = channel.relay_static_key(RELAY_SEED)
+    binding = channel.static_binding(SigningKey(RELAY_SEED), static.public)
+    relay = RelayChannel(static, binding, lambda n: b"\x22" * n, rekey_interval=interval)
+    oracle = NoiseConnection.from_name(channel.PROTOCOL_NAME)
+    oracle.set_prologue(channel.PROLOGUE)
+    oracle.set_as_initiator()
+    oracle.set_keypair_from_private_bytes(Keypair.EPHEMERAL, b"\x11" * 32)
+    with warnings.catch_warnings():  # the oracle warns of a fixed ephemeral: a test's need
+        warnings.filterwarnings("ignore", "One of ephemeral keypairs", UserWarning)
+        oracle.start_handshake()
+    reply = relay.receive_handshake(bytes(oracle.write_message()))
+    assert channel.bound_relay_key(bytes(oracle.read_message(reply)), static.public)
+    assert oracle.get_handshake_hash() == relay.handshake_hash
+    for n in range(3 * interval + 2):
+        if n and n % interval == 0:
+            oracle.rekey_outbound_cipher()
+            oracle.rekey_inbound_cipher()
+        frame = bytes([n]) * (n + 1)
+        assert relay.decrypt(bytes(oracle.encrypt(frame))) == frame
+        assert bytes(oracle.decrypt(relay.encrypt(frame[::-1]))) == frame[::-1]
+
+
+def test_a_sealed_transport_message_over_the_size_limit_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SPEC §1.1.5: 65,535 bytes at most, even when it authenticates. The sender's own
+    limit is lifted to seal one byte more; the relay must still refuse it, by size."""
+    client, relay = established()
+    monkeypatch.setattr(limits, "MAX_FRAME_BYTES", limits.MAX_FRAME_BYTES + 1)
+    oversize = client.encrypt(b"\x80" * limits.MAX_FRAME_BYTES)
+    assert len(oversize) == channel.MAX_TRANSPORT_MESSAGE_BYTES + 1
+    with pytest.raises(TransportMessageRejected, match="size"):
+        relay.decrypt(oversize)
+
+
+def test_a_relay_channel_takes_one_handshake_message_even_after_a_failed_one() -> None:
+    """One handshake per channel: a first message refused (wrong size) ends the
+    handshake; a good one after it is not a second chance (SPEC §1.3.6)."""
+    relay = relay_channel()
+    with pytest.raises(NoiseHandshakeFailed):
+        relay.receive_handshake(b"\x01" * 33)
+    with pytest.raises(RuntimeError):
+        relay.receive_handshake(ClientChannel(os.urandom).start())
+    assert not relay.established

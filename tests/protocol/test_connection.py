@@ -95,7 +95,13 @@ def test_expired_challenge_is_refused() -> None:
 def test_challenge_is_single_use_even_after_a_failure() -> None:
     pair = Pair()
     frame = register(pair)
-    bad = f.Register(id=frame.id, handle=frame.handle, kind=frame.kind, identity_key=frame.identity_key, signature=bytes(64))
+    bad = f.Register(
+        id=frame.id,
+        handle=frame.handle,
+        kind=frame.kind,
+        identity_key=frame.identity_key,
+        signature=bytes(64),
+    )
     with pytest.raises(AuthenticationFailed):
         pair.relay.verify_registration(bad, T0 + 1)
     with pytest.raises(AuthenticationFailed):
@@ -106,8 +112,21 @@ def test_signature_for_another_relay_is_refused() -> None:
     pair = Pair()
     hello = pair.client.hello
     other_relay = SigningKey(b"\x09" * 32).verify_key.encode()
-    transcript = register_transcript(other_relay, hello.challenge, "alice", "user", ALICE.verify_key.encode(), handshake_hash=HANDSHAKE_HASH)
-    frame = f.Register(id=1, handle="alice", kind="user", identity_key=ALICE.verify_key.encode(), signature=ALICE.sign(transcript).signature)
+    transcript = register_transcript(
+        other_relay,
+        hello.challenge,
+        "alice",
+        "user",
+        ALICE.verify_key.encode(),
+        handshake_hash=HANDSHAKE_HASH,
+    )
+    frame = f.Register(
+        id=1,
+        handle="alice",
+        kind="user",
+        identity_key=ALICE.verify_key.encode(),
+        signature=ALICE.sign(transcript).signature,
+    )
     with pytest.raises(AuthenticationFailed):
         pair.relay.verify_registration(frame, T0 + 1)
 
@@ -115,8 +134,16 @@ def test_signature_for_another_relay_is_refused() -> None:
 def test_login_signature_cannot_be_used_to_register() -> None:
     pair = Pair()
     hello = pair.client.hello
-    transcript = login_transcript(hello.relay_key, hello.challenge, "alice", handshake_hash=HANDSHAKE_HASH)
-    frame = f.Register(id=1, handle="alice", kind="user", identity_key=ALICE.verify_key.encode(), signature=ALICE.sign(transcript).signature)
+    transcript = login_transcript(
+        hello.relay_key, hello.challenge, "alice", handshake_hash=HANDSHAKE_HASH
+    )
+    frame = f.Register(
+        id=1,
+        handle="alice",
+        kind="user",
+        identity_key=ALICE.verify_key.encode(),
+        signature=ALICE.sign(transcript).signature,
+    )
     with pytest.raises(AuthenticationFailed):
         pair.relay.verify_registration(frame, T0 + 1)
 
@@ -126,7 +153,16 @@ def test_relay_will_not_welcome_a_handle_that_did_not_prove_its_key() -> None:
     frame = register(pair)
     pair.relay.verify_registration(frame, T0 + 1)
     with pytest.raises(RuntimeError):
-        pair.relay.send(f.Welcome(re=frame.id, handle="mallory", kind="user", queued=0, one_time_prekeys=0, has_signed_prekey=False))
+        pair.relay.send(
+            f.Welcome(
+                re=frame.id,
+                handle="mallory",
+                kind="user",
+                queued=0,
+                one_time_prekeys=0,
+                has_signed_prekey=False,
+            )
+        )
     assert pair.relay.state is State.AWAITING_AUTH
 
 
@@ -135,7 +171,11 @@ def test_requests_before_authentication_get_unexpected_frame_and_connection_stay
     pair.relay.receive_data(codec.encode(f.BundleFetch(id=4, handle="bob")))
     assert pair.relay.events_received() == []
     (error,) = pair.relay_errors()
-    assert error == f.Error(code=ErrorCode.UNEXPECTED_FRAME, re=4, reason="BUNDLE_FETCH not allowed in state awaiting_auth")
+    assert error == f.Error(
+        code=ErrorCode.UNEXPECTED_FRAME,
+        re=4,
+        reason="BUNDLE_FETCH not allowed in state awaiting_auth",
+    )
     assert pair.relay.state is State.AWAITING_AUTH
 
 
@@ -172,10 +212,16 @@ def test_too_many_protocol_errors_close_the_connection() -> None:
     for _ in range(limits.MAX_PROTOCOL_ERRORS):
         pair.relay.receive_data(b"\xc1")
     assert pair.relay.state is State.AWAITING_AUTH
-    assert [e.code for e in pair.relay_errors()] == [ErrorCode.MALFORMED_FRAME] * limits.MAX_PROTOCOL_ERRORS
+    assert [e.code for e in pair.relay_errors()] == [
+        ErrorCode.MALFORMED_FRAME
+    ] * limits.MAX_PROTOCOL_ERRORS
     pair.relay.receive_data(codec.encode(f.BundleFetch(id=9, handle="bob")))  # 103, re 9
     assert pair.relay_errors() == [
-        f.Error(code=ErrorCode.UNEXPECTED_FRAME, re=9, reason="BUNDLE_FETCH not allowed in state awaiting_auth"),
+        f.Error(
+            code=ErrorCode.UNEXPECTED_FRAME,
+            re=9,
+            reason="BUNDLE_FETCH not allowed in state awaiting_auth",
+        ),
         f.Error(code=ErrorCode.TOO_MANY_ERRORS),
     ]
     assert pair.relay.state is State.CLOSED
@@ -310,7 +356,18 @@ def test_a_sent_before_authentication_is_left_to_receive_data() -> None:
 def test_client_refuses_a_response_to_no_request() -> None:
     pair = Pair()
     with pytest.raises(UnexpectedFrame):
-        pair.client.receive_data(codec.encode(f.Welcome(re=99, handle="alice", kind="user", queued=0, one_time_prekeys=0, has_signed_prekey=False)))
+        pair.client.receive_data(
+            codec.encode(
+                f.Welcome(
+                    re=99,
+                    handle="alice",
+                    kind="user",
+                    queued=0,
+                    one_time_prekeys=0,
+                    has_signed_prekey=False,
+                )
+            )
+        )
 
 
 def test_client_refuses_another_protocol_version() -> None:
@@ -329,7 +386,9 @@ def test_client_auth_failure_closes_the_client_side() -> None:
 
 
 def test_every_frame_type_is_receivable_by_exactly_one_side_once_authenticated() -> None:
-    relay = RECEIVABLE[Role.RELAY][State.AUTHENTICATED] | RECEIVABLE[Role.RELAY][State.AWAITING_AUTH]
+    relay = (
+        RECEIVABLE[Role.RELAY][State.AUTHENTICATED] | RECEIVABLE[Role.RELAY][State.AWAITING_AUTH]
+    )
     client = RECEIVABLE[Role.CLIENT][State.AUTHENTICATED] | {f.FrameType.HELLO, f.FrameType.WELCOME}
     assert relay.isdisjoint(client)
     assert relay | client == set(f.FrameType)
@@ -348,7 +407,13 @@ def test_a_signature_over_another_channel_is_refused() -> None:
         hello.relay_key, hello.challenge, "alice", "user", ALICE.verify_key.encode(),
         handshake_hash=other_channel,
     )  # fmt: skip
-    frame = f.Register(id=1, handle="alice", kind="user", identity_key=ALICE.verify_key.encode(), signature=ALICE.sign(transcript).signature)
+    frame = f.Register(
+        id=1,
+        handle="alice",
+        kind="user",
+        identity_key=ALICE.verify_key.encode(),
+        signature=ALICE.sign(transcript).signature,
+    )
     with pytest.raises(AuthenticationFailed):
         pair.relay.verify_registration(frame, T0 + 1)
 
@@ -374,3 +439,24 @@ def test_a_client_refuses_a_hello_naming_another_key_than_its_channel() -> None:
     hello = f.Hello(version=2, relay_key=bytes(32), challenge=bytes(32), expires_at=T0, now=T0)
     with pytest.raises(UnexpectedFrame, match="relay key"):
         client.receive_data(codec.encode(hello))
+
+
+def test_a_relay_binds_one_channel_only() -> None:
+    """The proofs are checked over the hash of the channel the connection runs on (SPEC
+    §4.2): once bound it is not replaced, so no later hash can take its place."""
+    relay = RelayConnection(SigningKey(b"\x01" * 32).verify_key.encode(), T0, counter_rng())
+    relay.bind_channel(HANDSHAKE_HASH)
+    with pytest.raises(RuntimeError, match="has its channel"):
+        relay.bind_channel(bytes(64))
+    assert relay.handshake_hash == HANDSHAKE_HASH
+
+
+def test_a_registration_signature_is_checked_only_after_the_challenge_is_spent() -> None:
+    """SPEC §4.4.1: the one attempt at the challenge is taken first, so a proof can never
+    be checked, and accepted, without spending it."""
+    pair = Pair()
+    frame = register(pair)
+    with pytest.raises(RuntimeError, match="spend the challenge"):
+        pair.relay.verify_registration_signature(frame)
+    pair.relay.spend_challenge(T0 + 1)
+    pair.relay.verify_registration_signature(frame)

@@ -258,3 +258,45 @@ def test_hash_hmac_and_hkdf_agree_with_libsodium_s_blake2b() -> None:
     o2 = hmac.digest(temp, o1 + b"\x02", libsodium_blake2b)  # type: ignore[arg-type]
     o3 = hmac.digest(temp, o2 + b"\x03", libsodium_blake2b)  # type: ignore[arg-type]
     assert noise.hkdf(ck, ikm, 3) == [o1, o2, o3]
+
+
+def test_the_reserved_nonce_is_never_used_to_decrypt_either() -> None:
+    """Noise §5.1: once n reaches 2^64−1, DecryptWithAd() signals an error too."""
+    _, (_, receive) = handshaken()
+    receive.n = noise.MAX_NONCE
+    with pytest.raises(noise.NonceExhausted):
+        receive.decrypt_with_ad(b"", bytes(noise.TAGLEN))
+
+
+def test_messages_are_written_and_read_in_turn_and_split_waits_for_the_last() -> None:
+    """Noise §5.3: each side writes only its own messages, reads only the peer's, and
+    Split() only once the pattern is done (before it, ck is not the session's)."""
+    initiator, responder = ours("NX", True), ours("NX", False)
+    with pytest.raises(noise.NoiseError, match="not our turn"):
+        responder.write_message()
+    with pytest.raises(noise.NoiseError, match="not the peer's turn"):
+        initiator.read_message(b"\x09" * 32)
+    first = initiator.write_message()
+    with pytest.raises(noise.NoiseError, match="not our turn"):
+        initiator.write_message()
+    with pytest.raises(noise.NoiseError, match="not finished"):
+        initiator.split()
+    responder.read_message(first)
+    with pytest.raises(noise.NoiseError, match="not the peer's turn"):
+        responder.read_message(first)
+    initiator.read_message(responder.write_message())
+    assert initiator.finished and responder.finished
+    with pytest.raises(noise.NoiseError):
+        initiator.write_message()
+    with pytest.raises(noise.NoiseError):
+        responder.read_message(first)
+
+
+def test_a_handshake_message_over_65535_bytes_is_refused() -> None:
+    """Noise §3: no message is longer, on writing or reading; NX's first message has no
+    key yet, so without the check its payload would be read as plaintext of any size."""
+    with pytest.raises(noise.NoiseError, match="65535"):
+        ours("NX", False).read_message(b"\x09" * (noise.MAX_MESSAGE_LEN + 1))
+    assert ours("NX", False).read_message(b"\x09" * noise.MAX_MESSAGE_LEN)
+    with pytest.raises(noise.NoiseError, match="65535"):
+        ours("NX", True).write_message(bytes(noise.MAX_MESSAGE_LEN - noise.DHLEN + 1))

@@ -249,3 +249,22 @@ def test_private_material_stays_out_of_reprs():
 def test_key_ids_are_unsigned_32_bit(key_id):
     with pytest.raises(ValueError, match="key id"):
         OneTimePreKey(key_id, X25519KeyPair.from_private(b"\x01" * 32))
+
+
+@pytest.mark.parametrize("point", [bytes(32), b"\x01" + bytes(31)], ids=["zero", "identity"])
+def test_bundle_with_a_low_order_identity_key_is_an_invalid_key(point):
+    """PreKeyBundle.verify names a key that is no usable point InvalidKey, as the module
+    promises, before it looks at any signature (which would say InvalidSignature)."""
+    _, _, _, bundle = make_bundle()
+    with pytest.raises(InvalidKey):
+        PreKeyBundle(point, 7, bundle.signed_prekey_public, bundle.signed_prekey_signature).verify()
+
+
+def test_bundle_with_a_one_time_prekey_of_the_wrong_length_is_refused():
+    _, _, otpk, bundle = make_bundle()
+    short = PreKeyBundle(
+        bundle.identity_key, 7, bundle.signed_prekey_public, bundle.signed_prekey_signature,
+        9, otpk.public[:31],
+    )  # fmt: skip
+    with pytest.raises(InvalidKey):
+        short.verify()

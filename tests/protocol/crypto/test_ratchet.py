@@ -19,8 +19,6 @@ from tests.protocol.crypto.rng import stream
 AD = b"associated"
 
 
-
-
 def pair():
     rng_a, rng_b = stream(b"a"), stream(b"b")
     bob_spk = X25519KeyPair.generate(rng_b)
@@ -173,3 +171,56 @@ def test_state_round_trips_through_bytes_with_skipped_keys():
     assert dr.RatchetState.from_bytes(bob.to_bytes()) == bob
     with pytest.raises(ValueError, match="malformed"):
         dr.RatchetState.from_bytes(bob.to_bytes()[:-3] + b"\xc0\xc0\xc0")
+
+
+def test_a_message_on_the_initiators_first_ratchet_key_has_no_receiving_chain():
+    """Before it receives, the initiator has DHr = SPK_B but no CKr: a header naming
+    SPK_B is refused as DecryptionFailed (not a crash deriving from no chain key)."""
+    rng_a, rng_b = stream(b"a"), stream(b"b")
+    bob_spk = X25519KeyPair.generate(rng_b)
+    alice = dr.initialize_initiator(b"\x11" * 32, bob_spk.public, rng_a)
+    with pytest.raises(DecryptionFailed, match="no receiving chain"):
+        dr.decrypt(alice, dr.Header(bob_spk.public, 0, 0), bytes(32), AD, rng_a)
+
+
+def test_the_last_message_number_is_refused_before_it_is_sent():
+    """N is a u32 in the header: the sending chain ends before 2^32−1, with a named
+    error, never at a number the next message could not carry."""
+    alice, _, _, _ = pair()
+    last = dr.RatchetState(
+        alice.root_key, alice.our_ratchet, alice.their_ratchet_key,
+        alice.sending_chain_key, None, sending_count=2**32 - 2,
+    )  # fmt: skip
+    _, header, _ = dr.encrypt(last, b"x", AD)
+    assert header.message_number == 2**32 - 2
+    exhausted = dr.RatchetState(
+        alice.root_key, alice.our_ratchet, alice.their_ratchet_key,
+        alice.sending_chain_key, None, sending_count=2**32 - 1,
+    )  # fmt: skip
+    with pytest.raises(TooManySkippedMessages):
+        dr.encrypt(exhausted, b"x", AD)
+
+
+def test_retired_ratchet_keys_are_bounded():
+    """MAX_RETIRED_RATCHET_KEYS of the peer's old ratchet keys are remembered, no more."""
+    alice, bob, rng_a, rng_b = pair()
+    for _ in range(dr.MAX_RETIRED_RATCHET_KEYS + 3):
+        alice, h, c = dr.encrypt(alice, b"ping", AD)
+        bob, _ = dr.decrypt(bob, h, c, AD, rng_b)
+        bob, h, c = dr.encrypt(bob, b"pong", AD)
+        alice, _ = dr.decrypt(alice, h, c, AD, rng_a)
+    assert len(bob.retired_ratchet_keys) == dr.MAX_RETIRED_RATCHET_KEYS
+    assert len(alice.retired_ratchet_keys) == dr.MAX_RETIRED_RATCHET_KEYS
+    assert bob.retired_ratchet_keys[-1] != alice.our_ratchet.public
+
+
+@pytest.mark.parametrize(
+    ("index", "value"),
+    [(1, b"\x01" * 31), (3, b"\x01" * 33), (4, b"\x01" * 31), (6, True), (8, -1), (7, 2**32)],
+)
+def test_a_stored_state_with_a_wrong_length_key_or_a_bad_count_is_refused(index, value):
+    alice, _, _, _ = pair()
+    fields = alice.to_list()
+    fields[index] = value
+    with pytest.raises(ValueError, match="malformed"):
+        dr.RatchetState.from_list(fields)

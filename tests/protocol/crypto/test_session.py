@@ -211,9 +211,13 @@ def test_largest_prekey_envelope_fits_the_relay_cap():
      (b"\x01\x01" + bytes(68) + b"\x00" + bytes(40 + 272), "version 1"),
      (b"\x02\x03" + bytes(40 + 272), "type"),
      (b"\x02\x02" + bytes(40 + 271), "padded size"),
-     (b"\x02\x01" + bytes(68) + b"\x02" + bytes(40 + 272), "flag")],
+     (b"\x02\x01" + bytes(68) + b"\x02" + bytes(40 + 272), "flag"),
+     (b"\x02\x01" + bytes(68) + b"\x00" + bytes(40 + 271), "padded size"),
+     (b"\x02\x01" + bytes(66), "truncated"), (b"\x02\x01" + bytes(68), "truncated"),
+     (b"\x02\x01" + bytes(68) + b"\x01" + bytes(3), "truncated")],
     ids=["empty", "version-only", "bad-version", "version-1-message", "version-1-prekey",
-         "bad-type", "odd-ciphertext", "bad-flag"],
+         "bad-type", "odd-ciphertext", "bad-flag", "odd-prekey-ciphertext",
+         "prekey-prefix-66", "prekey-prefix-68", "one-time-id-3"],
 )  # fmt: skip
 def test_malformed_envelopes_are_named(envelope, reason):
     with pytest.raises(MalformedEnvelope, match=reason):
@@ -265,3 +269,15 @@ def test_peek_fast_path_reads_a_normal_message_like_the_general_parser():
     for bad in (body[:41], body[:-1], b"\x02\x02", b"\x02\x03" + body[2:], b"\x01" + body[1:]):
         with pytest.raises(MalformedEnvelope):
             s.peek_envelope(bad)
+
+
+def test_a_prekey_message_belongs_to_a_session_only_from_its_sender_and_base_key(established):
+    """belongs_to (SPEC §13.6): the same base key under another identity key is another
+    X3DH run, for accept_session to judge, not a message of this session."""
+    _, bob = established
+    _, envelope = s.encrypt(start(), b"again", RNG)
+    info = s.peek_envelope(envelope)
+    assert not s.belongs_to(bob, info)
+    same_run = dataclasses.replace(info, base_key=bob.base_key)
+    assert s.belongs_to(bob, same_run)
+    assert not s.belongs_to(bob, dataclasses.replace(same_run, sender_identity_key=BOB.public))
