@@ -92,6 +92,7 @@ def test_a_second_bill_for_one_business_and_month_is_a_violation() -> None:
     month, serves the business the one that matches its SENTs (``check_bill``: ok) and
     invoices by the other; each is logged, so "everyone sees the same bill" rested on
     someone noticing the second. The auditor now reports it, with both entries."""
+
     def bill(count: int) -> bytes:
         return BillLogged(
             v=1, handle="skyways.air", month="2026-11", count=count, root=bytes([count % 256]) * 32,
@@ -115,6 +116,7 @@ def test_a_key_binding_that_does_not_follow_the_handle_s_last_is_a_violation() -
     registration, as a rotation from a key the business never had, or as a user's, put
     it "on record" for anyone to see; the audit passed such a log clean. Now each is a
     violation with the entry; a well-formed chain (a rotation) is not."""
+
     def bound(key: int, previous: int | None = None, kind: str = "business") -> bytes:
         return KeyBinding(
             v=1, handle="airline", kind=kind, identity_key=bytes([key]) * 32, at=T0,
@@ -146,6 +148,51 @@ def test_a_newest_head_older_than_the_previous_run_s_is_a_violation() -> None:
     for stale in (head(entries, 8, T0 + 6), head(entries, 10, T0 + 2)):
         report = audit(entries, [stale], RELAY.public, state)
         assert kinds(report) == ["heads go backwards"]
-        assert report.violations[0].evidence == {"earlier": state.signed.hex(), "later": stale.hex()}
+        assert report.violations[0].evidence == {
+            "earlier": state.signed.hex(),
+            "later": stale.hex(),
+        }
         assert report.state == state
     assert audit(entries, [head(entries, 12, T0 + 7)], RELAY.public, state).clean
+
+
+def test_each_break_of_a_binding_chain_is_named_for_what_it_is() -> None:
+    """The three lies of the test above, each with its own detail: a second
+    registration is not reported as a rotation from a wrong key."""
+
+    def bound(key: int, previous: int | None = None, kind: str = "business") -> bytes:
+        return KeyBinding(
+            v=1, handle="airline", kind=kind, identity_key=bytes([key]) * 32, at=T0,
+            previous_key=None if previous is None else bytes([previous]) * 32,
+        ).to_bytes()  # fmt: skip
+
+    chained = [*log(2), bound(1), bound(2, previous=1)]
+    for lie, detail in (
+        (bound(9), "a second first binding of a bound handle"),
+        (bound(9, previous=1), "a rotation from a key that is not the handle's"),
+        (bound(9, previous=2, kind="user"), "a user's binding of a business"),
+    ):
+        entries = [*chained, lie]
+        report = audit(entries, [head(entries, 5, T0)], RELAY.public)
+        assert [v.detail for v in report.violations] == [f"entry 4: {detail} (airline)"]
+
+
+def test_a_later_head_signed_at_an_earlier_time_goes_backwards() -> None:
+    """SPEC §15.3 rule 2 within one run: a larger head is not enough, its time must not
+    go back either (the newest is then the last good one)."""
+    entries = log(10)
+    heads = [head(entries, 4, T0 + 5), head(entries, 10, T0 + 4)]
+    report = audit(entries, heads, RELAY.public)
+    assert kinds(report) == ["heads go backwards"]
+    assert report.violations[0].evidence == {"earlier": heads[0].hex(), "later": heads[1].hex()}
+    assert report.newest is not None and report.newest.size == 4
+
+
+def test_a_clean_run_never_hands_on_a_smaller_state_than_it_was_given() -> None:
+    """A state the caller made by hand (its signed head unreadable: nothing to compare
+    times with) and a newest head smaller than it: the larger commitment stays."""
+    entries = log(10)
+    root = merkle.root_of([merkle.leaf_hash(e) for e in entries])
+    by_hand = AuditState(10, root, b"not a signed head")
+    report = audit(entries, [head(entries, 8, T0)], RELAY.public, by_hand)
+    assert report.clean and report.state == by_hand
