@@ -145,3 +145,12 @@ def test_times_and_serials_stay_in_their_ranges() -> None:
     for serial in (-1, 2**63):
         with pytest.raises(MalformedFrame, match="serial"):
             e.BadgeRevoked(v=1, handle="skyways.air", serial=serial, at=T0)
+
+
+def test_a_binding_s_key_is_32_bytes_and_a_badge_is_never_empty() -> None:
+    for key in (K1[:31], K1 + b"\x00"):
+        with pytest.raises(MalformedFrame, match="identity_key"):
+            e.KeyBinding(v=1, handle="skyways.air", kind="business", identity_key=key, at=T0)
+    with pytest.raises(MalformedFrame, match="badge"):
+        e.BadgeIssued(v=1, handle="skyways.air", serial=1, badge=b"", at=T0)
+    e.BadgeIssued(v=1, handle="skyways.air", serial=1, badge=b"\x01", at=T0)

@@ -10,7 +10,11 @@ from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import InvalidProof, InvalidStatement, InvalidTreeHead
 from blindrelay.protocol.signed import make_statement
 from blindrelay.protocol.transparency import merkle
-from blindrelay.protocol.transparency.entries import StatementLogged, statement_commitment
+from blindrelay.protocol.transparency.entries import (
+    KeyBinding,
+    StatementLogged,
+    statement_commitment,
+)
 from blindrelay.protocol.transparency.evidence import (
     ConsentEvidence,
     evidence_from_json,
@@ -68,9 +72,10 @@ def test_the_holder_rebuilds_the_entry_and_the_file_round_trips() -> None:
     """SPEC §15.1: a statement's entry is dated by its own issued_at, so whoever holds
     the statement rebuilds it byte for byte (§15.5: and finds it by its leaf hash)."""
     signed = statement(1)
-    assert statement_entry(signed) == StatementLogged(
-        v=1, commitment=statement_commitment(signed), at=T0
-    ).to_bytes()
+    assert (
+        statement_entry(signed)
+        == StatementLogged(v=1, commitment=statement_commitment(signed), at=T0).to_bytes()
+    )
     good = evidence()
     assert evidence_from_json(evidence_to_json(good)) == good
     for text in ("[]", "{}", '{"statement": "zz"}', "not json",
@@ -85,3 +90,25 @@ def test_a_file_nested_too_deeply_is_not_an_evidence_file() -> None:
     'unexpected error' with a traceback file; now it is the one-line ValueError."""
     with pytest.raises(ValueError, match="not an evidence file"):
         evidence_from_json("[" * 100_000 + "]" * 100_000)
+
+
+def test_a_proven_entry_that_is_not_a_statement_s_is_an_invalid_proof() -> None:
+    """The entry must be a statement's commitment (§15.1): a key binding, proven in the
+    same log, is refused as InvalidProof, not met as an AttributeError."""
+    binding = KeyBinding(
+        v=1, handle="skyways.air", kind="business", identity_key=ALICE.public, at=T0
+    ).to_bytes()
+    frontier = merkle.Frontier()
+    frontier.append(merkle.leaf_hash(binding))
+    head = sign_tree_head(RELAY.sign, 1, frontier.root(), T0 + 10)
+    lying = ConsentEvidence(statement(1), binding, 0, (), head)
+    with pytest.raises(InvalidProof, match="not a statement"):
+        verify_consent_evidence(lying, RELAY.public, ALICE.public)
+
+
+@pytest.mark.parametrize("index", ["true", "3.0", '"3"'])
+def test_an_evidence_file_s_index_is_a_json_integer(index: str) -> None:
+    """``true`` is an int to Python (bool subclasses it): it would be read as index 1."""
+    text = evidence_to_json(evidence()).replace('"index": 3', f'"index": {index}')
+    with pytest.raises(ValueError, match="index"):
+        evidence_from_json(text)
