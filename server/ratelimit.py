@@ -27,6 +27,7 @@ def wall_clock_ms() -> int:
     """The real :data:`Clock`."""
     return time.time_ns() // 1_000_000
 
+
 _PRUNE_AT = 10_000
 
 
@@ -42,6 +43,11 @@ class TokenBuckets:
         self._buckets: dict[Hashable, tuple[float, int]] = {}
         """key → (tokens, time they were counted at, ms)."""
         self._prune_at = _PRUNE_AT
+
+    def __len__(self) -> int:
+        """Keys held: what the table costs in memory. Full buckets are dropped when it
+        grows, so keys an attacker chooses cost only while their buckets are spent."""
+        return len(self._buckets)
 
     def take(self, key: Hashable) -> None:
         """Spend one token for ``key`` or raise :class:`RateLimited` with ``retry_after``."""

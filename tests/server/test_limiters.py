@@ -4,6 +4,8 @@ processes (SPEC §10)."""
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
 from blindrelay.protocol.errors import RateLimited
@@ -43,3 +45,58 @@ def test_statements_have_a_bucket_of_their_own_per_account() -> None:
     limiters.statement.take("bob")
     clock.advance(refused.value.retry_after_ms)
     limiters.statement.take("alice")
+
+
+_FOLLOW_NO_ACCOUNT = {"send_pair", "statement", "log_fetch"}
+"""SPEC §10 "One relay, many processes": the pair bucket and the STATEMENT bucket are kept
+per process, the log-fetch bucket is per connection or source; every other bucket is the
+account's and follows it to another process."""
+
+
+def test_every_per_account_bucket_follows_the_account_and_no_other() -> None:
+    """SPEC §10: a bucket left out of ``per_account`` would refill in full whenever its
+    account moves to another process (a burst per worker per login)."""
+    limiters = Limiters.from_config(RelayConfig(), FakeClock())
+    expected = [
+        getattr(limiters, f.name) for f in fields(Limiters) if f.name not in _FOLLOW_NO_ACCOUNT
+    ]
+    held = limiters.per_account()
+    assert len(held) == len(expected)
+    assert all(any(b is e for b in held) for e in expected)
+
+
+_RATES = {
+    # bucket: (its rate's config field, the rate's period in ms, its burst's config field)
+    "send_user": ("send_rate_user", 1_000, "send_burst_user"),
+    "send_business": ("send_rate_business", 1_000, "send_burst_business"),
+    "send_pair": ("send_rate_pair", 1_000, "send_burst_pair"),
+    "bundle_fetch": ("bundle_rate_per_min", 60_000, "bundle_burst"),
+    "consent_request": ("consent_request_rate_per_h", 3_600_000, "consent_request_burst"),
+    "prekeys_upload": ("prekeys_upload_rate_per_min", 60_000, "prekeys_upload_burst"),
+    "rotate_identity": ("rotate_identity_rate_per_h", 3_600_000, "rotate_identity_burst"),
+    "statement": ("statement_rate_per_h", 3_600_000, "statement_burst"),
+    "statements_list": ("statements_list_rate_per_min", 60_000, "statements_list_burst"),
+    "profile_put": ("profile_put_rate_per_min", 60_000, "profile_put_burst"),
+    "profile_fetch": ("profile_fetch_rate_per_min", 60_000, "profile_fetch_burst"),
+    "usage_fetch": ("usage_fetch_rate_per_min", 60_000, "usage_fetch_burst"),
+    "log_fetch": ("log_fetch_rate_per_min", 60_000, "log_fetch_burst"),
+}
+
+
+def test_every_bucket_has_its_own_configured_rate_and_burst() -> None:
+    """SPEC §10's table: each bucket is built from its own rate (in its own unit) and
+    burst. Every bucket gets a different rate and burst here, so one built from another's
+    setting, or with a rate per minute read per hour, holds or refills wrongly."""
+    assert set(_RATES) == {f.name for f in fields(Limiters)}  # a new bucket needs a row
+    settings: dict[str, float] = {}
+    for n, (rate, _period, burst) in enumerate(_RATES.values()):
+        settings[rate], settings[burst] = float(n + 1), n + 2
+    clock = FakeClock()
+    limiters = Limiters.from_config(RelayConfig(**settings), clock)  # type: ignore[arg-type]
+    for n, (name, (_rate, period, _burst)) in enumerate(_RATES.items()):
+        buckets = getattr(limiters, name)
+        for _ in range(n + 2):
+            buckets.take("alice")
+        with pytest.raises(RateLimited) as refused:
+            buckets.take("alice")
+        assert abs(refused.value.retry_after_ms - period / (n + 1)) <= 1, name

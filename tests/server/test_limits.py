@@ -10,7 +10,9 @@ import pytest
 from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import (
     Ack,
+    BillFetch,
     Deliver,
+    Discoverable,
     Error,
     Frame,
     PrekeysUpload,
@@ -25,8 +27,8 @@ from blindrelay.protocol.frames import (
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
 
-from .conftest import Clients, FakeClock, RawClient, db_rows, error_code, relay_with
-from .consent_helpers import stated
+from .conftest import Clients, FakeClock, RawClient, db_rows, error_code, relay_with, until
+from .consent_helpers import state, stated
 
 
 async def test_the_queue_cap_refuses_more_but_resends_still_succeed(
@@ -134,11 +136,14 @@ async def test_one_sender_recipient_pair_is_rate_limited(
     async with relay_with(config, clock, send_burst_pair=2) as relay:
         alice = await clients.registered(relay.url, "alice")
         await clients.registered(relay.url, "bob")
-        await clients.registered(relay.url, "carol")
+        carol = await clients.registered(relay.url, "carol")
         assert isinstance(await alice.send_message("bob", b"x"), Sent)
         assert isinstance(await alice.send_message("bob", b"x"), Sent)
         assert error_code(await alice.send_message("bob", b"x")) == ErrorCode.RATE_LIMITED
         assert isinstance(await alice.send_message("carol", b"x"), Sent)
+        # The pair's, not the recipient's: alice's empty bucket to bob refuses nobody else
+        # writing to bob (else one sender could silence a recipient for everyone).
+        assert isinstance(await carol.send_message("bob", b"x"), Sent)
 
 
 async def test_business_only_intents_are_forbidden_to_users(
@@ -223,6 +228,66 @@ async def test_every_request_type_is_rate_limited_per_account_before_any_work(
         assert not _rate_limited(await alice.request(request))
 
 
+async def test_a_statement_takes_a_token_of_its_signers_send_bucket_by_kind(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    """SPEC §10: a STATEMENT takes "the signer's SEND bucket (a statement is forwarded like
+    a message)" — the user's or the business's — then its own; here the SEND buckets run
+    dry first."""
+    async with relay_with(
+        config, clock, send_burst_user=2, send_burst_business=4, statement_burst=100
+    ) as relay:
+        alice = await clients.registered(relay.url, "alice")
+        shop = await clients.registered(relay.url, "shop", "business")
+        for n in range(2):
+            await stated(alice, "block", f"spammer{n}", clock.now)
+        assert error_code(await state(alice, "block", "spammer9", clock.now)) == (
+            ErrorCode.RATE_LIMITED
+        )
+        for n in range(4):  # more than a user's burst: the business's bucket
+            await stated(shop, "block", f"spammer{n}", clock.now)
+        assert error_code(await state(shop, "block", "spammer9", clock.now)) == (
+            ErrorCode.RATE_LIMITED
+        )
+
+
+async def test_profile_fetches_are_limited_per_asker_whatever_handles_they_ask_for(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    """SPEC §10, §7.7: the bucket is the asker's; one per handle asked for would let an
+    account ask thousands of handles a second which of them are businesses."""
+    async with relay_with(config, clock, profile_fetch_burst=2) as relay:
+        alice = await clients.registered(relay.url, "alice")
+        for n in range(2):
+            answer = await alice.request(lambda i, n=n: ProfileFetch(id=i, handle=f"shop{n}"))
+            assert not _rate_limited(answer)
+        limited = await alice.request(lambda i: ProfileFetch(id=i, handle="shop9"))
+        assert _rate_limited(limited)
+
+
+@pytest.mark.parametrize("kind", ["bill_fetch", "discoverable"])
+async def test_bill_fetches_and_discoverable_take_the_buckets_spec_names(
+    config: RelayConfig, clock: FakeClock, clients: Clients, kind: str
+) -> None:
+    """SPEC §10's table: BILL_FETCH takes the connection's LOG_FETCH bucket (a bill is a
+    log read), DISCOVERABLE the account's PROFILE_PUT bucket (each one logs an entry)."""
+
+    def request(i: int) -> Frame:
+        return BillFetch(id=i, month="2027-01") if kind == "bill_fetch" else Discoverable(id=i)
+
+    if kind == "bill_fetch":
+        changes, account = {"log_fetch_burst": 2, "log_fetch_rate_per_min": 1.0}, "business"
+    else:
+        changes, account = {"profile_put_burst": 2, "profile_put_rate_per_min": 1.0}, "user"
+    async with relay_with(config, clock, **changes) as relay:
+        client = await clients.registered(relay.url, "acct", account)
+        for _ in range(2):
+            assert not _rate_limited(await client.request(request))
+        limited = await client.request(request)
+        assert isinstance(limited, Error) and limited.code == ErrorCode.RATE_LIMITED
+        assert limited.retry_after == 60_000
+
+
 def _rate_limited(frame: Frame) -> bool:
     return isinstance(frame, Error) and frame.code == ErrorCode.RATE_LIMITED
 
@@ -293,6 +358,11 @@ async def test_a_connection_still_open_elsewhere_hands_over_empty_buckets(
     async with relay_with(config, clock, **limits_) as first:
         await clients.registered(first.url, "bob")
         alice = await clients.registered(first.url, "alice")
+        await alice.close()
+        ended = "SELECT COUNT(*) FROM account_sessions WHERE handle = 'alice' AND live = false"
+        await until(lambda: db_rows(first.config, ended) == [(1,)])
+        clock.advance(10_000)  # the end of an earlier connection is no measure of a live one
+        alice, _ = await clients.logged_in(first.url, "alice", alice.key)
         async with relay_with(config, clock, **limits_) as second:
             again, _ = await clients.logged_in(second.url, "alice", alice.key)
             limited = await again.send_message("bob", b"a second burst")
@@ -308,6 +378,12 @@ async def test_the_same_process_keeps_an_accounts_buckets_across_its_connections
     and a fresh account starts full."""
     async with relay_with(config, clock, send_burst_user=3, send_rate_user=2.0) as relay:
         await clients.registered(relay.url, "bob")
+        carol = await clients.registered(relay.url, "carol")
+        assert isinstance(await carol.send_message("bob", b"one of three"), Sent)
+        await carol.close()
+        carol, _ = await clients.logged_in(relay.url, "carol", carol.key)
+        for n in range(2):  # the two tokens left: a reconnection empties no bucket
+            assert isinstance(await carol.send_message("bob", b"%d" % n), Sent)
         alice = await _spend_sends(relay, clients, 3)
         await alice.close()
         again, _ = await clients.logged_in(relay.url, "alice", alice.key)
