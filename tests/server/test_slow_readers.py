@@ -340,6 +340,52 @@ class _HandledFrames:
         raise AssertionError(f"no {kind.name} of {handle} handled since frame {mark}")
 
 
+async def _aborted(sock: socket.socket, within: float = 3.0) -> bool:
+    """Whether the relay ends ``sock`` (reset or end of stream) within ``within`` s,
+    reading what comes meanwhile (pongs)."""
+    loop = asyncio.get_running_loop()
+    try:
+        while await asyncio.wait_for(loop.sock_recv(sock, 65536), within):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+async def test_the_ping_bucket_refills_at_its_rate_and_holds_no_more_than_its_size(
+    config: RelayConfig, clock: FakeClock, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §1.2.1: "a bucket of 10 tokens refilled at 10 per 20 s": half a second after
+    spending it a client has a quarter of a ping, not five; and however long it waited
+    first, it has at most ten at once (a bucket without a cap, or refilled from the
+    upgrade on at every ping, would let a patient client ping for free)."""
+    async with relay_with(config, clock) as relay:
+        loop = asyncio.get_running_loop()
+        spent = await _upgraded(relay.url)
+        try:
+            await loop.sock_sendall(spent, _ping() * limits.MAX_CLIENT_PINGS)
+            pong = bytes([0x8A, 125]) + b"p" * 125
+            answered = b""
+            while len(answered) < len(pong) * limits.MAX_CLIENT_PINGS:
+                answered += await asyncio.wait_for(loop.sock_recv(spent, 65536), 5.0)
+            await asyncio.sleep(0.5)
+            await loop.sock_sendall(spent, _ping() * 2)
+            assert await _aborted(spent)
+        finally:
+            spent.close()
+        # Refilled at 200 a second now: a pause fills the bucket many times over.
+        monkeypatch.setattr(limits, "PING_INTERVAL_S", limits.MAX_CLIENT_PINGS / 200)
+        patient = await _upgraded(relay.url)
+        try:
+            await asyncio.sleep(0.3)
+            await loop.sock_sendall(patient, _ping() * (limits.MAX_CLIENT_PINGS + 1))
+            assert await _aborted(patient)
+        finally:
+            patient.close()
+
+
 async def test_a_stuck_peer_is_closed_although_its_keepalive_ping_cannot_leave(
     config: RelayConfig, clock: FakeClock, clients: Clients
 ) -> None:
