@@ -19,6 +19,7 @@ from blindrelay.protocol.errors import (
     ProtocolError,
     UnknownFrameType,
 )
+from blindrelay.protocol.signed import SignedObject
 
 from .strategies import all_frames, frame_strategy
 
@@ -70,6 +71,36 @@ def test_structured_garbage_with_real_type_tags_is_refused_cleanly(tag: int, fie
 def test_decoder_refuses_a_frame_over_the_size_cap_before_parsing() -> None:
     with pytest.raises(FrameTooLarge):
         codec.decode(b"\x80" * (limits.MAX_FRAME_BYTES + 1))
+
+
+def test_a_frame_of_exactly_the_size_cap_is_parsed() -> None:
+    """SPEC §2.3: "at most" MAX_FRAME_BYTES — the cap itself is allowed (parsed, then
+    refused here for what it holds, not for its size)."""
+    head = msgpack.packb({"t": 20, "id": 9, "junk": b""}, use_bin_type=True)[:-2]
+    filler = limits.MAX_FRAME_BYTES - len(head) - 3  # bin 16: c5, two length bytes
+    data = head + b"\xc5" + filler.to_bytes(2, "big") + b"\x00" * filler
+    assert len(data) == limits.MAX_FRAME_BYTES
+    assert msgpack.unpackb(data)["junk"] == b"\x00" * filler
+    with pytest.raises(MalformedFrame):
+        codec.decode(data)
+
+
+def test_a_signed_object_of_exactly_its_bound_is_decoded_and_one_byte_more_is_not() -> None:
+    """SPEC §14: a signed object's bound (MAX_STATEMENT_BYTES, MAX_PROFILE_BYTES …) is
+    "at most", as for frames."""
+    data = codec.encode_object(SignedObject(body=b"b" * 100, sig=bytes(64)))
+    assert codec.decode_object(SignedObject, data, max_bytes=len(data)).body == b"b" * 100
+    with pytest.raises(FrameTooLarge):
+        codec.decode_object(SignedObject, data, max_bytes=len(data) - 1)
+
+
+def test_a_map_of_more_entries_than_any_record_has_is_refused_from_its_header() -> None:
+    """MAX_MAP_KEYS bounds the work of any map, under any key (records and content
+    share ``strict_unpack``), not only the keys a frame would refuse after building it."""
+    biggest = {f"k{n}": 0 for n in range(codec.MAX_MAP_KEYS)}
+    assert codec.strict_unpack(msgpack.packb(biggest)) == biggest
+    with pytest.raises(MalformedFrame):
+        codec.strict_unpack(msgpack.packb({**biggest, "one_more": 0}))
 
 
 def test_error_from_a_refused_request_carries_its_id() -> None:

@@ -41,6 +41,7 @@ from blindrelay.server.routing_links import (
 )
 
 from ..pg import PostgresDatabase
+from ..protocol.spec import section
 from .conftest import Clients, FakeClock, RawClient
 from .consent_helpers import stated
 from .inmemory import log_lines
@@ -558,6 +559,35 @@ async def test_connections_that_never_prove_the_secret_are_bounded(
         finally:
             for _reader, writer in opened:
                 writer.close()
+
+
+async def test_strangers_past_the_bound_never_close_a_proven_link(
+    pg_database: PostgresDatabase, clock: FakeClock, clients: Clients
+) -> None:
+    """T53: the oldest *unproven* connection is closed for a new one; a link that proved
+    the secret is no longer counted, or a stranger opening MAX_UNPROVEN_LINKS
+    connections would cut the workers' links at will."""
+    async with workers(pg_database, clock) as w:
+        alice, bob = await pair(w, clients)
+        links_b = links_of(w.b)
+        opened = await open_unproven(links_b, 2 * MAX_UNPROVEN_LINKS)
+        try:
+            await until(lambda: links_b.refused >= MAX_UNPROVEN_LINKS)
+            assert isinstance(await alice.send_message(bob.handle, b"still linked"), Sent)
+            deliver = await asyncio.wait_for(bob.push(Deliver), PROMPT_S)
+            assert deliver.body == b"still linked"
+            assert (links_of(w.a).sent, links_b.received) == (1, 1)
+            assert links_b.refused == MAX_UNPROVEN_LINKS
+        finally:
+            for _reader, writer in opened:
+                writer.close()
+
+
+def test_the_bound_on_unproven_links_is_the_one_spec_names() -> None:
+    """SPEC §10 names the reference's bound; the test above reads it from the code, so
+    only this holds the code to it."""
+    text = " ".join(section(10).split())
+    assert f"(the reference's peer links: at most {MAX_UNPROVEN_LINKS}, a new one closing" in text
 
 
 async def test_refused_link_handshakes_are_logged_within_a_budget(

@@ -30,6 +30,7 @@ from blindrelay.server.store.sqlite.database import connect
 from blindrelay.server.store.sqlite.schema import SCHEMA_VERSION
 from blindrelay.server.store.sqlite.tables import Tables
 
+from ..protocol.spec import section
 from .conftest import Clients, FakeClock, RawClient, RelayFixture, db_rows, error_code
 
 
@@ -217,14 +218,25 @@ async def test_one_source_is_cut_off_at_the_limit_while_another_is_unaffected(
 async def test_the_bucket_refills_at_the_configured_rate(
     config: RelayConfig, clock: FakeClock, clients: Clients
 ) -> None:
-    async with relay_by_source(config, clock, register_burst=2, register_rate_per_h=6) as running:
+    """SPEC §4.6.1: a token per hour / rate, announced to the millisecond (rounded up, so
+    that a client waiting ``retry_after`` finds it), and never more than the burst."""
+    async with relay_by_source(config, clock, register_burst=2, register_rate_per_h=7) as running:
         for n in range(2):
             assert isinstance(await from_address(running, clients, "192.0.2.1", f"a{n}xx"), Welcome)
         refused = await from_address(running, clients, "192.0.2.1", "a2xx")
         assert isinstance(refused, Error) and refused.code == ErrorCode.RATE_LIMITED
-        assert refused.retry_after == 600_000  # one token per 10 minutes
-        clock.advance(600_000)
-        assert isinstance(await from_address(running, clients, "192.0.2.1", "a3xx"), Welcome)
+        assert refused.retry_after == 514_286  # 3,600,000 / 7 = 514,285.7 ms
+        clock.advance(514_285)  # a millisecond short of the token
+        early = await from_address(running, clients, "192.0.2.1", "a3xx")
+        assert isinstance(early, Error) and early.code == ErrorCode.RATE_LIMITED
+        assert early.retry_after == 1
+        clock.advance(1)
+        assert isinstance(await from_address(running, clients, "192.0.2.1", "a4xx"), Welcome)
+        clock.advance(10 * 3_600_000)  # seventy tokens' time: the bucket holds its burst
+        for n in range(2):
+            assert isinstance(await from_address(running, clients, "192.0.2.1", f"a{n}yy"), Welcome)
+        late = await from_address(running, clients, "192.0.2.1", "a2yy")
+        assert isinstance(late, Error) and late.code == ErrorCode.RATE_LIMITED
 
 
 async def test_the_source_budget_is_kept_by_the_store_for_every_relay_process(
@@ -478,6 +490,17 @@ async def test_proofs_waiting_for_a_check_are_bounded_per_source_and_in_all(
             assert error_code(await client.response(request_id)) == ErrorCode.REGISTRATION_REFUSED
         after, after_id = await bogus("198.51.100.1", "third")  # room again
         assert error_code(await after.response(after_id)) == ErrorCode.REGISTRATION_REFUSED
+
+
+def test_the_bounds_on_proof_checks_are_the_reference_relays_of_spec() -> None:
+    """SPEC §4.6.3 names the reference relay's numbers; the test above lowers the bound
+    to reach it, so only this holds the code to them."""
+    text = " ".join(section(4).split())
+    assert registration.PROOF_CHECK_THREADS == 2
+    assert "runs at most two at a time on worker threads" in text
+    assert f"({registration.MAX_PENDING_PROOF_CHECKS} in the reference relay)" in text
+    retry_s = f"{registration.PROOF_BUSY_RETRY_MS / 1000:g}"
+    assert f"(`retry_after` {retry_s} s in the reference relay)" in text
 
 
 @pytest.mark.parametrize(
