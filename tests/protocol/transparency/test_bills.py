@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime
+from dataclasses import asdict
 
 import pytest
 
@@ -22,6 +23,7 @@ from blindrelay.protocol.transparency.bills import (
 )
 from blindrelay.protocol.transparency.entries import (
     BillItem,
+    BillLogged,
     KeyBinding,
     bill_root,
     recipient_commitment,
@@ -141,3 +143,48 @@ def test_months_are_utc_calendar_months() -> None:
     )
     assert month_of(month_end("2026-11") - 1) == "2026-11"
     assert month_of(month_end("2026-11")) == "2026-12"
+
+
+def logged_as(entry: bytes, fields: dict[str, object]) -> dict[str, object]:
+    """``fields`` with its bill entry replaced by ``entry``, proven in a log like logged()'s."""
+    key = KeyBinding(v=1, handle="skyways.air", kind="business", identity_key=b"\x01" * 32, at=T0)
+    log = [key.to_bytes(), entry, key.to_bytes()[:-1] + b"\x02"]
+    leaves = [merkle.leaf_hash(e) for e in log]
+    frontier, nodes = merkle.Frontier(), {}
+    for leaf in leaves:
+        nodes.update(frontier.append(leaf))
+    proof = merkle.inclusion_proof(1, 3, lambda wanted: {n: nodes[n] for n in wanted})
+    sth = sign_tree_head(RELAY.sign, 3, merkle.root_of(leaves), T0 + 10**9)
+    return {**fields, "entry": entry, "proof": proof, "tree_head": sth}
+
+
+def test_a_logged_count_other_than_the_items_is_refused_even_with_their_root() -> None:
+    """The relay logs the root of the items it shows but another count (the one it
+    invoices by): the count the log holds must be the items' (SPEC §8.5)."""
+    fields = logged(KEPT)
+    entry, _ = close_bill("skyways.air", MONTH, KEPT, SALT, T0 + 10**9)
+    for count in (entry.count - 1, entry.count + 1):
+        lying = BillLogged(**{**asdict(entry), "count": count}).to_bytes()
+        with pytest.raises(InvalidProof, match="items given for a bill of"):
+            verify_bill(**logged_as(lying, fields))  # type: ignore[arg-type]
+    verify_bill(**logged_as(entry.to_bytes(), fields))  # type: ignore[arg-type]
+
+
+def test_a_proven_entry_that_is_not_a_bill_is_an_invalid_proof() -> None:
+    binding = KeyBinding(
+        v=1, handle="skyways.air", kind="business", identity_key=b"\x03" * 32, at=T0
+    ).to_bytes()
+    with pytest.raises(InvalidProof, match="not a bill"):
+        verify_bill(**logged_as(binding, logged(KEPT)))  # type: ignore[arg-type]
+
+
+def test_items_of_one_time_are_ordered_by_msg_id_whatever_order_they_came_in() -> None:
+    same_time = [sent(i)._replace(at=T0) for i in (9, 2, 5)]
+    _, items = close_bill("skyways.air", MONTH, same_time, SALT, T0 + 5)
+    assert [item.msg_id[0] for item in items] == [2, 5, 9]
+
+
+def test_a_bill_whose_only_fault_is_a_differing_item_does_not_match() -> None:
+    result = reconcile(_verified([KEPT[0]._replace(category="marketing")]), KEPT[:1])
+    assert len(result.differing) == 1 and not result.ok
+    assert "1 differing" in result.summary()
