@@ -442,3 +442,35 @@ def test_a_head_proven_once_is_not_checked_again_whoever_sends_it() -> None:
         await check.close()
 
     run(scenario())
+
+
+def test_a_send_whose_own_try_shows_the_fork_raises_it() -> None:
+    """The overdue head's one more try before a send (``require_checked``) is the one the
+    relay answers, with the truth: that very send raises LogForked and nothing leaves
+    for carol; it does not go out because the head it waited on is settled now."""
+
+    async def scenario() -> None:
+        relay = LoggingRelay()
+        ours, theirs = two_histories(relay)
+        reports: Seen[LogUnchecked] = Seen()
+        alarms: Seen[LogForked] = Seen()
+        one_and_an_hour = RecheckPolicy(refusals=1, after_ms=0, first_wait_s=3600, max_wait_s=3600)
+        alice = await client(
+            relay, on_log_unchecked=reports, on_log_forked=alarms, log_recheck=one_and_an_hour
+        )
+        alice.store.set_tree_head(ours)
+        refusing(relay, "900", times=None)
+        Writer(relay, alice, "carol", CAROL_SEED).deliver("hi", "user", sth=theirs)
+        inbox = Inbox(alice)
+        await inbox.next()
+        await reports.wait()  # overdue; the next background try is an hour away
+        assert alarms == []
+        refusing(relay, "900", times=0)  # the relay answers: it has no proof
+        with pytest.raises(LogForked):
+            await within(alice.send("carol", "are you seeing what I see?"))
+        assert all(end.received(frames.Send) == [] for end in relay.ends)
+        assert len(alarms) == 1 and {alarms[0].first, alarms[0].second} == {ours, theirs}
+        await inbox.close()
+        await alice.close()
+
+    run(scenario())
