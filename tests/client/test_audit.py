@@ -13,8 +13,9 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
@@ -49,8 +50,9 @@ async def businesses(url: str, *handles: str) -> None:
         await client.close()
 
 
-def edit_log(db: Path, *, keep: int | None = None, replace_first: bytes | None = None,
-             rebuild: bool = False) -> None:
+def edit_log(
+    db: Path, *, keep: int | None = None, replace_first: bytes | None = None, rebuild: bool = False
+) -> None:
     """Truncate the log to ``keep`` entries, or replace entry 0; drop the signed heads
     (the relay signs a new one at start, as a relay that rewrote history would); with
     ``rebuild`` the stored subtrees are recomputed, so the new head signs the new tree."""
@@ -390,3 +392,40 @@ def test_a_relay_that_never_answers_a_fetch_ends_the_audit_in_one_line(
     status, report = result[0]
     assert status == 3 and report.count("\n") == 1, report
     assert "no answer" in report and "0.3 s" in report, report
+
+
+def test_a_relay_key_other_than_the_state_file_s_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state file belongs to one relay: given with another --relay-key, the run would
+    check the log against the file's key and not the one the auditor named; given with
+    none, the file's key is the one the relay must present (not the first it shows)."""
+    log = EndlessLog(45)
+    pinned_for: list[bytes | None] = []
+
+    def opened(url: str, key: bytes | None = None) -> contextlib.AbstractAsyncContextManager:
+        pinned_for.append(key)
+        return log.open(url, key)
+
+    monkeypatch.setattr(audit_module, "open_log_reader", opened)
+    state = tmp_path / "audit.json"
+    out, err = io.StringIO(), io.StringIO()
+    assert run_until(run_audit("ws://relay.test", out, state_path=state, err=err)) == 0
+    pinned = bytes.fromhex(json.loads(state.read_text())["relay_key"])
+    with pytest.raises(audit_module.AuditUsageError, match="--relay-key differs"):
+        run_until(
+            run_audit("ws://relay.test", out, state_path=state, relay_key=b"\x01" * 32, err=err)
+        )
+    assert run_until(run_audit("ws://relay.test", out, state_path=state, relay_key=pinned)) == 0
+    assert run_until(run_audit("ws://relay.test", out, state_path=state)) == 0
+    assert pinned_for == [None, pinned, pinned]
+
+
+def run_until(coro: Coroutine[Any, Any, int]) -> int:
+    result: list[int] = []
+
+    async def scenario() -> None:
+        result.append(await coro)
+
+    run(scenario())
+    return result[0]
