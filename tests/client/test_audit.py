@@ -429,3 +429,24 @@ def run_until(coro: Coroutine[Any, Any, int]) -> int:
 
     run(scenario())
     return result[0]
+
+
+def test_a_state_file_whose_head_another_key_signed_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state's head is the evidence a violation is reported with: one of the same
+    size and root but signed by another key than the file's is no commitment of that
+    relay, and the file is refused before anything is read."""
+    log = EndlessLog(45)
+    monkeypatch.setattr(audit_module, "open_log_reader", log.open)
+    state = tmp_path / "audit.json"
+    assert run_until(run_audit("ws://relay.test", io.StringIO(), state_path=state)) == 0
+    saved = json.loads(state.read_text())
+    other = SigningKey(b"\x12" * 32)
+    root = bytes.fromhex(saved["root"])
+    saved["signed"] = sign_tree_head(
+        lambda m: other.sign(m).signature, saved["size"], root, T0
+    ).hex()
+    state.write_text(json.dumps(saved))
+    with pytest.raises(audit_module.AuditUsageError, match="state file"):
+        run_until(run_audit("ws://relay.test", io.StringIO(), state_path=state))
