@@ -474,3 +474,29 @@ def test_a_send_whose_own_try_shows_the_fork_raises_it() -> None:
         await alice.close()
 
     run(scenario())
+
+
+def test_a_contacts_head_replaces_its_older_of_one_size_and_one_of_an_old_relay_key() -> None:
+    """Newer is (size, time): the relay's head signed again over the same tree replaces
+    the earlier one; and a head of the key pinned now replaces one the old key signed
+    (kept from before the person accepted a new relay key, SPEC §4.1), which is no
+    history of this log."""
+
+    async def scenario() -> None:
+        relay = Refusing(InternalError())
+        store = MemoryKeyStore()
+        kept, first = heads(1)
+        leaves = [merkle.leaf_hash(e) for e in filler(2)]
+        again = sign_tree_head(signer(RELAY_KEY), 2, merkle.root_of(leaves), T0 + 99)
+        stale = sign_tree_head(signer(OTHER_RELAY_KEY), 3, b"\x01" * 32, T0)
+        store.set_tree_head(kept)
+        store.keep_heard_head(HeardHead("dave", stale, T0, refusals=0))
+        check, _ = relay.check(store, refusals=1000)
+        check.heard(first, "carol")
+        check.heard(again, "carol")
+        check.heard(first, "dave")
+        held = {h.contact: h.signed for h in store.heard_heads()}
+        assert held == {"carol": again, "dave": first}
+        await check.close()
+
+    run(scenario())
