@@ -2,7 +2,7 @@
 about its log: a badge is shown as verified only with a path that reaches a head the
 relay signed, that head is held against ours, and a badge too fresh for the newest head
 is waited for rather than refused. Unit tests over the in-memory relay of
-:mod:`.test_profiles`."""
+:mod:`.profile_directory`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from blindrelay.protocol.transparency.evidence import badge_entry
 from ..relays import T0
 from .fake_relay import RelayEnd
 from .harness import within
-from .test_profiles import OPERATOR, Directory, alice_of, badge, signed_profile
+from .profile_directory import OPERATOR, Directory, alice_of, badge, signed_profile
 
 
 class ForgedPath(Directory):

@@ -17,12 +17,11 @@ from pathlib import Path
 import pytest
 
 from blindrelay.client.keystore import MemoryKeyStore
-from blindrelay.client.logcheck import BADGE_LOG_MARGIN_MS
 from blindrelay.client.profiles import same_name
 from blindrelay.client.sdk import Client
 from blindrelay.client.trust import IdentityState
 from blindrelay.protocol import frames
-from blindrelay.protocol.business import BadgeStatus, BusinessProfile, issue_badge
+from blindrelay.protocol.business import BadgeStatus, BusinessProfile
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import InvalidProfile, KeyNotLogged, UntrustedIdentity
 from blindrelay.protocol.transparency.evidence import badge_entry
@@ -30,7 +29,7 @@ from blindrelay.server.admin import public_key_of
 from blindrelay.server.cli import main as relay_cli
 
 from ..relays import T0, FakeClock, relay_at
-from .fake_relay import URL, FakeLog, FakeRelay, RelayEnd, answer_plainly
+from .fake_relay import URL, RelayEnd
 from .harness import (
     FAST,
     business_online,
@@ -41,60 +40,7 @@ from .harness import (
 )
 from .harness import bundle as harness_bundle
 from .log_relay import AIRLINE_SEED, FAKE_SEED, LoggingRelay, binding
-
-DAY_MS = 24 * 3600 * 1000
-
-
-AIRLINE = IdentityKeyPair.from_seed(b"\x81" * 32)
-OPERATOR = IdentityKeyPair.from_seed(b"\x82" * 32)
-
-
-def signed_profile(display_name: str, key: IdentityKeyPair = AIRLINE) -> bytes:
-    return BusinessProfile(
-        v=1, handle="airline", display_name=display_name, description="", timezone="UTC",
-        hours=(), exceptions=(), issued_at=T0,
-    ).sign(key.sign)  # fmt: skip
-
-
-def badge(name: str, key: bytes = AIRLINE.public, operator: IdentityKeyPair = OPERATOR) -> bytes:
-    return issue_badge(
-        operator.sign, handle="airline", identity_key=key, display_name=name, serial=1,
-        now_ms=T0, validity_ms=DAY_MS,
-    )  # fmt: skip
-
-
-class Directory(FakeRelay):
-    """Answers PROFILE_FETCH for ``airline`` with what the test puts in :attr:`record`,
-    and the log's fetches from :attr:`log`, which holds the badge unless ``logged`` is
-    False (its one head is then signed long after the badge: SPEC §15.6 rule 6)."""
-
-    def __init__(self, profile: bytes | None, badge: bytes | None, logged: bool = True) -> None:
-        super().__init__()
-        self.record = (AIRLINE.public, profile, badge)
-        self.answer = self.profiles
-        self.log = FakeLog()
-        self.log.append(b"blindrelay/v1/log/statement\x00" + bytes(40))  # not an entry: filler
-        if badge is not None and logged:
-            self.log.append(badge_entry(badge))
-        self.log.sign_head(T0 if logged else T0 + BADGE_LOG_MARGIN_MS)
-
-    def profiles(self, end: RelayEnd, frame: frames.Frame) -> None:
-        if isinstance(frame, frames.ProfileFetch):
-            key, profile, badge = self.record
-            end.send(
-                frames.Profile(
-                    re=frame.id, handle=frame.handle, identity_key=key, profile=profile,
-                    badge=badge,
-                )
-            )  # fmt: skip
-        elif not self.log.answer(end, frame):
-            answer_plainly(end, frame)
-
-
-async def alice_of(relay: FakeRelay, operator_key: bytes | None, now: int = T0) -> Client:
-    return await online(
-        URL, "alice", open_transport=relay.open, operator_key=operator_key, clock=FakeClock(now)
-    )
+from .profile_directory import AIRLINE, DAY_MS, OPERATOR, Directory, alice_of, badge, signed_profile
 
 
 async def test_a_badge_of_the_pinned_operator_shows_its_name_as_verified() -> None:
