@@ -15,6 +15,7 @@ her, and carol's message brings a head of another history (or of the same one).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -121,6 +122,41 @@ async def client(relay: LoggingRelay, path: Path | None = None, **options: objec
     else:
         await within(alice.register("alice"))
     return alice
+
+
+def test_a_402_s_retry_after_is_waited_before_the_head_is_asked_again() -> None:
+    """A 402 past the reader's patience ends the try; the next try waits for its
+    ``retry_after`` (within ``max_wait_s``), not only the backoff's first step: asking
+    sooner only spends the account's bucket again (SPEC §10). Found by mutation
+    analysis: the floor could be removed with no test noticing."""
+
+    async def scenario() -> None:
+        relay = LoggingRelay()
+        ours, theirs = two_histories(relay)
+        alarms: Seen[LogForked] = Seen()
+        policy = RecheckPolicy(first_wait_s=0.001, max_wait_s=0.5)
+        alice = await client(relay, on_log_forked=alarms, log_recheck=policy)
+        alice.store.set_tree_head(ours)
+        fetches = refusing(relay, "402", times=1)  # retry_after an hour, capped at 0.5 s
+        asked_at: list[float] = []
+        refuse = relay.answer
+
+        def timed(end: RelayEnd, frame: frames.Frame) -> None:
+            if isinstance(frame, frames.LogConsistencyFetch):
+                asked_at.append(time.monotonic())
+            refuse(end, frame)
+
+        relay.answer = timed
+        Writer(relay, alice, "carol", CAROL_SEED).deliver("hi", "user", sth=theirs)
+        inbox = Inbox(alice)
+        assert (await inbox.next()).body == "hi"
+        await alarms.wait()
+        assert len(fetches) == 2
+        assert asked_at[1] - asked_at[0] >= 0.45  # without the floor: ~0.001 s
+        await inbox.close()
+        await alice.close()
+
+    run(scenario())
 
 
 @pytest.mark.parametrize("how", ["402", "900"])
