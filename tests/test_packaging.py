@@ -11,6 +11,8 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -83,3 +85,11 @@ def test_python_dash_m_blindrelay_is_the_command_and_the_version_is_the_installe
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert probe.stdout.strip() == "[]"
+
+
+def test_a_hung_test_fails_alone_within_the_per_test_limit(pytestconfig: pytest.Config) -> None:
+    """CI has a hard limit for the whole run; a test that loops for ever must fail by
+    itself, with its stack, long before it (pyproject's ``timeout``)."""
+    assert pytestconfig.pluginmanager.hasplugin("timeout")
+    limit = float(pytestconfig.getini("timeout"))
+    assert 60 < limit <= 300
