@@ -52,8 +52,8 @@ class NoAnswer(ConnectionLost):
 
     Raised on the connection it was asked on, which is then dropped: the link connects
     again and asks again (:meth:`.link.RelayLink.request`); raised to the caller only
-    once ``MAX_UNANSWERED`` connections left it unanswered (a drop in between does
-    not reset the count: a relay could otherwise alternate the two for ever)."""
+    once ``MAX_UNANSWERED`` connections ended with it unanswered — left unanswered, or
+    closed under it (T56): counted together, or a relay could alternate the two for ever."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +100,8 @@ class Connection:
         self._no_answer: NoAnswer | None = None
         self._overdue: set[int] = set()
         """The requests :meth:`_watch` found unanswered too long: they fail with it."""
+        self._again: set[int] = set()
+        """The unanswered requests that an earlier connection ended under (:attr:`lost_again`)."""
         self._asking = asyncio.Event()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -125,6 +127,12 @@ class Connection:
     def next_request_id(self) -> int:
         return self.machine.next_request_id()
 
+    @property
+    def lost_again(self) -> bool:
+        """A request asked again here, after an earlier connection ended under it, is still
+        unanswered: if this connection ends now, the relay ended two under it (T56)."""
+        return bool(self._again)
+
     # --- Writing --------------------------------------------------------------
 
     def send(self, frame: frames.Frame) -> None:
@@ -136,11 +144,12 @@ class Connection:
         self.machine.send(frame)
         self._wake.set()
 
-    def request(self, frame: frames.Frame) -> asyncio.Future[frames.Frame]:
-        """Send a request; the future gets its response, or the named error."""
+    def request(self, frame: frames.Frame, *, again: bool = False) -> asyncio.Future[frames.Frame]:
+        """Send a request (``again``: asked before, on a connection that ended under it);
+        the future gets its response, or the named error."""
         future = asyncio.get_running_loop().create_future()
         self._waiters[frame.id] = future  # type: ignore[union-attr]
-        self._ask(frame.id)  # type: ignore[union-attr]
+        self._ask(frame.id, again)  # type: ignore[union-attr]
         self.send(frame)
         return future
 
@@ -152,14 +161,16 @@ class Connection:
         self._wake.set()
         return future
 
-    def send_message(self, msg_id: bytes, request_id: int, send: bytes | frames.Send) -> None:
+    def send_message(
+        self, msg_id: bytes, request_id: int, send: bytes | frames.Send, *, again: bool = False
+    ) -> None:
         """Send the SEND of ``msg_id``; its answer goes to ``send_answered``.
 
         ``send`` is the frame, or, while authenticated, its bytes from
-        :func:`blindrelay.protocol.fastcodec.encode_send`.
+        :func:`blindrelay.protocol.fastcodec.encode_send`; ``again`` as for :meth:`request`.
         """
         self._sending[request_id] = msg_id
-        self._ask(request_id)
+        self._ask(request_id, again)
         if self.closing:
             return  # the outbox keeps it: sent again on the next connection
         if not isinstance(send, bytes):
@@ -207,13 +218,16 @@ class Connection:
 
     # --- Answers awaited (SPEC §9, T55) ----------------------------------------------
 
-    def _ask(self, request_id: int) -> None:
+    def _ask(self, request_id: int, again: bool = False) -> None:
         if not self._asked:
             self._head_since = time.monotonic()
             self._asking.set()
         self._asked[request_id] = time.monotonic()
+        if again:
+            self._again.add(request_id)
 
     def _answered(self, request_id: int) -> None:
+        self._again.discard(request_id)
         oldest = next(iter(self._asked), None)
         if self._asked.pop(request_id, None) is not None and request_id == oldest:
             self._head_since = time.monotonic()

@@ -14,8 +14,12 @@ REGISTER or LOGIN was answered with WELCOME and the account caught up
 - :meth:`RelayLink.request` sends a request on the online connection and
   returns its answer, sending it again on the next connection after a drop. A
   connection on which a request goes unanswered too long is dropped like any
-  (:class:`.connection.NoAnswer`, ``ANSWER_TIMEOUT_S``); past ``MAX_UNANSWERED``
-  such connections the request raises it (T55).
+  (:class:`.connection.NoAnswer`, ``ANSWER_TIMEOUT_S``); once ``MAX_UNANSWERED``
+  connections ended under it, dropped so or closed by the relay, the request
+  raises it (T55, T56). A connection that ends under a request asked again does
+  not start the backoff again, though it was online: a relay closing every
+  connection at one request (a queued SEND, which waits on) is reconnected to ever
+  more slowly, not twice a second for ever (T56).
 - A failure that is not the network's — a bug, a broken keystore, a relay on
   another version, another relay key, AUTH_FAILED at an automatic login — stops
   the link: every waiting call raises, and nothing more is acknowledged. Any other
@@ -72,10 +76,12 @@ DEFAULT_BACKOFF = Backoff()
 """From half a second to 30 s: quick after a blip, gentle on a relay that restarts."""
 
 MAX_UNANSWERED = 3
-"""Connections on which one request may go unanswered for ``answer_timeout_s``
-before :meth:`RelayLink.request` raises :class:`.connection.NoAnswer` (T55): a relay
-that lost a request once (a crash before answering) is asked again; one that never
-answers it is given up on after about three minutes with the defaults."""
+"""Connections that may end with one request unanswered — left unanswered for
+``answer_timeout_s`` (T55), or closed by the relay under it (T56), counted together —
+before :meth:`RelayLink.request` raises :class:`.connection.NoAnswer`: a relay that
+lost a request once or twice (a crash or a restart before answering) is asked again;
+one that never answers it is given up on after about three minutes with the defaults,
+one that closes the connection at it (a "poison" request) after three connections."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +235,9 @@ class RelayLink:
                 except ConnectionLost as exc:
                     log.info("connection lost: %s", exc)
                 finally:
-                    if self._online is conn:
+                    # Online: the next wait is the first, unless it ended under a request
+                    # that an earlier connection ended under too (T56).
+                    if self._online is conn and not conn.lost_again:
                         attempt = 0
                     self._drop(conn)
                 await asyncio.sleep(self._backoff.delay(attempt, self._jitter))
@@ -374,19 +382,24 @@ class RelayLink:
     async def request(self, make: Callable[[int], frames.Frame]) -> frames.Frame:
         """The answer to the request ``make(request_id)``, on some connection: sent again
         on the next one after a drop. Raises the relay's named error (SPEC §9), and
-        :class:`.connection.NoAnswer` once ``MAX_UNANSWERED`` connections left
-        it unanswered for ``answer_timeout_s`` each (each then dropped, T55)."""
-        unanswered = 0
+        :class:`.connection.NoAnswer` once ``MAX_UNANSWERED`` connections ended with it
+        unanswered: left so for ``answer_timeout_s`` (each then dropped, T55), or closed
+        under it. Before, a relay that closed the connection whenever the request came
+        had it sent again on every new connection for ever: a drop was taken for the
+        network's (T56)."""
+        ended = 0
         while True:
             conn = await self.wait_online()
             try:
-                return await conn.request(make(conn.next_request_id()))
-            except NoAnswer:
-                unanswered += 1
-                if unanswered >= MAX_UNANSWERED:
+                return await conn.request(make(conn.next_request_id()), again=ended > 0)
+            except ConnectionLost as exc:
+                ended += 1
+                if ended < MAX_UNANSWERED:
+                    continue
+                self.raise_if_fatal()  # closed or stopped meanwhile: that, not the relay
+                if isinstance(exc, NoAnswer):
                     raise
-            except ConnectionLost:
-                continue
+                raise NoAnswer(f"the relay ended {ended} connections under a request") from exc
 
     async def request_once(self, make: Callable[[int], frames.Frame]) -> frames.Frame:
         """:meth:`request` on one online connection: ConnectionLost if it ends before the

@@ -243,12 +243,15 @@ class Outbox:
     def _transmit(self, conn: Connection, outgoing: Outgoing) -> None:
         self._transmitted.add(outgoing.msg_id)
         request_id = conn.next_request_id()
+        # Resent after a reconnect: a connection ending under it again does not start
+        # the backoff again (a relay closing every connection at this SEND, T56).
+        again = outgoing.msg_id in self._resent
         if conn.authenticated:
             data = encode_send(
                 request_id, outgoing.to, outgoing.msg_id, outgoing.intent, outgoing.envelope,
                 outgoing.category, outgoing.categories,
             )  # fmt: skip
-            conn.send_message(outgoing.msg_id, request_id, data)
+            conn.send_message(outgoing.msg_id, request_id, data, again=again)
             return
         conn.send_message(  # not sent while the connection closes: kept for the next
             outgoing.msg_id,
@@ -262,6 +265,7 @@ class Outbox:
                 category=outgoing.category,
                 categories=outgoing.categories,
             ),
+            again=again,
         )
 
     def send_answered(self, msg_id: bytes, at: int | None, error: ProtocolError | None) -> None:
