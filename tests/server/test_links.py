@@ -584,10 +584,13 @@ async def test_strangers_past_the_bound_never_close_a_proven_link(
 
 
 def test_the_bound_on_unproven_links_is_the_one_spec_names() -> None:
-    """SPEC §10 names the reference's bound; the test above reads it from the code, so
-    only this holds the code to it."""
+    """SPEC §10 names the reference's bounds, how many and how long; the tests above read
+    them from the code, so only this holds the code to them."""
     text = " ".join(section(10).split())
     assert f"(the reference's peer links: at most {MAX_UNPROVEN_LINKS}, a new one closing" in text
+    wait = f"{routing_links.HANDSHAKE_TIMEOUT_S:g}"
+    assert f"each read of the handshake waits at most {wait} s, so one that stalls" in text
+    assert f"is closed within {2 * routing_links.HANDSHAKE_TIMEOUT_S:g} s)" in text
 
 
 async def test_refused_link_handshakes_are_logged_within_a_budget(
