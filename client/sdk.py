@@ -69,7 +69,7 @@ from .profiles import BusinessInfo, business_info, same_name
 from .reading import MAX_UNREAD_RECEIPTS, InboxReader, Message, ReceiptEvent
 from .sending import SEND_MANY_WINDOW, Labels, as_content
 from .sessions import Clock, Rng, wall_clock_ms
-from .statements import HeldStatement, StatementListener, TargetBlocked
+from .statements import MAX_IN_FORCE, HeldStatement, StatementListener, TargetBlocked
 from .transport import ConnectionLost, OpenTransport, WebSocketTransport
 from .trust import IdentityState, RelayKeyChanged
 
@@ -372,10 +372,11 @@ class Client:
         """Whether we block ``handle`` (our newest block or unblock of it is a block)."""
         return self.consent.blocked(handle)
 
-    async def statements(self) -> list[HeldStatement]:
+    async def statements(self, max_statements: int = MAX_IN_FORCE) -> list[HeldStatement]:
         """The statements in force that we signed or that name us, from the relay (SPEC §7.6),
-        each verified offline (``verified=False`` if altered)."""
-        return await self.consent.in_force()
+        each verified offline (``verified=False`` if altered); a listing of more than
+        ``max_statements`` is the relay's fault (UnexpectedFrame, T56)."""
+        return await self.consent.in_force(max_statements)
 
     # --- Businesses (SPEC §8.1–8.2) ---------------------------------------------
 

@@ -20,8 +20,9 @@ Not here: the rules (``protocol.consent``), signing and encodings
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from blindrelay.protocol import frames, limits
@@ -48,6 +49,14 @@ from .trust import RelayKeyPin
 log = logging.getLogger("blindrelay.client")
 
 StatementListener = Callable[[ConsentStatement], None]
+
+MAX_IN_FORCE = (1 + limits.MAX_CATEGORIES) * limits.MAX_BLOCK_TARGETS
+"""The statements in force :meth:`Statements.in_force` takes from the relay by default
+(30,000: 500 pages, ~25 MB kept), past which the listing is the relay's fault (SPEC
+§7.6, T56): an honest listing holds one statement per signer, target and family — a
+user's, its blocks of at most ``MAX_BLOCK_TARGETS`` handles and a say on every category
+of as many businesses; a business's, its blocks and up to three receipts per customer.
+A caller that expects more (a business with more customers) passes a larger bound."""
 
 
 class TargetBlocked(InvalidStatement):
@@ -167,7 +176,7 @@ class Statements:
         try:
             await self._link.request(ask)
         except StaleStatement:
-            if asked < 2 or not any(held.signed == signed for held in await self.in_force()):
+            if asked < 2 or not await self._listed(signed):
                 raise  # not asked before a drop, or the relay did not take it
         self.keep(target, signed)
         return statement
@@ -283,14 +292,30 @@ class Statements:
             return HeldStatement(statement, signed, verified=False)
         return HeldStatement(statement, signed, verified=True)
 
-    async def in_force(self) -> list[HeldStatement]:
+    async def in_force(self, max_statements: int = MAX_IN_FORCE) -> list[HeldStatement]:
         """The statements in force that we signed or that name us, from the relay (SPEC §7.6).
 
         Pages through STATEMENTS_LIST; each is verified as :meth:`check` does, so
-        a relay that altered or invented one shows as ``verified=False``.
+        a relay that altered or invented one shows as ``verified=False``. A listing of
+        more than ``max_statements`` is refused (:class:`UnexpectedFrame`, T56).
         """
         listed: list[HeldStatement] = []
-        after = 0
+        async for page in self._pages(max_statements):
+            listed += [self.check(signed) for signed in page]
+        return listed
+
+    async def _listed(self, signed: bytes) -> bool:
+        """Whether the relay lists ``signed`` in force (to settle a 501, :meth:`make`)."""
+        async with contextlib.aclosing(self._pages(MAX_IN_FORCE)) as pages:
+            async for page in pages:
+                if signed in page:
+                    return True
+        return False
+
+    async def _pages(self, max_statements: int) -> AsyncGenerator[tuple[bytes, ...], None]:
+        """The pages of STATEMENTS_LIST in order, refused as the relay's fault when the
+        cursor does not advance (T55) or past ``max_statements`` statements (T56)."""
+        after = listed = 0
         while True:
 
             def page_request(rid: int, cursor: int = after) -> frames.Frame:
@@ -299,9 +324,17 @@ class Statements:
             page = await self._link.request(page_request)
             if not isinstance(page, frames.Statements):
                 raise UnexpectedFrame("relay answered STATEMENTS_LIST with another frame")
-            listed += [self.check(signed) for signed in page.statements]
+            # A cursor that advances could still be paged for ever with invented
+            # statements, each kept: memory grew with what the relay sent (T56).
+            listed += len(page.statements)
+            if listed > max_statements:
+                raise UnexpectedFrame(
+                    f"the relay listed more than {max_statements} statements in force:"
+                    " invented, or more than this account was expected to hold"
+                )
+            yield page.statements
             if page.next is None:
-                return listed
+                return
             # SPEC §7.6: ``next`` is the number of the last statement returned, above
             # ``after``. A cursor that does not advance, or a page that promises more
             # and holds none, would have us ask for ever, keeping every page (T55).
@@ -311,5 +344,6 @@ class Statements:
 
 
 __all__ = [
-    "HeldStatement", "StatementListener", "Statements", "TargetBlocked", "fold", "granted",
+    "MAX_IN_FORCE", "HeldStatement", "StatementListener", "Statements", "TargetBlocked", "fold",
+    "granted",
 ]  # fmt: skip
