@@ -127,7 +127,8 @@ class Account:
     async def log_in(self, conn: Connection) -> None:
         """LOGIN with the key the relay should hold (:meth:`.Rotation.login_key`)."""
         key = self._login_key = self._rotation.login_key()
-        request_id = conn.machine.login(self._sessions.identity.handle, key.sign)
+        identity = self._sessions.identity  # its WELCOME must name this account (T56)
+        request_id = conn.machine.login(identity.handle, key.sign, kind=identity.account_kind)
         try:
             await self._link.authenticate(conn, request_id)
         except AuthenticationFailed as exc:

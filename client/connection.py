@@ -286,7 +286,8 @@ class Connection:
                 self.machine.receive_data(data)
             except UnsupportedVersion:
                 raise
-            except ProtocolError as exc:
+            except ProtocolError as exc:  # the relay's fault (a WELCOME for another, T56)
+                log.warning("relay sent an invalid frame: %s", exc)
                 raise ConnectionLost(f"relay sent an invalid frame: {exc}") from exc
             for frame in self.machine.events_received():
                 self._frame_received(frame)

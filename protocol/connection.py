@@ -26,7 +26,8 @@ reads in a sitting, the tables against SPEC §4.5 and the machine as code.
 The relay side also holds the authentication challenge: it verifies the
 registration or login proof itself (SPEC §4.2–4.3) and refuses to send a
 WELCOME for any handle other than the one just proven, so a connection can
-only ever act as the account whose key signed its challenge. Both sides sign
+only ever act as the account whose key signed its challenge; the client side
+refuses to take one for another handle (or kind) than its own (T56). Both sides sign
 and check over the channel's handshake hash (SPEC §1.3, :mod:`.channel`): the
 machine takes bytes that the channel below it has already opened, and a proof
 made on one channel is refused on any other.
@@ -331,6 +332,8 @@ class ClientConnection(_Connection):
         self.hello: Hello | None = None
         self._next_id = 1
         self._pending: dict[int, FrameType] = {}
+        self._proving: tuple[str, str | None] | None = None
+        """The handle (and kind, when known) of our REGISTER or LOGIN: its WELCOME's."""
 
     @property
     def pending(self) -> Mapping[int, FrameType]:
@@ -357,6 +360,13 @@ class ClientConnection(_Connection):
             # SPEC §1.3.2: "HELLO's relay_key MUST be the key the handshake bound."
             if self.channel_relay_key is not None and frame.relay_key != self.channel_relay_key:
                 raise UnexpectedFrame("HELLO names another relay key than the channel's")
+        if isinstance(frame, Welcome) and self._proving not in (
+            (frame.handle, frame.kind), (frame.handle, None),
+        ):  # fmt: skip
+            # SPEC §4.4: WELCOME names "the account this connection now acts as" — the
+            # one whose key signed our challenge. Taking another (T56) had us online as
+            # an account we never proved, acknowledging its deliveries.
+            raise UnexpectedFrame(f"WELCOME for {frame.handle} ({frame.kind}), not us")
         re = getattr(frame, "re", None)
         if re is not None:
             if re not in self._pending:
@@ -401,6 +411,8 @@ class ClientConnection(_Connection):
     def _before_send(self, frame: Frame) -> None:
         if frame.TYPE in REQUEST_FRAMES:
             self._pending[frame.id] = frame.TYPE  # type: ignore[union-attr]
+        if isinstance(frame, Register | Login):
+            self._proving = (frame.handle, frame.kind if isinstance(frame, Register) else None)
 
     def register(
         self,
@@ -453,14 +465,16 @@ class ClientConnection(_Connection):
         )  # fmt: skip
         return puzzle.solve(transcript, hello.challenge, cost.bits, cost.opslimit, cost.memlimit)
 
-    def login(self, handle: str, sign: Signer) -> int:
-        """Queue a LOGIN answering the relay's challenge; returns its request id."""
+    def login(self, handle: str, sign: Signer, *, kind: str | None = None) -> int:
+        """Queue a LOGIN answering the relay's challenge; returns its request id. ``kind``,
+        the account's if the caller knows it: a WELCOME naming another is refused."""
         hello = self._require_hello()
         transcript = login_transcript(
             hello.relay_key, hello.challenge, handle, handshake_hash=self._require_channel()
         )
         request_id = self.next_request_id()
         self.send(Login(id=request_id, handle=handle, signature=sign(transcript)))
+        self._proving = (handle, kind)
         return request_id
 
     def _require_channel(self) -> bytes:

@@ -460,3 +460,51 @@ def test_a_registration_signature_is_checked_only_after_the_challenge_is_spent()
         pair.relay.verify_registration_signature(frame)
     pair.relay.spend_challenge(T0 + 1)
     pair.relay.verify_registration_signature(frame)
+
+
+def _welcome_bytes(re: int, handle: str, kind: str) -> bytes:
+    """A WELCOME as a lying (or mixed-up) relay sends it: its own machine would not."""
+    return codec.encode(
+        f.Welcome(
+            re=re, handle=handle, kind=kind, queued=0, one_time_prekeys=0, has_signed_prekey=False
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("asked", "handle", "kind"),
+    [
+        ("register", "mallory", "user"),
+        ("register", "alice", "business"),
+        ("login", "mallory", "user"),
+        ("login with its kind", "alice", "business"),
+    ],
+)
+def test_client_refuses_a_welcome_for_another_account_than_it_proved(
+    asked: str, handle: str, kind: str
+) -> None:
+    """T56, SPEC §4.4: WELCOME names "the account this connection now acts as". The
+    client took any: a relay answering alice's LOGIN with a WELCOME for ``mallory`` had
+    her machine authenticated as mallory (and the SDK online, resending its outbox and
+    acknowledging mallory's deliveries there). Refused, like an answer to no request:
+    the handle must be the one proven, the kind the one registered (or, at a login, the
+    one the client says it has)."""
+    pair = Pair()
+    if asked == "register":
+        request_id = register(pair).id
+    else:
+        known_kind = "user" if asked == "login with its kind" else None
+        request_id = pair.client.login("alice", signer(ALICE), kind=known_kind)
+        pair.flush()
+    with pytest.raises(UnexpectedFrame, match="WELCOME"):
+        pair.client.receive_data(_welcome_bytes(request_id, handle, kind))
+    assert pair.client.state is State.AWAITING_AUTH and pair.client.handle is None
+
+
+def test_client_takes_the_welcome_of_a_login_of_unknown_kind_as_either_kind() -> None:
+    """A login that does not say its kind (the machine cannot know it) takes the relay's."""
+    pair = Pair()
+    request_id = pair.client.login("alice", signer(ALICE))
+    pair.flush()
+    pair.client.receive_data(_welcome_bytes(request_id, "alice", "business"))
+    assert pair.client.state is State.AUTHENTICATED and pair.client.kind == "business"
