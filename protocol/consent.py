@@ -308,8 +308,13 @@ def apply_statement(
     signer_is_user_blocking_business: bool,
     now: int,
     cooldown_ms: int,
+    revocation_from: int | None = None,
 ) -> tuple[PairState, Purge]:
-    """New pair state and purge after an accepted statement; refuses by table."""
+    """New pair state and purge after an accepted statement; refuses by table.
+
+    ``revocation_from``: for an unblock lifting a user's block made before its target, a
+    business now, registered (the block revoked nothing then), the registration time
+    (:func:`accepted_effect`)."""
     action = Action(action)
     if action in (Action.BLOCK, Action.UNBLOCK):
         blocking = signer in state.blockers
@@ -332,7 +337,7 @@ def apply_statement(
     return accepted_effect(
         state, action=action, signer=signer, categories=categories,
         signer_is_user_blocking_business=signer_is_user_blocking_business, now=now,
-        cooldown_ms=cooldown_ms,
+        cooldown_ms=cooldown_ms, revocation_from=revocation_from,
     )  # fmt: skip
 
 
@@ -345,10 +350,18 @@ def accepted_effect(
     signer_is_user_blocking_business: bool,
     now: int,
     cooldown_ms: int,
+    revocation_from: int | None = None,
 ) -> tuple[PairState, Purge]:
     """What a statement the relay accepted did to ``state``, without asking the table
     again: each category it names in its action's state (:data:`ACTION_STATES`), the
     signer among the blockers or not.
+
+    A user's block of a business revokes every category for ``cooldown_ms`` (SPEC §7.4).
+    One made before the business registered the handle takes effect on it as a block made
+    at its registration, ``revocation_from``, applied by the unblock that lifts it (threat
+    model T57): until then the block refuses everything, and nothing can change the
+    pair's consent (a consent statement of the signer is refused, the business's requests
+    too), so applying it late changes nothing anyone could observe meanwhile.
 
     For a business folding its receipts (SPEC §7.5): the relay withdraws a receipt
     that a newer statement replaced before it was delivered, so a revoke can reach the
@@ -357,14 +370,14 @@ def accepted_effect(
     """
     action = Action(action)
     if action is Action.UNBLOCK:
-        return replace(state, blockers=state.blockers - {signer}), NO_PURGE
+        state = replace(state, blockers=state.blockers - {signer})
+        if revocation_from is not None:
+            state = _revoke_everything(state, revocation_from + cooldown_ms)
+        return state, NO_PURGE
     if action is Action.BLOCK:
         state = replace(state, blockers=state.blockers | {signer})
         if signer_is_user_blocking_business:
-            revoked = CategoryConsent(CategoryState.REVOKED, now + cooldown_ms)
-            state = replace(
-                state, consent={c: revoked for c in limits.CATEGORIES}, pending=frozenset()
-            )
+            state = _revoke_everything(state, now + cooldown_ms)
         return state, Purge(everything_from_target=True)
     new = ACTION_STATES[action]
     until = now + cooldown_ms if new in COOLDOWN_STATES else 0
@@ -377,6 +390,13 @@ def accepted_effect(
         else NO_PURGE
     )  # fmt: skip
     return replace(state, consent=consent, pending=pending), purge
+
+
+def _revoke_everything(state: PairState, until: int) -> PairState:
+    """A user's block of a business (SPEC §7.4): "every category becomes
+    revoked(now + CONSENT_COOLDOWN_MS) and a pending request is cleared"."""
+    revoked = CategoryConsent(CategoryState.REVOKED, until)
+    return replace(state, consent={c: revoked for c in limits.CATEGORIES}, pending=frozenset())
 
 
 # --- the spec's tables, derived ---------------------------------------------

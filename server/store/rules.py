@@ -30,9 +30,9 @@ A SEND (operation ``send``, SPEC §6.3, §7.3, §7.7), given its pair's state:
 A STATEMENT (operation ``apply_statement``, SPEC §7.4–7.6), given the signer's
 and target's accounts: :func:`check_statement`, the nonce unseen,
 :func:`check_block_targets` for a block, then :func:`statement_effect` on the
-pair's state (and, for an unblock, whether the block it lifts went to the target)
-says what to store, purge and forward; :func:`families` names what the statement
-supersedes.
+pair's state (and, for an unblock, whether the block it lifts went to the target,
+and when the target registered if :func:`revokes_on_unblock`) says what to store,
+purge and forward; :func:`families` names what the statement supersedes.
 
 Not here: the consent tables (``protocol.consent``), signature checks
 (``protocol.signed``), reading or writing anything (the back ends).
@@ -327,6 +327,22 @@ class StatementEffect:
     """Queue the statement to the target as a receipt (SPEC §7.5)."""
 
 
+def revokes_on_unblock(
+    statement: ConsentStatement, signer_kind: str, target_kind: str | None, block_to_target: bool
+) -> bool:
+    """Whether ``statement`` lifts a user's block of a business made before the business
+    registered the handle — the block went nowhere (``block_to_target`` false), and a
+    target that is a business now was no account then (accounts never change kind) — so
+    that its revocation is applied now, counted from the registration (SPEC §7.4, threat
+    model T57). The back end then reads when the target registered."""
+    return (
+        statement.action == Action.UNBLOCK
+        and not block_to_target
+        and signer_kind == AccountKind.USER
+        and target_kind == AccountKind.BUSINESS
+    )
+
+
 def statement_effect(
     statement: ConsentStatement,
     signer_kind: str,
@@ -336,14 +352,22 @@ def statement_effect(
     cooldown_ms: int,
     *,
     block_to_target: bool,
+    target_registered_at: int | None,
 ) -> StatementEffect:
     """The transition table on the pair's ``state``; raises InvalidStatement (500) where
     the table has no entry.
 
     ``block_to_target``: for an unblock, whether the block it lifts (the signer's in force
     on the target) was forwarded or held back for the target; read by the back end from
-    what it stored with that block, ignored for other actions."""
+    what it stored with that block, ignored for other actions. ``target_registered_at``:
+    the target account's ``created_at``, read by the back end where
+    :func:`revokes_on_unblock` says so (None elsewhere)."""
     action = Action(statement.action)
+    revocation_from = None
+    if revokes_on_unblock(statement, signer_kind, target_kind, block_to_target):
+        if target_registered_at is None:
+            raise ValueError("an unblock of a block made before the business registered")
+        revocation_from = target_registered_at
     new_state, purge = transition(
         state,
         action=action,
@@ -356,6 +380,7 @@ def statement_effect(
         ),
         now=now,
         cooldown_ms=cooldown_ms,
+        revocation_from=revocation_from,
     )
     # SPEC §7.5: to a business target only (every consent statement has one); an unblock
     # only if its block went too: one of a handle nobody held then went nowhere, and its

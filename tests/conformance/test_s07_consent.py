@@ -343,6 +343,27 @@ async def test_a_user_block_starts_a_cooldown_that_outlasts_the_unblock(relay):
 
 
 @pytest.mark.spec("7.4")
+async def test_a_block_made_before_the_business_registered_starts_the_cooldown_too(relay):
+    """SPEC §7.4 (threat model T57): a block of a handle nobody holds "takes effect if the
+    handle is ever registered": on a business, as a block made when it registered, so
+    once unblocked a business that may ask (the user wrote to it) may not ask for any
+    category before the cooldown ends, as after a block of it made later; the user may
+    grant one again. Neither the block nor its unblock reaches the business (§7.5)."""
+    user = await relay.user()
+    handle = new_handle("bus")
+    assert isinstance(await submit(user, statement(user, "block", handle)), Ok)
+    shop = await relay.connect()
+    assert isinstance(await shop.register(Account(handle, "business")), Welcome)
+    assert isinstance(await submit(user, statement(user, "unblock", handle)), Ok)
+    await user_writes_first(user, shop)  # its first push: the chat, no statement
+    for category in limits.CATEGORIES:
+        assert _code(await shop.request(consent_request(user.handle, category))) == 400
+    granted = await state(user, "grant", shop, ["utility"])
+    assert (await shop.push(Deliver)).body == granted
+    assert isinstance(await shop.request(notification(user.handle, "utility")), Sent)
+
+
+@pytest.mark.spec("7.4")
 async def test_a_business_block_of_a_user_leaves_the_users_consent_alone(relay):
     """SPEC §7.4: only "if the signer is a user and the target a business" does a block
     revoke every category: a business that blocks a user and unblocks it may notify it

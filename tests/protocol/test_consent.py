@@ -10,6 +10,7 @@ from blindrelay.protocol.consent import (
     BUSINESS_REQUESTS,
     CONSENT_TRANSITIONS,
     INITIAL,
+    NO_PURGE,
     CategoryConsent,
     CategoryState,
     Meter,
@@ -207,6 +208,25 @@ def test_unblock_does_not_restore_consent() -> None:
     unblocked, purge = apply(blocked, "unblock")
     assert not unblocked.blocked and purge.everything_from_target is False
     assert decide("notification", unblocked, category="utility").verdict is Verdict.REFUSE
+
+
+def test_unblocking_a_block_made_before_the_business_existed_revokes_from_then() -> None:
+    """SPEC §7.4, T57: such a block revoked nothing when made (its target was no business);
+    lifted, it leaves what a block made at the registration would have left."""
+    registered = NOW - 10 * DAY
+    pre_blocked, _ = apply(INITIAL, "block")
+    state, purge = apply_statement(
+        pre_blocked, action="unblock", signer="alice", categories=frozenset(),
+        signer_is_user_blocking_business=False, now=NOW,
+        cooldown_ms=limits.CONSENT_COOLDOWN_MS, revocation_from=registered,
+    )  # fmt: skip
+    late_blocked, _ = apply(INITIAL, "block", user_blocks_business=True, now=registered)
+    assert state == apply(late_blocked, "unblock")[0] and purge == NO_PURGE
+    for request_ in ("consent_request", "bundle_fetch"):
+        asked = decide(request_, state, categories=frozenset({"utility"}))
+        assert asked.verdict is Verdict.REFUSE
+        later = registered + limits.CONSENT_COOLDOWN_MS
+        assert decide(request_, state, now=later, categories=frozenset({"utility"})).allowed
 
 
 def test_one_accounts_unblock_does_not_lift_the_others_block() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from blindrelay.protocol import limits
 from blindrelay.protocol.codec import decode, encode
 from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import (
@@ -32,7 +33,7 @@ from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
 
 from .conftest import ALL_BACKENDS, Clients, FakeClock, RawClient, db_rows, error_code, relay_with
-from .consent_helpers import issue_badge_for, state, stated, statement_bytes
+from .consent_helpers import DAY_MS, issue_badge_for, state, stated, statement_bytes
 
 BACKENDS = ALL_BACKENDS
 
@@ -208,6 +209,56 @@ async def test_what_a_business_observes_of_a_block_made_before_it_registered(
                 assert answer == Error(code=400, re=RID), (business.handle, name, answer)
     # Nothing of the block is listed or forwarded to either business (T47).
     assert await _listed(verified) == [] and await _listed(plain) == []
+
+
+async def test_a_block_made_before_the_business_registered_starts_the_cooldown_a_block_of_it_would(
+    relay: RunningRelay, clients: Clients, clock: FakeClock
+) -> None:
+    """Threat model T57, SPEC §7.4: a user's block of a business makes every category
+    revoked(now + CONSENT_COOLDOWN_MS), so once unblocked the business may not ask again
+    before that cooldown ends. A block of a handle nobody held did not: bob blocked
+    ``early`` before it was registered and ``late`` a moment after, unblocked both a day
+    later, and the verified ``early`` could ask him for consent (and fetch his bundle) at
+    once where ``late`` got the 400 for 30 days (reproduced on both stores). Such a block
+    now takes effect on the business as a block made when it registered, its revocation
+    applied when the block is lifted: each business observes bob exactly as the other
+    does, and as a handle nobody holds, at every step — nothing tells it when he blocked
+    (T47)."""
+    bob = await clients.registered(relay.url, "bob")
+    await bob.upload_prekeys(one_time=4)
+    await stated(bob, "block", "early", clock.now)
+    early = await clients.registered(relay.url, "early", "business")
+    late = await clients.registered(relay.url, "late", "business")
+    await stated(bob, "block", "late", clock.now)
+    for business in (early, late):
+        issue_badge_for(relay.config, business.handle, clock.now, validity_ms=60 * DAY_MS)
+    await late.push(Deliver)  # bob's block, forwarded (§7.5)
+    clock.advance(DAY_MS)
+    for business in (early, late):
+        await stated(bob, "unblock", business.handle, clock.now)
+    await late.push(Deliver)  # and its unblock
+    frames = {
+        "consent request": _consent_request,
+        "bundle fetch": lambda to: lambda i: BundleFetch(id=i, handle=to),
+    }
+    refused = encode(Error(code=400, re=RID))
+    # A day after the blocks, then the last ms of the cooldown that began at both.
+    for step in (0, limits.CONSENT_COOLDOWN_MS - DAY_MS - 1):
+        clock.advance(step)
+        seen = {
+            business.handle: {
+                name: {to: await _raw(business, make(to)) for to in ("bob", "nobody")}
+                for name, make in frames.items()
+            }
+            for business in (early, late)
+        }
+        assert seen["early"] == seen["late"], step
+        for name, answers in seen["early"].items():
+            assert set(answers.values()) == {refused}, (step, name, answers)
+    clock.advance(1)
+    for business in (early, late):
+        assert isinstance(await business.request(_consent_request("bob")), Sent)
+    assert await _listed(early) == []  # neither the block nor its unblock (T47)
 
 
 async def test_what_a_user_observes_of_a_user_who_blocked_it(

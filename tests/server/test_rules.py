@@ -40,6 +40,7 @@ from blindrelay.server.store.rules import (
     pair_after_send,
     queue_full,
     refuse_unless_allowed,
+    revokes_on_unblock,
     shares_matter,
     statement_effect,
 )
@@ -181,10 +182,11 @@ def test_statement_checks_need_the_current_key_a_user_signer_and_a_business_targ
 def _effect(
     action: str, target_kind: str, state: PairState, *, target: str = "shop",
     block_to_target: bool = False,  # only an unblock reads it
+    registered_at: int | None = NOW - 1, signer_kind: str = "user",
 ) -> StatementEffect:  # fmt: skip
     return statement_effect(
-        _statement(action, target=target), "user", target_kind, state, NOW, 1000,
-        block_to_target=block_to_target,
+        _statement(action, target=target), signer_kind, target_kind, state, NOW, 1000,
+        block_to_target=block_to_target, target_registered_at=registered_at,
     )  # fmt: skip
 
 
@@ -215,6 +217,33 @@ def test_an_unblock_goes_where_the_block_it_lifts_went() -> None:
     assert held.to_target and not held.forward  # held back: the target blocks bob
     to_user = _effect("unblock", "user", bob_blocks, target="carol", block_to_target=True)
     assert not to_user.to_target and not to_user.forward  # a user is never told
+
+
+def test_the_unblock_of_a_block_made_before_the_business_registered_revokes_from_then() -> None:
+    """SPEC §7.4, T57: a user's block of a handle nobody held takes effect on the business
+    that registers it as a block made then: the unblock that lifts it leaves every
+    category revoked until the registration plus the cooldown, as a block made at the
+    registration would have, and clears a pending request."""
+    bob_blocks = PairState(blockers=frozenset({"bob"}), pending=frozenset({"utility"}))
+    lifted = _effect("unblock", "business", bob_blocks, registered_at=NOW - 400)
+    assert lifted.state.consent == {
+        c: CategoryConsent(CategoryState.REVOKED, NOW - 400 + 1000) for c in limits.CATEGORIES
+    }
+    assert not lifted.state.pending and not lifted.state.blockers
+    assert not lifted.to_target and not lifted.forward
+    # Not the unblock of a block that went to the business: that block revoked already.
+    went = _effect("unblock", "business", bob_blocks, block_to_target=True, registered_at=None)
+    assert went.state.consent == {} and went.state.pending == frozenset({"utility"})
+    # Nor a block of a user, nor a business's block: neither revokes anything.
+    for signer_kind, target_kind in (("user", "user"), ("business", "business")):
+        other = _effect(
+            "unblock", target_kind, bob_blocks, registered_at=None, signer_kind=signer_kind
+        )
+        assert other.state.consent == {}
+    assert revokes_on_unblock(_statement("unblock"), "user", "business", False)
+    assert not revokes_on_unblock(_statement("block"), "user", "business", False)
+    with pytest.raises(ValueError, match="before the business registered"):
+        _effect("unblock", "business", bob_blocks, registered_at=None)
 
 
 def test_the_envelope_digest_keeps_fields_apart() -> None:

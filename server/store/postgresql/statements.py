@@ -28,6 +28,7 @@ from ..rules import (
     check_block_targets,
     check_statement,
     families,
+    revokes_on_unblock,
     statement_effect,
 )
 from . import transparency as log
@@ -99,9 +100,16 @@ async def apply_statement(
             target_handle,
         )
     )
+    target_kind = target.kind if target is not None else None
+    # Its revocation deferred to now, from the registration (SPEC §7.4, T57).
+    registered_at = None
+    if revokes_on_unblock(statement, signer.kind, target_kind, block_to_target):
+        registered_at = await conn.fetchval(
+            "SELECT created_at FROM accounts WHERE handle = $1", target_handle
+        )
     effect = statement_effect(
-        statement, signer.kind, target.kind if target is not None else None,
-        pair_or_initial(pair), now, cooldown_ms, block_to_target=block_to_target,
+        statement, signer.kind, target_kind, pair_or_initial(pair), now, cooldown_ms,
+        block_to_target=block_to_target, target_registered_at=registered_at,
     )  # fmt: skip
     await conn.execute(
         "INSERT INTO pairs (low, high, consent, pending, window_until, blockers, wrote, requests)"

@@ -55,6 +55,7 @@ from ..rules import (
     pair_after_send,
     queue_full,
     refuse_unless_allowed,
+    revokes_on_unblock,
     share_floor,
     shares_matter,
     statement_effect,
@@ -319,10 +320,17 @@ def apply_statement(
     block_to_target = statement.action == Action.UNBLOCK and tables.ledger.block_to_target(
         handle, statement.target
     )
+    target_kind = target.kind if target is not None else None
+    # Its revocation deferred to now, from the registration (SPEC §7.4, T57).
+    registered_at = (
+        tables.accounts.registered_at(statement.target)
+        if revokes_on_unblock(statement, signer.kind, target_kind, block_to_target)
+        else None
+    )
     effect = statement_effect(
-        statement, signer.kind, target.kind if target is not None else None,
+        statement, signer.kind, target_kind,
         tables.ledger.pair_state(handle, statement.target), now, cooldown_ms,
-        block_to_target=block_to_target,
+        block_to_target=block_to_target, target_registered_at=registered_at,
     )  # fmt: skip
     tables.ledger.store_pair(handle, statement.target, effect.state)
     # Listed to its target only if forwarded or held back for it now (SPEC §7.6, T47).

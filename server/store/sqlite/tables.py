@@ -187,6 +187,14 @@ class Accounts:
         account = Account(handle, row[1], bytes(row[2]))
         return account if row[0] == handle else None
 
+    def registered_at(self, handle: str) -> int | None:
+        """When ``handle`` was registered (its REGISTER's arrival), None if it never was:
+        an unblock of a block made before then revokes from it (SPEC §7.4, T57)."""
+        row = self._conn.execute(
+            "SELECT created_at FROM accounts WHERE handle = ?", (handle,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
     def count_login(self, handle: str, identity_key: bytes | None = None) -> int:
         """Number a new login of ``handle``: its previous number plus one (1 for the first);
         0, counting nothing, when ``identity_key`` is given and no longer the account's.
