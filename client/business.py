@@ -67,21 +67,15 @@ from blindrelay.protocol.business import (
 )
 from blindrelay.protocol.errors import (
     BlindrelayError,
-    InvalidProof,
     RecipientUnavailable,
     UnexpectedFrame,
 )
 from blindrelay.protocol.signed import ConsentStatement, unverified_body
-from blindrelay.protocol.transparency.bills import (
-    BillReconciliation,
-    VerifiedBill,
-    reconcile,
-    verify_bill,
-    verify_bill_entry,
-)
+from blindrelay.protocol.transparency.bills import BillReconciliation, VerifiedBill
 from blindrelay.protocol.transparency.evidence import ConsentEvidence
 from blindrelay.protocol.transparency.treehead import open_tree_head
 
+from .billing import BillTooLarge, check_bill, fetch_bill
 from .customer_consent import ConsentRefused, CustomerConsent
 from .reading import Message
 from .sdk import Client
@@ -437,49 +431,23 @@ class Business:
             raise UnexpectedFrame("relay answered USAGE_FETCH with another frame")
         return answer
 
-    async def bill(self, month: str) -> VerifiedBill:
+    async def bill(self, month: str, *, max_items: int | None = None) -> VerifiedBill:
         """Our closed bill for ``month`` (SPEC §8.5), every page, verified: its items hash
         to the bill the relay logged, under a signed tree head that extends the newest
         one this profile verified. ``InvalidProof``/``InvalidTreeHead``/``LogForked`` if
         not; ``NotFound`` (601) until the bill is closed (``BILL_CLOSE_DELAY_MS`` after
-        the month ends) and a signed tree head covers it."""
-        handle = self.client.handle
-        relay_key = self.client.relay_key
-        if handle is None or relay_key is None:
-            raise UnexpectedFrame("a bill before a login")
-        first = await self._bill_page(month, 0)
-        # The entry, its proof and head first: the logged count is what bounds the pages
-        # asked for (a relay claiming an unlogged count served pages for ever, found in
-        # review), and a head that does not extend ours is a fork before any paging.
-        logged, head = verify_bill_entry(
-            relay_key, handle, month, first.entry, first.index, first.proof, first.sth
-        )
-        await self.client.log_check.observe(head, first.sth)
-        items = list(first.items)
-        while len(items) < logged.count:
-            page = await self._bill_page(month, len(items))
-            if page.entry != first.entry or not page.items:
-                raise InvalidProof("the bill changed between its pages")
-            items += page.items
-        return verify_bill(
-            relay_key, handle, month, first.entry, first.index, first.proof, first.sth,
-            first.salt, items,
-        )  # fmt: skip
+        the month ends) and a signed tree head covers it; :class:`BillTooLarge` for a
+        logged count past ``max_items`` — by default twice the SENTs this profile kept for
+        the month, and a page more (``billing``, T56)."""
+        return await fetch_bill(self.client, month, max_items)
 
-    async def check_bill(self, month: str) -> BillReconciliation:
+    async def check_bill(
+        self, month: str, *, max_items: int | None = None
+    ) -> BillReconciliation:
         """Our bill for ``month``, verified (:meth:`bill`), held against every SENT of a
         notification this profile kept for that month: ``.ok``, or the items billed
         without a SENT, the SENTs not billed and the items that differ."""
-        bill = await self.bill(month)
-        return reconcile(bill, self.client.store.sent_notifications(month))
-
-    async def _bill_page(self, month: str, start: int) -> frames.Bill:
-        answer = await self.client.link.request(
-            lambda rid: frames.BillFetch(id=rid, month=month, start=start)
-        )
-        if not isinstance(answer, frames.Bill) or answer.start != start:
-            raise UnexpectedFrame("relay answered BILL_FETCH with another frame")
-        return answer
+        return await check_bill(self.client, month, max_items)
 
 
 async def _call(handler: Callable[..., Awaitable[None] | None], *args: object) -> None:
@@ -488,4 +456,4 @@ async def _call(handler: Callable[..., Awaitable[None] | None], *args: object) -
         await outcome
 
 
-__all__ = ["Business", "ConsentRefused", "NotifyResult"]
+__all__ = ["BillTooLarge", "Business", "ConsentRefused", "NotifyResult"]
