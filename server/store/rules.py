@@ -32,7 +32,8 @@ and target's accounts: :func:`check_statement`, the nonce unseen,
 :func:`check_block_targets` for a block, then :func:`statement_effect` on the
 pair's state (and, for an unblock, whether the block it lifts went to the target,
 and when the target registered if :func:`revokes_on_unblock`) says what to store,
-purge and forward; :func:`families` names what the statement supersedes.
+purge and forward; :func:`families` names what the statement supersedes. An upgrade
+from a relay before threat model T54's fix: :func:`consent_as_the_block_left_it`.
 
 Not here: the consent tables (``protocol.consent``), signature checks
 (``protocol.signed``), reading or writing anything (the back ends).
@@ -42,11 +43,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 from blindrelay.protocol import limits
 from blindrelay.protocol.consent import (
     REFUSE,
+    CategoryConsent,
+    CategoryState,
     Decision,
     PairState,
     Purge,
@@ -393,3 +397,28 @@ def statement_effect(
     # reaches the blocker"): held back, and listed to it (§7.6).
     forward = to_target and statement.target not in new_state.blockers
     return StatementEffect(new_state, purge, to_target, forward)
+
+
+# --- upgrades (threat model T54) ----------------------------------------------------------
+
+
+def consent_as_the_block_left_it(
+    state: PairState, categories: Iterable[str], blocked_at: int
+) -> PairState:
+    """A pair's ``state`` as if the relay had refused the consent statements its user made
+    while blocking the business, naming ``categories`` — as every relay has since T54's
+    fix (SPEC §7.4): each as the block, accepted at ``blocked_at``, left it,
+    ``revoked(blocked_at + CONSENT_COOLDOWN_MS)``.
+
+    For an upgrade, which finds them by their number: a consent statement in force
+    numbered after the signer's block in force on the same target was accepted while
+    that block was. The protocol's cooldown, not one configured: an upgrade runs before a
+    relay's configuration is read, and the cooldown matters only if the user unblocks
+    within it. A block made before the business registered revoked nothing; its unblock
+    revokes from the registration instead (:func:`revokes_on_unblock`), which replaces
+    this."""
+    revoked = CategoryConsent(CategoryState.REVOKED, blocked_at + limits.CONSENT_COOLDOWN_MS)
+    consent = dict(state.consent)
+    for category in sorted(categories):
+        consent[category] = revoked
+    return replace(state, consent=consent)

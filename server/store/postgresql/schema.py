@@ -31,12 +31,16 @@ Not here: what the operations do with the tables (``batch``, ``operations``).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from ...logs import log_event
 from .. import StoreStartError
+from ..rules import consent_as_the_block_left_it
 from . import bills, transparency
+from .rows import pair_key, pair_or_initial, pair_to_row
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 MIGRATION_LOCK = 0x626C696E6472  # "blindr": one advisory lock key for every worker
 """The ``pg_advisory_xact_lock`` key migrations run under."""
@@ -265,12 +269,18 @@ so those rows are listed to their signer only, should the handle be registered l
 No default after the upgrade: every writer says it (``.statements._record``). Idempotent,
 as 12 is. As SQLite's schema 14."""
 
+_V14 = ""
+"""14: no table changes; the consent statements a relay before threat model T54's fix
+accepted while their signer blocked the business are cleared, once every table exists
+(:func:`clear_consent_made_while_blocking`). As SQLite's schema 15."""
+
 MIGRATIONS: dict[int, str] = {
     1: _V1, 2: _V2, 3: _V3, 4: transparency.SCHEMA, 5: _V5, 6: transparency.BINDINGS_SCHEMA,
     7: transparency.TIMES_SCHEMA, 8: bills.SCHEMA, 9: _V9, 10: _V10, 11: transparency.TAGS_SCHEMA,
-    12: _V12, 13: _V13,
+    12: _V12, 13: _V13, 14: _V14,
 }  # fmt: skip
-"""Version → the statements that reach it from the version before (0: an empty database)."""
+"""Version → the statements that reach it from the version before (0: an empty database;
+empty: the version changes data only, below)."""
 
 TABLES = (
     "relay_identity", "accounts", "queue_counts", "signed_prekeys", "one_time_prekeys",
@@ -311,7 +321,8 @@ async def migrate(conn: Any, url: str) -> int:
         if found > SCHEMA_VERSION:
             raise newer_schema(found, url)
         for version in range(found + 1, SCHEMA_VERSION + 1):
-            await conn.execute(MIGRATIONS[version])
+            if MIGRATIONS[version]:
+                await conn.execute(MIGRATIONS[version])
             await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
         # Data for the new tables, once every table of this version exists (an append
         # writes log_times too), in the transaction of the migration.
@@ -321,4 +332,68 @@ async def migrate(conn: Any, url: str) -> int:
             await transparency.rebuild_bindings(conn)
         if found and found < 11:  # its entries' times and tags (log_times made anew)
             await transparency.rebuild_times(conn)
+        if found and found < 14:  # consent statements a relay before T54's fix let in
+            await clear_consent_made_while_blocking(conn)
     return found
+
+
+CONSENT_WHILE_BLOCKING = (
+    "SELECT f.signer, f.target, f.family, f.seq, b.accepted_at FROM statements_in_force f"
+    " JOIN statements_in_force k ON k.signer = f.signer AND k.target = f.target"
+    "  AND k.family = 'block'"
+    " JOIN statements b ON b.seq = k.seq AND b.action = 'block'"
+    " WHERE f.family LIKE 'consent:%' AND f.seq > k.seq"
+)
+"""As SQLite's (``..sqlite.schema.CONSENT_WHILE_BLOCKING``): every consent statement in
+force numbered after its signer's block in force on its target, so accepted while that
+block was."""
+
+
+async def clear_consent_made_while_blocking(conn: Any) -> None:
+    """Schema 14 (SPEC §7.4, threat model T54), as SQLite's schema 15
+    (``..sqlite.schema._clear_consent_made_while_blocking`` says why): each consent
+    statement a relay before the fix accepted while its signer blocked the business is
+    cleared as if refused — no longer in force, its receipt withdrawn if still queued
+    (statements count in no ``queue_counts``), the pair's categories as the block left
+    them. In the migration's transaction, before any worker serves."""
+    found = await conn.fetch(CONSENT_WHILE_BLOCKING)
+    if not found:
+        return
+    named: dict[tuple[str, str], tuple[set[str], int]] = {}
+    for signer, target, family, _seq, blocked_at in found:
+        categories, _ = named.setdefault((signer, target), (set(), int(blocked_at)))
+        categories.add(family.removeprefix("consent:"))
+    for (signer, target), (categories, blocked_at) in sorted(named.items()):
+        low, high = pair_key(signer, target)
+        row = await conn.fetchrow(
+            "SELECT consent, pending, window_until, blockers, wrote, requests FROM pairs"
+            " WHERE low = $1 AND high = $2",
+            low, high,
+        )  # fmt: skip
+        state = consent_as_the_block_left_it(pair_or_initial(row), categories, blocked_at)
+        await conn.execute(
+            "UPDATE pairs SET consent = $3, pending = $4, window_until = $5, blockers = $6,"
+            " wrote = $7, requests = $8 WHERE low = $1 AND high = $2",
+            low, high, *pair_to_row(state),
+        )  # fmt: skip
+    await conn.execute(
+        "DELETE FROM statements_in_force f USING unnest($1::text[], $2::text[], $3::text[])"
+        " AS c (signer, target, family)"
+        " WHERE f.signer = c.signer AND f.target = c.target AND f.family = c.family",
+        [row[0] for row in found], [row[1] for row in found], [row[2] for row in found],
+    )  # fmt: skip
+    # Every family of a statement made while blocking was cleared: it goes whole.
+    withdrawn = await conn.fetchval(
+        "WITH s AS (DELETE FROM statements WHERE seq = ANY($1::bigint[]) AND NOT EXISTS"
+        "  (SELECT 1 FROM statements_in_force f WHERE f.seq = statements.seq)"
+        "  RETURNING signer, target, nonce),"
+        " q AS (DELETE FROM queue USING s WHERE queue.recipient = s.target"
+        "  AND queue.sender = s.signer AND queue.intent = 'statement'"
+        "  AND queue.msg_id = s.nonce RETURNING 1)"
+        " SELECT count(*) FROM q",
+        sorted({int(row[3]) for row in found}),
+    )
+    log_event(
+        logging.INFO, "schema_upgraded", table="statements_in_force", rows=len(found),
+        receipts=int(withdrawn), version=14,
+    )  # fmt: skip

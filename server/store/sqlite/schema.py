@@ -23,12 +23,16 @@ from blindrelay.protocol.skeleton import skeleton
 
 from ...logs import log_event
 from .. import transparency
+from ..rules import consent_as_the_block_left_it
 from .bills import SCHEMA as BILL_SCHEMA
+from .ledger import ConsentLedger
 from .transparency import SCHEMA as LOG_SCHEMA
 from .transparency import TIMES_TABLE, TransparencyLog
 
-SCHEMA_VERSION = 14
-"""14: ``statements_in_force.to_target``, whether the statement was forwarded or held back
+SCHEMA_VERSION = 15
+"""15: no table changed; the consent statements a relay before threat model T54's fix
+accepted while their signer blocked the business are cleared (:func:`migrate`).
+14: ``statements_in_force.to_target``, whether the statement was forwarded or held back
 for its target when accepted (the target was a business then), and the ``(target, seq)``
 index only over those: a STATEMENTS_LIST lists a business no statement made before it
 registered (SPEC §7.6; :func:`migrate` says what upgraded rows get).
@@ -253,6 +257,7 @@ def migrate(conn: sqlite3.Connection, version: int) -> None:
     target is a business keeps being listed to it, as before the upgrade: whether that
     business existed when the statement was accepted is not stored (its ``created_at``
     is the REGISTER's arrival, before the proof of work, so comparing times can err).
+    15: :func:`_clear_consent_made_while_blocking`.
     """
     if version < 3:
         businesses = conn.execute(
@@ -293,10 +298,70 @@ def migrate(conn: sqlite3.Connection, version: int) -> None:
             " FROM accounts a WHERE a.handle = statements_in_force.target AND a.kind = ?)",
             (AccountKind.BUSINESS.value,),
         )
+    if 0 < version < 15:
+        _clear_consent_made_while_blocking(conn)
     if 0 < version < 12:  # log_times of schema 9-11 had no tag; before 9, none at all
         conn.execute("DROP TABLE IF EXISTS log_times")
         conn.execute(TIMES_TABLE)
         TransparencyLog(sqlite_utils.Database(conn)).rebuild_times()
+
+
+CONSENT_WHILE_BLOCKING = (
+    "SELECT f.signer, f.target, f.family, f.seq, b.accepted_at FROM statements_in_force f"
+    " JOIN statements_in_force k ON k.signer = f.signer AND k.target = f.target"
+    "  AND k.family = 'block'"
+    " JOIN statements b ON b.seq = k.seq AND b.action = 'block'"
+    " WHERE f.family LIKE 'consent:%' AND f.seq > k.seq"
+)
+"""Every consent statement in force numbered after its signer's block in force on its
+target, so accepted while that block was (threat model T54; only a relay before the fix
+accepted one): signer, target, family, number, and when the block was accepted. The
+PostgreSQL back end's upgrade asks the same (``..postgresql.schema``)."""
+
+
+def _clear_consent_made_while_blocking(conn: sqlite3.Connection) -> None:
+    """Schema 15 (SPEC §7.4, threat model T54): a relay before the fix accepted a user's
+    grant, deny or revoke while the user blocked the business, forwarded it and lists it —
+    to a business that registered the handle after the user had blocked it too, telling
+    it of a block it is never told of (T47). Each is cleared as if refused: no longer in
+    force, its receipt withdrawn if still queued, the pair's categories as the block left
+    them (:func:`..rules.consent_as_the_block_left_it`). One whose block has been lifted
+    since is left alone: nothing tells it from a statement made after the unblock, and
+    with the block gone it says what the relay does."""
+    found = conn.execute(CONSENT_WHILE_BLOCKING).fetchall()
+    if not found:
+        return
+    named: dict[tuple[str, str], tuple[set[str], int]] = {}
+    for signer, target, family, _seq, blocked_at in found:
+        categories, _ = named.setdefault((signer, target), (set(), int(blocked_at)))
+        categories.add(family.removeprefix("consent:"))
+    ledger = ConsentLedger(sqlite_utils.Database(conn))
+    for (signer, target), (categories, blocked_at) in sorted(named.items()):
+        state = ledger.pair_state(signer, target)
+        ledger.store_pair(
+            signer, target, consent_as_the_block_left_it(state, categories, blocked_at)
+        )
+    conn.executemany(
+        "DELETE FROM statements_in_force WHERE signer = ? AND target = ? AND family = ?",
+        [row[:3] for row in found],
+    )
+    withdrawn = 0
+    for seq in sorted({int(row[3]) for row in found}):
+        # Every family of a statement made while blocking was cleared: it goes whole.
+        for signer, target, nonce in conn.execute(
+            "DELETE FROM statements WHERE seq = ? AND NOT EXISTS (SELECT 1 FROM"
+            " statements_in_force f WHERE f.seq = statements.seq) RETURNING signer, target, nonce",
+            (seq,),
+        ).fetchall():
+            withdrawn += conn.execute(
+                "DELETE FROM queue WHERE recipient = ? AND sender = ? AND intent = 'statement'"
+                " AND msg_id = ?",
+                (target, signer, nonce),
+            ).rowcount
+    log_event(
+        logging.INFO, "schema_upgraded", table="statements_in_force", rows=len(found),
+        receipts=withdrawn, version=15,
+    )  # fmt: skip
 
 
 def _rekey_sent(conn: sqlite3.Connection) -> None:
