@@ -311,10 +311,7 @@ def apply_statement(
     revocation_from: int | None = None,
 ) -> tuple[PairState, Purge]:
     """New pair state and purge after an accepted statement; refuses by table.
-
-    ``revocation_from``: for an unblock lifting a user's block made before its target, a
-    business now, registered (the block revoked nothing then), the registration time
-    (:func:`accepted_effect`)."""
+    ``revocation_from``: as :func:`accepted_effect`'s."""
     action = Action(action)
     if action in (Action.BLOCK, Action.UNBLOCK):
         blocking = signer in state.blockers
@@ -356,12 +353,9 @@ def accepted_effect(
     again: each category it names in its action's state (:data:`ACTION_STATES`), the
     signer among the blockers or not.
 
-    A user's block of a business revokes every category for ``cooldown_ms`` (SPEC §7.4).
-    One made before the business registered the handle takes effect on it as a block made
-    at its registration, ``revocation_from``, applied by the unblock that lifts it (threat
-    model T57): until then the block refuses everything, and nothing can change the
-    pair's consent (a consent statement of the signer is refused, the business's requests
-    too), so applying it late changes nothing anyone could observe meanwhile.
+    A user's block made before the business registered revoked nothing; it takes effect
+    as one made at the registration, ``revocation_from``, applied by the unblock that
+    lifts it (SPEC §7.4, T57): until then nothing could change the pair's consent.
 
     For a business folding its receipts (SPEC §7.5): the relay withdraws a receipt
     that a newer statement replaced before it was delivered, so a revoke can reach the
