@@ -117,6 +117,20 @@ def test_error_from_a_frame_with_an_invalid_id_carries_none() -> None:
     assert info.value.request_id is None
 
 
+@pytest.mark.parametrize("tag", [True, False], ids=["true", "false"])
+def test_a_bool_t_is_malformed_not_the_frame_type_it_equals(tag: bool) -> None:
+    """SPEC §2.3: `t` that is not an int is 100, and a bool is never an int — `true`
+    equals 1 (HELLO) and `false` 0 (no type, which would be 102)."""
+    hello = f.Hello(
+        version=2, relay_key=bytes(32), challenge=bytes(limits.CHALLENGE_BYTES),
+        expires_at=1, now=1,
+    )  # fmt: skip
+    message = msgpack.unpackb(codec.encode(hello))
+    message["t"] = tag
+    with pytest.raises(MalformedFrame):
+        codec.decode(msgpack.packb(message, use_bin_type=True))
+
+
 def test_encoding_puts_type_first_and_omits_absent_optionals() -> None:
     frame = f.Error(code=400, re=3)
     assert msgpack.unpackb(codec.encode(frame)) == {"t": 9, "code": 400, "re": 3}
@@ -228,6 +242,21 @@ def test_an_id_is_read_from_maps_of_up_to_sixteen_entries() -> None:
     for entries, expected in ((codec.ID_MAP_MAX_ENTRIES, 7), (codec.ID_MAP_MAX_ENTRIES + 1, None)):
         pairs = {"id": 7, **{f"k{i}": i for i in range(entries - 1)}}
         assert codec.request_id_of(msgpack.packb(pairs)) == expected, entries
+
+
+@pytest.mark.parametrize(
+    "key",
+    [b"\xa2id", b"\xd9\x02id", b"\xda\x00\x02id", b"\xdb\x00\x00\x00\x02id"],
+    ids=["fixstr", "str8", "str16", "str32"],
+)
+def test_an_id_key_in_any_str_encoding_is_read_and_a_bin_one_is_not(key: bytes) -> None:
+    """SPEC §2.2.5: "the key may be in any msgpack str encoding [...]; a bin `id` is
+    another key" — each of msgpack's four str heads, and the bin head that is not one."""
+    rest = b"\xa6handle\xa3BAD"  # BUNDLE_FETCH with a handle that fails its pattern
+    with pytest.raises(MalformedFrame) as info:
+        codec.decode(b"\x83\xa1t\x0b" + key + b"\x07" + rest)
+    assert info.value.request_id == 7
+    assert codec.request_id_of(b"\x83\xa1t\x0b\xc4\x02id\x07" + rest) is None
 
 
 def test_a_map_claiming_more_entries_than_its_bytes_hold_has_no_id() -> None:
