@@ -66,6 +66,10 @@ class Backoff:
     initial: float = 0.5
     factor: float = 2.0
     cap: float = 30.0
+    stable_s: float = 10.0
+    """How long a connection must have been online for the next reconnection to start
+    from the first wait: one dropped sooner counts as a failed attempt (T58), so a relay
+    closing every connection just after its WELCOME is reconnected to ever more slowly."""
 
     def delay(self, attempt: int, jitter: Callable[[], float]) -> float:
         ceiling = min(self.cap, self.initial * self.factor ** min(attempt, 64))
@@ -124,6 +128,8 @@ class RelayLink:
         self._current: Connection | None = None
         self._ready = asyncio.Event()
         self._online: Connection | None = None
+        self._online_since = 0
+        """When ``_online`` went online, on the injected clock (ms)."""
         self._online_event = asyncio.Event()
         self._auto_login = False
         self._closing = False
@@ -235,9 +241,9 @@ class RelayLink:
                 except ConnectionLost as exc:
                     log.info("connection lost: %s", exc)
                 finally:
-                    # Online: the next wait is the first, unless it ended under a request
-                    # that an earlier connection ended under too (T56).
-                    if self._online is conn and not conn.lost_again:
+                    # Online long enough: the next wait is the first, unless it ended
+                    # under a request that an earlier connection ended under too (T56).
+                    if self._online is conn and not conn.lost_again and self._stable():
                         attempt = 0
                     self._drop(conn)
                 await asyncio.sleep(self._backoff.delay(attempt, self._jitter))
@@ -249,6 +255,11 @@ class RelayLink:
         except BaseException as exc:
             self._stopped(exc)
             raise
+
+    def _stable(self) -> bool:
+        """Whether the connection now online has been so for the backoff's ``stable_s``
+        (T58; on the injected clock: a clock step changes one wait at most)."""
+        return self._clock() - self._online_since >= self._backoff.stable_s * 1000
 
     def _stopped(self, exc: BaseException) -> None:
         """Not a network problem: a bug, a broken store, a relay on another version.
@@ -355,6 +366,7 @@ class RelayLink:
         self._auto_login = True
         await self._handlers.authenticated(conn, welcome)
         self._online = conn
+        self._online_since = self._clock()
         self._online_event.set()
         self._handlers.online(welcome)
 

@@ -41,8 +41,14 @@ KEY = SigningKey(b"\x33" * 32)
 """The account's identity key."""
 
 
+STABLE_MS = 10_000
+"""The test backoff's ``stable_s``, in the fake clock's milliseconds."""
+
+
 class Waits:
     """A backoff that records the attempt number of each wait and waits for none."""
+
+    stable_s = STABLE_MS / 1000
 
     def __init__(self) -> None:
         self.attempts: list[int] = []
@@ -115,7 +121,28 @@ async def test_reconnects_wait_longer_after_each_failure_and_start_again_once_on
     assert account.waits.attempts == [0, 1, 2, 3]
     assert len(relay.ends) == 2
 
-    relay.ends[1].drop()  # was online: the next reconnection starts from the first wait
+    relay.clock.advance(STABLE_MS)  # online that long: the next wait is the first again
+    relay.ends[1].drop()
+    await account.back_online()
+    assert account.waits.attempts == [0, 1, 2, 3, 0]
+    await account.link.close()
+
+
+async def test_connections_dropped_soon_after_going_online_keep_the_backoff_growing() -> None:
+    """T58: any connection that had gone online started the backoff again, so a relay (or
+    a box on the way) that closes every connection just after its WELCOME was reconnected
+    to every half second for ever, a handshake and a LOGIN each time (attempts
+    [0, 0, 0, 0]). Now only one that stayed online for the backoff's ``stable_s`` does."""
+    relay = FakeRelay()
+    account = await online_account(relay)
+    for _ in range(4):
+        relay.clock.advance(STABLE_MS - 1)
+        relay.ends[-1].drop()
+        await account.back_online()
+    assert len(account.welcomes) == 5  # each connection went online before it was dropped
+    assert account.waits.attempts == [0, 1, 2, 3]
+    relay.clock.advance(STABLE_MS)
+    relay.ends[-1].drop()
     await account.back_online()
     assert account.waits.attempts == [0, 1, 2, 3, 0]
     await account.link.close()

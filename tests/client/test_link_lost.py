@@ -99,6 +99,8 @@ async def test_drops_and_silences_count_together() -> None:
 class Waits:
     """A backoff that records the attempt number of each wait and waits for none."""
 
+    stable_s = 10.0
+
     def __init__(self) -> None:
         self.attempts: list[int] = []
 
