@@ -296,13 +296,23 @@ class Statements:
         """The statements in force that we signed or that name us, from the relay (SPEC §7.6).
 
         Pages through STATEMENTS_LIST; each is verified as :meth:`check` does, so
-        a relay that altered or invented one shows as ``verified=False``. A listing of
+        a relay that altered or invented one shows as ``verified=False``, and so does
+        one that names us neither as signer nor as target (T59). A listing of
         more than ``max_statements`` is refused (:class:`UnexpectedFrame`, T56).
         """
         listed: list[HeldStatement] = []
         async for page in self._pages(max_statements):
-            listed += [self.check(signed) for signed in page]
+            listed += [self._ours(self.check(signed)) for signed in page]
         return listed
+
+    def _ours(self, held: HeldStatement) -> HeldStatement:
+        """``held``, not verified if it names us neither as signer nor as target: the
+        listing holds only those (SPEC §7.6), and another pair's real statement, listed
+        here, would pass for a consent given to us (T59)."""
+        statement, me = held.statement, self._sessions.identity.handle
+        if statement is None or me in (statement.signer, statement.target):
+            return held
+        return HeldStatement(statement, held.signed, verified=False)
 
     async def _listed(self, signed: bytes) -> bool:
         """Whether the relay lists ``signed`` in force (to settle a 501, :meth:`make`)."""

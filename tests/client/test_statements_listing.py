@@ -84,3 +84,41 @@ async def test_a_listing_of_at_most_the_bound_is_taken_whole() -> None:
         await within(alice.statements(max_statements=2 * PAGE))
     assert asked == [0, PAGE, 2 * PAGE]
     await alice.close()
+
+
+CAROL = IdentityKeyPair.from_seed(b"\x73" * 32)
+
+
+def carols_grant(target: str) -> bytes:
+    """A real grant of carol's, signed with her key, to ``target``."""
+    return make_statement(
+        "grant", signer="carol", signer_key=CAROL.public, target=target,
+        relay_key=RELAY_KEY.verify_key.encode(), now_ms=T0, rng=os.urandom,
+        categories=("utility",),
+    ).sign(CAROL.sign)  # fmt: skip
+
+
+async def test_a_listed_statement_that_names_us_neither_as_signer_nor_target_is_not_verified() -> (
+    None
+):
+    """T59: the listing holds "the statements in force that we signed or that name us"
+    (SPEC §7.6), yet any statement that verified against its signer's pinned key showed
+    ``verified=True``: a relay could list carol's real grant to another business in
+    alice's listing, and a business rebuilding its opt-ins from ``statements()`` would
+    count carol as its own customer's consent. Now such a statement is ``verified=False``;
+    carol's grant to alice itself still verifies."""
+    relay = FakeRelay()
+    alice = await business(relay)
+    alice.trust.pin("carol", CAROL.public)
+    mine, elsewhere = carols_grant("alice"), carols_grant("other-shop")
+
+    def answer(end: RelayEnd, frame: frames.Frame) -> None:
+        if isinstance(frame, frames.StatementsList):
+            end.send(frames.Statements(re=frame.id, statements=(mine, elsewhere), next=None))
+        else:
+            answer_plainly(end, frame)
+
+    relay.answer = answer
+    listed = await within(alice.statements())
+    assert [(held.signed, held.verified) for held in listed] == [(mine, True), (elsewhere, False)]
+    await alice.close()
