@@ -11,7 +11,10 @@ first message to that key, as the log proves keys only by their binding, whose
 bytes (the time it was logged, the key it replaced) only the relay knows. Each
 handle seen published is kept so for good, with the key last proven logged
 (``keystore``): a relay that later calls a business a user, or serves its bundle
-without a proof, does not skip the check (``trust``).
+without a proof, does not skip the check (``trust``). Where the log holds that key's
+binding is kept too, and a binding earlier in the log is refused: the log keeps every
+binding a rotation replaced, so the relay could prove a key the business rotated away
+from — one that leaked — with its old binding (T60).
 
 A binding newer than the relay's newest head (a business that registered or rotated
 within ``STH_INTERVAL``) is waited for, up to :attr:`LogCheck.wait_s`, by watching
@@ -229,7 +232,10 @@ class LogCheck:
                 continue
             await asyncio.sleep(POLL_S)
         await self._verify(bundle)
-        self._store.mark_logged(handle, bundle.identity_key)
+        assert bundle.log is not None
+        self._store.mark_logged(
+            handle, bundle.identity_key, index=bundle.log.index, relay_key=self._key()
+        )
         return bundle
 
     async def _verify(self, bundle: frames.Bundle) -> None:
@@ -248,7 +254,19 @@ class LogCheck:
             binding.handle, binding.kind, binding.identity_key
         ) != (handle, bundle.kind, bundle.identity_key):  # fmt: skip
             raise KeyNotLogged(handle, "the logged binding is of another key")
-        await self.observe(head, proof.sth)
+        await self.observe(head, proof.sth)  # a fork is reported as one, first
+        # T60: a binding is the key's proof only while it is the handle's newest (§15.6
+        # rule 3). The log keeps the ones a rotation replaced, proofs and all: the relay
+        # served the binding of the key a business rotated away from (it leaked, say)
+        # and every check above passed. Where the log holds the newest binding proven
+        # before is kept; an honest relay never serves one earlier than that.
+        newest = self._store.logged_index(handle, self._key())
+        if newest is not None and proof.index < newest:
+            raise KeyNotLogged(
+                handle,
+                f"the log holds a newer key binding of it (entry {newest}) than this one "
+                f"(entry {proof.index}): a key it replaced",
+            )
 
     async def badge_logged(self, badge: Badge, signed_badge: bytes) -> bool:
         """Whether the relay proves the operator's badge is in its log (SPEC §15.6 rule

@@ -10,8 +10,9 @@ Invariants (SPEC §3.3, §5.1, §13.8, §15.6):
   that another handle holds raises :class:`IdentityKeyReused`. The
   ``key_owners`` index answers by key; the trust record stays the truth.
 - A handle once seen published stays published (no method unmarks it), and the
-  key last proven in the relay's log is kept beside it: a pinned key that is not
-  that one has no proof (the SDK asks the log before encrypting to it).
+  key last proven in the relay's log is kept beside it, with where that log holds its
+  binding: a pinned key that is not that one has no proof (the SDK asks the log before
+  encrypting to it), and a binding earlier in that log is no proof (T60).
 - A one-time prekey is gone once taken (X3DH forward secrecy needs its private
   key destroyed after first use); prekey ids are never handed out twice.
 - A signed prekey other than the one the relay last took is retired from the
@@ -394,8 +395,34 @@ class KeyRecords(Storage):
         if not self.is_published(handle):
             self._put("published", handle_key(handle), (handle, None))
 
-    def mark_logged(self, handle: str, identity_key: bytes) -> None:
-        """``identity_key`` was proven logged for ``handle`` (which is published)."""
+    def logged_index(self, handle: str, relay_key: bytes) -> int | None:
+        """Where the log ``relay_key`` signs holds the binding of :meth:`logged_key`; None
+        if no proof under that key was kept (another key's log numbers its entries afresh;
+        an SDK before T60 kept no index)."""
+        require_handle(handle)
+        fields = self._get("published", handle_key(handle))
+        if fields is None or len(fields) < 4 or fields[3] is None:
+            return None
+        return int(fields[2]) if bytes(fields[3]) == relay_key else None
+
+    def mark_logged(
+        self,
+        handle: str,
+        identity_key: bytes,
+        *,
+        index: int | None = None,
+        relay_key: bytes | None = None,
+    ) -> None:
+        """``identity_key`` was proven logged for ``handle`` (which is published), by its
+        binding at ``index`` of the log ``relay_key`` signs (T60: an earlier one is no
+        proof any more)."""
         require_handle(handle)
         require_bytes("identity_key", identity_key, IDENTITY_KEY_BYTES)
-        self._put("published", handle_key(handle), (handle, identity_key))
+        if (index is None) != (relay_key is None):
+            raise ValueError("a binding's index is kept with the relay key of its log")
+        where: tuple[int | None, bytes | None] = (None, None)
+        if index is not None and relay_key is not None:
+            require_count("index", index)
+            require_bytes("relay_key", relay_key, IDENTITY_KEY_BYTES)
+            where = (index, relay_key)
+        self._put("published", handle_key(handle), (handle, identity_key, *where))
