@@ -291,6 +291,75 @@ def test_the_spec_states_the_bounds_this_client_keeps() -> None:
     assert f"| `SKIPPED_KEYS_TTL_MS` | {SKIPPED_KEYS_TTL_MS // DAY_MS} days |" in SPEC
 
 
+def test_a_session_whose_last_skipped_key_is_used_leaves_the_list() -> None:
+    """A holder of no key would take one of the list's places (and count towards its
+    bound) for nothing."""
+    victim = Victim()
+    alice = account("alice", victim)
+    delayed = message(alice, "sent first, arrives last")
+    victim.sessions.receive(message(alice, "overtakes it"))
+    assert [holder.handle for holder in victim.sessions.store.skipped_key_holders()] == ["alice"]
+
+    assert victim.sessions.receive(delayed) is not None
+
+    assert victim.sessions.store.skipped_key_holders() == []
+
+
+def test_a_holder_past_the_ttl_loses_its_keys_when_the_list_next_changes() -> None:
+    """The TTL is applied whenever the list changes, not only at a login: exactly
+    ``SKIPPED_KEYS_TTL_MS`` after it last gained keys, a session loses them at the next
+    change, a millisecond earlier it keeps them."""
+    victim = Victim()
+    alice = account("alice", victim)
+    victim.sessions.receive(message(alice, "overtakes a lost one", skip=1))
+    victim.clock.advance(SKIPPED_KEYS_TTL_MS - 1)
+    victim.sessions.receive(message(account("bob", victim), "hi", skip=1))
+    assert victim.skipped("alice") == 1
+    victim.clock.advance(1)
+
+    victim.sessions.receive(message(account("carol", victim), "hi", skip=1))
+
+    assert victim.skipped("alice") == 0
+    holders = victim.sessions.store.skipped_key_holders()
+    assert [holder.handle for holder in holders] == ["bob", "carol"]
+
+
+def test_a_session_at_the_ratchets_cap_that_gains_keys_is_renewed() -> None:
+    """A session at ``MAX_SKIPPED_KEYS`` that skips more keeps as many keys (the ratchet
+    trims its oldest) but holds new ones: it gained keys now, so its TTL starts again."""
+    victim = Victim()
+    alice = account("alice", victim)
+    victim.sessions.receive(message(alice, "gap", skip=ratchet.MAX_FORWARD_JUMP))
+    assert victim.skipped("alice") == ratchet.MAX_SKIPPED_KEYS
+    victim.clock.advance(SKIPPED_KEYS_TTL_MS - DAY_MS)
+    victim.sessions.receive(message(alice, "another gap", skip=5))
+    assert victim.skipped("alice") == ratchet.MAX_SKIPPED_KEYS
+    victim.clock.advance(DAY_MS)
+
+    victim.login()
+
+    assert victim.skipped("alice") == ratchet.MAX_SKIPPED_KEYS
+
+
+def test_keys_of_a_session_the_list_does_not_name_join_it_at_its_next_message() -> None:
+    """A profile from before the budget holds sessions with skipped keys and no list: such
+    a session is noted at its next message that changes its keys, so from then on its keys
+    count and expire like any other's."""
+    victim = Victim()
+    alice = account("alice", victim)
+    delayed = [message(alice, f"delayed {i}") for i in range(2)]
+    victim.sessions.receive(message(alice, "overtakes them"))
+    victim.sessions.store.set_skipped_key_holders([])  # as before the budget
+
+    assert victim.sessions.receive(delayed[0]) is not None
+
+    [holder] = victim.sessions.store.skipped_key_holders()
+    assert (holder.handle, holder.count) == ("alice", 1)
+    victim.clock.advance(SKIPPED_KEYS_TTL_MS)
+    victim.login()
+    assert victim.skipped("alice") == 0
+
+
 # --- Through a real relay ------------------------------------------------------------
 
 
