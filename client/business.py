@@ -425,10 +425,13 @@ class Business:
     # --- Billing (SPEC §8.4) -----------------------------------------------------
 
     async def usage(self, month: str) -> frames.Usage:
-        """Our metered counts for ``month`` (``YYYY-MM``, UTC) as the relay keeps them."""
+        """Our metered counts for ``month`` (``YYYY-MM``, UTC) as the relay keeps them;
+        UnexpectedFrame if it answers with another month's (SPEC §8.4, T61)."""
         answer = await self.client.link.request(lambda rid: frames.UsageFetch(id=rid, month=month))
         if not isinstance(answer, frames.Usage):
             raise UnexpectedFrame("relay answered USAGE_FETCH with another frame")
+        if answer.month != month:
+            raise UnexpectedFrame(f"relay answered the usage of {month} with {answer.month}'s")
         return answer
 
     async def bill(self, month: str, *, max_items: int | None = None) -> VerifiedBill:
