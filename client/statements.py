@@ -222,9 +222,16 @@ class Statements:
         The signer's key is the one we pinned; a different key is an identity
         change, raised (UntrustedIdentity) for the caller to hold the statement
         like a message. One that fails verification is dropped (acked): the
-        relay checked it, so it is forged.
+        relay checked it, so it is forged. One kept already is dropped too (T62).
         """
         if self._store.is_processed(deliver.sender, deliver.msg_id):
+            return
+        if deliver.body in self._store.kept_statements(deliver.sender, 0):
+            # T62: kept already, and forwarded again once its id left the bounded memory of
+            # processed ids. A statement's bytes are unique (its nonce): a replay, which,
+            # kept again after a newer one, would fold as the signer's newest word.
+            self._store.mark_processed(deliver.sender, deliver.msg_id)
+            log.warning("dropped a statement from %s forwarded again", deliver.sender)
             return
         try:
             claimed = unverified_body(ConsentStatement, deliver.body)
