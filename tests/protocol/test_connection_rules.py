@@ -5,10 +5,12 @@ draw — what CLOSED ends, which refusals count towards the error budget — hel
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from blindrelay.protocol import codec, limits
 from blindrelay.protocol import frames as f
-from blindrelay.protocol.connection import State
+from blindrelay.protocol.connection import LOG_FETCHES, RECEIVABLE, TRANSITIONS, Role, State
 from blindrelay.protocol.errors import (
     AuthenticationFailed,
     ErrorCode,
@@ -20,6 +22,63 @@ from blindrelay.protocol.errors import (
 )
 
 from .pair import ALICE, Pair, authenticated, signer
+from .spec import section, table_rows
+from .strategies import frame_strategy
+
+T = f.FrameType
+_SENDERS = {f.FrameType(int(row[0])): row[2] for row in table_rows(section(2), "t")}
+CLIENT_SENT = frozenset(t for t, sender in _SENDERS.items() if sender == "client")
+"""SPEC §2.1's sender column: the frames a client sends (every other one the relay)."""
+RELAY_SENT = frozenset(t for t, sender in _SENDERS.items() if sender == "relay")
+LOG_ANSWERS = frozenset({T.LOG_HEAD, T.LOG_CONSISTENCY, T.LOG_INCLUSION, T.LOG_ENTRIES})
+
+
+def test_the_tables_are_those_of_spec_section_4_5() -> None:
+    """SPEC §4.5, row by row, with §2.1's sender column for "every client/relay frame";
+    no side receives anything once CLOSED."""
+    assert set(T) == CLIENT_SENT | RELAY_SENT and CLIENT_SENT == f.CLIENT_FRAMES
+    assert {
+        T.LOG_HEAD_FETCH, T.LOG_CONSISTENCY_FETCH, T.LOG_INCLUSION_FETCH, T.LOG_ENTRIES_FETCH,
+    } == LOG_FETCHES  # fmt: skip
+    assert {
+        Role.RELAY: {
+            State.AWAITING_AUTH: {T.REGISTER, T.LOGIN} | LOG_FETCHES,
+            State.AUTHENTICATED: CLIENT_SENT - {T.REGISTER, T.LOGIN},
+        },
+        Role.CLIENT: {
+            State.AWAITING_HELLO: {T.HELLO},
+            State.AWAITING_AUTH: {T.WELCOME, T.ERROR} | LOG_ANSWERS,
+            State.AUTHENTICATED: RELAY_SENT - {T.HELLO, T.WELCOME},
+        },
+    } == RECEIVABLE
+    assert TRANSITIONS == {
+        Role.RELAY: {State.AWAITING_AUTH: {T.WELCOME: State.AUTHENTICATED}},
+        Role.CLIENT: {
+            State.AWAITING_HELLO: {T.HELLO: State.AWAITING_AUTH},
+            State.AWAITING_AUTH: {T.WELCOME: State.AUTHENTICATED},
+        },
+    }
+
+
+_NEED_AN_ACCOUNT = sorted(CLIENT_SENT - {T.REGISTER, T.LOGIN} - LOG_FETCHES)
+
+
+@pytest.mark.parametrize("frame_type", _NEED_AN_ACCOUNT, ids=lambda t: t.name)
+@settings(max_examples=5)
+@given(data=st.data())
+def test_every_frame_that_acts_as_an_account_is_103_before_welcome(
+    frame_type: f.FrameType, data: st.DataObject
+) -> None:
+    """SPEC §4.5: before WELCOME the relay takes REGISTER, LOGIN and the log fetches
+    only; any other client frame is ERROR 103 with its id, handed to no handler, and
+    the connection stays open (no handler may ever run without an account)."""
+    frame = data.draw(frame_strategy(f.FRAME_CLASSES[frame_type]))
+    pair = Pair()
+    pair.relay.receive_data(codec.encode(frame))
+    assert pair.relay.events_received() == []
+    (error,) = pair.relay_errors()
+    assert (error.code, error.re) == (ErrorCode.UNEXPECTED_FRAME, getattr(frame, "id", None))
+    assert pair.relay.state is State.AWAITING_AUTH
 
 
 def _closed() -> Pair:
@@ -75,3 +134,26 @@ def test_refusals_with_other_2xx_codes_do_not_count_towards_the_budget(
     assert pair.relay.state is State.AUTHENTICATED
     codes = {e.code for e in map(codec.decode, pair.relay.data_to_send())}  # type: ignore[union-attr]
     assert codes == {refusal.code}
+
+
+@pytest.mark.parametrize("answer", ["login", "register"])
+def test_an_authenticated_client_has_no_challenge_left_to_answer(answer: str) -> None:
+    """SPEC §4.4.1: after WELCOME a REGISTER or LOGIN is a frame the state does not allow;
+    the client refuses to make one (its bug, raised) rather than spend a signature on it."""
+    pair = authenticated()
+    with pytest.raises(RuntimeError, match="no challenge"):
+        if answer == "login":
+            pair.client.login("alice", signer(ALICE))
+        else:
+            pair.client.register("alice", "user", ALICE.verify_key.encode(), signer(ALICE))
+    assert pair.client.data_to_send() == []
+
+
+def test_an_error_with_a_code_the_client_does_not_know_leaves_it_open() -> None:
+    """SPEC §9, §12.3: "a client treats a code it does not know as 900", which does not
+    close — a newer relay's code must not end an older client's connection."""
+    pair = authenticated()
+    pair.relay.send(f.Error(code=950))
+    _, (error,) = pair.flush()
+    assert error == f.Error(code=950)
+    assert pair.client.state is State.AUTHENTICATED
