@@ -128,6 +128,20 @@ def test_the_relay_key_is_pinned_once_and_replaced_only_when_accepted() -> None:
     pin.check(KEY_2)
 
 
+def test_a_relay_key_refused_as_malformed_changes_nothing() -> None:
+    """``accept`` drops the kept tree head only for a key it pins: a malformed key is
+    refused before anything changes (the head signed by the pinned key stays)."""
+    store = MemoryKeyStore()
+    pin = RelayKeyPin(store)
+    pin.pin_first(KEY_1)
+    store.set_tree_head(b"a head the pinned key signed")
+    for malformed in (b"short", KEY_2 + b"\x00", KEY_2.hex()):
+        with pytest.raises(ValueError, match="a relay key is 32 bytes"):
+            pin.accept(malformed)  # type: ignore[arg-type]
+    assert store.tree_head() == b"a head the pinned key signed"
+    assert pin.key == KEY_1
+
+
 # --- Through the SDK, against a real relay ------------------------------------------------
 
 

@@ -156,6 +156,30 @@ def test_the_key_index_is_rebuilt_for_a_file_made_before_it(tmp_path: Path) -> N
                 upgraded.trust_identity("twin", KEY_A, NOW + 2)
 
 
+def test_a_replaced_key_leaves_the_index_and_a_stale_entry_owns_nothing(tmp_path: Path) -> None:
+    """SPEC §13.8's index answers by key, the trust record stays the truth: a key the user
+    replaced leaves the index (the file holds one row per pinned key, not one per key ever
+    pinned), and an entry left behind anyway — here the old row put back as it was, as a
+    file of an earlier SDK could hold it — names no owner, so the key is free again."""
+    path = tmp_path / "keys.db"
+    with open_sqlite(path) as store:
+        store.trust_identity("airline", KEY_A, NOW)
+    with sqlite3.connect(path) as db:
+        [old_row] = db.execute("SELECT k, v FROM key_owners").fetchall()
+    db.close()
+    with SqliteKeyStore.open(path, PASSPHRASE) as store:
+        store.approve_identity("airline", KEY_B, NOW + 1)  # a key change the user approved
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM key_owners").fetchone() == (1,)
+        db.execute("INSERT INTO key_owners (k, v) VALUES (?, ?)", old_row)
+    db.close()
+
+    with SqliteKeyStore.open(path, PASSPHRASE) as store:
+        assert store.identity_owner(KEY_A) is None
+        assert store.trust_identity("successor", KEY_A, NOW + 2) is IdentityStatus.NEW
+        assert store.identity_owner(KEY_B) == "airline"
+
+
 def test_missing_store_is_not_created_unless_asked(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         SqliteKeyStore.open(tmp_path / "absent.db", PASSPHRASE)
