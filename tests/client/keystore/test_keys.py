@@ -139,6 +139,9 @@ def test_user_approval_replaces_a_changed_key(store: KeyStore) -> None:
     verified = store.get_trusted_identity("airline")
     assert verified is not None
     assert (verified.first_seen_ms, verified.verified) == (NOW, True)
+    store.approve_identity("airline", KEY_A, NOW + 2)  # approved again, not compared again
+    again = store.get_trusted_identity("airline")
+    assert again is not None and (again.first_seen_ms, again.verified) == (NOW, True)
 
     store.approve_identity("airline", KEY_B, NOW + 2)
     store.require_trusted("airline", KEY_B)
