@@ -199,7 +199,9 @@ def _maps_with_ids(draw: st.DrawFn) -> bytes:
 @settings(max_examples=600)
 @given(_maps_with_ids() | st.binary(max_size=64))
 def test_request_id_of_agrees_with_a_reference_reading(data: bytes) -> None:
-    assert codec.request_id_of(data) == _reference_request_id(data)
+    expected = _reference_request_id(data)
+    assume(expected is not _UNDECIDED)  # a timestamp of a bad length: see the reference
+    assert codec.request_id_of(data) == expected
 
 
 @settings(max_examples=500)
