@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from blindrelay.client.keystore import (
+    MAX_PREKEY_ID,
     IdentityStatus,
     KeyStore,
     SkippedKeyHolder,
@@ -83,6 +84,15 @@ def test_prekey_ids_are_never_handed_out_twice(store: KeyStore) -> None:
     assert second == range(101, 102)
     with pytest.raises(ValueError):
         store.allocate_prekey_ids(0)
+
+
+def test_prekey_ids_run_to_the_last_u32_and_no_further(store: KeyStore) -> None:
+    """Key ids are u32 on the wire (SPEC §5.1): the last one, 2**32 - 1, is handed out;
+    then the space is exhausted rather than wrapping to an id used before."""
+    store.allocate_prekey_ids(MAX_PREKEY_ID - 2)
+    assert store.allocate_prekey_ids(2) == range(MAX_PREKEY_ID - 1, MAX_PREKEY_ID + 1)
+    with pytest.raises(OverflowError):
+        store.allocate_prekey_ids(1)
 
 
 def test_sessions_are_opaque_bytes_per_handle(store: KeyStore) -> None:

@@ -211,3 +211,42 @@ def test_rows_are_keyed_and_sealed_as_the_format_says(tmp_path: Path) -> None:
     db.close()
     with SqliteKeyStore.open(path, PASSPHRASE) as reopened, pytest.raises(KeyStoreCorrupted):
         reopened.pending_identity_change("airline")
+
+
+def test_every_sealed_value_has_its_own_nonce(tmp_path: Path) -> None:
+    """XChaCha20-Poly1305 under one record key: a nonce used twice would leak the XOR of
+    two plaintexts (and forgeries). Each write draws a fresh random one, also when a row
+    is rewritten with the same fields."""
+    path = tmp_path / "keys.db"
+
+    def sealed_values() -> list[bytes]:
+        with sqlite3.connect(path) as db:
+            values = [v for (v,) in db.execute("SELECT v FROM identity_changes")]
+        db.close()
+        return values
+
+    with open_sqlite(path) as store:
+        store.record_identity_change("airline", KEY_A)
+    [first] = sealed_values()
+    with SqliteKeyStore.open(path, PASSPHRASE) as store:
+        store.record_identity_change("airline", KEY_A)  # the same row, the same fields
+        store.record_identity_change("bob", KEY_A)
+        store.record_identity_change("carol", KEY_A)
+    sealed = [first, *sealed_values()]
+    assert len(sealed) == 4 and len({value[:24] for value in sealed}) == 4
+
+
+def test_a_sealed_value_that_is_not_a_list_of_fields_is_corrupted(tmp_path: Path) -> None:
+    """A row that authenticates but does not hold a list of fields (a map, say) is
+    refused as KeyStoreCorrupted, not handed to a record's constructor."""
+    path = tmp_path / "keys.db"
+    with open_sqlite(path) as store:
+        store.record_identity_change("airline", KEY_B)
+    keys = file_keys(path)
+    k = keys.lookup("identity_changes", b"airline")
+    planted = keys.seal("identity_changes", k, {"handle": "airline"})  # type: ignore[arg-type]
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE identity_changes SET v = ? WHERE k = ?", [planted, k])
+    db.close()
+    with SqliteKeyStore.open(path, PASSPHRASE) as reopened, pytest.raises(KeyStoreCorrupted):
+        reopened.pending_identity_change("airline")
