@@ -240,6 +240,19 @@ def test_a_connection_still_unauthenticated_at_the_timeout_is_closed(ctx: RelayC
     assert waiting.session.conn.state is State.CLOSED
 
 
+def test_the_timeout_of_a_connection_that_already_ended_refuses_nothing(
+    ctx: RelayContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that left before authenticating: its timer still fires, and must neither
+    log a refusal nor count an ERROR 200 in the metrics that was never sent."""
+    left = connected(Pair())
+    left.session.ended = True
+    with caplog.at_level(logging.INFO, logger="blindrelay"):
+        Dispatcher(ctx).auth_expired(left.session)
+    assert left.sent() == [] and caplog.records == []
+    assert ctx.metrics.errors[ErrorCode.AUTH_FAILED] == 0
+
+
 def test_the_timeout_leaves_an_authenticated_connection_alone(
     ctx: RelayContext, alice: Connected
 ) -> None:
