@@ -169,6 +169,25 @@ async def test_business_only_intents_are_forbidden_to_users(
     )
 
 
+async def test_a_users_business_intent_is_refused_before_it_takes_a_token(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    """SPEC §6.2, §10: a user's notification or consent_request is 202 from the frame
+    alone (delivery.check_send, step 1), before any bucket or the store: refusing it
+    must not spend the one token the user's next chat needs. (The store's judgment
+    refuses it with 202 too, but only after the account's and the pair's buckets.)"""
+    async with relay_with(config, clock, send_burst_user=1, send_burst_pair=1) as relay:
+        alice = await clients.registered(relay.url, "alice")
+        await clients.registered(relay.url, "bob")
+        for labels in (
+            {"intent": "notification", "category": "utility"},
+            {"intent": "consent_request", "categories": ("utility",)},
+        ):
+            refused = await alice.send_message("bob", b"x", **labels)
+            assert error_code(refused) == ErrorCode.FORBIDDEN
+        assert isinstance(await alice.send_message("bob", b"x"), Sent)
+
+
 # --- every request type has a per-account bucket (SPEC §10) -----------------------
 
 _BAD_SIGNATURE = b"\x00" * 64
