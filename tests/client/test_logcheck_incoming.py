@@ -238,3 +238,26 @@ def test_the_published_mark_and_the_logged_key_are_kept(kind: str, tmp_path: Pat
     assert (store.is_published("bob"), store.logged_key("bob")) == (True, key_b)
     assert (store.is_published("carol"), store.logged_key("carol")) == (False, None)
     store.close()
+
+
+def test_send_many_proves_the_key_a_business_wrote_first_under_and_sends() -> None:
+    """A bulk send leaves a key no log proof covered yet to the path of a single send,
+    which fetches the bundle's proof: proven, the recipient gets its message on the
+    session the airline started — not a KeyNotLogged outcome without asking the log."""
+
+    async def scenario() -> None:
+        relay = LoggingRelay()
+        relay.bundles = [airline_logged(relay)]
+        alice = await customer(relay, log_wait_s=0.3)
+        airline = Writer(relay, alice, "airline", AIRLINE_SEED)
+        airline.deliver("Your boarding pass")
+        inbox = Inbox(alice)
+        await inbox.next()
+        ((handle, outcome),) = await within(alice.send_many(["airline"], "thanks"))
+        assert handle == "airline" and isinstance(outcome, bytes)
+        assert fetches(relay) == 1
+        assert [airline.read(send) for send in sends(relay)] == ["thanks"]
+        await inbox.close()
+        await alice.close()
+
+    run(scenario())

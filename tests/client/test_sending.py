@@ -24,7 +24,13 @@ from blindrelay.client.keystore import (
 from blindrelay.client.sdk import Client
 from blindrelay.client.sending import HandleLocks
 from blindrelay.protocol import frames
-from blindrelay.protocol.errors import RateLimited, UntrustedIdentity
+from blindrelay.protocol.crypto.keys import IdentityKeyPair
+from blindrelay.protocol.errors import (
+    MalformedFrame,
+    RateLimited,
+    UnexpectedFrame,
+    UntrustedIdentity,
+)
 
 from ..relays import relay_at
 from .fake_relay import URL, FakeRelay, RelayEnd, answer_plainly, answer_sent
@@ -38,6 +44,7 @@ from .harness import (
     session_with,
     within,
 )
+from .log_relay import FAKE_SEED, LoggingRelay, customer
 
 
 class Transactions(MemoryKeyStore):
@@ -156,6 +163,69 @@ async def test_a_contact_lock_exists_only_while_someone_holds_or_awaits_it() -> 
     await within(asyncio.gather(first, second))
     assert held == [("first", True), ("second", True)]
     assert not locks.busy("bob") and len(locks) == 0  # gone once nobody holds or awaits it
+
+
+# --- What the relay serves for a first message ---------------------------------------------
+
+BOB_SEED = b"\x42" * 32
+
+
+def test_a_bundle_of_another_handle_is_refused_and_starts_nothing() -> None:
+    """The relay answers the bundle fetch for bob with mallory's bundle: refused as
+    UnexpectedFrame, with no session or pinned key for either, nothing encrypted or sent."""
+
+    async def scenario() -> None:
+        relay = LoggingRelay()
+        relay.bundles = [bundle("mallory", FAKE_SEED)]
+        alice = await customer(relay)
+        with pytest.raises(UnexpectedFrame):
+            await within(alice.send("bob", "for bob only"))
+        for handle in ("bob", "mallory"):
+            assert alice.store.load_session(handle) is None
+            assert alice.trust.pinned_key(handle) is None
+        assert alice.store.outbox() == []
+        assert relay.ends[-1].received(frames.Send) == []
+        await alice.close()
+
+    run(scenario())
+
+
+def test_a_bundle_with_another_key_is_surfaced_before_the_send_fails() -> None:
+    """SPEC §3.3: bob's key is pinned (as a statement or a profile pins it, without a
+    session) and the relay serves a bundle of another key: the send raises
+    UntrustedIdentity, ``on_identity_change`` hears of bob, and the change waits."""
+
+    async def scenario() -> None:
+        relay = LoggingRelay()
+        relay.bundles = [bundle("bob", FAKE_SEED)]
+        changes: list[str] = []
+        alice = await customer(relay, on_identity_change=changes.append)
+        alice.trust.pin("bob", IdentityKeyPair.from_seed(BOB_SEED).public)
+        with pytest.raises(UntrustedIdentity):
+            await within(alice.send("bob", "hi"))
+        assert changes == ["bob"] and alice.identity_change_pending("bob")
+        assert relay.ends[-1].received(frames.Send) == []
+        await alice.close()
+
+    run(scenario())
+
+
+def test_labels_no_send_may_carry_are_refused_before_anything_is_encrypted() -> None:
+    """A notification without its category is refused as MalformedFrame, by the SEND's own
+    rules, before the session advances or anything is stored."""
+
+    async def scenario() -> None:
+        relay = LoggingRelay()
+        alice = await customer(relay)
+        session_with(alice, "bob", BOB_SEED)
+        before = alice.store.load_session("bob")
+        with pytest.raises(MalformedFrame):
+            await within(alice.send("bob", "no category", intent=frames.Intent.NOTIFICATION))
+        assert alice.store.load_session("bob") == before
+        assert alice.store.outbox() == []
+        await alice.close()
+
+    run(scenario())
 
 
 # --- Against a real relay ---------------------------------------------------------------
