@@ -184,6 +184,25 @@ def test_a_relay_key_the_person_accepts_starts_without_the_old_keys_alarm(
     run(scenario())
 
 
+def test_a_bulk_send_raises_the_kept_alarm_and_sends_nothing(tmp_path: Path) -> None:
+    """``send_many`` raises the alarm as ``send`` does, before any recipient's envelope
+    is encrypted: carol, whose session is there, is not sent to either."""
+
+    async def scenario() -> None:
+        relay = LoggingRelay()
+        relay.bundles = [bundle("dave", DAVE_SEED, "user")]
+        profile = Profile("sqlite", tmp_path)
+        await fork_seen(relay, profile)
+        alice = await started(profile.open(relay))
+        assert alice.sessions.has_session("carol")
+        with pytest.raises(LogForked):
+            await within(alice.send_many(["carol", "dave"], "hello"))
+        assert sends(relay) == [] and alice.store.outbox() == []
+        await alice.close()
+
+    run(scenario())
+
+
 # --- On LogCheck alone -------------------------------------------------------------------
 
 
