@@ -228,6 +228,24 @@ def test_labels_no_send_may_carry_are_refused_before_anything_is_encrypted() -> 
     run(scenario())
 
 
+def test_a_bulk_send_refuses_a_malformed_handle_for_that_recipient_alone() -> None:
+    """Each recipient's handle is checked as a SEND's ``to`` before its envelope is made:
+    a malformed one is that recipient's MalformedFrame, and the rest of the chunk goes."""
+
+    async def scenario() -> None:
+        relay = LoggingRelay()
+        alice = await customer(relay)
+        session_with(alice, "bob", BOB_SEED)
+        outcomes = await within(alice.send_many(["", "Bob!", "bob"], "hello"))
+        assert [handle for handle, _ in outcomes] == ["", "Bob!", "bob"]
+        assert [type(outcome) for _, outcome in outcomes[:2]] == [MalformedFrame] * 2
+        assert isinstance(outcomes[2][1], bytes)
+        assert [send.to for send in relay.ends[-1].received(frames.Send)] == ["bob"]
+        await alice.close()
+
+    run(scenario())
+
+
 # --- Against a real relay ---------------------------------------------------------------
 
 
