@@ -22,6 +22,15 @@ def test_a_handle_may_not_end_in_or_repeat_punctuation(handle: str) -> None:
         check_handle(handle)
 
 
+@pytest.mark.parametrize("handle", ["airline\n", "air.line\n", "abc\r\n", "\nabc"])
+def test_a_handle_has_no_line_break_before_or_after_it(handle: str) -> None:
+    """SPEC §3.2: the whole value matches the grammar — "airline\\n" is a lookalike of
+    airline (and a line break in every log that names it), not a handle. A pattern
+    anchored with `$` rather than `\\Z` lets the trailing newline through."""
+    with pytest.raises(MalformedFrame):
+        check_handle(handle)
+
+
 @pytest.mark.parametrize("handle", ["airline", "air.line", "a-b", "sky_ways.air", "123", "a.b.c.d"])
 def test_labels_joined_by_single_punctuation_are_handles(handle: str) -> None:
     check_handle(handle)
