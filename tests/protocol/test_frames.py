@@ -32,3 +32,13 @@ def test_an_ack_built_in_code_holds_at_most_max_ack_ids() -> None:
     f.Ack(delivery_ids=tuple(range(1, limits.MAX_ACK_IDS + 1)))
     with pytest.raises(FrameTooLarge):
         f.Ack(delivery_ids=tuple(range(1, limits.MAX_ACK_IDS + 2)))
+
+
+@pytest.mark.parametrize("month", ["2027-01\n", "\n2027-01", "2027-01\r\n"])
+def test_a_month_has_no_line_break_before_or_after_it(month: str) -> None:
+    """SPEC §8.4: a month is exactly YYYY-MM; `$` rather than `\\Z` would take a trailing
+    newline, a second spelling of the month the metering counts under."""
+    with pytest.raises(MalformedFrame, match="month"):
+        f.UsageFetch(id=1, month=month)
+    with pytest.raises(MalformedFrame, match="month"):
+        f.BillFetch(id=1, month=month)
