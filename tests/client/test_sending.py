@@ -246,6 +246,26 @@ def test_a_bulk_send_refuses_a_malformed_handle_for_that_recipient_alone() -> No
     run(scenario())
 
 
+def test_only_a_chat_makes_its_recipients_people_we_wrote_to() -> None:
+    """A user's chat to someone accepts their message requests and makes them a contact
+    (SPEC §7.3); anything else sent in bulk (a notification, which the relay refuses from
+    a user anyway) does not."""
+
+    async def scenario() -> None:
+        relay = LoggingRelay()
+        alice = await customer(relay)
+        session_with(alice, "bob", BOB_SEED)
+        session_with(alice, "carol", FAKE_SEED)
+        notification = {"intent": frames.Intent.NOTIFICATION, "category": "utility"}
+        await within(alice.send_many(["bob"], "not a chat", **notification))  # type: ignore[arg-type]
+        assert not alice.store.has_written_to("bob")
+        await within(alice.send_many(["carol"], "a chat"))
+        assert alice.store.has_written_to("carol")
+        await alice.close()
+
+    run(scenario())
+
+
 # --- Against a real relay ---------------------------------------------------------------
 
 
