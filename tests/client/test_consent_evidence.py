@@ -130,3 +130,39 @@ def test_evidence_the_relay_cannot_back_is_refused_before_it_is_exported(lie: st
         await shop.client.close()
 
     run(scenario())
+
+
+def test_the_evidence_is_the_customers_newest_statement_not_the_business_s_own() -> None:
+    """A business keeps its own statements about a customer (its block of them) beside
+    the customer's: the evidence of the customer's consent is the newest statement the
+    customer signed, never one the business made itself."""
+    alice = IdentityKeyPair.from_seed(b"\x61" * 32)
+    relay_key = RELAY_KEY.verify_key.encode()
+    grant = make_statement(
+        "grant", signer="alice", signer_key=alice.public, target="shop", relay_key=relay_key,
+        now_ms=T0, rng=os.urandom, categories=("utility",),
+    ).sign(alice.sign)  # fmt: skip
+    log = FakeLog()
+
+    def answer(end: RelayEnd, frame: frames.Frame) -> None:
+        if not log.answer(end, frame):
+            answer_plainly(end, frame)
+
+    async def scenario() -> None:
+        relay = FakeRelay()
+        relay.answer = answer
+        shop = Business(await online(URL, "shop", "business", open_transport=relay.open))
+        ours = shop.client.sessions
+        block = make_statement(
+            "block", signer="shop", signer_key=ours.keypair.public, target="alice",
+            relay_key=relay_key, now_ms=T0 + 1, rng=os.urandom,
+        ).sign(ours.sign)  # fmt: skip
+        log.append(*filler(3), statement_entry(grant), statement_entry(block))
+        log.sign_head(T0 + 2)
+        shop.client.store.keep_statement("alice", grant)
+        shop.client.store.keep_statement("alice", block)
+        evidence = await within(shop.consent_evidence("alice"))
+        assert evidence.statement == grant
+        await shop.client.close()
+
+    run(scenario())
