@@ -402,6 +402,20 @@ def statement_effect(
 # --- upgrades (threat model T54) ----------------------------------------------------------
 
 
+CONSENT_WHILE_BLOCKING = (
+    "SELECT f.signer, f.target, f.family, f.seq, b.accepted_at FROM statements_in_force f"
+    " JOIN statements_in_force k ON k.signer = f.signer AND k.target = f.target"
+    "  AND k.family = 'block'"
+    " JOIN statements b ON b.seq = k.seq AND b.action = 'block'"
+    " WHERE f.family LIKE 'consent:%' AND f.seq > k.seq"
+)
+"""Every consent statement in force numbered after its signer's block in force on its
+target, so accepted while that block was (threat model T54; only a relay before the fix
+accepted one): signer, target, family, number, and when the block was accepted. Data,
+not I/O: both back ends' upgrades ask it (their tables have the same names and columns
+here), so that they clear the same rows."""
+
+
 def consent_as_the_block_left_it(
     state: PairState, categories: Iterable[str], blocked_at: int
 ) -> PairState:

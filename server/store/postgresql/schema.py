@@ -36,7 +36,7 @@ from typing import Any
 
 from ...logs import log_event
 from .. import StoreStartError
-from ..rules import consent_as_the_block_left_it
+from ..rules import CONSENT_WHILE_BLOCKING, consent_as_the_block_left_it
 from . import bills, transparency
 from .rows import pair_key, pair_or_initial, pair_to_row
 
@@ -335,18 +335,6 @@ async def migrate(conn: Any, url: str) -> int:
         if found and found < 14:  # consent statements a relay before T54's fix let in
             await clear_consent_made_while_blocking(conn)
     return found
-
-
-CONSENT_WHILE_BLOCKING = (
-    "SELECT f.signer, f.target, f.family, f.seq, b.accepted_at FROM statements_in_force f"
-    " JOIN statements_in_force k ON k.signer = f.signer AND k.target = f.target"
-    "  AND k.family = 'block'"
-    " JOIN statements b ON b.seq = k.seq AND b.action = 'block'"
-    " WHERE f.family LIKE 'consent:%' AND f.seq > k.seq"
-)
-"""As SQLite's (``..sqlite.schema.CONSENT_WHILE_BLOCKING``): every consent statement in
-force numbered after its signer's block in force on its target, so accepted while that
-block was."""
 
 
 async def clear_consent_made_while_blocking(conn: Any) -> None:

@@ -23,7 +23,7 @@ from blindrelay.protocol.skeleton import skeleton
 
 from ...logs import log_event
 from .. import transparency
-from ..rules import consent_as_the_block_left_it
+from ..rules import CONSENT_WHILE_BLOCKING, consent_as_the_block_left_it
 from .bills import SCHEMA as BILL_SCHEMA
 from .ledger import ConsentLedger
 from .transparency import SCHEMA as LOG_SCHEMA
@@ -304,19 +304,6 @@ def migrate(conn: sqlite3.Connection, version: int) -> None:
         conn.execute("DROP TABLE IF EXISTS log_times")
         conn.execute(TIMES_TABLE)
         TransparencyLog(sqlite_utils.Database(conn)).rebuild_times()
-
-
-CONSENT_WHILE_BLOCKING = (
-    "SELECT f.signer, f.target, f.family, f.seq, b.accepted_at FROM statements_in_force f"
-    " JOIN statements_in_force k ON k.signer = f.signer AND k.target = f.target"
-    "  AND k.family = 'block'"
-    " JOIN statements b ON b.seq = k.seq AND b.action = 'block'"
-    " WHERE f.family LIKE 'consent:%' AND f.seq > k.seq"
-)
-"""Every consent statement in force numbered after its signer's block in force on its
-target, so accepted while that block was (threat model T54; only a relay before the fix
-accepted one): signer, target, family, number, and when the block was accepted. The
-PostgreSQL back end's upgrade asks the same (``..postgresql.schema``)."""
 
 
 def _clear_consent_made_while_blocking(conn: sqlite3.Connection) -> None:
