@@ -27,7 +27,6 @@ from blindrelay.protocol import frames
 from blindrelay.protocol.connection import ClientConnection, State
 from blindrelay.protocol.errors import (
     ProtocolError,
-    UnexpectedFrame,
     UnsupportedVersion,
     error_for_code,
 )
@@ -317,9 +316,7 @@ class Connection:
         error = _error_from(frame) if isinstance(frame, frames.Error) else None
         self._answered(re)
         msg_id = self._sending.pop(re, None)
-        if msg_id is not None:
-            if error is None and not isinstance(frame, frames.Sent):
-                error = UnexpectedFrame(f"relay answered a SEND with {frame.TYPE.name}")
+        if msg_id is not None:  # a SENT or an ERROR: the machine refuses any other (§2.2)
             at = frame.at if isinstance(frame, frames.Sent) else None
             self._handlers.send_answered(msg_id, at, error)
             return

@@ -44,7 +44,15 @@ from types import MappingProxyType
 from . import PROTOCOL_VERSION, limits
 from . import pow as puzzle
 from .codec import decode, encode
-from .connection_rules import LOG_FETCHES, RECEIVABLE, TRANSITIONS, Role, State, error_closes
+from .connection_rules import (
+    ANSWERS,
+    LOG_FETCHES,
+    RECEIVABLE,
+    TRANSITIONS,
+    Role,
+    State,
+    error_closes,
+)
 from .crypto.keys import signature_valid
 from .errors import (
     AuthenticationFailed,
@@ -73,16 +81,9 @@ from .frames import (
 from .transcripts import UNKNOWN_ACCOUNT_KEY, login_transcript, register_transcript
 
 __all__ = [
-    "LOG_FETCHES",
-    "RECEIVABLE",
-    "TRANSITIONS",
-    "ClientConnection",
-    "RelayConnection",
-    "Rng",
-    "Role",
-    "Signer",
-    "State",
-]
+    "ANSWERS", "LOG_FETCHES", "RECEIVABLE", "TRANSITIONS", "ClientConnection",
+    "RelayConnection", "Rng", "Role", "Signer", "State",
+]  # fmt: skip
 
 Rng = Callable[[int], bytes]
 Signer = Callable[[bytes], bytes]
@@ -369,8 +370,11 @@ class ClientConnection(_Connection):
             raise UnexpectedFrame(f"WELCOME for {frame.handle} ({frame.kind}), not us")
         re = getattr(frame, "re", None)
         if re is not None:
-            if re not in self._pending:
+            asked = self._pending.get(re)
+            if asked is None:
                 raise UnexpectedFrame(f"response to unknown request {re}")
+            if frame.TYPE is not FrameType.ERROR and frame.TYPE is not ANSWERS[asked]:
+                raise UnexpectedFrame(f"{asked.name} answered with {frame.TYPE.name}")
             del self._pending[re]
         if isinstance(frame, Hello):
             self.hello = frame
@@ -389,7 +393,8 @@ class ClientConnection(_Connection):
         acts on it. False changes nothing; the caller then feeds the bytes to
         :meth:`receive_data`, which raises what is wrong.
         """
-        if self.state is not State.AUTHENTICATED or frame.re not in self._pending:
+        asked = self._pending.get(frame.re)
+        if self.state is not State.AUTHENTICATED or asked is not FrameType.SEND:
             return False
         del self._pending[frame.re]
         return True

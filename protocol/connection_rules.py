@@ -71,6 +71,20 @@ TRANSITIONS: dict[Role, dict[State, dict[FrameType, State]]] = {
 }
 """SPEC §4.5: state changes on a sent or received frame (ERROR handled apart)."""
 
+_T = FrameType
+ANSWERS: dict[FrameType, FrameType] = {
+    _T.REGISTER: _T.WELCOME, _T.LOGIN: _T.WELCOME, _T.ROTATE_IDENTITY: _T.OK,
+    _T.PREKEYS_UPLOAD: _T.OK, _T.BUNDLE_FETCH: _T.BUNDLE, _T.SEND: _T.SENT,
+    _T.STATEMENT: _T.OK, _T.STATEMENTS_LIST: _T.STATEMENTS, _T.PROFILE_PUT: _T.OK,
+    _T.PROFILE_FETCH: _T.PROFILE, _T.USAGE_FETCH: _T.USAGE, _T.BILL_FETCH: _T.BILL,
+    _T.LOG_HEAD_FETCH: _T.LOG_HEAD, _T.LOG_CONSISTENCY_FETCH: _T.LOG_CONSISTENCY,
+    _T.LOG_INCLUSION_FETCH: _T.LOG_INCLUSION, _T.LOG_ENTRIES_FETCH: _T.LOG_ENTRIES,
+    _T.DISCOVERABLE: _T.OK,
+}  # fmt: skip
+"""SPEC §2.2: the one frame, besides ERROR, that answers each request. The client takes
+no other under a request's ``re`` (the relay's fault, §9): a STATEMENT answered with a
+BUNDLE was taken for its OK."""
+
 
 def error_closes(code: int) -> bool:
     """Whether an ERROR with ``code`` closes the connection (SPEC §9); an unknown code

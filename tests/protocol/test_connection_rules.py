@@ -4,13 +4,22 @@ draw — what CLOSED ends, which refusals count towards the error budget — hel
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blindrelay.protocol import codec, limits
 from blindrelay.protocol import frames as f
-from blindrelay.protocol.connection import LOG_FETCHES, RECEIVABLE, TRANSITIONS, Role, State
+from blindrelay.protocol.connection import (
+    ANSWERS,
+    LOG_FETCHES,
+    RECEIVABLE,
+    TRANSITIONS,
+    Role,
+    State,
+)
 from blindrelay.protocol.errors import (
     AuthenticationFailed,
     ErrorCode,
@@ -19,9 +28,11 @@ from blindrelay.protocol.errors import (
     MalformedFrame,
     ProtocolError,
     RegistrationRefused,
+    UnexpectedFrame,
 )
+from blindrelay.protocol.frames import FRAME_CLASSES
 
-from .pair import ALICE, Pair, authenticated, signer
+from .pair import ALICE, Pair, authenticated, register, signer
 from .spec import section, table_rows
 from .strategies import frame_strategy
 
@@ -157,3 +168,58 @@ def test_an_error_with_a_code_the_client_does_not_know_leaves_it_open() -> None:
     _, (error,) = pair.flush()
     assert error == f.Error(code=950)
     assert pair.client.state is State.AUTHENTICATED
+
+
+
+ANSWERED_WITH = {T[row[0]]: T[row[1]] for row in table_rows(section(2), "request")}
+"""SPEC §2.2's table: the one frame type, besides ERROR, that answers each request."""
+_KINDS = {f.FrameType(int(row[0])): row[3] for row in table_rows(section(2), "t")}
+
+
+def test_every_request_has_the_answer_spec_section_2_2_names() -> None:
+    assert dict(ANSWERS) == ANSWERED_WITH
+    assert set(ANSWERED_WITH) == {t for t, kind in _KINDS.items() if kind == "request"}
+
+
+RESPONSES = sorted(t for t in RELAY_SENT if "re" in {x.name for x in fields(FRAME_CLASSES[t])})
+"""Every frame the relay may send under a request's ``re``, ERROR aside."""
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    request=st.sampled_from(sorted(set(ANSWERS) - {T.REGISTER, T.LOGIN})),
+    answer=st.sampled_from([t for t in RESPONSES if t is not T.ERROR]),
+    data=st.data(),
+)
+def test_a_client_refuses_an_answer_of_another_type_than_its_request_s(
+    request: f.FrameType, answer: f.FrameType, data: st.DataObject
+) -> None:
+    """SPEC §2.2 rule 1: a request is answered by "its response type, OK, or ERROR". The
+    client machine checked only that ``re`` was pending, so a relay could answer a
+    STATEMENT with a BUNDLE, a SEND with an OK, a fetch with another fetch's answer, and
+    each caller had to notice (found in review: the STATEMENT, PREKEYS_UPLOAD,
+    PROFILE_PUT and ROTATE_IDENTITY callers took any answer but an ERROR as OK). Now the
+    machine refuses it, as the relay's fault (§9); the right one, and an ERROR, it takes."""
+    pair = authenticated()
+    request_id = pair.client.next_request_id()
+    asked = data.draw(frame_strategy(FRAME_CLASSES[request]))
+    pair.client.send(replace(asked, id=request_id))  # type: ignore[type-var]
+    pair.client.data_to_send()
+    reply = replace(data.draw(frame_strategy(FRAME_CLASSES[answer])), re=request_id)  # type: ignore[type-var]
+    if answer is ANSWERS[request]:
+        pair.client.receive_data(codec.encode(reply))
+        assert pair.client.pending == {}
+    else:
+        with pytest.raises(UnexpectedFrame):  # a WELCOME: by the state, the rest: by this
+            pair.client.receive_data(codec.encode(reply))
+        assert pair.client.pending == {request_id: request}
+
+
+def test_a_login_answered_with_a_log_answer_is_refused_by_the_machine() -> None:
+    """T55 caught a log answer under the login's id in the SDK (receivable before
+    WELCOME, §4.5); the machine now refuses it itself."""
+    pair = Pair()
+    frame = register(pair)
+    reply = f.LogHead(re=frame.id, sth=None)
+    with pytest.raises(UnexpectedFrame, match="answered"):
+        pair.client.receive_data(codec.encode(reply))
