@@ -133,6 +133,7 @@ def test_names_are_the_same_as_a_person_reads_them() -> None:
     assert same_name("Bob's  BAKERY", "bob's bakery")
     assert same_name("Ｂob's Bakery", "Bob's Bakery")  # NFKC: a fullwidth letter
     assert not same_name("Bob's Bakery", "Bobs Bakery")
+    assert not same_name("British Airways", "BritishAirways")  # a space is read, too
     assert not same_name("Bank", "\u0392ank")  # Greek capital beta: flagged, not folded
 
 
