@@ -202,3 +202,40 @@ def test_held_messages_left_by_a_crash_after_approval_are_released_at_the_next_l
                 await closing.close()
 
     run(scenario())
+
+
+def test_messages_held_from_a_sender_then_blocked_are_gone_for_good(tmp_path: Path) -> None:
+    """Blocking a sender whose messages wait for a key decision discards them from the
+    profile, not only from this run: after a restart none is held, and approving the key
+    shows none of them."""
+
+    async def scenario() -> None:
+        path = tmp_path / "bob.keys"
+        async with relay_at(tmp_path) as relay:
+            bob = Client.open(path, "pw", backoff=FAST, **LOW_COST)
+            await within(bob.connect(relay.url))
+            await within(bob.register("bob"))
+            inbox = Inbox(bob)
+            mallory = await Attacker.registered(relay.url, "bob")
+            await mallory.send(mallory.genuine, "bob", "hello")
+            assert (await inbox.next()).body == "hello"
+            for i in range(3):
+                await mallory.send(mallory.forger, "bob", f"new phone {i}")
+            carol = await online(relay.url, "carol")
+            await within(carol.send("bob", "barrier"))
+            assert (await inbox.next()).body == "barrier"
+            assert bob.held_messages("mallory") == HeldMessages(3, 0)
+            await within(bob.block("mallory"))
+            assert bob.held_messages("mallory") == HeldMessages(0, 0)
+            await inbox.close()
+            await bob.close()
+
+            bob = Client.open(path, "pw", backoff=FAST)  # a restart
+            assert bob.held_messages("mallory") == HeldMessages(0, 0)
+            bob.approve_identity("mallory")
+            assert bob.store.pending_messages() == []
+            await bob.close()
+            for closing in (carol, mallory.raw):
+                await closing.close()
+
+    run(scenario())
