@@ -18,6 +18,7 @@ from blindrelay.client.keystore import (
     SqliteKeyStore,
 )
 from blindrelay.client.sdk import Client, ConnectionLost
+from blindrelay.protocol import frames
 
 from ..relays import relay_at
 from .harness import (
@@ -31,6 +32,7 @@ from .harness import (
     run,
     within,
 )
+from .log_relay import LoggingRelay, Writer, customer
 
 
 class CrashingStore(SqliteKeyStore):
@@ -117,5 +119,28 @@ def test_a_redelivered_envelope_is_dropped_and_acknowledged(tmp_path: Path) -> N
             assert bob.welcome is not None and bob.welcome.queued == 0
             await bob.close()
             await alice.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("auto", [True, False], ids=["receipts", "no-receipts"])
+def test_a_delivered_receipt_goes_only_when_the_application_wants_them(auto: bool) -> None:
+    """``auto_delivered_receipts=False`` is the application's word that the SDK tells no
+    sender when its message arrived (SPEC §6.2): a contact's message gets no receipt, and
+    the reply after it is the only SEND."""
+
+    async def scenario() -> None:
+        relay = LoggingRelay()
+        alice = await customer(relay, auto_delivered_receipts=auto)
+        alice.requests.accept("bob")  # a contact: no message request
+        bob = Writer(relay, alice, "bob", b"\x42" * 32)
+        bob.deliver("hello", "user")
+        inbox = Inbox(alice)
+        assert (await inbox.next()).body == "hello"
+        await within(alice.send("bob", "hi"))
+        sends = relay.ends[-1].received(frames.Send)
+        assert len(sends) == (2 if auto else 1)
+        await inbox.close()
+        await alice.close()
 
     run(scenario())
