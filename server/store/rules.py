@@ -43,8 +43,9 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from blindrelay.protocol import limits
 from blindrelay.protocol.consent import (
@@ -414,6 +415,16 @@ target, so accepted while that block was (threat model T54; only a relay before 
 accepted one): signer, target, family, number, and when the block was accepted. Data,
 not I/O: both back ends' upgrades ask it (their tables have the same names and columns
 here), so that they clear the same rows."""
+
+
+def by_pair(found: Iterable[Sequence[Any]]) -> dict[tuple[str, str], tuple[set[str], int]]:
+    """:data:`CONSENT_WHILE_BLOCKING`'s rows by pair: the categories they name, and when
+    the block was accepted — what :func:`consent_as_the_block_left_it` takes."""
+    named: dict[tuple[str, str], tuple[set[str], int]] = {}
+    for signer, target, family, _seq, blocked_at in found:
+        categories, _ = named.setdefault((signer, target), (set(), int(blocked_at)))
+        categories.add(family.removeprefix("consent:"))
+    return named
 
 
 def consent_as_the_block_left_it(

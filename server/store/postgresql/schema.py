@@ -36,7 +36,7 @@ from typing import Any
 
 from ...logs import log_event
 from .. import StoreStartError
-from ..rules import CONSENT_WHILE_BLOCKING, consent_as_the_block_left_it
+from ..rules import CONSENT_WHILE_BLOCKING, by_pair, consent_as_the_block_left_it
 from . import bills, transparency
 from .rows import pair_key, pair_or_initial, pair_to_row
 
@@ -347,10 +347,7 @@ async def clear_consent_made_while_blocking(conn: Any) -> None:
     found = await conn.fetch(CONSENT_WHILE_BLOCKING)
     if not found:
         return
-    named: dict[tuple[str, str], tuple[set[str], int]] = {}
-    for signer, target, family, _seq, blocked_at in found:
-        categories, _ = named.setdefault((signer, target), (set(), int(blocked_at)))
-        categories.add(family.removeprefix("consent:"))
+    named = by_pair(found)
     for (signer, target), (categories, blocked_at) in sorted(named.items()):
         low, high = pair_key(signer, target)
         row = await conn.fetchrow(

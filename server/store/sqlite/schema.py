@@ -23,7 +23,7 @@ from blindrelay.protocol.skeleton import skeleton
 
 from ...logs import log_event
 from .. import transparency
-from ..rules import CONSENT_WHILE_BLOCKING, consent_as_the_block_left_it
+from ..rules import CONSENT_WHILE_BLOCKING, by_pair, consent_as_the_block_left_it
 from .bills import SCHEMA as BILL_SCHEMA
 from .ledger import ConsentLedger
 from .transparency import SCHEMA as LOG_SCHEMA
@@ -318,10 +318,7 @@ def _clear_consent_made_while_blocking(conn: sqlite3.Connection) -> None:
     found = conn.execute(CONSENT_WHILE_BLOCKING).fetchall()
     if not found:
         return
-    named: dict[tuple[str, str], tuple[set[str], int]] = {}
-    for signer, target, family, _seq, blocked_at in found:
-        categories, _ = named.setdefault((signer, target), (set(), int(blocked_at)))
-        categories.add(family.removeprefix("consent:"))
+    named = by_pair(found)
     ledger = ConsentLedger(sqlite_utils.Database(conn))
     for (signer, target), (categories, blocked_at) in sorted(named.items()):
         state = ledger.pair_state(signer, target)
