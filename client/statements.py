@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from blindrelay.protocol import frames, limits
 from blindrelay.protocol.consent import INITIAL, PairState, accepted_effect
@@ -319,7 +319,7 @@ class Statements:
         statement, me = held.statement, self._sessions.identity.handle
         if statement is None or me in (statement.signer, statement.target):
             return held
-        return HeldStatement(statement, held.signed, verified=False)
+        return replace(held, verified=False)
 
     async def _listed(self, signed: bytes) -> bool:
         """Whether the relay lists ``signed`` in force (to settle a 501, :meth:`make`)."""
