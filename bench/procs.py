@@ -246,6 +246,15 @@ class ServerProcess:
         self._pump_thread.start()
         self.url = self._wait_for_url(timeout_s)
 
+    def last_log_line(self) -> str:
+        """The log's last non-empty line: the benchmarks' working directories are
+        temporary, so a failure names what went wrong rather than a file that is gone."""
+        try:
+            lines = self.log.read_text(errors="replace").strip().splitlines()
+        except OSError as exc:
+            return f"(log unreadable: {exc})"
+        return lines[-1][-300:] if lines else "(empty)"
+
     def _pump(self, stream: IO[bytes]) -> None:
         # Keeps reading so that a chatty server never blocks on a full pipe.
         for raw in stream:
@@ -261,7 +270,10 @@ class ServerProcess:
                 break
             if line is None:
                 self.stop()
-                raise ServerError(f"{self.argv[:4]} exited before listening; see {self.log}")
+                raise ServerError(
+                    f"{self.argv[:4]} exited before listening (code {self.proc.returncode});"
+                    f" the last of its log: {self.last_log_line()!r}"
+                )
             if match := LISTENING.search(line):
                 return match.group(1)
         self.stop()

@@ -10,7 +10,13 @@ import pytest
 
 from bench import relay
 from bench.loadgen import LoadSpec, _spread, due_time, percentile
-from bench.procs import busy_fraction, machine_cpu_ticks, process_schedstat
+from bench.procs import (
+    ServerError,
+    ServerProcess,
+    busy_fraction,
+    machine_cpu_ticks,
+    process_schedstat,
+)
 from bench.profile import function_key, summarize
 from bench.run import Figure
 
@@ -127,3 +133,14 @@ def test_a_paced_load_measures_from_departure_as_well_as_from_due(tmp_path):
     (tmp_path / "unpaced").mkdir()
     row = relay.throughput(relay.BASELINE, unpaced, tmp_path / "unpaced", None)
     assert row.departure_p95_ms is None
+
+
+def test_a_server_that_exits_before_listening_is_named_with_its_last_log_line(tmp_path):
+    """The benchmarks run servers in temporary directories, gone by the time anyone reads
+    the message: it must carry what the server said, not only the log's path."""
+    script = "import sys; print('starting', file=sys.stderr); print('port in use', file=sys.stderr); sys.exit(3)"
+    with pytest.raises(ServerError) as raised:
+        ServerProcess([sys.executable, "-c", script], log=tmp_path / "server.log")
+    message = str(raised.value)
+    assert "exited before listening (code 3)" in message
+    assert "port in use" in message
