@@ -317,6 +317,11 @@ class Connection:
         self._answered(re)
         msg_id = self._sending.pop(re, None)
         if msg_id is not None:  # a SENT or an ERROR: the machine refuses any other (§2.2)
+            if isinstance(frame, frames.Sent) and frame.msg_id != msg_id:
+                # SPEC §6.3: the SENT of another message is no answer to this SEND (T69);
+                # the relay's fault, so the SEND goes again on the next connection.
+                log.warning("relay answered a SEND with the SENT of another message")
+                raise ConnectionLost("relay answered a SEND with the SENT of another message")
             at = frame.at if isinstance(frame, frames.Sent) else None
             self._handlers.send_answered(msg_id, at, error)
             return
@@ -336,7 +341,11 @@ class Connection:
         (nothing done) for anything else, which the strict path then decodes.
         """
         sent = read_sent(data)
-        if sent is None or sent.re not in self._sending or not self.machine.receive_sent(sent):
+        if (
+            sent is None
+            or self._sending.get(sent.re) != sent.msg_id  # not pending, or another's (T69)
+            or not self.machine.receive_sent(sent)
+        ):
             return False
         self._answered(sent.re)
         self._handlers.send_answered(self._sending.pop(sent.re), sent.at, None)

@@ -162,6 +162,28 @@ async def test_the_answer_to_a_send_goes_to_its_msg_id_never_to_a_request() -> N
     await wired.close()
 
 
+async def test_a_sent_naming_another_msg_id_ends_the_connection_and_answers_nothing() -> None:
+    """T69: a SENT is its SEND's answer only with that SEND's msg_id (SPEC §6.3). A relay
+    that answers one message's SEND with another's SENT (a mix-up, or a lie about which
+    message it holds) is at fault: the connection ends and the SEND goes again on the
+    next, as for any answer of the wrong type (§2.2). Before, the message was taken as
+    accepted whatever msg_id the SENT named."""
+    wired = await Wired.online()
+    conn, reported = wired.conn, wired.reported
+    for n in (1, 2):
+        request_id = conn.next_request_id()
+        conn.send_message(bytes([n]) * 16, request_id, encode_send(
+            request_id, "bob", bytes([n]) * 16, "chat", b"envelope"
+        ))  # fmt: skip
+    sends = await wired.end.wait_for(frames.Send, 2)
+    wired.end.send(frames.Sent(re=sends[0].id, msg_id=sends[0].msg_id, at=T0 + 1))
+    wired.end.send(frames.Sent(re=sends[1].id, msg_id=sends[0].msg_id, at=T0 + 2))
+    ended = await wired.ended()
+    assert isinstance(ended, ConnectionLost) and "another message" in str(ended)
+    assert reported.answered == [(b"\x01" * 16, T0 + 1, None)]
+    await wired.close()
+
+
 async def test_what_the_relay_sends_unasked_goes_to_the_account(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
