@@ -4,9 +4,11 @@ counts written once per commit, in the transaction of what they count."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
+import asyncpg
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,9 +16,13 @@ from blindrelay.protocol.consent import Meter
 from blindrelay.protocol.errors import QueueFull
 from blindrelay.protocol.transparency.bills import month_of, month_span
 from blindrelay.server.store import Account
+from blindrelay.server.store.postgresql.operations import usage_months
 from blindrelay.server.store.sqlite.commit import GroupCommitter
 from blindrelay.server.store.sqlite.database import connect
 from blindrelay.server.store.sqlite.tables import Tables
+
+from ..pg import PostgresDatabase
+from .pgstore_support import started
 
 times = st.integers(min_value=0, max_value=2**47)  # to the year 6429
 
@@ -106,3 +112,87 @@ def test_a_read_sees_the_batchs_counts_and_a_failed_reader_loses_none(tmp_path: 
         {"utility": 3},
     ]
     assert _committed(tmp_path / "r.db") == {("airline", "utility"): 3}
+
+
+# --- a business's USAGE_FETCH reads its own counts only (threat model T70) -------------
+
+
+def test_a_usage_read_costs_the_same_however_many_businesses_are_counted(
+    tmp_path: Path,
+) -> None:
+    """USAGE_FETCH (operation ``usage_month``, run by the writer) read every row of the
+    ``usage`` table — all businesses, all months, kept for ever — to answer one business
+    for one month: ``(? IS NULL OR business = ?)`` keeps SQLite from its primary key
+    (found in review, T70: 9 ms a fetch at 200,000 rows, and any business may fetch 20
+    at once and one a second). Counted in SQLite's VM steps (deterministic): one
+    business's month costs about the same with 3,000 other businesses' counts as with 30."""
+    tables = Tables(connect(tmp_path / "r.db"))
+    writer = GroupCommitter(tables)
+    steps: dict[int, int] = {}
+    counted = 0
+    for businesses in (30, 3000):
+
+        def count_more(store: Tables, first: int = counted, last: int = businesses) -> None:
+            for n in range(first, last):
+                store.usage.count(f"shop{n}", NOW, Meter.USER_INITIATED, None)
+                store.usage.count(f"shop{n}", NOW, Meter.NOTIFICATION, "utility")
+
+        assert all(ok for ok, _ in writer.commit([count_more]))
+        counted = businesses
+        ran = [0]
+
+        def step(ran: list[int] = ran) -> int:
+            ran[0] += 1
+            return 0
+
+        tables.db.conn.set_progress_handler(step, 1)
+        usage = tables.usage.month("shop7", MONTH)
+        tables.db.conn.set_progress_handler(None, 1)
+        assert (usage.notifications, usage.user_initiated) == ({"utility": 1}, 1)
+        steps[businesses] = ran[0]
+    assert steps[3000] <= 2 * steps[30], steps
+
+
+def test_a_usage_read_on_postgresql_is_by_the_key_under_a_generic_plan(
+    pg_database: PostgresDatabase,
+) -> None:
+    """T70 on PostgreSQL: the same ``($1 IS NULL OR business = $1)`` query is planned
+    for the values given for the first executions of its prepared statement (an index
+    scan), but a generic plan — ``plan_cache_mode = force_generic_plan``, or the one the
+    planner picks for good while the table is small — read the whole table (a sequential
+    scan of 6,000 rows for one business's month). Counted in the transaction's own scan
+    statistics (``pg_stat_xact_user_tables``, before and after): one index scan of
+    ``usage`` and no sequential scan (before the fix: 2 and 0, a parallel scan)."""
+
+    async def scans() -> tuple[int, int, dict[str, int]]:
+        async with started(pg_database.url):
+            pass  # the schema
+        conn = await asyncpg.connect(
+            pg_database.url, server_settings={"plan_cache_mode": "force_generic_plan"}
+        )
+        try:
+            await conn.execute("DELETE FROM usage")
+            await conn.execute(
+                "INSERT INTO usage (business, month, meter, category, count)"
+                " SELECT 'shop' || n, $1, m, c, 1 FROM generate_series(0, 2999) AS n,"
+                " (VALUES ('user_initiated', ''), ('notification', 'utility')) AS k(m, c)",
+                MONTH,
+            )
+            await conn.execute("ANALYZE usage")
+            counted = (
+                "SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables"
+                " WHERE relname = 'usage'"
+            )
+            async with conn.transaction():
+                before = await conn.fetchrow(counted)
+                found = await usage_months(conn, "shop7", MONTH)
+                after = await conn.fetchrow(counted)
+        finally:
+            await conn.close()
+        assert [(u.business, u.month) for u in found] == [("shop7", MONTH)]
+        seq, index = (int(after[n]) - int(before[n]) for n in (0, 1))
+        return seq, index, found[0].notifications
+
+    seq_scans, index_scans, notifications = asyncio.run(scans())
+    assert notifications == {"utility": 1}
+    assert (seq_scans, index_scans) == (0, 1)

@@ -355,13 +355,23 @@ async def usage_month(tx: Tx, handle: str, month: str) -> list[Any]:
 async def usage_months(conn: Any, business: str | None, month: str | None) -> list[MonthUsage]:
     """Metering counts per (business, month), optionally of one business or month (also
     ``blindrelay admin usage``'s)."""
-    rows = await conn.fetch(
-        "SELECT business, month, meter, category, count FROM usage"
-        " WHERE ($1::text IS NULL OR business = $1) AND ($2::text IS NULL OR month = $2)"
-        " ORDER BY business, month, meter, category",
-        business, month,
-    )  # fmt: skip
-    return usage_by_month(rows)
+    query = _USAGE_MONTHS[business is not None, month is not None]
+    given = [value for value in (business, month) if value is not None]
+    return usage_by_month(await conn.fetch(query, *given))
+
+
+_USAGE = "SELECT business, month, meter, category, count FROM usage"
+_USAGE_ORDER = " ORDER BY business, month, meter, category"
+_USAGE_MONTHS: dict[tuple[bool, bool], str] = {
+    (True, True): _USAGE + " WHERE business = $1 AND month = $2" + _USAGE_ORDER,
+    (True, False): _USAGE + " WHERE business = $1" + _USAGE_ORDER,
+    (False, True): _USAGE + " WHERE month = $1" + _USAGE_ORDER,
+    (False, False): _USAGE + _USAGE_ORDER,
+}
+""":func:`usage_months`' query by (business given, month given), so that a business's
+own counts are read by the primary key whatever the plan: with ``($1 IS NULL OR
+business = $1)`` a generic plan of the prepared statement read every business's rows of
+every month for each USAGE_FETCH (threat model T70)."""
 
 
 async def purge(tx: Tx, before: int, now: int) -> list[int]:

@@ -29,6 +29,19 @@ from blindrelay.protocol.transparency.bills import month_span
 from ..records import MonthUsage, usage_by_month
 from .cache import WriterCache
 
+_COLUMNS = "SELECT business, month, meter, category, count FROM usage"
+_ORDER = " ORDER BY business, month, meter, category"
+_MONTHS: dict[tuple[bool, bool], str] = {
+    (True, True): _COLUMNS + " WHERE business = ? AND month = ?" + _ORDER,
+    (True, False): _COLUMNS + " WHERE business = ?" + _ORDER,
+    (False, True): _COLUMNS + " WHERE month = ?" + _ORDER,
+    (False, False): _COLUMNS + _ORDER,
+}
+""":meth:`UsageMeter.months`' query by (business given, month given): one per case, so
+that a business's own counts are read by the primary key. The one query with ``(? IS
+NULL OR business = ?)`` kept SQLite from the key and read every business's rows of
+every month for each USAGE_FETCH (threat model T70)."""
+
 
 class UsageMeter:
     """The ``usage`` table."""
@@ -70,13 +83,9 @@ class UsageMeter:
     def months(self, business: str | None = None, month: str | None = None) -> list[MonthUsage]:
         """Counts per (business, month), optionally for one business and/or month."""
         self.flush()
-        rows = self.db.execute(
-            "SELECT business, month, meter, category, count FROM usage"
-            " WHERE (? IS NULL OR business = ?) AND (? IS NULL OR month = ?)"
-            " ORDER BY business, month, meter, category",
-            (business, business, month, month),
-        ).fetchall()
-        return usage_by_month(rows)
+        query = _MONTHS[business is not None, month is not None]
+        given = tuple(value for value in (business, month) if value is not None)
+        return usage_by_month(self.db.execute(query, given).fetchall())
 
     def month(self, business: str, month: str) -> MonthUsage:
         found = self.months(business, month)
