@@ -11,7 +11,7 @@ Small values here keep the tests fast; the rules are the same at the defaults.
 from __future__ import annotations
 
 from blindrelay.protocol.errors import ErrorCode
-from blindrelay.protocol.frames import Sent
+from blindrelay.protocol.frames import Ack, Sent
 from blindrelay.server.config import RelayConfig
 
 from .conftest import ALL_BACKENDS, Clients, FakeClock, RawClient, db_rows, error_code, relay_with
@@ -81,3 +81,29 @@ async def test_one_sender_holds_at_most_its_share_of_any_queue(
         assert await _flood(pals[0], "airline", 45) == {"sent": 39, "full": 6, "refused": 0}
         assert await _flood(pals[1], "airline", 45) == {"sent": 39, "full": 6, "refused": 0}
         assert isinstance(await pals[2].send_message("airline", b"me too"), Sent)
+
+
+async def test_only_strangers_fill_the_pool_and_an_acknowledgement_gives_room_back(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    """SPEC §6.3.5: the pool holds strangers' undelivered envelopes only — a contact's,
+    however many, leave it whole — and an envelope the user acknowledged leaves both its
+    sender's share and the pool (mutation analysis of store/rules.py: counting every
+    envelope a stranger's, or not giving room back at an ACK, passed every other test)."""
+    shares = {"queue_cap": 100, "queue_share_per_sender": 10, "queue_share_strangers": 15}
+    async with relay_with(config, clock, **shares) as relay:
+        victim = await clients.registered(relay.url, "victim")
+        friend = await clients.registered(relay.url, "friend")
+        await clients.registered(relay.url, "other")
+        assert isinstance(await victim.send_message("friend", b"hi friend"), Sent)
+        await victim.close()
+        first, second = [await clients.registered(relay.url, h) for h in ("first", "second")]
+        assert await _flood(friend, "victim", 10) == {"sent": 10, "full": 0, "refused": 0}
+        assert await _flood(first, "victim", 11) == {"sent": 10, "full": 1, "refused": 0}
+        assert await _flood(second, "victim", 6) == {"sent": 5, "full": 1, "refused": 0}
+        victim, _ = await clients.logged_in(relay.url, "victim", victim.key)
+        firsts = [d.delivery_id for d in await victim.deliveries(25) if d.sender == "first"]
+        await victim.send(Ack(delivery_ids=tuple(firsts[:3])))
+        # The ACK has no response; a later request on the same connection is ordered after it.
+        assert isinstance(await victim.send_message("other", b"sync"), Sent)
+        assert await _flood(first, "victim", 4) == {"sent": 3, "full": 1, "refused": 0}
