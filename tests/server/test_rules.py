@@ -5,6 +5,8 @@ tested through the relay (test_delivery, test_queue_shares, test_statements, …
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from blindrelay.protocol import limits
@@ -25,13 +27,16 @@ from blindrelay.server.config import RelayConfig
 from blindrelay.server.delivery import send_rules
 from blindrelay.server.store import Account
 from blindrelay.server.store.rules import (
+    CONSENT_WHILE_BLOCKING,
     HOUR_MS,
     QueueShares,
     StatementEffect,
     bucket_full_at,
     bucket_tokens,
+    by_pair,
     check_block_targets,
     check_statement,
+    consent_as_the_block_left_it,
     envelope_digest,
     judge,
     judge_send,
@@ -44,6 +49,7 @@ from blindrelay.server.store.rules import (
     shares_matter,
     statement_effect,
 )
+from blindrelay.server.store.sqlite.database import connect
 
 RULES = send_rules(RelayConfig())._replace(
     queue_cap=10, queue_share_per_sender=4, queue_share_strangers=6
@@ -259,3 +265,119 @@ def test_metering_months_are_utc_calendar_months() -> None:
     start, end, month = month_span(NOW)
     assert month == month_of(NOW) == month_of(start) == month_of(end - 1) == "2023-11"
     assert month_of(end) == "2023-12" and month_span(end)[0] == end
+
+
+# --- rules no other test held (mutation analysis of store/rules.py) ---------------------
+
+
+def test_a_bundle_fetch_of_an_unknown_handle_is_refused_before_any_other_read() -> None:
+    """SPEC §7.7: an unknown handle is refused on the pair state alone, as a user that
+    may not be fetched is — even where a stranger's bundle would be served (a verified
+    business, any user): no prekey lookup for one and not the other."""
+    for requester, kind in (("shop", "business"), ("alice", "user")):
+        fetch = judge(requester, kind, "ghost", None, Request.BUNDLE_FETCH, INITIAL, NOW,
+                      verified=True)  # fmt: skip
+        assert fetch == REFUSE, requester
+
+
+def test_only_a_users_chat_to_an_unknown_handle_reads_the_first_contact_budget() -> None:
+    """SPEC §7.7: the read is what a new stranger costs, and only a user's chat opens a
+    conversation with one: a business's chat, or a user's notification, to an unknown
+    handle reads no budget, as none to an existing account does."""
+    for sender, kind, request in (
+        ("shop", "business", Request.CHAT), ("shop", "business", Request.NOTIFICATION),
+        ("alice", "user", Request.NOTIFICATION),
+    ):  # fmt: skip
+        judged = judge_send(
+            RULES, sender, kind, "ghost", None, request, "utility", frozenset(), INITIAL, NOW
+        )
+        assert judged == (REFUSE, False, False), (kind, request)
+
+
+def test_shares_count_strangers_only_and_an_acknowledgement_gives_room_back() -> None:
+    """SPEC §6.3.5: only strangers' envelopes fill the strangers' pool, and both shares
+    count *undelivered* envelopes: one acknowledged (a change of -1) leaves them."""
+    shares = QueueShares(floor=4, strangers=0, senders={})
+    shares.change("friend", False, 5)
+    assert shares.strangers == 0 and shares.senders == {"friend": 5}
+    assert not queue_full(RULES, "carol", True, 5, shares)
+    shares.change("carol", True, 6)
+    assert queue_full(RULES, "dave", True, 9, shares)  # the pool is full
+    shares.change("carol", True, -3)
+    assert shares.strangers == 3 and shares.senders["carol"] == 3
+    assert not queue_full(RULES, "carol", True, 8, shares)
+
+
+def test_the_window_a_users_chat_opens_is_the_relays_configured_one() -> None:
+    """SPEC §7.3, §10: window_until := now + SERVICE_WINDOW_MS, the relay's setting."""
+    rules = RULES._replace(service_window_ms=5_000)
+    decision = judge("bob", "user", "shop", "business", Request.CHAT, INITIAL, NOW)
+    after = pair_after_send(rules, INITIAL, decision, NOW)
+    assert after is not None and after.window_until == NOW + 5_000
+
+
+def test_the_envelope_digest_tells_intent_category_and_categories_apart() -> None:
+    """SPEC §6.3.2: a resend is one with "the same to, intent, category, categories and
+    body"; any other is a reuse (403)."""
+    digests = {
+        envelope_digest("bob", "chat", None, None, b"x"),
+        envelope_digest("bob", "notification", None, None, b"x"),
+        envelope_digest("bob", "notification", "utility", None, b"x"),
+        envelope_digest("bob", "notification", "marketing", None, b"x"),
+        envelope_digest("bob", "consent_request", None, ["utility"], b"x"),
+        envelope_digest("bob", "consent_request", None, ["utility", "marketing"], b"x"),
+        envelope_digest("bob", "chat", None, None, b"y"),
+        envelope_digest("carol", "chat", None, None, b"x"),
+    }
+    assert len(digests) == 8
+
+
+def test_an_upgrade_revokes_what_the_statements_named_from_the_block() -> None:
+    """Threat model T54 (upgrades): each category the cleared statements named, "as the
+    block, accepted at ``blocked_at``, left it" — revoked until the block plus the
+    cooldown — and no other; the rows grouped by pair, each with its block's time."""
+    rows = [
+        ("bob", "shop", "consent:utility", 7, 1_000),
+        ("bob", "shop", "consent:marketing", 9, 1_000),
+        ("carol", "shop", "consent:utility", 8, 2_000),
+    ]
+    assert by_pair(rows) == {
+        ("bob", "shop"): ({"utility", "marketing"}, 1_000),
+        ("carol", "shop"): ({"utility"}, 2_000),
+    }
+    granted = CategoryConsent(CategoryState.GRANTED)
+    state = PairState(consent={"utility": granted, "marketing": granted})
+    left = consent_as_the_block_left_it(state, {"utility"}, 2_000)
+    revoked = CategoryConsent(CategoryState.REVOKED, 2_000 + limits.CONSENT_COOLDOWN_MS)
+    assert left.consent == {"utility": revoked, "marketing": granted}
+
+
+def test_an_upgrade_finds_only_consent_given_under_the_block_in_force(tmp_path: Path) -> None:
+    """Threat model T54 (upgrades): :data:`CONSENT_WHILE_BLOCKING` on the relay's tables
+    finds bob's grant made after his block, with the block's time — not dave's made before
+    his block, nor erin's made after she lifted hers (her unblock is in force in the block
+    family), nor carol's made without one."""
+    db = connect(tmp_path / "relay.db")
+    said = [
+        ("bob", "block", None), ("bob", "grant", "utility"),
+        ("dave", "grant", "utility"), ("dave", "block", None),
+        ("erin", "block", None), ("erin", "unblock", None), ("erin", "grant", "utility"),
+        ("carol", "grant", "utility"),
+    ]  # fmt: skip
+    in_force: dict[tuple[str, str], int] = {}
+    with db.atomic():
+        for seq, (signer, action, category) in enumerate(said, start=1):
+            db.execute(
+                "INSERT INTO statements (seq, signer, target, action, categories, issued_at,"
+                " accepted_at, nonce, signed) VALUES (?, ?, 'shop', ?, ?, 0, ?, ?, x'00')",
+                (seq, signer, action, category, 100 * seq, seq.to_bytes(16, "big")),
+            )
+            in_force[(signer, "block" if category is None else f"consent:{category}")] = seq
+        for (signer, family), seq in in_force.items():
+            db.execute(
+                "INSERT INTO statements_in_force (signer, target, family, seq, to_target)"
+                " VALUES (?, 'shop', ?, ?, 1)",
+                (signer, family, seq),
+            )
+    found = [tuple(row) for row in db.execute(CONSENT_WHILE_BLOCKING).fetchall()]
+    assert found == [("bob", "shop", "consent:utility", 2, 100)]
