@@ -18,7 +18,8 @@ display.
   awaits the user has its messages kept in the keystore, in order, and
   acknowledged — left unacknowledged they would keep slots of the relay's
   delivery window (SPEC §6.4), and one sender could stall delivery from
-  everyone — up to :data:`MAX_HELD_PER_SENDER`. Approving the key releases
+  everyone — up to :data:`MAX_HELD_PER_SENDER`, and from strangers up to
+  :data:`MAX_HELD_FROM_STRANGERS` in all (T66). Approving the key releases
   them in order (:meth:`Inbox.release_held`), blocking the sender discards them.
 - **Receipts** (SPEC §6.2): a user's message from a contact gets an automatic
   delivered receipt; from a requester (``message_requests``) none, as a
@@ -74,6 +75,17 @@ most 64 KiB). A contact on a new phone rarely sends more before the user decides
 beyond it messages are dropped, acknowledged and counted
 (:meth:`Client.held_messages`), so the application can ask them to resend.
 Larger keeps more of a real backlog and gives a forger more disk."""
+
+MAX_HELD_FROM_STRANGERS = 200
+"""Messages held from strangers in all — senders that are not contacts
+(:meth:`MessageRequests.is_contact`) — while their key changes await the user (T66).
+Any throwaway account is a stranger: its first message pins a key, the next names
+another, and from then on it needs no valid envelope to be held, so per sender alone
+(``MAX_HELD_PER_SENDER``, of up to 40 KiB each) the accounts together could fill the
+profile without bound, for good. 200 keeps up to ~8 MB on disk; a stranger's message
+past it is dropped, acknowledged and counted like one past the per-sender bound.
+Contacts' messages are never dropped for strangers'. Larger keeps more of strangers'
+backlogs (a business's customers are all strangers) and gives forgers more disk."""
 
 RECEIPT_RATE_LIMIT_RETRIES = 5
 """402s a delivered receipt the SDK sends by itself waits out (SPEC §10), as a send
@@ -244,7 +256,7 @@ class Inbox:
         """Keep ``deliver`` for the user's decision on its sender's key, or count it dropped."""
         sender = deliver.sender
         counts = self._held.get(sender, HeldMessages(0, 0))
-        if counts.held >= MAX_HELD_PER_SENDER:
+        if counts.held >= MAX_HELD_PER_SENDER or self._strangers_full(sender):
             counts = HeldMessages(counts.held, counts.dropped + 1)
             log.warning(
                 "dropped a message from %s: %d already held awaiting approval of its new key",
@@ -258,6 +270,16 @@ class Inbox:
         if sender not in self._announced:
             self._announced.add(sender)
             self._identity_changed(sender)
+
+    def _strangers_full(self, sender: str) -> bool:
+        """Whether ``sender`` is a stranger and strangers' held messages are at
+        :data:`MAX_HELD_FROM_STRANGERS` already (T66). Looks only at senders holding some:
+        at most that many strangers, and the contacts."""
+        is_contact = self._requests.is_contact
+        if is_contact(sender):
+            return False
+        held = sum(c.held for h, c in self._held.items() if c.held and not is_contact(h))
+        return held >= MAX_HELD_FROM_STRANGERS
 
     def held_messages(self, handle: str) -> HeldMessages:
         return self._held.get(handle, HeldMessages(0, 0))
@@ -323,4 +345,4 @@ def _ignore_outcome(future: asyncio.Future[int]) -> None:
         log.info("background send failed: %r", future.exception())
 
 
-__all__ = ["MAX_HELD_PER_SENDER", "HeldMessages", "Inbox"]
+__all__ = ["MAX_HELD_FROM_STRANGERS", "MAX_HELD_PER_SENDER", "HeldMessages", "Inbox"]

@@ -53,6 +53,13 @@ class MessageRequests:
             and self.we_are_user()
         )
 
+    def is_contact(self, handle: str) -> bool:
+        """An account we wrote to (a chat, or accepting its request) or a published one (a
+        business): the relay lets a business write to a user only under the consent rules
+        (SPEC §7.3). Anyone else is a stranger, whom any throwaway account can be. A
+        business keeps no list of whom it wrote to: its customers are strangers here."""
+        return handle in self._wrote_to or self._store.is_published(handle)
+
     def note_chat(self, handle: str) -> bool:
         """Record, inside the caller's transaction, that we queue a chat to ``handle``.
 

@@ -59,7 +59,7 @@ from blindrelay.protocol.signed import Action, ConsentStatement
 
 from .connection import ANSWER_TIMEOUT_S, NoAnswer
 from .gossip import DEFAULT_RECHECK, RecheckPolicy
-from .inbox import MAX_HELD_PER_SENDER, HeldMessages
+from .inbox import MAX_HELD_FROM_STRANGERS, MAX_HELD_PER_SENDER, HeldMessages
 from .keystore import DEFAULT_MEMLIMIT, DEFAULT_OPSLIMIT, AccountKind, KeyStore, open_profile
 from .link import DEFAULT_BACKOFF, Backoff
 from .logcheck import DEFAULT_WAIT_S
@@ -322,7 +322,8 @@ class Client:
 
     def held_messages(self, handle: str) -> HeldMessages:
         """How many of ``handle``'s messages wait for :meth:`approve_identity` (or were
-        dropped beyond ``MAX_HELD_PER_SENDER``) since its key changed."""
+        dropped beyond ``MAX_HELD_PER_SENDER``, or ``MAX_HELD_FROM_STRANGERS`` from strangers
+        in all) since its key changed."""
         return self.inbox.held_messages(handle)
 
     def approve_identity(self, handle: str, *, verified: bool = False) -> None:
@@ -390,8 +391,8 @@ class Client:
 
 
 __all__ = [  # the names an application imports from here (docs/sdk.md)
-    "ANSWER_TIMEOUT_S", "MAX_HELD_PER_SENDER", "MAX_UNREAD_RECEIPTS", "Backoff", "BusinessInfo",
-    "Client", "ConnectionLost", "HeldMessages", "HeldStatement", "IdentityState", "InboxReader",
-    "Message", "NoAnswer", "Outcome", "Receipt", "ReceiptEvent", "RecheckPolicy",
-    "RelayKeyChanged", "TargetBlocked", "same_name",
+    "ANSWER_TIMEOUT_S", "MAX_HELD_FROM_STRANGERS", "MAX_HELD_PER_SENDER", "MAX_UNREAD_RECEIPTS",
+    "Backoff", "BusinessInfo", "Client", "ConnectionLost", "HeldMessages", "HeldStatement",
+    "IdentityState", "InboxReader", "Message", "NoAnswer", "Outcome", "Receipt", "ReceiptEvent",
+    "RecheckPolicy", "RelayKeyChanged", "TargetBlocked", "same_name",
 ]  # fmt: skip
