@@ -9,7 +9,8 @@ our identity and prekeys (SPEC §5), starts sessions from BUNDLE frames (SPEC
   bundle's or a prekey message's identity key goes through
   :meth:`IdentityTrust.check` (``trust``) before any cryptography, and
   :meth:`SessionManager.encrypt` refuses a contact whose key change awaits the
-  user. The handles of both ends are also in every message's associated data
+  user; a prekey message's new key is the pending change only once the message
+  decrypted under it (T67). Both ends' handles are in every message's associated data
   (SPEC §13.3), so an envelope re-sent by another account does not decrypt.
 - **Nothing is encrypted to a published account's key the log has not proven**
   (SPEC §15.6 rule 5): a DELIVER from a business marks its sender published
@@ -453,7 +454,7 @@ class SessionManager:
         ):
             their_key = info.sender_identity_key
             assert their_key is not None  # peek_envelope guarantees it for prekey messages
-            self.trust.check(sender, their_key)
+            changed = self.trust.is_change(sender, their_key)
             session, plaintext, used_one_time = accept_session(
                 self.keypair,
                 deliver.body,
@@ -463,6 +464,8 @@ class SessionManager:
                 our_handle=self.identity.handle,
                 their_handle=sender,
             )
+            if changed:  # the message decrypted under it: its sender holds the key (T67)
+                self.trust.record_change(sender, their_key)
             return _Decrypted(
                 session, plaintext, used_one_time, self.trust.record(sender, their_key), True,
                 before,

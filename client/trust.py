@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import StrEnum
+from typing import NoReturn
 
 from blindrelay.protocol.crypto.fingerprint import safety_number
 from blindrelay.protocol.errors import (
@@ -148,13 +149,25 @@ class IdentityTrust:
         (SPEC §3.3). Returns for the pinned key or a first one, which the
         caller :meth:`record` s once it used it.
         """
+        if self.is_change(handle, identity_key):
+            self.record_change(handle, identity_key)
+
+    def is_change(self, handle: str, identity_key: bytes) -> bool:
+        """:meth:`check` without recording: raises as it does, but returns True for a key
+        other than the pinned one, which the caller records (:meth:`record_change`) once
+        it knows the key is the sender's — a prekey message's, once it decrypted under
+        it (SPEC §13.8, T67)."""
         owner = self._store.identity_owner(identity_key)
         if owner is not None and owner != handle:
             raise IdentityKeyReused(handle, owner)
         self.refuse_pending(handle)
-        if self._store.check_identity(handle, identity_key) is IdentityStatus.CHANGED:
-            self._store.record_identity_change(handle, identity_key)
-            raise UntrustedIdentity(handle)
+        return self._store.check_identity(handle, identity_key) is IdentityStatus.CHANGED
+
+    def record_change(self, handle: str, identity_key: bytes) -> NoReturn:
+        """Record ``identity_key`` as ``handle``'s pending change and raise
+        UntrustedIdentity: the person decides (SPEC §3.3)."""
+        self._store.record_identity_change(handle, identity_key)
+        raise UntrustedIdentity(handle)
 
     def record(self, handle: str, identity_key: bytes) -> IdentityStatus:
         """Pin a key that passed :meth:`check` (first use), or note it seen; NEW or TRUSTED."""
