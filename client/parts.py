@@ -22,8 +22,10 @@ Not here: what each part does (its own module), the public API (``sdk``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from blindrelay.protocol import frames
 from blindrelay.protocol.errors import LogForked, LogUnchecked
@@ -44,6 +46,24 @@ from .statements import StatementListener, Statements
 from .transparency import LogReader
 from .transport import OpenTransport
 from .trust import IdentityTrust, RelayKeyPin
+
+log = logging.getLogger("blindrelay.client")
+
+
+def _tell(callback: Callable[..., object] | None, *args: Any) -> None:
+    """Call an application's callback; what it raises is logged, and the client goes on.
+
+    The callbacks run while a DELIVER is handled, before its ACK (a contact's new key, a
+    head the relay will not prove): raised through, an exception stopped the client for
+    good, and the same DELIVER, never acknowledged, came first again at every run and
+    raised again — one account naming a new key stopped delivery from everyone (T68).
+    """
+    if callback is None:
+        return
+    try:
+        callback(*args)
+    except Exception:
+        log.exception("the application's callback %r raised; going on", callback)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +107,7 @@ class Parts:
         """Make the parts and name where the link's reports go (module docstring)."""
 
         def identity_changed(handle: str) -> None:
-            if hooks.on_identity_change is not None:
-                hooks.on_identity_change(handle)
+            _tell(hooks.on_identity_change, handle)
 
         sessions = SessionManager(store, rng=rng, clock=clock)
         pin = RelayKeyPin(store)
@@ -101,12 +120,10 @@ class Parts:
         log = LogReader(link.request, lambda: pin.key)
 
         def log_forked(exc: LogForked) -> None:
-            if hooks.on_log_forked is not None:
-                hooks.on_log_forked(exc)
+            _tell(hooks.on_log_forked, exc)
 
         def log_unchecked(exc: LogUnchecked) -> None:
-            if hooks.on_log_unchecked is not None:
-                hooks.on_log_unchecked(exc)
+            _tell(hooks.on_log_unchecked, exc)
 
         log_check = LogCheck(
             store, log, lambda: pin.key,

@@ -251,7 +251,10 @@ class Statements:
             self.keep(deliver.sender, deliver.body)
             self._store.mark_processed(deliver.sender, deliver.msg_id)
         for listener in list(self._listeners):
-            listener(statement)
+            try:
+                listener(statement)
+            except Exception:  # the application's: kept and acknowledged all the same (T68)
+                log.exception("a statement listener raised; going on")
 
     # --- Records -----------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Accounts writing to a client over the in-memory relay, each able to present another
 identity key under its handle (a key change, SPEC §3.3): the helpers of the tests of held
-messages and of key changes (test_held_strangers, test_key_change_proof).
+messages, key changes and callbacks (test_held_strangers, test_key_change_proof,
+test_callback_errors); statements forwarded to it too.
 
 Each account is a :class:`SessionManager` of its own with a session started from the
 victim's bundle; a second one under the same handle is the same account on a new key.
@@ -10,15 +11,18 @@ Its messages are handed to the victim as the relay's DELIVER frames.
 from __future__ import annotations
 
 import itertools
+import os
 
 from blindrelay.client.keystore import MemoryKeyStore
 from blindrelay.client.sdk import Client
 from blindrelay.client.sessions import SessionManager
 from blindrelay.protocol import frames
 from blindrelay.protocol.content import Content, Text, encode_content
+from blindrelay.protocol.crypto.keys import IdentityKeyPair
+from blindrelay.protocol.signed import ConsentStatement, make_statement, unverified_body
 
 from ..relays import T0
-from .fake_relay import RelayEnd
+from .fake_relay import RELAY_KEY, RelayEnd
 from .harness import within
 
 _ids = itertools.count(1)
@@ -60,6 +64,23 @@ def deliver(sender: str, msg_id: bytes, body: bytes) -> frames.Deliver:
     return frames.Deliver(
         delivery_id=next(_ids), sender=sender, sender_kind="user", msg_id=msg_id,
         intent="chat", sent_at=T0, body=body,
+    )  # fmt: skip
+
+
+def forwarded_statement(
+    action: str, signer: str, key: IdentityKeyPair, target: str, at: int
+) -> frames.Deliver:
+    """The DELIVER of a statement ``signer`` made to ``target`` and the relay forwards (SPEC
+    §7.5): its msg_id is the statement's nonce."""
+    signed = make_statement(
+        action, signer=signer, signer_key=key.public, target=target,
+        relay_key=RELAY_KEY.verify_key.encode(), now_ms=at, rng=os.urandom,
+        categories=("utility",),
+    ).sign(key.sign)  # fmt: skip
+    nonce = unverified_body(ConsentStatement, signed).nonce
+    return frames.Deliver(
+        delivery_id=next(_ids), sender=signer, sender_kind="user", msg_id=nonce,
+        intent="statement", sent_at=at, body=signed,
     )  # fmt: skip
 
 
