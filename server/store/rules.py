@@ -11,8 +11,9 @@ is how an operation applies them.
 A SEND (operation ``send``, SPEC §6.3, §7.3, §7.7), given its pair's state:
 
 1. :func:`judge_send` — the decision, whether the envelope is a stranger's, and
-   whether to read the sender's first-contact budget though the recipient is
-   unknown (the same work as for a new stranger). The pair state is read
+   whether to read the sender's first-contact budget though nothing will be sent
+   (a user's chat to an unknown handle or refused by a block: the same work as for
+   a new stranger). The pair state is read
    before the recipient's existence is looked at; a badge only where
    :func:`needs_badge`.
 2. Allowed: the recipient's queue length, its shares (:class:`QueueShares`) only
@@ -147,8 +148,10 @@ def judge_send(
 
     ``stranger``: the envelope counts towards the recipient's strangers' pool (SPEC
     §6.3). ``probe``: read the sender's first-contact budget though nothing will be
-    sent — a chat to an unknown handle costs what one to a new stranger costs (SPEC
-    §7.7). A plain tuple: this runs for every SEND, and a named one costs more to make.
+    sent — a user's chat refused while neither has written (to an unknown handle, or
+    refused by a block) costs what one to a new stranger costs, so "no such handle" and
+    "it blocks you" are the same work (SPEC §7.7, threat model T71). A plain tuple: this
+    runs for every SEND, and a named one costs more to make.
     """
     if recipient_kind is None:
         probe = sender_kind == AccountKind.USER and request is Request.CHAT and not state.wrote
@@ -158,11 +161,13 @@ def judge_send(
         request=request, state=state, now=now, category=category, categories=categories,
         sender_verified=verified, message_request_max=rules.message_request_max,
     )  # fmt: skip
+    if decision.verdict is not Verdict.ALLOW:
+        probe = sender_kind == AccountKind.USER and request is Request.CHAT and not state.wrote
+        return decision, False, probe
     # SPEC §6.3: the strangers' pool is a user's; a business's customers are all
     # strangers to it, and the pool would shut every one of them out alike.
     stranger = (
-        decision.verdict is Verdict.ALLOW
-        and recipient_kind == AccountKind.USER
+        recipient_kind == AccountKind.USER
         and to not in state.wrote  # a contact: the common case, decided here
         and is_stranger(state, sender, to)
     )

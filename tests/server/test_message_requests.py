@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from blindrelay.protocol.codec import decode, encode
+from blindrelay.protocol.consent import PairState
 from blindrelay.protocol.errors import ErrorCode, RecipientUnavailable
 from blindrelay.protocol.frames import Send, Sent
 from blindrelay.server.config import RelayConfig
@@ -136,3 +137,40 @@ def test_a_chat_to_an_unknown_handle_reads_the_first_contact_budget_like_a_new_s
                   1000, rules)  # fmt: skip
     assert len(chat("second")) == 1  # the budget is spent: a new stranger is refused
     assert chat("nobody") == chat("second")
+
+
+def test_a_chat_refused_by_a_block_reads_the_first_contact_budget_like_one_to_nobody(
+    tmp_path: Path,
+) -> None:
+    """SPEC §7.7, §11.1 (threat model T71): "blocked the sender" and "does not exist" get
+    the same 400 after the same work. A chat to an unknown handle reads the sender's
+    first-contact budget (what a new stranger costs); one to a user or a business that
+    blocks the sender, which it never wrote to, read nothing — a read less that told it the
+    handle exists and blocks it. A sender that wrote to the account knows it exists: its
+    refused chat reads the budget in neither case."""
+    store = Tables(connect(tmp_path / "relay.db"))
+    rules = list(send_rules(RelayConfig()))
+    with store.db.atomic():
+        for handle, kind in (("alice", "user"), ("bob", "user"), ("carol", "user"),
+                             ("shop", "business")):  # fmt: skip
+            store.accounts.create(Account(handle, kind, handle.encode().ljust(32, b".")), 0)
+        for blocker in ("bob", "shop"):
+            store.ledger.store_pair(blocker, "alice", PairState(blockers=frozenset({blocker})))
+        store.ledger.store_pair(
+            "alice", "carol", PairState(blockers=frozenset({"carol"}), wrote=frozenset({"alice"}))
+        )
+
+    def budget_reads(to: str) -> int:
+        """The budget reads of alice's refused chat job (rolled back, as the writer does)."""
+        run: list[str] = []
+        store.db.conn.set_trace_callback(run.append)
+        try:
+            with pytest.raises(RecipientUnavailable), store.db.atomic():
+                jobs.send(store, "alice", "user", to, os.urandom(16), "chat", None, None,
+                          b"hi", 1000, rules)  # fmt: skip
+        finally:
+            store.db.conn.set_trace_callback(None)
+        return sum("FROM budgets" in sql for sql in run)
+
+    assert [budget_reads(to) for to in ("nobody", "bob", "shop")] == [1, 1, 1]
+    assert budget_reads("carol") == 0  # alice wrote to carol: she knows carol exists

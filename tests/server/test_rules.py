@@ -71,6 +71,20 @@ def test_a_chat_to_an_unknown_handle_is_refused_but_reads_the_first_contact_budg
     assert wrote == (REFUSE, False, False)
 
 
+def test_a_chat_refused_by_a_block_reads_the_first_contact_budget_like_one_to_nobody() -> None:
+    """SPEC §7.7 (threat model T71): "blocked the sender" and "does not exist" are the same
+    work, so a user's chat refused by a block — either side's, to a user or a business —
+    reads the budget an unknown handle's does, while neither has written. A sender that
+    wrote knows the account exists: then neither reads it."""
+    nobody = chat(recipient_kind=None)
+    for blocker in ("bob", "alice"):
+        blocked = PairState(blockers=frozenset({blocker}))
+        for kind in ("user", "business", None):
+            assert chat(blocked, recipient_kind=kind) == nobody, (blocker, kind)
+    wrote = PairState(blockers=frozenset({"bob"}), wrote=frozenset({"alice"}))
+    assert chat(wrote) == (REFUSE, False, False) == chat(wrote, recipient_kind=None)
+
+
 def test_a_first_chat_between_users_is_a_strangers_first_contact() -> None:
     decision, stranger, probe = chat()
     assert decision.verdict is Verdict.ALLOW and decision.first_contact
