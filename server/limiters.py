@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import RelayConfig
-from .ratelimit import Clock, TokenBuckets
+from .ratelimit import Clock, PairBuckets, TokenBuckets
 
 
 @dataclass
@@ -20,7 +20,10 @@ class Limiters:
 
     send_user: TokenBuckets
     send_business: TokenBuckets
-    send_pair: TokenBuckets
+    send_pair: PairBuckets
+    """Per (sender, recipient). Follows its sender to another process with the account's
+    buckets (:meth:`take_over`): kept per process, a business — whose account bucket is
+    50 times the pair rate — got a full pair bucket on every worker (threat model T63)."""
     bundle_fetch: TokenBuckets
     consent_request: TokenBuckets
     """Per business (SPEC §7.3 "requests are rate-limited per business")."""
@@ -54,9 +57,11 @@ class Limiters:
     def take_over(self, handle: str, spent_at: int) -> None:
         """``handle``'s last connection was served by another relay process: count its
         buckets as emptied at ``spent_at`` (that connection's end, or now if it may be
-        alive), so N processes never give one account N buckets (SPEC §10)."""
+        alive), so N processes never give one account N buckets (SPEC §10) — and its
+        pair buckets as a sender too (T63)."""
         for buckets in self.per_account():
             buckets.spent_at(handle, spent_at)
+        self.send_pair.spent_at_owner(handle, spent_at)
 
     @classmethod
     def from_config(cls, config: RelayConfig, clock: Clock) -> Limiters:
@@ -65,7 +70,7 @@ class Limiters:
             send_business=TokenBuckets(
                 config.send_rate_business, config.send_burst_business, clock
             ),
-            send_pair=TokenBuckets(config.send_rate_pair, config.send_burst_pair, clock),
+            send_pair=PairBuckets(config.send_rate_pair, config.send_burst_pair, clock),
             bundle_fetch=TokenBuckets(
                 config.bundle_rate_per_min / 60.0, config.bundle_burst, clock
             ),

@@ -75,3 +75,43 @@ class TokenBuckets:
         full = [key for key in self._buckets if self._tokens(key, now) >= self.burst]
         for key in full:
             del self._buckets[key]
+
+
+class PairBuckets(TokenBuckets):
+    """Token buckets keyed by ``(account, other)`` (the per-pair SEND bucket), all of one
+    account's countable as emptied at once: :meth:`spent_at_owner`, when the account is
+    taken over from another relay process (SPEC §10, threat model T63). Its pairs are
+    not enumerated: the time is kept per account, and a pair bucket last counted before
+    it holds what has refilled since then."""
+
+    def __init__(self, rate_per_s: float, burst: int, clock: Clock) -> None:
+        super().__init__(rate_per_s, burst, clock)
+        self._floors: dict[Hashable, int] = {}
+        """account → when all its pair buckets were last counted as emptied."""
+        self._floors_prune_at = _PRUNE_AT
+
+    def spent_at_owner(self, owner: Hashable, at: int) -> None:
+        """Count every bucket ``(owner, …)`` as emptied at ``at`` (as :meth:`spent_at`)."""
+        self._floors[owner] = at
+        if len(self._floors) > self._floors_prune_at:
+            # A floor further back than a whole refill empties nothing any more.
+            horizon = self._clock() - self.burst / self.rate_per_ms
+            self._floors = {o: f for o, f in self._floors.items() if f > horizon}
+            self._floors_prune_at = max(_PRUNE_AT, 2 * len(self._floors))
+
+    def _tokens(self, key: Hashable, now: int) -> float:
+        if self._floors and type(key) is tuple and key:
+            floor = self._floors.get(key[0])
+            if floor is not None:
+                stored = self._buckets.get(key)
+                if stored is None or stored[1] < floor:
+                    return min(self.burst, max(0, now - floor) * self.rate_per_ms)
+        return super()._tokens(key, now)
+
+    def _prune(self, now: int) -> None:
+        # A full bucket is dropped only if its account's floor would not empty it again.
+        refill_ms = self.burst / self.rate_per_ms
+        for key in [key for key in self._buckets if self._tokens(key, now) >= self.burst]:
+            floor = self._floors.get(key[0]) if type(key) is tuple and key else None
+            if floor is None or now - floor >= refill_ms:
+                del self._buckets[key]

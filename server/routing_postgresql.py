@@ -27,7 +27,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .logs import log_event
+from .logs import RefusalLog, log_event
+from .ratelimit import wall_clock_ms
 from .routing import CHANNEL, EnvelopeLinks, HintSeal, OnHint, backoff, origin_of
 from .store import StoreStartError
 
@@ -74,6 +75,11 @@ class PostgresRouter:
         self._closed = False
         self.connections = 0
         """How many times a connection was made (1 after :meth:`start`): for tests and logs."""
+        self.bad_hints = 0
+        """Payloads heard that no worker of this store sealed (dropped)."""
+        self._bad_hint_log = RefusalLog(wall_clock_ms)
+        """Where they are logged, within a budget: any role that can connect may NOTIFY,
+        and a line for each let it write every worker's log as fast as it notified (T65)."""
 
     @property
     def worker_id(self) -> str:
@@ -154,8 +160,10 @@ class PostgresRouter:
             hint = self._seal.open(payload)
         except ValueError:
             # Not a hint sealed by a worker of this store (a role that can connect may
-            # NOTIFY anything, routing's docstring): nothing to act on; its size only.
-            log_event(logging.WARNING, "router_bad_hint", size=len(payload))
+            # NOTIFY anything, routing's docstring): nothing to act on; its size only,
+            # within the log's budget (the lines past it counted on the next one).
+            self.bad_hints += 1
+            self._bad_hint_log.log(logging.WARNING, "router_bad_hint", size=len(payload))
             return
         self._on_hint(hint)
 

@@ -23,7 +23,7 @@ from functools import partial
 from typing import Any
 
 from blindrelay.protocol import limits
-from blindrelay.protocol.errors import InvalidStatement, ProtocolError
+from blindrelay.protocol.errors import InvalidStatement, ProtocolError, RateLimited
 from blindrelay.protocol.frames import AccountKind, Ok, Statement, Statements, StatementsList
 from blindrelay.protocol.signed import (
     ConsentStatement,
@@ -79,7 +79,12 @@ def _apply(
         frame.statement, expected_key=account.identity_key, relay_key=ctx.relay_key, now_ms=now
     )
 
-    def applied(result: list[Any]) -> None:
+    def applied(result: list[Any] | int) -> None:
+        if isinstance(result, int):
+            # The signer's budget in the store, which every relay process spends (SPEC
+            # §10, T64); the process's own bucket (receive_statement) gave N processes N
+            # times the statements.
+            raise RateLimited("statement budget empty", retry_after_ms=result)
         purged, forwarded, superseded = result
         if session.outbox is not None and purged:
             session.outbox.withdraw(purged)
@@ -97,9 +102,11 @@ def _apply(
                 ctx, forwarded[1], forwarded[0], partial(deliver_row, forwarded), None
             )
 
+    config = ctx.config
     ctx.run_job(
         session, frame, "apply_statement",
-        (handle, frame.statement, now, ctx.config.consent_cooldown_ms, limits.MAX_BLOCK_TARGETS),
+        (handle, frame.statement, now, config.consent_cooldown_ms, limits.MAX_BLOCK_TARGETS,
+         [config.statement_rate_per_h, config.statement_burst]),
         applied,
     )  # fmt: skip
 

@@ -301,9 +301,11 @@ CONTRACT: dict[str, Operation] = {
             "now": "int ms",
             "cooldown_ms": "int: CONSENT_COOLDOWN_MS",
             "max_block_targets?": "int: MAX_BLOCK_TARGETS",
+            "statement_budget?": "[rate per hour, burst] | nil: the signer's, one per store",
         },
         result="[purged delivery ids (the signer's queue), forwarded envelope row | nil "
-        "(queued for a business target), superseded delivery ids (the target's queue)]",
+        "(queued for a business target), superseded delivery ids (the target's queue)]; or, "
+        "nothing written, an int: ms until the statement budget has a token (SPEC §10)",
         errors="500 INVALID_STATEMENT: identity key rotated, action unfit for the signer "
         "(rules.check_statement), no transition (rules.statement_effect), too many block "
         "targets (rules.check_block_targets); "

@@ -127,7 +127,11 @@ REGISTRATIONS = "registrations"
 """The budget of registrations per source address (SPEC §4.6.1), one for every relay
 process sharing the store (operation ``take_budget``)."""
 
-BUDGETS = frozenset({FIRST_CONTACTS, ONE_TIME_PREKEYS, REGISTRATIONS})
+STATEMENTS = "statements"
+"""The budget of accepted statements per signer (SPEC §10, threat model T64): one for
+every relay process sharing the store, spent in the statement's own transaction."""
+
+BUDGETS = frozenset({FIRST_CONTACTS, ONE_TIME_PREKEYS, REGISTRATIONS, STATEMENTS})
 
 
 def judge_send(

@@ -16,8 +16,9 @@ from ..relays import FakeClock
 
 
 def test_an_account_taken_over_from_another_process_starts_with_empty_buckets() -> None:
-    """SPEC §10: N processes never give one account N buckets; the pair bucket is
-    keyed by the pair, not the account, and is left alone."""
+    """SPEC §10: N processes never give one account N buckets. The pair buckets are
+    keyed by the pair, and every one the account sends on is emptied too (T63), those
+    of other senders, to it as well, are left alone."""
     clock = FakeClock()
     limiters = Limiters.from_config(RelayConfig(), clock)
     limiters.take_over("alice", clock())
@@ -25,8 +26,37 @@ def test_an_account_taken_over_from_another_process_starts_with_empty_buckets() 
         with pytest.raises(RateLimited):
             buckets.take("alice")
         buckets.take("bob")  # other accounts keep theirs
-    limiters.send_pair.take(("alice", "bob"))
+    for to in ("bob", "carol"):
+        with pytest.raises(RateLimited) as refused:
+            limiters.send_pair.take(("alice", to))
+        assert refused.value.retry_after_ms == 10  # SEND_RATE_PER_S_PAIR: 100 a second
+    limiters.send_pair.take(("bob", "alice"))
     assert limiters.send_pair not in limiters.per_account()
+
+
+def test_a_pair_bucket_taken_over_holds_what_refilled_since_and_no_more() -> None:
+    """T63: the pair buckets follow their sender as the account's do — counted as emptied
+    at the take-over's time, then refilling at their rate up to their burst; one spent
+    here after that time keeps its count."""
+    clock = FakeClock()
+    limiters = Limiters.from_config(RelayConfig(send_rate_pair=2.0, send_burst_pair=3), clock)
+    limiters.send_pair.take(("alice", "carol"))
+    limiters.take_over("alice", clock() - 1000)  # two tokens refilled since
+    for _ in range(2):
+        limiters.send_pair.take(("alice", "bob"))
+    with pytest.raises(RateLimited):
+        limiters.send_pair.take(("alice", "bob"))
+    clock.advance(500)
+    limiters.send_pair.take(("alice", "bob"))
+    for _ in range(3):  # counted later than the time taken over from: kept as it was
+        limiters.send_pair.take(("alice", "carol"))
+    with pytest.raises(RateLimited):
+        limiters.send_pair.take(("alice", "carol"))
+    clock.advance(10_000)
+    for _ in range(3):  # full again, and no fuller
+        limiters.send_pair.take(("alice", "dave"))
+    with pytest.raises(RateLimited):
+        limiters.send_pair.take(("alice", "dave"))
 
 
 def test_statements_have_a_bucket_of_their_own_per_account() -> None:
@@ -48,9 +78,10 @@ def test_statements_have_a_bucket_of_their_own_per_account() -> None:
 
 
 _FOLLOW_NO_ACCOUNT = {"send_pair", "statement", "log_fetch"}
-"""SPEC §10 "One relay, many processes": the pair bucket and the STATEMENT bucket are kept
-per process, the log-fetch bucket is per connection or source; every other bucket is the
-account's and follows it to another process."""
+"""SPEC §10 "One relay, many processes": the pair bucket is keyed by the pair (and follows
+its sender apart, T63), the STATEMENT bucket is kept per process (the store keeps the
+account's statement budget, T64), the log-fetch bucket is per connection or source; every
+other bucket is the account's and follows it to another process."""
 
 
 def test_every_per_account_bucket_follows_the_account_and_no_other() -> None:

@@ -390,6 +390,42 @@ async def test_a_connection_still_open_elsewhere_hands_over_empty_buckets(
             assert isinstance(await again.send_message("bob", b"refilled"), Sent)
 
 
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+async def test_a_pair_bucket_spent_on_one_process_is_not_full_on_another(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    """SPEC §10, threat model T63: the per-pair SEND bucket follows its sender to another
+    relay process, as the account's buckets do. It was kept per process, "the sender's
+    account bucket bounds it across processes" — but a business's account bucket is 50
+    times the pair rate, so a business got a full pair burst towards one customer on
+    every worker it logged in to, and N workers' pair rates in all. Here shop spends its
+    pair bucket towards bob (who wrote to it: service replies) on the first worker and
+    logs in to the second 500 ms later: one token has refilled, and before, the reply
+    past it was SENT too (the second worker's own pair bucket was full)."""
+    limits_ = {"send_burst_pair": 3, "send_rate_pair": 2.0}
+    async with (
+        relay_with(config, clock, **limits_) as first,
+        relay_with(config, clock, **limits_) as second,
+    ):
+        bob = await clients.registered(first.url, "bob")
+        shop = await clients.registered(first.url, "shop", "business")
+        assert isinstance(await bob.send_message("shop", b"where is my parcel?"), Sent)
+        for n in range(3):
+            assert isinstance(await shop.send_message("bob", b"reply %d" % n), Sent)
+        assert error_code(await shop.send_message("bob", b"4")) == ErrorCode.RATE_LIMITED
+        await shop.close()
+        ended = "SELECT COUNT(*) FROM account_sessions WHERE handle = 'shop' AND live = false"
+        await until(lambda: db_rows(first.config, ended) == [(1,)])
+        clock.advance(500)  # one token refilled since then, and no more
+        shop, _ = await clients.logged_in(second.url, "shop", shop.key)
+        assert isinstance(await shop.send_message("bob", b"refilled"), Sent)
+        limited = await shop.send_message("bob", b"not refilled")
+        assert error_code(limited) == ErrorCode.RATE_LIMITED
+        assert isinstance(limited, Error) and limited.retry_after == 500
+
+
 async def test_the_same_process_keeps_an_accounts_buckets_across_its_connections(
     config: RelayConfig, clock: FakeClock, clients: Clients
 ) -> None:

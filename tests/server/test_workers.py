@@ -11,6 +11,8 @@ test says "promptly" the bound is :data:`PROMPT_S`, far below any period the rel
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import os
 import time
 
@@ -29,12 +31,15 @@ from blindrelay.protocol.frames import (
     Sent,
 )
 from blindrelay.protocol.signed import ConsentStatement, unverified_body
+from blindrelay.server.logs import REFUSAL_LOG_BURST, REFUSAL_LOG_PER_S
 from blindrelay.server.relay import serve
-from blindrelay.server.routing import Hint, HintKind, decode, envelope_hint
+from blindrelay.server.routing import CHANNEL, Hint, HintKind, decode, envelope_hint
+from blindrelay.server.routing_postgresql import PostgresRouter
 
 from ..pg import RESTART_TIMEOUT_S, PostgresDatabase
-from .conftest import Clients, FakeClock
+from .conftest import Clients, FakeClock, until
 from .consent_helpers import stated
+from .inmemory import log_lines
 from .twoworkers import PROMPT_S, QUIET_S, answered, handle, worker_config, workers
 
 
@@ -256,3 +261,32 @@ async def test_a_worker_stopped_during_a_store_outage_ends_cleanly(
     finally:
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         await admin.close()
+
+
+async def test_payloads_no_worker_sealed_are_logged_within_a_budget(
+    pg_database: PostgresDatabase, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """T65: PostgreSQL checks no privilege for NOTIFY, so any role that can connect to the
+    store's database can send on the hint channel; every payload no worker sealed was
+    dropped with a WARNING line, on every worker — one such role wrote every worker's log
+    as fast as it could notify (found in review, as T53 for the peer links). Now each
+    worker's lines share one budget (``logs.RefusalLog``), the rest are counted."""
+    count = 3 * REFUSAL_LOG_BURST
+    async with workers(pg_database, clock) as w:
+        routers: list[PostgresRouter] = []
+        for router in (w.a.router, w.b.router):
+            assert isinstance(router, PostgresRouter)
+            routers.append(router)
+        stranger = await asyncpg.connect(pg_database.url)
+        try:
+            started = time.monotonic()
+            with caplog.at_level(logging.INFO, logger="blindrelay"):
+                for n in range(count):
+                    await stranger.execute("SELECT pg_notify($1, $2)", CHANNEL, f"x{n} junk")
+                await until(lambda: all(r.bad_hints == count for r in routers))
+            elapsed = time.monotonic() - started
+        finally:
+            await stranger.close()
+    lines = [line for line in log_lines(caplog) if line["event"] == "router_bad_hint"]
+    per_worker = REFUSAL_LOG_BURST + math.ceil(elapsed * REFUSAL_LOG_PER_S)
+    assert 2 <= len(lines) <= 2 * per_worker

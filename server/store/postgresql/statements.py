@@ -25,6 +25,8 @@ from ...routing import HintKind
 from .. import transparency
 from ..rules import (
     STATEMENT_NONCE_KEEP_MS,
+    STATEMENTS,
+    budget_wait_ms,
     check_block_targets,
     check_statement,
     families,
@@ -32,7 +34,7 @@ from ..rules import (
     statement_effect,
 )
 from . import transparency as log
-from .reads import PAIR_COLUMNS, accounts
+from .reads import PAIR_COLUMNS, accounts, budget_tokens, store_budget
 from .rows import QUEUE_COLUMNS, envelope_row, pair_key, pair_or_initial, pair_to_row
 from .tx import Tx
 
@@ -62,10 +64,12 @@ async def apply_statement(
     now: int,
     cooldown_ms: int,
     max_block_targets: int = limits.MAX_BLOCK_TARGETS,
-) -> list[Any]:
+    statement_budget: list[Any] | None = None,
+) -> list[Any] | int:
     """SPEC §7.4–7.5, as the SQLite back end's ``apply_statement``; hints: WITHDRAWN for
     the signer's purged rows and the target's superseded receipts, QUEUED for a
-    forwarded one."""
+    forwarded one. The signer's statement budget is read and spent under its lock
+    (``batch._locked_by``), so every worker spends the one budget (SPEC §10, T64)."""
     conn = tx.conn
     statement = unverified_body(ConsentStatement, signed)
     target_handle = statement.target
@@ -111,6 +115,12 @@ async def apply_statement(
         statement, signer.kind, target_kind, pair_or_initial(pair), now, cooldown_ms,
         block_to_target=block_to_target, target_registered_at=registered_at,
     )  # fmt: skip
+    if statement_budget is not None:
+        rate_per_h, burst = statement_budget
+        tokens = await budget_tokens(conn, STATEMENTS, handle, rate_per_h, burst, now)
+        if tokens < 1.0:
+            return budget_wait_ms(tokens, rate_per_h)  # nothing written: 402 (SPEC §10)
+        await store_budget(conn, STATEMENTS, handle, tokens - 1.0, rate_per_h, burst, now)
     await conn.execute(
         "INSERT INTO pairs (low, high, consent, pending, window_until, blockers, wrote, requests)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (low, high) DO UPDATE SET"

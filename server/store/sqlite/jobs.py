@@ -44,6 +44,7 @@ from ..rules import (
     BUDGETS,
     FIRST_CONTACTS,
     ONE_TIME_PREKEYS,
+    STATEMENTS,
     budget_wait_ms,
     check_block_targets,
     check_statement,
@@ -296,13 +297,15 @@ def apply_statement(
     now: int,
     cooldown_ms: int,
     max_block_targets: int = limits.MAX_BLOCK_TARGETS,
-) -> list[Any]:
+    statement_budget: list[Any] | None = None,
+) -> list[Any] | int:
     """SPEC §7.4–7.5 after the stateless checks passed on the loop.
 
     ``signed`` was verified there; decoding it again here (without the
     signature check) is cheaper than shipping each field. Returns
     [purged delivery ids (the signer's queue), forwarded envelope row | None,
-    superseded delivery ids (the target's queue)].
+    superseded delivery ids (the target's queue)] — or, nothing written, the ms until
+    the signer's ``statement_budget`` ([rate per hour, burst], SPEC §10) has a token.
     """
     statement = unverified_body(ConsentStatement, signed)
     signer = tables.accounts.get(handle)
@@ -332,6 +335,12 @@ def apply_statement(
         tables.ledger.pair_state(handle, statement.target), now, cooldown_ms,
         block_to_target=block_to_target, target_registered_at=registered_at,
     )  # fmt: skip
+    if statement_budget is not None:  # one for every relay process (SPEC §10, T64)
+        rate_per_h, burst = statement_budget
+        tokens = tables.budgets.tokens(STATEMENTS, handle, rate_per_h, burst, now)
+        if tokens < 1.0:
+            return budget_wait_ms(tokens, rate_per_h)
+        tables.budgets.take(STATEMENTS, handle, rate_per_h, burst, now)
     tables.ledger.store_pair(handle, statement.target, effect.state)
     # Listed to its target only if forwarded or held back for it now (SPEC §7.6, T47).
     superseded_nonces = tables.ledger.record(statement, signed, now, to_target=effect.to_target)
