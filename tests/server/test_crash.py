@@ -69,6 +69,8 @@ class Relay:
         self.alive = False
         self.changed = asyncio.Condition()
         self.kills = 0
+        self.failed = ""
+        """Why the last start failed, if it did."""
 
     async def start(self) -> None:
         with self.log.open("ab") as log:
@@ -84,7 +86,12 @@ class Relay:
         async with asyncio.timeout(START_TIMEOUT_S):
             while True:
                 line = await self.proc.stdout.readline()
-                assert line, f"relay exited before listening; see {self.log}"
+                if not line:
+                    said = self.log.read_text(errors="replace").strip().splitlines()
+                    self.failed = f"relay exited before listening: {said[-1:]}"
+                    async with self.changed:
+                        self.changed.notify_all()  # clients waiting for it fail now
+                    raise AssertionError(self.failed)
                 if match := LISTENING.search(line):
                     break
         async with self.changed:
@@ -108,7 +115,12 @@ class Relay:
     async def url_after(self, generation: int) -> tuple[str, int]:
         """The URL of a running relay newer than ``generation``, or the current one if alive."""
         async with self.changed:
-            await self.changed.wait_for(lambda: self.alive and self.generation >= generation)
+            await self.changed.wait_for(
+                lambda: self.failed or (self.alive and self.generation >= generation)
+            )
+            # A restart that failed (once: the check of the file torn by the kill refused
+            # it) must fail the test at once, not after RUN_TIMEOUT_S of waiting.
+            assert not self.failed, self.failed
             return self.url, self.generation
 
     def next_generation(self, failed: int) -> int:

@@ -56,26 +56,40 @@ def check_relay_file(path: Path, *, new: bool = False) -> None:
     if path.is_dir():
         raise StoreStartError(f"{path} is a folder: give --db a database file")
     try:
-        # immutable: read the schema without making -wal/-shm files beside a file that
-        # may not be ours (a chat profile in WAL mode would get them from a plain read).
-        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro&immutable=1", uri=True)
-        try:
-            names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-        finally:
-            conn.close()
+        names = _table_names(path, with_wal=_has_wal(path))
     except sqlite3.DatabaseError as exc:
         raise StoreStartError(f"{path} is not a relay database ({exc})") from None
-    if not names and not new and not _has_wal(path):
+    if not names and not new:
         # An empty file (made by hand, cut short) holds no relay: the operator's commands
         # would make the relay's tables in it and, for `invite`, hand out tokens no relay
-        # knows. Tables still in the WAL of a relay that has not checkpointed are not
-        # seen by the immutable read above; such a file is let through.
+        # knows.
         raise StoreStartError(f"{path} is empty, not a relay database: give the --db of a relay")
     if names and "relay_identity" not in names:
         raise StoreStartError(
             f"{path} is not a relay database (its tables are another program's, a chat "
             "profile's perhaps); give the --db of a relay"
         )
+
+
+def _table_names(path: Path, *, with_wal: bool) -> set[str]:
+    """The names in the file's schema, read-only.
+
+    ``with_wal`` (a write-ahead log with frames in it beside the file): the file is read
+    together with its WAL, as SQLite will open it. The file alone is not the database
+    then: a relay killed during a checkpoint (SQLite's automatic one runs inside a
+    COMMIT) leaves pages of the file half copied from the WAL, which the next open
+    replays — read alone, such a file is "malformed", and refusing it kept the relay
+    from ever starting again on a database that had lost nothing (seen in
+    tests/server/test_crash.py; tests/server/test_database_file.py). It is a WAL
+    database already, so this read makes no file beside it that was not there.
+    Otherwise ``immutable``: no -wal/-shm files are made beside a file that may not be
+    ours (a chat profile in WAL mode would get them from a plain read)."""
+    mode = "?mode=ro" if with_wal else "?mode=ro&immutable=1"
+    conn = sqlite3.connect(path.resolve().as_uri() + mode, uri=True)
+    try:
+        return {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    finally:
+        conn.close()
 
 
 def _has_wal(path: Path) -> bool:
