@@ -147,17 +147,16 @@ async def test_files_of_an_older_relay_are_made_private(
     """SPEC §11.2: a database an older relay left 0644, with its WAL and shared memory
     (as a crash leaves them), is 0600 once this relay has opened it."""
     db = config.db_path
-    with umask(0o022):
-        older = sqlite3.connect(db)
-        older.execute("PRAGMA journal_mode=WAL")
-        older.execute("CREATE TABLE t (x)")
-        assert modes(db) == dict.fromkeys(modes(db), 0o644)
-        try:
-            async with relay_with(config, clock) as relay:
-                await clients.registered(relay.url, "alice")
-                assert modes(db) == dict.fromkeys(modes(db), 0o600)
-        finally:
-            older.close()
+    older = database.connect(db).conn  # a relay's database, open: its WAL and -shm exist
+    for name in modes(db):
+        (db.parent / name).chmod(0o644)  # as SQLite made them before the relay chose
+    assert modes(db) == dict.fromkeys(modes(db), 0o644)
+    try:
+        async with relay_with(config, clock) as relay:
+            await clients.registered(relay.url, "alice")
+            assert modes(db) == dict.fromkeys(modes(db), 0o600)
+    finally:
+        older.close()
 
 
 async def test_a_purged_envelope_leaves_no_trace_either(
