@@ -12,7 +12,7 @@ decide what is stored (``rules``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +64,23 @@ class MonthUsage:
     notifications: dict[str, int] = field(default_factory=dict)
     service_replies: int = 0
     user_initiated: int = 0
+
+
+def usage_query(business: str | None, month: str | None, param: Callable[[int], str]) -> str:
+    """The metering counts' query for those of ``business`` and ``month`` given (their
+    values follow in that order), ``param(n)`` naming the n-th parameter in the back
+    end's style. One query per case, so that a business's own month is read by the
+    primary key whatever the plan: one ``(? IS NULL OR business = ?)`` for all cases
+    read every business's rows of every month for each USAGE_FETCH (threat model T70)."""
+    given = [
+        name for name, value in (("business", business), ("month", month)) if value is not None
+    ]
+    where = " AND ".join(f"{name} = {param(n)}" for n, name in enumerate(given, start=1))
+    return (
+        "SELECT business, month, meter, category, count FROM usage"  # noqa: S608 - our names only
+        + (f" WHERE {where}" if where else "")
+        + " ORDER BY business, month, meter, category"
+    )
 
 
 def usage_by_month(rows: Iterable[Sequence[Any]]) -> list[MonthUsage]:

@@ -42,7 +42,7 @@ from blindrelay.protocol.skeleton import leading_skeletons, skeleton
 
 from ...routing import HintKind
 from .. import transparency
-from ..records import MonthUsage, usage_by_month
+from ..records import MonthUsage, usage_by_month, usage_query
 from ..rules import (
     BUDGETS,
     ONE_TIME_PREKEYS,
@@ -355,23 +355,9 @@ async def usage_month(tx: Tx, handle: str, month: str) -> list[Any]:
 async def usage_months(conn: Any, business: str | None, month: str | None) -> list[MonthUsage]:
     """Metering counts per (business, month), optionally of one business or month (also
     ``blindrelay admin usage``'s)."""
-    query = _USAGE_MONTHS[business is not None, month is not None]
+    query = usage_query(business, month, lambda n: f"${n}")
     given = [value for value in (business, month) if value is not None]
     return usage_by_month(await conn.fetch(query, *given))
-
-
-_USAGE = "SELECT business, month, meter, category, count FROM usage"
-_USAGE_ORDER = " ORDER BY business, month, meter, category"
-_USAGE_MONTHS: dict[tuple[bool, bool], str] = {
-    (True, True): _USAGE + " WHERE business = $1 AND month = $2" + _USAGE_ORDER,
-    (True, False): _USAGE + " WHERE business = $1" + _USAGE_ORDER,
-    (False, True): _USAGE + " WHERE month = $1" + _USAGE_ORDER,
-    (False, False): _USAGE + _USAGE_ORDER,
-}
-""":func:`usage_months`' query by (business given, month given), so that a business's
-own counts are read by the primary key whatever the plan: with ``($1 IS NULL OR
-business = $1)`` a generic plan of the prepared statement read every business's rows of
-every month for each USAGE_FETCH (threat model T70)."""
 
 
 async def purge(tx: Tx, before: int, now: int) -> list[int]:

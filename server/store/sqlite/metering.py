@@ -26,21 +26,8 @@ import sqlite_utils
 from blindrelay.protocol.consent import Meter
 from blindrelay.protocol.transparency.bills import month_span
 
-from ..records import MonthUsage, usage_by_month
+from ..records import MonthUsage, usage_by_month, usage_query
 from .cache import WriterCache
-
-_COLUMNS = "SELECT business, month, meter, category, count FROM usage"
-_ORDER = " ORDER BY business, month, meter, category"
-_MONTHS: dict[tuple[bool, bool], str] = {
-    (True, True): _COLUMNS + " WHERE business = ? AND month = ?" + _ORDER,
-    (True, False): _COLUMNS + " WHERE business = ?" + _ORDER,
-    (False, True): _COLUMNS + " WHERE month = ?" + _ORDER,
-    (False, False): _COLUMNS + _ORDER,
-}
-""":meth:`UsageMeter.months`' query by (business given, month given): one per case, so
-that a business's own counts are read by the primary key. The one query with ``(? IS
-NULL OR business = ?)`` kept SQLite from the key and read every business's rows of
-every month for each USAGE_FETCH (threat model T70)."""
 
 
 class UsageMeter:
@@ -83,7 +70,7 @@ class UsageMeter:
     def months(self, business: str | None = None, month: str | None = None) -> list[MonthUsage]:
         """Counts per (business, month), optionally for one business and/or month."""
         self.flush()
-        query = _MONTHS[business is not None, month is not None]
+        query = usage_query(business, month, lambda _n: "?")
         given = tuple(value for value in (business, month) if value is not None)
         return usage_by_month(self.db.execute(query, given).fetchall())
 
