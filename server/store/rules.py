@@ -157,10 +157,7 @@ def judge_send(
     "it blocks you" are the same work (SPEC §7.7, threat model T71). A plain tuple: this
     runs for every SEND, and a named one costs more to make.
     """
-    if recipient_kind is None:
-        probe = sender_kind == AccountKind.USER and request is Request.CHAT and not state.wrote
-        return REFUSE, False, probe
-    decision = may_deliver(
+    decision = REFUSE if recipient_kind is None else may_deliver(
         sender=sender, recipient=to, sender_kind=sender_kind, recipient_kind=recipient_kind,
         request=request, state=state, now=now, category=category, categories=categories,
         sender_verified=verified, message_request_max=rules.message_request_max,

@@ -46,7 +46,6 @@ from ..records import MonthUsage, usage_by_month, usage_query
 from ..rules import (
     BUDGETS,
     ONE_TIME_PREKEYS,
-    budget_wait_ms,
     judge,
     refuse_unless_allowed,
 )
@@ -59,6 +58,7 @@ from .reads import (
     check_upload,
     lock_budget,
     pair_and_recipient,
+    spend_budget,
     store_budget,
     stored_key_ids,
 )
@@ -97,11 +97,7 @@ async def take_budget(tx: Tx, name: str, key: str, rate_per_h: float, burst: int
     if name not in BUDGETS:
         raise ValueError("unknown budget")
     await lock_budget(tx.conn, name, key)
-    tokens = await budget_tokens(tx.conn, name, key, rate_per_h, burst, now)
-    if tokens < 1.0:
-        return budget_wait_ms(tokens, rate_per_h)
-    await store_budget(tx.conn, name, key, tokens - 1.0, rate_per_h, burst, now)
-    return 0
+    return await spend_budget(tx.conn, name, key, rate_per_h, burst, now)
 
 
 async def create_account(

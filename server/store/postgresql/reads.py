@@ -17,7 +17,7 @@ from blindrelay.protocol.crypto.fingerprint import key_fingerprint
 from blindrelay.protocol.errors import InvalidPrekeys
 
 from ..records import Account
-from ..rules import bucket_full_at, bucket_tokens, needs_badge
+from ..rules import bucket_full_at, bucket_tokens, budget_wait_ms, needs_badge
 from .rows import pair_key, pair_or_initial
 from .tx import Tx
 
@@ -124,6 +124,19 @@ async def store_budget(
         " full_at = excluded.full_at",
         name, key, tokens, now, bucket_full_at(tokens, rate_per_h, burst, now),
     )  # fmt: skip
+
+
+async def spend_budget(
+    conn: Any, name: str, key: str, rate_per_h: float, burst: int, now: int
+) -> int:
+    """0 with a token of ``key``'s budget ``name`` spent, else the wait for one (nothing
+    written). The caller holds what serialises the key: :func:`lock_budget`, or the
+    account's own row lock."""
+    tokens = await budget_tokens(conn, name, key, rate_per_h, burst, now)
+    if tokens < 1.0:
+        return budget_wait_ms(tokens, rate_per_h)
+    await store_budget(conn, name, key, tokens - 1.0, rate_per_h, burst, now)
+    return 0
 
 
 async def lock_budget(conn: Any, name: str, key: str) -> None:

@@ -26,7 +26,6 @@ from .. import transparency
 from ..rules import (
     STATEMENT_NONCE_KEEP_MS,
     STATEMENTS,
-    budget_wait_ms,
     check_block_targets,
     check_statement,
     families,
@@ -34,7 +33,7 @@ from ..rules import (
     statement_effect,
 )
 from . import transparency as log
-from .reads import PAIR_COLUMNS, accounts, budget_tokens, store_budget
+from .reads import PAIR_COLUMNS, accounts, spend_budget
 from .rows import QUEUE_COLUMNS, envelope_row, pair_key, pair_or_initial, pair_to_row
 from .tx import Tx
 
@@ -117,10 +116,9 @@ async def apply_statement(
     )  # fmt: skip
     if statement_budget is not None:
         rate_per_h, burst = statement_budget
-        tokens = await budget_tokens(conn, STATEMENTS, handle, rate_per_h, burst, now)
-        if tokens < 1.0:
-            return budget_wait_ms(tokens, rate_per_h)  # nothing written: 402 (SPEC §10)
-        await store_budget(conn, STATEMENTS, handle, tokens - 1.0, rate_per_h, burst, now)
+        wait = await spend_budget(conn, STATEMENTS, handle, rate_per_h, burst, now)
+        if wait:
+            return wait  # nothing written: 402 (SPEC §10)
     await conn.execute(
         "INSERT INTO pairs (low, high, consent, pending, window_until, blockers, wrote, requests)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (low, high) DO UPDATE SET"

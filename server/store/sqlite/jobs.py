@@ -129,11 +129,9 @@ def take_budget(
     """0 with a token of ``key``'s budget ``name`` spent, else the wait for one."""
     if name not in BUDGETS:
         raise ValueError("unknown budget")
-    tokens = tables.budgets.tokens(name, key, rate_per_h, burst, now)
-    if tokens < 1.0:
-        return budget_wait_ms(tokens, rate_per_h)
-    tables.budgets.take(name, key, rate_per_h, burst, now)
-    return 0
+    if tables.budgets.take(name, key, rate_per_h, burst, now):
+        return 0
+    return budget_wait_ms(tables.budgets.tokens(name, key, rate_per_h, burst, now), rate_per_h)
 
 
 def _log(tables: Tables, entry: bytes | None) -> None:
@@ -219,9 +217,7 @@ def send(
     if decision.verdict is Verdict.ALLOW:
         queued = queue.queued(to)
         shares = (
-            queue.shares(to, share_floor(send_rules))
-            if shares_matter(send_rules, queued)
-            else None
+            queue.shares(to, share_floor(send_rules)) if shares_matter(send_rules, queued) else None
         )
         full = queue_full(send_rules, handle, stranger, queued, shares)
         # SPEC §7.3: "a user may open at most FIRST_CONTACTS_BURST of those at once,
@@ -337,10 +333,9 @@ def apply_statement(
     )  # fmt: skip
     if statement_budget is not None:  # one for every relay process (SPEC §10, T64)
         rate_per_h, burst = statement_budget
-        tokens = tables.budgets.tokens(STATEMENTS, handle, rate_per_h, burst, now)
-        if tokens < 1.0:
-            return budget_wait_ms(tokens, rate_per_h)
-        tables.budgets.take(STATEMENTS, handle, rate_per_h, burst, now)
+        wait = take_budget(tables, STATEMENTS, handle, rate_per_h, burst, now)
+        if wait:
+            return wait
     tables.ledger.store_pair(handle, statement.target, effect.state)
     # Listed to its target only if forwarded or held back for it now (SPEC §7.6, T47).
     superseded_nonces = tables.ledger.record(statement, signed, now, to_target=effect.to_target)
