@@ -35,6 +35,7 @@ from .logs import LOGGER, log_event
 from .outbox import delete_acknowledged, deliver_row
 from .routing import Hint
 from .store import Account
+from .store.leases import LEASED, PUSHED
 from .store.operations import SendRules
 
 BUSINESS_ONLY_INTENTS = frozenset({Intent.NOTIFICATION, Intent.CONSENT_REQUEST})
@@ -85,8 +86,9 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
     assert sender is not None
     handle = sender.handle
     check_send(sender, frame, ctx.limiters)
+    now = ctx.clock()
     early: int | None = None
-    """The delivery id decided before the commit; at the commit it is confirmed, or on
+    """The delivery id pushed before the commit; at the commit it is confirmed, or on
     failure withdrawn, never pushed again."""
     told: SessionOutbox | None = None
     """The recipient's outbox told of it then (if it was online): its ACK waits there for
@@ -101,9 +103,27 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
 
         return encode
 
+    args: tuple[Any, ...] = (
+        handle, sender.kind, frame.to, frame.msg_id, frame.intent, frame.category,
+        frame.categories, frame.body, now, send_rules(ctx.config),
+    )  # fmt: skip
+    ticket = ctx.store.lease_send(handle, frame.to, frame.msg_id)
+    if ticket is not None:
+        # SPEC §6.4.6: a lease says the store will allow it; pushed now if the outbox can.
+        if ticket[1] == PUSHED:
+            target = ctx.sessions.get(frame.to)
+            outbox = target.outbox if target is not None else None
+            if outbox is not None and outbox.push_ahead(
+                ticket[0], encoder(ticket[0], now), received
+            ):
+                early, told = ticket[0], outbox
+            else:
+                ticket[1] = LEASED
+        args = (*args, ticket)
+
     def decided(result: Any) -> None:
         nonlocal early, told
-        if type(result) is int:  # an idempotent resend: delivered already, or queued
+        if type(result) is int or early is not None:  # a resend, or pushed already
             return
         early = result[0]
         target = ctx.sessions.get(frame.to)
@@ -127,6 +147,8 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
             # Its first commit may have lost its answer (a store outage, SPEC §6.3):
             # the recipient's pager looks again rather than wait for its next login.
             page_again(ctx, frame.to)
+            if told is not None and early is not None:  # never: the store refuses it
+                told.commit_failed(early)
         elif early is not None:
             if told is not None:
                 told.confirmed(early)
@@ -138,12 +160,7 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
             told.commit_failed(early)
 
     handed = metrics.now()
-    ctx.run_job(
-        session, frame, "send",
-        (handle, sender.kind, frame.to, frame.msg_id, frame.intent, frame.category,
-         frame.categories, frame.body, ctx.clock(), send_rules(ctx.config)),
-        committed, decided, failed,
-    )  # fmt: skip
+    ctx.run_job(session, frame, "send", args, committed, decided, failed)
 
 
 _made: tuple[RelayConfig, SendRules] | None = None

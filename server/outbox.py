@@ -95,6 +95,26 @@ class Outbox:
             return
         self.committed(delivery_id, encode, previous, received, before_commit=True)
 
+    def push_ahead(self, delivery_id: int, encode: Callable[[], bytes], received: float) -> bool:
+        """Push a SEND's envelope under a delivery lease, before its job is even handed to
+        the store (SPEC §6.4.6), if the outbox is up to date: nothing being paged or left
+        behind, and room in the window. False: not pushed, and it goes as any other.
+
+        The caller has made sure no earlier SEND to this account still waits for its
+        decision (``Store.lease_send``): this id is the newest, so the cursor moves past
+        nothing that may yet be pushed. Its ACK waits for the commit, as after
+        :meth:`decided`."""
+        if (
+            self.paging
+            or self.behind
+            or len(self.in_flight) >= self.window
+            or delivery_id <= self.cursor
+            or self.session.outbox is not self
+        ):
+            return False
+        self._push(delivery_id, encode, received, before_commit=True)
+        return True
+
     def confirmed(self, delivery_id: int) -> None:
         """The envelope pushed by :meth:`decided` is committed: an ACK of it held
         meanwhile deletes it now — also when this connection has ended since, or the

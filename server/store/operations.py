@@ -257,8 +257,11 @@ CONTRACT: dict[str, Operation] = {
             "body": "bin: opaque ciphertext",
             "now": "int ms: the acceptance time",
             "rules": "SendRules",
+            "lease?": "[delivery_id, mode, epoch, clock ms] | nil: the SEND's delivery-lease "
+            "ticket (SPEC §6.4.6), given only by a back end's own ``Store.lease_send``",
         },
-        result="[delivery_id, at, previous] for a new envelope (delivery ids only grow, never "
+        result="[delivery_id, at, previous] — and a granted lease, [epoch, until, count], "
+        "for a back end that leases (§6.4.6) — for a new envelope (delivery ids only grow, never "
         "reused; ``previous`` is the highest delivery id queued for ``to`` before this one, 0 "
         "if none: a pager that has not seen it must page instead of pushing this one, which "
         "is how an envelope committed by another relay process, or whose answer was lost in "
@@ -302,6 +305,8 @@ CONTRACT: dict[str, Operation] = {
             "cooldown_ms": "int: CONSENT_COOLDOWN_MS",
             "max_block_targets?": "int: MAX_BLOCK_TARGETS",
             "statement_budget?": "[rate per hour, burst] | nil: the signer's, one per store",
+            "delivery_id?": "int | nil: the forwarded receipt's delivery id, where the back "
+            "end numbers deliveries in the relay process (SQLite, SPEC §6.4.6; it fills it in)",
         },
         result="[purged delivery ids (the signer's queue), forwarded envelope row | nil "
         "(queued for a business target), superseded delivery ids (the target's queue)]; or, "

@@ -206,11 +206,17 @@ def shares_matter(rules: SendRules, queued: int) -> bool:
 
 
 def queue_full(
-    rules: SendRules, sender: str, stranger: bool, queued: int, shares: QueueShares | None
+    rules: SendRules,
+    sender: str,
+    stranger: bool,
+    queued: int,
+    shares: QueueShares | None,
+    held: int = 0,
 ) -> bool:
     """SPEC §6.3.5 for a SEND the rules allow; ``shares`` is None when they do not
     matter at this length (:func:`shares_matter`; not checked again here: this runs
-    for every SEND).
+    for every SEND). ``queued`` and ``held`` count the room delivery leases set aside
+    (SPEC §6.4.6, :mod:`.leases`): to the recipient, and of it the sender's.
 
     "The relay MUST refuse with 401 QUEUE_FULL an envelope that would take a
     recipient's undelivered envelopes past QUEUE_CAP_PER_RECIPIENT, the sender's own
@@ -221,7 +227,7 @@ def queue_full(
         return True
     if shares is None:
         return False
-    return shares.senders.get(sender, 0) >= rules.queue_share_per_sender or (
+    return shares.senders.get(sender, 0) + held >= rules.queue_share_per_sender or (
         stranger and shares.strangers >= rules.queue_share_strangers
     )
 

@@ -14,7 +14,7 @@ import contextlib
 import os
 import sqlite3
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -83,7 +83,8 @@ def clock() -> FakeClock:
 ALL_BACKENDS = ("sqlite", "postgresql")
 """A test module that sets ``BACKENDS = ALL_BACKENDS`` runs each of its tests whose relay
 comes from the ``config`` fixture once per store back end (ids ``[sqlite]``,
-``[postgresql]``); ``@pytest.mark.sqlite_only`` keeps one test on SQLite. The
+``[postgresql]``); ``@pytest.mark.sqlite_only`` keeps one test on SQLite,
+``@pytest.mark.postgresql_only`` one that needs relay processes sharing a store. The
 PostgreSQL runs are marked ``postgres`` (tests/pg.py): without a server they are left
 out, with one they must run. Each gets a fresh schema of the module's database."""
 
@@ -92,7 +93,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" not in metafunc.fixturenames:
         return
     backends = getattr(metafunc.module, "BACKENDS", ("sqlite",))
-    if len(backends) < 2 or metafunc.definition.get_closest_marker("sqlite_only"):
+    if metafunc.definition.get_closest_marker("postgresql_only"):
+        backends = ("postgresql",)
+    elif len(backends) < 2 or metafunc.definition.get_closest_marker("sqlite_only"):
         return
     metafunc.parametrize(
         "backend",
@@ -353,3 +356,30 @@ class Clients(AsyncFixture):
 @pytest.fixture
 def clients() -> Clients:
     return Clients()
+
+
+# --- a writer held, an outbox settled (SPEC §6.4.5–6.4.6) ------------------------------
+
+
+@contextlib.asynccontextmanager
+async def released(pause: Path) -> AsyncIterator[None]:
+    """Whatever happens in the test, the writer is let go before the relay closes (it
+    would wait for the held batch forever)."""
+    try:
+        yield
+    finally:
+        pause.unlink(missing_ok=True)
+
+
+def outbox_of(relay: RunningRelay, handle: str) -> Any:
+    """The outbox of ``handle``'s live connection."""
+    session = relay.ctx.sessions.get(handle)
+    assert session is not None and session.outbox is not None
+    return session.outbox
+
+
+async def settled(relay: RunningRelay, handle: str) -> None:
+    """``handle``'s first page (of its queue at login) has been read: an envelope
+    decided from now on is pushed at once, not by the page after it."""
+    outbox = outbox_of(relay, handle)
+    await until(lambda: not getattr(outbox, "paging", True))

@@ -19,6 +19,7 @@ import pytest
 
 from blindrelay.server.store import StoreStartError
 from blindrelay.server.store.sqlite.database import check_relay_file, connect
+from blindrelay.server.store.sqlite.store import SqliteAdminStore, SqliteStore
 
 COMPANIONS = ("", "-wal", "-shm")
 
@@ -76,3 +77,30 @@ def test_a_file_with_a_log_that_is_not_its_own_is_refused_in_one_line(tmp_path: 
     Path(f"{path}-wal").write_bytes(b"nor a log" * 300)
     with pytest.raises(StoreStartError, match="is not a relay database"):
         check_relay_file(path, new=True)
+
+
+async def test_a_second_relay_process_on_the_same_file_is_refused_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """SPEC §6.4.6: the relay process numbers deliveries for the one writer it started, so
+    a SQLite file serves one relay. A second one on the file is refused before it serves
+    anything (before, it ran, and the two relays' envelopes met only by paging); once
+    the first has closed, the file is free again. The operator's commands are not
+    relays: they open the file as before."""
+    path = tmp_path / "relay.db"
+    first = SqliteStore(path)
+    await first.start()
+    try:
+        second = SqliteStore(path)
+        with pytest.raises(StoreStartError) as refused:
+            await second.start()
+        message = str(refused.value)
+        assert "served by another relay process" in message and "\n" not in message
+        assert not second.running
+        admin = SqliteAdminStore.open(path)
+        admin.close()
+    finally:
+        await first.close()
+    again = SqliteStore(path)
+    await again.start()
+    await again.close()

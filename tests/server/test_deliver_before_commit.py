@@ -17,7 +17,6 @@ import signal
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -32,33 +31,19 @@ from blindrelay.server.store.sqlite.writer_process import (
     PAUSE_BEFORE_COMMIT_ENV,
 )
 
-from .conftest import ALL_BACKENDS, Clients, FakeClock, RawClient, RelayFixture, until
+from .conftest import (
+    ALL_BACKENDS,
+    Clients,
+    FakeClock,
+    RawClient,
+    RelayFixture,
+    outbox_of,
+    released,
+    settled,
+    until,
+)
 
 BACKENDS = ALL_BACKENDS
-
-
-@contextlib.asynccontextmanager
-async def released(pause: Path) -> AsyncIterator[None]:
-    """Whatever happens in the test, the writer is let go before the relay closes (it
-    would wait for the held batch forever)."""
-    try:
-        yield
-    finally:
-        pause.unlink(missing_ok=True)
-
-
-def outbox_of(relay: RunningRelay, handle: str) -> Any:
-    """The outbox of ``handle``'s live connection."""
-    session = relay.ctx.sessions.get(handle)
-    assert session is not None and session.outbox is not None
-    return session.outbox
-
-
-async def settled(relay: RunningRelay, handle: str) -> None:
-    """``handle``'s first page (of its queue at login) has been read: an envelope
-    decided from now on is pushed at once, not by the page after it."""
-    outbox = outbox_of(relay, handle)
-    await until(lambda: not getattr(outbox, "paging", True))
 
 
 @contextlib.asynccontextmanager

@@ -367,6 +367,7 @@ async def test_another_relay_process_takes_over_an_accounts_spent_buckets(
         assert isinstance(limited, Error) and limited.retry_after == 500
 
 
+@pytest.mark.postgresql_only  # relay processes sharing a store
 async def test_a_connection_still_open_elsewhere_hands_over_empty_buckets(
     config: RelayConfig, clock: FakeClock, clients: Clients
 ) -> None:
@@ -390,9 +391,7 @@ async def test_a_connection_still_open_elsewhere_hands_over_empty_buckets(
             assert isinstance(await again.send_message("bob", b"refilled"), Sent)
 
 
-@pytest.mark.parametrize(
-    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-)
+@pytest.mark.postgresql_only  # relay processes sharing a store
 async def test_a_pair_bucket_spent_on_one_process_is_not_full_on_another(
     config: RelayConfig, clock: FakeClock, clients: Clients
 ) -> None:

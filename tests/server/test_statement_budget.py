@@ -5,6 +5,8 @@ statements."""
 
 from __future__ import annotations
 
+import pytest
+
 from blindrelay.protocol import limits
 from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import Error
@@ -26,6 +28,7 @@ async def _logged_statements(relay: RunningRelay) -> int:
     return sum(isinstance(entries.decode_entry(d), entries.StatementLogged) for d in data)
 
 
+@pytest.mark.postgresql_only  # relay processes sharing a store
 async def test_a_second_relay_process_gives_no_second_statement_burst(
     config: RelayConfig, clock: FakeClock, clients: Clients
 ) -> None:

@@ -100,6 +100,9 @@ class LateReads:
     def submit(self, operation: str, *args: Any) -> asyncio.Future[Any]:
         return self.inner.submit(operation, *args)
 
+    def lease_send(self, sender: str, to: str, msg_id: bytes) -> list[int] | None:
+        return self.inner.lease_send(sender, to, msg_id)
+
     # --- reads, later -----------------------------------------------------------
 
     def read(self, name: str, args: list[Any] | tuple[Any, ...], done: Done) -> None:

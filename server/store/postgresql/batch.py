@@ -75,7 +75,7 @@ READS = frozenset({"account", "account_for_login", "check_prekey_upload"})
 ARGUMENTS: dict[str, tuple[str, ...]] = {
     "send": (
         "handle", "kind", "to", "msg_id", "intent", "category", "categories", "body", "now",
-        "rules",
+        "rules", "lease",
     ),
     "acknowledge": ("acks",),
     "page": ("handle", "after", "limit", "not_before"),
@@ -87,6 +87,7 @@ SET_BASED = frozenset(ARGUMENTS) | READS
 
 MAX_RETRIES = 5
 """Runs of one batch after deadlocks or serialization failures before it runs carefully."""
+
 
 @dataclass(slots=True)
 class Counters:

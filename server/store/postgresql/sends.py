@@ -129,7 +129,9 @@ class _Send:
     @classmethod
     def parse(cls, position: int, args: Sequence[Any]) -> _Send:
         """``args`` in :data:`.batch.ARGUMENTS` order (a wrong count raises ValueError)."""
-        handle, kind, to, msg_id, intent, category, categories, body, now, rules = args
+        handle, kind, to, msg_id, intent, category, categories, body, now, rules, *lease = args
+        if len(lease) > 1 or (lease and lease[0] is not None):
+            raise ValueError("send: a lease, or too many arguments")  # none here (§6.4.6)
         if type(handle) is not str or type(to) is not str or type(now) is not int:
             raise TypeError("send: handle, to, now")
         return cls(

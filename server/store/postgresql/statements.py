@@ -64,11 +64,15 @@ async def apply_statement(
     cooldown_ms: int,
     max_block_targets: int = limits.MAX_BLOCK_TARGETS,
     statement_budget: list[Any] | None = None,
+    delivery_id: int | None = None,
 ) -> list[Any] | int:
-    """SPEC §7.4–7.5, as the SQLite back end's ``apply_statement``; hints: WITHDRAWN for
+    """SPEC §7.4–7.5, as the SQLite back end's ``apply_statement`` (``delivery_id`` is never
+    given: PostgreSQL numbers deliveries itself, §6.4.6); hints: WITHDRAWN for
     the signer's purged rows and the target's superseded receipts, QUEUED for a
     forwarded one. The signer's statement budget is read and spent under its lock
     (``batch._locked_by``), so every worker spends the one budget (SPEC §10, T64)."""
+    if delivery_id is not None:
+        raise ValueError("apply_statement: a delivery id")
     conn = tx.conn
     statement = unverified_body(ConsentStatement, signed)
     target_handle = statement.target

@@ -226,6 +226,10 @@ class PostgresStore:
         self.call(operation, args, settling(future))
         return future
 
+    def lease_send(self, sender: str, to: str, msg_id: bytes) -> list[int] | None:
+        """None: workers sharing the store number deliveries in it (SPEC §6.4.6)."""
+        return None
+
     async def queued_total(self) -> int:
         """Envelopes in the queue, every worker's (a connection of the pool, not the
         batches' own)."""

@@ -9,6 +9,7 @@ the writer process need the file without the tables.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sqlite3
 import stat
@@ -36,6 +37,29 @@ CHECKPOINT_BUSY_TIMEOUT_MS = 200
 """How long a checkpoint waits for readers of an older snapshot (an operator's
 ``inspect``) before it gives up until the next one; the writer, and so every
 SEND, waits meanwhile."""
+
+
+def hold_relay_file(path: Path) -> int:
+    """An exclusive ``flock`` on the database file, held (the descriptor returned) for as
+    long as this relay serves it; a second relay process is refused in one line.
+
+    Why: the relay process numbers deliveries and grants delivery leases for the one
+    writer it started (SPEC §6.4.6), and one relay's envelopes reach another's outbox
+    only by paging — two relays on one file were never a deployment that works. Several
+    relay processes share a PostgreSQL store. The operator's commands take no lock:
+    they write nothing a relay numbers. ``flock`` is apart from SQLite's own (POSIX)
+    locks, and the descriptor is closed only once the store's connections are.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreStartError(
+            f"{path} is served by another relay process: a SQLite store serves one relay;"
+            " give this one its own --db, or share a PostgreSQL store (--store postgresql://…)"
+        ) from None
+    return fd
 
 
 def check_relay_file(path: Path, *, new: bool = False) -> None:

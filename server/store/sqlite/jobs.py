@@ -38,6 +38,7 @@ from blindrelay.protocol.frames import AccountKind
 from blindrelay.protocol.signed import Action, ConsentStatement, unverified_body
 
 from .. import transparency
+from ..leases import grant_size, leasable
 from ..operations import SendRules
 from ..records import Account, envelope_row
 from ..rules import (
@@ -62,6 +63,7 @@ from ..rules import (
     statement_effect,
 )
 from . import accountjobs, logjobs
+from .leasing import check_spent, not_new, refused
 from .logjobs import log_binding_proof
 from .tables import Tables
 
@@ -191,35 +193,44 @@ def send(
     body: bytes,
     now: int,
     rules: list[Any],
+    lease: list[Any] | None = None,
 ) -> Any:
-    """SPEC §6.1–6.3, §7.3, §8.4: decide, enqueue, update the pair, meter — one job,
-    in the order of :mod:`..rules`.
+    """SPEC §6.1–6.3, §6.4.6, §7.3, §8.4: decide, enqueue, update the pair, meter — one
+    job, in the order of :mod:`..rules`; ``lease`` is the SEND's ticket (:mod:`.leasing`).
 
-    Returns the original time (an int) for a resend, else [delivery_id, at, previous].
+    Returns the original time (an int) for a resend, else [delivery_id, at, previous]
+    and, for a SEND that earns a delivery lease, the lease: [epoch, until, count].
     """
     send_rules = _send_rules(rules)
     digest = envelope_digest(to, intent, category, categories, body)
     queue = tables.queue
     request = Request(intent)
+    leases = tables.leases
+    ticket = leases.open(lease, handle, to)
     # pair_and_recipient, inline: this is the writer's hottest path.
     state = tables.ledger.pair_state(handle, to)
     verified = needs_badge(kind, request) and business_verified(tables, handle, now)
     recipient = tables.accounts.get(to)
+    recipient_kind = recipient.kind if recipient is not None else None
     decision, stranger, probe = judge_send(
-        send_rules, handle, kind, to, recipient.kind if recipient is not None else None,
-        request, category, frozenset(categories or ()), state, now, verified=verified,
+        send_rules, handle, kind, to, recipient_kind, request, category,
+        frozenset(categories or ()), state, now, verified=verified,
     )  # fmt: skip
     contacts_per_h = send_rules.first_contacts_per_h
     contacts_burst = send_rules.first_contacts_burst
     if probe:
         tables.budgets.tokens(FIRST_CONTACTS, handle, contacts_per_h, contacts_burst, now)
     full = False
+    queued = reserved = 0
     if decision.verdict is Verdict.ALLOW:
         queued = queue.queued(to)
+        # SPEC §6.4.6: the room leases set aside counts as taken, for every SEND.
+        reserved, held = leases.room(ticket, handle, to)
+        taken = queued + reserved
         shares = (
-            queue.shares(to, share_floor(send_rules)) if shares_matter(send_rules, queued) else None
+            queue.shares(to, share_floor(send_rules)) if shares_matter(send_rules, taken) else None
         )
-        full = queue_full(send_rules, handle, stranger, queued, shares)
+        full = queue_full(send_rules, handle, stranger, taken, shares, held)
         # SPEC §7.3: "a user may open at most FIRST_CONTACTS_BURST of those at once,
         # refilled at FIRST_CONTACTS_PER_H"; refused like any pair-dependent refusal.
         # Taken last, so a refusal above spends nothing, and an empty bucket writes nothing.
@@ -235,14 +246,19 @@ def send(
         # enqueued and counted once already ("an idempotent resend counts once").
         resend = queue.remembered(handle, msg_id, digest)
         if resend is not None:
+            not_new(ticket)
             return resend.at
+        refused(ticket, "queue full" if full else "refused")
         refuse_unless_allowed(decision)
         raise QueueFull()
+    check_spent(ticket)
     sender = Account(handle, kind, b"")
     added = queue.add_if_new(
-        to, sender, msg_id, intent, category, categories, body, digest, now, stranger
-    )
+        to, sender, msg_id, intent, category, categories, body, digest, now, stranger,
+        ticket.delivery_id if ticket is not None else None,
+    )  # fmt: skip
     if added is None:  # a resend (or MessageIdReused); nothing was written
+        not_new(ticket)
         known = queue.remembered(handle, msg_id, digest)
         assert known is not None
         return known.at
@@ -257,6 +273,10 @@ def send(
             assert category is not None
             tables.bills.record(business, month, now, msg_id, category, to)
     delivery_id, previous = added
+    if ticket is not None and leasable(kind, recipient_kind, request, decision, stranger):
+        granted = leases.grant(ticket, handle, to, grant_size(send_rules, queued + 1, reserved))
+        if granted is not None:
+            return [delivery_id, now, previous, granted]
     return [delivery_id, now, previous]
 
 
@@ -294,8 +314,10 @@ def apply_statement(
     cooldown_ms: int,
     max_block_targets: int = limits.MAX_BLOCK_TARGETS,
     statement_budget: list[Any] | None = None,
+    delivery_id: int | None = None,
 ) -> list[Any] | int:
-    """SPEC §7.4–7.5 after the stateless checks passed on the loop.
+    """SPEC §7.4–7.5 after the stateless checks passed on the loop; ``delivery_id``, the
+    forwarded receipt's if there is one, numbered by the relay process (§6.4.6).
 
     ``signed`` was verified there; decoding it again here (without the
     signature check) is cheaper than shipping each field. Returns
@@ -355,7 +377,9 @@ def apply_statement(
         superseded = tables.queue.withdraw_statements(statement.target, handle, superseded_nonces)
     if effect.forward:
         forwarded = envelope_row(
-            tables.queue.enqueue_statement(statement.target, signer, statement.nonce, signed, now)
+            tables.queue.enqueue_statement(
+                statement.target, signer, statement.nonce, signed, now, delivery_id
+            )
         )
     return [purged, forwarded, superseded]
 

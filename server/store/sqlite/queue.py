@@ -20,6 +20,7 @@ from blindrelay.protocol.errors import MessageIdReused, QueueFull
 from ..records import Account, QueuedEnvelope
 from ..rules import QueueShares
 from .cache import WriterCache
+from .leasing import LeaseBroken
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,8 @@ class MessageQueue:
         self.db = db
         self.cache = cache or WriterCache()
         self._conn = db.conn
+        self._last_id: int | None = None
+        """The last delivery id inserted here (None: read ``sqlite_sequence`` first)."""
 
     def queued(self, recipient: str) -> int:
         """Envelopes queued for ``recipient``, expired or not, statements not (what the
@@ -158,6 +161,7 @@ class MessageQueue:
             (recipient, sender.handle, sender.kind, msg_id, intent, category, joined, now, body),
         )
         delivery_id = cursor.lastrowid
+        self._last_id = delivery_id
         execute(
             "INSERT INTO sent (sender, msg_id, digest, at) VALUES (?, ?, ?, ?)",
             (sender.handle, msg_id, digest, now),
@@ -183,6 +187,7 @@ class MessageQueue:
         digest: bytes,
         now: int,
         stranger: bool = False,
+        delivery_id: int | None = None,
     ) -> tuple[int, int] | None:
         """The new envelope's delivery id and the highest one queued for ``recipient``
         before it (0: none), or None (nothing written) when (sender, msg_id) is already
@@ -192,6 +197,7 @@ class MessageQueue:
         instead of a SELECT before the INSERT. The caller has checked consent,
         the cap and the shares, answering resends first on those refusals.
         ``stranger``: the envelope counts towards the strangers' pool (SPEC §6.3).
+        ``delivery_id``: given by the relay process (SPEC §6.4.6), else the next one.
         """
         execute = self._conn.execute
         if (
@@ -207,16 +213,37 @@ class MessageQueue:
             "SELECT max(delivery_id) FROM queue WHERE recipient = ?", (recipient,)
         ).fetchone()[0]
         cursor = execute(
-            "INSERT INTO queue (recipient, sender, sender_kind, msg_id, intent, category,"
-            " categories, sent_at, body, stranger) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (recipient, sender.handle, sender.kind, msg_id, intent, category, joined, now, body,
-             stranger),
+            "INSERT INTO queue (delivery_id, recipient, sender, sender_kind, msg_id, intent,"
+            " category, categories, sent_at, body, stranger)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (self.next_id(delivery_id), recipient, sender.handle, sender.kind, msg_id, intent,
+             category, joined, now, body, stranger),
         )  # fmt: skip
         self._added(recipient, 1)
         if recipient in self.cache.shares:
             self._shared(recipient, sender.handle, stranger, 1)
         assert cursor.lastrowid is not None
+        self._last_id = cursor.lastrowid
         return cursor.lastrowid, previous or 0
+
+    def next_id(self, given: int | None) -> int | None:
+        """The delivery id an insert takes: ``given`` (SPEC §6.4.6: numbered by the relay
+        process, which pushed it already, perhaps), which must follow every id before it
+        — or None, SQLite's next. Why the check: a DELIVER pushed under an id that an
+        older envelope holds, or out of order, would be a broken promise, so it fails
+        the job (:class:`.leasing.LeaseBroken`) rather than store it."""
+        if given is None:
+            return None
+        last = self._last_id
+        if last is None:
+            row = self._conn.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'queue'"
+            ).fetchone()
+            last = int(row[0]) if row is not None else 0
+        if given <= last:
+            raise LeaseBroken(f"delivery id {given} after {last}")
+        self._last_id = given
+        return given
 
     def remembered(self, sender: str, msg_id: bytes, digest: bytes) -> Accepted | None:
         """The original acceptance of a resend, or None for a new ``msg_id`` (SPEC §6.3)."""
@@ -230,7 +257,13 @@ class MessageQueue:
         return Accepted(at=int(known[1]), envelope=None)
 
     def enqueue_statement(
-        self, recipient: str, sender: Account, nonce: bytes, signed: bytes, now: int
+        self,
+        recipient: str,
+        sender: Account,
+        nonce: bytes,
+        signed: bytes,
+        now: int,
+        delivery_id: int | None = None,
     ) -> QueuedEnvelope:
         """Queue a forwarded statement (SPEC §7.5): intent ``statement``, msg_id = nonce.
 
@@ -239,12 +272,15 @@ class MessageQueue:
         already. What bounds them is :meth:`withdraw_statements`.
         """
         cursor = self.db.execute(
-            "INSERT INTO queue (recipient, sender, sender_kind, msg_id, intent, category,"
-            " categories, sent_at, body) VALUES (?, ?, ?, ?, 'statement', NULL, NULL, ?, ?)",
-            (recipient, sender.handle, sender.kind, nonce, now, signed),
-        )
+            "INSERT INTO queue (delivery_id, recipient, sender, sender_kind, msg_id, intent,"
+            " category, categories, sent_at, body)"
+            " VALUES (?, ?, ?, ?, ?, 'statement', NULL, NULL, ?, ?)",
+            (self.next_id(delivery_id), recipient, sender.handle, sender.kind, nonce, now,
+             signed),
+        )  # fmt: skip
         delivery_id = cursor.lastrowid
         assert delivery_id is not None
+        self._last_id = delivery_id
         return QueuedEnvelope(
             delivery_id, recipient, sender.handle, sender.kind, nonce, "statement", None, None,
             now, signed,

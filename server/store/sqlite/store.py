@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -32,15 +33,28 @@ from blindrelay.protocol.errors import NotFound
 
 from ... import gcpolicy
 from ...routing import EnvelopeLinks, HintSeal, new_worker_id
-from .. import Done, StoreError, transparency
+from .. import Done, StoreError, settling, transparency
 from ..records import Account, MonthUsage
 from ..transparency import MAX_BILL_ITEMS_WHOLE
 from . import logjobs
-from .database import check_relay_file, connect, connect_reader, count_queued
+from .database import (
+    check_relay_file,
+    connect,
+    connect_reader,
+    count_queued,
+    hold_relay_file,
+)
+from .relayleases import RelayLeases
 from .tables import Accounts, PreKeyStore, Tables
 from .writer import Writer
 
 LOST = "the writer process exited"
+
+
+DELIVERY_LEASES = True
+"""Whether a relay started now numbers deliveries and grants delivery leases (SPEC §6.4.6).
+Off, every SEND waits for its decision and SQLite numbers deliveries: the strict path,
+which tests/server/test_leases.py compares the leases against."""
 
 
 class SqliteStore:
@@ -65,6 +79,10 @@ class SqliteStore:
         self._reader: sqlite_utils.Database | None = None
         self._accounts: Accounts | None = None
         self._prekeys: PreKeyStore | None = None
+        self._leases: RelayLeases | None = None
+        self._lock: int | None = None
+        """The descriptor holding the file's relay lock (:func:`.database.hold_relay_file`)."""
+        """Delivery ids and leases (SPEC §6.4.6), told of every operation in order."""
         self.reads: dict[str, Callable[..., Any]] = {
             "account": self.account,
             "account_for_login": self.account_for_login,
@@ -107,18 +125,29 @@ class SqliteStore:
         check_relay_file(self.path, new=True)  # before anything writes to it
         await self._writer.start()  # creates or upgrades the schema before the reader opens
         try:
+            self._lock = hold_relay_file(self.path)
             self._reader = connect_reader(self.path)
         except BaseException:
             await self._writer.close()
+            self._unlock()
             raise
         self._accounts = Accounts(self._reader)
         self._prekeys = PreKeyStore(self._reader)
+        if DELIVERY_LEASES:
+            self._leases = RelayLeases(self._reader.conn)
 
     async def close(self) -> None:
         await self._writer.close()
         if self._reader is not None:
             self._reader.conn.close()
             self._reader = self._accounts = self._prekeys = None
+            self._leases = None
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def _lost(self) -> None:
         if self.on_lost is not None:
@@ -131,13 +160,29 @@ class SqliteStore:
         done: Done,
         decided: Callable[[Any], None] | None = None,
     ) -> None:
+        leases = self._leases
+        if leases is not None:
+            leases.handing(operation)
+            if operation == "send":
+                done, decided = leases.sending(args, done, decided)
+            elif operation == "apply_statement":
+                args = leases.statement_args(args)
         self._writer.call(operation, args, done, decided)
 
     def call_many(self, operation: str, item: Any, done: Done) -> None:
+        if self._leases is not None:
+            self._leases.handing(operation)
         self._writer.call_many(operation, item, done)
 
     def submit(self, operation: str, *args: Any) -> asyncio.Future[Any]:
-        return self._writer.submit(operation, *args)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.call(operation, args, settling(future))
+        return future
+
+    def lease_send(self, sender: str, to: str, msg_id: bytes) -> list[int] | None:
+        """``Store.lease_send`` (:mod:`.relayleases`); None before the store has started."""
+        leases = self._leases
+        return leases.ticket(sender, to, msg_id) if leases is not None else None
 
     async def queued_total(self) -> int:
         """Envelopes in the queue, on a connection of its own in a thread: a scan of an

@@ -80,6 +80,7 @@ from ..records import Account
 from ..rules import bucket_full_at, bucket_tokens
 from .bills import Bills
 from .cache import WriterCache
+from .leasing import WriterLeases
 from .ledger import ConsentLedger
 from .metering import UsageMeter
 from .profiles import BadgeStore, ProfileStore
@@ -450,5 +451,7 @@ class Tables:
         self.badges = BadgeStore(db)
         self.log = TransparencyLog(db)
         self.bills = Bills(db)
+        self.leases = WriterLeases()
+        """Delivery leases (SPEC §6.4.6): in memory, as the relay process's are."""
         self.checkpoint_requested = False
         """Set by a job; :class:`.commit.GroupCommitter` checkpoints after the batch commits."""

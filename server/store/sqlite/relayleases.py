@@ -1,0 +1,138 @@
+"""The relay process's side of delivery leases (SPEC §6.4.6, :mod:`..leases`): delivery ids,
+tickets, and the epoch.
+
+Why here, in the SQLite back end: only a store written by one process, in the order the
+relay hands it jobs, lets the relay process number deliveries and know which leases
+hold. :class:`~.store.SqliteStore` calls this on every operation it hands over, in order;
+the writer's side is :mod:`.leasing`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any
+
+from blindrelay.protocol import limits
+from blindrelay.protocol.errors import ProtocolError
+
+from ..leases import LEASED, NEUTRAL, PUSHED, UNLEASED, LeaseTable
+
+Done = Callable[[bool, Any], None]
+
+
+def lease_clock() -> int:
+    """Milliseconds that never go back (a lease's ``until``): the wall clock may, and
+    both sides judge each SEND by the time on its ticket."""
+    return int(time.monotonic() * 1000)
+
+
+class RelayLeases:
+    """Delivery ids, the relay process's lease table, and what a pushed DELIVER needs to
+    know first: that no SEND to the same recipient before it still waits for its
+    decision (it would be pushed after, and below the outbox's cursor), and that its
+    ``msg_id`` is new — neither in flight nor remembered (a resend or a reuse would be
+    a DELIVER the store never keeps)."""
+
+    def __init__(self, reader: sqlite3.Connection) -> None:
+        self.table = LeaseTable()
+        self._reader = reader
+        row = reader.execute("SELECT seq FROM sqlite_sequence WHERE name = 'queue'").fetchone()
+        self._next_id = (int(row[0]) if row is not None else 0) + 1
+        self._sending: dict[tuple[str, bytes], int] = {}
+        """(sender, msg_id) of SENDs handed over and not answered: how many."""
+        self._undecided: dict[str, int] = {}
+        """Recipient → SENDs to it handed over whose DELIVER waits for their decision."""
+
+    def next_id(self) -> int:
+        delivery_id = self._next_id
+        self._next_id = delivery_id + 1
+        return delivery_id
+
+    def ticket(self, sender: str, to: str, msg_id: bytes) -> list[int]:
+        """``Store.lease_send``: [delivery_id, mode, epoch, clock]."""
+        delivery_id = self.next_id()
+        now = lease_clock()
+        table = self.table
+        if not table.spend(sender, to, now):
+            return [delivery_id, UNLEASED, table.epoch, now]
+        new = (
+            not self._undecided.get(to)
+            and (sender, msg_id) not in self._sending
+            and self._reader.execute(
+                "SELECT 1 FROM sent WHERE msg_id = ? AND sender = ?", (msg_id, sender)
+            ).fetchone()
+            is None
+        )
+        return [delivery_id, PUSHED if new else LEASED, table.epoch, now]
+
+    def handing(self, operation: str) -> None:
+        """Any operation but the :data:`~..leases.NEUTRAL` ones ends every lease, before
+        it reaches the writer."""
+        if operation not in NEUTRAL:
+            self.end_all()
+
+    def end_all(self) -> None:
+        self.table.new_epoch(self.table.epoch + 1)
+
+    def statement_args(self, args: list[Any] | tuple[Any, ...]) -> tuple[Any, ...]:
+        """``apply_statement``'s arguments with the delivery id its receipt would take."""
+        given = tuple(args)
+        if not 4 <= len(given) <= 6:
+            raise ValueError("apply_statement: 4 to 6 arguments")
+        defaults = (limits.MAX_BLOCK_TARGETS, None)  # the contract's optional ones
+        return (*given, *defaults[len(given) - 4 :], self.next_id())
+
+    def sending(
+        self, args: list[Any] | tuple[Any, ...], done: Done, decided: Callable[[Any], None] | None
+    ) -> tuple[Done, Callable[[Any], None]]:
+        """A ``send`` handed over: ``done`` and ``decided`` wrapped to keep the books —
+        the grant installed with the first of them, the SEND no longer in flight or
+        undecided — and every lease ended if it failed other than by a refusal."""
+        sender, to, msg_id = args[0], args[2], args[3]
+        ticket = args[10] if len(args) > 10 else None
+        key = (sender, msg_id)
+        sending = self._sending
+        sending[key] = sending.get(key, 0) + 1
+        undecided = self._undecided
+        waits = ticket is None or ticket[1] != PUSHED
+        if waits:
+            undecided[to] = undecided.get(to, 0) + 1
+        open_ = [waits, True]
+        """[still counted undecided, grant not yet looked at]"""
+
+        def settle(value: Any) -> None:
+            if open_[0]:
+                open_[0] = False
+                left = undecided[to] - 1
+                if left:
+                    undecided[to] = left
+                else:
+                    del undecided[to]
+            if open_[1] and value is not None:
+                open_[1] = False
+                if type(value) is list and len(value) > 3:
+                    epoch, until, count = value[3]
+                    if epoch == self.table.epoch:
+                        self.table.grant(sender, to, until, count)
+
+        def on_decided(value: Any) -> None:
+            try:
+                if decided is not None:
+                    decided(value)
+            finally:
+                settle(value)
+
+        def on_done(ok: bool, value: Any) -> None:
+            settle(value if ok else None)
+            left = sending[key] - 1
+            if left:
+                sending[key] = left
+            else:
+                del sending[key]
+            if not ok and not isinstance(value, ProtocolError):
+                self.end_all()  # a broken lease, a lost writer: nothing is known now
+            done(ok, value)
+
+        return on_done, on_decided

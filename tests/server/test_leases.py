@@ -1,0 +1,259 @@
+"""Delivery leases (SPEC §6.4.6, server/store/leases.py): a contact's chat pushed before the
+SQLite writer has decided it — and every case where it must not be.
+
+"Before the writer has decided it" is a state the test holds, not a race: the writer
+process waits, once it has received a job and before it runs its batch, while the file
+``HOLD_BEFORE_BATCH_ENV`` names exists. A DELIVER that arrives then was pushed by the
+relay process alone. That something was *not* pushed first is shown by a round trip on
+the recipient's connection after the sender's answer: a DELIVER pushed first would have
+been written to the recipient's socket before the SEND was even handed to the writer.
+The randomized comparison with the strict path: tests/server/test_lease_differential.py.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from blindrelay.protocol.consent import ALLOW, REFUSE, Decision, Meter, Request, Verdict
+from blindrelay.protocol.errors import ErrorCode
+from blindrelay.protocol.frames import Ack, Deliver, Error, Send, Sent, StatementsList
+from blindrelay.server.config import RelayConfig
+from blindrelay.server.relay import RunningRelay
+from blindrelay.server.store.leases import LEASE_MAX, NEUTRAL, LeaseTable, grant_size, leasable
+from blindrelay.server.store.operations import CONTRACT, SendRules
+from blindrelay.server.store.sqlite.database import count_queued
+from blindrelay.server.store.sqlite.writer_process import HOLD_BEFORE_BATCH_ENV
+
+from .conftest import (
+    Clients,
+    FakeClock,
+    RawClient,
+    RelayFixture,
+    db_rows,
+    error_code,
+    released,
+    settled,
+    until,
+)
+from .consent_helpers import stated
+
+# --- the rules, alone ----------------------------------------------------------------
+
+
+def test_only_a_contacts_plain_chat_between_users_earns_a_lease() -> None:
+    """``leasable``: the decision ALLOW itself (no pair change, no meter, no budget)."""
+    user, business = "user", "business"
+    assert leasable(user, user, Request.CHAT, ALLOW, stranger=False)
+    assert not leasable(user, user, Request.CHAT, ALLOW, stranger=True)
+    assert not leasable(user, business, Request.CHAT, ALLOW, stranger=False)
+    assert not leasable(business, user, Request.CHAT, ALLOW, stranger=False)
+    assert not leasable(user, None, Request.CHAT, ALLOW, stranger=False)
+    assert not leasable(user, user, Request.NOTIFICATION, ALLOW, stranger=False)
+    assert not leasable(user, user, Request.CHAT, REFUSE, stranger=False)
+    # Allowed, but changing the pair (a first chat back) or counted: not the constant.
+    assert not leasable(user, user, Request.CHAT, Decision(Verdict.ALLOW, writer="a"), False)
+    metered = Decision(Verdict.ALLOW, meter=Meter.SERVICE_REPLY)
+    assert not leasable(user, user, Request.CHAT, metered, stranger=False)
+
+
+def test_a_lease_covers_the_room_left_under_the_cap_and_the_share() -> None:
+    rules = SendRules(
+        queue_cap=100, service_window_ms=1, queue_share_per_sender=30, queue_share_strangers=10,
+        message_request_max=1, first_contacts_per_h=1.0, first_contacts_burst=1,
+    )  # fmt: skip
+    assert grant_size(rules, queued=1, reserved=0) == 29  # the share is the tighter
+    assert grant_size(rules, queued=20, reserved=9) == 1
+    assert grant_size(rules, queued=20, reserved=10) == 0
+    roomy = rules._replace(queue_cap=1000, queue_share_per_sender=1000)
+    assert grant_size(roomy, queued=1, reserved=0) == LEASE_MAX
+
+
+def test_the_lease_table_spends_expires_and_sets_room_aside() -> None:
+    table = LeaseTable()
+    table.grant("alice", "bob", until=1_000, count=2)
+    table.grant("carol", "bob", until=500, count=5)
+    assert table.reserved("bob", now=0) == 7
+    assert table.reserved("bob", now=500) == 2  # carol's expired
+    assert table.held("alice", "bob", now=999) == 2
+    assert table.spend("alice", "bob", now=10)
+    assert table.spend("alice", "bob", now=10)  # the last one
+    assert not table.spend("alice", "bob", now=10)
+    assert not table.spend("carol", "bob", now=500)  # expired: refused, and dropped
+    assert table.by_recipient == {}
+    table.grant("alice", "bob", until=1_000, count=2)
+    table.new_epoch(7)
+    assert (table.epoch, table.reserved("bob", now=0)) == (7, 0)
+
+
+def test_what_ends_every_lease_is_every_operation_that_may_change_a_pair() -> None:
+    """``NEUTRAL`` names operations of the contract only, and none that writes a pair's
+    state, an account or its keys."""
+    assert NEUTRAL.issubset(CONTRACT)
+    writes = {"apply_statement", "create_account", "rotate_identity", "publish_key",
+              "open_session", "close_session", "take_bundle", "upload_prekeys"}  # fmt: skip
+    assert not NEUTRAL & writes
+
+
+# --- the relay -------------------------------------------------------------------------
+
+ROOMY = {"send_burst_user": 500, "send_burst_pair": 500, "send_rate_pair": 500.0}
+
+
+async def contacts(relay: RunningRelay, clients: Clients) -> tuple[RawClient, RawClient]:
+    """alice and bob, each having written to the other, and alice holding a lease to bob
+    (her second chat earned it: the first was her first to him, which changes the pair)."""
+    alice = await clients.registered(relay.url, "alice")
+    bob = await clients.registered(relay.url, "bob")
+    assert isinstance(await bob.send_message("alice", b"hi"), Sent)
+    for body in (b"hello", b"earns the lease"):
+        assert isinstance(await alice.send_message("bob", body), Sent)
+    await settled(relay, "bob")
+    delivered = await bob.deliveries(2)
+    await bob.send(Ack(delivery_ids=tuple(d.delivery_id for d in delivered)))
+    await alice.send(Ack(delivery_ids=((await alice.push(Deliver)).delivery_id,)))
+    return alice, bob
+
+
+async def send_unanswered(client: RawClient, to: str, body: bytes, msg_id: bytes) -> int:
+    request_id = client.request_id()
+    await client.send(Send(id=request_id, to=to, msg_id=msg_id, intent="chat", body=body))
+    return request_id
+
+
+async def nothing_pushed(client: RawClient) -> None:
+    """A round trip on ``client``'s connection: whatever the relay pushed to it before is
+    in its inbox by the time the answer arrives; there must be no DELIVER."""
+    answer = await client.request(lambda i: StatementsList(id=i, after=0))
+    assert not isinstance(answer, Error)
+    assert not [f for f in client.inbox if isinstance(f, Deliver)]
+
+
+@pytest.fixture
+def hold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The file that holds the writer before its next batch while it exists."""
+    path = tmp_path / "hold"
+    monkeypatch.setenv(HOLD_BEFORE_BATCH_ENV, str(path))
+    return path
+
+
+async def test_a_contacts_chat_is_delivered_before_the_writer_has_read_it(
+    config: RelayConfig, clients: Clients, clock: FakeClock, hold: Path
+) -> None:
+    """The point of leases (issue 19): the DELIVER leaves while the writer has not even
+    decided the SEND; SENT still waits for the commit and carries the DELIVER's time, the
+    delivery id is the one the store keeps, and bob's ACK of it deletes it."""
+    async with RelayFixture(replace(config, **ROOMY), clock) as relay, released(hold):
+        alice, bob = await contacts(relay, clients)
+        hold.touch()
+        request_id = await send_unanswered(alice, "bob", b"no round trip", os.urandom(16))
+        deliver = await bob.push(Deliver)
+        assert deliver.body == b"no round trip"
+        assert not [f for f in alice.inbox if isinstance(f, Sent)]  # the writer holds it
+        hold.unlink()
+        sent = await alice.response(request_id)
+        assert isinstance(sent, Sent) and sent.at == deliver.sent_at
+        assert config.db_path is not None
+        assert count_queued(config.db_path) == 1
+        await bob.send(Ack(delivery_ids=(deliver.delivery_id,)))
+        await until(lambda: count_queued(config.db_path) == 0)
+
+
+async def test_a_block_ends_the_lease_before_the_writer_sees_it(
+    config: RelayConfig, clients: Clients, clock: FakeClock
+) -> None:
+    """SPEC §6.4.6: every STATEMENT ends every lease before it reaches the store, so a
+    chat sent after bob's BLOCK got its OK is refused, and never pushed first."""
+    async with RelayFixture(replace(config, **ROOMY), clock) as relay:
+        alice, bob = await contacts(relay, clients)
+        await stated(bob, "block", "alice", clock())
+        answer = await alice.send_message("bob", b"after the block")
+        assert error_code(answer) == ErrorCode.RECIPIENT_UNAVAILABLE
+        await nothing_pushed(bob)
+
+
+async def test_a_resend_or_a_reuse_of_a_msg_id_waits_for_the_store(
+    config: RelayConfig, clients: Clients, clock: FakeClock, hold: Path
+) -> None:
+    """A msg_id the store remembers is never pushed first (SPEC §6.3.2, §6.4.6): a resend
+    is answered with its original time and delivered nothing new, a reuse with other
+    content is refused with 403 and bob never sees it — also while alice's lease holds.
+    Held writer: the same msg_id still in flight is not pushed either."""
+    async with RelayFixture(replace(config, **ROOMY), clock) as relay, released(hold):
+        alice, bob = await contacts(relay, clients)
+        msg_id = os.urandom(16)
+        first = await alice.request(
+            lambda i: Send(id=i, to="bob", msg_id=msg_id, intent="chat", body=b"once")
+        )
+        assert isinstance(first, Sent)
+        original = await bob.push(Deliver)
+        await bob.send(Ack(delivery_ids=(original.delivery_id,)))
+        again = await alice.request(
+            lambda i: Send(id=i, to="bob", msg_id=msg_id, intent="chat", body=b"once")
+        )
+        assert isinstance(again, Sent) and again.at == first.at
+        reused = await alice.request(
+            lambda i: Send(id=i, to="bob", msg_id=msg_id, intent="chat", body=b"other")
+        )
+        assert error_code(reused) == ErrorCode.MESSAGE_ID_REUSED
+        await nothing_pushed(bob)
+        # Two SENDs of one new msg_id in flight together: the first is pushed, not the
+        # second (the store has not answered the first yet, so nobody "remembers" it).
+        hold.touch()
+        twice = os.urandom(16)
+        ids = [await send_unanswered(alice, "bob", b"twice", twice) for _ in range(2)]
+        pushed = await bob.push(Deliver)
+        assert pushed.msg_id == twice
+        hold.unlink()
+        answers = [await alice.response(i) for i in ids]
+        assert all(isinstance(a, Sent) for a in answers)
+        await nothing_pushed(bob)
+
+
+async def test_the_room_a_lease_sets_aside_keeps_the_queue_within_its_cap(
+    config: RelayConfig, clients: Clients, clock: FakeClock
+) -> None:
+    """SPEC §6.3.5, §6.4.6: bob is away; alice's lease sets room aside in his queue, so
+    carol's chats are refused (401) once the queue and that room reach the cap, and every
+    one of alice's leased chats is still taken. The queue never holds more than the cap."""
+    cap = 12
+    capped = replace(config, queue_cap=cap, queue_share_per_sender=cap, **ROOMY)
+    async with RelayFixture(capped, clock) as relay:
+        alice = await clients.registered(relay.url, "alice")
+        carol = await clients.registered(relay.url, "carol")
+        bob = await clients.registered(relay.url, "bob")
+        for friend in (alice, carol):
+            assert isinstance(await bob.send_message(friend.handle, b"hi"), Sent)
+            assert isinstance(await friend.send_message("bob", b"hello"), Sent)
+        await bob.deliveries(2)  # not acknowledged: 2 queued
+        await bob.close()
+        assert isinstance(await alice.send_message("bob", b"earns the lease"), Sent)
+        # 3 queued; alice's lease covers 12 - 3 = 9 more, so carol finds no room at all.
+        assert error_code(await carol.send_message("bob", b"no room")) == ErrorCode.QUEUE_FULL
+        answers = [await alice.send_message("bob", b"%d" % n) for n in range(9)]
+        assert all(isinstance(a, Sent) for a in answers)
+        assert error_code(await alice.send_message("bob", b"full")) == ErrorCode.QUEUE_FULL
+        assert db_rows(capped, "SELECT COUNT(*) FROM queue WHERE recipient = 'bob'") == [(cap,)]
+
+
+async def test_deliveries_are_numbered_on_after_a_restart(
+    config: RelayConfig, clients: Clients, clock: FakeClock
+) -> None:
+    """The relay process numbers deliveries from where the file's sequence stands, so a
+    relay started again on the file goes on above every id it gave before."""
+    async with RelayFixture(replace(config, **ROOMY), clock) as relay:
+        alice, bob = await contacts(relay, clients)
+        assert isinstance(await alice.send_message("bob", b"before"), Sent)
+        before = (await bob.push(Deliver)).delivery_id
+        await alice.close()
+        await bob.close()
+    async with RelayFixture(replace(config, **ROOMY), clock) as relay:
+        alice, _ = await clients.logged_in(relay.url, "alice", alice.key)
+        bob, _ = await clients.logged_in(relay.url, "bob", bob.key)
+        assert (await bob.push(Deliver)).delivery_id == before  # not acknowledged: again
+        clock.advance(1_000)  # the buckets taken over from the first relay refill
+        assert isinstance(await alice.send_message("bob", b"after"), Sent)
+        assert (await bob.push(Deliver)).delivery_id > before
