@@ -76,7 +76,7 @@ writer takes it up (the loop turn's end, the batch the writer is busy with, a co
 way to the event loop and the loop's other work before them (issue 19: at half load on
 the benchmark machine each was a share of the DELIVER's time, not one of them all of it)."""
 
-DELIVER_PATHS = ("before_commit", "after_commit")
+DELIVER_PATHS = ("before_decision", "before_commit", "after_commit")
 """How a DELIVER to an online recipient left (SPEC §6.4): as soon as the store decided
 its SEND, while the commit was in flight, or once the commit was answered (a back end
 that answers only after it commits, PostgreSQL)."""
@@ -172,15 +172,21 @@ class RelayMetrics:
         self.sends_committed += 1
         self.frames_sent[FrameType.SENT] += 1
 
-    def delivered(self, received: float | None, before_commit: bool) -> None:
+    def delivered(
+        self, received: float | None, before_commit: bool, before_decision: bool = False
+    ) -> None:
         """A DELIVER of a SEND this relay received at ``received`` was pushed now
-        (None: read by a page, its SEND's time unknown here)."""
+        (None: read by a page, its SEND's time unknown here); ``before_decision``: under
+        a delivery lease (SPEC §6.4.6), ``before_commit`` otherwise once decided."""
         self.in_flight += 1
         self.frames_sent[FrameType.DELIVER] += 1
         if received is None:
             self.delivers_paged += 1
             return
-        path = "before_commit" if before_commit else "after_commit"
+        path = (
+            "before_decision" if before_decision
+            else "before_commit" if before_commit else "after_commit"
+        )  # fmt: skip
         self.delivers[path] += 1
         self.deliver_latency[path].observe(self._clock() - received)
 
@@ -316,7 +322,7 @@ class _Collector(Collector):
         yield histograms
         histograms = HistogramMetricFamily(
             "blindrelay_deliver_seconds", "SEND received to DELIVER written to its online "
-            "recipient, by path (before_commit, after_commit)", labels=["path"],
+            "recipient, by path (before_decision, before_commit, after_commit)", labels=["path"],
         )  # fmt: skip
         for path, histogram in m.deliver_latency.items():
             histograms.add_metric([path], *histogram.exposed())

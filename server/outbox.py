@@ -112,7 +112,7 @@ class Outbox:
             or self.session.outbox is not self
         ):
             return False
-        self._push(delivery_id, encode, received, before_commit=True)
+        self._push(delivery_id, encode, received, before_commit=True, before_decision=True)
         return True
 
     def confirmed(self, delivery_id: int) -> None:
@@ -239,6 +239,7 @@ class Outbox:
         encode: Callable[[], bytes],
         received: float | None = None,
         before_commit: bool = False,
+        before_decision: bool = False,
     ) -> None:
         if delivery_id <= self.cursor:
             return
@@ -252,7 +253,7 @@ class Outbox:
         if before_commit:
             self.uncommitted.add(delivery_id)
         self.session.send_encoded(encode())
-        self.ctx.metrics.delivered(received, before_commit)
+        self.ctx.metrics.delivered(received, before_commit, before_decision)
 
     def _page_in(self) -> None:
         room = self.window - len(self.in_flight)

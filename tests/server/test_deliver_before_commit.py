@@ -182,7 +182,7 @@ async def test_the_postgresql_store_delivers_after_the_commit(
         await bob.push(Deliver)
         path = "after_commit" if backend == "postgresql" else "before_commit"
         assert relay.ctx.metrics.delivers == {
-            "before_commit": 0, "after_commit": 0, path: 1,
+            "before_decision": 0, "before_commit": 0, "after_commit": 0, path: 1,
         }  # fmt: skip
 
 

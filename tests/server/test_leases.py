@@ -153,6 +153,7 @@ async def test_a_contacts_chat_is_delivered_before_the_writer_has_read_it(
         deliver = await bob.push(Deliver)
         assert deliver.body == b"no round trip"
         assert not [f for f in alice.inbox if isinstance(f, Sent)]  # the writer holds it
+        assert relay.ctx.metrics.delivers["before_decision"] == 1
         hold.unlink()
         sent = await alice.response(request_id)
         assert isinstance(sent, Sent) and sent.at == deliver.sent_at

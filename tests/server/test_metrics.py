@@ -119,12 +119,12 @@ async def test_deliveries_in_flight_redeliveries_and_the_queue_are_counted(
         _, text = await fetch(relay.metrics_server.url + "/metrics")
         pushed = sum(
             sample(text, f'blindrelay_delivers_pushed_total{{path="{path}"}}')
-            for path in ("before_commit", "after_commit")
+            for path in ("before_decision", "before_commit", "after_commit")
         )  # fmt: skip
         assert pushed == 3  # to an online recipient: its latency is measured
         assert sum(
             sample(text, f'blindrelay_deliver_seconds_count{{path="{path}"}}')
-            for path in ("before_commit", "after_commit")
+            for path in ("before_decision", "before_commit", "after_commit")
         ) == 3  # fmt: skip
         assert sample(text, 'blindrelay_frames_sent_total{type="DELIVER"}') == 3
         assert sample(text, 'blindrelay_frames_sent_total{type="SENT"}') == 3
