@@ -258,3 +258,34 @@ async def test_deliveries_are_numbered_on_after_a_restart(
         clock.advance(1_000)  # the buckets taken over from the first relay refill
         assert isinstance(await alice.send_message("bob", b"after"), Sent)
         assert (await bob.push(Deliver)).delivery_id > before
+
+
+async def test_a_chat_is_not_pushed_first_past_an_earlier_one_still_undecided(
+    config: RelayConfig, clients: Clients, clock: FakeClock, hold: Path
+) -> None:
+    """Order (SPEC §6.4.6): carol's chat to bob waits for its decision (her first to him
+    since he wrote: it changes the pair, so it earns no lease); alice's chat after it,
+    under her lease, must not be pushed first — its delivery id is higher, and the
+    outbox's cursor would move past carol's, which would then wait for bob's next page.
+    Both come once the writer runs, carol's first."""
+    async with RelayFixture(replace(config, **ROOMY), clock) as relay, released(hold):
+        alice, bob = await contacts(relay, clients)
+        carol = await clients.registered(relay.url, "carol")
+        assert isinstance(await bob.send_message("carol", b"hi carol"), Sent)
+        await carol.send(Ack(delivery_ids=((await carol.push(Deliver)).delivery_id,)))
+        # carol's registration ended every lease: alice's next chat earns one again, and
+        # the one after it is pushed first.
+        for body in (b"earns it again", b"pushed first"):
+            assert isinstance(await alice.send_message("bob", body), Sent)
+        again = await bob.deliveries(2)
+        await bob.send(Ack(delivery_ids=tuple(d.delivery_id for d in again)))
+        assert relay.ctx.metrics.delivers["before_decision"] == 1
+        hold.touch()
+        first = await send_unanswered(carol, "bob", b"undecided", os.urandom(16))
+        second = await send_unanswered(alice, "bob", b"leased", os.urandom(16))
+        await until(lambda: relay.ctx.metrics.frames_received[Send.TYPE] == 8)
+        assert relay.ctx.metrics.delivers["before_decision"] == 1
+        hold.unlink()
+        assert [d.body for d in await bob.deliveries(2)] == [b"undecided", b"leased"]
+        assert isinstance(await carol.response(first), Sent)
+        assert isinstance(await alice.response(second), Sent)
