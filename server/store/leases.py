@@ -19,11 +19,12 @@ What keeps both sides' tables equal, by construction rather than by messages:
   order — a grant (in the writer when it decides the SEND that earns it; in the relay
   process when that SEND's decision arrives, and only if no event voided it meanwhile),
   one ``spend`` per SEND that carries the lease, and expiry by each job's own ``now``;
-- an *epoch*: anything that could narrow any pair's rights (every operation but the few
-  in :data:`NEUTRAL`) starts a new one in the relay process before it is handed over,
-  and the writer empties its table when the first job of the new epoch reaches it. A
-  grant of an older epoch is ignored. Coarse on purpose: statements are rare next to
-  chats, and "every lease ends" needs no reasoning about which pairs a job touches;
+- an *epoch*: anything that could narrow any pair's rights (every operation not in
+  :data:`NEUTRAL`: a statement) starts a new one in the relay process before it is
+  handed over, and the writer empties its table when the first job of the new epoch
+  reaches it. A grant of an older epoch is ignored. Coarse on purpose: statements are
+  rare next to chats, and "every lease ends" needs no reasoning about which pairs a
+  statement touches;
 - a lease is granted only while the pair holds none, and its room counts against the
   recipient's queue cap and the sender's share for every SEND (``rules.queue_full``), so a
   leased SEND never finds the queue full.
@@ -49,18 +50,21 @@ stays bounded whatever the traffic (expired entries are dropped when it fills)."
 
 NEUTRAL = frozenset({
     "send", "acknowledge", "page", "purge", "checkpoint", "noop",
-    "relay_seed", "login_seqs", "statements_in_force", "fetch_profile", "usage_month",
-    "bill_page", "close_bills", "log_state", "log_head", "log_entries", "log_find",
-    "log_add_head", "log_inclusion", "log_consistency", "log_signed_consistency",
-    "log_binding_proof",
+    "create_account", "login_counts", "open_session", "close_session", "login_seqs",
+    "rotate_identity", "publish_key", "upload_prekeys", "take_bundle", "take_budget",
+    "put_profile", "fetch_profile", "statements_in_force", "usage_month", "bill_page",
+    "close_bills", "relay_seed", "create_relay_seed", "log_append", "log_state",
+    "log_add_head", "log_head", "log_entries", "log_find", "log_inclusion",
+    "log_consistency", "log_signed_consistency", "log_binding_proof",
 })  # fmt: skip
-"""Operations that cannot narrow a contact's right to chat: a SEND (its own effects on
-pairs only widen them — a first contact, an open window — and a leased pair's SEND
-changes nothing), an ACK and an expiry (they free queue room), a page, a checkpoint,
-the reads, and the log's and the bills' own bookkeeping (the relay's timers run some).
-Every other operation starts a new epoch: statements (blocks) above all, and every
-account operation, which costs little to include: leases are granted again by the
-next chat of each pair."""
+"""Operations that cannot narrow a contact's right to chat. The leased decision reads
+the pair's state, which only ``send`` and ``apply_statement`` write (and a SEND only
+widens it: a first contact, an open window; a leased pair's SEND changes nothing); the
+recipient's existence and kind, which nothing removes or changes (accounts are never
+deleted); and queue room, which leases set aside and ACKs and expiry only free. So of
+today's operations only a statement ends leases — but any operation added later does
+too until someone shows it belongs here (``test_leases`` keeps the list to the
+contract's names)."""
 
 # Modes of a SEND's ticket (``SqliteStore.lease_send``), the writer's ``send`` ``lease``.
 UNLEASED = 0
