@@ -25,9 +25,12 @@ What keeps both sides' tables equal, by construction rather than by messages:
   reaches it. A grant of an older epoch is ignored. Coarse on purpose: statements are
   rare next to chats, and "every lease ends" needs no reasoning about which pairs a
   statement touches;
-- a lease is granted only while the pair holds none, and its room counts against the
-  recipient's queue cap and the sender's share for every SEND (``rules.queue_full``), so a
-  leased SEND never finds the queue full.
+- a fresh lease replaces the pair's in the writer when it decides the SEND that earns it,
+  and in the relay process when that decision arrives, less the chats the relay process
+  spent of the pair's leases meanwhile (those SENDs spend the fresh one in the writer):
+  both sides then hold the same;
+- a lease's room counts against the recipient's queue cap and the sender's share for
+  every SEND (``rules.queue_full``), so a leased SEND never finds the queue full.
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ the queue room it sets aside."""
 
 LEASE_MAX = 64
 """Chats one lease covers at most."""
+
+TOP_UP_AT = LEASE_MAX // 2
+"""A pair holding this many chats or fewer is granted a fresh lease with its next
+decision, so that under load its lease does not run out between one decision and the
+next (``leasing.WriterLeases.grant``)."""
 
 MAX_LEASED_RECIPIENTS = 50_000
 """The writer grants no lease to a new recipient past this many with live ones: its table
@@ -152,6 +160,15 @@ class LeaseTable:
         if senders is None:
             senders = self.by_recipient[to] = {}
         senders[sender] = (until, count)
+
+    def replace(self, sender: str, to: str, until: int, count: int) -> None:
+        """The pair's lease is now this one (none, if ``count`` is not positive)."""
+        if count > 0:
+            self.grant(sender, to, until, count)
+            return
+        senders = self.by_recipient.get(to)
+        if senders is not None and senders.pop(sender, None) is not None and not senders:
+            del self.by_recipient[to]
 
     def prune(self, now: int) -> None:
         """Drop expired leases (the writer's table, when it is full)."""

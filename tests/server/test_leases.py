@@ -23,9 +23,20 @@ from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import Ack, Deliver, Error, Send, Sent, StatementsList
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
-from blindrelay.server.store.leases import LEASE_MAX, NEUTRAL, LeaseTable, grant_size, leasable
+from blindrelay.server.store.leases import (
+    LEASE_MAX,
+    LEASE_MS,
+    NEUTRAL,
+    PUSHED,
+    TOP_UP_AT,
+    UNLEASED,
+    LeaseTable,
+    grant_size,
+    leasable,
+)
 from blindrelay.server.store.operations import CONTRACT, SendRules
 from blindrelay.server.store.sqlite.database import count_queued
+from blindrelay.server.store.sqlite.leasing import WriterLeases
 from blindrelay.server.store.sqlite.writer_process import HOLD_BEFORE_BATCH_ENV
 
 from .conftest import (
@@ -94,6 +105,37 @@ def test_what_ends_every_lease_is_every_operation_that_may_change_a_pair() -> No
     (which writes pair states: blocks, consent) is left out, so only it ends leases."""
     assert NEUTRAL.issubset(CONTRACT)
     assert set(CONTRACT) - NEUTRAL == {"apply_statement"}
+
+
+def test_a_busy_pair_gets_a_fresh_lease_before_its_own_runs_out() -> None:
+    """``WriterLeases.grant``: a pair holding more than TOP_UP_AT chats gets none; one
+    holding fewer gets a fresh lease replacing its own, never smaller than what it held
+    (the relay process may spend that much before it hears of the fresh one)."""
+    rules = SendRules(
+        queue_cap=1000, service_window_ms=1, queue_share_per_sender=1000,
+        queue_share_strangers=10, message_request_max=1, first_contacts_per_h=1.0,
+        first_contacts_burst=1,
+    )  # fmt: skip
+    leases = WriterLeases()
+    ticket = leases.open([1, UNLEASED, 0, 100], "alice", "bob")
+    assert ticket is not None
+    assert leases.grant(ticket, "alice", "bob", rules, queued=1, reserved=0) == [
+        0, 100 + LEASE_MS, LEASE_MAX,
+    ]  # fmt: skip
+    assert leases.grant(ticket, "alice", "bob", rules, queued=2, reserved=LEASE_MAX) is None
+    for n in range(LEASE_MAX - TOP_UP_AT):
+        spent = leases.open([2 + n, PUSHED, 0, 200], "alice", "bob")
+        assert spent is not None and spent.spent
+    held = leases.table.held("alice", "bob", 200)
+    assert held == TOP_UP_AT
+    fresh = leases.grant(ticket, "alice", "bob", rules, queued=40, reserved=held)
+    assert fresh is not None and fresh[2] == LEASE_MAX
+    assert leases.table.held("alice", "bob", 200) == LEASE_MAX  # replaced, not added
+    # Room for fewer chats than the pair holds: no fresh lease.
+    tight = rules._replace(queue_cap=100, queue_share_per_sender=100)
+    for n in range(LEASE_MAX - TOP_UP_AT):
+        assert leases.open([100 + n, PUSHED, 0, 300], "alice", "bob") is not None
+    assert leases.grant(ticket, "alice", "bob", tight, queued=80, reserved=TOP_UP_AT) is None
 
 
 # --- the relay -------------------------------------------------------------------------

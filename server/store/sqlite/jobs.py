@@ -38,7 +38,7 @@ from blindrelay.protocol.frames import AccountKind
 from blindrelay.protocol.signed import Action, ConsentStatement, unverified_body
 
 from .. import transparency
-from ..leases import grant_size, leasable
+from ..leases import leasable
 from ..operations import SendRules
 from ..records import Account, envelope_row
 from ..rules import (
@@ -274,7 +274,7 @@ def send(
             tables.bills.record(business, month, now, msg_id, category, to)
     delivery_id, previous = added
     if ticket is not None and leasable(kind, recipient_kind, request, decision, stranger):
-        granted = leases.grant(ticket, handle, to, grant_size(send_rules, queued + 1, reserved))
+        granted = leases.grant(ticket, handle, to, send_rules, queued + 1, reserved)
         if granted is not None:
             return [delivery_id, now, previous, granted]
     return [delivery_id, now, previous]

@@ -13,7 +13,16 @@ import logging
 from typing import Any
 
 from ...logs import log_event
-from ..leases import LEASE_MS, MAX_LEASED_RECIPIENTS, PUSHED, UNLEASED, LeaseTable
+from ..leases import (
+    LEASE_MS,
+    MAX_LEASED_RECIPIENTS,
+    PUSHED,
+    TOP_UP_AT,
+    UNLEASED,
+    LeaseTable,
+    grant_size,
+)
+from ..operations import SendRules
 
 
 class LeaseBroken(RuntimeError):
@@ -59,11 +68,22 @@ class WriterLeases:
         table = self.table
         return table.reserved(to, ticket.clock), table.held(sender, to, ticket.clock)
 
-    def grant(self, ticket: Ticket, sender: str, to: str, count: int) -> list[int] | None:
-        """A lease of ``count`` chats for the pair, unless it holds one or the table is
-        full: [epoch, until, count] for the relay process, or None."""
+    def grant(
+        self, ticket: Ticket, sender: str, to: str, rules: SendRules, queued: int, reserved: int
+    ) -> list[int] | None:
+        """A fresh lease for the pair, covering what :func:`~..leases.grant_size` allows
+        with ``queued`` envelopes (this one's included) and the room ``reserved`` by every
+        lease to ``to`` — the pair's own left out, since the fresh one replaces it. Only
+        for a pair holding at most :data:`~..leases.TOP_UP_AT` chats, so a busy pair never
+        runs dry (its chats would wait for their decisions meanwhile), and never for
+        fewer chats than it holds: the relay process may spend those before it hears of
+        the fresh lease, and then spends this one's. [epoch, until, count], or None."""
         table = self.table
-        if count <= 0 or table.held(sender, to, ticket.clock):
+        held = table.held(sender, to, ticket.clock)
+        if held > TOP_UP_AT:
+            return None
+        count = grant_size(rules, queued, reserved - held)
+        if count < max(1, held):
             return None
         if to not in table.by_recipient and len(table.by_recipient) >= MAX_LEASED_RECIPIENTS:
             table.prune(ticket.clock)

@@ -44,6 +44,10 @@ class RelayLeases:
         """(sender, msg_id) of SENDs handed over and not answered: how many."""
         self._undecided: dict[str, int] = {}
         """Recipient → SENDs to it handed over whose DELIVER waits for their decision."""
+        self._spent: dict[tuple[str, str], list[int]] = {}
+        """(sender, recipient) with SENDs in flight → [chats of its leases spent since
+        the first of them was handed over, SENDs in flight]: what a fresh lease's
+        decision arrives after (``WriterLeases.grant``)."""
 
     def next_id(self) -> int:
         delivery_id = self._next_id
@@ -57,6 +61,9 @@ class RelayLeases:
         table = self.table
         if not table.spend(sender, to, now):
             return [delivery_id, UNLEASED, table.epoch, now]
+        spent = self._spent.get((sender, to))
+        if spent is not None:
+            spent[0] += 1
         new = (
             not self._undecided.get(to)
             and (sender, msg_id) not in self._sending
@@ -99,6 +106,12 @@ class RelayLeases:
         waits = ticket is None or ticket[1] != PUSHED
         if waits:
             undecided[to] = undecided.get(to, 0) + 1
+        pair = (sender, to)
+        spent = self._spent.get(pair)
+        if spent is None:
+            spent = self._spent[pair] = [0, 0]
+        spent[1] += 1
+        mark = spent[0]
         open_ = [waits, True]
         """[still counted undecided, grant not yet looked at]"""
 
@@ -115,7 +128,9 @@ class RelayLeases:
                 if type(value) is list and len(value) > 3:
                     epoch, until, count = value[3]
                     if epoch == self.table.epoch:
-                        self.table.grant(sender, to, until, count)
+                        # It replaced the pair's lease in the writer when this SEND was
+                        # decided; the leased SENDs handed over since spent it there.
+                        self.table.replace(sender, to, until, count - (spent[0] - mark))
 
         def on_decided(value: Any) -> None:
             try:
@@ -126,6 +141,9 @@ class RelayLeases:
 
         def on_done(ok: bool, value: Any) -> None:
             settle(value if ok else None)
+            spent[1] -= 1
+            if not spent[1]:
+                del self._spent[pair]
             left = sending[key] - 1
             if left:
                 sending[key] = left
