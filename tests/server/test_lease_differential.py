@@ -10,7 +10,7 @@ body), in order per sender. Within each run: DELIVERs on one connection come in 
 delivery-id order, a recipient sees exactly what was answered Sent to it, no ERROR line
 (``lease_broken`` above all: the writer's lines are forwarded to the ``blindrelay``
 logger), no connection closed but by its client. A comparison in which the fast path
-never ran proves nothing: the leases run must push a tenth of its chats or more (30-45 %
+never ran proves nothing: the leases run must push a tenth of its chats or more (20-50 %
 seen) under a lease (``metrics.delivers["before_decision"]``), the strict run none.
 
 The workload: ann..eve, contacts of each other after an introduction round, and xia and
