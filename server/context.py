@@ -67,6 +67,7 @@ class SessionOutbox(Protocol):
     def push_ahead(
         self, delivery_id: int, encode: Callable[[], bytes], received: float
     ) -> bool: ...
+    def withdrawn_early(self, delivery_id: int) -> None: ...
     def confirmed(self, delivery_id: int) -> None: ...
     def commit_failed(self, delivery_id: int) -> None: ...
     def held_until_committed(self, delivery_ids: tuple[int, ...]) -> tuple[int, ...]: ...
@@ -355,17 +356,17 @@ class RelayContext:
         args: tuple[Any, ...],
         on_result: Callable[[Any], None],
         decided: Callable[[Any], None] | None = None,
-        on_failed: Callable[[], None] | None = None,
+        on_failed: Callable[[BaseException], None] | None = None,
     ) -> None:
         """Run store ``operation`` (:data:`.store.operations.CONTRACT`); after its commit
-        run ``on_result`` with its value, or ``on_failed`` and refuse its error.
+        run ``on_result`` with its value, or ``on_failed`` with its error and refuse it.
         ``decided``: ``Store.call``'s, the value before the commit where the back end
         reports it."""
 
         def done(ok: bool, value: Any) -> None:
             if not ok:
                 if on_failed is not None:
-                    on_failed()
+                    on_failed(value)
                 self.refuse(session, frame, value)
                 return
             try:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from blindrelay.protocol.errors import Forbidden
+from blindrelay.protocol.errors import Forbidden, MessageIdReused
 from blindrelay.protocol.fastcodec import encode_deliver, encode_sent
 from blindrelay.protocol.frames import AccountKind, Ack, Intent, Send
 
@@ -107,7 +107,7 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
         handle, sender.kind, frame.to, frame.msg_id, frame.intent, frame.category,
         frame.categories, frame.body, now, send_rules(ctx.config),
     )  # fmt: skip
-    ticket = ctx.store.lease_send(handle, frame.to, frame.msg_id)
+    ticket = ctx.store.lease_send(handle, frame.to)
     if ticket is not None:
         # SPEC §6.4.6: a lease says the store will allow it; pushed now if the outbox can.
         if ticket[1] == PUSHED:
@@ -147,16 +147,20 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
             # Its first commit may have lost its answer (a store outage, SPEC §6.3):
             # the recipient's pager looks again rather than wait for its next login.
             page_again(ctx, frame.to)
-            if told is not None and early is not None:  # never: the store refuses it
-                told.commit_failed(early)
+            if told is not None and early is not None:  # pushed first (SPEC §6.4.6)
+                told.withdrawn_early(early)
         elif early is not None:
             if told is not None:
                 told.confirmed(early)
         else:
             push_committed(ctx, frame.to, result[0], encoder(result[0], at), result[2], received)
 
-    def failed() -> None:
-        if told is not None and early is not None:  # told, and not committed after all
+    def failed(error: BaseException) -> None:
+        if told is None or early is None:
+            return
+        if isinstance(error, MessageIdReused):  # SPEC §6.4.6: pushed first, never stored
+            told.withdrawn_early(early)
+        else:  # told, and not committed after all
             told.commit_failed(early)
 
     handed = metrics.now()

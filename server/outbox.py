@@ -115,6 +115,19 @@ class Outbox:
         self._push(delivery_id, encode, received, before_commit=True, before_decision=True)
         return True
 
+    def withdrawn_early(self, delivery_id: int) -> None:
+        """A DELIVER pushed first (:meth:`push_ahead`) whose SEND the store answered as a
+        resend or refused as a reuse of its msg_id (SPEC §6.4.6): never stored, and its
+        id never given to another envelope (the relay process numbers them), so the
+        connection stays open — the outbox forgets it, freeing its place in the window,
+        and an ACK of it (held, or still to come) deletes nothing."""
+        self.uncommitted.discard(delivery_id)
+        self.acks_waiting.discard(delivery_id)
+        if delivery_id in self.in_flight:
+            self.in_flight.discard(delivery_id)
+            self.ctx.metrics.acknowledged(1)
+            self._page_in()
+
     def confirmed(self, delivery_id: int) -> None:
         """The envelope pushed by :meth:`decided` is committed: an ACK of it held
         meanwhile deletes it now — also when this connection has ended since, or the

@@ -6,7 +6,11 @@ relay with ``DELIVERY_LEASES`` off (every SEND waits for its decision) and then 
 with leases, and what §6.4.6 says a client may not tell apart is compared step by step:
 the answer to every SEND and STATEMENT (Sent with its ``at``, or the error code; a
 resend's ``at`` is its original's), and what each recipient saw — (sender, msg_id,
-body), in order per sender. Within each run: DELIVERs on one connection come in rising
+body), in order per sender — but for what §6.4.6 lets a lease show: a resend or a reuse
+of a msg_id pushed first and then answered (its original time, or 403) and withdrawn;
+the recipient drops the resend as a duplicate and, in the leases run only, the test
+acknowledges a refused reuse's content without counting it as seen (the strict run must
+never deliver one). Within each run: DELIVERs on one connection come in rising
 delivery-id order, a recipient sees exactly what was answered Sent to it, no ERROR line
 (``lease_broken`` above all: the writer's lines are forwarded to the ``blindrelay``
 logger), no connection closed but by its client. A comparison in which the fast path
@@ -26,7 +30,7 @@ taken (SPEC §6.3.5, §6.4.6), so near the cap the leases relay legitimately ref
 SENDs the strict one takes, and the workloads then diverge. It checks on each relay what
 must hold anyway: QUEUE_FULL occurs, no recipient ever has more than the cap queued
 (after every step), and every chat a recipient saw — pushed under a lease or not — was
-answered Sent.
+answered Sent (or is a refused reuse pushed first).
 """
 
 from __future__ import annotations
@@ -87,6 +91,9 @@ class Peer:
     """First seen, in order (dicts keep it): the body."""
     unacked: dict[Key, int] = field(default_factory=dict)
     """Seen on the current connection and not acknowledged yet: the delivery id."""
+    extra: list[int] = field(default_factory=list)
+    """Delivery ids to acknowledge that stand for no message of their own: a resend or a
+    reuse pushed under a lease and withdrawn (SPEC §6.4.6)."""
     due: set[Key] = field(default_factory=set)
     """Seen on an earlier connection, never acknowledged: pushed again on this one."""
     last_id: int = 0
@@ -116,6 +123,13 @@ class Run:
         """New chats answered Sent."""
         self.ahead = 0
         """DELIVERs pushed under a lease, before the writer had the SEND (the metrics')."""
+        self.first_body: dict[Key, bytes] = {}
+        self.reuses: set[tuple[str, bytes, bytes]] = set()
+        """(sender, msg_id, body) sent with a msg_id first sent with another body: refused
+        with 403, and with leases possibly pushed first and withdrawn (SPEC §6.4.6)."""
+        self.withdrawn = 0
+        self.leases = False
+        """This relay grants leases (the reuses above may then be seen)."""
 
     def record(self, outcome: Outcome) -> None:
         step = len(self.outcomes)
@@ -152,7 +166,7 @@ class Run:
         await peer.client.close()
         peer.client = None
         peer.due |= peer.unacked.keys()
-        peer.unacked = {}
+        peer.unacked, peer.extra = {}, []
         await until(lambda: self.relay.ctx.sessions.get(handle) is None)
 
     async def sends(self, sender: str, items: list[Chat]) -> None:
@@ -167,6 +181,8 @@ class Run:
             for sender, items in bursts.items():
                 if turn < len(items):
                     to, msg_id, body = items[turn]
+                    if self.first_body.setdefault((sender, msg_id), body) != body:
+                        self.reuses.add((sender, msg_id, body))
                     client = clients[sender]
                     request_id = client.request_id()
                     await client.send(
@@ -209,8 +225,15 @@ class Run:
                 assert deliver.delivery_id > peer.last_id, "pushed out of delivery-id order"
                 peer.last_id = deliver.delivery_id
                 key = (deliver.sender, deliver.msg_id)
+                if self.leases and (*key, deliver.body) in self.reuses:
+                    peer.extra.append(deliver.delivery_id)  # pushed first, then refused
+                    self.withdrawn += 1
+                    continue
                 assert peer.seen.setdefault(key, deliver.body) == deliver.body
-                peer.unacked[key] = deliver.delivery_id
+                if key in peer.unacked:  # a resend pushed first: a duplicate (§6.4.3)
+                    peer.extra.append(deliver.delivery_id)
+                else:
+                    peer.unacked[key] = deliver.delivery_id
                 peer.due.discard(key)
                 if len(peer.unacked) >= WINDOW // 2:
                     await self.ack(peer)
@@ -225,9 +248,10 @@ class Run:
             await self.ack(peer)
 
     async def ack(self, peer: Peer) -> None:
-        if peer.unacked and peer.client is not None:
-            await peer.client.send(Ack(delivery_ids=tuple(sorted(peer.unacked.values()))))
-            peer.unacked = {}
+        if (peer.unacked or peer.extra) and peer.client is not None:
+            ids = sorted([*peer.unacked.values(), *peer.extra])
+            await peer.client.send(Ack(delivery_ids=tuple(ids)))
+            peer.unacked, peer.extra = {}, []
 
     def pair(self, offline: list[str]) -> tuple[str, str]:
         """Who states what on whom: an unblock of a block in force, or a block of a sender
@@ -367,6 +391,7 @@ async def run(
     clients = Clients()
     try:
         this = Run(relay, clients, clock, seed, reference)
+        this.leases = leases
         await this.setup()
         for _ in range(steps):
             await this.step(cap)

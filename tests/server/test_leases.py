@@ -46,6 +46,7 @@ from .conftest import (
     RelayFixture,
     db_rows,
     error_code,
+    outbox_of,
     released,
     settled,
     until,
@@ -216,42 +217,50 @@ async def test_a_block_ends_the_lease_before_the_writer_sees_it(
         await nothing_pushed(bob)
 
 
-async def test_a_resend_or_a_reuse_of_a_msg_id_waits_for_the_store(
-    config: RelayConfig, clients: Clients, clock: FakeClock, hold: Path
+async def test_a_resend_or_a_reuse_pushed_first_is_withdrawn_and_the_connection_stays(
+    config: RelayConfig, clients: Clients, clock: FakeClock
 ) -> None:
-    """A msg_id the store remembers is never pushed first (SPEC §6.3.2, §6.4.6): a resend
-    is answered with its original time and delivered nothing new, a reuse with other
-    content is refused with 403 and bob never sees it — also while alice's lease holds.
-    Held writer: the same msg_id still in flight is not pushed either."""
-    async with RelayFixture(replace(config, **ROOMY), clock) as relay, released(hold):
+    """SPEC §6.3.2, §6.4.6: a SEND repeating a remembered msg_id is pushed first under the
+    lease like any other (the relay process does not look the id up: 11 % of its time),
+    then answered — a resend with its original time, a reuse with 403 — and its DELIVER
+    withdrawn: never stored, bob's ACK of it deletes nothing, his connection stays open
+    (1011 would let any contact disconnect him at will) and its place in his window is
+    free again. bob drops the resend by (sender, msg_id), as any redelivery (§6.4.3)."""
+    windowed = replace(config, delivery_window=2, **ROOMY)
+    async with RelayFixture(windowed, clock) as relay:
         alice, bob = await contacts(relay, clients)
+        metrics = relay.ctx.metrics
         msg_id = os.urandom(16)
         first = await alice.request(
             lambda i: Send(id=i, to="bob", msg_id=msg_id, intent="chat", body=b"once")
         )
         assert isinstance(first, Sent)
         original = await bob.push(Deliver)
-        await bob.send(Ack(delivery_ids=(original.delivery_id,)))
         again = await alice.request(
             lambda i: Send(id=i, to="bob", msg_id=msg_id, intent="chat", body=b"once")
         )
         assert isinstance(again, Sent) and again.at == first.at
+        resent = await bob.push(Deliver)
+        await settled(relay, "bob")  # a resend makes the outbox page once more
         reused = await alice.request(
             lambda i: Send(id=i, to="bob", msg_id=msg_id, intent="chat", body=b"other")
         )
         assert error_code(reused) == ErrorCode.MESSAGE_ID_REUSED
-        await nothing_pushed(bob)
-        # Two SENDs of one new msg_id in flight together: the first is pushed, not the
-        # second (the store has not answered the first yet, so nobody "remembers" it).
-        hold.touch()
-        twice = os.urandom(16)
-        ids = [await send_unanswered(alice, "bob", b"twice", twice) for _ in range(2)]
-        pushed = await bob.push(Deliver)
-        assert pushed.msg_id == twice
-        hold.unlink()
-        answers = [await alice.response(i) for i in ids]
-        assert all(isinstance(a, Sent) for a in answers)
-        await nothing_pushed(bob)
+        pushed = [resent, await bob.push(Deliver)]
+        assert [(d.msg_id, d.body) for d in pushed] == [(msg_id, b"once"), (msg_id, b"other")]
+        assert metrics.delivers["before_decision"] >= 3
+        outbox = outbox_of(relay, "bob")
+        assert outbox.in_flight == {original.delivery_id}  # the two withdrawn: room again
+        await bob.send(Ack(delivery_ids=tuple(d.delivery_id for d in pushed)))
+        assert config.db_path is not None
+        assert count_queued(config.db_path) == 1  # only the original, not yet acknowledged
+        await bob.send(Ack(delivery_ids=(original.delivery_id,)))
+        await until(lambda: count_queued(config.db_path) == 0)
+        # The window of 2 is free: two new chats come, on the same connection.
+        for body in (b"next", b"and next"):
+            assert isinstance(await alice.send_message("bob", body), Sent)
+        assert [d.body for d in await bob.deliveries(2)] == [b"next", b"and next"]
+        assert relay.ctx.sessions.get("bob") is not None
 
 
 async def test_the_room_a_lease_sets_aside_keeps_the_queue_within_its_cap(

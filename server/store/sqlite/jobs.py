@@ -63,7 +63,7 @@ from ..rules import (
     statement_effect,
 )
 from . import accountjobs, logjobs
-from .leasing import check_spent, not_new, refused
+from .leasing import check_spent, refused
 from .logjobs import log_binding_proof
 from .tables import Tables
 
@@ -246,7 +246,6 @@ def send(
         # enqueued and counted once already ("an idempotent resend counts once").
         resend = queue.remembered(handle, msg_id, digest)
         if resend is not None:
-            not_new(ticket)
             return resend.at
         refused(ticket, "queue full" if full else "refused")
         refuse_unless_allowed(decision)
@@ -258,7 +257,6 @@ def send(
         ticket.delivery_id if ticket is not None else None,
     )  # fmt: skip
     if added is None:  # a resend (or MessageIdReused); nothing was written
-        not_new(ticket)
         known = queue.remembered(handle, msg_id, digest)
         assert known is not None
         return known.at

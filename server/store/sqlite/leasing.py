@@ -109,11 +109,3 @@ def refused(ticket: Ticket | None, reason: str) -> None:
     log_event(logging.ERROR, "lease_broken", reason=reason)
     if ticket.mode == PUSHED:
         raise LeaseBroken(reason)
-
-
-def not_new(ticket: Ticket | None) -> None:
-    """A resend (or a reuse) of a remembered msg_id: ordinary for a SEND that waits for its
-    decision, a bug for one whose DELIVER left (the relay process found the id unused)."""
-    if ticket is not None and ticket.mode == PUSHED:
-        log_event(logging.ERROR, "lease_broken", reason="msg_id remembered")
-        raise LeaseBroken("msg_id remembered")
