@@ -107,7 +107,7 @@ def send(ctx: RelayContext, session: Session, frame: Send) -> None:
         handle, sender.kind, frame.to, frame.msg_id, frame.intent, frame.category,
         frame.categories, frame.body, now, send_rules(ctx.config),
     )  # fmt: skip
-    ticket = ctx.store.lease_send(handle, frame.to)
+    ticket = ctx.store.lease_send(handle, frame.to, frame.msg_id)
     if ticket is not None:
         # SPEC §6.4.6: a lease says the store will allow it; pushed now if the outbox can.
         if ticket[1] == PUSHED:

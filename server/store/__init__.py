@@ -194,7 +194,7 @@ class Store(Protocol):
         """Envelopes in the queue, all recipients' (the ``envelopes_queued`` metric):
         counted where neither the event loop nor the operations wait for it."""
 
-    def lease_send(self, sender: str, to: str) -> list[int] | None:
+    def lease_send(self, sender: str, to: str, msg_id: bytes) -> list[int] | None:
         """A SEND's delivery-lease ticket (SPEC §6.4.6), passed as ``send``'s ``lease``:
         [delivery_id, mode, epoch, clock ms], ``mode`` :data:`.leases.PUSHED` when the
         DELIVER may leave now — the caller lowers it to :data:`.leases.LEASED` if it does

@@ -49,6 +49,7 @@ from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import Ack, Deliver, Error, Frame, Send, Sent
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
+from blindrelay.server.store.sqlite import relayleases
 from blindrelay.server.store.sqlite import store as sqlite_store
 from blindrelay.server.store.sqlite.database import count_queued
 
@@ -416,12 +417,17 @@ async def logged(caplog: pytest.LogCaptureFixture, running: Awaitable[T]) -> T:
         raise AssertionError(f"{exc!r}\nERROR lines: {errors_logged(caplog)}") from exc
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+@pytest.mark.parametrize(("seed", "recent"), [(1, True), (2, True), (3, True), (4, False)])
 async def test_leases_change_nothing_a_client_observes(
-    config: RelayConfig, seed: int, caplog: pytest.LogCaptureFixture
-) -> None:
+    config: RelayConfig, seed: int, recent: bool, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     """SPEC §6.4.6: what the module docstring lists, compared step by step; the first
-    difference fails with the step and any ERROR lines (``lease_broken``) logged."""
+    difference fails with the step and any ERROR lines (``lease_broken``) logged.
+    ``recent`` False: the relay process remembers no msg_id it handed over, so every
+    resend and reuse under a lease is pushed first and withdrawn."""
+    if not recent:
+        monkeypatch.setattr(relayleases, "RECENT_MSG_IDS", 0)
     caplog.set_level(logging.INFO, logger="blindrelay")
     config = replace(config, **LIMITS)
     strict, strict_seen = await run(config, FakeClock(), seed, STEPS, leases=False)
@@ -437,6 +443,8 @@ async def test_leases_change_nothing_a_client_observes(
     for code in (ErrorCode.RECIPIENT_UNAVAILABLE, ErrorCode.MESSAGE_ID_REUSED):
         assert codes.get(code), f"no {code!r} in the workload: {codes}"
     assert leased.ahead >= leased.chats // 10, (leased.ahead, leased.chats)
+    if not recent:
+        assert leased.withdrawn, "no reuse was pushed first and withdrawn"
 
 
 @pytest.mark.parametrize("seed", [5, 6])

@@ -35,6 +35,7 @@ from blindrelay.server.store.leases import (
     leasable,
 )
 from blindrelay.server.store.operations import CONTRACT, SendRules
+from blindrelay.server.store.sqlite import relayleases
 from blindrelay.server.store.sqlite.database import count_queued
 from blindrelay.server.store.sqlite.leasing import WriterLeases
 from blindrelay.server.store.sqlite.writer_process import HOLD_BEFORE_BATCH_ENV
@@ -217,15 +218,38 @@ async def test_a_block_ends_the_lease_before_the_writer_sees_it(
         await nothing_pushed(bob)
 
 
-async def test_a_resend_or_a_reuse_pushed_first_is_withdrawn_and_the_connection_stays(
+async def test_a_resend_of_a_msg_id_seen_lately_waits_for_the_store(
     config: RelayConfig, clients: Clients, clock: FakeClock
 ) -> None:
-    """SPEC §6.3.2, §6.4.6: a SEND repeating a remembered msg_id is pushed first under the
-    lease like any other (the relay process does not look the id up: 11 % of its time),
-    then answered — a resend with its original time, a reuse with 403 — and its DELIVER
-    withdrawn: never stored, bob's ACK of it deletes nothing, his connection stays open
-    (1011 would let any contact disconnect him at will) and its place in his window is
-    free again. bob drops the resend by (sender, msg_id), as any redelivery (§6.4.3)."""
+    """SPEC §6.4.6: a resend after a lost SENT (the common case: a reconnect) comes soon;
+    the relay process remembers the msg_ids it handed over lately, so it is answered from
+    the store with its original time and bob gets no second DELIVER."""
+    async with RelayFixture(replace(config, **ROOMY), clock) as relay:
+        alice, bob = await contacts(relay, clients)
+        msg_id = os.urandom(16)
+        first = await alice.request(
+            lambda i: Send(id=i, to="bob", msg_id=msg_id, intent="chat", body=b"once")
+        )
+        assert isinstance(first, Sent)
+        await bob.send(Ack(delivery_ids=((await bob.push(Deliver)).delivery_id,)))
+        again = await alice.request(
+            lambda i: Send(id=i, to="bob", msg_id=msg_id, intent="chat", body=b"once")
+        )
+        assert isinstance(again, Sent) and again.at == first.at
+        await nothing_pushed(bob)
+
+
+async def test_a_resend_or_a_reuse_pushed_first_is_withdrawn_and_the_connection_stays(
+    config: RelayConfig, clients: Clients, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §6.3.2, §6.4.6: a msg_id handed over long ago (here: the relay process keeps
+    none) is not looked up before the push (that was 11 % of the loop's time): a resend
+    or a reuse of it is pushed first under the lease, then answered — a resend with its
+    original time, a reuse with 403 — and its DELIVER withdrawn: never stored, bob's ACK
+    of it deletes nothing, his connection stays open (1011 would let any contact
+    disconnect him at will) and its place in his window is free again. bob drops the
+    resend by (sender, msg_id), as any redelivery (§6.4.3)."""
+    monkeypatch.setattr(relayleases, "RECENT_MSG_IDS", 0)
     windowed = replace(config, delivery_window=2, **ROOMY)
     async with RelayFixture(windowed, clock) as relay:
         alice, bob = await contacts(relay, clients)

@@ -100,8 +100,8 @@ class LateReads:
     def submit(self, operation: str, *args: Any) -> asyncio.Future[Any]:
         return self.inner.submit(operation, *args)
 
-    def lease_send(self, sender: str, to: str) -> list[int] | None:
-        return self.inner.lease_send(sender, to)
+    def lease_send(self, sender: str, to: str, msg_id: bytes) -> list[int] | None:
+        return self.inner.lease_send(sender, to, msg_id)
 
     # --- reads, later -----------------------------------------------------------
 

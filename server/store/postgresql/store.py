@@ -226,7 +226,7 @@ class PostgresStore:
         self.call(operation, args, settling(future))
         return future
 
-    def lease_send(self, sender: str, to: str) -> list[int] | None:
+    def lease_send(self, sender: str, to: str, msg_id: bytes) -> list[int] | None:
         """None: workers sharing the store number deliveries in it (SPEC §6.4.6)."""
         return None
 

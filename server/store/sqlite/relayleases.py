@@ -21,6 +21,10 @@ from ..leases import LEASED, NEUTRAL, PUSHED, UNLEASED, LeaseTable
 
 Done = Callable[[bool, Any], None]
 
+RECENT_MSG_IDS = 65_536
+"""msg_ids of answered SENDs the relay process remembers (about 10 MB; half a minute at
+2,000 msg/s): a resend after a reconnect comes within that, most often."""
+
 
 def lease_clock() -> int:
     """Milliseconds that never go back (a lease's ``until``): the wall clock may, and
@@ -33,10 +37,13 @@ class RelayLeases:
     know first: that no SEND to the same recipient before it still waits for its
     decision (it would be pushed after, and below the outbox's cursor).
 
-    Not whether its ``msg_id`` is new: a resend or a reuse pushed first is withdrawn
-    once the store answers (``Outbox.withdrawn_early``, SPEC §6.4.6). Knowing it here
-    took a read of ``sent`` on the loop's connection per SEND — a WAL read transaction,
-    11 % of the event loop's time at full load (py-spy, 2026-12-06)."""
+    And whether its ``msg_id`` was seen lately: one in flight, or among the last
+    :data:`RECENT_MSG_IDS` answered, waits for the store's answer — which is how a
+    sender's resend after a reconnect (its SENT lost) is answered without a second
+    DELIVER. An older one is not looked up: a resend or a reuse pushed first is
+    withdrawn once the store answers (``Outbox.withdrawn_early``, SPEC §6.4.6). Looking
+    each up in ``sent`` on the loop's connection took 11 % of the event loop's time at
+    full load (py-spy, 2026-12-06: a WAL read transaction per SEND)."""
 
     def __init__(self, reader: sqlite3.Connection) -> None:
         self.table = LeaseTable()
@@ -44,6 +51,10 @@ class RelayLeases:
         self._next_id = (int(row[0]) if row is not None else 0) + 1
         self._undecided: dict[str, int] = {}
         """Recipient → SENDs to it handed over whose DELIVER waits for their decision."""
+        self._sending: dict[tuple[str, bytes], int] = {}
+        """(sender, msg_id) of SENDs handed over and not answered: how many."""
+        self._recent: dict[tuple[str, bytes], None] = {}
+        """(sender, msg_id) of the last :data:`RECENT_MSG_IDS` SENDs answered, oldest first."""
         self._spent: dict[tuple[str, str], list[int]] = {}
         """(sender, recipient) with SENDs in flight → [chats of its leases spent since
         the first of them was handed over, SENDs in flight]: what a fresh lease's
@@ -54,7 +65,7 @@ class RelayLeases:
         self._next_id = delivery_id + 1
         return delivery_id
 
-    def ticket(self, sender: str, to: str) -> list[int]:
+    def ticket(self, sender: str, to: str, msg_id: bytes) -> list[int]:
         """``Store.lease_send``: [delivery_id, mode, epoch, clock]."""
         delivery_id = self.next_id()
         now = lease_clock()
@@ -64,8 +75,11 @@ class RelayLeases:
         spent = self._spent.get((sender, to))
         if spent is not None:
             spent[0] += 1
-        # Pushed first unless an earlier SEND to ``to`` still waits for its decision.
-        mode = LEASED if self._undecided.get(to) else PUSHED
+        # Pushed first unless an earlier SEND to ``to`` still waits for its decision, or
+        # the msg_id is one seen lately (a resend, most likely).
+        key = (sender, msg_id)
+        seen = key in self._sending or key in self._recent
+        mode = LEASED if seen or self._undecided.get(to) else PUSHED
         return [delivery_id, mode, table.epoch, now]
 
     def handing(self, operation: str) -> None:
@@ -92,6 +106,9 @@ class RelayLeases:
         the grant installed with the first of them, the SEND no longer in flight or
         undecided — and every lease ended if it failed other than by a refusal."""
         sender, to = args[0], args[2]
+        key = (sender, args[3])
+        sending = self._sending
+        sending[key] = sending.get(key, 0) + 1
         ticket = args[10] if len(args) > 10 else None
         undecided = self._undecided
         waits = ticket is None or ticket[1] != PUSHED
@@ -132,6 +149,15 @@ class RelayLeases:
 
         def on_done(ok: bool, value: Any) -> None:
             settle(value if ok else None)
+            left = sending[key] - 1
+            if left:
+                sending[key] = left
+            else:
+                del sending[key]
+            recent = self._recent
+            recent[key] = None
+            if len(recent) > RECENT_MSG_IDS:
+                del recent[next(iter(recent))]
             spent[1] -= 1
             if not spent[1]:
                 del self._spent[pair]

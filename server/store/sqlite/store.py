@@ -179,10 +179,10 @@ class SqliteStore:
         self.call(operation, args, settling(future))
         return future
 
-    def lease_send(self, sender: str, to: str) -> list[int] | None:
+    def lease_send(self, sender: str, to: str, msg_id: bytes) -> list[int] | None:
         """``Store.lease_send`` (:mod:`.relayleases`); None before the store has started."""
         leases = self._leases
-        return leases.ticket(sender, to) if leases is not None else None
+        return leases.ticket(sender, to, msg_id) if leases is not None else None
 
     async def queued_total(self) -> int:
         """Envelopes in the queue, on a connection of its own in a thread: a scan of an
