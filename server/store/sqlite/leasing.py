@@ -37,7 +37,7 @@ class Ticket:
     __slots__ = ("clock", "delivery_id", "epoch", "mode", "spent")
 
     def __init__(self, values: list[Any]) -> None:
-        self.delivery_id, self.mode, self.epoch, self.clock = (int(v) for v in values)
+        self.delivery_id, self.mode, self.epoch, self.clock = values  # ints (msgpack)
         self.spent = False
 
 

@@ -180,9 +180,13 @@ class SqliteStore:
         return future
 
     def lease_send(self, sender: str, to: str, msg_id: bytes) -> list[int] | None:
-        """``Store.lease_send`` (:mod:`.relayleases`); None before the store has started."""
+        """``Store.lease_send`` (:mod:`.relayleases`); None unless the writer runs — a
+        DELIVER pushed first for a job that can no longer be handed over would never be
+        confirmed nor withdrawn."""
         leases = self._leases
-        return leases.ticket(sender, to, msg_id) if leases is not None else None
+        if leases is None or not self._writer.running:
+            return None
+        return leases.ticket(sender, to, msg_id)
 
     async def queued_total(self) -> int:
         """Envelopes in the queue, on a connection of its own in a thread: a scan of an
