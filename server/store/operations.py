@@ -257,21 +257,18 @@ CONTRACT: dict[str, Operation] = {
             "body": "bin: opaque ciphertext",
             "now": "int ms: the acceptance time",
             "rules": "SendRules",
-            "lease?": "[delivery_id, mode, epoch, clock ms] | nil: the SEND's delivery-lease "
-            "ticket (SPEC §6.4.6), given only by a back end's own ``Store.lease_send``",
+            "lease?": "[delivery_id, mode, epoch, clock] | nil: Store.lease_send's (§6.4.6)",
         },
-        result="[delivery_id, at, previous] — and a granted lease, [epoch, until, count], "
-        "for a back end that leases (§6.4.6) — for a new envelope (delivery ids only grow, never "
-        "reused; ``previous`` is the highest delivery id queued for ``to`` before this one, 0 "
-        "if none: a pager that has not seen it must page instead of pushing this one, which "
-        "is how an envelope committed by another relay process, or whose answer was lost in "
-        "an outage, is never skipped); int at — the original acceptance time — for an "
-        "idempotent resend",
+        result="[delivery_id, at, previous, lease granted?] for a new envelope (ids only grow, "
+        "never reused; ``previous`` is the highest delivery id queued for ``to`` before this "
+        "one, 0 if none: a pager that has not seen it must page instead of pushing this one, "
+        "how an envelope committed by another relay process, or whose answer was lost in an "
+        "outage, is never skipped; a lease: [epoch, until, count], §6.4.6); int at — the "
+        "original acceptance time — for an idempotent resend",
         errors="400 RECIPIENT_UNAVAILABLE / 202 FORBIDDEN: the pair's state refuses (rules."
-        "judge_send, on the state read before the recipient's existence is looked at); "
-        "401 QUEUE_FULL: the cap or a share of the recipient's queue (rules.queue_full); "
-        "403 MESSAGE_ID_REUSED: a remembered msg_id with other content. A remembered "
-        "(handle, msg_id) is answered before any refusal",
+        "judge_send, on the state read before the recipient's existence is looked at); 401 "
+        "QUEUE_FULL: the cap or a share of the recipient's queue (rules.queue_full); 403 "
+        "MESSAGE_ID_REUSED: a remembered msg_id with other content; remembered ones go first",
         atomic="the decision, the envelope, the remembered (handle, msg_id) and its digest, "
         "the new pair state, the first-contact budget spent and the metering count: one "
         "transaction, so a refusal writes nothing and a resend counts once",
@@ -305,8 +302,7 @@ CONTRACT: dict[str, Operation] = {
             "cooldown_ms": "int: CONSENT_COOLDOWN_MS",
             "max_block_targets?": "int: MAX_BLOCK_TARGETS",
             "statement_budget?": "[rate per hour, burst] | nil: the signer's, one per store",
-            "delivery_id?": "int | nil: the forwarded receipt's delivery id, where the back "
-            "end numbers deliveries in the relay process (SQLite, SPEC §6.4.6; it fills it in)",
+            "delivery_id?": "int | nil: the receipt's, numbered by SQLite's relay (§6.4.6)",
         },
         result="[purged delivery ids (the signer's queue), forwarded envelope row | nil "
         "(queued for a business target), superseded delivery ids (the target's queue)]; or, "
