@@ -149,11 +149,26 @@ class LeaseTable:
         return True
 
     def reserved(self, to: str, now: int) -> int:
-        """Queue room set aside for live leases to ``to``."""
+        """Queue room set aside for live leases to ``to``; expired ones are dropped on the
+        way (dead on both sides alike: only a live lease is ever spent or held), so the
+        sum stays as short as the leases that count."""
         senders = self.by_recipient.get(to)
         if senders is None:
             return 0
-        return sum(left for until, left in senders.values() if until > now)
+        total = 0
+        expired = False
+        for until, left in senders.values():
+            if until > now:
+                total += left
+            else:
+                expired = True
+        if expired:
+            live = {s: lease for s, lease in senders.items() if lease[0] > now}
+            if live:
+                self.by_recipient[to] = live
+            else:
+                del self.by_recipient[to]
+        return total
 
     def grant(self, sender: str, to: str, until: int, count: int) -> None:
         senders = self.by_recipient.get(to)

@@ -90,12 +90,13 @@ def test_the_lease_table_spends_expires_and_sets_room_aside() -> None:
     table.grant("alice", "bob", until=1_000, count=2)
     table.grant("carol", "bob", until=500, count=5)
     assert table.reserved("bob", now=0) == 7
-    assert table.reserved("bob", now=500) == 2  # carol's expired
+    assert table.reserved("bob", now=500) == 2  # carol's expired: dropped on the way
+    assert list(table.by_recipient["bob"]) == ["alice"]
     assert table.held("alice", "bob", now=999) == 2
     assert table.spend("alice", "bob", now=10)
     assert table.spend("alice", "bob", now=10)  # the last one
     assert not table.spend("alice", "bob", now=10)
-    assert not table.spend("carol", "bob", now=500)  # expired: refused, and dropped
+    assert not table.spend("carol", "bob", now=500)  # gone already
     assert table.by_recipient == {}
     table.grant("alice", "bob", until=1_000, count=2)
     table.new_epoch(7)

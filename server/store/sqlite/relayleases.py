@@ -21,6 +21,9 @@ from ..leases import LEASED, NEUTRAL, PUSHED, UNLEASED, LeaseTable
 
 Done = Callable[[bool, Any], None]
 
+PRUNE_EVERY = 4_096
+"""Tickets between two sweeps of the relay process's expired leases."""
+
 RECENT_MSG_IDS = 65_536
 """msg_ids of answered SENDs the relay process remembers (about 10 MB; half a minute at
 2,000 msg/s): a resend after a reconnect comes within that, most often."""
@@ -70,6 +73,8 @@ class RelayLeases:
         delivery_id = self.next_id()
         now = lease_clock()
         table = self.table
+        if not delivery_id % PRUNE_EVERY:
+            table.prune(now)  # leases nobody spends again would stay for ever
         if not table.spend(sender, to, now):
             return [delivery_id, UNLEASED, table.epoch, now]
         spent = self._spent.get((sender, to))
