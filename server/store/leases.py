@@ -26,9 +26,9 @@ What keeps both sides' tables equal, by construction rather than by messages:
   rare next to chats, and "every lease ends" needs no reasoning about which pairs a
   statement touches;
 - a fresh lease replaces the pair's in the writer when it decides the SEND that earns it,
-  and in the relay process when that decision arrives, less the chats the relay process
-  spent of the pair's leases meanwhile (those SENDs spend the fresh one in the writer):
-  both sides then hold the same;
+  and in the relay process once that SEND is committed (never on a decision whose batch
+  could still roll back), less the chats the relay process spent of the pair's leases
+  meanwhile (those SENDs spend the fresh one in the writer): both sides then hold the same;
 - a lease's room counts against the recipient's queue cap and the sender's share for
   every SEND (``rules.queue_full``), so a leased SEND never finds the queue full.
 """

@@ -107,9 +107,10 @@ class RelayLeases:
     def sending(
         self, args: list[Any] | tuple[Any, ...], done: Done, decided: Callable[[Any], None] | None
     ) -> tuple[Done, Callable[[Any], None]]:
-        """A ``send`` handed over: ``done`` and ``decided`` wrapped to keep the books —
-        the grant installed with the first of them, the SEND no longer in flight or
-        undecided — and every lease ended if it failed other than by a refusal."""
+        """A ``send`` handed over: ``done`` and ``decided`` wrapped to keep the books — the
+        SEND no longer undecided with the first of them, no longer in flight and its lease
+        (if it earned one) taken up with ``done`` — and every lease ended if it failed
+        other than by a refusal."""
         sender, to = args[0], args[2]
         key = (sender, args[3])
         sending = self._sending
@@ -125,10 +126,10 @@ class RelayLeases:
             spent = self._spent[pair] = [0, 0]
         spent[1] += 1
         mark = spent[0]
-        open_ = [waits, True]
-        """[still counted undecided, grant not yet looked at]"""
+        open_ = [waits]
+        """[still counted undecided]"""
 
-        def settle(value: Any) -> None:
+        def decide() -> None:
             if open_[0]:
                 open_[0] = False
                 left = undecided[to] - 1
@@ -136,24 +137,24 @@ class RelayLeases:
                     undecided[to] = left
                 else:
                     del undecided[to]
-            if open_[1] and value is not None:
-                open_[1] = False
-                if type(value) is list and len(value) > 3:
-                    epoch, until, count = value[3]
-                    if epoch == self.table.epoch:
-                        # It replaced the pair's lease in the writer when this SEND was
-                        # decided; the leased SENDs handed over since spent it there.
-                        self.table.replace(sender, to, until, count - (spent[0] - mark))
 
         def on_decided(value: Any) -> None:
             try:
                 if decided is not None:
                     decided(value)
             finally:
-                settle(value)
+                decide()
 
         def on_done(ok: bool, value: Any) -> None:
-            settle(value if ok else None)
+            decide()
+            if ok and type(value) is list and len(value) > 3:
+                # A lease is taken up only once the SEND that earned it is committed: one
+                # decided on writes its batch then rolled back would rest on nothing.
+                epoch, until, count = value[3]
+                if epoch == self.table.epoch:
+                    # It replaced the pair's lease in the writer when this SEND was
+                    # decided; the leased SENDs handed over since spent it there.
+                    self.table.replace(sender, to, until, count - (spent[0] - mark))
             left = sending[key] - 1
             if left:
                 sending[key] = left
