@@ -145,6 +145,10 @@ class Inbox:
         }
         """Mirror of the keystore's held counts: every DELIVER asks whether its sender
         has messages held (then it is held behind them, in order)."""
+        self._held_ids: dict[str, set[tuple[bool, bytes]]] = {}
+        """Per sender, which messages it has held: (is a statement, msg_id), read from the
+        keystore at its first DELIVER held after a start or a release, so a redelivery
+        (its ACK lost, SPEC §6.4.3) is told from a new message without reading them all."""
         self._announced: set[str] = set()
         """Senders whose key change ``identity_changed`` heard of in this run."""
 
@@ -253,8 +257,19 @@ class Inbox:
     # --- Held for a trust decision (SPEC §3.3) ------------------------------------------
 
     def _hold(self, deliver: frames.Deliver) -> None:
-        """Keep ``deliver`` for the user's decision on its sender's key, or count it dropped."""
+        """Keep ``deliver`` for the user's decision on its sender's key, or count it dropped.
+
+        A redelivery (its ACK lost, SPEC §6.4.3) of one held or processed already is
+        dropped: held again, it took one more of the sender's held slots (and of the
+        strangers', T66), to be dropped as a duplicate only once released.
+        """
         sender = deliver.sender
+        held_ids = self._held_ids_of(sender)
+        key = _held_id(deliver)
+        if key in held_ids or self._processed(deliver):
+            log.info("dropped a redelivery of a message from %s held or read already", sender)
+            self._announce(sender)
+            return
         counts = self._held.get(sender, HeldMessages(0, 0))
         if counts.held >= MAX_HELD_PER_SENDER or self._strangers_full(sender):
             counts = HeldMessages(counts.held, counts.dropped + 1)
@@ -266,10 +281,36 @@ class Inbox:
         else:
             counts = HeldMessages(counts.held + 1, counts.dropped)
             self._store.hold_message(sender, codec.encode(deliver))
+            held_ids.add(key)
         self._held[sender] = counts
+        self._announce(sender)
+
+    def _announce(self, sender: str) -> None:
+        """Tell ``identity_changed`` of ``sender``'s key change, once per run."""
         if sender not in self._announced:
             self._announced.add(sender)
             self._identity_changed(sender)
+
+    def _held_ids_of(self, sender: str) -> set[tuple[bool, bytes]]:
+        """``sender``'s entry of ``_held_ids``, read from the keystore if not yet."""
+        held_ids = self._held_ids.get(sender)
+        if held_ids is None:
+            held_ids = self._held_ids[sender] = set()
+            for record in self._store.held_messages(sender):
+                try:
+                    frame = codec.decode(record)
+                except ProtocolError:  # unreadable: dropped when released
+                    continue
+                if isinstance(frame, frames.Deliver):
+                    held_ids.add(_held_id(frame))
+        return held_ids
+
+    def _processed(self, deliver: frames.Deliver) -> bool:
+        """Whether ``deliver`` was processed already, as releasing it would find: a
+        statement by its bytes (``Statements``), a message by its msg_id (``sessions``)."""
+        if deliver.intent == frames.Intent.STATEMENT:
+            return self._statements.kept_already(deliver)
+        return self._store.is_processed(deliver.sender, deliver.msg_id)
 
     def _strangers_full(self, sender: str) -> bool:
         """Whether ``sender`` is a stranger and strangers' held messages are at
@@ -301,6 +342,7 @@ class Inbox:
         """
         if handle not in self._held:
             return
+        self._held_ids.pop(handle, None)  # read again at the next one held
         relay_key = self._relay_key.key
         assert relay_key is not None  # pinned at the login that received them
         records = self._store.held_messages(handle)
@@ -332,11 +374,19 @@ class Inbox:
     def discard_held(self, handle: str) -> None:
         """The user blocked ``handle``: its held messages are never shown."""
         counts = self._held.pop(handle, None)
+        self._held_ids.pop(handle, None)
         if counts is None:
             return
         self._store.release_held_messages(handle)
         self._announced.discard(handle)
         log.info("discarded %d held message(s) of blocked %s", counts.held, handle)
+
+
+def _held_id(deliver: frames.Deliver) -> tuple[bool, bytes]:
+    """What tells a held message from its sender's others: its msg_id among statements or
+    among the rest. A statement's msg_id is its nonce, chosen apart from its signer's
+    SENDs (SPEC §7.5), so a chat may share it and is another message."""
+    return deliver.intent == frames.Intent.STATEMENT, deliver.msg_id
 
 
 def _ignore_outcome(future: asyncio.Future[int]) -> None:

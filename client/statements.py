@@ -226,7 +226,7 @@ class Statements:
         """
         if self._store.is_processed(deliver.sender, deliver.msg_id):
             return
-        if deliver.body in self._store.kept_statements(deliver.sender, 0):
+        if self.kept_already(deliver):
             # T62: kept already, and forwarded again once its id left the bounded memory of
             # processed ids. A statement's bytes are unique (its nonce): a replay, which,
             # kept again after a newer one, would fold as the signer's newest word.
@@ -255,6 +255,11 @@ class Statements:
                 listener(statement)
             except Exception:  # the application's: kept and acknowledged all the same (T68)
                 log.exception("a statement listener raised; going on")
+
+    def kept_already(self, deliver: frames.Deliver) -> bool:
+        """Whether the statement ``deliver`` forwards is kept already with its signer: its
+        bytes are unique (its nonce), and what we keep we keep for good (T62)."""
+        return deliver.body in self._store.kept_statements(deliver.sender, 0)
 
     # --- Records -----------------------------------------------------------------------
 
