@@ -223,15 +223,18 @@ class Statements:
         change, raised (UntrustedIdentity) for the caller to hold the statement
         like a message. One that fails verification is dropped (acked): the
         relay checked it, so it is forged. One kept already is dropped too (T62).
+
+        Its bytes alone tell one kept already, not the processed ids of messages: its
+        msg_id is its nonce, which the signer chooses apart from the msg_ids of its
+        SENDs, so a chat of the signer under the same 16 bytes made a genuine statement
+        pass for processed (and the statement's id, noted, a later chat).
         """
-        if self._store.is_processed(deliver.sender, deliver.msg_id):
-            return
         if self.kept_already(deliver):
-            # T62: kept already, and forwarded again once its id left the bounded memory of
-            # processed ids. A statement's bytes are unique (its nonce): a replay, which,
-            # kept again after a newer one, would fold as the signer's newest word.
-            self._store.mark_processed(deliver.sender, deliver.msg_id)
-            log.warning("dropped a statement from %s forwarded again", deliver.sender)
+            # A redelivery (its ACK lost, SPEC §6.4.3) or a replay (T62): a statement's
+            # bytes are unique (its nonce), and one kept again after a newer one would
+            # fold as the signer's newest word. What we keep we keep for good, unlike
+            # the bounded memory of processed ids.
+            log.info("dropped a statement from %s kept already", deliver.sender)
             return
         try:
             claimed = unverified_body(ConsentStatement, deliver.body)
@@ -247,9 +250,7 @@ class Statements:
             return
         # Outside the transaction: a changed key must stay recorded as pending.
         self._sessions.trust.pin(deliver.sender, statement.signer_key)  # or raise
-        with self._store.atomic():
-            self.keep(deliver.sender, deliver.body)
-            self._store.mark_processed(deliver.sender, deliver.msg_id)
+        self.keep(deliver.sender, deliver.body)  # one keystore transaction
         for listener in list(self._listeners):
             try:
                 listener(statement)
