@@ -35,9 +35,11 @@ from blindrelay.server.store.leases import (
     leasable,
 )
 from blindrelay.server.store.operations import CONTRACT, SendRules
+from blindrelay.server.store.records import Account
 from blindrelay.server.store.sqlite import relayleases
-from blindrelay.server.store.sqlite.database import count_queued
-from blindrelay.server.store.sqlite.leasing import WriterLeases
+from blindrelay.server.store.sqlite.database import connect, count_queued
+from blindrelay.server.store.sqlite.leasing import LeaseBroken, WriterLeases
+from blindrelay.server.store.sqlite.tables import Tables
 from blindrelay.server.store.sqlite.writer_process import HOLD_BEFORE_BATCH_ENV
 
 from .conftest import (
@@ -360,3 +362,23 @@ async def test_a_chat_is_not_pushed_first_past_an_earlier_one_still_undecided(
         assert [d.body for d in await bob.deliveries(2)] == [b"undecided", b"leased"]
         assert isinstance(await carol.response(first), Sent)
         assert isinstance(await alice.response(second), Sent)
+
+
+def test_the_writer_refuses_a_delivery_id_that_does_not_follow_the_last(tmp_path: Path) -> None:
+    """``MessageQueue.next_id``: a DELIVER may have left under the id the relay process
+    gave, so an id at or below the last one stored (a second numbering on the file) fails
+    the job rather than store the envelope out of order or under another's id."""
+    tables = Tables(connect(tmp_path / "relay.db"))
+    alice = Account("alice", "user", b"")
+
+    def add(msg_id: bytes, delivery_id: int | None) -> tuple[int, int] | None:
+        return tables.queue.add_if_new(
+            "bob", alice, msg_id, "chat", None, None, b"x", msg_id * 2, 0, False, delivery_id
+        )
+
+    assert add(b"1" * 16, None) == (1, 0)  # SQLite's own numbering
+    assert add(b"2" * 16, 10) == (10, 1)  # the relay process's, above it
+    for stale in (10, 7):
+        with pytest.raises(LeaseBroken):
+            add(os.urandom(16), stale)
+    assert add(b"3" * 16, None) == (11, 10)
