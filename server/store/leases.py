@@ -163,11 +163,7 @@ class LeaseTable:
             else:
                 expired = True
         if expired:
-            live = {s: lease for s, lease in senders.items() if lease[0] > now}
-            if live:
-                self.by_recipient[to] = live
-            else:
-                del self.by_recipient[to]
+            self._drop_expired(to, senders, now)
         return total
 
     def grant(self, sender: str, to: str, until: int, count: int) -> None:
@@ -186,10 +182,14 @@ class LeaseTable:
             del self.by_recipient[to]
 
     def prune(self, now: int) -> None:
-        """Drop expired leases (the writer's table, when it is full)."""
-        for to in list(self.by_recipient):
-            senders = {s: lease for s, lease in self.by_recipient[to].items() if lease[0] > now}
-            if senders:
-                self.by_recipient[to] = senders
-            else:
-                del self.by_recipient[to]
+        """Drop expired leases (the writer's table when it is full; the relay process's
+        now and then)."""
+        for to, senders in list(self.by_recipient.items()):
+            self._drop_expired(to, senders, now)
+
+    def _drop_expired(self, to: str, senders: dict[str, tuple[int, int]], now: int) -> None:
+        live = {s: lease for s, lease in senders.items() if lease[0] > now}
+        if live:
+            self.by_recipient[to] = live
+        else:
+            del self.by_recipient[to]

