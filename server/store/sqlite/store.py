@@ -80,9 +80,9 @@ class SqliteStore:
         self._accounts: Accounts | None = None
         self._prekeys: PreKeyStore | None = None
         self._leases: RelayLeases | None = None
+        """Delivery ids and leases (SPEC §6.4.6), told of every operation in order."""
         self._lock: int | None = None
         """The descriptor holding the file's relay lock (:func:`.database.hold_relay_file`)."""
-        """Delivery ids and leases (SPEC §6.4.6), told of every operation in order."""
         self.reads: dict[str, Callable[..., Any]] = {
             "account": self.account,
             "account_for_login": self.account_for_login,
