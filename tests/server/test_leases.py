@@ -12,6 +12,7 @@ The randomized comparison with the strict path: tests/server/test_lease_differen
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 from blindrelay.protocol.consent import ALLOW, REFUSE, Decision, Meter, Request, Verdict
 from blindrelay.protocol.errors import ErrorCode
 from blindrelay.protocol.frames import Ack, Deliver, Error, Send, Sent, StatementsList
+from blindrelay.server import housekeeping
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
 from blindrelay.server.store.leases import (
@@ -37,6 +39,7 @@ from blindrelay.server.store.leases import (
 from blindrelay.server.store.operations import CONTRACT, SendRules
 from blindrelay.server.store.records import Account
 from blindrelay.server.store.sqlite import relayleases
+from blindrelay.server.store.sqlite import writer as writer_module
 from blindrelay.server.store.sqlite.database import connect, count_queued
 from blindrelay.server.store.sqlite.leasing import LeaseBroken, WriterLeases
 from blindrelay.server.store.sqlite.tables import Tables
@@ -206,6 +209,26 @@ async def test_a_contacts_chat_is_delivered_before_the_writer_has_read_it(
         assert count_queued(config.db_path) == 1
         await bob.send(Ack(delivery_ids=(deliver.delivery_id,)))
         await until(lambda: count_queued(config.db_path) == 0)
+
+
+async def test_a_pushed_chat_waits_for_company_and_a_send_awaiting_its_decision_does_not(
+    config: RelayConfig, clients: Clients, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19 (``Writer.call``'s spacing): a chat pushed under a lease goes to the writer
+    with whatever comes within ``HAND_OVER_SPACING_S`` — its DELIVER has left, only its
+    SENT waits — while a SEND that waits for its decision goes at once and takes it along."""
+    monkeypatch.setattr(writer_module, "HAND_OVER_SPACING_S", 60.0)
+    monkeypatch.setattr(housekeeping, "PROBE_INTERVAL_S", 600.0)  # no store job meanwhile
+    quiet = replace(config, **ROOMY, sth_interval_s=600.0, purge_interval_s=600.0)
+    async with RelayFixture(replace(quiet, checkpoint_interval_s=600.0), clock) as relay:
+        await clients.registered(relay.url, "carol")
+        alice, bob = await contacts(relay, clients)  # its hand-overs just now
+        request_id = await send_unanswered(alice, "bob", b"pushed", os.urandom(16))
+        assert (await bob.push(Deliver)).body == b"pushed"
+        with pytest.raises(TimeoutError):  # held for company (a store request would take it)
+            await asyncio.wait_for(alice.response(request_id), timeout=0.5)
+        await alice.send_message("carol", b"a first word waits for its decision")
+        assert isinstance(await alice.response(request_id), Sent)
 
 
 async def test_a_block_ends_the_lease_before_the_writer_sees_it(

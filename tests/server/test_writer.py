@@ -11,6 +11,7 @@ operations do is tests/server/test_storage.py's and the handlers' business.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -27,7 +28,8 @@ from blindrelay.protocol.errors import HandleTaken, InternalError
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.delivery import send_rules
 from blindrelay.server.logs import JsonFormatter
-from blindrelay.server.store import StoreJobError, StoreStartError
+from blindrelay.server.store import StoreJobError, StoreStartError, settling
+from blindrelay.server.store.sqlite import writer as writer_module
 from blindrelay.server.store.sqlite.writer import Writer, WriterStartError
 
 from ..asyncrun import AsyncFixture
@@ -349,3 +351,88 @@ async def test_close_commits_and_answers_what_was_queued_then_stops_the_process(
             await again.submit("create_account", "alice", "user", b"a" * 32, 0)
     finally:
         await again.close()
+
+
+# --- deferrable jobs (issue 19: an idle writer took every chat and every ACK alone) ---
+
+
+def account(handle: str) -> tuple[str, str, bytes, int]:
+    return (handle, "user", handle.encode() * 8, 0)
+
+
+async def test_deferrable_jobs_called_close_together_leave_together_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Called over several loop turns within the spacing, they wait for it and leave in
+    one hand-over: one batch, outcomes in call order. Without the spacing the first
+    would have gone at once to the idle writer and the others after it."""
+    monkeypatch.setattr(writer_module, "HAND_OVER_SPACING_S", 0.5)
+    path = tmp_path / "relay.db"
+    async with RunningWriter(path) as writer:
+        await writer.submit("noop")  # a hand-over just now
+        batches: list[int] = []
+        writer.on_batch = lambda jobs, _batch_s, _commit_s: batches.append(jobs)
+        outcomes: Outcomes = []
+        for handle in ("alice", "bob", "carol"):
+            writer.call("create_account", account(handle), recorder(outcomes, handle), None, True)
+            await asyncio.sleep(0)  # the loop turns, the writer idles
+        await asyncio.sleep(0.1)
+        assert committed_handles(path) == set()  # still waiting for the spacing
+        await writer.submit("noop")  # not deferrable: takes them along, after them
+        assert outcomes == [(h, True, None) for h in ("alice", "bob", "carol")]
+        assert batches == [4]
+
+
+async def test_deferred_jobs_leave_once_the_spacing_has_passed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_module, "HAND_OVER_SPACING_S", 0.2)
+    path = tmp_path / "relay.db"
+    async with RunningWriter(path) as writer:
+        await writer.submit("noop")
+        done = asyncio.get_running_loop().create_future()
+        writer.call("create_account", account("alice"), settling(done), None, True)
+        started = time.monotonic()
+        await asyncio.wait_for(done, timeout=10)
+        assert time.monotonic() - started >= 0.15  # not at once: the spacing held it
+        assert committed_handles(path) == {"alice"}
+
+
+async def test_a_deferrable_job_after_a_quiet_spell_leaves_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing to wait for: the last hand-over is older than the spacing, so a lone chat
+    at low rates pays nothing — seen from outside as for any job to an idle writer, its
+    row committed while the loop is still inside the turn that called it."""
+    monkeypatch.setattr(writer_module, "HAND_OVER_SPACING_S", 0.05)
+    path = tmp_path / "relay.db"
+    async with RunningWriter(path) as writer:
+        await writer.submit("noop")
+        await asyncio.sleep(0.1)
+        writer.call("create_account", account("alice"), lambda ok, value: None, None, True)
+        deadline = time.monotonic() + 10
+        while "alice" not in committed_handles(path):  # the loop does not run meanwhile
+            assert time.monotonic() < deadline, "the job did not leave at once"
+            time.sleep(0.01)
+
+
+async def test_merged_deferrable_items_join_across_turns_and_close_sends_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ACK deletions held for the spacing still merge into one job while nothing else is
+    called in between, and a close hands over what waits rather than dropping it."""
+    monkeypatch.setattr(writer_module, "HAND_OVER_SPACING_S", 60.0)
+    path = tmp_path / "relay.db"
+    writer = Writer(path, "FULL")
+    await writer.start()
+    await writer.submit("create_account", *account("bob"))
+    outcomes: Outcomes = []
+    writer.call_many("acknowledge", ["bob", [1]], recorder(outcomes, "one"), True)
+    await asyncio.sleep(0)
+    writer.call_many("acknowledge", ["bob", 7], recorder(outcomes, "breaks the job"), True)
+    writer.call("create_account", account("carol"), recorder(outcomes, "carol"), None, True)
+    await asyncio.wait_for(writer.close(), timeout=10)
+    assert [(name, ok) for name, ok, _ in outcomes] == [
+        ("one", False), ("breaks the job", False), ("carol", True),
+    ]  # fmt: skip
+    assert committed_handles(path) == {"bob", "carol"}

@@ -34,6 +34,7 @@ from blindrelay.protocol.errors import NotFound
 from ... import gcpolicy
 from ...routing import EnvelopeLinks, HintSeal, new_worker_id
 from .. import Done, StoreError, settling, transparency
+from ..leases import PUSHED
 from ..records import Account, MonthUsage
 from ..transparency import MAX_BILL_ITEMS_WHOLE
 from . import logjobs
@@ -161,18 +162,22 @@ class SqliteStore:
         decided: Callable[[Any], None] | None = None,
     ) -> None:
         leases = self._leases
+        pushed = False
         if leases is not None:
             leases.handing(operation)
             if operation == "send":
                 done, decided = leases.sending(args, done, decided)
+                pushed = len(args) > 10 and args[10][1] == PUSHED
             elif operation == "apply_statement":
                 args = leases.statement_args(args)
-        self._writer.call(operation, args, done, decided)
+        # A chat pushed already waits for nothing but its SENT: it may wait for company.
+        self._writer.call(operation, args, done, decided, deferrable=pushed)
 
     def call_many(self, operation: str, item: Any, done: Done) -> None:
         if self._leases is not None:
             self._leases.handing(operation)
-        self._writer.call_many(operation, item, done)
+        # Nobody waits on an ACK's deletion (SPEC §6.5): it may wait for company.
+        self._writer.call_many(operation, item, done, deferrable=operation == "acknowledge")
 
     def submit(self, operation: str, *args: Any) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
