@@ -61,6 +61,13 @@ apart; an ``EXISTS`` would be 11 ns apart but gives no row id — against a spre
 WARM_UP = 100
 MAX_ACCURACY = 0.6
 """Best one-try classification allowed; see the module docstring."""
+NO_ORACLE_NS = 1_000
+"""A difference of medians below this is no oracle anywhere but in this process, whatever
+the classifier makes of it: over any network the jitter is tens of µs. Why it is needed
+beside ``MAX_ACCURACY``: the accuracy grows as this machine's own noise shrinks, and on a
+quiet 2-core VM (2026-12-07, spread ~0.48 µs) the documented residue of 0.19 µs was
+classified 60.2 % right in one full-suite run of four. The missing verification this
+test exists for is 70–110 µs: far past both bounds."""
 HOUR_MS = 3_600_000
 
 
@@ -201,11 +208,12 @@ def test_login_takes_as_long_for_an_unknown_handle_as_for_an_existing_one(
     assert len(answers) == 1  # one ERROR 200, the same bytes for every login
     existing, unknown = timings[True], timings[False]
     accuracy = _held_out_accuracy(existing, unknown)
+    difference = abs(statistics.median(existing) - statistics.median(unknown))
     summary = (
         f"existing {_describe(existing)}, unknown {_describe(unknown)};"
         f" one-try classification {accuracy:.1%}"
     )
-    assert accuracy <= MAX_ACCURACY, summary
+    assert accuracy <= MAX_ACCURACY or difference < NO_ORACLE_NS, summary
 
 
 def test_the_classifier_finds_a_difference_when_there_is_one() -> None:
