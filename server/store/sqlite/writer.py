@@ -218,7 +218,7 @@ class Writer:
         a batch with its fsync, its thread hand-off and its answer, each a wake-up of
         three threads; at a quarter of the relay's maximum that cost the relay 456 µs of
         CPU per message, 1.5 writer wake-ups per message, and both cores 89 % busy.
-        Spaced, 325 µs, 0.5 wake-ups, 69 % (``bench/threads.py --rate 2300``). The price
+        Spaced, 328 µs, 0.55 wake-ups, 69 % (``bench/threads.py --rate 2300``). The price
         is the SENT of such a chat: at most that much later, 0.5 ms at the median there.
         """
         if not self._running:
