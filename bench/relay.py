@@ -71,15 +71,21 @@ VERSIONED = ("blindrelay", "websockets", "msgpack", "pynacl", "sqlite-utils")
 
 
 def unlimited_flags() -> list[str]:
-    """``blindrelay serve`` flags that raise the send and registration limits out of reach.
+    """``blindrelay serve`` flags that raise the send, statement and registration limits
+    out of reach.
 
     Every benchmark account registers from 127.0.0.1 (SPEC §4.6.1), and the default send
-    rates would measure the token buckets, not the relay.
+    rates would measure the token buckets, not the relay. The statement bucket (SPEC §7.4:
+    60 at once, 60 an hour) is raised too: ``bench/soak.py``'s consent and block links
+    sign one every few seconds, a burst spent in about ten minutes, after which every
+    refusal counted as unexpected and those links stopped (a 30-minute soak on
+    2026-12-07, the first since the bucket came).
     """
     return [
         f"--{name}={UNLIMITED_RATE}"
         for name in (
             "send-rate-user", "send-burst-user", "send-rate-pair", "send-burst-pair",
+            "statement-rate-per-h", "statement-burst",
             "register-rate-per-h", "register-burst", "max-unauthenticated-per-source",
             "connections-per-s-source", "connections-burst-source",
         )
