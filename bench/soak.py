@@ -11,8 +11,9 @@ Rate: ``--rate R`` messages/s (SEND attempts over all links), or a quarter of th
 maximum measured first on the same store: ``bench/scale.py``'s run of workload 1 (50 pairs
 x 1000 messages of 1 KiB, window 10, fresh relay and database; a few seconds). The relay
 runs as ``bench/scale.py`` starts it — ``blindrelay serve`` on 127.0.0.1, clean
-environment, send and registration limits raised out of reach (the rate is set here, not by
-token buckets) — plus ``--metrics-listen`` on a loopback port.
+environment, send, statement and registration limits raised out of reach (the rate and the
+statements' cadence are set here, not by token buckets) — plus ``--metrics-listen`` on a
+loopback port.
 
 The mix, per load process (``--workers``, 2 by default), every link paced at the same rate
 (R / links, open loop: a message's latency runs from its due time, so a stalled relay is
