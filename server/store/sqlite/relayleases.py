@@ -30,6 +30,13 @@ RECENT_MSG_IDS = 65_536
 2,000 msg/s): a resend after a reconnect comes within that, most often."""
 
 
+def pushed_first(send_args: list[Any] | tuple[Any, ...]) -> bool:
+    """Whether a ``send`` job's DELIVER left before it was handed over: its ticket, the
+    last argument, is :data:`~..leases.PUSHED`."""
+    ticket = send_args[10] if len(send_args) > 10 else None
+    return ticket is not None and ticket[1] == PUSHED
+
+
 def lease_clock() -> int:
     """Milliseconds that never go back (a lease's ``until``): the wall clock may, and
     both sides judge each SEND by the time on its ticket."""
@@ -118,9 +125,8 @@ class RelayLeases:
         key = (sender, args[3])
         sending = self._sending
         sending[key] = sending.get(key, 0) + 1
-        ticket = args[10] if len(args) > 10 else None
         undecided = self._undecided
-        waits = ticket is None or ticket[1] != PUSHED
+        waits = not pushed_first(args)
         if waits:
             undecided[to] = undecided.get(to, 0) + 1
         pair = (sender, to)
@@ -129,12 +135,11 @@ class RelayLeases:
             spent = self._spent[pair] = [0, 0]
         spent[1] += 1
         mark = spent[0]
-        open_ = [waits]
-        """[still counted undecided]"""
 
         def decide() -> None:
-            if open_[0]:
-                open_[0] = False
+            nonlocal waits  # still counted undecided
+            if waits:
+                waits = False
                 left = undecided[to] - 1
                 if left:
                     undecided[to] = left

@@ -34,7 +34,6 @@ from blindrelay.protocol.errors import NotFound
 from ... import gcpolicy
 from ...routing import EnvelopeLinks, HintSeal, new_worker_id
 from .. import Done, StoreError, settling, transparency
-from ..leases import PUSHED
 from ..records import Account, MonthUsage
 from ..transparency import MAX_BILL_ITEMS_WHOLE
 from . import logjobs
@@ -45,7 +44,7 @@ from .database import (
     count_queued,
     hold_relay_file,
 )
-from .relayleases import RelayLeases
+from .relayleases import RelayLeases, pushed_first
 from .tables import Accounts, PreKeyStore, Tables
 from .writer import Writer
 
@@ -167,7 +166,7 @@ class SqliteStore:
             leases.handing(operation)
             if operation == "send":
                 done, decided = leases.sending(args, done, decided)
-                pushed = len(args) > 10 and args[10][1] == PUSHED
+                pushed = pushed_first(args)
             elif operation == "apply_statement":
                 args = leases.statement_args(args)
         # A chat pushed already waits for nothing but its SENT: it may wait for company.
