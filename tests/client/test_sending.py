@@ -165,6 +165,31 @@ async def test_a_contact_lock_exists_only_while_someone_holds_or_awaits_it() -> 
     assert not locks.busy("bob") and len(locks) == 0  # gone once nobody holds or awaits it
 
 
+async def test_a_send_that_finds_the_contact_s_lock_held_waits_its_turn_with_a_session() -> None:
+    """The lock keeps one contact's sends in order (``HandleLocks``): a send that finds it
+    held queues behind its holder even when a session exists by then — here one made
+    while the first message's bundle fetch was on its way, as the contact's own first
+    message arriving meanwhile makes one. Taking the no-lock path because the session
+    exists, the second message was sent before the first (mutation analysis of
+    client/sending.py: ``locks.busy`` dropped from the test for that path)."""
+    relay = FakeRelay()  # answers no BUNDLE_FETCH: the test does
+    alice = await online(URL, "alice", open_transport=relay.open)
+    end = relay.ends[0]
+    first = asyncio.create_task(alice.send("bob", "one"))
+    (fetch,) = await end.wait_for(frames.BundleFetch)  # the first holds bob's lock
+    session_with(alice, "bob", BOB_SEED)
+    second = asyncio.create_task(alice.send("bob", "two"))
+    await asyncio.sleep(0)  # one turn: the second has queued its message or taken its place
+    assert alice.sender.locks.busy("bob") and len(alice.outbox) == 0
+    end.send(bundle("bob", BOB_SEED, re=fetch.id))
+    await within(asyncio.gather(first, second))
+    assert [send.msg_id for send in end.received(frames.Send)] == [
+        first.result(),
+        second.result(),
+    ]
+    await alice.close()
+
+
 # --- What the relay serves for a first message ---------------------------------------------
 
 BOB_SEED = b"\x42" * 32
