@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
-from blindrelay.protocol import channel, codec, limits
+from blindrelay.protocol import channel, codec, limits, noise
 from blindrelay.protocol.channel import (
     ClientChannel,
     NoiseHandshakeFailed,
@@ -252,6 +252,25 @@ def test_a_peer_that_does_not_rekey_is_cut_off_at_the_interval() -> None:
         relay.decrypt(client.encrypt(b"ok"))
     with pytest.raises(TransportMessageRejected):
         relay.decrypt(client.encrypt(b"stale key"))
+
+
+def test_a_side_whose_nonce_would_reach_the_reserved_one_fails_the_channel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SPEC §1.3.5: the nonce 2^64−1 is never used for a message; a side that would reach
+    it fails the channel (close 4001) rather than reuse a nonce. 2^64 messages are out of
+    a test's reach, so Noise's reserved nonce is lowered to 6 for both ends alike (a
+    module constant, read at each call, as the size limit is lowered below); rekeying
+    every 4 messages, the rekey before nonce 4 still comes first."""
+    monkeypatch.setattr(noise, "MAX_NONCE", 6)
+    client, relay = established(rekey_interval=4)
+    for n in range(6):  # nonces 0 … 5 in each direction
+        assert relay.decrypt(client.encrypt(b"frame %d" % n)) == b"frame %d" % n
+        assert client.decrypt(relay.encrypt(b"answer %d" % n)) == b"answer %d" % n
+    with pytest.raises(TransportMessageRejected, match="no nonce left"):
+        client.encrypt(b"a seventh frame")
+    with pytest.raises(TransportMessageRejected, match="no nonce left"):
+        relay.decrypt(bytes(noise.TAGLEN + 1))  # refused by its nonce, before any opening
 
 
 def test_the_rekey_schedule_matches_an_independent_noise_implementation() -> None:

@@ -224,6 +224,26 @@ def test_the_reserved_nonce_is_never_used() -> None:
         send.encrypt_with_ad(b"", b"x")
 
 
+def test_the_last_nonce_before_the_reserved_one_is_used_and_then_both_ends_stop() -> None:
+    """Noise §5.1: 2^64−2 is the last nonce a message may use; at 2^64−1 EncryptWithAd()
+    and DecryptWithAd() fail, and keep failing, with n unchanged — a check one short
+    would lose a usable nonce, one that moved n would let the next call reuse one."""
+    (send, _), (_, receive) = handshaken()
+    last = noise.MAX_NONCE - 1
+    send.n = receive.n = last
+    assert send.k is not None
+    sealed = send.encrypt_with_ad(b"ad", b"last")
+    assert sealed == noise.encrypt(send.k, last, b"ad", b"last")  # sealed under 2^64−2
+    assert receive.decrypt_with_ad(b"ad", sealed) == b"last"
+    assert send.n == receive.n == noise.MAX_NONCE
+    for _ in range(2):
+        with pytest.raises(noise.NonceExhausted):
+            send.encrypt_with_ad(b"ad", b"one more")
+        with pytest.raises(noise.NonceExhausted):
+            receive.decrypt_with_ad(b"ad", sealed)
+        assert send.n == receive.n == noise.MAX_NONCE
+
+
 def test_a_low_order_ephemeral_fails_the_handshake_with_a_noise_error() -> None:
     responder = ours("NX", False)
     with pytest.raises(noise.InvalidPublicKey):
