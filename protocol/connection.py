@@ -66,6 +66,7 @@ from .errors import (
 from .fastcodec import read_deliver
 from .frames import (
     MAX_REASON_LEN,
+    MAX_REQUEST_ID,
     REQUEST_FRAMES,
     AccountKind,
     Error,
@@ -323,15 +324,18 @@ class ClientConnection(_Connection):
 
     role = Role.CLIENT
 
-    def __init__(self, handshake_hash: bytes | None = None, relay_key: bytes | None = None) -> None:
+    def __init__(self, handshake_hash: bytes | None = None, relay_key: bytes | None = None,
+                 *, first_request_id: int = 1) -> None:  # fmt: skip
         """``handshake_hash`` and ``relay_key`` come from the established channel
         (:class:`.channel.ClientChannel`): proofs are signed over the one, and HELLO
-        must present the other (SPEC §1.3.2). Without them nothing can be signed."""
+        must present the other (SPEC §1.3.2). Without them nothing can be signed.
+        Request ids (1 … 2^32−1) are the client's choice (SPEC §2.2): a test starts near
+        the top, with ``first_request_id``, to see them wrap."""
         super().__init__(State.AWAITING_HELLO)
         self.handshake_hash = handshake_hash
         self.channel_relay_key = relay_key
         self.hello: Hello | None = None
-        self._next_id = 1
+        self._next_id = first_request_id
         self._pending: dict[int, FrameType] = {}
         self._proving: tuple[str, str | None] | None = None
         """The handle (and kind, when known) of our REGISTER or LOGIN: its WELCOME's."""
@@ -343,8 +347,11 @@ class ClientConnection(_Connection):
         return MappingProxyType(self._pending)
 
     def next_request_id(self) -> int:
+        """1 … 2^32−1, then 1 again, never an id still pending (SPEC §2.2 rule 2)."""
         request_id = self._next_id
-        self._next_id = self._next_id % (2**32 - 1) + 1
+        while request_id in self._pending:
+            request_id = request_id % MAX_REQUEST_ID + 1
+        self._next_id = request_id % MAX_REQUEST_ID + 1
         return request_id
 
     def receive_data(self, data: bytes) -> None:

@@ -41,12 +41,12 @@ def signer(key: SigningKey) -> Callable[[bytes], bytes]:
 class Pair:
     """A client and a relay connection wired back to back."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_request_id: int = 1) -> None:
         self.relay_key = SigningKey(b"\x01" * 32)
         self.relay = RelayConnection(
             self.relay_key.verify_key.encode(), T0, counter_rng(), handshake_hash=HANDSHAKE_HASH
         )
-        self.client = ClientConnection(HANDSHAKE_HASH)
+        self.client = ClientConnection(HANDSHAKE_HASH, first_request_id=first_request_id)
         self.flush()
 
     def flush(self) -> tuple[list[f.Frame], list[f.Frame]]:

@@ -343,6 +343,37 @@ def test_a_sent_read_outside_the_machine_answers_its_pending_send_once() -> None
         pair.client.receive_data(codec.encode(sent))
 
 
+TOP = f.MAX_REQUEST_ID
+"""2^32−1, the highest request id (SPEC §2.2)."""
+
+
+def test_request_ids_wrap_from_the_highest_to_one() -> None:
+    """SPEC §2.2: ids are 1 … 2^32−1, and after the highest the numbering goes on at 1;
+    one off either way hands out 0 or 2^32, which no frame carries, or skips an id."""
+    client = ClientConnection(first_request_id=TOP - 2)
+    assert [client.next_request_id() for _ in range(5)] == [TOP - 2, TOP - 1, TOP, 1, 2]
+
+
+def test_an_id_still_pending_across_the_wrap_is_not_handed_out_again() -> None:
+    """SPEC §2.2 rule 2: a request left unanswered from before the wrap keeps its id —
+    the relay's answer to it would otherwise be taken as the new request's. Here the
+    caller numbered 2^32−1, 1 and 2 itself, as it may: numbering skips all three, across
+    the wrap, and goes on after them."""
+    pair = Pair(first_request_id=TOP - 1)
+    frame = register(pair)
+    assert frame.id == TOP - 1
+    pair.relay.verify_registration(frame, T0 + 1)
+    welcome(pair, frame)
+    for request_id in (TOP, 1, 2):
+        pair.client.send(f.ProfileFetch(id=request_id, handle="shop"))
+    assert set(pair.client.pending) == {1, 2, TOP}
+    assert [pair.client.next_request_id() for _ in range(2)] == [3, 4]
+    answer = f.Profile(re=1, handle="shop", identity_key=b"k" * 32)
+    pair.client.receive_data(codec.encode(answer))
+    assert set(pair.client.pending) == {2, TOP}
+    assert pair.client.events_received() == [answer]
+
+
 def test_a_sent_before_authentication_is_left_to_receive_data() -> None:
     pair = Pair()
     frame = register(pair)
