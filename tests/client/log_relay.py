@@ -112,11 +112,13 @@ async def customer(relay: LoggingRelay, **options) -> Client:
 
 
 class Writer:
-    """Writes to alice as ``handle`` under the identity key of ``seed``: its first message
-    is a prekey message that starts the session, as the relay can forge one (it holds
-    alice's published prekeys) or the account itself would send it."""
+    """Writes to alice (or the account ``to``) as ``handle`` under the identity key of
+    ``seed``: its first message is a prekey message that starts the session, as the relay
+    can forge one (it holds alice's published prekeys) or the account itself would send it."""
 
-    def __init__(self, relay: LoggingRelay, alice: Client, handle: str, seed: bytes) -> None:
+    def __init__(
+        self, relay: FakeRelay, alice: Client, handle: str, seed: bytes, *, to: str = "alice"
+    ) -> None:
         self.relay, self.handle = relay, handle
         alice.sessions.prekeys_upload(99, relay_one_time=0, relay_has_signed=False)
         signed = alice.store.current_signed_prekey()
@@ -127,7 +129,7 @@ class Writer:
         )  # fmt: skip
         self.session: Session = initiate_session(
             IdentityKeyPair.from_seed(seed), theirs, os.urandom,
-            our_handle=handle, their_handle="alice",
+            our_handle=handle, their_handle=to,
         )  # fmt: skip
 
     def deliver(self, text: str, sender_kind: str = "business", sth: bytes | None = None) -> None:

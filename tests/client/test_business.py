@@ -1,4 +1,6 @@
-"""The business SDK (client/business.py) against a real relay: SPEC §7.3–7.5, §8.
+"""The business SDK (client/business.py) against a real relay: SPEC §7.3–7.5, §8; and,
+in the last section, what the business client decides alone, over the in-memory relay
+of :mod:`.fake_relay` (away replies, ``notify``'s outcomes, a refused profile).
 
 Real sockets to an in-process relay on a fake clock; no sleeps. The bulk test
 sets its 1,000 customers up cheaply — raw protocol connections that register
@@ -20,14 +22,17 @@ import pytest
 
 from blindrelay.client.business import Business
 from blindrelay.client.sdk import Client, Message
-from blindrelay.protocol import limits
+from blindrelay.protocol import frames, limits
 from blindrelay.protocol.business import OpeningHours, SpecialDay
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
-from blindrelay.protocol.errors import RecipientUnavailable
+from blindrelay.protocol.errors import (
+    RecipientUnavailable,
+)
 from blindrelay.protocol.signed import make_statement
 
 from ..relays import FakeClock, relay_at
 from ..server.conftest import RawClient
+from .fake_relay import URL, FakeRelay, RelayEnd, answer_plainly
 from .harness import (
     FAST,
     MIX,
@@ -43,6 +48,7 @@ from .harness import (
     skewed_relay_clock,
     within,
 )
+from .log_relay import Writer
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -418,3 +424,58 @@ def test_a_message_not_yet_handled_when_the_business_closes_comes_back(
 
 
 # --- viewing a business (SPEC §8.1–8.2) ---------------------------------------------
+
+
+# --- what the business client decides, over the in-memory relay (fake_relay.py) ----------
+
+SHOP_ZONE = "UTC"
+WEEKDAYS = [OpeningHours(day, 9 * 60, 18 * 60) for day in range(5)]
+CUSTOMER_SEEDS = {
+    handle: bytes([n]) * 32 for n, handle in enumerate(["ann", "ben", "cat", "dan", "eve"], 1)
+}
+"""Customers and the seeds of their identity keys."""
+
+
+def answer_profiles(end: RelayEnd, frame: frames.Frame) -> None:
+    """The in-memory relay, also taking every PROFILE_PUT (OK)."""
+    if isinstance(frame, frames.ProfilePut):
+        end.send(frames.Ok(re=frame.id))
+    else:
+        answer_plainly(end, frame)
+
+
+async def shop_on(relay: FakeRelay, **options: Any) -> Business:
+    """Business ``shop`` on ``relay``'s clock, with :class:`Business` ``options``."""
+    client = await online(URL, "shop", "business", open_transport=relay.open, clock=relay.clock)
+    return Business(client, **options)
+
+
+async def test_no_away_reply_goes_to_a_business_writing_while_we_are_closed() -> None:
+    """SPEC §8.2: the away reply answers a customer — a user — who writes outside the
+    hours. A message from a business (which a relay refuses to carry, §7.7, unless it
+    lies about the sender's kind) gets none, and its sender's closed period is not taken
+    (mutation analysis of client/business.py: without ``from_user`` in ``_away_reply``
+    the business got one; this relay refuses its BUNDLE_FETCH with 400, as §7.7 has it)."""
+    relay = FakeRelay(FakeClock(local_ms(SHOP_ZONE, "2027-01-09T12:00")))  # Saturday: closed
+
+    def refusing_bundles(end: RelayEnd, frame: frames.Frame) -> None:
+        if isinstance(frame, frames.BundleFetch):
+            end.refuse(RecipientUnavailable(), re=frame.id)
+        else:
+            answer_profiles(end, frame)
+
+    relay.answer = refusing_bundles
+    incoming: asyncio.Queue[Message] = asyncio.Queue()
+    shop = await shop_on(relay, away_message="Closed.", on_message=incoming.put)
+    await within(shop.publish_profile(display_name="Shop", timezone=SHOP_ZONE, hours=WEEKDAYS))
+    shop.start()
+    end = relay.ends[0]
+    Writer(relay, shop.client, "airline", b"\x41" * 32, to="shop").deliver("Your order", "business")
+    assert (await within(incoming.get())).from_business  # its away decision was made
+    Writer(relay, shop.client, "ann", CUSTOMER_SEEDS["ann"], to="shop").deliver("Open?", "user")
+    assert (await within(incoming.get())).from_user
+    assert [send.to for send in end.received(frames.Send)] == ["ann"]  # the customer's reply
+    assert end.received(frames.BundleFetch) == []
+    assert shop.client.store.away_reply_period("airline") is None
+    assert shop.client.store.away_reply_period("ann") is not None
+    await shop.close()
