@@ -26,13 +26,14 @@ from blindrelay.protocol import frames, limits
 from blindrelay.protocol.business import OpeningHours, SpecialDay
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import (
+    BlindrelayError,
     RecipientUnavailable,
 )
-from blindrelay.protocol.signed import make_statement
+from blindrelay.protocol.signed import ConsentStatement, make_statement, unverified_body
 
-from ..relays import FakeClock, relay_at
+from ..relays import T0, FakeClock, relay_at
 from ..server.conftest import RawClient
-from .fake_relay import URL, FakeRelay, RelayEnd, answer_plainly
+from .fake_relay import RELAY_KEY, URL, FakeRelay, RelayEnd, answer_plainly
 from .harness import (
     FAST,
     MIX,
@@ -44,6 +45,7 @@ from .harness import (
     local_ms,
     online,
     run,
+    session_with,
     shop_open_on_weekdays,
     skewed_relay_clock,
     within,
@@ -450,6 +452,31 @@ async def shop_on(relay: FakeRelay, **options: Any) -> Business:
     return Business(client, **options)
 
 
+def grant_of(user: str, category: str = "utility") -> frames.Deliver:
+    """``user``'s signed grant of ``category`` to shop, as the relay forwards it (SPEC §7.5)."""
+    key = IdentityKeyPair.from_seed(CUSTOMER_SEEDS[user])
+    signed = make_statement(
+        "grant", signer=user, signer_key=key.public, target="shop",
+        relay_key=RELAY_KEY.verify_key.encode(), now_ms=T0, rng=os.urandom,
+        categories=(category,),
+    ).sign(key.sign)  # fmt: skip
+    return frames.Deliver(
+        delivery_id=1, sender=user, sender_kind="user", intent="statement", sent_at=T0,
+        msg_id=unverified_body(ConsentStatement, signed).nonce, body=signed,
+    )  # fmt: skip
+
+
+def consenting_customers(
+    shop: Business, with_session: list[str], without_session: tuple[str, ...] = ()
+) -> None:
+    """Each customer named grants shop ``utility``; those of ``with_session`` have a session."""
+    for user in with_session:
+        session_with(shop.client, user, CUSTOMER_SEEDS[user])
+    for user in [*with_session, *without_session]:
+        shop.client.consent.receive(grant_of(user), RELAY_KEY.verify_key.encode())
+    assert shop.consenting("utility") == sorted([*with_session, *without_session])
+
+
 async def test_no_away_reply_goes_to_a_business_writing_while_we_are_closed() -> None:
     """SPEC §8.2: the away reply answers a customer — a user — who writes outside the
     hours. A message from a business (which a relay refuses to carry, §7.7, unless it
@@ -478,4 +505,21 @@ async def test_no_away_reply_goes_to_a_business_writing_while_we_are_closed() ->
     assert end.received(frames.BundleFetch) == []
     assert shop.client.store.away_reply_period("airline") is None
     assert shop.client.store.away_reply_period("ann") is not None
+    await shop.close()
+
+
+async def test_notify_raises_value_error_for_a_category_there_is_not() -> None:
+    """docs/sdk.md: ``notify`` raises ``ValueError`` for an unknown category — the
+    caller's mistake, before anything is sent, not one of the relay's named errors
+    (mutation analysis of client/business.py: without the check no error was raised at
+    all, and ``notify`` answered "no recipients" as if nobody had opted in)."""
+    relay = FakeRelay()
+    shop = await shop_on(relay)
+    consenting_customers(shop, ["ann", "ben"])
+    for to in (None, ["ann", "ben"]):
+        with pytest.raises(ValueError, match="unknown category 'gossip'") as raised:
+            await within(shop.notify("gossip", "psst", to=to))
+        assert not isinstance(raised.value, BlindrelayError)
+    assert relay.ends[0].received(frames.Send) == []
+    assert (await within(shop.notify("utility", "gate change"))).sent == ["ann", "ben"]
     await shop.close()
