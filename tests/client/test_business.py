@@ -27,6 +27,7 @@ from blindrelay.protocol.business import OpeningHours, SpecialDay
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import (
     BlindrelayError,
+    QueueFull,
     RecipientUnavailable,
 )
 from blindrelay.protocol.signed import ConsentStatement, make_statement, unverified_body
@@ -522,4 +523,31 @@ async def test_notify_raises_value_error_for_a_category_there_is_not() -> None:
         assert not isinstance(raised.value, BlindrelayError)
     assert relay.ends[0].received(frames.Send) == []
     assert (await within(shop.notify("utility", "gate change"))).sent == ["ann", "ben"]
+    await shop.close()
+
+
+async def test_a_recipient_the_relay_refuses_with_400_is_refused_and_others_failed() -> None:
+    """SPEC §7.7, docs/sdk.md: a recipient the relay refuses with ERROR 400 (no consent,
+    blocked, no such account) is reported in ``refused`` — at its SEND, or at the bundle
+    fetch of one without a session; any other error per recipient in ``failed``
+    (mutation analysis of client/business.py: the 400 counted in ``failed`` passed)."""
+    relay = FakeRelay()
+
+    def refusing(end: RelayEnd, frame: frames.Frame) -> None:
+        if isinstance(frame, frames.BundleFetch) or (
+            isinstance(frame, frames.Send) and frame.to == "ben"
+        ):
+            end.refuse(RecipientUnavailable(), re=frame.id)
+        elif isinstance(frame, frames.Send) and frame.to == "dan":
+            end.refuse(QueueFull(), re=frame.id)
+        else:
+            answer_plainly(end, frame)
+
+    relay.answer = refusing
+    shop = await shop_on(relay)
+    consenting_customers(shop, ["ann", "ben", "cat", "dan"], without_session=("eve",))
+    result = await within(shop.notify("utility", "gate change"))
+    assert (result.sent, result.refused) == (["ann", "cat"], ["ben", "eve"])
+    assert list(result.failed) == ["dan"] and isinstance(result.failed["dan"], QueueFull)
+    assert [f.handle for f in relay.ends[0].received(frames.BundleFetch)] == ["eve"]
     await shop.close()
