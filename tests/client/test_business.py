@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,17 @@ import pytest
 from blindrelay.client.business import Business
 from blindrelay.client.sdk import Client, Message
 from blindrelay.protocol import frames, limits
-from blindrelay.protocol.business import OpeningHours, SpecialDay
+from blindrelay.protocol.business import BusinessProfile, OpeningHours, SpecialDay
 from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import (
     BlindrelayError,
+    Forbidden,
+    InvalidProfile,
+    ProtocolError,
     QueueFull,
+    RateLimited,
     RecipientUnavailable,
+    UnexpectedFrame,
 )
 from blindrelay.protocol.signed import ConsentStatement, make_statement, unverified_body
 
@@ -550,4 +556,58 @@ async def test_a_recipient_the_relay_refuses_with_400_is_refused_and_others_fail
     assert (result.sent, result.refused) == (["ann", "cat"], ["ben", "eve"])
     assert list(result.failed) == ["dan"] and isinstance(result.failed["dan"], QueueFull)
     assert [f.handle for f in relay.ends[0].received(frames.BundleFetch)] == ["eve"]
+    await shop.close()
+
+
+@pytest.mark.parametrize("refusal", [InvalidProfile, RateLimited, Forbidden])
+async def test_a_profile_the_relay_refuses_is_not_kept(refusal: type[ProtocolError]) -> None:
+    """SPEC §8.2: the profile kept — what away replies and :attr:`Business.profile` go
+    by — is the one the relay took (OK). One refused (600 malformed, 402 paced, 202 not
+    a business) raises that error and leaves the last one taken (mutation analysis of
+    client/business.py: a profile kept whatever the answer passed)."""
+    relay = FakeRelay()
+    shop = await shop_on(relay)
+
+    def refusing_profiles(end: RelayEnd, frame: frames.Frame) -> None:
+        if isinstance(frame, frames.ProfilePut):
+            end.refuse(refusal(), re=frame.id)
+        else:
+            answer_plainly(end, frame)
+
+    async def publish(name: str) -> BusinessProfile:
+        return await within(
+            shop.publish_profile(display_name=name, timezone=SHOP_ZONE, hours=WEEKDAYS)
+        )
+
+    relay.answer = refusing_profiles
+    with pytest.raises(refusal):
+        await publish("Refused Shop")
+    assert shop.profile is None and shop.client.store.business_profile() is None
+    relay.answer = answer_profiles
+    taken = await publish("Corner Shop")
+    relay.answer = refusing_profiles
+    with pytest.raises(refusal):
+        await publish("Renamed Shop")
+    assert shop.profile == taken
+    await shop.close()
+
+
+async def test_a_profile_put_answered_with_another_frame_keeps_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SPEC §2.2: OK alone answers PROFILE_PUT. The connection's machine drops any other
+    answer before the link returns it; should one get through, ``publish_profile`` raises
+    UnexpectedFrame and keeps nothing (mutation analysis of client/business.py: the
+    check removed, a LOG_HEAD was taken for the OK)."""
+    relay = FakeRelay()
+    shop = await shop_on(relay)
+
+    async def another_frame(make: Callable[[int], frames.Frame]) -> frames.Frame:
+        return frames.LogHead(re=make(1).id, sth=None)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(shop.client.link, "request", another_frame)
+    with pytest.raises(UnexpectedFrame, match="PROFILE_PUT"):
+        await within(shop.publish_profile(display_name="Shop", timezone=SHOP_ZONE, hours=[]))
+    assert shop.profile is None and shop.client.store.business_profile() is None
+    monkeypatch.undo()
     await shop.close()
