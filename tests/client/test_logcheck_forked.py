@@ -15,11 +15,12 @@ joining them (NOT_FOUND).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from blindrelay.client.keystore import KeyStore, LogFork, MemoryKeyStore
+from blindrelay.client.keystore import HeardHead, KeyStore, LogFork, MemoryKeyStore
 from blindrelay.client.logcheck import LogCheck
 from blindrelay.client.sdk import Client
 from blindrelay.client.transparency import LogReader
@@ -237,3 +238,90 @@ def test_a_kept_fork_is_the_alarm_while_its_relay_key_is_pinned() -> None:
     with pytest.raises(LogForked):
         check.raise_if_forked()
     assert len(alarms) == 1  # told once a run
+
+
+# --- After the alarm: heads heard from contacts ------------------------------------------
+
+
+def consistency_fetches(relay: LoggingRelay) -> int:
+    return sum(len(end.received(frames.LogConsistencyFetch)) for end in relay.ends)
+
+
+def test_a_head_heard_after_the_alarm_is_neither_checked_nor_kept(tmp_path: Path) -> None:
+    """By design (docs/transparency.md, "After the alarm"): once the alarm is kept, a
+    contact's head is not held against ours. The relay is honest again here and would
+    prove carol's new head (it extends ours): checked, it would move our kept head on and
+    ask the relay for a proof. Instead nothing is asked, nothing kept or reported, the
+    evidence is the first fork's, the message is read and every send still raises."""
+
+    async def scenario() -> None:
+        relay = LoggingRelay()
+        honest = relay.answer
+        profile = Profile("sqlite", tmp_path)
+        ours, theirs = await fork_seen(relay, profile)
+        relay.answer = honest
+        relay.append(*filler(6)[4:])
+        extends_ours = relay.sign_head()
+        alarms: list[LogForked] = []
+        reports: list[object] = []
+        alice = await started(
+            profile.open(relay, on_log_forked=alarms.append, on_log_unchecked=reports.append)
+        )
+        asked = consistency_fetches(relay)
+        Writer(relay, alice, "carol", CAROL_SEED).deliver("again", "user", sth=extends_ours)
+        inbox = Inbox(alice)
+        assert (await inbox.next()).body == "again"
+        await within(alice.log_check.settled())
+        assert consistency_fetches(relay) == asked, "a head was checked after the alarm"
+        assert alice.store.tree_head() == ours and alice.store.heard_heads() == []
+        assert reports == [] and len(alarms) == 1
+        (kept,) = alice.store.log_forks()
+        assert {kept.first, kept.second} == {ours, theirs}
+        with pytest.raises(LogForked):
+            await within(alice.send("carol", "hello"))
+        assert sends(relay) == []
+        await inbox.close()
+        await alice.close()
+
+    run(scenario())
+
+
+def test_heads_kept_before_the_alarm_are_not_tried_after_it() -> None:
+    """On ``LogCheck`` alone: a contact's head kept unproven when the alarm went off stays
+    kept and is not tried (the relay is asked nothing), and a new one is not kept: the
+    alarm stands whatever they would show. Under a relay key accepted since (a new log),
+    the kept head is no head of that key and is dropped at its first try."""
+
+    async def scenario() -> None:
+        store: KeyStore = MemoryKeyStore()
+        old = RELAY_KEY.verify_key.encode()
+        store.set_relay_key(old)
+        relay = LoggingRelay()
+        relay.append(*filler(4))
+        ours = relay.sign_head()
+        relay.append(*filler(6)[4:])
+        waiting = relay.sign_head()
+        relay.append(*filler(8)[6:])
+        newer = relay.sign_head()
+        store.set_tree_head(ours)
+        store.keep_heard_head(HeardHead("bob", waiting, T0))
+        store.keep_log_fork(LogFork(old, ours, b"the other head", "no proof joins them"))
+        asked: list[frames.Frame] = []
+
+        async def ask(make: Callable[[int], frames.Frame]) -> frames.Frame:
+            asked.append(make(1))
+            raise NotFound()
+
+        check = LogCheck(store, LogReader(ask, store.relay_key), store.relay_key)
+        check.resume()
+        check.heard(newer, "carol")
+        await within(check.settled())
+        assert asked == [] and [held.signed for held in store.heard_heads()] == [waiting]
+        assert store.tree_head() == ours and not check.overdue("bob")
+        store.set_relay_key(OTHER_RELAY_KEY.verify_key.encode())
+        check.resume()
+        await within(check.settled())
+        assert store.heard_heads() == [] and asked == []
+        await check.close()
+
+    run(scenario())
