@@ -12,6 +12,9 @@ The state file (``--state``) is JSON: the relay key, and the newest head the las
 clean run verified (``size``, ``root``, ``signed``, hex). It is written atomically
 (a temporary file renamed over it) and only moves forward; a run that finds a
 violation keeps the commitment the relay broke, so the next run reports it again.
+A run that finds the log rewritten under a newer head that verifies keeps both heads
+(``fork``: ``earlier``, ``later``) and follows the newer: every later run reports the
+fork, even once the relay shows the first history again (T73).
 
 Exit status: 0 clean, 1 a violation, 2 a usage error (the one-line message says
 what to do), 3 the relay could not be read (down, refused, no head signed yet is
@@ -67,16 +70,23 @@ def load_state(path: Path) -> SavedState | None:
     """The previous run's state, None if the file does not exist yet. Its ``size`` and
     ``root`` must be those of its ``signed`` head, which must verify with its relay key:
     otherwise the run would check the log against a commitment the relay never made
-    (an earlier prefix, say: less of the log) and show another head as its evidence."""
+    (an earlier prefix, say: less of the log) and show another head as its evidence.
+    A kept ``fork`` must be two heads that verify with that key too: it is reported
+    as the relay's, in every run."""
     try:
         raw = json.loads(path.read_text())
         relay_key = bytes.fromhex(raw["relay_key"])
+        fork = raw.get("fork")
         head = AuditState(
-            int(raw["size"]), bytes.fromhex(raw["root"]), bytes.fromhex(raw["signed"])
-        )
+            int(raw["size"]), bytes.fromhex(raw["root"]), bytes.fromhex(raw["signed"]),
+            None if fork is None
+            else (bytes.fromhex(fork["earlier"]), bytes.fromhex(fork["later"])),
+        )  # fmt: skip
         signed = open_tree_head(head.signed, relay_key)
         if (signed.size, signed.root) != (head.size, head.root):
             raise ValueError("its size and root are not those of the head it holds")
+        for kept in head.fork or ():
+            open_tree_head(kept, relay_key)
         return SavedState(relay_key, head)
     except FileNotFoundError:
         return None
@@ -88,11 +98,13 @@ def load_state(path: Path) -> SavedState | None:
 
 
 def save_state(path: Path, relay_key: bytes, state: AuditState) -> None:
-    data = json.dumps(
-        {"relay_key": relay_key.hex(), "size": state.size, "root": state.root.hex(),
-         "signed": state.signed.hex()},
-        indent=2,
-    )  # fmt: skip
+    saved: dict[str, object] = {
+        "relay_key": relay_key.hex(), "size": state.size, "root": state.root.hex(),
+        "signed": state.signed.hex(),
+    }  # fmt: skip
+    if state.fork is not None:
+        saved["fork"] = {"earlier": state.fork[0].hex(), "later": state.fork[1].hex()}
+    data = json.dumps(saved, indent=2)
     directory = path.parent if str(path.parent) else Path(".")
     fd, temporary = tempfile.mkstemp(dir=directory, prefix=".audit-", suffix=".json")
     try:

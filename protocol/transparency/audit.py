@@ -6,7 +6,9 @@ entries alone, and reports every violation with its evidence: an entry that is
 not one of §15.1's encodings, a head whose signature fails, a head whose root is
 not the tree of the entries, heads that shrink or go back in time, a business's
 bill for a month logged twice, a key binding that does not follow its handle's last,
-and a log that no longer holds what the previous run saw (truncated or rewritten).
+and a log that no longer holds what the previous run saw (truncated or rewritten) —
+under a newer head that verifies, a fork, whose two heads the state keeps and every
+later run reports (:attr:`AuditState.fork`).
 It is pure: fetching is the caller's (the audit CLI), and so is deciding what to do.
 :class:`LogAudit` is the same an entry at a time, for a caller that reads the log
 page by page and keeps none of it.
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from blindrelay.protocol.errors import InvalidTreeHead, MalformedLogEntry, ProtocolError
 from blindrelay.protocol.signed import unverified_body
@@ -31,11 +33,18 @@ from .treehead import TreeHead, open_tree_head
 
 @dataclass(frozen=True, slots=True)
 class AuditState:
-    """What one run leaves for the next: the newest verified head, as signed."""
+    """What one run leaves for the next: the newest verified head, as signed, and the
+    first fork a run found, if one did."""
 
     size: int
     root: bytes
     signed: bytes
+    fork: tuple[bytes, bytes] | None = None
+    """Two signed heads no consistency proof can join: a head a run verified, then a later
+    one signed over a log that no longer holds it. Kept for good and reported by every
+    later run (§15.3 rule 4): a relay that shows an auditor a rewritten history once and
+    then goes back to the first would otherwise leave the next run clean, and nothing
+    signed to show for it (T73)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +62,8 @@ class AuditReport:
     entries_by_type: dict[str, int] = field(default_factory=dict)
     newest: TreeHead | None = None
     state: AuditState | None = None
-    """The state for the next run: the newest head that verified (or the previous one)."""
+    """The state for the next run: the newest head that verified (or the previous one,
+    when this run broke it), with the fork kept, if any run found one."""
     violations: list[Violation] = field(default_factory=list)
 
     @property
@@ -227,8 +237,17 @@ def _check_previous(
     """The log must still hold what the previous run verified: its head's entries, unchanged."""
     if previous is None:
         return
+    if previous.fork is not None:
+        earlier, later = previous.fork
+        report.violations.append(Violation(
+            "log forked",
+            "an earlier run verified two heads of the relay that no consistency proof "
+            "joins: it showed two histories",
+            {"earlier": earlier.hex(), "later": later.hex()},
+        ))  # fmt: skip
     evidence = {"previous_head": previous.signed.hex()}
     found = len(report.violations)
+    forked: AuditState | None = None
     if previous.size not in roots:
         report.violations.append(Violation(
             "log truncated",
@@ -236,6 +255,15 @@ def _check_previous(
             evidence,
         ))  # fmt: skip
     elif roots[previous.size] != previous.root:
+        newest = report.state if report.newest is not None else None
+        if newest is not None and newest.size >= previous.size:
+            # The newest head verified against these entries, so it signs a tree whose
+            # first ``previous.size`` leaves are not the previous head's: two signed heads
+            # neither of which extends the other, evidence anyone can recheck. The state
+            # follows the history signed now (a later rewrite of it is a violation of its
+            # own) and keeps the first fork for every later run.
+            evidence = evidence | {"later_head": newest.signed.hex()}
+            forked = replace(newest, fork=previous.fork or (previous.signed, newest.signed))
         report.violations.append(Violation(
             "log rewritten",
             f"the first {previous.size} entries no longer give the root the relay signed",
@@ -260,5 +288,9 @@ def _check_previous(
                 {"earlier": previous.signed.hex(), "later": report.state.signed.hex()},
             ))  # fmt: skip
     broken = len(report.violations) > found
-    if broken or report.state is None or report.state.size < previous.size:
+    if forked is not None:
+        report.state = forked
+    elif broken or report.state is None or report.state.size < previous.size:
         report.state = previous  # keep the commitment the relay broke, or the larger one
+    elif previous.fork is not None:
+        report.state = replace(report.state, fork=previous.fork)

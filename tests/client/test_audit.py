@@ -450,3 +450,81 @@ def test_a_state_file_whose_head_another_key_signed_is_refused(
     state.write_text(json.dumps(saved))
     with pytest.raises(audit_module.AuditUsageError, match="state file"):
         run_until(run_audit("ws://relay.test", io.StringIO(), state_path=state))
+
+
+class ShownLog:
+    """A relay's log fetches serving what it shows the auditor this run: ``entries`` and
+    a head signed over all of them."""
+
+    def __init__(self) -> None:
+        self.key = SigningKey(b"\x11" * 32)
+        self.entries: list[bytes] = []
+        self.head = b""
+
+    def show(self, entries: list[bytes], at: int) -> bytes:
+        self.entries = entries
+        root = merkle.root_of([merkle.leaf_hash(e) for e in entries])
+        self.head = sign_tree_head(lambda m: self.key.sign(m).signature, len(entries), root, at)
+        return self.head
+
+    async def request(self, make: Callable[[int], frames.Frame]) -> frames.Frame:
+        frame = make(1)
+        if isinstance(frame, frames.LogHeadFetch):
+            return frames.LogHead(re=1, sth=self.head)
+        assert isinstance(frame, frames.LogEntriesFetch)
+        page = self.entries[frame.start : frame.start + frame.count]
+        return frames.LogEntries(re=1, start=frame.start, entries=tuple(page))
+
+    @contextlib.asynccontextmanager
+    async def open(self, _url: str, _key: bytes | None = None) -> AsyncIterator[LogReader]:
+        yield LogReader(self.request, lambda: self.key.verify_key.encode())
+
+
+def statements(count: int, salt: int = 0) -> list[bytes]:
+    return [
+        StatementLogged(v=1, commitment=bytes([i, salt]) * 16, at=T0 + i).to_bytes()
+        for i in range(count)
+    ]
+
+
+def test_a_fork_the_auditor_saw_once_is_reported_by_every_later_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """T73: the relay shows the auditor, once, a head signed over a rewritten log, then
+    the first history again. The run that saw it said "log rewritten", kept the previous
+    head alone, and the next run was clean (exit 0): nothing in the state file, nor any
+    signed evidence in the report, of the head that broke it. Now the state file keeps
+    both heads, and every later run reports the fork with them (exit 1)."""
+    shown = ShownLog()
+    monkeypatch.setattr(audit_module, "open_log_reader", shown.open)
+    state = tmp_path / "audit.json"
+
+    def audit_now() -> tuple[int, str]:
+        result: list[tuple[int, str]] = []
+
+        async def once() -> None:
+            result.append(await audited("ws://relay.test", state))
+
+        run(once())
+        return result[0]
+
+    first = shown.show(statements(10), T0)
+    assert audit_now()[0] == 0
+    other = shown.show(statements(12, salt=1), T0 + 1)
+    status, rewritten = audit_now()
+    assert status == 1 and "VIOLATION log rewritten" in rewritten, rewritten
+    for at in (T0 + 2, T0 + 3, T0 + 4):
+        shown.show(statements(14), at)  # the first history, grown
+        status, report = audit_now()
+        assert status == 1 and "VIOLATION log forked" in report, report
+        assert first.hex() in report and other.hex() in report
+    assert first.hex() in rewritten and other.hex() in rewritten  # both signed heads
+    saved = json.loads(state.read_text())
+    assert saved["fork"] == {"earlier": first.hex(), "later": other.hex()}
+    stranger = SigningKey(b"\x12" * 32)
+    saved["fork"]["later"] = sign_tree_head(  # a head the relay did not sign
+        lambda m: stranger.sign(m).signature, 12, bytes(32), T0 + 1
+    ).hex()
+    state.write_text(json.dumps(saved))
+    with pytest.raises(audit_module.AuditUsageError, match="state file"):
+        audit_now()

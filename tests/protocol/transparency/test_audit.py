@@ -46,10 +46,12 @@ def test_a_rewritten_history_is_caught_against_the_previous_run() -> None:
     entries = log(10)
     state = audit(entries, [head(entries, 10, T0)], RELAY.public).state
     rewritten = log(12, salt=1)  # the same size and more, other entries
-    report = audit(rewritten, [head(rewritten, 12, T0 + 1)], RELAY.public, state)
+    signed_again = head(rewritten, 12, T0 + 1)
+    report = audit(rewritten, [signed_again], RELAY.public, state)
     assert kinds(report) == ["log rewritten"]
     assert report.violations[0].evidence["previous_head"] == state.signed.hex()
-    assert report.state == state  # the larger commitment is not forgotten
+    # the commitment broken is kept as evidence, beside the head that broke it (T73)
+    assert report.state is not None and report.state.fork == (state.signed, signed_again)
 
 
 def test_a_truncated_log_is_caught() -> None:
@@ -196,3 +198,70 @@ def test_a_clean_run_never_hands_on_a_smaller_state_than_it_was_given() -> None:
     by_hand = AuditState(10, root, b"not a signed head")
     report = audit(entries, [head(entries, 8, T0)], RELAY.public, by_hand)
     assert report.clean and report.state == by_hand
+
+
+def test_an_unrelated_violation_does_not_hold_the_state_back() -> None:
+    """A malformed entry, a bill logged twice or a binding out of chain is no break of
+    the previous run's commitment: the newest head still verifies, and the state moves on
+    to it, committing the relay to the very entries that show the violation (a later log
+    without them is "log rewritten"). Every run reads the log from its first entry, so
+    each later run reports the violation again for as long as the log holds it."""
+    entries = log(6)
+    state = audit(entries, [head(entries, 6, T0)], RELAY.public).state
+    grown = [*log(8), b"not an entry", *log(10)[9:]]
+    newest = head(grown, 10, T0 + 1)
+    report = audit(grown, [newest], RELAY.public, state)
+    assert kinds(report) == ["malformed entry"]
+    assert report.state is not None and report.state.signed == newest
+    longer = [*grown, *log(11)[10:]]
+    again = audit(longer, [head(longer, 11, T0 + 2)], RELAY.public, report.state)
+    assert kinds(again) == ["malformed entry"] and again.state is not None
+    assert again.state.size == 11 and again.state.fork is None
+    cleaned = log(11)  # the relay drops the bad entry: history rewritten
+    dropped = audit(cleaned, [head(cleaned, 11, T0 + 3)], RELAY.public, report.state)
+    assert kinds(dropped) == ["log rewritten"]
+
+
+def test_a_fork_found_once_is_reported_by_every_later_run() -> None:
+    """The attack (T73): a relay shows an auditor, once, a head signed over a rewritten
+    log (the view it shows someone else), then goes back to the history the auditor's
+    state holds. The run that saw the rewrite reported it, and kept the previous head as
+    its state, nothing of the head that broke it: the next run found the log consistent
+    with that state and was clean, and the printed evidence (the previous head and a root
+    the auditor computed) was no signed proof of anything. Now the run keeps both signed
+    heads in its state, and every later run reports the fork with them, whatever the
+    relay shows since."""
+    entries = log(10)
+    state = audit(entries, [head(entries, 10, T0)], RELAY.public).state
+    assert state is not None
+    rewritten = log(12, salt=1)
+    other = head(rewritten, 12, T0 + 1)
+    found = audit(rewritten, [other], RELAY.public, state)
+    assert kinds(found) == ["log rewritten"]
+    back = log(14)  # the first history, grown
+    run = found
+    for at in (T0 + 2, T0 + 3, T0 + 4):
+        run = audit(back, [head(back, 14, at)], RELAY.public, run.state)
+        assert "log forked" in kinds(run), kinds(run)
+        (kept,) = [v for v in run.violations if v.kind == "log forked"]
+        assert kept.evidence == {"earlier": state.signed.hex(), "later": other.hex()}
+    evidence = found.violations[0].evidence
+    assert (evidence["previous_head"], evidence["later_head"]) == (state.signed.hex(), other.hex())
+
+
+def test_a_second_rewrite_after_a_fork_is_caught_against_the_head_last_verified() -> None:
+    """After a fork the state follows the history the relay now signs (the fork itself
+    kept as evidence), so a later rewrite of that history is its own violation, with the
+    head it broke; before, the state stayed at the first commitment for good: each run
+    said the same "log rewritten" against it, and a rewrite of what the relay signed
+    since was never a violation of its own."""
+    entries = log(10)
+    state = audit(entries, [head(entries, 10, T0)], RELAY.public).state
+    rewritten = log(12, salt=1)
+    second = head(rewritten, 12, T0 + 1)
+    found = audit(rewritten, [second], RELAY.public, state)
+    again = [*rewritten[:11], *log(14, salt=2)[11:]]  # entry 11 rewritten too
+    report = audit(again, [head(again, 14, T0 + 2)], RELAY.public, found.state)
+    fresh = [v for v in report.violations if v.kind == "log rewritten"]
+    assert [v.evidence["previous_head"] for v in fresh] == [second.hex()]
+    assert "log forked" in kinds(report)
