@@ -209,7 +209,10 @@ class AdminStore(Protocol):
     def transaction(self) -> AbstractContextManager[object]:
         """Everything inside commits together, or not at all."""
 
-    def account(self, handle: str) -> Account | None: ...
+    def account(self, handle: str) -> Account | None:
+        """Inside :meth:`transaction`, the key read stays the account's until it ends: a
+        badge is signed over it (``admin verify-business``), so a rotation by a running
+        relay waits, or is waited for (PostgreSQL: a row lock; SQLite: BEGIN IMMEDIATE)."""
 
     def badge_serial_taken(self, serial: int) -> bool: ...
 

@@ -5,7 +5,9 @@ a profile, metered notifications, a chat envelope still queued — and each test
 data in the back end it is parametrised with (the PostgreSQL one through
 ``pgcopy``). The operator's commands must behave the same on both, and ``inspect`` must
 report the same lines; PostgreSQL's own failures (no server, no database, a refused
-login, a newer schema, a connection lost) are each one line, never a traceback.
+login, a newer schema, a connection lost) are each one line, never a traceback. On
+PostgreSQL, a badge issued while a relay worker rotates the business's key is signed
+over the key the account keeps, whichever starts first.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,7 @@ import asyncpg
 import pytest
 
 from blindrelay.protocol.business import BusinessProfile, OpeningHours, check_badge
+from blindrelay.protocol.crypto.fingerprint import key_fingerprint
 from blindrelay.protocol.frames import Ok, ProfilePut, Sent
 from blindrelay.protocol.transparency.bills import month_of
 from blindrelay.server import cli
@@ -35,12 +40,15 @@ from blindrelay.server.config import RelayConfig
 from blindrelay.server.registration import invite_digest
 from blindrelay.server.relay import serve
 from blindrelay.server.store import StoreError, open_admin_store
+from blindrelay.server.store.postgresql import operations
 from blindrelay.server.store.postgresql.schema import SCHEMA_VERSION
+from blindrelay.server.store.postgresql.tx import Tx
 
 from ..pg import PostgresDatabase, database_url
 from .conftest import MANY_REGISTRATIONS, FakeClock, RawClient
 from .consent_helpers import issue_badge_for, stated
 from .pgcopy import copy_to_postgres, reset
+from .pgstore_support import started
 
 BLINDRELAY = Path(sys.executable).with_name("blindrelay")
 NOW = FakeClock().now
@@ -283,6 +291,114 @@ def test_an_operator_write_waits_for_the_relay_instead_of_failing(
         done.set()
         thread.join()
         admin_store.close()
+
+
+# --- a badge and a key rotation at once (PostgreSQL: relay workers and the operator) ---
+
+
+OLD_KEY, NEW_KEY = b"o" * 32, b"n" * 32
+
+
+@asynccontextmanager
+async def rotating(url: str) -> AsyncIterator[None]:
+    """A relay worker's batch rotating ``shop``'s key from OLD_KEY to NEW_KEY, its
+    transaction open for the body to run in and committed after it."""
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT 1 FROM queue_counts WHERE handle = 'shop' FOR UPDATE")
+            await operations.rotate_identity(Tx(conn, "w2"), "shop", OLD_KEY, NEW_KEY, 0)
+            yield
+    finally:
+        await conn.close()
+
+
+async def rotate(url: str) -> None:
+    async with rotating(url):
+        pass
+
+
+async def until_one_waits_for_a_lock(url: str, work: asyncio.Future[Any]) -> None:
+    """Until a transaction of this database waits for a lock, or ``work`` is done: the
+    point at which the other side may go on, whatever the machine's speed."""
+    conn = await asyncpg.connect(url)
+    try:
+        for _ in range(3000):
+            waiting = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock'"
+            )
+            if waiting or work.done():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("neither done nor waiting for a lock")
+    finally:
+        await conn.close()
+
+
+async def a_business(url: str) -> None:
+    async with started(url) as store:  # closed again: nothing of the relay runs meanwhile
+        await store.submit("create_account", "shop", "business", OLD_KEY, 0)
+
+
+async def badges_and_key(url: str) -> tuple[list[bytes], bytes]:
+    """(every badge of ``shop``, its key now)."""
+    [(key,)] = await _fetch(url, "SELECT identity_key FROM accounts WHERE handle = 'shop'")
+    return [bytes(row[0]) for row in await _fetch(url, "SELECT signed FROM badges")], bytes(key)
+
+
+async def test_verify_business_during_a_rotation_badges_the_key_the_rotation_leaves(
+    fresh: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``verify-business`` while a relay worker's rotation of the business's key is not
+    committed yet: the badge is for the new key, which the relay serves it with. Read
+    without a lock, the old key was signed and the badge committed after the rotation —
+    for a key no longer the account's, never served, the operator told it was issued."""
+    await a_business(fresh)
+    key_file = tmp_path / "operator.key"
+    operator_key = public_key_of(admin(capsys, "keygen", "--out", str(key_file))[1])
+    argv = ["admin", "verify-business", "--store", fresh, "--operator-key-file", str(key_file)]
+    async with rotating(fresh):
+        command = asyncio.ensure_future(
+            asyncio.to_thread(cli.main, [*argv, "shop", "--name", "Shop"])
+        )
+        await until_one_waits_for_a_lock(fresh, command)
+    assert await asyncio.wait_for(command, 30) == 0
+    [badge], key = await badges_and_key(fresh)
+    assert key == NEW_KEY
+    now = time.time_ns() // 1_000_000
+    check = check_badge(
+        badge, operator_key=operator_key, handle="shop", identity_key=key, now_ms=now
+    )
+    assert check.verified
+    assert f"key {key_fingerprint(NEW_KEY).hex()[:16]}" in capsys.readouterr().out
+    async with started(fresh) as store:
+        assert await store.submit("fetch_profile", "shop", now) == [NEW_KEY, None, badge]
+
+
+async def test_a_rotation_waits_for_a_badge_being_issued_for_the_key_it_replaces(
+    fresh: str,
+) -> None:
+    """The other order: the operator's transaction has read the key; a rotation must wait
+    until the badge over that key is committed (then stops being served by it), not
+    commit in between and leave a badge issued, after it, for the key it replaced."""
+    await a_business(fresh)
+    admin_store = open_admin_store(fresh)
+    try:
+        with admin_store.transaction():
+            account = admin_store.account("shop")
+            assert account is not None and account.identity_key == OLD_KEY
+            rotation = asyncio.ensure_future(rotate(fresh))
+            await until_one_waits_for_a_lock(fresh, rotation)
+            assert not rotation.done()
+            admin_store.add_badge(
+                serial=1, handle="shop", key_fingerprint=key_fingerprint(OLD_KEY),
+                display_name="Shop", issued_at=NOW, expires_at=NOW + 1, signed=b"badge",
+            )  # fmt: skip
+        await asyncio.wait_for(rotation, 30)
+    finally:
+        admin_store.close()
+    assert await badges_and_key(fresh) == ([b"badge"], NEW_KEY)
 
 
 # --- inspect: the same report from both back ends ------------------------------------

@@ -64,9 +64,14 @@ class PostgresAdminStore:
         return self._transaction()
 
     def account(self, handle: str) -> Account | None:
+        """Locked FOR SHARE: inside :meth:`transaction` a relay worker's rotation of the
+        key (an UPDATE of the row) waits for its commit, and one not committed yet is
+        waited for and its key read. Read plainly, a badge could be signed over the key
+        a rotation was replacing and committed after it (READ COMMITTED)."""
         row = self._db.run(
             lambda conn: conn.fetchrow(
-                "SELECT handle, kind, identity_key FROM accounts WHERE handle = $1", handle
+                "SELECT handle, kind, identity_key FROM accounts WHERE handle = $1 FOR SHARE",
+                handle,
             )
         )
         return None if row is None else Account(row[0], row[1], bytes(row[2]))
