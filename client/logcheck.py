@@ -42,6 +42,12 @@ Nothing the relay does lifts it; it stands while that relay key is pinned. A rel
 key the person accepts in its place (SPEC §4.1) starts a new log, so the old key's
 alarm is set aside — the evidence stays in the profile, and the alarm is back if that
 key is pinned again.
+After the alarm nothing is taken on the log's word (T75): :meth:`LogCheck.observe`
+raises it instead of holding a head against ours, ours being one side of the fork,
+so no key is proven by a bundle, and the callers that rest on the log — a badge, a
+business's bill, consent evidence — say "forked" before they ask the relay anything.
+Before (found in review 2026-12-07) only sends were refused, and the rest went on
+saying "ok" for whatever the relay proved under our side.
 
 A badge is shown as verified only once the relay proves it logged (:meth:`LogCheck.
 badge_logged`, ``profiles.business_info``): the operator's signature says who is
@@ -302,8 +308,13 @@ class LogCheck:
 
     async def observe(self, head: TreeHead, signed: bytes, reader: LogReader | None = None) -> None:
         """Hold a verified head against the newest kept, with proofs read through
-        ``reader`` (ours by default); keep it if it is newer."""
+        ``reader`` (ours by default); keep it if it is newer. After the split-view alarm
+        it raises the alarm instead (T75): the kept head is one side of the fork, so a
+        head proven consistent with it shows only what the relay shows us, and every
+        verdict resting on that (a badge, a bill, consent evidence, a key) would be
+        taken on the word of a relay caught equivocating."""
         async with self._observing:
+            self.raise_if_forked()  # under the lock: an alarm the one before us raised
             await self._observe(head, signed, reader or self._reader)
 
     async def _observe(self, head: TreeHead, signed: bytes, reader: LogReader) -> None:

@@ -1,0 +1,199 @@
+"""After the split-view alarm, nothing is taken on the log's word (SPEC §15.6 rule 5,
+docs/transparency.md "After the alarm", T75).
+
+The weakness (found in review 2026-12-07): once the relay was caught signing two
+histories, only sends were refused. Everything else that rests on log evidence went on
+checking it against "our side" of the fork — the kept head, one of the two the relay
+signed — and said "ok": a badge was shown verified because the relay proved it logged,
+a business's bill "matched", consent evidence was exported, a bundle's key was marked
+proven logged. An equivocating relay shows each side what it likes, so "included under
+a head we hold" no longer means everyone is shown the same: each of these now fails
+closed and says why (``LogForked``, or ``BadgeStatus.LOG_FORKED`` where a status is
+what the caller shows). What needs no log goes on: a message is still read.
+
+Every scenario starts from a profile whose alarm is kept (as after a restart, the
+alarm's evidence in the profile) and whose kept head is the one an honest-looking relay
+now proves everything under: the relay is consistent with our side, so before the fix
+each feature said "ok".
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from blindrelay.client.keystore import KeyStore, LogFork, MemoryKeyStore
+from blindrelay.client.logcheck import LogCheck
+from blindrelay.client.transparency import LogReader
+from blindrelay.protocol import frames
+from blindrelay.protocol.errors import LogForked, NotFound
+from blindrelay.protocol.transparency import merkle
+from blindrelay.protocol.transparency.treehead import open_tree_head, sign_tree_head
+
+from ..relays import T0
+from .fake_relay import RELAY_KEY, URL, signer
+from .harness import Inbox, bundle, online, run, within
+from .log_relay import AIRLINE_SEED, LoggingRelay, Writer, binding, filler
+
+MONTH = "2027-01"
+
+
+def forked(ours: bytes) -> MemoryKeyStore:
+    """A profile whose split-view alarm is kept: ``ours`` (the head kept, a head of the
+    relay's log as the test serves it) and another head of the same size the relay
+    signed for someone else."""
+    head = open_tree_head(ours, RELAY_KEY.verify_key.encode())
+    other = sign_tree_head(signer(RELAY_KEY), head.size, bytes(32), head.timestamp + 1)
+    store = MemoryKeyStore()
+    store.set_tree_head(ours)
+    store.keep_log_fork(
+        LogFork(RELAY_KEY.verify_key.encode(), ours, other, "equal sizes, different roots")
+    )
+    return store
+
+
+# --- A key: not proven by the log, no head held against ours -----------------------------
+
+
+def _reader(relay: LoggingRelay, store: KeyStore) -> LogReader:
+    async def ask(make: Callable[[int], frames.Frame]) -> frames.Frame:
+        raise AssertionError(f"the relay was asked {make(1).TYPE.name} after the alarm")
+
+    return LogReader(ask, store.relay_key)
+
+
+def _nodes(leaves: list[bytes]) -> merkle.NodeHashes:
+    frontier, nodes = merkle.Frontier(), {}
+    for leaf in leaves:
+        nodes.update(frontier.append(leaf))
+    return lambda wanted: {node: nodes[node] for node in wanted}
+
+
+def test_a_bundle_proof_after_the_alarm_proves_no_key() -> None:
+    """On ``LogCheck`` alone (a send reaches it only if the alarm went off while the send
+    waited for another's bundle): a bundle whose binding the relay proves under our kept
+    head passed and its key was marked proven logged. Now ``LogForked``, and the key is
+    not marked: nothing the relay proves after the alarm makes a key usable."""
+
+    async def scenario() -> None:
+        relay = LoggingRelay()
+        relay.append(*filler(2))
+        index = relay.append(binding("airline", AIRLINE_SEED))
+        head = relay.sign_head()
+        proven = relay.proven(bundle("airline", AIRLINE_SEED, "business"), index)
+        store = forked(head)
+        store.set_relay_key(RELAY_KEY.verify_key.encode())
+        check = LogCheck(store, _reader(relay, store), store.relay_key)
+
+        async def again() -> frames.Bundle:
+            raise AssertionError("fetched again after the alarm")
+
+        with pytest.raises(LogForked):
+            await within(check.bundle(proven, again))
+        assert store.logged_key("airline") is None
+        assert store.tree_head() == head
+        await check.close()
+
+    run(scenario())
+
+
+def test_no_head_is_held_against_ours_after_the_alarm() -> None:
+    """``LogCheck.observe``, which every feature above holds its head against ours with:
+    after the alarm it raises the alarm, asks the relay nothing and keeps nothing, even
+    for a head that would extend ours."""
+
+    async def scenario() -> None:
+        relay = LoggingRelay()
+        relay.append(*filler(2))
+        ours = relay.sign_head()
+        relay.append(*filler(4)[2:])
+        newer = relay.sign_head()
+        store = forked(ours)
+        store.set_relay_key(RELAY_KEY.verify_key.encode())
+        check = LogCheck(store, _reader(relay, store), store.relay_key)
+        with pytest.raises(LogForked):
+            await within(check.observe(open_tree_head(newer, store.relay_key() or b""), newer))
+        assert store.tree_head() == ours and not check.proven(newer)
+        await check.close()
+
+    run(scenario())
+
+
+def test_a_head_waiting_while_the_alarm_goes_off_is_not_held_against_ours() -> None:
+    """Two heads met at once: the first finds the fork, the second waited for it (one
+    observation at a time). The second raises the alarm too, and is neither asked about
+    nor kept, though the relay would prove it extends ours: the check is made once the
+    wait is over, not before it."""
+
+    async def scenario() -> None:
+        relay = LoggingRelay()
+        relay.append(*filler(2))
+        ours = relay.sign_head()
+        relay.append(*filler(4)[2:])
+        newer = relay.sign_head()
+        other = sign_tree_head(signer(RELAY_KEY), 3, bytes(32), T0 + 9)
+        store = MemoryKeyStore()
+        store.set_relay_key(RELAY_KEY.verify_key.encode())
+        store.set_tree_head(ours)
+        answer = asyncio.Event()
+        asked: list[frames.Frame] = []
+
+        async def ask(make: Callable[[int], frames.Frame]) -> frames.Frame:
+            frame = make(1)
+            asked.append(frame)
+            assert isinstance(frame, frames.LogConsistencyFetch)
+            if frame.second == 3:
+                await answer.wait()
+                raise NotFound()  # no proof joins ours and the other history's head
+            leaves = [merkle.leaf_hash(e) for e in relay.entries]
+            proof = merkle.consistency_proof(frame.first, frame.second, _nodes(leaves))
+            return frames.LogConsistency(re=1, proof=tuple(proof))
+
+        key = RELAY_KEY.verify_key.encode()
+        check = LogCheck(store, LogReader(ask, store.relay_key), store.relay_key)
+        forking = asyncio.create_task(check.observe(open_tree_head(other, key), other))
+        while not asked:
+            await asyncio.sleep(0)
+        waiting = asyncio.create_task(check.observe(open_tree_head(newer, key), newer))
+        await asyncio.sleep(0)
+        answer.set()
+        for task in (forking, waiting):
+            with pytest.raises(LogForked):
+                await within(task)
+        assert len(asked) == 1 and store.tree_head() == ours and not check.proven(newer)
+        await check.close()
+
+    run(scenario())
+
+
+# --- What needs no log goes on -----------------------------------------------------------
+
+
+def test_a_message_after_the_alarm_is_read_and_its_key_stays_unproven() -> None:
+    """Reading needs no log: the airline's message is decrypted and shown, as ``unlogged``
+    (nothing proved its key). The reply raises the alarm with no bundle fetched, so the
+    key is not proven on the relay's word and stays ``unlogged``."""
+
+    async def scenario() -> None:
+        relay = LoggingRelay()
+        relay.append(*filler(2))
+        index = relay.append(binding("airline", AIRLINE_SEED))
+        head = relay.sign_head()
+        relay.bundles = [relay.proven(bundle("airline", AIRLINE_SEED, "business"), index)]
+        alice = await online(URL, "alice", store=forked(head), open_transport=relay.open)
+        Writer(relay, alice, "airline", AIRLINE_SEED).deliver("Your boarding pass")
+        inbox = Inbox(alice)
+        shown = await inbox.next()
+        assert (shown.sender, shown.body, shown.identity) == (
+            "airline", "Your boarding pass", "unlogged"
+        )  # fmt: skip
+        with pytest.raises(LogForked):
+            await within(alice.send("airline", "thanks"))
+        assert relay.fetches == 0 and relay.ends[-1].received(frames.Send) == []
+        assert alice.store.logged_key("airline") is None
+        await inbox.close()
+        await alice.close()
+
+    run(scenario())
