@@ -111,7 +111,8 @@ async def business_info(
     the badge is checked with ``operator_key`` and ``clock`` — without an
     operator key nothing shows as verified — and, once it verifies, must be proven
     in the relay's transparency log (``NOT_LOGGED`` otherwise; ``LogForked`` if the
-    head that proves it does not extend ours).
+    head that proves it does not extend ours). After the split-view alarm no proof is
+    asked for: ``LOG_FORKED``, the operator-signed badge kept in the status.
     """
     frame = await link.request(lambda rid: frames.ProfileFetch(id=rid, handle=handle))
     if not isinstance(frame, frames.Profile) or frame.handle != handle:
@@ -141,7 +142,11 @@ async def business_info(
             now_ms=clock(),
         )
         logged = badge.badge
-        if badge.verified and logged is not None and frame.badge is not None and not (
+        if badge.verified and logged is not None and log_check.forked is not None:
+            # The relay was caught equivocating: a proof that it logged the badge shows
+            # only our side of its log (T75). The operator's signature still holds.
+            badge = BadgeCheck(BadgeStatus.LOG_FORKED, logged)
+        elif badge.verified and logged is not None and frame.badge is not None and not (
             await log_check.badge_logged(logged, frame.badge)
         ):
             badge = BadgeCheck(BadgeStatus.NOT_LOGGED, logged)

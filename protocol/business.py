@@ -122,6 +122,10 @@ class BadgeStatus(Enum):
     """Signed by the operator, but the relay proves no log entry for it (SPEC §15.6
     rule 6): a badge the log does not hold may be one the operator never issued
     through the relay; shown as unverified."""
+    LOG_FORKED = "the relay's transparency log is forked"
+    """Signed by the operator, but the relay was caught signing two histories of its log
+    (the split-view alarm, SPEC §15.6 rule 5): a log proof from it no longer shows that
+    everyone is shown this badge, so none is asked for; shown as unverified."""
 
 
 @dataclass(frozen=True, slots=True)

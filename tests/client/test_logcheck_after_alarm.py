@@ -28,14 +28,16 @@ from blindrelay.client.keystore import KeyStore, LogFork, MemoryKeyStore
 from blindrelay.client.logcheck import LogCheck
 from blindrelay.client.transparency import LogReader
 from blindrelay.protocol import frames
+from blindrelay.protocol.business import BadgeStatus
 from blindrelay.protocol.errors import LogForked, NotFound
 from blindrelay.protocol.transparency import merkle
 from blindrelay.protocol.transparency.treehead import open_tree_head, sign_tree_head
 
-from ..relays import T0
-from .fake_relay import RELAY_KEY, URL, signer
+from ..relays import T0, FakeClock
+from .fake_relay import RELAY_KEY, URL, RelayEnd, signer
 from .harness import Inbox, bundle, online, run, within
 from .log_relay import AIRLINE_SEED, LoggingRelay, Writer, binding, filler
+from .profile_directory import OPERATOR, Directory, badge, signed_profile
 
 MONTH = "2027-01"
 
@@ -52,6 +54,14 @@ def forked(ours: bytes) -> MemoryKeyStore:
         LogFork(RELAY_KEY.verify_key.encode(), ours, other, "equal sizes, different roots")
     )
     return store
+
+
+def log_fetches(end: RelayEnd) -> list[frames.Frame]:
+    kinds = (
+        frames.LogHeadFetch, frames.LogInclusionFetch, frames.LogConsistencyFetch,
+        frames.LogEntriesFetch,
+    )  # fmt: skip
+    return [frame for kind in kinds for frame in end.received(kind)]
 
 
 # --- A key: not proven by the log, no head held against ours -----------------------------
@@ -194,6 +204,34 @@ def test_a_message_after_the_alarm_is_read_and_its_key_stays_unproven() -> None:
         assert relay.fetches == 0 and relay.ends[-1].received(frames.Send) == []
         assert alice.store.logged_key("airline") is None
         await inbox.close()
+        await alice.close()
+
+    run(scenario())
+
+
+# --- A badge: signed by the operator, not shown verified ---------------------------------
+
+
+def test_a_badge_after_the_alarm_is_signed_but_not_shown_verified() -> None:
+    """Before: the relay proved the badge under our kept head and it showed VERIFIED.
+    Now it is ``LOG_FORKED``: the operator's signature still checks (the badge is kept in
+    the status, for an application that says "signed by the operator, but this relay's
+    log cannot be trusted"), it is not verified, and the relay is asked nothing."""
+
+    async def scenario() -> None:
+        relay = Directory(signed_profile("Example Air"), badge("Example Air"))
+        store = forked(relay.log.heads[-1])
+        alarms: list[LogForked] = []
+        alice = await online(
+            URL, "alice", store=store, open_transport=relay.open,
+            operator_key=OPERATOR.public, clock=FakeClock(T0), on_log_forked=alarms.append,
+        )  # fmt: skip
+        info = await within(alice.business_info("airline"))
+        assert info.badge.status is BadgeStatus.LOG_FORKED
+        assert not info.verified and info.verified_name is None
+        assert info.badge.badge is not None and info.badge.badge.display_name == "Example Air"
+        assert log_fetches(relay.ends[-1]) == []
+        assert len(alarms) == 1
         await alice.close()
 
     run(scenario())
