@@ -76,6 +76,9 @@ async def _fetch(client: Client, month: str, kept: int, max_items: int | None) -
     handle, relay_key = client.handle, client.relay_key
     if handle is None or relay_key is None:
         raise UnexpectedFrame("a bill before a login")
+    # A logged bill is worth checking because everyone is shown the same one; a relay
+    # caught showing two histories no longer does, so "matches" would mean nothing (T75).
+    client.log_check.raise_if_forked()
     first = await _page(client, month, 0)
     # The entry, its proof and head first: the logged count is what bounds the pages
     # asked for, and a head that does not extend ours is a fork before any paging.

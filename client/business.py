@@ -73,7 +73,6 @@ from blindrelay.protocol.errors import (
 from blindrelay.protocol.signed import ConsentStatement, unverified_body
 from blindrelay.protocol.transparency.bills import BillReconciliation, VerifiedBill
 from blindrelay.protocol.transparency.evidence import ConsentEvidence
-from blindrelay.protocol.transparency.treehead import open_tree_head
 
 from .billing import BillTooLarge, check_bill, fetch_bill
 from .customer_consent import ConsentRefused, CustomerConsent
@@ -177,22 +176,23 @@ class Business:
         that the relay logged it (SPEC §15.5): what a business hands a third party to
         demonstrate consent, checked offline with ``blindrelay verify-consent``.
         LookupError if we keep none from ``customer``; NotFound while no signed tree
-        head covers it yet; InvalidProof or LogForked if the relay cannot back it."""
+        head covers it yet; InvalidProof or LogForked if the relay cannot back it, and
+        LogForked, asking nothing, once the split-view alarm stands."""
         theirs = [
             signed for signed in self.client.consent.records(customer)
             if unverified_body(ConsentStatement, signed).signer == customer
         ]  # fmt: skip
         if not theirs:
             raise LookupError(f"no statement from {customer!r} is kept")
-        relay_key = self.client.relay_key
-        if relay_key is None:
+        if self.client.relay_key is None:
             raise UnexpectedFrame("consent evidence before a login")
-        evidence = await self.client.log.consent_evidence(theirs[-1])
-        # The head it rests on is one we meet: held against ours (SPEC §15.6 rule 5), so
-        # what we hand on is the history everyone is shown (LogForked otherwise).
-        head = open_tree_head(evidence.tree_head, relay_key)
-        await self.client.log_check.observe(head, evidence.tree_head)
-        return evidence
+        # Evidence is for a third party who trusts the relay's log; after the split-view
+        # alarm we know it keeps two, so we hand on none (T75).
+        self.client.log_check.raise_if_forked()
+        # The head it rests on is held against ours by the client's reader (SPEC §15.6
+        # rule 5), so what we hand on is the history everyone is shown (LogForked
+        # otherwise).
+        return await self.client.log.consent_evidence(theirs[-1])
 
     async def close(self) -> None:
         """Stop dispatching, end waits for consent (ConnectionLost), close the client."""
@@ -441,7 +441,8 @@ class Business:
         not; ``NotFound`` (601) until the bill is closed (``BILL_CLOSE_DELAY_MS`` after
         the month ends) and a signed tree head covers it; :class:`BillTooLarge` for a
         logged count past ``max_items`` — by default twice the SENTs this profile kept for
-        the month, and a page more (``billing``, T56)."""
+        the month, and a page more (``billing``, T56); the kept ``LogForked``, before
+        anything is fetched, once the split-view alarm stands (T75)."""
         return await fetch_bill(self.client, month, max_items)
 
     async def check_bill(

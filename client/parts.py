@@ -117,7 +117,11 @@ class Parts:
         )  # fmt: skip
         requests = MessageRequests(store)
         outbox = Outbox(store, link)
-        log = LogReader(link.request, lambda: pin.key)
+        # The evidence it exports rests on a head held against ours (``log_check``, made
+        # with this reader, so looked up when the evidence is asked for).
+        log = LogReader(
+            link.request, lambda: pin.key, hold=lambda head, signed: log_check.observe(head, signed)
+        )
 
         def log_forked(exc: LogForked) -> None:
             _tell(hooks.on_log_forked, exc)

@@ -69,10 +69,21 @@ class LogReader:
     """The log's fetches, each answered or raising the relay's named error (§9)."""
 
     def __init__(
-        self, request: Request, relay_key: Callable[[], bytes | None], pacer: Pacer | None = None
+        self,
+        request: Request,
+        relay_key: Callable[[], bytes | None],
+        pacer: Pacer | None = None,
+        *,
+        hold: Callable[[TreeHead, bytes], Awaitable[None]] | None = None,
     ) -> None:
+        """``hold``: what the head under evidence is held against before the evidence is
+        handed on (:meth:`consent_evidence`). A client's reader holds it against the head
+        it kept (``LogCheck.observe``), which raises the split-view alarm once it stands:
+        evidence resting on our side of a fork shows nothing a third party may rely on
+        (T75). A reader of its own keeps no head and has nothing to hold it against."""
         self._request = request
         self._relay_key = relay_key
+        self._hold = hold
         self._pacer = pacer or Pacer(
             retries=LOG_FETCH_RETRIES,
             patience_ms=LOG_FETCH_PATIENCE_MS,
@@ -131,7 +142,8 @@ class LogReader:
         """Proof for a third party that the relay logged ``signed_statement`` (SPEC §15.5):
         the statement, its entry, index and path in the newest signed head, the path
         verified. Raises NotFound while no signed head covers it yet (within
-        ``STH_INTERVAL``), InvalidProof if the relay's path does not reach the head."""
+        ``STH_INTERVAL``), InvalidProof if the relay's path does not reach the head, and
+        whatever ``hold`` raises for the head (a client's reader: LogForked)."""
         signed = await self.signed_head()
         if signed is None:
             raise NotFound("the relay has signed no tree head yet")
@@ -141,6 +153,8 @@ class LogReader:
         # Checked before it is handed on: evidence that fails ``verify-consent`` would be
         # found out only by whoever it was meant to convince (InvalidProof).
         merkle.verify_inclusion(merkle.leaf_hash(entry), index, head.size, proof, head.root)
+        if self._hold is not None:
+            await self._hold(head, head_bytes)
         return ConsentEvidence(signed_statement, entry, index, tuple(proof), head_bytes)
 
     async def publish_key(self) -> None:

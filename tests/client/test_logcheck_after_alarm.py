@@ -20,21 +20,27 @@ each feature said "ok".
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 
 import pytest
 
+from blindrelay.client.business import Business
 from blindrelay.client.keystore import KeyStore, LogFork, MemoryKeyStore
 from blindrelay.client.logcheck import LogCheck
 from blindrelay.client.transparency import LogReader
 from blindrelay.protocol import frames
 from blindrelay.protocol.business import BadgeStatus
+from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import LogForked, NotFound
+from blindrelay.protocol.signed import make_statement
 from blindrelay.protocol.transparency import merkle
+from blindrelay.protocol.transparency.bills import SentNotification, close_bill
+from blindrelay.protocol.transparency.evidence import statement_entry
 from blindrelay.protocol.transparency.treehead import open_tree_head, sign_tree_head
 
 from ..relays import T0, FakeClock
-from .fake_relay import RELAY_KEY, URL, RelayEnd, signer
+from .fake_relay import RELAY_KEY, URL, FakeLog, FakeRelay, RelayEnd, answer_plainly, signer
 from .harness import Inbox, bundle, online, run, within
 from .log_relay import AIRLINE_SEED, LoggingRelay, Writer, binding, filler
 from .profile_directory import OPERATOR, Directory, badge, signed_profile
@@ -233,5 +239,127 @@ def test_a_badge_after_the_alarm_is_signed_but_not_shown_verified() -> None:
         assert log_fetches(relay.ends[-1]) == []
         assert len(alarms) == 1
         await alice.close()
+
+    run(scenario())
+
+
+# --- A bill: not "matches" ---------------------------------------------------------------
+
+
+def bill_served() -> tuple[FakeRelay, FakeLog, list[SentNotification], list[int]]:
+    """An honest relay that logged ``shop``'s bill of three notifications and serves it;
+    the SENTs the business kept; the starts of the BILL_FETCHes it is asked."""
+    sent = [
+        SentNotification(n.to_bytes(16, "big"), f"customer{n}", "utility", T0 + n)
+        for n in range(3)
+    ]
+    entry, items = close_bill("shop", MONTH, sent, bytes(16), T0)
+    log = FakeLog()
+    log.append(entry.to_bytes())
+    sth = log.sign_head(T0)
+    pages: list[int] = []
+
+    def answer(end: RelayEnd, frame: frames.Frame) -> None:
+        if isinstance(frame, frames.BillFetch):
+            pages.append(frame.start)
+            end.send(frames.Bill(
+                re=frame.id, month=MONTH, entry=entry.to_bytes(), index=0, proof=(), sth=sth,
+                salt=bytes(16), start=frame.start,
+                items=tuple(item.to_bytes() for item in items[frame.start :]),
+            ))  # fmt: skip
+        elif not log.answer(end, frame):
+            answer_plainly(end, frame)
+
+    relay = FakeRelay()
+    relay.answer = answer
+    return relay, log, sent, pages
+
+
+@pytest.mark.parametrize("call", ["check_bill", "bill"])
+def test_a_bill_after_the_alarm_raises_the_alarm_and_fetches_nothing(call: str) -> None:
+    """Before: ``check_bill`` said "every one matches" (the bill under a head consistent
+    with our side). Now both ``check_bill`` and ``bill`` raise the kept ``LogForked``
+    before any BILL_FETCH: a logged bill is one everyone is shown, which a relay caught
+    equivocating no longer shows."""
+
+    async def scenario() -> None:
+        relay, log, sent, pages = bill_served()
+        shop = Business(
+            await online(URL, "shop", "business", store=forked(log.heads[-1]),
+                         open_transport=relay.open)
+        )  # fmt: skip
+        for notification in sent:
+            shop.client.store.keep_sent_notification(notification)
+        with pytest.raises(LogForked):
+            await within(getattr(shop, call)(MONTH))
+        assert pages == [] and log_fetches(relay.ends[-1]) == []
+        await shop.client.close()
+
+    run(scenario())
+
+
+# --- Consent evidence: not handed on -----------------------------------------------------
+
+
+def test_consent_evidence_after_the_alarm_raises_the_alarm_and_asks_nothing() -> None:
+    """Before: the evidence was exported, its head consistent with our side. Now
+    ``consent_evidence`` raises the kept ``LogForked`` before asking the relay: evidence a
+    third party would check against a log the relay keeps two of proves nothing."""
+    alice = IdentityKeyPair.from_seed(b"\x61" * 32)
+    relay_key = RELAY_KEY.verify_key.encode()
+    statement = make_statement(
+        "grant", signer="alice", signer_key=alice.public, target="shop", relay_key=relay_key,
+        now_ms=T0, rng=os.urandom, categories=("utility",),
+    ).sign(alice.sign)  # fmt: skip
+    log = FakeLog()
+    log.append(*filler(3), statement_entry(statement))
+    log.sign_head(T0)
+
+    def answer(end: RelayEnd, frame: frames.Frame) -> None:
+        if not log.answer(end, frame):
+            answer_plainly(end, frame)
+
+    async def scenario() -> None:
+        relay = FakeRelay()
+        relay.answer = answer
+        shop = Business(
+            await online(URL, "shop", "business", store=forked(log.heads[-1]),
+                         open_transport=relay.open)
+        )  # fmt: skip
+        shop.client.store.keep_statement("alice", statement)
+        with pytest.raises(LogForked):
+            await within(shop.consent_evidence("alice"))
+        assert log_fetches(relay.ends[-1]) == []
+        await shop.client.close()
+
+    run(scenario())
+
+
+def test_a_users_consent_evidence_after_the_alarm_raises_the_alarm() -> None:
+    """The user's side of the same export (``client.log.consent_evidence``, a revocation
+    proven to a third party). Before: evidence under a head that was never held against
+    ours, after the alarm as before it. Now the head is held against ours before the
+    evidence is handed on, so after the alarm it raises the kept ``LogForked``."""
+    alice = IdentityKeyPair.from_seed(b"\x61" * 32)
+    statement = make_statement(
+        "revoke", signer="alice", signer_key=alice.public, target="shop",
+        relay_key=RELAY_KEY.verify_key.encode(), now_ms=T0, rng=os.urandom,
+        categories=("utility",),
+    ).sign(alice.sign)  # fmt: skip
+    log = FakeLog()
+    log.append(*filler(3), statement_entry(statement))
+    log.sign_head(T0)
+
+    def answer(end: RelayEnd, frame: frames.Frame) -> None:
+        if not log.answer(end, frame):
+            answer_plainly(end, frame)
+
+    async def scenario() -> None:
+        relay = FakeRelay()
+        relay.answer = answer
+        client = await online(URL, "alice", store=forked(log.heads[-1]), open_transport=relay.open)
+        with pytest.raises(LogForked):
+            await within(client.log.consent_evidence(statement))
+        await client.close()
 
     run(scenario())
