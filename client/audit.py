@@ -12,9 +12,11 @@ The state file (``--state``) is JSON: the relay key, and the newest head the las
 clean run verified (``size``, ``root``, ``signed``, hex). It is written atomically
 (a temporary file renamed over it) and only moves forward; a run that finds a
 violation keeps the commitment the relay broke, so the next run reports it again.
-A run that finds the log rewritten under a newer head that verifies keeps both heads
-(``fork``: ``earlier``, ``later``) and follows the newer: every later run reports the
-fork, even once the relay shows the first history again (T73).
+A run that finds a fork — a head that cannot stand beside the one verified last, by
+the entries it signs or by its own size, root and time — keeps both heads (``fork``:
+``earlier``, ``later``) and the larger commitment: every later run reports the fork,
+even once the relay shows the first history again (T73, T76). Only a person clears it,
+by removing ``fork`` from the file (keep a copy: it is the evidence).
 
 Exit status: 0 clean, 1 a violation, 2 a usage error (the one-line message says
 what to do), 3 the relay could not be read (down, refused, no head signed yet is

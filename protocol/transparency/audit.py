@@ -6,9 +6,12 @@ entries alone, and reports every violation with its evidence: an entry that is
 not one of §15.1's encodings, a head whose signature fails, a head whose root is
 not the tree of the entries, heads that shrink or go back in time, a business's
 bill for a month logged twice, a key binding that does not follow its handle's last,
-and a log that no longer holds what the previous run saw (truncated or rewritten) —
-under a newer head that verifies, a fork, whose two heads the state keeps and every
-later run reports (:attr:`AuditState.fork`).
+and a log that no longer holds what the previous run saw (truncated or rewritten).
+Two signed heads that cannot both be honest — the previous run's and one of this run's,
+neither extending the other by their own fields or by the entries the later one signs —
+are a fork, whose two heads the state keeps and every later run reports
+(:attr:`AuditState.fork`); what no signature proves (entries that do not give a head's
+root, an old head of the same history) is reported by each run that is shown it.
 It is pure: fetching is the caller's (the audit CLI), and so is deciding what to do.
 :class:`LogAudit` is the same an entry at a time, for a caller that reads the log
 page by page and keeps none of it.
@@ -40,11 +43,13 @@ class AuditState:
     root: bytes
     signed: bytes
     fork: tuple[bytes, bytes] | None = None
-    """Two signed heads no consistency proof can join: a head a run verified, then a later
-    one signed over a log that no longer holds it. Kept for good and reported by every
-    later run (§15.3 rule 4): a relay that shows an auditor a rewritten history once and
-    then goes back to the first would otherwise leave the next run clean, and nothing
-    signed to show for it (T73)."""
+    """The first two signed heads a run found that neither extends the other (§15.3 rule
+    3): a head a run verified, then one signed over a log that no longer holds it, or
+    one whose own size, root and time no honest relay signs beside it (smaller yet
+    later, larger yet earlier, the same size with another root). Kept for good and
+    reported by every later run (§15.3 rule 4): a relay that shows an auditor a rewritten
+    history once and then goes back to the first would otherwise leave the next run
+    clean, and nothing signed to show for it (T73, T76). Only a person clears it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +185,7 @@ class LogAudit:
             ))  # fmt: skip
         report.entries_by_type = dict(sorted(self._kinds.items()))
         _check_heads(report, self._opened, self._roots)
-        _check_previous(report, self._previous, self._roots)
+        _check_previous(report, self._previous, self._roots, self._opened)
         return report
 
 
@@ -232,22 +237,34 @@ def _check_heads(
 
 
 def _check_previous(
-    report: AuditReport, previous: AuditState | None, roots: dict[int, bytes]
+    report: AuditReport,
+    previous: AuditState | None,
+    roots: dict[int, bytes],
+    opened: list[tuple[int, bytes, TreeHead]],
 ) -> None:
-    """The log must still hold what the previous run verified: its head's entries, unchanged."""
+    """The log must still hold what the previous run verified: its head's entries,
+    unchanged; and no head of this run may be one the previous head cannot stand beside
+    (a fork, kept in the state for good)."""
     if previous is None:
         return
     if previous.fork is not None:
         earlier, later = previous.fork
         report.violations.append(Violation(
             "log forked",
-            "an earlier run verified two heads of the relay that no consistency proof "
-            "joins: it showed two histories",
+            "an earlier run found two heads of the relay neither of which extends the "
+            "other (§15.3 rule 3): it showed two histories, or signed its heads out of "
+            "order; kept until a person removes it from the state",
             {"earlier": earlier.hex(), "later": later.hex()},
         ))  # fmt: skip
+    try:
+        before: TreeHead | None = unverified_body(TreeHead, previous.signed)
+    except ProtocolError:
+        before = None  # a state the caller made by hand: no fields to compare
+    newest = report.state if report.newest is not None else None
     evidence = {"previous_head": previous.signed.hex()}
     found = len(report.violations)
-    forked: AuditState | None = None
+    fork: tuple[bytes, bytes] | None = None
+    by_entries = False
     if previous.size not in roots:
         report.violations.append(Violation(
             "log truncated",
@@ -255,42 +272,71 @@ def _check_previous(
             evidence,
         ))  # fmt: skip
     elif roots[previous.size] != previous.root:
-        newest = report.state if report.newest is not None else None
         if newest is not None and newest.size >= previous.size:
             # The newest head verified against these entries, so it signs a tree whose
             # first ``previous.size`` leaves are not the previous head's: two signed heads
-            # neither of which extends the other, evidence anyone can recheck. The state
-            # follows the history signed now (a later rewrite of it is a violation of its
-            # own) and keeps the first fork for every later run.
+            # neither of which extends the other; the entries it signs show it to anyone.
             evidence = evidence | {"later_head": newest.signed.hex()}
-            forked = replace(newest, fork=previous.fork or (previous.signed, newest.signed))
+            fork = (previous.signed, newest.signed)
+            by_entries = True
         report.violations.append(Violation(
             "log rewritten",
             f"the first {previous.size} entries no longer give the root the relay signed",
             evidence | {"computed_root": roots[previous.size].hex()},
         ))  # fmt: skip
-    elif report.newest is not None and report.state is not None:
+    shown = report.newest
+    if (
+        shown is not None
+        and newest is not None
+        and before is not None
+        and (shown.size < before.size or shown.timestamp < before.timestamp)
+    ):
         # The relay's newest head never shrinks nor goes back (§15.3 rule 2): an older
-        # one than the last run verified is a stale view (hiding what came since) or a
-        # rollback. The previous head is the state's, verified when it was kept.
-        try:
-            before: TreeHead | None = unverified_body(TreeHead, previous.signed)
-        except ProtocolError:
-            before = None  # a state the caller made by hand: nothing to compare
-        newest = report.newest
-        if before is not None and (
-            newest.size < before.size or newest.timestamp < before.timestamp
-        ):
-            report.violations.append(Violation(
-                "heads go backwards",
-                f"the newest head (size {newest.size}, at {newest.timestamp}) is older than "
-                f"the previous run's (size {before.size}, at {before.timestamp})",
-                {"earlier": previous.signed.hex(), "later": report.state.signed.hex()},
-            ))  # fmt: skip
+        # one than the last run verified is a stale view (hiding what came since), a
+        # rollback, or — when its own fields break rule 2 — a fork (below).
+        report.violations.append(Violation(
+            "heads go backwards",
+            f"the newest head (size {shown.size}, at {shown.timestamp}) is "
+            f"older than the previous run's (size {before.size}, at {before.timestamp})",
+            {"earlier": previous.signed.hex(), "later": newest.signed.hex()},
+        ))  # fmt: skip
+    if fork is None and before is not None:
+        # Whatever the entries (which no one signed), a head whose own signed fields no
+        # honest relay could sign beside the previous head's is evidence on its own: it
+        # needs the relay key alone to recheck, so it holds for a head that fails the
+        # entries too.
+        fork = next(
+            ((previous.signed, data) for _, data, head in opened if _apart(before, head)), None
+        )
+    if fork is not None and fork != previous.fork:
+        report.violations.append(Violation(
+            "log forked",
+            "two heads of the relay neither of which extends the other (§15.3 rule 3): "
+            + ("the entries the later one signs are not the earlier one's" if by_entries
+               else "their sizes, roots and times cannot both be honest"),
+            {"earlier": fork[0].hex(), "later": fork[1].hex()},
+        ))  # fmt: skip
     broken = len(report.violations) > found
-    if forked is not None:
-        report.state = forked
+    if fork is not None:
+        # The state keeps the first fork for good (one pair: it proves the relay key
+        # signed what no honest relay signs; a later one proves nothing more, and is
+        # reported by the run that finds it) and the larger commitment: the newest head
+        # when it verified and is at least as large, so a later rewrite of the history
+        # signed now is a violation of its own, else the previous head.
+        base = newest if newest is not None and newest.size >= previous.size else previous
+        report.state = replace(base, fork=previous.fork or fork)
     elif broken or report.state is None or report.state.size < previous.size:
         report.state = previous  # keep the commitment the relay broke, or the larger one
     elif previous.fork is not None:
         report.state = replace(report.state, fork=previous.fork)
+
+
+def _apart(before: TreeHead, head: TreeHead) -> bool:
+    """Whether no consistency proof could make either head extend the other (§15.3 rule
+    3), from their signed fields alone: the same size with another root, or one larger
+    and signed earlier (the relay stamps each head no earlier than its newest)."""
+    if head.size == before.size:
+        return head.root != before.root
+    if head.size > before.size:
+        return head.timestamp < before.timestamp
+    return head.timestamp > before.timestamp

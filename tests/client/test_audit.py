@@ -122,9 +122,16 @@ def run_twice(tmp_path: Path, **edit: object) -> tuple[int, str, dict[str, objec
 
 
 def test_a_truncated_log_is_a_violation(tmp_path: Path) -> None:
+    """The relay cut back to 2 entries signs a head of 2 after the one of 3 the auditor
+    verified: smaller yet later, which no honest relay signs (§15.3 rule 2), so a fork
+    kept beside the commitment it broke (T76)."""
     status, report, before = run_twice(tmp_path, keep=2)
     assert status == 1 and "VIOLATION log truncated" in report, report
-    assert json.loads((tmp_path / "audit.json").read_text()) == before  # kept: the evidence
+    after = json.loads((tmp_path / "audit.json").read_text())
+    fork = after.pop("fork")
+    assert after == before  # kept: the commitment broken
+    assert fork["earlier"] == before["signed"] and "VIOLATION log forked" in report
+    assert fork["later"] in report
 
 
 def test_a_rewritten_entry_under_the_old_head_is_a_violation(tmp_path: Path) -> None:
@@ -137,8 +144,14 @@ def test_a_rewritten_log_signed_again_is_a_fork_with_both_heads_as_evidence(
 ) -> None:
     status, report, before = run_twice(tmp_path, replace_first=EVIL.to_bytes(), rebuild=True)
     assert status == 1 and "VIOLATION log rewritten" in report, report
-    assert str(before["signed"]) in report  # the head the relay broke, as evidence
     assert "head is not the tree" not in report  # the new head is its new tree's
+    after = json.loads((tmp_path / "audit.json").read_text())
+    assert after["signed"] != before["signed"]  # the head signed over the rewritten log
+    assert after["fork"] == {"earlier": before["signed"], "later": after["signed"]}
+    # both signed heads, as evidence, each run since they are kept
+    assert f"previous_head {before['signed']}" in report
+    assert f"later_head {after['signed']}" in report
+    assert f"earlier {before['signed']}" in report and f"later {after['signed']}" in report
 
 
 def test_the_command_line_speaks_one_line_for_bad_input(tmp_path: Path) -> None:
@@ -528,3 +541,55 @@ def test_a_fork_the_auditor_saw_once_is_reported_by_every_later_run(
     state.write_text(json.dumps(saved))
     with pytest.raises(audit_module.AuditUsageError, match="state file"):
         audit_now()
+
+
+def test_a_smaller_head_signed_later_is_kept_and_a_stale_one_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """T76, through the state file: the relay shows the auditor once a head of 8 entries
+    of another history signed after the head of 10 it verified, then the first history
+    again. That run said "log rewritten" and kept the previous head alone; the next was
+    clean (exit 0). Now both heads are in the state file and every later run reports
+    "log forked". An old head of the same history (signed before, a prefix) is only
+    stale: reported while it is served, kept nowhere."""
+    shown = ShownLog()
+    monkeypatch.setattr(audit_module, "open_log_reader", shown.open)
+
+    def audit_now(state: Path) -> tuple[int, str]:
+        result: list[tuple[int, str]] = []
+
+        async def once() -> None:
+            result.append(await audited("ws://relay.test", state))
+
+        run(once())
+        return result[0]
+
+    forked, stale = tmp_path / "forked.json", tmp_path / "stale.json"
+    shown.show(statements(8), T0 + 1)
+    old = shown.head
+    first = shown.show(statements(10), T0 + 5)
+    assert audit_now(forked)[0] == 0 and audit_now(stale)[0] == 0
+    smaller = shown.show(statements(10, salt=1)[:8], T0 + 6)
+    shown.entries = statements(10, salt=1)  # served past the head, as a relay may
+    status, report = audit_now(forked)
+    assert status == 1 and "VIOLATION log forked" in report, report
+    shown.entries, shown.head = statements(10), old  # the first history, an old head
+    status, report = audit_now(stale)
+    assert status == 1 and "VIOLATION heads go backwards" in report, report
+    assert "log forked" not in report
+    shown.show(statements(12), T0 + 7)  # the first history, grown, a fresh head
+    for _ in range(2):
+        status, report = audit_now(forked)
+        assert status == 1 and "VIOLATION log forked" in report, report
+        assert first.hex() in report and smaller.hex() in report
+    assert json.loads(forked.read_text())["fork"] == {
+        "earlier": first.hex(),
+        "later": smaller.hex(),
+    }
+    status, report = audit_now(stale)
+    assert status == 0 and "fork" not in json.loads(stale.read_text()), report
+    saved = json.loads(forked.read_text())  # a person dealt with it: removes the fork
+    del saved["fork"]
+    forked.write_text(json.dumps(saved))
+    status, report = audit_now(forked)
+    assert status == 0 and report.splitlines()[-1] == "clean", report

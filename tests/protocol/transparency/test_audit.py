@@ -48,7 +48,7 @@ def test_a_rewritten_history_is_caught_against_the_previous_run() -> None:
     rewritten = log(12, salt=1)  # the same size and more, other entries
     signed_again = head(rewritten, 12, T0 + 1)
     report = audit(rewritten, [signed_again], RELAY.public, state)
-    assert kinds(report) == ["log rewritten"]
+    assert kinds(report) == ["log rewritten", "log forked"]
     assert report.violations[0].evidence["previous_head"] == state.signed.hex()
     # the commitment broken is kept as evidence, beside the head that broke it (T73)
     assert report.state is not None and report.state.fork == (state.signed, signed_again)
@@ -144,17 +144,19 @@ def test_a_newest_head_older_than_the_previous_run_s_is_a_violation() -> None:
     """SPEC §15.3 rule 4: heads never shrink or go back in time, across runs too. The
     newest head a relay serves never does (rule 2), so one older than what the previous
     run verified is a relay showing the auditor a stale view (hiding what it appended
-    since) or a rollback; each run saw one head, and the audit passed it clean."""
+    since) or a rollback; each run saw one head, and the audit passed it clean. One that
+    is smaller yet signed later is also a fork (kept: the tests below)."""
     entries = log(12)
     state = audit(entries[:10], [head(entries, 10, T0 + 5)], RELAY.public).state
+    assert state is not None
     for stale in (head(entries, 8, T0 + 6), head(entries, 10, T0 + 2)):
         report = audit(entries, [stale], RELAY.public, state)
-        assert kinds(report) == ["heads go backwards"]
+        assert kinds(report)[0] == "heads go backwards"
         assert report.violations[0].evidence == {
             "earlier": state.signed.hex(),
             "later": stale.hex(),
         }
-        assert report.state == state
+        assert report.state is not None and report.state.signed == state.signed
     assert audit(entries, [head(entries, 12, T0 + 7)], RELAY.public, state).clean
 
 
@@ -219,7 +221,7 @@ def test_an_unrelated_violation_does_not_hold_the_state_back() -> None:
     assert again.state.size == 11 and again.state.fork is None
     cleaned = log(11)  # the relay drops the bad entry: history rewritten
     dropped = audit(cleaned, [head(cleaned, 11, T0 + 3)], RELAY.public, report.state)
-    assert kinds(dropped) == ["log rewritten"]
+    assert kinds(dropped) == ["log rewritten", "log forked"]  # a signed fork: kept
 
 
 def test_a_fork_found_once_is_reported_by_every_later_run() -> None:
@@ -237,14 +239,16 @@ def test_a_fork_found_once_is_reported_by_every_later_run() -> None:
     rewritten = log(12, salt=1)
     other = head(rewritten, 12, T0 + 1)
     found = audit(rewritten, [other], RELAY.public, state)
-    assert kinds(found) == ["log rewritten"]
+    assert kinds(found) == ["log rewritten", "log forked"]
     back = log(14)  # the first history, grown
     run = found
     for at in (T0 + 2, T0 + 3, T0 + 4):
         run = audit(back, [head(back, 14, at)], RELAY.public, run.state)
         assert "log forked" in kinds(run), kinds(run)
-        (kept,) = [v for v in run.violations if v.kind == "log forked"]
-        assert kept.evidence == {"earlier": state.signed.hex(), "later": other.hex()}
+        # the first is the one kept; going back is a fork of its own, from the
+        # rewritten head, reported in the run that finds it
+        kept = forks(run)[0]
+        assert kept == {"earlier": state.signed.hex(), "later": other.hex()}
     evidence = found.violations[0].evidence
     assert (evidence["previous_head"], evidence["later_head"]) == (state.signed.hex(), other.hex())
 
@@ -265,3 +269,120 @@ def test_a_second_rewrite_after_a_fork_is_caught_against_the_head_last_verified(
     fresh = [v for v in report.violations if v.kind == "log rewritten"]
     assert [v.evidence["previous_head"] for v in fresh] == [second.hex()]
     assert "log forked" in kinds(report)
+
+
+def forks(report) -> list[dict[str, str]]:
+    return [v.evidence for v in report.violations if v.kind == "log forked"]
+
+
+def test_a_smaller_head_signed_later_over_a_rewritten_log_is_a_fork_kept_for_good() -> None:
+    """A relay that verified 10 entries at T0+5 then signs 8 entries of another history
+    at T0+6 (rolled back and rewritten): the two heads break §15.3 rule 2 by their own
+    fields (fewer entries, signed later), so neither extends the other whatever the
+    entries (rule 3) — signed evidence anyone can recheck with the relay key alone.
+    Before, the run reported "log rewritten" against the previous head, kept it alone,
+    and the next run, the relay back on the first history, was clean."""
+    entries = log(10)
+    state = audit(entries, [head(entries, 10, T0 + 5)], RELAY.public).state
+    assert state is not None
+    rewritten = log(10, salt=3)  # entry 1 on differs: the first 8 are not the prefix
+    smaller = head(rewritten, 8, T0 + 6)
+    found = audit(rewritten, [smaller], RELAY.public, state)
+    assert kinds(found) == ["log rewritten", "heads go backwards", "log forked"]
+    assert forks(found) == [{"earlier": state.signed.hex(), "later": smaller.hex()}]
+    assert found.state is not None and found.state.signed == state.signed  # the larger
+    assert found.state.fork == (state.signed, smaller)
+    still = audit(rewritten, [smaller], RELAY.public, found.state)  # shown it again
+    assert forks(still) == forks(found) and still.state == found.state  # once: the kept
+    back = log(14)  # the first history, grown
+    run = found
+    for at in (T0 + 7, T0 + 8):
+        run = audit(back, [head(back, 14, at)], RELAY.public, run.state)
+        assert forks(run) == [{"earlier": state.signed.hex(), "later": smaller.hex()}]
+
+
+def test_heads_out_of_order_by_their_own_fields_are_a_fork_kept_for_good() -> None:
+    """Over a log that is a prefix of what the previous run verified, or extends it, a
+    head that is smaller but signed later, or larger but signed earlier, breaks rule 2 in
+    its signed fields: the relay stamps each head no earlier than its newest (server:
+    ``max(clock, newest)``), so no honest relay signs both. Before, each run reported
+    "heads go backwards" once and kept the previous head alone; the next run, given a
+    fresh head, was clean."""
+    entries = log(14)
+    state = audit(entries[:10], [head(entries, 10, T0 + 5)], RELAY.public).state
+    assert state is not None
+    for odd in (head(entries, 8, T0 + 6), head(entries, 12, T0 + 4)):
+        found = audit(entries, [odd], RELAY.public, state)
+        assert "heads go backwards" in kinds(found)
+        evidence = {"earlier": state.signed.hex(), "later": odd.hex()}
+        assert evidence in forks(found)
+        fresh = audit(entries, [head(entries, 14, T0 + 9)], RELAY.public, found.state)
+        assert forks(fresh) == [evidence], odd
+        assert fresh.state is not None and fresh.state.fork == (state.signed, odd)
+
+
+def test_an_older_head_of_the_same_history_is_stale_and_not_kept() -> None:
+    """A rollback the previous head extends (fewer entries or the same, signed no later,
+    the entries a prefix of what was verified) is a relay serving an old head: a
+    freshness problem, not two histories — the relay honestly signed that head once, and
+    the pair proves nothing to anyone else. Reported by every run that is shown it, the
+    state staying at the larger head, which every later head must extend; not kept, so a
+    relay that catches up audits clean again."""
+    entries = log(14)
+    state = audit(entries[:10], [head(entries, 10, T0 + 5)], RELAY.public).state
+    for stale in (head(entries, 8, T0 + 3), head(entries, 10, T0 + 2)):
+        for _ in range(2):
+            report = audit(entries, [stale], RELAY.public, state)
+            assert kinds(report) == ["heads go backwards"] and report.state == state
+        fresh = audit(entries, [head(entries, 14, T0 + 9)], RELAY.public, report.state)
+        assert fresh.clean and fresh.state is not None and fresh.state.fork is None
+    # signed in the same millisecond is in order (the relay stamps max(clock, newest))
+    same_ms = audit(entries, [head(entries, 8, T0 + 5)], RELAY.public, state)
+    assert kinds(same_ms) == ["heads go backwards"] and same_ms.state == state
+    assert audit(entries, [head(entries, 12, T0 + 5)], RELAY.public, state).clean
+
+
+def test_a_head_that_is_not_the_tree_of_the_entries_is_reported_each_run_it_is_served() -> None:
+    """The entries are not signed: a head whose root is not theirs proves nothing a third
+    party could check (the auditor could have made the entries up), so it is not kept —
+    but every run recomputes the tree, so each run it is served reports it, the state
+    staying at the last head that verified. A head that breaks the kept one by its own
+    signed fields is a different matter: the same size and another root is a fork
+    whatever the entries are, and is kept."""
+    entries = log(12)
+    state = audit(entries[:10], [head(entries, 10, T0)], RELAY.public).state
+    other = log(12, salt=4)
+    wrong = head(other, 12, T0 + 1)  # consistent in size and time, not these entries
+    for _ in range(2):
+        report = audit(entries, [wrong], RELAY.public, state)
+        assert kinds(report) == ["head is not the tree of the entries"]
+        assert report.state == state
+    assert audit(entries, [head(entries, 12, T0 + 2)], RELAY.public, report.state).clean
+    same_size = head(other, 10, T0 + 1)  # ten entries, another root
+    found = audit(entries, [same_size], RELAY.public, state)
+    assert kinds(found) == ["head is not the tree of the entries", "log forked"]
+    assert found.state is not None and found.state.fork == (state.signed, same_size)
+    later = audit(entries, [head(entries, 12, T0 + 2)], RELAY.public, found.state)
+    assert forks(later) == [{"earlier": state.signed.hex(), "later": same_size.hex()}]
+
+
+def test_only_the_first_fork_is_kept_and_a_later_one_is_reported_in_its_run() -> None:
+    """The first fork proves the relay key signed two histories, and is reported by every
+    later run until a person removes it; a later fork proves nothing more about that key,
+    so the state keeps one pair (bounded) and the later fork is reported, with both its
+    heads, by the run that finds it."""
+    entries = log(10)
+    state = audit(entries, [head(entries, 10, T0)], RELAY.public).state
+    assert state is not None
+    rewritten = log(12, salt=1)
+    second = head(rewritten, 12, T0 + 1)
+    found = audit(rewritten, [second], RELAY.public, state)
+    again = log(14, salt=2)
+    third = head(again, 14, T0 + 2)
+    report = audit(again, [third], RELAY.public, found.state)
+    assert forks(report) == [
+        {"earlier": state.signed.hex(), "later": second.hex()},
+        {"earlier": second.hex(), "later": third.hex()},
+    ]
+    assert report.state is not None and report.state.fork == (state.signed, second)
+    assert report.state.signed == third
