@@ -44,8 +44,9 @@ alarm is set aside — the evidence stays in the profile, and the alarm is back 
 key is pinned again.
 After the alarm nothing is taken on the log's word (T75): :meth:`LogCheck.observe`
 raises it instead of holding a head against ours, ours being one side of the fork,
-so no key is proven by a bundle, and the callers that rest on the log — a badge, a
-business's bill, consent evidence — say "forked" before they ask the relay anything.
+so no key is proven by a bundle, and the callers that rest on the log say "forked"
+instead of "ok": a badge (``LOG_FORKED``), a business's bill and its consent evidence
+before they ask the relay anything, a user's consent evidence before it is handed on.
 Before (found in review 2026-12-07) only sends were refused, and the rest went on
 saying "ok" for whatever the relay proved under our side.
 
