@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
 from dataclasses import replace
 
 from blindrelay.client.sdk import Client
@@ -18,15 +19,17 @@ from blindrelay.protocol import frames
 from blindrelay.protocol.content import Content, Text, decode_content, encode_content
 from blindrelay.protocol.crypto.keys import IdentityKeyPair, PreKeyBundle
 from blindrelay.protocol.crypto.session import Session, decrypt, encrypt, initiate_session
+from blindrelay.protocol.signed import make_statement
 from blindrelay.protocol.transparency import merkle
 from blindrelay.protocol.transparency.entries import KeyBinding, StatementLogged
 from blindrelay.protocol.transparency.treehead import sign_tree_head
 
 from ..relays import T0
-from .fake_relay import RELAY_KEY, URL, FakeRelay, RelayEnd, answer_plainly, signer
+from .fake_relay import RELAY_KEY, URL, FakeLog, FakeRelay, RelayEnd, answer_plainly, signer
 from .harness import within
 
 AIRLINE_SEED = b"\x41" * 32
+ALICE_SEED = b"\x61" * 32
 FAKE_SEED = b"\x66" * 32
 
 _delivery_ids = itertools.count(1)
@@ -102,6 +105,27 @@ def binding(handle: str, seed: bytes, kind: str = "business", at: int = T0) -> b
 
 def filler(n: int) -> list[bytes]:
     return [StatementLogged(v=1, commitment=bytes([i]) * 32, at=T0).to_bytes() for i in range(n)]
+
+
+def alices_statement(action: str = "grant") -> bytes:
+    """alice's signed ``action`` of ``utility`` to shop under the fake relay's key: the
+    statement the consent-evidence tests prove logged (or refuse to)."""
+    alice = IdentityKeyPair.from_seed(ALICE_SEED)
+    return make_statement(
+        action, signer="alice", signer_key=alice.public, target="shop",
+        relay_key=RELAY_KEY.verify_key.encode(), now_ms=T0, rng=os.urandom,
+        categories=("utility",),
+    ).sign(alice.sign)  # fmt: skip
+
+
+def answering(log: FakeLog) -> Callable[[RelayEnd, frames.Frame], None]:
+    """A fake relay's ``answer``: the log's frames from ``log``, every other plainly."""
+
+    def answer(end: RelayEnd, frame: frames.Frame) -> None:
+        if not log.answer(end, frame):
+            answer_plainly(end, frame)
+
+    return answer
 
 
 async def customer(relay: LoggingRelay, **options) -> Client:

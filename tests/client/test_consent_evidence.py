@@ -15,7 +15,6 @@ import pytest
 
 from blindrelay.client.business import Business
 from blindrelay.protocol import frames
-from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import ErrorCode, InvalidProof, LogForked
 from blindrelay.protocol.signed import make_statement
 from blindrelay.protocol.transparency.evidence import (
@@ -29,7 +28,7 @@ from blindrelay.protocol.transparency.evidence import (
 from ..relays import T0, relay_at
 from .fake_relay import RELAY_KEY, URL, FakeLog, FakeRelay, RelayEnd, answer_plainly
 from .harness import business_online, once_logged, online, run, within
-from .log_relay import filler
+from .log_relay import alices_statement, answering, filler
 
 
 def verify(path: Path, relay_key: bytes, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -98,12 +97,7 @@ def test_evidence_the_relay_cannot_back_is_refused_before_it_is_exported(lie: st
     ``verify-consent``, or evidence under a head of a history no one else is shown (the
     head was never held against the business's own). Now the path is verified under the
     head, and the head held against the newest one the business verified."""
-    alice = IdentityKeyPair.from_seed(b"\x61" * 32)
-    relay_key = RELAY_KEY.verify_key.encode()
-    statement = make_statement(
-        "grant", signer="alice", signer_key=alice.public, target="shop", relay_key=relay_key,
-        now_ms=T0, rng=os.urandom, categories=("utility",),
-    ).sign(alice.sign)  # fmt: skip
+    statement = alices_statement()
     log = FakeLog()
     log.append(*filler(3), statement_entry(statement))
     ours = FakeLog()
@@ -136,21 +130,13 @@ def test_the_evidence_is_the_customers_newest_statement_not_the_business_s_own()
     """A business keeps its own statements about a customer (its block of them) beside
     the customer's: the evidence of the customer's consent is the newest statement the
     customer signed, never one the business made itself."""
-    alice = IdentityKeyPair.from_seed(b"\x61" * 32)
     relay_key = RELAY_KEY.verify_key.encode()
-    grant = make_statement(
-        "grant", signer="alice", signer_key=alice.public, target="shop", relay_key=relay_key,
-        now_ms=T0, rng=os.urandom, categories=("utility",),
-    ).sign(alice.sign)  # fmt: skip
+    grant = alices_statement()
     log = FakeLog()
-
-    def answer(end: RelayEnd, frame: frames.Frame) -> None:
-        if not log.answer(end, frame):
-            answer_plainly(end, frame)
 
     async def scenario() -> None:
         relay = FakeRelay()
-        relay.answer = answer
+        relay.answer = answering(log)
         shop = Business(await online(URL, "shop", "business", open_transport=relay.open))
         ours = shop.client.sessions
         block = make_statement(

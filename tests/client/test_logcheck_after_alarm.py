@@ -20,7 +20,6 @@ each feature said "ok".
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 
 import pytest
@@ -31,9 +30,7 @@ from blindrelay.client.logcheck import LogCheck
 from blindrelay.client.transparency import LogReader
 from blindrelay.protocol import frames
 from blindrelay.protocol.business import BadgeStatus
-from blindrelay.protocol.crypto.keys import IdentityKeyPair
 from blindrelay.protocol.errors import LogForked, NotFound
-from blindrelay.protocol.signed import make_statement
 from blindrelay.protocol.transparency import merkle
 from blindrelay.protocol.transparency.bills import SentNotification, close_bill
 from blindrelay.protocol.transparency.evidence import statement_entry
@@ -42,7 +39,15 @@ from blindrelay.protocol.transparency.treehead import open_tree_head, sign_tree_
 from ..relays import T0, FakeClock
 from .fake_relay import RELAY_KEY, URL, FakeLog, FakeRelay, RelayEnd, answer_plainly, signer
 from .harness import Inbox, bundle, online, run, within
-from .log_relay import AIRLINE_SEED, LoggingRelay, Writer, binding, filler
+from .log_relay import (
+    AIRLINE_SEED,
+    LoggingRelay,
+    Writer,
+    alices_statement,
+    answering,
+    binding,
+    filler,
+)
 from .profile_directory import OPERATOR, Directory, badge, signed_profile
 
 MONTH = "2027-01"
@@ -305,23 +310,14 @@ def test_consent_evidence_after_the_alarm_raises_the_alarm_and_asks_nothing() ->
     """Before: the evidence was exported, its head consistent with our side. Now
     ``consent_evidence`` raises the kept ``LogForked`` before asking the relay: evidence a
     third party would check against a log the relay keeps two of proves nothing."""
-    alice = IdentityKeyPair.from_seed(b"\x61" * 32)
-    relay_key = RELAY_KEY.verify_key.encode()
-    statement = make_statement(
-        "grant", signer="alice", signer_key=alice.public, target="shop", relay_key=relay_key,
-        now_ms=T0, rng=os.urandom, categories=("utility",),
-    ).sign(alice.sign)  # fmt: skip
+    statement = alices_statement()
     log = FakeLog()
     log.append(*filler(3), statement_entry(statement))
     log.sign_head(T0)
 
-    def answer(end: RelayEnd, frame: frames.Frame) -> None:
-        if not log.answer(end, frame):
-            answer_plainly(end, frame)
-
     async def scenario() -> None:
         relay = FakeRelay()
-        relay.answer = answer
+        relay.answer = answering(log)
         shop = Business(
             await online(URL, "shop", "business", store=forked(log.heads[-1]),
                          open_transport=relay.open)
@@ -340,23 +336,14 @@ def test_a_users_consent_evidence_after_the_alarm_raises_the_alarm() -> None:
     proven to a third party). Before: evidence under a head that was never held against
     ours, after the alarm as before it. Now the head is held against ours before the
     evidence is handed on, so after the alarm it raises the kept ``LogForked``."""
-    alice = IdentityKeyPair.from_seed(b"\x61" * 32)
-    statement = make_statement(
-        "revoke", signer="alice", signer_key=alice.public, target="shop",
-        relay_key=RELAY_KEY.verify_key.encode(), now_ms=T0, rng=os.urandom,
-        categories=("utility",),
-    ).sign(alice.sign)  # fmt: skip
+    statement = alices_statement("revoke")
     log = FakeLog()
     log.append(*filler(3), statement_entry(statement))
     log.sign_head(T0)
 
-    def answer(end: RelayEnd, frame: frames.Frame) -> None:
-        if not log.answer(end, frame):
-            answer_plainly(end, frame)
-
     async def scenario() -> None:
         relay = FakeRelay()
-        relay.answer = answer
+        relay.answer = answering(log)
         client = await online(URL, "alice", store=forked(log.heads[-1]), open_transport=relay.open)
         with pytest.raises(LogForked):
             await within(client.log.consent_evidence(statement))
