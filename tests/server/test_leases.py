@@ -21,7 +21,16 @@ import pytest
 
 from blindrelay.protocol.consent import ALLOW, REFUSE, Decision, Meter, Request, Verdict
 from blindrelay.protocol.errors import ErrorCode
-from blindrelay.protocol.frames import Ack, Deliver, Error, Send, Sent, StatementsList
+from blindrelay.protocol.frames import (
+    Ack,
+    Deliver,
+    Error,
+    Ok,
+    Send,
+    Sent,
+    Statement,
+    StatementsList,
+)
 from blindrelay.server import housekeeping
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
@@ -57,7 +66,7 @@ from .conftest import (
     settled,
     until,
 )
-from .consent_helpers import stated
+from .consent_helpers import stated, statement_bytes
 
 # --- the rules, alone ----------------------------------------------------------------
 
@@ -242,6 +251,44 @@ async def test_a_block_ends_the_lease_before_the_writer_sees_it(
         answer = await alice.send_message("bob", b"after the block")
         assert error_code(answer) == ErrorCode.RECIPIENT_UNAVAILABLE
         await nothing_pushed(bob)
+
+
+async def test_a_block_ends_the_lease_when_it_is_handed_over_not_when_it_is_answered(
+    config: RelayConfig, clients: Clients, clock: FakeClock, hold: Path
+) -> None:
+    """SPEC §6.4.6, §7.4, the moment that matters: bob's BLOCK is held undecided in the
+    writer, and alice's chat comes after it. It must wait for its decision, behind the
+    block, and get 400 — ended only at the block's answer, the lease would push it first
+    and the writer, deciding it after the block, would refuse a chat bob already holds
+    (``lease_broken``: 900 to alice, 1011 to bob). Her chat from before the block was
+    pushed first, as the rules then allowed; the block purges it like any undelivered
+    envelope, so bob's next connection does not get it again."""
+    async with RelayFixture(replace(config, **ROOMY), clock) as relay, released(hold):
+        alice, bob = await contacts(relay, clients)
+        received = relay.ctx.metrics.frames_received
+        delivers = relay.ctx.metrics.delivers
+        hold.touch()
+        before = await send_unanswered(alice, "bob", b"before the block", os.urandom(16))
+        assert (await bob.push(Deliver)).body == b"before the block"
+        statements, sends = received[Statement.TYPE], received[Send.TYPE]
+        block = statement_bytes(bob, "block", "alice", clock())
+        block_id = bob.request_id()
+        await bob.send(Statement(id=block_id, statement=block))
+        await until(lambda: received[Statement.TYPE] == statements + 1)
+        after = await send_unanswered(alice, "bob", b"after the block", os.urandom(16))
+        await until(lambda: received[Send.TYPE] == sends + 1)
+        assert delivers["before_decision"] == 1  # only the chat from before the block
+        hold.unlink()
+        assert isinstance(await alice.response(before), Sent)
+        assert error_code(await alice.response(after)) == ErrorCode.RECIPIENT_UNAVAILABLE
+        assert isinstance(await bob.response(block_id), Ok)
+        await nothing_pushed(bob)
+        assert config.db_path is not None
+        assert count_queued(config.db_path) == 0  # the pushed chat was purged by the block
+        await bob.close()
+        again, _ = await clients.logged_in(relay.url, "bob", bob.key)
+        await settled(relay, "bob")
+        await nothing_pushed(again)
 
 
 async def test_a_resend_of_a_msg_id_seen_lately_waits_for_the_store(
