@@ -24,7 +24,7 @@ import nacl.pwhash.argon2id as argon2id
 import pytest
 
 from blindrelay.client.business import Business
-from blindrelay.client.keystore import KeyStore, MemoryKeyStore
+from blindrelay.client.keystore import KeyStore, MemoryKeyStore, open_profile
 from blindrelay.client.sdk import Backoff, Client, Message, ReceiptEvent
 from blindrelay.protocol import frames
 from blindrelay.protocol.business import OpeningHours
@@ -74,6 +74,17 @@ async def once_logged(call: Callable[[], Awaitable[T]]) -> T:
 
 def make_client(store: KeyStore | None = None, **options: Any) -> Client:
     return Client(store or MemoryKeyStore(), backoff=FAST, jitter=lambda: 0.5, **options)
+
+
+def cheap_profile(path: Path, passphrase: str) -> Path:
+    """An empty, unregistered profile at ``path`` sealed at ``LOW_COST``, for a ``blindrelay
+    chat`` whose subject is not registration: the chat registers it at its first run (it
+    has no identity yet) and every run unlocks it with the costs its header records, so
+    no run pays the default Argon2id (about a second of CPU each). Made through the SDK's
+    public ``open_profile``: the chat itself has no way to lower the cost."""
+    assert not path.exists(), f"{path} exists already"
+    open_profile(path, passphrase, **LOW_COST).close()
+    return path
 
 
 async def online(

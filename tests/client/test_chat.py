@@ -31,7 +31,7 @@ from blindrelay.protocol.signed import ConsentStatement
 from blindrelay.server.admin import public_key_of
 from blindrelay.server.cli import main as relay_cli
 
-from .harness import replace_relay_key
+from .harness import cheap_profile, replace_relay_key
 
 TIMEOUT_S = 15.0
 PASSPHRASE_ENV = "CHAT_TEST_PASSPHRASE"
@@ -116,8 +116,22 @@ def relay_url(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-def chat(url: str, profile: Path, handle: str, *options: str) -> Terminal:
-    env = {**os.environ, PASSPHRASE_ENV: f"passphrase of {handle}"}
+def passphrase_of(handle: str) -> str:
+    return f"passphrase of {handle}"
+
+
+def made(profile: Path, handle: str, *, real_cost: bool) -> Path:
+    """``profile``, made first at the tests' low Argon2id cost (``cheap_profile``) unless it
+    exists or ``real_cost``. The chat still registers it; only the tests about registration
+    and passphrases pay the default cost (about a second of CPU) at every chat start."""
+    if not real_cost and not profile.exists():
+        cheap_profile(profile, passphrase_of(handle))
+    return profile
+
+
+def chat(url: str, profile: Path, handle: str, *options: str, real_cost: bool = False) -> Terminal:
+    made(profile, handle, real_cost=real_cost)
+    env = {**os.environ, PASSPHRASE_ENV: passphrase_of(handle)}
     return Terminal(
         [sys.executable, "-m", "blindrelay.server.cli", "chat", "--relay", url,
          "--profile", str(profile), "--handle", handle, "--passphrase-env", PASSPHRASE_ENV,
@@ -179,7 +193,7 @@ def test_a_profile_logs_in_again_and_refuses_a_wrong_passphrase(
     relay_url: str, tmp_path: Path
 ) -> None:
     profile = tmp_path / "carol.profile"
-    first = chat(relay_url, profile, "carol")
+    first = chat(relay_url, profile, "carol", real_cost=True)
     first.expect("registered carol")
     assert first.close() == 0
 
@@ -203,11 +217,12 @@ def customer(relay_url: str, tmp_path: Path, handle: str) -> tuple[Terminal, Pat
     with contextlib.redirect_stdout(io.StringIO()) as out:
         assert relay_cli(["admin", "keygen", "--out", str(key_file)]) == 0
     operator_key = public_key_of(out.getvalue()).hex()
-    env = {**os.environ, PASSPHRASE_ENV: f"{handle}'s passphrase",
+    env = {**os.environ, PASSPHRASE_ENV: passphrase_of(handle),
            "BLINDRELAY_OPERATOR_KEY": operator_key}  # fmt: skip
+    profile = made(tmp_path / f"{handle}.profile", handle, real_cost=False)
     terminal = Terminal(
         [sys.executable, "-m", "blindrelay.server.cli", "chat", "--relay", relay_url,
-         "--profile", str(tmp_path / f"{handle}.profile"), "--handle", handle,
+         "--profile", str(profile), "--handle", handle,
          "--passphrase-env", PASSPHRASE_ENV],
         env,
     )  # fmt: skip
@@ -310,7 +325,7 @@ def test_a_changed_identity_key_is_announced_and_blocks_sending_until_approved(
         bob.expect("alice marked verified")
         assert alice.close() == 0
 
-        asyncio.run(rotate_identity(relay_url, alice_profile, "passphrase of alice"))
+        asyncio.run(rotate_identity(relay_url, alice_profile, passphrase_of("alice")))
         alice = chat(relay_url, alice_profile, "alice")
         alice.expect("logged in as alice")
         alice.type("/msg bob it is me, on a new phone")
@@ -543,7 +558,8 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][AB012]|\x1b[=>]")
 def editor_chat(url: str, profile: Path, handle: str) -> Terminal:
     """The chat on a terminal that is not dumb: prompt_toolkit's line editor. CPR is off
     (a pty answers no cursor-position request)."""
-    env = {**os.environ, PASSPHRASE_ENV: f"passphrase of {handle}", "PROMPT_TOOLKIT_NO_CPR": "1"}
+    made(profile, handle, real_cost=False)
+    env = {**os.environ, PASSPHRASE_ENV: passphrase_of(handle), "PROMPT_TOOLKIT_NO_CPR": "1"}
     return Terminal(
         [sys.executable, "-m", "blindrelay.server.cli", "chat", "--relay", url,
          "--profile", str(profile), "--handle", handle, "--passphrase-env", PASSPHRASE_ENV],

@@ -26,10 +26,13 @@ from blindrelay.server.relay import RunningRelay
 from blindrelay.server.relay import serve as serve_relay
 
 from ...relays import MANY_REGISTRATIONS, QUICK_TREE_HEADS
-from ..harness import replace_relay_key
+from ..harness import cheap_profile, replace_relay_key
 
 REASON = "\x1b]52;c;cm0gLXJmIH4K\x07\x1b]0;bank\x07\x1b[2K\rlogged in as alice"
 """A WebSocket close reason is outside the Noise channel: anyone on the path writes it."""
+PASS = "a passphrase"
+"""Of the profiles made at the tests' low Argon2id cost (``cheap_profile``): none of these
+tests is about registration, and each start at the default cost is a second of CPU."""
 
 
 async def test_a_close_reason_from_the_network_is_shown_without_its_escapes(
@@ -45,8 +48,8 @@ async def test_a_close_reason_from_the_network_is_shown_without_its_escapes(
         port = server.sockets[0].getsockname()[1]
         out = io.StringIO()
         options = Options(
-            relay=f"ws://127.0.0.1:{port}", profile=tmp_path / "alice.db", handle="alice",
-            kind="user", passphrase="a passphrase", operator_key=None,
+            relay=f"ws://127.0.0.1:{port}", profile=cheap_profile(tmp_path / "alice.db", PASS),
+            handle="alice", kind="user", passphrase=PASS, operator_key=None,
         )  # fmt: skip
         assert await session(options, out) == 1
     shown = out.getvalue()
@@ -110,8 +113,8 @@ async def test_a_relay_key_changed_at_a_reconnect_ends_the_chat_with_the_way_on(
         port = probe.getsockname()[1]
     db, out = tmp_path / "relay.db", io.StringIO()
     options = Options(
-        relay=f"ws://127.0.0.1:{port}", profile=tmp_path / "alice.db", handle="alice",
-        kind="user", passphrase="a passphrase", operator_key=None,
+        relay=f"ws://127.0.0.1:{port}", profile=cheap_profile(tmp_path / "alice.db", PASS),
+        handle="alice", kind="user", passphrase=PASS, operator_key=None,
     )  # fmt: skip
     try:
         async with relay_on(db, port):
@@ -147,8 +150,8 @@ async def test_a_fork_kept_from_an_earlier_run_is_the_first_thing_the_chat_says(
     monkeypatch.setattr(sys, "stdin", stdin)
     out = io.StringIO()
     options = Options(
-        relay="", profile=tmp_path / "alice.db", handle="alice", kind="user",
-        passphrase="a passphrase", operator_key=None,
+        relay="", profile=cheap_profile(tmp_path / "alice.db", PASS), handle="alice",
+        kind="user", passphrase=PASS, operator_key=None,
     )  # fmt: skip
     try:
         async with relay_on(tmp_path / "relay.db", 0) as relay:
