@@ -20,7 +20,8 @@ seen) under a lease (``metrics.delivers["before_decision"]``), the strict run no
 The workload: ann..eve, contacts of each other after an introduction round, and xia and
 yul, no one's contacts (message requests, first contacts, their refusals); pipelined
 bursts of 1-8 SENDs, mostly to the contact the sender wrote to last, resends and reuses
-of earlier msg_ids; blocks (the blocked one writes at once) and unblocks; recipients
+of earlier msg_ids; blocks (the blocked one writes at once; half of them pipelined
+between the signer's own chats to the target, none answered yet) and unblocks; recipients
 reading, acknowledging or not, going offline and coming back. Choices depend on the seed
 and on answers (which must agree), never on timing. A blocker reads and acknowledges all
 it is owed before its BLOCK, so what the block withdraws from its queue it saw on both.
@@ -46,7 +47,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from blindrelay.protocol.errors import ErrorCode
-from blindrelay.protocol.frames import Ack, Deliver, Error, Frame, Send, Sent
+from blindrelay.protocol.frames import Ack, Deliver, Error, Frame, Send, Sent, Statement
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
 from blindrelay.server.store.sqlite import relayleases
@@ -55,7 +56,7 @@ from blindrelay.server.store.sqlite.database import count_queued
 
 from ..relays import FakeClock
 from .conftest import Clients, RawClient, RelayFixture, db_rows, settled, until
-from .consent_helpers import state
+from .consent_helpers import state, statement_bytes
 
 CONTACTS = ("ann", "bob", "cat", "dan", "eve")
 STRANGERS = ("xia", "yul")
@@ -230,12 +231,15 @@ class Run:
                     peer.extra.append(deliver.delivery_id)  # pushed first, then refused
                     self.withdrawn += 1
                     continue
+                known = key in peer.seen
                 assert peer.seen.setdefault(key, deliver.body) == deliver.body
-                if key in peer.unacked:  # a resend pushed first: a duplicate (§6.4.3)
+                if key in peer.due:  # left unacknowledged on an earlier connection: again
+                    peer.due.discard(key)
+                    peer.unacked[key] = deliver.delivery_id
+                elif known:  # a resend pushed first, or a redelivery: a duplicate (§6.4.3)
                     peer.extra.append(deliver.delivery_id)
                 else:
                     peer.unacked[key] = deliver.delivery_id
-                peer.due.discard(key)
                 if len(peer.unacked) >= WINDOW // 2:
                     await self.ack(peer)
 
@@ -273,13 +277,40 @@ class Run:
         await self.read(signer, ack=True)
         client = await self.online(signer)
         action = "unblock" if (signer, target) in self.blocks else "block"
-        answer = await state(client, action, target, self.clock())
+        if action == "block" and self.rng.random() < 0.5:
+            answer = await self.blocking_while_writing(client, signer, target)
+        else:
+            answer = await state(client, action, target, self.clock())
         self.blocks ^= {(signer, target)} if not isinstance(answer, Error) else set()
         self.record((action, signer, target, type(answer).__name__, getattr(answer, "code", 0)))
         if action == "block":  # the target writes at once: refused, never pushed first
             burst = [self.new_message(target, signer) for _ in range(self.rng.randint(1, 3))]
             await self.sends(target, burst)
             self.partner.pop(target, None)  # and then writes to someone else
+
+    async def blocking_while_writing(self, client: RawClient, signer: str, target: str) -> Frame:
+        """The signer's chats to the target on both sides of its BLOCK, pipelined on one
+        connection, which the relay handles in order: those before it are allowed (pushed
+        first if the signer holds a lease), those after it refused (400) on both relays —
+        its lease ends when the block is handed over, not at its OK."""
+        rng = self.rng
+        before = [self.new_message(signer, target) for _ in range(rng.randint(0, 3))]
+        after = [self.new_message(signer, target) for _ in range(rng.randint(1, 3))]
+        block = statement_bytes(client, "block", target, self.clock())
+
+        async def chat(to: str, msg_id: bytes, body: bytes) -> int:
+            self.first_body.setdefault((signer, msg_id), body)
+            request_id = client.request_id()
+            await client.send(Send(id=request_id, to=to, msg_id=msg_id, intent="chat", body=body))
+            return request_id
+
+        chats = [await chat(*item) for item in before]
+        block_id = client.request_id()
+        await client.send(Statement(id=block_id, statement=block))
+        chats += [await chat(*item) for item in after]
+        for item, request_id in zip([*before, *after], chats, strict=True):
+            self.answered(signer, *item, await client.response(request_id))
+        return await client.response(block_id)
 
     def new_message(self, sender: str, to: str) -> Chat:
         body = b"%s>%s %d" % (sender.encode(), to.encode(), self.rng.randrange(10**9))
