@@ -180,6 +180,11 @@ async def run_audit(
     _print(report, key, out)
     if state_path is not None and report.state is not None:
         save_state(state_path, key, report.state)
+        if report.state.fork is not None:
+            # What a person must know to act: why every run says it again, and the way on.
+            print(f"the fork is kept in {state_path} (its \"fork\"), and every run reports "
+                  "it until a person removes that member — copy the file first: it is the "
+                  "evidence (docs/transparency.md)", file=out)  # fmt: skip
     return CLEAN if report.clean else VIOLATION
 
 

@@ -531,7 +531,10 @@ def test_a_fork_the_auditor_saw_once_is_reported_by_every_later_run(
         status, report = audit_now()
         assert status == 1 and "VIOLATION log forked" in report, report
         assert first.hex() in report and other.hex() in report
+        # Said each time, so a person knows why it comes back, and the way on.
+        assert f"the fork is kept in {state}" in report and "copy the file first" in report
     assert first.hex() in rewritten and other.hex() in rewritten  # both signed heads
+    assert "the fork is kept in" in rewritten
     saved = json.loads(state.read_text())
     assert saved["fork"] == {"earlier": first.hex(), "later": other.hex()}
     stranger = SigningKey(b"\x12" * 32)
