@@ -22,6 +22,7 @@ from blindrelay.protocol.crypto.session import Session, decrypt, encrypt, initia
 from blindrelay.protocol.signed import make_statement
 from blindrelay.protocol.transparency import merkle
 from blindrelay.protocol.transparency.entries import KeyBinding, StatementLogged
+from blindrelay.protocol.transparency.evidence import statement_entry
 from blindrelay.protocol.transparency.treehead import sign_tree_head
 
 from ..relays import T0
@@ -116,6 +117,14 @@ def alices_statement(action: str = "grant") -> bytes:
         relay_key=RELAY_KEY.verify_key.encode(), now_ms=T0, rng=os.urandom,
         categories=("utility",),
     ).sign(alice.sign)  # fmt: skip
+
+
+def log_holding(statement: bytes) -> FakeLog:
+    """A log of three other entries and then ``statement``'s, under a head signed at T0."""
+    log = FakeLog()
+    log.append(*filler(3), statement_entry(statement))
+    log.sign_head(T0)
+    return log
 
 
 def answering(log: FakeLog) -> Callable[[RelayEnd, frames.Frame], None]:

@@ -33,7 +33,6 @@ from blindrelay.protocol.business import BadgeStatus
 from blindrelay.protocol.errors import LogForked, NotFound
 from blindrelay.protocol.transparency import merkle
 from blindrelay.protocol.transparency.bills import SentNotification, close_bill
-from blindrelay.protocol.transparency.evidence import statement_entry
 from blindrelay.protocol.transparency.treehead import open_tree_head, sign_tree_head
 
 from ..relays import T0, FakeClock
@@ -47,6 +46,7 @@ from .log_relay import (
     answering,
     binding,
     filler,
+    log_holding,
 )
 from .profile_directory import OPERATOR, Directory, badge, signed_profile
 
@@ -311,9 +311,7 @@ def test_consent_evidence_after_the_alarm_raises_the_alarm_and_asks_nothing() ->
     ``consent_evidence`` raises the kept ``LogForked`` before asking the relay: evidence a
     third party would check against a log the relay keeps two of proves nothing."""
     statement = alices_statement()
-    log = FakeLog()
-    log.append(*filler(3), statement_entry(statement))
-    log.sign_head(T0)
+    log = log_holding(statement)
 
     async def scenario() -> None:
         relay = FakeRelay()
@@ -337,9 +335,7 @@ def test_a_users_consent_evidence_after_the_alarm_raises_the_alarm() -> None:
     ours, after the alarm as before it. Now the head is held against ours before the
     evidence is handed on, so after the alarm it raises the kept ``LogForked``."""
     statement = alices_statement("revoke")
-    log = FakeLog()
-    log.append(*filler(3), statement_entry(statement))
-    log.sign_head(T0)
+    log = log_holding(statement)
 
     async def scenario() -> None:
         relay = FakeRelay()
