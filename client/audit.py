@@ -15,8 +15,10 @@ violation keeps the commitment the relay broke, so the next run reports it again
 A run that finds a fork — a head that cannot stand beside the one verified last, by
 the entries it signs or by its own size, root and time — keeps both heads (``fork``:
 ``earlier``, ``later``) and the larger commitment: every later run reports the fork,
-even once the relay shows the first history again (T73, T76). Only a person clears it,
-by removing ``fork`` from the file (keep a copy: it is the evidence).
+even once the relay shows the first history again (T73, T76). Only a person clears it:
+``--acknowledge-fork FILE`` moves the two heads into a file of their own, never
+overwritten (the evidence), before the run — the same as copying the state file and
+removing its ``fork`` by hand.
 
 Exit status: 0 clean, 1 a violation, 2 a usage error (the one-line message says
 what to do), 3 the relay could not be read (down, refused, no head signed yet is
@@ -36,7 +38,7 @@ import json
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -120,6 +122,55 @@ def save_state(path: Path, relay_key: bytes, state: AuditState) -> None:
         raise
 
 
+def _write_new(path: Path, data: str) -> None:
+    """Write ``path`` whole and durably, refusing to replace a file already there: the
+    link of a complete temporary file succeeds only if the name is free."""
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".audit-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.link(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def acknowledge_fork(state_path: Path, evidence: Path, out: TextIO) -> None:
+    """Move the fork ``state_path`` keeps into ``evidence`` (a new file), so the runs go
+    on from the state's head. A person's act (T73): why a file and not a deletion — the
+    two signed heads prove what the relay key signed, to anyone, for good; the evidence
+    is written and synced before the state forgets it, and never over another file."""
+    saved = load_state(state_path)
+    if saved is None or saved.head.fork is None:
+        raise AuditUsageError(
+            f"the state file {state_path} keeps no fork: nothing to acknowledge — run "
+            "without --acknowledge-fork"
+        )
+    earlier, later = saved.head.fork
+    record = {
+        "relay_key": saved.relay_key.hex(), "earlier": earlier.hex(), "later": later.hex(),
+        "state": {"size": saved.head.size, "root": saved.head.root.hex(),
+                  "signed": saved.head.signed.hex()},
+    }  # fmt: skip
+    try:
+        _write_new(evidence, json.dumps(record, indent=2) + "\n")
+    except FileExistsError:
+        raise AuditUsageError(
+            f"{evidence} exists — give a new file for the fork's evidence (one is never "
+            "written over)"
+        ) from None
+    except OSError as exc:
+        raise AuditUsageError(
+            f"cannot write the fork's evidence to {evidence}: {exc.strerror} — give a "
+            "writable path"
+        ) from None
+    save_state(state_path, saved.relay_key, replace(saved.head, fork=None))
+    print(f"fork acknowledged: its two signed heads are in {evidence}, and {state_path} "
+          "no longer keeps it", file=out)  # fmt: skip
+
+
 async def read_into(reader: LogReader, run: LogAudit) -> None:
     """Hand ``run`` the entries its checks use, page by page, keeping none: the first
     ``run.needed`` (fewer if the relay serves fewer). Entries past every head are no
@@ -143,9 +194,15 @@ async def run_audit(
     state_path: Path | None = None,
     relay_key: bytes | None = None,
     err: TextIO = sys.stderr,
+    acknowledge: Path | None = None,
 ) -> int:
     """Audit the relay at ``url``, print the report to ``out`` (a failure to read it to
-    ``err``, one line); the exit status."""
+    ``err``, one line); the exit status. ``acknowledge``: first move the state's kept
+    fork into that file (:func:`acknowledge_fork`)."""
+    if acknowledge is not None:
+        if state_path is None:
+            raise AuditUsageError("--acknowledge-fork needs the --state file that keeps the fork")
+        acknowledge_fork(state_path, acknowledge, out)
     saved = load_state(state_path) if state_path is not None else None
     if saved is not None:
         if relay_key is not None and relay_key != saved.relay_key:
@@ -183,8 +240,8 @@ async def run_audit(
         if report.state.fork is not None:
             # What a person must know to act: why every run says it again, and the way on.
             print(f"the fork is kept in {state_path} (its \"fork\"), and every run reports "
-                  "it until a person removes that member — copy the file first: it is the "
-                  "evidence (docs/transparency.md)", file=out)  # fmt: skip
+                  "it until a person acknowledges it: --acknowledge-fork FILE moves its "
+                  "heads, the evidence, into FILE (docs/transparency.md)", file=out)  # fmt: skip
     return CLEAN if report.clean else VIOLATION
 
 

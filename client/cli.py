@@ -180,6 +180,11 @@ def register_audit(subparsers: SubParsers) -> None:
         help="the relay key to expect (64 hex digits); default: the state file's, else the "
         "first one presented (trust on first use)",
     )  # fmt: skip
+    parser.add_argument(
+        "--acknowledge-fork", type=Path, metavar="FILE",
+        help="first move the fork the --state file keeps (two signed heads, the evidence) "
+        "into FILE, a new file, so later runs no longer report it",
+    )  # fmt: skip
     parser.set_defaults(func=_audit)
 
 
@@ -193,9 +198,11 @@ def _audit(args: argparse.Namespace) -> int:
         relay_key = _hex_option(
             args.relay_key, "--relay-key must be 64 hex digits (a 32-byte key)", size=32
         )
-        return asyncio.run(
-            run_audit(args.relay, sys.stdout, state_path=args.state, relay_key=relay_key)
-        )
+        audit = run_audit(
+            args.relay, sys.stdout, state_path=args.state, relay_key=relay_key,
+            acknowledge=args.acknowledge_fork,
+        )  # fmt: skip
+        return asyncio.run(audit)
     except (ValueError, AuditUsageError) as exc:
         print(f"blindrelay audit: {exc}", file=sys.stderr)
         return USAGE

@@ -33,15 +33,10 @@ from blindrelay.protocol.transparency.treehead import sign_tree_head
 from blindrelay.server.store.sqlite.writer_process import HOLD_BEFORE_BATCH_ENV
 
 from ..relays import T0, relay_at
+from .audit_log import audited
 from .harness import online, run, within
 
 EVIL = KeyBinding(v=1, handle="airline", kind="business", identity_key=b"\x66" * 32, at=T0)
-
-
-async def audited(url: str, state: Path | None) -> tuple[int, str]:
-    out, err = io.StringIO(), io.StringIO()
-    status = await run_audit(url, out, state_path=state, err=err)
-    return status, out.getvalue() + err.getvalue()
 
 
 async def businesses(url: str, *handles: str) -> None:
@@ -167,6 +162,9 @@ def test_the_command_line_speaks_one_line_for_bad_input(tmp_path: Path) -> None:
         (["--relay", "ws://127.0.0.1:1"], 3),
         (["--relay", "ws://127.0.0.1:1", "--relay-key", "zz"], 2),
         (["--relay", "ws://127.0.0.1:1", "--state", str(bad_state)], 2),
+        (["--relay", "ws://127.0.0.1:1", "--acknowledge-fork", str(tmp_path / "e.json")], 2),
+        (["--relay", "ws://127.0.0.1:1", "--state", str(tmp_path / "none.json"),
+          "--acknowledge-fork", str(tmp_path / "e.json")], 2),
     ]:
         done = blindrelay(*args)
         assert done.returncode == status, (args, done.stderr)
@@ -463,136 +461,3 @@ def test_a_state_file_whose_head_another_key_signed_is_refused(
     state.write_text(json.dumps(saved))
     with pytest.raises(audit_module.AuditUsageError, match="state file"):
         run_until(run_audit("ws://relay.test", io.StringIO(), state_path=state))
-
-
-class ShownLog:
-    """A relay's log fetches serving what it shows the auditor this run: ``entries`` and
-    a head signed over all of them."""
-
-    def __init__(self) -> None:
-        self.key = SigningKey(b"\x11" * 32)
-        self.entries: list[bytes] = []
-        self.head = b""
-
-    def show(self, entries: list[bytes], at: int) -> bytes:
-        self.entries = entries
-        root = merkle.root_of([merkle.leaf_hash(e) for e in entries])
-        self.head = sign_tree_head(lambda m: self.key.sign(m).signature, len(entries), root, at)
-        return self.head
-
-    async def request(self, make: Callable[[int], frames.Frame]) -> frames.Frame:
-        frame = make(1)
-        if isinstance(frame, frames.LogHeadFetch):
-            return frames.LogHead(re=1, sth=self.head)
-        assert isinstance(frame, frames.LogEntriesFetch)
-        page = self.entries[frame.start : frame.start + frame.count]
-        return frames.LogEntries(re=1, start=frame.start, entries=tuple(page))
-
-    @contextlib.asynccontextmanager
-    async def open(self, _url: str, _key: bytes | None = None) -> AsyncIterator[LogReader]:
-        yield LogReader(self.request, lambda: self.key.verify_key.encode())
-
-
-def statements(count: int, salt: int = 0) -> list[bytes]:
-    return [
-        StatementLogged(v=1, commitment=bytes([i, salt]) * 16, at=T0 + i).to_bytes()
-        for i in range(count)
-    ]
-
-
-def test_a_fork_the_auditor_saw_once_is_reported_by_every_later_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """T73: the relay shows the auditor, once, a head signed over a rewritten log, then
-    the first history again. The run that saw it said "log rewritten", kept the previous
-    head alone, and the next run was clean (exit 0): nothing in the state file, nor any
-    signed evidence in the report, of the head that broke it. Now the state file keeps
-    both heads, and every later run reports the fork with them (exit 1)."""
-    shown = ShownLog()
-    monkeypatch.setattr(audit_module, "open_log_reader", shown.open)
-    state = tmp_path / "audit.json"
-
-    def audit_now() -> tuple[int, str]:
-        result: list[tuple[int, str]] = []
-
-        async def once() -> None:
-            result.append(await audited("ws://relay.test", state))
-
-        run(once())
-        return result[0]
-
-    first = shown.show(statements(10), T0)
-    assert audit_now()[0] == 0
-    other = shown.show(statements(12, salt=1), T0 + 1)
-    status, rewritten = audit_now()
-    assert status == 1 and "VIOLATION log rewritten" in rewritten, rewritten
-    for at in (T0 + 2, T0 + 3, T0 + 4):
-        shown.show(statements(14), at)  # the first history, grown
-        status, report = audit_now()
-        assert status == 1 and "VIOLATION log forked" in report, report
-        assert first.hex() in report and other.hex() in report
-        # Said each time, so a person knows why it comes back, and the way on.
-        assert f"the fork is kept in {state}" in report and "copy the file first" in report
-    assert first.hex() in rewritten and other.hex() in rewritten  # both signed heads
-    assert "the fork is kept in" in rewritten
-    saved = json.loads(state.read_text())
-    assert saved["fork"] == {"earlier": first.hex(), "later": other.hex()}
-    stranger = SigningKey(b"\x12" * 32)
-    saved["fork"]["later"] = sign_tree_head(  # a head the relay did not sign
-        lambda m: stranger.sign(m).signature, 12, bytes(32), T0 + 1
-    ).hex()
-    state.write_text(json.dumps(saved))
-    with pytest.raises(audit_module.AuditUsageError, match="state file"):
-        audit_now()
-
-
-def test_a_smaller_head_signed_later_is_kept_and_a_stale_one_is_not(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """T76, through the state file: the relay shows the auditor once a head of 8 entries
-    of another history signed after the head of 10 it verified, then the first history
-    again. That run said "log rewritten" and kept the previous head alone; the next was
-    clean (exit 0). Now both heads are in the state file and every later run reports
-    "log forked". An old head of the same history (signed before, a prefix) is only
-    stale: reported while it is served, kept nowhere."""
-    shown = ShownLog()
-    monkeypatch.setattr(audit_module, "open_log_reader", shown.open)
-
-    def audit_now(state: Path) -> tuple[int, str]:
-        result: list[tuple[int, str]] = []
-
-        async def once() -> None:
-            result.append(await audited("ws://relay.test", state))
-
-        run(once())
-        return result[0]
-
-    forked, stale = tmp_path / "forked.json", tmp_path / "stale.json"
-    shown.show(statements(8), T0 + 1)
-    old = shown.head
-    first = shown.show(statements(10), T0 + 5)
-    assert audit_now(forked)[0] == 0 and audit_now(stale)[0] == 0
-    smaller = shown.show(statements(10, salt=1)[:8], T0 + 6)
-    shown.entries = statements(10, salt=1)  # served past the head, as a relay may
-    status, report = audit_now(forked)
-    assert status == 1 and "VIOLATION log forked" in report, report
-    shown.entries, shown.head = statements(10), old  # the first history, an old head
-    status, report = audit_now(stale)
-    assert status == 1 and "VIOLATION heads go backwards" in report, report
-    assert "log forked" not in report
-    shown.show(statements(12), T0 + 7)  # the first history, grown, a fresh head
-    for _ in range(2):
-        status, report = audit_now(forked)
-        assert status == 1 and "VIOLATION log forked" in report, report
-        assert first.hex() in report and smaller.hex() in report
-    assert json.loads(forked.read_text())["fork"] == {
-        "earlier": first.hex(),
-        "later": smaller.hex(),
-    }
-    status, report = audit_now(stale)
-    assert status == 0 and "fork" not in json.loads(stale.read_text()), report
-    saved = json.loads(forked.read_text())  # a person dealt with it: removes the fork
-    del saved["fork"]
-    forked.write_text(json.dumps(saved))
-    status, report = audit_now(forked)
-    assert status == 0 and report.splitlines()[-1] == "clean", report
