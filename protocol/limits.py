@@ -364,10 +364,11 @@ pages through a month's bill."""
 
 LOG_FETCH_RATE_PER_MIN = 6000.0
 LOG_FETCH_BURST = 200
-"""*Default.* Log fetches (§15.6) per authenticated connection, and per source for the
-connections of a source that have not logged in (one bucket for all of them): an auditor
-reading a million entries pages ~33,000 times, so the rate lets it finish in minutes,
-while the burst bounds what one connection makes the store look up at once. Every
+"""*Default.* Log fetches (§15.6) per account once logged in (every connection of it, one
+after another), and per source for the connections of a source that have not logged in
+(one bucket for all of them): an auditor reading a million entries pages ~33,000 times,
+so the rate lets it finish in minutes, while the burst bounds what one account or source
+makes the store look up at once. Every
 answer is a few indexed lookups (§15.2 rule 3)."""
 
 # --- Business accounts (SPEC §8) -------------------------------------------

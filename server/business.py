@@ -36,6 +36,7 @@ from blindrelay.protocol.frames import (
 from .context import RelayContext, Session
 from .logs import log_event
 from .store import Account
+from .transparency import log_bucket
 
 
 def put_profile(ctx: RelayContext, session: Session, frame: ProfilePut) -> None:
@@ -119,10 +120,10 @@ def fetch_usage(ctx: RelayContext, session: Session, frame: UsageFetch) -> None:
 
 def fetch_bill(ctx: RelayContext, session: Session, frame: BillFetch) -> None:
     """SPEC §8.5: a business reads a page of its own closed bill; a user gets 202. A
-    page costs a token of the connection's log bucket (§15.6): it is a log read."""
+    page costs a token of the account's log bucket (§15.6): it is a log read."""
     handle = session.handle
     assert handle is not None
-    ctx.limiters.log_fetch.take(session.serial)  # SPEC §10, before any work
+    ctx.limiters.log_fetch.take(log_bucket(session))  # SPEC §10, before any work
     _business_only(session)
     month, start = frame.month, frame.start
 

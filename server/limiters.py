@@ -41,9 +41,9 @@ class Limiters:
     usage_fetch: TokenBuckets
     """Per account, taken before any other work for the request (SPEC §10)."""
     log_fetch: TokenBuckets
-    """Per logged-in connection, keyed by :attr:`Session.serial`, and per source before
-    a login (SPEC §15.6: the log is read before any login), keyed by the source; it
-    follows no account."""
+    """Per account once logged in, keyed by the handle, and per source before a login
+    (SPEC §15.6: the log is read before any login), keyed by ``("source", source)``
+    (``transparency.log_bucket``). Keyed by the connection, every login refilled it (T80)."""
 
     def per_account(self) -> tuple[TokenBuckets, ...]:
         """The buckets keyed by the account alone (SPEC §10): those that follow an
@@ -51,7 +51,7 @@ class Limiters:
         return (
             self.send_user, self.send_business, self.bundle_fetch, self.consent_request,
             self.prekeys_upload, self.rotate_identity, self.statements_list,
-            self.profile_put, self.profile_fetch, self.usage_fetch,
+            self.profile_put, self.profile_fetch, self.usage_fetch, self.log_fetch,
         )  # fmt: skip
 
     def take_over(self, handle: str, spent_at: int) -> None:

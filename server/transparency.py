@@ -65,16 +65,25 @@ async def publish_tree_head(
     return LogHead(size, root, timestamp, signed)
 
 
-def _take_token(ctx: RelayContext, session: Session) -> None:
-    """SPEC §10, §15.6: a token of the connection's log-fetch bucket once it logged in
-    (one connection per account), of its *source*'s before (SPEC §4.6.1).
+def log_bucket(session: Session) -> str | tuple[str, str]:
+    """The key of ``session``'s log-fetch bucket (SPEC §10, §15.6): its account's once it
+    logged in, its *source*'s before (SPEC §4.6.1) — a tuple, never equal to a handle
+    (``10.1.2.3`` is one).
 
-    Why the source's: a connection not logged in costs nothing to open, so a bucket of
-    its own gave every new one a full burst; one address holding its 32 connections and
-    opening 20 a second had the writer answer thousands of fetches a second, no account
-    needed (threat model T33). An auditor behind a shared address shares the rate.
+    Why not the connection's: a connection costs nothing to open, so a bucket of its own
+    gave every new one a full burst — one address holding its 32 connections not logged
+    in and opening 20 a second had the writer answer thousands of fetches a second, no
+    account needed (threat model T33), and one account reconnecting as fast got 4,000 a
+    second where its bucket allows 100 (T80). An auditor behind a shared address shares
+    the rate.
     """
-    ctx.limiters.log_fetch.take(session.serial if session.handle is not None else session.source)
+    handle = session.handle
+    return handle if handle is not None else ("source", session.source)
+
+
+def _take_token(ctx: RelayContext, session: Session) -> None:
+    """SPEC §10, §15.6: a token of the session's log-fetch bucket (:func:`log_bucket`)."""
+    ctx.limiters.log_fetch.take(log_bucket(session))
 
 
 def fetch_head(ctx: RelayContext, session: Session, frame: LogHeadFetch) -> None:

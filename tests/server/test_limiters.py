@@ -77,11 +77,12 @@ def test_statements_have_a_bucket_of_their_own_per_account() -> None:
     limiters.statement.take("alice")
 
 
-_FOLLOW_NO_ACCOUNT = {"send_pair", "statement", "log_fetch"}
+_FOLLOW_NO_ACCOUNT = {"send_pair", "statement"}
 """SPEC §10 "One relay, many processes": the pair bucket is keyed by the pair (and follows
 its sender apart, T63), the STATEMENT bucket is kept per process (the store keeps the
-account's statement budget, T64), the log-fetch bucket is per connection or source; every
-other bucket is the account's and follows it to another process."""
+account's statement budget, T64); every other bucket is the account's and follows it to
+another process — the log-fetch bucket too, once logged in (T80; before, it is the
+source's, kept per process)."""
 
 
 def test_every_per_account_bucket_follows_the_account_and_no_other() -> None:

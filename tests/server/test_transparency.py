@@ -9,7 +9,7 @@ from websockets.asyncio.server import ServerConnection
 
 from blindrelay.protocol import limits
 from blindrelay.protocol.errors import ErrorCode
-from blindrelay.protocol.frames import Error, LogHead, LogHeadFetch, Ok
+from blindrelay.protocol.frames import BillFetch, Error, LogHead, LogHeadFetch, Ok
 from blindrelay.server.config import RelayConfig
 from blindrelay.server.registration import source_key
 from blindrelay.server.relay import serve
@@ -84,3 +84,46 @@ async def test_a_connection_not_logged_in_that_asks_on_past_402_is_closed(
         for _ in range(limits.MAX_PROTOCOL_ERRORS + 5):
             await alice.request(lambda i: LogHeadFetch(id=i))
         assert isinstance(await alice.upload_prekeys(), Ok)  # still open
+
+
+async def test_a_new_connection_of_an_account_does_not_refill_its_log_fetch_bucket(
+    config: RelayConfig, clock: FakeClock, clients: Clients
+) -> None:
+    """SPEC §10, §15.6: once logged in the log-fetch bucket is the account's, not the
+    connection's. Keyed by connection, every login came with a full burst: one account
+    reconnecting at its source's connection rate (20 a second, T30) had the writer answer
+    20 × 200 = 4,000 fetches a second where the bucket allows 100 (threat model T80). The
+    source's bucket before a login is kept apart from any account's, whatever its handle."""
+    changed = replace(config, log_fetch_burst=BURST, log_fetch_rate_per_min=1.0)
+    running = await serve(changed, clock=clock, source_of=source_from_header)
+    try:
+        headers = {SOURCE_HEADER: "10.1.2.3"}
+        first = await clients.open(running.url, headers=headers)
+        await first.register("10.1.2.3")  # a handle that reads as its source's key
+        for _ in range(BURST):
+            assert isinstance(await first.request(lambda i: LogHeadFetch(id=i)), LogHead)
+        assert error_code(await first.request(lambda i: LogHeadFetch(id=i))) == 402
+
+        # The account's next connection (the first one is replaced): still empty.
+        second = await clients.open(running.url, headers=headers)
+        await second.login("10.1.2.3", first.key)
+        again = await second.request(lambda i: LogHeadFetch(id=i))
+        assert isinstance(again, Error) and again.code == ErrorCode.RATE_LIMITED
+        assert again.retry_after is not None and again.retry_after > 0
+
+        # The source's own bucket, before a login, is another one.
+        anonymous = await clients.open(running.url, headers=headers)
+        assert isinstance(await anonymous.request(lambda i: LogHeadFetch(id=i)), LogHead)
+
+        clock.advance(60_000)  # one token back for the account
+        assert isinstance(await second.request(lambda i: LogHeadFetch(id=i)), LogHead)
+
+        # A business's bill pages take from the same bucket (SPEC §8.5).
+        shop = await clients.open(running.url, headers={SOURCE_HEADER: "10.9.9.9"})
+        await shop.register("shop", "business")
+        for _ in range(BURST):
+            assert isinstance(await shop.request(lambda i: LogHeadFetch(id=i)), LogHead)
+        bill = await shop.request(lambda i: BillFetch(id=i, month="2026-11"))
+        assert error_code(bill) == ErrorCode.RATE_LIMITED
+    finally:
+        await running.close()
