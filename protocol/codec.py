@@ -286,6 +286,9 @@ def _map_without_duplicates(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     result = dict(pairs)
     if len(result) != len(pairs):
         raise MalformedFrame("map: duplicate key")
+    for key in result:  # strict_map_key lets bin keys through as well as str
+        if type(key) is not str:
+            raise MalformedFrame("map: a key is not a str")
     return result
 
 

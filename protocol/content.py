@@ -320,7 +320,7 @@ def decode_content(data: bytes, *, accepted_as: Labels | None = None) -> Content
             raise MalformedContent("refs must be an array")
         body = Receipt(ReceiptType(receipt), refs)
     sth = obj.get("sth")
-    if sth is not None and type(sth) is not bytes:
+    if "sth" in obj and type(sth) is not bytes:  # nil too: no sth is no key (SPEC §2.3)
         raise MalformedContent("sth must be bin")
     if accepted_as is None:
         if "category" in obj and type(obj["category"]) is not str:

@@ -103,6 +103,18 @@ def test_a_map_of_more_entries_than_any_record_has_is_refused_from_its_header() 
         codec.strict_unpack(msgpack.packb({**biggest, "one_more": 0}))
 
 
+@pytest.mark.parametrize(
+    "mapping",
+    [{b"a": 0}, {"a": 0, b"a": 0}, {"k": {b"inner": 0}}],
+    ids=["bin-key", "bin-key-beside-the-same-str-key", "bin-key-in-a-nested-map"],
+)
+def test_strict_unpack_refuses_a_bin_map_key(mapping: dict[object, object]) -> None:
+    """SPEC §2.3 rule 2: map keys are str. msgpack's strict_map_key lets bin keys through;
+    a reader of the result that assumed str keys then raised TypeError (fuzzing, T77)."""
+    with pytest.raises(MalformedFrame, match="key"):
+        codec.strict_unpack(msgpack.packb(mapping, use_bin_type=True))
+
+
 def test_error_from_a_refused_request_carries_its_id() -> None:
     data = msgpack.packb({"t": 11, "id": 77, "handle": "BAD"}, use_bin_type=True)
     with pytest.raises(MalformedFrame) as info:

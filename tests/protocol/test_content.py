@@ -246,6 +246,11 @@ VALID_RECEIPT = {
             id="duplicate-key",
         ),
         pytest.param(pack({1: 1}), id="int-key"),
+        # Found by fuzzing (tests/fuzz/corpus/content/crash-mixed-keys): a bin key beside
+        # an unknown str key made the error message sort str with bytes (TypeError, T77).
+        pytest.param(pack({**VALID_TEXT, "a": 0, b"b": 0}), id="bin-key-beside-a-str-key"),
+        pytest.param(pack({**VALID_TEXT, b"sth": b"x"}), id="bin-key"),
+        pytest.param(pack({**VALID_TEXT, "sth": None}), id="nil-sth"),
         pytest.param(
             pack({**VALID_TEXT, "text": msgpack.ExtType(5, b"x")}), id="extension-type"
         ),
