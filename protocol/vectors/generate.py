@@ -133,6 +133,8 @@ def invalid_vectors() -> dict[str, tuple[bytes, str, int | None, str]]:
         "top_level_array": (_pack([20, 5]), "MALFORMED_FRAME", None, "frame is an array, not a map"),
         "top_level_int": (_pack(20), "MALFORMED_FRAME", None, "frame is an integer"),
         "int_map_key": (bytes.fromhex("82a17408") + bytes.fromhex("0101"), "MALFORMED_FRAME", None, "map key 1 is not a string"),
+        "bin_map_key": (bytes.fromhex("83a17408a2726501c4017801"), "MALFORMED_FRAME", None, "OK with a bin key: a key that is not a string, not an unknown one"),
+        "bin_map_key_with_unknown_type": (bytes.fromhex("82a174cc63c4017801"), "MALFORMED_FRAME", None, "a bin key beside a t that is no frame type: rule 2 is the msgpack layer's, found before t (102 until 2026-12-07)"),
         "duplicate_type_key": (bytes.fromhex("83a17408a2726501a17408"), "MALFORMED_FRAME", None, "key t appears twice in OK"),
         "duplicate_field_key": (bytes.fromhex("83a17408a2726501a2726502"), "MALFORMED_FRAME", None, "key re appears twice in OK"),
         "unknown_field": (_pack({"t": 8, "re": 1, "extra": 1}), "MALFORMED_FRAME", None, "OK with a key the spec does not define"),
