@@ -135,16 +135,18 @@ class _Channel:
             raise RuntimeError("the channel is not established")
         if self._failed:
             raise TransportMessageRejected("the channel failed before")
+        self._failed = True  # until it opens: after any failure nothing more is read
         if not isinstance(message, bytes):
             raise TransportMessageRejected("a text message is not a transport message")
         if not TAG_BYTES <= len(message) <= MAX_TRANSPORT_MESSAGE_BYTES:
             raise TransportMessageRejected("transport message size out of range")
         self._rekey_if_due(cipher)
         try:
-            return cipher.decrypt_with_ad(b"", message)
+            plaintext = cipher.decrypt_with_ad(b"", message)
         except NoiseError as exc:
-            self._failed = True  # a gap in the nonces: nothing after it can be read
             raise TransportMessageRejected(f"transport message {cipher.n}: {exc}") from exc
+        self._failed = False
+        return plaintext
 
     def _rekey_if_due(self, cipher: CipherState) -> None:
         # SPEC §1.3.5: "Before the transport message whose nonce n is a positive multiple

@@ -206,6 +206,20 @@ def test_text_messages_and_sizes_out_of_range_are_refused() -> None:
             relay.decrypt(message)
 
 
+@pytest.mark.parametrize("message", ["text", b"", b"x" * 15], ids=["text", "empty", "short"])
+def test_a_message_refused_for_its_type_or_size_ends_the_channel_too(
+    message: bytes | str,
+) -> None:
+    """SPEC §1.3.6, ``decrypt``'s "any failure ends the channel": found by fuzzing (the
+    noise target), a message refused before decryption left the channel open, and the
+    next genuine one was read."""
+    client, relay = established()
+    with pytest.raises(TransportMessageRejected):
+        relay.decrypt(message)
+    with pytest.raises(TransportMessageRejected, match="failed before"):
+        relay.decrypt(client.encrypt(b"SEND"))
+
+
 def test_the_largest_frame_fits_and_a_larger_one_is_a_local_bug() -> None:
     client, relay = established()
     largest = b"\x80" * limits.MAX_FRAME_BYTES
