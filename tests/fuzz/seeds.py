@@ -107,7 +107,11 @@ def _client_seeds() -> dict[str, bytes]:
                 answers.append(codec.encode(dataclasses.replace(frame, re=request_id)))  # type: ignore[call-arg]
                 break
     deliver = _vector("valid", "deliver_chat")
+    pending = _client(3).pending
+    send_id = next(rid for rid, asked in pending.items() if asked is f.FrameType.SEND)
+    sent = codec.encode(f.Sent(re=send_id, msg_id=bytes(16), at=T0))
     return {
+        "sent-fast": b"\x03" + sent + SEP + sent + SEP + deliver,
         "hello": b"\x00" + relay_hello,
         "welcome": b"\x01" + welcome + SEP + _vector("valid", "error_push"),
         "answers": b"\x02" + SEP.join(answers[:8]),

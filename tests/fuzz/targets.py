@@ -57,6 +57,7 @@ from blindrelay.protocol.errors import (
     InvalidTreeHead,
     MalformedFrame,
     MalformedLogEntry,
+    NotFound,
     ProtocolError,
     StaleStatement,
     TransparencyError,
@@ -245,6 +246,7 @@ def relay_receive(data: bytes) -> None:
     if mode & 1:
         _authenticate(relay)
     pair = _channel_pair() if mode & 2 else None
+    spent = False
     for message in messages(data[1:]):
         before = relay.state
         if pair is not None:
@@ -256,21 +258,52 @@ def relay_receive(data: bytes) -> None:
                 relay.close()
                 continue
         relay.receive_data(message)
-        for event in relay.events_received():
+        events = relay.events_received()
+        for event in events:
             if event.TYPE not in RECEIVABLE[Role.RELAY].get(before, frozenset()):
                 raise Finding(f"{event.TYPE.name} became an event in {before.value}")
         for out in relay.data_to_send():
             frame = codec.decode(out)
             if not isinstance(frame, f.Error):
                 raise Finding(f"receive_data queued a {type(frame).__name__}")
+        for event in events:
+            spent |= _answer(relay, event)
     if relay.state is State.CLOSED:
         return
-    if relay.state is State.AWAITING_AUTH:
-        _authenticate(relay)  # the challenge is still unspent: nothing received spends it
+    if relay.state is State.AWAITING_AUTH and not spent:
+        _authenticate(relay)  # nothing received spends the challenge; only a proof checked
     relay.send(f.Ok(re=7))
     relay.send_error(MalformedFrame("after the fuzz"))
     for out in relay.data_to_send():
         codec.decode(out)
+
+
+def _answer(relay: RelayConnection, event: f.Frame) -> bool:
+    """What the relay's dispatch does with an event, as far as the machine goes: check a
+    proof (WELCOME if it holds) or refuse the request; whether the challenge was spent."""
+    request_id = getattr(event, "id", None)
+    try:
+        if isinstance(event, f.Register):
+            relay.verify_registration(event, T0 + 1)
+        elif isinstance(event, f.Login):
+            known = ALICE_PUBLIC if event.handle == "alice" else None
+            relay.verify_login(event, known, T0 + 1)
+        elif request_id is not None:
+            raise NotFound("answered by the fuzz target")
+        else:
+            return False
+    except ProtocolError as exc:
+        relay.send_error(exc, re=request_id)
+        return isinstance(event, f.Register | f.Login)
+    relay.send(
+        f.Welcome(
+            re=event.id, handle=event.handle, kind="user", queued=0, one_time_prekeys=0,
+            has_signed_prekey=False,
+        )
+    )  # fmt: skip
+    for out in relay.data_to_send():
+        codec.decode(out)
+    return True
 
 
 _REQUESTS: list[f.Frame] = []
@@ -321,10 +354,17 @@ def client_receive(data: bytes) -> None:
     leaves the machine as it was; a frame it takes was receivable; afterwards the client
     can still number and send a request when authenticated.
 
-    First byte (mod 4): the state to start in (:func:`_client`)."""
-    client = _client((data[0] if data else 0) % 4)
+    First byte (mod 4): the state to start in (:func:`_client`); in 3 a SENT is offered
+    to ``receive_sent`` first, as the SDK does."""
+    mode = (data[0] if data else 0) % 4
+    client = _client(mode)
     for message in messages(data[1:]):
         before = (client.state, dict(client.pending), client.hello, client.handle, client.kind)
+        sent = fastcodec.read_sent(message) if mode == 3 else None
+        if sent is not None and client.receive_sent(sent):  # the SDK's fast path for SENT
+            if before[1].get(sent.re) is not f.FrameType.SEND or sent.re in client.pending:
+                raise Finding(f"receive_sent took an answer to {before[1].get(sent.re)}")
+            continue
         try:
             client.receive_data(message)
         except ProtocolError:
@@ -463,7 +503,8 @@ def _transport(rest: bytes) -> None:
             relay_failed = True
             continue
         if not honest:
-            raise Finding(f"the relay opened a {('replayed', 'tampered', 'raw')[op - 1]} message")
+            what = ("one after a refused one", "a replayed", "a tampered", "a raw")[op]
+            raise Finding(f"the relay opened {what} message")
         if opened != body[: channel.limits.MAX_FRAME_BYTES]:
             raise Finding("an honest message opened to other bytes")
 
