@@ -18,7 +18,9 @@ from blindrelay.protocol import frames as f
 from blindrelay.protocol.business import BusinessProfile, OpeningHours, issue_badge
 from blindrelay.protocol.connection import ANSWERS
 from blindrelay.protocol.signed import make_statement
+from blindrelay.protocol.transparency import merkle
 from blindrelay.protocol.transparency.evidence import ConsentEvidence, evidence_to_json
+from blindrelay.protocol.transparency.treehead import TreeHead
 
 from .targets import (
     ALICE,
@@ -185,6 +187,10 @@ def _transparency_seeds() -> dict[str, bytes]:
     statement = bytes.fromhex(vectors["statement"]["signed"])
     evidence = ConsentEvidence(statement, bytes(40), 0, (bytes(32),), head)
     out["evidence"] = b"\x06" + evidence_to_json(evidence).encode()
+    entries = [bytes.fromhex(e["hex"]) for e in vectors["entries"]]
+    root = merkle.root_of([merkle.leaf_hash(entry) for entry in entries])
+    audited = codec.encode_object(TreeHead(v=1, size=len(entries), root=root, timestamp=T0))
+    out["audit"] = b"\x07" + SEP.join([audited, *entries])
     return out
 
 

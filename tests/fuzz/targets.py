@@ -73,6 +73,7 @@ from blindrelay.protocol.signed import (
 )
 from blindrelay.protocol.transcripts import register_transcript
 from blindrelay.protocol.transparency import merkle
+from blindrelay.protocol.transparency.audit import audit
 from blindrelay.protocol.transparency.entries import decode_bill_item, decode_entry
 from blindrelay.protocol.transparency.evidence import (
     evidence_from_json,
@@ -631,8 +632,9 @@ def transparency(data: bytes) -> None:
     a leaf, index or tree it does not belong to. First byte (mod 7): 0 a log entry, 1 a
     bill item, 2 a raw tree head, 3 a tree-head body the relay signed and a second one
     checked as extending it, 4 an inclusion proof, 5 a consistency proof (or a fork),
-    6 an evidence file."""
-    mode = (data[0] if data else 0) % 7
+    6 an evidence file, 7 an audit of entries under a head the relay signed (the first
+    message its body, the rest the entries)."""
+    mode = (data[0] if data else 0) % 8
     rest = data[1:]
     if mode in (0, 1):
         try:
@@ -666,8 +668,21 @@ def transparency(data: bytes) -> None:
         _inclusion(rest)
     elif mode == 5:
         _consistency(rest)
-    else:
+    elif mode == 6:
         _evidence(rest)
+    else:
+        _audit(rest)
+
+
+def _audit(rest: bytes) -> None:
+    """The auditor reports and never raises; a clean run's newest head is the tree of the
+    entries it names."""
+    body, *entries = messages(rest)
+    report = audit(entries, [_signed(body, TreeHead.CONTEXT, RELAY_KEY)], RELAY_PUBLIC)
+    if report.clean and report.newest is not None:
+        leaves = [merkle.leaf_hash(entry) for entry in entries[: report.newest.size]]
+        if len(leaves) != report.newest.size or merkle.root_of(leaves) != report.newest.root:
+            raise Finding("a clean audit under a head that is not the tree of the entries")
 
 
 def _tree(seed: bytes, size: int) -> list[bytes]:
