@@ -17,6 +17,7 @@ from blindrelay.protocol import codec, content
 from blindrelay.protocol import frames as f
 from blindrelay.protocol.business import BusinessProfile, OpeningHours, issue_badge
 from blindrelay.protocol.connection import ANSWERS
+from blindrelay.protocol.crypto import session
 from blindrelay.protocol.signed import make_statement
 from blindrelay.protocol.transparency import merkle
 from blindrelay.protocol.transparency.evidence import ConsentEvidence, evidence_to_json
@@ -33,6 +34,7 @@ from .targets import (
     VECTORS,
     _client,
     _register_frame,
+    _sessions,
     counter_rng,
     sign,
 )
@@ -86,6 +88,15 @@ def seeds() -> dict[str, dict[str, bytes]]:
         "sealed-frames": b"\x05" + chat + SEP + ack,
     }
     out["content"] = _content_seeds()
+    alice, _ = _sessions()
+    _, envelope = session.encrypt(alice, b"raw", counter_rng())
+    out["envelope"] = {
+        "honest": SEP.join([b"\x00hello", b"\x00again", b"\x00" + b"x" * 300]),
+        "tampered-header": SEP.join([b"\x00one", b"\x02\x05\x09", b"\x00three"]),
+        "replay": SEP.join([b"\x00one", b"\x00two", b"\x03\x00", b"\x03\x01"]),
+        "raw": b"\x01" + envelope,
+        "raw-skipping": b"\x01" + envelope[:34] + b"\x00\x00\x00\x05" + envelope[38:],
+    }
     out["signed"] = _signed_seeds()
     out["transparency"] = _transparency_seeds()
     return out

@@ -48,18 +48,30 @@ from blindrelay.protocol.connection import (
     State,
 )
 from blindrelay.protocol.content import CHAT, MalformedContent, decode_content, encode_content
-from blindrelay.protocol.crypto.keys import signature_valid
+from blindrelay.protocol.crypto import session
+from blindrelay.protocol.crypto.keys import (
+    IdentityKeyPair,
+    OneTimePreKey,
+    PreKeyBundle,
+    SignedPreKey,
+    signature_valid,
+)
 from blindrelay.protocol.errors import (
+    DecryptionFailed,
+    DuplicatedMessage,
     FrameTooLarge,
+    InvalidKey,
     InvalidProfile,
     InvalidProof,
     InvalidStatement,
     InvalidTreeHead,
+    MalformedEnvelope,
     MalformedFrame,
     MalformedLogEntry,
     NotFound,
     ProtocolError,
     StaleStatement,
+    TooManySkippedMessages,
     TransparencyError,
     UnknownFrameType,
 )
@@ -556,6 +568,76 @@ def content_decode(data: bytes) -> None:
             raise Finding(f"accepted content holds what its encoding does not: {raw!r}")
 
 
+# --- end-to-end envelopes ----------------------------------------------------------
+
+ENVELOPE_ERRORS = (
+    MalformedEnvelope, DecryptionFailed, DuplicatedMessage, TooManySkippedMessages, InvalidKey,
+)
+"""What decrypting an envelope may raise (``session.decrypt``'s docstring)."""
+
+_SESSIONS: list[bytes] = []
+
+
+def _sessions() -> tuple[session.Session, session.Session]:
+    """Alice's and bob's ends of one session, each reply heard (made once, kept as bytes:
+    a fresh copy per input)."""
+    if not _SESSIONS:
+        rng = counter_rng()
+        bob = IdentityKeyPair.from_seed(b"\x0b" * 32)
+        spk, otpk = SignedPreKey.generate(bob, 1, rng), OneTimePreKey.generate(2, rng)
+        bundle = PreKeyBundle(bob.public, 1, spk.public, spk.signature, 2, otpk.public)
+        alice = session.initiate_session(
+            IdentityKeyPair.from_seed(b"\x0a" * 32), bundle, rng, our_handle="alice",
+            their_handle="bob",
+        )  # fmt: skip
+        alice, first = session.encrypt(alice, b"hello", rng)
+        bobs, _, _ = session.accept_session(
+            bob, first, {1: spk}.get, {2: otpk}.get, rng, our_handle="bob", their_handle="alice"
+        )
+        bobs, reply = session.encrypt(bobs, b"hi", rng)
+        alice, _ = session.decrypt(alice, reply, rng)
+        _SESSIONS.extend((alice.to_bytes(), bobs.to_bytes()))
+    return session.Session.from_bytes(_SESSIONS[0]), session.Session.from_bytes(_SESSIONS[1])
+
+
+def envelopes(data: bytes) -> None:
+    """Bob's end of a live session reads messages from alice: each message's first byte
+    (mod 4) says 0 alice's next message, its plaintext the rest; 1 the rest as an envelope
+    of its own; 2 alice's next message with its ratchet header's bytes changed by the rest;
+    3 an envelope bob read before. Only the documented refusals come out, a refused
+    envelope leaves bob's session as it was, alice's open to what she sealed, and none
+    changed or read before opens. (Raw bytes may open: alice's future messages are the
+    same every run, and the seed ``raw`` is one.)"""
+    rng = counter_rng()
+    alice, bob = _sessions()
+    sent: list[bytes] = []
+    for message in messages(data):
+        op, rest = (message[0] if message else 0) % 4, message[1:]
+        if op == 0 or op == 2:
+            alice, envelope = session.encrypt(alice, rest[:1000], rng)
+            if op == 2:
+                changed = bytearray(envelope)
+                for n, byte in enumerate(rest[:8]):
+                    changed[2 + (byte + n * 7) % 40] ^= byte or 1
+                envelope = bytes(changed)
+        elif op == 3 and sent:
+            envelope = sent[rest[0] % len(sent) if rest else -1]
+        else:
+            envelope = rest
+        before = bob.to_bytes()
+        try:
+            bob, plaintext = session.decrypt(bob, envelope, rng)
+        except ENVELOPE_ERRORS:
+            if bob.to_bytes() != before:
+                raise Finding("a refused envelope changed the session") from None
+            continue
+        if op in (2, 3) or (op == 0 and plaintext != rest[:1000]):
+            raise Finding(f"bob opened an envelope of kind {op} to {plaintext[:20]!r}")
+        sent.append(envelope)
+    with contextlib.suppress(MalformedEnvelope):
+        session.peek_envelope(data)
+
+
 # --- signed objects ------------------------------------------------------------------
 
 
@@ -778,6 +860,7 @@ TARGETS: dict[str, Target] = {
     "client": client_receive,
     "noise": noise_channel,
     "content": content_decode,
+    "envelope": envelopes,
     "signed": signed_objects,
     "transparency": transparency,
 }
