@@ -296,6 +296,10 @@ class WebSocketTransport:
                     data = backlog.popleft()
                     self._held -= len(data)
                     await self._ws.send(data)
+                # Drained: asyncio said so (writing_resumed) while the backlog still held
+                # more than a quarter of the bound, and says nothing more while its buffer
+                # stays under its limit — without this the connection stayed held (T81).
+                self._check()
                 if self.closing is not None:
                     await self._ws.close(*self.closing)
                     return

@@ -412,7 +412,9 @@ async def test_a_slow_reader_that_keeps_taking_data_is_not_closed(
 ) -> None:
     """The write timeout counts from the peer's last progress, not from when its data
     passed the bound: a slow link that takes longer than WRITE_TIMEOUT_S to drain a
-    backlog far over the bound stays open and gets every answer."""
+    backlog far over the bound stays open and gets every answer — and once it has, its
+    frames are handled again (threat model T81: the backlog drained through the pump,
+    which left the connection held for good)."""
     async with relay_with(
         config, clock, max_outgoing_buffer_bytes=BOUND, write_timeout_s=0.3,
         profile_fetch_burst=10_000,
@@ -431,3 +433,5 @@ async def test_a_slow_reader_that_keeps_taking_data_is_not_closed(
         assert time.monotonic() - started > 0.3  # slower than the timeout, yet
         assert relay.outgoing.reading_paused >= 1 and relay.outgoing.write_timeouts == 0
         assert relay.ctx.sessions.get("carol") is not None
+        more = carol.request(lambda i: ProfileFetch(id=i, handle=shop.handle))
+        assert isinstance(await asyncio.wait_for(more, 5.0), Profile), "still held"
