@@ -95,3 +95,28 @@ def inbox_record(
 
 
 __all__ = ["Incoming", "inbox_record"]
+
+
+def content_of(plaintext: bytes, deliver: frames.Deliver) -> Content:
+    """The content ``deliver`` decrypted to, if it may be shown; MalformedContent if not:
+    malformed, or its id or labels are not the frame's (SPEC §13.11 rule 4).
+
+    Whatever else the decoder raises on these peer-chosen bytes is a refusal too, named
+    by its type alone (the bytes are the peer's message): before, one such bug (T77's
+    ``TypeError``) ended the client's connection with the DELIVER unacknowledged and
+    stopped the client, so a contact could stop it for good with one message.
+    """
+    try:
+        content = decode_content(plaintext)
+    except MalformedContent:
+        raise
+    except Exception as exc:
+        raise MalformedContent(f"content the decoder failed on ({type(exc).__name__})") from None
+    if content.msg_id != deliver.msg_id:
+        raise MalformedContent("content id differs from the frame's msg_id")
+    if content.labels != Labels.of(deliver):  # relabelled by the relay
+        raise MalformedContent(
+            f"content labels differ from the frame's: {content.labels} inside, "
+            f"{Labels.of(deliver)} on the frame"
+        )
+    return content

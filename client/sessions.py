@@ -53,7 +53,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from blindrelay.protocol import frames, limits
-from blindrelay.protocol.content import Labels, MalformedContent, decode_content
+from blindrelay.protocol.content import MalformedContent
 from blindrelay.protocol.crypto.keys import (
     IdentityKeyPair,
     OneTimePreKey,
@@ -77,7 +77,7 @@ from blindrelay.protocol.crypto.session import (
 )
 from blindrelay.protocol.errors import DecryptionFailed
 
-from .incoming import Incoming, inbox_record
+from .incoming import Incoming, content_of, inbox_record
 from .keystore import (
     AccountKind,
     IdentityStatus,
@@ -394,14 +394,7 @@ class SessionManager:
         identity = self._identity_state(sender, decrypted.status)
         record = inbox_record(deliver, identity, self._clock(), decrypted.plaintext)
         try:
-            content = decode_content(decrypted.plaintext)
-            if content.msg_id != deliver.msg_id:
-                raise MalformedContent("content id differs from the frame's msg_id")
-            if content.labels != Labels.of(deliver):  # SPEC §13.11 rule 4: relabelled
-                raise MalformedContent(
-                    f"content labels differ from the frame's: {content.labels} inside, "
-                    f"{Labels.of(deliver)} on the frame"
-                )
+            content = content_of(decrypted.plaintext, deliver)
         except MalformedContent:
             self._refuse_content(record, decrypted)
             raise
