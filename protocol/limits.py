@@ -238,8 +238,8 @@ contacts and consented businesses. Not applied to a business's queue, whose cust
 are strangers by nature."""
 
 DELIVERY_WINDOW = 256
-"""Deliveries the relay has in flight (sent, not acknowledged) per connection.
-Bounds relay memory per slow reader while keeping the pipe full."""
+"""Deliveries the relay has in flight (sent, not acknowledged) per connection: keeps
+the pipe full; what a slow reader makes the relay hold is MAX_OUTGOING_BUFFER_BYTES's."""
 
 MAX_ACK_IDS = 256
 """Delivery ids in one acknowledgement frame."""

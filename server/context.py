@@ -77,6 +77,7 @@ class SessionOutbox(Protocol):
     def in_flight_of(self, delivery_ids: tuple[int, ...]) -> tuple[int, ...]: ...
     def acknowledged(self, delivery_ids: tuple[int, ...]) -> None: ...
     def withdraw(self, delivery_ids: list[int]) -> None: ...
+    def drained(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -114,6 +115,11 @@ class Transport(Protocol):
     def release(self, reason: str) -> None:
         """Undo :meth:`hold` of ``reason``: the waiting frames are handled, in order,
         once nothing else holds them (not before this returns)."""
+
+    @property
+    def congested(self) -> bool:
+        """It holds more than its bound for the connection (SPEC §1.2.4): no DELIVER is
+        pushed until it tells the outbox it drained (``SessionOutbox.drained``)."""
 
 
 READ_HOLD = "read"

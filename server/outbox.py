@@ -14,6 +14,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from blindrelay.protocol import limits
 from blindrelay.protocol.errors import StoreUnavailable
 from blindrelay.protocol.fastcodec import encode_deliver
 
@@ -62,6 +63,10 @@ class Outbox:
         self.ctx = ctx
         self.session = session
         self.window = ctx.config.delivery_window
+        self.page_rows = max(1, ctx.config.max_outgoing_buffer_bytes // limits.MAX_FRAME_BYTES)
+        """Rows one page reads at most: what fits the outgoing bound at the largest frame.
+        A page of the window (256 envelopes of 40 KiB) was 10 MiB read by the store and
+        pushed to a connection that may never read (threat model T81)."""
         self.in_flight: set[int] = set()
         self.cursor = 0
         self.behind = True
@@ -108,6 +113,7 @@ class Outbox:
             self.paging
             or self.behind
             or len(self.in_flight) >= self.window
+            or self.session.transport.congested
             or delivery_id <= self.cursor
             or self.session.outbox is not self
         ):
@@ -189,8 +195,8 @@ class Outbox:
             return
         if self.paging or self.behind:
             return
-        if len(self.in_flight) >= self.window:
-            self.behind = True
+        if len(self.in_flight) >= self.window or self.session.transport.congested:
+            self.behind = True  # paged once there is room (SPEC §1.2.4, §6.4)
             return
         self._push(delivery_id, encode, received, before_commit)
 
@@ -268,9 +274,20 @@ class Outbox:
         self.session.send_encoded(encode())
         self.ctx.metrics.delivered(received, before_commit, before_decision)
 
+    def drained(self) -> None:
+        """The connection's outgoing data is down to a quarter of its bound: deliveries
+        left behind while it was over are paged in."""
+        self._page_in()
+
     def _page_in(self) -> None:
-        room = self.window - len(self.in_flight)
-        if not self.behind or self.paging or room <= 0 or self.session.outbox is not self:
+        room = min(self.window - len(self.in_flight), self.page_rows)
+        if (
+            not self.behind
+            or self.paging
+            or room <= 0
+            or self.session.outbox is not self
+            or self.session.transport.congested
+        ):
             return
         self.paging = True
         handle = self.session.handle
@@ -306,7 +323,12 @@ class Outbox:
         if self.session.outbox is not self or not self.session.open:
             return
         rows, high = page
+        transport = self.session.transport
         for row in rows:
+            if transport.congested:  # the rest waits until it drained (SPEC §1.2.4)
+                self.behind = True
+                self.again = False
+                return
             self._push(row[0], partial(deliver_row, row))
         if len(rows) < limit:
             self._passed(high)

@@ -157,6 +157,8 @@ class WebSocketTransport:
         """Handshake message 2, to go out first and unsealed (:meth:`handshake_answered`)."""
         self._flusher = flusher
         self._out: list[bytes] = []
+        self._queued = 0
+        """Bytes in ``_out``: a page of DELIVERs is queued in one turn, before any flush."""
         self._due = False
         self._pump: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
@@ -176,7 +178,13 @@ class WebSocketTransport:
     @property
     def outgoing_bytes(self) -> int:
         """What the relay holds for this connection, not yet handed to the kernel."""
-        return self._ws.transport.get_write_buffer_size() + self._held
+        return self._ws.transport.get_write_buffer_size() + self._held + self._queued
+
+    @property
+    def congested(self) -> bool:
+        """Over the bound, until down to a quarter of it (SPEC §1.2.4): deliveries wait, as
+        for a full window (``Outbox``), and are told when it ends (``Outbox.drained``)."""
+        return self.reading_paused
 
     def flush(self) -> None:
         if not self._due:
@@ -188,6 +196,9 @@ class WebSocketTransport:
         if pending:
             self._out.extend(pending)
         self._out.append(data)
+        self._queued += len(data)
+        if self._queued > self._resume_at and not self.reading_paused:
+            self._check()  # a page of DELIVERs must not pass the bound before it is flushed
         self.flush()
 
     def close(self, code: int, reason: str) -> None:
@@ -223,6 +234,7 @@ class WebSocketTransport:
                     self.closing = (CLOSE_POLICY, "protocol error")
             return []
         frames, self._out = self._out, []
+        self._queued = 0
         pending = conn.data_to_send()
         if pending:
             frames.extend(pending)
@@ -244,6 +256,11 @@ class WebSocketTransport:
 
     def write_now(self) -> None:
         self._due = False
+        self._write_now()
+        if self.reading_paused:
+            self._check()  # what was queued may have gone to the kernel at once
+
+    def _write_now(self) -> None:
         if self._pump is not None:
             assert self._wake is not None
             self._hold(self._take())
@@ -328,6 +345,9 @@ class WebSocketTransport:
             if size <= self._resume_at:
                 self.reading_paused = False
                 self._intake.release("outgoing")
+                session = self.session
+                if session is not None and session.outbox is not None:
+                    asyncio.get_running_loop().call_soon(session.outbox.drained)
         elif size > self._bound:
             self.reading_paused = True
             stats.reading_paused += 1

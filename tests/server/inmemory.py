@@ -41,6 +41,8 @@ class RecordingTransport:
     """Reasons holding the connection's frames now, in the order they were taken."""
     holds: int = 0
     """How many times a hold was taken, ever."""
+    congested: bool = False
+    """Over its outgoing bound (SPEC §1.2.4): never, here."""
 
     def flush(self) -> None:
         self.flushes += 1

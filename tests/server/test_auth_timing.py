@@ -74,6 +74,8 @@ HOUR_MS = 3_600_000
 class _Discard:
     """A transport that drops what the machine queued (the bytes are read from the machine)."""
 
+    congested = False
+
     def flush(self) -> None:
         pass
 

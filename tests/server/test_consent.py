@@ -221,7 +221,7 @@ async def test_an_outbox_never_pushes_rows_withdrawn_after_it_paged_them(
     assert len(rows) == 2
     pushed: list[int] = []
     outbox.session = type("Recorder", (), {
-        "handle": "bob", "open": True, "outbox": outbox,
+        "handle": "bob", "open": True, "outbox": outbox, "transport": outbox.session.transport,
         "send_encoded": lambda _self, data: pushed.append(decode(data).delivery_id),
     })()  # fmt: skip
     outbox.withdraw([rows[0][0]])  # the revoke committed after the page was read

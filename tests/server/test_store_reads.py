@@ -303,6 +303,8 @@ async def test_a_late_reads_refusal_is_the_same_error_as_at_once(
 class _NoHolds:
     """A transport that fails the test if anything holds the connection."""
 
+    congested = False
+
     def __init__(self) -> None:
         self.sent: list[bytes] = []
 
