@@ -144,11 +144,20 @@ async def login_counts(
 ) -> list[Any]:
     """[queued, one-time prekeys, has signed prekey, login sequence]: the account's
     login sequence goes up by one, and a LOGIN hint tells the other workers. AUTH_FAILED
-    if the account's key is no longer ``identity_key``, the one the LOGIN proved."""
+    if the account's key is no longer ``identity_key``, the one the LOGIN proved.
+    ``queued`` is counted as the SQLite store's (``MessageQueue.count``, T82): the cap's
+    count, plus the statements, less the oldest envelopes past ``$2``."""
     queued, one_time, signed, login_seq = await tx.conn.fetchrow(
         "WITH l AS (UPDATE accounts SET login_seq = login_seq + 1 WHERE handle = $1"
         " AND ($3::bytea IS NULL OR identity_key = $3) RETURNING login_seq)"
-        " SELECT (SELECT count(*) FROM queue WHERE recipient = $1 AND sent_at >= $2),"
+        " SELECT (SELECT c.queued - k.acked FROM queue_counts c, queue_acks k"
+        "  WHERE c.handle = $1 AND k.handle = $1)"
+        " + (SELECT count(*) FROM queue WHERE recipient = $1 AND intent = 'statement'"
+        "  AND sent_at >= $2)"
+        " - (SELECT count(*) FROM queue WHERE recipient = $1 AND intent <> 'statement'"
+        "  AND delivery_id < coalesce((SELECT delivery_id FROM queue WHERE recipient = $1"
+        "  AND intent <> 'statement' AND sent_at >= $2 ORDER BY delivery_id LIMIT 1),"
+        "  1::bigint << 62)),"
         " (SELECT count(*) FROM one_time_prekeys WHERE handle = $1),"
         " EXISTS (SELECT 1 FROM signed_prekeys WHERE handle = $1),"
         " (SELECT login_seq FROM l)",

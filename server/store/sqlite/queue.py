@@ -31,6 +31,17 @@ class Accepted:
     envelope: QueuedEnvelope | None
 
 
+STATEMENTS_SINCE = (
+    "SELECT COUNT(*) FROM queue INDEXED BY queue_statements"
+    " WHERE recipient = ?1 AND intent = 'statement' AND sent_at >= ?2"
+)
+EXPIRED_ENVELOPES = (
+    "SELECT COUNT(*) FROM queue WHERE recipient = ?1 AND intent != 'statement'"
+    " AND delivery_id < coalesce((SELECT delivery_id FROM queue WHERE recipient = ?1"
+    " AND intent != 'statement' AND sent_at >= ?2 ORDER BY delivery_id LIMIT 1), 1 << 62)"
+)
+"""A recipient's envelopes sent before ``?2``: those before its first one that is not."""
+
 _QUEUE_COLUMNS = (
     "delivery_id, recipient, sender, sender_kind, msg_id, intent, category, categories,"
     " sent_at, body"
@@ -326,12 +337,16 @@ class MessageQueue:
         return sorted(int(row[0]) for row in rows)
 
     def count(self, recipient: str, not_before: int) -> int:
-        return int(
-            self.db.execute(
-                "SELECT COUNT(*) FROM queue WHERE recipient = ? AND sent_at >= ?",
-                (recipient, not_before),
-            ).fetchone()[0]
-        )
+        """Envelopes and statements queued for ``recipient`` from ``not_before`` on
+        (WELCOME's ``queued``), without reading every row: a COUNT of them read up to the
+        cap's 10,000 in the writer at every LOGIN, 2.4–12.5 ms (threat model T82). The
+        cap's count (cached) plus the statements (their index), less the oldest envelopes
+        sent before ``not_before`` (queued in time order: the walk stops at the first that
+        is not), which the purge deletes within its interval."""
+        execute = self._conn.execute
+        statements = execute(STATEMENTS_SINCE, (recipient, not_before)).fetchone()[0]
+        expired = execute(EXPIRED_ENVELOPES, (recipient, not_before)).fetchone()[0]
+        return self.queued(recipient) + int(statements) - int(expired)
 
     def page(self, recipient: str, after: int, limit: int, not_before: int) -> list[QueuedEnvelope]:
         """Up to ``limit`` unexpired envelopes with delivery id > ``after``, in id order."""
