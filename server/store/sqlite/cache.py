@@ -86,15 +86,20 @@ class WriterCache:
     def end_job(self) -> None:
         self._undo = None
 
-    def undo_job(self) -> None:
-        """Put back what the failed job changed, newest change first."""
+    def undo_job(self, wrote: bool = True) -> None:
+        """Put back what the failed job changed, newest change first.
+
+        ``wrote``: whether it changed the database. A share entry changes in place only
+        with the queue row it counts, so one that failed without writing (a SEND refused
+        past its share) leaves every entry true, those it counted anew too. Emptied then,
+        every such refusal made the next one scan the recipient's queue again (T13a)."""
         undo, self._undo = self._undo or [], None
         for table, key, old in reversed(undo):
             if old is _MISSING:
                 table.pop(key, None)
             else:
                 table[key] = old
-        if self._shares_touched:
+        if self._shares_touched and wrote:
             self.shares.clear()
 
     def clear(self) -> None:

@@ -120,7 +120,7 @@ def _run_batch(tables: Tables, batch: list[Job], *, savepoints: bool) -> list[Ou
                 cache.clear()
                 execute("ROLLBACK")
                 return None
-            cache.undo_job()
+            cache.undo_job(wrote=conn.total_changes != before)
             append((False, exc))
             continue
         cache.end_job()
