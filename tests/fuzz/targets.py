@@ -617,7 +617,7 @@ def envelopes(data: bytes) -> None:
             alice, envelope = session.encrypt(alice, rest[:1000], rng)
             if op == 2:
                 changed = bytearray(envelope)
-                for n, byte in enumerate(rest[:8]):
+                for n, byte in enumerate(rest[:8] or b"\x01"):  # at least one change
                     changed[2 + (byte + n * 7) % 40] ^= byte or 1
                 envelope = bytes(changed)
         elif op == 3 and sent:
