@@ -14,7 +14,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from blindrelay.protocol import limits
 from blindrelay.protocol.errors import StoreUnavailable
 from blindrelay.protocol.fastcodec import encode_deliver
 
@@ -26,6 +25,12 @@ def deliver_row(row: list[Any]) -> bytes:
     """The DELIVER of a queue row as the store returns it (``store.envelope_row``):
     encoded straight from values that were checked when their SEND was decoded."""
     return encode_deliver(row[0], row[2], row[3], row[4], row[5], row[8], row[9], row[6], row[7])
+
+
+def page_full(rows: list[list[Any]], limit: int, max_bytes: int) -> bool:
+    """Whether rows past the page's may be queued: it holds ``limit`` rows, or its
+    bodies reach ``max_bytes``, where the store stops reading (``page`` operation)."""
+    return len(rows) >= limit or sum(len(row[9]) for row in rows) >= max_bytes
 
 
 def delete_acknowledged(ctx: RelayContext, session: Session, ids: tuple[int, ...]) -> None:
@@ -63,10 +68,11 @@ class Outbox:
         self.ctx = ctx
         self.session = session
         self.window = ctx.config.delivery_window
-        self.page_rows = max(1, ctx.config.max_outgoing_buffer_bytes // limits.MAX_FRAME_BYTES)
-        """Rows one page reads at most: what fits the outgoing bound at the largest frame.
-        A page of the window (256 envelopes of 40 KiB) was 10 MiB read by the store and
-        pushed to a connection that may never read (threat model T81)."""
+        self.page_bytes = ctx.config.max_outgoing_buffer_bytes
+        """Envelope bytes one page reads at most (the store stops at the row that reaches
+        it): a page of the window (256 envelopes of 40 KiB) was 10 MiB read by the store
+        and pushed to a connection that may never read (threat model T82), and a cap in
+        rows at the largest frame (16) cost an honest drain of small envelopes a fifth."""
         self.in_flight: set[int] = set()
         self.cursor = 0
         self.behind = True
@@ -280,7 +286,7 @@ class Outbox:
         self._page_in()
 
     def _page_in(self) -> None:
-        room = min(self.window - len(self.in_flight), self.page_rows)
+        room = self.window - len(self.in_flight)
         if (
             not self.behind
             or self.paging
@@ -296,7 +302,7 @@ class Outbox:
         not_before = self.ctx.clock() - self.ctx.config.queue_ttl_ms
         self.ctx.store.call(
             "page",
-            (handle, after, room, not_before),
+            (handle, after, room, not_before, self.page_bytes),
             lambda ok, value: self._paged(ok, value, room),
         )
 
@@ -330,9 +336,11 @@ class Outbox:
                 self.again = False
                 return
             self._push(row[0], partial(deliver_row, row))
-        if len(rows) < limit:
+        # A page the byte budget cut vouches for no more than a full one (``page_full``).
+        full = page_full(rows, limit, self.page_bytes)
+        if not full:
             self._passed(high)
-        self.behind = len(rows) >= limit or self.again
+        self.behind = full or self.again
         self.again = False
         self._page_in()
 

@@ -1,13 +1,12 @@
 """Every operation a store back end runs for the relay, and its contract, in one table.
 
-This is what a back end implements: :data:`CONTRACT` names each operation the
-relay calls (``Store.call``/``call_many``/``submit`` in :mod:`blindrelay.server.store`)
-with its arguments, its result, the errors it may raise, and what must commit
-together; :data:`READS`, in the same shape, the reads handlers make before they
-decide what to call (``Store.read``). The SQLite back end's implementation is
-``sqlite/jobs.py`` (and ``SqliteStore.reads``); a test keeps its operations,
-its reads and their argument names equal to these tables, and the conformance
-suite (``tests/conformance``, wire only) is what shows two back ends equivalent.
+This is what a back end implements: :data:`CONTRACT` names each operation the relay calls
+(``Store.call``/``call_many``/``submit`` in :mod:`blindrelay.server.store`) with its arguments,
+its result, the errors it may raise, and what must commit together; :data:`READS`, in the same
+shape, the reads handlers make before they decide what to call (``Store.read``). The SQLite back
+end's implementation is ``sqlite/jobs.py`` (and ``SqliteStore.reads``); a test keeps its
+operations, its reads and their argument names equal to these tables, and the conformance suite
+(``tests/conformance``, wire only) is what shows two back ends equivalent.
 
 Rules every operation follows, whatever the back end:
 
@@ -286,12 +285,13 @@ CONTRACT: dict[str, Operation] = {
             "after": "int: a delivery id",
             "limit": "int",
             "not_before": "int ms: older envelopes are expired and skipped",
+            "max_bytes?": "int: no row past the one whose body brings theirs to it",
         },
         result=f"[[envelope row, …], high]: rows with delivery id > ``after`` ascending, "
         f"at most ``limit``; a row is {ENVELOPE_ROW}. ``high`` >= ``after``: every envelope "
         "with a delivery id up to it that was queued and unexpired when the page was read "
-        "is among the rows (when fewer than ``limit``), so an id up to it that is not was "
-        "acknowledged or withdrawn (SPEC §7.4)",
+        "is among the rows (when fewer than ``limit`` whose bodies stay under ``max_bytes``)"
+        ", so an id up to it that is not was acknowledged or withdrawn (SPEC §7.4)",
     ),
     "apply_statement": Operation(
         spec="§7.4–7.6",

@@ -322,6 +322,39 @@ async def test_delivery_ids_only_grow_and_name_the_one_before(store_url: str) ->
         await store.close()
 
 
+async def test_a_page_reads_to_its_byte_budget_not_a_fixed_count(store_url: str) -> None:
+    """A page stops at the envelope whose body brings the page's bodies to ``max_bytes``
+    (what a connection may be held: SPEC §1.2.4, T82) and reads up to its ``limit`` of
+    small ones. Counting rows at the largest frame instead (16 a page at the default
+    bound) cost an honest drain of small envelopes a fifth of its rate."""
+    store = open_store(store_url, RelayConfig())
+    await store.start()
+    try:
+        for handle in ("alice", "bob"):
+            await store.submit("create_account", handle, "user", handle.encode() * 8, 0)
+        rules = send_rules(RelayConfig())
+
+        async def send(sender: str, to: str, n: int, size: int) -> None:
+            await store.submit(
+                "send", sender, "user", to, n.to_bytes(16, "big"), "chat", None, None,
+                bytes(size), 5, rules,
+            )  # fmt: skip
+
+        await send("bob", "alice", 999, 1)  # contacts: no cap on a stranger's requests
+        sizes = [100] * 40 + [limits.MAX_CIPHERTEXT_BYTES] * 6 + [100] * 4
+        for n, size in enumerate(sizes):
+            await send("alice", "bob", n, size)
+        small, _high = await store.submit("page", "bob", 0, 40, 0, 1 << 20)
+        assert len(small) == 40  # 4,000 bytes: the limit, not a budget, ends it
+        budget = 2 * limits.MAX_CIPHERTEXT_BYTES + 1
+        cut, _high = await store.submit("page", "bob", small[-1][0], 256, 0, budget)
+        assert [len(row[9]) for row in cut] == [limits.MAX_CIPHERTEXT_BYTES] * 3
+        whole, _high = await store.submit("page", "bob", 0, 256, 0)  # no budget: the limit
+        assert len(whole) == len(sizes)
+    finally:
+        await store.close()
+
+
 async def test_a_statement_is_listed_to_its_target_only_if_the_target_existed_then(
     store_url: str,
 ) -> None:

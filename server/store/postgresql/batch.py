@@ -78,7 +78,7 @@ ARGUMENTS: dict[str, tuple[str, ...]] = {
         "rules", "lease",
     ),
     "acknowledge": ("acks",),
-    "page": ("handle", "after", "limit", "not_before"),
+    "page": ("handle", "after", "limit", "not_before", "max_bytes"),
 }  # fmt: skip
 """The arguments of the set-based operations, as :data:`..operations.CONTRACT` names them
 (``acknowledge`` is merged: its one argument is the list of items)."""
@@ -396,17 +396,21 @@ async def acknowledge_group(
 _PAGE = (
     "SELECT p.i, c.last_id, q.delivery_id, q.recipient, q.sender, q.sender_kind, q.msg_id,"  # noqa: S608 - constant columns
     " q.intent, q.category, q.categories, q.sent_at, q.body"
-    " FROM unnest($1::text[], $2::bigint[], $3::integer[], $4::bigint[])"
-    "  WITH ORDINALITY AS p(h, after, lim, nb, i)"
+    " FROM unnest($1::text[], $2::bigint[], $3::integer[], $4::bigint[], $5::bigint[])"
+    "  WITH ORDINALITY AS p(h, after, lim, nb, mb, i)"
     " LEFT JOIN queue_counts c ON c.handle = p.h"
-    f" LEFT JOIN LATERAL (SELECT {QUEUE_COLUMNS} FROM queue WHERE recipient = p.h"
-    "  AND delivery_id > p.after AND sent_at >= p.nb ORDER BY delivery_id LIMIT p.lim) AS q"
+    " LEFT JOIN LATERAL (SELECT * FROM"
+    f"  (SELECT {QUEUE_COLUMNS}, sum(octet_length(body)) OVER (ORDER BY delivery_id) AS run"
+    "   FROM queue WHERE recipient = p.h AND delivery_id > p.after AND sent_at >= p.nb"
+    "   ORDER BY delivery_id LIMIT p.lim) AS w"
+    "  WHERE p.mb IS NULL OR w.run - octet_length(w.body) < p.mb) AS q"
     "  ON true"
     " ORDER BY p.i, q.delivery_id"
 )
 """Each page's rows with its recipient's ``last_id``, read in one statement (one
 snapshot), so every envelope up to it that was still queued is among the rows; an
-empty page is one row without an envelope."""
+empty page is one row without an envelope. ``mb``: no row past the one whose body
+brings the page's bodies to it (what reaches the relay stays near its outgoing bound)."""
 
 
 async def page_group(
@@ -414,13 +418,17 @@ async def page_group(
 ) -> None:
     """Every PAGE of the run in one query: up to ``limit`` unexpired rows past ``after``,
     and the highest delivery id ever queued for the recipient as of those rows."""
-    pages: list[tuple[int, str, int, int, int]] = []
+    pages: list[tuple[int, str, int, int, int, int | None]] = []
     for position in members:
         try:
-            named = dict(zip(ARGUMENTS["page"], calls[position].args, strict=True))
+            args = calls[position].args
+            if len(args) == len(ARGUMENTS["page"]) - 1:
+                args = (*args, None)  # max_bytes is optional (``operations.CONTRACT``)
+            named = dict(zip(ARGUMENTS["page"], args, strict=True))
             handle, after = named["handle"], named["after"]
-            limit, not_before = named["limit"], named["not_before"]
-            pages.append((position, str(handle), int(after), int(limit), int(not_before)))
+            limit, not_before, max_bytes = named["limit"], named["not_before"], named["max_bytes"]
+            budget = None if max_bytes is None else int(max_bytes)
+            pages.append((position, str(handle), int(after), int(limit), int(not_before), budget))
         except Exception as exc:
             outcomes[position] = (False, job_error(exc))
     if not pages:

@@ -296,11 +296,15 @@ def acknowledge(tables: Tables, acks: list[list[Any]]) -> list[int]:
     return results
 
 
-def page(tables: Tables, handle: str, after: int, limit: int, not_before: int) -> list[Any]:
+def page(
+    tables: Tables, handle: str, after: int, limit: int, not_before: int,
+    max_bytes: int | None = None,
+) -> list[Any]:
     """[rows, high], ``high`` the last row's delivery id (or ``after``): one relay process
     serves the file, so no envelope reaches an outbox but by this writer's answers, in
     order, and a page need vouch for nothing past its rows (PostgreSQL's does)."""
-    rows = [envelope_row(e) for e in tables.queue.page(handle, after, limit, not_before)]
+    envelopes = tables.queue.page(handle, after, limit, not_before, max_bytes)
+    rows = [envelope_row(e) for e in envelopes]
     return [rows, rows[-1][0] if rows else after]
 
 

@@ -348,15 +348,26 @@ class MessageQueue:
         expired = execute(EXPIRED_ENVELOPES, (recipient, not_before)).fetchone()[0]
         return self.queued(recipient) + int(statements) - int(expired)
 
-    def page(self, recipient: str, after: int, limit: int, not_before: int) -> list[QueuedEnvelope]:
-        """Up to ``limit`` unexpired envelopes with delivery id > ``after``, in id order."""
-        rows = self.db.execute(
+    def page(
+        self, recipient: str, after: int, limit: int, not_before: int,
+        max_bytes: int | None = None,
+    ) -> list[QueuedEnvelope]:
+        """Up to ``limit`` unexpired envelopes with delivery id > ``after``, in id order,
+        read no further than the one whose body brings their bodies to ``max_bytes``."""
+        cursor = self.db.execute(
             f"SELECT {_QUEUE_COLUMNS} FROM queue"  # noqa: S608 - constant column list
             " WHERE recipient = ? AND delivery_id > ? AND sent_at >= ?"
             " ORDER BY delivery_id LIMIT ?",
             (recipient, after, not_before, limit),
-        ).fetchall()
-        return [_envelope(row) for row in rows]
+        )
+        envelopes, total = [], 0
+        for row in cursor:  # rows are read as they are asked for: the rest never are
+            envelopes.append(_envelope(row))
+            total += len(row[-1])
+            if max_bytes is not None and total >= max_bytes:
+                break
+        cursor.close()
+        return envelopes
 
     def acknowledge(
         self, recipient: str, delivery_ids: Iterable[int], *, itemized: bool = False
