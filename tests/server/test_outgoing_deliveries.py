@@ -20,7 +20,6 @@ import pytest
 from websockets.protocol import State as WsState
 
 from blindrelay.protocol import limits
-from blindrelay.protocol.business import BusinessProfile, OpeningHours, SpecialDay
 from blindrelay.protocol.codec import encode
 from blindrelay.protocol.connection import State
 from blindrelay.protocol.frames import Ack, Deliver, Ok, ProfileFetch, ProfilePut, Sent
@@ -28,6 +27,7 @@ from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
 from blindrelay.server.transport import Flusher, OutgoingStats, WebSocketTransport
 
+from .big_profile import big_profile
 from .conftest import Clients, FakeClock, RawClient, outbox_of, relay_with
 
 BOUND = 256 * 1024
@@ -150,21 +150,6 @@ async def test_a_recipient_that_never_reads_is_not_pushed_its_whole_window(
         assert ids == sorted(ids) and len(set(ids)) == QUEUED
 
 
-def _big_profile(client: RawClient, now: int) -> bytes:
-    """A valid profile near its size limit: every answer to fetching it is ~5 KiB."""
-    profile = BusinessProfile(
-        v=1, handle=client.handle, display_name="Ä" * 64, description="✈" * 512,
-        timezone="Europe/Berlin",
-        hours=tuple(OpeningHours(day=d % 7, open=d, close=1440) for d in range(28)),
-        exceptions=tuple(
-            SpecialDay(date=f"2027-{m:02d}-{d:02d}", open=60, close=1380)
-            for m in range(1, 13) for d in range(1, 6)
-        ),
-        issued_at=now,
-    )  # fmt: skip
-    return profile.sign(lambda m: client.key.sign(m).signature)
-
-
 async def test_new_envelopes_wait_while_their_recipient_is_over_the_bound(
     config: RelayConfig, clock: FakeClock, clients: Clients
 ) -> None:
@@ -177,7 +162,7 @@ async def test_new_envelopes_wait_while_their_recipient_is_over_the_bound(
         send_burst_user=10_000, profile_fetch_burst=10_000,
     ) as relay:  # fmt: skip
         shop = await clients.registered(relay.url, "shop", "business")
-        put = ProfilePut(id=shop.request_id(), profile=_big_profile(shop, clock.now))
+        put = ProfilePut(id=shop.request_id(), profile=big_profile(shop, clock.now))
         await shop.send(put)
         assert isinstance(await shop.response(put.id), Ok)
         mallory, bob = await _contacts(relay, clients, sock=_small_window(relay.url))

@@ -21,7 +21,6 @@ import pytest
 from websockets.protocol import State
 
 from blindrelay.protocol import limits
-from blindrelay.protocol.business import BusinessProfile, OpeningHours, SpecialDay
 from blindrelay.protocol.codec import encode
 from blindrelay.protocol.frames import (
     Ack,
@@ -39,6 +38,7 @@ from blindrelay.server.context import Session
 from blindrelay.server.intake import FRAMES_PER_TURN
 from blindrelay.server.relay import RunningRelay
 
+from .big_profile import big_profile
 from .conftest import Clients, FakeClock, RawClient, relay_with
 
 BOUND = 256 * 1024
@@ -48,25 +48,10 @@ FLOOD = 2000
 """Frames each attacker queues per round: several turns' worth (FRAMES_PER_TURN)."""
 
 
-def _big_profile(client: RawClient, now: int) -> bytes:
-    """A valid profile near its size limit: every answer to fetching it is ~5 KiB."""
-    profile = BusinessProfile(
-        v=1, handle=client.handle, display_name="Ä" * 64, description="✈" * 512,
-        timezone="Europe/Berlin",
-        hours=tuple(OpeningHours(day=d % 7, open=d, close=1440) for d in range(28)),
-        exceptions=tuple(
-            SpecialDay(date=f"2027-{m:02d}-{d:02d}", open=60, close=1380)
-            for m in range(1, 13) for d in range(1, 6)
-        ),
-        issued_at=now,
-    )  # fmt: skip
-    return profile.sign(lambda m: client.key.sign(m).signature)
-
-
 async def _shop_with_a_big_profile(relay: RunningRelay, clients: Clients, now: int) -> RawClient:
     shop = await clients.registered(relay.url, "shop", "business")
     assert isinstance(
-        await shop.request(lambda i: ProfilePut(id=i, profile=_big_profile(shop, now))), Ok
+        await shop.request(lambda i: ProfilePut(id=i, profile=big_profile(shop, now))), Ok
     )
     return shop
 
