@@ -109,6 +109,8 @@ def evidence_from_json(text: str) -> ConsentEvidence:
         index = raw["index"]
         if type(index) is not int or index < 0:
             raise ValueError("index must be a non-negative integer")
+        if type(raw["proof"]) is not list:  # an object would be read by its keys
+            raise ValueError("proof must be an array of hex strings")
         return ConsentEvidence(
             statement=bytes.fromhex(raw["statement"]),
             entry=bytes.fromhex(raw["entry"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -112,3 +113,14 @@ def test_an_evidence_file_s_index_is_a_json_integer(index: str) -> None:
     text = evidence_to_json(evidence()).replace('"index": 3', f'"index": {index}')
     with pytest.raises(ValueError, match="index"):
         evidence_from_json(text)
+
+
+def test_an_evidence_file_s_proof_is_a_json_array() -> None:
+    """A proof given as an object was read by its keys, as a string by its characters'
+    pairs: a file no tool writes taken for one (noticed by the 2026-12-07 fuzzing).
+    Only an array of hex strings is a proof."""
+    fields = json.loads(evidence_to_json(evidence()))
+    assert fields["proof"], "the fixture's proof has nodes"
+    for proof in ({node: 0 for node in fields["proof"]}, "".join(fields["proof"])):
+        with pytest.raises(ValueError, match="proof"):
+            evidence_from_json(json.dumps({**fields, "proof": proof}))
