@@ -1,4 +1,5 @@
-"""A message the content decoder cannot handle is refused, not a poison for the inbox.
+"""A message the content decoder cannot handle is refused, not a poison for the inbox;
+a forwarded statement its parser cannot handle is dropped, not the end of the client.
 
 T77 found one such message (a bin map key beside an unknown str key: ``TypeError``
 from ``decode_content``) and fixed the decoder. What made it dangerous was the
@@ -11,16 +12,18 @@ for by one that fails on a marker, as a bug would, through a real relay.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 
 import pytest
 
 from blindrelay.client import incoming as incoming_module
+from blindrelay.client import statements as statements_module
 from blindrelay.protocol.content import Content
 
 from ..relays import relay_at
-from .harness import Inbox, back_online, online, run, within
+from .harness import Inbox, back_online, business_online, consented, online, run, within
 
 POISON = "POISON the decoder"
 
@@ -63,5 +66,41 @@ def test_content_that_breaks_the_decoder_is_refused_and_the_inbox_goes_on(
             await inbox.close()
             await alice.close()
             await bob.close()
+
+    run(scenario())
+
+
+def test_a_statement_that_breaks_its_parser_is_dropped_and_the_client_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same for a consent statement the relay forwards (SPEC §7.5): the signer chose
+    its bytes, and only a ProtocolError was a refusal, so a parser bug on them stopped
+    the business's client (T83). The parser stands in for such a bug
+    on the business reading alice's first grant, forwarded; her next grant is taken."""
+    real = statements_module.unverified_body
+    calls = []
+
+    def buggy(kind: type, signed: bytes) -> object:
+        caller = inspect.currentframe()
+        assert caller is not None and caller.f_back is not None
+        if caller.f_back.f_code.co_name == "receive":  # a forwarded one, not our own
+            calls.append(signed)
+            if len(calls) == 1:
+                raise KeyError("a bug")
+        return real(kind, signed)  # type: ignore[type-var]
+
+    monkeypatch.setattr(statements_module, "unverified_body", buggy)
+
+    async def scenario() -> None:
+        async with relay_at(tmp_path) as relay:
+            shop = await business_online(relay.url, "shop")
+            alice = await online(relay.url, "alice")
+            with caplog.at_level(logging.WARNING, logger="blindrelay.client"):
+                await within(alice.grant("shop", ("utility",)))
+                await within(alice.grant("shop", ("marketing",)))
+                await consented(shop, ["alice"], "marketing")
+            assert calls and "KeyError" in caplog.text and "from alice" in caplog.text
+            await alice.close()
+            await shop.close()
 
     run(scenario())
