@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import time
-from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
 from websockets.protocol import State as WsState
@@ -27,33 +23,13 @@ from blindrelay.server.config import RelayConfig
 from blindrelay.server.relay import RunningRelay
 from blindrelay.server.transport import Flusher, OutgoingStats, WebSocketTransport
 
-from .big_profile import big_profile
-from .conftest import Clients, FakeClock, RawClient, outbox_of, relay_with
+from .conftest import Clients, FakeClock, RawClient, outbox_of, relay_with, until
+from .slow_readers import big_profile, small_window
 
 BOUND = 256 * 1024
 QUEUED = 256
 """A whole delivery window of the largest envelopes: ~10 MiB, 40 times the bound."""
 BODY = os.urandom(limits.MAX_CIPHERTEXT_BYTES)
-
-
-def _small_window(url: str) -> socket.socket:
-    """A socket whose client reads little: what it does not read piles up on the relay."""
-    address = urlparse(url)
-    assert address.hostname is not None and address.port is not None
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.connect((address.hostname, address.port))
-    return sock
-
-
-async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 class _PagedRows:
@@ -96,7 +72,7 @@ async def _queue_for_mallory(relay: RunningRelay, clients: Clients) -> RawClient
     """While mallory is offline, bob queues a window of the largest envelopes for her."""
     mallory, bob = await _contacts(relay, clients)
     await mallory.close()
-    assert await _until(lambda: relay.ctx.sessions.get("mallory") is None)
+    await until(lambda: relay.ctx.sessions.get("mallory") is None)
     for _ in range(QUEUED):
         assert isinstance(await bob.send_message("mallory", BODY), Sent)
     return mallory
@@ -121,13 +97,13 @@ async def test_a_recipient_that_never_reads_is_not_pushed_its_whole_window(
         pushed = relay.ctx.metrics.delivers_paged
 
         # She logs in and never reads: aborted at the write timeout.
-        sock = _small_window(relay.url)
+        sock = small_window(relay.url)
         mallory = await clients.open(relay.url, sock=sock)
         mallory.ws.transport.pause_reading()
         mallory.conn.login("mallory", lambda m: first.key.sign(m).signature)
         for data in mallory.conn.data_to_send():  # the LOGIN; its WELCOME is never read
             await mallory.ws.send(data)
-        assert await _until(lambda: relay.outgoing.write_timeouts == 1)
+        await until(lambda: relay.outgoing.write_timeouts == 1)
         largest = limits.MAX_FRAME_BYTES
         assert relay.outgoing.peak_bytes <= BOUND + 2 * largest, relay.outgoing
         pushed = relay.ctx.metrics.delivers_paged - pushed
@@ -135,12 +111,12 @@ async def test_a_recipient_that_never_reads_is_not_pushed_its_whole_window(
         mallory.ws.transport.abort()
 
         # A reader that stops until the relay holds its bound, then reads: every one.
-        reader = await clients.open(relay.url, sock=_small_window(relay.url))
+        reader = await clients.open(relay.url, sock=small_window(relay.url))
         reader.ws.transport.pause_reading()
         reader.conn.login("mallory", lambda m: first.key.sign(m).signature)
         for data in reader.conn.data_to_send():
             await reader.ws.send(data)
-        assert await _until(lambda: relay.outgoing.reading_paused >= 2)
+        await until(lambda: relay.outgoing.reading_paused >= 2)
         reader.ws.transport.resume_reading()
         ids = []
         while len(ids) < QUEUED:
@@ -165,7 +141,7 @@ async def test_new_envelopes_wait_while_their_recipient_is_over_the_bound(
         put = ProfilePut(id=shop.request_id(), profile=big_profile(shop, clock.now))
         await shop.send(put)
         assert isinstance(await shop.response(put.id), Ok)
-        mallory, bob = await _contacts(relay, clients, sock=_small_window(relay.url))
+        mallory, bob = await _contacts(relay, clients, sock=small_window(relay.url))
         for _ in range(2):  # bob's chats to her earn a delivery lease (SPEC §6.4.6)
             assert isinstance(await bob.send_message("mallory", b"hi again"), Sent)
             delivered = await mallory.push(Deliver)
@@ -175,7 +151,7 @@ async def test_new_envelopes_wait_while_their_recipient_is_over_the_bound(
             fetch = ProfileFetch(id=mallory.request_id(), handle="shop")
             mallory.ws.protocol.send_binary(mallory.ws.channel.encrypt(encode(fetch)))
         mallory.ws.send_data()
-        assert await _until(lambda: relay.outgoing.reading_paused >= 1)
+        await until(lambda: relay.outgoing.reading_paused >= 1)
 
         for _ in range(32):
             assert isinstance(await bob.send_message("mallory", BODY), Sent)

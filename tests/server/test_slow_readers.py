@@ -38,8 +38,8 @@ from blindrelay.server.context import Session
 from blindrelay.server.intake import FRAMES_PER_TURN
 from blindrelay.server.relay import RunningRelay
 
-from .big_profile import big_profile
 from .conftest import Clients, FakeClock, RawClient, relay_with
+from .slow_readers import big_profile, small_window
 
 BOUND = 256 * 1024
 WRITE_TIMEOUT_S = 0.5
@@ -54,19 +54,6 @@ async def _shop_with_a_big_profile(relay: RunningRelay, clients: Clients, now: i
         await shop.request(lambda i: ProfilePut(id=i, profile=big_profile(shop, now))), Ok
     )
     return shop
-
-
-def _small_window(url: str) -> socket.socket:
-    """A socket connected to the relay with a small receive buffer from the start:
-    what its client does not read piles up on the relay's side soon, and what it
-    reads the relay sees acknowledged at once."""
-    address = urlparse(url)
-    assert address.hostname is not None and address.port is not None
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as asyncio's own sockets
-    sock.connect((address.hostname, address.port))
-    return sock
 
 
 def _stop_reading(client: RawClient) -> None:
@@ -138,7 +125,7 @@ async def test_clients_that_never_read_cannot_make_the_relay_hold_more_than_the_
         assert isinstance(answer, Profile)
         round_bytes = burst * len(encode(answer))
         attackers = [
-            await clients.registered(relay.url, f"mallory{n}", sock=_small_window(relay.url))
+            await clients.registered(relay.url, f"mallory{n}", sock=small_window(relay.url))
             for n in range(ATTACKERS)
         ]
         for attacker in attackers:
@@ -173,7 +160,7 @@ def _ping() -> bytes:
 async def _upgraded(url: str) -> socket.socket:
     """A WebSocket connection to the relay that has done nothing but the HTTP upgrade:
     no Noise handshake, no account. Its socket never reads again."""
-    sock = _small_window(url)
+    sock = small_window(url)
     sock.setblocking(False)
     loop = asyncio.get_running_loop()
     address = urlparse(url)
@@ -277,7 +264,7 @@ async def test_an_honest_pair_is_served_while_others_flood_without_reading(
     shop = await _shop_with_a_big_profile(relay, clients, clock.now)
     alice, bob = await _contacts(relay, clients)
     attackers = [
-        await clients.registered(relay.url, f"mallory{n}", sock=_small_window(relay.url))
+        await clients.registered(relay.url, f"mallory{n}", sock=small_window(relay.url))
         for n in range(ATTACKERS)
     ]
     for attacker in attackers:
@@ -382,7 +369,7 @@ async def test_a_stuck_peer_is_closed_although_its_keepalive_ping_cannot_leave(
         profile_fetch_burst=10_000,
     ) as relay:  # fmt: skip
         shop = await _shop_with_a_big_profile(relay, clients, clock.now)
-        mallory = await clients.registered(relay.url, "mallory", sock=_small_window(relay.url))
+        mallory = await clients.registered(relay.url, "mallory", sock=small_window(relay.url))
         _stop_reading(mallory)
         _flood(mallory, [ProfileFetch(id=mallory.request_id(), handle=shop.handle)
                          for _ in range(1500)])  # fmt: skip
@@ -405,7 +392,7 @@ async def test_a_slow_reader_that_keeps_taking_data_is_not_closed(
         profile_fetch_burst=10_000,
     ) as relay:  # fmt: skip
         shop = await _shop_with_a_big_profile(relay, clients, clock.now)
-        carol = await clients.registered(relay.url, "carol", sock=_small_window(relay.url))
+        carol = await clients.registered(relay.url, "carol", sock=small_window(relay.url))
         _stop_reading(carol)
         requests = [ProfileFetch(id=carol.request_id(), handle=shop.handle) for _ in range(1400)]
         _flood(carol, requests)  # ~6 MB of answers: the kernel's buffers hold half

@@ -4,8 +4,10 @@ SQLite back end behind the Store interface."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from blindrelay.server.delivery import send_rules
 from blindrelay.server.routing import is_postgresql
 from blindrelay.server.store import (
     Account,
+    Store,
     StoreError,
     StoreJobError,
     UnsupportedStore,
@@ -34,7 +37,7 @@ from blindrelay.server.store import (
     open_admin_store,
     open_store,
 )
-from blindrelay.server.store.operations import CONTRACT, READS, argument_names
+from blindrelay.server.store.operations import CONTRACT, READS, SendRules, argument_names
 from blindrelay.server.store.sqlite import jobs
 from blindrelay.server.store.sqlite.store import SqliteStore
 
@@ -284,16 +287,25 @@ async def test_close_commits_and_answers_everything_called_before_it(store_url: 
         await again.close()
 
 
-async def test_delivery_ids_only_grow_and_name_the_one_before(store_url: str) -> None:
-    """SPEC §6.4: never reused, also once the queue is empty; ``previous`` covers every id
-    queued for the recipient before (0: none ever): SQLite names the highest still queued,
-    PostgreSQL the highest ever queued (``queue_counts.last_id``, its schema 10)."""
+@contextlib.asynccontextmanager
+async def alice_and_bob(store_url: str) -> AsyncIterator[tuple[Store, SendRules]]:
+    """A started store of ``store_url``'s back end holding the users alice and bob, and
+    the default rules of a SEND; closed after."""
     store = open_store(store_url, RelayConfig())
     await store.start()
     try:
         for handle in ("alice", "bob"):
             await store.submit("create_account", handle, "user", handle.encode() * 8, 0)
-        rules = send_rules(RelayConfig())
+        yield store, send_rules(RelayConfig())
+    finally:
+        await store.close()
+
+
+async def test_delivery_ids_only_grow_and_name_the_one_before(store_url: str) -> None:
+    """SPEC §6.4: never reused, also once the queue is empty; ``previous`` covers every id
+    queued for the recipient before (0: none ever): SQLite names the highest still queued,
+    PostgreSQL the highest ever queued (``queue_counts.last_id``, its schema 10)."""
+    async with alice_and_bob(store_url) as (store, rules):
 
         def send(n: int) -> asyncio.Future[list[int]]:
             return store.submit(
@@ -318,8 +330,6 @@ async def test_delivery_ids_only_grow_and_name_the_one_before(store_url: str) ->
         assert third[2] == (second[0] if is_postgresql(store_url) else 0)
         assert await send(3) == 5  # a resend: its original time, nothing stored
         assert (await store.submit("login_counts", "bob", 0))[0] == 1
-    finally:
-        await store.close()
 
 
 async def test_a_page_reads_to_its_byte_budget_not_a_fixed_count(store_url: str) -> None:
@@ -327,12 +337,7 @@ async def test_a_page_reads_to_its_byte_budget_not_a_fixed_count(store_url: str)
     (what a connection may be held: SPEC §1.2.4, T82) and reads up to its ``limit`` of
     small ones. Counting rows at the largest frame instead (16 a page at the default
     bound) cost an honest drain of small envelopes a fifth of its rate."""
-    store = open_store(store_url, RelayConfig())
-    await store.start()
-    try:
-        for handle in ("alice", "bob"):
-            await store.submit("create_account", handle, "user", handle.encode() * 8, 0)
-        rules = send_rules(RelayConfig())
+    async with alice_and_bob(store_url) as (store, rules):
 
         async def send(sender: str, to: str, n: int, size: int) -> None:
             await store.submit(
@@ -351,8 +356,6 @@ async def test_a_page_reads_to_its_byte_budget_not_a_fixed_count(store_url: str)
         assert [len(row[9]) for row in cut] == [limits.MAX_CIPHERTEXT_BYTES] * 3
         whole, _high = await store.submit("page", "bob", 0, 256, 0)  # no budget: the limit
         assert len(whole) == len(sizes)
-    finally:
-        await store.close()
 
 
 async def test_a_statement_is_listed_to_its_target_only_if_the_target_existed_then(
